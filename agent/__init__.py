@@ -1,0 +1,1 @@
+"""Ferry agent: a gRPC service over the local libvirt."""

@@ -1,0 +1,1 @@
+"""Ferry lab: several real libvirt hosts on one machine."""

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Install everything Ferry needs on a Debian 12 machine, as root. Idempotent; safe to re-run.
+#   - Debian packages: QEMU, libvirt (daemon, no system units), build tools for libvirt-python
+#   - .venv/ with Ferry installed (editable) and its test tools
+#   - etcd 3.5 from Debian 13's package, unpacked into .cache/etcd (no system change)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+APT_PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+  libvirt-dev pkg-config busybox-static linux-image-cloud-amd64 iproute2 python3-venv python3-dev
+  gcc cpio)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.ferry-installed
+if [ ! -f $stamp ] || [ pyproject.toml -nt $stamp ]; then
+  echo "setup: installing Python packages"
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+  touch $stamp
+fi
+
+bash deploy/fetch-etcd.sh
+echo "setup: done"

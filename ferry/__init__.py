@@ -1,0 +1,1 @@
+"""Ferry: live-migration orchestrator for KVM/libvirt fleets. Shared core package."""

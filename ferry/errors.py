@@ -1,0 +1,132 @@
+"""Ferry's error types and the one table that maps them to gRPC status codes.
+
+Every error carries a stable ``reason`` code (what went wrong, machine-readable), a message
+(what is wrong, for a person) and a ``hint`` (what to do about it). Adapters translate vendor
+errors (libvirt, etcd, OS) into these at the boundary; servers turn them into a gRPC status with
+a google.rpc.ErrorInfo detail; clients turn that status back into the same error type.
+
+``caller_fault`` says whose fault it is: the caller's errors are logged without a traceback,
+ours with one.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+ERROR_DOMAIN = "ferry.dev"
+
+
+class FerryError(Exception):
+    """Base of every error Ferry reports on purpose."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    caller_fault: ClassVar[bool] = False
+    default_reason: ClassVar[str] = "INTERNAL"
+
+    def __init__(self, message: str, *, reason: str | None = None, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} (hint: {self.hint})" if self.hint else self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.reason}: {self.message!r})"
+
+
+class InvalidArgument(FerryError):
+    """The request itself is malformed: fix the request."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    caller_fault = True
+    default_reason = "INVALID_ARGUMENT"
+
+
+class NotFound(FerryError):
+    """A named thing (domain, host, prepare, migration) does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    caller_fault = True
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(FerryError):
+    """Something is in the way: a file, a domain with that name or UUID, a record."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    caller_fault = True
+    default_reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(FerryError):
+    """The system is not in a state that allows this (missing bridge, domain not running...)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    caller_fault = True
+    default_reason = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(FerryError):
+    """Not enough of something: disk space, memory, migration slots."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    caller_fault = True
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(FerryError):
+    """A dependency cannot be reached right now (libvirtd, an agent, etcd); retry later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    caller_fault = False
+    default_reason = "UNAVAILABLE"
+
+
+class DeadlineExceeded(FerryError):
+    """A call did not finish within its time limit."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    caller_fault = False
+    default_reason = "TIMEOUT"
+
+
+class Aborted(FerryError):
+    """The operation was stopped (cancelled by a user, aborted by policy, lost a race)."""
+
+    code = grpc.StatusCode.ABORTED
+    caller_fault = False
+    default_reason = "ABORTED"
+
+
+class Internal(FerryError):
+    """A bug or an unexpected failure on our side."""
+
+    code = grpc.StatusCode.INTERNAL
+    caller_fault = False
+    default_reason = "INTERNAL"
+
+
+# The one table: gRPC status code <-> error type.
+ERROR_TYPES: tuple[type[FerryError], ...] = (
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    ResourceExhausted,
+    Unavailable,
+    DeadlineExceeded,
+    Aborted,
+    Internal,
+)
+BY_CODE: dict[grpc.StatusCode, type[FerryError]] = {t.code: t for t in ERROR_TYPES}
+
+
+def error_for_code(code: grpc.StatusCode) -> type[FerryError]:
+    """The error type a gRPC status code maps back to (CANCELLED and unknown codes included)."""
+    if code == grpc.StatusCode.CANCELLED:
+        return Aborted
+    return BY_CODE.get(code, Internal)

@@ -1,0 +1,209 @@
+"""Ferry's domain model: plain frozen dataclasses shared by agent, coordinator and CLI.
+
+Protobuf messages are converted to and from these at the servers' edges (ferry/convert.py);
+core logic never sees protobuf or libvirt objects.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class DomainState(enum.Enum):
+    """libvirt's domain states (virDomainState), named as in the field."""
+
+    UNKNOWN = 0
+    RUNNING = 1
+    BLOCKED = 2
+    PAUSED = 3
+    SHUTDOWN = 4
+    SHUTOFF = 5
+    CRASHED = 6
+    PMSUSPENDED = 7
+
+    @property
+    def is_active(self) -> bool:
+        """A QEMU process exists for the domain."""
+        return self in (DomainState.RUNNING, DomainState.BLOCKED, DomainState.PAUSED,
+                        DomainState.SHUTDOWN, DomainState.PMSUSPENDED)
+
+
+class StorageMode(enum.Enum):
+    SHARED = "shared"        # disks are on storage both hosts see
+    COPY_ALL = "copy-all"    # copy every listed disk (virsh --copy-storage-all)
+    COPY_INC = "copy-inc"    # copy the top layer; backing files already on the target
+
+
+@dataclass(frozen=True)
+class StorageDir:
+    path: str
+    free_bytes: int
+    total_bytes: int
+    shared: bool = False
+    fs_type: str = ""
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    hostname: str
+    host_uuid: str
+    libvirt_version: int = 0
+    qemu_version: int = 0
+    cpu_model: str = ""
+    arch: str = ""
+    cpu_features: tuple[str, ...] = ()
+    cpus: int = 0
+    memory_total_bytes: int = 0
+    memory_free_bytes: int = 0
+    bridges: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()
+    storage: tuple[StorageDir, ...] = ()
+    libvirt_uri: str = ""
+    migration_address: str = ""
+    agent_version: str = ""
+
+
+@dataclass(frozen=True)
+class Disk:
+    target: str
+    source: str = ""
+    format: str = ""
+    virtual_size: int = 0
+    allocation: int = 0
+    backing_chain: tuple[str, ...] = ()
+    cache: str = ""
+    shared: bool = False
+    readonly: bool = False
+    device: str = "disk"
+    bus: str = ""
+
+
+@dataclass(frozen=True)
+class Nic:
+    type: str
+    source: str = ""
+    mac: str = ""
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    uuid: str
+    state: DomainState
+    memory_bytes: int = 0
+    vcpus: int = 0
+    persistent: bool = False
+    disks: tuple[Disk, ...] = ()
+    nics: tuple[Nic, ...] = ()
+    cpu_mode: str = ""
+    cpu_model: str = ""
+    os_type: str = ""
+
+
+@dataclass(frozen=True)
+class HostMapping:
+    """Declarative translation of host-specific names from a source host to a target host."""
+
+    bridges: dict[str, str] = field(default_factory=dict)
+    networks: dict[str, str] = field(default_factory=dict)
+    path_prefixes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    """What to do with one disk: copy it into a new image on the target, or expect it shared."""
+
+    target: str
+    source: str
+    destination: str = ""
+    format: str = "qcow2"
+    virtual_size: int = 0
+    allocation: int = 0
+    backing_file: str = ""
+    backing_format: str = ""
+    copy: bool = True
+
+
+@dataclass(frozen=True)
+class MigrationOptions:
+    offline: bool = False
+    storage: StorageMode = StorageMode.SHARED
+    migrate_disks: tuple[str, ...] = ()
+    persist_dest: bool = True
+    undefine_source: bool = True
+    bandwidth_mibps: int = 0
+    max_downtime_ms: int = 0
+    auto_converge: bool = False
+    allow_postcopy: bool = False
+    unsafe: bool = False
+    completion_timeout_s: int = 0
+    postcopy_on_stall: bool = False
+
+
+class MigrationPhase(enum.Enum):
+    """Phase of a running libvirt migration job as the agent sees it."""
+
+    STARTING = 1
+    DISK_MIRROR = 2
+    PRECOPY = 3
+    POSTCOPY = 4
+    FINISHING = 5
+    COMPLETED = 6
+    FAILED = 7
+    CANCELLED = 8
+
+
+@dataclass(frozen=True)
+class JobStats:
+    """A snapshot of libvirt's job statistics for a migration (virDomainGetJobStats)."""
+
+    active: bool = False
+    job_type: str = "none"
+    operation: str = ""
+    time_elapsed_ms: int = 0
+    memory_total: int = 0
+    memory_processed: int = 0
+    memory_remaining: int = 0
+    disk_total: int = 0
+    disk_processed: int = 0
+    disk_remaining: int = 0
+    dirty_rate_pages: int = 0
+    page_size: int = 4096
+    iteration: int = 0
+    bandwidth_bps: int = 0
+    auto_converge_throttle: int = 0
+    downtime_ms: int = 0
+    postcopy: bool = False
+
+
+@dataclass(frozen=True)
+class MigrationProgress:
+    phase: MigrationPhase
+    stats: JobStats
+    max_downtime_ms: int = 0
+
+
+@dataclass(frozen=True)
+class CompletedJob:
+    time_elapsed_ms: int = 0
+    downtime_ms: int = 0
+    memory_processed: int = 0
+    disk_processed: int = 0
+    iterations: int = 0
+    postcopy: bool = False
+
+
+@dataclass(frozen=True)
+class PrepareRecord:
+    """What one PrepareIncoming created on a target host, so that it can be undone exactly."""
+
+    prepare_id: str
+    domain_name: str
+    domain_uuid: str
+    created: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime
+    migration_id: str = ""

@@ -1,0 +1,198 @@
+"""The one place where Ferry builds gRPC servers and channels, and turns errors into statuses.
+
+TLS is switched on here (``Tls``) for every server and channel at once.
+Addresses are gRPC targets: ``HOST:PORT`` or ``unix:/path/to.sock``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from ferry.errors import ERROR_DOMAIN, FerryError, Internal, error_for_code
+
+log = logging.getLogger(__name__)
+
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+@dataclass(frozen=True)
+class Tls:
+    """PEM files for mutual TLS. ``None`` everywhere means plaintext (lab only)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+_CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+_SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def _server_credentials(tls: Tls) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials(
+        [(tls.key.read_bytes(), tls.cert.read_bytes())],
+        root_certificates=tls.ca.read_bytes(),
+        require_client_auth=True,
+    )
+
+
+def create_server(
+    addresses: Sequence[str],
+    register: Callable[[grpc.aio.Server], Iterable[str]],
+    *,
+    tls: Tls | None = None,
+) -> tuple[grpc.aio.Server, list[int]]:
+    """Build (not start) an asyncio gRPC server listening on ``addresses``.
+
+    ``register(server)`` adds the servicers and returns their full service names; health
+    checking (each service SERVING) and reflection are added for them. Returns the server and
+    the bound port of each address (0 for unix sockets), so tests can listen on port 0.
+    """
+    server = grpc.aio.server(options=_SERVER_OPTIONS)
+    names = list(register(server))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ["", *names]:
+        # aio HealthServicer.set is a coroutine; the underlying dict write is enough before start
+        health_servicer._server_status[name] = health_pb2.HealthCheckResponse.SERVING  # noqa: SLF001
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    ports = []
+    for address in addresses:
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, _server_credentials(tls))
+        if not address.startswith("unix:") and port == 0:
+            raise OSError(f"cannot listen on {address}")
+        ports.append(port)
+    return server, ports
+
+
+def create_channel(address: str, *, tls: Tls | None = None) -> grpc.aio.Channel:
+    """An asyncio channel to a Ferry server (agent or coordinator)."""
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=tls.ca.read_bytes(),
+        private_key=tls.key.read_bytes(),
+        certificate_chain=tls.cert.read_bytes(),
+    )
+    return grpc.aio.secure_channel(address, creds, options=_CHANNEL_OPTIONS)
+
+
+# ---------------------------------------------------------------- errors <-> status
+
+
+def to_status(err: FerryError) -> grpc.Status:
+    """A gRPC status carrying ``err`` as google.rpc.ErrorInfo (reason, hint)."""
+    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=ERROR_DOMAIN)
+    if err.hint:
+        info.metadata["hint"] = err.hint
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=err.code.value[0], message=err.message, details=[detail])
+    return rpc_status.to_status(status)
+
+
+def from_rpc_error(exc: grpc.RpcError) -> FerryError:
+    """The FerryError a failed call carried (or a plain one built from its status code)."""
+    code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
+    message = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+    err_type = error_for_code(code)
+    reason, hint = None, ""
+    metadata = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None
+    for key, value in metadata or ():
+        if key != _STATUS_DETAILS_KEY:
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Is(info.DESCRIPTOR) and detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+                reason, hint = info.reason, info.metadata.get("hint", "")
+    if reason is None and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        reason = "UNREACHABLE" if code == grpc.StatusCode.UNAVAILABLE else "TIMEOUT"
+    return err_type(message or code.name, reason=reason, hint=hint)
+
+
+def _log(err: FerryError, method: str) -> None:
+    if err.caller_fault:
+        log.info("%s refused: %s: %s", method, err.reason, err)
+    else:
+        log.error("%s failed: %s: %s", method, err.reason, err, exc_info=err)
+
+
+def _as_ferry_error(exc: BaseException) -> FerryError:
+    if isinstance(exc, FerryError):
+        return exc
+    return Internal(f"unexpected {type(exc).__name__}: {exc}", reason="INTERNAL")
+
+
+def rpc_method(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a servicer method (coroutine or async generator): FerryError -> gRPC status.
+
+    Unexpected exceptions become INTERNAL with a logged traceback. The one error decorator
+    every Ferry servicer uses.
+    """
+    name = fn.__qualname__
+    if inspect.isasyncgenfunction(fn):
+
+        @functools.wraps(fn)
+        async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - converted to a status right here
+                err = _as_ferry_error(exc)
+                _log(err, name)
+                await context.abort_with_status(to_status(err))
+
+        return stream
+
+    @functools.wraps(fn)
+    async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - converted to a status right here
+            err = _as_ferry_error(exc)
+            _log(err, name)
+            await context.abort_with_status(to_status(err))
+
+    return unary
+
+
+__all__ = [
+    "Tls",
+    "create_channel",
+    "create_server",
+    "from_rpc_error",
+    "rpc_method",
+    "to_status",
+]

@@ -1,0 +1,207 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from ferry.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class GetInventoryRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Inventory(_message.Message):
+    __slots__ = ("host", "domains")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    host: _types_pb2.HostFacts
+    domains: _containers.RepeatedCompositeFieldContainer[_types_pb2.Domain]
+    def __init__(self, host: _Optional[_Union[_types_pb2.HostFacts, _Mapping]] = ..., domains: _Optional[_Iterable[_Union[_types_pb2.Domain, _Mapping]]] = ...) -> None: ...
+
+class GetDomainRequest(_message.Message):
+    __slots__ = ("name", "include_xml")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_XML_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    include_xml: bool
+    def __init__(self, name: _Optional[str] = ..., include_xml: _Optional[bool] = ...) -> None: ...
+
+class GetDomainResponse(_message.Message):
+    __slots__ = ("domain", "xml")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    XML_FIELD_NUMBER: _ClassVar[int]
+    domain: _types_pb2.Domain
+    xml: str
+    def __init__(self, domain: _Optional[_Union[_types_pb2.Domain, _Mapping]] = ..., xml: _Optional[str] = ...) -> None: ...
+
+class PrepareIncomingRequest(_message.Message):
+    __slots__ = ("domain_xml", "disks", "mapping", "storage", "ttl_seconds", "migration_id")
+    DOMAIN_XML_FIELD_NUMBER: _ClassVar[int]
+    DISKS_FIELD_NUMBER: _ClassVar[int]
+    MAPPING_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    domain_xml: str
+    disks: _containers.RepeatedCompositeFieldContainer[_types_pb2.DiskPlan]
+    mapping: _types_pb2.HostMapping
+    storage: _types_pb2.StorageMode
+    ttl_seconds: int
+    migration_id: str
+    def __init__(self, domain_xml: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., mapping: _Optional[_Union[_types_pb2.HostMapping, _Mapping]] = ..., storage: _Optional[_Union[_types_pb2.StorageMode, str]] = ..., ttl_seconds: _Optional[int] = ..., migration_id: _Optional[str] = ...) -> None: ...
+
+class PrepareIncomingResponse(_message.Message):
+    __slots__ = ("prepare_id", "destination_xml", "disks", "created", "expires_at")
+    PREPARE_ID_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_XML_FIELD_NUMBER: _ClassVar[int]
+    DISKS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    prepare_id: str
+    destination_xml: str
+    disks: _containers.RepeatedCompositeFieldContainer[_types_pb2.DiskPlan]
+    created: _containers.RepeatedScalarFieldContainer[str]
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, prepare_id: _Optional[str] = ..., destination_xml: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., created: _Optional[_Iterable[str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CleanupIncomingRequest(_message.Message):
+    __slots__ = ("prepare_id",)
+    PREPARE_ID_FIELD_NUMBER: _ClassVar[int]
+    prepare_id: str
+    def __init__(self, prepare_id: _Optional[str] = ...) -> None: ...
+
+class CleanupIncomingResponse(_message.Message):
+    __slots__ = ("removed", "already_gone")
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_GONE_FIELD_NUMBER: _ClassVar[int]
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    already_gone: bool
+    def __init__(self, removed: _Optional[_Iterable[str]] = ..., already_gone: _Optional[bool] = ...) -> None: ...
+
+class CommitIncomingRequest(_message.Message):
+    __slots__ = ("prepare_id",)
+    PREPARE_ID_FIELD_NUMBER: _ClassVar[int]
+    prepare_id: str
+    def __init__(self, prepare_id: _Optional[str] = ...) -> None: ...
+
+class CommitIncomingResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListPreparesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Prepare(_message.Message):
+    __slots__ = ("prepare_id", "domain_name", "domain_uuid", "created", "created_at", "expires_at", "migration_id")
+    PREPARE_ID_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_NAME_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_UUID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    prepare_id: str
+    domain_name: str
+    domain_uuid: str
+    created: _containers.RepeatedScalarFieldContainer[str]
+    created_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    migration_id: str
+    def __init__(self, prepare_id: _Optional[str] = ..., domain_name: _Optional[str] = ..., domain_uuid: _Optional[str] = ..., created: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., migration_id: _Optional[str] = ...) -> None: ...
+
+class ListPreparesResponse(_message.Message):
+    __slots__ = ("prepares",)
+    PREPARES_FIELD_NUMBER: _ClassVar[int]
+    prepares: _containers.RepeatedCompositeFieldContainer[Prepare]
+    def __init__(self, prepares: _Optional[_Iterable[_Union[Prepare, _Mapping]]] = ...) -> None: ...
+
+class MigrateRequest(_message.Message):
+    __slots__ = ("domain", "target_uri", "migrate_uri", "destination_xml", "options", "migration_id", "progress_interval_ms")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    TARGET_URI_FIELD_NUMBER: _ClassVar[int]
+    MIGRATE_URI_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_XML_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    target_uri: str
+    migrate_uri: str
+    destination_xml: str
+    options: _types_pb2.MigrationOptions
+    migration_id: str
+    progress_interval_ms: int
+    def __init__(self, domain: _Optional[str] = ..., target_uri: _Optional[str] = ..., migrate_uri: _Optional[str] = ..., destination_xml: _Optional[str] = ..., options: _Optional[_Union[_types_pb2.MigrationOptions, _Mapping]] = ..., migration_id: _Optional[str] = ..., progress_interval_ms: _Optional[int] = ...) -> None: ...
+
+class MigrateEvent(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: _types_pb2.MigrationProgress
+    result: MigrateResult
+    def __init__(self, progress: _Optional[_Union[_types_pb2.MigrationProgress, _Mapping]] = ..., result: _Optional[_Union[MigrateResult, _Mapping]] = ...) -> None: ...
+
+class MigrateResult(_message.Message):
+    __slots__ = ("job", "source_state", "source_defined")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_STATE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_DEFINED_FIELD_NUMBER: _ClassVar[int]
+    job: _types_pb2.CompletedJob
+    source_state: _types_pb2.DomainState
+    source_defined: bool
+    def __init__(self, job: _Optional[_Union[_types_pb2.CompletedJob, _Mapping]] = ..., source_state: _Optional[_Union[_types_pb2.DomainState, str]] = ..., source_defined: _Optional[bool] = ...) -> None: ...
+
+class AbortMigrationRequest(_message.Message):
+    __slots__ = ("domain",)
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    def __init__(self, domain: _Optional[str] = ...) -> None: ...
+
+class AbortMigrationResponse(_message.Message):
+    __slots__ = ("aborted",)
+    ABORTED_FIELD_NUMBER: _ClassVar[int]
+    aborted: bool
+    def __init__(self, aborted: _Optional[bool] = ...) -> None: ...
+
+class TuneMigrationRequest(_message.Message):
+    __slots__ = ("domain", "max_downtime_ms", "bandwidth_mibps", "start_postcopy")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_DOWNTIME_MS_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_MIBPS_FIELD_NUMBER: _ClassVar[int]
+    START_POSTCOPY_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    max_downtime_ms: int
+    bandwidth_mibps: int
+    start_postcopy: bool
+    def __init__(self, domain: _Optional[str] = ..., max_downtime_ms: _Optional[int] = ..., bandwidth_mibps: _Optional[int] = ..., start_postcopy: _Optional[bool] = ...) -> None: ...
+
+class TuneMigrationResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("domain", "completed")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    completed: bool
+    def __init__(self, domain: _Optional[str] = ..., completed: _Optional[bool] = ...) -> None: ...
+
+class GetJobResponse(_message.Message):
+    __slots__ = ("active", "progress", "completed", "job_type", "operation")
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    JOB_TYPE_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    active: bool
+    progress: _types_pb2.MigrationProgress
+    completed: _types_pb2.CompletedJob
+    job_type: str
+    operation: str
+    def __init__(self, active: _Optional[bool] = ..., progress: _Optional[_Union[_types_pb2.MigrationProgress, _Mapping]] = ..., completed: _Optional[_Union[_types_pb2.CompletedJob, _Mapping]] = ..., job_type: _Optional[str] = ..., operation: _Optional[str] = ...) -> None: ...
