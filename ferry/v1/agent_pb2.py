@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from ferry.v1 import types_pb2 as ferry_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66\x65rry/v1/agent.proto\x12\x08\x66\x65rry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14\x66\x65rry/v1/types.proto\"\x15\n\x13GetInventoryRequest\"Q\n\tInventory\x12!\n\x04host\x18\x01 \x01(\x0b\x32\x13.ferry.v1.HostFacts\x12!\n\x07\x64omains\x18\x02 \x03(\x0b\x32\x10.ferry.v1.Domain\"5\n\x10GetDomainRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0binclude_xml\x18\x02 \x01(\x08\"B\n\x11GetDomainResponse\x12 \n\x06\x64omain\x18\x01 \x01(\x0b\x32\x10.ferry.v1.Domain\x12\x0b\n\x03xml\x18\x02 \x01(\t\"\xca\x01\n\x16PrepareIncomingRequest\x12\x12\n\ndomain_xml\x18\x01 \x01(\t\x12!\n\x05\x64isks\x18\x02 \x03(\x0b\x32\x12.ferry.v1.DiskPlan\x12&\n\x07mapping\x18\x03 \x01(\x0b\x32\x15.ferry.v1.HostMapping\x12&\n\x07storage\x18\x04 \x01(\x0e\x32\x15.ferry.v1.StorageMode\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\r\x12\x14\n\x0cmigration_id\x18\x06 \x01(\t\"\xaa\x01\n\x17PrepareIncomingResponse\x12\x12\n\nprepare_id\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65stination_xml\x18\x02 \x01(\t\x12!\n\x05\x64isks\x18\x03 \x03(\x0b\x32\x12.ferry.v1.DiskPlan\x12\x0f\n\x07\x63reated\x18\x04 \x03(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\",\n\x16\x43leanupIncomingRequest\x12\x12\n\nprepare_id\x18\x01 \x01(\t\"@\n\x17\x43leanupIncomingResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t\x12\x14\n\x0c\x61lready_gone\x18\x02 \x01(\x08\"+\n\x15\x43ommitIncomingRequest\x12\x12\n\nprepare_id\x18\x01 \x01(\t\"\x18\n\x16\x43ommitIncomingResponse\"\x15\n\x13ListPreparesRequest\"\xce\x01\n\x07Prepare\x12\x12\n\nprepare_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64omain_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64omain_uuid\x18\x03 \x01(\t\x12\x0f\n\x07\x63reated\x18\x04 \x03(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmigration_id\x18\x07 \x01(\t\";\n\x14ListPreparesResponse\x12#\n\x08prepares\x18\x01 \x03(\x0b\x32\x11.ferry.v1.Prepare\"\xc3\x01\n\x0eMigrateRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x12\n\ntarget_uri\x18\x02 \x01(\t\x12\x13\n\x0bmigrate_uri\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65stination_xml\x18\x04 \x01(\t\x12+\n\x07options\x18\x05 \x01(\x0b\x32\x1a.ferry.v1.MigrationOptions\x12\x14\n\x0cmigration_id\x18\x06 \x01(\t\x12\x1c\n\x14progress_interval_ms\x18\x07 \x01(\r\"s\n\x0cMigrateEvent\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.ferry.v1.MigrationProgressH\x00\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x17.ferry.v1.MigrateResultH\x00\x42\x07\n\x05\x65vent\"y\n\rMigrateResult\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.ferry.v1.CompletedJob\x12+\n\x0csource_state\x18\x02 \x01(\x0e\x32\x15.ferry.v1.DomainState\x12\x16\n\x0esource_defined\x18\x03 \x01(\x08\"\'\n\x15\x41\x62ortMigrationRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\")\n\x16\x41\x62ortMigrationResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x01(\x08\"\xa2\x01\n\x14TuneMigrationRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x1c\n\x0fmax_downtime_ms\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x1c\n\x0f\x62\x61ndwidth_mibps\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x16\n\x0estart_postcopy\x18\x04 \x01(\x08\x42\x12\n\x10_max_downtime_msB\x12\n\x10_bandwidth_mibps\"\x17\n\x15TuneMigrationResponse\"2\n\rGetJobRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x11\n\tcompleted\x18\x02 \x01(\x08\"\x9f\x01\n\x0eGetJobResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12-\n\x08progress\x18\x02 \x01(\x0b\x32\x1b.ferry.v1.MigrationProgress\x12)\n\tcompleted\x18\x03 \x01(\x0b\x32\x16.ferry.v1.CompletedJob\x12\x10\n\x08job_type\x18\x04 \x01(\t\x12\x11\n\toperation\x18\x05 \x01(\t2\x88\x06\n\x05\x41gent\x12\x42\n\x0cGetInventory\x12\x1d.ferry.v1.GetInventoryRequest\x1a\x13.ferry.v1.Inventory\x12\x44\n\tGetDomain\x12\x1a.ferry.v1.GetDomainRequest\x1a\x1b.ferry.v1.GetDomainResponse\x12V\n\x0fPrepareIncoming\x12 .ferry.v1.PrepareIncomingRequest\x1a!.ferry.v1.PrepareIncomingResponse\x12V\n\x0f\x43leanupIncoming\x12 .ferry.v1.CleanupIncomingRequest\x1a!.ferry.v1.CleanupIncomingResponse\x12S\n\x0e\x43ommitIncoming\x12\x1f.ferry.v1.CommitIncomingRequest\x1a .ferry.v1.CommitIncomingResponse\x12M\n\x0cListPrepares\x12\x1d.ferry.v1.ListPreparesRequest\x1a\x1e.ferry.v1.ListPreparesResponse\x12=\n\x07Migrate\x12\x18.ferry.v1.MigrateRequest\x1a\x16.ferry.v1.MigrateEvent0\x01\x12S\n\x0e\x41\x62ortMigration\x12\x1f.ferry.v1.AbortMigrationRequest\x1a .ferry.v1.AbortMigrationResponse\x12P\n\rTuneMigration\x12\x1e.ferry.v1.TuneMigrationRequest\x1a\x1f.ferry.v1.TuneMigrationResponse\x12;\n\x06GetJob\x12\x17.ferry.v1.GetJobRequest\x1a\x18.ferry.v1.GetJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66\x65rry/v1/agent.proto\x12\x08\x66\x65rry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14\x66\x65rry/v1/types.proto\"\x15\n\x13GetInventoryRequest\"Q\n\tInventory\x12!\n\x04host\x18\x01 \x01(\x0b\x32\x13.ferry.v1.HostFacts\x12!\n\x07\x64omains\x18\x02 \x03(\x0b\x32\x10.ferry.v1.Domain\"5\n\x10GetDomainRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0binclude_xml\x18\x02 \x01(\x08\"B\n\x11GetDomainResponse\x12 \n\x06\x64omain\x18\x01 \x01(\x0b\x32\x10.ferry.v1.Domain\x12\x0b\n\x03xml\x18\x02 \x01(\t\"\xdb\x01\n\x16PrepareIncomingRequest\x12\x12\n\ndomain_xml\x18\x01 \x01(\t\x12!\n\x05\x64isks\x18\x02 \x03(\x0b\x32\x12.ferry.v1.DiskPlan\x12&\n\x07mapping\x18\x03 \x01(\x0b\x32\x15.ferry.v1.HostMapping\x12&\n\x07storage\x18\x04 \x01(\x0e\x32\x15.ferry.v1.StorageMode\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\r\x12\x14\n\x0cmigration_id\x18\x06 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x07 \x01(\x08\"\xd3\x01\n\x17PrepareIncomingResponse\x12\x12\n\nprepare_id\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65stination_xml\x18\x02 \x01(\t\x12!\n\x05\x64isks\x18\x03 \x03(\x0b\x32\x12.ferry.v1.DiskPlan\x12\x0f\n\x07\x63reated\x18\x04 \x03(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x08problems\x18\x06 \x03(\x0b\x32\x15.ferry.v1.ErrorDetail\",\n\x16\x43leanupIncomingRequest\x12\x12\n\nprepare_id\x18\x01 \x01(\t\"@\n\x17\x43leanupIncomingResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t\x12\x14\n\x0c\x61lready_gone\x18\x02 \x01(\x08\"+\n\x15\x43ommitIncomingRequest\x12\x12\n\nprepare_id\x18\x01 \x01(\t\"\x18\n\x16\x43ommitIncomingResponse\"\x15\n\x13ListPreparesRequest\"\xce\x01\n\x07Prepare\x12\x12\n\nprepare_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64omain_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64omain_uuid\x18\x03 \x01(\t\x12\x0f\n\x07\x63reated\x18\x04 \x03(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmigration_id\x18\x07 \x01(\t\";\n\x14ListPreparesResponse\x12#\n\x08prepares\x18\x01 \x03(\x0b\x32\x11.ferry.v1.Prepare\"\xc3\x01\n\x0eMigrateRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x12\n\ntarget_uri\x18\x02 \x01(\t\x12\x13\n\x0bmigrate_uri\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65stination_xml\x18\x04 \x01(\t\x12+\n\x07options\x18\x05 \x01(\x0b\x32\x1a.ferry.v1.MigrationOptions\x12\x14\n\x0cmigration_id\x18\x06 \x01(\t\x12\x1c\n\x14progress_interval_ms\x18\x07 \x01(\r\"s\n\x0cMigrateEvent\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.ferry.v1.MigrationProgressH\x00\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x17.ferry.v1.MigrateResultH\x00\x42\x07\n\x05\x65vent\"y\n\rMigrateResult\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.ferry.v1.CompletedJob\x12+\n\x0csource_state\x18\x02 \x01(\x0e\x32\x15.ferry.v1.DomainState\x12\x16\n\x0esource_defined\x18\x03 \x01(\x08\"\'\n\x15\x41\x62ortMigrationRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\")\n\x16\x41\x62ortMigrationResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x01(\x08\"\xa2\x01\n\x14TuneMigrationRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x1c\n\x0fmax_downtime_ms\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x1c\n\x0f\x62\x61ndwidth_mibps\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x16\n\x0estart_postcopy\x18\x04 \x01(\x08\x42\x12\n\x10_max_downtime_msB\x12\n\x10_bandwidth_mibps\"\x17\n\x15TuneMigrationResponse\"2\n\rGetJobRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x11\n\tcompleted\x18\x02 \x01(\x08\"\x9f\x01\n\x0eGetJobResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12-\n\x08progress\x18\x02 \x01(\x0b\x32\x1b.ferry.v1.MigrationProgress\x12)\n\tcompleted\x18\x03 \x01(\x0b\x32\x16.ferry.v1.CompletedJob\x12\x10\n\x08job_type\x18\x04 \x01(\t\x12\x11\n\toperation\x18\x05 \x01(\t2\x88\x06\n\x05\x41gent\x12\x42\n\x0cGetInventory\x12\x1d.ferry.v1.GetInventoryRequest\x1a\x13.ferry.v1.Inventory\x12\x44\n\tGetDomain\x12\x1a.ferry.v1.GetDomainRequest\x1a\x1b.ferry.v1.GetDomainResponse\x12V\n\x0fPrepareIncoming\x12 .ferry.v1.PrepareIncomingRequest\x1a!.ferry.v1.PrepareIncomingResponse\x12V\n\x0f\x43leanupIncoming\x12 .ferry.v1.CleanupIncomingRequest\x1a!.ferry.v1.CleanupIncomingResponse\x12S\n\x0e\x43ommitIncoming\x12\x1f.ferry.v1.CommitIncomingRequest\x1a .ferry.v1.CommitIncomingResponse\x12M\n\x0cListPrepares\x12\x1d.ferry.v1.ListPreparesRequest\x1a\x1e.ferry.v1.ListPreparesResponse\x12=\n\x07Migrate\x12\x18.ferry.v1.MigrateRequest\x1a\x16.ferry.v1.MigrateEvent0\x01\x12S\n\x0e\x41\x62ortMigration\x12\x1f.ferry.v1.AbortMigrationRequest\x1a .ferry.v1.AbortMigrationResponse\x12P\n\rTuneMigration\x12\x1e.ferry.v1.TuneMigrationRequest\x1a\x1f.ferry.v1.TuneMigrationResponse\x12;\n\x06GetJob\x12\x17.ferry.v1.GetJobRequest\x1a\x18.ferry.v1.GetJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,41 +42,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETDOMAINRESPONSE']._serialized_start=250
   _globals['_GETDOMAINRESPONSE']._serialized_end=316
   _globals['_PREPAREINCOMINGREQUEST']._serialized_start=319
-  _globals['_PREPAREINCOMINGREQUEST']._serialized_end=521
-  _globals['_PREPAREINCOMINGRESPONSE']._serialized_start=524
-  _globals['_PREPAREINCOMINGRESPONSE']._serialized_end=694
-  _globals['_CLEANUPINCOMINGREQUEST']._serialized_start=696
-  _globals['_CLEANUPINCOMINGREQUEST']._serialized_end=740
-  _globals['_CLEANUPINCOMINGRESPONSE']._serialized_start=742
-  _globals['_CLEANUPINCOMINGRESPONSE']._serialized_end=806
-  _globals['_COMMITINCOMINGREQUEST']._serialized_start=808
-  _globals['_COMMITINCOMINGREQUEST']._serialized_end=851
-  _globals['_COMMITINCOMINGRESPONSE']._serialized_start=853
-  _globals['_COMMITINCOMINGRESPONSE']._serialized_end=877
-  _globals['_LISTPREPARESREQUEST']._serialized_start=879
-  _globals['_LISTPREPARESREQUEST']._serialized_end=900
-  _globals['_PREPARE']._serialized_start=903
-  _globals['_PREPARE']._serialized_end=1109
-  _globals['_LISTPREPARESRESPONSE']._serialized_start=1111
-  _globals['_LISTPREPARESRESPONSE']._serialized_end=1170
-  _globals['_MIGRATEREQUEST']._serialized_start=1173
-  _globals['_MIGRATEREQUEST']._serialized_end=1368
-  _globals['_MIGRATEEVENT']._serialized_start=1370
-  _globals['_MIGRATEEVENT']._serialized_end=1485
-  _globals['_MIGRATERESULT']._serialized_start=1487
-  _globals['_MIGRATERESULT']._serialized_end=1608
-  _globals['_ABORTMIGRATIONREQUEST']._serialized_start=1610
-  _globals['_ABORTMIGRATIONREQUEST']._serialized_end=1649
-  _globals['_ABORTMIGRATIONRESPONSE']._serialized_start=1651
-  _globals['_ABORTMIGRATIONRESPONSE']._serialized_end=1692
-  _globals['_TUNEMIGRATIONREQUEST']._serialized_start=1695
-  _globals['_TUNEMIGRATIONREQUEST']._serialized_end=1857
-  _globals['_TUNEMIGRATIONRESPONSE']._serialized_start=1859
-  _globals['_TUNEMIGRATIONRESPONSE']._serialized_end=1882
-  _globals['_GETJOBREQUEST']._serialized_start=1884
-  _globals['_GETJOBREQUEST']._serialized_end=1934
-  _globals['_GETJOBRESPONSE']._serialized_start=1937
-  _globals['_GETJOBRESPONSE']._serialized_end=2096
-  _globals['_AGENT']._serialized_start=2099
-  _globals['_AGENT']._serialized_end=2875
+  _globals['_PREPAREINCOMINGREQUEST']._serialized_end=538
+  _globals['_PREPAREINCOMINGRESPONSE']._serialized_start=541
+  _globals['_PREPAREINCOMINGRESPONSE']._serialized_end=752
+  _globals['_CLEANUPINCOMINGREQUEST']._serialized_start=754
+  _globals['_CLEANUPINCOMINGREQUEST']._serialized_end=798
+  _globals['_CLEANUPINCOMINGRESPONSE']._serialized_start=800
+  _globals['_CLEANUPINCOMINGRESPONSE']._serialized_end=864
+  _globals['_COMMITINCOMINGREQUEST']._serialized_start=866
+  _globals['_COMMITINCOMINGREQUEST']._serialized_end=909
+  _globals['_COMMITINCOMINGRESPONSE']._serialized_start=911
+  _globals['_COMMITINCOMINGRESPONSE']._serialized_end=935
+  _globals['_LISTPREPARESREQUEST']._serialized_start=937
+  _globals['_LISTPREPARESREQUEST']._serialized_end=958
+  _globals['_PREPARE']._serialized_start=961
+  _globals['_PREPARE']._serialized_end=1167
+  _globals['_LISTPREPARESRESPONSE']._serialized_start=1169
+  _globals['_LISTPREPARESRESPONSE']._serialized_end=1228
+  _globals['_MIGRATEREQUEST']._serialized_start=1231
+  _globals['_MIGRATEREQUEST']._serialized_end=1426
+  _globals['_MIGRATEEVENT']._serialized_start=1428
+  _globals['_MIGRATEEVENT']._serialized_end=1543
+  _globals['_MIGRATERESULT']._serialized_start=1545
+  _globals['_MIGRATERESULT']._serialized_end=1666
+  _globals['_ABORTMIGRATIONREQUEST']._serialized_start=1668
+  _globals['_ABORTMIGRATIONREQUEST']._serialized_end=1707
+  _globals['_ABORTMIGRATIONRESPONSE']._serialized_start=1709
+  _globals['_ABORTMIGRATIONRESPONSE']._serialized_end=1750
+  _globals['_TUNEMIGRATIONREQUEST']._serialized_start=1753
+  _globals['_TUNEMIGRATIONREQUEST']._serialized_end=1915
+  _globals['_TUNEMIGRATIONRESPONSE']._serialized_start=1917
+  _globals['_TUNEMIGRATIONRESPONSE']._serialized_end=1940
+  _globals['_GETJOBREQUEST']._serialized_start=1942
+  _globals['_GETJOBREQUEST']._serialized_end=1992
+  _globals['_GETJOBRESPONSE']._serialized_start=1995
+  _globals['_GETJOBRESPONSE']._serialized_end=2154
+  _globals['_AGENT']._serialized_start=2157
+  _globals['_AGENT']._serialized_end=2933
 # @@protoc_insertion_point(module_scope)

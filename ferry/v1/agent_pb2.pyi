@@ -39,34 +39,38 @@ class GetDomainResponse(_message.Message):
     def __init__(self, domain: _Optional[_Union[_types_pb2.Domain, _Mapping]] = ..., xml: _Optional[str] = ...) -> None: ...
 
 class PrepareIncomingRequest(_message.Message):
-    __slots__ = ("domain_xml", "disks", "mapping", "storage", "ttl_seconds", "migration_id")
+    __slots__ = ("domain_xml", "disks", "mapping", "storage", "ttl_seconds", "migration_id", "dry_run")
     DOMAIN_XML_FIELD_NUMBER: _ClassVar[int]
     DISKS_FIELD_NUMBER: _ClassVar[int]
     MAPPING_FIELD_NUMBER: _ClassVar[int]
     STORAGE_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     domain_xml: str
     disks: _containers.RepeatedCompositeFieldContainer[_types_pb2.DiskPlan]
     mapping: _types_pb2.HostMapping
     storage: _types_pb2.StorageMode
     ttl_seconds: int
     migration_id: str
-    def __init__(self, domain_xml: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., mapping: _Optional[_Union[_types_pb2.HostMapping, _Mapping]] = ..., storage: _Optional[_Union[_types_pb2.StorageMode, str]] = ..., ttl_seconds: _Optional[int] = ..., migration_id: _Optional[str] = ...) -> None: ...
+    dry_run: bool
+    def __init__(self, domain_xml: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., mapping: _Optional[_Union[_types_pb2.HostMapping, _Mapping]] = ..., storage: _Optional[_Union[_types_pb2.StorageMode, str]] = ..., ttl_seconds: _Optional[int] = ..., migration_id: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class PrepareIncomingResponse(_message.Message):
-    __slots__ = ("prepare_id", "destination_xml", "disks", "created", "expires_at")
+    __slots__ = ("prepare_id", "destination_xml", "disks", "created", "expires_at", "problems")
     PREPARE_ID_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_XML_FIELD_NUMBER: _ClassVar[int]
     DISKS_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
     prepare_id: str
     destination_xml: str
     disks: _containers.RepeatedCompositeFieldContainer[_types_pb2.DiskPlan]
     created: _containers.RepeatedScalarFieldContainer[str]
     expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, prepare_id: _Optional[str] = ..., destination_xml: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., created: _Optional[_Iterable[str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    problems: _containers.RepeatedCompositeFieldContainer[_types_pb2.ErrorDetail]
+    def __init__(self, prepare_id: _Optional[str] = ..., destination_xml: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., created: _Optional[_Iterable[str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., problems: _Optional[_Iterable[_Union[_types_pb2.ErrorDetail, _Mapping]]] = ...) -> None: ...
 
 class CleanupIncomingRequest(_message.Message):
     __slots__ = ("prepare_id",)
