@@ -1,0 +1,111 @@
+"""Pure rendering for the `ferry` CLI: tables, sizes, the progress bar. No I/O here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ferry.v1 import coordinator_pb2 as cpb
+from ferry.v1 import types_pb2 as tpb
+
+MiB = 1024 * 1024
+
+
+def size(n: int) -> str:
+    """Bytes as a short human figure: 0 B, 512 B, 1.5 KiB, 256 MiB, 3.2 GiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            if unit == "B":
+                return f"{int(value)} B"
+            return f"{value:.0f} {unit}" if value >= 10 else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain left-aligned text table."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def phase_name(phase: int) -> str:
+    """PHASE_ROLLED_BACK -> RolledBack."""
+    raw = cpb.Phase.Name(phase).removeprefix("PHASE_")
+    return "".join(part.capitalize() for part in raw.split("_"))
+
+
+def job_phase_name(phase: int) -> str:
+    raw = tpb.MigrationPhase.Name(phase).removeprefix("MIGRATION_PHASE_")
+    return raw.lower().replace("_", "-")
+
+
+def fraction(progress: tpb.MigrationProgress) -> float:
+    """Share of the job done, memory and disk together, in [0, 1]."""
+    done = progress.memory_processed + progress.disk_processed
+    left = progress.memory_remaining + progress.disk_remaining
+    if done + left == 0:
+        return 0.0
+    return min(1.0, done / (done + left))
+
+
+def progress_bar(progress: tpb.MigrationProgress, width: int = 30) -> str:
+    """One status line, e.g.
+    ``[###############...............]  50% precopy mem 128 MiB/256 MiB disk 0 B left iter 2 dirty 12 MiB/s 3.2 s``
+    """
+    frac = fraction(progress)
+    filled = int(round(frac * width))
+    bar = "#" * filled + "." * (width - filled)
+    parts = [f"[{bar}] {frac * 100:3.0f}%", job_phase_name(progress.phase)]
+    if progress.memory_total:
+        parts.append(f"mem {size(progress.memory_processed)}/{size(progress.memory_total)}")
+    if progress.disk_total:
+        parts.append(f"disk {size(progress.disk_remaining)} left")
+    if progress.iteration:
+        parts.append(f"iter {progress.iteration}")
+    if progress.dirty_rate_pages:
+        page = progress.page_size or 4096
+        parts.append(f"dirty {size(progress.dirty_rate_pages * page)}/s")
+    if progress.bandwidth_bps:
+        parts.append(f"bw {size(progress.bandwidth_bps)}/s")
+    parts.append(f"{progress.elapsed_ms / 1000:.1f} s")
+    return " ".join(parts)
+
+
+def migration_line(m: cpb.Migration) -> list[object]:
+    return [m.id, m.vm, m.source_host, m.target_host, phase_name(m.phase),
+            m.error.reason if m.error.reason else "",
+            m.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if m.created_at.seconds else ""]
+
+
+MIGRATION_HEADERS = ("ID", "VM", "FROM", "TO", "PHASE", "REASON", "CREATED")
+
+
+def migration_detail(m: cpb.Migration) -> str:
+    """`ferry migrations show ID`: the record, its history and why it ended as it did."""
+    lines = [
+        f"Migration {m.id}",
+        f"  VM:        {m.vm} ({m.vm_uuid})",
+        f"  From/to:   {m.source_host} -> {m.target_host}",
+        f"  Phase:     {phase_name(m.phase)}" + ("  (cancel requested)" if m.cancel_requested else ""),
+        f"  Priority:  {m.priority}",
+    ]
+    if m.idempotency_key:
+        lines.append(f"  Key:       {m.idempotency_key}")
+    if m.error.reason:
+        lines.append(f"  Reason:    {m.error.reason}: {m.error.message}")
+        if m.error.hint:
+            lines.append(f"  Hint:      {m.error.hint}")
+    if m.HasField("progress") and m.progress.elapsed_ms:
+        lines.append(f"  Progress:  {progress_bar(m.progress)}")
+    if m.HasField("result") and m.result.time_elapsed_ms:
+        r = m.result
+        lines.append(f"  Result:    total {r.time_elapsed_ms} ms, downtime {r.downtime_ms} ms, "
+                     f"memory {size(r.memory_processed)}, disk {size(r.disk_processed)}, "
+                     f"{r.iterations} iterations" + (", post-copy" if r.postcopy else ""))
+    lines.append("  History:")
+    for h in m.history:
+        at = h.at.ToDatetime().strftime("%H:%M:%S.%f")[:-3]
+        lines.append(f"    {at}  {h.phase:<12} {h.reason}")
+    return "\n".join(lines)

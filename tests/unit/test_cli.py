@@ -1,0 +1,98 @@
+"""The CLI's pure parts: virsh-style flags -> options, address resolution, rendering."""
+
+import pytest
+
+from ferry.cli import render
+from ferry.cli.config import DEFAULT_COORDINATOR, coordinator_address
+from ferry.cli.main import Usage, build_mapping, build_options, parser
+from ferry.v1 import coordinator_pb2 as cpb
+from ferry.v1 import types_pb2 as tpb
+
+
+def _args(*argv):
+    return parser().parse_args(["migrate", "g1", "--to", "host2", *argv])
+
+
+@pytest.mark.parametrize(
+    ("argv", "storage", "persist", "undefine"),
+    [
+        ((), tpb.STORAGE_MODE_UNSPECIFIED, True, True),
+        (("--copy-storage-all",), tpb.STORAGE_MODE_COPY_ALL, True, True),
+        (("--copy-storage-inc",), tpb.STORAGE_MODE_COPY_INC, True, True),
+        (("--shared-storage",), tpb.STORAGE_MODE_SHARED, True, True),
+        (("--persistent",), tpb.STORAGE_MODE_UNSPECIFIED, True, False),
+        (("--undefinesource",), tpb.STORAGE_MODE_UNSPECIFIED, False, True),
+        (("--persistent", "--undefinesource"), tpb.STORAGE_MODE_UNSPECIFIED, True, True),
+    ],
+)
+def test_storage_and_definition_flags(argv, storage, persist, undefine):
+    o = build_options(_args(*argv))
+    assert (o.storage, o.persist_dest, o.undefine_source) == (storage, persist, undefine)
+
+
+def test_tuning_flags():
+    o = build_options(_args("--bandwidth", "40", "--max-downtime", "250", "--auto-converge", "--postcopy",
+                            "--migrate-disks", "vda,vdb", "--offline", "--timeout", "600"))
+    assert (o.bandwidth_mibps, o.max_downtime_ms, o.auto_converge, o.allow_postcopy) == (40, 250, True, True)
+    assert list(o.migrate_disks) == ["vda", "vdb"]
+    assert o.offline and o.completion_timeout_s == 600
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--copy-storage-all", "--copy-storage-inc"),
+        ("--postcopy-on-stall",),
+    ],
+)
+def test_contradictory_flags_are_refused(argv):
+    with pytest.raises(Usage):
+        build_options(_args(*argv))
+
+
+def test_mappings():
+    m = build_mapping(_args("--map-bridge", "br-guest=br-vm", "--map-path", "/var/lib/a=/srv/b",
+                            "--map-network", "default=prod"))
+    assert dict(m.bridges) == {"br-guest": "br-vm"}
+    assert dict(m.path_prefixes) == {"/var/lib/a": "/srv/b"}
+    assert dict(m.networks) == {"default": "prod"}
+
+
+@pytest.mark.parametrize("bad", ["br-guest", "=br-vm", "br-guest="])
+def test_bad_mapping_says_how(bad):
+    with pytest.raises(Usage) as e:
+        build_mapping(_args("--map-bridge", bad))
+    assert "OLD=NEW" in e.value.message and "--map-bridge" in e.value.hint
+
+
+def test_address_order(tmp_path):
+    cfg = tmp_path / "cli.toml"
+    cfg.write_text('coordinator = "unix:/tmp/lab/coordinator.sock"\n')
+    env = {"FERRY_CONFIG": str(cfg)}
+    assert coordinator_address("h:1", {**env, "FERRY_COORDINATOR": "e:2"}) == "h:1"
+    assert coordinator_address(None, {**env, "FERRY_COORDINATOR": "e:2"}) == "e:2"
+    assert coordinator_address(None, env) == "unix:/tmp/lab/coordinator.sock"
+    assert coordinator_address(None, {"FERRY_CONFIG": str(tmp_path / "none.toml")}) == DEFAULT_COORDINATOR
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [(0, "0 B"), (512, "512 B"), (1536, "1.5 KiB"), (256 << 20, "256 MiB"), (int(3.2 * (1 << 30)), "3.2 GiB")],
+)
+def test_size(n, text):
+    assert render.size(n) == text
+
+
+def test_progress_bar_counts_memory_and_disk():
+    p = tpb.MigrationProgress(phase=tpb.MIGRATION_PHASE_PRECOPY, memory_total=256 << 20,
+                              memory_processed=128 << 20, memory_remaining=128 << 20,
+                              disk_total=256 << 20, disk_processed=256 << 20, disk_remaining=0,
+                              iteration=2, elapsed_ms=3200)
+    line = render.progress_bar(p, width=10)
+    assert line.startswith("[########..]  75% precopy")
+    assert "iter 2" in line and line.endswith("3.2 s")
+
+
+def test_phase_names():
+    assert render.phase_name(cpb.PHASE_ROLLED_BACK) == "RolledBack"
+    assert render.phase_name(cpb.PHASE_PENDING) == "Pending"
