@@ -1,0 +1,215 @@
+"""The HostSystem port for real: Linux bridges from sysfs, image directories, qemu-img.
+
+Shared storage is what the operator declares (``shared_dirs``) or a cluster file system
+(NFS, CIFS, Ceph, GFS2, OCFS2, GlusterFS) found in the mount table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from ferry.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal
+from ferry.model import StorageDir
+
+log = logging.getLogger(__name__)
+
+CLUSTER_FS_TYPES = frozenset({"nfs", "nfs4", "cifs", "smb3", "ceph", "gfs2", "ocfs2", "glusterfs",
+                              "fuse.glusterfs", "fuse.cephfs"})
+
+
+def _under(path: str, directory: str) -> bool:
+    """``path`` is ``directory`` or inside it (whole path components)."""
+    d = directory.rstrip("/")
+    return path == d or path.startswith(d + "/") or d == ""
+
+
+def _unescape_mount_field(field: str) -> str:
+    """The mount table escapes space, tab, newline and backslash as octal (``\\040``)."""
+    out, i = [], 0
+    while i < len(field):
+        code = field[i + 1:i + 4]
+        if field[i] == "\\" and len(code) == 3 and all(c in "01234567" for c in code):
+            out.append(chr(int(code, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def _nearest_existing(path: str) -> str:
+    p = os.path.abspath(path)
+    while not os.path.exists(p):
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    return p
+
+
+class LocalHostSystem:
+    """This host's bridges, image directories and disk images."""
+
+    def __init__(
+        self,
+        image_dirs: Sequence[str],
+        shared_dirs: Sequence[str] = (),
+        *,
+        sysfs_root: str = "/sys",
+        mounts_file: str = "/proc/self/mounts",
+        qemu_img: str = "qemu-img",
+        qemu_img_timeout_s: float = 60.0,
+    ) -> None:
+        self._image_dirs = tuple(image_dirs)
+        self._shared_dirs = tuple(os.path.realpath(d) for d in shared_dirs)
+        self._shared_dirs_given = tuple(shared_dirs)
+        self._sysfs = Path(sysfs_root)
+        self._mounts_file = mounts_file
+        self._qemu_img = qemu_img
+        self._timeout_s = qemu_img_timeout_s
+
+    # ------------------------------------------------------------------ network
+
+    def bridges(self) -> list[str]:
+        net = self._sysfs / "class" / "net"
+        try:
+            return sorted(i.name for i in net.iterdir() if (i / "bridge").is_dir())
+        except FileNotFoundError:
+            return []
+
+    # ------------------------------------------------------------------ storage
+
+    def _mounts(self) -> list[tuple[str, str]]:
+        """(mount point, fs type) of every mount."""
+        try:
+            lines = Path(self._mounts_file).read_text().splitlines()
+        except OSError:
+            return []
+        out = []
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 3:
+                out.append((_unescape_mount_field(fields[1]), fields[2]))
+        return out
+
+    def fs_type(self, path: str) -> str:
+        """Type of the file system holding ``path`` (longest mount point that contains it)."""
+        real = os.path.realpath(_nearest_existing(path))
+        best, fs = -1, ""
+        for mount_point, kind in self._mounts():
+            if _under(real, mount_point) and len(mount_point) > best:
+                best, fs = len(mount_point), kind
+        return fs
+
+    def _statvfs(self, path: str) -> os.statvfs_result:
+        return os.statvfs(_nearest_existing(path))
+
+    def free_bytes(self, path: str) -> int:
+        st = self._statvfs(path)
+        return st.f_bavail * st.f_frsize
+
+    def is_shared(self, path: str) -> bool:
+        real = os.path.realpath(_nearest_existing(path))
+        absolute = os.path.abspath(path)
+        if any(_under(real, d) or _under(absolute, d) for d in self._shared_dirs):
+            return True
+        return self.fs_type(path) in CLUSTER_FS_TYPES
+
+    def storage_dirs(self) -> list[StorageDir]:
+        out, seen = [], set()
+        for directory in (*self._image_dirs, *self._shared_dirs_given):
+            if directory in seen:
+                continue
+            seen.add(directory)
+            st = self._statvfs(directory)
+            out.append(StorageDir(
+                path=directory,
+                free_bytes=st.f_bavail * st.f_frsize,
+                total_bytes=st.f_blocks * st.f_frsize,
+                shared=self.is_shared(directory),
+                fs_type=self.fs_type(directory),
+            ))
+        return out
+
+    # ------------------------------------------------------------------ files
+
+    def exists(self, path: str) -> bool:
+        return os.path.lexists(path)  # a dangling symlink is in the way too
+
+    def writable_dir(self, path: str) -> bool:
+        parent = _nearest_existing(os.path.dirname(os.path.abspath(path)))
+        return os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)
+
+    def create_image(self, path: str, *, fmt: str, virtual_size: int,
+                     backing_file: str = "", backing_format: str = "") -> None:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            # Claim the path atomically: qemu-img would silently overwrite an existing file.
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError as exc:
+            raise AlreadyExists(f"{path} already exists", reason="FILE_IN_THE_WAY",
+                                hint=f"remove or move {path}, or map the disk to another directory "
+                                     "(--map-path)") from exc
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot create {path}: {exc.strerror}", reason="PATH_NOT_WRITABLE",
+                                     hint=f"make {os.path.dirname(path)} writable for the agent, or map "
+                                          "the disk to another directory (--map-path)") from exc
+        os.close(fd)
+        try:
+            if backing_file and not backing_format:
+                backing_format = self._image_format(backing_file)
+            cmd = [self._qemu_img, "create", "-q", "-f", fmt]
+            if backing_file:
+                cmd += ["-b", backing_file, "-F", backing_format]
+            self._run([*cmd, path, str(virtual_size)], what=f"create {path}")
+        except BaseException:
+            self._discard(path)
+            raise
+
+    def _image_format(self, path: str) -> str:
+        out = self._run([self._qemu_img, "info", "-U", "--output=json", path], what=f"read {path}")
+        try:
+            return str(json.loads(out)["format"])
+        except (ValueError, KeyError) as exc:
+            raise Internal(f"qemu-img info {path} printed no format", reason="QEMU_IMG_FAILED",
+                           hint="check the image with `qemu-img info`") from exc
+
+    def _run(self, cmd: list[str], *, what: str) -> str:
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=self._timeout_s,
+                                  check=False, stdin=subprocess.DEVNULL)
+        except FileNotFoundError as exc:
+            raise FailedPrecondition(f"{self._qemu_img} is not installed", reason="QEMU_IMG_MISSING",
+                                     hint="install qemu-utils on this host") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise DeadlineExceeded(f"qemu-img did not {what} within {self._timeout_s:.0f} s",
+                                   reason="QEMU_IMG_TIMEOUT",
+                                   hint="check the storage under that path (hung NFS mount?)") from exc
+        if done.returncode != 0:
+            raise Internal(f"qemu-img could not {what}: {done.stderr.strip()}", reason="QEMU_IMG_FAILED",
+                           hint="run the same qemu-img command by hand to see why")
+        return done.stdout
+
+    def _discard(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            log.warning("could not remove half-created image %s", path, exc_info=True)
+
+    def remove(self, path: str) -> bool:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot remove {path}: {exc.strerror}", reason="REMOVE_FAILED",
+                                     hint=f"check the permissions of {os.path.dirname(path)}; remove the "
+                                          "file by hand if it is no longer needed") from exc
+        return True

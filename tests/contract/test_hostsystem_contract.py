@@ -1,0 +1,164 @@
+"""One suite, two HostSystems: the in-memory fake and the real one (tmp dirs, a fake sysfs tree,
+a fake mount table, real qemu-img), so the fake cannot drift from what the agent meets on a host."""
+
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ferry.agent.fake_hostsystem import FakeHostSystem
+from ferry.agent.hostsystem import LocalHostSystem
+from ferry.errors import AlreadyExists, Internal
+from ferry.ports import HostSystem
+
+GiB = 1 << 30
+
+
+@dataclass
+class World:
+    host: HostSystem
+    images: str   # local image directory
+    shared: str   # declared shared directory
+    nfs: str      # a directory on a cluster file system (not declared)
+
+
+def local_world(tmp: Path) -> World:
+    images, shared, nfs = tmp / "images", tmp / "shared", tmp / "nfs"
+    for d in (images, shared, nfs):
+        d.mkdir()
+    net = tmp / "sys" / "class" / "net"
+    (net / "br-vm" / "bridge").mkdir(parents=True)
+    (net / "eth0").mkdir(parents=True)
+    (net / "lo").mkdir(parents=True)
+    mounts = tmp / "mounts"
+    mounts.write_text(f"/dev/vda / ext4 rw 0 0\nfiler:/export {nfs} nfs4 rw,vers=4.2 0 0\n")
+    host = LocalHostSystem([str(images)], [str(shared)], sysfs_root=str(tmp / "sys"), mounts_file=str(mounts))
+    return World(host, str(images), str(shared), str(nfs))
+
+
+def fake_world(tmp: Path) -> World:
+    images, shared, nfs = str(tmp / "images"), str(tmp / "shared"), str(tmp / "nfs")
+    host = FakeHostSystem(bridges=["br-vm"], dirs={images: 50 * GiB, shared: 80 * GiB, nfs: 80 * GiB},
+                          totals={images: 100 * GiB, shared: 100 * GiB, nfs: 100 * GiB},
+                          shared_dirs=[shared, nfs], storage=[images, shared])
+    return World(host, images, shared, nfs)
+
+
+needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img is not installed")
+
+
+@pytest.fixture(params=[pytest.param("fake"), pytest.param("local", marks=needs_qemu_img)])
+def world(request, tmp_path) -> World:
+    return fake_world(tmp_path) if request.param == "fake" else local_world(tmp_path)
+
+
+def test_bridges_are_only_bridges(world):
+    assert world.host.bridges() == ["br-vm"]
+
+
+def test_create_exists_remove(world):
+    path = f"{world.images}/g1.qcow2"
+    assert not world.host.exists(path)
+    world.host.create_image(path, fmt="qcow2", virtual_size=GiB)
+    assert world.host.exists(path)
+    assert world.host.remove(path) is True
+    assert not world.host.exists(path)
+    assert world.host.remove(path) is False  # already gone
+
+
+def test_an_existing_file_is_in_the_way(world):
+    path = f"{world.images}/g1.raw"
+    world.host.create_image(path, fmt="raw", virtual_size=GiB)
+    with pytest.raises(AlreadyExists) as err:
+        world.host.create_image(path, fmt="qcow2", virtual_size=2 * GiB)
+    assert err.value.reason == "FILE_IN_THE_WAY"
+    assert path in err.value.message
+    assert world.host.exists(path)  # and it was left alone
+
+
+def test_parent_directories_are_created(world):
+    path = f"{world.images}/tenant-a/web/g1.qcow2"
+    assert world.host.writable_dir(path)
+    world.host.create_image(path, fmt="qcow2", virtual_size=GiB)
+    assert world.host.exists(path)
+
+
+def test_backing_file(world):
+    base, top = f"{world.images}/base.raw", f"{world.images}/top.qcow2"
+    world.host.create_image(base, fmt="raw", virtual_size=GiB)
+    world.host.create_image(top, fmt="qcow2", virtual_size=GiB, backing_file=base, backing_format="raw")
+    assert world.host.exists(top)
+
+
+def test_free_space_is_sane_and_does_not_grow_on_create(world):
+    path = f"{world.images}/g1.qcow2"
+    before = world.host.free_bytes(path)  # nearest existing parent: the image dir
+    world.host.create_image(path, fmt="qcow2", virtual_size=10 * GiB)
+    after = world.host.free_bytes(path)
+    total = next(d.total_bytes for d in world.host.storage_dirs() if d.path == world.images)
+    assert 0 < after <= total
+    assert after <= before + (1 << 20)  # other writers on a real disk may free a little
+    assert before - after < GiB  # a new image is (nearly) empty, whatever its virtual size
+
+
+def test_storage_dirs_and_shared_flag(world):
+    dirs = {d.path: d for d in world.host.storage_dirs()}
+    assert set(dirs) == {world.images, world.shared}
+    assert dirs[world.images].shared is False
+    assert dirs[world.shared].shared is True
+    for d in dirs.values():
+        assert 0 < d.free_bytes <= d.total_bytes
+
+
+@pytest.mark.parametrize(
+    ("where", "shared"),
+    [("images", False), ("shared", True), ("nfs", True)],
+)
+def test_is_shared(world, where, shared):
+    directory = getattr(world, where)
+    assert world.host.is_shared(f"{directory}/g1.qcow2") is shared
+    assert world.host.is_shared(directory) is shared
+
+
+# ------------------------------------------------------------------ real adapter only
+
+
+@needs_qemu_img
+def test_local_image_has_the_size_format_and_backing_asked_for(tmp_path):
+    w = local_world(tmp_path)
+    base, top = f"{w.images}/base.qcow2", f"{w.images}/vm/top.qcow2"
+    w.host.create_image(base, fmt="qcow2", virtual_size=3 * GiB)
+    w.host.create_image(top, fmt="qcow2", virtual_size=3 * GiB, backing_file=base)  # format probed
+    info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", top],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert (info["format"], info["virtual-size"]) == ("qcow2", 3 * GiB)
+    assert (info["backing-filename"], info["backing-filename-format"]) == (base, "qcow2")
+
+
+@needs_qemu_img
+def test_local_failed_create_leaves_nothing(tmp_path):
+    w = local_world(tmp_path)
+    path = f"{w.images}/bad.qcow2"
+    with pytest.raises(Internal) as err:  # qemu-img refuses a missing backing file
+        w.host.create_image(path, fmt="qcow2", virtual_size=GiB, backing_file=f"{w.images}/nope.raw",
+                            backing_format="raw")
+    assert err.value.reason == "QEMU_IMG_FAILED"
+    assert not w.host.exists(path)
+
+
+def test_local_dangling_symlink_is_in_the_way(tmp_path):
+    w = local_world(tmp_path)
+    link = Path(w.images) / "g1.qcow2"
+    link.symlink_to(tmp_path / "gone")
+    assert w.host.exists(str(link))
+    with pytest.raises(AlreadyExists):
+        w.host.create_image(str(link), fmt="qcow2", virtual_size=GiB)
+
+
+def test_local_fs_type_from_mount_table(tmp_path):
+    w = local_world(tmp_path)
+    assert w.host.fs_type(f"{w.nfs}/x/y.qcow2") == "nfs4"
+    assert w.host.fs_type(w.images) == "ext4"
