@@ -1,0 +1,407 @@
+"""The Store port on a real etcd cluster (etcd3aio client). The only module that imports it.
+
+What this adapter adds over the client (see /work/shared/notes/etcd.md for the client's defects):
+
+- Retries are ours. The client is built with one attempt per call; each call here gets attempts
+  of ``attempt_timeout_s`` each, until ``timeout_s`` has passed, spread round-robin over the
+  endpoints (so a killed or hung member costs one attempt). Then ``Unavailable`` naming the
+  endpoints.
+- Writes are idempotent. A txn whose attempt timed out may have been applied; when its retry's
+  compare fails we read the key back in the same txn and accept our own write
+  (``store.write_landed``) instead of reporting a false conflict.
+- Watches never skip. The client resumes a broken watch from the last *response* revision, which
+  can be ahead of the last *event* delivered (its first response carries the current revision),
+  and on compaction it silently stops. Here a watch resumes from the last delivered event + 1,
+  and when etcd reports compaction it yields a ``Resync`` snapshot and continues after it.
+- Leases: grant/keepalive/revoke only; no client-side Lock/Election (they never refresh their
+  lease). Leader election lives in ``election.py`` on top of this port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from etcd3aio import (
+    Etcd3Client,
+    EtcdConnectionError,
+    EtcdPermissionDeniedError,
+    EtcdTransientError,
+    EtcdUnauthenticatedError,
+    prefix_range_end,
+)
+
+from ferry.errors import FailedPrecondition, FerryError, InvalidArgument, Unavailable, error_for_code
+
+from .store import (
+    Entry,
+    EventKind,
+    LeaseLost,
+    Resync,
+    WatchEvent,
+    cas_conflict,
+    key_exists,
+    lease_lost,
+    write_landed,
+)
+
+T = TypeVar("T")
+
+_TRANSIENT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+_FIRST_BACKOFF_S = 0.05
+_MAX_BACKOFF_S = 0.5
+
+
+class _ReplyLost(Exception):
+    """An attempt whose outcome is unknown (timeout, connection lost, or injected by a test)."""
+
+
+@dataclass(frozen=True)
+class EtcdTLS:
+    """TLS to etcd: the CA that signed the servers' certificates, and a client cert for mTLS."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None  # needed with several endpoints: a DNS SAN of the server certs
+
+
+def _entry(kv: Any, prefix_len: int) -> Entry:
+    return Entry(
+        key=kv.key[prefix_len:].decode(),
+        value=bytes(kv.value),
+        mod_revision=kv.mod_revision,
+        create_revision=kv.create_revision,
+        lease=kv.lease or None,
+    )
+
+
+def _outcome_unknown(exc: BaseException) -> bool:
+    """The attempt may or may not have reached etcd: retry (reads) or check (writes)."""
+    if isinstance(exc, (EtcdConnectionError, EtcdTransientError, TimeoutError, _ReplyLost)):
+        return True
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _TRANSIENT_CODES
+
+
+class EtcdStore:
+    """The Store port on etcd ``endpoints`` (``host:port``), keys under ``prefix`` (e.g. "/ferry/")."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        prefix: str = "/ferry/",
+        *,
+        tls: EtcdTLS | None = None,
+        timeout_s: float = 5.0,
+        attempt_timeout_s: float = 1.0,
+    ) -> None:
+        if not endpoints:
+            raise InvalidArgument("no etcd endpoints given", reason="NO_ENDPOINTS", hint="list host:port of each member")
+        if not prefix:
+            raise InvalidArgument("empty key prefix", reason="NO_PREFIX", hint='use a per-cluster prefix like "/ferry/"')
+        self.endpoints = [e.split("://", 1)[-1] for e in endpoints]
+        self.prefix = prefix
+        self._prefix_bytes = prefix.encode()
+        self._tls = tls
+        self._timeout_s = timeout_s
+        self._attempt_timeout_s = min(attempt_timeout_s, timeout_s)
+        self._client: Etcd3Client | None = None
+        self._lost_replies = 0
+        self._closed = False
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def get(self, key: str) -> Entry | None:
+        resp = await self._call("get", lambda c, t: c.kv.get(self._full(key), timeout=t))
+        return _entry(resp.kvs[0], len(self._prefix_bytes)) if resp.kvs else None
+
+    async def list(self, prefix: str) -> tuple[list[Entry], int]:
+        full = self._full(prefix)
+        resp = await self._call("list", lambda c, t: c.kv.get(full, range_end=prefix_range_end(full), timeout=t))
+        return [_entry(kv, len(self._prefix_bytes)) for kv in resp.kvs], resp.header.revision
+
+    # -- atomic writes --------------------------------------------------------------------------
+
+    async def create(self, key: str, value: bytes, lease: int | None = None) -> int:
+        full = self._full(key)
+
+        def txn(c: Etcd3Client, t: float) -> Awaitable[Any]:
+            kv = c.kv
+            return kv.txn(
+                [kv.txn_compare_create_revision(full, 0)],
+                [kv.txn_op_put(full, value, lease=lease or 0)],
+                [kv.txn_op_get(full)],
+                timeout=t,
+            )
+
+        resp, retried = await self._write("create", txn, lease)
+        if resp.succeeded:
+            return resp.header.revision
+        current = self._read_back(resp)
+        if retried and write_landed(current, value, lease, 0):
+            assert current is not None
+            return current.mod_revision
+        raise key_exists(key)
+
+    async def update(
+        self, key: str, value: bytes, expected_mod_revision: int, lease: int | None = None
+    ) -> int:
+        full = self._full(key)
+
+        def txn(c: Etcd3Client, t: float) -> Awaitable[Any]:
+            kv = c.kv
+            return kv.txn(
+                [_compare_mod(kv, full, expected_mod_revision)],
+                [kv.txn_op_put(full, value, lease=lease or 0)],
+                [kv.txn_op_get(full)],
+                timeout=t,
+            )
+
+        resp, retried = await self._write("update", txn, lease)
+        if resp.succeeded:
+            return resp.header.revision
+        current = self._read_back(resp)
+        if retried and write_landed(current, value, lease, expected_mod_revision):
+            assert current is not None
+            return current.mod_revision
+        raise cas_conflict(key, expected_mod_revision, current.mod_revision if current else 0)
+
+    async def delete(self, key: str, expected_mod_revision: int | None = None) -> int | None:
+        full = self._full(key)
+        if expected_mod_revision is None:
+            resp = await self._call("delete", lambda c, t: c.kv.delete(full, timeout=t))
+            return resp.header.revision if resp.deleted else None
+
+        def txn(c: Etcd3Client, t: float) -> Awaitable[Any]:
+            kv = c.kv
+            return kv.txn(
+                [_compare_mod(kv, full, expected_mod_revision)],
+                [kv.txn_op_delete(full)],
+                [kv.txn_op_get(full)],
+                timeout=t,
+            )
+
+        resp, _ = await self._write("delete", txn, None)
+        if resp.succeeded:
+            return resp.header.revision if resp.responses[0].response_delete_range.deleted else None
+        current = self._read_back(resp)
+        if current is None:
+            return None
+        raise cas_conflict(key, expected_mod_revision, current.mod_revision)
+
+    # -- leases ---------------------------------------------------------------------------------
+
+    async def grant_lease(self, ttl_s: int) -> int:
+        # A retried grant may leak the first lease; it has no keys and expires after ttl_s.
+        resp = await self._call("grant lease", lambda c, t: c.lease.grant(int(ttl_s), timeout=t))
+        return int(resp.ID)
+
+    async def keepalive(self, lease: int) -> int:
+        async def once(c: Etcd3Client, t: float) -> Any:
+            stream = c.lease.keep_alive(lease)
+            try:
+                async with asyncio.timeout(t):
+                    resp = await stream.read()
+            finally:
+                stream.cancel()
+            if resp is grpc.aio.EOF:
+                raise _ReplyLost()
+            return resp
+
+        resp = await self._call("keepalive", once)
+        if resp.TTL <= 0:
+            raise lease_lost(lease)
+        return int(resp.TTL)
+
+    async def revoke(self, lease: int) -> None:
+        try:
+            await self._call("revoke lease", lambda c, t: c.lease.revoke(lease, timeout=t))
+        except LeaseLost:
+            pass  # already gone: that is what we wanted
+
+    # -- watch ----------------------------------------------------------------------------------
+
+    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent | Resync]:
+        full = self._full(prefix)
+        delivered = start_revision - 1  # every event at or below this revision was yielded
+        while not self._closed:
+            client = await self._connected()
+            lib_resume = delivered + 1  # where the client would resume after a broken stream
+            created_seen = False
+            compacted = False
+            inner = client.watch.watch(full, prefix_range_end(full), start_revision=delivered + 1)
+            try:
+                async for resp in inner:
+                    if resp.created:
+                        if created_seen and lib_resume != delivered + 1:
+                            break  # the client resumed past undelivered events: reopen ourselves
+                        created_seen = True
+                    if resp.compact_revision > 0:
+                        compacted = True
+                        break
+                    if resp.canceled:
+                        raise Unavailable(
+                            f"etcd cancelled the watch on {full!r}",
+                            reason="WATCH_CANCELLED",
+                            hint="check the etcd members' logs and permissions on the prefix",
+                        )
+                    for ev in resp.events:
+                        kind = EventKind.DELETE if ev.type == ev.DELETE else EventKind.PUT
+                        delivered = ev.kv.mod_revision
+                        yield WatchEvent(kind, _entry(ev.kv, len(self._prefix_bytes)))
+                    if resp.header.revision > 0:
+                        lib_resume = resp.header.revision + 1
+            except grpc.aio.AioRpcError as exc:
+                if self._closed:
+                    return
+                raise self._map(exc, "watch", None) from exc
+            finally:
+                await inner.aclose()
+            if compacted:
+                entries, revision = await self._list_until_ok(prefix)
+                yield Resync(tuple(entries), revision)
+                delivered = revision
+
+    # -- lifecycle and test controls ------------------------------------------------------------
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def lose_next_replies(self, count: int = 1) -> None:
+        """Test fault: the next ``count`` txns reach etcd and apply, then their reply is 'lost'."""
+        self._lost_replies += count
+
+    async def compact(self, revision: int) -> None:
+        """Compact etcd's history before ``revision`` (for tests and maintenance)."""
+        await self._call("compact", lambda c, t: c.kv.compact(revision, physical=True, timeout=t))
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _full(self, key: str) -> str:
+        return self.prefix + key
+
+    def _read_back(self, resp: Any) -> Entry | None:
+        """The key as the failure branch's get saw it, in the same revision as the failed compare."""
+        kvs = resp.responses[0].response_range.kvs
+        return _entry(kvs[0], len(self._prefix_bytes)) if kvs else None
+
+    async def _connected(self) -> Etcd3Client:
+        if self._closed:
+            raise Unavailable("the etcd store is closed", reason="STORE_CLOSED", hint="do not use a store after close()")
+        if self._client is None:
+            tls: dict[str, bytes | None] = {}
+            if self._tls is not None:
+                tls = {
+                    "ca_cert": self._tls.ca_file.read_bytes(),
+                    "cert_chain": self._tls.cert_file.read_bytes() if self._tls.cert_file else None,
+                    "cert_key": self._tls.key_file.read_bytes() if self._tls.key_file else None,
+                }
+            client = Etcd3Client(
+                self.endpoints,
+                rpc_max_attempts=1,
+                watch_reconnect_backoff_seconds=0.1,
+                watch_max_reconnect_backoff_seconds=1.0,
+                tls_server_name=self._tls.server_name if self._tls else None,
+                **tls,
+            )
+            await client.connect()
+            self._client = client
+        return self._client
+
+    async def _call(self, op: str, attempt: Callable[[Etcd3Client, float], Awaitable[T]]) -> T:
+        """Run ``attempt`` until it succeeds, retrying outcome-unknown failures until ``timeout_s``."""
+        result, _ = await self._retrying(op, attempt, None)
+        return result
+
+    async def _write(
+        self, op: str, txn: Callable[[Etcd3Client, float], Awaitable[Any]], lease: int | None
+    ) -> tuple[Any, bool]:
+        """Run a txn; also says whether an earlier attempt's outcome was unknown (it may have applied)."""
+
+        async def attempt(c: Etcd3Client, t: float) -> Any:
+            resp = await txn(c, t)
+            if self._lost_replies > 0:
+                self._lost_replies -= 1
+                raise _ReplyLost()
+            return resp
+
+        return await self._retrying(op, attempt, lease)
+
+    async def _retrying(
+        self, op: str, attempt: Callable[[Etcd3Client, float], Awaitable[T]], lease: int | None
+    ) -> tuple[T, bool]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        backoff = _FIRST_BACKOFF_S
+        uncertain = False
+        while True:
+            client = await self._connected()
+            per_try = max(0.05, min(self._attempt_timeout_s, deadline - loop.time()))
+            try:
+                return await attempt(client, per_try), uncertain
+            except Exception as exc:
+                if not _outcome_unknown(exc):
+                    raise self._map(exc, op, lease) from exc
+                uncertain = True
+                if loop.time() + backoff >= deadline:
+                    raise self._unavailable(op) from exc
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF_S)
+
+    async def _list_until_ok(self, prefix: str) -> tuple[list[Entry], int]:
+        while True:
+            try:
+                return await self.list(prefix)
+            except Unavailable:
+                if self._closed:
+                    raise
+                await asyncio.sleep(_MAX_BACKOFF_S)
+
+    def _unavailable(self, op: str) -> Unavailable:
+        return Unavailable(
+            f"etcd did not answer {op} within {self._timeout_s:g} s",
+            reason="STORE_UNAVAILABLE",
+            hint=f"check that etcd is running and reachable at {', '.join(self.endpoints)}",
+        )
+
+    def _map(self, exc: BaseException, op: str, lease: int | None) -> FerryError:
+        """A client error as a ferry error, decided by type and gRPC code (never by text)."""
+        if isinstance(exc, (EtcdUnauthenticatedError, EtcdPermissionDeniedError)):
+            return FailedPrecondition(
+                f"etcd refused {op}: not authorised",
+                reason="STORE_AUTH",
+                hint="check the etcd TLS client certificate / credentials for this prefix",
+            )
+        if isinstance(exc, grpc.aio.AioRpcError):
+            if exc.code() == grpc.StatusCode.NOT_FOUND and lease is not None:
+                return lease_lost(lease)
+            if exc.code() == grpc.StatusCode.NOT_FOUND and op in ("revoke lease", "keepalive"):
+                return LeaseLost(f"etcd: {op} on an unknown lease", hint="grant a new lease")
+            if exc.code() == grpc.StatusCode.CANCELLED and self._closed:
+                return self._unavailable(op)
+            return error_for_code(exc.code())(
+                f"etcd {op} failed: {exc.code().name}",
+                reason="STORE_ERROR",
+                hint=f"see the etcd members' logs ({', '.join(self.endpoints)})",
+            )
+        if isinstance(exc, FerryError):
+            return exc
+        return error_for_code(grpc.StatusCode.INTERNAL)(
+            f"etcd {op} failed: {type(exc).__name__}", reason="STORE_ERROR", hint="this is a bug in Ferry's etcd adapter"
+        )
+
+
+def _compare_mod(kv: Any, key: str, revision: int) -> Any:
+    """Compare ``mod_revision == revision``: the client has no builder for it, so retarget its Compare."""
+    compare = kv.txn_compare_version(key, 0)
+    compare.target = compare.MOD
+    compare.mod_revision = revision
+    return compare

@@ -1,0 +1,208 @@
+"""The coordinator's Store port: a small, etcd-shaped key-value contract.
+
+The coordinator keeps its state (leader lock, migration records, slots) in a store that offers
+revisions, compare-and-set, leases and watches. This module is the contract; the adapters are
+``memory_store.MemoryStore`` (tests, fleet simulations) and ``etcd_store.EtcdStore`` (the only
+module that imports the etcd client). A contract suite runs against both.
+
+Keys are ``str`` relative to the adapter's namespace (e.g. ``"leader"``, ``"migrations/42"``),
+values are ``bytes``. Every write moves one global revision counter forward; each key records the
+revision that created it and the one that last modified it.
+
+Which calls are atomic compare-and-set (decided by the store in one step, never by read-then-write
+in the client):
+
+=============================================  ==============================================
+call                                           atomic condition
+=============================================  ==============================================
+``create(key, value, lease)``                  key absent (``create_revision == 0``)
+``update(key, value, expected_mod_revision)``  key's ``mod_revision == expected_mod_revision``
+``delete(key, expected_mod_revision=N)``       key's ``mod_revision == N`` (absent is fine)
+``delete(key)``                                none: unconditional
+=============================================  ==============================================
+
+Retried writes are idempotent. A write whose reply was lost (timeout after the store applied it)
+is retried by the adapter; the retry's compare then fails against our own write. When that
+happens the adapter re-reads the key and reports success if it holds exactly the bytes (and
+lease) we wrote at a revision newer than the one we compared against. Two writers that write the
+same bytes are therefore indistinguishable after a lost reply: where ownership matters, put the
+writer's identity in the value (the leader key does).
+
+Leases: a lease expires ``ttl`` seconds after its last keepalive reached the store, and every key
+attached to it is deleted in one revision. A holder measures its own deadline from the time it
+*sent* the keepalive (see ``election.py``).
+
+Watch contract: ``watch(prefix, start_revision)`` yields every change under ``prefix`` with
+revision >= ``start_revision``, in revision order, across reconnects. If the store no longer has
+that history (compaction, or a gap a reconnect cannot close) it yields one :class:`Resync`
+carrying the prefix's full content at a revision R, then continues with changes after R: the
+consumer replaces its view with the snapshot. The usual pattern is
+``entries, rev = await store.list(p)`` then ``watch(p, rev + 1)``.
+
+Errors (all ``ferry.errors`` types): :class:`Conflict` (CAS lost), ``AlreadyExists`` (create on an
+existing key), :class:`LeaseLost` (lease expired or revoked), ``Unavailable`` (store unreachable;
+the hint names the endpoints), ``FailedPrecondition`` (credentials/TLS refused).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from ferry.errors import Aborted, AlreadyExists
+
+
+class Conflict(Aborted):
+    """A compare-and-set lost: the key changed since the caller read it. Re-read and decide again."""
+
+    default_reason = "CAS_CONFLICT"
+
+
+class LeaseLost(Aborted):
+    """The lease expired or was revoked; the keys attached to it are gone."""
+
+    default_reason = "LEASE_LOST"
+
+
+def key_exists(key: str) -> AlreadyExists:
+    """The error ``create`` raises when ``key`` is already there."""
+    return AlreadyExists(
+        f"store key {key!r} already exists",
+        reason="KEY_EXISTS",
+        hint="read the key and decide from its value (create only succeeds on an absent key)",
+    )
+
+
+def cas_conflict(key: str, expected: int, actual: int) -> Conflict:
+    """The error a lost compare-and-set raises (``actual`` is 0 for an absent key)."""
+    return Conflict(
+        f"store key {key!r} changed: expected mod revision {expected}, found {actual or 'no key'}",
+        hint="re-read the key and retry the decision with its new revision",
+    )
+
+
+def lease_lost(lease: int) -> LeaseLost:
+    return LeaseLost(
+        f"lease {lease:x} has expired or was revoked",
+        hint="grant a new lease; keys attached to the old one are gone",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One key as the store holds it.
+
+    ``lease`` is None for keys without a lease. For a deletion event, ``value`` is empty,
+    ``create_revision`` is 0 and ``mod_revision`` is the revision of the deletion.
+    """
+
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int
+    lease: int | None = None
+
+
+class EventKind(enum.Enum):
+    PUT = "put"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """A key was written (``PUT``: ``entry`` is its new state) or deleted (``DELETE``)."""
+
+    kind: EventKind
+    entry: Entry
+
+    @property
+    def revision(self) -> int:
+        return self.entry.mod_revision
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """History was lost: ``entries`` is everything under the prefix at ``revision``.
+
+    Replace your view with it; the events that follow have revisions > ``revision``.
+    """
+
+    entries: tuple[Entry, ...]
+    revision: int
+
+
+def write_landed(current: Entry | None, value: bytes, lease: int | None, after_revision: int) -> bool:
+    """After a retried write's compare failed: does the key hold exactly our write?
+
+    True when the key exists with our bytes and lease, modified after ``after_revision``
+    (the revision we compared against; 0 for a create).
+
+    >>> e = Entry("k", b"v2", mod_revision=8, create_revision=3)
+    >>> write_landed(e, b"v2", None, after_revision=5)
+    True
+    >>> write_landed(e, b"v3", None, after_revision=5)   # someone else's bytes
+    False
+    >>> write_landed(e, b"v2", None, after_revision=8)   # not newer than what we compared
+    False
+    """
+    return (
+        current is not None
+        and current.value == value
+        and current.lease == lease
+        and current.mod_revision > after_revision
+    )
+
+
+class Store(Protocol):
+    """The store as the coordinator uses it. All calls are coroutines; all errors are FerryErrors."""
+
+    async def get(self, key: str) -> Entry | None:
+        """The key's current entry (linearizable read), or None when absent."""
+        ...
+
+    async def list(self, prefix: str) -> tuple[list[Entry], int]:
+        """Every key starting with ``prefix`` (sorted by key) and the store revision of this read."""
+        ...
+
+    async def create(self, key: str, value: bytes, lease: int | None = None) -> int:
+        """Atomic create-if-absent. Returns the new revision; raises AlreadyExists (KEY_EXISTS)."""
+        ...
+
+    async def update(
+        self, key: str, value: bytes, expected_mod_revision: int, lease: int | None = None
+    ) -> int:
+        """Atomic compare-and-set on ``mod_revision``; returns the new revision, raises Conflict.
+
+        The written key is attached to ``lease`` (None: no lease), as with etcd's put.
+        """
+        ...
+
+    async def delete(self, key: str, expected_mod_revision: int | None = None) -> int | None:
+        """Delete the key; with ``expected_mod_revision`` only if unchanged (else Conflict).
+
+        Returns the revision of the deletion, or None when the key was already absent (this
+        includes a retried delete whose first attempt had applied).
+        """
+        ...
+
+    async def grant_lease(self, ttl_s: int) -> int:
+        """A new lease id; the lease expires ``ttl_s`` seconds after its last keepalive."""
+        ...
+
+    async def keepalive(self, lease: int) -> int:
+        """Renew the lease; returns its TTL in seconds from now. Raises LeaseLost."""
+        ...
+
+    async def revoke(self, lease: int) -> None:
+        """End the lease now, deleting its keys. Revoking an unknown lease is not an error."""
+        ...
+
+    def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent | Resync]:
+        """Changes under ``prefix`` from ``start_revision`` on (see the module doc). Runs until closed."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and background tasks; open watches end."""
+        ...

@@ -1,0 +1,367 @@
+"""etcd server processes for tests and the lab: start 1 or 3 members, wait until healthy, stop by PID.
+
+An :class:`EtcdMember` is one ``etcd`` process with its own data dir, client and peer address.
+An :class:`EtcdCluster` starts its members together (a 3-member cluster is only healthy once a
+quorum is up) and waits until every member reports ``/health`` true.
+
+Outage tests use :meth:`EtcdMember.pause` (SIGSTOP: the process is there, its sockets accept but
+nothing answers), :meth:`EtcdMember.resume` (SIGCONT), :meth:`EtcdMember.kill` (SIGKILL) and
+:meth:`EtcdMember.start` again on the same data dir (a restart).
+
+The binary: env ``FERRY_ETCD_BIN``, else ``<repo>/.cache/etcd/usr/bin/etcd`` (put there by
+``deploy/fetch-etcd.sh``), else ``etcd`` on PATH. Members inside a network namespace (the lab's
+core namespace, 10.77.0.1) are started with ``nsenter -t PID -n`` and probed from inside it.
+
+Only processes started here are signalled, always by their recorded PID.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from ferry.errors import DeadlineExceeded, FailedPrecondition
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_ETCD_BIN = REPO_ROOT / ".cache" / "etcd" / "usr" / "bin" / "etcd"
+HEALTH_TIMEOUT_S = 15.0
+STOP_GRACE_S = 5.0
+
+# Run inside the member's network namespace to read /health (argv[1] is the URL).
+_PROBE_SCRIPT = (
+    "import sys, urllib.request\n"
+    "try:\n"
+    "    print(urllib.request.urlopen(sys.argv[1], timeout=1).read().decode())\n"
+    "except Exception:\n"
+    "    sys.exit(1)\n"
+)
+
+
+def find_etcd_binary() -> Path | None:
+    """The etcd server binary to use, or None when there is none on this machine."""
+    env = os.environ.get("FERRY_ETCD_BIN")
+    if env:
+        return Path(env) if Path(env).is_file() else None
+    if DEFAULT_ETCD_BIN.is_file():
+        return DEFAULT_ETCD_BIN
+    found = shutil.which("etcd")
+    return Path(found) if found else None
+
+
+def require_etcd_binary() -> Path:
+    """Like :func:`find_etcd_binary`, but raises FailedPrecondition with the fix when missing."""
+    binary = find_etcd_binary()
+    if binary is None:
+        where = os.environ.get("FERRY_ETCD_BIN") or str(DEFAULT_ETCD_BIN)
+        raise FailedPrecondition(
+            f"no etcd server binary at {where} nor on PATH",
+            reason="ETCD_BINARY_MISSING",
+            hint="run deploy/fetch-etcd.sh (or set FERRY_ETCD_BIN to an etcd 3.4/3.5 binary)",
+        )
+    return binary
+
+
+@functools.cache
+def etcd_version(binary: Path) -> tuple[int, int, int]:
+    """The server version, parsed from ``etcd --version`` ("etcd Version: 3.5.16")."""
+    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=10).stdout
+    match = re.search(r"etcd Version:\s*(\d+)\.(\d+)\.(\d+)", out)
+    if match is None:
+        raise FailedPrecondition(
+            f"cannot read the version of {binary}",
+            reason="ETCD_BINARY_BROKEN",
+            hint="check that FERRY_ETCD_BIN points at an etcd server binary",
+        )
+    major, minor, patch = (int(g) for g in match.groups())
+    return major, minor, patch
+
+
+def supports_no_fsync(version: tuple[int, int, int]) -> bool:
+    """``--unsafe-no-fsync`` exists from etcd 3.5 on (tests only: it trades durability for speed)."""
+    return version >= (3, 5, 0)
+
+
+def free_loopback_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 right now (all held open while choosing)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def parse_health(body: str) -> bool:
+    """True when a ``/health`` body says ``"health": "true"`` (etcd sends the string "true")."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and str(doc.get("health")).lower() == "true"
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """Where one member lives: its name, host, client and peer ports, data dir."""
+
+    name: str
+    host: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` for clients (what EtcdStore takes)."""
+        return f"{self.host}:{self.client_port}"
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{self.host}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.host}:{self.peer_port}"
+
+
+def member_command(
+    binary: Path,
+    spec: MemberSpec,
+    initial_cluster: str,
+    *,
+    cluster_token: str,
+    no_fsync: bool,
+    netns_pid: int | None = None,
+) -> list[str]:
+    """The argv that starts ``spec`` as a member of ``initial_cluster`` (pure: no side effects)."""
+    argv = [
+        str(binary),
+        "--name", spec.name,
+        "--data-dir", str(spec.data_dir),
+        "--listen-client-urls", spec.client_url,
+        "--advertise-client-urls", spec.client_url,
+        "--listen-peer-urls", spec.peer_url,
+        "--initial-advertise-peer-urls", spec.peer_url,
+        "--initial-cluster", initial_cluster,
+        "--initial-cluster-state", "new",
+        "--initial-cluster-token", cluster_token,
+        "--logger", "zap",
+        "--log-level", "warn",
+    ]
+    if no_fsync:
+        argv.append("--unsafe-no-fsync")
+    if netns_pid is not None:
+        argv = ["nsenter", "-t", str(netns_pid), "-n", "--", *argv]
+    return argv
+
+
+class EtcdMember:
+    """One etcd server process. Not started until :meth:`start`."""
+
+    def __init__(
+        self,
+        spec: MemberSpec,
+        initial_cluster: str,
+        *,
+        cluster_token: str = "ferry",
+        binary: Path | None = None,
+        netns_pid: int | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.spec = spec
+        self.initial_cluster = initial_cluster
+        self.cluster_token = cluster_token
+        self.binary = binary or require_etcd_binary()
+        self.netns_pid = netns_pid
+        self.log_path = log_path or spec.data_dir.parent / f"{spec.name}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._paused = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def endpoint(self) -> str:
+        return self.spec.endpoint
+
+    @property
+    def pid(self) -> int | None:
+        """The PID of the running process (nsenter execs etcd, so it is etcd's PID)."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def start(self) -> None:
+        """Spawn the process (on its existing data dir, if any: that is a restart). Does not wait."""
+        if self.pid is not None:
+            return
+        self.spec.data_dir.mkdir(parents=True, exist_ok=True)
+        argv = member_command(
+            self.binary,
+            self.spec,
+            self.initial_cluster,
+            cluster_token=self.cluster_token,
+            no_fsync=supports_no_fsync(etcd_version(self.binary)),
+            netns_pid=self.netns_pid,
+        )
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self._paused = False
+
+    def healthy(self) -> bool:
+        """One ``/health`` probe of this member (from inside its network namespace if it has one)."""
+        url = f"{self.spec.client_url}/health"
+        if self.netns_pid is None:
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    return parse_health(resp.read().decode())
+            except (OSError, urllib.error.URLError):
+                return False
+        argv = ["nsenter", "-t", str(self.netns_pid), "-n", "--", sys.executable, "-c", _PROBE_SCRIPT, url]
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=5)
+        except subprocess.TimeoutExpired:
+            return False
+        return out.returncode == 0 and parse_health(out.stdout)
+
+    def wait_healthy(self, timeout_s: float = HEALTH_TIMEOUT_S) -> float:
+        """Poll ``/health`` until true; returns the seconds it took. DeadlineExceeded after ``timeout_s``."""
+        started = time.monotonic()
+        while True:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise FailedPrecondition(
+                    f"etcd member {self.name} exited with status {self._proc.returncode}",
+                    reason="ETCD_EXITED",
+                    hint=f"read its log {self.log_path}",
+                )
+            if self.healthy():
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout_s:
+                raise DeadlineExceeded(
+                    f"etcd member {self.name} not healthy at {self.spec.client_url} after {timeout_s:.0f} s",
+                    reason="ETCD_NOT_HEALTHY",
+                    hint=f"read its log {self.log_path}; a 3-member cluster needs 2 members up",
+                )
+            time.sleep(0.05)
+
+    def pause(self) -> None:
+        """SIGSTOP: the member stops answering but keeps its sockets (a hung server)."""
+        self._signal(signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        self._signal(signal.SIGCONT)
+        self._paused = False
+
+    def kill(self) -> None:
+        """SIGKILL (a crash) and reap the process."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self._proc.send_signal(signal.SIGKILL)
+        self._proc.wait()
+        self._paused = False
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM (and SIGCONT if paused), then SIGKILL after ``grace_s``."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self._proc.send_signal(signal.SIGTERM)
+        if self._paused:
+            self._proc.send_signal(signal.SIGCONT)
+            self._paused = False
+        try:
+            self._proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            raise FailedPrecondition(
+                f"etcd member {self.name} is not running", reason="ETCD_NOT_RUNNING", hint="start it first"
+            )
+        self._proc.send_signal(sig)
+
+
+class EtcdCluster:
+    """1 or 3 members started together; ``endpoints`` is what clients connect to."""
+
+    def __init__(self, members: list[EtcdMember]) -> None:
+        self.members = members
+        self.startup_s: float | None = None  # measured by the last start()
+
+    @classmethod
+    def plan(
+        cls,
+        base_dir: Path,
+        size: int = 1,
+        *,
+        host: str = "127.0.0.1",
+        ports: list[int] | None = None,
+        netns_pid: int | None = None,
+        binary: Path | None = None,
+        cluster_token: str = "ferry",
+    ) -> EtcdCluster:
+        """Members ``e1..eN`` under ``base_dir``; ports are free loopback ports unless given (2 per member)."""
+        if size < 1:
+            raise ValueError("a cluster needs at least one member")
+        ports = ports or free_loopback_ports(2 * size)
+        specs = [
+            MemberSpec(f"e{i + 1}", host, ports[2 * i], ports[2 * i + 1], base_dir / f"e{i + 1}.data")
+            for i in range(size)
+        ]
+        initial = ",".join(f"{s.name}={s.peer_url}" for s in specs)
+        binary = binary or require_etcd_binary()
+        return cls(
+            [
+                EtcdMember(s, initial, cluster_token=cluster_token, binary=binary, netns_pid=netns_pid)
+                for s in specs
+            ]
+        )
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    def start(self, timeout_s: float = HEALTH_TIMEOUT_S) -> float:
+        """Start every member, wait until all are healthy; returns (and records) the seconds it took."""
+        started = time.monotonic()
+        try:
+            for m in self.members:
+                m.start()
+            for m in self.members:
+                m.wait_healthy(max(0.1, timeout_s - (time.monotonic() - started)))
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_s = time.monotonic() - started
+        return self.startup_s
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop every member by its PID."""
+        for m in self.members:
+            m.stop(grace_s)
+
+    def __enter__(self) -> EtcdCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
