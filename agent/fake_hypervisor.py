@@ -1,0 +1,434 @@
+"""An in-memory Hypervisor for component tests and fleet simulation.
+
+It behaves like ``LibvirtHypervisor`` where the agent can tell: domains are read from their XML
+through ``domxml`` (as the real adapter does), errors are built through the same libvirt error
+table (``libvirt_errors.translate``) for the same situations, and a migration is a job that
+advances step by step -- disk mirror, pre-copy iterations against a dirty rate, post-copy,
+switch-over -- and moves the domain to the target ``FakeHypervisor`` of the same ``FakeFleet``.
+
+Time: each step is ``step_ms`` of simulated time and takes ``step_s`` of real time (quick);
+``hold()`` / ``release()`` stop and restart every job between steps, so a test can act
+mid-migration deterministically. Failure injection: ``fail(method, error)``, ``hang(method)``
+and ``fail_migration(name, at_step, code)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid as uuidlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from ferry.agent import libvirt_errors as le
+from ferry.agent.domxml import parse_disks, parse_domain, parse_nics
+from ferry.agent.fake_hostsystem import FakeHostSystem, FakeImage
+from ferry.errors import FerryError
+from ferry.model import DomainInfo, DomainState, HostFacts, JobStats, MigrationOptions, StorageMode
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def make_domain_xml(name: str, *, uuid: str = "", memory_bytes: int = 256 * MiB, vcpus: int = 1,
+                    disks: Iterable[tuple[str, str, str]] = (), bridges: Iterable[str] = (),
+                    networks: Iterable[str] = (), domain_type: str = "qemu") -> str:
+    """A small libvirt domain definition: disks as (target, path, format), NICs on bridges/networks."""
+    disk_xml = "".join(
+        f"<disk type='file' device='disk'><driver name='qemu' type='{fmt}' cache='none'/>"
+        f"<source file='{path}'/><target dev='{target}' bus='virtio'/></disk>"
+        for target, path, fmt in disks)
+    nic_xml = "".join(
+        f"<interface type='bridge'><mac address='52:54:00:00:00:{i:02x}'/><source bridge='{b}'/>"
+        f"<model type='virtio'/></interface>" for i, b in enumerate(bridges))
+    nic_xml += "".join(
+        f"<interface type='network'><mac address='52:54:00:00:01:{i:02x}'/><source network='{n}'/>"
+        f"<model type='virtio'/></interface>" for i, n in enumerate(networks))
+    return (f"<domain type='{domain_type}'><name>{name}</name><uuid>{uuid or uuidlib.uuid4()}</uuid>"
+            f"<memory unit='KiB'>{memory_bytes // 1024}</memory><vcpu>{vcpus}</vcpu>"
+            f"<os><type arch='x86_64'>hvm</type></os>"
+            f"<devices>{disk_xml}{nic_xml}</devices></domain>")
+
+
+@dataclass
+class FakeDomain:
+    xml: str
+    state: DomainState
+    persistent: bool = True
+    dirty_bytes_per_s: int = 0       # how fast the guest dirties memory
+    completed: JobStats | None = None
+
+    @property
+    def name(self) -> str:
+        return parse_domain(self.xml).name
+
+    @property
+    def uuid(self) -> str:
+        return parse_domain(self.xml).uuid
+
+
+@dataclass
+class _Job:
+    domain: FakeDomain
+    target: FakeHypervisor
+    options: MigrationOptions
+    migrate_disks: list[str]
+    destination_xml: str
+    stats: JobStats
+    max_downtime_ms: int = 300
+    bandwidth_bps: int = GiB
+    throttle: int = 0
+    dirtied: int = 0
+    step: int = 0
+    abort: bool = False
+    postcopy: bool = False
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class FakeFleet:
+    """The fake hypervisors that can reach each other, by libvirt URI."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, FakeHypervisor] = {}
+
+
+class FakeHypervisor:
+    """Domains, jobs and faults of one fake libvirt host (see the module docstring)."""
+
+    def __init__(self, *, hostname: str = "fake1", uri: str = "", fleet: FakeFleet | None = None,
+                 host: FakeHostSystem | None = None, timeout_s: float = 30.0, step_s: float = 0.005,
+                 step_ms: int = 100, host_uuid: str = "", networks: Iterable[str] = (),
+                 memory_total_bytes: int = 16 * GiB, cpus: int = 4) -> None:
+        self.hostname = hostname
+        self.uri = uri or f"qemu+tcp://{hostname}/system"
+        self.fleet = fleet or FakeFleet()
+        self.fleet.hosts[self.uri] = self
+        self.host = host
+        self.timeout_s = timeout_s
+        self.step_s = step_s
+        self.step_ms = step_ms
+        self.host_uuid = host_uuid or str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, hostname))
+        self.networks = list(networks)
+        self.memory_total_bytes = memory_total_bytes
+        self.cpus = cpus
+        self.domains: dict[str, FakeDomain] = {}      # by UUID
+        self.disk_sizes: dict[str, tuple[int, int]] = {}  # path -> (virtual size, allocation)
+        self.jobs: dict[str, _Job] = {}               # by domain UUID
+        self.calls: list[str] = []
+        self.reachable = True
+        self._faults: dict[str, list[FerryError]] = {}
+        self._hangs: set[str] = set()
+        self._failures: dict[str, tuple[int, int]] = {}   # domain name -> (step, libvirt code)
+        self._gate = asyncio.Event()
+        self._gate.set()
+
+    # ------------------------------------------------------------------ set-up and faults
+
+    def add_domain(self, xml: str, *, state: DomainState = DomainState.RUNNING, persistent: bool = True,
+                   dirty_bytes_per_s: int = 0) -> DomainInfo:
+        dom = FakeDomain(xml, state, persistent, dirty_bytes_per_s)
+        self.domains[dom.uuid] = dom
+        return self._info(dom)
+
+    def fail(self, method: str, error: FerryError, times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` raise ``error``."""
+        self._faults.setdefault(method, []).extend([error] * times)
+
+    def hang(self, method: str) -> None:
+        """Calls of ``method`` block until their timeout, like a hung libvirtd."""
+        self._hangs.add(method)
+
+    def fail_migration(self, name: str, *, at_step: int = 1, code: int = le.VIR_ERR_OPERATION_FAILED) -> None:
+        """The next migration of ``name`` fails at ``at_step`` with libvirt error ``code``."""
+        self._failures[name] = (at_step, code)
+
+    def hold(self) -> None:
+        """Stop every migration job between two steps (until ``release``)."""
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def set_dirty_rate(self, name: str, bytes_per_s: int) -> None:
+        self._lookup(name, "setDirtyRate").dirty_bytes_per_s = bytes_per_s
+
+    # ------------------------------------------------------------------ helpers
+
+    def _error(self, code: int, message: str, call: str, *, domain: int = le.VIR_FROM_QEMU,
+               peer: str = "", peer_unreachable: bool = False) -> FerryError:
+        return le.translate(code, domain, message, call=call, host=self.uri, peer=peer,
+                            peer_unreachable=peer_unreachable)
+
+    async def _enter(self, method: str, call: str) -> None:
+        self.calls.append(method)
+        if not self.reachable:
+            raise self._error(le.VIR_ERR_SYSTEM_ERROR, "unable to connect to server: Connection refused",
+                              call, domain=le.VIR_FROM_RPC)
+        if method in self._hangs:
+            await asyncio.sleep(self.timeout_s)
+            raise le.timeout_error(call, self.uri, self.timeout_s)
+        faults = self._faults.get(method)
+        if faults:
+            raise faults.pop(0)
+
+    def _lookup(self, name_or_uuid: str, call: str) -> FakeDomain:
+        dom = self.domains.get(name_or_uuid) or next(
+            (d for d in self.domains.values() if d.name == name_or_uuid), None)
+        if dom is None:
+            raise self._error(le.VIR_ERR_NO_DOMAIN,
+                              f"Domain not found: no domain with matching name or uuid '{name_or_uuid}'", call)
+        return dom
+
+    def _size(self, path: str) -> tuple[int, int]:
+        if path in self.disk_sizes:
+            return self.disk_sizes[path]
+        entry = self.host.files.get(path) if self.host is not None else None
+        if isinstance(entry, FakeImage):
+            return entry.virtual_size, entry.allocated
+        if isinstance(entry, int):
+            return entry, entry
+        return 0, 0
+
+    def _info(self, dom: FakeDomain) -> DomainInfo:
+        parsed = parse_domain(dom.xml)
+        disks = tuple(replace(d, virtual_size=self._size(d.source)[0], allocation=self._size(d.source)[1])
+                      if d.source else d for d in parse_disks(dom.xml))
+        return DomainInfo(name=parsed.name, uuid=parsed.uuid, state=dom.state, memory_bytes=parsed.memory_bytes,
+                          vcpus=parsed.vcpus, persistent=dom.persistent, disks=disks,
+                          nics=tuple(parse_nics(dom.xml)), cpu_mode=parsed.cpu_mode, cpu_model=parsed.cpu_model,
+                          os_type=parsed.domain_type)
+
+    # ------------------------------------------------------------------ port: reading
+
+    async def host_facts(self) -> HostFacts:
+        await self._enter("host_facts", "getCapabilities")
+        used = sum(parse_domain(d.xml).memory_bytes for d in self.domains.values() if d.state.is_active)
+        return HostFacts(hostname=self.hostname, host_uuid=self.host_uuid, libvirt_version=9_000_000,
+                         qemu_version=7_002_000, cpu_model="qemu64", arch="x86_64", cpu_features=("sse2",),
+                         cpus=self.cpus, memory_total_bytes=self.memory_total_bytes,
+                         memory_free_bytes=self.memory_total_bytes - used, networks=tuple(self.networks))
+
+    async def list_domains(self) -> list[DomainInfo]:
+        await self._enter("list_domains", "listAllDomains")
+        return sorted((self._info(d) for d in self.domains.values()), key=lambda d: d.name)
+
+    async def get_domain(self, name_or_uuid: str) -> DomainInfo:
+        await self._enter("get_domain", "lookupByName")
+        return self._info(self._lookup(name_or_uuid, "lookupByName"))
+
+    async def find_domain(self, *, name: str = "", uuid: str = "") -> DomainInfo | None:
+        await self._enter("find_domain", "lookupByUUIDString" if uuid else "lookupByName")
+        for dom in self.domains.values():
+            if (uuid and dom.uuid == uuid) or (not uuid and name and dom.name == name):
+                return self._info(dom)
+        return None
+
+    async def domain_xml(self, name_or_uuid: str, *, migratable: bool = True) -> str:
+        await self._enter("domain_xml", "XMLDesc")
+        return self._lookup(name_or_uuid, "XMLDesc").xml
+
+    async def job_stats(self, name_or_uuid: str, *, completed: bool = False) -> JobStats:
+        await self._enter("job_stats", "jobStats")
+        dom = self._lookup(name_or_uuid, "jobStats")
+        if completed:
+            return dom.completed or JobStats()
+        job = self.jobs.get(dom.uuid)
+        return job.stats if job is not None else JobStats()
+
+    async def remote_completed_job(self, target_uri: str, name_or_uuid: str) -> JobStats:
+        await self._enter("remote_completed_job", "jobStats")
+        target = self.fleet.hosts.get(target_uri)
+        if target is None or not target.reachable:
+            raise le.translate(le.VIR_ERR_SYSTEM_ERROR, le.VIR_FROM_RPC, "unable to connect to server",
+                               call="open", host=target_uri)
+        return await target.job_stats(name_or_uuid, completed=True)
+
+    # ------------------------------------------------------------------ port: tuning a job
+
+    def _job(self, name_or_uuid: str, call: str) -> _Job:
+        dom = self._lookup(name_or_uuid, call)
+        job = self.jobs.get(dom.uuid)
+        if job is None:
+            raise self._error(le.VIR_ERR_OPERATION_INVALID, "Requested operation is not valid: "
+                              "no job is active on the domain", call)
+        return job
+
+    async def abort_job(self, name_or_uuid: str) -> bool:
+        await self._enter("abort_job", "abortJob")
+        dom = self._lookup(name_or_uuid, "abortJob")
+        job = self.jobs.get(dom.uuid)
+        if job is None:
+            return False
+        if job.postcopy:
+            raise self._error(le.VIR_ERR_OPERATION_INVALID, "cannot abort migration in post-copy mode", "abortJob")
+        job.abort = True
+        return True
+
+    async def set_max_downtime(self, name_or_uuid: str, ms: int) -> None:
+        await self._enter("set_max_downtime", "migrateSetMaxDowntime")
+        self._job(name_or_uuid, "migrateSetMaxDowntime").max_downtime_ms = ms
+
+    async def set_bandwidth(self, name_or_uuid: str, mibps: int) -> None:
+        await self._enter("set_bandwidth", "migrateSetMaxSpeed")
+        self._job(name_or_uuid, "migrateSetMaxSpeed").bandwidth_bps = (mibps * MiB) if mibps else GiB
+
+    async def start_postcopy(self, name_or_uuid: str) -> None:
+        await self._enter("start_postcopy", "migrateStartPostCopy")
+        job = self._job(name_or_uuid, "migrateStartPostCopy")
+        if not job.options.allow_postcopy:
+            raise self._error(le.VIR_ERR_OPERATION_INVALID,
+                              "switching to post-copy requires migration to be started with VIR_MIGRATE_POSTCOPY",
+                              "migrateStartPostCopy")
+        job.postcopy = True
+
+    # ------------------------------------------------------------------ port: migrate
+
+    async def migrate(self, name_or_uuid: str, *, target_uri: str, destination_xml: str,
+                      options: MigrationOptions, migrate_disks: list[str], migrate_uri: str = "",
+                      timeout_s: float) -> None:
+        call = "migrateToURI3"
+        await self._enter("migrate", call)
+        dom = self._lookup(name_or_uuid, call)
+        target = self.fleet.hosts.get(target_uri)
+        if target is None or not target.reachable:
+            raise self._error(le.VIR_ERR_OPERATION_FAILED, f"Failed to connect to remote libvirt URI {target_uri}",
+                              call, peer=target_uri, peer_unreachable=True)
+        job = self._start_job(dom, target, destination_xml, options, migrate_disks, target_uri)
+        try:
+            await asyncio.wait_for(asyncio.shield(job.done), timeout_s)
+        except TimeoutError:
+            job.abort = True
+            raise le.timeout_error(call, self.uri, timeout_s) from None
+
+    def _start_job(self, dom: FakeDomain, target: FakeHypervisor, destination_xml: str,
+                   options: MigrationOptions, migrate_disks: list[str], target_uri: str) -> _Job:
+        call = "migrateToURI3"
+        if dom.uuid in self.jobs:
+            raise self._error(le.VIR_ERR_OPERATION_TIMEOUT, "Timed out during operation: cannot acquire "
+                              "state change lock (held by monitor=remoteDispatchDomainMigratePerform3Params)", call)
+        if options.offline:
+            if not options.persist_dest:
+                raise self._error(le.VIR_ERR_OPERATION_INVALID, "offline migration must be specified with "
+                                  "the persistent flag set", call)
+            if options.storage is not StorageMode.SHARED:
+                raise self._error(le.VIR_ERR_OPERATION_INVALID, "offline migration cannot handle non-shared "
+                                  "storage", call)
+        elif not dom.state.is_active:
+            raise self._error(le.VIR_ERR_OPERATION_INVALID, "Requested operation is not valid: domain is not "
+                              "running", call)
+        incoming = destination_xml or dom.xml
+        for other in target.domains.values():
+            if (other.uuid == dom.uuid or other.name == dom.name) and other.state.is_active:
+                raise self._error(le.VIR_ERR_OPERATION_INVALID, f"Requested operation is not valid: domain "
+                                  f"'{other.name}' is already active", call)
+        copy = options.storage is not StorageMode.SHARED
+        disk_total = 0
+        if copy and not options.offline:
+            by_target = {d.target: d for d in parse_disks(incoming)}
+            for name in migrate_disks:
+                path = by_target[name].source if name in by_target else ""
+                if target.host is not None and not target.host.exists(path):
+                    raise target._error(le.VIR_ERR_NO_STORAGE_POOL, "Storage pool not found: no storage pool "
+                                        f"with matching target path '{path.rsplit('/', 1)[0]}'", call,
+                                        domain=18, peer=target_uri)
+                src = next((d for d in parse_disks(dom.xml) if d.target == name), None)
+                size = self._size(src.source) if src else (0, 0)
+                disk_total += size[1] or size[0]
+        memory = parse_domain(dom.xml).memory_bytes
+        stats = JobStats(active=True, job_type="unbounded", operation="migration out", memory_total=memory,
+                         memory_remaining=memory, disk_total=disk_total, disk_remaining=disk_total)
+        job = _Job(dom, target, options, list(migrate_disks), incoming, stats,
+                   bandwidth_bps=(options.bandwidth_mibps * MiB) if options.bandwidth_mibps else GiB)
+        self.jobs[dom.uuid] = job
+        asyncio.get_running_loop().create_task(self._run_job(job), name=f"fake migration {dom.name}")
+        return job
+
+    async def _run_job(self, job: _Job) -> None:
+        name = job.domain.name
+        failure = self._failures.pop(name, None)
+        try:
+            if job.options.offline:
+                self._land(job)
+                return
+            while True:
+                await asyncio.sleep(self.step_s)
+                await self._gate.wait()
+                job.step += 1
+                if job.abort:
+                    raise self._error(le.VIR_ERR_OPERATION_ABORTED, "operation aborted: job 'migration out' "
+                                      "canceled by client", "migrateToURI3")
+                if failure and job.step >= failure[0]:
+                    raise self._error(failure[1], "internal error: qemu unexpectedly closed the monitor",
+                                      "migrateToURI3", peer=job.target.uri)
+                if self._advance(job):
+                    self._land(job)
+                    return
+        except FerryError as exc:
+            if job.postcopy:
+                job.domain.state = DomainState.PAUSED   # post-copy failed: the guest is split
+            job.done.set_exception(exc)
+        finally:
+            self.jobs.pop(job.domain.uuid, None)
+            if not job.done.done():
+                job.done.set_result(None)
+            job.done.exception()  # retrieved here: a job nobody waits for any more must not warn
+
+    def _advance(self, job: _Job) -> bool:
+        """One step of the job; True when it has switched over and completed."""
+        s = job.stats
+        send = job.bandwidth_bps * self.step_ms // 1000
+        elapsed = s.time_elapsed_ms + self.step_ms
+        if s.disk_remaining > 0:
+            moved = min(send, s.disk_remaining)
+            job.stats = replace(s, time_elapsed_ms=elapsed, disk_processed=s.disk_processed + moved,
+                                disk_remaining=s.disk_remaining - moved, bandwidth_bps=job.bandwidth_bps)
+            return False
+        if job.postcopy:
+            if job.domain.state is not DomainState.PAUSED:
+                job.domain.state = DomainState.PAUSED   # the guest now runs on the target
+            moved = min(send, s.memory_remaining)
+            job.stats = replace(s, time_elapsed_ms=elapsed, memory_processed=s.memory_processed + moved,
+                                memory_remaining=s.memory_remaining - moved, postcopy=True, dirty_rate_pages=0)
+            return job.stats.memory_remaining == 0
+        iteration = max(1, s.iteration)
+        rate = job.domain.dirty_bytes_per_s * (100 - job.throttle) // 100
+        job.dirtied = min(s.memory_total, job.dirtied + rate * self.step_ms // 1000)
+        moved = min(send, s.memory_remaining)
+        remaining = s.memory_remaining - moved
+        if remaining == 0:
+            if job.dirtied * 1000 // max(1, job.bandwidth_bps) <= job.max_downtime_ms:
+                job.stats = replace(s, time_elapsed_ms=elapsed, memory_processed=s.memory_processed + moved
+                                    + job.dirtied, memory_remaining=0, iteration=iteration,
+                                    downtime_ms=max(1, job.dirtied * 1000 // max(1, job.bandwidth_bps)))
+                return True
+            iteration, remaining, job.dirtied = iteration + 1, job.dirtied, 0
+            if job.options.auto_converge and iteration > 2:
+                job.throttle = min(99, (job.throttle or 10) + 10)
+        job.stats = replace(s, time_elapsed_ms=elapsed, memory_processed=s.memory_processed + moved,
+                            memory_remaining=remaining, iteration=iteration, bandwidth_bps=job.bandwidth_bps,
+                            dirty_rate_pages=rate // 4096, auto_converge_throttle=job.throttle)
+        return False
+
+    def _land(self, job: _Job) -> None:
+        """Switch-over: the domain now lives on the target; the source keeps what the flags say."""
+        dom, opts, target = job.domain, job.options, job.target
+        done = replace(job.stats, active=False, job_type="completed", operation="migration in",
+                       postcopy=job.postcopy)
+        arrived = FakeDomain(job.destination_xml,
+                             DomainState.SHUTOFF if opts.offline else DomainState.RUNNING,
+                             persistent=opts.persist_dest or opts.offline, dirty_bytes_per_s=dom.dirty_bytes_per_s,
+                             completed=done)
+        target.domains = {u: d for u, d in target.domains.items() if d.uuid != dom.uuid and d.name != dom.name}
+        target.domains[arrived.uuid] = arrived
+        if opts.offline:   # only the definition moved; a running guest keeps running here
+            if opts.undefine_source and dom.state.is_active:
+                dom.persistent = False
+            elif opts.undefine_source:
+                del self.domains[dom.uuid]
+            return
+        # what the source keeps: its definition unless undefined (a transient domain has none)
+        keep = not opts.undefine_source and dom.persistent
+        if not keep:
+            del self.domains[dom.uuid]
+            return
+        dom.state = DomainState.SHUTOFF
+        dom.completed = replace(done, operation="migration out")
