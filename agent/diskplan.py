@@ -74,7 +74,7 @@ def _check_requested(disks: list[Disk], storage: StorageMode, migrate_disks: Ite
         raise InvalidArgument(
             f"disks to copy ({', '.join(requested)}) were given with shared storage",
             reason="MIGRATE_DISKS_WITH_SHARED",
-            hint="choose --storage copy-all or copy-inc to copy them, or drop --migrate-disks")
+            hint="use --copy-storage-all or --copy-storage-inc to copy them, or drop --migrate-disks")
     unknown = [t for t in requested if t not in by_target]
     if unknown:
         raise InvalidArgument(

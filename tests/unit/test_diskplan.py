@@ -109,7 +109,7 @@ def test_plan_carries_sizes_and_format():
         (StorageMode.COPY_ALL, ["sda"], "DISK_NOT_COPYABLE", "writable file disks"),
         (StorageMode.COPY_ALL, ["sdb"], "DISK_NOT_COPYABLE", "writable file disks"),
         (StorageMode.COPY_ALL, ["vdc"], "DISK_NOT_COPYABLE", "writable file disks"),
-        (StorageMode.SHARED, ["vda"], "MIGRATE_DISKS_WITH_SHARED", "--storage copy-all"),
+        (StorageMode.SHARED, ["vda"], "MIGRATE_DISKS_WITH_SHARED", "--copy-storage-all"),
     ],
 )
 def test_plan_disks_refuses(storage, migrate_disks, reason, hint_has):
