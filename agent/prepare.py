@@ -34,7 +34,7 @@ from ferry.agent.domxml import ParsedDomain, backing_formats, parse_disks, parse
     rewrite_for_target
 from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound, \
     ResourceExhausted
-from ferry.model import DiskPlan, DomainInfo, HostMapping, Nic, PrepareRecord, StorageDir, StorageMode
+from ferry.model import Disk, DiskPlan, DomainInfo, HostMapping, Nic, PrepareRecord, StorageDir, StorageMode
 from ferry.ports import HostSystem, Hypervisor
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class PathFacts:
     exists: bool
     writable_dir: bool = True
     free_bytes: int = 0
+    shared: bool = False  # on shared storage (declared shared dir or cluster file system)
     fs_key: str = ""  # paths with the same key share one file system's free space
 
 
@@ -128,6 +129,8 @@ def resolve_plans(xml: str, plans: Iterable[DiskPlan], storage: StorageMode,
 def _domain_problems(parsed: ParsedDomain, snap: TargetSnapshot) -> list[Problem]:
     out = []
     for dom in snap.domains:
+        if dom.name == parsed.name and dom.uuid == parsed.uuid and not dom.state.is_active:
+            continue  # libvirt lets an incoming migration replace its own inactive definition
         same = "name" if dom.name == parsed.name else "UUID"
         state = "running" if dom.state.is_active else "defined, not running"
         out.append(Problem(
@@ -169,7 +172,7 @@ def _nic_problems(nics: Iterable[Nic], mapping: HostMapping, snap: TargetSnapsho
     return out
 
 
-def _disk_problems(plans: list[DiskPlan], storage: StorageMode, devices: set[str] | None,
+def _disk_problems(plans: list[DiskPlan], storage: StorageMode, devices: Mapping[str, Disk] | None,
                    snap: TargetSnapshot) -> list[Problem]:
     out: list[Problem] = []
     host = snap.host_name
@@ -190,13 +193,22 @@ def _disk_problems(plans: list[DiskPlan], storage: StorageMode, devices: set[str
         destinations[dest] = p.target
         f = facts.get(dest, PathFacts(exists=False))
         if not p.copy:
+            why = "on shared storage" if storage is StorageMode.SHARED else "not copied"
+            disk = devices.get(p.target) if devices is not None else None
+            writable = disk is not None and not disk.readonly and disk.device == "disk"
             if not f.exists:
-                why = "on shared storage" if storage is StorageMode.SHARED else "not copied"
                 out.append(Problem(
                     FailedPrecondition, "SHARED_DISK_MISSING",
                     f"disk {p.target} ({why}) is expected at {dest} on {host}, but nothing is there",
                     f"make {os.path.dirname(dest)} visible on {host} (mount the shared storage), map the path "
                     f"(--map-path {os.path.dirname(p.source)}=DIR), or copy the disk (--copy-storage-all)"))
+            elif writable and not f.shared:
+                out.append(Problem(
+                    FailedPrecondition, "DISK_NOT_SHARED",
+                    f"disk {p.target} ({why}) is writable, but {dest} on {host} is on local storage: the guest "
+                    "would continue on a different file than on the source",
+                    f"copy the disk (--copy-storage-all); if {os.path.dirname(dest)} really is shared, list it "
+                    f"in shared_dirs of {host}'s agent config"))
             continue
         if storage is StorageMode.SHARED:
             out.append(Problem(InvalidArgument, "COPY_WITH_SHARED_STORAGE",
@@ -255,7 +267,7 @@ def check_target(xml: str, plans: list[DiskPlan], mapping: HostMapping, storage:
     would fix them: the definition, the domain itself, networking, disks, space."""
     try:
         parsed, nics = parse_domain(xml), parse_nics(xml)
-        devices: set[str] | None = {d.target for d in parse_disks(xml)}
+        devices: dict[str, Disk] | None = {d.target: d for d in parse_disks(xml)}
     except InvalidArgument as exc:
         return [Problem(InvalidArgument, exc.reason, exc.message, exc.hint),
                 *_disk_problems(plans, storage, None, snapshot)]
@@ -417,7 +429,8 @@ class PrepareService:
                    ) -> tuple[dict[str, PathFacts], tuple[str, ...], dict[str, int]]:
         dirs = self._host.storage_dirs()
         facts = {path: PathFacts(exists=self._host.exists(path), writable_dir=self._host.writable_dir(path),
-                                 free_bytes=self._host.free_bytes(path), fs_key=storage_key(path, dirs))
+                                 free_bytes=self._host.free_bytes(path), shared=self._host.is_shared(path),
+                                 fs_key=storage_key(path, dirs))
                  for path in paths}
         reserved: dict[str, int] = {}
         for _, by_path in stored:

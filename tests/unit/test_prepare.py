@@ -1,11 +1,15 @@
 """PrepareIncoming / CleanupIncoming / CommitIncoming on a fake host and a stub hypervisor."""
 
 import json
+import shutil
+import subprocess
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from ferry.agent.fake_hostsystem import FakeHostSystem, FakeImage
+from ferry.agent.hostsystem import LocalHostSystem
 from ferry.agent.prepare import PrepareService
 from ferry.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, ResourceExhausted
 from ferry.model import DiskPlan, DomainInfo, DomainState, HostFacts, HostMapping, JobStats, StorageMode
@@ -100,8 +104,9 @@ def hv():
 
 @pytest.fixture
 def host():
-    return FakeHostSystem(bridges=["br-vm"], dirs={IMG: 40 * GiB, "/srv/fast": 100 * GiB, "/ro": 10 * GiB},
-                          read_only_dirs=["/ro"], files={f"{IMG}/base/debian.raw": 2 * GiB})
+    return FakeHostSystem(bridges=["br-vm"],
+                          dirs={IMG: 40 * GiB, "/srv/fast": 100 * GiB, "/ro": 10 * GiB, "/shared": 500 * GiB},
+                          read_only_dirs=["/ro"], shared_dirs=["/shared"], files={f"{IMG}/base/debian.raw": 2 * GiB})
 
 
 def service(hv, host, state_dir, clock):
@@ -180,6 +185,9 @@ async def test_refusal_raises_the_first_problem_listing_all_and_creates_nothing(
         ("plan for a disk the domain lacks", {"disks": [DiskPlan(target="vdq", source="/x", virtual_size=GiB)]},
          "DISK_NOT_IN_DOMAIN", InvalidArgument),
         ("copy with shared storage", {"storage": StorageMode.SHARED}, "COPY_WITH_SHARED_STORAGE", InvalidArgument),
+        ("shared disk on local storage here", {"storage": StorageMode.SHARED, "disks": [
+            DiskPlan(target="vdb", source=f"{IMG}/web1-data.raw", destination=f"{IMG}/base/debian.raw", copy=False)]},
+         "DISK_NOT_SHARED", FailedPrecondition),
     ],
 )
 async def test_each_problem(svc, hv, case, kwargs, reason, error):
@@ -192,6 +200,31 @@ async def test_each_problem(svc, hv, case, kwargs, reason, error):
     with pytest.raises(error) as err:
         await prep(svc, **kwargs)
     assert err.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("name", "state", "problems"),
+    [
+        ("web1", DomainState.SHUTOFF, []),  # its own inactive definition: libvirt replaces it
+        ("web1", DomainState.RUNNING, ["DOMAIN_EXISTS"]),
+        ("web1-old", DomainState.SHUTOFF, ["DOMAIN_EXISTS"]),
+    ],
+)
+async def test_domain_already_here(svc, hv, name, state, problems):
+    hv.add(name, UUID, state)
+    out = await prep(svc, dry_run=True)
+    assert [p.reason for p in out.problems] == problems
+
+
+async def test_shared_and_read_only_disks_expected_in_place(svc, host):
+    host.files["/shared/web1-data.raw"] = 8 * GiB
+    host.files["/var/lib/libvirt/images/web1.qcow2"] = GiB  # read-only here: a local copy is fine
+    xml = XML.replace("<target dev='vda' bus='virtio'/>", "<target dev='vda' bus='virtio'/><readonly/>")
+    plans = [DiskPlan(target="vda", source=f"{IMG}/web1.qcow2", copy=False),
+             DiskPlan(target="vdb", source=f"{IMG}/web1-data.raw", destination="/shared/web1-data.raw", copy=False)]
+    out = await prep(svc, xml=xml, disks=plans, storage=StorageMode.SHARED, dry_run=True)
+    assert out.problems == ()
+    assert "/shared/web1-data.raw" in out.destination_xml
 
 
 async def test_network_mapped_to_one_that_exists_is_fine(svc):
@@ -224,8 +257,8 @@ async def test_space_promised_to_another_prepare_counts(svc, host):
 
 async def test_prepare_creates_exactly_the_planned_images_and_a_record(svc, host, clock):
     host.files[f"{IMG}/unrelated.qcow2"] = GiB
-    shared = DiskPlan(target="vdb", source=f"{IMG}/web1-data.raw", copy=False)
-    host.files[f"{IMG}/web1-data.raw"] = 8 * GiB  # the shared disk is visible here
+    shared = DiskPlan(target="vdb", source=f"{IMG}/web1-data.raw", destination="/shared/web1-data.raw", copy=False)
+    host.files["/shared/web1-data.raw"] = 8 * GiB  # the shared disk is visible here
     out = await prep(svc, disks=[VDA, shared], ttl_s=120)
     assert out.created == (f"{IMG}/web1.qcow2",)
     assert host.created == [f"{IMG}/web1.qcow2"]
@@ -402,3 +435,21 @@ async def test_a_record_survives_an_agent_restart(hv, host, tmp_path, clock):
     clock.now += timedelta(seconds=601)
     assert await again.sweep() == [f"{out.prepare_id}: cleaned up, removed 2 file(s) of web1"]
     assert not any(p in host.files for p in out.created)
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img is not installed")
+async def test_real_images_on_a_real_host_system(hv, tmp_path, clock):
+    images = tmp_path / "images"
+    net = tmp_path / "sys" / "class" / "net" / "br-vm" / "bridge"
+    net.mkdir(parents=True)
+    host = LocalHostSystem([str(images)], sysfs_root=str(tmp_path / "sys"))
+    svc = service(hv, host, tmp_path / "state", clock)
+    mapping = HostMapping(bridges={"br-guest": "br-vm"}, path_prefixes={IMG: str(images)})
+    out = await prep(svc, disks=[replace(VDA, virtual_size=GiB), replace(VDB, virtual_size=GiB // 2)],
+                     mapping=mapping)
+    infos = [json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", path], check=True,
+                                       capture_output=True, text=True).stdout) for path in out.created]
+    assert [(i["format"], i["virtual-size"]) for i in infos] == [("qcow2", GiB), ("raw", GiB // 2)]
+    removed, _ = await svc.cleanup(out.prepare_id)
+    assert sorted(removed) == sorted(out.created)
+    assert list(images.rglob("*.*")) == []
