@@ -75,7 +75,8 @@ VIR_FROM_REMOTE = 13
 VIR_FROM_STREAMS = 38
 
 # A SYSTEM_ERROR from the RPC layer is a broken or refused connection; from elsewhere it is an OS
-# error on the host (a file that cannot be opened...).
+# error on the host (a file that cannot be opened...). The RPC layer reports a closed client
+# socket as an INTERNAL_ERROR: a broken connection too.
 _TRANSPORT_DOMAINS = frozenset({VIR_FROM_RPC, VIR_FROM_REMOTE, VIR_FROM_STREAMS})
 _UNREACHABLE_CODES = frozenset({VIR_ERR_NO_CONNECT, VIR_ERR_INVALID_CONN, VIR_ERR_RPC})
 
@@ -212,13 +213,14 @@ _PEER_UNREACHABLE = Rule(
 
 def is_unreachable(code: int, domain: int = 0) -> bool:
     """True when the error means the libvirt connection is broken or cannot be made."""
-    return code in _UNREACHABLE_CODES or (code == VIR_ERR_SYSTEM_ERROR and domain in _TRANSPORT_DOMAINS)
+    return code in _UNREACHABLE_CODES or (
+        code in (VIR_ERR_SYSTEM_ERROR, VIR_ERR_INTERNAL_ERROR) and domain in _TRANSPORT_DOMAINS)
 
 
 def rule_for(code: int, domain: int = 0) -> Rule:
     """The rule for a libvirt error code (and the subsystem that raised it)."""
     if is_unreachable(code, domain):
-        return RULES[VIR_ERR_RPC] if code == VIR_ERR_SYSTEM_ERROR else RULES[code]
+        return RULES[code] if code in _UNREACHABLE_CODES else RULES[VIR_ERR_RPC]
     return RULES.get(code, DEFAULT_RULE)
 
 

@@ -30,6 +30,7 @@ RPC, QEMU, REMOTE, STORAGE = 7, 10, 13, 18
         (50, STORAGE, errors.FailedPrecondition, "TARGET_DISK_MISSING"),
         (9, QEMU, errors.Internal, "LIBVIRT_OPERATION_FAILED"),
         (1, QEMU, errors.Internal, "LIBVIRT_INTERNAL_ERROR"),
+        (1, RPC, errors.Unavailable, "LIBVIRT_UNREACHABLE"),          # "client socket is closed"
         (74, QEMU, errors.InvalidArgument, "ARGUMENT_UNSUPPORTED"),
         (67, QEMU, errors.FailedPrecondition, "CONFIG_UNSUPPORTED"),
         (8, QEMU, errors.InvalidArgument, "INVALID_ARGUMENT"),
@@ -71,7 +72,7 @@ def test_peer_unreachable_is_the_callers_finding():
 
 
 @pytest.mark.parametrize(("code", "domain", "expected"),
-                         [(38, RPC, True), (38, 0, False), (39, 0, True), (5, 0, True), (6, 0, True),
+                         [(38, RPC, True), (38, 0, False), (1, RPC, True), (1, QEMU, False), (39, 0, True), (5, 0, True), (6, 0, True),
                           (42, QEMU, False), (9, QEMU, False)])
 def test_is_unreachable(code, domain, expected):
     assert le.is_unreachable(code, domain) is expected

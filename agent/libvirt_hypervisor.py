@@ -1,0 +1,451 @@
+"""The Hypervisor port over libvirt-python: the only module that imports ``libvirt``.
+
+Every libvirt call is blocking, so each runs in this adapter's own thread pool and is awaited
+with a timeout: a hung libvirtd costs a thread, never the event loop, and the caller gets
+DeadlineExceeded (LIBVIRT_TIMEOUT) naming the call and the host. libvirt errors become Ferry
+errors through the one table in ``libvirt_errors`` (decided on error codes, never on text).
+
+The connection is opened on first use and re-opened when it is found dead (``isAlive``) or a
+call failed because the connection broke; idempotent reads are retried once on a new
+connection. libvirt's default error handler (which prints every error to stderr) is silenced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import libvirt
+
+from ferry.agent import libvirt_errors as le
+from ferry.agent.domxml import parse_disks, parse_domain, parse_nics
+from ferry.errors import Aborted, FerryError
+from ferry.model import DomainInfo, DomainState, HostFacts, JobStats, MigrationOptions, StorageMode
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MiB = 1 << 20
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+
+# libvirt reports "no network driver" for a libvirtd built or started without one.
+_NO_DRIVER = frozenset({le.VIR_ERR_NO_SUPPORT, le.VIR_ERR_OPERATION_UNSUPPORTED})
+
+_JOB_TYPES = {0: "none", 1: "bounded", 2: "unbounded", 3: "completed", 4: "failed", 5: "cancelled"}
+_JOB_OPERATIONS = {0: "", 1: "start", 2: "save", 3: "restore", 4: "migration in", 5: "migration out",
+                   6: "snapshot", 7: "snapshot revert", 8: "dump", 9: "backup", 10: "snapshot delete"}
+
+
+def _silence(_ctx: object, _err: object) -> None:
+    """libvirt's default handler prints every error to stderr; we report them ourselves."""
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    host_uuid: str = ""
+    arch: str = ""
+    cpu_model: str = ""
+    cpu_features: tuple[str, ...] = ()
+
+
+def parse_capabilities(xml: str) -> Capabilities:
+    """Host UUID, CPU arch, model and features from ``virConnectGetCapabilities``."""
+    root = ET.fromstring(xml)
+    cpu = root.find("host/cpu")
+    return Capabilities(
+        host_uuid=(root.findtext("host/uuid") or "").strip(),
+        arch=(cpu.findtext("arch") or "").strip() if cpu is not None else "",
+        cpu_model=(cpu.findtext("model") or "").strip() if cpu is not None else "",
+        cpu_features=tuple(f.get("name", "") for f in cpu.iterfind("feature") if f.get("name"))
+        if cpu is not None else (),
+    )
+
+
+def migration_flags(options: MigrationOptions, *, copy_disks: bool) -> int:
+    """migrateToURI3 flags: always peer-to-peer; live unless offline (offline = definition only,
+    hence PERSIST_DEST); storage copy per the storage mode when there are disks to copy."""
+    flags = libvirt.VIR_MIGRATE_PEER2PEER
+    if options.offline:
+        flags |= libvirt.VIR_MIGRATE_OFFLINE | libvirt.VIR_MIGRATE_PERSIST_DEST
+    else:
+        flags |= libvirt.VIR_MIGRATE_LIVE
+    if options.persist_dest:
+        flags |= libvirt.VIR_MIGRATE_PERSIST_DEST
+    if options.undefine_source:
+        flags |= libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    if copy_disks and options.storage is StorageMode.COPY_ALL:
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+    elif copy_disks and options.storage is StorageMode.COPY_INC:
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
+    if options.auto_converge:
+        flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+    if options.allow_postcopy:
+        flags |= libvirt.VIR_MIGRATE_POSTCOPY
+    if options.unsafe:
+        flags |= libvirt.VIR_MIGRATE_UNSAFE
+    return flags
+
+
+def migration_params(options: MigrationOptions, *, destination_xml: str, migrate_disks: list[str],
+                     migrate_uri: str) -> dict[str, Any]:
+    """migrateToURI3 typed parameters. The destination XML is also the persistent definition
+    on the target: without it libvirt would keep the source's host-specific names there."""
+    params: dict[str, Any] = {}
+    if destination_xml:
+        params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = destination_xml
+        if options.persist_dest or options.offline:
+            params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = destination_xml
+    if migrate_disks and options.storage is not StorageMode.SHARED:
+        params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(migrate_disks)
+    if options.bandwidth_mibps:
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = options.bandwidth_mibps
+    if migrate_uri:
+        params[libvirt.VIR_MIGRATE_PARAM_URI] = migrate_uri
+    return params
+
+
+def job_stats_from_libvirt(d: dict[str, Any], *, postcopy: bool = False) -> JobStats:
+    """virDomainGetJobStats' typed parameters as JobStats."""
+    job_type = _JOB_TYPES.get(int(d.get("type", 0)), "none")
+    return JobStats(
+        active=job_type in ("bounded", "unbounded"),
+        job_type=job_type,
+        operation=_JOB_OPERATIONS.get(int(d.get("operation", 0)), ""),
+        time_elapsed_ms=int(d.get("time_elapsed", 0)),
+        memory_total=int(d.get("memory_total", 0)),
+        memory_processed=int(d.get("memory_processed", 0)),
+        memory_remaining=int(d.get("memory_remaining", 0)),
+        disk_total=int(d.get("disk_total", 0)),
+        disk_processed=int(d.get("disk_processed", 0)),
+        disk_remaining=int(d.get("disk_remaining", 0)),
+        dirty_rate_pages=int(d.get("memory_dirty_rate", 0)),
+        page_size=int(d.get("memory_page_size", 0)) or 4096,
+        iteration=int(d.get("memory_iteration", 0)),
+        bandwidth_bps=int(d.get("memory_bps", 0)),
+        auto_converge_throttle=int(d.get("auto_converge_throttle", 0)),
+        downtime_ms=int(d.get("downtime", 0)),
+        postcopy=postcopy,
+    )
+
+
+def _in_postcopy(state: int, reason: int) -> bool:
+    return (state, reason) in ((libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY),
+                               (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY))
+
+
+def _code(exc: libvirt.libvirtError) -> int:
+    return exc.get_error_code() or 0
+
+
+# ---------------------------------------------------------------- the adapter
+
+
+class LibvirtHypervisor:
+    """The local libvirtd at ``uri``; every call bounded by ``timeout_s`` (see module docstring)."""
+
+    def __init__(self, uri: str, timeout_s: float = 30.0, *, max_threads: int = 16,
+                 probe_timeout_s: float = 10.0) -> None:
+        libvirt.registerErrorHandler(_silence, None)
+        self.uri = uri
+        self.timeout_s = timeout_s
+        self._probe_timeout_s = probe_timeout_s
+        self._pool = ThreadPoolExecutor(max_threads, thread_name_prefix="libvirt")
+        self._lock = threading.Lock()
+        self._conn: libvirt.virConnect | None = None
+        self._aborted: set[str] = set()   # UUIDs whose migration job we aborted
+
+    def close(self) -> None:
+        """Drop the connection and the threads (a thread stuck in libvirt is left behind)."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _connection(self) -> libvirt.virConnect:
+        """The open connection, re-opened when dead (runs in a pool thread)."""
+        with self._lock:
+            conn = self._conn
+            if conn is not None:
+                try:
+                    if conn.isAlive():
+                        return conn
+                except libvirt.libvirtError:
+                    pass
+                log.warning("connection to libvirt %s is dead: reconnecting", self.uri)
+            self._conn = libvirt.open(self.uri)
+            return self._conn
+
+    def _forget(self, conn: libvirt.virConnect | None) -> None:
+        with self._lock:
+            if self._conn is conn:
+                self._conn = None
+
+    async def _call(self, call: str, fn: Callable[[libvirt.virConnect], T], *, timeout_s: float | None = None,
+                    retry: bool = False) -> T:
+        """Run ``fn(connection)`` in the pool within the timeout; libvirt errors -> Ferry errors."""
+        timeout = timeout_s or self.timeout_s
+        loop = asyncio.get_running_loop()
+        for attempt in (1, 2):
+            used: list[libvirt.virConnect] = []
+
+            def work() -> T:
+                conn = self._connection()
+                used.append(conn)
+                return fn(conn)
+
+            try:
+                return await asyncio.wait_for(loop.run_in_executor(self._pool, work), timeout)
+            except TimeoutError:
+                raise le.timeout_error(call, self.uri, timeout) from None
+            except libvirt.libvirtError as exc:
+                if le.is_unreachable(_code(exc), exc.get_error_domain() or 0):
+                    self._forget(used[0] if used else None)
+                    if retry and attempt == 1 and used:
+                        log.info("libvirt %s failed on a broken connection: retrying once", call)
+                        continue
+                raise self._error(exc, call) from exc
+        raise AssertionError("unreachable")
+
+    def _error(self, exc: libvirt.libvirtError, call: str, *, host: str = "", peer: str = "",
+               peer_unreachable: bool = False) -> FerryError:
+        return le.translate(_code(exc), exc.get_error_domain() or 0, exc.get_error_message() or "",
+                            call=call, host=host or self.uri, peer=peer, peer_unreachable=peer_unreachable)
+
+    @staticmethod
+    def _lookup(conn: libvirt.virConnect, name_or_uuid: str) -> libvirt.virDomain:
+        if _UUID.match(name_or_uuid):
+            try:
+                return conn.lookupByUUIDString(name_or_uuid)
+            except libvirt.libvirtError as exc:
+                if _code(exc) != le.VIR_ERR_NO_DOMAIN:
+                    raise
+        return conn.lookupByName(name_or_uuid)
+
+    @staticmethod
+    def _domain_info(dom: libvirt.virDomain) -> DomainInfo:
+        xml = dom.XMLDesc(0)
+        parsed = parse_domain(xml)
+        state, _reason = dom.state()
+        disks = []
+        for disk in parse_disks(xml):
+            if disk.source:
+                try:
+                    capacity, allocation, _physical = dom.blockInfo(disk.target)
+                    disk = replace(disk, virtual_size=capacity, allocation=allocation)
+                except libvirt.libvirtError as exc:
+                    log.debug("no block info for %s %s: %s", parsed.name, disk.target, exc)
+            disks.append(disk)
+        try:
+            domain_state = DomainState(state)
+        except ValueError:
+            domain_state = DomainState.UNKNOWN
+        return DomainInfo(
+            name=parsed.name, uuid=parsed.uuid, state=domain_state, memory_bytes=parsed.memory_bytes,
+            vcpus=parsed.vcpus, persistent=bool(dom.isPersistent()), disks=tuple(disks),
+            nics=tuple(parse_nics(xml)), cpu_mode=parsed.cpu_mode, cpu_model=parsed.cpu_model,
+            os_type=parsed.domain_type)
+
+    # ------------------------------------------------------------------ port: reading
+
+    async def host_facts(self) -> HostFacts:
+        def work(conn: libvirt.virConnect) -> HostFacts:
+            caps = parse_capabilities(conn.getCapabilities())
+            info = conn.getInfo()   # [model, memory MiB, cpus, MHz, nodes, sockets, cores, threads]
+            try:
+                networks = tuple(sorted(conn.listNetworks()))
+            except libvirt.libvirtError as exc:
+                if _code(exc) not in _NO_DRIVER:
+                    raise
+                networks = ()
+            return HostFacts(
+                hostname=conn.getHostname(), host_uuid=caps.host_uuid,
+                libvirt_version=conn.getLibVersion(), qemu_version=conn.getVersion(),
+                cpu_model=caps.cpu_model, arch=caps.arch or info[0], cpu_features=caps.cpu_features,
+                cpus=int(info[2]), memory_total_bytes=int(info[1]) * MiB,
+                memory_free_bytes=int(conn.getFreeMemory()), networks=networks)
+        return await self._call("getCapabilities", work, retry=True)
+
+    async def list_domains(self) -> list[DomainInfo]:
+        def work(conn: libvirt.virConnect) -> list[DomainInfo]:
+            out = []
+            for dom in conn.listAllDomains(0):
+                try:
+                    out.append(self._domain_info(dom))
+                except libvirt.libvirtError as exc:
+                    if _code(exc) != le.VIR_ERR_NO_DOMAIN:   # gone while we looked: skip it
+                        raise
+            return sorted(out, key=lambda d: d.name)
+        return await self._call("listAllDomains", work, retry=True)
+
+    async def get_domain(self, name_or_uuid: str) -> DomainInfo:
+        return await self._call("lookupByName", lambda c: self._domain_info(self._lookup(c, name_or_uuid)),
+                                retry=True)
+
+    async def find_domain(self, *, name: str = "", uuid: str = "") -> DomainInfo | None:
+        def work(conn: libvirt.virConnect) -> DomainInfo | None:
+            try:
+                dom = conn.lookupByUUIDString(uuid) if uuid else conn.lookupByName(name)
+                return self._domain_info(dom)
+            except libvirt.libvirtError as exc:
+                if _code(exc) == le.VIR_ERR_NO_DOMAIN:
+                    return None
+                raise
+        return await self._call("lookupByUUIDString" if uuid else "lookupByName", work, retry=True)
+
+    async def domain_xml(self, name_or_uuid: str, *, migratable: bool = True) -> str:
+        flags = libvirt.VIR_DOMAIN_XML_SECURE | (libvirt.VIR_DOMAIN_XML_MIGRATABLE if migratable else 0)
+        return await self._call("XMLDesc", lambda c: self._lookup(c, name_or_uuid).XMLDesc(flags), retry=True)
+
+    async def job_stats(self, name_or_uuid: str, *, completed: bool = False) -> JobStats:
+        flags = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED if completed else 0
+
+        def work(conn: libvirt.virConnect) -> JobStats:
+            dom = self._lookup(conn, name_or_uuid)
+            stats = dom.jobStats(flags)
+            return job_stats_from_libvirt(stats, postcopy=_in_postcopy(*dom.state()))
+        return await self._call("jobStats", work, retry=True)
+
+    async def remote_completed_job(self, target_uri: str, name_or_uuid: str) -> JobStats:
+        def work() -> JobStats:
+            remote = libvirt.open(target_uri)
+            try:
+                stats = self._lookup(remote, name_or_uuid).jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+                return job_stats_from_libvirt(stats)
+            finally:
+                remote.close()
+        return await self._remote("jobStats", target_uri, work)
+
+    async def _remote(self, call: str, uri: str, work: Callable[[], T]) -> T:
+        """A call on another host's libvirtd (its own connection, not ours)."""
+        try:
+            return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._pool, work),
+                                          self.timeout_s)
+        except TimeoutError:
+            raise le.timeout_error(call, uri, self.timeout_s) from None
+        except libvirt.libvirtError as exc:
+            raise self._error(exc, call, host=uri) from exc
+
+    # ------------------------------------------------------------------ port: tuning a job
+
+    async def abort_job(self, name_or_uuid: str) -> bool:
+        """Abort the running job. A hung abortJob is retried once on a fresh connection (seen:
+        an abort that blocked for ten minutes until a second connection aborted)."""
+        def abort(conn: libvirt.virConnect) -> bool:
+            dom = self._lookup(conn, name_or_uuid)
+            if dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
+                return False
+            self._aborted.add(dom.UUIDString())
+            try:
+                dom.abortJob()
+            except libvirt.libvirtError as exc:
+                if _code(exc) == le.VIR_ERR_OPERATION_INVALID and dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
+                    return False   # the job ended meanwhile
+                raise
+            return True
+
+        try:
+            return await self._call("abortJob", abort)
+        except FerryError as exc:
+            if exc.reason != "LIBVIRT_TIMEOUT":
+                raise
+            log.warning("abortJob of %s hung: retrying on a new connection", name_or_uuid)
+
+        def abort_fresh(_conn: libvirt.virConnect) -> bool:
+            fresh = libvirt.open(self.uri)
+            try:
+                return abort(fresh)
+            finally:
+                fresh.close()
+        return await self._call("abortJob", abort_fresh)
+
+    async def set_max_downtime(self, name_or_uuid: str, ms: int) -> None:
+        await self._call("migrateSetMaxDowntime",
+                         lambda c: self._lookup(c, name_or_uuid).migrateSetMaxDowntime(ms, 0))
+
+    async def set_bandwidth(self, name_or_uuid: str, mibps: int) -> None:
+        await self._call("migrateSetMaxSpeed", lambda c: self._lookup(c, name_or_uuid).migrateSetMaxSpeed(mibps, 0))
+
+    async def start_postcopy(self, name_or_uuid: str) -> None:
+        await self._call("migrateStartPostCopy", lambda c: self._lookup(c, name_or_uuid).migrateStartPostCopy(0))
+
+    # ------------------------------------------------------------------ port: migrate
+
+    async def migrate(self, name_or_uuid: str, *, target_uri: str, destination_xml: str,
+                      options: MigrationOptions, migrate_disks: list[str], migrate_uri: str = "",
+                      timeout_s: float) -> None:
+        """Peer-to-peer migration with migrateToURI3 (flags and params: ``migration_flags`` and
+        ``migration_params``). Past ``timeout_s`` the job is aborted and DeadlineExceeded raised.
+
+        A failure after our own abort is Aborted whatever libvirt said (the target's error may
+        come back instead of "aborted"). A failure that may be the target's connection is
+        checked by opening the target: unreachable -> Unavailable TARGET_UNREACHABLE.
+        """
+        copy = bool(migrate_disks) and options.storage is not StorageMode.SHARED
+        flags = migration_flags(options, copy_disks=copy)
+        params = migration_params(options, destination_xml=destination_xml, migrate_disks=migrate_disks,
+                                  migrate_uri=migrate_uri)
+        uuid = (await self.get_domain(name_or_uuid)).uuid
+        self._aborted.discard(uuid)
+        loop = asyncio.get_running_loop()
+
+        def work() -> None:
+            conn = self._connection()
+            conn.lookupByUUIDString(uuid).migrateToURI3(target_uri, params, flags)
+
+        log.info("migrateToURI3 %s -> %s flags=%#x params=%s", uuid, target_uri, flags,
+                 sorted(k for k in params if k not in ("destination_xml", "persistent_xml")))
+        try:
+            await asyncio.wait_for(loop.run_in_executor(self._pool, work), timeout_s)
+        except TimeoutError:
+            log.error("migration of %s exceeded %.0f s: aborting it", uuid, timeout_s)
+            try:
+                await self.abort_job(uuid)
+            except FerryError as exc:
+                log.error("abort of %s failed: %s: %s", uuid, exc.reason, exc)
+            raise le.timeout_error("migrateToURI3", self.uri, timeout_s) from None
+        except libvirt.libvirtError as exc:
+            raise await self._migrate_error(exc, uuid, target_uri) from exc
+        finally:
+            self._aborted.discard(uuid)
+
+    async def _migrate_error(self, exc: libvirt.libvirtError, uuid: str, target_uri: str) -> FerryError:
+        call = "migrateToURI3"
+        if uuid in self._aborted:
+            return Aborted(f"{call} on {self.uri}: {exc.get_error_message()}", reason="MIGRATION_ABORTED",
+                           hint="the migration was aborted on request; the guest keeps running on the source")
+        code = _code(exc)
+        if code == le.VIR_ERR_OPERATION_FAILED or le.is_unreachable(code, exc.get_error_domain() or 0):
+            if not await self._reachable(target_uri):
+                return self._error(exc, call, peer=target_uri, peer_unreachable=True)
+        return self._error(exc, call, peer=target_uri)
+
+    async def _reachable(self, uri: str) -> bool:
+        """Can a libvirt connection to ``uri`` be opened from here? (a state probe, not a guess)"""
+        def probe() -> bool:
+            try:
+                libvirt.open(uri).close()
+                return True
+            except libvirt.libvirtError as exc:
+                return not le.is_unreachable(_code(exc), exc.get_error_domain() or 0)
+        try:
+            return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._pool, probe),
+                                          self._probe_timeout_s)
+        except TimeoutError:
+            return False
