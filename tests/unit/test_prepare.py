@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ferry.agent.fake_hostsystem import FakeHostSystem, FakeImage
+from ferry.agent.fake_hostsystem import FakeHostSystem
 from ferry.agent.hostsystem import LocalHostSystem
 from ferry.agent.prepare import PrepareService
 from ferry.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, ResourceExhausted
@@ -262,7 +262,8 @@ async def test_prepare_creates_exactly_the_planned_images_and_a_record(svc, host
     out = await prep(svc, disks=[VDA, shared], ttl_s=120)
     assert out.created == (f"{IMG}/web1.qcow2",)
     assert host.created == [f"{IMG}/web1.qcow2"]
-    assert host.files[f"{IMG}/web1.qcow2"] == FakeImage("qcow2", 10 * GiB, allocated=host.files[f"{IMG}/web1.qcow2"].allocated)
+    image = host.files[f"{IMG}/web1.qcow2"]
+    assert (image.fmt, image.virtual_size, image.backing_file) == ("qcow2", 10 * GiB, "")  # source's size
     assert out.expires_at == T0 + timedelta(seconds=120)
     [record] = svc.list()
     assert (record.prepare_id, record.domain_name, record.domain_uuid) == (out.prepare_id, "web1", UUID)
