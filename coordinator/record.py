@@ -1,0 +1,273 @@
+"""The migration record the coordinator keeps in the store, and its versioned JSON form (pure).
+
+One record per migration, under one key; every change is a compare-and-swap on ``revision``
+(the store's mod revision, kept beside the record, never inside its JSON). Records are immutable:
+``with_phase``/``with_retry``/``note`` return a new record with the history extended.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from ferry.errors import FerryError, Internal
+from ferry.model import CompletedJob, HostMapping, MigrationOptions, MigrationPhase, MigrationProgress, StorageMode
+
+from .phases import Phase, Timeouts, check_transition, phase_timeout_s, retry_delay_s
+
+SCHEMA = 1
+HISTORY_MAX = 200  # the first entry (submission) is always kept
+
+
+@dataclass(frozen=True)
+class ErrorDetail:
+    """Why a migration failed: stable reason code, what is wrong, what to do about it."""
+
+    reason: str
+    message: str
+    hint: str = ""
+
+    @classmethod
+    def of(cls, err: FerryError) -> ErrorDetail:
+        return cls(err.reason, err.message, err.hint)
+
+
+@dataclass(frozen=True)
+class PhaseChange:
+    """One history entry. Same phase as the one before: a note (a retry, a failed step)."""
+
+    phase: Phase
+    at: datetime
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ProgressSnapshot:
+    """The last progress of the migration job, as the source agent reported it."""
+
+    phase: MigrationPhase = MigrationPhase.STARTING
+    memory_total: int = 0
+    memory_processed: int = 0
+    memory_remaining: int = 0
+    disk_total: int = 0
+    disk_processed: int = 0
+    disk_remaining: int = 0
+    iteration: int = 0
+    dirty_rate_pages: int = 0      # pages per second
+    page_size: int = 4096
+    bandwidth_bps: int = 0         # bytes per second
+    elapsed_ms: int = 0
+    auto_converge_throttle: int = 0
+    max_downtime_ms: int = 0
+
+    @classmethod
+    def of(cls, p: MigrationProgress) -> ProgressSnapshot:
+        s = p.stats
+        return cls(p.phase, s.memory_total, s.memory_processed, s.memory_remaining, s.disk_total,
+                   s.disk_processed, s.disk_remaining, s.iteration, s.dirty_rate_pages, s.page_size,
+                   s.bandwidth_bps, s.time_elapsed_ms, s.auto_converge_throttle, p.max_downtime_ms)
+
+
+@dataclass(frozen=True)
+class MigrationRecord:
+    id: str
+    vm: str                       # domain name on the source
+    vm_uuid: str
+    source_host: str
+    target_host: str
+    created_at: datetime
+    options: MigrationOptions = MigrationOptions()
+    mapping: HostMapping = field(default_factory=HostMapping)
+    priority: int = 0             # higher first
+    idempotency_key: str = ""
+    updated_at: datetime | None = None
+    phase: Phase = Phase.PENDING
+    history: tuple[PhaseChange, ...] = ()
+    phase_deadline: datetime | None = None
+    memory_bytes: int = 0         # guest memory, for Migrating's deadline
+    disk_bytes: int = 0           # bytes of disk to copy (0 with shared storage)
+    prepare_id: str = ""
+    destination_xml: str = ""
+    progress: ProgressSnapshot | None = None
+    result: CompletedJob | None = None
+    error: ErrorDetail | None = None
+    cancel_requested: bool = False
+    attempt: int = 0              # admissions so far (Pending -> Preflight)
+    retries: int = 0              # deadline retries in the current phase
+    rollback_to: Phase | None = None  # RollingBack ends in this: ROLLED_BACK, CANCELLED or PENDING
+    target_cleaned: bool = False  # RollingBack: the target's prepare is removed
+    revision: int = 0             # the store's mod revision; not part of the JSON
+
+    @property
+    def migration_started(self) -> bool:
+        """A migration job may have been started in this attempt (Migrating was entered since
+        the record was last Pending). Until then the target holds only empty images."""
+        for change in reversed(self.history):
+            if change.phase is Phase.MIGRATING:
+                return True
+            if change.phase is Phase.PENDING:
+                return False
+        return False
+
+
+def new_migration(*, id: str, vm: str, vm_uuid: str, source_host: str, target_host: str, now: datetime,
+                  timeouts: Timeouts, options: MigrationOptions = MigrationOptions(),
+                  mapping: HostMapping | None = None, priority: int = 0, idempotency_key: str = "",
+                  memory_bytes: int = 0, disk_bytes: int = 0) -> MigrationRecord:
+    """A freshly submitted record: Pending, with its queue deadline."""
+    r = MigrationRecord(id=id, vm=vm, vm_uuid=vm_uuid, source_host=source_host, target_host=target_host,
+                        created_at=now, options=options, mapping=mapping or HostMapping(), priority=priority,
+                        idempotency_key=idempotency_key, memory_bytes=memory_bytes, disk_bytes=disk_bytes)
+    return replace(r, updated_at=now, history=(PhaseChange(Phase.PENDING, now, "submitted"),),
+                   phase_deadline=_deadline(r, Phase.PENDING, now, timeouts))
+
+
+def _deadline(r: MigrationRecord, phase: Phase, now: datetime, t: Timeouts) -> datetime | None:
+    s = phase_timeout_s(phase, t, r.memory_bytes, r.disk_bytes, r.options.completion_timeout_s)
+    return None if s is None else now + timedelta(seconds=s)
+
+
+def _append(history: tuple[PhaseChange, ...], change: PhaseChange) -> tuple[PhaseChange, ...]:
+    h = history + (change,)
+    return h if len(h) <= HISTORY_MAX else h[:1] + h[len(h) - HISTORY_MAX + 1:]
+
+
+def with_phase(r: MigrationRecord, phase: Phase, now: datetime, reason: str, timeouts: Timeouts) -> MigrationRecord:
+    """The record moved to ``phase``: history extended, the phase's deadline set, retries reset.
+
+    Raises Internal (ILLEGAL_TRANSITION) for a move the transition table does not allow.
+    """
+    check_transition(r.phase, phase)
+    return replace(r, phase=phase, history=_append(r.history, PhaseChange(phase, now, reason)),
+                   phase_deadline=_deadline(r, phase, now, timeouts), retries=0, updated_at=now)
+
+
+def with_retry(r: MigrationRecord, now: datetime, reason: str, timeouts: Timeouts) -> MigrationRecord:
+    """Retry the current phase after its deadline: note it, count it, back off the next deadline."""
+    check_transition(r.phase, r.phase)
+    n = r.retries + 1
+    return replace(r, retries=n, history=_append(r.history, PhaseChange(r.phase, now, f"retry {n}: {reason}")),
+                   phase_deadline=now + timedelta(seconds=retry_delay_s(timeouts, n)), updated_at=now)
+
+
+def note(r: MigrationRecord, now: datetime, reason: str) -> MigrationRecord:
+    """A history note in the current phase (a step failed, an agent was lost)."""
+    return replace(r, history=_append(r.history, PhaseChange(r.phase, now, reason)), updated_at=now)
+
+
+# --- JSON ----------------------------------------------------------------------------------------
+
+def _ts(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        raise Internal(f"naive datetime {dt.isoformat()} in a migration record", reason="RECORD_INVALID",
+                       hint="a coordinator bug: the clock must give timezone-aware UTC times")
+    return dt.astimezone(timezone.utc).isoformat()
+
+
+def _dt(s: str | None) -> datetime | None:
+    if s is None:
+        return None
+    dt = datetime.fromisoformat(s)
+    if dt.tzinfo is None:
+        raise ValueError(f"time {s!r} has no timezone")
+    return dt.astimezone(timezone.utc)
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    """A flat dataclass of ints/strs/bools/enums/tuples as a JSON object (enums by name)."""
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        out[f.name] = v.name if isinstance(v, enum.Enum) else list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def encode(r: MigrationRecord) -> bytes:
+    """The record as versioned JSON ("schema": 1); ``revision`` is left out."""
+    doc = {
+        "schema": SCHEMA,
+        "id": r.id, "vm": r.vm, "vm_uuid": r.vm_uuid, "source_host": r.source_host, "target_host": r.target_host,
+        "created_at": _ts(r.created_at), "updated_at": _ts(r.updated_at),
+        "options": _plain(r.options),
+        "mapping": {"bridges": dict(r.mapping.bridges), "networks": dict(r.mapping.networks),
+                    "path_prefixes": dict(r.mapping.path_prefixes)},
+        "priority": r.priority, "idempotency_key": r.idempotency_key,
+        "phase": r.phase.name,
+        "history": [{"phase": c.phase.name, "at": _ts(c.at), "reason": c.reason} for c in r.history],
+        "phase_deadline": _ts(r.phase_deadline),
+        "memory_bytes": r.memory_bytes, "disk_bytes": r.disk_bytes,
+        "prepare_id": r.prepare_id, "destination_xml": r.destination_xml,
+        "progress": None if r.progress is None else _plain(r.progress),
+        "result": None if r.result is None else _plain(r.result),
+        "error": None if r.error is None else _plain(r.error),
+        "cancel_requested": r.cancel_requested,
+        "attempt": r.attempt, "retries": r.retries,
+        "rollback_to": None if r.rollback_to is None else r.rollback_to.name,
+        "target_cleaned": r.target_cleaned,
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode(data: bytes, revision: int) -> MigrationRecord:
+    """The record stored as ``data`` at store revision ``revision``.
+
+    Raises Internal: reason RECORD_SCHEMA for a schema this coordinator does not know (a newer
+    coordinator wrote it), RECORD_INVALID for anything unreadable.
+    """
+    try:
+        doc = json.loads(data)
+        schema = doc.get("schema") if isinstance(doc, dict) else None
+    except ValueError as e:
+        raise Internal(f"migration record is not JSON: {e}", reason="RECORD_INVALID",
+                       hint="inspect the key in etcd; delete it if it is not a Ferry record") from e
+    if schema != SCHEMA:
+        raise Internal(f"migration record has schema {schema!r}; this coordinator reads {SCHEMA}",
+                       reason="RECORD_SCHEMA", hint="run the same Ferry version on every coordinator")
+    try:
+        return _decode(doc, revision)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise Internal(f"migration record {doc.get('id', '?')!r} is unreadable: {e!r}", reason="RECORD_INVALID",
+                       hint="inspect the key in etcd; a coordinator bug or a hand edit broke it") from e
+
+
+def _decode(d: dict[str, Any], revision: int) -> MigrationRecord:
+    o = dict(d["options"])
+    o["storage"] = StorageMode[o["storage"]]
+    o["migrate_disks"] = tuple(o["migrate_disks"])
+    progress = None
+    if d["progress"] is not None:
+        p = dict(d["progress"])
+        p["phase"] = MigrationPhase[p["phase"]]
+        progress = ProgressSnapshot(**p)
+    m = d["mapping"]
+    rec = MigrationRecord(
+        id=d["id"], vm=d["vm"], vm_uuid=d["vm_uuid"], source_host=d["source_host"], target_host=d["target_host"],
+        created_at=_dt(d["created_at"]), updated_at=_dt(d["updated_at"]),
+        options=MigrationOptions(**o),
+        mapping=HostMapping(bridges=dict(m["bridges"]), networks=dict(m["networks"]),
+                            path_prefixes=dict(m["path_prefixes"])),
+        priority=int(d["priority"]), idempotency_key=d["idempotency_key"],
+        phase=Phase[d["phase"]],
+        history=tuple(PhaseChange(Phase[c["phase"]], _dt(c["at"]), c["reason"]) for c in d["history"]),
+        phase_deadline=_dt(d["phase_deadline"]),
+        memory_bytes=int(d["memory_bytes"]), disk_bytes=int(d["disk_bytes"]),
+        prepare_id=d["prepare_id"], destination_xml=d["destination_xml"],
+        progress=progress,
+        result=None if d["result"] is None else CompletedJob(**d["result"]),
+        error=None if d["error"] is None else ErrorDetail(**d["error"]),
+        cancel_requested=bool(d["cancel_requested"]),
+        attempt=int(d["attempt"]), retries=int(d["retries"]),
+        rollback_to=None if d["rollback_to"] is None else Phase[d["rollback_to"]],
+        target_cleaned=bool(d["target_cleaned"]),
+        revision=revision,
+    )
+    known = {f.name for f in fields(MigrationRecord)} - {"revision"} | {"schema"}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"unknown fields {sorted(unknown)}")
+    return rec
