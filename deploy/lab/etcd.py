@@ -39,11 +39,12 @@ DEFAULT_ETCD_BIN = REPO_ROOT / ".cache" / "etcd" / "usr" / "bin" / "etcd"
 HEALTH_TIMEOUT_S = 15.0
 STOP_GRACE_S = 5.0
 
-# Run inside the member's network namespace to read /health (argv[1] is the URL).
+# Run inside the member's network namespace: GET argv[1], or POST argv[2] to it; print the body.
 _PROBE_SCRIPT = (
     "import sys, urllib.request\n"
+    "data = sys.argv[2].encode() if len(sys.argv) > 2 else None\n"
     "try:\n"
-    "    print(urllib.request.urlopen(sys.argv[1], timeout=1).read().decode())\n"
+    "    print(urllib.request.urlopen(sys.argv[1], data=data, timeout=1).read().decode())\n"
     "except Exception:\n"
     "    sys.exit(1)\n"
 )
@@ -227,19 +228,38 @@ class EtcdMember:
 
     def healthy(self) -> bool:
         """One ``/health`` probe of this member (from inside its network namespace if it has one)."""
-        url = f"{self.spec.client_url}/health"
+        body = self._http("/health")
+        return body is not None and parse_health(body)
+
+    def is_raft_leader(self) -> bool:
+        """True when this member is the cluster's raft leader (etcd's JSON gateway, maintenance status)."""
+        body = self._http("/v3/maintenance/status", "{}")
+        if body is None:
+            return False
+        try:
+            doc = json.loads(body)
+            return str(doc["leader"]) == str(doc["header"]["member_id"])
+        except (ValueError, KeyError, TypeError):
+            return False
+
+    def _http(self, path: str, post: str | None = None) -> str | None:
+        """The body of an HTTP request to this member's client URL, or None when it does not answer."""
+        url = f"{self.spec.client_url}{path}"
         if self.netns_pid is None:
             try:
-                with urllib.request.urlopen(url, timeout=1) as resp:
-                    return parse_health(resp.read().decode())
+                data = post.encode() if post is not None else None
+                with urllib.request.urlopen(url, data=data, timeout=1) as resp:
+                    return resp.read().decode()
             except (OSError, urllib.error.URLError):
-                return False
+                return None
         argv = ["nsenter", "-t", str(self.netns_pid), "-n", "--", sys.executable, "-c", _PROBE_SCRIPT, url]
+        if post is not None:
+            argv.append(post)
         try:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=5)
         except subprocess.TimeoutExpired:
-            return False
-        return out.returncode == 0 and parse_health(out.stdout)
+            return None
+        return out.stdout if out.returncode == 0 else None
 
     def wait_healthy(self, timeout_s: float = HEALTH_TIMEOUT_S) -> float:
         """Poll ``/health`` until true; returns the seconds it took. DeadlineExceeded after ``timeout_s``."""
@@ -267,7 +287,9 @@ class EtcdMember:
         self._paused = True
 
     def resume(self) -> None:
-        """SIGCONT after :meth:`pause`."""
+        """SIGCONT after :meth:`pause` (nothing to do when not paused)."""
+        if not self._paused or self.pid is None:
+            return
         self._signal(signal.SIGCONT)
         self._paused = False
 
@@ -281,12 +303,22 @@ class EtcdMember:
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM (and SIGCONT if paused), then SIGKILL after ``grace_s``."""
+        self.terminate()
+        self.wait_stopped(grace_s)
+
+    def terminate(self) -> None:
+        """Ask the process to stop (SIGTERM, and SIGCONT so a paused one can act on it); no wait."""
         if self._proc is None or self._proc.poll() is not None:
             return
         self._proc.send_signal(signal.SIGTERM)
         if self._paused:
             self._proc.send_signal(signal.SIGCONT)
             self._paused = False
+
+    def wait_stopped(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Wait for the process to exit; SIGKILL it after ``grace_s``."""
+        if self._proc is None:
+            return
         try:
             self._proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
@@ -340,6 +372,10 @@ class EtcdCluster:
     def endpoints(self) -> list[str]:
         return [m.endpoint for m in self.members]
 
+    def raft_leader(self) -> EtcdMember | None:
+        """The member that is raft leader now, if any answers."""
+        return next((m for m in self.members if m.pid is not None and m.is_raft_leader()), None)
+
     def start(self, timeout_s: float = HEALTH_TIMEOUT_S) -> float:
         """Start every member, wait until all are healthy; returns (and records) the seconds it took."""
         started = time.monotonic()
@@ -355,9 +391,12 @@ class EtcdCluster:
         return self.startup_s
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """Stop every member by its PID."""
+        """Stop every member by its PID (all signalled first, then each waited for)."""
         for m in self.members:
-            m.stop(grace_s)
+            m.terminate()
+        deadline = time.monotonic() + grace_s
+        for m in self.members:
+            m.wait_stopped(max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> EtcdCluster:
         self.start()
