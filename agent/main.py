@@ -1,1 +1,141 @@
-def main(): print("agent")
+"""``ferry-agent --config agent.toml``: the agent process, one per hypervisor host.
+
+Builds the libvirt adapter, the host system adapter, the prepare registry and the servicer,
+serves them on every configured address (health checking and reflection included), sweeps
+expired prepares at start and every 30 s, and stops gracefully on SIGTERM/SIGINT.
+
+Exit status: 0 after a clean stop, 2 for a bad config, 1 when it cannot start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import stat
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+
+from ferry.agent.config import AgentConfig, load_config
+from ferry.agent.hostsystem import LocalHostSystem
+from ferry.agent.inventory import Inventory
+from ferry.agent.libvirt_hypervisor import LibvirtHypervisor
+from ferry.agent.migration import MigrationDriver
+from ferry.agent.prepare import PrepareService
+from ferry.agent.service import SERVICE_NAME, AgentServicer
+from ferry.errors import FerryError
+from ferry.ports import HostSystem, Hypervisor
+from ferry.rpc import create_server
+from ferry.v1 import agent_pb2_grpc as agrpc
+
+log = logging.getLogger("ferry.agent")
+
+SWEEP_INTERVAL_S = 30.0
+GRACE_S = 5.0
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def build_agent(config: AgentConfig, hypervisor: Hypervisor, host: HostSystem,
+                clock: Callable[[], datetime] = _utc_now, *,
+                monotonic: Callable[[], float] = time.monotonic) -> AgentServicer:
+    """The servicer wired to the given ports (tests pass fakes; ``main`` the real adapters)."""
+    inventory = Inventory(hypervisor, host, libvirt_uri=config.advertise_libvirt_uri,
+                          migration_address=config.migration_address)
+    prepare = PrepareService(hypervisor, host, Path(config.state_dir), default_ttl_s=config.prepare_ttl_s,
+                             clock=clock, host_name=config.name)
+    driver = MigrationDriver(hypervisor, clock=monotonic)
+    return AgentServicer(hypervisor=hypervisor, inventory=inventory, prepare=prepare, driver=driver)
+
+
+def register(servicer: AgentServicer) -> Callable[[grpc.aio.Server], list[str]]:
+    def add(server: grpc.aio.Server) -> list[str]:
+        agrpc.add_AgentServicer_to_server(servicer, server)
+        return [SERVICE_NAME]
+    return add
+
+
+def _prepare_unix_sockets(addresses: Sequence[str]) -> None:
+    """Make the directory of each unix socket; remove a stale socket left by a previous run."""
+    for address in addresses:
+        if not address.startswith("unix:"):
+            continue
+        path = Path(address.removeprefix("unix:").removeprefix("//"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if stat.S_ISSOCK(path.lstat().st_mode):
+                path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+async def _sweep(servicer: AgentServicer) -> None:
+    try:
+        for line in await servicer.prepare.sweep():
+            log.info("prepare sweep: %s", line)
+    except FerryError as exc:
+        log.warning("prepare sweep failed: %s: %s", exc.reason, exc)
+
+
+async def _sweep_forever(servicer: AgentServicer) -> None:
+    while True:
+        await _sweep(servicer)
+        await asyncio.sleep(SWEEP_INTERVAL_S)
+
+
+async def serve(config: AgentConfig) -> None:
+    hypervisor = LibvirtHypervisor(config.libvirt_uri, config.libvirt_timeout_s)
+    host = LocalHostSystem(config.image_dirs, config.shared_dirs)
+    servicer = build_agent(config, hypervisor, host)
+    _prepare_unix_sockets(config.listen)
+    server, ports = create_server(config.listen, register(servicer), tls=config.tls)
+    await server.start()
+    log.info("agent %s (pid %d) serving on %s; libvirt %s, advertised as %s", config.name, os.getpid(),
+             ", ".join(a if p == 0 else f"{a.rsplit(':', 1)[0]}:{p}" for a, p in zip(config.listen, ports, strict=True)),
+             config.libvirt_uri, config.advertise_libvirt_uri)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sweeper = asyncio.create_task(_sweep_forever(servicer), name="prepare sweep")
+    try:
+        await stop.wait()
+        log.info("stopping (grace %.0f s)", GRACE_S)
+    finally:
+        sweeper.cancel()
+        await server.stop(GRACE_S)
+        hypervisor.close()
+    log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ferry-agent", description="Ferry agent: gRPC over the local libvirt")
+    parser.add_argument("--config", required=True, help="agent TOML file")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config)
+    except FerryError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        asyncio.run(serve(config))
+    except (OSError, FerryError) as exc:
+        log.error("cannot run the agent: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

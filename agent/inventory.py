@@ -1,0 +1,53 @@
+"""What this host is and what runs on it: libvirt's facts, the host's bridges and storage, and
+how peers reach it (from the config), combined into one HostFacts and the domain list.
+
+A disk's ``shared`` flag is the host's verdict on its path (declared shared dir or cluster file
+system), so the coordinator can tell which disks a migration must copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from importlib import metadata
+
+from ferry.model import DomainInfo, HostFacts
+from ferry.ports import HostSystem, Hypervisor
+
+
+def agent_version() -> str:
+    try:
+        return metadata.version("ferry")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class Inventory:
+    def __init__(self, hypervisor: Hypervisor, host: HostSystem, *, libvirt_uri: str,
+                 migration_address: str, version: str = "") -> None:
+        self._hv = hypervisor
+        self._host = host
+        self._libvirt_uri = libvirt_uri
+        self._migration_address = migration_address
+        self._version = version or agent_version()
+
+    async def facts(self) -> HostFacts:
+        """libvirt's host facts plus bridges, storage dirs, advertised URI and migration address."""
+        facts = await self._hv.host_facts()
+        bridges, storage = await asyncio.to_thread(lambda: (self._host.bridges(), self._host.storage_dirs()))
+        return replace(facts, bridges=tuple(bridges), storage=tuple(storage), libvirt_uri=self._libvirt_uri,
+                       migration_address=self._migration_address, agent_version=self._version)
+
+    async def domains(self) -> list[DomainInfo]:
+        return [await self._with_shared(d) for d in await self._hv.list_domains()]
+
+    async def domain(self, name_or_uuid: str) -> DomainInfo:
+        """Raises NotFound (DOMAIN_NOT_FOUND)."""
+        return await self._with_shared(await self._hv.get_domain(name_or_uuid))
+
+    async def _with_shared(self, dom: DomainInfo) -> DomainInfo:
+        if not any(d.source for d in dom.disks):
+            return dom
+        shared = await asyncio.to_thread(lambda: [bool(d.source) and self._host.is_shared(d.source)
+                                                  for d in dom.disks])
+        return replace(dom, disks=tuple(replace(d, shared=s) for d, s in zip(dom.disks, shared, strict=True)))

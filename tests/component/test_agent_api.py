@@ -1,0 +1,291 @@
+"""The agent's gRPC API end to end over a real channel, with fake libvirt and fake host below.
+
+What an operator would check: the inventory says what is on the host; errors carry a reason and
+a hint; a refused prepare leaves nothing behind; a migration streams progress, ends with the
+target's figures, and the domain really moved; an abort leaves the guest on the source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from ferry import convert
+from ferry.agent.diskplan import plan_disks
+from ferry.agent.fake_hypervisor import MiB, make_domain_xml
+from ferry.errors import Aborted, FailedPrecondition, NotFound
+from ferry.model import DomainState, HostMapping, StorageMode
+from ferry.rpc import from_rpc_error
+from ferry.v1 import agent_pb2 as apb
+from ferry.v1 import types_pb2 as tpb
+
+GiB = 1 << 30
+TO_HOST2 = tpb.HostMapping(bridges={"br-guest": "br-vm"})
+
+
+IMAGES = "/var/lib/libvirt/images"   # host-local on each fake host (as in conftest)
+SHARED = "/srv/shared"               # declared shared on each fake host
+
+
+def add_guest(agent, name: str, *, memory: int = 256 * MiB, dirty: int = 0) -> str:
+    """A running guest with a local qcow2 disk (vda) and a disk on shared storage (vdb)."""
+    local, shared = f"{IMAGES}/{name}.qcow2", f"{SHARED}/{name}-data.raw"
+    agent.host.create_image(local, fmt="qcow2", virtual_size=GiB)
+    agent.host.files[shared] = 64 * MiB
+    xml = make_domain_xml(name, memory_bytes=memory, disks=[("vda", local, "qcow2"), ("vdb", shared, "raw")],
+                          bridges=["br-guest"])
+    return agent.hv.add_domain(xml, dirty_bytes_per_s=dirty).uuid
+
+
+async def rpc_error(call) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await call
+    return exc.value
+
+
+async def prepare_target(source, target, name: str, **kw) -> apb.PrepareIncomingResponse:
+    """What the coordinator does: plan the disks from the source's inventory, prepare the target."""
+    got = await source.stub.GetDomain(apb.GetDomainRequest(name=name, include_xml=True))
+    domain = convert.domain_from_pb(got.domain)
+    plans = plan_disks(domain.disks, StorageMode.COPY_ALL, (), HostMapping())
+    return await target.stub.PrepareIncoming(apb.PrepareIncomingRequest(
+        domain_xml=got.xml, disks=[convert.disk_plan_to_pb(p) for p in plans], mapping=TO_HOST2,
+        storage=tpb.STORAGE_MODE_COPY_ALL, migration_id="m-1", **kw))
+
+
+def migrate_request(name: str, target, destination_xml: str, **options) -> apb.MigrateRequest:
+    return apb.MigrateRequest(
+        domain=name, target_uri=target.hv.uri, destination_xml=destination_xml, migration_id="m-1",
+        progress_interval_ms=10,
+        options=tpb.MigrationOptions(storage=tpb.STORAGE_MODE_COPY_ALL, persist_dest=True,
+                                     undefine_source=True, **options))
+
+
+# ---------------------------------------------------------------- inventory
+
+
+async def test_inventory_says_what_is_on_the_host(agents):
+    host1, _ = agents
+    uuid = add_guest(host1, "g1")
+    inv = await host1.stub.GetInventory(apb.GetInventoryRequest())
+    h = inv.host
+    assert (h.hostname, h.host_uuid) == ("host1", "6c61622d-0000-4000-8000-000000000001")
+    assert list(h.bridges) == ["br-guest"]
+    assert h.libvirt_uri == "qemu+tcp://10.77.0.11/system"        # advertised, not the local URI
+    assert h.migration_address == "10.77.0.11"
+    assert h.libvirt_version == 9_000_000 and h.memory_total_bytes > 0 and h.agent_version
+    assert {(s.path, s.shared) for s in h.storage} == {(IMAGES, False), (SHARED, True)}
+    [g1] = inv.domains
+    assert (g1.name, g1.uuid, g1.state, g1.memory_bytes) == ("g1", uuid, tpb.DOMAIN_STATE_RUNNING, 256 * MiB)
+    disks = {d.target: d for d in g1.disks}
+    assert disks["vda"].virtual_size == GiB and not disks["vda"].shared
+    assert disks["vdb"].shared                                      # on the declared shared dir
+    assert [(n.type, n.source) for n in g1.nics] == [("bridge", "br-guest")]
+
+
+async def test_get_domain_not_found_has_reason_and_hint(agents):
+    host1, _ = agents
+    err = from_rpc_error(await rpc_error(host1.stub.GetDomain(apb.GetDomainRequest(name="nope"))))
+    assert isinstance(err, NotFound)
+    assert err.reason == "DOMAIN_NOT_FOUND"
+    assert "virsh list --all" in err.hint
+
+
+async def test_get_domain_with_xml(agents):
+    host1, _ = agents
+    uuid = add_guest(host1, "g1")
+    got = await host1.stub.GetDomain(apb.GetDomainRequest(name=uuid, include_xml=True))
+    assert got.domain.name == "g1" and "<name>g1</name>" in got.xml
+
+
+# ---------------------------------------------------------------- target side
+
+
+async def test_prepare_missing_bridge_is_refused_and_creates_nothing(agents):
+    host1, host2 = agents
+    add_guest(host1, "g1")
+    got = await host1.stub.GetDomain(apb.GetDomainRequest(name="g1", include_xml=True))
+    plans = plan_disks(convert.domain_from_pb(got.domain).disks, StorageMode.COPY_ALL, (), HostMapping())
+    exc = await rpc_error(host2.stub.PrepareIncoming(apb.PrepareIncomingRequest(
+        domain_xml=got.xml, disks=[convert.disk_plan_to_pb(p) for p in plans],
+        storage=tpb.STORAGE_MODE_COPY_ALL)))                       # no bridge mapping
+    assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
+    err = from_rpc_error(exc)
+    assert err.reason == "BRIDGE_MISSING"
+    assert "br-guest=br-vm" in err.hint                             # the hint says how to map it
+    assert host2.host.created == []
+    assert not (await host2.stub.ListPrepares(apb.ListPreparesRequest())).prepares
+
+
+async def test_dry_run_lists_every_problem_and_creates_nothing(agents):
+    host1, host2 = agents
+    add_guest(host1, "g1")
+    host2.host.files[f"{IMAGES}/g1.qcow2"] = 5                      # a leftover in the way
+    got = await host1.stub.GetDomain(apb.GetDomainRequest(name="g1", include_xml=True))
+    plans = plan_disks(convert.domain_from_pb(got.domain).disks, StorageMode.COPY_ALL, (), HostMapping())
+    resp = await host2.stub.PrepareIncoming(apb.PrepareIncomingRequest(
+        domain_xml=got.xml, disks=[convert.disk_plan_to_pb(p) for p in plans],
+        storage=tpb.STORAGE_MODE_COPY_ALL, dry_run=True))
+    reasons = {p.reason for p in resp.problems}
+    assert {"BRIDGE_MISSING", "FILE_IN_THE_WAY", "SHARED_DISK_MISSING"} <= reasons
+    assert all(p.message and p.hint for p in resp.problems)
+    assert resp.prepare_id == "" and not resp.created
+    assert host2.host.created == []
+
+
+async def test_prepare_then_cleanup(agents):
+    host1, host2 = agents
+    add_guest(host1, "g1")
+    host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB           # shared storage: seen on both
+    prep = await prepare_target(host1, host2, "g1")
+    assert list(prep.created) == [f"{IMAGES}/g1.qcow2"]
+    assert "br-vm" in prep.destination_xml and "br-guest" not in prep.destination_xml
+    listed = (await host2.stub.ListPrepares(apb.ListPreparesRequest())).prepares
+    assert [(p.prepare_id, p.domain_name, p.migration_id) for p in listed] == [(prep.prepare_id, "g1", "m-1")]
+    done = await host2.stub.CleanupIncoming(apb.CleanupIncomingRequest(prepare_id=prep.prepare_id))
+    assert list(done.removed) == [f"{IMAGES}/g1.qcow2"] and not done.already_gone
+    assert not host2.host.exists(f"{IMAGES}/g1.qcow2")
+    again = await host2.stub.CleanupIncoming(apb.CleanupIncomingRequest(prepare_id=prep.prepare_id))
+    assert again.already_gone
+
+
+# ---------------------------------------------------------------- source side
+
+
+async def test_migrate_streams_progress_then_result_and_the_domain_moves(agents):
+    host1, host2 = agents
+    uuid = add_guest(host1, "g1", dirty=300 * MiB)
+    host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
+    prep = await prepare_target(host1, host2, "g1")
+    events = [e async for e in host1.stub.Migrate(migrate_request("g1", host2, prep.destination_xml,
+                                                                  max_downtime_ms=500))]
+    progress = [e.progress for e in events[:-1]]
+    assert progress and all(e.HasField("progress") for e in events[:-1])
+    phases = [p.phase for p in progress]
+    assert tpb.MIGRATION_PHASE_DISK_MIRROR in phases and tpb.MIGRATION_PHASE_PRECOPY in phases
+    assert phases == sorted(phases)                                 # phases never go back
+    assert max(p.disk_total for p in progress) > 0
+    assert progress[-1].memory_total == 256 * MiB and progress[-1].max_downtime_ms == 500
+    result = events[-1].result
+    assert events[-1].HasField("result")
+    assert result.job.time_elapsed_ms > 0 and result.job.memory_processed >= 256 * MiB
+    assert result.job.disk_processed > 0
+    assert result.source_state == tpb.DOMAIN_STATE_UNSPECIFIED and not result.source_defined
+    # the domain moved: running on host2 with host2's bridge, gone from host1
+    moved = await host2.stub.GetDomain(apb.GetDomainRequest(name="g1", include_xml=True))
+    assert (moved.domain.uuid, moved.domain.state) == (uuid, tpb.DOMAIN_STATE_RUNNING)
+    assert [n.source for n in moved.domain.nics] == ["br-vm"]
+    assert not (await host1.stub.GetInventory(apb.GetInventoryRequest())).domains
+    assert "set_max_downtime" in host1.hv.calls
+    await host2.stub.CommitIncoming(apb.CommitIncomingRequest(prepare_id=prep.prepare_id))
+    assert not (await host2.stub.ListPrepares(apb.ListPreparesRequest())).prepares
+    assert host2.host.exists(f"{IMAGES}/g1.qcow2")                  # the disk is the domain's now
+
+
+async def test_migrate_without_prepare_fails_and_leaves_the_guest(agents):
+    host1, host2 = agents
+    add_guest(host1, "g1")
+    exc = await rpc_error(_drain(host1.stub.Migrate(migrate_request("g1", host2, ""))))
+    err = from_rpc_error(exc)
+    assert (exc.code(), err.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "TARGET_DISK_MISSING")
+    assert host1.hv.domains and not host2.hv.domains
+
+
+async def _drain(stream) -> list:
+    return [e async for e in stream]
+
+
+async def _until(predicate, timeout_s: float = 5.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+async def test_abort_mid_way_leaves_the_guest_on_the_source(agents):
+    host1, host2 = agents
+    uuid = add_guest(host1, "g1", memory=2 * GiB, dirty=4 * GiB)     # dirties faster than it sends: never ends
+    host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
+    prep = await prepare_target(host1, host2, "g1")
+    stream = host1.stub.Migrate(migrate_request("g1", host2, prep.destination_xml))
+    aborted = False
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        async for event in stream:
+            if event.progress.phase == tpb.MIGRATION_PHASE_PRECOPY and not aborted:
+                busy = await rpc_error(host1.stub.Migrate(migrate_request("g1", host2, "")).read())
+                assert from_rpc_error(busy).reason == "MIGRATION_IN_PROGRESS"
+                job = await host1.stub.GetJob(apb.GetJobRequest(domain="g1"))
+                assert job.active and job.operation == "migration out"
+                assert (await host1.stub.AbortMigration(apb.AbortMigrationRequest(domain="g1"))).aborted
+                aborted = True
+    assert aborted
+    err = from_rpc_error(exc.value)
+    assert (exc.value.code(), err.reason) == (grpc.StatusCode.ABORTED, "MIGRATION_ABORTED")
+    assert isinstance(err, Aborted)
+    assert (await host1.hv.get_domain(uuid)).state is DomainState.RUNNING
+    assert not host2.hv.domains
+    again = await host1.stub.AbortMigration(apb.AbortMigrationRequest(domain="g1"))
+    assert not again.aborted                                        # nothing left to abort
+
+
+async def test_closed_stream_leaves_the_job_running_until_aborted(agents):
+    host1, host2 = agents
+    uuid = add_guest(host1, "g1", memory=2 * GiB, dirty=4 * GiB)
+    host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
+    prep = await prepare_target(host1, host2, "g1")
+    call = host1.stub.Migrate(migrate_request("g1", host2, prep.destination_xml))
+    async for event in call:
+        if event.progress.phase == tpb.MIGRATION_PHASE_PRECOPY:
+            break
+    call.cancel()
+    await asyncio.sleep(0.1)
+    assert uuid in host1.hv.jobs                                    # still migrating
+    await host1.stub.TuneMigration(apb.TuneMigrationRequest(domain="g1", bandwidth_mibps=100))
+    assert host1.hv.jobs[uuid].bandwidth_bps == 100 * MiB
+    assert (await host1.stub.AbortMigration(apb.AbortMigrationRequest(domain="g1"))).aborted
+    await _until(lambda: uuid not in host1.hv.jobs)
+    assert (await host1.hv.get_domain(uuid)).state is DomainState.RUNNING
+
+
+async def test_live_migration_of_a_stopped_domain_is_refused(agents):
+    host1, host2 = agents
+    host1.hv.add_domain(make_domain_xml("off"), state=DomainState.SHUTOFF)
+    exc = await rpc_error(_drain(host1.stub.Migrate(apb.MigrateRequest(domain="off", target_uri=host2.hv.uri))))
+    err = from_rpc_error(exc)
+    assert isinstance(err, FailedPrecondition) and err.reason == "DOMAIN_NOT_RUNNING"
+
+
+async def test_tune_without_a_job_says_so(agents):
+    host1, _ = agents
+    add_guest(host1, "g1")
+    err = from_rpc_error(await rpc_error(host1.stub.TuneMigration(
+        apb.TuneMigrationRequest(domain="g1", max_downtime_ms=500))))
+    assert err.reason == "DOMAIN_STATE_INVALID"
+    job = await host1.stub.GetJob(apb.GetJobRequest(domain="g1"))
+    assert not job.active and job.job_type == "none"
+
+
+# ---------------------------------------------------------------- server plumbing
+
+
+async def test_health_serving(agents):
+    host1, _ = agents
+    health = health_pb2_grpc.HealthStub(host1.channel)
+    for service in ("", "ferry.v1.Agent"):
+        resp = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_reflection_lists_the_agent_service(agents):
+    host1, _ = agents
+    stub = reflection_pb2_grpc.ServerReflectionStub(host1.channel)
+
+    async def requests():
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    names = [s.name async for r in stub.ServerReflectionInfo(requests())
+             for s in r.list_services_response.service]
+    assert "ferry.v1.Agent" in names
