@@ -1,0 +1,596 @@
+"""The coordinator's decision function: one record + one event -> new record + actions (pure).
+
+The shell (the leader loop) feeds every observation as an event, stores ``Decision.record`` with
+a compare-and-swap on the old record's revision, and only then performs ``Decision.actions``;
+each action's result comes back as another event. ``Decision.outcome`` is a short sentence for
+logs and tests. Nothing here does I/O or reads the clock.
+
+Where the guest is decides what happens after a migration job ended, never an error's text:
+``locate`` turns the domain states observed on both hosts into a ``Location``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Union
+
+from ferry.model import CompletedJob, DomainState, MigrationPhase
+
+from .phases import Phase, Timeouts
+from .record import ErrorDetail, MigrationRecord, ProgressSnapshot, note, with_phase, with_retry
+
+# --- events: what the shell observed -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """``slots.admit`` picked this Pending record."""
+
+
+@dataclass(frozen=True)
+class PreflightResult:
+    """Coordinator checks + the target's PrepareIncoming dry run; empty = ready."""
+
+    problems: tuple[ErrorDetail, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The target's PrepareIncoming answered."""
+
+    prepare_id: str
+    destination_xml: str
+
+
+@dataclass(frozen=True)
+class PrepareFailed:
+    """The target's PrepareIncoming failed with an error (not an unreachable agent: AgentLost)."""
+
+    error: ErrorDetail
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress event of the source's Migrate stream (or of WatchJob)."""
+
+    snapshot: ProgressSnapshot
+
+
+@dataclass(frozen=True)
+class MigrationEnded:
+    """The migration job ended: the Migrate stream's result, its error, or WatchJob's end."""
+
+    ok: bool
+    job: CompletedJob | None = None
+    error: ErrorDetail | None = None
+
+
+@dataclass(frozen=True)
+class CancelRequested:
+    """A user asked to cancel (CancelMigration)."""
+
+
+@dataclass(frozen=True)
+class CleanedUp:
+    """The target holds no prepare of this migration any more (removed, or already gone)."""
+
+
+@dataclass(frozen=True)
+class Committed:
+    """The target's CommitIncoming answered (an unknown, already committed prepare counts)."""
+
+
+@dataclass(frozen=True)
+class StepFailed:
+    """An action failed with an error that is not an unreachable agent (that is AgentLost)."""
+
+    step: str
+    error: ErrorDetail
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The domain as observed on both hosts (GetDomain on each, GetJob on the source).
+
+    A state of None means no such domain on that host; ``source_job_active`` means an outgoing
+    migration job of this domain runs on the source.
+    """
+
+    source_state: DomainState | None
+    target_state: DomainState | None
+    source_job_active: bool = False
+
+
+@dataclass(frozen=True)
+class AgentLost:
+    """An agent cannot be reached: its lease expired, or a call failed Unavailable/DeadlineExceeded."""
+
+    host: str
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed: check the phase deadline."""
+
+
+Event = Union[Admitted, PreflightResult, Prepared, PrepareFailed, Progress, MigrationEnded, CancelRequested,
+              CleanedUp, Committed, StepFailed, Placement, AgentLost, Tick]
+
+# --- actions: what the shell performs (after storing the record) ---------------------------------
+
+
+@dataclass(frozen=True)
+class RunPreflight:
+    """Coordinator checks and the target's PrepareIncoming(dry_run). Feed PreflightResult."""
+
+
+@dataclass(frozen=True)
+class PrepareTarget:
+    """The target's PrepareIncoming(migration_id=record.id). Feed Prepared or PrepareFailed."""
+
+
+@dataclass(frozen=True)
+class StartMigration:
+    """The source's Migrate stream with record.destination_xml. Feed Progress..., MigrationEnded."""
+
+
+@dataclass(frozen=True)
+class WatchJob:
+    """Follow a running job (GetJob on the source, polled). Feed Progress..., MigrationEnded.
+    A no-op when the shell already follows this record's job (its Migrate stream or a watcher)."""
+
+
+@dataclass(frozen=True)
+class AbortMigration:
+    """The source's AbortMigration (no job = fine). The job's end arrives as MigrationEnded."""
+
+
+@dataclass(frozen=True)
+class ObservePlacement:
+    """After ``delay_s``: GetDomain on both hosts and GetJob on the source. Feed Placement."""
+
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class CleanupTarget:
+    """The target's CleanupIncoming for each id, then for every other prepare ListPrepares shows
+    with this migration's id (a prepare whose answer was lost). Feed CleanedUp when none is left."""
+
+    prepare_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CommitTarget:
+    """The target's CommitIncoming. Feed Committed."""
+
+    prepare_id: str
+
+
+Action = Union[RunPreflight, PrepareTarget, StartMigration, WatchJob, AbortMigration, ObservePlacement,
+               CleanupTarget, CommitTarget]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The new record (``is`` the old one when nothing changed), what to do, and why in words."""
+
+    record: MigrationRecord
+    actions: tuple[Action, ...] = ()
+    outcome: str = ""
+
+
+# --- where the guest is --------------------------------------------------------------------------
+
+
+class Location(enum.Enum):
+    #: An outgoing migration job still runs on the source.
+    MOVING = "moving"
+    #: Alive on the source only: a rollback may remove the target's prepare.
+    ON_SOURCE = "on source"
+    #: Alive on the target only: the migration landed.
+    ON_TARGET = "on target"
+    #: Alive on both, at most one executing (the other paused): the end of a migration or of
+    #: an abort, libvirt is about to stop one copy. Observe again.
+    SETTLING = "settling"
+    #: Executing on both hosts: split brain.
+    ON_BOTH = "on both hosts"
+    #: Alive on neither host (shut down, crashed, or lost).
+    NOWHERE = "nowhere"
+    #: An agent reported an unknown state: cannot tell. Observe again.
+    UNCLEAR = "unclear"
+
+
+EXECUTING = (DomainState.RUNNING, DomainState.BLOCKED)
+
+
+def _alive(state: DomainState | None) -> bool:
+    return state is not None and state.is_active
+
+
+def locate(p: Placement, offline: bool = False) -> Location:
+    """Where the guest is. An offline migration moves a shut-off definition: there a defined
+    domain counts as present (the target's definition wins: the source may keep its own)."""
+    s, t = p.source_state, p.target_state
+    if DomainState.UNKNOWN in (s, t):
+        return Location.UNCLEAR
+    if s in EXECUTING and t in EXECUTING:
+        return Location.ON_BOTH
+    if p.source_job_active:
+        return Location.MOVING
+    if offline and not _alive(s) and not _alive(t):
+        return Location.ON_TARGET if t is not None else Location.ON_SOURCE if s is not None else Location.NOWHERE
+    if _alive(s) and _alive(t):
+        return Location.SETTLING
+    return Location.ON_SOURCE if _alive(s) else Location.ON_TARGET if _alive(t) else Location.NOWHERE
+
+
+# --- the decision function -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """The inputs of one decision (also used by ``recovery``)."""
+
+    r: MigrationRecord
+    now: datetime
+    t: Timeouts
+
+    def to(self, phase: Phase, reason: str, **changes: object) -> MigrationRecord:
+        return with_phase(replace(self.r, **changes), phase, self.now, reason, self.t)
+
+    def keep(self, outcome: str, *actions: Action) -> Decision:
+        return Decision(self.r, actions, outcome)
+
+    def ignore(self, event: Event) -> Decision:
+        return Decision(self.r, (), f"ignored: {type(event).__name__} in {self.r.phase.name}")
+
+    def noted(self, reason: str, outcome: str, *actions: Action) -> Decision:
+        return Decision(note(self.r, self.now, reason), actions, outcome)
+
+    @property
+    def observe_later(self) -> ObservePlacement:
+        return ObservePlacement(self.t.observe_delay_s)
+
+
+def decide(record: MigrationRecord, event: Event, now: datetime, timeouts: Timeouts = Timeouts()) -> Decision:
+    """What to do about ``event`` for ``record`` at ``now``."""
+    c = Ctx(record, now, timeouts)
+    if record.phase.is_final:
+        return _final(c, event)
+    match event:
+        case Admitted():
+            return _admitted(c, event)
+        case PreflightResult():
+            return _preflight_result(c, event)
+        case Prepared():
+            return _prepared(c, event)
+        case PrepareFailed() if record.phase is Phase.PREPARING:
+            return roll_back(c, f"prepare failed: {event.error.reason}", error=event.error,
+                              goal=Phase.ROLLED_BACK)
+        case Progress() if record.phase is Phase.MIGRATING:
+            return Decision(replace(record, progress=event.snapshot, updated_at=now), (), "progress")
+        case MigrationEnded():
+            return _migration_ended(c, event)
+        case CancelRequested():
+            return _cancel(c)
+        case CleanedUp() if record.phase is Phase.ROLLING_BACK:
+            return _cleaned_up(c)
+        case Committed() if record.phase is Phase.FINISHING:
+            return Decision(c.to(Phase.SUCCEEDED, "target committed"), (), "committed; succeeded")
+        case StepFailed():
+            e = event.error
+            return c.noted(f"{event.step} failed: {e.reason}: {e.message}",
+                           f"{event.step} failed ({e.reason}); retrying at the deadline")
+        case Placement() if record.phase in (Phase.MIGRATING, Phase.FINISHING, Phase.ROLLING_BACK):
+            return on_placement(c, event)
+        case AgentLost():
+            return _agent_lost(c, event)
+        case Tick():
+            return _tick(c)
+    return c.ignore(event)
+
+
+def _final(c: Ctx, event: Event) -> Decision:
+    r = c.r
+    if (isinstance(event, Prepared) and event.prepare_id != r.prepare_id and r.phase is not Phase.SUCCEEDED
+            and not r.migration_started):
+        # the answer of a PrepareIncoming still in flight when the record ended: nobody will use it
+        return c.keep(f"late prepare {event.prepare_id} of a {r.phase.name} migration; removing it",
+                      CleanupTarget((event.prepare_id,)))
+    return Decision(r, (), f"ignored: {type(event).__name__}, the migration is final ({r.phase.name})")
+
+
+def _admitted(c: Ctx, event: Admitted) -> Decision:
+    if c.r.phase is not Phase.PENDING:
+        return c.ignore(event)
+    n = c.r.attempt + 1
+    return Decision(c.to(Phase.PREFLIGHT, f"admitted (attempt {n})", attempt=n), (RunPreflight(),),
+                    "admitted; running preflight")
+
+
+def _preflight_result(c: Ctx, event: PreflightResult) -> Decision:
+    if c.r.phase is not Phase.PREFLIGHT:
+        return c.ignore(event)
+    if not event.problems:
+        return Decision(c.to(Phase.PREPARING, "preflight passed"), (PrepareTarget(),),
+                        "preflight passed; preparing target")
+    reasons = ", ".join(p.reason for p in event.problems)
+    first = event.problems[0]
+    error = first if len(event.problems) == 1 else ErrorDetail(
+        first.reason, "; ".join(p.message for p in event.problems), "; ".join(p.hint for p in event.problems if p.hint))
+    return Decision(c.to(Phase.FAILED, f"preflight: {reasons}", error=error), (),
+                    f"preflight found {len(event.problems)} problem(s): {reasons}; failed")
+
+
+def _prepared(c: Ctx, event: Prepared) -> Decision:
+    r = c.r
+    if r.phase is Phase.PREPARING:
+        return Decision(c.to(Phase.MIGRATING, f"target prepared ({event.prepare_id})", prepare_id=event.prepare_id,
+                             destination_xml=event.destination_xml), (StartMigration(),),
+                        "prepared; starting migration")
+    if r.phase is Phase.ROLLING_BACK and event.prepare_id != r.prepare_id:
+        r2 = note(replace(r, prepare_id=r.prepare_id or event.prepare_id, target_cleaned=False), c.now,
+                  f"late prepare {event.prepare_id}; removing it")
+        if r.migration_started:  # removed with the rest once the guest is known off the target
+            return Decision(r2, (c.observe_later,), f"late prepare {event.prepare_id}; observing placement")
+        return Decision(r2, (CleanupTarget(_ids(r2, event.prepare_id)),),
+                        f"late prepare {event.prepare_id}; removing it")
+    return c.ignore(event)
+
+
+def _ids(r: MigrationRecord, *extra: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(i for i in (r.prepare_id, *extra) if i))
+
+
+def retry_goal(r: MigrationRecord, t: Timeouts) -> Phase:
+    return Phase.PENDING if r.attempt < t.max_attempts else Phase.ROLLED_BACK
+
+
+def roll_back(c: Ctx, reason: str, *, goal: Phase, error: ErrorDetail | None = None, abort: bool = False,
+               safe_to_clean: bool = False, **changes: object) -> Decision:
+    """Enter RollingBack, ending in ``goal``. Before a migration job was started the target holds
+    only empty images: clean at once. After, first make sure the guest is not on the target
+    (``safe_to_clean``: a placement just showed it on the source only)."""
+    r = c.to(Phase.ROLLING_BACK, reason, error=error or c.r.error, rollback_to=goal, target_cleaned=False, **changes)
+    if not r.migration_started or safe_to_clean:
+        actions: tuple[Action, ...] = (CleanupTarget(_ids(r)),)
+        then = "cleaning target"
+    else:
+        actions = ((AbortMigration(),) if abort else ()) + (ObservePlacement(),)
+        then = ("aborting migration; " if abort else "") + "observing placement"
+    ends = {Phase.PENDING: "then re-queue", Phase.CANCELLED: "then cancelled"}.get(goal, "then rolled back")
+    return Decision(r, actions, f"{reason}; rolling back ({then}, {ends})")
+
+
+def requeue(c: Ctx, reason: str, error: ErrorDetail) -> Decision:
+    """Nothing was touched: queue again, or fail after max_attempts admissions."""
+    r = c.r
+    if r.attempt < c.t.max_attempts:
+        return Decision(c.to(Phase.PENDING, f"re-queued: {reason}", prepare_id="", destination_xml="", progress=None),
+                        (), f"{reason}; re-queued (attempt {r.attempt} of {c.t.max_attempts} used)")
+    err = replace(error, message=f"{error.message} (after {r.attempt} attempts)")
+    return Decision(c.to(Phase.FAILED, reason, error=err), (), f"{reason}; failed after {r.attempt} attempts")
+
+
+def finish_rollback(c: Ctx, reason: str) -> Decision:
+    r = c.r
+    goal = r.rollback_to or Phase.ROLLED_BACK
+    if goal is Phase.PENDING:
+        r2 = c.to(Phase.PENDING, f"re-queued: {reason}", prepare_id="", destination_xml="", progress=None,
+                  rollback_to=None, target_cleaned=False)
+        return Decision(r2, (), f"{reason}; re-queued (attempt {r.attempt} of {c.t.max_attempts} used)")
+    return Decision(c.to(goal, reason), (), f"{reason}; {goal.name.lower().replace('_', ' ')}")
+
+
+def _migration_ended(c: Ctx, event: MigrationEnded) -> Decision:
+    r = c.r
+    if r.phase is Phase.MIGRATING:
+        if event.ok:
+            return Decision(c.to(Phase.FINISHING, "migration job completed", result=event.job),
+                            (ObservePlacement(),), "migration completed; verifying placement")
+        err = event.error or ErrorDetail("MIGRATION_FAILED", "the migration job failed without an error",
+                                         "see the source agent's log")
+        r2 = note(replace(r, error=err), c.now, f"migration job ended: {err.reason}")
+        return Decision(r2, (ObservePlacement(),), f"migration failed ({err.reason}); observing placement")
+    if r.phase is Phase.ROLLING_BACK and r.migration_started:
+        r2 = replace(r, result=event.job or r.result, updated_at=c.now) if event.ok else r
+        return Decision(r2, (ObservePlacement(),),
+                        f"migration job ended ({'completed' if event.ok else 'failed'}); observing placement")
+    return c.ignore(event)
+
+
+def _cancel(c: Ctx) -> Decision:
+    r = c.r
+    match r.phase:
+        case Phase.PENDING | Phase.PREFLIGHT:
+            return Decision(c.to(Phase.CANCELLED, "cancelled by user", cancel_requested=True), (), "cancelled")
+        case Phase.PREPARING:
+            # no job yet: nothing to abort
+            return roll_back(c, "cancel requested", goal=Phase.CANCELLED, cancel_requested=True)
+        case Phase.MIGRATING:
+            if r.progress is not None and r.progress.phase is MigrationPhase.POSTCOPY:
+                return c.keep("too late to cancel: post-copy started, the guest already runs on target")
+            goal = Phase.ROLLED_BACK if r.error else Phase.CANCELLED
+            return roll_back(c, "cancel requested", goal=goal, abort=True, cancel_requested=True)
+        case Phase.FINISHING:
+            return c.keep("too late to cancel: the migration landed; finishing")
+    # ROLLING_BACK
+    if r.cancel_requested:
+        return c.keep("already cancelling")
+    if r.rollback_to is Phase.PENDING:
+        r2 = note(replace(r, cancel_requested=True, rollback_to=Phase.CANCELLED), c.now, "cancel requested")
+        return Decision(r2, (), "cancel requested; the rollback now ends cancelled instead of re-queued")
+    r2 = note(replace(r, cancel_requested=True), c.now, "cancel requested")
+    return Decision(r2, (), f"cancel requested; already rolling back, ends {r.rollback_to.name if r.rollback_to else '?'}")
+
+
+def _cleaned_up(c: Ctx) -> Decision:
+    r = replace(c.r, target_cleaned=True)
+    if not r.migration_started:
+        return finish_rollback(replace(c, r=r), "target cleaned")
+    return Decision(note(r, c.now, "target cleaned"), (ObservePlacement(),),
+                    "target cleaned; verifying the guest runs on source")
+
+
+def _agent_lost(c: Ctx, event: AgentLost) -> Decision:
+    r = c.r
+    if event.host not in (r.source_host, r.target_host) or r.phase is Phase.PENDING:
+        return c.ignore(event)
+    lost = f"agent on {event.host} lost"
+    err = ErrorDetail("AGENT_LOST", f"the agent on {event.host} could not be reached",
+                      f"check ferry-agent and libvirtd on {event.host}")
+    if r.phase is Phase.PREFLIGHT:
+        return requeue(c, lost, err)
+    if r.phase is Phase.PREPARING:
+        goal = retry_goal(r, c.t)
+        return roll_back(c, lost, goal=goal, error=err if goal is Phase.ROLLED_BACK else None)
+    deadline = r.phase_deadline.isoformat() if r.phase_deadline else "none"
+    return c.noted(lost, f"{lost}; waiting for it (deadline {deadline})")
+
+
+def _tick(c: Ctx) -> Decision:
+    r = c.r
+    if r.phase_deadline is not None and c.now < r.phase_deadline:
+        return c.keep("no action: deadline not reached")
+    match r.phase:
+        case Phase.PENDING:
+            return Decision(c.to(Phase.FAILED, "queued too long", error=ErrorDetail(
+                "QUEUE_TIMEOUT", f"no migration slot became free for {r.vm} before the queue deadline",
+                "raise the slot limits or the priority, check both hosts' agents are up, then resubmit")),
+                (), "queued too long; failed")
+        case Phase.PREFLIGHT:
+            return requeue(c, "preflight timed out", ErrorDetail(
+                "PREFLIGHT_TIMEOUT", f"the preflight of {r.vm} did not finish in time",
+                f"check ferry-agent on {r.target_host} answers (ferry hosts)"))
+        case Phase.PREPARING:
+            goal = retry_goal(r, c.t)
+            err = ErrorDetail("PREPARE_TIMEOUT", f"{r.target_host} did not finish preparing {r.vm} in time",
+                              f"check disk space and ferry-agent's log on {r.target_host}")
+            return roll_back(c, "prepare timed out", goal=goal, error=err if goal is Phase.ROLLED_BACK else None)
+        case Phase.MIGRATING:
+            return _migrating_deadline(c)
+    return _retry_or_fail(c)
+
+
+def _migrating_deadline(c: Ctx) -> Decision:
+    r = c.r
+    if r.progress is not None and r.progress.phase is MigrationPhase.POSTCOPY:
+        # post-copy cannot be aborted: the target already runs the guest. Keep watching.
+        return _retry_or_fail(c)
+    if r.error is not None:  # the job ended but the placement never settled
+        return roll_back(c, "placement did not settle", goal=Phase.ROLLED_BACK, abort=True)
+    err = ErrorDetail("MIGRATION_TIMEOUT", f"the migration of {r.vm} did not complete before its deadline",
+                      "the guest dirties memory faster than the link copies it: raise the bandwidth or "
+                      "max downtime, allow auto-converge or post-copy, or migrate when it is quieter")
+    return roll_back(c, "migration timed out", goal=Phase.ROLLED_BACK, error=err, abort=True)
+
+
+def _retry_or_fail(c: Ctx) -> Decision:
+    """Finishing, RollingBack, a stuck post-copy: retry with backoff; after max_retries fail loudly."""
+    r, t = c.r, c.t
+    if r.retries < t.max_retries:
+        r2 = with_retry(r, c.now, "deadline passed", t)
+        return Decision(r2, _phase_actions(r2), f"deadline passed; retry {r2.retries} of {t.max_retries}")
+    last = next((h.reason for h in reversed(r.history) if "failed" in h.reason), "")
+    where = f"{r.source_host} and {r.target_host}"
+    err = {
+        Phase.MIGRATING: ErrorDetail("POSTCOPY_STUCK", f"the post-copy migration of {r.vm} does not complete",
+                                     f"check the link between {where}; `virsh domjobinfo {r.vm}` on "
+                                     f"{r.source_host}; if it broke, `virsh migrate --postcopy-resume`"),
+        Phase.FINISHING: ErrorDetail("FINISH_INCOMPLETE", f"could not confirm {r.vm} runs on {r.target_host} only",
+                                     f"check `virsh list` on {where}; destroy a paused leftover on "
+                                     f"{r.source_host} once the guest runs on {r.target_host}"),
+        Phase.ROLLING_BACK: ErrorDetail("ROLLBACK_INCOMPLETE",
+                                        f"could not finish undoing the migration of {r.vm}" +
+                                        (f" ({r.error.reason})" if r.error else ""),
+                                        f"check `virsh list` on {where}; once {r.vm} runs on {r.source_host} only, "
+                                        f"remove prepare {r.prepare_id or '(id unknown)'} on {r.target_host}"),
+    }[r.phase]
+    if last:
+        err = replace(err, message=f"{err.message}; last: {last}")
+    return Decision(c.to(Phase.FAILED, f"gave up after {r.retries} retries", error=err), (),
+                    f"gave up after {r.retries} retries; failed ({err.reason})")
+
+
+def _phase_actions(r: MigrationRecord) -> tuple[Action, ...]:
+    """What to (re)do to make progress in a retried phase; all idempotent."""
+    if r.phase is Phase.ROLLING_BACK:
+        if not r.migration_started:
+            return (CleanupTarget(_ids(r)),)
+        return (ObservePlacement(),) if r.target_cleaned else (AbortMigration(), ObservePlacement())
+    return (ObservePlacement(),)
+
+
+def on_placement(c: Ctx, p: Placement) -> Decision:
+    """Migrating, Finishing, RollingBack: act on where the guest is."""
+    r = c.r
+    if r.phase is Phase.ROLLING_BACK and not r.migration_started:
+        return c.keep("placement not needed: no migration job was started")
+    loc = locate(p, r.options.offline)
+    if loc is Location.ON_BOTH:
+        if p.source_job_active:
+            # Executing on both while the job runs can only be pre-copy (in post-copy the source
+            # is paused), where the source holds the authoritative state: abort, libvirt then
+            # stops the target's incoming copy.
+            return c.keep("guest executes on both hosts while the job runs; aborting the job",
+                          AbortMigration(), c.observe_later)
+        return _needs_operator(c, ErrorDetail(
+            "VM_ON_TWO_HOSTS", f"{r.vm} executes on both {r.source_host} and {r.target_host}",
+            f"suspend one copy now (virsh suspend), keep the one with the newest state, destroy the other; "
+            f"Ferry removed nothing (prepare {r.prepare_id or '?'} on {r.target_host} is kept)"))
+    if loc is Location.NOWHERE:
+        kept = "" if r.target_cleaned else f"; the target's copies (prepare {r.prepare_id or '?'}) are kept"
+        return _needs_operator(c, ErrorDetail(
+            "VM_NOT_RUNNING", f"{r.vm} runs on neither {r.source_host} nor {r.target_host}",
+            f"find out why it stopped (libvirt/qemu logs on both hosts) and start it where its newest disks are: "
+            f"{r.source_host} unless the migration reached post-copy or completed{kept}"))
+    if loc in (Location.SETTLING, Location.UNCLEAR):
+        return c.keep(f"placement {loc.value}; observing again", c.observe_later)
+    match r.phase:
+        case Phase.MIGRATING:
+            return _placement_migrating(c, loc)
+        case Phase.FINISHING:
+            if loc is Location.ON_TARGET:
+                return c.keep("guest runs on target only; committing", CommitTarget(r.prepare_id))
+            if loc is Location.ON_SOURCE:
+                return roll_back(c, "the job reported success but the guest runs on source only",
+                                  goal=Phase.ROLLED_BACK, safe_to_clean=True, error=ErrorDetail(
+                                      "MIGRATION_NOT_LANDED", f"{r.vm} still runs on {r.source_host} after the "
+                                      "migration job reported success", "retry the migration; report this if it "
+                                      "happens again"))
+            return c.keep("a migration job is active on source again; observing", c.observe_later)
+    # ROLLING_BACK, after a job was started
+    if loc is Location.MOVING:
+        return c.keep("migration job still active; aborting it", AbortMigration(), c.observe_later)
+    if loc is Location.ON_TARGET:
+        why = "too late to cancel" if r.rollback_to is Phase.CANCELLED else "the migration landed"
+        return Decision(c.to(Phase.FINISHING, f"{why}: guest runs on target", rollback_to=None, error=None),
+                        (CommitTarget(r.prepare_id),), f"{why}: the guest runs on target; finishing")
+    if not r.target_cleaned:
+        return c.keep("job stopped, guest runs on source only; cleaning target", CleanupTarget(_ids(r)))
+    return finish_rollback(c, "target cleaned, guest runs on source")
+
+
+def _placement_migrating(c: Ctx, loc: Location) -> Decision:
+    r = c.r
+    if loc is Location.MOVING:
+        if r.error is None:  # the shell keeps one follower per record: a no-op if it has one
+            return c.keep("migration job running; following it", WatchJob())
+        return c.keep("job still active after it reported its end; observing again", c.observe_later)
+    if loc is Location.ON_TARGET:
+        ended = f" (the job reported {r.error.reason})" if r.error else ""
+        return Decision(c.to(Phase.FINISHING, f"guest runs on target{ended}", error=None),
+                        (CommitTarget(r.prepare_id),), f"guest runs on target{ended}; committing")
+    err = r.error or ErrorDetail("MIGRATION_INTERRUPTED", f"the migration job of {r.vm} ended unobserved "
+                                 "(coordinator or agent restart)", f"see the agent log on {r.source_host}; "
+                                 "retry the migration")
+    return roll_back(c, f"migration failed ({err.reason}), guest runs on source", goal=Phase.ROLLED_BACK,
+                      error=err, safe_to_clean=True)
+
+
+def _needs_operator(c: Ctx, err: ErrorDetail) -> Decision:
+    """Fail loudly and touch nothing: the guest is not where a rollback or a commit is safe."""
+    return Decision(c.to(Phase.FAILED, err.reason, error=err), (), f"{err.message}; failed, needs an operator")
