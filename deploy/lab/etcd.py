@@ -391,12 +391,13 @@ class EtcdCluster:
         return self.startup_s
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """Stop every member by its PID (all signalled first, then each waited for)."""
+        """Stop every member by its PID, one after the other.
+
+        (Signalling all members at once makes some hang until the grace ends: measured 5 s for 3
+        members, against about 1 s one by one.)
+        """
         for m in self.members:
-            m.terminate()
-        deadline = time.monotonic() + grace_s
-        for m in self.members:
-            m.wait_stopped(max(0.0, deadline - time.monotonic()))
+            m.stop(grace_s)
 
     def __enter__(self) -> EtcdCluster:
         self.start()
