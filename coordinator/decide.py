@@ -201,6 +201,8 @@ class Location(enum.Enum):
     NOWHERE = "nowhere"
     #: An agent reported an unknown state: cannot tell. Observe again.
     UNCLEAR = "unclear"
+    #: Offline only: the definition reached the target, but the guest was started on the source.
+    DIVERGED = "diverged"
 
 
 EXECUTING = (DomainState.RUNNING, DomainState.BLOCKED)
@@ -220,7 +222,9 @@ def locate(p: Placement, offline: bool = False) -> Location:
         return Location.ON_BOTH
     if p.source_job_active:
         return Location.MOVING
-    if offline and not _alive(s) and not _alive(t):
+    if offline and not _alive(t):
+        if _alive(s):
+            return Location.DIVERGED if t is not None else Location.ON_SOURCE
         return Location.ON_TARGET if t is not None else Location.ON_SOURCE if s is not None else Location.NOWHERE
     if _alive(s) and _alive(t):
         return Location.SETTLING
@@ -541,6 +545,11 @@ def on_placement(c: Ctx, p: Placement) -> Decision:
             "VM_ON_TWO_HOSTS", f"{r.vm} executes on both {r.source_host} and {r.target_host}",
             f"suspend one copy now (virsh suspend), keep the one with the newest state, destroy the other; "
             f"Ferry removed nothing (prepare {r.prepare_id or '?'} on {r.target_host} is kept)"))
+    if loc is Location.DIVERGED:
+        return _needs_operator(c, ErrorDetail(
+            "VM_STARTED_ON_SOURCE", f"{r.vm} was started on {r.source_host} while its definition moved to "
+            f"{r.target_host}", f"keep one: shut it down and rerun the migration, or undefine it on "
+            f"{r.target_host} (virsh undefine); Ferry removed nothing"))
     if loc is Location.NOWHERE:
         kept = "" if r.target_cleaned else f"; the target's copies (prepare {r.prepare_id or '?'}) are kept"
         return _needs_operator(c, ErrorDetail(

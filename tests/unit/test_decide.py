@@ -269,6 +269,8 @@ def test_a_vm_gone_everywhere_keeps_the_target_copies_and_says_so():
         (Placement(OFF, OFF), True, Location.ON_TARGET),        # undefine_source=False keeps the source's
         (Placement(None, None), True, Location.NOWHERE),
         (Placement(R, None), True, Location.ON_SOURCE),         # somebody started it meanwhile
+        (Placement(R, OFF), True, Location.DIVERGED),           # ... after the definition moved
+        (Placement(OFF, R), True, Location.ON_TARGET),
     ],
 )
 def test_locate(placement, offline, location):

@@ -1,0 +1,231 @@
+"""Recovery after a leader change or an agent restart, and the placement invariant of every decision.
+
+The invariant, over every non-final phase x every observable placement x every prepare listing:
+no decision leaves the guest running on two hosts, removes the target's images while the guest
+may run there, commits or succeeds unless the guest runs on the target only, or starts a second
+job or prepare blindly; and no record is left without a deadline.
+"""
+
+import itertools
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from ferry.coordinator.decide import (
+    AbortMigration,
+    CleanupTarget,
+    CommitTarget,
+    ObservePlacement,
+    Placement,
+    PrepareTarget,
+    RunPreflight,
+    StartMigration,
+    WatchJob,
+    decide,
+)
+from ferry.coordinator.phases import GiB, Phase, Timeouts
+from ferry.coordinator.recovery import recover
+from ferry.coordinator.record import ErrorDetail, MigrationOptions, ProgressSnapshot, new_migration, with_phase
+from ferry.model import DomainState, MigrationPhase, PrepareRecord
+
+T0 = datetime(2026, 11, 25, 20, 0, tzinfo=timezone.utc)
+NOW = T0 + timedelta(seconds=30)
+T = Timeouts()
+R, P, OFF, UNK = DomainState.RUNNING, DomainState.PAUSED, DomainState.SHUTOFF, DomainState.UNKNOWN
+E_JOB = ErrorDetail("MIGRATION_FAILED", "the job failed", "see the log")
+
+
+def walk(*phases, offline=False, **kw):
+    r = new_migration(id="m-1", vm="g1", vm_uuid="u-1", source_host="host1", target_host="host2", now=T0,
+                      timeouts=T, memory_bytes=1 * GiB, options=MigrationOptions(offline=offline))
+    for p in phases:
+        r = with_phase(r, p, T0, p.name.lower(), T)
+    return replace(r, **kw)
+
+
+TO_MIGRATING = (Phase.PREFLIGHT, Phase.PREPARING, Phase.MIGRATING)
+RECORDS = {
+    "pending": walk(),
+    "pending-after-retry": walk(Phase.PREFLIGHT, Phase.PREPARING, Phase.ROLLING_BACK, Phase.PENDING, attempt=1),
+    "preflight": walk(Phase.PREFLIGHT, attempt=1),
+    "preparing": walk(Phase.PREFLIGHT, Phase.PREPARING, attempt=1),
+    "preparing-last-attempt": walk(Phase.PREFLIGHT, Phase.PREPARING, attempt=3),
+    "migrating": walk(*TO_MIGRATING, attempt=1, prepare_id="p-1"),
+    "migrating-failed": walk(*TO_MIGRATING, attempt=1, prepare_id="p-1", error=E_JOB),
+    "migrating-postcopy": walk(*TO_MIGRATING, attempt=1, prepare_id="p-1",
+                               progress=ProgressSnapshot(MigrationPhase.POSTCOPY)),
+    "migrating-offline": walk(*TO_MIGRATING, offline=True, attempt=1, prepare_id="p-1"),
+    "finishing": walk(*TO_MIGRATING, Phase.FINISHING, attempt=1, prepare_id="p-1"),
+    "finishing-offline": walk(*TO_MIGRATING, Phase.FINISHING, offline=True, attempt=1, prepare_id="p-1"),
+    "rb-before-job": walk(Phase.PREFLIGHT, Phase.PREPARING, Phase.ROLLING_BACK, attempt=1,
+                          rollback_to=Phase.ROLLED_BACK, error=E_JOB),
+    "rb-retry": walk(Phase.PREFLIGHT, Phase.PREPARING, Phase.ROLLING_BACK, attempt=1, rollback_to=Phase.PENDING),
+    "rb-after-job": walk(*TO_MIGRATING, Phase.ROLLING_BACK, attempt=1, prepare_id="p-1",
+                         rollback_to=Phase.ROLLED_BACK, error=E_JOB),
+    "rb-after-job-cleaned": walk(*TO_MIGRATING, Phase.ROLLING_BACK, attempt=1, prepare_id="p-1",
+                                 rollback_to=Phase.ROLLED_BACK, error=E_JOB, target_cleaned=True),
+    "rb-cancel": walk(*TO_MIGRATING, Phase.ROLLING_BACK, attempt=1, prepare_id="p-1", rollback_to=Phase.CANCELLED,
+                      cancel_requested=True),
+}
+STATES = (None, R, P, OFF, UNK)
+PLACEMENTS = [Placement(s, t, j) for s, t, j in itertools.product(STATES, STATES, (False, True))] + [None]
+
+
+def prepare(pid, migration_id="m-1"):
+    return PrepareRecord(pid, "g1", "u-1", ("/var/lib/libvirt/images/g1.qcow2",), T0, T0 + timedelta(hours=1),
+                         migration_id)
+
+
+LISTINGS = {"unknown": None, "empty": [], "ours": [prepare("p-2")], "other": [prepare("p-x", "m-other")]}
+
+
+def _executing(s):
+    return s in (DomainState.RUNNING, DomainState.BLOCKED)
+
+
+def assert_invariant(before, placement, d, *, recovering):
+    """The safety rules every decision keeps, whatever it observed."""
+    after, acts = d.record, d.actions
+    kinds = {type(a) for a in acts}
+    started = before.migration_started
+    p = placement
+    ctx = f"{before.phase.name} {p} -> {after.phase.name} {acts} ({d.outcome})"
+    s, t = (p.source_state, p.target_state) if p else (UNK, UNK)
+    job = p.source_job_active if p else True
+    clear = UNK not in (s, t)
+    if before.options.offline:
+        t_present, s_alive = t is not None and clear, s is not None and s.is_active
+        s_present = s is not None
+    else:
+        t_present, s_alive = t is not None and t.is_active, s is not None and s.is_active
+        s_present = s_alive
+    t_alive = t is not None and t.is_active
+
+    # the target's images are removed only when the guest cannot be using them
+    if CleanupTarget in kinds and started:
+        assert clear and not t_alive and not t_present and not job and s_present, ctx
+    # commit / success only when the guest runs on the target alone
+    if CommitTarget in kinds or (after.phase is Phase.SUCCEEDED and before.phase is not Phase.SUCCEEDED):
+        assert clear and t_present and not s_alive and not job, ctx
+    # a rollback ends only with the guest on the source alone
+    if after.phase in (Phase.ROLLED_BACK, Phase.CANCELLED) and after.phase is not before.phase and started:
+        assert clear and s_present and not t_alive and not job, ctx
+    # executing on both hosts: stop the job (pre-copy: the source is authoritative) or call an operator
+    if started and p and _executing(s) and _executing(t):
+        assert CleanupTarget not in kinds and CommitTarget not in kinds, ctx
+        assert AbortMigration in kinds or (after.phase is Phase.FAILED and after.error.reason == "VM_ON_TWO_HOSTS"), ctx
+    # never a second job or a second prepare from an observation
+    assert not kinds & {StartMigration, PrepareTarget}, ctx
+    if WatchJob in kinds:
+        assert p and job, ctx
+    # never stuck: a non-final record has a deadline
+    if not after.phase.is_final:
+        assert after.phase_deadline is not None, ctx
+    if recovering and after.phase is Phase.FAILED and before.phase is not Phase.FAILED:
+        assert after.error and after.error.hint, ctx
+
+
+@pytest.mark.parametrize("name", sorted(RECORDS))
+@pytest.mark.parametrize("placement", PLACEMENTS, ids=str)
+def test_recovery_keeps_the_invariant(name, placement):
+    record = RECORDS[name]
+    for listing in LISTINGS.values():
+        d = recover(record, placement, listing, NOW, T)
+        assert_invariant(record, placement, d, recovering=True)
+
+
+@pytest.mark.parametrize("name", sorted(RECORDS))
+@pytest.mark.parametrize("placement", PLACEMENTS[:-1], ids=str)
+def test_every_placement_event_keeps_the_invariant(name, placement):
+    record = RECORDS[name]
+    assert_invariant(record, placement, decide(record, placement, NOW, T), recovering=False)
+
+
+ON_SRC = Placement(R, None)
+ON_TGT = Placement(None, R)
+MOVING = Placement(R, P, True)
+
+
+@pytest.mark.parametrize(
+    ("name", "placement", "listing", "phase", "actions", "outcome"),
+    [
+        ("pending", ON_SRC, "empty", Phase.PENDING, (), "queued; nothing to recover"),
+        ("pending-after-retry", ON_SRC, "ours", Phase.PENDING, (CleanupTarget(("p-2",)),),
+         "queued; removing 1 stray prepare(s) of an earlier attempt"),
+        ("pending", ON_SRC, "other", Phase.PENDING, (), "queued; nothing to recover"),
+        ("preflight", None, "unknown", Phase.PREFLIGHT, (RunPreflight(),), "re-running preflight"),
+        ("preparing", ON_SRC, "empty", Phase.PENDING, (), "prepare interrupted, target holds nothing; re-queued"),
+        ("preparing-last-attempt", ON_SRC, "empty", Phase.FAILED, (), "prepare interrupted; failed after 3 attempts"),
+        ("preparing", ON_SRC, "ours", Phase.ROLLING_BACK, (CleanupTarget(("p-2",)),),
+         "prepare interrupted; rolling back (cleaning target, then re-queue)"),
+        ("preparing", ON_SRC, "unknown", Phase.ROLLING_BACK, (CleanupTarget(()),),
+         "prepare interrupted; rolling back (cleaning target, then re-queue)"),
+        ("preparing-last-attempt", ON_SRC, "ours", Phase.ROLLING_BACK, (CleanupTarget(("p-2",)),),
+         "prepare interrupted; rolling back (cleaning target, then rolled back)"),
+        ("migrating", MOVING, "ours", Phase.MIGRATING, (WatchJob(),),
+         "recovered: migration job running; following it"),
+        ("migrating-postcopy", Placement(P, R, True), "ours", Phase.MIGRATING, (WatchJob(),),
+         "recovered: migration job running; following it"),
+        ("migrating", ON_TGT, "ours", Phase.FINISHING, (CommitTarget("p-1"),),
+         "recovered: guest runs on target; committing"),
+        ("migrating", ON_SRC, "ours", Phase.ROLLING_BACK, (CleanupTarget(("p-1",)),),
+         "recovered: migration failed (MIGRATION_INTERRUPTED), guest runs on source; rolling back "
+         "(cleaning target, then rolled back)"),
+        ("migrating", Placement(P, R), "ours", Phase.MIGRATING, (ObservePlacement(2.0),),
+         "recovered: placement settling; observing again"),
+        ("migrating", None, "ours", Phase.MIGRATING, (), "cannot observe g1 on both hosts; waiting for the agents"),
+        ("migrating", Placement(R, R), "ours", Phase.FAILED, (),
+         "recovered: g1 executes on both host1 and host2; failed, needs an operator"),
+        ("migrating-offline", Placement(None, OFF), "empty", Phase.FINISHING, (CommitTarget("p-1"),),
+         "recovered: guest runs on target; committing"),
+        ("finishing", ON_TGT, "ours", Phase.FINISHING, (CommitTarget("p-1"),),
+         "recovered: guest runs on target only; committing"),
+        ("finishing", Placement(OFF, None), "ours", Phase.FAILED, (),
+         "recovered: g1 runs on neither host1 nor host2; failed, needs an operator"),
+        ("rb-before-job", None, "empty", Phase.ROLLED_BACK, (),
+         "target holds nothing of this migration; rolled back"),
+        ("rb-before-job", None, "ours", Phase.ROLLING_BACK, (CleanupTarget(("p-2",)),),
+         "resuming rollback; cleaning target"),
+        ("rb-retry", None, "empty", Phase.PENDING, (),
+         "target holds nothing of this migration; re-queued (attempt 1 of 3 used)"),
+        ("rb-after-job", MOVING, "ours", Phase.ROLLING_BACK, (AbortMigration(), ObservePlacement(2.0)),
+         "recovered: migration job still active; aborting it"),
+        ("rb-after-job", ON_SRC, "ours", Phase.ROLLING_BACK, (CleanupTarget(("p-1",)),),
+         "recovered: job stopped, guest runs on source only; cleaning target"),
+        ("rb-after-job-cleaned", ON_SRC, "empty", Phase.ROLLED_BACK, (),
+         "recovered: target cleaned, guest runs on source; rolled back"),
+        ("rb-cancel", ON_TGT, "ours", Phase.FINISHING, (CommitTarget("p-1"),),
+         "recovered: too late to cancel: the guest runs on target; finishing"),
+    ],
+)
+def test_recover(name, placement, listing, phase, actions, outcome):
+    d = recover(RECORDS[name], placement, LISTINGS[listing], NOW, T)
+    assert (d.record.phase, d.actions, d.outcome) == (phase, actions, outcome)
+
+
+def test_recovered_interruption_is_recorded():
+    d = recover(RECORDS["migrating"], ON_SRC, [], NOW, T)
+    assert d.record.error.reason == "MIGRATION_INTERRUPTED" and "host1" in d.record.error.hint
+
+
+@pytest.mark.parametrize("phase", [Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED, Phase.ROLLED_BACK])
+def test_final_records_are_left_alone(phase):
+    path = {Phase.SUCCEEDED: (*TO_MIGRATING, Phase.FINISHING, Phase.SUCCEEDED), Phase.FAILED: (Phase.FAILED,),
+            Phase.CANCELLED: (Phase.CANCELLED,),
+            Phase.ROLLED_BACK: (Phase.PREFLIGHT, Phase.PREPARING, Phase.ROLLING_BACK, Phase.ROLLED_BACK)}[phase]
+    r = walk(*path)
+    for p in (None, ON_SRC, Placement(R, R)):
+        d = recover(r, p, [prepare("p-2")], NOW, T)
+        assert d.record is r and d.actions == () and d.outcome == f"final ({phase.name}); nothing to recover"
+
+
+def test_a_recovered_record_then_finishes_through_decide():
+    """Leader change mid-migration: the new leader reattaches, the job ends, the record finishes."""
+    from ferry.coordinator.decide import Committed, MigrationEnded
+    d = recover(RECORDS["migrating"], MOVING, [prepare("p-1")], NOW, T)
+    assert d.actions == (WatchJob(),)
+    r = d.record
+    for event in (MigrationEnded(True), ON_TGT, Committed()):
+        r = decide(r, event, NOW, T).record
+    assert r.phase is Phase.SUCCEEDED
