@@ -1,1 +1,7 @@
-"""Ferry lab: several real libvirt hosts on one machine."""
+"""Ferry lab: several real libvirt hosts on one machine (network/mount/UTS namespaces, one
+libvirtd each), a test guest image and Ferry agents; see deploy/lab/main.py for the command
+and ``Lab`` for the Python API the lab tests use."""
+
+from ferry.lab.lab import DEFAULT_LAB_DIR, Lab, default_lab_dir
+
+__all__ = ["DEFAULT_LAB_DIR", "Lab", "default_lab_dir"]

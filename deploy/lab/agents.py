@@ -1,0 +1,120 @@
+"""Ferry agents inside the lab hosts: config file, start, gRPC health check.
+
+An agent that cannot start (not written yet, crashes, never answers) is recorded as failed
+with the reason; the lab's hosts stay up regardless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import sys
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ferry.lab import procs
+from ferry.lab.hosts import nsenter
+from ferry.lab.procs import SYSTEM_CLOCK, Clock, ProcessRecord
+from ferry.lab.state import Component
+from ferry.lab.topology import HostPlan, LabPaths, render_agent_toml
+
+AGENT_READY_TIMEOUT_S = 30.0
+HEALTH_CALL_TIMEOUT_S = 1.0
+
+T = TypeVar("T")
+
+
+def agent_config_path(paths: LabPaths, host: str) -> Path:
+    return paths.host(host) / "agent.toml"
+
+
+def agent_log_path(paths: LabPaths, host: str) -> Path:
+    return paths.host(host) / "agent.log"
+
+
+def default_agent_command() -> list[str]:
+    """``python -m ferry.agent.main`` with ferry-lab's own interpreter (so the same Ferry)."""
+    return [sys.executable, "-m", "ferry.agent.main"]
+
+
+def start_agent(paths: LabPaths, plan: HostPlan, holder: ProcessRecord,
+                command: Sequence[str] | None = None) -> Component:
+    """Write agent.toml and start the agent (``command --config agent.toml``) inside the
+    host's namespaces."""
+    config = agent_config_path(paths, plan.name)
+    config.write_text(render_agent_toml(paths, plan))
+    paths.agent_socket(plan.name).unlink(missing_ok=True)
+    argv = nsenter(holder.pid, [*(command or default_agent_command()), "--config", str(config)])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = procs.spawn(argv, log=agent_log_path(paths, plan.name), env=env)
+    return Component(name=f"{plan.name}/agent", kind="agent", place=plan.name, process=process,
+                     endpoints={"grpc": plan.agent_listen, "unix": plan.agent_address,
+                                "config": str(config)})
+
+
+def wait_for_agents(agents: list[Component], *, timeout: float = AGENT_READY_TIMEOUT_S,
+                    clock: Clock = SYSTEM_CLOCK) -> list[Component]:
+    """Wait (one shared time limit) until each agent answers a health check on its unix
+    socket; returns the components with ``error`` set for those that did not."""
+    deadline = clock.now() + timeout
+    pending = {a.name: a for a in agents}
+    done: dict[str, Component] = {}
+    while pending:
+        for name, agent in list(pending.items()):
+            assert agent.process is not None
+            if not procs.is_alive(agent.process):
+                code = procs.exit_status(agent.process)
+                done[name] = _failed(agent, f"exited during start (exit code {code}): "
+                                            f"{procs.log_tail(agent.process.log)}")
+                del pending[name]
+            elif health_serving(agent.endpoints["unix"]):
+                done[name] = agent
+                del pending[name]
+        if not pending:
+            break
+        if clock.now() >= deadline:
+            for name, agent in pending.items():
+                done[name] = _failed(agent, f"no gRPC health answer on {agent.endpoints['unix']}"
+                                            f" within {timeout:.0f} s")
+            break
+        clock.sleep(0.2)
+    return [done[a.name] for a in agents]
+
+
+def _failed(agent: Component, why: str) -> Component:
+    log = agent.process.log if agent.process else ""
+    return Component(name=agent.name, kind=agent.kind, place=agent.place, process=agent.process,
+                     endpoints=agent.endpoints, error=f"{why} (log: {log})")
+
+
+def health_serving(address: str, timeout: float = HEALTH_CALL_TIMEOUT_S) -> bool:
+    """grpc.health.v1 Check on ``address`` says SERVING."""
+    if address.startswith("unix:") and not Path(address[5:]).exists():
+        return False
+    return _run_async(_health_check(address, timeout))
+
+
+async def _health_check(address: str, timeout: float) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from ferry.rpc import create_channel
+
+    channel = create_channel(address)
+    try:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+    except grpc.RpcError:
+        return False
+    finally:
+        await channel.close()
+
+
+def _run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, even when the caller itself runs inside
+    an event loop (e.g. an async test calling the lab API)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()

@@ -1,0 +1,186 @@
+"""``ferry-lab``: real libvirt hosts on this machine, for trying Ferry and for its lab tests.
+
+    ferry-lab up [--hosts 2] [--no-agents]      start the lab (reuses one already up)
+    ferry-lab status [--output json]            every component, PID, address, alive or not
+    ferry-lab guest NAME --host host1 [...]     boot a test guest, wait for its heartbeat
+    ferry-lab console NAME [--follow]           its serial console (continues across hosts)
+    ferry-lab virsh HOST ARGS...                virsh against that host's libvirtd
+    ferry-lab exec HOST|core CMD...             run a command inside the host's namespaces
+    ferry-lab down                              stop everything the lab started
+
+The lab dir is --lab-dir, else $FERRY_LAB_DIR, else /tmp/ferry-lab.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ferry.errors import FerryError
+from ferry.lab.guests import BOOT_TIMEOUT_S
+from ferry.lab.lab import Lab, default_lab_dir
+from ferry.lab.status import render_text
+from ferry.lab.topology import MAX_HOSTS
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ferry-lab", description="Real libvirt hosts in namespaces on this machine.")
+    parser.add_argument("--lab-dir", type=Path, default=None,
+                        help=f"lab directory (default: $FERRY_LAB_DIR or {default_lab_dir()})")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="start the lab (core namespace, hosts, libvirtd, agents)")
+    up.add_argument("--hosts", type=int, default=2, help=f"number of hosts, 1-{MAX_HOSTS}")
+    up.add_argument("--no-agents", action="store_true", help="do not start Ferry agents")
+    up.add_argument("--no-install", action="store_true",
+                    help="do not apt-get install missing packages (fail instead)")
+
+    sub.add_parser("down", help="destroy guests, stop everything the lab started")
+
+    status = sub.add_parser("status", help="every component, its PID, addresses, liveness")
+    status.add_argument("--output", choices=("text", "json"), default="text")
+
+    guest = sub.add_parser("guest", help="create and boot a test guest on a host")
+    guest.add_argument("name")
+    guest.add_argument("--host", required=True, help="lab host, e.g. host1")
+    guest.add_argument("--memory", type=int, default=256, metavar="MiB")
+    guest.add_argument("--disk", action="append", metavar="SIZE",
+                       help="a qcow2 disk (vda, vdb, ... in order), e.g. 256M; repeatable "
+                            "(default: one 256M disk)")
+    guest.add_argument("--shared", action="store_true",
+                       help="disks on the lab's shared storage instead of host-local")
+    guest.add_argument("--dirty-rate", metavar="MiB/s|max",
+                       help="start the memory dirtier at this rate (default: no dirtier)")
+    guest.add_argument("--dirty-mb", type=int, default=64, metavar="MiB",
+                       help="memory the dirtier keeps dirty (default 64)")
+    guest.add_argument("--no-nic", action="store_true", help="no network interface")
+    guest.add_argument("--timeout", type=float, default=BOOT_TIMEOUT_S, metavar="SECONDS",
+                       help="how long to wait for the first heartbeat")
+
+    console = sub.add_parser("console", help="print a guest's serial console log")
+    console.add_argument("name")
+    console.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+
+    virsh = sub.add_parser("virsh", help="virsh against a host's libvirtd")
+    virsh.add_argument("host")
+    virsh.add_argument("args", nargs=argparse.REMAINDER)
+
+    exec_ = sub.add_parser("exec", help="run a command inside a host's (or core's) namespaces")
+    exec_.add_argument("host", help="host name or 'core'")
+    exec_.add_argument("cmd", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _cmd_up(lab: Lab, args: argparse.Namespace) -> int:
+    lab.up(hosts=args.hosts, agents=not args.no_agents, install=not args.no_install)
+    print(render_text(lab.status()), end="")
+    return 0
+
+
+def _cmd_down(lab: Lab, args: argparse.Namespace) -> int:
+    report = lab.down()
+    if not report.was_up:
+        print(f"no lab in {lab.dir}")
+        return 0
+    if report.guests_destroyed:
+        print(f"destroyed guests: {', '.join(report.guests_destroyed)}")
+    for name, outcome in report.stopped:
+        print(f"  {name:<16} {outcome}")
+    for leftover in report.leftovers:
+        print(f"  killed leftover process in the lab's namespaces: {leftover}")
+    print(f"lab down in {report.seconds:.1f} s; nothing of it is running")
+    return 0
+
+
+def _cmd_status(lab: Lab, args: argparse.Namespace) -> int:
+    status = lab.status()
+    if args.output == "json":
+        print(json.dumps(status, indent=2))
+    else:
+        print(render_text(status), end="")
+    return 0
+
+
+def _cmd_guest(lab: Lab, args: argparse.Namespace) -> int:
+    info = lab.guest(args.name, args.host, memory_mib=args.memory, disks=args.disk or ["256M"],
+                     shared=args.shared, dirty_rate=args.dirty_rate, dirty_mb=args.dirty_mb,
+                     nic=not args.no_nic, timeout=args.timeout)
+    print(info.describe())
+    return 0
+
+
+def _cmd_console(lab: Lab, args: argparse.Namespace) -> int:
+    text = lab.console(args.name)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    if not args.follow:
+        return 0
+    path = lab.paths.console_log(args.name)
+    offset = len(text.encode())
+    try:
+        while True:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read()
+            if chunk:
+                offset += len(chunk)
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _passthrough(argv: Sequence[str]) -> int:
+    """Run an operator's command with the terminal attached (no time limit: they may be long
+    or interactive, e.g. a migration or ``virsh console``)."""
+    return subprocess.run(list(argv), check=False).returncode
+
+
+def _cmd_virsh(lab: Lab, args: argparse.Namespace) -> int:
+    from ferry.lab.hosts import virsh_argv
+
+    return _passthrough(virsh_argv(lab.libvirt_uri(args.host), args.args))
+
+
+def _cmd_exec(lab: Lab, args: argparse.Namespace) -> int:
+    if not args.cmd:
+        print("ferry-lab exec: give a command to run", file=sys.stderr)
+        return EXIT_USAGE
+    return _passthrough(lab.exec_argv(args.host, args.cmd))
+
+
+COMMANDS = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status, "guest": _cmd_guest,
+            "console": _cmd_console, "virsh": _cmd_virsh, "exec": _cmd_exec}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="ferry-lab: %(message)s", stream=sys.stderr)
+    lab = Lab(args.lab_dir)
+    try:
+        return COMMANDS[args.command](lab, args)
+    except FerryError as exc:
+        print(f"ferry-lab: error [{exc.reason}]: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"  hint: {exc.hint}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("ferry-lab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

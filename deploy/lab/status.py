@@ -1,0 +1,148 @@
+"""``ferry-lab status``: every component of a lab, whether it runs, and how to reach it.
+
+``build_status`` gathers (reads /proc, asks libvirtd and the agents); ``render_text`` is a pure
+function of what it gathered.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ferry.errors import FerryError
+from ferry.lab import procs
+from ferry.lab.state import CORE, Component, HostRecord, LabState
+from ferry.lab.topology import CORE_BRIDGE, PREFIX_LEN
+
+# Without these a lab is not usable; agents may fail on their own and the hosts stay up.
+ESSENTIAL_KINDS = ("holder", "libvirtd")
+
+
+def lab_processes_alive(state: LabState) -> str:
+    """"all" (every holder and libvirtd runs), "some" or "none" (nothing recorded runs)."""
+    essential = [c for c in state.components if c.kind in ESSENTIAL_KINDS]
+    if essential and all(procs.is_alive(c.process) for c in essential):
+        return "all"
+    if any(procs.is_alive(c.process) for c in state.components):
+        return "some"
+    return "none"
+
+
+def component_status(component: Component | None, *, probe: bool = False) -> dict[str, Any] | None:
+    """One component as status reports it. ``state``: running, failed (did not start as it
+    should; see ``error``) or dead (it ran and is gone)."""
+    if component is None:
+        return None
+    alive = procs.is_alive(component.process)
+    if component.error:
+        state = "failed"
+    else:
+        state = "running" if alive else "dead"
+    entry: dict[str, Any] = {
+        "name": component.name, "kind": component.kind, "place": component.place,
+        "pid": component.process.pid if component.process else None,
+        "alive": alive, "state": state, "endpoints": dict(component.endpoints),
+        "error": component.error, "log": component.process.log if component.process else "",
+    }
+    if component.kind == "agent":
+        serving = None
+        if probe and alive:
+            from ferry.lab.agents import health_serving
+
+            serving = health_serving(component.endpoints.get("unix", ""))
+        entry["serving"] = serving
+    return entry
+
+
+def _guests(host: HostRecord, libvirtd_alive: bool) -> list[dict[str, str]] | None:
+    if not libvirtd_alive:
+        return None
+    from ferry.lab.hosts import VIRSH_TIMEOUT_S, virsh_argv
+
+    try:
+        every = procs.run(virsh_argv(host.libvirt_uri, ["list", "--all", "--name"]),
+                          timeout=VIRSH_TIMEOUT_S)
+        active = procs.run(virsh_argv(host.libvirt_uri, ["list", "--name"]),
+                           timeout=VIRSH_TIMEOUT_S)
+    except FerryError:
+        return None
+    active_names = set(active.stdout.split())
+    return [{"name": n, "state": "active" if n in active_names else "inactive"}
+            for n in every.stdout.split()]
+
+
+def build_status(lab_dir: Path, state: LabState | None, *, probe: bool = True) -> dict[str, Any]:
+    if state is None:
+        return {"lab_dir": str(lab_dir), "up": False, "core": None, "hosts": [],
+                "components": []}
+    host_kinds = {"holder", "libvirtd", "agent"}
+    hosts_out = []
+    for host in state.hosts:
+        libvirtd = state.component(f"{host.name}/libvirtd")
+        libvirtd_entry = component_status(libvirtd)
+        hosts_out.append({
+            "name": host.name, "address": host.address, "host_uuid": host.host_uuid,
+            "guest_bridge": host.guest_bridge, "libvirt_uri": host.libvirt_uri,
+            "tcp_uri": host.tcp_uri, "agent_address": host.agent_address,
+            "agent_listen": host.agent_listen,
+            "holder": component_status(state.component(host.name)),
+            "libvirtd": libvirtd_entry,
+            "agent": component_status(state.component(f"{host.name}/agent"), probe=probe),
+            "guests": _guests(host, bool(libvirtd_entry and libvirtd_entry["alive"]))
+            if probe else None,
+        })
+    host_names = {h.name for h in state.hosts}
+    others = [component_status(c, probe=probe) for c in state.components
+              if not (c.place in host_names and c.kind in host_kinds) and c.name != CORE]
+    return {
+        "lab_dir": str(lab_dir),
+        "up": lab_processes_alive(state) == "all",
+        "created": state.created,
+        "core": {"address": f"{state.core_address}/{PREFIX_LEN}", "bridge": CORE_BRIDGE,
+                 "holder": component_status(state.component(CORE))},
+        "hosts": hosts_out,
+        "components": others,
+    }
+
+
+# ---------------------------------------------------------------- text (pure)
+
+
+def _proc_line(label: str, entry: dict[str, Any] | None, extra: str = "") -> str:
+    if entry is None:
+        return f"  {label:<9} -"
+    pid = entry["pid"] if entry["pid"] is not None else "-"
+    state = entry["state"].upper() if entry["state"] != "running" else "running"
+    if entry.get("serving") is False and entry["state"] == "running":
+        state = "running, NOT SERVING"
+    line = f"  {label:<9} pid {pid:<8} {state:<8} {extra}".rstrip()
+    if entry["error"]:
+        line += f"\n  {'':<9} {entry['error']}"
+    return line
+
+
+def render_text(status: dict[str, Any]) -> str:
+    """Human-readable status: one block per host, dead or failed parts in capitals."""
+    if status["core"] is None:
+        return f"no lab in {status['lab_dir']}\n"
+    lines = [f"lab {status['lab_dir']}: {'up' if status['up'] else 'NOT (fully) UP'}"
+             f" (started {status['created']})"]
+    core = status["core"]
+    lines.append(f"core      {core['address']} on {core['bridge']}")
+    lines.append(_proc_line("holder", core["holder"]))
+    for host in status["hosts"]:
+        lines.append(f"{host['name']:<9} {host['address']}  host_uuid {host['host_uuid']}"
+                     f"  guest bridge {host['guest_bridge']}")
+        lines.append(_proc_line("holder", host["holder"]))
+        lines.append(_proc_line("libvirtd", host["libvirtd"],
+                                f"{host['libvirt_uri']}  {host['tcp_uri']}"))
+        lines.append(_proc_line("agent", host["agent"],
+                                f"{host['agent_address']}  {host['agent_listen']}"))
+        if host["guests"] is not None:
+            guests = ", ".join(f"{g['name']} ({g['state']})" for g in host["guests"]) or "none"
+            lines.append(f"  {'guests':<9} {guests}")
+    for entry in status["components"]:
+        endpoints = "  ".join(entry["endpoints"].values())
+        lines.append(f"{entry['name']:<9} ({entry['kind']} in {entry['place']})")
+        lines.append(_proc_line("process", entry, endpoints))
+    return "\n".join(lines) + "\n"

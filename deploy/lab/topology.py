@@ -1,0 +1,255 @@
+"""The lab's shape, as pure data: addresses, names, paths and the config files each host gets.
+
+Nothing here touches the system, so every rule (who gets which IP, bridge, UUID, which lines go
+into libvirtd.conf) is testable from a table.
+
+Worked example, lab dir /tmp/ferry-lab, 2 hosts::
+
+    core      10.77.0.1/24 on br0 (in the core network namespace)
+    host1     10.77.0.11 eth0, guest bridge br-guest, qemu+tcp://10.77.0.11/system
+    host2     10.77.0.12 eth0, guest bridge br-vm,    qemu+tcp://10.77.0.12/system
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+SUBNET_PREFIX = "10.77.0."
+PREFIX_LEN = 24
+CORE_ADDRESS = SUBNET_PREFIX + "1"
+CORE_BRIDGE = "br0"
+CORE_HOSTNAME = "core"
+AGENT_PORT = 7070
+MAX_HOSTS = 20
+QEMU_USER_LINE = "libvirt-qemu:x:64055:64055:Libvirt Qemu:/var/lib/libvirt:/usr/sbin/nologin"
+QEMU_GROUP_LINE = "libvirt-qemu:x:64055:"
+IMAGE_DIR = "/var/lib/libvirt/images"          # inside a host's mount namespace: host-local
+AGENT_STATE_DIR = "/var/lib/ferry-agent"       # inside a host's mount namespace: host-local
+# A unix socket path must fit in sun_path (108 bytes including the NUL).
+MAX_SOCKET_PATH = 107
+# Paths a host's mount namespace covers with its own mounts: a lab dir below them would be
+# hidden inside the hosts.
+HIDDEN_IN_HOSTS = ("/var", "/run", "/sys", "/etc/libvirt")
+
+_UUID_NAMESPACE = uuid.UUID("9d7c4a52-6f0e-4d55-9a43-6c61622d6665")  # fixed: "lab-fe" suffix
+
+
+def host_name(index: int) -> str:
+    """``host1``, ``host2``, ... (1-based)."""
+    return f"host{index}"
+
+
+def host_index(name: str) -> int:
+    """The inverse of host_name: ``host2`` -> 2; ValueError for anything else."""
+    if not name.startswith("host") or not name[4:].isdigit() or int(name[4:]) < 1:
+        raise ValueError(f"not a lab host name: {name!r}")
+    return int(name[4:])
+
+
+def host_address(index: int) -> str:
+    """Host N lives at 10.77.0.(10+N): host1 = 10.77.0.11."""
+    return f"{SUBNET_PREFIX}{10 + index}"
+
+
+def guest_bridge(index: int) -> str:
+    """Odd hosts call their guest bridge ``br-guest``, even ones ``br-vm``: migrating a guest
+    with a NIC between neighbours needs its interface XML rewritten."""
+    return "br-guest" if index % 2 == 1 else "br-vm"
+
+
+def host_uuid(lab_dir: Path, name: str) -> str:
+    """A distinct, stable libvirt host_uuid per lab and host (libvirt refuses to migrate to a
+    host whose UUID equals its own, and the SMBIOS default is the same for every lab host)."""
+    return str(uuid.uuid5(_UUID_NAMESPACE, f"{lab_dir}/{name}"))
+
+
+@dataclass(frozen=True)
+class LabPaths:
+    """Where everything of one lab lives (all below ``root``)."""
+
+    root: Path
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "lab.lock"
+
+    @property
+    def core(self) -> Path:
+        return self.root / "core"
+
+    @property
+    def hosts(self) -> Path:
+        return self.root / "hosts"
+
+    @property
+    def shared(self) -> Path:
+        return self.root / "shared"
+
+    @property
+    def guest(self) -> Path:
+        return self.root / "guest"
+
+    @property
+    def cache(self) -> Path:
+        """Kept across up/down: libvirt's QEMU capabilities (probing them takes ~8 s)."""
+        return self.root / "cache"
+
+    def host(self, name: str) -> Path:
+        return self.hosts / name
+
+    def libvirt_socket(self, name: str) -> Path:
+        """The host's libvirtd socket as seen from the root mount namespace."""
+        return self.host(name) / "run" / "libvirt-sock"
+
+    def agent_socket(self, name: str) -> Path:
+        return self.host(name) / "agent.sock"
+
+    def console_log(self, guest: str) -> Path:
+        return self.shared / f"{guest}.console.log"
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """Everything decided about one host before it is started."""
+
+    name: str
+    index: int
+    address: str
+    host_uuid: str
+    guest_bridge: str
+    veth: str              # the core-side end of the host's eth0
+    libvirt_uri: str       # from the root namespace, over the unix socket
+    tcp_uri: str           # from other hosts (migration peers)
+    agent_listen: str      # inside the host's network namespace
+    agent_address: str     # from the root namespace
+
+
+def plan_hosts(paths: LabPaths, count: int) -> tuple[HostPlan, ...]:
+    """The plan for hosts 1..count."""
+    if not 1 <= count <= MAX_HOSTS:
+        raise ValueError(f"a lab has 1 to {MAX_HOSTS} hosts, not {count}")
+    plans = []
+    for index in range(1, count + 1):
+        name = host_name(index)
+        address = host_address(index)
+        plans.append(HostPlan(
+            name=name,
+            index=index,
+            address=address,
+            host_uuid=host_uuid(paths.root, name),
+            guest_bridge=guest_bridge(index),
+            veth=f"v{name}",
+            libvirt_uri=f"qemu:///system?socket={paths.libvirt_socket(name)}",
+            tcp_uri=f"qemu+tcp://{address}/system",
+            agent_listen=f"{address}:{AGENT_PORT}",
+            agent_address=f"unix:{paths.agent_socket(name)}",
+        ))
+    return tuple(plans)
+
+
+def lab_dir_problem(lab_dir: Path, host_names: tuple[str, ...] = ("host1",)) -> str:
+    """Why ``lab_dir`` cannot hold a lab ("" when it can): it must be absolute, not hidden by a
+    host's own mounts, and short enough for its unix socket paths."""
+    if not lab_dir.is_absolute():
+        return f"lab dir {lab_dir} is not an absolute path"
+    for hidden in HIDDEN_IN_HOSTS:
+        if lab_dir == Path(hidden) or Path(hidden) in lab_dir.parents:
+            return f"lab dir {lab_dir} is below {hidden}, which every lab host mounts over"
+    paths = LabPaths(lab_dir)
+    for name in host_names:
+        for sock in (paths.libvirt_socket(name), paths.agent_socket(name)):
+            if len(str(sock)) > MAX_SOCKET_PATH:
+                return f"socket path {sock} is longer than {MAX_SOCKET_PATH} bytes"
+    return ""
+
+
+# ---------------------------------------------------------------- config files
+
+
+def render_etc_hosts(plans: tuple[HostPlan, ...]) -> str:
+    """/etc/hosts shared by every lab host: loopback, the core and all hosts."""
+    lines = ["127.0.0.1\tlocalhost", f"{CORE_ADDRESS}\t{CORE_HOSTNAME}"]
+    lines += [f"{p.address}\t{p.name}" for p in plans]
+    return "\n".join(lines) + "\n"
+
+
+def with_qemu_user(passwd: str, group: str) -> tuple[str, str]:
+    """The machine's /etc/passwd and /etc/group plus a ``libvirt-qemu`` user and group.
+
+    libvirtd resolves its compiled-in QEMU user before it reads qemu.conf, and fails to start
+    when the user does not exist (Debian creates it only in libvirt-daemon-system).
+    """
+    def add(text: str, line: str) -> str:
+        if any(row.split(":", 1)[0] == "libvirt-qemu" for row in text.splitlines()):
+            return text
+        return text + ("" if text.endswith("\n") or not text else "\n") + line + "\n"
+
+    return add(passwd, QEMU_USER_LINE), add(group, QEMU_GROUP_LINE)
+
+
+def render_libvirtd_conf(plan: HostPlan) -> str:
+    # LAB ONLY: TCP without authentication or encryption. The lab network lives in network
+    # namespaces nobody else can reach; a real deployment uses TLS (listen_tls, qemu+tls://,
+    # VIR_MIGRATE_TLS) as deploy/config/agent.toml shows.
+    return "\n".join([
+        "# written by ferry-lab; LAB ONLY: tcp without auth (isolated lab network namespace)",
+        "listen_tls = 0",
+        "listen_tcp = 1",
+        f'listen_addr = "{plan.address}"',
+        'auth_tcp = "none"',
+        'auth_unix_ro = "none"',
+        'auth_unix_rw = "none"',
+        'unix_sock_group = "root"',
+        f'host_uuid = "{plan.host_uuid}"',
+        'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"',
+        "",
+    ])
+
+
+def render_qemu_conf(plan: HostPlan) -> str:
+    """QEMU runs as root without confinement (the lab host is a namespace, not a machine);
+    the migration stream goes over the host's lab address."""
+    return "\n".join([
+        "# written by ferry-lab",
+        'user = "root"',
+        'group = "root"',
+        "dynamic_ownership = 0",
+        "remember_owner = 0",
+        'security_driver = "none"',
+        "cgroup_controllers = [ ]",
+        "namespaces = [ ]",
+        'stdio_handler = "file"',
+        f'migration_address = "{plan.address}"',
+        f'migration_host = "{plan.address}"',
+        "",
+    ])
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_agent_toml(paths: LabPaths, plan: HostPlan) -> str:
+    """The agent's config in the agreed format (read with tomllib by ferry.agent)."""
+    listen = ", ".join(_toml_str(a) for a in (plan.agent_listen, plan.agent_address))
+    return "\n".join([
+        "# written by ferry-lab for the agent of this lab host (runs inside its namespaces)",
+        "[agent]",
+        f"name = {_toml_str(plan.name)}",
+        f"listen = [{listen}]",
+        'libvirt_uri = "qemu:///system"                       # inside the host\'s mount ns',
+        f"advertise_libvirt_uri = {_toml_str(plan.tcp_uri)}",
+        f"migration_address = {_toml_str(plan.address)}",
+        f"image_dirs = [{_toml_str(IMAGE_DIR)}]",
+        f"shared_dirs = [{_toml_str(str(paths.shared))}]",
+        f"state_dir = {_toml_str(AGENT_STATE_DIR)}                   # host-local (overlay /var)",
+        "prepare_ttl_s = 600",
+        "libvirt_timeout_s = 30",
+        "",
+    ])
