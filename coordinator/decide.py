@@ -6,7 +6,20 @@ each action's result comes back as another event. ``Decision.outcome`` is a shor
 logs and tests. Nothing here does I/O or reads the clock.
 
 Where the guest is decides what happens after a migration job ended, never an error's text:
-``locate`` turns the domain states observed on both hosts into a ``Location``.
+``locate`` turns the domain states observed on both hosts into a ``Location``, and then
+
+    location   Migrating (job ended)   Finishing            RollingBack (a job was started)
+    moving     follow the job          observe again        abort the job, observe again
+    on source  roll back, clean target roll back, clean     clean target; cleaned -> RolledBack/Cancelled
+    on target  Finishing, commit       commit -> Succeeded  too late: Finishing, commit
+    settling   observe again (the phase deadline bounds the wait)
+    on both    job active: abort it (executing on both while a job runs can only be pre-copy,
+               where the source holds the authoritative state and libvirt then stops the
+               target's incoming copy); no job: Failed VM_ON_TWO_HOSTS, nothing removed
+    nowhere    Failed VM_NOT_RUNNING, nothing removed (the target may hold the newest disks)
+
+Before a job was started (Preparing, a rollback from it) the target holds only empty images: the
+rollback removes them without looking at the guest.
 """
 
 from __future__ import annotations
@@ -273,7 +286,7 @@ def decide(record: MigrationRecord, event: Event, now: datetime, timeouts: Timeo
             return _prepared(c, event)
         case PrepareFailed() if record.phase is Phase.PREPARING:
             return roll_back(c, f"prepare failed: {event.error.reason}", error=event.error,
-                              goal=Phase.ROLLED_BACK)
+                             goal=Phase.ROLLED_BACK)
         case Progress() if record.phase is Phase.MIGRATING:
             return Decision(replace(record, progress=event.snapshot, updated_at=now), (), "progress")
         case MigrationEnded():
@@ -566,10 +579,10 @@ def on_placement(c: Ctx, p: Placement) -> Decision:
                 return c.keep("guest runs on target only; committing", CommitTarget(r.prepare_id))
             if loc is Location.ON_SOURCE:
                 return roll_back(c, "the job reported success but the guest runs on source only",
-                                  goal=Phase.ROLLED_BACK, safe_to_clean=True, error=ErrorDetail(
-                                      "MIGRATION_NOT_LANDED", f"{r.vm} still runs on {r.source_host} after the "
-                                      "migration job reported success", "retry the migration; report this if it "
-                                      "happens again"))
+                                 goal=Phase.ROLLED_BACK, safe_to_clean=True, error=ErrorDetail(
+                                     "MIGRATION_NOT_LANDED", f"{r.vm} still runs on {r.source_host} after the "
+                                     "migration job reported success", "retry the migration; report it if it "
+                                     "happens again"))
             return c.keep("a migration job is active on source again; observing", c.observe_later)
     # ROLLING_BACK, after a job was started
     if loc is Location.MOVING:
@@ -597,7 +610,7 @@ def _placement_migrating(c: Ctx, loc: Location) -> Decision:
                                  "(coordinator or agent restart)", f"see the agent log on {r.source_host}; "
                                  "retry the migration")
     return roll_back(c, f"migration failed ({err.reason}), guest runs on source", goal=Phase.ROLLED_BACK,
-                      error=err, safe_to_clean=True)
+                     error=err, safe_to_clean=True)
 
 
 def _needs_operator(c: Ctx, err: ErrorDetail) -> Decision:

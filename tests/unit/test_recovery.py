@@ -26,8 +26,8 @@ from ferry.coordinator.decide import (
 )
 from ferry.coordinator.phases import GiB, Phase, Timeouts
 from ferry.coordinator.recovery import recover
-from ferry.coordinator.record import ErrorDetail, MigrationOptions, ProgressSnapshot, new_migration, with_phase
-from ferry.model import DomainState, MigrationPhase, PrepareRecord
+from ferry.coordinator.record import ErrorDetail, ProgressSnapshot, new_migration, with_phase
+from ferry.model import DomainState, MigrationOptions, MigrationPhase, PrepareRecord
 
 T0 = datetime(2026, 11, 25, 20, 0, tzinfo=timezone.utc)
 NOW = T0 + timedelta(seconds=30)
