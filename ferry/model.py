@@ -207,3 +207,41 @@ class PrepareRecord:
     created_at: datetime
     expires_at: datetime
     migration_id: str = ""
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """One reason a migration cannot go ahead (preflight, target checks), with what to do about it."""
+
+    reason: str
+    message: str
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What one agent reports: its host's facts and every domain on it."""
+
+    host: HostFacts
+    domains: tuple[DomainInfo, ...] = ()
+
+
+@dataclass(frozen=True)
+class PreparedIncoming:
+    """The answer of a target agent's PrepareIncoming (or of its dry run: only ``problems``)."""
+
+    prepare_id: str = ""
+    destination_xml: str = ""
+    disks: tuple[DiskPlan, ...] = ()
+    created: tuple[str, ...] = ()
+    expires_at: datetime | None = None
+    problems: tuple[Blocker, ...] = ()
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    """How a source agent's Migrate ended well: the completed job's figures, read on the target."""
+
+    job: CompletedJob
+    source_state: DomainState | None = None   # None: the domain is gone from the source
+    source_defined: bool = False

@@ -9,9 +9,24 @@ Every method raises only ``ferry.errors.FerryError`` subclasses.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
-from ferry.model import DomainInfo, HostFacts, JobStats, MigrationOptions, StorageDir
+from ferry.model import (
+    DiskPlan,
+    DomainInfo,
+    HostFacts,
+    HostMapping,
+    Inventory,
+    JobStats,
+    MigrationOptions,
+    MigrationProgress,
+    MigrationResult,
+    PreparedIncoming,
+    PrepareRecord,
+    StorageDir,
+    StorageMode,
+)
 
 
 class Hypervisor(Protocol):
@@ -102,3 +117,42 @@ class HostSystem(Protocol):
     def remove(self, path: str) -> bool:
         """Remove a file Ferry created; False when it was already gone."""
         ...
+
+
+class AgentClient(Protocol):
+    """One host's agent, as the coordinator uses it (the gRPC adapter or an in-process fake).
+
+    Raises FerryError types; an agent that cannot be reached raises Unavailable.
+    """
+
+    host: str
+
+    async def inventory(self) -> Inventory: ...
+
+    async def get_domain(self, vm: str, *, include_xml: bool = False) -> tuple[DomainInfo, str]:
+        """The domain and (when asked) its migratable XML; NotFound when not on this host."""
+        ...
+
+    async def prepare_incoming(self, *, domain_xml: str, disks: Sequence[DiskPlan], mapping: HostMapping,
+                               storage: StorageMode, ttl_s: int, migration_id: str,
+                               dry_run: bool) -> PreparedIncoming: ...
+
+    async def cleanup_incoming(self, prepare_id: str) -> list[str]:
+        """Remove what the prepare created; returns the removed paths ([] when already gone)."""
+        ...
+
+    async def commit_incoming(self, prepare_id: str) -> None: ...
+
+    async def list_prepares(self) -> list[PrepareRecord]: ...
+
+    def migrate(self, vm: str, *, target_uri: str, destination_xml: str, options: MigrationOptions,
+                migration_id: str, migrate_uri: str = "") -> AsyncIterator[MigrationProgress | MigrationResult]:
+        """Progress snapshots, then one MigrationResult; a failed job raises its FerryError."""
+        ...
+
+    async def abort_migration(self, vm: str) -> bool: ...
+
+    async def tune_migration(self, vm: str, *, max_downtime_ms: int | None = None,
+                             bandwidth_mibps: int | None = None, start_postcopy: bool = False) -> None: ...
+
+    async def get_job(self, vm: str, *, completed: bool = False) -> JobStats: ...
