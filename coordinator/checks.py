@@ -9,14 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ferry.model import DomainInfo, DomainState, HostFacts, MigrationOptions, StorageMode
-
-
-@dataclass(frozen=True)
-class Blocker:
-    reason: str
-    message: str
-    hint: str = ""
+from ferry.model import Blocker, DomainInfo, DomainState, HostFacts, MigrationOptions, StorageMode
 
 
 @dataclass(frozen=True)
