@@ -205,7 +205,8 @@ def wait_for_libvirtd(name: str, libvirt_uri: str, libvirtd: ProcessRecord, log:
 
     def ready() -> bool:
         if not procs.is_alive(libvirtd):
-            raise Unavailable(f"libvirtd of {name} exited during start: {procs.log_tail(log)}",
+            raise Unavailable(f"libvirtd of {name} exited during start (exit code "
+                              f"{procs.exit_status(libvirtd)}): {procs.log_tail(log)}",
                               reason="LAB_LIBVIRTD_DIED", hint=f"see {log}")
         return socket.exists() and libvirtd_answers(libvirt_uri)
 

@@ -232,18 +232,23 @@ class Lab:
                         endpoints: Mapping[str, str] | None = None) -> Component:
         """Start ``argv`` inside ``place``'s namespaces ("core" or a host) and record it, so
         that status shows it and down stops it (e.g. etcd members, coordinators)."""
-        current = self.require_state()
-        holder = current.holder(place)
+        holder = self.require_state().holder(place)
         if holder is None or not procs.is_alive(holder):
             raise FailedPrecondition(f"namespace {place!r} of the lab is not up",
                                      reason="LAB_NOT_UP", hint="ferry-lab up first")
-        with state_mod.locked(self.paths.lock_file):
-            process = procs.spawn(self.exec_argv(place, argv),
-                                  log=log_file or self.dir / place / f"{name}.log")
-            component = Component(name=name, kind=kind, place=place, process=process,
-                                  endpoints=dict(endpoints or {}))
-            state_mod.save(self.paths.state_file, self.require_state().with_component(component))
+        process = procs.spawn(self.exec_argv(place, argv),
+                              log=log_file or self.dir / place / f"{name}.log")
+        component = Component(name=name, kind=kind, place=place, process=process,
+                              endpoints=dict(endpoints or {}))
+        self.add_component(component)
         return component
+
+    def add_component(self, component: Component) -> None:
+        """Record a process started elsewhere (e.g. by ferry.lab.etcd inside the core
+        namespace) so that status reports it and down stops it by its kind's stop rank."""
+        with state_mod.locked(self.paths.lock_file):
+            current = self.require_state()
+            state_mod.save(self.paths.state_file, current.with_component(component))
 
     # ------------------------------------------------------------ lookups
 

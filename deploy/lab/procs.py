@@ -251,7 +251,8 @@ class CommandResult:
 
 def run(argv: Sequence[str], *, timeout: float = 30.0, check: bool = True,
         input_text: str | None = None, reason: str = "LAB_COMMAND_FAILED",
-        hint: str = "", env: Mapping[str, str] | None = None) -> CommandResult:
+        hint: str = "the command's own error is quoted in the message",
+        env: Mapping[str, str] | None = None) -> CommandResult:
     """Run a short command with a time limit; a failure becomes a FerryError carrying its
     stderr (for the person reading it, never to be parsed)."""
     try:

@@ -113,8 +113,8 @@ def _proc_line(label: str, entry: dict[str, Any] | None, extra: str = "") -> str
         return f"  {label:<9} -"
     pid = entry["pid"] if entry["pid"] is not None else "-"
     state = entry["state"].upper() if entry["state"] != "running" else "running"
-    if entry.get("serving") is False and entry["state"] == "running":
-        state = "running, NOT SERVING"
+    if entry["state"] == "running" and entry.get("serving") is not None:
+        state = "serving" if entry["serving"] else "running, NOT SERVING"
     line = f"  {label:<9} pid {pid:<8} {state:<8} {extra}".rstrip()
     if entry["error"]:
         line += f"\n  {'':<9} {entry['error']}"
@@ -141,6 +141,8 @@ def render_text(status: dict[str, Any]) -> str:
         if host["guests"] is not None:
             guests = ", ".join(f"{g['name']} ({g['state']})" for g in host["guests"]) or "none"
             lines.append(f"  {'guests':<9} {guests}")
+        elif host["libvirtd"] is not None and not host["libvirtd"]["alive"]:
+            lines.append(f"  {'guests':<9} unknown (libvirtd not running)")
     for entry in status["components"]:
         endpoints = "  ".join(entry["endpoints"].values())
         lines.append(f"{entry['name']:<9} ({entry['kind']} in {entry['place']})")

@@ -229,6 +229,26 @@ def test_a_failed_agent_is_reported_and_the_host_stays_up(tmp_path, lab_cache):
         small.down()
 
 
+@pytest.mark.lab
+def test_a_core_component_is_recorded_shown_and_stopped(tmp_path, lab_cache):
+    """The place etcd members and coordinators will take: started in the core namespace,
+    listed by status, stopped by down."""
+    small = Lab(tmp_path / "lab", cache_dir=lab_cache)
+    try:
+        small.up(hosts=1, agents=False, install=False)
+        component = small.start_component("coordinator", "coordinator", ["sleep", "infinity"],
+                                          endpoints={"grpc": "10.77.0.1:7000"})
+        core_holder = small.state().holder(CORE)
+        assert (os.readlink(f"/proc/{component.process.pid}/ns/net")
+                == os.readlink(f"/proc/{core_holder.pid}/ns/net"))
+        [shown] = small.status()["components"]
+        assert (shown["name"], shown["place"], shown["state"]) == ("coordinator", CORE, "running")
+    finally:
+        report = small.down()
+    assert ("coordinator", "stopped") in report.stopped
+    assert not procs.is_alive(component.process)
+
+
 def _root_links() -> set[str]:
     return {link["ifname"] for link in json.loads(
         subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True).stdout)}
