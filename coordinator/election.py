@@ -241,7 +241,8 @@ class Election:
                 term.end("no lease renewal succeeded before the lease could expire")
                 return
             try:
-                await asyncio.wait_for(self.store.keepalive(term.lease), timeout=deadline - sent)
+                async with asyncio.timeout(deadline - sent):  # (wait_for can swallow a cancel on 3.11)
+                    await self.store.keepalive(term.lease)
             except LeaseLost:
                 term.end("lease lost")
                 return
@@ -336,4 +337,5 @@ class Election:
     async def _revoke_quietly(self, lease: int) -> None:
         """Best effort, bounded: revoking only speeds up the next election."""
         with contextlib.suppress(FerryError, TimeoutError):
-            await asyncio.shield(asyncio.wait_for(self.store.revoke(lease), timeout=min(2.0, self.ttl_s / 2)))
+            async with asyncio.timeout(min(2.0, self.ttl_s / 2)):
+                await self.store.revoke(lease)
