@@ -100,7 +100,8 @@ async def serve(config: AgentConfig) -> None:
     server, ports = create_server(config.listen, register(servicer), tls=config.tls)
     await server.start()
     log.info("agent %s (pid %d) serving on %s; libvirt %s, advertised as %s", config.name, os.getpid(),
-             ", ".join(a if p == 0 else f"{a.rsplit(':', 1)[0]}:{p}" for a, p in zip(config.listen, ports, strict=True)),
+             ", ".join(a if a.startswith("unix:") else f"{a.rsplit(':', 1)[0]}:{p}"
+                       for a, p in zip(config.listen, ports, strict=True)),
              config.libvirt_uri, config.advertise_libvirt_uri)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
