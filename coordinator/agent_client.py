@@ -1,0 +1,232 @@
+"""``GrpcAgentClient``: the AgentClient port over a gRPC channel to one host's agent.
+
+Thin: model -> protobuf (ferry.convert) -> the agent's RPC -> model. Every unary call has a
+deadline; the Migrate stream has none of its own (the coordinator's phase deadline bounds it)
+and ends when the caller stops iterating (the agent then leaves the libvirt job running).
+
+Errors: a status the agent sent carries its Ferry error (reason and hint survive, through
+``ferry.rpc.from_rpc_error``). A call that never reached the agent or got no answer in time (no
+Ferry error in the status) becomes Unavailable ``AGENT_UNREACHABLE`` / DeadlineExceeded
+``AGENT_TIMEOUT`` with a hint naming the host and address: ``transport_failure`` tells the two
+apart without reading any message text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+
+import grpc
+
+from ferry import convert
+from ferry.errors import DeadlineExceeded, FerryError, Unavailable
+from ferry.model import (
+    Blocker,
+    DiskPlan,
+    DomainInfo,
+    HostMapping,
+    Inventory,
+    JobStats,
+    MigrationOptions,
+    MigrationProgress,
+    MigrationResult,
+    PreparedIncoming,
+    PrepareRecord,
+    StorageMode,
+)
+from ferry.rpc import Tls, create_channel, from_rpc_error
+from ferry.v1 import agent_pb2 as apb
+from ferry.v1 import agent_pb2_grpc as agrpc
+from ferry.v1 import types_pb2 as tpb
+
+AGENT_UNREACHABLE = "AGENT_UNREACHABLE"
+AGENT_TIMEOUT = "AGENT_TIMEOUT"
+_TRANSPORT_REASONS = frozenset({AGENT_UNREACHABLE, AGENT_TIMEOUT})
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def transport_failure(err: FerryError) -> bool:
+    """The call failed on the way (agent down, unreachable, no answer in time), not in the agent."""
+    return err.reason in _TRANSPORT_REASONS
+
+
+def agent_lost(err: FerryError) -> bool:
+    """The agent (or its libvirtd) cannot be used right now: Unavailable or DeadlineExceeded."""
+    return isinstance(err, (Unavailable, DeadlineExceeded))
+
+
+def job_from_pb(m: apb.GetJobResponse, *, completed: bool) -> JobStats:
+    """GetJob's answer as JobStats. (A local converter: ferry/convert.py has only ``job_to_pb``.)"""
+    if completed:
+        c = m.completed
+        return JobStats(active=m.active, job_type=m.job_type, operation=m.operation,
+                        time_elapsed_ms=c.time_elapsed_ms, downtime_ms=c.downtime_ms,
+                        memory_processed=c.memory_processed, disk_processed=c.disk_processed,
+                        iteration=c.iterations, postcopy=c.postcopy)
+    stats = convert.progress_from_pb(m.progress, active=m.active).stats
+    return replace(stats, job_type=m.job_type, operation=m.operation)
+
+
+def prepared_from_pb(m: apb.PrepareIncomingResponse) -> PreparedIncoming:
+    return PreparedIncoming(
+        prepare_id=m.prepare_id, destination_xml=m.destination_xml,
+        disks=tuple(convert.disk_plan_from_pb(d) for d in m.disks), created=tuple(m.created),
+        expires_at=convert.timestamp_from_pb(m.expires_at),
+        problems=tuple(Blocker(p.reason, p.message, p.hint) for p in m.problems))
+
+
+def migrate_result_from_pb(m: apb.MigrateResult) -> MigrationResult:
+    state = None if m.source_state == tpb.DOMAIN_STATE_UNSPECIFIED else convert.domain_state_from_pb(m.source_state)
+    return MigrationResult(job=convert.completed_job_from_pb(m.job), source_state=state,
+                           source_defined=m.source_defined)
+
+
+class GrpcAgentClient:
+    """One agent over gRPC. ``timeout_s`` is the deadline of quick calls; ``slow_timeout_s`` of
+    those that may wait on disks or on an incoming job (PrepareIncoming, CleanupIncoming)."""
+
+    def __init__(self, host: str, address: str, tls: Tls | None = None, *, timeout_s: float = 30.0,
+                 slow_timeout_s: float = 120.0, progress_interval_ms: int = 500) -> None:
+        self.host = host
+        self.address = address
+        self._tls = tls
+        self._timeout_s = timeout_s
+        self._slow_timeout_s = slow_timeout_s
+        self._progress_interval_ms = progress_interval_ms
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: agrpc.AgentStub | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"GrpcAgentClient({self.host!r}, {self.address!r})"
+
+    @property
+    def stub(self) -> agrpc.AgentStub:
+        if self._stub is None:
+            self._channel = create_channel(self.address, tls=self._tls)
+            self._stub = agrpc.AgentStub(self._channel)
+        return self._stub
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            channel, self._channel, self._stub = self._channel, None, None
+            await channel.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def _retire_channel(self) -> None:
+        """Forget a channel that could not connect: gRPC would wait out its reconnect backoff
+        (up to minutes) before trying again, a new channel connects at the next call."""
+        if self._channel is None:
+            return
+        channel, self._channel, self._stub = self._channel, None, None
+        task = asyncio.get_running_loop().create_task(channel.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    # ------------------------------------------------------------------ errors
+
+    def _error(self, exc: grpc.RpcError) -> FerryError:
+        err = from_rpc_error(exc)
+        metadata = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None
+        from_agent = any(key == _STATUS_DETAILS_KEY for key, _ in metadata or ())
+        if from_agent or not isinstance(err, (Unavailable, DeadlineExceeded)):
+            return err
+        if isinstance(err, Unavailable):
+            self._retire_channel()
+            return Unavailable(f"the agent on {self.host} ({self.address}) cannot be reached: {err.message}",
+                               reason=AGENT_UNREACHABLE,
+                               hint=f"check that ferry-agent runs on {self.host} and listens on {self.address}")
+        return DeadlineExceeded(f"the agent on {self.host} ({self.address}) did not answer in time: {err.message}",
+                                reason=AGENT_TIMEOUT,
+                                hint=f"check ferry-agent's log and libvirtd on {self.host}")
+
+    async def _call(self, method: str, request: object, *, slow: bool = False) -> object:
+        rpc = getattr(self.stub, method)
+        try:
+            return await rpc(request, timeout=self._slow_timeout_s if slow else self._timeout_s)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+
+    # ------------------------------------------------------------------ port
+
+    async def inventory(self) -> Inventory:
+        m = await self._call("GetInventory", apb.GetInventoryRequest())
+        assert isinstance(m, apb.Inventory)
+        return Inventory(host=convert.host_facts_from_pb(m.host),
+                         domains=tuple(convert.domain_from_pb(d) for d in m.domains))
+
+    async def get_domain(self, vm: str, *, include_xml: bool = False) -> tuple[DomainInfo, str]:
+        m = await self._call("GetDomain", apb.GetDomainRequest(name=vm, include_xml=include_xml))
+        assert isinstance(m, apb.GetDomainResponse)
+        return convert.domain_from_pb(m.domain), m.xml
+
+    async def prepare_incoming(self, *, domain_xml: str, disks: Sequence[DiskPlan], mapping: HostMapping,
+                               storage: StorageMode, ttl_s: int, migration_id: str,
+                               dry_run: bool) -> PreparedIncoming:
+        request = apb.PrepareIncomingRequest(
+            domain_xml=domain_xml, disks=[convert.disk_plan_to_pb(d) for d in disks],
+            mapping=convert.mapping_to_pb(mapping), storage=convert.storage_mode_to_pb(storage),
+            ttl_seconds=max(0, int(ttl_s)), migration_id=migration_id, dry_run=dry_run)
+        m = await self._call("PrepareIncoming", request, slow=True)
+        assert isinstance(m, apb.PrepareIncomingResponse)
+        return prepared_from_pb(m)
+
+    async def cleanup_incoming(self, prepare_id: str) -> list[str]:
+        m = await self._call("CleanupIncoming", apb.CleanupIncomingRequest(prepare_id=prepare_id), slow=True)
+        assert isinstance(m, apb.CleanupIncomingResponse)
+        return list(m.removed)
+
+    async def commit_incoming(self, prepare_id: str) -> None:
+        await self._call("CommitIncoming", apb.CommitIncomingRequest(prepare_id=prepare_id))
+
+    async def list_prepares(self) -> list[PrepareRecord]:
+        m = await self._call("ListPrepares", apb.ListPreparesRequest())
+        assert isinstance(m, apb.ListPreparesResponse)
+        return [convert.prepare_record_from_pb(p) for p in m.prepares]
+
+    async def migrate(self, vm: str, *, target_uri: str, destination_xml: str, options: MigrationOptions,
+                      migration_id: str, migrate_uri: str = ""
+                      ) -> AsyncIterator[MigrationProgress | MigrationResult]:
+        """Progress snapshots, then one MigrationResult; a failed job raises its FerryError.
+        Stopping the iteration cancels the stream (the job keeps running on the source)."""
+        request = apb.MigrateRequest(
+            domain=vm, target_uri=target_uri, migrate_uri=migrate_uri, destination_xml=destination_xml,
+            options=convert.options_to_pb(options), migration_id=migration_id,
+            progress_interval_ms=self._progress_interval_ms)
+        call = self.stub.Migrate(request)
+        try:
+            while True:
+                try:
+                    event = await call.read()
+                except grpc.RpcError as exc:
+                    raise self._error(exc) from None
+                if event is grpc.aio.EOF:
+                    return
+                if event.HasField("result"):
+                    yield migrate_result_from_pb(event.result)
+                    return
+                if event.HasField("progress"):
+                    yield convert.progress_from_pb(event.progress)
+        finally:
+            call.cancel()
+
+    async def abort_migration(self, vm: str) -> bool:
+        m = await self._call("AbortMigration", apb.AbortMigrationRequest(domain=vm))
+        assert isinstance(m, apb.AbortMigrationResponse)
+        return m.aborted
+
+    async def tune_migration(self, vm: str, *, max_downtime_ms: int | None = None,
+                             bandwidth_mibps: int | None = None, start_postcopy: bool = False) -> None:
+        request = apb.TuneMigrationRequest(domain=vm, start_postcopy=start_postcopy)
+        if max_downtime_ms is not None:
+            request.max_downtime_ms = max_downtime_ms
+        if bandwidth_mibps is not None:
+            request.bandwidth_mibps = bandwidth_mibps
+        await self._call("TuneMigration", request)
+
+    async def get_job(self, vm: str, *, completed: bool = False) -> JobStats:
+        m = await self._call("GetJob", apb.GetJobRequest(domain=vm, completed=completed))
+        assert isinstance(m, apb.GetJobResponse)
+        return job_from_pb(m, completed=completed)
