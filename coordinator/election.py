@@ -205,11 +205,9 @@ class Election:
         self.observed = self.me
         self.last_outcome = "elected"
         log.info("%s is leader (lease %x)", self.me.id, term.lease)
-        tasks = (
-            asyncio.create_task(self._renew(term)),
-            asyncio.create_task(self._watch_own_key(term)),
-            asyncio.create_task(on_elected()),  # the leader's duties: cancelled on step-down
-        )
+        duties = asyncio.create_task(on_elected())  # the leader's duties: cancelled on step-down
+        duties.add_done_callback(lambda task: self._duties_ended(term, task))
+        tasks = (asyncio.create_task(self._renew(term)), asyncio.create_task(self._watch_own_key(term)), duties)
         try:
             await term.ended.wait()
         except asyncio.CancelledError:
@@ -217,6 +215,7 @@ class Election:
             for task in tasks:
                 task.cancel()
             self._term = None
+            self.last_outcome = "cancelled while leader (lease left to expire)"
             raise
         try:
             for task in tasks:
@@ -229,6 +228,13 @@ class Election:
             await self._revoke_quietly(term.lease)  # only now may a successor start
             term.demoted.set()
             self._term = None
+
+    def _duties_ended(self, term: _Term, duties: asyncio.Task[None]) -> None:
+        """A leader whose duties crashed must not keep the lock; returning normally is fine."""
+        if duties.cancelled() or duties.exception() is None:
+            return
+        log.error("%s: leader duties failed", self.me.id, exc_info=duties.exception())
+        term.end(f"leader duties failed ({type(duties.exception()).__name__})")
 
     async def _renew(self, term: _Term) -> None:
         """Keep the lease alive; end the term the moment it could have expired."""

@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -39,12 +40,18 @@ DEFAULT_ETCD_BIN = REPO_ROOT / ".cache" / "etcd" / "usr" / "bin" / "etcd"
 HEALTH_TIMEOUT_S = 15.0
 STOP_GRACE_S = 5.0
 
-# Run inside the member's network namespace: GET argv[1], or POST argv[2] to it; print the body.
+# Run inside the member's network namespace: argv = url, post body ("" for GET), then for https
+# the CA, client cert and key files. Prints the response body; exit status 1 when no answer.
 _PROBE_SCRIPT = (
-    "import sys, urllib.request\n"
-    "data = sys.argv[2].encode() if len(sys.argv) > 2 else None\n"
+    "import ssl, sys, urllib.request\n"
+    "url, body, *pki = sys.argv[1:]\n"
+    "ctx = None\n"
+    "if pki:\n"
+    "    ctx = ssl.create_default_context(cafile=pki[0])\n"
+    "    ctx.load_cert_chain(pki[1], pki[2])\n"
     "try:\n"
-    "    print(urllib.request.urlopen(sys.argv[1], data=data, timeout=1).read().decode())\n"
+    "    resp = urllib.request.urlopen(url, data=body.encode() or None, timeout=1, context=ctx)\n"
+    "    print(resp.read().decode())\n"
     "except Exception:\n"
     "    sys.exit(1)\n"
 )
@@ -118,6 +125,18 @@ def parse_health(body: str) -> bool:
 
 
 @dataclass(frozen=True)
+class MemberTLS:
+    """TLS on the client port, with client certificates required (peers stay plain: they talk on
+    loopback or inside the lab's core namespace). ``client_*`` is what probes and clients present."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    client_cert_file: Path
+    client_key_file: Path
+
+
+@dataclass(frozen=True)
 class MemberSpec:
     """Where one member lives: its name, host, client and peer ports, data dir."""
 
@@ -126,6 +145,7 @@ class MemberSpec:
     client_port: int
     peer_port: int
     data_dir: Path
+    tls: MemberTLS | None = None
 
     @property
     def endpoint(self) -> str:
@@ -134,7 +154,8 @@ class MemberSpec:
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -167,6 +188,13 @@ def member_command(
     ]
     if no_fsync:
         argv.append("--unsafe-no-fsync")
+    if spec.tls is not None:
+        argv += [
+            "--cert-file", str(spec.tls.cert_file),
+            "--key-file", str(spec.tls.key_file),
+            "--trusted-ca-file", str(spec.tls.ca_file),
+            "--client-cert-auth",
+        ]
     if netns_pid is not None:
         argv = ["nsenter", "-t", str(netns_pid), "-n", "--", *argv]
     return argv
@@ -245,16 +273,21 @@ class EtcdMember:
     def _http(self, path: str, post: str | None = None) -> str | None:
         """The body of an HTTP request to this member's client URL, or None when it does not answer."""
         url = f"{self.spec.client_url}{path}"
+        tls = self.spec.tls
         if self.netns_pid is None:
+            ctx = None
+            if tls is not None:
+                ctx = ssl.create_default_context(cafile=str(tls.ca_file))
+                ctx.load_cert_chain(str(tls.client_cert_file), str(tls.client_key_file))
             try:
                 data = post.encode() if post is not None else None
-                with urllib.request.urlopen(url, data=data, timeout=1) as resp:
+                with urllib.request.urlopen(url, data=data, timeout=1, context=ctx) as resp:
                     return resp.read().decode()
             except (OSError, urllib.error.URLError):
                 return None
-        argv = ["nsenter", "-t", str(self.netns_pid), "-n", "--", sys.executable, "-c", _PROBE_SCRIPT, url]
-        if post is not None:
-            argv.append(post)
+        argv = ["nsenter", "-t", str(self.netns_pid), "-n", "--", sys.executable, "-c", _PROBE_SCRIPT, url, post or ""]
+        if tls is not None:
+            argv += [str(tls.ca_file), str(tls.client_cert_file), str(tls.client_key_file)]
         try:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=5)
         except subprocess.TimeoutExpired:
@@ -350,13 +383,14 @@ class EtcdCluster:
         netns_pid: int | None = None,
         binary: Path | None = None,
         cluster_token: str = "ferry",
+        tls: MemberTLS | None = None,
     ) -> EtcdCluster:
         """Members ``e1..eN`` under ``base_dir``; ports are free loopback ports unless given (2 per member)."""
         if size < 1:
             raise ValueError("a cluster needs at least one member")
         ports = ports or free_loopback_ports(2 * size)
         specs = [
-            MemberSpec(f"e{i + 1}", host, ports[2 * i], ports[2 * i + 1], base_dir / f"e{i + 1}.data")
+            MemberSpec(f"e{i + 1}", host, ports[2 * i], ports[2 * i + 1], base_dir / f"e{i + 1}.data", tls)
             for i in range(size)
         ]
         initial = ",".join(f"{s.name}={s.peer_url}" for s in specs)

@@ -121,3 +121,18 @@ async def test_deleting_the_leader_key_makes_the_leader_step_down(store):
     assert a.outcomes == ["stepped down: leader key deleted"]
     await wait_until(a.election.is_leader, 1)  # and campaigns again
     await a.stop()
+
+
+async def test_a_leader_whose_duties_crash_hands_over(store):
+    async def failing_duties() -> None:
+        raise RuntimeError("boom")
+
+    async def nothing() -> None:
+        pass
+
+    a = Election(store, "a", "a:1", ttl_s=TTL_S)
+    task = asyncio.create_task(a.run(failing_duties, nothing))
+    await wait_until(lambda: a.last_outcome.startswith("stepped down"), 1)
+    assert a.last_outcome == "stepped down: leader duties failed (RuntimeError)"
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from ferry.coordinator.etcd_store import EtcdStore
+from ferry.coordinator.etcd_store import EtcdStore, EtcdTLS
 from ferry.coordinator.store import Resync, WatchEvent
 from ferry.errors import Unavailable
 from ferry.lab.etcd import EtcdCluster
@@ -166,3 +166,24 @@ async def test_lost_quorum_is_unavailable_naming_the_endpoints_then_recovers(etc
         await store.update("k", b"3", expected_mod_revision=entry.mod_revision)
     finally:
         await store.close()
+
+
+async def test_tls_with_client_certificates(etcd_tls: EtcdCluster) -> None:
+    pki = etcd_tls.members[0].spec.tls
+    assert pki is not None
+    good = EtcdTLS(pki.ca_file, pki.client_cert_file, pki.client_key_file, server_name="localhost")
+    store = EtcdStore(etcd_tls.endpoints, prefix=PREFIX, tls=good)
+    plain = EtcdStore(etcd_tls.endpoints, prefix=PREFIX, timeout_s=1.0, attempt_timeout_s=0.3)
+    no_client_cert = EtcdStore(
+        etcd_tls.endpoints, prefix=PREFIX, tls=EtcdTLS(pki.ca_file, server_name="localhost"), timeout_s=1.0
+    )
+    try:
+        revision = await store.create("secure", b"1")
+        assert (await store.get("secure")).mod_revision == revision  # type: ignore[union-attr]
+        # gRPC reports a refused handshake as UNAVAILABLE, so these cannot be told from a down server.
+        for refused in (plain, no_client_cert):
+            with pytest.raises(Unavailable):
+                await refused.get("secure")
+    finally:
+        for s in (store, plain, no_client_cert):
+            await s.close()
