@@ -1,0 +1,349 @@
+"""The coordinator's configuration: one TOML file, parsed once at start into frozen dataclasses.
+
+    [coordinator]
+    id = "coord-1"                                   # unique among the coordinator replicas
+    listen = ["10.77.0.1:7100", "unix:/run/ferry/coordinator.sock"]
+    advertise = "10.77.0.1:7100"                     # written into the leader key (who leads, where)
+    election_ttl_s = 10                              # leader lease
+    prepare_ttl_s = 900                              # how long a target keeps an unused prepare
+
+    [etcd]
+    endpoints = ["10.77.0.1:2379"]
+    prefix = "/ferry/"
+    timeout_s = 5
+    # ca = "/etc/ferry/pki/etcd-ca.pem"  cert = "..."  key = "..."  server_name = "etcd.dc1"
+
+    [limits]                                         # concurrent migrations
+    per_host_outbound = 1
+    per_host_inbound = 2
+    cluster = 4
+
+    [timeouts]                                       # optional overrides of phases.Timeouts
+    preflight_s = 120
+
+    [agents]
+    call_timeout_s = 30                              # one agent call (not a migration stream)
+    inventory_ttl_s = 5                              # inventory older than this is fetched again
+    inventory_timeout_s = 3                          # an inventory not back by then: agent unreachable
+    # ca = "/etc/ferry/pki/ca.pem"  cert = "..."  key = "..."   (mutual TLS to the agents)
+
+    [tls]                                            # optional: mutual TLS for the coordinator's API
+    ca = "/etc/ferry/pki/ca.pem"
+    cert = "/etc/ferry/pki/coordinator.pem"
+    key = "/etc/ferry/pki/coordinator-key.pem"
+
+    [hosts.host1]                                    # facts about a host, by logical name
+    bridges = { guest = "br-guest" }                 # logical network -> this host's bridge
+    networks = { mgmt = "default" }                  # logical network -> this host's libvirt network
+    paths = { images = "/var/lib/libvirt/images" }   # logical storage -> this host's directory
+
+The mapping between two hosts is derived from their ``[hosts.*]`` tables (:func:`derive_mapping`),
+so no pair of hosts needs its own table. Unknown keys are an error naming the key. Relative file
+paths are taken relative to the config file's directory.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ferry.errors import FailedPrecondition, InvalidArgument
+from ferry.model import HostMapping
+from ferry.rpc import Tls
+
+from .phases import Timeouts
+from .slots import Limits
+
+
+@dataclass(frozen=True)
+class EtcdConfig:
+    endpoints: tuple[str, ...]
+    prefix: str = "/ferry/"
+    timeout_s: float = 5.0
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str | None = None
+
+
+@dataclass(frozen=True)
+class AgentsConfig:
+    """How the coordinator talks to agents."""
+
+    call_timeout_s: float = 30.0
+    inventory_ttl_s: float = 5.0
+    inventory_timeout_s: float = 3.0
+    tls: Tls | None = None
+
+
+@dataclass(frozen=True)
+class HostDecl:
+    """One host's own names for logical networks and storage (``[hosts.<name>]``)."""
+
+    name: str
+    bridges: Mapping[str, str] = field(default_factory=dict)
+    networks: Mapping[str, str] = field(default_factory=dict)
+    paths: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    id: str
+    listen: tuple[str, ...]
+    etcd: EtcdConfig
+    advertise: str = ""
+    election_ttl_s: int = 10
+    prepare_ttl_s: int = 900
+    limits: Limits = Limits(per_host_outbound=1, per_host_inbound=2, cluster=4)
+    timeouts: Timeouts = Timeouts()
+    agents: AgentsConfig = AgentsConfig()
+    hosts: Mapping[str, HostDecl] = field(default_factory=dict)
+    tls: Tls | None = None
+
+    @property
+    def advertised(self) -> str:
+        """The address other components reach this replica at (``advertise``, else the first listen)."""
+        return self.advertise or self.listen[0]
+
+
+# ---------------------------------------------------------------- mapping between two hosts
+
+_FLAGS = {"bridge": "--map-bridge", "network": "--map-network", "path": "--map-path"}
+
+
+def _pairs(kind: str, source: Mapping[str, str], target: Mapping[str, str], overridden: Mapping[str, str],
+           source_host: str, target_host: str) -> dict[str, str]:
+    """source name -> target name for every logical name both hosts declare (identities left out).
+
+    Two logical names that give one source name two different target names are ambiguous, unless
+    the request overrides that source name.
+    """
+    out: dict[str, str] = {}
+    via: dict[str, str] = {}
+    for logical in sorted(source.keys() & target.keys()):
+        src, dst = source[logical], target[logical]
+        if src in overridden:
+            continue
+        if src in out and out[src] != dst:
+            raise FailedPrecondition(
+                f"{kind} {src!r} on {source_host} is both {via[src]!r} and {logical!r}, which are "
+                f"{out[src]!r} and {dst!r} on {target_host}",
+                reason="MAPPING_AMBIGUOUS",
+                hint=f"give this migration's {kind} mapping explicitly ({_FLAGS[kind]} {src}=NAME) "
+                     "or fix the [hosts.*] tables in the coordinator config")
+        out[src] = dst
+        via[src] = logical
+    return {s: d for s, d in out.items() if s != d}
+
+
+def derive_mapping(source: HostDecl | None, target: HostDecl | None,
+                   overrides: HostMapping | None = None) -> HostMapping:
+    """The translation of host-specific names from ``source`` to ``target`` (pure).
+
+    For every logical name both hosts declare: the source's bridge/network/path -> the target's.
+    The request's ``overrides`` win, key by key. A host without a ``[hosts.*]`` table declares
+    nothing, so only the overrides apply.
+
+    >>> a = HostDecl("h1", bridges={"guest": "br-guest"}, paths={"images": "/var/lib/libvirt/images"})
+    >>> b = HostDecl("h2", bridges={"guest": "br-vm"}, paths={"images": "/srv/images"})
+    >>> derive_mapping(a, b).bridges, derive_mapping(a, b).path_prefixes
+    ({'br-guest': 'br-vm'}, {'/var/lib/libvirt/images': '/srv/images'})
+    >>> derive_mapping(a, b, HostMapping(bridges={"br-guest": "br-x"})).bridges
+    {'br-guest': 'br-x'}
+    """
+    overrides = overrides or HostMapping()
+    empty = HostDecl("")
+    s, t = source or empty, target or empty
+    sname, tname = s.name or "the source", t.name or "the target"
+    bridges = _pairs("bridge", s.bridges, t.bridges, overrides.bridges, sname, tname)
+    networks = _pairs("network", s.networks, t.networks, overrides.networks, sname, tname)
+    paths = _pairs("path", s.paths, t.paths, overrides.path_prefixes, sname, tname)
+    return HostMapping(bridges={**bridges, **overrides.bridges},
+                       networks={**networks, **overrides.networks},
+                       path_prefixes={**paths, **overrides.path_prefixes})
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _bad(source: str, what: str, hint: str) -> InvalidArgument:
+    return InvalidArgument(f"{source}: {what}", reason="CONFIG_INVALID", hint=hint)
+
+
+class _Table:
+    """One TOML table being read: typed getters that name the section and key in every error."""
+
+    def __init__(self, data: Any, section: str, source: str, allowed: frozenset[str] | tuple[str, ...]) -> None:
+        if not isinstance(data, dict):
+            raise _bad(source, f"[{section}] must be a table", f"write [{section}] followed by its keys")
+        for key in data:
+            if key not in allowed:
+                raise _bad(source, f"unknown key {key!r} in [{section}]",
+                           f"remove {key!r} or fix its spelling; known keys: {', '.join(sorted(allowed))}")
+        self.data, self.section, self.source = data, section, source
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.data
+
+    def _err(self, key: str, what: str, example: str) -> InvalidArgument:
+        return _bad(self.source, f"[{self.section}] {key} must be {what}, not {self.data[key]!r}",
+                    f"e.g. {key} = {example}")
+
+    def string(self, key: str, *, nonempty: bool = True) -> str:
+        v = self.data[key]
+        if not isinstance(v, str) or (nonempty and not v):
+            raise self._err(key, "a non-empty string" if nonempty else "a string", '"..."')
+        return v
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        v = self.data[key]
+        if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
+            raise self._err(key, "a non-empty list of non-empty strings", '["...", "..."]')
+        return tuple(v)
+
+    def number(self, key: str, *, integer: bool = False) -> float:
+        v = self.data[key]
+        if isinstance(v, bool) or not isinstance(v, (int,) if integer else (int, float)) or v <= 0:
+            raise self._err(key, f"a positive {'integer' if integer else 'number'}", "30")
+        return v
+
+    def names(self, key: str) -> dict[str, str]:
+        v = self.data[key]
+        if not isinstance(v, dict) or not all(isinstance(x, str) and x for x in v.values()):
+            raise self._err(key, "a table of logical name = host name", '{ guest = "br-guest" }')
+        return dict(v)
+
+    def path(self, key: str, base: Path) -> Path:
+        return base / self.string(key)
+
+
+def _tls_of(t: _Table, base: Path, *, required: bool) -> Tls | None:
+    present = [k for k in ("ca", "cert", "key") if k in t]
+    if not present and not required:
+        return None
+    missing = [k for k in ("ca", "cert", "key") if k not in t]
+    if missing:
+        raise _bad(t.source, f"[{t.section}] has {', '.join(present)} but lacks {', '.join(missing)}",
+                   "give all of ca, cert and key (PEM files) for mutual TLS")
+    return Tls(ca=t.path("ca", base), cert=t.path("cert", base), key=t.path("key", base))
+
+
+def _etcd(doc: dict[str, Any], base: Path, source: str) -> EtcdConfig:
+    if "etcd" not in doc:
+        raise _bad(source, "no [etcd] table", 'add [etcd] with endpoints = ["HOST:PORT", ...]')
+    allowed = tuple(f.name for f in fields(EtcdConfig))
+    t = _Table(doc["etcd"], "etcd", source, allowed)
+    if "endpoints" not in t:
+        raise _bad(source, "[etcd] lacks endpoints", 'add endpoints = ["HOST:PORT", ...]')
+    values: dict[str, Any] = {"endpoints": t.strings("endpoints")}
+    if "prefix" in t:
+        prefix = t.string("prefix")
+        if not prefix.endswith("/"):
+            raise _bad(source, f"[etcd] prefix {prefix!r} must end with '/'", f'write prefix = "{prefix}/"')
+        values["prefix"] = prefix
+    if "timeout_s" in t:
+        values["timeout_s"] = float(t.number("timeout_s"))
+    for key in ("ca", "cert", "key"):
+        if key in t:
+            values[key] = t.path(key, base)
+    if "server_name" in t:
+        values["server_name"] = t.string("server_name")
+    if ("cert" in values) != ("key" in values):
+        raise _bad(source, "[etcd] needs both cert and key, or neither", "give the client certificate and its key")
+    return EtcdConfig(**values)
+
+
+def _limits(doc: dict[str, Any], source: str) -> Limits:
+    default = CoordinatorConfig.limits
+    if "limits" not in doc:
+        return default
+    allowed = tuple(f.name for f in fields(Limits))
+    t = _Table(doc["limits"], "limits", source, allowed)
+    values = {f.name: getattr(default, f.name) for f in fields(Limits)}
+    for key in ("per_host_outbound", "per_host_inbound", "cluster"):
+        if key in t:
+            values[key] = int(t.number(key, integer=True))
+    if "reserve_after_s" in t:
+        values["reserve_after_s"] = float(t.number("reserve_after_s"))
+    return Limits(**values)
+
+
+def _timeouts(doc: dict[str, Any], source: str) -> Timeouts:
+    if "timeouts" not in doc:
+        return Timeouts()
+    kinds = {f.name: f.type for f in fields(Timeouts)}
+    t = _Table(doc["timeouts"], "timeouts", source, tuple(kinds))
+    values: dict[str, Any] = {}
+    for key in t.data:
+        integer = kinds[key] in (int, "int")
+        values[key] = int(t.number(key, integer=True)) if integer else float(t.number(key))
+    return Timeouts(**values)
+
+
+def _agents(doc: dict[str, Any], base: Path, source: str) -> AgentsConfig:
+    if "agents" not in doc:
+        return AgentsConfig()
+    t = _Table(doc["agents"], "agents", source,
+               ("call_timeout_s", "inventory_ttl_s", "inventory_timeout_s", "ca", "cert", "key"))
+    values: dict[str, Any] = {k: float(t.number(k)) for k in ("call_timeout_s", "inventory_ttl_s",
+                                                               "inventory_timeout_s") if k in t}
+    values["tls"] = _tls_of(t, base, required=False)
+    return AgentsConfig(**values)
+
+
+def _hosts(doc: dict[str, Any], source: str) -> dict[str, HostDecl]:
+    if "hosts" not in doc:
+        return {}
+    table = doc["hosts"]
+    if not isinstance(table, dict):
+        raise _bad(source, "[hosts] must hold one table per host", "write [hosts.NAME] tables")
+    out = {}
+    for name, data in table.items():
+        t = _Table(data, f"hosts.{name}", source, ("bridges", "networks", "paths"))
+        out[name] = HostDecl(name, **{k: t.names(k) for k in ("bridges", "networks", "paths") if k in t})
+    return out
+
+
+def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None = None) -> CoordinatorConfig:
+    """Parse the coordinator's TOML text. Raises InvalidArgument (CONFIG_INVALID) naming the problem."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _bad(source, f"not valid TOML: {exc}", "fix the syntax at the line named") from exc
+    base = base_dir or Path.cwd()
+    _Table(doc, "top level", source, ("coordinator", "etcd", "limits", "timeouts", "agents", "hosts", "tls"))
+    if "coordinator" not in doc:
+        raise _bad(source, "no [coordinator] table", "start the file with [coordinator] (id, listen)")
+    c = _Table(doc["coordinator"], "coordinator", source,
+               ("id", "listen", "advertise", "election_ttl_s", "prepare_ttl_s"))
+    missing = [k for k in ("id", "listen") if k not in c]
+    if missing:
+        raise _bad(source, f"[coordinator] lacks {', '.join(missing)}", f"add {', '.join(missing)} to [coordinator]")
+    values: dict[str, Any] = {"id": c.string("id"), "listen": c.strings("listen")}
+    if "advertise" in c:
+        values["advertise"] = c.string("advertise")
+    for key in ("election_ttl_s", "prepare_ttl_s"):
+        if key in c:
+            values[key] = int(c.number(key, integer=True))
+    values["etcd"] = _etcd(doc, base, source)
+    values["limits"] = _limits(doc, source)
+    values["timeouts"] = _timeouts(doc, source)
+    values["agents"] = _agents(doc, base, source)
+    values["hosts"] = _hosts(doc, source)
+    if "tls" in doc:
+        values["tls"] = _tls_of(_Table(doc["tls"], "tls", source, ("ca", "cert", "key")), base, required=True)
+    return CoordinatorConfig(**values)
+
+
+def load_config(path: str | Path) -> CoordinatorConfig:
+    """Read and parse the config file at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read config {path}: {exc.strerror}", reason="CONFIG_UNREADABLE",
+                              hint="pass an existing, readable file with --config") from exc
+    return parse_config(text, source=str(path), base_dir=path.parent)

@@ -1,0 +1,153 @@
+"""The coordinator's records <-> ferry.v1 coordinator messages (pure; the servicer's edges).
+
+``migration_to_pb`` shows a stored MigrationRecord to API clients; ``migration_from_pb`` reads one
+back (for clients and round-trip tests): lossless for every field the proto carries. The record's
+internals (deadline, attempts, retries, destination XML, rollback goal) are not part of the API.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from ferry import convert
+from ferry.model import Blocker, DomainInfo, HostFacts, MigrationOptions, MigrationPhase, StorageMode
+from ferry.v1 import coordinator_pb2 as cpb
+from ferry.v1 import types_pb2 as tpb
+
+from .phases import Phase
+from .record import ErrorDetail, MigrationRecord, PhaseChange, ProgressSnapshot
+
+# ---------------------------------------------------------------- phases
+
+
+def phase_to_pb(phase: Phase) -> int:
+    """``phases.Phase`` values equal the ``ferry.v1.Phase`` numbers."""
+    return phase.value
+
+
+def phase_from_pb(value: int) -> Phase | None:
+    """PHASE_UNSPECIFIED (or a number this build does not know) -> None."""
+    try:
+        return Phase(value)
+    except ValueError:
+        return None
+
+
+def phase_label(phase: Phase) -> str:
+    """The name operators read (as the CLI prints it): ROLLED_BACK -> "RolledBack"."""
+    return "".join(part.capitalize() for part in phase.name.split("_"))
+
+
+def phase_from_label(label: str) -> Phase:
+    """Inverse of :func:`phase_label`; raises KeyError for an unknown label."""
+    wanted = label.replace("_", "").lower()
+    for phase in Phase:
+        if phase.name.replace("_", "").lower() == wanted:
+            return phase
+    raise KeyError(label)
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def error_to_pb(e: ErrorDetail) -> tpb.ErrorDetail:
+    return tpb.ErrorDetail(reason=e.reason, message=e.message, hint=e.hint)
+
+
+def error_from_pb(m: tpb.ErrorDetail) -> ErrorDetail:
+    return ErrorDetail(reason=m.reason, message=m.message, hint=m.hint)
+
+
+def blocker_to_pb(b: Blocker) -> tpb.ErrorDetail:
+    return tpb.ErrorDetail(reason=b.reason, message=b.message, hint=b.hint)
+
+
+def history_to_pb(c: PhaseChange) -> tpb.TimedPhase:
+    return tpb.TimedPhase(phase=phase_label(c.phase), at=convert.timestamp_to_pb(c.at), reason=c.reason)
+
+
+def history_from_pb(m: tpb.TimedPhase) -> PhaseChange:
+    at = convert.timestamp_from_pb(m.at) or datetime.fromtimestamp(0, UTC)
+    return PhaseChange(phase=phase_from_label(m.phase), at=at, reason=m.reason)
+
+
+def progress_to_pb(p: ProgressSnapshot) -> tpb.MigrationProgress:
+    return tpb.MigrationProgress(
+        phase=convert.phase_to_pb(p.phase), memory_total=p.memory_total, memory_processed=p.memory_processed,
+        memory_remaining=p.memory_remaining, disk_total=p.disk_total, disk_processed=p.disk_processed,
+        disk_remaining=p.disk_remaining, dirty_rate_pages=p.dirty_rate_pages, page_size=p.page_size,
+        iteration=p.iteration, bandwidth_bps=p.bandwidth_bps, elapsed_ms=p.elapsed_ms,
+        auto_converge_throttle=p.auto_converge_throttle, max_downtime_ms=p.max_downtime_ms)
+
+
+def progress_from_pb(m: tpb.MigrationProgress) -> ProgressSnapshot:
+    return ProgressSnapshot(
+        phase=convert.phase_from_pb(m.phase) or MigrationPhase.STARTING, memory_total=m.memory_total,
+        memory_processed=m.memory_processed, memory_remaining=m.memory_remaining, disk_total=m.disk_total,
+        disk_processed=m.disk_processed, disk_remaining=m.disk_remaining, iteration=m.iteration,
+        dirty_rate_pages=m.dirty_rate_pages, page_size=m.page_size or 4096, bandwidth_bps=m.bandwidth_bps,
+        elapsed_ms=m.elapsed_ms, auto_converge_throttle=m.auto_converge_throttle,
+        max_downtime_ms=m.max_downtime_ms)
+
+
+# ---------------------------------------------------------------- migrations
+
+
+def migration_to_pb(r: MigrationRecord) -> cpb.Migration:
+    m = cpb.Migration(
+        id=r.id, vm=r.vm, vm_uuid=r.vm_uuid, source_host=r.source_host, target_host=r.target_host,
+        options=convert.options_to_pb(r.options), mapping=convert.mapping_to_pb(r.mapping),
+        priority=r.priority, idempotency_key=r.idempotency_key, phase=phase_to_pb(r.phase),
+        history=[history_to_pb(c) for c in r.history], created_at=convert.timestamp_to_pb(r.created_at),
+        cancel_requested=r.cancel_requested, prepare_id=r.prepare_id)
+    if r.updated_at is not None:
+        m.updated_at.CopyFrom(convert.timestamp_to_pb(r.updated_at))
+    if r.progress is not None:
+        m.progress.CopyFrom(progress_to_pb(r.progress))
+    if r.result is not None:
+        m.result.CopyFrom(convert.completed_job_to_pb(r.result))
+    if r.error is not None:
+        m.error.CopyFrom(error_to_pb(r.error))
+    return m
+
+
+def migration_from_pb(m: cpb.Migration) -> MigrationRecord:
+    """The API's view of a record as a MigrationRecord (fields the proto lacks keep their defaults)."""
+    return MigrationRecord(
+        id=m.id, vm=m.vm, vm_uuid=m.vm_uuid, source_host=m.source_host, target_host=m.target_host,
+        created_at=convert.timestamp_from_pb(m.created_at) or datetime.fromtimestamp(0, UTC),
+        options=convert.options_from_pb(m.options), mapping=convert.mapping_from_pb(m.mapping),
+        priority=m.priority, idempotency_key=m.idempotency_key,
+        updated_at=convert.timestamp_from_pb(m.updated_at),
+        phase=phase_from_pb(m.phase) or Phase.PENDING,
+        history=tuple(history_from_pb(c) for c in m.history),
+        prepare_id=m.prepare_id,
+        progress=progress_from_pb(m.progress) if m.HasField("progress") else None,
+        result=convert.completed_job_from_pb(m.result) if m.HasField("result") else None,
+        error=error_from_pb(m.error) if m.HasField("error") else None,
+        cancel_requested=m.cancel_requested)
+
+
+def options_from_request(m: tpb.MigrationOptions) -> tuple[MigrationOptions, bool]:
+    """A request's options and whether its storage mode was given (UNSPECIFIED = auto)."""
+    explicit = m.storage != tpb.STORAGE_MODE_UNSPECIFIED
+    return convert.options_from_pb(m, unspecified_storage=StorageMode.SHARED), explicit
+
+
+# ---------------------------------------------------------------- hosts and VMs
+
+
+def host_status_to_pb(*, name: str, address: str, available: bool, facts: HostFacts | None, domains: int,
+                      migrations_out: int, migrations_in: int, last_seen: datetime | None) -> cpb.HostStatus:
+    h = cpb.HostStatus(name=name, address=address, available=available, domains=domains,
+                       migrations_out=migrations_out, migrations_in=migrations_in)
+    if facts is not None:
+        h.facts.CopyFrom(convert.host_facts_to_pb(facts))
+    if last_seen is not None:
+        h.last_seen.CopyFrom(convert.timestamp_to_pb(last_seen))
+    return h
+
+
+def vm_to_pb(domain: DomainInfo, host: str, migration_id: str = "") -> cpb.VM:
+    return cpb.VM(domain=convert.domain_to_pb(domain), host=host, migration_id=migration_id)
+

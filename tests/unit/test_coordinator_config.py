@@ -1,0 +1,172 @@
+"""The coordinator's config file, and the host mapping derived from its [hosts.*] tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ferry.coordinator.config import HostDecl, derive_mapping, load_config, parse_config
+from ferry.coordinator.phases import Timeouts
+from ferry.errors import FailedPrecondition, InvalidArgument
+from ferry.model import HostMapping
+
+MINIMAL = """
+[coordinator]
+id = "c1"
+listen = ["127.0.0.1:7100"]
+
+[etcd]
+endpoints = ["127.0.0.1:2379"]
+"""
+
+FULL = """
+[coordinator]
+id = "coord-1"
+listen = ["10.77.0.1:7100", "unix:/tmp/ferry/coordinator.sock"]
+advertise = "10.77.0.1:7100"
+election_ttl_s = 6
+prepare_ttl_s = 300
+
+[etcd]
+endpoints = ["10.77.0.1:2379", "10.77.0.2:2379"]
+prefix = "/lab/"
+timeout_s = 2.5
+ca = "pki/etcd-ca.pem"
+
+[limits]
+per_host_outbound = 2
+per_host_inbound = 3
+cluster = 8
+
+[timeouts]
+preflight_s = 30
+max_attempts = 5
+
+[agents]
+call_timeout_s = 10
+inventory_ttl_s = 2
+ca = "pki/ca.pem"
+cert = "pki/coord.pem"
+key = "pki/coord-key.pem"
+
+[tls]
+ca = "pki/ca.pem"
+cert = "pki/server.pem"
+key = "pki/server-key.pem"
+
+[hosts.host1]
+bridges = { guest = "br-guest" }
+paths = { images = "/var/lib/libvirt/images" }
+
+[hosts.host2]
+bridges = { guest = "br-vm" }
+networks = { mgmt = "default" }
+"""
+
+
+def test_minimal_config_takes_the_defaults():
+    c = parse_config(MINIMAL)
+    assert (c.id, c.listen, c.advertised) == ("c1", ("127.0.0.1:7100",), "127.0.0.1:7100")
+    assert c.etcd.endpoints == ("127.0.0.1:2379",) and c.etcd.prefix == "/ferry/"
+    assert (c.limits.per_host_outbound, c.limits.per_host_inbound, c.limits.cluster) == (1, 2, 4)
+    assert c.timeouts == Timeouts()
+    assert c.agents.tls is None and c.tls is None and c.hosts == {}
+
+
+def test_full_config(tmp_path: Path):
+    path = tmp_path / "coordinator.toml"
+    path.write_text(FULL)
+    c = load_config(path)
+    assert c.advertised == "10.77.0.1:7100" and c.election_ttl_s == 6 and c.prepare_ttl_s == 300
+    assert c.etcd.prefix == "/lab/" and c.etcd.timeout_s == 2.5 and c.etcd.ca == tmp_path / "pki/etcd-ca.pem"
+    assert (c.limits.per_host_outbound, c.limits.per_host_inbound, c.limits.cluster) == (2, 3, 8)
+    assert c.timeouts.preflight_s == 30.0 and c.timeouts.max_attempts == 5
+    assert c.timeouts.preparing_s == Timeouts().preparing_s          # not overridden
+    assert c.agents.call_timeout_s == 10 and c.agents.tls is not None
+    assert c.agents.tls.cert == tmp_path / "pki/coord.pem"             # relative to the file
+    assert c.tls is not None and c.tls.key == tmp_path / "pki/server-key.pem"
+    assert c.hosts["host1"].bridges == {"guest": "br-guest"}
+    assert c.hosts["host2"].networks == {"mgmt": "default"}
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    (MINIMAL + "\n[limits]\nper_host_outbund = 2\n", "'per_host_outbund' in [limits]"),
+    (MINIMAL.replace('id = "c1"', 'id = "c1"\nlisten_on = []'), "'listen_on' in [coordinator]"),
+    (MINIMAL + "\n[timeouts]\npreflight = 3\n", "'preflight' in [timeouts]"),
+    (MINIMAL + "\n[hosts.h1]\nbridge = { guest = 'br0' }\n", "'bridge' in [hosts.h1]"),
+    (MINIMAL + "\n[agent]\nx = 1\n", "'agent' in [top level]"),
+    (MINIMAL.replace("[etcd]", "[etcd]\nprefixx = '/x/'"), "'prefixx' in [etcd]"),
+])
+def test_unknown_keys_are_named(text, named):
+    with pytest.raises(InvalidArgument) as exc:
+        parse_config(text)
+    assert exc.value.reason == "CONFIG_INVALID"
+    assert named in exc.value.message
+    assert "known keys" in exc.value.hint
+
+
+@pytest.mark.parametrize(("text", "what"), [
+    ("[etcd]\nendpoints = ['x:1']\n", "no [coordinator]"),
+    ("[coordinator]\nid = 'c'\n[etcd]\nendpoints = ['x:1']\n", "lacks listen"),
+    ("[coordinator]\nid = 'c'\nlisten = ['a:1']\n", "no [etcd]"),
+    (MINIMAL.replace('["127.0.0.1:2379"]', "[]"), "endpoints must be a non-empty list"),
+    (MINIMAL + "\n[limits]\ncluster = 0\n", "cluster must be a positive integer"),
+    (MINIMAL + "\n[limits]\ncluster = 2.5\n", "cluster must be a positive integer"),
+    (MINIMAL.replace("[etcd]", "[etcd]\nprefix = '/ferry'"), "must end with '/'"),
+    (MINIMAL + "\n[tls]\nca = 'ca.pem'\n", "lacks cert, key"),
+    (MINIMAL + "\n[hosts.h1]\nbridges = ['br0']\n", "bridges must be a table"),
+    ("[coordinator\n", "not valid TOML"),
+])
+def test_bad_values_say_what_is_wrong(text, what):
+    with pytest.raises(InvalidArgument) as exc:
+        parse_config(text)
+    assert what in exc.value.message
+    assert exc.value.hint
+
+
+def test_unreadable_file_is_named(tmp_path: Path):
+    with pytest.raises(InvalidArgument) as exc:
+        load_config(tmp_path / "missing.toml")
+    assert exc.value.reason == "CONFIG_UNREADABLE" and "missing.toml" in exc.value.message
+
+
+# ---------------------------------------------------------------- the derived mapping
+
+H1 = HostDecl("host1", bridges={"guest": "br-guest", "storage": "br-stor"}, networks={"mgmt": "default"},
+              paths={"images": "/var/lib/libvirt/images", "iso": "/srv/iso"})
+H2 = HostDecl("host2", bridges={"guest": "br-vm", "storage": "br-stor"}, networks={"mgmt": "mgmt-net"},
+              paths={"images": "/data/images"})
+H3 = HostDecl("host3", bridges={"backup": "br-bk"})
+
+
+@pytest.mark.parametrize(("source", "target", "overrides", "bridges", "networks", "paths"), [
+    # every logical name both declare; identical names are left out; names only one declares ignored
+    (H1, H2, None, {"br-guest": "br-vm"}, {"default": "mgmt-net"}, {"/var/lib/libvirt/images": "/data/images"}),
+    # the other way round
+    (H2, H1, None, {"br-vm": "br-guest"}, {"mgmt-net": "default"}, {"/data/images": "/var/lib/libvirt/images"}),
+    # nothing in common
+    (H1, H3, None, {}, {}, {}),
+    # a host without a [hosts.*] table: only the request's overrides
+    (None, H2, HostMapping(bridges={"br0": "br-vm"}), {"br0": "br-vm"}, {}, {}),
+    (H1, None, None, {}, {}, {}),
+    # the request wins, key by key; other derived pairs stay
+    (H1, H2, HostMapping(bridges={"br-guest": "br-x"}, path_prefixes={"/srv/iso": "/iso"}),
+     {"br-guest": "br-x"}, {"default": "mgmt-net"}, {"/var/lib/libvirt/images": "/data/images", "/srv/iso": "/iso"}),
+])
+def test_mapping_is_derived_from_both_hosts_declarations(source, target, overrides, bridges, networks, paths):
+    m = derive_mapping(source, target, overrides)
+    assert (m.bridges, m.networks, m.path_prefixes) == (bridges, networks, paths)
+
+
+def test_ambiguous_mapping_is_refused_unless_overridden():
+    # host A puts two logical networks on one bridge, host B has them on two bridges
+    a = HostDecl("a", bridges={"guest": "br0", "storage": "br0"})
+    b = HostDecl("b", bridges={"guest": "br-guest", "storage": "br-stor"})
+    with pytest.raises(FailedPrecondition) as exc:
+        derive_mapping(a, b)
+    assert exc.value.reason == "MAPPING_AMBIGUOUS"
+    assert "--map-bridge br0=" in exc.value.hint
+    assert derive_mapping(a, b, HostMapping(bridges={"br0": "br-guest"})).bridges == {"br0": "br-guest"}
+    # the other way round is not ambiguous: two bridges onto one
+    assert derive_mapping(b, a).bridges == {"br-guest": "br0", "br-stor": "br0"}
