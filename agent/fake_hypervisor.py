@@ -294,7 +294,8 @@ class FakeHypervisor:
                               call, peer=target_uri, peer_unreachable=True)
         job = self._start_job(dom, target, destination_xml, options, migrate_disks, target_uri)
         try:
-            await asyncio.wait_for(asyncio.shield(job.done), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(job.done)
         except TimeoutError:
             job.abort = True
             raise le.timeout_error(call, self.uri, timeout_s) from None

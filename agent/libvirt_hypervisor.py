@@ -192,6 +192,13 @@ class LibvirtHypervisor:
             self._conn = libvirt.open(self.uri)
             return self._conn
 
+    async def _in_thread(self, work: Callable[[], T], timeout_s: float) -> T:
+        """``work()`` in the pool, awaited at most ``timeout_s`` (TimeoutError). On timeout the
+        thread stays blocked in libvirt until libvirt returns; only the wait ends."""
+        future = asyncio.get_running_loop().run_in_executor(self._pool, work)
+        async with asyncio.timeout(timeout_s):
+            return await future
+
     def _forget(self, conn: libvirt.virConnect | None) -> None:
         with self._lock:
             if self._conn is conn:
@@ -201,7 +208,6 @@ class LibvirtHypervisor:
                     retry: bool = False) -> T:
         """Run ``fn(connection)`` in the pool within the timeout; libvirt errors -> Ferry errors."""
         timeout = timeout_s or self.timeout_s
-        loop = asyncio.get_running_loop()
         for attempt in (1, 2):
             used: list[libvirt.virConnect] = []
 
@@ -211,7 +217,7 @@ class LibvirtHypervisor:
                 return fn(conn)
 
             try:
-                return await asyncio.wait_for(loop.run_in_executor(self._pool, work), timeout)
+                return await self._in_thread(work, timeout)
             except TimeoutError:
                 raise le.timeout_error(call, self.uri, timeout) from None
             except libvirt.libvirtError as exc:
@@ -335,8 +341,7 @@ class LibvirtHypervisor:
     async def _remote(self, call: str, uri: str, work: Callable[[], T]) -> T:
         """A call on another host's libvirtd (its own connection, not ours)."""
         try:
-            return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._pool, work),
-                                          self.timeout_s)
+            return await self._in_thread(work, self.timeout_s)
         except TimeoutError:
             raise le.timeout_error(call, uri, self.timeout_s) from None
         except libvirt.libvirtError as exc:
@@ -403,7 +408,6 @@ class LibvirtHypervisor:
                                   migrate_uri=migrate_uri)
         uuid = (await self.get_domain(name_or_uuid)).uuid
         self._aborted.discard(uuid)
-        loop = asyncio.get_running_loop()
 
         def work() -> None:
             conn = self._connection()
@@ -412,7 +416,7 @@ class LibvirtHypervisor:
         log.info("migrateToURI3 %s -> %s flags=%#x params=%s", uuid, target_uri, flags,
                  sorted(k for k in params if k not in ("destination_xml", "persistent_xml")))
         try:
-            await asyncio.wait_for(loop.run_in_executor(self._pool, work), timeout_s)
+            await self._in_thread(work, timeout_s)
         except TimeoutError:
             log.error("migration of %s exceeded %.0f s: aborting it", uuid, timeout_s)
             try:
@@ -445,7 +449,6 @@ class LibvirtHypervisor:
             except libvirt.libvirtError as exc:
                 return not le.is_unreachable(_code(exc), exc.get_error_domain() or 0)
         try:
-            return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._pool, probe),
-                                          self._probe_timeout_s)
+            return await self._in_thread(probe, self._probe_timeout_s)
         except TimeoutError:
             return False
