@@ -1,0 +1,194 @@
+"""The agent announces itself in the coordinator's store: ``hosts/<name>`` under a lease.
+
+The key lives as long as the agent keeps its lease alive, so the coordinators see a host come and
+go without polling it: a crashed agent's key disappears ``ttl_s`` after its last keepalive; a
+clean stop deletes it at once.
+
+:class:`Registration` runs beside the agent's gRPC server:
+
+- grant a lease, create ``hosts/<name>``; a key left by a previous run of this agent (another
+  lease, not yet expired) is replaced;
+- renew the lease every ``ttl_s / 3``, and check the key is still ours;
+- after a lost lease (an etcd outage longer than the TTL, a revoke) register again with a new one;
+- if another live agent registers the same name, do not fight over the key (log it, wait until
+  that key is gone): a duplicate name is a configuration error the operator must fix;
+- :meth:`stop` revokes the lease, which deletes the key.
+
+The value is JSON (``coordinator/keys.HostRegistration``): name, agent gRPC address, libvirt URI, migration
+address, registration time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from ferry.errors import AlreadyExists, FerryError, InvalidArgument
+from ferry.coordinator.keys import HostRegistration, host_key
+from ferry.coordinator.store import Conflict, LeaseLost, Store
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Registration:
+    """Keeps ``hosts/<name>`` alive under a lease while :meth:`run` runs."""
+
+    def __init__(self, store: Store, name: str, address: str, libvirt_uri: str = "", migration_address: str = "",
+                 ttl_s: int = 10, clock: Clock = _utc_now) -> None:
+        if ttl_s < 2:
+            raise InvalidArgument(f"registration ttl {ttl_s} s is too short", reason="CONFIG_INVALID",
+                                  hint="use ttl_s of at least 2 (10 is the default)")
+        self.store = store
+        self.name = name
+        self.address = address
+        self.libvirt_uri = libvirt_uri
+        self.migration_address = migration_address
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._lease: int | None = None
+        self._previous_lease: int | None = None  # ours, given up after an outage; may still hold the key
+        self._stopped = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.registered = asyncio.Event()   # set while our key is in the store (as far as we know)
+        self.registrations = 0              # how many times the key was (re)written
+
+    @property
+    def key(self) -> str:
+        return host_key(self.name)
+
+    def value(self) -> HostRegistration:
+        return HostRegistration(self.name, self.address, self.libvirt_uri, self.migration_address,
+                                self._clock().astimezone(UTC))
+
+    async def run(self) -> None:
+        """Register and stay registered until :meth:`stop`. Store errors are retried, never raised."""
+        self._task = asyncio.current_task()
+        backoff = 0.2
+        while not self._stopped.is_set():
+            try:
+                lease = await self.store.grant_lease(self.ttl_s)
+                self._lease = lease
+                if await self._claim(lease):
+                    backoff = 0.2
+                    await self._keep(lease)
+                    self._previous_lease = lease
+            except FerryError as exc:
+                log.warning("registration of %s: %s: %s; retrying", self.name, exc.reason, exc)
+            self.registered.clear()
+            await self._pause(backoff)
+            backoff = min(backoff * 2, self.ttl_s / 3)
+
+    async def stop(self) -> None:
+        """Deregister: revoke the lease (its key goes with it). Bounded; best effort."""
+        self._stopped.set()
+        task = self._task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()  # a create in flight must not outlive the revoke below
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.registered.clear()
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            with contextlib.suppress(FerryError, TimeoutError):
+                async with asyncio.timeout(min(2.0, self.ttl_s / 2)):
+                    await self.store.revoke(lease)
+            log.info("deregistered %s", self.name)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    async def _claim(self, lease: int) -> bool:
+        """Write our key under ``lease``: create it, or replace our own previous run's key."""
+        first = self.registrations == 0
+        previous, self._previous_lease = self._previous_lease, None
+        while not self._stopped.is_set():
+            try:
+                await self.store.create(self.key, self.value().encode(), lease=lease)
+                break
+            except AlreadyExists:
+                pass
+            current = await self.store.get(self.key)
+            if current is None:
+                continue
+            if not first and current.lease not in (lease, previous):
+                # after we were registered, someone else took the name: do not fight over it
+                log.error("host name %s is registered by another agent (%s); waiting until that key is gone",
+                          self.name, _address(current.value))
+                await self.store.revoke(lease)
+                self._lease = None
+                await self._wait_gone()
+                return False
+            try:
+                await self.store.update(self.key, self.value().encode(), current.mod_revision, lease=lease)
+                log.info("replaced the registration of %s left by a previous run (%s)", self.name,
+                         _address(current.value))
+                break
+            except Conflict:
+                continue
+        else:
+            return False
+        if previous is not None:
+            with contextlib.suppress(FerryError):
+                await self.store.revoke(previous)
+        self.registrations += 1
+        self.registered.set()
+        log.info("registered %s at %s (lease %x, ttl %d s)", self.name, self.address, lease, self.ttl_s)
+        return True
+
+    async def _keep(self, lease: int) -> None:
+        """Renew until the lease is lost, the key is no longer ours, or stop()."""
+        loop = asyncio.get_running_loop()
+        renewed_at = loop.time()
+        while not self._stopped.is_set():
+            await self._pause(self.ttl_s / 3)
+            if self._stopped.is_set():
+                return
+            try:
+                async with asyncio.timeout(self.ttl_s / 3):
+                    await self.store.keepalive(lease)
+                renewed_at = loop.time()
+                current = await self.store.get(self.key)
+            except LeaseLost:
+                log.warning("registration lease of %s was lost; registering again", self.name)
+                return
+            except (FerryError, TimeoutError) as exc:
+                if loop.time() - renewed_at >= self.ttl_s:
+                    log.warning("registration of %s could not be renewed for %d s; registering again",
+                                self.name, self.ttl_s)
+                    return
+                log.info("registration keepalive of %s failed (%s); retrying",
+                         self.name, getattr(exc, "reason", "TIMEOUT"))
+                continue
+            if current is None or current.lease != lease:
+                log.warning("registration key of %s is %s; registering again", self.name,
+                            "gone" if current is None else "held by another lease")
+                with contextlib.suppress(FerryError):
+                    await self.store.revoke(lease)
+                return
+
+    async def _wait_gone(self) -> None:
+        while not self._stopped.is_set():
+            with contextlib.suppress(FerryError):
+                if await self.store.get(self.key) is None:
+                    return
+            await self._pause(self.ttl_s / 3)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopped.wait()
+
+
+def _address(value: bytes) -> str:
+    try:
+        return HostRegistration.decode(value).address
+    except FerryError:
+        return "unreadable value"

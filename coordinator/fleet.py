@@ -1,0 +1,329 @@
+"""The coordinator's view of the fleet: registered agents, their clients and cached inventories.
+
+Source of truth for which hosts exist is the store: every agent keeps ``hosts/<name>`` alive under
+its lease (``agent/registration.py``). :class:`Fleet` lists that prefix, then follows it with a
+watch (a ``Resync`` replaces the view), keeps one AgentClient per registered host (a new one when
+the address changes) and caches each host's Inventory. An inventory older than ``inventory_ttl_s``
+is fetched again when someone asks (``refresh``), from every host concurrently, each call bounded
+by ``inventory_timeout_s``; an agent that does not answer is shown unavailable with its last facts.
+
+A host is **available** while its registration exists and its last inventory call did not fail.
+Hosts declared in the config but never registered, and hosts whose registration went away, stay
+in the view as unavailable (so ``ferry hosts`` shows them DOWN instead of forgetting them).
+
+The Fleet is also the leader engine's HostDirectory: ``client(host)``, ``available_hosts()`` and
+``changes()`` (a stream of :class:`HostChange` when a host becomes available or unavailable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from ferry.errors import FerryError, NotFound, Unavailable
+from ferry.model import DomainInfo, HostFacts, Inventory
+from ferry.ports import AgentClient
+
+from .checks import HostView
+from .keys import HOSTS as HOSTS_PREFIX
+from .keys import HostRegistration
+from .store import Entry, EventKind, Resync, Store
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+AgentFactory = Callable[[str, str], AgentClient]   # (host name, agent address) -> client
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class HostChange:
+    """A host became available (registered and answering) or stopped being so."""
+
+    host: str
+    available: bool
+
+
+@dataclass(frozen=True)
+class HostState:
+    """One host as the fleet view sees it now."""
+
+    name: str
+    address: str                    # agent gRPC address ("" when never registered)
+    registered: bool                # the agent's lease holds its key
+    reachable: bool | None          # last inventory call: True ok, False failed, None not tried
+    inventory: Inventory | None     # the last inventory that arrived (kept when the agent is lost)
+    last_seen: datetime | None      # when that inventory arrived
+    error: FerryError | None = None  # why the last inventory call failed
+    registration: HostRegistration | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.registered and self.reachable is not False
+
+    @property
+    def facts(self) -> HostFacts | None:
+        return self.inventory.host if self.inventory is not None else None
+
+    @property
+    def domains(self) -> tuple[DomainInfo, ...]:
+        return self.inventory.domains if self.inventory is not None else ()
+
+
+@dataclass
+class _Host:
+    name: str
+    registration: HostRegistration | None = None
+    client: AgentClient | None = None
+    client_address: str = ""
+    inventory: Inventory | None = None
+    fetched_at: datetime | None = None
+    reachable: bool | None = None
+    error: FerryError | None = None
+    refreshing: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def state(self) -> HostState:
+        reg = self.registration
+        return HostState(self.name, reg.address if reg else "", reg is not None, self.reachable, self.inventory,
+                         self.fetched_at, self.error, reg)
+
+
+def pick_domain(found: Iterable[tuple[str, DomainInfo]]) -> tuple[str, DomainInfo] | None:
+    """Of the copies of one VM seen on several hosts, the one that counts (pure).
+
+    A running (active) copy wins over a shut-off definition left behind; among equals the first
+    host by name (a VM active on two hosts is the engine's problem, not the locator's).
+
+    >>> from ferry.model import DomainState as S
+    >>> d = lambda st: DomainInfo("g1", "u1", st)
+    >>> pick_domain([("h1", d(S.SHUTOFF)), ("h2", d(S.RUNNING))])[0]
+    'h2'
+    >>> pick_domain([("h2", d(S.SHUTOFF)), ("h1", d(S.SHUTOFF))])[0]
+    'h1'
+    """
+    ranked = sorted(found, key=lambda hd: (not hd[1].state.is_active, hd[0]))
+    return ranked[0] if ranked else None
+
+
+class Fleet:
+    """See the module doc. ``await start()`` before use, ``await close()`` at the end."""
+
+    def __init__(self, store: Store, agent_factory: AgentFactory, clock: Clock = _utc_now,
+                 inventory_ttl_s: float = 5.0, *, inventory_timeout_s: float = 3.0,
+                 declared: Iterable[str] = ()) -> None:
+        self.store = store
+        self._factory = agent_factory
+        self._clock = clock
+        self.inventory_ttl_s = inventory_ttl_s
+        self.inventory_timeout_s = inventory_timeout_s
+        self._hosts: dict[str, _Host] = {name: _Host(name) for name in declared}
+        self._subscribers: list[asyncio.Queue[HostChange]] = []
+        self._watcher: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read the registrations and follow them from now on."""
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._follow(), name="fleet: hosts watch")
+        await self._ready.wait()
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        for h in self._hosts.values():
+            if h.refreshing is not None:
+                h.refreshing.cancel()
+            await _close_client(h.client)
+            h.client = None
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def hosts(self) -> list[HostState]:
+        """Every known host (registered, declared or seen since start), by name."""
+        return [self._hosts[n].state() for n in sorted(self._hosts)]
+
+    def host(self, name: str) -> HostState | None:
+        h = self._hosts.get(name)
+        return h.state() if h is not None else None
+
+    def host_view(self, name: str) -> HostView | None:
+        """What the preflight checks need of ``name``; None when no such host is known."""
+        h = self._hosts.get(name)
+        if h is None:
+            return None
+        s = h.state()
+        return HostView(name=name, available=s.available, facts=s.facts)
+
+    async def refresh(self, names: Iterable[str] | None = None, *, force: bool = False) -> None:
+        """Fetch the inventory of each (registered) host whose copy is older than the TTL, all at once.
+
+        Never raises for an agent: a failed fetch marks that host unreachable and keeps its last facts.
+        """
+        now = self._clock()
+        wanted = self._hosts.keys() if names is None else [n for n in names if n in self._hosts]
+        tasks = []
+        for name in list(wanted):
+            h = self._hosts[name]
+            if h.registration is None or h.client is None:
+                continue
+            fresh = h.fetched_at is not None and now - h.fetched_at < timedelta(seconds=self.inventory_ttl_s)
+            if fresh and h.reachable and not force:
+                continue
+            if h.refreshing is None or h.refreshing.done():
+                h.refreshing = asyncio.create_task(self._fetch(h), name=f"inventory {name}")
+            tasks.append(h.refreshing)
+        if tasks:
+            await asyncio.gather(*(asyncio.shield(t) for t in tasks), return_exceptions=True)
+
+    async def locate_vm(self, name_or_uuid: str) -> tuple[str, DomainInfo] | None:
+        """The host a VM is on and its domain, by name or UUID (inventories refreshed first).
+
+        A running copy wins over a shut-off definition left on another host; None when no host
+        reports it.
+        """
+        await self.refresh()
+        found = [(h.name, d) for h in self.hosts() for d in h.domains
+                 if name_or_uuid in (d.name, d.uuid)]
+        return pick_domain(found)
+
+    # -- the engine's HostDirectory -------------------------------------------------------------
+
+    def client(self, host: str) -> AgentClient:
+        """The agent client of ``host``. NotFound (HOST_UNKNOWN) when the host never registered."""
+        h = self._hosts.get(host)
+        if h is None or h.client is None:
+            if h is not None:
+                raise Unavailable(f"the agent on {host} has not registered", reason="AGENT_NOT_REGISTERED",
+                                  hint=f"start ferry-agent on {host} with a [registry] section")
+            raise NotFound(f"no host named {host!r} is known", reason="HOST_UNKNOWN",
+                           hint="check the name with `ferry hosts`; its agent must be running")
+        return h.client
+
+    def available_hosts(self) -> set[str]:
+        return {n for n, h in self._hosts.items() if h.state().available}
+
+    async def changes(self) -> AsyncIterator[HostChange]:
+        """Every change of availability from now on (one queue per consumer)."""
+        queue: asyncio.Queue[HostChange] = asyncio.Queue()
+        self._subscribers.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.remove(queue)
+
+    def report_unreachable(self, host: str, error: FerryError) -> None:
+        """A caller (the engine) found the agent unreachable: show it so until an inventory answers."""
+        h = self._hosts.get(host)
+        if h is not None:
+            self._set(h, reachable=False, error=error)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    async def _fetch(self, h: _Host) -> None:
+        client = h.client
+        if client is None:
+            return
+        try:
+            async with asyncio.timeout(self.inventory_timeout_s):
+                inventory = await client.inventory()
+        except (FerryError, TimeoutError) as exc:
+            err = exc if isinstance(exc, FerryError) else Unavailable(
+                f"the agent on {h.name} did not answer within {self.inventory_timeout_s:g} s",
+                reason="AGENT_TIMEOUT", hint=f"check ferry-agent and libvirtd on {h.name}")
+            if h.client is client:
+                log.info("inventory of %s failed: %s: %s", h.name, err.reason, err)
+                self._set(h, reachable=False, error=err)
+            return
+        if h.client is client:
+            self._set(h, inventory=inventory, fetched_at=self._clock(), reachable=True, error=None)
+
+    def _set(self, h: _Host, **changes: object) -> None:
+        """Change ``h``'s fields; tell subscribers when its availability flipped."""
+        before = h.state().available
+        for name, value in changes.items():
+            setattr(h, name, value)
+        after = h.state().available
+        if before != after:
+            log.info("host %s is %s", h.name, "available" if after else "unavailable")
+            for q in self._subscribers:
+                q.put_nowait(HostChange(h.name, after))
+
+    def _apply_put(self, entry: Entry) -> None:
+        name = entry.key[len(HOSTS_PREFIX):]
+        try:
+            reg = HostRegistration.decode(entry.value)
+        except FerryError as exc:
+            log.warning("ignoring registration %s: %s", entry.key, exc)
+            return
+        h = self._hosts.setdefault(name, _Host(name))
+        if h.registration == reg:
+            return
+        # a new, restarted or moved agent: nothing is known yet about reaching it
+        changes: dict[str, object] = {"registration": reg, "reachable": None, "error": None}
+        old = h.client
+        if old is None or h.client_address != reg.address:
+            changes.update(client=self._factory(name, reg.address), client_address=reg.address)
+            if old is not None:
+                asyncio.ensure_future(_close_client(old))
+        self._set(h, **changes)
+
+    def _apply_delete(self, key: str) -> None:
+        h = self._hosts.get(key[len(HOSTS_PREFIX):])
+        if h is not None:
+            self._set(h, registration=None)
+
+    def _apply_snapshot(self, entries: Iterable[Entry]) -> None:
+        present = {e.key for e in entries}
+        for e in entries:
+            self._apply_put(e)
+        for name in list(self._hosts):
+            if HOSTS_PREFIX + name not in present:
+                self._apply_delete(HOSTS_PREFIX + name)
+
+    async def _follow(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                entries, revision = await self.store.list(HOSTS_PREFIX)
+                self._apply_snapshot(entries)
+                self._ready.set()
+                backoff = 0.1
+                watch = self.store.watch(HOSTS_PREFIX, revision + 1)
+                async with contextlib.aclosing(watch):
+                    async for item in watch:
+                        if isinstance(item, Resync):
+                            self._apply_snapshot(item.entries)
+                        elif item.kind is EventKind.PUT:
+                            self._apply_put(item.entry)
+                        else:
+                            self._apply_delete(item.entry.key)
+                return  # the store was closed
+            except FerryError as exc:
+                log.warning("hosts watch: %s: %s; listing again", exc.reason, exc)
+                self._ready.set()  # serve what we know rather than hang the API
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+
+async def _close_client(client: AgentClient | None) -> None:
+    close = getattr(client, "close", None)
+    if close is None:
+        return
+    with contextlib.suppress(Exception):
+        result = close()
+        if inspect.isawaitable(result):
+            await result

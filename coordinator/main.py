@@ -1,0 +1,211 @@
+"""``ferry-coordinator --config coordinator.toml``: one coordinator replica.
+
+Every replica serves the Coordinator API (health checking and reflection included) from the
+store and its fleet view; the replica elected leader (``election.py``: the ``leader`` key under a
+lease) also runs the engine, which moves the migration records along. Losing the lease stops the
+engine at once; SIGTERM/SIGINT resigns (the next replica takes over without waiting for the lease
+to expire), then stops serving.
+
+Who leads: the ``leader`` key (below the etcd prefix) holds ``{"id": ..., "address": ...}`` of the
+leader, readable by anyone: ``etcdctl get /ferry/leader --print-value-only``, or in Python
+``await current_leader(store)`` (None when nobody leads right now).
+
+Exit status: 0 after a clean stop, 2 for a bad config, 1 when it cannot start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import stat
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from ferry.errors import FerryError
+from ferry.rpc import create_server
+
+from .agent_client import GrpcAgentClient
+from .config import CoordinatorConfig, load_config
+from .election import LEADER_KEY, Candidate, Election
+from .fleet import AgentFactory, Fleet
+from .service import CoordinatorServicer, register
+from .store import Store
+
+log = logging.getLogger("ferry.coordinator")
+
+GRACE_S = 5.0
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def current_leader(store: Store) -> Candidate | None:
+    """The elected coordinator as the store says (id and advertised address), or None."""
+    entry = await store.get(LEADER_KEY)
+    return Candidate.decode(entry.value) if entry is not None else None
+
+
+class Coordinator:
+    """One replica: fleet view + API servicer + election (+ the engine while leading)."""
+
+    def __init__(self, config: CoordinatorConfig, store: Store, fleet: Fleet, servicer: CoordinatorServicer,
+                 election: Election, clock: Clock, monotonic: Callable[[], float]) -> None:
+        self.config = config
+        self.store = store
+        self.fleet = fleet
+        self.servicer = servicer
+        self.election = election
+        self._clock = clock
+        self._monotonic = monotonic
+        self.engine: Any = None
+        self.server: grpc.aio.Server | None = None
+        self.ports: list[int] = []
+        self._election_task: asyncio.Task[None] | None = None
+
+    # -- leadership -----------------------------------------------------------------------------
+
+    def new_engine(self) -> Any:
+        from .engine import Engine   # the leader's reconcile loop
+        return Engine(self.store, self.fleet, limits=self.config.limits, timeouts=self.config.timeouts,
+                      clock=self._clock, prepare_ttl_s=self.config.prepare_ttl_s)
+
+    async def _lead(self) -> None:
+        """Runs while elected (cancelled by the election on step-down)."""
+        log.info("%s leads: starting the engine", self.config.id)
+        self.engine = self.new_engine()
+        await self.engine.run()
+
+    async def _demoted(self) -> None:
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            result = engine.stop()
+            if asyncio.iscoroutine(result):
+                await result
+        log.info("%s no longer leads: engine stopped", self.config.id)
+
+    def is_leader(self) -> bool:
+        return self.election.is_leader()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, *, campaign: bool = True) -> list[int]:
+        """Follow the fleet, serve the API on the configured addresses, campaign for leadership.
+
+        Returns the bound port of each listen address (0 for unix sockets).
+        """
+        await self.fleet.start()
+        _prepare_unix_sockets(self.config.listen)
+        self.server, self.ports = create_server(self.config.listen, register(self.servicer), tls=self.config.tls)
+        await self.server.start()
+        if campaign:
+            self._election_task = asyncio.create_task(self.election.run(self._lead, self._demoted),
+                                                      name="election")
+        return self.ports
+
+    async def stop(self, grace_s: float = GRACE_S) -> None:
+        """Resign (engine stopped, lease revoked), stop serving, stop following the fleet.
+        The store is the caller's to close."""
+        if self._election_task is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(grace_s):
+                    await self.election.resign()
+            self._election_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._election_task
+            self._election_task = None
+        if self.server is not None:
+            await self.server.stop(grace_s)
+            self.server = None
+        await self.fleet.close()
+
+
+def build_coordinator(config: CoordinatorConfig, store: Store, agent_factory: AgentFactory,
+                      clock: Clock = _utc_now, *, monotonic: Callable[[], float] = time.monotonic) -> Coordinator:
+    """A replica wired to ``store`` and ``agent_factory`` (tests: MemoryStore and in-process agents)."""
+    fleet = Fleet(store, agent_factory, clock, config.agents.inventory_ttl_s,
+                  inventory_timeout_s=config.agents.inventory_timeout_s, declared=config.hosts)
+    servicer = CoordinatorServicer(store, fleet, hosts=config.hosts, timeouts=config.timeouts, clock=clock)
+    election = Election(store, config.id, config.advertised, ttl_s=config.election_ttl_s, clock=monotonic)
+    return Coordinator(config, store, fleet, servicer, election, clock, monotonic)
+
+
+def grpc_agent_factory(config: CoordinatorConfig) -> AgentFactory:
+    def make(host: str, address: str) -> GrpcAgentClient:
+        return GrpcAgentClient(host, address, config.agents.tls, timeout_s=config.agents.call_timeout_s)
+    return make
+
+
+def _prepare_unix_sockets(addresses: Sequence[str]) -> None:
+    """Make the directory of each unix socket; remove a stale socket left by a previous run."""
+    for address in addresses:
+        if not address.startswith("unix:"):
+            continue
+        path = Path(address.removeprefix("unix:").removeprefix("//"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(path.lstat().st_mode):
+                path.unlink()
+
+
+def etcd_store(config: CoordinatorConfig) -> Store:
+    from .etcd_store import EtcdStore, EtcdTLS   # the only etcd import, only in the real process
+    e = config.etcd
+    tls = EtcdTLS(ca_file=e.ca, cert_file=e.cert, key_file=e.key, server_name=e.server_name) if e.ca else None
+    return EtcdStore(e.endpoints, e.prefix, tls=tls, timeout_s=e.timeout_s)
+
+
+async def serve(config: CoordinatorConfig) -> None:
+    store = etcd_store(config)
+    coordinator = build_coordinator(config, store, grpc_agent_factory(config))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        ports = await coordinator.start()
+        log.info("coordinator %s (pid %d) serving on %s; etcd %s prefix %s", config.id, os.getpid(),
+                 ", ".join(a if a.startswith("unix:") else f"{a.rsplit(':', 1)[0]}:{p}"
+                           for a, p in zip(config.listen, ports, strict=True)),
+                 ",".join(config.etcd.endpoints), config.etcd.prefix)
+        await stop.wait()
+        log.info("stopping: resigning, then stopping the server (grace %.0f s)", GRACE_S)
+    finally:
+        await coordinator.stop()
+        await store.close()
+    log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ferry-coordinator", description="Ferry coordinator: the fleet migration API")
+    parser.add_argument("--config", required=True, help="coordinator TOML file")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config)
+    except FerryError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        asyncio.run(serve(config))
+    except (OSError, FerryError) as exc:
+        log.error("cannot run the coordinator: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

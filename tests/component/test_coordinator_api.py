@@ -1,0 +1,465 @@
+"""The coordinator's API end to end: a real coordinator gRPC server on 127.0.0.1:0 over an
+in-memory store, real agent gRPC servers (over fakes) that registered themselves in that store,
+driven through the real `ferry` CLI code and through the stub.
+
+What an operator would check: a refused request says why (code, reason, hint); the same
+idempotency key gives the same migration; a busy VM is refused naming the migration in the way;
+lists filter and sort as asked; cancel marks the record; a watch streams every phase until the
+end; `ferry hosts`/`ferry vms` show what is on each host; `ferry preflight` lists every blocker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import pytest
+from fleet import Fleet as AgentFleet
+from fleet import start_fleet
+
+from ferry.agent.fake_hypervisor import GiB, MiB, make_domain_xml
+from ferry.agent.registration import Registration
+from ferry.cli import main as cli
+from ferry.coordinator import keys
+from ferry.coordinator.agent_client import GrpcAgentClient
+from ferry.coordinator.config import AgentsConfig, CoordinatorConfig, EtcdConfig, HostDecl
+from ferry.coordinator.main import Coordinator, build_coordinator, current_leader
+from ferry.coordinator.memory_store import MemoryStore
+from ferry.coordinator.phases import Phase, Timeouts
+from ferry.coordinator.record import decode, encode, with_phase
+from ferry.errors import FerryError
+from ferry.rpc import create_channel, from_rpc_error
+from ferry.v1 import coordinator_pb2 as cpb
+from ferry.v1 import coordinator_pb2_grpc as cgrpc
+from ferry.v1 import types_pb2 as tpb
+
+# host1 and host3 have bridge br-guest, host2 br-vm (tests/component/fleet.py)
+HOSTS = {"host1": HostDecl("host1", bridges={"guest": "br-guest"}),
+         "host2": HostDecl("host2", bridges={"guest": "br-vm"}),
+         "host3": HostDecl("host3", bridges={"guest": "br-guest"})}
+
+
+@dataclass
+class Setup:
+    agents: AgentFleet
+    store: MemoryStore
+    coordinator: Coordinator
+    address: str
+    stub: cgrpc.CoordinatorStub
+    registrations: dict[str, Registration]
+
+    async def ferry(self, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:
+        """Run the `ferry` command against this coordinator with --output json."""
+        capsys.readouterr()
+        code = await cli.run(["--coordinator", self.address, "--output", "json", "--rpc-timeout", "10", *args])
+        out = capsys.readouterr().out
+        return code, json.loads(out) if out.strip() else {}
+
+    async def submit(self, vm: str, to: str, key: str = "", **kw) -> cpb.Migration:
+        return await self.stub.SubmitMigration(cpb.SubmitMigrationRequest(vm=vm, target_host=to, idempotency_key=key,
+                                                                          **kw))
+
+    async def advance(self, migration_id: str, *phases: Phase) -> None:
+        """Move a record along as the leader's engine would (compare-and-set on its revision)."""
+        for phase in phases:
+            entry = await self.store.get(keys.migration_key(migration_id))
+            record = decode(entry.value, entry.mod_revision)
+            moved = with_phase(record, phase, datetime.now(UTC), f"test: {phase.name}", Timeouts())
+            await self.store.update(entry.key, encode(moved), entry.mod_revision)
+
+
+def config(hosts=HOSTS) -> CoordinatorConfig:
+    return CoordinatorConfig(id="c1", listen=("127.0.0.1:0",), etcd=EtcdConfig(("unused:1",)),
+                             agents=AgentsConfig(inventory_ttl_s=0.0, inventory_timeout_s=3.0), hosts=hosts)
+
+
+async def start(tmp_path: Path, hosts=HOSTS) -> Setup:
+    agents = await start_fleet(tmp_path / "agents", 3)
+    store = MemoryStore()
+    registrations = {}
+    for name, a in agents.agents.items():
+        r = a.registration()
+        reg = Registration(store, name, r.address, r.libvirt_uri, r.migration_address, ttl_s=10)
+        registrations[name] = reg
+        asyncio.get_running_loop().create_task(reg.run())
+        await asyncio.wait_for(reg.registered.wait(), 5)
+    coordinator = build_coordinator(config(hosts), store, lambda h, addr: GrpcAgentClient(h, addr, timeout_s=5.0))
+    [port] = await coordinator.start(campaign=False)
+    address = f"127.0.0.1:{port}"
+    channel = create_channel(address)
+    setup = Setup(agents, store, coordinator, address, cgrpc.CoordinatorStub(channel), registrations)
+    setup._channel = channel  # type: ignore[attr-defined]
+    return setup
+
+
+@pytest.fixture
+async def fx(tmp_path: Path) -> AsyncIterator[Setup]:
+    s = await start(tmp_path)
+    try:
+        yield s
+    finally:
+        await s._channel.close()  # type: ignore[attr-defined]
+        await s.coordinator.stop(grace_s=0.5)
+        for reg in s.registrations.values():
+            await reg.stop()
+        await s.agents.close()
+        await s.store.close()
+
+
+async def refused(call) -> FerryError:
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await call
+    err = from_rpc_error(exc.value)
+    err.code_seen = exc.value.code()  # type: ignore[attr-defined]
+    return err
+
+
+# ---------------------------------------------------------------- submit
+
+
+@pytest.mark.parametrize(("vm", "to", "code", "reason"), [
+    ("", "host2", grpc.StatusCode.INVALID_ARGUMENT, "MISSING_FIELD"),
+    ("g1", "", grpc.StatusCode.INVALID_ARGUMENT, "MISSING_FIELD"),
+    ("g1", "host9", grpc.StatusCode.NOT_FOUND, "TARGET_UNKNOWN"),
+    ("nope", "host2", grpc.StatusCode.NOT_FOUND, "VM_UNKNOWN"),
+    ("g1", "host1", grpc.StatusCode.FAILED_PRECONDITION, "SAME_HOST"),
+])
+async def test_submit_is_refused_with_code_reason_and_hint(fx, vm, to, code, reason):
+    fx.agents.add_guest("host1", "g1")
+    err = await refused(fx.submit(vm, to))
+    assert (err.code_seen, err.reason) == (code, reason)
+    assert err.hint
+    entries, _ = await fx.store.list(keys.MIGRATIONS)
+    assert entries == []                                   # nothing was recorded
+
+
+async def test_cli_reports_a_refusal_with_exit_2(fx, capsys):
+    code, out = await fx.ferry(capsys, "migrate", "nope", "--to", "host2", "--no-wait")
+    assert code == 2
+    assert out["error"]["reason"] == "VM_UNKNOWN" and out["error"]["code"] == "NOT_FOUND"
+    assert "ferry vms" in out["error"]["hint"]
+
+
+async def test_submit_records_a_pending_migration(fx, capsys):
+    uuid = fx.agents.add_guest("host1", "g1")
+    code, m = await fx.ferry(capsys, "migrate", "g1", "--to", "host2", "--no-wait", "--priority", "3")
+    assert code == 0
+    assert (m["vm"], m["vm_uuid"], m["source_host"], m["target_host"]) == ("g1", uuid, "host1", "host2")
+    assert m["phase"] == "PHASE_PENDING" and m["priority"] == 3 and m["idempotency_key"]
+    assert m["history"][0]["phase"] == "Pending" and m["history"][0]["reason"] == "submitted"
+    # storage was left to the coordinator: vda is local, so copy-all; the bridge mapping is derived
+    assert m["options"]["storage"] == "STORAGE_MODE_COPY_ALL"
+    assert m["mapping"]["bridges"] == {"br-guest": "br-vm"}
+    entry = await fx.store.get(keys.migration_key(m["id"]))
+    record = decode(entry.value, entry.mod_revision)
+    _, domain = await fx.coordinator.fleet.locate_vm("g1")
+    vda = next(d for d in domain.disks if d.target == "vda")
+    assert record.memory_bytes == 256 * MiB
+    assert record.disk_bytes == vda.allocation > 0                     # only vda is copied (vdb is shared)
+    assert keys.decode_id((await fx.store.get(keys.vm_active_key(uuid))).value) == m["id"]
+
+
+async def test_request_mapping_overrides_the_derived_one(fx):
+    fx.agents.add_guest("host1", "g1")
+    m = await fx.submit("g1", "host2", mapping=tpb.HostMapping(bridges={"br-guest": "br-other"},
+                                                               path_prefixes={"/srv": "/data"}))
+    assert dict(m.mapping.bridges) == {"br-guest": "br-other"}
+    assert dict(m.mapping.path_prefixes) == {"/srv": "/data"}
+
+
+async def test_same_idempotency_key_returns_the_same_migration(fx, capsys):
+    fx.agents.add_guest("host1", "g1")
+    args = ("migrate", "g1", "--to", "host2", "--no-wait", "--idempotency-key", "deploy-42")
+    code1, first = await fx.ferry(capsys, *args)
+    code2, again = await fx.ferry(capsys, *args)
+    assert code1 == code2 == 0
+    assert again["id"] == first["id"] and again == first
+    # even with other arguments: the key names the submission
+    other = await fx.submit("g1", "host3", key="deploy-42")
+    assert other.id == first["id"] and other.target_host == "host2"
+    entries, _ = await fx.store.list(keys.MIGRATIONS)
+    assert len(entries) == 1
+
+
+async def test_concurrent_submissions_with_one_key_make_one_migration(fx):
+    fx.agents.add_guest("host1", "g1")
+    results = await asyncio.gather(*(fx.submit("g1", "host2", key="k") for _ in range(5)))
+    assert len({m.id for m in results}) == 1
+    entries, _ = await fx.store.list(keys.MIGRATIONS)
+    assert len(entries) == 1
+
+
+async def test_second_migration_of_a_busy_vm_is_refused(fx, capsys):
+    fx.agents.add_guest("host1", "g1")
+    first = await fx.submit("g1", "host2", key="k1")
+    err = await refused(fx.submit("g1", "host3", key="k2"))
+    assert (err.code_seen, err.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "VM_BUSY")
+    assert first.id in err.message and f"ferry migrations cancel {first.id}" in err.hint
+    assert await fx.store.get(keys.idempotency_key("k2")) is None       # our key was released
+    code, out = await fx.ferry(capsys, "migrate", "g1", "--to", "host3", "--no-wait")
+    assert code == 2 and out["error"]["reason"] == "VM_BUSY"
+    # once the first is final, the VM may migrate again (the stale vm-active key is taken over)
+    await fx.advance(first.id, Phase.FAILED)
+    second = await fx.submit("g1", "host3", key="k2")
+    assert second.id != first.id and second.phase == cpb.PHASE_PENDING
+
+
+async def test_unknown_disk_to_copy_is_refused(fx):
+    fx.agents.add_guest("host1", "g1")
+    err = await refused(fx.submit("g1", "host2", options=tpb.MigrationOptions(
+        storage=tpb.STORAGE_MODE_COPY_ALL, migrate_disks=["vdz"])))
+    assert (err.code_seen, err.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "DISK_NOT_IN_DOMAIN")
+    assert "vda" in err.hint
+
+
+# ---------------------------------------------------------------- get, list, cancel, watch
+
+
+async def test_get_unknown_migration(fx, capsys):
+    code, out = await fx.ferry(capsys, "migrations", "show", "m-nope")
+    assert code == 2 and out["error"]["reason"] == "MIGRATION_UNKNOWN" and out["error"]["code"] == "NOT_FOUND"
+
+
+async def test_list_filters_and_order(fx, capsys):
+    for host, vm in (("host1", "a"), ("host1", "b"), ("host2", "c")):
+        fx.agents.add_guest(host, vm)
+    ma = await fx.submit("a", "host2")
+    mb = await fx.submit("b", "host3")
+    mc = await fx.submit("c", "host3")
+    await fx.advance(mb.id, Phase.CANCELLED)
+
+    async def ids(*args: str) -> list[str]:
+        code, out = await fx.ferry(capsys, "migrations", *args)
+        assert code == 0
+        return [m["id"] for m in out.get("migrations", [])]
+
+    assert await ids() == [mc.id, mb.id, ma.id]                      # newest first
+    assert await ids("--limit", "2") == [mc.id, mb.id]
+    assert await ids("--host", "host2") == [mc.id, ma.id]            # as source or as target
+    assert await ids("--vm", "b") == [mb.id]
+    assert await ids("--vm", ma.vm_uuid) == [ma.id]                   # by UUID too
+    assert await ids("--phase", "Pending") == [mc.id, ma.id]
+    assert await ids("--phase", "Cancelled", "--phase", "Pending", "--host", "host3") == [mc.id, mb.id]
+    assert await ids("--host", "host9") == []
+
+
+async def test_cancel_a_pending_migration(fx, capsys):
+    fx.agents.add_guest("host1", "g1")
+    m = await fx.submit("g1", "host2")
+    code, out = await fx.ferry(capsys, "migrations", "cancel", m.id)
+    assert code == 0 and out["cancel_requested"] is True and out["phase"] == "PHASE_PENDING"
+    got = await fx.stub.GetMigration(cpb.GetMigrationRequest(id=m.id))
+    assert got.cancel_requested and got.history[-1].reason == "cancel requested"
+    again = await fx.stub.CancelMigration(cpb.CancelMigrationRequest(id=m.id))   # repeating is fine
+    assert again.cancel_requested and len(again.history) == len(got.history)
+    await fx.advance(m.id, Phase.CANCELLED)
+    code, out = await fx.ferry(capsys, "migrations", "cancel", m.id)
+    assert code == 2 and out["error"]["reason"] == "ALREADY_FINAL" and out["error"]["code"] == "FAILED_PRECONDITION"
+
+
+async def test_watch_streams_every_phase_until_final(fx):
+    fx.agents.add_guest("host1", "g1")
+    m = await fx.submit("g1", "host2")
+    seen: list[int] = []
+
+    async def follow() -> None:
+        async for update in fx.stub.WatchMigration(cpb.WatchMigrationRequest(id=m.id)):
+            seen.append(update.phase)
+
+    watcher = asyncio.create_task(follow())
+    await asyncio.sleep(0.2)
+    await fx.advance(m.id, Phase.PREFLIGHT, Phase.PREPARING, Phase.MIGRATING, Phase.ROLLING_BACK,
+                     Phase.ROLLED_BACK)
+    await asyncio.wait_for(watcher, 5)                                  # the stream ends at the final phase
+    assert seen == [cpb.PHASE_PENDING, cpb.PHASE_PREFLIGHT, cpb.PHASE_PREPARING, cpb.PHASE_MIGRATING,
+                    cpb.PHASE_ROLLING_BACK, cpb.PHASE_ROLLED_BACK]
+
+
+async def test_watch_of_a_final_migration_returns_it_and_ends(fx, capsys):
+    fx.agents.add_guest("host1", "g1")
+    m = await fx.submit("g1", "host2")
+    await fx.advance(m.id, Phase.FAILED)
+    code, out = await fx.ferry(capsys, "migrations", "watch", m.id)
+    assert code == 1 and out["phase"] == "PHASE_FAILED"                # not a success: exit 1
+
+
+async def test_watch_resyncs_after_compaction(fx):
+    fx.agents.add_guest("host1", "g1")
+    m = await fx.submit("g1", "host2")
+    stream = fx.stub.WatchMigration(cpb.WatchMigrationRequest(id=m.id))
+    first = await stream.read()
+    assert first.phase == cpb.PHASE_PENDING
+    await fx.advance(m.id, Phase.PREFLIGHT)
+    await fx.store.compact(fx.store.revision)          # history gone: the watch gets a Resync
+    await fx.advance(m.id, Phase.FAILED)
+    phases = []
+    while (update := await asyncio.wait_for(stream.read(), 5)) is not grpc.aio.EOF:
+        phases.append(update.phase)
+    assert phases[-1] == cpb.PHASE_FAILED
+
+
+# ---------------------------------------------------------------- hosts and VMs
+
+
+async def test_hosts_show_agents_facts_and_migration_counts(fx, capsys):
+    fx.agents.add_guest("host1", "g1")
+    fx.agents.add_guest("host1", "g2")
+    await fx.submit("g1", "host2")
+    code, out = await fx.ferry(capsys, "hosts")
+    assert code == 0
+    hosts = {h["name"]: h for h in out["hosts"]}
+    assert list(hosts) == ["host1", "host2", "host3"]
+    h1, h2 = hosts["host1"], hosts["host2"]
+    assert h1["available"] and h1["address"] == fx.agents["host1"].address
+    assert h1["facts"]["bridges"] == ["br-guest"] and h2["facts"]["bridges"] == ["br-vm"]
+    assert h1["facts"]["libvirt_uri"] == "qemu+tcp://10.77.0.11/system"
+    assert h1["domains"] == 2 and h1["migrations_out"] == 1 and "migrations_in" not in h1
+    assert h2["migrations_in"] == 1 and h1["last_seen"]
+
+
+async def test_a_lost_agent_shows_down_with_its_last_facts(fx, capsys):
+    await fx.ferry(capsys, "hosts")
+    await fx.agents["host3"].stop()                     # the process is gone; its lease not yet
+    code, out = await fx.ferry(capsys, "hosts")
+    h3 = {h["name"]: h for h in out["hosts"]}["host3"]
+    assert not h3.get("available") and h3["facts"]["bridges"] == ["br-guest"]
+    assert "host3" not in fx.coordinator.fleet.available_hosts()
+    await fx.registrations["host3"].stop()              # and now its registration is gone too
+    await asyncio.sleep(0.05)
+    code, out = await fx.ferry(capsys, "hosts")
+    h3 = {h["name"]: h for h in out["hosts"]}["host3"]
+    assert not h3.get("available") and h3["facts"]["hostname"] == "host3"
+    await fx.agents["host3"].start()                    # restarted: registers again, available again
+    reg = fx.registrations["host3"] = Registration(fx.store, "host3", fx.agents["host3"].address, ttl_s=10)
+    asyncio.get_running_loop().create_task(reg.run())
+    await asyncio.wait_for(reg.registered.wait(), 5)
+    for _ in range(50):    # gRPC may wait out its reconnect backoff (about 1 s) first
+        code, out = await fx.ferry(capsys, "hosts")
+        if {h["name"]: h for h in out["hosts"]}["host3"].get("available"):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail(f"host3 did not come back: {fx.coordinator.fleet.host('host3')}")
+
+
+async def test_vms_list_every_host_with_active_migration(fx, capsys):
+    fx.agents.add_guest("host1", "g1")
+    fx.agents.add_guest("host2", "g2")
+    m = await fx.submit("g1", "host3")
+    code, out = await fx.ferry(capsys, "vms")
+    assert code == 0
+    vms = {v["domain"]["name"]: v for v in out["vms"]}
+    assert (vms["g1"]["host"], vms["g1"]["migration_id"]) == ("host1", m.id)
+    assert vms["g2"]["host"] == "host2" and "migration_id" not in vms["g2"]
+    assert vms["g1"]["domain"]["state"] == "DOMAIN_STATE_RUNNING"
+    code, out = await fx.ferry(capsys, "vms", "--host", "host2")
+    assert [v["domain"]["name"] for v in out["vms"]] == ["g2"]
+    code, out = await fx.ferry(capsys, "vms", "--host", "host9")
+    assert code == 2 and out["error"]["reason"] == "HOST_UNKNOWN"
+
+
+async def test_running_copy_wins_over_a_leftover_definition(fx):
+    from ferry.model import DomainState
+    uuid = fx.agents.add_guest("host1", "g1")
+    xml = make_domain_xml("g1", uuid=uuid, bridges=["br-vm"])
+    fx.agents["host2"].hv.add_domain(xml, state=DomainState.SHUTOFF)    # left behind on host2
+    located = await fx.coordinator.fleet.locate_vm("g1")
+    assert located is not None and located[0] == "host1"
+    m = await fx.submit("g1", "host2")
+    assert m.source_host == "host1"
+
+
+# ---------------------------------------------------------------- preflight
+
+
+async def test_preflight_ok_with_the_derived_mapping(fx, capsys):
+    fx.agents.add_guest("host1", "g1")
+    code, out = await fx.ferry(capsys, "preflight", "g1", "--to", "host2")
+    assert code == 0 and out["ok"] and out["source_host"] == "host1"
+    disks = {d["target"]: d for d in out["disks"]}
+    assert disks["vda"]["copy"] and not disks["vdb"].get("copy")
+    assert any("copy-all" in w for w in out["warnings"])
+    assert fx.agents["host2"].host.created == []                         # a dry run creates nothing
+
+
+async def test_preflight_lists_every_blocker_at_once(tmp_path, capsys):
+    s = await start(tmp_path, hosts={})                # no [hosts.*]: no bridge mapping is derived
+    try:
+        s.agents.add_guest("host1", "big", memory=12 * GiB)
+        s.agents.add_guest("host2", "filler", memory=8 * GiB)             # host2 has 8 GiB free
+        code, out = await s.ferry(capsys, "preflight", "big", "--to", "host2")
+        assert code == 1 and not out.get("ok")
+        blockers = {b["reason"]: b for b in out["blockers"]}
+        assert {"INSUFFICIENT_MEMORY", "BRIDGE_MISSING"} <= set(blockers)
+        assert "br-guest=br-vm" in blockers["BRIDGE_MISSING"]["hint"]
+        assert all(b["hint"] for b in out["blockers"])
+        # an unknown target and an unknown VM: both said at once
+        code, out = await s.ferry(capsys, "preflight", "nope", "--to", "host9")
+        assert code == 1
+        blockers = {b["reason"]: b for b in out["blockers"]}
+        assert set(blockers) == {"TARGET_UNKNOWN", "VM_UNKNOWN"}
+        assert "ferry hosts" in blockers["TARGET_UNKNOWN"]["hint"] and "ferry vms" in blockers["VM_UNKNOWN"]["hint"]
+        # the mapping given on the command line fixes the bridge
+        s.agents["host2"].hv.domains.clear()
+        code, out = await s.ferry(capsys, "preflight", "big", "--to", "host2", "--map-bridge", "br-guest=br-vm")
+        assert code == 0 and out["ok"]
+    finally:
+        await s._channel.close()  # type: ignore[attr-defined]
+        await s.coordinator.stop(grace_s=0.5)
+        for reg in s.registrations.values():
+            await reg.stop()
+        await s.agents.close()
+        await s.store.close()
+
+
+async def test_preflight_with_a_down_target(fx, capsys):
+    fx.agents.add_guest("host1", "g1")
+    await fx.agents["host2"].stop()
+    code, out = await fx.ferry(capsys, "preflight", "g1", "--to", "host2")
+    assert code == 1
+    assert [b["reason"] for b in out["blockers"]] == ["TARGET_DOWN"]
+
+
+# ---------------------------------------------------------------- the server itself
+
+
+async def test_health_and_reflection_are_served(fx):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    async with create_channel(fx.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        resp = await health.Check(health_pb2.HealthCheckRequest(service="ferry.v1.Coordinator"))
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_leader_key_names_the_elected_replica(tmp_path):
+    store = MemoryStore()
+    c = build_coordinator(replace(config(), advertise="10.77.0.1:7100"), store, lambda h, a: GrpcAgentClient(h, a))
+    c.new_engine = lambda: _IdleEngine()  # type: ignore[method-assign]
+    await c.start()
+    try:
+        for _ in range(100):
+            if c.is_leader():
+                break
+            await asyncio.sleep(0.02)
+        leader = await current_leader(store)
+        assert leader is not None and (leader.id, leader.address) == ("c1", "10.77.0.1:7100")
+    finally:
+        await c.stop(grace_s=0.5)
+    assert await current_leader(store) is None           # resigned on stop
+    await store.close()
+
+
+class _IdleEngine:
+    def __init__(self) -> None:
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        await self._stop.wait()
+
+    def stop(self) -> None:
+        self._stop.set()
