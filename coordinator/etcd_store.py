@@ -13,6 +13,10 @@ What this adapter adds over the client (see /work/shared/notes/etcd.md for the c
   can be ahead of the last *event* delivered (its first response carries the current revision),
   and on compaction it silently stops. Here a watch resumes from the last delivered event + 1,
   and when etcd reports compaction it yields a ``Resync`` snapshot and continues after it.
+- A watch on a member that hangs (SIGSTOP, frozen VM) is only noticed by gRPC keepalive
+  (10 s ping + 5 s timeout, the client's fixed values); consumers that must react sooner re-read
+  on a timer as well (the election re-reads the leader key every ttl).
+- ``list`` reads a prefix in one response (no pagination): fine for thousands of keys.
 - Leases: grant/keepalive/revoke only; no client-side Lock/Election (they never refresh their
   lease). Leader election lives in ``election.py`` on top of this port.
 """
