@@ -17,6 +17,12 @@
     cert = "/etc/ferry/pki/agent.pem"
     key = "/etc/ferry/pki/agent-key.pem"
 
+    [registry]                                       # optional: announce this agent to the coordinators
+    etcd_endpoints = ["10.77.0.1:2379"]
+    address = "10.77.0.11:7070"                      # this agent's gRPC address as coordinators reach it
+    prefix = "/ferry/"                               # the coordinators' etcd prefix
+    ttl_s = 10                                       # the registration disappears this long after a crash
+
 Unknown keys are an error naming the key: a typo must not silently fall back to a default.
 Relative TLS paths are taken relative to the config file's directory.
 """
@@ -33,6 +39,16 @@ from ferry.rpc import Tls
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    """Where the agent registers itself (``hosts/<name>`` under a lease; agent/registration.py)."""
+
+    etcd_endpoints: tuple[str, ...]
+    address: str
+    prefix: str = "/ferry/"
+    ttl_s: int = 10
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     name: str
     listen: tuple[str, ...]
@@ -45,12 +61,14 @@ class AgentConfig:
     prepare_ttl_s: int = 600
     libvirt_timeout_s: float = 30.0
     tls: Tls | None = None
+    registry: RegistryConfig | None = None
 
 
 _REQUIRED = ("name", "listen", "advertise_libvirt_uri")
 _STRINGS = ("name", "libvirt_uri", "advertise_libvirt_uri", "migration_address", "state_dir")
 _LISTS = ("listen", "image_dirs", "shared_dirs")
-_AGENT_KEYS = frozenset(AgentConfig.__dataclass_fields__) - {"tls"}
+_AGENT_KEYS = frozenset(AgentConfig.__dataclass_fields__) - {"tls", "registry"}
+_REGISTRY_KEYS = frozenset(RegistryConfig.__dataclass_fields__)
 _TLS_KEYS = ("ca", "cert", "key")
 
 
@@ -73,19 +91,19 @@ def _string(table: dict[str, Any], key: str, section: str, source: str) -> str:
     return value
 
 
-def _string_list(table: dict[str, Any], key: str, source: str) -> tuple[str, ...]:
+def _string_list(table: dict[str, Any], key: str, source: str, section: str = "agent") -> tuple[str, ...]:
     value = table[key]
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise _bad(source, f"[agent] {key} must be a list of non-empty strings",
+        raise _bad(source, f"[{section}] {key} must be a list of non-empty strings",
                    f'write {key} = ["...", "..."]')
     return tuple(value)
 
 
-def _number(table: dict[str, Any], key: str, source: str, *, integer: bool) -> int | float:
+def _number(table: dict[str, Any], key: str, source: str, *, integer: bool, section: str = "agent") -> int | float:
     value = table[key]
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
-        raise _bad(source, f"[agent] {key} must be a positive {'integer' if integer else 'number'}, "
+        raise _bad(source, f"[{section}] {key} must be a positive {'integer' if integer else 'number'}, "
                    f"not {value!r}", f"e.g. {key} = 30")
     return value
 
@@ -101,13 +119,36 @@ def _tls(table: Any, base: Path, source: str) -> Tls:
     return Tls(ca=paths["ca"], cert=paths["cert"], key=paths["key"])
 
 
+def _registry(table: Any, source: str) -> RegistryConfig:
+    if not isinstance(table, dict):
+        raise _bad(source, "[registry] must be a table", "write [registry] with etcd_endpoints and address")
+    _check_keys(table, _REGISTRY_KEYS, "registry", source)
+    missing = [k for k in ("etcd_endpoints", "address") if k not in table]
+    if missing:
+        raise _bad(source, f"[registry] lacks {', '.join(missing)}", f"add {', '.join(missing)} to [registry]")
+    values: dict[str, Any] = {"etcd_endpoints": _string_list(table, "etcd_endpoints", source, "registry"),
+                              "address": _string(table, "address", "registry", source)}
+    if not values["etcd_endpoints"] or not values["address"]:
+        raise _bad(source, "[registry] etcd_endpoints and address must not be empty",
+                   'e.g. etcd_endpoints = ["10.0.0.1:2379"], address = "10.0.0.7:7070"')
+    if "prefix" in table:
+        values["prefix"] = _string(table, "prefix", "registry", source)
+        if not values["prefix"].endswith("/"):
+            raise _bad(source, "[registry] prefix must end with '/'", 'e.g. prefix = "/ferry/"')
+    if "ttl_s" in table:
+        values["ttl_s"] = _number(table, "ttl_s", source, integer=True, section="registry")
+        if values["ttl_s"] < 2:
+            raise _bad(source, "[registry] ttl_s must be at least 2", "e.g. ttl_s = 10")
+    return RegistryConfig(**values)
+
+
 def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None = None) -> AgentConfig:
     """Parse the agent's TOML text. Raises InvalidArgument (CONFIG_INVALID) naming the problem."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _bad(source, f"not valid TOML: {exc}", "fix the syntax at the line named") from exc
-    _check_keys(doc, ("agent", "tls"), "top level", source)
+    _check_keys(doc, ("agent", "tls", "registry"), "top level", source)
     agent = doc.get("agent")
     if not isinstance(agent, dict):
         raise _bad(source, "no [agent] table", "start the file with [agent] and its keys")
@@ -132,6 +173,8 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
         raise _bad(source, "[agent] name is empty", "give the host's unique name in the fleet")
     if "tls" in doc:
         values["tls"] = _tls(doc["tls"], base_dir or Path.cwd(), source)
+    if "registry" in doc:
+        values["registry"] = _registry(doc["registry"], source)
     return AgentConfig(**values)
 
 

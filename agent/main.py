@@ -29,6 +29,7 @@ from ferry.agent.inventory import Inventory
 from ferry.agent.libvirt_hypervisor import LibvirtHypervisor
 from ferry.agent.migration import MigrationDriver
 from ferry.agent.prepare import PrepareService
+from ferry.agent.registration import start_registration
 from ferry.agent.service import SERVICE_NAME, AgentServicer
 from ferry.errors import FerryError
 from ferry.ports import HostSystem, Hypervisor
@@ -108,11 +109,14 @@ async def serve(config: AgentConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     sweeper = asyncio.create_task(_sweep_forever(servicer), name="prepare sweep")
+    registration = start_registration(config)   # only with a [registry] section
     try:
         await stop.wait()
         log.info("stopping (grace %.0f s)", GRACE_S)
     finally:
         sweeper.cancel()
+        if registration is not None:
+            await registration.close()   # deregister first: coordinators stop calling us
         await server.stop(GRACE_S)
         hypervisor.close()
     log.info("stopped")

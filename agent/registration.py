@@ -26,9 +26,10 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from ferry.errors import AlreadyExists, FerryError, InvalidArgument
+from ferry.agent.config import AgentConfig
 from ferry.coordinator.keys import HostRegistration, host_key
 from ferry.coordinator.store import Conflict, LeaseLost, Store
+from ferry.errors import AlreadyExists, FerryError, InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -192,3 +193,31 @@ def _address(value: bytes) -> str:
         return HostRegistration.decode(value).address
     except FerryError:
         return "unreadable value"
+
+
+class RunningRegistration:
+    """A :class:`Registration` running as a task over its own store connection (the agent process)."""
+
+    def __init__(self, registration: Registration, store: Store) -> None:
+        self.registration = registration
+        self.store = store
+        self.task = asyncio.create_task(registration.run(), name=f"registration {registration.name}")
+
+    async def close(self) -> None:
+        """Deregister, then close the store connection."""
+        await self.registration.stop()
+        await self.store.close()
+
+
+def start_registration(config: AgentConfig) -> RunningRegistration | None:
+    """Register the agent per its ``[registry]`` section; None when the section is absent."""
+    r = config.registry
+    if r is None:
+        return None
+    from ferry.coordinator.etcd_store import EtcdStore  # the etcd client only when registering
+    store = EtcdStore(r.etcd_endpoints, r.prefix, timeout_s=max(1.0, r.ttl_s / 3))
+    registration = Registration(store, config.name, r.address, config.advertise_libvirt_uri,
+                                config.migration_address, r.ttl_s)
+    log.info("registering %s at %s in etcd %s (prefix %s, ttl %d s)", config.name, r.address,
+             ",".join(r.etcd_endpoints), r.prefix, r.ttl_s)
+    return RunningRegistration(registration, store)
