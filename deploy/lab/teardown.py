@@ -80,7 +80,7 @@ def take_down(paths: LabPaths, state: LabState, *, clock: Clock = SYSTEM_CLOCK) 
     if paths.state_file.exists():
         os.replace(paths.state_file, paths.root / "last-state.json")
     seconds = clock.now() - started
-    log.info("lab down in %.1f s (%d guests destroyed)", seconds, len(destroyed))
+    log.debug("lab down in %.1f s (%d guests destroyed)", seconds, len(destroyed))
     return DownReport(lab_dir=str(paths.root), stopped=tuple(stopped),
                       guests_destroyed=tuple(destroyed), leftovers=report_leftovers,
                       seconds=seconds)
