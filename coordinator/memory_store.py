@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
@@ -142,7 +143,7 @@ class MemoryStore:
         if held is None:
             raise lease_lost(lease)
         held.expires_at = self._clock() + held.ttl_s
-        return int(held.ttl_s)
+        return math.ceil(held.ttl_s)
 
     async def revoke(self, lease: int) -> None:
         self._enter()
