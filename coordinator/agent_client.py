@@ -131,9 +131,13 @@ class GrpcAgentClient:
         err = from_rpc_error(exc)
         metadata = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None
         from_agent = any(key == _STATUS_DETAILS_KEY for key, _ in metadata or ())
-        if from_agent or not isinstance(err, (Unavailable, DeadlineExceeded)):
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        # without a Ferry error in it, UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED come from the way
+        # there (no connection, no answer, the agent's server shutting down mid-call)
+        if from_agent or code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                      grpc.StatusCode.CANCELLED):
             return err
-        if isinstance(err, Unavailable):
+        if code != grpc.StatusCode.DEADLINE_EXCEEDED:
             self._retire_channel()
             return Unavailable(f"the agent on {self.host} ({self.address}) cannot be reached: {err.message}",
                                reason=AGENT_UNREACHABLE,

@@ -16,6 +16,7 @@ Import it from a test in tests/component as ``from fleet import ...``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from ferry.agent.fake_hypervisor import FakeFleet, FakeHypervisor, MiB, make_dom
 from ferry.agent.main import build_agent, register
 from ferry.agent.service import AgentServicer
 from ferry.coordinator.agent_client import GrpcAgentClient
+from ferry.coordinator.engine import HostChange
 from ferry.coordinator.keys import HostRegistration
 from ferry.model import DomainState, HostMapping
 from ferry.rpc import create_server
@@ -201,3 +203,54 @@ async def start_fleet(state_dir: Path, n: int = 2, *, step_s: float = 0.005) -> 
         name = f"host{i}"
         fleet.agents[name] = await start_agent(name, i, fleet.fakes, state_dir / name, step_s=step_s)
     return fleet
+
+
+class FleetDirectory:
+    """The engine's HostDirectory over a Fleet: a host is available while its agent serves and
+    the test has not marked it down (``down``/``up`` also announce the change, as an agent's
+    registration key expiring or reappearing would)."""
+
+    def __init__(self, fleet: Fleet, *, timeout_s: float = 2.0, progress_interval_ms: int = 10) -> None:
+        self.fleet = fleet
+        self.marked_down: set[str] = set()
+        self._clients: dict[str, GrpcAgentClient] = {}
+        self._listeners: list[asyncio.Queue[HostChange]] = []
+        self._timeout_s = timeout_s
+        self._progress_interval_ms = progress_interval_ms
+
+    def client(self, host: str) -> GrpcAgentClient:
+        if host not in self._clients:
+            self._clients[host] = self.fleet.client(host, timeout_s=self._timeout_s,
+                                                    progress_interval_ms=self._progress_interval_ms)
+        return self._clients[host]
+
+    def available_hosts(self) -> set[str]:
+        return {n for n, a in self.fleet.agents.items() if a.running and n not in self.marked_down}
+
+    def registration(self, host: str) -> HostRegistration | None:
+        return self.fleet.agents[host].registration() if host in self.available_hosts() else None
+
+    async def changes(self) -> AsyncIterator[HostChange]:
+        queue: asyncio.Queue[HostChange] = asyncio.Queue()
+        self._listeners.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._listeners.remove(queue)
+
+    def _announce(self, change: HostChange) -> None:
+        for q in self._listeners:
+            q.put_nowait(change)
+
+    async def down(self, host: str, *, stop_agent: bool = True) -> None:
+        """The agent stops (unless ``stop_agent`` is False) and its registration goes away."""
+        if stop_agent:
+            await self.fleet.agents[host].stop()
+        self.marked_down.add(host)
+        self._announce(HostChange(host, available=False))
+
+    async def up(self, host: str) -> None:
+        await self.fleet.agents[host].start()
+        self.marked_down.discard(host)
+        self._announce(HostChange(host, available=True))

@@ -1,0 +1,307 @@
+"""Performing the decision function's actions against the agents; each result becomes an event.
+
+``Actions.perform(record, action, emit)`` does one action of ``decide`` and reports what happened
+through ``emit`` (called once or more, never raising). The rules, from ``decide``'s contract:
+
+* an agent call failing Unavailable/DeadlineExceeded -> ``AgentLost(host)``; any other error ->
+  ``PrepareFailed`` (PrepareTarget), ``StepFailed`` (other steps), or a problem in
+  ``PreflightResult`` (RunPreflight);
+* the Migrate stream: progress -> ``Progress``, its result -> ``MigrationEnded(ok=True)``, a job
+  error -> ``MigrationEnded(ok=False)``; a stream cut on the way (agent restart, network) is
+  ``AgentLost(source)`` and the job is then followed by polling GetJob, as for ``WatchJob``;
+* a followed job that is no longer active is judged by where the guest is: ``Placement``
+  (GetJob cannot say how a job it no longer runs ended; ``decide`` acts on placement anyway);
+* ObservePlacement: GetDomain on both hosts (NotFound = None), GetJob on the source
+  ("migration out" active = ``source_job_active``);
+* CleanupTarget: the listed prepares, then every prepare ListPrepares shows with this
+  migration's id; an already removed one counts as cleaned;
+* CommitTarget on an unknown prepare counts as committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ferry.agent.diskplan import plan_disks
+from ferry.agent.migration import phase_of
+from ferry.errors import FerryError, NotFound
+from ferry.model import DomainState, JobStats, MigrationProgress, MigrationResult, PrepareRecord
+from ferry.ports import AgentClient
+
+from .agent_client import agent_lost, transport_failure
+from .decide import (
+    AbortMigration,
+    Action,
+    AgentLost,
+    CleanedUp,
+    CleanupTarget,
+    CommitTarget,
+    Committed,
+    Event,
+    MigrationEnded,
+    ObservePlacement,
+    Placement,
+    PreflightResult,
+    PrepareFailed,
+    Prepared,
+    PrepareTarget,
+    Progress,
+    RunPreflight,
+    StartMigration,
+    StepFailed,
+    WatchJob,
+)
+from .keys import HostRegistration, migrate_uri_for
+from .preflight import preflight
+from .record import ErrorDetail, MigrationRecord, ProgressSnapshot
+
+if TYPE_CHECKING:
+    from .engine import HostDirectory
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[Event], None]
+MIGRATION_OUT = "migration out"
+
+
+def vm_ref(r: MigrationRecord) -> str:
+    """How agents are asked for the record's domain: by UUID when known (names can be reused)."""
+    return r.vm_uuid or r.vm
+
+
+def snapshot_of(stats: JobStats) -> ProgressSnapshot:
+    return ProgressSnapshot.of(MigrationProgress(phase_of(stats), stats))
+
+
+def outgoing(job: JobStats) -> bool:
+    """An outgoing migration job runs (an unnamed active job counts: older libvirt has no name)."""
+    return job.active and job.operation in (MIGRATION_OUT, "")
+
+
+@dataclass(frozen=True)
+class ActionTiming:
+    job_poll_s: float = 1.0        # GetJob polling while following a job without a stream
+    prepare_ttl_s: int = 600       # prepares expire on the target after this (agent sweep)
+
+
+class Actions:
+    """The side effects of the engine, one method per action (see the module docstring)."""
+
+    def __init__(self, hosts: HostDirectory, timing: ActionTiming) -> None:
+        self.hosts = hosts
+        self.timing = timing
+
+    def _client(self, host: str) -> AgentClient:
+        return self.hosts.client(host)
+
+    def _failed(self, host: str, step: str, err: FerryError) -> Event:
+        return AgentLost(host) if agent_lost(err) else StepFailed(step, ErrorDetail.of(err))
+
+    async def perform(self, r: MigrationRecord, action: Action, emit: Emit,
+                      following: Callable[[], bool] = lambda: True) -> None:
+        """Do ``action`` for ``r``; ``following()`` says whether a job follower should go on."""
+        match action:
+            case RunPreflight():
+                emit(await self.run_preflight(r))
+            case PrepareTarget():
+                emit(await self.prepare_target(r))
+            case StartMigration():
+                await self.start_migration(r, emit, following)
+            case WatchJob():
+                await self.follow_job(r, emit, following)
+            case AbortMigration():
+                event = await self.abort(r)
+                if event is not None:
+                    emit(event)
+            case ObservePlacement(delay_s=delay):
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                emit(await self.placement(r))
+            case CleanupTarget(prepare_ids=ids):
+                emit(await self.cleanup(r, ids))
+            case CommitTarget(prepare_id=pid):
+                emit(await self.commit(r, pid))
+
+    # ------------------------------------------------------------------ before the target is touched
+
+    async def run_preflight(self, r: MigrationRecord) -> Event:
+        report = await preflight(self.hosts, vm_ref(r), r.target_host, r.options, r.mapping,
+                                 storage=r.options.storage, source_host=r.source_host, migration_id=r.id)
+        involved = [h for h in report.unavailable if h in (r.source_host, r.target_host)]
+        if involved:
+            return AgentLost(involved[0])
+        return PreflightResult(tuple(ErrorDetail(b.reason, b.message, b.hint) for b in report.blockers))
+
+    async def prepare_target(self, r: MigrationRecord) -> Event:
+        try:
+            domain, xml = await self._client(r.source_host).get_domain(vm_ref(r), include_xml=True)
+        except FerryError as err:
+            return AgentLost(r.source_host) if agent_lost(err) else PrepareFailed(ErrorDetail.of(err))
+        try:
+            plans = plan_disks(domain.disks, r.options.storage, r.options.migrate_disks, r.mapping)
+            out = await self._client(r.target_host).prepare_incoming(
+                domain_xml=xml, disks=plans, mapping=r.mapping, storage=r.options.storage,
+                ttl_s=self.timing.prepare_ttl_s, migration_id=r.id, dry_run=False)
+        except FerryError as err:
+            return AgentLost(r.target_host) if agent_lost(err) else PrepareFailed(ErrorDetail.of(err))
+        return Prepared(out.prepare_id, out.destination_xml)
+
+    # ------------------------------------------------------------------ the job
+
+    async def target_uris(self, host: str) -> tuple[str, str]:
+        """The target's libvirt URI and QEMU migration URI: its registration, else its inventory."""
+        lookup = getattr(self.hosts, "registration", None)   # optional in HostDirectory
+        reg = lookup(host) if callable(lookup) else None
+        if isinstance(reg, HostRegistration) and reg.libvirt_uri:
+            return reg.libvirt_uri, reg.migrate_uri
+        facts = (await self._client(host).inventory()).host
+        return facts.libvirt_uri, migrate_uri_for(facts.migration_address)
+
+    async def start_migration(self, r: MigrationRecord, emit: Emit, following: Callable[[], bool]) -> None:
+        try:
+            target_uri, migrate_uri = await self.target_uris(r.target_host)
+        except FerryError as err:
+            emit(self._failed(r.target_host, "find the target's libvirt URI", err))
+            return
+        if not target_uri:
+            emit(MigrationEnded(False, error=ErrorDetail(
+                "TARGET_URI_UNKNOWN", f"{r.target_host} advertises no libvirt URI",
+                f"set advertise_libvirt_uri in ferry-agent's config on {r.target_host}")))
+            return
+        try:
+            async for item in self._client(r.source_host).migrate(
+                    vm_ref(r), target_uri=target_uri, destination_xml=r.destination_xml, options=r.options,
+                    migration_id=r.id, migrate_uri=migrate_uri):
+                if isinstance(item, MigrationResult):
+                    emit(MigrationEnded(True, job=item.job))
+                    return
+                emit(Progress(ProgressSnapshot.of(item)))
+        except FerryError as err:
+            if not transport_failure(err):
+                emit(MigrationEnded(False, error=ErrorDetail.of(err)))
+                return
+            log.warning("migration %s: the Migrate stream from %s broke (%s); following the job by GetJob",
+                        r.id, r.source_host, err.reason)
+            emit(AgentLost(r.source_host))
+            await self.follow_job(r, emit, following, lost=True)
+            return
+        emit(MigrationEnded(False, error=ErrorDetail(
+            "MIGRATE_STREAM_ENDED", f"the Migrate stream from {r.source_host} ended without a result",
+            f"see ferry-agent's log on {r.source_host}")))
+
+    async def follow_job(self, r: MigrationRecord, emit: Emit, following: Callable[[], bool], *,
+                         lost: bool = False) -> None:
+        """Poll GetJob on the source while the job runs; when it ends, report the placement.
+        ``lost``: the source was just reported lost (report it again only after it answered)."""
+        last: ProgressSnapshot | None = None
+        while following():
+            try:
+                job = await self._source_job(r)
+            except FerryError as err:
+                if not lost:
+                    emit(self._failed(r.source_host, "follow the migration job", err))
+                lost = True
+                await asyncio.sleep(self.timing.job_poll_s)
+                continue
+            lost = False
+            if not outgoing(job):
+                emit(await self.placement(r))
+                return
+            snap = snapshot_of(job)
+            if snap != last:
+                emit(Progress(snap))
+                last = snap
+            await asyncio.sleep(self.timing.job_poll_s)
+
+    async def abort(self, r: MigrationRecord) -> Event | None:
+        try:
+            client = self._client(r.source_host)
+        except FerryError as err:
+            return self._failed(r.source_host, "abort the migration job", err)
+        try:
+            aborted = await client.abort_migration(vm_ref(r))
+        except NotFound:
+            return None   # the domain left the source: nothing to abort
+        except FerryError as err:
+            return self._failed(r.source_host, "abort the migration job", err)
+        log.info("migration %s: abort on %s: %s", r.id, r.source_host, "aborting" if aborted else "no job running")
+        return None
+
+    # ------------------------------------------------------------------ placement and the target
+
+    async def _state(self, host: str, r: MigrationRecord) -> DomainState | None:
+        client = self._client(host)   # an unknown host is an error here, not an absent domain
+        try:
+            domain, _ = await client.get_domain(vm_ref(r))
+        except NotFound:
+            return None
+        return domain.state
+
+    async def _source_job(self, r: MigrationRecord) -> JobStats:
+        """The source's job of the domain (none when the domain is gone from the source)."""
+        client = self._client(r.source_host)
+        try:
+            return await client.get_job(vm_ref(r))
+        except NotFound:
+            return JobStats()
+
+    async def _source_job_active(self, r: MigrationRecord) -> bool:
+        return outgoing(await self._source_job(r))
+
+    async def placement(self, r: MigrationRecord) -> Event:
+        """Placement, or AgentLost/StepFailed naming the host that could not be asked."""
+        async def ask(host: str, call: object) -> object:
+            try:
+                return await call  # type: ignore[misc]
+            except FerryError as err:
+                return (host, err)
+        src, tgt, job = await asyncio.gather(
+            ask(r.source_host, self._state(r.source_host, r)), ask(r.target_host, self._state(r.target_host, r)),
+            ask(r.source_host, self._source_job_active(r)))
+        for got in (src, tgt, job):
+            if isinstance(got, tuple):
+                host, err = got
+                return self._failed(host, "observe the placement", err)
+        return Placement(src, tgt, bool(job))  # type: ignore[arg-type]
+
+    async def prepares(self, r: MigrationRecord) -> list[PrepareRecord] | None:
+        """The target's prepares, None when it cannot be asked."""
+        try:
+            return await self._client(r.target_host).list_prepares()
+        except FerryError as err:
+            log.info("migration %s: cannot list prepares on %s: %s", r.id, r.target_host, err.reason)
+            return None
+
+    async def cleanup(self, r: MigrationRecord, ids: tuple[str, ...]) -> Event:
+        try:
+            target = self._client(r.target_host)
+            for pid in ids:
+                removed = await target.cleanup_incoming(pid)
+                log.info("migration %s: cleaned prepare %s on %s: %s", r.id, pid, r.target_host,
+                         ", ".join(removed) or "already gone")
+            for p in await target.list_prepares():
+                if p.migration_id == r.id:
+                    removed = await target.cleanup_incoming(p.prepare_id)
+                    log.info("migration %s: cleaned stray prepare %s on %s: %s", r.id, p.prepare_id,
+                             r.target_host, ", ".join(removed) or "already gone")
+        except FerryError as err:
+            return self._failed(r.target_host, "clean up the target", err)
+        return CleanedUp()
+
+    async def commit(self, r: MigrationRecord, prepare_id: str) -> Event:
+        if prepare_id:
+            try:
+                client = self._client(r.target_host)
+            except FerryError as err:
+                return self._failed(r.target_host, "commit the target", err)
+            try:
+                await client.commit_incoming(prepare_id)
+            except NotFound:
+                pass   # already committed (or swept): the images are the domain's
+            except FerryError as err:
+                return self._failed(r.target_host, "commit the target", err)
+        return Committed()

@@ -1,0 +1,316 @@
+"""The leader's engine: the reconcile loop that drives every migration record through ``decide``.
+
+While this coordinator leads, ``Engine.run()``:
+
+* lists ``migrations/``; resumes each record that is not final (``recovery.recover`` after
+  observing its hosts) and releases the ``vm-active/`` keys still naming final records;
+* watches ``migrations/`` from there on (a Resync replaces the view; a broken watch is re-listed):
+  a new record gets a runner (``runner.RecordRunner``, one task per record), a record turning
+  final has its ``vm-active/<vm_uuid>`` key released, a ``cancel_requested`` flag the API set is
+  fed as ``CancelRequested``;
+* admits queued records (``slots.admit``) after every change that queues a record or frees a
+  slot, when a host comes or goes, and on every tick, feeding ``Admitted`` to each record chosen;
+  a record fed ``Admitted`` counts as holding a slot until its runner has handled it;
+* ticks every ``tick_s``: ``Tick`` to every runner (deadlines), ``Recover`` again to those whose
+  recovery could not observe their hosts;
+* follows host changes (``HostDirectory.changes``): a host going down is ``AgentLost(host)`` for
+  the records involving it, a host coming back resumes them (``Recover``).
+
+``stop()`` (demotion) cancels every task without aborting any libvirt job: the next leader
+recovers from what it observes. The engine can ``run()`` again after a ``stop()``.
+
+How the API talks to the engine, through the store only: it submits by creating the record
+(Pending), its ``idempotency/`` key and its ``vm-active/`` key (``keys.py``); it cancels by
+setting ``cancel_requested`` on the record with a compare-and-set (the engine feeds
+``CancelRequested``; ``decide`` then cancels or says it is too late).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Protocol
+
+from ferry.errors import FerryError
+from ferry.ports import AgentClient
+
+from .actions import Actions, ActionTiming
+from .decide import Admitted, AgentLost, Tick
+from .keys import MIGRATIONS, VM_ACTIVE, decode_id, migration_key, name_below, release_vm_active
+from .phases import Phase, Timeouts
+from .record import MigrationRecord, decode
+from .runner import RecordRunner, Recover, RunnerContext
+from .slots import Limits, admit
+from .store import Entry, EventKind, Resync, Store
+
+log = logging.getLogger(__name__)
+
+
+class HostEvent(Protocol):
+    """A host's agent became available (registered and answering) or stopped being so."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def available(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class HostChange:
+    """A plain HostEvent (``coordinator/fleet.py`` has its own, of the same shape)."""
+
+    host: str
+    available: bool
+
+
+class HostDirectory(Protocol):
+    """The fleet's agents as the engine (and preflight) use them.
+
+    A directory may also offer ``registration(host) -> HostRegistration | None``; when it does,
+    the target's libvirt URI and migration address come from there, else from its inventory.
+    """
+
+    def client(self, host: str) -> AgentClient:
+        """The agent client for ``host``; raises a FerryError for a host it does not know."""
+        ...
+
+    def available_hosts(self) -> set[str]:
+        """Hosts whose agent is registered (lease alive) and answering."""
+        ...
+
+    def changes(self) -> AsyncIterator[HostEvent]:
+        """Availability changes from now on (ends when the directory closes)."""
+        ...
+
+
+class Engine:
+    def __init__(self, store: Store, hosts: HostDirectory, *, limits: Limits, timeouts: Timeouts,
+                 clock: Callable[[], datetime], prepare_ttl_s: int, tick_s: float = 2.0,
+                 progress_write_s: float = 1.0, job_poll_s: float = 1.0, store_retry_s: float = 0.5) -> None:
+        self.store = store
+        self.hosts = hosts
+        self.limits = limits
+        self.timeouts = timeouts
+        self.clock = clock
+        self.tick_s = tick_s
+        self.store_retry_s = store_retry_s
+        actions = Actions(hosts, ActionTiming(job_poll_s=job_poll_s, prepare_ttl_s=prepare_ttl_s))
+        self._ctx = RunnerContext(store, actions, timeouts, clock, self._written, self._admission_handled,
+                                  progress_write_s=progress_write_s, store_retry_s=store_retry_s)
+        self.records: dict[str, MigrationRecord] = {}     # the newest version of every record seen
+        self.runners: dict[str, RecordRunner] = {}
+        self._admitting: set[str] = set()
+        self._admit_needed = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._running = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Drive every record while leading; returns after ``stop()`` (or when cancelled)."""
+        if self._running:
+            raise RuntimeError("the engine is already running")
+        self._running = True
+        self._stopped = asyncio.Event()
+        self._admit_needed = asyncio.Event()
+        self.records, self.runners, self._admitting = {}, {}, set()
+        try:
+            revision = await self._load(recovering=True)
+            await self._release_final_claims()
+            self._spawn(self._watch(revision + 1), "watch migrations")
+            self._spawn(self._follow_hosts(), "follow hosts")
+            self._spawn(self._tick(), "tick")
+            self._spawn(self._admit_loop(), "admit")
+            self.admit_soon()
+            log.info("engine running: %d record(s), %d not final", len(self.records), len(self.runners))
+            await self._stopped.wait()
+        finally:
+            await self._shutdown()
+
+    async def stop(self) -> None:
+        """Stop driving (leader demotion): cancel every task, leave every libvirt job running."""
+        self._stopped.set()
+        while self._running:
+            await asyncio.sleep(0.01)
+
+    async def _shutdown(self) -> None:
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(r.stop() for r in self.runners.values()), return_exceptions=True)
+        log.info("engine stopped; %d migration(s) left to the next leader",
+                 sum(1 for r in self.records.values() if not r.phase.is_final))
+        self._tasks.clear()
+        self._running = False
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("engine task %s failed: %r; stopping the engine", task.get_name(), exc, exc_info=exc)
+            self._stopped.set()
+
+    # ------------------------------------------------------------------ the view of the records
+
+    async def _load(self, *, recovering: bool) -> int:
+        entries, revision = await self.store.list(MIGRATIONS)
+        present = set()
+        for entry in entries:
+            record = self._decode(entry)
+            if record is not None:
+                present.add(record.id)
+                self._seen(record, recovering=recovering)
+        for gone in set(self.records) - present:
+            self._deleted(gone)
+        return revision
+
+    def _decode(self, entry: Entry) -> MigrationRecord | None:
+        try:
+            return decode(entry.value, entry.mod_revision)
+        except FerryError as err:
+            log.error("skipping %s: %s: %s (hint: %s)", entry.key, err.reason, err.message, err.hint)
+            return None
+
+    def _seen(self, record: MigrationRecord, *, recovering: bool = False) -> None:
+        """A version of a record (listed, watched or written by us)."""
+        old = self.records.get(record.id)
+        if old is not None and old.revision >= record.revision:
+            return
+        self.records[record.id] = record
+        if old is None or old.phase is not record.phase:
+            self.admit_soon()
+        runner = self.runners.get(record.id)
+        if record.phase.is_final:
+            if (old is None and not recovering) or (old is not None and not old.phase.is_final):
+                self._spawn(self._release(record), f"release vm-active of {record.id}")
+            if runner is not None:
+                runner.seen(record)
+            return
+        if runner is None or runner.done:
+            runner = self.runners[record.id] = RecordRunner(self._ctx, record)
+            if recovering:
+                runner.feed(Recover())
+        runner.seen(record)
+
+    def _deleted(self, migration_id: str) -> None:
+        self.records.pop(migration_id, None)
+        self._admitting.discard(migration_id)
+        self.admit_soon()
+
+    def _written(self, old: MigrationRecord, new: MigrationRecord) -> None:
+        self._seen(new)
+
+    async def _release(self, record: MigrationRecord) -> None:
+        if not record.vm_uuid:
+            return
+        delay = self.store_retry_s
+        while True:
+            try:
+                if await release_vm_active(self.store, record.vm_uuid, record.id):
+                    log.info("migration %s is %s: released vm-active/%s", record.id, record.phase.name,
+                             record.vm_uuid)
+                return
+            except FerryError as err:
+                log.warning("cannot release vm-active/%s yet: %s", record.vm_uuid, err.reason)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _release_final_claims(self) -> None:
+        """vm-active keys naming a final record (a leader stopped before releasing them)."""
+        claims, _ = await self.store.list(VM_ACTIVE)
+        for entry in claims:
+            record = self.records.get(decode_id(entry.value))
+            if record is not None and record.phase.is_final and record.vm_uuid == name_below(VM_ACTIVE, entry.key):
+                self._spawn(self._release(record), f"release vm-active of {record.id}")
+
+    async def _watch(self, start_revision: int) -> None:
+        delay = self.store_retry_s
+        while True:
+            try:
+                async for event in self.store.watch(MIGRATIONS, start_revision):
+                    delay = self.store_retry_s
+                    if isinstance(event, Resync):
+                        present = set()
+                        for entry in event.entries:
+                            record = self._decode(entry)
+                            if record is not None:
+                                present.add(record.id)
+                                self._seen(record)
+                        for gone in set(self.records) - present:
+                            self._deleted(gone)
+                        start_revision = event.revision + 1
+                        continue
+                    start_revision = event.revision + 1
+                    if event.kind is EventKind.DELETE:
+                        self._deleted(name_below(MIGRATIONS, event.entry.key))
+                        continue
+                    record = self._decode(event.entry)
+                    if record is not None:
+                        self._seen(record)
+                return   # the store closed
+            except FerryError as err:
+                log.warning("watch on %s broke (%s); listing again in %.1f s", MIGRATIONS, err.reason, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                with contextlib.suppress(FerryError):
+                    start_revision = await self._load(recovering=False) + 1
+
+    # ------------------------------------------------------------------ admission, ticks, hosts
+
+    def admit_soon(self) -> None:
+        """Run admission at the next opportunity (cheap to call often)."""
+        self._admit_needed.set()
+
+    def _admission_handled(self, migration_id: str) -> None:
+        self._admitting.discard(migration_id)
+        self.admit_soon()
+
+    async def _admit_loop(self) -> None:
+        while True:
+            await self._admit_needed.wait()
+            self._admit_needed.clear()
+            self._admit_once()
+
+    def _admit_once(self) -> None:
+        queued = [r for r in self.records.values() if r.phase is Phase.PENDING and r.id not in self._admitting]
+        active = [r for r in self.records.values() if r.phase.holds_slot and r.id not in self._admitting]
+        active += [replace(self.records[i], phase=Phase.PREFLIGHT) for i in self._admitting if i in self.records]
+        for migration_id in admit(queued, active, self.limits, self.hosts.available_hosts(), self.clock()):
+            runner = self.runners.get(migration_id)
+            if runner is None or runner.done:
+                continue
+            self._admitting.add(migration_id)
+            runner.feed(Admitted())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            for migration_id, runner in list(self.runners.items()):
+                if runner.done:
+                    del self.runners[migration_id]
+                    continue
+                if runner.needs_recovery:
+                    runner.feed(Recover())
+                runner.feed(Tick())
+            self.admit_soon()
+
+    async def _follow_hosts(self) -> None:
+        async for change in self.hosts.changes():
+            involved = [r for r in self.runners.values() if not r.done and r.involves(change.host)]
+            log.info("agent on %s is %s: %d migration(s) involved", change.host,
+                     "available" if change.available else "unavailable", len(involved))
+            for runner in involved:
+                runner.feed(Recover() if change.available else AgentLost(change.host))
+            self.admit_soon()

@@ -1,0 +1,318 @@
+"""The leader's engine end to end: MemoryStore + real agent gRPC servers over fakes.
+
+What an operator would check: the record ends in the right phase and its history says why; the
+guest runs on exactly one host, the right one; nothing of the migration is left on the target
+after a rollback; the VM can be migrated again (its vm-active key is released); slot limits hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from fleet import IMAGES, Fleet, FleetDirectory, MaxConcurrency, start_fleet
+
+from ferry.coordinator.engine import Engine
+from ferry.coordinator.keys import encode_id, idempotency_key, migration_key, vm_active_key
+from ferry.coordinator.memory_store import MemoryStore
+from ferry.coordinator.phases import Phase, Timeouts
+from ferry.coordinator.record import MigrationRecord, decode, encode, new_migration
+from ferry.coordinator.slots import Limits
+from ferry.coordinator.store import Conflict, EventKind, Resync, Store
+from ferry.model import DomainState, MigrationOptions, StorageMode
+
+FAST = Timeouts(preflight_s=3, preparing_s=3, migrating_min_s=3, migrating_grace_s=1, finishing_s=1.5,
+                rolling_back_s=1.5, retry_base_s=0.2, retry_max_s=0.5, observe_delay_s=0.02)
+COPY = MigrationOptions(storage=StorageMode.COPY_ALL, persist_dest=True, undefine_source=True)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
+    f = await start_fleet(tmp_path, 3)
+    yield f
+    await f.close()
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[MemoryStore]:
+    s = MemoryStore()
+    yield s
+    await s.close()
+
+
+class Running:
+    """An engine running in a background task (the leader), stopped at the end of the test."""
+
+    def __init__(self, store: Store, hosts: FleetDirectory, limits: Limits = Limits()) -> None:
+        self.engine = Engine(store, hosts, limits=limits, timeouts=FAST, clock=now, prepare_ttl_s=60,
+                             tick_s=0.05, progress_write_s=0.05, job_poll_s=0.02, store_retry_s=0.05)
+        self.task = asyncio.get_running_loop().create_task(self.engine.run())
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+        await self.task
+
+
+@pytest.fixture
+async def hosts(fleet: Fleet) -> FleetDirectory:
+    return FleetDirectory(fleet)
+
+
+@contextlib.asynccontextmanager
+async def engine(store: Store, hosts: FleetDirectory, limits: Limits = Limits()) -> AsyncIterator[Running]:
+    running = Running(store, hosts, limits)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def submit(store: Store, fleet: Fleet, vm: str, source: str, target: str, *, mapping: bool = True,
+                 options: MigrationOptions = COPY, key: str = "") -> MigrationRecord:
+    """What the API does at submit: the Pending record, its idempotency key, the VM's claim."""
+    uuid = fleet[source].hv.domains and next(d.uuid for d in fleet[source].hv.domains.values() if d.name == vm)
+    n = len((await store.list("migrations/"))[0]) + 1
+    record = new_migration(id=f"m-{n}", vm=vm, vm_uuid=uuid, source_host=source, target_host=target, now=now(),
+                           timeouts=FAST, options=options,
+                           mapping=fleet.mapping(source, target) if mapping else None,
+                           idempotency_key=key or f"key-{n}", memory_bytes=256 << 20)
+    await store.create(vm_active_key(uuid), encode_id(record.id))
+    await store.create(idempotency_key(record.idempotency_key), encode_id(record.id))
+    revision = await store.create(migration_key(record.id), encode(record))
+    return replace(record, revision=revision)
+
+
+async def read(store: Store, migration_id: str) -> MigrationRecord:
+    entry = await store.get(migration_key(migration_id))
+    assert entry is not None
+    return decode(entry.value, entry.mod_revision)
+
+
+async def wait_for(store: Store, migration_id: str, done, timeout: float = 4.0) -> MigrationRecord:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        r = await read(store, migration_id)
+        if done(r):
+            return r
+        if loop.time() > deadline:
+            history = [(h.phase.name, h.reason) for h in r.history]
+            pytest.fail(f"{migration_id} stayed {r.phase.name}: {history}")
+        await asyncio.sleep(0.01)
+
+
+async def final(store: Store, migration_id: str, timeout: float = 4.0) -> MigrationRecord:
+    return await wait_for(store, migration_id, lambda r: r.phase.is_final, timeout)
+
+
+async def until(check, timeout: float = 3.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+async def request_cancel(store: Store, migration_id: str) -> None:
+    """What the API does on CancelMigration: set the flag with a compare-and-set."""
+    while True:
+        r = await read(store, migration_id)
+        try:
+            await store.update(migration_key(migration_id), encode(replace(r, cancel_requested=True)), r.revision)
+            return
+        except Conflict:
+            continue
+
+
+def phases(r: MigrationRecord) -> list[str]:
+    out: list[str] = []
+    for h in r.history:
+        if not out or out[-1] != h.phase.name:
+            out.append(h.phase.name)
+    return out
+
+
+async def claim_released(store: Store, r: MigrationRecord) -> bool:
+    return await store.get(vm_active_key(r.vm_uuid)) is None
+
+
+# ---------------------------------------------------------------- the happy path
+
+
+async def test_submitted_migration_succeeds(store, fleet, hosts):
+    fleet.add_guest("host1", "g1")
+    m = await submit(store, fleet, "g1", "host1", "host2")
+    async with engine(store, hosts):
+        r = await final(store, m.id)
+        await until(lambda: fleet.prepares("host2") == [])
+    assert r.phase is Phase.SUCCEEDED, r.history
+    assert phases(r) == ["PENDING", "PREFLIGHT", "PREPARING", "MIGRATING", "FINISHING", "SUCCEEDED"]
+    assert r.result is not None and r.result.memory_processed > 0 and r.progress is not None
+    assert r.error is None and r.prepare_id
+    assert fleet.where("g1") == {"host2": DomainState.RUNNING}            # moved, nothing left on host1
+    assert fleet["host2"].host.exists(f"{IMAGES}/g1.qcow2")             # the copied disk is the guest's
+    assert fleet.prepares("host2") == []                                 # committed
+    assert await claim_released(store, r)                               # the VM can migrate again
+    assert await store.get(idempotency_key(m.idempotency_key)) is not None
+
+
+async def test_missing_bridge_fails_in_preflight_and_creates_nothing(store, fleet, hosts):
+    fleet.add_guest("host1", "g1")
+    m = await submit(store, fleet, "g1", "host1", "host2", mapping=False)
+    async with engine(store, hosts):
+        r = await final(store, m.id)
+    assert r.phase is Phase.FAILED and phases(r) == ["PENDING", "PREFLIGHT", "FAILED"]
+    assert r.error is not None and r.error.reason == "BRIDGE_MISSING" and "br-guest=br-vm" in r.error.hint
+    assert fleet["host2"].host.created == [] and fleet.prepares("host2") == []
+    assert fleet.where("g1") == {"host1": DomainState.RUNNING}
+    assert await claim_released(store, r)
+
+
+# ---------------------------------------------------------------- stopping and failing
+
+
+async def test_cancel_mid_migration(store, fleet, hosts):
+    uuid = fleet.add_guest("host1", "g1")
+    fleet["host1"].hv.hold()
+    m = await submit(store, fleet, "g1", "host1", "host2")
+    async with engine(store, hosts):
+        await wait_for(store, m.id, lambda r: r.phase is Phase.MIGRATING)
+        await until(lambda: uuid in fleet["host1"].hv.jobs)
+        await request_cancel(store, m.id)
+        await until(lambda: uuid not in fleet["host1"].hv.jobs or fleet["host1"].hv.jobs[uuid].abort)
+        fleet["host1"].hv.release()
+        r = await final(store, m.id)
+    assert r.phase is Phase.CANCELLED, [(h.phase.name, h.reason) for h in r.history]
+    assert r.cancel_requested and "ROLLING_BACK" in phases(r)
+    assert fleet.where("g1") == {"host1": DomainState.RUNNING}
+    assert fleet.prepares("host2") == [] and not fleet["host2"].host.exists(f"{IMAGES}/g1.qcow2")
+    assert await claim_released(store, r)
+
+
+async def test_cancel_while_queued(store, fleet, hosts):
+    fleet.add_guest("host1", "g1")
+    await hosts.down("host2")                       # the target is down: the record stays queued
+    m = await submit(store, fleet, "g1", "host1", "host2")
+    async with engine(store, hosts):
+        await asyncio.sleep(0.2)
+        assert (await read(store, m.id)).phase is Phase.PENDING
+        await request_cancel(store, m.id)
+        r = await final(store, m.id)
+    assert r.phase is Phase.CANCELLED and phases(r) == ["PENDING", "CANCELLED"]
+    assert await claim_released(store, r)
+
+
+async def test_migration_failure_rolls_back(store, fleet, hosts):
+    fleet.add_guest("host1", "g1")
+    fleet["host1"].hv.fail_migration("g1", at_step=3)
+    m = await submit(store, fleet, "g1", "host1", "host2")
+    async with engine(store, hosts):
+        r = await final(store, m.id)
+    assert r.phase is Phase.ROLLED_BACK, [(h.phase.name, h.reason) for h in r.history]
+    assert phases(r) == ["PENDING", "PREFLIGHT", "PREPARING", "MIGRATING", "ROLLING_BACK", "ROLLED_BACK"]
+    assert r.error is not None and r.error.reason and r.error.hint          # why, and what to do
+    assert fleet.where("g1") == {"host1": DomainState.RUNNING}
+    assert fleet.prepares("host2") == [] and not fleet["host2"].host.exists(f"{IMAGES}/g1.qcow2")
+    assert await claim_released(store, r)
+
+
+# ---------------------------------------------------------------- leader change, lost agents
+
+
+async def test_new_leader_resumes_a_running_migration(store, fleet, hosts):
+    uuid = fleet.add_guest("host1", "g1")
+    fleet["host1"].hv.hold()
+    m = await submit(store, fleet, "g1", "host1", "host2")
+    a = Running(store, hosts)
+    await wait_for(store, m.id, lambda r: r.phase is Phase.MIGRATING)
+    await until(lambda: uuid in fleet["host1"].hv.jobs)
+    await a.stop()                                                   # demoted mid-migration
+    assert a.task.done() and all(r.done for r in a.engine.runners.values())   # nothing of A runs
+    await asyncio.sleep(0.05)
+    job = fleet["host1"].hv.jobs.get(uuid)
+    assert job is not None and not job.abort                         # the libvirt job was left running
+    async with engine(store, hosts):                                 # the next leader
+        fleet["host1"].hv.release()
+        r = await final(store, m.id)
+    assert r.phase in (Phase.SUCCEEDED, Phase.ROLLED_BACK), [(h.phase.name, h.reason) for h in r.history]
+    assert len(fleet.running_on("g1")) == 1
+    assert fleet.running_on("g1") == (["host2"] if r.phase is Phase.SUCCEEDED else ["host1"])
+    assert r.phase is Phase.SUCCEEDED                                # here the job completed: it lands
+    assert fleet.prepares("host2") == [] and await claim_released(store, r)
+
+
+async def test_source_agent_lost_mid_migration(store, fleet, hosts):
+    uuid = fleet.add_guest("host1", "g1")
+    fleet["host1"].hv.hold()
+    m = await submit(store, fleet, "g1", "host1", "host2")
+    async with engine(store, hosts):
+        await wait_for(store, m.id, lambda r: r.phase is Phase.MIGRATING)
+        await until(lambda: uuid in fleet["host1"].hv.jobs)
+        await hosts.down("host1")                                    # agent gone; libvirt's job goes on
+        await wait_for(store, m.id, lambda r: any("lost" in h.reason for h in r.history))
+        fleet["host1"].hv.release()
+        await until(lambda: uuid not in fleet["host1"].hv.jobs)      # the job landed meanwhile
+        assert (await read(store, m.id)).phase is Phase.MIGRATING    # nobody could tell yet
+        await hosts.up("host1")
+        r = await final(store, m.id)
+    assert r.phase is Phase.SUCCEEDED, [(h.phase.name, h.reason) for h in r.history]
+    assert fleet.where("g1") == {"host2": DomainState.RUNNING}
+    assert fleet.prepares("host2") == [] and await claim_released(store, r)
+
+
+async def test_target_agent_lost_while_finishing(store, fleet, hosts):
+    uuid = fleet.add_guest("host1", "g1")
+    fleet["host1"].hv.hold()
+    m = await submit(store, fleet, "g1", "host1", "host2")
+    async with engine(store, hosts):
+        await wait_for(store, m.id, lambda r: r.phase is Phase.MIGRATING)
+        await until(lambda: uuid in fleet["host1"].hv.jobs)
+        await hosts.down("host2")
+        fleet["host1"].hv.release()                                  # lands while host2's agent is away
+        await wait_for(store, m.id, lambda r: r.phase is Phase.FINISHING and "lost" in r.history[-1].reason)
+        await hosts.up("host2")
+        r = await final(store, m.id)
+    assert r.phase is Phase.SUCCEEDED, [(h.phase.name, h.reason) for h in r.history]
+    assert fleet.where("g1") == {"host2": DomainState.RUNNING} and fleet.prepares("host2") == []
+
+
+# ---------------------------------------------------------------- slots
+
+
+async def watch_slots(store: Store, source: str, seen: list[int]) -> None:
+    """The most records from ``source`` holding a slot at once, at every store revision."""
+    entries, revision = await store.list("migrations/")
+    phase = {e.key: decode(e.value, e.mod_revision) for e in entries}
+    async for event in store.watch("migrations/", revision + 1):
+        if isinstance(event, Resync):
+            phase = {e.key: decode(e.value, e.mod_revision) for e in event.entries}
+        elif event.kind is EventKind.PUT:
+            phase[event.entry.key] = decode(event.entry.value, event.entry.mod_revision)
+        seen.append(sum(1 for r in phase.values() if r.source_host == source and r.phase.holds_slot))
+
+
+async def test_one_outbound_migration_at_a_time(store, fleet, hosts):
+    for vm in ("g1", "g2", "g3"):
+        fleet.add_guest("host1", vm)
+    records = [await submit(store, fleet, vm, "host1", target)
+               for vm, target in (("g1", "host2"), ("g2", "host3"), ("g3", "host2"))]
+    holding: list[int] = []
+    watcher = asyncio.get_running_loop().create_task(watch_slots(store, "host1", holding))
+    with MaxConcurrency(list(fleet.agents.values())) as jobs:
+        async with engine(store, hosts, Limits(per_host_outbound=1, per_host_inbound=2, cluster=5)):
+            done = [await final(store, m.id) for m in records]
+    watcher.cancel()
+    assert [r.phase for r in done] == [Phase.SUCCEEDED] * 3, [[h.reason for h in r.history] for r in done]
+    assert jobs.per_source["host1"] == 1 and jobs.cluster == 1       # never two jobs at once
+    assert max(holding) == 1                                          # never two slots from host1 at once
+    assert fleet.running_on("g1") == ["host2"] and fleet.running_on("g2") == ["host3"]
+    assert fleet.running_on("g3") == ["host2"]
