@@ -7,9 +7,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-APT_PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-  libvirt-dev pkg-config busybox-static linux-image-cloud-amd64 iproute2 python3-venv python3-dev
-  gcc cpio)
+# one list, shared with `ferry-lab up` (which installs what is missing too)
+mapfile -t APT_PACKAGES < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' deploy/lab/apt-packages.txt)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
