@@ -56,6 +56,8 @@ class FakeDomain:
     persistent: bool = True
     dirty_bytes_per_s: int = 0       # how fast the guest dirties memory
     completed: JobStats | None = None
+    max_downtime_ms: int = 300       # migration parameters for the next job (libvirt keeps them too)
+    bandwidth_mibps: int = 0
 
     @property
     def name(self) -> str:
@@ -264,12 +266,19 @@ class FakeHypervisor:
         return True
 
     async def set_max_downtime(self, name_or_uuid: str, ms: int) -> None:
+        """Without a job (as libvirt does) the value is kept for the next migration."""
         await self._enter("set_max_downtime", "migrateSetMaxDowntime")
-        self._job(name_or_uuid, "migrateSetMaxDowntime").max_downtime_ms = ms
+        dom = self._lookup(name_or_uuid, "migrateSetMaxDowntime")
+        dom.max_downtime_ms = ms
+        if dom.uuid in self.jobs:
+            self.jobs[dom.uuid].max_downtime_ms = ms
 
     async def set_bandwidth(self, name_or_uuid: str, mibps: int) -> None:
         await self._enter("set_bandwidth", "migrateSetMaxSpeed")
-        self._job(name_or_uuid, "migrateSetMaxSpeed").bandwidth_bps = (mibps * MiB) if mibps else GiB
+        dom = self._lookup(name_or_uuid, "migrateSetMaxSpeed")
+        dom.bandwidth_mibps = mibps
+        if dom.uuid in self.jobs:
+            self.jobs[dom.uuid].bandwidth_bps = (mibps * MiB) if mibps else GiB
 
     async def start_postcopy(self, name_or_uuid: str) -> None:
         await self._enter("start_postcopy", "migrateStartPostCopy")
@@ -328,17 +337,25 @@ class FakeHypervisor:
             for name in migrate_disks:
                 path = by_target[name].source if name in by_target else ""
                 if target.host is not None and not target.host.exists(path):
-                    raise target._error(le.VIR_ERR_NO_STORAGE_POOL, "Storage pool not found: no storage pool "
+                    raise self._error(le.VIR_ERR_NO_STORAGE_POOL, "Storage pool not found: no storage pool "
                                         f"with matching target path '{path.rsplit('/', 1)[0]}'", call,
                                         domain=18, peer=target_uri)
                 src = next((d for d in parse_disks(dom.xml) if d.target == name), None)
                 size = self._size(src.source) if src else (0, 0)
                 disk_total += size[1] or size[0]
+        # the target precreates storage first, then starts QEMU (which needs the bridges)
+        if target.host is not None and not options.offline:
+            for nic in parse_nics(incoming):
+                if nic.type == "bridge" and nic.source not in target.host.bridges():
+                    # what the target's QEMU driver reports, passed back through the source
+                    raise self._error(le.VIR_ERR_SYSTEM_ERROR, f"Cannot get interface MTU on '{nic.source}': "
+                                      "No such device", call, domain=0, peer=target_uri)
         memory = parse_domain(dom.xml).memory_bytes
         stats = JobStats(active=True, job_type="unbounded", operation="migration out", memory_total=memory,
                          memory_remaining=memory, disk_total=disk_total, disk_remaining=disk_total)
+        mibps = options.bandwidth_mibps or dom.bandwidth_mibps
         job = _Job(dom, target, options, list(migrate_disks), incoming, stats,
-                   bandwidth_bps=(options.bandwidth_mibps * MiB) if options.bandwidth_mibps else GiB)
+                   max_downtime_ms=dom.max_downtime_ms, bandwidth_bps=(mibps * MiB) if mibps else GiB)
         self.jobs[dom.uuid] = job
         asyncio.get_running_loop().create_task(self._run_job(job), name=f"fake migration {dom.name}")
         return job

@@ -17,7 +17,7 @@ import logging
 import re
 import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -155,7 +155,11 @@ class LibvirtHypervisor:
     """The local libvirtd at ``uri``; every call bounded by ``timeout_s`` (see module docstring)."""
 
     def __init__(self, uri: str, timeout_s: float = 30.0, *, max_threads: int = 16,
-                 probe_timeout_s: float = 10.0) -> None:
+                 probe_timeout_s: float = 10.0, peer_uris: Mapping[str, str] | None = None) -> None:
+        """``peer_uris`` maps a target URI (as the source libvirtd reaches it) to how *this*
+        process reaches that libvirtd, for the adapter's own calls to peers (completed job
+        statistics, reachability probe) when the two differ -- e.g. a test outside the lab's
+        network namespaces. Unmapped URIs are used as they are."""
         libvirt.registerErrorHandler(_silence, None)
         self.uri = uri
         self.timeout_s = timeout_s
@@ -164,6 +168,7 @@ class LibvirtHypervisor:
         self._lock = threading.Lock()
         self._conn: libvirt.virConnect | None = None
         self._aborted: set[str] = set()   # UUIDs whose migration job we aborted
+        self._peer_uris = dict(peer_uris or {})
 
     def close(self) -> None:
         """Drop the connection and the threads (a thread stuck in libvirt is left behind)."""
@@ -320,7 +325,9 @@ class LibvirtHypervisor:
         return await self._call("XMLDesc", lambda c: self._lookup(c, name_or_uuid).XMLDesc(flags), retry=True)
 
     async def job_stats(self, name_or_uuid: str, *, completed: bool = False) -> JobStats:
-        flags = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED if completed else 0
+        # reading completed statistics clears them unless KEEP_COMPLETED: keep them for others
+        flags = (libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
+                 if completed else 0)
 
         def work(conn: libvirt.virConnect) -> JobStats:
             dom = self._lookup(conn, name_or_uuid)
@@ -329,14 +336,17 @@ class LibvirtHypervisor:
         return await self._call("jobStats", work, retry=True)
 
     async def remote_completed_job(self, target_uri: str, name_or_uuid: str) -> JobStats:
+        uri = self._peer_uris.get(target_uri, target_uri)
+
         def work() -> JobStats:
-            remote = libvirt.open(target_uri)
+            remote = libvirt.open(uri)
             try:
-                stats = self._lookup(remote, name_or_uuid).jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+                stats = self._lookup(remote, name_or_uuid).jobStats(
+                    libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED)
                 return job_stats_from_libvirt(stats)
             finally:
                 remote.close()
-        return await self._remote("jobStats", target_uri, work)
+        return await self._remote("jobStats", uri, work)
 
     async def _remote(self, call: str, uri: str, work: Callable[[], T]) -> T:
         """A call on another host's libvirtd (its own connection, not ours)."""
@@ -350,16 +360,23 @@ class LibvirtHypervisor:
     # ------------------------------------------------------------------ port: tuning a job
 
     async def abort_job(self, name_or_uuid: str) -> bool:
-        """Abort the running job. A hung abortJob is retried once on a fresh connection (seen:
-        an abort that blocked for ten minutes until a second connection aborted)."""
+        """Abort the running job; False when there is none (any more).
+
+        abortJob waits for the domain's job lock, so it may return only when the migration has
+        ended anyway: a domain gone from this host by then (migrated and undefined) or a job no
+        longer running means there was nothing left to abort. A hung abortJob is retried once on
+        a fresh connection (seen: an abort blocked for ten minutes until a second connection
+        aborted)."""
         def abort(conn: libvirt.virConnect) -> bool:
-            dom = self._lookup(conn, name_or_uuid)
+            dom = self._lookup(conn, name_or_uuid)   # an unknown domain is NotFound
             if dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
                 return False
             self._aborted.add(dom.UUIDString())
             try:
                 dom.abortJob()
             except libvirt.libvirtError as exc:
+                if _code(exc) == le.VIR_ERR_NO_DOMAIN:
+                    return False   # the migration completed and took the domain with it
                 if _code(exc) == le.VIR_ERR_OPERATION_INVALID and dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
                     return False   # the job ended meanwhile
                 raise
@@ -442,6 +459,8 @@ class LibvirtHypervisor:
 
     async def _reachable(self, uri: str) -> bool:
         """Can a libvirt connection to ``uri`` be opened from here? (a state probe, not a guess)"""
+        uri = self._peer_uris.get(uri, uri)
+
         def probe() -> bool:
             try:
                 libvirt.open(uri).close()

@@ -312,23 +312,30 @@ class MigrationDriver:
             domain.uuid, target_uri=req.target_uri, destination_xml=req.destination_xml, options=opts,
             migrate_disks=list(req.migrate_disks), migrate_uri=req.migrate_uri,
             timeout_s=timeout + self._policy.call_margin_s), name=f"migrate {domain.name}")
-        progress: MigrationProgress | None = None
+        progress = next_progress(None, MigrationPhase.STARTING, JobStats(), max_downtime_ms=opts.max_downtime_ms)
         last_stats = JobStats()
+        poll: asyncio.Task[JobStats | None] | None = None
         try:
-            progress = next_progress(None, MigrationPhase.STARTING, JobStats(),
-                                     max_downtime_ms=opts.max_downtime_ms)
             yield progress
             while True:
                 await asyncio.wait({task}, timeout=interval)
                 if task.done():
                     break
-                stats = await self._poll(domain.uuid)
-                if stats is None:
+                # a statistics call may block (libvirt holds the domain's job lock for a
+                # while during a disk mirror): never let it hide the end of the job
+                poll = asyncio.create_task(self._poll(domain.uuid))
+                await asyncio.wait({task, poll}, return_when=asyncio.FIRST_COMPLETED)
+                if task.done():
+                    break
+                stats, poll = poll.result(), None
+                now = self._clock()
+                if stats is None:   # no statistics this time: only the clock can decide
+                    watch = await self._act(decide(watch, JobStats(), progress.phase, now), watch,
+                                            domain.uuid, task)
                     continue
                 last_stats = stats if stats.active else last_stats
                 watch = observe(watch, stats)
                 phase = phase_of(stats, postcopy_started=watch.postcopy_started)
-                now = self._clock()
                 snapshot = next_progress(progress, phase, stats, max_downtime_ms=opts.max_downtime_ms,
                                          elapsed_ms=int((now - started) * 1000))
                 if changed(progress, snapshot):
@@ -337,6 +344,8 @@ class MigrationDriver:
                 watch = await self._act(decide(watch, stats, phase, now), watch, domain.uuid, task)
             task.result()  # raises the job's error
         finally:
+            if poll is not None:
+                poll.cancel()
             if not task.done():
                 log.warning(
                     "no longer watching the migration of %s (%s) to %s (call ended or cancelled); "

@@ -35,6 +35,7 @@ def add_guest(agent, name: str, *, memory: int = 256 * MiB, dirty: int = 0) -> s
     """A running guest with a local qcow2 disk (vda) and a disk on shared storage (vdb)."""
     local, shared = f"{IMAGES}/{name}.qcow2", f"{SHARED}/{name}-data.raw"
     agent.host.create_image(local, fmt="qcow2", virtual_size=GiB)
+    agent.hv.disk_sizes[local] = (GiB, 512 * MiB)                  # what blockInfo would say
     agent.host.files[shared] = 64 * MiB
     xml = make_domain_xml(name, memory_bytes=memory, disks=[("vda", local, "qcow2"), ("vdb", shared, "raw")],
                           bridges=["br-guest"])
@@ -158,17 +159,18 @@ async def test_prepare_then_cleanup(agents):
 
 async def test_migrate_streams_progress_then_result_and_the_domain_moves(agents):
     host1, host2 = agents
-    uuid = add_guest(host1, "g1", dirty=300 * MiB)
+    uuid = add_guest(host1, "g1", dirty=50 * MiB)                   # converges in a few iterations
     host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
     prep = await prepare_target(host1, host2, "g1")
     events = [e async for e in host1.stub.Migrate(migrate_request("g1", host2, prep.destination_xml,
-                                                                  max_downtime_ms=500))]
+                                                                  max_downtime_ms=500, bandwidth_mibps=100))]
     progress = [e.progress for e in events[:-1]]
     assert progress and all(e.HasField("progress") for e in events[:-1])
     phases = [p.phase for p in progress]
     assert tpb.MIGRATION_PHASE_DISK_MIRROR in phases and tpb.MIGRATION_PHASE_PRECOPY in phases
     assert phases == sorted(phases)                                 # phases never go back
-    assert max(p.disk_total for p in progress) > 0
+    assert max(p.disk_total for p in progress) == 512 * MiB
+    assert max(p.iteration for p in progress) >= 2
     assert progress[-1].memory_total == 256 * MiB and progress[-1].max_downtime_ms == 500
     result = events[-1].result
     assert events[-1].HasField("result")
@@ -258,11 +260,12 @@ async def test_live_migration_of_a_stopped_domain_is_refused(agents):
     assert isinstance(err, FailedPrecondition) and err.reason == "DOMAIN_NOT_RUNNING"
 
 
-async def test_tune_without_a_job_says_so(agents):
+async def test_postcopy_without_a_job_says_so(agents):
     host1, _ = agents
     add_guest(host1, "g1")
+    await host1.stub.TuneMigration(apb.TuneMigrationRequest(domain="g1", max_downtime_ms=500))  # kept, as libvirt does
     err = from_rpc_error(await rpc_error(host1.stub.TuneMigration(
-        apb.TuneMigrationRequest(domain="g1", max_downtime_ms=500))))
+        apb.TuneMigrationRequest(domain="g1", start_postcopy=True))))
     assert err.reason == "DOMAIN_STATE_INVALID"
     job = await host1.stub.GetJob(apb.GetJobRequest(domain="g1"))
     assert not job.active and job.job_type == "none"
