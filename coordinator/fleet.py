@@ -7,12 +7,14 @@ the address changes) and caches each host's Inventory. An inventory older than `
 is fetched again when someone asks (``refresh``), from every host concurrently, each call bounded
 by ``inventory_timeout_s``; an agent that does not answer is shown unavailable with its last facts.
 
-A host is **available** while its registration exists and its last inventory call did not fail.
+A host is **available** while its registration exists and its last inventory call did not fail
+(an unreachable agent is asked again every ``reprobe_s``, so it comes back on its own).
 Hosts declared in the config but never registered, and hosts whose registration went away, stay
 in the view as unavailable (so ``ferry hosts`` shows them DOWN instead of forgetting them).
 
-The Fleet is also the leader engine's HostDirectory: ``client(host)``, ``available_hosts()`` and
-``changes()`` (a stream of :class:`HostChange` when a host becomes available or unavailable).
+The Fleet is also the leader engine's HostDirectory: ``client(host)``, ``available_hosts()``,
+``registration(host)`` and ``changes()`` (a stream of :class:`HostChange` when a host becomes
+available or unavailable).
 """
 
 from __future__ import annotations
@@ -118,15 +120,17 @@ class Fleet:
 
     def __init__(self, store: Store, agent_factory: AgentFactory, clock: Clock = _utc_now,
                  inventory_ttl_s: float = 5.0, *, inventory_timeout_s: float = 3.0,
-                 declared: Iterable[str] = ()) -> None:
+                 declared: Iterable[str] = (), reprobe_s: float = 2.0) -> None:
         self.store = store
         self._factory = agent_factory
         self._clock = clock
         self.inventory_ttl_s = inventory_ttl_s
         self.inventory_timeout_s = inventory_timeout_s
+        self.reprobe_s = reprobe_s
         self._hosts: dict[str, _Host] = {name: _Host(name) for name in declared}
         self._subscribers: list[asyncio.Queue[HostChange]] = []
         self._watcher: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -135,14 +139,16 @@ class Fleet:
         """Read the registrations and follow them from now on."""
         if self._watcher is None:
             self._watcher = asyncio.create_task(self._follow(), name="fleet: hosts watch")
+            self._prober = asyncio.create_task(self._reprobe(), name="fleet: re-probe unreachable agents")
         await self._ready.wait()
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        for task in (self._watcher, self._prober):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watcher = self._prober = None
         for h in self._hosts.values():
             if h.refreshing is not None:
                 h.refreshing.cancel()
@@ -211,6 +217,11 @@ class Fleet:
             raise NotFound(f"no host named {host!r} is known", reason="HOST_UNKNOWN",
                            hint="check the name with `ferry hosts`; its agent must be running")
         return h.client
+
+    def registration(self, host: str) -> HostRegistration | None:
+        """What the agent of ``host`` registered (libvirt URI, migration address), while registered."""
+        h = self._hosts.get(host)
+        return h.registration if h is not None else None
 
     def available_hosts(self) -> set[str]:
         return {n for n, h in self._hosts.items() if h.state().available}
@@ -293,6 +304,15 @@ class Fleet:
         for name in list(self._hosts):
             if HOSTS_PREFIX + name not in present:
                 self._apply_delete(HOSTS_PREFIX + name)
+
+    async def _reprobe(self) -> None:
+        """Ask unreachable (but registered) agents again every ``reprobe_s``, so a host that
+        answers again becomes available without anyone calling the API."""
+        while True:
+            await asyncio.sleep(self.reprobe_s)
+            lost = [n for n, h in self._hosts.items() if h.registration is not None and h.reachable is False]
+            if lost:
+                await self.refresh(lost, force=True)
 
     async def _follow(self) -> None:
         backoff = 0.1

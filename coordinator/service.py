@@ -33,16 +33,17 @@ import grpc
 from ferry import convert as fconvert
 from ferry.agent.diskplan import plan_disks
 from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound
-from ferry.model import Blocker, DiskPlan, DomainInfo, HostMapping, MigrationOptions, StorageMode
+from ferry.model import Blocker, DomainInfo, HostMapping, MigrationOptions, StorageMode
 from ferry.rpc import rpc_method
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
 from ferry.v1 import types_pb2 as tpb
 
 from . import convert, keys
-from .checks import coordinator_blockers, effective_storage
+from .checks import effective_storage
 from .config import HostDecl, derive_mapping
 from .fleet import Fleet
+from .preflight import preflight
 from .phases import Timeouts
 from .record import MigrationRecord, decode, encode, new_migration, note
 from .store import Conflict, EventKind, Resync, Store
@@ -72,16 +73,6 @@ def _required(value: str, field: str, example: str) -> str:
     if not value:
         raise InvalidArgument(f"{field} is required", reason="MISSING_FIELD", hint=f"set {field}, e.g. {example}")
     return value
-
-
-@dataclass(frozen=True)
-class PreflightOutcome:
-    """Every blocker at once, and what the migration would do (``Preflight``'s answer)."""
-
-    blockers: tuple[Blocker, ...]
-    source_host: str = ""
-    disks: tuple[DiskPlan, ...] = ()
-    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -365,50 +356,34 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
                         ) -> cpb.PreflightResponse:
         vm = _required(request.vm, "vm", '"web-1" (a name or UUID, see `ferry vms`)')
         target = _required(request.target_host, "target_host", '"host2" (see `ferry hosts`)')
-        out = await self.preflight(vm, target, request)
-        return cpb.PreflightResponse(
-            ok=not out.blockers, blockers=[convert.blocker_to_pb(b) for b in out.blockers],
-            source_host=out.source_host, disks=[fconvert.disk_plan_to_pb(d) for d in out.disks],
-            warnings=list(out.warnings))
-
-    async def preflight(self, vm: str, target: str, request: cpb.PreflightRequest) -> PreflightOutcome:
-        """The coordinator's inventory checks and the target agent's PrepareIncoming dry run, together.
-
-        The dry run is asked whenever both agents are up, so the answer lists every blocker at once.
-        """
         options, explicit = convert.options_from_request(request.options)
+        overrides = fconvert.mapping_from_pb(request.mapping)
         located = await self.fleet.locate_vm(vm)
-        await self.fleet.refresh([target])
-        source, domain = located if located is not None else ("", None)
-        source_view = self.fleet.host_view(source) if source else None
-        target_view = self.fleet.host_view(target)
-        storage = effective_storage(domain, options, explicit) if domain is not None else options.storage
-        options = replace(options, storage=storage)
-        blockers = coordinator_blockers(vm, domain, source_view, target, target_view, options, storage)
-        warnings = []
-        if domain is not None and not explicit:
-            why = "a writable disk is local" if storage is StorageMode.COPY_ALL else "no writable local disk"
-            warnings.append(f"storage mode {storage.value}, decided from the inventory ({why})")
-        if (domain is None or source == target or source_view is None or not source_view.available
-                or target_view is None or not target_view.available):
-            return PreflightOutcome(tuple(blockers), source, (), tuple(warnings))
-        plans: tuple[DiskPlan, ...] = ()
+        source = located[0] if located is not None else None
         try:
-            mapping = derive_mapping(self.hosts.get(source), self.hosts.get(target),
-                                     fconvert.mapping_from_pb(request.mapping))
-            plans = tuple(plan_disks(domain.disks, storage, options.migrate_disks, mapping))
-            _, xml = await self.fleet.client(source).get_domain(domain.uuid, include_xml=True)
-            dry = await self.fleet.client(target).prepare_incoming(
-                domain_xml=xml, disks=plans, mapping=mapping, storage=storage, ttl_s=0, migration_id="",
-                dry_run=True)
+            mapping = derive_mapping(self.hosts.get(source or ""), self.hosts.get(target), overrides)
         except FerryError as exc:
-            blockers.append(Blocker(exc.reason, exc.message, exc.hint))
-            return PreflightOutcome(_unique(blockers), source, plans, tuple(warnings))
-        return PreflightOutcome(_unique([*blockers, *dry.problems]), source, dry.disks or plans, tuple(warnings))
+            return cpb.PreflightResponse(ok=False, source_host=source or "",
+                                         blockers=[convert.blocker_to_pb(Blocker(exc.reason, exc.message, exc.hint))])
+        report = await preflight(self.fleet, vm, target, options, mapping,
+                                 storage=options.storage if explicit else None, source_host=source)
+        blockers = [self._target_down(b, target) for b in report.blockers]
+        warnings = []
+        if report.domain is not None and not explicit and report.storage is not None:
+            why = "a writable disk is local" if report.storage is StorageMode.COPY_ALL else "no writable local disk"
+            warnings.append(f"storage mode {report.storage.value}, decided from the inventory ({why})")
+        return cpb.PreflightResponse(
+            ok=not blockers, blockers=[convert.blocker_to_pb(b) for b in dict.fromkeys(blockers)],
+            source_host=report.source_host, disks=[fconvert.disk_plan_to_pb(d) for d in report.disks],
+            warnings=warnings)
 
-
-def _unique(blockers: list[Blocker]) -> tuple[Blocker, ...]:
-    return tuple(dict.fromkeys(blockers))
+    def _target_down(self, blocker: Blocker, target: str) -> Blocker:
+        """The shared preflight sees only available hosts: a target the fleet knows is down, not unknown."""
+        view = self.fleet.host_view(target)
+        if blocker.reason != "TARGET_UNKNOWN" or view is None:
+            return blocker
+        return Blocker("TARGET_DOWN", f"the agent on {target} is not available (not registered or not answering)",
+                       f"start ferry-agent on {target} or pick another target")
 
 
 def register(servicer: CoordinatorServicer) -> Callable[[grpc.aio.Server], list[str]]:

@@ -89,6 +89,7 @@ async def start(tmp_path: Path, hosts=HOSTS) -> Setup:
         asyncio.get_running_loop().create_task(reg.run())
         await asyncio.wait_for(reg.registered.wait(), 5)
     coordinator = build_coordinator(config(hosts), store, lambda h, addr: GrpcAgentClient(h, addr, timeout_s=5.0))
+    coordinator.fleet.reprobe_s = 0.2
     [port] = await coordinator.start(campaign=False)
     address = f"127.0.0.1:{port}"
     channel = create_channel(address)
@@ -347,6 +348,20 @@ async def test_a_lost_agent_shows_down_with_its_last_facts(fx, capsys):
         pytest.fail(f"host3 did not come back: {fx.coordinator.fleet.host('host3')}")
 
 
+async def test_an_agent_that_answers_again_is_available_again_by_itself(fx, capsys):
+    await fx.agents["host2"].stop()                     # a hiccup: the agent is gone, its lease is not
+    code, out = await fx.ferry(capsys, "hosts")
+    assert not {h["name"]: h for h in out["hosts"]}["host2"].get("available")
+    assert "host2" not in fx.coordinator.fleet.available_hosts()
+    await fx.agents["host2"].start()
+    for _ in range(100):                                # nobody calls the API: the fleet asks again
+        if "host2" in fx.coordinator.fleet.available_hosts():
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail(f"host2 did not come back: {fx.coordinator.fleet.host('host2')}")
+
+
 async def test_vms_list_every_host_with_active_migration(fx, capsys):
     fx.agents.add_guest("host1", "g1")
     fx.agents.add_guest("host2", "g2")
@@ -463,3 +478,69 @@ class _IdleEngine:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+# ---------------------------------------------------------------- with the leader's engine
+
+FAST = Timeouts(preflight_s=3, preparing_s=3, migrating_min_s=3, migrating_grace_s=1, finishing_s=1.5,
+                rolling_back_s=1.5, retry_base_s=0.2, retry_max_s=0.5, observe_delay_s=0.02)
+
+
+@pytest.fixture
+async def leading(tmp_path: Path) -> AsyncIterator[Setup]:
+    """The setup, with this coordinator elected and its engine running (fast timings)."""
+    from ferry.coordinator.engine import Engine
+    s = await start(tmp_path)
+    c = s.coordinator
+    c.new_engine = lambda: Engine(  # type: ignore[method-assign]
+        c.store, c.fleet, limits=c.config.limits, timeouts=FAST, clock=lambda: datetime.now(UTC),
+        prepare_ttl_s=60, tick_s=0.05, progress_write_s=0.05, job_poll_s=0.02, store_retry_s=0.05)
+    c.servicer.timeouts = FAST
+    c._election_task = asyncio.get_running_loop().create_task(c.election.run(c._lead, c._demoted))
+    for _ in range(200):
+        if c.is_leader() and c.engine is not None:
+            break
+        await asyncio.sleep(0.01)
+    try:
+        yield s
+    finally:
+        await s._channel.close()  # type: ignore[attr-defined]
+        await c.stop(grace_s=0.5)
+        for reg in s.registrations.values():
+            await reg.stop()
+        await s.agents.close()
+        await s.store.close()
+
+
+async def test_migrate_waits_until_the_guest_runs_on_the_target(leading, capsys):
+    leading.agents.add_guest("host1", "g1")
+    seen: list[int] = []
+    code, m = await leading.ferry(capsys, "migrate", "g1", "--to", "host2")     # waits with the watch
+    assert code == 0, m
+    assert m["phase"] == "PHASE_SUCCEEDED" and int(m["result"]["time_elapsed_ms"]) > 0
+    assert [h["phase"] for h in m["history"]][-1] == "Succeeded"
+    assert leading.agents.running_on("g1") == ["host2"]                    # moved, and only there
+    # the VM may migrate again at once (its vm-active key was released)
+    second = await leading.submit("g1", "host3")
+    async for update in leading.stub.WatchMigration(cpb.WatchMigrationRequest(id=second.id)):
+        seen.append(update.phase)
+    # every phase from where the watch started (the engine may have admitted it already)
+    full = [cpb.PHASE_PENDING, cpb.PHASE_PREFLIGHT, cpb.PHASE_PREPARING, cpb.PHASE_MIGRATING,
+            cpb.PHASE_FINISHING, cpb.PHASE_SUCCEEDED]
+    phases = list(dict.fromkeys(seen))
+    assert phases == full[full.index(phases[0]):]
+    assert leading.agents.running_on("g1") == ["host3"]
+
+
+async def test_cancel_of_a_queued_migration_ends_it_cancelled(leading, capsys):
+    leading.agents.add_guest("host1", "g1")
+    await leading.agents["host3"].stop()
+    await leading.ferry(capsys, "hosts")                       # the coordinator sees host3 down
+    m = await leading.submit("g1", "host3")                     # queued: its target is unavailable
+    await asyncio.sleep(0.3)
+    assert (await leading.stub.GetMigration(cpb.GetMigrationRequest(id=m.id))).phase == cpb.PHASE_PENDING
+    code, out = await leading.ferry(capsys, "migrations", "cancel", m.id)
+    assert code == 0 and out["cancel_requested"]
+    code, out = await leading.ferry(capsys, "migrations", "watch", m.id)
+    assert code == 1 and out["phase"] == "PHASE_CANCELLED"
+    assert leading.agents.running_on("g1") == ["host1"]
