@@ -194,13 +194,14 @@ class Fleet:
         if tasks:
             await asyncio.gather(*(asyncio.shield(t) for t in tasks), return_exceptions=True)
 
-    async def locate_vm(self, name_or_uuid: str) -> tuple[str, DomainInfo] | None:
-        """The host a VM is on and its domain, by name or UUID (inventories refreshed first).
+    async def locate_vm(self, name_or_uuid: str, *, fresh: bool = False) -> tuple[str, DomainInfo] | None:
+        """The host a VM is on and its domain, by name or UUID (inventories refreshed first;
+        ``fresh``: asked now, whatever their age, as a submission needs).
 
         A running copy wins over a shut-off definition left on another host; None when no host
         reports it.
         """
-        await self.refresh()
+        await self.refresh(force=fresh)
         found = [(h.name, d) for h in self.hosts() for d in h.domains
                  if name_or_uuid in (d.name, d.uuid)]
         return pick_domain(found)

@@ -43,8 +43,8 @@ from . import convert, keys
 from .checks import effective_storage
 from .config import HostDecl, derive_mapping
 from .fleet import Fleet
-from .preflight import preflight
 from .phases import Timeouts
+from .preflight import preflight
 from .record import MigrationRecord, decode, encode, new_migration, note
 from .store import Conflict, EventKind, Resync, Store
 
@@ -54,8 +54,9 @@ SERVICE_NAME = cpb.DESCRIPTOR.services_by_name["Coordinator"].full_name
 Clock = Callable[[], datetime]
 IdFactory = Callable[[], str]
 
-# How long a key may name a record that is not there yet (a submission between its writes).
-IN_FLIGHT_WAIT_S = 5.0
+# How long a key may name a record that is not there yet: a submission between its writes, each
+# of which the etcd adapter may retry for its timeout (5 s). Longer: a crashed submission's key.
+IN_FLIGHT_WAIT_S = 20.0
 _IN_FLIGHT_POLL_S = 0.05
 MAX_IDEMPOTENCY_KEY = 200
 
@@ -83,19 +84,19 @@ class _Plan:
     domain: DomainInfo
     options: MigrationOptions     # storage resolved (auto -> the effective mode)
     mapping: HostMapping          # derived from [hosts.*] + the request's overrides
-    auto_storage: bool
 
 
 class CoordinatorServicer(cgrpc.CoordinatorServicer):
     def __init__(self, store: Store, fleet: Fleet, *, hosts: Mapping[str, HostDecl] | None = None,
                  timeouts: Timeouts = Timeouts(), clock: Clock = _utc_now,
-                 new_id: IdFactory = new_migration_id) -> None:
+                 new_id: IdFactory = new_migration_id, in_flight_wait_s: float = IN_FLIGHT_WAIT_S) -> None:
         self.store = store
         self.fleet = fleet
         self.hosts = dict(hosts or {})
         self.timeouts = timeouts
         self._clock = clock
         self._new_id = new_id
+        self.in_flight_wait_s = in_flight_wait_s
 
     # ------------------------------------------------------------------ submit
 
@@ -112,7 +113,7 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
             earlier = await self._by_idempotency_key(key)
             if earlier is not None:
                 return convert.migration_to_pb(earlier)
-        plan = await self._plan(vm, target, request.options, request.mapping, strict=True)
+        plan = await self._plan(vm, target, request.options, request.mapping)
         copied = plan_disks(plan.domain.disks, plan.options.storage, plan.options.migrate_disks, plan.mapping)
         migration_id = self._new_id()
         record = new_migration(
@@ -191,19 +192,19 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         return record
 
     async def _wait_for_record(self, migration_id: str) -> MigrationRecord | None:
-        """The record, waiting up to IN_FLIGHT_WAIT_S for a submission still between its writes."""
+        """The record, waiting up to ``in_flight_wait_s`` for a submission still between its writes."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + IN_FLIGHT_WAIT_S
+        deadline = loop.time() + self.in_flight_wait_s
         while True:
             record = await self._get(migration_id)
             if record is not None or loop.time() >= deadline:
                 return record
             await asyncio.sleep(_IN_FLIGHT_POLL_S)
 
-    async def _plan(self, vm: str, target: str, options_pb: tpb.MigrationOptions, mapping_pb: tpb.HostMapping,
-                    *, strict: bool) -> _Plan:
-        """Resolve the request against the fleet; ``strict`` raises the first problem found."""
-        located = await self.fleet.locate_vm(vm)
+    async def _plan(self, vm: str, target: str, options_pb: tpb.MigrationOptions, mapping_pb: tpb.HostMapping
+                    ) -> _Plan:
+        """Resolve a submission against the fleet (inventories asked now); raises the first problem."""
+        located = await self.fleet.locate_vm(vm, fresh=True)
         if self.fleet.host(target) is None:
             raise NotFound(f"no host named {target!r} is registered", reason="TARGET_UNKNOWN",
                            hint="check the name with `ferry hosts`; its agent must be running")
@@ -211,14 +212,14 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
             raise NotFound(f"no host reports a VM named {vm!r}", reason="VM_UNKNOWN",
                            hint="check the name with `ferry vms`")
         source, domain = located
-        if strict and source == target:
+        if source == target:
             raise FailedPrecondition(f"{domain.name} already runs on {target}", reason="SAME_HOST",
                                      hint="pick another target host")
         options, explicit = convert.options_from_request(options_pb)
         storage = effective_storage(domain, options, explicit)
         overrides = fconvert.mapping_from_pb(mapping_pb)
         mapping = derive_mapping(self.hosts.get(source), self.hosts.get(target), overrides)
-        return _Plan(source, domain, replace(options, storage=storage), mapping, auto_storage=not explicit)
+        return _Plan(source, domain, replace(options, storage=storage), mapping)
 
     # ------------------------------------------------------------------ migrations
 
@@ -358,7 +359,7 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         target = _required(request.target_host, "target_host", '"host2" (see `ferry hosts`)')
         options, explicit = convert.options_from_request(request.options)
         overrides = fconvert.mapping_from_pb(request.mapping)
-        located = await self.fleet.locate_vm(vm)
+        located = await self.fleet.locate_vm(vm, fresh=True)
         source = located[0] if located is not None else None
         try:
             mapping = derive_mapping(self.hosts.get(source or ""), self.hosts.get(target), overrides)

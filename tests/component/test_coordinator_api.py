@@ -210,6 +210,19 @@ async def test_second_migration_of_a_busy_vm_is_refused(fx, capsys):
     assert second.id != first.id and second.phase == cpb.PHASE_PENDING
 
 
+async def test_keys_left_by_a_crashed_submission_are_taken_over(fx):
+    uuid = fx.agents.add_guest("host1", "g1")
+    fx.coordinator.servicer.in_flight_wait_s = 0.2
+    # a submission wrote its keys and died before writing its record
+    await fx.store.create(keys.idempotency_key("k1"), keys.encode_id("m-crashed"))
+    await fx.store.create(keys.vm_active_key(uuid), keys.encode_id("m-crashed"))
+    m = await fx.submit("g1", "host2", key="k1")
+    assert m.id != "m-crashed" and m.phase == cpb.PHASE_PENDING
+    assert keys.decode_id((await fx.store.get(keys.idempotency_key("k1"))).value) == m.id
+    assert keys.decode_id((await fx.store.get(keys.vm_active_key(uuid))).value) == m.id
+    assert (await fx.submit("g1", "host2", key="k1")).id == m.id
+
+
 async def test_unknown_disk_to_copy_is_refused(fx):
     fx.agents.add_guest("host1", "g1")
     err = await refused(fx.submit("g1", "host2", options=tpb.MigrationOptions(
