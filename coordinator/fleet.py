@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -98,11 +98,13 @@ class _Host:
                          self.fetched_at, self.error, reg)
 
 
-def pick_domain(found: Iterable[tuple[str, DomainInfo]]) -> tuple[str, DomainInfo] | None:
+def pick_domain(found: Iterable[tuple[str, DomainInfo]], available: Collection[str] = ()
+                ) -> tuple[str, DomainInfo] | None:
     """Of the copies of one VM seen on several hosts, the one that counts (pure).
 
-    A running (active) copy wins over a shut-off definition left behind; among equals the first
-    host by name (a VM active on two hosts is the engine's problem, not the locator's).
+    A running (active) copy wins over a shut-off definition left behind; between two active
+    copies, the one on an available host (the other is an unreachable host's last report); then
+    the first host by name (a VM really active on two hosts is the engine's problem).
 
     >>> from ferry.model import DomainState as S
     >>> d = lambda st: DomainInfo("g1", "u1", st)
@@ -110,8 +112,10 @@ def pick_domain(found: Iterable[tuple[str, DomainInfo]]) -> tuple[str, DomainInf
     'h2'
     >>> pick_domain([("h2", d(S.SHUTOFF)), ("h1", d(S.SHUTOFF))])[0]
     'h1'
+    >>> pick_domain([("h1", d(S.RUNNING)), ("h2", d(S.RUNNING))], available={"h2"})[0]
+    'h2'
     """
-    ranked = sorted(found, key=lambda hd: (not hd[1].state.is_active, hd[0]))
+    ranked = sorted(found, key=lambda hd: (not hd[1].state.is_active, hd[0] not in available, hd[0]))
     return ranked[0] if ranked else None
 
 
@@ -204,7 +208,7 @@ class Fleet:
         await self.refresh(force=fresh)
         found = [(h.name, d) for h in self.hosts() for d in h.domains
                  if name_or_uuid in (d.name, d.uuid)]
-        return pick_domain(found)
+        return pick_domain(found, self.available_hosts())
 
     # -- the engine's HostDirectory -------------------------------------------------------------
 

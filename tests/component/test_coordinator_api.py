@@ -402,6 +402,21 @@ async def test_running_copy_wins_over_a_leftover_definition(fx):
     assert m.source_host == "host1"
 
 
+@pytest.mark.parametrize(("copies", "available", "picked"), [
+    ([("h1", "shutoff"), ("h2", "running")], {"h1", "h2"}, "h2"),     # the running copy, not the leftover
+    ([("h1", "running"), ("h2", "shutoff")], {"h2"}, "h1"),           # even on a host that is down now
+    ([("h1", "running"), ("h2", "running")], {"h2"}, "h2"),           # h1's report is stale
+    ([("h2", "paused"), ("h1", "paused")], {"h1", "h2"}, "h1"),       # equals: by host name
+    ([], {"h1"}, None),
+])
+def test_which_copy_of_a_vm_counts(copies, available, picked):
+    from ferry.coordinator.fleet import pick_domain
+    from ferry.model import DomainInfo, DomainState
+    found = [(h, DomainInfo("g1", "u1", DomainState[state.upper()])) for h, state in copies]
+    got = pick_domain(found, available)
+    assert (got[0] if got else None) == picked
+
+
 # ---------------------------------------------------------------- preflight
 
 

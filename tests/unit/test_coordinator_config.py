@@ -170,3 +170,10 @@ def test_ambiguous_mapping_is_refused_unless_overridden():
     assert derive_mapping(a, b, HostMapping(bridges={"br0": "br-guest"})).bridges == {"br0": "br-guest"}
     # the other way round is not ambiguous: two bridges onto one
     assert derive_mapping(b, a).bridges == {"br-guest": "br0", "br-stor": "br0"}
+
+
+def test_docstring_examples():
+    import doctest
+
+    from ferry.coordinator import config
+    assert doctest.testmod(config).failed == 0
