@@ -14,8 +14,9 @@ apart without reading any message text.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, replace
 
 import grpc
 
@@ -82,6 +83,16 @@ def migrate_result_from_pb(m: apb.MigrateResult) -> MigrationResult:
                            source_defined=m.source_defined)
 
 
+@dataclass(eq=False)
+class _Conn:
+    """One channel to the agent and the calls running on it."""
+
+    channel: grpc.aio.Channel
+    stub: agrpc.AgentStub
+    calls: int = 0
+    retired: bool = False
+
+
 class GrpcAgentClient:
     """One agent over gRPC. ``timeout_s`` is the deadline of quick calls; ``slow_timeout_s`` of
     those that may wait on disks or on an incoming job (PrepareIncoming, CleanupIncoming)."""
@@ -94,40 +105,57 @@ class GrpcAgentClient:
         self._timeout_s = timeout_s
         self._slow_timeout_s = slow_timeout_s
         self._progress_interval_ms = progress_interval_ms
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: agrpc.AgentStub | None = None
+        self._conn: _Conn | None = None
+        self._retired: set[_Conn] = set()      # replaced, closed when their last call ends
         self._closing: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"GrpcAgentClient({self.host!r}, {self.address!r})"
 
-    @property
-    def stub(self) -> agrpc.AgentStub:
-        if self._stub is None:
-            self._channel = create_channel(self.address, tls=self._tls)
-            self._stub = agrpc.AgentStub(self._channel)
-        return self._stub
-
     async def close(self) -> None:
-        if self._channel is not None:
-            channel, self._channel, self._stub = self._channel, None, None
-            await channel.close()
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        conns = [c for c in (self._conn, *self._retired) if c is not None]
+        self._conn = None
+        self._retired.clear()
+        await asyncio.gather(*(c.channel.close() for c in conns), *self._closing, return_exceptions=True)
 
-    def _retire_channel(self) -> None:
-        """Forget a channel that could not connect: gRPC would wait out its reconnect backoff
-        (up to minutes) before trying again, a new channel connects at the next call."""
-        if self._channel is None:
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[_Conn]:
+        """The current channel, counted as in use for the duration of one call."""
+        if self._conn is None:
+            channel = create_channel(self.address, tls=self._tls)
+            self._conn = _Conn(channel, agrpc.AgentStub(channel))
+        conn = self._conn
+        conn.calls += 1
+        try:
+            yield conn
+        finally:
+            conn.calls -= 1
+            if conn.retired and conn.calls == 0:
+                self._close(conn)
+
+    def _retire(self, conn: _Conn) -> None:
+        """Stop using a channel that could not connect: gRPC would wait out its reconnect backoff
+        before trying again, a new channel connects at the next call. Calls still running on the
+        old one finish first; it is closed after the last."""
+        if conn.retired:
             return
-        channel, self._channel, self._stub = self._channel, None, None
-        task = asyncio.get_running_loop().create_task(channel.close())
+        conn.retired = True
+        if self._conn is conn:
+            self._conn = None
+        if conn.calls == 0:
+            self._close(conn)
+        else:
+            self._retired.add(conn)
+
+    def _close(self, conn: _Conn) -> None:
+        self._retired.discard(conn)
+        task = asyncio.get_running_loop().create_task(conn.channel.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
     # ------------------------------------------------------------------ errors
 
-    def _error(self, exc: grpc.RpcError) -> FerryError:
+    def _error(self, exc: grpc.RpcError, conn: _Conn) -> FerryError:
         err = from_rpc_error(exc)
         metadata = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None
         from_agent = any(key == _STATUS_DETAILS_KEY for key, _ in metadata or ())
@@ -138,7 +166,7 @@ class GrpcAgentClient:
                                       grpc.StatusCode.CANCELLED):
             return err
         if code != grpc.StatusCode.DEADLINE_EXCEEDED:
-            self._retire_channel()
+            self._retire(conn)
             return Unavailable(f"the agent on {self.host} ({self.address}) cannot be reached: {err.message}",
                                reason=AGENT_UNREACHABLE,
                                hint=f"check that ferry-agent runs on {self.host} and listens on {self.address}")
@@ -147,11 +175,12 @@ class GrpcAgentClient:
                                 hint=f"check ferry-agent's log and libvirtd on {self.host}")
 
     async def _call(self, method: str, request: object, *, slow: bool = False) -> object:
-        rpc = getattr(self.stub, method)
-        try:
-            return await rpc(request, timeout=self._slow_timeout_s if slow else self._timeout_s)
-        except grpc.RpcError as exc:
-            raise self._error(exc) from None
+        with self._using() as conn:
+            try:
+                return await getattr(conn.stub, method)(
+                    request, timeout=self._slow_timeout_s if slow else self._timeout_s)
+            except grpc.RpcError as exc:
+                raise self._error(exc, conn) from None
 
     # ------------------------------------------------------------------ port
 
@@ -199,22 +228,23 @@ class GrpcAgentClient:
             domain=vm, target_uri=target_uri, migrate_uri=migrate_uri, destination_xml=destination_xml,
             options=convert.options_to_pb(options), migration_id=migration_id,
             progress_interval_ms=self._progress_interval_ms)
-        call = self.stub.Migrate(request)
-        try:
-            while True:
-                try:
-                    event = await call.read()
-                except grpc.RpcError as exc:
-                    raise self._error(exc) from None
-                if event is grpc.aio.EOF:
-                    return
-                if event.HasField("result"):
-                    yield migrate_result_from_pb(event.result)
-                    return
-                if event.HasField("progress"):
-                    yield convert.progress_from_pb(event.progress)
-        finally:
-            call.cancel()
+        with self._using() as conn:
+            call = conn.stub.Migrate(request)
+            try:
+                while True:
+                    try:
+                        event = await call.read()
+                    except grpc.RpcError as exc:
+                        raise self._error(exc, conn) from None
+                    if event is grpc.aio.EOF:
+                        return
+                    if event.HasField("result"):
+                        yield migrate_result_from_pb(event.result)
+                        return
+                    if event.HasField("progress"):
+                        yield convert.progress_from_pb(event.progress)
+            finally:
+                call.cancel()
 
     async def abort_migration(self, vm: str) -> bool:
         m = await self._call("AbortMigration", apb.AbortMigrationRequest(domain=vm))

@@ -121,8 +121,15 @@ class Engine:
         self._admit_needed = asyncio.Event()
         self.records, self.runners, self._admitting = {}, {}, set()
         try:
-            revision = await self._load(recovering=True)
-            await self._release_final_claims()
+            starting = asyncio.get_running_loop().create_task(self._start(), name="engine start")
+            stopping = asyncio.get_running_loop().create_task(self._stopped.wait())
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not starting.done():   # stopped before the store answered
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                return
+            revision = starting.result()
             self._spawn(self._watch(revision + 1), "watch migrations")
             self._spawn(self._follow_hosts(), "follow hosts")
             self._spawn(self._tick(), "tick")
@@ -132,6 +139,19 @@ class Engine:
             await self._stopped.wait()
         finally:
             await self._shutdown()
+
+    async def _start(self) -> int:
+        """List the records and resume them; a store outage is retried (demotion cancels us)."""
+        delay = self.store_retry_s
+        while True:
+            try:
+                revision = await self._load(recovering=True)
+                await self._release_final_claims()
+                return revision
+            except FerryError as err:
+                log.warning("cannot list the migrations (%s); retrying in %.1f s", err.reason, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def stop(self) -> None:
         """Stop driving (leader demotion): cancel every task, leave every libvirt job running."""
@@ -300,6 +320,11 @@ class Engine:
             for migration_id, runner in list(self.runners.items()):
                 if runner.done:
                     del self.runners[migration_id]
+                    record = self.records.get(migration_id)
+                    if record is not None and not record.phase.is_final and not runner.gone:
+                        log.error("migration %s: its runner ended early; resuming it", migration_id)
+                        self.runners[migration_id] = RecordRunner(self._ctx, record)
+                        self.runners[migration_id].feed(Recover())
                     continue
                 if runner.needs_recovery:
                     runner.feed(Recover())

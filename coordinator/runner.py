@@ -175,6 +175,9 @@ class RecordRunner:
                     log.error("migration %s: cannot handle %s: %s: %s", self.id, type(event).__name__, err.reason,
                               err, exc_info=not err.caller_fault)
                     return
+                except Exception:   # a bug: drop this event, keep the record going (deadlines still act)
+                    log.exception("migration %s: unexpected failure handling %s", self.id, type(event).__name__)
+                    return
         finally:
             if isinstance(event, Admitted):
                 self.ctx.on_admission_handled(self.id)
