@@ -133,8 +133,12 @@ async def preflight(hosts: HostDirectory, vm: str, target: str, options: Migrati
     source_view = views.get(source_host) if source_host else None
     target_view = views[target] if target in available else None
     blockers = coordinator_blockers(vm, domain, source_view, target, target_view, options, mode)
-    if source_host in failed:   # the VM is not unknown: its host did not answer
+    if source_host is not None and domain is None and (source_host in failed or source_host not in available):
+        # the VM is not unknown: its host could not be asked
         blockers = [b for b in blockers if b.reason != "VM_UNKNOWN"]
+        if source_host not in failed:
+            blockers.append(Blocker("SOURCE_DOWN", f"the agent on {source_host} is not available",
+                                    f"start ferry-agent on {source_host}"))
 
     plans: list[DiskPlan] = []
     if domain is not None and target_view is not None and target_view.available and source_host != target:

@@ -206,9 +206,9 @@ async def start_fleet(state_dir: Path, n: int = 2, *, step_s: float = 0.005) -> 
 
 
 class FleetDirectory:
-    """The engine's HostDirectory over a Fleet: a host is available while its agent serves and
-    the test has not marked it down (``down``/``up`` also announce the change, as an agent's
-    registration key expiring or reappearing would)."""
+    """The engine's HostDirectory over a Fleet: a host is available until the test marks it down
+    (``down``/``up`` stop/start its agent and announce the change, as an agent's registration key
+    expiring or reappearing would)."""
 
     def __init__(self, fleet: Fleet, *, timeout_s: float = 2.0, progress_interval_ms: int = 10) -> None:
         self.fleet = fleet
@@ -225,7 +225,9 @@ class FleetDirectory:
         return self._clients[host]
 
     def available_hosts(self) -> set[str]:
-        return {n for n, a in self.fleet.agents.items() if a.running and n not in self.marked_down}
+        """Registered hosts: an agent stopped without ``down`` is still registered (its lease has
+        not expired yet) but does not answer."""
+        return {n for n in self.fleet.agents if n not in self.marked_down}
 
     def registration(self, host: str) -> HostRegistration | None:
         return self.fleet.agents[host].registration() if host in self.available_hosts() else None

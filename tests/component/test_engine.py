@@ -21,6 +21,7 @@ from ferry.coordinator.engine import Engine
 from ferry.coordinator.keys import encode_id, idempotency_key, migration_key, vm_active_key
 from ferry.coordinator.memory_store import MemoryStore
 from ferry.coordinator.phases import Phase, Timeouts
+from ferry.coordinator.preflight import preflight
 from ferry.coordinator.record import MigrationRecord, decode, encode, new_migration
 from ferry.coordinator.slots import Limits
 from ferry.coordinator.store import Conflict, EventKind, Resync, Store
@@ -52,9 +53,10 @@ async def store() -> AsyncIterator[MemoryStore]:
 class Running:
     """An engine running in a background task (the leader), stopped at the end of the test."""
 
-    def __init__(self, store: Store, hosts: FleetDirectory, limits: Limits = Limits()) -> None:
+    def __init__(self, store: Store, hosts: FleetDirectory, limits: Limits = Limits(), *,
+                 progress_write_s: float = 0.05) -> None:
         self.engine = Engine(store, hosts, limits=limits, timeouts=FAST, clock=now, prepare_ttl_s=60,
-                             tick_s=0.05, progress_write_s=0.05, job_poll_s=0.02, store_retry_s=0.05)
+                             tick_s=0.05, progress_write_s=progress_write_s, job_poll_s=0.02, store_retry_s=0.05)
         self.task = asyncio.get_running_loop().create_task(self.engine.run())
 
     async def stop(self) -> None:
@@ -68,8 +70,9 @@ async def hosts(fleet: Fleet) -> FleetDirectory:
 
 
 @contextlib.asynccontextmanager
-async def engine(store: Store, hosts: FleetDirectory, limits: Limits = Limits()) -> AsyncIterator[Running]:
-    running = Running(store, hosts, limits)
+async def engine(store: Store, hosts: FleetDirectory, limits: Limits = Limits(), **kw: float
+                 ) -> AsyncIterator[Running]:
+    running = Running(store, hosts, limits, **kw)
     try:
         yield running
     finally:
@@ -225,6 +228,44 @@ async def test_migration_failure_rolls_back(store, fleet, hosts):
     assert await claim_released(store, r)
 
 
+async def test_migration_that_does_not_converge_rolls_back(store, fleet, hosts):
+    fleet.add_guest("host1", "g1", dirty=1 << 30)            # dirties memory faster than the link copies it
+    m = await submit(store, fleet, "g1", "host1", "host2",
+                     options=replace(COPY, bandwidth_mibps=128, completion_timeout_s=1))
+    async with engine(store, hosts):
+        r = await final(store, m.id)
+    assert r.phase is Phase.ROLLED_BACK, [(h.phase.name, h.reason) for h in r.history]
+    assert r.error is not None and r.error.reason == "MIGRATION_TIMEOUT" and "post-copy" in r.error.hint
+    assert r.progress is not None and r.progress.iteration > 1                 # it tried, iteration after iteration
+    assert fleet.where("g1") == {"host1": DomainState.RUNNING} and fleet.prepares("host2") == []
+
+
+async def test_progress_writes_are_throttled(store, fleet, hosts):
+    fleet.add_guest("host1", "g1")
+    m = await submit(store, fleet, "g1", "host1", "host2", options=replace(COPY, bandwidth_mibps=16))
+    writes: list[MigrationRecord] = []
+
+    async def count() -> None:
+        _, revision = await store.list("migrations/")
+        async for event in store.watch(migration_key(m.id), revision + 1):
+            if isinstance(event, Resync) or event.kind is not EventKind.PUT:
+                continue
+            writes.append(decode(event.entry.value, event.entry.mod_revision))
+    counter = asyncio.get_running_loop().create_task(count())
+    async with engine(store, hosts, progress_write_s=0.2):
+        r = await final(store, m.id)
+    counter.cancel()
+    assert r.phase is Phase.SUCCEEDED
+    migrating = [w for w in writes if w.phase is Phase.MIGRATING]
+    started = next(h.at for h in r.history if h.phase is Phase.MIGRATING)
+    ended = next(h.at for h in r.history if h.phase is Phase.FINISHING)
+    seconds = (ended - started).total_seconds()
+    assert seconds > 0.5                                      # long enough to report progress often
+    assert 2 <= len(migrating) <= 1 + seconds / 0.2 + 2       # entering + at most one per 0.2 s (+ slack)
+    processed = [w.progress.disk_processed + w.progress.memory_processed for w in migrating if w.progress]
+    assert processed == sorted(processed)                     # never backwards
+
+
 # ---------------------------------------------------------------- leader change, lost agents
 
 
@@ -316,3 +357,43 @@ async def test_one_outbound_migration_at_a_time(store, fleet, hosts):
     assert max(holding) == 1                                          # never two slots from host1 at once
     assert fleet.running_on("g1") == ["host2"] and fleet.running_on("g2") == ["host3"]
     assert fleet.running_on("g3") == ["host2"]
+
+
+# ---------------------------------------------------------------- preflight (shared with the API)
+
+
+async def test_preflight_finds_the_vm_and_plans_its_disks(fleet, hosts):
+    fleet.add_guest("host1", "g1")
+    report = await preflight(hosts, "g1", "host2", MigrationOptions(), fleet.mapping("host1", "host2"))
+    assert report.ok, report.blockers
+    assert report.source_host == "host1" and report.storage is StorageMode.COPY_ALL   # auto: vda is local
+    plans = {p.target: (p.copy, p.destination) for p in report.disks}
+    assert plans == {"vda": (True, f"{IMAGES}/g1.qcow2"), "vdb": (False, "/srv/shared/g1-data.raw")}
+    assert fleet["host2"].host.created == [] and fleet.prepares("host2") == []           # touched nothing
+
+
+async def test_preflight_lists_every_blocker(fleet, hosts):
+    fleet.add_guest("host1", "g1")
+    report = await preflight(hosts, "g1", "host2", MigrationOptions(), fleet.mapping("host1", "host2"),
+                             storage=StorageMode.SHARED)
+    # vda is local: the coordinator's check and the target's dry run both say so, with a fix each
+    assert {b.reason for b in report.blockers} == {"DISK_NOT_SHARED", "SHARED_DISK_MISSING"}
+    assert all(b.hint for b in report.blockers)
+    report = await preflight(hosts, "g1", "host1", MigrationOptions(), fleet.mapping("host1", "host2"))
+    assert [b.reason for b in report.blockers] == ["SAME_HOST"]
+    report = await preflight(hosts, "nope", "host2", MigrationOptions(), fleet.mapping("host1", "host2"))
+    assert [b.reason for b in report.blockers] == ["VM_UNKNOWN"]
+    report = await preflight(hosts, "g1", "host2", MigrationOptions(), fleet.mapping("host1", "host3"))
+    assert [b.reason for b in report.blockers] == ["BRIDGE_MISSING"]                  # the target's dry run
+
+
+async def test_preflight_names_unavailable_agents(fleet, hosts):
+    fleet.add_guest("host1", "g1")
+    await hosts.down("host2")
+    report = await preflight(hosts, "g1", "host2", MigrationOptions(), fleet.mapping("host1", "host2"))
+    assert [b.reason for b in report.blockers] == ["TARGET_UNKNOWN"] and report.unavailable == ("host2",)
+    await fleet["host1"].stop()                    # registered, but does not answer
+    report = await preflight(hosts, "g1", "host3", MigrationOptions(), fleet.mapping("host1", "host3"),
+                             source_host="host1")
+    assert "AGENT_UNREACHABLE" in {b.reason for b in report.blockers}
+    assert "VM_UNKNOWN" not in {b.reason for b in report.blockers} and report.unavailable == ("host1",)
