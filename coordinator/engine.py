@@ -11,8 +11,9 @@ While this coordinator leads, ``Engine.run()``:
 * admits queued records (``slots.admit``) after every change that queues a record or frees a
   slot, when a host comes or goes, and on every tick, feeding ``Admitted`` to each record chosen;
   a record fed ``Admitted`` counts as holding a slot until its runner has handled it;
-* ticks every ``tick_s``: ``Tick`` to every runner (deadlines), ``Recover`` again to those whose
-  recovery could not observe their hosts;
+* ticks every ``tick_s``: ``Tick`` to every runner whose phase deadline has passed (as far as the
+  engine knows; ``decide`` checks again), ``Recover`` again to those whose recovery could not
+  observe their hosts;
 * follows host changes (``HostDirectory.changes``): a host going down is ``AgentLost(host)`` for
   the records involving it, a host coming back resumes them (``Recover``).
 
@@ -220,7 +221,7 @@ class Engine:
             return
         if runner is None or runner.done:
             runner = self.runners[record.id] = RecordRunner(self._ctx, record)
-            if recovering:
+            if recovering or record.phase is not Phase.PENDING:   # not a fresh submission: resume it
                 runner.feed(Recover())
         runner.seen(record)
 
@@ -317,6 +318,7 @@ class Engine:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.tick_s)
+            now = self.clock()
             for migration_id, runner in list(self.runners.items()):
                 if runner.done:
                     del self.runners[migration_id]
@@ -328,7 +330,9 @@ class Engine:
                     continue
                 if runner.needs_recovery:
                     runner.feed(Recover())
-                runner.feed(Tick())
+                deadline = runner.record.phase_deadline
+                if deadline is not None and now >= deadline:   # decide acts on Tick only then
+                    runner.feed(Tick())
             self.admit_soon()
 
     async def _follow_hosts(self) -> None:
