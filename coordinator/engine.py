@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from ferry.errors import FerryError
+from ferry.errors import FerryError, Internal
 from ferry.ports import AgentClient
 
 from .actions import Actions, ActionTiming
@@ -110,6 +110,7 @@ class Engine:
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = False
+        self._failure: BaseException | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -140,6 +141,10 @@ class Engine:
             await self._stopped.wait()
         finally:
             await self._shutdown()
+        if self._failure is not None:   # the election steps down when its leader's duties fail
+            failure, self._failure = self._failure, None
+            raise Internal(f"the engine stopped: {failure!r}", reason="ENGINE_FAILED",
+                           hint="a coordinator bug: report it with the log; another replica takes over") from failure
 
     async def _start(self) -> int:
         """List the records and resume them; a store outage is retried (demotion cancels us)."""
@@ -181,6 +186,7 @@ class Engine:
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             log.error("engine task %s failed: %r; stopping the engine", task.get_name(), exc, exc_info=exc)
+            self._failure = self._failure or exc
             self._stopped.set()
 
     # ------------------------------------------------------------------ the view of the records

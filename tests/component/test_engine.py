@@ -25,6 +25,7 @@ from ferry.coordinator.preflight import preflight
 from ferry.coordinator.record import MigrationRecord, decode, encode, new_migration
 from ferry.coordinator.slots import Limits
 from ferry.coordinator.store import Conflict, EventKind, Resync, Store
+from ferry.errors import FerryError, Unavailable
 from ferry.model import DomainState, MigrationOptions, StorageMode
 
 FAST = Timeouts(preflight_s=3, preparing_s=3, migrating_min_s=3, migrating_grace_s=1, finishing_s=1.5,
@@ -397,3 +398,32 @@ async def test_preflight_names_unavailable_agents(fleet, hosts):
                              source_host="host1")
     assert "AGENT_UNREACHABLE" in {b.reason for b in report.blockers}
     assert "VM_UNKNOWN" not in {b.reason for b in report.blockers} and report.unavailable == ("host1",)
+
+
+# ---------------------------------------------------------------- the engine itself
+
+
+async def test_a_failing_engine_task_ends_run_with_an_error(store, fleet, hosts):
+    """The election steps down when its leader's duties fail: run() must not return quietly."""
+    async def broken_changes():
+        raise RuntimeError("directory broke")
+        yield   # pragma: no cover - makes this an async generator
+    hosts.changes = broken_changes  # type: ignore[method-assign]
+    engine_ = Engine(store, hosts, limits=Limits(), timeouts=FAST, clock=now, prepare_ttl_s=60, tick_s=0.05)
+    with pytest.raises(FerryError) as exc:
+        await asyncio.wait_for(engine_.run(), 3)
+    assert exc.value.reason == "ENGINE_FAILED"
+
+
+async def test_stop_before_the_store_answers(fleet, hosts):
+    class DownStore(MemoryStore):
+        async def list(self, prefix):
+            raise Unavailable("store down", reason="STORE_UNAVAILABLE")
+    down = DownStore()
+    engine_ = Engine(down, hosts, limits=Limits(), timeouts=FAST, clock=now, prepare_ttl_s=60, store_retry_s=0.01)
+    task = asyncio.get_running_loop().create_task(engine_.run())
+    await asyncio.sleep(0.1)
+    assert not task.done()                          # retrying
+    await asyncio.wait_for(engine_.stop(), 2)
+    await asyncio.wait_for(task, 2)
+    await down.close()
