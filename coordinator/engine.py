@@ -41,7 +41,7 @@ from ferry.ports import AgentClient
 
 from .actions import Actions, ActionTiming
 from .decide import Admitted, AgentLost, Tick
-from .keys import MIGRATIONS, VM_ACTIVE, decode_id, migration_key, name_below, release_vm_active
+from .keys import MIGRATIONS, VM_ACTIVE, decode_id, name_below, release_vm_active
 from .phases import Phase, Timeouts
 from .record import MigrationRecord, decode
 from .runner import RecordRunner, Recover, RunnerContext
