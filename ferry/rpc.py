@@ -42,6 +42,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # a channel of its own per client: a new channel must not inherit a dead connection's backoff
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
 ]
 _SERVER_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
