@@ -23,15 +23,22 @@ def config_path(env: Mapping[str, str]) -> Path:
 
 
 def coordinator_address(flag: str | None, env: Mapping[str, str] | None = None) -> str:
-    """Resolve the coordinator address in the order flag > $FERRY_COORDINATOR > config file > default.
+    """The first of :func:`coordinator_addresses`."""
+    return coordinator_addresses(flag, env)[0]
 
-    The config file (written by `ferry-lab up`) looks like ``coordinator = "unix:/tmp/ferry-lab/coordinator.sock"``.
+
+def coordinator_addresses(flag: str | None, env: Mapping[str, str] | None = None) -> list[str]:
+    """Coordinator replicas to try, in order: flag > $FERRY_COORDINATOR > config file > default.
+
+    Flag and variable may list several addresses separated by commas. The config file (written by
+    `ferry-lab up`) holds ``coordinator = "unix:/tmp/ferry-lab/coordinators/c1.sock"`` and optionally
+    ``coordinators = [...]``, every replica (each serves the whole API).
     """
     env = os.environ if env is None else env
     if flag:
-        return flag
+        return [a for a in flag.split(",") if a]
     if env.get(ENV_ADDRESS):
-        return env[ENV_ADDRESS]
+        return [a for a in env[ENV_ADDRESS].split(",") if a]
     path = config_path(env)
     if path.exists():
         try:
@@ -39,7 +46,15 @@ def coordinator_address(flag: str | None, env: Mapping[str, str] | None = None) 
         except tomllib.TOMLDecodeError as exc:
             raise InvalidArgument(f"cannot parse {path}: {exc}", reason="BAD_CONFIG",
                                   hint=f"fix or remove {path}") from exc
-        address = data.get("coordinator")
-        if isinstance(address, str) and address:
-            return address
-    return DEFAULT_COORDINATOR
+        out: list[str] = []
+        first = data.get("coordinator")
+        if isinstance(first, str) and first:
+            out.append(first)
+        many = data.get("coordinators", [])
+        if not isinstance(many, list) or not all(isinstance(a, str) for a in many):
+            raise InvalidArgument(f"{path}: coordinators must be a list of addresses", reason="BAD_CONFIG",
+                                  hint='e.g. coordinators = ["unix:/run/c1.sock", "10.0.0.5:7100"]')
+        out += [a for a in many if a and a not in out]
+        if out:
+            return out
+    return [DEFAULT_COORDINATOR]

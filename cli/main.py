@@ -17,10 +17,11 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ferry.cli import render
-from ferry.cli.config import coordinator_address
-from ferry.errors import FerryError
+from ferry.cli.config import coordinator_addresses
+from ferry.errors import FerryError, Unavailable
 from ferry.rpc import create_channel, from_rpc_error
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
@@ -260,11 +261,28 @@ def _report(err: FerryError, as_json: bool) -> int:
     return 2 if err.caller_fault else 3
 
 
+async def pick_coordinator(addresses: Sequence[str], timeout_s: float = 2.0) -> str:
+    """The first replica that answers a health check; with one address, that address unchecked."""
+    if len(addresses) == 1:
+        return addresses[0]
+    for address in addresses:
+        async with create_channel(address) as channel:
+            try:
+                resp = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                                       timeout=timeout_s)
+            except grpc.RpcError:
+                continue
+            if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                return address
+    raise Unavailable(f"no coordinator answers at {', '.join(addresses)}", reason="UNREACHABLE",
+                      hint="is the coordinator running? see `ferry-lab status` or pass --coordinator")
+
+
 async def run(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     as_json = args.output == "json"
     try:
-        address = coordinator_address(args.coordinator)
+        address = await pick_coordinator(coordinator_addresses(args.coordinator))
         async with create_channel(address) as channel:
             cli = Cli(cgrpc.CoordinatorStub(channel), args)
             return await getattr(cli, args.command)()

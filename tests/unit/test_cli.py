@@ -96,3 +96,25 @@ def test_progress_bar_counts_memory_and_disk():
 def test_phase_names():
     assert render.phase_name(cpb.PHASE_ROLLED_BACK) == "RolledBack"
     assert render.phase_name(cpb.PHASE_PENDING) == "Pending"
+
+
+def test_several_replicas(tmp_path):
+    from ferry.cli.config import coordinator_addresses
+
+    cfg = tmp_path / "cli.toml"
+    cfg.write_text('coordinator = "unix:/l/c1.sock"\ncoordinators = ["unix:/l/c1.sock", "unix:/l/c2.sock"]\n')
+    assert coordinator_addresses(None, {"FERRY_CONFIG": str(cfg)}) == ["unix:/l/c1.sock", "unix:/l/c2.sock"]
+    assert coordinator_addresses("a:1,b:2", {}) == ["a:1", "b:2"]
+
+
+async def test_pick_skips_a_dead_replica(tmp_path):
+    from ferry.cli.main import pick_coordinator
+    from ferry.rpc import create_server
+
+    server, ports = create_server(["127.0.0.1:0"], lambda s: ["ferry.v1.Coordinator"])
+    await server.start()
+    try:
+        alive = f"127.0.0.1:{ports[0]}"
+        assert await pick_coordinator([f"unix:{tmp_path}/dead.sock", alive], timeout_s=1) == alive
+    finally:
+        await server.stop(0)
