@@ -28,6 +28,11 @@ from ferry.model import DomainInfo, DomainState, HostFacts, JobStats, MigrationO
 MiB = 1 << 20
 GiB = 1 << 30
 
+# file systems libvirt trusts for migration without copying (virFileIsSharedFS / IsClusterFS)
+_SHARED_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "ceph", "gfs2", "ocfs2", "glusterfs",
+                        "fuse.glusterfs", "fuse.cephfs"})
+_CLUSTER_FS = frozenset({"gfs2", "ocfs2"})
+
 
 def make_domain_xml(name: str, *, uuid: str = "", memory_bytes: int = 256 * MiB, vcpus: int = 1,
                     disks: Iterable[tuple[str, str, str]] = (), bridges: Iterable[str] = (),
@@ -331,6 +336,8 @@ class FakeHypervisor:
                 raise self._error(le.VIR_ERR_OPERATION_INVALID, f"Requested operation is not valid: domain "
                                   f"'{other.name}' is already active", call)
         copy = options.storage is not StorageMode.SHARED
+        if not options.offline and not options.unsafe:   # the source checks this first (Begin phase)
+            self._check_safe(dom, set(migrate_disks) if copy else set(), call)
         disk_total = 0
         if copy and not options.offline:
             by_target = {d.target: d for d in parse_disks(incoming)}
@@ -359,6 +366,31 @@ class FakeHypervisor:
         self.jobs[dom.uuid] = job
         asyncio.get_running_loop().create_task(self._run_job(job), name=f"fake migration {dom.name}")
         return job
+
+    def _fs_type(self, path: str) -> str:
+        assert self.host is not None
+        best = ("", "ext4")
+        for d, info in self.host.dirs.items():
+            root = d.rstrip("/")
+            if (path == root or path.startswith(root + "/")) and len(root) >= len(best[0]):
+                best = (root, info.fs_type)
+        return best[1]
+
+    def _check_safe(self, dom: FakeDomain, copied: set[str], call: str) -> None:
+        """libvirt's safety rule for disks that are not copied: they must be on a shared file
+        system, and (unless it is a cluster file system) use cache none or directsync."""
+        if self.host is None:
+            return
+        for disk in parse_disks(dom.xml):
+            if not disk.source or disk.readonly or disk.target in copied:
+                continue
+            fs = self._fs_type(disk.source)
+            if fs not in _SHARED_FS:
+                raise self._error(le.VIR_ERR_MIGRATE_UNSAFE, "Unsafe migration: Migration without shared "
+                                  "storage is unsafe", call)
+            if fs not in _CLUSTER_FS and disk.cache not in ("none", "directsync"):
+                raise self._error(le.VIR_ERR_MIGRATE_UNSAFE, "Unsafe migration: Migration may lead to data "
+                                  "corruption if disks use cache other than none or directsync", call)
 
     async def _run_job(self, job: _Job) -> None:
         name = job.domain.name

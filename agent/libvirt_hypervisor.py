@@ -13,6 +13,7 @@ connection. libvirt's default error handler (which prints every error to stderr)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import threading
@@ -413,7 +414,9 @@ class LibvirtHypervisor:
                       options: MigrationOptions, migrate_disks: list[str], migrate_uri: str = "",
                       timeout_s: float) -> None:
         """Peer-to-peer migration with migrateToURI3 (flags and params: ``migration_flags`` and
-        ``migration_params``). Past ``timeout_s`` the job is aborted and DeadlineExceeded raised.
+        ``migration_params``) on a connection of its own, so statistics, tuning and abort on the
+        shared connection stay responsive. Past ``timeout_s`` the job is aborted and
+        DeadlineExceeded raised.
 
         A failure after our own abort is Aborted whatever libvirt said (the target's error may
         come back instead of "aborted"). A failure that may be the target's connection is
@@ -427,8 +430,15 @@ class LibvirtHypervisor:
         self._aborted.discard(uuid)
 
         def work() -> None:
-            conn = self._connection()
-            conn.lookupByUUIDString(uuid).migrateToURI3(target_uri, params, flags)
+            # its own connection: calls on the connection that carries a running
+            # migrateToURI3 can block for the whole job (seen: jobStats and abortJob stuck
+            # for 60 s while a second connection answered at once)
+            conn = libvirt.open(self.uri)
+            try:
+                conn.lookupByUUIDString(uuid).migrateToURI3(target_uri, params, flags)
+            finally:
+                with contextlib.suppress(libvirt.libvirtError):
+                    conn.close()
 
         log.info("migrateToURI3 %s -> %s flags=%#x params=%s", uuid, target_uri, flags,
                  sorted(k for k in params if k not in ("destination_xml", "persistent_xml")))
