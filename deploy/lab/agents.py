@@ -1,7 +1,11 @@
 """Ferry agents inside the lab hosts: config file, start, gRPC health check.
 
 An agent that cannot start (not written yet, crashes, never answers) is recorded as failed
-with the reason; the lab's hosts stay up regardless.
+with the reason; the lab's hosts stay up regardless. With a control plane, each agent's config
+gets a ``[registry]`` section: it announces itself in etcd, where the coordinators find it.
+
+``wait_serving`` / ``health_serving`` work for any gRPC process with a unix endpoint
+(coordinators too).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, TypeVar
 from ferry.lab import procs
 from ferry.lab.hosts import nsenter
 from ferry.lab.procs import SYSTEM_CLOCK, Clock, ProcessRecord
+from ferry.lab.controlplane import Registry, render_registry_section
 from ferry.lab.state import Component
 from ferry.lab.topology import HostPlan, LabPaths, render_agent_toml
 
@@ -39,12 +44,19 @@ def default_agent_command() -> list[str]:
     return [sys.executable, "-m", "ferry.agent.main"]
 
 
+def render_agent_config(paths: LabPaths, plan: HostPlan, registry: Registry | None) -> str:
+    """agent.toml: the agreed [agent] table, plus [registry] when the lab runs a control plane."""
+    text = render_agent_toml(paths, plan)
+    return text if registry is None else text + "\n" + render_registry_section(registry, plan)
+
+
 def start_agent(paths: LabPaths, plan: HostPlan, holder: ProcessRecord,
-                command: Sequence[str] | None = None) -> Component:
+                command: Sequence[str] | None = None, *,
+                registry: Registry | None = None) -> Component:
     """Write agent.toml and start the agent (``command --config agent.toml``) inside the
     host's namespaces."""
     config = agent_config_path(paths, plan.name)
-    config.write_text(render_agent_toml(paths, plan))
+    config.write_text(render_agent_config(paths, plan, registry))
     paths.agent_socket(plan.name).unlink(missing_ok=True)
     argv = nsenter(holder.pid, [*(command or default_agent_command()), "--config", str(config)])
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -56,8 +68,14 @@ def start_agent(paths: LabPaths, plan: HostPlan, holder: ProcessRecord,
 
 def wait_for_agents(agents: list[Component], *, timeout: float = AGENT_READY_TIMEOUT_S,
                     clock: Clock = SYSTEM_CLOCK) -> list[Component]:
-    """Wait (one shared time limit) until each agent answers a health check on its unix
-    socket; returns the components with ``error`` set for those that did not."""
+    return wait_serving(agents, timeout=timeout, clock=clock)
+
+
+def wait_serving(agents: list[Component], *, timeout: float = AGENT_READY_TIMEOUT_S,
+                 clock: Clock = SYSTEM_CLOCK) -> list[Component]:
+    """Wait (one shared time limit) until each gRPC process (agent, coordinator) answers a
+    health check on its unix socket; returns the components with ``error`` set for those that
+    did not."""
     deadline = clock.now() + timeout
     pending = {a.name: a for a in agents}
     done: dict[str, Component] = {}
@@ -93,7 +111,7 @@ def health_serving(address: str, timeout: float = HEALTH_CALL_TIMEOUT_S) -> bool
     """grpc.health.v1 Check on ``address`` says SERVING."""
     if address.startswith("unix:") and not Path(address[5:]).exists():
         return False
-    return _run_async(_health_check(address, timeout))
+    return run_async(_health_check(address, timeout))
 
 
 async def _health_check(address: str, timeout: float) -> bool:
@@ -113,7 +131,7 @@ async def _health_check(address: str, timeout: float) -> bool:
         await channel.close()
 
 
-def _run_async(coro: Coroutine[Any, Any, T]) -> T:
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion from sync code, even when the caller itself runs inside
     an event loop (e.g. an async test calling the lab API)."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:

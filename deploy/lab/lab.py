@@ -1,15 +1,19 @@
 """``Lab``: the lab's Python API (what ``ferry-lab`` and the lab tests call).
 
     lab = Lab("/tmp/my-lab")
-    lab.up(hosts=2)                       # core namespace, host1..2 with libvirtd, agents
+    lab.up(hosts=2, control_plane=ControlPlane(coordinators=2))
+                                          # core namespace, host1..2 with libvirtd, agents,
+                                          # etcd s1 and coordinators c1, c2 in the core namespace
     lab.guest("demo", host="host1")       # boots, waits for the first heartbeat
     lab.heartbeats("demo")                # -> 7
     lab.virsh("host1", "list", "--all")
+    lab.leader()                          # -> "c1" (the ``leader`` key in etcd)
+    lab.kill("coordinator c1")            # SIGKILL by recorded PID (a drill)
+    lab.restart("coordinator c1")         # same command line, waits until it serves
     lab.down()                            # stops exactly what state.json records
 
-More processes in the core namespace (etcd members, coordinators) go through
-``start_component``: they are recorded like the rest, shown by ``status`` and stopped by
-``down`` in their kind's stop order.
+More processes in the core namespace go through ``start_component``: they are recorded like the
+rest, shown by ``status`` and stopped by ``down`` in their kind's stop order.
 """
 
 from __future__ import annotations
@@ -25,17 +29,29 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, NotFound
+from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound
 from ferry.lab import agents as agents_mod
-from ferry.lab import guests, hosts, packages, procs, teardown
+from ferry.lab import cliconfig, control, drills, guests, hosts, packages, procs, teardown
 from ferry.lab import state as state_mod
 from ferry.lab import status as status_mod
+from ferry.lab.controlplane import (
+    ControlPlane,
+    ControlPlanePlan,
+    Registry,
+    control_plane_sockets,
+    coordinators_dir,
+    etcd_dir,
+    plan_control_plane,
+    render_cli_toml,
+)
+from ferry.lab.etcd import find_etcd_binary
 from ferry.lab.image import GuestImage, build_guest
 from ferry.lab.procs import SYSTEM_CLOCK, Clock, CommandResult
 from ferry.lab.state import CORE, Component, HostRecord, LabState
 from ferry.lab.teardown import DownReport
 from ferry.lab.topology import (
     CORE_ADDRESS,
+    MAX_SOCKET_PATH,
     HostPlan,
     LabPaths,
     lab_dir_problem,
@@ -58,13 +74,16 @@ class Lab:
     """One lab, identified by its directory."""
 
     def __init__(self, path: str | Path | None = None, *, cache_dir: str | Path | None = None,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 cli_config: str | Path | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         """``cache_dir`` keeps libvirt's QEMU capabilities between lab starts (default
-        $FERRY_LAB_CACHE_DIR, else <lab>/cache; labs may share one)."""
+        $FERRY_LAB_CACHE_DIR, else <lab>/cache; labs may share one). ``cli_config``: the
+        operator's ``ferry`` CLI config that ``up`` writes when it is free or already points
+        into this lab (default $XDG_CONFIG_HOME/ferry/cli.toml, else ~/.config/ferry/cli.toml)."""
         self.paths = LabPaths(Path(path).absolute() if path else default_lab_dir().absolute())
         cache = cache_dir or os.environ.get("FERRY_LAB_CACHE_DIR") or self.paths.cache
         self.cache_dir = Path(cache).absolute()
         self.clock = clock
+        self._cli_config = Path(cli_config) if cli_config else None
         self._state_lock = threading.Lock()
         self._state: LabState | None = None
 
@@ -101,22 +120,40 @@ class Lab:
 
     # ------------------------------------------------------------ up
 
+    @property
+    def user_cli_config(self) -> Path:
+        """The operator's ``ferry`` CLI config this lab writes when it may."""
+        return self._cli_config or cliconfig.user_cli_config()
+
     def up(self, hosts: int = 2, *, agents: bool = True, install: bool = True,
-           agent_command: Sequence[str] | None = None) -> LabState:
+           agent_command: Sequence[str] | None = None,
+           control_plane: ControlPlane | None = None,
+           coordinator_command: Sequence[str] | None = None) -> LabState:
         """Start the lab: core namespace, ``hosts`` lab hosts in parallel (each with its own
         libvirtd), the guest image, and a Ferry agent per host (unless ``agents`` is False;
         ``agent_command`` replaces ``python -m ferry.agent.main``, it gets ``--config FILE``).
         Missing Debian packages are installed (``install``) or refused.
 
-        A lab that is already up in this dir with the same number of hosts is reused; one that
-        differs or is half dead is refused. A failure while starting stops everything started
-        so far and raises.
+        With ``control_plane``, etcd and the coordinators start in the core namespace while
+        the hosts boot, the agents register in etcd, and ``up`` returns once a coordinator
+        leads and lists the agents' hosts; the ``ferry`` CLI config is written (see
+        ``user_cli_config``, and always <lab>/cli.toml). A coordinator that does not start is
+        recorded as failed, like an agent; etcd that does not start fails ``up``.
+
+        A lab that is already up in this dir with the same number of hosts (and, when one is
+        asked for, the same control plane) is reused; one that differs or is half dead is
+        refused. A failure while starting stops everything started so far and raises.
         """
         if os.geteuid() != 0:
             raise FailedPrecondition("the lab needs root (namespaces, mounts, libvirtd)",
                                      reason="LAB_NOT_ROOT", hint="run ferry-lab as root")
         plans = plan_hosts(self.paths, hosts)
+        if control_plane is not None:
+            _check_control_plane(control_plane)
         problem = lab_dir_problem(self.dir, tuple(p.name for p in plans))
+        for sock in control_plane_sockets(self.paths, control_plane) if control_plane else ():
+            if not problem and len(str(sock)) > MAX_SOCKET_PATH:
+                problem = f"socket path {sock} is longer than {MAX_SOCKET_PATH} bytes"
         if problem:
             raise FailedPrecondition(problem, reason="LAB_DIR_UNUSABLE",
                                      hint="pick another --lab-dir (or FERRY_LAB_DIR), e.g. "
@@ -124,7 +161,7 @@ class Lab:
         with state_mod.locked(self.paths.lock_file):
             existing = self.state()
             if existing is not None:
-                reused = self._reuse_or_refuse(existing, hosts)
+                reused = self._reuse_or_refuse(existing, hosts, control_plane)
                 if reused is not None:
                     return reused
             packages.ensure_installed(install=install)
@@ -134,40 +171,57 @@ class Lab:
                                    core_address=CORE_ADDRESS)
             state_mod.save(self.paths.state_file, self._state)
             try:
-                self._start(plans, agents, agent_command)
+                self._start(plans, agents, agent_command, control_plane, coordinator_command)
             except BaseException as exc:
                 log.error("lab start failed (%s); stopping what was started", exc)
-                teardown.take_down(self.paths, self.state() or self._state, clock=self.clock)
+                current = self.state() or self._state
+                teardown.take_down(self.paths, current, clock=self.clock)
+                self._remove_cli_configs(current)
                 raise
             log.info("lab up in %.1f s: %s", self.clock.now() - started, self.dir)
             return self.require_state()
 
-    def _reuse_or_refuse(self, existing: LabState, hosts: int) -> LabState | None:
+    def _reuse_or_refuse(self, existing: LabState, hosts: int,
+                         control_plane: ControlPlane | None) -> LabState | None:
         alive = status_mod.lab_processes_alive(existing)
-        if alive == "all" and len(existing.hosts) == hosts:
+        has = (len(existing.of_kind("etcd")), len(existing.of_kind("coordinator")))
+        same = len(existing.hosts) == hosts and (
+            control_plane is None or has == (control_plane.etcd_members, control_plane.coordinators))
+        if alive == "all" and same:
             log.info("lab already up in %s with %d hosts: reusing it", self.dir, hosts)
+            dead = [drills.spoken_name(c) for c in existing.components
+                    if c.kind in ("etcd", "coordinator") and not procs.is_alive(c.process)]
+            if dead:
+                log.warning("not running: %s (ferry-lab restart %s)", ", ".join(dead), dead[0])
             return existing
         if alive != "none":
-            shape = f"{len(existing.hosts)} hosts" + (", some parts dead" if alive == "some"
-                                                      else "")
+            shape = f"{len(existing.hosts)} hosts"
+            if has != (0, 0):
+                shape += f", {has[0]} etcd, {has[1]} coordinators"
+            if alive == "some":
+                shape += ", some parts dead"
             raise AlreadyExists(f"a lab is already up in {self.dir} ({shape})",
                                 reason="LAB_ALREADY_UP",
                                 hint=f"use it, or stop it first: ferry-lab --lab-dir {self.dir}"
                                      " down")
         log.info("previous lab in %s is gone; starting afresh", self.dir)
         teardown.take_down(self.paths, existing, clock=self.clock)
+        self._remove_cli_configs(existing)
         return None
 
     def _fresh_dirs(self) -> None:
-        """A new lab starts empty; the guest build (guest/) is kept as a cache."""
-        for sub in (self.paths.core, self.paths.hosts, self.paths.shared):
+        """A new lab starts empty (etcd's data too); the guest build (guest/) is kept as a
+        cache."""
+        for sub in (self.paths.core, self.paths.hosts, self.paths.shared, etcd_dir(self.paths),
+                    coordinators_dir(self.paths)):
             if sub.exists():
                 shutil.rmtree(sub)
         for sub in (self.paths.core, self.paths.hosts, self.paths.shared, self.paths.guest):
             sub.mkdir(parents=True, exist_ok=True)
 
     def _start(self, plans: Sequence[HostPlan], agents: bool,
-               agent_command: Sequence[str] | None) -> None:
+               agent_command: Sequence[str] | None, control_plane: ControlPlane | None,
+               coordinator_command: Sequence[str] | None) -> None:
         t0 = self.clock.now()
         core = hosts.start_core(self.paths, self._record, clock=self.clock)
         with self._state_lock:
@@ -188,23 +242,47 @@ class Lab:
                      plan.address, plan.libvirt_uri)
             return host
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=len(plans) + 1) as pool:
+        cp_plan = plan_control_plane(self.paths, control_plane) if control_plane else None
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(plans) + 2) as pool:
             image = pool.submit(build_guest, self.paths)
             started = [pool.submit(one_host, plan) for plan in plans]
+            if cp_plan is not None:   # needs only the core namespace: starts beside the hosts
+                started.append(pool.submit(control.start, cp_plan, plans, core, self._record,
+                                           coordinator_command, clock=self.clock))
             for future in concurrent.futures.as_completed([image, *started]):
                 future.result()    # the first failure is raised (the others finish first)
         hosts.save_qemu_capabilities(self.paths, plans[0].name, caps_cache)
+        registry = Registry(cp_plan.etcd_endpoints) if cp_plan is not None else None
         if agents:
-            self._start_agents(plans, agent_command)
+            self._start_agents(plans, agent_command, registry)
+        if cp_plan is not None:
+            self._settle_control_plane(cp_plan, core)
+
+    def _settle_control_plane(self, plan: ControlPlanePlan, core: procs.ProcessRecord) -> None:
+        """Wait until a coordinator leads and lists the agents' hosts, then write the CLI
+        config (the operator's too, when it is free or already ours)."""
+        control.settle(plan, self.require_state(), core, clock=self.clock)
+        outcome = cliconfig.install(self.dir, render_cli_toml(self.dir, plan.coordinators),
+                                    self.user_cli_config)
+        if outcome.written:
+            with self._state_lock:
+                assert self._state is not None
+                self._state = replace(self._state, user_cli_config=str(outcome.user_config))
+                state_mod.save(self.paths.state_file, self._state)
+        log.info("%s", outcome.advice())
+
+    def _remove_cli_configs(self, state: LabState | None) -> None:
+        recorded = state.user_cli_config if state is not None else ""
+        cliconfig.remove(self.dir, Path(recorded) if recorded else None)
 
     def _start_agents(self, plans: Sequence[HostPlan],
-                      command: Sequence[str] | None) -> None:
+                      command: Sequence[str] | None, registry: Registry | None) -> None:
         current = self.require_state()
         started = []
         for plan in plans:
             holder = current.holder(plan.name)
             assert holder is not None
-            agent = agents_mod.start_agent(self.paths, plan, holder, command)
+            agent = agents_mod.start_agent(self.paths, plan, holder, command, registry=registry)
             self._record(agent)
             started.append(agent)
         for agent in agents_mod.wait_for_agents(started, clock=self.clock):
@@ -223,7 +301,9 @@ class Lab:
             current = self.state()
             if current is None:
                 return DownReport(lab_dir=str(self.dir), was_up=False)
-            return teardown.take_down(self.paths, current, clock=self.clock)
+            report = teardown.take_down(self.paths, current, clock=self.clock)
+            self._remove_cli_configs(current)
+            return report
 
     # ------------------------------------------------------------ components in namespaces
 
@@ -241,6 +321,11 @@ class Lab:
         component = Component(name=name, kind=kind, place=place, process=process,
                               endpoints=dict(endpoints or {}))
         self.add_component(component)
+        # returned once it runs inside (nsenter joins the namespaces just after the fork)
+        wanted = procs.namespace_ids(holder.pid).get("net")
+        procs.wait_until(lambda: not procs.is_alive(process)
+                         or procs.namespace_ids(process.pid).get("net") == wanted,
+                         5.0, clock=self.clock, interval=0.01)
         return component
 
     def add_component(self, component: Component) -> None:
@@ -331,6 +416,43 @@ class Lab:
         """Wait until the guest's heartbeat count exceeds ``above``; returns the new count."""
         return guests.wait_for_heartbeat(self, name, above=above, timeout=timeout)
 
+    # ------------------------------------------------------------ control plane and drills
+
+    def etcd_access(self) -> tuple[int, list[str]]:
+        """(PID whose network namespace reaches etcd, the members' client URLs)."""
+        current = self.require_state()
+        members = current.of_kind("etcd")
+        core = current.holder(CORE)
+        if not members or core is None:
+            raise FailedPrecondition(f"the lab in {self.dir} runs no control plane",
+                                     reason="LAB_NO_CONTROL_PLANE",
+                                     hint="ferry-lab down, then ferry-lab up (without "
+                                          "--no-control-plane)")
+        return core.pid, [m.endpoints["client"] for m in members]
+
+    def leader(self) -> str | None:
+        """The id of the coordinator that leads now (the ``leader`` key in etcd), None when
+        nobody does. Unavailable when etcd does not answer."""
+        return control.read_leader(*self.etcd_access())
+
+    def wait_for_leader(self, *, other_than: str | None = None,
+                        timeout: float = control.LEADER_TIMEOUT_S) -> str | None:
+        """Wait until a coordinator (other than ``other_than``) leads; its id, None at timeout."""
+        core_pid, urls = self.etcd_access()
+        return control.wait_for_leader(core_pid, urls, timeout=timeout, clock=self.clock,
+                                       other_than=other_than)
+
+    def kill(self, name: str | Sequence[str], signal: str = "KILL") -> str:
+        """Signal a component by its recorded PID (``"coordinator c1"``, ``"etcd s1"``,
+        ``"agent host1"``; KILL, TERM, STOP or CONT); after KILL/TERM, waits until it is gone."""
+        return drills.kill(self.require_state(), _words(name), signal, clock=self.clock)
+
+    def restart(self, name: str | Sequence[str]) -> Component:
+        """Stop a component if it runs, start it again with its recorded command line and wait
+        until it serves (etcd healthy, agent/coordinator health SERVING, libvirtd answering)."""
+        return drills.restart(self.require_state(), _words(name), self.add_component,
+                              clock=self.clock)
+
     # ------------------------------------------------------------ status
 
     def status(self, *, probe: bool = True) -> dict[str, Any]:
@@ -339,8 +461,26 @@ class Lab:
         return status_mod.build_status(self.dir, self.state(), probe=probe)
 
 
+def _check_control_plane(shape: ControlPlane) -> None:
+    """Refuse, before anything starts, a shape or a machine the control plane cannot run on."""
+    if shape.problem():
+        raise InvalidArgument(shape.problem(), reason="LAB_BAD_CONTROL_PLANE",
+                              hint="use --etcd-members 1 or 3 and --coordinators 1 to 3")
+    if find_etcd_binary() is None or control.etcdctl_binary() is None:
+        raise FailedPrecondition(
+            "no etcd server binary (or no etcdctl beside it) for the lab's control plane",
+            reason="ETCD_BINARY_MISSING",
+            hint="run deploy/fetch-etcd.sh (or set FERRY_ETCD_BIN), or start the lab without "
+                 "one: ferry-lab up --no-control-plane")
+
+
+def _words(name: str | Sequence[str]) -> list[str]:
+    return name.split() if isinstance(name, str) else list(name)
+
+
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["DEFAULT_LAB_DIR", "DownReport", "FerryError", "Lab", "default_lab_dir"]
+__all__ = ["DEFAULT_LAB_DIR", "ControlPlane", "DownReport", "FerryError", "Lab",
+           "default_lab_dir"]

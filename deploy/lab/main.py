@@ -1,7 +1,12 @@
 """``ferry-lab``: real libvirt hosts on this machine, for trying Ferry and for its lab tests.
 
-    ferry-lab up [--hosts 2] [--no-agents]      start the lab (reuses one already up)
-    ferry-lab status [--output json]            every component, PID, address, alive or not
+    ferry-lab up [--hosts 2] [--no-agents]      start the lab (reuses one already up), with
+        [--etcd-members 1|3] [--coordinators N]   etcd and coordinators in the core namespace
+        [--no-control-plane]                      (the ferry CLI works right after)
+    ferry-lab status [--output json]            every component, PID, address, alive or not,
+                                                which coordinator leads
+    ferry-lab kill COMPONENT [--signal KILL]    signal one (coordinator c1, etcd s1, agent host1)
+    ferry-lab restart COMPONENT                 start it again, wait until it serves
     ferry-lab guest NAME --host host1 [...]     boot a test guest, wait for its heartbeat
     ferry-lab console NAME [--follow]           its serial console (continues across hosts)
     ferry-lab virsh HOST ARGS...                virsh against that host's libvirtd
@@ -23,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ferry.errors import FerryError
+from ferry.lab.controlplane import ETCD_MEMBER_COUNTS, MAX_COORDINATORS, ControlPlane
+from ferry.lab.drills import SIGNALS
 from ferry.lab.guests import BOOT_TIMEOUT_S
 from ferry.lab.lab import Lab, default_lab_dir
 from ferry.lab.status import render_text
@@ -40,11 +47,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", help="start the lab (core namespace, hosts, libvirtd, agents)")
+    up = sub.add_parser("up", help="start the lab (core namespace, hosts, libvirtd, agents, etcd, coordinators)")
     up.add_argument("--hosts", type=int, default=2, help=f"number of hosts, 1-{MAX_HOSTS}")
     up.add_argument("--no-agents", action="store_true", help="do not start Ferry agents")
     up.add_argument("--no-install", action="store_true",
                     help="do not apt-get install missing packages (fail instead)")
+    up.add_argument("--etcd-members", type=int, default=1, choices=ETCD_MEMBER_COUNTS,
+                    help="etcd members in the core namespace (default 1)")
+    up.add_argument("--coordinators", type=int, default=1,
+                    choices=range(1, MAX_COORDINATORS + 1),
+                    help="coordinator replicas (default 1; one leads, all serve the API)")
+    up.add_argument("--per-host-outbound", type=int, default=1, metavar="N",
+                    help="concurrent migrations out of one host (default 1)")
+    up.add_argument("--no-control-plane", action="store_true",
+                    help="no etcd, no coordinators (a lab already up is reused as it is)")
 
     sub.add_parser("down", help="destroy guests, stop everything the lab started")
 
@@ -79,12 +95,37 @@ def _parser() -> argparse.ArgumentParser:
     exec_ = sub.add_parser("exec", help="run a command inside a host's (or core's) namespaces")
     exec_.add_argument("host", help="host name or 'core'")
     exec_.add_argument("cmd", nargs=argparse.REMAINDER)
+
+    kill = sub.add_parser("kill", help="signal one component by its recorded PID (a drill)")
+    kill.add_argument("component", nargs="+",
+                      help="e.g. coordinator c1, etcd s1, agent host1, libvirtd host2")
+    kill.add_argument("--signal", default="KILL", type=str.upper, choices=tuple(SIGNALS),
+                      help="KILL (default: a crash), TERM, STOP (hang) or CONT (resume)")
+
+    restart = sub.add_parser("restart", help="start a component again and wait until it serves")
+    restart.add_argument("component", nargs="+", help="e.g. coordinator c1, etcd s1, agent host1")
     return parser
 
 
 def _cmd_up(lab: Lab, args: argparse.Namespace) -> int:
-    lab.up(hosts=args.hosts, agents=not args.no_agents, install=not args.no_install)
+    control_plane = None if args.no_control_plane else ControlPlane(
+        etcd_members=args.etcd_members, coordinators=args.coordinators,
+        per_host_outbound=args.per_host_outbound)
+    lab.up(hosts=args.hosts, agents=not args.no_agents, install=not args.no_install,
+           control_plane=control_plane)
     print(render_text(lab.status()), end="")
+    return 0
+
+
+def _cmd_kill(lab: Lab, args: argparse.Namespace) -> int:
+    print(lab.kill(args.component, args.signal))
+    return 0
+
+
+def _cmd_restart(lab: Lab, args: argparse.Namespace) -> int:
+    component = lab.restart(args.component)
+    pid = component.process.pid if component.process else "-"
+    print(f"{' '.join(args.component)}: restarted, pid {pid}")
     return 0
 
 
@@ -162,7 +203,8 @@ def _cmd_exec(lab: Lab, args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status, "guest": _cmd_guest,
-            "console": _cmd_console, "virsh": _cmd_virsh, "exec": _cmd_exec}
+            "console": _cmd_console, "virsh": _cmd_virsh, "exec": _cmd_exec, "kill": _cmd_kill,
+            "restart": _cmd_restart}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -212,6 +212,7 @@ def stop(record: ProcessRecord | None, *, grace: float = 10.0,
         return "not running"
     assert record is not None
     _signal(record, signal.SIGTERM)
+    _signal(record, signal.SIGCONT)     # a paused (SIGSTOP) process can only act on it when resumed
     if wait_until(lambda: not is_alive(record), grace, clock=clock, interval=0.05):
         return "stopped"
     _signal(record, signal.SIGKILL)
@@ -220,6 +221,24 @@ def stop(record: ProcessRecord | None, *, grace: float = 10.0,
     raise Internal(f"process {record.pid} ({record.argv[0]}) survived SIGKILL",
                    reason="LAB_PROCESS_STUCK",
                    hint=f"look at /proc/{record.pid}/stack; it is probably stuck in the kernel")
+
+
+def send_signal(record: ProcessRecord | None, signum: signal.Signals) -> bool:
+    """Signal a recorded process if it still runs (same PID and start time); False if not."""
+    if not is_alive(record):
+        return False
+    assert record is not None
+    _signal(record, signum)
+    return True
+
+
+def is_paused(record: ProcessRecord | None) -> bool:
+    """The recorded process runs but is stopped by a signal (SIGSTOP: state T)."""
+    if not is_alive(record):
+        return False
+    assert record is not None
+    stat = read_stat(record.pid)
+    return stat is not None and stat.state == "T"
 
 
 def _signal(record: ProcessRecord, signum: signal.Signals) -> None:

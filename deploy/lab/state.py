@@ -2,7 +2,7 @@
 them and ``down`` can stop exactly those (by recorded PID) and nothing else.
 
 Everything the lab runs is a Component: the holder processes of the namespaces, each host's
-libvirtd and agent, and later etcd members and coordinators in the core namespace (add a
+libvirtd and agent, the etcd members and coordinators in the core namespace (add a
 Component with its own ``kind``; ``down`` stops components in ``stop_rank`` order, holders
 last, so a new kind needs no change in the teardown).
 """
@@ -103,6 +103,10 @@ class LabState:
     core_namespaces: Mapping[str, str] = field(default_factory=dict)
     hosts: tuple[HostRecord, ...] = ()
     components: tuple[Component, ...] = ()
+    user_cli_config: str = ""     # the operator's CLI config ``up`` wrote ("" = none), for down
+
+    def of_kind(self, kind: str) -> tuple[Component, ...]:
+        return tuple(c for c in self.components if c.kind == kind)
 
     def host(self, name: str) -> HostRecord | None:
         return next((h for h in self.hosts if h.name == name), None)
@@ -116,9 +120,12 @@ class LabState:
         return component.process if component is not None else None
 
     def with_component(self, component: Component) -> LabState:
-        """This state with ``component`` added (or replacing the one with its name)."""
-        others = tuple(c for c in self.components if c.name != component.name)
-        return replace(self, components=(*others, component))
+        """This state with ``component`` added (or replacing the one with its name, in its
+        place: a restarted process keeps its position in status)."""
+        if self.component(component.name) is None:
+            return replace(self, components=(*self.components, component))
+        return replace(self, components=tuple(component if c.name == component.name else c
+                                              for c in self.components))
 
     def with_host(self, host: HostRecord) -> LabState:
         others = tuple(h for h in self.hosts if h.name != host.name)
@@ -136,6 +143,7 @@ class LabState:
             "core_address": self.core_address, "core_namespaces": dict(self.core_namespaces),
             "hosts": [h.to_json() for h in self.hosts],
             "components": [c.to_json() for c in self.components],
+            "user_cli_config": self.user_cli_config,
         }
 
     @classmethod
@@ -149,7 +157,8 @@ class LabState:
                    core_address=data["core_address"],
                    core_namespaces=dict(data.get("core_namespaces", {})),
                    hosts=tuple(HostRecord.from_json(h) for h in data.get("hosts", [])),
-                   components=tuple(Component.from_json(c) for c in data.get("components", [])))
+                   components=tuple(Component.from_json(c) for c in data.get("components", [])),
+                   user_cli_config=str(data.get("user_cli_config", "")))
 
 
 def load(path: Path) -> LabState | None:

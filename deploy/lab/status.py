@@ -1,7 +1,8 @@
 """``ferry-lab status``: every component of a lab, whether it runs, and how to reach it.
 
-``build_status`` gathers (reads /proc, asks libvirtd and the agents); ``render_text`` is a pure
-function of what it gathered.
+``build_status`` gathers (reads /proc, asks libvirtd, the agents, the coordinators and etcd,
+which also says which coordinator leads); ``render_text`` is a pure function of what it
+gathered.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from ferry.errors import FerryError
 from ferry.lab import procs
+from ferry.lab.drills import spoken_name
 from ferry.lab.state import CORE, Component, HostRecord, LabState
 from ferry.lab.topology import CORE_BRIDGE, PREFIX_LEN
 
@@ -36,6 +38,8 @@ def component_status(component: Component | None, *, probe: bool = False) -> dic
     alive = procs.is_alive(component.process)
     if component.error:
         state = "failed"
+    elif procs.is_paused(component.process):
+        state = "paused"          # SIGSTOP (a drill): runs, answers nothing
     else:
         state = "running" if alive else "dead"
     entry: dict[str, Any] = {
@@ -44,14 +48,50 @@ def component_status(component: Component | None, *, probe: bool = False) -> dic
         "alive": alive, "state": state, "endpoints": dict(component.endpoints),
         "error": component.error, "log": component.process.log if component.process else "",
     }
-    if component.kind == "agent":
+    if component.kind in ("agent", "coordinator"):
         serving = None
-        if probe and alive:
+        if probe and alive and state != "paused" and "unix" in component.endpoints:
             from ferry.lab.agents import health_serving
 
             serving = health_serving(component.endpoints.get("unix", ""))
         entry["serving"] = serving
     return entry
+
+
+def control_plane_status(state: LabState, components: list[dict[str, Any]], *,
+                         probe: bool) -> dict[str, Any] | None:
+    """etcd health and the leader, marked on the etcd and coordinator entries of
+    ``components``; None when the lab runs no etcd."""
+    from ferry.lab.control import etcd_health, read_leader
+    from ferry.lab.controlplane import lab_cli_config
+    from ferry.lab.topology import LabPaths
+
+    members = [e for e in components if e["kind"] == "etcd"]
+    if not members:
+        return None
+    core = state.holder(CORE)
+    urls = [e["endpoints"].get("client", "") for e in members]
+    leader: str | None = None
+    leader_error = "" if probe else "not asked"
+    health: dict[str, bool] = {}
+    if probe and core is not None and procs.is_alive(core):
+        try:
+            health = etcd_health(core.pid, urls)
+            leader = read_leader(core.pid, urls)
+        except FerryError as exc:
+            leader_error = exc.message
+    for entry in members:
+        entry["healthy"] = health.get(entry["endpoints"].get("client", "")) if probe else None
+    for entry in components:
+        if entry["kind"] == "coordinator":
+            entry["leader"] = entry["id"] == leader
+    return {
+        "leader": leader, "leader_error": leader_error, "etcd_endpoints": urls,
+        "coordinators": [e["endpoints"].get("unix", "") for e in components
+                         if e["kind"] == "coordinator"],
+        "cli_config": str(lab_cli_config(LabPaths(Path(state.lab_dir)))),
+        "user_cli_config": state.user_cli_config,
+    }
 
 
 def _guests(host: HostRecord, libvirtd_alive: bool) -> list[dict[str, str]] | None:
@@ -92,8 +132,17 @@ def build_status(lab_dir: Path, state: LabState | None, *, probe: bool = True) -
             if probe else None,
         })
     host_names = {h.name for h in state.hosts}
-    others = [component_status(c, probe=probe) for c in state.components
-              if not (c.place in host_names and c.kind in host_kinds) and c.name != CORE]
+    others = []
+    for component in state.components:
+        if (component.place in host_names and component.kind in host_kinds) or \
+                component.name == CORE:
+            continue
+        entry = component_status(component, probe=probe)
+        assert entry is not None
+        entry["id"] = component.name.partition("/")[2] or component.name
+        entry["label"] = spoken_name(component)
+        others.append(entry)
+    control = control_plane_status(state, others, probe=probe)
     return {
         "lab_dir": str(lab_dir),
         "up": lab_processes_alive(state) == "all",
@@ -101,6 +150,8 @@ def build_status(lab_dir: Path, state: LabState | None, *, probe: bool = True) -
         "core": {"address": f"{state.core_address}/{PREFIX_LEN}", "bridge": CORE_BRIDGE,
                  "holder": component_status(state.component(CORE))},
         "hosts": hosts_out,
+        "control_plane": control,
+        "leader": control["leader"] if control else None,
         "components": others,
     }
 
@@ -108,17 +159,38 @@ def build_status(lab_dir: Path, state: LabState | None, *, probe: bool = True) -
 # ---------------------------------------------------------------- text (pure)
 
 
-def _proc_line(label: str, entry: dict[str, Any] | None, extra: str = "") -> str:
+def _proc_line(label: str, entry: dict[str, Any] | None, extra: str = "", *,
+               width: int = 9) -> str:
     if entry is None:
-        return f"  {label:<9} -"
+        return f"  {label:<{width}} -"
     pid = entry["pid"] if entry["pid"] is not None else "-"
     state = entry["state"].upper() if entry["state"] != "running" else "running"
     if entry["state"] == "running" and entry.get("serving") is not None:
         state = "serving" if entry["serving"] else "running, NOT SERVING"
-    line = f"  {label:<9} pid {pid:<8} {state:<8} {extra}".rstrip()
+    if entry["state"] == "running" and entry.get("healthy") is not None:
+        state = "healthy" if entry["healthy"] else "running, NOT HEALTHY"
+    if entry.get("leader"):
+        state += ", LEADER"
+    line = f"  {label:<{width}} pid {pid:<8} {state:<8} {extra}".rstrip()
     if entry["error"]:
-        line += f"\n  {'':<9} {entry['error']}"
+        line += f"\n  {'':<{width}} {entry['error']}"
     return line
+
+
+def _control_lines(control: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]:
+    leader = control["leader"] or (f"unknown ({control['leader_error']})"
+                                   if control["leader_error"] else "NONE")
+    lines = [f"control   leader {leader}"]
+    for entry in entries:
+        if entry["kind"] == "etcd":
+            extra = entry["endpoints"].get("client", "")
+        else:
+            extra = "  ".join(v for k, v in entry["endpoints"].items() if k in ("grpc", "unix"))
+        lines.append(_proc_line(entry["label"], entry, extra, width=14))
+    cli = (f"configured in {control['user_cli_config']}" if control["user_cli_config"]
+           else f"FERRY_CONFIG={control['cli_config']} ferry hosts")
+    lines.append(f"  {'ferry CLI':<14} {cli}")
+    return lines
 
 
 def render_text(status: dict[str, Any]) -> str:
@@ -143,7 +215,13 @@ def render_text(status: dict[str, Any]) -> str:
             lines.append(f"  {'guests':<9} {guests}")
         elif host["libvirtd"] is not None and not host["libvirtd"]["alive"]:
             lines.append(f"  {'guests':<9} unknown (libvirtd not running)")
+    control = status.get("control_plane")
+    plane = [e for e in status["components"] if e["kind"] in ("etcd", "coordinator")]
+    if control is not None:
+        lines += _control_lines(control, plane)
     for entry in status["components"]:
+        if control is not None and entry in plane:
+            continue
         endpoints = "  ".join(entry["endpoints"].values())
         lines.append(f"{entry['name']:<9} ({entry['kind']} in {entry['place']})")
         lines.append(_proc_line("process", entry, endpoints))

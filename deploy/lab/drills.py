@@ -1,0 +1,153 @@
+"""Failure drills: signal one recorded lab process (``ferry-lab kill coordinator c1 --signal
+KILL``) or restart it with the very command line it was started with (``ferry-lab restart
+etcd s1``), then wait until it serves again.
+
+Components are named as an operator says them: ``coordinator c1``, ``etcd s1``, ``agent host1``,
+``libvirtd host1``, or by their recorded name (``coordinator/c1``, ``host1/agent``), or by the
+short id alone when that is unambiguous (``c1``, ``s1``). Holders are refused: they keep the
+lab's namespaces; killing one would take a whole host (or the lab network) away for good.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from ferry.errors import DeadlineExceeded, FailedPrecondition, FerryError, InvalidArgument, NotFound
+from ferry.lab import agents, control, hosts, procs
+from ferry.lab.procs import SYSTEM_CLOCK, Clock
+from ferry.lab.state import CORE, Component, LabState
+from ferry.lab.teardown import DEFAULT_GRACE_S, GRACE_S
+
+SIGNALS: dict[str, signal.Signals] = {
+    "KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "STOP": signal.SIGSTOP,
+    "CONT": signal.SIGCONT,
+}
+EXIT_WAIT_S = 15.0
+SETTLE_S = 0.5
+
+Record = Callable[[Component], None]
+
+
+def spoken_name(component: Component) -> str:
+    """``coordinator/c1`` -> ``coordinator c1``; ``host1/agent`` -> ``agent host1``."""
+    head, _, tail = component.name.partition("/")
+    if not tail:
+        return component.name
+    return f"{head} {tail}" if head == component.kind else f"{tail} {head}"
+
+
+def resolve(state: LabState, words: Sequence[str]) -> Component:
+    """The component an operator means (see the module doc). Pure."""
+    parts = tuple(p for word in words for p in word.split())
+    candidates: list[Component] = []
+    if len(parts) == 2:
+        kind, ident = parts
+        names = {f"{kind}/{ident}", f"{ident}/{kind}"}
+        candidates = [c for c in state.components if c.name in names and c.kind == kind]
+    elif len(parts) == 1:
+        exact = state.component(parts[0])
+        candidates = [exact] if exact else [
+            c for c in state.components
+            if parts[0] in c.name.split("/") and c.kind != "holder" and c.kind != parts[0]]
+    known = ", ".join(spoken_name(c) for c in state.components if c.kind != "holder")
+    if len(candidates) != 1:
+        what = " ".join(parts) or "(nothing)"
+        problem = "is ambiguous" if candidates else "is not a component of this lab"
+        raise NotFound(f"{what!r} {problem}", reason="LAB_NO_COMPONENT",
+                       hint=f"name one of: {known}")
+    component = candidates[0]
+    if component.kind == "holder":
+        raise FailedPrecondition(
+            f"{component.name} is the holder of the lab's namespaces", reason="LAB_HOLDER_PROTECTED",
+            hint=f"kill what runs there instead: {known}")
+    return component
+
+
+def signal_by_name(name: str) -> signal.Signals:
+    try:
+        return SIGNALS[name.upper().removeprefix("SIG")]
+    except KeyError:
+        raise InvalidArgument(f"signal {name!r} is not one the drills use",
+                              reason="LAB_BAD_SIGNAL",
+                              hint=f"use one of {', '.join(SIGNALS)}") from None
+
+
+def kill(state: LabState, words: Sequence[str], signame: str = "KILL", *,
+         clock: Clock = SYSTEM_CLOCK) -> str:
+    """Send the signal to the recorded PID; after KILL/TERM wait until the process is gone.
+    Returns what happened, for the operator."""
+    component = resolve(state, words)
+    signum = signal_by_name(signame)
+    who = spoken_name(component)
+    if not procs.send_signal(component.process, signum):
+        raise FailedPrecondition(f"{who} is not running", reason="LAB_NOT_RUNNING",
+                                 hint=f"start it again: ferry-lab restart {who}")
+    assert component.process is not None
+    pid = component.process.pid
+    if signum not in (signal.SIGKILL, signal.SIGTERM):
+        return f"{who} (pid {pid}): sent SIG{signum.name.removeprefix('SIG')}"
+    gone = procs.wait_until(lambda: not procs.is_alive(component.process), EXIT_WAIT_S,
+                            clock=clock, interval=0.05)
+    return f"{who} (pid {pid}): {signum.name} -> " + ("exited" if gone else "STILL RUNNING")
+
+
+def restart(state: LabState, words: Sequence[str], record: Record, *,
+            clock: Clock = SYSTEM_CLOCK) -> Component:
+    """Stop the component if it runs (SIGTERM, SIGKILL after its grace), start it again with
+    its recorded command line and log, record the new process and wait until it serves."""
+    old = resolve(state, words)
+    if old.process is None:
+        raise FailedPrecondition(f"{spoken_name(old)} was never started, nothing to repeat",
+                                 reason="LAB_NEVER_STARTED", hint="ferry-lab down, then up")
+    procs.stop(old.process, grace=GRACE_S.get(old.kind, DEFAULT_GRACE_S), clock=clock)
+    for address in old.endpoints.values():
+        if address.startswith("unix:"):
+            _remove_stale_socket(Path(address.removeprefix("unix:")))
+    log = Path(old.process.log) if old.process.log else None
+    process = procs.spawn(old.process.argv, log=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    fresh = replace(old, process=process, error="")
+    record(fresh)
+    try:
+        _wait_ready(state, fresh, clock)
+    except FerryError as exc:
+        record(replace(fresh, error=f"restart: {exc.message}"))
+        raise
+    return fresh
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """The socket of a process that is gone (a crash leaves it behind)."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+
+
+def _wait_ready(state: LabState, component: Component, clock: Clock) -> None:
+    if component.kind in ("agent", "coordinator") and "unix" in component.endpoints:
+        [ready] = agents.wait_serving([component], clock=clock)
+        if ready.error:
+            raise DeadlineExceeded(ready.error, reason="LAB_RESTART_FAILED",
+                                   hint="read the log named in the message")
+    elif component.kind == "etcd":
+        core = state.holder(CORE)
+        assert core is not None
+        control.wait_etcd_healthy(core.pid, [component], clock=clock)
+    elif component.kind == "libvirtd":
+        host = state.host(component.place)
+        assert host is not None and component.process is not None
+        hosts.wait_for_libvirtd(host.name, host.libvirt_uri, component.process,
+                                Path(component.process.log), clock=clock)
+    else:
+        clock.sleep(SETTLE_S)
+        if not procs.is_alive(component.process):
+            assert component.process is not None
+            raise FailedPrecondition(
+                f"{spoken_name(component)} exited right after its restart: "
+                f"{procs.log_tail(component.process.log)}",
+                reason="LAB_RESTART_FAILED", hint=f"read {component.process.log}")
