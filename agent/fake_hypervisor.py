@@ -463,10 +463,12 @@ class FakeHypervisor:
         dom, opts, target = job.domain, job.options, job.target
         done = replace(job.stats, active=False, job_type="completed", operation="migration in",
                        postcopy=job.postcopy)
+        # as libvirt: the target's completed "migration in" job does not count disk bytes
+        incoming = replace(done, disk_total=0, disk_processed=0, disk_remaining=0)
         arrived = FakeDomain(job.destination_xml,
                              DomainState.SHUTOFF if opts.offline else DomainState.RUNNING,
                              persistent=opts.persist_dest or opts.offline, dirty_bytes_per_s=dom.dirty_bytes_per_s,
-                             completed=done)
+                             completed=incoming)
         target.domains = {u: d for u, d in target.domains.items() if d.uuid != dom.uuid and d.name != dom.name}
         target.domains[arrived.uuid] = arrived
         if opts.offline:   # only the definition moved; a running guest keeps running here

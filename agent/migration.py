@@ -416,7 +416,9 @@ class MigrationDriver:
                              started: float) -> CompletedJob:
         try:
             stats = await self._hv.remote_completed_job(target_uri, uuid)
-            return completed_job_from_stats(stats, postcopy=w.postcopy_started)
+            job = completed_job_from_stats(stats, postcopy=w.postcopy_started)
+            # the target does not count the disk bytes it received: the source's last figure
+            return replace(job, disk_processed=max(job.disk_processed, last.disk_processed))
         except FerryError as exc:
             log.warning("cannot read the completed job of %s on %s (%s: %s); reporting the last "
                         "statistics seen", uuid, target_uri, exc.reason, exc)
