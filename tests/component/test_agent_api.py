@@ -292,3 +292,31 @@ async def test_reflection_lists_the_agent_service(agents):
     names = [s.name async for r in stub.ServerReflectionInfo(requests())
              for s in r.list_services_response.service]
     assert "ferry.v1.Agent" in names
+
+
+async def test_stalled_precopy_switches_to_postcopy_and_completes(agents):
+    host1, host2 = agents
+    uuid = add_guest(host1, "g1", dirty=4 * GiB)                    # at 100 MiB/s never converges in pre-copy
+    host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
+    prep = await prepare_target(host1, host2, "g1")
+    events = await _drain(host1.stub.Migrate(migrate_request(
+        "g1", host2, prep.destination_xml, bandwidth_mibps=100, allow_postcopy=True, postcopy_on_stall=True)))
+    phases = [e.progress.phase for e in events[:-1]]
+    assert tpb.MIGRATION_PHASE_POSTCOPY in phases
+    assert events[-1].result.job.postcopy
+    assert "start_postcopy" in host1.hv.calls
+    assert (await host2.hv.get_domain(uuid)).state is DomainState.RUNNING
+
+
+async def test_no_convergence_hits_the_completion_timeout_and_aborts(agents):
+    host1, host2 = agents
+    uuid = add_guest(host1, "g1", dirty=4 * GiB)
+    host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
+    prep = await prepare_target(host1, host2, "g1")
+    exc = await rpc_error(_drain(host1.stub.Migrate(migrate_request(
+        "g1", host2, prep.destination_xml, bandwidth_mibps=100, completion_timeout_s=1))))
+    err = from_rpc_error(exc)
+    assert (exc.code(), err.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "MIGRATION_TIMEOUT")
+    assert "post-copy" in err.hint
+    assert (await host1.hv.get_domain(uuid)).state is DomainState.RUNNING
+    assert not host2.hv.domains and not host1.hv.jobs
