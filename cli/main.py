@@ -27,6 +27,7 @@ from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
 from ferry.v1 import types_pb2 as tpb
 
+RETRIES_ACROSS_REPLICAS = 20
 FINAL = {cpb.PHASE_SUCCEEDED, cpb.PHASE_FAILED, cpb.PHASE_CANCELLED, cpb.PHASE_ROLLED_BACK}
 
 
@@ -195,7 +196,7 @@ class Cli:
     async def migrate(self) -> int:
         req = cpb.SubmitMigrationRequest(
             vm=self.a.vm, target_host=self.a.to, options=build_options(self.a), mapping=build_mapping(self.a),
-            priority=self.a.priority, idempotency_key=self.a.idempotency_key or uuid.uuid4().hex)
+            priority=self.a.priority, idempotency_key=self.a.idempotency_key)
         m = await self.stub.SubmitMigration(req, timeout=self.timeout)
         if self.a.no_wait:
             self.emit(m, m.id)
@@ -281,11 +282,28 @@ async def pick_coordinator(addresses: Sequence[str], timeout_s: float = 2.0) -> 
 async def run(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     as_json = args.output == "json"
+    if args.command == "migrate" and not args.idempotency_key:
+        # fixed before the first call, so a retry on another replica returns the same migration
+        args.idempotency_key = uuid.uuid4().hex
     try:
-        address = await pick_coordinator(coordinator_addresses(args.coordinator))
-        async with create_channel(address) as channel:
-            cli = Cli(cgrpc.CoordinatorStub(channel), args)
-            return await getattr(cli, args.command)()
+        addresses = coordinator_addresses(args.coordinator)
+        retries = RETRIES_ACROSS_REPLICAS if len(addresses) > 1 else 0
+        while True:
+            address = await pick_coordinator(addresses)
+            try:
+                async with create_channel(address) as channel:
+                    cli = Cli(cgrpc.CoordinatorStub(channel), args)
+                    return await getattr(cli, args.command)()
+            except grpc.RpcError as exc:
+                # a replica died under us (no Ferry error attached): run the command again on
+                # another one; every command is safe to repeat (submit by idempotency key)
+                if retries > 0 and from_rpc_error(exc).reason == "UNREACHABLE":
+                    retries -= 1
+                    if not as_json:
+                        print(f"\nferry: lost the coordinator at {address}; trying the others", file=sys.stderr)
+                    await asyncio.sleep(1.0)
+                    continue
+                raise
     except grpc.RpcError as exc:
         err = from_rpc_error(exc)
         if err.reason == "UNREACHABLE":
