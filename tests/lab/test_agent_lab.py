@@ -118,3 +118,25 @@ async def test_abort_through_the_agent(lab, stubs, guests):
     done = await dst.CleanupIncoming(apb.CleanupIncomingRequest(prepare_id=prep.prepare_id), timeout=60)
     assert list(done.removed) == list(prep.created)
     assert lab.host_exec("host2", "test", "-e", prep.created[0], check=False).returncode != 0
+
+
+async def test_stalled_precopy_switches_to_postcopy(lab, stubs, guests):
+    """Dirtying 64 MiB flat out, sent at 20 MiB/s: each pre-copy iteration leaves as much as the
+    one before; the agent switches to post-copy and the guest lands, still beating."""
+    src, dst = stubs
+    name = "la-postcopy"
+    guests.append(name)
+    await asyncio.to_thread(lab.guest, name, "host1", disks=("64M",), dirty_rate="max")
+    prep = await prepare(src, dst, name)
+    events = [e async for e in src.Migrate(apb.MigrateRequest(
+        domain=name, target_uri=lab.tcp_uri("host2"), destination_xml=prep.destination_xml,
+        progress_interval_ms=200, options=tpb.MigrationOptions(
+            storage=tpb.STORAGE_MODE_COPY_ALL, persist_dest=True, undefine_source=True, bandwidth_mibps=20,
+            allow_postcopy=True, postcopy_on_stall=True)), timeout=300)]
+    print([(e.progress.phase, e.progress.iteration, e.progress.memory_remaining >> 20, e.progress.dirty_rate_pages, e.progress.elapsed_ms) for e in events[:-1]])
+    assert tpb.MIGRATION_PHASE_POSTCOPY in [e.progress.phase for e in events[:-1]]
+    assert events[-1].result.job.postcopy
+    await dst.CommitIncoming(apb.CommitIncomingRequest(prepare_id=prep.prepare_id), timeout=30)
+    assert (await dst.GetDomain(apb.GetDomainRequest(name=name), timeout=30)).domain.state == tpb.DOMAIN_STATE_RUNNING
+    beats = lab.heartbeats(name)
+    assert lab.wait_for_heartbeat(name, above=beats + 1, timeout=30) > beats + 1
