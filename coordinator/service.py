@@ -343,8 +343,15 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         if request.host and self.fleet.host(request.host) is None:
             raise NotFound(f"no host named {request.host!r} is registered", reason="HOST_UNKNOWN",
                            hint="check the name with `ferry hosts`")
-        await self.fleet.refresh([request.host] if request.host else None)
-        _, by_vm = await self._active_by_vm()
+        records = await self._records()
+        # a host whose inventory predates a migration's last change to it is asked again, so a VM
+        # shows where it runs now, not where it ran a few seconds ago
+        moved = {name for r in records for name in (r.source_host, r.target_host)
+                 if (h := self.fleet.host(name)) is not None and (h.last_seen is None or r.updated_at > h.last_seen)}
+        wanted = [request.host] if request.host else [h.name for h in self.fleet.hosts()]
+        await asyncio.gather(self.fleet.refresh([n for n in wanted if n not in moved]),
+                             self.fleet.refresh([n for n in wanted if n in moved], force=True))
+        by_vm = {r.vm_uuid: r.id for r in sorted(records, key=lambda r: r.created_at) if not r.phase.is_final}
         return cpb.ListVMsResponse(vms=[
             convert.vm_to_pb(d, h.name, by_vm.get(d.uuid, ""))
             for h in self.fleet.hosts() if not request.host or h.name == request.host
