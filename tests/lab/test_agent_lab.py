@@ -133,7 +133,6 @@ async def test_stalled_precopy_switches_to_postcopy(lab, stubs, guests):
         progress_interval_ms=200, options=tpb.MigrationOptions(
             storage=tpb.STORAGE_MODE_COPY_ALL, persist_dest=True, undefine_source=True, bandwidth_mibps=20,
             allow_postcopy=True, postcopy_on_stall=True)), timeout=300)]
-    print([(e.progress.phase, e.progress.iteration, e.progress.memory_remaining >> 20, e.progress.dirty_rate_pages, e.progress.elapsed_ms) for e in events[:-1]])
     assert tpb.MIGRATION_PHASE_POSTCOPY in [e.progress.phase for e in events[:-1]]
     assert events[-1].result.job.postcopy
     await dst.CommitIncoming(apb.CommitIncomingRequest(prepare_id=prep.prepare_id), timeout=30)
