@@ -320,3 +320,17 @@ async def test_no_convergence_hits_the_completion_timeout_and_aborts(agents):
     assert "post-copy" in err.hint
     assert (await host1.hv.get_domain(uuid)).state is DomainState.RUNNING
     assert not host2.hv.domains and not host1.hv.jobs
+
+
+async def test_libvirt_down_or_hung_is_named(agents):
+    host1, _ = agents
+    host1.hv.reachable = False
+    err = from_rpc_error(await rpc_error(host1.stub.GetInventory(apb.GetInventoryRequest())))
+    assert (type(err).__name__, err.reason) == ("Unavailable", "LIBVIRT_UNREACHABLE")
+    host1.hv.reachable = True
+    host1.hv.timeout_s = 0.05
+    host1.hv.hang("list_domains")
+    exc = await rpc_error(host1.stub.GetInventory(apb.GetInventoryRequest()))
+    err = from_rpc_error(exc)
+    assert (exc.code(), err.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "LIBVIRT_TIMEOUT")
+    assert "listAllDomains" in err.message and host1.hv.uri in err.message
