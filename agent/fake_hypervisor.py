@@ -238,6 +238,8 @@ class FakeHypervisor:
         dom = self._lookup(name_or_uuid, "jobStats")
         if completed:
             return dom.completed or JobStats()
+        if not dom.state.is_active:
+            return JobStats()   # a domain that does not run has no job (the real adapter says so too)
         job = self.jobs.get(dom.uuid)
         return job.stats if job is not None else JobStats()
 

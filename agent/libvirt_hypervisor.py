@@ -332,7 +332,16 @@ class LibvirtHypervisor:
 
         def work(conn: libvirt.virConnect) -> JobStats:
             dom = self._lookup(conn, name_or_uuid)
-            stats = dom.jobStats(flags)
+            # a domain that does not run has no job; libvirt refuses to say so ("domain is not
+            # running"), e.g. on the source between a completed migration and the undefine
+            if not completed and not dom.isActive():
+                return JobStats()
+            try:
+                stats = dom.jobStats(flags)
+            except libvirt.libvirtError:
+                if not completed and not dom.isActive():   # it stopped while we asked
+                    return JobStats()
+                raise
             return job_stats_from_libvirt(stats, postcopy=_in_postcopy(*dom.state()))
         return await self._call("jobStats", work, retry=True)
 

@@ -341,7 +341,14 @@ class MigrationDriver:
                 if changed(progress, snapshot):
                     progress = snapshot
                     yield snapshot
+                switched = watch.postcopy_started
                 watch = await self._act(decide(watch, stats, phase, now), watch, domain.uuid, task)
+                if watch.postcopy_started and not switched:
+                    # report the switch now: statistics may not answer again before the end
+                    progress = next_progress(progress, MigrationPhase.POSTCOPY, replace(stats, postcopy=True),
+                                             max_downtime_ms=opts.max_downtime_ms,
+                                             elapsed_ms=int((now - started) * 1000))
+                    yield progress
             task.result()  # raises the job's error
         finally:
             if poll is not None:
@@ -416,8 +423,12 @@ class MigrationDriver:
                              started: float) -> CompletedJob:
         try:
             stats = await self._hv.remote_completed_job(target_uri, uuid)
+            if stats.job_type != "completed":
+                raise NotFound(f"no completed job of {uuid} on {target_uri} (job type {stats.job_type})",
+                               reason="COMPLETED_JOB_MISSING")
             job = completed_job_from_stats(stats, postcopy=w.postcopy_started)
             # the target does not count the disk bytes it received: the source's last figure
+            # (0 when the job ended before a statistics poll saw the disk copy)
             return replace(job, disk_processed=max(job.disk_processed, last.disk_processed))
         except FerryError as exc:
             log.warning("cannot read the completed job of %s on %s (%s: %s); reporting the last "

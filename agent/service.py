@@ -113,7 +113,8 @@ class AgentServicer(agrpc.AgentServicer):
 
     async def _claim(self, domain: DomainInfo, migration_id: str) -> None:
         """One Migrate per domain: refuse while another streams here or libvirt runs a job."""
-        busy = domain.uuid in self._migrating or (await self.hypervisor.job_stats(domain.uuid)).active
+        busy = domain.uuid in self._migrating or (
+            domain.state.is_active and (await self.hypervisor.job_stats(domain.uuid)).active)
         if busy:
             other = self._migrating.get(domain.uuid, "")
             raise FailedPrecondition(

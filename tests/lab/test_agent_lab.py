@@ -68,6 +68,7 @@ async def test_live_migration_with_disk_copy(lab, stubs, guests):
     name = "la-move"
     guests.append(name)
     await asyncio.to_thread(lab.guest, name, "host1", dirty_rate="20")
+    await asyncio.to_thread(lab.wait_for_heartbeat, name, above=5, timeout=60)   # 1 MiB written to vda
     prep = await prepare(src, dst, name)
     beats = lab.heartbeats(name)
     events = [e async for e in src.Migrate(apb.MigrateRequest(
@@ -77,7 +78,8 @@ async def test_live_migration_with_disk_copy(lab, stubs, guests):
         timeout=300)]
     result = events[-1].result
     assert events[-1].HasField("result")
-    assert result.job.time_elapsed_ms > 0 and result.job.memory_processed > 0 and result.job.disk_processed > 0
+    # (disk bytes come from the source's statistics: a job shorter than a poll may not show them)
+    assert result.job.time_elapsed_ms > 0 and result.job.memory_processed > 0
     assert result.source_state == tpb.DOMAIN_STATE_UNSPECIFIED and not result.source_defined
     phases = [e.progress.phase for e in events[:-1]]
     assert phases == sorted(phases)
@@ -85,6 +87,7 @@ async def test_live_migration_with_disk_copy(lab, stubs, guests):
     moved = await dst.GetDomain(apb.GetDomainRequest(name=name), timeout=30)
     assert moved.domain.state == tpb.DOMAIN_STATE_RUNNING
     assert [n.source for n in moved.domain.nics] == ["br-vm"]
+    assert moved.domain.disks[0].allocation > 1 << 20          # the guest's data reached the new image
     assert name not in lab.virsh("host1", "list", "--all", "--name").stdout.split()
     assert lab.wait_for_heartbeat(name, above=beats + 2, timeout=30) > beats + 2   # still beating, on host2
     assert not (await dst.ListPrepares(apb.ListPreparesRequest(), timeout=30)).prepares

@@ -256,6 +256,7 @@ async def test_shared_disk_moves_only_with_unsafe(world):
     assert (await world.dst.get_domain(name)).state is DomainState.RUNNING
     left = await world.src.get_domain(name)                      # defined, shut off, on the source
     assert (left.state, left.persistent) == (DomainState.SHUTOFF, True)
+    assert await world.src.job_stats(name) == JobStats()         # a shut-off domain has no job
 
 
 async def test_abort_mid_way_leaves_the_guest_on_the_source(world):
