@@ -1,0 +1,169 @@
+"""Real running guests moved between two real libvirt hosts through the agents' gRPC API
+(tests/lab/agentflow.py does what the coordinator will do: GetDomain, plan, PrepareIncoming,
+Migrate, CommitIncoming / CleanupIncoming).
+
+What an operator checks after each migration: the guest runs on the target, its heartbeat keeps
+counting there, it is gone from the source; after a copy its disk content is on the target;
+after an abort it still runs on the source and the target kept nothing. Each migration's wall
+time, job time and downtime are printed (``pytest -s`` shows them).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import pytest
+from agentflow import MigrationFailed, MigrationRun, agent, image_files, marker, migrate, remove_guest
+
+from ferry.lab import Lab
+from ferry.lab.guests import GuestInfo
+from ferry.model import HostMapping, MigrationOptions, StorageMode
+from ferry.v1 import agent_pb2 as apb
+from ferry.v1 import types_pb2 as tpb
+
+pytestmark = pytest.mark.lab
+
+TO_HOST2 = HostMapping(bridges={"br-guest": "br-vm"})
+
+Boot = Callable[..., GuestInfo]
+
+
+@pytest.fixture
+async def guests(lab: Lab) -> AsyncIterator[Boot]:
+    """``guests(name, **lab.guest kwargs)`` boots a guest on host1; every guest booted this way
+    is removed afterwards from whichever host holds it, pass or fail."""
+    made: list[str] = []
+
+    def boot(name: str, host: str = "host1", **kw: object) -> GuestInfo:
+        made.append(name)
+        return lab.guest(name, host, **kw)
+
+    yield boot
+    for name in made:
+        await remove_guest(lab, name)
+
+
+def domstate(lab: Lab, host: str, name: str) -> str:
+    """``virsh domstate`` on ``host``; "" when the domain is not defined there."""
+    done = lab.virsh(host, "domstate", name, check=False)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def assert_beating(lab: Lab, name: str, beats: int = 2) -> None:
+    """The heartbeat count keeps increasing (read now and again a few seconds later)."""
+    first = lab.heartbeats(name)
+    assert lab.wait_for_heartbeat(name, above=first + beats - 1, timeout=30) >= first + beats
+
+
+def assert_moved(lab: Lab, run: MigrationRun, name: str) -> None:
+    """Runs on the target and keeps beating; nothing of it is left on the source."""
+    print(run.summary())
+    assert run.result is not None
+    assert run.result.job.time_elapsed_ms > 0
+    assert run.result.source_state == tpb.DOMAIN_STATE_UNSPECIFIED
+    assert not run.result.source_defined
+    assert domstate(lab, run.target, name) == "running"
+    assert domstate(lab, run.source, name) == ""          # undefine_source: not even defined
+    # progress was streamed and never went back (a fast job may end between two polls, so
+    # which phases show up is not fixed)
+    assert run.progress and run.phases() == sorted(run.phases())
+    assert_beating(lab, name)
+
+
+async def assert_no_prepares(lab: Lab, host: str) -> None:
+    async with agent(lab, host) as stub:
+        assert list((await stub.ListPrepares(apb.ListPreparesRequest(), timeout=30)).prepares) == []
+
+
+async def test_shared_storage_guest_moves_to_host2(lab, guests):
+    guests("agm-shared", shared=True, nic=False)
+    # the lab's shared dir is a plain directory: libvirt trusts only cluster file systems, so
+    # the migration needs "unsafe" (the disks are cache=none, which keeps it consistent)
+    run = await migrate(lab, "agm-shared", "host1", "host2", storage=StorageMode.SHARED,
+                        options=MigrationOptions(unsafe=True))
+    assert [d.copy for d in run.prepare.disks] == [False]
+    assert list(run.prepare.created) == []
+    assert_moved(lab, run, "agm-shared")
+    assert run.result.job.disk_processed == 0
+    await assert_no_prepares(lab, "host2")
+
+
+async def test_copy_storage_carries_the_disk_into_the_prepared_image(lab, guests):
+    info = guests("agm-copy", disks=("256M",), nic=False)
+    image = info.disks[0].path                     # same path on host2 (no path mapping)
+    lab.wait_for_heartbeat("agm-copy", above=5, timeout=30)   # a marker is on the disk now
+    before = marker(lab, "host1", image)
+    assert before >= 5
+    assert image not in image_files(lab, "host2")
+
+    run = await migrate(lab, "agm-copy", "host1", "host2", storage=StorageMode.COPY_ALL)
+    assert list(run.prepare.created) == [image]
+    assert [(d.target, d.copy, d.virtual_size) for d in run.prepare.disks] == [("vda", True, 256 << 20)]
+    assert_moved(lab, run, "agm-copy")
+    # not asserted: result.job.disk_processed is the last figure a progress poll saw (the
+    # target does not count disk bytes), so a mirror that ends between two polls reports 0
+
+    # the copy carried the guest's marker, and the guest now writes into host2's image
+    landed = marker(lab, "host2", image)
+    assert landed >= before
+    lab.wait_for_heartbeat("agm-copy", above=lab.heartbeats("agm-copy") + 5, timeout=30)
+    assert marker(lab, "host2", image) > landed
+    await assert_no_prepares(lab, "host2")
+
+    # The source's local image is left behind: libvirt's undefine-source drops the definition,
+    # never storage, and no agent call removes it. Keeping it until the target has committed is
+    # right (it is the only copy if the target dies at the switchover); afterwards it is garbage
+    # that also blocks a migration back (the return prepare refuses FILE_IN_THE_WAY). Who removes
+    # it, and when, is for the coordinator to decide: reported here, not asserted.
+    left = image in image_files(lab, "host1")
+    print(f"agm-copy: source image {image} on host1 after the copy: {'left' if left else 'removed'}")
+
+
+async def test_nic_is_rewritten_to_the_targets_bridge(lab, guests):
+    guests("agm-nic", disks=(), nic=True)
+    assert "br-guest" in lab.virsh("host1", "domiflist", "agm-nic").stdout
+    run = await migrate(lab, "agm-nic", "host1", "host2", storage=StorageMode.SHARED, mapping=TO_HOST2)
+    assert_moved(lab, run, "agm-nic")
+    live = ET.fromstring(lab.virsh("host2", "dumpxml", "agm-nic").stdout)
+    assert [s.get("bridge") for s in live.iterfind("devices/interface/source")] == ["br-vm"]
+    persistent = ET.fromstring(lab.virsh("host2", "dumpxml", "--inactive", "agm-nic").stdout)
+    assert [s.get("bridge") for s in persistent.iterfind("devices/interface/source")] == ["br-vm"]
+
+
+async def test_abort_mid_migration_leaves_the_guest_on_host1(lab, guests):
+    # a small disk: its mirror is quick even at the capped bandwidth
+    info = guests("agm-abort", disks=("16M",), nic=False, dirty_rate="20", dirty_mb=64)
+    image = info.disks[0].path
+    files_before = image_files(lab, "host2")
+    aborted: list[bool] = []
+
+    async def abort_once_memory_moves(p: tpb.MigrationProgress) -> None:
+        if aborted or p.phase != tpb.MIGRATION_PHASE_PRECOPY or p.memory_processed == 0:
+            return
+        async with agent(lab, "host1") as source:
+            done = await source.AbortMigration(apb.AbortMigrationRequest(domain="agm-abort"), timeout=30)
+        aborted.append(done.aborted)
+
+    # 8 MiB/s cannot keep up with 20 MiB/s of dirtied memory: the migration would never end
+    with pytest.raises(MigrationFailed) as failed:
+        await migrate(lab, "agm-abort", "host1", "host2", storage=StorageMode.COPY_ALL,
+                      options=MigrationOptions(bandwidth_mibps=8), on_progress=abort_once_memory_moves)
+    err = failed.value
+    print(f"{err.run.summary()}; ended {err.error.reason}: {err.error}")
+    assert aborted == [True]
+    assert err.error.code == grpc.StatusCode.ABORTED
+    assert err.error.reason == "MIGRATION_ABORTED"
+    assert list(err.run.prepare.created) == [image]
+    assert err.cleanup_error is None and list(err.cleanup.removed) == [image]
+
+    # the guest still runs on host1 and keeps beating; host2 kept nothing
+    assert domstate(lab, "host1", "agm-abort") == "running"
+    assert_beating(lab, "agm-abort")
+    assert domstate(lab, "host2", "agm-abort") == ""
+    assert image_files(lab, "host2") == files_before
+    await assert_no_prepares(lab, "host2")
+    async with agent(lab, "host1") as source:
+        job = await source.GetJob(apb.GetJobRequest(domain="agm-abort"), timeout=30)
+    assert not job.active
