@@ -209,3 +209,37 @@ class GetJobResponse(_message.Message):
     job_type: str
     operation: str
     def __init__(self, active: _Optional[bool] = ..., progress: _Optional[_Union[_types_pb2.MigrationProgress, _Mapping]] = ..., completed: _Optional[_Union[_types_pb2.CompletedJob, _Mapping]] = ..., job_type: _Optional[str] = ..., operation: _Optional[str] = ...) -> None: ...
+
+class ProbeTargetRequest(_message.Message):
+    __slots__ = ("target_uri", "migration_address")
+    TARGET_URI_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    target_uri: str
+    migration_address: str
+    def __init__(self, target_uri: _Optional[str] = ..., migration_address: _Optional[str] = ...) -> None: ...
+
+class ProbeTargetResponse(_message.Message):
+    __slots__ = ("problems", "latency_ms")
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    problems: _containers.RepeatedCompositeFieldContainer[_types_pb2.ErrorDetail]
+    latency_ms: int
+    def __init__(self, problems: _Optional[_Iterable[_Union[_types_pb2.ErrorDetail, _Mapping]]] = ..., latency_ms: _Optional[int] = ...) -> None: ...
+
+class RemoveSourceDisksRequest(_message.Message):
+    __slots__ = ("domain_uuid", "paths", "migration_id")
+    DOMAIN_UUID_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    domain_uuid: str
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    migration_id: str
+    def __init__(self, domain_uuid: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., migration_id: _Optional[str] = ...) -> None: ...
+
+class RemoveSourceDisksResponse(_message.Message):
+    __slots__ = ("removed", "already_gone")
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_GONE_FIELD_NUMBER: _ClassVar[int]
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    already_gone: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, removed: _Optional[_Iterable[str]] = ..., already_gone: _Optional[_Iterable[str]] = ...) -> None: ...

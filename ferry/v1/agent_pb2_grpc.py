@@ -84,6 +84,16 @@ class AgentStub:
                 request_serializer=ferry_dot_v1_dot_agent__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=ferry_dot_v1_dot_agent__pb2.GetJobResponse.FromString,
                 _registered_method=True)
+        self.ProbeTarget = channel.unary_unary(
+                '/ferry.v1.Agent/ProbeTarget',
+                request_serializer=ferry_dot_v1_dot_agent__pb2.ProbeTargetRequest.SerializeToString,
+                response_deserializer=ferry_dot_v1_dot_agent__pb2.ProbeTargetResponse.FromString,
+                _registered_method=True)
+        self.RemoveSourceDisks = channel.unary_unary(
+                '/ferry.v1.Agent/RemoveSourceDisks',
+                request_serializer=ferry_dot_v1_dot_agent__pb2.RemoveSourceDisksRequest.SerializeToString,
+                response_deserializer=ferry_dot_v1_dot_agent__pb2.RemoveSourceDisksResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -156,6 +166,21 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProbeTarget(self, request, context):
+        """Source side, preflight: can this host reach the target (name resolves, libvirtd answers)?
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveSourceDisks(self, request, context):
+        """Source side, after a copy migration landed and was committed on the target: remove the
+        source's now unused local images. Refused while a domain with that UUID exists here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -208,6 +233,16 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.GetJob,
                     request_deserializer=ferry_dot_v1_dot_agent__pb2.GetJobRequest.FromString,
                     response_serializer=ferry_dot_v1_dot_agent__pb2.GetJobResponse.SerializeToString,
+            ),
+            'ProbeTarget': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProbeTarget,
+                    request_deserializer=ferry_dot_v1_dot_agent__pb2.ProbeTargetRequest.FromString,
+                    response_serializer=ferry_dot_v1_dot_agent__pb2.ProbeTargetResponse.SerializeToString,
+            ),
+            'RemoveSourceDisks': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveSourceDisks,
+                    request_deserializer=ferry_dot_v1_dot_agent__pb2.RemoveSourceDisksRequest.FromString,
+                    response_serializer=ferry_dot_v1_dot_agent__pb2.RemoveSourceDisksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -480,6 +515,60 @@ class Agent:
             '/ferry.v1.Agent/GetJob',
             ferry_dot_v1_dot_agent__pb2.GetJobRequest.SerializeToString,
             ferry_dot_v1_dot_agent__pb2.GetJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProbeTarget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.v1.Agent/ProbeTarget',
+            ferry_dot_v1_dot_agent__pb2.ProbeTargetRequest.SerializeToString,
+            ferry_dot_v1_dot_agent__pb2.ProbeTargetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveSourceDisks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.v1.Agent/RemoveSourceDisks',
+            ferry_dot_v1_dot_agent__pb2.RemoveSourceDisksRequest.SerializeToString,
+            ferry_dot_v1_dot_agent__pb2.RemoveSourceDisksResponse.FromString,
             options,
             channel_credentials,
             insecure,
