@@ -56,10 +56,11 @@ class GuestInfo:
 def create_guest(lab: Lab, name: str, host: str, *, memory_mib: int = 256,
                  disks: Sequence[str] = ("256M",), shared: bool = False,
                  dirty_rate: str | None = None, dirty_mb: int = 64, nic: bool = True,
-                 timeout: float = BOOT_TIMEOUT_S) -> GuestInfo:
+                 bridge: str | None = None, timeout: float = BOOT_TIMEOUT_S) -> GuestInfo:
     """Create qcow2 disks (vda, vdb, ...) host-local in /var/lib/libvirt/images of ``host``
     or, with ``shared``, in <lab>/shared; define (persistent) and start the guest; wait for
-    its first heartbeat. No memory dirtier unless ``dirty_rate`` (MiB/s or "max")."""
+    its first heartbeat. No memory dirtier unless ``dirty_rate`` (MiB/s or "max"). The NIC is
+    on the host's guest bridge, or on ``bridge`` (which must exist on ``host``)."""
     try:
         if not GUEST_NAME_RE.match(name):
             raise ValueError(f"guest name {name!r} must be letters, digits, '.', '_', '-'")
@@ -94,7 +95,7 @@ def create_guest(lab: Lab, name: str, host: str, *, memory_mib: int = 256,
     console.unlink(missing_ok=True)     # a new guest of this name starts a new log
     spec = GuestSpec(name=name, memory_mib=memory_mib, kernel=str(image.kernel),
                      initrd=str(image.initrd), console_log=str(console),
-                     disks=tuple(disk_specs), bridge=target_host.guest_bridge if nic else None,
+                     disks=tuple(disk_specs), bridge=(bridge or target_host.guest_bridge) if nic else None,
                      dirty_rate=rate, dirty_mb=dirty_mb)
     xml_file = lab.paths.shared / f"{name}.xml"
     xml_file.write_text(domain_xml(spec))

@@ -393,12 +393,13 @@ class Lab:
     def guest(self, name: str, host: str, *, memory_mib: int = 256,
               disks: Sequence[str] = ("256M",), shared: bool = False,
               dirty_rate: str | None = None, dirty_mb: int = 64, nic: bool = True,
+              bridge: str | None = None,
               timeout: float = guests.BOOT_TIMEOUT_S) -> guests.GuestInfo:
         """Create disks, define and start a test guest on ``host``; wait for its first
         heartbeat. See guests.create_guest."""
         return guests.create_guest(self, name, host, memory_mib=memory_mib, disks=disks,
                                    shared=shared, dirty_rate=dirty_rate, dirty_mb=dirty_mb,
-                                   nic=nic, timeout=timeout)
+                                   nic=nic, bridge=bridge, timeout=timeout)
 
     def console(self, name: str) -> str:
         """Everything the guest printed on its serial console (across migrations)."""

@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     guest.add_argument("--dirty-mb", type=int, default=64, metavar="MiB",
                        help="memory the dirtier keeps dirty (default 64)")
     guest.add_argument("--no-nic", action="store_true", help="no network interface")
+    guest.add_argument("--bridge", metavar="NAME",
+                       help="put the NIC on this bridge of the host (default: its guest bridge)")
     guest.add_argument("--timeout", type=float, default=BOOT_TIMEOUT_S, metavar="SECONDS",
                        help="how long to wait for the first heartbeat")
 
@@ -156,7 +158,7 @@ def _cmd_status(lab: Lab, args: argparse.Namespace) -> int:
 def _cmd_guest(lab: Lab, args: argparse.Namespace) -> int:
     info = lab.guest(args.name, args.host, memory_mib=args.memory, disks=args.disk or ["256M"],
                      shared=args.shared, dirty_rate=args.dirty_rate, dirty_mb=args.dirty_mb,
-                     nic=not args.no_nic, timeout=args.timeout)
+                     nic=not args.no_nic, bridge=args.bridge, timeout=args.timeout)
     print(info.describe())
     return 0
 
