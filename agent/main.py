@@ -9,12 +9,10 @@ Exit status: 0 after a clean stop, 2 for a bad config, 1 when it cannot start.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
 import signal
-import stat
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +29,7 @@ from ferry.agent.migration import MigrationDriver
 from ferry.agent.prepare import PrepareService
 from ferry.agent.registration import start_registration
 from ferry.agent.service import SERVICE_NAME, AgentServicer
+from ferry.daemon import run_daemon
 from ferry.errors import FerryError
 from ferry.ports import HostSystem, Hypervisor
 from ferry.rpc import create_server
@@ -65,20 +64,6 @@ def register(servicer: AgentServicer) -> Callable[[grpc.aio.Server], list[str]]:
     return add
 
 
-def _prepare_unix_sockets(addresses: Sequence[str]) -> None:
-    """Make the directory of each unix socket; remove a stale socket left by a previous run."""
-    for address in addresses:
-        if not address.startswith("unix:"):
-            continue
-        path = Path(address.removeprefix("unix:").removeprefix("//"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            if stat.S_ISSOCK(path.lstat().st_mode):
-                path.unlink()
-        except FileNotFoundError:
-            pass
-
-
 async def _sweep(servicer: AgentServicer) -> None:
     try:
         for line in await servicer.prepare.sweep():
@@ -97,7 +82,6 @@ async def serve(config: AgentConfig) -> None:
     hypervisor = LibvirtHypervisor(config.libvirt_uri, config.libvirt_timeout_s)
     host = LocalHostSystem(config.image_dirs, config.shared_dirs)
     servicer = build_agent(config, hypervisor, host)
-    _prepare_unix_sockets(config.listen)
     server, ports = create_server(config.listen, register(servicer), tls=config.tls)
     await server.start()
     log.info("agent %s (pid %d) serving on %s; libvirt %s, advertised as %s", config.name, os.getpid(),
@@ -123,23 +107,7 @@ async def serve(config: AgentConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ferry-agent", description="Ferry agent: gRPC over the local libvirt")
-    parser.add_argument("--config", required=True, help="agent TOML file")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = load_config(args.config)
-    except FerryError as exc:
-        log.error("%s", exc)
-        return 2
-    try:
-        asyncio.run(serve(config))
-    except (OSError, FerryError) as exc:
-        log.error("cannot run the agent: %s", exc)
-        return 1
-    return 0
+    return run_daemon("ferry-agent", "Ferry agent: gRPC over the local libvirt", load_config, serve, argv)
 
 
 if __name__ == "__main__":

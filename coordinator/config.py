@@ -44,15 +44,15 @@ paths are taken relative to the config file's directory.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ferry.errors import FailedPrecondition, InvalidArgument
+from ferry.errors import FailedPrecondition
 from ferry.model import HostMapping
 from ferry.rpc import Tls
+from ferry.tomlconfig import Table, bad, parse_toml, read_config, tls_of
 
 from .phases import Timeouts
 from .slots import Limits
@@ -169,80 +169,18 @@ def derive_mapping(source: HostDecl | None, target: HostDecl | None,
 # ---------------------------------------------------------------- parsing
 
 
-def _bad(source: str, what: str, hint: str) -> InvalidArgument:
-    return InvalidArgument(f"{source}: {what}", reason="CONFIG_INVALID", hint=hint)
-
-
-class _Table:
-    """One TOML table being read: typed getters that name the section and key in every error."""
-
-    def __init__(self, data: Any, section: str, source: str, allowed: frozenset[str] | tuple[str, ...]) -> None:
-        if not isinstance(data, dict):
-            raise _bad(source, f"[{section}] must be a table", f"write [{section}] followed by its keys")
-        for key in data:
-            if key not in allowed:
-                raise _bad(source, f"unknown key {key!r} in [{section}]",
-                           f"remove {key!r} or fix its spelling; known keys: {', '.join(sorted(allowed))}")
-        self.data, self.section, self.source = data, section, source
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.data
-
-    def _err(self, key: str, what: str, example: str) -> InvalidArgument:
-        return _bad(self.source, f"[{self.section}] {key} must be {what}, not {self.data[key]!r}",
-                    f"e.g. {key} = {example}")
-
-    def string(self, key: str, *, nonempty: bool = True) -> str:
-        v = self.data[key]
-        if not isinstance(v, str) or (nonempty and not v):
-            raise self._err(key, "a non-empty string" if nonempty else "a string", '"..."')
-        return v
-
-    def strings(self, key: str) -> tuple[str, ...]:
-        v = self.data[key]
-        if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
-            raise self._err(key, "a non-empty list of non-empty strings", '["...", "..."]')
-        return tuple(v)
-
-    def number(self, key: str, *, integer: bool = False) -> float:
-        v = self.data[key]
-        if isinstance(v, bool) or not isinstance(v, (int,) if integer else (int, float)) or v <= 0:
-            raise self._err(key, f"a positive {'integer' if integer else 'number'}", "30")
-        return v
-
-    def names(self, key: str) -> dict[str, str]:
-        v = self.data[key]
-        if not isinstance(v, dict) or not all(isinstance(x, str) and x for x in v.values()):
-            raise self._err(key, "a table of logical name = host name", '{ guest = "br-guest" }')
-        return dict(v)
-
-    def path(self, key: str, base: Path) -> Path:
-        return base / self.string(key)
-
-
-def _tls_of(t: _Table, base: Path, *, required: bool) -> Tls | None:
-    present = [k for k in ("ca", "cert", "key") if k in t]
-    if not present and not required:
-        return None
-    missing = [k for k in ("ca", "cert", "key") if k not in t]
-    if missing:
-        raise _bad(t.source, f"[{t.section}] has {', '.join(present)} but lacks {', '.join(missing)}",
-                   "give all of ca, cert and key (PEM files) for mutual TLS")
-    return Tls(ca=t.path("ca", base), cert=t.path("cert", base), key=t.path("key", base))
-
-
 def _etcd(doc: dict[str, Any], base: Path, source: str) -> EtcdConfig:
     if "etcd" not in doc:
-        raise _bad(source, "no [etcd] table", 'add [etcd] with endpoints = ["HOST:PORT", ...]')
+        raise bad(source, "no [etcd] table", 'add [etcd] with endpoints = ["HOST:PORT", ...]')
     allowed = tuple(f.name for f in fields(EtcdConfig))
-    t = _Table(doc["etcd"], "etcd", source, allowed)
+    t = Table(doc["etcd"], "etcd", source, allowed)
     if "endpoints" not in t:
-        raise _bad(source, "[etcd] lacks endpoints", 'add endpoints = ["HOST:PORT", ...]')
+        raise bad(source, "[etcd] lacks endpoints", 'add endpoints = ["HOST:PORT", ...]')
     values: dict[str, Any] = {"endpoints": t.strings("endpoints")}
     if "prefix" in t:
         prefix = t.string("prefix")
         if not prefix.endswith("/"):
-            raise _bad(source, f"[etcd] prefix {prefix!r} must end with '/'", f'write prefix = "{prefix}/"')
+            raise bad(source, f"[etcd] prefix {prefix!r} must end with '/'", f'write prefix = "{prefix}/"')
         values["prefix"] = prefix
     if "timeout_s" in t:
         values["timeout_s"] = float(t.number("timeout_s"))
@@ -252,7 +190,7 @@ def _etcd(doc: dict[str, Any], base: Path, source: str) -> EtcdConfig:
     if "server_name" in t:
         values["server_name"] = t.string("server_name")
     if ("cert" in values) != ("key" in values):
-        raise _bad(source, "[etcd] needs both cert and key, or neither", "give the client certificate and its key")
+        raise bad(source, "[etcd] needs both cert and key, or neither", "give the client certificate and its key")
     return EtcdConfig(**values)
 
 
@@ -261,7 +199,7 @@ def _limits(doc: dict[str, Any], source: str) -> Limits:
     if "limits" not in doc:
         return default
     allowed = tuple(f.name for f in fields(Limits))
-    t = _Table(doc["limits"], "limits", source, allowed)
+    t = Table(doc["limits"], "limits", source, allowed)
     values = {f.name: getattr(default, f.name) for f in fields(Limits)}
     for key in ("per_host_outbound", "per_host_inbound", "cluster"):
         if key in t:
@@ -275,7 +213,7 @@ def _timeouts(doc: dict[str, Any], source: str) -> Timeouts:
     if "timeouts" not in doc:
         return Timeouts()
     kinds = {f.name: f.type for f in fields(Timeouts)}
-    t = _Table(doc["timeouts"], "timeouts", source, tuple(kinds))
+    t = Table(doc["timeouts"], "timeouts", source, tuple(kinds))
     values: dict[str, Any] = {}
     for key in t.data:
         integer = kinds[key] in (int, "int")
@@ -286,11 +224,11 @@ def _timeouts(doc: dict[str, Any], source: str) -> Timeouts:
 def _agents(doc: dict[str, Any], base: Path, source: str) -> AgentsConfig:
     if "agents" not in doc:
         return AgentsConfig()
-    t = _Table(doc["agents"], "agents", source,
+    t = Table(doc["agents"], "agents", source,
                ("call_timeout_s", "inventory_ttl_s", "inventory_timeout_s", "ca", "cert", "key"))
     values: dict[str, Any] = {k: float(t.number(k)) for k in ("call_timeout_s", "inventory_ttl_s",
                                                                "inventory_timeout_s") if k in t}
-    values["tls"] = _tls_of(t, base, required=False)
+    values["tls"] = tls_of(t, base, required=False)
     return AgentsConfig(**values)
 
 
@@ -299,29 +237,26 @@ def _hosts(doc: dict[str, Any], source: str) -> dict[str, HostDecl]:
         return {}
     table = doc["hosts"]
     if not isinstance(table, dict):
-        raise _bad(source, "[hosts] must hold one table per host", "write [hosts.NAME] tables")
+        raise bad(source, "[hosts] must hold one table per host", "write [hosts.NAME] tables")
     out = {}
     for name, data in table.items():
-        t = _Table(data, f"hosts.{name}", source, ("bridges", "networks", "paths"))
+        t = Table(data, f"hosts.{name}", source, ("bridges", "networks", "paths"))
         out[name] = HostDecl(name, **{k: t.names(k) for k in ("bridges", "networks", "paths") if k in t})
     return out
 
 
 def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None = None) -> CoordinatorConfig:
     """Parse the coordinator's TOML text. Raises InvalidArgument (CONFIG_INVALID) naming the problem."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise _bad(source, f"not valid TOML: {exc}", "fix the syntax at the line named") from exc
+    doc = parse_toml(text, source)
     base = base_dir or Path.cwd()
-    _Table(doc, "top level", source, ("coordinator", "etcd", "limits", "timeouts", "agents", "hosts", "tls"))
+    Table(doc, "top level", source, ("coordinator", "etcd", "limits", "timeouts", "agents", "hosts", "tls"))
     if "coordinator" not in doc:
-        raise _bad(source, "no [coordinator] table", "start the file with [coordinator] (id, listen)")
-    c = _Table(doc["coordinator"], "coordinator", source,
+        raise bad(source, "no [coordinator] table", "start the file with [coordinator] (id, listen)")
+    c = Table(doc["coordinator"], "coordinator", source,
                ("id", "listen", "advertise", "election_ttl_s", "prepare_ttl_s"))
     missing = [k for k in ("id", "listen") if k not in c]
     if missing:
-        raise _bad(source, f"[coordinator] lacks {', '.join(missing)}", f"add {', '.join(missing)} to [coordinator]")
+        raise bad(source, f"[coordinator] lacks {', '.join(missing)}", f"add {', '.join(missing)} to [coordinator]")
     values: dict[str, Any] = {"id": c.string("id"), "listen": c.strings("listen")}
     if "advertise" in c:
         values["advertise"] = c.string("advertise")
@@ -334,16 +269,10 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
     values["agents"] = _agents(doc, base, source)
     values["hosts"] = _hosts(doc, source)
     if "tls" in doc:
-        values["tls"] = _tls_of(_Table(doc["tls"], "tls", source, ("ca", "cert", "key")), base, required=True)
+        values["tls"] = tls_of(Table(doc["tls"], "tls", source, ("ca", "cert", "key")), base, required=True)
     return CoordinatorConfig(**values)
 
 
 def load_config(path: str | Path) -> CoordinatorConfig:
     """Read and parse the config file at ``path``."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read config {path}: {exc.strerror}", reason="CONFIG_UNREADABLE",
-                              hint="pass an existing, readable file with --config") from exc
-    return parse_config(text, source=str(path), base_dir=path.parent)
+    return read_config(path, parse_config)

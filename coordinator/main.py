@@ -15,23 +15,20 @@ Exit status: 0 after a clean stop, 2 for a bad config, 1 when it cannot start.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import os
 import signal
-import stat
 import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import grpc
 
-from ferry.errors import FerryError
+from ferry.daemon import run_daemon
 from ferry.rpc import create_server
 
 from .agent_client import GrpcAgentClient
@@ -106,7 +103,6 @@ class Coordinator:
         Returns the bound port of each listen address (0 for unix sockets).
         """
         await self.fleet.start()
-        _prepare_unix_sockets(self.config.listen)
         self.server, self.ports = create_server(self.config.listen, register(self.servicer), tls=self.config.tls)
         await self.server.start()
         if campaign:
@@ -147,18 +143,6 @@ def grpc_agent_factory(config: CoordinatorConfig) -> AgentFactory:
     return make
 
 
-def _prepare_unix_sockets(addresses: Sequence[str]) -> None:
-    """Make the directory of each unix socket; remove a stale socket left by a previous run."""
-    for address in addresses:
-        if not address.startswith("unix:"):
-            continue
-        path = Path(address.removeprefix("unix:").removeprefix("//"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(path.lstat().st_mode):
-                path.unlink()
-
-
 def etcd_store(config: CoordinatorConfig) -> Store:
     from .etcd_store import EtcdStore, EtcdTLS   # the only etcd import, only in the real process
     e = config.etcd
@@ -188,23 +172,7 @@ async def serve(config: CoordinatorConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ferry-coordinator", description="Ferry coordinator: the fleet migration API")
-    parser.add_argument("--config", required=True, help="coordinator TOML file")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = load_config(args.config)
-    except FerryError as exc:
-        log.error("%s", exc)
-        return 2
-    try:
-        asyncio.run(serve(config))
-    except (OSError, FerryError) as exc:
-        log.error("cannot run the coordinator: %s", exc)
-        return 1
-    return 0
+    return run_daemon("ferry-coordinator", "Ferry coordinator: the fleet migration API", load_config, serve, argv)
 
 
 if __name__ == "__main__":

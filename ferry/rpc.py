@@ -6,9 +6,11 @@ Addresses are gRPC targets: ``HOST:PORT`` or ``unix:/path/to.sock``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,15 @@ def _server_credentials(tls: Tls) -> grpc.ServerCredentials:
     )
 
 
+def _prepare_unix_socket(address: str) -> None:
+    """Make the directory of a unix socket; remove a stale socket left by a previous run."""
+    path = Path(address.removeprefix("unix:").removeprefix("//"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+
+
 def create_server(
     addresses: Sequence[str],
     register: Callable[[grpc.aio.Server], Iterable[str]],
@@ -85,6 +96,8 @@ def create_server(
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     ports = []
     for address in addresses:
+        if address.startswith("unix:"):
+            _prepare_unix_socket(address)
         if tls is None:
             port = server.add_insecure_port(address)
         else:

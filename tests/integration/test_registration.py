@@ -59,7 +59,7 @@ def test_registry_section():
 @pytest.mark.parametrize(("registry", "what"), [
     ('etcd_endpoints = ["e:1"]\n', "lacks address"),
     ('address = "a:1"\n', "lacks etcd_endpoints"),
-    ('etcd_endpoints = []\naddress = "a:1"\n', "must not be empty"),
+    ('etcd_endpoints = []\naddress = "a:1"\n', "etcd_endpoints must be a non-empty list"),
     ('etcd_endpoints = ["e:1"]\naddress = "a:1"\nttl = 5\n', "unknown key 'ttl' in [registry]"),
     ('etcd_endpoints = ["e:1"]\naddress = "a:1"\nttl_s = 1\n', "at least 2"),
     ('etcd_endpoints = ["e:1"]\naddress = "a:1"\nprefix = "/x"\n', "must end with '/'"),

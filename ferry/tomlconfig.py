@@ -1,0 +1,106 @@
+"""Reading Ferry's TOML config files: typed getters whose errors name the file, section and key.
+
+Shared by the agent's and the coordinator's config modules; each parses its file once at start into
+frozen dataclasses. Every mistake is an InvalidArgument (reason CONFIG_INVALID) with a hint.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ferry.errors import InvalidArgument
+from ferry.rpc import Tls
+
+T = TypeVar("T")
+TLS_KEYS = ("ca", "cert", "key")
+
+
+def bad(source: str, what: str, hint: str) -> InvalidArgument:
+    return InvalidArgument(f"{source}: {what}", reason="CONFIG_INVALID", hint=hint)
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise bad(source, f"not valid TOML: {exc}", "fix the syntax at the line named") from exc
+
+
+def read_config(path: str | Path, parse: Callable[..., T]) -> T:
+    """Read the file at ``path`` and ``parse(text, source=..., base_dir=...)`` it."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read config {path}: {exc.strerror}", reason="CONFIG_UNREADABLE",
+                              hint="pass an existing, readable file with --config") from exc
+    return parse(text, source=str(path), base_dir=path.parent)
+
+
+class Table:
+    """One TOML table being read: typed getters that name the section and key in every error."""
+
+    def __init__(self, data: Any, section: str, source: str, allowed: Collection[str]) -> None:
+        if not isinstance(data, dict):
+            raise bad(source, f"[{section}] must be a table", f"write [{section}] followed by its keys")
+        for key in data:
+            if key not in allowed:
+                raise bad(source, f"unknown key {key!r} in [{section}]",
+                          f"remove {key!r} or fix its spelling; known keys: {', '.join(sorted(allowed))}")
+        self.data, self.section, self.source = data, section, source
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.data
+
+    def require(self, *keys: str) -> None:
+        missing = [k for k in keys if k not in self.data]
+        if missing:
+            raise bad(self.source, f"[{self.section}] lacks {', '.join(missing)}",
+                      f"add {', '.join(missing)} to [{self.section}]")
+
+    def _err(self, key: str, what: str, example: str) -> InvalidArgument:
+        return bad(self.source, f"[{self.section}] {key} must be {what}, not {self.data[key]!r}",
+                   f"e.g. {key} = {example}")
+
+    def string(self, key: str, *, nonempty: bool = True) -> str:
+        v = self.data[key]
+        if not isinstance(v, str) or (nonempty and not v):
+            raise self._err(key, "a non-empty string" if nonempty else "a string", '"..."')
+        return v
+
+    def strings(self, key: str, *, nonempty: bool = True) -> tuple[str, ...]:
+        v = self.data[key]
+        if not isinstance(v, list) or (nonempty and not v) or not all(isinstance(x, str) and x for x in v):
+            what = "a non-empty list of non-empty strings" if nonempty else "a list of non-empty strings"
+            raise self._err(key, what, '["...", "..."]')
+        return tuple(v)
+
+    def number(self, key: str, *, integer: bool = False) -> float:
+        v = self.data[key]
+        if isinstance(v, bool) or not isinstance(v, (int,) if integer else (int, float)) or v <= 0:
+            raise self._err(key, f"a positive {'integer' if integer else 'number'}", "30")
+        return v
+
+    def names(self, key: str) -> dict[str, str]:
+        v = self.data[key]
+        if not isinstance(v, dict) or not all(isinstance(x, str) and x for x in v.values()):
+            raise self._err(key, "a table of logical name = host name", '{ guest = "br-guest" }')
+        return dict(v)
+
+    def path(self, key: str, base: Path) -> Path:
+        return base / self.string(key)
+
+
+def tls_of(t: Table, base: Path, *, required: bool) -> Tls | None:
+    """ca/cert/key of a table as Tls: all three or (unless required) none."""
+    present = [k for k in TLS_KEYS if k in t]
+    if not present and not required:
+        return None
+    missing = [k for k in TLS_KEYS if k not in t]
+    if missing:
+        raise bad(t.source, f"[{t.section}] has {', '.join(present) or 'nothing'} but lacks {', '.join(missing)}",
+                  "give all of ca, cert and key (PEM files) for mutual TLS")
+    return Tls(ca=t.path("ca", base), cert=t.path("cert", base), key=t.path("key", base))
