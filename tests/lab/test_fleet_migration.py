@@ -1,0 +1,286 @@
+"""The whole fleet path on real hosts, driven through the ``ferry`` CLI as an operator drives it:
+``ferry`` -> coordinator (etcd, leader) -> agents -> libvirt on the lab's hosts.
+
+What the operator checks afterwards is what these tests check: where the guest runs (virsh), that
+it still beats (its console), that its disk content arrived (the image on the target, read with
+qemu-io), what the record says (``ferry migrations show``), and that nothing was left behind
+(no domain, image or prepare of it on the host it does not run on).
+
+The session lab has one outbound migration slot per host (``per_host_outbound = 1``) and derives
+the bridge mapping host1 br-guest -> host2 br-vm, so a plain ``ferry migrate g --to host2`` works.
+Run with ``-s`` to see the measured numbers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+import pytest
+from fleetcli import (
+    CANCELLED,
+    FAILED,
+    FINAL,
+    HOLDS_SLOT,
+    MIGRATING,
+    SUCCEEDED,
+    beats,
+    disk_bytes,
+    disk_marker,
+    ferry,
+    history,
+    images,
+    ms,
+    ok,
+    outgoing_jobs,
+    placement,
+    prepares_of,
+    remove_guests,
+    show,
+    submit,
+    wait_final,
+    wait_for,
+    wait_until,
+)
+
+from ferry.lab import Lab
+from ferry.lab.topology import IMAGE_DIR
+
+pytestmark = pytest.mark.lab
+
+MiB = 1 << 20
+FORWARD = ["Pending", "Preflight", "Preparing", "Migrating", "Finishing", "Succeeded"]
+
+
+@pytest.fixture
+def guests(lab: Lab) -> Iterator[list[str]]:
+    """Names of the guests a test boots; removed afterwards wherever they ended up."""
+    names: list[str] = []
+    yield names
+    remove_guests(lab, names)
+
+
+def boot(lab: Lab, guests: list[str], name: str, **kw: object) -> None:
+    guests.append(name)
+    lab.guest(name, "host1", **kw)  # type: ignore[arg-type]
+
+
+def phases(record: dict) -> list[str]:
+    """The phases of a record's history, repeats (retries, notes) folded."""
+    out: list[str] = []
+    for phase, _ in history(record):
+        if not out or out[-1] != phase:
+            out.append(phase)
+    return out
+
+
+def at(entry: dict) -> datetime:
+    return datetime.fromisoformat(entry["at"])
+
+
+# ---------------------------------------------------------------- a) the whole way, with the disk
+
+
+def test_live_migration_copies_the_disk_and_the_guest_runs_on_the_target(lab, guests):
+    name = "fm-move"
+    boot(lab, guests, name, disks=("128M",))
+    image = f"{IMAGE_DIR}/{name}-vda.qcow2"
+    # heartbeat 5 wrote the disk marker and 1 MiB of random data at 2 MiB (rewritten only at 165)
+    lab.wait_for_heartbeat(name, above=6, timeout=60)
+    marker_before = disk_marker(lab, "host1", image)
+    data_before = disk_bytes(lab, "host1", image, 2 * MiB, 4096)
+    assert marker_before >= 5 and data_before != bytes(4096)
+
+    run = ferry(lab, "migrate", name, "--to", "host2", "--copy-storage-all")
+
+    assert run.code == 0, run
+    m = run.data
+    assert m["phase"] == SUCCEEDED, history(m)
+    assert phases(m) == FORWARD, history(m)
+    assert (m["source_host"], m["target_host"]) == ("host1", "host2")
+    assert m["options"]["storage"] == "STORAGE_MODE_COPY_ALL"
+    assert m["mapping"]["bridges"] == {"br-guest": "br-vm"}
+    assert ms(m, "time_elapsed_ms") > 0 and ms(m, "downtime_ms") > 0 and ms(m, "memory_processed") > 0
+    # (disk_processed may be 0: the source's last statistics poll can miss a short disk copy)
+    print(f"\n[fleet] migrate {name} host1 -> host2 --copy-storage-all: wall {run.seconds:.1f} s (CLI), "
+          f"job {ms(m, 'time_elapsed_ms')} ms, downtime {ms(m, 'downtime_ms')} ms, "
+          f"memory {ms(m, 'memory_processed') / MiB:.0f} MiB, disk {ms(m, 'disk_processed') / MiB:.0f} MiB")
+
+    # runs on host2 only: not running, not even defined on host1 (whose copy of the image is
+    # still there: the coordinator does not remove source disks yet)
+    assert placement(lab, name) == {"host2": "running"}
+    before, after = beats(lab, name)
+    assert after > before
+    # the disk arrived: the marker and the data written on host1 are in host2's image
+    assert disk_marker(lab, "host2", image) >= marker_before
+    assert disk_bytes(lab, "host2", image, 2 * MiB, 4096) == data_before
+    assert prepares_of(lab, "host2", name, m["id"]) == []      # committed: the image is the guest's
+
+    again = show(lab, m["id"])
+    assert again["phase"] == SUCCEEDED and phases(again) == FORWARD
+    assert again["result"]["downtime_ms"] == m["result"]["downtime_ms"]
+
+    def where() -> list[str]:
+        vms = ok(ferry(lab, "vms")).get("vms", [])
+        return [v["host"] for v in vms if v["domain"]["name"] == name]
+    assert wait_until(lambda: where() == ["host2"], 10, f"`ferry vms` placing {name} on host2")
+
+
+# ---------------------------------------------------------------- b) preflight says why not
+
+
+def test_preflight_names_a_missing_bridge_and_an_unknown_host(lab, guests):
+    name, bridge = "fm-pre", "br-fm-only1"       # a bridge host1 has and host2 does not
+    lab.host_exec("host1", "ip", "link", "add", bridge, "type", "bridge")
+    try:
+        lab.host_exec("host1", "ip", "link", "set", bridge, "up")
+        boot(lab, guests, name, disks=("32M",), bridge=bridge)
+
+        run = ferry(lab, "preflight", name, "--to", "host2")
+        assert run.code == 1, run                                # blockers found
+        blockers = {b["reason"]: b for b in run.data["blockers"]}
+        assert set(blockers) == {"BRIDGE_MISSING"}, run
+        assert bridge in blockers["BRIDGE_MISSING"]["message"]
+        assert f"--map-bridge {bridge}=br-vm" in blockers["BRIDGE_MISSING"]["hint"]
+        assert run.data.get("ok") is not True and run.data["source_host"] == "host1"
+
+        # the hint is what fixes it
+        fixed = ferry(lab, "preflight", name, "--to", "host2", "--map-bridge", f"{bridge}=br-vm")
+        assert fixed.code == 0 and fixed.data.get("ok") is True, fixed
+
+        unknown = ferry(lab, "preflight", name, "--to", "host9")
+        assert unknown.code == 1, unknown
+        [blocker] = unknown.data["blockers"]
+        assert blocker["reason"] == "TARGET_UNKNOWN" and "host9" in blocker["message"]
+        assert "ferry hosts" in blocker["hint"]
+
+        # a migration to an unknown host is refused outright (nothing is recorded)
+        refused = ferry(lab, "migrate", name, "--to", "host9")
+        assert refused.code == 2, refused
+        assert (refused.error["reason"], refused.error["code"]) == ("TARGET_UNKNOWN", "NOT_FOUND")
+        assert refused.error["hint"]
+
+        # submitted anyway without the mapping: it fails in Preflight, having touched nothing
+        blocked = ferry(lab, "migrate", name, "--to", "host2")
+        assert blocked.code == 1, blocked
+        assert blocked.data["phase"] == FAILED and blocked.data["error"]["reason"] == "BRIDGE_MISSING"
+        assert "Preparing" not in phases(blocked.data)
+        assert placement(lab, name) == {"host1": "running"}
+        assert images(lab, "host2", name) == [] and prepares_of(lab, "host2", name) == []
+    finally:
+        remove_guests(lab, [name])
+        lab.host_exec("host1", "ip", "link", "del", bridge, check=False)
+
+
+# ---------------------------------------------------------------- e) one migration per VM
+
+
+def test_same_idempotency_key_same_migration_and_a_busy_vm_is_refused(lab, guests):
+    name = "fm-busy"
+    boot(lab, guests, name, disks=("32M",))
+    key = f"fm-busy-{uuid.uuid4().hex[:8]}"
+    slow = ("--bandwidth", "8", "--idempotency-key", key)
+
+    first = submit(lab, name, *slow)
+    again = ok(ferry(lab, "migrate", name, "--to", "host2", "--no-wait", *slow))
+    assert again["id"] == first and again["idempotency_key"] == key
+
+    busy = ferry(lab, "migrate", name, "--to", "host2", "--no-wait")
+    assert busy.code == 2, busy
+    assert (busy.error["reason"], busy.error["code"]) == ("VM_BUSY", "FAILED_PRECONDITION")
+    assert first in busy.error["message"] and f"ferry migrations cancel {first}" in busy.error["hint"]
+    listed = ok(ferry(lab, "migrations", "--vm", name))["migrations"]
+    assert [m["id"] for m in listed] == [first]
+
+    ok(ferry(lab, "migrations", "cancel", first))
+    assert wait_final(lab, first, timeout=90)["phase"] in (CANCELLED, SUCCEEDED)
+
+
+# ---------------------------------------------------------------- f) one outbound slot
+
+
+def test_one_outbound_slot_moves_three_guests_one_at_a_time(lab, guests):
+    names = ["fm-q1", "fm-q2", "fm-q3"]
+    guests.extend(names)
+    with ThreadPoolExecutor(len(names)) as pool:
+        list(pool.map(lambda n: lab.guest(n, "host1", disks=("32M",)), names))
+
+    started = time.monotonic()
+    ids = [submit(lab, n) for n in names]
+    jobs_seen: list[list[str]] = []
+    done = threading.Event()
+
+    def watch_libvirt() -> None:
+        while not done.is_set():
+            jobs_seen.append(outgoing_jobs(lab, "host1", names))
+            time.sleep(0.3)
+
+    watcher = threading.Thread(target=watch_libvirt, name="libvirt jobs on host1")
+    watcher.start()
+    busiest: list[str] = []
+    slot_holders: set[str] = set()
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            listed = ok(ferry(lab, "migrations"))["migrations"]
+            ours = {m["id"]: m for m in listed if m["id"] in ids}
+            holding = [i for i, m in ours.items() if m["phase"] in HOLDS_SLOT]
+            slot_holders.update(holding)
+            if len(holding) > len(busiest):
+                busiest = [f"{ours[i]['vm']} {ours[i]['phase']}" for i in holding]
+            if len(ours) == 3 and all(m["phase"] in FINAL for m in ours.values()):
+                break
+            assert time.monotonic() < deadline, {m["vm"]: m["phase"] for m in ours.values()}
+            time.sleep(0.3)
+    finally:
+        done.set()
+        watcher.join()
+    wall = time.monotonic() - started
+
+    assert len(busiest) <= 1, f"more than one migration out of host1 at once: {busiest}"
+    assert len(slot_holders) >= 2, "the watch saw fewer than two migrations at work"
+    assert max(len(j) for j in jobs_seen) == 1, f"outgoing libvirt jobs on host1: {jobs_seen}"
+    records = [show(lab, i) for i in ids]
+    assert [r["phase"] for r in records] == [SUCCEEDED] * 3, [history(r) for r in records]
+    # the records agree: each held the slot (Preflight .. final) after the previous let it go
+    spans = sorted((at(next(h for h in r["history"] if h["phase"] == "Preflight")), at(r["history"][-1]))
+                   for r in records)
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end, spans
+    for n in names:
+        assert placement(lab, n) == {"host2": "running"}
+        before, after = beats(lab, n)
+        assert after > before
+    print(f"\n[fleet] three migrations through one outbound slot: {wall:.1f} s in all, each "
+          + ", ".join(f"{ms(r, 'time_elapsed_ms')} ms (downtime {ms(r, 'downtime_ms')} ms)" for r in records))
+
+
+# ---------------------------------------------------------------- g) cancel mid-way
+
+
+def test_cancel_mid_migration_leaves_the_guest_on_its_host_and_nothing_on_the_target(lab, guests):
+    name = "fm-cancel"
+    boot(lab, guests, name, disks=("64M",))
+    mid = submit(lab, name, "--bandwidth", "8")
+    assert wait_for(lab, mid, {MIGRATING}, timeout=60)["phase"] == MIGRATING
+    wait_until(lambda: outgoing_jobs(lab, "host1", [name]), 30, "libvirt's job on host1", interval=0.2)
+
+    asked = time.monotonic()
+    cancel = ok(ferry(lab, "migrations", "cancel", mid))
+    assert cancel["id"] == mid and cancel.get("cancel_requested") is True
+    final = wait_final(lab, mid, timeout=90)
+    took = time.monotonic() - asked
+
+    assert final["phase"] == CANCELLED, history(final)
+    assert "RollingBack" in phases(final) and "Finishing" not in phases(final)
+    assert placement(lab, name) == {"host1": "running"}
+    before, after = beats(lab, name)
+    assert after > before
+    assert outgoing_jobs(lab, "host1", [name]) == []
+    assert images(lab, "host2", name) == []
+    assert prepares_of(lab, "host2", name, mid) == []
+    print(f"\n[fleet] cancel of {name} in Migrating: Cancelled {took:.1f} s after `ferry migrations cancel`")
