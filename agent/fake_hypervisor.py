@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid as uuidlib
+import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from ferry.agent import libvirt_errors as le
+from ferry.agent import probe
 from ferry.agent.domxml import parse_disks, parse_domain, parse_nics
 from ferry.agent.fake_hostsystem import FakeHostSystem, FakeImage
+from ferry.agent.target_checks import HOST_CPU_MODES, cpu_check_failed
 from ferry.errors import FerryError
 from ferry.model import DomainInfo, DomainState, HostFacts, JobStats, MigrationOptions, StorageMode
 
@@ -33,11 +36,25 @@ _SHARED_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "ceph", "gfs2", "ocfs2", 
                         "fuse.glusterfs", "fuse.cephfs"})
 _CLUSTER_FS = frozenset({"gfs2", "ocfs2"})
 
+# CPU models the fake knows, with the features each requires (a small excerpt of QEMU's)
+CPU_MODELS: dict[str, tuple[str, ...]] = {
+    "qemu64": ("fpu", "pae", "cx8", "apic", "sep", "cmov", "mmx", "fxsr", "sse", "sse2", "pni", "cx16", "lm",
+               "syscall", "nx"),
+    "Haswell-noTSX": ("fpu", "pae", "cx8", "apic", "sep", "cmov", "mmx", "fxsr", "sse", "sse2", "pni", "cx16",
+                      "lm", "syscall", "nx", "ssse3", "sse4.1", "sse4.2", "popcnt", "aes", "avx", "avx2", "fma"),
+    "Skylake-Server": ("fpu", "pae", "cx8", "apic", "sep", "cmov", "mmx", "fxsr", "sse", "sse2", "pni", "cx16",
+                       "lm", "syscall", "nx", "ssse3", "sse4.1", "sse4.2", "popcnt", "aes", "avx", "avx2", "fma",
+                       "avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl"),
+}
+# what a fake host's CPU offers unless a test says otherwise: Haswell-class, no AVX-512
+DEFAULT_CPU_FEATURES = frozenset(CPU_MODELS["Haswell-noTSX"])
+
 
 def make_domain_xml(name: str, *, uuid: str = "", memory_bytes: int = 256 * MiB, vcpus: int = 1,
                     disks: Iterable[tuple[str, str, str]] = (), bridges: Iterable[str] = (),
-                    networks: Iterable[str] = (), domain_type: str = "qemu") -> str:
-    """A small libvirt domain definition: disks as (target, path, format), NICs on bridges/networks."""
+                    networks: Iterable[str] = (), domain_type: str = "qemu", cpu: str = "") -> str:
+    """A small libvirt domain definition: disks as (target, path, format), NICs on bridges/networks,
+    ``cpu`` a ``<cpu>`` element (none: the hypervisor's default CPU)."""
     disk_xml = "".join(
         f"<disk type='file' device='disk'><driver name='qemu' type='{fmt}' cache='none'/>"
         f"<source file='{path}'/><target dev='{target}' bus='virtio'/></disk>"
@@ -50,7 +67,7 @@ def make_domain_xml(name: str, *, uuid: str = "", memory_bytes: int = 256 * MiB,
         f"<model type='virtio'/></interface>" for i, n in enumerate(networks))
     return (f"<domain type='{domain_type}'><name>{name}</name><uuid>{uuid or uuidlib.uuid4()}</uuid>"
             f"<memory unit='KiB'>{memory_bytes // 1024}</memory><vcpu>{vcpus}</vcpu>"
-            f"<os><type arch='x86_64'>hvm</type></os>"
+            f"<os><type arch='x86_64'>hvm</type></os>{cpu}"
             f"<devices>{disk_xml}{nic_xml}</devices></domain>")
 
 
@@ -92,10 +109,30 @@ class _Job:
 
 
 class FakeFleet:
-    """The fake hypervisors that can reach each other, by libvirt URI."""
+    """The fake hypervisors that can reach each other, by libvirt URI.
+
+    Name resolution: an IP address is itself; a name in ``names`` has those addresses; the host
+    name of a member's URI resolves (to itself); anything else does not resolve.
+    """
 
     def __init__(self) -> None:
         self.hosts: dict[str, FakeHypervisor] = {}
+        self.names: dict[str, list[str]] = {}
+
+    def resolve(self, host: str) -> list[str]:
+        if probe.is_ip_address(host) or any(probe.parse_peer_uri(uri).host == host for uri in self.hosts):
+            return self.names.get(host, [host])
+        if host in self.names:
+            return list(self.names[host])
+        raise OSError(-2, "Name or service not known")
+
+    def listening(self, address: str, port: int) -> FakeHypervisor | None:
+        """The member whose libvirtd would answer a TCP connection to ``address:port``."""
+        for uri, hv in self.hosts.items():
+            peer = probe.parse_peer_uri(uri)
+            if peer.port == port and address in ([peer.host] + self.names.get(peer.host, [])):
+                return hv
+        return None
 
 
 class FakeHypervisor:
@@ -104,7 +141,8 @@ class FakeHypervisor:
     def __init__(self, *, hostname: str = "fake1", uri: str = "", fleet: FakeFleet | None = None,
                  host: FakeHostSystem | None = None, timeout_s: float = 30.0, step_s: float = 0.005,
                  step_ms: int = 100, host_uuid: str = "", networks: Iterable[str] = (),
-                 memory_total_bytes: int = 16 * GiB, cpus: int = 4) -> None:
+                 memory_total_bytes: int = 16 * GiB, cpus: int = 4,
+                 cpu_features: Iterable[str] = DEFAULT_CPU_FEATURES) -> None:
         self.hostname = hostname
         self.uri = uri or f"qemu+tcp://{hostname}/system"
         self.fleet = fleet or FakeFleet()
@@ -117,6 +155,7 @@ class FakeHypervisor:
         self.networks = list(networks)
         self.memory_total_bytes = memory_total_bytes
         self.cpus = cpus
+        self.cpu_features: set[str] = set(cpu_features)   # what this host's CPU offers (settable)
         self.domains: dict[str, FakeDomain] = {}      # by UUID
         self.disk_sizes: dict[str, tuple[int, int]] = {}  # path -> (virtual size, allocation)
         self.jobs: dict[str, _Job] = {}               # by domain UUID
@@ -210,7 +249,8 @@ class FakeHypervisor:
         await self._enter("host_facts", "getCapabilities")
         used = sum(parse_domain(d.xml).memory_bytes for d in self.domains.values() if d.state.is_active)
         return HostFacts(hostname=self.hostname, host_uuid=self.host_uuid, libvirt_version=9_000_000,
-                         qemu_version=7_002_000, cpu_model="qemu64", arch="x86_64", cpu_features=("sse2",),
+                         qemu_version=7_002_000, cpu_model="qemu64", arch="x86_64",
+                         cpu_features=tuple(sorted(self.cpu_features)),
                          cpus=self.cpus, memory_total_bytes=self.memory_total_bytes,
                          memory_free_bytes=self.memory_total_bytes - used, networks=tuple(self.networks))
 
@@ -250,6 +290,51 @@ class FakeHypervisor:
             raise le.translate(le.VIR_ERR_SYSTEM_ERROR, le.VIR_FROM_RPC, "unable to connect to server",
                                call="open", host=target_uri)
         return await target.job_stats(name_or_uuid, completed=True)
+
+    # ------------------------------------------------------------------ port: CPU and peers
+
+    async def compare_cpu(self, cpu_xml: str, *, arch: str, machine: str, virttype: str,
+                          emulator: str) -> str:
+        """As libvirt: a model's features plus the required ones must all be on this host's CPU
+        (``cpu_features``); an unknown model cannot be compared; a CPU copied from the host
+        (host-passthrough) compares as a superset."""
+        await self._enter("compare_cpu", "compareHypervisorCPU")
+        cpu = ET.fromstring(cpu_xml)
+        if cpu.get("mode") in HOST_CPU_MODES or cpu.get("mode") == "host-model":
+            return ""
+        model = (cpu.findtext("model") or "").strip()
+        if model not in CPU_MODELS:
+            raise cpu_check_failed(self.uri, f"internal error: Unknown CPU model {model}")
+        dropped = {f.get("name", "") for f in cpu.iterfind("feature") if f.get("policy") in ("disable", "forbid")}
+        wanted = [*CPU_MODELS[model], *(f.get("name", "") for f in cpu.iterfind("feature")
+                                        if f.get("policy", "require") == "require")]
+        missing = [f for f in dict.fromkeys(wanted) if f not in dropped and f not in self.cpu_features]
+        return f"Host CPU does not provide required features: {', '.join(missing)}" if missing else ""
+
+    async def probe_peer(self, uri: str, *, migration_address: str = "") -> int:
+        """The probe's steps over the fleet: names per ``FakeFleet.resolve``; a TCP connection
+        opens to a reachable member's libvirtd port, is refused by an unreachable one, and
+        times out anywhere else; the libvirt open succeeds on a reachable member."""
+        await self._enter("probe_peer", "open")
+
+        async def resolve(host: str, _port: int) -> list[str]:
+            return self.fleet.resolve(host)
+
+        async def connect(address: str, port: int) -> None:
+            member = self.fleet.listening(address, port)
+            if member is None:
+                raise TimeoutError
+            if not member.reachable:
+                raise ConnectionRefusedError(111, "Connection refused")
+
+        async def open_libvirt() -> None:
+            member = self.fleet.hosts.get(uri)
+            if member is None or not member.reachable:
+                raise probe.open_failed(uri, self.hostname, "unable to connect to server: Connection refused")
+
+        return await probe.probe_peer(uri, from_host=self.hostname, resolve=resolve, connect=connect,
+                                      open_libvirt=open_libvirt, migration_address=migration_address,
+                                      clock=lambda: 0.0)
 
     # ------------------------------------------------------------------ port: tuning a job
 
@@ -403,12 +488,15 @@ class FakeHypervisor:
                 return
             while True:
                 await asyncio.sleep(self.step_s)
-                await self._gate.wait()
-                job.step += 1
+                if not job.abort:   # an abort is acted on even while jobs are held (its end then waits)
+                    await self._gate.wait()
+                    job.step += 1
                 if job.abort:
+                    await self._ending(job, "cancelled")
                     raise self._error(le.VIR_ERR_OPERATION_ABORTED, "operation aborted: job 'migration out' "
                                       "canceled by client", "migrateToURI3")
                 if failure and job.step >= failure[0]:
+                    await self._ending(job, "failed")
                     raise self._error(failure[1], "internal error: qemu unexpectedly closed the monitor",
                                       "migrateToURI3", peer=job.target.uri)
                 if self._advance(job):
@@ -423,6 +511,13 @@ class FakeHypervisor:
             if not job.done.done():
                 job.done.set_result(None)
             job.done.exception()  # retrieved here: a job nobody waits for any more must not warn
+
+    async def _ending(self, job: _Job, job_type: str) -> None:
+        """As libvirt between QEMU's end of a failed or cancelled job and the migrate call's
+        error: for one step (longer while held) the statistics say "failed"/"cancelled"."""
+        job.stats = replace(job.stats, active=False, job_type=job_type)
+        await asyncio.sleep(self.step_s)
+        await self._gate.wait()
 
     def _advance(self, job: _Job) -> bool:
         """One step of the job; True when it has switched over and completed."""

@@ -16,7 +16,9 @@ import asyncio
 import contextlib
 import logging
 import re
+import socket
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +28,9 @@ from typing import Any, TypeVar
 import libvirt
 
 from ferry.agent import libvirt_errors as le
+from ferry.agent import probe
 from ferry.agent.domxml import parse_disks, parse_domain, parse_nics
+from ferry.agent.target_checks import cpu_check_failed
 from ferry.errors import Aborted, FerryError
 from ferry.model import DomainInfo, DomainState, HostFacts, JobStats, MigrationOptions, StorageMode
 
@@ -140,6 +144,16 @@ def job_stats_from_libvirt(d: dict[str, Any], *, postcopy: bool = False) -> JobS
     )
 
 
+def available_memory(stats: Mapping[str, int]) -> int:
+    """Bytes of memory available for a new guest from virNodeGetMemoryStats (KiB): free plus
+    buffers and page cache (what the kernel reclaims at once); 0 when libvirt said nothing.
+
+    >>> available_memory({"total": 8_000_000, "free": 1_000_000, "buffers": 24, "cached": 2_000_000})
+    3072024576
+    """
+    return sum(int(stats.get(k, 0)) for k in ("free", "buffers", "cached")) * 1024
+
+
 def _in_postcopy(state: int, reason: int) -> bool:
     return (state, reason) in ((libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY),
                                (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY))
@@ -156,15 +170,25 @@ class LibvirtHypervisor:
     """The local libvirtd at ``uri``; every call bounded by ``timeout_s`` (see module docstring)."""
 
     def __init__(self, uri: str, timeout_s: float = 30.0, *, max_threads: int = 16,
-                 probe_timeout_s: float = 10.0, peer_uris: Mapping[str, str] | None = None) -> None:
+                 probe_timeout_s: float = 10.0, peer_uris: Mapping[str, str] | None = None,
+                 resolve_timeout_s: float = 3.0, connect_timeout_s: float = 3.0,
+                 resolve: probe.Resolve | None = None, connect: probe.Connect | None = None) -> None:
         """``peer_uris`` maps a target URI (as the source libvirtd reaches it) to how *this*
         process reaches that libvirtd, for the adapter's own calls to peers (completed job
         statistics, reachability probe) when the two differ -- e.g. a test outside the lab's
-        network namespaces. Unmapped URIs are used as they are."""
+        network namespaces. Unmapped URIs are used as they are.
+
+        ``resolve`` and ``connect`` are the probe's name lookup and TCP connect (defaults: the
+        system resolver and a socket, bounded by ``resolve_timeout_s`` / ``connect_timeout_s``);
+        tests pass their own so that nothing leaves the machine."""
         libvirt.registerErrorHandler(_silence, None)
         self.uri = uri
         self.timeout_s = timeout_s
         self._probe_timeout_s = probe_timeout_s
+        self._resolve_timeout_s = resolve_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._resolve = resolve or self._system_resolve
+        self._connect = connect or self._tcp_connect
         self._pool = ThreadPoolExecutor(max_threads, thread_name_prefix="libvirt")
         self._lock = threading.Lock()
         self._conn: libvirt.virConnect | None = None
@@ -291,8 +315,20 @@ class LibvirtHypervisor:
                 libvirt_version=conn.getLibVersion(), qemu_version=conn.getVersion(),
                 cpu_model=caps.cpu_model, arch=caps.arch or info[0], cpu_features=caps.cpu_features,
                 cpus=int(info[2]), memory_total_bytes=int(info[1]) * MiB,
-                memory_free_bytes=int(conn.getFreeMemory()), networks=networks)
+                memory_free_bytes=self._memory_available(conn), networks=networks)
         return await self._call("getCapabilities", work, retry=True)
+
+    @staticmethod
+    def _memory_available(conn: libvirt.virConnect) -> int:
+        """Free memory plus what the kernel can reclaim at once (buffers, page cache): on a
+        long-running host "free" alone is mostly eaten by the page cache."""
+        try:
+            stats = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
+        except libvirt.libvirtError as exc:
+            if _code(exc) not in _NO_DRIVER:
+                raise
+            return int(conn.getFreeMemory())
+        return available_memory(stats) or int(conn.getFreeMemory())
 
     async def list_domains(self) -> list[DomainInfo]:
         def work(conn: libvirt.virConnect) -> list[DomainInfo]:
@@ -416,6 +452,79 @@ class LibvirtHypervisor:
 
     async def start_postcopy(self, name_or_uuid: str) -> None:
         await self._call("migrateStartPostCopy", lambda c: self._lookup(c, name_or_uuid).migrateStartPostCopy(0))
+
+    # ------------------------------------------------------------------ port: CPU and peers
+
+    async def compare_cpu(self, cpu_xml: str, *, arch: str, machine: str, virttype: str,
+                          emulator: str) -> str:
+        """virConnectCompareHypervisorCPU with FAIL_INCOMPATIBLE: libvirt then says why (the
+        error's detail names the missing features). Decided on the error code: CPU_INCOMPATIBLE
+        -> the explanation; a broken connection or a timeout -> raised as usual; a driver without
+        the call -> "" (logged: cannot tell); anything else (unknown model, machine type or
+        emulator) -> FailedPrecondition CPU_CHECK_FAILED."""
+        flags = libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE
+
+        def work(conn: libvirt.virConnect) -> tuple[str, str]:
+            try:
+                conn.compareHypervisorCPU(emulator or None, arch or None, machine or None, virttype or None,
+                                          cpu_xml, flags)
+            except libvirt.libvirtError as exc:
+                code, domain = _code(exc), exc.get_error_domain() or 0
+                if code == le.VIR_ERR_CPU_INCOMPATIBLE:
+                    return "incompatible", exc.get_str2() or exc.get_error_message() or "incompatible CPU"
+                if le.is_unreachable(code, domain) or code == le.VIR_ERR_OPERATION_TIMEOUT:
+                    raise
+                if code in _NO_DRIVER:
+                    return "unsupported", exc.get_error_message() or ""
+                return "failed", exc.get_error_message() or f"libvirt error {code}"
+            return "ok", ""
+
+        verdict, text = await self._call("compareHypervisorCPU", work, retry=True)
+        if verdict == "unsupported":
+            log.warning("libvirt on %s cannot compare CPUs (%s): the guest's CPU is not checked", self.uri, text)
+            return ""
+        if verdict == "failed":
+            raise cpu_check_failed(self.uri, text)
+        return text
+
+    async def probe_peer(self, uri: str, *, migration_address: str = "") -> int:
+        """See the port; the steps are ``probe.probe_peer``'s. ``peer_uris`` applies (a mapped
+        URI is probed instead, e.g. a unix socket from outside the lab's namespaces)."""
+        target = self._peer_uris.get(uri, uri)
+        from_host = socket.gethostname()
+
+        def open_peer() -> None:
+            libvirt.open(target).close()
+
+        async def open_libvirt() -> None:
+            try:
+                await self._in_thread(open_peer, self._probe_timeout_s)
+            except TimeoutError:
+                raise probe.open_failed(uri, from_host, f"no answer within {self._probe_timeout_s:g} s") from None
+            except libvirt.libvirtError as exc:
+                code, domain = _code(exc), exc.get_error_domain() or 0
+                if le.is_unreachable(code, domain):
+                    raise probe.open_failed(uri, from_host, exc.get_error_message() or f"libvirt error {code}") \
+                        from exc
+                raise le.translate(code, domain, exc.get_error_message() or "", call="open", host=uri) from exc
+
+        return await probe.probe_peer(target, from_host=from_host, resolve=self._resolve, connect=self._connect,
+                                      open_libvirt=open_libvirt, migration_address=migration_address,
+                                      clock=time.monotonic)
+
+    async def _system_resolve(self, host: str, port: int) -> list[str]:
+        """The system resolver (files, DNS...) in a thread, bounded (the thread may linger)."""
+        async with asyncio.timeout(self._resolve_timeout_s):
+            infos = await asyncio.to_thread(socket.getaddrinfo, host, port or None, type=socket.SOCK_STREAM)
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+    async def _tcp_connect(self, address: str, port: int) -> None:
+        """Open and close a TCP connection to ``address:port`` (no data sent), bounded."""
+        async with asyncio.timeout(self._connect_timeout_s):
+            _reader, writer = await asyncio.open_connection(address, port)
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
     # ------------------------------------------------------------------ port: migrate
 

@@ -52,21 +52,31 @@ GiB = 1 << 30
 
 # ---------------------------------------------------------------- pure policy
 
-# Phases a running job passes through, in order; a reported phase never moves back in this order.
+# Phases a job passes through, in order; a reported phase never moves back in this order. The
+# ends (failed, cancelled) come after every running phase: once seen, they stay.
 _ORDER = {
     MigrationPhase.STARTING: 0,
     MigrationPhase.DISK_MIRROR: 1,
     MigrationPhase.PRECOPY: 2,
     MigrationPhase.POSTCOPY: 3,
     MigrationPhase.FINISHING: 4,
+    MigrationPhase.COMPLETED: 5,
+    MigrationPhase.FAILED: 5,
+    MigrationPhase.CANCELLED: 5,
 }
+
+# libvirt's job types of a job that ended badly (QEMU reported it; the migrate call has not
+# returned its error yet)
+_ENDED_BADLY = {"failed": MigrationPhase.FAILED, "cancelled": MigrationPhase.CANCELLED}
 
 
 def phase_of(stats: JobStats, *, postcopy_started: bool = False) -> MigrationPhase:
     """The phase of a migration job from one statistics snapshot.
 
+    * the job failed -> FAILED; it was aborted -> CANCELLED (libvirt says so before the
+      migrate call returns its error: never FINISHING then)
     * no job (yet) and nothing moved -> STARTING; no job any more but data moved -> FINISHING
-      (libvirt ended the job, the migrate call has not returned yet)
+      (libvirt completed the job, the migrate call has not returned yet)
     * post-copy requested or reported -> POSTCOPY
     * memory not started (nothing processed) and disks being copied -> DISK_MIRROR
       (libvirt mirrors non-shared disks first, then starts memory)
@@ -74,7 +84,11 @@ def phase_of(stats: JobStats, *, postcopy_started: bool = False) -> MigrationPha
 
     >>> phase_of(JobStats(active=True, disk_total=1 << 30, disk_remaining=1 << 29)).name
     'DISK_MIRROR'
+    >>> phase_of(JobStats(job_type="cancelled", memory_processed=1 << 20)).name
+    'CANCELLED'
     """
+    if stats.job_type in _ENDED_BADLY:
+        return _ENDED_BADLY[stats.job_type]
     moved = stats.memory_processed > 0 or stats.disk_processed > 0
     if not stats.active:
         return MigrationPhase.FINISHING if moved else MigrationPhase.STARTING
@@ -88,8 +102,13 @@ def phase_of(stats: JobStats, *, postcopy_started: bool = False) -> MigrationPha
 
 
 def later_phase(a: MigrationPhase, b: MigrationPhase) -> MigrationPhase:
-    """The later of two running phases (final phases are not ordered here)."""
-    return a if _ORDER.get(a, 0) >= _ORDER.get(b, 0) else b
+    """The later of two phases; an end (completed, failed, cancelled) is later than any
+    running phase, and the first end seen stays.
+
+    >>> later_phase(MigrationPhase.PRECOPY, MigrationPhase.CANCELLED).name
+    'CANCELLED'
+    """
+    return a if _ORDER[a] >= _ORDER[b] else b
 
 
 def next_progress(prev: MigrationProgress | None, phase: MigrationPhase, stats: JobStats,
@@ -136,6 +155,22 @@ def changed(prev: MigrationProgress | None, new: MigrationProgress) -> bool:
         return True
     return (prev.phase, prev.max_downtime_ms, replace(prev.stats, time_elapsed_ms=0)) != (
         new.phase, new.max_downtime_ms, replace(new.stats, time_elapsed_ms=0))
+
+
+def disk_bytes_copied(reported: int, seen: JobStats, planned: int) -> int:
+    """The disk bytes of a migration that completed: the target does not count them, and a job
+    shorter than a statistics poll never shows them. So: the most of the completed job's own
+    figure, the disk bytes the source last reported processed, and the last disk total seen (a
+    completed copy processed all of it); when nothing was seen, the bytes planned for the copy.
+
+    >>> disk_bytes_copied(0, JobStats(disk_total=1000, disk_processed=900), 800)
+    1000
+    >>> disk_bytes_copied(0, JobStats(), 800)
+    800
+    >>> disk_bytes_copied(0, JobStats(), 0)     # nothing copied (shared storage)
+    0
+    """
+    return max(reported, seen.disk_processed, seen.disk_total) or planned
 
 
 def completion_timeout_s(options: MigrationOptions, memory_bytes: int, disk_bytes: int,
@@ -258,7 +293,8 @@ class MigrationRequest:
     destination_xml: str = ""
     migrate_disks: tuple[str, ...] = ()
     migrate_uri: str = ""
-    disk_bytes: int = 0              # bytes to copy, for the derived completion timeout
+    disk_bytes: int = 0              # bytes to copy: the derived completion timeout; the completed
+                                     # job's disk figure when no poll saw the copy
     progress_interval_s: float = 0.0  # 0 = the policy's
     migration_id: str = ""
 
@@ -333,7 +369,9 @@ class MigrationDriver:
                     watch = await self._act(decide(watch, JobStats(), progress.phase, now), watch,
                                             domain.uuid, task)
                     continue
-                last_stats = stats if stats.active else last_stats
+                if stats.active:
+                    last_stats = replace(stats, disk_total=max(stats.disk_total, last_stats.disk_total),
+                                         disk_processed=max(stats.disk_processed, last_stats.disk_processed))
                 watch = observe(watch, stats)
                 phase = phase_of(stats, postcopy_started=watch.postcopy_started)
                 snapshot = next_progress(progress, phase, stats, max_downtime_ms=opts.max_downtime_ms,
@@ -360,6 +398,7 @@ class MigrationDriver:
                     domain.uuid, req.target_uri)
                 task.add_done_callback(_log_orphan_end(domain.name))
         job = await self._completed_job(req.target_uri, domain.uuid, last_stats, watch, started)
+        job = replace(job, disk_processed=disk_bytes_copied(job.disk_processed, last_stats, req.disk_bytes))
         state, defined = await self._leftover(domain.uuid)
         log.info("migrated %s to %s in %d ms (downtime %d ms); on the source: %s", domain.name,
                  req.target_uri, job.time_elapsed_ms, job.downtime_ms,
@@ -426,10 +465,8 @@ class MigrationDriver:
             if stats.job_type != "completed":
                 raise NotFound(f"no completed job of {uuid} on {target_uri} (job type {stats.job_type})",
                                reason="COMPLETED_JOB_MISSING")
-            job = completed_job_from_stats(stats, postcopy=w.postcopy_started)
-            # the target does not count the disk bytes it received: the source's last figure
-            # (0 when the job ended before a statistics poll saw the disk copy)
-            return replace(job, disk_processed=max(job.disk_processed, last.disk_processed))
+            # (the disk bytes: the caller's ``disk_bytes_copied``; the target does not count them)
+            return completed_job_from_stats(stats, postcopy=w.postcopy_started)
         except FerryError as exc:
             log.warning("cannot read the completed job of %s on %s (%s: %s); reporting the last "
                         "statistics seen", uuid, target_uri, exc.reason, exc)

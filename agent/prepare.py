@@ -2,8 +2,9 @@
 
 A prepare checks that this host can take the domain, creates the disk images a storage copy
 needs, and returns the destination XML. What it created is written down first (a JSON record
-per prepare in ``state_dir``), so it can be undone exactly -- after a failure midway, after an
-agent restart, or when nobody comes back for it (records expire; ``sweep`` runs periodically).
+per prepare in ``state_dir``, ``prepare_records``), so it can be undone exactly -- after a
+failure midway, after an agent restart, or when nobody comes back for it (records expire;
+``sweep`` runs periodically).
 
 Lifecycle of one record::
 
@@ -11,355 +12,48 @@ Lifecycle of one record::
                                 └──► cleanup   it did not: remove exactly the created files
     expired ──► sweep: domain defined here ? commit : cleanup
 
-The checks are one pure function (``check_target``) over a snapshot of this host, returning
-every problem at once, so a dry run shows the operator everything to fix in one go.
+The checks are one pure function (``target_checks.check_target``) over a snapshot of this host
+that this service gathers (domains, bridges, networks, paths, memory, the CPU comparison),
+returning every problem at once, so a dry run shows the operator everything to fix in one go.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple
 
-from ferry.agent.diskplan import map_path, plan_disks
-from ferry.agent.domxml import ParsedDomain, backing_formats, parse_disks, parse_domain, parse_nics, \
-    rewrite_for_target
-from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound, \
-    ResourceExhausted
-from ferry.model import Disk, DiskPlan, DomainInfo, HostMapping, Nic, PrepareRecord, StorageDir, StorageMode
+from ferry.agent.domxml import ParsedDomain, parse_domain, parse_nics, rewrite_for_target
+from ferry.agent.prepare_records import PrepareStore
+from ferry.agent.target_checks import (
+    CpuVerdict,
+    GuestCpu,
+    PathFacts,
+    Problem,
+    TargetSnapshot,
+    check_target,
+    guest_cpu,
+    refusal,
+    required_bytes,
+    resolve_plans,
+    storage_key,
+)
+from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound
+from ferry.model import DiskPlan, DomainInfo, HostMapping, Nic, PrepareRecord, StorageMode
 from ferry.ports import HostSystem, Hypervisor
 
 log = logging.getLogger(__name__)
 
 _PREPARE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
+__all__ = ["CleanupOutcome", "PrepareOutcome", "PrepareService", "PrepareStore", "Problem", "check_target"]
 
-# ---------------------------------------------------------------------------- pure checks
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One reason this host cannot take the domain, with what to do about it."""
-
-    error: type[FerryError]
-    reason: str
-    message: str
-    hint: str = ""
-
-    def to_error(self) -> FerryError:
-        return self.error(self.message, reason=self.reason, hint=self.hint)
-
-
-@dataclass(frozen=True)
-class PathFacts:
-    exists: bool
-    writable_dir: bool = True
-    free_bytes: int = 0
-    shared: bool = False  # on shared storage (declared shared dir or cluster file system)
-    fs_key: str = ""  # paths with the same key share one file system's free space
-
-
-@dataclass(frozen=True)
-class TargetSnapshot:
-    """What this host looks like, as far as one prepare cares."""
-
-    host_name: str
-    bridges: tuple[str, ...] = ()
-    networks: tuple[str, ...] = ()
-    domains: tuple[DomainInfo, ...] = ()          # domains here with the incoming name or UUID
-    paths: Mapping[str, PathFacts] = field(default_factory=dict)  # destinations and backing files
-    records: tuple[PrepareRecord, ...] = ()        # prepares of the same domain not yet finished
-    reserved: Mapping[str, int] = field(default_factory=dict)  # fs key -> bytes other prepares will fill
-
-
-def human_bytes(n: int) -> str:
-    """>>> human_bytes(3 << 30)
-    '3.0 GiB'"""
-    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
-
-
-def required_bytes(plan: DiskPlan) -> int:
-    """What copying a disk will fill on the target: its allocation, or its virtual size."""
-    return plan.allocation or plan.virtual_size
-
-
-def resolve_plans(xml: str, plans: Iterable[DiskPlan], storage: StorageMode,
-                  mapping: HostMapping) -> list[DiskPlan]:
-    """Fill in what the caller left to the target (pure).
-
-    * no plans at all: plan from the XML (sizes unknown there, so only SHARED works that way);
-    * ``destination`` empty: the source path through the path-prefix mapping;
-    * COPY_INC: an empty ``backing_file`` is the disk's nearest backing file from the XML,
-      mapped; an empty ``backing_format`` is that backing store's format from the XML;
-    * COPY_ALL copies the whole chain into one image, so a copied disk gets no backing file.
-
-    ``xml`` may be "" (it did not parse): then only the plans given are used.
-    """
-    plans = list(plans)
-    disks = parse_disks(xml) if xml else []
-    if not plans:
-        plans = plan_disks(disks, storage, (), mapping)
-    chains = {d.target: d.backing_chain for d in disks}
-    formats = backing_formats(xml) if xml else {}
-    out = []
-    for p in plans:
-        p = replace(p, destination=p.destination or map_path(p.source, mapping.path_prefixes))
-        if p.copy and storage is StorageMode.COPY_INC:
-            chain = chains.get(p.target, ())
-            backing = p.backing_file or (map_path(chain[0], mapping.path_prefixes) if chain else "")
-            p = replace(p, backing_file=backing,
-                        backing_format=p.backing_format or (formats.get(p.target, "") if backing else ""))
-        elif p.copy:
-            p = replace(p, backing_file="", backing_format="")
-        out.append(p)
-    return out
-
-
-def _domain_problems(parsed: ParsedDomain, snap: TargetSnapshot) -> list[Problem]:
-    out = []
-    for dom in snap.domains:
-        if dom.name == parsed.name and dom.uuid == parsed.uuid and not dom.state.is_active:
-            continue  # libvirt lets an incoming migration replace its own inactive definition
-        same = "name" if dom.name == parsed.name else "UUID"
-        state = "running" if dom.state.is_active else "defined, not running"
-        out.append(Problem(
-            AlreadyExists, "DOMAIN_EXISTS",
-            f"{snap.host_name} already has a domain with the {same} of {parsed.name} "
-            f"({dom.name}, {dom.uuid}, {state})",
-            f"it already runs on {snap.host_name}: nothing to migrate" if dom.state.is_active and
-            dom.uuid == parsed.uuid else
-            f"if {dom.name} on {snap.host_name} is a stale copy, undefine it there (virsh undefine {dom.name}); "
-            "otherwise pick another target"))
-    for rec in snap.records:
-        out.append(Problem(
-            AlreadyExists, "PREPARE_EXISTS",
-            f"{snap.host_name} already has a prepared incoming migration of {rec.domain_name} "
-            f"(prepare {rec.prepare_id}, migration {rec.migration_id or 'unknown'})",
-            f"let that migration finish, or clean it up (CleanupIncoming {rec.prepare_id}); "
-            f"it expires at {rec.expires_at.isoformat()}"))
-    return out
-
-
-def _nic_problems(nics: Iterable[Nic], mapping: HostMapping, snap: TargetSnapshot) -> list[Problem]:
-    out, seen = [], set()
-    for nic in nics:
-        if nic.type not in ("bridge", "network") or not nic.source or (nic.type, nic.source) in seen:
-            continue
-        seen.add((nic.type, nic.source))
-        kind = nic.type
-        table, have = (mapping.bridges, snap.bridges) if kind == "bridge" else (mapping.networks, snap.networks)
-        wanted = table.get(nic.source, nic.source)
-        if wanted in have:
-            continue
-        mapped = f" (mapped from {nic.source})" if wanted != nic.source else ""
-        listed = ", ".join(have) if have else "none"
-        example = have[0] if have else f"TARGET_{kind.upper()}"
-        out.append(Problem(
-            FailedPrecondition, f"{kind.upper()}_MISSING",
-            f"{kind} {wanted}{mapped} does not exist on {snap.host_name}",
-            f"{snap.host_name} has {kind}s {listed}; map it: --map-{kind} {nic.source}={example}"))
-    return out
-
-
-def _disk_problems(plans: list[DiskPlan], storage: StorageMode, devices: Mapping[str, Disk] | None,
-                   snap: TargetSnapshot) -> list[Problem]:
-    out: list[Problem] = []
-    host = snap.host_name
-    facts = snap.paths
-    destinations: dict[str, str] = {}
-    for p in plans:
-        dest = p.destination
-        if devices is not None and p.target not in devices:
-            out.append(Problem(InvalidArgument, "DISK_NOT_IN_DOMAIN",
-                               f"the disk plan names {p.target}, which the domain does not have",
-                               f"the domain's disks are {', '.join(sorted(devices)) or 'none'}"))
-            continue
-        if dest in destinations:
-            out.append(Problem(InvalidArgument, "DUPLICATE_DESTINATION",
-                               f"disks {destinations[dest]} and {p.target} would both live at {dest}",
-                               "map them to different paths (--map-path)"))
-            continue
-        destinations[dest] = p.target
-        f = facts.get(dest, PathFacts(exists=False))
-        if not p.copy:
-            why = "on shared storage" if storage is StorageMode.SHARED else "not copied"
-            disk = devices.get(p.target) if devices is not None else None
-            writable = disk is not None and not disk.readonly and disk.device == "disk"
-            if not f.exists:
-                out.append(Problem(
-                    FailedPrecondition, "SHARED_DISK_MISSING",
-                    f"disk {p.target} ({why}) is expected at {dest} on {host}, but nothing is there",
-                    f"make {os.path.dirname(dest)} visible on {host} (mount the shared storage), map the path "
-                    f"(--map-path {os.path.dirname(p.source)}=DIR), or copy the disk (--copy-storage-all)"))
-            elif writable and not f.shared:
-                out.append(Problem(
-                    FailedPrecondition, "DISK_NOT_SHARED",
-                    f"disk {p.target} ({why}) is writable, but {dest} on {host} is on local storage: the guest "
-                    "would continue on a different file than on the source",
-                    f"copy the disk (--copy-storage-all); if {os.path.dirname(dest)} really is shared, list it "
-                    f"in shared_dirs of {host}'s agent config"))
-            continue
-        if storage is StorageMode.SHARED:
-            out.append(Problem(InvalidArgument, "COPY_WITH_SHARED_STORAGE",
-                               f"disk {p.target} is planned as a copy, but the storage mode is shared",
-                               "use --copy-storage-all or --copy-storage-inc, or plan the disk as shared"))
-            continue
-        if p.virtual_size <= 0:
-            out.append(Problem(InvalidArgument, "DISK_SIZE_UNKNOWN",
-                               f"disk {p.target} has no virtual size; its image cannot be created",
-                               "pass disk plans with sizes (the source agent's inventory has them)"))
-        if f.exists:
-            out.append(Problem(
-                AlreadyExists, "FILE_IN_THE_WAY",
-                f"{dest} already exists on {host} (disk {p.target} would be created there)",
-                f"remove or move {dest} on {host} if it is a leftover, or map the disk elsewhere "
-                f"(--map-path {os.path.dirname(p.source)}=DIR)"))
-        elif not f.writable_dir:
-            out.append(Problem(
-                FailedPrecondition, "PATH_NOT_WRITABLE",
-                f"the agent cannot create {dest} on {host}: its directory is not writable",
-                f"make {os.path.dirname(dest)} writable for the agent, or map the disk elsewhere (--map-path)"))
-        if storage is StorageMode.COPY_INC and p.backing_file and \
-                not facts.get(p.backing_file, PathFacts(exists=False)).exists:
-            out.append(Problem(
-                FailedPrecondition, "BACKING_MISSING",
-                f"disk {p.target} needs its backing file {p.backing_file} on {host}, and it is not there",
-                f"copy the backing file to {p.backing_file} on {host}, map its directory (--map-path), "
-                "or copy the whole disk (--copy-storage-all)"))
-    return out + _space_problems([p for p in plans if p.copy and p.destination in destinations], snap)
-
-
-def _space_problems(copies: list[DiskPlan], snap: TargetSnapshot) -> list[Problem]:
-    by_fs: dict[str, list[DiskPlan]] = {}
-    for p in copies:
-        by_fs.setdefault(snap.paths.get(p.destination, PathFacts(False)).fs_key or p.destination, []).append(p)
-    out = []
-    for key, plans in by_fs.items():
-        need = sum(required_bytes(p) for p in plans)
-        free = snap.paths.get(plans[0].destination, PathFacts(False)).free_bytes
-        reserved = snap.reserved.get(key, 0)
-        if need <= free - reserved:
-            continue
-        others = f", {human_bytes(reserved)} of it promised to other incoming migrations" if reserved else ""
-        out.append(Problem(
-            ResourceExhausted, "INSUFFICIENT_SPACE",
-            f"disks {', '.join(p.target for p in plans)} need {human_bytes(need)} under {key} on "
-            f"{snap.host_name}; {human_bytes(free)} free{others}",
-            f"free {human_bytes(need - free + reserved)} there, or map the disks to a roomier directory "
-            "(--map-path)"))
-    return out
-
-
-def check_target(xml: str, plans: list[DiskPlan], mapping: HostMapping, storage: StorageMode,
-                 snapshot: TargetSnapshot) -> list[Problem]:
-    """Every reason this host cannot take the domain (empty: ready), in the order an operator
-    would fix them: the definition, the domain itself, networking, disks, space."""
-    try:
-        parsed, nics = parse_domain(xml), parse_nics(xml)
-        devices: dict[str, Disk] | None = {d.target: d for d in parse_disks(xml)}
-    except InvalidArgument as exc:
-        return [Problem(InvalidArgument, exc.reason, exc.message, exc.hint),
-                *_disk_problems(plans, storage, None, snapshot)]
-    return [*_domain_problems(parsed, snapshot), *_nic_problems(nics, mapping, snapshot),
-            *_disk_problems(plans, storage, devices, snapshot)]
-
-
-def refusal(problems: list[Problem]) -> FerryError:
-    """One error for a refused prepare: the first problem's type and reason, every message."""
-    first = problems[0]
-    if len(problems) == 1:
-        return first.to_error()
-    hints = list(dict.fromkeys(p.hint for p in problems if p.hint))
-    return first.error(f"{len(problems)} problems: " + "; ".join(p.message for p in problems),
-                       reason=first.reason, hint="; ".join(hints))
-
-
-def storage_key(path: str, dirs: Iterable[StorageDir]) -> str:
-    """The configured storage directory holding ``path`` (longest), else the path's directory."""
-    best = ""
-    for d in dirs:
-        root = d.path.rstrip("/")
-        if (path == root or path.startswith(root + "/")) and len(root) > len(best):
-            best = root
-    return best or os.path.dirname(path)
-
-
-# ---------------------------------------------------------------------------- records
-
-
-class PrepareStore:
-    """One JSON file per prepare under ``state_dir/prepares``, written atomically
-    (temporary file, fsync, rename, fsync of the directory)."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self._dir = Path(state_dir) / "prepares"
-        self._dir.mkdir(parents=True, exist_ok=True)
-
-    def _path(self, prepare_id: str) -> Path:
-        return self._dir / f"{prepare_id}.json"
-
-    def save(self, record: PrepareRecord, reserved: Mapping[str, int]) -> None:
-        doc = {
-            "prepare_id": record.prepare_id, "domain_name": record.domain_name,
-            "domain_uuid": record.domain_uuid, "created": list(record.created),
-            "created_at": record.created_at.isoformat(), "expires_at": record.expires_at.isoformat(),
-            "migration_id": record.migration_id, "reserved": dict(reserved),
-        }
-        tmp = self._dir / f".{record.prepare_id}.json.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path(record.prepare_id))
-        dir_fd = os.open(self._dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    def load(self, prepare_id: str) -> tuple[PrepareRecord, dict[str, int]] | None:
-        try:
-            doc = json.loads(self._path(prepare_id).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        record = PrepareRecord(
-            prepare_id=doc["prepare_id"], domain_name=doc["domain_name"], domain_uuid=doc["domain_uuid"],
-            created=tuple(doc["created"]), created_at=datetime.fromisoformat(doc["created_at"]),
-            expires_at=datetime.fromisoformat(doc["expires_at"]), migration_id=doc.get("migration_id", ""))
-        return record, {k: int(v) for k, v in doc.get("reserved", {}).items()}
-
-    def all(self) -> list[tuple[PrepareRecord, dict[str, int]]]:
-        out = []
-        for path in sorted(self._dir.glob("*.json")):
-            try:
-                loaded = self.load(path.stem)
-            except (ValueError, KeyError, TypeError):
-                log.error("unreadable prepare record %s: left in place for an operator", path)
-                continue
-            if loaded is not None:
-                out.append(loaded)
-        return sorted(out, key=lambda r: r[0].created_at)
-
-    def delete(self, prepare_id: str) -> bool:
-        try:
-            self._path(prepare_id).unlink()
-        except FileNotFoundError:
-            return False
-        return True
-
-
-# ---------------------------------------------------------------------------- service
 
 
 @dataclass(frozen=True)
@@ -403,30 +97,63 @@ class PrepareService:
         self._new_id = new_id
         self._lock = asyncio.Lock()  # one record change at a time; checks and creation stay consistent
 
+    @property
+    def host_name(self) -> str:
+        """This host's name in the fleet (the agent's configured name)."""
+        return self._host_name
+
+    @property
+    def host_system(self) -> HostSystem:
+        return self._host
+
     # ------------------------------------------------------------------ prepare
 
-    async def _snapshot(self, parsed: ParsedDomain | None, nics: list[Nic], plans: list[DiskPlan]) -> TargetSnapshot:
+    async def _snapshot(self, parsed: ParsedDomain | None, cpu: GuestCpu | None, nics: list[Nic],
+                        plans: list[DiskPlan]) -> TargetSnapshot:
         domains: dict[str, DomainInfo] = {}
         networks: tuple[str, ...] = ()
         records: tuple[PrepareRecord, ...] = ()
+        memory = 0
         if parsed is not None:
             for query in ({"name": parsed.name}, {"uuid": parsed.uuid}):
                 if next(iter(query.values())):
                     found = await self._hv.find_domain(**query)
                     if found is not None:
                         domains[found.uuid] = found
+            facts = await self._hv.host_facts()
+            memory = facts.memory_free_bytes
             if any(n.type == "network" for n in nics):
-                networks = tuple((await self._hv.host_facts()).networks)
+                networks = tuple(facts.networks)
         stored = self._store.all()
         if parsed is not None:
             records = tuple(r for r, _ in stored if r.domain_uuid == parsed.uuid)
         paths = {p.destination for p in plans} | {p.backing_file for p in plans if p.backing_file}
-        facts, bridges, reserved = await asyncio.to_thread(self._host_view, sorted(paths), stored)
+        emulator = cpu.emulator if cpu is not None else ""
+        facts_by_path, bridges, reserved, emulator_present = await asyncio.to_thread(
+            self._host_view, sorted(paths), stored, emulator)
+        verdict = await self._compare_cpu(cpu, emulator_present) if parsed is not None else None
         return TargetSnapshot(host_name=self._host_name, bridges=bridges, networks=networks,
-                              domains=tuple(domains.values()), paths=facts, records=records, reserved=reserved)
+                              domains=tuple(domains.values()), paths=facts_by_path, records=records,
+                              reserved=reserved, memory_available_bytes=memory,
+                              emulator_present=emulator_present, cpu=verdict)
 
-    def _host_view(self, paths: list[str], stored: list[tuple[PrepareRecord, dict[str, int]]]
-                   ) -> tuple[dict[str, PathFacts], tuple[str, ...], dict[str, int]]:
+    async def _compare_cpu(self, cpu: GuestCpu | None, emulator_present: bool) -> CpuVerdict | None:
+        """libvirt's verdict on the guest's CPU here; None when there is nothing to compare. A
+        comparison libvirt refuses for the domain's sake (unknown model or machine type) is a
+        problem; one it cannot make (libvirtd down, timeout) fails the prepare like any call."""
+        if cpu is None or not cpu.comparable:
+            return None
+        try:
+            why = await self._hv.compare_cpu(cpu.xml, arch=cpu.arch, machine=cpu.machine, virttype=cpu.virttype,
+                                             emulator=cpu.emulator if emulator_present else "")
+        except FerryError as err:
+            if not err.caller_fault:
+                raise
+            return CpuVerdict(failed=Problem.of(err))
+        return CpuVerdict(incompatible=why)
+
+    def _host_view(self, paths: list[str], stored: list[tuple[PrepareRecord, dict[str, int]]], emulator: str
+                   ) -> tuple[dict[str, PathFacts], tuple[str, ...], dict[str, int], bool]:
         dirs = self._host.storage_dirs()
         facts = {path: PathFacts(exists=self._host.exists(path), writable_dir=self._host.writable_dir(path),
                                  free_bytes=self._host.free_bytes(path), shared=self._host.is_shared(path),
@@ -437,7 +164,8 @@ class PrepareService:
             for path, size in by_path.items():
                 key = storage_key(path, dirs)
                 reserved[key] = reserved.get(key, 0) + size
-        return facts, tuple(self._host.bridges()), reserved
+        emulator_present = not emulator or self._host.exists(emulator)
+        return facts, tuple(self._host.bridges()), reserved, emulator_present
 
     async def prepare(self, domain_xml: str, disks: list[DiskPlan], mapping: HostMapping, storage: StorageMode,
                       ttl_s: int, migration_id: str, dry_run: bool) -> PrepareOutcome:
@@ -451,7 +179,7 @@ class PrepareService:
             except InvalidArgument:
                 parsed, nics = None, []
             plans = resolve_plans(domain_xml if parsed else "", disks, storage, mapping)
-            snapshot = await self._snapshot(parsed, nics, plans)
+            snapshot = await self._snapshot(parsed, guest_cpu(domain_xml) if parsed else None, nics, plans)
             problems = check_target(domain_xml, plans, mapping, storage, snapshot)
             try:
                 destination_xml = rewrite_for_target(domain_xml, mapping, plans)

@@ -15,7 +15,8 @@ from ferry.agent.diskplan import plan_disks
 from ferry.agent.inventory import Inventory
 from ferry.agent.migration import MigrationDriver, MigrationOutcome, MigrationRequest, phase_of
 from ferry.agent.prepare import PrepareService, Problem
-from ferry.errors import FailedPrecondition, InvalidArgument
+from ferry.agent.source_disks import SourceDisks
+from ferry.errors import FailedPrecondition, FerryError, InvalidArgument
 from ferry.model import DomainInfo, HostMapping, MigrationOptions, StorageMode
 from ferry.ports import Hypervisor
 from ferry.rpc import rpc_method
@@ -35,7 +36,7 @@ def _required(value: str, field: str) -> str:
 
 
 def _problem_to_pb(p: Problem) -> tpb.ErrorDetail:
-    return tpb.ErrorDetail(reason=p.reason, message=p.message, hint=p.hint)
+    return convert.error_detail_to_pb(p.to_error())
 
 
 def disks_to_copy(domain: DomainInfo, options: MigrationOptions) -> list[str]:
@@ -49,11 +50,15 @@ def disks_to_copy(domain: DomainInfo, options: MigrationOptions) -> list[str]:
 
 class AgentServicer(agrpc.AgentServicer):
     def __init__(self, *, hypervisor: Hypervisor, inventory: Inventory, prepare: PrepareService,
-                 driver: MigrationDriver) -> None:
+                 driver: MigrationDriver, source_disks: SourceDisks | None = None) -> None:
+        """``source_disks`` defaults to one over the prepare service's host system (its prepared
+        images are never removed as source disks)."""
         self.hypervisor = hypervisor
         self.inventory = inventory
         self.prepare = prepare
         self.driver = driver
+        self.source_disks = source_disks or SourceDisks(hypervisor, prepare.host_system, host_name=prepare.host_name,
+                                                        prepared=prepare.list)
         self._migrating: dict[str, str] = {}   # domain UUID -> migration id, while a Migrate streams
 
     # ------------------------------------------------------------------ inventory
@@ -171,3 +176,22 @@ class AgentServicer(agrpc.AgentServicer):
     async def GetJob(self, request: apb.GetJobRequest, context: grpc.aio.ServicerContext) -> apb.GetJobResponse:
         stats = await self.hypervisor.job_stats(_required(request.domain, "domain"), completed=request.completed)
         return convert.job_to_pb(stats, phase=phase_of(stats), completed=request.completed)
+
+    @rpc_method
+    async def ProbeTarget(self, request: apb.ProbeTargetRequest, context: grpc.aio.ServicerContext
+                          ) -> apb.ProbeTargetResponse:
+        """Problems reaching the target are the answer, not an error of the call."""
+        uri = _required(request.target_uri, "target_uri")
+        try:
+            latency_ms = await self.hypervisor.probe_peer(uri, migration_address=request.migration_address)
+        except FerryError as err:
+            log.info("probe of %s from %s: %s: %s", uri, self.prepare.host_name, err.reason, err)
+            return apb.ProbeTargetResponse(problems=[convert.error_detail_to_pb(err)])
+        return apb.ProbeTargetResponse(latency_ms=latency_ms)
+
+    @rpc_method
+    async def RemoveSourceDisks(self, request: apb.RemoveSourceDisksRequest, context: grpc.aio.ServicerContext
+                                ) -> apb.RemoveSourceDisksResponse:
+        done = await self.source_disks.remove(_required(request.domain_uuid, "domain_uuid"), list(request.paths),
+                                              migration_id=request.migration_id)
+        return apb.RemoveSourceDisksResponse(removed=done.removed, already_gone=done.already_gone)

@@ -13,6 +13,7 @@ from google.protobuf import timestamp_pb2
 
 from ferry.errors import FerryError
 from ferry.model import (
+    Blocker,
     CompletedJob,
     Disk,
     DiskPlan,
@@ -217,6 +218,15 @@ def prepare_record_from_pb(m: apb.Prepare) -> PrepareRecord:
 
 def error_detail_to_pb(err: FerryError) -> tpb.ErrorDetail:
     return tpb.ErrorDetail(reason=err.reason, message=err.message, hint=err.hint)
+
+
+def blocker_to_pb(b: Blocker) -> tpb.ErrorDetail:
+    return tpb.ErrorDetail(reason=b.reason, message=b.message, hint=b.hint)
+
+
+def blocker_from_pb(m: tpb.ErrorDetail) -> Blocker:
+    """A problem an agent reported (a dry run's, a probe's) as the coordinator's Blocker."""
+    return Blocker(reason=m.reason, message=m.message, hint=m.hint)
 
 
 # ---------------------------------------------------------------- migration

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 from ferry.model import (
+    Blocker,
     DiskPlan,
     DomainInfo,
     HostFacts,
@@ -66,21 +67,64 @@ class Hypervisor(Protocol):
         """
         ...
 
-    async def job_stats(self, name_or_uuid: str, *, completed: bool = False) -> JobStats: ...
+    async def job_stats(self, name_or_uuid: str, *, completed: bool = False) -> JobStats:
+        """The domain's running job (``completed``: its last completed job, kept for others).
+
+        A domain that does not run has no job: an empty ``JobStats()`` (not an error). Raises
+        NotFound (DOMAIN_NOT_FOUND) for an unknown domain.
+        """
+        ...
 
     async def remote_completed_job(self, target_uri: str, name_or_uuid: str) -> JobStats:
-        """The completed migration job's statistics, read on the target host."""
+        """The completed migration job's statistics, read on the target host.
+
+        The target does not count disk bytes: its ``disk_*`` figures are 0 after a storage copy
+        (take them from the source's last statistics).
+        """
         ...
 
     async def abort_job(self, name_or_uuid: str) -> bool:
-        """Abort the domain's running job; False when there was none."""
+        """Abort the domain's running job. False when there was none: no job, the job ended
+        meanwhile, or the domain left this host (the migration completed and undefined it)."""
         ...
 
-    async def set_max_downtime(self, name_or_uuid: str, ms: int) -> None: ...
+    async def set_max_downtime(self, name_or_uuid: str, ms: int) -> None:
+        """The running migration's maximum downtime; without a job the value is kept for the
+        domain's next migration (as libvirt keeps it)."""
+        ...
 
-    async def set_bandwidth(self, name_or_uuid: str, mibps: int) -> None: ...
+    async def set_bandwidth(self, name_or_uuid: str, mibps: int) -> None:
+        """The running migration's bandwidth cap (0 = QEMU's default); without a job the value
+        is kept for the domain's next migration."""
+        ...
 
     async def start_postcopy(self, name_or_uuid: str) -> None: ...
+
+    async def compare_cpu(self, cpu_xml: str, *, arch: str, machine: str, virttype: str,
+                          emulator: str) -> str:
+        """Can this host run a guest with this ``<cpu>`` definition (virConnectCompareHypervisorCPU)?
+
+        Returns "" when it can, else libvirt's explanation, which names the features the host
+        lacks when libvirt knows them (e.g. "Host CPU does not provide required features:
+        avx512f"). ``machine`` and ``emulator`` may be "" (libvirt's defaults). Raises
+        FailedPrecondition (CPU_CHECK_FAILED) when libvirt cannot compare (unknown CPU model,
+        machine type or emulator); others per the error table.
+        """
+        ...
+
+    async def probe_peer(self, uri: str, *, migration_address: str = "") -> int:
+        """Can this host reach the peer libvirtd at ``uri`` (as a migration to it would)?
+
+        In order: the URI's host name resolves here; for TCP transports (qemu+tcp, qemu+tls) a
+        TCP connection to libvirtd's port opens (ssh and unix transports skip this); a libvirt
+        connection to ``uri`` opens. A ``migration_address`` (the peer's QEMU migration address)
+        must resolve too. Each step has a short timeout. Returns the round trip in milliseconds.
+
+        Raises InvalidArgument (TARGET_URI_INVALID), FailedPrecondition (TARGET_UNRESOLVABLE),
+        Unavailable (TARGET_UNREACHABLE), or the error table's error for a refused connection
+        (e.g. LIBVIRT_ACCESS_DENIED). Contacts only the addresses ``uri`` names.
+        """
+        ...
 
 
 class HostSystem(Protocol):
@@ -156,3 +200,17 @@ class AgentClient(Protocol):
                              bandwidth_mibps: int | None = None, start_postcopy: bool = False) -> None: ...
 
     async def get_job(self, vm: str, *, completed: bool = False) -> JobStats: ...
+
+    async def probe_target(self, target_uri: str, *, migration_address: str = "") -> tuple[list[Blocker], int]:
+        """Can this (source) host reach the target's libvirtd? Returns the problems found
+        (TARGET_UNRESOLVABLE, TARGET_UNREACHABLE, ...; empty = reachable) and the round trip
+        in milliseconds."""
+        ...
+
+    async def remove_source_disks(self, vm_uuid: str, paths: Sequence[str], *, migration_id: str
+                                  ) -> tuple[list[str], list[str]]:
+        """After a copy migration landed elsewhere and was committed there: remove this host's
+        now unused local images of the domain. Returns (removed, already gone). Refused while a
+        domain with that UUID exists here (DOMAIN_STILL_HERE) and for paths outside the local
+        image directories (PATH_NOT_LOCAL)."""
+        ...

@@ -30,10 +30,60 @@ def test_docstring_examples():
         (JobStats(active=True, memory_total=256, memory_processed=300, memory_remaining=40), True, P.POSTCOPY),
         (JobStats(active=True, memory_processed=300, postcopy=True), False, P.POSTCOPY),
         (JobStats(active=False, memory_processed=300), False, P.FINISHING),         # job over, call not back
+        (JobStats(job_type="completed", memory_processed=300), False, P.FINISHING),  # completed, call not back
+        # ended badly: QEMU said so, libvirt's migrate call has not returned its error yet
+        (JobStats(job_type="cancelled", memory_processed=300), False, P.CANCELLED),  # aborted
+        (JobStats(job_type="cancelled"), False, P.CANCELLED),                        # aborted before data moved
+        (JobStats(job_type="cancelled", memory_processed=300), True, P.CANCELLED),   # post-copy asked, aborted
+        (JobStats(job_type="failed", disk_total=1024, disk_processed=512), False, P.FAILED),
+        (JobStats(job_type="failed", memory_processed=300, postcopy=True), False, P.FAILED),
     ],
 )
 def test_phase_of(stats, postcopy_started, phase):
     assert phase_of(stats, postcopy_started=postcopy_started) is phase
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "later"),
+    [
+        (P.STARTING, P.PRECOPY, P.PRECOPY),
+        (P.POSTCOPY, P.PRECOPY, P.POSTCOPY),
+        (P.PRECOPY, P.FINISHING, P.FINISHING),
+        (P.PRECOPY, P.CANCELLED, P.CANCELLED),      # an end is later than any running phase
+        (P.FINISHING, P.FAILED, P.FAILED),
+        (P.CANCELLED, P.PRECOPY, P.CANCELLED),      # and stays
+        (P.FAILED, P.CANCELLED, P.FAILED),          # the first end seen stays
+    ],
+)
+def test_later_phase(a, b, later):
+    assert m.later_phase(a, b) is later
+
+
+def test_an_aborted_job_is_never_reported_finishing():
+    """The polls an abort produces, in libvirt's order: the job runs, QEMU cancels it (libvirt
+    says "cancelled"), the job is gone (nothing to report); the phases reported never say
+    FINISHING and end CANCELLED."""
+    polls = [precopy(100, 156, 1), JobStats(job_type="cancelled", memory_total=256 * MiB,
+                                            memory_processed=120 * MiB), JobStats()]
+    progress, seen = None, []
+    for stats in polls:
+        progress = next_progress(progress, phase_of(stats), stats)
+        seen.append(progress.phase)
+    assert seen == [P.PRECOPY, P.CANCELLED, P.CANCELLED]
+
+
+@pytest.mark.parametrize(
+    ("reported", "seen", "planned", "expected"),
+    [
+        (0, JobStats(disk_total=1000, disk_processed=1000), 800, 1000),   # the source saw it all copied
+        (0, JobStats(disk_total=1000, disk_processed=600), 800, 1000),    # last poll mid-copy: it completed
+        (0, JobStats(), 800, 800),                                       # no poll saw the copy: as planned
+        (1200, JobStats(disk_total=1000), 800, 1200),                     # a target that counts wins
+        (0, JobStats(), 0, 0),                                           # nothing copied (shared storage)
+    ],
+)
+def test_disk_bytes_of_a_completed_copy(reported, seen, planned, expected):
+    assert m.disk_bytes_copied(reported, seen, planned) == expected
 
 
 def precopy(processed, remaining, iteration, **kw):

@@ -1,0 +1,144 @@
+"""RemoveSourceDisks: the source's local images after a copy migration landed elsewhere.
+
+After a migration with storage copy succeeded and the target committed it, the images on the
+source are garbage: nothing uses them, they take space, and they are in the way of migrating
+the domain back (the target-side check FILE_IN_THE_WAY). The coordinator asks the source to
+remove them; this module decides whether it may, and does.
+
+Refusals (nothing is removed when any applies):
+
+* INVALID_ARGUMENT (MISSING_FIELD, PATH_INVALID): no UUID; a path that is not absolute and
+  normalised (``..``, ``//``);
+* FAILED_PRECONDITION DOMAIN_STILL_HERE: a domain with that UUID exists on this host, running
+  or only defined -- the disks are (or may again be) its own;
+* INVALID_ARGUMENT PATH_NOT_LOCAL: a path outside this host's local image directories, or on
+  shared storage (another host's guest may use it: shared storage is never removed here);
+* FAILED_PRECONDITION DISK_IN_USE: another domain on this host names the path as a disk or in
+  its backing chain;
+* FAILED_PRECONDITION PATH_PREPARED: the path is an image prepared for an incoming migration.
+
+Removing is idempotent: a path already gone is reported as such.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from ferry.errors import FailedPrecondition, InvalidArgument
+from ferry.model import DomainInfo, PrepareRecord, StorageDir
+from ferry.ports import HostSystem, Hypervisor
+
+log = logging.getLogger(__name__)
+
+
+def _under(path: str, directory: str) -> bool:
+    d = directory.rstrip("/")
+    return bool(d) and (path == d or path.startswith(d + "/"))
+
+
+def invalid_paths(paths: Iterable[str]) -> list[str]:
+    """Paths that are not absolute and normalised (so a prefix check means what it says).
+
+    >>> invalid_paths(["/var/lib/libvirt/images/a.qcow2", "images/b", "/var/lib/../../etc/passwd", "/x//y"])
+    ['images/b', '/var/lib/../../etc/passwd', '/x//y']
+    """
+    return [p for p in paths if not p.startswith("/") or os.path.normpath(p) != p or p.startswith("//")]
+
+
+def not_local(paths: Iterable[str], dirs: Iterable[StorageDir], shared: Callable[[str], bool]) -> list[str]:
+    """Paths not inside a local (not shared) storage directory, or on shared storage themselves.
+
+    >>> dirs = [StorageDir("/var/lib/libvirt/images", 0, 0), StorageDir("/mnt/nfs", 0, 0, shared=True)]
+    >>> not_local(["/var/lib/libvirt/images/a.qcow2", "/mnt/nfs/b.qcow2", "/etc/passwd",
+    ...            "/var/lib/libvirt/images"], dirs, lambda p: False)
+    ['/mnt/nfs/b.qcow2', '/etc/passwd', '/var/lib/libvirt/images']
+    """
+    dirs = list(dirs)
+    local = [d.path for d in dirs if not d.shared]
+    return [p for p in paths
+            if not any(_under(p, d) and p.rstrip("/") != d.rstrip("/") for d in local)
+            or any(_under(p, d.path) for d in dirs if d.shared) or shared(p)]
+
+
+def in_use(paths: Iterable[str], domains: Iterable[DomainInfo]) -> dict[str, str]:
+    """Path -> the domain that names it (as a disk or in a disk's backing chain)."""
+    wanted = set(paths)
+    out: dict[str, str] = {}
+    for dom in domains:
+        for disk in dom.disks:
+            for path in (disk.source, *disk.backing_chain):
+                if path in wanted:
+                    out.setdefault(path, dom.name)
+    return out
+
+
+@dataclass(frozen=True)
+class Removal:
+    removed: tuple[str, ...]
+    already_gone: tuple[str, ...]
+
+
+class SourceDisks:
+    """RemoveSourceDisks over the Hypervisor and HostSystem ports (see the module docstring)."""
+
+    def __init__(self, hypervisor: Hypervisor, host: HostSystem, *, host_name: str,
+                 prepared: Callable[[], list[PrepareRecord]] = list) -> None:
+        self._hv = hypervisor
+        self._host = host
+        self._host_name = host_name
+        self._prepared = prepared
+        self._lock = asyncio.Lock()
+
+    async def remove(self, domain_uuid: str, paths: Sequence[str], *, migration_id: str = "") -> Removal:
+        if not domain_uuid:
+            raise InvalidArgument("domain_uuid is required", reason="MISSING_FIELD",
+                                  hint="name the migrated domain by its UUID")
+        paths = list(dict.fromkeys(paths))
+        bad = invalid_paths(paths)
+        if bad:
+            raise InvalidArgument(f"not absolute, normalised paths: {', '.join(bad)}", reason="PATH_INVALID",
+                                  hint="pass the disk paths exactly as the domain's XML named them on this host")
+        async with self._lock:
+            await self._refuse(domain_uuid, paths)
+            removed, gone = [], []
+            for path in paths:
+                (removed if await asyncio.to_thread(self._host.remove, path) else gone).append(path)
+        log.info("removed the source disks of %s%s on %s: %s%s", domain_uuid,
+                 f" (migration {migration_id})" if migration_id else "", self._host_name,
+                 ", ".join(removed) or "none", f"; already gone: {', '.join(gone)}" if gone else "")
+        return Removal(tuple(removed), tuple(gone))
+
+    async def _refuse(self, uuid: str, paths: list[str]) -> None:
+        here = await self._hv.find_domain(uuid=uuid)
+        if here is not None:
+            state = "running" if here.state.is_active else "defined, not running"
+            raise FailedPrecondition(
+                f"{here.name} ({uuid}) still exists on {self._host_name} ({state}); its disks stay",
+                reason="DOMAIN_STILL_HERE",
+                hint=f"the domain did not (only) leave {self._host_name}: check where it runs (virsh list --all "
+                     f"on each host); if the copy here is stale, undefine it (virsh undefine {here.name}) first")
+        dirs = await asyncio.to_thread(self._host.storage_dirs)
+        outside = await asyncio.to_thread(not_local, paths, dirs, self._host.is_shared)
+        if outside:
+            local = ", ".join(d.path for d in dirs if not d.shared) or "none configured"
+            raise InvalidArgument(
+                f"not in a local image directory of {self._host_name}: {', '.join(outside)}",
+                reason="PATH_NOT_LOCAL",
+                hint=f"only images under the local image_dirs ({local}) are removed; shared storage never is "
+                     "(remove such files by hand once no host uses them)")
+        used = in_use(paths, await self._hv.list_domains())
+        if used:
+            raise FailedPrecondition(
+                "in use on " + self._host_name + ": " + ", ".join(f"{p} by {d}" for p, d in used.items()),
+                reason="DISK_IN_USE", hint="these files belong to other domains here: leave them")
+        prepared = {p: r.prepare_id for r in self._prepared() for p in r.created if p in paths}
+        if prepared:
+            raise FailedPrecondition(
+                f"prepared for an incoming migration on {self._host_name}: "
+                + ", ".join(f"{p} (prepare {i})" for p, i in prepared.items()),
+                reason="PATH_PREPARED",
+                hint="an incoming migration will use these images: let it finish, or clean it up first")

@@ -1,0 +1,139 @@
+"""RemoveSourceDisks on a fake host: what may be removed, what is refused, idempotency."""
+
+import doctest
+from datetime import UTC, datetime
+
+import pytest
+
+from ferry.agent import source_disks as sd
+from ferry.agent.fake_hostsystem import FakeHostSystem
+from ferry.agent.fake_hypervisor import FakeHypervisor, make_domain_xml
+from ferry.agent.source_disks import SourceDisks, in_use, invalid_paths, not_local
+from ferry.errors import FailedPrecondition, InvalidArgument
+from ferry.model import Disk, DomainInfo, DomainState, PrepareRecord, StorageDir
+
+IMG = "/var/lib/libvirt/images"
+NFS = "/mnt/nfs"
+UUID = "11111111-2222-4333-8444-555555555555"
+T0 = datetime(2026, 11, 25, tzinfo=UTC)
+
+
+def test_docstring_examples():
+    assert doctest.testmod(sd).failed == 0
+
+
+@pytest.mark.parametrize(
+    ("paths", "bad"),
+    [
+        ([f"{IMG}/g1.qcow2"], []),
+        ([f"{IMG}/../../../etc/shadow", "g1.qcow2", f"{IMG}//g1.qcow2", f"{IMG}/./g1.qcow2", ""],
+         [f"{IMG}/../../../etc/shadow", "g1.qcow2", f"{IMG}//g1.qcow2", f"{IMG}/./g1.qcow2", ""]),
+    ],
+)
+def test_invalid_paths(paths, bad):
+    assert invalid_paths(paths) == bad
+
+
+DIRS = [StorageDir(IMG, 0, 0), StorageDir(NFS, 0, 0, shared=True), StorageDir(f"{IMG}/nfs", 0, 0, shared=True)]
+
+
+@pytest.mark.parametrize(
+    ("path", "local"),
+    [
+        (f"{IMG}/g1.qcow2", True),
+        (f"{IMG}/sub/g1.qcow2", True),
+        (f"{IMG}", False),                     # the directory itself
+        (f"{IMG}-other/g1.qcow2", False),      # a prefix, not the directory
+        (f"{NFS}/g1.qcow2", False),            # declared shared
+        (f"{IMG}/nfs/g1.qcow2", False),        # a shared directory inside the image directory
+        ("/etc/passwd", False),
+    ],
+)
+def test_not_local(path, local):
+    assert (not_local([path], DIRS, lambda p: False) == []) is local
+
+
+def test_a_path_the_host_finds_on_shared_storage_is_not_local():
+    assert not_local([f"{IMG}/g1.qcow2"], DIRS, lambda p: True) == [f"{IMG}/g1.qcow2"]
+
+
+def test_in_use_looks_at_disks_and_backing_chains():
+    doms = [DomainInfo("a", "ua", DomainState.RUNNING, disks=(Disk("vda", f"{IMG}/a.qcow2",
+                                                                     backing_chain=(f"{IMG}/base.raw",)),)),
+            DomainInfo("b", "ub", DomainState.SHUTOFF, disks=(Disk("vda", f"{IMG}/b.qcow2"),))]
+    assert in_use([f"{IMG}/base.raw", f"{IMG}/b.qcow2", f"{IMG}/g1.qcow2"], doms) == {
+        f"{IMG}/base.raw": "a", f"{IMG}/b.qcow2": "b"}
+
+
+# ---------------------------------------------------------------- the service
+
+
+@pytest.fixture
+def host():
+    return FakeHostSystem(dirs={IMG: 10 << 30, NFS: 10 << 30}, shared_dirs=[NFS],
+                          files={f"{IMG}/g1-vda.qcow2": 1 << 20, f"{IMG}/g1-vdb.qcow2": 1 << 20,
+                                 f"{NFS}/g1-data.raw": 1 << 20, f"{IMG}/other.qcow2": 1 << 20})
+
+
+@pytest.fixture
+def hv(host):
+    return FakeHypervisor(hostname="host1", host=host)
+
+
+def service(hv, host, prepared=()):
+    return SourceDisks(hv, host, host_name="host1", prepared=lambda: list(prepared))
+
+
+async def test_removes_the_local_images_and_is_idempotent(hv, host):
+    svc = service(hv, host)
+    done = await svc.remove(UUID, [f"{IMG}/g1-vda.qcow2", f"{IMG}/g1-vdb.qcow2"], migration_id="m-1")
+    assert (done.removed, done.already_gone) == ((f"{IMG}/g1-vda.qcow2", f"{IMG}/g1-vdb.qcow2"), ())
+    assert not host.exists(f"{IMG}/g1-vda.qcow2") and host.exists(f"{IMG}/other.qcow2")
+    again = await svc.remove(UUID, [f"{IMG}/g1-vda.qcow2", f"{IMG}/g1-vdb.qcow2"])
+    assert (again.removed, again.already_gone) == ((), (f"{IMG}/g1-vda.qcow2", f"{IMG}/g1-vdb.qcow2"))
+
+
+@pytest.mark.parametrize("state", [DomainState.RUNNING, DomainState.SHUTOFF])
+async def test_refused_while_the_domain_is_here(hv, host, state):
+    hv.add_domain(make_domain_xml("g1", uuid=UUID, disks=[("vda", f"{IMG}/g1-vda.qcow2", "qcow2")]), state=state)
+    with pytest.raises(FailedPrecondition) as exc:
+        await service(hv, host).remove(UUID, [f"{IMG}/g1-vda.qcow2"])
+    assert exc.value.reason == "DOMAIN_STILL_HERE" and "virsh undefine g1" in exc.value.hint
+    assert host.exists(f"{IMG}/g1-vda.qcow2")
+
+
+async def test_shared_storage_and_foreign_paths_are_never_removed(hv, host):
+    with pytest.raises(InvalidArgument) as exc:
+        await service(hv, host).remove(UUID, [f"{IMG}/g1-vda.qcow2", f"{NFS}/g1-data.raw", "/etc/passwd"])
+    err = exc.value
+    assert err.reason == "PATH_NOT_LOCAL"
+    assert f"{NFS}/g1-data.raw" in err.message and "/etc/passwd" in err.message
+    assert IMG in err.hint and "shared storage never is" in err.hint
+    assert host.removed == []                                      # nothing, not even the local one
+
+
+async def test_a_path_another_domain_uses_is_refused(hv, host):
+    hv.add_domain(make_domain_xml("other", disks=[("vda", f"{IMG}/other.qcow2", "qcow2")]))
+    with pytest.raises(FailedPrecondition) as exc:
+        await service(hv, host).remove(UUID, [f"{IMG}/other.qcow2"])
+    assert exc.value.reason == "DISK_IN_USE" and "by other" in exc.value.message
+
+
+async def test_an_image_prepared_for_an_incoming_migration_is_refused(hv, host):
+    record = PrepareRecord("p1", "g1", UUID, (f"{IMG}/g1-vda.qcow2",), T0, T0, "m-2")
+    with pytest.raises(FailedPrecondition) as exc:
+        await service(hv, host, [record]).remove(UUID, [f"{IMG}/g1-vda.qcow2"])
+    assert exc.value.reason == "PATH_PREPARED" and "p1" in exc.value.message
+
+
+@pytest.mark.parametrize(("uuid", "paths", "reason"), [("", [f"{IMG}/a"], "MISSING_FIELD"),
+                                                       (UUID, [f"{IMG}/../etc/passwd"], "PATH_INVALID")])
+async def test_malformed_requests(hv, host, uuid, paths, reason):
+    with pytest.raises(InvalidArgument) as exc:
+        await service(hv, host).remove(uuid, paths)
+    assert exc.value.reason == reason
+
+
+async def test_no_paths_is_nothing_to_do(hv, host):
+    done = await service(hv, host).remove(UUID, [])
+    assert (done.removed, done.already_gone) == ((), ())
