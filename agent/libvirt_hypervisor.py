@@ -304,6 +304,7 @@ class LibvirtHypervisor:
         def work(conn: libvirt.virConnect) -> HostFacts:
             caps = parse_capabilities(conn.getCapabilities())
             info = conn.getInfo()   # [model, memory MiB, cpus, MHz, nodes, sockets, cores, threads]
+            total, available = self._memory(conn, int(info[1]))
             try:
                 networks = tuple(sorted(conn.listNetworks()))
             except libvirt.libvirtError as exc:
@@ -314,21 +315,23 @@ class LibvirtHypervisor:
                 hostname=conn.getHostname(), host_uuid=caps.host_uuid,
                 libvirt_version=conn.getLibVersion(), qemu_version=conn.getVersion(),
                 cpu_model=caps.cpu_model, arch=caps.arch or info[0], cpu_features=caps.cpu_features,
-                cpus=int(info[2]), memory_total_bytes=int(info[1]) * MiB,
-                memory_free_bytes=self._memory_available(conn), networks=networks)
+                cpus=int(info[2]), memory_total_bytes=total, memory_free_bytes=available, networks=networks)
         return await self._call("getCapabilities", work, retry=True)
 
     @staticmethod
-    def _memory_available(conn: libvirt.virConnect) -> int:
-        """Free memory plus what the kernel can reclaim at once (buffers, page cache): on a
-        long-running host "free" alone is mostly eaten by the page cache."""
+    def _memory(conn: libvirt.virConnect, info_mib: int) -> tuple[int, int]:
+        """(total, available) bytes. Available = free plus what the kernel can reclaim at once
+        (buffers, page cache): on a long-running host "free" alone is mostly eaten by the page
+        cache. Total from the node memory stats (the kernel's MemTotal); virNodeGetInfo's figure
+        comes from NUMA topology, which some virtual machines report short."""
         try:
             stats = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
         except libvirt.libvirtError as exc:
             if _code(exc) not in _NO_DRIVER:
                 raise
-            return int(conn.getFreeMemory())
-        return available_memory(stats) or int(conn.getFreeMemory())
+            stats = {}
+        total = max(int(stats.get("total", 0)) * 1024, info_mib * MiB)
+        return total, available_memory(stats) or int(conn.getFreeMemory())
 
     async def list_domains(self) -> list[DomainInfo]:
         def work(conn: libvirt.virConnect) -> list[DomainInfo]:
