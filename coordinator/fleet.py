@@ -177,8 +177,10 @@ class Fleet:
         s = h.state()
         return HostView(name=name, available=s.available, facts=s.facts)
 
-    async def refresh(self, names: Iterable[str] | None = None, *, force: bool = False) -> None:
-        """Fetch the inventory of each (registered) host whose copy is older than the TTL, all at once.
+    async def refresh(self, names: Iterable[str] | None = None, *, force: bool = False,
+                      max_age_s: float | None = None) -> None:
+        """Fetch the inventory of each (registered) host whose copy is older than ``max_age_s``
+        (default: the inventory TTL), all at once; ``force``: whatever its age.
 
         Never raises for an agent: a failed fetch marks that host unreachable and keeps its last facts.
         """
@@ -189,7 +191,8 @@ class Fleet:
             h = self._hosts[name]
             if h.registration is None or h.client is None:
                 continue
-            fresh = h.fetched_at is not None and now - h.fetched_at < timedelta(seconds=self.inventory_ttl_s)
+            max_age = self.inventory_ttl_s if max_age_s is None else min(max_age_s, self.inventory_ttl_s)
+            fresh = h.fetched_at is not None and now - h.fetched_at < timedelta(seconds=max_age)
             if fresh and h.reachable and not force:
                 continue
             if h.refreshing is None or h.refreshing.done():

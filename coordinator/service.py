@@ -59,6 +59,8 @@ IdFactory = Callable[[], str]
 IN_FLIGHT_WAIT_S = 20.0
 _IN_FLIGHT_POLL_S = 0.05
 MAX_IDEMPOTENCY_KEY = 200
+# ListVMs / ListHosts are operators' reads: inventories at most this old (a scheduler uses the TTL)
+READ_MAX_AGE_S = 1.0
 
 
 def _utc_now() -> datetime:
@@ -329,7 +331,7 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
     @rpc_method
     async def ListHosts(self, request: cpb.ListHostsRequest, context: grpc.aio.ServicerContext
                         ) -> cpb.ListHostsResponse:
-        await self.fleet.refresh()
+        await self.fleet.refresh(max_age_s=READ_MAX_AGE_S)
         active, _ = await self._active_by_vm()
         return cpb.ListHostsResponse(hosts=[
             convert.host_status_to_pb(
@@ -344,12 +346,13 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
             raise NotFound(f"no host named {request.host!r} is registered", reason="HOST_UNKNOWN",
                            hint="check the name with `ferry hosts`")
         records = await self._records()
+        # an operator's read: inventories at most a second old (not the scheduler-facing TTL), and
         # a host whose inventory predates a migration's last change to it is asked again, so a VM
         # shows where it runs now, not where it ran a few seconds ago
         moved = {name for r in records for name in (r.source_host, r.target_host)
                  if (h := self.fleet.host(name)) is not None and (h.last_seen is None or r.updated_at > h.last_seen)}
         wanted = [request.host] if request.host else [h.name for h in self.fleet.hosts()]
-        await asyncio.gather(self.fleet.refresh([n for n in wanted if n not in moved]),
+        await asyncio.gather(self.fleet.refresh([n for n in wanted if n not in moved], max_age_s=READ_MAX_AGE_S),
                              self.fleet.refresh([n for n in wanted if n in moved], force=True))
         by_vm = {r.vm_uuid: r.id for r in sorted(records, key=lambda r: r.created_at) if not r.phase.is_final}
         return cpb.ListVMsResponse(vms=[
