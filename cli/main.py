@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import uuid
 from collections.abc import Sequence
@@ -210,6 +211,7 @@ class Cli:
         tty = sys.stdout.isatty() and not self.json
         last: cpb.Migration | None = None
         last_phase = None
+        shown = 0.0
         async for m in self.stub.WatchMigration(cpb.WatchMigrationRequest(id=migration_id)):
             last = m
             if self.json:
@@ -221,7 +223,8 @@ class Cli:
                 print(f"{render.phase_name(m.phase)}" + (f": {reason}" if reason else ""), flush=True)
                 last_phase = m.phase
             elif m.HasField("progress") and m.phase == cpb.PHASE_MIGRATING:
-                line = "  " + render.progress_bar(m.progress)
+                shown = max(shown, render.fraction(m.progress))
+                line = "  " + render.progress_bar(m.progress, at_least=shown)
                 print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
             if m.phase in FINAL:
                 break
@@ -318,3 +321,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(asyncio.run(run(argv)))
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:
+        # the reader went away (`ferry ... | head`): not an error of ours; the migration goes on
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)

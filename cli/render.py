@@ -50,14 +50,16 @@ def fraction(progress: tpb.MigrationProgress) -> float:
     return min(1.0, done / (done + left))
 
 
-def progress_bar(progress: tpb.MigrationProgress, width: int = 30) -> str:
-    """One status line, e.g.
+def progress_bar(progress: tpb.MigrationProgress, width: int = 30, at_least: float = 0.0) -> str:
+    """One status line; the bar never shows less than ``at_least`` (a bar that runs backwards,
+    as pre-copy's remaining bytes grow again, misleads more than one that pauses). E.g.
     ``[###############...............]  50% precopy mem 128 MiB/256 MiB disk 0 B left iter 2 dirty 12 MiB/s 3.2 s``
     """
-    frac = fraction(progress)
+    known = progress.memory_processed + progress.memory_remaining + progress.disk_processed + progress.disk_remaining
+    frac = max(fraction(progress), at_least)
     filled = int(round(frac * width))
     bar = "#" * filled + "." * (width - filled)
-    parts = [f"[{bar}] {frac * 100:3.0f}%", job_phase_name(progress.phase)]
+    parts = [f"[{bar}] {frac * 100:3.0f}%" if known else f"[{bar}]  --%", job_phase_name(progress.phase)]
     if progress.memory_total:
         parts.append(f"mem {size(progress.memory_processed)}/{size(progress.memory_total)}")
     if progress.disk_total:
@@ -97,7 +99,7 @@ def migration_detail(m: cpb.Migration) -> str:
         lines.append(f"  Reason:    {m.error.reason}: {m.error.message}")
         if m.error.hint:
             lines.append(f"  Hint:      {m.error.hint}")
-    if m.HasField("progress") and m.progress.elapsed_ms:
+    if m.HasField("progress") and m.progress.elapsed_ms and m.phase in (cpb.PHASE_MIGRATING, cpb.PHASE_FINISHING):
         lines.append(f"  Progress:  {progress_bar(m.progress)}")
     if m.HasField("result") and m.result.time_elapsed_ms:
         r = m.result

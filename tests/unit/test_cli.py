@@ -118,3 +118,15 @@ async def test_pick_skips_a_dead_replica(tmp_path):
         assert await pick_coordinator([f"unix:{tmp_path}/dead.sock", alive], timeout_s=1) == alive
     finally:
         await server.stop(0)
+
+
+def test_progress_bar_never_runs_backwards():
+    p = tpb.MigrationProgress(phase=tpb.MIGRATION_PHASE_PRECOPY, memory_total=256 << 20,
+                              memory_processed=64 << 20, memory_remaining=192 << 20, elapsed_ms=1000)
+    assert render.progress_bar(p, width=10).startswith("[##........]  25%")
+    assert render.progress_bar(p, width=10, at_least=0.9).startswith("[#########.]  90%")
+
+
+def test_progress_bar_without_figures_has_no_percentage():
+    p = tpb.MigrationProgress(phase=tpb.MIGRATION_PHASE_STARTING)
+    assert "--%" in render.progress_bar(p)
