@@ -24,8 +24,8 @@ step "ferry vms"
 ferry vms
 step "ferry preflight demo1 --to host2 --copy-storage-all"
 ferry preflight demo1 --to host2 --copy-storage-all
-step "ferry migrate demo1 --to host2 --copy-storage-all"
-ferry migrate demo1 --to host2 --copy-storage-all
+step "ferry migrate demo1 --to host2 --copy-storage-all --bandwidth 64   (capped so the progress is visible)"
+ferry migrate demo1 --to host2 --copy-storage-all --bandwidth 64
 step "ferry vms   (demo1 now runs on host2)"
 ferry vms
 sleep 2
