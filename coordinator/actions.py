@@ -15,7 +15,10 @@ through ``emit`` (called once or more, never raising). The rules, from ``decide`
   ("migration out" active = ``source_job_active``);
 * CleanupTarget: the listed prepares, then every prepare ListPrepares shows with this
   migration's id; an already removed one counts as cleaned;
-* CommitTarget on an unknown prepare counts as committed.
+* CommitTarget on an unknown prepare counts as committed. Once the target committed a migration
+  that copied disks, the source's copies are garbage (and in the way of a migration back): the
+  source's RemoveSourceDisks removes them, best effort -- what became of them is a note in the
+  record's history (SOURCE_DISKS_LEFT with the paths when they stay), never a failure.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from typing import TYPE_CHECKING
 
 from ferry.agent.diskplan import plan_disks
 from ferry.agent.migration import phase_of
-from ferry.errors import FerryError, NotFound
-from ferry.model import DomainState, JobStats, MigrationProgress, MigrationResult, PrepareRecord
+from ferry.errors import FerryError, InvalidArgument, NotFound
+from ferry.model import DomainState, JobStats, MigrationProgress, MigrationResult, PrepareRecord, StorageMode
 from ferry.ports import AgentClient
 
 from .agent_client import agent_lost, transport_failure
@@ -148,7 +151,8 @@ class Actions:
                 ttl_s=self.timing.prepare_ttl_s, migration_id=r.id, dry_run=False)
         except FerryError as err:
             return AgentLost(r.target_host) if agent_lost(err) else PrepareFailed(ErrorDetail.of(err))
-        return Prepared(out.prepare_id, out.destination_xml)
+        copied = tuple(p.source for p in (out.disks or plans) if p.copy and p.source)
+        return Prepared(out.prepare_id, out.destination_xml, copied)
 
     # ------------------------------------------------------------------ the job
 
@@ -304,4 +308,26 @@ class Actions:
                 pass   # already committed (or swept): the images are the domain's
             except FerryError as err:
                 return self._failed(r.target_host, "commit the target", err)
-        return Committed()
+        return Committed(await self.remove_source_disks(r))
+
+    async def remove_source_disks(self, r: MigrationRecord) -> str:
+        """The source's copies of the disks the migration copied, removed; a note saying so
+        ("" when nothing was copied). Never raises: the migration has landed either way."""
+        paths = r.copied_disks if r.options.storage is not StorageMode.SHARED else ()
+        if not paths:
+            return ""
+        listed = ", ".join(paths)
+        try:
+            if not r.vm_uuid:
+                raise InvalidArgument("the record has no VM UUID", reason="VM_UUID_UNKNOWN")
+            removed, gone = await self._client(r.source_host).remove_source_disks(r.vm_uuid, paths,
+                                                                                  migration_id=r.id)
+        except FerryError as err:
+            log.warning("migration %s: the source's disks on %s stay (%s: %s): %s", r.id, r.source_host,
+                        err.reason, err, listed)
+            return (f"SOURCE_DISKS_LEFT: {listed} on {r.source_host} not removed ({err.reason}: {err.message}); "
+                    f"remove them by hand once the guest is known to run on {r.target_host} only")
+        log.info("migration %s: removed the source's disks on %s: %s", r.id, r.source_host, listed)
+        done = ", ".join(removed) or "none"
+        return f"source disks removed on {r.source_host}: {done}" + (f" (already gone: {', '.join(gone)})"
+                                                                      if gone else "")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import grpc
 
 from ferry import convert
-from ferry.errors import DeadlineExceeded, FerryError, Unavailable
+from ferry.errors import DeadlineExceeded, FailedPrecondition, FerryError, Unavailable
 from ferry.model import (
     Blocker,
     DiskPlan,
@@ -43,6 +43,7 @@ from ferry.v1 import types_pb2 as tpb
 
 AGENT_UNREACHABLE = "AGENT_UNREACHABLE"
 AGENT_TIMEOUT = "AGENT_TIMEOUT"
+AGENT_TOO_OLD = "AGENT_TOO_OLD"
 _TRANSPORT_REASONS = frozenset({AGENT_UNREACHABLE, AGENT_TIMEOUT})
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -74,7 +75,7 @@ def prepared_from_pb(m: apb.PrepareIncomingResponse) -> PreparedIncoming:
         prepare_id=m.prepare_id, destination_xml=m.destination_xml,
         disks=tuple(convert.disk_plan_from_pb(d) for d in m.disks), created=tuple(m.created),
         expires_at=convert.timestamp_from_pb(m.expires_at),
-        problems=tuple(Blocker(p.reason, p.message, p.hint) for p in m.problems))
+        problems=tuple(convert.blocker_from_pb(p) for p in m.problems))
 
 
 def migrate_result_from_pb(m: apb.MigrateResult) -> MigrationResult:
@@ -155,11 +156,14 @@ class GrpcAgentClient:
 
     # ------------------------------------------------------------------ errors
 
-    def _error(self, exc: grpc.RpcError, conn: _Conn) -> FerryError:
+    def _error(self, exc: grpc.RpcError, conn: _Conn, method: str = "") -> FerryError:
         err = from_rpc_error(exc)
         metadata = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None
         from_agent = any(key == _STATUS_DETAILS_KEY for key, _ in metadata or ())
         code = exc.code() if callable(getattr(exc, "code", None)) else None
+        if code == grpc.StatusCode.UNIMPLEMENTED and not from_agent:
+            return FailedPrecondition(f"the agent on {self.host} ({self.address}) does not know {method or 'this call'}",
+                                      reason=AGENT_TOO_OLD, hint=f"upgrade ferry-agent on {self.host}")
         # without a Ferry error in it, UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED come from the way
         # there (no connection, no answer, the agent's server shutting down mid-call)
         if from_agent or code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -180,7 +184,7 @@ class GrpcAgentClient:
                 return await getattr(conn.stub, method)(
                     request, timeout=self._slow_timeout_s if slow else self._timeout_s)
             except grpc.RpcError as exc:
-                raise self._error(exc, conn) from None
+                raise self._error(exc, conn, method) from None
 
     # ------------------------------------------------------------------ port
 
@@ -264,3 +268,16 @@ class GrpcAgentClient:
         m = await self._call("GetJob", apb.GetJobRequest(domain=vm, completed=completed))
         assert isinstance(m, apb.GetJobResponse)
         return job_from_pb(m, completed=completed)
+
+    async def probe_target(self, target_uri: str, *, migration_address: str = "") -> tuple[list[Blocker], int]:
+        m = await self._call("ProbeTarget", apb.ProbeTargetRequest(target_uri=target_uri,
+                                                                    migration_address=migration_address))
+        assert isinstance(m, apb.ProbeTargetResponse)
+        return [convert.blocker_from_pb(p) for p in m.problems], m.latency_ms
+
+    async def remove_source_disks(self, vm_uuid: str, paths: Sequence[str], *, migration_id: str
+                                  ) -> tuple[list[str], list[str]]:
+        m = await self._call("RemoveSourceDisks", apb.RemoveSourceDisksRequest(
+            domain_uuid=vm_uuid, paths=list(paths), migration_id=migration_id))
+        assert isinstance(m, apb.RemoveSourceDisksResponse)
+        return list(m.removed), list(m.already_gone)

@@ -55,6 +55,7 @@ class Prepared:
 
     prepare_id: str
     destination_xml: str
+    copied_disks: tuple[str, ...] = ()   # source paths of the disks the target prepared copies of
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,10 @@ class CleanedUp:
 
 @dataclass(frozen=True)
 class Committed:
-    """The target's CommitIncoming answered (an unknown, already committed prepare counts)."""
+    """The target's CommitIncoming answered (an unknown, already committed prepare counts).
+    ``note``: what became of the source's copied disks, for the history ("" = nothing to say)."""
+
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -296,7 +300,8 @@ def decide(record: MigrationRecord, event: Event, now: datetime, timeouts: Timeo
         case CleanedUp() if record.phase is Phase.ROLLING_BACK:
             return _cleaned_up(c)
         case Committed() if record.phase is Phase.FINISHING:
-            return Decision(c.to(Phase.SUCCEEDED, "target committed"), (), "committed; succeeded")
+            noted = replace(c, r=note(record, now, event.note)) if event.note else c
+            return Decision(noted.to(Phase.SUCCEEDED, "target committed"), (), "committed; succeeded")
         case StepFailed():
             e = event.error
             return c.noted(f"{event.step} failed: {e.reason}: {e.message}",
@@ -346,8 +351,8 @@ def _prepared(c: Ctx, event: Prepared) -> Decision:
     r = c.r
     if r.phase is Phase.PREPARING:
         return Decision(c.to(Phase.MIGRATING, f"target prepared ({event.prepare_id})", prepare_id=event.prepare_id,
-                             destination_xml=event.destination_xml), (StartMigration(),),
-                        "prepared; starting migration")
+                             destination_xml=event.destination_xml, copied_disks=event.copied_disks),
+                        (StartMigration(),), "prepared; starting migration")
     if r.phase is Phase.ROLLING_BACK and event.prepare_id != r.prepare_id:
         r2 = note(replace(r, prepare_id=r.prepare_id or event.prepare_id, target_cleaned=False), c.now,
                   f"late prepare {event.prepare_id}; removing it")
@@ -386,7 +391,8 @@ def requeue(c: Ctx, reason: str, error: ErrorDetail) -> Decision:
     """Nothing was touched: queue again, or fail after max_attempts admissions."""
     r = c.r
     if r.attempt < c.t.max_attempts:
-        return Decision(c.to(Phase.PENDING, f"re-queued: {reason}", prepare_id="", destination_xml="", progress=None),
+        return Decision(c.to(Phase.PENDING, f"re-queued: {reason}", prepare_id="", destination_xml="",
+                             copied_disks=(), progress=None),
                         (), f"{reason}; re-queued (attempt {r.attempt} of {c.t.max_attempts} used)")
     err = replace(error, message=f"{error.message} (after {r.attempt} attempts)")
     return Decision(c.to(Phase.FAILED, reason, error=err), (), f"{reason}; failed after {r.attempt} attempts")
@@ -396,8 +402,8 @@ def finish_rollback(c: Ctx, reason: str) -> Decision:
     r = c.r
     goal = r.rollback_to or Phase.ROLLED_BACK
     if goal is Phase.PENDING:
-        r2 = c.to(Phase.PENDING, f"re-queued: {reason}", prepare_id="", destination_xml="", progress=None,
-                  rollback_to=None, target_cleaned=False)
+        r2 = c.to(Phase.PENDING, f"re-queued: {reason}", prepare_id="", destination_xml="", copied_disks=(),
+                  progress=None, rollback_to=None, target_cleaned=False)
         return Decision(r2, (), f"{reason}; re-queued (attempt {r.attempt} of {c.t.max_attempts} used)")
     return Decision(c.to(goal, reason), (), f"{reason}; {goal.name.lower().replace('_', ' ')}")
 

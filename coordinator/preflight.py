@@ -5,9 +5,15 @@ engine's Preflight phase. It asks the agents, then applies the pure checks:
 
 1. the source agent's GetDomain (with the migratable XML), or, when the source is not given,
    every available agent's inventory to find the VM;
-2. the source's and target's inventories (host facts) -> ``checks.coordinator_blockers``;
+2. the source's and target's inventories (host facts) -> ``checks.coordinator_blockers`` and
+   ``host_cpu_blockers`` (a host-passthrough guest needs the same host CPU on the target: the
+   target agent cannot judge a CPU the XML does not describe);
 3. the disk plan (``diskplan.plan_disks``, storage mode from ``checks.effective_storage``) and
-   the target agent's ``PrepareIncoming(dry_run=True)``: its problems are blockers too.
+   the target agent's ``PrepareIncoming(dry_run=True)``: its problems (bridges, files, space,
+   CPU model, memory) are blockers too; its memory figure is fresher than the inventory's;
+4. at the same time, the source agent's ``ProbeTarget`` of the target's libvirt URI (the one the
+   migration would use): a name that does not resolve or a libvirtd that cannot be reached from
+   the source are blockers (TARGET_UNRESOLVABLE, TARGET_UNREACHABLE).
 
 A host whose agent is not available (no registration) or does not answer is listed in
 ``PreflightReport.unavailable``: the engine re-queues the migration then (an agent may come back),
@@ -26,8 +32,9 @@ from ferry.agent.diskplan import plan_disks
 from ferry.errors import FerryError, NotFound
 from ferry.model import Blocker, DiskPlan, DomainInfo, HostFacts, HostMapping, MigrationOptions, StorageMode
 
-from .agent_client import agent_lost
+from .agent_client import AGENT_TOO_OLD, agent_lost
 from .checks import HostView, coordinator_blockers, effective_storage
+from .keys import HostRegistration
 
 if TYPE_CHECKING:
     from .engine import HostDirectory
@@ -59,6 +66,81 @@ def _unreachable(host: str, err: FerryError) -> Blocker:
 
 def _blocker(err: FerryError) -> Blocker:
     return Blocker(err.reason, err.message, err.hint)
+
+
+# CPU modes in which the guest runs on a copy of its host's CPU
+HOST_CPU_MODES = frozenset({"host-passthrough", "maximum"})
+
+
+def host_cpu_blockers(vm: str, domain: DomainInfo | None, source: HostFacts | None, target: HostFacts | None
+                      ) -> list[Blocker]:
+    """A host-passthrough (or maximum) guest sees its host's CPU as it is: it can only move to a
+    host with the same CPU model and at least the same features (pure; unknown facts pass)."""
+    if domain is None or domain.cpu_mode not in HOST_CPU_MODES or source is None or target is None:
+        return []
+    missing = sorted(set(source.cpu_features) - set(target.cpu_features))
+    if source.cpu_model == target.cpu_model and not missing:
+        return []
+    lacks = ""
+    if missing:
+        shown = ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else "")
+        lacks = f"; {target.hostname} lacks {shown}"
+    return [Blocker(
+        "CPU_INCOMPATIBLE",
+        f"{vm} runs on its host's own CPU ({domain.cpu_mode}): {source.hostname} has a {source.cpu_model or '?'} "
+        f"CPU, {target.hostname} a {target.cpu_model or '?'}{lacks}",
+        "move host-passthrough guests only between hosts with the same CPU model and features, or give the "
+        "guest a CPU model every host offers (a baseline: virsh hypervisor-cpu-baseline) and restart it")]
+
+
+def target_address(hosts: HostDirectory, target: str, facts: HostFacts | None) -> tuple[str, str]:
+    """The target's libvirt URI and migration address as a migration would use them: its
+    registration's, else its inventory's."""
+    lookup = getattr(hosts, "registration", None)   # optional in HostDirectory
+    reg = lookup(target) if callable(lookup) else None
+    if isinstance(reg, HostRegistration) and reg.libvirt_uri:
+        return reg.libvirt_uri, reg.migration_address
+    return (facts.libvirt_uri, facts.migration_address) if facts is not None else ("", "")
+
+
+async def _probe(hosts: HostDirectory, source: str, target: str, facts: HostFacts | None
+                 ) -> tuple[list[Blocker], FerryError | None]:
+    """The source's ProbeTarget of the target: its problems, or the error asking it."""
+    uri, address = target_address(hosts, target, facts)
+    if not uri:
+        return [Blocker("TARGET_URI_UNKNOWN", f"{target} advertises no libvirt URI",
+                        f"set advertise_libvirt_uri in ferry-agent's config on {target}")], None
+    try:
+        problems, latency_ms = await hosts.client(source).probe_target(uri, migration_address=address)
+    except FerryError as err:
+        if err.reason == AGENT_TOO_OLD:
+            log.warning("cannot probe %s from %s: %s", target, source, err)
+            return [], None
+        return [], err
+    log.debug("probe %s -> %s (%s): %d ms, %d problem(s)", source, target, uri, latency_ms, len(problems))
+    return problems, None
+
+
+async def _dry_run(hosts: HostDirectory, target: str, domain: DomainInfo, xml: str, mode: StorageMode,
+                   options: MigrationOptions, mapping: HostMapping, migration_id: str, extra: list[Blocker],
+                   unavailable: list[str]) -> tuple[list[DiskPlan], list[Blocker]]:
+    """The disk plan and the target's PrepareIncoming(dry_run): (plans, blockers). An agent that
+    cannot be asked goes to ``extra``/``unavailable``."""
+    try:
+        plans = plan_disks(domain.disks, mode, options.migrate_disks, mapping)
+    except FerryError as err:
+        return [], [_blocker(err)]
+    try:
+        out = await hosts.client(target).prepare_incoming(
+            domain_xml=xml, disks=plans, mapping=mapping, storage=mode, ttl_s=0,
+            migration_id=migration_id, dry_run=True)
+    except FerryError as err:
+        if agent_lost(err):
+            extra.append(_unreachable(target, err))
+            unavailable.append(target)
+            return plans, []
+        return plans, [_blocker(err)]
+    return list(out.disks) or plans, list(out.problems)
 
 
 async def _find(hosts: HostDirectory, vm: str, names: Sequence[str]
@@ -140,25 +222,34 @@ async def preflight(hosts: HostDirectory, vm: str, target: str, options: Migrati
             blockers.append(Blocker("SOURCE_DOWN", f"the agent on {source_host} is not available",
                                     f"start ferry-agent on {source_host}"))
 
+    blockers.extend(host_cpu_blockers(vm, domain, source_view.facts if source_view else None,
+                                      target_view.facts if target_view else None))
+    probing: asyncio.Task[tuple[list[Blocker], FerryError | None]] | None = None
+    if (domain is not None and source_host is not None and source_host != target and source_view is not None
+            and source_view.available and target_view is not None and target_view.available):
+        probing = asyncio.create_task(_probe(hosts, source_host, target, target_view.facts))
+
     plans: list[DiskPlan] = []
-    if domain is not None and target_view is not None and target_view.available and source_host != target:
-        try:
-            plans = plan_disks(domain.disks, mode, options.migrate_disks, mapping)
-        except FerryError as err:
-            blockers.append(_blocker(err))
-        else:
-            try:
-                out = await hosts.client(target).prepare_incoming(
-                    domain_xml=xml, disks=plans, mapping=mapping, storage=mode, ttl_s=0,
-                    migration_id=migration_id, dry_run=True)
-                blockers.extend(out.problems)
-                plans = list(out.disks) or plans
-            except FerryError as err:
-                if agent_lost(err):
-                    extra.append(_unreachable(target, err))
-                    unavailable.append(target)
-                else:
-                    blockers.append(_blocker(err))
+    try:
+        if domain is not None and target_view is not None and target_view.available and source_host != target:
+            plans, problems = await _dry_run(hosts, target, domain, xml, mode, options, mapping, migration_id,
+                                             extra, unavailable)
+            if any(p.reason == "INSUFFICIENT_MEMORY" for p in problems):
+                # the target's own figure, fresher than its last inventory
+                blockers = [b for b in blockers if b.reason != "INSUFFICIENT_MEMORY"]
+            blockers.extend(problems)
+    except BaseException:
+        if probing is not None:
+            probing.cancel()   # preflight itself was cancelled (or failed): nobody waits for the probe
+        raise
+    if probing is not None and source_host is not None:
+        problems, probe_error = await probing
+        blockers.extend(problems)
+        if probe_error is not None and agent_lost(probe_error):
+            extra.append(_unreachable(source_host, probe_error))
+            unavailable.append(source_host)
+        elif probe_error is not None:
+            blockers.append(_blocker(probe_error))
     seen = {(b.reason, b.message) for b in blockers}
     blockers.extend(b for b in extra if (b.reason, b.message) not in seen)
     return PreflightReport(tuple(blockers), source_host or "", domain, xml, mode, tuple(plans),

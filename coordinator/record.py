@@ -91,6 +91,7 @@ class MigrationRecord:
     disk_bytes: int = 0           # bytes of disk to copy (0 with shared storage)
     prepare_id: str = ""
     destination_xml: str = ""
+    copied_disks: tuple[str, ...] = ()  # source paths of the disks the prepare made copies of
     progress: ProgressSnapshot | None = None
     result: CompletedJob | None = None
     error: ErrorDetail | None = None
@@ -202,6 +203,7 @@ def encode(r: MigrationRecord) -> bytes:
         "phase_deadline": _ts(r.phase_deadline),
         "memory_bytes": r.memory_bytes, "disk_bytes": r.disk_bytes,
         "prepare_id": r.prepare_id, "destination_xml": r.destination_xml,
+        "copied_disks": list(r.copied_disks),
         "progress": None if r.progress is None else _plain(r.progress),
         "result": None if r.result is None else _plain(r.result),
         "error": None if r.error is None else _plain(r.error),
@@ -257,6 +259,7 @@ def _decode(d: dict[str, Any], revision: int) -> MigrationRecord:
         phase_deadline=_dt(d["phase_deadline"]),
         memory_bytes=int(d["memory_bytes"]), disk_bytes=int(d["disk_bytes"]),
         prepare_id=d["prepare_id"], destination_xml=d["destination_xml"],
+        copied_disks=tuple(d.get("copied_disks", ())),   # absent in records of older coordinators
         progress=progress,
         result=None if d["result"] is None else CompletedJob(**d["result"]),
         error=None if d["error"] is None else ErrorDetail(**d["error"]),

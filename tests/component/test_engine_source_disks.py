@@ -1,0 +1,134 @@
+"""The engine after a copy migration, and preflight's probe and CPU checks, over real agent gRPC
+servers on fakes.
+
+What an operator would check: after a copy migration the source keeps no image of the guest and
+the guest can be migrated back; when the source's images cannot be removed the migration still
+succeeds and its history says which files stay and why; preflight says when the source cannot
+reach the target, and when a host-passthrough guest would meet another CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from fleet import IMAGES, Fleet, FleetDirectory, start_fleet
+from test_engine import COPY, engine, final, submit
+
+from ferry.agent.fake_hypervisor import MiB, make_domain_xml
+from ferry.coordinator.keys import HostRegistration
+from ferry.coordinator.phases import Phase
+from ferry.coordinator.preflight import preflight
+from ferry.coordinator.memory_store import MemoryStore
+from ferry.model import DomainState, MigrationOptions
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
+    f = await start_fleet(tmp_path, 2)
+    yield f
+    await f.close()
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[MemoryStore]:
+    s = MemoryStore()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def hosts(fleet: Fleet) -> FleetDirectory:
+    return FleetDirectory(fleet)
+
+
+def notes(r) -> list[str]:
+    return [h.reason for h in r.history]
+
+
+async def test_a_copy_migration_removes_the_source_disk_and_the_guest_can_come_back(store, fleet, hosts):
+    fleet.add_guest("host1", "g1")
+    image = f"{IMAGES}/g1.qcow2"
+    async with engine(store, hosts):
+        there = await final(store, (await submit(store, fleet, "g1", "host1", "host2")).id)
+        assert there.phase is Phase.SUCCEEDED, notes(there)
+        assert there.copied_disks == (image,)
+        assert not fleet["host1"].host.exists(image) and fleet["host2"].host.exists(image)
+        assert f"source disks removed on host1: {image}" in notes(there)
+        back = await final(store, (await submit(store, fleet, "g1", "host2", "host1")).id)
+    assert back.phase is Phase.SUCCEEDED, notes(back)              # no FILE_IN_THE_WAY on host1
+    assert fleet.where("g1") == {"host1": DomainState.RUNNING}
+    assert fleet["host1"].host.exists(image) and not fleet["host2"].host.exists(image)
+
+
+async def test_source_disks_that_stay_are_noted_and_the_migration_still_succeeds(store, fleet, hosts):
+    fleet.add_guest("host1", "g1")
+    keep = replace(COPY, undefine_source=False)                     # the source keeps its definition
+    async with engine(store, hosts):
+        r = await final(store, (await submit(store, fleet, "g1", "host1", "host2", options=keep)).id)
+    assert r.phase is Phase.SUCCEEDED and r.error is None
+    [left] = [n for n in notes(r) if n.startswith("SOURCE_DISKS_LEFT")]
+    assert f"{IMAGES}/g1.qcow2 on host1" in left and "DOMAIN_STILL_HERE" in left
+    assert fleet["host1"].host.exists(f"{IMAGES}/g1.qcow2")         # its definition still names it
+
+
+async def test_a_shared_storage_migration_removes_nothing(store, fleet, hosts):
+    fleet.add_guest("host1", "g1", local_disk=False)
+    async with engine(store, hosts):
+        r = await final(store, (await submit(store, fleet, "g1", "host1", "host2", options=MigrationOptions())).id)
+    assert r.phase is Phase.SUCCEEDED and r.copied_disks == ()
+    assert not [n for n in notes(r) if "source disks" in n.lower()]
+    assert fleet["host1"].host.removed == []
+
+
+# ---------------------------------------------------------------- preflight: the source probes the target
+
+
+class Advertising(FleetDirectory):
+    """A directory whose hosts advertise the libvirt URI a test chooses (a bad name, a dead IP)."""
+
+    def __init__(self, fleet: Fleet, uris: dict[str, str]) -> None:
+        super().__init__(fleet)
+        self.uris = uris
+
+    def registration(self, host: str) -> HostRegistration | None:
+        reg = super().registration(host)
+        return replace(reg, libvirt_uri=self.uris[host]) if reg is not None and host in self.uris else reg
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [("qemu+tcp://no-such-host.invalid/system", "TARGET_UNRESOLVABLE"),
+     ("qemu+tcp://10.77.0.99/system", "TARGET_UNREACHABLE")],
+)
+async def test_preflight_says_when_the_source_cannot_reach_the_target(fleet, uri, reason):
+    fleet.add_guest("host1", "g1")
+    directory = Advertising(fleet, {"host2": uri})
+    report = await preflight(directory, "g1", "host2", MigrationOptions(), fleet.mapping("host1", "host2"))
+    assert [b.reason for b in report.blockers] == [reason]
+    assert report.unavailable == () and "probe_peer" in fleet["host1"].hv.calls
+    [b] = report.blockers
+    assert "host1" in b.hint                                         # where to fix it, from where
+
+
+async def test_preflight_of_a_reachable_target_probes_it_and_finds_nothing(fleet, hosts):
+    fleet.add_guest("host1", "g1")
+    report = await preflight(hosts, "g1", "host2", MigrationOptions(), fleet.mapping("host1", "host2"))
+    assert report.ok, report.blockers
+    assert "probe_peer" in fleet["host1"].hv.calls
+
+
+async def test_preflight_blocks_a_host_passthrough_guest_on_another_cpu(fleet, hosts):
+    path = "/srv/shared/pt.raw"
+    for a in fleet.agents.values():
+        a.host.files[path] = 64 * MiB
+    fleet["host1"].hv.add_domain(make_domain_xml("pt", disks=[("vda", path, "raw")], bridges=["br-guest"],
+                                                 cpu="<cpu mode='host-passthrough' check='none'/>"))
+    mapping = fleet.mapping("host1", "host2")
+    assert (await preflight(hosts, "pt", "host2", MigrationOptions(), mapping)).ok    # identical fake hosts
+    fleet["host2"].hv.cpu_features -= {"avx2", "fma"}
+    report = await preflight(hosts, "pt", "host2", MigrationOptions(), mapping)
+    [b] = report.blockers
+    assert b.reason == "CPU_INCOMPATIBLE" and "host2 lacks avx2, fma" in b.message
