@@ -132,3 +132,25 @@ async def test_preflight_blocks_a_host_passthrough_guest_on_another_cpu(fleet, h
     report = await preflight(hosts, "pt", "host2", MigrationOptions(), mapping)
     [b] = report.blockers
     assert b.reason == "CPU_INCOMPATIBLE" and "host2 lacks avx2, fma" in b.message
+
+
+async def test_an_agent_without_the_call_is_too_old_not_broken():
+    from ferry.coordinator.agent_client import AGENT_TOO_OLD, GrpcAgentClient
+    from ferry.errors import FailedPrecondition
+    from ferry.rpc import create_server
+    from ferry.v1 import agent_pb2_grpc as agrpc
+
+    def register(server):
+        agrpc.add_AgentServicer_to_server(agrpc.AgentServicer(), server)   # answers UNIMPLEMENTED to all
+        return ["ferry.v1.Agent"]
+    server, [port] = create_server(["127.0.0.1:0"], register)
+    await server.start()
+    client = GrpcAgentClient("old", f"127.0.0.1:{port}", timeout_s=5)
+    try:
+        with pytest.raises(FailedPrecondition) as exc:
+            await client.probe_target("qemu+tcp://10.77.0.12/system")
+        assert exc.value.reason == AGENT_TOO_OLD and "ProbeTarget" in exc.value.message
+        assert "upgrade ferry-agent on old" in exc.value.hint
+    finally:
+        await client.close()
+        await server.stop(None)

@@ -22,7 +22,7 @@ import pytest
 from ferry.agent.domxml import rewrite_for_target
 from ferry.agent.fake_hostsystem import FakeHostSystem
 from ferry.agent.fake_hypervisor import FakeFleet, FakeHypervisor, make_domain_xml
-from ferry.errors import Aborted, FailedPrecondition, Internal, NotFound, Unavailable
+from ferry.errors import Aborted, FailedPrecondition, Internal, InvalidArgument, NotFound, Unavailable
 from ferry.model import DomainState, HostMapping, JobStats, MigrationOptions, StorageMode
 from ferry.ports import Hypervisor
 
@@ -175,6 +175,37 @@ async def test_a_running_guest_without_a_job(world):
     with pytest.raises(FailedPrecondition) as exc:
         await world.src.start_postcopy(name)
     assert exc.value.reason == "DOMAIN_STATE_INVALID"
+
+
+# ---------------------------------------------------------------- CPU and peers
+
+
+QEMU64 = "<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>qemu64</model>{}</cpu>"
+
+
+async def test_cpu_comparison(world):
+    """qemu64 runs on both hosts; AVX-512 is on neither (TCG, the fake's Haswell-class CPU); an
+    unknown model cannot be compared."""
+    async def compare(xml: str) -> str:
+        return await world.dst.compare_cpu(xml, arch="x86_64", machine="pc-q35-7.2", virttype="qemu",
+                                           emulator="/usr/bin/qemu-system-x86_64")
+    assert await compare(QEMU64.format("")) == ""
+    why = await compare(QEMU64.format("<feature policy='require' name='avx512f'/>"))
+    assert why == "Host CPU does not provide required features: avx512f"
+    assert await compare(QEMU64.format("<feature policy='disable' name='sse2'/>")) == ""
+    with pytest.raises(FailedPrecondition) as exc:
+        await compare(QEMU64.replace("qemu64", "NoSuchModel").format(""))
+    assert exc.value.reason == "CPU_CHECK_FAILED" and "NoSuchModel" in exc.value.message
+
+
+async def test_probe_of_peers(world):
+    assert await world.src.probe_peer(world.target_uri) >= 0
+    with pytest.raises(Unavailable) as exc:
+        await world.src.probe_peer(DEAD_URI)
+    assert exc.value.reason == "TARGET_UNREACHABLE" and exc.value.hint
+    with pytest.raises(InvalidArgument) as exc:
+        await world.src.probe_peer("qemu+tcp:///system")
+    assert exc.value.reason == "TARGET_URI_INVALID"
 
 
 # ---------------------------------------------------------------- refused migrations

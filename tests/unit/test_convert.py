@@ -135,3 +135,11 @@ def test_error_detail():
     d = convert.error_detail_to_pb(FailedPrecondition("no bridge br-vm", reason="BRIDGE_MISSING",
                                                       hint="create it or map it"))
     assert (d.reason, d.message, d.hint) == ("BRIDGE_MISSING", "no bridge br-vm", "create it or map it")
+
+
+def test_blocker_round_trip():
+    from ferry.model import Blocker
+    b = Blocker("TARGET_UNREACHABLE", "libvirtd on host2 cannot be reached from host1", "check the firewall")
+    assert convert.blocker_from_pb(convert.blocker_to_pb(b)) == b
+    err = FailedPrecondition("host2 cannot run the CPU", reason="CPU_INCOMPATIBLE", hint="pick another")
+    assert convert.blocker_from_pb(convert.error_detail_to_pb(err)) == Blocker(err.reason, err.message, err.hint)
