@@ -202,16 +202,23 @@ class Fleet:
             await asyncio.gather(*(asyncio.shield(t) for t in tasks), return_exceptions=True)
 
     async def locate_vm(self, name_or_uuid: str, *, fresh: bool = False) -> tuple[str, DomainInfo] | None:
-        """The host a VM is on and its domain, by name or UUID (inventories refreshed first;
-        ``fresh``: asked now, whatever their age, as a submission needs).
+        """The host a VM is on and its domain, by name or UUID.
 
         A running copy wins over a shut-off definition left on another host; None when no host
-        reports it.
+        reports it. ``fresh`` (a submission): the answer is checked now — the hosts whose cached
+        inventory shows the VM are asked again, and only when none of them still has it is every
+        host asked, so a submission costs one agent call, not one per host of the fleet.
         """
-        await self.refresh(force=fresh)
-        found = [(h.name, d) for h in self.hosts() for d in h.domains
-                 if name_or_uuid in (d.name, d.uuid)]
+        await self.refresh()
+        if fresh:
+            await self.refresh(self._reporting(name_or_uuid), force=True)
+            if not self._reporting(name_or_uuid):
+                await self.refresh(force=True)
+        found = [(h.name, d) for h in self.hosts() for d in h.domains if name_or_uuid in (d.name, d.uuid)]
         return pick_domain(found, self.available_hosts())
+
+    def _reporting(self, name_or_uuid: str) -> set[str]:
+        return {h.name for h in self.hosts() for d in h.domains if name_or_uuid in (d.name, d.uuid)}
 
     # -- the engine's HostDirectory -------------------------------------------------------------
 
