@@ -110,9 +110,11 @@ def test_live_migration_copies_the_disk_and_the_guest_runs_on_the_target(lab, gu
           f"job {ms(m, 'time_elapsed_ms')} ms, downtime {ms(m, 'downtime_ms')} ms, "
           f"memory {ms(m, 'memory_processed') / MiB:.0f} MiB, disk {ms(m, 'disk_processed') / MiB:.0f} MiB")
 
-    # runs on host2 only: not running, not even defined on host1 (whose copy of the image is
-    # still there: the coordinator does not remove source disks yet)
+    # runs on host2 only: not running, not even defined on host1, and host1's now unused copy of
+    # the image is gone (it would block a migration back), the history saying so
     assert placement(lab, name) == {"host2": "running"}
+    assert images(lab, "host1", name) == []
+    assert any("source disks removed on host1" in h["reason"] for h in m["history"]), history(m)
     before, after = beats(lab, name)
     assert after > before
     # the disk arrived: the marker and the data written on host1 are in host2's image
