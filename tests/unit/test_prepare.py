@@ -276,7 +276,7 @@ async def test_default_ttl_and_path_mapping(svc, host):
     assert out.expires_at == T0 + timedelta(seconds=600)
     assert out.created == ("/srv/fast/web1.qcow2", "/srv/fast/web1-data.raw")
     assert host.files["/srv/fast/web1-data.raw"].fmt == "raw"
-    assert f"<source file=\"/srv/fast/web1.qcow2\" />" in out.destination_xml
+    assert "<source file=\"/srv/fast/web1.qcow2\" />" in out.destination_xml
 
 
 async def test_copy_inc_creates_the_top_layer_over_the_mapped_backing_file(svc, host):
