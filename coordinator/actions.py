@@ -32,7 +32,16 @@ from typing import TYPE_CHECKING
 from ferry.agent.diskplan import plan_disks
 from ferry.agent.migration import phase_of
 from ferry.errors import FerryError, InvalidArgument, NotFound
-from ferry.model import DomainState, JobStats, MigrationProgress, MigrationResult, PrepareRecord, StorageMode
+from ferry.convert import completed_job_from_stats
+from ferry.model import (
+    CompletedJob,
+    DomainState,
+    JobStats,
+    MigrationProgress,
+    MigrationResult,
+    PrepareRecord,
+    StorageMode,
+)
 from ferry.ports import AgentClient
 
 from .agent_client import agent_lost, transport_failure
@@ -308,7 +317,20 @@ class Actions:
                 pass   # already committed (or swept): the images are the domain's
             except FerryError as err:
                 return self._failed(r.target_host, "commit the target", err)
-        return Committed(await self.remove_source_disks(r))
+        return Committed(await self.remove_source_disks(r), await self.completed_job(r))
+
+    async def completed_job(self, r: MigrationRecord) -> CompletedJob | None:
+        """The target's completed job for a record without a result (best effort; None if unknown)."""
+        if r.result is not None:
+            return None
+        try:
+            stats = await self._client(r.target_host).get_job(vm_ref(r), completed=True)
+        except FerryError as err:
+            log.info("migration %s: no completed job on %s: %s", r.id, r.target_host, err.reason)
+            return None
+        if not stats.time_elapsed_ms:
+            return None
+        return completed_job_from_stats(stats)
 
     async def remove_source_disks(self, r: MigrationRecord) -> str:
         """The source's copies of the disks the migration copied, removed; a note saying so

@@ -94,9 +94,12 @@ class CleanedUp:
 @dataclass(frozen=True)
 class Committed:
     """The target's CommitIncoming answered (an unknown, already committed prepare counts).
-    ``note``: what became of the source's copied disks, for the history ("" = nothing to say)."""
+    ``note``: what became of the source's copied disks, for the history ("" = nothing to say).
+    ``job``: the completed job's figures read on the target, for a record that has none yet (a job
+    followed by polling after a leader or agent change, whose Migrate stream never ended here)."""
 
     note: str = ""
+    job: CompletedJob | None = None
 
 
 @dataclass(frozen=True)
@@ -300,7 +303,9 @@ def decide(record: MigrationRecord, event: Event, now: datetime, timeouts: Timeo
         case CleanedUp() if record.phase is Phase.ROLLING_BACK:
             return _cleaned_up(c)
         case Committed() if record.phase is Phase.FINISHING:
-            noted = replace(c, r=note(record, now, event.note)) if event.note else c
+            if event.job is not None and record.result is None:
+                c = replace(c, r=replace(c.r, result=event.job))
+            noted = replace(c, r=note(c.r, now, event.note)) if event.note else c
             return Decision(noted.to(Phase.SUCCEEDED, "target committed"), (), "committed; succeeded")
         case StepFailed():
             e = event.error

@@ -290,6 +290,8 @@ async def test_new_leader_resumes_a_running_migration(store, fleet, hosts):
     assert fleet.running_on("g1") == (["host2"] if r.phase is Phase.SUCCEEDED else ["host1"])
     assert r.phase is Phase.SUCCEEDED                                # here the job completed: it lands
     assert fleet.prepares("host2") == [] and await claim_released(store, r)
+    # the new leader never saw the Migrate stream end, yet the record has the job's figures (target's)
+    assert r.result is not None and r.result.time_elapsed_ms > 0, r.result
 
 
 async def test_source_agent_lost_mid_migration(store, fleet, hosts):

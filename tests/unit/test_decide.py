@@ -451,3 +451,17 @@ def test_interrupted_prepare_is_retried_then_gives_up():
             assert r.phase is Phase.PENDING and r.prepare_id == ""
             r, _ = run(r, [Admitted(), PreflightResult()])
     assert r.phase is Phase.ROLLED_BACK and r.error.reason == "AGENT_LOST"
+
+
+@pytest.mark.parametrize(
+    ("had", "read", "kept"),
+    [
+        (None, CompletedJob(time_elapsed_ms=900, downtime_ms=60), CompletedJob(time_elapsed_ms=900, downtime_ms=60)),
+        (CompletedJob(time_elapsed_ms=850, downtime_ms=40), CompletedJob(time_elapsed_ms=900, downtime_ms=60),
+         CompletedJob(time_elapsed_ms=850, downtime_ms=40)),          # the stream's own figures win
+        (None, None, None),                                          # nothing known: nothing invented
+    ],
+)
+def test_commit_fills_in_the_completed_job_only_when_missing(had, read, kept):
+    d = decide(replace(FINISHING, result=had), Committed(job=read), NOW)
+    assert d.record.phase is Phase.SUCCEEDED and d.record.result == kept
