@@ -28,7 +28,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ferry.agent.diskplan import map_path
+from ferry.diskplan import map_path
 from ferry.errors import InvalidArgument
 from ferry.model import Disk, DiskPlan, HostMapping, Nic
 

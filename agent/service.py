@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from ferry import convert
-from ferry.agent.diskplan import plan_disks
+from ferry.diskplan import plan_disks
 from ferry.agent.inventory import Inventory
 from ferry.agent.migration import MigrationDriver, MigrationOutcome, MigrationRequest, phase_of
 from ferry.agent.prepare import PrepareService, Problem

@@ -22,7 +22,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from ferry.agent.diskplan import map_path, plan_disks
+from ferry.diskplan import map_path, plan_disks
 from ferry.agent.domxml import ParsedDomain, backing_formats, parse_disks, parse_domain, parse_nics
 from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, ResourceExhausted
 from ferry.model import Disk, DiskPlan, DomainInfo, HostMapping, Nic, PrepareRecord, StorageDir, StorageMode

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ferry.agent.diskplan import plan_disks
+from ferry.diskplan import plan_disks
 from ferry.agent.migration import phase_of
 from ferry.errors import FerryError, InvalidArgument, NotFound
 from ferry.convert import completed_job_from_stats

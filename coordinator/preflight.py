@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ferry.agent.diskplan import plan_disks
+from ferry.diskplan import plan_disks
 from ferry.errors import FerryError, NotFound
 from ferry.model import Blocker, DiskPlan, DomainInfo, HostFacts, HostMapping, MigrationOptions, StorageMode
 

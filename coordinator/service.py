@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 import grpc
 
 from ferry import convert as fconvert
-from ferry.agent.diskplan import plan_disks
+from ferry.diskplan import plan_disks
 from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound
 from ferry.model import Blocker, DomainInfo, HostMapping, MigrationOptions, StorageMode
 from ferry.rpc import rpc_method

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from ferry import convert
-from ferry.agent.diskplan import plan_disks
+from ferry.diskplan import plan_disks
 from ferry.agent.fake_hypervisor import MiB, make_domain_xml
 from ferry.errors import Aborted, FailedPrecondition, NotFound
 from ferry.model import DomainState, HostMapping, StorageMode

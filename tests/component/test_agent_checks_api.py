@@ -13,7 +13,7 @@ import pytest
 from test_agent_api import IMAGES, SHARED, TO_HOST2, add_guest, migrate_request, prepare_target, rpc_error
 
 from ferry import convert
-from ferry.agent.diskplan import plan_disks
+from ferry.diskplan import plan_disks
 from ferry.agent.fake_hypervisor import MiB, make_domain_xml
 from ferry.model import HostMapping, StorageMode
 from ferry.rpc import from_rpc_error

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fleet import IMAGES, Fleet, start_fleet
 
-from ferry.agent.diskplan import plan_disks
+from ferry.diskplan import plan_disks
 from ferry.coordinator.agent_client import (
     AGENT_TIMEOUT,
     AGENT_UNREACHABLE,

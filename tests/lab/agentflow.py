@@ -1,7 +1,7 @@
 """Move a guest between two lab hosts through the agents' gRPC API, as an operator's script (and
 later the coordinator) does it -- nothing here talks to libvirt directly:
 
-    source GetDomain(include_xml) -> plan the disks (ferry.agent.diskplan) -> target
+    source GetDomain(include_xml) -> plan the disks (ferry.diskplan) -> target
     PrepareIncoming -> source Migrate (progress streamed) to the target's advertised libvirt URI
     -> target CommitIncoming; on a failed Migrate: target CleanupIncoming, then the error.
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 import grpc
 
 from ferry import convert
-from ferry.agent.diskplan import plan_disks
+from ferry.diskplan import plan_disks
 from ferry.errors import FerryError
 from ferry.lab import Lab
 from ferry.lab.topology import IMAGE_DIR

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from ferry import convert
-from ferry.agent.diskplan import plan_disks
+from ferry.diskplan import plan_disks
 from ferry.model import HostMapping, StorageMode
 from ferry.rpc import create_channel, from_rpc_error
 from ferry.v1 import agent_pb2 as apb

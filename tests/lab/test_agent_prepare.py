@@ -2,7 +2,7 @@
 and hint, and creates nothing; a dry run lists every problem at once.
 
 The request is built as the coordinator builds it: the source agent's GetDomain (XML and disks
-with their sizes) and ferry.agent.diskplan, for a running guest on host1 (NIC on br-guest, one
+with their sizes) and ferry.diskplan, for a running guest on host1 (NIC on br-guest, one
 local 64 MiB disk); host2 has bridge br-vm and its own local image directory.
 """
 
@@ -17,7 +17,7 @@ import pytest
 from agentflow import agent, image_files, remove_guest
 
 from ferry import convert
-from ferry.agent.diskplan import plan_disks
+from ferry.diskplan import plan_disks
 from ferry.lab import Lab
 from ferry.lab.guests import GuestInfo
 from ferry.model import DiskPlan, HostMapping, StorageMode

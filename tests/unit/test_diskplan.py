@@ -2,7 +2,7 @@
 
 import pytest
 
-from ferry.agent.diskplan import map_path, plan_disks
+from ferry.diskplan import map_path, plan_disks
 from ferry.errors import InvalidArgument
 from ferry.model import Disk, DiskPlan, HostMapping, StorageMode
 
