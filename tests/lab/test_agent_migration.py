@@ -70,6 +70,8 @@ def assert_moved(lab: Lab, run: MigrationRun, name: str) -> None:
     # which phases show up is not fixed)
     assert run.progress and run.phases() == sorted(run.phases())
     assert_beating(lab, name)
+    # the same boot goes on: a guest that panicked and rebooted on the target would also "beat"
+    assert lab.console(name).count("GUEST-BOOTED") == 1, "the guest rebooted during the migration"
 
 
 async def assert_no_prepares(lab: Lab, host: str) -> None:

@@ -117,6 +117,8 @@ def test_live_migration_copies_the_disk_and_the_guest_runs_on_the_target(lab, gu
     assert any("source disks removed on host1" in h["reason"] for h in m["history"]), history(m)
     before, after = beats(lab, name)
     assert after > before
+    # the same boot goes on: a guest that panicked and rebooted on the target would also "beat"
+    assert lab.console(name).count("GUEST-BOOTED") == 1, "the guest rebooted during the migration"
     # the disk arrived: the marker and the data written on host1 are in host2's image
     assert disk_marker(lab, "host2", image) >= marker_before
     assert disk_bytes(lab, "host2", image, 2 * MiB, 4096) == data_before
