@@ -34,11 +34,20 @@ from ferry.model import Disk, DiskPlan, HostMapping, Nic
 
 # libvirt's memory units (docs: formatdomain "Memory Allocation"); bare number = KiB.
 _UNITS = {
-    "b": 1, "bytes": 1,
-    "kb": 1000, "k": 1024, "kib": 1024,
-    "mb": 1000**2, "m": 1024**2, "mib": 1024**2,
-    "gb": 1000**3, "g": 1024**3, "gib": 1024**3,
-    "tb": 1000**4, "t": 1024**4, "tib": 1024**4,
+    "b": 1,
+    "bytes": 1,
+    "kb": 1000,
+    "k": 1024,
+    "kib": 1024,
+    "mb": 1000**2,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "tb": 1000**4,
+    "t": 1024**4,
+    "tib": 1024**4,
 }
 
 # ElementTree's own automatic prefixes; registering one of these raises.
@@ -51,10 +60,10 @@ _CHAR_DEVICES = ("serial", "console", "parallel", "channel")
 class ParsedDomain:
     name: str
     uuid: str
-    domain_type: str          # "kvm", "qemu", ...
+    domain_type: str  # "kvm", "qemu", ...
     memory_bytes: int
     vcpus: int
-    cpu_mode: str = ""        # "host-model", "host-passthrough", "custom", "" = no <cpu>
+    cpu_mode: str = ""  # "host-model", "host-passthrough", "custom", "" = no <cpu>
     cpu_model: str = ""
 
 
@@ -63,12 +72,16 @@ def _root(xml: str) -> ET.Element:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
         raise InvalidArgument(
-            f"domain XML does not parse: {exc}", reason="INVALID_XML",
-            hint="pass the XML exactly as `virsh dumpxml --migratable` prints it") from exc
+            f"domain XML does not parse: {exc}",
+            reason="INVALID_XML",
+            hint="pass the XML exactly as `virsh dumpxml --migratable` prints it",
+        ) from exc
     if root.tag != "domain":
         raise InvalidArgument(
-            f"domain XML has root element <{root.tag}>, not <domain>", reason="INVALID_XML",
-            hint="pass a libvirt domain definition (`virsh dumpxml --migratable NAME`)")
+            f"domain XML has root element <{root.tag}>, not <domain>",
+            reason="INVALID_XML",
+            hint="pass a libvirt domain definition (`virsh dumpxml --migratable NAME`)",
+        )
     return root
 
 
@@ -77,13 +90,17 @@ def _memory_bytes(el: ET.Element | None) -> int:
         return 0
     unit = el.get("unit", "KiB").lower()
     if unit not in _UNITS:
-        raise InvalidArgument(f"unknown memory unit {el.get('unit')!r}", reason="INVALID_XML",
-                              hint="use a libvirt memory unit such as KiB, MiB or GiB")
+        raise InvalidArgument(
+            f"unknown memory unit {el.get('unit')!r}",
+            reason="INVALID_XML",
+            hint="use a libvirt memory unit such as KiB, MiB or GiB",
+        )
     try:
         return int(el.text.strip()) * _UNITS[unit]  # type: ignore[union-attr]
     except ValueError as exc:
-        raise InvalidArgument(f"memory {el.text!r} is not a number", reason="INVALID_XML",
-                              hint="fix the <memory> element") from exc
+        raise InvalidArgument(
+            f"memory {el.text!r} is not a number", reason="INVALID_XML", hint="fix the <memory> element"
+        ) from exc
 
 
 def parse_domain(xml: str) -> ParsedDomain:
@@ -101,8 +118,9 @@ def parse_domain(xml: str) -> ParsedDomain:
         try:
             vcpus = int(text)
         except ValueError as exc:
-            raise InvalidArgument(f"vcpu {text!r} is not a number", reason="INVALID_XML",
-                                  hint="fix the <vcpu> element") from exc
+            raise InvalidArgument(
+                f"vcpu {text!r} is not a number", reason="INVALID_XML", hint="fix the <vcpu> element"
+            ) from exc
     cpu = root.find("cpu")
     cpu_mode = cpu_model = ""
     if cpu is not None:
@@ -141,17 +159,21 @@ def parse_disks(xml: str) -> list[Disk]:
         target = el.find("target")
         driver = el.find("driver")
         source = el.find("source")
-        disks.append(Disk(
-            target=target.get("dev", "") if target is not None else "",
-            source=source.get("file", "") if source is not None and el.get("type", "file") == "file" else "",
-            format=driver.get("type", "") if driver is not None else "",
-            cache=driver.get("cache", "") if driver is not None else "",
-            readonly=el.find("readonly") is not None,
-            device=el.get("device", "disk"),
-            bus=target.get("bus", "") if target is not None else "",
-            backing_chain=tuple(s.find("source").get("file", "")  # type: ignore[union-attr]
-                                for s in _backing_chain(el)),
-        ))
+        disks.append(
+            Disk(
+                target=target.get("dev", "") if target is not None else "",
+                source=source.get("file", "") if source is not None and el.get("type", "file") == "file" else "",
+                format=driver.get("type", "") if driver is not None else "",
+                cache=driver.get("cache", "") if driver is not None else "",
+                readonly=el.find("readonly") is not None,
+                device=el.get("device", "disk"),
+                bus=target.get("bus", "") if target is not None else "",
+                backing_chain=tuple(
+                    s.find("source").get("file", "")  # type: ignore[union-attr]
+                    for s in _backing_chain(el)
+                ),
+            )
+        )
     return disks
 
 
@@ -176,12 +198,14 @@ def parse_nics(xml: str) -> list[Nic]:
         if source is not None:
             attached = source.get({"bridge": "bridge", "network": "network"}.get(kind, "dev"), "")
         mac, model = el.find("mac"), el.find("model")
-        nics.append(Nic(
-            type=kind,
-            source=attached,
-            mac=mac.get("address", "") if mac is not None else "",
-            model=model.get("type", "") if model is not None else "",
-        ))
+        nics.append(
+            Nic(
+                type=kind,
+                source=attached,
+                mac=mac.get("address", "") if mac is not None else "",
+                model=model.get("type", "") if model is not None else "",
+            )
+        )
     return nics
 
 
@@ -269,7 +293,8 @@ def rewrite_for_target(xml: str, mapping: HostMapping, disks: Iterable[DiskPlan]
         raise InvalidArgument(
             f"disk plan names {', '.join(unknown)}, which the domain does not have",
             reason="DISK_NOT_IN_DOMAIN",
-            hint=f"the domain's disks are {', '.join(sorted(devices)) or 'none'}")
+            hint=f"the domain's disks are {', '.join(sorted(devices)) or 'none'}",
+        )
     _register_namespaces(xml)
     _rewrite_disks(root, plans, mapping.path_prefixes)
     _rewrite_other_paths(root, mapping.path_prefixes)

@@ -18,8 +18,9 @@ from ferry.model import StorageDir
 
 log = logging.getLogger(__name__)
 
-CLUSTER_FS_TYPES = frozenset({"nfs", "nfs4", "cifs", "smb3", "ceph", "gfs2", "ocfs2", "glusterfs",
-                              "fuse.glusterfs", "fuse.cephfs"})
+CLUSTER_FS_TYPES = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "ceph", "gfs2", "ocfs2", "glusterfs", "fuse.glusterfs", "fuse.cephfs"}
+)
 
 
 def _under(path: str, directory: str) -> bool:
@@ -32,7 +33,7 @@ def _unescape_mount_field(field: str) -> str:
     """The mount table escapes space, tab, newline and backslash as octal (``\\040``)."""
     out, i = [], 0
     while i < len(field):
-        code = field[i + 1:i + 4]
+        code = field[i + 1 : i + 4]
         if field[i] == "\\" and len(code) == 3 and all(c in "01234567" for c in code):
             out.append(chr(int(code, 8)))
             i += 4
@@ -127,13 +128,15 @@ class LocalHostSystem:
                 continue
             seen.add(directory)
             st = self._statvfs(directory)
-            out.append(StorageDir(
-                path=directory,
-                free_bytes=st.f_bavail * st.f_frsize,
-                total_bytes=st.f_blocks * st.f_frsize,
-                shared=self.is_shared(directory),
-                fs_type=self.fs_type(directory),
-            ))
+            out.append(
+                StorageDir(
+                    path=directory,
+                    free_bytes=st.f_bavail * st.f_frsize,
+                    total_bytes=st.f_blocks * st.f_frsize,
+                    shared=self.is_shared(directory),
+                    fs_type=self.fs_type(directory),
+                )
+            )
         return out
 
     # ------------------------------------------------------------------ files
@@ -145,20 +148,26 @@ class LocalHostSystem:
         parent = _nearest_existing(os.path.dirname(os.path.abspath(path)))
         return os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)
 
-    def create_image(self, path: str, *, fmt: str, virtual_size: int,
-                     backing_file: str = "", backing_format: str = "") -> None:
+    def create_image(
+        self, path: str, *, fmt: str, virtual_size: int, backing_file: str = "", backing_format: str = ""
+    ) -> None:
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             # Claim the path atomically: qemu-img would silently overwrite an existing file.
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         except FileExistsError as exc:
-            raise AlreadyExists(f"{path} already exists", reason="FILE_IN_THE_WAY",
-                                hint=f"remove or move {path}, or map the disk to another directory "
-                                     "(--map-path)") from exc
+            raise AlreadyExists(
+                f"{path} already exists",
+                reason="FILE_IN_THE_WAY",
+                hint=f"remove or move {path}, or map the disk to another directory (--map-path)",
+            ) from exc
         except OSError as exc:
-            raise FailedPrecondition(f"cannot create {path}: {exc.strerror}", reason="PATH_NOT_WRITABLE",
-                                     hint=f"make {os.path.dirname(path)} writable for the agent, or map "
-                                          "the disk to another directory (--map-path)") from exc
+            raise FailedPrecondition(
+                f"cannot create {path}: {exc.strerror}",
+                reason="PATH_NOT_WRITABLE",
+                hint=f"make {os.path.dirname(path)} writable for the agent, or map "
+                "the disk to another directory (--map-path)",
+            ) from exc
         os.close(fd)
         try:
             if backing_file and not backing_format:
@@ -176,23 +185,33 @@ class LocalHostSystem:
         try:
             return str(json.loads(out)["format"])
         except (ValueError, KeyError) as exc:
-            raise Internal(f"qemu-img info {path} printed no format", reason="QEMU_IMG_FAILED",
-                           hint="check the image with `qemu-img info`") from exc
+            raise Internal(
+                f"qemu-img info {path} printed no format",
+                reason="QEMU_IMG_FAILED",
+                hint="check the image with `qemu-img info`",
+            ) from exc
 
     def _run(self, cmd: list[str], *, what: str) -> str:
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=self._timeout_s,
-                                  check=False, stdin=subprocess.DEVNULL)
+            done = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=self._timeout_s, check=False, stdin=subprocess.DEVNULL
+            )
         except FileNotFoundError as exc:
-            raise FailedPrecondition(f"{self._qemu_img} is not installed", reason="QEMU_IMG_MISSING",
-                                     hint="install qemu-utils on this host") from exc
+            raise FailedPrecondition(
+                f"{self._qemu_img} is not installed", reason="QEMU_IMG_MISSING", hint="install qemu-utils on this host"
+            ) from exc
         except subprocess.TimeoutExpired as exc:
-            raise DeadlineExceeded(f"qemu-img did not {what} within {self._timeout_s:.0f} s",
-                                   reason="QEMU_IMG_TIMEOUT",
-                                   hint="check the storage under that path (hung NFS mount?)") from exc
+            raise DeadlineExceeded(
+                f"qemu-img did not {what} within {self._timeout_s:.0f} s",
+                reason="QEMU_IMG_TIMEOUT",
+                hint="check the storage under that path (hung NFS mount?)",
+            ) from exc
         if done.returncode != 0:
-            raise Internal(f"qemu-img could not {what}: {done.stderr.strip()}", reason="QEMU_IMG_FAILED",
-                           hint="run the same qemu-img command by hand to see why")
+            raise Internal(
+                f"qemu-img could not {what}: {done.stderr.strip()}",
+                reason="QEMU_IMG_FAILED",
+                hint="run the same qemu-img command by hand to see why",
+            )
         return done.stdout
 
     def _discard(self, path: str) -> None:
@@ -209,7 +228,10 @@ class LocalHostSystem:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise FailedPrecondition(f"cannot remove {path}: {exc.strerror}", reason="REMOVE_FAILED",
-                                     hint=f"check the permissions of {os.path.dirname(path)}; remove the "
-                                          "file by hand if it is no longer needed") from exc
+            raise FailedPrecondition(
+                f"cannot remove {path}: {exc.strerror}",
+                reason="REMOVE_FAILED",
+                hint=f"check the permissions of {os.path.dirname(path)}; remove the "
+                "file by hand if it is no longer needed",
+            ) from exc
         return True

@@ -23,8 +23,9 @@ def agent_version() -> str:
 
 
 class Inventory:
-    def __init__(self, hypervisor: Hypervisor, host: HostSystem, *, libvirt_uri: str,
-                 migration_address: str, version: str = "") -> None:
+    def __init__(
+        self, hypervisor: Hypervisor, host: HostSystem, *, libvirt_uri: str, migration_address: str, version: str = ""
+    ) -> None:
         self._hv = hypervisor
         self._host = host
         self._libvirt_uri = libvirt_uri
@@ -35,8 +36,14 @@ class Inventory:
         """libvirt's host facts plus bridges, storage dirs, advertised URI and migration address."""
         facts = await self._hv.host_facts()
         bridges, storage = await asyncio.to_thread(lambda: (self._host.bridges(), self._host.storage_dirs()))
-        return replace(facts, bridges=tuple(bridges), storage=tuple(storage), libvirt_uri=self._libvirt_uri,
-                       migration_address=self._migration_address, agent_version=self._version)
+        return replace(
+            facts,
+            bridges=tuple(bridges),
+            storage=tuple(storage),
+            libvirt_uri=self._libvirt_uri,
+            migration_address=self._migration_address,
+            agent_version=self._version,
+        )
 
     async def domains(self) -> list[DomainInfo]:
         return [await self._with_shared(d) for d in await self._hv.list_domains()]
@@ -48,6 +55,5 @@ class Inventory:
     async def _with_shared(self, dom: DomainInfo) -> DomainInfo:
         if not any(d.source for d in dom.disks):
             return dom
-        shared = await asyncio.to_thread(lambda: [bool(d.source) and self._host.is_shared(d.source)
-                                                  for d in dom.disks])
+        shared = await asyncio.to_thread(lambda: [bool(d.source) and self._host.is_shared(d.source) for d in dom.disks])
         return replace(dom, disks=tuple(replace(d, shared=s) for d, s in zip(dom.disks, shared, strict=True)))

@@ -90,86 +90,119 @@ class Rule:
     hint: str
 
 
-_ACCESS = Rule(FailedPrecondition, "LIBVIRT_ACCESS_DENIED",
-               "the agent may not do {call} on {host}: check its libvirt URI, credentials and "
-               "libvirt access rules (polkit, auth_unix_rw)")
-_XML = Rule(InvalidArgument, "DOMAIN_XML_INVALID",
-            "libvirt rejected the domain XML: fix the element named in the message")
-_NOT_SUPPORTED = Rule(FailedPrecondition, "NOT_SUPPORTED",
-                      "the libvirt driver on {host} does not support {call}; upgrade libvirt/QEMU "
-                      "or do not ask for it")
+_ACCESS = Rule(
+    FailedPrecondition,
+    "LIBVIRT_ACCESS_DENIED",
+    "the agent may not do {call} on {host}: check its libvirt URI, credentials and "
+    "libvirt access rules (polkit, auth_unix_rw)",
+)
+_XML = Rule(
+    InvalidArgument, "DOMAIN_XML_INVALID", "libvirt rejected the domain XML: fix the element named in the message"
+)
+_NOT_SUPPORTED = Rule(
+    FailedPrecondition,
+    "NOT_SUPPORTED",
+    "the libvirt driver on {host} does not support {call}; upgrade libvirt/QEMU or do not ask for it",
+)
 
 RULES: dict[int, Rule] = {
     VIR_ERR_NO_DOMAIN: Rule(
-        NotFound, "DOMAIN_NOT_FOUND",
-        "no such domain on {host}: check the name or UUID with `virsh list --all`"),
+        NotFound, "DOMAIN_NOT_FOUND", "no such domain on {host}: check the name or UUID with `virsh list --all`"
+    ),
     VIR_ERR_OPERATION_INVALID: Rule(
-        FailedPrecondition, "DOMAIN_STATE_INVALID",
+        FailedPrecondition,
+        "DOMAIN_STATE_INVALID",
         "the domain is not in a state that allows {call} (not running, or no job active); "
-        "check `virsh domstate` and `virsh domjobinfo` on {host}"),
+        "check `virsh domstate` and `virsh domjobinfo` on {host}",
+    ),
     VIR_ERR_OPERATION_ABORTED: Rule(
-        Aborted, "MIGRATION_ABORTED",
-        "the job was aborted; the guest keeps running on the source. Start a new migration "
-        "when ready"),
+        Aborted,
+        "MIGRATION_ABORTED",
+        "the job was aborted; the guest keeps running on the source. Start a new migration when ready",
+    ),
     VIR_ERR_NO_CONNECT: Rule(
-        Unavailable, "LIBVIRT_UNREACHABLE",
-        "libvirtd on {host} cannot be reached: is it running, and is the agent's libvirt_uri right?"),
+        Unavailable,
+        "LIBVIRT_UNREACHABLE",
+        "libvirtd on {host} cannot be reached: is it running, and is the agent's libvirt_uri right?",
+    ),
     VIR_ERR_INVALID_CONN: Rule(
-        Unavailable, "LIBVIRT_UNREACHABLE",
-        "the connection to libvirtd on {host} was lost; the agent reconnects on the next call"),
+        Unavailable,
+        "LIBVIRT_UNREACHABLE",
+        "the connection to libvirtd on {host} was lost; the agent reconnects on the next call",
+    ),
     VIR_ERR_RPC: Rule(
-        Unavailable, "LIBVIRT_UNREACHABLE",
-        "the connection to libvirtd on {host} failed: check that libvirtd runs and is reachable"),
+        Unavailable,
+        "LIBVIRT_UNREACHABLE",
+        "the connection to libvirtd on {host} failed: check that libvirtd runs and is reachable",
+    ),
     VIR_ERR_SYSTEM_ERROR: Rule(
-        Internal, "HOST_SYSTEM_ERROR",
-        "an operating-system call failed on {host} during {call}: see the message and the "
-        "libvirtd log"),
+        Internal,
+        "HOST_SYSTEM_ERROR",
+        "an operating-system call failed on {host} during {call}: see the message and the libvirtd log",
+    ),
     VIR_ERR_OPERATION_TIMEOUT: Rule(
-        DeadlineExceeded, "LIBVIRT_BUSY",
-        "another libvirt job holds the domain's lock on {host}: wait for it or abort it "
-        "(`virsh domjobabort`)"),
+        DeadlineExceeded,
+        "LIBVIRT_BUSY",
+        "another libvirt job holds the domain's lock on {host}: wait for it or abort it (`virsh domjobabort`)",
+    ),
     VIR_ERR_MIGRATE_UNSAFE: Rule(
-        FailedPrecondition, "MIGRATION_UNSAFE",
+        FailedPrecondition,
+        "MIGRATION_UNSAFE",
         "libvirt considers this migration unsafe: use cache='none' on disks on shared storage, "
-        "copy the disks, or set unsafe only if the storage really is shared and coherent"),
+        "copy the disks, or set unsafe only if the storage really is shared and coherent",
+    ),
     VIR_ERR_CPU_INCOMPATIBLE: Rule(
-        FailedPrecondition, "CPU_INCOMPATIBLE",
+        FailedPrecondition,
+        "CPU_INCOMPATIBLE",
         "the target's CPU cannot run this guest's CPU model: use a CPU model both hosts support "
-        "or choose another target"),
+        "or choose another target",
+    ),
     VIR_ERR_NO_STORAGE_POOL: Rule(
-        FailedPrecondition, "TARGET_DISK_MISSING",
+        FailedPrecondition,
+        "TARGET_DISK_MISSING",
         "the disk images do not exist on the target: prepare the target first (PrepareIncoming "
-        "creates them at the right path and size)"),
+        "creates them at the right path and size)",
+    ),
     VIR_ERR_NO_STORAGE_VOL: Rule(
-        FailedPrecondition, "TARGET_DISK_MISSING",
-        "a disk image is missing: prepare the target first (PrepareIncoming)"),
+        FailedPrecondition, "TARGET_DISK_MISSING", "a disk image is missing: prepare the target first (PrepareIncoming)"
+    ),
     VIR_ERR_OPERATION_FAILED: Rule(
-        Internal, "LIBVIRT_OPERATION_FAILED",
+        Internal,
+        "LIBVIRT_OPERATION_FAILED",
         "libvirt could not complete {call}: read the message, then the libvirtd log on {host} "
-        "(and on {peer} for a migration)"),
+        "(and on {peer} for a migration)",
+    ),
     VIR_ERR_INTERNAL_ERROR: Rule(
-        Internal, "LIBVIRT_INTERNAL_ERROR",
-        "libvirt or QEMU failed during {call}: read the message and the libvirtd/QEMU logs on {host}"),
+        Internal,
+        "LIBVIRT_INTERNAL_ERROR",
+        "libvirt or QEMU failed during {call}: read the message and the libvirtd/QEMU logs on {host}",
+    ),
     VIR_ERR_ARGUMENT_UNSUPPORTED: Rule(
-        InvalidArgument, "ARGUMENT_UNSUPPORTED",
-        "libvirt on {host} does not support a flag or parameter of {call}: drop that option"),
+        InvalidArgument,
+        "ARGUMENT_UNSUPPORTED",
+        "libvirt on {host} does not support a flag or parameter of {call}: drop that option",
+    ),
     VIR_ERR_CONFIG_UNSUPPORTED: Rule(
-        FailedPrecondition, "CONFIG_UNSUPPORTED",
+        FailedPrecondition,
+        "CONFIG_UNSUPPORTED",
         "the domain's configuration cannot be used for {call} on this host (device, machine type "
-        "or option unsupported): change the domain or choose another target"),
+        "or option unsupported): change the domain or choose another target",
+    ),
     VIR_ERR_INVALID_ARG: Rule(
-        InvalidArgument, "INVALID_ARGUMENT",
-        "libvirt refused an argument of {call}: fix the request"),
+        InvalidArgument, "INVALID_ARGUMENT", "libvirt refused an argument of {call}: fix the request"
+    ),
     VIR_ERR_NO_SUPPORT: _NOT_SUPPORTED,
     VIR_ERR_OPERATION_UNSUPPORTED: _NOT_SUPPORTED,
     VIR_ERR_DOM_EXIST: Rule(
-        AlreadyExists, "DOMAIN_EXISTS",
-        "a domain with this name or UUID already exists on the target: undefine it there or "
-        "choose another target"),
+        AlreadyExists,
+        "DOMAIN_EXISTS",
+        "a domain with this name or UUID already exists on the target: undefine it there or choose another target",
+    ),
     VIR_ERR_NO_NETWORK: Rule(
-        FailedPrecondition, "NETWORK_MISSING",
-        "a libvirt network the domain uses does not exist: define and start it, or map it to one "
-        "that exists"),
+        FailedPrecondition,
+        "NETWORK_MISSING",
+        "a libvirt network the domain uses does not exist: define and start it, or map it to one that exists",
+    ),
     VIR_ERR_OPERATION_DENIED: _ACCESS,
     VIR_ERR_ACCESS_DENIED: _ACCESS,
     VIR_ERR_AUTH_FAILED: _ACCESS,
@@ -179,42 +212,52 @@ RULES: dict[int, Rule] = {
     VIR_ERR_XML_DETAIL: _XML,
     VIR_ERR_XML_INVALID_SCHEMA: _XML,
     VIR_ERR_MIGRATE_PERSIST_FAILED: Rule(
-        Internal, "MIGRATION_PERSIST_FAILED",
+        Internal,
+        "MIGRATION_PERSIST_FAILED",
         "the guest runs on the target but its persistent definition could not be written there: "
-        "define it on {peer} by hand (virsh define)"),
+        "define it on {peer} by hand (virsh define)",
+    ),
     VIR_ERR_MIGRATE_FINISH_OK: Rule(
-        Internal, "MIGRATION_FINISH_FAILED",
-        "the guest was migrated but finishing failed: check the domain on both hosts before acting"),
+        Internal,
+        "MIGRATION_FINISH_FAILED",
+        "the guest was migrated but finishing failed: check the domain on both hosts before acting",
+    ),
     VIR_ERR_HOOK_SCRIPT_FAILED: Rule(
-        FailedPrecondition, "HOOK_SCRIPT_FAILED",
-        "a libvirt hook script refused {call}: see /etc/libvirt/hooks on the host named in the message"),
+        FailedPrecondition,
+        "HOOK_SCRIPT_FAILED",
+        "a libvirt hook script refused {call}: see /etc/libvirt/hooks on the host named in the message",
+    ),
     VIR_ERR_RESOURCE_BUSY: Rule(
-        FailedPrecondition, "RESOURCE_BUSY",
-        "a resource the domain needs is in use: see the message"),
+        FailedPrecondition, "RESOURCE_BUSY", "a resource the domain needs is in use: see the message"
+    ),
     VIR_ERR_NO_MEMORY: Rule(
-        ResourceExhausted, "LIBVIRT_NO_MEMORY",
-        "libvirtd on {host} ran out of memory: free memory on the host"),
+        ResourceExhausted, "LIBVIRT_NO_MEMORY", "libvirtd on {host} ran out of memory: free memory on the host"
+    ),
     VIR_ERR_AGENT_UNRESPONSIVE: Rule(
-        Unavailable, "GUEST_AGENT_UNRESPONSIVE",
-        "the guest agent does not answer: check qemu-guest-agent in the guest"),
+        Unavailable, "GUEST_AGENT_UNRESPONSIVE", "the guest agent does not answer: check qemu-guest-agent in the guest"
+    ),
     VIR_ERR_DEVICE_MISSING: Rule(
-        NotFound, "DEVICE_NOT_FOUND",
-        "the domain has no such device: check the disk target names (`virsh domblklist`)"),
+        NotFound, "DEVICE_NOT_FOUND", "the domain has no such device: check the disk target names (`virsh domblklist`)"
+    ),
 }
 
-DEFAULT_RULE = Rule(Internal, "LIBVIRT_ERROR",
-                    "unexpected libvirt error during {call}: read the message and the libvirtd log on {host}")
+DEFAULT_RULE = Rule(
+    Internal, "LIBVIRT_ERROR", "unexpected libvirt error during {call}: read the message and the libvirtd log on {host}"
+)
 
 _PEER_UNREACHABLE = Rule(
-    Unavailable, "TARGET_UNREACHABLE",
+    Unavailable,
+    "TARGET_UNREACHABLE",
     "the target's libvirtd ({peer}) cannot be reached from {host}: check that it runs, listens "
-    "on that URI and that the network between the hosts works")
+    "on that URI and that the network between the hosts works",
+)
 
 
 def is_unreachable(code: int, domain: int = 0) -> bool:
     """True when the error means the libvirt connection is broken or cannot be made."""
     return code in _UNREACHABLE_CODES or (
-        code in (VIR_ERR_SYSTEM_ERROR, VIR_ERR_INTERNAL_ERROR) and domain in _TRANSPORT_DOMAINS)
+        code in (VIR_ERR_SYSTEM_ERROR, VIR_ERR_INTERNAL_ERROR) and domain in _TRANSPORT_DOMAINS
+    )
 
 
 def rule_for(code: int, domain: int = 0) -> Rule:
@@ -224,8 +267,9 @@ def rule_for(code: int, domain: int = 0) -> Rule:
     return RULES.get(code, DEFAULT_RULE)
 
 
-def translate(code: int, domain: int, message: str, *, call: str, host: str,
-              peer: str = "", peer_unreachable: bool = False) -> FerryError:
+def translate(
+    code: int, domain: int, message: str, *, call: str, host: str, peer: str = "", peer_unreachable: bool = False
+) -> FerryError:
     """The Ferry error for a libvirt error.
 
     ``call`` names the libvirt call (e.g. ``migrateToURI3``), ``host`` the libvirt we talked to,
@@ -244,4 +288,5 @@ def timeout_error(call: str, host: str, timeout_s: float) -> DeadlineExceeded:
         f"libvirt call {call} on {host} did not return within {timeout_s:g} s",
         reason="LIBVIRT_TIMEOUT",
         hint=f"libvirtd on {host} is hung or overloaded: check `virsh list` there and the "
-             "libvirtd log; raise libvirt_timeout_s only if the host is merely slow")
+        "libvirtd log; raise libvirt_timeout_s only if the host is merely slow",
+    )

@@ -45,8 +45,19 @@ _UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F
 _NO_DRIVER = frozenset({le.VIR_ERR_NO_SUPPORT, le.VIR_ERR_OPERATION_UNSUPPORTED})
 
 _JOB_TYPES = {0: "none", 1: "bounded", 2: "unbounded", 3: "completed", 4: "failed", 5: "cancelled"}
-_JOB_OPERATIONS = {0: "", 1: "start", 2: "save", 3: "restore", 4: "migration in", 5: "migration out",
-                   6: "snapshot", 7: "snapshot revert", 8: "dump", 9: "backup", 10: "snapshot delete"}
+_JOB_OPERATIONS = {
+    0: "",
+    1: "start",
+    2: "save",
+    3: "restore",
+    4: "migration in",
+    5: "migration out",
+    6: "snapshot",
+    7: "snapshot revert",
+    8: "dump",
+    9: "backup",
+    10: "snapshot delete",
+}
 
 
 def _silence(_ctx: object, _err: object) -> None:
@@ -73,7 +84,8 @@ def parse_capabilities(xml: str) -> Capabilities:
         arch=(cpu.findtext("arch") or "").strip() if cpu is not None else "",
         cpu_model=(cpu.findtext("model") or "").strip() if cpu is not None else "",
         cpu_features=tuple(f.get("name", "") for f in cpu.iterfind("feature") if f.get("name"))
-        if cpu is not None else (),
+        if cpu is not None
+        else (),
     )
 
 
@@ -102,8 +114,9 @@ def migration_flags(options: MigrationOptions, *, copy_disks: bool) -> int:
     return flags
 
 
-def migration_params(options: MigrationOptions, *, destination_xml: str, migrate_disks: list[str],
-                     migrate_uri: str) -> dict[str, Any]:
+def migration_params(
+    options: MigrationOptions, *, destination_xml: str, migrate_disks: list[str], migrate_uri: str
+) -> dict[str, Any]:
     """migrateToURI3 typed parameters. The destination XML is also the persistent definition
     on the target: without it libvirt would keep the source's host-specific names there."""
     params: dict[str, Any] = {}
@@ -155,8 +168,10 @@ def available_memory(stats: Mapping[str, int]) -> int:
 
 
 def _in_postcopy(state: int, reason: int) -> bool:
-    return (state, reason) in ((libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY),
-                               (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY))
+    return (state, reason) in (
+        (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY),
+        (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY),
+    )
 
 
 def _code(exc: libvirt.libvirtError) -> int:
@@ -169,10 +184,19 @@ def _code(exc: libvirt.libvirtError) -> int:
 class LibvirtHypervisor:
     """The local libvirtd at ``uri``; every call bounded by ``timeout_s`` (see module docstring)."""
 
-    def __init__(self, uri: str, timeout_s: float = 30.0, *, max_threads: int = 16,
-                 probe_timeout_s: float = 10.0, peer_uris: Mapping[str, str] | None = None,
-                 resolve_timeout_s: float = 3.0, connect_timeout_s: float = 3.0,
-                 resolve: probe.Resolve | None = None, connect: probe.Connect | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        timeout_s: float = 30.0,
+        *,
+        max_threads: int = 16,
+        probe_timeout_s: float = 10.0,
+        peer_uris: Mapping[str, str] | None = None,
+        resolve_timeout_s: float = 3.0,
+        connect_timeout_s: float = 3.0,
+        resolve: probe.Resolve | None = None,
+        connect: probe.Connect | None = None,
+    ) -> None:
         """``peer_uris`` maps a target URI (as the source libvirtd reaches it) to how *this*
         process reaches that libvirtd, for the adapter's own calls to peers (completed job
         statistics, reachability probe) when the two differ -- e.g. a test outside the lab's
@@ -192,7 +216,7 @@ class LibvirtHypervisor:
         self._pool = ThreadPoolExecutor(max_threads, thread_name_prefix="libvirt")
         self._lock = threading.Lock()
         self._conn: libvirt.virConnect | None = None
-        self._aborted: set[str] = set()   # UUIDs whose migration job we aborted
+        self._aborted: set[str] = set()  # UUIDs whose migration job we aborted
         self._peer_uris = dict(peer_uris or {})
 
     def close(self) -> None:
@@ -234,14 +258,15 @@ class LibvirtHypervisor:
             if self._conn is conn:
                 self._conn = None
 
-    async def _call(self, call: str, fn: Callable[[libvirt.virConnect], T], *, timeout_s: float | None = None,
-                    retry: bool = False) -> T:
+    async def _call(
+        self, call: str, fn: Callable[[libvirt.virConnect], T], *, timeout_s: float | None = None, retry: bool = False
+    ) -> T:
         """Run ``fn(connection)`` in the pool within the timeout; libvirt errors -> Ferry errors."""
         timeout = timeout_s or self.timeout_s
         for attempt in (1, 2):
             used: list[libvirt.virConnect] = []
 
-            def work() -> T:
+            def work(used: list[libvirt.virConnect] = used) -> T:
                 conn = self._connection()
                 used.append(conn)
                 return fn(conn)
@@ -259,10 +284,18 @@ class LibvirtHypervisor:
                 raise self._error(exc, call) from exc
         raise AssertionError("unreachable")
 
-    def _error(self, exc: libvirt.libvirtError, call: str, *, host: str = "", peer: str = "",
-               peer_unreachable: bool = False) -> FerryError:
-        return le.translate(_code(exc), exc.get_error_domain() or 0, exc.get_error_message() or "",
-                            call=call, host=host or self.uri, peer=peer, peer_unreachable=peer_unreachable)
+    def _error(
+        self, exc: libvirt.libvirtError, call: str, *, host: str = "", peer: str = "", peer_unreachable: bool = False
+    ) -> FerryError:
+        return le.translate(
+            _code(exc),
+            exc.get_error_domain() or 0,
+            exc.get_error_message() or "",
+            call=call,
+            host=host or self.uri,
+            peer=peer,
+            peer_unreachable=peer_unreachable,
+        )
 
     @staticmethod
     def _lookup(conn: libvirt.virConnect, name_or_uuid: str) -> libvirt.virDomain:
@@ -293,17 +326,25 @@ class LibvirtHypervisor:
         except ValueError:
             domain_state = DomainState.UNKNOWN
         return DomainInfo(
-            name=parsed.name, uuid=parsed.uuid, state=domain_state, memory_bytes=parsed.memory_bytes,
-            vcpus=parsed.vcpus, persistent=bool(dom.isPersistent()), disks=tuple(disks),
-            nics=tuple(parse_nics(xml)), cpu_mode=parsed.cpu_mode, cpu_model=parsed.cpu_model,
-            os_type=parsed.domain_type)
+            name=parsed.name,
+            uuid=parsed.uuid,
+            state=domain_state,
+            memory_bytes=parsed.memory_bytes,
+            vcpus=parsed.vcpus,
+            persistent=bool(dom.isPersistent()),
+            disks=tuple(disks),
+            nics=tuple(parse_nics(xml)),
+            cpu_mode=parsed.cpu_mode,
+            cpu_model=parsed.cpu_model,
+            os_type=parsed.domain_type,
+        )
 
     # ------------------------------------------------------------------ port: reading
 
     async def host_facts(self) -> HostFacts:
         def work(conn: libvirt.virConnect) -> HostFacts:
             caps = parse_capabilities(conn.getCapabilities())
-            info = conn.getInfo()   # [model, memory MiB, cpus, MHz, nodes, sockets, cores, threads]
+            info = conn.getInfo()  # [model, memory MiB, cpus, MHz, nodes, sockets, cores, threads]
             total, available = self._memory(conn, int(info[1]))
             try:
                 networks = tuple(sorted(conn.listNetworks()))
@@ -312,10 +353,19 @@ class LibvirtHypervisor:
                     raise
                 networks = ()
             return HostFacts(
-                hostname=conn.getHostname(), host_uuid=caps.host_uuid,
-                libvirt_version=conn.getLibVersion(), qemu_version=conn.getVersion(),
-                cpu_model=caps.cpu_model, arch=caps.arch or info[0], cpu_features=caps.cpu_features,
-                cpus=int(info[2]), memory_total_bytes=total, memory_free_bytes=available, networks=networks)
+                hostname=conn.getHostname(),
+                host_uuid=caps.host_uuid,
+                libvirt_version=conn.getLibVersion(),
+                qemu_version=conn.getVersion(),
+                cpu_model=caps.cpu_model,
+                arch=caps.arch or info[0],
+                cpu_features=caps.cpu_features,
+                cpus=int(info[2]),
+                memory_total_bytes=total,
+                memory_free_bytes=available,
+                networks=networks,
+            )
+
         return await self._call("getCapabilities", work, retry=True)
 
     @staticmethod
@@ -340,14 +390,14 @@ class LibvirtHypervisor:
                 try:
                     out.append(self._domain_info(dom))
                 except libvirt.libvirtError as exc:
-                    if _code(exc) != le.VIR_ERR_NO_DOMAIN:   # gone while we looked: skip it
+                    if _code(exc) != le.VIR_ERR_NO_DOMAIN:  # gone while we looked: skip it
                         raise
             return sorted(out, key=lambda d: d.name)
+
         return await self._call("listAllDomains", work, retry=True)
 
     async def get_domain(self, name_or_uuid: str) -> DomainInfo:
-        return await self._call("lookupByName", lambda c: self._domain_info(self._lookup(c, name_or_uuid)),
-                                retry=True)
+        return await self._call("lookupByName", lambda c: self._domain_info(self._lookup(c, name_or_uuid)), retry=True)
 
     async def find_domain(self, *, name: str = "", uuid: str = "") -> DomainInfo | None:
         def work(conn: libvirt.virConnect) -> DomainInfo | None:
@@ -358,6 +408,7 @@ class LibvirtHypervisor:
                 if _code(exc) == le.VIR_ERR_NO_DOMAIN:
                     return None
                 raise
+
         return await self._call("lookupByUUIDString" if uuid else "lookupByName", work, retry=True)
 
     async def domain_xml(self, name_or_uuid: str, *, migratable: bool = True) -> str:
@@ -366,8 +417,7 @@ class LibvirtHypervisor:
 
     async def job_stats(self, name_or_uuid: str, *, completed: bool = False) -> JobStats:
         # reading completed statistics clears them unless KEEP_COMPLETED: keep them for others
-        flags = (libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
-                 if completed else 0)
+        flags = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED if completed else 0
 
         def work(conn: libvirt.virConnect) -> JobStats:
             dom = self._lookup(conn, name_or_uuid)
@@ -378,10 +428,11 @@ class LibvirtHypervisor:
             try:
                 stats = dom.jobStats(flags)
             except libvirt.libvirtError:
-                if not completed and not dom.isActive():   # it stopped while we asked
+                if not completed and not dom.isActive():  # it stopped while we asked
                     return JobStats()
                 raise
             return job_stats_from_libvirt(stats, postcopy=_in_postcopy(*dom.state()))
+
         return await self._call("jobStats", work, retry=True)
 
     async def remote_completed_job(self, target_uri: str, name_or_uuid: str) -> JobStats:
@@ -391,10 +442,12 @@ class LibvirtHypervisor:
             remote = libvirt.open(uri)
             try:
                 stats = self._lookup(remote, name_or_uuid).jobStats(
-                    libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED)
+                    libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
+                )
                 return job_stats_from_libvirt(stats)
             finally:
                 remote.close()
+
         return await self._remote("jobStats", uri, work)
 
     async def _remote(self, call: str, uri: str, work: Callable[[], T]) -> T:
@@ -416,8 +469,9 @@ class LibvirtHypervisor:
         longer running means there was nothing left to abort. A hung abortJob is retried once on
         a fresh connection (seen: an abort blocked for ten minutes until a second connection
         aborted)."""
+
         def abort(conn: libvirt.virConnect) -> bool:
-            dom = self._lookup(conn, name_or_uuid)   # an unknown domain is NotFound
+            dom = self._lookup(conn, name_or_uuid)  # an unknown domain is NotFound
             if dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
                 return False
             self._aborted.add(dom.UUIDString())
@@ -425,9 +479,9 @@ class LibvirtHypervisor:
                 dom.abortJob()
             except libvirt.libvirtError as exc:
                 if _code(exc) == le.VIR_ERR_NO_DOMAIN:
-                    return False   # the migration completed and took the domain with it
+                    return False  # the migration completed and took the domain with it
                 if _code(exc) == le.VIR_ERR_OPERATION_INVALID and dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
-                    return False   # the job ended meanwhile
+                    return False  # the job ended meanwhile
                 raise
             return True
 
@@ -444,11 +498,11 @@ class LibvirtHypervisor:
                 return abort(fresh)
             finally:
                 fresh.close()
+
         return await self._call("abortJob", abort_fresh)
 
     async def set_max_downtime(self, name_or_uuid: str, ms: int) -> None:
-        await self._call("migrateSetMaxDowntime",
-                         lambda c: self._lookup(c, name_or_uuid).migrateSetMaxDowntime(ms, 0))
+        await self._call("migrateSetMaxDowntime", lambda c: self._lookup(c, name_or_uuid).migrateSetMaxDowntime(ms, 0))
 
     async def set_bandwidth(self, name_or_uuid: str, mibps: int) -> None:
         await self._call("migrateSetMaxSpeed", lambda c: self._lookup(c, name_or_uuid).migrateSetMaxSpeed(mibps, 0))
@@ -458,8 +512,7 @@ class LibvirtHypervisor:
 
     # ------------------------------------------------------------------ port: CPU and peers
 
-    async def compare_cpu(self, cpu_xml: str, *, arch: str, machine: str, virttype: str,
-                          emulator: str) -> str:
+    async def compare_cpu(self, cpu_xml: str, *, arch: str, machine: str, virttype: str, emulator: str) -> str:
         """virConnectCompareHypervisorCPU with FAIL_INCOMPATIBLE: libvirt then says why (the
         error's detail names the missing features). Decided on the error code: CPU_INCOMPATIBLE
         -> the explanation; a broken connection or a timeout -> raised as usual; a driver without
@@ -469,8 +522,9 @@ class LibvirtHypervisor:
 
         def work(conn: libvirt.virConnect) -> tuple[str, str]:
             try:
-                conn.compareHypervisorCPU(emulator or None, arch or None, machine or None, virttype or None,
-                                          cpu_xml, flags)
+                conn.compareHypervisorCPU(
+                    emulator or None, arch or None, machine or None, virttype or None, cpu_xml, flags
+                )
             except libvirt.libvirtError as exc:
                 code, domain = _code(exc), exc.get_error_domain() or 0
                 if code == le.VIR_ERR_CPU_INCOMPATIBLE:
@@ -507,13 +561,18 @@ class LibvirtHypervisor:
             except libvirt.libvirtError as exc:
                 code, domain = _code(exc), exc.get_error_domain() or 0
                 if le.is_unreachable(code, domain):
-                    raise probe.open_failed(uri, from_host, exc.get_error_message() or f"libvirt error {code}") \
-                        from exc
+                    raise probe.open_failed(uri, from_host, exc.get_error_message() or f"libvirt error {code}") from exc
                 raise le.translate(code, domain, exc.get_error_message() or "", call="open", host=uri) from exc
 
-        return await probe.probe_peer(target, from_host=from_host, resolve=self._resolve, connect=self._connect,
-                                      open_libvirt=open_libvirt, migration_address=migration_address,
-                                      clock=time.monotonic)
+        return await probe.probe_peer(
+            target,
+            from_host=from_host,
+            resolve=self._resolve,
+            connect=self._connect,
+            open_libvirt=open_libvirt,
+            migration_address=migration_address,
+            clock=time.monotonic,
+        )
 
     async def _system_resolve(self, host: str, port: int) -> list[str]:
         """The system resolver (files, DNS...) in a thread, bounded (the thread may linger)."""
@@ -531,9 +590,17 @@ class LibvirtHypervisor:
 
     # ------------------------------------------------------------------ port: migrate
 
-    async def migrate(self, name_or_uuid: str, *, target_uri: str, destination_xml: str,
-                      options: MigrationOptions, migrate_disks: list[str], migrate_uri: str = "",
-                      timeout_s: float) -> None:
+    async def migrate(
+        self,
+        name_or_uuid: str,
+        *,
+        target_uri: str,
+        destination_xml: str,
+        options: MigrationOptions,
+        migrate_disks: list[str],
+        migrate_uri: str = "",
+        timeout_s: float,
+    ) -> None:
         """Peer-to-peer migration with migrateToURI3 (flags and params: ``migration_flags`` and
         ``migration_params``) on a connection of its own, so statistics, tuning and abort on the
         shared connection stay responsive. Past ``timeout_s`` the job is aborted and
@@ -545,8 +612,9 @@ class LibvirtHypervisor:
         """
         copy = bool(migrate_disks) and options.storage is not StorageMode.SHARED
         flags = migration_flags(options, copy_disks=copy)
-        params = migration_params(options, destination_xml=destination_xml, migrate_disks=migrate_disks,
-                                  migrate_uri=migrate_uri)
+        params = migration_params(
+            options, destination_xml=destination_xml, migrate_disks=migrate_disks, migrate_uri=migrate_uri
+        )
         uuid = (await self.get_domain(name_or_uuid)).uuid
         self._aborted.discard(uuid)
 
@@ -561,8 +629,13 @@ class LibvirtHypervisor:
                 with contextlib.suppress(libvirt.libvirtError):
                     conn.close()
 
-        log.info("migrateToURI3 %s -> %s flags=%#x params=%s", uuid, target_uri, flags,
-                 sorted(k for k in params if k not in ("destination_xml", "persistent_xml")))
+        log.info(
+            "migrateToURI3 %s -> %s flags=%#x params=%s",
+            uuid,
+            target_uri,
+            flags,
+            sorted(k for k in params if k not in ("destination_xml", "persistent_xml")),
+        )
         try:
             await self._in_thread(work, timeout_s)
         except TimeoutError:
@@ -580,8 +653,11 @@ class LibvirtHypervisor:
     async def _migrate_error(self, exc: libvirt.libvirtError, uuid: str, target_uri: str) -> FerryError:
         call = "migrateToURI3"
         if uuid in self._aborted:
-            return Aborted(f"{call} on {self.uri}: {exc.get_error_message()}", reason="MIGRATION_ABORTED",
-                           hint="the migration was aborted on request; the guest keeps running on the source")
+            return Aborted(
+                f"{call} on {self.uri}: {exc.get_error_message()}",
+                reason="MIGRATION_ABORTED",
+                hint="the migration was aborted on request; the guest keeps running on the source",
+            )
         code = _code(exc)
         if code == le.VIR_ERR_OPERATION_FAILED or le.is_unreachable(code, exc.get_error_domain() or 0):
             if not await self._reachable(target_uri):
@@ -598,6 +674,7 @@ class LibvirtHypervisor:
                 return True
             except libvirt.libvirtError as exc:
                 return not le.is_unreachable(_code(exc), exc.get_error_domain() or 0)
+
         try:
             return await self._in_thread(probe, self._probe_timeout_s)
         except TimeoutError:

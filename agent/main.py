@@ -45,14 +45,21 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def build_agent(config: AgentConfig, hypervisor: Hypervisor, host: HostSystem,
-                clock: Callable[[], datetime] = _utc_now, *,
-                monotonic: Callable[[], float] = time.monotonic) -> AgentServicer:
+def build_agent(
+    config: AgentConfig,
+    hypervisor: Hypervisor,
+    host: HostSystem,
+    clock: Callable[[], datetime] = _utc_now,
+    *,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> AgentServicer:
     """The servicer wired to the given ports (tests pass fakes; ``main`` the real adapters)."""
-    inventory = Inventory(hypervisor, host, libvirt_uri=config.advertise_libvirt_uri,
-                          migration_address=config.migration_address)
-    prepare = PrepareService(hypervisor, host, Path(config.state_dir), default_ttl_s=config.prepare_ttl_s,
-                             clock=clock, host_name=config.name)
+    inventory = Inventory(
+        hypervisor, host, libvirt_uri=config.advertise_libvirt_uri, migration_address=config.migration_address
+    )
+    prepare = PrepareService(
+        hypervisor, host, Path(config.state_dir), default_ttl_s=config.prepare_ttl_s, clock=clock, host_name=config.name
+    )
     driver = MigrationDriver(hypervisor, clock=monotonic)
     return AgentServicer(hypervisor=hypervisor, inventory=inventory, prepare=prepare, driver=driver)
 
@@ -61,6 +68,7 @@ def register(servicer: AgentServicer) -> Callable[[grpc.aio.Server], list[str]]:
     def add(server: grpc.aio.Server) -> list[str]:
         agrpc.add_AgentServicer_to_server(servicer, server)
         return [SERVICE_NAME]
+
     return add
 
 
@@ -84,23 +92,30 @@ async def serve(config: AgentConfig) -> None:
     servicer = build_agent(config, hypervisor, host)
     server, ports = create_server(config.listen, register(servicer), tls=config.tls)
     await server.start()
-    log.info("agent %s (pid %d) serving on %s; libvirt %s, advertised as %s", config.name, os.getpid(),
-             ", ".join(a if a.startswith("unix:") else f"{a.rsplit(':', 1)[0]}:{p}"
-                       for a, p in zip(config.listen, ports, strict=True)),
-             config.libvirt_uri, config.advertise_libvirt_uri)
+    log.info(
+        "agent %s (pid %d) serving on %s; libvirt %s, advertised as %s",
+        config.name,
+        os.getpid(),
+        ", ".join(
+            a if a.startswith("unix:") else f"{a.rsplit(':', 1)[0]}:{p}"
+            for a, p in zip(config.listen, ports, strict=True)
+        ),
+        config.libvirt_uri,
+        config.advertise_libvirt_uri,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     sweeper = asyncio.create_task(_sweep_forever(servicer), name="prepare sweep")
-    registration = start_registration(config)   # only with a [registry] section
+    registration = start_registration(config)  # only with a [registry] section
     try:
         await stop.wait()
         log.info("stopping (grace %.0f s)", GRACE_S)
     finally:
         sweeper.cancel()
         if registration is not None:
-            await registration.close()   # deregister first: coordinators stop calling us
+            await registration.close()  # deregister first: coordinators stop calling us
         await server.stop(GRACE_S)
         hypervisor.close()
     log.info("stopped")

@@ -111,8 +111,14 @@ def later_phase(a: MigrationPhase, b: MigrationPhase) -> MigrationPhase:
     return a if _ORDER[a] >= _ORDER[b] else b
 
 
-def next_progress(prev: MigrationProgress | None, phase: MigrationPhase, stats: JobStats,
-                  *, max_downtime_ms: int = 0, elapsed_ms: int = 0) -> MigrationProgress:
+def next_progress(
+    prev: MigrationProgress | None,
+    phase: MigrationPhase,
+    stats: JobStats,
+    *,
+    max_downtime_ms: int = 0,
+    elapsed_ms: int = 0,
+) -> MigrationProgress:
     """The snapshot to report after ``prev``: progress never runs backwards within a phase.
 
     The phase never moves back; within one phase, processed bytes and the iteration never
@@ -136,17 +142,21 @@ def next_progress(prev: MigrationProgress | None, phase: MigrationPhase, stats: 
     old = prev.stats
     iteration = max(stats.iteration, old.iteration)
     same_iteration = iteration == old.iteration
-    return MigrationProgress(phase, replace(
-        stats,
-        time_elapsed_ms=elapsed,
-        memory_processed=max(stats.memory_processed, old.memory_processed),
-        disk_processed=max(stats.disk_processed, old.disk_processed),
-        memory_remaining=min(stats.memory_remaining, old.memory_remaining) if same_iteration
-        else stats.memory_remaining,
-        disk_remaining=min(stats.disk_remaining, old.disk_remaining) if same_iteration
-        else stats.disk_remaining,
-        iteration=iteration,
-    ), max_downtime_ms)
+    return MigrationProgress(
+        phase,
+        replace(
+            stats,
+            time_elapsed_ms=elapsed,
+            memory_processed=max(stats.memory_processed, old.memory_processed),
+            disk_processed=max(stats.disk_processed, old.disk_processed),
+            memory_remaining=min(stats.memory_remaining, old.memory_remaining)
+            if same_iteration
+            else stats.memory_remaining,
+            disk_remaining=min(stats.disk_remaining, old.disk_remaining) if same_iteration else stats.disk_remaining,
+            iteration=iteration,
+        ),
+        max_downtime_ms,
+    )
 
 
 def changed(prev: MigrationProgress | None, new: MigrationProgress) -> bool:
@@ -154,7 +164,10 @@ def changed(prev: MigrationProgress | None, new: MigrationProgress) -> bool:
     if prev is None:
         return True
     return (prev.phase, prev.max_downtime_ms, replace(prev.stats, time_elapsed_ms=0)) != (
-        new.phase, new.max_downtime_ms, replace(new.stats, time_elapsed_ms=0))
+        new.phase,
+        new.max_downtime_ms,
+        replace(new.stats, time_elapsed_ms=0),
+    )
 
 
 def disk_bytes_copied(reported: int, seen: JobStats, planned: int) -> int:
@@ -173,8 +186,9 @@ def disk_bytes_copied(reported: int, seen: JobStats, planned: int) -> int:
     return max(reported, seen.disk_processed, seen.disk_total) or planned
 
 
-def completion_timeout_s(options: MigrationOptions, memory_bytes: int, disk_bytes: int,
-                         *, per_gib_s: float = 800.0, minimum_s: float = 120.0) -> float:
+def completion_timeout_s(
+    options: MigrationOptions, memory_bytes: int, disk_bytes: int, *, per_gib_s: float = 800.0, minimum_s: float = 120.0
+) -> float:
     """How long the migration may take before it is aborted.
 
     The caller's ``completion_timeout_s`` when given; otherwise ``per_gib_s`` for every GiB of
@@ -229,11 +243,11 @@ class Watch:
     timeout_s: float
     max_downtime_ms: int = 0
     downtime_applied: bool = False
-    postcopy_on_stall: bool = False   # allowed and asked for
+    postcopy_on_stall: bool = False  # allowed and asked for
     postcopy_started: bool = False
     stall_iterations: int = 3
-    peaks: tuple[int, ...] = ()       # most memory remaining seen per pre-copy iteration
-    iteration: int = 0                # iteration of the last entry in ``peaks``
+    peaks: tuple[int, ...] = ()  # most memory remaining seen per pre-copy iteration
+    iteration: int = 0  # iteration of the last entry in ``peaks``
 
 
 def observe(w: Watch, stats: JobStats) -> Watch:
@@ -266,8 +280,12 @@ def decide(w: Watch, stats: JobStats, phase: MigrationPhase, now: float) -> Acti
         return Action.ABORT_TIMEOUT
     if stats.active and w.max_downtime_ms and not w.downtime_applied:
         return Action.SET_MAX_DOWNTIME
-    if (w.postcopy_on_stall and not w.postcopy_started and phase == MigrationPhase.PRECOPY
-            and stalled(w.peaks, w.stall_iterations)):
+    if (
+        w.postcopy_on_stall
+        and not w.postcopy_started
+        and phase == MigrationPhase.PRECOPY
+        and stalled(w.peaks, w.stall_iterations)
+    ):
         return Action.START_POSTCOPY
     return Action.CONTINUE
 
@@ -281,20 +299,20 @@ class DriverPolicy:
     timeout_per_gib_s: float = 800.0
     min_timeout_s: float = 120.0
     stall_iterations: int = 3
-    abort_wait_s: float = 60.0     # after our abort, how long the job may take to end
-    call_margin_s: float = 60.0    # hard limit of the migrate call beyond the completion timeout
+    abort_wait_s: float = 60.0  # after our abort, how long the job may take to end
+    call_margin_s: float = 60.0  # hard limit of the migrate call beyond the completion timeout
 
 
 @dataclass(frozen=True)
 class MigrationRequest:
-    domain: str                      # name or UUID on this (source) host
+    domain: str  # name or UUID on this (source) host
     target_uri: str
     options: MigrationOptions
     destination_xml: str = ""
     migrate_disks: tuple[str, ...] = ()
     migrate_uri: str = ""
-    disk_bytes: int = 0              # bytes to copy: the derived completion timeout; the completed
-                                     # job's disk figure when no poll saw the copy
+    disk_bytes: int = 0  # bytes to copy: the derived completion timeout; the completed
+    # job's disk figure when no poll saw the copy
     progress_interval_s: float = 0.0  # 0 = the policy's
     migration_id: str = ""
 
@@ -304,7 +322,7 @@ class MigrationOutcome:
     """How a migration ended well: the target's figures and what is left on the source."""
 
     job: CompletedJob
-    source_state: DomainState | None   # None: nothing left of the domain on the source
+    source_state: DomainState | None  # None: nothing left of the domain on the source
     source_defined: bool
 
 
@@ -314,8 +332,13 @@ Event = MigrationProgress | MigrationOutcome
 class MigrationDriver:
     """Runs migrations on one host's hypervisor. Stateless between migrations."""
 
-    def __init__(self, hypervisor: Hypervisor, *, clock: Callable[[], float] = time.monotonic,
-                 policy: DriverPolicy = DriverPolicy()) -> None:
+    def __init__(
+        self,
+        hypervisor: Hypervisor,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        policy: DriverPolicy = DriverPolicy(),
+    ) -> None:
         self._hv = hypervisor
         self._clock = clock
         self._policy = policy
@@ -331,23 +354,47 @@ class MigrationDriver:
             raise FailedPrecondition(
                 f"domain {domain.name} is {domain.state.name.lower()}, not running: cannot migrate live",
                 reason="DOMAIN_NOT_RUNNING",
-                hint="start the domain first, or migrate it offline (definition only)")
+                hint="start the domain first, or migrate it offline (definition only)",
+            )
         opts = req.options
-        timeout = completion_timeout_s(opts, domain.memory_bytes, req.disk_bytes,
-                                       per_gib_s=self._policy.timeout_per_gib_s,
-                                       minimum_s=self._policy.min_timeout_s)
+        timeout = completion_timeout_s(
+            opts,
+            domain.memory_bytes,
+            req.disk_bytes,
+            per_gib_s=self._policy.timeout_per_gib_s,
+            minimum_s=self._policy.min_timeout_s,
+        )
         interval = req.progress_interval_s or self._policy.progress_interval_s
         started = self._clock()
-        watch = Watch(started_at=started, timeout_s=timeout, max_downtime_ms=opts.max_downtime_ms,
-                      postcopy_on_stall=opts.allow_postcopy and opts.postcopy_on_stall,
-                      stall_iterations=self._policy.stall_iterations)
-        log.info("migrating %s (%s) to %s: storage %s, disks %s, timeout %.0f s%s", domain.name,
-                 domain.uuid, req.target_uri, opts.storage.value, ",".join(req.migrate_disks) or "-",
-                 timeout, f", migration {req.migration_id}" if req.migration_id else "")
-        task = asyncio.create_task(self._hv.migrate(
-            domain.uuid, target_uri=req.target_uri, destination_xml=req.destination_xml, options=opts,
-            migrate_disks=list(req.migrate_disks), migrate_uri=req.migrate_uri,
-            timeout_s=timeout + self._policy.call_margin_s), name=f"migrate {domain.name}")
+        watch = Watch(
+            started_at=started,
+            timeout_s=timeout,
+            max_downtime_ms=opts.max_downtime_ms,
+            postcopy_on_stall=opts.allow_postcopy and opts.postcopy_on_stall,
+            stall_iterations=self._policy.stall_iterations,
+        )
+        log.info(
+            "migrating %s (%s) to %s: storage %s, disks %s, timeout %.0f s%s",
+            domain.name,
+            domain.uuid,
+            req.target_uri,
+            opts.storage.value,
+            ",".join(req.migrate_disks) or "-",
+            timeout,
+            f", migration {req.migration_id}" if req.migration_id else "",
+        )
+        task = asyncio.create_task(
+            self._hv.migrate(
+                domain.uuid,
+                target_uri=req.target_uri,
+                destination_xml=req.destination_xml,
+                options=opts,
+                migrate_disks=list(req.migrate_disks),
+                migrate_uri=req.migrate_uri,
+                timeout_s=timeout + self._policy.call_margin_s,
+            ),
+            name=f"migrate {domain.name}",
+        )
         progress = next_progress(None, MigrationPhase.STARTING, JobStats(), max_downtime_ms=opts.max_downtime_ms)
         last_stats = JobStats()
         poll: asyncio.Task[JobStats | None] | None = None
@@ -365,17 +412,20 @@ class MigrationDriver:
                     break
                 stats, poll = poll.result(), None
                 now = self._clock()
-                if stats is None:   # no statistics this time: only the clock can decide
-                    watch = await self._act(decide(watch, JobStats(), progress.phase, now), watch,
-                                            domain.uuid, task)
+                if stats is None:  # no statistics this time: only the clock can decide
+                    watch = await self._act(decide(watch, JobStats(), progress.phase, now), watch, domain.uuid, task)
                     continue
                 if stats.active:
-                    last_stats = replace(stats, disk_total=max(stats.disk_total, last_stats.disk_total),
-                                         disk_processed=max(stats.disk_processed, last_stats.disk_processed))
+                    last_stats = replace(
+                        stats,
+                        disk_total=max(stats.disk_total, last_stats.disk_total),
+                        disk_processed=max(stats.disk_processed, last_stats.disk_processed),
+                    )
                 watch = observe(watch, stats)
                 phase = phase_of(stats, postcopy_started=watch.postcopy_started)
-                snapshot = next_progress(progress, phase, stats, max_downtime_ms=opts.max_downtime_ms,
-                                         elapsed_ms=int((now - started) * 1000))
+                snapshot = next_progress(
+                    progress, phase, stats, max_downtime_ms=opts.max_downtime_ms, elapsed_ms=int((now - started) * 1000)
+                )
                 if changed(progress, snapshot):
                     progress = snapshot
                     yield snapshot
@@ -383,9 +433,13 @@ class MigrationDriver:
                 watch = await self._act(decide(watch, stats, phase, now), watch, domain.uuid, task)
                 if watch.postcopy_started and not switched:
                     # report the switch now: statistics may not answer again before the end
-                    progress = next_progress(progress, MigrationPhase.POSTCOPY, replace(stats, postcopy=True),
-                                             max_downtime_ms=opts.max_downtime_ms,
-                                             elapsed_ms=int((now - started) * 1000))
+                    progress = next_progress(
+                        progress,
+                        MigrationPhase.POSTCOPY,
+                        replace(stats, postcopy=True),
+                        max_downtime_ms=opts.max_downtime_ms,
+                        elapsed_ms=int((now - started) * 1000),
+                    )
                     yield progress
             task.result()  # raises the job's error
         finally:
@@ -394,22 +448,30 @@ class MigrationDriver:
             if not task.done():
                 log.warning(
                     "no longer watching the migration of %s (%s) to %s (call ended or cancelled); "
-                    "the libvirt job keeps running: stop it with AbortMigration", domain.name,
-                    domain.uuid, req.target_uri)
+                    "the libvirt job keeps running: stop it with AbortMigration",
+                    domain.name,
+                    domain.uuid,
+                    req.target_uri,
+                )
                 task.add_done_callback(_log_orphan_end(domain.name))
         job = await self._completed_job(req.target_uri, domain.uuid, last_stats, watch, started)
         job = replace(job, disk_processed=disk_bytes_copied(job.disk_processed, last_stats, req.disk_bytes))
         state, defined = await self._leftover(domain.uuid)
-        log.info("migrated %s to %s in %d ms (downtime %d ms); on the source: %s", domain.name,
-                 req.target_uri, job.time_elapsed_ms, job.downtime_ms,
-                 "nothing" if state is None else f"{state.name.lower()}{', defined' if defined else ''}")
+        log.info(
+            "migrated %s to %s in %d ms (downtime %d ms); on the source: %s",
+            domain.name,
+            req.target_uri,
+            job.time_elapsed_ms,
+            job.downtime_ms,
+            "nothing" if state is None else f"{state.name.lower()}{', defined' if defined else ''}",
+        )
         yield MigrationOutcome(job=job, source_state=state, source_defined=defined)
 
     async def _poll(self, uuid: str) -> JobStats | None:
         try:
             return await self._hv.job_stats(uuid)
         except NotFound:
-            return None   # the job ended and took the source definition with it
+            return None  # the job ended and took the source definition with it
         except FerryError as exc:
             log.warning("cannot read job statistics of %s: %s: %s", uuid, exc.reason, exc)
             return None
@@ -423,8 +485,11 @@ class MigrationDriver:
                 log.warning("cannot set max downtime of %s: %s: %s", uuid, exc.reason, exc)
             return replace(w, downtime_applied=True)
         if action is Action.START_POSTCOPY:
-            log.info("pre-copy of %s stalls (left per iteration: %s): switching to post-copy",
-                     uuid, ", ".join(str(p >> 20) + " MiB" for p in w.peaks))
+            log.info(
+                "pre-copy of %s stalls (left per iteration: %s): switching to post-copy",
+                uuid,
+                ", ".join(str(p >> 20) + " MiB" for p in w.peaks),
+            )
             try:
                 await self._hv.start_postcopy(uuid)
                 return replace(w, postcopy_started=True)
@@ -438,10 +503,13 @@ class MigrationDriver:
     async def _abort_on_timeout(self, w: Watch, uuid: str, task: asyncio.Task[None]) -> None:
         """Abort the job and raise DeadlineExceeded -- unless it finished in the meantime."""
         log.warning("migration of %s did not complete in %.0f s: aborting it", uuid, w.timeout_s)
-        hint = ("the guest dirties memory faster than it can be sent: allow post-copy or auto-converge, "
-                "raise the bandwidth or max downtime, or give it a longer completion timeout")
-        err = DeadlineExceeded(f"migration of {uuid} did not complete within {w.timeout_s:.0f} s",
-                               reason="MIGRATION_TIMEOUT", hint=hint)
+        hint = (
+            "the guest dirties memory faster than it can be sent: allow post-copy or auto-converge, "
+            "raise the bandwidth or max downtime, or give it a longer completion timeout"
+        )
+        err = DeadlineExceeded(
+            f"migration of {uuid} did not complete within {w.timeout_s:.0f} s", reason="MIGRATION_TIMEOUT", hint=hint
+        )
         try:
             await self._hv.abort_job(uuid)
         except FerryError as exc:
@@ -451,28 +519,39 @@ class MigrationDriver:
             raise DeadlineExceeded(
                 f"{err.message}; the abort did not end the job within {self._policy.abort_wait_s:.0f} s",
                 reason="MIGRATION_TIMEOUT",
-                hint="check the job with GetJob and abort it again with AbortMigration")
+                hint="check the job with GetJob and abort it again with AbortMigration",
+            )
         if task.exception() is None:
-            return   # it completed just before the abort: a success after all
+            return  # it completed just before the abort: a success after all
         if isinstance(task.exception(), Aborted):
             raise err
         raise err from task.exception()
 
-    async def _completed_job(self, target_uri: str, uuid: str, last: JobStats, w: Watch,
-                             started: float) -> CompletedJob:
+    async def _completed_job(
+        self, target_uri: str, uuid: str, last: JobStats, w: Watch, started: float
+    ) -> CompletedJob:
         try:
             stats = await self._hv.remote_completed_job(target_uri, uuid)
             if stats.job_type != "completed":
-                raise NotFound(f"no completed job of {uuid} on {target_uri} (job type {stats.job_type})",
-                               reason="COMPLETED_JOB_MISSING")
+                raise NotFound(
+                    f"no completed job of {uuid} on {target_uri} (job type {stats.job_type})",
+                    reason="COMPLETED_JOB_MISSING",
+                )
             # (the disk bytes: the caller's ``disk_bytes_copied``; the target does not count them)
             return completed_job_from_stats(stats, postcopy=w.postcopy_started)
         except FerryError as exc:
-            log.warning("cannot read the completed job of %s on %s (%s: %s); reporting the last "
-                        "statistics seen", uuid, target_uri, exc.reason, exc)
+            log.warning(
+                "cannot read the completed job of %s on %s (%s: %s); reporting the last statistics seen",
+                uuid,
+                target_uri,
+                exc.reason,
+                exc,
+            )
             elapsed = int((self._clock() - started) * 1000)
-            return replace(completed_job_from_stats(last, postcopy=w.postcopy_started),
-                           time_elapsed_ms=max(elapsed, last.time_elapsed_ms))
+            return replace(
+                completed_job_from_stats(last, postcopy=w.postcopy_started),
+                time_elapsed_ms=max(elapsed, last.time_elapsed_ms),
+            )
 
     async def _leftover(self, uuid: str) -> tuple[DomainState | None, bool]:
         try:
@@ -495,4 +574,5 @@ def _log_orphan_end(name: str) -> Callable[[asyncio.Task[None]], None]:
             log.warning("left-running migration of %s ended with %s: %s", name, reason, exc)
         else:
             log.info("left-running migration of %s completed", name)
+
     return done

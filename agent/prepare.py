@@ -55,14 +55,13 @@ _PREPARE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 __all__ = ["CleanupOutcome", "PrepareOutcome", "PrepareService", "PrepareStore", "Problem", "check_target"]
 
 
-
 @dataclass(frozen=True)
 class PrepareOutcome:
-    prepare_id: str                 # "" for a dry run
-    destination_xml: str            # "" when the XML could not be rewritten
-    disks: tuple[DiskPlan, ...]     # with destinations (and COPY_INC backing files) filled in
+    prepare_id: str  # "" for a dry run
+    destination_xml: str  # "" when the XML could not be rewritten
+    disks: tuple[DiskPlan, ...]  # with destinations (and COPY_INC backing files) filled in
     created: tuple[str, ...]
-    expires_at: datetime | None     # None for a dry run
+    expires_at: datetime | None  # None for a dry run
     problems: tuple[Problem, ...] = ()
 
 
@@ -73,18 +72,30 @@ class CleanupOutcome(NamedTuple):
 
 def _check_id(prepare_id: str) -> None:
     if not _PREPARE_ID.fullmatch(prepare_id):
-        raise InvalidArgument(f"{prepare_id!r} is not a prepare id", reason="INVALID_PREPARE_ID",
-                              hint="use the prepare_id PrepareIncoming returned (ListPrepares shows them)")
+        raise InvalidArgument(
+            f"{prepare_id!r} is not a prepare id",
+            reason="INVALID_PREPARE_ID",
+            hint="use the prepare_id PrepareIncoming returned (ListPrepares shows them)",
+        )
 
 
 class PrepareService:
     """PrepareIncoming / CleanupIncoming / CommitIncoming / ListPrepares over the two ports."""
 
-    def __init__(self, hypervisor: Hypervisor, host: HostSystem, state_dir: Path, *, default_ttl_s: int,
-                 clock: Callable[[], datetime], host_name: str,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 incoming_wait_s: float = 15.0, poll_s: float = 0.5,
-                 new_id: Callable[[], str] = lambda: uuid.uuid4().hex) -> None:
+    def __init__(
+        self,
+        hypervisor: Hypervisor,
+        host: HostSystem,
+        state_dir: Path,
+        *,
+        default_ttl_s: int,
+        clock: Callable[[], datetime],
+        host_name: str,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        incoming_wait_s: float = 15.0,
+        poll_s: float = 0.5,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ) -> None:
         self._hv = hypervisor
         self._host = host
         self._store = PrepareStore(state_dir)
@@ -108,8 +119,9 @@ class PrepareService:
 
     # ------------------------------------------------------------------ prepare
 
-    async def _snapshot(self, parsed: ParsedDomain | None, cpu: GuestCpu | None, nics: list[Nic],
-                        plans: list[DiskPlan]) -> TargetSnapshot:
+    async def _snapshot(
+        self, parsed: ParsedDomain | None, cpu: GuestCpu | None, nics: list[Nic], plans: list[DiskPlan]
+    ) -> TargetSnapshot:
         domains: dict[str, DomainInfo] = {}
         networks: tuple[str, ...] = ()
         records: tuple[PrepareRecord, ...] = ()
@@ -130,12 +142,21 @@ class PrepareService:
         paths = {p.destination for p in plans} | {p.backing_file for p in plans if p.backing_file}
         emulator = cpu.emulator if cpu is not None else ""
         facts_by_path, bridges, reserved, emulator_present = await asyncio.to_thread(
-            self._host_view, sorted(paths), stored, emulator)
+            self._host_view, sorted(paths), stored, emulator
+        )
         verdict = await self._compare_cpu(cpu, emulator_present) if parsed is not None else None
-        return TargetSnapshot(host_name=self._host_name, bridges=bridges, networks=networks,
-                              domains=tuple(domains.values()), paths=facts_by_path, records=records,
-                              reserved=reserved, memory_available_bytes=memory,
-                              emulator_present=emulator_present, cpu=verdict)
+        return TargetSnapshot(
+            host_name=self._host_name,
+            bridges=bridges,
+            networks=networks,
+            domains=tuple(domains.values()),
+            paths=facts_by_path,
+            records=records,
+            reserved=reserved,
+            memory_available_bytes=memory,
+            emulator_present=emulator_present,
+            cpu=verdict,
+        )
 
     async def _compare_cpu(self, cpu: GuestCpu | None, emulator_present: bool) -> CpuVerdict | None:
         """libvirt's verdict on the guest's CPU here; None when there is nothing to compare. A
@@ -144,21 +165,33 @@ class PrepareService:
         if cpu is None or not cpu.comparable:
             return None
         try:
-            why = await self._hv.compare_cpu(cpu.xml, arch=cpu.arch, machine=cpu.machine, virttype=cpu.virttype,
-                                             emulator=cpu.emulator if emulator_present else "")
+            why = await self._hv.compare_cpu(
+                cpu.xml,
+                arch=cpu.arch,
+                machine=cpu.machine,
+                virttype=cpu.virttype,
+                emulator=cpu.emulator if emulator_present else "",
+            )
         except FerryError as err:
             if not err.caller_fault:
                 raise
             return CpuVerdict(failed=Problem.of(err))
         return CpuVerdict(incompatible=why)
 
-    def _host_view(self, paths: list[str], stored: list[tuple[PrepareRecord, dict[str, int]]], emulator: str
-                   ) -> tuple[dict[str, PathFacts], tuple[str, ...], dict[str, int], bool]:
+    def _host_view(
+        self, paths: list[str], stored: list[tuple[PrepareRecord, dict[str, int]]], emulator: str
+    ) -> tuple[dict[str, PathFacts], tuple[str, ...], dict[str, int], bool]:
         dirs = self._host.storage_dirs()
-        facts = {path: PathFacts(exists=self._host.exists(path), writable_dir=self._host.writable_dir(path),
-                                 free_bytes=self._host.free_bytes(path), shared=self._host.is_shared(path),
-                                 fs_key=storage_key(path, dirs))
-                 for path in paths}
+        facts = {
+            path: PathFacts(
+                exists=self._host.exists(path),
+                writable_dir=self._host.writable_dir(path),
+                free_bytes=self._host.free_bytes(path),
+                shared=self._host.is_shared(path),
+                fs_key=storage_key(path, dirs),
+            )
+            for path in paths
+        }
         reserved: dict[str, int] = {}
         for _, by_path in stored:
             for path, size in by_path.items():
@@ -167,8 +200,16 @@ class PrepareService:
         emulator_present = not emulator or self._host.exists(emulator)
         return facts, tuple(self._host.bridges()), reserved, emulator_present
 
-    async def prepare(self, domain_xml: str, disks: list[DiskPlan], mapping: HostMapping, storage: StorageMode,
-                      ttl_s: int, migration_id: str, dry_run: bool) -> PrepareOutcome:
+    async def prepare(
+        self,
+        domain_xml: str,
+        disks: list[DiskPlan],
+        mapping: HostMapping,
+        storage: StorageMode,
+        ttl_s: int,
+        migration_id: str,
+        dry_run: bool,
+    ) -> PrepareOutcome:
         """Check this host, then (unless ``dry_run``) create the images and record them.
 
         Refused (nothing created) with the first problem's error type, the message listing all.
@@ -192,12 +233,19 @@ class PrepareService:
             assert parsed is not None  # no problems: the XML parsed
             return await self._create(parsed, plans, destination_xml, ttl_s or self._ttl_s, migration_id)
 
-    async def _create(self, parsed: ParsedDomain, plans: list[DiskPlan], destination_xml: str, ttl_s: int,
-                      migration_id: str) -> PrepareOutcome:
+    async def _create(
+        self, parsed: ParsedDomain, plans: list[DiskPlan], destination_xml: str, ttl_s: int, migration_id: str
+    ) -> PrepareOutcome:
         now = self._clock()
-        record = PrepareRecord(prepare_id=self._new_id(), domain_name=parsed.name, domain_uuid=parsed.uuid,
-                               created=(), created_at=now, expires_at=now + timedelta(seconds=ttl_s),
-                               migration_id=migration_id)
+        record = PrepareRecord(
+            prepare_id=self._new_id(),
+            domain_name=parsed.name,
+            domain_uuid=parsed.uuid,
+            created=(),
+            created_at=now,
+            expires_at=now + timedelta(seconds=ttl_s),
+            migration_id=migration_id,
+        )
         reserved = {p.destination: required_bytes(p) for p in plans if p.copy}
         created: list[str] = []
         try:
@@ -208,9 +256,14 @@ class PrepareService:
                 created.append(p.destination)  # intent first: a crash from here on still cleans up
                 self._store.save(replace(record, created=tuple(created)), reserved)
                 try:
-                    await asyncio.to_thread(self._host.create_image, p.destination, fmt=p.format,
-                                            virtual_size=p.virtual_size, backing_file=p.backing_file,
-                                            backing_format=p.backing_format)
+                    await asyncio.to_thread(
+                        self._host.create_image,
+                        p.destination,
+                        fmt=p.format,
+                        virtual_size=p.virtual_size,
+                        backing_file=p.backing_file,
+                        backing_format=p.backing_format,
+                    )
                 except AlreadyExists:
                     created.pop()  # someone else's file appeared meanwhile: never remove it
                     raise
@@ -228,15 +281,17 @@ class PrepareService:
                 if await asyncio.to_thread(self._host.remove, path):
                     removed.append(path)
             except FerryError:
-                log.warning("could not remove %s (prepare %s); kept for a later cleanup", path,
-                            record.prepare_id, exc_info=True)
+                log.warning(
+                    "could not remove %s (prepare %s); kept for a later cleanup", path, record.prepare_id, exc_info=True
+                )
                 left.append(path)
         if left:
             self._store.save(replace(record, created=tuple(left)), {p: reserved.get(p, 0) for p in left})
             raise FailedPrecondition(
-                f"could not remove {', '.join(left)} on {self._host_name}", reason="REMOVE_FAILED",
-                hint=f"check the agent's log and the files' directory; CleanupIncoming {record.prepare_id} "
-                     "retries")
+                f"could not remove {', '.join(left)} on {self._host_name}",
+                reason="REMOVE_FAILED",
+                hint=f"check the agent's log and the files' directory; CleanupIncoming {record.prepare_id} retries",
+            )
         self._store.delete(record.prepare_id)
         return removed
 
@@ -256,14 +311,20 @@ class PrepareService:
             if not job_running or self._clock() >= deadline:
                 break
             await self._sleep(self._poll_s)
-        hint = (f"the migration landed: commit it (CommitIncoming {record.prepare_id}) instead; to throw the "
-                f"guest away, destroy and undefine {record.domain_name} on {self._host_name} first")
+        hint = (
+            f"the migration landed: commit it (CommitIncoming {record.prepare_id}) instead; to throw the "
+            f"guest away, destroy and undefine {record.domain_name} on {self._host_name} first"
+        )
         if job_running:
-            hint = (f"an incoming migration of {record.domain_name} is still running: cancel it on the source, "
-                    "then clean up again")
+            hint = (
+                f"an incoming migration of {record.domain_name} is still running: cancel it on the source, "
+                "then clean up again"
+            )
         raise FailedPrecondition(
             f"{record.domain_name} ({record.domain_uuid}) is running on {self._host_name}; its disks stay",
-            reason="DOMAIN_RUNNING_HERE", hint=hint)
+            reason="DOMAIN_RUNNING_HERE",
+            hint=hint,
+        )
 
     async def cleanup(self, prepare_id: str) -> CleanupOutcome:
         """Remove exactly what the prepare created, then its record. Idempotent."""
@@ -277,8 +338,12 @@ class PrepareService:
             if loaded is None:
                 return CleanupOutcome([], True)
             removed = await self._undo(*loaded)
-        log.info("cleaned up prepare %s of %s: removed %s", prepare_id, loaded[0].domain_name,
-                 ", ".join(removed) or "nothing")
+        log.info(
+            "cleaned up prepare %s of %s: removed %s",
+            prepare_id,
+            loaded[0].domain_name,
+            ", ".join(removed) or "nothing",
+        )
         return CleanupOutcome(removed, False)
 
     async def commit(self, prepare_id: str) -> bool:

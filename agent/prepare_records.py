@@ -20,7 +20,6 @@ from ferry.model import PrepareRecord
 log = logging.getLogger(__name__)
 
 
-
 class PrepareStore:
     """One JSON file per prepare under ``state_dir/prepares``, written atomically
     (temporary file, fsync, rename, fsync of the directory)."""
@@ -34,10 +33,14 @@ class PrepareStore:
 
     def save(self, record: PrepareRecord, reserved: Mapping[str, int]) -> None:
         doc = {
-            "prepare_id": record.prepare_id, "domain_name": record.domain_name,
-            "domain_uuid": record.domain_uuid, "created": list(record.created),
-            "created_at": record.created_at.isoformat(), "expires_at": record.expires_at.isoformat(),
-            "migration_id": record.migration_id, "reserved": dict(reserved),
+            "prepare_id": record.prepare_id,
+            "domain_name": record.domain_name,
+            "domain_uuid": record.domain_uuid,
+            "created": list(record.created),
+            "created_at": record.created_at.isoformat(),
+            "expires_at": record.expires_at.isoformat(),
+            "migration_id": record.migration_id,
+            "reserved": dict(reserved),
         }
         tmp = self._dir / f".{record.prepare_id}.json.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
@@ -57,9 +60,14 @@ class PrepareStore:
         except FileNotFoundError:
             return None
         record = PrepareRecord(
-            prepare_id=doc["prepare_id"], domain_name=doc["domain_name"], domain_uuid=doc["domain_uuid"],
-            created=tuple(doc["created"]), created_at=datetime.fromisoformat(doc["created_at"]),
-            expires_at=datetime.fromisoformat(doc["expires_at"]), migration_id=doc.get("migration_id", ""))
+            prepare_id=doc["prepare_id"],
+            domain_name=doc["domain_name"],
+            domain_uuid=doc["domain_uuid"],
+            created=tuple(doc["created"]),
+            created_at=datetime.fromisoformat(doc["created_at"]),
+            expires_at=datetime.fromisoformat(doc["expires_at"]),
+            migration_id=doc.get("migration_id", ""),
+        )
         return record, {k: int(v) for k, v in doc.get("reserved", {}).items()}
 
     def all(self) -> list[tuple[PrepareRecord, dict[str, int]]]:
@@ -80,4 +88,3 @@ class PrepareStore:
         except FileNotFoundError:
             return False
         return True
-

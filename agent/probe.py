@@ -41,10 +41,10 @@ class PeerAddress:
     """Where a libvirt URI points: ``qemu+tcp://host2:16509/system`` -> tcp, host2, 16509."""
 
     uri: str
-    driver: str         # "qemu"
-    transport: str      # "tcp", "tls", "ssh", "unix", ...; "" for a local URI (no host)
-    host: str           # "" for a local URI
-    port: int           # libvirtd's TCP port; 0 when the transport is not a TCP socket to libvirtd
+    driver: str  # "qemu"
+    transport: str  # "tcp", "tls", "ssh", "unix", ...; "" for a local URI (no host)
+    host: str  # "" for a local URI
+    port: int  # libvirtd's TCP port; 0 when the transport is not a TCP socket to libvirtd
 
     @property
     def tcp(self) -> bool:
@@ -100,16 +100,22 @@ def is_ip_address(host: str) -> bool:
 
 
 def _invalid(uri: str, why: str) -> InvalidArgument:
-    return InvalidArgument(f"{uri!r} is not a libvirt URI Ferry can probe: {why}", reason="TARGET_URI_INVALID",
-                           hint="advertise the target as e.g. qemu+tls://HOST/system (advertise_libvirt_uri "
-                                "in its agent config)")
+    return InvalidArgument(
+        f"{uri!r} is not a libvirt URI Ferry can probe: {why}",
+        reason="TARGET_URI_INVALID",
+        hint="advertise the target as e.g. qemu+tls://HOST/system (advertise_libvirt_uri in its agent config)",
+    )
 
 
-def unresolvable(host: str, from_host: str, detail: str, *, what: str = "the target's libvirt URI") -> FailedPrecondition:
+def unresolvable(
+    host: str, from_host: str, detail: str, *, what: str = "the target's libvirt URI"
+) -> FailedPrecondition:
     return FailedPrecondition(
-        f"{host} ({what}) does not resolve on {from_host}: {detail}", reason="TARGET_UNRESOLVABLE",
+        f"{host} ({what}) does not resolve on {from_host}: {detail}",
+        reason="TARGET_UNRESOLVABLE",
         hint=f"add {host} to DNS or to /etc/hosts on {from_host}, or have the target advertise an IP "
-             "address (advertise_libvirt_uri / migration_address in its agent config)")
+        "address (advertise_libvirt_uri / migration_address in its agent config)",
+    )
 
 
 def unreachable(peer: PeerAddress, address: str, from_host: str, detail: str) -> Unavailable:
@@ -119,22 +125,25 @@ def unreachable(peer: PeerAddress, address: str, from_host: str, detail: str) ->
         f"libvirtd on {via} port {peer.port} cannot be reached from {from_host}: {detail}",
         reason="TARGET_UNREACHABLE",
         hint=f"check routing and firewalls from {from_host} to {address}:{peer.port}, and that libvirtd on "
-             f"{peer.host} listens there ({listen} in libvirtd.conf with --listen, or the "
-             f"libvirtd-{peer.transport}.socket unit)")
+        f"{peer.host} listens there ({listen} in libvirtd.conf with --listen, or the "
+        f"libvirtd-{peer.transport}.socket unit)",
+    )
 
 
 def open_failed(uri: str, from_host: str, detail: str) -> Unavailable:
     return Unavailable(
-        f"a libvirt connection to {uri} cannot be opened from {from_host}: {detail}", reason="TARGET_UNREACHABLE",
+        f"a libvirt connection to {uri} cannot be opened from {from_host}: {detail}",
+        reason="TARGET_UNREACHABLE",
         hint=f"check that libvirtd runs on the target and accepts connections on {uri} (transport, port, TLS "
-             "certificates), and its log")
+        "certificates), and its log",
+    )
 
 
 # ---------------------------------------------------------------- the steps
 
-Resolve = Callable[[str, int], Awaitable[Sequence[str]]]     # (host, port) -> addresses; OSError/TimeoutError
-Connect = Callable[[str, int], Awaitable[None]]              # (address, port); OSError/TimeoutError
-OpenLibvirt = Callable[[], Awaitable[None]]                  # raises FerryError
+Resolve = Callable[[str, int], Awaitable[Sequence[str]]]  # (host, port) -> addresses; OSError/TimeoutError
+Connect = Callable[[str, int], Awaitable[None]]  # (address, port); OSError/TimeoutError
+OpenLibvirt = Callable[[], Awaitable[None]]  # raises FerryError
 
 
 def _why(exc: BaseException) -> str:
@@ -143,8 +152,16 @@ def _why(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
-async def probe_peer(uri: str, *, from_host: str, resolve: Resolve, connect: Connect, open_libvirt: OpenLibvirt,
-                     migration_address: str = "", clock: Callable[[], float] = time.monotonic) -> int:
+async def probe_peer(
+    uri: str,
+    *,
+    from_host: str,
+    resolve: Resolve,
+    connect: Connect,
+    open_libvirt: OpenLibvirt,
+    migration_address: str = "",
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
     """Run the steps of the module docstring; the round trip in ms (the TCP connect, else the
     libvirt open). Raises the first step's error."""
     peer = parse_peer_uri(uri)
@@ -181,6 +198,5 @@ async def probe_peer(uri: str, *, from_host: str, resolve: Resolve, connect: Con
             if not await resolve(migration_address, 0):
                 raise OSError("no address")
         except (OSError, TimeoutError) as exc:
-            raise unresolvable(migration_address, from_host, _why(exc),
-                               what="the target's migration address") from None
+            raise unresolvable(migration_address, from_host, _why(exc), what="the target's migration address") from None
     return max(0, round(latency * 1000))

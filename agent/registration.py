@@ -14,7 +14,7 @@ clean stop deletes it at once.
   that key is gone): a duplicate name is a configuration error the operator must fix;
 - :meth:`stop` revokes the lease, which deletes the key.
 
-The value is JSON (``coordinator/keys.HostRegistration``): name, agent gRPC address, libvirt URI, migration
+The value is JSON (``ferry/registry.HostRegistration``): name, agent gRPC address, libvirt URI, migration
 address, registration time.
 """
 
@@ -27,9 +27,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from ferry.agent.config import AgentConfig
-from ferry.coordinator.keys import HostRegistration, host_key
-from ferry.coordinator.store import Conflict, LeaseLost, Store
 from ferry.errors import AlreadyExists, FerryError, InvalidArgument
+from ferry.keys import host_key
+from ferry.registry import HostRegistration
+from ferry.store import Conflict, LeaseLost, Store
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,22 @@ def _utc_now() -> datetime:
 class Registration:
     """Keeps ``hosts/<name>`` alive under a lease while :meth:`run` runs."""
 
-    def __init__(self, store: Store, name: str, address: str, libvirt_uri: str = "", migration_address: str = "",
-                 ttl_s: int = 10, clock: Clock = _utc_now) -> None:
+    def __init__(
+        self,
+        store: Store,
+        name: str,
+        address: str,
+        libvirt_uri: str = "",
+        migration_address: str = "",
+        ttl_s: int = 10,
+        clock: Clock = _utc_now,
+    ) -> None:
         if ttl_s < 2:
-            raise InvalidArgument(f"registration ttl {ttl_s} s is too short", reason="CONFIG_INVALID",
-                                  hint="use ttl_s of at least 2 (10 is the default)")
+            raise InvalidArgument(
+                f"registration ttl {ttl_s} s is too short",
+                reason="CONFIG_INVALID",
+                hint="use ttl_s of at least 2 (10 is the default)",
+            )
         self.store = store
         self.name = name
         self.address = address
@@ -59,16 +71,17 @@ class Registration:
         self._previous_lease: int | None = None  # ours, given up after an outage; may still hold the key
         self._stopped = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.registered = asyncio.Event()   # set while our key is in the store (as far as we know)
-        self.registrations = 0              # how many times the key was (re)written
+        self.registered = asyncio.Event()  # set while our key is in the store (as far as we know)
+        self.registrations = 0  # how many times the key was (re)written
 
     @property
     def key(self) -> str:
         return host_key(self.name)
 
     def value(self) -> HostRegistration:
-        return HostRegistration(self.name, self.address, self.libvirt_uri, self.migration_address,
-                                self._clock().astimezone(UTC))
+        return HostRegistration(
+            self.name, self.address, self.libvirt_uri, self.migration_address, self._clock().astimezone(UTC)
+        )
 
     async def run(self) -> None:
         """Register and stay registered until :meth:`stop`. Store errors are retried, never raised."""
@@ -121,16 +134,20 @@ class Registration:
                 continue
             if not first and current.lease not in (lease, previous):
                 # after we were registered, someone else took the name: do not fight over it
-                log.error("host name %s is registered by another agent (%s); waiting until that key is gone",
-                          self.name, _address(current.value))
+                log.error(
+                    "host name %s is registered by another agent (%s); waiting until that key is gone",
+                    self.name,
+                    _address(current.value),
+                )
                 await self.store.revoke(lease)
                 self._lease = None
                 await self._wait_gone()
                 return False
             try:
                 await self.store.update(self.key, self.value().encode(), current.mod_revision, lease=lease)
-                log.info("replaced the registration of %s left by a previous run (%s)", self.name,
-                         _address(current.value))
+                log.info(
+                    "replaced the registration of %s left by a previous run (%s)", self.name, _address(current.value)
+                )
                 break
             except Conflict:
                 continue
@@ -162,15 +179,20 @@ class Registration:
                 return
             except (FerryError, TimeoutError) as exc:
                 if loop.time() - renewed_at >= self.ttl_s:
-                    log.warning("registration of %s could not be renewed for %d s; registering again",
-                                self.name, self.ttl_s)
+                    log.warning(
+                        "registration of %s could not be renewed for %d s; registering again", self.name, self.ttl_s
+                    )
                     return
-                log.info("registration keepalive of %s failed (%s); retrying",
-                         self.name, getattr(exc, "reason", "TIMEOUT"))
+                log.info(
+                    "registration keepalive of %s failed (%s); retrying", self.name, getattr(exc, "reason", "TIMEOUT")
+                )
                 continue
             if current is None or current.lease != lease:
-                log.warning("registration key of %s is %s; registering again", self.name,
-                            "gone" if current is None else "held by another lease")
+                log.warning(
+                    "registration key of %s is %s; registering again",
+                    self.name,
+                    "gone" if current is None else "held by another lease",
+                )
                 with contextlib.suppress(FerryError):
                     await self.store.revoke(lease)
                 return
@@ -214,10 +236,18 @@ def start_registration(config: AgentConfig) -> RunningRegistration | None:
     r = config.registry
     if r is None:
         return None
-    from ferry.coordinator.etcd_store import EtcdStore  # the etcd client only when registering
+    from ferry.etcd_store import EtcdStore  # the etcd client only when registering
+
     store = EtcdStore(r.etcd_endpoints, r.prefix, timeout_s=max(1.0, r.ttl_s / 3))
-    registration = Registration(store, config.name, r.address, config.advertise_libvirt_uri,
-                                config.migration_address, r.ttl_s)
-    log.info("registering %s at %s in etcd %s (prefix %s, ttl %d s)", config.name, r.address,
-             ",".join(r.etcd_endpoints), r.prefix, r.ttl_s)
+    registration = Registration(
+        store, config.name, r.address, config.advertise_libvirt_uri, config.migration_address, r.ttl_s
+    )
+    log.info(
+        "registering %s at %s in etcd %s (prefix %s, ttl %d s)",
+        config.name,
+        r.address,
+        ",".join(r.etcd_endpoints),
+        r.prefix,
+        r.ttl_s,
+    )
     return RunningRegistration(registration, store)

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 import grpc
 
 from ferry import convert
-from ferry.diskplan import plan_disks
 from ferry.agent.inventory import Inventory
 from ferry.agent.migration import MigrationDriver, MigrationOutcome, MigrationRequest, phase_of
 from ferry.agent.prepare import PrepareService, Problem
 from ferry.agent.source_disks import SourceDisks
+from ferry.diskplan import plan_disks
 from ferry.errors import FailedPrecondition, FerryError, InvalidArgument
 from ferry.model import DomainInfo, HostMapping, MigrationOptions, StorageMode
 from ferry.ports import Hypervisor
@@ -49,30 +49,38 @@ def disks_to_copy(domain: DomainInfo, options: MigrationOptions) -> list[str]:
 
 
 class AgentServicer(agrpc.AgentServicer):
-    def __init__(self, *, hypervisor: Hypervisor, inventory: Inventory, prepare: PrepareService,
-                 driver: MigrationDriver, source_disks: SourceDisks | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        hypervisor: Hypervisor,
+        inventory: Inventory,
+        prepare: PrepareService,
+        driver: MigrationDriver,
+        source_disks: SourceDisks | None = None,
+    ) -> None:
         """``source_disks`` defaults to one over the prepare service's host system (its prepared
         images are never removed as source disks)."""
         self.hypervisor = hypervisor
         self.inventory = inventory
         self.prepare = prepare
         self.driver = driver
-        self.source_disks = source_disks or SourceDisks(hypervisor, prepare.host_system, host_name=prepare.host_name,
-                                                        prepared=prepare.list)
-        self._migrating: dict[str, str] = {}   # domain UUID -> migration id, while a Migrate streams
+        self.source_disks = source_disks or SourceDisks(
+            hypervisor, prepare.host_system, host_name=prepare.host_name, prepared=prepare.list
+        )
+        self._migrating: dict[str, str] = {}  # domain UUID -> migration id, while a Migrate streams
 
     # ------------------------------------------------------------------ inventory
 
     @rpc_method
-    async def GetInventory(self, request: apb.GetInventoryRequest, context: grpc.aio.ServicerContext
-                           ) -> apb.Inventory:
+    async def GetInventory(self, request: apb.GetInventoryRequest, context: grpc.aio.ServicerContext) -> apb.Inventory:
         facts = await self.inventory.facts()
         domains = await self.inventory.domains()
         return apb.Inventory(host=convert.host_facts_to_pb(facts), domains=[convert.domain_to_pb(d) for d in domains])
 
     @rpc_method
-    async def GetDomain(self, request: apb.GetDomainRequest, context: grpc.aio.ServicerContext
-                        ) -> apb.GetDomainResponse:
+    async def GetDomain(
+        self, request: apb.GetDomainRequest, context: grpc.aio.ServicerContext
+    ) -> apb.GetDomainResponse:
         domain = await self.inventory.domain(_required(request.name, "name"))
         xml = await self.hypervisor.domain_xml(domain.uuid, migratable=True) if request.include_xml else ""
         return apb.GetDomainResponse(domain=convert.domain_to_pb(domain), xml=xml)
@@ -80,38 +88,50 @@ class AgentServicer(agrpc.AgentServicer):
     # ------------------------------------------------------------------ target side
 
     @rpc_method
-    async def PrepareIncoming(self, request: apb.PrepareIncomingRequest, context: grpc.aio.ServicerContext
-                              ) -> apb.PrepareIncomingResponse:
+    async def PrepareIncoming(
+        self, request: apb.PrepareIncomingRequest, context: grpc.aio.ServicerContext
+    ) -> apb.PrepareIncomingResponse:
         storage = convert.storage_mode_from_pb(request.storage) or StorageMode.SHARED
         out = await self.prepare.prepare(
-            _required(request.domain_xml, "domain_xml"), [convert.disk_plan_from_pb(d) for d in request.disks],
-            convert.mapping_from_pb(request.mapping), storage, request.ttl_seconds, request.migration_id,
-            request.dry_run)
+            _required(request.domain_xml, "domain_xml"),
+            [convert.disk_plan_from_pb(d) for d in request.disks],
+            convert.mapping_from_pb(request.mapping),
+            storage,
+            request.ttl_seconds,
+            request.migration_id,
+            request.dry_run,
+        )
         resp = apb.PrepareIncomingResponse(
-            prepare_id=out.prepare_id, destination_xml=out.destination_xml,
-            disks=[convert.disk_plan_to_pb(d) for d in out.disks], created=list(out.created),
-            problems=[_problem_to_pb(p) for p in out.problems])
+            prepare_id=out.prepare_id,
+            destination_xml=out.destination_xml,
+            disks=[convert.disk_plan_to_pb(d) for d in out.disks],
+            created=list(out.created),
+            problems=[_problem_to_pb(p) for p in out.problems],
+        )
         if out.expires_at is not None:
             resp.expires_at.CopyFrom(convert.timestamp_to_pb(out.expires_at))
         return resp
 
     @rpc_method
-    async def CleanupIncoming(self, request: apb.CleanupIncomingRequest, context: grpc.aio.ServicerContext
-                              ) -> apb.CleanupIncomingResponse:
+    async def CleanupIncoming(
+        self, request: apb.CleanupIncomingRequest, context: grpc.aio.ServicerContext
+    ) -> apb.CleanupIncomingResponse:
         removed, already_gone = await self.prepare.cleanup(_required(request.prepare_id, "prepare_id"))
         return apb.CleanupIncomingResponse(removed=removed, already_gone=already_gone)
 
     @rpc_method
-    async def CommitIncoming(self, request: apb.CommitIncomingRequest, context: grpc.aio.ServicerContext
-                             ) -> apb.CommitIncomingResponse:
+    async def CommitIncoming(
+        self, request: apb.CommitIncomingRequest, context: grpc.aio.ServicerContext
+    ) -> apb.CommitIncomingResponse:
         prepare_id = _required(request.prepare_id, "prepare_id")
         if not await self.prepare.commit(prepare_id):
             log.info("commit of prepare %s: no such record (already committed or cleaned up)", prepare_id)
         return apb.CommitIncomingResponse()
 
     @rpc_method
-    async def ListPrepares(self, request: apb.ListPreparesRequest, context: grpc.aio.ServicerContext
-                           ) -> apb.ListPreparesResponse:
+    async def ListPrepares(
+        self, request: apb.ListPreparesRequest, context: grpc.aio.ServicerContext
+    ) -> apb.ListPreparesResponse:
         return apb.ListPreparesResponse(prepares=[convert.prepare_record_to_pb(r) for r in self.prepare.list()])
 
     # ------------------------------------------------------------------ source side
@@ -119,50 +139,62 @@ class AgentServicer(agrpc.AgentServicer):
     async def _claim(self, domain: DomainInfo, migration_id: str) -> None:
         """One Migrate per domain: refuse while another streams here or libvirt runs a job."""
         busy = domain.uuid in self._migrating or (
-            domain.state.is_active and (await self.hypervisor.job_stats(domain.uuid)).active)
+            domain.state.is_active and (await self.hypervisor.job_stats(domain.uuid)).active
+        )
         if busy:
             other = self._migrating.get(domain.uuid, "")
             raise FailedPrecondition(
                 f"{domain.name} already has a running job" + (f" (migration {other})" if other else ""),
                 reason="MIGRATION_IN_PROGRESS",
-                hint="wait for it (GetJob) or stop it (AbortMigration) before migrating again")
+                hint="wait for it (GetJob) or stop it (AbortMigration) before migrating again",
+            )
         self._migrating[domain.uuid] = migration_id
 
     @rpc_method
-    async def Migrate(self, request: apb.MigrateRequest, context: grpc.aio.ServicerContext
-                      ) -> AsyncIterator[apb.MigrateEvent]:
+    async def Migrate(
+        self, request: apb.MigrateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[apb.MigrateEvent]:
         options = convert.options_from_pb(request.options)
         target_uri = _required(request.target_uri, "target_uri")
         domain = await self.inventory.domain(_required(request.domain, "domain"))
         disks = disks_to_copy(domain, options)
         copied = [d for d in domain.disks if d.target in disks]
         req = MigrationRequest(
-            domain=domain.uuid, target_uri=target_uri, options=options, destination_xml=request.destination_xml,
-            migrate_disks=tuple(disks), migrate_uri=request.migrate_uri,
+            domain=domain.uuid,
+            target_uri=target_uri,
+            options=options,
+            destination_xml=request.destination_xml,
+            migrate_disks=tuple(disks),
+            migrate_uri=request.migrate_uri,
             disk_bytes=sum(d.allocation or d.virtual_size for d in copied),
-            progress_interval_s=request.progress_interval_ms / 1000, migration_id=request.migration_id)
+            progress_interval_s=request.progress_interval_ms / 1000,
+            migration_id=request.migration_id,
+        )
         await self._claim(domain, request.migration_id)
         try:
             async for event in self.driver.run(req):
                 if isinstance(event, MigrationOutcome):
-                    yield apb.MigrateEvent(result=convert.migrate_result_to_pb(
-                        event.job, event.source_state, event.source_defined))
+                    yield apb.MigrateEvent(
+                        result=convert.migrate_result_to_pb(event.job, event.source_state, event.source_defined)
+                    )
                 else:
                     yield apb.MigrateEvent(progress=convert.progress_to_pb(event))
         finally:
             self._migrating.pop(domain.uuid, None)
 
     @rpc_method
-    async def AbortMigration(self, request: apb.AbortMigrationRequest, context: grpc.aio.ServicerContext
-                             ) -> apb.AbortMigrationResponse:
+    async def AbortMigration(
+        self, request: apb.AbortMigrationRequest, context: grpc.aio.ServicerContext
+    ) -> apb.AbortMigrationResponse:
         name = _required(request.domain, "domain")
         aborted = await self.hypervisor.abort_job(name)
         log.info("abort of the job of %s requested: %s", name, "aborting" if aborted else "no job running")
         return apb.AbortMigrationResponse(aborted=aborted)
 
     @rpc_method
-    async def TuneMigration(self, request: apb.TuneMigrationRequest, context: grpc.aio.ServicerContext
-                            ) -> apb.TuneMigrationResponse:
+    async def TuneMigration(
+        self, request: apb.TuneMigrationRequest, context: grpc.aio.ServicerContext
+    ) -> apb.TuneMigrationResponse:
         name = _required(request.domain, "domain")
         if request.HasField("max_downtime_ms"):
             await self.hypervisor.set_max_downtime(name, request.max_downtime_ms)
@@ -178,8 +210,9 @@ class AgentServicer(agrpc.AgentServicer):
         return convert.job_to_pb(stats, phase=phase_of(stats), completed=request.completed)
 
     @rpc_method
-    async def ProbeTarget(self, request: apb.ProbeTargetRequest, context: grpc.aio.ServicerContext
-                          ) -> apb.ProbeTargetResponse:
+    async def ProbeTarget(
+        self, request: apb.ProbeTargetRequest, context: grpc.aio.ServicerContext
+    ) -> apb.ProbeTargetResponse:
         """Problems reaching the target are the answer, not an error of the call."""
         uri = _required(request.target_uri, "target_uri")
         try:
@@ -190,8 +223,10 @@ class AgentServicer(agrpc.AgentServicer):
         return apb.ProbeTargetResponse(latency_ms=latency_ms)
 
     @rpc_method
-    async def RemoveSourceDisks(self, request: apb.RemoveSourceDisksRequest, context: grpc.aio.ServicerContext
-                                ) -> apb.RemoveSourceDisksResponse:
-        done = await self.source_disks.remove(_required(request.domain_uuid, "domain_uuid"), list(request.paths),
-                                              migration_id=request.migration_id)
+    async def RemoveSourceDisks(
+        self, request: apb.RemoveSourceDisksRequest, context: grpc.aio.ServicerContext
+    ) -> apb.RemoveSourceDisksResponse:
+        done = await self.source_disks.remove(
+            _required(request.domain_uuid, "domain_uuid"), list(request.paths), migration_id=request.migration_id
+        )
         return apb.RemoveSourceDisksResponse(removed=done.removed, already_gone=done.already_gone)

@@ -59,9 +59,13 @@ def not_local(paths: Iterable[str], dirs: Iterable[StorageDir], shared: Callable
     """
     dirs = list(dirs)
     local = [d.path for d in dirs if not d.shared]
-    return [p for p in paths
-            if not any(_under(p, d) and p.rstrip("/") != d.rstrip("/") for d in local)
-            or any(_under(p, d.path) for d in dirs if d.shared) or shared(p)]
+    return [
+        p
+        for p in paths
+        if not any(_under(p, d) and p.rstrip("/") != d.rstrip("/") for d in local)
+        or any(_under(p, d.path) for d in dirs if d.shared)
+        or shared(p)
+    ]
 
 
 def in_use(paths: Iterable[str], domains: Iterable[DomainInfo]) -> dict[str, str]:
@@ -85,8 +89,14 @@ class Removal:
 class SourceDisks:
     """RemoveSourceDisks over the Hypervisor and HostSystem ports (see the module docstring)."""
 
-    def __init__(self, hypervisor: Hypervisor, host: HostSystem, *, host_name: str,
-                 prepared: Callable[[], list[PrepareRecord]] = list) -> None:
+    def __init__(
+        self,
+        hypervisor: Hypervisor,
+        host: HostSystem,
+        *,
+        host_name: str,
+        prepared: Callable[[], list[PrepareRecord]] = list,
+    ) -> None:
         self._hv = hypervisor
         self._host = host
         self._host_name = host_name
@@ -95,21 +105,30 @@ class SourceDisks:
 
     async def remove(self, domain_uuid: str, paths: Sequence[str], *, migration_id: str = "") -> Removal:
         if not domain_uuid:
-            raise InvalidArgument("domain_uuid is required", reason="MISSING_FIELD",
-                                  hint="name the migrated domain by its UUID")
+            raise InvalidArgument(
+                "domain_uuid is required", reason="MISSING_FIELD", hint="name the migrated domain by its UUID"
+            )
         paths = list(dict.fromkeys(paths))
         bad = invalid_paths(paths)
         if bad:
-            raise InvalidArgument(f"not absolute, normalised paths: {', '.join(bad)}", reason="PATH_INVALID",
-                                  hint="pass the disk paths exactly as the domain's XML named them on this host")
+            raise InvalidArgument(
+                f"not absolute, normalised paths: {', '.join(bad)}",
+                reason="PATH_INVALID",
+                hint="pass the disk paths exactly as the domain's XML named them on this host",
+            )
         async with self._lock:
             await self._refuse(domain_uuid, paths)
             removed, gone = [], []
             for path in paths:
                 (removed if await asyncio.to_thread(self._host.remove, path) else gone).append(path)
-        log.info("removed the source disks of %s%s on %s: %s%s", domain_uuid,
-                 f" (migration {migration_id})" if migration_id else "", self._host_name,
-                 ", ".join(removed) or "none", f"; already gone: {', '.join(gone)}" if gone else "")
+        log.info(
+            "removed the source disks of %s%s on %s: %s%s",
+            domain_uuid,
+            f" (migration {migration_id})" if migration_id else "",
+            self._host_name,
+            ", ".join(removed) or "none",
+            f"; already gone: {', '.join(gone)}" if gone else "",
+        )
         return Removal(tuple(removed), tuple(gone))
 
     async def _refuse(self, uuid: str, paths: list[str]) -> None:
@@ -120,7 +139,8 @@ class SourceDisks:
                 f"{here.name} ({uuid}) still exists on {self._host_name} ({state}); its disks stay",
                 reason="DOMAIN_STILL_HERE",
                 hint=f"the domain did not (only) leave {self._host_name}: check where it runs (virsh list --all "
-                     f"on each host); if the copy here is stale, undefine it (virsh undefine {here.name}) first")
+                f"on each host); if the copy here is stale, undefine it (virsh undefine {here.name}) first",
+            )
         dirs = await asyncio.to_thread(self._host.storage_dirs)
         outside = await asyncio.to_thread(not_local, paths, dirs, self._host.is_shared)
         if outside:
@@ -129,16 +149,20 @@ class SourceDisks:
                 f"not in a local image directory of {self._host_name}: {', '.join(outside)}",
                 reason="PATH_NOT_LOCAL",
                 hint=f"only images under the local image_dirs ({local}) are removed; shared storage never is "
-                     "(remove such files by hand once no host uses them)")
+                "(remove such files by hand once no host uses them)",
+            )
         used = in_use(paths, await self._hv.list_domains())
         if used:
             raise FailedPrecondition(
                 "in use on " + self._host_name + ": " + ", ".join(f"{p} by {d}" for p, d in used.items()),
-                reason="DISK_IN_USE", hint="these files belong to other domains here: leave them")
+                reason="DISK_IN_USE",
+                hint="these files belong to other domains here: leave them",
+            )
         prepared = {p: r.prepare_id for r in self._prepared() for p in r.created if p in paths}
         if prepared:
             raise FailedPrecondition(
                 f"prepared for an incoming migration on {self._host_name}: "
                 + ", ".join(f"{p} (prepare {i})" for p, i in prepared.items()),
                 reason="PATH_PREPARED",
-                hint="an incoming migration will use these images: let it finish, or clean it up first")
+                hint="an incoming migration will use these images: let it finish, or clean it up first",
+            )

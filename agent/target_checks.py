@@ -22,8 +22,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from ferry.diskplan import map_path, plan_disks
 from ferry.agent.domxml import ParsedDomain, backing_formats, parse_disks, parse_domain, parse_nics
+from ferry.diskplan import map_path, plan_disks
 from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, ResourceExhausted
 from ferry.model import Disk, DiskPlan, DomainInfo, HostMapping, Nic, PrepareRecord, StorageDir, StorageMode
 
@@ -66,24 +66,24 @@ class TargetSnapshot:
     host_name: str
     bridges: tuple[str, ...] = ()
     networks: tuple[str, ...] = ()
-    domains: tuple[DomainInfo, ...] = ()          # domains here with the incoming name or UUID
+    domains: tuple[DomainInfo, ...] = ()  # domains here with the incoming name or UUID
     paths: Mapping[str, PathFacts] = field(default_factory=dict)  # destinations and backing files
-    records: tuple[PrepareRecord, ...] = ()        # prepares of the same domain not yet finished
+    records: tuple[PrepareRecord, ...] = ()  # prepares of the same domain not yet finished
     reserved: Mapping[str, int] = field(default_factory=dict)  # fs key -> bytes other prepares will fill
-    memory_available_bytes: int = 0                # free + reclaimable; 0 = unknown (not checked)
-    emulator_present: bool = True                  # the domain's <emulator> exists here (or none named)
-    cpu: CpuVerdict | None = None                  # None: not compared (no comparable <cpu>)
+    memory_available_bytes: int = 0  # free + reclaimable; 0 = unknown (not checked)
+    emulator_present: bool = True  # the domain's <emulator> exists here (or none named)
+    cpu: CpuVerdict | None = None  # None: not compared (no comparable <cpu>)
 
 
 @dataclass(frozen=True)
 class GuestCpu:
     """The guest's ``<cpu>`` and what libvirt needs to compare it with this host's hypervisor."""
 
-    mode: str           # "custom", "host-model", "host-passthrough", "maximum"
+    mode: str  # "custom", "host-model", "host-passthrough", "maximum"
     model: str
-    xml: str            # the <cpu> element alone, as virConnectCompareHypervisorCPU takes it
-    arch: str = ""      # <os><type arch=...>
-    machine: str = ""   # <os><type machine=...>
+    xml: str  # the <cpu> element alone, as virConnectCompareHypervisorCPU takes it
+    arch: str = ""  # <os><type arch=...>
+    machine: str = ""  # <os><type machine=...>
     virttype: str = ""  # <domain type=...>: "kvm", "qemu"
     emulator: str = ""  # <devices><emulator>
 
@@ -97,16 +97,18 @@ class GuestCpu:
 class CpuVerdict:
     """libvirt's answer for the guest's CPU on this host."""
 
-    incompatible: str = ""              # libvirt's explanation ("" = this host can run it)
-    failed: Problem | None = None       # libvirt could not compare (unknown model, machine...)
+    incompatible: str = ""  # libvirt's explanation ("" = this host can run it)
+    failed: Problem | None = None  # libvirt could not compare (unknown model, machine...)
 
 
 def cpu_check_failed(host: str, detail: str) -> FailedPrecondition:
     """libvirt on ``host`` could not compare the guest's CPU (the real and the fake adapter)."""
     return FailedPrecondition(
-        f"libvirt on {host} cannot check the guest's CPU: {detail}", reason="CPU_CHECK_FAILED",
+        f"libvirt on {host} cannot check the guest's CPU: {detail}",
+        reason="CPU_CHECK_FAILED",
         hint="the domain's CPU model, machine type or emulator is unknown to libvirt/QEMU on this host: "
-             "use ones it offers (virsh domcapabilities) or pick another target")
+        "use ones it offers (virsh domcapabilities) or pick another target",
+    )
 
 
 def guest_cpu(xml: str) -> GuestCpu | None:
@@ -154,8 +156,7 @@ def required_bytes(plan: DiskPlan) -> int:
     return plan.allocation or plan.virtual_size
 
 
-def resolve_plans(xml: str, plans: Iterable[DiskPlan], storage: StorageMode,
-                  mapping: HostMapping) -> list[DiskPlan]:
+def resolve_plans(xml: str, plans: Iterable[DiskPlan], storage: StorageMode, mapping: HostMapping) -> list[DiskPlan]:
     """Fill in what the caller left to the target (pure).
 
     * no plans at all: plan from the XML (sizes unknown there, so only SHARED works that way);
@@ -178,8 +179,11 @@ def resolve_plans(xml: str, plans: Iterable[DiskPlan], storage: StorageMode,
         if p.copy and storage is StorageMode.COPY_INC:
             chain = chains.get(p.target, ())
             backing = p.backing_file or (map_path(chain[0], mapping.path_prefixes) if chain else "")
-            p = replace(p, backing_file=backing,
-                        backing_format=p.backing_format or (formats.get(p.target, "") if backing else ""))
+            p = replace(
+                p,
+                backing_file=backing,
+                backing_format=p.backing_format or (formats.get(p.target, "") if backing else ""),
+            )
         elif p.copy:
             p = replace(p, backing_file="", backing_format="")
         out.append(p)
@@ -193,21 +197,29 @@ def _domain_problems(parsed: ParsedDomain, snap: TargetSnapshot) -> list[Problem
             continue  # libvirt lets an incoming migration replace its own inactive definition
         same = "name" if dom.name == parsed.name else "UUID"
         state = "running" if dom.state.is_active else "defined, not running"
-        out.append(Problem(
-            AlreadyExists, "DOMAIN_EXISTS",
-            f"{snap.host_name} already has a domain with the {same} of {parsed.name} "
-            f"({dom.name}, {dom.uuid}, {state})",
-            f"it already runs on {snap.host_name}: nothing to migrate" if dom.state.is_active and
-            dom.uuid == parsed.uuid else
-            f"if {dom.name} on {snap.host_name} is a stale copy, undefine it there (virsh undefine {dom.name}); "
-            "otherwise pick another target"))
+        out.append(
+            Problem(
+                AlreadyExists,
+                "DOMAIN_EXISTS",
+                f"{snap.host_name} already has a domain with the {same} of {parsed.name} "
+                f"({dom.name}, {dom.uuid}, {state})",
+                f"it already runs on {snap.host_name}: nothing to migrate"
+                if dom.state.is_active and dom.uuid == parsed.uuid
+                else f"if {dom.name} on {snap.host_name} is a stale copy, undefine it there "
+                f"(virsh undefine {dom.name}); otherwise pick another target",
+            )
+        )
     for rec in snap.records:
-        out.append(Problem(
-            AlreadyExists, "PREPARE_EXISTS",
-            f"{snap.host_name} already has a prepared incoming migration of {rec.domain_name} "
-            f"(prepare {rec.prepare_id}, migration {rec.migration_id or 'unknown'})",
-            f"let that migration finish, or clean it up (CleanupIncoming {rec.prepare_id}); "
-            f"it expires at {rec.expires_at.isoformat()}"))
+        out.append(
+            Problem(
+                AlreadyExists,
+                "PREPARE_EXISTS",
+                f"{snap.host_name} already has a prepared incoming migration of {rec.domain_name} "
+                f"(prepare {rec.prepare_id}, migration {rec.migration_id or 'unknown'})",
+                f"let that migration finish, or clean it up (CleanupIncoming {rec.prepare_id}); "
+                f"it expires at {rec.expires_at.isoformat()}",
+            )
+        )
     return out
 
 
@@ -225,15 +237,20 @@ def _nic_problems(nics: Iterable[Nic], mapping: HostMapping, snap: TargetSnapsho
         mapped = f" (mapped from {nic.source})" if wanted != nic.source else ""
         listed = ", ".join(have) if have else "none"
         example = have[0] if have else f"TARGET_{kind.upper()}"
-        out.append(Problem(
-            FailedPrecondition, f"{kind.upper()}_MISSING",
-            f"{kind} {wanted}{mapped} does not exist on {snap.host_name}",
-            f"{snap.host_name} has {kind}s {listed}; map it: --map-{kind} {nic.source}={example}"))
+        out.append(
+            Problem(
+                FailedPrecondition,
+                f"{kind.upper()}_MISSING",
+                f"{kind} {wanted}{mapped} does not exist on {snap.host_name}",
+                f"{snap.host_name} has {kind}s {listed}; map it: --map-{kind} {nic.source}={example}",
+            )
+        )
     return out
 
 
-def _disk_problems(plans: list[DiskPlan], storage: StorageMode, devices: Mapping[str, Disk] | None,
-                   snap: TargetSnapshot) -> list[Problem]:
+def _disk_problems(
+    plans: list[DiskPlan], storage: StorageMode, devices: Mapping[str, Disk] | None, snap: TargetSnapshot
+) -> list[Problem]:
     out: list[Problem] = []
     host = snap.host_name
     facts = snap.paths
@@ -241,14 +258,24 @@ def _disk_problems(plans: list[DiskPlan], storage: StorageMode, devices: Mapping
     for p in plans:
         dest = p.destination
         if devices is not None and p.target not in devices:
-            out.append(Problem(InvalidArgument, "DISK_NOT_IN_DOMAIN",
-                               f"the disk plan names {p.target}, which the domain does not have",
-                               f"the domain's disks are {', '.join(sorted(devices)) or 'none'}"))
+            out.append(
+                Problem(
+                    InvalidArgument,
+                    "DISK_NOT_IN_DOMAIN",
+                    f"the disk plan names {p.target}, which the domain does not have",
+                    f"the domain's disks are {', '.join(sorted(devices)) or 'none'}",
+                )
+            )
             continue
         if dest in destinations:
-            out.append(Problem(InvalidArgument, "DUPLICATE_DESTINATION",
-                               f"disks {destinations[dest]} and {p.target} would both live at {dest}",
-                               "map them to different paths (--map-path)"))
+            out.append(
+                Problem(
+                    InvalidArgument,
+                    "DUPLICATE_DESTINATION",
+                    f"disks {destinations[dest]} and {p.target} would both live at {dest}",
+                    "map them to different paths (--map-path)",
+                )
+            )
             continue
         destinations[dest] = p.target
         f = facts.get(dest, PathFacts(exists=False))
@@ -257,46 +284,79 @@ def _disk_problems(plans: list[DiskPlan], storage: StorageMode, devices: Mapping
             disk = devices.get(p.target) if devices is not None else None
             writable = disk is not None and not disk.readonly and disk.device == "disk"
             if not f.exists:
-                out.append(Problem(
-                    FailedPrecondition, "SHARED_DISK_MISSING",
-                    f"disk {p.target} ({why}) is expected at {dest} on {host}, but nothing is there",
-                    f"make {os.path.dirname(dest)} visible on {host} (mount the shared storage), map the path "
-                    f"(--map-path {os.path.dirname(p.source)}=DIR), or copy the disk (--copy-storage-all)"))
+                out.append(
+                    Problem(
+                        FailedPrecondition,
+                        "SHARED_DISK_MISSING",
+                        f"disk {p.target} ({why}) is expected at {dest} on {host}, but nothing is there",
+                        f"make {os.path.dirname(dest)} visible on {host} (mount the shared storage), map the path "
+                        f"(--map-path {os.path.dirname(p.source)}=DIR), or copy the disk (--copy-storage-all)",
+                    )
+                )
             elif writable and not f.shared:
-                out.append(Problem(
-                    FailedPrecondition, "DISK_NOT_SHARED",
-                    f"disk {p.target} ({why}) is writable, but {dest} on {host} is on local storage: the guest "
-                    "would continue on a different file than on the source",
-                    f"copy the disk (--copy-storage-all); if {os.path.dirname(dest)} really is shared, list it "
-                    f"in shared_dirs of {host}'s agent config"))
+                out.append(
+                    Problem(
+                        FailedPrecondition,
+                        "DISK_NOT_SHARED",
+                        f"disk {p.target} ({why}) is writable, but {dest} on {host} is on local storage: the guest "
+                        "would continue on a different file than on the source",
+                        f"copy the disk (--copy-storage-all); if {os.path.dirname(dest)} really is shared, list it "
+                        f"in shared_dirs of {host}'s agent config",
+                    )
+                )
             continue
         if storage is StorageMode.SHARED:
-            out.append(Problem(InvalidArgument, "COPY_WITH_SHARED_STORAGE",
-                               f"disk {p.target} is planned as a copy, but the storage mode is shared",
-                               "use --copy-storage-all or --copy-storage-inc, or plan the disk as shared"))
+            out.append(
+                Problem(
+                    InvalidArgument,
+                    "COPY_WITH_SHARED_STORAGE",
+                    f"disk {p.target} is planned as a copy, but the storage mode is shared",
+                    "use --copy-storage-all or --copy-storage-inc, or plan the disk as shared",
+                )
+            )
             continue
         if p.virtual_size <= 0:
-            out.append(Problem(InvalidArgument, "DISK_SIZE_UNKNOWN",
-                               f"disk {p.target} has no virtual size; its image cannot be created",
-                               "pass disk plans with sizes (the source agent's inventory has them)"))
+            out.append(
+                Problem(
+                    InvalidArgument,
+                    "DISK_SIZE_UNKNOWN",
+                    f"disk {p.target} has no virtual size; its image cannot be created",
+                    "pass disk plans with sizes (the source agent's inventory has them)",
+                )
+            )
         if f.exists:
-            out.append(Problem(
-                AlreadyExists, "FILE_IN_THE_WAY",
-                f"{dest} already exists on {host} (disk {p.target} would be created there)",
-                f"remove or move {dest} on {host} if it is a leftover, or map the disk elsewhere "
-                f"(--map-path {os.path.dirname(p.source)}=DIR)"))
+            out.append(
+                Problem(
+                    AlreadyExists,
+                    "FILE_IN_THE_WAY",
+                    f"{dest} already exists on {host} (disk {p.target} would be created there)",
+                    f"remove or move {dest} on {host} if it is a leftover, or map the disk elsewhere "
+                    f"(--map-path {os.path.dirname(p.source)}=DIR)",
+                )
+            )
         elif not f.writable_dir:
-            out.append(Problem(
-                FailedPrecondition, "PATH_NOT_WRITABLE",
-                f"the agent cannot create {dest} on {host}: its directory is not writable",
-                f"make {os.path.dirname(dest)} writable for the agent, or map the disk elsewhere (--map-path)"))
-        if storage is StorageMode.COPY_INC and p.backing_file and \
-                not facts.get(p.backing_file, PathFacts(exists=False)).exists:
-            out.append(Problem(
-                FailedPrecondition, "BACKING_MISSING",
-                f"disk {p.target} needs its backing file {p.backing_file} on {host}, and it is not there",
-                f"copy the backing file to {p.backing_file} on {host}, map its directory (--map-path), "
-                "or copy the whole disk (--copy-storage-all)"))
+            out.append(
+                Problem(
+                    FailedPrecondition,
+                    "PATH_NOT_WRITABLE",
+                    f"the agent cannot create {dest} on {host}: its directory is not writable",
+                    f"make {os.path.dirname(dest)} writable for the agent, or map the disk elsewhere (--map-path)",
+                )
+            )
+        if (
+            storage is StorageMode.COPY_INC
+            and p.backing_file
+            and not facts.get(p.backing_file, PathFacts(exists=False)).exists
+        ):
+            out.append(
+                Problem(
+                    FailedPrecondition,
+                    "BACKING_MISSING",
+                    f"disk {p.target} needs its backing file {p.backing_file} on {host}, and it is not there",
+                    f"copy the backing file to {p.backing_file} on {host}, map its directory (--map-path), "
+                    "or copy the whole disk (--copy-storage-all)",
+                )
+            )
     return out + _space_problems([p for p in plans if p.copy and p.destination in destinations], snap)
 
 
@@ -312,23 +372,31 @@ def _space_problems(copies: list[DiskPlan], snap: TargetSnapshot) -> list[Proble
         if need <= free - reserved:
             continue
         others = f", {human_bytes(reserved)} of it promised to other incoming migrations" if reserved else ""
-        out.append(Problem(
-            ResourceExhausted, "INSUFFICIENT_SPACE",
-            f"disks {', '.join(p.target for p in plans)} need {human_bytes(need)} under {key} on "
-            f"{snap.host_name}; {human_bytes(free)} free{others}",
-            f"free {human_bytes(need - free + reserved)} there, or map the disks to a roomier directory "
-            "(--map-path)"))
+        out.append(
+            Problem(
+                ResourceExhausted,
+                "INSUFFICIENT_SPACE",
+                f"disks {', '.join(p.target for p in plans)} need {human_bytes(need)} under {key} on "
+                f"{snap.host_name}; {human_bytes(free)} free{others}",
+                f"free {human_bytes(need - free + reserved)} there, or map the disks to a roomier directory "
+                "(--map-path)",
+            )
+        )
     return out
 
 
 def _cpu_problems(parsed: ParsedDomain, cpu: GuestCpu | None, snap: TargetSnapshot) -> list[Problem]:
     out = []
     if cpu is not None and cpu.emulator and not snap.emulator_present:
-        out.append(Problem(
-            FailedPrecondition, "EMULATOR_MISSING",
-            f"{parsed.name} runs on the emulator {cpu.emulator}, which does not exist on {snap.host_name}",
-            f"install QEMU at {cpu.emulator} on {snap.host_name} (every host needs the same emulator path), "
-            "or pick another target"))
+        out.append(
+            Problem(
+                FailedPrecondition,
+                "EMULATOR_MISSING",
+                f"{parsed.name} runs on the emulator {cpu.emulator}, which does not exist on {snap.host_name}",
+                f"install QEMU at {cpu.emulator} on {snap.host_name} (every host needs the same emulator path), "
+                "or pick another target",
+            )
+        )
     verdict = snap.cpu
     if cpu is None or verdict is None:
         return out
@@ -336,12 +404,17 @@ def _cpu_problems(parsed: ParsedDomain, cpu: GuestCpu | None, snap: TargetSnapsh
         out.append(verdict.failed)
     elif verdict.incompatible:
         model = f"model {cpu.model}, " if cpu.model else ""
-        out.append(Problem(
-            FailedPrecondition, "CPU_INCOMPATIBLE",
-            f"{snap.host_name} cannot run the CPU of {parsed.name} ({model}mode {cpu.mode}): {verdict.incompatible}",
-            f"pick a target whose CPU has the features named, or give {parsed.name} a CPU model every host "
-            "offers (e.g. a baseline of all hosts' CPUs: virsh hypervisor-cpu-baseline on their domain "
-            "capabilities), then restart it"))
+        out.append(
+            Problem(
+                FailedPrecondition,
+                "CPU_INCOMPATIBLE",
+                f"{snap.host_name} cannot run the CPU of {parsed.name} ({model}mode {cpu.mode}): "
+                f"{verdict.incompatible}",
+                f"pick a target whose CPU has the features named, or give {parsed.name} a CPU model every host "
+                "offers (e.g. a baseline of all hosts' CPUs: virsh hypervisor-cpu-baseline on their domain "
+                "capabilities), then restart it",
+            )
+        )
     return out
 
 
@@ -349,15 +422,20 @@ def _memory_problems(parsed: ParsedDomain, snap: TargetSnapshot) -> list[Problem
     have, need = snap.memory_available_bytes, parsed.memory_bytes
     if not have or need <= have:
         return []
-    return [Problem(
-        ResourceExhausted, "INSUFFICIENT_MEMORY",
-        f"{parsed.name} needs {human_bytes(need)} of memory; {snap.host_name} has {human_bytes(have)} available",
-        f"free {human_bytes(need - have)} on {snap.host_name} (stop or migrate other guests away), or pick "
-        "another target")]
+    return [
+        Problem(
+            ResourceExhausted,
+            "INSUFFICIENT_MEMORY",
+            f"{parsed.name} needs {human_bytes(need)} of memory; {snap.host_name} has {human_bytes(have)} available",
+            f"free {human_bytes(need - have)} on {snap.host_name} (stop or migrate other guests away), or pick "
+            "another target",
+        )
+    ]
 
 
-def check_target(xml: str, plans: list[DiskPlan], mapping: HostMapping, storage: StorageMode,
-                 snapshot: TargetSnapshot) -> list[Problem]:
+def check_target(
+    xml: str, plans: list[DiskPlan], mapping: HostMapping, storage: StorageMode, snapshot: TargetSnapshot
+) -> list[Problem]:
     """Every reason this host cannot take the domain (empty: ready), in the order an operator
     would fix them: the definition, the domain itself, its CPU and memory, networking, disks,
     space."""
@@ -365,11 +443,17 @@ def check_target(xml: str, plans: list[DiskPlan], mapping: HostMapping, storage:
         parsed, nics = parse_domain(xml), parse_nics(xml)
         devices: dict[str, Disk] | None = {d.target: d for d in parse_disks(xml)}
     except InvalidArgument as exc:
-        return [Problem(InvalidArgument, exc.reason, exc.message, exc.hint),
-                *_disk_problems(plans, storage, None, snapshot)]
-    return [*_domain_problems(parsed, snapshot), *_cpu_problems(parsed, guest_cpu(xml), snapshot),
-            *_memory_problems(parsed, snapshot), *_nic_problems(nics, mapping, snapshot),
-            *_disk_problems(plans, storage, devices, snapshot)]
+        return [
+            Problem(InvalidArgument, exc.reason, exc.message, exc.hint),
+            *_disk_problems(plans, storage, None, snapshot),
+        ]
+    return [
+        *_domain_problems(parsed, snapshot),
+        *_cpu_problems(parsed, guest_cpu(xml), snapshot),
+        *_memory_problems(parsed, snapshot),
+        *_nic_problems(nics, mapping, snapshot),
+        *_disk_problems(plans, storage, devices, snapshot),
+    ]
 
 
 def refusal(problems: list[Problem]) -> FerryError:
@@ -378,8 +462,11 @@ def refusal(problems: list[Problem]) -> FerryError:
     if len(problems) == 1:
         return first.to_error()
     hints = list(dict.fromkeys(p.hint for p in problems if p.hint))
-    return first.error(f"{len(problems)} problems: " + "; ".join(p.message for p in problems),
-                       reason=first.reason, hint="; ".join(hints))
+    return first.error(
+        f"{len(problems)} problems: " + "; ".join(p.message for p in problems),
+        reason=first.reason,
+        hint="; ".join(hints),
+    )
 
 
 def storage_key(path: str, dirs: Iterable[StorageDir]) -> str:
@@ -390,4 +477,3 @@ def storage_key(path: str, dirs: Iterable[StorageDir]) -> str:
         if (path == root or path.startswith(root + "/")) and len(root) > len(best):
             best = root
     return best or os.path.dirname(path)
-

@@ -143,11 +143,17 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> 
     sizes = [max(len(r[i]) for r in cells) for i in range(width)]
 
     def line(row: Sequence[str]) -> str:
-        return "| " + " | ".join(c.rjust(s) if num else c.ljust(s)
-                                 for c, s, num in zip(row, sizes, numeric, strict=True)) + " |"
+        return (
+            "| "
+            + " | ".join(c.rjust(s) if num else c.ljust(s) for c, s, num in zip(row, sizes, numeric, strict=True))
+            + " |"
+        )
 
-    rule = "|" + "|".join("-" * (s + 1) + ":" if num else "-" * (s + 2)
-                          for s, num in zip(sizes, numeric, strict=True)) + "|"
+    rule = (
+        "|"
+        + "|".join("-" * (s + 1) + ":" if num else "-" * (s + 2) for s, num in zip(sizes, numeric, strict=True))
+        + "|"
+    )
     head = "| " + " | ".join(c.ljust(s) for c, s in zip(cells[0], sizes, strict=True)) + " |"
     return "\n".join([head, rule, *(line(r) for r in cells[1:])])
 
@@ -187,7 +193,7 @@ def peak_overlap(intervals: Iterable[tuple[float, float]]) -> int:
     """
     events = sorted((t, step) for start, end in intervals for t, step in ((start, 1), (end, -1)))
     peak = current = 0
-    for _, step in events:      # at equal times -1 sorts before +1: ends first
+    for _, step in events:  # at equal times -1 sorts before +1: ends first
         current += step
         peak = max(peak, current)
     return peak
@@ -208,8 +214,9 @@ def peak_overlap_by(intervals: Iterable[tuple[K, float, float]]) -> dict[K, int]
 # ---------------------------------------------------------------- drain planning
 
 
-def plan_drain(vms_by_host: Mapping[str, Sequence[str]], drained: Collection[str],
-               sort_key: Callable[[str], object] | None = None) -> list[tuple[str, str, str]]:
+def plan_drain(
+    vms_by_host: Mapping[str, Sequence[str]], drained: Collection[str], sort_key: Callable[[str], object] | None = None
+) -> list[tuple[str, str, str]]:
     """(vm, source, target) for every VM of the drained hosts: each goes to the host that then has
     the fewest VMs (counting the ones already sent there), ties broken by ``sort_key`` (default:
     the name), so the drained VMs spread evenly over the rest of the fleet.

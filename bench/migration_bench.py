@@ -56,7 +56,7 @@ from pathlib import Path
 from types import FrameType
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "lab"))   # agentflow.py: a migration through the agents' API
+sys.path.insert(0, str(REPO / "tests" / "lab"))  # agentflow.py: a migration through the agents' API
 
 from benchlib import (
     jobinfo_ms,
@@ -72,11 +72,11 @@ from benchlib import (
     secs,
     spread,
 )
+
 from ferry.lab import ControlPlane, Lab
 from ferry.lab.controlplane import lab_cli_config
 from ferry.lab.domain import parse_size
 from ferry.lab.topology import IMAGE_DIR
-
 from ferry.model import StorageMode
 
 FERRY = Path(sys.executable).parent / "ferry"
@@ -96,8 +96,8 @@ class Sample:
     job_ms: float | None = None
     downtime_ms: float | None = None
     note: str = ""
-    migrate_call_s: float | None = None   # agent case: the Migrate stream alone
-    limit_s: float | None = None          # the time it was given (busy cases)
+    migrate_call_s: float | None = None  # agent case: the Migrate stream alone
+    limit_s: float | None = None  # the time it was given (busy cases)
 
 
 @dataclass(frozen=True)
@@ -115,12 +115,18 @@ CASES = (
 
 
 def busy_cases(bandwidth: int, quick: bool) -> tuple[Case, ...]:
-    cases = (Case("busy-raw", f"busy guest: raw `virsh migrate ... --bandwidth {bandwidth}`", True),
-             Case("busy-postcopy", f"busy guest: `ferry migrate ... --bandwidth {bandwidth} --postcopy "
-                                   "--postcopy-on-stall`", True))
+    cases = (
+        Case("busy-raw", f"busy guest: raw `virsh migrate ... --bandwidth {bandwidth}`", True),
+        Case(
+            "busy-postcopy",
+            f"busy guest: `ferry migrate ... --bandwidth {bandwidth} --postcopy --postcopy-on-stall`",
+            True,
+        ),
+    )
     if not quick:
-        cases += (Case("busy-autoconverge", f"busy guest: `ferry migrate ... --bandwidth {bandwidth} "
-                                            "--auto-converge`", True),)
+        cases += (
+            Case("busy-autoconverge", f"busy guest: `ferry migrate ... --bandwidth {bandwidth} --auto-converge`", True),
+        )
     return cases
 
 
@@ -147,9 +153,23 @@ class Migrator:
     # -- raw virsh, the operator's way
 
     def _virsh_migrate_argv(self, vm: str, target: str, extra: Sequence[str]) -> list[str]:
-        return self.lab.exec_argv(self.source_of(vm), [
-            "virsh", "-c", "qemu:///system", "migrate", "--live", "--p2p", "--copy-storage-all",
-            "--persistent", "--undefinesource", *extra, vm, self.lab.tcp_uri(target)])
+        return self.lab.exec_argv(
+            self.source_of(vm),
+            [
+                "virsh",
+                "-c",
+                "qemu:///system",
+                "migrate",
+                "--live",
+                "--p2p",
+                "--copy-storage-all",
+                "--persistent",
+                "--undefinesource",
+                *extra,
+                vm,
+                self.lab.tcp_uri(target),
+            ],
+        )
 
     def source_of(self, vm: str) -> str:
         return next(h for h in HOSTS if self.running_on(h, vm))
@@ -162,16 +182,18 @@ class Migrator:
         info = parse_domjobinfo(self.lab.virsh(host, "domjobinfo", "--completed", vm, check=False).stdout)
         return jobinfo_ms(info, "Time elapsed"), jobinfo_ms(info, "Total downtime")
 
-    def raw(self, case: str, vm: str, source: str, target: str, *, bandwidth: int = 0,
-            limit_s: float = MIGRATE_TIMEOUT_S) -> Sample:
+    def raw(
+        self, case: str, vm: str, source: str, target: str, *, bandwidth: int = 0, limit_s: float = MIGRATE_TIMEOUT_S
+    ) -> Sample:
         """qemu-img create inside the target, then virsh migrate inside the source; after
         ``limit_s`` the job is aborted (virsh domjobabort) and the sample has no wall time."""
         extra = ["--bandwidth", str(bandwidth)] if bandwidth else []
         argv = self._virsh_migrate_argv(vm, target, extra)
         started = time.monotonic()
         self.lab.host_exec(target, "qemu-img", "create", "-q", "-f", "qcow2", disk_of(vm), str(self.disk_bytes))
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         try:
             out, err = proc.communicate(timeout=limit_s)
         except subprocess.TimeoutExpired:
@@ -183,23 +205,26 @@ class Migrator:
         job, downtime = self._completed_job(target, vm)
         return Sample(case, source, target, wall, job, downtime)
 
-    def _abort(self, case: str, vm: str, source: str, target: str, proc: subprocess.Popen[str],
-               limit_s: float) -> Sample:
+    def _abort(
+        self, case: str, vm: str, source: str, target: str, proc: subprocess.Popen[str], limit_s: float
+    ) -> Sample:
         info = parse_domjobinfo(self.lab.virsh(source, "domjobinfo", vm, check=False).stdout)
         self.lab.virsh(source, "domjobabort", vm, check=False, timeout=60)
         try:
             proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
-            proc.kill()       # our own virsh client, by its PID; the job itself was aborted above
+            proc.kill()  # our own virsh client, by its PID; the job itself was aborted above
             proc.communicate()
         self.lab.host_exec(target, "rm", "-f", disk_of(vm), check=False)
         remaining = jobinfo_number(info, "Memory remaining")
         dirty_pages = jobinfo_number(info, "Dirty rate")
         where = "still runs on " + source if self.running_on(source, vm) else "does NOT run on " + source
-        note = (f"aborted after {limit_s:.0f} s at iteration {info.get('Iteration', '?')}, "
-                f"{f'{remaining:.0f}' if remaining is not None else '?'} MiB left"
-                + (f", guest dirtying {dirty_pages * 4096 / (1 << 20):.0f} MiB/s" if dirty_pages else "")
-                + f"; guest {where}")
+        note = (
+            f"aborted after {limit_s:.0f} s at iteration {info.get('Iteration', '?')}, "
+            f"{f'{remaining:.0f}' if remaining is not None else '?'} MiB left"
+            + (f", guest dirtying {dirty_pages * 4096 / (1 << 20):.0f} MiB/s" if dirty_pages else "")
+            + f"; guest {where}"
+        )
         return Sample(case, source, target, None, note=note, limit_s=limit_s)
 
     # -- Ferry through the agents' gRPC API
@@ -211,8 +236,15 @@ class Migrator:
         run = asyncio.run(agentflow.migrate(self.lab, vm, source, target, storage=StorageMode.COPY_ALL))
         wall = time.monotonic() - started
         job = run.result.job if run.result is not None else None
-        return Sample(case, source, target, wall, job.time_elapsed_ms if job else None,
-                      job.downtime_ms if job else None, migrate_call_s=run.wall_s)
+        return Sample(
+            case,
+            source,
+            target,
+            wall,
+            job.time_elapsed_ms if job else None,
+            job.downtime_ms if job else None,
+            migrate_call_s=run.wall_s,
+        )
 
     # -- Ferry end to end: the CLI against the coordinator
 
@@ -227,13 +259,18 @@ class Migrator:
         walls = []
         for _ in range(repeat):
             started = time.monotonic()
-            subprocess.run([str(FERRY), "--output", "json", "hosts"], capture_output=True, env=self._cli_env(),
-                           stdin=subprocess.DEVNULL, timeout=60, check=True)
+            subprocess.run(
+                [str(FERRY), "--output", "json", "hosts"],
+                capture_output=True,
+                env=self._cli_env(),
+                stdin=subprocess.DEVNULL,
+                timeout=60,
+                check=True,
+            )
             walls.append(time.monotonic() - started)
         return median(walls)
 
-    def cli(self, case: str, vm: str, source: str, target: str, *flags: str,
-            limit_s: float | None = None) -> Sample:
+    def cli(self, case: str, vm: str, source: str, target: str, *flags: str, limit_s: float | None = None) -> Sample:
         """``ferry migrate``; with ``limit_s`` as its ``--timeout``: a migration that ends without
         success then (rolled back by Ferry) is a sample without wall time, any other failure raises."""
         env = self._cli_env()
@@ -241,8 +278,15 @@ class Migrator:
         if limit_s is not None:
             argv += ["--timeout", str(int(limit_s))]
         started = time.monotonic()
-        done = subprocess.run(argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
-                              timeout=MIGRATE_TIMEOUT_S + 60, check=False)
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            timeout=MIGRATE_TIMEOUT_S + 60,
+            check=False,
+        )
         wall = time.monotonic() - started
         try:
             data = json.loads(done.stdout)
@@ -251,18 +295,32 @@ class Migrator:
         phase = str(data.get("phase", ""))
         if limit_s is not None and done.returncode == 1 and phase != "PHASE_SUCCEEDED":
             reason = data.get("error", {}).get("reason", "?")
-            return Sample(case, source, target, None, limit_s=limit_s,
-                          note=f"ended {phase.removeprefix('PHASE_')} after {wall:.0f} s ({reason})")
+            return Sample(
+                case,
+                source,
+                target,
+                None,
+                limit_s=limit_s,
+                note=f"ended {phase.removeprefix('PHASE_')} after {wall:.0f} s ({reason})",
+            )
         if done.returncode != 0 or phase != "PHASE_SUCCEEDED":
-            raise RuntimeError(f"ferry migrate {vm} -> {target} exited {done.returncode}: "
-                               f"{done.stdout[-1500:]} {done.stderr[-1500:]}")
+            raise RuntimeError(
+                f"ferry migrate {vm} -> {target} exited {done.returncode}: {done.stdout[-1500:]} {done.stderr[-1500:]}"
+            )
         result = data.get("result", {})
         notes = ["switched to post-copy"] if result.get("postcopy") else []
         if result.get("iterations"):
             notes.append(f"{result['iterations']} iterations")
         notes += slow_steps(data.get("history", []), wall)
-        return Sample(case, source, target, wall, float(result.get("time_elapsed_ms", 0)) or None,
-                      float(result.get("downtime_ms", 0)) or None, note=", ".join(notes))
+        return Sample(
+            case,
+            source,
+            target,
+            wall,
+            float(result.get("time_elapsed_ms", 0)) or None,
+            float(result.get("downtime_ms", 0)) or None,
+            note=", ".join(notes),
+        )
 
     # -- housekeeping (untimed)
 
@@ -282,14 +340,18 @@ def slow_steps(history: Sequence[dict[str, str]], wall_s: float, over_s: float =
     json`` prints it: a phase other than Migrating longer than ``over_s``, and the CLI seeing the
     final phase much later than the record reached it."""
     try:
-        steps = [(h["phase"].removeprefix("PHASE_").title(), datetime.fromisoformat(h["at"]).timestamp())
-                 for h in history]
+        steps = [
+            (h["phase"].removeprefix("PHASE_").title(), datetime.fromisoformat(h["at"]).timestamp()) for h in history
+        ]
     except (KeyError, ValueError):
         return []
     if len(steps) < 2:
         return []
-    out = [f"{phase} took {spent:.0f} s" for phase, spent in phase_durations(steps).items()
-           if phase != "Migrating" and spent > over_s]
+    out = [
+        f"{phase} took {spent:.0f} s"
+        for phase, spent in phase_durations(steps).items()
+        if phase != "Migrating" and spent > over_s
+    ]
     late = wall_s - (steps[-1][1] - steps[0][1])
     if late > over_s:
         out.append(f"the CLI returned {late:.0f} s after the record was final")
@@ -315,8 +377,12 @@ class Settings:
 def boot(lab: Lab, names: Sequence[str], settings: Settings, **kw: object) -> None:
     """Start the guests on host1 at once (TCG boots take ~10 s each, more in parallel)."""
     with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
-        futures = [pool.submit(lab.guest, name, HOSTS[0], memory_mib=settings.memory_mib,
-                               disks=(settings.disk,), nic=False, **kw) for name in names]
+        futures = [
+            pool.submit(
+                lab.guest, name, HOSTS[0], memory_mib=settings.memory_mib, disks=(settings.disk,), nic=False, **kw
+            )
+            for name in names
+        ]
         for f in futures:
             f.result()
 
@@ -346,8 +412,10 @@ def run_cases(lab: Lab, settings: Settings) -> tuple[list[Sample], float]:
             sample = runs[case.key](case.key, vm, source, target)
             m.settle(sample, vm)
             samples.append(sample)
-            say(f"round {r + 1}/{settings.rounds} {case.key:6} {source} -> {target}: "
-                f"wall {secs(sample.wall_s)}, job {msecs(sample.job_ms)}, downtime {msecs(sample.downtime_ms)}")
+            say(
+                f"round {r + 1}/{settings.rounds} {case.key:6} {source} -> {target}: "
+                f"wall {secs(sample.wall_s)}, job {msecs(sample.job_ms)}, downtime {msecs(sample.downtime_ms)}"
+            )
     remove(lab, list(guests.values()))
 
     busy = "bench-busy"
@@ -360,14 +428,22 @@ def run_cases(lab: Lab, settings: Settings) -> tuple[list[Sample], float]:
             target = other(source)
             say(f"busy round {r + 1}/{settings.busy_rounds} {case.key} {source} -> {target}")
             if case.key == "busy-raw":
-                sample = m.raw(case.key, busy, source, target, bandwidth=settings.bandwidth,
-                               limit_s=settings.busy_limit_s)
+                sample = m.raw(
+                    case.key, busy, source, target, bandwidth=settings.bandwidth, limit_s=settings.busy_limit_s
+                )
             elif case.key == "busy-postcopy":
-                sample = m.cli(case.key, busy, source, target, "--bandwidth", bw, "--postcopy",
-                               "--postcopy-on-stall")
+                sample = m.cli(case.key, busy, source, target, "--bandwidth", bw, "--postcopy", "--postcopy-on-stall")
             else:
-                sample = m.cli(case.key, busy, source, target, "--bandwidth", bw, "--auto-converge",
-                               limit_s=settings.converge_limit_s)
+                sample = m.cli(
+                    case.key,
+                    busy,
+                    source,
+                    target,
+                    "--bandwidth",
+                    bw,
+                    "--auto-converge",
+                    limit_s=settings.converge_limit_s,
+                )
             m.settle(sample, busy)
             samples.append(sample)
             ended = f"wall {sample.wall_s:.2f} s" if sample.wall_s else "did not finish"
@@ -399,8 +475,7 @@ def table(samples: Sequence[Sample], settings: Settings) -> str:
         if c.key == RAW:
             vs = "baseline"
         elif c.busy and c.key != "busy-raw":
-            vs = overhead(median(finished), busy_raw_wall) if busy_raw_finished and finished \
-                else "raw did not finish"
+            vs = overhead(median(finished), busy_raw_wall) if busy_raw_finished and finished else "raw did not finish"
         elif c.key == "busy-raw":
             vs = "baseline (busy)"
         else:
@@ -410,44 +485,74 @@ def table(samples: Sequence[Sample], settings: Settings) -> str:
         calls = [s.migrate_call_s for s in got if s.migrate_call_s is not None]
         if calls:
             note = "the Migrate call alone " + spread(calls)
-        rows.append([c.label, f"{len(finished)}/{len(got)}", wall,
-                     median_ms([s.job_ms for s in got if s.job_ms is not None]),
-                     median_ms([s.downtime_ms for s in got if s.downtime_ms is not None]), vs, note])
-    return markdown_table(["case", "runs", "wall median (min-max)", "job median", "downtime median",
-                           "overhead vs raw", "note"], rows)
+        rows.append(
+            [
+                c.label,
+                f"{len(finished)}/{len(got)}",
+                wall,
+                median_ms([s.job_ms for s in got if s.job_ms is not None]),
+                median_ms([s.downtime_ms for s in got if s.downtime_ms is not None]),
+                vs,
+                note,
+            ]
+        )
+    return markdown_table(
+        ["case", "runs", "wall median (min-max)", "job median", "downtime median", "overhead vs raw", "note"], rows
+    )
 
 
 # ---------------------------------------------------------------- command line
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--rounds", type=int, default=3, help="migrations per normal case (default 3)")
     p.add_argument("--memory", type=int, default=256, metavar="MiB", help="guest memory (default 256)")
     p.add_argument("--disk", default="256M", help="guest disk size (default 256M)")
-    p.add_argument("--quick", action="store_true",
-                   help="1 round, busy limit 20 s, no auto-converge case (about 2 minutes)")
+    p.add_argument(
+        "--quick", action="store_true", help="1 round, busy limit 20 s, no auto-converge case (about 2 minutes)"
+    )
     p.add_argument("--dirty-rate", type=int, default=40, metavar="MiB/s", help="busy guest (default 40)")
     p.add_argument("--bandwidth", type=int, default=32, metavar="MiB/s", help="busy cases' cap (default 32)")
-    p.add_argument("--busy-limit", type=float, default=60.0, metavar="s",
-                   help="abort raw virsh on the busy guest after this long (default 60)")
-    p.add_argument("--converge-limit", type=float, default=120.0, metavar="s",
-                   help="ferry migrate --timeout of the auto-converge case (default 120)")
+    p.add_argument(
+        "--busy-limit",
+        type=float,
+        default=60.0,
+        metavar="s",
+        help="abort raw virsh on the busy guest after this long (default 60)",
+    )
+    p.add_argument(
+        "--converge-limit",
+        type=float,
+        default=120.0,
+        metavar="s",
+        help="ferry migrate --timeout of the auto-converge case (default 120)",
+    )
     p.add_argument("--busy-rounds", type=int, default=1, help="migrations per busy case (default 1)")
-    p.add_argument("--keep-logs", metavar="DIR", type=Path,
-                   help="copy the lab's logs (coordinator, agents, libvirtd, QEMU) here before teardown")
-    p.add_argument("--lab-cache", metavar="DIR",
-                   help="keep libvirt's QEMU capabilities here between runs (default: inside the lab)")
+    p.add_argument(
+        "--keep-logs",
+        metavar="DIR",
+        type=Path,
+        help="copy the lab's logs (coordinator, agents, libvirtd, QEMU) here before teardown",
+    )
+    p.add_argument(
+        "--lab-cache",
+        metavar="DIR",
+        help="keep libvirt's QEMU capabilities here between runs (default: inside the lab)",
+    )
     return p.parse_args(argv)
 
 
 def settings_of(a: argparse.Namespace) -> Settings:
     if a.quick:
-        return Settings(1, a.memory, a.disk, True, a.dirty_rate, a.bandwidth, min(a.busy_limit, 20.0), 1,
-                        a.converge_limit)
-    return Settings(a.rounds, a.memory, a.disk, False, a.dirty_rate, a.bandwidth, a.busy_limit, a.busy_rounds,
-                    a.converge_limit)
+        return Settings(
+            1, a.memory, a.disk, True, a.dirty_rate, a.bandwidth, min(a.busy_limit, 20.0), 1, a.converge_limit
+        )
+    return Settings(
+        a.rounds, a.memory, a.disk, False, a.dirty_rate, a.bandwidth, a.busy_limit, a.busy_rounds, a.converge_limit
+    )
 
 
 def keep_logs(lab_dir: Path, into: Path) -> None:
@@ -467,8 +572,7 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 def versions(lab: Lab) -> str:
     libvirt = lab.host_exec(HOSTS[0], "libvirtd", "--version", check=False).stdout.split()
     qemu = lab.host_exec(HOSTS[0], "qemu-system-x86_64", "--version", check=False).stdout.split()
-    return (f"libvirt {libvirt[-1] if libvirt else '?'}, "
-            f"QEMU {qemu[3] if len(qemu) > 3 else '?'} (TCG)")
+    return f"libvirt {libvirt[-1] if libvirt else '?'}, QEMU {qemu[3] if len(qemu) > 3 else '?'} (TCG)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -496,18 +600,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         say("taking the lab down")
         try:
             report = lab.down()
-            say(f"lab down in {report.seconds:.1f} s; {len(report.stopped)} processes stopped, "
-                f"left over: {', '.join(report.leftovers) or 'nothing'}")
+            say(
+                f"lab down in {report.seconds:.1f} s; {len(report.stopped)} processes stopped, "
+                f"left over: {', '.join(report.leftovers) or 'nothing'}"
+            )
         finally:
             shutil.rmtree(lab_dir, ignore_errors=True)
-    print(f"# migration_bench {datetime.now().astimezone().isoformat(timespec='seconds')}: "
-          f"{load_line(load_at_start)} at start, {load_line(os.getloadavg())} at the end; "
-          f"{described}; guest {settings.memory_mib} MiB, disk {settings.disk} (qcow2, host-local); "
-          f"{settings.rounds} round(s); busy guest dirties {settings.dirty_rate} MiB/s; "
-          f"whole run {time.monotonic() - started:.0f} s\n")
+    print(
+        f"# migration_bench {datetime.now().astimezone().isoformat(timespec='seconds')}: "
+        f"{load_line(load_at_start)} at start, {load_line(os.getloadavg())} at the end; "
+        f"{described}; guest {settings.memory_mib} MiB, disk {settings.disk} (qcow2, host-local); "
+        f"{settings.rounds} round(s); busy guest dirties {settings.dirty_rate} MiB/s; "
+        f"whole run {time.monotonic() - started:.0f} s\n"
+    )
     print(table(samples, settings))
-    print(f"\n`ferry --output json hosts` (the CLI's start-up, connection and one small RPC) takes "
-          f"{cli_call:.2f} s (median of 3) of the cli case's wall time.")
+    print(
+        f"\n`ferry --output json hosts` (the CLI's start-up, connection and one small RPC) takes "
+        f"{cli_call:.2f} s (median of 3) of the cli case's wall time."
+    )
     return 0
 
 

@@ -44,9 +44,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "component"))   # fleet.py: in-process agents over fakes
-
 from benchlib import (
     holding_spans,
     load_line,
@@ -60,6 +57,7 @@ from benchlib import (
     secs,
     spread_hosts,
 )
+
 from ferry.agent.registration import Registration
 from ferry.coordinator.agent_client import GrpcAgentClient
 from ferry.coordinator.config import (
@@ -68,20 +66,21 @@ from ferry.coordinator.config import (
     EtcdConfig,
     HostDecl,
 )
-from ferry.coordinator.keys import MIGRATIONS
 from ferry.coordinator.main import Coordinator, build_coordinator
-from ferry.coordinator.memory_store import MemoryStore
 from ferry.coordinator.phases import Phase
 from ferry.coordinator.record import MigrationRecord, decode
 from ferry.coordinator.slots import Limits
-from ferry.coordinator.store import Entry, Resync, Store, WatchEvent
-from fleet import Fleet, MaxConcurrency, bridge_of, start_fleet
-
+from ferry.keys import MIGRATIONS
 from ferry.model import Inventory
 from ferry.rpc import create_channel
+from ferry.store import Entry, Resync, Store, WatchEvent
+from ferry.testing.fleet import Fleet, MaxConcurrency, bridge_of, start_fleet
+from ferry.testing.memory_store import MemoryStore
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
 from ferry.v1 import types_pb2 as tpb
+
+REPO = Path(__file__).resolve().parent.parent
 
 log = logging.getLogger("scale_bench")
 
@@ -163,13 +162,14 @@ async def open_store(kind: str, workdir: Path) -> AsyncIterator[tuple[Store, str
         finally:
             await store.close()
         return
-    from ferry.coordinator.etcd_store import EtcdStore
+    from ferry.etcd_store import EtcdStore
     from ferry.lab.etcd import (
         EtcdCluster,
         etcd_version,
         require_etcd_binary,
         supports_no_fsync,
     )
+
     binary = require_etcd_binary()
     cluster = EtcdCluster.plan(workdir / "etcd", 1, binary=binary)
     started = await asyncio.to_thread(cluster.start)
@@ -178,8 +178,13 @@ async def open_store(kind: str, workdir: Path) -> AsyncIterator[tuple[Store, str
     fsync = "--unsafe-no-fsync" if supports_no_fsync(version) else "fsync on"
     store = EtcdStore(cluster.endpoints, "/ferry-bench/")
     try:
-        yield store, (f"etcd {'.'.join(map(str, version))}, 1 member on {member.endpoint} "
-                      f"(pid {member.pid}, {fsync}), healthy after {started:.1f} s")
+        yield (
+            store,
+            (
+                f"etcd {'.'.join(map(str, version))}, 1 member on {member.endpoint} "
+                f"(pid {member.pid}, {fsync}), healthy after {started:.1f} s"
+            ),
+        )
     finally:
         await store.close()
         await asyncio.to_thread(cluster.stop)
@@ -205,8 +210,8 @@ class ScaleResult:
     jobs_cluster: int = 0
     jobs_per_source: int = 0
     timed_out: bool = False
-    left_on_drained: int = 0      # domains (running or defined) still on the drained hosts
-    misplaced: list[str] = field(default_factory=list)   # VMs not running on their target only
+    left_on_drained: int = 0  # domains (running or defined) still on the drained hosts
+    misplaced: list[str] = field(default_factory=list)  # VMs not running on their target only
 
 
 def natural(name: str) -> tuple[object, ...]:
@@ -218,31 +223,43 @@ def coordinator_config(fleet: Fleet, limits: Limits) -> CoordinatorConfig:
     """Production defaults but for the limits; the logical bridge 'guest' is named per host as in
     the lab (br-guest on odd hosts, br-vm on even ones), so the mapping is derived per pair."""
     decls = {n: HostDecl(n, bridges={"guest": bridge_of(a.index)}) for n, a in fleet.agents.items()}
-    return CoordinatorConfig(id="bench", listen=("127.0.0.1:0",), etcd=EtcdConfig(("unused:1",)),
-                             limits=limits, agents=AgentsConfig(), hosts=decls)
+    return CoordinatorConfig(
+        id="bench",
+        listen=("127.0.0.1:0",),
+        etcd=EtcdConfig(("unused:1",)),
+        limits=limits,
+        agents=AgentsConfig(),
+        hosts=decls,
+    )
 
 
 async def wait_until_leading(coordinator: Coordinator, hosts: int) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + LEAD_TIMEOUT_S
-    while not (coordinator.is_leader() and coordinator.engine is not None
-               and len(coordinator.fleet.available_hosts()) == hosts):
+    while not (
+        coordinator.is_leader() and coordinator.engine is not None and len(coordinator.fleet.available_hosts()) == hosts
+    ):
         if loop.time() > deadline:
             raise TimeoutError(f"the coordinator did not lead with {hosts} hosts within {LEAD_TIMEOUT_S:.0f} s")
         await asyncio.sleep(0.05)
 
 
-async def submit_all(stub: cgrpc.CoordinatorStub, plan: list[tuple[str, str, str]], concurrency: int,
-                     result: ScaleResult) -> None:
+async def submit_all(
+    stub: cgrpc.CoordinatorStub, plan: list[tuple[str, str, str]], concurrency: int, result: ScaleResult
+) -> None:
     gate = asyncio.Semaphore(concurrency)
 
     async def one(vm: str, target: str) -> None:
         async with gate:
             try:
-                await stub.SubmitMigration(cpb.SubmitMigrationRequest(
-                    vm=vm, target_host=target, idempotency_key=f"drain-{vm}", options=DRAIN_OPTIONS), timeout=60)
+                await stub.SubmitMigration(
+                    cpb.SubmitMigrationRequest(
+                        vm=vm, target_host=target, idempotency_key=f"drain-{vm}", options=DRAIN_OPTIONS
+                    ),
+                    timeout=60,
+                )
                 result.submitted += 1
-            except Exception as exc:   # noqa: BLE001 -- a refused submission is reported, not fatal
+            except Exception as exc:  # noqa: BLE001 -- a refused submission is reported, not fatal
                 result.refused.append(f"{vm}: {exc}")
 
     await asyncio.gather(*(one(vm, target) for vm, _, target in plan))
@@ -287,8 +304,10 @@ async def run_once(kind: str, args: argparse.Namespace, limits: Limits) -> Scale
                 counted = CountingStore(raw)
                 calls: Counter[str] = Counter()
                 coordinator = build_coordinator(
-                    coordinator_config(fleet, limits), counted,
-                    lambda host, address: CountingAgentClient(host, address, calls))
+                    coordinator_config(fleet, limits),
+                    counted,
+                    lambda host, address: CountingAgentClient(host, address, calls),
+                )
                 [port] = await coordinator.start()
                 await wait_until_leading(coordinator, len(names))
                 channel = create_channel(f"127.0.0.1:{port}")
@@ -345,8 +364,13 @@ def report(result: ScaleResult) -> tuple[str, bool]:
     out = max(peak_overlap_by((r.source_host, *s) for r, s in spans).values(), default=0)
     inbound = max(peak_overlap_by((r.target_host, *s) for r, s in spans).values(), default=0)
     lim = result.limits
-    held = cluster <= lim.cluster and out <= lim.per_host_outbound and inbound <= lim.per_host_inbound \
-        and result.jobs_cluster <= lim.cluster and result.jobs_per_source <= lim.per_host_outbound
+    held = (
+        cluster <= lim.cluster
+        and out <= lim.per_host_outbound
+        and inbound <= lim.per_host_inbound
+        and result.jobs_cluster <= lim.cluster
+        and result.jobs_per_source <= lim.per_host_outbound
+    )
     queue = [(a - r.created_at).total_seconds() * 1000 for r in records if (a := first_at(r, Phase.PREFLIGHT))]
     total = [(a - r.created_at).total_seconds() for r in done if (a := first_at(r, Phase.SUCCEEDED))]
     n = max(len(records), 1)
@@ -355,25 +379,47 @@ def report(result: ScaleResult) -> tuple[str, bool]:
     all_writes = sum(writes.values())
     ended = "timed out" if result.timed_out else secs(result.all_final_s)
     rows = [
-        ["fleet", (f"{result.hosts} hosts, {result.vms} VMs; drained {len(result.drained)} hosts "
-                   f"({', '.join(result.drained[:4])}{', ...' if len(result.drained) > 4 else ''})")],
+        [
+            "fleet",
+            (
+                f"{result.hosts} hosts, {result.vms} VMs; drained {len(result.drained)} hosts "
+                f"({', '.join(result.drained[:4])}{', ...' if len(result.drained) > 4 else ''})"
+            ),
+        ],
         ["migrations submitted", f"{result.submitted} (refused {len(result.refused)})"],
         ["submissions/s", f"{rate(result.submitted, result.submit_s)} ({secs(result.submit_s)} for all)"],
-        ["all final after", (f"{ended}: {len(done)} Succeeded"
-                             + "".join(f", {c} {p}" for p, c in sorted(others.items())))],
+        [
+            "all final after",
+            (f"{ended}: {len(done)} Succeeded" + "".join(f", {c} {p}" for p, c in sorted(others.items()))),
+        ],
         ["drain throughput", rate(len(done), result.all_final_s)],
-        ["afterwards", (f"{result.left_on_drained} domains left on the drained hosts; "
-                        f"{len(result.misplaced)} VMs not running on their target alone")],
-        ["peak holding a slot: cluster / per source / per target",
-         (f"{cluster} / {out} / {inbound} (limits {lim.cluster} / {lim.per_host_outbound} / "
-          f"{lim.per_host_inbound}): {'within' if held else 'EXCEEDED'}")],
-        ["peak libvirt jobs (sampled on the fakes): cluster / per source",
-         f"{result.jobs_cluster} / {result.jobs_per_source}"],
-        ["store writes per migration", (f"{all_writes / n:.1f} (record {per['migrations/']:.1f}, vm-active "
-                                        f"{per['vm-active/']:.1f}, idempotency {per['idempotency/']:.1f}, "
-                                        f"other {(all_writes - sum(writes[p] for p in per)) / n:.1f})")],
-        ["agent inventory calls per migration (GetInventory)",
-         f"{result.agent_calls['GetInventory'] / n:.1f}"],
+        [
+            "afterwards",
+            (
+                f"{result.left_on_drained} domains left on the drained hosts; "
+                f"{len(result.misplaced)} VMs not running on their target alone"
+            ),
+        ],
+        [
+            "peak holding a slot: cluster / per source / per target",
+            (
+                f"{cluster} / {out} / {inbound} (limits {lim.cluster} / {lim.per_host_outbound} / "
+                f"{lim.per_host_inbound}): {'within' if held else 'EXCEEDED'}"
+            ),
+        ],
+        [
+            "peak libvirt jobs (sampled on the fakes): cluster / per source",
+            f"{result.jobs_cluster} / {result.jobs_per_source}",
+        ],
+        [
+            "store writes per migration",
+            (
+                f"{all_writes / n:.1f} (record {per['migrations/']:.1f}, vm-active "
+                f"{per['vm-active/']:.1f}, idempotency {per['idempotency/']:.1f}, "
+                f"other {(all_writes - sum(writes[p] for p in per)) / n:.1f})"
+            ),
+        ],
+        ["agent inventory calls per migration (GetInventory)", f"{result.agent_calls['GetInventory'] / n:.1f}"],
         ["time in queue p50 / p95", f"{_p(queue, 50, msecs)} / {_p(queue, 95, msecs)}"],
         ["submitted -> Succeeded p50 / p95", f"{_p(total, 50, secs)} / {_p(total, 95, secs)}"],
     ]
@@ -382,30 +428,38 @@ def report(result: ScaleResult) -> tuple[str, bool]:
         text += "\n\nrefused: " + "; ".join(result.refused[:5])
     failed = [r for r in records if r.phase is not Phase.SUCCEEDED][:3]
     for r in failed:
-        text += f"\n\n{r.id} {r.vm} ended {r.phase.name}: {r.error.reason if r.error else ''} " \
-                f"{r.error.message if r.error else ''}"
+        text += (
+            f"\n\n{r.id} {r.vm} ended {r.phase.name}: {r.error.reason if r.error else ''} "
+            f"{r.error.message if r.error else ''}"
+        )
     return text, held and not result.timed_out and not result.misplaced
 
 
 def _p(values: Sequence[float], pct: float, fmt: object) -> str:
-    return fmt(percentile(values, pct)) if values else "-"   # type: ignore[operator]
+    return fmt(percentile(values, pct)) if values else "-"  # type: ignore[operator]
 
 
 # ---------------------------------------------------------------- command line
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--hosts", type=int, default=50, help="simulated hypervisors (default 50)")
     p.add_argument("--vms", type=int, default=500, help="running VMs, spread evenly (default 500)")
     p.add_argument("--drain", type=int, default=10, help="hosts to drain (default 10)")
     p.add_argument("--store", choices=("memory", "etcd", "both"), default="both")
-    p.add_argument("--limits", default="2,2,8", metavar="OUT,IN,CLUSTER",
-                   help="per-host outbound, per-host inbound, cluster (default 2,2,8)")
+    p.add_argument(
+        "--limits",
+        default="2,2,8",
+        metavar="OUT,IN,CLUSTER",
+        help="per-host outbound, per-host inbound, cluster (default 2,2,8)",
+    )
     p.add_argument("--concurrency", type=int, default=16, help="submissions in flight (default 16)")
-    p.add_argument("--step-ms", type=float, default=5.0,
-                   help="real milliseconds per step of a fake migration job (default 5)")
+    p.add_argument(
+        "--step-ms", type=float, default=5.0, help="real milliseconds per step of a fake migration job (default 5)"
+    )
     args = p.parse_args(argv)
     if not 0 < args.drain < args.hosts:
         p.error("--drain must be at least 1 and leave a host to drain to")
@@ -420,10 +474,13 @@ def parse_limits(text: str) -> Limits:
 async def amain(args: argparse.Namespace) -> int:
     limits = parse_limits(args.limits)
     stores = ["memory", "etcd"] if args.store == "both" else [args.store]
-    print(f"# scale_bench {datetime.now().astimezone().isoformat(timespec='seconds')}: "
-          f"{load_line(os.getloadavg())} at start; Python {sys.version.split()[0]}, "
-          f"everything in one process; fake job step {args.step_ms:g} ms; "
-          f"{args.concurrency} submissions in flight\n", flush=True)
+    print(
+        f"# scale_bench {datetime.now().astimezone().isoformat(timespec='seconds')}: "
+        f"{load_line(os.getloadavg())} at start; Python {sys.version.split()[0]}, "
+        f"everything in one process; fake job step {args.step_ms:g} ms; "
+        f"{args.concurrency} submissions in flight\n",
+        flush=True,
+    )
     ok = True
     for kind in stores:
         result = await run_once(kind, args, limits)
@@ -436,7 +493,7 @@ async def amain(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("ferry.coordinator.election").setLevel(logging.ERROR)   # "stepped down" at the end
+    logging.getLogger("ferry.coordinator.election").setLevel(logging.ERROR)  # "stepped down" at the end
     return asyncio.run(amain(parse_args(argv)))
 
 

@@ -44,16 +44,20 @@ def coordinator_addresses(flag: str | None, env: Mapping[str, str] | None = None
         try:
             data = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
-            raise InvalidArgument(f"cannot parse {path}: {exc}", reason="BAD_CONFIG",
-                                  hint=f"fix or remove {path}") from exc
+            raise InvalidArgument(
+                f"cannot parse {path}: {exc}", reason="BAD_CONFIG", hint=f"fix or remove {path}"
+            ) from exc
         out: list[str] = []
         first = data.get("coordinator")
         if isinstance(first, str) and first:
             out.append(first)
         many = data.get("coordinators", [])
         if not isinstance(many, list) or not all(isinstance(a, str) for a in many):
-            raise InvalidArgument(f"{path}: coordinators must be a list of addresses", reason="BAD_CONFIG",
-                                  hint='e.g. coordinators = ["unix:/run/c1.sock", "10.0.0.5:7100"]')
+            raise InvalidArgument(
+                f"{path}: coordinators must be a list of addresses",
+                reason="BAD_CONFIG",
+                hint='e.g. coordinators = ["unix:/run/c1.sock", "10.0.0.5:7100"]',
+            )
         out += [a for a in many if a and a not in out]
         if out:
             return out

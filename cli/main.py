@@ -51,8 +51,10 @@ def build_options(a: argparse.Namespace) -> tpb.MigrationOptions:
     """virsh-style flags -> MigrationOptions. Without --persistent/--undefinesource the definition
     moves with the VM (both on), as in Nova; naming either one selects exactly the named ones."""
     if a.copy_storage_all and a.copy_storage_inc:
-        raise Usage("--copy-storage-all and --copy-storage-inc exclude each other",
-                    hint="pick one: all copies every disk, inc copies only the top layer")
+        raise Usage(
+            "--copy-storage-all and --copy-storage-inc exclude each other",
+            hint="pick one: all copies every disk, inc copies only the top layer",
+        )
     storage = tpb.STORAGE_MODE_UNSPECIFIED
     if a.copy_storage_all:
         storage = tpb.STORAGE_MODE_COPY_ALL
@@ -65,19 +67,27 @@ def build_options(a: argparse.Namespace) -> tpb.MigrationOptions:
     if a.postcopy_on_stall and not a.postcopy:
         raise Usage("--postcopy-on-stall needs --postcopy", hint="add --postcopy")
     return tpb.MigrationOptions(
-        offline=a.offline, storage=storage, migrate_disks=disks,
+        offline=a.offline,
+        storage=storage,
+        migrate_disks=disks,
         persist_dest=a.persistent if explicit else True,
         undefine_source=a.undefinesource if explicit else True,
-        bandwidth_mibps=a.bandwidth or 0, max_downtime_ms=a.max_downtime or 0,
-        auto_converge=a.auto_converge, allow_postcopy=a.postcopy, unsafe=a.unsafe,
-        completion_timeout_s=a.timeout or 0, postcopy_on_stall=a.postcopy_on_stall,
+        bandwidth_mibps=a.bandwidth or 0,
+        max_downtime_ms=a.max_downtime or 0,
+        auto_converge=a.auto_converge,
+        allow_postcopy=a.postcopy,
+        unsafe=a.unsafe,
+        completion_timeout_s=a.timeout or 0,
+        postcopy_on_stall=a.postcopy_on_stall,
     )
 
 
 def build_mapping(a: argparse.Namespace) -> tpb.HostMapping:
-    return tpb.HostMapping(bridges=_pairs(a.map_bridge, "--map-bridge"),
-                           networks=_pairs(a.map_network, "--map-network"),
-                           path_prefixes=_pairs(a.map_path, "--map-path"))
+    return tpb.HostMapping(
+        bridges=_pairs(a.map_bridge, "--map-bridge"),
+        networks=_pairs(a.map_network, "--map-network"),
+        path_prefixes=_pairs(a.map_path, "--map-path"),
+    )
 
 
 def _add_migration_flags(p: argparse.ArgumentParser) -> None:
@@ -85,10 +95,16 @@ def _add_migration_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", required=True, metavar="HOST", help="target host")
     p.add_argument("--offline", action="store_true", help="migrate the definition only (VM not running)")
     p.add_argument("--copy-storage-all", action="store_true", help="copy local disks to the target")
-    p.add_argument("--copy-storage-inc", action="store_true",
-                   help="copy only the top image layer; backing files exist on the target")
-    p.add_argument("--shared-storage", action="store_true",
-                   help="disks are on shared storage (default: decided from the inventory)")
+    p.add_argument(
+        "--copy-storage-inc",
+        action="store_true",
+        help="copy only the top image layer; backing files exist on the target",
+    )
+    p.add_argument(
+        "--shared-storage",
+        action="store_true",
+        help="disks are on shared storage (default: decided from the inventory)",
+    )
     p.add_argument("--migrate-disks", metavar="vda,vdb", help="only these disks are copied")
     p.add_argument("--persistent", action="store_true", help="define the VM on the target")
     p.add_argument("--undefinesource", action="store_true", help="undefine the VM on the source")
@@ -106,9 +122,12 @@ def _add_migration_flags(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferry", description="Live-migrate VMs across a KVM/libvirt fleet.")
-    p.add_argument("--coordinator", metavar="ADDR",
-                   help="coordinator address (HOST:PORT or unix:PATH); default from $FERRY_COORDINATOR "
-                        "or ~/.config/ferry/cli.toml (written by ferry-lab up)")
+    p.add_argument(
+        "--coordinator",
+        metavar="ADDR",
+        help="coordinator address (HOST:PORT or unix:PATH); default from $FERRY_COORDINATOR "
+        "or ~/.config/ferry/cli.toml (written by ferry-lab up)",
+    )
     p.add_argument("--output", "-o", choices=("table", "json"), default="table")
     p.add_argument("--rpc-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
@@ -158,26 +177,44 @@ class Cli:
 
     async def hosts(self) -> int:
         resp = await self.stub.ListHosts(cpb.ListHostsRequest(), timeout=self.timeout)
-        rows = [[h.name, "up" if h.available else "DOWN", h.address, h.facts.cpu_model,
-                 f"{render.size(h.facts.memory_free_bytes)}/{render.size(h.facts.memory_total_bytes)}",
-                 h.domains, f"{h.migrations_out}/{h.migrations_in}", ",".join(h.facts.bridges)]
-                for h in resp.hosts]
+        rows = [
+            [
+                h.name,
+                "up" if h.available else "DOWN",
+                h.address,
+                h.facts.cpu_model,
+                f"{render.size(h.facts.memory_free_bytes)}/{render.size(h.facts.memory_total_bytes)}",
+                h.domains,
+                f"{h.migrations_out}/{h.migrations_in}",
+                ",".join(h.facts.bridges),
+            ]
+            for h in resp.hosts
+        ]
         self.emit(resp, render.table(("HOST", "STATE", "AGENT", "CPU", "MEM FREE", "VMS", "OUT/IN", "BRIDGES"), rows))
         return 0
 
     async def vms(self) -> int:
         resp = await self.stub.ListVMs(cpb.ListVMsRequest(host=self.a.host or ""), timeout=self.timeout)
-        rows = [[v.domain.name, v.host, tpb.DomainState.Name(v.domain.state).removeprefix("DOMAIN_STATE_").lower(),
-                 render.size(v.domain.memory_bytes), v.domain.vcpus,
-                 ",".join(f"{d.target}{'(shared)' if d.shared else ''}" for d in v.domain.disks),
-                 ",".join(n.source for n in v.domain.nics), v.migration_id]
-                for v in resp.vms]
+        rows = [
+            [
+                v.domain.name,
+                v.host,
+                tpb.DomainState.Name(v.domain.state).removeprefix("DOMAIN_STATE_").lower(),
+                render.size(v.domain.memory_bytes),
+                v.domain.vcpus,
+                ",".join(f"{d.target}{'(shared)' if d.shared else ''}" for d in v.domain.disks),
+                ",".join(n.source for n in v.domain.nics),
+                v.migration_id,
+            ]
+            for v in resp.vms
+        ]
         self.emit(resp, render.table(("VM", "HOST", "STATE", "MEMORY", "VCPUS", "DISKS", "NETS", "MIGRATION"), rows))
         return 0
 
     async def preflight(self) -> int:
-        req = cpb.PreflightRequest(vm=self.a.vm, target_host=self.a.to, options=build_options(self.a),
-                                   mapping=build_mapping(self.a))
+        req = cpb.PreflightRequest(
+            vm=self.a.vm, target_host=self.a.to, options=build_options(self.a), mapping=build_mapping(self.a)
+        )
         resp = await self.stub.Preflight(req, timeout=self.timeout)
         if resp.ok:
             lines = [f"OK: {self.a.vm} can migrate {resp.source_host} -> {self.a.to}"]
@@ -189,15 +226,22 @@ class Cli:
                     lines.append(f"    fix: {b.hint}")
         lines += [f"  warning: {w}" for w in resp.warnings]
         for d in resp.disks:
-            lines.append(f"  disk {d.target}: {d.source} -> {d.destination or d.source}"
-                         f" ({'copy' if d.copy else 'shared'}, {render.size(d.virtual_size)})")
+            lines.append(
+                f"  disk {d.target}: {d.source} -> {d.destination or d.source}"
+                f" ({'copy' if d.copy else 'shared'}, {render.size(d.virtual_size)})"
+            )
         self.emit(resp, "\n".join(lines))
         return 0 if resp.ok else 1
 
     async def migrate(self) -> int:
         req = cpb.SubmitMigrationRequest(
-            vm=self.a.vm, target_host=self.a.to, options=build_options(self.a), mapping=build_mapping(self.a),
-            priority=self.a.priority, idempotency_key=self.a.idempotency_key)
+            vm=self.a.vm,
+            target_host=self.a.to,
+            options=build_options(self.a),
+            mapping=build_mapping(self.a),
+            priority=self.a.priority,
+            idempotency_key=self.a.idempotency_key,
+        )
         m = await self.stub.SubmitMigration(req, timeout=self.timeout)
         if self.a.no_wait:
             self.emit(m, m.id)
@@ -247,8 +291,12 @@ class Cli:
             m = await self.stub.CancelMigration(cpb.CancelMigrationRequest(id=self.a.id), timeout=self.timeout)
             self.emit(m, f"cancel requested for {m.id} (phase {render.phase_name(m.phase)})")
             return 0
-        req = cpb.ListMigrationsRequest(phases=[_phase_from_name(p) for p in self.a.phase or ()],
-                                        host=self.a.host or "", vm=self.a.vm or "", limit=self.a.limit)
+        req = cpb.ListMigrationsRequest(
+            phases=[_phase_from_name(p) for p in self.a.phase or ()],
+            host=self.a.host or "",
+            vm=self.a.vm or "",
+            limit=self.a.limit,
+        )
         resp = await self.stub.ListMigrations(req, timeout=self.timeout)
         self.emit(resp, render.table(render.MIGRATION_HEADERS, [render.migration_line(m) for m in resp.migrations]))
         return 0
@@ -256,8 +304,12 @@ class Cli:
 
 def _report(err: FerryError, as_json: bool) -> int:
     if as_json:
-        print(json.dumps({"error": {"reason": err.reason, "message": err.message, "hint": err.hint,
-                                    "code": err.code.name}}, indent=2))
+        print(
+            json.dumps(
+                {"error": {"reason": err.reason, "message": err.message, "hint": err.hint, "code": err.code.name}},
+                indent=2,
+            )
+        )
     else:
         print(f"ferry: {err.reason}: {err.message}", file=sys.stderr)
         if err.hint:
@@ -272,14 +324,18 @@ async def pick_coordinator(addresses: Sequence[str], timeout_s: float = 2.0) -> 
     for address in addresses:
         async with create_channel(address) as channel:
             try:
-                resp = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                                       timeout=timeout_s)
+                resp = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=timeout_s
+                )
             except grpc.RpcError:
                 continue
             if resp.status == health_pb2.HealthCheckResponse.SERVING:
                 return address
-    raise Unavailable(f"no coordinator answers at {', '.join(addresses)}", reason="UNREACHABLE",
-                      hint="is the coordinator running? see `ferry-lab status` or pass --coordinator")
+    raise Unavailable(
+        f"no coordinator answers at {', '.join(addresses)}",
+        reason="UNREACHABLE",
+        hint="is the coordinator running? see `ferry-lab status` or pass --coordinator",
+    )
 
 
 async def run(argv: Sequence[str] | None = None) -> int:

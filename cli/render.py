@@ -76,9 +76,15 @@ def progress_bar(progress: tpb.MigrationProgress, width: int = 30, at_least: flo
 
 
 def migration_line(m: cpb.Migration) -> list[object]:
-    return [m.id, m.vm, m.source_host, m.target_host, phase_name(m.phase),
-            m.error.reason if m.error.reason else "",
-            m.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if m.created_at.seconds else ""]
+    return [
+        m.id,
+        m.vm,
+        m.source_host,
+        m.target_host,
+        phase_name(m.phase),
+        m.error.reason if m.error.reason else "",
+        m.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if m.created_at.seconds else "",
+    ]
 
 
 MIGRATION_HEADERS = ("ID", "VM", "FROM", "TO", "PHASE", "REASON", "CREATED")
@@ -103,9 +109,11 @@ def migration_detail(m: cpb.Migration) -> str:
         lines.append(f"  Progress:  {progress_bar(m.progress)}")
     if m.HasField("result") and m.result.time_elapsed_ms:
         r = m.result
-        lines.append(f"  Result:    total {r.time_elapsed_ms} ms, downtime {r.downtime_ms} ms, "
-                     f"memory {size(r.memory_processed)}, disk {size(r.disk_processed)}, "
-                     f"{r.iterations} iterations" + (", post-copy" if r.postcopy else ""))
+        lines.append(
+            f"  Result:    total {r.time_elapsed_ms} ms, downtime {r.downtime_ms} ms, "
+            f"memory {size(r.memory_processed)}, disk {size(r.disk_processed)}, "
+            f"{r.iterations} iterations" + (", post-copy" if r.postcopy else "")
+        )
     lines.append("  History:")
     for h in m.history:
         at = h.at.ToDatetime().strftime("%H:%M:%S.%f")[:-3]

@@ -27,12 +27,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from ferry.diskplan import plan_disks
 from ferry.agent.migration import phase_of
-from ferry.errors import FerryError, InvalidArgument, NotFound
 from ferry.convert import completed_job_from_stats
+from ferry.diskplan import plan_disks
+from ferry.errors import FerryError, InvalidArgument, NotFound
 from ferry.model import (
     CompletedJob,
     DomainState,
@@ -43,6 +42,7 @@ from ferry.model import (
     StorageMode,
 )
 from ferry.ports import AgentClient
+from ferry.registry import HostDirectory, migrate_uri_for
 
 from .agent_client import agent_lost, transport_failure
 from .decide import (
@@ -58,8 +58,8 @@ from .decide import (
     ObservePlacement,
     Placement,
     PreflightResult,
-    PrepareFailed,
     Prepared,
+    PrepareFailed,
     PrepareTarget,
     Progress,
     RunPreflight,
@@ -67,12 +67,8 @@ from .decide import (
     StepFailed,
     WatchJob,
 )
-from .keys import HostRegistration, migrate_uri_for
 from .preflight import preflight
 from .record import ErrorDetail, MigrationRecord, ProgressSnapshot
-
-if TYPE_CHECKING:
-    from .engine import HostDirectory
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +92,8 @@ def outgoing(job: JobStats) -> bool:
 
 @dataclass(frozen=True)
 class ActionTiming:
-    job_poll_s: float = 1.0        # GetJob polling while following a job without a stream
-    prepare_ttl_s: int = 600       # prepares expire on the target after this (agent sweep)
+    job_poll_s: float = 1.0  # GetJob polling while following a job without a stream
+    prepare_ttl_s: int = 600  # prepares expire on the target after this (agent sweep)
 
 
 class Actions:
@@ -113,8 +109,9 @@ class Actions:
     def _failed(self, host: str, step: str, err: FerryError) -> Event:
         return AgentLost(host) if agent_lost(err) else StepFailed(step, ErrorDetail.of(err))
 
-    async def perform(self, r: MigrationRecord, action: Action, emit: Emit,
-                      following: Callable[[], bool] = lambda: True) -> None:
+    async def perform(
+        self, r: MigrationRecord, action: Action, emit: Emit, following: Callable[[], bool] = lambda: True
+    ) -> None:
         """Do ``action`` for ``r``; ``following()`` says whether a job follower should go on."""
         match action:
             case RunPreflight():
@@ -141,8 +138,16 @@ class Actions:
     # ------------------------------------------------------------------ before the target is touched
 
     async def run_preflight(self, r: MigrationRecord) -> Event:
-        report = await preflight(self.hosts, vm_ref(r), r.target_host, r.options, r.mapping,
-                                 storage=r.options.storage, source_host=r.source_host, migration_id=r.id)
+        report = await preflight(
+            self.hosts,
+            vm_ref(r),
+            r.target_host,
+            r.options,
+            r.mapping,
+            storage=r.options.storage,
+            source_host=r.source_host,
+            migration_id=r.id,
+        )
         involved = [h for h in report.unavailable if h in (r.source_host, r.target_host)]
         if involved:
             return AgentLost(involved[0])
@@ -156,8 +161,14 @@ class Actions:
         try:
             plans = plan_disks(domain.disks, r.options.storage, r.options.migrate_disks, r.mapping)
             out = await self._client(r.target_host).prepare_incoming(
-                domain_xml=xml, disks=plans, mapping=r.mapping, storage=r.options.storage,
-                ttl_s=self.timing.prepare_ttl_s, migration_id=r.id, dry_run=False)
+                domain_xml=xml,
+                disks=plans,
+                mapping=r.mapping,
+                storage=r.options.storage,
+                ttl_s=self.timing.prepare_ttl_s,
+                migration_id=r.id,
+                dry_run=False,
+            )
         except FerryError as err:
             return AgentLost(r.target_host) if agent_lost(err) else PrepareFailed(ErrorDetail.of(err))
         copied = tuple(p.source for p in (out.disks or plans) if p.copy and p.source)
@@ -167,9 +178,8 @@ class Actions:
 
     async def target_uris(self, host: str) -> tuple[str, str]:
         """The target's libvirt URI and QEMU migration URI: its registration, else its inventory."""
-        lookup = getattr(self.hosts, "registration", None)   # optional in HostDirectory
-        reg = lookup(host) if callable(lookup) else None
-        if isinstance(reg, HostRegistration) and reg.libvirt_uri:
+        reg = self.hosts.registration(host)
+        if reg is not None and reg.libvirt_uri:
             return reg.libvirt_uri, reg.migrate_uri
         facts = (await self._client(host).inventory()).host
         return facts.libvirt_uri, migrate_uri_for(facts.migration_address)
@@ -181,14 +191,26 @@ class Actions:
             emit(self._failed(r.target_host, "find the target's libvirt URI", err))
             return
         if not target_uri:
-            emit(MigrationEnded(False, error=ErrorDetail(
-                "TARGET_URI_UNKNOWN", f"{r.target_host} advertises no libvirt URI",
-                f"set advertise_libvirt_uri in ferry-agent's config on {r.target_host}")))
+            emit(
+                MigrationEnded(
+                    False,
+                    error=ErrorDetail(
+                        "TARGET_URI_UNKNOWN",
+                        f"{r.target_host} advertises no libvirt URI",
+                        f"set advertise_libvirt_uri in ferry-agent's config on {r.target_host}",
+                    ),
+                )
+            )
             return
         try:
             async for item in self._client(r.source_host).migrate(
-                    vm_ref(r), target_uri=target_uri, destination_xml=r.destination_xml, options=r.options,
-                    migration_id=r.id, migrate_uri=migrate_uri):
+                vm_ref(r),
+                target_uri=target_uri,
+                destination_xml=r.destination_xml,
+                options=r.options,
+                migration_id=r.id,
+                migrate_uri=migrate_uri,
+            ):
                 if isinstance(item, MigrationResult):
                     emit(MigrationEnded(True, job=item.job))
                     return
@@ -197,17 +219,29 @@ class Actions:
             if not transport_failure(err):
                 emit(MigrationEnded(False, error=ErrorDetail.of(err)))
                 return
-            log.warning("migration %s: the Migrate stream from %s broke (%s); following the job by GetJob",
-                        r.id, r.source_host, err.reason)
+            log.warning(
+                "migration %s: the Migrate stream from %s broke (%s); following the job by GetJob",
+                r.id,
+                r.source_host,
+                err.reason,
+            )
             emit(AgentLost(r.source_host))
             await self.follow_job(r, emit, following, lost=True)
             return
-        emit(MigrationEnded(False, error=ErrorDetail(
-            "MIGRATE_STREAM_ENDED", f"the Migrate stream from {r.source_host} ended without a result",
-            f"see ferry-agent's log on {r.source_host}")))
+        emit(
+            MigrationEnded(
+                False,
+                error=ErrorDetail(
+                    "MIGRATE_STREAM_ENDED",
+                    f"the Migrate stream from {r.source_host} ended without a result",
+                    f"see ferry-agent's log on {r.source_host}",
+                ),
+            )
+        )
 
-    async def follow_job(self, r: MigrationRecord, emit: Emit, following: Callable[[], bool], *,
-                         lost: bool = False) -> None:
+    async def follow_job(
+        self, r: MigrationRecord, emit: Emit, following: Callable[[], bool], *, lost: bool = False
+    ) -> None:
         """Poll GetJob on the source while the job runs; when it ends, report the placement.
         ``lost``: the source was just reported lost (report it again only after it answered)."""
         last: ProgressSnapshot | None = None
@@ -238,7 +272,7 @@ class Actions:
         try:
             aborted = await client.abort_migration(vm_ref(r))
         except NotFound:
-            return None   # the domain left the source: nothing to abort
+            return None  # the domain left the source: nothing to abort
         except FerryError as err:
             return self._failed(r.source_host, "abort the migration job", err)
         log.info("migration %s: abort on %s: %s", r.id, r.source_host, "aborting" if aborted else "no job running")
@@ -247,7 +281,7 @@ class Actions:
     # ------------------------------------------------------------------ placement and the target
 
     async def _state(self, host: str, r: MigrationRecord) -> DomainState | None:
-        client = self._client(host)   # an unknown host is an error here, not an absent domain
+        client = self._client(host)  # an unknown host is an error here, not an absent domain
         try:
             domain, _ = await client.get_domain(vm_ref(r))
         except NotFound:
@@ -267,14 +301,18 @@ class Actions:
 
     async def placement(self, r: MigrationRecord) -> Event:
         """Placement, or AgentLost/StepFailed naming the host that could not be asked."""
+
         async def ask(host: str, call: object) -> object:
             try:
                 return await call  # type: ignore[misc]
             except FerryError as err:
                 return (host, err)
+
         src, tgt, job = await asyncio.gather(
-            ask(r.source_host, self._state(r.source_host, r)), ask(r.target_host, self._state(r.target_host, r)),
-            ask(r.source_host, self._source_job_active(r)))
+            ask(r.source_host, self._state(r.source_host, r)),
+            ask(r.target_host, self._state(r.target_host, r)),
+            ask(r.source_host, self._source_job_active(r)),
+        )
         for got in (src, tgt, job):
             if isinstance(got, tuple):
                 host, err = got
@@ -294,13 +332,23 @@ class Actions:
             target = self._client(r.target_host)
             for pid in ids:
                 removed = await target.cleanup_incoming(pid)
-                log.info("migration %s: cleaned prepare %s on %s: %s", r.id, pid, r.target_host,
-                         ", ".join(removed) or "already gone")
+                log.info(
+                    "migration %s: cleaned prepare %s on %s: %s",
+                    r.id,
+                    pid,
+                    r.target_host,
+                    ", ".join(removed) or "already gone",
+                )
             for p in await target.list_prepares():
                 if p.migration_id == r.id:
                     removed = await target.cleanup_incoming(p.prepare_id)
-                    log.info("migration %s: cleaned stray prepare %s on %s: %s", r.id, p.prepare_id,
-                             r.target_host, ", ".join(removed) or "already gone")
+                    log.info(
+                        "migration %s: cleaned stray prepare %s on %s: %s",
+                        r.id,
+                        p.prepare_id,
+                        r.target_host,
+                        ", ".join(removed) or "already gone",
+                    )
         except FerryError as err:
             return self._failed(r.target_host, "clean up the target", err)
         return CleanedUp()
@@ -314,7 +362,7 @@ class Actions:
             try:
                 await client.commit_incoming(prepare_id)
             except NotFound:
-                pass   # already committed (or swept): the images are the domain's
+                pass  # already committed (or swept): the images are the domain's
             except FerryError as err:
                 return self._failed(r.target_host, "commit the target", err)
         return Committed(await self.remove_source_disks(r), await self.completed_job(r))
@@ -342,14 +390,17 @@ class Actions:
         try:
             if not r.vm_uuid:
                 raise InvalidArgument("the record has no VM UUID", reason="VM_UUID_UNKNOWN")
-            removed, gone = await self._client(r.source_host).remove_source_disks(r.vm_uuid, paths,
-                                                                                  migration_id=r.id)
+            removed, gone = await self._client(r.source_host).remove_source_disks(r.vm_uuid, paths, migration_id=r.id)
         except FerryError as err:
-            log.warning("migration %s: the source's disks on %s stay (%s: %s): %s", r.id, r.source_host,
-                        err.reason, err, listed)
-            return (f"SOURCE_DISKS_LEFT: {listed} on {r.source_host} not removed ({err.reason}: {err.message}); "
-                    f"remove them by hand once the guest is known to run on {r.target_host} only")
+            log.warning(
+                "migration %s: the source's disks on %s stay (%s: %s): %s", r.id, r.source_host, err.reason, err, listed
+            )
+            return (
+                f"SOURCE_DISKS_LEFT: {listed} on {r.source_host} not removed ({err.reason}: {err.message}); "
+                f"remove them by hand once the guest is known to run on {r.target_host} only"
+            )
         log.info("migration %s: removed the source's disks on %s: %s", r.id, r.source_host, listed)
         done = ", ".join(removed) or "none"
-        return f"source disks removed on {r.source_host}: {done}" + (f" (already gone: {', '.join(gone)})"
-                                                                      if gone else "")
+        return f"source disks removed on {r.source_host}: {done}" + (
+            f" (already gone: {', '.join(gone)})" if gone else ""
+        )

@@ -62,26 +62,37 @@ def job_from_pb(m: apb.GetJobResponse, *, completed: bool) -> JobStats:
     """GetJob's answer as JobStats. (A local converter: ferry/convert.py has only ``job_to_pb``.)"""
     if completed:
         c = m.completed
-        return JobStats(active=m.active, job_type=m.job_type, operation=m.operation,
-                        time_elapsed_ms=c.time_elapsed_ms, downtime_ms=c.downtime_ms,
-                        memory_processed=c.memory_processed, disk_processed=c.disk_processed,
-                        iteration=c.iterations, postcopy=c.postcopy)
+        return JobStats(
+            active=m.active,
+            job_type=m.job_type,
+            operation=m.operation,
+            time_elapsed_ms=c.time_elapsed_ms,
+            downtime_ms=c.downtime_ms,
+            memory_processed=c.memory_processed,
+            disk_processed=c.disk_processed,
+            iteration=c.iterations,
+            postcopy=c.postcopy,
+        )
     stats = convert.progress_from_pb(m.progress, active=m.active).stats
     return replace(stats, job_type=m.job_type, operation=m.operation)
 
 
 def prepared_from_pb(m: apb.PrepareIncomingResponse) -> PreparedIncoming:
     return PreparedIncoming(
-        prepare_id=m.prepare_id, destination_xml=m.destination_xml,
-        disks=tuple(convert.disk_plan_from_pb(d) for d in m.disks), created=tuple(m.created),
+        prepare_id=m.prepare_id,
+        destination_xml=m.destination_xml,
+        disks=tuple(convert.disk_plan_from_pb(d) for d in m.disks),
+        created=tuple(m.created),
         expires_at=convert.timestamp_from_pb(m.expires_at),
-        problems=tuple(convert.blocker_from_pb(p) for p in m.problems))
+        problems=tuple(convert.blocker_from_pb(p) for p in m.problems),
+    )
 
 
 def migrate_result_from_pb(m: apb.MigrateResult) -> MigrationResult:
     state = None if m.source_state == tpb.DOMAIN_STATE_UNSPECIFIED else convert.domain_state_from_pb(m.source_state)
-    return MigrationResult(job=convert.completed_job_from_pb(m.job), source_state=state,
-                           source_defined=m.source_defined)
+    return MigrationResult(
+        job=convert.completed_job_from_pb(m.job), source_state=state, source_defined=m.source_defined
+    )
 
 
 @dataclass(eq=False)
@@ -98,8 +109,16 @@ class GrpcAgentClient:
     """One agent over gRPC. ``timeout_s`` is the deadline of quick calls; ``slow_timeout_s`` of
     those that may wait on disks or on an incoming job (PrepareIncoming, CleanupIncoming)."""
 
-    def __init__(self, host: str, address: str, tls: Tls | None = None, *, timeout_s: float = 30.0,
-                 slow_timeout_s: float = 120.0, progress_interval_ms: int = 500) -> None:
+    def __init__(
+        self,
+        host: str,
+        address: str,
+        tls: Tls | None = None,
+        *,
+        timeout_s: float = 30.0,
+        slow_timeout_s: float = 120.0,
+        progress_interval_ms: int = 500,
+    ) -> None:
         self.host = host
         self.address = address
         self._tls = tls
@@ -107,7 +126,7 @@ class GrpcAgentClient:
         self._slow_timeout_s = slow_timeout_s
         self._progress_interval_ms = progress_interval_ms
         self._conn: _Conn | None = None
-        self._retired: set[_Conn] = set()      # replaced, closed when their last call ends
+        self._retired: set[_Conn] = set()  # replaced, closed when their last call ends
         self._closing: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
@@ -162,27 +181,38 @@ class GrpcAgentClient:
         from_agent = any(key == _STATUS_DETAILS_KEY for key, _ in metadata or ())
         code = exc.code() if callable(getattr(exc, "code", None)) else None
         if code == grpc.StatusCode.UNIMPLEMENTED and not from_agent:
-            return FailedPrecondition(f"the agent on {self.host} ({self.address}) does not know {method or 'this call'}",
-                                      reason=AGENT_TOO_OLD, hint=f"upgrade ferry-agent on {self.host}")
+            return FailedPrecondition(
+                f"the agent on {self.host} ({self.address}) does not know {method or 'this call'}",
+                reason=AGENT_TOO_OLD,
+                hint=f"upgrade ferry-agent on {self.host}",
+            )
         # without a Ferry error in it, UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED come from the way
         # there (no connection, no answer, the agent's server shutting down mid-call)
-        if from_agent or code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                      grpc.StatusCode.CANCELLED):
+        if from_agent or code not in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.CANCELLED,
+        ):
             return err
         if code != grpc.StatusCode.DEADLINE_EXCEEDED:
             self._retire(conn)
-            return Unavailable(f"the agent on {self.host} ({self.address}) cannot be reached: {err.message}",
-                               reason=AGENT_UNREACHABLE,
-                               hint=f"check that ferry-agent runs on {self.host} and listens on {self.address}")
-        return DeadlineExceeded(f"the agent on {self.host} ({self.address}) did not answer in time: {err.message}",
-                                reason=AGENT_TIMEOUT,
-                                hint=f"check ferry-agent's log and libvirtd on {self.host}")
+            return Unavailable(
+                f"the agent on {self.host} ({self.address}) cannot be reached: {err.message}",
+                reason=AGENT_UNREACHABLE,
+                hint=f"check that ferry-agent runs on {self.host} and listens on {self.address}",
+            )
+        return DeadlineExceeded(
+            f"the agent on {self.host} ({self.address}) did not answer in time: {err.message}",
+            reason=AGENT_TIMEOUT,
+            hint=f"check ferry-agent's log and libvirtd on {self.host}",
+        )
 
     async def _call(self, method: str, request: object, *, slow: bool = False) -> object:
         with self._using() as conn:
             try:
                 return await getattr(conn.stub, method)(
-                    request, timeout=self._slow_timeout_s if slow else self._timeout_s)
+                    request, timeout=self._slow_timeout_s if slow else self._timeout_s
+                )
             except grpc.RpcError as exc:
                 raise self._error(exc, conn, method) from None
 
@@ -191,21 +221,35 @@ class GrpcAgentClient:
     async def inventory(self) -> Inventory:
         m = await self._call("GetInventory", apb.GetInventoryRequest())
         assert isinstance(m, apb.Inventory)
-        return Inventory(host=convert.host_facts_from_pb(m.host),
-                         domains=tuple(convert.domain_from_pb(d) for d in m.domains))
+        return Inventory(
+            host=convert.host_facts_from_pb(m.host), domains=tuple(convert.domain_from_pb(d) for d in m.domains)
+        )
 
     async def get_domain(self, vm: str, *, include_xml: bool = False) -> tuple[DomainInfo, str]:
         m = await self._call("GetDomain", apb.GetDomainRequest(name=vm, include_xml=include_xml))
         assert isinstance(m, apb.GetDomainResponse)
         return convert.domain_from_pb(m.domain), m.xml
 
-    async def prepare_incoming(self, *, domain_xml: str, disks: Sequence[DiskPlan], mapping: HostMapping,
-                               storage: StorageMode, ttl_s: int, migration_id: str,
-                               dry_run: bool) -> PreparedIncoming:
+    async def prepare_incoming(
+        self,
+        *,
+        domain_xml: str,
+        disks: Sequence[DiskPlan],
+        mapping: HostMapping,
+        storage: StorageMode,
+        ttl_s: int,
+        migration_id: str,
+        dry_run: bool,
+    ) -> PreparedIncoming:
         request = apb.PrepareIncomingRequest(
-            domain_xml=domain_xml, disks=[convert.disk_plan_to_pb(d) for d in disks],
-            mapping=convert.mapping_to_pb(mapping), storage=convert.storage_mode_to_pb(storage),
-            ttl_seconds=max(0, int(ttl_s)), migration_id=migration_id, dry_run=dry_run)
+            domain_xml=domain_xml,
+            disks=[convert.disk_plan_to_pb(d) for d in disks],
+            mapping=convert.mapping_to_pb(mapping),
+            storage=convert.storage_mode_to_pb(storage),
+            ttl_seconds=max(0, int(ttl_s)),
+            migration_id=migration_id,
+            dry_run=dry_run,
+        )
         m = await self._call("PrepareIncoming", request, slow=True)
         assert isinstance(m, apb.PrepareIncomingResponse)
         return prepared_from_pb(m)
@@ -223,15 +267,27 @@ class GrpcAgentClient:
         assert isinstance(m, apb.ListPreparesResponse)
         return [convert.prepare_record_from_pb(p) for p in m.prepares]
 
-    async def migrate(self, vm: str, *, target_uri: str, destination_xml: str, options: MigrationOptions,
-                      migration_id: str, migrate_uri: str = ""
-                      ) -> AsyncIterator[MigrationProgress | MigrationResult]:
+    async def migrate(
+        self,
+        vm: str,
+        *,
+        target_uri: str,
+        destination_xml: str,
+        options: MigrationOptions,
+        migration_id: str,
+        migrate_uri: str = "",
+    ) -> AsyncIterator[MigrationProgress | MigrationResult]:
         """Progress snapshots, then one MigrationResult; a failed job raises its FerryError.
         Stopping the iteration cancels the stream (the job keeps running on the source)."""
         request = apb.MigrateRequest(
-            domain=vm, target_uri=target_uri, migrate_uri=migrate_uri, destination_xml=destination_xml,
-            options=convert.options_to_pb(options), migration_id=migration_id,
-            progress_interval_ms=self._progress_interval_ms)
+            domain=vm,
+            target_uri=target_uri,
+            migrate_uri=migrate_uri,
+            destination_xml=destination_xml,
+            options=convert.options_to_pb(options),
+            migration_id=migration_id,
+            progress_interval_ms=self._progress_interval_ms,
+        )
         with self._using() as conn:
             call = conn.stub.Migrate(request)
             try:
@@ -255,8 +311,14 @@ class GrpcAgentClient:
         assert isinstance(m, apb.AbortMigrationResponse)
         return m.aborted
 
-    async def tune_migration(self, vm: str, *, max_downtime_ms: int | None = None,
-                             bandwidth_mibps: int | None = None, start_postcopy: bool = False) -> None:
+    async def tune_migration(
+        self,
+        vm: str,
+        *,
+        max_downtime_ms: int | None = None,
+        bandwidth_mibps: int | None = None,
+        start_postcopy: bool = False,
+    ) -> None:
         request = apb.TuneMigrationRequest(domain=vm, start_postcopy=start_postcopy)
         if max_downtime_ms is not None:
             request.max_downtime_ms = max_downtime_ms
@@ -270,14 +332,18 @@ class GrpcAgentClient:
         return job_from_pb(m, completed=completed)
 
     async def probe_target(self, target_uri: str, *, migration_address: str = "") -> tuple[list[Blocker], int]:
-        m = await self._call("ProbeTarget", apb.ProbeTargetRequest(target_uri=target_uri,
-                                                                    migration_address=migration_address))
+        m = await self._call(
+            "ProbeTarget", apb.ProbeTargetRequest(target_uri=target_uri, migration_address=migration_address)
+        )
         assert isinstance(m, apb.ProbeTargetResponse)
         return [convert.blocker_from_pb(p) for p in m.problems], m.latency_ms
 
-    async def remove_source_disks(self, vm_uuid: str, paths: Sequence[str], *, migration_id: str
-                                  ) -> tuple[list[str], list[str]]:
-        m = await self._call("RemoveSourceDisks", apb.RemoveSourceDisksRequest(
-            domain_uuid=vm_uuid, paths=list(paths), migration_id=migration_id))
+    async def remove_source_disks(
+        self, vm_uuid: str, paths: Sequence[str], *, migration_id: str
+    ) -> tuple[list[str], list[str]]:
+        m = await self._call(
+            "RemoveSourceDisks",
+            apb.RemoveSourceDisksRequest(domain_uuid=vm_uuid, paths=list(paths), migration_id=migration_id),
+        )
         assert isinstance(m, apb.RemoveSourceDisksResponse)
         return list(m.removed), list(m.already_gone)

@@ -38,21 +38,29 @@ def _fmt(version: int) -> str:
 
 def version_blockers(source: HostFacts, target: HostFacts) -> list[Blocker]:
     out = []
-    for what, s, t in (("QEMU", source.qemu_version, target.qemu_version),
-                       ("libvirt", source.libvirt_version, target.libvirt_version)):
+    for what, s, t in (
+        ("QEMU", source.qemu_version, target.qemu_version),
+        ("libvirt", source.libvirt_version, target.libvirt_version),
+    ):
         if not s or not t:
             continue
         if t < s and _major(t) < _major(s):
-            out.append(Blocker(
-                "VERSION_TOO_OLD",
-                f"{what} on {target.hostname} is {_fmt(t)}, older than {_fmt(s)} on {source.hostname}",
-                f"upgrade {what} on {target.hostname} or pick a target with {what} >= {_fmt(s)}"))
+            out.append(
+                Blocker(
+                    "VERSION_TOO_OLD",
+                    f"{what} on {target.hostname} is {_fmt(t)}, older than {_fmt(s)} on {source.hostname}",
+                    f"upgrade {what} on {target.hostname} or pick a target with {what} >= {_fmt(s)}",
+                )
+            )
         elif abs(_major(t) - _major(s)) > MAX_MAJOR_SKEW:
-            out.append(Blocker(
-                "VERSION_SKEW",
-                f"{what} {_fmt(s)} on {source.hostname} and {_fmt(t)} on {target.hostname} are more than "
-                f"{MAX_MAJOR_SKEW} major versions apart",
-                f"migrate through a host with an intermediate {what} version"))
+            out.append(
+                Blocker(
+                    "VERSION_SKEW",
+                    f"{what} {_fmt(s)} on {source.hostname} and {_fmt(t)} on {target.hostname} are more than "
+                    f"{MAX_MAJOR_SKEW} major versions apart",
+                    f"migrate through a host with an intermediate {what} version",
+                )
+            )
     return out
 
 
@@ -76,52 +84,97 @@ def coordinator_blockers(
     """Every blocker visible from the inventory alone. Empty = go on to the agents' checks."""
     out: list[Blocker] = []
     if target is None:
-        out.append(Blocker("TARGET_UNKNOWN", f"no host named {target_name!r} is registered",
-                           "check the name with `ferry hosts`; its agent must be running"))
+        out.append(
+            Blocker(
+                "TARGET_UNKNOWN",
+                f"no host named {target_name!r} is registered",
+                "check the name with `ferry hosts`; its agent must be running",
+            )
+        )
     elif not target.available:
-        out.append(Blocker("TARGET_DOWN", f"the agent on {target_name} is not available (lease expired)",
-                           f"start ferry-agent on {target_name} or pick another target"))
+        out.append(
+            Blocker(
+                "TARGET_DOWN",
+                f"the agent on {target_name} is not available (lease expired)",
+                f"start ferry-agent on {target_name} or pick another target",
+            )
+        )
     if domain is None or source is None:
-        out.append(Blocker("VM_UNKNOWN", f"no host reports a VM named {vm!r}",
-                           "check the name with `ferry vms`"))
+        out.append(Blocker("VM_UNKNOWN", f"no host reports a VM named {vm!r}", "check the name with `ferry vms`"))
         return out
     if source.name == target_name:
         out.append(Blocker("SAME_HOST", f"{vm} already runs on {target_name}", "pick another target host"))
     if not options.offline and domain.state not in (DomainState.RUNNING, DomainState.PAUSED, DomainState.BLOCKED):
-        out.append(Blocker("VM_NOT_RUNNING", f"{vm} is {domain.state.name.lower()} on {source.name}; "
-                           "a live migration needs a running VM", "start it, or migrate with --offline"))
+        out.append(
+            Blocker(
+                "VM_NOT_RUNNING",
+                f"{vm} is {domain.state.name.lower()} on {source.name}; a live migration needs a running VM",
+                "start it, or migrate with --offline",
+            )
+        )
     if options.offline and not domain.persistent:
-        out.append(Blocker("VM_TRANSIENT", f"{vm} has no persistent definition to migrate offline",
-                           "define it first (virsh dumpxml | virsh define) or migrate live"))
+        out.append(
+            Blocker(
+                "VM_TRANSIENT",
+                f"{vm} has no persistent definition to migrate offline",
+                "define it first (virsh dumpxml | virsh define) or migrate live",
+            )
+        )
     if not source.available:
-        out.append(Blocker("SOURCE_DOWN", f"the agent on {source.name} is not available",
-                           f"start ferry-agent on {source.name}"))
+        out.append(
+            Blocker(
+                "SOURCE_DOWN", f"the agent on {source.name} is not available", f"start ferry-agent on {source.name}"
+            )
+        )
     tf = target.facts if target is not None else None
     if tf is not None and source.facts is not None:
         out.extend(version_blockers(source.facts, tf))
         if tf.arch and source.facts.arch and tf.arch != source.facts.arch:
-            out.append(Blocker("ARCH_MISMATCH", f"{source.name} is {source.facts.arch}, {target_name} is {tf.arch}",
-                               "pick a target of the same architecture"))
+            out.append(
+                Blocker(
+                    "ARCH_MISMATCH",
+                    f"{source.name} is {source.facts.arch}, {target_name} is {tf.arch}",
+                    "pick a target of the same architecture",
+                )
+            )
     if tf is not None and not options.offline and tf.memory_free_bytes and domain.memory_bytes > tf.memory_free_bytes:
-        out.append(Blocker("INSUFFICIENT_MEMORY",
-                           f"{vm} needs {domain.memory_bytes >> 20} MiB, {target_name} has "
-                           f"{tf.memory_free_bytes >> 20} MiB free", "free memory on the target or pick another"))
+        out.append(
+            Blocker(
+                "INSUFFICIENT_MEMORY",
+                f"{vm} needs {domain.memory_bytes >> 20} MiB, {target_name} has {tf.memory_free_bytes >> 20} MiB free",
+                "free memory on the target or pick another",
+            )
+        )
     if storage == StorageMode.SHARED and not options.unsafe and not options.offline:
         for d in domain.disks:
             if d.device != "disk" or not d.source or d.readonly:
                 continue
             if not d.shared:
-                out.append(Blocker("DISK_NOT_SHARED", f"disk {d.target} ({d.source}) is on local storage of {source.name}",
-                                   "copy it: --copy-storage-all (or --copy-storage-inc)"))
+                out.append(
+                    Blocker(
+                        "DISK_NOT_SHARED",
+                        f"disk {d.target} ({d.source}) is on local storage of {source.name}",
+                        "copy it: --copy-storage-all (or --copy-storage-inc)",
+                    )
+                )
             elif (d.cache or "default") not in SAFE_SHARED_CACHE:
-                out.append(Blocker("UNSAFE_CACHE",
-                                   f"disk {d.target} uses cache={d.cache or 'default'} on shared storage; "
-                                   "the target could read stale data",
-                                   "set cache='none' on the disk, or pass --unsafe if the storage is coherent"))
+                out.append(
+                    Blocker(
+                        "UNSAFE_CACHE",
+                        f"disk {d.target} uses cache={d.cache or 'default'} on shared storage; "
+                        "the target could read stale data",
+                        "set cache='none' on the disk, or pass --unsafe if the storage is coherent",
+                    )
+                )
     if storage != StorageMode.SHARED and options.migrate_disks:
         known = {d.target for d in domain.disks}
         for dev in options.migrate_disks:
             if dev not in known:
-                out.append(Blocker("UNKNOWN_DISK", f"{vm} has no disk {dev}",
-                                   f"--migrate-disks takes some of: {', '.join(sorted(known)) or 'none'}"))
+                out.append(
+                    Blocker(
+                        "UNKNOWN_DISK",
+                        f"{vm} has no disk {dev}",
+                        f"--migrate-disks takes some of: {', '.join(sorted(known)) or 'none'}",
+                    )
+                )
     return out

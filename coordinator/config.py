@@ -114,8 +114,14 @@ class CoordinatorConfig:
 _FLAGS = {"bridge": "--map-bridge", "network": "--map-network", "path": "--map-path"}
 
 
-def _pairs(kind: str, source: Mapping[str, str], target: Mapping[str, str], overridden: Mapping[str, str],
-           source_host: str, target_host: str) -> dict[str, str]:
+def _pairs(
+    kind: str,
+    source: Mapping[str, str],
+    target: Mapping[str, str],
+    overridden: Mapping[str, str],
+    source_host: str,
+    target_host: str,
+) -> dict[str, str]:
     """source name -> target name for every logical name both hosts declare (identities left out).
 
     Two logical names that give one source name two different target names are ambiguous, unless
@@ -133,14 +139,16 @@ def _pairs(kind: str, source: Mapping[str, str], target: Mapping[str, str], over
                 f"{out[src]!r} and {dst!r} on {target_host}",
                 reason="MAPPING_AMBIGUOUS",
                 hint=f"give this migration's {kind} mapping explicitly ({_FLAGS[kind]} {src}=NAME) "
-                     "or fix the [hosts.*] tables in the coordinator config")
+                "or fix the [hosts.*] tables in the coordinator config",
+            )
         out[src] = dst
         via[src] = logical
     return {s: d for s, d in out.items() if s != d}
 
 
-def derive_mapping(source: HostDecl | None, target: HostDecl | None,
-                   overrides: HostMapping | None = None) -> HostMapping:
+def derive_mapping(
+    source: HostDecl | None, target: HostDecl | None, overrides: HostMapping | None = None
+) -> HostMapping:
     """The translation of host-specific names from ``source`` to ``target`` (pure).
 
     For every logical name both hosts declare: the source's bridge/network/path -> the target's.
@@ -161,9 +169,11 @@ def derive_mapping(source: HostDecl | None, target: HostDecl | None,
     bridges = _pairs("bridge", s.bridges, t.bridges, overrides.bridges, sname, tname)
     networks = _pairs("network", s.networks, t.networks, overrides.networks, sname, tname)
     paths = _pairs("path", s.paths, t.paths, overrides.path_prefixes, sname, tname)
-    return HostMapping(bridges={**bridges, **overrides.bridges},
-                       networks={**networks, **overrides.networks},
-                       path_prefixes={**paths, **overrides.path_prefixes})
+    return HostMapping(
+        bridges={**bridges, **overrides.bridges},
+        networks={**networks, **overrides.networks},
+        path_prefixes={**paths, **overrides.path_prefixes},
+    )
 
 
 # ---------------------------------------------------------------- parsing
@@ -224,10 +234,15 @@ def _timeouts(doc: dict[str, Any], source: str) -> Timeouts:
 def _agents(doc: dict[str, Any], base: Path, source: str) -> AgentsConfig:
     if "agents" not in doc:
         return AgentsConfig()
-    t = Table(doc["agents"], "agents", source,
-               ("call_timeout_s", "inventory_ttl_s", "inventory_timeout_s", "ca", "cert", "key"))
-    values: dict[str, Any] = {k: float(t.number(k)) for k in ("call_timeout_s", "inventory_ttl_s",
-                                                               "inventory_timeout_s") if k in t}
+    t = Table(
+        doc["agents"],
+        "agents",
+        source,
+        ("call_timeout_s", "inventory_ttl_s", "inventory_timeout_s", "ca", "cert", "key"),
+    )
+    values: dict[str, Any] = {
+        k: float(t.number(k)) for k in ("call_timeout_s", "inventory_ttl_s", "inventory_timeout_s") if k in t
+    }
     values["tls"] = tls_of(t, base, required=False)
     return AgentsConfig(**values)
 
@@ -252,8 +267,9 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
     Table(doc, "top level", source, ("coordinator", "etcd", "limits", "timeouts", "agents", "hosts", "tls"))
     if "coordinator" not in doc:
         raise bad(source, "no [coordinator] table", "start the file with [coordinator] (id, listen)")
-    c = Table(doc["coordinator"], "coordinator", source,
-               ("id", "listen", "advertise", "election_ttl_s", "prepare_ttl_s"))
+    c = Table(
+        doc["coordinator"], "coordinator", source, ("id", "listen", "advertise", "election_ttl_s", "prepare_ttl_s")
+    )
     missing = [k for k in ("id", "listen") if k not in c]
     if missing:
         raise bad(source, f"[coordinator] lacks {', '.join(missing)}", f"add {', '.join(missing)} to [coordinator]")

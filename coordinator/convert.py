@@ -73,21 +73,40 @@ def history_from_pb(m: tpb.TimedPhase) -> PhaseChange:
 
 def progress_to_pb(p: ProgressSnapshot) -> tpb.MigrationProgress:
     return tpb.MigrationProgress(
-        phase=convert.phase_to_pb(p.phase), memory_total=p.memory_total, memory_processed=p.memory_processed,
-        memory_remaining=p.memory_remaining, disk_total=p.disk_total, disk_processed=p.disk_processed,
-        disk_remaining=p.disk_remaining, dirty_rate_pages=p.dirty_rate_pages, page_size=p.page_size,
-        iteration=p.iteration, bandwidth_bps=p.bandwidth_bps, elapsed_ms=p.elapsed_ms,
-        auto_converge_throttle=p.auto_converge_throttle, max_downtime_ms=p.max_downtime_ms)
+        phase=convert.phase_to_pb(p.phase),
+        memory_total=p.memory_total,
+        memory_processed=p.memory_processed,
+        memory_remaining=p.memory_remaining,
+        disk_total=p.disk_total,
+        disk_processed=p.disk_processed,
+        disk_remaining=p.disk_remaining,
+        dirty_rate_pages=p.dirty_rate_pages,
+        page_size=p.page_size,
+        iteration=p.iteration,
+        bandwidth_bps=p.bandwidth_bps,
+        elapsed_ms=p.elapsed_ms,
+        auto_converge_throttle=p.auto_converge_throttle,
+        max_downtime_ms=p.max_downtime_ms,
+    )
 
 
 def progress_from_pb(m: tpb.MigrationProgress) -> ProgressSnapshot:
     return ProgressSnapshot(
-        phase=convert.phase_from_pb(m.phase) or MigrationPhase.STARTING, memory_total=m.memory_total,
-        memory_processed=m.memory_processed, memory_remaining=m.memory_remaining, disk_total=m.disk_total,
-        disk_processed=m.disk_processed, disk_remaining=m.disk_remaining, iteration=m.iteration,
-        dirty_rate_pages=m.dirty_rate_pages, page_size=m.page_size or 4096, bandwidth_bps=m.bandwidth_bps,
-        elapsed_ms=m.elapsed_ms, auto_converge_throttle=m.auto_converge_throttle,
-        max_downtime_ms=m.max_downtime_ms)
+        phase=convert.phase_from_pb(m.phase) or MigrationPhase.STARTING,
+        memory_total=m.memory_total,
+        memory_processed=m.memory_processed,
+        memory_remaining=m.memory_remaining,
+        disk_total=m.disk_total,
+        disk_processed=m.disk_processed,
+        disk_remaining=m.disk_remaining,
+        iteration=m.iteration,
+        dirty_rate_pages=m.dirty_rate_pages,
+        page_size=m.page_size or 4096,
+        bandwidth_bps=m.bandwidth_bps,
+        elapsed_ms=m.elapsed_ms,
+        auto_converge_throttle=m.auto_converge_throttle,
+        max_downtime_ms=m.max_downtime_ms,
+    )
 
 
 # ---------------------------------------------------------------- migrations
@@ -95,11 +114,21 @@ def progress_from_pb(m: tpb.MigrationProgress) -> ProgressSnapshot:
 
 def migration_to_pb(r: MigrationRecord) -> cpb.Migration:
     m = cpb.Migration(
-        id=r.id, vm=r.vm, vm_uuid=r.vm_uuid, source_host=r.source_host, target_host=r.target_host,
-        options=convert.options_to_pb(r.options), mapping=convert.mapping_to_pb(r.mapping),
-        priority=r.priority, idempotency_key=r.idempotency_key, phase=phase_to_pb(r.phase),
-        history=[history_to_pb(c) for c in r.history], created_at=convert.timestamp_to_pb(r.created_at),
-        cancel_requested=r.cancel_requested, prepare_id=r.prepare_id)
+        id=r.id,
+        vm=r.vm,
+        vm_uuid=r.vm_uuid,
+        source_host=r.source_host,
+        target_host=r.target_host,
+        options=convert.options_to_pb(r.options),
+        mapping=convert.mapping_to_pb(r.mapping),
+        priority=r.priority,
+        idempotency_key=r.idempotency_key,
+        phase=phase_to_pb(r.phase),
+        history=[history_to_pb(c) for c in r.history],
+        created_at=convert.timestamp_to_pb(r.created_at),
+        cancel_requested=r.cancel_requested,
+        prepare_id=r.prepare_id,
+    )
     if r.updated_at is not None:
         m.updated_at.CopyFrom(convert.timestamp_to_pb(r.updated_at))
     if r.progress is not None:
@@ -114,10 +143,16 @@ def migration_to_pb(r: MigrationRecord) -> cpb.Migration:
 def migration_from_pb(m: cpb.Migration) -> MigrationRecord:
     """The API's view of a record as a MigrationRecord (fields the proto lacks keep their defaults)."""
     return MigrationRecord(
-        id=m.id, vm=m.vm, vm_uuid=m.vm_uuid, source_host=m.source_host, target_host=m.target_host,
+        id=m.id,
+        vm=m.vm,
+        vm_uuid=m.vm_uuid,
+        source_host=m.source_host,
+        target_host=m.target_host,
         created_at=convert.timestamp_from_pb(m.created_at) or datetime.fromtimestamp(0, UTC),
-        options=convert.options_from_pb(m.options), mapping=convert.mapping_from_pb(m.mapping),
-        priority=m.priority, idempotency_key=m.idempotency_key,
+        options=convert.options_from_pb(m.options),
+        mapping=convert.mapping_from_pb(m.mapping),
+        priority=m.priority,
+        idempotency_key=m.idempotency_key,
         updated_at=convert.timestamp_from_pb(m.updated_at),
         phase=phase_from_pb(m.phase) or Phase.PENDING,
         history=tuple(history_from_pb(c) for c in m.history),
@@ -125,7 +160,8 @@ def migration_from_pb(m: cpb.Migration) -> MigrationRecord:
         progress=progress_from_pb(m.progress) if m.HasField("progress") else None,
         result=convert.completed_job_from_pb(m.result) if m.HasField("result") else None,
         error=error_from_pb(m.error) if m.HasField("error") else None,
-        cancel_requested=m.cancel_requested)
+        cancel_requested=m.cancel_requested,
+    )
 
 
 def options_from_request(m: tpb.MigrationOptions) -> tuple[MigrationOptions, bool]:
@@ -137,10 +173,25 @@ def options_from_request(m: tpb.MigrationOptions) -> tuple[MigrationOptions, boo
 # ---------------------------------------------------------------- hosts and VMs
 
 
-def host_status_to_pb(*, name: str, address: str, available: bool, facts: HostFacts | None, domains: int,
-                      migrations_out: int, migrations_in: int, last_seen: datetime | None) -> cpb.HostStatus:
-    h = cpb.HostStatus(name=name, address=address, available=available, domains=domains,
-                       migrations_out=migrations_out, migrations_in=migrations_in)
+def host_status_to_pb(
+    *,
+    name: str,
+    address: str,
+    available: bool,
+    facts: HostFacts | None,
+    domains: int,
+    migrations_out: int,
+    migrations_in: int,
+    last_seen: datetime | None,
+) -> cpb.HostStatus:
+    h = cpb.HostStatus(
+        name=name,
+        address=address,
+        available=available,
+        domains=domains,
+        migrations_out=migrations_out,
+        migrations_in=migrations_in,
+    )
     if facts is not None:
         h.facts.CopyFrom(convert.host_facts_to_pb(facts))
     if last_seen is not None:
@@ -150,4 +201,3 @@ def host_status_to_pb(*, name: str, address: str, available: bool, facts: HostFa
 
 def vm_to_pb(domain: DomainInfo, host: str, migration_id: str = "") -> cpb.VM:
     return cpb.VM(domain=convert.domain_to_pb(domain), host=host, migration_id=migration_id)
-

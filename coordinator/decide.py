@@ -27,7 +27,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Union
 
 from ferry.model import CompletedJob, DomainState, MigrationPhase
 
@@ -55,7 +54,7 @@ class Prepared:
 
     prepare_id: str
     destination_xml: str
-    copied_disks: tuple[str, ...] = ()   # source paths of the disks the target prepared copies of
+    copied_disks: tuple[str, ...] = ()  # source paths of the disks the target prepared copies of
 
 
 @dataclass(frozen=True)
@@ -135,8 +134,21 @@ class Tick:
     """Time passed: check the phase deadline."""
 
 
-Event = Union[Admitted, PreflightResult, Prepared, PrepareFailed, Progress, MigrationEnded, CancelRequested,
-              CleanedUp, Committed, StepFailed, Placement, AgentLost, Tick]
+Event = (
+    Admitted
+    | PreflightResult
+    | Prepared
+    | PrepareFailed
+    | Progress
+    | MigrationEnded
+    | CancelRequested
+    | CleanedUp
+    | Committed
+    | StepFailed
+    | Placement
+    | AgentLost
+    | Tick
+)
 
 # --- actions: what the shell performs (after storing the record) ---------------------------------
 
@@ -189,8 +201,16 @@ class CommitTarget:
     prepare_id: str
 
 
-Action = Union[RunPreflight, PrepareTarget, StartMigration, WatchJob, AbortMigration, ObservePlacement,
-               CleanupTarget, CommitTarget]
+Action = (
+    RunPreflight
+    | PrepareTarget
+    | StartMigration
+    | WatchJob
+    | AbortMigration
+    | ObservePlacement
+    | CleanupTarget
+    | CommitTarget
+)
 
 
 @dataclass(frozen=True)
@@ -292,8 +312,7 @@ def decide(record: MigrationRecord, event: Event, now: datetime, timeouts: Timeo
         case Prepared():
             return _prepared(c, event)
         case PrepareFailed() if record.phase is Phase.PREPARING:
-            return roll_back(c, f"prepare failed: {event.error.reason}", error=event.error,
-                             goal=Phase.ROLLED_BACK)
+            return roll_back(c, f"prepare failed: {event.error.reason}", error=event.error, goal=Phase.ROLLED_BACK)
         case Progress() if record.phase is Phase.MIGRATING:
             return Decision(replace(record, progress=event.snapshot, updated_at=now), (), "progress")
         case MigrationEnded():
@@ -309,8 +328,10 @@ def decide(record: MigrationRecord, event: Event, now: datetime, timeouts: Timeo
             return Decision(noted.to(Phase.SUCCEEDED, "target committed"), (), "committed; succeeded")
         case StepFailed():
             e = event.error
-            return c.noted(f"{event.step} failed: {e.reason}: {e.message}",
-                           f"{event.step} failed ({e.reason}); retrying at the deadline")
+            return c.noted(
+                f"{event.step} failed: {e.reason}: {e.message}",
+                f"{event.step} failed ({e.reason}); retrying at the deadline",
+            )
         case Placement() if record.phase in (Phase.MIGRATING, Phase.FINISHING, Phase.ROLLING_BACK):
             return on_placement(c, event)
         case AgentLost():
@@ -322,11 +343,17 @@ def decide(record: MigrationRecord, event: Event, now: datetime, timeouts: Timeo
 
 def _final(c: Ctx, event: Event) -> Decision:
     r = c.r
-    if (isinstance(event, Prepared) and event.prepare_id != r.prepare_id and r.phase is not Phase.SUCCEEDED
-            and not r.migration_started):
+    if (
+        isinstance(event, Prepared)
+        and event.prepare_id != r.prepare_id
+        and r.phase is not Phase.SUCCEEDED
+        and not r.migration_started
+    ):
         # the answer of a PrepareIncoming still in flight when the record ended: nobody will use it
-        return c.keep(f"late prepare {event.prepare_id} of a {r.phase.name} migration; removing it",
-                      CleanupTarget((event.prepare_id,)))
+        return c.keep(
+            f"late prepare {event.prepare_id} of a {r.phase.name} migration; removing it",
+            CleanupTarget((event.prepare_id,)),
+        )
     return Decision(r, (), f"ignored: {type(event).__name__}, the migration is final ({r.phase.name})")
 
 
@@ -334,37 +361,61 @@ def _admitted(c: Ctx, event: Admitted) -> Decision:
     if c.r.phase is not Phase.PENDING:
         return c.ignore(event)
     n = c.r.attempt + 1
-    return Decision(c.to(Phase.PREFLIGHT, f"admitted (attempt {n})", attempt=n), (RunPreflight(),),
-                    "admitted; running preflight")
+    return Decision(
+        c.to(Phase.PREFLIGHT, f"admitted (attempt {n})", attempt=n), (RunPreflight(),), "admitted; running preflight"
+    )
 
 
 def _preflight_result(c: Ctx, event: PreflightResult) -> Decision:
     if c.r.phase is not Phase.PREFLIGHT:
         return c.ignore(event)
     if not event.problems:
-        return Decision(c.to(Phase.PREPARING, "preflight passed"), (PrepareTarget(),),
-                        "preflight passed; preparing target")
+        return Decision(
+            c.to(Phase.PREPARING, "preflight passed"), (PrepareTarget(),), "preflight passed; preparing target"
+        )
     reasons = ", ".join(p.reason for p in event.problems)
     first = event.problems[0]
-    error = first if len(event.problems) == 1 else ErrorDetail(
-        first.reason, "; ".join(p.message for p in event.problems), "; ".join(p.hint for p in event.problems if p.hint))
-    return Decision(c.to(Phase.FAILED, f"preflight: {reasons}", error=error), (),
-                    f"preflight found {len(event.problems)} problem(s): {reasons}; failed")
+    error = (
+        first
+        if len(event.problems) == 1
+        else ErrorDetail(
+            first.reason,
+            "; ".join(p.message for p in event.problems),
+            "; ".join(p.hint for p in event.problems if p.hint),
+        )
+    )
+    return Decision(
+        c.to(Phase.FAILED, f"preflight: {reasons}", error=error),
+        (),
+        f"preflight found {len(event.problems)} problem(s): {reasons}; failed",
+    )
 
 
 def _prepared(c: Ctx, event: Prepared) -> Decision:
     r = c.r
     if r.phase is Phase.PREPARING:
-        return Decision(c.to(Phase.MIGRATING, f"target prepared ({event.prepare_id})", prepare_id=event.prepare_id,
-                             destination_xml=event.destination_xml, copied_disks=event.copied_disks),
-                        (StartMigration(),), "prepared; starting migration")
+        return Decision(
+            c.to(
+                Phase.MIGRATING,
+                f"target prepared ({event.prepare_id})",
+                prepare_id=event.prepare_id,
+                destination_xml=event.destination_xml,
+                copied_disks=event.copied_disks,
+            ),
+            (StartMigration(),),
+            "prepared; starting migration",
+        )
     if r.phase is Phase.ROLLING_BACK and event.prepare_id != r.prepare_id:
-        r2 = note(replace(r, prepare_id=r.prepare_id or event.prepare_id, target_cleaned=False), c.now,
-                  f"late prepare {event.prepare_id}; removing it")
+        r2 = note(
+            replace(r, prepare_id=r.prepare_id or event.prepare_id, target_cleaned=False),
+            c.now,
+            f"late prepare {event.prepare_id}; removing it",
+        )
         if r.migration_started:  # removed with the rest once the guest is known off the target
             return Decision(r2, (c.observe_later,), f"late prepare {event.prepare_id}; observing placement")
-        return Decision(r2, (CleanupTarget(_ids(r2, event.prepare_id)),),
-                        f"late prepare {event.prepare_id}; removing it")
+        return Decision(
+            r2, (CleanupTarget(_ids(r2, event.prepare_id)),), f"late prepare {event.prepare_id}; removing it"
+        )
     return c.ignore(event)
 
 
@@ -376,8 +427,16 @@ def retry_goal(r: MigrationRecord, t: Timeouts) -> Phase:
     return Phase.PENDING if r.attempt < t.max_attempts else Phase.ROLLED_BACK
 
 
-def roll_back(c: Ctx, reason: str, *, goal: Phase, error: ErrorDetail | None = None, abort: bool = False,
-               safe_to_clean: bool = False, **changes: object) -> Decision:
+def roll_back(
+    c: Ctx,
+    reason: str,
+    *,
+    goal: Phase,
+    error: ErrorDetail | None = None,
+    abort: bool = False,
+    safe_to_clean: bool = False,
+    **changes: object,
+) -> Decision:
     """Enter RollingBack, ending in ``goal``. Before a migration job was started the target holds
     only empty images: clean at once. After, first make sure the guest is not on the target
     (``safe_to_clean``: a placement just showed it on the source only)."""
@@ -396,9 +455,13 @@ def requeue(c: Ctx, reason: str, error: ErrorDetail) -> Decision:
     """Nothing was touched: queue again, or fail after max_attempts admissions."""
     r = c.r
     if r.attempt < c.t.max_attempts:
-        return Decision(c.to(Phase.PENDING, f"re-queued: {reason}", prepare_id="", destination_xml="",
-                             copied_disks=(), progress=None),
-                        (), f"{reason}; re-queued (attempt {r.attempt} of {c.t.max_attempts} used)")
+        return Decision(
+            c.to(
+                Phase.PENDING, f"re-queued: {reason}", prepare_id="", destination_xml="", copied_disks=(), progress=None
+            ),
+            (),
+            f"{reason}; re-queued (attempt {r.attempt} of {c.t.max_attempts} used)",
+        )
     err = replace(error, message=f"{error.message} (after {r.attempt} attempts)")
     return Decision(c.to(Phase.FAILED, reason, error=err), (), f"{reason}; failed after {r.attempt} attempts")
 
@@ -407,8 +470,16 @@ def finish_rollback(c: Ctx, reason: str) -> Decision:
     r = c.r
     goal = r.rollback_to or Phase.ROLLED_BACK
     if goal is Phase.PENDING:
-        r2 = c.to(Phase.PENDING, f"re-queued: {reason}", prepare_id="", destination_xml="", copied_disks=(),
-                  progress=None, rollback_to=None, target_cleaned=False)
+        r2 = c.to(
+            Phase.PENDING,
+            f"re-queued: {reason}",
+            prepare_id="",
+            destination_xml="",
+            copied_disks=(),
+            progress=None,
+            rollback_to=None,
+            target_cleaned=False,
+        )
         return Decision(r2, (), f"{reason}; re-queued (attempt {r.attempt} of {c.t.max_attempts} used)")
     return Decision(c.to(goal, reason), (), f"{reason}; {goal.name.lower().replace('_', ' ')}")
 
@@ -417,16 +488,23 @@ def _migration_ended(c: Ctx, event: MigrationEnded) -> Decision:
     r = c.r
     if r.phase is Phase.MIGRATING:
         if event.ok:
-            return Decision(c.to(Phase.FINISHING, "migration job completed", result=event.job),
-                            (ObservePlacement(),), "migration completed; verifying placement")
-        err = event.error or ErrorDetail("MIGRATION_FAILED", "the migration job failed without an error",
-                                         "see the source agent's log")
+            return Decision(
+                c.to(Phase.FINISHING, "migration job completed", result=event.job),
+                (ObservePlacement(),),
+                "migration completed; verifying placement",
+            )
+        err = event.error or ErrorDetail(
+            "MIGRATION_FAILED", "the migration job failed without an error", "see the source agent's log"
+        )
         r2 = note(replace(r, error=err), c.now, f"migration job ended: {err.reason}")
         return Decision(r2, (ObservePlacement(),), f"migration failed ({err.reason}); observing placement")
     if r.phase is Phase.ROLLING_BACK and r.migration_started:
         r2 = replace(r, result=event.job or r.result, updated_at=c.now) if event.ok else r
-        return Decision(r2, (ObservePlacement(),),
-                        f"migration job ended ({'completed' if event.ok else 'failed'}); observing placement")
+        return Decision(
+            r2,
+            (ObservePlacement(),),
+            f"migration job ended ({'completed' if event.ok else 'failed'}); observing placement",
+        )
     return c.ignore(event)
 
 
@@ -452,15 +530,18 @@ def _cancel(c: Ctx) -> Decision:
         r2 = note(replace(r, cancel_requested=True, rollback_to=Phase.CANCELLED), c.now, "cancel requested")
         return Decision(r2, (), "cancel requested; the rollback now ends cancelled instead of re-queued")
     r2 = note(replace(r, cancel_requested=True), c.now, "cancel requested")
-    return Decision(r2, (), f"cancel requested; already rolling back, ends {r.rollback_to.name if r.rollback_to else '?'}")
+    return Decision(
+        r2, (), f"cancel requested; already rolling back, ends {r.rollback_to.name if r.rollback_to else '?'}"
+    )
 
 
 def _cleaned_up(c: Ctx) -> Decision:
     r = replace(c.r, target_cleaned=True)
     if not r.migration_started:
         return finish_rollback(replace(c, r=r), "target cleaned")
-    return Decision(note(r, c.now, "target cleaned"), (ObservePlacement(),),
-                    "target cleaned; verifying the guest runs on source")
+    return Decision(
+        note(r, c.now, "target cleaned"), (ObservePlacement(),), "target cleaned; verifying the guest runs on source"
+    )
 
 
 def _agent_lost(c: Ctx, event: AgentLost) -> Decision:
@@ -468,8 +549,11 @@ def _agent_lost(c: Ctx, event: AgentLost) -> Decision:
     if event.host not in (r.source_host, r.target_host) or r.phase is Phase.PENDING:
         return c.ignore(event)
     lost = f"agent on {event.host} lost"
-    err = ErrorDetail("AGENT_LOST", f"the agent on {event.host} could not be reached",
-                      f"check ferry-agent and libvirtd on {event.host}")
+    err = ErrorDetail(
+        "AGENT_LOST",
+        f"the agent on {event.host} could not be reached",
+        f"check ferry-agent and libvirtd on {event.host}",
+    )
     if r.phase is Phase.PREFLIGHT:
         return requeue(c, lost, err)
     if r.phase is Phase.PREPARING:
@@ -485,18 +569,36 @@ def _tick(c: Ctx) -> Decision:
         return c.keep("no action: deadline not reached")
     match r.phase:
         case Phase.PENDING:
-            return Decision(c.to(Phase.FAILED, "queued too long", error=ErrorDetail(
-                "QUEUE_TIMEOUT", f"no migration slot became free for {r.vm} before the queue deadline",
-                "raise the slot limits or the priority, check both hosts' agents are up, then resubmit")),
-                (), "queued too long; failed")
+            return Decision(
+                c.to(
+                    Phase.FAILED,
+                    "queued too long",
+                    error=ErrorDetail(
+                        "QUEUE_TIMEOUT",
+                        f"no migration slot became free for {r.vm} before the queue deadline",
+                        "raise the slot limits or the priority, check both hosts' agents are up, then resubmit",
+                    ),
+                ),
+                (),
+                "queued too long; failed",
+            )
         case Phase.PREFLIGHT:
-            return requeue(c, "preflight timed out", ErrorDetail(
-                "PREFLIGHT_TIMEOUT", f"the preflight of {r.vm} did not finish in time",
-                f"check ferry-agent on {r.target_host} answers (ferry hosts)"))
+            return requeue(
+                c,
+                "preflight timed out",
+                ErrorDetail(
+                    "PREFLIGHT_TIMEOUT",
+                    f"the preflight of {r.vm} did not finish in time",
+                    f"check ferry-agent on {r.target_host} answers (ferry hosts)",
+                ),
+            )
         case Phase.PREPARING:
             goal = retry_goal(r, c.t)
-            err = ErrorDetail("PREPARE_TIMEOUT", f"{r.target_host} did not finish preparing {r.vm} in time",
-                              f"check disk space and ferry-agent's log on {r.target_host}")
+            err = ErrorDetail(
+                "PREPARE_TIMEOUT",
+                f"{r.target_host} did not finish preparing {r.vm} in time",
+                f"check disk space and ferry-agent's log on {r.target_host}",
+            )
             return roll_back(c, "prepare timed out", goal=goal, error=err if goal is Phase.ROLLED_BACK else None)
         case Phase.MIGRATING:
             return _migrating_deadline(c)
@@ -510,9 +612,12 @@ def _migrating_deadline(c: Ctx) -> Decision:
         return _retry_or_fail(c)
     if r.error is not None:  # the job ended but the placement never settled
         return roll_back(c, "placement did not settle", goal=Phase.ROLLED_BACK, abort=True)
-    err = ErrorDetail("MIGRATION_TIMEOUT", f"the migration of {r.vm} did not complete before its deadline",
-                      "the guest dirties memory faster than the link copies it: raise the bandwidth or "
-                      "max downtime, allow auto-converge or post-copy, or migrate when it is quieter")
+    err = ErrorDetail(
+        "MIGRATION_TIMEOUT",
+        f"the migration of {r.vm} did not complete before its deadline",
+        "the guest dirties memory faster than the link copies it: raise the bandwidth or "
+        "max downtime, allow auto-converge or post-copy, or migrate when it is quieter",
+    )
     return roll_back(c, "migration timed out", goal=Phase.ROLLED_BACK, error=err, abort=True)
 
 
@@ -525,22 +630,32 @@ def _retry_or_fail(c: Ctx) -> Decision:
     last = next((h.reason for h in reversed(r.history) if "failed" in h.reason), "")
     where = f"{r.source_host} and {r.target_host}"
     err = {
-        Phase.MIGRATING: ErrorDetail("POSTCOPY_STUCK", f"the post-copy migration of {r.vm} does not complete",
-                                     f"check the link between {where}; `virsh domjobinfo {r.vm}` on "
-                                     f"{r.source_host}; if it broke, `virsh migrate --postcopy-resume`"),
-        Phase.FINISHING: ErrorDetail("FINISH_INCOMPLETE", f"could not confirm {r.vm} runs on {r.target_host} only",
-                                     f"check `virsh list` on {where}; destroy a paused leftover on "
-                                     f"{r.source_host} once the guest runs on {r.target_host}"),
-        Phase.ROLLING_BACK: ErrorDetail("ROLLBACK_INCOMPLETE",
-                                        f"could not finish undoing the migration of {r.vm}" +
-                                        (f" ({r.error.reason})" if r.error else ""),
-                                        f"check `virsh list` on {where}; once {r.vm} runs on {r.source_host} only, "
-                                        f"remove prepare {r.prepare_id or '(id unknown)'} on {r.target_host}"),
+        Phase.MIGRATING: ErrorDetail(
+            "POSTCOPY_STUCK",
+            f"the post-copy migration of {r.vm} does not complete",
+            f"check the link between {where}; `virsh domjobinfo {r.vm}` on "
+            f"{r.source_host}; if it broke, `virsh migrate --postcopy-resume`",
+        ),
+        Phase.FINISHING: ErrorDetail(
+            "FINISH_INCOMPLETE",
+            f"could not confirm {r.vm} runs on {r.target_host} only",
+            f"check `virsh list` on {where}; destroy a paused leftover on "
+            f"{r.source_host} once the guest runs on {r.target_host}",
+        ),
+        Phase.ROLLING_BACK: ErrorDetail(
+            "ROLLBACK_INCOMPLETE",
+            f"could not finish undoing the migration of {r.vm}" + (f" ({r.error.reason})" if r.error else ""),
+            f"check `virsh list` on {where}; once {r.vm} runs on {r.source_host} only, "
+            f"remove prepare {r.prepare_id or '(id unknown)'} on {r.target_host}",
+        ),
     }[r.phase]
     if last:
         err = replace(err, message=f"{err.message}; last: {last}")
-    return Decision(c.to(Phase.FAILED, f"gave up after {r.retries} retries", error=err), (),
-                    f"gave up after {r.retries} retries; failed ({err.reason})")
+    return Decision(
+        c.to(Phase.FAILED, f"gave up after {r.retries} retries", error=err),
+        (),
+        f"gave up after {r.retries} retries; failed ({err.reason})",
+    )
 
 
 def _phase_actions(r: MigrationRecord) -> tuple[Action, ...]:
@@ -563,23 +678,39 @@ def on_placement(c: Ctx, p: Placement) -> Decision:
             # Executing on both while the job runs can only be pre-copy (in post-copy the source
             # is paused), where the source holds the authoritative state: abort, libvirt then
             # stops the target's incoming copy.
-            return c.keep("guest executes on both hosts while the job runs; aborting the job",
-                          AbortMigration(), c.observe_later)
-        return _needs_operator(c, ErrorDetail(
-            "VM_ON_TWO_HOSTS", f"{r.vm} executes on both {r.source_host} and {r.target_host}",
-            f"suspend one copy now (virsh suspend), keep the one with the newest state, destroy the other; "
-            f"Ferry removed nothing (prepare {r.prepare_id or '?'} on {r.target_host} is kept)"))
+            return c.keep(
+                "guest executes on both hosts while the job runs; aborting the job", AbortMigration(), c.observe_later
+            )
+        return _needs_operator(
+            c,
+            ErrorDetail(
+                "VM_ON_TWO_HOSTS",
+                f"{r.vm} executes on both {r.source_host} and {r.target_host}",
+                f"suspend one copy now (virsh suspend), keep the one with the newest state, destroy the other; "
+                f"Ferry removed nothing (prepare {r.prepare_id or '?'} on {r.target_host} is kept)",
+            ),
+        )
     if loc is Location.DIVERGED:
-        return _needs_operator(c, ErrorDetail(
-            "VM_STARTED_ON_SOURCE", f"{r.vm} was started on {r.source_host} while its definition moved to "
-            f"{r.target_host}", f"keep one: shut it down and rerun the migration, or undefine it on "
-            f"{r.target_host} (virsh undefine); Ferry removed nothing"))
+        return _needs_operator(
+            c,
+            ErrorDetail(
+                "VM_STARTED_ON_SOURCE",
+                f"{r.vm} was started on {r.source_host} while its definition moved to {r.target_host}",
+                f"keep one: shut it down and rerun the migration, or undefine it on "
+                f"{r.target_host} (virsh undefine); Ferry removed nothing",
+            ),
+        )
     if loc is Location.NOWHERE:
         kept = "" if r.target_cleaned else f"; the target's copies (prepare {r.prepare_id or '?'}) are kept"
-        return _needs_operator(c, ErrorDetail(
-            "VM_NOT_RUNNING", f"{r.vm} runs on neither {r.source_host} nor {r.target_host}",
-            f"find out why it stopped (libvirt/qemu logs on both hosts) and start it where its newest disks are: "
-            f"{r.source_host} unless the migration reached post-copy or completed{kept}"))
+        return _needs_operator(
+            c,
+            ErrorDetail(
+                "VM_NOT_RUNNING",
+                f"{r.vm} runs on neither {r.source_host} nor {r.target_host}",
+                f"find out why it stopped (libvirt/qemu logs on both hosts) and start it where its newest disks are: "
+                f"{r.source_host} unless the migration reached post-copy or completed{kept}",
+            ),
+        )
     if loc in (Location.SETTLING, Location.UNCLEAR):
         return c.keep(f"placement {loc.value}; observing again", c.observe_later)
     match r.phase:
@@ -589,19 +720,28 @@ def on_placement(c: Ctx, p: Placement) -> Decision:
             if loc is Location.ON_TARGET:
                 return c.keep("guest runs on target only; committing", CommitTarget(r.prepare_id))
             if loc is Location.ON_SOURCE:
-                return roll_back(c, "the job reported success but the guest runs on source only",
-                                 goal=Phase.ROLLED_BACK, safe_to_clean=True, error=ErrorDetail(
-                                     "MIGRATION_NOT_LANDED", f"{r.vm} still runs on {r.source_host} after the "
-                                     "migration job reported success", "retry the migration; report it if it "
-                                     "happens again"))
+                return roll_back(
+                    c,
+                    "the job reported success but the guest runs on source only",
+                    goal=Phase.ROLLED_BACK,
+                    safe_to_clean=True,
+                    error=ErrorDetail(
+                        "MIGRATION_NOT_LANDED",
+                        f"{r.vm} still runs on {r.source_host} after the migration job reported success",
+                        "retry the migration; report it if it happens again",
+                    ),
+                )
             return c.keep("a migration job is active on source again; observing", c.observe_later)
     # ROLLING_BACK, after a job was started
     if loc is Location.MOVING:
         return c.keep("migration job still active; aborting it", AbortMigration(), c.observe_later)
     if loc is Location.ON_TARGET:
         why = "too late to cancel" if r.rollback_to is Phase.CANCELLED else "the migration landed"
-        return Decision(c.to(Phase.FINISHING, f"{why}: guest runs on target", rollback_to=None, error=None),
-                        (CommitTarget(r.prepare_id),), f"{why}: the guest runs on target; finishing")
+        return Decision(
+            c.to(Phase.FINISHING, f"{why}: guest runs on target", rollback_to=None, error=None),
+            (CommitTarget(r.prepare_id),),
+            f"{why}: the guest runs on target; finishing",
+        )
     if not r.target_cleaned:
         return c.keep("job stopped, guest runs on source only; cleaning target", CleanupTarget(_ids(r)))
     return finish_rollback(c, "target cleaned, guest runs on source")
@@ -615,13 +755,23 @@ def _placement_migrating(c: Ctx, loc: Location) -> Decision:
         return c.keep("job still active after it reported its end; observing again", c.observe_later)
     if loc is Location.ON_TARGET:
         ended = f" (the job reported {r.error.reason})" if r.error else ""
-        return Decision(c.to(Phase.FINISHING, f"guest runs on target{ended}", error=None),
-                        (CommitTarget(r.prepare_id),), f"guest runs on target{ended}; committing")
-    err = r.error or ErrorDetail("MIGRATION_INTERRUPTED", f"the migration job of {r.vm} ended unobserved "
-                                 "(coordinator or agent restart)", f"see the agent log on {r.source_host}; "
-                                 "retry the migration")
-    return roll_back(c, f"migration failed ({err.reason}), guest runs on source", goal=Phase.ROLLED_BACK,
-                     error=err, safe_to_clean=True)
+        return Decision(
+            c.to(Phase.FINISHING, f"guest runs on target{ended}", error=None),
+            (CommitTarget(r.prepare_id),),
+            f"guest runs on target{ended}; committing",
+        )
+    err = r.error or ErrorDetail(
+        "MIGRATION_INTERRUPTED",
+        f"the migration job of {r.vm} ended unobserved (coordinator or agent restart)",
+        f"see the agent log on {r.source_host}; retry the migration",
+    )
+    return roll_back(
+        c,
+        f"migration failed ({err.reason}), guest runs on source",
+        goal=Phase.ROLLED_BACK,
+        error=err,
+        safe_to_clean=True,
+    )
 
 
 def _needs_operator(c: Ctx, err: ErrorDetail) -> Decision:

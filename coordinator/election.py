@@ -30,12 +30,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ferry.errors import AlreadyExists, FerryError
-
-from .store import Entry, EventKind, LeaseLost, Resync, Store
+from ferry.keys import LEADER_KEY
+from ferry.store import Entry, EventKind, LeaseLost, Resync, Store
 
 log = logging.getLogger(__name__)
 
-LEADER_KEY = "leader"
 Clock = Callable[[], float]
 Callback = Callable[[], Awaitable[None]]
 

@@ -31,68 +31,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from ferry.errors import FerryError, Internal
-from ferry.ports import AgentClient
+from ferry.keys import MIGRATIONS, VM_ACTIVE, decode_id, name_below, release_vm_active
+from ferry.registry import HostDirectory
+from ferry.store import Entry, EventKind, Resync, Store
 
 from .actions import Actions, ActionTiming
 from .decide import Admitted, AgentLost, Tick
-from .keys import MIGRATIONS, VM_ACTIVE, decode_id, name_below, release_vm_active
 from .phases import Phase, Timeouts
 from .record import MigrationRecord, decode
 from .runner import RecordRunner, Recover, RunnerContext
 from .slots import Limits, admit
-from .store import Entry, EventKind, Resync, Store
 
 log = logging.getLogger(__name__)
 
 
-class HostEvent(Protocol):
-    """A host's agent became available (registered and answering) or stopped being so."""
-
-    @property
-    def host(self) -> str: ...
-
-    @property
-    def available(self) -> bool: ...
-
-
-@dataclass(frozen=True)
-class HostChange:
-    """A plain HostEvent (``coordinator/fleet.py`` has its own, of the same shape)."""
-
-    host: str
-    available: bool
-
-
-class HostDirectory(Protocol):
-    """The fleet's agents as the engine (and preflight) use them.
-
-    A directory may also offer ``registration(host) -> HostRegistration | None``; when it does,
-    the target's libvirt URI and migration address come from there, else from its inventory.
-    """
-
-    def client(self, host: str) -> AgentClient:
-        """The agent client for ``host``; raises a FerryError for a host it does not know."""
-        ...
-
-    def available_hosts(self) -> set[str]:
-        """Hosts whose agent is registered (lease alive) and answering."""
-        ...
-
-    def changes(self) -> AsyncIterator[HostEvent]:
-        """Availability changes from now on (ends when the directory closes)."""
-        ...
-
-
 class Engine:
-    def __init__(self, store: Store, hosts: HostDirectory, *, limits: Limits, timeouts: Timeouts,
-                 clock: Callable[[], datetime], prepare_ttl_s: int, tick_s: float = 2.0,
-                 progress_write_s: float = 1.0, job_poll_s: float = 1.0, store_retry_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hosts: HostDirectory,
+        *,
+        limits: Limits,
+        timeouts: Timeouts,
+        clock: Callable[[], datetime],
+        prepare_ttl_s: int,
+        tick_s: float = 2.0,
+        progress_write_s: float = 1.0,
+        job_poll_s: float = 1.0,
+        store_retry_s: float = 0.5,
+    ) -> None:
         self.store = store
         self.hosts = hosts
         self.limits = limits
@@ -101,9 +74,17 @@ class Engine:
         self.tick_s = tick_s
         self.store_retry_s = store_retry_s
         actions = Actions(hosts, ActionTiming(job_poll_s=job_poll_s, prepare_ttl_s=prepare_ttl_s))
-        self._ctx = RunnerContext(store, actions, timeouts, clock, self._written, self._admission_handled,
-                                  progress_write_s=progress_write_s, store_retry_s=store_retry_s)
-        self.records: dict[str, MigrationRecord] = {}     # the newest version of every record seen
+        self._ctx = RunnerContext(
+            store,
+            actions,
+            timeouts,
+            clock,
+            self._written,
+            self._admission_handled,
+            progress_write_s=progress_write_s,
+            store_retry_s=store_retry_s,
+        )
+        self.records: dict[str, MigrationRecord] = {}  # the newest version of every record seen
         self.runners: dict[str, RecordRunner] = {}
         self._admitting: set[str] = set()
         self._admit_needed = asyncio.Event()
@@ -127,7 +108,7 @@ class Engine:
             stopping = asyncio.get_running_loop().create_task(self._stopped.wait())
             await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
             stopping.cancel()
-            if not starting.done():   # stopped before the store answered
+            if not starting.done():  # stopped before the store answered
                 starting.cancel()
                 await asyncio.gather(starting, return_exceptions=True)
                 return
@@ -141,10 +122,13 @@ class Engine:
             await self._stopped.wait()
         finally:
             await self._shutdown()
-        if self._failure is not None:   # the election steps down when its leader's duties fail
+        if self._failure is not None:  # the election steps down when its leader's duties fail
             failure, self._failure = self._failure, None
-            raise Internal(f"the engine stopped: {failure!r}", reason="ENGINE_FAILED",
-                           hint="a coordinator bug: report it with the log; another replica takes over") from failure
+            raise Internal(
+                f"the engine stopped: {failure!r}",
+                reason="ENGINE_FAILED",
+                hint="a coordinator bug: report it with the log; another replica takes over",
+            ) from failure
 
     async def _start(self) -> int:
         """List the records and resume them; a store outage is retried (demotion cancels us)."""
@@ -171,8 +155,10 @@ class Engine:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(r.stop() for r in self.runners.values()), return_exceptions=True)
-        log.info("engine stopped; %d migration(s) left to the next leader",
-                 sum(1 for r in self.records.values() if not r.phase.is_final))
+        log.info(
+            "engine stopped; %d migration(s) left to the next leader",
+            sum(1 for r in self.records.values() if not r.phase.is_final),
+        )
         self._tasks.clear()
         self._running = False
 
@@ -227,7 +213,7 @@ class Engine:
             return
         if runner is None or runner.done:
             runner = self.runners[record.id] = RecordRunner(self._ctx, record)
-            if recovering or record.phase is not Phase.PENDING:   # not a fresh submission: resume it
+            if recovering or record.phase is not Phase.PENDING:  # not a fresh submission: resume it
                 runner.feed(Recover())
         runner.seen(record)
 
@@ -246,8 +232,7 @@ class Engine:
         while True:
             try:
                 if await release_vm_active(self.store, record.vm_uuid, record.id):
-                    log.info("migration %s is %s: released vm-active/%s", record.id, record.phase.name,
-                             record.vm_uuid)
+                    log.info("migration %s is %s: released vm-active/%s", record.id, record.phase.name, record.vm_uuid)
                 return
             except FerryError as err:
                 log.warning("cannot release vm-active/%s yet: %s", record.vm_uuid, err.reason)
@@ -286,7 +271,7 @@ class Engine:
                     record = self._decode(event.entry)
                     if record is not None:
                         self._seen(record)
-                return   # the store closed
+                return  # the store closed
             except FerryError as err:
                 log.warning("watch on %s broke (%s); listing again in %.1f s", MIGRATIONS, err.reason, delay)
                 await asyncio.sleep(delay)
@@ -337,15 +322,19 @@ class Engine:
                 if runner.needs_recovery:
                     runner.feed(Recover())
                 deadline = runner.record.phase_deadline
-                if deadline is not None and now >= deadline:   # decide acts on Tick only then
+                if deadline is not None and now >= deadline:  # decide acts on Tick only then
                     runner.feed(Tick())
             self.admit_soon()
 
     async def _follow_hosts(self) -> None:
         async for change in self.hosts.changes():
             involved = [r for r in self.runners.values() if not r.done and r.involves(change.host)]
-            log.info("agent on %s is %s: %d migration(s) involved", change.host,
-                     "available" if change.available else "unavailable", len(involved))
+            log.info(
+                "agent on %s is %s: %d migration(s) involved",
+                change.host,
+                "available" if change.available else "unavailable",
+                len(involved),
+            )
             for runner in involved:
                 runner.feed(Recover() if change.available else AgentLost(change.host))
             self.admit_soon()

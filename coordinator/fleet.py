@@ -28,18 +28,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from ferry.errors import FerryError, NotFound, Unavailable
+from ferry.keys import HOSTS as HOSTS_PREFIX
 from ferry.model import DomainInfo, HostFacts, Inventory
 from ferry.ports import AgentClient
+from ferry.registry import HostChange, HostRegistration
+from ferry.store import Entry, EventKind, Resync, Store
 
 from .checks import HostView
-from .keys import HOSTS as HOSTS_PREFIX
-from .keys import HostRegistration
-from .store import Entry, EventKind, Resync, Store
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-AgentFactory = Callable[[str, str], AgentClient]   # (host name, agent address) -> client
+AgentFactory = Callable[[str, str], AgentClient]  # (host name, agent address) -> client
 
 
 def _utc_now() -> datetime:
@@ -47,23 +47,15 @@ def _utc_now() -> datetime:
 
 
 @dataclass(frozen=True)
-class HostChange:
-    """A host became available (registered and answering) or stopped being so."""
-
-    host: str
-    available: bool
-
-
-@dataclass(frozen=True)
 class HostState:
     """One host as the fleet view sees it now."""
 
     name: str
-    address: str                    # agent gRPC address ("" when never registered)
-    registered: bool                # the agent's lease holds its key
-    reachable: bool | None          # last inventory call: True ok, False failed, None not tried
-    inventory: Inventory | None     # the last inventory that arrived (kept when the agent is lost)
-    last_seen: datetime | None      # when that inventory arrived
+    address: str  # agent gRPC address ("" when never registered)
+    registered: bool  # the agent's lease holds its key
+    reachable: bool | None  # last inventory call: True ok, False failed, None not tried
+    inventory: Inventory | None  # the last inventory that arrived (kept when the agent is lost)
+    last_seen: datetime | None  # when that inventory arrived
     error: FerryError | None = None  # why the last inventory call failed
     registration: HostRegistration | None = None
 
@@ -94,12 +86,21 @@ class _Host:
 
     def state(self) -> HostState:
         reg = self.registration
-        return HostState(self.name, reg.address if reg else "", reg is not None, self.reachable, self.inventory,
-                         self.fetched_at, self.error, reg)
+        return HostState(
+            self.name,
+            reg.address if reg else "",
+            reg is not None,
+            self.reachable,
+            self.inventory,
+            self.fetched_at,
+            self.error,
+            reg,
+        )
 
 
-def pick_domain(found: Iterable[tuple[str, DomainInfo]], available: Collection[str] = ()
-                ) -> tuple[str, DomainInfo] | None:
+def pick_domain(
+    found: Iterable[tuple[str, DomainInfo]], available: Collection[str] = ()
+) -> tuple[str, DomainInfo] | None:
     """Of the copies of one VM seen on several hosts, the one that counts (pure).
 
     A running (active) copy wins over a shut-off definition left behind; between two active
@@ -122,9 +123,17 @@ def pick_domain(found: Iterable[tuple[str, DomainInfo]], available: Collection[s
 class Fleet:
     """See the module doc. ``await start()`` before use, ``await close()`` at the end."""
 
-    def __init__(self, store: Store, agent_factory: AgentFactory, clock: Clock = _utc_now,
-                 inventory_ttl_s: float = 5.0, *, inventory_timeout_s: float = 3.0,
-                 declared: Iterable[str] = (), reprobe_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        agent_factory: AgentFactory,
+        clock: Clock = _utc_now,
+        inventory_ttl_s: float = 5.0,
+        *,
+        inventory_timeout_s: float = 3.0,
+        declared: Iterable[str] = (),
+        reprobe_s: float = 2.0,
+    ) -> None:
         self.store = store
         self._factory = agent_factory
         self._clock = clock
@@ -177,8 +186,9 @@ class Fleet:
         s = h.state()
         return HostView(name=name, available=s.available, facts=s.facts)
 
-    async def refresh(self, names: Iterable[str] | None = None, *, force: bool = False,
-                      max_age_s: float | None = None) -> None:
+    async def refresh(
+        self, names: Iterable[str] | None = None, *, force: bool = False, max_age_s: float | None = None
+    ) -> None:
         """Fetch the inventory of each (registered) host whose copy is older than ``max_age_s``
         (default: the inventory TTL), all at once; ``force``: whatever its age.
 
@@ -227,10 +237,16 @@ class Fleet:
         h = self._hosts.get(host)
         if h is None or h.client is None:
             if h is not None:
-                raise Unavailable(f"the agent on {host} has not registered", reason="AGENT_NOT_REGISTERED",
-                                  hint=f"start ferry-agent on {host} with a [registry] section")
-            raise NotFound(f"no host named {host!r} is known", reason="HOST_UNKNOWN",
-                           hint="check the name with `ferry hosts`; its agent must be running")
+                raise Unavailable(
+                    f"the agent on {host} has not registered",
+                    reason="AGENT_NOT_REGISTERED",
+                    hint=f"start ferry-agent on {host} with a [registry] section",
+                )
+            raise NotFound(
+                f"no host named {host!r} is known",
+                reason="HOST_UNKNOWN",
+                hint="check the name with `ferry hosts`; its agent must be running",
+            )
         return h.client
 
     def registration(self, host: str) -> HostRegistration | None:
@@ -267,9 +283,15 @@ class Fleet:
             async with asyncio.timeout(self.inventory_timeout_s):
                 inventory = await client.inventory()
         except (FerryError, TimeoutError) as exc:
-            err = exc if isinstance(exc, FerryError) else Unavailable(
-                f"the agent on {h.name} did not answer within {self.inventory_timeout_s:g} s",
-                reason="AGENT_TIMEOUT", hint=f"check ferry-agent and libvirtd on {h.name}")
+            err = (
+                exc
+                if isinstance(exc, FerryError)
+                else Unavailable(
+                    f"the agent on {h.name} did not answer within {self.inventory_timeout_s:g} s",
+                    reason="AGENT_TIMEOUT",
+                    hint=f"check ferry-agent and libvirtd on {h.name}",
+                )
+            )
             if h.client is client:
                 log.info("inventory of %s failed: %s: %s", h.name, err.reason, err)
                 self._set(h, reachable=False, error=err)
@@ -289,7 +311,7 @@ class Fleet:
                 q.put_nowait(HostChange(h.name, after))
 
     def _apply_put(self, entry: Entry) -> None:
-        name = entry.key[len(HOSTS_PREFIX):]
+        name = entry.key[len(HOSTS_PREFIX) :]
         try:
             reg = HostRegistration.decode(entry.value)
         except FerryError as exc:
@@ -308,7 +330,7 @@ class Fleet:
         self._set(h, **changes)
 
     def _apply_delete(self, key: str) -> None:
-        h = self._hosts.get(key[len(HOSTS_PREFIX):])
+        h = self._hosts.get(key[len(HOSTS_PREFIX) :])
         if h is not None:
             self._set(h, registration=None)
 

@@ -29,14 +29,15 @@ from typing import Any
 import grpc
 
 from ferry.daemon import run_daemon
+from ferry.keys import LEADER_KEY
 from ferry.rpc import create_server
+from ferry.store import Store
 
 from .agent_client import GrpcAgentClient
 from .config import CoordinatorConfig, load_config
-from .election import LEADER_KEY, Candidate, Election
+from .election import Candidate, Election
 from .fleet import AgentFactory, Fleet
 from .service import CoordinatorServicer, register
-from .store import Store
 
 log = logging.getLogger("ferry.coordinator")
 
@@ -57,8 +58,16 @@ async def current_leader(store: Store) -> Candidate | None:
 class Coordinator:
     """One replica: fleet view + API servicer + election (+ the engine while leading)."""
 
-    def __init__(self, config: CoordinatorConfig, store: Store, fleet: Fleet, servicer: CoordinatorServicer,
-                 election: Election, clock: Clock, monotonic: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        store: Store,
+        fleet: Fleet,
+        servicer: CoordinatorServicer,
+        election: Election,
+        clock: Clock,
+        monotonic: Callable[[], float],
+    ) -> None:
         self.config = config
         self.store = store
         self.fleet = fleet
@@ -74,9 +83,16 @@ class Coordinator:
     # -- leadership -----------------------------------------------------------------------------
 
     def new_engine(self) -> Any:
-        from .engine import Engine   # the leader's reconcile loop
-        return Engine(self.store, self.fleet, limits=self.config.limits, timeouts=self.config.timeouts,
-                      clock=self._clock, prepare_ttl_s=self.config.prepare_ttl_s)
+        from .engine import Engine  # the leader's reconcile loop
+
+        return Engine(
+            self.store,
+            self.fleet,
+            limits=self.config.limits,
+            timeouts=self.config.timeouts,
+            clock=self._clock,
+            prepare_ttl_s=self.config.prepare_ttl_s,
+        )
 
     async def _lead(self) -> None:
         """Runs while elected (cancelled by the election on step-down)."""
@@ -106,8 +122,7 @@ class Coordinator:
         self.server, self.ports = create_server(self.config.listen, register(self.servicer), tls=self.config.tls)
         await self.server.start()
         if campaign:
-            self._election_task = asyncio.create_task(self.election.run(self._lead, self._demoted),
-                                                      name="election")
+            self._election_task = asyncio.create_task(self.election.run(self._lead, self._demoted), name="election")
         return self.ports
 
     async def stop(self, grace_s: float = GRACE_S) -> None:
@@ -127,11 +142,23 @@ class Coordinator:
         await self.fleet.close()
 
 
-def build_coordinator(config: CoordinatorConfig, store: Store, agent_factory: AgentFactory,
-                      clock: Clock = _utc_now, *, monotonic: Callable[[], float] = time.monotonic) -> Coordinator:
+def build_coordinator(
+    config: CoordinatorConfig,
+    store: Store,
+    agent_factory: AgentFactory,
+    clock: Clock = _utc_now,
+    *,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> Coordinator:
     """A replica wired to ``store`` and ``agent_factory`` (tests: MemoryStore and in-process agents)."""
-    fleet = Fleet(store, agent_factory, clock, config.agents.inventory_ttl_s,
-                  inventory_timeout_s=config.agents.inventory_timeout_s, declared=config.hosts)
+    fleet = Fleet(
+        store,
+        agent_factory,
+        clock,
+        config.agents.inventory_ttl_s,
+        inventory_timeout_s=config.agents.inventory_timeout_s,
+        declared=config.hosts,
+    )
     servicer = CoordinatorServicer(store, fleet, hosts=config.hosts, timeouts=config.timeouts, clock=clock)
     election = Election(store, config.id, config.advertised, ttl_s=config.election_ttl_s, clock=monotonic)
     return Coordinator(config, store, fleet, servicer, election, clock, monotonic)
@@ -140,11 +167,13 @@ def build_coordinator(config: CoordinatorConfig, store: Store, agent_factory: Ag
 def grpc_agent_factory(config: CoordinatorConfig) -> AgentFactory:
     def make(host: str, address: str) -> GrpcAgentClient:
         return GrpcAgentClient(host, address, config.agents.tls, timeout_s=config.agents.call_timeout_s)
+
     return make
 
 
 def etcd_store(config: CoordinatorConfig) -> Store:
-    from .etcd_store import EtcdStore, EtcdTLS   # the only etcd import, only in the real process
+    from .etcd_store import EtcdStore, EtcdTLS  # the only etcd import, only in the real process
+
     e = config.etcd
     tls = EtcdTLS(ca_file=e.ca, cert_file=e.cert, key_file=e.key, server_name=e.server_name) if e.ca else None
     return EtcdStore(e.endpoints, e.prefix, tls=tls, timeout_s=e.timeout_s)
@@ -159,10 +188,17 @@ async def serve(config: CoordinatorConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         ports = await coordinator.start()
-        log.info("coordinator %s (pid %d) serving on %s; etcd %s prefix %s", config.id, os.getpid(),
-                 ", ".join(a if a.startswith("unix:") else f"{a.rsplit(':', 1)[0]}:{p}"
-                           for a, p in zip(config.listen, ports, strict=True)),
-                 ",".join(config.etcd.endpoints), config.etcd.prefix)
+        log.info(
+            "coordinator %s (pid %d) serving on %s; etcd %s prefix %s",
+            config.id,
+            os.getpid(),
+            ", ".join(
+                a if a.startswith("unix:") else f"{a.rsplit(':', 1)[0]}:{p}"
+                for a, p in zip(config.listen, ports, strict=True)
+            ),
+            ",".join(config.etcd.endpoints),
+            config.etcd.prefix,
+        )
         await stop.wait()
         log.info("stopping: resigning, then stopping the server (grace %.0f s)", GRACE_S)
     finally:

@@ -78,8 +78,9 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     # ROLLING_BACK: the job "succeeded" but the guest is seen on the source only
     Phase.FINISHING: frozenset({Phase.FINISHING, Phase.SUCCEEDED, Phase.ROLLING_BACK, Phase.FAILED}),
     # FINISHING: the guest turned out to run on the target (the job completed despite the abort)
-    Phase.ROLLING_BACK: frozenset({Phase.ROLLING_BACK, Phase.ROLLED_BACK, Phase.CANCELLED, Phase.PENDING,
-                                   Phase.FINISHING, Phase.FAILED}),
+    Phase.ROLLING_BACK: frozenset(
+        {Phase.ROLLING_BACK, Phase.ROLLED_BACK, Phase.CANCELLED, Phase.PENDING, Phase.FINISHING, Phase.FAILED}
+    ),
     Phase.SUCCEEDED: frozenset(),
     Phase.FAILED: frozenset(),
     Phase.CANCELLED: frozenset(),
@@ -90,9 +91,11 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
 def check_transition(current: Phase, new: Phase) -> None:
     """Raise Internal (reason ILLEGAL_TRANSITION) unless ``current -> new`` is in the table."""
     if new not in TRANSITIONS[current]:
-        raise Internal(f"illegal phase transition {current.name} -> {new.name}",
-                       reason="ILLEGAL_TRANSITION",
-                       hint="a coordinator bug: report it with the migration's history")
+        raise Internal(
+            f"illegal phase transition {current.name} -> {new.name}",
+            reason="ILLEGAL_TRANSITION",
+            hint="a coordinator bug: report it with the migration's history",
+        )
 
 
 @dataclass(frozen=True)
@@ -140,8 +143,9 @@ def migrating_timeout_s(t: Timeouts, memory_bytes: int, disk_bytes: int, complet
     return max(t.migrating_min_s, t.migrating_per_gib_s * data_gib) + t.migrating_grace_s
 
 
-def phase_timeout_s(phase: Phase, t: Timeouts, memory_bytes: int = 0, disk_bytes: int = 0,
-                    completion_timeout_s: int = 0) -> float | None:
+def phase_timeout_s(
+    phase: Phase, t: Timeouts, memory_bytes: int = 0, disk_bytes: int = 0, completion_timeout_s: int = 0
+) -> float | None:
     """Seconds ``phase`` may last before its deadline action; None for final phases."""
     if phase is Phase.MIGRATING:
         return migrating_timeout_s(t, memory_bytes, disk_bytes, completion_timeout_s)

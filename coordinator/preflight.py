@@ -26,18 +26,14 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ferry.diskplan import plan_disks
 from ferry.errors import FerryError, NotFound
 from ferry.model import Blocker, DiskPlan, DomainInfo, HostFacts, HostMapping, MigrationOptions, StorageMode
+from ferry.registry import HostDirectory
 
 from .agent_client import AGENT_TOO_OLD, agent_lost
 from .checks import HostView, coordinator_blockers, effective_storage
-from .keys import HostRegistration
-
-if TYPE_CHECKING:
-    from .engine import HostDirectory
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +45,10 @@ class PreflightReport:
     blockers: tuple[Blocker, ...]
     source_host: str = ""
     domain: DomainInfo | None = None
-    domain_xml: str = ""                 # the source's migratable XML
-    storage: StorageMode | None = None   # the storage mode the migration would use (auto resolved)
-    disks: tuple[DiskPlan, ...] = ()     # the disk plan, with the target's destinations when it answered
-    unavailable: tuple[str, ...] = ()    # hosts whose agent is down or did not answer
+    domain_xml: str = ""  # the source's migratable XML
+    storage: StorageMode | None = None  # the storage mode the migration would use (auto resolved)
+    disks: tuple[DiskPlan, ...] = ()  # the disk plan, with the target's destinations when it answered
+    unavailable: tuple[str, ...] = ()  # hosts whose agent is down or did not answer
 
     @property
     def ok(self) -> bool:
@@ -60,8 +56,11 @@ class PreflightReport:
 
 
 def _unreachable(host: str, err: FerryError) -> Blocker:
-    return Blocker("AGENT_UNREACHABLE", f"the agent on {host} could not be asked: {err.message}",
-                   err.hint or f"check ferry-agent on {host}")
+    return Blocker(
+        "AGENT_UNREACHABLE",
+        f"the agent on {host} could not be asked: {err.message}",
+        err.hint or f"check ferry-agent on {host}",
+    )
 
 
 def _blocker(err: FerryError) -> Blocker:
@@ -72,8 +71,9 @@ def _blocker(err: FerryError) -> Blocker:
 HOST_CPU_MODES = frozenset({"host-passthrough", "maximum"})
 
 
-def host_cpu_blockers(vm: str, domain: DomainInfo | None, source: HostFacts | None, target: HostFacts | None
-                      ) -> list[Blocker]:
+def host_cpu_blockers(
+    vm: str, domain: DomainInfo | None, source: HostFacts | None, target: HostFacts | None
+) -> list[Blocker]:
     """A host-passthrough (or maximum) guest sees its host's CPU as it is: it can only move to a
     host with the same CPU model and at least the same features (pure; unknown facts pass)."""
     if domain is None or domain.cpu_mode not in HOST_CPU_MODES or source is None or target is None:
@@ -85,31 +85,39 @@ def host_cpu_blockers(vm: str, domain: DomainInfo | None, source: HostFacts | No
     if missing:
         shown = ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else "")
         lacks = f"; {target.hostname} lacks {shown}"
-    return [Blocker(
-        "CPU_INCOMPATIBLE",
-        f"{vm} runs on its host's own CPU ({domain.cpu_mode}): {source.hostname} has a {source.cpu_model or '?'} "
-        f"CPU, {target.hostname} a {target.cpu_model or '?'}{lacks}",
-        "move host-passthrough guests only between hosts with the same CPU model and features, or give the "
-        "guest a CPU model every host offers (a baseline: virsh hypervisor-cpu-baseline) and restart it")]
+    return [
+        Blocker(
+            "CPU_INCOMPATIBLE",
+            f"{vm} runs on its host's own CPU ({domain.cpu_mode}): {source.hostname} has a {source.cpu_model or '?'} "
+            f"CPU, {target.hostname} a {target.cpu_model or '?'}{lacks}",
+            "move host-passthrough guests only between hosts with the same CPU model and features, or give the "
+            "guest a CPU model every host offers (a baseline: virsh hypervisor-cpu-baseline) and restart it",
+        )
+    ]
 
 
 def target_address(hosts: HostDirectory, target: str, facts: HostFacts | None) -> tuple[str, str]:
     """The target's libvirt URI and migration address as a migration would use them: its
     registration's, else its inventory's."""
-    lookup = getattr(hosts, "registration", None)   # optional in HostDirectory
-    reg = lookup(target) if callable(lookup) else None
-    if isinstance(reg, HostRegistration) and reg.libvirt_uri:
+    reg = hosts.registration(target)
+    if reg is not None and reg.libvirt_uri:
         return reg.libvirt_uri, reg.migration_address
     return (facts.libvirt_uri, facts.migration_address) if facts is not None else ("", "")
 
 
-async def _probe(hosts: HostDirectory, source: str, target: str, facts: HostFacts | None
-                 ) -> tuple[list[Blocker], FerryError | None]:
+async def _probe(
+    hosts: HostDirectory, source: str, target: str, facts: HostFacts | None
+) -> tuple[list[Blocker], FerryError | None]:
     """The source's ProbeTarget of the target: its problems, or the error asking it."""
     uri, address = target_address(hosts, target, facts)
     if not uri:
-        return [Blocker("TARGET_URI_UNKNOWN", f"{target} advertises no libvirt URI",
-                        f"set advertise_libvirt_uri in ferry-agent's config on {target}")], None
+        return [
+            Blocker(
+                "TARGET_URI_UNKNOWN",
+                f"{target} advertises no libvirt URI",
+                f"set advertise_libvirt_uri in ferry-agent's config on {target}",
+            )
+        ], None
     try:
         problems, latency_ms = await hosts.client(source).probe_target(uri, migration_address=address)
     except FerryError as err:
@@ -121,9 +129,18 @@ async def _probe(hosts: HostDirectory, source: str, target: str, facts: HostFact
     return problems, None
 
 
-async def _dry_run(hosts: HostDirectory, target: str, domain: DomainInfo, xml: str, mode: StorageMode,
-                   options: MigrationOptions, mapping: HostMapping, migration_id: str, extra: list[Blocker],
-                   unavailable: list[str]) -> tuple[list[DiskPlan], list[Blocker]]:
+async def _dry_run(
+    hosts: HostDirectory,
+    target: str,
+    domain: DomainInfo,
+    xml: str,
+    mode: StorageMode,
+    options: MigrationOptions,
+    mapping: HostMapping,
+    migration_id: str,
+    extra: list[Blocker],
+    unavailable: list[str],
+) -> tuple[list[DiskPlan], list[Blocker]]:
     """The disk plan and the target's PrepareIncoming(dry_run): (plans, blockers). An agent that
     cannot be asked goes to ``extra``/``unavailable``."""
     try:
@@ -132,8 +149,8 @@ async def _dry_run(hosts: HostDirectory, target: str, domain: DomainInfo, xml: s
         return [], [_blocker(err)]
     try:
         out = await hosts.client(target).prepare_incoming(
-            domain_xml=xml, disks=plans, mapping=mapping, storage=mode, ttl_s=0,
-            migration_id=migration_id, dry_run=True)
+            domain_xml=xml, disks=plans, mapping=mapping, storage=mode, ttl_s=0, migration_id=migration_id, dry_run=True
+        )
     except FerryError as err:
         if agent_lost(err):
             extra.append(_unreachable(target, err))
@@ -143,14 +160,15 @@ async def _dry_run(hosts: HostDirectory, target: str, domain: DomainInfo, xml: s
     return list(out.disks) or plans, list(out.problems)
 
 
-async def _find(hosts: HostDirectory, vm: str, names: Sequence[str]
-                ) -> tuple[str | None, dict[str, FerryError]]:
+async def _find(hosts: HostDirectory, vm: str, names: Sequence[str]) -> tuple[str | None, dict[str, FerryError]]:
     """The available host reporting ``vm`` (by name or UUID; an active copy wins)."""
+
     async def one(name: str) -> tuple[str, object]:
         try:
             return name, await hosts.client(name).inventory()
         except FerryError as err:
             return name, err
+
     found: list[tuple[bool, str]] = []
     failed: dict[str, FerryError] = {}
     for name, got in await asyncio.gather(*(one(n) for n in names)):
@@ -163,9 +181,17 @@ async def _find(hosts: HostDirectory, vm: str, names: Sequence[str]
     return (min(found)[1] if found else None), failed
 
 
-async def preflight(hosts: HostDirectory, vm: str, target: str, options: MigrationOptions,
-                    mapping: HostMapping, *, storage: StorageMode | None = None, source_host: str | None = None,
-                    migration_id: str = "") -> PreflightReport:
+async def preflight(
+    hosts: HostDirectory,
+    vm: str,
+    target: str,
+    options: MigrationOptions,
+    mapping: HostMapping,
+    *,
+    storage: StorageMode | None = None,
+    source_host: str | None = None,
+    migration_id: str = "",
+) -> PreflightReport:
     """Every blocker for migrating ``vm`` to ``target`` (see the module docstring).
 
     ``storage`` None means auto (``effective_storage``); ``source_host`` None means look the VM
@@ -177,7 +203,7 @@ async def preflight(hosts: HostDirectory, vm: str, target: str, options: Migrati
     failed: dict[str, FerryError] = {}
     if source_host is None:
         source_host, failed = await _find(hosts, vm, sorted(available))
-        if source_host is not None:   # found: only the hosts involved matter
+        if source_host is not None:  # found: only the hosts involved matter
             failed = {h: e for h, e in failed.items() if h == target}
     domain, xml = None, ""
     if source_host is not None and source_host in available:
@@ -197,6 +223,7 @@ async def preflight(hosts: HostDirectory, vm: str, target: str, options: Migrati
             return (await hosts.client(name).inventory()).host
         except FerryError as err:
             return err
+
     views: dict[str, HostView] = {}
     names = [n for n in dict.fromkeys((source_host, target)) if n]
     for name, got in zip(names, await asyncio.gather(*(facts(n) for n in names)), strict=True):
@@ -210,8 +237,11 @@ async def preflight(hosts: HostDirectory, vm: str, target: str, options: Migrati
     if target not in available:
         unavailable.append(target)
 
-    mode = storage if storage is not None else (
-        effective_storage(domain, options, explicit=False) if domain is not None else options.storage)
+    mode = (
+        storage
+        if storage is not None
+        else (effective_storage(domain, options, explicit=False) if domain is not None else options.storage)
+    )
     source_view = views.get(source_host) if source_host else None
     target_view = views[target] if target in available else None
     blockers = coordinator_blockers(vm, domain, source_view, target, target_view, options, mode)
@@ -219,28 +249,42 @@ async def preflight(hosts: HostDirectory, vm: str, target: str, options: Migrati
         # the VM is not unknown: its host could not be asked
         blockers = [b for b in blockers if b.reason != "VM_UNKNOWN"]
         if source_host not in failed:
-            blockers.append(Blocker("SOURCE_DOWN", f"the agent on {source_host} is not available",
-                                    f"start ferry-agent on {source_host}"))
+            blockers.append(
+                Blocker(
+                    "SOURCE_DOWN", f"the agent on {source_host} is not available", f"start ferry-agent on {source_host}"
+                )
+            )
 
-    blockers.extend(host_cpu_blockers(vm, domain, source_view.facts if source_view else None,
-                                      target_view.facts if target_view else None))
+    blockers.extend(
+        host_cpu_blockers(
+            vm, domain, source_view.facts if source_view else None, target_view.facts if target_view else None
+        )
+    )
     probing: asyncio.Task[tuple[list[Blocker], FerryError | None]] | None = None
-    if (domain is not None and source_host is not None and source_host != target and source_view is not None
-            and source_view.available and target_view is not None and target_view.available):
+    if (
+        domain is not None
+        and source_host is not None
+        and source_host != target
+        and source_view is not None
+        and source_view.available
+        and target_view is not None
+        and target_view.available
+    ):
         probing = asyncio.create_task(_probe(hosts, source_host, target, target_view.facts))
 
     plans: list[DiskPlan] = []
     try:
         if domain is not None and target_view is not None and target_view.available and source_host != target:
-            plans, problems = await _dry_run(hosts, target, domain, xml, mode, options, mapping, migration_id,
-                                             extra, unavailable)
+            plans, problems = await _dry_run(
+                hosts, target, domain, xml, mode, options, mapping, migration_id, extra, unavailable
+            )
             if any(p.reason == "INSUFFICIENT_MEMORY" for p in problems):
                 # the target's own figure, fresher than its last inventory
                 blockers = [b for b in blockers if b.reason != "INSUFFICIENT_MEMORY"]
             blockers.extend(problems)
     except BaseException:
         if probing is not None:
-            probing.cancel()   # preflight itself was cancelled (or failed): nobody waits for the probe
+            probing.cancel()  # preflight itself was cancelled (or failed): nobody waits for the probe
         raise
     if probing is not None and source_host is not None:
         problems, probe_error = await probing
@@ -252,5 +296,6 @@ async def preflight(hosts: HostDirectory, vm: str, target: str, options: Migrati
             blockers.append(_blocker(probe_error))
     seen = {(b.reason, b.message) for b in blockers}
     blockers.extend(b for b in extra if (b.reason, b.message) not in seen)
-    return PreflightReport(tuple(blockers), source_host or "", domain, xml, mode, tuple(plans),
-                           tuple(dict.fromkeys(unavailable)))
+    return PreflightReport(
+        tuple(blockers), source_host or "", domain, xml, mode, tuple(plans), tuple(dict.fromkeys(unavailable))
+    )

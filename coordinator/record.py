@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass, field, fields, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ferry.errors import FerryError, Internal
@@ -56,9 +56,9 @@ class ProgressSnapshot:
     disk_processed: int = 0
     disk_remaining: int = 0
     iteration: int = 0
-    dirty_rate_pages: int = 0      # pages per second
+    dirty_rate_pages: int = 0  # pages per second
     page_size: int = 4096
-    bandwidth_bps: int = 0         # bytes per second
+    bandwidth_bps: int = 0  # bytes per second
     elapsed_ms: int = 0
     auto_converge_throttle: int = 0
     max_downtime_ms: int = 0
@@ -66,29 +66,42 @@ class ProgressSnapshot:
     @classmethod
     def of(cls, p: MigrationProgress) -> ProgressSnapshot:
         s = p.stats
-        return cls(p.phase, s.memory_total, s.memory_processed, s.memory_remaining, s.disk_total,
-                   s.disk_processed, s.disk_remaining, s.iteration, s.dirty_rate_pages, s.page_size,
-                   s.bandwidth_bps, s.time_elapsed_ms, s.auto_converge_throttle, p.max_downtime_ms)
+        return cls(
+            p.phase,
+            s.memory_total,
+            s.memory_processed,
+            s.memory_remaining,
+            s.disk_total,
+            s.disk_processed,
+            s.disk_remaining,
+            s.iteration,
+            s.dirty_rate_pages,
+            s.page_size,
+            s.bandwidth_bps,
+            s.time_elapsed_ms,
+            s.auto_converge_throttle,
+            p.max_downtime_ms,
+        )
 
 
 @dataclass(frozen=True)
 class MigrationRecord:
     id: str
-    vm: str                       # domain name on the source
+    vm: str  # domain name on the source
     vm_uuid: str
     source_host: str
     target_host: str
     created_at: datetime
     options: MigrationOptions = MigrationOptions()
     mapping: HostMapping = field(default_factory=HostMapping)
-    priority: int = 0             # higher first
+    priority: int = 0  # higher first
     idempotency_key: str = ""
     updated_at: datetime | None = None
     phase: Phase = Phase.PENDING
     history: tuple[PhaseChange, ...] = ()
     phase_deadline: datetime | None = None
-    memory_bytes: int = 0         # guest memory, for Migrating's deadline
-    disk_bytes: int = 0           # bytes of disk to copy (0 with shared storage)
+    memory_bytes: int = 0  # guest memory, for Migrating's deadline
+    disk_bytes: int = 0  # bytes of disk to copy (0 with shared storage)
     prepare_id: str = ""
     destination_xml: str = ""
     copied_disks: tuple[str, ...] = ()  # source paths of the disks the prepare made copies of
@@ -96,11 +109,11 @@ class MigrationRecord:
     result: CompletedJob | None = None
     error: ErrorDetail | None = None
     cancel_requested: bool = False
-    attempt: int = 0              # admissions so far (Pending -> Preflight)
-    retries: int = 0              # deadline retries in the current phase
+    attempt: int = 0  # admissions so far (Pending -> Preflight)
+    retries: int = 0  # deadline retries in the current phase
     rollback_to: Phase | None = None  # RollingBack ends in this: ROLLED_BACK, CANCELLED or PENDING
     target_cleaned: bool = False  # RollingBack: the target's prepare is removed
-    revision: int = 0             # the store's mod revision; not part of the JSON
+    revision: int = 0  # the store's mod revision; not part of the JSON
 
     @property
     def migration_started(self) -> bool:
@@ -114,16 +127,43 @@ class MigrationRecord:
         return False
 
 
-def new_migration(*, id: str, vm: str, vm_uuid: str, source_host: str, target_host: str, now: datetime,
-                  timeouts: Timeouts, options: MigrationOptions = MigrationOptions(),
-                  mapping: HostMapping | None = None, priority: int = 0, idempotency_key: str = "",
-                  memory_bytes: int = 0, disk_bytes: int = 0) -> MigrationRecord:
+def new_migration(
+    *,
+    id: str,
+    vm: str,
+    vm_uuid: str,
+    source_host: str,
+    target_host: str,
+    now: datetime,
+    timeouts: Timeouts,
+    options: MigrationOptions = MigrationOptions(),
+    mapping: HostMapping | None = None,
+    priority: int = 0,
+    idempotency_key: str = "",
+    memory_bytes: int = 0,
+    disk_bytes: int = 0,
+) -> MigrationRecord:
     """A freshly submitted record: Pending, with its queue deadline."""
-    r = MigrationRecord(id=id, vm=vm, vm_uuid=vm_uuid, source_host=source_host, target_host=target_host,
-                        created_at=now, options=options, mapping=mapping or HostMapping(), priority=priority,
-                        idempotency_key=idempotency_key, memory_bytes=memory_bytes, disk_bytes=disk_bytes)
-    return replace(r, updated_at=now, history=(PhaseChange(Phase.PENDING, now, "submitted"),),
-                   phase_deadline=_deadline(r, Phase.PENDING, now, timeouts))
+    r = MigrationRecord(
+        id=id,
+        vm=vm,
+        vm_uuid=vm_uuid,
+        source_host=source_host,
+        target_host=target_host,
+        created_at=now,
+        options=options,
+        mapping=mapping or HostMapping(),
+        priority=priority,
+        idempotency_key=idempotency_key,
+        memory_bytes=memory_bytes,
+        disk_bytes=disk_bytes,
+    )
+    return replace(
+        r,
+        updated_at=now,
+        history=(PhaseChange(Phase.PENDING, now, "submitted"),),
+        phase_deadline=_deadline(r, Phase.PENDING, now, timeouts),
+    )
 
 
 def _deadline(r: MigrationRecord, phase: Phase, now: datetime, t: Timeouts) -> datetime | None:
@@ -133,7 +173,7 @@ def _deadline(r: MigrationRecord, phase: Phase, now: datetime, t: Timeouts) -> d
 
 def _append(history: tuple[PhaseChange, ...], change: PhaseChange) -> tuple[PhaseChange, ...]:
     h = history + (change,)
-    return h if len(h) <= HISTORY_MAX else h[:1] + h[len(h) - HISTORY_MAX + 1:]
+    return h if len(h) <= HISTORY_MAX else h[:1] + h[len(h) - HISTORY_MAX + 1 :]
 
 
 def with_phase(r: MigrationRecord, phase: Phase, now: datetime, reason: str, timeouts: Timeouts) -> MigrationRecord:
@@ -142,16 +182,27 @@ def with_phase(r: MigrationRecord, phase: Phase, now: datetime, reason: str, tim
     Raises Internal (ILLEGAL_TRANSITION) for a move the transition table does not allow.
     """
     check_transition(r.phase, phase)
-    return replace(r, phase=phase, history=_append(r.history, PhaseChange(phase, now, reason)),
-                   phase_deadline=_deadline(r, phase, now, timeouts), retries=0, updated_at=now)
+    return replace(
+        r,
+        phase=phase,
+        history=_append(r.history, PhaseChange(phase, now, reason)),
+        phase_deadline=_deadline(r, phase, now, timeouts),
+        retries=0,
+        updated_at=now,
+    )
 
 
 def with_retry(r: MigrationRecord, now: datetime, reason: str, timeouts: Timeouts) -> MigrationRecord:
     """Retry the current phase after its deadline: note it, count it, back off the next deadline."""
     check_transition(r.phase, r.phase)
     n = r.retries + 1
-    return replace(r, retries=n, history=_append(r.history, PhaseChange(r.phase, now, f"retry {n}: {reason}")),
-                   phase_deadline=now + timedelta(seconds=retry_delay_s(timeouts, n)), updated_at=now)
+    return replace(
+        r,
+        retries=n,
+        history=_append(r.history, PhaseChange(r.phase, now, f"retry {n}: {reason}")),
+        phase_deadline=now + timedelta(seconds=retry_delay_s(timeouts, n)),
+        updated_at=now,
+    )
 
 
 def note(r: MigrationRecord, now: datetime, reason: str) -> MigrationRecord:
@@ -161,13 +212,17 @@ def note(r: MigrationRecord, now: datetime, reason: str) -> MigrationRecord:
 
 # --- JSON ----------------------------------------------------------------------------------------
 
+
 def _ts(dt: datetime | None) -> str | None:
     if dt is None:
         return None
     if dt.tzinfo is None:
-        raise Internal(f"naive datetime {dt.isoformat()} in a migration record", reason="RECORD_INVALID",
-                       hint="a coordinator bug: the clock must give timezone-aware UTC times")
-    return dt.astimezone(timezone.utc).isoformat()
+        raise Internal(
+            f"naive datetime {dt.isoformat()} in a migration record",
+            reason="RECORD_INVALID",
+            hint="a coordinator bug: the clock must give timezone-aware UTC times",
+        )
+    return dt.astimezone(UTC).isoformat()
 
 
 def _dt(s: str | None) -> datetime | None:
@@ -176,7 +231,7 @@ def _dt(s: str | None) -> datetime | None:
     dt = datetime.fromisoformat(s)
     if dt.tzinfo is None:
         raise ValueError(f"time {s!r} has no timezone")
-    return dt.astimezone(timezone.utc)
+    return dt.astimezone(UTC)
 
 
 def _plain(obj: Any) -> dict[str, Any]:
@@ -192,23 +247,35 @@ def encode(r: MigrationRecord) -> bytes:
     """The record as versioned JSON ("schema": 1); ``revision`` is left out."""
     doc = {
         "schema": SCHEMA,
-        "id": r.id, "vm": r.vm, "vm_uuid": r.vm_uuid, "source_host": r.source_host, "target_host": r.target_host,
-        "created_at": _ts(r.created_at), "updated_at": _ts(r.updated_at),
+        "id": r.id,
+        "vm": r.vm,
+        "vm_uuid": r.vm_uuid,
+        "source_host": r.source_host,
+        "target_host": r.target_host,
+        "created_at": _ts(r.created_at),
+        "updated_at": _ts(r.updated_at),
         "options": _plain(r.options),
-        "mapping": {"bridges": dict(r.mapping.bridges), "networks": dict(r.mapping.networks),
-                    "path_prefixes": dict(r.mapping.path_prefixes)},
-        "priority": r.priority, "idempotency_key": r.idempotency_key,
+        "mapping": {
+            "bridges": dict(r.mapping.bridges),
+            "networks": dict(r.mapping.networks),
+            "path_prefixes": dict(r.mapping.path_prefixes),
+        },
+        "priority": r.priority,
+        "idempotency_key": r.idempotency_key,
         "phase": r.phase.name,
         "history": [{"phase": c.phase.name, "at": _ts(c.at), "reason": c.reason} for c in r.history],
         "phase_deadline": _ts(r.phase_deadline),
-        "memory_bytes": r.memory_bytes, "disk_bytes": r.disk_bytes,
-        "prepare_id": r.prepare_id, "destination_xml": r.destination_xml,
+        "memory_bytes": r.memory_bytes,
+        "disk_bytes": r.disk_bytes,
+        "prepare_id": r.prepare_id,
+        "destination_xml": r.destination_xml,
         "copied_disks": list(r.copied_disks),
         "progress": None if r.progress is None else _plain(r.progress),
         "result": None if r.result is None else _plain(r.result),
         "error": None if r.error is None else _plain(r.error),
         "cancel_requested": r.cancel_requested,
-        "attempt": r.attempt, "retries": r.retries,
+        "attempt": r.attempt,
+        "retries": r.retries,
         "rollback_to": None if r.rollback_to is None else r.rollback_to.name,
         "target_cleaned": r.target_cleaned,
     }
@@ -225,16 +292,25 @@ def decode(data: bytes, revision: int) -> MigrationRecord:
         doc = json.loads(data)
         schema = doc.get("schema") if isinstance(doc, dict) else None
     except ValueError as e:
-        raise Internal(f"migration record is not JSON: {e}", reason="RECORD_INVALID",
-                       hint="inspect the key in etcd; delete it if it is not a Ferry record") from e
+        raise Internal(
+            f"migration record is not JSON: {e}",
+            reason="RECORD_INVALID",
+            hint="inspect the key in etcd; delete it if it is not a Ferry record",
+        ) from e
     if schema != SCHEMA:
-        raise Internal(f"migration record has schema {schema!r}; this coordinator reads {SCHEMA}",
-                       reason="RECORD_SCHEMA", hint="run the same Ferry version on every coordinator")
+        raise Internal(
+            f"migration record has schema {schema!r}; this coordinator reads {SCHEMA}",
+            reason="RECORD_SCHEMA",
+            hint="run the same Ferry version on every coordinator",
+        )
     try:
         return _decode(doc, revision)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise Internal(f"migration record {doc.get('id', '?')!r} is unreadable: {e!r}", reason="RECORD_INVALID",
-                       hint="inspect the key in etcd; a coordinator bug or a hand edit broke it") from e
+        raise Internal(
+            f"migration record {doc.get('id', '?')!r} is unreadable: {e!r}",
+            reason="RECORD_INVALID",
+            hint="inspect the key in etcd; a coordinator bug or a hand edit broke it",
+        ) from e
 
 
 def _decode(d: dict[str, Any], revision: int) -> MigrationRecord:
@@ -248,23 +324,33 @@ def _decode(d: dict[str, Any], revision: int) -> MigrationRecord:
         progress = ProgressSnapshot(**p)
     m = d["mapping"]
     rec = MigrationRecord(
-        id=d["id"], vm=d["vm"], vm_uuid=d["vm_uuid"], source_host=d["source_host"], target_host=d["target_host"],
-        created_at=_dt(d["created_at"]), updated_at=_dt(d["updated_at"]),
+        id=d["id"],
+        vm=d["vm"],
+        vm_uuid=d["vm_uuid"],
+        source_host=d["source_host"],
+        target_host=d["target_host"],
+        created_at=_dt(d["created_at"]),
+        updated_at=_dt(d["updated_at"]),
         options=MigrationOptions(**o),
-        mapping=HostMapping(bridges=dict(m["bridges"]), networks=dict(m["networks"]),
-                            path_prefixes=dict(m["path_prefixes"])),
-        priority=int(d["priority"]), idempotency_key=d["idempotency_key"],
+        mapping=HostMapping(
+            bridges=dict(m["bridges"]), networks=dict(m["networks"]), path_prefixes=dict(m["path_prefixes"])
+        ),
+        priority=int(d["priority"]),
+        idempotency_key=d["idempotency_key"],
         phase=Phase[d["phase"]],
         history=tuple(PhaseChange(Phase[c["phase"]], _dt(c["at"]), c["reason"]) for c in d["history"]),
         phase_deadline=_dt(d["phase_deadline"]),
-        memory_bytes=int(d["memory_bytes"]), disk_bytes=int(d["disk_bytes"]),
-        prepare_id=d["prepare_id"], destination_xml=d["destination_xml"],
-        copied_disks=tuple(d.get("copied_disks", ())),   # absent in records of older coordinators
+        memory_bytes=int(d["memory_bytes"]),
+        disk_bytes=int(d["disk_bytes"]),
+        prepare_id=d["prepare_id"],
+        destination_xml=d["destination_xml"],
+        copied_disks=tuple(d.get("copied_disks", ())),  # absent in records of older coordinators
         progress=progress,
         result=None if d["result"] is None else CompletedJob(**d["result"]),
         error=None if d["error"] is None else ErrorDetail(**d["error"]),
         cancel_requested=bool(d["cancel_requested"]),
-        attempt=int(d["attempt"]), retries=int(d["retries"]),
+        attempt=int(d["attempt"]),
+        retries=int(d["retries"]),
         rollback_to=None if d["rollback_to"] is None else Phase[d["rollback_to"]],
         target_cleaned=bool(d["target_cleaned"]),
         revision=revision,

@@ -60,8 +60,9 @@ def recover(
             return c.keep(f"final ({r.phase.name}); nothing to recover")
         case Phase.PENDING:
             if ours:
-                return c.keep(f"queued; removing {len(ours)} stray prepare(s) of an earlier attempt",
-                              CleanupTarget(ours))
+                return c.keep(
+                    f"queued; removing {len(ours)} stray prepare(s) of an earlier attempt", CleanupTarget(ours)
+                )
             return c.keep("queued; nothing to recover")
         case Phase.PREFLIGHT:
             return c.keep("re-running preflight", RunPreflight(), *((CleanupTarget(ours),) if ours else ()))
@@ -85,13 +86,22 @@ def _own(r: MigrationRecord) -> tuple[str, ...]:
 def _preparing(c: Ctx, ours: tuple[str, ...], listed: bool) -> Decision:
     r, t = c.r, c.t
     goal = retry_goal(r, t)
-    err = ErrorDetail("PREPARE_INTERRUPTED", f"preparing {r.target_host} for {r.vm} was interrupted "
-                      f"{r.attempt} times", f"check ferry-agent's log on {r.target_host}, then resubmit")
+    err = ErrorDetail(
+        "PREPARE_INTERRUPTED",
+        f"preparing {r.target_host} for {r.vm} was interrupted {r.attempt} times",
+        f"check ferry-agent's log on {r.target_host}, then resubmit",
+    )
     if listed and not ours and not r.prepare_id:
         if goal is Phase.PENDING:
-            return Decision(c.to(Phase.PENDING, "re-queued: prepare interrupted, target holds nothing"), (),
-                            "prepare interrupted, target holds nothing; re-queued")
-        return Decision(c.to(Phase.FAILED, "prepare interrupted", error=err), (),
-                        f"prepare interrupted; failed after {r.attempt} attempts")
+            return Decision(
+                c.to(Phase.PENDING, "re-queued: prepare interrupted, target holds nothing"),
+                (),
+                "prepare interrupted, target holds nothing; re-queued",
+            )
+        return Decision(
+            c.to(Phase.FAILED, "prepare interrupted", error=err),
+            (),
+            f"prepare interrupted; failed after {r.attempt} attempts",
+        )
     d = roll_back(c, "prepare interrupted", goal=goal, error=err if goal is Phase.ROLLED_BACK else None)
     return Decision(d.record, (CleanupTarget(tuple(dict.fromkeys((*_own(r), *ours)))),), d.outcome)

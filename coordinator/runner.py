@@ -31,6 +31,8 @@ from datetime import datetime
 from typing import Any
 
 from ferry.errors import FerryError, Unavailable
+from ferry.keys import migration_key
+from ferry.store import Conflict, Store
 
 from .actions import Actions
 from .decide import (
@@ -46,11 +48,9 @@ from .decide import (
     WatchJob,
     decide,
 )
-from .keys import migration_key
 from .phases import Phase, Timeouts
 from .record import MigrationRecord, decode, encode
 from .recovery import recover
-from .store import Conflict, Store
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class RunnerContext:
     actions: Actions
     timeouts: Timeouts
     clock: Callable[[], datetime]
-    on_written: Callable[[MigrationRecord, MigrationRecord], None]   # (old, new) after a write landed
+    on_written: Callable[[MigrationRecord, MigrationRecord], None]  # (old, new) after a write landed
     on_admission_handled: Callable[[str], None]
     progress_write_s: float = 1.0
     store_retry_s: float = 0.5
@@ -101,9 +101,9 @@ class RecordRunner:
     def __init__(self, ctx: RunnerContext, record: MigrationRecord) -> None:
         self.ctx = ctx
         self.id = record.id
-        self.record = record                 # the newest version known (own writes, the watch)
-        self.needs_recovery = False          # recovery could not observe: try again later
-        self.gone = False                    # the record was deleted
+        self.record = record  # the newest version known (own writes, the watch)
+        self.needs_recovery = False  # recovery could not observe: try again later
+        self.gone = False  # the record was deleted
         self._queue: asyncio.Queue[Input] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight: Counter[Action] = Counter()
@@ -166,16 +166,27 @@ class RecordRunner:
                 try:
                     await self._handle(event)
                     return
-                except Unavailable as err:   # the store: agents' errors never leave the actions
-                    log.warning("migration %s: store unavailable (%s); retrying %s in %.1f s", self.id, err.reason,
-                                type(event).__name__, delay)
+                except Unavailable as err:  # the store: agents' errors never leave the actions
+                    log.warning(
+                        "migration %s: store unavailable (%s); retrying %s in %.1f s",
+                        self.id,
+                        err.reason,
+                        type(event).__name__,
+                        delay,
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 10.0)
                 except FerryError as err:
-                    log.error("migration %s: cannot handle %s: %s: %s", self.id, type(event).__name__, err.reason,
-                              err, exc_info=not err.caller_fault)
+                    log.error(
+                        "migration %s: cannot handle %s: %s: %s",
+                        self.id,
+                        type(event).__name__,
+                        err.reason,
+                        err,
+                        exc_info=not err.caller_fault,
+                    )
                     return
-                except Exception:   # a bug: drop this event, keep the record going (deadlines still act)
+                except Exception:  # a bug: drop this event, keep the record going (deadlines still act)
                     log.exception("migration %s: unexpected failure handling %s", self.id, type(event).__name__)
                     return
         finally:

@@ -31,22 +31,23 @@ from datetime import UTC, datetime
 import grpc
 
 from ferry import convert as fconvert
+from ferry import keys
 from ferry.diskplan import plan_disks
 from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound
 from ferry.model import Blocker, DomainInfo, HostMapping, MigrationOptions, StorageMode
 from ferry.rpc import rpc_method
+from ferry.store import Conflict, EventKind, Resync, Store
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
 from ferry.v1 import types_pb2 as tpb
 
-from . import convert, keys
+from . import convert
 from .checks import effective_storage
 from .config import HostDecl, derive_mapping
 from .fleet import Fleet
 from .phases import Timeouts
 from .preflight import preflight
 from .record import MigrationRecord, decode, encode, new_migration, note
-from .store import Conflict, EventKind, Resync, Store
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +85,22 @@ class _Plan:
 
     source: str
     domain: DomainInfo
-    options: MigrationOptions     # storage resolved (auto -> the effective mode)
-    mapping: HostMapping          # derived from [hosts.*] + the request's overrides
+    options: MigrationOptions  # storage resolved (auto -> the effective mode)
+    mapping: HostMapping  # derived from [hosts.*] + the request's overrides
 
 
 class CoordinatorServicer(cgrpc.CoordinatorServicer):
-    def __init__(self, store: Store, fleet: Fleet, *, hosts: Mapping[str, HostDecl] | None = None,
-                 timeouts: Timeouts = Timeouts(), clock: Clock = _utc_now,
-                 new_id: IdFactory = new_migration_id, in_flight_wait_s: float = IN_FLIGHT_WAIT_S) -> None:
+    def __init__(
+        self,
+        store: Store,
+        fleet: Fleet,
+        *,
+        hosts: Mapping[str, HostDecl] | None = None,
+        timeouts: Timeouts = Timeouts(),
+        clock: Clock = _utc_now,
+        new_id: IdFactory = new_migration_id,
+        in_flight_wait_s: float = IN_FLIGHT_WAIT_S,
+    ) -> None:
         self.store = store
         self.fleet = fleet
         self.hosts = dict(hosts or {})
@@ -103,14 +112,18 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
     # ------------------------------------------------------------------ submit
 
     @rpc_method
-    async def SubmitMigration(self, request: cpb.SubmitMigrationRequest, context: grpc.aio.ServicerContext
-                              ) -> cpb.Migration:
+    async def SubmitMigration(
+        self, request: cpb.SubmitMigrationRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.Migration:
         vm = _required(request.vm, "vm", '"web-1" (a name or UUID, see `ferry vms`)')
         target = _required(request.target_host, "target_host", '"host2" (see `ferry hosts`)')
         key = request.idempotency_key
         if len(key) > MAX_IDEMPOTENCY_KEY or "/" in key:
-            raise InvalidArgument(f"idempotency key {key[:40]!r}... is not usable", reason="BAD_IDEMPOTENCY_KEY",
-                                  hint=f"use at most {MAX_IDEMPOTENCY_KEY} characters without '/' (a UUID is fine)")
+            raise InvalidArgument(
+                f"idempotency key {key[:40]!r}... is not usable",
+                reason="BAD_IDEMPOTENCY_KEY",
+                hint=f"use at most {MAX_IDEMPOTENCY_KEY} characters without '/' (a UUID is fine)",
+            )
         if key:
             earlier = await self._by_idempotency_key(key)
             if earlier is not None:
@@ -119,24 +132,34 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         copied = plan_disks(plan.domain.disks, plan.options.storage, plan.options.migrate_disks, plan.mapping)
         migration_id = self._new_id()
         record = new_migration(
-            id=migration_id, vm=plan.domain.name, vm_uuid=plan.domain.uuid, source_host=plan.source,
-            target_host=target, now=self._clock(), timeouts=self.timeouts, options=plan.options,
-            mapping=plan.mapping, priority=request.priority, idempotency_key=key,
+            id=migration_id,
+            vm=plan.domain.name,
+            vm_uuid=plan.domain.uuid,
+            source_host=plan.source,
+            target_host=target,
+            now=self._clock(),
+            timeouts=self.timeouts,
+            options=plan.options,
+            mapping=plan.mapping,
+            priority=request.priority,
+            idempotency_key=key,
             memory_bytes=plan.domain.memory_bytes,
-            disk_bytes=sum(p.allocation or p.virtual_size for p in copied if p.copy))
+            disk_bytes=sum(p.allocation or p.virtual_size for p in copied if p.copy),
+        )
         return convert.migration_to_pb(await self._create(record))
 
     async def _create(self, record: MigrationRecord) -> MigrationRecord:
         key_revision = None
         if record.idempotency_key:
             try:
-                key_revision = await self.store.create(keys.idempotency_key(record.idempotency_key),
-                                                       keys.encode_id(record.id))
+                key_revision = await self.store.create(
+                    keys.idempotency_key(record.idempotency_key), keys.encode_id(record.id)
+                )
             except AlreadyExists:
                 earlier = await self._by_idempotency_key(record.idempotency_key)
                 if earlier is not None:
                     return earlier
-                return await self._create(record)   # the other submission gave up: try again
+                return await self._create(record)  # the other submission gave up: try again
         try:
             vm_revision = await self._claim_vm(record)
             try:
@@ -148,11 +171,18 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         except BaseException:
             if key_revision is not None:
                 with contextlib.suppress(FerryError):
-                    await self.store.delete(keys.idempotency_key(record.idempotency_key),
-                                            expected_mod_revision=key_revision)
+                    await self.store.delete(
+                        keys.idempotency_key(record.idempotency_key), expected_mod_revision=key_revision
+                    )
             raise
-        log.info("submitted %s: %s %s -> %s (storage %s)", record.id, record.vm, record.source_host,
-                 record.target_host, record.options.storage.value)
+        log.info(
+            "submitted %s: %s %s -> %s (storage %s)",
+            record.id,
+            record.vm,
+            record.source_host,
+            record.target_host,
+            record.options.storage.value,
+        )
         return replace(record, revision=revision)
 
     async def _claim_vm(self, record: MigrationRecord) -> int:
@@ -174,7 +204,8 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
                     f"{other.source_host} -> {other.target_host})",
                     reason="VM_BUSY",
                     hint=f"wait for it (ferry migrations watch {other_id}) or cancel it "
-                         f"(ferry migrations cancel {other_id})")
+                    f"(ferry migrations cancel {other_id})",
+                )
             try:
                 return await self.store.update(key, keys.encode_id(record.id), entry.mod_revision)
             except Conflict:
@@ -187,8 +218,11 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
             return None
         record = await self._wait_for_record(keys.decode_id(entry.value))
         if record is None:
-            log.warning("idempotency key %r names migration %s, which does not exist; taking the key over",
-                        key, keys.decode_id(entry.value))
+            log.warning(
+                "idempotency key %r names migration %s, which does not exist; taking the key over",
+                key,
+                keys.decode_id(entry.value),
+            )
             with contextlib.suppress(FerryError):
                 await self.store.delete(keys.idempotency_key(key), expected_mod_revision=entry.mod_revision)
         return record
@@ -203,20 +237,24 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
                 return record
             await asyncio.sleep(_IN_FLIGHT_POLL_S)
 
-    async def _plan(self, vm: str, target: str, options_pb: tpb.MigrationOptions, mapping_pb: tpb.HostMapping
-                    ) -> _Plan:
+    async def _plan(self, vm: str, target: str, options_pb: tpb.MigrationOptions, mapping_pb: tpb.HostMapping) -> _Plan:
         """Resolve a submission against the fleet (inventories asked now); raises the first problem."""
         located = await self.fleet.locate_vm(vm, fresh=True)
         if self.fleet.host(target) is None:
-            raise NotFound(f"no host named {target!r} is registered", reason="TARGET_UNKNOWN",
-                           hint="check the name with `ferry hosts`; its agent must be running")
+            raise NotFound(
+                f"no host named {target!r} is registered",
+                reason="TARGET_UNKNOWN",
+                hint="check the name with `ferry hosts`; its agent must be running",
+            )
         if located is None:
-            raise NotFound(f"no host reports a VM named {vm!r}", reason="VM_UNKNOWN",
-                           hint="check the name with `ferry vms`")
+            raise NotFound(
+                f"no host reports a VM named {vm!r}", reason="VM_UNKNOWN", hint="check the name with `ferry vms`"
+            )
         source, domain = located
         if source == target:
-            raise FailedPrecondition(f"{domain.name} already runs on {target}", reason="SAME_HOST",
-                                     hint="pick another target host")
+            raise FailedPrecondition(
+                f"{domain.name} already runs on {target}", reason="SAME_HOST", hint="pick another target host"
+            )
         options, explicit = convert.options_from_request(options_pb)
         storage = effective_storage(domain, options, explicit)
         overrides = fconvert.mapping_from_pb(mapping_pb)
@@ -235,8 +273,11 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         _required(migration_id, "id", '"m-3f2a9c41d07b" (see `ferry migrations`)')
         record = await self._get(migration_id)
         if record is None:
-            raise NotFound(f"no migration {migration_id!r}", reason="MIGRATION_UNKNOWN",
-                           hint="list migrations with `ferry migrations`")
+            raise NotFound(
+                f"no migration {migration_id!r}",
+                reason="MIGRATION_UNKNOWN",
+                hint="list migrations with `ferry migrations`",
+            )
         return record
 
     async def _records(self) -> list[MigrationRecord]:
@@ -250,32 +291,39 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         return out
 
     @rpc_method
-    async def GetMigration(self, request: cpb.GetMigrationRequest, context: grpc.aio.ServicerContext
-                           ) -> cpb.Migration:
+    async def GetMigration(self, request: cpb.GetMigrationRequest, context: grpc.aio.ServicerContext) -> cpb.Migration:
         return convert.migration_to_pb(await self._must_get(request.id))
 
     @rpc_method
-    async def ListMigrations(self, request: cpb.ListMigrationsRequest, context: grpc.aio.ServicerContext
-                             ) -> cpb.ListMigrationsResponse:
+    async def ListMigrations(
+        self, request: cpb.ListMigrationsRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ListMigrationsResponse:
         phases = set()
         for value in request.phases:
             phase = convert.phase_from_pb(value)
             if phase is None:
-                raise InvalidArgument(f"unknown phase number {value}", reason="BAD_PHASE",
-                                      hint="use the ferry.v1.Phase values (Pending ... RolledBack)")
+                raise InvalidArgument(
+                    f"unknown phase number {value}",
+                    reason="BAD_PHASE",
+                    hint="use the ferry.v1.Phase values (Pending ... RolledBack)",
+                )
             phases.add(phase)
-        records = [r for r in await self._records()
-                   if (not phases or r.phase in phases)
-                   and (not request.host or request.host in (r.source_host, r.target_host))
-                   and (not request.vm or request.vm in (r.vm, r.vm_uuid))]
+        records = [
+            r
+            for r in await self._records()
+            if (not phases or r.phase in phases)
+            and (not request.host or request.host in (r.source_host, r.target_host))
+            and (not request.vm or request.vm in (r.vm, r.vm_uuid))
+        ]
         records.sort(key=lambda r: (r.created_at, r.id), reverse=True)
         if request.limit:
-            records = records[:request.limit]
+            records = records[: request.limit]
         return cpb.ListMigrationsResponse(migrations=[convert.migration_to_pb(r) for r in records])
 
     @rpc_method
-    async def WatchMigration(self, request: cpb.WatchMigrationRequest, context: grpc.aio.ServicerContext
-                             ) -> AsyncIterator[cpb.Migration]:
+    async def WatchMigration(
+        self, request: cpb.WatchMigrationRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[cpb.Migration]:
         record = await self._must_get(request.id)
         yield convert.migration_to_pb(record)
         if record.phase.is_final:
@@ -288,15 +336,21 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
                     entry = next((e for e in item.entries if e.key == key), None)
                     if entry is None or entry.mod_revision == record.revision:
                         if entry is None:
-                            raise NotFound(f"migration {record.id} was deleted", reason="MIGRATION_DELETED",
-                                           hint="list migrations with `ferry migrations`")
+                            raise NotFound(
+                                f"migration {record.id} was deleted",
+                                reason="MIGRATION_DELETED",
+                                hint="list migrations with `ferry migrations`",
+                            )
                         continue
                     record = decode(entry.value, entry.mod_revision)
                 elif item.entry.key != key:
-                    continue   # a key that only starts with ours
+                    continue  # a key that only starts with ours
                 elif item.kind is EventKind.DELETE:
-                    raise NotFound(f"migration {record.id} was deleted", reason="MIGRATION_DELETED",
-                                   hint="list migrations with `ferry migrations`")
+                    raise NotFound(
+                        f"migration {record.id} was deleted",
+                        reason="MIGRATION_DELETED",
+                        hint="list migrations with `ferry migrations`",
+                    )
                 else:
                     record = decode(item.entry.value, item.entry.mod_revision)
                 yield convert.migration_to_pb(record)
@@ -304,21 +358,24 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
                     return
 
     @rpc_method
-    async def CancelMigration(self, request: cpb.CancelMigrationRequest, context: grpc.aio.ServicerContext
-                              ) -> cpb.Migration:
+    async def CancelMigration(
+        self, request: cpb.CancelMigrationRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.Migration:
         while True:
             record = await self._must_get(request.id)
             if record.phase.is_final:
                 raise FailedPrecondition(
                     f"migration {record.id} already ended ({convert.phase_label(record.phase)})",
-                    reason="ALREADY_FINAL", hint="nothing to cancel; see `ferry migrations show " + record.id + "`")
+                    reason="ALREADY_FINAL",
+                    hint="nothing to cancel; see `ferry migrations show " + record.id + "`",
+                )
             if record.cancel_requested:
                 return convert.migration_to_pb(record)
             asked = replace(note(record, self._clock(), "cancel requested"), cancel_requested=True)
             try:
                 revision = await self.store.update(keys.migration_key(record.id), encode(asked), record.revision)
             except Conflict:
-                continue   # the engine moved it meanwhile: decide again on the new record
+                continue  # the engine moved it meanwhile: decide again on the new record
             log.info("cancel requested for %s (%s)", record.id, record.phase.name)
             return convert.migration_to_pb(replace(asked, revision=revision))
 
@@ -329,42 +386,66 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         return active, {r.vm_uuid: r.id for r in sorted(active, key=lambda r: r.created_at)}
 
     @rpc_method
-    async def ListHosts(self, request: cpb.ListHostsRequest, context: grpc.aio.ServicerContext
-                        ) -> cpb.ListHostsResponse:
+    async def ListHosts(
+        self, request: cpb.ListHostsRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ListHostsResponse:
         await self.fleet.refresh(max_age_s=READ_MAX_AGE_S)
         active, _ = await self._active_by_vm()
-        return cpb.ListHostsResponse(hosts=[
-            convert.host_status_to_pb(
-                name=h.name, address=h.address, available=h.available, facts=h.facts, domains=len(h.domains),
-                migrations_out=sum(r.source_host == h.name for r in active),
-                migrations_in=sum(r.target_host == h.name for r in active), last_seen=h.last_seen)
-            for h in self.fleet.hosts()])
+        return cpb.ListHostsResponse(
+            hosts=[
+                convert.host_status_to_pb(
+                    name=h.name,
+                    address=h.address,
+                    available=h.available,
+                    facts=h.facts,
+                    domains=len(h.domains),
+                    migrations_out=sum(r.source_host == h.name for r in active),
+                    migrations_in=sum(r.target_host == h.name for r in active),
+                    last_seen=h.last_seen,
+                )
+                for h in self.fleet.hosts()
+            ]
+        )
 
     @rpc_method
     async def ListVMs(self, request: cpb.ListVMsRequest, context: grpc.aio.ServicerContext) -> cpb.ListVMsResponse:
         if request.host and self.fleet.host(request.host) is None:
-            raise NotFound(f"no host named {request.host!r} is registered", reason="HOST_UNKNOWN",
-                           hint="check the name with `ferry hosts`")
+            raise NotFound(
+                f"no host named {request.host!r} is registered",
+                reason="HOST_UNKNOWN",
+                hint="check the name with `ferry hosts`",
+            )
         records = await self._records()
         # an operator's read: inventories at most a second old (not the scheduler-facing TTL), and
         # a host whose inventory predates a migration's last change to it is asked again, so a VM
         # shows where it runs now, not where it ran a few seconds ago
-        moved = {name for r in records for name in (r.source_host, r.target_host)
-                 if (h := self.fleet.host(name)) is not None and (h.last_seen is None or r.updated_at > h.last_seen)}
+        moved = {
+            name
+            for r in records
+            for name in (r.source_host, r.target_host)
+            if (h := self.fleet.host(name)) is not None and (h.last_seen is None or r.updated_at > h.last_seen)
+        }
         wanted = [request.host] if request.host else [h.name for h in self.fleet.hosts()]
-        await asyncio.gather(self.fleet.refresh([n for n in wanted if n not in moved], max_age_s=READ_MAX_AGE_S),
-                             self.fleet.refresh([n for n in wanted if n in moved], force=True))
+        await asyncio.gather(
+            self.fleet.refresh([n for n in wanted if n not in moved], max_age_s=READ_MAX_AGE_S),
+            self.fleet.refresh([n for n in wanted if n in moved], force=True),
+        )
         by_vm = {r.vm_uuid: r.id for r in sorted(records, key=lambda r: r.created_at) if not r.phase.is_final}
-        return cpb.ListVMsResponse(vms=[
-            convert.vm_to_pb(d, h.name, by_vm.get(d.uuid, ""))
-            for h in self.fleet.hosts() if not request.host or h.name == request.host
-            for d in sorted(h.domains, key=lambda d: d.name)])
+        return cpb.ListVMsResponse(
+            vms=[
+                convert.vm_to_pb(d, h.name, by_vm.get(d.uuid, ""))
+                for h in self.fleet.hosts()
+                if not request.host or h.name == request.host
+                for d in sorted(h.domains, key=lambda d: d.name)
+            ]
+        )
 
     # ------------------------------------------------------------------ preflight
 
     @rpc_method
-    async def Preflight(self, request: cpb.PreflightRequest, context: grpc.aio.ServicerContext
-                        ) -> cpb.PreflightResponse:
+    async def Preflight(
+        self, request: cpb.PreflightRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.PreflightResponse:
         vm = _required(request.vm, "vm", '"web-1" (a name or UUID, see `ferry vms`)')
         target = _required(request.target_host, "target_host", '"host2" (see `ferry hosts`)')
         options, explicit = convert.options_from_request(request.options)
@@ -374,33 +455,44 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         try:
             mapping = derive_mapping(self.hosts.get(source or ""), self.hosts.get(target), overrides)
         except FerryError as exc:
-            return cpb.PreflightResponse(ok=False, source_host=source or "",
-                                         blockers=[convert.blocker_to_pb(Blocker(exc.reason, exc.message, exc.hint))])
-        report = await preflight(self.fleet, vm, target, options, mapping,
-                                 storage=options.storage if explicit else None, source_host=source)
+            return cpb.PreflightResponse(
+                ok=False,
+                source_host=source or "",
+                blockers=[convert.blocker_to_pb(Blocker(exc.reason, exc.message, exc.hint))],
+            )
+        report = await preflight(
+            self.fleet, vm, target, options, mapping, storage=options.storage if explicit else None, source_host=source
+        )
         blockers = [self._target_down(b, target) for b in report.blockers]
         warnings = []
         if report.domain is not None and not explicit and report.storage is not None:
             why = "a writable disk is local" if report.storage is StorageMode.COPY_ALL else "no writable local disk"
             warnings.append(f"storage mode {report.storage.value}, decided from the inventory ({why})")
         return cpb.PreflightResponse(
-            ok=not blockers, blockers=[convert.blocker_to_pb(b) for b in dict.fromkeys(blockers)],
-            source_host=report.source_host, disks=[fconvert.disk_plan_to_pb(d) for d in report.disks],
-            warnings=warnings)
+            ok=not blockers,
+            blockers=[convert.blocker_to_pb(b) for b in dict.fromkeys(blockers)],
+            source_host=report.source_host,
+            disks=[fconvert.disk_plan_to_pb(d) for d in report.disks],
+            warnings=warnings,
+        )
 
     def _target_down(self, blocker: Blocker, target: str) -> Blocker:
         """The shared preflight sees only available hosts: a target the fleet knows is down, not unknown."""
         view = self.fleet.host_view(target)
         if blocker.reason != "TARGET_UNKNOWN" or view is None:
             return blocker
-        return Blocker("TARGET_DOWN", f"the agent on {target} is not available (not registered or not answering)",
-                       f"start ferry-agent on {target} or pick another target")
+        return Blocker(
+            "TARGET_DOWN",
+            f"the agent on {target} is not available (not registered or not answering)",
+            f"start ferry-agent on {target} or pick another target",
+        )
 
 
 def register(servicer: CoordinatorServicer) -> Callable[[grpc.aio.Server], list[str]]:
     """For ``ferry.rpc.create_server``: add the servicer, name its service."""
+
     def add(server: grpc.aio.Server) -> list[str]:
         cgrpc.add_CoordinatorServicer_to_server(servicer, server)
         return [SERVICE_NAME]
-    return add
 
+    return add

@@ -55,8 +55,13 @@ def vm_key(r: MigrationRecord) -> str:
     return r.vm_uuid or r.vm
 
 
-def plan_admission(queued: Sequence[MigrationRecord], active: Sequence[MigrationRecord], limits: Limits,
-                   hosts_available: Collection[str], now: datetime | None = None) -> Admission:
+def plan_admission(
+    queued: Sequence[MigrationRecord],
+    active: Sequence[MigrationRecord],
+    limits: Limits,
+    hosts_available: Collection[str],
+    now: datetime | None = None,
+) -> Admission:
     """Which queued records start now. ``active`` may hold any records: only those whose phase
     holds a slot count. ``now`` enables reservation by aged records (``reserve_after_s``)."""
     busy = [r for r in active if r.phase.holds_slot]
@@ -83,8 +88,15 @@ def plan_admission(queued: Sequence[MigrationRecord], active: Sequence[Migration
     return Admission(tuple(start), waiting)
 
 
-def _why_not(r: MigrationRecord, out_n: Counter[str], in_n: Counter[str], cluster_n: int, vms: set[str],
-             limits: Limits, hosts_available: Collection[str]) -> str | None:
+def _why_not(
+    r: MigrationRecord,
+    out_n: Counter[str],
+    in_n: Counter[str],
+    cluster_n: int,
+    vms: set[str],
+    limits: Limits,
+    hosts_available: Collection[str],
+) -> str | None:
     down = [h for h in (r.source_host, r.target_host) if h not in hosts_available]
     if down:
         return f"host {', '.join(down)} unavailable"
@@ -99,7 +111,12 @@ def _why_not(r: MigrationRecord, out_n: Counter[str], in_n: Counter[str], cluste
     return None
 
 
-def admit(queued: Sequence[MigrationRecord], active: Sequence[MigrationRecord], limits: Limits,
-          hosts_available: Collection[str], now: datetime | None = None) -> list[str]:
+def admit(
+    queued: Sequence[MigrationRecord],
+    active: Sequence[MigrationRecord],
+    limits: Limits,
+    hosts_available: Collection[str],
+    now: datetime | None = None,
+) -> list[str]:
     """Ids of the queued records to start now, in order (feed each ``Admitted``)."""
     return list(plan_admission(queued, active, limits, hosts_available, now).start)

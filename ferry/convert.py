@@ -100,37 +100,55 @@ def phase_from_pb(value: int) -> MigrationPhase | None:
 
 
 def storage_dir_to_pb(d: StorageDir) -> tpb.StorageDir:
-    return tpb.StorageDir(path=d.path, free_bytes=d.free_bytes, total_bytes=d.total_bytes,
-                          shared=d.shared, fs_type=d.fs_type)
+    return tpb.StorageDir(
+        path=d.path, free_bytes=d.free_bytes, total_bytes=d.total_bytes, shared=d.shared, fs_type=d.fs_type
+    )
 
 
 def storage_dir_from_pb(m: tpb.StorageDir) -> StorageDir:
-    return StorageDir(path=m.path, free_bytes=m.free_bytes, total_bytes=m.total_bytes,
-                      shared=m.shared, fs_type=m.fs_type)
+    return StorageDir(
+        path=m.path, free_bytes=m.free_bytes, total_bytes=m.total_bytes, shared=m.shared, fs_type=m.fs_type
+    )
 
 
 def host_facts_to_pb(f: HostFacts) -> tpb.HostFacts:
     return tpb.HostFacts(
-        hostname=f.hostname, host_uuid=f.host_uuid,
-        libvirt_version=f.libvirt_version, qemu_version=f.qemu_version,
-        cpu_model=f.cpu_model, arch=f.arch, cpu_features=list(f.cpu_features), cpus=f.cpus,
-        memory_total_bytes=f.memory_total_bytes, memory_free_bytes=f.memory_free_bytes,
-        bridges=list(f.bridges), networks=list(f.networks),
+        hostname=f.hostname,
+        host_uuid=f.host_uuid,
+        libvirt_version=f.libvirt_version,
+        qemu_version=f.qemu_version,
+        cpu_model=f.cpu_model,
+        arch=f.arch,
+        cpu_features=list(f.cpu_features),
+        cpus=f.cpus,
+        memory_total_bytes=f.memory_total_bytes,
+        memory_free_bytes=f.memory_free_bytes,
+        bridges=list(f.bridges),
+        networks=list(f.networks),
         storage=[storage_dir_to_pb(d) for d in f.storage],
-        libvirt_uri=f.libvirt_uri, migration_address=f.migration_address,
+        libvirt_uri=f.libvirt_uri,
+        migration_address=f.migration_address,
         agent_version=f.agent_version,
     )
 
 
 def host_facts_from_pb(m: tpb.HostFacts) -> HostFacts:
     return HostFacts(
-        hostname=m.hostname, host_uuid=m.host_uuid,
-        libvirt_version=m.libvirt_version, qemu_version=m.qemu_version,
-        cpu_model=m.cpu_model, arch=m.arch, cpu_features=tuple(m.cpu_features), cpus=m.cpus,
-        memory_total_bytes=m.memory_total_bytes, memory_free_bytes=m.memory_free_bytes,
-        bridges=tuple(m.bridges), networks=tuple(m.networks),
+        hostname=m.hostname,
+        host_uuid=m.host_uuid,
+        libvirt_version=m.libvirt_version,
+        qemu_version=m.qemu_version,
+        cpu_model=m.cpu_model,
+        arch=m.arch,
+        cpu_features=tuple(m.cpu_features),
+        cpus=m.cpus,
+        memory_total_bytes=m.memory_total_bytes,
+        memory_free_bytes=m.memory_free_bytes,
+        bridges=tuple(m.bridges),
+        networks=tuple(m.networks),
         storage=tuple(storage_dir_from_pb(d) for d in m.storage),
-        libvirt_uri=m.libvirt_uri, migration_address=m.migration_address,
+        libvirt_uri=m.libvirt_uri,
+        migration_address=m.migration_address,
         agent_version=m.agent_version,
     )
 
@@ -139,15 +157,35 @@ def host_facts_from_pb(m: tpb.HostFacts) -> HostFacts:
 
 
 def disk_to_pb(d: Disk) -> tpb.Disk:
-    return tpb.Disk(target=d.target, source=d.source, format=d.format, virtual_size=d.virtual_size,
-                    allocation=d.allocation, backing_chain=list(d.backing_chain), cache=d.cache,
-                    shared=d.shared, readonly=d.readonly, device=d.device, bus=d.bus)
+    return tpb.Disk(
+        target=d.target,
+        source=d.source,
+        format=d.format,
+        virtual_size=d.virtual_size,
+        allocation=d.allocation,
+        backing_chain=list(d.backing_chain),
+        cache=d.cache,
+        shared=d.shared,
+        readonly=d.readonly,
+        device=d.device,
+        bus=d.bus,
+    )
 
 
 def disk_from_pb(m: tpb.Disk) -> Disk:
-    return Disk(target=m.target, source=m.source, format=m.format, virtual_size=m.virtual_size,
-                allocation=m.allocation, backing_chain=tuple(m.backing_chain), cache=m.cache,
-                shared=m.shared, readonly=m.readonly, device=m.device or "disk", bus=m.bus)
+    return Disk(
+        target=m.target,
+        source=m.source,
+        format=m.format,
+        virtual_size=m.virtual_size,
+        allocation=m.allocation,
+        backing_chain=tuple(m.backing_chain),
+        cache=m.cache,
+        shared=m.shared,
+        readonly=m.readonly,
+        device=m.device or "disk",
+        bus=m.bus,
+    )
 
 
 def nic_to_pb(n: Nic) -> tpb.Nic:
@@ -160,18 +198,32 @@ def nic_from_pb(m: tpb.Nic) -> Nic:
 
 def domain_to_pb(d: DomainInfo) -> tpb.Domain:
     return tpb.Domain(
-        name=d.name, uuid=d.uuid, state=domain_state_to_pb(d.state), memory_bytes=d.memory_bytes,
-        vcpus=d.vcpus, persistent=d.persistent, disks=[disk_to_pb(x) for x in d.disks],
-        nics=[nic_to_pb(x) for x in d.nics], cpu_mode=d.cpu_mode, cpu_model=d.cpu_model,
+        name=d.name,
+        uuid=d.uuid,
+        state=domain_state_to_pb(d.state),
+        memory_bytes=d.memory_bytes,
+        vcpus=d.vcpus,
+        persistent=d.persistent,
+        disks=[disk_to_pb(x) for x in d.disks],
+        nics=[nic_to_pb(x) for x in d.nics],
+        cpu_mode=d.cpu_mode,
+        cpu_model=d.cpu_model,
         os_type=d.os_type,
     )
 
 
 def domain_from_pb(m: tpb.Domain) -> DomainInfo:
     return DomainInfo(
-        name=m.name, uuid=m.uuid, state=domain_state_from_pb(m.state), memory_bytes=m.memory_bytes,
-        vcpus=m.vcpus, persistent=m.persistent, disks=tuple(disk_from_pb(x) for x in m.disks),
-        nics=tuple(nic_from_pb(x) for x in m.nics), cpu_mode=m.cpu_mode, cpu_model=m.cpu_model,
+        name=m.name,
+        uuid=m.uuid,
+        state=domain_state_from_pb(m.state),
+        memory_bytes=m.memory_bytes,
+        vcpus=m.vcpus,
+        persistent=m.persistent,
+        disks=tuple(disk_from_pb(x) for x in m.disks),
+        nics=tuple(nic_from_pb(x) for x in m.nics),
+        cpu_mode=m.cpu_mode,
+        cpu_model=m.cpu_model,
         os_type=m.os_type,
     )
 
@@ -180,40 +232,64 @@ def domain_from_pb(m: tpb.Domain) -> DomainInfo:
 
 
 def mapping_to_pb(m: HostMapping) -> tpb.HostMapping:
-    return tpb.HostMapping(bridges=dict(m.bridges), networks=dict(m.networks),
-                           path_prefixes=dict(m.path_prefixes))
+    return tpb.HostMapping(bridges=dict(m.bridges), networks=dict(m.networks), path_prefixes=dict(m.path_prefixes))
 
 
 def mapping_from_pb(m: tpb.HostMapping) -> HostMapping:
-    return HostMapping(bridges=dict(m.bridges), networks=dict(m.networks),
-                       path_prefixes=dict(m.path_prefixes))
+    return HostMapping(bridges=dict(m.bridges), networks=dict(m.networks), path_prefixes=dict(m.path_prefixes))
 
 
 def disk_plan_to_pb(p: DiskPlan) -> tpb.DiskPlan:
-    return tpb.DiskPlan(target=p.target, source=p.source, destination=p.destination, format=p.format,
-                        virtual_size=p.virtual_size, allocation=p.allocation,
-                        backing_file=p.backing_file, backing_format=p.backing_format, copy=p.copy)
+    return tpb.DiskPlan(
+        target=p.target,
+        source=p.source,
+        destination=p.destination,
+        format=p.format,
+        virtual_size=p.virtual_size,
+        allocation=p.allocation,
+        backing_file=p.backing_file,
+        backing_format=p.backing_format,
+        copy=p.copy,
+    )
 
 
 def disk_plan_from_pb(m: tpb.DiskPlan) -> DiskPlan:
-    return DiskPlan(target=m.target, source=m.source, destination=m.destination,
-                    format=m.format or "qcow2", virtual_size=m.virtual_size, allocation=m.allocation,
-                    backing_file=m.backing_file, backing_format=m.backing_format, copy=m.copy)
+    return DiskPlan(
+        target=m.target,
+        source=m.source,
+        destination=m.destination,
+        format=m.format or "qcow2",
+        virtual_size=m.virtual_size,
+        allocation=m.allocation,
+        backing_file=m.backing_file,
+        backing_format=m.backing_format,
+        copy=m.copy,
+    )
 
 
 def prepare_record_to_pb(r: PrepareRecord) -> apb.Prepare:
-    return apb.Prepare(prepare_id=r.prepare_id, domain_name=r.domain_name, domain_uuid=r.domain_uuid,
-                       created=list(r.created), created_at=timestamp_to_pb(r.created_at),
-                       expires_at=timestamp_to_pb(r.expires_at), migration_id=r.migration_id)
+    return apb.Prepare(
+        prepare_id=r.prepare_id,
+        domain_name=r.domain_name,
+        domain_uuid=r.domain_uuid,
+        created=list(r.created),
+        created_at=timestamp_to_pb(r.created_at),
+        expires_at=timestamp_to_pb(r.expires_at),
+        migration_id=r.migration_id,
+    )
 
 
 def prepare_record_from_pb(m: apb.Prepare) -> PrepareRecord:
     epoch = datetime.fromtimestamp(0, UTC)
-    return PrepareRecord(prepare_id=m.prepare_id, domain_name=m.domain_name, domain_uuid=m.domain_uuid,
-                         created=tuple(m.created),
-                         created_at=timestamp_from_pb(m.created_at) or epoch,
-                         expires_at=timestamp_from_pb(m.expires_at) or epoch,
-                         migration_id=m.migration_id)
+    return PrepareRecord(
+        prepare_id=m.prepare_id,
+        domain_name=m.domain_name,
+        domain_uuid=m.domain_uuid,
+        created=tuple(m.created),
+        created_at=timestamp_from_pb(m.created_at) or epoch,
+        expires_at=timestamp_from_pb(m.expires_at) or epoch,
+        migration_id=m.migration_id,
+    )
 
 
 def error_detail_to_pb(err: FerryError) -> tpb.ErrorDetail:
@@ -234,25 +310,40 @@ def blocker_from_pb(m: tpb.ErrorDetail) -> Blocker:
 
 def options_to_pb(o: MigrationOptions) -> tpb.MigrationOptions:
     return tpb.MigrationOptions(
-        offline=o.offline, storage=storage_mode_to_pb(o.storage), migrate_disks=list(o.migrate_disks),
-        persist_dest=o.persist_dest, undefine_source=o.undefine_source,
-        bandwidth_mibps=o.bandwidth_mibps, max_downtime_ms=o.max_downtime_ms,
-        auto_converge=o.auto_converge, allow_postcopy=o.allow_postcopy, unsafe=o.unsafe,
-        completion_timeout_s=o.completion_timeout_s, postcopy_on_stall=o.postcopy_on_stall,
+        offline=o.offline,
+        storage=storage_mode_to_pb(o.storage),
+        migrate_disks=list(o.migrate_disks),
+        persist_dest=o.persist_dest,
+        undefine_source=o.undefine_source,
+        bandwidth_mibps=o.bandwidth_mibps,
+        max_downtime_ms=o.max_downtime_ms,
+        auto_converge=o.auto_converge,
+        allow_postcopy=o.allow_postcopy,
+        unsafe=o.unsafe,
+        completion_timeout_s=o.completion_timeout_s,
+        postcopy_on_stall=o.postcopy_on_stall,
     )
 
 
-def options_from_pb(m: tpb.MigrationOptions, *, unspecified_storage: StorageMode = StorageMode.SHARED
-                    ) -> MigrationOptions:
+def options_from_pb(
+    m: tpb.MigrationOptions, *, unspecified_storage: StorageMode = StorageMode.SHARED
+) -> MigrationOptions:
     """Proto3 booleans have no presence: persist_dest/undefine_source are taken as sent."""
     storage = storage_mode_from_pb(m.storage, unspecified=unspecified_storage)
     assert storage is not None
     return MigrationOptions(
-        offline=m.offline, storage=storage, migrate_disks=tuple(m.migrate_disks),
-        persist_dest=m.persist_dest, undefine_source=m.undefine_source,
-        bandwidth_mibps=m.bandwidth_mibps, max_downtime_ms=m.max_downtime_ms,
-        auto_converge=m.auto_converge, allow_postcopy=m.allow_postcopy, unsafe=m.unsafe,
-        completion_timeout_s=m.completion_timeout_s, postcopy_on_stall=m.postcopy_on_stall,
+        offline=m.offline,
+        storage=storage,
+        migrate_disks=tuple(m.migrate_disks),
+        persist_dest=m.persist_dest,
+        undefine_source=m.undefine_source,
+        bandwidth_mibps=m.bandwidth_mibps,
+        max_downtime_ms=m.max_downtime_ms,
+        auto_converge=m.auto_converge,
+        allow_postcopy=m.allow_postcopy,
+        unsafe=m.unsafe,
+        completion_timeout_s=m.completion_timeout_s,
+        postcopy_on_stall=m.postcopy_on_stall,
     )
 
 
@@ -260,58 +351,91 @@ def progress_to_pb(p: MigrationProgress) -> tpb.MigrationProgress:
     s = p.stats
     return tpb.MigrationProgress(
         phase=phase_to_pb(p.phase),
-        memory_total=s.memory_total, memory_processed=s.memory_processed,
+        memory_total=s.memory_total,
+        memory_processed=s.memory_processed,
         memory_remaining=s.memory_remaining,
-        disk_total=s.disk_total, disk_processed=s.disk_processed, disk_remaining=s.disk_remaining,
-        dirty_rate_pages=s.dirty_rate_pages, page_size=s.page_size, iteration=s.iteration,
-        bandwidth_bps=s.bandwidth_bps, elapsed_ms=s.time_elapsed_ms,
-        auto_converge_throttle=s.auto_converge_throttle, max_downtime_ms=p.max_downtime_ms,
+        disk_total=s.disk_total,
+        disk_processed=s.disk_processed,
+        disk_remaining=s.disk_remaining,
+        dirty_rate_pages=s.dirty_rate_pages,
+        page_size=s.page_size,
+        iteration=s.iteration,
+        bandwidth_bps=s.bandwidth_bps,
+        elapsed_ms=s.time_elapsed_ms,
+        auto_converge_throttle=s.auto_converge_throttle,
+        max_downtime_ms=p.max_downtime_ms,
     )
 
 
 def progress_from_pb(m: tpb.MigrationProgress, *, active: bool = True) -> MigrationProgress:
     stats = JobStats(
-        active=active, job_type="unbounded" if active else "none",
+        active=active,
+        job_type="unbounded" if active else "none",
         time_elapsed_ms=m.elapsed_ms,
-        memory_total=m.memory_total, memory_processed=m.memory_processed,
+        memory_total=m.memory_total,
+        memory_processed=m.memory_processed,
         memory_remaining=m.memory_remaining,
-        disk_total=m.disk_total, disk_processed=m.disk_processed, disk_remaining=m.disk_remaining,
-        dirty_rate_pages=m.dirty_rate_pages, page_size=m.page_size or 4096, iteration=m.iteration,
-        bandwidth_bps=m.bandwidth_bps, auto_converge_throttle=m.auto_converge_throttle,
+        disk_total=m.disk_total,
+        disk_processed=m.disk_processed,
+        disk_remaining=m.disk_remaining,
+        dirty_rate_pages=m.dirty_rate_pages,
+        page_size=m.page_size or 4096,
+        iteration=m.iteration,
+        bandwidth_bps=m.bandwidth_bps,
+        auto_converge_throttle=m.auto_converge_throttle,
         postcopy=m.phase == tpb.MIGRATION_PHASE_POSTCOPY,
     )
-    return MigrationProgress(phase=phase_from_pb(m.phase) or MigrationPhase.STARTING, stats=stats,
-                             max_downtime_ms=m.max_downtime_ms)
+    return MigrationProgress(
+        phase=phase_from_pb(m.phase) or MigrationPhase.STARTING, stats=stats, max_downtime_ms=m.max_downtime_ms
+    )
 
 
 def completed_job_to_pb(j: CompletedJob) -> tpb.CompletedJob:
-    return tpb.CompletedJob(time_elapsed_ms=j.time_elapsed_ms, downtime_ms=j.downtime_ms,
-                            memory_processed=j.memory_processed, disk_processed=j.disk_processed,
-                            iterations=j.iterations, postcopy=j.postcopy)
+    return tpb.CompletedJob(
+        time_elapsed_ms=j.time_elapsed_ms,
+        downtime_ms=j.downtime_ms,
+        memory_processed=j.memory_processed,
+        disk_processed=j.disk_processed,
+        iterations=j.iterations,
+        postcopy=j.postcopy,
+    )
 
 
 def completed_job_from_pb(m: tpb.CompletedJob) -> CompletedJob:
-    return CompletedJob(time_elapsed_ms=m.time_elapsed_ms, downtime_ms=m.downtime_ms,
-                        memory_processed=m.memory_processed, disk_processed=m.disk_processed,
-                        iterations=m.iterations, postcopy=m.postcopy)
+    return CompletedJob(
+        time_elapsed_ms=m.time_elapsed_ms,
+        downtime_ms=m.downtime_ms,
+        memory_processed=m.memory_processed,
+        disk_processed=m.disk_processed,
+        iterations=m.iterations,
+        postcopy=m.postcopy,
+    )
 
 
 def completed_job_from_stats(s: JobStats, *, postcopy: bool = False) -> CompletedJob:
     """A completed job's figures from libvirt's completed job statistics."""
-    return CompletedJob(time_elapsed_ms=s.time_elapsed_ms, downtime_ms=s.downtime_ms,
-                        memory_processed=s.memory_processed, disk_processed=s.disk_processed,
-                        iterations=s.iteration, postcopy=postcopy or s.postcopy)
+    return CompletedJob(
+        time_elapsed_ms=s.time_elapsed_ms,
+        downtime_ms=s.downtime_ms,
+        memory_processed=s.memory_processed,
+        disk_processed=s.disk_processed,
+        iterations=s.iteration,
+        postcopy=postcopy or s.postcopy,
+    )
 
 
-def migrate_result_to_pb(job: CompletedJob, source_state: DomainState | None, source_defined: bool
-                         ) -> apb.MigrateResult:
+def migrate_result_to_pb(
+    job: CompletedJob, source_state: DomainState | None, source_defined: bool
+) -> apb.MigrateResult:
     """``source_state`` None: nothing is left of the domain on the source (UNSPECIFIED)."""
-    return apb.MigrateResult(job=completed_job_to_pb(job), source_state=domain_state_to_pb(source_state),
-                             source_defined=source_defined)
+    return apb.MigrateResult(
+        job=completed_job_to_pb(job), source_state=domain_state_to_pb(source_state), source_defined=source_defined
+    )
 
 
-def job_to_pb(s: JobStats, *, phase: MigrationPhase, max_downtime_ms: int = 0,
-              completed: bool = False) -> apb.GetJobResponse:
+def job_to_pb(
+    s: JobStats, *, phase: MigrationPhase, max_downtime_ms: int = 0, completed: bool = False
+) -> apb.GetJobResponse:
     """GetJob's answer: the running job as progress, or a completed job's figures."""
     resp = apb.GetJobResponse(active=s.active, job_type=s.job_type, operation=s.operation)
     if completed:

@@ -17,14 +17,20 @@ from ferry.errors import FerryError
 C = TypeVar("C")
 
 
-def run_daemon(prog: str, description: str, load_config: Callable[[str], C],
-               serve: Callable[[C], Coroutine[Any, Any, None]], argv: Sequence[str] | None = None) -> int:
+def run_daemon(
+    prog: str,
+    description: str,
+    load_config: Callable[[str], C],
+    serve: Callable[[C], Coroutine[Any, Any, None]],
+    argv: Sequence[str] | None = None,
+) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", required=True, help="TOML config file")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     log = logging.getLogger(prog)
     try:
         config = load_config(args.config)

@@ -55,7 +55,7 @@ def map_path(path: str, prefixes: Mapping[str, str]) -> str:
     if best is None:
         return path
     _, norm, target = best
-    mapped = target.rstrip("/") + path[len(norm):]
+    mapped = target.rstrip("/") + path[len(norm) :]
     return mapped or "/"
 
 
@@ -74,25 +74,36 @@ def _check_requested(disks: list[Disk], storage: StorageMode, migrate_disks: Ite
         raise InvalidArgument(
             f"disks to copy ({', '.join(requested)}) were given with shared storage",
             reason="MIGRATE_DISKS_WITH_SHARED",
-            hint="use --copy-storage-all or --copy-storage-inc to copy them, or drop --migrate-disks")
+            hint="use --copy-storage-all or --copy-storage-inc to copy them, or drop --migrate-disks",
+        )
     unknown = [t for t in requested if t not in by_target]
     if unknown:
         raise InvalidArgument(
-            f"the domain has no disk {', '.join(unknown)}", reason="DISK_NOT_IN_DOMAIN",
-            hint=f"the domain's disks are {devices}")
+            f"the domain has no disk {', '.join(unknown)}",
+            reason="DISK_NOT_IN_DOMAIN",
+            hint=f"the domain's disks are {devices}",
+        )
     for target in requested:
         disk = by_target[target]
         if not disk.source or disk.device != "disk" or disk.readonly:
-            why = ("has no file source" if not disk.source
-                   else f"is a {disk.device}" if disk.device != "disk" else "is read-only")
+            why = (
+                "has no file source"
+                if not disk.source
+                else f"is a {disk.device}"
+                if disk.device != "disk"
+                else "is read-only"
+            )
             raise InvalidArgument(
-                f"disk {target} {why} and cannot be copied", reason="DISK_NOT_COPYABLE",
-                hint=f"copy only writable file disks; this domain's disks are {devices}")
+                f"disk {target} {why} and cannot be copied",
+                reason="DISK_NOT_COPYABLE",
+                hint=f"copy only writable file disks; this domain's disks are {devices}",
+            )
     return set(requested)
 
 
-def plan_disks(disks: Iterable[Disk], storage: StorageMode, migrate_disks: Iterable[str],
-               mapping: HostMapping) -> list[DiskPlan]:
+def plan_disks(
+    disks: Iterable[Disk], storage: StorageMode, migrate_disks: Iterable[str], mapping: HostMapping
+) -> list[DiskPlan]:
     """One DiskPlan per file-backed disk, in the domain's order (see the module docstring).
 
     Raises InvalidArgument: DISK_NOT_IN_DOMAIN (hint lists the domain's devices),
@@ -104,19 +115,20 @@ def plan_disks(disks: Iterable[Disk], storage: StorageMode, migrate_disks: Itera
     for disk in disks:
         if not disk.source:
             continue
-        copy = storage is not StorageMode.SHARED and (
-            disk.target in requested if requested else _copyable(disk))
+        copy = storage is not StorageMode.SHARED and (disk.target in requested if requested else _copyable(disk))
         backing = ""
         if copy and storage is StorageMode.COPY_INC and disk.backing_chain:
             backing = map_path(disk.backing_chain[0], mapping.path_prefixes)
-        plans.append(DiskPlan(
-            target=disk.target,
-            source=disk.source,
-            destination=map_path(disk.source, mapping.path_prefixes),
-            format=disk.format or "raw",
-            virtual_size=disk.virtual_size,
-            allocation=disk.allocation,
-            backing_file=backing,
-            copy=copy,
-        ))
+        plans.append(
+            DiskPlan(
+                target=disk.target,
+                source=disk.source,
+                destination=map_path(disk.source, mapping.path_prefixes),
+                format=disk.format or "raw",
+                virtual_size=disk.virtual_size,
+                allocation=disk.allocation,
+                backing_file=backing,
+                copy=copy,
+            )
+        )
     return plans

@@ -11,17 +11,39 @@ ours with one.
 
 from __future__ import annotations
 
+import enum
 from typing import ClassVar
 
-import grpc
-
 ERROR_DOMAIN = "ferry.dev"
+
+
+class StatusCode(enum.IntEnum):
+    """gRPC's status codes by their wire numbers (``ferry.rpc`` maps them to ``grpc.StatusCode``),
+    so that this module, and the pure core that raises these errors, never imports grpc."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
 
 
 class FerryError(Exception):
     """Base of every error Ferry reports on purpose."""
 
-    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    code: ClassVar[StatusCode] = StatusCode.INTERNAL
     caller_fault: ClassVar[bool] = False
     default_reason: ClassVar[str] = "INTERNAL"
 
@@ -41,7 +63,7 @@ class FerryError(Exception):
 class InvalidArgument(FerryError):
     """The request itself is malformed: fix the request."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = StatusCode.INVALID_ARGUMENT
     caller_fault = True
     default_reason = "INVALID_ARGUMENT"
 
@@ -49,7 +71,7 @@ class InvalidArgument(FerryError):
 class NotFound(FerryError):
     """A named thing (domain, host, prepare, migration) does not exist."""
 
-    code = grpc.StatusCode.NOT_FOUND
+    code = StatusCode.NOT_FOUND
     caller_fault = True
     default_reason = "NOT_FOUND"
 
@@ -57,7 +79,7 @@ class NotFound(FerryError):
 class AlreadyExists(FerryError):
     """Something is in the way: a file, a domain with that name or UUID, a record."""
 
-    code = grpc.StatusCode.ALREADY_EXISTS
+    code = StatusCode.ALREADY_EXISTS
     caller_fault = True
     default_reason = "ALREADY_EXISTS"
 
@@ -65,7 +87,7 @@ class AlreadyExists(FerryError):
 class FailedPrecondition(FerryError):
     """The system is not in a state that allows this (missing bridge, domain not running...)."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = StatusCode.FAILED_PRECONDITION
     caller_fault = True
     default_reason = "FAILED_PRECONDITION"
 
@@ -73,7 +95,7 @@ class FailedPrecondition(FerryError):
 class ResourceExhausted(FerryError):
     """Not enough of something: disk space, memory, migration slots."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = StatusCode.RESOURCE_EXHAUSTED
     caller_fault = True
     default_reason = "RESOURCE_EXHAUSTED"
 
@@ -81,7 +103,7 @@ class ResourceExhausted(FerryError):
 class Unavailable(FerryError):
     """A dependency cannot be reached right now (libvirtd, an agent, etcd); retry later."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    code = StatusCode.UNAVAILABLE
     caller_fault = False
     default_reason = "UNAVAILABLE"
 
@@ -89,7 +111,7 @@ class Unavailable(FerryError):
 class DeadlineExceeded(FerryError):
     """A call did not finish within its time limit."""
 
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    code = StatusCode.DEADLINE_EXCEEDED
     caller_fault = False
     default_reason = "TIMEOUT"
 
@@ -97,7 +119,7 @@ class DeadlineExceeded(FerryError):
 class Aborted(FerryError):
     """The operation was stopped (cancelled by a user, aborted by policy, lost a race)."""
 
-    code = grpc.StatusCode.ABORTED
+    code = StatusCode.ABORTED
     caller_fault = False
     default_reason = "ABORTED"
 
@@ -105,7 +127,7 @@ class Aborted(FerryError):
 class Internal(FerryError):
     """A bug or an unexpected failure on our side."""
 
-    code = grpc.StatusCode.INTERNAL
+    code = StatusCode.INTERNAL
     caller_fault = False
     default_reason = "INTERNAL"
 
@@ -122,11 +144,18 @@ ERROR_TYPES: tuple[type[FerryError], ...] = (
     Aborted,
     Internal,
 )
-BY_CODE: dict[grpc.StatusCode, type[FerryError]] = {t.code: t for t in ERROR_TYPES}
+BY_CODE: dict[StatusCode, type[FerryError]] = {t.code: t for t in ERROR_TYPES}
 
 
-def error_for_code(code: grpc.StatusCode) -> type[FerryError]:
-    """The error type a gRPC status code maps back to (CANCELLED and unknown codes included)."""
-    if code == grpc.StatusCode.CANCELLED:
+def error_for_code(code: int) -> type[FerryError]:
+    """The error type a gRPC status code (its number) maps back to (CANCELLED and unknown codes included).
+
+    >>> error_for_code(StatusCode.NOT_FOUND).__name__, error_for_code(1).__name__, error_for_code(99).__name__
+    ('NotFound', 'Aborted', 'Internal')
+    """
+    if code == StatusCode.CANCELLED:
         return Aborted
-    return BY_CODE.get(code, Internal)
+    try:
+        return BY_CODE.get(StatusCode(code), Internal)
+    except ValueError:
+        return Internal

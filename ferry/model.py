@@ -26,14 +26,19 @@ class DomainState(enum.Enum):
     @property
     def is_active(self) -> bool:
         """A QEMU process exists for the domain."""
-        return self in (DomainState.RUNNING, DomainState.BLOCKED, DomainState.PAUSED,
-                        DomainState.SHUTDOWN, DomainState.PMSUSPENDED)
+        return self in (
+            DomainState.RUNNING,
+            DomainState.BLOCKED,
+            DomainState.PAUSED,
+            DomainState.SHUTDOWN,
+            DomainState.PMSUSPENDED,
+        )
 
 
 class StorageMode(enum.Enum):
-    SHARED = "shared"        # disks are on storage both hosts see
-    COPY_ALL = "copy-all"    # copy every listed disk (virsh --copy-storage-all)
-    COPY_INC = "copy-inc"    # copy the top layer; backing files already on the target
+    SHARED = "shared"  # disks are on storage both hosts see
+    COPY_ALL = "copy-all"  # copy every listed disk (virsh --copy-storage-all)
+    COPY_INC = "copy-inc"  # copy the top layer; backing files already on the target
 
 
 @dataclass(frozen=True)
@@ -243,5 +248,5 @@ class MigrationResult:
     """How a source agent's Migrate ended well: the completed job's figures, read on the target."""
 
     job: CompletedJob
-    source_state: DomainState | None = None   # None: the domain is gone from the source
+    source_state: DomainState | None = None  # None: the domain is gone from the source
     source_defined: bool = False

@@ -100,8 +100,7 @@ class Hypervisor(Protocol):
 
     async def start_postcopy(self, name_or_uuid: str) -> None: ...
 
-    async def compare_cpu(self, cpu_xml: str, *, arch: str, machine: str, virttype: str,
-                          emulator: str) -> str:
+    async def compare_cpu(self, cpu_xml: str, *, arch: str, machine: str, virttype: str, emulator: str) -> str:
         """Can this host run a guest with this ``<cpu>`` definition (virConnectCompareHypervisorCPU)?
 
         Returns "" when it can, else libvirt's explanation, which names the features the host
@@ -152,8 +151,9 @@ class HostSystem(Protocol):
         """True when ``path`` lies on storage declared shared (or a cluster file system)."""
         ...
 
-    def create_image(self, path: str, *, fmt: str, virtual_size: int,
-                     backing_file: str = "", backing_format: str = "") -> None:
+    def create_image(
+        self, path: str, *, fmt: str, virtual_size: int, backing_file: str = "", backing_format: str = ""
+    ) -> None:
         """Create a disk image (qemu-img create), parent directories included. Raises
         AlreadyExists when ``path`` exists."""
         ...
@@ -177,9 +177,17 @@ class AgentClient(Protocol):
         """The domain and (when asked) its migratable XML; NotFound when not on this host."""
         ...
 
-    async def prepare_incoming(self, *, domain_xml: str, disks: Sequence[DiskPlan], mapping: HostMapping,
-                               storage: StorageMode, ttl_s: int, migration_id: str,
-                               dry_run: bool) -> PreparedIncoming: ...
+    async def prepare_incoming(
+        self,
+        *,
+        domain_xml: str,
+        disks: Sequence[DiskPlan],
+        mapping: HostMapping,
+        storage: StorageMode,
+        ttl_s: int,
+        migration_id: str,
+        dry_run: bool,
+    ) -> PreparedIncoming: ...
 
     async def cleanup_incoming(self, prepare_id: str) -> list[str]:
         """Remove what the prepare created; returns the removed paths ([] when already gone)."""
@@ -189,15 +197,29 @@ class AgentClient(Protocol):
 
     async def list_prepares(self) -> list[PrepareRecord]: ...
 
-    def migrate(self, vm: str, *, target_uri: str, destination_xml: str, options: MigrationOptions,
-                migration_id: str, migrate_uri: str = "") -> AsyncIterator[MigrationProgress | MigrationResult]:
+    def migrate(
+        self,
+        vm: str,
+        *,
+        target_uri: str,
+        destination_xml: str,
+        options: MigrationOptions,
+        migration_id: str,
+        migrate_uri: str = "",
+    ) -> AsyncIterator[MigrationProgress | MigrationResult]:
         """Progress snapshots, then one MigrationResult; a failed job raises its FerryError."""
         ...
 
     async def abort_migration(self, vm: str) -> bool: ...
 
-    async def tune_migration(self, vm: str, *, max_downtime_ms: int | None = None,
-                             bandwidth_mibps: int | None = None, start_postcopy: bool = False) -> None: ...
+    async def tune_migration(
+        self,
+        vm: str,
+        *,
+        max_downtime_ms: int | None = None,
+        bandwidth_mibps: int | None = None,
+        start_postcopy: bool = False,
+    ) -> None: ...
 
     async def get_job(self, vm: str, *, completed: bool = False) -> JobStats: ...
 
@@ -207,8 +229,9 @@ class AgentClient(Protocol):
         in milliseconds."""
         ...
 
-    async def remove_source_disks(self, vm_uuid: str, paths: Sequence[str], *, migration_id: str
-                                  ) -> tuple[list[str], list[str]]:
+    async def remove_source_disks(
+        self, vm_uuid: str, paths: Sequence[str], *, migration_id: str
+    ) -> tuple[list[str], list[str]]:
         """After a copy migration landed elsewhere and was committed there: remove this host's
         now unused local images of the domain. Returns (removed, already gone). Refused while a
         domain with that UUID exists here (DOMAIN_STILL_HERE) and for paths outside the local

@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from ferry.errors import ERROR_DOMAIN, FerryError, Internal, error_for_code
+from ferry.errors import ERROR_DOMAIN, FerryError, Internal, StatusCode, error_for_code
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,20 @@ def create_channel(address: str, *, tls: Tls | None = None) -> grpc.aio.Channel:
 # ---------------------------------------------------------------- errors <-> status
 
 
+def grpc_code(code: StatusCode) -> grpc.StatusCode:
+    """``ferry.errors.StatusCode`` as grpc's enum (same names, same numbers).
+
+    >>> grpc_code(StatusCode.NOT_FOUND)
+    <StatusCode.NOT_FOUND: (5, 'not found')>
+    """
+    return grpc.StatusCode[code.name]
+
+
+def error_type_for(code: grpc.StatusCode) -> type[FerryError]:
+    """The error type a gRPC status code maps back to (``ferry.errors.error_for_code``)."""
+    return error_for_code(code.value[0])
+
+
 def to_status(err: FerryError) -> grpc.Status:
     """A gRPC status carrying ``err`` as google.rpc.ErrorInfo (reason, hint)."""
     info = error_details_pb2.ErrorInfo(reason=err.reason, domain=ERROR_DOMAIN)
@@ -130,7 +144,7 @@ def to_status(err: FerryError) -> grpc.Status:
         info.metadata["hint"] = err.hint
     detail = any_pb2.Any()
     detail.Pack(info)
-    status = status_pb2.Status(code=err.code.value[0], message=err.message, details=[detail])
+    status = status_pb2.Status(code=int(err.code), message=err.message, details=[detail])
     return rpc_status.to_status(status)
 
 
@@ -138,7 +152,7 @@ def from_rpc_error(exc: grpc.RpcError) -> FerryError:
     """The FerryError a failed call carried (or a plain one built from its status code)."""
     code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
     message = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
-    err_type = error_for_code(code)
+    err_type = error_type_for(code)
     reason, hint = None, ""
     metadata = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None
     for key, value in metadata or ():

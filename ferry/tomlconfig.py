@@ -35,8 +35,11 @@ def read_config(path: str | Path, parse: Callable[..., T]) -> T:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise InvalidArgument(f"cannot read config {path}: {exc.strerror}", reason="CONFIG_UNREADABLE",
-                              hint="pass an existing, readable file with --config") from exc
+        raise InvalidArgument(
+            f"cannot read config {path}: {exc.strerror}",
+            reason="CONFIG_UNREADABLE",
+            hint="pass an existing, readable file with --config",
+        ) from exc
     return parse(text, source=str(path), base_dir=path.parent)
 
 
@@ -48,8 +51,11 @@ class Table:
             raise bad(source, f"[{section}] must be a table", f"write [{section}] followed by its keys")
         for key in data:
             if key not in allowed:
-                raise bad(source, f"unknown key {key!r} in [{section}]",
-                          f"remove {key!r} or fix its spelling; known keys: {', '.join(sorted(allowed))}")
+                raise bad(
+                    source,
+                    f"unknown key {key!r} in [{section}]",
+                    f"remove {key!r} or fix its spelling; known keys: {', '.join(sorted(allowed))}",
+                )
         self.data, self.section, self.source = data, section, source
 
     def __contains__(self, key: str) -> bool:
@@ -58,12 +64,16 @@ class Table:
     def require(self, *keys: str) -> None:
         missing = [k for k in keys if k not in self.data]
         if missing:
-            raise bad(self.source, f"[{self.section}] lacks {', '.join(missing)}",
-                      f"add {', '.join(missing)} to [{self.section}]")
+            raise bad(
+                self.source,
+                f"[{self.section}] lacks {', '.join(missing)}",
+                f"add {', '.join(missing)} to [{self.section}]",
+            )
 
     def _err(self, key: str, what: str, example: str) -> InvalidArgument:
-        return bad(self.source, f"[{self.section}] {key} must be {what}, not {self.data[key]!r}",
-                   f"e.g. {key} = {example}")
+        return bad(
+            self.source, f"[{self.section}] {key} must be {what}, not {self.data[key]!r}", f"e.g. {key} = {example}"
+        )
 
     def string(self, key: str, *, nonempty: bool = True) -> str:
         v = self.data[key]
@@ -101,6 +111,9 @@ def tls_of(t: Table, base: Path, *, required: bool) -> Tls | None:
         return None
     missing = [k for k in TLS_KEYS if k not in t]
     if missing:
-        raise bad(t.source, f"[{t.section}] has {', '.join(present) or 'nothing'} but lacks {', '.join(missing)}",
-                  "give all of ca, cert and key (PEM files) for mutual TLS")
+        raise bad(
+            t.source,
+            f"[{t.section}] has {', '.join(present) or 'nothing'} but lacks {', '.join(missing)}",
+            "give all of ca, cert and key (PEM files) for mutual TLS",
+        )
     return Tls(ca=t.path("ca", base), cert=t.path("cert", base), key=t.path("key", base))

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ferry.lab import procs
+from ferry.lab.controlplane import Registry, render_registry_section
 from ferry.lab.hosts import nsenter
 from ferry.lab.procs import SYSTEM_CLOCK, Clock, ProcessRecord
-from ferry.lab.controlplane import Registry, render_registry_section
 from ferry.lab.state import Component
 from ferry.lab.topology import HostPlan, LabPaths, render_agent_toml
 
@@ -50,9 +50,14 @@ def render_agent_config(paths: LabPaths, plan: HostPlan, registry: Registry | No
     return text if registry is None else text + "\n" + render_registry_section(registry, plan)
 
 
-def start_agent(paths: LabPaths, plan: HostPlan, holder: ProcessRecord,
-                command: Sequence[str] | None = None, *,
-                registry: Registry | None = None) -> Component:
+def start_agent(
+    paths: LabPaths,
+    plan: HostPlan,
+    holder: ProcessRecord,
+    command: Sequence[str] | None = None,
+    *,
+    registry: Registry | None = None,
+) -> Component:
     """Write agent.toml and start the agent (``command --config agent.toml``) inside the
     host's namespaces."""
     config = agent_config_path(paths, plan.name)
@@ -61,18 +66,24 @@ def start_agent(paths: LabPaths, plan: HostPlan, holder: ProcessRecord,
     argv = nsenter(holder.pid, [*(command or default_agent_command()), "--config", str(config)])
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = procs.spawn(argv, log=agent_log_path(paths, plan.name), env=env)
-    return Component(name=f"{plan.name}/agent", kind="agent", place=plan.name, process=process,
-                     endpoints={"grpc": plan.agent_listen, "unix": plan.agent_address,
-                                "config": str(config)})
+    return Component(
+        name=f"{plan.name}/agent",
+        kind="agent",
+        place=plan.name,
+        process=process,
+        endpoints={"grpc": plan.agent_listen, "unix": plan.agent_address, "config": str(config)},
+    )
 
 
-def wait_for_agents(agents: list[Component], *, timeout: float = AGENT_READY_TIMEOUT_S,
-                    clock: Clock = SYSTEM_CLOCK) -> list[Component]:
+def wait_for_agents(
+    agents: list[Component], *, timeout: float = AGENT_READY_TIMEOUT_S, clock: Clock = SYSTEM_CLOCK
+) -> list[Component]:
     return wait_serving(agents, timeout=timeout, clock=clock)
 
 
-def wait_serving(agents: list[Component], *, timeout: float = AGENT_READY_TIMEOUT_S,
-                 clock: Clock = SYSTEM_CLOCK) -> list[Component]:
+def wait_serving(
+    agents: list[Component], *, timeout: float = AGENT_READY_TIMEOUT_S, clock: Clock = SYSTEM_CLOCK
+) -> list[Component]:
     """Wait (one shared time limit) until each gRPC process (agent, coordinator) answers a
     health check on its unix socket; returns the components with ``error`` set for those that
     did not."""
@@ -84,8 +95,9 @@ def wait_serving(agents: list[Component], *, timeout: float = AGENT_READY_TIMEOU
             assert agent.process is not None
             if not procs.is_alive(agent.process):
                 code = procs.exit_status(agent.process)
-                done[name] = _failed(agent, f"exited during start (exit code {code}): "
-                                            f"{procs.log_tail(agent.process.log)}")
+                done[name] = _failed(
+                    agent, f"exited during start (exit code {code}): {procs.log_tail(agent.process.log)}"
+                )
                 del pending[name]
             elif health_serving(agent.endpoints["unix"]):
                 done[name] = agent
@@ -94,8 +106,9 @@ def wait_serving(agents: list[Component], *, timeout: float = AGENT_READY_TIMEOU
             break
         if clock.now() >= deadline:
             for name, agent in pending.items():
-                done[name] = _failed(agent, f"no gRPC health answer on {agent.endpoints['unix']}"
-                                            f" within {timeout:.0f} s")
+                done[name] = _failed(
+                    agent, f"no gRPC health answer on {agent.endpoints['unix']} within {timeout:.0f} s"
+                )
             break
         clock.sleep(0.2)
     return [done[a.name] for a in agents]
@@ -103,8 +116,14 @@ def wait_serving(agents: list[Component], *, timeout: float = AGENT_READY_TIMEOU
 
 def _failed(agent: Component, why: str) -> Component:
     log = agent.process.log if agent.process else ""
-    return Component(name=agent.name, kind=agent.kind, place=agent.place, process=agent.process,
-                     endpoints=agent.endpoints, error=f"{why} (log: {log})")
+    return Component(
+        name=agent.name,
+        kind=agent.kind,
+        place=agent.place,
+        process=agent.process,
+        endpoints=agent.endpoints,
+        error=f"{why} (log: {log})",
+    )
 
 
 def health_serving(address: str, timeout: float = HEALTH_CALL_TIMEOUT_S) -> bool:

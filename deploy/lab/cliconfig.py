@@ -25,17 +25,16 @@ def user_cli_config(environ: Mapping[str, str] = os.environ) -> Path:
 
 @dataclass(frozen=True)
 class CliConfigOutcome:
-    lab_config: Path                 # <lab>/cli.toml, always written
-    user_config: Path                # the operator's default CLI config path
-    written: bool                    # user_config now points into this lab
-    why_not: str = ""                # when not written: whose config it is
+    lab_config: Path  # <lab>/cli.toml, always written
+    user_config: Path  # the operator's default CLI config path
+    written: bool  # user_config now points into this lab
+    why_not: str = ""  # when not written: whose config it is
 
     def advice(self) -> str:
         """One line for the operator: how the ``ferry`` CLI reaches this lab."""
         if self.written:
             return f"ferry CLI: configured in {self.user_config} (try: ferry hosts)"
-        return (f"ferry CLI: kept {self.user_config} ({self.why_not}); use "
-                f"FERRY_CONFIG={self.lab_config} ferry hosts")
+        return f"ferry CLI: kept {self.user_config} ({self.why_not}); use FERRY_CONFIG={self.lab_config} ferry hosts"
 
 
 def _read(path: Path) -> str | None:
@@ -52,13 +51,11 @@ def install(lab_dir: Path, text: str, user_config: Path) -> CliConfigOutcome:
     lab_config = lab_dir / "cli.toml"
     _write(lab_config, text)
     if not may_replace_cli_config(_read(user_config), lab_dir):
-        return CliConfigOutcome(lab_config, user_config, written=False,
-                                why_not="it points to another coordinator")
+        return CliConfigOutcome(lab_config, user_config, written=False, why_not="it points to another coordinator")
     try:
         _write(user_config, text)
     except OSError as exc:
-        return CliConfigOutcome(lab_config, user_config, written=False,
-                                why_not=f"cannot write it: {exc.strerror}")
+        return CliConfigOutcome(lab_config, user_config, written=False, why_not=f"cannot write it: {exc.strerror}")
     return CliConfigOutcome(lab_config, user_config, written=True)
 
 

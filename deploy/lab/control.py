@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from ferry.errors import DeadlineExceeded, FailedPrecondition, FerryError, Unavailable
+from ferry.keys import LEADER_KEY
 from ferry.lab import procs
 from ferry.lab.agents import run_async, wait_serving
 from ferry.lab.controlplane import (
     ETCD_CLUSTER_TOKEN,
     ETCD_PREFIX,
-    LEADER_KEY,
     ControlPlanePlan,
     CoordinatorPlan,
     endpoint_health,
@@ -59,20 +59,20 @@ def default_coordinator_command() -> list[str]:
 # ---------------------------------------------------------------- etcd
 
 
-def start_etcd_member(spec: MemberSpec, initial_cluster: str, core: ProcessRecord,
-                      record: Record) -> Component:
+def start_etcd_member(spec: MemberSpec, initial_cluster: str, core: ProcessRecord, record: Record) -> Component:
     """Start one member inside the core namespace (on its data dir: a restart when it exists)
     and record it at once. fsync stays on: drills kill members, their data must survive."""
     binary = require_etcd_binary()
     spec.data_dir.parent.mkdir(parents=True, exist_ok=True)
-    argv = member_command(binary, spec, initial_cluster, cluster_token=ETCD_CLUSTER_TOKEN,
-                          no_fsync=False)
-    process = procs.spawn(nsenter(core.pid, argv, mount=False),
-                          log=spec.data_dir.parent / f"{spec.name}.log")
-    component = Component(name=etcd_component_name(spec.name), kind="etcd", place=CORE,
-                          process=process,
-                          endpoints={"client": spec.client_url, "peer": spec.peer_url,
-                                     "data": str(spec.data_dir)})
+    argv = member_command(binary, spec, initial_cluster, cluster_token=ETCD_CLUSTER_TOKEN, no_fsync=False)
+    process = procs.spawn(nsenter(core.pid, argv, mount=False), log=spec.data_dir.parent / f"{spec.name}.log")
+    component = Component(
+        name=etcd_component_name(spec.name),
+        kind="etcd",
+        place=CORE,
+        process=process,
+        endpoints={"client": spec.client_url, "peer": spec.peer_url, "data": str(spec.data_dir)},
+    )
     record(component)
     return component
 
@@ -86,46 +86,57 @@ def etcdctl_binary() -> Path | None:
     return Path(found) if found else None
 
 
-def etcdctl(core_pid: int, client_urls: Sequence[str], *args: str,
-            timeout_s: float = ETCDCTL_TIMEOUT_S) -> procs.CommandResult:
+def etcdctl(
+    core_pid: int, client_urls: Sequence[str], *args: str, timeout_s: float = ETCDCTL_TIMEOUT_S
+) -> procs.CommandResult:
     """Run ``etcdctl ARGS`` inside the core namespace against ``client_urls`` (exit status not
     checked: ``endpoint health`` exits 1 while still reporting every endpoint)."""
     binary = etcdctl_binary()
     if binary is None:
-        raise FailedPrecondition("no etcdctl beside the etcd binary nor on PATH",
-                                 reason="ETCDCTL_MISSING",
-                                 hint="run deploy/fetch-etcd.sh (it installs etcd and etcdctl)")
-    argv = [str(binary), f"--endpoints={','.join(client_urls)}", "--dial-timeout=1s",
-            f"--command-timeout={timeout_s:g}s", *args]
-    return procs.run(nsenter(core_pid, argv, mount=False, uts=False),
-                     timeout=timeout_s * 2 + 5, check=False,
-                     env={**os.environ, "ETCDCTL_API": "3"})
+        raise FailedPrecondition(
+            "no etcdctl beside the etcd binary nor on PATH",
+            reason="ETCDCTL_MISSING",
+            hint="run deploy/fetch-etcd.sh (it installs etcd and etcdctl)",
+        )
+    argv = [
+        str(binary),
+        f"--endpoints={','.join(client_urls)}",
+        "--dial-timeout=1s",
+        f"--command-timeout={timeout_s:g}s",
+        *args,
+    ]
+    return procs.run(
+        nsenter(core_pid, argv, mount=False, uts=False),
+        timeout=timeout_s * 2 + 5,
+        check=False,
+        env={**os.environ, "ETCDCTL_API": "3"},
+    )
 
 
 def etcd_health(core_pid: int, client_urls: Sequence[str]) -> dict[str, bool]:
     """client URL -> healthy (a member that does not answer within a second is unhealthy)."""
     if not client_urls:
         return {}
-    found = endpoint_health(etcdctl(core_pid, client_urls, "endpoint", "health",
-                                    "-w", "json").stdout)
+    found = endpoint_health(etcdctl(core_pid, client_urls, "endpoint", "health", "-w", "json").stdout)
     return {url: found.get(url, False) for url in client_urls}
 
 
 def read_leader(core_pid: int, client_urls: Sequence[str]) -> str | None:
     """The id of the coordinator the ``leader`` key names (None: nobody leads right now).
     Raises Unavailable when etcd does not answer (then nobody knows)."""
-    result = etcdctl(core_pid, client_urls, "get", ETCD_PREFIX + LEADER_KEY,
-                     "--print-value-only", timeout_s=2.0)
+    result = etcdctl(core_pid, client_urls, "get", ETCD_PREFIX + LEADER_KEY, "--print-value-only", timeout_s=2.0)
     if result.returncode != 0:
-        raise Unavailable(f"etcd did not answer at {', '.join(client_urls)}",
-                          reason="LAB_ETCD_UNAVAILABLE",
-                          hint="see ferry-lab status; restart a member with "
-                               "ferry-lab restart etcd s1")
+        raise Unavailable(
+            f"etcd did not answer at {', '.join(client_urls)}",
+            reason="LAB_ETCD_UNAVAILABLE",
+            hint="see ferry-lab status; restart a member with ferry-lab restart etcd s1",
+        )
     return leader_of(result.stdout.strip())
 
 
-def wait_etcd_healthy(core_pid: int, members: Sequence[Component], *,
-                      timeout: float = ETCD_READY_TIMEOUT_S, clock: Clock = SYSTEM_CLOCK) -> float:
+def wait_etcd_healthy(
+    core_pid: int, members: Sequence[Component], *, timeout: float = ETCD_READY_TIMEOUT_S, clock: Clock = SYSTEM_CLOCK
+) -> float:
     """Wait until every member reports healthy; returns the seconds it took. A member that
     exits, or a cluster not healthy in time, raises with the log to read."""
     started = clock.now()
@@ -136,43 +147,60 @@ def wait_etcd_healthy(core_pid: int, members: Sequence[Component], *,
             if not procs.is_alive(member.process):
                 assert member.process is not None
                 raise FailedPrecondition(
-                    f"etcd member {member.name} exited during start: "
-                    f"{procs.log_tail(member.process.log)}",
-                    reason="LAB_ETCD_EXITED", hint=f"read {member.process.log}")
+                    f"etcd member {member.name} exited during start: {procs.log_tail(member.process.log)}",
+                    reason="LAB_ETCD_EXITED",
+                    hint=f"read {member.process.log}",
+                )
         return all(etcd_health(core_pid, urls).values())
 
     if not procs.wait_until(healthy, timeout, clock=clock, interval=0.1):
-        raise DeadlineExceeded(f"etcd not healthy at {', '.join(urls)} within {timeout:.0f} s",
-                               reason="LAB_ETCD_TIMEOUT",
-                               hint=f"read the members' logs in {Path(members[0].endpoints['data']).parent}")
+        raise DeadlineExceeded(
+            f"etcd not healthy at {', '.join(urls)} within {timeout:.0f} s",
+            reason="LAB_ETCD_TIMEOUT",
+            hint=f"read the members' logs in {Path(members[0].endpoints['data']).parent}",
+        )
     return clock.now() - started
 
 
 # ---------------------------------------------------------------- coordinators
 
 
-def start_coordinator(plan: ControlPlanePlan, coordinator: CoordinatorPlan,
-                      hosts: Sequence[HostPlan], core: ProcessRecord, record: Record,
-                      command: Sequence[str] | None = None) -> Component:
+def start_coordinator(
+    plan: ControlPlanePlan,
+    coordinator: CoordinatorPlan,
+    hosts: Sequence[HostPlan],
+    core: ProcessRecord,
+    record: Record,
+    command: Sequence[str] | None = None,
+) -> Component:
     """Write the replica's config and start it inside the core namespace (network and UTS
     only: its unix socket below the lab dir is reachable from the root namespace)."""
     coordinator.config.parent.mkdir(parents=True, exist_ok=True)
     coordinator.config.write_text(render_coordinator_toml(plan, coordinator, hosts))
     coordinator.socket.unlink(missing_ok=True)
     argv = [*(command or default_coordinator_command()), "--config", str(coordinator.config)]
-    process = procs.spawn(nsenter(core.pid, argv, mount=False), log=coordinator.log,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    component = Component(name=coordinator_component_name(coordinator.id), kind="coordinator",
-                          place=CORE, process=process,
-                          endpoints={"grpc": coordinator.listen, "unix": coordinator.address,
-                                     "config": str(coordinator.config)})
+    process = procs.spawn(
+        nsenter(core.pid, argv, mount=False), log=coordinator.log, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    component = Component(
+        name=coordinator_component_name(coordinator.id),
+        kind="coordinator",
+        place=CORE,
+        process=process,
+        endpoints={"grpc": coordinator.listen, "unix": coordinator.address, "config": str(coordinator.config)},
+    )
     record(component)
     return component
 
 
-def wait_for_leader(core_pid: int, client_urls: Sequence[str], *,
-                    timeout: float = LEADER_TIMEOUT_S, clock: Clock = SYSTEM_CLOCK,
-                    other_than: str | None = None) -> str | None:
+def wait_for_leader(
+    core_pid: int,
+    client_urls: Sequence[str],
+    *,
+    timeout: float = LEADER_TIMEOUT_S,
+    clock: Clock = SYSTEM_CLOCK,
+    other_than: str | None = None,
+) -> str | None:
     """Wait until some coordinator (other than ``other_than``) leads; its id, or None at
     timeout."""
     found: list[str] = []
@@ -206,8 +234,7 @@ async def _list_available(address: str, timeout: float) -> set[str]:
 
     channel = create_channel(address)
     try:
-        reply = await cgrpc.CoordinatorStub(channel).ListHosts(cpb.ListHostsRequest(),
-                                                               timeout=timeout)
+        reply = await cgrpc.CoordinatorStub(channel).ListHosts(cpb.ListHostsRequest(), timeout=timeout)
         return {h.name for h in reply.hosts if h.available}
     except grpc.RpcError:
         return set()
@@ -215,8 +242,9 @@ async def _list_available(address: str, timeout: float) -> set[str]:
         await channel.close()
 
 
-def wait_for_hosts(address: str, hosts: Iterable[str], *, timeout: float = HOSTS_TIMEOUT_S,
-                   clock: Clock = SYSTEM_CLOCK) -> set[str]:
+def wait_for_hosts(
+    address: str, hosts: Iterable[str], *, timeout: float = HOSTS_TIMEOUT_S, clock: Clock = SYSTEM_CLOCK
+) -> set[str]:
     """Wait until the coordinator at ``address`` lists every one of ``hosts`` as available
     (agents registered in etcd, inventories fetched); returns those it lists at the end."""
     wanted = set(hosts)
@@ -234,30 +262,37 @@ def wait_for_hosts(address: str, hosts: Iterable[str], *, timeout: float = HOSTS
 # ---------------------------------------------------------------- the whole control plane
 
 
-def start(plan: ControlPlanePlan, host_plans: Sequence[HostPlan], core: ProcessRecord,
-          record: Record, command: Sequence[str] | None = None, *,
-          clock: Clock = SYSTEM_CLOCK) -> list[Component]:
+def start(
+    plan: ControlPlanePlan,
+    host_plans: Sequence[HostPlan],
+    core: ProcessRecord,
+    record: Record,
+    command: Sequence[str] | None = None,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+) -> list[Component]:
     """etcd (raises when it does not get healthy), then the coordinators (recorded as failed
     when they do not serve, like agents: the hosts stay usable). Returns the coordinators."""
     members = [start_etcd_member(spec, plan.initial_cluster, core, record) for spec in plan.etcd]
     seconds = wait_etcd_healthy(core.pid, members, clock=clock)
-    log.info("etcd healthy in %.1f s: %s", seconds,
-             ", ".join(m.endpoints["client"] for m in members))
-    started = [start_coordinator(plan, c, host_plans, core, record, command)
-               for c in plan.coordinators]
+    log.info("etcd healthy in %.1f s: %s", seconds, ", ".join(m.endpoints["client"] for m in members))
+    started = [start_coordinator(plan, c, host_plans, core, record, command) for c in plan.coordinators]
     coordinators = wait_serving(started, clock=clock)
     for coordinator in coordinators:
         record(coordinator)
         if coordinator.error:
             log.warning("%s failed: %s", coordinator.name, coordinator.error)
         else:
-            log.info("%s serving on %s and %s", coordinator.name,
-                     coordinator.endpoints["grpc"], coordinator.endpoints["unix"])
+            log.info(
+                "%s serving on %s and %s",
+                coordinator.name,
+                coordinator.endpoints["grpc"],
+                coordinator.endpoints["unix"],
+            )
     return coordinators
 
 
-def settle(plan: ControlPlanePlan, state: LabState, core: ProcessRecord, *,
-           clock: Clock = SYSTEM_CLOCK) -> str | None:
+def settle(plan: ControlPlanePlan, state: LabState, core: ProcessRecord, *, clock: Clock = SYSTEM_CLOCK) -> str | None:
     """After the agents started: wait until a coordinator leads and lists every serving
     agent's host as available, so the CLI works at once. Problems are logged, not raised (the
     lab stays usable for what does work). Returns the leader."""
@@ -268,13 +303,18 @@ def settle(plan: ControlPlanePlan, state: LabState, core: ProcessRecord, *,
     t0 = clock.now()
     leader = wait_for_leader(core.pid, [m.client_url for m in plan.etcd], clock=clock)
     if leader is None:
-        log.warning("no coordinator was elected within %.0f s (read %s)", LEADER_TIMEOUT_S,
-                    serving[0].process.log if serving[0].process else "the coordinators' logs")
+        log.warning(
+            "no coordinator was elected within %.0f s (read %s)",
+            LEADER_TIMEOUT_S,
+            serving[0].process.log if serving[0].process else "the coordinators' logs",
+        )
     else:
         log.info("coordinator %s leads (elected in %.1f s)", leader, clock.now() - t0)
     wanted = {a.place for a in state.of_kind("agent") if not a.error}
     missing = wanted - wait_for_hosts(serving[0].endpoints["unix"], wanted, clock=clock)
     if missing:
-        log.warning("the coordinators do not list %s as available yet (read the agents' "
-                    "logs: <lab>/hosts/HOST/agent.log)", ", ".join(sorted(missing)))
+        log.warning(
+            "the coordinators do not list %s as available yet (read the agents' logs: <lab>/hosts/HOST/agent.log)",
+            ", ".join(sorted(missing)),
+        )
     return leader

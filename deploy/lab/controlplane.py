@@ -29,16 +29,15 @@ from pathlib import Path
 from ferry.lab.etcd import MemberSpec
 from ferry.lab.topology import CORE_ADDRESS, IMAGE_DIR, HostPlan, LabPaths
 
-ETCD_FIRST_CLIENT_PORT = 2379        # member sN: client 2379 + 2(N-1), peer one above
-COORDINATOR_FIRST_PORT = 7100        # cN: 7100 + N - 1
+ETCD_FIRST_CLIENT_PORT = 2379  # member sN: client 2379 + 2(N-1), peer one above
+COORDINATOR_FIRST_PORT = 7100  # cN: 7100 + N - 1
 ETCD_PREFIX = "/ferry/"
 ETCD_CLUSTER_TOKEN = "ferry-lab"
 REGISTRY_TTL_S = 10
 ELECTION_TTL_S = 10
 ETCD_MEMBER_COUNTS = (1, 3)
 MAX_COORDINATORS = 3
-GUEST_NETWORK = "guest"              # the logical network every host's guest bridge belongs to
-LEADER_KEY = "leader"                # below ETCD_PREFIX (coordinator/election.py LEADER_KEY)
+GUEST_NETWORK = "guest"  # the logical network every host's guest bridge belongs to
 
 
 @dataclass(frozen=True)
@@ -64,10 +63,10 @@ class ControlPlane:
 
 @dataclass(frozen=True)
 class CoordinatorPlan:
-    id: str                 # c1, c2, ...
-    listen: str             # 10.77.0.1:7100, inside the core namespace
-    socket: Path            # <lab>/coordinators/c1.sock, reachable from the root namespace
-    config: Path            # <lab>/coordinators/c1/coordinator.toml
+    id: str  # c1, c2, ...
+    listen: str  # 10.77.0.1:7100, inside the core namespace
+    socket: Path  # <lab>/coordinators/c1.sock, reachable from the root namespace
+    config: Path  # <lab>/coordinators/c1/coordinator.toml
     log: Path
 
     @property
@@ -112,16 +111,25 @@ def etcd_member_spec(paths: LabPaths, index: int) -> MemberSpec:
     """Member ``s<index>`` (1-based) on the core address."""
     client = ETCD_FIRST_CLIENT_PORT + 2 * (index - 1)
     name = f"s{index}"
-    return MemberSpec(name=name, host=CORE_ADDRESS, client_port=client, peer_port=client + 1,
-                      data_dir=etcd_dir(paths) / f"{name}.data")
+    return MemberSpec(
+        name=name,
+        host=CORE_ADDRESS,
+        client_port=client,
+        peer_port=client + 1,
+        data_dir=etcd_dir(paths) / f"{name}.data",
+    )
 
 
 def coordinator_plan(paths: LabPaths, index: int) -> CoordinatorPlan:
     cid = f"c{index}"
     home = coordinators_dir(paths) / cid
-    return CoordinatorPlan(id=cid, listen=f"{CORE_ADDRESS}:{COORDINATOR_FIRST_PORT + index - 1}",
-                           socket=coordinators_dir(paths) / f"{cid}.sock",
-                           config=home / "coordinator.toml", log=home / "coordinator.log")
+    return CoordinatorPlan(
+        id=cid,
+        listen=f"{CORE_ADDRESS}:{COORDINATOR_FIRST_PORT + index - 1}",
+        socket=coordinators_dir(paths) / f"{cid}.sock",
+        config=home / "coordinator.toml",
+        log=home / "coordinator.log",
+    )
 
 
 def plan_control_plane(paths: LabPaths, shape: ControlPlane) -> ControlPlanePlan:
@@ -131,7 +139,8 @@ def plan_control_plane(paths: LabPaths, shape: ControlPlane) -> ControlPlanePlan
     return ControlPlanePlan(
         etcd=tuple(etcd_member_spec(paths, i) for i in range(1, shape.etcd_members + 1)),
         coordinators=tuple(coordinator_plan(paths, i) for i in range(1, shape.coordinators + 1)),
-        shape=shape)
+        shape=shape,
+    )
 
 
 def control_plane_sockets(paths: LabPaths, shape: ControlPlane) -> tuple[Path, ...]:
@@ -150,8 +159,7 @@ def _toml_list(values: Sequence[str]) -> str:
     return "[" + ", ".join(_toml_str(v) for v in values) + "]"
 
 
-def render_coordinator_toml(plan: ControlPlanePlan, coordinator: CoordinatorPlan,
-                            hosts: Sequence[HostPlan]) -> str:
+def render_coordinator_toml(plan: ControlPlanePlan, coordinator: CoordinatorPlan, hosts: Sequence[HostPlan]) -> str:
     """The replica's config in coordinator/config.py's format. Every host declares its guest
     bridge under the logical network ``guest`` and its image directory, so a migration from a
     ``br-guest`` host to a ``br-vm`` host needs no ``--map-bridge``."""
@@ -195,26 +203,30 @@ class Registry:
 def render_registry_section(registry: Registry, plan: HostPlan) -> str:
     """``[registry]`` for one host's agent: its address is the lab-network one (10.77.0.1N:7070),
     the one coordinators in the core namespace reach it at, like in a real fleet."""
-    return "\n".join([
-        "[registry]",
-        f"etcd_endpoints = {_toml_list(registry.etcd_endpoints)}",
-        f"address = {_toml_str(plan.agent_listen)}",
-        f"prefix = {_toml_str(registry.prefix)}",
-        f"ttl_s = {registry.ttl_s}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "[registry]",
+            f"etcd_endpoints = {_toml_list(registry.etcd_endpoints)}",
+            f"address = {_toml_str(plan.agent_listen)}",
+            f"prefix = {_toml_str(registry.prefix)}",
+            f"ttl_s = {registry.ttl_s}",
+            "",
+        ]
+    )
 
 
 def render_cli_toml(lab_dir: Path, coordinators: Sequence[CoordinatorPlan]) -> str:
     """The ``ferry`` CLI's config: the first replica, and every replica in order (a CLI that
     fails over tries them one after the other)."""
     addresses = [c.address for c in coordinators]
-    return "\n".join([
-        f"# written by ferry-lab for the lab in {lab_dir}; `ferry-lab down` removes it",
-        f"coordinator = {_toml_str(addresses[0])}",
-        f"coordinators = {_toml_list(addresses)}",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"# written by ferry-lab for the lab in {lab_dir}; `ferry-lab down` removes it",
+            f"coordinator = {_toml_str(addresses[0])}",
+            f"coordinators = {_toml_list(addresses)}",
+            "",
+        ]
+    )
 
 
 def cli_config_lab(text: str) -> Path | None:
@@ -293,5 +305,4 @@ def endpoint_health(output: str) -> dict[str, bool]:
         return {}
     if not isinstance(rows, list):
         return {}
-    return {str(r["endpoint"]): r.get("health") is True
-            for r in rows if isinstance(r, dict) and "endpoint" in r}
+    return {str(r["endpoint"]): r.get("health") is True for r in rows if isinstance(r, dict) and "endpoint" in r}

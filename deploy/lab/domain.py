@@ -13,7 +13,7 @@ import string
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-MACHINE = "pc-q35-7.2"     # QEMU 7.2 (Debian 12); every lab host runs the same QEMU
+MACHINE = "pc-q35-7.2"  # QEMU 7.2 (Debian 12); every lab host runs the same QEMU
 EMULATOR = "/usr/bin/qemu-system-x86_64"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _HEARTBEAT_RE = re.compile(r"^HEARTBEAT (\d+) uptime=", re.MULTILINE)
@@ -23,8 +23,8 @@ _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 @dataclass(frozen=True)
 class DiskSpec:
-    target: str        # vda, vdb, ...
-    path: str          # as the host's QEMU sees it
+    target: str  # vda, vdb, ...
+    path: str  # as the host's QEMU sees it
     size_bytes: int
 
 
@@ -36,8 +36,8 @@ class GuestSpec:
     initrd: str
     console_log: str
     disks: tuple[DiskSpec, ...] = ()
-    bridge: str | None = None          # None: no NIC
-    dirty_rate: str | None = None      # MiB/s as text, "max", or None: no dirtier
+    bridge: str | None = None  # None: no NIC
+    dirty_rate: str | None = None  # MiB/s as text, "max", or None: no dirtier
     dirty_mb: int = 64
     vcpus: int = 1
     machine: str = MACHINE
@@ -89,7 +89,7 @@ def kernel_cmdline(spec: GuestSpec) -> str:
 
 
 def domain_xml(spec: GuestSpec) -> str:
-    domain = ET.Element("domain", type="qemu")   # TCG: KVM does not work on the lab machine
+    domain = ET.Element("domain", type="qemu")  # TCG: KVM does not work on the lab machine
     ET.SubElement(domain, "name").text = spec.name
     ET.SubElement(domain, "memory", unit="MiB").text = str(spec.memory_mib)
     ET.SubElement(domain, "vcpu").text = str(spec.vcpus)

@@ -25,7 +25,9 @@ from ferry.lab.state import CORE, Component, LabState
 from ferry.lab.teardown import DEFAULT_GRACE_S, GRACE_S
 
 SIGNALS: dict[str, signal.Signals] = {
-    "KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "STOP": signal.SIGSTOP,
+    "KILL": signal.SIGKILL,
+    "TERM": signal.SIGTERM,
+    "STOP": signal.SIGSTOP,
     "CONT": signal.SIGCONT,
 }
 EXIT_WAIT_S = 15.0
@@ -52,20 +54,27 @@ def resolve(state: LabState, words: Sequence[str]) -> Component:
         candidates = [c for c in state.components if c.name in names and c.kind == kind]
     elif len(parts) == 1:
         exact = state.component(parts[0])
-        candidates = [exact] if exact else [
-            c for c in state.components
-            if parts[0] in c.name.split("/") and c.kind != "holder" and c.kind != parts[0]]
+        candidates = (
+            [exact]
+            if exact
+            else [
+                c
+                for c in state.components
+                if parts[0] in c.name.split("/") and c.kind != "holder" and c.kind != parts[0]
+            ]
+        )
     known = ", ".join(spoken_name(c) for c in state.components if c.kind != "holder")
     if len(candidates) != 1:
         what = " ".join(parts) or "(nothing)"
         problem = "is ambiguous" if candidates else "is not a component of this lab"
-        raise NotFound(f"{what!r} {problem}", reason="LAB_NO_COMPONENT",
-                       hint=f"name one of: {known}")
+        raise NotFound(f"{what!r} {problem}", reason="LAB_NO_COMPONENT", hint=f"name one of: {known}")
     component = candidates[0]
     if component.kind == "holder":
         raise FailedPrecondition(
-            f"{component.name} is the holder of the lab's namespaces", reason="LAB_HOLDER_PROTECTED",
-            hint=f"kill what runs there instead: {known}")
+            f"{component.name} is the holder of the lab's namespaces",
+            reason="LAB_HOLDER_PROTECTED",
+            hint=f"kill what runs there instead: {known}",
+        )
     return component
 
 
@@ -73,38 +82,41 @@ def signal_by_name(name: str) -> signal.Signals:
     try:
         return SIGNALS[name.upper().removeprefix("SIG")]
     except KeyError:
-        raise InvalidArgument(f"signal {name!r} is not one the drills use",
-                              reason="LAB_BAD_SIGNAL",
-                              hint=f"use one of {', '.join(SIGNALS)}") from None
+        raise InvalidArgument(
+            f"signal {name!r} is not one the drills use",
+            reason="LAB_BAD_SIGNAL",
+            hint=f"use one of {', '.join(SIGNALS)}",
+        ) from None
 
 
-def kill(state: LabState, words: Sequence[str], signame: str = "KILL", *,
-         clock: Clock = SYSTEM_CLOCK) -> str:
+def kill(state: LabState, words: Sequence[str], signame: str = "KILL", *, clock: Clock = SYSTEM_CLOCK) -> str:
     """Send the signal to the recorded PID; after KILL/TERM wait until the process is gone.
     Returns what happened, for the operator."""
     component = resolve(state, words)
     signum = signal_by_name(signame)
     who = spoken_name(component)
     if not procs.send_signal(component.process, signum):
-        raise FailedPrecondition(f"{who} is not running", reason="LAB_NOT_RUNNING",
-                                 hint=f"start it again: ferry-lab restart {who}")
+        raise FailedPrecondition(
+            f"{who} is not running", reason="LAB_NOT_RUNNING", hint=f"start it again: ferry-lab restart {who}"
+        )
     assert component.process is not None
     pid = component.process.pid
     if signum not in (signal.SIGKILL, signal.SIGTERM):
         return f"{who} (pid {pid}): sent SIG{signum.name.removeprefix('SIG')}"
-    gone = procs.wait_until(lambda: not procs.is_alive(component.process), EXIT_WAIT_S,
-                            clock=clock, interval=0.05)
+    gone = procs.wait_until(lambda: not procs.is_alive(component.process), EXIT_WAIT_S, clock=clock, interval=0.05)
     return f"{who} (pid {pid}): {signum.name} -> " + ("exited" if gone else "STILL RUNNING")
 
 
-def restart(state: LabState, words: Sequence[str], record: Record, *,
-            clock: Clock = SYSTEM_CLOCK) -> Component:
+def restart(state: LabState, words: Sequence[str], record: Record, *, clock: Clock = SYSTEM_CLOCK) -> Component:
     """Stop the component if it runs (SIGTERM, SIGKILL after its grace), start it again with
     its recorded command line and log, record the new process and wait until it serves."""
     old = resolve(state, words)
     if old.process is None:
-        raise FailedPrecondition(f"{spoken_name(old)} was never started, nothing to repeat",
-                                 reason="LAB_NEVER_STARTED", hint="ferry-lab down, then up")
+        raise FailedPrecondition(
+            f"{spoken_name(old)} was never started, nothing to repeat",
+            reason="LAB_NEVER_STARTED",
+            hint="ferry-lab down, then up",
+        )
     procs.stop(old.process, grace=GRACE_S.get(old.kind, DEFAULT_GRACE_S), clock=clock)
     for address in old.endpoints.values():
         if address.startswith("unix:"):
@@ -132,8 +144,7 @@ def _wait_ready(state: LabState, component: Component, clock: Clock) -> None:
     if component.kind in ("agent", "coordinator") and "unix" in component.endpoints:
         [ready] = agents.wait_serving([component], clock=clock)
         if ready.error:
-            raise DeadlineExceeded(ready.error, reason="LAB_RESTART_FAILED",
-                                   hint="read the log named in the message")
+            raise DeadlineExceeded(ready.error, reason="LAB_RESTART_FAILED", hint="read the log named in the message")
     elif component.kind == "etcd":
         core = state.holder(CORE)
         assert core is not None
@@ -141,13 +152,15 @@ def _wait_ready(state: LabState, component: Component, clock: Clock) -> None:
     elif component.kind == "libvirtd":
         host = state.host(component.place)
         assert host is not None and component.process is not None
-        hosts.wait_for_libvirtd(host.name, host.libvirt_uri, component.process,
-                                Path(component.process.log), clock=clock)
+        hosts.wait_for_libvirtd(
+            host.name, host.libvirt_uri, component.process, Path(component.process.log), clock=clock
+        )
     else:
         clock.sleep(SETTLE_S)
         if not procs.is_alive(component.process):
             assert component.process is not None
             raise FailedPrecondition(
-                f"{spoken_name(component)} exited right after its restart: "
-                f"{procs.log_tail(component.process.log)}",
-                reason="LAB_RESTART_FAILED", hint=f"read {component.process.log}")
+                f"{spoken_name(component)} exited right after its restart: {procs.log_tail(component.process.log)}",
+                reason="LAB_RESTART_FAILED",
+                hint=f"read {component.process.log}",
+            )

@@ -174,25 +174,39 @@ def member_command(
     """The argv that starts ``spec`` as a member of ``initial_cluster`` (pure: no side effects)."""
     argv = [
         str(binary),
-        "--name", spec.name,
-        "--data-dir", str(spec.data_dir),
-        "--listen-client-urls", spec.client_url,
-        "--advertise-client-urls", spec.client_url,
-        "--listen-peer-urls", spec.peer_url,
-        "--initial-advertise-peer-urls", spec.peer_url,
-        "--initial-cluster", initial_cluster,
-        "--initial-cluster-state", "new",
-        "--initial-cluster-token", cluster_token,
-        "--logger", "zap",
-        "--log-level", "warn",
+        "--name",
+        spec.name,
+        "--data-dir",
+        str(spec.data_dir),
+        "--listen-client-urls",
+        spec.client_url,
+        "--advertise-client-urls",
+        spec.client_url,
+        "--listen-peer-urls",
+        spec.peer_url,
+        "--initial-advertise-peer-urls",
+        spec.peer_url,
+        "--initial-cluster",
+        initial_cluster,
+        "--initial-cluster-state",
+        "new",
+        "--initial-cluster-token",
+        cluster_token,
+        "--logger",
+        "zap",
+        "--log-level",
+        "warn",
     ]
     if no_fsync:
         argv.append("--unsafe-no-fsync")
     if spec.tls is not None:
         argv += [
-            "--cert-file", str(spec.tls.cert_file),
-            "--key-file", str(spec.tls.key_file),
-            "--trusted-ca-file", str(spec.tls.ca_file),
+            "--cert-file",
+            str(spec.tls.cert_file),
+            "--key-file",
+            str(spec.tls.key_file),
+            "--trusted-ca-file",
+            str(spec.tls.ca_file),
             "--client-cert-auth",
         ]
     if netns_pid is not None:
@@ -396,10 +410,7 @@ class EtcdCluster:
         initial = ",".join(f"{s.name}={s.peer_url}" for s in specs)
         binary = binary or require_etcd_binary()
         return cls(
-            [
-                EtcdMember(s, initial, cluster_token=cluster_token, binary=binary, netns_pid=netns_pid)
-                for s in specs
-            ]
+            [EtcdMember(s, initial, cluster_token=cluster_token, binary=binary, netns_pid=netns_pid) for s in specs]
         )
 
     @property

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ferry.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument
 from ferry.lab import procs
+from ferry.lab.domain import NAME_RE as GUEST_NAME_RE
 from ferry.lab.domain import (
     DiskSpec,
     GuestSpec,
@@ -19,7 +20,6 @@ from ferry.lab.domain import (
     parse_dirty_rate,
     parse_size,
 )
-from ferry.lab.domain import NAME_RE as GUEST_NAME_RE
 from ferry.lab.topology import IMAGE_DIR
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ferry.lab")
 
-BOOT_TIMEOUT_S = 90.0     # 8-10 s under TCG alone; more when other guests keep the CPUs busy
+BOOT_TIMEOUT_S = 90.0  # 8-10 s under TCG alone; more when other guests keep the CPUs busy
 
 __all__ = ["BOOT_TIMEOUT_S", "GuestInfo", "create_guest", "last_heartbeat", "wait_for_heartbeat"]
 
@@ -42,21 +42,33 @@ class GuestInfo:
     bridge: str | None
     console_log: str
     xml_file: str
-    boot_seconds: float          # start to first heartbeat
+    boot_seconds: float  # start to first heartbeat
 
     def describe(self) -> str:
         where = "shared storage" if self.shared else f"{self.host}-local storage"
         disks = ", ".join(f"{d.target}={d.path}" for d in self.disks) or "no disks"
         nic = f"NIC on {self.bridge}" if self.bridge else "no NIC"
-        return (f"guest {self.name} runs on {self.host} ({self.host_address}); first heartbeat "
-                f"after {self.boot_seconds:.1f} s\n  disks ({where}): {disks}\n  {nic}; "
-                f"console: {self.console_log}")
+        return (
+            f"guest {self.name} runs on {self.host} ({self.host_address}); first heartbeat "
+            f"after {self.boot_seconds:.1f} s\n  disks ({where}): {disks}\n  {nic}; "
+            f"console: {self.console_log}"
+        )
 
 
-def create_guest(lab: Lab, name: str, host: str, *, memory_mib: int = 256,
-                 disks: Sequence[str] = ("256M",), shared: bool = False,
-                 dirty_rate: str | None = None, dirty_mb: int = 64, nic: bool = True,
-                 bridge: str | None = None, timeout: float = BOOT_TIMEOUT_S) -> GuestInfo:
+def create_guest(
+    lab: Lab,
+    name: str,
+    host: str,
+    *,
+    memory_mib: int = 256,
+    disks: Sequence[str] = ("256M",),
+    shared: bool = False,
+    dirty_rate: str | None = None,
+    dirty_mb: int = 64,
+    nic: bool = True,
+    bridge: str | None = None,
+    timeout: float = BOOT_TIMEOUT_S,
+) -> GuestInfo:
     """Create qcow2 disks (vda, vdb, ...) host-local in /var/lib/libvirt/images of ``host``
     or, with ``shared``, in <lab>/shared; define (persistent) and start the guest; wait for
     its first heartbeat. No memory dirtier unless ``dirty_rate`` (MiB/s or "max"). The NIC is
@@ -70,19 +82,19 @@ def create_guest(lab: Lab, name: str, host: str, *, memory_mib: int = 256,
         if memory_mib < 64 or (rate is not None and dirty_mb >= memory_mib - 32):
             raise ValueError(f"memory {memory_mib} MiB is too small (dirty_mb {dirty_mb})")
     except ValueError as exc:
-        raise InvalidArgument(str(exc), reason="LAB_BAD_GUEST",
-                              hint="see ferry-lab guest --help") from None
+        raise InvalidArgument(str(exc), reason="LAB_BAD_GUEST", hint="see ferry-lab guest --help") from None
     target_host = lab.host(host)
     for other in lab.hosts():
         if lab.virsh(other, "dominfo", name, check=False).returncode == 0:
-            raise AlreadyExists(f"a guest named {name} is already defined on {other}",
-                                reason="LAB_GUEST_EXISTS",
-                                hint=f"pick another name or remove it: ferry-lab virsh {other} "
-                                     f"undefine {name}")
+            raise AlreadyExists(
+                f"a guest named {name} is already defined on {other}",
+                reason="LAB_GUEST_EXISTS",
+                hint=f"pick another name or remove it: ferry-lab virsh {other} undefine {name}",
+            )
     image = lab.guest_image()
 
     disk_specs = []
-    for target, size in zip(targets, sizes):
+    for target, size in zip(targets, sizes, strict=False):
         if shared:
             path = str(lab.paths.shared / f"{name}-{target}.qcow2")
         else:
@@ -92,11 +104,18 @@ def create_guest(lab: Lab, name: str, host: str, *, memory_mib: int = 256,
         _create_disk(lab, host, disk, shared)
 
     console = lab.paths.console_log(name)
-    console.unlink(missing_ok=True)     # a new guest of this name starts a new log
-    spec = GuestSpec(name=name, memory_mib=memory_mib, kernel=str(image.kernel),
-                     initrd=str(image.initrd), console_log=str(console),
-                     disks=tuple(disk_specs), bridge=(bridge or target_host.guest_bridge) if nic else None,
-                     dirty_rate=rate, dirty_mb=dirty_mb)
+    console.unlink(missing_ok=True)  # a new guest of this name starts a new log
+    spec = GuestSpec(
+        name=name,
+        memory_mib=memory_mib,
+        kernel=str(image.kernel),
+        initrd=str(image.initrd),
+        console_log=str(console),
+        disks=tuple(disk_specs),
+        bridge=(bridge or target_host.guest_bridge) if nic else None,
+        dirty_rate=rate,
+        dirty_mb=dirty_mb,
+    )
     xml_file = lab.paths.shared / f"{name}.xml"
     xml_file.write_text(domain_xml(spec))
     lab.virsh(host, "define", str(xml_file))
@@ -104,25 +123,36 @@ def create_guest(lab: Lab, name: str, host: str, *, memory_mib: int = 256,
     lab.virsh(host, "start", name)
     log.info("guest %s started on %s; waiting for its first heartbeat", name, host)
     _wait_first_heartbeat(lab, name, host, timeout)
-    return GuestInfo(name=name, host=host, host_address=target_host.address,
-                     disks=tuple(disk_specs), shared=shared, bridge=spec.bridge,
-                     console_log=str(console), xml_file=str(xml_file),
-                     boot_seconds=lab.clock.now() - started)
+    return GuestInfo(
+        name=name,
+        host=host,
+        host_address=target_host.address,
+        disks=tuple(disk_specs),
+        shared=shared,
+        bridge=spec.bridge,
+        console_log=str(console),
+        xml_file=str(xml_file),
+        boot_seconds=lab.clock.now() - started,
+    )
 
 
 def _create_disk(lab: Lab, host: str, disk: DiskSpec, shared: bool) -> None:
     argv = ["qemu-img", "create", "-q", "-f", "qcow2", disk.path, str(disk.size_bytes)]
     if shared:
         if (lab.paths.shared / disk.path.rsplit("/", 1)[1]).exists():
-            raise AlreadyExists(f"disk {disk.path} already exists", reason="LAB_DISK_EXISTS",
-                                hint="remove it or pick another guest name")
+            raise AlreadyExists(
+                f"disk {disk.path} already exists",
+                reason="LAB_DISK_EXISTS",
+                hint="remove it or pick another guest name",
+            )
         procs.run(argv, reason="LAB_DISK_CREATE_FAILED")
         return
     if lab.host_exec(host, "test", "-e", disk.path, check=False).returncode == 0:
-        raise AlreadyExists(f"disk {disk.path} already exists on {host}",
-                            reason="LAB_DISK_EXISTS",
-                            hint=f"remove it (ferry-lab exec {host} rm {disk.path}) or pick "
-                                 "another guest name")
+        raise AlreadyExists(
+            f"disk {disk.path} already exists on {host}",
+            reason="LAB_DISK_EXISTS",
+            hint=f"remove it (ferry-lab exec {host} rm {disk.path}) or pick another guest name",
+        )
     lab.host_exec(host, *argv)
 
 
@@ -145,13 +175,16 @@ def _wait_first_heartbeat(lab: Lab, name: str, host: str, timeout: float) -> Non
             if not _is_active(lab, host, name):
                 qemu_log = lab.paths.host(host) / "var.upper/log/libvirt/qemu" / f"{name}.log"
                 raise FailedPrecondition(
-                    f"guest {name} stopped before its first heartbeat: "
-                    f"{procs.log_tail(qemu_log)}", reason="LAB_GUEST_DIED",
-                    hint=f"see {qemu_log} and {console}")
+                    f"guest {name} stopped before its first heartbeat: {procs.log_tail(qemu_log)}",
+                    reason="LAB_GUEST_DIED",
+                    hint=f"see {qemu_log} and {console}",
+                )
         if now >= deadline:
-            raise DeadlineExceeded(f"guest {name} printed no heartbeat within {timeout:.0f} s",
-                                   reason="LAB_GUEST_BOOT_TIMEOUT",
-                                   hint=f"see {console}; a busy machine boots TCG guests slowly")
+            raise DeadlineExceeded(
+                f"guest {name} printed no heartbeat within {timeout:.0f} s",
+                reason="LAB_GUEST_BOOT_TIMEOUT",
+                hint=f"see {console}; a busy machine boots TCG guests slowly",
+            )
         lab.clock.sleep(0.2)
 
 
@@ -165,7 +198,9 @@ def wait_for_heartbeat(lab: Lab, name: str, *, above: int, timeout: float) -> in
         return count > above
 
     if not procs.wait_until(beyond, timeout, clock=lab.clock, interval=0.2):
-        raise DeadlineExceeded(f"guest {name}: heartbeat stuck at {count} (waited for more "
-                               f"than {above} for {timeout:.0f} s)", reason="LAB_NO_HEARTBEAT",
-                               hint=f"see {lab.paths.console_log(name)}")
+        raise DeadlineExceeded(
+            f"guest {name}: heartbeat stuck at {count} (waited for more than {above} for {timeout:.0f} s)",
+            reason="LAB_NO_HEARTBEAT",
+            hint=f"see {lab.paths.console_log(name)}",
+        )
     return count

@@ -27,11 +27,10 @@ from ferry.lab.topology import (
 )
 
 LIBVIRTD = "/usr/sbin/libvirtd"
-LIBVIRTD_READY_TIMEOUT_S = 120.0    # QEMU capability probing: ~8 s alone, longer on a busy box
+LIBVIRTD_READY_TIMEOUT_S = 120.0  # QEMU capability probing: ~8 s alone, longer on a busy box
 VIRSH_TIMEOUT_S = 30.0
 # Directories libvirtd (and the agent) expect in the host-local /var.
-HOST_VAR_DIRS = ("lib/libvirt/images", "lib/libvirt/qemu", "cache/libvirt", "log/libvirt",
-                 "lib/ferry-agent")
+HOST_VAR_DIRS = ("lib/libvirt/images", "lib/libvirt/qemu", "cache/libvirt", "log/libvirt", "lib/ferry-agent")
 # libvirtd's cache of QEMU capabilities inside a host's /var. libvirtd checks each cached file
 # against the QEMU and libvirtd binaries, kernel and host CPU, and probes again when they
 # differ, so seeding it from an earlier lab on this machine is safe and saves ~8 s per start.
@@ -40,8 +39,9 @@ QEMU_CAPS_DIR = "var.upper/cache/libvirt/qemu/capabilities"
 Record = Callable[[Component], None]
 
 
-def nsenter(holder_pid: int, argv: Sequence[str], *, mount: bool = True, uts: bool = True,
-            net: bool = True) -> list[str]:
+def nsenter(
+    holder_pid: int, argv: Sequence[str], *, mount: bool = True, uts: bool = True, net: bool = True
+) -> list[str]:
     """``argv`` to run inside the namespaces held by ``holder_pid``."""
     flags = [f for f, on in (("-m", mount), ("-u", uts), ("-n", net)) if on]
     return ["nsenter", "-t", str(holder_pid), *flags, "--", *argv]
@@ -54,22 +54,26 @@ def virsh_argv(libvirt_uri: str, args: Sequence[str]) -> list[str]:
 # ---------------------------------------------------------------- holders
 
 
-def start_holder(name: str, unshare_flags: Sequence[str], log: Path, place: str,
-                 record: Record, *, clock: Clock = SYSTEM_CLOCK) -> ProcessRecord:
+def start_holder(
+    name: str, unshare_flags: Sequence[str], log: Path, place: str, record: Record, *, clock: Clock = SYSTEM_CLOCK
+) -> ProcessRecord:
     """Start ``unshare FLAGS sleep infinity`` and wait until it has exec'd sleep: only then are
     its namespaces (and, for a mount namespace, private propagation) in place."""
     process = procs.spawn(["unshare", *unshare_flags, "sleep", "infinity"], log=log)
     record(Component(name=name, kind="holder", place=place, process=process))
     sleep_exe = str(Path(shutil.which("sleep") or "/bin/sleep").resolve())
-    if not procs.wait_until(lambda: procs.exe_of(process.pid) == sleep_exe
-                            or not procs.is_alive(process), 10.0, clock=clock, interval=0.01):
-        raise DeadlineExceeded(f"namespace holder for {name} did not start within 10 s",
-                               reason="LAB_HOLDER_TIMEOUT", hint=f"see {log}")
+    if not procs.wait_until(
+        lambda: procs.exe_of(process.pid) == sleep_exe or not procs.is_alive(process), 10.0, clock=clock, interval=0.01
+    ):
+        raise DeadlineExceeded(
+            f"namespace holder for {name} did not start within 10 s", reason="LAB_HOLDER_TIMEOUT", hint=f"see {log}"
+        )
     if not procs.is_alive(process):
         raise FailedPrecondition(
             f"namespace holder for {name} exited at once: {procs.log_tail(log)}",
             reason="LAB_HOLDER_FAILED",
-            hint="run as root on a kernel that allows network, mount and UTS namespaces")
+            hint="run as root on a kernel that allows network, mount and UTS namespaces",
+        )
     return process
 
 
@@ -77,16 +81,20 @@ def start_core(paths: LabPaths, record: Record, *, clock: Clock = SYSTEM_CLOCK) 
     """The core network namespace: bridge br0 with the lab network's gateway address. etcd and
     coordinators join it later (they run inside this namespace, on 10.77.0.1)."""
     paths.core.mkdir(parents=True, exist_ok=True)
-    holder = start_holder(CORE, ["--net", "--uts"], paths.core / "holder.log", CORE, record,
-                          clock=clock)
+    holder = start_holder(CORE, ["--net", "--uts"], paths.core / "holder.log", CORE, record, clock=clock)
     procs.run(nsenter(holder.pid, ["hostname", CORE_HOSTNAME], mount=False, net=False))
-    procs.run(nsenter(holder.pid, ["ip", "-batch", "-"], mount=False, uts=False),
-              input_text="\n".join([
-                  "link set lo up",
-                  f"link add {CORE_BRIDGE} type bridge",
-                  f"addr add {CORE_ADDRESS}/{PREFIX_LEN} dev {CORE_BRIDGE}",
-                  f"link set {CORE_BRIDGE} up",
-              ]) + "\n")
+    procs.run(
+        nsenter(holder.pid, ["ip", "-batch", "-"], mount=False, uts=False),
+        input_text="\n".join(
+            [
+                "link set lo up",
+                f"link add {CORE_BRIDGE} type bridge",
+                f"addr add {CORE_ADDRESS}/{PREFIX_LEN} dev {CORE_BRIDGE}",
+                f"link set {CORE_BRIDGE} up",
+            ]
+        )
+        + "\n",
+    )
     return holder
 
 
@@ -108,16 +116,24 @@ def host_mount_commands(paths: LabPaths, name: str) -> list[list[str]]:
         ["mount", "--bind", str(h / "hosts"), "/etc/hosts"],
         ["mount", "--bind", str(h / "etc"), "/etc/libvirt"],
         ["mount", "-t", "sysfs", "sysfs", "/sys"],
-        ["mount", "-t", "overlay", "overlay", "-o",
-         f"lowerdir=/var,upperdir={h / 'var.upper'},workdir={h / 'var.work'}", "/var"],
+        [
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"lowerdir=/var,upperdir={h / 'var.upper'},workdir={h / 'var.work'}",
+            "/var",
+        ],
         ["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/run"],
         ["mkdir", "-p", "/run/libvirt", "/run/lock"],
         ["mount", "--bind", str(h / "run"), "/run/libvirt"],
     ]
 
 
-def write_host_files(paths: LabPaths, plan: HostPlan, passwd: str, group: str,
-                     etc_hosts: str, caps_cache: Path | None = None) -> None:
+def write_host_files(
+    paths: LabPaths, plan: HostPlan, passwd: str, group: str, etc_hosts: str, caps_cache: Path | None = None
+) -> None:
     h = paths.host(plan.name)
     for sub in ("etc", "run", "var.upper", "var.work"):
         (h / sub).mkdir(parents=True, exist_ok=True)
@@ -146,9 +162,18 @@ def save_qemu_capabilities(paths: LabPaths, host: str, caps_cache: Path) -> None
         shutil.copy2(xml, caps_cache / xml.name)
 
 
-def start_host(paths: LabPaths, plan: HostPlan, core_holder: ProcessRecord, passwd: str,
-               group: str, etc_hosts: str, record: Record, *, caps_cache: Path | None = None,
-               clock: Clock = SYSTEM_CLOCK) -> HostRecord:
+def start_host(
+    paths: LabPaths,
+    plan: HostPlan,
+    core_holder: ProcessRecord,
+    passwd: str,
+    group: str,
+    etc_hosts: str,
+    record: Record,
+    *,
+    caps_cache: Path | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> HostRecord:
     """Bring up one lab host: namespaces, network, mounts, its own libvirtd (ready to serve).
 
     Each process is passed to ``record`` as soon as it exists, so a failure half-way leaves
@@ -156,40 +181,81 @@ def start_host(paths: LabPaths, plan: HostPlan, core_holder: ProcessRecord, pass
     """
     h = paths.host(plan.name)
     write_host_files(paths, plan, passwd, group, etc_hosts, caps_cache)
-    holder = start_holder(plan.name, ["--net", "--mount", "--uts", "--propagation", "private"],
-                          h / "holder.log", plan.name, record, clock=clock)
+    holder = start_holder(
+        plan.name,
+        ["--net", "--mount", "--uts", "--propagation", "private"],
+        h / "holder.log",
+        plan.name,
+        record,
+        clock=clock,
+    )
     namespaces = procs.namespace_ids(holder.pid)
     procs.run(nsenter(holder.pid, ["hostname", plan.name], mount=False, net=False))
 
     # eth0 in the host, its peer on the core bridge; both ends created in their namespaces
-    procs.run(["ip", "link", "add", plan.veth, "netns", str(core_holder.pid), "type", "veth",
-               "peer", "name", "eth0", "netns", str(holder.pid)])
-    procs.run(nsenter(core_holder.pid, ["ip", "-batch", "-"], mount=False, uts=False),
-              input_text=f"link set {plan.veth} master {CORE_BRIDGE}\nlink set {plan.veth} up\n")
-    procs.run(nsenter(holder.pid, ["ip", "-batch", "-"], mount=False, uts=False),
-              input_text="\n".join([
-                  "link set lo up",
-                  f"addr add {plan.address}/{PREFIX_LEN} dev eth0",
-                  "link set eth0 up",
-                  # the guests' bridge: no address, no uplink (guests only need it to exist)
-                  f"link add {plan.guest_bridge} type bridge",
-                  f"link set {plan.guest_bridge} up",
-              ]) + "\n")
+    procs.run(
+        [
+            "ip",
+            "link",
+            "add",
+            plan.veth,
+            "netns",
+            str(core_holder.pid),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            str(holder.pid),
+        ]
+    )
+    procs.run(
+        nsenter(core_holder.pid, ["ip", "-batch", "-"], mount=False, uts=False),
+        input_text=f"link set {plan.veth} master {CORE_BRIDGE}\nlink set {plan.veth} up\n",
+    )
+    procs.run(
+        nsenter(holder.pid, ["ip", "-batch", "-"], mount=False, uts=False),
+        input_text="\n".join(
+            [
+                "link set lo up",
+                f"addr add {plan.address}/{PREFIX_LEN} dev eth0",
+                "link set eth0 up",
+                # the guests' bridge: no address, no uplink (guests only need it to exist)
+                f"link add {plan.guest_bridge} type bridge",
+                f"link set {plan.guest_bridge} up",
+            ]
+        )
+        + "\n",
+    )
 
     for argv in host_mount_commands(paths, plan.name):
         procs.run(nsenter(holder.pid, argv, uts=False))
 
     libvirtd = procs.spawn(
-        nsenter(holder.pid, [LIBVIRTD, "--listen", "--config", "/etc/libvirt/libvirtd.conf"]),
-        log=h / "libvirtd.log")
-    record(Component(name=f"{plan.name}/libvirtd", kind="libvirtd", place=plan.name,
-                     process=libvirtd,
-                     endpoints={"unix": plan.libvirt_uri, "tcp": plan.tcp_uri}))
+        nsenter(holder.pid, [LIBVIRTD, "--listen", "--config", "/etc/libvirt/libvirtd.conf"]), log=h / "libvirtd.log"
+    )
+    record(
+        Component(
+            name=f"{plan.name}/libvirtd",
+            kind="libvirtd",
+            place=plan.name,
+            process=libvirtd,
+            endpoints={"unix": plan.libvirt_uri, "tcp": plan.tcp_uri},
+        )
+    )
     wait_for_libvirtd(plan.name, plan.libvirt_uri, libvirtd, h / "libvirtd.log", clock=clock)
     return HostRecord(
-        name=plan.name, index=plan.index, address=plan.address, host_uuid=plan.host_uuid,
-        guest_bridge=plan.guest_bridge, libvirt_uri=plan.libvirt_uri, tcp_uri=plan.tcp_uri,
-        agent_address=plan.agent_address, agent_listen=plan.agent_listen, namespaces=namespaces,
+        name=plan.name,
+        index=plan.index,
+        address=plan.address,
+        host_uuid=plan.host_uuid,
+        guest_bridge=plan.guest_bridge,
+        libvirt_uri=plan.libvirt_uri,
+        tcp_uri=plan.tcp_uri,
+        agent_address=plan.agent_address,
+        agent_listen=plan.agent_listen,
+        namespaces=namespaces,
     )
 
 
@@ -198,21 +264,33 @@ def libvirtd_answers(libvirt_uri: str) -> bool:
     return result.returncode == 0
 
 
-def wait_for_libvirtd(name: str, libvirt_uri: str, libvirtd: ProcessRecord, log: Path, *,
-                      timeout: float = LIBVIRTD_READY_TIMEOUT_S,
-                      clock: Clock = SYSTEM_CLOCK) -> None:
+def wait_for_libvirtd(
+    name: str,
+    libvirt_uri: str,
+    libvirtd: ProcessRecord,
+    log: Path,
+    *,
+    timeout: float = LIBVIRTD_READY_TIMEOUT_S,
+    clock: Clock = SYSTEM_CLOCK,
+) -> None:
     socket = Path(libvirt_uri.split("socket=", 1)[1])
 
     def ready() -> bool:
         if not procs.is_alive(libvirtd):
-            raise Unavailable(f"libvirtd of {name} exited during start (exit code "
-                              f"{procs.exit_status(libvirtd)}): {procs.log_tail(log)}",
-                              reason="LAB_LIBVIRTD_DIED", hint=f"see {log}")
+            raise Unavailable(
+                f"libvirtd of {name} exited during start (exit code "
+                f"{procs.exit_status(libvirtd)}): {procs.log_tail(log)}",
+                reason="LAB_LIBVIRTD_DIED",
+                hint=f"see {log}",
+            )
         return socket.exists() and libvirtd_answers(libvirt_uri)
 
     if not procs.wait_until(ready, timeout, clock=clock, interval=0.25):
-        raise DeadlineExceeded(f"libvirtd of {name} did not answer within {timeout:.0f} s",
-                               reason="LAB_LIBVIRTD_TIMEOUT", hint=f"see {log}")
+        raise DeadlineExceeded(
+            f"libvirtd of {name} did not answer within {timeout:.0f} s",
+            reason="LAB_LIBVIRTD_TIMEOUT",
+            hint=f"see {log}",
+        )
 
 
 # ---------------------------------------------------------------- teardown helpers
@@ -220,12 +298,10 @@ def wait_for_libvirtd(name: str, libvirt_uri: str, libvirtd: ProcessRecord, log:
 
 def destroy_guests(host: HostRecord) -> list[str]:
     """Destroy (power off) every running guest of a host; returns their names."""
-    listing = procs.run(virsh_argv(host.libvirt_uri, ["list", "--name"]),
-                        timeout=VIRSH_TIMEOUT_S, check=False)
+    listing = procs.run(virsh_argv(host.libvirt_uri, ["list", "--name"]), timeout=VIRSH_TIMEOUT_S, check=False)
     names = [n.strip() for n in listing.stdout.splitlines() if n.strip()]
     for guest in names:
-        procs.run(virsh_argv(host.libvirt_uri, ["destroy", guest]), timeout=VIRSH_TIMEOUT_S,
-                  check=False)
+        procs.run(virsh_argv(host.libvirt_uri, ["destroy", guest]), timeout=VIRSH_TIMEOUT_S, check=False)
     return names
 
 

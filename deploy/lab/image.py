@@ -20,12 +20,17 @@ from ferry.lab import procs
 from ferry.lab.topology import LabPaths
 
 SOURCE_DIR = Path(__file__).parent / "guest"
-VIRTIO_MODULES = ("virtio/virtio_ring", "virtio/virtio", "virtio/virtio_pci_modern_dev",
-                  "virtio/virtio_pci_legacy_dev", "virtio/virtio_pci", "block/virtio_blk")
-BUSYBOX_APPLETS = ("sh", "mount", "insmod", "cat", "echo", "sleep", "dd", "grep", "tr", "cut",
-                   "head", "sync")
+VIRTIO_MODULES = (
+    "virtio/virtio_ring",
+    "virtio/virtio",
+    "virtio/virtio_pci_modern_dev",
+    "virtio/virtio_pci_legacy_dev",
+    "virtio/virtio_pci",
+    "block/virtio_blk",
+)
+BUSYBOX_APPLETS = ("sh", "mount", "insmod", "cat", "echo", "sleep", "dd", "grep", "tr", "cut", "head", "sync")
 BUSYBOX = Path("/bin/busybox")
-BUILD_FORMAT = "1"   # bump when the image layout changes
+BUILD_FORMAT = "1"  # bump when the image layout changes
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,8 @@ def find_cloud_kernel(boot: Path = Path("/boot"), modules: Path = Path("/lib/mod
         raise FailedPrecondition(
             "no cloud kernel with modules found (/boot/vmlinuz-*cloud* + /lib/modules/VERSION)",
             reason="LAB_NO_GUEST_KERNEL",
-            hint="install linux-image-cloud-amd64 (it is in deploy/lab/apt-packages.txt)")
+            hint="install linux-image-cloud-amd64 (it is in deploy/lab/apt-packages.txt)",
+        )
     return version
 
 
@@ -75,9 +81,9 @@ def find_cloud_kernel(boot: Path = Path("/boot"), modules: Path = Path("/lib/mod
 
 @dataclass(frozen=True)
 class CpioEntry:
-    name: str            # path inside the archive, no leading "/"
-    mode: int            # full st_mode (type + permissions)
-    data: bytes = b""    # file content, or the target of a symlink
+    name: str  # path inside the archive, no leading "/"
+    mode: int  # full st_mode (type + permissions)
+    data: bytes = b""  # file content, or the target of a symlink
     rdev: tuple[int, int] = (0, 0)
 
 
@@ -93,8 +99,7 @@ def cpio_newc(entries: Iterable[CpioEntry]) -> bytes:
     def add(ino: int, entry: CpioEntry) -> None:
         name = entry.name.encode() + b"\0"
         nlink = 2 if stat.S_ISDIR(entry.mode) else 1
-        fields = (ino, entry.mode, 0, 0, nlink, 0, len(entry.data), 0, 0, entry.rdev[0],
-                  entry.rdev[1], len(name), 0)
+        fields = (ino, entry.mode, 0, 0, nlink, 0, len(entry.data), 0, 0, entry.rdev[0], entry.rdev[1], len(name), 0)
         out.extend(b"070701" + b"".join(b"%08X" % f for f in fields))
         out.extend(name)
         pad()
@@ -116,8 +121,7 @@ def _file(name: str, data: bytes, perm: int = 0o644) -> CpioEntry:
     return CpioEntry(name, stat.S_IFREG | perm, data)
 
 
-def initramfs_entries(init: bytes, busybox: bytes, dirtier: bytes,
-                      modules: dict[str, bytes]) -> list[CpioEntry]:
+def initramfs_entries(init: bytes, busybox: bytes, dirtier: bytes, modules: dict[str, bytes]) -> list[CpioEntry]:
     """The guest's root file system: /init, busybox and its applets, the dirtier, modules."""
     entries = [_dir(d) for d in ("bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules")]
     entries.append(CpioEntry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)))
@@ -142,8 +146,11 @@ def build_guest(paths: LabPaths) -> GuestImage:
     init = (SOURCE_DIR / "init").read_bytes()
     dirtier_c = (SOURCE_DIR / "dirtier.c").read_bytes()
     if not BUSYBOX.exists():
-        raise FailedPrecondition("/bin/busybox is missing", reason="LAB_NO_BUSYBOX",
-                                 hint="install busybox-static (deploy/lab/apt-packages.txt)")
+        raise FailedPrecondition(
+            "/bin/busybox is missing",
+            reason="LAB_NO_BUSYBOX",
+            hint="install busybox-static (deploy/lab/apt-packages.txt)",
+        )
     busybox = BUSYBOX.read_bytes()
 
     key = hashlib.sha256()
@@ -152,20 +159,28 @@ def build_guest(paths: LabPaths) -> GuestImage:
     build_key = key.hexdigest()
     image = GuestImage(kernel=out / "vmlinuz", initrd=out / "initrd.gz", kernel_version=version)
     key_file = out / "build.key"
-    if (key_file.exists() and key_file.read_text().strip() == build_key
-            and image.kernel.exists() and image.initrd.exists()):
+    if (
+        key_file.exists()
+        and key_file.read_text().strip() == build_key
+        and image.kernel.exists()
+        and image.initrd.exists()
+    ):
         return image
 
     dirtier = out / "dirtier"
-    procs.run(["gcc", "-O2", "-static", "-o", str(dirtier), str(SOURCE_DIR / "dirtier.c")],
-              timeout=120.0, reason="LAB_GUEST_BUILD_FAILED",
-              hint="install gcc and libc6-dev (deploy/lab/apt-packages.txt)")
+    procs.run(
+        ["gcc", "-O2", "-static", "-o", str(dirtier), str(SOURCE_DIR / "dirtier.c")],
+        timeout=120.0,
+        reason="LAB_GUEST_BUILD_FAILED",
+        hint="install gcc and libc6-dev (deploy/lab/apt-packages.txt)",
+    )
     modules = {}
     for module in VIRTIO_MODULES:
         ko = module_dir / f"{module}.ko"
         if not ko.exists():
-            raise FailedPrecondition(f"kernel module {ko} is missing", reason="LAB_NO_MODULE",
-                                     hint="reinstall linux-image-cloud-amd64")
+            raise FailedPrecondition(
+                f"kernel module {ko} is missing", reason="LAB_NO_MODULE", hint="reinstall linux-image-cloud-amd64"
+            )
         modules[module.rsplit("/", 1)[1]] = ko.read_bytes()
     archive = cpio_newc(initramfs_entries(init, busybox, dirtier.read_bytes(), modules))
     tmp = image.initrd.with_suffix(".tmp")

@@ -25,7 +25,7 @@ import shutil
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +73,14 @@ def default_lab_dir(environ: Mapping[str, str] = os.environ) -> Path:
 class Lab:
     """One lab, identified by its directory."""
 
-    def __init__(self, path: str | Path | None = None, *, cache_dir: str | Path | None = None,
-                 cli_config: str | Path | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        cache_dir: str | Path | None = None,
+        cli_config: str | Path | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         """``cache_dir`` keeps libvirt's QEMU capabilities between lab starts (default
         $FERRY_LAB_CACHE_DIR, else <lab>/cache; labs may share one). ``cli_config``: the
         operator's ``ferry`` CLI config that ``up`` writes when it is free or already points
@@ -100,8 +106,9 @@ class Lab:
     def require_state(self) -> LabState:
         current = self.state()
         if current is None:
-            raise FailedPrecondition(f"no lab is up in {self.dir}", reason="LAB_NOT_UP",
-                                     hint=f"start one: ferry-lab --lab-dir {self.dir} up")
+            raise FailedPrecondition(
+                f"no lab is up in {self.dir}", reason="LAB_NOT_UP", hint=f"start one: ferry-lab --lab-dir {self.dir} up"
+            )
         return current
 
     def _record(self, component: Component) -> None:
@@ -125,10 +132,16 @@ class Lab:
         """The operator's ``ferry`` CLI config this lab writes when it may."""
         return self._cli_config or cliconfig.user_cli_config()
 
-    def up(self, hosts: int = 2, *, agents: bool = True, install: bool = True,
-           agent_command: Sequence[str] | None = None,
-           control_plane: ControlPlane | None = None,
-           coordinator_command: Sequence[str] | None = None) -> LabState:
+    def up(
+        self,
+        hosts: int = 2,
+        *,
+        agents: bool = True,
+        install: bool = True,
+        agent_command: Sequence[str] | None = None,
+        control_plane: ControlPlane | None = None,
+        coordinator_command: Sequence[str] | None = None,
+    ) -> LabState:
         """Start the lab: core namespace, ``hosts`` lab hosts in parallel (each with its own
         libvirtd), the guest image, and a Ferry agent per host (unless ``agents`` is False;
         ``agent_command`` replaces ``python -m ferry.agent.main``, it gets ``--config FILE``).
@@ -145,8 +158,9 @@ class Lab:
         refused. A failure while starting stops everything started so far and raises.
         """
         if os.geteuid() != 0:
-            raise FailedPrecondition("the lab needs root (namespaces, mounts, libvirtd)",
-                                     reason="LAB_NOT_ROOT", hint="run ferry-lab as root")
+            raise FailedPrecondition(
+                "the lab needs root (namespaces, mounts, libvirtd)", reason="LAB_NOT_ROOT", hint="run ferry-lab as root"
+            )
         plans = plan_hosts(self.paths, hosts)
         if control_plane is not None:
             _check_control_plane(control_plane)
@@ -155,9 +169,11 @@ class Lab:
             if not problem and len(str(sock)) > MAX_SOCKET_PATH:
                 problem = f"socket path {sock} is longer than {MAX_SOCKET_PATH} bytes"
         if problem:
-            raise FailedPrecondition(problem, reason="LAB_DIR_UNUSABLE",
-                                     hint="pick another --lab-dir (or FERRY_LAB_DIR), e.g. "
-                                          "/tmp/ferry-lab")
+            raise FailedPrecondition(
+                problem,
+                reason="LAB_DIR_UNUSABLE",
+                hint="pick another --lab-dir (or FERRY_LAB_DIR), e.g. /tmp/ferry-lab",
+            )
         with state_mod.locked(self.paths.lock_file):
             existing = self.state()
             if existing is not None:
@@ -167,8 +183,7 @@ class Lab:
             packages.ensure_installed(install=install)
             started = self.clock.now()
             self._fresh_dirs()
-            self._state = LabState(lab_dir=str(self.dir), created=_now_iso(),
-                                   core_address=CORE_ADDRESS)
+            self._state = LabState(lab_dir=str(self.dir), created=_now_iso(), core_address=CORE_ADDRESS)
             state_mod.save(self.paths.state_file, self._state)
             try:
                 self._start(plans, agents, agent_command, control_plane, coordinator_command)
@@ -181,16 +196,19 @@ class Lab:
             log.info("lab up in %.1f s: %s", self.clock.now() - started, self.dir)
             return self.require_state()
 
-    def _reuse_or_refuse(self, existing: LabState, hosts: int,
-                         control_plane: ControlPlane | None) -> LabState | None:
+    def _reuse_or_refuse(self, existing: LabState, hosts: int, control_plane: ControlPlane | None) -> LabState | None:
         alive = status_mod.lab_processes_alive(existing)
         has = (len(existing.of_kind("etcd")), len(existing.of_kind("coordinator")))
         same = len(existing.hosts) == hosts and (
-            control_plane is None or has == (control_plane.etcd_members, control_plane.coordinators))
+            control_plane is None or has == (control_plane.etcd_members, control_plane.coordinators)
+        )
         if alive == "all" and same:
             log.info("lab already up in %s with %d hosts: reusing it", self.dir, hosts)
-            dead = [drills.spoken_name(c) for c in existing.components
-                    if c.kind in ("etcd", "coordinator") and not procs.is_alive(c.process)]
+            dead = [
+                drills.spoken_name(c)
+                for c in existing.components
+                if c.kind in ("etcd", "coordinator") and not procs.is_alive(c.process)
+            ]
             if dead:
                 log.warning("not running: %s (ferry-lab restart %s)", ", ".join(dead), dead[0])
             return existing
@@ -200,10 +218,11 @@ class Lab:
                 shape += f", {has[0]} etcd, {has[1]} coordinators"
             if alive == "some":
                 shape += ", some parts dead"
-            raise AlreadyExists(f"a lab is already up in {self.dir} ({shape})",
-                                reason="LAB_ALREADY_UP",
-                                hint=f"use it, or stop it first: ferry-lab --lab-dir {self.dir}"
-                                     " down")
+            raise AlreadyExists(
+                f"a lab is already up in {self.dir} ({shape})",
+                reason="LAB_ALREADY_UP",
+                hint=f"use it, or stop it first: ferry-lab --lab-dir {self.dir} down",
+            )
         log.info("previous lab in %s is gone; starting afresh", self.dir)
         teardown.take_down(self.paths, existing, clock=self.clock)
         self._remove_cli_configs(existing)
@@ -212,16 +231,26 @@ class Lab:
     def _fresh_dirs(self) -> None:
         """A new lab starts empty (etcd's data too); the guest build (guest/) is kept as a
         cache."""
-        for sub in (self.paths.core, self.paths.hosts, self.paths.shared, etcd_dir(self.paths),
-                    coordinators_dir(self.paths)):
+        for sub in (
+            self.paths.core,
+            self.paths.hosts,
+            self.paths.shared,
+            etcd_dir(self.paths),
+            coordinators_dir(self.paths),
+        ):
             if sub.exists():
                 shutil.rmtree(sub)
         for sub in (self.paths.core, self.paths.hosts, self.paths.shared, self.paths.guest):
             sub.mkdir(parents=True, exist_ok=True)
 
-    def _start(self, plans: Sequence[HostPlan], agents: bool,
-               agent_command: Sequence[str] | None, control_plane: ControlPlane | None,
-               coordinator_command: Sequence[str] | None) -> None:
+    def _start(
+        self,
+        plans: Sequence[HostPlan],
+        agents: bool,
+        agent_command: Sequence[str] | None,
+        control_plane: ControlPlane | None,
+        coordinator_command: Sequence[str] | None,
+    ) -> None:
         t0 = self.clock.now()
         core = hosts.start_core(self.paths, self._record, clock=self.clock)
         with self._state_lock:
@@ -229,28 +258,32 @@ class Lab:
             self._state = replace(self._state, core_namespaces=procs.namespace_ids(core.pid))
             state_mod.save(self.paths.state_file, self._state)
         log.info("core namespace up (holder %d, %s on br0)", core.pid, CORE_ADDRESS)
-        passwd, group = with_qemu_user(Path("/etc/passwd").read_text(),
-                                       Path("/etc/group").read_text())
+        passwd, group = with_qemu_user(Path("/etc/passwd").read_text(), Path("/etc/group").read_text())
         etc_hosts = render_etc_hosts(tuple(plans))
         caps_cache = self.cache_dir / "qemu-capabilities"
 
         def one_host(plan: HostPlan) -> HostRecord:
-            host = hosts.start_host(self.paths, plan, core, passwd, group, etc_hosts,
-                                    self._record, caps_cache=caps_cache, clock=self.clock)
+            host = hosts.start_host(
+                self.paths, plan, core, passwd, group, etc_hosts, self._record, caps_cache=caps_cache, clock=self.clock
+            )
             self._record_host(host)
-            log.info("%s up in %.1f s: %s, libvirtd %s", plan.name, self.clock.now() - t0,
-                     plan.address, plan.libvirt_uri)
+            log.info(
+                "%s up in %.1f s: %s, libvirtd %s", plan.name, self.clock.now() - t0, plan.address, plan.libvirt_uri
+            )
             return host
 
         cp_plan = plan_control_plane(self.paths, control_plane) if control_plane else None
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(plans) + 2) as pool:
             image = pool.submit(build_guest, self.paths)
             started = [pool.submit(one_host, plan) for plan in plans]
-            if cp_plan is not None:   # needs only the core namespace: starts beside the hosts
-                started.append(pool.submit(control.start, cp_plan, plans, core, self._record,
-                                           coordinator_command, clock=self.clock))
+            if cp_plan is not None:  # needs only the core namespace: starts beside the hosts
+                started.append(
+                    pool.submit(
+                        control.start, cp_plan, plans, core, self._record, coordinator_command, clock=self.clock
+                    )
+                )
             for future in concurrent.futures.as_completed([image, *started]):
-                future.result()    # the first failure is raised (the others finish first)
+                future.result()  # the first failure is raised (the others finish first)
         hosts.save_qemu_capabilities(self.paths, plans[0].name, caps_cache)
         registry = Registry(cp_plan.etcd_endpoints) if cp_plan is not None else None
         if agents:
@@ -262,8 +295,7 @@ class Lab:
         """Wait until a coordinator leads and lists the agents' hosts, then write the CLI
         config (the operator's too, when it is free or already ours)."""
         control.settle(plan, self.require_state(), core, clock=self.clock)
-        outcome = cliconfig.install(self.dir, render_cli_toml(self.dir, plan.coordinators),
-                                    self.user_cli_config)
+        outcome = cliconfig.install(self.dir, render_cli_toml(self.dir, plan.coordinators), self.user_cli_config)
         if outcome.written:
             with self._state_lock:
                 assert self._state is not None
@@ -275,8 +307,9 @@ class Lab:
         recorded = state.user_cli_config if state is not None else ""
         cliconfig.remove(self.dir, Path(recorded) if recorded else None)
 
-    def _start_agents(self, plans: Sequence[HostPlan],
-                      command: Sequence[str] | None, registry: Registry | None) -> None:
+    def _start_agents(
+        self, plans: Sequence[HostPlan], command: Sequence[str] | None, registry: Registry | None
+    ) -> None:
         current = self.require_state()
         started = []
         for plan in plans:
@@ -307,25 +340,34 @@ class Lab:
 
     # ------------------------------------------------------------ components in namespaces
 
-    def start_component(self, name: str, kind: str, argv: Sequence[str], *,
-                        place: str = CORE, log_file: Path | None = None,
-                        endpoints: Mapping[str, str] | None = None) -> Component:
+    def start_component(
+        self,
+        name: str,
+        kind: str,
+        argv: Sequence[str],
+        *,
+        place: str = CORE,
+        log_file: Path | None = None,
+        endpoints: Mapping[str, str] | None = None,
+    ) -> Component:
         """Start ``argv`` inside ``place``'s namespaces ("core" or a host) and record it, so
         that status shows it and down stops it (e.g. etcd members, coordinators)."""
         holder = self.require_state().holder(place)
         if holder is None or not procs.is_alive(holder):
-            raise FailedPrecondition(f"namespace {place!r} of the lab is not up",
-                                     reason="LAB_NOT_UP", hint="ferry-lab up first")
-        process = procs.spawn(self.exec_argv(place, argv),
-                              log=log_file or self.dir / place / f"{name}.log")
-        component = Component(name=name, kind=kind, place=place, process=process,
-                              endpoints=dict(endpoints or {}))
+            raise FailedPrecondition(
+                f"namespace {place!r} of the lab is not up", reason="LAB_NOT_UP", hint="ferry-lab up first"
+            )
+        process = procs.spawn(self.exec_argv(place, argv), log=log_file or self.dir / place / f"{name}.log")
+        component = Component(name=name, kind=kind, place=place, process=process, endpoints=dict(endpoints or {}))
         self.add_component(component)
         # returned once it runs inside (nsenter joins the namespaces just after the fork)
         wanted = procs.namespace_ids(holder.pid).get("net")
-        procs.wait_until(lambda: not procs.is_alive(process)
-                         or procs.namespace_ids(process.pid).get("net") == wanted,
-                         5.0, clock=self.clock, interval=0.01)
+        procs.wait_until(
+            lambda: not procs.is_alive(process) or procs.namespace_ids(process.pid).get("net") == wanted,
+            5.0,
+            clock=self.clock,
+            interval=0.01,
+        )
         return component
 
     def add_component(self, component: Component) -> None:
@@ -340,8 +382,11 @@ class Lab:
     def host(self, name: str) -> HostRecord:
         record = self.require_state().host(name)
         if record is None:
-            raise NotFound(f"no host {name!r} in the lab in {self.dir}", reason="LAB_NO_HOST",
-                           hint="see ferry-lab status for the lab's hosts")
+            raise NotFound(
+                f"no host {name!r} in the lab in {self.dir}",
+                reason="LAB_NO_HOST",
+                hint="see ferry-lab status for the lab's hosts",
+            )
         return record
 
     def hosts(self) -> list[str]:
@@ -366,22 +411,24 @@ class Lab:
         """``argv`` wrapped to run inside ``place``'s namespaces ("core" or a host)."""
         holder = self.require_state().holder(place)
         if holder is None:
-            raise NotFound(f"no {place!r} in the lab in {self.dir}", reason="LAB_NO_HOST",
-                           hint="see ferry-lab status for the lab's hosts")
+            raise NotFound(
+                f"no {place!r} in the lab in {self.dir}",
+                reason="LAB_NO_HOST",
+                hint="see ferry-lab status for the lab's hosts",
+            )
         if place == CORE:
             return hosts.nsenter(holder.pid, argv, mount=False)
         return hosts.nsenter(holder.pid, argv)
 
     # ------------------------------------------------------------ operator conveniences
 
-    def virsh(self, host: str, *args: str, timeout: float = 60.0,
-              check: bool = True) -> CommandResult:
+    def virsh(self, host: str, *args: str, timeout: float = 60.0, check: bool = True) -> CommandResult:
         """``virsh -c <host's unix URI> ARGS`` from the root namespace."""
-        return procs.run(hosts.virsh_argv(self.libvirt_uri(host), args), timeout=timeout,
-                         check=check, reason="LAB_VIRSH_FAILED")
+        return procs.run(
+            hosts.virsh_argv(self.libvirt_uri(host), args), timeout=timeout, check=check, reason="LAB_VIRSH_FAILED"
+        )
 
-    def host_exec(self, host: str, *argv: str, timeout: float = 60.0,
-                  check: bool = True) -> CommandResult:
+    def host_exec(self, host: str, *argv: str, timeout: float = 60.0, check: bool = True) -> CommandResult:
         """Run a command inside a host's (or the core's) namespaces."""
         return procs.run(self.exec_argv(host, argv), timeout=timeout, check=check)
 
@@ -390,24 +437,46 @@ class Lab:
     def guest_image(self) -> GuestImage:
         return build_guest(self.paths)
 
-    def guest(self, name: str, host: str, *, memory_mib: int = 256,
-              disks: Sequence[str] = ("256M",), shared: bool = False,
-              dirty_rate: str | None = None, dirty_mb: int = 64, nic: bool = True,
-              bridge: str | None = None,
-              timeout: float = guests.BOOT_TIMEOUT_S) -> guests.GuestInfo:
+    def guest(
+        self,
+        name: str,
+        host: str,
+        *,
+        memory_mib: int = 256,
+        disks: Sequence[str] = ("256M",),
+        shared: bool = False,
+        dirty_rate: str | None = None,
+        dirty_mb: int = 64,
+        nic: bool = True,
+        bridge: str | None = None,
+        timeout: float = guests.BOOT_TIMEOUT_S,
+    ) -> guests.GuestInfo:
         """Create disks, define and start a test guest on ``host``; wait for its first
         heartbeat. See guests.create_guest."""
-        return guests.create_guest(self, name, host, memory_mib=memory_mib, disks=disks,
-                                   shared=shared, dirty_rate=dirty_rate, dirty_mb=dirty_mb,
-                                   nic=nic, bridge=bridge, timeout=timeout)
+        return guests.create_guest(
+            self,
+            name,
+            host,
+            memory_mib=memory_mib,
+            disks=disks,
+            shared=shared,
+            dirty_rate=dirty_rate,
+            dirty_mb=dirty_mb,
+            nic=nic,
+            bridge=bridge,
+            timeout=timeout,
+        )
 
     def console(self, name: str) -> str:
         """Everything the guest printed on its serial console (across migrations)."""
         try:
             return self.paths.console_log(name).read_text(errors="replace")
         except FileNotFoundError:
-            raise NotFound(f"no console log for guest {name!r}", reason="LAB_NO_GUEST",
-                           hint="create it with ferry-lab guest NAME --host HOST") from None
+            raise NotFound(
+                f"no console log for guest {name!r}",
+                reason="LAB_NO_GUEST",
+                hint="create it with ferry-lab guest NAME --host HOST",
+            ) from None
 
     def heartbeats(self, name: str) -> int:
         """The count of the guest's last heartbeat (0: none yet)."""
@@ -425,10 +494,11 @@ class Lab:
         members = current.of_kind("etcd")
         core = current.holder(CORE)
         if not members or core is None:
-            raise FailedPrecondition(f"the lab in {self.dir} runs no control plane",
-                                     reason="LAB_NO_CONTROL_PLANE",
-                                     hint="ferry-lab down, then ferry-lab up (without "
-                                          "--no-control-plane)")
+            raise FailedPrecondition(
+                f"the lab in {self.dir} runs no control plane",
+                reason="LAB_NO_CONTROL_PLANE",
+                hint="ferry-lab down, then ferry-lab up (without --no-control-plane)",
+            )
         return core.pid, [m.endpoints["client"] for m in members]
 
     def leader(self) -> str | None:
@@ -436,12 +506,12 @@ class Lab:
         nobody does. Unavailable when etcd does not answer."""
         return control.read_leader(*self.etcd_access())
 
-    def wait_for_leader(self, *, other_than: str | None = None,
-                        timeout: float = control.LEADER_TIMEOUT_S) -> str | None:
+    def wait_for_leader(
+        self, *, other_than: str | None = None, timeout: float = control.LEADER_TIMEOUT_S
+    ) -> str | None:
         """Wait until a coordinator (other than ``other_than``) leads; its id, None at timeout."""
         core_pid, urls = self.etcd_access()
-        return control.wait_for_leader(core_pid, urls, timeout=timeout, clock=self.clock,
-                                       other_than=other_than)
+        return control.wait_for_leader(core_pid, urls, timeout=timeout, clock=self.clock, other_than=other_than)
 
     def kill(self, name: str | Sequence[str], signal: str = "KILL") -> str:
         """Signal a component by its recorded PID (``"coordinator c1"``, ``"etcd s1"``,
@@ -451,8 +521,7 @@ class Lab:
     def restart(self, name: str | Sequence[str]) -> Component:
         """Stop a component if it runs, start it again with its recorded command line and wait
         until it serves (etcd healthy, agent/coordinator health SERVING, libvirtd answering)."""
-        return drills.restart(self.require_state(), _words(name), self.add_component,
-                              clock=self.clock)
+        return drills.restart(self.require_state(), _words(name), self.add_component, clock=self.clock)
 
     # ------------------------------------------------------------ status
 
@@ -465,14 +534,16 @@ class Lab:
 def _check_control_plane(shape: ControlPlane) -> None:
     """Refuse, before anything starts, a shape or a machine the control plane cannot run on."""
     if shape.problem():
-        raise InvalidArgument(shape.problem(), reason="LAB_BAD_CONTROL_PLANE",
-                              hint="use --etcd-members 1 or 3 and --coordinators 1 to 3")
+        raise InvalidArgument(
+            shape.problem(), reason="LAB_BAD_CONTROL_PLANE", hint="use --etcd-members 1 or 3 and --coordinators 1 to 3"
+        )
     if find_etcd_binary() is None or control.etcdctl_binary() is None:
         raise FailedPrecondition(
             "no etcd server binary (or no etcdctl beside it) for the lab's control plane",
             reason="ETCD_BINARY_MISSING",
             hint="run deploy/fetch-etcd.sh (or set FERRY_ETCD_BIN), or start the lab without "
-                 "one: ferry-lab up --no-control-plane")
+            "one: ferry-lab up --no-control-plane",
+        )
 
 
 def _words(name: str | Sequence[str]) -> list[str]:
@@ -480,8 +551,7 @@ def _words(name: str | Sequence[str]) -> list[str]:
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-__all__ = ["DEFAULT_LAB_DIR", "ControlPlane", "DownReport", "FerryError", "Lab",
-           "default_lab_dir"]
+__all__ = ["DEFAULT_LAB_DIR", "ControlPlane", "DownReport", "FerryError", "Lab", "default_lab_dir"]

@@ -40,27 +40,41 @@ EXIT_USAGE = 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ferry-lab", description="Real libvirt hosts in namespaces on this machine.")
-    parser.add_argument("--lab-dir", type=Path, default=None,
-                        help=f"lab directory (default: $FERRY_LAB_DIR or {default_lab_dir()})")
+    parser = argparse.ArgumentParser(prog="ferry-lab", description="Real libvirt hosts in namespaces on this machine.")
+    parser.add_argument(
+        "--lab-dir", type=Path, default=None, help=f"lab directory (default: $FERRY_LAB_DIR or {default_lab_dir()})"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="start the lab (core namespace, hosts, libvirtd, agents, etcd, coordinators)")
     up.add_argument("--hosts", type=int, default=2, help=f"number of hosts, 1-{MAX_HOSTS}")
     up.add_argument("--no-agents", action="store_true", help="do not start Ferry agents")
-    up.add_argument("--no-install", action="store_true",
-                    help="do not apt-get install missing packages (fail instead)")
-    up.add_argument("--etcd-members", type=int, default=1, choices=ETCD_MEMBER_COUNTS,
-                    help="etcd members in the core namespace (default 1)")
-    up.add_argument("--coordinators", type=int, default=1,
-                    choices=range(1, MAX_COORDINATORS + 1),
-                    help="coordinator replicas (default 1; one leads, all serve the API)")
-    up.add_argument("--per-host-outbound", type=int, default=1, metavar="N",
-                    help="concurrent migrations out of one host (default 1)")
-    up.add_argument("--no-control-plane", action="store_true",
-                    help="no etcd, no coordinators (a lab already up is reused as it is)")
+    up.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages (fail instead)")
+    up.add_argument(
+        "--etcd-members",
+        type=int,
+        default=1,
+        choices=ETCD_MEMBER_COUNTS,
+        help="etcd members in the core namespace (default 1)",
+    )
+    up.add_argument(
+        "--coordinators",
+        type=int,
+        default=1,
+        choices=range(1, MAX_COORDINATORS + 1),
+        help="coordinator replicas (default 1; one leads, all serve the API)",
+    )
+    up.add_argument(
+        "--per-host-outbound",
+        type=int,
+        default=1,
+        metavar="N",
+        help="concurrent migrations out of one host (default 1)",
+    )
+    up.add_argument(
+        "--no-control-plane", action="store_true", help="no etcd, no coordinators (a lab already up is reused as it is)"
+    )
 
     sub.add_parser("down", help="destroy guests, stop everything the lab started")
 
@@ -71,20 +85,30 @@ def _parser() -> argparse.ArgumentParser:
     guest.add_argument("name")
     guest.add_argument("--host", required=True, help="lab host, e.g. host1")
     guest.add_argument("--memory", type=int, default=256, metavar="MiB")
-    guest.add_argument("--disk", action="append", metavar="SIZE",
-                       help="a qcow2 disk (vda, vdb, ... in order), e.g. 256M; repeatable "
-                            "(default: one 256M disk)")
-    guest.add_argument("--shared", action="store_true",
-                       help="disks on the lab's shared storage instead of host-local")
-    guest.add_argument("--dirty-rate", metavar="MiB/s|max",
-                       help="start the memory dirtier at this rate (default: no dirtier)")
-    guest.add_argument("--dirty-mb", type=int, default=64, metavar="MiB",
-                       help="memory the dirtier keeps dirty (default 64)")
+    guest.add_argument(
+        "--disk",
+        action="append",
+        metavar="SIZE",
+        help="a qcow2 disk (vda, vdb, ... in order), e.g. 256M; repeatable (default: one 256M disk)",
+    )
+    guest.add_argument("--shared", action="store_true", help="disks on the lab's shared storage instead of host-local")
+    guest.add_argument(
+        "--dirty-rate", metavar="MiB/s|max", help="start the memory dirtier at this rate (default: no dirtier)"
+    )
+    guest.add_argument(
+        "--dirty-mb", type=int, default=64, metavar="MiB", help="memory the dirtier keeps dirty (default 64)"
+    )
     guest.add_argument("--no-nic", action="store_true", help="no network interface")
-    guest.add_argument("--bridge", metavar="NAME",
-                       help="put the NIC on this bridge of the host (default: its guest bridge)")
-    guest.add_argument("--timeout", type=float, default=BOOT_TIMEOUT_S, metavar="SECONDS",
-                       help="how long to wait for the first heartbeat")
+    guest.add_argument(
+        "--bridge", metavar="NAME", help="put the NIC on this bridge of the host (default: its guest bridge)"
+    )
+    guest.add_argument(
+        "--timeout",
+        type=float,
+        default=BOOT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="how long to wait for the first heartbeat",
+    )
 
     console = sub.add_parser("console", help="print a guest's serial console log")
     console.add_argument("name")
@@ -99,10 +123,14 @@ def _parser() -> argparse.ArgumentParser:
     exec_.add_argument("cmd", nargs=argparse.REMAINDER)
 
     kill = sub.add_parser("kill", help="signal one component by its recorded PID (a drill)")
-    kill.add_argument("component", nargs="+",
-                      help="e.g. coordinator c1, etcd s1, agent host1, libvirtd host2")
-    kill.add_argument("--signal", default="KILL", type=str.upper, choices=tuple(SIGNALS),
-                      help="KILL (default: a crash), TERM, STOP (hang) or CONT (resume)")
+    kill.add_argument("component", nargs="+", help="e.g. coordinator c1, etcd s1, agent host1, libvirtd host2")
+    kill.add_argument(
+        "--signal",
+        default="KILL",
+        type=str.upper,
+        choices=tuple(SIGNALS),
+        help="KILL (default: a crash), TERM, STOP (hang) or CONT (resume)",
+    )
 
     restart = sub.add_parser("restart", help="start a component again and wait until it serves")
     restart.add_argument("component", nargs="+", help="e.g. coordinator c1, etcd s1, agent host1")
@@ -110,11 +138,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_up(lab: Lab, args: argparse.Namespace) -> int:
-    control_plane = None if args.no_control_plane else ControlPlane(
-        etcd_members=args.etcd_members, coordinators=args.coordinators,
-        per_host_outbound=args.per_host_outbound)
-    lab.up(hosts=args.hosts, agents=not args.no_agents, install=not args.no_install,
-           control_plane=control_plane)
+    control_plane = (
+        None
+        if args.no_control_plane
+        else ControlPlane(
+            etcd_members=args.etcd_members, coordinators=args.coordinators, per_host_outbound=args.per_host_outbound
+        )
+    )
+    lab.up(hosts=args.hosts, agents=not args.no_agents, install=not args.no_install, control_plane=control_plane)
     print(render_text(lab.status()), end="")
     return 0
 
@@ -156,9 +187,18 @@ def _cmd_status(lab: Lab, args: argparse.Namespace) -> int:
 
 
 def _cmd_guest(lab: Lab, args: argparse.Namespace) -> int:
-    info = lab.guest(args.name, args.host, memory_mib=args.memory, disks=args.disk or ["256M"],
-                     shared=args.shared, dirty_rate=args.dirty_rate, dirty_mb=args.dirty_mb,
-                     nic=not args.no_nic, bridge=args.bridge, timeout=args.timeout)
+    info = lab.guest(
+        args.name,
+        args.host,
+        memory_mib=args.memory,
+        disks=args.disk or ["256M"],
+        shared=args.shared,
+        dirty_rate=args.dirty_rate,
+        dirty_mb=args.dirty_mb,
+        nic=not args.no_nic,
+        bridge=args.bridge,
+        timeout=args.timeout,
+    )
     print(info.describe())
     return 0
 
@@ -204,15 +244,24 @@ def _cmd_exec(lab: Lab, args: argparse.Namespace) -> int:
     return _passthrough(lab.exec_argv(args.host, args.cmd))
 
 
-COMMANDS = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status, "guest": _cmd_guest,
-            "console": _cmd_console, "virsh": _cmd_virsh, "exec": _cmd_exec, "kill": _cmd_kill,
-            "restart": _cmd_restart}
+COMMANDS = {
+    "up": _cmd_up,
+    "down": _cmd_down,
+    "status": _cmd_status,
+    "guest": _cmd_guest,
+    "console": _cmd_console,
+    "virsh": _cmd_virsh,
+    "exec": _cmd_exec,
+    "kill": _cmd_kill,
+    "restart": _cmd_restart,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="ferry-lab: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="ferry-lab: %(message)s", stream=sys.stderr
+    )
     lab = Lab(args.lab_dir)
     try:
         return COMMANDS[args.command](lab, args)

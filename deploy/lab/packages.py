@@ -37,8 +37,9 @@ def installed_from_dpkg(output: str) -> set[str]:
 
 
 def missing_packages(names: list[str]) -> list[str]:
-    result = procs.run(["dpkg-query", "-W", "-f", "${Package}\t${db:Status-Status}\n", *names],
-                       check=False)   # exit 1 when some name is unknown: read stdout anyway
+    result = procs.run(
+        ["dpkg-query", "-W", "-f", "${Package}\t${db:Status-Status}\n", *names], check=False
+    )  # exit 1 when some name is unknown: read stdout anyway
     installed = installed_from_dpkg(result.stdout)
     return [n for n in names if n not in installed]
 
@@ -51,15 +52,20 @@ def ensure_installed(package_list: Path = PACKAGE_LIST, *, install: bool = True)
     if not missing:
         return []
     if not install or os.geteuid() != 0:
-        raise FailedPrecondition(f"missing packages: {' '.join(missing)}",
-                                 reason="LAB_PACKAGES_MISSING",
-                                 hint="run deploy/setup.sh as root (or ferry-lab up without "
-                                      "--no-install)")
+        raise FailedPrecondition(
+            f"missing packages: {' '.join(missing)}",
+            reason="LAB_PACKAGES_MISSING",
+            hint="run deploy/setup.sh as root (or ferry-lab up without --no-install)",
+        )
     log.info("installing missing packages: %s", " ".join(missing))
     env_hint = "check the machine's apt sources and network, then run deploy/setup.sh"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    procs.run(["apt-get", "update", "-q"], timeout=APT_TIMEOUT_S, reason="LAB_APT_FAILED",
-              hint=env_hint, env=env)
-    procs.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
-              timeout=APT_TIMEOUT_S, reason="LAB_APT_FAILED", hint=env_hint, env=env)
+    procs.run(["apt-get", "update", "-q"], timeout=APT_TIMEOUT_S, reason="LAB_APT_FAILED", hint=env_hint, env=env)
+    procs.run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+        timeout=APT_TIMEOUT_S,
+        reason="LAB_APT_FAILED",
+        hint=env_hint,
+        env=env,
+    )
     return missing

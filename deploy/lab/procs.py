@@ -38,18 +38,21 @@ class ProcessRecord:
     """One process we started, as written to state.json."""
 
     pid: int
-    start_ticks: int                 # /proc/PID/stat starttime; 0 = exited before we looked
+    start_ticks: int  # /proc/PID/stat starttime; 0 = exited before we looked
     argv: tuple[str, ...]
-    log: str = ""                    # where its stdout/stderr go ("" = /dev/null)
+    log: str = ""  # where its stdout/stderr go ("" = /dev/null)
 
     def to_json(self) -> dict[str, Any]:
-        return {"pid": self.pid, "start_ticks": self.start_ticks, "argv": list(self.argv),
-                "log": self.log}
+        return {"pid": self.pid, "start_ticks": self.start_ticks, "argv": list(self.argv), "log": self.log}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ProcessRecord:
-        return cls(pid=int(data["pid"]), start_ticks=int(data["start_ticks"]),
-                   argv=tuple(data["argv"]), log=str(data.get("log", "")))
+        return cls(
+            pid=int(data["pid"]),
+            start_ticks=int(data["start_ticks"]),
+            argv=tuple(data["argv"]),
+            log=str(data.get("log", "")),
+        )
 
 
 # ---------------------------------------------------------------- /proc readers
@@ -57,7 +60,7 @@ class ProcessRecord:
 
 @dataclass(frozen=True)
 class ProcStat:
-    state: str          # R, S, D, Z (zombie), X (dead), ...
+    state: str  # R, S, D, Z (zombie), X (dead), ...
     start_ticks: int
 
 
@@ -68,7 +71,7 @@ def parse_proc_stat(text: str) -> ProcStat:
     >>> parse_proc_stat("42 (sleep) S 1 42 42 0 -1 4194560 " + "0 " * 8 + "20 0 1 0 98765 0")
     ProcStat(state='S', start_ticks=98765)
     """
-    rest = text[text.rindex(")") + 2:].split()
+    rest = text[text.rindex(")") + 2 :].split()
     # rest[0] is field 3 (state); starttime is field 22
     return ProcStat(state=rest[0], start_ticks=int(rest[22 - 3]))
 
@@ -162,8 +165,7 @@ def exit_status(record: ProcessRecord) -> int | None:
     return None if child is None else child.poll()
 
 
-def spawn(argv: Sequence[str], *, log: Path | None = None,
-          env: Mapping[str, str] | None = None) -> ProcessRecord:
+def spawn(argv: Sequence[str], *, log: Path | None = None, env: Mapping[str, str] | None = None) -> ProcessRecord:
     """Start a long-running process detached from our session (Ctrl-C on the command that
     started it does not reach it), stdin from /dev/null, stdout+stderr to ``log``."""
     out: Any = subprocess.DEVNULL
@@ -172,12 +174,18 @@ def spawn(argv: Sequence[str], *, log: Path | None = None,
         out = open(log, "ab")  # noqa: SIM115 - handed to the child, closed right below
     try:
         child = subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True, env=dict(env) if env is not None else None,
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            env=dict(env) if env is not None else None,
         )
     except OSError as exc:
         raise FailedPrecondition(
-            f"cannot start {argv[0]}: {exc}", reason="LAB_SPAWN_FAILED",
+            f"cannot start {argv[0]}: {exc}",
+            reason="LAB_SPAWN_FAILED",
             hint="install the lab's packages (deploy/lab/apt-packages.txt) and run as root",
         ) from exc
     finally:
@@ -186,12 +194,12 @@ def spawn(argv: Sequence[str], *, log: Path | None = None,
     _children[child.pid] = child
     stat = read_stat(child.pid)
     ticks = stat.start_ticks if stat is not None else 0
-    return ProcessRecord(pid=child.pid, start_ticks=ticks, argv=tuple(argv),
-                         log=str(log) if log else "")
+    return ProcessRecord(pid=child.pid, start_ticks=ticks, argv=tuple(argv), log=str(log) if log else "")
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, *, clock: Clock = SYSTEM_CLOCK,
-               interval: float = 0.1) -> bool:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, *, clock: Clock = SYSTEM_CLOCK, interval: float = 0.1
+) -> bool:
     """Poll ``predicate`` until it is true (True) or ``timeout`` seconds pass (False)."""
     deadline = clock.now() + timeout
     while True:
@@ -202,8 +210,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, *, clock: Clock = 
         clock.sleep(interval)
 
 
-def stop(record: ProcessRecord | None, *, grace: float = 10.0,
-         clock: Clock = SYSTEM_CLOCK) -> str:
+def stop(record: ProcessRecord | None, *, grace: float = 10.0, clock: Clock = SYSTEM_CLOCK) -> str:
     """SIGTERM the recorded process, SIGKILL it after ``grace`` seconds, wait until it is gone.
 
     Returns what happened: "not running", "stopped" or "killed".
@@ -212,15 +219,17 @@ def stop(record: ProcessRecord | None, *, grace: float = 10.0,
         return "not running"
     assert record is not None
     _signal(record, signal.SIGTERM)
-    _signal(record, signal.SIGCONT)     # a paused (SIGSTOP) process can only act on it when resumed
+    _signal(record, signal.SIGCONT)  # a paused (SIGSTOP) process can only act on it when resumed
     if wait_until(lambda: not is_alive(record), grace, clock=clock, interval=0.05):
         return "stopped"
     _signal(record, signal.SIGKILL)
     if wait_until(lambda: not is_alive(record), 10.0, clock=clock, interval=0.05):
         return "killed"
-    raise Internal(f"process {record.pid} ({record.argv[0]}) survived SIGKILL",
-                   reason="LAB_PROCESS_STUCK",
-                   hint=f"look at /proc/{record.pid}/stack; it is probably stuck in the kernel")
+    raise Internal(
+        f"process {record.pid} ({record.argv[0]}) survived SIGKILL",
+        reason="LAB_PROCESS_STUCK",
+        hint=f"look at /proc/{record.pid}/stack; it is probably stuck in the kernel",
+    )
 
 
 def send_signal(record: ProcessRecord | None, signum: signal.Signals) -> bool:
@@ -268,28 +277,42 @@ class CommandResult:
     stderr: str = field(repr=False, default="")
 
 
-def run(argv: Sequence[str], *, timeout: float = 30.0, check: bool = True,
-        input_text: str | None = None, reason: str = "LAB_COMMAND_FAILED",
-        hint: str = "the command's own error is quoted in the message",
-        env: Mapping[str, str] | None = None) -> CommandResult:
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float = 30.0,
+    check: bool = True,
+    input_text: str | None = None,
+    reason: str = "LAB_COMMAND_FAILED",
+    hint: str = "the command's own error is quoted in the message",
+    env: Mapping[str, str] | None = None,
+) -> CommandResult:
     """Run a short command with a time limit; a failure becomes a FerryError carrying its
     stderr (for the person reading it, never to be parsed)."""
     try:
-        done = subprocess.run(list(argv), input=input_text, capture_output=True, text=True,
-                              timeout=timeout, check=False,
-                              env=dict(env) if env is not None else None)
+        done = subprocess.run(
+            list(argv),
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=dict(env) if env is not None else None,
+        )
     except subprocess.TimeoutExpired as exc:
-        raise DeadlineExceeded(f"{' '.join(argv)} did not finish within {timeout:.0f} s",
-                               reason="LAB_COMMAND_TIMEOUT", hint=hint) from exc
+        raise DeadlineExceeded(
+            f"{' '.join(argv)} did not finish within {timeout:.0f} s", reason="LAB_COMMAND_TIMEOUT", hint=hint
+        ) from exc
     except OSError as exc:
         raise FailedPrecondition(
-            f"cannot run {argv[0]}: {exc}", reason="LAB_COMMAND_MISSING",
-            hint="install the lab's packages (deploy/lab/apt-packages.txt)") from exc
+            f"cannot run {argv[0]}: {exc}",
+            reason="LAB_COMMAND_MISSING",
+            hint="install the lab's packages (deploy/lab/apt-packages.txt)",
+        ) from exc
     result = CommandResult(tuple(argv), done.returncode, done.stdout, done.stderr)
     if check and done.returncode != 0:
         detail = (done.stderr or done.stdout).strip()[-800:]
-        raise Internal(f"{' '.join(argv)} exited with {done.returncode}: {detail}",
-                       reason=reason, hint=hint)
+        raise Internal(f"{' '.join(argv)} exited with {done.returncode}: {detail}", reason=reason, hint=hint)
     return result
 
 

@@ -46,12 +46,12 @@ def stop_rank(kind: str, place: str) -> int:
 class Component:
     """One thing the lab runs."""
 
-    name: str                       # unique in the lab: "core", "host1", "host1/libvirtd", ...
-    kind: str                       # holder | libvirtd | agent | etcd | coordinator | ...
-    place: str                      # whose namespaces it runs in: "core" or a host name
-    process: ProcessRecord | None   # None: it could not be started at all
-    endpoints: Mapping[str, str] = field(default_factory=dict)   # e.g. {"grpc": "unix:..."}
-    error: str = ""                 # why it is not running as it should (start failure)
+    name: str  # unique in the lab: "core", "host1", "host1/libvirtd", ...
+    kind: str  # holder | libvirtd | agent | etcd | coordinator | ...
+    place: str  # whose namespaces it runs in: "core" or a host name
+    process: ProcessRecord | None  # None: it could not be started at all
+    endpoints: Mapping[str, str] = field(default_factory=dict)  # e.g. {"grpc": "unix:..."}
+    error: str = ""  # why it is not running as it should (start failure)
 
     @property
     def stop_rank(self) -> int:
@@ -59,17 +59,25 @@ class Component:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "name": self.name, "kind": self.kind, "place": self.place,
+            "name": self.name,
+            "kind": self.kind,
+            "place": self.place,
             "process": self.process.to_json() if self.process else None,
-            "endpoints": dict(self.endpoints), "error": self.error,
+            "endpoints": dict(self.endpoints),
+            "error": self.error,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Component:
         process = data.get("process")
-        return cls(name=data["name"], kind=data["kind"], place=data["place"],
-                   process=ProcessRecord.from_json(process) if process else None,
-                   endpoints=dict(data.get("endpoints", {})), error=data.get("error", ""))
+        return cls(
+            name=data["name"],
+            kind=data["kind"],
+            place=data["place"],
+            process=ProcessRecord.from_json(process) if process else None,
+            endpoints=dict(data.get("endpoints", {})),
+            error=data.get("error", ""),
+        )
 
 
 @dataclass(frozen=True)
@@ -81,11 +89,11 @@ class HostRecord:
     address: str
     host_uuid: str
     guest_bridge: str
-    libvirt_uri: str                 # root namespace, unix socket
-    tcp_uri: str                     # peers: qemu+tcp://ADDRESS/system
-    agent_address: str               # root namespace: unix:<lab>/hosts/NAME/agent.sock
-    agent_listen: str                # inside the host: ADDRESS:7070
-    namespaces: Mapping[str, str] = field(default_factory=dict)   # net/mnt/uts ids
+    libvirt_uri: str  # root namespace, unix socket
+    tcp_uri: str  # peers: qemu+tcp://ADDRESS/system
+    agent_address: str  # root namespace: unix:<lab>/hosts/NAME/agent.sock
+    agent_listen: str  # inside the host: ADDRESS:7070
+    namespaces: Mapping[str, str] = field(default_factory=dict)  # net/mnt/uts ids
 
     def to_json(self) -> dict[str, Any]:
         return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.__dict__.items()}
@@ -98,12 +106,12 @@ class HostRecord:
 @dataclass(frozen=True)
 class LabState:
     lab_dir: str
-    created: str                                   # ISO 8601, for people
+    created: str  # ISO 8601, for people
     core_address: str
     core_namespaces: Mapping[str, str] = field(default_factory=dict)
     hosts: tuple[HostRecord, ...] = ()
     components: tuple[Component, ...] = ()
-    user_cli_config: str = ""     # the operator's CLI config ``up`` wrote ("" = none), for down
+    user_cli_config: str = ""  # the operator's CLI config ``up`` wrote ("" = none), for down
 
     def of_kind(self, kind: str) -> tuple[Component, ...]:
         return tuple(c for c in self.components if c.kind == kind)
@@ -124,8 +132,7 @@ class LabState:
         place: a restarted process keeps its position in status)."""
         if self.component(component.name) is None:
             return replace(self, components=(*self.components, component))
-        return replace(self, components=tuple(component if c.name == component.name else c
-                                              for c in self.components))
+        return replace(self, components=tuple(component if c.name == component.name else c for c in self.components))
 
     def with_host(self, host: HostRecord) -> LabState:
         others = tuple(h for h in self.hosts if h.name != host.name)
@@ -139,8 +146,11 @@ class LabState:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "version": STATE_VERSION, "lab_dir": self.lab_dir, "created": self.created,
-            "core_address": self.core_address, "core_namespaces": dict(self.core_namespaces),
+            "version": STATE_VERSION,
+            "lab_dir": self.lab_dir,
+            "created": self.created,
+            "core_address": self.core_address,
+            "core_namespaces": dict(self.core_namespaces),
             "hosts": [h.to_json() for h in self.hosts],
             "components": [c.to_json() for c in self.components],
             "user_cli_config": self.user_cli_config,
@@ -152,13 +162,17 @@ class LabState:
             raise FailedPrecondition(
                 f"lab state version {data.get('version')} is not {STATE_VERSION}",
                 reason="LAB_STATE_VERSION",
-                hint="stop that lab with the ferry-lab version that started it")
-        return cls(lab_dir=data["lab_dir"], created=data["created"],
-                   core_address=data["core_address"],
-                   core_namespaces=dict(data.get("core_namespaces", {})),
-                   hosts=tuple(HostRecord.from_json(h) for h in data.get("hosts", [])),
-                   components=tuple(Component.from_json(c) for c in data.get("components", [])),
-                   user_cli_config=str(data.get("user_cli_config", "")))
+                hint="stop that lab with the ferry-lab version that started it",
+            )
+        return cls(
+            lab_dir=data["lab_dir"],
+            created=data["created"],
+            core_address=data["core_address"],
+            core_namespaces=dict(data.get("core_namespaces", {})),
+            hosts=tuple(HostRecord.from_json(h) for h in data.get("hosts", [])),
+            components=tuple(Component.from_json(c) for c in data.get("components", [])),
+            user_cli_config=str(data.get("user_cli_config", "")),
+        )
 
 
 def load(path: Path) -> LabState | None:
@@ -171,8 +185,10 @@ def load(path: Path) -> LabState | None:
         return LabState.from_json(json.loads(text))
     except (ValueError, KeyError, TypeError) as exc:
         raise FailedPrecondition(
-            f"{path} is not a lab state file: {exc}", reason="LAB_STATE_CORRUPT",
-            hint="stop leftover processes listed in it by hand, then remove the file") from exc
+            f"{path} is not a lab state file: {exc}",
+            reason="LAB_STATE_CORRUPT",
+            hint="stop leftover processes listed in it by hand, then remove the file",
+        ) from exc
 
 
 def save(path: Path, state: LabState) -> None:

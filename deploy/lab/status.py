@@ -21,7 +21,7 @@ ESSENTIAL_KINDS = ("holder", "libvirtd")
 
 
 def lab_processes_alive(state: LabState) -> str:
-    """"all" (every holder and libvirtd runs), "some" or "none" (nothing recorded runs)."""
+    """ "all" (every holder and libvirtd runs), "some" or "none" (nothing recorded runs)."""
     essential = [c for c in state.components if c.kind in ESSENTIAL_KINDS]
     if essential and all(procs.is_alive(c.process) for c in essential):
         return "all"
@@ -39,14 +39,19 @@ def component_status(component: Component | None, *, probe: bool = False) -> dic
     if component.error:
         state = "failed"
     elif procs.is_paused(component.process):
-        state = "paused"          # SIGSTOP (a drill): runs, answers nothing
+        state = "paused"  # SIGSTOP (a drill): runs, answers nothing
     else:
         state = "running" if alive else "dead"
     entry: dict[str, Any] = {
-        "name": component.name, "kind": component.kind, "place": component.place,
+        "name": component.name,
+        "kind": component.kind,
+        "place": component.place,
         "pid": component.process.pid if component.process else None,
-        "alive": alive, "state": state, "endpoints": dict(component.endpoints),
-        "error": component.error, "log": component.process.log if component.process else "",
+        "alive": alive,
+        "state": state,
+        "endpoints": dict(component.endpoints),
+        "error": component.error,
+        "log": component.process.log if component.process else "",
     }
     if component.kind in ("agent", "coordinator"):
         serving = None
@@ -58,8 +63,7 @@ def component_status(component: Component | None, *, probe: bool = False) -> dic
     return entry
 
 
-def control_plane_status(state: LabState, components: list[dict[str, Any]], *,
-                         probe: bool) -> dict[str, Any] | None:
+def control_plane_status(state: LabState, components: list[dict[str, Any]], *, probe: bool) -> dict[str, Any] | None:
     """etcd health and the leader, marked on the etcd and coordinator entries of
     ``components``; None when the lab runs no etcd."""
     from ferry.lab.control import etcd_health, read_leader
@@ -86,9 +90,10 @@ def control_plane_status(state: LabState, components: list[dict[str, Any]], *,
         if entry["kind"] == "coordinator":
             entry["leader"] = entry["id"] == leader
     return {
-        "leader": leader, "leader_error": leader_error, "etcd_endpoints": urls,
-        "coordinators": [e["endpoints"].get("unix", "") for e in components
-                         if e["kind"] == "coordinator"],
+        "leader": leader,
+        "leader_error": leader_error,
+        "etcd_endpoints": urls,
+        "coordinators": [e["endpoints"].get("unix", "") for e in components if e["kind"] == "coordinator"],
         "cli_config": str(lab_cli_config(LabPaths(Path(state.lab_dir)))),
         "user_cli_config": state.user_cli_config,
     }
@@ -100,42 +105,42 @@ def _guests(host: HostRecord, libvirtd_alive: bool) -> list[dict[str, str]] | No
     from ferry.lab.hosts import VIRSH_TIMEOUT_S, virsh_argv
 
     try:
-        every = procs.run(virsh_argv(host.libvirt_uri, ["list", "--all", "--name"]),
-                          timeout=VIRSH_TIMEOUT_S)
-        active = procs.run(virsh_argv(host.libvirt_uri, ["list", "--name"]),
-                           timeout=VIRSH_TIMEOUT_S)
+        every = procs.run(virsh_argv(host.libvirt_uri, ["list", "--all", "--name"]), timeout=VIRSH_TIMEOUT_S)
+        active = procs.run(virsh_argv(host.libvirt_uri, ["list", "--name"]), timeout=VIRSH_TIMEOUT_S)
     except FerryError:
         return None
     active_names = set(active.stdout.split())
-    return [{"name": n, "state": "active" if n in active_names else "inactive"}
-            for n in every.stdout.split()]
+    return [{"name": n, "state": "active" if n in active_names else "inactive"} for n in every.stdout.split()]
 
 
 def build_status(lab_dir: Path, state: LabState | None, *, probe: bool = True) -> dict[str, Any]:
     if state is None:
-        return {"lab_dir": str(lab_dir), "up": False, "core": None, "hosts": [],
-                "components": []}
+        return {"lab_dir": str(lab_dir), "up": False, "core": None, "hosts": [], "components": []}
     host_kinds = {"holder", "libvirtd", "agent"}
     hosts_out = []
     for host in state.hosts:
         libvirtd = state.component(f"{host.name}/libvirtd")
         libvirtd_entry = component_status(libvirtd)
-        hosts_out.append({
-            "name": host.name, "address": host.address, "host_uuid": host.host_uuid,
-            "guest_bridge": host.guest_bridge, "libvirt_uri": host.libvirt_uri,
-            "tcp_uri": host.tcp_uri, "agent_address": host.agent_address,
-            "agent_listen": host.agent_listen,
-            "holder": component_status(state.component(host.name)),
-            "libvirtd": libvirtd_entry,
-            "agent": component_status(state.component(f"{host.name}/agent"), probe=probe),
-            "guests": _guests(host, bool(libvirtd_entry and libvirtd_entry["alive"]))
-            if probe else None,
-        })
+        hosts_out.append(
+            {
+                "name": host.name,
+                "address": host.address,
+                "host_uuid": host.host_uuid,
+                "guest_bridge": host.guest_bridge,
+                "libvirt_uri": host.libvirt_uri,
+                "tcp_uri": host.tcp_uri,
+                "agent_address": host.agent_address,
+                "agent_listen": host.agent_listen,
+                "holder": component_status(state.component(host.name)),
+                "libvirtd": libvirtd_entry,
+                "agent": component_status(state.component(f"{host.name}/agent"), probe=probe),
+                "guests": _guests(host, bool(libvirtd_entry and libvirtd_entry["alive"])) if probe else None,
+            }
+        )
     host_names = {h.name for h in state.hosts}
     others = []
     for component in state.components:
-        if (component.place in host_names and component.kind in host_kinds) or \
-                component.name == CORE:
+        if (component.place in host_names and component.kind in host_kinds) or component.name == CORE:
             continue
         entry = component_status(component, probe=probe)
         assert entry is not None
@@ -147,8 +152,11 @@ def build_status(lab_dir: Path, state: LabState | None, *, probe: bool = True) -
         "lab_dir": str(lab_dir),
         "up": lab_processes_alive(state) == "all",
         "created": state.created,
-        "core": {"address": f"{state.core_address}/{PREFIX_LEN}", "bridge": CORE_BRIDGE,
-                 "holder": component_status(state.component(CORE))},
+        "core": {
+            "address": f"{state.core_address}/{PREFIX_LEN}",
+            "bridge": CORE_BRIDGE,
+            "holder": component_status(state.component(CORE)),
+        },
         "hosts": hosts_out,
         "control_plane": control,
         "leader": control["leader"] if control else None,
@@ -159,8 +167,7 @@ def build_status(lab_dir: Path, state: LabState | None, *, probe: bool = True) -
 # ---------------------------------------------------------------- text (pure)
 
 
-def _proc_line(label: str, entry: dict[str, Any] | None, extra: str = "", *,
-               width: int = 9) -> str:
+def _proc_line(label: str, entry: dict[str, Any] | None, extra: str = "", *, width: int = 9) -> str:
     if entry is None:
         return f"  {label:<{width}} -"
     pid = entry["pid"] if entry["pid"] is not None else "-"
@@ -178,8 +185,7 @@ def _proc_line(label: str, entry: dict[str, Any] | None, extra: str = "", *,
 
 
 def _control_lines(control: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]:
-    leader = control["leader"] or (f"unknown ({control['leader_error']})"
-                                   if control["leader_error"] else "NONE")
+    leader = control["leader"] or (f"unknown ({control['leader_error']})" if control["leader_error"] else "NONE")
     lines = [f"control   leader {leader}"]
     for entry in entries:
         if entry["kind"] == "etcd":
@@ -187,8 +193,11 @@ def _control_lines(control: dict[str, Any], entries: list[dict[str, Any]]) -> li
         else:
             extra = "  ".join(v for k, v in entry["endpoints"].items() if k in ("grpc", "unix"))
         lines.append(_proc_line(entry["label"], entry, extra, width=14))
-    cli = (f"configured in {control['user_cli_config']}" if control["user_cli_config"]
-           else f"FERRY_CONFIG={control['cli_config']} ferry hosts")
+    cli = (
+        f"configured in {control['user_cli_config']}"
+        if control["user_cli_config"]
+        else f"FERRY_CONFIG={control['cli_config']} ferry hosts"
+    )
     lines.append(f"  {'ferry CLI':<14} {cli}")
     return lines
 
@@ -197,19 +206,17 @@ def render_text(status: dict[str, Any]) -> str:
     """Human-readable status: one block per host, dead or failed parts in capitals."""
     if status["core"] is None:
         return f"no lab in {status['lab_dir']}\n"
-    lines = [f"lab {status['lab_dir']}: {'up' if status['up'] else 'NOT (fully) UP'}"
-             f" (started {status['created']})"]
+    lines = [f"lab {status['lab_dir']}: {'up' if status['up'] else 'NOT (fully) UP'} (started {status['created']})"]
     core = status["core"]
     lines.append(f"core      {core['address']} on {core['bridge']}")
     lines.append(_proc_line("holder", core["holder"]))
     for host in status["hosts"]:
-        lines.append(f"{host['name']:<9} {host['address']}  host_uuid {host['host_uuid']}"
-                     f"  guest bridge {host['guest_bridge']}")
+        lines.append(
+            f"{host['name']:<9} {host['address']}  host_uuid {host['host_uuid']}  guest bridge {host['guest_bridge']}"
+        )
         lines.append(_proc_line("holder", host["holder"]))
-        lines.append(_proc_line("libvirtd", host["libvirtd"],
-                                f"{host['libvirt_uri']}  {host['tcp_uri']}"))
-        lines.append(_proc_line("agent", host["agent"],
-                                f"{host['agent_address']}  {host['agent_listen']}"))
+        lines.append(_proc_line("libvirtd", host["libvirtd"], f"{host['libvirt_uri']}  {host['tcp_uri']}"))
+        lines.append(_proc_line("agent", host["agent"], f"{host['agent_address']}  {host['agent_listen']}"))
         if host["guests"] is not None:
             guests = ", ".join(f"{g['name']} ({g['state']})" for g in host["guests"]) or "none"
             lines.append(f"  {'guests':<9} {guests}")

@@ -34,9 +34,9 @@ DEFAULT_GRACE_S = 10.0
 class DownReport:
     lab_dir: str
     was_up: bool = True
-    stopped: tuple[tuple[str, str], ...] = ()        # (component, what happened)
-    guests_destroyed: tuple[str, ...] = ()           # "host1/demo"
-    leftovers: tuple[str, ...] = ()                  # "PID cmdline" found after stopping
+    stopped: tuple[tuple[str, str], ...] = ()  # (component, what happened)
+    guests_destroyed: tuple[str, ...] = ()  # "host1/demo"
+    leftovers: tuple[str, ...] = ()  # "PID cmdline" found after stopping
     seconds: float = 0.0
 
 
@@ -71,19 +71,27 @@ def take_down(paths: LabPaths, state: LabState, *, clock: Clock = SYSTEM_CLOCK) 
     if still_running or still_inside or problems:
         raise Internal(
             "lab not completely down: "
-            + "; ".join([*problems, *(f"{n} still runs" for n in still_running),
-                         *(f"process {p} ({c}) still in the lab's namespaces"
-                           for p, c in still_inside.items())]),
+            + "; ".join(
+                [
+                    *problems,
+                    *(f"{n} still runs" for n in still_running),
+                    *(f"process {p} ({c}) still in the lab's namespaces" for p, c in still_inside.items()),
+                ]
+            ),
             reason="LAB_DOWN_INCOMPLETE",
-            hint=f"state kept in {paths.state_file}; look at these processes, then run "
-                 "ferry-lab down again")
+            hint=f"state kept in {paths.state_file}; look at these processes, then run ferry-lab down again",
+        )
     if paths.state_file.exists():
         os.replace(paths.state_file, paths.root / "last-state.json")
     seconds = clock.now() - started
     log.debug("lab down in %.1f s (%d guests destroyed)", seconds, len(destroyed))
-    return DownReport(lab_dir=str(paths.root), stopped=tuple(stopped),
-                      guests_destroyed=tuple(destroyed), leftovers=report_leftovers,
-                      seconds=seconds)
+    return DownReport(
+        lab_dir=str(paths.root),
+        stopped=tuple(stopped),
+        guests_destroyed=tuple(destroyed),
+        leftovers=report_leftovers,
+        seconds=seconds,
+    )
 
 
 def _namespaces_of_live_holders(state: LabState) -> set[str]:
@@ -96,13 +104,12 @@ def _namespaces_of_live_holders(state: LabState) -> set[str]:
 
 
 def _destroy_guests(state: LabState) -> list[str]:
-    running = [h for h in state.hosts
-               if procs.is_alive(_process_of(state, f"{h.name}/libvirtd"))]
+    running = [h for h in state.hosts if procs.is_alive(_process_of(state, f"{h.name}/libvirtd"))]
     if not running:
         return []
     destroyed: list[str] = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(running)) as pool:
-        for host, names in zip(running, pool.map(_destroy_quietly, running)):
+        for host, names in zip(running, pool.map(_destroy_quietly, running), strict=False):
             destroyed += [f"{host.name}/{n}" for n in names]
     return destroyed
 
@@ -110,7 +117,7 @@ def _destroy_guests(state: LabState) -> list[str]:
 def _destroy_quietly(host: HostRecord) -> list[str]:
     try:
         return hosts.destroy_guests(host)
-    except FerryError as exc:   # libvirtd not answering: its QEMUs are killed further down
+    except FerryError as exc:  # libvirtd not answering: its QEMUs are killed further down
         log.warning("cannot destroy guests on %s: %s", host.name, exc)
         return []
 
@@ -120,8 +127,7 @@ def _process_of(state: LabState, name: str) -> procs.ProcessRecord | None:
     return component.process if component is not None else None
 
 
-def _stop_by_rank(components: list[Component], problems: list[str],
-                  clock: Clock) -> list[tuple[str, str]]:
+def _stop_by_rank(components: list[Component], problems: list[str], clock: Clock) -> list[tuple[str, str]]:
     outcomes: list[tuple[str, str]] = []
     for rank in sorted({c.stop_rank for c in components}):
         group = [c for c in components if c.stop_rank == rank]

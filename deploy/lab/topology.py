@@ -25,8 +25,8 @@ AGENT_PORT = 7070
 MAX_HOSTS = 20
 QEMU_USER_LINE = "libvirt-qemu:x:64055:64055:Libvirt Qemu:/var/lib/libvirt:/usr/sbin/nologin"
 QEMU_GROUP_LINE = "libvirt-qemu:x:64055:"
-IMAGE_DIR = "/var/lib/libvirt/images"          # inside a host's mount namespace: host-local
-AGENT_STATE_DIR = "/var/lib/ferry-agent"       # inside a host's mount namespace: host-local
+IMAGE_DIR = "/var/lib/libvirt/images"  # inside a host's mount namespace: host-local
+AGENT_STATE_DIR = "/var/lib/ferry-agent"  # inside a host's mount namespace: host-local
 # A unix socket path must fit in sun_path (108 bytes including the NUL).
 MAX_SOCKET_PATH = 107
 # Paths a host's mount namespace covers with its own mounts: a lab dir below them would be
@@ -123,11 +123,11 @@ class HostPlan:
     address: str
     host_uuid: str
     guest_bridge: str
-    veth: str              # the core-side end of the host's eth0
-    libvirt_uri: str       # from the root namespace, over the unix socket
-    tcp_uri: str           # from other hosts (migration peers)
-    agent_listen: str      # inside the host's network namespace
-    agent_address: str     # from the root namespace
+    veth: str  # the core-side end of the host's eth0
+    libvirt_uri: str  # from the root namespace, over the unix socket
+    tcp_uri: str  # from other hosts (migration peers)
+    agent_listen: str  # inside the host's network namespace
+    agent_address: str  # from the root namespace
 
 
 def plan_hosts(paths: LabPaths, count: int) -> tuple[HostPlan, ...]:
@@ -138,18 +138,20 @@ def plan_hosts(paths: LabPaths, count: int) -> tuple[HostPlan, ...]:
     for index in range(1, count + 1):
         name = host_name(index)
         address = host_address(index)
-        plans.append(HostPlan(
-            name=name,
-            index=index,
-            address=address,
-            host_uuid=host_uuid(paths.root, name),
-            guest_bridge=guest_bridge(index),
-            veth=f"v{name}",
-            libvirt_uri=f"qemu:///system?socket={paths.libvirt_socket(name)}",
-            tcp_uri=f"qemu+tcp://{address}/system",
-            agent_listen=f"{address}:{AGENT_PORT}",
-            agent_address=f"unix:{paths.agent_socket(name)}",
-        ))
+        plans.append(
+            HostPlan(
+                name=name,
+                index=index,
+                address=address,
+                host_uuid=host_uuid(paths.root, name),
+                guest_bridge=guest_bridge(index),
+                veth=f"v{name}",
+                libvirt_uri=f"qemu:///system?socket={paths.libvirt_socket(name)}",
+                tcp_uri=f"qemu+tcp://{address}/system",
+                agent_listen=f"{address}:{AGENT_PORT}",
+                agent_address=f"unix:{paths.agent_socket(name)}",
+            )
+        )
     return tuple(plans)
 
 
@@ -185,6 +187,7 @@ def with_qemu_user(passwd: str, group: str) -> tuple[str, str]:
     libvirtd resolves its compiled-in QEMU user before it reads qemu.conf, and fails to start
     when the user does not exist (Debian creates it only in libvirt-daemon-system).
     """
+
     def add(text: str, line: str) -> str:
         if any(row.split(":", 1)[0] == "libvirt-qemu" for row in text.splitlines()):
             return text
@@ -197,38 +200,42 @@ def render_libvirtd_conf(plan: HostPlan) -> str:
     # LAB ONLY: TCP without authentication or encryption. The lab network lives in network
     # namespaces nobody else can reach; a real deployment uses TLS (listen_tls, qemu+tls://,
     # VIR_MIGRATE_TLS) as deploy/config/agent.toml shows.
-    return "\n".join([
-        "# written by ferry-lab; LAB ONLY: tcp without auth (isolated lab network namespace)",
-        "listen_tls = 0",
-        "listen_tcp = 1",
-        f'listen_addr = "{plan.address}"',
-        'auth_tcp = "none"',
-        'auth_unix_ro = "none"',
-        'auth_unix_rw = "none"',
-        'unix_sock_group = "root"',
-        f'host_uuid = "{plan.host_uuid}"',
-        'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"',
-        "",
-    ])
+    return "\n".join(
+        [
+            "# written by ferry-lab; LAB ONLY: tcp without auth (isolated lab network namespace)",
+            "listen_tls = 0",
+            "listen_tcp = 1",
+            f'listen_addr = "{plan.address}"',
+            'auth_tcp = "none"',
+            'auth_unix_ro = "none"',
+            'auth_unix_rw = "none"',
+            'unix_sock_group = "root"',
+            f'host_uuid = "{plan.host_uuid}"',
+            'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"',
+            "",
+        ]
+    )
 
 
 def render_qemu_conf(plan: HostPlan) -> str:
     """QEMU runs as root without confinement (the lab host is a namespace, not a machine);
     the migration stream goes over the host's lab address."""
-    return "\n".join([
-        "# written by ferry-lab",
-        'user = "root"',
-        'group = "root"',
-        "dynamic_ownership = 0",
-        "remember_owner = 0",
-        'security_driver = "none"',
-        "cgroup_controllers = [ ]",
-        "namespaces = [ ]",
-        'stdio_handler = "file"',
-        f'migration_address = "{plan.address}"',
-        f'migration_host = "{plan.address}"',
-        "",
-    ])
+    return "\n".join(
+        [
+            "# written by ferry-lab",
+            'user = "root"',
+            'group = "root"',
+            "dynamic_ownership = 0",
+            "remember_owner = 0",
+            'security_driver = "none"',
+            "cgroup_controllers = [ ]",
+            "namespaces = [ ]",
+            'stdio_handler = "file"',
+            f'migration_address = "{plan.address}"',
+            f'migration_host = "{plan.address}"',
+            "",
+        ]
+    )
 
 
 def _toml_str(value: str) -> str:
@@ -238,18 +245,20 @@ def _toml_str(value: str) -> str:
 def render_agent_toml(paths: LabPaths, plan: HostPlan) -> str:
     """The agent's config in the agreed format (read with tomllib by ferry.agent)."""
     listen = ", ".join(_toml_str(a) for a in (plan.agent_listen, plan.agent_address))
-    return "\n".join([
-        "# written by ferry-lab for the agent of this lab host (runs inside its namespaces)",
-        "[agent]",
-        f"name = {_toml_str(plan.name)}",
-        f"listen = [{listen}]",
-        'libvirt_uri = "qemu:///system"                       # inside the host\'s mount ns',
-        f"advertise_libvirt_uri = {_toml_str(plan.tcp_uri)}",
-        f"migration_address = {_toml_str(plan.address)}",
-        f"image_dirs = [{_toml_str(IMAGE_DIR)}]",
-        f"shared_dirs = [{_toml_str(str(paths.shared))}]",
-        f"state_dir = {_toml_str(AGENT_STATE_DIR)}                   # host-local (overlay /var)",
-        "prepare_ttl_s = 600",
-        "libvirt_timeout_s = 30",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# written by ferry-lab for the agent of this lab host (runs inside its namespaces)",
+            "[agent]",
+            f"name = {_toml_str(plan.name)}",
+            f"listen = [{listen}]",
+            'libvirt_uri = "qemu:///system"                       # inside the host\'s mount ns',
+            f"advertise_libvirt_uri = {_toml_str(plan.tcp_uri)}",
+            f"migration_address = {_toml_str(plan.address)}",
+            f"image_dirs = [{_toml_str(IMAGE_DIR)}]",
+            f"shared_dirs = [{_toml_str(str(paths.shared))}]",
+            f"state_dir = {_toml_str(AGENT_STATE_DIR)}                   # host-local (overlay /var)",
+            "prepare_ttl_s = 600",
+            "libvirt_timeout_s = 30",
+            "",
+        ]
+    )

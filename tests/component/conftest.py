@@ -15,16 +15,16 @@ import grpc
 import pytest
 
 from ferry.agent.config import AgentConfig
-from ferry.agent.fake_hostsystem import FakeHostSystem
-from ferry.agent.fake_hypervisor import FakeFleet, FakeHypervisor
 from ferry.agent.main import build_agent, register
 from ferry.agent.service import AgentServicer
 from ferry.rpc import create_channel, create_server
+from ferry.testing.fake_hostsystem import FakeHostSystem
+from ferry.testing.fake_hypervisor import FakeFleet, FakeHypervisor
 from ferry.v1 import agent_pb2_grpc as agrpc
 
 GiB = 1 << 30
-IMAGES = "/var/lib/libvirt/images"   # host-local on each host
-SHARED = "/srv/shared"               # declared shared storage on each host
+IMAGES = "/var/lib/libvirt/images"  # host-local on each host
+SHARED = "/srv/shared"  # declared shared storage on each host
 
 
 @dataclass
@@ -39,16 +39,33 @@ class AgentUnderTest:
     stub: agrpc.AgentStub
 
 
-async def start_agent(name: str, index: int, fleet: FakeFleet, state_dir: Path, *,
-                      bridges: list[str]) -> AgentUnderTest:
-    host = FakeHostSystem(bridges=bridges, dirs={IMAGES: 50 * GiB, SHARED: 100 * GiB},
-                          totals={IMAGES: 100 * GiB, SHARED: 200 * GiB}, shared_dirs=[SHARED])
+async def start_agent(
+    name: str, index: int, fleet: FakeFleet, state_dir: Path, *, bridges: list[str]
+) -> AgentUnderTest:
+    host = FakeHostSystem(
+        bridges=bridges,
+        dirs={IMAGES: 50 * GiB, SHARED: 100 * GiB},
+        totals={IMAGES: 100 * GiB, SHARED: 200 * GiB},
+        shared_dirs=[SHARED],
+    )
     ip = f"10.77.0.{10 + index}"
-    hv = FakeHypervisor(hostname=name, uri=f"qemu+tcp://{ip}/system", fleet=fleet, host=host,
-                        host_uuid=f"6c61622d-0000-4000-8000-{index:012d}")
-    config = AgentConfig(name=name, listen=("127.0.0.1:0",), advertise_libvirt_uri=hv.uri,
-                         migration_address=ip, image_dirs=(IMAGES,), shared_dirs=(SHARED,),
-                         state_dir=str(state_dir), prepare_ttl_s=600)
+    hv = FakeHypervisor(
+        hostname=name,
+        uri=f"qemu+tcp://{ip}/system",
+        fleet=fleet,
+        host=host,
+        host_uuid=f"6c61622d-0000-4000-8000-{index:012d}",
+    )
+    config = AgentConfig(
+        name=name,
+        listen=("127.0.0.1:0",),
+        advertise_libvirt_uri=hv.uri,
+        migration_address=ip,
+        image_dirs=(IMAGES,),
+        shared_dirs=(SHARED,),
+        state_dir=str(state_dir),
+        prepare_ttl_s=600,
+    )
     servicer = build_agent(config, hv, host)
     server, [port] = create_server(config.listen, register(servicer))
     await server.start()

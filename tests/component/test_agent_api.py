@@ -16,10 +16,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from ferry import convert
 from ferry.diskplan import plan_disks
-from ferry.agent.fake_hypervisor import MiB, make_domain_xml
 from ferry.errors import Aborted, FailedPrecondition, NotFound
 from ferry.model import DomainState, HostMapping, StorageMode
 from ferry.rpc import from_rpc_error
+from ferry.testing.fake_hypervisor import MiB, make_domain_xml
 from ferry.v1 import agent_pb2 as apb
 from ferry.v1 import types_pb2 as tpb
 
@@ -27,18 +27,19 @@ GiB = 1 << 30
 TO_HOST2 = tpb.HostMapping(bridges={"br-guest": "br-vm"})
 
 
-IMAGES = "/var/lib/libvirt/images"   # host-local on each fake host (as in conftest)
-SHARED = "/srv/shared"               # declared shared on each fake host
+IMAGES = "/var/lib/libvirt/images"  # host-local on each fake host (as in conftest)
+SHARED = "/srv/shared"  # declared shared on each fake host
 
 
 def add_guest(agent, name: str, *, memory: int = 256 * MiB, dirty: int = 0) -> str:
     """A running guest with a local qcow2 disk (vda) and a disk on shared storage (vdb)."""
     local, shared = f"{IMAGES}/{name}.qcow2", f"{SHARED}/{name}-data.raw"
     agent.host.create_image(local, fmt="qcow2", virtual_size=GiB)
-    agent.hv.disk_sizes[local] = (GiB, 512 * MiB)                  # what blockInfo would say
+    agent.hv.disk_sizes[local] = (GiB, 512 * MiB)  # what blockInfo would say
     agent.host.files[shared] = 64 * MiB
-    xml = make_domain_xml(name, memory_bytes=memory, disks=[("vda", local, "qcow2"), ("vdb", shared, "raw")],
-                          bridges=["br-guest"])
+    xml = make_domain_xml(
+        name, memory_bytes=memory, disks=[("vda", local, "qcow2"), ("vdb", shared, "raw")], bridges=["br-guest"]
+    )
     return agent.hv.add_domain(xml, dirty_bytes_per_s=dirty).uuid
 
 
@@ -53,17 +54,29 @@ async def prepare_target(source, target, name: str, **kw) -> apb.PrepareIncoming
     got = await source.stub.GetDomain(apb.GetDomainRequest(name=name, include_xml=True))
     domain = convert.domain_from_pb(got.domain)
     plans = plan_disks(domain.disks, StorageMode.COPY_ALL, (), HostMapping())
-    return await target.stub.PrepareIncoming(apb.PrepareIncomingRequest(
-        domain_xml=got.xml, disks=[convert.disk_plan_to_pb(p) for p in plans], mapping=TO_HOST2,
-        storage=tpb.STORAGE_MODE_COPY_ALL, migration_id="m-1", **kw))
+    return await target.stub.PrepareIncoming(
+        apb.PrepareIncomingRequest(
+            domain_xml=got.xml,
+            disks=[convert.disk_plan_to_pb(p) for p in plans],
+            mapping=TO_HOST2,
+            storage=tpb.STORAGE_MODE_COPY_ALL,
+            migration_id="m-1",
+            **kw,
+        )
+    )
 
 
 def migrate_request(name: str, target, destination_xml: str, **options) -> apb.MigrateRequest:
     return apb.MigrateRequest(
-        domain=name, target_uri=target.hv.uri, destination_xml=destination_xml, migration_id="m-1",
+        domain=name,
+        target_uri=target.hv.uri,
+        destination_xml=destination_xml,
+        migration_id="m-1",
         progress_interval_ms=10,
-        options=tpb.MigrationOptions(storage=tpb.STORAGE_MODE_COPY_ALL, persist_dest=True,
-                                     undefine_source=True, **options))
+        options=tpb.MigrationOptions(
+            storage=tpb.STORAGE_MODE_COPY_ALL, persist_dest=True, undefine_source=True, **options
+        ),
+    )
 
 
 # ---------------------------------------------------------------- inventory
@@ -76,7 +89,7 @@ async def test_inventory_says_what_is_on_the_host(agents):
     h = inv.host
     assert (h.hostname, h.host_uuid) == ("host1", "6c61622d-0000-4000-8000-000000000001")
     assert list(h.bridges) == ["br-guest"]
-    assert h.libvirt_uri == "qemu+tcp://10.77.0.11/system"        # advertised, not the local URI
+    assert h.libvirt_uri == "qemu+tcp://10.77.0.11/system"  # advertised, not the local URI
     assert h.migration_address == "10.77.0.11"
     assert h.libvirt_version == 9_000_000 and h.memory_total_bytes > 0 and h.agent_version
     assert {(s.path, s.shared) for s in h.storage} == {(IMAGES, False), (SHARED, True)}
@@ -84,7 +97,7 @@ async def test_inventory_says_what_is_on_the_host(agents):
     assert (g1.name, g1.uuid, g1.state, g1.memory_bytes) == ("g1", uuid, tpb.DOMAIN_STATE_RUNNING, 256 * MiB)
     disks = {d.target: d for d in g1.disks}
     assert disks["vda"].virtual_size == GiB and not disks["vda"].shared
-    assert disks["vdb"].shared                                      # on the declared shared dir
+    assert disks["vdb"].shared  # on the declared shared dir
     assert [(n.type, n.source) for n in g1.nics] == [("bridge", "br-guest")]
 
 
@@ -111,13 +124,17 @@ async def test_prepare_missing_bridge_is_refused_and_creates_nothing(agents):
     add_guest(host1, "g1")
     got = await host1.stub.GetDomain(apb.GetDomainRequest(name="g1", include_xml=True))
     plans = plan_disks(convert.domain_from_pb(got.domain).disks, StorageMode.COPY_ALL, (), HostMapping())
-    exc = await rpc_error(host2.stub.PrepareIncoming(apb.PrepareIncomingRequest(
-        domain_xml=got.xml, disks=[convert.disk_plan_to_pb(p) for p in plans],
-        storage=tpb.STORAGE_MODE_COPY_ALL)))                       # no bridge mapping
+    exc = await rpc_error(
+        host2.stub.PrepareIncoming(
+            apb.PrepareIncomingRequest(
+                domain_xml=got.xml, disks=[convert.disk_plan_to_pb(p) for p in plans], storage=tpb.STORAGE_MODE_COPY_ALL
+            )
+        )
+    )  # no bridge mapping
     assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
     err = from_rpc_error(exc)
     assert err.reason == "BRIDGE_MISSING"
-    assert "br-guest=br-vm" in err.hint                             # the hint says how to map it
+    assert "br-guest=br-vm" in err.hint  # the hint says how to map it
     assert host2.host.created == []
     assert not (await host2.stub.ListPrepares(apb.ListPreparesRequest())).prepares
 
@@ -125,12 +142,17 @@ async def test_prepare_missing_bridge_is_refused_and_creates_nothing(agents):
 async def test_dry_run_lists_every_problem_and_creates_nothing(agents):
     host1, host2 = agents
     add_guest(host1, "g1")
-    host2.host.files[f"{IMAGES}/g1.qcow2"] = 5                      # a leftover in the way
+    host2.host.files[f"{IMAGES}/g1.qcow2"] = 5  # a leftover in the way
     got = await host1.stub.GetDomain(apb.GetDomainRequest(name="g1", include_xml=True))
     plans = plan_disks(convert.domain_from_pb(got.domain).disks, StorageMode.COPY_ALL, (), HostMapping())
-    resp = await host2.stub.PrepareIncoming(apb.PrepareIncomingRequest(
-        domain_xml=got.xml, disks=[convert.disk_plan_to_pb(p) for p in plans],
-        storage=tpb.STORAGE_MODE_COPY_ALL, dry_run=True))
+    resp = await host2.stub.PrepareIncoming(
+        apb.PrepareIncomingRequest(
+            domain_xml=got.xml,
+            disks=[convert.disk_plan_to_pb(p) for p in plans],
+            storage=tpb.STORAGE_MODE_COPY_ALL,
+            dry_run=True,
+        )
+    )
     reasons = {p.reason for p in resp.problems}
     assert {"BRIDGE_MISSING", "FILE_IN_THE_WAY", "SHARED_DISK_MISSING"} <= reasons
     assert all(p.message and p.hint for p in resp.problems)
@@ -141,7 +163,7 @@ async def test_dry_run_lists_every_problem_and_creates_nothing(agents):
 async def test_prepare_then_cleanup(agents):
     host1, host2 = agents
     add_guest(host1, "g1")
-    host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB           # shared storage: seen on both
+    host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB  # shared storage: seen on both
     prep = await prepare_target(host1, host2, "g1")
     assert list(prep.created) == [f"{IMAGES}/g1.qcow2"]
     assert "br-vm" in prep.destination_xml and "br-guest" not in prep.destination_xml
@@ -159,16 +181,20 @@ async def test_prepare_then_cleanup(agents):
 
 async def test_migrate_streams_progress_then_result_and_the_domain_moves(agents):
     host1, host2 = agents
-    uuid = add_guest(host1, "g1", dirty=50 * MiB)                   # converges in a few iterations
+    uuid = add_guest(host1, "g1", dirty=50 * MiB)  # converges in a few iterations
     host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
     prep = await prepare_target(host1, host2, "g1")
-    events = [e async for e in host1.stub.Migrate(migrate_request("g1", host2, prep.destination_xml,
-                                                                  max_downtime_ms=500, bandwidth_mibps=100))]
+    events = [
+        e
+        async for e in host1.stub.Migrate(
+            migrate_request("g1", host2, prep.destination_xml, max_downtime_ms=500, bandwidth_mibps=100)
+        )
+    ]
     progress = [e.progress for e in events[:-1]]
     assert progress and all(e.HasField("progress") for e in events[:-1])
     phases = [p.phase for p in progress]
     assert tpb.MIGRATION_PHASE_DISK_MIRROR in phases and tpb.MIGRATION_PHASE_PRECOPY in phases
-    assert phases == sorted(phases)                                 # phases never go back
+    assert phases == sorted(phases)  # phases never go back
     assert max(p.disk_total for p in progress) == 512 * MiB
     assert max(p.iteration for p in progress) >= 2
     assert progress[-1].memory_total == 256 * MiB and progress[-1].max_downtime_ms == 500
@@ -185,7 +211,7 @@ async def test_migrate_streams_progress_then_result_and_the_domain_moves(agents)
     assert "set_max_downtime" in host1.hv.calls
     await host2.stub.CommitIncoming(apb.CommitIncomingRequest(prepare_id=prep.prepare_id))
     assert not (await host2.stub.ListPrepares(apb.ListPreparesRequest())).prepares
-    assert host2.host.exists(f"{IMAGES}/g1.qcow2")                  # the disk is the domain's now
+    assert host2.host.exists(f"{IMAGES}/g1.qcow2")  # the disk is the domain's now
 
 
 async def test_migrate_without_prepare_fails_and_leaves_the_guest(agents):
@@ -209,7 +235,7 @@ async def _until(predicate, timeout_s: float = 5.0) -> None:
 
 async def test_abort_mid_way_leaves_the_guest_on_the_source(agents):
     host1, host2 = agents
-    uuid = add_guest(host1, "g1", memory=2 * GiB, dirty=4 * GiB)     # dirties faster than it sends: never ends
+    uuid = add_guest(host1, "g1", memory=2 * GiB, dirty=4 * GiB)  # dirties faster than it sends: never ends
     host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
     prep = await prepare_target(host1, host2, "g1")
     stream = host1.stub.Migrate(migrate_request("g1", host2, prep.destination_xml))
@@ -230,7 +256,7 @@ async def test_abort_mid_way_leaves_the_guest_on_the_source(agents):
     assert (await host1.hv.get_domain(uuid)).state is DomainState.RUNNING
     assert not host2.hv.domains
     again = await host1.stub.AbortMigration(apb.AbortMigrationRequest(domain="g1"))
-    assert not again.aborted                                        # nothing left to abort
+    assert not again.aborted  # nothing left to abort
 
 
 async def test_closed_stream_leaves_the_job_running_until_aborted(agents):
@@ -244,7 +270,7 @@ async def test_closed_stream_leaves_the_job_running_until_aborted(agents):
             break
     call.cancel()
     await asyncio.sleep(0.1)
-    assert uuid in host1.hv.jobs                                    # still migrating
+    assert uuid in host1.hv.jobs  # still migrating
     await host1.stub.TuneMigration(apb.TuneMigrationRequest(domain="g1", bandwidth_mibps=100))
     assert host1.hv.jobs[uuid].bandwidth_bps == 100 * MiB
     assert (await host1.stub.AbortMigration(apb.AbortMigrationRequest(domain="g1"))).aborted
@@ -264,8 +290,9 @@ async def test_postcopy_without_a_job_says_so(agents):
     host1, _ = agents
     add_guest(host1, "g1")
     await host1.stub.TuneMigration(apb.TuneMigrationRequest(domain="g1", max_downtime_ms=500))  # kept, as libvirt does
-    err = from_rpc_error(await rpc_error(host1.stub.TuneMigration(
-        apb.TuneMigrationRequest(domain="g1", start_postcopy=True))))
+    err = from_rpc_error(
+        await rpc_error(host1.stub.TuneMigration(apb.TuneMigrationRequest(domain="g1", start_postcopy=True)))
+    )
     assert err.reason == "DOMAIN_STATE_INVALID"
     job = await host1.stub.GetJob(apb.GetJobRequest(domain="g1"))
     assert not job.active and job.job_type == "none"
@@ -289,18 +316,22 @@ async def test_reflection_lists_the_agent_service(agents):
     async def requests():
         yield reflection_pb2.ServerReflectionRequest(list_services="")
 
-    names = [s.name async for r in stub.ServerReflectionInfo(requests())
-             for s in r.list_services_response.service]
+    names = [s.name async for r in stub.ServerReflectionInfo(requests()) for s in r.list_services_response.service]
     assert "ferry.v1.Agent" in names
 
 
 async def test_stalled_precopy_switches_to_postcopy_and_completes(agents):
     host1, host2 = agents
-    uuid = add_guest(host1, "g1", dirty=4 * GiB)                    # at 100 MiB/s never converges in pre-copy
+    uuid = add_guest(host1, "g1", dirty=4 * GiB)  # at 100 MiB/s never converges in pre-copy
     host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
     prep = await prepare_target(host1, host2, "g1")
-    events = await _drain(host1.stub.Migrate(migrate_request(
-        "g1", host2, prep.destination_xml, bandwidth_mibps=100, allow_postcopy=True, postcopy_on_stall=True)))
+    events = await _drain(
+        host1.stub.Migrate(
+            migrate_request(
+                "g1", host2, prep.destination_xml, bandwidth_mibps=100, allow_postcopy=True, postcopy_on_stall=True
+            )
+        )
+    )
     phases = [e.progress.phase for e in events[:-1]]
     assert tpb.MIGRATION_PHASE_POSTCOPY in phases
     assert events[-1].result.job.postcopy
@@ -313,8 +344,13 @@ async def test_no_convergence_hits_the_completion_timeout_and_aborts(agents):
     uuid = add_guest(host1, "g1", dirty=4 * GiB)
     host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
     prep = await prepare_target(host1, host2, "g1")
-    exc = await rpc_error(_drain(host1.stub.Migrate(migrate_request(
-        "g1", host2, prep.destination_xml, bandwidth_mibps=100, completion_timeout_s=1))))
+    exc = await rpc_error(
+        _drain(
+            host1.stub.Migrate(
+                migrate_request("g1", host2, prep.destination_xml, bandwidth_mibps=100, completion_timeout_s=1)
+            )
+        )
+    )
     err = from_rpc_error(exc)
     assert (exc.code(), err.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "MIGRATION_TIMEOUT")
     assert "post-copy" in err.hint

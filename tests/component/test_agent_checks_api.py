@@ -14,23 +14,31 @@ from test_agent_api import IMAGES, SHARED, TO_HOST2, add_guest, migrate_request,
 
 from ferry import convert
 from ferry.diskplan import plan_disks
-from ferry.agent.fake_hypervisor import MiB, make_domain_xml
 from ferry.model import HostMapping, StorageMode
 from ferry.rpc import from_rpc_error
+from ferry.testing.fake_hypervisor import MiB, make_domain_xml
 from ferry.v1 import agent_pb2 as apb
 from ferry.v1 import types_pb2 as tpb
 
 GiB = 1 << 30
-AVX512_GUEST = ("<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>qemu64</model>"
-                "<feature policy='require' name='avx512f'/></cpu>")
+AVX512_GUEST = (
+    "<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>qemu64</model>"
+    "<feature policy='require' name='avx512f'/></cpu>"
+)
 
 
 async def dry_run(source, target, name: str) -> list[tpb.ErrorDetail]:
     got = await source.stub.GetDomain(apb.GetDomainRequest(name=name, include_xml=True))
     plans = plan_disks(convert.domain_from_pb(got.domain).disks, StorageMode.SHARED, (), HostMapping())
-    resp = await target.stub.PrepareIncoming(apb.PrepareIncomingRequest(
-        domain_xml=got.xml, disks=[convert.disk_plan_to_pb(p) for p in plans], mapping=TO_HOST2,
-        storage=tpb.STORAGE_MODE_SHARED, dry_run=True))
+    resp = await target.stub.PrepareIncoming(
+        apb.PrepareIncomingRequest(
+            domain_xml=got.xml,
+            disks=[convert.disk_plan_to_pb(p) for p in plans],
+            mapping=TO_HOST2,
+            storage=tpb.STORAGE_MODE_SHARED,
+            dry_run=True,
+        )
+    )
     return list(resp.problems)
 
 
@@ -52,7 +60,7 @@ async def test_dry_run_names_the_cpu_features_the_target_lacks(agents):
     assert p.reason == "CPU_INCOMPATIBLE"
     assert "avx512f" in p.message and "host2" in p.message
     assert "hypervisor-cpu-baseline" in p.hint
-    host2.hv.cpu_features.add("avx512f")                              # a host that has it
+    host2.hv.cpu_features.add("avx512f")  # a host that has it
     assert await dry_run(host1, host2, "g1") == []
 
 
@@ -62,9 +70,16 @@ async def test_prepare_for_real_is_refused_for_the_cpu_and_creates_nothing(agent
     got = await host1.stub.GetDomain(apb.GetDomainRequest(name="g1", include_xml=True))
     xml = got.xml.replace("<devices>", AVX512_GUEST + "<devices>")
     plans = plan_disks(convert.domain_from_pb(got.domain).disks, StorageMode.COPY_ALL, (), HostMapping())
-    exc = await rpc_error(host2.stub.PrepareIncoming(apb.PrepareIncomingRequest(
-        domain_xml=xml, disks=[convert.disk_plan_to_pb(p) for p in plans], mapping=TO_HOST2,
-        storage=tpb.STORAGE_MODE_COPY_ALL)))
+    exc = await rpc_error(
+        host2.stub.PrepareIncoming(
+            apb.PrepareIncomingRequest(
+                domain_xml=xml,
+                disks=[convert.disk_plan_to_pb(p) for p in plans],
+                mapping=TO_HOST2,
+                storage=tpb.STORAGE_MODE_COPY_ALL,
+            )
+        )
+    )
     assert (exc.code(), from_rpc_error(exc).reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CPU_INCOMPATIBLE")
     assert host2.host.created == [] and not host2.servicer.prepare.list()
 
@@ -133,12 +148,14 @@ async def test_source_disks_removed_after_a_copy_migration_and_the_guest_comes_b
     exc = await rpc_error(host1.stub.RemoveSourceDisks(apb.RemoveSourceDisksRequest(domain_uuid=uuid, paths=[local])))
     assert (exc.code(), from_rpc_error(exc).reason) == (grpc.StatusCode.FAILED_PRECONDITION, "DOMAIN_STILL_HERE")
     await migrate(host1, host2, "g1")
-    exc = await rpc_error(host1.stub.RemoveSourceDisks(apb.RemoveSourceDisksRequest(
-        domain_uuid=uuid, paths=[local, shared])))
+    exc = await rpc_error(
+        host1.stub.RemoveSourceDisks(apb.RemoveSourceDisksRequest(domain_uuid=uuid, paths=[local, shared]))
+    )
     assert (exc.code(), from_rpc_error(exc).reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PATH_NOT_LOCAL")
-    assert host1.host.exists(local) and host1.host.exists(shared)   # refused: nothing removed
-    done = await host1.stub.RemoveSourceDisks(apb.RemoveSourceDisksRequest(domain_uuid=uuid, paths=[local],
-                                                                           migration_id="m-1"))
+    assert host1.host.exists(local) and host1.host.exists(shared)  # refused: nothing removed
+    done = await host1.stub.RemoveSourceDisks(
+        apb.RemoveSourceDisksRequest(domain_uuid=uuid, paths=[local], migration_id="m-1")
+    )
     assert (list(done.removed), list(done.already_gone)) == ([local], [])
     assert not host1.host.exists(local) and host1.host.exists(shared)
     again = await host1.stub.RemoveSourceDisks(apb.RemoveSourceDisksRequest(domain_uuid=uuid, paths=[local]))
@@ -147,9 +164,14 @@ async def test_source_disks_removed_after_a_copy_migration_and_the_guest_comes_b
     host1.hv.disk_sizes[local] = host2.hv.disk_sizes[local] = (GiB, 512 * MiB)
     back = await host2.stub.GetDomain(apb.GetDomainRequest(name="g1", include_xml=True))
     plans = plan_disks(convert.domain_from_pb(back.domain).disks, StorageMode.COPY_ALL, (), HostMapping())
-    prep = await host1.stub.PrepareIncoming(apb.PrepareIncomingRequest(
-        domain_xml=back.xml, disks=[convert.disk_plan_to_pb(p) for p in plans],
-        mapping=tpb.HostMapping(bridges={"br-vm": "br-guest"}), storage=tpb.STORAGE_MODE_COPY_ALL))
+    prep = await host1.stub.PrepareIncoming(
+        apb.PrepareIncomingRequest(
+            domain_xml=back.xml,
+            disks=[convert.disk_plan_to_pb(p) for p in plans],
+            mapping=tpb.HostMapping(bridges={"br-vm": "br-guest"}),
+            storage=tpb.STORAGE_MODE_COPY_ALL,
+        )
+    )
     assert list(prep.created) == [local]
 
 
@@ -158,7 +180,7 @@ async def test_source_disks_removed_after_a_copy_migration_and_the_guest_comes_b
 
 async def test_an_aborted_migration_is_reported_cancelled_never_finishing(agents):
     host1, host2 = agents
-    add_guest(host1, "g1", memory=2 * GiB, dirty=4 * GiB)            # never converges
+    add_guest(host1, "g1", memory=2 * GiB, dirty=4 * GiB)  # never converges
     host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
     prep = await prepare_target(host1, host2, "g1")
     phases, job_types = [], []
@@ -166,7 +188,7 @@ async def test_an_aborted_migration_is_reported_cancelled_never_finishing(agents
         async for event in host1.stub.Migrate(migrate_request("g1", host2, prep.destination_xml)):
             phases.append(event.progress.phase)
             if event.progress.phase == tpb.MIGRATION_PHASE_PRECOPY and not job_types:
-                host1.hv.hold()                                       # the job's end waits: libvirt's window
+                host1.hv.hold()  # the job's end waits: libvirt's window
                 assert (await host1.stub.AbortMigration(apb.AbortMigrationRequest(domain="g1"))).aborted
                 job_types.append("aborting")
             elif event.progress.phase == tpb.MIGRATION_PHASE_CANCELLED:
@@ -182,5 +204,5 @@ async def test_a_completed_copy_reports_the_disk_bytes_it_moved(agents):
     add_guest(host1, "g1")
     host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
     result = await migrate(host1, host2, "g1")
-    assert result.job.disk_processed >= 512 * MiB                   # the target counted 0
+    assert result.job.disk_processed >= 512 * MiB  # the target counted 0
     assert host2.hv.domains[next(iter(host2.hv.domains))].completed.disk_processed == 0

@@ -9,9 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from fleet import IMAGES, Fleet, start_fleet
 
-from ferry.diskplan import plan_disks
 from ferry.coordinator.agent_client import (
     AGENT_TIMEOUT,
     AGENT_UNREACHABLE,
@@ -19,6 +17,7 @@ from ferry.coordinator.agent_client import (
     agent_lost,
     transport_failure,
 )
+from ferry.diskplan import plan_disks
 from ferry.errors import Aborted, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from ferry.model import (
     DomainState,
@@ -29,6 +28,7 @@ from ferry.model import (
     MigrationResult,
     StorageMode,
 )
+from ferry.testing.fleet import IMAGES, Fleet, start_fleet
 
 COPY = MigrationOptions(storage=StorageMode.COPY_ALL, persist_dest=True, undefine_source=True)
 
@@ -44,10 +44,15 @@ async def prepare(fleet: Fleet, vm: str, *, dry_run: bool = False, mapping: Host
     source, target = fleet.client("host1"), fleet.client("host2")
     domain, xml = await source.get_domain(vm, include_xml=True)
     plans = plan_disks(domain.disks, StorageMode.COPY_ALL, (), HostMapping())
-    return await target.prepare_incoming(domain_xml=xml, disks=plans,
-                                         mapping=fleet.mapping("host1", "host2") if mapping is None else mapping,
-                                         storage=StorageMode.COPY_ALL, ttl_s=60, migration_id="m-1",
-                                         dry_run=dry_run)
+    return await target.prepare_incoming(
+        domain_xml=xml,
+        disks=plans,
+        mapping=fleet.mapping("host1", "host2") if mapping is None else mapping,
+        storage=StorageMode.COPY_ALL,
+        ttl_s=60,
+        migration_id="m-1",
+        dry_run=dry_run,
+    )
 
 
 async def test_inventory_and_get_domain(fleet):
@@ -88,11 +93,11 @@ async def test_prepare_list_cleanup_commit(fleet):
     [listed] = await target.list_prepares()
     assert (listed.prepare_id, listed.migration_id, listed.domain_name) == (out.prepare_id, "m-1", "g1")
     assert await target.cleanup_incoming(out.prepare_id) == [f"{IMAGES}/g1.qcow2"]
-    assert await target.cleanup_incoming(out.prepare_id) == []          # already gone
+    assert await target.cleanup_incoming(out.prepare_id) == []  # already gone
     assert await target.list_prepares() == []
     again = await prepare(fleet, "g1")
     await target.commit_incoming(again.prepare_id)
-    await target.commit_incoming(again.prepare_id)                      # unknown now: still fine
+    await target.commit_incoming(again.prepare_id)  # unknown now: still fine
     assert await target.list_prepares() == [] and fleet["host2"].host.exists(f"{IMAGES}/g1.qcow2")
 
 
@@ -108,14 +113,22 @@ async def test_prepare_refused_keeps_reason(fleet):
 async def test_migrate_streams_progress_then_result(fleet):
     fleet.add_guest("host1", "g1")
     out = await prepare(fleet, "g1")
-    events = [e async for e in fleet.client("host1").migrate(
-        "g1", target_uri=fleet["host2"].hv.uri, destination_xml=out.destination_xml, options=COPY,
-        migration_id="m-1", migrate_uri="tcp://10.77.0.12")]
+    events = [
+        e
+        async for e in fleet.client("host1").migrate(
+            "g1",
+            target_uri=fleet["host2"].hv.uri,
+            destination_xml=out.destination_xml,
+            options=COPY,
+            migration_id="m-1",
+            migrate_uri="tcp://10.77.0.12",
+        )
+    ]
     *progress, result = events
     assert progress and all(isinstance(p, MigrationProgress) for p in progress)
     assert progress[0].phase is MigrationPhase.STARTING
     assert isinstance(result, MigrationResult) and result.source_state is None
-    assert result.job.memory_processed > 0 and result.job.disk_processed > 0    # the local disk was copied
+    assert result.job.memory_processed > 0 and result.job.disk_processed > 0  # the local disk was copied
     assert fleet.running_on("g1") == ["host2"]
 
 
@@ -124,8 +137,9 @@ async def test_abort_tune_and_get_job(fleet):
     out = await prepare(fleet, "g1")
     source = fleet.client("host1")
     fleet["host1"].hv.hold()
-    stream = source.migrate("g1", target_uri=fleet["host2"].hv.uri, destination_xml=out.destination_xml,
-                            options=COPY, migration_id="m-1")
+    stream = source.migrate(
+        "g1", target_uri=fleet["host2"].hv.uri, destination_xml=out.destination_xml, options=COPY, migration_id="m-1"
+    )
     first = await anext(stream)
     assert isinstance(first, MigrationProgress) and first.phase is MigrationPhase.STARTING
     job = await source.get_job("g1")
@@ -138,7 +152,7 @@ async def test_abort_tune_and_get_job(fleet):
     with pytest.raises(Aborted):
         async for _ in stream:
             pass
-    assert await source.abort_migration("g1") is False                  # no job any more
+    assert await source.abort_migration("g1") is False  # no job any more
     assert not (await source.get_job("g1")).active
     assert fleet.running_on("g1") == ["host1"]
 
@@ -147,12 +161,13 @@ async def test_closing_the_stream_leaves_the_job_running(fleet):
     fleet.add_guest("host1", "g1")
     out = await prepare(fleet, "g1")
     fleet["host1"].hv.hold()
-    stream = fleet.client("host1").migrate("g1", target_uri=fleet["host2"].hv.uri,
-                                           destination_xml=out.destination_xml, options=COPY, migration_id="m-1")
+    stream = fleet.client("host1").migrate(
+        "g1", target_uri=fleet["host2"].hv.uri, destination_xml=out.destination_xml, options=COPY, migration_id="m-1"
+    )
     await anext(stream)
     await stream.aclose()
     await asyncio.sleep(0.05)
-    assert (await fleet.client("host1").get_job("g1")).active           # not aborted
+    assert (await fleet.client("host1").get_job("g1")).active  # not aborted
     fleet["host1"].hv.release()
     for _ in range(200):
         if fleet.running_on("g1") == ["host2"]:
@@ -175,8 +190,9 @@ async def test_unreachable_agent_is_unavailable():
         assert exc.value.reason == AGENT_UNREACHABLE and "host9" in exc.value.hint
         assert agent_lost(exc.value) and transport_failure(exc.value)
         with pytest.raises(Unavailable):
-            async for _ in client.migrate("g1", target_uri="qemu+tcp://x/system", destination_xml="",
-                                          options=COPY, migration_id="m-1"):
+            async for _ in client.migrate(
+                "g1", target_uri="qemu+tcp://x/system", destination_xml="", options=COPY, migration_id="m-1"
+            ):
                 pass
     finally:
         await client.close()

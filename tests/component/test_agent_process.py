@@ -42,8 +42,12 @@ async def test_agent_process_serves_and_stops_on_sigterm(tmp_path):
     (tmp_path / "images").mkdir()
     sock = tmp_path / "run" / "agent.sock"
     config = write_config(tmp_path, sock)
-    proc = subprocess.Popen([sys.executable, "-m", "ferry.agent.main", "--config", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ferry.agent.main", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         async with asyncio.timeout(20):
             while not sock.exists():
@@ -52,7 +56,8 @@ async def test_agent_process_serves_and_stops_on_sigterm(tmp_path):
         channel = create_channel(f"unix:{sock}")
         try:
             health = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service="ferry.v1.Agent"), timeout=10)
+                health_pb2.HealthCheckRequest(service="ferry.v1.Agent"), timeout=10
+            )
             assert health.status == health_pb2.HealthCheckResponse.SERVING
             inv = await agrpc.AgentStub(channel).GetInventory(apb.GetInventoryRequest(), timeout=10)
             assert inv.host.libvirt_uri == "qemu+tcp://10.77.0.11/system"
@@ -71,7 +76,8 @@ async def test_agent_process_serves_and_stops_on_sigterm(tmp_path):
 
 def test_bad_config_exits_2_naming_the_key(tmp_path):
     config = write_config(tmp_path, tmp_path / "a.sock", prepare_tll_s="5")
-    proc = subprocess.run([sys.executable, "-m", "ferry.agent.main", "--config", str(config)],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ferry.agent.main", "--config", str(config)], capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 2
     assert "prepare_tll_s" in proc.stderr

@@ -19,29 +19,31 @@ from pathlib import Path
 
 import grpc
 import pytest
-from fleet import Fleet as AgentFleet
-from fleet import start_fleet
 
-from ferry.agent.fake_hypervisor import GiB, MiB, make_domain_xml
+from ferry import keys
 from ferry.agent.registration import Registration
 from ferry.cli import main as cli
-from ferry.coordinator import keys
 from ferry.coordinator.agent_client import GrpcAgentClient
 from ferry.coordinator.config import AgentsConfig, CoordinatorConfig, EtcdConfig, HostDecl
 from ferry.coordinator.main import Coordinator, build_coordinator, current_leader
-from ferry.coordinator.memory_store import MemoryStore
 from ferry.coordinator.phases import Phase, Timeouts
 from ferry.coordinator.record import decode, encode, with_phase
 from ferry.errors import FerryError
 from ferry.rpc import create_channel, from_rpc_error
+from ferry.testing.fake_hypervisor import GiB, MiB, make_domain_xml
+from ferry.testing.fleet import Fleet as AgentFleet
+from ferry.testing.fleet import start_fleet
+from ferry.testing.memory_store import MemoryStore
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
 from ferry.v1 import types_pb2 as tpb
 
 # host1 and host3 have bridge br-guest, host2 br-vm (tests/component/fleet.py)
-HOSTS = {"host1": HostDecl("host1", bridges={"guest": "br-guest"}),
-         "host2": HostDecl("host2", bridges={"guest": "br-vm"}),
-         "host3": HostDecl("host3", bridges={"guest": "br-guest"})}
+HOSTS = {
+    "host1": HostDecl("host1", bridges={"guest": "br-guest"}),
+    "host2": HostDecl("host2", bridges={"guest": "br-vm"}),
+    "host3": HostDecl("host3", bridges={"guest": "br-guest"}),
+}
 
 
 @dataclass
@@ -61,8 +63,9 @@ class Setup:
         return code, json.loads(out) if out.strip() else {}
 
     async def submit(self, vm: str, to: str, key: str = "", **kw) -> cpb.Migration:
-        return await self.stub.SubmitMigration(cpb.SubmitMigrationRequest(vm=vm, target_host=to, idempotency_key=key,
-                                                                          **kw))
+        return await self.stub.SubmitMigration(
+            cpb.SubmitMigrationRequest(vm=vm, target_host=to, idempotency_key=key, **kw)
+        )
 
     async def advance(self, migration_id: str, *phases: Phase) -> None:
         """Move a record along as the leader's engine would (compare-and-set on its revision)."""
@@ -74,8 +77,13 @@ class Setup:
 
 
 def config(hosts=HOSTS) -> CoordinatorConfig:
-    return CoordinatorConfig(id="c1", listen=("127.0.0.1:0",), etcd=EtcdConfig(("unused:1",)),
-                             agents=AgentsConfig(inventory_ttl_s=0.0, inventory_timeout_s=3.0), hosts=hosts)
+    return CoordinatorConfig(
+        id="c1",
+        listen=("127.0.0.1:0",),
+        etcd=EtcdConfig(("unused:1",)),
+        agents=AgentsConfig(inventory_ttl_s=0.0, inventory_timeout_s=3.0),
+        hosts=hosts,
+    )
 
 
 async def start(tmp_path: Path, hosts=HOSTS) -> Setup:
@@ -123,20 +131,23 @@ async def refused(call) -> FerryError:
 # ---------------------------------------------------------------- submit
 
 
-@pytest.mark.parametrize(("vm", "to", "code", "reason"), [
-    ("", "host2", grpc.StatusCode.INVALID_ARGUMENT, "MISSING_FIELD"),
-    ("g1", "", grpc.StatusCode.INVALID_ARGUMENT, "MISSING_FIELD"),
-    ("g1", "host9", grpc.StatusCode.NOT_FOUND, "TARGET_UNKNOWN"),
-    ("nope", "host2", grpc.StatusCode.NOT_FOUND, "VM_UNKNOWN"),
-    ("g1", "host1", grpc.StatusCode.FAILED_PRECONDITION, "SAME_HOST"),
-])
+@pytest.mark.parametrize(
+    ("vm", "to", "code", "reason"),
+    [
+        ("", "host2", grpc.StatusCode.INVALID_ARGUMENT, "MISSING_FIELD"),
+        ("g1", "", grpc.StatusCode.INVALID_ARGUMENT, "MISSING_FIELD"),
+        ("g1", "host9", grpc.StatusCode.NOT_FOUND, "TARGET_UNKNOWN"),
+        ("nope", "host2", grpc.StatusCode.NOT_FOUND, "VM_UNKNOWN"),
+        ("g1", "host1", grpc.StatusCode.FAILED_PRECONDITION, "SAME_HOST"),
+    ],
+)
 async def test_submit_is_refused_with_code_reason_and_hint(fx, vm, to, code, reason):
     fx.agents.add_guest("host1", "g1")
     err = await refused(fx.submit(vm, to))
     assert (err.code_seen, err.reason) == (code, reason)
     assert err.hint
     entries, _ = await fx.store.list(keys.MIGRATIONS)
-    assert entries == []                                   # nothing was recorded
+    assert entries == []  # nothing was recorded
 
 
 async def test_cli_reports_a_refusal_with_exit_2(fx, capsys):
@@ -161,14 +172,15 @@ async def test_submit_records_a_pending_migration(fx, capsys):
     _, domain = await fx.coordinator.fleet.locate_vm("g1")
     vda = next(d for d in domain.disks if d.target == "vda")
     assert record.memory_bytes == 256 * MiB
-    assert record.disk_bytes == vda.allocation > 0                     # only vda is copied (vdb is shared)
+    assert record.disk_bytes == vda.allocation > 0  # only vda is copied (vdb is shared)
     assert keys.decode_id((await fx.store.get(keys.vm_active_key(uuid))).value) == m["id"]
 
 
 async def test_request_mapping_overrides_the_derived_one(fx):
     fx.agents.add_guest("host1", "g1")
-    m = await fx.submit("g1", "host2", mapping=tpb.HostMapping(bridges={"br-guest": "br-other"},
-                                                               path_prefixes={"/srv": "/data"}))
+    m = await fx.submit(
+        "g1", "host2", mapping=tpb.HostMapping(bridges={"br-guest": "br-other"}, path_prefixes={"/srv": "/data"})
+    )
     assert dict(m.mapping.bridges) == {"br-guest": "br-other"}
     assert dict(m.mapping.path_prefixes) == {"/srv": "/data"}
 
@@ -201,7 +213,7 @@ async def test_second_migration_of_a_busy_vm_is_refused(fx, capsys):
     err = await refused(fx.submit("g1", "host3", key="k2"))
     assert (err.code_seen, err.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "VM_BUSY")
     assert first.id in err.message and f"ferry migrations cancel {first.id}" in err.hint
-    assert await fx.store.get(keys.idempotency_key("k2")) is None       # our key was released
+    assert await fx.store.get(keys.idempotency_key("k2")) is None  # our key was released
     code, out = await fx.ferry(capsys, "migrate", "g1", "--to", "host3", "--no-wait")
     assert code == 2 and out["error"]["reason"] == "VM_BUSY"
     # once the first is final, the VM may migrate again (the stale vm-active key is taken over)
@@ -225,8 +237,9 @@ async def test_keys_left_by_a_crashed_submission_are_taken_over(fx):
 
 async def test_unknown_disk_to_copy_is_refused(fx):
     fx.agents.add_guest("host1", "g1")
-    err = await refused(fx.submit("g1", "host2", options=tpb.MigrationOptions(
-        storage=tpb.STORAGE_MODE_COPY_ALL, migrate_disks=["vdz"])))
+    err = await refused(
+        fx.submit("g1", "host2", options=tpb.MigrationOptions(storage=tpb.STORAGE_MODE_COPY_ALL, migrate_disks=["vdz"]))
+    )
     assert (err.code_seen, err.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "DISK_NOT_IN_DOMAIN")
     assert "vda" in err.hint
 
@@ -252,11 +265,11 @@ async def test_list_filters_and_order(fx, capsys):
         assert code == 0
         return [m["id"] for m in out.get("migrations", [])]
 
-    assert await ids() == [mc.id, mb.id, ma.id]                      # newest first
+    assert await ids() == [mc.id, mb.id, ma.id]  # newest first
     assert await ids("--limit", "2") == [mc.id, mb.id]
-    assert await ids("--host", "host2") == [mc.id, ma.id]            # as source or as target
+    assert await ids("--host", "host2") == [mc.id, ma.id]  # as source or as target
     assert await ids("--vm", "b") == [mb.id]
-    assert await ids("--vm", ma.vm_uuid) == [ma.id]                   # by UUID too
+    assert await ids("--vm", ma.vm_uuid) == [ma.id]  # by UUID too
     assert await ids("--phase", "Pending") == [mc.id, ma.id]
     assert await ids("--phase", "Cancelled", "--phase", "Pending", "--host", "host3") == [mc.id, mb.id]
     assert await ids("--host", "host9") == []
@@ -269,7 +282,7 @@ async def test_cancel_a_pending_migration(fx, capsys):
     assert code == 0 and out["cancel_requested"] is True and out["phase"] == "PHASE_PENDING"
     got = await fx.stub.GetMigration(cpb.GetMigrationRequest(id=m.id))
     assert got.cancel_requested and got.history[-1].reason == "cancel requested"
-    again = await fx.stub.CancelMigration(cpb.CancelMigrationRequest(id=m.id))   # repeating is fine
+    again = await fx.stub.CancelMigration(cpb.CancelMigrationRequest(id=m.id))  # repeating is fine
     assert again.cancel_requested and len(again.history) == len(got.history)
     await fx.advance(m.id, Phase.CANCELLED)
     code, out = await fx.ferry(capsys, "migrations", "cancel", m.id)
@@ -287,11 +300,16 @@ async def test_watch_streams_every_phase_until_final(fx):
 
     watcher = asyncio.create_task(follow())
     await asyncio.sleep(0.2)
-    await fx.advance(m.id, Phase.PREFLIGHT, Phase.PREPARING, Phase.MIGRATING, Phase.ROLLING_BACK,
-                     Phase.ROLLED_BACK)
-    await asyncio.wait_for(watcher, 5)                                  # the stream ends at the final phase
-    assert seen == [cpb.PHASE_PENDING, cpb.PHASE_PREFLIGHT, cpb.PHASE_PREPARING, cpb.PHASE_MIGRATING,
-                    cpb.PHASE_ROLLING_BACK, cpb.PHASE_ROLLED_BACK]
+    await fx.advance(m.id, Phase.PREFLIGHT, Phase.PREPARING, Phase.MIGRATING, Phase.ROLLING_BACK, Phase.ROLLED_BACK)
+    await asyncio.wait_for(watcher, 5)  # the stream ends at the final phase
+    assert seen == [
+        cpb.PHASE_PENDING,
+        cpb.PHASE_PREFLIGHT,
+        cpb.PHASE_PREPARING,
+        cpb.PHASE_MIGRATING,
+        cpb.PHASE_ROLLING_BACK,
+        cpb.PHASE_ROLLED_BACK,
+    ]
 
 
 async def test_watch_of_a_final_migration_returns_it_and_ends(fx, capsys):
@@ -299,7 +317,7 @@ async def test_watch_of_a_final_migration_returns_it_and_ends(fx, capsys):
     m = await fx.submit("g1", "host2")
     await fx.advance(m.id, Phase.FAILED)
     code, out = await fx.ferry(capsys, "migrations", "watch", m.id)
-    assert code == 1 and out["phase"] == "PHASE_FAILED"                # not a success: exit 1
+    assert code == 1 and out["phase"] == "PHASE_FAILED"  # not a success: exit 1
 
 
 async def test_watch_resyncs_after_compaction(fx):
@@ -309,7 +327,7 @@ async def test_watch_resyncs_after_compaction(fx):
     first = await stream.read()
     assert first.phase == cpb.PHASE_PENDING
     await fx.advance(m.id, Phase.PREFLIGHT)
-    await fx.store.compact(fx.store.revision)          # history gone: the watch gets a Resync
+    await fx.store.compact(fx.store.revision)  # history gone: the watch gets a Resync
     await fx.advance(m.id, Phase.FAILED)
     phases = []
     while (update := await asyncio.wait_for(stream.read(), 5)) is not grpc.aio.EOF:
@@ -338,21 +356,21 @@ async def test_hosts_show_agents_facts_and_migration_counts(fx, capsys):
 
 async def test_a_lost_agent_shows_down_with_its_last_facts(fx, capsys):
     await fx.ferry(capsys, "hosts")
-    await fx.agents["host3"].stop()                     # the process is gone; its lease not yet
+    await fx.agents["host3"].stop()  # the process is gone; its lease not yet
     code, out = await fx.ferry(capsys, "hosts")
     h3 = {h["name"]: h for h in out["hosts"]}["host3"]
     assert not h3.get("available") and h3["facts"]["bridges"] == ["br-guest"]
     assert "host3" not in fx.coordinator.fleet.available_hosts()
-    await fx.registrations["host3"].stop()              # and now its registration is gone too
+    await fx.registrations["host3"].stop()  # and now its registration is gone too
     await asyncio.sleep(0.05)
     code, out = await fx.ferry(capsys, "hosts")
     h3 = {h["name"]: h for h in out["hosts"]}["host3"]
     assert not h3.get("available") and h3["facts"]["hostname"] == "host3"
-    await fx.agents["host3"].start()                    # restarted: registers again, available again
+    await fx.agents["host3"].start()  # restarted: registers again, available again
     reg = fx.registrations["host3"] = Registration(fx.store, "host3", fx.agents["host3"].address, ttl_s=10)
     asyncio.get_running_loop().create_task(reg.run())
     await asyncio.wait_for(reg.registered.wait(), 5)
-    for _ in range(50):    # gRPC may wait out its reconnect backoff (about 1 s) first
+    for _ in range(50):  # gRPC may wait out its reconnect backoff (about 1 s) first
         code, out = await fx.ferry(capsys, "hosts")
         if {h["name"]: h for h in out["hosts"]}["host3"].get("available"):
             break
@@ -362,12 +380,12 @@ async def test_a_lost_agent_shows_down_with_its_last_facts(fx, capsys):
 
 
 async def test_an_agent_that_answers_again_is_available_again_by_itself(fx, capsys):
-    await fx.agents["host2"].stop()                     # a hiccup: the agent is gone, its lease is not
+    await fx.agents["host2"].stop()  # a hiccup: the agent is gone, its lease is not
     code, out = await fx.ferry(capsys, "hosts")
     assert not {h["name"]: h for h in out["hosts"]}["host2"].get("available")
     assert "host2" not in fx.coordinator.fleet.available_hosts()
     await fx.agents["host2"].start()
-    for _ in range(100):                                # nobody calls the API: the fleet asks again
+    for _ in range(100):  # nobody calls the API: the fleet asks again
         if "host2" in fx.coordinator.fleet.available_hosts():
             break
         await asyncio.sleep(0.05)
@@ -393,25 +411,30 @@ async def test_vms_list_every_host_with_active_migration(fx, capsys):
 
 async def test_running_copy_wins_over_a_leftover_definition(fx):
     from ferry.model import DomainState
+
     uuid = fx.agents.add_guest("host1", "g1")
     xml = make_domain_xml("g1", uuid=uuid, bridges=["br-vm"])
-    fx.agents["host2"].hv.add_domain(xml, state=DomainState.SHUTOFF)    # left behind on host2
+    fx.agents["host2"].hv.add_domain(xml, state=DomainState.SHUTOFF)  # left behind on host2
     located = await fx.coordinator.fleet.locate_vm("g1")
     assert located is not None and located[0] == "host1"
     m = await fx.submit("g1", "host2")
     assert m.source_host == "host1"
 
 
-@pytest.mark.parametrize(("copies", "available", "picked"), [
-    ([("h1", "shutoff"), ("h2", "running")], {"h1", "h2"}, "h2"),     # the running copy, not the leftover
-    ([("h1", "running"), ("h2", "shutoff")], {"h2"}, "h1"),           # even on a host that is down now
-    ([("h1", "running"), ("h2", "running")], {"h2"}, "h2"),           # h1's report is stale
-    ([("h2", "paused"), ("h1", "paused")], {"h1", "h2"}, "h1"),       # equals: by host name
-    ([], {"h1"}, None),
-])
+@pytest.mark.parametrize(
+    ("copies", "available", "picked"),
+    [
+        ([("h1", "shutoff"), ("h2", "running")], {"h1", "h2"}, "h2"),  # the running copy, not the leftover
+        ([("h1", "running"), ("h2", "shutoff")], {"h2"}, "h1"),  # even on a host that is down now
+        ([("h1", "running"), ("h2", "running")], {"h2"}, "h2"),  # h1's report is stale
+        ([("h2", "paused"), ("h1", "paused")], {"h1", "h2"}, "h1"),  # equals: by host name
+        ([], {"h1"}, None),
+    ],
+)
 def test_which_copy_of_a_vm_counts(copies, available, picked):
     from ferry.coordinator.fleet import pick_domain
     from ferry.model import DomainInfo, DomainState
+
     found = [(h, DomainInfo("g1", "u1", DomainState[state.upper()])) for h, state in copies]
     got = pick_domain(found, available)
     assert (got[0] if got else None) == picked
@@ -427,14 +450,14 @@ async def test_preflight_ok_with_the_derived_mapping(fx, capsys):
     disks = {d["target"]: d for d in out["disks"]}
     assert disks["vda"]["copy"] and not disks["vdb"].get("copy")
     assert any("copy-all" in w for w in out["warnings"])
-    assert fx.agents["host2"].host.created == []                         # a dry run creates nothing
+    assert fx.agents["host2"].host.created == []  # a dry run creates nothing
 
 
 async def test_preflight_lists_every_blocker_at_once(tmp_path, capsys):
-    s = await start(tmp_path, hosts={})                # no [hosts.*]: no bridge mapping is derived
+    s = await start(tmp_path, hosts={})  # no [hosts.*]: no bridge mapping is derived
     try:
         s.agents.add_guest("host1", "big", memory=12 * GiB)
-        s.agents.add_guest("host2", "filler", memory=8 * GiB)             # host2 has 8 GiB free
+        s.agents.add_guest("host2", "filler", memory=8 * GiB)  # host2 has 8 GiB free
         code, out = await s.ferry(capsys, "preflight", "big", "--to", "host2")
         assert code == 1 and not out.get("ok")
         blockers = {b["reason"]: b for b in out["blockers"]}
@@ -473,6 +496,7 @@ async def test_preflight_with_a_down_target(fx, capsys):
 
 async def test_health_and_reflection_are_served(fx):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     async with create_channel(fx.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         resp = await health.Check(health_pb2.HealthCheckRequest(service="ferry.v1.Coordinator"))
@@ -493,7 +517,7 @@ async def test_leader_key_names_the_elected_replica(tmp_path):
         assert leader is not None and (leader.id, leader.address) == ("c1", "10.77.0.1:7100")
     finally:
         await c.stop(grace_s=0.5)
-    assert await current_leader(store) is None           # resigned on stop
+    assert await current_leader(store) is None  # resigned on stop
     await store.close()
 
 
@@ -510,19 +534,38 @@ class _IdleEngine:
 
 # ---------------------------------------------------------------- with the leader's engine
 
-FAST = Timeouts(preflight_s=3, preparing_s=3, migrating_min_s=3, migrating_grace_s=1, finishing_s=1.5,
-                rolling_back_s=1.5, retry_base_s=0.2, retry_max_s=0.5, observe_delay_s=0.02)
+FAST = Timeouts(
+    preflight_s=3,
+    preparing_s=3,
+    migrating_min_s=3,
+    migrating_grace_s=1,
+    finishing_s=1.5,
+    rolling_back_s=1.5,
+    retry_base_s=0.2,
+    retry_max_s=0.5,
+    observe_delay_s=0.02,
+)
 
 
 @pytest.fixture
 async def leading(tmp_path: Path) -> AsyncIterator[Setup]:
     """The setup, with this coordinator elected and its engine running (fast timings)."""
     from ferry.coordinator.engine import Engine
+
     s = await start(tmp_path)
     c = s.coordinator
     c.new_engine = lambda: Engine(  # type: ignore[method-assign]
-        c.store, c.fleet, limits=c.config.limits, timeouts=FAST, clock=lambda: datetime.now(UTC),
-        prepare_ttl_s=60, tick_s=0.05, progress_write_s=0.05, job_poll_s=0.02, store_retry_s=0.05)
+        c.store,
+        c.fleet,
+        limits=c.config.limits,
+        timeouts=FAST,
+        clock=lambda: datetime.now(UTC),
+        prepare_ttl_s=60,
+        tick_s=0.05,
+        progress_write_s=0.05,
+        job_poll_s=0.02,
+        store_retry_s=0.05,
+    )
     c.servicer.timeouts = FAST
     c._election_task = asyncio.get_running_loop().create_task(c.election.run(c._lead, c._demoted))
     for _ in range(200):
@@ -543,28 +586,34 @@ async def leading(tmp_path: Path) -> AsyncIterator[Setup]:
 async def test_migrate_waits_until_the_guest_runs_on_the_target(leading, capsys):
     leading.agents.add_guest("host1", "g1")
     seen: list[int] = []
-    code, m = await leading.ferry(capsys, "migrate", "g1", "--to", "host2")     # waits with the watch
+    code, m = await leading.ferry(capsys, "migrate", "g1", "--to", "host2")  # waits with the watch
     assert code == 0, m
     assert m["phase"] == "PHASE_SUCCEEDED" and int(m["result"]["time_elapsed_ms"]) > 0
     assert [h["phase"] for h in m["history"]][-1] == "Succeeded"
-    assert leading.agents.running_on("g1") == ["host2"]                    # moved, and only there
+    assert leading.agents.running_on("g1") == ["host2"]  # moved, and only there
     # the VM may migrate again at once (its vm-active key was released)
     second = await leading.submit("g1", "host3")
     async for update in leading.stub.WatchMigration(cpb.WatchMigrationRequest(id=second.id)):
         seen.append(update.phase)
     # every phase from where the watch started (the engine may have admitted it already)
-    full = [cpb.PHASE_PENDING, cpb.PHASE_PREFLIGHT, cpb.PHASE_PREPARING, cpb.PHASE_MIGRATING,
-            cpb.PHASE_FINISHING, cpb.PHASE_SUCCEEDED]
+    full = [
+        cpb.PHASE_PENDING,
+        cpb.PHASE_PREFLIGHT,
+        cpb.PHASE_PREPARING,
+        cpb.PHASE_MIGRATING,
+        cpb.PHASE_FINISHING,
+        cpb.PHASE_SUCCEEDED,
+    ]
     phases = list(dict.fromkeys(seen))
-    assert phases == full[full.index(phases[0]):]
+    assert phases == full[full.index(phases[0]) :]
     assert leading.agents.running_on("g1") == ["host3"]
 
 
 async def test_cancel_of_a_queued_migration_ends_it_cancelled(leading, capsys):
     leading.agents.add_guest("host1", "g1")
     await leading.agents["host3"].stop()
-    await leading.ferry(capsys, "hosts")                       # the coordinator sees host3 down
-    m = await leading.submit("g1", "host3")                     # queued: its target is unavailable
+    await leading.ferry(capsys, "hosts")  # the coordinator sees host3 down
+    m = await leading.submit("g1", "host3")  # queued: its target is unavailable
     await asyncio.sleep(0.3)
     assert (await leading.stub.GetMigration(cpb.GetMigrationRequest(id=m.id))).phase == cpb.PHASE_PENDING
     code, out = await leading.ferry(capsys, "migrations", "cancel", m.id)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from ferry.coordinator.election import Election
-from ferry.coordinator.memory_store import MemoryStore
+from ferry.testing.memory_store import MemoryStore
 
 TTL_S = 1
 

@@ -15,21 +15,30 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from fleet import IMAGES, Fleet, FleetDirectory, MaxConcurrency, start_fleet
 
 from ferry.coordinator.engine import Engine
-from ferry.coordinator.keys import encode_id, idempotency_key, migration_key, vm_active_key
-from ferry.coordinator.memory_store import MemoryStore
 from ferry.coordinator.phases import Phase, Timeouts
 from ferry.coordinator.preflight import preflight
 from ferry.coordinator.record import MigrationRecord, decode, encode, new_migration
 from ferry.coordinator.slots import Limits
-from ferry.coordinator.store import Conflict, EventKind, Resync, Store
 from ferry.errors import FerryError, Unavailable
+from ferry.keys import encode_id, idempotency_key, migration_key, vm_active_key
 from ferry.model import DomainState, MigrationOptions, StorageMode
+from ferry.store import Conflict, EventKind, Resync, Store
+from ferry.testing.fleet import IMAGES, Fleet, FleetDirectory, MaxConcurrency, start_fleet
+from ferry.testing.memory_store import MemoryStore
 
-FAST = Timeouts(preflight_s=3, preparing_s=3, migrating_min_s=3, migrating_grace_s=1, finishing_s=1.5,
-                rolling_back_s=1.5, retry_base_s=0.2, retry_max_s=0.5, observe_delay_s=0.02)
+FAST = Timeouts(
+    preflight_s=3,
+    preparing_s=3,
+    migrating_min_s=3,
+    migrating_grace_s=1,
+    finishing_s=1.5,
+    rolling_back_s=1.5,
+    retry_base_s=0.2,
+    retry_max_s=0.5,
+    observe_delay_s=0.02,
+)
 COPY = MigrationOptions(storage=StorageMode.COPY_ALL, persist_dest=True, undefine_source=True)
 
 
@@ -54,10 +63,21 @@ async def store() -> AsyncIterator[MemoryStore]:
 class Running:
     """An engine running in a background task (the leader), stopped at the end of the test."""
 
-    def __init__(self, store: Store, hosts: FleetDirectory, limits: Limits = Limits(), *,
-                 progress_write_s: float = 0.05) -> None:
-        self.engine = Engine(store, hosts, limits=limits, timeouts=FAST, clock=now, prepare_ttl_s=60,
-                             tick_s=0.05, progress_write_s=progress_write_s, job_poll_s=0.02, store_retry_s=0.05)
+    def __init__(
+        self, store: Store, hosts: FleetDirectory, limits: Limits = Limits(), *, progress_write_s: float = 0.05
+    ) -> None:
+        self.engine = Engine(
+            store,
+            hosts,
+            limits=limits,
+            timeouts=FAST,
+            clock=now,
+            prepare_ttl_s=60,
+            tick_s=0.05,
+            progress_write_s=progress_write_s,
+            job_poll_s=0.02,
+            store_retry_s=0.05,
+        )
         self.task = asyncio.get_running_loop().create_task(self.engine.run())
 
     async def stop(self) -> None:
@@ -71,8 +91,7 @@ async def hosts(fleet: Fleet) -> FleetDirectory:
 
 
 @contextlib.asynccontextmanager
-async def engine(store: Store, hosts: FleetDirectory, limits: Limits = Limits(), **kw: float
-                 ) -> AsyncIterator[Running]:
+async def engine(store: Store, hosts: FleetDirectory, limits: Limits = Limits(), **kw: float) -> AsyncIterator[Running]:
     running = Running(store, hosts, limits, **kw)
     try:
         yield running
@@ -80,15 +99,33 @@ async def engine(store: Store, hosts: FleetDirectory, limits: Limits = Limits(),
         await running.stop()
 
 
-async def submit(store: Store, fleet: Fleet, vm: str, source: str, target: str, *, mapping: bool = True,
-                 options: MigrationOptions = COPY, key: str = "") -> MigrationRecord:
+async def submit(
+    store: Store,
+    fleet: Fleet,
+    vm: str,
+    source: str,
+    target: str,
+    *,
+    mapping: bool = True,
+    options: MigrationOptions = COPY,
+    key: str = "",
+) -> MigrationRecord:
     """What the API does at submit: the Pending record, its idempotency key, the VM's claim."""
     uuid = fleet[source].hv.domains and next(d.uuid for d in fleet[source].hv.domains.values() if d.name == vm)
     n = len((await store.list("migrations/"))[0]) + 1
-    record = new_migration(id=f"m-{n}", vm=vm, vm_uuid=uuid, source_host=source, target_host=target, now=now(),
-                           timeouts=FAST, options=options,
-                           mapping=fleet.mapping(source, target) if mapping else None,
-                           idempotency_key=key or f"key-{n}", memory_bytes=256 << 20)
+    record = new_migration(
+        id=f"m-{n}",
+        vm=vm,
+        vm_uuid=uuid,
+        source_host=source,
+        target_host=target,
+        now=now(),
+        timeouts=FAST,
+        options=options,
+        mapping=fleet.mapping(source, target) if mapping else None,
+        idempotency_key=key or f"key-{n}",
+        memory_bytes=256 << 20,
+    )
     await store.create(vm_active_key(uuid), encode_id(record.id))
     await store.create(idempotency_key(record.idempotency_key), encode_id(record.id))
     revision = await store.create(migration_key(record.id), encode(record))
@@ -162,10 +199,10 @@ async def test_submitted_migration_succeeds(store, fleet, hosts):
     assert phases(r) == ["PENDING", "PREFLIGHT", "PREPARING", "MIGRATING", "FINISHING", "SUCCEEDED"]
     assert r.result is not None and r.result.memory_processed > 0 and r.progress is not None
     assert r.error is None and r.prepare_id
-    assert fleet.where("g1") == {"host2": DomainState.RUNNING}            # moved, nothing left on host1
-    assert fleet["host2"].host.exists(f"{IMAGES}/g1.qcow2")             # the copied disk is the guest's
-    assert fleet.prepares("host2") == []                                 # committed
-    assert await claim_released(store, r)                               # the VM can migrate again
+    assert fleet.where("g1") == {"host2": DomainState.RUNNING}  # moved, nothing left on host1
+    assert fleet["host2"].host.exists(f"{IMAGES}/g1.qcow2")  # the copied disk is the guest's
+    assert fleet.prepares("host2") == []  # committed
+    assert await claim_released(store, r)  # the VM can migrate again
     assert await store.get(idempotency_key(m.idempotency_key)) is not None
 
 
@@ -204,7 +241,7 @@ async def test_cancel_mid_migration(store, fleet, hosts):
 
 async def test_cancel_while_queued(store, fleet, hosts):
     fleet.add_guest("host1", "g1")
-    await hosts.down("host2")                       # the target is down: the record stays queued
+    await hosts.down("host2")  # the target is down: the record stays queued
     m = await submit(store, fleet, "g1", "host1", "host2")
     async with engine(store, hosts):
         await asyncio.sleep(0.2)
@@ -223,21 +260,22 @@ async def test_migration_failure_rolls_back(store, fleet, hosts):
         r = await final(store, m.id)
     assert r.phase is Phase.ROLLED_BACK, [(h.phase.name, h.reason) for h in r.history]
     assert phases(r) == ["PENDING", "PREFLIGHT", "PREPARING", "MIGRATING", "ROLLING_BACK", "ROLLED_BACK"]
-    assert r.error is not None and r.error.reason and r.error.hint          # why, and what to do
+    assert r.error is not None and r.error.reason and r.error.hint  # why, and what to do
     assert fleet.where("g1") == {"host1": DomainState.RUNNING}
     assert fleet.prepares("host2") == [] and not fleet["host2"].host.exists(f"{IMAGES}/g1.qcow2")
     assert await claim_released(store, r)
 
 
 async def test_migration_that_does_not_converge_rolls_back(store, fleet, hosts):
-    fleet.add_guest("host1", "g1", dirty=1 << 30)            # dirties memory faster than the link copies it
-    m = await submit(store, fleet, "g1", "host1", "host2",
-                     options=replace(COPY, bandwidth_mibps=128, completion_timeout_s=1))
+    fleet.add_guest("host1", "g1", dirty=1 << 30)  # dirties memory faster than the link copies it
+    m = await submit(
+        store, fleet, "g1", "host1", "host2", options=replace(COPY, bandwidth_mibps=128, completion_timeout_s=1)
+    )
     async with engine(store, hosts):
         r = await final(store, m.id)
     assert r.phase is Phase.ROLLED_BACK, [(h.phase.name, h.reason) for h in r.history]
     assert r.error is not None and r.error.reason == "MIGRATION_TIMEOUT" and "post-copy" in r.error.hint
-    assert r.progress is not None and r.progress.iteration > 1                 # it tried, iteration after iteration
+    assert r.progress is not None and r.progress.iteration > 1  # it tried, iteration after iteration
     assert fleet.where("g1") == {"host1": DomainState.RUNNING} and fleet.prepares("host2") == []
 
 
@@ -252,6 +290,7 @@ async def test_progress_writes_are_throttled(store, fleet, hosts):
             if isinstance(event, Resync) or event.kind is not EventKind.PUT:
                 continue
             writes.append(decode(event.entry.value, event.entry.mod_revision))
+
     counter = asyncio.get_running_loop().create_task(count())
     async with engine(store, hosts, progress_write_s=0.2):
         r = await final(store, m.id)
@@ -261,10 +300,10 @@ async def test_progress_writes_are_throttled(store, fleet, hosts):
     started = next(h.at for h in r.history if h.phase is Phase.MIGRATING)
     ended = next(h.at for h in r.history if h.phase is Phase.FINISHING)
     seconds = (ended - started).total_seconds()
-    assert seconds > 0.5                                      # long enough to report progress often
-    assert 2 <= len(migrating) <= 1 + seconds / 0.2 + 2       # entering + at most one per 0.2 s (+ slack)
+    assert seconds > 0.5  # long enough to report progress often
+    assert 2 <= len(migrating) <= 1 + seconds / 0.2 + 2  # entering + at most one per 0.2 s (+ slack)
     processed = [w.progress.disk_processed + w.progress.memory_processed for w in migrating if w.progress]
-    assert processed == sorted(processed)                     # never backwards
+    assert processed == sorted(processed)  # never backwards
 
 
 # ---------------------------------------------------------------- leader change, lost agents
@@ -277,18 +316,18 @@ async def test_new_leader_resumes_a_running_migration(store, fleet, hosts):
     a = Running(store, hosts)
     await wait_for(store, m.id, lambda r: r.phase is Phase.MIGRATING)
     await until(lambda: uuid in fleet["host1"].hv.jobs)
-    await a.stop()                                                   # demoted mid-migration
-    assert a.task.done() and all(r.done for r in a.engine.runners.values())   # nothing of A runs
+    await a.stop()  # demoted mid-migration
+    assert a.task.done() and all(r.done for r in a.engine.runners.values())  # nothing of A runs
     await asyncio.sleep(0.05)
     job = fleet["host1"].hv.jobs.get(uuid)
-    assert job is not None and not job.abort                         # the libvirt job was left running
-    async with engine(store, hosts):                                 # the next leader
+    assert job is not None and not job.abort  # the libvirt job was left running
+    async with engine(store, hosts):  # the next leader
         fleet["host1"].hv.release()
         r = await final(store, m.id)
     assert r.phase in (Phase.SUCCEEDED, Phase.ROLLED_BACK), [(h.phase.name, h.reason) for h in r.history]
     assert len(fleet.running_on("g1")) == 1
     assert fleet.running_on("g1") == (["host2"] if r.phase is Phase.SUCCEEDED else ["host1"])
-    assert r.phase is Phase.SUCCEEDED                                # here the job completed: it lands
+    assert r.phase is Phase.SUCCEEDED  # here the job completed: it lands
     assert fleet.prepares("host2") == [] and await claim_released(store, r)
     # the new leader never saw the Migrate stream end, yet the record has the job's figures (target's)
     assert r.result is not None and r.result.time_elapsed_ms > 0, r.result
@@ -301,11 +340,11 @@ async def test_source_agent_lost_mid_migration(store, fleet, hosts):
     async with engine(store, hosts):
         await wait_for(store, m.id, lambda r: r.phase is Phase.MIGRATING)
         await until(lambda: uuid in fleet["host1"].hv.jobs)
-        await hosts.down("host1")                                    # agent gone; libvirt's job goes on
+        await hosts.down("host1")  # agent gone; libvirt's job goes on
         await wait_for(store, m.id, lambda r: any("lost" in h.reason for h in r.history))
         fleet["host1"].hv.release()
-        await until(lambda: uuid not in fleet["host1"].hv.jobs)      # the job landed meanwhile
-        assert (await read(store, m.id)).phase is Phase.MIGRATING    # nobody could tell yet
+        await until(lambda: uuid not in fleet["host1"].hv.jobs)  # the job landed meanwhile
+        assert (await read(store, m.id)).phase is Phase.MIGRATING  # nobody could tell yet
         await hosts.up("host1")
         r = await final(store, m.id)
     assert r.phase is Phase.SUCCEEDED, [(h.phase.name, h.reason) for h in r.history]
@@ -321,7 +360,7 @@ async def test_target_agent_lost_while_finishing(store, fleet, hosts):
         await wait_for(store, m.id, lambda r: r.phase is Phase.MIGRATING)
         await until(lambda: uuid in fleet["host1"].hv.jobs)
         await hosts.down("host2")
-        fleet["host1"].hv.release()                                  # lands while host2's agent is away
+        fleet["host1"].hv.release()  # lands while host2's agent is away
         await wait_for(store, m.id, lambda r: r.phase is Phase.FINISHING and "lost" in r.history[-1].reason)
         await hosts.up("host2")
         r = await final(store, m.id)
@@ -347,8 +386,10 @@ async def watch_slots(store: Store, source: str, seen: list[int]) -> None:
 async def test_one_outbound_migration_at_a_time(store, fleet, hosts):
     for vm in ("g1", "g2", "g3"):
         fleet.add_guest("host1", vm)
-    records = [await submit(store, fleet, vm, "host1", target)
-               for vm, target in (("g1", "host2"), ("g2", "host3"), ("g3", "host2"))]
+    records = [
+        await submit(store, fleet, vm, "host1", target)
+        for vm, target in (("g1", "host2"), ("g2", "host3"), ("g3", "host2"))
+    ]
     holding: list[int] = []
     watcher = asyncio.get_running_loop().create_task(watch_slots(store, "host1", holding))
     with MaxConcurrency(list(fleet.agents.values())) as jobs:
@@ -356,8 +397,8 @@ async def test_one_outbound_migration_at_a_time(store, fleet, hosts):
             done = [await final(store, m.id) for m in records]
     watcher.cancel()
     assert [r.phase for r in done] == [Phase.SUCCEEDED] * 3, [[h.reason for h in r.history] for r in done]
-    assert jobs.per_source["host1"] == 1 and jobs.cluster == 1       # never two jobs at once
-    assert max(holding) == 1                                          # never two slots from host1 at once
+    assert jobs.per_source["host1"] == 1 and jobs.cluster == 1  # never two jobs at once
+    assert max(holding) == 1  # never two slots from host1 at once
     assert fleet.running_on("g1") == ["host2"] and fleet.running_on("g2") == ["host3"]
     assert fleet.running_on("g3") == ["host2"]
 
@@ -369,16 +410,17 @@ async def test_preflight_finds_the_vm_and_plans_its_disks(fleet, hosts):
     fleet.add_guest("host1", "g1")
     report = await preflight(hosts, "g1", "host2", MigrationOptions(), fleet.mapping("host1", "host2"))
     assert report.ok, report.blockers
-    assert report.source_host == "host1" and report.storage is StorageMode.COPY_ALL   # auto: vda is local
+    assert report.source_host == "host1" and report.storage is StorageMode.COPY_ALL  # auto: vda is local
     plans = {p.target: (p.copy, p.destination) for p in report.disks}
     assert plans == {"vda": (True, f"{IMAGES}/g1.qcow2"), "vdb": (False, "/srv/shared/g1-data.raw")}
-    assert fleet["host2"].host.created == [] and fleet.prepares("host2") == []           # touched nothing
+    assert fleet["host2"].host.created == [] and fleet.prepares("host2") == []  # touched nothing
 
 
 async def test_preflight_lists_every_blocker(fleet, hosts):
     fleet.add_guest("host1", "g1")
-    report = await preflight(hosts, "g1", "host2", MigrationOptions(), fleet.mapping("host1", "host2"),
-                             storage=StorageMode.SHARED)
+    report = await preflight(
+        hosts, "g1", "host2", MigrationOptions(), fleet.mapping("host1", "host2"), storage=StorageMode.SHARED
+    )
     # vda is local: the coordinator's check and the target's dry run both say so, with a fix each
     assert {b.reason for b in report.blockers} == {"DISK_NOT_SHARED", "SHARED_DISK_MISSING"}
     assert all(b.hint for b in report.blockers)
@@ -387,7 +429,7 @@ async def test_preflight_lists_every_blocker(fleet, hosts):
     report = await preflight(hosts, "nope", "host2", MigrationOptions(), fleet.mapping("host1", "host2"))
     assert [b.reason for b in report.blockers] == ["VM_UNKNOWN"]
     report = await preflight(hosts, "g1", "host2", MigrationOptions(), fleet.mapping("host1", "host3"))
-    assert [b.reason for b in report.blockers] == ["BRIDGE_MISSING"]                  # the target's dry run
+    assert [b.reason for b in report.blockers] == ["BRIDGE_MISSING"]  # the target's dry run
 
 
 async def test_preflight_names_unavailable_agents(fleet, hosts):
@@ -395,9 +437,10 @@ async def test_preflight_names_unavailable_agents(fleet, hosts):
     await hosts.down("host2")
     report = await preflight(hosts, "g1", "host2", MigrationOptions(), fleet.mapping("host1", "host2"))
     assert [b.reason for b in report.blockers] == ["TARGET_UNKNOWN"] and report.unavailable == ("host2",)
-    await fleet["host1"].stop()                    # registered, but does not answer
-    report = await preflight(hosts, "g1", "host3", MigrationOptions(), fleet.mapping("host1", "host3"),
-                             source_host="host1")
+    await fleet["host1"].stop()  # registered, but does not answer
+    report = await preflight(
+        hosts, "g1", "host3", MigrationOptions(), fleet.mapping("host1", "host3"), source_host="host1"
+    )
     assert "AGENT_UNREACHABLE" in {b.reason for b in report.blockers}
     assert "VM_UNKNOWN" not in {b.reason for b in report.blockers} and report.unavailable == ("host1",)
 
@@ -407,9 +450,11 @@ async def test_preflight_names_unavailable_agents(fleet, hosts):
 
 async def test_a_failing_engine_task_ends_run_with_an_error(store, fleet, hosts):
     """The election steps down when its leader's duties fail: run() must not return quietly."""
+
     async def broken_changes():
         raise RuntimeError("directory broke")
-        yield   # pragma: no cover - makes this an async generator
+        yield  # pragma: no cover - makes this an async generator
+
     hosts.changes = broken_changes  # type: ignore[method-assign]
     engine_ = Engine(store, hosts, limits=Limits(), timeouts=FAST, clock=now, prepare_ttl_s=60, tick_s=0.05)
     with pytest.raises(FerryError) as exc:
@@ -421,11 +466,12 @@ async def test_stop_before_the_store_answers(fleet, hosts):
     class DownStore(MemoryStore):
         async def list(self, prefix):
             raise Unavailable("store down", reason="STORE_UNAVAILABLE")
+
     down = DownStore()
     engine_ = Engine(down, hosts, limits=Limits(), timeouts=FAST, clock=now, prepare_ttl_s=60, store_retry_s=0.01)
     task = asyncio.get_running_loop().create_task(engine_.run())
     await asyncio.sleep(0.1)
-    assert not task.done()                          # retrying
+    assert not task.done()  # retrying
     await asyncio.wait_for(engine_.stop(), 2)
     await asyncio.wait_for(task, 2)
     await down.close()

@@ -14,15 +14,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from fleet import IMAGES, Fleet, FleetDirectory, start_fleet
 from test_engine import COPY, engine, final, submit
 
-from ferry.agent.fake_hypervisor import MiB, make_domain_xml
-from ferry.coordinator.keys import HostRegistration
 from ferry.coordinator.phases import Phase
 from ferry.coordinator.preflight import preflight
-from ferry.coordinator.memory_store import MemoryStore
 from ferry.model import DomainState, MigrationOptions
+from ferry.registry import HostRegistration
+from ferry.testing.fake_hypervisor import MiB, make_domain_xml
+from ferry.testing.fleet import IMAGES, Fleet, FleetDirectory, start_fleet
+from ferry.testing.memory_store import MemoryStore
 
 
 @pytest.fixture
@@ -58,20 +58,20 @@ async def test_a_copy_migration_removes_the_source_disk_and_the_guest_can_come_b
         assert not fleet["host1"].host.exists(image) and fleet["host2"].host.exists(image)
         assert f"source disks removed on host1: {image}" in notes(there)
         back = await final(store, (await submit(store, fleet, "g1", "host2", "host1")).id)
-    assert back.phase is Phase.SUCCEEDED, notes(back)              # no FILE_IN_THE_WAY on host1
+    assert back.phase is Phase.SUCCEEDED, notes(back)  # no FILE_IN_THE_WAY on host1
     assert fleet.where("g1") == {"host1": DomainState.RUNNING}
     assert fleet["host1"].host.exists(image) and not fleet["host2"].host.exists(image)
 
 
 async def test_source_disks_that_stay_are_noted_and_the_migration_still_succeeds(store, fleet, hosts):
     fleet.add_guest("host1", "g1")
-    keep = replace(COPY, undefine_source=False)                     # the source keeps its definition
+    keep = replace(COPY, undefine_source=False)  # the source keeps its definition
     async with engine(store, hosts):
         r = await final(store, (await submit(store, fleet, "g1", "host1", "host2", options=keep)).id)
     assert r.phase is Phase.SUCCEEDED and r.error is None
     [left] = [n for n in notes(r) if n.startswith("SOURCE_DISKS_LEFT")]
     assert f"{IMAGES}/g1.qcow2 on host1" in left and "DOMAIN_STILL_HERE" in left
-    assert fleet["host1"].host.exists(f"{IMAGES}/g1.qcow2")         # its definition still names it
+    assert fleet["host1"].host.exists(f"{IMAGES}/g1.qcow2")  # its definition still names it
 
 
 async def test_a_shared_storage_migration_removes_nothing(store, fleet, hosts):
@@ -100,8 +100,10 @@ class Advertising(FleetDirectory):
 
 @pytest.mark.parametrize(
     ("uri", "reason"),
-    [("qemu+tcp://no-such-host.invalid/system", "TARGET_UNRESOLVABLE"),
-     ("qemu+tcp://10.77.0.99/system", "TARGET_UNREACHABLE")],
+    [
+        ("qemu+tcp://no-such-host.invalid/system", "TARGET_UNRESOLVABLE"),
+        ("qemu+tcp://10.77.0.99/system", "TARGET_UNREACHABLE"),
+    ],
 )
 async def test_preflight_says_when_the_source_cannot_reach_the_target(fleet, uri, reason):
     fleet.add_guest("host1", "g1")
@@ -110,7 +112,7 @@ async def test_preflight_says_when_the_source_cannot_reach_the_target(fleet, uri
     assert [b.reason for b in report.blockers] == [reason]
     assert report.unavailable == () and "probe_peer" in fleet["host1"].hv.calls
     [b] = report.blockers
-    assert "host1" in b.hint                                         # where to fix it, from where
+    assert "host1" in b.hint  # where to fix it, from where
 
 
 async def test_preflight_of_a_reachable_target_probes_it_and_finds_nothing(fleet, hosts):
@@ -124,10 +126,13 @@ async def test_preflight_blocks_a_host_passthrough_guest_on_another_cpu(fleet, h
     path = "/srv/shared/pt.raw"
     for a in fleet.agents.values():
         a.host.files[path] = 64 * MiB
-    fleet["host1"].hv.add_domain(make_domain_xml("pt", disks=[("vda", path, "raw")], bridges=["br-guest"],
-                                                 cpu="<cpu mode='host-passthrough' check='none'/>"))
+    fleet["host1"].hv.add_domain(
+        make_domain_xml(
+            "pt", disks=[("vda", path, "raw")], bridges=["br-guest"], cpu="<cpu mode='host-passthrough' check='none'/>"
+        )
+    )
     mapping = fleet.mapping("host1", "host2")
-    assert (await preflight(hosts, "pt", "host2", MigrationOptions(), mapping)).ok    # identical fake hosts
+    assert (await preflight(hosts, "pt", "host2", MigrationOptions(), mapping)).ok  # identical fake hosts
     fleet["host2"].hv.cpu_features -= {"avx2", "fma"}
     report = await preflight(hosts, "pt", "host2", MigrationOptions(), mapping)
     [b] = report.blockers
@@ -141,8 +146,9 @@ async def test_an_agent_without_the_call_is_too_old_not_broken():
     from ferry.v1 import agent_pb2_grpc as agrpc
 
     def register(server):
-        agrpc.add_AgentServicer_to_server(agrpc.AgentServicer(), server)   # answers UNIMPLEMENTED to all
+        agrpc.add_AgentServicer_to_server(agrpc.AgentServicer(), server)  # answers UNIMPLEMENTED to all
         return ["ferry.v1.Agent"]
+
     server, [port] = create_server(["127.0.0.1:0"], register)
     await server.start()
     client = GrpcAgentClient("old", f"127.0.0.1:{port}", timeout_s=5)

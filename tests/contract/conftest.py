@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ferry.coordinator.etcd_store import EtcdStore
-from ferry.coordinator.memory_store import MemoryStore
+from ferry.etcd_store import EtcdStore
 from ferry.lab.etcd import EtcdCluster
+from ferry.testing.memory_store import MemoryStore
 
 
 class FakeClock:

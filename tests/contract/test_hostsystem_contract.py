@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ferry.agent.fake_hostsystem import FakeHostSystem
 from ferry.agent.hostsystem import LocalHostSystem
 from ferry.errors import AlreadyExists, Internal
 from ferry.ports import HostSystem
+from ferry.testing.fake_hostsystem import FakeHostSystem
 
 GiB = 1 << 30
 
@@ -20,9 +20,9 @@ GiB = 1 << 30
 @dataclass
 class World:
     host: HostSystem
-    images: str   # local image directory
-    shared: str   # declared shared directory
-    nfs: str      # a directory on a cluster file system (not declared)
+    images: str  # local image directory
+    shared: str  # declared shared directory
+    nfs: str  # a directory on a cluster file system (not declared)
 
 
 def local_world(tmp: Path) -> World:
@@ -41,9 +41,13 @@ def local_world(tmp: Path) -> World:
 
 def fake_world(tmp: Path) -> World:
     images, shared, nfs = str(tmp / "images"), str(tmp / "shared"), str(tmp / "nfs")
-    host = FakeHostSystem(bridges=["br-vm"], dirs={images: 50 * GiB, shared: 80 * GiB, nfs: 80 * GiB},
-                          totals={images: 100 * GiB, shared: 100 * GiB, nfs: 100 * GiB},
-                          shared_dirs=[shared, nfs], storage=[images, shared])
+    host = FakeHostSystem(
+        bridges=["br-vm"],
+        dirs={images: 50 * GiB, shared: 80 * GiB, nfs: 80 * GiB},
+        totals={images: 100 * GiB, shared: 100 * GiB, nfs: 100 * GiB},
+        shared_dirs=[shared, nfs],
+        storage=[images, shared],
+    )
     return World(host, images, shared, nfs)
 
 
@@ -132,8 +136,11 @@ def test_local_image_has_the_size_format_and_backing_asked_for(tmp_path):
     base, top = f"{w.images}/base.qcow2", f"{w.images}/vm/top.qcow2"
     w.host.create_image(base, fmt="qcow2", virtual_size=3 * GiB)
     w.host.create_image(top, fmt="qcow2", virtual_size=3 * GiB, backing_file=base)  # format probed
-    info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", top],
-                                     capture_output=True, text=True, check=True).stdout)
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "-U", "--output=json", top], capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert (info["format"], info["virtual-size"]) == ("qcow2", 3 * GiB)
     assert (info["backing-filename"], info["backing-filename-format"]) == (base, "qcow2")
 
@@ -143,8 +150,9 @@ def test_local_failed_create_leaves_nothing(tmp_path):
     w = local_world(tmp_path)
     path = f"{w.images}/bad.qcow2"
     with pytest.raises(Internal) as err:  # qemu-img refuses a missing backing file
-        w.host.create_image(path, fmt="qcow2", virtual_size=GiB, backing_file=f"{w.images}/nope.raw",
-                            backing_format="raw")
+        w.host.create_image(
+            path, fmt="qcow2", virtual_size=GiB, backing_file=f"{w.images}/nope.raw", backing_format="raw"
+        )
     assert err.value.reason == "QEMU_IMG_FAILED"
     assert not w.host.exists(path)
 

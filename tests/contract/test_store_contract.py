@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ferry.coordinator.etcd_store import EtcdStore
-from ferry.coordinator.store import Conflict, EventKind, LeaseLost, Resync, WatchEvent
 from ferry.errors import AlreadyExists, Unavailable
+from ferry.etcd_store import EtcdStore
 from ferry.lab.etcd import free_loopback_ports
+from ferry.store import Conflict, EventKind, LeaseLost, Resync, WatchEvent
 
 if TYPE_CHECKING:
     from conftest import StoreSubject  # tests/contract/conftest.py

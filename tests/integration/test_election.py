@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from ferry.coordinator.election import Election
-from ferry.coordinator.etcd_store import EtcdStore
+from ferry.etcd_store import EtcdStore
 from ferry.lab.etcd import EtcdCluster
 
 pytestmark = pytest.mark.etcd

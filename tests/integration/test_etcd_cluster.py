@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 import pytest
 
-from ferry.coordinator.etcd_store import EtcdStore, EtcdTLS
-from ferry.coordinator.store import Resync, WatchEvent
 from ferry.errors import Unavailable
+from ferry.etcd_store import EtcdStore, EtcdTLS
 from ferry.lab.etcd import EtcdCluster
+from ferry.store import Resync, WatchEvent
 
 pytestmark = pytest.mark.etcd
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from ferry import keys
 from ferry.agent.config import parse_config
 from ferry.agent.registration import Registration
-from ferry.coordinator import keys
-from ferry.coordinator.etcd_store import EtcdStore
-from ferry.coordinator.keys import HostRegistration
 from ferry.errors import InvalidArgument
+from ferry.etcd_store import EtcdStore
 from ferry.lab.etcd import EtcdCluster, free_loopback_ports
+from ferry.registry import HostRegistration
 
 TTL = 2
 # etcd checks lease expiry every 500 ms and applies the deletion through raft
@@ -47,23 +47,32 @@ def test_registry_section_is_optional():
 
 
 def test_registry_section():
-    c = parse_config(AGENT + '[registry]\netcd_endpoints = ["127.0.0.1:2379"]\naddress = "10.77.0.11:7070"\n'
-                             'prefix = "/lab/"\nttl_s = 5\n')
+    c = parse_config(
+        AGENT + '[registry]\netcd_endpoints = ["127.0.0.1:2379"]\naddress = "10.77.0.11:7070"\n'
+        'prefix = "/lab/"\nttl_s = 5\n'
+    )
     assert c.registry is not None
-    assert (c.registry.etcd_endpoints, c.registry.address, c.registry.prefix, c.registry.ttl_s) == \
-        (("127.0.0.1:2379",), "10.77.0.11:7070", "/lab/", 5)
+    assert (c.registry.etcd_endpoints, c.registry.address, c.registry.prefix, c.registry.ttl_s) == (
+        ("127.0.0.1:2379",),
+        "10.77.0.11:7070",
+        "/lab/",
+        5,
+    )
     d = parse_config(AGENT + '[registry]\netcd_endpoints = ["e:1"]\naddress = "a:1"\n').registry
     assert d is not None and (d.prefix, d.ttl_s) == ("/ferry/", 10)
 
 
-@pytest.mark.parametrize(("registry", "what"), [
-    ('etcd_endpoints = ["e:1"]\n', "lacks address"),
-    ('address = "a:1"\n', "lacks etcd_endpoints"),
-    ('etcd_endpoints = []\naddress = "a:1"\n', "etcd_endpoints must be a non-empty list"),
-    ('etcd_endpoints = ["e:1"]\naddress = "a:1"\nttl = 5\n', "unknown key 'ttl' in [registry]"),
-    ('etcd_endpoints = ["e:1"]\naddress = "a:1"\nttl_s = 1\n', "at least 2"),
-    ('etcd_endpoints = ["e:1"]\naddress = "a:1"\nprefix = "/x"\n', "must end with '/'"),
-])
+@pytest.mark.parametrize(
+    ("registry", "what"),
+    [
+        ('etcd_endpoints = ["e:1"]\n', "lacks address"),
+        ('address = "a:1"\n', "lacks etcd_endpoints"),
+        ('etcd_endpoints = []\naddress = "a:1"\n', "etcd_endpoints must be a non-empty list"),
+        ('etcd_endpoints = ["e:1"]\naddress = "a:1"\nttl = 5\n', "unknown key 'ttl' in [registry]"),
+        ('etcd_endpoints = ["e:1"]\naddress = "a:1"\nttl_s = 1\n', "at least 2"),
+        ('etcd_endpoints = ["e:1"]\naddress = "a:1"\nprefix = "/x"\n', "must end with '/'"),
+    ],
+)
 def test_bad_registry_section_is_named(registry, what):
     with pytest.raises(InvalidArgument) as exc:
         parse_config(AGENT + "[registry]\n" + registry)
@@ -108,13 +117,17 @@ async def test_registration_appears_and_a_clean_stop_deletes_it(store):
     await asyncio.wait_for(reg.registered.wait(), 5)
     r = await registered(store, "host1")
     assert r is not None
-    assert (r.name, r.address, r.libvirt_uri, r.migration_address) == \
-        ("host1", "10.77.0.11:7070", "qemu+tcp://10.77.0.11/system", "10.77.0.11")
+    assert (r.name, r.address, r.libvirt_uri, r.migration_address) == (
+        "host1",
+        "10.77.0.11:7070",
+        "qemu+tcp://10.77.0.11/system",
+        "10.77.0.11",
+    )
     assert r.registered_at is not None
-    await asyncio.sleep(TTL * 1.5)                    # kept alive past its TTL
+    await asyncio.sleep(TTL * 1.5)  # kept alive past its TTL
     assert await registered(store, "host1") is not None
     await reg.stop()
-    assert await registered(store, "host1") is None    # at once, not after the TTL
+    assert await registered(store, "host1") is None  # at once, not after the TTL
 
 
 @pytest.mark.etcd
@@ -122,11 +135,11 @@ async def test_registration_disappears_within_ttl_when_keepalive_stops(store):
     reg = Registration(store, "host1", "10.77.0.11:7070", ttl_s=TTL)
     task = start(reg)
     await asyncio.wait_for(reg.registered.wait(), 5)
-    task.cancel()                                      # the agent crashed: no more keepalives, no revoke
+    task.cancel()  # the agent crashed: no more keepalives, no revoke
     stopped_at = time.monotonic()
     took = await wait_for(lambda: _absent(store, "host1"), TTL + EXPIRY_SLACK_S + 1, "registration gone")
     assert time.monotonic() - stopped_at <= TTL + EXPIRY_SLACK_S
-    assert took > 0.5                                  # not removed by us: by the lease's expiry
+    assert took > 0.5  # not removed by us: by the lease's expiry
 
 
 async def _absent(store: EtcdStore, name: str) -> bool:
@@ -143,7 +156,7 @@ async def test_registration_comes_back_after_etcd_restart(store, etcd_one):
     start(reg)
     await asyncio.wait_for(reg.registered.wait(), 5)
     member = etcd_one.members[0]
-    member.kill()                                      # etcd is gone for longer than the TTL
+    member.kill()  # etcd is gone for longer than the TTL
     await asyncio.sleep(TTL * 2)
     member.start()
     await asyncio.to_thread(member.wait_healthy)
@@ -160,7 +173,7 @@ async def test_registration_comes_back_after_a_lost_lease(store):
     start(reg)
     await asyncio.wait_for(reg.registered.wait(), 5)
     entry = await store.get(keys.host_key("host1"))
-    await store.revoke(entry.lease)                    # as if it had expired
+    await store.revoke(entry.lease)  # as if it had expired
     assert await registered(store, "host1") is None
     await wait_for(lambda: _present(store, "host1"), TTL * 2, "registration back with a new lease")
     again = await store.get(keys.host_key("host1"))
@@ -170,14 +183,14 @@ async def test_registration_comes_back_after_a_lost_lease(store):
 
 @pytest.mark.etcd
 async def test_key_left_by_a_previous_run_is_replaced(store):
-    old_lease = await store.grant_lease(60)             # the previous run crashed a moment ago
+    old_lease = await store.grant_lease(60)  # the previous run crashed a moment ago
     await store.create(keys.host_key("host1"), HostRegistration("host1", "10.0.0.1:7070").encode(), lease=old_lease)
     reg = Registration(store, "host1", "10.77.0.11:7070", ttl_s=TTL)
     start(reg)
     await asyncio.wait_for(reg.registered.wait(), 5)
     r = await registered(store, "host1")
     assert r is not None and r.address == "10.77.0.11:7070"
-    await store.revoke(old_lease)                       # the old lease ending does not take our key
+    await store.revoke(old_lease)  # the old lease ending does not take our key
     assert (await registered(store, "host1")).address == "10.77.0.11:7070"
     await reg.stop()
 
@@ -189,8 +202,8 @@ async def test_a_second_agent_with_the_same_name_does_not_fight(store):
     await asyncio.wait_for(first.registered.wait(), 5)
     second = Registration(store, "host1", "10.77.0.99:7070", ttl_s=TTL)
     start(second)
-    await asyncio.wait_for(second.registered.wait(), 5)      # a newcomer takes the name over once
-    await asyncio.sleep(TTL * 1.5)                             # the first sees that and stands back
+    await asyncio.wait_for(second.registered.wait(), 5)  # a newcomer takes the name over once
+    await asyncio.sleep(TTL * 1.5)  # the first sees that and stands back
     assert (await registered(store, "host1")).address == "10.77.0.99:7070"
     assert first.registrations == 1 and not first.registered.is_set()
     await second.stop()
@@ -225,8 +238,7 @@ ttl_s = {TTL}
 
 @contextlib.contextmanager
 def process(*argv: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, "-m", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         yield proc
     finally:
@@ -246,12 +258,15 @@ async def test_agent_process_registers_and_deregisters_on_sigterm(etcd_one, tmp_
         with process("ferry.agent.main", "--config", str(config)) as proc:
             await wait_for(lambda: _present(store, "host1"), 20, "agent registered")
             r = await registered(store, "host1")
-            assert (r.address, r.libvirt_uri, r.migration_address) == \
-                (f"127.0.0.1:{port}", "qemu+tcp://10.77.0.11/system", "10.77.0.11")
+            assert (r.address, r.libvirt_uri, r.migration_address) == (
+                f"127.0.0.1:{port}",
+                "qemu+tcp://10.77.0.11/system",
+                "10.77.0.11",
+            )
             os.kill(proc.pid, signal.SIGTERM)
             _, err = await asyncio.to_thread(proc.communicate, timeout=15)
             assert proc.returncode == 0, err
-            assert await registered(store, "host1") is None           # deregistered on the way out
+            assert await registered(store, "host1") is None  # deregistered on the way out
             assert "deregistered host1" in err
     finally:
         await store.close()
@@ -284,8 +299,10 @@ bridges = {{ guest = "br-guest" }}
 """)
     store = EtcdStore(etcd_one.endpoints, prefix=prefix, timeout_s=2.0)
     try:
-        with process("ferry.agent.main", "--config", str(agent_config)) as agent, \
-                process("ferry.coordinator.main", "--config", str(coord_config)) as coordinator:
+        with (
+            process("ferry.agent.main", "--config", str(agent_config)) as agent,
+            process("ferry.coordinator.main", "--config", str(coord_config)) as coordinator,
+        ):
             await wait_for(lambda: _present(store, "host1"), 20, "agent registered")
 
             async def host1_up() -> bool:
@@ -308,7 +325,7 @@ bridges = {{ guest = "br-guest" }}
             os.kill(coordinator.pid, signal.SIGTERM)
             _, err = await asyncio.to_thread(coordinator.communicate, timeout=15)
             assert coordinator.returncode == 0, err
-            assert await current_leader(store) is None                 # resigned on the way out
+            assert await current_leader(store) is None  # resigned on the way out
             os.kill(agent.pid, signal.SIGTERM)
             await asyncio.to_thread(agent.communicate, timeout=15)
     finally:
@@ -317,5 +334,6 @@ bridges = {{ guest = "br-guest" }}
 
 async def _leader_is(store: EtcdStore, candidate: str) -> bool:
     from ferry.coordinator.main import current_leader
+
     leader = await current_leader(store)
     return leader is not None and leader.id == candidate

@@ -33,8 +33,8 @@ from ferry.v1 import agent_pb2_grpc as agrpc
 from ferry.v1 import types_pb2 as tpb
 
 MiB = 1 << 20
-CALL_S = 60.0        # deadline of every call but Migrate
-MIGRATE_S = 300.0    # deadline of the Migrate stream
+CALL_S = 60.0  # deadline of every call but Migrate
+MIGRATE_S = 300.0  # deadline of the Migrate stream
 
 OnProgress = Callable[[tpb.MigrationProgress], Awaitable[None] | None]
 
@@ -57,31 +57,39 @@ class MigrationRun:
     prepare: apb.PrepareIncomingResponse | None = None
     progress: list[tpb.MigrationProgress] = field(default_factory=list)
     result: apb.MigrateResult | None = None
-    wall_s: float = 0.0          # Migrate call only (prepare and commit excluded)
+    wall_s: float = 0.0  # Migrate call only (prepare and commit excluded)
 
     def phases(self) -> list[int]:
         """The phases the progress stream went through, in order, without repeats."""
-        return [p for i, p in enumerate(x.phase for x in self.progress)
-                if i == 0 or self.progress[i - 1].phase != p]
+        return [p for i, p in enumerate(x.phase for x in self.progress) if i == 0 or self.progress[i - 1].phase != p]
 
     def summary(self) -> str:
         phases = ",".join(tpb.MigrationPhase.Name(p).removeprefix("MIGRATION_PHASE_") for p in self.phases())
-        head = (f"{self.vm} {self.source} -> {self.target}: Migrate wall {self.wall_s:.2f} s, "
-                f"{len(self.progress)} progress events ({phases or 'none'})")
+        head = (
+            f"{self.vm} {self.source} -> {self.target}: Migrate wall {self.wall_s:.2f} s, "
+            f"{len(self.progress)} progress events ({phases or 'none'})"
+        )
         if self.result is None:
             return head + ", no result"
         job = self.result.job
-        return (f"{head}, job {job.time_elapsed_ms} ms, downtime {job.downtime_ms} ms, "
-                f"memory {job.memory_processed / MiB:.0f} MiB, disk {job.disk_processed / MiB:.0f} MiB, "
-                f"{job.iterations} iterations")
+        return (
+            f"{head}, job {job.time_elapsed_ms} ms, downtime {job.downtime_ms} ms, "
+            f"memory {job.memory_processed / MiB:.0f} MiB, disk {job.disk_processed / MiB:.0f} MiB, "
+            f"{job.iterations} iterations"
+        )
 
 
 class MigrationFailed(Exception):
     """Migrate failed; the target's prepare was cleaned up (``cleanup``; None if that failed too,
     see ``cleanup_error``)."""
 
-    def __init__(self, error: FerryError, run: MigrationRun,
-                 cleanup: apb.CleanupIncomingResponse | None, cleanup_error: FerryError | None) -> None:
+    def __init__(
+        self,
+        error: FerryError,
+        run: MigrationRun,
+        cleanup: apb.CleanupIncomingResponse | None,
+        cleanup_error: FerryError | None,
+    ) -> None:
         super().__init__(f"migration of {run.vm} failed: {error.reason}: {error}")
         self.error = error
         self.run = run
@@ -89,10 +97,19 @@ class MigrationFailed(Exception):
         self.cleanup_error = cleanup_error
 
 
-async def migrate(lab: Lab, vm: str, src: str, dst: str, *, storage: StorageMode,
-                  mapping: HostMapping | None = None, options: MigrationOptions | None = None,
-                  on_progress: OnProgress | None = None, migration_id: str = "",
-                  progress_interval_ms: int = 200) -> MigrationRun:
+async def migrate(
+    lab: Lab,
+    vm: str,
+    src: str,
+    dst: str,
+    *,
+    storage: StorageMode,
+    mapping: HostMapping | None = None,
+    options: MigrationOptions | None = None,
+    on_progress: OnProgress | None = None,
+    migration_id: str = "",
+    progress_interval_ms: int = 200,
+) -> MigrationRun:
     """Migrate ``vm`` from lab host ``src`` to ``dst`` (see the module docstring).
 
     ``options`` defaults to the model's (persist on the target, undefine the source); its
@@ -113,18 +130,31 @@ async def migrate(lab: Lab, vm: str, src: str, dst: str, *, storage: StorageMode
             domain = convert.domain_from_pb(got.domain)
             plans = plan_disks(domain.disks, storage, options.migrate_disks, mapping)
             run.target_uri = facts.libvirt_uri
-            run.prepare = await target.PrepareIncoming(apb.PrepareIncomingRequest(
-                domain_xml=got.xml, disks=[convert.disk_plan_to_pb(p) for p in plans],
-                mapping=convert.mapping_to_pb(mapping), storage=convert.storage_mode_to_pb(storage),
-                migration_id=migration_id), timeout=CALL_S)
+            run.prepare = await target.PrepareIncoming(
+                apb.PrepareIncomingRequest(
+                    domain_xml=got.xml,
+                    disks=[convert.disk_plan_to_pb(p) for p in plans],
+                    mapping=convert.mapping_to_pb(mapping),
+                    storage=convert.storage_mode_to_pb(storage),
+                    migration_id=migration_id,
+                ),
+                timeout=CALL_S,
+            )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from exc
         started = time.monotonic()
         try:
-            stream = source.Migrate(apb.MigrateRequest(
-                domain=vm, target_uri=run.target_uri, destination_xml=run.prepare.destination_xml,
-                options=convert.options_to_pb(options), migration_id=migration_id,
-                progress_interval_ms=progress_interval_ms), timeout=MIGRATE_S)
+            stream = source.Migrate(
+                apb.MigrateRequest(
+                    domain=vm,
+                    target_uri=run.target_uri,
+                    destination_xml=run.prepare.destination_xml,
+                    options=convert.options_to_pb(options),
+                    migration_id=migration_id,
+                    progress_interval_ms=progress_interval_ms,
+                ),
+                timeout=MIGRATE_S,
+            )
             async for event in stream:
                 if event.HasField("progress"):
                     run.progress.append(event.progress)
@@ -140,14 +170,14 @@ async def migrate(lab: Lab, vm: str, src: str, dst: str, *, storage: StorageMode
             cleanup, cleanup_error = None, None
             try:
                 cleanup = await target.CleanupIncoming(
-                    apb.CleanupIncomingRequest(prepare_id=run.prepare.prepare_id), timeout=CALL_S)
+                    apb.CleanupIncomingRequest(prepare_id=run.prepare.prepare_id), timeout=CALL_S
+                )
             except grpc.aio.AioRpcError as cexc:
                 cleanup_error = from_rpc_error(cexc)
             raise MigrationFailed(error, run, cleanup, cleanup_error) from exc
         run.wall_s = time.monotonic() - started
         try:
-            await target.CommitIncoming(apb.CommitIncomingRequest(prepare_id=run.prepare.prepare_id),
-                                        timeout=CALL_S)
+            await target.CommitIncoming(apb.CommitIncomingRequest(prepare_id=run.prepare.prepare_id), timeout=CALL_S)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from exc
     return run
@@ -168,10 +198,9 @@ async def remove_guest(lab: Lab, name: str) -> None:
                 listed = await stub.ListPrepares(apb.ListPreparesRequest(), timeout=CALL_S)
                 for p in listed.prepares:
                     if p.domain_name == name:
-                        await stub.CleanupIncoming(apb.CleanupIncomingRequest(prepare_id=p.prepare_id),
-                                                   timeout=CALL_S)
+                        await stub.CleanupIncoming(apb.CleanupIncomingRequest(prepare_id=p.prepare_id), timeout=CALL_S)
         except grpc.aio.AioRpcError:
-            pass   # best effort: the lab goes down at the end of the session anyway
+            pass  # best effort: the lab goes down at the end of the session anyway
     for disk in lab.paths.shared.glob(f"{name}-vd*.qcow2"):
         disk.unlink(missing_ok=True)
 

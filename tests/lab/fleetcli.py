@@ -32,12 +32,11 @@ from ferry.rpc import create_channel
 from ferry.v1 import agent_pb2 as apb
 from ferry.v1 import agent_pb2_grpc as agrpc
 
-FERRY = Path(sys.executable).parent / "ferry"     # the venv's console script, beside its python
+FERRY = Path(sys.executable).parent / "ferry"  # the venv's console script, beside its python
 HOSTS = ("host1", "host2")
 
 # Phase names as `ferry --output json` prints them (the ferry.v1.Phase enum)
-SUCCEEDED, FAILED, CANCELLED, ROLLED_BACK = ("PHASE_SUCCEEDED", "PHASE_FAILED", "PHASE_CANCELLED",
-                                             "PHASE_ROLLED_BACK")
+SUCCEEDED, FAILED, CANCELLED, ROLLED_BACK = ("PHASE_SUCCEEDED", "PHASE_FAILED", "PHASE_CANCELLED", "PHASE_ROLLED_BACK")
 FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, ROLLED_BACK})
 MIGRATING, PREPARING = "PHASE_MIGRATING", "PHASE_PREPARING"
 HOLDS_SLOT = frozenset({"PHASE_PREFLIGHT", PREPARING, MIGRATING, "PHASE_FINISHING", "PHASE_ROLLING_BACK"})
@@ -66,8 +65,10 @@ class CliRun:
 
     def __str__(self) -> str:
         """For assertion messages: the command, its exit code and what it printed."""
-        return (f"`{' '.join(self.argv)}` exited {self.code} after {self.seconds:.1f} s\n"
-                f"stdout: {self.stdout[-3000:]}\nstderr: {self.stderr[-3000:]}")
+        return (
+            f"`{' '.join(self.argv)}` exited {self.code} after {self.seconds:.1f} s\n"
+            f"stdout: {self.stdout[-3000:]}\nstderr: {self.stderr[-3000:]}"
+        )
 
 
 def ferry(lab: Lab, *args: str, timeout: float = 180.0) -> CliRun:
@@ -76,8 +77,7 @@ def ferry(lab: Lab, *args: str, timeout: float = 180.0) -> CliRun:
     env["FERRY_CONFIG"] = str(lab_cli_config(lab.paths))
     argv = (str(FERRY), "--output", "json", *args)
     started = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
     try:
         data = json.loads(proc.stdout) if proc.stdout.strip() else None
     except ValueError:
@@ -100,8 +100,9 @@ def show(lab: Lab, migration_id: str) -> dict[str, Any]:
     return dict(ok(ferry(lab, "migrations", "show", migration_id)))
 
 
-def wait_for(lab: Lab, migration_id: str, phases: Iterable[str], timeout: float,
-             interval: float = 0.3) -> dict[str, Any]:
+def wait_for(
+    lab: Lab, migration_id: str, phases: Iterable[str], timeout: float, interval: float = 0.3
+) -> dict[str, Any]:
     """Poll ``ferry migrations show`` until the phase is one of ``phases`` (or final)."""
     wanted = set(phases)
     deadline = time.monotonic() + timeout
@@ -110,7 +111,8 @@ def wait_for(lab: Lab, migration_id: str, phases: Iterable[str], timeout: float,
         if record["phase"] in wanted or record["phase"] in FINAL:
             return record
         assert time.monotonic() < deadline, (
-            f"{migration_id} still {record['phase']} after {timeout:.0f} s: {history(record)}")
+            f"{migration_id} still {record['phase']} after {timeout:.0f} s: {history(record)}"
+        )
         time.sleep(interval)
 
 
@@ -159,17 +161,22 @@ def images(lab: Lab, host: str, name: str) -> list[str]:
 
 def prepares(lab: Lab, host: str) -> list[apb.Prepare]:
     """The host agent's ListPrepares (over its unix socket, as an operator's grpcurl would)."""
+
     async def ask() -> list[apb.Prepare]:
         async with create_channel(lab.agent_address(host)) as channel:
             resp = await agrpc.AgentStub(channel).ListPrepares(apb.ListPreparesRequest(), timeout=30)
             return list(resp.prepares)
+
     return asyncio.run(ask())
 
 
 def prepares_of(lab: Lab, host: str, name: str, migration_id: str = "") -> list[str]:
     """Prepare ids on ``host`` for this guest or this migration."""
-    return [p.prepare_id for p in prepares(lab, host)
-            if p.domain_name == name or (migration_id and p.migration_id == migration_id)]
+    return [
+        p.prepare_id
+        for p in prepares(lab, host)
+        if p.domain_name == name or (migration_id and p.migration_id == migration_id)
+    ]
 
 
 def outgoing_jobs(lab: Lab, host: str, names: Iterable[str]) -> list[str]:
@@ -178,8 +185,10 @@ def outgoing_jobs(lab: Lab, host: str, names: Iterable[str]) -> list[str]:
     for name in names:
         info = lab.virsh(host, "domjobinfo", name, check=False)
         fields = dict(line.split(":", 1) for line in info.stdout.splitlines() if ":" in line)
-        if fields.get("Operation", "").strip() == "Outgoing migration" and \
-                fields.get("Job type", "None").strip() != "None":
+        if (
+            fields.get("Operation", "").strip() == "Outgoing migration"
+            and fields.get("Job type", "None").strip() != "None"
+        ):
             busy.append(name)
     return busy
 
@@ -187,13 +196,12 @@ def outgoing_jobs(lab: Lab, host: str, names: Iterable[str]) -> list[str]:
 def disk_bytes(lab: Lab, host: str, image: str, offset: int, length: int) -> bytes:
     """Bytes of a guest's disk as the image file holds them, read inside ``host`` with
     ``qemu-io -r -U`` (read-only, no lock: the guest may be running)."""
-    out = lab.host_exec(host, "qemu-io", "-r", "-U", "-f", "qcow2", "-c",
-                        f"read -v {offset} {length}", image).stdout
+    out = lab.host_exec(host, "qemu-io", "-r", "-U", "-f", "qcow2", "-c", f"read -v {offset} {length}", image).stdout
     data = bytearray()
     for line in out.splitlines():
         head, sep, rest = line.partition(":  ")
         if sep and re.fullmatch(r"[0-9a-f]{8}", head):
-            data += bytes(int(b, 16) for b in rest[:16 * 3].split())
+            data += bytes(int(b, 16) for b in rest[: 16 * 3].split())
     assert len(data) == length, f"qemu-io read {len(data)} of {length} bytes:\n{out[-2000:]}"
     return bytes(data)
 

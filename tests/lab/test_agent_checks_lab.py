@@ -50,17 +50,27 @@ def guests(lab: Lab) -> Iterator[list[str]]:
 def guest_xml(lab: Lab, name: str, *, cpu_extra: str = "", memory_mib: int = 256) -> str:
     """A lab guest's definition (shared-storage console, no disk), its qemu64 CPU with extras."""
     image = lab.guest_image()
-    spec = GuestSpec(name=name, memory_mib=memory_mib, kernel=str(image.kernel), initrd=str(image.initrd),
-                     console_log=str(lab.paths.console_log(name)), bridge="br-guest")
+    spec = GuestSpec(
+        name=name,
+        memory_mib=memory_mib,
+        kernel=str(image.kernel),
+        initrd=str(image.initrd),
+        console_log=str(lab.paths.console_log(name)),
+        bridge="br-guest",
+    )
     xml = domain_xml(spec)
-    assert "<model fallback=\"forbid\">qemu64</model>" in xml
-    return xml.replace("<model fallback=\"forbid\">qemu64</model>",
-                       f"<model fallback=\"forbid\">qemu64</model>{cpu_extra}")
+    assert '<model fallback="forbid">qemu64</model>' in xml
+    return xml.replace('<model fallback="forbid">qemu64</model>', f'<model fallback="forbid">qemu64</model>{cpu_extra}')
 
 
 def prepare_request(xml: str, *, dry_run: bool) -> apb.PrepareIncomingRequest:
-    return apb.PrepareIncomingRequest(domain_xml=xml, mapping=tpb.HostMapping(bridges={"br-guest": "br-vm"}),
-                                      storage=tpb.STORAGE_MODE_SHARED, migration_id="lab-cpu", dry_run=dry_run)
+    return apb.PrepareIncomingRequest(
+        domain_xml=xml,
+        mapping=tpb.HostMapping(bridges={"br-guest": "br-vm"}),
+        storage=tpb.STORAGE_MODE_SHARED,
+        migration_id="lab-cpu",
+        dry_run=dry_run,
+    )
 
 
 # ---------------------------------------------------------------- the CPU and memory on the target
@@ -69,9 +79,10 @@ def prepare_request(xml: str, *, dry_run: bool) -> apb.PrepareIncomingRequest:
 async def test_target_names_the_cpu_feature_its_hypervisor_lacks(lab, agents):
     host2 = agents["host2"]
     fine = await host2.PrepareIncoming(prepare_request(guest_xml(lab, "la-cpu"), dry_run=True), timeout=60)
-    assert list(fine.problems) == []                                       # plain qemu64 runs under TCG
-    refused = await host2.PrepareIncoming(prepare_request(guest_xml(lab, "la-cpu", cpu_extra=AVX512),
-                                                          dry_run=True), timeout=60)
+    assert list(fine.problems) == []  # plain qemu64 runs under TCG
+    refused = await host2.PrepareIncoming(
+        prepare_request(guest_xml(lab, "la-cpu", cpu_extra=AVX512), dry_run=True), timeout=60
+    )
     [p] = refused.problems
     assert p.reason == "CPU_INCOMPATIBLE", p
     assert "avx512f" in p.message and "host2" in p.message and "qemu64" in p.message
@@ -83,8 +94,9 @@ async def test_a_real_prepare_is_refused_for_the_cpu_and_creates_nothing(lab, ag
     host2 = agents["host2"]
     before = images(lab, "host2", "la-cpu")
     with pytest.raises(grpc.aio.AioRpcError) as exc:
-        await host2.PrepareIncoming(prepare_request(guest_xml(lab, "la-cpu", cpu_extra=AVX512), dry_run=False),
-                                    timeout=60)
+        await host2.PrepareIncoming(
+            prepare_request(guest_xml(lab, "la-cpu", cpu_extra=AVX512), dry_run=False), timeout=60
+        )
     err = from_rpc_error(exc.value)
     assert (exc.value.code(), err.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CPU_INCOMPATIBLE")
     assert images(lab, "host2", "la-cpu") == before
@@ -93,7 +105,7 @@ async def test_a_real_prepare_is_refused_for_the_cpu_and_creates_nothing(lab, ag
 
 
 async def test_target_names_memory_it_does_not_have(lab, agents):
-    huge = guest_xml(lab, "la-huge", memory_mib=64 << 20)                  # 64 TiB
+    huge = guest_xml(lab, "la-huge", memory_mib=64 << 20)  # 64 TiB
     [p] = (await agents["host2"].PrepareIncoming(prepare_request(huge, dry_run=True), timeout=60)).problems
     assert p.reason == "INSUFFICIENT_MEMORY" and "64.0 TiB" in p.message and "available" in p.message
 
@@ -103,14 +115,16 @@ async def test_target_names_memory_it_does_not_have(lab, agents):
 
 async def test_the_source_probes_the_target(lab, agents):
     host1 = agents["host1"]
-    ok = await host1.ProbeTarget(apb.ProbeTargetRequest(target_uri=lab.tcp_uri("host2"),
-                                                        migration_address=lab.host_ip("host2")), timeout=30)
+    ok = await host1.ProbeTarget(
+        apb.ProbeTargetRequest(target_uri=lab.tcp_uri("host2"), migration_address=lab.host_ip("host2")), timeout=30
+    )
     assert list(ok.problems) == []
     print(f"\n[lab] host1 -> {lab.tcp_uri('host2')}: reachable, {ok.latency_ms} ms")
 
     started = time.monotonic()
-    bad_name = await host1.ProbeTarget(apb.ProbeTargetRequest(target_uri="qemu+tcp://no-such-host.invalid/system"),
-                                       timeout=30)
+    bad_name = await host1.ProbeTarget(
+        apb.ProbeTargetRequest(target_uri="qemu+tcp://no-such-host.invalid/system"), timeout=30
+    )
     [p] = bad_name.problems
     assert p.reason == "TARGET_UNRESOLVABLE" and "no-such-host.invalid" in p.message
     assert "/etc/hosts on host1" in p.hint
@@ -139,7 +153,7 @@ def test_copy_migration_there_and_back_leaves_no_image_behind(lab, agents, guest
     assert images(lab, "host1", name) == [], "the source keeps its copy"
     assert images(lab, "host2", name) == [f"{name}-vda.qcow2"]
     assert any(reason.startswith(f"source disks removed on host1: {image}") for _, reason in history(there.data))
-    assert ms(there.data, "disk_processed") > 0                          # the source counted the copy
+    assert ms(there.data, "disk_processed") > 0  # the source counted the copy
 
     back = ferry(lab, "migrate", name, "--to", "host1", "--copy-storage-all")
     assert back.code == 0 and back.data["phase"] == SUCCEEDED, back
@@ -156,14 +170,15 @@ async def test_source_disks_of_a_guest_still_here_or_on_shared_storage_stay(lab,
     info = lab.guest(name, "host1", disks=("32M",))
     uuid = (await agents["host1"].GetDomain(apb.GetDomainRequest(name=name), timeout=30)).domain.uuid
     with pytest.raises(grpc.aio.AioRpcError) as exc:
-        await agents["host1"].RemoveSourceDisks(apb.RemoveSourceDisksRequest(
-            domain_uuid=uuid, paths=[info.disks[0].path]), timeout=30)
+        await agents["host1"].RemoveSourceDisks(
+            apb.RemoveSourceDisksRequest(domain_uuid=uuid, paths=[info.disks[0].path]), timeout=30
+        )
     assert from_rpc_error(exc.value).reason == "DOMAIN_STILL_HERE"
-    shared = str(lab.paths.console_log(name))                            # a file on the lab's shared dir
+    shared = str(lab.paths.console_log(name))  # a file on the lab's shared dir
     with pytest.raises(grpc.aio.AioRpcError) as exc:
-        await agents["host1"].RemoveSourceDisks(apb.RemoveSourceDisksRequest(
-            domain_uuid="00000000-0000-4000-8000-000000000000", paths=[shared]), timeout=30)
-    assert (exc.value.code(), from_rpc_error(exc.value).reason) == (grpc.StatusCode.INVALID_ARGUMENT,
-                                                                   "PATH_NOT_LOCAL")
+        await agents["host1"].RemoveSourceDisks(
+            apb.RemoveSourceDisksRequest(domain_uuid="00000000-0000-4000-8000-000000000000", paths=[shared]), timeout=30
+        )
+    assert (exc.value.code(), from_rpc_error(exc.value).reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PATH_NOT_LOCAL")
     assert images(lab, "host1", name) == [f"{name}-vda.qcow2"]
     assert lab.paths.console_log(name).exists()

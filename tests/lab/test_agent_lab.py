@@ -47,9 +47,16 @@ def guests(lab):
 async def prepare(src, dst, name: str) -> apb.PrepareIncomingResponse:
     got = await src.GetDomain(apb.GetDomainRequest(name=name, include_xml=True), timeout=30)
     plans = plan_disks(convert.domain_from_pb(got.domain).disks, StorageMode.COPY_ALL, (), HostMapping())
-    return await dst.PrepareIncoming(apb.PrepareIncomingRequest(
-        domain_xml=got.xml, disks=[convert.disk_plan_to_pb(p) for p in plans], mapping=TO_HOST2,
-        storage=tpb.STORAGE_MODE_COPY_ALL, migration_id="lab-1"), timeout=60)
+    return await dst.PrepareIncoming(
+        apb.PrepareIncomingRequest(
+            domain_xml=got.xml,
+            disks=[convert.disk_plan_to_pb(p) for p in plans],
+            mapping=TO_HOST2,
+            storage=tpb.STORAGE_MODE_COPY_ALL,
+            migration_id="lab-1",
+        ),
+        timeout=60,
+    )
 
 
 async def test_inventory_of_a_real_host(lab, stubs):
@@ -58,8 +65,10 @@ async def test_inventory_of_a_real_host(lab, stubs):
     assert h.hostname == "host1" and h.host_uuid == lab.host("host1").host_uuid
     assert h.libvirt_uri == lab.tcp_uri("host1") and h.migration_address == lab.host_ip("host1")
     assert "br-guest" in h.bridges
-    assert {(s.path, s.shared) for s in h.storage} >= {("/var/lib/libvirt/images", False),
-                                                       (str(lab.paths.shared), True)}
+    assert {(s.path, s.shared) for s in h.storage} >= {
+        ("/var/lib/libvirt/images", False),
+        (str(lab.paths.shared), True),
+    }
     assert h.libvirt_version >= 9_000_000 and h.qemu_version >= 7_000_000
 
 
@@ -68,14 +77,25 @@ async def test_live_migration_with_disk_copy(lab, stubs, guests):
     name = "la-move"
     guests.append(name)
     await asyncio.to_thread(lab.guest, name, "host1", dirty_rate="20")
-    await asyncio.to_thread(lab.wait_for_heartbeat, name, above=5, timeout=60)   # 1 MiB written to vda
+    await asyncio.to_thread(lab.wait_for_heartbeat, name, above=5, timeout=60)  # 1 MiB written to vda
     prep = await prepare(src, dst, name)
     beats = lab.heartbeats(name)
-    events = [e async for e in src.Migrate(apb.MigrateRequest(
-        domain=name, target_uri=lab.tcp_uri("host2"), destination_xml=prep.destination_xml, migration_id="lab-1",
-        progress_interval_ms=200, options=tpb.MigrationOptions(
-            storage=tpb.STORAGE_MODE_COPY_ALL, persist_dest=True, undefine_source=True, max_downtime_ms=300)),
-        timeout=300)]
+    events = [
+        e
+        async for e in src.Migrate(
+            apb.MigrateRequest(
+                domain=name,
+                target_uri=lab.tcp_uri("host2"),
+                destination_xml=prep.destination_xml,
+                migration_id="lab-1",
+                progress_interval_ms=200,
+                options=tpb.MigrationOptions(
+                    storage=tpb.STORAGE_MODE_COPY_ALL, persist_dest=True, undefine_source=True, max_downtime_ms=300
+                ),
+            ),
+            timeout=300,
+        )
+    ]
     result = events[-1].result
     assert events[-1].HasField("result")
     assert result.job.time_elapsed_ms > 0 and result.job.memory_processed > 0
@@ -89,9 +109,9 @@ async def test_live_migration_with_disk_copy(lab, stubs, guests):
     moved = await dst.GetDomain(apb.GetDomainRequest(name=name), timeout=30)
     assert moved.domain.state == tpb.DOMAIN_STATE_RUNNING
     assert [n.source for n in moved.domain.nics] == ["br-vm"]
-    assert moved.domain.disks[0].allocation > 1 << 20          # the guest's data reached the new image
+    assert moved.domain.disks[0].allocation > 1 << 20  # the guest's data reached the new image
     assert name not in lab.virsh("host1", "list", "--all", "--name").stdout.split()
-    assert lab.wait_for_heartbeat(name, above=beats + 2, timeout=30) > beats + 2   # still beating, on host2
+    assert lab.wait_for_heartbeat(name, above=beats + 2, timeout=30) > beats + 2  # still beating, on host2
     assert not (await dst.ListPrepares(apb.ListPreparesRequest(), timeout=30)).prepares
 
 
@@ -101,11 +121,18 @@ async def test_abort_through_the_agent(lab, stubs, guests):
     guests.append(name)
     await asyncio.to_thread(lab.guest, name, "host1", disks=("64M",), dirty_rate="max")
     prep = await prepare(src, dst, name)
-    call = src.Migrate(apb.MigrateRequest(
-        domain=name, target_uri=lab.tcp_uri("host2"), destination_xml=prep.destination_xml,
-        progress_interval_ms=200, options=tpb.MigrationOptions(
-            storage=tpb.STORAGE_MODE_COPY_ALL, persist_dest=True, undefine_source=True, bandwidth_mibps=20)),
-        timeout=300)
+    call = src.Migrate(
+        apb.MigrateRequest(
+            domain=name,
+            target_uri=lab.tcp_uri("host2"),
+            destination_xml=prep.destination_xml,
+            progress_interval_ms=200,
+            options=tpb.MigrationOptions(
+                storage=tpb.STORAGE_MODE_COPY_ALL, persist_dest=True, undefine_source=True, bandwidth_mibps=20
+            ),
+        ),
+        timeout=300,
+    )
     aborted = False
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         async for event in call:
@@ -133,11 +160,26 @@ async def test_stalled_precopy_switches_to_postcopy(lab, stubs, guests):
     guests.append(name)
     await asyncio.to_thread(lab.guest, name, "host1", disks=("64M",), dirty_rate="max")
     prep = await prepare(src, dst, name)
-    events = [e async for e in src.Migrate(apb.MigrateRequest(
-        domain=name, target_uri=lab.tcp_uri("host2"), destination_xml=prep.destination_xml,
-        progress_interval_ms=200, options=tpb.MigrationOptions(
-            storage=tpb.STORAGE_MODE_COPY_ALL, persist_dest=True, undefine_source=True, bandwidth_mibps=20,
-            allow_postcopy=True, postcopy_on_stall=True)), timeout=300)]
+    events = [
+        e
+        async for e in src.Migrate(
+            apb.MigrateRequest(
+                domain=name,
+                target_uri=lab.tcp_uri("host2"),
+                destination_xml=prep.destination_xml,
+                progress_interval_ms=200,
+                options=tpb.MigrationOptions(
+                    storage=tpb.STORAGE_MODE_COPY_ALL,
+                    persist_dest=True,
+                    undefine_source=True,
+                    bandwidth_mibps=20,
+                    allow_postcopy=True,
+                    postcopy_on_stall=True,
+                ),
+            ),
+            timeout=300,
+        )
+    ]
     assert tpb.MIGRATION_PHASE_POSTCOPY in [e.progress.phase for e in events[:-1]]
     assert events[-1].result.job.postcopy
     await dst.CommitIncoming(apb.CommitIncomingRequest(prepare_id=prep.prepare_id), timeout=30)

@@ -20,6 +20,7 @@ from agentflow import MigrationFailed, MigrationRun, agent, image_files, marker,
 from ferry.lab import Lab
 from ferry.lab.guests import GuestInfo
 from ferry.model import HostMapping, MigrationOptions, StorageMode
+from ferry.rpc import grpc_code
 from ferry.v1 import agent_pb2 as apb
 from ferry.v1 import types_pb2 as tpb
 
@@ -65,7 +66,7 @@ def assert_moved(lab: Lab, run: MigrationRun, name: str) -> None:
     assert run.result.source_state == tpb.DOMAIN_STATE_UNSPECIFIED
     assert not run.result.source_defined
     assert domstate(lab, run.target, name) == "running"
-    assert domstate(lab, run.source, name) == ""          # undefine_source: not even defined
+    assert domstate(lab, run.source, name) == ""  # undefine_source: not even defined
     # progress was streamed and never went back (a fast job may end between two polls, so
     # which phases show up is not fixed)
     assert run.progress and run.phases() == sorted(run.phases())
@@ -83,8 +84,9 @@ async def test_shared_storage_guest_moves_to_host2(lab, guests):
     guests("agm-shared", shared=True, nic=False)
     # the lab's shared dir is a plain directory: libvirt trusts only cluster file systems, so
     # the migration needs "unsafe" (the disks are cache=none, which keeps it consistent)
-    run = await migrate(lab, "agm-shared", "host1", "host2", storage=StorageMode.SHARED,
-                        options=MigrationOptions(unsafe=True))
+    run = await migrate(
+        lab, "agm-shared", "host1", "host2", storage=StorageMode.SHARED, options=MigrationOptions(unsafe=True)
+    )
     assert [d.copy for d in run.prepare.disks] == [False]
     assert list(run.prepare.created) == []
     assert_moved(lab, run, "agm-shared")
@@ -94,8 +96,8 @@ async def test_shared_storage_guest_moves_to_host2(lab, guests):
 
 async def test_copy_storage_carries_the_disk_into_the_prepared_image(lab, guests):
     info = guests("agm-copy", disks=("256M",), nic=False)
-    image = info.disks[0].path                     # same path on host2 (no path mapping)
-    lab.wait_for_heartbeat("agm-copy", above=5, timeout=30)   # a marker is on the disk now
+    image = info.disks[0].path  # same path on host2 (no path mapping)
+    lab.wait_for_heartbeat("agm-copy", above=5, timeout=30)  # a marker is on the disk now
     before = marker(lab, "host1", image)
     assert before >= 5
     assert image not in image_files(lab, "host2")
@@ -150,12 +152,19 @@ async def test_abort_mid_migration_leaves_the_guest_on_host1(lab, guests):
 
     # 8 MiB/s cannot keep up with 20 MiB/s of dirtied memory: the migration would never end
     with pytest.raises(MigrationFailed) as failed:
-        await migrate(lab, "agm-abort", "host1", "host2", storage=StorageMode.COPY_ALL,
-                      options=MigrationOptions(bandwidth_mibps=8), on_progress=abort_once_memory_moves)
+        await migrate(
+            lab,
+            "agm-abort",
+            "host1",
+            "host2",
+            storage=StorageMode.COPY_ALL,
+            options=MigrationOptions(bandwidth_mibps=8),
+            on_progress=abort_once_memory_moves,
+        )
     err = failed.value
     print(f"{err.run.summary()}; ended {err.error.reason}: {err.error}")
     assert aborted == [True]
-    assert err.error.code == grpc.StatusCode.ABORTED
+    assert grpc_code(err.error.code) == grpc.StatusCode.ABORTED
     assert err.error.reason == "MIGRATION_ABORTED"
     assert list(err.run.prepare.created) == [image]
     assert err.cleanup_error is None and list(err.cleanup.removed) == [image]

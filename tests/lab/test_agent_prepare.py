@@ -47,20 +47,24 @@ def host2_untouched(lab: Lab, source_guest: GuestInfo) -> Iterator[None]:
     assert image_files(lab, "host2") == before
 
 
-async def request(lab: Lab, *, mapping: HostMapping, huge: bool = False,
-                  dry_run: bool = False) -> apb.PrepareIncomingRequest:
+async def request(
+    lab: Lab, *, mapping: HostMapping, huge: bool = False, dry_run: bool = False
+) -> apb.PrepareIncomingRequest:
     """The prepare the coordinator would send to host2 for a copy-storage migration of the guest
     (``huge``: its disk planned at 1 PiB, more than any lab host has)."""
     async with agent(lab, "host1") as source:
         got = await source.GetDomain(apb.GetDomainRequest(name=GUEST, include_xml=True), timeout=30)
-    plans: list[DiskPlan] = plan_disks(convert.domain_from_pb(got.domain).disks, StorageMode.COPY_ALL, (),
-                                       mapping)
+    plans: list[DiskPlan] = plan_disks(convert.domain_from_pb(got.domain).disks, StorageMode.COPY_ALL, (), mapping)
     if huge:
         plans = [replace(p, virtual_size=PiB, allocation=PiB) for p in plans]
     return apb.PrepareIncomingRequest(
-        domain_xml=got.xml, disks=[convert.disk_plan_to_pb(p) for p in plans],
-        mapping=convert.mapping_to_pb(mapping), storage=convert.storage_mode_to_pb(StorageMode.COPY_ALL),
-        migration_id="agp", dry_run=dry_run)
+        domain_xml=got.xml,
+        disks=[convert.disk_plan_to_pb(p) for p in plans],
+        mapping=convert.mapping_to_pb(mapping),
+        storage=convert.storage_mode_to_pb(StorageMode.COPY_ALL),
+        migration_id="agp",
+        dry_run=dry_run,
+    )
 
 
 async def refused(lab: Lab, req: apb.PrepareIncomingRequest) -> tuple[grpc.StatusCode, str, str]:
@@ -81,7 +85,7 @@ def file_in_the_way(lab: Lab, source_guest: GuestInfo) -> Iterator[str]:
     lab.host_exec("host2", "sh", "-c", f"echo keep-me > {path}")
     try:
         yield path
-        assert lab.host_exec("host2", "cat", path).stdout == "keep-me\n"   # never touched
+        assert lab.host_exec("host2", "cat", path).stdout == "keep-me\n"  # never touched
     finally:
         lab.host_exec("host2", "rm", "-f", path)
 
@@ -106,8 +110,9 @@ async def test_file_in_the_way(lab, file_in_the_way, host2_untouched):
 
 async def test_dry_run_lists_every_problem_at_once(lab, file_in_the_way, host2_untouched):
     async with agent(lab, "host2") as target:
-        out = await target.PrepareIncoming(await request(lab, mapping=HostMapping(), huge=True,
-                                                         dry_run=True), timeout=60)
+        out = await target.PrepareIncoming(
+            await request(lab, mapping=HostMapping(), huge=True, dry_run=True), timeout=60
+        )
         assert list((await target.ListPrepares(apb.ListPreparesRequest(), timeout=30)).prepares) == []
     for p in out.problems:
         print(f"dry run: {p.reason}: {p.message} (hint: {p.hint})")

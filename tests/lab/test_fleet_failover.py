@@ -41,7 +41,7 @@ from ferry.lab.controlplane import ELECTION_TTL_S
 
 pytestmark = pytest.mark.lab
 
-END_WITHIN_S = 180.0      # the migration ends (either way) within this after the crash
+END_WITHIN_S = 180.0  # the migration ends (either way) within this after the crash
 
 
 @pytest.fixture
@@ -105,11 +105,13 @@ def test_leader_killed_mid_migration_the_standby_finishes_it(lab, guests):
         home = check_outcome(lab, name, mid, final)
     finally:
         lab.restart(f"coordinator {leader}")
-    assert lab.leader() == standby            # the restarted one stands by
-    print(f"\n[fleet] leader {leader} killed mid-migration: {standby} leads after {failover:.1f} s "
-          f"(lease {ELECTION_TTL_S} s); {final['phase']} {ended:.1f} s after the kill, "
-          f"guest on {home}; job {ms(final, 'time_elapsed_ms')} ms, downtime {ms(final, 'downtime_ms')} ms "
-          f"(0 = not recorded after a fail-over)\n[fleet]   history: {steps(final)}")
+    assert lab.leader() == standby  # the restarted one stands by
+    print(
+        f"\n[fleet] leader {leader} killed mid-migration: {standby} leads after {failover:.1f} s "
+        f"(lease {ELECTION_TTL_S} s); {final['phase']} {ended:.1f} s after the kill, "
+        f"guest on {home}; job {ms(final, 'time_elapsed_ms')} ms, downtime {ms(final, 'downtime_ms')} ms "
+        f"(0 = not recorded after a fail-over)\n[fleet]   history: {steps(final)}"
+    )
 
 
 # ---------------------------------------------------------------- d) the source agent dies
@@ -127,6 +129,8 @@ def test_source_agent_killed_and_restarted_mid_migration(lab, guests):
     final = wait_final(lab, mid, timeout=END_WITHIN_S)
     ended = time.monotonic() - killed
     home = check_outcome(lab, name, mid, final)
-    print(f"\n[fleet] source agent killed mid-migration, serving again after {back:.1f} s; "
-          f"{final['phase']} {ended:.1f} s after the kill, guest on {home}"
-          f"\n[fleet]   history: {steps(final)}")
+    print(
+        f"\n[fleet] source agent killed mid-migration, serving again after {back:.1f} s; "
+        f"{final['phase']} {ended:.1f} s after the kill, guest on {home}"
+        f"\n[fleet]   history: {steps(final)}"
+    )

@@ -106,9 +106,11 @@ def test_live_migration_copies_the_disk_and_the_guest_runs_on_the_target(lab, gu
     assert m["mapping"]["bridges"] == {"br-guest": "br-vm"}
     assert ms(m, "time_elapsed_ms") > 0 and ms(m, "downtime_ms") > 0 and ms(m, "memory_processed") > 0
     # (disk_processed may be 0: the source's last statistics poll can miss a short disk copy)
-    print(f"\n[fleet] migrate {name} host1 -> host2 --copy-storage-all: wall {run.seconds:.1f} s (CLI), "
-          f"job {ms(m, 'time_elapsed_ms')} ms, downtime {ms(m, 'downtime_ms')} ms, "
-          f"memory {ms(m, 'memory_processed') / MiB:.0f} MiB, disk {ms(m, 'disk_processed') / MiB:.0f} MiB")
+    print(
+        f"\n[fleet] migrate {name} host1 -> host2 --copy-storage-all: wall {run.seconds:.1f} s (CLI), "
+        f"job {ms(m, 'time_elapsed_ms')} ms, downtime {ms(m, 'downtime_ms')} ms, "
+        f"memory {ms(m, 'memory_processed') / MiB:.0f} MiB, disk {ms(m, 'disk_processed') / MiB:.0f} MiB"
+    )
 
     # runs on host2 only: not running, not even defined on host1, and host1's now unused copy of
     # the image is gone (it would block a migration back), the history saying so
@@ -122,7 +124,7 @@ def test_live_migration_copies_the_disk_and_the_guest_runs_on_the_target(lab, gu
     # the disk arrived: the marker and the data written on host1 are in host2's image
     assert disk_marker(lab, "host2", image) >= marker_before
     assert disk_bytes(lab, "host2", image, 2 * MiB, 4096) == data_before
-    assert prepares_of(lab, "host2", name, m["id"]) == []      # committed: the image is the guest's
+    assert prepares_of(lab, "host2", name, m["id"]) == []  # committed: the image is the guest's
 
     again = show(lab, m["id"])
     assert again["phase"] == SUCCEEDED and phases(again) == FORWARD
@@ -131,6 +133,7 @@ def test_live_migration_copies_the_disk_and_the_guest_runs_on_the_target(lab, gu
     def where() -> list[str]:
         vms = ok(ferry(lab, "vms")).get("vms", [])
         return [v["host"] for v in vms if v["domain"]["name"] == name]
+
     assert wait_until(lambda: where() == ["host2"], 10, f"`ferry vms` placing {name} on host2")
 
 
@@ -138,14 +141,14 @@ def test_live_migration_copies_the_disk_and_the_guest_runs_on_the_target(lab, gu
 
 
 def test_preflight_names_a_missing_bridge_and_an_unknown_host(lab, guests):
-    name, bridge = "fm-pre", "br-fm-only1"       # a bridge host1 has and host2 does not
+    name, bridge = "fm-pre", "br-fm-only1"  # a bridge host1 has and host2 does not
     lab.host_exec("host1", "ip", "link", "add", bridge, "type", "bridge")
     try:
         lab.host_exec("host1", "ip", "link", "set", bridge, "up")
         boot(lab, guests, name, disks=("32M",), bridge=bridge)
 
         run = ferry(lab, "preflight", name, "--to", "host2")
-        assert run.code == 1, run                                # blockers found
+        assert run.code == 1, run  # blockers found
         blockers = {b["reason"]: b for b in run.data["blockers"]}
         assert set(blockers) == {"BRIDGE_MISSING"}, run
         assert bridge in blockers["BRIDGE_MISSING"]["message"]
@@ -251,16 +254,19 @@ def test_one_outbound_slot_moves_three_guests_one_at_a_time(lab, guests):
     records = [show(lab, i) for i in ids]
     assert [r["phase"] for r in records] == [SUCCEEDED] * 3, [history(r) for r in records]
     # the records agree: each held the slot (Preflight .. final) after the previous let it go
-    spans = sorted((at(next(h for h in r["history"] if h["phase"] == "Preflight")), at(r["history"][-1]))
-                   for r in records)
-    for (_, end), (start, _) in zip(spans, spans[1:]):
+    spans = sorted(
+        (at(next(h for h in r["history"] if h["phase"] == "Preflight")), at(r["history"][-1])) for r in records
+    )
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
         assert start >= end, spans
     for n in names:
         assert placement(lab, n) == {"host2": "running"}
         before, after = beats(lab, n)
         assert after > before
-    print(f"\n[fleet] three migrations through one outbound slot: {wall:.1f} s in all, each "
-          + ", ".join(f"{ms(r, 'time_elapsed_ms')} ms (downtime {ms(r, 'downtime_ms')} ms)" for r in records))
+    print(
+        f"\n[fleet] three migrations through one outbound slot: {wall:.1f} s in all, each "
+        + ", ".join(f"{ms(r, 'time_elapsed_ms')} ms (downtime {ms(r, 'downtime_ms')} ms)" for r in records)
+    )
 
 
 # ---------------------------------------------------------------- g) cancel mid-way

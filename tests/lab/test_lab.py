@@ -59,22 +59,31 @@ def test_agent_config_is_the_agreed_format():
     }
 
 
-@pytest.mark.parametrize(("lab_dir", "usable"), [
-    ("/tmp/ferry-lab", True),
-    ("/var/tmp/lab", False),          # hidden by every host's overlay /var
-    ("/run/lab", False),
-    ("relative/lab", False),
-    ("/tmp/" + "x" * 90, False),      # socket paths would not fit in sun_path
-])
+@pytest.mark.parametrize(
+    ("lab_dir", "usable"),
+    [
+        ("/tmp/ferry-lab", True),
+        ("/var/tmp/lab", False),  # hidden by every host's overlay /var
+        ("/run/lab", False),
+        ("relative/lab", False),
+        ("/tmp/" + "x" * 90, False),  # socket paths would not fit in sun_path
+    ],
+)
 def test_lab_dir_rules(lab_dir, usable):
     assert (lab_dir_problem(Path(lab_dir)) == "") is usable
 
 
 def test_guest_xml_is_tcg_with_cache_none_disks_and_appending_console():
-    spec = GuestSpec(name="g1", memory_mib=256, kernel="/l/guest/vmlinuz",
-                     initrd="/l/guest/initrd.gz", console_log="/l/shared/g1.console.log",
-                     disks=(DiskSpec("vda", "/var/lib/libvirt/images/g1-vda.qcow2", 1 << 28),),
-                     bridge="br-guest", dirty_rate="max")
+    spec = GuestSpec(
+        name="g1",
+        memory_mib=256,
+        kernel="/l/guest/vmlinuz",
+        initrd="/l/guest/initrd.gz",
+        console_log="/l/shared/g1.console.log",
+        disks=(DiskSpec("vda", "/var/lib/libvirt/images/g1-vda.qcow2", 1 << 28),),
+        bridge="br-guest",
+        dirty_rate="max",
+    )
     dom = ET.fromstring(domain_xml(spec))
     assert dom.get("type") == "qemu"
     assert dom.find("os/type").get("machine").startswith("pc-q35")
@@ -82,8 +91,7 @@ def test_guest_xml_is_tcg_with_cache_none_disks_and_appending_console():
     assert dom.find("devices/disk/driver").get("cache") == "none"
     assert dom.find("devices/disk/target").get("dev") == "vda"
     assert dom.find("devices/interface/source").get("bridge") == "br-guest"
-    assert dom.find("devices/serial/source").attrib == {"path": "/l/shared/g1.console.log",
-                                                        "append": "on"}
+    assert dom.find("devices/serial/source").attrib == {"path": "/l/shared/g1.console.log", "append": "on"}
     assert dom.find("devices/memballoon").get("model") == "none"
     assert "dirty_rate=max" in dom.find("os/cmdline").text
 
@@ -95,9 +103,15 @@ def test_guest_without_nic_or_dirtier():
     assert "dirty_rate" not in dom.find("os/cmdline").text
 
 
-@pytest.mark.parametrize(("text", "size"), [
-    ("256M", 256 << 20), ("256MiB", 256 << 20), ("1G", 1 << 30), ("1.5G", 3 << 29),
-])
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("256M", 256 << 20),
+        ("256MiB", 256 << 20),
+        ("1G", 1 << 30),
+        ("1.5G", 3 << 29),
+    ],
+)
 def test_disk_sizes(text, size):
     assert parse_size(text) == size
 
@@ -109,44 +123,59 @@ def test_disk_sizes_refused(text):
 
 
 def test_last_heartbeat_ignores_other_console_lines():
-    console = ("GUEST-BOOTED\nHEARTBEAT 1 uptime=1.0\n[ 3.1] kernel says\n"
-               "HEARTBEAT 12 uptime=12.5\nHEAR")
+    console = "GUEST-BOOTED\nHEARTBEAT 1 uptime=1.0\n[ 3.1] kernel says\nHEARTBEAT 12 uptime=12.5\nHEAR"
     assert last_heartbeat(console) == 12
     assert last_heartbeat("GUEST-BOOTED\n") == 0
 
 
 def test_initramfs_archive_lists_with_cpio(tmp_path):
-    entries = [CpioEntry("bin", 0o40755), CpioEntry("bin/busybox", 0o100755, b"\x7fELF..."),
-               CpioEntry("bin/sh", 0o120777, b"busybox"),
-               CpioEntry("init", 0o100755, b"#!/bin/sh\n")]
+    entries = [
+        CpioEntry("bin", 0o40755),
+        CpioEntry("bin/busybox", 0o100755, b"\x7fELF..."),
+        CpioEntry("bin/sh", 0o120777, b"busybox"),
+        CpioEntry("init", 0o100755, b"#!/bin/sh\n"),
+    ]
     archive = tmp_path / "a.cpio"
     archive.write_bytes(cpio_newc(entries))
-    listed = subprocess.run(["cpio", "-t", "--quiet"], stdin=archive.open("rb"),
-                            capture_output=True, text=True, check=True)
+    listed = subprocess.run(
+        ["cpio", "-t", "--quiet"], stdin=archive.open("rb"), capture_output=True, text=True, check=True
+    )
     assert listed.stdout.split() == ["bin", "bin/busybox", "bin/sh", "init"]
 
 
 def test_down_stops_workers_before_libvirtd_and_holders_last():
-    order = sorted([("core", "holder", CORE), ("host1", "holder", "host1"),
-                    ("host1/libvirtd", "libvirtd", "host1"), ("host1/agent", "agent", "host1"),
-                    ("etcd1", "etcd", CORE), ("coordinator", "coordinator", CORE)],
-                   key=lambda c: stop_rank(c[1], c[2]))
-    assert [name for name, _, _ in order] == [
-        "host1/agent", "coordinator", "etcd1", "host1/libvirtd", "host1", "core"]
+    order = sorted(
+        [
+            ("core", "holder", CORE),
+            ("host1", "holder", "host1"),
+            ("host1/libvirtd", "libvirtd", "host1"),
+            ("host1/agent", "agent", "host1"),
+            ("etcd1", "etcd", CORE),
+            ("coordinator", "coordinator", CORE),
+        ],
+        key=lambda c: stop_rank(c[1], c[2]),
+    )
+    assert [name for name, _, _ in order] == ["host1/agent", "coordinator", "etcd1", "host1/libvirtd", "host1", "core"]
 
 
 def test_status_text_names_a_failed_agent_and_its_reason():
     state = LabState(lab_dir="/l", created="t", core_address="10.77.0.1")
     dead = ProcessRecord(pid=1, start_ticks=0, argv=("x",))
-    state = state.with_component(Component("host1/agent", "agent", "host1", dead,
-                                           error="exited during start (log: /l/a.log)"))
+    state = state.with_component(
+        Component("host1/agent", "agent", "host1", dead, error="exited during start (log: /l/a.log)")
+    )
     from ferry.lab.status import component_status
 
     entry = component_status(state.component("host1/agent"))
     assert entry["state"] == "failed"
-    status = {"lab_dir": "/l", "up": False, "created": "t",
-              "core": {"address": "10.77.0.1/24", "bridge": "br0", "holder": None},
-              "hosts": [], "components": [entry]}
+    status = {
+        "lab_dir": "/l",
+        "up": False,
+        "created": "t",
+        "core": {"address": "10.77.0.1/24", "bridge": "br0", "holder": None},
+        "hosts": [],
+        "components": [entry],
+    }
     text = render_text(status)
     assert "FAILED" in text and "/l/a.log" in text
 
@@ -162,8 +191,7 @@ def test_hosts_are_distinct_libvirt_hosts_with_their_guest_bridges(lab):
         uuids[host] = caps.find("host/uuid").text
         assert uuids[host] == lab.host(host).host_uuid
         assert lab.host_exec(host, "hostname").stdout.strip() == host
-        links = json.loads(lab.host_exec(host, "ip", "-j", "link", "show", "type",
-                                         "bridge").stdout)
+        links = json.loads(lab.host_exec(host, "ip", "-j", "link", "show", "type", "bridge").stdout)
         assert [link["ifname"] for link in links] == [bridge]
         addrs = json.loads(lab.host_exec(host, "ip", "-j", "-4", "addr", "show", "eth0").stdout)
         assert addrs[0]["addr_info"][0]["local"] == lab.host_ip(host)
@@ -180,7 +208,7 @@ def test_hosts_reach_each_others_libvirtd_over_the_lab_network(lab):
 @pytest.mark.lab
 def test_status_reports_every_component(lab):
     status = lab.status()
-    json.dumps(status)   # what `ferry-lab status --output json` prints
+    json.dumps(status)  # what `ferry-lab status --output json` prints
     assert status["up"] and status["core"]["holder"]["state"] == "running"
     for host in status["hosts"]:
         assert host["holder"]["state"] == "running"
@@ -189,7 +217,8 @@ def test_status_reports_every_component(lab):
         agent = host["agent"]
         # the agent either serves, or the lab says clearly why not (the hosts stay up)
         assert (agent["state"] == "running" and agent["serving"]) or (
-            agent["state"] == "failed" and agent["log"] in agent["error"]), agent
+            agent["state"] == "failed" and agent["log"] in agent["error"]
+        ), agent
 
 
 @pytest.mark.lab
@@ -236,11 +265,11 @@ def test_a_core_component_is_recorded_shown_and_stopped(tmp_path, lab_cache):
     small = Lab(tmp_path / "lab", cache_dir=lab_cache)
     try:
         small.up(hosts=1, agents=False, install=False)
-        component = small.start_component("coordinator", "coordinator", ["sleep", "infinity"],
-                                          endpoints={"grpc": "10.77.0.1:7000"})
+        component = small.start_component(
+            "coordinator", "coordinator", ["sleep", "infinity"], endpoints={"grpc": "10.77.0.1:7000"}
+        )
         core_holder = small.state().holder(CORE)
-        assert (os.readlink(f"/proc/{component.process.pid}/ns/net")
-                == os.readlink(f"/proc/{core_holder.pid}/ns/net"))
+        assert os.readlink(f"/proc/{component.process.pid}/ns/net") == os.readlink(f"/proc/{core_holder.pid}/ns/net")
         [shown] = small.status()["components"]
         assert (shown["name"], shown["place"], shown["state"]) == ("coordinator", CORE, "running")
     finally:
@@ -250,14 +279,21 @@ def test_a_core_component_is_recorded_shown_and_stopped(tmp_path, lab_cache):
 
 
 def _root_links() -> set[str]:
-    return {link["ifname"] for link in json.loads(
-        subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True).stdout)}
+    return {
+        link["ifname"]
+        for link in json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True).stdout)
+    }
 
 
 def _ferry_lab(lab_dir: Path, cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FERRY_LAB_CACHE_DIR": str(cache)}
-    done = subprocess.run([sys.executable, "-m", "ferry.lab.main", "--lab-dir", str(lab_dir),
-                           *args], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "ferry.lab.main", "--lab-dir", str(lab_dir), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     return done
 

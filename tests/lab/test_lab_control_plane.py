@@ -60,8 +60,10 @@ def test_etcd_members_and_coordinators_get_distinct_ports_on_the_core_address():
     assert plan.coordinators[1].config == LAB / "coordinators/c2/coordinator.toml"
 
 
-@pytest.mark.parametrize("shape", [ControlPlane(etcd_members=2), ControlPlane(coordinators=0),
-                                   ControlPlane(coordinators=4), ControlPlane(cluster=0)])
+@pytest.mark.parametrize(
+    "shape",
+    [ControlPlane(etcd_members=2), ControlPlane(coordinators=0), ControlPlane(coordinators=4), ControlPlane(cluster=0)],
+)
 def test_shapes_the_lab_refuses(shape):
     assert shape.problem()
     with pytest.raises(ValueError):
@@ -81,7 +83,7 @@ def test_coordinator_config_is_what_ferry_coordinator_reads():
     # br-guest on host1, br-vm on host2: the mapping is derived, no --map-bridge needed
     mapping = derive_mapping(config.hosts["host1"], config.hosts["host2"])
     assert mapping.bridges == {"br-guest": "br-vm"}
-    assert mapping.path_prefixes == {}      # same image dir on every lab host
+    assert mapping.path_prefixes == {}  # same image dir on every lab host
 
 
 def test_agents_register_with_their_lab_network_address():
@@ -99,21 +101,21 @@ def test_cli_config_names_the_first_replica_and_all_of_them():
     plan = plan_control_plane(LabPaths(LAB), ControlPlane(coordinators=2))
     text = render_cli_toml(LAB, plan.coordinators)
     doc = tomllib.loads(text)
-    assert doc["coordinators"] == ["unix:/tmp/l/coordinators/c1.sock",
-                                   "unix:/tmp/l/coordinators/c2.sock"]
+    assert doc["coordinators"] == ["unix:/tmp/l/coordinators/c1.sock", "unix:/tmp/l/coordinators/c2.sock"]
     assert doc["coordinator"] == "unix:/tmp/l/coordinators/c1.sock"
 
 
 def test_cli_config_the_cli_reads(tmp_path):
     plan = plan_control_plane(LabPaths(tmp_path), ControlPlane())
-    outcome = cliconfig.install(tmp_path, render_cli_toml(tmp_path, plan.coordinators),
-                                tmp_path / "xdg" / "ferry" / "cli.toml")
+    outcome = cliconfig.install(
+        tmp_path, render_cli_toml(tmp_path, plan.coordinators), tmp_path / "xdg" / "ferry" / "cli.toml"
+    )
     assert outcome.written
     for config in (outcome.lab_config, outcome.user_config):
-        assert coordinator_address(None, {"FERRY_CONFIG": str(config)}) == \
-            f"unix:{tmp_path}/coordinators/c1.sock"
-    assert coordinator_address(None, {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}) == \
-        f"unix:{tmp_path}/coordinators/c1.sock"
+        assert coordinator_address(None, {"FERRY_CONFIG": str(config)}) == f"unix:{tmp_path}/coordinators/c1.sock"
+    assert (
+        coordinator_address(None, {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}) == f"unix:{tmp_path}/coordinators/c1.sock"
+    )
 
 
 def test_someone_elses_cli_config_is_kept_on_up_and_down(tmp_path):
@@ -133,11 +135,11 @@ def test_someone_elses_cli_config_is_kept_on_up_and_down(tmp_path):
 def test_a_cli_config_of_this_lab_is_replaced_and_removed(tmp_path):
     lab_dir, user = tmp_path / "lab", tmp_path / "cli.toml"
     old = plan_control_plane(LabPaths(lab_dir), ControlPlane(coordinators=2))
-    user.write_text(render_cli_toml(lab_dir, old.coordinators[1:]))   # an earlier run of it
+    user.write_text(render_cli_toml(lab_dir, old.coordinators[1:]))  # an earlier run of it
     new = plan_control_plane(LabPaths(lab_dir), ControlPlane())
     assert cliconfig.install(lab_dir, render_cli_toml(lab_dir, new.coordinators), user).written
     other_lab = tmp_path / "other"
-    cliconfig.remove(other_lab, user)            # another lab's down leaves it alone
+    cliconfig.remove(other_lab, user)  # another lab's down leaves it alone
     assert user.exists()
     cliconfig.remove(lab_dir, user)
     assert not user.exists()
@@ -146,24 +148,37 @@ def test_a_cli_config_of_this_lab_is_replaced_and_removed(tmp_path):
 def _state() -> LabState:
     def comp(name: str, kind: str, place: str = CORE) -> Component:
         return Component(name, kind, place, ProcessRecord(1, 1, ("x",)))
-    return LabState("/tmp/l", "now", "10.77.0.1", components=(
-        comp(CORE, "holder"), comp("host1", "holder", "host1"),
-        comp("host1/libvirtd", "libvirtd", "host1"), comp("host1/agent", "agent", "host1"),
-        comp("etcd/s1", "etcd"), comp("coordinator/c1", "coordinator"),
-        comp("coordinator/c2", "coordinator")))
+
+    return LabState(
+        "/tmp/l",
+        "now",
+        "10.77.0.1",
+        components=(
+            comp(CORE, "holder"),
+            comp("host1", "holder", "host1"),
+            comp("host1/libvirtd", "libvirtd", "host1"),
+            comp("host1/agent", "agent", "host1"),
+            comp("etcd/s1", "etcd"),
+            comp("coordinator/c1", "coordinator"),
+            comp("coordinator/c2", "coordinator"),
+        ),
+    )
 
 
-@pytest.mark.parametrize("words, name", [
-    (["coordinator", "c1"], "coordinator/c1"),
-    (["coordinator c2"], "coordinator/c2"),
-    (["c2"], "coordinator/c2"),
-    (["coordinator/c1"], "coordinator/c1"),
-    (["etcd", "s1"], "etcd/s1"),
-    (["s1"], "etcd/s1"),
-    (["agent", "host1"], "host1/agent"),
-    (["host1/agent"], "host1/agent"),
-    (["libvirtd", "host1"], "host1/libvirtd"),
-])
+@pytest.mark.parametrize(
+    "words, name",
+    [
+        (["coordinator", "c1"], "coordinator/c1"),
+        (["coordinator c2"], "coordinator/c2"),
+        (["c2"], "coordinator/c2"),
+        (["coordinator/c1"], "coordinator/c1"),
+        (["etcd", "s1"], "etcd/s1"),
+        (["s1"], "etcd/s1"),
+        (["agent", "host1"], "host1/agent"),
+        (["host1/agent"], "host1/agent"),
+        (["libvirtd", "host1"], "host1/libvirtd"),
+    ],
+)
 def test_components_are_named_as_an_operator_says_them(words, name):
     assert drills.resolve(_state(), words).name == name
 
@@ -184,29 +199,44 @@ def test_holders_are_not_drill_targets():
 def test_what_etcdctl_says():
     assert leader_of('{"address": "10.77.0.1:7101", "id": "c2"}') == "c2"
     assert leader_of("") is None and leader_of("garbage") is None
-    out = ('[{"endpoint":"http://10.77.0.1:2379","health":true,"took":"2ms"},'
-           '{"endpoint":"http://10.77.0.1:2381","health":false,"error":"context deadline"}]')
-    assert endpoint_health(out) == {"http://10.77.0.1:2379": True,
-                                    "http://10.77.0.1:2381": False}
+    out = (
+        '[{"endpoint":"http://10.77.0.1:2379","health":true,"took":"2ms"},'
+        '{"endpoint":"http://10.77.0.1:2381","health":false,"error":"context deadline"}]'
+    )
+    assert endpoint_health(out) == {"http://10.77.0.1:2379": True, "http://10.77.0.1:2381": False}
     assert endpoint_health("Error: unhealthy cluster") == {}
 
 
 def test_status_text_marks_the_leader_and_a_paused_member():
     def entry(label: str, kind: str, state: str, **extra: object) -> dict[str, object]:
-        return {"name": label.replace(" ", "/"), "label": label, "kind": kind, "place": CORE,
-                "pid": 7, "alive": True, "state": state, "error": "", "log": "",
-                "endpoints": {"client": "http://10.77.0.1:2379"} if kind == "etcd" else
-                {"grpc": "10.77.0.1:7100", "unix": "unix:/l/coordinators/c1.sock"}, **extra}
+        return {
+            "name": label.replace(" ", "/"),
+            "label": label,
+            "kind": kind,
+            "place": CORE,
+            "pid": 7,
+            "alive": True,
+            "state": state,
+            "error": "",
+            "log": "",
+            "endpoints": {"client": "http://10.77.0.1:2379"}
+            if kind == "etcd"
+            else {"grpc": "10.77.0.1:7100", "unix": "unix:/l/coordinators/c1.sock"},
+            **extra,
+        }
+
     status = {
-        "lab_dir": "/l", "up": True, "created": "now",
-        "core": {"address": "10.77.0.1/24", "bridge": "br0", "holder": None}, "hosts": [],
-        "control_plane": {"leader": "c2", "leader_error": "", "cli_config": "/l/cli.toml",
-                          "user_cli_config": ""},
-        "components": [entry("etcd s1", "etcd", "paused", healthy=None),
-                       entry("coordinator c1", "coordinator", "running", serving=True,
-                             leader=False),
-                       entry("coordinator c2", "coordinator", "running", serving=True,
-                             leader=True)],
+        "lab_dir": "/l",
+        "up": True,
+        "created": "now",
+        "core": {"address": "10.77.0.1/24", "bridge": "br0", "holder": None},
+        "hosts": [],
+        "control_plane": {"leader": "c2", "leader_error": "", "cli_config": "/l/cli.toml", "user_cli_config": ""},
+        "components": [
+            entry("etcd s1", "etcd", "paused", healthy=None),
+            entry("coordinator c1", "coordinator", "running", serving=True, leader=False),
+            entry("coordinator c2", "coordinator", "running", serving=True, leader=True),
+        ],
     }
     lines = render_text(status).splitlines()
     assert "control   leader c2" in lines
@@ -230,9 +260,8 @@ async def _ferry_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
 @pytest.mark.lab
 def test_control_plane_is_up_with_one_leader(fleet_lab: Lab, cli_config_home: Path):
     status = fleet_lab.status()
-    json.dumps(status)   # what `ferry-lab status --output json` prints
-    plane = {e["label"]: e for e in status["components"]
-             if e["kind"] in ("etcd", "coordinator")}
+    json.dumps(status)  # what `ferry-lab status --output json` prints
+    plane = {e["label"]: e for e in status["components"] if e["kind"] in ("etcd", "coordinator")}
     assert set(plane) == {"etcd s1", "coordinator c1", "coordinator c2"}
     assert plane["etcd s1"]["healthy"] and plane["etcd s1"]["pid"]
     assert plane["etcd s1"]["endpoints"]["client"] == "http://10.77.0.1:2379"
@@ -245,20 +274,21 @@ def test_control_plane_is_up_with_one_leader(fleet_lab: Lab, cli_config_home: Pa
     # the operator's CLI config (a temporary $XDG_CONFIG_HOME here) points into this lab
     user_config = cli_config_home / "ferry" / "cli.toml"
     assert status["control_plane"]["user_cli_config"] == str(user_config)
-    assert coordinator_address(None, {"XDG_CONFIG_HOME": str(cli_config_home)}) == \
-        f"unix:{fleet_lab.dir}/coordinators/c1.sock"
+    assert (
+        coordinator_address(None, {"XDG_CONFIG_HOME": str(cli_config_home)})
+        == f"unix:{fleet_lab.dir}/coordinators/c1.sock"
+    )
 
 
 @pytest.mark.lab
 async def test_the_cli_lists_the_hosts_and_a_guest(fleet_lab: Lab, monkeypatch, capsys):
     monkeypatch.setenv("FERRY_CONFIG", str(fleet_lab.dir / "cli.toml"))
     hosts = (await _ferry_json(capsys, "hosts"))["hosts"]
-    assert {h["name"]: h.get("available", False) for h in hosts} == {"host1": True,
-                                                                     "host2": True}
+    assert {h["name"]: h.get("available", False) for h in hosts} == {"host1": True, "host2": True}
     by_name = {h["name"]: h for h in hosts}
-    assert by_name["host2"]["address"] == "10.77.0.12:7070"   # over the lab network
+    assert by_name["host2"]["address"] == "10.77.0.12:7070"  # over the lab network
     fleet_lab.guest("fleetvm", host="host2")
-    deadline = time.monotonic() + 15     # the coordinators cache inventories for 5 s
+    deadline = time.monotonic() + 15  # the coordinators cache inventories for 5 s
     while True:
         vms = (await _ferry_json(capsys, "vms")).get("vms", [])
         found = [v for v in vms if v["domain"]["name"] == "fleetvm"]
@@ -269,8 +299,7 @@ async def test_the_cli_lists_the_hosts_and_a_guest(fleet_lab: Lab, monkeypatch, 
 
 
 @pytest.mark.lab
-async def test_the_other_coordinator_takes_over_when_the_leader_is_killed(fleet_lab: Lab,
-                                                                          capsys):
+async def test_the_other_coordinator_takes_over_when_the_leader_is_killed(fleet_lab: Lab, capsys):
     leader = fleet_lab.leader()
     assert leader in ("c1", "c2")
     other = "c2" if leader == "c1" else "c1"
@@ -284,20 +313,22 @@ async def test_the_other_coordinator_takes_over_when_the_leader_is_killed(fleet_
         entries = {e["id"]: e for e in status["components"] if e["kind"] == "coordinator"}
         assert entries[leader]["state"] == "dead" and entries[other]["leader"]
         # the survivor serves the whole API
-        hosts = (await _ferry_json(capsys, "--coordinator",
-                                   entries[other]["endpoints"]["unix"], "hosts"))["hosts"]
+        hosts = (await _ferry_json(capsys, "--coordinator", entries[other]["endpoints"]["unix"], "hosts"))["hosts"]
         assert {h["name"] for h in hosts} == {"host1", "host2"}
     finally:
         fleet_lab.restart(f"coordinator {leader}")
     assert health_serving(f"unix:{fleet_lab.dir}/coordinators/{leader}.sock")
-    assert fleet_lab.leader() == other        # the restarted replica follows
+    assert fleet_lab.leader() == other  # the restarted replica follows
 
 
-def _ferry_lab(lab_dir: Path, cache: Path, env: dict[str, str],
-               *args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", "ferry.lab.main", "--lab-dir", str(lab_dir),
-                           *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "FERRY_LAB_CACHE_DIR": str(cache), **env})
+def _ferry_lab(lab_dir: Path, cache: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "ferry.lab.main", "--lab-dir", str(lab_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "FERRY_LAB_CACHE_DIR": str(cache), **env},
+    )
     assert done.returncode == 0, done.stderr
     return done
 
@@ -311,13 +342,11 @@ def test_up_and_down_through_the_command_keep_a_foreign_cli_config(tmp_path, lab
     foreign = 'coordinator = "10.20.30.40:7100"\n'
     (home / "ferry" / "cli.toml").write_text(foreign)
     env = {"XDG_CONFIG_HOME": str(home)}
-    up = _ferry_lab(lab_dir, lab_cache, env, "up", "--hosts", "1", "--coordinators", "2",
-                    "--no-install")
+    up = _ferry_lab(lab_dir, lab_cache, env, "up", "--hosts", "1", "--coordinators", "2", "--no-install")
     try:
         assert f"FERRY_CONFIG={lab_dir}/cli.toml" in up.stdout
         assert (home / "ferry" / "cli.toml").read_text() == foreign
-        status = json.loads(_ferry_lab(lab_dir, lab_cache, env, "status", "--output",
-                                       "json").stdout)
+        status = json.loads(_ferry_lab(lab_dir, lab_cache, env, "status", "--output", "json").stdout)
         assert status["leader"] in ("c1", "c2")
         state = Lab(lab_dir).state()
         assert state is not None

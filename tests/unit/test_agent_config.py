@@ -47,8 +47,9 @@ def test_minimal_config_has_defaults():
 
 def test_example_config_in_deploy_parses():
     cfg = load_config(Path(__file__).parents[2] / "deploy/config/agent.toml")
-    assert cfg.tls == Tls(Path("/etc/ferry/pki/ca.pem"), Path("/etc/ferry/pki/agent.pem"),
-                          Path("/etc/ferry/pki/agent-key.pem"))
+    assert cfg.tls == Tls(
+        Path("/etc/ferry/pki/ca.pem"), Path("/etc/ferry/pki/agent.pem"), Path("/etc/ferry/pki/agent-key.pem")
+    )
 
 
 def test_relative_tls_paths_are_relative_to_the_file(tmp_path):
@@ -60,21 +61,23 @@ def test_relative_tls_paths_are_relative_to_the_file(tmp_path):
 @pytest.mark.parametrize(
     ("text", "named"),
     [
-        (LAB + 'prepare_tll_s = 5\n', "prepare_tll_s"),                       # typo: unknown key
-        (LAB + '[tsl]\nca = "x"\n', "tsl"),                                   # unknown table
+        (LAB + "prepare_tll_s = 5\n", "prepare_tll_s"),  # typo: unknown key
+        (LAB + '[tsl]\nca = "x"\n', "tsl"),  # unknown table
         (LAB + '[tls]\nca = "a"\ncert = "b"\nkey = "c"\nkeypass = "d"\n', "keypass"),
-        (LAB + '[tls]\nca = "a"\n', "cert"),                                  # incomplete TLS
-        (LAB.replace('name = "host1"\n', ""), "name"),                        # required key
-        (LAB.replace('advertise_libvirt_uri', "#"), "advertise_libvirt_uri"),
-        (LAB.replace('prepare_ttl_s = 600', 'prepare_ttl_s = "600"'), "prepare_ttl_s"),
-        (LAB.replace('prepare_ttl_s = 600', 'prepare_ttl_s = 0'), "prepare_ttl_s"),
-        (LAB.replace('libvirt_timeout_s = 30', 'libvirt_timeout_s = true'), "libvirt_timeout_s"),
-        (LAB.replace('listen = [', 'listen = "x" #'), "listen"),
-        (LAB.replace('listen = ["10.77.0.11:7070", "unix:/tmp/ferry-lab/hosts/host1/agent.sock"]',
-                     'listen = []'), "listen"),
+        (LAB + '[tls]\nca = "a"\n', "cert"),  # incomplete TLS
+        (LAB.replace('name = "host1"\n', ""), "name"),  # required key
+        (LAB.replace("advertise_libvirt_uri", "#"), "advertise_libvirt_uri"),
+        (LAB.replace("prepare_ttl_s = 600", 'prepare_ttl_s = "600"'), "prepare_ttl_s"),
+        (LAB.replace("prepare_ttl_s = 600", "prepare_ttl_s = 0"), "prepare_ttl_s"),
+        (LAB.replace("libvirt_timeout_s = 30", "libvirt_timeout_s = true"), "libvirt_timeout_s"),
+        (LAB.replace("listen = [", 'listen = "x" #'), "listen"),
+        (
+            LAB.replace('listen = ["10.77.0.11:7070", "unix:/tmp/ferry-lab/hosts/host1/agent.sock"]', "listen = []"),
+            "listen",
+        ),
         (LAB.replace('migration_address = "10.77.0.11"', "migration_address = 7"), "migration_address"),
         ("[agent\n", "TOML"),
-        ('name = "h"\n', "name"),                                             # key outside [agent]
+        ('name = "h"\n', "name"),  # key outside [agent]
     ],
 )
 def test_mistakes_are_named(text, named):

@@ -28,14 +28,17 @@ Dirty rate:       7913         pages/s
 """
 
 
-@pytest.mark.parametrize(("values", "pct", "expected"), [
-    ([1, 2, 3, 4], 50, 2.5),
-    ([3, 1, 2], 50, 2.0),
-    ([10, 20, 30, 40, 50], 95, 48.0),
-    ([10, 20, 30, 40, 50], 0, 10.0),
-    ([10, 20, 30, 40, 50], 100, 50.0),
-    ([7], 95, 7.0),
-])
+@pytest.mark.parametrize(
+    ("values", "pct", "expected"),
+    [
+        ([1, 2, 3, 4], 50, 2.5),
+        ([3, 1, 2], 50, 2.0),
+        ([10, 20, 30, 40, 50], 95, 48.0),
+        ([10, 20, 30, 40, 50], 0, 10.0),
+        ([10, 20, 30, 40, 50], 100, 50.0),
+        ([7], 95, 7.0),
+    ],
+)
 def test_percentile(values, pct, expected):
     assert b.percentile(values, pct) == pytest.approx(expected)
 
@@ -45,21 +48,27 @@ def test_percentile_of_nothing_is_refused():
         b.percentile([], 50)
 
 
-@pytest.mark.parametrize(("values", "text"), [
-    ([2.2, 3.05, 2.41], "2.41 s (2.20-3.05)"),
-    ([2.2], "2.20 s"),
-    ([], "-"),
-])
+@pytest.mark.parametrize(
+    ("values", "text"),
+    [
+        ([2.2, 3.05, 2.41], "2.41 s (2.20-3.05)"),
+        ([2.2], "2.20 s"),
+        ([], "-"),
+    ],
+)
 def test_spread_shows_median_then_range(values, text):
     assert b.spread(values) == text
 
 
-@pytest.mark.parametrize(("value", "baseline", "text"), [
-    (3.0, 2.5, "+0.50 s (+20%)"),
-    (2.4, 2.5, "-0.10 s (-4%)"),
-    (2.5, None, "-"),
-    (None, 2.5, "-"),
-])
+@pytest.mark.parametrize(
+    ("value", "baseline", "text"),
+    [
+        (3.0, 2.5, "+0.50 s (+20%)"),
+        (2.4, 2.5, "-0.10 s (-4%)"),
+        (2.5, None, "-"),
+        (None, 2.5, "-"),
+    ],
+)
 def test_overhead_against_the_raw_baseline(value, baseline, text):
     assert b.overhead(value, baseline) == text
 
@@ -67,19 +76,22 @@ def test_overhead_against_the_raw_baseline(value, baseline, text):
 def test_markdown_table_aligns_columns_and_right_aligns_numbers():
     text = b.markdown_table(["case", "runs", "wall"], [["raw", 3, "2.41 s"], ["ferry | cli", 12, "-"]])
     lines = text.splitlines()
-    assert len({len(line) for line in lines}) == 1                  # every line equally wide
-    assert lines[1].startswith("|------") and "-:|" in lines[1]      # runs is right-aligned
-    assert "ferry / cli" in lines[3]                                 # a pipe cannot break the table
+    assert len({len(line) for line in lines}) == 1  # every line equally wide
+    assert lines[1].startswith("|------") and "-:|" in lines[1]  # runs is right-aligned
+    assert "ferry / cli" in lines[3]  # a pipe cannot break the table
     with pytest.raises(ValueError):
         b.markdown_table(["a", "b"], [["only one"]])
 
 
-@pytest.mark.parametrize(("intervals", "peak"), [
-    ([(0, 2), (1, 3), (2, 4)], 2),
-    ([(0, 1), (1, 2), (2, 3)], 1),          # a slot handed over at the same instant
-    ([(0, 10), (1, 2), (1, 3), (2.5, 4)], 3),
-    ([], 0),
-])
+@pytest.mark.parametrize(
+    ("intervals", "peak"),
+    [
+        ([(0, 2), (1, 3), (2, 4)], 2),
+        ([(0, 1), (1, 2), (2, 3)], 1),  # a slot handed over at the same instant
+        ([(0, 10), (1, 2), (1, 3), (2.5, 4)], 3),
+        ([], 0),
+    ],
+)
 def test_peak_overlap(intervals, peak):
     assert b.peak_overlap(intervals) == peak
 
@@ -89,12 +101,15 @@ def test_peak_overlap_per_host():
     assert b.peak_overlap_by(spans) == {"host1": 2, "host2": 1}
 
 
-@pytest.mark.parametrize(("changes", "spans"), [
-    ([(0, False), (1, True), (2, True), (3, False)], [(1, 3)]),
-    ([(0, False), (1, True), (3, False), (4, True), (6, False)], [(1, 3), (4, 6)]),   # re-queued once
-    ([(0, False), (5, True)], [(5, 5)]),
-    ([(0, False)], []),
-])
+@pytest.mark.parametrize(
+    ("changes", "spans"),
+    [
+        ([(0, False), (1, True), (2, True), (3, False)], [(1, 3)]),
+        ([(0, False), (1, True), (3, False), (4, True), (6, False)], [(1, 3), (4, 6)]),  # re-queued once
+        ([(0, False), (5, True)], [(5, 5)]),
+        ([(0, False)], []),
+    ],
+)
 def test_holding_spans_from_a_history(changes, spans):
     assert b.holding_spans(changes) == spans
 
@@ -127,7 +142,7 @@ def test_completed_job_figures_from_virsh():
     assert b.jobinfo_ms(info, "Time elapsed w/o network") == 815
     assert b.jobinfo_number(info, "Data processed") == pytest.approx(140.213)
     assert b.jobinfo_number(info, "Dirty rate") == 7913
-    assert b.jobinfo_ms(info, "Setup time") is None                  # absent: no number invented
+    assert b.jobinfo_ms(info, "Setup time") is None  # absent: no number invented
 
 
 def test_load_line_names_the_cores():
@@ -135,10 +150,17 @@ def test_load_line_names_the_cores():
 
 
 def test_phase_durations_show_where_a_slow_migration_waited():
-    history = [("Pending", 0.0), ("Preflight", 0.2), ("Preparing", 0.3), ("Migrating", 0.5),
-               ("Migrating", 10.0), ("Finishing", 24.5), ("Succeeded", 144.5)]
+    history = [
+        ("Pending", 0.0),
+        ("Preflight", 0.2),
+        ("Preparing", 0.3),
+        ("Migrating", 0.5),
+        ("Migrating", 10.0),
+        ("Finishing", 24.5),
+        ("Succeeded", 144.5),
+    ]
     spent = b.phase_durations(history)
-    assert spent["Migrating"] == pytest.approx(24.0)              # a note does not split the phase
+    assert spent["Migrating"] == pytest.approx(24.0)  # a note does not split the phase
     assert spent["Finishing"] == pytest.approx(120.0)
-    assert "Succeeded" not in spent                                # final: no duration
+    assert "Succeeded" not in spent  # final: no duration
     assert b.phase_durations([("Pending", 0.0)]) == {}

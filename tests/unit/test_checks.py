@@ -10,8 +10,9 @@ Q72 = 7_002_000
 
 
 def facts(name, qemu=Q72, libvirt=V9, free=8 << 30, arch="x86_64"):
-    return HostFacts(hostname=name, host_uuid=name, qemu_version=qemu, libvirt_version=libvirt,
-                     memory_free_bytes=free, arch=arch)
+    return HostFacts(
+        hostname=name, host_uuid=name, qemu_version=qemu, libvirt_version=libvirt, memory_free_bytes=free, arch=arch
+    )
 
 
 def host(name, available=True, **kw):
@@ -28,8 +29,15 @@ def dom(state=DomainState.RUNNING, disks=(LOCAL,), memory=256 << 20, persistent=
 
 
 def reasons(**kw):
-    args = dict(vm="g1", domain=dom(), source=host("host1"), target_name="host2", target=host("host2"),
-                options=MigrationOptions(), storage=StorageMode.COPY_ALL)
+    args = dict(
+        vm="g1",
+        domain=dom(),
+        source=host("host1"),
+        target_name="host2",
+        target=host("host2"),
+        options=MigrationOptions(),
+        storage=StorageMode.COPY_ALL,
+    )
     args.update(kw)
     return [b.reason for b in coordinator_blockers(**args)]
 
@@ -50,12 +58,21 @@ def reasons(**kw):
         ({"storage": StorageMode.SHARED}, ["DISK_NOT_SHARED"]),
         ({"storage": StorageMode.SHARED, "domain": dom(disks=(SHARED_OK,))}, []),
         ({"storage": StorageMode.SHARED, "domain": dom(disks=(SHARED_WB,))}, ["UNSAFE_CACHE"]),
-        ({"storage": StorageMode.SHARED, "domain": dom(disks=(SHARED_WB,)), "options": MigrationOptions(unsafe=True)}, []),
+        (
+            {
+                "storage": StorageMode.SHARED,
+                "domain": dom(disks=(SHARED_WB,)),
+                "options": MigrationOptions(unsafe=True),
+            },
+            [],
+        ),
         ({"options": MigrationOptions(migrate_disks=("vdz",))}, ["UNKNOWN_DISK"]),
         ({"source": host("host1", available=False)}, ["SOURCE_DOWN"]),
         # several at once: all reported
-        ({"target": host("host2", free=1 << 20, arch="ppc64le"), "domain": dom(state=DomainState.SHUTOFF)},
-         ["VM_NOT_RUNNING", "ARCH_MISMATCH", "INSUFFICIENT_MEMORY"]),
+        (
+            {"target": host("host2", free=1 << 20, arch="ppc64le"), "domain": dom(state=DomainState.SHUTOFF)},
+            ["VM_NOT_RUNNING", "ARCH_MISMATCH", "INSUFFICIENT_MEMORY"],
+        ),
     ],
 )
 def test_blockers(kw, expected):
@@ -66,9 +83,9 @@ def test_blockers(kw, expected):
     ("src", "dst", "expected"),
     [
         (Q72, Q72, []),
-        (Q72, 8_000_000, []),              # newer target, close: fine
+        (Q72, 8_000_000, []),  # newer target, close: fine
         (Q72, 6_002_000, ["VERSION_TOO_OLD"]),
-        (Q72, 7_001_000, []),              # older minor: QEMU keeps machine types across minors
+        (Q72, 7_001_000, []),  # older minor: QEMU keeps machine types across minors
         (5_000_000, 8_000_000, ["VERSION_SKEW"]),
     ],
 )
@@ -77,16 +94,26 @@ def test_qemu_versions(src, dst, expected):
 
 
 def test_every_blocker_has_a_hint():
-    out = coordinator_blockers("g1", dom(state=DomainState.SHUTOFF), host("host1", available=False), "host2",
-                               host("host2", free=1, arch="ppc64le", qemu=1_000_000), MigrationOptions(),
-                               StorageMode.SHARED)
+    out = coordinator_blockers(
+        "g1",
+        dom(state=DomainState.SHUTOFF),
+        host("host1", available=False),
+        "host2",
+        host("host2", free=1, arch="ppc64le", qemu=1_000_000),
+        MigrationOptions(),
+        StorageMode.SHARED,
+    )
     assert out and all(b.hint for b in out)
 
 
 @pytest.mark.parametrize(
     ("disks", "storage"),
-    [((LOCAL,), StorageMode.COPY_ALL), ((SHARED_OK,), StorageMode.SHARED), ((), StorageMode.SHARED),
-     ((Disk(target="vdb", source="/x.iso", device="cdrom", readonly=True),), StorageMode.SHARED)],
+    [
+        ((LOCAL,), StorageMode.COPY_ALL),
+        ((SHARED_OK,), StorageMode.SHARED),
+        ((), StorageMode.SHARED),
+        ((Disk(target="vdb", source="/x.iso", device="cdrom", readonly=True),), StorageMode.SHARED),
+    ],
 )
 def test_auto_storage(disks, storage):
     assert effective_storage(dom(disks=disks), MigrationOptions(), explicit=False) == storage

@@ -31,8 +31,21 @@ def test_storage_and_definition_flags(argv, storage, persist, undefine):
 
 
 def test_tuning_flags():
-    o = build_options(_args("--bandwidth", "40", "--max-downtime", "250", "--auto-converge", "--postcopy",
-                            "--migrate-disks", "vda,vdb", "--offline", "--timeout", "600"))
+    o = build_options(
+        _args(
+            "--bandwidth",
+            "40",
+            "--max-downtime",
+            "250",
+            "--auto-converge",
+            "--postcopy",
+            "--migrate-disks",
+            "vda,vdb",
+            "--offline",
+            "--timeout",
+            "600",
+        )
+    )
     assert (o.bandwidth_mibps, o.max_downtime_ms, o.auto_converge, o.allow_postcopy) == (40, 250, True, True)
     assert list(o.migrate_disks) == ["vda", "vdb"]
     assert o.offline and o.completion_timeout_s == 600
@@ -51,8 +64,9 @@ def test_contradictory_flags_are_refused(argv):
 
 
 def test_mappings():
-    m = build_mapping(_args("--map-bridge", "br-guest=br-vm", "--map-path", "/var/lib/a=/srv/b",
-                            "--map-network", "default=prod"))
+    m = build_mapping(
+        _args("--map-bridge", "br-guest=br-vm", "--map-path", "/var/lib/a=/srv/b", "--map-network", "default=prod")
+    )
     assert dict(m.bridges) == {"br-guest": "br-vm"}
     assert dict(m.path_prefixes) == {"/var/lib/a": "/srv/b"}
     assert dict(m.networks) == {"default": "prod"}
@@ -84,10 +98,17 @@ def test_size(n, text):
 
 
 def test_progress_bar_counts_memory_and_disk():
-    p = tpb.MigrationProgress(phase=tpb.MIGRATION_PHASE_PRECOPY, memory_total=256 << 20,
-                              memory_processed=128 << 20, memory_remaining=128 << 20,
-                              disk_total=256 << 20, disk_processed=256 << 20, disk_remaining=0,
-                              iteration=2, elapsed_ms=3200)
+    p = tpb.MigrationProgress(
+        phase=tpb.MIGRATION_PHASE_PRECOPY,
+        memory_total=256 << 20,
+        memory_processed=128 << 20,
+        memory_remaining=128 << 20,
+        disk_total=256 << 20,
+        disk_processed=256 << 20,
+        disk_remaining=0,
+        iteration=2,
+        elapsed_ms=3200,
+    )
     line = render.progress_bar(p, width=10)
     assert line.startswith("[########..]  75% precopy")
     assert "iter 2" in line and line.endswith("3.2 s")
@@ -121,8 +142,13 @@ async def test_pick_skips_a_dead_replica(tmp_path):
 
 
 def test_progress_bar_never_runs_backwards():
-    p = tpb.MigrationProgress(phase=tpb.MIGRATION_PHASE_PRECOPY, memory_total=256 << 20,
-                              memory_processed=64 << 20, memory_remaining=192 << 20, elapsed_ms=1000)
+    p = tpb.MigrationProgress(
+        phase=tpb.MIGRATION_PHASE_PRECOPY,
+        memory_total=256 << 20,
+        memory_processed=64 << 20,
+        memory_remaining=192 << 20,
+        elapsed_ms=1000,
+    )
     assert render.progress_bar(p, width=10).startswith("[##........]  25%")
     assert render.progress_bar(p, width=10, at_least=0.9).startswith("[#########.]  90%")
 

@@ -26,22 +26,54 @@ from ferry.model import (
 from ferry.v1 import types_pb2 as tpb
 
 FACTS = HostFacts(
-    hostname="host1", host_uuid="6c61622d-0000-4000-8000-000000000001", libvirt_version=9_000_000,
-    qemu_version=7_002_000, cpu_model="Broadwell", arch="x86_64", cpu_features=("vmx", "aes"), cpus=2,
-    memory_total_bytes=8 << 30, memory_free_bytes=6 << 30, bridges=("br-guest",), networks=("default",),
-    storage=(StorageDir("/var/lib/libvirt/images", 10 << 30, 20 << 30, False, "ext4"),
-             StorageDir("/tmp/ferry-lab/shared", 1 << 30, 2 << 30, True, "tmpfs")),
-    libvirt_uri="qemu+tcp://10.77.0.11/system", migration_address="10.77.0.11", agent_version="0.1.0",
+    hostname="host1",
+    host_uuid="6c61622d-0000-4000-8000-000000000001",
+    libvirt_version=9_000_000,
+    qemu_version=7_002_000,
+    cpu_model="Broadwell",
+    arch="x86_64",
+    cpu_features=("vmx", "aes"),
+    cpus=2,
+    memory_total_bytes=8 << 30,
+    memory_free_bytes=6 << 30,
+    bridges=("br-guest",),
+    networks=("default",),
+    storage=(
+        StorageDir("/var/lib/libvirt/images", 10 << 30, 20 << 30, False, "ext4"),
+        StorageDir("/tmp/ferry-lab/shared", 1 << 30, 2 << 30, True, "tmpfs"),
+    ),
+    libvirt_uri="qemu+tcp://10.77.0.11/system",
+    migration_address="10.77.0.11",
+    agent_version="0.1.0",
 )
 
 DOMAIN = DomainInfo(
-    name="g1", uuid="0d1f2c3b-aaaa-bbbb-cccc-000000000001", state=DomainState.PAUSED,
-    memory_bytes=256 << 20, vcpus=1, persistent=True,
-    disks=(Disk("vda", "/var/lib/libvirt/images/g1.qcow2", "qcow2", 256 << 20, 3 << 20,
-                ("/var/lib/libvirt/images/base.qcow2",), "none", False, False, "disk", "virtio"),
-           Disk("sda", "", "raw", device="cdrom", readonly=True, bus="sata")),
+    name="g1",
+    uuid="0d1f2c3b-aaaa-bbbb-cccc-000000000001",
+    state=DomainState.PAUSED,
+    memory_bytes=256 << 20,
+    vcpus=1,
+    persistent=True,
+    disks=(
+        Disk(
+            "vda",
+            "/var/lib/libvirt/images/g1.qcow2",
+            "qcow2",
+            256 << 20,
+            3 << 20,
+            ("/var/lib/libvirt/images/base.qcow2",),
+            "none",
+            False,
+            False,
+            "disk",
+            "virtio",
+        ),
+        Disk("sda", "", "raw", device="cdrom", readonly=True, bus="sata"),
+    ),
     nics=(Nic("bridge", "br-guest", "52:54:00:00:00:01", "virtio"),),
-    cpu_mode="custom", cpu_model="qemu64", os_type="qemu",
+    cpu_mode="custom",
+    cpu_model="qemu64",
+    os_type="qemu",
 )
 
 
@@ -75,7 +107,7 @@ def test_unknown_phase_is_none():
     ("value", "unspecified", "expected"),
     [
         (tpb.STORAGE_MODE_UNSPECIFIED, StorageMode.SHARED, StorageMode.SHARED),  # agent
-        (tpb.STORAGE_MODE_UNSPECIFIED, None, None),                               # coordinator: auto
+        (tpb.STORAGE_MODE_UNSPECIFIED, None, None),  # coordinator: auto
         (tpb.STORAGE_MODE_COPY_ALL, None, StorageMode.COPY_ALL),
         (tpb.STORAGE_MODE_COPY_INC, StorageMode.SHARED, StorageMode.COPY_INC),
         (tpb.STORAGE_MODE_SHARED, None, StorageMode.SHARED),
@@ -86,25 +118,40 @@ def test_storage_mode(value, unspecified, expected):
 
 
 def test_options_round_trip():
-    opts = MigrationOptions(offline=False, storage=StorageMode.COPY_INC, migrate_disks=("vda", "vdb"),
-                            persist_dest=True, undefine_source=False, bandwidth_mibps=40,
-                            max_downtime_ms=500, auto_converge=True, allow_postcopy=True, unsafe=True,
-                            completion_timeout_s=300, postcopy_on_stall=True)
+    opts = MigrationOptions(
+        offline=False,
+        storage=StorageMode.COPY_INC,
+        migrate_disks=("vda", "vdb"),
+        persist_dest=True,
+        undefine_source=False,
+        bandwidth_mibps=40,
+        max_downtime_ms=500,
+        auto_converge=True,
+        allow_postcopy=True,
+        unsafe=True,
+        completion_timeout_s=300,
+        postcopy_on_stall=True,
+    )
     assert convert.options_from_pb(convert.options_to_pb(opts)) == opts
 
 
 def test_mapping_and_disk_plan_round_trip():
-    m = HostMapping(bridges={"br-guest": "br-vm"}, networks={"default": "lab"},
-                    path_prefixes={"/a/": "/b/"})
+    m = HostMapping(bridges={"br-guest": "br-vm"}, networks={"default": "lab"}, path_prefixes={"/a/": "/b/"})
     assert convert.mapping_from_pb(convert.mapping_to_pb(m)) == m
     p = DiskPlan("vda", "/a/g1.qcow2", "/b/g1.qcow2", "qcow2", 1 << 30, 5 << 20, "/b/base.qcow2", "qcow2", True)
     assert convert.disk_plan_from_pb(convert.disk_plan_to_pb(p)) == p
 
 
 def test_prepare_record_round_trip_keeps_times_in_utc():
-    r = PrepareRecord("p1", "g1", "u1", ("/var/lib/libvirt/images/g1.qcow2",),
-                      datetime(2026, 11, 25, 20, 0, 0, 123000, tzinfo=UTC),
-                      datetime(2026, 11, 25, 20, 10, 0, tzinfo=UTC), "m-42")
+    r = PrepareRecord(
+        "p1",
+        "g1",
+        "u1",
+        ("/var/lib/libvirt/images/g1.qcow2",),
+        datetime(2026, 11, 25, 20, 0, 0, 123000, tzinfo=UTC),
+        datetime(2026, 11, 25, 20, 10, 0, tzinfo=UTC),
+        "m-42",
+    )
     assert convert.prepare_record_from_pb(convert.prepare_record_to_pb(r)) == r
 
 
@@ -113,17 +160,35 @@ def test_unset_timestamp_is_none():
 
 
 def test_progress_round_trip():
-    stats = JobStats(active=True, job_type="unbounded", time_elapsed_ms=1500, memory_total=256 << 20,
-                     memory_processed=100 << 20, memory_remaining=156 << 20, disk_total=1 << 30,
-                     disk_processed=1 << 30, disk_remaining=0, dirty_rate_pages=2500, page_size=4096,
-                     iteration=2, bandwidth_bps=50 << 20, auto_converge_throttle=20)
+    stats = JobStats(
+        active=True,
+        job_type="unbounded",
+        time_elapsed_ms=1500,
+        memory_total=256 << 20,
+        memory_processed=100 << 20,
+        memory_remaining=156 << 20,
+        disk_total=1 << 30,
+        disk_processed=1 << 30,
+        disk_remaining=0,
+        dirty_rate_pages=2500,
+        page_size=4096,
+        iteration=2,
+        bandwidth_bps=50 << 20,
+        auto_converge_throttle=20,
+    )
     p = MigrationProgress(MigrationPhase.PRECOPY, stats, max_downtime_ms=300)
     assert convert.progress_from_pb(convert.progress_to_pb(p)) == p
 
 
 def test_completed_job_from_stats_and_result():
-    s = JobStats(job_type="completed", time_elapsed_ms=920, downtime_ms=157, memory_processed=136 << 20,
-                 disk_processed=256 << 20, iteration=3)
+    s = JobStats(
+        job_type="completed",
+        time_elapsed_ms=920,
+        downtime_ms=157,
+        memory_processed=136 << 20,
+        disk_processed=256 << 20,
+        iteration=3,
+    )
     job = convert.completed_job_from_stats(s, postcopy=True)
     assert job == CompletedJob(920, 157, 136 << 20, 256 << 20, 3, True)
     res = convert.migrate_result_to_pb(job, None, False)
@@ -132,13 +197,15 @@ def test_completed_job_from_stats_and_result():
 
 
 def test_error_detail():
-    d = convert.error_detail_to_pb(FailedPrecondition("no bridge br-vm", reason="BRIDGE_MISSING",
-                                                      hint="create it or map it"))
+    d = convert.error_detail_to_pb(
+        FailedPrecondition("no bridge br-vm", reason="BRIDGE_MISSING", hint="create it or map it")
+    )
     assert (d.reason, d.message, d.hint) == ("BRIDGE_MISSING", "no bridge br-vm", "create it or map it")
 
 
 def test_blocker_round_trip():
     from ferry.model import Blocker
+
     b = Blocker("TARGET_UNREACHABLE", "libvirtd on host2 cannot be reached from host1", "check the firewall")
     assert convert.blocker_from_pb(convert.blocker_to_pb(b)) == b
     err = FailedPrecondition("host2 cannot run the CPU", reason="CPU_INCOMPATIBLE", hint="pick another")

@@ -82,22 +82,25 @@ def test_full_config(tmp_path: Path):
     assert c.etcd.prefix == "/lab/" and c.etcd.timeout_s == 2.5 and c.etcd.ca == tmp_path / "pki/etcd-ca.pem"
     assert (c.limits.per_host_outbound, c.limits.per_host_inbound, c.limits.cluster) == (2, 3, 8)
     assert c.timeouts.preflight_s == 30.0 and c.timeouts.max_attempts == 5
-    assert c.timeouts.preparing_s == Timeouts().preparing_s          # not overridden
+    assert c.timeouts.preparing_s == Timeouts().preparing_s  # not overridden
     assert c.agents.call_timeout_s == 10 and c.agents.tls is not None
-    assert c.agents.tls.cert == tmp_path / "pki/coord.pem"             # relative to the file
+    assert c.agents.tls.cert == tmp_path / "pki/coord.pem"  # relative to the file
     assert c.tls is not None and c.tls.key == tmp_path / "pki/server-key.pem"
     assert c.hosts["host1"].bridges == {"guest": "br-guest"}
     assert c.hosts["host2"].networks == {"mgmt": "default"}
 
 
-@pytest.mark.parametrize(("text", "named"), [
-    (MINIMAL + "\n[limits]\nper_host_outbund = 2\n", "'per_host_outbund' in [limits]"),
-    (MINIMAL.replace('id = "c1"', 'id = "c1"\nlisten_on = []'), "'listen_on' in [coordinator]"),
-    (MINIMAL + "\n[timeouts]\npreflight = 3\n", "'preflight' in [timeouts]"),
-    (MINIMAL + "\n[hosts.h1]\nbridge = { guest = 'br0' }\n", "'bridge' in [hosts.h1]"),
-    (MINIMAL + "\n[agent]\nx = 1\n", "'agent' in [top level]"),
-    (MINIMAL.replace("[etcd]", "[etcd]\nprefixx = '/x/'"), "'prefixx' in [etcd]"),
-])
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        (MINIMAL + "\n[limits]\nper_host_outbund = 2\n", "'per_host_outbund' in [limits]"),
+        (MINIMAL.replace('id = "c1"', 'id = "c1"\nlisten_on = []'), "'listen_on' in [coordinator]"),
+        (MINIMAL + "\n[timeouts]\npreflight = 3\n", "'preflight' in [timeouts]"),
+        (MINIMAL + "\n[hosts.h1]\nbridge = { guest = 'br0' }\n", "'bridge' in [hosts.h1]"),
+        (MINIMAL + "\n[agent]\nx = 1\n", "'agent' in [top level]"),
+        (MINIMAL.replace("[etcd]", "[etcd]\nprefixx = '/x/'"), "'prefixx' in [etcd]"),
+    ],
+)
 def test_unknown_keys_are_named(text, named):
     with pytest.raises(InvalidArgument) as exc:
         parse_config(text)
@@ -106,18 +109,21 @@ def test_unknown_keys_are_named(text, named):
     assert "known keys" in exc.value.hint
 
 
-@pytest.mark.parametrize(("text", "what"), [
-    ("[etcd]\nendpoints = ['x:1']\n", "no [coordinator]"),
-    ("[coordinator]\nid = 'c'\n[etcd]\nendpoints = ['x:1']\n", "lacks listen"),
-    ("[coordinator]\nid = 'c'\nlisten = ['a:1']\n", "no [etcd]"),
-    (MINIMAL.replace('["127.0.0.1:2379"]', "[]"), "endpoints must be a non-empty list"),
-    (MINIMAL + "\n[limits]\ncluster = 0\n", "cluster must be a positive integer"),
-    (MINIMAL + "\n[limits]\ncluster = 2.5\n", "cluster must be a positive integer"),
-    (MINIMAL.replace("[etcd]", "[etcd]\nprefix = '/ferry'"), "must end with '/'"),
-    (MINIMAL + "\n[tls]\nca = 'ca.pem'\n", "lacks cert, key"),
-    (MINIMAL + "\n[hosts.h1]\nbridges = ['br0']\n", "bridges must be a table"),
-    ("[coordinator\n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        ("[etcd]\nendpoints = ['x:1']\n", "no [coordinator]"),
+        ("[coordinator]\nid = 'c'\n[etcd]\nendpoints = ['x:1']\n", "lacks listen"),
+        ("[coordinator]\nid = 'c'\nlisten = ['a:1']\n", "no [etcd]"),
+        (MINIMAL.replace('["127.0.0.1:2379"]', "[]"), "endpoints must be a non-empty list"),
+        (MINIMAL + "\n[limits]\ncluster = 0\n", "cluster must be a positive integer"),
+        (MINIMAL + "\n[limits]\ncluster = 2.5\n", "cluster must be a positive integer"),
+        (MINIMAL.replace("[etcd]", "[etcd]\nprefix = '/ferry'"), "must end with '/'"),
+        (MINIMAL + "\n[tls]\nca = 'ca.pem'\n", "lacks cert, key"),
+        (MINIMAL + "\n[hosts.h1]\nbridges = ['br0']\n", "bridges must be a table"),
+        ("[coordinator\n", "not valid TOML"),
+    ],
+)
 def test_bad_values_say_what_is_wrong(text, what):
     with pytest.raises(InvalidArgument) as exc:
         parse_config(text)
@@ -133,27 +139,44 @@ def test_unreadable_file_is_named(tmp_path: Path):
 
 # ---------------------------------------------------------------- the derived mapping
 
-H1 = HostDecl("host1", bridges={"guest": "br-guest", "storage": "br-stor"}, networks={"mgmt": "default"},
-              paths={"images": "/var/lib/libvirt/images", "iso": "/srv/iso"})
-H2 = HostDecl("host2", bridges={"guest": "br-vm", "storage": "br-stor"}, networks={"mgmt": "mgmt-net"},
-              paths={"images": "/data/images"})
+H1 = HostDecl(
+    "host1",
+    bridges={"guest": "br-guest", "storage": "br-stor"},
+    networks={"mgmt": "default"},
+    paths={"images": "/var/lib/libvirt/images", "iso": "/srv/iso"},
+)
+H2 = HostDecl(
+    "host2",
+    bridges={"guest": "br-vm", "storage": "br-stor"},
+    networks={"mgmt": "mgmt-net"},
+    paths={"images": "/data/images"},
+)
 H3 = HostDecl("host3", bridges={"backup": "br-bk"})
 
 
-@pytest.mark.parametrize(("source", "target", "overrides", "bridges", "networks", "paths"), [
-    # every logical name both declare; identical names are left out; names only one declares ignored
-    (H1, H2, None, {"br-guest": "br-vm"}, {"default": "mgmt-net"}, {"/var/lib/libvirt/images": "/data/images"}),
-    # the other way round
-    (H2, H1, None, {"br-vm": "br-guest"}, {"mgmt-net": "default"}, {"/data/images": "/var/lib/libvirt/images"}),
-    # nothing in common
-    (H1, H3, None, {}, {}, {}),
-    # a host without a [hosts.*] table: only the request's overrides
-    (None, H2, HostMapping(bridges={"br0": "br-vm"}), {"br0": "br-vm"}, {}, {}),
-    (H1, None, None, {}, {}, {}),
-    # the request wins, key by key; other derived pairs stay
-    (H1, H2, HostMapping(bridges={"br-guest": "br-x"}, path_prefixes={"/srv/iso": "/iso"}),
-     {"br-guest": "br-x"}, {"default": "mgmt-net"}, {"/var/lib/libvirt/images": "/data/images", "/srv/iso": "/iso"}),
-])
+@pytest.mark.parametrize(
+    ("source", "target", "overrides", "bridges", "networks", "paths"),
+    [
+        # every logical name both declare; identical names are left out; names only one declares ignored
+        (H1, H2, None, {"br-guest": "br-vm"}, {"default": "mgmt-net"}, {"/var/lib/libvirt/images": "/data/images"}),
+        # the other way round
+        (H2, H1, None, {"br-vm": "br-guest"}, {"mgmt-net": "default"}, {"/data/images": "/var/lib/libvirt/images"}),
+        # nothing in common
+        (H1, H3, None, {}, {}, {}),
+        # a host without a [hosts.*] table: only the request's overrides
+        (None, H2, HostMapping(bridges={"br0": "br-vm"}), {"br0": "br-vm"}, {}, {}),
+        (H1, None, None, {}, {}, {}),
+        # the request wins, key by key; other derived pairs stay
+        (
+            H1,
+            H2,
+            HostMapping(bridges={"br-guest": "br-x"}, path_prefixes={"/srv/iso": "/iso"}),
+            {"br-guest": "br-x"},
+            {"default": "mgmt-net"},
+            {"/var/lib/libvirt/images": "/data/images", "/srv/iso": "/iso"},
+        ),
+    ],
+)
 def test_mapping_is_derived_from_both_hosts_declarations(source, target, overrides, bridges, networks, paths):
     m = derive_mapping(source, target, overrides)
     assert (m.bridges, m.networks, m.path_prefixes) == (bridges, networks, paths)
@@ -176,4 +199,5 @@ def test_docstring_examples():
     import doctest
 
     from ferry.coordinator import config
+
     assert doctest.testmod(config).failed == 0

@@ -3,7 +3,7 @@ copied source paths from the prepare, the commit's note goes into the history, a
 host-passthrough guest needs the same host CPU on the target."""
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -13,23 +13,32 @@ from ferry.coordinator.preflight import host_cpu_blockers
 from ferry.coordinator.record import decode, encode, new_migration, with_phase
 from ferry.model import DomainInfo, DomainState, HostFacts
 
-T0 = datetime(2026, 11, 25, 20, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
 NOW = T0 + timedelta(seconds=10)
 T = Timeouts()
 DISKS = ("/var/lib/libvirt/images/g1-vda.qcow2", "/var/lib/libvirt/images/g1-vdb.qcow2")
 
 
 def walk(*phases: Phase, **kw):
-    r = new_migration(id="m-1", vm="g1", vm_uuid="u-1", source_host="host1", target_host="host2", now=T0,
-                      timeouts=T, memory_bytes=1 * GiB)
+    r = new_migration(
+        id="m-1",
+        vm="g1",
+        vm_uuid="u-1",
+        source_host="host1",
+        target_host="host2",
+        now=T0,
+        timeouts=T,
+        memory_bytes=1 * GiB,
+    )
     for p in phases:
         r = with_phase(r, p, T0, p.name.lower(), T)
     return replace(r, **kw)
 
 
 PREPARING = walk(Phase.PREFLIGHT, Phase.PREPARING, attempt=1)
-FINISHING = walk(Phase.PREFLIGHT, Phase.PREPARING, Phase.MIGRATING, Phase.FINISHING, attempt=1, prepare_id="p-1",
-                 copied_disks=DISKS)
+FINISHING = walk(
+    Phase.PREFLIGHT, Phase.PREPARING, Phase.MIGRATING, Phase.FINISHING, attempt=1, prepare_id="p-1", copied_disks=DISKS
+)
 
 
 def test_the_prepare_tells_which_source_disks_are_copied():
@@ -39,8 +48,9 @@ def test_the_prepare_tells_which_source_disks_are_copied():
 
 
 def test_a_retry_forgets_the_copied_disks_of_the_attempt_before():
-    requeued = walk(Phase.PREFLIGHT, Phase.PREPARING, Phase.ROLLING_BACK, attempt=1, rollback_to=Phase.PENDING,
-                    copied_disks=DISKS)
+    requeued = walk(
+        Phase.PREFLIGHT, Phase.PREPARING, Phase.ROLLING_BACK, attempt=1, rollback_to=Phase.PENDING, copied_disks=DISKS
+    )
     d = decide(requeued, CleanedUp(), NOW, T)
     assert d.record.phase is Phase.PENDING and d.record.copied_disks == ()
 
@@ -49,25 +59,35 @@ def test_a_retry_forgets_the_copied_disks_of_the_attempt_before():
     ("note", "history"),
     [
         ("", [("FINISHING", "finishing"), ("SUCCEEDED", "target committed")]),
-        ("source disks removed on host1: " + ", ".join(DISKS),
-         [("FINISHING", "finishing"), ("FINISHING", "source disks removed on host1: " + ", ".join(DISKS)),
-          ("SUCCEEDED", "target committed")]),
-        ("SOURCE_DISKS_LEFT: a on host1 not removed (DOMAIN_STILL_HERE: ...)",
-         [("FINISHING", "finishing"), ("FINISHING", "SOURCE_DISKS_LEFT: a on host1 not removed (DOMAIN_STILL_HERE: ...)"),
-          ("SUCCEEDED", "target committed")]),
+        (
+            "source disks removed on host1: " + ", ".join(DISKS),
+            [
+                ("FINISHING", "finishing"),
+                ("FINISHING", "source disks removed on host1: " + ", ".join(DISKS)),
+                ("SUCCEEDED", "target committed"),
+            ],
+        ),
+        (
+            "SOURCE_DISKS_LEFT: a on host1 not removed (DOMAIN_STILL_HERE: ...)",
+            [
+                ("FINISHING", "finishing"),
+                ("FINISHING", "SOURCE_DISKS_LEFT: a on host1 not removed (DOMAIN_STILL_HERE: ...)"),
+                ("SUCCEEDED", "target committed"),
+            ],
+        ),
     ],
 )
 def test_committed_notes_what_became_of_the_source_disks_and_succeeds(note, history):
     d = decide(FINISHING, Committed(note), NOW, T)
     assert d.record.phase is Phase.SUCCEEDED and d.record.error is None
-    assert [(h.phase.name, h.reason) for h in d.record.history[-len(history):]] == history
+    assert [(h.phase.name, h.reason) for h in d.record.history[-len(history) :]] == history
 
 
 def test_the_record_keeps_the_copied_disks_in_its_json():
     assert decode(encode(FINISHING), 7).copied_disks == DISKS
     older = encode(replace(FINISHING, copied_disks=())).replace(b'"copied_disks":[],', b"")
     assert b"copied_disks" not in older
-    assert decode(older, 7).copied_disks == ()          # a record written before the field existed
+    assert decode(older, 7).copied_disks == ()  # a record written before the field existed
 
 
 # ---------------------------------------------------------------- host CPU of host-passthrough guests
@@ -84,12 +104,12 @@ def guest(mode):
 @pytest.mark.parametrize(
     ("mode", "target", "reasons"),
     [
-        ("host-passthrough", facts("host2"), []),                                          # identical hosts
+        ("host-passthrough", facts("host2"), []),  # identical hosts
         ("host-passthrough", facts("host2", features=("avx2", "avx512f", "sse4.2", "amx")), []),  # more is fine
         ("host-passthrough", facts("host2", model="Cascadelake-Server"), ["CPU_INCOMPATIBLE"]),  # another model
         ("host-passthrough", facts("host2", features=("avx2", "sse4.2")), ["CPU_INCOMPATIBLE"]),  # fewer features
         ("maximum", facts("host2", features=("avx2",)), ["CPU_INCOMPATIBLE"]),
-        ("custom", facts("host2", model="Haswell", features=()), []),          # the target agent compares these
+        ("custom", facts("host2", model="Haswell", features=()), []),  # the target agent compares these
         ("host-model", facts("host2", model="Haswell", features=()), []),
         ("", facts("host2", model="Haswell", features=()), []),
     ],
@@ -99,8 +119,9 @@ def test_host_cpu_blockers(mode, target, reasons):
 
 
 def test_host_cpu_blocker_names_the_models_and_missing_features():
-    [b] = host_cpu_blockers("g1", guest("host-passthrough"), facts("host1"),
-                            facts("host2", model="Haswell-noTSX", features=("avx2",)))
+    [b] = host_cpu_blockers(
+        "g1", guest("host-passthrough"), facts("host1"), facts("host2", model="Haswell-noTSX", features=("avx2",))
+    )
     assert "Skylake-Server-IBRS" in b.message and "Haswell-noTSX" in b.message
     assert "host2 lacks avx512f, sse4.2" in b.message
     assert "same CPU model" in b.hint and "hypervisor-cpu-baseline" in b.hint

@@ -1,7 +1,7 @@
 """The decision function: each (record, event) yields exactly this phase, these actions, this outcome."""
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -18,10 +18,10 @@ from ferry.coordinator.decide import (
     MigrationEnded,
     ObservePlacement,
     Placement,
-    PrepareFailed,
-    Prepared,
-    PrepareTarget,
     PreflightResult,
+    Prepared,
+    PrepareFailed,
+    PrepareTarget,
     Progress,
     RunPreflight,
     StartMigration,
@@ -35,17 +35,17 @@ from ferry.coordinator.phases import GiB, Phase, Timeouts
 from ferry.coordinator.record import ErrorDetail, ProgressSnapshot, decode, encode, new_migration, with_phase
 from ferry.model import CompletedJob, DomainState, MigrationPhase
 
-T0 = datetime(2026, 11, 25, 20, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
 NOW = T0 + timedelta(seconds=10)
-LATE = T0 + timedelta(days=2)       # past every deadline
+LATE = T0 + timedelta(days=2)  # past every deadline
 T = Timeouts()
 
 R, P, OFF, UNK = DomainState.RUNNING, DomainState.PAUSED, DomainState.SHUTOFF, DomainState.UNKNOWN
 ON_SRC = Placement(R, None)
 ON_TGT = Placement(None, R)
-ON_TGT_SRC_DEFINED = Placement(OFF, R)      # undefine_source=False
-SRC_AND_INCOMING = Placement(R, P)          # the target's incoming copy not torn down yet
-TGT_AND_PAUSED_SRC = Placement(P, R)        # the source's copy not stopped yet
+ON_TGT_SRC_DEFINED = Placement(OFF, R)  # undefine_source=False
+SRC_AND_INCOMING = Placement(R, P)  # the target's incoming copy not torn down yet
+TGT_AND_PAUSED_SRC = Placement(P, R)  # the source's copy not stopped yet
 MOVING = Placement(R, P, source_job_active=True)
 BOTH = Placement(R, R)
 BOTH_JOB = Placement(R, R, source_job_active=True)
@@ -59,8 +59,16 @@ OBSERVE_LATER = ObservePlacement(T.observe_delay_s)
 
 
 def walk(*phases: Phase, **kw):
-    r = new_migration(id="m-1", vm="g1", vm_uuid="u-1", source_host="host1", target_host="host2", now=T0,
-                      timeouts=T, memory_bytes=1 * GiB)
+    r = new_migration(
+        id="m-1",
+        vm="g1",
+        vm_uuid="u-1",
+        source_host="host1",
+        target_host="host2",
+        now=T0,
+        timeouts=T,
+        memory_bytes=1 * GiB,
+    )
     for p in phases:
         r = with_phase(r, p, T0, p.name.lower(), T)
     return replace(r, **kw)
@@ -74,11 +82,13 @@ MIGRATING = walk(*_TO_MIGRATING, attempt=1, prepare_id="p-1", destination_xml="<
 MIGRATING_FAILED = replace(MIGRATING, error=E_JOB)
 POSTCOPY = replace(MIGRATING, progress=ProgressSnapshot(MigrationPhase.POSTCOPY))
 FINISHING = walk(*_TO_MIGRATING, Phase.FINISHING, attempt=1, prepare_id="p-1")
-RB_EARLY = walk(Phase.PREFLIGHT, Phase.PREPARING, Phase.ROLLING_BACK, attempt=1, rollback_to=Phase.ROLLED_BACK,
-                error=E_SPACE)
+RB_EARLY = walk(
+    Phase.PREFLIGHT, Phase.PREPARING, Phase.ROLLING_BACK, attempt=1, rollback_to=Phase.ROLLED_BACK, error=E_SPACE
+)
 RB_RETRY = replace(RB_EARLY, rollback_to=Phase.PENDING, error=None)
-RB_LATE = walk(*_TO_MIGRATING, Phase.ROLLING_BACK, attempt=1, prepare_id="p-1", rollback_to=Phase.ROLLED_BACK,
-               error=E_JOB)
+RB_LATE = walk(
+    *_TO_MIGRATING, Phase.ROLLING_BACK, attempt=1, prepare_id="p-1", rollback_to=Phase.ROLLED_BACK, error=E_JOB
+)
 RB_LATE_CLEANED = replace(RB_LATE, target_cleaned=True)
 RB_CANCEL = replace(RB_LATE, rollback_to=Phase.CANCELLED, cancel_requested=True, error=None)
 SUCCEEDED = walk(*_TO_MIGRATING, Phase.FINISHING, Phase.SUCCEEDED, prepare_id="p-1")
@@ -95,43 +105,127 @@ def check(record, event, phase, actions, outcome, now=NOW):
 @pytest.mark.parametrize(
     ("record", "event", "phase", "actions", "outcome"),
     [
-        pytest.param(PENDING, Admitted(), Phase.PREFLIGHT, (RunPreflight(),), "admitted; running preflight",
-                     id="admitted"),
-        pytest.param(PREFLIGHT, PreflightResult(), Phase.PREPARING, (PrepareTarget(),),
-                     "preflight passed; preparing target", id="preflight-ok"),
-        pytest.param(PREFLIGHT, PreflightResult((E_BRIDGE, E_SPACE)), Phase.FAILED, (),
-                     "preflight found 2 problem(s): BRIDGE_MISSING, INSUFFICIENT_SPACE; failed", id="preflight-blocked"),
-        pytest.param(PREPARING, Prepared("p-1", "<domain/>"), Phase.MIGRATING, (StartMigration(),),
-                     "prepared; starting migration", id="prepared"),
-        pytest.param(PREPARING, PrepareFailed(E_SPACE), Phase.ROLLING_BACK, (CleanupTarget(()),),
-                     "prepare failed: INSUFFICIENT_SPACE; rolling back (cleaning target, then rolled back)",
-                     id="prepare-failed"),
-        pytest.param(MIGRATING, MigrationEnded(True, CompletedJob(downtime_ms=40)), Phase.FINISHING,
-                     (ObservePlacement(),), "migration completed; verifying placement", id="job-completed"),
-        pytest.param(MIGRATING, MigrationEnded(False, error=E_JOB), Phase.MIGRATING, (ObservePlacement(),),
-                     "migration failed (MIGRATION_FAILED); observing placement", id="job-failed"),
+        pytest.param(
+            PENDING, Admitted(), Phase.PREFLIGHT, (RunPreflight(),), "admitted; running preflight", id="admitted"
+        ),
+        pytest.param(
+            PREFLIGHT,
+            PreflightResult(),
+            Phase.PREPARING,
+            (PrepareTarget(),),
+            "preflight passed; preparing target",
+            id="preflight-ok",
+        ),
+        pytest.param(
+            PREFLIGHT,
+            PreflightResult((E_BRIDGE, E_SPACE)),
+            Phase.FAILED,
+            (),
+            "preflight found 2 problem(s): BRIDGE_MISSING, INSUFFICIENT_SPACE; failed",
+            id="preflight-blocked",
+        ),
+        pytest.param(
+            PREPARING,
+            Prepared("p-1", "<domain/>"),
+            Phase.MIGRATING,
+            (StartMigration(),),
+            "prepared; starting migration",
+            id="prepared",
+        ),
+        pytest.param(
+            PREPARING,
+            PrepareFailed(E_SPACE),
+            Phase.ROLLING_BACK,
+            (CleanupTarget(()),),
+            "prepare failed: INSUFFICIENT_SPACE; rolling back (cleaning target, then rolled back)",
+            id="prepare-failed",
+        ),
+        pytest.param(
+            MIGRATING,
+            MigrationEnded(True, CompletedJob(downtime_ms=40)),
+            Phase.FINISHING,
+            (ObservePlacement(),),
+            "migration completed; verifying placement",
+            id="job-completed",
+        ),
+        pytest.param(
+            MIGRATING,
+            MigrationEnded(False, error=E_JOB),
+            Phase.MIGRATING,
+            (ObservePlacement(),),
+            "migration failed (MIGRATION_FAILED); observing placement",
+            id="job-failed",
+        ),
         pytest.param(FINISHING, Committed(), Phase.SUCCEEDED, (), "committed; succeeded", id="committed"),
         pytest.param(RB_EARLY, CleanedUp(), Phase.ROLLED_BACK, (), "target cleaned; rolled back", id="cleaned-early"),
-        pytest.param(RB_RETRY, CleanedUp(), Phase.PENDING, (),
-                     "target cleaned; re-queued (attempt 1 of 3 used)", id="cleaned-retry"),
-        pytest.param(RB_LATE, CleanedUp(), Phase.ROLLING_BACK, (ObservePlacement(),),
-                     "target cleaned; verifying the guest runs on source", id="cleaned-then-verify"),
-        pytest.param(RB_LATE, MigrationEnded(False, error=E_JOB), Phase.ROLLING_BACK, (ObservePlacement(),),
-                     "migration job ended (failed); observing placement", id="aborted-job-ended"),
-        pytest.param(RB_EARLY, Prepared("p-9", "<domain/>"), Phase.ROLLING_BACK, (CleanupTarget(("p-9",)),),
-                     "late prepare p-9; removing it", id="late-prepare-while-rolling-back"),
-        pytest.param(CANCELLED, Prepared("p-9", "<domain/>"), Phase.CANCELLED, (CleanupTarget(("p-9",)),),
-                     "late prepare p-9 of a CANCELLED migration; removing it", id="late-prepare-after-cancel"),
-        pytest.param(SUCCEEDED, Prepared("p-9", "<domain/>"), Phase.SUCCEEDED, (),
-                     "ignored: Prepared, the migration is final (SUCCEEDED)", id="final-ignores"),
+        pytest.param(
+            RB_RETRY,
+            CleanedUp(),
+            Phase.PENDING,
+            (),
+            "target cleaned; re-queued (attempt 1 of 3 used)",
+            id="cleaned-retry",
+        ),
+        pytest.param(
+            RB_LATE,
+            CleanedUp(),
+            Phase.ROLLING_BACK,
+            (ObservePlacement(),),
+            "target cleaned; verifying the guest runs on source",
+            id="cleaned-then-verify",
+        ),
+        pytest.param(
+            RB_LATE,
+            MigrationEnded(False, error=E_JOB),
+            Phase.ROLLING_BACK,
+            (ObservePlacement(),),
+            "migration job ended (failed); observing placement",
+            id="aborted-job-ended",
+        ),
+        pytest.param(
+            RB_EARLY,
+            Prepared("p-9", "<domain/>"),
+            Phase.ROLLING_BACK,
+            (CleanupTarget(("p-9",)),),
+            "late prepare p-9; removing it",
+            id="late-prepare-while-rolling-back",
+        ),
+        pytest.param(
+            CANCELLED,
+            Prepared("p-9", "<domain/>"),
+            Phase.CANCELLED,
+            (CleanupTarget(("p-9",)),),
+            "late prepare p-9 of a CANCELLED migration; removing it",
+            id="late-prepare-after-cancel",
+        ),
+        pytest.param(
+            SUCCEEDED,
+            Prepared("p-9", "<domain/>"),
+            Phase.SUCCEEDED,
+            (),
+            "ignored: Prepared, the migration is final (SUCCEEDED)",
+            id="final-ignores",
+        ),
         pytest.param(MIGRATING, Admitted(), Phase.MIGRATING, (), "ignored: Admitted in MIGRATING", id="stale-event"),
-        pytest.param(PENDING, PreflightResult(), Phase.PENDING, (), "ignored: PreflightResult in PENDING",
-                     id="stale-preflight"),
-        pytest.param(FINISHING, Progress(ProgressSnapshot()), Phase.FINISHING, (), "ignored: Progress in FINISHING",
-                     id="late-progress"),
-        pytest.param(RB_LATE, StepFailed("CleanupTarget", ErrorDetail("DOMAIN_RUNNING", "g1 runs on host2", "")),
-                     Phase.ROLLING_BACK, (), "CleanupTarget failed (DOMAIN_RUNNING); retrying at the deadline",
-                     id="step-failed"),
+        pytest.param(
+            PENDING, PreflightResult(), Phase.PENDING, (), "ignored: PreflightResult in PENDING", id="stale-preflight"
+        ),
+        pytest.param(
+            FINISHING,
+            Progress(ProgressSnapshot()),
+            Phase.FINISHING,
+            (),
+            "ignored: Progress in FINISHING",
+            id="late-progress",
+        ),
+        pytest.param(
+            RB_LATE,
+            StepFailed("CleanupTarget", ErrorDetail("DOMAIN_RUNNING", "g1 runs on host2", "")),
+            Phase.ROLLING_BACK,
+            (),
+            "CleanupTarget failed (DOMAIN_RUNNING); retrying at the deadline",
+            id="step-failed",
+        ),
     ],
 )
 def test_events(record, event, phase, actions, outcome):
@@ -159,60 +253,205 @@ def test_an_ignored_event_changes_nothing():
 
 # --- after the job: placement decides -----------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("record", "placement", "phase", "actions", "outcome"),
     [
-        pytest.param(MIGRATING, MOVING, Phase.MIGRATING, (WatchJob(),), "migration job running; following it",
-                     id="migrating-moving"),
-        pytest.param(MIGRATING_FAILED, ON_SRC, Phase.ROLLING_BACK, (CleanupTarget(("p-1",)),),
-                     "migration failed (MIGRATION_FAILED), guest runs on source; rolling back "
-                     "(cleaning target, then rolled back)", id="failed-on-source"),
-        pytest.param(MIGRATING_FAILED, ON_TGT, Phase.FINISHING, (CommitTarget("p-1"),),
-                     "guest runs on target (the job reported MIGRATION_FAILED); committing", id="failed-but-landed"),
-        pytest.param(MIGRATING_FAILED, SRC_AND_INCOMING, Phase.MIGRATING, (OBSERVE_LATER,),
-                     "placement settling; observing again", id="failed-settling"),
-        pytest.param(MIGRATING_FAILED, MOVING, Phase.MIGRATING, (OBSERVE_LATER,),
-                     "job still active after it reported its end; observing again", id="failed-still-moving"),
-        pytest.param(MIGRATING_FAILED, UNCLEAR, Phase.MIGRATING, (OBSERVE_LATER,),
-                     "placement unclear; observing again", id="failed-unclear"),
-        pytest.param(MIGRATING_FAILED, BOTH_JOB, Phase.MIGRATING, (AbortMigration(), OBSERVE_LATER),
-                     "guest executes on both hosts while the job runs; aborting the job", id="both-with-job"),
-        pytest.param(MIGRATING_FAILED, BOTH, Phase.FAILED, (),
-                     "g1 executes on both host1 and host2; failed, needs an operator", id="split-brain"),
-        pytest.param(MIGRATING_FAILED, NOWHERE, Phase.FAILED, (),
-                     "g1 runs on neither host1 nor host2; failed, needs an operator", id="nowhere"),
-        pytest.param(MIGRATING, ON_SRC, Phase.ROLLING_BACK, (CleanupTarget(("p-1",)),),
-                     "migration failed (MIGRATION_INTERRUPTED), guest runs on source; rolling back "
-                     "(cleaning target, then rolled back)", id="job-gone-unobserved"),
-        pytest.param(FINISHING, ON_TGT, Phase.FINISHING, (CommitTarget("p-1"),),
-                     "guest runs on target only; committing", id="finishing-landed"),
-        pytest.param(FINISHING, ON_TGT_SRC_DEFINED, Phase.FINISHING, (CommitTarget("p-1"),),
-                     "guest runs on target only; committing", id="finishing-source-kept-defined"),
-        pytest.param(FINISHING, TGT_AND_PAUSED_SRC, Phase.FINISHING, (OBSERVE_LATER,),
-                     "placement settling; observing again", id="finishing-source-not-stopped-yet"),
-        pytest.param(FINISHING, ON_SRC, Phase.ROLLING_BACK, (CleanupTarget(("p-1",)),),
-                     "the job reported success but the guest runs on source only; rolling back "
-                     "(cleaning target, then rolled back)", id="finishing-not-landed"),
-        pytest.param(FINISHING, NOWHERE, Phase.FAILED, (),
-                     "g1 runs on neither host1 nor host2; failed, needs an operator", id="finishing-nowhere"),
-        pytest.param(RB_LATE, MOVING, Phase.ROLLING_BACK, (AbortMigration(), OBSERVE_LATER),
-                     "migration job still active; aborting it", id="rb-still-moving"),
-        pytest.param(RB_LATE, SRC_AND_INCOMING, Phase.ROLLING_BACK, (OBSERVE_LATER,),
-                     "placement settling; observing again", id="rb-incoming-not-gone"),
-        pytest.param(RB_LATE, ON_SRC, Phase.ROLLING_BACK, (CleanupTarget(("p-1",)),),
-                     "job stopped, guest runs on source only; cleaning target", id="rb-clean"),
-        pytest.param(RB_LATE_CLEANED, ON_SRC, Phase.ROLLED_BACK, (),
-                     "target cleaned, guest runs on source; rolled back", id="rb-verified"),
-        pytest.param(replace(RB_CANCEL, target_cleaned=True), ON_SRC, Phase.CANCELLED, (),
-                     "target cleaned, guest runs on source; cancelled", id="rb-cancel-verified"),
-        pytest.param(RB_LATE, ON_TGT, Phase.FINISHING, (CommitTarget("p-1"),),
-                     "the migration landed: the guest runs on target; finishing", id="rb-landed"),
-        pytest.param(RB_CANCEL, ON_TGT, Phase.FINISHING, (CommitTarget("p-1"),),
-                     "too late to cancel: the guest runs on target; finishing", id="rb-cancel-too-late"),
-        pytest.param(RB_LATE_CLEANED, NOWHERE, Phase.FAILED, (),
-                     "g1 runs on neither host1 nor host2; failed, needs an operator", id="rb-gone-after-clean"),
-        pytest.param(RB_EARLY, BOTH, Phase.ROLLING_BACK, (),
-                     "placement not needed: no migration job was started", id="rb-early-ignores-placement"),
+        pytest.param(
+            MIGRATING,
+            MOVING,
+            Phase.MIGRATING,
+            (WatchJob(),),
+            "migration job running; following it",
+            id="migrating-moving",
+        ),
+        pytest.param(
+            MIGRATING_FAILED,
+            ON_SRC,
+            Phase.ROLLING_BACK,
+            (CleanupTarget(("p-1",)),),
+            "migration failed (MIGRATION_FAILED), guest runs on source; rolling back "
+            "(cleaning target, then rolled back)",
+            id="failed-on-source",
+        ),
+        pytest.param(
+            MIGRATING_FAILED,
+            ON_TGT,
+            Phase.FINISHING,
+            (CommitTarget("p-1"),),
+            "guest runs on target (the job reported MIGRATION_FAILED); committing",
+            id="failed-but-landed",
+        ),
+        pytest.param(
+            MIGRATING_FAILED,
+            SRC_AND_INCOMING,
+            Phase.MIGRATING,
+            (OBSERVE_LATER,),
+            "placement settling; observing again",
+            id="failed-settling",
+        ),
+        pytest.param(
+            MIGRATING_FAILED,
+            MOVING,
+            Phase.MIGRATING,
+            (OBSERVE_LATER,),
+            "job still active after it reported its end; observing again",
+            id="failed-still-moving",
+        ),
+        pytest.param(
+            MIGRATING_FAILED,
+            UNCLEAR,
+            Phase.MIGRATING,
+            (OBSERVE_LATER,),
+            "placement unclear; observing again",
+            id="failed-unclear",
+        ),
+        pytest.param(
+            MIGRATING_FAILED,
+            BOTH_JOB,
+            Phase.MIGRATING,
+            (AbortMigration(), OBSERVE_LATER),
+            "guest executes on both hosts while the job runs; aborting the job",
+            id="both-with-job",
+        ),
+        pytest.param(
+            MIGRATING_FAILED,
+            BOTH,
+            Phase.FAILED,
+            (),
+            "g1 executes on both host1 and host2; failed, needs an operator",
+            id="split-brain",
+        ),
+        pytest.param(
+            MIGRATING_FAILED,
+            NOWHERE,
+            Phase.FAILED,
+            (),
+            "g1 runs on neither host1 nor host2; failed, needs an operator",
+            id="nowhere",
+        ),
+        pytest.param(
+            MIGRATING,
+            ON_SRC,
+            Phase.ROLLING_BACK,
+            (CleanupTarget(("p-1",)),),
+            "migration failed (MIGRATION_INTERRUPTED), guest runs on source; rolling back "
+            "(cleaning target, then rolled back)",
+            id="job-gone-unobserved",
+        ),
+        pytest.param(
+            FINISHING,
+            ON_TGT,
+            Phase.FINISHING,
+            (CommitTarget("p-1"),),
+            "guest runs on target only; committing",
+            id="finishing-landed",
+        ),
+        pytest.param(
+            FINISHING,
+            ON_TGT_SRC_DEFINED,
+            Phase.FINISHING,
+            (CommitTarget("p-1"),),
+            "guest runs on target only; committing",
+            id="finishing-source-kept-defined",
+        ),
+        pytest.param(
+            FINISHING,
+            TGT_AND_PAUSED_SRC,
+            Phase.FINISHING,
+            (OBSERVE_LATER,),
+            "placement settling; observing again",
+            id="finishing-source-not-stopped-yet",
+        ),
+        pytest.param(
+            FINISHING,
+            ON_SRC,
+            Phase.ROLLING_BACK,
+            (CleanupTarget(("p-1",)),),
+            "the job reported success but the guest runs on source only; rolling back "
+            "(cleaning target, then rolled back)",
+            id="finishing-not-landed",
+        ),
+        pytest.param(
+            FINISHING,
+            NOWHERE,
+            Phase.FAILED,
+            (),
+            "g1 runs on neither host1 nor host2; failed, needs an operator",
+            id="finishing-nowhere",
+        ),
+        pytest.param(
+            RB_LATE,
+            MOVING,
+            Phase.ROLLING_BACK,
+            (AbortMigration(), OBSERVE_LATER),
+            "migration job still active; aborting it",
+            id="rb-still-moving",
+        ),
+        pytest.param(
+            RB_LATE,
+            SRC_AND_INCOMING,
+            Phase.ROLLING_BACK,
+            (OBSERVE_LATER,),
+            "placement settling; observing again",
+            id="rb-incoming-not-gone",
+        ),
+        pytest.param(
+            RB_LATE,
+            ON_SRC,
+            Phase.ROLLING_BACK,
+            (CleanupTarget(("p-1",)),),
+            "job stopped, guest runs on source only; cleaning target",
+            id="rb-clean",
+        ),
+        pytest.param(
+            RB_LATE_CLEANED,
+            ON_SRC,
+            Phase.ROLLED_BACK,
+            (),
+            "target cleaned, guest runs on source; rolled back",
+            id="rb-verified",
+        ),
+        pytest.param(
+            replace(RB_CANCEL, target_cleaned=True),
+            ON_SRC,
+            Phase.CANCELLED,
+            (),
+            "target cleaned, guest runs on source; cancelled",
+            id="rb-cancel-verified",
+        ),
+        pytest.param(
+            RB_LATE,
+            ON_TGT,
+            Phase.FINISHING,
+            (CommitTarget("p-1"),),
+            "the migration landed: the guest runs on target; finishing",
+            id="rb-landed",
+        ),
+        pytest.param(
+            RB_CANCEL,
+            ON_TGT,
+            Phase.FINISHING,
+            (CommitTarget("p-1"),),
+            "too late to cancel: the guest runs on target; finishing",
+            id="rb-cancel-too-late",
+        ),
+        pytest.param(
+            RB_LATE_CLEANED,
+            NOWHERE,
+            Phase.FAILED,
+            (),
+            "g1 runs on neither host1 nor host2; failed, needs an operator",
+            id="rb-gone-after-clean",
+        ),
+        pytest.param(
+            RB_EARLY,
+            BOTH,
+            Phase.ROLLING_BACK,
+            (),
+            "placement not needed: no migration job was started",
+            id="rb-early-ignores-placement",
+        ),
         pytest.param(PREPARING, ON_SRC, Phase.PREPARING, (), "ignored: Placement in PREPARING", id="preparing"),
     ],
 )
@@ -248,13 +487,13 @@ def test_a_vm_gone_everywhere_keeps_the_target_copies_and_says_so():
         (ON_SRC, False, Location.ON_SOURCE),
         (ON_TGT, False, Location.ON_TARGET),
         (ON_TGT_SRC_DEFINED, False, Location.ON_TARGET),
-        (Placement(P, None), False, Location.ON_SOURCE),       # a paused guest lives on the source
+        (Placement(P, None), False, Location.ON_SOURCE),  # a paused guest lives on the source
         (Placement(None, P), False, Location.ON_TARGET),
         (SRC_AND_INCOMING, False, Location.SETTLING),
         (TGT_AND_PAUSED_SRC, False, Location.SETTLING),
         (Placement(P, P), False, Location.SETTLING),
         (MOVING, False, Location.MOVING),
-        (Placement(P, R, source_job_active=True), False, Location.MOVING),   # post-copy
+        (Placement(P, R, source_job_active=True), False, Location.MOVING),  # post-copy
         (BOTH, False, Location.ON_BOTH),
         (BOTH_JOB, False, Location.ON_BOTH),
         (Placement(DomainState.BLOCKED, R), False, Location.ON_BOTH),
@@ -266,10 +505,10 @@ def test_a_vm_gone_everywhere_keeps_the_target_copies_and_says_so():
         # offline: the definition moves, a defined domain is present
         (Placement(OFF, None), True, Location.ON_SOURCE),
         (Placement(None, OFF), True, Location.ON_TARGET),
-        (Placement(OFF, OFF), True, Location.ON_TARGET),        # undefine_source=False keeps the source's
+        (Placement(OFF, OFF), True, Location.ON_TARGET),  # undefine_source=False keeps the source's
         (Placement(None, None), True, Location.NOWHERE),
-        (Placement(R, None), True, Location.ON_SOURCE),         # somebody started it meanwhile
-        (Placement(R, OFF), True, Location.DIVERGED),           # ... after the definition moved
+        (Placement(R, None), True, Location.ON_SOURCE),  # somebody started it meanwhile
+        (Placement(R, OFF), True, Location.DIVERGED),  # ... after the definition moved
         (Placement(OFF, R), True, Location.ON_TARGET),
     ],
 )
@@ -279,25 +518,55 @@ def test_locate(placement, offline, location):
 
 # --- cancel -----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("record", "phase", "actions", "outcome", "ends"),
     [
         (PENDING, Phase.CANCELLED, (), "cancelled", None),
         (PREFLIGHT, Phase.CANCELLED, (), "cancelled", None),
-        (PREPARING, Phase.ROLLING_BACK, (CleanupTarget(()),),
-         "cancel requested; rolling back (cleaning target, then cancelled)", Phase.CANCELLED),
-        (MIGRATING, Phase.ROLLING_BACK, (AbortMigration(), ObservePlacement()),
-         "cancel requested; rolling back (aborting migration; observing placement, then cancelled)", Phase.CANCELLED),
-        (MIGRATING_FAILED, Phase.ROLLING_BACK, (AbortMigration(), ObservePlacement()),
-         "cancel requested; rolling back (aborting migration; observing placement, then rolled back)",
-         Phase.ROLLED_BACK),
-        (POSTCOPY, Phase.MIGRATING, (), "too late to cancel: post-copy started, the guest already runs on target",
-         None),
+        (
+            PREPARING,
+            Phase.ROLLING_BACK,
+            (CleanupTarget(()),),
+            "cancel requested; rolling back (cleaning target, then cancelled)",
+            Phase.CANCELLED,
+        ),
+        (
+            MIGRATING,
+            Phase.ROLLING_BACK,
+            (AbortMigration(), ObservePlacement()),
+            "cancel requested; rolling back (aborting migration; observing placement, then cancelled)",
+            Phase.CANCELLED,
+        ),
+        (
+            MIGRATING_FAILED,
+            Phase.ROLLING_BACK,
+            (AbortMigration(), ObservePlacement()),
+            "cancel requested; rolling back (aborting migration; observing placement, then rolled back)",
+            Phase.ROLLED_BACK,
+        ),
+        (
+            POSTCOPY,
+            Phase.MIGRATING,
+            (),
+            "too late to cancel: post-copy started, the guest already runs on target",
+            None,
+        ),
         (FINISHING, Phase.FINISHING, (), "too late to cancel: the migration landed; finishing", None),
-        (RB_RETRY, Phase.ROLLING_BACK, (), "cancel requested; the rollback now ends cancelled instead of re-queued",
-         Phase.CANCELLED),
-        (RB_LATE, Phase.ROLLING_BACK, (), "cancel requested; already rolling back, ends ROLLED_BACK",
-         Phase.ROLLED_BACK),
+        (
+            RB_RETRY,
+            Phase.ROLLING_BACK,
+            (),
+            "cancel requested; the rollback now ends cancelled instead of re-queued",
+            Phase.CANCELLED,
+        ),
+        (
+            RB_LATE,
+            Phase.ROLLING_BACK,
+            (),
+            "cancel requested; already rolling back, ends ROLLED_BACK",
+            Phase.ROLLED_BACK,
+        ),
         (RB_CANCEL, Phase.ROLLING_BACK, (), "already cancelling", Phase.CANCELLED),
         (SUCCEEDED, Phase.SUCCEEDED, (), "ignored: CancelRequested, the migration is final (SUCCEEDED)", None),
     ],
@@ -307,10 +576,11 @@ def test_cancel(record, phase, actions, outcome, ends):
     if phase is Phase.ROLLING_BACK:
         assert r.rollback_to is ends and r.cancel_requested
     if "too late" in outcome:
-        assert r is record   # nothing stored: the API answers with the unchanged record
+        assert r is record  # nothing stored: the API answers with the unchanged record
 
 
 # --- deadlines --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("record", "phase", "actions", "outcome"),
@@ -318,14 +588,30 @@ def test_cancel(record, phase, actions, outcome, ends):
         (PENDING, Phase.FAILED, (), "queued too long; failed"),
         (PREFLIGHT, Phase.PENDING, (), "preflight timed out; re-queued (attempt 1 of 3 used)"),
         (replace(PREFLIGHT, attempt=3), Phase.FAILED, (), "preflight timed out; failed after 3 attempts"),
-        (PREPARING, Phase.ROLLING_BACK, (CleanupTarget(()),),
-         "prepare timed out; rolling back (cleaning target, then re-queue)"),
-        (replace(PREPARING, attempt=3), Phase.ROLLING_BACK, (CleanupTarget(()),),
-         "prepare timed out; rolling back (cleaning target, then rolled back)"),
-        (MIGRATING, Phase.ROLLING_BACK, (AbortMigration(), ObservePlacement()),
-         "migration timed out; rolling back (aborting migration; observing placement, then rolled back)"),
-        (MIGRATING_FAILED, Phase.ROLLING_BACK, (AbortMigration(), ObservePlacement()),
-         "placement did not settle; rolling back (aborting migration; observing placement, then rolled back)"),
+        (
+            PREPARING,
+            Phase.ROLLING_BACK,
+            (CleanupTarget(()),),
+            "prepare timed out; rolling back (cleaning target, then re-queue)",
+        ),
+        (
+            replace(PREPARING, attempt=3),
+            Phase.ROLLING_BACK,
+            (CleanupTarget(()),),
+            "prepare timed out; rolling back (cleaning target, then rolled back)",
+        ),
+        (
+            MIGRATING,
+            Phase.ROLLING_BACK,
+            (AbortMigration(), ObservePlacement()),
+            "migration timed out; rolling back (aborting migration; observing placement, then rolled back)",
+        ),
+        (
+            MIGRATING_FAILED,
+            Phase.ROLLING_BACK,
+            (AbortMigration(), ObservePlacement()),
+            "placement did not settle; rolling back (aborting migration; observing placement, then rolled back)",
+        ),
         (POSTCOPY, Phase.MIGRATING, (ObservePlacement(),), "deadline passed; retry 1 of 8"),
         (FINISHING, Phase.FINISHING, (ObservePlacement(),), "deadline passed; retry 1 of 8"),
         (RB_EARLY, Phase.ROLLING_BACK, (CleanupTarget(()),), "deadline passed; retry 1 of 8"),
@@ -355,8 +641,9 @@ def test_migration_timeout_is_recorded():
 
 def test_rollback_retries_with_backoff_then_fails_loudly():
     r, now, delays = RB_LATE, LATE, []
-    r = decide(r, StepFailed("CleanupTarget", ErrorDetail("DOMAIN_RUNNING", "g1 is running on host2", "")),
-               now, T).record
+    r = decide(
+        r, StepFailed("CleanupTarget", ErrorDetail("DOMAIN_RUNNING", "g1 is running on host2", "")), now, T
+    ).record
     for _ in range(20):
         d = decide(r, Tick(), now, T)
         r = d.record
@@ -373,16 +660,34 @@ def test_rollback_retries_with_backoff_then_fails_loudly():
 
 # --- agents lost ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("record", "host", "phase", "actions", "outcome"),
     [
         (PENDING, "host2", Phase.PENDING, (), "ignored: AgentLost in PENDING"),
         (PREFLIGHT, "host2", Phase.PENDING, (), "agent on host2 lost; re-queued (attempt 1 of 3 used)"),
         (replace(PREFLIGHT, attempt=3), "host1", Phase.FAILED, (), "agent on host1 lost; failed after 3 attempts"),
-        (PREPARING, "host2", Phase.ROLLING_BACK, (CleanupTarget(()),),
-         "agent on host2 lost; rolling back (cleaning target, then re-queue)"),
-        (MIGRATING, "host1", Phase.MIGRATING, (), "agent on host1 lost; waiting for it (deadline 2026-11-25T20:15:20+00:00)"),
-        (RB_LATE, "host2", Phase.ROLLING_BACK, (), "agent on host2 lost; waiting for it (deadline 2026-11-25T20:03:00+00:00)"),
+        (
+            PREPARING,
+            "host2",
+            Phase.ROLLING_BACK,
+            (CleanupTarget(()),),
+            "agent on host2 lost; rolling back (cleaning target, then re-queue)",
+        ),
+        (
+            MIGRATING,
+            "host1",
+            Phase.MIGRATING,
+            (),
+            "agent on host1 lost; waiting for it (deadline 2026-11-25T20:15:20+00:00)",
+        ),
+        (
+            RB_LATE,
+            "host2",
+            Phase.ROLLING_BACK,
+            (),
+            "agent on host2 lost; waiting for it (deadline 2026-11-25T20:03:00+00:00)",
+        ),
         (MIGRATING, "host9", Phase.MIGRATING, (), "ignored: AgentLost in MIGRATING"),
     ],
 )
@@ -391,6 +696,7 @@ def test_agent_lost(record, host, phase, actions, outcome):
 
 
 # --- whole runs, as the shell drives them (store round trip included) -----------------------------
+
 
 def run(record, events):
     outcomes = []
@@ -403,10 +709,19 @@ def run(record, events):
 
 def test_happy_path():
     job = CompletedJob(time_elapsed_ms=9000, downtime_ms=42, memory_processed=300 << 20, iterations=4)
-    r, outcomes = run(PENDING, [
-        Admitted(), PreflightResult(), Prepared("p-1", "<domain type='qemu'/>"),
-        Progress(ProgressSnapshot(MigrationPhase.PRECOPY, memory_total=256 << 20, memory_processed=1 << 20)),
-        MigrationEnded(True, job), TGT_AND_PAUSED_SRC, ON_TGT, Committed()])
+    r, outcomes = run(
+        PENDING,
+        [
+            Admitted(),
+            PreflightResult(),
+            Prepared("p-1", "<domain type='qemu'/>"),
+            Progress(ProgressSnapshot(MigrationPhase.PRECOPY, memory_total=256 << 20, memory_processed=1 << 20)),
+            MigrationEnded(True, job),
+            TGT_AND_PAUSED_SRC,
+            ON_TGT,
+            Committed(),
+        ],
+    )
     assert outcomes == [
         ("admitted; running preflight", (RunPreflight(),)),
         ("preflight passed; preparing target", (PrepareTarget(),)),
@@ -417,8 +732,14 @@ def test_happy_path():
         ("guest runs on target only; committing", (CommitTarget("p-1"),)),
         ("committed; succeeded", ()),
     ]
-    assert [h.phase for h in r.history] == [Phase.PENDING, Phase.PREFLIGHT, Phase.PREPARING, Phase.MIGRATING,
-                                            Phase.FINISHING, Phase.SUCCEEDED]
+    assert [h.phase for h in r.history] == [
+        Phase.PENDING,
+        Phase.PREFLIGHT,
+        Phase.PREPARING,
+        Phase.MIGRATING,
+        Phase.FINISHING,
+        Phase.SUCCEEDED,
+    ]
     assert r.result == job and r.error is None and r.phase_deadline is None
     assert r.progress.memory_total == 256 << 20
 
@@ -436,8 +757,9 @@ def test_failed_migration_rolls_back_and_verifies():
 
 
 def test_cancel_while_migrating_ends_cancelled():
-    r, outcomes = run(MIGRATING, [CancelRequested(), MOVING, MigrationEnded(False, error=E_JOB), ON_SRC,
-                                  CleanedUp(), ON_SRC])
+    r, outcomes = run(
+        MIGRATING, [CancelRequested(), MOVING, MigrationEnded(False, error=E_JOB), ON_SRC, CleanedUp(), ON_SRC]
+    )
     assert r.phase is Phase.CANCELLED and r.cancel_requested and r.error is None
     assert outcomes[1] == ("migration job still active; aborting it", (AbortMigration(), OBSERVE_LATER))
 
@@ -457,9 +779,12 @@ def test_interrupted_prepare_is_retried_then_gives_up():
     ("had", "read", "kept"),
     [
         (None, CompletedJob(time_elapsed_ms=900, downtime_ms=60), CompletedJob(time_elapsed_ms=900, downtime_ms=60)),
-        (CompletedJob(time_elapsed_ms=850, downtime_ms=40), CompletedJob(time_elapsed_ms=900, downtime_ms=60),
-         CompletedJob(time_elapsed_ms=850, downtime_ms=40)),          # the stream's own figures win
-        (None, None, None),                                          # nothing known: nothing invented
+        (
+            CompletedJob(time_elapsed_ms=850, downtime_ms=40),
+            CompletedJob(time_elapsed_ms=900, downtime_ms=60),
+            CompletedJob(time_elapsed_ms=850, downtime_ms=40),
+        ),  # the stream's own figures win
+        (None, None, None),  # nothing known: nothing invented
     ],
 )
 def test_commit_fills_in_the_completed_job_only_when_missing(had, read, kept):

@@ -14,13 +14,13 @@ IMG = "/var/lib/libvirt/images"
     [
         (f"{IMG}/a.qcow2", {}, f"{IMG}/a.qcow2"),
         (f"{IMG}/a.qcow2", {IMG: "/srv/img"}, "/srv/img/a.qcow2"),
-        (f"{IMG}/a.qcow2", {IMG + "/": "/srv/img/"}, "/srv/img/a.qcow2"),        # trailing slashes
+        (f"{IMG}/a.qcow2", {IMG + "/": "/srv/img/"}, "/srv/img/a.qcow2"),  # trailing slashes
         (f"{IMG}/a.qcow2", {"/var/lib": "/data", IMG: "/srv/img"}, "/srv/img/a.qcow2"),  # longest wins
         (f"{IMG}/a.qcow2", {IMG: "/srv/img", "/var/lib": "/data"}, "/srv/img/a.qcow2"),  # order irrelevant
         ("/var/lib/libvirt/images/a", {"/var/lib/libvirt/img": "/x"}, "/var/lib/libvirt/images/a"),  # components
-        ("/var/lib/img", {"/var/lib/img": "/srv/img"}, "/srv/img"),              # the prefix itself
+        ("/var/lib/img", {"/var/lib/img": "/srv/img"}, "/srv/img"),  # the prefix itself
         ("/var/lib/img2", {"/var/lib/img": "/srv/img"}, "/var/lib/img2"),
-        ("/a/b", {"/": "/mnt"}, "/mnt/a/b"),                                     # root prefix
+        ("/a/b", {"/": "/mnt"}, "/mnt/a/b"),  # root prefix
         ("/a/b", {"/a": "/"}, "/b"),
         ("/a", {"/a": "/"}, "/"),
         ("", {"/a": "/b"}, ""),
@@ -30,8 +30,14 @@ def test_map_path(path, prefixes, expected):
     assert map_path(path, prefixes) == expected
 
 
-ROOT = Disk(target="vda", source=f"{IMG}/g.qcow2", format="qcow2", virtual_size=10 << 30,
-            allocation=2 << 30, backing_chain=(f"{IMG}/base.qcow2", f"{IMG}/os.raw"))
+ROOT = Disk(
+    target="vda",
+    source=f"{IMG}/g.qcow2",
+    format="qcow2",
+    virtual_size=10 << 30,
+    allocation=2 << 30,
+    backing_chain=(f"{IMG}/base.qcow2", f"{IMG}/os.raw"),
+)
 DATA = Disk(target="vdb", source=f"{IMG}/g-data.raw", format="raw", virtual_size=1 << 30)
 NOFMT = Disk(target="vdd", source=f"{IMG}/g-old.img", virtual_size=1 << 20)
 ISO = Disk(target="sda", source="/iso/install.iso", format="raw", device="cdrom", readonly=True)
@@ -50,41 +56,66 @@ def summary(plans):
 @pytest.mark.parametrize(
     ("storage", "migrate_disks", "expected"),
     [
-        pytest.param(StorageMode.COPY_ALL, [], {
-            "vda": (True, "/srv/img/g.qcow2", ""),
-            "vdb": (True, "/srv/img/g-data.raw", ""),
-            "sda": (False, "/iso/install.iso", ""),
-            "vdc": (False, "/srv/img/seed.raw", ""),
-            "vde": (False, "/shared/g-logs.qcow2", ""),
-        }, id="copy-all: writable local disks; cdrom, read-only and shared expected in place"),
-        pytest.param(StorageMode.COPY_ALL, ["vdb"], {
-            "vda": (False, "/srv/img/g.qcow2", ""),
-            "vdb": (True, "/srv/img/g-data.raw", ""),
-            "sda": (False, "/iso/install.iso", ""),
-            "vdc": (False, "/srv/img/seed.raw", ""),
-            "vde": (False, "/shared/g-logs.qcow2", ""),
-        }, id="copy-all with migrate_disks: exactly those"),
-        pytest.param(StorageMode.COPY_ALL, ["vde"], {
-            "vda": (False, "/srv/img/g.qcow2", ""),
-            "vdb": (False, "/srv/img/g-data.raw", ""),
-            "sda": (False, "/iso/install.iso", ""),
-            "vdc": (False, "/srv/img/seed.raw", ""),
-            "vde": (True, "/shared/g-logs.qcow2", ""),
-        }, id="an explicitly requested shared disk is copied"),
-        pytest.param(StorageMode.COPY_INC, [], {
-            "vda": (True, "/srv/img/g.qcow2", "/srv/img/base.qcow2"),
-            "vdb": (True, "/srv/img/g-data.raw", ""),
-            "sda": (False, "/iso/install.iso", ""),
-            "vdc": (False, "/srv/img/seed.raw", ""),
-            "vde": (False, "/shared/g-logs.qcow2", ""),
-        }, id="copy-inc: nearest backing file mapped to the target"),
-        pytest.param(StorageMode.SHARED, [], {
-            "vda": (False, "/srv/img/g.qcow2", ""),
-            "vdb": (False, "/srv/img/g-data.raw", ""),
-            "sda": (False, "/iso/install.iso", ""),
-            "vdc": (False, "/srv/img/seed.raw", ""),
-            "vde": (False, "/shared/g-logs.qcow2", ""),
-        }, id="shared: nothing copied, every file disk expected at its mapped path"),
+        pytest.param(
+            StorageMode.COPY_ALL,
+            [],
+            {
+                "vda": (True, "/srv/img/g.qcow2", ""),
+                "vdb": (True, "/srv/img/g-data.raw", ""),
+                "sda": (False, "/iso/install.iso", ""),
+                "vdc": (False, "/srv/img/seed.raw", ""),
+                "vde": (False, "/shared/g-logs.qcow2", ""),
+            },
+            id="copy-all: writable local disks; cdrom, read-only and shared expected in place",
+        ),
+        pytest.param(
+            StorageMode.COPY_ALL,
+            ["vdb"],
+            {
+                "vda": (False, "/srv/img/g.qcow2", ""),
+                "vdb": (True, "/srv/img/g-data.raw", ""),
+                "sda": (False, "/iso/install.iso", ""),
+                "vdc": (False, "/srv/img/seed.raw", ""),
+                "vde": (False, "/shared/g-logs.qcow2", ""),
+            },
+            id="copy-all with migrate_disks: exactly those",
+        ),
+        pytest.param(
+            StorageMode.COPY_ALL,
+            ["vde"],
+            {
+                "vda": (False, "/srv/img/g.qcow2", ""),
+                "vdb": (False, "/srv/img/g-data.raw", ""),
+                "sda": (False, "/iso/install.iso", ""),
+                "vdc": (False, "/srv/img/seed.raw", ""),
+                "vde": (True, "/shared/g-logs.qcow2", ""),
+            },
+            id="an explicitly requested shared disk is copied",
+        ),
+        pytest.param(
+            StorageMode.COPY_INC,
+            [],
+            {
+                "vda": (True, "/srv/img/g.qcow2", "/srv/img/base.qcow2"),
+                "vdb": (True, "/srv/img/g-data.raw", ""),
+                "sda": (False, "/iso/install.iso", ""),
+                "vdc": (False, "/srv/img/seed.raw", ""),
+                "vde": (False, "/shared/g-logs.qcow2", ""),
+            },
+            id="copy-inc: nearest backing file mapped to the target",
+        ),
+        pytest.param(
+            StorageMode.SHARED,
+            [],
+            {
+                "vda": (False, "/srv/img/g.qcow2", ""),
+                "vdb": (False, "/srv/img/g-data.raw", ""),
+                "sda": (False, "/iso/install.iso", ""),
+                "vdc": (False, "/srv/img/seed.raw", ""),
+                "vde": (False, "/shared/g-logs.qcow2", ""),
+            },
+            id="shared: nothing copied, every file disk expected at its mapped path",
+        ),
     ],
 )
 def test_plan_disks(storage, migrate_disks, expected):
@@ -94,10 +125,18 @@ def test_plan_disks(storage, migrate_disks, expected):
 def test_plan_carries_sizes_and_format():
     plans = plan_disks([ROOT, NOFMT], StorageMode.COPY_ALL, [], HostMapping())
     assert plans == [
-        DiskPlan(target="vda", source=ROOT.source, destination=ROOT.source, format="qcow2",
-                 virtual_size=10 << 30, allocation=2 << 30, copy=True),
-        DiskPlan(target="vdd", source=NOFMT.source, destination=NOFMT.source, format="raw",
-                 virtual_size=1 << 20, copy=True),
+        DiskPlan(
+            target="vda",
+            source=ROOT.source,
+            destination=ROOT.source,
+            format="qcow2",
+            virtual_size=10 << 30,
+            allocation=2 << 30,
+            copy=True,
+        ),
+        DiskPlan(
+            target="vdd", source=NOFMT.source, destination=NOFMT.source, format="raw", virtual_size=1 << 20, copy=True
+        ),
     ]
 
 

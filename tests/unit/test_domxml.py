@@ -76,7 +76,7 @@ def test_parse_domain():
 @pytest.mark.parametrize(
     ("memory", "expected"),
     [
-        ("<memory>1024</memory>", 1 << 20),            # bare number is KiB
+        ("<memory>1024</memory>", 1 << 20),  # bare number is KiB
         ("<memory unit='MiB'>256</memory>", 256 << 20),
         ("<memory unit='G'>2</memory>", 2 << 30),
         ("<memory unit='MB'>1</memory>", 1_000_000),
@@ -95,8 +95,14 @@ def test_cpu_mode_absent_and_host_model():
 
 def test_parse_disks():
     assert parse_disks(GUEST) == [
-        Disk(target="vda", source="/var/lib/libvirt/images/web1.qcow2", format="qcow2", cache="none",
-             bus="virtio", backing_chain=("/var/lib/libvirt/images/base/debian.raw",)),
+        Disk(
+            target="vda",
+            source="/var/lib/libvirt/images/web1.qcow2",
+            format="qcow2",
+            cache="none",
+            bus="virtio",
+            backing_chain=("/var/lib/libvirt/images/base/debian.raw",),
+        ),
         Disk(target="vdb", source="/shared/web1-data.raw", format="raw", bus="virtio"),
         Disk(target="sda", source="", format="raw", readonly=True, device="cdrom", bus="sata"),
         Disk(target="vdc", source="", format="raw", bus="virtio"),  # block device: not a file
@@ -154,40 +160,88 @@ BEFORE = facts(GUEST)
     ("mapping", "plans", "changed"),
     [
         pytest.param(HostMapping(), [], {}, id="empty mapping changes nothing"),
-        pytest.param(HostMapping(bridges={"br-guest": "br-vm"}), [],
-                     {"nics": ["br-vm", "default"]}, id="bridge mapped"),
-        pytest.param(HostMapping(networks={"default": "guests"}), [],
-                     {"nics": ["br-guest", "guests"]}, id="network mapped"),
-        pytest.param(HostMapping(bridges={"default": "x"}, networks={"br-guest": "y"}), [], {},
-                     id="bridge map does not touch networks and vice versa"),
         pytest.param(
-            HostMapping(path_prefixes={"/var/lib/libvirt/images": "/srv/images"}), [],
-            {"disks": {"vda": "/srv/images/web1.qcow2", "vdb": "/shared/web1-data.raw", "sda": "", "vdc": ""},
-             "backing": {"vda": ("/srv/images/base/debian.raw",), "vdb": (), "sda": (), "vdc": ()}},
-            id="disk path prefix mapped with its backing file"),
-        pytest.param(HostMapping(path_prefixes={"/var/lib/libvirt/img": "/srv"}), [], {},
-                     id="prefix matches whole components only"),
-        pytest.param(HostMapping(path_prefixes={"/var/lib/libvirt": "/data/libvirt"}), [],
-                     {"initrd": "/data/libvirt/boot/initrd.img",
-                      "disks": {"vda": "/data/libvirt/images/web1.qcow2", "vdb": "/shared/web1-data.raw",
-                                "sda": "", "vdc": ""},
-                      "backing": {"vda": ("/data/libvirt/images/base/debian.raw",), "vdb": (), "sda": (), "vdc": ()}},
-                     id="a prefix that matches the initrd maps it too; the kernel stays"),
-        pytest.param(HostMapping(path_prefixes={"/shared": "/mnt/shared"}), [],
-                     {"serial": "/mnt/shared/console/web1.log",
-                      "disks": {"vda": "/var/lib/libvirt/images/web1.qcow2", "vdb": "/mnt/shared/web1-data.raw",
-                                "sda": "", "vdc": ""}},
-                     id="serial log follows a matching prefix"),
-        pytest.param(HostMapping(bridges={"br-nope": "br-x"}, networks={"nope": "x"},
-                                 path_prefixes={"/nowhere": "/else", "/dev/vg0": "/dev/vg1"}), [], {},
-                     id="mapping that matches nothing is harmless; block devices untouched"),
+            HostMapping(bridges={"br-guest": "br-vm"}), [], {"nics": ["br-vm", "default"]}, id="bridge mapped"
+        ),
+        pytest.param(
+            HostMapping(networks={"default": "guests"}), [], {"nics": ["br-guest", "guests"]}, id="network mapped"
+        ),
+        pytest.param(
+            HostMapping(bridges={"default": "x"}, networks={"br-guest": "y"}),
+            [],
+            {},
+            id="bridge map does not touch networks and vice versa",
+        ),
         pytest.param(
             HostMapping(path_prefixes={"/var/lib/libvirt/images": "/srv/images"}),
-            [DiskPlan(target="vda", source="/var/lib/libvirt/images/web1.qcow2", destination="/fast/web1.qcow2",
-                      backing_file="/golden/debian.raw")],
-            {"disks": {"vda": "/fast/web1.qcow2", "vdb": "/shared/web1-data.raw", "sda": "", "vdc": ""},
-             "backing": {"vda": ("/golden/debian.raw",), "vdb": (), "sda": (), "vdc": ()}},
-            id="a plan's destination and backing file win over the prefix"),
+            [],
+            {
+                "disks": {"vda": "/srv/images/web1.qcow2", "vdb": "/shared/web1-data.raw", "sda": "", "vdc": ""},
+                "backing": {"vda": ("/srv/images/base/debian.raw",), "vdb": (), "sda": (), "vdc": ()},
+            },
+            id="disk path prefix mapped with its backing file",
+        ),
+        pytest.param(
+            HostMapping(path_prefixes={"/var/lib/libvirt/img": "/srv"}),
+            [],
+            {},
+            id="prefix matches whole components only",
+        ),
+        pytest.param(
+            HostMapping(path_prefixes={"/var/lib/libvirt": "/data/libvirt"}),
+            [],
+            {
+                "initrd": "/data/libvirt/boot/initrd.img",
+                "disks": {
+                    "vda": "/data/libvirt/images/web1.qcow2",
+                    "vdb": "/shared/web1-data.raw",
+                    "sda": "",
+                    "vdc": "",
+                },
+                "backing": {"vda": ("/data/libvirt/images/base/debian.raw",), "vdb": (), "sda": (), "vdc": ()},
+            },
+            id="a prefix that matches the initrd maps it too; the kernel stays",
+        ),
+        pytest.param(
+            HostMapping(path_prefixes={"/shared": "/mnt/shared"}),
+            [],
+            {
+                "serial": "/mnt/shared/console/web1.log",
+                "disks": {
+                    "vda": "/var/lib/libvirt/images/web1.qcow2",
+                    "vdb": "/mnt/shared/web1-data.raw",
+                    "sda": "",
+                    "vdc": "",
+                },
+            },
+            id="serial log follows a matching prefix",
+        ),
+        pytest.param(
+            HostMapping(
+                bridges={"br-nope": "br-x"},
+                networks={"nope": "x"},
+                path_prefixes={"/nowhere": "/else", "/dev/vg0": "/dev/vg1"},
+            ),
+            [],
+            {},
+            id="mapping that matches nothing is harmless; block devices untouched",
+        ),
+        pytest.param(
+            HostMapping(path_prefixes={"/var/lib/libvirt/images": "/srv/images"}),
+            [
+                DiskPlan(
+                    target="vda",
+                    source="/var/lib/libvirt/images/web1.qcow2",
+                    destination="/fast/web1.qcow2",
+                    backing_file="/golden/debian.raw",
+                )
+            ],
+            {
+                "disks": {"vda": "/fast/web1.qcow2", "vdb": "/shared/web1-data.raw", "sda": "", "vdc": ""},
+                "backing": {"vda": ("/golden/debian.raw",), "vdb": (), "sda": (), "vdc": ()},
+            },
+            id="a plan's destination and backing file win over the prefix",
+        ),
     ],
 )
 def test_rewrite_for_target(mapping, plans, changed):

@@ -12,13 +12,13 @@ from ferry.coordinator.election import Candidate, LeaseTiming
 @pytest.mark.parametrize(
     ("sent_at", "ttl_s", "safety_s", "now", "leader"),
     [
-        (100.0, 9, 1.0, 100.0, True),     # just renewed
-        (100.0, 9, 1.0, 103.0, True),     # a renewal is due now
-        (100.0, 9, 1.0, 107.99, True),    # renewals failing, still inside ttl - safety
-        (100.0, 9, 1.0, 108.0, False),    # safety margin reached: step down
-        (100.0, 9, 1.0, 109.0, False),    # the lease itself may be gone
+        (100.0, 9, 1.0, 100.0, True),  # just renewed
+        (100.0, 9, 1.0, 103.0, True),  # a renewal is due now
+        (100.0, 9, 1.0, 107.99, True),  # renewals failing, still inside ttl - safety
+        (100.0, 9, 1.0, 108.0, False),  # safety margin reached: step down
+        (100.0, 9, 1.0, 109.0, False),  # the lease itself may be gone
         (100.0, 9, 1.0, 500.0, False),
-        (100.0, 2, 0.2, 101.79, True),    # the smallest etcd TTL
+        (100.0, 2, 0.2, 101.79, True),  # the smallest etcd TTL
         (100.0, 2, 0.2, 101.8, False),
     ],
 )
@@ -37,9 +37,9 @@ def test_renewal_every_third_of_the_ttl(ttl_s, sent_at, next_renewal):
 @pytest.mark.parametrize(
     ("now", "retry"),
     [
-        (103.0, 103.9),    # failed at the first renewal: retry after ttl/10
-        (107.5, 108.0),    # not later than the deadline
-        (108.0, None),     # at the deadline: step down
+        (103.0, 103.9),  # failed at the first renewal: retry after ttl/10
+        (107.5, 108.0),  # not later than the deadline
+        (108.0, None),  # at the deadline: step down
         (120.0, None),
     ],
 )

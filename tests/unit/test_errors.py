@@ -4,7 +4,7 @@ import grpc
 import pytest
 
 from ferry import errors
-from ferry.rpc import from_rpc_error, to_status
+from ferry.rpc import error_type_for, from_rpc_error, grpc_code, to_status
 
 
 @pytest.mark.parametrize(
@@ -22,9 +22,9 @@ from ferry.rpc import from_rpc_error, to_status
     ],
 )
 def test_error_table(err_type, code, caller_fault):
-    assert err_type.code == code
+    assert grpc_code(err_type.code) == code
     assert err_type.caller_fault is caller_fault
-    assert errors.error_for_code(code) is err_type
+    assert error_type_for(code) is err_type
 
 
 def test_codes_are_unique():
@@ -47,8 +47,9 @@ class _FakeRpcError(grpc.RpcError):
 
 
 def test_status_round_trip_keeps_reason_and_hint():
-    err = errors.FailedPrecondition("bridge br-guest is missing on host2", reason="BRIDGE_MISSING",
-                                    hint="map it: --map-bridge br-guest=br-vm")
+    err = errors.FailedPrecondition(
+        "bridge br-guest is missing on host2", reason="BRIDGE_MISSING", hint="map it: --map-bridge br-guest=br-vm"
+    )
     back = from_rpc_error(_FakeRpcError(to_status(err)))
     assert type(back) is errors.FailedPrecondition
     assert (back.reason, back.message, back.hint) == (err.reason, err.message, err.hint)

@@ -3,7 +3,8 @@
 from pathlib import Path
 
 from ferry.agent.config import load_config as load_agent
-from ferry.coordinator.config import derive_mapping, load_config as load_coordinator
+from ferry.coordinator.config import derive_mapping
+from ferry.coordinator.config import load_config as load_coordinator
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config"
 

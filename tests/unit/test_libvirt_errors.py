@@ -5,8 +5,8 @@ Integers on purpose: these tests need neither libvirtd nor, except the last one,
 
 import pytest
 
-from ferry.agent import libvirt_errors as le
 from ferry import errors
+from ferry.agent import libvirt_errors as le
 
 RPC, QEMU, REMOTE, STORAGE = 7, 10, 13, 18
 
@@ -14,23 +14,23 @@ RPC, QEMU, REMOTE, STORAGE = 7, 10, 13, 18
 @pytest.mark.parametrize(
     ("code", "domain", "err_type", "reason"),
     [
-        (42, QEMU, errors.NotFound, "DOMAIN_NOT_FOUND"),               # VIR_ERR_NO_DOMAIN
+        (42, QEMU, errors.NotFound, "DOMAIN_NOT_FOUND"),  # VIR_ERR_NO_DOMAIN
         (55, QEMU, errors.FailedPrecondition, "DOMAIN_STATE_INVALID"),  # VIR_ERR_OPERATION_INVALID
-        (78, QEMU, errors.Aborted, "MIGRATION_ABORTED"),              # VIR_ERR_OPERATION_ABORTED
-        (38, RPC, errors.Unavailable, "LIBVIRT_UNREACHABLE"),         # SYSTEM_ERROR from the RPC layer
+        (78, QEMU, errors.Aborted, "MIGRATION_ABORTED"),  # VIR_ERR_OPERATION_ABORTED
+        (38, RPC, errors.Unavailable, "LIBVIRT_UNREACHABLE"),  # SYSTEM_ERROR from the RPC layer
         (38, REMOTE, errors.Unavailable, "LIBVIRT_UNREACHABLE"),
-        (38, STORAGE, errors.Internal, "HOST_SYSTEM_ERROR"),          # SYSTEM_ERROR from elsewhere
-        (39, RPC, errors.Unavailable, "LIBVIRT_UNREACHABLE"),         # VIR_ERR_RPC
-        (5, 0, errors.Unavailable, "LIBVIRT_UNREACHABLE"),            # VIR_ERR_NO_CONNECT
-        (6, 0, errors.Unavailable, "LIBVIRT_UNREACHABLE"),            # VIR_ERR_INVALID_CONN
-        (68, QEMU, errors.DeadlineExceeded, "LIBVIRT_BUSY"),          # VIR_ERR_OPERATION_TIMEOUT
-        (81, QEMU, errors.FailedPrecondition, "MIGRATION_UNSAFE"),    # VIR_ERR_MIGRATE_UNSAFE
+        (38, STORAGE, errors.Internal, "HOST_SYSTEM_ERROR"),  # SYSTEM_ERROR from elsewhere
+        (39, RPC, errors.Unavailable, "LIBVIRT_UNREACHABLE"),  # VIR_ERR_RPC
+        (5, 0, errors.Unavailable, "LIBVIRT_UNREACHABLE"),  # VIR_ERR_NO_CONNECT
+        (6, 0, errors.Unavailable, "LIBVIRT_UNREACHABLE"),  # VIR_ERR_INVALID_CONN
+        (68, QEMU, errors.DeadlineExceeded, "LIBVIRT_BUSY"),  # VIR_ERR_OPERATION_TIMEOUT
+        (81, QEMU, errors.FailedPrecondition, "MIGRATION_UNSAFE"),  # VIR_ERR_MIGRATE_UNSAFE
         (91, QEMU, errors.FailedPrecondition, "CPU_INCOMPATIBLE"),
         (49, STORAGE, errors.FailedPrecondition, "TARGET_DISK_MISSING"),  # VIR_ERR_NO_STORAGE_POOL
         (50, STORAGE, errors.FailedPrecondition, "TARGET_DISK_MISSING"),
         (9, QEMU, errors.Internal, "LIBVIRT_OPERATION_FAILED"),
         (1, QEMU, errors.Internal, "LIBVIRT_INTERNAL_ERROR"),
-        (1, RPC, errors.Unavailable, "LIBVIRT_UNREACHABLE"),          # "client socket is closed"
+        (1, RPC, errors.Unavailable, "LIBVIRT_UNREACHABLE"),  # "client socket is closed"
         (74, QEMU, errors.InvalidArgument, "ARGUMENT_UNSUPPORTED"),
         (67, QEMU, errors.FailedPrecondition, "CONFIG_UNSUPPORTED"),
         (8, QEMU, errors.InvalidArgument, "INVALID_ARGUMENT"),
@@ -44,16 +44,22 @@ RPC, QEMU, REMOTE, STORAGE = 7, 10, 13, 18
         (93, QEMU, errors.Internal, "MIGRATION_FINISH_FAILED"),
         (2, 0, errors.ResourceExhausted, "LIBVIRT_NO_MEMORY"),
         (99, QEMU, errors.NotFound, "DEVICE_NOT_FOUND"),
-        (4242, 0, errors.Internal, "LIBVIRT_ERROR"),                  # unknown code: still an error
+        (4242, 0, errors.Internal, "LIBVIRT_ERROR"),  # unknown code: still an error
     ],
 )
 def test_table(code, domain, err_type, reason):
-    err = le.translate(code, domain, "libvirt says so", call="migrateToURI3", host="qemu:///system",
-                       peer="qemu+tcp://10.77.0.12/system")
+    err = le.translate(
+        code,
+        domain,
+        "libvirt says so",
+        call="migrateToURI3",
+        host="qemu:///system",
+        peer="qemu+tcp://10.77.0.12/system",
+    )
     assert type(err) is err_type
     assert err.reason == reason
-    assert err.hint and "{" not in err.hint          # every hint is filled in
-    assert "libvirt says so" in err.message          # libvirt's own words stay visible
+    assert err.hint and "{" not in err.hint  # every hint is filled in
+    assert "libvirt says so" in err.message  # libvirt's own words stay visible
     assert "migrateToURI3" in err.message
 
 
@@ -64,16 +70,34 @@ def test_message_text_never_decides():
 
 
 def test_peer_unreachable_is_the_callers_finding():
-    err = le.translate(9, QEMU, "Failed to connect", call="migrateToURI3", host="qemu:///system",
-                       peer="qemu+tcp://10.77.0.12/system", peer_unreachable=True)
+    err = le.translate(
+        9,
+        QEMU,
+        "Failed to connect",
+        call="migrateToURI3",
+        host="qemu:///system",
+        peer="qemu+tcp://10.77.0.12/system",
+        peer_unreachable=True,
+    )
     assert isinstance(err, errors.Unavailable)
     assert err.reason == "TARGET_UNREACHABLE"
     assert "qemu+tcp://10.77.0.12/system" in err.hint
 
 
-@pytest.mark.parametrize(("code", "domain", "expected"),
-                         [(38, RPC, True), (38, 0, False), (1, RPC, True), (1, QEMU, False), (39, 0, True), (5, 0, True), (6, 0, True),
-                          (42, QEMU, False), (9, QEMU, False)])
+@pytest.mark.parametrize(
+    ("code", "domain", "expected"),
+    [
+        (38, RPC, True),
+        (38, 0, False),
+        (1, RPC, True),
+        (1, QEMU, False),
+        (39, 0, True),
+        (5, 0, True),
+        (6, 0, True),
+        (42, QEMU, False),
+        (9, QEMU, False),
+    ],
+)
 def test_is_unreachable(code, domain, expected):
     assert le.is_unreachable(code, domain) is expected
 

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from ferry.coordinator.memory_store import MemoryStore
-from ferry.coordinator.store import EventKind, Resync, WatchEvent, write_landed, Entry
 from ferry.errors import Unavailable
+from ferry.store import Entry, EventKind, Resync, WatchEvent, write_landed
+from ferry.testing.memory_store import MemoryStore
 
 
 class Clock:
@@ -75,12 +75,12 @@ async def test_closed_store_refuses_calls_and_ends_watches():
 @pytest.mark.parametrize(
     ("current", "value", "lease", "after", "landed"),
     [
-        (None, b"v", None, 0, False),                                   # key gone
-        (Entry("k", b"v", 8, 3), b"v", None, 5, True),                  # ours
-        (Entry("k", b"v", 8, 3, lease=7), b"v", None, 5, False),        # same bytes, other lease
-        (Entry("k", b"v", 8, 3, lease=7), b"v", 7, 0, True),            # our create under our lease
-        (Entry("k", b"w", 8, 3), b"v", None, 5, False),                 # someone else's bytes
-        (Entry("k", b"v", 5, 3), b"v", None, 5, False),                 # not newer than the compare
+        (None, b"v", None, 0, False),  # key gone
+        (Entry("k", b"v", 8, 3), b"v", None, 5, True),  # ours
+        (Entry("k", b"v", 8, 3, lease=7), b"v", None, 5, False),  # same bytes, other lease
+        (Entry("k", b"v", 8, 3, lease=7), b"v", 7, 0, True),  # our create under our lease
+        (Entry("k", b"w", 8, 3), b"v", None, 5, False),  # someone else's bytes
+        (Entry("k", b"v", 5, 3), b"v", None, 5, False),  # not newer than the compare
     ],
 )
 def test_write_landed(current, value, lease, after, landed):

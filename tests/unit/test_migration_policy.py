@@ -6,7 +6,17 @@ from dataclasses import replace
 import pytest
 
 from ferry.agent import migration as m
-from ferry.agent.migration import Action, Watch, changed, completion_timeout_s, decide, next_progress, observe, phase_of, stalled
+from ferry.agent.migration import (
+    Action,
+    Watch,
+    changed,
+    completion_timeout_s,
+    decide,
+    next_progress,
+    observe,
+    phase_of,
+    stalled,
+)
 from ferry.model import JobStats, MigrationOptions, MigrationPhase
 
 MiB = 1 << 20
@@ -20,21 +30,32 @@ def test_docstring_examples():
 @pytest.mark.parametrize(
     ("stats", "postcopy_started", "phase"),
     [
-        (JobStats(), False, P.STARTING),                                            # no job yet
-        (JobStats(active=True), False, P.STARTING),                                 # job, nothing moved
+        (JobStats(), False, P.STARTING),  # no job yet
+        (JobStats(active=True), False, P.STARTING),  # job, nothing moved
         (JobStats(active=True, disk_total=1024, disk_remaining=1024), False, P.DISK_MIRROR),
         (JobStats(active=True, disk_total=1024, disk_processed=1024), False, P.DISK_MIRROR),  # synced, memory next
-        (JobStats(active=True, disk_total=1024, disk_processed=1024, memory_total=256, memory_processed=10,
-                  memory_remaining=246, iteration=1), False, P.PRECOPY),
+        (
+            JobStats(
+                active=True,
+                disk_total=1024,
+                disk_processed=1024,
+                memory_total=256,
+                memory_processed=10,
+                memory_remaining=246,
+                iteration=1,
+            ),
+            False,
+            P.PRECOPY,
+        ),
         (JobStats(active=True, memory_total=256, memory_processed=10, memory_remaining=246), False, P.PRECOPY),
         (JobStats(active=True, memory_total=256, memory_processed=300, memory_remaining=40), True, P.POSTCOPY),
         (JobStats(active=True, memory_processed=300, postcopy=True), False, P.POSTCOPY),
-        (JobStats(active=False, memory_processed=300), False, P.FINISHING),         # job over, call not back
+        (JobStats(active=False, memory_processed=300), False, P.FINISHING),  # job over, call not back
         (JobStats(job_type="completed", memory_processed=300), False, P.FINISHING),  # completed, call not back
         # ended badly: QEMU said so, libvirt's migrate call has not returned its error yet
         (JobStats(job_type="cancelled", memory_processed=300), False, P.CANCELLED),  # aborted
-        (JobStats(job_type="cancelled"), False, P.CANCELLED),                        # aborted before data moved
-        (JobStats(job_type="cancelled", memory_processed=300), True, P.CANCELLED),   # post-copy asked, aborted
+        (JobStats(job_type="cancelled"), False, P.CANCELLED),  # aborted before data moved
+        (JobStats(job_type="cancelled", memory_processed=300), True, P.CANCELLED),  # post-copy asked, aborted
         (JobStats(job_type="failed", disk_total=1024, disk_processed=512), False, P.FAILED),
         (JobStats(job_type="failed", memory_processed=300, postcopy=True), False, P.FAILED),
     ],
@@ -49,10 +70,10 @@ def test_phase_of(stats, postcopy_started, phase):
         (P.STARTING, P.PRECOPY, P.PRECOPY),
         (P.POSTCOPY, P.PRECOPY, P.POSTCOPY),
         (P.PRECOPY, P.FINISHING, P.FINISHING),
-        (P.PRECOPY, P.CANCELLED, P.CANCELLED),      # an end is later than any running phase
+        (P.PRECOPY, P.CANCELLED, P.CANCELLED),  # an end is later than any running phase
         (P.FINISHING, P.FAILED, P.FAILED),
-        (P.CANCELLED, P.PRECOPY, P.CANCELLED),      # and stays
-        (P.FAILED, P.CANCELLED, P.FAILED),          # the first end seen stays
+        (P.CANCELLED, P.PRECOPY, P.CANCELLED),  # and stays
+        (P.FAILED, P.CANCELLED, P.FAILED),  # the first end seen stays
     ],
 )
 def test_later_phase(a, b, later):
@@ -63,8 +84,11 @@ def test_an_aborted_job_is_never_reported_finishing():
     """The polls an abort produces, in libvirt's order: the job runs, QEMU cancels it (libvirt
     says "cancelled"), the job is gone (nothing to report); the phases reported never say
     FINISHING and end CANCELLED."""
-    polls = [precopy(100, 156, 1), JobStats(job_type="cancelled", memory_total=256 * MiB,
-                                            memory_processed=120 * MiB), JobStats()]
+    polls = [
+        precopy(100, 156, 1),
+        JobStats(job_type="cancelled", memory_total=256 * MiB, memory_processed=120 * MiB),
+        JobStats(),
+    ]
     progress, seen = None, []
     for stats in polls:
         progress = next_progress(progress, phase_of(stats), stats)
@@ -75,11 +99,11 @@ def test_an_aborted_job_is_never_reported_finishing():
 @pytest.mark.parametrize(
     ("reported", "seen", "planned", "expected"),
     [
-        (0, JobStats(disk_total=1000, disk_processed=1000), 800, 1000),   # the source saw it all copied
-        (0, JobStats(disk_total=1000, disk_processed=600), 800, 1000),    # last poll mid-copy: it completed
-        (0, JobStats(), 800, 800),                                       # no poll saw the copy: as planned
-        (1200, JobStats(disk_total=1000), 800, 1200),                     # a target that counts wins
-        (0, JobStats(), 0, 0),                                           # nothing copied (shared storage)
+        (0, JobStats(disk_total=1000, disk_processed=1000), 800, 1000),  # the source saw it all copied
+        (0, JobStats(disk_total=1000, disk_processed=600), 800, 1000),  # last poll mid-copy: it completed
+        (0, JobStats(), 800, 800),  # no poll saw the copy: as planned
+        (1200, JobStats(disk_total=1000), 800, 1200),  # a target that counts wins
+        (0, JobStats(), 0, 0),  # nothing copied (shared storage)
     ],
 )
 def test_disk_bytes_of_a_completed_copy(reported, seen, planned, expected):
@@ -87,8 +111,14 @@ def test_disk_bytes_of_a_completed_copy(reported, seen, planned, expected):
 
 
 def precopy(processed, remaining, iteration, **kw):
-    return JobStats(active=True, memory_total=256 * MiB, memory_processed=processed * MiB,
-                    memory_remaining=remaining * MiB, iteration=iteration, **kw)
+    return JobStats(
+        active=True,
+        memory_total=256 * MiB,
+        memory_processed=processed * MiB,
+        memory_remaining=remaining * MiB,
+        iteration=iteration,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize(
@@ -136,10 +166,10 @@ def test_changed_ignores_elapsed_only():
 @pytest.mark.parametrize(
     ("given", "memory", "disk", "expected"),
     [
-        (0, 256 * MiB, 0, 200.0),          # 800 s/GiB
-        (0, 64 * MiB, 0, 120.0),           # the minimum
-        (0, 1 << 30, 1 << 30, 1600.0),     # RAM + copied disk
-        (45, 8 << 30, 0, 45.0),            # the caller's wins
+        (0, 256 * MiB, 0, 200.0),  # 800 s/GiB
+        (0, 64 * MiB, 0, 120.0),  # the minimum
+        (0, 1 << 30, 1 << 30, 1600.0),  # RAM + copied disk
+        (45, 8 << 30, 0, 45.0),  # the caller's wins
     ],
 )
 def test_completion_timeout(given, memory, disk, expected):
@@ -153,8 +183,8 @@ def test_completion_timeout(given, memory, disk, expected):
         ([256, 160, 120, 118], 2, False),
         ([256, 160, 170, 165, 161], 3, True),
         ([256, 160, 170, 165, 150], 3, False),
-        ([256, 160], 2, False),            # not enough iterations to tell
-        ([256, 256, 256], 0, False),       # stall detection off
+        ([256, 160], 2, False),  # not enough iterations to tell
+        ([256, 256, 256], 0, False),  # stall detection off
     ],
 )
 def test_stalled(peaks, n, expected):
@@ -166,7 +196,7 @@ def test_observe_keeps_the_peak_per_iteration():
     for it, left in [(0, 256), (1, 256), (1, 10), (2, 80), (2, 90), (2, 5), (4, 70)]:
         w = observe(w, precopy(1, left, it))
     assert w.peaks == (256 * MiB, 90 * MiB, 70 * MiB)
-    assert observe(w, JobStats()) == w      # no job: nothing recorded
+    assert observe(w, JobStats()) == w  # no job: nothing recorded
 
 
 def watch(**kw):
@@ -182,18 +212,24 @@ RUNNING = precopy(100, 100, 2)
     [
         (watch(), P.PRECOPY, 10, Action.CONTINUE),
         (watch(), P.PRECOPY, 100, Action.ABORT_TIMEOUT),
-        (watch(postcopy_started=True), P.POSTCOPY, 500, Action.CONTINUE),           # never abort post-copy
+        (watch(postcopy_started=True), P.POSTCOPY, 500, Action.CONTINUE),  # never abort post-copy
         (watch(max_downtime_ms=500), P.DISK_MIRROR, 1, Action.SET_MAX_DOWNTIME),
         (watch(max_downtime_ms=500, downtime_applied=True), P.PRECOPY, 1, Action.CONTINUE),
-        (watch(max_downtime_ms=500), P.PRECOPY, 100, Action.ABORT_TIMEOUT),        # timeout first
-        (watch(postcopy_on_stall=True, stall_iterations=2, peaks=(256, 160, 160, 161)), P.PRECOPY, 1,
-         Action.START_POSTCOPY),
-        (watch(postcopy_on_stall=False, stall_iterations=2, peaks=(256, 160, 160, 161)), P.PRECOPY, 1,
-         Action.CONTINUE),
-        (watch(postcopy_on_stall=True, stall_iterations=2, peaks=(256, 160, 100, 50)), P.PRECOPY, 1,
-         Action.CONTINUE),
-        (watch(postcopy_on_stall=True, postcopy_started=True, stall_iterations=2, peaks=(256, 160, 160, 161)),
-         P.POSTCOPY, 1, Action.CONTINUE),
+        (watch(max_downtime_ms=500), P.PRECOPY, 100, Action.ABORT_TIMEOUT),  # timeout first
+        (
+            watch(postcopy_on_stall=True, stall_iterations=2, peaks=(256, 160, 160, 161)),
+            P.PRECOPY,
+            1,
+            Action.START_POSTCOPY,
+        ),
+        (watch(postcopy_on_stall=False, stall_iterations=2, peaks=(256, 160, 160, 161)), P.PRECOPY, 1, Action.CONTINUE),
+        (watch(postcopy_on_stall=True, stall_iterations=2, peaks=(256, 160, 100, 50)), P.PRECOPY, 1, Action.CONTINUE),
+        (
+            watch(postcopy_on_stall=True, postcopy_started=True, stall_iterations=2, peaks=(256, 160, 160, 161)),
+            P.POSTCOPY,
+            1,
+            Action.CONTINUE,
+        ),
     ],
 )
 def test_decide(w, phase, now, action):

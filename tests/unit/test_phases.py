@@ -1,7 +1,7 @@
 """Phases, their transitions and deadlines; the migration record and its stored JSON form."""
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -40,13 +40,21 @@ from ferry.model import (
 )
 from ferry.v1 import coordinator_pb2
 
-T0 = datetime(2026, 11, 25, 20, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
 T = Timeouts()
 
 
 def rec(**kw) -> MigrationRecord:
-    r = new_migration(id="m-1", vm="g1", vm_uuid="u-1", source_host="host1", target_host="host2", now=T0,
-                      timeouts=T, memory_bytes=1 * GiB)
+    r = new_migration(
+        id="m-1",
+        vm="g1",
+        vm_uuid="u-1",
+        source_host="host1",
+        target_host="host2",
+        now=T0,
+        timeouts=T,
+        memory_bytes=1 * GiB,
+    )
     return replace(r, **kw)
 
 
@@ -82,15 +90,15 @@ def test_values_match_the_protobuf_enum():
         (Phase.PENDING, Phase.MIGRATING, False),
         (Phase.PREFLIGHT, Phase.PREPARING, True),
         (Phase.PREFLIGHT, Phase.PENDING, True),
-        (Phase.PREFLIGHT, Phase.ROLLING_BACK, False),   # nothing to roll back before the target is touched
+        (Phase.PREFLIGHT, Phase.ROLLING_BACK, False),  # nothing to roll back before the target is touched
         (Phase.PREPARING, Phase.MIGRATING, True),
-        (Phase.PREPARING, Phase.CANCELLED, False),      # a cancel while preparing cleans the target first
+        (Phase.PREPARING, Phase.CANCELLED, False),  # a cancel while preparing cleans the target first
         (Phase.MIGRATING, Phase.FINISHING, True),
-        (Phase.MIGRATING, Phase.SUCCEEDED, False),      # success only through Finishing's checks
+        (Phase.MIGRATING, Phase.SUCCEEDED, False),  # success only through Finishing's checks
         (Phase.MIGRATING, Phase.ROLLED_BACK, False),
         (Phase.FINISHING, Phase.SUCCEEDED, True),
         (Phase.FINISHING, Phase.CANCELLED, False),
-        (Phase.ROLLING_BACK, Phase.FINISHING, True),    # the job landed despite the abort
+        (Phase.ROLLING_BACK, Phase.FINISHING, True),  # the job landed despite the abort
         (Phase.ROLLING_BACK, Phase.PENDING, True),
         (Phase.ROLLING_BACK, Phase.ROLLING_BACK, True),  # a retry
         (Phase.PENDING, Phase.PENDING, False),
@@ -123,11 +131,11 @@ def test_final_phases_lead_nowhere_and_every_other_phase_can_end():
 @pytest.mark.parametrize(
     ("memory", "disk", "completion", "expected"),
     [
-        (256 << 20, 0, 0, 420.0),          # 200 s -> the 300 s minimum, + 120 s grace
-        (1 * GiB, 0, 0, 920.0),            # 800 s/GiB
+        (256 << 20, 0, 0, 420.0),  # 200 s -> the 300 s minimum, + 120 s grace
+        (1 * GiB, 0, 0, 920.0),  # 800 s/GiB
         (4 * GiB, 0, 0, 3320.0),
-        (1 * GiB, 9 * GiB, 0, 8120.0),     # disks to copy count like memory
-        (4 * GiB, 0, 600, 720.0),          # the caller's completion timeout + grace
+        (1 * GiB, 9 * GiB, 0, 8120.0),  # disks to copy count like memory
+        (4 * GiB, 0, 600, 720.0),  # the caller's completion timeout + grace
     ],
 )
 def test_migrating_timeout(memory, disk, completion, expected):
@@ -151,6 +159,7 @@ def test_retry_backoff(n, delay):
 
 # --- the record ---------------------------------------------------------------------------------
 
+
 def test_new_migration_is_pending_with_a_queue_deadline():
     r = rec()
     assert r.phase is Phase.PENDING
@@ -163,11 +172,14 @@ def test_with_phase_appends_history_and_sets_the_deadline():
     r = with_phase(rec(), Phase.PREFLIGHT, now, "admitted", T)
     r = with_phase(replace(r, retries=3), Phase.PREPARING, now, "preflight passed", T)
     assert [(h.phase, h.reason) for h in r.history] == [
-        (Phase.PENDING, "submitted"), (Phase.PREFLIGHT, "admitted"), (Phase.PREPARING, "preflight passed")]
+        (Phase.PENDING, "submitted"),
+        (Phase.PREFLIGHT, "admitted"),
+        (Phase.PREPARING, "preflight passed"),
+    ]
     assert r.phase_deadline == now + timedelta(seconds=600)
     assert r.retries == 0 and r.updated_at == now
     m = with_phase(r, Phase.MIGRATING, now, "prepared", T)
-    assert m.phase_deadline == now + timedelta(seconds=920)   # 1 GiB of memory
+    assert m.phase_deadline == now + timedelta(seconds=920)  # 1 GiB of memory
     assert with_phase(m, Phase.FINISHING, now, "", T).phase_deadline == now + timedelta(seconds=120)
     done = with_phase(with_phase(m, Phase.FINISHING, now, "", T), Phase.SUCCEEDED, now, "", T)
     assert done.phase_deadline is None
@@ -179,8 +191,19 @@ def test_with_phase_refuses_an_illegal_move():
 
 
 def test_with_retry_backs_off_and_notes():
-    r = with_phase(with_phase(with_phase(with_phase(rec(), Phase.PREFLIGHT, T0, "", T), Phase.PREPARING, T0, "", T),
-                              Phase.ROLLING_BACK, T0, "prepare failed", T), Phase.ROLLING_BACK, T0, "x", T)
+    r = with_phase(
+        with_phase(
+            with_phase(with_phase(rec(), Phase.PREFLIGHT, T0, "", T), Phase.PREPARING, T0, "", T),
+            Phase.ROLLING_BACK,
+            T0,
+            "prepare failed",
+            T,
+        ),
+        Phase.ROLLING_BACK,
+        T0,
+        "x",
+        T,
+    )
     r1 = with_retry(r, T0, "deadline passed", T)
     r2 = with_retry(r1, T0, "deadline passed", T)
     assert (r1.retries, r2.retries) == (1, 2)
@@ -217,24 +240,51 @@ def test_migration_started(phases, started):
 def full_record() -> MigrationRecord:
     """Every field away from its default."""
     return MigrationRecord(
-        id="m-42", vm="g1", vm_uuid="9c1f6a6e-0000-4000-8000-000000000001", source_host="host1",
-        target_host="host2", created_at=T0,
-        options=MigrationOptions(offline=False, storage=StorageMode.COPY_INC, migrate_disks=("vda", "vdb"),
-                                 persist_dest=False, undefine_source=False, bandwidth_mibps=100, max_downtime_ms=500,
-                                 auto_converge=True, allow_postcopy=True, unsafe=True, completion_timeout_s=900,
-                                 postcopy_on_stall=True),
-        mapping=HostMapping(bridges={"br-guest": "br-vm"}, networks={"default": "lan"},
-                            path_prefixes={"/var/lib/libvirt/images/": "/srv/images/"}),
-        priority=-3, idempotency_key="drain-host1-g1", updated_at=T0 + timedelta(seconds=9),
+        id="m-42",
+        vm="g1",
+        vm_uuid="9c1f6a6e-0000-4000-8000-000000000001",
+        source_host="host1",
+        target_host="host2",
+        created_at=T0,
+        options=MigrationOptions(
+            offline=False,
+            storage=StorageMode.COPY_INC,
+            migrate_disks=("vda", "vdb"),
+            persist_dest=False,
+            undefine_source=False,
+            bandwidth_mibps=100,
+            max_downtime_ms=500,
+            auto_converge=True,
+            allow_postcopy=True,
+            unsafe=True,
+            completion_timeout_s=900,
+            postcopy_on_stall=True,
+        ),
+        mapping=HostMapping(
+            bridges={"br-guest": "br-vm"},
+            networks={"default": "lan"},
+            path_prefixes={"/var/lib/libvirt/images/": "/srv/images/"},
+        ),
+        priority=-3,
+        idempotency_key="drain-host1-g1",
+        updated_at=T0 + timedelta(seconds=9),
         phase=Phase.ROLLING_BACK,
         history=(PhaseChange(Phase.PENDING, T0, "submitted"), PhaseChange(Phase.ROLLING_BACK, T0, "ünïcode ✓")),
-        phase_deadline=T0 + timedelta(minutes=3), memory_bytes=256 << 20, disk_bytes=3 << 30,
-        prepare_id="p-7", destination_xml="<domain type='qemu'><name>g1</name></domain>",
+        phase_deadline=T0 + timedelta(minutes=3),
+        memory_bytes=256 << 20,
+        disk_bytes=3 << 30,
+        prepare_id="p-7",
+        destination_xml="<domain type='qemu'><name>g1</name></domain>",
         progress=ProgressSnapshot(MigrationPhase.PRECOPY, 1, 2, 3, 4, 5, 6, 7, 8, 4096, 9, 10, 20, 300),
-        result=CompletedJob(time_elapsed_ms=1, downtime_ms=2, memory_processed=3, disk_processed=4, iterations=5,
-                            postcopy=True),
+        result=CompletedJob(
+            time_elapsed_ms=1, downtime_ms=2, memory_processed=3, disk_processed=4, iterations=5, postcopy=True
+        ),
         error=ErrorDetail("MIGRATION_TIMEOUT", "too slow", "raise the bandwidth"),
-        cancel_requested=True, attempt=2, retries=1, rollback_to=Phase.CANCELLED, target_cleaned=True,
+        cancel_requested=True,
+        attempt=2,
+        retries=1,
+        rollback_to=Phase.CANCELLED,
+        target_cleaned=True,
         revision=0,
     )
 
@@ -252,6 +302,7 @@ def test_round_trip_defaults():
 
 def test_json_names_enums_and_keeps_revision_out():
     import json
+
     doc = json.loads(encode(full_record()))
     assert doc["schema"] == 1
     assert doc["phase"] == "ROLLING_BACK" and doc["rollback_to"] == "CANCELLED"
@@ -264,6 +315,7 @@ def test_times_are_stored_in_utc():
     cet = timezone(timedelta(hours=1))
     r = rec(created_at=datetime(2026, 11, 25, 21, 0, tzinfo=cet))
     import json
+
     assert json.loads(encode(r))["created_at"] == "2026-11-25T20:00:00+00:00"
 
 
@@ -290,14 +342,30 @@ def test_decode_errors_say_why(data, reason):
 
 
 def test_progress_snapshot_from_agent_progress():
-    p = MigrationProgress(MigrationPhase.DISK_MIRROR, JobStats(
-        active=True, time_elapsed_ms=1500, memory_total=100, memory_processed=40, memory_remaining=60, disk_total=10,
-        disk_processed=5, disk_remaining=5, dirty_rate_pages=12, iteration=3, bandwidth_bps=1000,
-        auto_converge_throttle=20), max_downtime_ms=300)
-    assert ProgressSnapshot.of(p) == ProgressSnapshot(MigrationPhase.DISK_MIRROR, 100, 40, 60, 10, 5, 5, 3, 12,
-                                                      4096, 1000, 1500, 20, 300)
+    p = MigrationProgress(
+        MigrationPhase.DISK_MIRROR,
+        JobStats(
+            active=True,
+            time_elapsed_ms=1500,
+            memory_total=100,
+            memory_processed=40,
+            memory_remaining=60,
+            disk_total=10,
+            disk_processed=5,
+            disk_remaining=5,
+            dirty_rate_pages=12,
+            iteration=3,
+            bandwidth_bps=1000,
+            auto_converge_throttle=20,
+        ),
+        max_downtime_ms=300,
+    )
+    assert ProgressSnapshot.of(p) == ProgressSnapshot(
+        MigrationPhase.DISK_MIRROR, 100, 40, 60, 10, 5, 5, 3, 12, 4096, 1000, 1500, 20, 300
+    )
 
 
 def test_error_detail_of_a_ferry_error():
     assert ErrorDetail.of(Unavailable("no route", reason="AGENT_DOWN", hint="start it")) == ErrorDetail(
-        "AGENT_DOWN", "no route", "start it")
+        "AGENT_DOWN", "no route", "start it"
+    )

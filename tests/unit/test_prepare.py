@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ferry.agent.fake_hostsystem import FakeHostSystem
 from ferry.agent.hostsystem import LocalHostSystem
 from ferry.agent.prepare import PrepareService
 from ferry.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, ResourceExhausted
 from ferry.model import DiskPlan, DomainInfo, DomainState, HostFacts, HostMapping, JobStats, StorageMode
+from ferry.testing.fake_hostsystem import FakeHostSystem
 
 GiB = 1 << 30
 IMG = "/var/lib/libvirt/images"
@@ -53,8 +53,7 @@ MAP = HostMapping(bridges={"br-guest": "br-vm"})
 
 
 def other_domain(name, uuid):
-    return XML.replace("<name>web1</name>", f"<name>{name}</name>").replace(UUID, uuid) \
-              .replace("web1", name)
+    return XML.replace("<name>web1</name>", f"<name>{name}</name>").replace(UUID, uuid).replace("web1", name)
 
 
 class Clock:
@@ -80,8 +79,7 @@ class StubHypervisor:
         self.domains[uuid] = DomainInfo(name=name, uuid=uuid, state=state)
 
     async def find_domain(self, *, name="", uuid=""):
-        return next((d for d in self.domains.values() if (name and d.name == name) or (uuid and d.uuid == uuid)),
-                    None)
+        return next((d for d in self.domains.values() if (name and d.name == name) or (uuid and d.uuid == uuid)), None)
 
     async def job_stats(self, name_or_uuid, *, completed=False):
         if name_or_uuid not in self.domains:
@@ -104,14 +102,17 @@ def hv():
 
 @pytest.fixture
 def host():
-    return FakeHostSystem(bridges=["br-vm"],
-                          dirs={IMG: 40 * GiB, "/srv/fast": 100 * GiB, "/ro": 10 * GiB, "/shared": 500 * GiB},
-                          read_only_dirs=["/ro"], shared_dirs=["/shared"], files={f"{IMG}/base/debian.raw": 2 * GiB})
+    return FakeHostSystem(
+        bridges=["br-vm"],
+        dirs={IMG: 40 * GiB, "/srv/fast": 100 * GiB, "/ro": 10 * GiB, "/shared": 500 * GiB},
+        read_only_dirs=["/ro"],
+        shared_dirs=["/shared"],
+        files={f"{IMG}/base/debian.raw": 2 * GiB},
+    )
 
 
 def service(hv, host, state_dir, clock):
-    return PrepareService(hv, host, state_dir, default_ttl_s=600, clock=clock, host_name="host2",
-                          sleep=clock.sleep)
+    return PrepareService(hv, host, state_dir, default_ttl_s=600, clock=clock, host_name="host2", sleep=clock.sleep)
 
 
 @pytest.fixture
@@ -167,27 +168,64 @@ async def test_refusal_raises_the_first_problem_listing_all_and_creates_nothing(
     ("case", "kwargs", "reason", "error"),
     [
         ("domain exists", {}, "DOMAIN_EXISTS", AlreadyExists),
-        ("network missing", {"xml": XML.replace("<interface type='bridge'>", "<interface type='network'>")
-                             .replace("<source bridge='br-guest'/>", "<source network='guests'/>")},
-         "NETWORK_MISSING", FailedPrecondition),
-        ("read-only directory", {"mapping": HostMapping(bridges={"br-guest": "br-vm"}, path_prefixes={IMG: "/ro"})},
-         "PATH_NOT_WRITABLE", FailedPrecondition),
-        ("backing file missing", {"storage": StorageMode.COPY_INC,
-                                  "mapping": HostMapping(bridges={"br-guest": "br-vm"},
-                                                         path_prefixes={IMG: "/srv/fast"})},
-         "BACKING_MISSING", FailedPrecondition),
-        ("shared disk missing", {"storage": StorageMode.SHARED,
-                                 "disks": [DiskPlan(target="vda", source=f"{IMG}/web1.qcow2", copy=False)]},
-         "SHARED_DISK_MISSING", FailedPrecondition),
+        (
+            "network missing",
+            {
+                "xml": XML.replace("<interface type='bridge'>", "<interface type='network'>").replace(
+                    "<source bridge='br-guest'/>", "<source network='guests'/>"
+                )
+            },
+            "NETWORK_MISSING",
+            FailedPrecondition,
+        ),
+        (
+            "read-only directory",
+            {"mapping": HostMapping(bridges={"br-guest": "br-vm"}, path_prefixes={IMG: "/ro"})},
+            "PATH_NOT_WRITABLE",
+            FailedPrecondition,
+        ),
+        (
+            "backing file missing",
+            {
+                "storage": StorageMode.COPY_INC,
+                "mapping": HostMapping(bridges={"br-guest": "br-vm"}, path_prefixes={IMG: "/srv/fast"}),
+            },
+            "BACKING_MISSING",
+            FailedPrecondition,
+        ),
+        (
+            "shared disk missing",
+            {"storage": StorageMode.SHARED, "disks": [DiskPlan(target="vda", source=f"{IMG}/web1.qcow2", copy=False)]},
+            "SHARED_DISK_MISSING",
+            FailedPrecondition,
+        ),
         ("invalid xml", {"xml": "<domain><name>web1"}, "INVALID_XML", InvalidArgument),
-        ("size unknown", {"disks": [DiskPlan(target="vda", source=f"{IMG}/web1.qcow2")]},
-         "DISK_SIZE_UNKNOWN", InvalidArgument),
-        ("plan for a disk the domain lacks", {"disks": [DiskPlan(target="vdq", source="/x", virtual_size=GiB)]},
-         "DISK_NOT_IN_DOMAIN", InvalidArgument),
+        (
+            "size unknown",
+            {"disks": [DiskPlan(target="vda", source=f"{IMG}/web1.qcow2")]},
+            "DISK_SIZE_UNKNOWN",
+            InvalidArgument,
+        ),
+        (
+            "plan for a disk the domain lacks",
+            {"disks": [DiskPlan(target="vdq", source="/x", virtual_size=GiB)]},
+            "DISK_NOT_IN_DOMAIN",
+            InvalidArgument,
+        ),
         ("copy with shared storage", {"storage": StorageMode.SHARED}, "COPY_WITH_SHARED_STORAGE", InvalidArgument),
-        ("shared disk on local storage here", {"storage": StorageMode.SHARED, "disks": [
-            DiskPlan(target="vdb", source=f"{IMG}/web1-data.raw", destination=f"{IMG}/base/debian.raw", copy=False)]},
-         "DISK_NOT_SHARED", FailedPrecondition),
+        (
+            "shared disk on local storage here",
+            {
+                "storage": StorageMode.SHARED,
+                "disks": [
+                    DiskPlan(
+                        target="vdb", source=f"{IMG}/web1-data.raw", destination=f"{IMG}/base/debian.raw", copy=False
+                    )
+                ],
+            },
+            "DISK_NOT_SHARED",
+            FailedPrecondition,
+        ),
     ],
 )
 async def test_each_problem(svc, hv, case, kwargs, reason, error):
@@ -220,25 +258,29 @@ async def test_shared_and_read_only_disks_expected_in_place(svc, host):
     host.files["/shared/web1-data.raw"] = 8 * GiB
     host.files["/var/lib/libvirt/images/web1.qcow2"] = GiB  # read-only here: a local copy is fine
     xml = XML.replace("<target dev='vda' bus='virtio'/>", "<target dev='vda' bus='virtio'/><readonly/>")
-    plans = [DiskPlan(target="vda", source=f"{IMG}/web1.qcow2", copy=False),
-             DiskPlan(target="vdb", source=f"{IMG}/web1-data.raw", destination="/shared/web1-data.raw", copy=False)]
+    plans = [
+        DiskPlan(target="vda", source=f"{IMG}/web1.qcow2", copy=False),
+        DiskPlan(target="vdb", source=f"{IMG}/web1-data.raw", destination="/shared/web1-data.raw", copy=False),
+    ]
     out = await prep(svc, xml=xml, disks=plans, storage=StorageMode.SHARED, dry_run=True)
     assert out.problems == ()
     assert "/shared/web1-data.raw" in out.destination_xml
 
 
 async def test_network_mapped_to_one_that_exists_is_fine(svc):
-    xml = XML.replace("<interface type='bridge'>", "<interface type='network'>") \
-             .replace("<source bridge='br-guest'/>", "<source network='guests'/>")
+    xml = XML.replace("<interface type='bridge'>", "<interface type='network'>").replace(
+        "<source bridge='br-guest'/>", "<source network='guests'/>"
+    )
     out = await prep(svc, xml=xml, mapping=HostMapping(networks={"guests": "default"}), dry_run=True)
     assert out.problems == ()
-    assert "<source network=\"default\" />" in out.destination_xml
+    assert '<source network="default" />' in out.destination_xml
 
 
 async def test_a_second_prepare_of_the_same_domain_is_refused(svc):
     first = await prep(svc)
-    out = await prep(svc, mapping=HostMapping(bridges={"br-guest": "br-vm"}, path_prefixes={IMG: "/srv/fast"}),
-                     dry_run=True)
+    out = await prep(
+        svc, mapping=HostMapping(bridges={"br-guest": "br-vm"}, path_prefixes={IMG: "/srv/fast"}), dry_run=True
+    )
     assert [p.reason for p in out.problems] == ["PREPARE_EXISTS"]
     assert first.prepare_id in out.problems[0].hint
 
@@ -276,13 +318,17 @@ async def test_default_ttl_and_path_mapping(svc, host):
     assert out.expires_at == T0 + timedelta(seconds=600)
     assert out.created == ("/srv/fast/web1.qcow2", "/srv/fast/web1-data.raw")
     assert host.files["/srv/fast/web1-data.raw"].fmt == "raw"
-    assert "<source file=\"/srv/fast/web1.qcow2\" />" in out.destination_xml
+    assert '<source file="/srv/fast/web1.qcow2" />' in out.destination_xml
 
 
 async def test_copy_inc_creates_the_top_layer_over_the_mapped_backing_file(svc, host):
     host.files["/srv/fast/base/debian.raw"] = 2 * GiB
-    out = await prep(svc, disks=[VDA], storage=StorageMode.COPY_INC,
-                     mapping=HostMapping(bridges={"br-guest": "br-vm"}, path_prefixes={IMG: "/srv/fast"}))
+    out = await prep(
+        svc,
+        disks=[VDA],
+        storage=StorageMode.COPY_INC,
+        mapping=HostMapping(bridges={"br-guest": "br-vm"}, path_prefixes={IMG: "/srv/fast"}),
+    )
     image = host.files["/srv/fast/web1.qcow2"]
     assert (image.backing_file, image.backing_format) == ("/srv/fast/base/debian.raw", "raw")
     assert out.disks[0].backing_file == "/srv/fast/base/debian.raw"
@@ -402,18 +448,28 @@ async def test_commit_forgets_the_record_and_keeps_the_images(svc, host):
 
 async def test_sweep_cleans_expired_commits_landed_and_leaves_fresh(svc, hv, host, clock):
     lost = await prep(svc, ttl_s=60)
-    landed = await prep(svc, xml=other_domain("web2", "22222222-2222-2222-2222-222222222222"),
-                        disks=[DiskPlan(target="vda", source=f"{IMG}/web2.qcow2", format="qcow2", virtual_size=GiB)],
-                        ttl_s=60)
-    fresh = await prep(svc, xml=other_domain("web3", "33333333-3333-3333-3333-333333333333"),
-                       disks=[DiskPlan(target="vda", source=f"{IMG}/web3.qcow2", format="qcow2", virtual_size=GiB)],
-                       ttl_s=3600)
+    landed = await prep(
+        svc,
+        xml=other_domain("web2", "22222222-2222-2222-2222-222222222222"),
+        disks=[DiskPlan(target="vda", source=f"{IMG}/web2.qcow2", format="qcow2", virtual_size=GiB)],
+        ttl_s=60,
+    )
+    fresh = await prep(
+        svc,
+        xml=other_domain("web3", "33333333-3333-3333-3333-333333333333"),
+        disks=[DiskPlan(target="vda", source=f"{IMG}/web3.qcow2", format="qcow2", virtual_size=GiB)],
+        ttl_s=3600,
+    )
     hv.add("web2", "22222222-2222-2222-2222-222222222222", DomainState.RUNNING)
     assert await svc.sweep() == []  # nothing expired yet
     clock.now += timedelta(seconds=61)
     outcomes = await svc.sweep()
-    assert sorted(outcomes) == sorted([f"{lost.prepare_id}: cleaned up, removed 2 file(s) of web1",
-                                       f"{landed.prepare_id}: committed, web2 is defined here"])
+    assert sorted(outcomes) == sorted(
+        [
+            f"{lost.prepare_id}: cleaned up, removed 2 file(s) of web1",
+            f"{landed.prepare_id}: committed, web2 is defined here",
+        ]
+    )
     assert [r.prepare_id for r in svc.list()] == [fresh.prepare_id]
     assert not any(p in host.files for p in lost.created)
     assert all(p in host.files for p in landed.created + fresh.created)
@@ -446,10 +502,15 @@ async def test_real_images_on_a_real_host_system(hv, tmp_path, clock):
     host = LocalHostSystem([str(images)], sysfs_root=str(tmp_path / "sys"))
     svc = service(hv, host, tmp_path / "state", clock)
     mapping = HostMapping(bridges={"br-guest": "br-vm"}, path_prefixes={IMG: str(images)})
-    out = await prep(svc, disks=[replace(VDA, virtual_size=GiB), replace(VDB, virtual_size=GiB // 2)],
-                     mapping=mapping)
-    infos = [json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", path], check=True,
-                                       capture_output=True, text=True).stdout) for path in out.created]
+    out = await prep(svc, disks=[replace(VDA, virtual_size=GiB), replace(VDB, virtual_size=GiB // 2)], mapping=mapping)
+    infos = [
+        json.loads(
+            subprocess.run(
+                ["qemu-img", "info", "-U", "--output=json", path], check=True, capture_output=True, text=True
+            ).stdout
+        )
+        for path in out.created
+    ]
     assert [(i["format"], i["virtual-size"]) for i in infos] == [("qcow2", GiB), ("raw", GiB // 2)]
     removed, _ = await svc.cleanup(out.prepare_id)
     assert sorted(removed) == sorted(out.created)

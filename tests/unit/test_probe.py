@@ -6,9 +6,9 @@ import doctest
 import pytest
 
 from ferry.agent import probe
-from ferry.agent.fake_hypervisor import FakeFleet, FakeHypervisor
 from ferry.agent.probe import PeerAddress, parse_peer_uri, probe_peer
 from ferry.errors import FailedPrecondition, InvalidArgument, Unavailable
+from ferry.testing.fake_hypervisor import FakeFleet, FakeHypervisor
 
 
 def test_docstring_examples():
@@ -21,11 +21,11 @@ def test_docstring_examples():
         ("qemu+tcp://10.77.0.12/system", "tcp", "10.77.0.12", 16509),
         ("qemu+tcp://host2:16600/system", "tcp", "host2", 16600),
         ("qemu+tls://host2.example/system", "tls", "host2.example", 16514),
-        ("qemu://host2/system", "tls", "host2", 16514),                  # remote without transport = TLS
-        ("qemu+ssh://root@host2/system", "ssh", "host2", 0),             # ssh: no TCP check of libvirtd
+        ("qemu://host2/system", "tls", "host2", 16514),  # remote without transport = TLS
+        ("qemu+ssh://root@host2/system", "ssh", "host2", 0),  # ssh: no TCP check of libvirtd
         ("qemu+libssh2://host2/system", "libssh2", "host2", 0),
         ("qemu+tcp://[fd00::12]/system", "tcp", "fd00::12", 16509),
-        ("qemu:///system", "", "", 0),                                   # local
+        ("qemu:///system", "", "", 0),  # local
         ("qemu+unix:///system?socket=/run/x.sock", "unix", "", 0),
     ],
 )
@@ -33,8 +33,9 @@ def test_parse_peer_uri(uri, transport, host, port):
     assert parse_peer_uri(uri) == PeerAddress(uri, "qemu", transport, host, port)
 
 
-@pytest.mark.parametrize("uri", ["", "host2", "qemu+tcp:///system", "qemu+carrier-pigeon://host2/system",
-                                 "qemu+tcp://host2:port/system"])
+@pytest.mark.parametrize(
+    "uri", ["", "host2", "qemu+tcp:///system", "qemu+carrier-pigeon://host2/system", "qemu+tcp://host2:port/system"]
+)
 def test_uris_that_cannot_be_probed(uri):
     with pytest.raises(InvalidArgument) as exc:
         parse_peer_uri(uri)
@@ -69,13 +70,20 @@ class Net:
             raise self.libvirt_error
 
     async def run(self, uri, **kw):
-        return await probe_peer(uri, from_host="host1", resolve=self.resolve, connect=self.connect,
-                                open_libvirt=self.open_libvirt, clock=lambda: self.now, **kw)
+        return await probe_peer(
+            uri,
+            from_host="host1",
+            resolve=self.resolve,
+            connect=self.connect,
+            open_libvirt=self.open_libvirt,
+            clock=lambda: self.now,
+            **kw,
+        )
 
 
 async def test_a_reachable_target_takes_every_step():
     net = Net(names={"host2": ["10.77.0.12"]}, listening={("10.77.0.12", 16509)})
-    assert await net.run("qemu+tcp://host2/system") == 4                  # the TCP connect's round trip
+    assert await net.run("qemu+tcp://host2/system") == 4  # the TCP connect's round trip
     assert net.asked == [("resolve", "host2", 16509), ("connect", "10.77.0.12", 16509), ("open",)]
 
 
@@ -103,8 +111,10 @@ async def test_a_closed_port_is_unreachable_and_says_where_to_look():
 async def test_every_address_of_a_name_is_tried():
     net = Net(names={"host2": ["fd00::12", "10.77.0.12"]}, listening={("10.77.0.12", 16514)})
     await net.run("qemu+tls://host2/system")
-    assert [a for a in net.asked if a[0] == "connect"] == [("connect", "fd00::12", 16514),
-                                                           ("connect", "10.77.0.12", 16514)]
+    assert [a for a in net.asked if a[0] == "connect"] == [
+        ("connect", "fd00::12", 16514),
+        ("connect", "10.77.0.12", 16514),
+    ]
 
 
 async def test_ssh_and_local_uris_skip_the_tcp_check():
@@ -115,8 +125,11 @@ async def test_ssh_and_local_uris_skip_the_tcp_check():
 
 
 async def test_the_libvirt_open_has_the_last_word():
-    refused = FailedPrecondition("open on qemu+tcp://host2/system: authentication failed",
-                                 reason="LIBVIRT_ACCESS_DENIED", hint="check credentials")
+    refused = FailedPrecondition(
+        "open on qemu+tcp://host2/system: authentication failed",
+        reason="LIBVIRT_ACCESS_DENIED",
+        hint="check credentials",
+    )
     net = Net(names={"host2": ["10.77.0.12"]}, listening={("10.77.0.12", 16509)}, libvirt_error=refused)
     with pytest.raises(FailedPrecondition) as exc:
         await net.run("qemu+tcp://host2/system")
@@ -125,7 +138,7 @@ async def test_the_libvirt_open_has_the_last_word():
 
 async def test_the_migration_address_must_resolve_too():
     net = Net(names={"host2": ["10.77.0.12"]}, listening={("10.77.0.12", 16509)})
-    await net.run("qemu+tcp://host2/system", migration_address="10.77.0.12")      # an address: nothing to ask
+    await net.run("qemu+tcp://host2/system", migration_address="10.77.0.12")  # an address: nothing to ask
     with pytest.raises(FailedPrecondition) as exc:
         await net.run("qemu+tcp://host2/system", migration_address="mig-host2")
     assert exc.value.reason == "TARGET_UNRESOLVABLE" and "migration address" in exc.value.message
@@ -143,15 +156,15 @@ async def test_fake_hypervisors_probe_their_fleet():
         await h1.probe_peer("qemu+tcp://no-such-host.invalid/system")
     assert exc.value.reason == "TARGET_UNRESOLVABLE"
     with pytest.raises(Unavailable) as exc:
-        await h1.probe_peer("qemu+tcp://10.77.0.99/system")                  # nobody there: times out
+        await h1.probe_peer("qemu+tcp://10.77.0.99/system")  # nobody there: times out
     assert (exc.value.reason, "no answer in time" in exc.value.message) == ("TARGET_UNREACHABLE", True)
-    h2.reachable = False                                                      # libvirtd down: refused
+    h2.reachable = False  # libvirtd down: refused
     with pytest.raises(Unavailable) as exc:
         await h1.probe_peer(h2.uri)
     assert "Connection refused" in exc.value.message
     fleet.names["host3"] = ["10.77.0.13"]
     with pytest.raises(Unavailable):
-        await h1.probe_peer("qemu+tcp://host3/system")                        # resolves, nobody listens
+        await h1.probe_peer("qemu+tcp://host3/system")  # resolves, nobody listens
 
 
 # ---------------------------------------------------------------- the real adapter, no network
@@ -174,10 +187,11 @@ async def test_the_libvirt_adapter_runs_the_same_steps():
         asked.append((address, port))
         raise TimeoutError
 
-    hv = LibvirtHypervisor("test:///default", resolve=resolve, connect=connect,
-                           peer_uris={"qemu+tcp://local/system": "test:///default"})
+    hv = LibvirtHypervisor(
+        "test:///default", resolve=resolve, connect=connect, peer_uris={"qemu+tcp://local/system": "test:///default"}
+    )
     try:
-        assert await hv.probe_peer("qemu+tcp://local/system") >= 0           # mapped: a local URI, opened
+        assert await hv.probe_peer("qemu+tcp://local/system") >= 0  # mapped: a local URI, opened
         with pytest.raises(FailedPrecondition) as exc:
             await hv.probe_peer("qemu+tcp://nowhere/system")
         assert exc.value.reason == "TARGET_UNRESOLVABLE"

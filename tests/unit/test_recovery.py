@@ -8,7 +8,7 @@ job or prepare blindly; and no record is left without a deadline.
 
 import itertools
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -25,11 +25,11 @@ from ferry.coordinator.decide import (
     decide,
 )
 from ferry.coordinator.phases import GiB, Phase, Timeouts
-from ferry.coordinator.recovery import recover
 from ferry.coordinator.record import ErrorDetail, ProgressSnapshot, new_migration, with_phase
+from ferry.coordinator.recovery import recover
 from ferry.model import DomainState, MigrationOptions, MigrationPhase, PrepareRecord
 
-T0 = datetime(2026, 11, 25, 20, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
 NOW = T0 + timedelta(seconds=30)
 T = Timeouts()
 R, P, OFF, UNK = DomainState.RUNNING, DomainState.PAUSED, DomainState.SHUTOFF, DomainState.UNKNOWN
@@ -37,8 +37,17 @@ E_JOB = ErrorDetail("MIGRATION_FAILED", "the job failed", "see the log")
 
 
 def walk(*phases, offline=False, **kw):
-    r = new_migration(id="m-1", vm="g1", vm_uuid="u-1", source_host="host1", target_host="host2", now=T0,
-                      timeouts=T, memory_bytes=1 * GiB, options=MigrationOptions(offline=offline))
+    r = new_migration(
+        id="m-1",
+        vm="g1",
+        vm_uuid="u-1",
+        source_host="host1",
+        target_host="host2",
+        now=T0,
+        timeouts=T,
+        memory_bytes=1 * GiB,
+        options=MigrationOptions(offline=offline),
+    )
     for p in phases:
         r = with_phase(r, p, T0, p.name.lower(), T)
     return replace(r, **kw)
@@ -53,28 +62,45 @@ RECORDS = {
     "preparing-last-attempt": walk(Phase.PREFLIGHT, Phase.PREPARING, attempt=3),
     "migrating": walk(*TO_MIGRATING, attempt=1, prepare_id="p-1"),
     "migrating-failed": walk(*TO_MIGRATING, attempt=1, prepare_id="p-1", error=E_JOB),
-    "migrating-postcopy": walk(*TO_MIGRATING, attempt=1, prepare_id="p-1",
-                               progress=ProgressSnapshot(MigrationPhase.POSTCOPY)),
+    "migrating-postcopy": walk(
+        *TO_MIGRATING, attempt=1, prepare_id="p-1", progress=ProgressSnapshot(MigrationPhase.POSTCOPY)
+    ),
     "migrating-offline": walk(*TO_MIGRATING, offline=True, attempt=1, prepare_id="p-1"),
     "finishing": walk(*TO_MIGRATING, Phase.FINISHING, attempt=1, prepare_id="p-1"),
     "finishing-offline": walk(*TO_MIGRATING, Phase.FINISHING, offline=True, attempt=1, prepare_id="p-1"),
-    "rb-before-job": walk(Phase.PREFLIGHT, Phase.PREPARING, Phase.ROLLING_BACK, attempt=1,
-                          rollback_to=Phase.ROLLED_BACK, error=E_JOB),
+    "rb-before-job": walk(
+        Phase.PREFLIGHT, Phase.PREPARING, Phase.ROLLING_BACK, attempt=1, rollback_to=Phase.ROLLED_BACK, error=E_JOB
+    ),
     "rb-retry": walk(Phase.PREFLIGHT, Phase.PREPARING, Phase.ROLLING_BACK, attempt=1, rollback_to=Phase.PENDING),
-    "rb-after-job": walk(*TO_MIGRATING, Phase.ROLLING_BACK, attempt=1, prepare_id="p-1",
-                         rollback_to=Phase.ROLLED_BACK, error=E_JOB),
-    "rb-after-job-cleaned": walk(*TO_MIGRATING, Phase.ROLLING_BACK, attempt=1, prepare_id="p-1",
-                                 rollback_to=Phase.ROLLED_BACK, error=E_JOB, target_cleaned=True),
-    "rb-cancel": walk(*TO_MIGRATING, Phase.ROLLING_BACK, attempt=1, prepare_id="p-1", rollback_to=Phase.CANCELLED,
-                      cancel_requested=True),
+    "rb-after-job": walk(
+        *TO_MIGRATING, Phase.ROLLING_BACK, attempt=1, prepare_id="p-1", rollback_to=Phase.ROLLED_BACK, error=E_JOB
+    ),
+    "rb-after-job-cleaned": walk(
+        *TO_MIGRATING,
+        Phase.ROLLING_BACK,
+        attempt=1,
+        prepare_id="p-1",
+        rollback_to=Phase.ROLLED_BACK,
+        error=E_JOB,
+        target_cleaned=True,
+    ),
+    "rb-cancel": walk(
+        *TO_MIGRATING,
+        Phase.ROLLING_BACK,
+        attempt=1,
+        prepare_id="p-1",
+        rollback_to=Phase.CANCELLED,
+        cancel_requested=True,
+    ),
 }
 STATES = (None, R, P, OFF, UNK)
 PLACEMENTS = [Placement(s, t, j) for s, t, j in itertools.product(STATES, STATES, (False, True))] + [None]
 
 
 def prepare(pid, migration_id="m-1"):
-    return PrepareRecord(pid, "g1", "u-1", ("/var/lib/libvirt/images/g1.qcow2",), T0, T0 + timedelta(hours=1),
-                         migration_id)
+    return PrepareRecord(
+        pid, "g1", "u-1", ("/var/lib/libvirt/images/g1.qcow2",), T0, T0 + timedelta(hours=1), migration_id
+    )
 
 
 LISTINGS = {"unknown": None, "empty": [], "ours": [prepare("p-2")], "other": [prepare("p-x", "m-other")]}
@@ -151,52 +177,158 @@ MOVING = Placement(R, P, True)
     ("name", "placement", "listing", "phase", "actions", "outcome"),
     [
         ("pending", ON_SRC, "empty", Phase.PENDING, (), "queued; nothing to recover"),
-        ("pending-after-retry", ON_SRC, "ours", Phase.PENDING, (CleanupTarget(("p-2",)),),
-         "queued; removing 1 stray prepare(s) of an earlier attempt"),
+        (
+            "pending-after-retry",
+            ON_SRC,
+            "ours",
+            Phase.PENDING,
+            (CleanupTarget(("p-2",)),),
+            "queued; removing 1 stray prepare(s) of an earlier attempt",
+        ),
         ("pending", ON_SRC, "other", Phase.PENDING, (), "queued; nothing to recover"),
         ("preflight", None, "unknown", Phase.PREFLIGHT, (RunPreflight(),), "re-running preflight"),
         ("preparing", ON_SRC, "empty", Phase.PENDING, (), "prepare interrupted, target holds nothing; re-queued"),
         ("preparing-last-attempt", ON_SRC, "empty", Phase.FAILED, (), "prepare interrupted; failed after 3 attempts"),
-        ("preparing", ON_SRC, "ours", Phase.ROLLING_BACK, (CleanupTarget(("p-2",)),),
-         "prepare interrupted; rolling back (cleaning target, then re-queue)"),
-        ("preparing", ON_SRC, "unknown", Phase.ROLLING_BACK, (CleanupTarget(()),),
-         "prepare interrupted; rolling back (cleaning target, then re-queue)"),
-        ("preparing-last-attempt", ON_SRC, "ours", Phase.ROLLING_BACK, (CleanupTarget(("p-2",)),),
-         "prepare interrupted; rolling back (cleaning target, then rolled back)"),
-        ("migrating", MOVING, "ours", Phase.MIGRATING, (WatchJob(),),
-         "recovered: migration job running; following it"),
-        ("migrating-postcopy", Placement(P, R, True), "ours", Phase.MIGRATING, (WatchJob(),),
-         "recovered: migration job running; following it"),
-        ("migrating", ON_TGT, "ours", Phase.FINISHING, (CommitTarget("p-1"),),
-         "recovered: guest runs on target; committing"),
-        ("migrating", ON_SRC, "ours", Phase.ROLLING_BACK, (CleanupTarget(("p-1",)),),
-         "recovered: migration failed (MIGRATION_INTERRUPTED), guest runs on source; rolling back "
-         "(cleaning target, then rolled back)"),
-        ("migrating", Placement(P, R), "ours", Phase.MIGRATING, (ObservePlacement(2.0),),
-         "recovered: placement settling; observing again"),
+        (
+            "preparing",
+            ON_SRC,
+            "ours",
+            Phase.ROLLING_BACK,
+            (CleanupTarget(("p-2",)),),
+            "prepare interrupted; rolling back (cleaning target, then re-queue)",
+        ),
+        (
+            "preparing",
+            ON_SRC,
+            "unknown",
+            Phase.ROLLING_BACK,
+            (CleanupTarget(()),),
+            "prepare interrupted; rolling back (cleaning target, then re-queue)",
+        ),
+        (
+            "preparing-last-attempt",
+            ON_SRC,
+            "ours",
+            Phase.ROLLING_BACK,
+            (CleanupTarget(("p-2",)),),
+            "prepare interrupted; rolling back (cleaning target, then rolled back)",
+        ),
+        ("migrating", MOVING, "ours", Phase.MIGRATING, (WatchJob(),), "recovered: migration job running; following it"),
+        (
+            "migrating-postcopy",
+            Placement(P, R, True),
+            "ours",
+            Phase.MIGRATING,
+            (WatchJob(),),
+            "recovered: migration job running; following it",
+        ),
+        (
+            "migrating",
+            ON_TGT,
+            "ours",
+            Phase.FINISHING,
+            (CommitTarget("p-1"),),
+            "recovered: guest runs on target; committing",
+        ),
+        (
+            "migrating",
+            ON_SRC,
+            "ours",
+            Phase.ROLLING_BACK,
+            (CleanupTarget(("p-1",)),),
+            "recovered: migration failed (MIGRATION_INTERRUPTED), guest runs on source; rolling back "
+            "(cleaning target, then rolled back)",
+        ),
+        (
+            "migrating",
+            Placement(P, R),
+            "ours",
+            Phase.MIGRATING,
+            (ObservePlacement(2.0),),
+            "recovered: placement settling; observing again",
+        ),
         ("migrating", None, "ours", Phase.MIGRATING, (), "cannot observe g1 on both hosts; waiting for the agents"),
-        ("migrating", Placement(R, R), "ours", Phase.FAILED, (),
-         "recovered: g1 executes on both host1 and host2; failed, needs an operator"),
-        ("migrating-offline", Placement(None, OFF), "empty", Phase.FINISHING, (CommitTarget("p-1"),),
-         "recovered: guest runs on target; committing"),
-        ("finishing", ON_TGT, "ours", Phase.FINISHING, (CommitTarget("p-1"),),
-         "recovered: guest runs on target only; committing"),
-        ("finishing", Placement(OFF, None), "ours", Phase.FAILED, (),
-         "recovered: g1 runs on neither host1 nor host2; failed, needs an operator"),
-        ("rb-before-job", None, "empty", Phase.ROLLED_BACK, (),
-         "target holds nothing of this migration; rolled back"),
-        ("rb-before-job", None, "ours", Phase.ROLLING_BACK, (CleanupTarget(("p-2",)),),
-         "resuming rollback; cleaning target"),
-        ("rb-retry", None, "empty", Phase.PENDING, (),
-         "target holds nothing of this migration; re-queued (attempt 1 of 3 used)"),
-        ("rb-after-job", MOVING, "ours", Phase.ROLLING_BACK, (AbortMigration(), ObservePlacement(2.0)),
-         "recovered: migration job still active; aborting it"),
-        ("rb-after-job", ON_SRC, "ours", Phase.ROLLING_BACK, (CleanupTarget(("p-1",)),),
-         "recovered: job stopped, guest runs on source only; cleaning target"),
-        ("rb-after-job-cleaned", ON_SRC, "empty", Phase.ROLLED_BACK, (),
-         "recovered: target cleaned, guest runs on source; rolled back"),
-        ("rb-cancel", ON_TGT, "ours", Phase.FINISHING, (CommitTarget("p-1"),),
-         "recovered: too late to cancel: the guest runs on target; finishing"),
+        (
+            "migrating",
+            Placement(R, R),
+            "ours",
+            Phase.FAILED,
+            (),
+            "recovered: g1 executes on both host1 and host2; failed, needs an operator",
+        ),
+        (
+            "migrating-offline",
+            Placement(None, OFF),
+            "empty",
+            Phase.FINISHING,
+            (CommitTarget("p-1"),),
+            "recovered: guest runs on target; committing",
+        ),
+        (
+            "finishing",
+            ON_TGT,
+            "ours",
+            Phase.FINISHING,
+            (CommitTarget("p-1"),),
+            "recovered: guest runs on target only; committing",
+        ),
+        (
+            "finishing",
+            Placement(OFF, None),
+            "ours",
+            Phase.FAILED,
+            (),
+            "recovered: g1 runs on neither host1 nor host2; failed, needs an operator",
+        ),
+        ("rb-before-job", None, "empty", Phase.ROLLED_BACK, (), "target holds nothing of this migration; rolled back"),
+        (
+            "rb-before-job",
+            None,
+            "ours",
+            Phase.ROLLING_BACK,
+            (CleanupTarget(("p-2",)),),
+            "resuming rollback; cleaning target",
+        ),
+        (
+            "rb-retry",
+            None,
+            "empty",
+            Phase.PENDING,
+            (),
+            "target holds nothing of this migration; re-queued (attempt 1 of 3 used)",
+        ),
+        (
+            "rb-after-job",
+            MOVING,
+            "ours",
+            Phase.ROLLING_BACK,
+            (AbortMigration(), ObservePlacement(2.0)),
+            "recovered: migration job still active; aborting it",
+        ),
+        (
+            "rb-after-job",
+            ON_SRC,
+            "ours",
+            Phase.ROLLING_BACK,
+            (CleanupTarget(("p-1",)),),
+            "recovered: job stopped, guest runs on source only; cleaning target",
+        ),
+        (
+            "rb-after-job-cleaned",
+            ON_SRC,
+            "empty",
+            Phase.ROLLED_BACK,
+            (),
+            "recovered: target cleaned, guest runs on source; rolled back",
+        ),
+        (
+            "rb-cancel",
+            ON_TGT,
+            "ours",
+            Phase.FINISHING,
+            (CommitTarget("p-1"),),
+            "recovered: too late to cancel: the guest runs on target; finishing",
+        ),
     ],
 )
 def test_recover(name, placement, listing, phase, actions, outcome):
@@ -211,9 +343,12 @@ def test_recovered_interruption_is_recorded():
 
 @pytest.mark.parametrize("phase", [Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED, Phase.ROLLED_BACK])
 def test_final_records_are_left_alone(phase):
-    path = {Phase.SUCCEEDED: (*TO_MIGRATING, Phase.FINISHING, Phase.SUCCEEDED), Phase.FAILED: (Phase.FAILED,),
-            Phase.CANCELLED: (Phase.CANCELLED,),
-            Phase.ROLLED_BACK: (Phase.PREFLIGHT, Phase.PREPARING, Phase.ROLLING_BACK, Phase.ROLLED_BACK)}[phase]
+    path = {
+        Phase.SUCCEEDED: (*TO_MIGRATING, Phase.FINISHING, Phase.SUCCEEDED),
+        Phase.FAILED: (Phase.FAILED,),
+        Phase.CANCELLED: (Phase.CANCELLED,),
+        Phase.ROLLED_BACK: (Phase.PREFLIGHT, Phase.PREPARING, Phase.ROLLING_BACK, Phase.ROLLED_BACK),
+    }[phase]
     r = walk(*path)
     for p in (None, ON_SRC, Placement(R, R)):
         d = recover(r, p, [prepare("p-2")], NOW, T)
@@ -223,6 +358,7 @@ def test_final_records_are_left_alone(phase):
 def test_a_recovered_record_then_finishes_through_decide():
     """Leader change mid-migration: the new leader reattaches, the job ends, the record finishes."""
     from ferry.coordinator.decide import Committed, MigrationEnded
+
     d = recover(RECORDS["migrating"], MOVING, [prepare("p-1")], NOW, T)
     assert d.actions == (WatchJob(),)
     r = d.record

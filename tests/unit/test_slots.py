@@ -3,7 +3,7 @@
 import random
 from collections import Counter
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -11,14 +11,22 @@ from ferry.coordinator.phases import Phase, Timeouts
 from ferry.coordinator.record import MigrationRecord, new_migration
 from ferry.coordinator.slots import Limits, admit, plan_admission, queue_order, vm_key
 
-NOW = datetime(2026, 11, 25, 20, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
 HOSTS = {"h1", "h2", "h3", "h4", "h5", "h6", "h7", "h8"}
 
 
 def q(id, src, tgt, prio=0, age_s=0.0, vm=None) -> MigrationRecord:
     """A queued record submitted ``age_s`` seconds ago."""
-    return new_migration(id=id, vm=vm or f"vm-{id}", vm_uuid="", source_host=src, target_host=tgt,
-                         now=NOW - timedelta(seconds=age_s), timeouts=Timeouts(), priority=prio)
+    return new_migration(
+        id=id,
+        vm=vm or f"vm-{id}",
+        vm_uuid="",
+        source_host=src,
+        target_host=tgt,
+        now=NOW - timedelta(seconds=age_s),
+        timeouts=Timeouts(),
+        priority=prio,
+    )
 
 
 def a(id, src, tgt, phase=Phase.MIGRATING, vm=None) -> MigrationRecord:
@@ -33,48 +41,144 @@ L = Limits(per_host_outbound=1, per_host_inbound=2, cluster=5, reserve_after_s=9
     [
         pytest.param([], [], L, set(), [], id="nothing-queued"),
         pytest.param([q("q1", "h1", "h2")], [], L, set(), ["q1"], id="one"),
-        pytest.param([q("q1", "h1", "h2", prio=0, age_s=60), q("q2", "h1", "h3", prio=5)], [], L, set(), ["q2"],
-                     id="priority-first"),
-        pytest.param([q("q1", "h1", "h2", age_s=10), q("q2", "h1", "h3", age_s=60)], [], L, set(), ["q2"],
-                     id="then-older-first"),
+        pytest.param(
+            [q("q1", "h1", "h2", prio=0, age_s=60), q("q2", "h1", "h3", prio=5)],
+            [],
+            L,
+            set(),
+            ["q2"],
+            id="priority-first",
+        ),
+        pytest.param(
+            [q("q1", "h1", "h2", age_s=10), q("q2", "h1", "h3", age_s=60)], [], L, set(), ["q2"], id="then-older-first"
+        ),
         pytest.param([q("q1", "h1", "h3")], [a("a1", "h1", "h2")], L, set(), [], id="outbound-full"),
-        pytest.param([q("q1", "h4", "h3")], [a("a1", "h1", "h3"), a("a2", "h2", "h3")], L, set(), [],
-                     id="inbound-full"),
-        pytest.param([q("q1", "h5", "h6")], [a("a1", "h1", "h2"), a("a2", "h3", "h4")],
-                     Limits(1, 2, cluster=2), set(), [], id="cluster-full"),
-        pytest.param([q("q1", "h1", "h2", age_s=60), q("q2", "h3", "h4")], [a("a1", "h1", "h5")], L, set(), ["q2"],
-                     id="busy-host-does-not-block-the-queue"),
-        pytest.param([q("q1", "h1", "h9", age_s=60), q("q2", "h3", "h4")], [], L, {"h9"}, ["q2"],
-                     id="unavailable-host-skipped"),
-        pytest.param([q("q1", "h9", "h2", age_s=60), q("q2", "h3", "h4")], [], L, {"h9"}, ["q2"],
-                     id="unavailable-source-skipped"),
-        pytest.param([q("q1", "h1", "h2", vm="g1")], [a("a1", "h3", "h4", vm="g1")], L, set(), [],
-                     id="vm-already-migrating"),
-        pytest.param([q("q1", "h1", "h2", vm="g1", age_s=9), q("q2", "h3", "h4", vm="g1")], [], L, set(), ["q1"],
-                     id="one-per-vm-in-a-pass"),
-        pytest.param([q("q1", "h1", "h2")],
-                     [a("f1", "h1", "h2", Phase.SUCCEEDED), a("f2", "h1", "h2", Phase.ROLLED_BACK),
-                      a("p1", "h1", "h2", Phase.PENDING)], L, set(), ["q1"], id="final-and-queued-hold-no-slot"),
-        pytest.param([q("q1", "h1", "h3")], [a("r1", "h1", "h2", Phase.ROLLING_BACK)], L, set(), [],
-                     id="rolling-back-holds-its-slot"),
-        pytest.param([q("q1", "h1", "h3", age_s=40), q("q2", "h1", "h4", age_s=30), q("q3", "h2", "h3", age_s=20),
-                      q("q4", "h4", "h3", age_s=10)], [], L, set(), ["q1", "q3"], id="several-in-one-pass"),
-        pytest.param([q(f"q{i}", f"h{i}", "h8", age_s=10 - i) for i in range(1, 5)], [],
-                     Limits(per_host_outbound=1, per_host_inbound=9, cluster=3), set(), ["q1", "q2", "q3"],
-                     id="cluster-limit-in-a-pass"),
+        pytest.param(
+            [q("q1", "h4", "h3")], [a("a1", "h1", "h3"), a("a2", "h2", "h3")], L, set(), [], id="inbound-full"
+        ),
+        pytest.param(
+            [q("q1", "h5", "h6")],
+            [a("a1", "h1", "h2"), a("a2", "h3", "h4")],
+            Limits(1, 2, cluster=2),
+            set(),
+            [],
+            id="cluster-full",
+        ),
+        pytest.param(
+            [q("q1", "h1", "h2", age_s=60), q("q2", "h3", "h4")],
+            [a("a1", "h1", "h5")],
+            L,
+            set(),
+            ["q2"],
+            id="busy-host-does-not-block-the-queue",
+        ),
+        pytest.param(
+            [q("q1", "h1", "h9", age_s=60), q("q2", "h3", "h4")], [], L, {"h9"}, ["q2"], id="unavailable-host-skipped"
+        ),
+        pytest.param(
+            [q("q1", "h9", "h2", age_s=60), q("q2", "h3", "h4")], [], L, {"h9"}, ["q2"], id="unavailable-source-skipped"
+        ),
+        pytest.param(
+            [q("q1", "h1", "h2", vm="g1")], [a("a1", "h3", "h4", vm="g1")], L, set(), [], id="vm-already-migrating"
+        ),
+        pytest.param(
+            [q("q1", "h1", "h2", vm="g1", age_s=9), q("q2", "h3", "h4", vm="g1")],
+            [],
+            L,
+            set(),
+            ["q1"],
+            id="one-per-vm-in-a-pass",
+        ),
+        pytest.param(
+            [q("q1", "h1", "h2")],
+            [
+                a("f1", "h1", "h2", Phase.SUCCEEDED),
+                a("f2", "h1", "h2", Phase.ROLLED_BACK),
+                a("p1", "h1", "h2", Phase.PENDING),
+            ],
+            L,
+            set(),
+            ["q1"],
+            id="final-and-queued-hold-no-slot",
+        ),
+        pytest.param(
+            [q("q1", "h1", "h3")],
+            [a("r1", "h1", "h2", Phase.ROLLING_BACK)],
+            L,
+            set(),
+            [],
+            id="rolling-back-holds-its-slot",
+        ),
+        pytest.param(
+            [
+                q("q1", "h1", "h3", age_s=40),
+                q("q2", "h1", "h4", age_s=30),
+                q("q3", "h2", "h3", age_s=20),
+                q("q4", "h4", "h3", age_s=10),
+            ],
+            [],
+            L,
+            set(),
+            ["q1", "q3"],
+            id="several-in-one-pass",
+        ),
+        pytest.param(
+            [q(f"q{i}", f"h{i}", "h8", age_s=10 - i) for i in range(1, 5)],
+            [],
+            Limits(per_host_outbound=1, per_host_inbound=9, cluster=3),
+            set(),
+            ["q1", "q2", "q3"],
+            id="cluster-limit-in-a-pass",
+        ),
         # starvation: q-old has waited past reserve_after_s and keeps its hosts and a cluster slot
-        pytest.param([q("old", "h1", "h3", age_s=1000), q("q2", "h4", "h5")], [a("a1", "h1", "h2")],
-                     Limits(1, 2, cluster=2), set(), [], id="aged-reserves-cluster-slot"),
-        pytest.param([q("young", "h1", "h3", age_s=10), q("q2", "h4", "h5")], [a("a1", "h1", "h2")],
-                     Limits(1, 2, cluster=2), set(), ["q2"], id="young-does-not-reserve"),
-        pytest.param([q("old", "h6", "h2", age_s=1000), q("q3", "h6", "h8")], [a("a1", "h1", "h2")],
-                     Limits(1, 1, cluster=5), set(), [], id="aged-reserves-its-source"),
-        pytest.param([q("young", "h6", "h2", age_s=10), q("q3", "h6", "h8")], [a("a1", "h1", "h2")],
-                     Limits(1, 1, cluster=5), set(), ["q3"], id="without-aging-the-source-is-taken"),
-        pytest.param([q("old", "h9", "h3", age_s=5000), q("q2", "h4", "h3")], [], Limits(1, 1, cluster=5), {"h9"},
-                     ["q2"], id="aged-but-host-down-does-not-reserve"),
-        pytest.param([q("hi", "h4", "h3", prio=9), q("old", "h1", "h3", age_s=5000)], [], Limits(1, 1, cluster=5),
-                     set(), ["hi"], id="aging-does-not-override-priority"),
+        pytest.param(
+            [q("old", "h1", "h3", age_s=1000), q("q2", "h4", "h5")],
+            [a("a1", "h1", "h2")],
+            Limits(1, 2, cluster=2),
+            set(),
+            [],
+            id="aged-reserves-cluster-slot",
+        ),
+        pytest.param(
+            [q("young", "h1", "h3", age_s=10), q("q2", "h4", "h5")],
+            [a("a1", "h1", "h2")],
+            Limits(1, 2, cluster=2),
+            set(),
+            ["q2"],
+            id="young-does-not-reserve",
+        ),
+        pytest.param(
+            [q("old", "h6", "h2", age_s=1000), q("q3", "h6", "h8")],
+            [a("a1", "h1", "h2")],
+            Limits(1, 1, cluster=5),
+            set(),
+            [],
+            id="aged-reserves-its-source",
+        ),
+        pytest.param(
+            [q("young", "h6", "h2", age_s=10), q("q3", "h6", "h8")],
+            [a("a1", "h1", "h2")],
+            Limits(1, 1, cluster=5),
+            set(),
+            ["q3"],
+            id="without-aging-the-source-is-taken",
+        ),
+        pytest.param(
+            [q("old", "h9", "h3", age_s=5000), q("q2", "h4", "h3")],
+            [],
+            Limits(1, 1, cluster=5),
+            {"h9"},
+            ["q2"],
+            id="aged-but-host-down-does-not-reserve",
+        ),
+        pytest.param(
+            [q("hi", "h4", "h3", prio=9), q("old", "h1", "h3", age_s=5000)],
+            [],
+            Limits(1, 1, cluster=5),
+            set(),
+            ["hi"],
+            id="aging-does-not-override-priority",
+        ),
     ],
 )
 def test_admit(queued, active, limits, down, expected):
@@ -84,7 +188,11 @@ def test_admit(queued, active, limits, down, expected):
 def test_waiting_records_say_why():
     plan = plan_admission(
         [q("q1", "h1", "h3", age_s=1000), q("q2", "h2", "h9"), q("q3", "h4", "h3", vm="g1"), q("q4", "h5", "h6")],
-        [a("a1", "h1", "h2"), a("a2", "h7", "h8", vm="g1")], Limits(1, 2, cluster=3), HOSTS, now=NOW)
+        [a("a1", "h1", "h2"), a("a2", "h7", "h8", vm="g1")],
+        Limits(1, 2, cluster=3),
+        HOSTS,
+        now=NOW,
+    )
     assert plan.start == ()
     assert plan.waiting == {
         "q1": "full: h1 outbound limit 1; reserving its slots (waiting since 2026-11-25T19:43:20+00:00)",
@@ -95,9 +203,13 @@ def test_waiting_records_say_why():
 
 
 def test_queue_order():
-    rs = [q("c", "h1", "h2", prio=1, age_s=5), q("b", "h1", "h2", prio=1, age_s=50), q("a", "h1", "h2", prio=1,
-                                                                                       age_s=50),
-          q("z", "h1", "h2", prio=7), q("y", "h1", "h2", prio=-1, age_s=999)]
+    rs = [
+        q("c", "h1", "h2", prio=1, age_s=5),
+        q("b", "h1", "h2", prio=1, age_s=50),
+        q("a", "h1", "h2", prio=1, age_s=50),
+        q("z", "h1", "h2", prio=7),
+        q("y", "h1", "h2", prio=-1, age_s=999),
+    ]
     assert [r.id for r in queue_order(rs)] == ["z", "a", "b", "c", "y"]
 
 
@@ -117,8 +229,9 @@ def random_case(rng: random.Random):
     queued = []
     for i in range(rng.randint(0, 14)):
         s, t = rng.sample(hosts, 2)
-        queued.append(q(f"q{i}", s, t, prio=rng.randint(0, 2), age_s=rng.choice([0, 30, 300, 700, 3000]),
-                        vm=rng.choice(vms)))
+        queued.append(
+            q(f"q{i}", s, t, prio=rng.randint(0, 2), age_s=rng.choice([0, 30, 300, 700, 3000]), vm=rng.choice(vms))
+        )
     available = {h for h in hosts if rng.random() < 0.85}
     return queued, active, limits, available
 
@@ -146,7 +259,7 @@ def test_random_queues_without_aging(seed):
     rng = random.Random(seed)
     for _ in range(50):
         queued, active, limits, available = random_case(rng)
-        start = admit(queued, active, limits, available)       # no clock: no reservation
+        start = admit(queued, active, limits, available)  # no clock: no reservation
         busy, started, out, inn = check_limits(queued, active, limits, available, start)
         order = queue_order(queued)
         rank = {r.id: i for i, r in enumerate(order)}
@@ -158,11 +271,17 @@ def test_random_queues_without_aging(seed):
             if r.source_host not in available or r.target_host not in available or vm_key(r) in taken:
                 continue
             # no head-of-line blocking: a record left waiting really does not fit
-            assert (out[r.source_host] >= limits.per_host_outbound or inn[r.target_host] >= limits.per_host_inbound
-                    or len(busy) + len(started) >= limits.cluster), (r, start)
+            assert (
+                out[r.source_host] >= limits.per_host_outbound
+                or inn[r.target_host] >= limits.per_host_inbound
+                or len(busy) + len(started) >= limits.cluster
+            ), (r, start)
             # order per host pair: nobody behind it on the same hosts went first
-            assert not [b for b in started if (b.source_host, b.target_host) == (r.source_host, r.target_host)
-                        and rank[b.id] > rank[r.id]]
+            assert not [
+                b
+                for b in started
+                if (b.source_host, b.target_host) == (r.source_host, r.target_host) and rank[b.id] > rank[r.id]
+            ]
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -180,7 +299,7 @@ def test_random_queues_with_aging(seed):
         # a reservation is honoured: each started record fits with the slots reserved by the
         # aged records ahead of it counted as taken
         for b in started:
-            ahead = [r for r in order[:order.index(b)] if r in started or r in reserving] + [b]
+            ahead = [r for r in order[: order.index(b)] if r in started or r in reserving] + [b]
             load = busy + ahead
             assert Counter(r.source_host for r in load)[b.source_host] <= limits.per_host_outbound, plan
             assert Counter(r.target_host for r in load)[b.target_host] <= limits.per_host_inbound, plan

@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 import pytest
 
 from ferry.agent import source_disks as sd
-from ferry.agent.fake_hostsystem import FakeHostSystem
-from ferry.agent.fake_hypervisor import FakeHypervisor, make_domain_xml
 from ferry.agent.source_disks import SourceDisks, in_use, invalid_paths, not_local
 from ferry.errors import FailedPrecondition, InvalidArgument
 from ferry.model import Disk, DomainInfo, DomainState, PrepareRecord, StorageDir
+from ferry.testing.fake_hostsystem import FakeHostSystem
+from ferry.testing.fake_hypervisor import FakeHypervisor, make_domain_xml
 
 IMG = "/var/lib/libvirt/images"
 NFS = "/mnt/nfs"
@@ -26,8 +26,10 @@ def test_docstring_examples():
     ("paths", "bad"),
     [
         ([f"{IMG}/g1.qcow2"], []),
-        ([f"{IMG}/../../../etc/shadow", "g1.qcow2", f"{IMG}//g1.qcow2", f"{IMG}/./g1.qcow2", ""],
-         [f"{IMG}/../../../etc/shadow", "g1.qcow2", f"{IMG}//g1.qcow2", f"{IMG}/./g1.qcow2", ""]),
+        (
+            [f"{IMG}/../../../etc/shadow", "g1.qcow2", f"{IMG}//g1.qcow2", f"{IMG}/./g1.qcow2", ""],
+            [f"{IMG}/../../../etc/shadow", "g1.qcow2", f"{IMG}//g1.qcow2", f"{IMG}/./g1.qcow2", ""],
+        ),
     ],
 )
 def test_invalid_paths(paths, bad):
@@ -42,10 +44,10 @@ DIRS = [StorageDir(IMG, 0, 0), StorageDir(NFS, 0, 0, shared=True), StorageDir(f"
     [
         (f"{IMG}/g1.qcow2", True),
         (f"{IMG}/sub/g1.qcow2", True),
-        (f"{IMG}", False),                     # the directory itself
-        (f"{IMG}-other/g1.qcow2", False),      # a prefix, not the directory
-        (f"{NFS}/g1.qcow2", False),            # declared shared
-        (f"{IMG}/nfs/g1.qcow2", False),        # a shared directory inside the image directory
+        (f"{IMG}", False),  # the directory itself
+        (f"{IMG}-other/g1.qcow2", False),  # a prefix, not the directory
+        (f"{NFS}/g1.qcow2", False),  # declared shared
+        (f"{IMG}/nfs/g1.qcow2", False),  # a shared directory inside the image directory
         ("/etc/passwd", False),
     ],
 )
@@ -58,11 +60,16 @@ def test_a_path_the_host_finds_on_shared_storage_is_not_local():
 
 
 def test_in_use_looks_at_disks_and_backing_chains():
-    doms = [DomainInfo("a", "ua", DomainState.RUNNING, disks=(Disk("vda", f"{IMG}/a.qcow2",
-                                                                     backing_chain=(f"{IMG}/base.raw",)),)),
-            DomainInfo("b", "ub", DomainState.SHUTOFF, disks=(Disk("vda", f"{IMG}/b.qcow2"),))]
+    doms = [
+        DomainInfo(
+            "a", "ua", DomainState.RUNNING, disks=(Disk("vda", f"{IMG}/a.qcow2", backing_chain=(f"{IMG}/base.raw",)),)
+        ),
+        DomainInfo("b", "ub", DomainState.SHUTOFF, disks=(Disk("vda", f"{IMG}/b.qcow2"),)),
+    ]
     assert in_use([f"{IMG}/base.raw", f"{IMG}/b.qcow2", f"{IMG}/g1.qcow2"], doms) == {
-        f"{IMG}/base.raw": "a", f"{IMG}/b.qcow2": "b"}
+        f"{IMG}/base.raw": "a",
+        f"{IMG}/b.qcow2": "b",
+    }
 
 
 # ---------------------------------------------------------------- the service
@@ -70,9 +77,16 @@ def test_in_use_looks_at_disks_and_backing_chains():
 
 @pytest.fixture
 def host():
-    return FakeHostSystem(dirs={IMG: 10 << 30, NFS: 10 << 30}, shared_dirs=[NFS],
-                          files={f"{IMG}/g1-vda.qcow2": 1 << 20, f"{IMG}/g1-vdb.qcow2": 1 << 20,
-                                 f"{NFS}/g1-data.raw": 1 << 20, f"{IMG}/other.qcow2": 1 << 20})
+    return FakeHostSystem(
+        dirs={IMG: 10 << 30, NFS: 10 << 30},
+        shared_dirs=[NFS],
+        files={
+            f"{IMG}/g1-vda.qcow2": 1 << 20,
+            f"{IMG}/g1-vdb.qcow2": 1 << 20,
+            f"{NFS}/g1-data.raw": 1 << 20,
+            f"{IMG}/other.qcow2": 1 << 20,
+        },
+    )
 
 
 @pytest.fixture
@@ -109,7 +123,7 @@ async def test_shared_storage_and_foreign_paths_are_never_removed(hv, host):
     assert err.reason == "PATH_NOT_LOCAL"
     assert f"{NFS}/g1-data.raw" in err.message and "/etc/passwd" in err.message
     assert IMG in err.hint and "shared storage never is" in err.hint
-    assert host.removed == []                                      # nothing, not even the local one
+    assert host.removed == []  # nothing, not even the local one
 
 
 async def test_a_path_another_domain_uses_is_refused(hv, host):
@@ -126,8 +140,9 @@ async def test_an_image_prepared_for_an_incoming_migration_is_refused(hv, host):
     assert exc.value.reason == "PATH_PREPARED" and "p1" in exc.value.message
 
 
-@pytest.mark.parametrize(("uuid", "paths", "reason"), [("", [f"{IMG}/a"], "MISSING_FIELD"),
-                                                       (UUID, [f"{IMG}/../etc/passwd"], "PATH_INVALID")])
+@pytest.mark.parametrize(
+    ("uuid", "paths", "reason"), [("", [f"{IMG}/a"], "MISSING_FIELD"), (UUID, [f"{IMG}/../etc/passwd"], "PATH_INVALID")]
+)
 async def test_malformed_requests(hv, host, uuid, paths, reason):
     with pytest.raises(InvalidArgument) as exc:
         await service(hv, host).remove(uuid, paths)

@@ -9,11 +9,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_generated_stubs_match_proto(tmp_path):
-    subprocess.run([str(ROOT / "tools" / "gen-proto"), str(tmp_path)], check=True,
-                   env={**os.environ, "PYTHON": sys.executable})
+    subprocess.run(
+        [str(ROOT / "tools" / "gen-proto"), str(tmp_path)], check=True, env={**os.environ, "PYTHON": sys.executable}
+    )
     fresh = sorted(p.name for p in (tmp_path / "ferry" / "v1").iterdir())
-    committed = sorted(p.name for p in (ROOT / "ferry" / "v1").iterdir()
-                       if p.name != "__init__.py" and p.suffix in (".py", ".pyi"))
+    committed = sorted(
+        p.name for p in (ROOT / "ferry" / "v1").iterdir() if p.name != "__init__.py" and p.suffix in (".py", ".pyi")
+    )
     assert fresh == committed, "stub files differ: run tools/gen-proto"
     for name in fresh:
         want = (tmp_path / "ferry" / "v1" / name).read_bytes()

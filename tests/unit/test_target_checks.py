@@ -5,24 +5,28 @@ import doctest
 import pytest
 
 from ferry.agent import target_checks as tc
-from ferry.agent.fake_hostsystem import FakeHostSystem
 from ferry.agent.prepare import PrepareService
 from ferry.agent.target_checks import CpuVerdict, Problem, TargetSnapshot, check_target, guest_cpu
 from ferry.errors import DeadlineExceeded, FailedPrecondition, ResourceExhausted
 from ferry.model import DomainInfo, HostFacts, HostMapping, JobStats, StorageMode
+from ferry.testing.fake_hostsystem import FakeHostSystem
 
 MiB = 1 << 20
 GiB = 1 << 30
 UUID = "0d6f7c4e-5a3b-4c8e-9f1a-2b3c4d5e6f70"
-CUSTOM = ("<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>qemu64</model>"
-          "<feature policy='require' name='avx512f'/></cpu>")
+CUSTOM = (
+    "<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>qemu64</model>"
+    "<feature policy='require' name='avx512f'/></cpu>"
+)
 EMULATOR = "/usr/bin/qemu-system-x86_64"
 
 
 def domain(cpu: str = "", memory_mib: int = 256, emulator: str = EMULATOR) -> str:
     emu = f"<emulator>{emulator}</emulator>" if emulator else ""
-    return (f"<domain type='qemu'><name>g1</name><uuid>{UUID}</uuid><memory unit='MiB'>{memory_mib}</memory>"
-            f"<os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>{cpu}<devices>{emu}</devices></domain>")
+    return (
+        f"<domain type='qemu'><name>g1</name><uuid>{UUID}</uuid><memory unit='MiB'>{memory_mib}</memory>"
+        f"<os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>{cpu}<devices>{emu}</devices></domain>"
+    )
 
 
 def test_docstring_examples():
@@ -34,9 +38,13 @@ def test_docstring_examples():
     [
         (CUSTOM, "custom", "qemu64", True),
         ("<cpu match='exact'><model>Haswell-noTSX</model></cpu>", "custom", "Haswell-noTSX", True),  # mode omitted
-        ("<cpu mode='host-model'><model fallback='forbid'>Skylake-Server</model></cpu>", "host-model",
-         "Skylake-Server", True),                                                  # as a running guest shows it
-        ("<cpu mode='host-model'/>", "host-model", "", False),                    # nothing named to compare
+        (
+            "<cpu mode='host-model'><model fallback='forbid'>Skylake-Server</model></cpu>",
+            "host-model",
+            "Skylake-Server",
+            True,
+        ),  # as a running guest shows it
+        ("<cpu mode='host-model'/>", "host-model", "", False),  # nothing named to compare
         ("<cpu mode='host-passthrough' check='none'/>", "host-passthrough", "", False),  # the coordinator judges
         ("<cpu mode='maximum'/>", "maximum", "", False),
     ],
@@ -66,17 +74,23 @@ FAILED = Problem(FailedPrecondition, "CPU_CHECK_FAILED", "libvirt cannot check: 
     ("xml", "snap", "expected"),
     [
         (domain(CUSTOM), {"cpu": CpuVerdict()}, []),
-        (domain(CUSTOM), {"cpu": CpuVerdict(incompatible="Host CPU does not provide required features: avx512f")},
-         [("CPU_INCOMPATIBLE", FailedPrecondition)]),
+        (
+            domain(CUSTOM),
+            {"cpu": CpuVerdict(incompatible="Host CPU does not provide required features: avx512f")},
+            [("CPU_INCOMPATIBLE", FailedPrecondition)],
+        ),
         (domain(CUSTOM), {"cpu": CpuVerdict(failed=FAILED)}, [("CPU_CHECK_FAILED", FailedPrecondition)]),
-        (domain(CUSTOM), {}, []),                                              # not compared
+        (domain(CUSTOM), {}, []),  # not compared
         (domain(CUSTOM), {"emulator_present": False}, [("EMULATOR_MISSING", FailedPrecondition)]),
-        (domain(CUSTOM, emulator=""), {"emulator_present": False}, []),        # none named: libvirt's default
+        (domain(CUSTOM, emulator=""), {"emulator_present": False}, []),  # none named: libvirt's default
         (domain(memory_mib=4096), {"memory_available_bytes": 1 * GiB}, [("INSUFFICIENT_MEMORY", ResourceExhausted)]),
-        (domain(memory_mib=1024), {"memory_available_bytes": 1 * GiB}, []),    # exactly enough
-        (domain(memory_mib=4096), {"memory_available_bytes": 0}, []),          # unknown: not checked
-        (domain(CUSTOM, memory_mib=4096), {"memory_available_bytes": GiB, "cpu": CpuVerdict(incompatible="x")},
-         [("CPU_INCOMPATIBLE", FailedPrecondition), ("INSUFFICIENT_MEMORY", ResourceExhausted)]),  # all at once
+        (domain(memory_mib=1024), {"memory_available_bytes": 1 * GiB}, []),  # exactly enough
+        (domain(memory_mib=4096), {"memory_available_bytes": 0}, []),  # unknown: not checked
+        (
+            domain(CUSTOM, memory_mib=4096),
+            {"memory_available_bytes": GiB, "cpu": CpuVerdict(incompatible="x")},
+            [("CPU_INCOMPATIBLE", FailedPrecondition), ("INSUFFICIENT_MEMORY", ResourceExhausted)],
+        ),  # all at once
     ],
 )
 def test_cpu_memory_and_emulator_problems(xml, snap, expected):
@@ -85,15 +99,21 @@ def test_cpu_memory_and_emulator_problems(xml, snap, expected):
 
 def test_cpu_incompatible_names_the_missing_features_and_what_to_do():
     verdict = CpuVerdict(incompatible="Host CPU does not provide required features: avx512f, avx512bw")
-    [p] = check_target(domain(CUSTOM), [], HostMapping(), StorageMode.SHARED,
-                       TargetSnapshot(host_name="host2", cpu=verdict))
+    [p] = check_target(
+        domain(CUSTOM), [], HostMapping(), StorageMode.SHARED, TargetSnapshot(host_name="host2", cpu=verdict)
+    )
     assert "avx512f, avx512bw" in p.message and "host2" in p.message and "qemu64" in p.message
     assert "target whose CPU has the features named" in p.hint and "hypervisor-cpu-baseline" in p.hint
 
 
 def test_insufficient_memory_says_how_much():
-    [p] = check_target(domain(memory_mib=4096), [], HostMapping(), StorageMode.SHARED,
-                       TargetSnapshot(host_name="host2", memory_available_bytes=1 * GiB))
+    [p] = check_target(
+        domain(memory_mib=4096),
+        [],
+        HostMapping(),
+        StorageMode.SHARED,
+        TargetSnapshot(host_name="host2", memory_available_bytes=1 * GiB),
+    )
     assert p.message == "g1 needs 4.0 GiB of memory; host2 has 1.0 GiB available"
     assert "free 3.0 GiB on host2" in p.hint
 
@@ -126,8 +146,15 @@ class CpuHypervisor:
 
 def service(hv, tmp_path, host=None):
     from datetime import UTC, datetime
-    return PrepareService(hv, host or FakeHostSystem(files={EMULATOR: 1}), tmp_path, default_ttl_s=60,
-                          clock=lambda: datetime(2026, 11, 25, tzinfo=UTC), host_name="host2")
+
+    return PrepareService(
+        hv,
+        host or FakeHostSystem(files={EMULATOR: 1}),
+        tmp_path,
+        default_ttl_s=60,
+        clock=lambda: datetime(2026, 11, 25, tzinfo=UTC),
+        host_name="host2",
+    )
 
 
 async def dry_run(svc, xml):
@@ -140,8 +167,9 @@ async def test_prepare_compares_the_guests_cpu_with_this_hosts_hypervisor(tmp_pa
     found = await dry_run(service(hv, tmp_path), domain(CUSTOM))
     assert [r for r, _ in found] == ["CPU_INCOMPATIBLE"] and "avx512f" in found[0][1]
     [asked] = hv.compared
-    assert asked == dict(cpu_xml=guest_cpu(domain(CUSTOM)).xml, arch="x86_64", machine="pc-q35-7.2",
-                         virttype="qemu", emulator=EMULATOR)
+    assert asked == dict(
+        cpu_xml=guest_cpu(domain(CUSTOM)).xml, arch="x86_64", machine="pc-q35-7.2", virttype="qemu", emulator=EMULATOR
+    )
 
 
 async def test_a_real_prepare_is_refused_for_the_cpu(tmp_path):
@@ -167,8 +195,11 @@ async def test_a_missing_emulator_is_a_problem_and_libvirt_picks_its_default(tmp
 
 
 async def test_a_comparison_libvirt_refuses_is_a_problem(tmp_path):
-    hv = CpuHypervisor(error=FailedPrecondition("libvirt cannot check: Unknown CPU model Foo",
-                                                reason="CPU_CHECK_FAILED", hint="use a model it offers"))
+    hv = CpuHypervisor(
+        error=FailedPrecondition(
+            "libvirt cannot check: Unknown CPU model Foo", reason="CPU_CHECK_FAILED", hint="use a model it offers"
+        )
+    )
     assert [r for r, _ in await dry_run(service(hv, tmp_path), domain(CUSTOM))] == ["CPU_CHECK_FAILED"]
 
 
@@ -188,6 +219,8 @@ async def test_a_domain_defined_here_does_not_change_the_memory_check(tmp_path):
 
     async def find_domain(*, name="", uuid=""):
         from ferry.model import DomainState
+
         return DomainInfo(name="g1", uuid=UUID, state=DomainState.SHUTOFF)
+
     hv.find_domain = find_domain
     assert await dry_run(service(hv, tmp_path), domain()) == []

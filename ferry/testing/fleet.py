@@ -23,19 +23,18 @@ from pathlib import Path
 import grpc
 
 from ferry.agent.config import AgentConfig
-from ferry.agent.fake_hostsystem import FakeHostSystem
-from ferry.agent.fake_hypervisor import FakeFleet, FakeHypervisor, MiB, make_domain_xml
 from ferry.agent.main import build_agent, register
 from ferry.agent.service import AgentServicer
 from ferry.coordinator.agent_client import GrpcAgentClient
-from ferry.coordinator.engine import HostChange
-from ferry.coordinator.keys import HostRegistration
 from ferry.model import DomainState, HostMapping
+from ferry.registry import HostChange, HostRegistration
 from ferry.rpc import create_server
+from ferry.testing.fake_hostsystem import FakeHostSystem
+from ferry.testing.fake_hypervisor import FakeFleet, FakeHypervisor, MiB, make_domain_xml
 
 GiB = 1 << 30
-IMAGES = "/var/lib/libvirt/images"   # host-local on each host
-SHARED = "/srv/shared"               # declared shared storage on each host
+IMAGES = "/var/lib/libvirt/images"  # host-local on each host
+SHARED = "/srv/shared"  # declared shared storage on each host
 
 
 def bridge_of(index: int) -> str:
@@ -65,8 +64,9 @@ class FakeAgent:
         return self.server is not None
 
     def registration(self) -> HostRegistration:
-        return HostRegistration(self.name, self.address, libvirt_uri=self.hv.uri,
-                                migration_address=self.config.migration_address)
+        return HostRegistration(
+            self.name, self.address, libvirt_uri=self.hv.uri, migration_address=self.config.migration_address
+        )
 
     async def start(self) -> None:
         """Serve (again) on this agent's port (a free one the first time)."""
@@ -133,8 +133,9 @@ class Fleet:
     def client(self, name: str, *, timeout_s: float = 5.0, progress_interval_ms: int = 10) -> GrpcAgentClient:
         """A new gRPC client to the agent ``name`` (closed by ``close``)."""
         a = self.agents[name]
-        c = GrpcAgentClient(name, a.address, timeout_s=timeout_s, slow_timeout_s=timeout_s,
-                            progress_interval_ms=progress_interval_ms)
+        c = GrpcAgentClient(
+            name, a.address, timeout_s=timeout_s, slow_timeout_s=timeout_s, progress_interval_ms=progress_interval_ms
+        )
         self.clients.append(c)
         return c
 
@@ -143,8 +144,9 @@ class Fleet:
         s, t = bridge_of(self.agents[source].index), bridge_of(self.agents[target].index)
         return HostMapping(bridges={s: t} if s != t else {})
 
-    def add_guest(self, host: str, name: str, *, memory: int = 256 * MiB, dirty: int = 0,
-                  local_disk: bool = True) -> str:
+    def add_guest(
+        self, host: str, name: str, *, memory: int = 256 * MiB, dirty: int = 0, local_disk: bool = True
+    ) -> str:
         """A running guest on ``host`` with a local qcow2 disk (vda, unless ``local_disk`` is
         False) and a raw disk on shared storage (vdb), on the host's bridge. Returns its UUID."""
         a = self.agents[host]
@@ -154,7 +156,7 @@ class Fleet:
             a.host.create_image(local, fmt="qcow2", virtual_size=GiB)
             disks.append(("vda", local, "qcow2"))
         shared = f"{SHARED}/{name}-data.raw"
-        for other in self.agents.values():   # shared storage: the same file everywhere
+        for other in self.agents.values():  # shared storage: the same file everywhere
             other.host.files[shared] = 64 * MiB
         disks.append(("vdb", shared, "raw"))
         xml = make_domain_xml(name, memory_bytes=memory, disks=disks, bridges=[bridge_of(a.index)])
@@ -180,16 +182,32 @@ class Fleet:
             await a.stop()
 
 
-async def start_agent(name: str, index: int, fakes: FakeFleet, state_dir: Path, *, step_s: float = 0.005
-                      ) -> FakeAgent:
-    host = FakeHostSystem(bridges=[bridge_of(index)], dirs={IMAGES: 50 * GiB, SHARED: 100 * GiB},
-                          totals={IMAGES: 100 * GiB, SHARED: 200 * GiB}, shared_dirs=[SHARED])
-    ip = f"10.77.0.{10 + index}"   # only named: nothing connects to it (the fakes migrate in memory)
-    hv = FakeHypervisor(hostname=name, uri=f"qemu+tcp://{ip}/system", fleet=fakes, host=host,
-                        host_uuid=f"6c61622d-0000-4000-8000-{index:012d}", step_s=step_s)
-    config = AgentConfig(name=name, listen=("127.0.0.1:0",), advertise_libvirt_uri=hv.uri,
-                         migration_address=ip, image_dirs=(IMAGES,), shared_dirs=(SHARED,),
-                         state_dir=str(state_dir), prepare_ttl_s=600)
+async def start_agent(name: str, index: int, fakes: FakeFleet, state_dir: Path, *, step_s: float = 0.005) -> FakeAgent:
+    host = FakeHostSystem(
+        bridges=[bridge_of(index)],
+        dirs={IMAGES: 50 * GiB, SHARED: 100 * GiB},
+        totals={IMAGES: 100 * GiB, SHARED: 200 * GiB},
+        shared_dirs=[SHARED],
+    )
+    ip = f"10.77.0.{10 + index}"  # only named: nothing connects to it (the fakes migrate in memory)
+    hv = FakeHypervisor(
+        hostname=name,
+        uri=f"qemu+tcp://{ip}/system",
+        fleet=fakes,
+        host=host,
+        host_uuid=f"6c61622d-0000-4000-8000-{index:012d}",
+        step_s=step_s,
+    )
+    config = AgentConfig(
+        name=name,
+        listen=("127.0.0.1:0",),
+        advertise_libvirt_uri=hv.uri,
+        migration_address=ip,
+        image_dirs=(IMAGES,),
+        shared_dirs=(SHARED,),
+        state_dir=str(state_dir),
+        prepare_ttl_s=600,
+    )
     servicer = build_agent(config, hv, host)
     agent = FakeAgent(name, index, hv, host, servicer, config)
     await agent.start()
@@ -220,8 +238,9 @@ class FleetDirectory:
 
     def client(self, host: str) -> GrpcAgentClient:
         if host not in self._clients:
-            self._clients[host] = self.fleet.client(host, timeout_s=self._timeout_s,
-                                                    progress_interval_ms=self._progress_interval_ms)
+            self._clients[host] = self.fleet.client(
+                host, timeout_s=self._timeout_s, progress_interval_ms=self._progress_interval_ms
+            )
         return self._clients[host]
 
     def available_hosts(self) -> set[str]:

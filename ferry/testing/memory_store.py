@@ -25,8 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 from ferry.errors import Unavailable
-
-from .store import (
+from ferry.store import (
     Entry,
     EventKind,
     Resync,
@@ -96,9 +95,7 @@ class MemoryStore:
                 return current.mod_revision
             raise key_exists(key)
 
-    async def update(
-        self, key: str, value: bytes, expected_mod_revision: int, lease: int | None = None
-    ) -> int:
+    async def update(self, key: str, value: bytes, expected_mod_revision: int, lease: int | None = None) -> int:
         self._enter()
         self._require_lease(lease)
         retried = False
@@ -213,7 +210,9 @@ class MemoryStore:
 
     def _enter(self) -> None:
         if self._closed:
-            raise Unavailable("the in-memory store is closed", reason="STORE_CLOSED", hint="do not use a store after close()")
+            raise Unavailable(
+                "the in-memory store is closed", reason="STORE_CLOSED", hint="do not use a store after close()"
+            )
         self.expire_leases()
 
     def _require_lease(self, lease: int | None) -> None:

@@ -61,8 +61,13 @@ class FakeHostSystem:
         self.bridge_names = list(bridges)
         shared, read_only = set(shared_dirs), set(read_only_dirs)
         self.dirs: dict[str, FakeDir] = {
-            d: FakeDir(free, (totals or {}).get(d, free), shared=d in shared, writable=d not in read_only,
-                       fs_type="nfs4" if d in shared else "ext4")
+            d: FakeDir(
+                free,
+                (totals or {}).get(d, free),
+                shared=d in shared,
+                writable=d not in read_only,
+                fs_type="nfs4" if d in shared else "ext4",
+            )
             for d, free in (dirs or {}).items()
         }
         self.files: dict[str, FakeImage | int] = dict(files or {})
@@ -84,9 +89,17 @@ class FakeHostSystem:
         return sorted(self.bridge_names)
 
     def storage_dirs(self) -> list[StorageDir]:
-        return [StorageDir(path=d, free_bytes=self.dirs[d].free_bytes, total_bytes=self.dirs[d].total_bytes,
-                           shared=self.dirs[d].shared, fs_type=self.dirs[d].fs_type)
-                for d in self.storage if d in self.dirs]
+        return [
+            StorageDir(
+                path=d,
+                free_bytes=self.dirs[d].free_bytes,
+                total_bytes=self.dirs[d].total_bytes,
+                shared=self.dirs[d].shared,
+                fs_type=self.dirs[d].fs_type,
+            )
+            for d in self.storage
+            if d in self.dirs
+        ]
 
     def free_bytes(self, path: str) -> int:
         found = self._dir_of(path)
@@ -104,17 +117,23 @@ class FakeHostSystem:
         found = self._dir_of(path)
         return bool(found and found[1].shared)
 
-    def create_image(self, path: str, *, fmt: str, virtual_size: int,
-                     backing_file: str = "", backing_format: str = "") -> None:
+    def create_image(
+        self, path: str, *, fmt: str, virtual_size: int, backing_file: str = "", backing_format: str = ""
+    ) -> None:
         if path in self.files:
-            raise AlreadyExists(f"{path} already exists", reason="FILE_IN_THE_WAY",
-                                hint=f"remove or move {path}, or map the disk to another directory (--map-path)")
+            raise AlreadyExists(
+                f"{path} already exists",
+                reason="FILE_IN_THE_WAY",
+                hint=f"remove or move {path}, or map the disk to another directory (--map-path)",
+            )
         if path in self.fail_create:
             raise self.fail_create[path]
         if not self.writable_dir(path):
-            raise FailedPrecondition(f"cannot create {path}: not writable", reason="PATH_NOT_WRITABLE",
-                                     hint="make the directory writable for the agent, or map the disk "
-                                          "to another directory (--map-path)")
+            raise FailedPrecondition(
+                f"cannot create {path}: not writable",
+                reason="PATH_NOT_WRITABLE",
+                hint="make the directory writable for the agent, or map the disk to another directory (--map-path)",
+            )
         found = self._dir_of(path)
         assert found is not None  # writable_dir found it
         allocated = QCOW2_HEADER_BYTES if fmt == "qcow2" else 0

@@ -20,16 +20,16 @@ from dataclasses import dataclass, field
 import pytest
 
 from ferry.agent.domxml import rewrite_for_target
-from ferry.agent.fake_hostsystem import FakeHostSystem
-from ferry.agent.fake_hypervisor import FakeFleet, FakeHypervisor, make_domain_xml
 from ferry.errors import Aborted, FailedPrecondition, Internal, InvalidArgument, NotFound, Unavailable
 from ferry.model import DomainState, HostMapping, JobStats, MigrationOptions, StorageMode
 from ferry.ports import Hypervisor
+from ferry.testing.fake_hostsystem import FakeHostSystem
+from ferry.testing.fake_hypervisor import FakeFleet, FakeHypervisor, make_domain_xml
 
 MiB = 1 << 20
 IMAGES = "/var/lib/libvirt/images"
 TO_HOST2 = HostMapping(bridges={"br-guest": "br-vm"})
-DEAD_URI = "qemu+tcp://10.77.0.99/system"      # inside the lab network; nothing answers there
+DEAD_URI = "qemu+tcp://10.77.0.99/system"  # inside the lab network; nothing answers there
 ALL_DISKS_COPIED = MigrationOptions(storage=StorageMode.COPY_ALL)
 
 
@@ -40,7 +40,7 @@ class World:
     dst: Hypervisor
     target_uri: str
     host_uuid: str
-    new_guest: Callable[..., Awaitable[str]]            # (name, shared_disk=, dirty=, disk_mib=) -> disk path
+    new_guest: Callable[..., Awaitable[str]]  # (name, shared_disk=, dirty=, disk_mib=) -> disk path
     target_disk: Callable[[str, int], Awaitable[None]]  # create an image on host2
     guests: list[str] = field(default_factory=list)
 
@@ -58,7 +58,7 @@ async def fake_world() -> AsyncIterator[World]:
     h1 = FakeHostSystem(bridges=["br-guest"], dirs={IMAGES: 50 << 30, shared: 50 << 30})
     h2 = FakeHostSystem(bridges=["br-vm"], dirs={IMAGES: 50 << 30, shared: 50 << 30})
     for h in (h1, h2):
-        h.dirs[shared].fs_type = "ext4"   # like the lab's shared dir: seen by both, not a shared FS
+        h.dirs[shared].fs_type = "ext4"  # like the lab's shared dir: seen by both, not a shared FS
     # 50 ms per step of 100 simulated ms: slow enough for the abort test to act during the mirror
     src = FakeHypervisor(hostname="host1", uri="qemu+tcp://10.77.0.11/system", fleet=fleet, host=h1, step_s=0.05)
     dst = FakeHypervisor(hostname="host2", uri="qemu+tcp://10.77.0.12/system", fleet=fleet, host=h2)
@@ -67,8 +67,10 @@ async def fake_world() -> AsyncIterator[World]:
         path = f"{shared}/{name}-vda.qcow2" if shared_disk else f"{IMAGES}/{name}-vda.qcow2"
         for h in (h1, h2) if shared_disk else (h1,):
             h.files[path] = disk_mib * MiB
-        src.add_domain(make_domain_xml(name, disks=[("vda", path, "qcow2")], bridges=["br-guest"]),
-                       dirty_bytes_per_s=(4 << 30) if dirty else 0)
+        src.add_domain(
+            make_domain_xml(name, disks=[("vda", path, "qcow2")], bridges=["br-guest"]),
+            dirty_bytes_per_s=(4 << 30) if dirty else 0,
+        )
         return path
 
     async def target_disk(path: str, size: int) -> None:
@@ -81,15 +83,21 @@ async def fake_world() -> AsyncIterator[World]:
 async def real_world(lab) -> AsyncIterator[World]:
     from ferry.agent.libvirt_hypervisor import LibvirtHypervisor
 
-    src = LibvirtHypervisor(lab.libvirt_uri("host1"), 60,
-                            peer_uris={lab.tcp_uri("host2"): lab.libvirt_uri("host2"),
-                                       DEAD_URI: "qemu:///system?socket=/nonexistent/libvirt-sock"})
+    src = LibvirtHypervisor(
+        lab.libvirt_uri("host1"),
+        60,
+        peer_uris={
+            lab.tcp_uri("host2"): lab.libvirt_uri("host2"),
+            DEAD_URI: "qemu:///system?socket=/nonexistent/libvirt-sock",
+        },
+    )
     dst = LibvirtHypervisor(lab.libvirt_uri("host2"), 60)
     disks: list[tuple[str, str]] = []
 
     async def new_guest(name: str, *, shared_disk: bool = False, dirty: bool = False, disk_mib: int = 256) -> str:
-        info = await asyncio.to_thread(lab.guest, name, "host1", shared=shared_disk, disks=(f"{disk_mib}M",),
-                                       dirty_rate="max" if dirty else None)
+        info = await asyncio.to_thread(
+            lab.guest, name, "host1", shared=shared_disk, disks=(f"{disk_mib}M",), dirty_rate="max" if dirty else None
+        )
         world.guests.append(name)
         path = info.disks[0].path
         disks.append(("host1", path))
@@ -103,6 +111,7 @@ async def real_world(lab) -> AsyncIterator[World]:
     try:
         yield world
     finally:
+
         def clean() -> None:
             for name in world.guests:
                 for host in ("host1", "host2"):
@@ -110,6 +119,7 @@ async def real_world(lab) -> AsyncIterator[World]:
                     lab.virsh(host, "undefine", name, check=False)
             for host, path in disks:
                 lab.host_exec(host, "rm", "-f", path, check=False)
+
         await asyncio.to_thread(clean)
         src.close()
         dst.close()
@@ -148,8 +158,12 @@ async def test_host_facts(world):
 
 
 async def test_unknown_domain(world):
-    for call in (world.src.get_domain("nope"), world.src.domain_xml("nope"), world.src.job_stats("nope"),
-                 world.src.abort_job("nope")):
+    for call in (
+        world.src.get_domain("nope"),
+        world.src.domain_xml("nope"),
+        world.src.job_stats("nope"),
+        world.src.abort_job("nope"),
+    ):
         with pytest.raises(NotFound) as exc:
             await call
         assert exc.value.reason == "DOMAIN_NOT_FOUND"
@@ -170,7 +184,7 @@ async def test_a_running_guest_without_a_job(world):
     assert await world.src.job_stats(name) == JobStats()
     assert (await world.src.job_stats(name, completed=True)).job_type == "none"
     assert await world.src.abort_job(name) is False
-    await world.src.set_max_downtime(name, 500)       # kept for the next migration
+    await world.src.set_max_downtime(name, 500)  # kept for the next migration
     await world.src.set_bandwidth(name, 100)
     with pytest.raises(FailedPrecondition) as exc:
         await world.src.start_postcopy(name)
@@ -186,9 +200,12 @@ QEMU64 = "<cpu mode='custom' match='exact' check='none'><model fallback='forbid'
 async def test_cpu_comparison(world):
     """qemu64 runs on both hosts; AVX-512 is on neither (TCG, the fake's Haswell-class CPU); an
     unknown model cannot be compared."""
+
     async def compare(xml: str) -> str:
-        return await world.dst.compare_cpu(xml, arch="x86_64", machine="pc-q35-7.2", virttype="qemu",
-                                           emulator="/usr/bin/qemu-system-x86_64")
+        return await world.dst.compare_cpu(
+            xml, arch="x86_64", machine="pc-q35-7.2", virttype="qemu", emulator="/usr/bin/qemu-system-x86_64"
+        )
+
     assert await compare(QEMU64.format("")) == ""
     why = await compare(QEMU64.format("<feature policy='require' name='avx512f'/>"))
     assert why == "Host CPU does not provide required features: avx512f"
@@ -217,21 +234,27 @@ async def test_refused_migrations_leave_the_guest_running_on_the_source(world):
     xml = await destination_xml(world, name)
 
     async def migrate(target_uri=world.target_uri, destination=xml, options=ALL_DISKS_COPIED, disks=("vda",)):
-        await world.src.migrate(name, target_uri=target_uri, destination_xml=destination, options=options,
-                                migrate_disks=list(disks), timeout_s=120)
+        await world.src.migrate(
+            name,
+            target_uri=target_uri,
+            destination_xml=destination,
+            options=options,
+            migrate_disks=list(disks),
+            timeout_s=120,
+        )
 
     with pytest.raises(Unavailable) as exc:
         await migrate(target_uri=DEAD_URI)
     assert exc.value.reason == "TARGET_UNREACHABLE"
     with pytest.raises(FailedPrecondition) as exc:
-        await migrate()                                                    # no image on the target
+        await migrate()  # no image on the target
     assert exc.value.reason == "TARGET_DISK_MISSING"
     with pytest.raises(FailedPrecondition) as exc:
-        await migrate(options=MigrationOptions(storage=StorageMode.SHARED), disks=())   # local disk, not copied
+        await migrate(options=MigrationOptions(storage=StorageMode.SHARED), disks=())  # local disk, not copied
     assert exc.value.reason == "MIGRATION_UNSAFE"
     await world.target_disk(path, 256 * MiB)
     with pytest.raises(Internal) as exc:
-        await migrate(destination="")                                      # br-guest is not on host2
+        await migrate(destination="")  # br-guest is not on host2
     assert exc.value.reason == "HOST_SYSTEM_ERROR" and "br-guest" in exc.value.message
     await running_on_source(world, name)
 
@@ -239,8 +262,9 @@ async def test_refused_migrations_leave_the_guest_running_on_the_source(world):
 # ---------------------------------------------------------------- migrations
 
 
-async def _watch(w: World, name: str, task: asyncio.Task[None], until: Callable[[JobStats], bool] | None = None
-                 ) -> list[JobStats]:
+async def _watch(
+    w: World, name: str, task: asyncio.Task[None], until: Callable[[JobStats], bool] | None = None
+) -> list[JobStats]:
     seen = []
     while not task.done():
         with contextlib.suppress(NotFound):
@@ -257,19 +281,26 @@ async def test_copy_all_moves_the_guest(world):
     path = await world.new_guest(name)
     uuid = (await world.src.get_domain(name)).uuid
     await world.target_disk(path, 256 * MiB)
-    task = asyncio.create_task(world.src.migrate(
-        name, target_uri=world.target_uri, destination_xml=await destination_xml(world, name),
-        options=ALL_DISKS_COPIED, migrate_disks=["vda"], timeout_s=180))
+    task = asyncio.create_task(
+        world.src.migrate(
+            name,
+            target_uri=world.target_uri,
+            destination_xml=await destination_xml(world, name),
+            options=ALL_DISKS_COPIED,
+            migrate_disks=["vda"],
+            timeout_s=180,
+        )
+    )
     seen = await _watch(world, name, task)
     await task
     assert all(s.operation == "migration out" for s in seen if s.active)
     moved = await world.dst.get_domain(name)
     assert (moved.uuid, moved.state, moved.persistent) == (uuid, DomainState.RUNNING, True)
     assert [n.source for n in moved.nics] == ["br-vm"]
-    assert await world.src.find_domain(uuid=uuid) is None        # undefined on the source
+    assert await world.src.find_domain(uuid=uuid) is None  # undefined on the source
     done = await world.src.remote_completed_job(world.target_uri, name)
     assert done.job_type == "completed" and done.time_elapsed_ms > 0 and done.memory_processed > 0
-    assert (await world.dst.job_stats(name, completed=True)).job_type == "completed"   # still there
+    assert (await world.dst.job_stats(name, completed=True)).job_type == "completed"  # still there
 
 
 async def test_shared_disk_moves_only_with_unsafe(world):
@@ -278,16 +309,27 @@ async def test_shared_disk_moves_only_with_unsafe(world):
     await world.new_guest(name, shared_disk=True)
     xml = await destination_xml(world, name)
     with pytest.raises(FailedPrecondition) as exc:
-        await world.src.migrate(name, target_uri=world.target_uri, destination_xml=xml,
-                                options=MigrationOptions(), migrate_disks=[], timeout_s=120)
+        await world.src.migrate(
+            name,
+            target_uri=world.target_uri,
+            destination_xml=xml,
+            options=MigrationOptions(),
+            migrate_disks=[],
+            timeout_s=120,
+        )
     assert exc.value.reason == "MIGRATION_UNSAFE"
-    await world.src.migrate(name, target_uri=world.target_uri, destination_xml=xml,
-                            options=MigrationOptions(unsafe=True, undefine_source=False), migrate_disks=[],
-                            timeout_s=120)
+    await world.src.migrate(
+        name,
+        target_uri=world.target_uri,
+        destination_xml=xml,
+        options=MigrationOptions(unsafe=True, undefine_source=False),
+        migrate_disks=[],
+        timeout_s=120,
+    )
     assert (await world.dst.get_domain(name)).state is DomainState.RUNNING
-    left = await world.src.get_domain(name)                      # defined, shut off, on the source
+    left = await world.src.get_domain(name)  # defined, shut off, on the source
     assert (left.state, left.persistent) == (DomainState.SHUTOFF, True)
-    assert await world.src.job_stats(name) == JobStats()         # a shut-off domain has no job
+    assert await world.src.job_stats(name) == JobStats()  # a shut-off domain has no job
 
 
 async def test_abort_mid_way_leaves_the_guest_on_the_source(world):
@@ -296,13 +338,19 @@ async def test_abort_mid_way_leaves_the_guest_on_the_source(world):
     name = world.name("abort")
     path = await world.new_guest(name, dirty=True, disk_mib=64)
     await world.target_disk(path, 64 * MiB)
-    task = asyncio.create_task(world.src.migrate(
-        name, target_uri=world.target_uri, destination_xml=await destination_xml(world, name),
-        options=MigrationOptions(storage=StorageMode.COPY_ALL, bandwidth_mibps=20), migrate_disks=["vda"],
-        timeout_s=300))
+    task = asyncio.create_task(
+        world.src.migrate(
+            name,
+            target_uri=world.target_uri,
+            destination_xml=await destination_xml(world, name),
+            options=MigrationOptions(storage=StorageMode.COPY_ALL, bandwidth_mibps=20),
+            migrate_disks=["vda"],
+            timeout_s=300,
+        )
+    )
     try:
         seen = await _watch(world, name, task, until=lambda s: s.active and s.memory_processed > 0)
-        assert not task.done() and seen[-1].memory_processed > 0    # in pre-copy
+        assert not task.done() and seen[-1].memory_processed > 0  # in pre-copy
         assert await world.src.abort_job(name) is True
         with pytest.raises(Aborted) as exc:
             await task

@@ -40,9 +40,9 @@ from etcd3aio import (
     prefix_range_end,
 )
 
-from ferry.errors import FailedPrecondition, FerryError, InvalidArgument, Unavailable, error_for_code
-
-from .store import (
+from ferry.errors import FailedPrecondition, FerryError, InvalidArgument, Unavailable
+from ferry.rpc import error_type_for
+from ferry.store import (
     Entry,
     EventKind,
     LeaseLost,
@@ -105,9 +105,13 @@ class EtcdStore:
         attempt_timeout_s: float = 1.0,
     ) -> None:
         if not endpoints:
-            raise InvalidArgument("no etcd endpoints given", reason="NO_ENDPOINTS", hint="list host:port of each member")
+            raise InvalidArgument(
+                "no etcd endpoints given", reason="NO_ENDPOINTS", hint="list host:port of each member"
+            )
         if not prefix:
-            raise InvalidArgument("empty key prefix", reason="NO_PREFIX", hint='use a per-cluster prefix like "/ferry/"')
+            raise InvalidArgument(
+                "empty key prefix", reason="NO_PREFIX", hint='use a per-cluster prefix like "/ferry/"'
+            )
         self.endpoints = [e.split("://", 1)[-1] for e in endpoints]
         self.prefix = prefix
         self._prefix_bytes = prefix.encode()
@@ -152,9 +156,7 @@ class EtcdStore:
             return current.mod_revision
         raise key_exists(key)
 
-    async def update(
-        self, key: str, value: bytes, expected_mod_revision: int, lease: int | None = None
-    ) -> int:
+    async def update(self, key: str, value: bytes, expected_mod_revision: int, lease: int | None = None) -> int:
         full = self._full(key)
 
         def txn(c: Etcd3Client, t: float) -> Awaitable[Any]:
@@ -299,7 +301,9 @@ class EtcdStore:
 
     async def _connected(self) -> Etcd3Client:
         if self._closed:
-            raise Unavailable("the etcd store is closed", reason="STORE_CLOSED", hint="do not use a store after close()")
+            raise Unavailable(
+                "the etcd store is closed", reason="STORE_CLOSED", hint="do not use a store after close()"
+            )
         if self._client is None:
             tls: dict[str, bytes | None] = {}
             if self._tls is not None:
@@ -391,15 +395,17 @@ class EtcdStore:
                 return LeaseLost(f"etcd: {op} on an unknown lease", hint="grant a new lease")
             if exc.code() == grpc.StatusCode.CANCELLED and self._closed:
                 return self._unavailable(op)
-            return error_for_code(exc.code())(
+            return error_type_for(exc.code())(
                 f"etcd {op} failed: {exc.code().name}",
                 reason="STORE_ERROR",
                 hint=f"see the etcd members' logs ({', '.join(self.endpoints)})",
             )
         if isinstance(exc, FerryError):
             return exc
-        return error_for_code(grpc.StatusCode.INTERNAL)(
-            f"etcd {op} failed: {type(exc).__name__}", reason="STORE_ERROR", hint="this is a bug in Ferry's etcd adapter"
+        return error_type_for(grpc.StatusCode.INTERNAL)(
+            f"etcd {op} failed: {type(exc).__name__}",
+            reason="STORE_ERROR",
+            hint="this is a bug in Ferry's etcd adapter",
         )
 
 

@@ -170,9 +170,7 @@ class Store(Protocol):
         """Atomic create-if-absent. Returns the new revision; raises AlreadyExists (KEY_EXISTS)."""
         ...
 
-    async def update(
-        self, key: str, value: bytes, expected_mod_revision: int, lease: int | None = None
-    ) -> int:
+    async def update(self, key: str, value: bytes, expected_mod_revision: int, lease: int | None = None) -> int:
         """Atomic compare-and-set on ``mod_revision``; returns the new revision, raises Conflict.
 
         The written key is attached to ``lease`` (None: no lease), as with etcd's put.

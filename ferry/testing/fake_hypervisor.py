@@ -23,52 +23,134 @@ from dataclasses import dataclass, field, replace
 from ferry.agent import libvirt_errors as le
 from ferry.agent import probe
 from ferry.agent.domxml import parse_disks, parse_domain, parse_nics
-from ferry.agent.fake_hostsystem import FakeHostSystem, FakeImage
 from ferry.agent.target_checks import HOST_CPU_MODES, cpu_check_failed
 from ferry.errors import FerryError
 from ferry.model import DomainInfo, DomainState, HostFacts, JobStats, MigrationOptions, StorageMode
+from ferry.testing.fake_hostsystem import FakeHostSystem, FakeImage
 
 MiB = 1 << 20
 GiB = 1 << 30
 
 # file systems libvirt trusts for migration without copying (virFileIsSharedFS / IsClusterFS)
-_SHARED_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "ceph", "gfs2", "ocfs2", "glusterfs",
-                        "fuse.glusterfs", "fuse.cephfs"})
+_SHARED_FS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "ceph", "gfs2", "ocfs2", "glusterfs", "fuse.glusterfs", "fuse.cephfs"}
+)
 _CLUSTER_FS = frozenset({"gfs2", "ocfs2"})
 
 # CPU models the fake knows, with the features each requires (a small excerpt of QEMU's)
 CPU_MODELS: dict[str, tuple[str, ...]] = {
-    "qemu64": ("fpu", "pae", "cx8", "apic", "sep", "cmov", "mmx", "fxsr", "sse", "sse2", "pni", "cx16", "lm",
-               "syscall", "nx"),
-    "Haswell-noTSX": ("fpu", "pae", "cx8", "apic", "sep", "cmov", "mmx", "fxsr", "sse", "sse2", "pni", "cx16",
-                      "lm", "syscall", "nx", "ssse3", "sse4.1", "sse4.2", "popcnt", "aes", "avx", "avx2", "fma"),
-    "Skylake-Server": ("fpu", "pae", "cx8", "apic", "sep", "cmov", "mmx", "fxsr", "sse", "sse2", "pni", "cx16",
-                       "lm", "syscall", "nx", "ssse3", "sse4.1", "sse4.2", "popcnt", "aes", "avx", "avx2", "fma",
-                       "avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl"),
+    "qemu64": (
+        "fpu",
+        "pae",
+        "cx8",
+        "apic",
+        "sep",
+        "cmov",
+        "mmx",
+        "fxsr",
+        "sse",
+        "sse2",
+        "pni",
+        "cx16",
+        "lm",
+        "syscall",
+        "nx",
+    ),
+    "Haswell-noTSX": (
+        "fpu",
+        "pae",
+        "cx8",
+        "apic",
+        "sep",
+        "cmov",
+        "mmx",
+        "fxsr",
+        "sse",
+        "sse2",
+        "pni",
+        "cx16",
+        "lm",
+        "syscall",
+        "nx",
+        "ssse3",
+        "sse4.1",
+        "sse4.2",
+        "popcnt",
+        "aes",
+        "avx",
+        "avx2",
+        "fma",
+    ),
+    "Skylake-Server": (
+        "fpu",
+        "pae",
+        "cx8",
+        "apic",
+        "sep",
+        "cmov",
+        "mmx",
+        "fxsr",
+        "sse",
+        "sse2",
+        "pni",
+        "cx16",
+        "lm",
+        "syscall",
+        "nx",
+        "ssse3",
+        "sse4.1",
+        "sse4.2",
+        "popcnt",
+        "aes",
+        "avx",
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512dq",
+        "avx512cd",
+        "avx512bw",
+        "avx512vl",
+    ),
 }
 # what a fake host's CPU offers unless a test says otherwise: Haswell-class, no AVX-512
 DEFAULT_CPU_FEATURES = frozenset(CPU_MODELS["Haswell-noTSX"])
 
 
-def make_domain_xml(name: str, *, uuid: str = "", memory_bytes: int = 256 * MiB, vcpus: int = 1,
-                    disks: Iterable[tuple[str, str, str]] = (), bridges: Iterable[str] = (),
-                    networks: Iterable[str] = (), domain_type: str = "qemu", cpu: str = "") -> str:
+def make_domain_xml(
+    name: str,
+    *,
+    uuid: str = "",
+    memory_bytes: int = 256 * MiB,
+    vcpus: int = 1,
+    disks: Iterable[tuple[str, str, str]] = (),
+    bridges: Iterable[str] = (),
+    networks: Iterable[str] = (),
+    domain_type: str = "qemu",
+    cpu: str = "",
+) -> str:
     """A small libvirt domain definition: disks as (target, path, format), NICs on bridges/networks,
     ``cpu`` a ``<cpu>`` element (none: the hypervisor's default CPU)."""
     disk_xml = "".join(
         f"<disk type='file' device='disk'><driver name='qemu' type='{fmt}' cache='none'/>"
         f"<source file='{path}'/><target dev='{target}' bus='virtio'/></disk>"
-        for target, path, fmt in disks)
+        for target, path, fmt in disks
+    )
     nic_xml = "".join(
         f"<interface type='bridge'><mac address='52:54:00:00:00:{i:02x}'/><source bridge='{b}'/>"
-        f"<model type='virtio'/></interface>" for i, b in enumerate(bridges))
+        f"<model type='virtio'/></interface>"
+        for i, b in enumerate(bridges)
+    )
     nic_xml += "".join(
         f"<interface type='network'><mac address='52:54:00:00:01:{i:02x}'/><source network='{n}'/>"
-        f"<model type='virtio'/></interface>" for i, n in enumerate(networks))
-    return (f"<domain type='{domain_type}'><name>{name}</name><uuid>{uuid or uuidlib.uuid4()}</uuid>"
-            f"<memory unit='KiB'>{memory_bytes // 1024}</memory><vcpu>{vcpus}</vcpu>"
-            f"<os><type arch='x86_64'>hvm</type></os>{cpu}"
-            f"<devices>{disk_xml}{nic_xml}</devices></domain>")
+        f"<model type='virtio'/></interface>"
+        for i, n in enumerate(networks)
+    )
+    return (
+        f"<domain type='{domain_type}'><name>{name}</name><uuid>{uuid or uuidlib.uuid4()}</uuid>"
+        f"<memory unit='KiB'>{memory_bytes // 1024}</memory><vcpu>{vcpus}</vcpu>"
+        f"<os><type arch='x86_64'>hvm</type></os>{cpu}"
+        f"<devices>{disk_xml}{nic_xml}</devices></domain>"
+    )
 
 
 @dataclass
@@ -76,9 +158,9 @@ class FakeDomain:
     xml: str
     state: DomainState
     persistent: bool = True
-    dirty_bytes_per_s: int = 0       # how fast the guest dirties memory
+    dirty_bytes_per_s: int = 0  # how fast the guest dirties memory
     completed: JobStats | None = None
-    max_downtime_ms: int = 300       # migration parameters for the next job (libvirt keeps them too)
+    max_downtime_ms: int = 300  # migration parameters for the next job (libvirt keeps them too)
     bandwidth_mibps: int = 0
 
     @property
@@ -138,11 +220,22 @@ class FakeFleet:
 class FakeHypervisor:
     """Domains, jobs and faults of one fake libvirt host (see the module docstring)."""
 
-    def __init__(self, *, hostname: str = "fake1", uri: str = "", fleet: FakeFleet | None = None,
-                 host: FakeHostSystem | None = None, timeout_s: float = 30.0, step_s: float = 0.005,
-                 step_ms: int = 100, host_uuid: str = "", networks: Iterable[str] = (),
-                 memory_total_bytes: int = 16 * GiB, cpus: int = 4,
-                 cpu_features: Iterable[str] = DEFAULT_CPU_FEATURES) -> None:
+    def __init__(
+        self,
+        *,
+        hostname: str = "fake1",
+        uri: str = "",
+        fleet: FakeFleet | None = None,
+        host: FakeHostSystem | None = None,
+        timeout_s: float = 30.0,
+        step_s: float = 0.005,
+        step_ms: int = 100,
+        host_uuid: str = "",
+        networks: Iterable[str] = (),
+        memory_total_bytes: int = 16 * GiB,
+        cpus: int = 4,
+        cpu_features: Iterable[str] = DEFAULT_CPU_FEATURES,
+    ) -> None:
         self.hostname = hostname
         self.uri = uri or f"qemu+tcp://{hostname}/system"
         self.fleet = fleet or FakeFleet()
@@ -155,22 +248,23 @@ class FakeHypervisor:
         self.networks = list(networks)
         self.memory_total_bytes = memory_total_bytes
         self.cpus = cpus
-        self.cpu_features: set[str] = set(cpu_features)   # what this host's CPU offers (settable)
-        self.domains: dict[str, FakeDomain] = {}      # by UUID
+        self.cpu_features: set[str] = set(cpu_features)  # what this host's CPU offers (settable)
+        self.domains: dict[str, FakeDomain] = {}  # by UUID
         self.disk_sizes: dict[str, tuple[int, int]] = {}  # path -> (virtual size, allocation)
-        self.jobs: dict[str, _Job] = {}               # by domain UUID
+        self.jobs: dict[str, _Job] = {}  # by domain UUID
         self.calls: list[str] = []
         self.reachable = True
         self._faults: dict[str, list[FerryError]] = {}
         self._hangs: set[str] = set()
-        self._failures: dict[str, tuple[int, int]] = {}   # domain name -> (step, libvirt code)
+        self._failures: dict[str, tuple[int, int]] = {}  # domain name -> (step, libvirt code)
         self._gate = asyncio.Event()
         self._gate.set()
 
     # ------------------------------------------------------------------ set-up and faults
 
-    def add_domain(self, xml: str, *, state: DomainState = DomainState.RUNNING, persistent: bool = True,
-                   dirty_bytes_per_s: int = 0) -> DomainInfo:
+    def add_domain(
+        self, xml: str, *, state: DomainState = DomainState.RUNNING, persistent: bool = True, dirty_bytes_per_s: int = 0
+    ) -> DomainInfo:
         dom = FakeDomain(xml, state, persistent, dirty_bytes_per_s)
         self.domains[dom.uuid] = dom
         return self._info(dom)
@@ -199,16 +293,26 @@ class FakeHypervisor:
 
     # ------------------------------------------------------------------ helpers
 
-    def _error(self, code: int, message: str, call: str, *, domain: int = le.VIR_FROM_QEMU,
-               peer: str = "", peer_unreachable: bool = False) -> FerryError:
-        return le.translate(code, domain, message, call=call, host=self.uri, peer=peer,
-                            peer_unreachable=peer_unreachable)
+    def _error(
+        self,
+        code: int,
+        message: str,
+        call: str,
+        *,
+        domain: int = le.VIR_FROM_QEMU,
+        peer: str = "",
+        peer_unreachable: bool = False,
+    ) -> FerryError:
+        return le.translate(
+            code, domain, message, call=call, host=self.uri, peer=peer, peer_unreachable=peer_unreachable
+        )
 
     async def _enter(self, method: str, call: str) -> None:
         self.calls.append(method)
         if not self.reachable:
-            raise self._error(le.VIR_ERR_SYSTEM_ERROR, "unable to connect to server: Connection refused",
-                              call, domain=le.VIR_FROM_RPC)
+            raise self._error(
+                le.VIR_ERR_SYSTEM_ERROR, "unable to connect to server: Connection refused", call, domain=le.VIR_FROM_RPC
+            )
         if method in self._hangs:
             await asyncio.sleep(self.timeout_s)
             raise le.timeout_error(call, self.uri, self.timeout_s)
@@ -217,11 +321,11 @@ class FakeHypervisor:
             raise faults.pop(0)
 
     def _lookup(self, name_or_uuid: str, call: str) -> FakeDomain:
-        dom = self.domains.get(name_or_uuid) or next(
-            (d for d in self.domains.values() if d.name == name_or_uuid), None)
+        dom = self.domains.get(name_or_uuid) or next((d for d in self.domains.values() if d.name == name_or_uuid), None)
         if dom is None:
-            raise self._error(le.VIR_ERR_NO_DOMAIN,
-                              f"Domain not found: no domain with matching name or uuid '{name_or_uuid}'", call)
+            raise self._error(
+                le.VIR_ERR_NO_DOMAIN, f"Domain not found: no domain with matching name or uuid '{name_or_uuid}'", call
+            )
         return dom
 
     def _size(self, path: str) -> tuple[int, int]:
@@ -236,23 +340,42 @@ class FakeHypervisor:
 
     def _info(self, dom: FakeDomain) -> DomainInfo:
         parsed = parse_domain(dom.xml)
-        disks = tuple(replace(d, virtual_size=self._size(d.source)[0], allocation=self._size(d.source)[1])
-                      if d.source else d for d in parse_disks(dom.xml))
-        return DomainInfo(name=parsed.name, uuid=parsed.uuid, state=dom.state, memory_bytes=parsed.memory_bytes,
-                          vcpus=parsed.vcpus, persistent=dom.persistent, disks=disks,
-                          nics=tuple(parse_nics(dom.xml)), cpu_mode=parsed.cpu_mode, cpu_model=parsed.cpu_model,
-                          os_type=parsed.domain_type)
+        disks = tuple(
+            replace(d, virtual_size=self._size(d.source)[0], allocation=self._size(d.source)[1]) if d.source else d
+            for d in parse_disks(dom.xml)
+        )
+        return DomainInfo(
+            name=parsed.name,
+            uuid=parsed.uuid,
+            state=dom.state,
+            memory_bytes=parsed.memory_bytes,
+            vcpus=parsed.vcpus,
+            persistent=dom.persistent,
+            disks=disks,
+            nics=tuple(parse_nics(dom.xml)),
+            cpu_mode=parsed.cpu_mode,
+            cpu_model=parsed.cpu_model,
+            os_type=parsed.domain_type,
+        )
 
     # ------------------------------------------------------------------ port: reading
 
     async def host_facts(self) -> HostFacts:
         await self._enter("host_facts", "getCapabilities")
         used = sum(parse_domain(d.xml).memory_bytes for d in self.domains.values() if d.state.is_active)
-        return HostFacts(hostname=self.hostname, host_uuid=self.host_uuid, libvirt_version=9_000_000,
-                         qemu_version=7_002_000, cpu_model="qemu64", arch="x86_64",
-                         cpu_features=tuple(sorted(self.cpu_features)),
-                         cpus=self.cpus, memory_total_bytes=self.memory_total_bytes,
-                         memory_free_bytes=self.memory_total_bytes - used, networks=tuple(self.networks))
+        return HostFacts(
+            hostname=self.hostname,
+            host_uuid=self.host_uuid,
+            libvirt_version=9_000_000,
+            qemu_version=7_002_000,
+            cpu_model="qemu64",
+            arch="x86_64",
+            cpu_features=tuple(sorted(self.cpu_features)),
+            cpus=self.cpus,
+            memory_total_bytes=self.memory_total_bytes,
+            memory_free_bytes=self.memory_total_bytes - used,
+            networks=tuple(self.networks),
+        )
 
     async def list_domains(self) -> list[DomainInfo]:
         await self._enter("list_domains", "listAllDomains")
@@ -279,7 +402,7 @@ class FakeHypervisor:
         if completed:
             return dom.completed or JobStats()
         if not dom.state.is_active:
-            return JobStats()   # a domain that does not run has no job (the real adapter says so too)
+            return JobStats()  # a domain that does not run has no job (the real adapter says so too)
         job = self.jobs.get(dom.uuid)
         return job.stats if job is not None else JobStats()
 
@@ -287,14 +410,14 @@ class FakeHypervisor:
         await self._enter("remote_completed_job", "jobStats")
         target = self.fleet.hosts.get(target_uri)
         if target is None or not target.reachable:
-            raise le.translate(le.VIR_ERR_SYSTEM_ERROR, le.VIR_FROM_RPC, "unable to connect to server",
-                               call="open", host=target_uri)
+            raise le.translate(
+                le.VIR_ERR_SYSTEM_ERROR, le.VIR_FROM_RPC, "unable to connect to server", call="open", host=target_uri
+            )
         return await target.job_stats(name_or_uuid, completed=True)
 
     # ------------------------------------------------------------------ port: CPU and peers
 
-    async def compare_cpu(self, cpu_xml: str, *, arch: str, machine: str, virttype: str,
-                          emulator: str) -> str:
+    async def compare_cpu(self, cpu_xml: str, *, arch: str, machine: str, virttype: str, emulator: str) -> str:
         """As libvirt: a model's features plus the required ones must all be on this host's CPU
         (``cpu_features``); an unknown model cannot be compared; a CPU copied from the host
         (host-passthrough) compares as a superset."""
@@ -306,8 +429,10 @@ class FakeHypervisor:
         if model not in CPU_MODELS:
             raise cpu_check_failed(self.uri, f"internal error: Unknown CPU model {model}")
         dropped = {f.get("name", "") for f in cpu.iterfind("feature") if f.get("policy") in ("disable", "forbid")}
-        wanted = [*CPU_MODELS[model], *(f.get("name", "") for f in cpu.iterfind("feature")
-                                        if f.get("policy", "require") == "require")]
+        wanted = [
+            *CPU_MODELS[model],
+            *(f.get("name", "") for f in cpu.iterfind("feature") if f.get("policy", "require") == "require"),
+        ]
         missing = [f for f in dict.fromkeys(wanted) if f not in dropped and f not in self.cpu_features]
         return f"Host CPU does not provide required features: {', '.join(missing)}" if missing else ""
 
@@ -332,9 +457,15 @@ class FakeHypervisor:
             if member is None or not member.reachable:
                 raise probe.open_failed(uri, self.hostname, "unable to connect to server: Connection refused")
 
-        return await probe.probe_peer(uri, from_host=self.hostname, resolve=resolve, connect=connect,
-                                      open_libvirt=open_libvirt, migration_address=migration_address,
-                                      clock=lambda: 0.0)
+        return await probe.probe_peer(
+            uri,
+            from_host=self.hostname,
+            resolve=resolve,
+            connect=connect,
+            open_libvirt=open_libvirt,
+            migration_address=migration_address,
+            clock=lambda: 0.0,
+        )
 
     # ------------------------------------------------------------------ port: tuning a job
 
@@ -342,8 +473,9 @@ class FakeHypervisor:
         dom = self._lookup(name_or_uuid, call)
         job = self.jobs.get(dom.uuid)
         if job is None:
-            raise self._error(le.VIR_ERR_OPERATION_INVALID, "Requested operation is not valid: "
-                              "no job is active on the domain", call)
+            raise self._error(
+                le.VIR_ERR_OPERATION_INVALID, "Requested operation is not valid: no job is active on the domain", call
+            )
         return job
 
     async def abort_job(self, name_or_uuid: str) -> bool:
@@ -376,23 +508,38 @@ class FakeHypervisor:
         await self._enter("start_postcopy", "migrateStartPostCopy")
         job = self._job(name_or_uuid, "migrateStartPostCopy")
         if not job.options.allow_postcopy:
-            raise self._error(le.VIR_ERR_OPERATION_INVALID,
-                              "switching to post-copy requires migration to be started with VIR_MIGRATE_POSTCOPY",
-                              "migrateStartPostCopy")
+            raise self._error(
+                le.VIR_ERR_OPERATION_INVALID,
+                "switching to post-copy requires migration to be started with VIR_MIGRATE_POSTCOPY",
+                "migrateStartPostCopy",
+            )
         job.postcopy = True
 
     # ------------------------------------------------------------------ port: migrate
 
-    async def migrate(self, name_or_uuid: str, *, target_uri: str, destination_xml: str,
-                      options: MigrationOptions, migrate_disks: list[str], migrate_uri: str = "",
-                      timeout_s: float) -> None:
+    async def migrate(
+        self,
+        name_or_uuid: str,
+        *,
+        target_uri: str,
+        destination_xml: str,
+        options: MigrationOptions,
+        migrate_disks: list[str],
+        migrate_uri: str = "",
+        timeout_s: float,
+    ) -> None:
         call = "migrateToURI3"
         await self._enter("migrate", call)
         dom = self._lookup(name_or_uuid, call)
         target = self.fleet.hosts.get(target_uri)
         if target is None or not target.reachable:
-            raise self._error(le.VIR_ERR_OPERATION_FAILED, f"Failed to connect to remote libvirt URI {target_uri}",
-                              call, peer=target_uri, peer_unreachable=True)
+            raise self._error(
+                le.VIR_ERR_OPERATION_FAILED,
+                f"Failed to connect to remote libvirt URI {target_uri}",
+                call,
+                peer=target_uri,
+                peer_unreachable=True,
+            )
         job = self._start_job(dom, target, destination_xml, options, migrate_disks, target_uri)
         try:
             async with asyncio.timeout(timeout_s):
@@ -401,29 +548,48 @@ class FakeHypervisor:
             job.abort = True
             raise le.timeout_error(call, self.uri, timeout_s) from None
 
-    def _start_job(self, dom: FakeDomain, target: FakeHypervisor, destination_xml: str,
-                   options: MigrationOptions, migrate_disks: list[str], target_uri: str) -> _Job:
+    def _start_job(
+        self,
+        dom: FakeDomain,
+        target: FakeHypervisor,
+        destination_xml: str,
+        options: MigrationOptions,
+        migrate_disks: list[str],
+        target_uri: str,
+    ) -> _Job:
         call = "migrateToURI3"
         if dom.uuid in self.jobs:
-            raise self._error(le.VIR_ERR_OPERATION_TIMEOUT, "Timed out during operation: cannot acquire "
-                              "state change lock (held by monitor=remoteDispatchDomainMigratePerform3Params)", call)
+            raise self._error(
+                le.VIR_ERR_OPERATION_TIMEOUT,
+                "Timed out during operation: cannot acquire "
+                "state change lock (held by monitor=remoteDispatchDomainMigratePerform3Params)",
+                call,
+            )
         if options.offline:
             if not options.persist_dest:
-                raise self._error(le.VIR_ERR_OPERATION_INVALID, "offline migration must be specified with "
-                                  "the persistent flag set", call)
+                raise self._error(
+                    le.VIR_ERR_OPERATION_INVALID,
+                    "offline migration must be specified with the persistent flag set",
+                    call,
+                )
             if options.storage is not StorageMode.SHARED:
-                raise self._error(le.VIR_ERR_OPERATION_INVALID, "offline migration cannot handle non-shared "
-                                  "storage", call)
+                raise self._error(
+                    le.VIR_ERR_OPERATION_INVALID, "offline migration cannot handle non-shared storage", call
+                )
         elif not dom.state.is_active:
-            raise self._error(le.VIR_ERR_OPERATION_INVALID, "Requested operation is not valid: domain is not "
-                              "running", call)
+            raise self._error(
+                le.VIR_ERR_OPERATION_INVALID, "Requested operation is not valid: domain is not running", call
+            )
         incoming = destination_xml or dom.xml
         for other in target.domains.values():
             if (other.uuid == dom.uuid or other.name == dom.name) and other.state.is_active:
-                raise self._error(le.VIR_ERR_OPERATION_INVALID, f"Requested operation is not valid: domain "
-                                  f"'{other.name}' is already active", call)
+                raise self._error(
+                    le.VIR_ERR_OPERATION_INVALID,
+                    f"Requested operation is not valid: domain '{other.name}' is already active",
+                    call,
+                )
         copy = options.storage is not StorageMode.SHARED
-        if not options.offline and not options.unsafe:   # the source checks this first (Begin phase)
+        if not options.offline and not options.unsafe:  # the source checks this first (Begin phase)
             self._check_safe(dom, set(migrate_disks) if copy else set(), call)
         disk_total = 0
         if copy and not options.offline:
@@ -431,9 +597,13 @@ class FakeHypervisor:
             for name in migrate_disks:
                 path = by_target[name].source if name in by_target else ""
                 if target.host is not None and not target.host.exists(path):
-                    raise self._error(le.VIR_ERR_NO_STORAGE_POOL, "Storage pool not found: no storage pool "
-                                        f"with matching target path '{path.rsplit('/', 1)[0]}'", call,
-                                        domain=18, peer=target_uri)
+                    raise self._error(
+                        le.VIR_ERR_NO_STORAGE_POOL,
+                        f"Storage pool not found: no storage pool with matching target path '{path.rsplit('/', 1)[0]}'",
+                        call,
+                        domain=18,
+                        peer=target_uri,
+                    )
                 src = next((d for d in parse_disks(dom.xml) if d.target == name), None)
                 size = self._size(src.source) if src else (0, 0)
                 disk_total += size[1] or size[0]
@@ -442,14 +612,34 @@ class FakeHypervisor:
             for nic in parse_nics(incoming):
                 if nic.type == "bridge" and nic.source not in target.host.bridges():
                     # what the target's QEMU driver reports, passed back through the source
-                    raise self._error(le.VIR_ERR_SYSTEM_ERROR, f"Cannot get interface MTU on '{nic.source}': "
-                                      "No such device", call, domain=0, peer=target_uri)
+                    raise self._error(
+                        le.VIR_ERR_SYSTEM_ERROR,
+                        f"Cannot get interface MTU on '{nic.source}': No such device",
+                        call,
+                        domain=0,
+                        peer=target_uri,
+                    )
         memory = parse_domain(dom.xml).memory_bytes
-        stats = JobStats(active=True, job_type="unbounded", operation="migration out", memory_total=memory,
-                         memory_remaining=memory, disk_total=disk_total, disk_remaining=disk_total)
+        stats = JobStats(
+            active=True,
+            job_type="unbounded",
+            operation="migration out",
+            memory_total=memory,
+            memory_remaining=memory,
+            disk_total=disk_total,
+            disk_remaining=disk_total,
+        )
         mibps = options.bandwidth_mibps or dom.bandwidth_mibps
-        job = _Job(dom, target, options, list(migrate_disks), incoming, stats,
-                   max_downtime_ms=dom.max_downtime_ms, bandwidth_bps=(mibps * MiB) if mibps else GiB)
+        job = _Job(
+            dom,
+            target,
+            options,
+            list(migrate_disks),
+            incoming,
+            stats,
+            max_downtime_ms=dom.max_downtime_ms,
+            bandwidth_bps=(mibps * MiB) if mibps else GiB,
+        )
         self.jobs[dom.uuid] = job
         asyncio.get_running_loop().create_task(self._run_job(job), name=f"fake migration {dom.name}")
         return job
@@ -473,11 +663,16 @@ class FakeHypervisor:
                 continue
             fs = self._fs_type(disk.source)
             if fs not in _SHARED_FS:
-                raise self._error(le.VIR_ERR_MIGRATE_UNSAFE, "Unsafe migration: Migration without shared "
-                                  "storage is unsafe", call)
+                raise self._error(
+                    le.VIR_ERR_MIGRATE_UNSAFE, "Unsafe migration: Migration without shared storage is unsafe", call
+                )
             if fs not in _CLUSTER_FS and disk.cache not in ("none", "directsync"):
-                raise self._error(le.VIR_ERR_MIGRATE_UNSAFE, "Unsafe migration: Migration may lead to data "
-                                  "corruption if disks use cache other than none or directsync", call)
+                raise self._error(
+                    le.VIR_ERR_MIGRATE_UNSAFE,
+                    "Unsafe migration: Migration may lead to data "
+                    "corruption if disks use cache other than none or directsync",
+                    call,
+                )
 
     async def _run_job(self, job: _Job) -> None:
         name = job.domain.name
@@ -488,23 +683,30 @@ class FakeHypervisor:
                 return
             while True:
                 await asyncio.sleep(self.step_s)
-                if not job.abort:   # an abort is acted on even while jobs are held (its end then waits)
+                if not job.abort:  # an abort is acted on even while jobs are held (its end then waits)
                     await self._gate.wait()
                     job.step += 1
                 if job.abort:
                     await self._ending(job, "cancelled")
-                    raise self._error(le.VIR_ERR_OPERATION_ABORTED, "operation aborted: job 'migration out' "
-                                      "canceled by client", "migrateToURI3")
+                    raise self._error(
+                        le.VIR_ERR_OPERATION_ABORTED,
+                        "operation aborted: job 'migration out' canceled by client",
+                        "migrateToURI3",
+                    )
                 if failure and job.step >= failure[0]:
                     await self._ending(job, "failed")
-                    raise self._error(failure[1], "internal error: qemu unexpectedly closed the monitor",
-                                      "migrateToURI3", peer=job.target.uri)
+                    raise self._error(
+                        failure[1],
+                        "internal error: qemu unexpectedly closed the monitor",
+                        "migrateToURI3",
+                        peer=job.target.uri,
+                    )
                 if self._advance(job):
                     self._land(job)
                     return
         except FerryError as exc:
             if job.postcopy:
-                job.domain.state = DomainState.PAUSED   # post-copy failed: the guest is split
+                job.domain.state = DomainState.PAUSED  # post-copy failed: the guest is split
             job.done.set_exception(exc)
         finally:
             self.jobs.pop(job.domain.uuid, None)
@@ -526,15 +728,26 @@ class FakeHypervisor:
         elapsed = s.time_elapsed_ms + self.step_ms
         if s.disk_remaining > 0:
             moved = min(send, s.disk_remaining)
-            job.stats = replace(s, time_elapsed_ms=elapsed, disk_processed=s.disk_processed + moved,
-                                disk_remaining=s.disk_remaining - moved, bandwidth_bps=job.bandwidth_bps)
+            job.stats = replace(
+                s,
+                time_elapsed_ms=elapsed,
+                disk_processed=s.disk_processed + moved,
+                disk_remaining=s.disk_remaining - moved,
+                bandwidth_bps=job.bandwidth_bps,
+            )
             return False
         if job.postcopy:
             if job.domain.state is not DomainState.PAUSED:
-                job.domain.state = DomainState.PAUSED   # the guest now runs on the target
+                job.domain.state = DomainState.PAUSED  # the guest now runs on the target
             moved = min(send, s.memory_remaining)
-            job.stats = replace(s, time_elapsed_ms=elapsed, memory_processed=s.memory_processed + moved,
-                                memory_remaining=s.memory_remaining - moved, postcopy=True, dirty_rate_pages=0)
+            job.stats = replace(
+                s,
+                time_elapsed_ms=elapsed,
+                memory_processed=s.memory_processed + moved,
+                memory_remaining=s.memory_remaining - moved,
+                postcopy=True,
+                dirty_rate_pages=0,
+            )
             return job.stats.memory_remaining == 0
         iteration = max(1, s.iteration)
         rate = job.domain.dirty_bytes_per_s * (100 - job.throttle) // 100
@@ -543,32 +756,46 @@ class FakeHypervisor:
         remaining = s.memory_remaining - moved
         if remaining == 0:
             if job.dirtied * 1000 // max(1, job.bandwidth_bps) <= job.max_downtime_ms:
-                job.stats = replace(s, time_elapsed_ms=elapsed, memory_processed=s.memory_processed + moved
-                                    + job.dirtied, memory_remaining=0, iteration=iteration,
-                                    downtime_ms=max(1, job.dirtied * 1000 // max(1, job.bandwidth_bps)))
+                job.stats = replace(
+                    s,
+                    time_elapsed_ms=elapsed,
+                    memory_processed=s.memory_processed + moved + job.dirtied,
+                    memory_remaining=0,
+                    iteration=iteration,
+                    downtime_ms=max(1, job.dirtied * 1000 // max(1, job.bandwidth_bps)),
+                )
                 return True
             iteration, remaining, job.dirtied = iteration + 1, job.dirtied, 0
             if job.options.auto_converge and iteration > 2:
                 job.throttle = min(99, (job.throttle or 10) + 10)
-        job.stats = replace(s, time_elapsed_ms=elapsed, memory_processed=s.memory_processed + moved,
-                            memory_remaining=remaining, iteration=iteration, bandwidth_bps=job.bandwidth_bps,
-                            dirty_rate_pages=rate // 4096, auto_converge_throttle=job.throttle)
+        job.stats = replace(
+            s,
+            time_elapsed_ms=elapsed,
+            memory_processed=s.memory_processed + moved,
+            memory_remaining=remaining,
+            iteration=iteration,
+            bandwidth_bps=job.bandwidth_bps,
+            dirty_rate_pages=rate // 4096,
+            auto_converge_throttle=job.throttle,
+        )
         return False
 
     def _land(self, job: _Job) -> None:
         """Switch-over: the domain now lives on the target; the source keeps what the flags say."""
         dom, opts, target = job.domain, job.options, job.target
-        done = replace(job.stats, active=False, job_type="completed", operation="migration in",
-                       postcopy=job.postcopy)
+        done = replace(job.stats, active=False, job_type="completed", operation="migration in", postcopy=job.postcopy)
         # as libvirt: the target's completed "migration in" job does not count disk bytes
         incoming = replace(done, disk_total=0, disk_processed=0, disk_remaining=0)
-        arrived = FakeDomain(job.destination_xml,
-                             DomainState.SHUTOFF if opts.offline else DomainState.RUNNING,
-                             persistent=opts.persist_dest or opts.offline, dirty_bytes_per_s=dom.dirty_bytes_per_s,
-                             completed=incoming)
+        arrived = FakeDomain(
+            job.destination_xml,
+            DomainState.SHUTOFF if opts.offline else DomainState.RUNNING,
+            persistent=opts.persist_dest or opts.offline,
+            dirty_bytes_per_s=dom.dirty_bytes_per_s,
+            completed=incoming,
+        )
         target.domains = {u: d for u, d in target.domains.items() if d.uuid != dom.uuid and d.name != dom.name}
         target.domains[arrived.uuid] = arrived
-        if opts.offline:   # only the definition moved; a running guest keeps running here
+        if opts.offline:  # only the definition moved; a running guest keeps running here
             if opts.undefine_source and dom.state.is_active:
                 dom.persistent = False
             elif opts.undefine_source:

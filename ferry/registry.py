@@ -1,0 +1,116 @@
+"""Host registration and the fleet's directory of agents: shared by the agents and the coordinator.
+
+An agent writes its :class:`HostRegistration` under ``hosts/<name>`` (``keys.host_key``) with its own
+lease (``agent/registration.py``); the coordinator follows that prefix (``coordinator/fleet.py``) and
+offers the result to its engine and preflight as a :class:`HostDirectory`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from ferry.errors import Internal
+from ferry.ports import AgentClient
+
+
+@dataclass(frozen=True)
+class HostRegistration:
+    """What an agent writes under ``hosts/<name>`` while it runs (under its own lease).
+
+    ``address`` is the agent's gRPC address as the coordinator reaches it; ``libvirt_uri`` the
+    URI peers' libvirtd use to reach this host (the migration target URI); ``migration_address``
+    the address QEMU listens on for incoming migration streams ('' = libvirt's choice).
+    """
+
+    name: str
+    address: str
+    libvirt_uri: str = ""
+    migration_address: str = ""
+    registered_at: datetime | None = None
+
+    def encode(self) -> bytes:
+        at = self.registered_at.astimezone(UTC).isoformat() if self.registered_at else None
+        return json.dumps(
+            {
+                "name": self.name,
+                "address": self.address,
+                "libvirt_uri": self.libvirt_uri,
+                "migration_address": self.migration_address,
+                "registered_at": at,
+            },
+            sort_keys=True,
+        ).encode()
+
+    @classmethod
+    def decode(cls, value: bytes) -> HostRegistration:
+        """Raises Internal (REGISTRATION_INVALID) for a value that is not a registration."""
+        try:
+            doc = json.loads(value)
+            at = doc.get("registered_at")
+            return cls(
+                name=str(doc["name"]),
+                address=str(doc["address"]),
+                libvirt_uri=str(doc.get("libvirt_uri") or ""),
+                migration_address=str(doc.get("migration_address") or ""),
+                registered_at=datetime.fromisoformat(at) if at else None,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise Internal(
+                f"host registration is unreadable: {e!r}",
+                reason="REGISTRATION_INVALID",
+                hint="run the same Ferry version on agents and coordinators; delete the key if it is not an agent's",
+            ) from e
+
+    @property
+    def migrate_uri(self) -> str:
+        """QEMU's migration URI for this host as a target ('' = let libvirt choose).
+
+        >>> HostRegistration("host2", "10.77.0.12:7070", migration_address="10.77.0.12").migrate_uri
+        'tcp://10.77.0.12'
+        """
+        return migrate_uri_for(self.migration_address)
+
+
+def migrate_uri_for(migration_address: str) -> str:
+    """``tcp://<address>`` (IPv6 in brackets), or '' when the address is unknown."""
+    if not migration_address:
+        return ""
+    host = (
+        f"[{migration_address}]"
+        if ":" in migration_address and not migration_address.startswith("[")
+        else migration_address
+    )
+    return f"tcp://{host}"
+
+
+@dataclass(frozen=True)
+class HostChange:
+    """A host's agent became available (registered and answering) or stopped being so."""
+
+    host: str
+    available: bool
+
+
+class HostDirectory(Protocol):
+    """The fleet's agents as the engine and preflight use them."""
+
+    def client(self, host: str) -> AgentClient:
+        """The agent client for ``host``; raises a FerryError for a host it does not know."""
+        ...
+
+    def available_hosts(self) -> set[str]:
+        """Hosts whose agent is registered (lease alive) and answering."""
+        ...
+
+    def registration(self, host: str) -> HostRegistration | None:
+        """What the host's agent registered (libvirt URI, migration address), None when unknown:
+        callers then fall back to the host's inventory."""
+        ...
+
+    def changes(self) -> AsyncIterator[HostChange]:
+        """Availability changes from now on (ends when the directory closes)."""
+        ...
