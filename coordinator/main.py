@@ -174,7 +174,7 @@ def grpc_agent_factory(config: CoordinatorConfig) -> AgentFactory:
 
 
 def etcd_store(config: CoordinatorConfig) -> Store:
-    from .etcd_store import EtcdStore, EtcdTLS  # the only etcd import, only in the real process
+    from ferry.etcd_store import EtcdStore, EtcdTLS  # the only etcd import, only in the real process
 
     e = config.etcd
     tls = EtcdTLS(ca_file=e.ca, cert_file=e.cert, key_file=e.key, server_name=e.server_name) if e.ca else None
