@@ -28,7 +28,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ferry.agent.migration import phase_of
+from ferry.agent.progress import phase_of
 from ferry.convert import completed_job_from_stats
 from ferry.diskplan import plan_disks
 from ferry.errors import FerryError, InvalidArgument, NotFound
