@@ -118,7 +118,8 @@ class SourceDisks:
             )
         async with self._lock:
             await self._refuse(domain_uuid, paths)
-            removed, gone = [], []
+            removed: list[str] = []
+            gone: list[str] = []
             for path in paths:
                 (removed if await asyncio.to_thread(self._host.remove, path) else gone).append(path)
         log.info(

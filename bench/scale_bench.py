@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -133,7 +133,7 @@ class CountingStore:
     async def revoke(self, lease: int) -> None:
         await self.inner.revoke(lease)
 
-    def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent | Resync]:
+    def watch(self, prefix: str, start_revision: int) -> AsyncGenerator[WatchEvent | Resync, None]:
         return self.inner.watch(prefix, start_revision)
 
     async def close(self) -> None:

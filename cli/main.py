@@ -13,17 +13,16 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ferry.cli import render
 from ferry.cli.config import coordinator_addresses
 from ferry.errors import FerryError, Unavailable
-from ferry.rpc import create_channel, from_rpc_error
+from ferry.rpc import create_channel, from_rpc_error, serving
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
 from ferry.v1 import types_pb2 as tpb
@@ -153,11 +152,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _phase_from_name(name: str) -> int:
+def _phase_from_name(name: str) -> str:
+    """A phase as the CLI spells it (``RolledBack``, ``rolled-back``) -> its protobuf name (``PHASE_ROLLED_BACK``)."""
     wanted = name.replace("-", "").replace("_", "").lower()
-    for value in cpb.Phase.values():
+    for pb_name, value in cpb.Phase.items():
         if value and render.phase_name(value).lower() == wanted:
-            return value
+            return pb_name
     choices = ", ".join(render.phase_name(v) for v in cpb.Phase.values() if v)
     raise Usage(f"unknown phase {name!r}", hint=f"one of {choices}")
 
@@ -323,13 +323,7 @@ async def pick_coordinator(addresses: Sequence[str], timeout_s: float = 2.0) -> 
         return addresses[0]
     for address in addresses:
         async with create_channel(address) as channel:
-            try:
-                resp = await health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=timeout_s
-                )
-            except grpc.RpcError:
-                continue
-            if resp.status == health_pb2.HealthCheckResponse.SERVING:
+            if await serving(channel, timeout_s=timeout_s):
                 return address
     raise Unavailable(
         f"no coordinator answers at {', '.join(addresses)}",
@@ -352,7 +346,8 @@ async def run(argv: Sequence[str] | None = None) -> int:
             try:
                 async with create_channel(address) as channel:
                     cli = Cli(cgrpc.CoordinatorStub(channel), args)
-                    return await getattr(cli, args.command)()
+                    command: Callable[[], Awaitable[int]] = getattr(cli, args.command)
+                    return await command()
             except grpc.RpcError as exc:
                 # a replica died under us (no Ferry error attached): run the command again on
                 # another one; every command is safe to repeat (submit by idempotency key)

@@ -26,8 +26,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from ferry.errors import AlreadyExists, FerryError
 from ferry.keys import LEADER_KEY
@@ -36,7 +37,7 @@ from ferry.store import Entry, EventKind, LeaseLost, Resync, Store
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-Callback = Callable[[], Awaitable[None]]
+Callback = Callable[[], Coroutine[Any, Any, None]]  # an async function: on_elected runs as a task
 
 
 @dataclass(frozen=True)

@@ -164,4 +164,4 @@ def retry_delay_s(t: Timeouts, retry: int) -> float:
     >>> [retry_delay_s(Timeouts(), n) for n in (1, 2, 3, 6, 7)]
     [30.0, 60.0, 120.0, 900.0, 900.0]
     """
-    return min(t.retry_base_s * 2 ** (max(retry, 1) - 1), t.retry_max_s)
+    return min(t.retry_base_s * 2.0 ** (max(retry, 1) - 1), t.retry_max_s)

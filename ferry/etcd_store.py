@@ -24,10 +24,11 @@ What this adapter adds over the client (see /work/shared/notes/etcd.md for the c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import builtins
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -39,6 +40,9 @@ from etcd3aio import (
     EtcdUnauthenticatedError,
     prefix_range_end,
 )
+from etcd3aio.kv import KVService
+from etcd3aio.lease import LeaseService
+from etcd3aio.watch import WatchService
 
 from ferry.errors import FailedPrecondition, FerryError, InvalidArgument, Unavailable
 from ferry.rpc import error_type_for
@@ -73,6 +77,15 @@ class EtcdTLS:
     cert_file: Path | None = None
     key_file: Path | None = None
     server_name: str | None = None  # needed with several endpoints: a DNS SAN of the server certs
+
+
+@dataclass(frozen=True)
+class _Services:
+    """A connected client's services (the client holds them as optional: None until connect())."""
+
+    kv: KVService
+    lease: LeaseService
+    watch: WatchService
 
 
 def _entry(kv: Any, prefix_len: int) -> Entry:
@@ -119,6 +132,7 @@ class EtcdStore:
         self._timeout_s = timeout_s
         self._attempt_timeout_s = min(attempt_timeout_s, timeout_s)
         self._client: Etcd3Client | None = None
+        self._services: _Services | None = None
         self._lost_replies = 0
         self._closed = False
 
@@ -138,7 +152,7 @@ class EtcdStore:
     async def create(self, key: str, value: bytes, lease: int | None = None) -> int:
         full = self._full(key)
 
-        def txn(c: Etcd3Client, t: float) -> Awaitable[Any]:
+        def txn(c: _Services, t: float) -> Awaitable[Any]:
             kv = c.kv
             return kv.txn(
                 [kv.txn_compare_create_revision(full, 0)],
@@ -149,7 +163,7 @@ class EtcdStore:
 
         resp, retried = await self._write("create", txn, lease)
         if resp.succeeded:
-            return resp.header.revision
+            return int(resp.header.revision)
         current = self._read_back(resp)
         if retried and write_landed(current, value, lease, 0):
             assert current is not None
@@ -159,7 +173,7 @@ class EtcdStore:
     async def update(self, key: str, value: bytes, expected_mod_revision: int, lease: int | None = None) -> int:
         full = self._full(key)
 
-        def txn(c: Etcd3Client, t: float) -> Awaitable[Any]:
+        def txn(c: _Services, t: float) -> Awaitable[Any]:
             kv = c.kv
             return kv.txn(
                 [_compare_mod(kv, full, expected_mod_revision)],
@@ -170,7 +184,7 @@ class EtcdStore:
 
         resp, retried = await self._write("update", txn, lease)
         if resp.succeeded:
-            return resp.header.revision
+            return int(resp.header.revision)
         current = self._read_back(resp)
         if retried and write_landed(current, value, lease, expected_mod_revision):
             assert current is not None
@@ -183,7 +197,7 @@ class EtcdStore:
             resp = await self._call("delete", lambda c, t: c.kv.delete(full, timeout=t))
             return resp.header.revision if resp.deleted else None
 
-        def txn(c: Etcd3Client, t: float) -> Awaitable[Any]:
+        def txn(c: _Services, t: float) -> Awaitable[Any]:
             kv = c.kv
             return kv.txn(
                 [_compare_mod(kv, full, expected_mod_revision)],
@@ -208,7 +222,7 @@ class EtcdStore:
         return int(resp.ID)
 
     async def keepalive(self, lease: int) -> int:
-        async def once(c: Etcd3Client, t: float) -> Any:
+        async def once(c: _Services, t: float) -> Any:
             stream = c.lease.keep_alive(lease)
             try:
                 async with asyncio.timeout(t):
@@ -232,15 +246,19 @@ class EtcdStore:
 
     # -- watch ----------------------------------------------------------------------------------
 
-    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent | Resync]:
+    async def watch(self, prefix: str, start_revision: int) -> AsyncGenerator[WatchEvent | Resync, None]:
         full = self._full(prefix)
         delivered = start_revision - 1  # every event at or below this revision was yielded
         while not self._closed:
-            client = await self._connected()
+            services = await self._connected()
             lib_resume = delivered + 1  # where the client would resume after a broken stream
             created_seen = False
             compacted = False
-            inner = client.watch.watch(full, prefix_range_end(full), start_revision=delivered + 1)
+            # declared an AsyncIterator, it is an async generator: closed below so its stream ends now
+            inner = cast(
+                AsyncGenerator[Any, None],
+                services.watch.watch(full, prefix_range_end(full), start_revision=delivered + 1),
+            )
             try:
                 async for resp in inner:
                     if resp.created:
@@ -280,6 +298,7 @@ class EtcdStore:
         if self._client is not None:
             await self._client.close()
             self._client = None
+            self._services = None
 
     def lose_next_replies(self, count: int = 1) -> None:
         """Test fault: the next ``count`` txns reach etcd and apply, then their reply is 'lost'."""
@@ -299,42 +318,40 @@ class EtcdStore:
         kvs = resp.responses[0].response_range.kvs
         return _entry(kvs[0], len(self._prefix_bytes)) if kvs else None
 
-    async def _connected(self) -> Etcd3Client:
+    async def _connected(self) -> _Services:
         if self._closed:
             raise Unavailable(
                 "the etcd store is closed", reason="STORE_CLOSED", hint="do not use a store after close()"
             )
-        if self._client is None:
-            tls: dict[str, bytes | None] = {}
-            if self._tls is not None:
-                tls = {
-                    "ca_cert": self._tls.ca_file.read_bytes(),
-                    "cert_chain": self._tls.cert_file.read_bytes() if self._tls.cert_file else None,
-                    "cert_key": self._tls.key_file.read_bytes() if self._tls.key_file else None,
-                }
+        if self._services is None:
+            tls = self._tls
             client = Etcd3Client(
                 self.endpoints,
                 rpc_max_attempts=1,
                 watch_reconnect_backoff_seconds=0.1,
                 watch_max_reconnect_backoff_seconds=1.0,
-                tls_server_name=self._tls.server_name if self._tls else None,
-                **tls,
+                tls_server_name=tls.server_name if tls else None,
+                ca_cert=tls.ca_file.read_bytes() if tls else None,  # None: plaintext
+                cert_chain=tls.cert_file.read_bytes() if tls and tls.cert_file else None,
+                cert_key=tls.key_file.read_bytes() if tls and tls.key_file else None,
             )
             await client.connect()
+            assert client.kv is not None and client.lease is not None and client.watch is not None  # set by connect()
             self._client = client
-        return self._client
+            self._services = _Services(client.kv, client.lease, client.watch)
+        return self._services
 
-    async def _call(self, op: str, attempt: Callable[[Etcd3Client, float], Awaitable[T]]) -> T:
+    async def _call(self, op: str, attempt: Callable[[_Services, float], Awaitable[T]]) -> T:
         """Run ``attempt`` until it succeeds, retrying outcome-unknown failures until ``timeout_s``."""
         result, _ = await self._retrying(op, attempt, None)
         return result
 
     async def _write(
-        self, op: str, txn: Callable[[Etcd3Client, float], Awaitable[Any]], lease: int | None
+        self, op: str, txn: Callable[[_Services, float], Awaitable[Any]], lease: int | None
     ) -> tuple[Any, bool]:
         """Run a txn; also says whether an earlier attempt's outcome was unknown (it may have applied)."""
 
-        async def attempt(c: Etcd3Client, t: float) -> Any:
+        async def attempt(c: _Services, t: float) -> Any:
             resp = await txn(c, t)
             if self._lost_replies > 0:
                 self._lost_replies -= 1
@@ -344,17 +361,17 @@ class EtcdStore:
         return await self._retrying(op, attempt, lease)
 
     async def _retrying(
-        self, op: str, attempt: Callable[[Etcd3Client, float], Awaitable[T]], lease: int | None
+        self, op: str, attempt: Callable[[_Services, float], Awaitable[T]], lease: int | None
     ) -> tuple[T, bool]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
         backoff = _FIRST_BACKOFF_S
         uncertain = False
         while True:
-            client = await self._connected()
+            services = await self._connected()
             per_try = max(0.05, min(self._attempt_timeout_s, deadline - loop.time()))
             try:
-                return await attempt(client, per_try), uncertain
+                return await attempt(services, per_try), uncertain
             except Exception as exc:
                 if not _outcome_unknown(exc):
                     raise self._map(exc, op, lease) from exc
@@ -364,7 +381,7 @@ class EtcdStore:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
-    async def _list_until_ok(self, prefix: str) -> tuple[list[Entry], int]:
+    async def _list_until_ok(self, prefix: str) -> tuple[builtins.list[Entry], int]:  # builtins: self.list shadows it
         while True:
             try:
                 return await self.list(prefix)

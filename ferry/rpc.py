@@ -14,7 +14,7 @@ import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import grpc
 from google.protobuf import any_pb2
@@ -28,6 +28,9 @@ from ferry.errors import ERROR_DOMAIN, FerryError, Internal, StatusCode, error_f
 log = logging.getLogger(__name__)
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+"""A servicer method's context (``rpc_method`` wraps methods of every request and response type)."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,8 @@ def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ["", *names]:
         # aio HealthServicer.set is a coroutine; the underlying dict write is enough before start
-        health_servicer._server_status[name] = health_pb2.HealthCheckResponse.SERVING  # noqa: SLF001
+        # (a private attribute: not in the type stubs)
+        health_servicer._server_status[name] = health_pb2.HealthCheckResponse.SERVING  # type: ignore[attr-defined]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     ports = []
     for address in addresses:
@@ -118,6 +122,17 @@ def create_channel(address: str, *, tls: Tls | None = None) -> grpc.aio.Channel:
         certificate_chain=tls.cert.read_bytes(),
     )
     return grpc.aio.secure_channel(address, creds, options=_CHANNEL_OPTIONS)
+
+
+async def serving(channel: grpc.aio.Channel, *, timeout_s: float) -> bool:
+    """The server's grpc.health.v1 Check says SERVING (False when the call fails or times out)."""
+    # types-grpcio-health-checking declares HealthStub without its methods
+    check = health_pb2_grpc.HealthStub(channel).Check  # type: ignore[attr-defined]
+    try:
+        reply: health_pb2.HealthCheckResponse = await check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+    except grpc.RpcError:
+        return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 # ---------------------------------------------------------------- errors <-> status
@@ -154,18 +169,28 @@ def from_rpc_error(exc: grpc.RpcError) -> FerryError:
     message = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
     err_type = error_type_for(code)
     reason, hint = None, ""
-    metadata = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None
-    for key, value in metadata or ():
-        if key != _STATUS_DETAILS_KEY:
+    for key, value in _trailing_metadata(exc):
+        if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
             continue
         status = status_pb2.Status.FromString(value)
         for detail in status.details:
             info = error_details_pb2.ErrorInfo()
-            if detail.Is(info.DESCRIPTOR) and detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+            if detail.Unpack(info) and info.domain == ERROR_DOMAIN:  # Unpack: False for another type
                 reason, hint = info.reason, info.metadata.get("hint", "")
     if reason is None and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         reason = "UNREACHABLE" if code == grpc.StatusCode.UNAVAILABLE else "TIMEOUT"
     return err_type(message or code.name, reason=reason, hint=hint)
+
+
+def _trailing_metadata(exc: grpc.RpcError) -> Iterable[tuple[str, str | bytes]]:
+    """The (key, value) pairs of a failed call's trailing metadata (none when it has no such call).
+
+    The stubs type grpc.RpcError's as ``_Metadatum`` objects; an aio error returns ``grpc.aio.Metadata``
+    and a sync one namedtuples: both iterate as (key, value) pairs.
+    """
+    if not callable(getattr(exc, "trailing_metadata", None)):
+        return ()
+    return cast(Iterable[tuple[str, str | bytes]], exc.trailing_metadata() or ())
 
 
 def _log(err: FerryError, method: str) -> None:
@@ -191,7 +216,7 @@ def rpc_method(fn: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(fn):
 
         @functools.wraps(fn)
-        async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def stream(self: Any, request: Any, context: Context) -> Any:
             try:
                 async for item in fn(self, request, context):
                     yield item
@@ -205,7 +230,7 @@ def rpc_method(fn: Callable[..., Any]) -> Callable[..., Any]:
         return stream
 
     @functools.wraps(fn)
-    async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def unary(self: Any, request: Any, context: Context) -> Any:
         try:
             return await fn(self, request, context)
         except grpc.aio.AbortError:
@@ -219,10 +244,12 @@ def rpc_method(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 __all__ = [
+    "Context",
     "Tls",
     "create_channel",
     "create_server",
     "from_rpc_error",
     "rpc_method",
+    "serving",
     "to_status",
 ]

@@ -47,7 +47,7 @@ the hint names the endpoints), ``FailedPrecondition`` (credentials/TLS refused).
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -197,8 +197,11 @@ class Store(Protocol):
         """End the lease now, deleting its keys. Revoking an unknown lease is not an error."""
         ...
 
-    def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent | Resync]:
-        """Changes under ``prefix`` from ``start_revision`` on (see the module doc). Runs until closed."""
+    def watch(self, prefix: str, start_revision: int) -> AsyncGenerator[WatchEvent | Resync, None]:
+        """Changes under ``prefix`` from ``start_revision`` on (see the module doc). Runs until closed.
+
+        An async generator: a consumer that stops early closes it (``aclose()``, ``contextlib.aclosing``).
+        """
         ...
 
     async def close(self) -> None:

@@ -134,18 +134,11 @@ def health_serving(address: str, timeout: float = HEALTH_CALL_TIMEOUT_S) -> bool
 
 
 async def _health_check(address: str, timeout: float) -> bool:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    from ferry.rpc import create_channel
+    from ferry.rpc import create_channel, serving
 
     channel = create_channel(address)
     try:
-        stub = health_pb2_grpc.HealthStub(channel)
-        reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-    except grpc.RpcError:
-        return False
+        return await serving(channel, timeout_s=timeout)
     finally:
         await channel.close()
 

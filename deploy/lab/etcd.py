@@ -296,7 +296,8 @@ class EtcdMember:
             try:
                 data = post.encode() if post is not None else None
                 with urllib.request.urlopen(url, data=data, timeout=1, context=ctx) as resp:
-                    return resp.read().decode()
+                    body: bytes = resp.read()
+                    return body.decode()
             except (OSError, urllib.error.URLError):
                 return None
         argv = ["nsenter", "-t", str(self.netns_pid), "-n", "--", sys.executable, "-c", _PROBE_SCRIPT, url, post or ""]

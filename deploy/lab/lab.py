@@ -275,7 +275,7 @@ class Lab:
         cp_plan = plan_control_plane(self.paths, control_plane) if control_plane else None
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(plans) + 2) as pool:
             image = pool.submit(build_guest, self.paths)
-            started = [pool.submit(one_host, plan) for plan in plans]
+            started: list[concurrent.futures.Future[Any]] = [pool.submit(one_host, plan) for plan in plans]
             if cp_plan is not None:  # needs only the core namespace: starts beside the hosts
                 started.append(
                     pool.submit(

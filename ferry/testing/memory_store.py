@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import builtins
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field, replace
 
 from ferry.errors import Unavailable
@@ -150,7 +151,7 @@ class MemoryStore:
 
     # -- watch ----------------------------------------------------------------------------------
 
-    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent | Resync]:
+    async def watch(self, prefix: str, start_revision: int) -> AsyncGenerator[WatchEvent | Resync, None]:
         next_revision = start_revision
         while not self._closed:
             self.expire_leases()
@@ -225,7 +226,7 @@ class MemoryStore:
             return True
         return False
 
-    def _list(self, prefix: str) -> tuple[list[Entry], int]:
+    def _list(self, prefix: str) -> tuple[builtins.list[Entry], int]:  # builtins: self.list shadows it
         entries = [e for k, e in sorted(self._keys.items()) if k.startswith(prefix)]
         return entries, self._revision
 
@@ -242,7 +243,7 @@ class MemoryStore:
         self._record([WatchEvent(EventKind.PUT, entry)])
         return self._revision
 
-    def _delete_keys(self, keys: list[str]) -> int:
+    def _delete_keys(self, keys: builtins.list[str]) -> int:
         """Delete ``keys`` (all present) in one revision."""
         self._revision += 1
         events = []
@@ -255,7 +256,7 @@ class MemoryStore:
         self._record(events)
         return self._revision
 
-    def _record(self, events: list[WatchEvent]) -> None:
+    def _record(self, events: builtins.list[WatchEvent]) -> None:
         self._history.extend(events)
         if len(self._history) > self._history_limit:
             keep_from = self._history[len(self._history) - self._history_limit // 2].revision
