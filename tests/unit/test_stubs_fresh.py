@@ -1,4 +1,4 @@
-"""The committed ferry/v1 stubs are exactly what tools/gen-proto makes from proto/."""
+"""The committed ferry/v1 stubs (modules and their .pyi type stubs) are exactly what tools/gen-proto makes."""
 
 import os
 import subprocess
@@ -17,6 +17,8 @@ def test_generated_stubs_match_proto(tmp_path):
         p.name for p in (ROOT / "ferry" / "v1").iterdir() if p.name != "__init__.py" and p.suffix in (".py", ".pyi")
     )
     assert fresh == committed, "stub files differ: run tools/gen-proto"
+    messages = [n for n in fresh if n.endswith("_pb2.py")]
+    assert messages and all(n + "i" in fresh for n in messages), "every *_pb2.py has its .pyi (mypy reads it)"
     for name in fresh:
         want = (tmp_path / "ferry" / "v1" / name).read_bytes()
         have = (ROOT / "ferry" / "v1" / name).read_bytes()
