@@ -182,6 +182,11 @@ def from_rpc_error(exc: grpc.RpcError) -> FerryError:
     return err_type(message or code.name, reason=reason, hint=hint)
 
 
+def has_status_details(exc: grpc.RpcError) -> bool:
+    """The failed call carried a google.rpc.Status: a server answered it (a broken transport carries none)."""
+    return any(key == _STATUS_DETAILS_KEY for key, _ in _trailing_metadata(exc))
+
+
 def _trailing_metadata(exc: grpc.RpcError) -> Iterable[tuple[str, str | bytes]]:
     """The (key, value) pairs of a failed call's trailing metadata (none when it has no such call).
 
@@ -249,6 +254,7 @@ __all__ = [
     "create_channel",
     "create_server",
     "from_rpc_error",
+    "has_status_details",
     "rpc_method",
     "serving",
     "to_status",

@@ -4,7 +4,7 @@ import grpc
 import pytest
 
 from ferry import errors
-from ferry.rpc import error_type_for, from_rpc_error, grpc_code, to_status
+from ferry.rpc import error_type_for, from_rpc_error, grpc_code, has_status_details, to_status
 
 
 @pytest.mark.parametrize(
@@ -53,6 +53,7 @@ def test_status_round_trip_keeps_reason_and_hint():
     back = from_rpc_error(_FakeRpcError(to_status(err)))
     assert type(back) is errors.FailedPrecondition
     assert (back.reason, back.message, back.hint) == (err.reason, err.message, err.hint)
+    assert has_status_details(_FakeRpcError(to_status(err)))
 
 
 def test_plain_status_without_details():
@@ -69,3 +70,4 @@ def test_plain_status_without_details():
     back = from_rpc_error(Plain())
     assert type(back) is errors.Unavailable
     assert back.reason == "UNREACHABLE"
+    assert not has_status_details(Plain())
