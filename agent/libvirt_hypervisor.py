@@ -3,7 +3,10 @@
 Every libvirt call is blocking, so each runs in this adapter's own thread pool and is awaited
 with a timeout: a hung libvirtd costs a thread, never the event loop, and the caller gets
 DeadlineExceeded (LIBVIRT_TIMEOUT) naming the call and the host. libvirt errors become Ferry
-errors through the one table in ``libvirt_errors`` (decided on error codes, never on text).
+errors through the one table in ``libvirt_errors`` (decided on error codes, never on text);
+libvirt's values are translated to and from Ferry's model (flags, typed parameters, job
+statistics, domain state, capabilities) by the pure functions in ``libvirt_translate``. This
+module keeps the plumbing: connections, threads, timeouts, retries.
 
 The connection is opened on first use and re-opened when it is found dead (``isAlive``) or a
 call failed because the connection broke; idempotent reads are retried once on a new
@@ -15,163 +18,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import socket
 import threading
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import libvirt
 
 from ferry.agent import libvirt_errors as le
+from ferry.agent import libvirt_translate as lt
 from ferry.agent import probe
-from ferry.agent.domxml import parse_disks, parse_domain, parse_nics
 from ferry.agent.target_checks import cpu_check_failed
 from ferry.errors import Aborted, FerryError
-from ferry.model import DomainInfo, DomainState, HostFacts, JobStats, MigrationOptions, StorageMode
+from ferry.model import DomainInfo, HostFacts, JobStats, MigrationOptions
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-MiB = 1 << 20
-
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 
 # libvirt reports "no network driver" for a libvirtd built or started without one.
 _NO_DRIVER = frozenset({le.VIR_ERR_NO_SUPPORT, le.VIR_ERR_OPERATION_UNSUPPORTED})
 
-_JOB_TYPES = {0: "none", 1: "bounded", 2: "unbounded", 3: "completed", 4: "failed", 5: "cancelled"}
-_JOB_OPERATIONS = {
-    0: "",
-    1: "start",
-    2: "save",
-    3: "restore",
-    4: "migration in",
-    5: "migration out",
-    6: "snapshot",
-    7: "snapshot revert",
-    8: "dump",
-    9: "backup",
-    10: "snapshot delete",
-}
-
 
 def _silence(_ctx: object, _err: object) -> None:
     """libvirt's default handler prints every error to stderr; we report them ourselves."""
-
-
-# ---------------------------------------------------------------- pure helpers
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    host_uuid: str = ""
-    arch: str = ""
-    cpu_model: str = ""
-    cpu_features: tuple[str, ...] = ()
-
-
-def parse_capabilities(xml: str) -> Capabilities:
-    """Host UUID, CPU arch, model and features from ``virConnectGetCapabilities``."""
-    root = ET.fromstring(xml)
-    cpu = root.find("host/cpu")
-    return Capabilities(
-        host_uuid=(root.findtext("host/uuid") or "").strip(),
-        arch=(cpu.findtext("arch") or "").strip() if cpu is not None else "",
-        cpu_model=(cpu.findtext("model") or "").strip() if cpu is not None else "",
-        cpu_features=tuple(f.get("name", "") for f in cpu.iterfind("feature") if f.get("name"))
-        if cpu is not None
-        else (),
-    )
-
-
-def migration_flags(options: MigrationOptions, *, copy_disks: bool) -> int:
-    """migrateToURI3 flags: always peer-to-peer; live unless offline (offline = definition only,
-    hence PERSIST_DEST); storage copy per the storage mode when there are disks to copy."""
-    flags = libvirt.VIR_MIGRATE_PEER2PEER
-    if options.offline:
-        flags |= libvirt.VIR_MIGRATE_OFFLINE | libvirt.VIR_MIGRATE_PERSIST_DEST
-    else:
-        flags |= libvirt.VIR_MIGRATE_LIVE
-    if options.persist_dest:
-        flags |= libvirt.VIR_MIGRATE_PERSIST_DEST
-    if options.undefine_source:
-        flags |= libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
-    if copy_disks and options.storage is StorageMode.COPY_ALL:
-        flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
-    elif copy_disks and options.storage is StorageMode.COPY_INC:
-        flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
-    if options.auto_converge:
-        flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
-    if options.allow_postcopy:
-        flags |= libvirt.VIR_MIGRATE_POSTCOPY
-    if options.unsafe:
-        flags |= libvirt.VIR_MIGRATE_UNSAFE
-    return flags
-
-
-def migration_params(
-    options: MigrationOptions, *, destination_xml: str, migrate_disks: list[str], migrate_uri: str
-) -> dict[str, Any]:
-    """migrateToURI3 typed parameters. The destination XML is also the persistent definition
-    on the target: without it libvirt would keep the source's host-specific names there."""
-    params: dict[str, Any] = {}
-    if destination_xml:
-        params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = destination_xml
-        if options.persist_dest or options.offline:
-            params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = destination_xml
-    if migrate_disks and options.storage is not StorageMode.SHARED:
-        params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(migrate_disks)
-    if options.bandwidth_mibps:
-        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = options.bandwidth_mibps
-    if migrate_uri:
-        params[libvirt.VIR_MIGRATE_PARAM_URI] = migrate_uri
-    return params
-
-
-def job_stats_from_libvirt(d: dict[str, Any], *, postcopy: bool = False) -> JobStats:
-    """virDomainGetJobStats' typed parameters as JobStats."""
-    job_type = _JOB_TYPES.get(int(d.get("type", 0)), "none")
-    return JobStats(
-        active=job_type in ("bounded", "unbounded"),
-        job_type=job_type,
-        operation=_JOB_OPERATIONS.get(int(d.get("operation", 0)), ""),
-        time_elapsed_ms=int(d.get("time_elapsed", 0)),
-        memory_total=int(d.get("memory_total", 0)),
-        memory_processed=int(d.get("memory_processed", 0)),
-        memory_remaining=int(d.get("memory_remaining", 0)),
-        disk_total=int(d.get("disk_total", 0)),
-        disk_processed=int(d.get("disk_processed", 0)),
-        disk_remaining=int(d.get("disk_remaining", 0)),
-        dirty_rate_pages=int(d.get("memory_dirty_rate", 0)),
-        page_size=int(d.get("memory_page_size", 0)) or 4096,
-        iteration=int(d.get("memory_iteration", 0)),
-        bandwidth_bps=int(d.get("memory_bps", 0)),
-        auto_converge_throttle=int(d.get("auto_converge_throttle", 0)),
-        downtime_ms=int(d.get("downtime", 0)),
-        postcopy=postcopy,
-    )
-
-
-def available_memory(stats: Mapping[str, int]) -> int:
-    """Bytes of memory available for a new guest from virNodeGetMemoryStats (KiB): free plus
-    buffers and page cache (what the kernel reclaims at once); 0 when libvirt said nothing.
-
-    >>> available_memory({"total": 8_000_000, "free": 1_000_000, "buffers": 24, "cached": 2_000_000})
-    3072024576
-    """
-    return sum(int(stats.get(k, 0)) for k in ("free", "buffers", "cached")) * 1024
-
-
-def _in_postcopy(state: int, reason: int) -> bool:
-    return (state, reason) in (
-        (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY),
-        (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY),
-    )
 
 
 def _code(exc: libvirt.libvirtError) -> int:
@@ -299,7 +171,7 @@ class LibvirtHypervisor:
 
     @staticmethod
     def _lookup(conn: libvirt.virConnect, name_or_uuid: str) -> libvirt.virDomain:
-        if _UUID.match(name_or_uuid):
+        if lt.looks_like_uuid(name_or_uuid):
             try:
                 return conn.lookupByUUIDString(name_or_uuid)
             except libvirt.libvirtError as exc:
@@ -310,59 +182,37 @@ class LibvirtHypervisor:
     @staticmethod
     def _domain_info(dom: libvirt.virDomain) -> DomainInfo:
         xml = dom.XMLDesc(0)
-        parsed = parse_domain(xml)
         state, _reason = dom.state()
-        disks = []
-        for disk in parse_disks(xml):
-            if disk.source:
-                try:
-                    capacity, allocation, _physical = dom.blockInfo(disk.target)
-                    disk = replace(disk, virtual_size=capacity, allocation=allocation)
-                except libvirt.libvirtError as exc:
-                    log.debug("no block info for %s %s: %s", parsed.name, disk.target, exc)
-            disks.append(disk)
-        try:
-            domain_state = DomainState(state)
-        except ValueError:
-            domain_state = DomainState.UNKNOWN
-        return DomainInfo(
-            name=parsed.name,
-            uuid=parsed.uuid,
-            state=domain_state,
-            memory_bytes=parsed.memory_bytes,
-            vcpus=parsed.vcpus,
-            persistent=bool(dom.isPersistent()),
-            disks=tuple(disks),
-            nics=tuple(parse_nics(xml)),
-            cpu_mode=parsed.cpu_mode,
-            cpu_model=parsed.cpu_model,
-            os_type=parsed.domain_type,
-        )
+        sizes: dict[str, tuple[int, int]] = {}
+        for target in lt.block_info_targets(xml):
+            try:
+                capacity, allocation, _physical = dom.blockInfo(target)
+                sizes[target] = (capacity, allocation)
+            except libvirt.libvirtError as exc:
+                log.debug("no block info for %s %s: %s", dom.name(), target, exc)
+        return lt.domain_info(xml, state=state, persistent=bool(dom.isPersistent()), block_sizes=sizes)
 
     # ------------------------------------------------------------------ port: reading
 
     async def host_facts(self) -> HostFacts:
         def work(conn: libvirt.virConnect) -> HostFacts:
-            caps = parse_capabilities(conn.getCapabilities())
+            caps = conn.getCapabilities()
             info = conn.getInfo()  # [model, memory MiB, cpus, MHz, nodes, sockets, cores, threads]
             total, available = self._memory(conn, int(info[1]))
             try:
-                networks = tuple(sorted(conn.listNetworks()))
+                networks = conn.listNetworks()
             except libvirt.libvirtError as exc:
                 if _code(exc) not in _NO_DRIVER:
                     raise
-                networks = ()
-            return HostFacts(
+                networks = []
+            return lt.host_facts(
+                capabilities_xml=caps,
+                node_info=info,
                 hostname=conn.getHostname(),
-                host_uuid=caps.host_uuid,
                 libvirt_version=conn.getLibVersion(),
                 qemu_version=conn.getVersion(),
-                cpu_model=caps.cpu_model,
-                arch=caps.arch or info[0],
-                cpu_features=caps.cpu_features,
-                cpus=int(info[2]),
-                memory_total_bytes=total,
-                memory_free_bytes=available,
+                memory_total=total,
+                memory_available=available,
                 networks=networks,
             )
 
@@ -370,18 +220,17 @@ class LibvirtHypervisor:
 
     @staticmethod
     def _memory(conn: libvirt.virConnect, info_mib: int) -> tuple[int, int]:
-        """(total, available) bytes. Available = free plus what the kernel can reclaim at once
-        (buffers, page cache): on a long-running host "free" alone is mostly eaten by the page
-        cache. Total from the node memory stats (the kernel's MemTotal); virNodeGetInfo's figure
-        comes from NUMA topology, which some virtual machines report short."""
+        """(total, available) bytes (``lt.total_memory``, ``lt.available_memory``). Available =
+        free plus what the kernel can reclaim at once (buffers, page cache): on a long-running
+        host "free" alone is mostly eaten by the page cache; virNodeGetFreeMemory when the node
+        memory statistics say nothing."""
         try:
-            stats = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
+            stats = conn.getMemoryStats(lt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
         except libvirt.libvirtError as exc:
             if _code(exc) not in _NO_DRIVER:
                 raise
             stats = {}
-        total = max(int(stats.get("total", 0)) * 1024, info_mib * MiB)
-        return total, available_memory(stats) or int(conn.getFreeMemory())
+        return lt.total_memory(stats, info_mib), lt.available_memory(stats) or int(conn.getFreeMemory())
 
     async def list_domains(self) -> list[DomainInfo]:
         def work(conn: libvirt.virConnect) -> list[DomainInfo]:
@@ -412,12 +261,11 @@ class LibvirtHypervisor:
         return await self._call("lookupByUUIDString" if uuid else "lookupByName", work, retry=True)
 
     async def domain_xml(self, name_or_uuid: str, *, migratable: bool = True) -> str:
-        flags = libvirt.VIR_DOMAIN_XML_SECURE | (libvirt.VIR_DOMAIN_XML_MIGRATABLE if migratable else 0)
+        flags = lt.domain_xml_flags(migratable=migratable)
         return await self._call("XMLDesc", lambda c: self._lookup(c, name_or_uuid).XMLDesc(flags), retry=True)
 
     async def job_stats(self, name_or_uuid: str, *, completed: bool = False) -> JobStats:
-        # reading completed statistics clears them unless KEEP_COMPLETED: keep them for others
-        flags = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED if completed else 0
+        flags = lt.job_stats_flags(completed=completed)
 
         def work(conn: libvirt.virConnect) -> JobStats:
             dom = self._lookup(conn, name_or_uuid)
@@ -431,7 +279,7 @@ class LibvirtHypervisor:
                 if not completed and not dom.isActive():  # it stopped while we asked
                     return JobStats()
                 raise
-            return job_stats_from_libvirt(stats, postcopy=_in_postcopy(*dom.state()))
+            return lt.job_stats_from_libvirt(stats, postcopy=lt.in_postcopy(*dom.state()))
 
         return await self._call("jobStats", work, retry=True)
 
@@ -441,10 +289,8 @@ class LibvirtHypervisor:
         def work() -> JobStats:
             remote = libvirt.open(uri)
             try:
-                stats = self._lookup(remote, name_or_uuid).jobStats(
-                    libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
-                )
-                return job_stats_from_libvirt(stats)
+                stats = self._lookup(remote, name_or_uuid).jobStats(lt.job_stats_flags(completed=True))
+                return lt.job_stats_from_libvirt(stats)
             finally:
                 remote.close()
 
@@ -472,7 +318,7 @@ class LibvirtHypervisor:
 
         def abort(conn: libvirt.virConnect) -> bool:
             dom = self._lookup(conn, name_or_uuid)  # an unknown domain is NotFound
-            if dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
+            if dom.jobInfo()[0] == lt.VIR_DOMAIN_JOB_NONE:
                 return False
             self._aborted.add(dom.UUIDString())
             try:
@@ -480,7 +326,7 @@ class LibvirtHypervisor:
             except libvirt.libvirtError as exc:
                 if _code(exc) == le.VIR_ERR_NO_DOMAIN:
                     return False  # the migration completed and took the domain with it
-                if _code(exc) == le.VIR_ERR_OPERATION_INVALID and dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
+                if _code(exc) == le.VIR_ERR_OPERATION_INVALID and dom.jobInfo()[0] == lt.VIR_DOMAIN_JOB_NONE:
                     return False  # the job ended meanwhile
                 raise
             return True
@@ -518,7 +364,7 @@ class LibvirtHypervisor:
         -> the explanation; a broken connection or a timeout -> raised as usual; a driver without
         the call -> "" (logged: cannot tell); anything else (unknown model, machine type or
         emulator) -> FailedPrecondition CPU_CHECK_FAILED."""
-        flags = libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE
+        flags = lt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE
 
         def work(conn: libvirt.virConnect) -> tuple[str, str]:
             try:
@@ -601,8 +447,8 @@ class LibvirtHypervisor:
         migrate_uri: str = "",
         timeout_s: float,
     ) -> None:
-        """Peer-to-peer migration with migrateToURI3 (flags and params: ``migration_flags`` and
-        ``migration_params``) on a connection of its own, so statistics, tuning and abort on the
+        """Peer-to-peer migration with migrateToURI3 (flags and params: ``lt.migration_flags`` and
+        ``lt.migration_params``) on a connection of its own, so statistics, tuning and abort on the
         shared connection stay responsive. Past ``timeout_s`` the job is aborted and
         DeadlineExceeded raised.
 
@@ -610,9 +456,8 @@ class LibvirtHypervisor:
         come back instead of "aborted"). A failure that may be the target's connection is
         checked by opening the target: unreachable -> Unavailable TARGET_UNREACHABLE.
         """
-        copy = bool(migrate_disks) and options.storage is not StorageMode.SHARED
-        flags = migration_flags(options, copy_disks=copy)
-        params = migration_params(
+        flags = lt.migration_flags(options, copy_disks=lt.copies_disks(options, migrate_disks))
+        params = lt.migration_params(
             options, destination_xml=destination_xml, migrate_disks=migrate_disks, migrate_uri=migrate_uri
         )
         uuid = (await self.get_domain(name_or_uuid)).uuid
@@ -634,7 +479,7 @@ class LibvirtHypervisor:
             uuid,
             target_uri,
             flags,
-            sorted(k for k in params if k not in ("destination_xml", "persistent_xml")),
+            lt.loggable_params(params),
         )
         try:
             await self._in_thread(work, timeout_s)

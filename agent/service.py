@@ -12,8 +12,9 @@ import grpc
 
 from ferry import convert, model
 from ferry.agent.inventory import Inventory
-from ferry.agent.migration import MigrationDriver, MigrationRequest, phase_of
+from ferry.agent.migration import MigrationDriver, MigrationRequest
 from ferry.agent.prepare import PrepareService
+from ferry.agent.progress import phase_of
 from ferry.agent.source_disks import SourceDisks
 from ferry.diskplan import plan_disks
 from ferry.errors import FailedPrecondition, FerryError, InvalidArgument

@@ -38,6 +38,7 @@ from .config import CoordinatorConfig, load_config
 from .election import Candidate, Election
 from .fleet import AgentFactory, Fleet
 from .service import CoordinatorServicer, register
+from .submission import Submissions
 
 log = logging.getLogger("ferry.coordinator")
 
@@ -56,7 +57,7 @@ async def current_leader(store: Store) -> Candidate | None:
 
 
 class Coordinator:
-    """One replica: fleet view + API servicer + election (+ the engine while leading)."""
+    """One replica: fleet view + API servicer (submissions behind it) + election (+ the engine while leading)."""
 
     def __init__(
         self,
@@ -159,7 +160,8 @@ def build_coordinator(
         inventory_timeout_s=config.agents.inventory_timeout_s,
         declared=config.hosts,
     )
-    servicer = CoordinatorServicer(store, fleet, hosts=config.hosts, timeouts=config.timeouts, clock=clock)
+    submissions = Submissions(store, fleet, hosts=config.hosts, timeouts=config.timeouts, clock=clock)
+    servicer = CoordinatorServicer(store, fleet, submissions, hosts=config.hosts)
     election = Election(store, config.id, config.advertised, ttl_s=config.election_ttl_s, clock=monotonic)
     return Coordinator(config, store, fleet, servicer, election, clock, monotonic)
 
@@ -172,7 +174,7 @@ def grpc_agent_factory(config: CoordinatorConfig) -> AgentFactory:
 
 
 def etcd_store(config: CoordinatorConfig) -> Store:
-    from .etcd_store import EtcdStore, EtcdTLS  # the only etcd import, only in the real process
+    from ferry.etcd_store import EtcdStore, EtcdTLS  # the only etcd import, only in the real process
 
     e = config.etcd
     tls = EtcdTLS(ca_file=e.ca, cert_file=e.cert, key_file=e.key, server_name=e.server_name) if e.ca else None

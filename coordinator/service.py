@@ -1,21 +1,9 @@
 """The coordinator's gRPC servicer: the fleet migration API (proto/ferry/v1/coordinator.proto).
 
-Thin: request -> model (``coordinator/convert.py``) -> store / fleet view -> protobuf. Every
-replica serves it: reads come straight from the store, submissions and cancel requests are
-compare-and-set writes to it; only the leader's engine acts on the records.
-
-Submission (idempotent, one active migration per VM), in store writes:
-
-1. ``idempotency/<key>`` exists: return that migration unchanged (whatever it is now).
-2. Validate against the fleet view: target known, VM found, not already on the target.
-3. create ``idempotency/<key>`` -> the new id (losing that race: return the winner's migration);
-4. create ``vm-active/<vm_uuid>`` -> the new id; when it names a migration that is not final:
-   FAILED_PRECONDITION ``VM_BUSY`` naming it (and our idempotency key is released again); a key
-   naming a final or a missing record is stale and taken over by compare-and-set;
-5. create ``migrations/<id>``: a Pending record (``record.new_migration``).
-
-A crash between the steps leaves keys naming a record that does not exist; readers wait a moment
-for it (another submission may be between steps 3 and 5) and then treat such a key as stale.
+Thin: request -> model (``coordinator/convert.py``, ``ferry/convert.py``) -> the protocol object
+or a store / fleet view read -> protobuf. Every replica serves it: reads come straight from the
+store; submitting and cancelling are ``submission.Submissions`` (compare-and-set writes to the
+store, the protocol is described there); only the leader's engine acts on the records.
 """
 
 from __future__ import annotations
@@ -23,54 +11,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 
 import grpc
 
 from ferry import convert as fconvert
 from ferry import keys
-from ferry.diskplan import plan_disks
-from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound
-from ferry.model import DomainInfo, HostMapping, MigrationOptions, Problem, StorageMode
+from ferry.errors import FerryError, InvalidArgument, NotFound
+from ferry.model import Problem, StorageMode
 from ferry.rpc import rpc_method
-from ferry.store import Conflict, EventKind, Resync, Store
+from ferry.store import EventKind, Resync, Store
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
-from ferry.v1 import types_pb2 as tpb
 
 from . import convert
-from .checks import effective_storage
 from .config import HostDecl, derive_mapping
 from .fleet import Fleet
-from .phases import Timeouts
 from .preflight import preflight
-from .record import MigrationRecord, decode, encode, new_migration, note
+from .record import MigrationRecord, decode
+from .submission import Submissions, SubmitRequest, must_read_migration
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = cpb.DESCRIPTOR.services_by_name["Coordinator"].full_name
-Clock = Callable[[], datetime]
-IdFactory = Callable[[], str]
-
-# How long a key may name a record that is not there yet: a submission between its writes, each
-# of which the etcd adapter may retry for its timeout (5 s). Longer: a crashed submission's key.
-IN_FLIGHT_WAIT_S = 20.0
-_IN_FLIGHT_POLL_S = 0.05
-MAX_IDEMPOTENCY_KEY = 200
 # ListVMs / ListHosts are operators' reads: inventories at most this old (a scheduler uses the TTL)
 READ_MAX_AGE_S = 1.0
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def new_migration_id() -> str:
-    """A short random id, e.g. ``m-3f2a9c41d07b``."""
-    return f"m-{uuid.uuid4().hex[:12]}"
 
 
 def _required(value: str, field: str, example: str) -> str:
@@ -79,35 +44,28 @@ def _required(value: str, field: str, example: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """A request resolved against the fleet view: where the VM is and how it would move."""
-
-    source: str
-    domain: DomainInfo
-    options: MigrationOptions  # storage resolved (auto -> the effective mode)
-    mapping: HostMapping  # derived from [hosts.*] + the request's overrides
+def _required_id(migration_id: str) -> str:
+    return _required(migration_id, "id", '"m-3f2a9c41d07b" (see `ferry migrations`)')
 
 
 class CoordinatorServicer(cgrpc.CoordinatorServicer):
+    """The API over ``store`` and ``fleet``; writes go through ``submissions``.
+
+    ``hosts``: the ``[hosts.*]`` declarations (Preflight derives the mapping from them).
+    """
+
     def __init__(
         self,
         store: Store,
         fleet: Fleet,
+        submissions: Submissions,
         *,
         hosts: Mapping[str, HostDecl] | None = None,
-        timeouts: Timeouts = Timeouts(),
-        clock: Clock = _utc_now,
-        new_id: IdFactory = new_migration_id,
-        in_flight_wait_s: float = IN_FLIGHT_WAIT_S,
     ) -> None:
         self.store = store
         self.fleet = fleet
+        self.submissions = submissions
         self.hosts = dict(hosts or {})
-        self.timeouts = timeouts
-        self._clock = clock
-        self._new_id = new_id
-        self.in_flight_wait_s = in_flight_wait_s
 
     # ------------------------------------------------------------------ submit
 
@@ -117,168 +75,24 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
     ) -> cpb.Migration:
         vm = _required(request.vm, "vm", '"web-1" (a name or UUID, see `ferry vms`)')
         target = _required(request.target_host, "target_host", '"host2" (see `ferry hosts`)')
-        key = request.idempotency_key
-        if len(key) > MAX_IDEMPOTENCY_KEY or "/" in key:
-            raise InvalidArgument(
-                f"idempotency key {key[:40]!r}... is not usable",
-                reason="BAD_IDEMPOTENCY_KEY",
-                hint=f"use at most {MAX_IDEMPOTENCY_KEY} characters without '/' (a UUID is fine)",
+        options, explicit = convert.options_from_request(request.options)
+        submitted = await self.submissions.submit(
+            SubmitRequest(
+                vm=vm,
+                target_host=target,
+                options=options,
+                storage_explicit=explicit,
+                mapping=fconvert.mapping_from_pb(request.mapping),
+                priority=request.priority,
+                idempotency_key=request.idempotency_key,
             )
-        if key:
-            earlier = await self._by_idempotency_key(key)
-            if earlier is not None:
-                return convert.migration_to_pb(earlier)
-        plan = await self._plan(vm, target, request.options, request.mapping)
-        copied = plan_disks(plan.domain.disks, plan.options.storage, plan.options.migrate_disks, plan.mapping)
-        migration_id = self._new_id()
-        record = new_migration(
-            id=migration_id,
-            vm=plan.domain.name,
-            vm_uuid=plan.domain.uuid,
-            source_host=plan.source,
-            target_host=target,
-            now=self._clock(),
-            timeouts=self.timeouts,
-            options=plan.options,
-            mapping=plan.mapping,
-            priority=request.priority,
-            idempotency_key=key,
-            memory_bytes=plan.domain.memory_bytes,
-            disk_bytes=sum(p.allocation or p.virtual_size for p in copied if p.copy),
         )
-        return convert.migration_to_pb(await self._create(record))
-
-    async def _create(self, record: MigrationRecord) -> MigrationRecord:
-        key_revision = None
-        if record.idempotency_key:
-            try:
-                key_revision = await self.store.create(
-                    keys.idempotency_key(record.idempotency_key), keys.encode_id(record.id)
-                )
-            except AlreadyExists:
-                earlier = await self._by_idempotency_key(record.idempotency_key)
-                if earlier is not None:
-                    return earlier
-                return await self._create(record)  # the other submission gave up: try again
-        try:
-            vm_revision = await self._claim_vm(record)
-            try:
-                revision = await self.store.create(keys.migration_key(record.id), encode(record))
-            except BaseException:
-                with contextlib.suppress(FerryError):
-                    await self.store.delete(keys.vm_active_key(record.vm_uuid), expected_mod_revision=vm_revision)
-                raise
-        except BaseException:
-            if key_revision is not None:
-                with contextlib.suppress(FerryError):
-                    await self.store.delete(
-                        keys.idempotency_key(record.idempotency_key), expected_mod_revision=key_revision
-                    )
-            raise
-        log.info(
-            "submitted %s: %s %s -> %s (storage %s)",
-            record.id,
-            record.vm,
-            record.source_host,
-            record.target_host,
-            record.options.storage.value,
-        )
-        return replace(record, revision=revision)
-
-    async def _claim_vm(self, record: MigrationRecord) -> int:
-        """Make ``vm-active/<uuid>`` name our record; VM_BUSY when another migration is not final."""
-        key = keys.vm_active_key(record.vm_uuid)
-        while True:
-            try:
-                return await self.store.create(key, keys.encode_id(record.id))
-            except AlreadyExists:
-                pass
-            entry = await self.store.get(key)
-            if entry is None:
-                continue
-            other_id = keys.decode_id(entry.value)
-            other = await self._wait_for_record(other_id)
-            if other is not None and not other.phase.is_final:
-                raise FailedPrecondition(
-                    f"{record.vm} already has migration {other_id} ({convert.phase_label(other.phase)}, "
-                    f"{other.source_host} -> {other.target_host})",
-                    reason="VM_BUSY",
-                    hint=f"wait for it (ferry migrations watch {other_id}) or cancel it "
-                    f"(ferry migrations cancel {other_id})",
-                )
-            try:
-                return await self.store.update(key, keys.encode_id(record.id), entry.mod_revision)
-            except Conflict:
-                continue
-
-    async def _by_idempotency_key(self, key: str) -> MigrationRecord | None:
-        """The migration submitted with ``key``; None when there is none (or only a stale key)."""
-        entry = await self.store.get(keys.idempotency_key(key))
-        if entry is None:
-            return None
-        record = await self._wait_for_record(keys.decode_id(entry.value))
-        if record is None:
-            log.warning(
-                "idempotency key %r names migration %s, which does not exist; taking the key over",
-                key,
-                keys.decode_id(entry.value),
-            )
-            with contextlib.suppress(FerryError):
-                await self.store.delete(keys.idempotency_key(key), expected_mod_revision=entry.mod_revision)
-        return record
-
-    async def _wait_for_record(self, migration_id: str) -> MigrationRecord | None:
-        """The record, waiting up to ``in_flight_wait_s`` for a submission still between its writes."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.in_flight_wait_s
-        while True:
-            record = await self._get(migration_id)
-            if record is not None or loop.time() >= deadline:
-                return record
-            await asyncio.sleep(_IN_FLIGHT_POLL_S)
-
-    async def _plan(self, vm: str, target: str, options_pb: tpb.MigrationOptions, mapping_pb: tpb.HostMapping) -> _Plan:
-        """Resolve a submission against the fleet (inventories asked now); raises the first problem."""
-        located = await self.fleet.locate_vm(vm, fresh=True)
-        if self.fleet.host(target) is None:
-            raise NotFound(
-                f"no host named {target!r} is registered",
-                reason="TARGET_UNKNOWN",
-                hint="check the name with `ferry hosts`; its agent must be running",
-            )
-        if located is None:
-            raise NotFound(
-                f"no host reports a VM named {vm!r}", reason="VM_UNKNOWN", hint="check the name with `ferry vms`"
-            )
-        source, domain = located
-        if source == target:
-            raise FailedPrecondition(
-                f"{domain.name} already runs on {target}", reason="SAME_HOST", hint="pick another target host"
-            )
-        options, explicit = convert.options_from_request(options_pb)
-        storage = effective_storage(domain, options, explicit)
-        overrides = fconvert.mapping_from_pb(mapping_pb)
-        mapping = derive_mapping(self.hosts.get(source), self.hosts.get(target), overrides)
-        return _Plan(source, domain, replace(options, storage=storage), mapping)
+        return convert.migration_to_pb(submitted)
 
     # ------------------------------------------------------------------ migrations
 
-    async def _get(self, migration_id: str) -> MigrationRecord | None:
-        if not migration_id or "/" in migration_id:
-            return None
-        entry = await self.store.get(keys.migration_key(migration_id))
-        return None if entry is None else decode(entry.value, entry.mod_revision)
-
     async def _must_get(self, migration_id: str) -> MigrationRecord:
-        _required(migration_id, "id", '"m-3f2a9c41d07b" (see `ferry migrations`)')
-        record = await self._get(migration_id)
-        if record is None:
-            raise NotFound(
-                f"no migration {migration_id!r}",
-                reason="MIGRATION_UNKNOWN",
-                hint="list migrations with `ferry migrations`",
-            )
-        return record
+        return await must_read_migration(self.store, _required_id(migration_id))
 
     async def _records(self) -> list[MigrationRecord]:
         entries, _ = await self.store.list(keys.MIGRATIONS)
@@ -361,23 +175,7 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
     async def CancelMigration(
         self, request: cpb.CancelMigrationRequest, context: grpc.aio.ServicerContext
     ) -> cpb.Migration:
-        while True:
-            record = await self._must_get(request.id)
-            if record.phase.is_final:
-                raise FailedPrecondition(
-                    f"migration {record.id} already ended ({convert.phase_label(record.phase)})",
-                    reason="ALREADY_FINAL",
-                    hint="nothing to cancel; see `ferry migrations show " + record.id + "`",
-                )
-            if record.cancel_requested:
-                return convert.migration_to_pb(record)
-            asked = replace(note(record, self._clock(), "cancel requested"), cancel_requested=True)
-            try:
-                revision = await self.store.update(keys.migration_key(record.id), encode(asked), record.revision)
-            except Conflict:
-                continue  # the engine moved it meanwhile: decide again on the new record
-            log.info("cancel requested for %s (%s)", record.id, record.phase.name)
-            return convert.migration_to_pb(replace(asked, revision=revision))
+        return convert.migration_to_pb(await self.submissions.cancel(_required_id(request.id)))
 
     # ------------------------------------------------------------------ hosts and VMs
 

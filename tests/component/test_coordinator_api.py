@@ -224,7 +224,7 @@ async def test_second_migration_of_a_busy_vm_is_refused(fx, capsys):
 
 async def test_keys_left_by_a_crashed_submission_are_taken_over(fx):
     uuid = fx.agents.add_guest("host1", "g1")
-    fx.coordinator.servicer.in_flight_wait_s = 0.2
+    fx.coordinator.servicer.submissions.in_flight_wait_s = 0.2
     # a submission wrote its keys and died before writing its record
     await fx.store.create(keys.idempotency_key("k1"), keys.encode_id("m-crashed"))
     await fx.store.create(keys.vm_active_key(uuid), keys.encode_id("m-crashed"))
@@ -566,7 +566,7 @@ async def leading(tmp_path: Path) -> AsyncIterator[Setup]:
         job_poll_s=0.02,
         store_retry_s=0.05,
     )
-    c.servicer.timeouts = FAST
+    c.servicer.submissions.timeouts = FAST
     c._election_task = asyncio.get_running_loop().create_task(c.election.run(c._lead, c._demoted))
     for _ in range(200):
         if c.is_leader() and c.engine is not None:

@@ -1,25 +1,20 @@
-"""Migration policy: phases, progress that never runs backwards, timeout, stall, the action per poll."""
+"""Migration progress (phases, progress that never runs backwards, the disk bytes of a completed
+copy) and the driver's loop applying a convergence policy. The policy itself: test_convergence.py."""
 
 import doctest
 from dataclasses import replace
 
 import pytest
 
-from ferry.agent import migration as m
-from ferry.agent.migration import (
-    Action,
-    Watch,
-    changed,
-    completion_timeout_s,
-    decide,
-    next_progress,
-    observe,
-    phase_of,
-    stalled,
-)
-from ferry.model import JobStats, MigrationOptions, MigrationPhase
+from ferry.agent import progress as m
+from ferry.agent.migration import MigrationDriver, MigrationRequest
+from ferry.agent.progress import changed, next_progress, phase_of
+from ferry.convergence import ConvergencePolicy, DowntimeStep
+from ferry.model import DomainState, JobStats, MigrationOptions, MigrationPhase, MigrationResult
+from ferry.testing.fake_hypervisor import FakeFleet, FakeHypervisor, make_domain_xml
 
 MiB = 1 << 20
+GiB = 1 << 30
 P = MigrationPhase
 
 
@@ -163,78 +158,40 @@ def test_changed_ignores_elapsed_only():
     assert changed(None, p)
 
 
-@pytest.mark.parametrize(
-    ("given", "memory", "disk", "expected"),
-    [
-        (0, 256 * MiB, 0, 200.0),  # 800 s/GiB
-        (0, 64 * MiB, 0, 120.0),  # the minimum
-        (0, 1 << 30, 1 << 30, 1600.0),  # RAM + copied disk
-        (45, 8 << 30, 0, 45.0),  # the caller's wins
-    ],
-)
-def test_completion_timeout(given, memory, disk, expected):
-    assert completion_timeout_s(MigrationOptions(completion_timeout_s=given), memory, disk) == expected
+# ---------------------------------------------------------------- the loop applies the policy
 
 
-@pytest.mark.parametrize(
-    ("peaks", "n", "expected"),
-    [
-        ([256, 160, 158, 161], 2, True),
-        ([256, 160, 120, 118], 2, False),
-        ([256, 160, 170, 165, 161], 3, True),
-        ([256, 160, 170, 165, 150], 3, False),
-        ([256, 160], 2, False),  # not enough iterations to tell
-        ([256, 256, 256], 0, False),  # stall detection off
-    ],
-)
-def test_stalled(peaks, n, expected):
-    assert stalled(peaks, n) is expected
+class Recording(FakeHypervisor):
+    """A fake source that remembers each max downtime set."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.downtimes = []
+
+    async def set_max_downtime(self, name_or_uuid, ms):
+        self.downtimes.append(ms)
+        await super().set_max_downtime(name_or_uuid, ms)
 
 
-def test_observe_keeps_the_peak_per_iteration():
-    w = Watch(0.0, 100.0)
-    for it, left in [(0, 256), (1, 256), (1, 10), (2, 80), (2, 90), (2, 5), (4, 70)]:
-        w = observe(w, precopy(1, left, it))
-    assert w.peaks == (256 * MiB, 90 * MiB, 70 * MiB)
-    assert observe(w, JobStats()) == w  # no job: nothing recorded
-
-
-def watch(**kw):
-    base = dict(started_at=0.0, timeout_s=100.0)
-    return Watch(**{**base, **kw})
-
-
-RUNNING = precopy(100, 100, 2)
-
-
-@pytest.mark.parametrize(
-    ("w", "phase", "now", "action"),
-    [
-        (watch(), P.PRECOPY, 10, Action.CONTINUE),
-        (watch(), P.PRECOPY, 100, Action.ABORT_TIMEOUT),
-        (watch(postcopy_started=True), P.POSTCOPY, 500, Action.CONTINUE),  # never abort post-copy
-        (watch(max_downtime_ms=500), P.DISK_MIRROR, 1, Action.SET_MAX_DOWNTIME),
-        (watch(max_downtime_ms=500, downtime_applied=True), P.PRECOPY, 1, Action.CONTINUE),
-        (watch(max_downtime_ms=500), P.PRECOPY, 100, Action.ABORT_TIMEOUT),  # timeout first
-        (
-            watch(postcopy_on_stall=True, stall_iterations=2, peaks=(256, 160, 160, 161)),
-            P.PRECOPY,
-            1,
-            Action.START_POSTCOPY,
-        ),
-        (watch(postcopy_on_stall=False, stall_iterations=2, peaks=(256, 160, 160, 161)), P.PRECOPY, 1, Action.CONTINUE),
-        (watch(postcopy_on_stall=True, stall_iterations=2, peaks=(256, 160, 100, 50)), P.PRECOPY, 1, Action.CONTINUE),
-        (
-            watch(postcopy_on_stall=True, postcopy_started=True, stall_iterations=2, peaks=(256, 160, 160, 161)),
-            P.POSTCOPY,
-            1,
-            Action.CONTINUE,
-        ),
-    ],
-)
-def test_decide(w, phase, now, action):
-    assert decide(w, RUNNING, phase, now) is action
-
-
-def test_downtime_waits_for_an_active_job():
-    assert decide(watch(max_downtime_ms=500), JobStats(), P.STARTING, 1) is Action.CONTINUE
+async def test_the_driver_climbs_the_downtime_ladder_until_the_guest_converges():
+    """A 1 GiB guest dirtying 4 GiB/s at 1 GiB/s needs a switch-over of about 1 s: it does not
+    converge under libvirt's default 300 ms, nor the ladder's first steps; the loop applies the
+    steps once each, in order, and the migration completes on the top one."""
+    fleet = FakeFleet()
+    source = Recording(hostname="source", fleet=fleet, step_s=0.002)
+    target = FakeHypervisor(hostname="target", fleet=fleet, step_s=0.002)
+    uuid = source.add_domain(make_domain_xml("g1", memory_bytes=GiB), dirty_bytes_per_s=4 * GiB).uuid
+    ladder = ConvergencePolicy(
+        downtime_steps=(DowntimeStep(50), DowntimeStep(100, after_iterations=3), DowntimeStep(2000, after_iterations=5))
+    )
+    request = MigrationRequest(
+        domain=uuid, target_uri=target.uri, options=MigrationOptions(), progress_interval_s=0.005, convergence=ladder
+    )
+    events = [e async for e in MigrationDriver(source).run(request)]
+    assert isinstance(events[-1], MigrationResult)
+    assert (await target.get_domain(uuid)).state is DomainState.RUNNING
+    # the first step at once, the top one last (a slow poll may pass the middle one over)
+    assert source.downtimes[0] == 50 and source.downtimes[-1] == 2000
+    assert source.downtimes == sorted(set(source.downtimes))  # once per step, never down
+    reported = [e.max_downtime_ms for e in events[:-1]]
+    assert reported[0] == 50 and reported == sorted(reported)

@@ -1,0 +1,307 @@
+"""The submit and cancel protocols of the migration API, over the store and the fleet view (no gRPC).
+
+The servicer (``service.py``) converts a request to a :class:`SubmitRequest` and calls
+:meth:`Submissions.submit`; every replica runs it, so every step is a compare-and-set write to
+the store (``ferry/keys.py``) and the leader's engine picks the record up from there.
+
+Submission (idempotent, one active migration per VM), in store writes:
+
+1. ``idempotency/<key>`` exists: return that migration unchanged (whatever it is now).
+2. Validate against the fleet view: target known, VM found, not already on the target.
+3. create ``idempotency/<key>`` -> the new id (losing that race: return the winner's migration);
+4. create ``vm-active/<vm_uuid>`` -> the new id; when it names a migration that is not final:
+   FAILED_PRECONDITION ``VM_BUSY`` naming it (and our idempotency key is released again); a key
+   naming a final or a missing record is stale and taken over by compare-and-set;
+5. create ``migrations/<id>``: a Pending record (``record.new_migration``).
+
+A crash between the steps leaves keys naming a record that does not exist; readers wait a moment
+for it (another submission may be between steps 3 and 5) and then treat such a key as stale.
+
+Cancel: mark the record ``cancel_requested`` (compare-and-set on its revision, deciding again
+when the engine moved it meanwhile); the engine does the rest. Nothing here acts on a host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from ferry import keys
+from ferry.diskplan import plan_disks
+from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound
+from ferry.model import DomainInfo, HostMapping, MigrationOptions
+from ferry.store import Conflict, Store
+
+from .checks import effective_storage
+from .config import HostDecl, derive_mapping
+from .convert import phase_label
+from .fleet import Fleet
+from .phases import Timeouts
+from .record import MigrationRecord, decode, encode, new_migration, note
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+IdFactory = Callable[[], str]
+
+# How long a key may name a record that is not there yet: a submission between its writes, each
+# of which the etcd adapter may retry for its timeout (5 s). Longer: a crashed submission's key.
+IN_FLIGHT_WAIT_S = 20.0
+_IN_FLIGHT_POLL_S = 0.05
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_migration_id() -> str:
+    """A short random id, e.g. ``m-3f2a9c41d07b``."""
+    return f"m-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    """A SubmitMigration request in the model's words (``vm`` and ``target_host`` are non-empty)."""
+
+    vm: str  # a name or a UUID
+    target_host: str
+    options: MigrationOptions = MigrationOptions()
+    storage_explicit: bool = False  # False: "auto", decided from the inventory (``effective_storage``)
+    mapping: HostMapping = field(default_factory=HostMapping)  # overrides of the derived mapping
+    priority: int = 0
+    idempotency_key: str = ""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A request resolved against the fleet view: where the VM is and how it would move."""
+
+    source: str
+    domain: DomainInfo
+    options: MigrationOptions  # storage resolved (auto -> the effective mode)
+    mapping: HostMapping  # derived from [hosts.*] + the request's overrides
+
+
+async def read_migration(store: Store, migration_id: str) -> MigrationRecord | None:
+    """The record ``migrations/<id>``; None when absent (or when the id cannot be a key)."""
+    if not migration_id or "/" in migration_id:
+        return None
+    entry = await store.get(keys.migration_key(migration_id))
+    return None if entry is None else decode(entry.value, entry.mod_revision)
+
+
+async def must_read_migration(store: Store, migration_id: str) -> MigrationRecord:
+    """The record ``migrations/<id>``; NotFound (MIGRATION_UNKNOWN) when there is none."""
+    record = await read_migration(store, migration_id)
+    if record is None:
+        raise NotFound(
+            f"no migration {migration_id!r}",
+            reason="MIGRATION_UNKNOWN",
+            hint="list migrations with `ferry migrations`",
+        )
+    return record
+
+
+class Submissions:
+    """Submitting migrations and asking for their cancellation: see the module doc."""
+
+    def __init__(
+        self,
+        store: Store,
+        fleet: Fleet,
+        *,
+        hosts: Mapping[str, HostDecl] | None = None,
+        timeouts: Timeouts = Timeouts(),
+        clock: Clock = _utc_now,
+        new_id: IdFactory = new_migration_id,
+        in_flight_wait_s: float = IN_FLIGHT_WAIT_S,
+    ) -> None:
+        self.store = store
+        self.fleet = fleet
+        self.hosts = dict(hosts or {})
+        self.timeouts = timeouts
+        self._clock = clock
+        self._new_id = new_id
+        self.in_flight_wait_s = in_flight_wait_s
+
+    # ------------------------------------------------------------------ submit
+
+    async def submit(self, request: SubmitRequest) -> MigrationRecord:
+        """The migration submitted with the request's idempotency key, or a new Pending record.
+
+        Raises InvalidArgument (BAD_IDEMPOTENCY_KEY, DISK_NOT_IN_DOMAIN, ...), NotFound
+        (TARGET_UNKNOWN, VM_UNKNOWN), FailedPrecondition (SAME_HOST, VM_BUSY).
+        """
+        key = request.idempotency_key
+        if len(key) > MAX_IDEMPOTENCY_KEY or "/" in key:
+            raise InvalidArgument(
+                f"idempotency key {key[:40]!r}... is not usable",
+                reason="BAD_IDEMPOTENCY_KEY",
+                hint=f"use at most {MAX_IDEMPOTENCY_KEY} characters without '/' (a UUID is fine)",
+            )
+        if key:
+            earlier = await self._by_idempotency_key(key)
+            if earlier is not None:
+                return earlier
+        plan = await self._plan(request)
+        copied = plan_disks(plan.domain.disks, plan.options.storage, plan.options.migrate_disks, plan.mapping)
+        record = new_migration(
+            id=self._new_id(),
+            vm=plan.domain.name,
+            vm_uuid=plan.domain.uuid,
+            source_host=plan.source,
+            target_host=request.target_host,
+            now=self._clock(),
+            timeouts=self.timeouts,
+            options=plan.options,
+            mapping=plan.mapping,
+            priority=request.priority,
+            idempotency_key=key,
+            memory_bytes=plan.domain.memory_bytes,
+            disk_bytes=sum(p.allocation or p.virtual_size for p in copied if p.copy),
+        )
+        return await self._create(record)
+
+    async def _plan(self, request: SubmitRequest) -> _Plan:
+        """Resolve a submission against the fleet (inventories asked now); raises the first problem."""
+        vm, target = request.vm, request.target_host
+        located = await self.fleet.locate_vm(vm, fresh=True)
+        if self.fleet.host(target) is None:
+            raise NotFound(
+                f"no host named {target!r} is registered",
+                reason="TARGET_UNKNOWN",
+                hint="check the name with `ferry hosts`; its agent must be running",
+            )
+        if located is None:
+            raise NotFound(
+                f"no host reports a VM named {vm!r}", reason="VM_UNKNOWN", hint="check the name with `ferry vms`"
+            )
+        source, domain = located
+        if source == target:
+            raise FailedPrecondition(
+                f"{domain.name} already runs on {target}", reason="SAME_HOST", hint="pick another target host"
+            )
+        storage = effective_storage(domain, request.options, request.storage_explicit)
+        mapping = derive_mapping(self.hosts.get(source), self.hosts.get(target), request.mapping)
+        return _Plan(source, domain, replace(request.options, storage=storage), mapping)
+
+    async def _create(self, record: MigrationRecord) -> MigrationRecord:
+        """Steps 3-5 of the module doc; each write undone again when a later one fails."""
+        key_revision = None
+        if record.idempotency_key:
+            try:
+                key_revision = await self.store.create(
+                    keys.idempotency_key(record.idempotency_key), keys.encode_id(record.id)
+                )
+            except AlreadyExists:
+                earlier = await self._by_idempotency_key(record.idempotency_key)
+                if earlier is not None:
+                    return earlier
+                return await self._create(record)  # the other submission gave up: try again
+        try:
+            vm_revision = await self._claim_vm(record)
+            try:
+                revision = await self.store.create(keys.migration_key(record.id), encode(record))
+            except BaseException:
+                with contextlib.suppress(FerryError):
+                    await self.store.delete(keys.vm_active_key(record.vm_uuid), expected_mod_revision=vm_revision)
+                raise
+        except BaseException:
+            if key_revision is not None:
+                with contextlib.suppress(FerryError):
+                    await self.store.delete(
+                        keys.idempotency_key(record.idempotency_key), expected_mod_revision=key_revision
+                    )
+            raise
+        log.info(
+            "submitted %s: %s %s -> %s (storage %s)",
+            record.id,
+            record.vm,
+            record.source_host,
+            record.target_host,
+            record.options.storage.value,
+        )
+        return replace(record, revision=revision)
+
+    async def _claim_vm(self, record: MigrationRecord) -> int:
+        """Make ``vm-active/<uuid>`` name our record; VM_BUSY when another migration is not final."""
+        key = keys.vm_active_key(record.vm_uuid)
+        while True:
+            try:
+                return await self.store.create(key, keys.encode_id(record.id))
+            except AlreadyExists:
+                pass
+            entry = await self.store.get(key)
+            if entry is None:
+                continue
+            other_id = keys.decode_id(entry.value)
+            other = await self._wait_for_record(other_id)
+            if other is not None and not other.phase.is_final:
+                raise FailedPrecondition(
+                    f"{record.vm} already has migration {other_id} ({phase_label(other.phase)}, "
+                    f"{other.source_host} -> {other.target_host})",
+                    reason="VM_BUSY",
+                    hint=f"wait for it (ferry migrations watch {other_id}) or cancel it "
+                    f"(ferry migrations cancel {other_id})",
+                )
+            try:
+                return await self.store.update(key, keys.encode_id(record.id), entry.mod_revision)
+            except Conflict:
+                continue
+
+    async def _by_idempotency_key(self, key: str) -> MigrationRecord | None:
+        """The migration submitted with ``key``; None when there is none (or only a stale key)."""
+        entry = await self.store.get(keys.idempotency_key(key))
+        if entry is None:
+            return None
+        record = await self._wait_for_record(keys.decode_id(entry.value))
+        if record is None:
+            log.warning(
+                "idempotency key %r names migration %s, which does not exist; taking the key over",
+                key,
+                keys.decode_id(entry.value),
+            )
+            with contextlib.suppress(FerryError):
+                await self.store.delete(keys.idempotency_key(key), expected_mod_revision=entry.mod_revision)
+        return record
+
+    async def _wait_for_record(self, migration_id: str) -> MigrationRecord | None:
+        """The record, waiting up to ``in_flight_wait_s`` for a submission still between its writes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.in_flight_wait_s
+        while True:
+            record = await read_migration(self.store, migration_id)
+            if record is not None or loop.time() >= deadline:
+                return record
+            await asyncio.sleep(_IN_FLIGHT_POLL_S)
+
+    # ------------------------------------------------------------------ cancel
+
+    async def cancel(self, migration_id: str) -> MigrationRecord:
+        """Mark the migration ``cancel_requested`` (repeating is fine); the engine winds it down.
+
+        Raises NotFound (MIGRATION_UNKNOWN), FailedPrecondition (ALREADY_FINAL).
+        """
+        while True:
+            record = await must_read_migration(self.store, migration_id)
+            if record.phase.is_final:
+                raise FailedPrecondition(
+                    f"migration {record.id} already ended ({phase_label(record.phase)})",
+                    reason="ALREADY_FINAL",
+                    hint="nothing to cancel; see `ferry migrations show " + record.id + "`",
+                )
+            if record.cancel_requested:
+                return record
+            asked = replace(note(record, self._clock(), "cancel requested"), cancel_requested=True)
+            try:
+                revision = await self.store.update(keys.migration_key(record.id), encode(asked), record.revision)
+            except Conflict:
+                continue  # the engine moved it meanwhile: decide again on the new record
+            log.info("cancel requested for %s (%s)", record.id, record.phase.name)
+            return replace(asked, revision=revision)

@@ -1,0 +1,224 @@
+"""The submit and cancel protocols (``coordinator/submission.py``) on the in-memory store, without gRPC.
+
+The fleet view is the real one, following registrations in the same store; each host's agent is
+a stand-in that answers ``inventory()`` from a dict. The clock and the id factory are injected,
+so the record's times and ids are known in advance.
+
+What an operator would check: a submission writes its record, its idempotency key and the VM's
+active key, all naming one id; the same idempotency key gives the same migration; a busy VM is
+refused naming the migration in the way; a refused request (unknown host or VM) writes nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ferry import keys
+from ferry.coordinator.config import HostDecl
+from ferry.coordinator.fleet import Fleet
+from ferry.coordinator.phases import Phase, Timeouts
+from ferry.coordinator.record import decode, encode, with_phase
+from ferry.coordinator.submission import Submissions, SubmitRequest
+from ferry.errors import FailedPrecondition, InvalidArgument, NotFound
+from ferry.model import Disk, DomainInfo, DomainState, HostFacts, HostMapping, Inventory, MigrationOptions, StorageMode
+from ferry.registry import HostRegistration
+from ferry.testing.memory_store import MemoryStore
+
+GiB = 1 << 30
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+UUID = "6c61622d-0000-4000-8000-000000000001"
+HOSTS = {
+    "host1": HostDecl("host1", bridges={"guest": "br-guest"}),
+    "host2": HostDecl("host2", bridges={"guest": "br-vm"}),
+    "host3": HostDecl("host3", bridges={"guest": "br-guest"}),
+}
+
+
+def guest(name: str = "g1", uuid: str = UUID) -> DomainInfo:
+    """A running guest with one local disk (copied) and one shared disk (not copied)."""
+    return DomainInfo(
+        name,
+        uuid,
+        DomainState.RUNNING,
+        memory_bytes=GiB,
+        disks=(
+            Disk("vda", f"/var/lib/libvirt/images/{name}.qcow2", "qcow2", virtual_size=10 * GiB, allocation=2 * GiB),
+            Disk("vdb", f"/shared/{name}-data.qcow2", "qcow2", virtual_size=5 * GiB, allocation=GiB, shared=True),
+        ),
+    )
+
+
+@dataclass
+class InventoryAgent:
+    """All the fleet view asks of an agent: its inventory."""
+
+    host: str
+    domains: list[DomainInfo] = field(default_factory=list)
+
+    async def inventory(self) -> Inventory:
+        return Inventory(HostFacts(hostname=self.host, host_uuid=f"uuid-{self.host}"), tuple(self.domains))
+
+
+@dataclass
+class Setup:
+    store: MemoryStore
+    fleet: Fleet
+    agents: dict[str, InventoryAgent]
+    submissions: Submissions
+
+    async def keys_below(self, prefix: str) -> dict[str, str]:
+        entries, _ = await self.store.list(prefix)
+        return {e.key: keys.decode_id(e.value) for e in entries}
+
+
+@pytest.fixture
+async def fx() -> AsyncIterator[Setup]:
+    store = MemoryStore()
+    agents = {name: InventoryAgent(name) for name in HOSTS}
+    for name in agents:
+        await store.create(keys.host_key(name), HostRegistration(name, f"fake:{name}").encode())
+    fleet = Fleet(store, lambda name, address: agents[name], lambda: NOW, inventory_ttl_s=0.0, declared=HOSTS)
+    await fleet.start()
+    ids = (f"m-{n}" for n in itertools.count(1))
+    submissions = Submissions(
+        store, fleet, hosts=HOSTS, timeouts=Timeouts(), clock=lambda: NOW, new_id=lambda: next(ids)
+    )
+    try:
+        yield Setup(store, fleet, agents, submissions)
+    finally:
+        await fleet.close()
+        await store.close()
+
+
+async def test_a_submission_writes_its_record_its_idempotency_key_and_the_vms_active_key(fx):
+    fx.agents["host1"].domains.append(guest())
+    m = await fx.submissions.submit(SubmitRequest("g1", "host2", priority=3, idempotency_key="deploy-42"))
+    assert (m.id, m.vm, m.vm_uuid, m.source_host, m.target_host) == ("m-1", "g1", UUID, "host1", "host2")
+    assert m.phase is Phase.PENDING and m.priority == 3 and m.idempotency_key == "deploy-42"
+    # the injected clock: submitted now, queued until now + the Pending timeout
+    assert m.created_at == m.updated_at == NOW and [(c.phase, c.at, c.reason) for c in m.history] == [
+        (Phase.PENDING, NOW, "submitted")
+    ]
+    assert m.phase_deadline == NOW + timedelta(seconds=Timeouts().pending_s)
+    # storage left to the coordinator: vda is local, so copy-all (only vda is copied); bridges derived
+    assert m.options.storage is StorageMode.COPY_ALL
+    assert (m.memory_bytes, m.disk_bytes) == (GiB, 2 * GiB)
+    assert m.mapping == HostMapping(bridges={"br-guest": "br-vm"})
+    # the three keys, one id
+    entry = await fx.store.get(keys.migration_key("m-1"))
+    assert decode(entry.value, entry.mod_revision) == m
+    assert await fx.keys_below(keys.IDEMPOTENCY) == {keys.idempotency_key("deploy-42"): "m-1"}
+    assert await fx.keys_below(keys.VM_ACTIVE) == {keys.vm_active_key(UUID): "m-1"}
+
+
+async def test_a_submission_without_a_key_writes_no_idempotency_key(fx):
+    fx.agents["host1"].domains.append(guest())
+    options = MigrationOptions(storage=StorageMode.SHARED)
+    m = await fx.submissions.submit(
+        SubmitRequest("g1", "host3", options, storage_explicit=True, mapping=HostMapping(bridges={"br-guest": "br-x"}))
+    )
+    assert m.options.storage is StorageMode.SHARED and m.disk_bytes == 0  # the caller's mode wins
+    assert m.mapping.bridges == {"br-guest": "br-x"}  # the request's override wins
+    assert await fx.keys_below(keys.IDEMPOTENCY) == {}
+    assert await fx.keys_below(keys.VM_ACTIVE) == {keys.vm_active_key(UUID): m.id}
+
+
+async def test_the_same_idempotency_key_returns_the_same_migration(fx):
+    fx.agents["host1"].domains.append(guest())
+    first = await fx.submissions.submit(SubmitRequest("g1", "host2", idempotency_key="k"))
+    again = await fx.submissions.submit(SubmitRequest("g1", "host2", idempotency_key="k"))
+    assert again == first
+    # even with other arguments, and even once the VM is gone: the key names the submission
+    fx.agents["host1"].domains.clear()
+    other = await fx.submissions.submit(SubmitRequest("g1", "host3", idempotency_key="k"))
+    assert other.id == first.id and other.target_host == "host2"
+    entries, _ = await fx.store.list(keys.MIGRATIONS)
+    assert len(entries) == 1
+
+
+async def test_a_second_submission_for_a_busy_vm_is_refused_vm_busy(fx):
+    fx.agents["host1"].domains.append(guest())
+    first = await fx.submissions.submit(SubmitRequest("g1", "host2", idempotency_key="k1"))
+    with pytest.raises(FailedPrecondition) as refused:
+        await fx.submissions.submit(SubmitRequest("g1", "host3", idempotency_key="k2"))
+    err = refused.value
+    assert err.reason == "VM_BUSY" and first.id in err.message and "Pending" in err.message
+    assert f"ferry migrations cancel {first.id}" in err.hint
+    assert await fx.keys_below(keys.IDEMPOTENCY) == {keys.idempotency_key("k1"): first.id}  # k2 released
+    entries, _ = await fx.store.list(keys.MIGRATIONS)
+    assert len(entries) == 1
+    # once the first is final, the VM may migrate again: the stale vm-active key is taken over
+    entry = await fx.store.get(keys.migration_key(first.id))
+    failed = with_phase(decode(entry.value, entry.mod_revision), Phase.FAILED, NOW, "test", Timeouts())
+    await fx.store.update(entry.key, encode(failed), entry.mod_revision)
+    second = await fx.submissions.submit(SubmitRequest("g1", "host3", idempotency_key="k2"))
+    assert second.id != first.id and second.phase is Phase.PENDING
+    assert await fx.keys_below(keys.VM_ACTIVE) == {keys.vm_active_key(UUID): second.id}
+
+
+@pytest.mark.parametrize(
+    ("vm", "to", "key", "error", "reason", "hint"),
+    [
+        ("g1", "host9", "", NotFound, "TARGET_UNKNOWN", "ferry hosts"),
+        ("nope", "host2", "", NotFound, "VM_UNKNOWN", "ferry vms"),
+        ("nope", "host9", "", NotFound, "TARGET_UNKNOWN", "ferry hosts"),  # the target is checked first
+        ("g1", "host1", "", FailedPrecondition, "SAME_HOST", "another target"),
+        ("g1", "host2", "a/b", InvalidArgument, "BAD_IDEMPOTENCY_KEY", "without '/'"),
+        ("g1", "host2", "k" * 201, InvalidArgument, "BAD_IDEMPOTENCY_KEY", "at most 200"),
+    ],
+)
+async def test_a_refused_submission_says_why_and_writes_nothing(fx, vm, to, key, error, reason, hint):
+    fx.agents["host1"].domains.append(guest())
+    before = fx.store.revision
+    with pytest.raises(error) as refused:
+        await fx.submissions.submit(SubmitRequest(vm, to, idempotency_key=key))
+    assert refused.value.reason == reason and hint in refused.value.hint
+    assert fx.store.revision == before  # no key was written (nor written and removed)
+
+
+async def test_an_unknown_disk_to_copy_is_refused_before_any_write(fx):
+    fx.agents["host1"].domains.append(guest())
+    before = fx.store.revision
+    options = MigrationOptions(storage=StorageMode.COPY_ALL, migrate_disks=("vdz",))
+    with pytest.raises(InvalidArgument) as refused:
+        await fx.submissions.submit(SubmitRequest("g1", "host2", options, storage_explicit=True))
+    assert refused.value.reason == "DISK_NOT_IN_DOMAIN" and "vda" in refused.value.hint
+    assert fx.store.revision == before
+
+
+async def test_keys_left_by_a_crashed_submission_are_taken_over(fx):
+    fx.agents["host1"].domains.append(guest())
+    fx.submissions.in_flight_wait_s = 0.1
+    # a submission wrote its keys and died before writing its record
+    await fx.store.create(keys.idempotency_key("k1"), keys.encode_id("m-crashed"))
+    await fx.store.create(keys.vm_active_key(UUID), keys.encode_id("m-crashed"))
+    m = await fx.submissions.submit(SubmitRequest("g1", "host2", idempotency_key="k1"))
+    assert m.id == "m-1" and m.phase is Phase.PENDING
+    assert await fx.keys_below(keys.IDEMPOTENCY) == {keys.idempotency_key("k1"): "m-1"}
+    assert await fx.keys_below(keys.VM_ACTIVE) == {keys.vm_active_key(UUID): "m-1"}
+    assert (await fx.submissions.submit(SubmitRequest("g1", "host2", idempotency_key="k1"))).id == "m-1"
+
+
+async def test_cancel_marks_the_record_once_and_refuses_a_final_one(fx):
+    fx.agents["host1"].domains.append(guest())
+    m = await fx.submissions.submit(SubmitRequest("g1", "host2"))
+    asked = await fx.submissions.cancel(m.id)
+    assert asked.cancel_requested and asked.phase is Phase.PENDING
+    assert (asked.history[-1].at, asked.history[-1].reason) == (NOW, "cancel requested")
+    entry = await fx.store.get(keys.migration_key(m.id))
+    assert decode(entry.value, entry.mod_revision) == asked
+    again = await fx.submissions.cancel(m.id)  # repeating is fine and writes nothing
+    assert again == asked
+    cancelled = with_phase(asked, Phase.CANCELLED, NOW, "test", Timeouts())
+    await fx.store.update(entry.key, encode(cancelled), entry.mod_revision)
+    with pytest.raises(FailedPrecondition) as refused:
+        await fx.submissions.cancel(m.id)
+    assert refused.value.reason == "ALREADY_FINAL" and "Cancelled" in refused.value.message
+    with pytest.raises(NotFound) as unknown:
+        await fx.submissions.cancel("m-nope")
+    assert unknown.value.reason == "MIGRATION_UNKNOWN"
