@@ -6,7 +6,7 @@ The policy is data and pure functions (``ferry.convergence``); the progress snap
 ``MigrationDriver.run`` starts ``Hypervisor.migrate`` as a task, polls ``job_stats`` every
 progress interval, folds each snapshot into the policy's ``Watch``, does the one action
 ``next_action`` asks for (abort on timeout, set a max-downtime step, switch to post-copy), yields
-a ``MigrationProgress`` whenever something changed, and ends with a ``MigrationOutcome``
+a ``MigrationProgress`` whenever something changed, and ends with a ``MigrationResult``
 (completed-job figures read on the target, and what is left of the domain on the source).
 
 Cancellation (the client closed the Migrate stream, or the agent's RPC was cancelled): the
@@ -48,6 +48,7 @@ from ferry.model import (
     MigrationOptions,
     MigrationPhase,
     MigrationProgress,
+    MigrationResult,
 )
 from ferry.ports import Hypervisor
 
@@ -83,16 +84,7 @@ class MigrationRequest:
     convergence: ConvergencePolicy | None = None
 
 
-@dataclass(frozen=True)
-class MigrationOutcome:
-    """How a migration ended well: the target's figures and what is left on the source."""
-
-    job: CompletedJob
-    source_state: DomainState | None  # None: nothing left of the domain on the source
-    source_defined: bool
-
-
-Event = MigrationProgress | MigrationOutcome
+Event = MigrationProgress | MigrationResult
 
 
 class MigrationDriver:
@@ -110,7 +102,7 @@ class MigrationDriver:
         self._policy = policy
 
     async def run(self, req: MigrationRequest) -> AsyncIterator[Event]:
-        """Yield progress snapshots while the job runs, then one MigrationOutcome.
+        """Yield progress snapshots while the job runs, then one MigrationResult.
 
         Raises the job's error (Aborted when aborted, DeadlineExceeded MIGRATION_TIMEOUT when
         the completion timeout hit, others per the libvirt error table).
@@ -230,7 +222,7 @@ class MigrationDriver:
             job.downtime_ms,
             "nothing" if state is None else f"{state.name.lower()}{', defined' if defined else ''}",
         )
-        yield MigrationOutcome(job=job, source_state=state, source_defined=defined)
+        yield MigrationResult(job=job, source_state=state, source_defined=defined)
 
     async def _poll(self, uuid: str) -> JobStats | None:
         try:

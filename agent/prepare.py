@@ -24,7 +24,7 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple
@@ -35,7 +35,6 @@ from ferry.agent.target_checks import (
     CpuVerdict,
     GuestCpu,
     PathFacts,
-    Problem,
     TargetSnapshot,
     check_target,
     guest_cpu,
@@ -45,24 +44,14 @@ from ferry.agent.target_checks import (
     storage_key,
 )
 from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound
-from ferry.model import DiskPlan, DomainInfo, HostMapping, Nic, PrepareRecord, StorageMode
+from ferry.model import DiskPlan, DomainInfo, HostMapping, Nic, PreparedIncoming, PrepareRecord, Problem, StorageMode
 from ferry.ports import HostSystem, Hypervisor
 
 log = logging.getLogger(__name__)
 
 _PREPARE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
-__all__ = ["CleanupOutcome", "PrepareOutcome", "PrepareService", "PrepareStore", "Problem", "check_target"]
-
-
-@dataclass(frozen=True)
-class PrepareOutcome:
-    prepare_id: str  # "" for a dry run
-    destination_xml: str  # "" when the XML could not be rewritten
-    disks: tuple[DiskPlan, ...]  # with destinations (and COPY_INC backing files) filled in
-    created: tuple[str, ...]
-    expires_at: datetime | None  # None for a dry run
-    problems: tuple[Problem, ...] = ()
+__all__ = ["CleanupOutcome", "PrepareService", "PrepareStore", "check_target"]
 
 
 class CleanupOutcome(NamedTuple):
@@ -209,7 +198,7 @@ class PrepareService:
         ttl_s: int,
         migration_id: str,
         dry_run: bool,
-    ) -> PrepareOutcome:
+    ) -> PreparedIncoming:
         """Check this host, then (unless ``dry_run``) create the images and record them.
 
         Refused (nothing created) with the first problem's error type, the message listing all.
@@ -227,7 +216,7 @@ class PrepareService:
             except InvalidArgument:
                 destination_xml = ""  # already among the problems
             if dry_run:
-                return PrepareOutcome("", destination_xml, tuple(plans), (), None, tuple(problems))
+                return PreparedIncoming("", destination_xml, tuple(plans), (), None, tuple(problems))
             if problems:
                 raise refusal(problems)
             assert parsed is not None  # no problems: the XML parsed
@@ -235,7 +224,7 @@ class PrepareService:
 
     async def _create(
         self, parsed: ParsedDomain, plans: list[DiskPlan], destination_xml: str, ttl_s: int, migration_id: str
-    ) -> PrepareOutcome:
+    ) -> PreparedIncoming:
         now = self._clock()
         record = PrepareRecord(
             prepare_id=self._new_id(),
@@ -271,7 +260,7 @@ class PrepareService:
             await self._undo(replace(record, created=tuple(created)), reserved)
             raise
         log.info("prepared %s for %s: created %s", record.prepare_id, parsed.name, ", ".join(created) or "nothing")
-        return PrepareOutcome(record.prepare_id, destination_xml, tuple(plans), tuple(created), record.expires_at)
+        return PreparedIncoming(record.prepare_id, destination_xml, tuple(plans), tuple(created), record.expires_at)
 
     async def _undo(self, record: PrepareRecord, reserved: Mapping[str, int]) -> list[str]:
         """Remove the record's files, then the record; what could not be removed stays recorded."""

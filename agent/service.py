@@ -6,24 +6,32 @@ into statuses with reason and hint.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
-from ferry import convert
+from ferry import convert, model
 from ferry.agent.inventory import Inventory
-from ferry.agent.migration import MigrationDriver, MigrationOutcome, MigrationRequest
-from ferry.agent.prepare import PrepareService, Problem
+from ferry.agent.migration import MigrationDriver, MigrationRequest
+from ferry.agent.prepare import PrepareService
 from ferry.agent.progress import phase_of
 from ferry.agent.source_disks import SourceDisks
 from ferry.diskplan import plan_disks
 from ferry.errors import FailedPrecondition, FerryError, InvalidArgument
-from ferry.model import DomainInfo, HostMapping, MigrationOptions, StorageMode
+from ferry.model import (
+    DiskPlan,
+    DomainInfo,
+    HostMapping,
+    MigrationOptions,
+    MigrationProgress,
+    MigrationResult,
+    Problem,
+    StorageMode,
+)
 from ferry.ports import Hypervisor
 from ferry.rpc import rpc_method
 from ferry.v1 import agent_pb2 as apb
 from ferry.v1 import agent_pb2_grpc as agrpc
-from ferry.v1 import types_pb2 as tpb
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +44,16 @@ def _required(value: str, field: str) -> str:
     return value
 
 
-def _problem_to_pb(p: Problem) -> tpb.ErrorDetail:
-    return convert.error_detail_to_pb(p.to_error())
-
-
-def disks_to_copy(domain: DomainInfo, options: MigrationOptions) -> list[str]:
-    """The guest devices libvirt copies: none for shared storage; else the caller's list or
-    every writable local file disk (diskplan's rule, the same the target prepared for)."""
+def disks_to_copy(domain: DomainInfo, options: MigrationOptions, plans: Sequence[DiskPlan] = ()) -> list[str]:
+    """The guest devices libvirt copies: exactly those the target prepared copies of (the plan
+    the Migrate request carries). A request without a plan (an older coordinator): none for
+    shared storage, else the caller's list or every writable local file disk (diskplan's rule,
+    the same the target prepared for)."""
+    if plans:
+        return [p.target for p in plans if p.copy]
     if options.storage is StorageMode.SHARED:
         return []
-    plans = plan_disks(domain.disks, options.storage, options.migrate_disks, HostMapping())
-    return [p.target for p in plans if p.copy]
+    return [p.target for p in plan_disks(domain.disks, options.storage, options.migrate_disks, HostMapping()) if p.copy]
 
 
 class AgentServicer(agrpc.AgentServicer):
@@ -76,7 +83,7 @@ class AgentServicer(agrpc.AgentServicer):
     async def GetInventory(self, request: apb.GetInventoryRequest, context: grpc.aio.ServicerContext) -> apb.Inventory:
         facts = await self.inventory.facts()
         domains = await self.inventory.domains()
-        return apb.Inventory(host=convert.host_facts_to_pb(facts), domains=[convert.domain_to_pb(d) for d in domains])
+        return convert.inventory_to_pb(model.Inventory(host=facts, domains=tuple(domains)))
 
     @rpc_method
     async def GetDomain(
@@ -102,16 +109,7 @@ class AgentServicer(agrpc.AgentServicer):
             request.migration_id,
             request.dry_run,
         )
-        resp = apb.PrepareIncomingResponse(
-            prepare_id=out.prepare_id,
-            destination_xml=out.destination_xml,
-            disks=[convert.disk_plan_to_pb(d) for d in out.disks],
-            created=list(out.created),
-            problems=[_problem_to_pb(p) for p in out.problems],
-        )
-        if out.expires_at is not None:
-            resp.expires_at.CopyFrom(convert.timestamp_to_pb(out.expires_at))
-        return resp
+        return convert.prepared_to_pb(out)
 
     @rpc_method
     async def CleanupIncoming(
@@ -158,7 +156,7 @@ class AgentServicer(agrpc.AgentServicer):
         options = convert.options_from_pb(request.options)
         target_uri = _required(request.target_uri, "target_uri")
         domain = await self.inventory.domain(_required(request.domain, "domain"))
-        disks = disks_to_copy(domain, options)
+        disks = disks_to_copy(domain, options, [convert.disk_plan_from_pb(d) for d in request.disks])
         copied = [d for d in domain.disks if d.target in disks]
         req = MigrationRequest(
             domain=domain.uuid,
@@ -174,10 +172,8 @@ class AgentServicer(agrpc.AgentServicer):
         await self._claim(domain, request.migration_id)
         try:
             async for event in self.driver.run(req):
-                if isinstance(event, MigrationOutcome):
-                    yield apb.MigrateEvent(
-                        result=convert.migrate_result_to_pb(event.job, event.source_state, event.source_defined)
-                    )
+                if isinstance(event, MigrationResult):
+                    yield apb.MigrateEvent(result=convert.migrate_result_to_pb(event))
                 else:
                     yield apb.MigrateEvent(progress=convert.progress_to_pb(event))
         finally:
@@ -207,8 +203,11 @@ class AgentServicer(agrpc.AgentServicer):
 
     @rpc_method
     async def GetJob(self, request: apb.GetJobRequest, context: grpc.aio.ServicerContext) -> apb.GetJobResponse:
-        stats = await self.hypervisor.job_stats(_required(request.domain, "domain"), completed=request.completed)
-        return convert.job_to_pb(stats, phase=phase_of(stats), completed=request.completed)
+        domain = _required(request.domain, "domain")
+        if request.completed:
+            return convert.completed_job_response_to_pb(await self.hypervisor.job_stats(domain, completed=True))
+        stats = await self.hypervisor.job_stats(domain)
+        return convert.job_to_pb(MigrationProgress(phase_of(stats), stats))
 
     @rpc_method
     async def ProbeTarget(
@@ -220,7 +219,7 @@ class AgentServicer(agrpc.AgentServicer):
             latency_ms = await self.hypervisor.probe_peer(uri, migration_address=request.migration_address)
         except FerryError as err:
             log.info("probe of %s from %s: %s: %s", uri, self.prepare.host_name, err.reason, err)
-            return apb.ProbeTargetResponse(problems=[convert.error_detail_to_pb(err)])
+            return apb.ProbeTargetResponse(problems=[convert.problem_to_pb(Problem.of(err))])
         return apb.ProbeTargetResponse(latency_ms=latency_ms)
 
     @rpc_method

@@ -25,29 +25,11 @@ from dataclasses import dataclass, field, replace
 from ferry.agent.domxml import ParsedDomain, backing_formats, parse_disks, parse_domain, parse_nics
 from ferry.diskplan import map_path, plan_disks
 from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, ResourceExhausted
-from ferry.model import Disk, DiskPlan, DomainInfo, HostMapping, Nic, PrepareRecord, StorageDir, StorageMode
+from ferry.model import Disk, DiskPlan, DomainInfo, HostMapping, Nic, PrepareRecord, Problem, StorageDir, StorageMode
+from ferry.units import human_bytes
 
 # CPU modes whose definition names a model and features libvirt can compare with this host
 COMPARABLE_CPU_MODES = frozenset({"custom", "host-model"})
-# CPU modes that copy the source host's CPU: only the coordinator (both hosts' facts) can judge
-HOST_CPU_MODES = frozenset({"host-passthrough", "maximum"})
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One reason this host cannot take the domain, with what to do about it."""
-
-    error: type[FerryError]
-    reason: str
-    message: str
-    hint: str = ""
-
-    def to_error(self) -> FerryError:
-        return self.error(self.message, reason=self.reason, hint=self.hint)
-
-    @classmethod
-    def of(cls, err: FerryError) -> Problem:
-        return cls(type(err), err.reason, err.message, err.hint)
 
 
 @dataclass(frozen=True)
@@ -139,18 +121,6 @@ def guest_cpu(xml: str) -> GuestCpu | None:
     )
 
 
-def human_bytes(n: int) -> str:
-    """A byte count for people.
-
-    >>> human_bytes(3 << 30)
-    '3.0 GiB'
-    """
-    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
-
-
 def required_bytes(plan: DiskPlan) -> int:
     """What copying a disk will fill on the target: its allocation, or its virtual size."""
     return plan.allocation or plan.virtual_size
@@ -199,7 +169,6 @@ def _domain_problems(parsed: ParsedDomain, snap: TargetSnapshot) -> list[Problem
         state = "running" if dom.state.is_active else "defined, not running"
         out.append(
             Problem(
-                AlreadyExists,
                 "DOMAIN_EXISTS",
                 f"{snap.host_name} already has a domain with the {same} of {parsed.name} "
                 f"({dom.name}, {dom.uuid}, {state})",
@@ -207,17 +176,18 @@ def _domain_problems(parsed: ParsedDomain, snap: TargetSnapshot) -> list[Problem
                 if dom.state.is_active and dom.uuid == parsed.uuid
                 else f"if {dom.name} on {snap.host_name} is a stale copy, undefine it there "
                 f"(virsh undefine {dom.name}); otherwise pick another target",
+                kind=AlreadyExists,
             )
         )
     for rec in snap.records:
         out.append(
             Problem(
-                AlreadyExists,
                 "PREPARE_EXISTS",
                 f"{snap.host_name} already has a prepared incoming migration of {rec.domain_name} "
                 f"(prepare {rec.prepare_id}, migration {rec.migration_id or 'unknown'})",
                 f"let that migration finish, or clean it up (CleanupIncoming {rec.prepare_id}); "
                 f"it expires at {rec.expires_at.isoformat()}",
+                kind=AlreadyExists,
             )
         )
     return out
@@ -239,10 +209,10 @@ def _nic_problems(nics: Iterable[Nic], mapping: HostMapping, snap: TargetSnapsho
         example = have[0] if have else f"TARGET_{kind.upper()}"
         out.append(
             Problem(
-                FailedPrecondition,
                 f"{kind.upper()}_MISSING",
                 f"{kind} {wanted}{mapped} does not exist on {snap.host_name}",
                 f"{snap.host_name} has {kind}s {listed}; map it: --map-{kind} {nic.source}={example}",
+                kind=FailedPrecondition,
             )
         )
     return out
@@ -260,20 +230,20 @@ def _disk_problems(
         if devices is not None and p.target not in devices:
             out.append(
                 Problem(
-                    InvalidArgument,
                     "DISK_NOT_IN_DOMAIN",
                     f"the disk plan names {p.target}, which the domain does not have",
                     f"the domain's disks are {', '.join(sorted(devices)) or 'none'}",
+                    kind=InvalidArgument,
                 )
             )
             continue
         if dest in destinations:
             out.append(
                 Problem(
-                    InvalidArgument,
                     "DUPLICATE_DESTINATION",
                     f"disks {destinations[dest]} and {p.target} would both live at {dest}",
                     "map them to different paths (--map-path)",
+                    kind=InvalidArgument,
                 )
             )
             continue
@@ -286,61 +256,61 @@ def _disk_problems(
             if not f.exists:
                 out.append(
                     Problem(
-                        FailedPrecondition,
                         "SHARED_DISK_MISSING",
                         f"disk {p.target} ({why}) is expected at {dest} on {host}, but nothing is there",
                         f"make {os.path.dirname(dest)} visible on {host} (mount the shared storage), map the path "
                         f"(--map-path {os.path.dirname(p.source)}=DIR), or copy the disk (--copy-storage-all)",
+                        kind=FailedPrecondition,
                     )
                 )
             elif writable and not f.shared:
                 out.append(
                     Problem(
-                        FailedPrecondition,
                         "DISK_NOT_SHARED",
                         f"disk {p.target} ({why}) is writable, but {dest} on {host} is on local storage: the guest "
                         "would continue on a different file than on the source",
                         f"copy the disk (--copy-storage-all); if {os.path.dirname(dest)} really is shared, list it "
                         f"in shared_dirs of {host}'s agent config",
+                        kind=FailedPrecondition,
                     )
                 )
             continue
         if storage is StorageMode.SHARED:
             out.append(
                 Problem(
-                    InvalidArgument,
                     "COPY_WITH_SHARED_STORAGE",
                     f"disk {p.target} is planned as a copy, but the storage mode is shared",
                     "use --copy-storage-all or --copy-storage-inc, or plan the disk as shared",
+                    kind=InvalidArgument,
                 )
             )
             continue
         if p.virtual_size <= 0:
             out.append(
                 Problem(
-                    InvalidArgument,
                     "DISK_SIZE_UNKNOWN",
                     f"disk {p.target} has no virtual size; its image cannot be created",
                     "pass disk plans with sizes (the source agent's inventory has them)",
+                    kind=InvalidArgument,
                 )
             )
         if f.exists:
             out.append(
                 Problem(
-                    AlreadyExists,
                     "FILE_IN_THE_WAY",
                     f"{dest} already exists on {host} (disk {p.target} would be created there)",
                     f"remove or move {dest} on {host} if it is a leftover, or map the disk elsewhere "
                     f"(--map-path {os.path.dirname(p.source)}=DIR)",
+                    kind=AlreadyExists,
                 )
             )
         elif not f.writable_dir:
             out.append(
                 Problem(
-                    FailedPrecondition,
                     "PATH_NOT_WRITABLE",
                     f"the agent cannot create {dest} on {host}: its directory is not writable",
                     f"make {os.path.dirname(dest)} writable for the agent, or map the disk elsewhere (--map-path)",
+                    kind=FailedPrecondition,
                 )
             )
         if (
@@ -350,11 +320,11 @@ def _disk_problems(
         ):
             out.append(
                 Problem(
-                    FailedPrecondition,
                     "BACKING_MISSING",
                     f"disk {p.target} needs its backing file {p.backing_file} on {host}, and it is not there",
                     f"copy the backing file to {p.backing_file} on {host}, map its directory (--map-path), "
                     "or copy the whole disk (--copy-storage-all)",
+                    kind=FailedPrecondition,
                 )
             )
     return out + _space_problems([p for p in plans if p.copy and p.destination in destinations], snap)
@@ -374,12 +344,12 @@ def _space_problems(copies: list[DiskPlan], snap: TargetSnapshot) -> list[Proble
         others = f", {human_bytes(reserved)} of it promised to other incoming migrations" if reserved else ""
         out.append(
             Problem(
-                ResourceExhausted,
                 "INSUFFICIENT_SPACE",
                 f"disks {', '.join(p.target for p in plans)} need {human_bytes(need)} under {key} on "
                 f"{snap.host_name}; {human_bytes(free)} free{others}",
                 f"free {human_bytes(need - free + reserved)} there, or map the disks to a roomier directory "
                 "(--map-path)",
+                kind=ResourceExhausted,
             )
         )
     return out
@@ -390,11 +360,11 @@ def _cpu_problems(parsed: ParsedDomain, cpu: GuestCpu | None, snap: TargetSnapsh
     if cpu is not None and cpu.emulator and not snap.emulator_present:
         out.append(
             Problem(
-                FailedPrecondition,
                 "EMULATOR_MISSING",
                 f"{parsed.name} runs on the emulator {cpu.emulator}, which does not exist on {snap.host_name}",
                 f"install QEMU at {cpu.emulator} on {snap.host_name} (every host needs the same emulator path), "
                 "or pick another target",
+                kind=FailedPrecondition,
             )
         )
     verdict = snap.cpu
@@ -406,13 +376,13 @@ def _cpu_problems(parsed: ParsedDomain, cpu: GuestCpu | None, snap: TargetSnapsh
         model = f"model {cpu.model}, " if cpu.model else ""
         out.append(
             Problem(
-                FailedPrecondition,
                 "CPU_INCOMPATIBLE",
                 f"{snap.host_name} cannot run the CPU of {parsed.name} ({model}mode {cpu.mode}): "
                 f"{verdict.incompatible}",
                 f"pick a target whose CPU has the features named, or give {parsed.name} a CPU model every host "
                 "offers (e.g. a baseline of all hosts' CPUs: virsh hypervisor-cpu-baseline on their domain "
                 "capabilities), then restart it",
+                kind=FailedPrecondition,
             )
         )
     return out
@@ -424,11 +394,11 @@ def _memory_problems(parsed: ParsedDomain, snap: TargetSnapshot) -> list[Problem
         return []
     return [
         Problem(
-            ResourceExhausted,
             "INSUFFICIENT_MEMORY",
             f"{parsed.name} needs {human_bytes(need)} of memory; {snap.host_name} has {human_bytes(have)} available",
             f"free {human_bytes(need - have)} on {snap.host_name} (stop or migrate other guests away), or pick "
             "another target",
+            kind=ResourceExhausted,
         )
     ]
 
@@ -444,7 +414,7 @@ def check_target(
         devices: dict[str, Disk] | None = {d.target: d for d in parse_disks(xml)}
     except InvalidArgument as exc:
         return [
-            Problem(InvalidArgument, exc.reason, exc.message, exc.hint),
+            Problem.of(exc),
             *_disk_problems(plans, storage, None, snapshot),
         ]
     return [
@@ -462,7 +432,7 @@ def refusal(problems: list[Problem]) -> FerryError:
     if len(problems) == 1:
         return first.to_error()
     hints = list(dict.fromkeys(p.hint for p in problems if p.hint))
-    return first.error(
+    return first.kind(
         f"{len(problems)} problems: " + "; ".join(p.message for p in problems),
         reason=first.reason,
         hint="; ".join(hints),

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ferry.units import human_bytes
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import types_pb2 as tpb
-
-MiB = 1024 * 1024
 
 
 def size(n: int) -> str:
     """Bytes as a short human figure: 0 B, 512 B, 1.5 KiB, 256 MiB, 3.2 GiB."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            if unit == "B":
-                return f"{int(value)} B"
-            return f"{value:.0f} {unit}" if value >= 10 else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+    return human_bytes(n, short=True)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

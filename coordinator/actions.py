@@ -28,8 +28,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ferry.agent.progress import phase_of
-from ferry.convert import completed_job_from_stats
 from ferry.diskplan import plan_disks
 from ferry.errors import FerryError, InvalidArgument, NotFound
 from ferry.model import (
@@ -39,13 +37,14 @@ from ferry.model import (
     MigrationProgress,
     MigrationResult,
     PrepareRecord,
+    Problem,
     StorageMode,
 )
 from ferry.ports import AgentClient
 from ferry.registry import HostDirectory, migrate_uri_for
 
 from .agent_client import agent_lost, transport_failure
-from .decide import (
+from .events import (
     AbortMigration,
     Action,
     AgentLost,
@@ -68,7 +67,7 @@ from .decide import (
     WatchJob,
 )
 from .preflight import preflight
-from .record import ErrorDetail, MigrationRecord, ProgressSnapshot
+from .record import MigrationRecord
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +78,6 @@ MIGRATION_OUT = "migration out"
 def vm_ref(r: MigrationRecord) -> str:
     """How agents are asked for the record's domain: by UUID when known (names can be reused)."""
     return r.vm_uuid or r.vm
-
-
-def snapshot_of(stats: JobStats) -> ProgressSnapshot:
-    return ProgressSnapshot.of(MigrationProgress(phase_of(stats), stats))
 
 
 def outgoing(job: JobStats) -> bool:
@@ -107,7 +102,7 @@ class Actions:
         return self.hosts.client(host)
 
     def _failed(self, host: str, step: str, err: FerryError) -> Event:
-        return AgentLost(host) if agent_lost(err) else StepFailed(step, ErrorDetail.of(err))
+        return AgentLost(host) if agent_lost(err) else StepFailed(step, Problem.of(err))
 
     async def perform(
         self, r: MigrationRecord, action: Action, emit: Emit, following: Callable[[], bool] = lambda: True
@@ -151,13 +146,13 @@ class Actions:
         involved = [h for h in report.unavailable if h in (r.source_host, r.target_host)]
         if involved:
             return AgentLost(involved[0])
-        return PreflightResult(tuple(ErrorDetail(b.reason, b.message, b.hint) for b in report.blockers))
+        return PreflightResult(report.blockers)
 
     async def prepare_target(self, r: MigrationRecord) -> Event:
         try:
             domain, xml = await self._client(r.source_host).get_domain(vm_ref(r), include_xml=True)
         except FerryError as err:
-            return AgentLost(r.source_host) if agent_lost(err) else PrepareFailed(ErrorDetail.of(err))
+            return AgentLost(r.source_host) if agent_lost(err) else PrepareFailed(Problem.of(err))
         try:
             plans = plan_disks(domain.disks, r.options.storage, r.options.migrate_disks, r.mapping)
             out = await self._client(r.target_host).prepare_incoming(
@@ -170,9 +165,8 @@ class Actions:
                 dry_run=False,
             )
         except FerryError as err:
-            return AgentLost(r.target_host) if agent_lost(err) else PrepareFailed(ErrorDetail.of(err))
-        copied = tuple(p.source for p in (out.disks or plans) if p.copy and p.source)
-        return Prepared(out.prepare_id, out.destination_xml, copied)
+            return AgentLost(r.target_host) if agent_lost(err) else PrepareFailed(Problem.of(err))
+        return Prepared(out.prepare_id, out.destination_xml, tuple(out.disks or plans))
 
     # ------------------------------------------------------------------ the job
 
@@ -194,7 +188,7 @@ class Actions:
             emit(
                 MigrationEnded(
                     False,
-                    error=ErrorDetail(
+                    error=Problem(
                         "TARGET_URI_UNKNOWN",
                         f"{r.target_host} advertises no libvirt URI",
                         f"set advertise_libvirt_uri in ferry-agent's config on {r.target_host}",
@@ -210,14 +204,15 @@ class Actions:
                 options=r.options,
                 migration_id=r.id,
                 migrate_uri=migrate_uri,
+                disks=r.disks,
             ):
                 if isinstance(item, MigrationResult):
                     emit(MigrationEnded(True, job=item.job))
                     return
-                emit(Progress(ProgressSnapshot.of(item)))
+                emit(Progress(item))
         except FerryError as err:
             if not transport_failure(err):
-                emit(MigrationEnded(False, error=ErrorDetail.of(err)))
+                emit(MigrationEnded(False, error=Problem.of(err)))
                 return
             log.warning(
                 "migration %s: the Migrate stream from %s broke (%s); following the job by GetJob",
@@ -231,7 +226,7 @@ class Actions:
         emit(
             MigrationEnded(
                 False,
-                error=ErrorDetail(
+                error=Problem(
                     "MIGRATE_STREAM_ENDED",
                     f"the Migrate stream from {r.source_host} ended without a result",
                     f"see ferry-agent's log on {r.source_host}",
@@ -244,7 +239,7 @@ class Actions:
     ) -> None:
         """Poll GetJob on the source while the job runs; when it ends, report the placement.
         ``lost``: the source was just reported lost (report it again only after it answered)."""
-        last: ProgressSnapshot | None = None
+        last: MigrationProgress | None = None
         while following():
             try:
                 job = await self._source_job(r)
@@ -255,13 +250,12 @@ class Actions:
                 await asyncio.sleep(self.timing.job_poll_s)
                 continue
             lost = False
-            if not outgoing(job):
+            if not outgoing(job.stats):
                 emit(await self.placement(r))
                 return
-            snap = snapshot_of(job)
-            if snap != last:
-                emit(Progress(snap))
-                last = snap
+            if job != last:
+                emit(Progress(job))
+                last = job
             await asyncio.sleep(self.timing.job_poll_s)
 
     async def abort(self, r: MigrationRecord) -> Event | None:
@@ -288,16 +282,16 @@ class Actions:
             return None
         return domain.state
 
-    async def _source_job(self, r: MigrationRecord) -> JobStats:
+    async def _source_job(self, r: MigrationRecord) -> MigrationProgress:
         """The source's job of the domain (none when the domain is gone from the source)."""
         client = self._client(r.source_host)
         try:
             return await client.get_job(vm_ref(r))
         except NotFound:
-            return JobStats()
+            return MigrationProgress()
 
     async def _source_job_active(self, r: MigrationRecord) -> bool:
-        return outgoing(await self._source_job(r))
+        return outgoing((await self._source_job(r)).stats)
 
     async def placement(self, r: MigrationRecord) -> Event:
         """Placement, or AgentLost/StepFailed naming the host that could not be asked."""
@@ -372,13 +366,11 @@ class Actions:
         if r.result is not None:
             return None
         try:
-            stats = await self._client(r.target_host).get_job(vm_ref(r), completed=True)
+            job = await self._client(r.target_host).completed_job(vm_ref(r))
         except FerryError as err:
             log.info("migration %s: no completed job on %s: %s", r.id, r.target_host, err.reason)
             return None
-        if not stats.time_elapsed_ms:
-            return None
-        return completed_job_from_stats(stats)
+        return job if job.time_elapsed_ms else None
 
     async def remove_source_disks(self, r: MigrationRecord) -> str:
         """The source's copies of the disks the migration copied, removed; a note saying so

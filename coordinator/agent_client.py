@@ -16,30 +16,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import grpc
 
 from ferry import convert
 from ferry.errors import DeadlineExceeded, FailedPrecondition, FerryError, Unavailable
 from ferry.model import (
-    Blocker,
+    CompletedJob,
     DiskPlan,
     DomainInfo,
     HostMapping,
     Inventory,
-    JobStats,
     MigrationOptions,
     MigrationProgress,
     MigrationResult,
     PreparedIncoming,
     PrepareRecord,
+    Problem,
     StorageMode,
 )
 from ferry.rpc import Tls, create_channel, from_rpc_error
 from ferry.v1 import agent_pb2 as apb
 from ferry.v1 import agent_pb2_grpc as agrpc
-from ferry.v1 import types_pb2 as tpb
 
 AGENT_UNREACHABLE = "AGENT_UNREACHABLE"
 AGENT_TIMEOUT = "AGENT_TIMEOUT"
@@ -56,43 +55,6 @@ def transport_failure(err: FerryError) -> bool:
 def agent_lost(err: FerryError) -> bool:
     """The agent (or its libvirtd) cannot be used right now: Unavailable or DeadlineExceeded."""
     return isinstance(err, (Unavailable, DeadlineExceeded))
-
-
-def job_from_pb(m: apb.GetJobResponse, *, completed: bool) -> JobStats:
-    """GetJob's answer as JobStats. (A local converter: ferry/convert.py has only ``job_to_pb``.)"""
-    if completed:
-        c = m.completed
-        return JobStats(
-            active=m.active,
-            job_type=m.job_type,
-            operation=m.operation,
-            time_elapsed_ms=c.time_elapsed_ms,
-            downtime_ms=c.downtime_ms,
-            memory_processed=c.memory_processed,
-            disk_processed=c.disk_processed,
-            iteration=c.iterations,
-            postcopy=c.postcopy,
-        )
-    stats = convert.progress_from_pb(m.progress, active=m.active).stats
-    return replace(stats, job_type=m.job_type, operation=m.operation)
-
-
-def prepared_from_pb(m: apb.PrepareIncomingResponse) -> PreparedIncoming:
-    return PreparedIncoming(
-        prepare_id=m.prepare_id,
-        destination_xml=m.destination_xml,
-        disks=tuple(convert.disk_plan_from_pb(d) for d in m.disks),
-        created=tuple(m.created),
-        expires_at=convert.timestamp_from_pb(m.expires_at),
-        problems=tuple(convert.blocker_from_pb(p) for p in m.problems),
-    )
-
-
-def migrate_result_from_pb(m: apb.MigrateResult) -> MigrationResult:
-    state = None if m.source_state == tpb.DOMAIN_STATE_UNSPECIFIED else convert.domain_state_from_pb(m.source_state)
-    return MigrationResult(
-        job=convert.completed_job_from_pb(m.job), source_state=state, source_defined=m.source_defined
-    )
 
 
 @dataclass(eq=False)
@@ -221,9 +183,7 @@ class GrpcAgentClient:
     async def inventory(self) -> Inventory:
         m = await self._call("GetInventory", apb.GetInventoryRequest())
         assert isinstance(m, apb.Inventory)
-        return Inventory(
-            host=convert.host_facts_from_pb(m.host), domains=tuple(convert.domain_from_pb(d) for d in m.domains)
-        )
+        return convert.inventory_from_pb(m)
 
     async def get_domain(self, vm: str, *, include_xml: bool = False) -> tuple[DomainInfo, str]:
         m = await self._call("GetDomain", apb.GetDomainRequest(name=vm, include_xml=include_xml))
@@ -252,7 +212,7 @@ class GrpcAgentClient:
         )
         m = await self._call("PrepareIncoming", request, slow=True)
         assert isinstance(m, apb.PrepareIncomingResponse)
-        return prepared_from_pb(m)
+        return convert.prepared_from_pb(m)
 
     async def cleanup_incoming(self, prepare_id: str) -> list[str]:
         m = await self._call("CleanupIncoming", apb.CleanupIncomingRequest(prepare_id=prepare_id), slow=True)
@@ -276,6 +236,7 @@ class GrpcAgentClient:
         options: MigrationOptions,
         migration_id: str,
         migrate_uri: str = "",
+        disks: Sequence[DiskPlan] = (),
     ) -> AsyncIterator[MigrationProgress | MigrationResult]:
         """Progress snapshots, then one MigrationResult; a failed job raises its FerryError.
         Stopping the iteration cancels the stream (the job keeps running on the source)."""
@@ -287,6 +248,7 @@ class GrpcAgentClient:
             options=convert.options_to_pb(options),
             migration_id=migration_id,
             progress_interval_ms=self._progress_interval_ms,
+            disks=[convert.disk_plan_to_pb(d) for d in disks],
         )
         with self._using() as conn:
             call = conn.stub.Migrate(request)
@@ -299,7 +261,7 @@ class GrpcAgentClient:
                     if event is grpc.aio.EOF:
                         return
                     if event.HasField("result"):
-                        yield migrate_result_from_pb(event.result)
+                        yield convert.migrate_result_from_pb(event.result)
                         return
                     if event.HasField("progress"):
                         yield convert.progress_from_pb(event.progress)
@@ -326,17 +288,22 @@ class GrpcAgentClient:
             request.bandwidth_mibps = bandwidth_mibps
         await self._call("TuneMigration", request)
 
-    async def get_job(self, vm: str, *, completed: bool = False) -> JobStats:
-        m = await self._call("GetJob", apb.GetJobRequest(domain=vm, completed=completed))
+    async def get_job(self, vm: str) -> MigrationProgress:
+        m = await self._call("GetJob", apb.GetJobRequest(domain=vm))
         assert isinstance(m, apb.GetJobResponse)
-        return job_from_pb(m, completed=completed)
+        return convert.job_from_pb(m)
 
-    async def probe_target(self, target_uri: str, *, migration_address: str = "") -> tuple[list[Blocker], int]:
+    async def completed_job(self, vm: str) -> CompletedJob:
+        m = await self._call("GetJob", apb.GetJobRequest(domain=vm, completed=True))
+        assert isinstance(m, apb.GetJobResponse)
+        return convert.completed_job_response_from_pb(m)
+
+    async def probe_target(self, target_uri: str, *, migration_address: str = "") -> tuple[list[Problem], int]:
         m = await self._call(
             "ProbeTarget", apb.ProbeTargetRequest(target_uri=target_uri, migration_address=migration_address)
         )
         assert isinstance(m, apb.ProbeTargetResponse)
-        return [convert.blocker_from_pb(p) for p in m.problems], m.latency_ms
+        return [convert.problem_from_pb(p) for p in m.problems], m.latency_ms
 
     async def remove_source_disks(
         self, vm_uuid: str, paths: Sequence[str], *, migration_id: str

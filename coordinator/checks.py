@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ferry.model import Blocker, DomainInfo, DomainState, HostFacts, MigrationOptions, StorageMode
+from ferry.model import DomainInfo, DomainState, HostFacts, MigrationOptions, Problem, StorageMode
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def _fmt(version: int) -> str:
     return f"{version // 1_000_000}.{version // 1_000 % 1_000}.{version % 1_000}"
 
 
-def version_blockers(source: HostFacts, target: HostFacts) -> list[Blocker]:
+def version_blockers(source: HostFacts, target: HostFacts) -> list[Problem]:
     out = []
     for what, s, t in (
         ("QEMU", source.qemu_version, target.qemu_version),
@@ -46,7 +46,7 @@ def version_blockers(source: HostFacts, target: HostFacts) -> list[Blocker]:
             continue
         if t < s and _major(t) < _major(s):
             out.append(
-                Blocker(
+                Problem(
                     "VERSION_TOO_OLD",
                     f"{what} on {target.hostname} is {_fmt(t)}, older than {_fmt(s)} on {source.hostname}",
                     f"upgrade {what} on {target.hostname} or pick a target with {what} >= {_fmt(s)}",
@@ -54,7 +54,7 @@ def version_blockers(source: HostFacts, target: HostFacts) -> list[Blocker]:
             )
         elif abs(_major(t) - _major(s)) > MAX_MAJOR_SKEW:
             out.append(
-                Blocker(
+                Problem(
                     "VERSION_SKEW",
                     f"{what} {_fmt(s)} on {source.hostname} and {_fmt(t)} on {target.hostname} are more than "
                     f"{MAX_MAJOR_SKEW} major versions apart",
@@ -80,12 +80,12 @@ def coordinator_blockers(
     target: HostView | None,
     options: MigrationOptions,
     storage: StorageMode,
-) -> list[Blocker]:
+) -> list[Problem]:
     """Every blocker visible from the inventory alone. Empty = go on to the agents' checks."""
-    out: list[Blocker] = []
+    out: list[Problem] = []
     if target is None:
         out.append(
-            Blocker(
+            Problem(
                 "TARGET_UNKNOWN",
                 f"no host named {target_name!r} is registered",
                 "check the name with `ferry hosts`; its agent must be running",
@@ -93,20 +93,20 @@ def coordinator_blockers(
         )
     elif not target.available:
         out.append(
-            Blocker(
+            Problem(
                 "TARGET_DOWN",
                 f"the agent on {target_name} is not available (lease expired)",
                 f"start ferry-agent on {target_name} or pick another target",
             )
         )
     if domain is None or source is None:
-        out.append(Blocker("VM_UNKNOWN", f"no host reports a VM named {vm!r}", "check the name with `ferry vms`"))
+        out.append(Problem("VM_UNKNOWN", f"no host reports a VM named {vm!r}", "check the name with `ferry vms`"))
         return out
     if source.name == target_name:
-        out.append(Blocker("SAME_HOST", f"{vm} already runs on {target_name}", "pick another target host"))
+        out.append(Problem("SAME_HOST", f"{vm} already runs on {target_name}", "pick another target host"))
     if not options.offline and domain.state not in (DomainState.RUNNING, DomainState.PAUSED, DomainState.BLOCKED):
         out.append(
-            Blocker(
+            Problem(
                 "VM_NOT_RUNNING",
                 f"{vm} is {domain.state.name.lower()} on {source.name}; a live migration needs a running VM",
                 "start it, or migrate with --offline",
@@ -114,7 +114,7 @@ def coordinator_blockers(
         )
     if options.offline and not domain.persistent:
         out.append(
-            Blocker(
+            Problem(
                 "VM_TRANSIENT",
                 f"{vm} has no persistent definition to migrate offline",
                 "define it first (virsh dumpxml | virsh define) or migrate live",
@@ -122,7 +122,7 @@ def coordinator_blockers(
         )
     if not source.available:
         out.append(
-            Blocker(
+            Problem(
                 "SOURCE_DOWN", f"the agent on {source.name} is not available", f"start ferry-agent on {source.name}"
             )
         )
@@ -131,7 +131,7 @@ def coordinator_blockers(
         out.extend(version_blockers(source.facts, tf))
         if tf.arch and source.facts.arch and tf.arch != source.facts.arch:
             out.append(
-                Blocker(
+                Problem(
                     "ARCH_MISMATCH",
                     f"{source.name} is {source.facts.arch}, {target_name} is {tf.arch}",
                     "pick a target of the same architecture",
@@ -139,7 +139,7 @@ def coordinator_blockers(
             )
     if tf is not None and not options.offline and tf.memory_free_bytes and domain.memory_bytes > tf.memory_free_bytes:
         out.append(
-            Blocker(
+            Problem(
                 "INSUFFICIENT_MEMORY",
                 f"{vm} needs {domain.memory_bytes >> 20} MiB, {target_name} has {tf.memory_free_bytes >> 20} MiB free",
                 "free memory on the target or pick another",
@@ -151,7 +151,7 @@ def coordinator_blockers(
                 continue
             if not d.shared:
                 out.append(
-                    Blocker(
+                    Problem(
                         "DISK_NOT_SHARED",
                         f"disk {d.target} ({d.source}) is on local storage of {source.name}",
                         "copy it: --copy-storage-all (or --copy-storage-inc)",
@@ -159,7 +159,7 @@ def coordinator_blockers(
                 )
             elif (d.cache or "default") not in SAFE_SHARED_CACHE:
                 out.append(
-                    Blocker(
+                    Problem(
                         "UNSAFE_CACHE",
                         f"disk {d.target} uses cache={d.cache or 'default'} on shared storage; "
                         "the target could read stale data",
@@ -171,7 +171,7 @@ def coordinator_blockers(
         for dev in options.migrate_disks:
             if dev not in known:
                 out.append(
-                    Blocker(
+                    Problem(
                         "UNKNOWN_DISK",
                         f"{vm} has no disk {dev}",
                         f"--migrate-disks takes some of: {', '.join(sorted(known)) or 'none'}",

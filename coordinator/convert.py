@@ -10,12 +10,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from ferry import convert
-from ferry.model import Blocker, DomainInfo, HostFacts, MigrationOptions, MigrationPhase, StorageMode
+from ferry.model import DomainInfo, HostFacts, MigrationOptions, StorageMode
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import types_pb2 as tpb
 
 from .phases import Phase
-from .record import ErrorDetail, MigrationRecord, PhaseChange, ProgressSnapshot
+from .record import MigrationRecord, PhaseChange
 
 # ---------------------------------------------------------------- phases
 
@@ -50,18 +50,6 @@ def phase_from_label(label: str) -> Phase:
 # ---------------------------------------------------------------- pieces
 
 
-def error_to_pb(e: ErrorDetail) -> tpb.ErrorDetail:
-    return tpb.ErrorDetail(reason=e.reason, message=e.message, hint=e.hint)
-
-
-def error_from_pb(m: tpb.ErrorDetail) -> ErrorDetail:
-    return ErrorDetail(reason=m.reason, message=m.message, hint=m.hint)
-
-
-def blocker_to_pb(b: Blocker) -> tpb.ErrorDetail:
-    return tpb.ErrorDetail(reason=b.reason, message=b.message, hint=b.hint)
-
-
 def history_to_pb(c: PhaseChange) -> tpb.TimedPhase:
     return tpb.TimedPhase(phase=phase_label(c.phase), at=convert.timestamp_to_pb(c.at), reason=c.reason)
 
@@ -69,44 +57,6 @@ def history_to_pb(c: PhaseChange) -> tpb.TimedPhase:
 def history_from_pb(m: tpb.TimedPhase) -> PhaseChange:
     at = convert.timestamp_from_pb(m.at) or datetime.fromtimestamp(0, UTC)
     return PhaseChange(phase=phase_from_label(m.phase), at=at, reason=m.reason)
-
-
-def progress_to_pb(p: ProgressSnapshot) -> tpb.MigrationProgress:
-    return tpb.MigrationProgress(
-        phase=convert.phase_to_pb(p.phase),
-        memory_total=p.memory_total,
-        memory_processed=p.memory_processed,
-        memory_remaining=p.memory_remaining,
-        disk_total=p.disk_total,
-        disk_processed=p.disk_processed,
-        disk_remaining=p.disk_remaining,
-        dirty_rate_pages=p.dirty_rate_pages,
-        page_size=p.page_size,
-        iteration=p.iteration,
-        bandwidth_bps=p.bandwidth_bps,
-        elapsed_ms=p.elapsed_ms,
-        auto_converge_throttle=p.auto_converge_throttle,
-        max_downtime_ms=p.max_downtime_ms,
-    )
-
-
-def progress_from_pb(m: tpb.MigrationProgress) -> ProgressSnapshot:
-    return ProgressSnapshot(
-        phase=convert.phase_from_pb(m.phase) or MigrationPhase.STARTING,
-        memory_total=m.memory_total,
-        memory_processed=m.memory_processed,
-        memory_remaining=m.memory_remaining,
-        disk_total=m.disk_total,
-        disk_processed=m.disk_processed,
-        disk_remaining=m.disk_remaining,
-        iteration=m.iteration,
-        dirty_rate_pages=m.dirty_rate_pages,
-        page_size=m.page_size or 4096,
-        bandwidth_bps=m.bandwidth_bps,
-        elapsed_ms=m.elapsed_ms,
-        auto_converge_throttle=m.auto_converge_throttle,
-        max_downtime_ms=m.max_downtime_ms,
-    )
 
 
 # ---------------------------------------------------------------- migrations
@@ -132,11 +82,11 @@ def migration_to_pb(r: MigrationRecord) -> cpb.Migration:
     if r.updated_at is not None:
         m.updated_at.CopyFrom(convert.timestamp_to_pb(r.updated_at))
     if r.progress is not None:
-        m.progress.CopyFrom(progress_to_pb(r.progress))
+        m.progress.CopyFrom(convert.progress_to_pb(r.progress))
     if r.result is not None:
         m.result.CopyFrom(convert.completed_job_to_pb(r.result))
     if r.error is not None:
-        m.error.CopyFrom(error_to_pb(r.error))
+        m.error.CopyFrom(convert.problem_to_pb(r.error))
     return m
 
 
@@ -157,9 +107,9 @@ def migration_from_pb(m: cpb.Migration) -> MigrationRecord:
         phase=phase_from_pb(m.phase) or Phase.PENDING,
         history=tuple(history_from_pb(c) for c in m.history),
         prepare_id=m.prepare_id,
-        progress=progress_from_pb(m.progress) if m.HasField("progress") else None,
+        progress=convert.progress_from_pb(m.progress) if m.HasField("progress") else None,
         result=convert.completed_job_from_pb(m.result) if m.HasField("result") else None,
-        error=error_from_pb(m.error) if m.HasField("error") else None,
+        error=convert.problem_from_pb(m.error) if m.HasField("error") else None,
         cancel_requested=m.cancel_requested,
     )
 

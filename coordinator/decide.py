@@ -1,6 +1,7 @@
 """The coordinator's decision function: one record + one event -> new record + actions (pure).
 
-The shell (the leader loop) feeds every observation as an event, stores ``Decision.record`` with
+The vocabulary (events, actions, ``Decision``) is in ``events.py``. The shell (the leader loop)
+feeds every observation as an event, stores ``Decision.record`` with
 a compare-and-swap on the old record's revision, and only then performs ``Decision.actions``;
 each action's result comes back as another event. ``Decision.outcome`` is a short sentence for
 logs and tests. Nothing here does I/O or reads the clock.
@@ -27,200 +28,38 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
-from ferry.model import CompletedJob, DomainState, MigrationPhase
+from ferry.model import DomainState, MigrationPhase, Problem
 
+from .events import (
+    AbortMigration,
+    Action,
+    Admitted,
+    AgentLost,
+    CancelRequested,
+    CleanedUp,
+    CleanupTarget,
+    CommitTarget,
+    Committed,
+    Decision,
+    Event,
+    MigrationEnded,
+    ObservePlacement,
+    Placement,
+    PreflightResult,
+    Prepared,
+    PrepareFailed,
+    PrepareTarget,
+    Progress,
+    RunPreflight,
+    StartMigration,
+    StepFailed,
+    Tick,
+    WatchJob,
+)
 from .phases import Phase, Timeouts
-from .record import ErrorDetail, MigrationRecord, ProgressSnapshot, note, with_phase, with_retry
-
-# --- events: what the shell observed -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Admitted:
-    """``slots.admit`` picked this Pending record."""
-
-
-@dataclass(frozen=True)
-class PreflightResult:
-    """Coordinator checks + the target's PrepareIncoming dry run; empty = ready."""
-
-    problems: tuple[ErrorDetail, ...] = ()
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """The target's PrepareIncoming answered."""
-
-    prepare_id: str
-    destination_xml: str
-    copied_disks: tuple[str, ...] = ()  # source paths of the disks the target prepared copies of
-
-
-@dataclass(frozen=True)
-class PrepareFailed:
-    """The target's PrepareIncoming failed with an error (not an unreachable agent: AgentLost)."""
-
-    error: ErrorDetail
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A progress event of the source's Migrate stream (or of WatchJob)."""
-
-    snapshot: ProgressSnapshot
-
-
-@dataclass(frozen=True)
-class MigrationEnded:
-    """The migration job ended: the Migrate stream's result, its error, or WatchJob's end."""
-
-    ok: bool
-    job: CompletedJob | None = None
-    error: ErrorDetail | None = None
-
-
-@dataclass(frozen=True)
-class CancelRequested:
-    """A user asked to cancel (CancelMigration)."""
-
-
-@dataclass(frozen=True)
-class CleanedUp:
-    """The target holds no prepare of this migration any more (removed, or already gone)."""
-
-
-@dataclass(frozen=True)
-class Committed:
-    """The target's CommitIncoming answered (an unknown, already committed prepare counts).
-    ``note``: what became of the source's copied disks, for the history ("" = nothing to say).
-    ``job``: the completed job's figures read on the target, for a record that has none yet (a job
-    followed by polling after a leader or agent change, whose Migrate stream never ended here)."""
-
-    note: str = ""
-    job: CompletedJob | None = None
-
-
-@dataclass(frozen=True)
-class StepFailed:
-    """An action failed with an error that is not an unreachable agent (that is AgentLost)."""
-
-    step: str
-    error: ErrorDetail
-
-
-@dataclass(frozen=True)
-class Placement:
-    """The domain as observed on both hosts (GetDomain on each, GetJob on the source).
-
-    A state of None means no such domain on that host; ``source_job_active`` means an outgoing
-    migration job of this domain runs on the source.
-    """
-
-    source_state: DomainState | None
-    target_state: DomainState | None
-    source_job_active: bool = False
-
-
-@dataclass(frozen=True)
-class AgentLost:
-    """An agent cannot be reached: its lease expired, or a call failed Unavailable/DeadlineExceeded."""
-
-    host: str
-
-
-@dataclass(frozen=True)
-class Tick:
-    """Time passed: check the phase deadline."""
-
-
-Event = (
-    Admitted
-    | PreflightResult
-    | Prepared
-    | PrepareFailed
-    | Progress
-    | MigrationEnded
-    | CancelRequested
-    | CleanedUp
-    | Committed
-    | StepFailed
-    | Placement
-    | AgentLost
-    | Tick
-)
-
-# --- actions: what the shell performs (after storing the record) ---------------------------------
-
-
-@dataclass(frozen=True)
-class RunPreflight:
-    """Coordinator checks and the target's PrepareIncoming(dry_run). Feed PreflightResult."""
-
-
-@dataclass(frozen=True)
-class PrepareTarget:
-    """The target's PrepareIncoming(migration_id=record.id). Feed Prepared or PrepareFailed."""
-
-
-@dataclass(frozen=True)
-class StartMigration:
-    """The source's Migrate stream with record.destination_xml. Feed Progress..., MigrationEnded."""
-
-
-@dataclass(frozen=True)
-class WatchJob:
-    """Follow a running job (GetJob on the source, polled). Feed Progress..., MigrationEnded.
-    A no-op when the shell already follows this record's job (its Migrate stream or a watcher)."""
-
-
-@dataclass(frozen=True)
-class AbortMigration:
-    """The source's AbortMigration (no job = fine). The job's end arrives as MigrationEnded."""
-
-
-@dataclass(frozen=True)
-class ObservePlacement:
-    """After ``delay_s``: GetDomain on both hosts and GetJob on the source. Feed Placement."""
-
-    delay_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class CleanupTarget:
-    """The target's CleanupIncoming for each id, then for every other prepare ListPrepares shows
-    with this migration's id (a prepare whose answer was lost). Feed CleanedUp when none is left."""
-
-    prepare_ids: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class CommitTarget:
-    """The target's CommitIncoming. Feed Committed."""
-
-    prepare_id: str
-
-
-Action = (
-    RunPreflight
-    | PrepareTarget
-    | StartMigration
-    | WatchJob
-    | AbortMigration
-    | ObservePlacement
-    | CleanupTarget
-    | CommitTarget
-)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The new record (``is`` the old one when nothing changed), what to do, and why in words."""
-
-    record: MigrationRecord
-    actions: tuple[Action, ...] = ()
-    outcome: str = ""
-
+from .record import MigrationRecord, note, with_phase, with_retry
 
 # --- where the guest is --------------------------------------------------------------------------
 
@@ -282,7 +121,7 @@ class Ctx:
     now: datetime
     t: Timeouts
 
-    def to(self, phase: Phase, reason: str, **changes: object) -> MigrationRecord:
+    def to(self, phase: Phase, reason: str, **changes: Any) -> MigrationRecord:
         return with_phase(replace(self.r, **changes), phase, self.now, reason, self.t)
 
     def keep(self, outcome: str, *actions: Action) -> Decision:
@@ -314,7 +153,7 @@ def decide(record: MigrationRecord, event: Event, now: datetime, timeouts: Timeo
         case PrepareFailed() if record.phase is Phase.PREPARING:
             return roll_back(c, f"prepare failed: {event.error.reason}", error=event.error, goal=Phase.ROLLED_BACK)
         case Progress() if record.phase is Phase.MIGRATING:
-            return Decision(replace(record, progress=event.snapshot, updated_at=now), (), "progress")
+            return Decision(replace(record, progress=event.progress, updated_at=now), (), "progress")
         case MigrationEnded():
             return _migration_ended(c, event)
         case CancelRequested():
@@ -378,7 +217,7 @@ def _preflight_result(c: Ctx, event: PreflightResult) -> Decision:
     error = (
         first
         if len(event.problems) == 1
-        else ErrorDetail(
+        else Problem(
             first.reason,
             "; ".join(p.message for p in event.problems),
             "; ".join(p.hint for p in event.problems if p.hint),
@@ -400,7 +239,7 @@ def _prepared(c: Ctx, event: Prepared) -> Decision:
                 f"target prepared ({event.prepare_id})",
                 prepare_id=event.prepare_id,
                 destination_xml=event.destination_xml,
-                copied_disks=event.copied_disks,
+                disks=event.disks,
             ),
             (StartMigration(),),
             "prepared; starting migration",
@@ -432,7 +271,7 @@ def roll_back(
     reason: str,
     *,
     goal: Phase,
-    error: ErrorDetail | None = None,
+    error: Problem | None = None,
     abort: bool = False,
     safe_to_clean: bool = False,
     **changes: object,
@@ -451,14 +290,12 @@ def roll_back(
     return Decision(r, actions, f"{reason}; rolling back ({then}, {ends})")
 
 
-def requeue(c: Ctx, reason: str, error: ErrorDetail) -> Decision:
+def requeue(c: Ctx, reason: str, error: Problem) -> Decision:
     """Nothing was touched: queue again, or fail after max_attempts admissions."""
     r = c.r
     if r.attempt < c.t.max_attempts:
         return Decision(
-            c.to(
-                Phase.PENDING, f"re-queued: {reason}", prepare_id="", destination_xml="", copied_disks=(), progress=None
-            ),
+            c.to(Phase.PENDING, f"re-queued: {reason}", prepare_id="", destination_xml="", disks=(), progress=None),
             (),
             f"{reason}; re-queued (attempt {r.attempt} of {c.t.max_attempts} used)",
         )
@@ -475,7 +312,7 @@ def finish_rollback(c: Ctx, reason: str) -> Decision:
             f"re-queued: {reason}",
             prepare_id="",
             destination_xml="",
-            copied_disks=(),
+            disks=(),
             progress=None,
             rollback_to=None,
             target_cleaned=False,
@@ -493,7 +330,7 @@ def _migration_ended(c: Ctx, event: MigrationEnded) -> Decision:
                 (ObservePlacement(),),
                 "migration completed; verifying placement",
             )
-        err = event.error or ErrorDetail(
+        err = event.error or Problem(
             "MIGRATION_FAILED", "the migration job failed without an error", "see the source agent's log"
         )
         r2 = note(replace(r, error=err), c.now, f"migration job ended: {err.reason}")
@@ -549,7 +386,7 @@ def _agent_lost(c: Ctx, event: AgentLost) -> Decision:
     if event.host not in (r.source_host, r.target_host) or r.phase is Phase.PENDING:
         return c.ignore(event)
     lost = f"agent on {event.host} lost"
-    err = ErrorDetail(
+    err = Problem(
         "AGENT_LOST",
         f"the agent on {event.host} could not be reached",
         f"check ferry-agent and libvirtd on {event.host}",
@@ -573,7 +410,7 @@ def _tick(c: Ctx) -> Decision:
                 c.to(
                     Phase.FAILED,
                     "queued too long",
-                    error=ErrorDetail(
+                    error=Problem(
                         "QUEUE_TIMEOUT",
                         f"no migration slot became free for {r.vm} before the queue deadline",
                         "raise the slot limits or the priority, check both hosts' agents are up, then resubmit",
@@ -586,7 +423,7 @@ def _tick(c: Ctx) -> Decision:
             return requeue(
                 c,
                 "preflight timed out",
-                ErrorDetail(
+                Problem(
                     "PREFLIGHT_TIMEOUT",
                     f"the preflight of {r.vm} did not finish in time",
                     f"check ferry-agent on {r.target_host} answers (ferry hosts)",
@@ -594,7 +431,7 @@ def _tick(c: Ctx) -> Decision:
             )
         case Phase.PREPARING:
             goal = retry_goal(r, c.t)
-            err = ErrorDetail(
+            err = Problem(
                 "PREPARE_TIMEOUT",
                 f"{r.target_host} did not finish preparing {r.vm} in time",
                 f"check disk space and ferry-agent's log on {r.target_host}",
@@ -612,7 +449,7 @@ def _migrating_deadline(c: Ctx) -> Decision:
         return _retry_or_fail(c)
     if r.error is not None:  # the job ended but the placement never settled
         return roll_back(c, "placement did not settle", goal=Phase.ROLLED_BACK, abort=True)
-    err = ErrorDetail(
+    err = Problem(
         "MIGRATION_TIMEOUT",
         f"the migration of {r.vm} did not complete before its deadline",
         "the guest dirties memory faster than the link copies it: raise the bandwidth or "
@@ -630,19 +467,19 @@ def _retry_or_fail(c: Ctx) -> Decision:
     last = next((h.reason for h in reversed(r.history) if "failed" in h.reason), "")
     where = f"{r.source_host} and {r.target_host}"
     err = {
-        Phase.MIGRATING: ErrorDetail(
+        Phase.MIGRATING: Problem(
             "POSTCOPY_STUCK",
             f"the post-copy migration of {r.vm} does not complete",
             f"check the link between {where}; `virsh domjobinfo {r.vm}` on "
             f"{r.source_host}; if it broke, `virsh migrate --postcopy-resume`",
         ),
-        Phase.FINISHING: ErrorDetail(
+        Phase.FINISHING: Problem(
             "FINISH_INCOMPLETE",
             f"could not confirm {r.vm} runs on {r.target_host} only",
             f"check `virsh list` on {where}; destroy a paused leftover on "
             f"{r.source_host} once the guest runs on {r.target_host}",
         ),
-        Phase.ROLLING_BACK: ErrorDetail(
+        Phase.ROLLING_BACK: Problem(
             "ROLLBACK_INCOMPLETE",
             f"could not finish undoing the migration of {r.vm}" + (f" ({r.error.reason})" if r.error else ""),
             f"check `virsh list` on {where}; once {r.vm} runs on {r.source_host} only, "
@@ -683,7 +520,7 @@ def on_placement(c: Ctx, p: Placement) -> Decision:
             )
         return _needs_operator(
             c,
-            ErrorDetail(
+            Problem(
                 "VM_ON_TWO_HOSTS",
                 f"{r.vm} executes on both {r.source_host} and {r.target_host}",
                 f"suspend one copy now (virsh suspend), keep the one with the newest state, destroy the other; "
@@ -693,7 +530,7 @@ def on_placement(c: Ctx, p: Placement) -> Decision:
     if loc is Location.DIVERGED:
         return _needs_operator(
             c,
-            ErrorDetail(
+            Problem(
                 "VM_STARTED_ON_SOURCE",
                 f"{r.vm} was started on {r.source_host} while its definition moved to {r.target_host}",
                 f"keep one: shut it down and rerun the migration, or undefine it on "
@@ -704,7 +541,7 @@ def on_placement(c: Ctx, p: Placement) -> Decision:
         kept = "" if r.target_cleaned else f"; the target's copies (prepare {r.prepare_id or '?'}) are kept"
         return _needs_operator(
             c,
-            ErrorDetail(
+            Problem(
                 "VM_NOT_RUNNING",
                 f"{r.vm} runs on neither {r.source_host} nor {r.target_host}",
                 f"find out why it stopped (libvirt/qemu logs on both hosts) and start it where its newest disks are: "
@@ -725,7 +562,7 @@ def on_placement(c: Ctx, p: Placement) -> Decision:
                     "the job reported success but the guest runs on source only",
                     goal=Phase.ROLLED_BACK,
                     safe_to_clean=True,
-                    error=ErrorDetail(
+                    error=Problem(
                         "MIGRATION_NOT_LANDED",
                         f"{r.vm} still runs on {r.source_host} after the migration job reported success",
                         "retry the migration; report it if it happens again",
@@ -760,7 +597,7 @@ def _placement_migrating(c: Ctx, loc: Location) -> Decision:
             (CommitTarget(r.prepare_id),),
             f"guest runs on target{ended}; committing",
         )
-    err = r.error or ErrorDetail(
+    err = r.error or Problem(
         "MIGRATION_INTERRUPTED",
         f"the migration job of {r.vm} ended unobserved (coordinator or agent restart)",
         f"see the agent log on {r.source_host}; retry the migration",
@@ -774,6 +611,6 @@ def _placement_migrating(c: Ctx, loc: Location) -> Decision:
     )
 
 
-def _needs_operator(c: Ctx, err: ErrorDetail) -> Decision:
+def _needs_operator(c: Ctx, err: Problem) -> Decision:
     """Fail loudly and touch nothing: the guest is not where a rollback or a commit is safe."""
     return Decision(c.to(Phase.FAILED, err.reason, error=err), (), f"{err.message}; failed, needs an operator")

@@ -42,7 +42,7 @@ from ferry.registry import HostDirectory
 from ferry.store import Entry, EventKind, Resync, Store
 
 from .actions import Actions, ActionTiming
-from .decide import Admitted, AgentLost, Tick
+from .events import Admitted, AgentLost, Tick
 from .phases import Phase, Timeouts
 from .record import MigrationRecord, decode
 from .runner import RecordRunner, Recover, RunnerContext

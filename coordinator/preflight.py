@@ -29,7 +29,16 @@ from dataclasses import dataclass
 
 from ferry.diskplan import plan_disks
 from ferry.errors import FerryError, NotFound
-from ferry.model import Blocker, DiskPlan, DomainInfo, HostFacts, HostMapping, MigrationOptions, StorageMode
+from ferry.model import (
+    HOST_CPU_MODES,
+    DiskPlan,
+    DomainInfo,
+    HostFacts,
+    HostMapping,
+    MigrationOptions,
+    Problem,
+    StorageMode,
+)
 from ferry.registry import HostDirectory
 
 from .agent_client import AGENT_TOO_OLD, agent_lost
@@ -42,7 +51,7 @@ log = logging.getLogger(__name__)
 class PreflightReport:
     """What preflight found. ``blockers`` empty = the migration can go ahead."""
 
-    blockers: tuple[Blocker, ...]
+    blockers: tuple[Problem, ...]
     source_host: str = ""
     domain: DomainInfo | None = None
     domain_xml: str = ""  # the source's migratable XML
@@ -55,25 +64,17 @@ class PreflightReport:
         return not self.blockers
 
 
-def _unreachable(host: str, err: FerryError) -> Blocker:
-    return Blocker(
+def _unreachable(host: str, err: FerryError) -> Problem:
+    return Problem(
         "AGENT_UNREACHABLE",
         f"the agent on {host} could not be asked: {err.message}",
         err.hint or f"check ferry-agent on {host}",
     )
 
 
-def _blocker(err: FerryError) -> Blocker:
-    return Blocker(err.reason, err.message, err.hint)
-
-
-# CPU modes in which the guest runs on a copy of its host's CPU
-HOST_CPU_MODES = frozenset({"host-passthrough", "maximum"})
-
-
 def host_cpu_blockers(
     vm: str, domain: DomainInfo | None, source: HostFacts | None, target: HostFacts | None
-) -> list[Blocker]:
+) -> list[Problem]:
     """A host-passthrough (or maximum) guest sees its host's CPU as it is: it can only move to a
     host with the same CPU model and at least the same features (pure; unknown facts pass)."""
     if domain is None or domain.cpu_mode not in HOST_CPU_MODES or source is None or target is None:
@@ -86,7 +87,7 @@ def host_cpu_blockers(
         shown = ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else "")
         lacks = f"; {target.hostname} lacks {shown}"
     return [
-        Blocker(
+        Problem(
             "CPU_INCOMPATIBLE",
             f"{vm} runs on its host's own CPU ({domain.cpu_mode}): {source.hostname} has a {source.cpu_model or '?'} "
             f"CPU, {target.hostname} a {target.cpu_model or '?'}{lacks}",
@@ -107,12 +108,12 @@ def target_address(hosts: HostDirectory, target: str, facts: HostFacts | None) -
 
 async def _probe(
     hosts: HostDirectory, source: str, target: str, facts: HostFacts | None
-) -> tuple[list[Blocker], FerryError | None]:
+) -> tuple[list[Problem], FerryError | None]:
     """The source's ProbeTarget of the target: its problems, or the error asking it."""
     uri, address = target_address(hosts, target, facts)
     if not uri:
         return [
-            Blocker(
+            Problem(
                 "TARGET_URI_UNKNOWN",
                 f"{target} advertises no libvirt URI",
                 f"set advertise_libvirt_uri in ferry-agent's config on {target}",
@@ -138,15 +139,15 @@ async def _dry_run(
     options: MigrationOptions,
     mapping: HostMapping,
     migration_id: str,
-    extra: list[Blocker],
+    extra: list[Problem],
     unavailable: list[str],
-) -> tuple[list[DiskPlan], list[Blocker]]:
+) -> tuple[list[DiskPlan], list[Problem]]:
     """The disk plan and the target's PrepareIncoming(dry_run): (plans, blockers). An agent that
     cannot be asked goes to ``extra``/``unavailable``."""
     try:
         plans = plan_disks(domain.disks, mode, options.migrate_disks, mapping)
     except FerryError as err:
-        return [], [_blocker(err)]
+        return [], [Problem.of(err)]
     try:
         out = await hosts.client(target).prepare_incoming(
             domain_xml=xml, disks=plans, mapping=mapping, storage=mode, ttl_s=0, migration_id=migration_id, dry_run=True
@@ -156,7 +157,7 @@ async def _dry_run(
             extra.append(_unreachable(target, err))
             unavailable.append(target)
             return plans, []
-        return plans, [_blocker(err)]
+        return plans, [Problem.of(err)]
     return list(out.disks) or plans, list(out.problems)
 
 
@@ -199,7 +200,7 @@ async def preflight(
     """
     available = hosts.available_hosts()
     unavailable: list[str] = []
-    extra: list[Blocker] = []
+    extra: list[Problem] = []
     failed: dict[str, FerryError] = {}
     if source_host is None:
         source_host, failed = await _find(hosts, vm, sorted(available))
@@ -231,8 +232,8 @@ async def preflight(
             failed[name] = got
             got = None
         views[name] = HostView(name, name in available and name not in failed, got)
-    for name, err in failed.items():
-        extra.append(_unreachable(name, err))
+    for name, error in failed.items():
+        extra.append(_unreachable(name, error))
         unavailable.append(name)
     if target not in available:
         unavailable.append(target)
@@ -250,7 +251,7 @@ async def preflight(
         blockers = [b for b in blockers if b.reason != "VM_UNKNOWN"]
         if source_host not in failed:
             blockers.append(
-                Blocker(
+                Problem(
                     "SOURCE_DOWN", f"the agent on {source_host} is not available", f"start ferry-agent on {source_host}"
                 )
             )
@@ -260,7 +261,7 @@ async def preflight(
             vm, domain, source_view.facts if source_view else None, target_view.facts if target_view else None
         )
     )
-    probing: asyncio.Task[tuple[list[Blocker], FerryError | None]] | None = None
+    probing: asyncio.Task[tuple[list[Problem], FerryError | None]] | None = None
     if (
         domain is not None
         and source_host is not None
@@ -293,7 +294,7 @@ async def preflight(
             extra.append(_unreachable(source_host, probe_error))
             unavailable.append(source_host)
         elif probe_error is not None:
-            blockers.append(_blocker(probe_error))
+            blockers.append(Problem.of(probe_error))
     seen = {(b.reason, b.message) for b in blockers}
     blockers.extend(b for b in extra if (b.reason, b.message) not in seen)
     return PreflightReport(

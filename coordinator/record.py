@@ -13,26 +13,23 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ferry.errors import FerryError, Internal
-from ferry.model import CompletedJob, HostMapping, MigrationOptions, MigrationPhase, MigrationProgress, StorageMode
+from ferry.errors import Internal
+from ferry.model import (
+    CompletedJob,
+    DiskPlan,
+    HostMapping,
+    JobStats,
+    MigrationOptions,
+    MigrationPhase,
+    MigrationProgress,
+    Problem,
+    StorageMode,
+)
 
 from .phases import Phase, Timeouts, check_transition, phase_timeout_s, retry_delay_s
 
 SCHEMA = 1
 HISTORY_MAX = 200  # the first entry (submission) is always kept
-
-
-@dataclass(frozen=True)
-class ErrorDetail:
-    """Why a migration failed: stable reason code, what is wrong, what to do about it."""
-
-    reason: str
-    message: str
-    hint: str = ""
-
-    @classmethod
-    def of(cls, err: FerryError) -> ErrorDetail:
-        return cls(err.reason, err.message, err.hint)
 
 
 @dataclass(frozen=True)
@@ -42,46 +39,6 @@ class PhaseChange:
     phase: Phase
     at: datetime
     reason: str = ""
-
-
-@dataclass(frozen=True)
-class ProgressSnapshot:
-    """The last progress of the migration job, as the source agent reported it."""
-
-    phase: MigrationPhase = MigrationPhase.STARTING
-    memory_total: int = 0
-    memory_processed: int = 0
-    memory_remaining: int = 0
-    disk_total: int = 0
-    disk_processed: int = 0
-    disk_remaining: int = 0
-    iteration: int = 0
-    dirty_rate_pages: int = 0  # pages per second
-    page_size: int = 4096
-    bandwidth_bps: int = 0  # bytes per second
-    elapsed_ms: int = 0
-    auto_converge_throttle: int = 0
-    max_downtime_ms: int = 0
-
-    @classmethod
-    def of(cls, p: MigrationProgress) -> ProgressSnapshot:
-        s = p.stats
-        return cls(
-            p.phase,
-            s.memory_total,
-            s.memory_processed,
-            s.memory_remaining,
-            s.disk_total,
-            s.disk_processed,
-            s.disk_remaining,
-            s.iteration,
-            s.dirty_rate_pages,
-            s.page_size,
-            s.bandwidth_bps,
-            s.time_elapsed_ms,
-            s.auto_converge_throttle,
-            p.max_downtime_ms,
-        )
 
 
 @dataclass(frozen=True)
@@ -104,16 +61,22 @@ class MigrationRecord:
     disk_bytes: int = 0  # bytes of disk to copy (0 with shared storage)
     prepare_id: str = ""
     destination_xml: str = ""
-    copied_disks: tuple[str, ...] = ()  # source paths of the disks the prepare made copies of
-    progress: ProgressSnapshot | None = None
+    disks: tuple[DiskPlan, ...] = ()  # the disk plan the target prepared; sent with the Migrate call
+    progress: MigrationProgress | None = None  # the source's last report of the job
     result: CompletedJob | None = None
-    error: ErrorDetail | None = None
+    error: Problem | None = None
     cancel_requested: bool = False
     attempt: int = 0  # admissions so far (Pending -> Preflight)
     retries: int = 0  # deadline retries in the current phase
     rollback_to: Phase | None = None  # RollingBack ends in this: ROLLED_BACK, CANCELLED or PENDING
     target_cleaned: bool = False  # RollingBack: the target's prepare is removed
     revision: int = 0  # the store's mod revision; not part of the JSON
+
+    @property
+    def copied_disks(self) -> tuple[str, ...]:
+        """Source paths of the disks the target prepared copies of (the source's to remove once
+        the target committed)."""
+        return tuple(p.source for p in self.disks if p.copy and p.source)
 
     @property
     def migration_started(self) -> bool:
@@ -234,6 +197,13 @@ def _dt(s: str | None) -> datetime | None:
     return dt.astimezone(UTC)
 
 
+def _at(s: str) -> datetime:
+    dt = _dt(s)
+    if dt is None:
+        raise ValueError("a required time is missing")
+    return dt
+
+
 def _plain(obj: Any) -> dict[str, Any]:
     """A flat dataclass of ints/strs/bools/enums/tuples as a JSON object (enums by name)."""
     out: dict[str, Any] = {}
@@ -241,6 +211,51 @@ def _plain(obj: Any) -> dict[str, Any]:
         v = getattr(obj, f.name)
         out[f.name] = v.name if isinstance(v, enum.Enum) else list(v) if isinstance(v, tuple) else v
     return out
+
+
+# The progress's JSON keys: the figures the agent reports (the wire's), flat, named as in
+# ferry.v1.MigrationProgress; "phase" by name.
+_PROGRESS_KEYS = (
+    ("memory_total", "memory_total"),
+    ("memory_processed", "memory_processed"),
+    ("memory_remaining", "memory_remaining"),
+    ("disk_total", "disk_total"),
+    ("disk_processed", "disk_processed"),
+    ("disk_remaining", "disk_remaining"),
+    ("iteration", "iteration"),
+    ("dirty_rate_pages", "dirty_rate_pages"),  # pages per second
+    ("page_size", "page_size"),
+    ("bandwidth_bps", "bandwidth_bps"),  # bytes per second
+    ("elapsed_ms", "time_elapsed_ms"),
+    ("auto_converge_throttle", "auto_converge_throttle"),
+)
+
+
+def _progress_doc(p: MigrationProgress) -> dict[str, Any]:
+    doc: dict[str, Any] = {"phase": p.phase.name, "max_downtime_ms": p.max_downtime_ms}
+    doc.update((key, getattr(p.stats, name)) for key, name in _PROGRESS_KEYS)
+    return doc
+
+
+def _progress(d: dict[str, Any]) -> MigrationProgress:
+    known = {key for key, _ in _PROGRESS_KEYS} | {"phase", "max_downtime_ms"}
+    if set(d) - known:
+        raise ValueError(f"unknown progress fields {sorted(set(d) - known)}")
+    stats = JobStats(**{name: d[key] for key, name in _PROGRESS_KEYS if key in d})
+    phase = MigrationPhase[d["phase"]] if "phase" in d else MigrationPhase.STARTING
+    return MigrationProgress(phase, stats, d.get("max_downtime_ms", 0))
+
+
+def _problem_doc(p: Problem) -> dict[str, str]:
+    return {"reason": p.reason, "message": p.message, "hint": p.hint}
+
+
+def _disks(d: dict[str, Any]) -> tuple[DiskPlan, ...]:
+    if "disks" in d:
+        return tuple(DiskPlan(**p) for p in d["disks"])
+    # a record of an older coordinator kept only the copied disks' source paths; such a record is
+    # past its PrepareIncoming (a retry plans again), so its sources are all that is used
+    return tuple(DiskPlan(target="", source=path) for path in d.get("copied_disks", ()))
 
 
 def encode(r: MigrationRecord) -> bytes:
@@ -269,10 +284,10 @@ def encode(r: MigrationRecord) -> bytes:
         "disk_bytes": r.disk_bytes,
         "prepare_id": r.prepare_id,
         "destination_xml": r.destination_xml,
-        "copied_disks": list(r.copied_disks),
-        "progress": None if r.progress is None else _plain(r.progress),
+        "disks": [_plain(p) for p in r.disks],
+        "progress": None if r.progress is None else _progress_doc(r.progress),
         "result": None if r.result is None else _plain(r.result),
-        "error": None if r.error is None else _plain(r.error),
+        "error": None if r.error is None else _problem_doc(r.error),
         "cancel_requested": r.cancel_requested,
         "attempt": r.attempt,
         "retries": r.retries,
@@ -317,11 +332,6 @@ def _decode(d: dict[str, Any], revision: int) -> MigrationRecord:
     o = dict(d["options"])
     o["storage"] = StorageMode[o["storage"]]
     o["migrate_disks"] = tuple(o["migrate_disks"])
-    progress = None
-    if d["progress"] is not None:
-        p = dict(d["progress"])
-        p["phase"] = MigrationPhase[p["phase"]]
-        progress = ProgressSnapshot(**p)
     m = d["mapping"]
     rec = MigrationRecord(
         id=d["id"],
@@ -329,7 +339,7 @@ def _decode(d: dict[str, Any], revision: int) -> MigrationRecord:
         vm_uuid=d["vm_uuid"],
         source_host=d["source_host"],
         target_host=d["target_host"],
-        created_at=_dt(d["created_at"]),
+        created_at=_at(d["created_at"]),
         updated_at=_dt(d["updated_at"]),
         options=MigrationOptions(**o),
         mapping=HostMapping(
@@ -338,16 +348,16 @@ def _decode(d: dict[str, Any], revision: int) -> MigrationRecord:
         priority=int(d["priority"]),
         idempotency_key=d["idempotency_key"],
         phase=Phase[d["phase"]],
-        history=tuple(PhaseChange(Phase[c["phase"]], _dt(c["at"]), c["reason"]) for c in d["history"]),
+        history=tuple(PhaseChange(Phase[c["phase"]], _at(c["at"]), c["reason"]) for c in d["history"]),
         phase_deadline=_dt(d["phase_deadline"]),
         memory_bytes=int(d["memory_bytes"]),
         disk_bytes=int(d["disk_bytes"]),
         prepare_id=d["prepare_id"],
         destination_xml=d["destination_xml"],
-        copied_disks=tuple(d.get("copied_disks", ())),  # absent in records of older coordinators
-        progress=progress,
+        disks=_disks(d),  # absent in records of older coordinators
+        progress=None if d["progress"] is None else _progress(d["progress"]),
         result=None if d["result"] is None else CompletedJob(**d["result"]),
-        error=None if d["error"] is None else ErrorDetail(**d["error"]),
+        error=None if d["error"] is None else Problem(**d["error"]),
         cancel_requested=bool(d["cancel_requested"]),
         attempt=int(d["attempt"]),
         retries=int(d["retries"]),
@@ -355,7 +365,7 @@ def _decode(d: dict[str, Any], revision: int) -> MigrationRecord:
         target_cleaned=bool(d["target_cleaned"]),
         revision=revision,
     )
-    known = {f.name for f in fields(MigrationRecord)} - {"revision"} | {"schema"}
+    known = {f.name for f in fields(MigrationRecord)} - {"revision"} | {"schema", "copied_disks"}
     unknown = set(d) - known
     if unknown:
         raise ValueError(f"unknown fields {sorted(unknown)}")

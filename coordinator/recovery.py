@@ -22,21 +22,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from ferry.model import PrepareRecord
+from ferry.model import PrepareRecord, Problem
 
-from .decide import (
-    CleanupTarget,
-    Ctx,
-    Decision,
-    Placement,
-    RunPreflight,
-    finish_rollback,
-    on_placement,
-    retry_goal,
-    roll_back,
-)
+from .decide import Ctx, finish_rollback, on_placement, retry_goal, roll_back
+from .events import CleanupTarget, Decision, Placement, RunPreflight
 from .phases import Phase, Timeouts
-from .record import ErrorDetail, MigrationRecord
+from .record import MigrationRecord
 
 
 def recover(
@@ -86,7 +77,7 @@ def _own(r: MigrationRecord) -> tuple[str, ...]:
 def _preparing(c: Ctx, ours: tuple[str, ...], listed: bool) -> Decision:
     r, t = c.r, c.t
     goal = retry_goal(r, t)
-    err = ErrorDetail(
+    err = Problem(
         "PREPARE_INTERRUPTED",
         f"preparing {r.target_host} for {r.vm} was interrupted {r.attempt} times",
         f"check ferry-agent's log on {r.target_host}, then resubmit",

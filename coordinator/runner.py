@@ -35,7 +35,8 @@ from ferry.keys import migration_key
 from ferry.store import Conflict, Store
 
 from .actions import Actions
-from .decide import (
+from .decide import decide
+from .events import (
     Action,
     Admitted,
     CancelRequested,
@@ -46,7 +47,6 @@ from .decide import (
     Progress,
     StartMigration,
     WatchJob,
-    decide,
 )
 from .phases import Phase, Timeouts
 from .record import MigrationRecord, decode, encode

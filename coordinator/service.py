@@ -18,7 +18,7 @@ import grpc
 from ferry import convert as fconvert
 from ferry import keys
 from ferry.errors import FerryError, InvalidArgument, NotFound
-from ferry.model import Blocker, StorageMode
+from ferry.model import Problem, StorageMode
 from ferry.rpc import rpc_method
 from ferry.store import EventKind, Resync, Store
 from ferry.v1 import coordinator_pb2 as cpb
@@ -256,7 +256,7 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
             return cpb.PreflightResponse(
                 ok=False,
                 source_host=source or "",
-                blockers=[convert.blocker_to_pb(Blocker(exc.reason, exc.message, exc.hint))],
+                blockers=[fconvert.problem_to_pb(Problem.of(exc))],
             )
         report = await preflight(
             self.fleet, vm, target, options, mapping, storage=options.storage if explicit else None, source_host=source
@@ -268,18 +268,18 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
             warnings.append(f"storage mode {report.storage.value}, decided from the inventory ({why})")
         return cpb.PreflightResponse(
             ok=not blockers,
-            blockers=[convert.blocker_to_pb(b) for b in dict.fromkeys(blockers)],
+            blockers=[fconvert.problem_to_pb(b) for b in dict.fromkeys(blockers)],
             source_host=report.source_host,
             disks=[fconvert.disk_plan_to_pb(d) for d in report.disks],
             warnings=warnings,
         )
 
-    def _target_down(self, blocker: Blocker, target: str) -> Blocker:
+    def _target_down(self, blocker: Problem, target: str) -> Problem:
         """The shared preflight sees only available hosts: a target the fleet knows is down, not unknown."""
         view = self.fleet.host_view(target)
         if blocker.reason != "TARGET_UNKNOWN" or view is None:
             return blocker
-        return Blocker(
+        return Problem(
             "TARGET_DOWN",
             f"the agent on {target} is not available (not registered or not answering)",
             f"start ferry-agent on {target} or pick another target",

@@ -7,13 +7,12 @@ every field the proto carries (tests/unit/test_convert.py).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 
-from ferry.errors import FerryError
 from ferry.model import (
-    Blocker,
     CompletedJob,
     Disk,
     DiskPlan,
@@ -21,12 +20,16 @@ from ferry.model import (
     DomainState,
     HostFacts,
     HostMapping,
+    Inventory,
     JobStats,
     MigrationOptions,
     MigrationPhase,
     MigrationProgress,
+    MigrationResult,
     Nic,
+    PreparedIncoming,
     PrepareRecord,
+    Problem,
     StorageDir,
     StorageMode,
 )
@@ -228,6 +231,26 @@ def domain_from_pb(m: tpb.Domain) -> DomainInfo:
     )
 
 
+def inventory_to_pb(inv: Inventory) -> apb.Inventory:
+    return apb.Inventory(host=host_facts_to_pb(inv.host), domains=[domain_to_pb(d) for d in inv.domains])
+
+
+def inventory_from_pb(m: apb.Inventory) -> Inventory:
+    return Inventory(host=host_facts_from_pb(m.host), domains=tuple(domain_from_pb(d) for d in m.domains))
+
+
+# ---------------------------------------------------------------- problems
+
+
+def problem_to_pb(p: Problem) -> tpb.ErrorDetail:
+    return tpb.ErrorDetail(reason=p.reason, message=p.message, hint=p.hint)
+
+
+def problem_from_pb(m: tpb.ErrorDetail) -> Problem:
+    """A problem reported by an agent or the coordinator; its error kind stays where it was found."""
+    return Problem(reason=m.reason, message=m.message, hint=m.hint)
+
+
 # ---------------------------------------------------------------- prepare
 
 
@@ -292,17 +315,28 @@ def prepare_record_from_pb(m: apb.Prepare) -> PrepareRecord:
     )
 
 
-def error_detail_to_pb(err: FerryError) -> tpb.ErrorDetail:
-    return tpb.ErrorDetail(reason=err.reason, message=err.message, hint=err.hint)
+def prepared_to_pb(p: PreparedIncoming) -> apb.PrepareIncomingResponse:
+    m = apb.PrepareIncomingResponse(
+        prepare_id=p.prepare_id,
+        destination_xml=p.destination_xml,
+        disks=[disk_plan_to_pb(d) for d in p.disks],
+        created=list(p.created),
+        problems=[problem_to_pb(x) for x in p.problems],
+    )
+    if p.expires_at is not None:
+        m.expires_at.CopyFrom(timestamp_to_pb(p.expires_at))
+    return m
 
 
-def blocker_to_pb(b: Blocker) -> tpb.ErrorDetail:
-    return tpb.ErrorDetail(reason=b.reason, message=b.message, hint=b.hint)
-
-
-def blocker_from_pb(m: tpb.ErrorDetail) -> Blocker:
-    """A problem an agent reported (a dry run's, a probe's) as the coordinator's Blocker."""
-    return Blocker(reason=m.reason, message=m.message, hint=m.hint)
+def prepared_from_pb(m: apb.PrepareIncomingResponse) -> PreparedIncoming:
+    return PreparedIncoming(
+        prepare_id=m.prepare_id,
+        destination_xml=m.destination_xml,
+        disks=tuple(disk_plan_from_pb(d) for d in m.disks),
+        created=tuple(m.created),
+        expires_at=timestamp_from_pb(m.expires_at),
+        problems=tuple(problem_from_pb(x) for x in m.problems),
+    )
 
 
 # ---------------------------------------------------------------- migration
@@ -367,10 +401,9 @@ def progress_to_pb(p: MigrationProgress) -> tpb.MigrationProgress:
     )
 
 
-def progress_from_pb(m: tpb.MigrationProgress, *, active: bool = True) -> MigrationProgress:
+def progress_from_pb(m: tpb.MigrationProgress) -> MigrationProgress:
+    """The figures the message carries; the other JobStats fields keep their defaults."""
     stats = JobStats(
-        active=active,
-        job_type="unbounded" if active else "none",
         time_elapsed_ms=m.elapsed_ms,
         memory_total=m.memory_total,
         memory_processed=m.memory_processed,
@@ -383,7 +416,6 @@ def progress_from_pb(m: tpb.MigrationProgress, *, active: bool = True) -> Migrat
         iteration=m.iteration,
         bandwidth_bps=m.bandwidth_bps,
         auto_converge_throttle=m.auto_converge_throttle,
-        postcopy=m.phase == tpb.MIGRATION_PHASE_POSTCOPY,
     )
     return MigrationProgress(
         phase=phase_from_pb(m.phase) or MigrationPhase.STARTING, stats=stats, max_downtime_ms=m.max_downtime_ms
@@ -424,22 +456,41 @@ def completed_job_from_stats(s: JobStats, *, postcopy: bool = False) -> Complete
     )
 
 
-def migrate_result_to_pb(
-    job: CompletedJob, source_state: DomainState | None, source_defined: bool
-) -> apb.MigrateResult:
+def migrate_result_to_pb(r: MigrationResult) -> apb.MigrateResult:
     """``source_state`` None: nothing is left of the domain on the source (UNSPECIFIED)."""
     return apb.MigrateResult(
-        job=completed_job_to_pb(job), source_state=domain_state_to_pb(source_state), source_defined=source_defined
+        job=completed_job_to_pb(r.job), source_state=domain_state_to_pb(r.source_state), source_defined=r.source_defined
     )
 
 
-def job_to_pb(
-    s: JobStats, *, phase: MigrationPhase, max_downtime_ms: int = 0, completed: bool = False
-) -> apb.GetJobResponse:
-    """GetJob's answer: the running job as progress, or a completed job's figures."""
-    resp = apb.GetJobResponse(active=s.active, job_type=s.job_type, operation=s.operation)
-    if completed:
-        resp.completed.CopyFrom(completed_job_to_pb(completed_job_from_stats(s)))
-    else:
-        resp.progress.CopyFrom(progress_to_pb(MigrationProgress(phase, s, max_downtime_ms)))
-    return resp
+def migrate_result_from_pb(m: apb.MigrateResult) -> MigrationResult:
+    state = None if m.source_state == tpb.DOMAIN_STATE_UNSPECIFIED else domain_state_from_pb(m.source_state)
+    return MigrationResult(job=completed_job_from_pb(m.job), source_state=state, source_defined=m.source_defined)
+
+
+def job_to_pb(p: MigrationProgress) -> apb.GetJobResponse:
+    """GetJob's answer for the running job (or none): libvirt's job type and operation, and the
+    job's progress with its phase."""
+    s = p.stats
+    return apb.GetJobResponse(active=s.active, job_type=s.job_type, operation=s.operation, progress=progress_to_pb(p))
+
+
+def job_from_pb(m: apb.GetJobResponse) -> MigrationProgress:
+    p = progress_from_pb(m.progress)
+    return MigrationProgress(
+        p.phase, replace(p.stats, active=m.active, job_type=m.job_type, operation=m.operation), p.max_downtime_ms
+    )
+
+
+def completed_job_response_to_pb(s: JobStats) -> apb.GetJobResponse:
+    """GetJob's answer for ``completed``: the last completed job's figures (zero when none)."""
+    return apb.GetJobResponse(
+        active=s.active,
+        job_type=s.job_type,
+        operation=s.operation,
+        completed=completed_job_to_pb(completed_job_from_stats(s)),
+    )
+
+
+def completed_job_response_from_pb(m: apb.GetJobResponse) -> CompletedJob:
+    return completed_job_from_pb(m.completed)

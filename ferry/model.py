@@ -10,6 +10,8 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ferry.errors import FailedPrecondition, FerryError
+
 
 class DomainState(enum.Enum):
     """libvirt's domain states (virDomainState), named as in the field."""
@@ -68,6 +70,11 @@ class HostFacts:
     libvirt_uri: str = ""
     migration_address: str = ""
     agent_version: str = ""
+
+
+# CPU modes in which the guest runs on a copy of its host's CPU: the target cannot judge such a
+# CPU from the domain XML; only the coordinator, which knows both hosts' CPUs, can
+HOST_CPU_MODES = frozenset({"host-passthrough", "maximum"})
 
 
 @dataclass(frozen=True)
@@ -186,8 +193,16 @@ class JobStats:
 
 @dataclass(frozen=True)
 class MigrationProgress:
-    phase: MigrationPhase
-    stats: JobStats
+    """How far a migration job got: its phase, libvirt's figures, the max downtime asked for.
+
+    The one progress type from the agent's driver to the coordinator's record. Across the wire
+    (``ferry.convert.progress_to_pb``) and in the record's JSON only the figures the proto
+    carries survive; the other ``stats`` fields keep JobStats' defaults, except for GetJob's
+    answer, which also carries ``active``, ``job_type`` and ``operation``.
+    """
+
+    phase: MigrationPhase = MigrationPhase.STARTING
+    stats: JobStats = JobStats()
     max_downtime_ms: int = 0
 
 
@@ -215,12 +230,30 @@ class PrepareRecord:
 
 
 @dataclass(frozen=True)
-class Blocker:
-    """One reason a migration cannot go ahead (preflight, target checks), with what to do about it."""
+class Problem:
+    """One reason something cannot go ahead, with what to do about it: a preflight blocker, a
+    target check's finding, a probe's, a failed migration's error (the record's ``error``).
+
+    ``kind`` is the FerryError type to raise it as (``to_error``); it stays where the problem was
+    found: the wire (ErrorDetail) and the record carry reason, message and hint only, so ``kind``
+    takes no part in comparisons.
+
+    >>> p = Problem.of(FailedPrecondition("no bridge br-vm", reason="BRIDGE_MISSING", hint="map it"))
+    >>> p == Problem("BRIDGE_MISSING", "no bridge br-vm", "map it"), repr(p.to_error())
+    (True, "FailedPrecondition(BRIDGE_MISSING: 'no bridge br-vm')")
+    """
 
     reason: str
     message: str
     hint: str = ""
+    kind: type[FerryError] = field(default=FailedPrecondition, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, err: FerryError) -> Problem:
+        return cls(err.reason, err.message, err.hint, type(err))
+
+    def to_error(self) -> FerryError:
+        return self.kind(self.message, reason=self.reason, hint=self.hint)
 
 
 @dataclass(frozen=True)
@@ -233,14 +266,15 @@ class Inventory:
 
 @dataclass(frozen=True)
 class PreparedIncoming:
-    """The answer of a target agent's PrepareIncoming (or of its dry run: only ``problems``)."""
+    """The answer of a target agent's PrepareIncoming (a dry run's: no id, nothing created, and
+    the ``problems`` found; a real prepare refuses with an error instead)."""
 
-    prepare_id: str = ""
-    destination_xml: str = ""
-    disks: tuple[DiskPlan, ...] = ()
+    prepare_id: str = ""  # "" for a dry run
+    destination_xml: str = ""  # "" when the XML could not be rewritten
+    disks: tuple[DiskPlan, ...] = ()  # the disk plan, destinations (and COPY_INC backing files) filled in
     created: tuple[str, ...] = ()
-    expires_at: datetime | None = None
-    problems: tuple[Blocker, ...] = ()
+    expires_at: datetime | None = None  # None for a dry run
+    problems: tuple[Problem, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 from ferry.model import (
-    Blocker,
+    CompletedJob,
     DiskPlan,
     DomainInfo,
     HostFacts,
@@ -25,6 +25,7 @@ from ferry.model import (
     MigrationResult,
     PreparedIncoming,
     PrepareRecord,
+    Problem,
     StorageDir,
     StorageMode,
 )
@@ -206,8 +207,13 @@ class AgentClient(Protocol):
         options: MigrationOptions,
         migration_id: str,
         migrate_uri: str = "",
+        disks: Sequence[DiskPlan] = (),
     ) -> AsyncIterator[MigrationProgress | MigrationResult]:
-        """Progress snapshots, then one MigrationResult; a failed job raises its FerryError."""
+        """Progress snapshots, then one MigrationResult; a failed job raises its FerryError.
+
+        ``disks``: the plan the target prepared (PrepareIncoming's answer); the source copies
+        exactly its ``copy`` disks. Empty: the source plans from the options itself.
+        """
         ...
 
     async def abort_migration(self, vm: str) -> bool: ...
@@ -221,9 +227,16 @@ class AgentClient(Protocol):
         start_postcopy: bool = False,
     ) -> None: ...
 
-    async def get_job(self, vm: str, *, completed: bool = False) -> JobStats: ...
+    async def get_job(self, vm: str) -> MigrationProgress:
+        """The domain's running job (``stats.active`` False: none) with its phase, as the agent
+        judges it; ``stats`` holds libvirt's job type and operation (e.g. "migration out")."""
+        ...
 
-    async def probe_target(self, target_uri: str, *, migration_address: str = "") -> tuple[list[Blocker], int]:
+    async def completed_job(self, vm: str) -> CompletedJob:
+        """The figures of the domain's last completed job on this host (all zero when none)."""
+        ...
+
+    async def probe_target(self, target_uri: str, *, migration_address: str = "") -> tuple[list[Problem], int]:
         """Can this (source) host reach the target's libvirtd? Returns the problems found
         (TARGET_UNRESOLVABLE, TARGET_UNREACHABLE, ...; empty = reachable) and the round trip
         in milliseconds."""

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field, replace
 from ferry.agent import libvirt_errors as le
 from ferry.agent import probe
 from ferry.agent.domxml import parse_disks, parse_domain, parse_nics
-from ferry.agent.target_checks import HOST_CPU_MODES, cpu_check_failed
+from ferry.agent.target_checks import cpu_check_failed
 from ferry.errors import FerryError
-from ferry.model import DomainInfo, DomainState, HostFacts, JobStats, MigrationOptions, StorageMode
+from ferry.model import HOST_CPU_MODES, DomainInfo, DomainState, HostFacts, JobStats, MigrationOptions, StorageMode
 from ferry.testing.fake_hostsystem import FakeHostSystem, FakeImage
 
 MiB = 1 << 20

@@ -125,7 +125,7 @@ class ListPreparesResponse(_message.Message):
     def __init__(self, prepares: _Optional[_Iterable[_Union[Prepare, _Mapping]]] = ...) -> None: ...
 
 class MigrateRequest(_message.Message):
-    __slots__ = ("domain", "target_uri", "migrate_uri", "destination_xml", "options", "migration_id", "progress_interval_ms")
+    __slots__ = ("domain", "target_uri", "migrate_uri", "destination_xml", "options", "migration_id", "progress_interval_ms", "disks")
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
     TARGET_URI_FIELD_NUMBER: _ClassVar[int]
     MIGRATE_URI_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +133,7 @@ class MigrateRequest(_message.Message):
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    DISKS_FIELD_NUMBER: _ClassVar[int]
     domain: str
     target_uri: str
     migrate_uri: str
@@ -140,7 +141,8 @@ class MigrateRequest(_message.Message):
     options: _types_pb2.MigrationOptions
     migration_id: str
     progress_interval_ms: int
-    def __init__(self, domain: _Optional[str] = ..., target_uri: _Optional[str] = ..., migrate_uri: _Optional[str] = ..., destination_xml: _Optional[str] = ..., options: _Optional[_Union[_types_pb2.MigrationOptions, _Mapping]] = ..., migration_id: _Optional[str] = ..., progress_interval_ms: _Optional[int] = ...) -> None: ...
+    disks: _containers.RepeatedCompositeFieldContainer[_types_pb2.DiskPlan]
+    def __init__(self, domain: _Optional[str] = ..., target_uri: _Optional[str] = ..., migrate_uri: _Optional[str] = ..., destination_xml: _Optional[str] = ..., options: _Optional[_Union[_types_pb2.MigrationOptions, _Mapping]] = ..., migration_id: _Optional[str] = ..., progress_interval_ms: _Optional[int] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ...) -> None: ...
 
 class MigrateEvent(_message.Message):
     __slots__ = ("progress", "result")

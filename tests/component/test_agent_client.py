@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from ferry.agent.service import disks_to_copy
 from ferry.coordinator.agent_client import (
     AGENT_TIMEOUT,
     AGENT_UNREACHABLE,
@@ -20,6 +22,9 @@ from ferry.coordinator.agent_client import (
 from ferry.diskplan import plan_disks
 from ferry.errors import Aborted, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from ferry.model import (
+    Disk,
+    DiskPlan,
+    DomainInfo,
     DomainState,
     HostMapping,
     MigrationOptions,
@@ -132,6 +137,49 @@ async def test_migrate_streams_progress_then_result(fleet):
     assert fleet.running_on("g1") == ["host2"]
 
 
+async def test_migrate_copies_exactly_the_prepared_disks(fleet):
+    fleet.add_guest("host1", "g1")
+    out = await prepare(fleet, "g1")
+    assert [(p.target, p.copy) for p in out.disks] == [("vda", True), ("vdb", False)]
+    fleet["host1"].hv.hold()
+    stream = fleet.client("host1").migrate(
+        "g1",
+        target_uri=fleet["host2"].hv.uri,
+        destination_xml=out.destination_xml,
+        options=COPY,
+        migration_id="m-1",
+        disks=out.disks,
+    )
+    await anext(stream)
+    [running] = fleet["host1"].hv.jobs.values()
+    assert running.migrate_disks == ["vda"]
+    fleet["host1"].hv.release()
+    *_, result = [e async for e in stream]
+    assert isinstance(result, MigrationResult) and fleet.running_on("g1") == ["host2"]
+
+
+@pytest.mark.parametrize(
+    ("plans", "options", "copied"),
+    [
+        # the plan decides, whatever the options would plan (here: both local disks)
+        ((DiskPlan("vda", "/i/a.qcow2"), DiskPlan("vdb", "/i/b.qcow2", copy=False)), COPY, ["vda"]),
+        ((DiskPlan("vda", "/i/a.qcow2", copy=False),), COPY, []),
+        # no plan (an older coordinator): planned here from the options, as the target did
+        ((), COPY, ["vda", "vdb"]),
+        ((), replace(COPY, migrate_disks=("vdb",)), ["vdb"]),
+        ((), MigrationOptions(storage=StorageMode.SHARED), []),
+    ],
+)
+def test_disks_to_copy(plans, options, copied):
+    domain = DomainInfo(
+        "g1",
+        "u-1",
+        DomainState.RUNNING,
+        disks=(Disk("vda", "/i/a.qcow2", "qcow2"), Disk("vdb", "/i/b.qcow2", "qcow2")),
+    )
+    assert disks_to_copy(domain, options, plans) == copied
+
+
 async def test_abort_tune_and_get_job(fleet):
     fleet.add_guest("host1", "g1", dirty=64 << 20)
     out = await prepare(fleet, "g1")
@@ -143,7 +191,7 @@ async def test_abort_tune_and_get_job(fleet):
     first = await anext(stream)
     assert isinstance(first, MigrationProgress) and first.phase is MigrationPhase.STARTING
     job = await source.get_job("g1")
-    assert job.active and job.operation == "migration out" and job.memory_total == 256 << 20
+    assert job.stats.active and job.stats.operation == "migration out" and job.stats.memory_total == 256 << 20
     await source.tune_migration("g1", max_downtime_ms=500, bandwidth_mibps=100)
     [running] = fleet["host1"].hv.jobs.values()
     assert running.max_downtime_ms == 500 and running.bandwidth_bps == 100 << 20
@@ -153,7 +201,7 @@ async def test_abort_tune_and_get_job(fleet):
         async for _ in stream:
             pass
     assert await source.abort_migration("g1") is False  # no job any more
-    assert not (await source.get_job("g1")).active
+    assert not (await source.get_job("g1")).stats.active
     assert fleet.running_on("g1") == ["host1"]
 
 
@@ -167,7 +215,7 @@ async def test_closing_the_stream_leaves_the_job_running(fleet):
     await anext(stream)
     await stream.aclose()
     await asyncio.sleep(0.05)
-    assert (await fleet.client("host1").get_job("g1")).active  # not aborted
+    assert (await fleet.client("host1").get_job("g1")).stats.active  # not aborted
     fleet["host1"].hv.release()
     for _ in range(200):
         if fleet.running_on("g1") == ["host2"]:

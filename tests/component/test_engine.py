@@ -275,7 +275,7 @@ async def test_migration_that_does_not_converge_rolls_back(store, fleet, hosts):
         r = await final(store, m.id)
     assert r.phase is Phase.ROLLED_BACK, [(h.phase.name, h.reason) for h in r.history]
     assert r.error is not None and r.error.reason == "MIGRATION_TIMEOUT" and "post-copy" in r.error.hint
-    assert r.progress is not None and r.progress.iteration > 1  # it tried, iteration after iteration
+    assert r.progress is not None and r.progress.stats.iteration > 1  # it tried, iteration after iteration
     assert fleet.where("g1") == {"host1": DomainState.RUNNING} and fleet.prepares("host2") == []
 
 
@@ -302,7 +302,7 @@ async def test_progress_writes_are_throttled(store, fleet, hosts):
     seconds = (ended - started).total_seconds()
     assert seconds > 0.5  # long enough to report progress often
     assert 2 <= len(migrating) <= 1 + seconds / 0.2 + 2  # entering + at most one per 0.2 s (+ slack)
-    processed = [w.progress.disk_processed + w.progress.memory_processed for w in migrating if w.progress]
+    processed = [w.progress.stats.disk_processed + w.progress.stats.memory_processed for w in migrating if w.progress]
     assert processed == sorted(processed)  # never backwards
 
 

@@ -14,12 +14,16 @@ from ferry.model import (
     DomainState,
     HostFacts,
     HostMapping,
+    Inventory,
     JobStats,
     MigrationOptions,
     MigrationPhase,
     MigrationProgress,
+    MigrationResult,
     Nic,
+    PreparedIncoming,
     PrepareRecord,
+    Problem,
     StorageDir,
     StorageMode,
 )
@@ -160,9 +164,7 @@ def test_unset_timestamp_is_none():
 
 
 def test_progress_round_trip():
-    stats = JobStats(
-        active=True,
-        job_type="unbounded",
+    stats = JobStats(  # what the wire carries: libvirt's job type and the like stay behind
         time_elapsed_ms=1500,
         memory_total=256 << 20,
         memory_processed=100 << 20,
@@ -191,22 +193,50 @@ def test_completed_job_from_stats_and_result():
     )
     job = convert.completed_job_from_stats(s, postcopy=True)
     assert job == CompletedJob(920, 157, 136 << 20, 256 << 20, 3, True)
-    res = convert.migrate_result_to_pb(job, None, False)
+    res = convert.migrate_result_to_pb(MigrationResult(job, None, False))
     assert res.source_state == tpb.DOMAIN_STATE_UNSPECIFIED and not res.source_defined
     assert convert.completed_job_from_pb(res.job) == job
 
 
 def test_error_detail():
-    d = convert.error_detail_to_pb(
-        FailedPrecondition("no bridge br-vm", reason="BRIDGE_MISSING", hint="create it or map it")
+    d = convert.problem_to_pb(
+        Problem.of(FailedPrecondition("no bridge br-vm", reason="BRIDGE_MISSING", hint="create it or map it"))
     )
     assert (d.reason, d.message, d.hint) == ("BRIDGE_MISSING", "no bridge br-vm", "create it or map it")
 
 
-def test_blocker_round_trip():
-    from ferry.model import Blocker
-
-    b = Blocker("TARGET_UNREACHABLE", "libvirtd on host2 cannot be reached from host1", "check the firewall")
-    assert convert.blocker_from_pb(convert.blocker_to_pb(b)) == b
+def test_problem_round_trip():
+    b = Problem("TARGET_UNREACHABLE", "libvirtd on host2 cannot be reached from host1", "check the firewall")
+    assert convert.problem_from_pb(convert.problem_to_pb(b)) == b
     err = FailedPrecondition("host2 cannot run the CPU", reason="CPU_INCOMPATIBLE", hint="pick another")
-    assert convert.blocker_from_pb(convert.error_detail_to_pb(err)) == Blocker(err.reason, err.message, err.hint)
+    assert convert.problem_from_pb(convert.problem_to_pb(Problem.of(err))) == Problem(err.reason, err.message, err.hint)
+
+
+def test_inventory_round_trip():
+    inv = Inventory(host=FACTS, domains=(DOMAIN,))
+    assert convert.inventory_from_pb(convert.inventory_to_pb(inv)) == inv
+
+
+def test_prepared_round_trip():
+    plan = DiskPlan("vda", "/a/g1.qcow2", "/b/g1.qcow2", "qcow2", 1 << 30, 5 << 20)
+    done = PreparedIncoming("p1", "<domain/>", (plan,), ("/b/g1.qcow2",), datetime(2026, 11, 25, 20, 10, tzinfo=UTC))
+    assert convert.prepared_from_pb(convert.prepared_to_pb(done)) == done
+    dry = PreparedIncoming(disks=(plan,), problems=(Problem("BRIDGE_MISSING", "no br-vm", "map it"),))
+    assert convert.prepared_from_pb(convert.prepared_to_pb(dry)) == dry
+
+
+@pytest.mark.parametrize("state", [None, DomainState.PAUSED])
+def test_migrate_result_round_trip(state):
+    r = MigrationResult(CompletedJob(920, 157, 136 << 20, 0, 3, False), state, state is not None)
+    assert convert.migrate_result_from_pb(convert.migrate_result_to_pb(r)) == r
+
+
+def test_get_job_carries_the_phase_and_libvirts_job():
+    stats = JobStats(
+        active=True, job_type="unbounded", operation="migration out", memory_total=256 << 20, memory_processed=1 << 20
+    )
+    p = MigrationProgress(MigrationPhase.PRECOPY, stats)
+    assert convert.job_from_pb(convert.job_to_pb(p)) == p
+    done = JobStats(job_type="completed", time_elapsed_ms=920, downtime_ms=157, memory_processed=9, iteration=3)
+    response = convert.completed_job_response_to_pb(done)
+    assert convert.completed_job_response_from_pb(response) == convert.completed_job_from_stats(done)

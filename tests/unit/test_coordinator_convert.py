@@ -9,8 +9,17 @@ import pytest
 
 from ferry.coordinator import convert
 from ferry.coordinator.phases import Phase, Timeouts
-from ferry.coordinator.record import ErrorDetail, ProgressSnapshot, new_migration, with_phase
-from ferry.model import CompletedJob, HostMapping, MigrationOptions, MigrationPhase, StorageMode
+from ferry.coordinator.record import new_migration, with_phase
+from ferry.model import (
+    CompletedJob,
+    HostMapping,
+    JobStats,
+    MigrationOptions,
+    MigrationPhase,
+    MigrationProgress,
+    Problem,
+    StorageMode,
+)
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import types_pb2 as tpb
 
@@ -45,24 +54,26 @@ def finished():
         r,
         prepare_id="p-9",
         cancel_requested=True,
-        progress=ProgressSnapshot(
+        progress=MigrationProgress(
             MigrationPhase.PRECOPY,
-            memory_total=256 << 20,
-            memory_processed=100,
-            memory_remaining=5,
-            iteration=3,
-            dirty_rate_pages=7,
-            page_size=4096,
-            bandwidth_bps=10 << 20,
-            elapsed_ms=900,
-            auto_converge_throttle=20,
+            JobStats(
+                memory_total=256 << 20,
+                memory_processed=100,
+                memory_remaining=5,
+                iteration=3,
+                dirty_rate_pages=7,
+                page_size=4096,
+                bandwidth_bps=10 << 20,
+                time_elapsed_ms=900,
+                auto_converge_throttle=20,
+            ),
             max_downtime_ms=300,
         ),
     )
     r = with_phase(r, Phase.ROLLING_BACK, T0 + timedelta(seconds=5), "failed", t)
     r = replace(
         r,
-        error=ErrorDetail("MIGRATION_FAILED", "job failed", "look at the source's libvirtd log"),
+        error=Problem("MIGRATION_FAILED", "job failed", "look at the source's libvirtd log"),
         result=CompletedJob(time_elapsed_ms=900, downtime_ms=40, memory_processed=100, iterations=3),
     )
     return with_phase(r, Phase.ROLLED_BACK, T0 + timedelta(seconds=6), "target cleaned", t)

@@ -1,22 +1,28 @@
 """The coordinator's side of the copied disks and of the host CPU (pure): the record keeps the
-copied source paths from the prepare, the commit's note goes into the history, and a
-host-passthrough guest needs the same host CPU on the target."""
+disk plan from the prepare (its copies' source paths are the source's to remove), the commit's
+note goes into the history, and a host-passthrough guest needs the same host CPU on the target."""
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ferry.coordinator.decide import CleanedUp, Committed, Prepared, StartMigration, decide
+from ferry.coordinator.decide import decide
+from ferry.coordinator.events import CleanedUp, Committed, Prepared, StartMigration
 from ferry.coordinator.phases import GiB, Phase, Timeouts
 from ferry.coordinator.preflight import host_cpu_blockers
 from ferry.coordinator.record import decode, encode, new_migration, with_phase
-from ferry.model import DomainInfo, DomainState, HostFacts
+from ferry.model import DiskPlan, DomainInfo, DomainState, HostFacts
 
 T0 = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
 NOW = T0 + timedelta(seconds=10)
 T = Timeouts()
 DISKS = ("/var/lib/libvirt/images/g1-vda.qcow2", "/var/lib/libvirt/images/g1-vdb.qcow2")
+PLANS = (
+    DiskPlan("vda", DISKS[0], DISKS[0], virtual_size=GiB, allocation=GiB // 4),
+    DiskPlan("vdb", DISKS[1], DISKS[1], virtual_size=GiB),
+    DiskPlan("vdc", "/shared/g1-data.raw", "/shared/g1-data.raw", format="raw", copy=False),  # shared: stays
+)
 
 
 def walk(*phases: Phase, **kw):
@@ -37,19 +43,20 @@ def walk(*phases: Phase, **kw):
 
 PREPARING = walk(Phase.PREFLIGHT, Phase.PREPARING, attempt=1)
 FINISHING = walk(
-    Phase.PREFLIGHT, Phase.PREPARING, Phase.MIGRATING, Phase.FINISHING, attempt=1, prepare_id="p-1", copied_disks=DISKS
+    Phase.PREFLIGHT, Phase.PREPARING, Phase.MIGRATING, Phase.FINISHING, attempt=1, prepare_id="p-1", disks=PLANS
 )
 
 
 def test_the_prepare_tells_which_source_disks_are_copied():
-    d = decide(PREPARING, Prepared("p-1", "<domain/>", DISKS), NOW, T)
+    d = decide(PREPARING, Prepared("p-1", "<domain/>", PLANS), NOW, T)
     assert d.record.phase is Phase.MIGRATING and d.actions == (StartMigration(),)
     assert d.record.copied_disks == DISKS
+    assert d.record.disks == PLANS  # sent with the Migrate call
 
 
 def test_a_retry_forgets_the_copied_disks_of_the_attempt_before():
     requeued = walk(
-        Phase.PREFLIGHT, Phase.PREPARING, Phase.ROLLING_BACK, attempt=1, rollback_to=Phase.PENDING, copied_disks=DISKS
+        Phase.PREFLIGHT, Phase.PREPARING, Phase.ROLLING_BACK, attempt=1, rollback_to=Phase.PENDING, disks=PLANS
     )
     d = decide(requeued, CleanedUp(), NOW, T)
     assert d.record.phase is Phase.PENDING and d.record.copied_disks == ()
@@ -85,7 +92,8 @@ def test_committed_notes_what_became_of_the_source_disks_and_succeeds(note, hist
 
 def test_the_record_keeps_the_copied_disks_in_its_json():
     assert decode(encode(FINISHING), 7).copied_disks == DISKS
-    older = encode(replace(FINISHING, copied_disks=())).replace(b'"copied_disks":[],', b"")
+    assert decode(encode(FINISHING), 7).disks == PLANS
+    older = encode(replace(FINISHING, disks=())).replace(b'"disks":[],', b"")
     assert b"copied_disks" not in older
     assert decode(older, 7).copied_disks == ()  # a record written before the field existed
 

@@ -5,7 +5,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ferry.coordinator.decide import (
+from ferry.coordinator.decide import Location, decide, locate
+from ferry.coordinator.events import (
     AbortMigration,
     Admitted,
     AgentLost,
@@ -14,7 +15,6 @@ from ferry.coordinator.decide import (
     CleanupTarget,
     CommitTarget,
     Committed,
-    Location,
     MigrationEnded,
     ObservePlacement,
     Placement,
@@ -28,12 +28,10 @@ from ferry.coordinator.decide import (
     StepFailed,
     Tick,
     WatchJob,
-    decide,
-    locate,
 )
 from ferry.coordinator.phases import GiB, Phase, Timeouts
-from ferry.coordinator.record import ErrorDetail, ProgressSnapshot, decode, encode, new_migration, with_phase
-from ferry.model import CompletedJob, DomainState, MigrationPhase
+from ferry.coordinator.record import decode, encode, new_migration, with_phase
+from ferry.model import CompletedJob, DomainState, JobStats, MigrationPhase, MigrationProgress, Problem
 
 T0 = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
 NOW = T0 + timedelta(seconds=10)
@@ -52,9 +50,9 @@ BOTH_JOB = Placement(R, R, source_job_active=True)
 NOWHERE = Placement(OFF, None)
 UNCLEAR = Placement(UNK, None)
 
-E_SPACE = ErrorDetail("INSUFFICIENT_SPACE", "3 GiB needed, 1 GiB free in /var/lib/libvirt/images", "free space")
-E_BRIDGE = ErrorDetail("BRIDGE_MISSING", "no bridge br-guest on host2", "add a bridge mapping")
-E_JOB = ErrorDetail("MIGRATION_FAILED", "the job failed", "see the log")
+E_SPACE = Problem("INSUFFICIENT_SPACE", "3 GiB needed, 1 GiB free in /var/lib/libvirt/images", "free space")
+E_BRIDGE = Problem("BRIDGE_MISSING", "no bridge br-guest on host2", "add a bridge mapping")
+E_JOB = Problem("MIGRATION_FAILED", "the job failed", "see the log")
 OBSERVE_LATER = ObservePlacement(T.observe_delay_s)
 
 
@@ -80,7 +78,7 @@ PREFLIGHT = walk(Phase.PREFLIGHT, attempt=1)
 PREPARING = walk(Phase.PREFLIGHT, Phase.PREPARING, attempt=1)
 MIGRATING = walk(*_TO_MIGRATING, attempt=1, prepare_id="p-1", destination_xml="<domain/>")
 MIGRATING_FAILED = replace(MIGRATING, error=E_JOB)
-POSTCOPY = replace(MIGRATING, progress=ProgressSnapshot(MigrationPhase.POSTCOPY))
+POSTCOPY = replace(MIGRATING, progress=MigrationProgress(MigrationPhase.POSTCOPY))
 FINISHING = walk(*_TO_MIGRATING, Phase.FINISHING, attempt=1, prepare_id="p-1")
 RB_EARLY = walk(
     Phase.PREFLIGHT, Phase.PREPARING, Phase.ROLLING_BACK, attempt=1, rollback_to=Phase.ROLLED_BACK, error=E_SPACE
@@ -212,7 +210,7 @@ def check(record, event, phase, actions, outcome, now=NOW):
         ),
         pytest.param(
             FINISHING,
-            Progress(ProgressSnapshot()),
+            Progress(MigrationProgress()),
             Phase.FINISHING,
             (),
             "ignored: Progress in FINISHING",
@@ -220,7 +218,7 @@ def check(record, event, phase, actions, outcome, now=NOW):
         ),
         pytest.param(
             RB_LATE,
-            StepFailed("CleanupTarget", ErrorDetail("DOMAIN_RUNNING", "g1 runs on host2", "")),
+            StepFailed("CleanupTarget", Problem("DOMAIN_RUNNING", "g1 runs on host2", "")),
             Phase.ROLLING_BACK,
             (),
             "CleanupTarget failed (DOMAIN_RUNNING); retrying at the deadline",
@@ -240,7 +238,7 @@ def test_preflight_problems_all_reach_the_record():
 
 
 def test_progress_updates_only_the_progress():
-    snap = ProgressSnapshot(MigrationPhase.PRECOPY, memory_total=100, memory_processed=60, iteration=2)
+    snap = MigrationProgress(MigrationPhase.PRECOPY, JobStats(memory_total=100, memory_processed=60, iteration=2))
     d = decide(MIGRATING, Progress(snap), NOW, T)
     assert d.record == replace(MIGRATING, progress=snap, updated_at=NOW)
     assert d.actions == () and d.outcome == "progress"
@@ -641,9 +639,7 @@ def test_migration_timeout_is_recorded():
 
 def test_rollback_retries_with_backoff_then_fails_loudly():
     r, now, delays = RB_LATE, LATE, []
-    r = decide(
-        r, StepFailed("CleanupTarget", ErrorDetail("DOMAIN_RUNNING", "g1 is running on host2", "")), now, T
-    ).record
+    r = decide(r, StepFailed("CleanupTarget", Problem("DOMAIN_RUNNING", "g1 is running on host2", "")), now, T).record
     for _ in range(20):
         d = decide(r, Tick(), now, T)
         r = d.record
@@ -715,7 +711,9 @@ def test_happy_path():
             Admitted(),
             PreflightResult(),
             Prepared("p-1", "<domain type='qemu'/>"),
-            Progress(ProgressSnapshot(MigrationPhase.PRECOPY, memory_total=256 << 20, memory_processed=1 << 20)),
+            Progress(
+                MigrationProgress(MigrationPhase.PRECOPY, JobStats(memory_total=256 << 20, memory_processed=1 << 20))
+            ),
             MigrationEnded(True, job),
             TGT_AND_PAUSED_SRC,
             ON_TGT,
@@ -741,7 +739,7 @@ def test_happy_path():
         Phase.SUCCEEDED,
     ]
     assert r.result == job and r.error is None and r.phase_deadline is None
-    assert r.progress.memory_total == 256 << 20
+    assert r.progress.stats.memory_total == 256 << 20
 
 
 def test_failed_migration_rolls_back_and_verifies():

@@ -7,10 +7,10 @@ from dataclasses import replace
 import pytest
 
 from ferry.agent import progress as m
-from ferry.agent.migration import MigrationDriver, MigrationOutcome, MigrationRequest
+from ferry.agent.migration import MigrationDriver, MigrationRequest
 from ferry.agent.progress import changed, next_progress, phase_of
 from ferry.convergence import ConvergencePolicy, DowntimeStep
-from ferry.model import DomainState, JobStats, MigrationOptions, MigrationPhase
+from ferry.model import DomainState, JobStats, MigrationOptions, MigrationPhase, MigrationResult
 from ferry.testing.fake_hypervisor import FakeFleet, FakeHypervisor, make_domain_xml
 
 MiB = 1 << 20
@@ -188,7 +188,7 @@ async def test_the_driver_climbs_the_downtime_ladder_until_the_guest_converges()
         domain=uuid, target_uri=target.uri, options=MigrationOptions(), progress_interval_s=0.005, convergence=ladder
     )
     events = [e async for e in MigrationDriver(source).run(request)]
-    assert isinstance(events[-1], MigrationOutcome)
+    assert isinstance(events[-1], MigrationResult)
     assert (await target.get_domain(uuid)).state is DomainState.RUNNING
     # the first step at once, the top one last (a slow poll may pass the middle one over)
     assert source.downtimes[0] == 50 and source.downtimes[-1] == 2000

@@ -17,10 +17,8 @@ from ferry.coordinator.phases import (
 )
 from ferry.coordinator.record import (
     HISTORY_MAX,
-    ErrorDetail,
     MigrationRecord,
     PhaseChange,
-    ProgressSnapshot,
     decode,
     encode,
     new_migration,
@@ -36,6 +34,7 @@ from ferry.model import (
     MigrationOptions,
     MigrationPhase,
     MigrationProgress,
+    Problem,
     StorageMode,
 )
 from ferry.v1 import coordinator_pb2
@@ -275,11 +274,28 @@ def full_record() -> MigrationRecord:
         disk_bytes=3 << 30,
         prepare_id="p-7",
         destination_xml="<domain type='qemu'><name>g1</name></domain>",
-        progress=ProgressSnapshot(MigrationPhase.PRECOPY, 1, 2, 3, 4, 5, 6, 7, 8, 4096, 9, 10, 20, 300),
+        progress=MigrationProgress(
+            MigrationPhase.PRECOPY,
+            JobStats(
+                memory_total=1,
+                memory_processed=2,
+                memory_remaining=3,
+                disk_total=4,
+                disk_processed=5,
+                disk_remaining=6,
+                iteration=7,
+                dirty_rate_pages=8,
+                page_size=4096,
+                bandwidth_bps=9,
+                time_elapsed_ms=10,
+                auto_converge_throttle=20,
+            ),
+            300,
+        ),
         result=CompletedJob(
             time_elapsed_ms=1, downtime_ms=2, memory_processed=3, disk_processed=4, iterations=5, postcopy=True
         ),
-        error=ErrorDetail("MIGRATION_TIMEOUT", "too slow", "raise the bandwidth"),
+        error=Problem("MIGRATION_TIMEOUT", "too slow", "raise the bandwidth"),
         cancel_requested=True,
         attempt=2,
         retries=1,
@@ -341,7 +357,7 @@ def test_decode_errors_say_why(data, reason):
     assert e.value.reason == reason and e.value.hint
 
 
-def test_progress_snapshot_from_agent_progress():
+def test_the_record_stores_the_figures_of_the_agents_progress():
     p = MigrationProgress(
         MigrationPhase.DISK_MIRROR,
         JobStats(
@@ -360,12 +376,62 @@ def test_progress_snapshot_from_agent_progress():
         ),
         max_downtime_ms=300,
     )
-    assert ProgressSnapshot.of(p) == ProgressSnapshot(
-        MigrationPhase.DISK_MIRROR, 100, 40, 60, 10, 5, 5, 3, 12, 4096, 1000, 1500, 20, 300
+    import json
+
+    # the JSON keys of the records older coordinators wrote (their ProgressSnapshot's fields)
+    assert json.loads(encode(replace(rec(), progress=p)))["progress"] == dict(
+        phase="DISK_MIRROR",
+        memory_total=100,
+        memory_processed=40,
+        memory_remaining=60,
+        disk_total=10,
+        disk_processed=5,
+        disk_remaining=5,
+        iteration=3,
+        dirty_rate_pages=12,
+        page_size=4096,
+        bandwidth_bps=1000,
+        elapsed_ms=1500,
+        auto_converge_throttle=20,
+        max_downtime_ms=300,
+    )
+
+
+def test_a_record_of_an_older_coordinator_is_read():
+    """Written before the record kept the disk plan: its progress, error and copied disks."""
+    old = (
+        b'{"attempt":1,"cancel_requested":false,"copied_disks":["/img/g1.qcow2"],"created_at":'
+        b'"2026-11-25T20:00:00+00:00","destination_xml":"","disk_bytes":0,"error":{"hint":"see the log",'
+        b'"message":"the job failed","reason":"MIGRATION_FAILED"},"history":[{"at":"2026-11-25T20:00:00+00:00",'
+        b'"phase":"PENDING","reason":"submitted"}],"id":"m-1","idempotency_key":"","mapping":{"bridges":{},'
+        b'"networks":{},"path_prefixes":{}},"memory_bytes":0,"options":{"allow_postcopy":false,'
+        b'"auto_converge":false,"bandwidth_mibps":0,"completion_timeout_s":0,"max_downtime_ms":0,'
+        b'"migrate_disks":[],"offline":false,"persist_dest":true,"postcopy_on_stall":false,'
+        b'"storage":"COPY_ALL","undefine_source":true,"unsafe":false},"phase":"MIGRATING",'
+        b'"phase_deadline":null,"prepare_id":"p-1","priority":0,"progress":{"auto_converge_throttle":0,'
+        b'"bandwidth_bps":5,"dirty_rate_pages":0,"disk_processed":0,"disk_remaining":0,"disk_total":0,'
+        b'"elapsed_ms":700,"iteration":2,"max_downtime_ms":0,"memory_processed":40,"memory_remaining":60,'
+        b'"memory_total":100,"page_size":4096,"phase":"POSTCOPY"},"result":null,"retries":0,'
+        b'"rollback_to":null,"schema":1,"source_host":"host1","target_cleaned":false,"target_host":"host2",'
+        b'"updated_at":"2026-11-25T20:00:00+00:00","vm":"g1","vm_uuid":"u-1"}'
+    )
+    r = decode(old, 5)
+    assert r.copied_disks == ("/img/g1.qcow2",)
+    assert r.error == Problem("MIGRATION_FAILED", "the job failed", "see the log")
+    assert r.progress == MigrationProgress(
+        MigrationPhase.POSTCOPY,
+        JobStats(
+            memory_total=100,
+            memory_processed=40,
+            memory_remaining=60,
+            iteration=2,
+            bandwidth_bps=5,
+            time_elapsed_ms=700,
+        ),
     )
 
 
 def test_error_detail_of_a_ferry_error():
-    assert ErrorDetail.of(Unavailable("no route", reason="AGENT_DOWN", hint="start it")) == ErrorDetail(
+    assert Problem.of(Unavailable("no route", reason="AGENT_DOWN", hint="start it")) == Problem(
         "AGENT_DOWN", "no route", "start it"
     )

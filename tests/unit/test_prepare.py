@@ -142,12 +142,12 @@ async def test_dry_run_lists_every_problem_at_once(svc, hv, tmp_path, clock):
     out = await prep(svc, mapping=HostMapping(), dry_run=True)
     by_reason = {p.reason: p for p in out.problems}
     assert list(by_reason) == ["BRIDGE_MISSING", "FILE_IN_THE_WAY", "INSUFFICIENT_SPACE"]
-    assert by_reason["BRIDGE_MISSING"].error is FailedPrecondition
+    assert by_reason["BRIDGE_MISSING"].kind is FailedPrecondition
     assert by_reason["BRIDGE_MISSING"].hint == "host2 has bridges br-vm; map it: --map-bridge br-guest=br-vm"
-    assert by_reason["FILE_IN_THE_WAY"].error is AlreadyExists
+    assert by_reason["FILE_IN_THE_WAY"].kind is AlreadyExists
     assert f"{IMG}/web1.qcow2" in by_reason["FILE_IN_THE_WAY"].message
     space = by_reason["INSUFFICIENT_SPACE"]
-    assert space.error is ResourceExhausted
+    assert space.kind is ResourceExhausted
     assert "need 12.0 GiB" in space.message and "5.0 GiB free" in space.message  # 4 GiB allocated + 8 GiB raw
     assert host.created == [] and svc.list() == []
 
@@ -233,7 +233,7 @@ async def test_each_problem(svc, hv, case, kwargs, reason, error):
         hv.add("web1-old", UUID, DomainState.SHUTOFF)
     out = await prep(svc, dry_run=True, **kwargs)
     assert [p.reason for p in out.problems][:1] == [reason]
-    assert out.problems[0].error is error
+    assert out.problems[0].kind is error
     assert out.problems[0].hint  # always says what to do
     with pytest.raises(error) as err:
         await prep(svc, **kwargs)

@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ferry.coordinator.decide import (
+from ferry.coordinator.decide import decide
+from ferry.coordinator.events import (
     AbortMigration,
     CleanupTarget,
     CommitTarget,
@@ -22,18 +23,17 @@ from ferry.coordinator.decide import (
     RunPreflight,
     StartMigration,
     WatchJob,
-    decide,
 )
 from ferry.coordinator.phases import GiB, Phase, Timeouts
-from ferry.coordinator.record import ErrorDetail, ProgressSnapshot, new_migration, with_phase
+from ferry.coordinator.record import new_migration, with_phase
 from ferry.coordinator.recovery import recover
-from ferry.model import DomainState, MigrationOptions, MigrationPhase, PrepareRecord
+from ferry.model import DomainState, MigrationOptions, MigrationPhase, MigrationProgress, PrepareRecord, Problem
 
 T0 = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
 NOW = T0 + timedelta(seconds=30)
 T = Timeouts()
 R, P, OFF, UNK = DomainState.RUNNING, DomainState.PAUSED, DomainState.SHUTOFF, DomainState.UNKNOWN
-E_JOB = ErrorDetail("MIGRATION_FAILED", "the job failed", "see the log")
+E_JOB = Problem("MIGRATION_FAILED", "the job failed", "see the log")
 
 
 def walk(*phases, offline=False, **kw):
@@ -63,7 +63,7 @@ RECORDS = {
     "migrating": walk(*TO_MIGRATING, attempt=1, prepare_id="p-1"),
     "migrating-failed": walk(*TO_MIGRATING, attempt=1, prepare_id="p-1", error=E_JOB),
     "migrating-postcopy": walk(
-        *TO_MIGRATING, attempt=1, prepare_id="p-1", progress=ProgressSnapshot(MigrationPhase.POSTCOPY)
+        *TO_MIGRATING, attempt=1, prepare_id="p-1", progress=MigrationProgress(MigrationPhase.POSTCOPY)
     ),
     "migrating-offline": walk(*TO_MIGRATING, offline=True, attempt=1, prepare_id="p-1"),
     "finishing": walk(*TO_MIGRATING, Phase.FINISHING, attempt=1, prepare_id="p-1"),
@@ -357,7 +357,7 @@ def test_final_records_are_left_alone(phase):
 
 def test_a_recovered_record_then_finishes_through_decide():
     """Leader change mid-migration: the new leader reattaches, the job ends, the record finishes."""
-    from ferry.coordinator.decide import Committed, MigrationEnded
+    from ferry.coordinator.events import Committed, MigrationEnded
 
     d = recover(RECORDS["migrating"], MOVING, [prepare("p-1")], NOW, T)
     assert d.actions == (WatchJob(),)

@@ -6,9 +6,9 @@ import pytest
 
 from ferry.agent import target_checks as tc
 from ferry.agent.prepare import PrepareService
-from ferry.agent.target_checks import CpuVerdict, Problem, TargetSnapshot, check_target, guest_cpu
+from ferry.agent.target_checks import CpuVerdict, TargetSnapshot, check_target, guest_cpu
 from ferry.errors import DeadlineExceeded, FailedPrecondition, ResourceExhausted
-from ferry.model import DomainInfo, HostFacts, HostMapping, JobStats, StorageMode
+from ferry.model import DomainInfo, HostFacts, HostMapping, JobStats, Problem, StorageMode
 from ferry.testing.fake_hostsystem import FakeHostSystem
 
 MiB = 1 << 20
@@ -64,10 +64,10 @@ def test_no_cpu_element_means_the_hypervisors_default():
 
 def problems(xml: str, **snap) -> list[tuple[str, type]]:
     found = check_target(xml, [], HostMapping(), StorageMode.SHARED, TargetSnapshot(host_name="host2", **snap))
-    return [(p.reason, p.error) for p in found]
+    return [(p.reason, p.kind) for p in found]
 
 
-FAILED = Problem(FailedPrecondition, "CPU_CHECK_FAILED", "libvirt cannot check: Unknown CPU model Foo", "use ...")
+FAILED = Problem("CPU_CHECK_FAILED", "libvirt cannot check: Unknown CPU model Foo", "use ...", FailedPrecondition)
 
 
 @pytest.mark.parametrize(

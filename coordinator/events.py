@@ -1,0 +1,203 @@
+"""The vocabulary of the coordinator's decision function (``decide``): events and actions (pure).
+
+Events are what the shell (the leader loop) observed and feeds to ``decide``; actions are what
+``decide`` asks the shell to perform once the new record is stored (``actions.Actions``), each
+result coming back as another event. A ``Decision`` holds the new record, the actions and the
+outcome in words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ferry.model import CompletedJob, DiskPlan, DomainState, MigrationProgress, Problem
+
+from .record import MigrationRecord
+
+# --- events: what the shell observed -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """``slots.admit`` picked this Pending record."""
+
+
+@dataclass(frozen=True)
+class PreflightResult:
+    """Coordinator checks + the target's PrepareIncoming dry run; empty = ready."""
+
+    problems: tuple[Problem, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The target's PrepareIncoming answered."""
+
+    prepare_id: str
+    destination_xml: str
+    disks: tuple[DiskPlan, ...] = ()  # the disk plan the target prepared (its answer's)
+
+
+@dataclass(frozen=True)
+class PrepareFailed:
+    """The target's PrepareIncoming failed with an error (not an unreachable agent: AgentLost)."""
+
+    error: Problem
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress event of the source's Migrate stream (or of WatchJob)."""
+
+    progress: MigrationProgress
+
+
+@dataclass(frozen=True)
+class MigrationEnded:
+    """The migration job ended: the Migrate stream's result, its error, or WatchJob's end."""
+
+    ok: bool
+    job: CompletedJob | None = None
+    error: Problem | None = None
+
+
+@dataclass(frozen=True)
+class CancelRequested:
+    """A user asked to cancel (CancelMigration)."""
+
+
+@dataclass(frozen=True)
+class CleanedUp:
+    """The target holds no prepare of this migration any more (removed, or already gone)."""
+
+
+@dataclass(frozen=True)
+class Committed:
+    """The target's CommitIncoming answered (an unknown, already committed prepare counts).
+    ``note``: what became of the source's copied disks, for the history ("" = nothing to say).
+    ``job``: the completed job's figures read on the target, for a record that has none yet (a job
+    followed by polling after a leader or agent change, whose Migrate stream never ended here)."""
+
+    note: str = ""
+    job: CompletedJob | None = None
+
+
+@dataclass(frozen=True)
+class StepFailed:
+    """An action failed with an error that is not an unreachable agent (that is AgentLost)."""
+
+    step: str
+    error: Problem
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The domain as observed on both hosts (GetDomain on each, GetJob on the source).
+
+    A state of None means no such domain on that host; ``source_job_active`` means an outgoing
+    migration job of this domain runs on the source.
+    """
+
+    source_state: DomainState | None
+    target_state: DomainState | None
+    source_job_active: bool = False
+
+
+@dataclass(frozen=True)
+class AgentLost:
+    """An agent cannot be reached: its lease expired, or a call failed Unavailable/DeadlineExceeded."""
+
+    host: str
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed: check the phase deadline."""
+
+
+Event = (
+    Admitted
+    | PreflightResult
+    | Prepared
+    | PrepareFailed
+    | Progress
+    | MigrationEnded
+    | CancelRequested
+    | CleanedUp
+    | Committed
+    | StepFailed
+    | Placement
+    | AgentLost
+    | Tick
+)
+
+# --- actions: what the shell performs (after storing the record) ---------------------------------
+
+
+@dataclass(frozen=True)
+class RunPreflight:
+    """Coordinator checks and the target's PrepareIncoming(dry_run). Feed PreflightResult."""
+
+
+@dataclass(frozen=True)
+class PrepareTarget:
+    """The target's PrepareIncoming(migration_id=record.id). Feed Prepared or PrepareFailed."""
+
+
+@dataclass(frozen=True)
+class StartMigration:
+    """The source's Migrate stream with record.destination_xml. Feed Progress..., MigrationEnded."""
+
+
+@dataclass(frozen=True)
+class WatchJob:
+    """Follow a running job (GetJob on the source, polled). Feed Progress..., MigrationEnded.
+    A no-op when the shell already follows this record's job (its Migrate stream or a watcher)."""
+
+
+@dataclass(frozen=True)
+class AbortMigration:
+    """The source's AbortMigration (no job = fine). The job's end arrives as MigrationEnded."""
+
+
+@dataclass(frozen=True)
+class ObservePlacement:
+    """After ``delay_s``: GetDomain on both hosts and GetJob on the source. Feed Placement."""
+
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class CleanupTarget:
+    """The target's CleanupIncoming for each id, then for every other prepare ListPrepares shows
+    with this migration's id (a prepare whose answer was lost). Feed CleanedUp when none is left."""
+
+    prepare_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CommitTarget:
+    """The target's CommitIncoming. Feed Committed."""
+
+    prepare_id: str
+
+
+Action = (
+    RunPreflight
+    | PrepareTarget
+    | StartMigration
+    | WatchJob
+    | AbortMigration
+    | ObservePlacement
+    | CleanupTarget
+    | CommitTarget
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The new record (``is`` the old one when nothing changed), what to do, and why in words."""
+
+    record: MigrationRecord
+    actions: tuple[Action, ...] = ()
+    outcome: str = ""
