@@ -20,6 +20,7 @@ returning every problem at once, so a dry run shows the operator everything to f
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import re
 import uuid
@@ -341,10 +342,10 @@ class PrepareService:
         async with self._lock:
             return self._store.delete(prepare_id)
 
-    def list(self) -> list[PrepareRecord]:
+    def list(self) -> builtins.list[PrepareRecord]:
         return [r for r, _ in self._store.all()]
 
-    async def sweep(self) -> list[str]:
+    async def sweep(self) -> builtins.list[str]:
         """Finish every expired prepare: commit it when its domain is defined here, else clean it up.
 
         Returns one line per expired prepare saying what happened (kept ones say why).

@@ -8,8 +8,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 
-import grpc
-
 from ferry import convert, model
 from ferry.agent.inventory import Inventory
 from ferry.agent.migration import MigrationDriver, MigrationRequest
@@ -29,7 +27,7 @@ from ferry.model import (
     StorageMode,
 )
 from ferry.ports import Hypervisor
-from ferry.rpc import rpc_method
+from ferry.rpc import Context, rpc_method
 from ferry.v1 import agent_pb2 as apb
 from ferry.v1 import agent_pb2_grpc as agrpc
 
@@ -80,15 +78,13 @@ class AgentServicer(agrpc.AgentServicer):
     # ------------------------------------------------------------------ inventory
 
     @rpc_method
-    async def GetInventory(self, request: apb.GetInventoryRequest, context: grpc.aio.ServicerContext) -> apb.Inventory:
+    async def GetInventory(self, request: apb.GetInventoryRequest, context: Context) -> apb.Inventory:
         facts = await self.inventory.facts()
         domains = await self.inventory.domains()
         return convert.inventory_to_pb(model.Inventory(host=facts, domains=tuple(domains)))
 
     @rpc_method
-    async def GetDomain(
-        self, request: apb.GetDomainRequest, context: grpc.aio.ServicerContext
-    ) -> apb.GetDomainResponse:
+    async def GetDomain(self, request: apb.GetDomainRequest, context: Context) -> apb.GetDomainResponse:
         domain = await self.inventory.domain(_required(request.name, "name"))
         xml = await self.hypervisor.domain_xml(domain.uuid, migratable=True) if request.include_xml else ""
         return apb.GetDomainResponse(domain=convert.domain_to_pb(domain), xml=xml)
@@ -97,7 +93,7 @@ class AgentServicer(agrpc.AgentServicer):
 
     @rpc_method
     async def PrepareIncoming(
-        self, request: apb.PrepareIncomingRequest, context: grpc.aio.ServicerContext
+        self, request: apb.PrepareIncomingRequest, context: Context
     ) -> apb.PrepareIncomingResponse:
         storage = convert.storage_mode_from_pb(request.storage) or StorageMode.SHARED
         out = await self.prepare.prepare(
@@ -113,24 +109,20 @@ class AgentServicer(agrpc.AgentServicer):
 
     @rpc_method
     async def CleanupIncoming(
-        self, request: apb.CleanupIncomingRequest, context: grpc.aio.ServicerContext
+        self, request: apb.CleanupIncomingRequest, context: Context
     ) -> apb.CleanupIncomingResponse:
         removed, already_gone = await self.prepare.cleanup(_required(request.prepare_id, "prepare_id"))
         return apb.CleanupIncomingResponse(removed=removed, already_gone=already_gone)
 
     @rpc_method
-    async def CommitIncoming(
-        self, request: apb.CommitIncomingRequest, context: grpc.aio.ServicerContext
-    ) -> apb.CommitIncomingResponse:
+    async def CommitIncoming(self, request: apb.CommitIncomingRequest, context: Context) -> apb.CommitIncomingResponse:
         prepare_id = _required(request.prepare_id, "prepare_id")
         if not await self.prepare.commit(prepare_id):
             log.info("commit of prepare %s: no such record (already committed or cleaned up)", prepare_id)
         return apb.CommitIncomingResponse()
 
     @rpc_method
-    async def ListPrepares(
-        self, request: apb.ListPreparesRequest, context: grpc.aio.ServicerContext
-    ) -> apb.ListPreparesResponse:
+    async def ListPrepares(self, request: apb.ListPreparesRequest, context: Context) -> apb.ListPreparesResponse:
         return apb.ListPreparesResponse(prepares=[convert.prepare_record_to_pb(r) for r in self.prepare.list()])
 
     # ------------------------------------------------------------------ source side
@@ -150,9 +142,7 @@ class AgentServicer(agrpc.AgentServicer):
         self._migrating[domain.uuid] = migration_id
 
     @rpc_method
-    async def Migrate(
-        self, request: apb.MigrateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[apb.MigrateEvent]:
+    async def Migrate(self, request: apb.MigrateRequest, context: Context) -> AsyncIterator[apb.MigrateEvent]:
         options = convert.options_from_pb(request.options)
         target_uri = _required(request.target_uri, "target_uri")
         domain = await self.inventory.domain(_required(request.domain, "domain"))
@@ -180,18 +170,14 @@ class AgentServicer(agrpc.AgentServicer):
             self._migrating.pop(domain.uuid, None)
 
     @rpc_method
-    async def AbortMigration(
-        self, request: apb.AbortMigrationRequest, context: grpc.aio.ServicerContext
-    ) -> apb.AbortMigrationResponse:
+    async def AbortMigration(self, request: apb.AbortMigrationRequest, context: Context) -> apb.AbortMigrationResponse:
         name = _required(request.domain, "domain")
         aborted = await self.hypervisor.abort_job(name)
         log.info("abort of the job of %s requested: %s", name, "aborting" if aborted else "no job running")
         return apb.AbortMigrationResponse(aborted=aborted)
 
     @rpc_method
-    async def TuneMigration(
-        self, request: apb.TuneMigrationRequest, context: grpc.aio.ServicerContext
-    ) -> apb.TuneMigrationResponse:
+    async def TuneMigration(self, request: apb.TuneMigrationRequest, context: Context) -> apb.TuneMigrationResponse:
         name = _required(request.domain, "domain")
         if request.HasField("max_downtime_ms"):
             await self.hypervisor.set_max_downtime(name, request.max_downtime_ms)
@@ -202,7 +188,7 @@ class AgentServicer(agrpc.AgentServicer):
         return apb.TuneMigrationResponse()
 
     @rpc_method
-    async def GetJob(self, request: apb.GetJobRequest, context: grpc.aio.ServicerContext) -> apb.GetJobResponse:
+    async def GetJob(self, request: apb.GetJobRequest, context: Context) -> apb.GetJobResponse:
         domain = _required(request.domain, "domain")
         if request.completed:
             return convert.completed_job_response_to_pb(await self.hypervisor.job_stats(domain, completed=True))
@@ -210,9 +196,7 @@ class AgentServicer(agrpc.AgentServicer):
         return convert.job_to_pb(MigrationProgress(phase_of(stats), stats))
 
     @rpc_method
-    async def ProbeTarget(
-        self, request: apb.ProbeTargetRequest, context: grpc.aio.ServicerContext
-    ) -> apb.ProbeTargetResponse:
+    async def ProbeTarget(self, request: apb.ProbeTargetRequest, context: Context) -> apb.ProbeTargetResponse:
         """Problems reaching the target are the answer, not an error of the call."""
         uri = _required(request.target_uri, "target_uri")
         try:
@@ -224,7 +208,7 @@ class AgentServicer(agrpc.AgentServicer):
 
     @rpc_method
     async def RemoveSourceDisks(
-        self, request: apb.RemoveSourceDisksRequest, context: grpc.aio.ServicerContext
+        self, request: apb.RemoveSourceDisksRequest, context: Context
     ) -> apb.RemoveSourceDisksResponse:
         done = await self.source_disks.remove(
             _required(request.domain_uuid, "domain_uuid"), list(request.paths), migration_id=request.migration_id

@@ -36,7 +36,7 @@ from ferry.model import (
     Problem,
     StorageMode,
 )
-from ferry.rpc import Tls, create_channel, from_rpc_error
+from ferry.rpc import Tls, create_channel, from_rpc_error, has_status_details
 from ferry.v1 import agent_pb2 as apb
 from ferry.v1 import agent_pb2_grpc as agrpc
 
@@ -44,7 +44,6 @@ AGENT_UNREACHABLE = "AGENT_UNREACHABLE"
 AGENT_TIMEOUT = "AGENT_TIMEOUT"
 AGENT_TOO_OLD = "AGENT_TOO_OLD"
 _TRANSPORT_REASONS = frozenset({AGENT_UNREACHABLE, AGENT_TIMEOUT})
-_STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 def transport_failure(err: FerryError) -> bool:
@@ -139,8 +138,7 @@ class GrpcAgentClient:
 
     def _error(self, exc: grpc.RpcError, conn: _Conn, method: str = "") -> FerryError:
         err = from_rpc_error(exc)
-        metadata = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None
-        from_agent = any(key == _STATUS_DETAILS_KEY for key, _ in metadata or ())
+        from_agent = has_status_details(exc)
         code = exc.code() if callable(getattr(exc, "code", None)) else None
         if code == grpc.StatusCode.UNIMPLEMENTED and not from_agent:
             return FailedPrecondition(

@@ -8,6 +8,7 @@ internals (deadline, attempts, retries, destination XML, rollback goal) are not 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import cast
 
 from ferry import convert
 from ferry.model import DomainInfo, HostFacts, MigrationOptions, StorageMode
@@ -20,9 +21,9 @@ from .record import MigrationRecord, PhaseChange
 # ---------------------------------------------------------------- phases
 
 
-def phase_to_pb(phase: Phase) -> int:
+def phase_to_pb(phase: Phase) -> cpb.Phase:
     """``phases.Phase`` values equal the ``ferry.v1.Phase`` numbers."""
-    return phase.value
+    return cast(cpb.Phase, phase.value)
 
 
 def phase_from_pb(value: int) -> Phase | None:

@@ -19,7 +19,7 @@ from ferry import convert as fconvert
 from ferry import keys
 from ferry.errors import FerryError, InvalidArgument, NotFound
 from ferry.model import Problem, StorageMode
-from ferry.rpc import rpc_method
+from ferry.rpc import Context, rpc_method
 from ferry.store import EventKind, Resync, Store
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
@@ -70,9 +70,7 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
     # ------------------------------------------------------------------ submit
 
     @rpc_method
-    async def SubmitMigration(
-        self, request: cpb.SubmitMigrationRequest, context: grpc.aio.ServicerContext
-    ) -> cpb.Migration:
+    async def SubmitMigration(self, request: cpb.SubmitMigrationRequest, context: Context) -> cpb.Migration:
         vm = _required(request.vm, "vm", '"web-1" (a name or UUID, see `ferry vms`)')
         target = _required(request.target_host, "target_host", '"host2" (see `ferry hosts`)')
         options, explicit = convert.options_from_request(request.options)
@@ -105,13 +103,11 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         return out
 
     @rpc_method
-    async def GetMigration(self, request: cpb.GetMigrationRequest, context: grpc.aio.ServicerContext) -> cpb.Migration:
+    async def GetMigration(self, request: cpb.GetMigrationRequest, context: Context) -> cpb.Migration:
         return convert.migration_to_pb(await self._must_get(request.id))
 
     @rpc_method
-    async def ListMigrations(
-        self, request: cpb.ListMigrationsRequest, context: grpc.aio.ServicerContext
-    ) -> cpb.ListMigrationsResponse:
+    async def ListMigrations(self, request: cpb.ListMigrationsRequest, context: Context) -> cpb.ListMigrationsResponse:
         phases = set()
         for value in request.phases:
             phase = convert.phase_from_pb(value)
@@ -136,7 +132,7 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
 
     @rpc_method
     async def WatchMigration(
-        self, request: cpb.WatchMigrationRequest, context: grpc.aio.ServicerContext
+        self, request: cpb.WatchMigrationRequest, context: Context
     ) -> AsyncIterator[cpb.Migration]:
         record = await self._must_get(request.id)
         yield convert.migration_to_pb(record)
@@ -172,9 +168,7 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
                     return
 
     @rpc_method
-    async def CancelMigration(
-        self, request: cpb.CancelMigrationRequest, context: grpc.aio.ServicerContext
-    ) -> cpb.Migration:
+    async def CancelMigration(self, request: cpb.CancelMigrationRequest, context: Context) -> cpb.Migration:
         return convert.migration_to_pb(await self.submissions.cancel(_required_id(request.id)))
 
     # ------------------------------------------------------------------ hosts and VMs
@@ -184,9 +178,7 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         return active, {r.vm_uuid: r.id for r in sorted(active, key=lambda r: r.created_at)}
 
     @rpc_method
-    async def ListHosts(
-        self, request: cpb.ListHostsRequest, context: grpc.aio.ServicerContext
-    ) -> cpb.ListHostsResponse:
+    async def ListHosts(self, request: cpb.ListHostsRequest, context: Context) -> cpb.ListHostsResponse:
         await self.fleet.refresh(max_age_s=READ_MAX_AGE_S)
         active, _ = await self._active_by_vm()
         return cpb.ListHostsResponse(
@@ -206,7 +198,7 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         )
 
     @rpc_method
-    async def ListVMs(self, request: cpb.ListVMsRequest, context: grpc.aio.ServicerContext) -> cpb.ListVMsResponse:
+    async def ListVMs(self, request: cpb.ListVMsRequest, context: Context) -> cpb.ListVMsResponse:
         if request.host and self.fleet.host(request.host) is None:
             raise NotFound(
                 f"no host named {request.host!r} is registered",
@@ -221,7 +213,8 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
             name
             for r in records
             for name in (r.source_host, r.target_host)
-            if (h := self.fleet.host(name)) is not None and (h.last_seen is None or r.updated_at > h.last_seen)
+            if (h := self.fleet.host(name)) is not None
+            and (h.last_seen is None or (r.updated_at is not None and r.updated_at > h.last_seen))
         }
         wanted = [request.host] if request.host else [h.name for h in self.fleet.hosts()]
         await asyncio.gather(
@@ -241,9 +234,7 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
     # ------------------------------------------------------------------ preflight
 
     @rpc_method
-    async def Preflight(
-        self, request: cpb.PreflightRequest, context: grpc.aio.ServicerContext
-    ) -> cpb.PreflightResponse:
+    async def Preflight(self, request: cpb.PreflightRequest, context: Context) -> cpb.PreflightResponse:
         vm = _required(request.vm, "vm", '"web-1" (a name or UUID, see `ferry vms`)')
         target = _required(request.target_host, "target_host", '"host2" (see `ferry hosts`)')
         options, explicit = convert.options_from_request(request.options)

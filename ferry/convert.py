@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import cast
 
 from google.protobuf import timestamp_pb2
 
@@ -63,7 +64,7 @@ _STORAGE_TO_PB = {
 _STORAGE_FROM_PB = {v: k for k, v in _STORAGE_TO_PB.items()}
 
 
-def storage_mode_to_pb(mode: StorageMode | None) -> int:
+def storage_mode_to_pb(mode: StorageMode | None) -> tpb.StorageMode:
     """None (auto, coordinator only) -> STORAGE_MODE_UNSPECIFIED."""
     return tpb.STORAGE_MODE_UNSPECIFIED if mode is None else _STORAGE_TO_PB[mode]
 
@@ -72,12 +73,12 @@ def storage_mode_from_pb(value: int, *, unspecified: StorageMode | None = Storag
     """STORAGE_MODE_UNSPECIFIED means SHARED at the agent and "auto" (None) at the coordinator."""
     if value == tpb.STORAGE_MODE_UNSPECIFIED:
         return unspecified
-    return _STORAGE_FROM_PB[value]
+    return _STORAGE_FROM_PB[cast(tpb.StorageMode, value)]
 
 
-def domain_state_to_pb(state: DomainState | None) -> int:
+def domain_state_to_pb(state: DomainState | None) -> tpb.DomainState:
     """Same numbers as libvirt's virDomainState; UNKNOWN and None -> UNSPECIFIED."""
-    return 0 if state is None else state.value
+    return cast(tpb.DomainState, 0 if state is None else state.value)
 
 
 def domain_state_from_pb(value: int) -> DomainState:
@@ -87,8 +88,9 @@ def domain_state_from_pb(value: int) -> DomainState:
         return DomainState.UNKNOWN
 
 
-def phase_to_pb(phase: MigrationPhase) -> int:
-    return phase.value
+def phase_to_pb(phase: MigrationPhase) -> tpb.MigrationPhase:
+    """Same numbers as ``ferry.v1.MigrationPhase``."""
+    return cast(tpb.MigrationPhase, phase.value)
 
 
 def phase_from_pb(value: int) -> MigrationPhase | None:
