@@ -284,7 +284,7 @@ def test_control_plane_is_up_with_one_leader(fleet_lab: Lab, cli_config_home: Pa
 async def test_the_cli_lists_the_hosts_and_a_guest(fleet_lab: Lab, monkeypatch, capsys):
     monkeypatch.setenv("FERRY_CONFIG", str(fleet_lab.dir / "cli.toml"))
     hosts = (await _ferry_json(capsys, "hosts"))["hosts"]
-    assert {h["name"]: h.get("available", False) for h in hosts} == {"host1": True, "host2": True}
+    assert {h["name"]: h["available"] for h in hosts} == {"host1": True, "host2": True}
     by_name = {h["name"]: h for h in hosts}
     assert by_name["host2"]["address"] == "10.77.0.12:7070"  # over the lab network
     fleet_lab.guest("fleetvm", host="host2")
