@@ -55,19 +55,26 @@ def rich_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Tabl
     return t
 
 
-def progress_line(progress: tpb.MigrationProgress, at_least: float = 0.0) -> RenderableType:
+def progress_line(
+    progress: tpb.MigrationProgress, at_least: float = 0.0, previous: tpb.MigrationProgress | None = None
+) -> RenderableType:
     """``ferry migrate``'s bar on a terminal: a rich bar, then the plain line's figures."""
     frac = max(render.fraction(progress), at_least)
-    figures = render.progress_bar(progress, at_least=at_least).split("] ", 1)[1]
+    figures = render.progress_bar(progress, at_least=at_least, previous=previous).split("] ", 1)[1]
     line = Table.grid(padding=(0, 1))
     line.add_row(ProgressBar(total=1.0, completed=frac, width=30), Text(figures))
     return line
 
 
 def top_view(
-    in_flight: Sequence[cpb.Migration], finished: Sequence[cpb.Migration], now: datetime, source: str
+    in_flight: Sequence[cpb.Migration],
+    finished: Sequence[cpb.Migration],
+    now: datetime,
+    source: str,
+    previous: render.Previous | None = None,
 ) -> RenderableType:
     """One refresh of ``ferry top`` on a terminal."""
+    previous = previous or {}
     header = Text.assemble(
         ("ferry top", "bold"),
         f"  {now.astimezone().strftime('%H:%M:%S')}  {source}  ",
@@ -80,7 +87,7 @@ def top_view(
         for h in ("ID", "VM", "FROM -> TO", "PHASE", "PROGRESS", "", "RATE", "DIRTY", "LEFT", "ETA", "AGE", "NOTE"):
             t.add_column(h, no_wrap=h != "NOTE", overflow="ellipsis")
         for m in in_flight:
-            row = render.top_row(m, now)
+            row = render.top_row(m, now, previous.get(m.id))
             done, rate, dirty, left, eta, age, note = row[5:]
             bar: RenderableType = Text("")
             if render.shows_progress(m) and render.known(m.progress):

@@ -227,6 +227,7 @@ class Cli:
         last: cpb.Migration | None = None
         last_phase = None
         shown = 0.0
+        before: tpb.MigrationProgress | None = None  # the job's previous figures, to measure its rate
         with self.screen.live(enabled=not self.json) as area:
             async for m in self.stub.WatchMigration(cpb.WatchMigrationRequest(id=migration_id)):
                 last = m
@@ -239,9 +240,10 @@ class Cli:
                 elif m.HasField("progress") and m.phase == cpb.PHASE_MIGRATING:
                     shown = max(shown, render.fraction(m.progress))
                     if area.enabled:
-                        area.show(live.progress_line(m.progress, at_least=shown))
+                        area.show(live.progress_line(m.progress, at_least=shown, previous=before))
                     else:
-                        area.line("  " + render.progress_bar(m.progress, at_least=shown))
+                        area.line("  " + render.progress_bar(m.progress, at_least=shown, previous=before))
+                    before = m.progress
                 if m.phase in FINAL:
                     break
         if last is None:

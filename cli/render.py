@@ -5,7 +5,7 @@ figures with rich on a terminal. Phases and job phases are spelled as in the JSO
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import cast
 
@@ -87,10 +87,26 @@ def dirty_rate(progress: tpb.MigrationProgress) -> int:
     return progress.dirty_rate_pages * (progress.page_size or 4096)
 
 
-def eta_s(progress: tpb.MigrationProgress) -> float | None:
-    """Seconds left at the current rate, None when it cannot be told (no rate yet) or pre-copy
-    does not converge (the guest dirties memory as fast as it is sent). During pre-copy the
-    stream gains only ``rate - dirty rate`` on what is left.
+def transfer_rate(progress: tpb.MigrationProgress, previous: tpb.MigrationProgress | None = None) -> int:
+    """Bytes per second being sent: libvirt's figure when it reports one (the memory stream),
+    else measured between two polls of the same job (disk mirroring reports no rate).
+
+    >>> before = tpb.MigrationProgress(disk_processed=10 << 20, elapsed_ms=1000)
+    >>> transfer_rate(tpb.MigrationProgress(disk_processed=30 << 20, elapsed_ms=3000), before) == 10 << 20
+    True
+    """
+    if progress.bandwidth_bps:
+        return progress.bandwidth_bps
+    if previous is None or progress.elapsed_ms <= previous.elapsed_ms:
+        return 0
+    sent = progress.memory_processed + progress.disk_processed - previous.memory_processed - previous.disk_processed
+    return max(0, sent * 1000 // (progress.elapsed_ms - previous.elapsed_ms))
+
+
+def eta_s(progress: tpb.MigrationProgress, rate: int | None = None) -> float | None:
+    """Seconds left at ``rate`` (default: libvirt's reported one), None when it cannot be told
+    (no rate yet) or pre-copy does not converge (the guest dirties memory as fast as it is sent).
+    During pre-copy the stream gains only ``rate - dirty rate`` on what is left.
 
     >>> MiB = 1 << 20
     >>> eta_s(tpb.MigrationProgress(phase=tpb.MIGRATION_PHASE_PRECOPY, memory_remaining=100 * MiB,
@@ -100,18 +116,24 @@ def eta_s(progress: tpb.MigrationProgress) -> float | None:
     ...       bandwidth_bps=10 * MiB, dirty_rate_pages=2560, page_size=4096)) is None
     True
     """
-    rate = progress.bandwidth_bps
+    gain = progress.bandwidth_bps if rate is None else rate
     if progress.phase == tpb.MIGRATION_PHASE_PRECOPY:
-        rate -= dirty_rate(progress)
-    if rate <= 0 or not known(progress):
+        gain -= dirty_rate(progress)
+    if gain <= 0 or not known(progress):
         return None
-    return remaining(progress) / rate
+    return remaining(progress) / gain
 
 
-def progress_bar(progress: tpb.MigrationProgress, width: int = 30, at_least: float = 0.0) -> str:
+def progress_bar(
+    progress: tpb.MigrationProgress,
+    width: int = 30,
+    at_least: float = 0.0,
+    previous: tpb.MigrationProgress | None = None,
+) -> str:
     """One status line; the bar never shows less than ``at_least`` (a bar that runs backwards,
     as pre-copy's remaining bytes grow again, misleads more than one that pauses). E.g.
-    ``[###############...............]  50% precopy mem 128 MiB/256 MiB disk 0 B left iter 2 dirty 12 MiB/s 3.2 s``
+    ``[###############...............]  50% precopy mem 128 MiB/256 MiB disk 0 B left iter 2 dirty 12 MiB/s 3.2 s``;
+    ``previous`` (the job's last figures) lets it measure the rate when libvirt reports none.
     """
     frac = max(fraction(progress), at_least)
     filled = int(round(frac * width))
@@ -125,9 +147,10 @@ def progress_bar(progress: tpb.MigrationProgress, width: int = 30, at_least: flo
         parts.append(f"iter {progress.iteration}")
     if progress.dirty_rate_pages:
         parts.append(f"dirty {size(dirty_rate(progress))}/s")
-    if progress.bandwidth_bps:
-        parts.append(f"bw {size(progress.bandwidth_bps)}/s")
-    eta = eta_s(progress)
+    rate = transfer_rate(progress, previous)
+    if rate:
+        parts.append(f"bw {size(rate)}/s")
+    eta = eta_s(progress, rate)
     if eta is not None:
         parts.append(f"eta {duration(eta)}")
     parts.append(f"{progress.elapsed_ms / 1000:.1f} s")
@@ -177,18 +200,20 @@ def shows_progress(m: cpb.Migration) -> bool:
 TOP_HEADERS = ("ID", "VM", "FROM", "TO", "PHASE", "DONE", "RATE", "DIRTY", "LEFT", "ETA", "AGE", "NOTE")
 
 
-def top_row(m: cpb.Migration, now: datetime) -> list[str]:
-    """``ferry top``'s figures of one migration, as text (``live.py`` draws the same on a terminal)."""
+def top_row(m: cpb.Migration, now: datetime, previous: tpb.MigrationProgress | None = None) -> list[str]:
+    """``ferry top``'s figures of one migration, as text (``live.py`` draws the same on a terminal);
+    ``previous``: its progress one refresh ago, to measure the rate libvirt does not report."""
     figures = ["", "", "", "", ""]
     if shows_progress(m):
         p = m.progress
-        eta = eta_s(p)
+        rate = transfer_rate(p, previous)
+        eta = eta_s(p, rate)
         figures = [
             f"{fraction(p) * 100:.0f}% {job_phase_name(p.phase)}" if known(p) else f"-- {job_phase_name(p.phase)}",
-            f"{size(p.bandwidth_bps)}/s" if p.bandwidth_bps else "",
+            f"{size(rate)}/s" if rate else "",
             f"{size(dirty_rate(p))}/s" if p.dirty_rate_pages else "",
             size(remaining(p)) if known(p) else "",
-            duration(eta) if eta is not None else ("stalled" if p.bandwidth_bps else ""),
+            duration(eta) if eta is not None else ("stalled" if rate else ""),
         ]
     return [m.id, m.vm, m.source_host, m.target_host, phase_name(m.phase), *figures, duration(age_s(m, now)), note(m)]
 
@@ -204,11 +229,20 @@ def finished_line(m: cpb.Migration) -> str:
     return line
 
 
-def top_text(in_flight: Sequence[cpb.Migration], finished: Sequence[cpb.Migration], now: datetime) -> str:
+Previous = Mapping[str, tpb.MigrationProgress]  # migration ID -> its progress one refresh ago
+
+
+def top_text(
+    in_flight: Sequence[cpb.Migration],
+    finished: Sequence[cpb.Migration],
+    now: datetime,
+    previous: Previous | None = None,
+) -> str:
     """One refresh of ``ferry top`` as plain lines (when the output is not a terminal)."""
+    previous = previous or {}
     lines = [f"--- {now.astimezone().strftime('%Y-%m-%d %H:%M:%S')}  {summary(in_flight)}"]
     if in_flight:
-        lines.append(table(TOP_HEADERS, [top_row(m, now) for m in in_flight]))
+        lines.append(table(TOP_HEADERS, [top_row(m, now, previous.get(m.id)) for m in in_flight]))
     if finished:
         lines += ["finished:"] + [f"  {finished_line(m)}" for m in finished]
     return "\n".join(lines)

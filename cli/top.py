@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from ferry.cli import jsonout, live, render
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
+from ferry.v1 import types_pb2 as tpb
 
 
 def order(in_flight: Sequence[cpb.Migration]) -> list[cpb.Migration]:
@@ -61,6 +62,7 @@ async def run(
     """Refresh until ``--iterations`` refreshes were shown (0: until Ctrl-C)."""
     as_json = args.output == "json"
     shown = 0
+    previous: dict[str, tpb.MigrationProgress] = {}
     with screen.live(enabled=not as_json) as area:
         while True:
             in_flight, finished = await snapshot(stub, args, timeout)
@@ -68,9 +70,10 @@ async def run(
             if as_json:
                 screen.text(snapshot_json(in_flight, finished, now))
             elif screen.tty:
-                area.show(live.top_view(in_flight, finished, now, source))
+                area.show(live.top_view(in_flight, finished, now, source, previous))
             else:
-                screen.text(render.top_text(in_flight, finished, now) + "\n")
+                screen.text(render.top_text(in_flight, finished, now, previous) + "\n")
+            previous = {m.id: m.progress for m in in_flight if m.HasField("progress")}
             shown += 1
             if args.iterations and shown >= args.iterations:
                 return 0

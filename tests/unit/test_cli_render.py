@@ -209,3 +209,15 @@ def test_the_progress_bar_is_redrawn_in_place_on_a_terminal():
         area.line("migrating")
         area.show(live.progress_line(RUNNING.progress))  # nothing: the caller prints plain lines
     assert piped.file.getvalue() == "migrating\n"  # type: ignore[attr-defined]
+
+
+def test_the_rate_of_a_disk_mirror_is_measured_between_refreshes():
+    """libvirt reports no rate while it mirrors disks: top measures it from the job's own clock."""
+    figures = dict(job_phase=tpb.MIGRATION_PHASE_DISK_MIRROR, disk_total=200 * MiB)
+    before = migration("m-disk", cpb.PHASE_MIGRATING, **figures, disk_processed=40 * MiB, disk_remaining=160 * MiB)
+    before.progress.elapsed_ms = 4000
+    now = migration("m-disk", cpb.PHASE_MIGRATING, **figures, disk_processed=56 * MiB, disk_remaining=144 * MiB)
+    now.progress.elapsed_ms = 6000
+    assert render.top_row(now, NOW)[5:10] == ["28% disk_mirror", "", "", "144 MiB", ""]  # nothing to measure yet
+    assert render.top_row(now, NOW, before.progress)[5:10] == ["28% disk_mirror", "8.0 MiB/s", "", "144 MiB", "18 s"]
+    assert "bw 8.0 MiB/s eta 18 s" in render.progress_bar(now.progress, previous=before.progress)
