@@ -134,14 +134,17 @@ FILTER_DEFAULTS: dict[str, Any] = {"phase": None, "host": None, "vm": None, "lim
 def _filters(*, for_list: bool) -> argparse.ArgumentParser:
     """``ferry migrations`` filters, also accepted after show/watch/cancel (where they select)."""
     p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("filters" if for_list else "select by filter instead of ID (the newest that matches)")
+    g = p.add_argument_group(
+        "filters" if for_list else "select by filter instead of an ID: the newest match (with an ID, it must match)"
+    )
     g.add_argument(
         "--phase",
         action="append",
         type=_phase,
         choices=jsonout.PHASE_WORDS,
         default=argparse.SUPPRESS,
-        help="only migrations in this phase; repeatable. Default: every phase",
+        help="only migrations in this phase; repeatable. Default: every phase"
+        + ("" if for_list else " (cancel without an ID: those not final)"),
     )
     g.add_argument(
         "--host", metavar="HOST", default=argparse.SUPPRESS, help="only migrations from or to this host. Default: all"
