@@ -81,6 +81,7 @@ class MigrationRequest:
     # job's disk figure when no poll saw the copy
     progress_interval_s: float = 0.0  # 0 = the driver's
     migration_id: str = ""
+    domain_name: str = ""  # for the observer (metrics labels): the name, when ``domain`` is a UUID
     # how to bring the job to an end; None: from the options (policy_from_options over the
     # driver's defaults), as every Migrate call asks today
     convergence: ConvergencePolicy | None = None
@@ -91,7 +92,7 @@ Event = MigrationProgress | MigrationResult
 
 @dataclass(frozen=True)
 class JobKey:
-    """One job the driver runs: the caller's migration id and the domain as it was named."""
+    """One job the driver runs: the caller's migration id and the domain's name."""
 
     migration_id: str
     domain: str
@@ -148,7 +149,7 @@ class MigrationDriver:
         the completion timeout hit, others per the libvirt error table). The observer hears of
         the job from its first snapshot (the job has started) to its end.
         """
-        key = JobKey(req.migration_id, req.domain)
+        key = JobKey(req.migration_id, req.domain_name or req.domain)
         started, outcome = False, "failed"
         try:
             async with contextlib.aclosing(self._run(req)) as events:

@@ -169,6 +169,7 @@ class AgentServicer(agrpc.AgentServicer):
             disk_bytes=sum(d.allocation or d.virtual_size for d in copied),
             progress_interval_s=request.progress_interval_ms / 1000,
             migration_id=request.migration_id,
+            domain_name=domain.name,
         )
         await self._claim(domain, request.migration_id)
         try:
