@@ -77,6 +77,7 @@ def test_coordinator_config_is_what_ferry_coordinator_reads():
     config = parse_coordinator_config(render_coordinator_toml(plan, plan.coordinators[1], hosts))
     assert config.id == "c2"
     assert config.listen == ("10.77.0.1:7101", "unix:/tmp/l/coordinators/c2.sock")
+    assert config.metrics_listen == ("10.77.0.1:9472", "unix:/tmp/l/coordinators/c2.metrics.sock")
     assert config.etcd.endpoints == ("10.77.0.1:2379",) and config.etcd.prefix == "/ferry/"
     limits = config.limits
     assert (limits.per_host_outbound, limits.per_host_inbound, limits.cluster) == (1, 2, 4)
