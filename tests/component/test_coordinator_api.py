@@ -29,6 +29,7 @@ from ferry.coordinator.main import Coordinator, build_coordinator, current_leade
 from ferry.coordinator.phases import Phase, Timeouts
 from ferry.coordinator.record import decode, encode, with_phase
 from ferry.errors import FerryError
+from ferry.model import DomainState
 from ferry.rpc import create_channel, from_rpc_error
 from ferry.testing.fake_hypervisor import GiB, MiB, make_domain_xml
 from ferry.testing.fleet import Fleet as AgentFleet
@@ -621,3 +622,19 @@ async def test_cancel_of_a_queued_migration_ends_it_cancelled(leading, capsys):
     code, out = await leading.ferry(capsys, "migrations", "watch", m.id)
     assert code == 1 and out["phase"] == "PHASE_CANCELLED"
     assert leading.agents.running_on("g1") == ["host1"]
+
+
+async def test_a_plain_submit_moves_the_definition_with_the_vm(leading):
+    """A scheduler's request with proto3 defaults only (what a reflection client without Ferry's
+    stubs sends): afterwards the VM is defined on the target alone, persistent there."""
+    leading.agents.add_guest("host1", "g1")
+    m = await leading.stub.SubmitMigration(
+        cpb.SubmitMigrationRequest(vm="g1", target_host="host2", idempotency_key="sched-1")
+    )
+    async for update in leading.stub.WatchMigration(cpb.WatchMigrationRequest(id=m.id)):
+        last = update
+    assert last.phase == cpb.PHASE_SUCCEEDED, [h.reason for h in last.history]
+    assert leading.agents.where("g1") == {"host2": DomainState.RUNNING}  # nothing left on host1
+    [moved] = [d for d in leading.agents["host2"].hv.domains.values() if d.name == "g1"]
+    assert moved.persistent
+    assert not last.options.keep_source_definition and not last.options.transient_target
