@@ -218,6 +218,18 @@ async def test_missing_bridge_fails_in_preflight_and_creates_nothing(store, flee
     assert await claim_released(store, r)
 
 
+async def test_offline_migration_of_a_local_disk_fails_in_preflight_and_creates_nothing(store, fleet, hosts):
+    uuid = fleet.add_guest("host1", "g1")
+    fleet["host1"].hv.domains[uuid].state = DomainState.SHUTOFF
+    m = await submit(store, fleet, "g1", "host1", "host2", options=replace(COPY, offline=True))
+    async with engine(store, hosts):
+        r = await final(store, m.id)
+    assert r.phase is Phase.FAILED and phases(r) == ["PENDING", "PREFLIGHT", "FAILED"], r.history
+    assert r.error is not None and r.error.reason == "OFFLINE_LOCAL_DISK" and "--copy-storage-all" in r.error.hint
+    assert fleet["host2"].host.created == [] and fleet.prepares("host2") == []  # no image made for nothing
+    assert fleet.where("g1") == {"host1": DomainState.SHUTOFF}
+
+
 # ---------------------------------------------------------------- stopping and failing
 
 
