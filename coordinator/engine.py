@@ -321,7 +321,7 @@ class Engine:
                     continue
                 if runner.needs_recovery:
                     runner.feed(Recover())
-                deadline = runner.record.phase_deadline
+                deadline = runner.record.next_deadline(self.timeouts)
                 if deadline is not None and now >= deadline:  # decide acts on Tick only then
                     runner.feed(Tick())
             self.admit_soon()
