@@ -89,6 +89,7 @@ class LibvirtHypervisor:
         self._lock = threading.Lock()
         self._conn: libvirt.virConnect | None = None
         self._aborted: set[str] = set()  # UUIDs whose migration job we aborted
+        self._ping: asyncio.Future[None] | None = None  # the ping running in a thread, if any
         self._peer_uris = dict(peer_uris or {})
 
     def close(self) -> None:
@@ -217,6 +218,31 @@ class LibvirtHypervisor:
             )
 
         return await self._call("getCapabilities", work, retry=True)
+
+    async def ping(self, timeout_s: float | None = None) -> None:
+        """virConnectGetLibVersion: a round trip to libvirtd on the (re)opened connection. At
+        most one ping runs in a thread: a caller while one is still blocked in libvirt (a hung
+        libvirtd) waits for that one instead of taking another thread."""
+        timeout = timeout_s or min(self.timeout_s, 10.0)
+        running = self._ping
+        if running is None or running.done():
+
+            def work() -> None:
+                conn = self._connection()
+                try:
+                    conn.getLibVersion()
+                except libvirt.libvirtError:
+                    self._forget(conn)
+                    raise
+
+            running = self._ping = asyncio.get_running_loop().run_in_executor(self._pool, work)
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(running)
+        except TimeoutError:
+            raise le.timeout_error("getLibVersion", self.uri, timeout) from None
+        except libvirt.libvirtError as exc:
+            raise self._error(exc, "getLibVersion") from exc
 
     @staticmethod
     def _memory(conn: libvirt.virConnect, info_mib: int) -> tuple[int, int]:

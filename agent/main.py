@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 
 from ferry.agent.config import AgentConfig, load_config
+from ferry.agent.health import LibvirtWatch
 from ferry.agent.hostsystem import LocalHostSystem
 from ferry.agent.inventory import Inventory
 from ferry.agent.libvirt_hypervisor import LibvirtHypervisor
@@ -39,6 +40,7 @@ log = logging.getLogger("ferry.agent")
 
 SWEEP_INTERVAL_S = 30.0
 GRACE_S = 5.0
+LIBVIRT_WATCH_S = 1.0  # how often libvirtd is pinged (its state is in the registration)
 
 
 def _utc_now() -> datetime:
@@ -109,10 +111,18 @@ async def serve(config: AgentConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     sweeper = asyncio.create_task(_sweep_forever(servicer), name="prepare sweep")
     registration = start_registration(config)  # only with a [registry] section
+    watch = LibvirtWatch(
+        hypervisor,
+        registration.registration.set_libvirt_up if registration is not None else lambda up: None,
+        interval_s=LIBVIRT_WATCH_S,
+        name=config.name,
+    )
+    watcher = asyncio.create_task(watch.run(), name="libvirt watch")
     try:
         await stop.wait()
         log.info("stopping (grace %.0f s)", GRACE_S)
     finally:
+        watcher.cancel()
         sweeper.cancel()
         if registration is not None:
             await registration.close()  # deregister first: coordinators stop calling us

@@ -14,8 +14,10 @@ While this coordinator leads, ``Engine.run()``:
 * ticks every ``tick_s``: ``Tick`` to every runner whose phase deadline has passed (as far as the
   engine knows; ``decide`` checks again), ``Recover`` again to those whose recovery could not
   observe their hosts;
-* follows host changes (``HostDirectory.changes``): a host going down is ``AgentLost(host)`` for
-  the records involving it, a host coming back resumes them (``Recover``).
+* follows host changes (``HostDirectory.changes``): a host going down (lease gone, agent not
+  answering, or its libvirtd down as its registration says) is ``AgentLost(host)`` for the records
+  involving it; a host coming back, or its agent registering anew after a restart within its
+  lease, resumes them at once (``Recover``: observe both hosts, act on what is there).
 
 ``stop()`` (demotion) cancels every task without aborting any libvirt job: the next leader
 recovers from what it observes. The engine can ``run()`` again after a ``stop()``.
@@ -332,7 +334,7 @@ class Engine:
             log.info(
                 "agent on %s is %s: %d migration(s) involved",
                 change.host,
-                "available" if change.available else "unavailable",
+                "restarted" if change.restarted else "available" if change.available else "unavailable",
                 len(involved),
             )
             for runner in involved:

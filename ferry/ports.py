@@ -38,6 +38,12 @@ class Hypervisor(Protocol):
         """Hostname, host UUID, versions, CPU, memory, libvirt networks (not bridges/storage)."""
         ...
 
+    async def ping(self) -> None:
+        """A round trip to libvirtd (reconnecting when the connection died), bounded by
+        ``timeout_s``. Raises Unavailable (LIBVIRT_UNREACHABLE) or DeadlineExceeded when it does
+        not answer."""
+        ...
+
     async def list_domains(self) -> list[DomainInfo]: ...
 
     async def get_domain(self, name_or_uuid: str) -> DomainInfo:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,13 +65,19 @@ class Running:
     """An engine running in a background task (the leader), stopped at the end of the test."""
 
     def __init__(
-        self, store: Store, hosts: FleetDirectory, limits: Limits = Limits(), *, progress_write_s: float = 0.05
+        self,
+        store: Store,
+        hosts: FleetDirectory,
+        limits: Limits = Limits(),
+        *,
+        progress_write_s: float = 0.05,
+        timeouts: Timeouts = FAST,
     ) -> None:
         self.engine = Engine(
             store,
             hosts,
             limits=limits,
-            timeouts=FAST,
+            timeouts=timeouts,
             clock=now,
             prepare_ttl_s=60,
             tick_s=0.05,
@@ -91,7 +98,7 @@ async def hosts(fleet: Fleet) -> FleetDirectory:
 
 
 @contextlib.asynccontextmanager
-async def engine(store: Store, hosts: FleetDirectory, limits: Limits = Limits(), **kw: float) -> AsyncIterator[Running]:
+async def engine(store: Store, hosts: FleetDirectory, limits: Limits = Limits(), **kw: Any) -> AsyncIterator[Running]:
     running = Running(store, hosts, limits, **kw)
     try:
         yield running
@@ -378,6 +385,67 @@ async def test_target_agent_lost_while_finishing(store, fleet, hosts):
         r = await final(store, m.id)
     assert r.phase is Phase.SUCCEEDED, [(h.phase.name, h.reason) for h in r.history]
     assert fleet.where("g1") == {"host2": DomainState.RUNNING} and fleet.prepares("host2") == []
+
+
+# Phase deadlines far away: only the wait for a lost agent may end these (as in a real fleet,
+# where Migrating's deadline is minutes to hours: 44 min in the fault campaign)
+SLOW = replace(FAST, migrating_min_s=600, preflight_s=600, preparing_s=600, finishing_s=600, rolling_back_s=600)
+
+
+async def test_libvirtd_killed_on_the_source_mid_migration_rolls_back_when_it_is_back(store, fleet, hosts):
+    """Bug 1: the job failed with LIBVIRT_UNREACHABLE, placement could not be read, and the record
+    stayed Migrating until its deadline (the agent kept its lease: no host change came)."""
+    uuid = fleet.add_guest("host1", "g1")
+    fleet["host1"].hv.hold()
+    m = await submit(store, fleet, "g1", "host1", "host2")
+    async with engine(store, hosts, timeouts=SLOW):
+        await wait_for(store, m.id, lambda r: r.phase is Phase.MIGRATING)
+        await until(lambda: uuid in fleet["host1"].hv.jobs)
+        fleet["host1"].hv.reachable = False  # libvirtd dies: the job with it
+        fleet["host1"].hv.release()
+        await wait_for(store, m.id, lambda r: r.lost_host == "host1")
+        await asyncio.sleep(0.3)  # probes fail meanwhile
+        assert (await read(store, m.id)).phase is Phase.MIGRATING
+        fleet["host1"].hv.reachable = True  # libvirtd is back
+        r = await final(store, m.id, timeout=3)  # the next probe (at most 5 s apart) finds it
+    assert r.phase is Phase.ROLLED_BACK, [(h.phase.name, h.reason) for h in r.history]
+    assert r.error is not None and r.error.reason == "LIBVIRT_UNREACHABLE"
+    assert fleet.where("g1") == {"host1": DomainState.RUNNING}
+    assert fleet.prepares("host2") == [] and not fleet["host2"].host.exists(f"{IMAGES}/g1.qcow2")
+    assert any(h.reason.startswith("agent on host1 answers again after") for h in r.history)
+
+
+async def test_target_agent_restarted_within_its_lease_while_finishing(store, fleet, hosts):
+    """Bug 2: the target's agent restarted without its registration changing; the record waited
+    for the Finishing deadline (116 s in the campaign)."""
+    uuid = fleet.add_guest("host1", "g1")
+    fleet["host1"].hv.hold()
+    m = await submit(store, fleet, "g1", "host1", "host2")
+    async with engine(store, hosts, timeouts=SLOW):
+        await wait_for(store, m.id, lambda r: r.phase is Phase.MIGRATING)
+        await until(lambda: uuid in fleet["host1"].hv.jobs)
+        await fleet["host2"].stop()  # killed; its lease (and so the directory) still says available
+        fleet["host1"].hv.release()  # the job lands while the agent is away
+        await wait_for(store, m.id, lambda r: r.phase is Phase.FINISHING and r.lost_host == "host2")
+        await fleet["host2"].start()  # back within its lease: nobody announces it
+        r = await final(store, m.id, timeout=3)
+    assert r.phase is Phase.SUCCEEDED, [(h.phase.name, h.reason) for h in r.history]
+    assert fleet.where("g1") == {"host2": DomainState.RUNNING} and fleet.prepares("host2") == []
+
+
+async def test_a_source_agent_restart_before_preparing_does_not_spend_the_attempts(store, fleet, hosts):
+    """Bug 3: preflight re-queued at once on a lost agent: three attempts in 70 ms, then Failed."""
+    fleet.add_guest("host1", "g1")
+    await fleet["host1"].stop()  # restarting; still registered
+    m = await submit(store, fleet, "g1", "host1", "host2")
+    async with engine(store, hosts, timeouts=SLOW):
+        await wait_for(store, m.id, lambda r: r.lost_host == "host1")
+        await asyncio.sleep(1.0)
+        assert (await read(store, m.id)).phase is Phase.PREFLIGHT  # waiting, not failed
+        await fleet["host1"].start()
+        r = await final(store, m.id, timeout=4)
+    assert r.phase is Phase.SUCCEEDED and r.attempt == 1, [(h.phase.name, h.reason) for h in r.history]
+    assert fleet.where("g1") == {"host2": DomainState.RUNNING}
 
 
 # ---------------------------------------------------------------- slots
