@@ -182,10 +182,24 @@ class LibvirtHypervisor:
 
     @staticmethod
     def _domain_info(dom: libvirt.virDomain) -> DomainInfo:
+        """Never waits for a domain job: XMLDesc, state and isPersistent take none; the disks'
+        sizes come from virDomainGetBlockInfo, which does, except while a migration's job would
+        make it wait (``lt.block_info_waits``: an incoming migration on the target), when NOWAIT
+        bulk statistics give what they can without one."""
         xml = dom.XMLDesc(0)
-        state, _reason = dom.state()
+        state, reason = dom.state()
         sizes: dict[str, tuple[int, int]] = {}
-        for target in lt.block_info_targets(xml):
+        targets = lt.block_info_targets(xml)
+        if targets and lt.block_info_waits(state, reason):
+            try:
+                found = dom.connect().domainListGetStats(
+                    [dom], lt.VIR_DOMAIN_STATS_BLOCK, lt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+                )
+                sizes = lt.block_sizes_from_stats(found[0][1] if found else {})
+            except libvirt.libvirtError as exc:
+                log.debug("no block statistics for %s: %s", dom.name(), exc)
+            targets = []
+        for target in targets:
             try:
                 capacity, allocation, _physical = dom.blockInfo(target)
                 sizes[target] = (capacity, allocation)
