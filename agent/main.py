@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 
 from ferry.agent.config import AgentConfig, load_config
+from ferry.agent.fencing import LeaderFence
 from ferry.agent.health import LibvirtWatch
 from ferry.agent.hostsystem import LocalHostSystem
 from ferry.agent.inventory import Inventory
@@ -63,7 +64,8 @@ def build_agent(
         hypervisor, host, Path(config.state_dir), default_ttl_s=config.prepare_ttl_s, clock=clock, host_name=config.name
     )
     driver = MigrationDriver(hypervisor, clock=monotonic)
-    return AgentServicer(hypervisor=hypervisor, inventory=inventory, prepare=prepare, driver=driver)
+    fence = LeaderFence(Path(config.state_dir) / "leader-term")
+    return AgentServicer(hypervisor=hypervisor, inventory=inventory, prepare=prepare, driver=driver, fence=fence)
 
 
 def register(servicer: AgentServicer) -> Callable[[grpc.aio.Server], list[str]]:

@@ -22,6 +22,10 @@ While this coordinator leads, ``Engine.run()``:
 ``stop()`` (demotion) cancels every task without aborting any libvirt job: the next leader
 recovers from what it observes. The engine can ``run()`` again after a ``stop()``.
 
+Fencing: every agent call carries ``leader_term`` (the election's term: its leader key's create
+revision). When an agent refuses one as STALE_LEADER, a newer leader exists: this engine stops at
+once and ``run()`` raises FailedPrecondition STALE_LEADER, so the election steps down.
+
 How the API talks to the engine, through the store only: it submits by creating the record
 (Pending), its ``idempotency/`` key and its ``vm-active/`` key (``keys.py``); it cancels by
 setting ``cancel_requested`` on the record with a compare-and-set (the engine feeds
@@ -38,12 +42,13 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from ferry.errors import FerryError, Internal
+from ferry.errors import FailedPrecondition, FerryError, Internal
 from ferry.keys import MIGRATIONS, VM_ACTIVE, decode_id, name_below, release_vm_active
+from ferry.model import Problem
 from ferry.registry import HostDirectory
 from ferry.store import Entry, EventKind, Resync, Store
 
-from .actions import Actions, ActionTiming
+from .actions import STALE_LEADER, Actions, ActionTiming
 from .events import Admitted, AgentLost, Tick
 from .phases import Phase, Timeouts
 from .record import MigrationRecord, decode
@@ -67,6 +72,7 @@ class Engine:
         progress_write_s: float = 1.0,
         job_poll_s: float = 1.0,
         store_retry_s: float = 0.5,
+        leader_term: int = 0,
     ) -> None:
         self.store = store
         self.hosts = hosts
@@ -75,7 +81,13 @@ class Engine:
         self.clock = clock
         self.tick_s = tick_s
         self.store_retry_s = store_retry_s
-        actions = Actions(hosts, ActionTiming(job_poll_s=job_poll_s, prepare_ttl_s=prepare_ttl_s))
+        self.leader_term = leader_term
+        actions = Actions(
+            hosts,
+            ActionTiming(job_poll_s=job_poll_s, prepare_ttl_s=prepare_ttl_s),
+            leader_term=leader_term,
+            on_stale=self._deposed,
+        )
         self._ctx = RunnerContext(
             store,
             actions,
@@ -126,6 +138,8 @@ class Engine:
             await self._shutdown()
         if self._failure is not None:  # the election steps down when its leader's duties fail
             failure, self._failure = self._failure, None
+            if isinstance(failure, FerryError) and failure.reason == STALE_LEADER:
+                raise failure
             raise Internal(
                 f"the engine stopped: {failure!r}",
                 reason="ENGINE_FAILED",
@@ -163,6 +177,17 @@ class Engine:
         )
         self._tasks.clear()
         self._running = False
+
+    def _deposed(self, refusal: Problem) -> None:
+        """An agent refused a call of ours as STALE_LEADER: another coordinator leads now."""
+        if self._failure is None:
+            log.error("a newer leader exists (%s): stopping the engine", refusal.message)
+            self._failure = FailedPrecondition(
+                f"an agent refused this leader's call: {refusal.message}",
+                reason=STALE_LEADER,
+                hint="another coordinator leads; this one steps down",
+            )
+        self._stopped.set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)

@@ -93,6 +93,7 @@ class Coordinator:
             timeouts=self.config.timeouts,
             clock=self._clock,
             prepare_ttl_s=self.config.prepare_ttl_s,
+            leader_term=self.election.term,
         )
 
     async def _lead(self) -> None:
