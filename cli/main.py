@@ -201,7 +201,7 @@ class Cli:
             [
                 v.domain.name,
                 v.host,
-                tpb.DomainState.Name(v.domain.state).removeprefix("DOMAIN_STATE_").lower(),
+                render.vm_state(v),
                 render.size(v.domain.memory_bytes),
                 v.domain.vcpus,
                 ",".join(f"{d.target}{'(shared)' if d.shared else ''}" for d in v.domain.disks),

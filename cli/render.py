@@ -28,6 +28,12 @@ def phase_name(phase: int) -> str:
     return "".join(part.capitalize() for part in raw.split("_"))
 
 
+def vm_state(v: cpb.VM) -> str:
+    """A VM's state for ``ferry vms``; on a host that does not answer, its last known one."""
+    state = tpb.DomainState.Name(v.domain.state).removeprefix("DOMAIN_STATE_").lower()
+    return f"unreachable (last: {state})" if v.unreachable else state
+
+
 def job_phase_name(phase: int) -> str:
     raw = tpb.MigrationPhase.Name(phase).removeprefix("MIGRATION_PHASE_")
     return raw.lower().replace("_", "-")

@@ -410,6 +410,28 @@ async def test_vms_list_every_host_with_active_migration(fx, capsys):
     assert code == 2 and out["error"]["reason"] == "HOST_UNKNOWN"
 
 
+async def test_a_dead_hosts_vms_stay_listed_as_unreachable(fx, capsys):
+    """A host that died (agent, libvirtd and guests at once) must not lose its VMs in the
+    records: they stay listed where they last ran, marked unreachable, with when that was."""
+    fx.agents.add_guest("host3", "g3")
+    code, out = await fx.ferry(capsys, "vms")
+    assert {v["domain"]["name"]: v for v in out["vms"]}["g3"].get("unreachable") is None  # alive: not marked
+    await fx.agents["host3"].stop()
+    await fx.registrations["host3"].stop()  # its lease is gone
+    await asyncio.sleep(0.05)
+    code, out = await fx.ferry(capsys, "vms")
+    assert code == 0
+    g3 = {v["domain"]["name"]: v for v in out["vms"]}["g3"]
+    assert (g3["host"], g3["domain"]["state"], g3["unreachable"]) == ("host3", "DOMAIN_STATE_RUNNING", True)
+    assert g3["last_seen"]
+    code, out = await fx.ferry(capsys, "vms", "--host", "host3")
+    assert [v["domain"]["name"] for v in out["vms"]] == ["g3"]
+    capsys.readouterr()
+    assert await cli.run(["--coordinator", fx.address, "vms", "--host", "host3"]) == 0
+    assert "unreachable (last: running)" in capsys.readouterr().out
+    assert fx.agents.where("g3") == {"host3": DomainState.RUNNING}  # nothing started elsewhere
+
+
 async def test_running_copy_wins_over_a_leftover_definition(fx):
     from ferry.model import DomainState
 
