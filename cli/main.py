@@ -107,8 +107,16 @@ def _add_migration_flags(p: argparse.ArgumentParser) -> None:
         help="disks are on shared storage (default: decided from the inventory)",
     )
     p.add_argument("--migrate-disks", metavar="vda,vdb", help="only these disks are copied")
-    p.add_argument("--persistent", action="store_true", help="define the VM on the target")
-    p.add_argument("--undefinesource", action="store_true", help="undefine the VM on the source")
+    p.add_argument(
+        "--persistent",
+        action="store_true",
+        help="define the VM on the target (named alone: the source keeps its definition; default: both)",
+    )
+    p.add_argument(
+        "--undefinesource",
+        action="store_true",
+        help="undefine the VM on the source (named alone: the target's domain is transient; default: both)",
+    )
     p.add_argument("--bandwidth", type=int, metavar="MiB/s")
     p.add_argument("--max-downtime", type=int, metavar="ms")
     p.add_argument("--auto-converge", action="store_true")
