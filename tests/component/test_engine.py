@@ -24,7 +24,7 @@ from ferry.coordinator.record import MigrationRecord, decode, encode, new_migrat
 from ferry.coordinator.slots import Limits
 from ferry.errors import FerryError, Unavailable
 from ferry.keys import encode_id, idempotency_key, migration_key, vm_active_key
-from ferry.model import DomainState, MigrationOptions, StorageMode
+from ferry.model import DomainState, MigrationOptions, MigrationPhase, StorageMode
 from ferry.store import Conflict, EventKind, Resync, Store
 from ferry.testing.fleet import IMAGES, Fleet, FleetDirectory, MaxConcurrency, start_fleet
 from ferry.testing.memory_store import MemoryStore
@@ -350,6 +350,9 @@ async def test_new_leader_resumes_a_running_migration(store, fleet, hosts):
     assert fleet.prepares("host2") == [] and await claim_released(store, r)
     # the new leader never saw the Migrate stream end, yet the record has the job's figures (target's)
     assert r.result is not None and r.result.time_elapsed_ms > 0, r.result
+    # and its progress is the landed job's, not the old leader's last snapshot (bug 5)
+    assert r.progress is not None and r.progress.phase is MigrationPhase.COMPLETED
+    assert (r.progress.stats.memory_remaining, r.progress.stats.disk_remaining) == (0, 0)
 
 
 async def test_source_agent_lost_mid_migration(store, fleet, hosts):
