@@ -89,6 +89,7 @@ class LibvirtHypervisor:
         self._lock = threading.Lock()
         self._conn: libvirt.virConnect | None = None
         self._aborted: set[str] = set()  # UUIDs whose migration job we aborted
+        self._ping: asyncio.Future[None] | None = None  # the ping running in a thread, if any
         self._peer_uris = dict(peer_uris or {})
 
     def close(self) -> None:
@@ -181,10 +182,24 @@ class LibvirtHypervisor:
 
     @staticmethod
     def _domain_info(dom: libvirt.virDomain) -> DomainInfo:
+        """Never waits for a domain job: XMLDesc, state and isPersistent take none; the disks'
+        sizes come from virDomainGetBlockInfo, which does, except while a migration's job would
+        make it wait (``lt.block_info_waits``: an incoming migration on the target), when NOWAIT
+        bulk statistics give what they can without one."""
         xml = dom.XMLDesc(0)
-        state, _reason = dom.state()
+        state, reason = dom.state()
         sizes: dict[str, tuple[int, int]] = {}
-        for target in lt.block_info_targets(xml):
+        targets = lt.block_info_targets(xml)
+        if targets and lt.block_info_waits(state, reason):
+            try:
+                found = dom.connect().domainListGetStats(
+                    [dom], lt.VIR_DOMAIN_STATS_BLOCK, lt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+                )
+                sizes = lt.block_sizes_from_stats(found[0][1] if found else {})
+            except libvirt.libvirtError as exc:
+                log.debug("no block statistics for %s: %s", dom.name(), exc)
+            targets = []
+        for target in targets:
             try:
                 capacity, allocation, _physical = dom.blockInfo(target)
                 sizes[target] = (capacity, allocation)
@@ -217,6 +232,31 @@ class LibvirtHypervisor:
             )
 
         return await self._call("getCapabilities", work, retry=True)
+
+    async def ping(self, timeout_s: float | None = None) -> None:
+        """virConnectGetLibVersion: a round trip to libvirtd on the (re)opened connection. At
+        most one ping runs in a thread: a caller while one is still blocked in libvirt (a hung
+        libvirtd) waits for that one instead of taking another thread."""
+        timeout = timeout_s or min(self.timeout_s, 10.0)
+        running = self._ping
+        if running is None or running.done():
+
+            def work() -> None:
+                conn = self._connection()
+                try:
+                    conn.getLibVersion()
+                except libvirt.libvirtError:
+                    self._forget(conn)
+                    raise
+
+            running = self._ping = asyncio.get_running_loop().run_in_executor(self._pool, work)
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(running)
+        except TimeoutError:
+            raise le.timeout_error("getLibVersion", self.uri, timeout) from None
+        except libvirt.libvirtError as exc:
+            raise self._error(exc, "getLibVersion") from exc
 
     @staticmethod
     def _memory(conn: libvirt.virConnect, info_mib: int) -> tuple[int, int]:

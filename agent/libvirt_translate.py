@@ -48,6 +48,11 @@ VIR_DOMAIN_RUNNING = 1
 VIR_DOMAIN_PAUSED = 3
 VIR_DOMAIN_RUNNING_POSTCOPY = 10  # virDomainRunningReason
 VIR_DOMAIN_PAUSED_POSTCOPY = 12  # virDomainPausedReason
+VIR_DOMAIN_PAUSED_MIGRATION = 2  # virDomainPausedReason: paused for a migration (an incoming one, a switch-over)
+
+# virConnectGetAllDomainStats / virDomainListGetStats
+VIR_DOMAIN_STATS_BLOCK = 32
+VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT = 1 << 29
 
 # virDomainXMLFlags, virDomainGetJobStatsFlags
 VIR_DOMAIN_XML_SECURE = 1
@@ -276,6 +281,36 @@ def in_postcopy(state: int, reason: int) -> bool:
         (VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_POSTCOPY),
         (VIR_DOMAIN_RUNNING, VIR_DOMAIN_RUNNING_POSTCOPY),
     )
+
+
+def block_info_waits(state: int, reason: int) -> bool:
+    """Whether virDomainGetBlockInfo may wait for a migration job: it needs a domain job, and
+    an incoming migration's job (on the target, until the guest fully arrived: paused for the
+    migration, then in post-copy) allows none, so the call waits for the whole job (seen: 30 s,
+    then "cannot acquire state change lock"). Such a domain's sizes are read with NOWAIT bulk
+    statistics instead (``block_sizes_from_stats``).
+
+    >>> block_info_waits(VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_MIGRATION), block_info_waits(VIR_DOMAIN_RUNNING, 1)
+    (True, False)
+    """
+    return (state, reason) == (VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_MIGRATION) or in_postcopy(state, reason)
+
+
+def block_sizes_from_stats(stats: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """``(capacity, allocation)`` per disk target from the "block" group of virDomainListGetStats
+    (top layers only); a disk whose sizes libvirt left out (NOWAIT while a job holds the domain)
+    is left out too.
+
+    >>> block_sizes_from_stats({"block.count": 2, "block.0.name": "vda", "block.0.capacity": 1024,
+    ...     "block.0.allocation": 512, "block.1.name": "vdb"})
+    {'vda': (1024, 512)}
+    """
+    out: dict[str, tuple[int, int]] = {}
+    for i in range(int(stats.get("block.count", 0))):
+        name, capacity = stats.get(f"block.{i}.name"), stats.get(f"block.{i}.capacity")
+        if name and capacity is not None:
+            out[str(name)] = (int(capacity), int(stats.get(f"block.{i}.allocation", 0)))
+    return out
 
 
 def block_info_targets(xml: str) -> list[str]:

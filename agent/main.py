@@ -26,6 +26,8 @@ from pathlib import Path
 import grpc
 
 from ferry.agent.config import AgentConfig, load_config
+from ferry.agent.fencing import LeaderFence
+from ferry.agent.health import LibvirtWatch
 from ferry.agent.hostsystem import LocalHostSystem
 from ferry.agent.inventory import Inventory
 from ferry.agent.migration import JobObserver, MigrationDriver
@@ -44,6 +46,7 @@ SWEEP_INTERVAL_S = 30.0
 GRACE_S = 5.0
 # the agent extra's modules (pyproject.toml), checked before anything imports them
 REQUIRES = ("libvirt", "prometheus_client", "pythonjsonlogger", "etcd3aio")
+LIBVIRT_WATCH_S = 1.0  # how often libvirtd is pinged (its state is in the registration)
 
 
 def _utc_now() -> datetime:
@@ -68,7 +71,8 @@ def build_agent(
         hypervisor, host, Path(config.state_dir), default_ttl_s=config.prepare_ttl_s, clock=clock, host_name=config.name
     )
     driver = MigrationDriver(hypervisor, clock=monotonic, observer=jobs)
-    return AgentServicer(hypervisor=hypervisor, inventory=inventory, prepare=prepare, driver=driver)
+    fence = LeaderFence(Path(config.state_dir) / "leader-term")
+    return AgentServicer(hypervisor=hypervisor, inventory=inventory, prepare=prepare, driver=driver, fence=fence)
 
 
 def register(servicer: AgentServicer) -> Callable[[grpc.aio.Server], list[str]]:
@@ -131,10 +135,18 @@ async def serve(config: AgentConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     sweeper = asyncio.create_task(_sweep_forever(servicer), name="prepare sweep")
     registration = start_registration(config, StoreMetrics(registry))  # only with a [registry] section
+    watch = LibvirtWatch(
+        hypervisor,
+        registration.registration.set_libvirt_up if registration is not None else lambda up: None,
+        interval_s=LIBVIRT_WATCH_S,
+        name=config.name,
+    )
+    watcher = asyncio.create_task(watch.run(), name="libvirt watch")
     try:
         await stop.wait()
         log.info("stopping (grace %.0f s)", GRACE_S)
     finally:
+        watcher.cancel()
         sweeper.cancel()
         if registration is not None:
             await registration.close()  # deregister first: coordinators stop calling us

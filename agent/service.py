@@ -1,6 +1,7 @@
 """The agent's gRPC servicer: thin. Protobuf in -> model (ferry.convert) -> inventory / prepare /
 migration driver -> model -> protobuf out. Errors are Ferry errors; ``rpc_method`` turns them
-into statuses with reason and hint.
+into statuses with reason and hint. Every request with a ``leader_term`` passes the fence first
+(``agent/fencing.py``): a change from a deposed coordinator leader is refused (STALE_LEADER).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 
 from ferry import convert, logcontext, model
+from ferry import convert, model
+from ferry.agent.fencing import LeaderFence
 from ferry.agent.inventory import Inventory
 from ferry.agent.migration import MigrationDriver, MigrationRequest
 from ferry.agent.prepare import PrepareService
@@ -72,9 +75,11 @@ class AgentServicer(agrpc.AgentServicer):
         prepare: PrepareService,
         driver: MigrationDriver,
         source_disks: SourceDisks | None = None,
+        fence: LeaderFence | None = None,
     ) -> None:
         """``source_disks`` defaults to one over the prepare service's host system (its prepared
-        images are never removed as source disks)."""
+        images are never removed as source disks); ``fence`` to one kept in memory only."""
+        self.fence = fence or LeaderFence(None)
         self.hypervisor = hypervisor
         self.inventory = inventory
         self.prepare = prepare
@@ -94,6 +99,7 @@ class AgentServicer(agrpc.AgentServicer):
 
     @rpc_method
     async def GetDomain(self, request: apb.GetDomainRequest, context: Context) -> apb.GetDomainResponse:
+        self.fence.observe(request.leader_term)
         domain = await self.inventory.domain(_required(request.name, "name"))
         xml = await self.hypervisor.domain_xml(domain.uuid, migratable=True) if request.include_xml else ""
         return apb.GetDomainResponse(domain=convert.domain_to_pb(domain), xml=xml)
@@ -104,6 +110,10 @@ class AgentServicer(agrpc.AgentServicer):
     async def PrepareIncoming(
         self, request: apb.PrepareIncomingRequest, context: Context
     ) -> apb.PrepareIncomingResponse:
+        if request.dry_run:
+            self.fence.observe(request.leader_term)
+        else:
+            self.fence.admit(request.leader_term, "PrepareIncoming")
         storage = convert.storage_mode_from_pb(request.storage) or StorageMode.SHARED
         _about(request.migration_id, target=self.prepare.host_name)
         out = await self.prepare.prepare(
@@ -121,18 +131,21 @@ class AgentServicer(agrpc.AgentServicer):
     async def CleanupIncoming(
         self, request: apb.CleanupIncomingRequest, context: Context
     ) -> apb.CleanupIncomingResponse:
+        self.fence.admit(request.leader_term, "CleanupIncoming")
         removed, already_gone = await self.prepare.cleanup(_required(request.prepare_id, "prepare_id"))
         return apb.CleanupIncomingResponse(removed=removed, already_gone=already_gone)
 
     @rpc_method
     async def CommitIncoming(self, request: apb.CommitIncomingRequest, context: Context) -> apb.CommitIncomingResponse:
         prepare_id = _required(request.prepare_id, "prepare_id")
+        self.fence.admit(request.leader_term, "CommitIncoming")
         if not await self.prepare.commit(prepare_id):
             log.info("commit of prepare %s: no such record (already committed or cleaned up)", prepare_id)
         return apb.CommitIncomingResponse()
 
     @rpc_method
     async def ListPrepares(self, request: apb.ListPreparesRequest, context: Context) -> apb.ListPreparesResponse:
+        self.fence.observe(request.leader_term)
         return apb.ListPreparesResponse(prepares=[convert.prepare_record_to_pb(r) for r in self.prepare.list()])
 
     # ------------------------------------------------------------------ source side
@@ -153,6 +166,7 @@ class AgentServicer(agrpc.AgentServicer):
 
     @rpc_method
     async def Migrate(self, request: apb.MigrateRequest, context: Context) -> AsyncIterator[apb.MigrateEvent]:
+        self.fence.admit(request.leader_term, "Migrate")
         options = convert.options_from_pb(request.options)
         target_uri = _required(request.target_uri, "target_uri")
         domain = await self.inventory.domain(_required(request.domain, "domain"))
@@ -184,6 +198,7 @@ class AgentServicer(agrpc.AgentServicer):
     @rpc_method
     async def AbortMigration(self, request: apb.AbortMigrationRequest, context: Context) -> apb.AbortMigrationResponse:
         name = _required(request.domain, "domain")
+        self.fence.admit(request.leader_term, "AbortMigration")
         aborted = await self.hypervisor.abort_job(name)
         log.info("abort of the job of %s requested: %s", name, "aborting" if aborted else "no job running")
         return apb.AbortMigrationResponse(aborted=aborted)
@@ -191,6 +206,7 @@ class AgentServicer(agrpc.AgentServicer):
     @rpc_method
     async def TuneMigration(self, request: apb.TuneMigrationRequest, context: Context) -> apb.TuneMigrationResponse:
         name = _required(request.domain, "domain")
+        self.fence.admit(request.leader_term, "TuneMigration")
         if request.HasField("max_downtime_ms"):
             await self.hypervisor.set_max_downtime(name, request.max_downtime_ms)
         if request.HasField("bandwidth_mibps"):
@@ -202,6 +218,7 @@ class AgentServicer(agrpc.AgentServicer):
     @rpc_method
     async def GetJob(self, request: apb.GetJobRequest, context: Context) -> apb.GetJobResponse:
         domain = _required(request.domain, "domain")
+        self.fence.observe(request.leader_term)
         if request.completed:
             return convert.completed_job_response_to_pb(await self.hypervisor.job_stats(domain, completed=True))
         stats = await self.hypervisor.job_stats(domain)
@@ -222,6 +239,7 @@ class AgentServicer(agrpc.AgentServicer):
     async def RemoveSourceDisks(
         self, request: apb.RemoveSourceDisksRequest, context: Context
     ) -> apb.RemoveSourceDisksResponse:
+        self.fence.admit(request.leader_term, "RemoveSourceDisks")
         done = await self.source_disks.remove(
             _required(request.domain_uuid, "domain_uuid"), list(request.paths), migration_id=request.migration_id
         )

@@ -20,6 +20,7 @@
 
     [timeouts]                                       # optional overrides of phases.Timeouts
     preflight_s = 120
+    agent_lost_s = 120                               # wait this long for a lost agent or libvirtd
 
     [agents]
     call_timeout_s = 30                              # one agent call (not a migration stream)

@@ -110,6 +110,7 @@ class Coordinator:
             clock=self._clock,
             prepare_ttl_s=self.config.prepare_ttl_s,
             observer=self.record_observer,
+            leader_term=self.election.term,
         )
 
     async def _lead(self) -> None:

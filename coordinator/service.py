@@ -222,9 +222,11 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
             self.fleet.refresh([n for n in wanted if n in moved], force=True),
         )
         by_vm = {r.vm_uuid: r.id for r in sorted(records, key=lambda r: r.created_at) if not r.phase.is_final}
+        # a host that does not answer keeps its VMs in the list, as it last reported them, marked
+        # unreachable: a dead host must not look like lost VMs (Ferry never restarts them elsewhere)
         return cpb.ListVMsResponse(
             vms=[
-                convert.vm_to_pb(d, h.name, by_vm.get(d.uuid, ""))
+                convert.vm_to_pb(d, h.name, by_vm.get(d.uuid, ""), unreachable=not h.available, last_seen=h.last_seen)
                 for h in self.fleet.hosts()
                 if not request.host or h.name == request.host
                 for d in sorted(h.domains, key=lambda d: d.name)

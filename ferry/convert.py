@@ -349,8 +349,8 @@ def options_to_pb(o: MigrationOptions) -> tpb.MigrationOptions:
         offline=o.offline,
         storage=storage_mode_to_pb(o.storage),
         migrate_disks=list(o.migrate_disks),
-        persist_dest=o.persist_dest,
-        undefine_source=o.undefine_source,
+        keep_source_definition=not o.undefine_source,
+        transient_target=not o.persist_dest,
         bandwidth_mibps=o.bandwidth_mibps,
         max_downtime_ms=o.max_downtime_ms,
         auto_converge=o.auto_converge,
@@ -364,15 +364,17 @@ def options_to_pb(o: MigrationOptions) -> tpb.MigrationOptions:
 def options_from_pb(
     m: tpb.MigrationOptions, *, unspecified_storage: StorageMode = StorageMode.SHARED
 ) -> MigrationOptions:
-    """Proto3 booleans have no presence: persist_dest/undefine_source are taken as sent."""
+    """The wire's zero values are the safe defaults: without ``keep_source_definition`` and
+    ``transient_target`` the definition moves with the VM (``persist_dest`` and
+    ``undefine_source`` on), so a plain request never leaves the VM defined on two hosts."""
     storage = storage_mode_from_pb(m.storage, unspecified=unspecified_storage)
     assert storage is not None
     return MigrationOptions(
         offline=m.offline,
         storage=storage,
         migrate_disks=tuple(m.migrate_disks),
-        persist_dest=m.persist_dest,
-        undefine_source=m.undefine_source,
+        persist_dest=not m.transient_target,
+        undefine_source=not m.keep_source_definition,
         bandwidth_mibps=m.bandwidth_mibps,
         max_downtime_ms=m.max_downtime_ms,
         auto_converge=m.auto_converge,

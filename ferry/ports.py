@@ -38,6 +38,12 @@ class Hypervisor(Protocol):
         """Hostname, host UUID, versions, CPU, memory, libvirt networks (not bridges/storage)."""
         ...
 
+    async def ping(self) -> None:
+        """A round trip to libvirtd (reconnecting when the connection died), bounded by
+        ``timeout_s``. Raises Unavailable (LIBVIRT_UNREACHABLE) or DeadlineExceeded when it does
+        not answer."""
+        ...
+
     async def list_domains(self) -> list[DomainInfo]: ...
 
     async def get_domain(self, name_or_uuid: str) -> DomainInfo:
@@ -167,14 +173,16 @@ class HostSystem(Protocol):
 class AgentClient(Protocol):
     """One host's agent, as the coordinator uses it (the gRPC adapter or an in-process fake).
 
-    Raises FerryError types; an agent that cannot be reached raises Unavailable.
+    Raises FerryError types; an agent that cannot be reached raises Unavailable. ``leader_term``:
+    the calling leader's term (``agent/fencing.py``); a change from a deposed leader is refused
+    with FailedPrecondition STALE_LEADER; 0 (callers outside the leader's engine) never is.
     """
 
     host: str
 
     async def inventory(self) -> Inventory: ...
 
-    async def get_domain(self, vm: str, *, include_xml: bool = False) -> tuple[DomainInfo, str]:
+    async def get_domain(self, vm: str, *, include_xml: bool = False, leader_term: int = 0) -> tuple[DomainInfo, str]:
         """The domain and (when asked) its migratable XML; NotFound when not on this host."""
         ...
 
@@ -188,15 +196,16 @@ class AgentClient(Protocol):
         ttl_s: int,
         migration_id: str,
         dry_run: bool,
+        leader_term: int = 0,
     ) -> PreparedIncoming: ...
 
-    async def cleanup_incoming(self, prepare_id: str) -> list[str]:
+    async def cleanup_incoming(self, prepare_id: str, *, leader_term: int = 0) -> list[str]:
         """Remove what the prepare created; returns the removed paths ([] when already gone)."""
         ...
 
-    async def commit_incoming(self, prepare_id: str) -> None: ...
+    async def commit_incoming(self, prepare_id: str, *, leader_term: int = 0) -> None: ...
 
-    async def list_prepares(self) -> list[PrepareRecord]: ...
+    async def list_prepares(self, *, leader_term: int = 0) -> list[PrepareRecord]: ...
 
     def migrate(
         self,
@@ -208,6 +217,7 @@ class AgentClient(Protocol):
         migration_id: str,
         migrate_uri: str = "",
         disks: Sequence[DiskPlan] = (),
+        leader_term: int = 0,
     ) -> AsyncIterator[MigrationProgress | MigrationResult]:
         """Progress snapshots, then one MigrationResult; a failed job raises its FerryError.
 
@@ -216,7 +226,7 @@ class AgentClient(Protocol):
         """
         ...
 
-    async def abort_migration(self, vm: str) -> bool: ...
+    async def abort_migration(self, vm: str, *, leader_term: int = 0) -> bool: ...
 
     async def tune_migration(
         self,
@@ -225,14 +235,15 @@ class AgentClient(Protocol):
         max_downtime_ms: int | None = None,
         bandwidth_mibps: int | None = None,
         start_postcopy: bool = False,
+        leader_term: int = 0,
     ) -> None: ...
 
-    async def get_job(self, vm: str) -> MigrationProgress:
+    async def get_job(self, vm: str, *, leader_term: int = 0) -> MigrationProgress:
         """The domain's running job (``stats.active`` False: none) with its phase, as the agent
         judges it; ``stats`` holds libvirt's job type and operation (e.g. "migration out")."""
         ...
 
-    async def completed_job(self, vm: str) -> CompletedJob:
+    async def completed_job(self, vm: str, *, leader_term: int = 0) -> CompletedJob:
         """The figures of the domain's last completed job on this host (all zero when none)."""
         ...
 
@@ -243,7 +254,7 @@ class AgentClient(Protocol):
         ...
 
     async def remove_source_disks(
-        self, vm_uuid: str, paths: Sequence[str], *, migration_id: str
+        self, vm_uuid: str, paths: Sequence[str], *, migration_id: str, leader_term: int = 0
     ) -> tuple[list[str], list[str]]:
         """After a copy migration landed elsewhere and was committed there: remove this host's
         now unused local images of the domain. Returns (removed, already gone). Refused while a

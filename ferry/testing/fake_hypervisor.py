@@ -377,6 +377,9 @@ class FakeHypervisor:
             networks=tuple(self.networks),
         )
 
+    async def ping(self, timeout_s: float | None = None) -> None:
+        await self._enter("ping", "getLibVersion")
+
     async def list_domains(self) -> list[DomainInfo]:
         await self._enter("list_domains", "listAllDomains")
         return sorted((self._info(d) for d in self.domains.values()), key=lambda d: d.name)
@@ -683,6 +686,7 @@ class FakeHypervisor:
                 return
             while True:
                 await asyncio.sleep(self.step_s)
+                self._check_libvirtd(job)
                 if not job.abort:  # an abort is acted on even while jobs are held (its end then waits)
                     await self._gate.wait()
                     job.step += 1
@@ -713,6 +717,26 @@ class FakeHypervisor:
             if not job.done.done():
                 job.done.set_result(None)
             job.done.exception()  # retrieved here: a job nobody waits for any more must not warn
+
+    def _check_libvirtd(self, job: _Job) -> None:
+        """A peer-to-peer job dies with either host's libvirtd (``reachable`` False): the source's
+        migrate call fails on its broken connection, or the source cannot reach the target's
+        libvirtd any more; the guest keeps running on the source (pre-copy)."""
+        if not self.reachable:
+            raise self._error(
+                le.VIR_ERR_SYSTEM_ERROR,
+                "End of file while reading data: Input/output error",
+                "migrateToURI3",
+                domain=le.VIR_FROM_RPC,
+            )
+        if not job.target.reachable:
+            raise self._error(
+                le.VIR_ERR_OPERATION_FAILED,
+                "operation failed: migration out job: unexpectedly failed",
+                "migrateToURI3",
+                peer=job.target.uri,
+                peer_unreachable=True,
+            )
 
     async def _ending(self, job: _Job, job_type: str) -> None:
         """As libvirt between QEMU's end of a failed or cancelled job and the migrate call's

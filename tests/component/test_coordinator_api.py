@@ -24,6 +24,7 @@ from ferry.coordinator.main import build_coordinator, current_leader
 from ferry.coordinator.phases import Phase
 from ferry.coordinator.record import decode
 from ferry.errors import FerryError
+from ferry.model import DomainState
 from ferry.rpc import create_channel, from_rpc_error
 from ferry.testing.fake_hypervisor import GiB, MiB, make_domain_xml
 from ferry.testing.memory_store import MemoryStore
@@ -320,6 +321,28 @@ async def test_vms_list_every_host_with_active_migration(fx, capsys):
     assert code == 2 and out["error"]["reason"] == "HOST_UNKNOWN"
 
 
+async def test_a_dead_hosts_vms_stay_listed_as_unreachable(fx, capsys):
+    """A host that died (agent, libvirtd and guests at once) must not lose its VMs in the
+    records: they stay listed where they last ran, marked unreachable, with when that was."""
+    fx.agents.add_guest("host3", "g3")
+    code, out = await fx.ferry(capsys, "vms")
+    assert {v["domain"]["name"]: v for v in out["vms"]}["g3"].get("unreachable") is None  # alive: not marked
+    await fx.agents["host3"].stop()
+    await fx.registrations["host3"].stop()  # its lease is gone
+    await asyncio.sleep(0.05)
+    code, out = await fx.ferry(capsys, "vms")
+    assert code == 0
+    g3 = {v["domain"]["name"]: v for v in out["vms"]}["g3"]
+    assert (g3["host"], g3["domain"]["state"], g3["unreachable"]) == ("host3", "DOMAIN_STATE_RUNNING", True)
+    assert g3["last_seen"]
+    code, out = await fx.ferry(capsys, "vms", "--host", "host3")
+    assert [v["domain"]["name"] for v in out["vms"]] == ["g3"]
+    capsys.readouterr()
+    assert await cli.run(["--coordinator", fx.address, "vms", "--host", "host3"]) == 0
+    assert "unreachable (last: running)" in capsys.readouterr().out
+    assert fx.agents.where("g3") == {"host3": DomainState.RUNNING}  # nothing started elsewhere
+
+
 async def test_running_copy_wins_over_a_leftover_definition(fx):
     from ferry.model import DomainState
 
@@ -479,3 +502,19 @@ async def test_cancel_of_a_queued_migration_ends_it_cancelled(leading, capsys):
     code, out = await leading.ferry(capsys, "migrations", "watch", m.id)
     assert code == 1 and out["phase"] == "cancelled"
     assert leading.agents.running_on("g1") == ["host1"]
+
+
+async def test_a_plain_submit_moves_the_definition_with_the_vm(leading):
+    """A scheduler's request with proto3 defaults only (what a reflection client without Ferry's
+    stubs sends): afterwards the VM is defined on the target alone, persistent there."""
+    leading.agents.add_guest("host1", "g1")
+    m = await leading.stub.SubmitMigration(
+        cpb.SubmitMigrationRequest(vm="g1", target_host="host2", idempotency_key="sched-1")
+    )
+    async for update in leading.stub.WatchMigration(cpb.WatchMigrationRequest(id=m.id)):
+        last = update
+    assert last.phase == cpb.PHASE_SUCCEEDED, [h.reason for h in last.history]
+    assert leading.agents.where("g1") == {"host2": DomainState.RUNNING}  # nothing left on host1
+    [moved] = [d for d in leading.agents["host2"].hv.domains.values() if d.name == "g1"]
+    assert moved.persistent
+    assert not last.options.keep_source_definition and not last.options.transient_target
