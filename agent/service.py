@@ -10,7 +10,6 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 
 from ferry import convert, logcontext, model
-from ferry import convert, model
 from ferry.agent.fencing import LeaderFence
 from ferry.agent.inventory import Inventory
 from ferry.agent.migration import MigrationDriver, MigrationRequest

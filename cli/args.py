@@ -187,7 +187,8 @@ def _add_migration_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--persistent",
         action="store_true",
-        help="define the VM on the target (named alone: the source keeps its definition). Default: without --persistent and --undefinesource both happen",
+        help="define the VM on the target (named alone: the source keeps its definition). "
+        "Default: without --persistent and --undefinesource both happen",
     )
     g.add_argument(
         "--undefinesource",

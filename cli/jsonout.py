@@ -47,6 +47,7 @@ NULLABLE = frozenset(
         "ferry.v1.Migration.error",
         "ferry.v1.HostStatus.facts",
         "ferry.v1.HostStatus.last_seen",
+        "ferry.v1.VM.last_seen",
     }
 )
 
