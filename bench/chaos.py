@@ -69,7 +69,9 @@ JOB_START_S = 10.0  # Migrating: wait this long at most for libvirt's job to sho
 HEARTBEAT_S = 20.0  # a living guest beats again within this
 SETTLE_S = 10.0  # leftovers and ferry vms may lag the final record by this much
 NEW_MIGRATION_S = 240.0
-HEALTHY_S = 90.0
+HEALTHY_S = 45.0  # a host unavailable this long before a trial gets its libvirtd and agent restarted
+CANCEL_S = 30.0  # a cancelled migration left by a trial ends within this (else the lab is repaired)
+VIRSH_S = 20.0
 
 log = logging.getLogger("chaos")
 
@@ -217,21 +219,27 @@ class Campaign:
         self.lab = lab
         self.settings = settings
         self.down_after: float | None = None  # the last dead-host check: seconds until Ferry showed it DOWN
+        self.repairs: list[str] = []  # what the campaign had to repair in the lab after the last trial
+        self.results: list[c.TrialResult] = []  # so far (kept when the run is interrupted)
 
     # -- the plan
 
     def run(self, specs: Sequence[c.TrialSpec]) -> list[c.TrialResult]:
-        results: list[c.TrialResult] = []
+        results = self.results
         for spec in specs:
             say(f"trial {spec.index}/{len(specs)}: {spec.label}")
             try:
                 self.make_healthy()
             except (FerryError, RuntimeError) as exc:
                 problem = f"the lab was not healthy before the trial: {exc}"[:500]
+                self.attach_repairs()
                 results.append(c.TrialResult(spec, "", "", {}, "", None, 0.0, error=problem))
                 say(f"trial {spec.index}: NOT RUN, {problem}")
                 continue
+            self.attach_repairs()  # what the previous trial left for make_healthy to repair
             result = self.trial(spec)
+            results.append(result)
+            self.attach_repairs()  # what its clean-up had to repair
             verdict = (
                 "held"
                 if result.held
@@ -242,8 +250,15 @@ class Campaign:
                 f"recovery {'-' if result.recovery_s is None else f'{max(0.0, result.recovery_s):.1f} s'}, "
                 f"{result.seconds:.0f} s"
             )
-            results.append(result)
         return results
+
+    def attach_repairs(self) -> None:
+        """Notes on the last trial for what the campaign had to repair in the lab after it."""
+        if self.repairs and self.results:
+            last = self.results[-1]
+            self.results[-1] = replace(last, notes=(*last.notes, *(f"afterwards: {r}" for r in self.repairs)))
+            say("repaired after that trial: " + "; ".join(self.repairs))
+        self.repairs = []
 
     # -- one trial
 
@@ -521,32 +536,46 @@ class Campaign:
     # -- between trials
 
     def cleanup(self, vm: str, shared: bool, keep_console: bool) -> None:
+        """Remove the guest everywhere and undo the fault, whatever state the trial left: a
+        paused process resumed, links up, the filler gone, dead components restarted, an
+        unfinished migration cancelled (Ferry cleans up first), then the guest destroyed (its
+        QEMU killed when libvirtd cannot), undefined, its disks and console removed."""
         lab = self.lab
         for comp in lab.require_state().components:
             if procs.is_paused(comp.process):
                 procs.send_signal(comp.process, signal.SIGCONT)
-        for host in HOSTS:
-            if lab.link_up(host) is False:
-                lab.heal(host)
-            if host == TARGET:
-                lab.unfill_images(host)
+        lab.unfill_images(TARGET)
         self.restart_dead()
         listed = cli_json(lab, "migrations", "--vm", vm)
         for m in (listed.data or {}).get("migrations", []) if listed.code == 0 else ():
             if c.phase_from_json(m["phase"]) not in c.FINAL_PHASES:
                 cli_json(lab, "migrations", "cancel", m["id"])
-                self.wait_final(m["id"], time.time() + 60)
+                self.wait_final(m["id"], time.time() + CANCEL_S)
         if keep_console and self.settings.logs is not None:
             self.settings.logs.mkdir(parents=True, exist_ok=True)
             (self.settings.logs / f"{vm}.console.log").write_text(console(lab, vm))
         for host in HOSTS:
-            lab.virsh(host, "destroy", vm, check=False)
-            lab.virsh(host, "undefine", vm, check=False)
+            self.force_off(host, vm)
             for image in images(lab, host, vm):
                 lab.host_exec(host, "rm", "-f", f"{IMAGE_DIR}/{image}", check=False)
         for path in lab.paths.shared.glob(f"{vm}-vd*.qcow2"):
             path.unlink(missing_ok=True)
         lab.paths.console_log(vm).unlink(missing_ok=True)
+
+    def force_off(self, host: str, vm: str) -> None:
+        """virsh destroy and undefine; when libvirtd does not manage (a restarted libvirtd can
+        keep an incoming migration's job forever), the guest's QEMU is killed and libvirtd
+        restarted."""
+        try:
+            self.lab.virsh(host, "destroy", vm, check=False, timeout=VIRSH_S)
+            self.lab.virsh(host, "undefine", vm, check=False, timeout=VIRSH_S)
+            return
+        except FerryError as exc:
+            self.repairs.append(f"{host}: `virsh destroy {vm}` hung ({exc.reason}): QEMU killed, libvirtd restarted")
+        self.lab.kill_guest(host, vm)
+        self.lab.restart(["libvirtd", host])
+        self.lab.virsh(host, "destroy", vm, check=False, timeout=VIRSH_S)
+        self.lab.virsh(host, "undefine", vm, check=False, timeout=VIRSH_S)
 
     def restart_dead(self) -> None:
         state = self.lab.require_state()
@@ -556,23 +585,34 @@ class Campaign:
         order = {"etcd": 0, "libvirtd": 1, "agent": 2, "coordinator": 3}
         dead = [comp for comp in state.components if comp.kind in order and not procs.is_alive(comp.process)]
         for comp in sorted(dead, key=lambda comp: order[comp.kind]):
-            say(f"restarting {comp.name}, found dead")
+            self.repairs.append(f"{comp.name} found dead: restarted")
             self.lab.restart(comp.name)
 
     def make_healthy(self) -> None:
         """Before a trial: every component runs, a coordinator leads, both hosts are available
-        and no migration is unfinished (a stuck one is cancelled)."""
+        (a host that stays unavailable gets its libvirtd and agent restarted) and no migration
+        is unfinished (a stuck one is cancelled)."""
         self.restart_dead()
         if self.lab.wait_for_leader(timeout=ELECTION_TTL_S + 20) is None:
             raise RuntimeError("no coordinator leads: the lab cannot run more trials")
-        if not wait_for(lambda: all((hosts_available(self.lab) or {}).get(h) for h in HOSTS), HEALTHY_S):
-            raise RuntimeError(f"the coordinators do not list {', '.join(HOSTS)} as available")
+
+        def down() -> list[str]:
+            available = hosts_available(self.lab) or {}
+            return [h for h in HOSTS if not available.get(h)]
+
+        if not wait_for(lambda: not down(), HEALTHY_S):
+            for host in down():
+                self.repairs.append(f"{host} still unavailable to Ferry: libvirtd and agent restarted")
+                self.lab.restart(["libvirtd", host])
+                self.lab.restart(["agent", host])
+            if not wait_for(lambda: not down(), HEALTHY_S):
+                raise RuntimeError(f"the coordinators do not list {', '.join(down())} as available")
         stuck = wait_for(lambda: unfinished(self.lab) == [], 30) is False
         if stuck:
             for m in unfinished(self.lab) or []:
-                say(f"cancelling unfinished migration {m['id']} ({m['vm']}, {m['phase']})")
+                self.repairs.append(f"unfinished migration {m['id']} ({m['vm']}, {m['phase']}) cancelled")
                 cli_json(self.lab, "migrations", "cancel", m["id"])
-                self.wait_final(m["id"], time.time() + 60)
+                self.wait_final(m["id"], time.time() + CANCEL_S)
             if unfinished(self.lab):
                 raise RuntimeError("unfinished migrations that cancel does not end: later trials would queue")
 
@@ -652,11 +692,10 @@ def _settled_text(probe: Callable[[], str], timeout: float) -> str:
 # ---------------------------------------------------------------- the control run (no faults)
 
 
-def control_run(lab: Lab, settings: Settings, rounds: int) -> list[c.ControlResult]:
+def control_run(lab: Lab, settings: Settings, rounds: int, results: list[c.ControlResult]) -> list[c.ControlResult]:
     """``rounds`` migrations per guest kind with raw ``virsh migrate`` and as many with
-    ``ferry migrate``, both under the campaign's cap, no faults: a reboot in these is TCG's
-    doing, not Ferry's."""
-    results = []
+    ``ferry migrate``, both under the campaign's cap, no faults (appended to ``results``): a
+    reboot in these is TCG's doing, not Ferry's."""
     for i in range(1, rounds + 1):
         for kind in c.KINDS:
             for mode in ("virsh", "ferry"):
@@ -724,7 +763,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--final-within", type=float, default=Settings.final_within_s, metavar="s", help="(60)")
     p.add_argument("--outage", type=float, metavar="s", help="fault-to-repair time for every class (default per class)")
     p.add_argument("--control", type=int, metavar="N", help="instead: N raw-virsh and N ferry migrations per kind")
-    p.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the lab's logs and broken guests' consoles")
+    p.add_argument(
+        "--keep-logs", type=Path, metavar="DIR", help="copy the lab's logs, broken guests' consoles and chaos.json here"
+    )
     p.add_argument("--lab-cache", type=Path, metavar="DIR", help="keep libvirt's QEMU capabilities between runs")
     p.add_argument("--list", action="store_true", help="print the classes and the planned trials, run nothing")
     return p.parse_args(argv)
@@ -744,10 +785,10 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def header(specs: Sequence[c.TrialSpec], seed: int, settings: Settings, load: str, seconds: float) -> str:
+def header(what: str, settings: Settings, load: str, seconds: float) -> str:
     return (
         f"# chaos {datetime.now().astimezone().isoformat(timespec='seconds')}: {load} at start, "
-        f"{load_line(os.getloadavg())} at the end; {len(specs)} trials, seed {seed}; guest {settings.memory_mib} MiB, "
+        f"{load_line(os.getloadavg())} at the end; {what}; guest {settings.memory_mib} MiB, "
         f"disk {settings.disk}, cap {settings.bandwidth} MiB/s; final within {settings.final_within_s:.0f} s "
         f"of the repair; whole run {seconds:.0f} s"
     )
@@ -785,15 +826,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     lab_dir = Path(tempfile.mkdtemp(prefix="ferry-chaos-", dir="/tmp"))
     lab = Lab(lab_dir, cache_dir=args.lab_cache, cli_config=lab_dir / "operator-cli.toml")
-    results: list[c.TrialResult] = []
+    campaign = Campaign(lab, settings)
     controls: list[c.ControlResult] = []
+    interrupted = ""
     try:
         say(f"lab in {lab_dir}: host1, host2 (image fs {IMAGE_FS}), 3 etcd members, 2 coordinators")
         start_lab(lab)
         if args.control:
-            controls = control_run(lab, settings, args.control)
+            controls = control_run(lab, settings, args.control, controls)
         else:
-            results = Campaign(lab, settings).run(specs)
+            campaign.run(specs)
+    except KeyboardInterrupt as exc:  # the trials done so far are still reported
+        interrupted = f"interrupted ({exc or 'Ctrl-C'}) after {len(campaign.results) or len(controls)} trials"
+        say(interrupted)
     finally:
         if args.keep_logs is not None:
             keep_logs(lab_dir, args.keep_logs)
@@ -804,38 +849,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             shutil.rmtree(lab_dir, ignore_errors=True)
     seconds = time.monotonic() - started
+    results = campaign.results
     if args.control:
         if args.output == "json":
             print(json.dumps({"control": [r.__dict__ for r in controls], "seconds": round(seconds, 1)}, indent=2))
         else:
-            print(header([], seed, settings, load, seconds) + "\n")
+            print(header(f"control run, {len(controls)} migrations, no faults", settings, load, seconds) + "\n")
             print(c.control_table(controls))
             for r in controls:
                 if r.boots > 1 or not r.ok:
                     print(f"- {r.mode} {r.kind}: {'ok' if r.ok else 'failed ' + r.note}; {r.boots} boots; {r.panic}")
         return 0 if all(r.ok for r in controls) else 1
+    report_json = json.dumps(
+        {
+            "seed": seed,
+            "seconds": round(seconds, 1),
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in settings.__dict__.items()},
+            "summary": [dict(zip(c.SUMMARY_HEADERS, row, strict=True)) for row in c.summary_rows(results)],
+            "trials": [r.to_json() for r in results],
+            "interrupted": interrupted,
+        },
+        indent=2,
+    )
+    if args.keep_logs is not None:
+        (args.keep_logs / "chaos.json").write_text(report_json + "\n")
     if args.output == "json":
-        print(
-            json.dumps(
-                {
-                    "seed": seed,
-                    "seconds": round(seconds, 1),
-                    "settings": {k: str(v) if isinstance(v, Path) else v for k, v in settings.__dict__.items()},
-                    "summary": [dict(zip(c.SUMMARY_HEADERS, row, strict=True)) for row in c.summary_rows(results)],
-                    "trials": [r.to_json() for r in results],
-                },
-                indent=2,
-            )
-        )
+        print(report_json)
     else:
-        print(header(specs, seed, settings, load, seconds) + "\n")
+        what = f"{len(results)} of {len(specs)} trials, seed {seed}" + (f" ({interrupted})" if interrupted else "")
+        print(header(what, settings, load, seconds) + "\n")
         print(c.summary_table(results) + "\n")
         print(c.trials_table(results))
         report = c.break_report(results)
         if report:
             print("\nBroken trials, with the record's history:\n")
             print(report)
-    return c.exit_code(results)
+    return 130 if interrupted else c.exit_code(results)
 
 
 if __name__ == "__main__":

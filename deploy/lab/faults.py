@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from ferry.errors import FailedPrecondition, NotFound
 from ferry.lab import hosts, procs
@@ -180,6 +181,25 @@ def kill_host(state: LabState, host: str, *, clock: Clock = SYSTEM_CLOCK) -> Hos
     return HostDeath(host, tuple(f"{pid} {cmd}" for pid, cmd in sorted(victims.items())))
 
 
+def kill_guest(state: LabState, host: str, name: str) -> bool:
+    """SIGKILL the QEMU of guest ``name`` on ``host`` (the pid libvirtd recorded in
+    run/qemu/NAME.pid, if that process still runs inside the host's mount namespace): the
+    hard way out when libvirtd cannot destroy it (e.g. a restarted libvirtd that keeps an
+    incoming migration's job forever). True when there was such a process."""
+    _require_host(state, host)
+    record = state.host(host)
+    assert record is not None
+    pidfile = Path(state.lab_dir) / "hosts" / host / "run" / "qemu" / f"{name}.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    if not record.namespaces.get("mnt") or procs.namespace_ids(pid).get("mnt") != record.namespaces["mnt"]:
+        return False
+    procs.kill_pid(pid)
+    return True
+
+
 def image_dir_free(state: LabState, host: str) -> int:
     """Bytes free in the host's image directory (as its agent sees it)."""
     _require_host(state, host)
@@ -231,6 +251,7 @@ __all__ = [
     "fill_bytes",
     "fill_images",
     "host_death_victims",
+    "kill_guest",
     "kill_host",
     "link_argv",
     "link_is_up",

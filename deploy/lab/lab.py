@@ -568,6 +568,10 @@ class Lab:
             started.append(self.restart(["agent", host]))
         return started
 
+    def kill_guest(self, host: str, name: str) -> bool:
+        """SIGKILL guest ``name``'s QEMU on ``host`` (when libvirtd cannot destroy it)."""
+        return faults.kill_guest(self.require_state(), host, name)
+
     def fill_images(self, host: str, leave: int = 0) -> int:
         """Fill ``host``'s own image filesystem up to ``leave`` free bytes; the filler's size."""
         return faults.fill_images(self.require_state(), host, leave)

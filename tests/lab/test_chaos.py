@@ -120,6 +120,20 @@ def test_a_host_death_kills_its_guest_and_revive_brings_back_libvirtd_and_agent(
         chaos_lab.host_exec("host2", "rm", "-f", "/var/lib/libvirt/images/dying-vda.qcow2", check=False)
 
 
+def test_a_guest_libvirtd_cannot_destroy_is_killed_the_hard_way(chaos_lab: Lab):
+    chaos_lab.guest("hard-off", "host1", disks=("16M",))
+    try:
+        assert chaos_lab.kill_guest("host1", "hard-off") is True
+        deadline = time.monotonic() + 20
+        while placement(chaos_lab, "hard-off") != {"host1": "shut off"}:
+            assert time.monotonic() < deadline, placement(chaos_lab, "hard-off")
+            time.sleep(0.5)
+        assert chaos_lab.kill_guest("host1", "hard-off") is False  # nothing of it runs any more
+    finally:
+        chaos_lab.virsh("host1", "undefine", "hard-off", check=False)
+        chaos_lab.host_exec("host1", "rm", "-f", "/var/lib/libvirt/images/hard-off-vda.qcow2", check=False)
+
+
 # ---------------------------------------------------------------- the campaign
 
 
