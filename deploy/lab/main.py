@@ -166,7 +166,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_image_fs_arg,
         default=[],
         metavar="HOST=SIZE",
-        help="give HOST its own image filesystem of SIZE (e.g. host2=512M: a target that can fill up); repeatable",
+        help="give HOST its own image filesystem of SIZE (e.g. host2=512M: a target that can fill up); "
+        "repeatable. Default: none (images on the host's /var)",
     )
 
     command("down", help="destroy guests, stop everything the lab started")
@@ -236,10 +237,10 @@ def _parser() -> argparse.ArgumentParser:
         ("revive", "power back after a crash: link up, libvirtd and the agent started again"),
         ("unfill", "remove the filler from a host's image filesystem"),
     ):
-        sub.add_parser(name, help=text).add_argument("host")
-    fill = sub.add_parser("fill", help="fill a host's own image filesystem (ferry-lab up --image-fs)")
+        command(name, help=text).add_argument("host")
+    fill = command("fill", help="fill a host's own image filesystem (ferry-lab up --image-fs)")
     fill.add_argument("host")
-    fill.add_argument("--leave", type=_size_arg, default=0, metavar="SIZE", help="bytes to leave free (default 0)")
+    fill.add_argument("--leave", type=_size_arg, default=0, metavar="SIZE", help="bytes to leave free. Default: 0")
     return parser
 
 
