@@ -12,19 +12,21 @@
     prepare_ttl_s = 600
     libvirt_timeout_s = 30
 
-    [tls]                                            # optional: mutual TLS for the gRPC API
-    ca = "/etc/ferry/pki/ca.pem"
-    cert = "/etc/ferry/pki/agent.pem"
-    key = "/etc/ferry/pki/agent-key.pem"
+    [tls]                                            # required: mutual TLS for the gRPC API
+    ca = "/etc/ferry/pki/ca.pem"                     # (or insecure = true: plaintext, a warning at start)
+    cert = "/etc/ferry/pki/agent.host1.pem"          # identity ferry://agent/host1 (ferry/identity.py)
+    key = "/etc/ferry/pki/agent.host1-key.pem"
 
     [registry]                                       # optional: announce this agent to the coordinators
     etcd_endpoints = ["10.77.0.1:2379"]
     address = "10.77.0.11:7070"                      # this agent's gRPC address as coordinators reach it
     prefix = "/ferry/"                               # the coordinators' etcd prefix
     ttl_s = 10                                       # the registration disappears this long after a crash
+    # ca/cert/key/server_name: TLS to etcd (default: the [tls] files); insecure = true for plaintext
 
 Unknown keys are an error naming the key: a typo must not silently fall back to a default.
-Relative TLS paths are taken relative to the config file's directory.
+TLS is required: a config without [tls], or with only part of ca/cert/key, is refused naming the
+missing key. Relative TLS paths are taken relative to the config file's directory.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ferry.rpc import Tls
-from ferry.tomlconfig import TLS_KEYS, Table, bad, parse_toml, read_config, tls_of
+from ferry.tomlconfig import TLS_SECTION_KEYS, Table, bad, etcd_tls_of, parse_toml, read_config, tls_section
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class RegistryConfig:
     address: str
     prefix: str = "/ferry/"
     ttl_s: int = 10
+    tls: Tls | None = None  # client TLS to etcd (None: plaintext, only with insecure = true)
+    server_name: str | None = None  # a DNS name in the etcd members' certificates (default: the dialled host)
 
 
 @dataclass(frozen=True)
@@ -66,12 +70,15 @@ class AgentConfig:
 _REQUIRED = ("name", "listen", "advertise_libvirt_uri")
 _STRINGS = ("name", "libvirt_uri", "advertise_libvirt_uri", "migration_address", "state_dir")
 _AGENT_KEYS = frozenset(AgentConfig.__dataclass_fields__) - {"tls", "registry"}
-_REGISTRY_KEYS = frozenset(RegistryConfig.__dataclass_fields__)
+_REGISTRY_KEYS = (frozenset(RegistryConfig.__dataclass_fields__) - {"tls"}) | set(TLS_SECTION_KEYS)
 
 
-def _registry(t: Table) -> RegistryConfig:
+def _registry(t: Table, base: Path, daemon_tls: Tls | None) -> RegistryConfig:
     t.require("etcd_endpoints", "address")
     values: dict[str, Any] = {"etcd_endpoints": t.strings("etcd_endpoints"), "address": t.string("address")}
+    values["tls"] = etcd_tls_of(t, base, daemon_tls)
+    if "server_name" in t:
+        values["server_name"] = t.string("server_name")
     if "prefix" in t:
         values["prefix"] = t.string("prefix")
         if not values["prefix"].endswith("/"):
@@ -100,10 +107,10 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
         values["prepare_ttl_s"] = int(a.number("prepare_ttl_s", integer=True))
     if "libvirt_timeout_s" in a:
         values["libvirt_timeout_s"] = float(a.number("libvirt_timeout_s"))
-    if "tls" in doc:
-        values["tls"] = tls_of(Table(doc["tls"], "tls", source, TLS_KEYS), base_dir or Path.cwd(), required=True)
+    base = base_dir or Path.cwd()
+    values["tls"] = tls_section(doc, source, base)
     if "registry" in doc:
-        values["registry"] = _registry(Table(doc["registry"], "registry", source, _REGISTRY_KEYS))
+        values["registry"] = _registry(Table(doc["registry"], "registry", source, _REGISTRY_KEYS), base, values["tls"])
     return AgentConfig(**values)
 
 

@@ -20,9 +20,9 @@ import grpc
 from google.protobuf import json_format
 
 from ferry.cli import render
-from ferry.cli.config import coordinator_addresses
+from ferry.cli.config import client_tls, coordinator_addresses
 from ferry.errors import FerryError, Unavailable
-from ferry.rpc import create_channel, from_rpc_error, serving
+from ferry.rpc import Tls, create_channel, from_rpc_error, serving
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
 from ferry.v1 import types_pb2 as tpb
@@ -127,6 +127,10 @@ def parser() -> argparse.ArgumentParser:
         help="coordinator address (HOST:PORT or unix:PATH); default from $FERRY_COORDINATOR "
         "or ~/.config/ferry/cli.toml (written by ferry-lab up)",
     )
+    p.add_argument("--ca", metavar="PEM", help="CA certificate (default: ca in the config file)")
+    p.add_argument("--cert", metavar="PEM", help="client certificate, ferry://ROLE/NAME (default: cert in the config)")
+    p.add_argument("--key", metavar="PEM", help="client key (default: key in the config file)")
+    p.add_argument("--insecure", action="store_true", help="plaintext, no certificate (a coordinator without TLS)")
     p.add_argument("--output", "-o", choices=("table", "json"), default="table")
     p.add_argument("--rpc-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
@@ -317,12 +321,12 @@ def _report(err: FerryError, as_json: bool) -> int:
     return 2 if err.caller_fault else 3
 
 
-async def pick_coordinator(addresses: Sequence[str], timeout_s: float = 2.0) -> str:
+async def pick_coordinator(addresses: Sequence[str], timeout_s: float = 2.0, tls: Tls | None = None) -> str:
     """The first replica that answers a health check; with one address, that address unchecked."""
     if len(addresses) == 1:
         return addresses[0]
     for address in addresses:
-        async with create_channel(address) as channel:
+        async with create_channel(address, tls=tls) as channel:
             if await serving(channel, timeout_s=timeout_s):
                 return address
     raise Unavailable(
@@ -340,11 +344,12 @@ async def run(argv: Sequence[str] | None = None) -> int:
         args.idempotency_key = uuid.uuid4().hex
     try:
         addresses = coordinator_addresses(args.coordinator)
+        tls = client_tls(args.ca, args.cert, args.key, insecure=args.insecure)
         retries = RETRIES_ACROSS_REPLICAS if len(addresses) > 1 else 0
         while True:
-            address = await pick_coordinator(addresses)
+            address = await pick_coordinator(addresses, tls=tls)
             try:
-                async with create_channel(address) as channel:
+                async with create_channel(address, tls=tls) as channel:
                     cli = Cli(cgrpc.CoordinatorStub(channel), args)
                     command: Callable[[], Awaitable[int]] = getattr(cli, args.command)
                     return await command()

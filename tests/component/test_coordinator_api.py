@@ -58,7 +58,9 @@ class Setup:
     async def ferry(self, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:
         """Run the `ferry` command against this coordinator with --output json."""
         capsys.readouterr()
-        code = await cli.run(["--coordinator", self.address, "--output", "json", "--rpc-timeout", "10", *args])
+        code = await cli.run(
+            ["--coordinator", self.address, "--insecure", "--output", "json", "--rpc-timeout", "10", *args]
+        )
         out = capsys.readouterr().out
         return code, json.loads(out) if out.strip() else {}
 
