@@ -11,6 +11,8 @@
     state_dir = "/var/lib/ferry-agent"
     prepare_ttl_s = 600
     libvirt_timeout_s = 30
+    migration_tls = true                             # VIR_MIGRATE_TLS (the default; false: plaintext streams)
+    migration_tls_dir = "/etc/pki/qemu"              # QEMU's migration certificates (qemu.conf's x509 dir)
 
     [tls]                                            # required: mutual TLS for the gRPC API
     ca = "/etc/ferry/pki/ca.pem"                     # (or insecure = true: plaintext, a warning at start)
@@ -63,12 +65,14 @@ class AgentConfig:
     state_dir: str = "/var/lib/ferry-agent"
     prepare_ttl_s: int = 600
     libvirt_timeout_s: float = 30.0
+    migration_tls: bool = True
+    migration_tls_dir: str = "/etc/pki/qemu"
     tls: Tls | None = None
     registry: RegistryConfig | None = None
 
 
 _REQUIRED = ("name", "listen", "advertise_libvirt_uri")
-_STRINGS = ("name", "libvirt_uri", "advertise_libvirt_uri", "migration_address", "state_dir")
+_STRINGS = ("name", "libvirt_uri", "advertise_libvirt_uri", "migration_address", "state_dir", "migration_tls_dir")
 _AGENT_KEYS = frozenset(AgentConfig.__dataclass_fields__) - {"tls", "registry"}
 _REGISTRY_KEYS = (frozenset(RegistryConfig.__dataclass_fields__) - {"tls"}) | set(TLS_SECTION_KEYS)
 
@@ -105,6 +109,8 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
             values[key] = a.strings(key, nonempty=False)
     if "prepare_ttl_s" in a:
         values["prepare_ttl_s"] = int(a.number("prepare_ttl_s", integer=True))
+    if "migration_tls" in a:
+        values["migration_tls"] = a.flag("migration_tls")
     if "libvirt_timeout_s" in a:
         values["libvirt_timeout_s"] = float(a.number("libvirt_timeout_s"))
     base = base_dir or Path.cwd()

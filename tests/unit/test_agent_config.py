@@ -140,3 +140,18 @@ def test_registry_has_its_own_etcd_certificate(tmp_path):
         tmp_path / "e/ca.pem", tmp_path / "e/a.pem", tmp_path / "e/k.pem"
     )
     assert cfg.registry.server_name == "etcd.dc1"
+
+
+def test_migration_streams_are_encrypted_by_default(tmp_path):
+    from ferry.agent.tls_material import QEMU_TLS_FILES, migration_tls_problem
+
+    cfg = parse_config(LAB + INSECURE)
+    assert cfg.migration_tls is True and cfg.migration_tls_dir == "/etc/pki/qemu"
+    off = parse_config(LAB.replace("[agent]", "[agent]\nmigration_tls = false") + INSECURE)
+    assert off.migration_tls is False
+    assert "switched off" in migration_tls_problem(False, str(tmp_path))
+    for name in QEMU_TLS_FILES[:-1]:
+        (tmp_path / name).write_text("pem")
+    assert migration_tls_problem(True, str(tmp_path)).endswith("client-key.pem")  # names what is missing
+    (tmp_path / QEMU_TLS_FILES[-1]).write_text("pem")
+    assert migration_tls_problem(True, str(tmp_path)) == ""
