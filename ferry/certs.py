@@ -135,7 +135,7 @@ def issue(
             x509.KeyUsage(
                 digital_signature=True,
                 content_commitment=False,
-                key_encipherment=False,
+                key_encipherment=True,  # libvirt (gnutls) refuses a server certificate without it
                 data_encipherment=False,
                 key_agreement=True,
                 key_cert_sign=False,

@@ -74,8 +74,11 @@ def test_coordinator_config_is_what_ferry_coordinator_reads():
     paths = LabPaths(LAB)
     hosts = plan_hosts(paths, 2)
     plan = plan_control_plane(paths, ControlPlane(coordinators=2))
-    config = parse_coordinator_config(render_coordinator_toml(plan, plan.coordinators[1], hosts))
+    config = parse_coordinator_config(render_coordinator_toml(plan, plan.coordinators[1], hosts, LAB / "pki"))
     assert config.id == "c2"
+    # its own identity for the API, the agents and etcd
+    assert config.tls is not None and config.tls.cert == LAB / "pki/coordinator.c2.pem"
+    assert config.etcd.tls == config.tls and config.agents.tls == config.tls
     assert config.listen == ("10.77.0.1:7101", "unix:/tmp/l/coordinators/c2.sock")
     assert config.etcd.endpoints == ("10.77.0.1:2379",) and config.etcd.prefix == "/ferry/"
     limits = config.limits
@@ -99,8 +102,9 @@ def test_agents_register_with_their_lab_network_address():
 
 def test_cli_config_names_the_first_replica_and_all_of_them():
     plan = plan_control_plane(LabPaths(LAB), ControlPlane(coordinators=2))
-    text = render_cli_toml(LAB, plan.coordinators)
+    text = render_cli_toml(LAB, plan.coordinators, LAB / "pki")
     doc = tomllib.loads(text)
+    assert (doc["ca"], doc["cert"]) == ("/tmp/l/pki/ca.pem", "/tmp/l/pki/operator.lab.pem")  # ferry://operator/lab
     assert doc["coordinators"] == ["unix:/tmp/l/coordinators/c1.sock", "unix:/tmp/l/coordinators/c2.sock"]
     assert doc["coordinator"] == "unix:/tmp/l/coordinators/c1.sock"
 
