@@ -312,3 +312,21 @@ async def test_every_mutating_call_is_audited_once(servers: Servers, caplog: pyt
         'audit identity=ferry://coordinator/c1 method=AbortMigration vm="web-1" migration="" outcome=OK',
         'audit identity=ferry://operator/alice method=CancelMigration vm="" migration="m-0123" outcome=NOT_FOUND',
     ]
+
+
+async def test_the_coordinator_reaches_an_agent_only_under_its_registered_name(servers: Servers):
+    """The agent's certificate names its host (DNS SAN host1): a registration of host2 that
+    points at host1's address fails the handshake instead of talking to the wrong agent."""
+    from ferry.coordinator.agent_client import GrpcAgentClient
+    from ferry.errors import Unavailable
+
+    tls = servers.pki.tls("coordinator")
+    right = GrpcAgentClient("host1", servers.agent_address, tls, timeout_s=5.0)
+    wrong = GrpcAgentClient("host2", servers.agent_address, tls, timeout_s=2.0)
+    try:
+        assert (await right.inventory()).host.hostname == "host1"
+        with pytest.raises(Unavailable):
+            await wrong.inventory()
+    finally:
+        await right.close()
+        await wrong.close()
