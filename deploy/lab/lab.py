@@ -412,7 +412,8 @@ class Lab:
         return self.host(host).libvirt_uri
 
     def tcp_uri(self, host: str) -> str:
-        """``qemu+tcp://ADDRESS/system``: how other lab hosts reach this libvirtd."""
+        """``qemu+tls://ADDRESS/system?pkipath=/etc/libvirt/pki``: how other lab hosts reach this
+        libvirtd (TLS only; the name predates TLS)."""
         return self.host(host).tcp_uri
 
     def agent_address(self, host: str) -> str:

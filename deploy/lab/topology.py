@@ -215,6 +215,8 @@ def render_libvirtd_conf(plan: HostPlan) -> str:
     """libvirtd listens with TLS only (no plain TCP listener at all): certificates from the lab's
     own CA, and only the lab hosts' libvirt certificates (``O=Ferry,CN=libvirt.hostN``) may
     connect. The unix socket (the local agent, virsh from the root namespace) needs no authentication."""
+    # No auth_tcp line at all: there is no TCP listener. (The seed's auth_tcp = "none" recipe gave
+    # anyone on the network the hypervisor; it is what Ferry exists to end.)
     allowed = '"O=Ferry,CN=libvirt.*"'  # gnutls prints the subject in certificate order
     return "\n".join(
         [

@@ -330,3 +330,11 @@ async def test_the_coordinator_reaches_an_agent_only_under_its_registered_name(s
     finally:
         await right.close()
         await wrong.close()
+
+
+async def test_a_plaintext_server_says_so_at_start(caplog: pytest.LogCaptureFixture):
+    server, _ = create_server(["127.0.0.1:0"], lambda s: [])
+    try:
+        assert any("WITHOUT TLS" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    finally:
+        await server.stop(None)
