@@ -66,12 +66,13 @@ class Identity:
 
 
 def valid_name(name: str) -> bool:
-    """A NAME: 1-64 characters of letters, digits, ``.``, ``-``, ``_``.
+    """A NAME: 1-52 characters of letters, digits, ``.``, ``-``, ``_`` (so that the common name
+    ``ROLE.NAME`` fits X.509's 64 characters).
 
     >>> valid_name("host1"), valid_name("a/b"), valid_name("")
     (True, False, False)
     """
-    return 0 < len(name) <= 64 and all(c.isascii() and (c.isalnum() or c in ".-_") for c in name)
+    return 0 < len(name) <= 52 and all(c.isascii() and (c.isalnum() or c in ".-_") for c in name)
 
 
 def parse_identity_uri(uri: str) -> Identity | None:

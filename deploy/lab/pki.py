@@ -20,6 +20,7 @@ other hosts' ``tls_allowed_dn_list`` names.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def tls_near(address: str) -> Tls | None:
 def create(paths: LabPaths, hosts: Sequence[HostPlan]) -> None:
     """A fresh CA and every certificate of a lab with ``hosts`` (and up to 3 coordinators)."""
     d = pki_dir(paths)
-    ca = new_ca(f"Ferry lab CA ({paths.root})", days=30)
+    ca = new_ca(f"Ferry lab CA {secrets.token_hex(4)}", days=30)  # a CN holds at most 64 characters
     write_pem(d, "ca", ca)
     write_pem(d, "etcd", issue(ca, "etcd", dns=["localhost", "etcd"], ips=[CORE_ADDRESS, "127.0.0.1"], days=30))
     write_pem(d, ETCD_ADMIN, issue(ca, ETCD_ADMIN, days=30))

@@ -268,7 +268,7 @@ def test_control_plane_is_up_with_one_leader(fleet_lab: Lab, cli_config_home: Pa
     plane = {e["label"]: e for e in status["components"] if e["kind"] in ("etcd", "coordinator")}
     assert set(plane) == {"etcd s1", "coordinator c1", "coordinator c2"}
     assert plane["etcd s1"]["healthy"] and plane["etcd s1"]["pid"]
-    assert plane["etcd s1"]["endpoints"]["client"] == "http://10.77.0.1:2379"
+    assert plane["etcd s1"]["endpoints"]["client"] == "https://10.77.0.1:2379"  # TLS with client certificates
     for cid in ("c1", "c2"):
         coordinator = plane[f"coordinator {cid}"]
         assert coordinator["state"] == "running" and coordinator["serving"], coordinator
