@@ -11,17 +11,20 @@
     state_dir = "/var/lib/ferry-agent"
     prepare_ttl_s = 600
     libvirt_timeout_s = 30
+    migration_tls = true                             # VIR_MIGRATE_TLS (the default; false: plaintext streams)
+    migration_tls_dir = "/etc/pki/qemu"              # QEMU's migration certificates (qemu.conf's x509 dir)
 
-    [tls]                                            # optional: mutual TLS for the gRPC API
-    ca = "/etc/ferry/pki/ca.pem"
-    cert = "/etc/ferry/pki/agent.pem"
-    key = "/etc/ferry/pki/agent-key.pem"
+    [tls]                                            # required: mutual TLS for the gRPC API
+    ca = "/etc/ferry/pki/ca.pem"                     # (or insecure = true: plaintext, a warning at start)
+    cert = "/etc/ferry/pki/agent.host1.pem"          # identity ferry://agent/host1 (ferry/identity.py)
+    key = "/etc/ferry/pki/agent.host1-key.pem"
 
     [registry]                                       # optional: announce this agent to the coordinators
     etcd_endpoints = ["10.77.0.1:2379"]
     address = "10.77.0.11:7070"                      # this agent's gRPC address as coordinators reach it
     prefix = "/ferry/"                               # the coordinators' etcd prefix
     ttl_s = 10                                       # the registration disappears this long after a crash
+    # ca/cert/key/server_name: TLS to etcd (default: the [tls] files); insecure = true for plaintext
 
     [metrics]                                        # Prometheus: GET /metrics (on unless enabled = false)
     listen = ["10.77.0.11:9470"]                     # default: the first gRPC address's host, port 9470
@@ -31,7 +34,8 @@
     level = "info"                                   # --log-level wins
 
 Unknown keys are an error naming the key: a typo must not silently fall back to a default.
-Relative TLS paths are taken relative to the config file's directory.
+TLS is required: a config without [tls], or with only part of ca/cert/key, is refused naming the
+missing key. Relative TLS paths are taken relative to the config file's directory.
 """
 
 from __future__ import annotations
@@ -44,17 +48,18 @@ from ferry.rpc import Tls
 from ferry.tomlconfig import (
     LOG_KEYS,
     METRICS_KEYS,
-    TLS_KEYS,
+    TLS_SECTION_KEYS,
     LogConfig,
     MetricsConfig,
     Table,
     bad,
+    etcd_tls_of,
     log_of,
     metrics_listen_default,
     metrics_of,
     parse_toml,
     read_config,
-    tls_of,
+    tls_section,
 )
 
 METRICS_PORT = 9470
@@ -68,6 +73,8 @@ class RegistryConfig:
     address: str
     prefix: str = "/ferry/"
     ttl_s: int = 10
+    tls: Tls | None = None  # client TLS to etcd (None: plaintext, only with insecure = true)
+    server_name: str | None = None  # a DNS name in the etcd members' certificates (default: the dialled host)
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,8 @@ class AgentConfig:
     state_dir: str = "/var/lib/ferry-agent"
     prepare_ttl_s: int = 600
     libvirt_timeout_s: float = 30.0
+    migration_tls: bool = True
+    migration_tls_dir: str = "/etc/pki/qemu"
     tls: Tls | None = None
     registry: RegistryConfig | None = None
     metrics: MetricsConfig = MetricsConfig()
@@ -94,14 +103,17 @@ class AgentConfig:
 
 
 _REQUIRED = ("name", "listen", "advertise_libvirt_uri")
-_STRINGS = ("name", "libvirt_uri", "advertise_libvirt_uri", "migration_address", "state_dir")
+_STRINGS = ("name", "libvirt_uri", "advertise_libvirt_uri", "migration_address", "state_dir", "migration_tls_dir")
 _AGENT_KEYS = frozenset(AgentConfig.__dataclass_fields__) - {"tls", "registry", "metrics", "log"}
-_REGISTRY_KEYS = frozenset(RegistryConfig.__dataclass_fields__)
+_REGISTRY_KEYS = (frozenset(RegistryConfig.__dataclass_fields__) - {"tls"}) | set(TLS_SECTION_KEYS)
 
 
-def _registry(t: Table) -> RegistryConfig:
+def _registry(t: Table, base: Path, daemon_tls: Tls | None) -> RegistryConfig:
     t.require("etcd_endpoints", "address")
     values: dict[str, Any] = {"etcd_endpoints": t.strings("etcd_endpoints"), "address": t.string("address")}
+    values["tls"] = etcd_tls_of(t, base, daemon_tls)
+    if "server_name" in t:
+        values["server_name"] = t.string("server_name")
     if "prefix" in t:
         values["prefix"] = t.string("prefix")
         if not values["prefix"].endswith("/"):
@@ -128,12 +140,14 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
             values[key] = a.strings(key, nonempty=False)
     if "prepare_ttl_s" in a:
         values["prepare_ttl_s"] = int(a.number("prepare_ttl_s", integer=True))
+    if "migration_tls" in a:
+        values["migration_tls"] = a.flag("migration_tls")
     if "libvirt_timeout_s" in a:
         values["libvirt_timeout_s"] = float(a.number("libvirt_timeout_s"))
-    if "tls" in doc:
-        values["tls"] = tls_of(Table(doc["tls"], "tls", source, TLS_KEYS), base_dir or Path.cwd(), required=True)
+    base = base_dir or Path.cwd()
+    values["tls"] = tls_section(doc, source, base)
     if "registry" in doc:
-        values["registry"] = _registry(Table(doc["registry"], "registry", source, _REGISTRY_KEYS))
+        values["registry"] = _registry(Table(doc["registry"], "registry", source, _REGISTRY_KEYS), base, values["tls"])
     if "metrics" in doc:
         values["metrics"] = metrics_of(Table(doc["metrics"], "metrics", source, METRICS_KEYS))
     if "log" in doc:

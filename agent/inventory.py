@@ -8,6 +8,7 @@ system), so the coordinator can tell which disks a migration must copy.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
 from importlib import metadata
 
@@ -24,9 +25,19 @@ def agent_version() -> str:
 
 class Inventory:
     def __init__(
-        self, hypervisor: Hypervisor, host: HostSystem, *, libvirt_uri: str, migration_address: str, version: str = ""
+        self,
+        hypervisor: Hypervisor,
+        host: HostSystem,
+        *,
+        libvirt_uri: str,
+        migration_address: str,
+        version: str = "",
+        migration_tls_problem: Callable[[], str] = lambda: "",
     ) -> None:
+        """``migration_tls_problem``: why this host cannot migrate over TLS now ("" = it can;
+        asked at every facts() call, so certificates put in place later count)."""
         self._hv = hypervisor
+        self._tls_problem = migration_tls_problem
         self._host = host
         self._libvirt_uri = libvirt_uri
         self._migration_address = migration_address
@@ -43,6 +54,7 @@ class Inventory:
             libvirt_uri=self._libvirt_uri,
             migration_address=self._migration_address,
             agent_version=self._version,
+            migration_tls_problem=await asyncio.to_thread(self._tls_problem),
         )
 
     async def domains(self) -> list[DomainInfo]:

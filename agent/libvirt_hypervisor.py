@@ -68,6 +68,7 @@ class LibvirtHypervisor:
         connect_timeout_s: float = 3.0,
         resolve: probe.Resolve | None = None,
         connect: probe.Connect | None = None,
+        migration_tls: bool = True,
     ) -> None:
         """``peer_uris`` maps a target URI (as the source libvirtd reaches it) to how *this*
         process reaches that libvirtd, for the adapter's own calls to peers (completed job
@@ -76,7 +77,11 @@ class LibvirtHypervisor:
 
         ``resolve`` and ``connect`` are the probe's name lookup and TCP connect (defaults: the
         system resolver and a socket, bounded by ``resolve_timeout_s`` / ``connect_timeout_s``);
-        tests pass their own so that nothing leaves the machine."""
+        tests pass their own so that nothing leaves the machine.
+
+        ``migration_tls``: migrations are encrypted (VIR_MIGRATE_TLS: memory and the NBD disk
+        copy); only an agent config that says ``migration_tls = false`` turns it off."""
+        self.migration_tls = migration_tls
         libvirt.registerErrorHandler(_silence, None)
         self.uri = uri
         self.timeout_s = timeout_s
@@ -300,8 +305,8 @@ class LibvirtHypervisor:
 
         return await self._call("lookupByUUIDString" if uuid else "lookupByName", work, retry=True)
 
-    async def domain_xml(self, name_or_uuid: str, *, migratable: bool = True) -> str:
-        flags = lt.domain_xml_flags(migratable=migratable)
+    async def domain_xml(self, name_or_uuid: str, *, migratable: bool = True, secure: bool = True) -> str:
+        flags = lt.domain_xml_flags(migratable=migratable, secure=secure)
         return await self._call("XMLDesc", lambda c: self._lookup(c, name_or_uuid).XMLDesc(flags), retry=True)
 
     async def job_stats(self, name_or_uuid: str, *, completed: bool = False) -> JobStats:
@@ -496,7 +501,7 @@ class LibvirtHypervisor:
         come back instead of "aborted"). A failure that may be the target's connection is
         checked by opening the target: unreachable -> Unavailable TARGET_UNREACHABLE.
         """
-        flags = lt.migration_flags(options, copy_disks=lt.copies_disks(options, migrate_disks))
+        flags = lt.migration_flags(options, copy_disks=lt.copies_disks(options, migrate_disks), tls=self.migration_tls)
         params = lt.migration_params(
             options, destination_xml=destination_xml, migrate_disks=migrate_disks, migrate_uri=migrate_uri
         )

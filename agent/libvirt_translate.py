@@ -35,6 +35,7 @@ VIR_MIGRATE_UNSAFE = 512
 VIR_MIGRATE_OFFLINE = 1024
 VIR_MIGRATE_AUTO_CONVERGE = 8192
 VIR_MIGRATE_POSTCOPY = 32768
+VIR_MIGRATE_TLS = 65536
 
 # migrateToURI3 typed parameter names
 VIR_MIGRATE_PARAM_URI = "migrate_uri"
@@ -127,10 +128,11 @@ def copies_disks(options: MigrationOptions, migrate_disks: Sequence[str]) -> boo
     return bool(migrate_disks) and options.storage is not StorageMode.SHARED
 
 
-def migration_flags(options: MigrationOptions, *, copy_disks: bool) -> int:
-    """migrateToURI3 flags: always peer-to-peer; live unless offline (offline = definition only,
-    hence PERSIST_DEST); storage copy per the storage mode when there are disks to copy."""
-    flags = VIR_MIGRATE_PEER2PEER
+def migration_flags(options: MigrationOptions, *, copy_disks: bool, tls: bool = True) -> int:
+    """migrateToURI3 flags: always peer-to-peer; TLS (the memory stream and the NBD disk copy
+    encrypted) unless switched off; live unless offline (offline = definition only, hence
+    PERSIST_DEST); storage copy per the storage mode when there are disks to copy."""
+    flags = VIR_MIGRATE_PEER2PEER | (VIR_MIGRATE_TLS if tls else 0)
     if options.offline:
         flags |= VIR_MIGRATE_OFFLINE | VIR_MIGRATE_PERSIST_DEST
     else:
@@ -180,9 +182,9 @@ def loggable_params(params: Mapping[str, Any]) -> list[str]:
     return sorted(k for k in params if k not in (VIR_MIGRATE_PARAM_DEST_XML, VIR_MIGRATE_PARAM_PERSIST_XML))
 
 
-def domain_xml_flags(*, migratable: bool) -> int:
-    """virDomainGetXMLDesc flags: always with secrets; MIGRATABLE for a definition to send."""
-    return VIR_DOMAIN_XML_SECURE | (VIR_DOMAIN_XML_MIGRATABLE if migratable else 0)
+def domain_xml_flags(*, migratable: bool, secure: bool = True) -> int:
+    """virDomainGetXMLDesc flags: SECURE (secrets) when asked for; MIGRATABLE for a definition to send."""
+    return (VIR_DOMAIN_XML_SECURE if secure else 0) | (VIR_DOMAIN_XML_MIGRATABLE if migratable else 0)
 
 
 def job_stats_flags(*, completed: bool) -> int:

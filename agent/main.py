@@ -34,6 +34,7 @@ from ferry.agent.migration import JobObserver, MigrationDriver
 from ferry.agent.prepare import PrepareService
 from ferry.agent.registration import start_registration
 from ferry.agent.service import SERVICE_NAME, AgentServicer
+from ferry.agent.tls_material import migration_tls_problem
 from ferry.daemon import run_daemon
 from ferry.errors import FerryError
 from ferry.ports import HostSystem, Hypervisor
@@ -61,11 +62,18 @@ def build_agent(
     *,
     monotonic: Callable[[], float] = time.monotonic,
     jobs: JobObserver | None = None,
+    tls_problem: Callable[[], str] = lambda: "",
 ) -> AgentServicer:
     """The servicer wired to the given ports (tests pass fakes; ``main`` the real adapters).
-    ``jobs`` hears about every migration job the driver runs (the metrics)."""
+    ``jobs`` hears about every migration job the driver runs (the metrics). ``tls_problem`` says
+    why the host cannot migrate over TLS ("" = it can; ``serve`` checks QEMU's certificate files,
+    ``tls_material.migration_tls_problem``)."""
     inventory = Inventory(
-        hypervisor, host, libvirt_uri=config.advertise_libvirt_uri, migration_address=config.migration_address
+        hypervisor,
+        host,
+        libvirt_uri=config.advertise_libvirt_uri,
+        migration_address=config.migration_address,
+        migration_tls_problem=tls_problem,
     )
     prepare = PrepareService(
         hypervisor, host, Path(config.state_dir), default_ttl_s=config.prepare_ttl_s, clock=clock, host_name=config.name
@@ -111,9 +119,19 @@ async def serve(config: AgentConfig) -> None:
     registry = new_registry("agent")
     metrics = AgentMetrics(registry)
     rpc: RpcObserver = RpcMetrics(registry)
-    hypervisor = LibvirtHypervisor(config.libvirt_uri, config.libvirt_timeout_s)
+    hypervisor = LibvirtHypervisor(config.libvirt_uri, config.libvirt_timeout_s, migration_tls=config.migration_tls)
+    if not config.migration_tls:
+        log.warning("migration streams of %s are NOT encrypted (migration_tls = false)", config.name)
+    elif problem := migration_tls_problem(True, config.migration_tls_dir):
+        log.warning("%s: preflight will block migrations from and to this host", problem)
     host = LocalHostSystem(config.image_dirs, config.shared_dirs)
-    servicer = build_agent(config, hypervisor, host, jobs=metrics)
+    servicer = build_agent(
+        config,
+        hypervisor,
+        host,
+        jobs=metrics,
+        tls_problem=lambda: migration_tls_problem(config.migration_tls, config.migration_tls_dir),
+    )
     metrics.watch_prepares(servicer.prepare.list)
     server, ports = create_server(config.listen, register(servicer), tls=config.tls, observer=rpc)
     exporter = MetricsServer(registry)

@@ -18,6 +18,7 @@ from ferry.agent.progress import phase_of
 from ferry.agent.source_disks import SourceDisks
 from ferry.diskplan import plan_disks
 from ferry.errors import FailedPrecondition, FerryError, InvalidArgument
+from ferry.identity import Role
 from ferry.model import (
     DiskPlan,
     DomainInfo,
@@ -30,6 +31,7 @@ from ferry.model import (
 )
 from ferry.ports import Hypervisor
 from ferry.rpc import Context, rpc_method
+from ferry.rpc_auth import caller_may
 from ferry.v1 import agent_pb2 as apb
 from ferry.v1 import agent_pb2_grpc as agrpc
 
@@ -100,7 +102,11 @@ class AgentServicer(agrpc.AgentServicer):
     async def GetDomain(self, request: apb.GetDomainRequest, context: Context) -> apb.GetDomainResponse:
         self.fence.observe(request.leader_term)
         domain = await self.inventory.domain(_required(request.name, "name"))
-        xml = await self.hypervisor.domain_xml(domain.uuid, migratable=True) if request.include_xml else ""
+        xml = ""
+        if request.include_xml:
+            # secrets (graphics passwords) go only to the coordinator, which sends them to the target
+            secure = caller_may(Role.COORDINATOR)
+            xml = await self.hypervisor.domain_xml(domain.uuid, migratable=True, secure=secure)
         return apb.GetDomainResponse(domain=convert.domain_to_pb(domain), xml=xml)
 
     # ------------------------------------------------------------------ target side

@@ -15,7 +15,7 @@ needed by either side), interleaved round by round and alternating direction
 
 * raw: what an operator does by hand, from inside the source host: ``qemu-img create`` of the
   target disk at the same path and size inside the target host, then ``virsh migrate --live
-  --p2p --copy-storage-all --persistent --undefinesource VM qemu+tcp://TARGET/system``.
+  --p2p --tls --copy-storage-all --persistent --undefinesource VM qemu+tls://TARGET/system``.
 * agent: Ferry's agents over gRPC, as the coordinator drives them (``tests/lab/agentflow.py``):
   GetDomain + GetInventory, PrepareIncoming on the target (creates the disk, rewrites the XML),
   Migrate (progress streamed), CommitIncoming.
@@ -162,6 +162,7 @@ class Migrator:
                 "migrate",
                 "--live",
                 "--p2p",
+                "--tls",  # the lab's libvirtd refuses plaintext migrations (migrate_tls_force): TLS vs TLS
                 "--copy-storage-all",
                 "--persistent",
                 "--undefinesource",

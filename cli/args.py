@@ -1,6 +1,7 @@
 """The `ferry` command line: every command, option and help text, in one parser.
 
-Global options (``--coordinator``, ``-o/--output``, ``--rpc-timeout``) are accepted before or after
+Global options (``--coordinator``, ``-o/--output``, ``--rpc-timeout``, ``--ca/--cert/--key``,
+``--insecure``) are accepted before or after
 the command (``ferry -o json vms`` = ``ferry vms -o json``): each (sub)parser carries them with
 suppressed defaults, so a value given anywhere lands in the namespace once, and
 :func:`parse` fills in the defaults afterwards. Usage errors raise :class:`UsageError` (exit 64,
@@ -124,10 +125,35 @@ def _common() -> argparse.ArgumentParser:
         help=f"deadline of each call to the coordinator, in seconds (waiting for a migration has none). "
         f"Default: {DEFAULT_RPC_TIMEOUT_S:g}",
     )
+    g.add_argument(
+        "--ca", metavar="PEM", default=argparse.SUPPRESS, help="the CA certificate. Default: ca in the config file"
+    )
+    g.add_argument(
+        "--cert",
+        metavar="PEM",
+        default=argparse.SUPPRESS,
+        help="the client certificate, naming ferry://ROLE/NAME (the coordinator requires mutual TLS). "
+        "Default: cert in the config file",
+    )
+    g.add_argument("--key", metavar="PEM", default=argparse.SUPPRESS, help="its key. Default: key in the config file")
+    g.add_argument(
+        "--insecure",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="plaintext, no certificate: only for a coordinator configured with insecure = true",
+    )
     return p
 
 
-GLOBAL_DEFAULTS: dict[str, Any] = {"coordinator": None, "output": "table", "rpc_timeout": DEFAULT_RPC_TIMEOUT_S}
+GLOBAL_DEFAULTS: dict[str, Any] = {
+    "coordinator": None,
+    "output": "table",
+    "rpc_timeout": DEFAULT_RPC_TIMEOUT_S,
+    "ca": None,
+    "cert": None,
+    "key": None,
+    "insecure": False,
+}
 FILTER_DEFAULTS: dict[str, Any] = {"phase": None, "host": None, "vm": None, "limit": 0}
 
 

@@ -1,4 +1,15 @@
-"""Where the `ferry` CLI finds the coordinator: flag, environment, config file, default."""
+"""Where the `ferry` CLI finds the coordinator (flag, environment, config file, default) and
+which certificate it presents (flags ``--ca/--cert/--key``, else the config file's ``ca``,
+``cert``, ``key``; plaintext only with ``--insecure`` or ``insecure = true``).
+
+    # ~/.config/ferry/cli.toml (ferry-lab up writes one with an operator certificate)
+    coordinators = ["coord1.dc1:7100", "coord2.dc1:7100"]
+    ca = "/etc/ferry/pki/ca.pem"
+    cert = "~/.config/ferry/operator.alice.pem"      # identity ferry://operator/alice
+    key = "~/.config/ferry/operator.alice-key.pem"
+
+Relative paths in the file are relative to the file's directory.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ferry.errors import InvalidArgument
+from ferry.rpc import Tls
 
 DEFAULT_COORDINATOR = "127.0.0.1:7100"
 ENV_ADDRESS = "FERRY_COORDINATOR"
@@ -27,6 +39,78 @@ def coordinator_address(flag: str | None, env: Mapping[str, str] | None = None) 
     return coordinator_addresses(flag, env)[0]
 
 
+def _read_file(path: Path) -> dict[str, object]:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"cannot parse {path}: {exc}", reason="BAD_CONFIG", hint=f"fix or remove {path}") from exc
+
+
+_TLS_KEYS = ("ca", "cert", "key")
+
+
+def client_tls(
+    ca: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+    *,
+    insecure: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> Tls | None:
+    """The CLI's mutual TLS: all three of ``--ca/--cert/--key``, else the config file's
+    ``ca``/``cert``/``key``; None (plaintext) only when asked for with ``--insecure`` or
+    ``insecure = true``. Anything else is refused naming what is missing."""
+    env = os.environ if env is None else env
+    flags = {"ca": ca, "cert": cert, "key": key}
+    given = [k for k, v in flags.items() if v]
+    if insecure:
+        if given:
+            raise InvalidArgument(
+                f"--insecure with --{', --'.join(given)}",
+                reason="TLS_CONFLICT",
+                hint="either mutual TLS (--ca, --cert, --key) or --insecure",
+            )
+        return None
+    if given:
+        missing = [k for k in _TLS_KEYS if not flags[k]]
+        if missing:
+            raise InvalidArgument(
+                f"--{', --'.join(given)} without --{', --'.join(missing)}",
+                reason="TLS_INCOMPLETE",
+                hint="give all of --ca, --cert and --key (PEM files)",
+            )
+        return _readable(Tls(Path(ca or ""), Path(cert or ""), Path(key or "")))
+    path = config_path(env)
+    data = _read_file(path) if path.exists() else {}
+    if data.get("insecure") is True:
+        return None
+    present = [k for k in _TLS_KEYS if isinstance(data.get(k), str) and data[k]]
+    if len(present) == len(_TLS_KEYS):
+        base = path.parent
+        return _readable(Tls(*(base / Path(str(data[k])).expanduser() for k in _TLS_KEYS)))
+    if present:
+        missing = [k for k in _TLS_KEYS if k not in present]
+        raise InvalidArgument(
+            f"{path} has {', '.join(present)} but lacks {', '.join(missing)}",
+            reason="TLS_INCOMPLETE",
+            hint=f"add {', '.join(missing)} to {path} (PEM files)",
+        )
+    raise InvalidArgument(
+        "no client certificate: the coordinator requires mutual TLS",
+        reason="TLS_NOT_CONFIGURED",
+        hint=f"pass --ca, --cert and --key, or set ca, cert and key in {path} (ferry-lab up writes them)",
+    )
+
+
+def _readable(tls: Tls) -> Tls:
+    for what, path in (("CA", tls.ca), ("certificate", tls.cert), ("key", tls.key)):
+        if not os.access(path, os.R_OK):
+            raise InvalidArgument(
+                f"cannot read the {what} {path}", reason="TLS_FILE_UNREADABLE", hint="check the path and permissions"
+            )
+    return tls
+
+
 def coordinator_addresses(flag: str | None, env: Mapping[str, str] | None = None) -> list[str]:
     """Coordinator replicas to try, in order: flag > $FERRY_COORDINATOR > config file > default.
 
@@ -41,12 +125,7 @@ def coordinator_addresses(flag: str | None, env: Mapping[str, str] | None = None
         return [a for a in env[ENV_ADDRESS].split(",") if a]
     path = config_path(env)
     if path.exists():
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidArgument(
-                f"cannot parse {path}: {exc}", reason="BAD_CONFIG", hint=f"fix or remove {path}"
-            ) from exc
+        data = _read_file(path)
         out: list[str] = []
         first = data.get("coordinator")
         if isinstance(first, str) and first:

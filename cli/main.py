@@ -31,10 +31,10 @@ from ferry.cli.args import (
     parse,
 )
 from ferry.cli.args import parser as parser
-from ferry.cli.config import coordinator_addresses
+from ferry.cli.config import client_tls, coordinator_addresses
 from ferry.cli.top import run as run_top
 from ferry.errors import FerryError, InvalidArgument, NotFound, Unavailable
-from ferry.rpc import create_channel, from_rpc_error, serving
+from ferry.rpc import Tls, create_channel, from_rpc_error, serving
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
 from ferry.v1 import types_pb2 as tpb
@@ -347,12 +347,12 @@ def _usage_error(exc: UsageError, argv: Sequence[str]) -> int:
     return EXIT_USAGE
 
 
-async def pick_coordinator(addresses: Sequence[str], timeout_s: float = 2.0) -> str:
+async def pick_coordinator(addresses: Sequence[str], timeout_s: float = 2.0, tls: Tls | None = None) -> str:
     """The first replica that answers a health check; with one address, that address unchecked."""
     if len(addresses) == 1:
         return addresses[0]
     for address in addresses:
-        async with create_channel(address) as channel:
+        async with create_channel(address, tls=tls) as channel:
             if await serving(channel, timeout_s=timeout_s):
                 return address
     raise Unavailable(f"no coordinator answers at {', '.join(addresses)}", reason="UNREACHABLE", hint=UNREACHABLE_HINT)
@@ -379,12 +379,16 @@ async def run(argv: Sequence[str] | None = None) -> int:
         # fixed before the first call, so a retry on another replica returns the same migration
         args.idempotency_key = uuid.uuid4().hex
     try:
+        if args.command in ("migrate", "preflight"):
+            build_options(args)  # a contradictory command line is a usage error before anything else
+            build_mapping(args)
         addresses = coordinator_addresses(args.coordinator)
+        tls = client_tls(args.ca, args.cert, args.key, insecure=args.insecure)
         retries = RETRIES_ACROSS_REPLICAS if len(addresses) > 1 else 0
         while True:
-            address = await pick_coordinator(addresses)
+            address = await pick_coordinator(addresses, tls=tls)
             try:
-                async with create_channel(address) as channel:
+                async with create_channel(address, tls=tls) as channel:
                     cli = Cli(cgrpc.CoordinatorStub(channel), args, address)
                     command: Callable[[], Awaitable[int]] = getattr(cli, args.command)
                     return await command()

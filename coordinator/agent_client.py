@@ -106,7 +106,9 @@ class GrpcAgentClient:
     def _using(self) -> Iterator[_Conn]:
         """The current channel, counted as in use for the duration of one call."""
         if self._conn is None:
-            channel = create_channel(self.address, tls=self._tls)
+            # the agent's certificate must name its host (a DNS SAN): a registration whose
+            # address points at another agent fails the TLS handshake
+            channel = create_channel(self.address, tls=self._tls, server_name=self.host)
             self._conn = _Conn(channel, agrpc.AgentStub(channel))
         conn = self._conn
         conn.calls += 1

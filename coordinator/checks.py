@@ -64,6 +64,30 @@ def version_blockers(source: HostFacts, target: HostFacts) -> list[Problem]:
     return out
 
 
+def tls_blockers(source: HostView, target: HostView) -> list[Problem]:
+    """A host that cannot encrypt the migration stream (its agent reports why) blocks: Ferry does
+    not fall back to a plaintext stream.
+
+    >>> ok = HostView("h1", True, HostFacts("h1", "u1"))
+    >>> bad = HostView("h2", True, HostFacts("h2", "u2", migration_tls_problem="no certificates"))
+    >>> [p.reason for p in tls_blockers(ok, bad)], tls_blockers(ok, ok)
+    (['MIGRATION_TLS_MISSING'], [])
+    """
+    out = []
+    for view in (source, target):
+        problem = view.facts.migration_tls_problem if view.facts is not None else ""
+        if problem:
+            out.append(
+                Problem(
+                    "MIGRATION_TLS_MISSING",
+                    f"{view.name} cannot encrypt the migration stream: {problem}",
+                    f"install QEMU's migration certificates on {view.name} (qemu.conf migrate_tls_x509_cert_dir, "
+                    "the agent's migration_tls_dir) and restart its agent",
+                )
+            )
+    return out
+
+
 def effective_storage(domain: DomainInfo, options: MigrationOptions, explicit: bool) -> StorageMode:
     """The storage mode to use: the caller's, or (auto) copy-all when a writable disk is local."""
     if explicit:
@@ -145,6 +169,8 @@ def coordinator_blockers(
             )
         )
     tf = target.facts if target is not None else None
+    if target is not None and not options.offline:
+        out.extend(tls_blockers(source, target))
     if tf is not None and source.facts is not None:
         out.extend(version_blockers(source.facts, tf))
         if tf.arch and source.facts.arch and tf.arch != source.facts.arch:

@@ -12,6 +12,7 @@
     prefix = "/ferry/"
     timeout_s = 5
     # ca = "/etc/ferry/pki/etcd-ca.pem"  cert = "..."  key = "..."  server_name = "etcd.dc1"
+    # (default: the [tls] files; plaintext only with insecure = true here)
 
     [limits]                                         # concurrent migrations
     per_host_outbound = 1
@@ -26,12 +27,12 @@
     call_timeout_s = 30                              # one agent call (not a migration stream)
     inventory_ttl_s = 5                              # inventory older than this is fetched again
     inventory_timeout_s = 3                          # an inventory not back by then: agent unreachable
-    # ca = "/etc/ferry/pki/ca.pem"  cert = "..."  key = "..."   (mutual TLS to the agents)
+    # ca = "..."  cert = "..."  key = "..."   (mutual TLS to the agents; default: the [tls] files)
 
-    [tls]                                            # optional: mutual TLS for the coordinator's API
-    ca = "/etc/ferry/pki/ca.pem"
-    cert = "/etc/ferry/pki/coordinator.pem"
-    key = "/etc/ferry/pki/coordinator-key.pem"
+    [tls]                                            # required: mutual TLS for the coordinator's API
+    ca = "/etc/ferry/pki/ca.pem"                     # (or insecure = true: plaintext, a warning at start)
+    cert = "/etc/ferry/pki/coordinator.c1.pem"       # identity ferry://coordinator/c1 (ferry/identity.py)
+    key = "/etc/ferry/pki/coordinator.c1-key.pem"
 
     [metrics]                                        # Prometheus: GET /metrics (on unless enabled = false)
     listen = ["10.77.0.1:9471"]                      # default: the first listen address's host, port 9471
@@ -62,16 +63,20 @@ from ferry.rpc import Tls
 from ferry.tomlconfig import (
     LOG_KEYS,
     METRICS_KEYS,
+    TLS_SECTION_KEYS,
     LogConfig,
     MetricsConfig,
     Table,
     bad,
+    etcd_tls_of,
+    insecure_of,
     log_of,
     metrics_listen_default,
     metrics_of,
     parse_toml,
     read_config,
     tls_of,
+    tls_section,
 )
 
 from .phases import Timeouts
@@ -85,9 +90,7 @@ class EtcdConfig:
     endpoints: tuple[str, ...]
     prefix: str = "/ferry/"
     timeout_s: float = 5.0
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
+    tls: Tls | None = None  # client TLS (None: plaintext, only with insecure = true in [etcd])
     server_name: str | None = None
 
 
@@ -208,10 +211,10 @@ def derive_mapping(
 # ---------------------------------------------------------------- parsing
 
 
-def _etcd(doc: dict[str, Any], base: Path, source: str) -> EtcdConfig:
+def _etcd(doc: dict[str, Any], base: Path, source: str, daemon_tls: Tls | None) -> EtcdConfig:
     if "etcd" not in doc:
         raise bad(source, "no [etcd] table", 'add [etcd] with endpoints = ["HOST:PORT", ...]')
-    allowed = tuple(f.name for f in fields(EtcdConfig))
+    allowed = tuple(f.name for f in fields(EtcdConfig) if f.name != "tls") + TLS_SECTION_KEYS
     t = Table(doc["etcd"], "etcd", source, allowed)
     if "endpoints" not in t:
         raise bad(source, "[etcd] lacks endpoints", 'add endpoints = ["HOST:PORT", ...]')
@@ -223,13 +226,9 @@ def _etcd(doc: dict[str, Any], base: Path, source: str) -> EtcdConfig:
         values["prefix"] = prefix
     if "timeout_s" in t:
         values["timeout_s"] = float(t.number("timeout_s"))
-    for key in ("ca", "cert", "key"):
-        if key in t:
-            values[key] = t.path(key, base)
+    values["tls"] = etcd_tls_of(t, base, daemon_tls)
     if "server_name" in t:
         values["server_name"] = t.string("server_name")
-    if ("cert" in values) != ("key" in values):
-        raise bad(source, "[etcd] needs both cert and key, or neither", "give the client certificate and its key")
     return EtcdConfig(**values)
 
 
@@ -260,19 +259,19 @@ def _timeouts(doc: dict[str, Any], source: str) -> Timeouts:
     return Timeouts(**values)
 
 
-def _agents(doc: dict[str, Any], base: Path, source: str) -> AgentsConfig:
-    if "agents" not in doc:
-        return AgentsConfig()
+def _agents(doc: dict[str, Any], base: Path, source: str, daemon_tls: Tls | None) -> AgentsConfig:
+    """``[agents]``; TLS to the agents is the [tls] identity unless the table gives its own
+    ca/cert/key (or insecure = true)."""
     t = Table(
-        doc["agents"],
+        doc.get("agents", {}),
         "agents",
         source,
-        ("call_timeout_s", "inventory_ttl_s", "inventory_timeout_s", "ca", "cert", "key"),
+        ("call_timeout_s", "inventory_ttl_s", "inventory_timeout_s", *TLS_SECTION_KEYS),
     )
     values: dict[str, Any] = {
         k: float(t.number(k)) for k in ("call_timeout_s", "inventory_ttl_s", "inventory_timeout_s") if k in t
     }
-    values["tls"] = tls_of(t, base, required=False)
+    values["tls"] = None if insecure_of(t) else (tls_of(t, base, required=False) or daemon_tls)
     return AgentsConfig(**values)
 
 
@@ -313,13 +312,12 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
     for key in ("election_ttl_s", "prepare_ttl_s"):
         if key in c:
             values[key] = int(c.number(key, integer=True))
-    values["etcd"] = _etcd(doc, base, source)
+    values["tls"] = tls_section(doc, source, base)
+    values["etcd"] = _etcd(doc, base, source, values["tls"])
     values["limits"] = _limits(doc, source)
     values["timeouts"] = _timeouts(doc, source)
-    values["agents"] = _agents(doc, base, source)
+    values["agents"] = _agents(doc, base, source, values["tls"])
     values["hosts"] = _hosts(doc, source)
-    if "tls" in doc:
-        values["tls"] = tls_of(Table(doc["tls"], "tls", source, ("ca", "cert", "key")), base, required=True)
     if "metrics" in doc:
         values["metrics"] = metrics_of(Table(doc["metrics"], "metrics", source, METRICS_KEYS))
     if "log" in doc:

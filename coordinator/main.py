@@ -217,7 +217,13 @@ def etcd_store(config: CoordinatorConfig, observer: StoreObserver | None = None)
     from ferry.etcd_store import EtcdStore, EtcdTLS  # the only etcd import, only in the real process
 
     e = config.etcd
-    tls = EtcdTLS(ca_file=e.ca, cert_file=e.cert, key_file=e.key, server_name=e.server_name) if e.ca else None
+    if e.tls is None:
+        log.warning("etcd %s WITHOUT TLS ([etcd] insecure = true)", ",".join(e.endpoints))
+    tls = (
+        EtcdTLS(ca_file=e.tls.ca, cert_file=e.tls.cert, key_file=e.tls.key, server_name=e.server_name)
+        if e.tls is not None
+        else None
+    )
     store = EtcdStore(e.endpoints, e.prefix, tls=tls, timeout_s=e.timeout_s)
     return store if observer is None else TimedStore(store, observer)
 

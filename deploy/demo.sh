@@ -2,6 +2,8 @@
 # The demo, from a fresh Debian 12 machine, as root: installs what is missing, brings up a lab of two
 # real libvirt hosts with etcd, a coordinator and an agent per host, starts a TCG guest with a local
 # disk on host1 and live-migrates it to host2 with `ferry migrate --copy-storage-all`, progress shown.
+# Every link is mutual TLS with the lab CA's certificates (roles enforced), and the migration stream
+# itself is encrypted (libvirt's VIR_MIGRATE_TLS, libvirtd listening with TLS only).
 # The lab stays up afterwards so you can go on with `ferry ...`; `ferry-lab down` stops it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,15 +20,20 @@ fi
 ferry-lab up --hosts 2
 step "ferry-lab guest demo1 --host host1 --disk 256M --dirty-rate 8"
 ferry-lab guest demo1 --host host1 --disk 256M --dirty-rate 8
-step "ferry hosts"
+step "ferry hosts   (as ferry://operator/lab: the CLI config ferry-lab wrote names the lab's operator certificate)"
 ferry hosts
+lab_dir=${FERRY_LAB_DIR:-/tmp/ferry-lab}
+step "without a certificate nobody is answered; a reader certificate may look but not migrate"
+ferry --insecure hosts || echo "(refused, as it should be: exit $?)"
+ferry --ca "$lab_dir/pki/ca.pem" --cert "$lab_dir/pki/reader.lab.pem" --key "$lab_dir/pki/reader.lab-key.pem" \
+  migrate demo1 --to host2 --no-wait || echo "(refused, as it should be: exit $?)"
 step "ferry vms"
 ferry vms
 step "ferry preflight demo1 --to host2 --copy-storage-all"
 ferry preflight demo1 --to host2 --copy-storage-all
 # No --bandwidth cap here: under TCG, QEMU 7.2 intermittently corrupts a guest's memory when a capped
 # copy-storage migration runs long (kernel panic, reboot on the target; raw virsh does it too).
-step "ferry migrate demo1 --to host2 --copy-storage-all"
+step "ferry migrate demo1 --to host2 --copy-storage-all   (memory and disk copy over TLS)"
 ferry migrate demo1 --to host2 --copy-storage-all
 step "ferry vms   (demo1 now runs on host2)"
 ferry vms

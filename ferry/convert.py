@@ -134,6 +134,7 @@ def host_facts_to_pb(f: HostFacts) -> tpb.HostFacts:
         libvirt_uri=f.libvirt_uri,
         migration_address=f.migration_address,
         agent_version=f.agent_version,
+        migration_tls_problem=f.migration_tls_problem,
     )
 
 
@@ -155,6 +156,7 @@ def host_facts_from_pb(m: tpb.HostFacts) -> HostFacts:
         libvirt_uri=m.libvirt_uri,
         migration_address=m.migration_address,
         agent_version=m.agent_version,
+        migration_tls_problem=m.migration_tls_problem,
     )
 
 

@@ -124,6 +124,22 @@ class Aborted(FerryError):
     default_reason = "ABORTED"
 
 
+class PermissionDenied(FerryError):
+    """The caller's identity (its certificate's role) may not do this: use an identity that may."""
+
+    code = StatusCode.PERMISSION_DENIED
+    caller_fault = True
+    default_reason = "PERMISSION_DENIED"
+
+
+class Unauthenticated(FerryError):
+    """The caller presented no identity Ferry can read (no certificate, no ferry:// name in it)."""
+
+    code = StatusCode.UNAUTHENTICATED
+    caller_fault = True
+    default_reason = "UNAUTHENTICATED"
+
+
 class Internal(FerryError):
     """A bug or an unexpected failure on our side."""
 
@@ -142,6 +158,8 @@ ERROR_TYPES: tuple[type[FerryError], ...] = (
     Unavailable,
     DeadlineExceeded,
     Aborted,
+    PermissionDenied,
+    Unauthenticated,
     Internal,
 )
 BY_CODE: dict[StatusCode, type[FerryError]] = {t.code: t for t in ERROR_TYPES}

@@ -70,6 +70,7 @@ class HostFacts:
     libvirt_uri: str = ""
     migration_address: str = ""
     agent_version: str = ""
+    migration_tls_problem: str = ""  # why this host cannot migrate over TLS ("" = it can)
 
 
 # CPU modes in which the guest runs on a copy of its host's CPU: the target cannot judge such a

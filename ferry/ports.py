@@ -54,7 +54,9 @@ class Hypervisor(Protocol):
         """The domain with this name or this UUID, if any (active or only defined)."""
         ...
 
-    async def domain_xml(self, name_or_uuid: str, *, migratable: bool = True) -> str: ...
+    async def domain_xml(self, name_or_uuid: str, *, migratable: bool = True, secure: bool = True) -> str:
+        """The domain's XML; ``secure`` includes secrets (graphics passwords)."""
+        ...
 
     async def migrate(
         self,

@@ -1,6 +1,8 @@
 """The one place where Ferry builds gRPC servers and channels, and turns errors into statuses.
 
-TLS is switched on here (``Tls``) for every server and channel at once.
+Mutual TLS is switched on here (``Tls``) for every server and channel at once; every server also
+gets ``ferry.rpc_auth.Authorizer``, which enforces the role table (``ferry.authz``) on each call
+and writes the audit log. ``tls=None`` is plaintext: only when a config says ``insecure = true``.
 Addresses are gRPC targets: ``HOST:PORT`` or ``unix:/path/to.sock``.
 """
 
@@ -38,7 +40,9 @@ Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 @dataclass(frozen=True)
 class Tls:
-    """PEM files for mutual TLS. ``None`` everywhere means plaintext (lab only)."""
+    """PEM files for mutual TLS: the CA that signs every Ferry certificate, this process's
+    certificate (its identity, ``ferry/identity.py``) and key. ``None`` instead of a Tls means
+    plaintext, which configs allow only with an explicit ``insecure = true``."""
 
     ca: Path
     cert: Path
@@ -182,12 +186,19 @@ def create_server(
 
     ``register(server)`` adds the servicers and returns their full service names; health
     checking (each service SERVING) and reflection are added for them. Every call of those
-    services goes through one interceptor: the migration named in its metadata is bound for its
-    log lines, and ``observer`` (the metrics) hears how it ended. Returns the server and the
-    bound port of each address (0 for unix sockets), so tests can listen on port 0.
+    services goes through two interceptors: the outer binds the migration named in its metadata
+    for its log lines and tells ``observer`` (the metrics) how it ended (refusals included); the
+    inner (``ferry.rpc_auth.Authorizer``) checks the caller's certificate against the role table
+    (``ferry.authz``) when there is ``tls`` and writes the audit log. With ``tls``, clients must
+    present a certificate from its CA. Returns the server and the bound port of each address (0 for
+    unix sockets), so tests can listen on port 0.
     """
+    from ferry.rpc_auth import Authorizer  # it imports this module (to_status)
+
     interceptor = _CallInterceptor(observer)
-    server = grpc.aio.server(options=_SERVER_OPTIONS, interceptors=[interceptor])
+    server = grpc.aio.server(options=_SERVER_OPTIONS, interceptors=[interceptor, Authorizer(enforce=tls is not None)])
+    if tls is None:
+        log.warning("serving %s WITHOUT TLS: no authentication, no roles (insecure = true)", ", ".join(addresses))
     names = list(register(server))
     interceptor.services.update(names)
     health_servicer = health.aio.HealthServicer()
@@ -211,8 +222,14 @@ def create_server(
     return server, ports
 
 
-def create_channel(address: str, *, tls: Tls | None = None) -> grpc.aio.Channel:
-    """An asyncio channel to a Ferry server (agent or coordinator)."""
+def create_channel(address: str, *, tls: Tls | None = None, server_name: str | None = None) -> grpc.aio.Channel:
+    """An asyncio channel to a Ferry server (agent or coordinator).
+
+    With ``tls`` the server's certificate must come from the CA and name the host dialled (a
+    ``unix:`` address dials ``localhost``), or ``server_name`` when given: the coordinator dials
+    a registered agent address expecting the agent's host name, so a registration that points
+    at another agent fails the handshake.
+    """
     if tls is None:
         return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
     creds = grpc.ssl_channel_credentials(
@@ -220,7 +237,12 @@ def create_channel(address: str, *, tls: Tls | None = None) -> grpc.aio.Channel:
         private_key=tls.key.read_bytes(),
         certificate_chain=tls.cert.read_bytes(),
     )
-    return grpc.aio.secure_channel(address, creds, options=_CHANNEL_OPTIONS)
+    options: list[tuple[str, str | int]] = list(_CHANNEL_OPTIONS)
+    if not server_name and address.startswith("unix:"):
+        server_name = "localhost"  # a local socket: the server's certificate names localhost
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.aio.secure_channel(address, creds, options=options)
 
 
 async def serving(channel: grpc.aio.Channel, *, timeout_s: float) -> bool:

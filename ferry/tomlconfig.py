@@ -17,6 +17,7 @@ from ferry.rpc import Tls
 
 T = TypeVar("T")
 TLS_KEYS = ("ca", "cert", "key")
+TLS_SECTION_KEYS = (*TLS_KEYS, "insecure")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_KEYS = ("format", "level")
@@ -128,6 +129,12 @@ class Table:
     def path(self, key: str, base: Path) -> Path:
         return base / self.string(key)
 
+    def flag(self, key: str) -> bool:
+        v = self.data[key]
+        if not isinstance(v, bool):
+            raise self._err(key, "true or false", "true")
+        return v
+
 
 def tls_of(t: Table, base: Path, *, required: bool) -> Tls | None:
     """ca/cert/key of a table as Tls: all three or (unless required) none."""
@@ -142,6 +149,54 @@ def tls_of(t: Table, base: Path, *, required: bool) -> Tls | None:
             "give all of ca, cert and key (PEM files) for mutual TLS",
         )
     return Tls(ca=t.path("ca", base), cert=t.path("cert", base), key=t.path("key", base))
+
+
+def insecure_of(t: Table) -> bool:
+    """``insecure = true`` in a table (plaintext chosen on purpose); refused beside ca/cert/key."""
+    if "insecure" not in t or not t.flag("insecure"):
+        return False
+    given = [k for k in TLS_KEYS if k in t]
+    if given:
+        raise bad(
+            t.source,
+            f"[{t.section}] says insecure = true but also gives {', '.join(given)}",
+            "either mutual TLS (ca, cert, key) or insecure = true, not both",
+        )
+    return True
+
+
+def tls_section(doc: dict[str, Any], source: str, base: Path) -> Tls | None:
+    """The daemon's ``[tls]`` table: mutual TLS (ca, cert, key: all three) unless it says
+    ``insecure = true`` (then None: plaintext). TLS is the default: no table is an error too."""
+    if "tls" not in doc:
+        raise bad(
+            source,
+            "no [tls] table: mutual TLS is required",
+            "add [tls] with ca, cert and key (PEM files, see ferry-certs), or insecure = true for a test setup",
+        )
+    t = Table(doc["tls"], "tls", source, TLS_SECTION_KEYS)
+    if insecure_of(t):
+        return None
+    return tls_of(t, base, required=True)
+
+
+def etcd_tls_of(t: Table, base: Path, daemon_tls: Tls | None) -> Tls | None:
+    """Client TLS to etcd from a table (``[etcd]``, ``[registry]``): its own ca/cert/key (all
+    three: etcd's RBAC reads the user from the client certificate), else the daemon's ``[tls]``
+    files (one certificate per identity, ``ferry/identity.py``). Plaintext only with
+    ``insecure = true`` in this very table: a missing CA never drops to plaintext silently."""
+    if insecure_of(t):
+        return None
+    own = tls_of(t, base, required=False)
+    if own is not None:
+        return own
+    if daemon_tls is None:
+        raise bad(
+            t.source,
+            f"[{t.section}] has no ca, cert and key, and [tls] is insecure",
+            f"give ca, cert and key in [{t.section}], or say insecure = true there too",
+        )
+    return daemon_tls
 
 
 def log_of(t: Table) -> LogConfig:

@@ -134,16 +134,18 @@ def _failed(agent: Component, why: str) -> Component:
 
 
 def health_serving(address: str, timeout: float = HEALTH_CALL_TIMEOUT_S) -> bool:
-    """grpc.health.v1 Check on ``address`` says SERVING."""
+    """grpc.health.v1 Check on ``address`` says SERVING (over mutual TLS with the lab's operator
+    certificate when the socket belongs to a lab with certificates)."""
     if address.startswith("unix:") and not Path(address[5:]).exists():
         return False
     return run_async(_health_check(address, timeout))
 
 
 async def _health_check(address: str, timeout: float) -> bool:
+    from ferry.lab.pki import tls_near
     from ferry.rpc import create_channel, serving
 
-    channel = create_channel(address)
+    channel = create_channel(address, tls=tls_near(address))
     try:
         return await serving(channel, timeout_s=timeout)
     finally:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from ferry.errors import DeadlineExceeded, FailedPrecondition, FerryError, Unavailable
-from ferry.keys import LEADER_KEY
+from ferry.keys import HOSTS, LEADER_KEY
 from ferry.lab import procs
 from ferry.lab.agents import run_async, wait_serving
 from ferry.lab.controlplane import (
@@ -33,6 +33,7 @@ from ferry.lab.hosts import nsenter
 from ferry.lab.procs import SYSTEM_CLOCK, Clock, ProcessRecord
 from ferry.lab.state import CORE, Component, LabState
 from ferry.lab.topology import HostPlan
+from ferry.rpc import Tls
 
 log = logging.getLogger("ferry.lab")
 
@@ -88,10 +89,16 @@ def etcdctl_binary() -> Path | None:
 
 
 def etcdctl(
-    core_pid: int, client_urls: Sequence[str], *args: str, timeout_s: float = ETCDCTL_TIMEOUT_S
+    core_pid: int,
+    client_urls: Sequence[str],
+    *args: str,
+    timeout_s: float = ETCDCTL_TIMEOUT_S,
+    tls: Tls | None = None,
+    stdin: str | None = None,
 ) -> procs.CommandResult:
     """Run ``etcdctl ARGS`` inside the core namespace against ``client_urls`` (exit status not
-    checked: ``endpoint health`` exits 1 while still reporting every endpoint)."""
+    checked: ``endpoint health`` exits 1 while still reporting every endpoint). ``tls``: the CA
+    and a client certificate (the lab's etcd root user, ``pki.etcd_admin``)."""
     binary = etcdctl_binary()
     if binary is None:
         raise FailedPrecondition(
@@ -104,34 +111,38 @@ def etcdctl(
         f"--endpoints={','.join(client_urls)}",
         "--dial-timeout=1s",
         f"--command-timeout={timeout_s:g}s",
-        *args,
     ]
+    if tls is not None:
+        argv += [f"--cacert={tls.ca}", f"--cert={tls.cert}", f"--key={tls.key}"]
     return procs.run(
-        nsenter(core_pid, argv, mount=False, uts=False),
+        nsenter(core_pid, [*argv, *args], mount=False, uts=False),
         timeout=timeout_s * 2 + 5,
         check=False,
         env={**os.environ, "ETCDCTL_API": "3"},
+        input_text=stdin,
     )
 
 
-def etcd_health(core_pid: int, client_urls: Sequence[str]) -> dict[str, bool]:
+def etcd_health(core_pid: int, client_urls: Sequence[str], tls: Tls | None = None) -> dict[str, bool]:
     """client URL -> healthy (a member that does not answer within a second is unhealthy)."""
     if not client_urls:
         return {}
-    found = endpoint_health(etcdctl(core_pid, client_urls, "endpoint", "health", "-w", "json").stdout)
+    found = endpoint_health(etcdctl(core_pid, client_urls, "endpoint", "health", "-w", "json", tls=tls).stdout)
     return {url: found.get(url, False) for url in client_urls}
 
 
-def etcd_leader_url(core_pid: int, client_urls: Sequence[str]) -> str | None:
+def etcd_leader_url(core_pid: int, client_urls: Sequence[str], tls: Tls | None = None) -> str | None:
     """The client URL of the etcd member that leads the raft cluster (None: no leader, e.g.
     quorum lost)."""
-    return endpoint_leader(etcdctl(core_pid, client_urls, "endpoint", "status", "-w", "json").stdout)
+    return endpoint_leader(etcdctl(core_pid, client_urls, "endpoint", "status", "-w", "json", tls=tls).stdout)
 
 
-def read_leader(core_pid: int, client_urls: Sequence[str]) -> str | None:
+def read_leader(core_pid: int, client_urls: Sequence[str], tls: Tls | None = None) -> str | None:
     """The id of the coordinator the ``leader`` key names (None: nobody leads right now).
     Raises Unavailable when etcd does not answer (then nobody knows)."""
-    result = etcdctl(core_pid, client_urls, "get", ETCD_PREFIX + LEADER_KEY, "--print-value-only", timeout_s=2.0)
+    result = etcdctl(
+        core_pid, client_urls, "get", ETCD_PREFIX + LEADER_KEY, "--print-value-only", timeout_s=2.0, tls=tls
+    )
     if result.returncode != 0:
         raise Unavailable(
             f"etcd did not answer at {', '.join(client_urls)}",
@@ -142,7 +153,12 @@ def read_leader(core_pid: int, client_urls: Sequence[str]) -> str | None:
 
 
 def wait_etcd_healthy(
-    core_pid: int, members: Sequence[Component], *, timeout: float = ETCD_READY_TIMEOUT_S, clock: Clock = SYSTEM_CLOCK
+    core_pid: int,
+    members: Sequence[Component],
+    *,
+    timeout: float = ETCD_READY_TIMEOUT_S,
+    clock: Clock = SYSTEM_CLOCK,
+    tls: Tls | None = None,
 ) -> float:
     """Wait until every member reports healthy; returns the seconds it took. A member that
     exits, or a cluster not healthy in time, raises with the log to read."""
@@ -158,7 +174,7 @@ def wait_etcd_healthy(
                     reason="LAB_ETCD_EXITED",
                     hint=f"read {member.process.log}",
                 )
-        return all(etcd_health(core_pid, urls).values())
+        return all(etcd_health(core_pid, urls, tls).values())
 
     if not procs.wait_until(healthy, timeout, clock=clock, interval=0.1):
         raise DeadlineExceeded(
@@ -183,7 +199,9 @@ def start_coordinator(
     """Write the replica's config and start it inside the core namespace (network and UTS
     only: its unix socket below the lab dir is reachable from the root namespace)."""
     coordinator.config.parent.mkdir(parents=True, exist_ok=True)
-    coordinator.config.write_text(render_coordinator_toml(plan, coordinator, hosts))
+    tls = plan.etcd[0].tls if plan.etcd else None
+    pki = tls.ca_file.parent if tls is not None else None
+    coordinator.config.write_text(render_coordinator_toml(plan, coordinator, hosts, pki))
     coordinator.socket.unlink(missing_ok=True)
     argv = [*(command or default_coordinator_command()), "--config", str(coordinator.config)]
     process = procs.spawn(
@@ -213,6 +231,7 @@ def wait_for_leader(
     timeout: float = LEADER_TIMEOUT_S,
     clock: Clock = SYSTEM_CLOCK,
     other_than: str | None = None,
+    tls: Tls | None = None,
 ) -> str | None:
     """Wait until some coordinator (other than ``other_than``) leads; its id, or None at
     timeout."""
@@ -220,7 +239,7 @@ def wait_for_leader(
 
     def elected() -> bool:
         try:
-            leader = read_leader(core_pid, client_urls)
+            leader = read_leader(core_pid, client_urls, tls)
         except FerryError:
             return False
         if leader is not None and leader != other_than:
@@ -241,11 +260,12 @@ def available_hosts(address: str, timeout: float = 3.0) -> set[str]:
 async def _list_available(address: str, timeout: float) -> set[str]:
     import grpc
 
+    from ferry.lab.pki import tls_near
     from ferry.rpc import create_channel
     from ferry.v1 import coordinator_pb2 as cpb
     from ferry.v1 import coordinator_pb2_grpc as cgrpc
 
-    channel = create_channel(address)
+    channel = create_channel(address, tls=tls_near(address))
     try:
         reply = await cgrpc.CoordinatorStub(channel).ListHosts(cpb.ListHostsRequest(), timeout=timeout)
         return {h.name for h in reply.hosts if h.available}
@@ -272,6 +292,68 @@ def wait_for_hosts(
     return seen
 
 
+# ---------------------------------------------------------------- etcd's TLS and RBAC
+
+
+def etcd_admin_of(plan: ControlPlanePlan) -> Tls | None:
+    """The client certificate the lab tools use on etcd (its root user); None without TLS."""
+    tls = plan.etcd[0].tls if plan.etcd else None
+    return Tls(tls.ca_file, tls.client_cert_file, tls.client_key_file) if tls is not None else None
+
+
+def rbac_commands(prefix: str, hosts: Sequence[str], coordinators: Sequence[str]) -> list[list[str]]:
+    """etcdctl commands that give each identity its keys, then switch authentication on.
+
+    etcd takes the user from the client certificate's CN (``ferry/identity.py``: ``ROLE.NAME``):
+    a coordinator may read and write the whole prefix; an agent only its own registration key
+    (exactly ``<prefix>hosts/<name>``, not a prefix: host1 must not write host10); root is the
+    lab tools' admin.
+
+    >>> for argv in rbac_commands("/ferry/", ["host1"], [])[2:5]:
+    ...     print(" ".join(argv))
+    role add agent.host1
+    role grant-permission agent.host1 readwrite /ferry/hosts/host1
+    user add agent.host1 --no-password
+    """
+    out = [["user", "add", "root", "--no-password"], ["user", "grant-role", "root", "root"]]
+    for host in hosts:
+        user = f"agent.{host}"
+        out += [
+            ["role", "add", user],
+            ["role", "grant-permission", user, "readwrite", f"{prefix}{HOSTS}{host}"],
+            ["user", "add", user, "--no-password"],
+            ["user", "grant-role", user, user],
+        ]
+    out += [
+        ["role", "add", "coordinator"],
+        ["role", "grant-permission", "coordinator", "readwrite", prefix, "--prefix"],
+    ]
+    for cid in coordinators:
+        user = f"coordinator.{cid}"
+        out += [["user", "add", user, "--no-password"], ["user", "grant-role", user, "coordinator"]]
+    out.append(["auth", "enable"])
+    return out
+
+
+def enable_rbac(
+    core_pid: int,
+    client_urls: Sequence[str],
+    admin: Tls,
+    hosts: Sequence[HostPlan],
+    coordinators: Sequence[CoordinatorPlan],
+) -> None:
+    """Users, roles and ``auth enable`` on a fresh etcd (see :func:`rbac_commands`)."""
+    for argv in rbac_commands(ETCD_PREFIX, [h.name for h in hosts], [c.id for c in coordinators]):
+        result = etcdctl(core_pid, client_urls, *argv, timeout_s=5.0, tls=admin)
+        if result.returncode != 0:
+            raise FailedPrecondition(
+                f"etcdctl {' '.join(argv)} failed: {result.stderr.strip() or result.stdout.strip()}",
+                reason="LAB_ETCD_RBAC_FAILED",
+                hint="read the etcd member's log in <lab>/etcd",
+            )
+    log.info("etcd RBAC on: each agent may write only hosts/<its name>; coordinators the prefix %s", ETCD_PREFIX)
+
+
 # ---------------------------------------------------------------- the whole control plane
 
 
@@ -287,8 +369,11 @@ def start(
     """etcd (raises when it does not get healthy), then the coordinators (recorded as failed
     when they do not serve, like agents: the hosts stay usable). Returns the coordinators."""
     members = [start_etcd_member(spec, plan.initial_cluster, core, record) for spec in plan.etcd]
-    seconds = wait_etcd_healthy(core.pid, members, clock=clock)
+    admin = etcd_admin_of(plan)
+    seconds = wait_etcd_healthy(core.pid, members, clock=clock, tls=admin)
     log.info("etcd healthy in %.1f s: %s", seconds, ", ".join(m.endpoints["client"] for m in members))
+    if admin is not None:
+        enable_rbac(core.pid, [m.endpoints["client"] for m in members], admin, host_plans, plan.coordinators)
     started = [start_coordinator(plan, c, host_plans, core, record, command) for c in plan.coordinators]
     coordinators = wait_serving(started, clock=clock)
     for coordinator in coordinators:
@@ -314,7 +399,7 @@ def settle(plan: ControlPlanePlan, state: LabState, core: ProcessRecord, *, cloc
         log.warning("no coordinator serves: the ferry CLI will not work in this lab")
         return None
     t0 = clock.now()
-    leader = wait_for_leader(core.pid, [m.client_url for m in plan.etcd], clock=clock)
+    leader = wait_for_leader(core.pid, [m.client_url for m in plan.etcd], clock=clock, tls=etcd_admin_of(plan))
     if leader is None:
         log.warning(
             "no coordinator was elected within %.0f s (read %s)",

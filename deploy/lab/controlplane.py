@@ -5,7 +5,7 @@ Nothing here touches the system, so every rule is testable from a table.
 
 Worked example, lab dir /tmp/ferry-lab, 2 hosts, ``ControlPlane(etcd_members=1, coordinators=2)``::
 
-    etcd s1   client http://10.77.0.1:2379  peer http://10.77.0.1:2380  data /tmp/ferry-lab/etcd/s1.data
+    etcd s1   client https://10.77.0.1:2379  peer http://10.77.0.1:2380  data /tmp/ferry-lab/etcd/s1.data
     c1        10.77.0.1:7100  unix:/tmp/ferry-lab/coordinators/c1.sock
               config /tmp/ferry-lab/coordinators/c1/coordinator.toml
               metrics 10.77.0.1:9471  unix:/tmp/ferry-lab/coordinators/c1.metrics.sock
@@ -13,6 +13,11 @@ Worked example, lab dir /tmp/ferry-lab, 2 hosts, ``ControlPlane(etcd_members=1, 
     agents    [registry] etcd_endpoints = ["10.77.0.1:2379"], address = "10.77.0.11:7070", ttl 10 s
     cli.toml  coordinator = "unix:/tmp/ferry-lab/coordinators/c1.sock"
               coordinators = ["unix:.../c1.sock", "unix:.../c2.sock"]
+              ca, cert, key = /tmp/ferry-lab/pki/{ca,operator.lab,operator.lab-key}.pem
+
+Every link is mutual TLS with certificates from the lab CA (``pki.py``): etcd's client port
+requires client certificates and has RBAC on (each agent writes only its own ``hosts/<name>``),
+coordinators and agents serve only callers with a lab certificate, by role.
 
 With 3 etcd members: s1 2379/2380, s2 2381/2382, s3 2383/2384 (all on 10.77.0.1: they share the
 core namespace). Every coordinator replica serves the whole API (reads from etcd, writes by
@@ -27,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ferry.lab.etcd import MemberSpec
+from ferry.lab.etcd import MemberSpec, MemberTLS
 from ferry.lab.topology import CORE_ADDRESS, IMAGE_DIR, HostPlan, LabPaths
 
 ETCD_FIRST_CLIENT_PORT = 2379  # member sN: client 2379 + 2(N-1), peer one above
@@ -116,8 +121,8 @@ def lab_cli_config(paths: LabPaths) -> Path:
     return paths.root / "cli.toml"
 
 
-def etcd_member_spec(paths: LabPaths, index: int) -> MemberSpec:
-    """Member ``s<index>`` (1-based) on the core address."""
+def etcd_member_spec(paths: LabPaths, index: int, tls: MemberTLS | None = None) -> MemberSpec:
+    """Member ``s<index>`` (1-based) on the core address (TLS on its client port with ``tls``)."""
     client = ETCD_FIRST_CLIENT_PORT + 2 * (index - 1)
     name = f"s{index}"
     return MemberSpec(
@@ -126,6 +131,7 @@ def etcd_member_spec(paths: LabPaths, index: int) -> MemberSpec:
         client_port=client,
         peer_port=client + 1,
         data_dir=etcd_dir(paths) / f"{name}.data",
+        tls=tls,
     )
 
 
@@ -143,12 +149,12 @@ def coordinator_plan(paths: LabPaths, index: int) -> CoordinatorPlan:
     )
 
 
-def plan_control_plane(paths: LabPaths, shape: ControlPlane) -> ControlPlanePlan:
+def plan_control_plane(paths: LabPaths, shape: ControlPlane, tls: MemberTLS | None = None) -> ControlPlanePlan:
     problem = shape.problem()
     if problem:
         raise ValueError(problem)
     return ControlPlanePlan(
-        etcd=tuple(etcd_member_spec(paths, i) for i in range(1, shape.etcd_members + 1)),
+        etcd=tuple(etcd_member_spec(paths, i, tls) for i in range(1, shape.etcd_members + 1)),
         coordinators=tuple(coordinator_plan(paths, i) for i in range(1, shape.coordinators + 1)),
         shape=shape,
     )
@@ -171,7 +177,9 @@ def _toml_list(values: Sequence[str]) -> str:
     return "[" + ", ".join(_toml_str(v) for v in values) + "]"
 
 
-def render_coordinator_toml(plan: ControlPlanePlan, coordinator: CoordinatorPlan, hosts: Sequence[HostPlan]) -> str:
+def render_coordinator_toml(
+    plan: ControlPlanePlan, coordinator: CoordinatorPlan, hosts: Sequence[HostPlan], pki: Path | None = None
+) -> str:
     """The replica's config in coordinator/config.py's format. Every host declares its guest
     bridge under the logical network ``guest`` and its image directory, so a migration from a
     ``br-guest`` host to a ``br-vm`` host needs no ``--map-bridge``."""
@@ -190,12 +198,24 @@ def render_coordinator_toml(plan: ControlPlanePlan, coordinator: CoordinatorPlan
         "[etcd]",
         f"endpoints = {_toml_list(plan.etcd_endpoints)}",
         f"prefix = {_toml_str(ETCD_PREFIX)}",
+        *([] if pki is not None else ["insecure = true"]),  # else TLS with the [tls] certificate
         "",
         "[limits]",
         f"per_host_outbound = {shape.per_host_outbound}",
         f"per_host_inbound = {shape.per_host_inbound}",
         f"cluster = {shape.cluster}",
+        "",
     ]
+    if pki is None:
+        lines += ["[tls]", "insecure = true", ""]
+    else:  # one identity for the API, the agents and etcd: ferry://coordinator/cN
+        stem = f"coordinator.{coordinator.id}"
+        lines += [
+            "[tls]",
+            f"ca = {_toml_str(str(pki / 'ca.pem'))}",
+            f"cert = {_toml_str(str(pki / f'{stem}.pem'))}",
+            f"key = {_toml_str(str(pki / f'{stem}-key.pem'))}",
+        ]
     for host in hosts:
         lines += [
             "",
@@ -230,18 +250,24 @@ def render_registry_section(registry: Registry, plan: HostPlan) -> str:
     )
 
 
-def render_cli_toml(lab_dir: Path, coordinators: Sequence[CoordinatorPlan]) -> str:
+def render_cli_toml(lab_dir: Path, coordinators: Sequence[CoordinatorPlan], pki: Path | None = None) -> str:
     """The ``ferry`` CLI's config: the first replica, and every replica in order (a CLI that
-    fails over tries them one after the other)."""
+    fails over tries them one after the other), and the lab's operator certificate."""
     addresses = [c.address for c in coordinators]
-    return "\n".join(
-        [
-            f"# written by ferry-lab for the lab in {lab_dir}; `ferry-lab down` removes it",
-            f"coordinator = {_toml_str(addresses[0])}",
-            f"coordinators = {_toml_list(addresses)}",
-            "",
+    lines = [
+        f"# written by ferry-lab for the lab in {lab_dir}; `ferry-lab down` removes it",
+        f"coordinator = {_toml_str(addresses[0])}",
+        f"coordinators = {_toml_list(addresses)}",
+    ]
+    if pki is None:
+        lines.append("insecure = true")
+    else:  # identity ferry://operator/lab
+        lines += [
+            f"ca = {_toml_str(str(pki / 'ca.pem'))}",
+            f"cert = {_toml_str(str(pki / 'operator.lab.pem'))}",
+            f"key = {_toml_str(str(pki / 'operator.lab-key.pem'))}",
         ]
-    )
+    return "\n".join([*lines, ""])
 
 
 def cli_config_lab(text: str) -> Path | None:

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ferry.errors import DeadlineExceeded, FailedPrecondition, FerryError, InvalidArgument, NotFound
-from ferry.lab import agents, control, hosts, procs
+from ferry.lab import agents, control, hosts, pki, procs
 from ferry.lab.procs import SYSTEM_CLOCK, Clock
 from ferry.lab.state import CORE, Component, LabState
 from ferry.lab.teardown import DEFAULT_GRACE_S, GRACE_S
@@ -152,7 +152,8 @@ def _wait_ready(state: LabState, component: Component, clock: Clock) -> None:
     elif component.kind == "etcd":
         core = state.holder(CORE)
         assert core is not None
-        control.wait_etcd_healthy(core.pid, [component], clock=clock)
+        admin = pki.etcd_admin(LabPaths(Path(state.lab_dir)))
+        control.wait_etcd_healthy(core.pid, [component], clock=clock, tls=admin)
     elif component.kind == "libvirtd":
         host = state.host(component.place)
         assert host is not None and component.process is not None

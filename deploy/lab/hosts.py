@@ -297,7 +297,12 @@ def start_host(
 
 
 def libvirtd_answers(libvirt_uri: str) -> bool:
-    result = procs.run(virsh_argv(libvirt_uri, ["version"]), timeout=10.0, check=False)
+    """``virsh version`` answers within 10 s (a libvirtd still probing QEMU on a busy machine may
+    take longer: not yet, and the caller keeps waiting up to its own limit)."""
+    try:
+        result = procs.run(virsh_argv(libvirt_uri, ["version"]), timeout=10.0, check=False)
+    except DeadlineExceeded:
+        return False
     return result.returncode == 0
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound
 from ferry.lab import agents as agents_mod
-from ferry.lab import cliconfig, control, drills, faults, guests, hosts, packages, procs, teardown
+from ferry.lab import cliconfig, control, drills, faults, guests, hosts, packages, pki, procs, teardown
 from ferry.lab import state as state_mod
 from ferry.lab import status as status_mod
 from ferry.lab.controlplane import (
@@ -59,6 +59,7 @@ from ferry.lab.topology import (
     render_etc_hosts,
     with_qemu_user,
 )
+from ferry.rpc import Tls
 
 log = logging.getLogger("ferry.lab")
 
@@ -190,6 +191,7 @@ class Lab:
             packages.ensure_installed(install=install)
             started = self.clock.now()
             self._fresh_dirs()
+            pki.create(self.paths, plans)  # the lab CA and a certificate per identity, before anything starts
             self._state = LabState(lab_dir=str(self.dir), created=_now_iso(), core_address=CORE_ADDRESS)
             state_mod.save(self.paths.state_file, self._state)
             try:
@@ -248,6 +250,7 @@ class Lab:
             self.paths.shared,
             etcd_dir(self.paths),
             coordinators_dir(self.paths),
+            pki.pki_dir(self.paths),
         ):
             if sub.exists():
                 shutil.rmtree(sub)
@@ -283,7 +286,8 @@ class Lab:
             )
             return host
 
-        cp_plan = plan_control_plane(self.paths, control_plane) if control_plane else None
+        etcd_tls = pki.etcd_member_tls(self.paths)
+        cp_plan = plan_control_plane(self.paths, control_plane, etcd_tls) if control_plane else None
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(plans) + 2) as pool:
             image = pool.submit(build_guest, self.paths)
             started: list[concurrent.futures.Future[Any]] = [pool.submit(one_host, plan) for plan in plans]
@@ -306,7 +310,9 @@ class Lab:
         """Wait until a coordinator leads and lists the agents' hosts, then write the CLI
         config (the operator's too, when it is free or already ours)."""
         control.settle(plan, self.require_state(), core, clock=self.clock)
-        outcome = cliconfig.install(self.dir, render_cli_toml(self.dir, plan.coordinators), self.user_cli_config)
+        outcome = cliconfig.install(
+            self.dir, render_cli_toml(self.dir, plan.coordinators, pki.pki_dir(self.paths)), self.user_cli_config
+        )
         if outcome.written:
             with self._state_lock:
                 assert self._state is not None
@@ -406,12 +412,19 @@ class Lab:
     def host_ip(self, host: str) -> str:
         return self.host(host).address
 
+    def client_tls(self, stem: str = "coordinator.c1") -> Tls:
+        """The lab CA and one identity's certificate (``<lab>/pki/<stem>.pem``): ``coordinator.c1``
+        (the agents' mutating RPCs), ``operator.lab``, ``scheduler.lab``, ``reader.lab``,
+        ``agent.hostN``."""
+        return pki.tls(self.paths, stem)
+
     def libvirt_uri(self, host: str) -> str:
         """``qemu:///system?socket=<lab>/hosts/HOST/run/libvirt-sock`` (root namespace)."""
         return self.host(host).libvirt_uri
 
     def tcp_uri(self, host: str) -> str:
-        """``qemu+tcp://ADDRESS/system``: how other lab hosts reach this libvirtd."""
+        """``qemu+tls://ADDRESS/system?pkipath=/etc/libvirt/pki``: how other lab hosts reach this
+        libvirtd (TLS only; the name predates TLS)."""
         return self.host(host).tcp_uri
 
     def agent_address(self, host: str) -> str:
@@ -515,14 +528,16 @@ class Lab:
     def leader(self) -> str | None:
         """The id of the coordinator that leads now (the ``leader`` key in etcd), None when
         nobody does. Unavailable when etcd does not answer."""
-        return control.read_leader(*self.etcd_access())
+        return control.read_leader(*self.etcd_access(), pki.etcd_admin(self.paths))
 
     def wait_for_leader(
         self, *, other_than: str | None = None, timeout: float = control.LEADER_TIMEOUT_S
     ) -> str | None:
         """Wait until a coordinator (other than ``other_than``) leads; its id, None at timeout."""
         core_pid, urls = self.etcd_access()
-        return control.wait_for_leader(core_pid, urls, timeout=timeout, clock=self.clock, other_than=other_than)
+        return control.wait_for_leader(
+            core_pid, urls, timeout=timeout, clock=self.clock, other_than=other_than, tls=pki.etcd_admin(self.paths)
+        )
 
     def kill(self, name: str | Sequence[str], signal: str = "KILL") -> str:
         """Signal a component by its recorded PID (``"coordinator c1"``, ``"etcd s1"``,
@@ -538,7 +553,7 @@ class Lab:
         """The etcd member that leads the raft cluster now (``"s2"``), None when none does
         (quorum lost) or no member answers."""
         core_pid, urls = self.etcd_access()
-        url = control.etcd_leader_url(core_pid, urls)
+        url = control.etcd_leader_url(core_pid, urls, pki.etcd_admin(self.paths))
         member = next((c for c in self.require_state().of_kind("etcd") if c.endpoints.get("client") == url), None)
         return member.name.partition("/")[2] if member is not None else None
 

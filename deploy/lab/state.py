@@ -90,7 +90,7 @@ class HostRecord:
     host_uuid: str
     guest_bridge: str
     libvirt_uri: str  # root namespace, unix socket
-    tcp_uri: str  # peers: qemu+tcp://ADDRESS/system
+    tcp_uri: str  # peers: qemu+tls://ADDRESS/system?pkipath=... (the name predates TLS)
     agent_address: str  # root namespace: unix:<lab>/hosts/NAME/agent.sock
     agent_listen: str  # inside the host: ADDRESS:7070
     namespaces: Mapping[str, str] = field(default_factory=dict)  # net/mnt/uts ids

@@ -68,6 +68,7 @@ def control_plane_status(state: LabState, components: list[dict[str, Any]], *, p
     ``components``; None when the lab runs no etcd."""
     from ferry.lab.control import etcd_health, read_leader
     from ferry.lab.controlplane import lab_cli_config
+    from ferry.lab.pki import etcd_admin
     from ferry.lab.topology import LabPaths
 
     members = [e for e in components if e["kind"] == "etcd"]
@@ -80,8 +81,9 @@ def control_plane_status(state: LabState, components: list[dict[str, Any]], *, p
     health: dict[str, bool] = {}
     if probe and core is not None and procs.is_alive(core):
         try:
-            health = etcd_health(core.pid, urls)
-            leader = read_leader(core.pid, urls)
+            admin = etcd_admin(LabPaths(Path(state.lab_dir)))
+            health = etcd_health(core.pid, urls, admin)
+            leader = read_leader(core.pid, urls, admin)
         except FerryError as exc:
             leader_error = exc.message
     for entry in members:

@@ -6,8 +6,11 @@ into libvirtd.conf) is testable from a table.
 Worked example, lab dir /tmp/ferry-lab, 2 hosts::
 
     core      10.77.0.1/24 on br0 (in the core network namespace)
-    host1     10.77.0.11 eth0, guest bridge br-guest, qemu+tcp://10.77.0.11/system
-    host2     10.77.0.12 eth0, guest bridge br-vm,    qemu+tcp://10.77.0.12/system
+    host1     10.77.0.11 eth0, guest bridge br-guest, qemu+tls://10.77.0.11/system?pkipath=/etc/libvirt/pki
+    host2     10.77.0.12 eth0, guest bridge br-vm,    qemu+tls://10.77.0.12/system?pkipath=/etc/libvirt/pki
+
+libvirtd listens with TLS only (x509 certificates from the lab CA, ``deploy/lab/pki.py``; peers
+must present a lab host's certificate), and QEMU's migration stream uses TLS with the same files.
 """
 
 from __future__ import annotations
@@ -142,7 +145,7 @@ class HostPlan:
     guest_bridge: str
     veth: str  # the core-side end of the host's eth0
     libvirt_uri: str  # from the root namespace, over the unix socket
-    tcp_uri: str  # from other hosts (migration peers)
+    tcp_uri: str  # from other hosts (migration peers): qemu+tls:// (the name predates TLS)
     agent_listen: str  # inside the host's network namespace
     agent_address: str  # from the root namespace
     metrics_listen: str = ""  # the agent's metrics, inside the host's network namespace
@@ -175,7 +178,7 @@ def plan_hosts(paths: LabPaths, count: int, image_fs: Mapping[str, int] | None =
                 guest_bridge=guest_bridge(index),
                 veth=veth_name(name),
                 libvirt_uri=f"qemu:///system?socket={paths.libvirt_socket(name)}",
-                tcp_uri=f"qemu+tcp://{address}/system",
+                tcp_uri=peer_uri(address),
                 agent_listen=f"{address}:{AGENT_PORT}",
                 agent_address=f"unix:{paths.agent_socket(name)}",
                 metrics_listen=f"{address}:{AGENT_METRICS_PORT}",
@@ -208,6 +211,18 @@ def image_fs_mount(size_bytes: int) -> list[str]:
     ['mount', '-t', 'tmpfs', '-o', 'size=268435456,mode=0755', 'tmpfs', '/var/lib/libvirt/images']
     """
     return ["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0755", "tmpfs", IMAGE_DIR]
+
+
+LIBVIRT_PKI = "/etc/libvirt/pki"  # inside a host: <lab>/hosts/NAME/etc/pki (deploy/lab/pki.py writes it)
+
+
+def peer_uri(address: str) -> str:
+    """How other lab hosts reach a host's libvirtd: TLS, with the lab's client certificate.
+
+    >>> peer_uri("10.77.0.12")
+    'qemu+tls://10.77.0.12/system?pkipath=/etc/libvirt/pki'
+    """
+    return f"qemu+tls://{address}/system?pkipath={LIBVIRT_PKI}"
 
 
 def lab_dir_problem(lab_dir: Path, host_names: tuple[str, ...] = ("host1",)) -> str:
@@ -252,16 +267,24 @@ def with_qemu_user(passwd: str, group: str) -> tuple[str, str]:
 
 
 def render_libvirtd_conf(plan: HostPlan) -> str:
-    # LAB ONLY: TCP without authentication or encryption. The lab network lives in network
-    # namespaces nobody else can reach; a real deployment uses TLS (listen_tls, qemu+tls://,
-    # VIR_MIGRATE_TLS) as deploy/config/agent.toml shows.
+    """libvirtd listens with TLS only (no plain TCP listener at all): certificates from the lab's
+    own CA, and only the lab hosts' libvirt certificates (``O=Ferry,CN=libvirt.hostN``) may
+    connect. The unix socket (the local agent, virsh from the root namespace) needs no authentication."""
+    # No auth_tcp line at all: there is no TCP listener. (The seed's auth_tcp = "none" recipe gave
+    # anyone on the network the hypervisor; it is what Ferry exists to end.)
+    allowed = '"O=Ferry,CN=libvirt.*"'  # gnutls prints the subject in certificate order
     return "\n".join(
         [
-            "# written by ferry-lab; LAB ONLY: tcp without auth (isolated lab network namespace)",
-            "listen_tls = 0",
-            "listen_tcp = 1",
+            "# written by ferry-lab: TLS only (x509 from the lab CA); no plain TCP listener",
+            "listen_tls = 1",
+            "listen_tcp = 0",
             f'listen_addr = "{plan.address}"',
-            'auth_tcp = "none"',
+            f'ca_file = "{LIBVIRT_PKI}/cacert.pem"',
+            f'cert_file = "{LIBVIRT_PKI}/servercert.pem"',
+            f'key_file = "{LIBVIRT_PKI}/serverkey.pem"',
+            "tls_no_verify_certificate = 0",
+            f"tls_allowed_dn_list = [{allowed}]",
+            'auth_tls = "none"  # the client certificate (checked against tls_allowed_dn_list) is the authentication',
             'auth_unix_ro = "none"',
             'auth_unix_rw = "none"',
             'unix_sock_group = "root"',
@@ -288,6 +311,12 @@ def render_qemu_conf(plan: HostPlan) -> str:
             'stdio_handler = "file"',
             f'migration_address = "{plan.address}"',
             f'migration_host = "{plan.address}"',
+            # the migration stream (memory and the NBD disk copy) over TLS, verified both ways
+            f'default_tls_x509_cert_dir = "{LIBVIRT_PKI}/qemu"',
+            "default_tls_x509_verify = 1",
+            f'migrate_tls_x509_cert_dir = "{LIBVIRT_PKI}/qemu"',
+            "migrate_tls_x509_verify = 1",
+            "migrate_tls_force = 1  # a migration without VIR_MIGRATE_TLS is refused",
             "",
         ]
     )
@@ -314,6 +343,12 @@ def render_agent_toml(paths: LabPaths, plan: HostPlan) -> str:
             f"state_dir = {_toml_str(AGENT_STATE_DIR)}                   # host-local (overlay /var)",
             "prepare_ttl_s = 600",
             "libvirt_timeout_s = 30",
+            f"migration_tls_dir = {_toml_str(LIBVIRT_PKI + '/qemu')}  # QEMU's migration certificates here",
+            "",
+            "[tls]  # mutual TLS for the agent's API: ferry://agent/NAME (deploy/lab/pki.py)",
+            f"ca = {_toml_str(str(paths.root / 'pki' / 'ca.pem'))}",
+            f"cert = {_toml_str(str(paths.root / 'pki' / f'agent.{plan.name}.pem'))}",
+            f"key = {_toml_str(str(paths.root / 'pki' / f'agent.{plan.name}-key.pem'))}",
             "",
             "[metrics]                                            # GET /metrics; the socket for the root namespace",
             f"listen = [{_toml_str(plan.metrics_listen)}, {_toml_str(plan.metrics_address)}]",

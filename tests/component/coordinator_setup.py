@@ -70,7 +70,9 @@ class Setup:
         """Run the `ferry` command against this coordinator with --output json; every output
         is kept in ``outputs`` (argv, exit code, parsed JSON) for the schema checks."""
         capsys.readouterr()
-        code = await cli.run(["--coordinator", self.address, "--output", "json", "--rpc-timeout", "10", *args])
+        code = await cli.run(
+            ["--coordinator", self.address, "--insecure", "--output", "json", "--rpc-timeout", "10", *args]
+        )
         out = capsys.readouterr().out
         data = json.loads(out) if out.strip() else {}
         self.outputs.append((args, code, data))

@@ -11,17 +11,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ferry.rpc import create_channel
+from ferry.certs import issue_identity, new_ca, write_pem
+from ferry.identity import Identity, Role
+from ferry.rpc import Tls, create_channel
 from ferry.v1 import agent_pb2 as apb
 from ferry.v1 import agent_pb2_grpc as agrpc
 
 pytest.importorskip("libvirt")
 
 
-def write_config(tmp: Path, sock: Path, **over: str) -> Path:
+def write_config(tmp: Path, sock: Path, tls: str = "insecure = true\n", **over: str) -> Path:
     keys = {
         "name": '"host1"',
         "listen": f'["unix:{sock}"]',
@@ -34,14 +37,20 @@ def write_config(tmp: Path, sock: Path, **over: str) -> Path:
         **over,
     }
     path = tmp / "agent.toml"
-    path.write_text("[agent]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items()))
+    path.write_text("[agent]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items()) + "[tls]\n" + tls)
     return path
 
 
 async def test_agent_process_serves_and_stops_on_sigterm(tmp_path):
     (tmp_path / "images").mkdir()
     sock = tmp_path / "run" / "agent.sock"
-    config = write_config(tmp_path, sock)
+    pki = tmp_path / "pki"
+    ca = new_ca()
+    write_pem(pki, "ca", ca)
+    write_pem(pki, "agent", issue_identity(ca, Identity(Role.AGENT, "host1"), dns=["localhost"]))
+    write_pem(pki, "coordinator", issue_identity(ca, Identity(Role.COORDINATOR, "c1")))
+    tls = f'ca = "{pki}/ca.pem"\ncert = "{pki}/agent.pem"\nkey = "{pki}/agent-key.pem"\n'
+    config = write_config(tmp_path, sock, tls=tls)
     proc = subprocess.Popen(
         [sys.executable, "-m", "ferry.agent.main", "--config", str(config)],
         stdout=subprocess.DEVNULL,
@@ -53,7 +62,15 @@ async def test_agent_process_serves_and_stops_on_sigterm(tmp_path):
             while not sock.exists():
                 assert proc.poll() is None, proc.stderr.read()
                 await asyncio.sleep(0.05)
-        channel = create_channel(f"unix:{sock}")
+        plain = create_channel(f"unix:{sock}")
+        try:  # mutual TLS only: a plaintext client gets no answer
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await agrpc.AgentStub(plain).GetInventory(apb.GetInventoryRequest(), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            await plain.close()
+        client = Tls(pki / "ca.pem", pki / "coordinator.pem", pki / "coordinator-key.pem")
+        channel = create_channel(f"unix:{sock}", tls=client)
         try:
             health = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service="ferry.v1.Agent"), timeout=10

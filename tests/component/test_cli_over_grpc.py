@@ -60,7 +60,7 @@ async def wait_phase(s: Setup, migration_id: str, phase: int, *, progress: bool 
 
 async def top_json(capsys: pytest.CaptureFixture[str], s: Setup, *args: str) -> list[dict[str, Any]]:
     capsys.readouterr()
-    code = await cli.run(["top", "--coordinator", s.address, "-o", "json", *args])
+    code = await cli.run(["top", "--insecure", "--coordinator", s.address, "-o", "json", *args])
     assert code == 0
     return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
@@ -118,7 +118,8 @@ async def test_top_shows_the_migration_in_flight_with_its_figures(leading, capsy
     try:
         # not a terminal (capsys): one block of plain lines per refresh, never cut at a width
         capsys.readouterr()
-        assert await cli.run(["top", "--coordinator", s.address, "--iterations", "2", "--interval", "0.05"]) == 0
+        top = ["top", "--insecure", "--coordinator", s.address]
+        assert await cli.run([*top, "--iterations", "2", "--interval", "0.05"]) == 0
         out = capsys.readouterr().out
         blocks = [b for b in out.split("--- ") if b.strip()]
         assert len(blocks) == 2 and "\x1b[" not in out
@@ -128,7 +129,7 @@ async def test_top_shows_the_migration_in_flight_with_its_figures(leading, capsy
         assert "MiB/s" in row  # the rate (and the dirty rate) in bytes per second
         # filtered away: nothing in flight
         capsys.readouterr()
-        assert await cli.run(["top", "--coordinator", s.address, "--iterations", "1", "--vm", "other"]) == 0
+        assert await cli.run([*top, "--iterations", "1", "--vm", "other"]) == 0
         assert "nothing in flight" in capsys.readouterr().out
     finally:
         await s.stub.CancelMigration(cpb.CancelMigrationRequest(id=m.id))
@@ -138,6 +139,7 @@ async def test_top_shows_the_migration_in_flight_with_its_figures(leading, capsy
 async def _ferry(env_address: str, *argv: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         str(FERRY),
+        "--insecure",  # the test coordinator serves without TLS
         *argv,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -167,6 +169,7 @@ async def test_ctrl_c_while_waiting_says_the_migration_goes_on(fx):
     fx.agents.add_guest("host1", "g1")
     proc = await asyncio.create_subprocess_exec(
         str(FERRY),
+        "--insecure",
         "migrate",
         "g1",
         "--to",

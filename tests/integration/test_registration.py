@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,9 +22,11 @@ import pytest
 from ferry import keys
 from ferry.agent.config import parse_config
 from ferry.agent.registration import Registration
+from ferry.certs import issue, issue_identity, new_ca, write_pem
 from ferry.errors import InvalidArgument
-from ferry.etcd_store import EtcdStore
-from ferry.lab.etcd import EtcdCluster, free_loopback_ports
+from ferry.etcd_store import EtcdStore, EtcdTLS
+from ferry.identity import Identity, Role
+from ferry.lab.etcd import EtcdCluster, MemberTLS, free_loopback_ports
 from ferry.registry import HostRegistration
 
 TTL = 2
@@ -36,6 +38,11 @@ AGENT = """
 name = "host1"
 listen = ["127.0.0.1:7070"]
 advertise_libvirt_uri = "qemu+tcp://10.77.0.11/system"
+
+[tls]
+ca = "/pki/ca.pem"
+cert = "/pki/agent.host1.pem"
+key = "/pki/agent.host1-key.pem"
 """
 
 
@@ -213,7 +220,38 @@ async def test_a_second_agent_with_the_same_name_does_not_fight(store):
 # ---------------------------------------------------------------- the processes
 
 
+def make_pki(directory: Path) -> MemberTLS:
+    """A CA (ferry-certs' code), etcd's server certificate, and one certificate per identity."""
+    ca = new_ca("Ferry integration CA")
+    write_pem(directory, "ca", ca)
+    local = {"dns": ["localhost"], "ips": ["127.0.0.1"]}
+    write_pem(directory, "etcd", issue(ca, "etcd", **local))
+    write_pem(
+        directory, "agent.host1", issue_identity(ca, Identity(Role.AGENT, "host1"), dns=["host1"], ips=["127.0.0.1"])
+    )
+    write_pem(directory, "coordinator.c1", issue_identity(ca, Identity(Role.COORDINATOR, "c1"), **local))
+    write_pem(directory, "operator.it", issue_identity(ca, Identity(Role.OPERATOR, "it")))
+    d = directory
+    return MemberTLS(d / "ca.pem", d / "etcd.pem", d / "etcd-key.pem", d / "operator.it.pem", d / "operator.it-key.pem")
+
+
+@pytest.fixture
+def etcd_tls(etcd_bin: Path, tmp_path: Path) -> Iterator[EtcdCluster]:
+    """One member serving TLS with client certificates required (the lab's and a fleet's etcd)."""
+    cluster = EtcdCluster.plan(tmp_path / "etcd", 1, binary=etcd_bin, tls=make_pki(tmp_path / "pki"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def tls_lines(pki: Path, stem: str) -> str:
+    return f'[tls]\nca = "{pki}/ca.pem"\ncert = "{pki}/{stem}.pem"\nkey = "{pki}/{stem}-key.pem"\n'
+
+
 def _agent_config(tmp: Path, etcd: list[str], prefix: str, port: int) -> Path:
+    """host1's agent over mutual TLS (tmp/pki), registering in etcd with the same certificate."""
     (tmp / "images").mkdir(exist_ok=True)
     path = tmp / "agent.toml"
     path.write_text(f"""
@@ -232,7 +270,8 @@ etcd_endpoints = {json.dumps(etcd)}
 address = "127.0.0.1:{port}"
 prefix = "{prefix}"
 ttl_s = {TTL}
-""")
+
+{tls_lines(tmp / "pki", "agent.host1")}""")
     return path
 
 
@@ -248,12 +287,12 @@ def process(*argv: str) -> subprocess.Popen[str]:
 
 
 @pytest.mark.etcd
-async def test_agent_process_registers_and_deregisters_on_sigterm(etcd_one, tmp_path):
+async def test_agent_process_registers_and_deregisters_on_sigterm(etcd_tls, tmp_path):
     pytest.importorskip("libvirt")
     prefix = f"/agent-{uuid.uuid4().hex[:8]}/"
     [port] = free_loopback_ports(1)
-    config = _agent_config(tmp_path, etcd_one.endpoints, prefix, port)
-    store = EtcdStore(etcd_one.endpoints, prefix=prefix, timeout_s=2.0)
+    config = _agent_config(tmp_path, etcd_tls.endpoints, prefix, port)
+    store = EtcdStore(etcd_tls.endpoints, prefix=prefix, timeout_s=2.0, tls=etcd_client(tmp_path / "pki"))
     try:
         with process("ferry.agent.main", "--config", str(config)) as proc:
             await wait_for(lambda: _present(store, "host1"), 20, "agent registered")
@@ -273,14 +312,16 @@ async def test_agent_process_registers_and_deregisters_on_sigterm(etcd_one, tmp_
 
 
 @pytest.mark.etcd
-async def test_coordinator_process_shows_the_registered_agent(etcd_one, tmp_path, capsys):
+async def test_coordinator_process_shows_the_registered_agent(etcd_tls, tmp_path, capsys):
+    """Every link over mutual TLS: agent -> etcd, coordinator -> etcd, coordinator -> agent (the
+    agent's certificate must name host1), CLI -> coordinator (an operator certificate)."""
     pytest.importorskip("libvirt")
     from ferry.cli import main as cli
     from ferry.coordinator.main import current_leader
 
     prefix = f"/coord-{uuid.uuid4().hex[:8]}/"
     agent_port, coord_port = free_loopback_ports(2)
-    agent_config = _agent_config(tmp_path, etcd_one.endpoints, prefix, agent_port)
+    agent_config = _agent_config(tmp_path, etcd_tls.endpoints, prefix, agent_port)
     coord_config = tmp_path / "coordinator.toml"
     sock = tmp_path / "run" / "coordinator.sock"
     coord_config.write_text(f"""
@@ -290,14 +331,17 @@ listen = ["127.0.0.1:{coord_port}", "unix:{sock}"]
 election_ttl_s = 3
 
 [etcd]
-endpoints = {json.dumps(etcd_one.endpoints)}
+endpoints = {json.dumps(etcd_tls.endpoints)}
 prefix = "{prefix}"
 timeout_s = 2
 
 [hosts.host1]
 bridges = {{ guest = "br-guest" }}
-""")
-    store = EtcdStore(etcd_one.endpoints, prefix=prefix, timeout_s=2.0)
+
+{tls_lines(tmp_path / "pki", "coordinator.c1")}""")
+    store = EtcdStore(etcd_tls.endpoints, prefix=prefix, timeout_s=2.0, tls=etcd_client(tmp_path / "pki"))
+    pki = tmp_path / "pki"
+    operator = ["--ca", f"{pki}/ca.pem", "--cert", f"{pki}/operator.it.pem", "--key", f"{pki}/operator.it-key.pem"]
     try:
         with (
             process("ferry.agent.main", "--config", str(agent_config)) as agent,
@@ -308,7 +352,7 @@ bridges = {{ guest = "br-guest" }}
             async def host1_up() -> bool:
                 assert coordinator.poll() is None, coordinator.stderr.read()
                 capsys.readouterr()
-                code = await cli.run(["--coordinator", f"unix:{sock}", "--output", "json", "hosts"])
+                code = await cli.run(["--coordinator", f"unix:{sock}", *operator, "--output", "json", "hosts"])
                 out = capsys.readouterr().out
                 if code != 0:
                     return False
@@ -316,7 +360,7 @@ bridges = {{ guest = "br-guest" }}
                 return bool(hosts.get("host1", {}).get("available"))
 
             await wait_for(host1_up, 20, "host1 up in `ferry hosts`")
-            code = await cli.run(["--coordinator", f"127.0.0.1:{coord_port}", "--output", "json", "vms"])
+            code = await cli.run(["--coordinator", f"127.0.0.1:{coord_port}", *operator, "--output", "json", "vms"])
             vms = json.loads(capsys.readouterr().out)["vms"]
             assert code == 0 and [(v["domain"]["name"], v["host"]) for v in vms] == [("test", "host1")]
             await wait_for(lambda: _leader_is(store, "c1"), 10, "c1 leads")
@@ -337,3 +381,7 @@ async def _leader_is(store: EtcdStore, candidate: str) -> bool:
 
     leader = await current_leader(store)
     return leader is not None and leader.id == candidate
+
+
+def etcd_client(pki: Path) -> EtcdTLS:
+    return EtcdTLS(pki / "ca.pem", pki / "coordinator.c1.pem", pki / "coordinator.c1-key.pem")

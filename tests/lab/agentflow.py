@@ -42,7 +42,7 @@ OnProgress = Callable[[tpb.MigrationProgress], Awaitable[None] | None]
 @asynccontextmanager
 async def agent(lab: Lab, host: str) -> AsyncIterator[agrpc.AgentStub]:
     """A stub for ``host``'s agent over its unix socket (reachable from the test process)."""
-    async with create_channel(lab.agent_address(host)) as channel:
+    async with create_channel(lab.agent_address(host), tls=lab.client_tls()) as channel:
         yield agrpc.AgentStub(channel)
 
 

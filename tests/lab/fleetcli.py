@@ -164,7 +164,7 @@ def prepares(lab: Lab, host: str) -> list[apb.Prepare]:
     """The host agent's ListPrepares (over its unix socket, as an operator's grpcurl would)."""
 
     async def ask() -> list[apb.Prepare]:
-        async with create_channel(lab.agent_address(host)) as channel:
+        async with create_channel(lab.agent_address(host), tls=lab.client_tls()) as channel:
             resp = await agrpc.AgentStub(channel).ListPrepares(apb.ListPreparesRequest(), timeout=30)
             return list(resp.prepares)
 

@@ -34,7 +34,7 @@ AVX512 = "<feature policy='require' name='avx512f'/>"
 
 @pytest.fixture
 async def agents(lab: Lab) -> AsyncIterator[dict[str, agrpc.AgentStub]]:
-    channels = {h: create_channel(lab.agent_address(h)) for h in ("host1", "host2")}
+    channels = {h: create_channel(lab.agent_address(h), tls=lab.client_tls()) for h in ("host1", "host2")}
     yield {h: agrpc.AgentStub(c) for h, c in channels.items()}
     for c in channels.values():
         await c.close()

@@ -28,7 +28,7 @@ TO_HOST2 = tpb.HostMapping(bridges={"br-guest": "br-vm"})
 
 @pytest.fixture
 async def stubs(lab):
-    channels = [create_channel(lab.agent_address(h)) for h in ("host1", "host2")]
+    channels = [create_channel(lab.agent_address(h), tls=lab.client_tls()) for h in ("host1", "host2")]
     yield [agrpc.AgentStub(c) for c in channels]
     for c in channels:
         await c.close()

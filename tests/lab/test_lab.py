@@ -38,25 +38,32 @@ def test_hosts_get_addresses_bridges_and_distinct_uuids():
     ]
     assert len({p.host_uuid for p in plans}) == 3
     assert plans[0].libvirt_uri == "qemu:///system?socket=/tmp/l/hosts/host1/run/libvirt-sock"
-    assert plans[1].tcp_uri == "qemu+tcp://10.77.0.12/system"
+    assert plans[1].tcp_uri == "qemu+tls://10.77.0.12/system?pkipath=/etc/libvirt/pki"  # peers: TLS only
     assert plans[0].agent_address == "unix:/tmp/l/hosts/host1/agent.sock"
 
 
 def test_agent_config_is_the_agreed_format():
     paths = LabPaths(Path("/tmp/l"))
     plan = plan_hosts(paths, 1)[0]
-    agent = tomllib.loads(render_agent_toml(paths, plan))["agent"]
+    doc = tomllib.loads(render_agent_toml(paths, plan))
+    agent = doc["agent"]
+    assert doc["tls"] == {
+        "ca": "/tmp/l/pki/ca.pem",
+        "cert": "/tmp/l/pki/agent.host1.pem",
+        "key": "/tmp/l/pki/agent.host1-key.pem",
+    }
     assert agent == {
         "name": "host1",
         "listen": ["10.77.0.11:7070", "unix:/tmp/l/hosts/host1/agent.sock"],
         "libvirt_uri": "qemu:///system",
-        "advertise_libvirt_uri": "qemu+tcp://10.77.0.11/system",
+        "advertise_libvirt_uri": "qemu+tls://10.77.0.11/system?pkipath=/etc/libvirt/pki",
         "migration_address": "10.77.0.11",
         "image_dirs": ["/var/lib/libvirt/images"],
         "shared_dirs": ["/tmp/l/shared"],
         "state_dir": "/var/lib/ferry-agent",
         "prepare_ttl_s": 600,
         "libvirt_timeout_s": 30,
+        "migration_tls_dir": "/etc/libvirt/pki/qemu",
     }
     # metrics inside the host's namespace and on a socket the root namespace reaches
     config = parse_agent_config(render_agent_toml(paths, plan))

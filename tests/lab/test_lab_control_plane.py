@@ -74,8 +74,11 @@ def test_coordinator_config_is_what_ferry_coordinator_reads():
     paths = LabPaths(LAB)
     hosts = plan_hosts(paths, 2)
     plan = plan_control_plane(paths, ControlPlane(coordinators=2))
-    config = parse_coordinator_config(render_coordinator_toml(plan, plan.coordinators[1], hosts))
+    config = parse_coordinator_config(render_coordinator_toml(plan, plan.coordinators[1], hosts, LAB / "pki"))
     assert config.id == "c2"
+    # its own identity for the API, the agents and etcd
+    assert config.tls is not None and config.tls.cert == LAB / "pki/coordinator.c2.pem"
+    assert config.etcd.tls == config.tls and config.agents.tls == config.tls
     assert config.listen == ("10.77.0.1:7101", "unix:/tmp/l/coordinators/c2.sock")
     assert config.metrics_listen == ("10.77.0.1:9472", "unix:/tmp/l/coordinators/c2.metrics.sock")
     assert config.etcd.endpoints == ("10.77.0.1:2379",) and config.etcd.prefix == "/ferry/"
@@ -100,8 +103,9 @@ def test_agents_register_with_their_lab_network_address():
 
 def test_cli_config_names_the_first_replica_and_all_of_them():
     plan = plan_control_plane(LabPaths(LAB), ControlPlane(coordinators=2))
-    text = render_cli_toml(LAB, plan.coordinators)
+    text = render_cli_toml(LAB, plan.coordinators, LAB / "pki")
     doc = tomllib.loads(text)
+    assert (doc["ca"], doc["cert"]) == ("/tmp/l/pki/ca.pem", "/tmp/l/pki/operator.lab.pem")  # ferry://operator/lab
     assert doc["coordinators"] == ["unix:/tmp/l/coordinators/c1.sock", "unix:/tmp/l/coordinators/c2.sock"]
     assert doc["coordinator"] == "unix:/tmp/l/coordinators/c1.sock"
 
@@ -265,7 +269,7 @@ def test_control_plane_is_up_with_one_leader(fleet_lab: Lab, cli_config_home: Pa
     plane = {e["label"]: e for e in status["components"] if e["kind"] in ("etcd", "coordinator")}
     assert set(plane) == {"etcd s1", "coordinator c1", "coordinator c2"}
     assert plane["etcd s1"]["healthy"] and plane["etcd s1"]["pid"]
-    assert plane["etcd s1"]["endpoints"]["client"] == "http://10.77.0.1:2379"
+    assert plane["etcd s1"]["endpoints"]["client"] == "https://10.77.0.1:2379"  # TLS with client certificates
     for cid in ("c1", "c2"):
         coordinator = plane[f"coordinator {cid}"]
         assert coordinator["state"] == "running" and coordinator["serving"], coordinator

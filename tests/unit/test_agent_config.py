@@ -21,10 +21,11 @@ state_dir = "/var/lib/ferry-agent"
 prepare_ttl_s = 600
 libvirt_timeout_s = 30
 """
+INSECURE = "\n[tls]\ninsecure = true\n"
 
 
 def test_lab_config():
-    assert parse_config(LAB) == AgentConfig(
+    assert parse_config(LAB + INSECURE) == AgentConfig(
         name="host1",
         listen=("10.77.0.11:7070", "unix:/tmp/ferry-lab/hosts/host1/agent.sock"),
         advertise_libvirt_uri="qemu+tcp://10.77.0.11/system",
@@ -40,7 +41,9 @@ def test_lab_config():
 
 
 def test_minimal_config_has_defaults():
-    cfg = parse_config('[agent]\nname = "h"\nlisten = ["127.0.0.1:0"]\nadvertise_libvirt_uri = "qemu+tcp://h/system"\n')
+    cfg = parse_config(
+        '[agent]\nname = "h"\nlisten = ["127.0.0.1:0"]\nadvertise_libvirt_uri = "qemu+tcp://h/system"\n' + INSECURE
+    )
     assert cfg.libvirt_uri == "qemu:///system"
     assert cfg.prepare_ttl_s == 600 and cfg.libvirt_timeout_s == 30
 
@@ -48,8 +51,11 @@ def test_minimal_config_has_defaults():
 def test_example_config_in_deploy_parses():
     cfg = load_config(Path(__file__).parents[2] / "deploy/config/agent.toml")
     assert cfg.tls == Tls(
-        Path("/etc/ferry/pki/ca.pem"), Path("/etc/ferry/pki/agent.pem"), Path("/etc/ferry/pki/agent-key.pem")
+        Path("/etc/ferry/pki/ca.pem"),
+        Path("/etc/ferry/pki/agent.hv-r12-07.pem"),
+        Path("/etc/ferry/pki/agent.hv-r12-07-key.pem"),
     )
+    assert cfg.registry is not None and cfg.registry.tls == cfg.tls  # etcd with the same identity
 
 
 def test_relative_tls_paths_are_relative_to_the_file(tmp_path):
@@ -93,3 +99,59 @@ def test_missing_file(tmp_path):
     with pytest.raises(InvalidArgument) as exc:
         load_config(tmp_path / "nope.toml")
     assert exc.value.reason == "CONFIG_UNREADABLE"
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        (LAB, "no [tls] table: mutual TLS is required"),
+        (LAB + '[tls]\ncert = "b"\n', "[tls] has cert but lacks ca, key"),  # a cert without a CA
+        (LAB + '[tls]\nca = "a"\ncert = "b"\n', "lacks key"),  # a CA and cert without a key
+        (LAB + '[tls]\ninsecure = true\nkey = "c"\n', "insecure = true but also gives key"),
+        (LAB + "[tls]\ninsecure = 1\n", "insecure must be true or false"),
+        (LAB + INSECURE + '[registry]\netcd_endpoints = ["e:1"]\naddress = "a:1"\n', "[registry] has no ca"),
+        (
+            LAB + '[tls]\nca = "a"\ncert = "b"\nkey = "c"\n[registry]\netcd_endpoints = ["e:1"]\naddress = "a:1"\n'
+            'ca = "x"\n',
+            "[registry] has ca but lacks cert, key",
+        ),
+    ],
+)
+def test_half_written_tls_is_refused_naming_the_missing_key(text, named):
+    with pytest.raises(InvalidArgument) as exc:
+        parse_config(text, source="agent.toml")
+    assert named in exc.value.message
+
+
+def test_registry_in_plaintext_only_when_it_says_so():
+    cfg = parse_config(LAB + INSECURE + '[registry]\netcd_endpoints = ["e:1"]\naddress = "a:1"\ninsecure = true\n')
+    assert cfg.tls is None and cfg.registry is not None and cfg.registry.tls is None
+
+
+def test_registry_has_its_own_etcd_certificate(tmp_path):
+    text = (
+        LAB
+        + '[tls]\nca = "ca.pem"\ncert = "a.pem"\nkey = "a-key.pem"\n'
+        + '[registry]\netcd_endpoints = ["e:1"]\naddress = "a:1"\nca = "e/ca.pem"\ncert = "e/a.pem"\nkey = "e/k.pem"\n'
+        + 'server_name = "etcd.dc1"\n'
+    )
+    cfg = parse_config(text, base_dir=tmp_path)
+    assert cfg.registry is not None and cfg.registry.tls == Tls(
+        tmp_path / "e/ca.pem", tmp_path / "e/a.pem", tmp_path / "e/k.pem"
+    )
+    assert cfg.registry.server_name == "etcd.dc1"
+
+
+def test_migration_streams_are_encrypted_by_default(tmp_path):
+    from ferry.agent.tls_material import QEMU_TLS_FILES, migration_tls_problem
+
+    cfg = parse_config(LAB + INSECURE)
+    assert cfg.migration_tls is True and cfg.migration_tls_dir == "/etc/pki/qemu"
+    off = parse_config(LAB.replace("[agent]", "[agent]\nmigration_tls = false") + INSECURE)
+    assert off.migration_tls is False
+    assert "switched off" in migration_tls_problem(False, str(tmp_path))
+    for name in QEMU_TLS_FILES[:-1]:
+        (tmp_path / name).write_text("pem")
+    assert migration_tls_problem(True, str(tmp_path)).endswith("client-key.pem")  # names what is missing
+    (tmp_path / QEMU_TLS_FILES[-1]).write_text("pem")
+    assert migration_tls_problem(True, str(tmp_path)) == ""

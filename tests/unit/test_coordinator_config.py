@@ -11,7 +11,14 @@ from ferry.coordinator.phases import Timeouts
 from ferry.errors import FailedPrecondition, InvalidArgument
 from ferry.model import HostMapping
 
-MINIMAL = """
+TLS = """
+[tls]
+ca = "/pki/ca.pem"
+cert = "/pki/coordinator.c1.pem"
+key = "/pki/coordinator.c1-key.pem"
+"""
+
+NO_TLS = """
 [coordinator]
 id = "c1"
 listen = ["127.0.0.1:7100"]
@@ -19,6 +26,8 @@ listen = ["127.0.0.1:7100"]
 [etcd]
 endpoints = ["127.0.0.1:2379"]
 """
+
+MINIMAL = NO_TLS + TLS
 
 FULL = """
 [coordinator]
@@ -33,6 +42,8 @@ endpoints = ["10.77.0.1:2379", "10.77.0.2:2379"]
 prefix = "/lab/"
 timeout_s = 2.5
 ca = "pki/etcd-ca.pem"
+cert = "pki/etcd-client.pem"
+key = "pki/etcd-client-key.pem"
 
 [limits]
 per_host_outbound = 2
@@ -71,7 +82,8 @@ def test_minimal_config_takes_the_defaults():
     assert c.etcd.endpoints == ("127.0.0.1:2379",) and c.etcd.prefix == "/ferry/"
     assert (c.limits.per_host_outbound, c.limits.per_host_inbound, c.limits.cluster) == (1, 2, 4)
     assert c.timeouts == Timeouts()
-    assert c.agents.tls is None and c.tls is None and c.hosts == {}
+    assert c.tls is not None and c.tls.cert == Path("/pki/coordinator.c1.pem") and c.hosts == {}
+    assert c.agents.tls == c.tls and c.etcd.tls == c.tls  # one identity for the API, the agents and etcd
 
 
 def test_full_config(tmp_path: Path):
@@ -79,7 +91,8 @@ def test_full_config(tmp_path: Path):
     path.write_text(FULL)
     c = load_config(path)
     assert c.advertised == "10.77.0.1:7100" and c.election_ttl_s == 6 and c.prepare_ttl_s == 300
-    assert c.etcd.prefix == "/lab/" and c.etcd.timeout_s == 2.5 and c.etcd.ca == tmp_path / "pki/etcd-ca.pem"
+    assert c.etcd.prefix == "/lab/" and c.etcd.timeout_s == 2.5 and c.etcd.tls is not None
+    assert c.etcd.tls.ca == tmp_path / "pki/etcd-ca.pem" and c.etcd.tls.key == tmp_path / "pki/etcd-client-key.pem"
     assert (c.limits.per_host_outbound, c.limits.per_host_inbound, c.limits.cluster) == (2, 3, 8)
     assert c.timeouts.preflight_s == 30.0 and c.timeouts.max_attempts == 5
     assert c.timeouts.preparing_s == Timeouts().preparing_s  # not overridden
@@ -114,12 +127,18 @@ def test_unknown_keys_are_named(text, named):
     [
         ("[etcd]\nendpoints = ['x:1']\n", "no [coordinator]"),
         ("[coordinator]\nid = 'c'\n[etcd]\nendpoints = ['x:1']\n", "lacks listen"),
-        ("[coordinator]\nid = 'c'\nlisten = ['a:1']\n", "no [etcd]"),
+        ("[coordinator]\nid = 'c'\nlisten = ['a:1']\n" + TLS, "no [etcd]"),
         (MINIMAL.replace('["127.0.0.1:2379"]', "[]"), "endpoints must be a non-empty list"),
         (MINIMAL + "\n[limits]\ncluster = 0\n", "cluster must be a positive integer"),
         (MINIMAL + "\n[limits]\ncluster = 2.5\n", "cluster must be a positive integer"),
         (MINIMAL.replace("[etcd]", "[etcd]\nprefix = '/ferry'"), "must end with '/'"),
-        (MINIMAL + "\n[tls]\nca = 'ca.pem'\n", "lacks cert, key"),
+        (NO_TLS + "\n[tls]\nca = 'ca.pem'\n", "lacks cert, key"),
+        (NO_TLS + "\n[tls]\ncert = 'c.pem'\nkey = 'k.pem'\n", "lacks ca"),
+        (NO_TLS, "no [tls] table"),
+        (NO_TLS + "\n[tls]\ninsecure = true\nca = 'ca.pem'\n", "insecure = true but also gives ca"),
+        (NO_TLS + "\n[tls]\ninsecure = true\n", "[etcd] has no ca, cert and key, and [tls] is insecure"),
+        (MINIMAL.replace("[etcd]", "[etcd]\nca = 'x.pem'"), "[etcd] has ca but lacks cert, key"),
+        (MINIMAL.replace("[etcd]", "[etcd]\ninsecure = 'yes'"), "insecure must be true or false"),
         (MINIMAL + "\n[hosts.h1]\nbridges = ['br0']\n", "bridges must be a table"),
         ("[coordinator\n", "not valid TOML"),
     ],
@@ -201,3 +220,17 @@ def test_docstring_examples():
     from ferry.coordinator import config
 
     assert doctest.testmod(config).failed == 0
+
+
+def test_plaintext_only_when_each_link_says_insecure():
+    c = parse_config(NO_TLS.replace("[etcd]", "[etcd]\ninsecure = true") + "\n[tls]\ninsecure = true\n")
+    assert c.tls is None and c.etcd.tls is None and c.agents.tls is None
+
+
+def test_etcd_over_tls_with_a_plaintext_api_is_possible():
+    text = (
+        NO_TLS.replace("[etcd]", "[etcd]\nca = 'e/ca.pem'\ncert = 'e/c.pem'\nkey = 'e/k.pem'")
+        + "[tls]\ninsecure = true\n"
+    )
+    c = parse_config(text, base_dir=Path("/cfg"))
+    assert c.tls is None and c.etcd.tls is not None and c.etcd.tls.cert == Path("/cfg/e/c.pem")

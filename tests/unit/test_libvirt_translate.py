@@ -53,7 +53,9 @@ P2P, LIVE, PERSIST, UNDEF = (
     ],
 )
 def test_migration_flags(options, copy, flags):
-    assert migration_flags(options, copy_disks=copy) == flags
+    # encrypted by default (VIR_MIGRATE_TLS = 1 << 16, libvirt's number)
+    assert migration_flags(options, copy_disks=copy) == flags | L.VIR_MIGRATE_TLS == flags | 65536
+    assert migration_flags(options, copy_disks=copy, tls=False) == flags
 
 
 def test_migration_params():
@@ -152,6 +154,8 @@ def test_loggable_params(params, logged):
 @pytest.mark.parametrize(("migratable", "flags"), [(True, 1 | 8), (False, 1)])  # SECURE | MIGRATABLE
 def test_domain_xml_flags(migratable, flags):
     assert lt.domain_xml_flags(migratable=migratable) == flags
+    # without secrets (GetDomain for a caller other than the coordinator): no VIR_DOMAIN_XML_SECURE (1)
+    assert lt.domain_xml_flags(migratable=migratable, secure=False) == flags & ~1
 
 
 @pytest.mark.parametrize(("completed", "flags"), [(True, 1 | 2), (False, 0)])  # COMPLETED | KEEP_COMPLETED

@@ -16,6 +16,8 @@ AGENT = """
 name = "host1"
 listen = ["10.77.0.11:7070", "unix:/run/ferry/agent.sock"]
 advertise_libvirt_uri = "qemu+tcp://10.77.0.11/system"
+[tls]
+insecure = true
 """
 COORDINATOR = """
 [coordinator]
@@ -23,6 +25,9 @@ id = "c1"
 listen = ["unix:/run/ferry/c1.sock", "10.77.0.1:7100"]
 [etcd]
 endpoints = ["10.77.0.1:2379"]
+insecure = true
+[tls]
+insecure = true
 """
 
 

@@ -1,0 +1,340 @@
+"""The role matrix: every RPC of both services x every identity, over real gRPC with real certificates.
+
+An agent (over the fakes) and a coordinator (over the in-memory store) serve with mutual TLS, as
+the daemons do. Each identity calls each method with a minimal request: a role the table allows
+gets past the authorization (whatever the servicer then says about the request), any other gets
+PERMISSION_DENIED with ``ROLE_<ROLE>_REQUIRED``. Clients without a certificate, with a
+certificate from another CA, or with an expired one never reach a servicer (the handshake fails).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from ferry import authz
+from ferry.agent.config import AgentConfig
+from ferry.agent.main import build_agent
+from ferry.agent.main import register as register_agent
+from ferry.certs import Pem, issue, issue_identity, new_ca, write_pem
+from ferry.coordinator.config import AgentsConfig, CoordinatorConfig, EtcdConfig
+from ferry.coordinator.main import build_coordinator
+from ferry.identity import Identity, Role
+from ferry.rpc import Tls, create_channel, create_server, from_rpc_error
+from ferry.testing.fake_hostsystem import FakeHostSystem
+from ferry.testing.fake_hypervisor import FakeFleet, FakeHypervisor, make_domain_xml
+from ferry.testing.memory_store import MemoryStore
+from ferry.v1 import agent_pb2 as apb
+from ferry.v1 import agent_pb2_grpc as agrpc
+from ferry.v1 import coordinator_pb2 as cpb
+from ferry.v1 import coordinator_pb2_grpc as cgrpc
+from ferry.v1 import types_pb2 as tpb
+
+GiB = 1 << 30
+IDENTITIES = {
+    "coordinator": Identity(Role.COORDINATOR, "c1"),
+    "operator": Identity(Role.OPERATOR, "alice"),
+    "scheduler": Identity(Role.SCHEDULER, "nova"),
+    "reader": Identity(Role.READER, "grafana"),
+    "agent": Identity(Role.AGENT, "host2"),
+}
+PASSWORD = "s3cret-vnc"
+
+# one minimal request per method: enough to get past the authorization, nothing more
+AGENT_REQUESTS: dict[str, Any] = {
+    "GetInventory": apb.GetInventoryRequest(),
+    "GetDomain": apb.GetDomainRequest(name="nope"),
+    "ListPrepares": apb.ListPreparesRequest(),
+    "GetJob": apb.GetJobRequest(domain="nope"),
+    "PrepareIncoming": apb.PrepareIncomingRequest(),
+    "CleanupIncoming": apb.CleanupIncomingRequest(),
+    "CommitIncoming": apb.CommitIncomingRequest(),
+    "Migrate": apb.MigrateRequest(),
+    "AbortMigration": apb.AbortMigrationRequest(),
+    "TuneMigration": apb.TuneMigrationRequest(),
+    "ProbeTarget": apb.ProbeTargetRequest(),
+    "RemoveSourceDisks": apb.RemoveSourceDisksRequest(),
+}
+COORDINATOR_REQUESTS: dict[str, Any] = {
+    "SubmitMigration": cpb.SubmitMigrationRequest(vm="nope", target_host="host9"),
+    "CancelMigration": cpb.CancelMigrationRequest(id="m-nope"),
+    "GetMigration": cpb.GetMigrationRequest(id="m-nope"),
+    "ListMigrations": cpb.ListMigrationsRequest(),
+    "WatchMigration": cpb.WatchMigrationRequest(id="m-nope"),
+    "ListHosts": cpb.ListHostsRequest(),
+    "ListVMs": cpb.ListVMsRequest(),
+    "Preflight": cpb.PreflightRequest(vm="nope", target_host="host9"),
+}
+ALLOWED = {
+    # agent API: reads for coordinator, operator, reader; everything else the coordinator only
+    **{m: {"coordinator", "operator", "reader"} for m in ("GetInventory", "GetDomain", "ListPrepares", "GetJob")},
+    **{
+        m: {"coordinator"}
+        for m in (
+            "PrepareIncoming",
+            "CleanupIncoming",
+            "CommitIncoming",
+            "Migrate",
+            "AbortMigration",
+            "TuneMigration",
+            "ProbeTarget",
+            "RemoveSourceDisks",
+        )
+    },
+    # coordinator API
+    "SubmitMigration": {"operator", "scheduler"},
+    "CancelMigration": {"operator", "scheduler"},
+    **{
+        m: {"operator", "scheduler", "reader"}
+        for m in ("GetMigration", "ListMigrations", "WatchMigration", "ListHosts", "ListVMs", "Preflight")
+    },
+}
+# the role a refusal names: the least privileged one allowed
+NEEDED = {m: "ROLE_COORDINATOR_REQUIRED" for m in AGENT_REQUESTS} | {
+    m: "ROLE_READER_REQUIRED" for m in ("GetInventory", "GetDomain", "ListPrepares", "GetJob")
+}
+NEEDED |= {m: "ROLE_READER_REQUIRED" for m in COORDINATOR_REQUESTS} | {
+    "SubmitMigration": "ROLE_SCHEDULER_REQUIRED",
+    "CancelMigration": "ROLE_SCHEDULER_REQUIRED",
+}
+
+
+@dataclass
+class Pki:
+    dir: Path
+    ca: Pem
+
+    def tls(self, stem: str) -> Tls:
+        return Tls(self.dir / "ca.pem", self.dir / f"{stem}.pem", self.dir / f"{stem}-key.pem")
+
+
+@dataclass
+class Servers:
+    pki: Pki
+    agent_address: str
+    coordinator_address: str
+    hv: FakeHypervisor
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    d = tmp_path_factory.mktemp("pki")
+    ca = new_ca("Ferry test CA")
+    write_pem(d, "ca", ca)
+    server_names = {"dns": ["localhost", "host1"], "ips": ["127.0.0.1"]}
+    write_pem(d, "agent-server", issue_identity(ca, Identity(Role.AGENT, "host1"), **server_names))
+    write_pem(d, "coordinator-server", issue_identity(ca, Identity(Role.COORDINATOR, "c1"), **server_names))
+    for key, identity in IDENTITIES.items():
+        write_pem(d, key, issue_identity(ca, identity))
+    write_pem(d, "anonymous", issue(ca, "someone"))  # the right CA, no ferry:// identity
+    other = new_ca("Another CA")
+    write_pem(d, "other-ca", other)
+    write_pem(d, "foreign", issue_identity(other, IDENTITIES["operator"]))
+    # copy the right CA's file beside the foreign cert, so the client trusts the servers
+    (d / "foreign-ca.pem").write_bytes(ca.cert)
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+    write_pem(d, "expired", issue_identity(ca, IDENTITIES["operator"], days=1, not_before=long_ago))
+    return Pki(d, ca)
+
+
+@pytest.fixture
+async def servers(pki: Pki, tmp_path: Path) -> AsyncIterator[Servers]:
+    host = FakeHostSystem(bridges=["br-guest"], dirs={"/images": 50 * GiB}, totals={"/images": 100 * GiB})
+    hv = FakeHypervisor(hostname="host1", uri="qemu+tls://127.0.0.1/system", fleet=FakeFleet(), host=host)
+    xml = make_domain_xml("web-1").replace(
+        "</devices>", f"<graphics type='vnc' port='-1' autoport='yes' passwd='{PASSWORD}'/></devices>"
+    )
+    hv.add_domain(xml)
+    agent_config = AgentConfig(
+        name="host1",
+        listen=("127.0.0.1:0",),
+        advertise_libvirt_uri=hv.uri,
+        image_dirs=("/images",),
+        state_dir=str(tmp_path / "state"),
+        tls=pki.tls("agent-server"),
+    )
+    servicer = build_agent(agent_config, hv, host)
+    agent_server, [agent_port] = create_server(agent_config.listen, register_agent(servicer), tls=agent_config.tls)
+    await agent_server.start()
+    config = CoordinatorConfig(
+        id="c1",
+        listen=("127.0.0.1:0",),
+        etcd=EtcdConfig(("unused:1",)),
+        agents=AgentsConfig(inventory_ttl_s=0.0, inventory_timeout_s=1.0),
+        tls=pki.tls("coordinator-server"),
+    )
+    store = MemoryStore()
+    coordinator = build_coordinator(config, store, lambda h, a: None)  # type: ignore[arg-type,return-value]
+    [port] = await coordinator.start(campaign=False)
+    try:
+        yield Servers(pki, f"127.0.0.1:{agent_port}", f"127.0.0.1:{port}", hv)
+    finally:
+        await coordinator.stop(grace_s=0.1)
+        await agent_server.stop(None)
+        await store.close()
+        hv.release()
+
+
+async def call(address: str, tls: Tls | None, service: str, method: str, request: Any) -> tuple[grpc.StatusCode, Any]:
+    """(status code, the call's Ferry error or response) of one call; streams: their first message."""
+    async with create_channel(address, tls=tls) as channel:
+        stub = (agrpc.AgentStub if service == "agent" else cgrpc.CoordinatorStub)(channel)
+        rpc = getattr(stub, method)
+        try:
+            if method in ("Migrate", "WatchMigration"):
+                async for first in rpc(request, timeout=5):
+                    return grpc.StatusCode.OK, first
+                return grpc.StatusCode.OK, None
+            return grpc.StatusCode.OK, await rpc(request, timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code(), from_rpc_error(exc)
+
+
+MATRIX = [("agent", m, who) for m in AGENT_REQUESTS for who in IDENTITIES] + [
+    ("coordinator", m, who) for m in COORDINATOR_REQUESTS for who in IDENTITIES
+]
+
+
+def test_the_matrix_covers_every_rpc_of_both_services():
+    methods = {
+        f"/{s.full_name}/{m.name}"
+        for s in (apb.DESCRIPTOR.services_by_name["Agent"], cpb.DESCRIPTOR.services_by_name["Coordinator"])
+        for m in s.methods
+    }
+    assert methods == set(authz.RULES), "every RPC needs a rule in ferry.authz.RULES"
+    assert {authz.short(m) for m in methods} == set(ALLOWED) == set(AGENT_REQUESTS) | set(COORDINATOR_REQUESTS)
+    for method, rule in authz.RULES.items():
+        assert {r.value for r in rule.roles} == ALLOWED[authz.short(method)], method
+
+
+@pytest.mark.parametrize(("service", "method", "who"), MATRIX, ids=[f"{s}.{m}-{w}" for s, m, w in MATRIX])
+async def test_role_matrix(servers: Servers, service: str, method: str, who: str):
+    address = servers.agent_address if service == "agent" else servers.coordinator_address
+    request = (AGENT_REQUESTS if service == "agent" else COORDINATOR_REQUESTS)[method]
+    code, answer = await call(address, servers.pki.tls(who), service, method, request)
+    if who in ALLOWED[method]:
+        assert code not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED), answer
+        assert code != grpc.StatusCode.UNAVAILABLE, answer
+    else:
+        assert code == grpc.StatusCode.PERMISSION_DENIED, answer
+        assert answer.reason == NEEDED[method]
+        assert IDENTITIES[who].uri in answer.message and answer.hint
+
+
+@pytest.mark.parametrize("client", ["none", "foreign", "expired"])
+@pytest.mark.parametrize("service", ["agent", "coordinator"])
+async def test_clients_without_a_valid_certificate_never_reach_a_servicer(servers: Servers, client: str, service: str):
+    address = servers.agent_address if service == "agent" else servers.coordinator_address
+    method, request = ("GetInventory", AGENT_REQUESTS["GetInventory"])
+    if service == "coordinator":
+        method, request = ("ListHosts", COORDINATOR_REQUESTS["ListHosts"])
+    pki = servers.pki
+    tls = {
+        "none": None,  # plaintext: no TLS at all
+        "foreign": Tls(pki.dir / "foreign-ca.pem", pki.dir / "foreign.pem", pki.dir / "foreign-key.pem"),
+        "expired": pki.tls("expired"),
+    }[client]
+    code, _ = await call(address, tls, service, method, request)
+    assert code == grpc.StatusCode.UNAVAILABLE
+    # the same call with a valid operator certificate goes through: the refusal was the certificate's
+    code, _ = await call(address, pki.tls("operator"), service, method, request)
+    assert code == grpc.StatusCode.OK
+
+
+async def test_a_certificate_without_an_identity_is_unauthenticated(servers: Servers):
+    code, err = await call(
+        servers.coordinator_address, servers.pki.tls("anonymous"), "coordinator", "ListHosts", cpb.ListHostsRequest()
+    )
+    assert code == grpc.StatusCode.UNAUTHENTICATED and err.reason == "NO_IDENTITY"
+
+
+@pytest.mark.parametrize(
+    ("extra", "feature"),
+    [
+        ({"mapping": tpb.HostMapping(bridges={"br-guest": "br-vm"})}, "mapping overrides"),
+        ({"mapping": tpb.HostMapping(path_prefixes={"/a": "/b"})}, "mapping overrides"),
+        ({"options": tpb.MigrationOptions(unsafe=True)}, "unsafe options"),
+    ],
+)
+async def test_a_scheduler_submits_without_overrides_or_unsafe_options(servers: Servers, extra: dict, feature: str):
+    request = cpb.SubmitMigrationRequest(vm="nope", target_host="host9", **extra)
+    code, err = await call(
+        servers.coordinator_address, servers.pki.tls("scheduler"), "coordinator", "SubmitMigration", request
+    )
+    assert code == grpc.StatusCode.PERMISSION_DENIED and err.reason == "ROLE_OPERATOR_REQUIRED"
+    assert feature in err.message
+    # an operator may: the request gets past the authorization (the VM is unknown)
+    code, err = await call(
+        servers.coordinator_address, servers.pki.tls("operator"), "coordinator", "SubmitMigration", request
+    )
+    assert code not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED), err
+
+
+async def test_secure_domain_xml_only_for_the_coordinator(servers: Servers):
+    request = apb.GetDomainRequest(name="web-1", include_xml=True)
+    xml = {}
+    for who in ("coordinator", "operator", "reader"):
+        code, answer = await call(servers.agent_address, servers.pki.tls(who), "agent", "GetDomain", request)
+        assert code == grpc.StatusCode.OK, answer
+        xml[who] = answer.xml
+    assert PASSWORD in xml["coordinator"]
+    assert "<graphics" in xml["operator"] and PASSWORD not in xml["operator"] and PASSWORD not in xml["reader"]
+
+
+async def test_every_mutating_call_is_audited_once(servers: Servers, caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="ferry.audit")
+    await call(
+        servers.agent_address,
+        servers.pki.tls("coordinator"),
+        "agent",
+        "AbortMigration",
+        apb.AbortMigrationRequest(domain="web-1"),
+    )
+    await call(
+        servers.coordinator_address,
+        servers.pki.tls("operator"),
+        "coordinator",
+        "CancelMigration",
+        cpb.CancelMigrationRequest(id="m-0123"),
+    )
+    await call(
+        servers.coordinator_address, servers.pki.tls("reader"), "coordinator", "ListHosts", cpb.ListHostsRequest()
+    )
+    lines = [r.getMessage() for r in caplog.records if r.name == "ferry.audit"]
+    assert lines == [
+        'audit identity=ferry://coordinator/c1 method=AbortMigration vm="web-1" migration="" outcome=OK',
+        'audit identity=ferry://operator/alice method=CancelMigration vm="" migration="m-0123" outcome=NOT_FOUND',
+    ]
+
+
+async def test_the_coordinator_reaches_an_agent_only_under_its_registered_name(servers: Servers):
+    """The agent's certificate names its host (DNS SAN host1): a registration of host2 that
+    points at host1's address fails the handshake instead of talking to the wrong agent."""
+    from ferry.coordinator.agent_client import GrpcAgentClient
+    from ferry.errors import Unavailable
+
+    tls = servers.pki.tls("coordinator")
+    right = GrpcAgentClient("host1", servers.agent_address, tls, timeout_s=5.0)
+    wrong = GrpcAgentClient("host2", servers.agent_address, tls, timeout_s=2.0)
+    try:
+        assert (await right.inventory()).host.hostname == "host1"
+        with pytest.raises(Unavailable):
+            await wrong.inventory()
+    finally:
+        await right.close()
+        await wrong.close()
+
+
+async def test_a_plaintext_server_says_so_at_start(caplog: pytest.LogCaptureFixture):
+    server, _ = create_server(["127.0.0.1:0"], lambda s: [])
+    try:
+        assert any("WITHOUT TLS" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    finally:
+        await server.stop(None)
