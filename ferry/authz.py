@@ -11,14 +11,19 @@ coordinator     every Agent RPC; the only identity that may call the mutating on
                 (PrepareIncoming, CleanupIncoming, CommitIncoming, Migrate, AbortMigration,
                 TuneMigration, ProbeTarget, RemoveSourceDisks) and that gets the secure
                 domain XML (graphics passwords) from GetDomain
-operator        every Coordinator RPC, with mapping overrides and unsafe options;
-                the Agent API's reads (GetInventory, GetDomain, ListPrepares, GetJob)
-scheduler       SubmitMigration and CancelMigration without mapping overrides or unsafe
-                options; the Coordinator API's reads
+operator        every Coordinator RPC, with mapping overrides, unsafe options and
+                definition overrides (keep_source_definition, transient_target); the Agent
+                API's reads (GetInventory, GetDomain, ListPrepares, GetJob) without a leader term
+scheduler       SubmitMigration and CancelMigration without mapping overrides, unsafe
+                options or definition overrides; the Coordinator API's reads
 reader          the reads: ListHosts, ListVMs, GetMigration, ListMigrations, WatchMigration,
-                Preflight; the Agent API's reads
+                Preflight; the Agent API's reads without a leader term
 agent           nothing beyond health checks (agents call etcd, not each other)
 ==============  =====================================================================
+
+A leader term (``leader_term``, the agents' fence against a deposed leader) is the
+coordinator's alone, also on a read: an agent remembers the highest term any read carried, so a
+reader's GetDomain with a made-up term would otherwise fence off the real leader.
 
 A refusal is PERMISSION_DENIED with reason ``ROLE_<ROLE>_REQUIRED`` naming the least
 privileged role that would have been allowed.
@@ -55,7 +60,15 @@ def _operator_features(request: Any) -> list[str]:
     options = getattr(request, "options", None)
     if options is not None and options.unsafe:
         found.append("unsafe options")
+    if options is not None and (options.keep_source_definition or options.transient_target):
+        found.append("definition overrides")  # a kept source definition is a second, startable copy
     return found
+
+
+def _leader_term(request: Any) -> list[str]:
+    """A leader term on an agent read: only the coordinator speaks for a leader (the agent
+    remembers the highest term a read carries and refuses older leaders' changes after it)."""
+    return ["a leader term"] if getattr(request, "leader_term", 0) else []
 
 
 def _not_dry_run(request: Any) -> bool:
@@ -102,9 +115,9 @@ RULES: dict[str, Rule] = {
     _c("Preflight"): Rule(_READERS),
     # the agent API
     _a("GetInventory"): Rule(_AGENT_READERS),
-    _a("GetDomain"): Rule(_AGENT_READERS),
-    _a("ListPrepares"): Rule(_AGENT_READERS),
-    _a("GetJob"): Rule(_AGENT_READERS),
+    _a("GetDomain"): Rule(_AGENT_READERS, elevated=_leader_term, elevated_roles=_COORDINATOR),
+    _a("ListPrepares"): Rule(_AGENT_READERS, elevated=_leader_term, elevated_roles=_COORDINATOR),
+    _a("GetJob"): Rule(_AGENT_READERS, elevated=_leader_term, elevated_roles=_COORDINATOR),
     _a("PrepareIncoming"): Rule(_COORDINATOR, mutating=True, audited=_not_dry_run),
     _a("CleanupIncoming"): Rule(_COORDINATOR, mutating=True),
     _a("CommitIncoming"): Rule(_COORDINATOR, mutating=True),

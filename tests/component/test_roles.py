@@ -261,6 +261,8 @@ async def test_a_certificate_without_an_identity_is_unauthenticated(servers: Ser
         ({"mapping": tpb.HostMapping(bridges={"br-guest": "br-vm"})}, "mapping overrides"),
         ({"mapping": tpb.HostMapping(path_prefixes={"/a": "/b"})}, "mapping overrides"),
         ({"options": tpb.MigrationOptions(unsafe=True)}, "unsafe options"),
+        ({"options": tpb.MigrationOptions(keep_source_definition=True)}, "definition overrides"),
+        ({"options": tpb.MigrationOptions(transient_target=True)}, "definition overrides"),
     ],
 )
 async def test_a_scheduler_submits_without_overrides_or_unsafe_options(servers: Servers, extra: dict, feature: str):
@@ -275,6 +277,36 @@ async def test_a_scheduler_submits_without_overrides_or_unsafe_options(servers: 
         servers.coordinator_address, servers.pki.tls("operator"), "coordinator", "SubmitMigration", request
     )
     assert code not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED), err
+
+
+@pytest.mark.parametrize(
+    ("method", "request_"),
+    [
+        ("GetDomain", apb.GetDomainRequest(name="web-1", leader_term=1 << 40)),
+        ("ListPrepares", apb.ListPreparesRequest(leader_term=1 << 40)),
+        ("GetJob", apb.GetJobRequest(domain="web-1", leader_term=1 << 40)),
+    ],
+)
+async def test_only_the_coordinator_reads_with_a_leader_term(servers: Servers, method: str, request_: Any):
+    """An agent remembers the highest leader term a read carries and refuses older leaders'
+    changes: a reader's read with a made-up term must not fence off the real leader."""
+    for who in ("operator", "reader"):
+        code, err = await call(servers.agent_address, servers.pki.tls(who), "agent", method, request_)
+        assert code == grpc.StatusCode.PERMISSION_DENIED and err.reason == "ROLE_COORDINATOR_REQUIRED", (who, err)
+        assert "a leader term" in err.message
+    # the leader's next change (term 5) still goes through: the refused reads raised no fence
+    coordinator = servers.pki.tls("coordinator")
+    code, err = await call(
+        servers.agent_address,
+        coordinator,
+        "agent",
+        "AbortMigration",
+        apb.AbortMigrationRequest(domain="web-1", leader_term=5),
+    )
+    assert not (code == grpc.StatusCode.FAILED_PRECONDITION and err.reason == "STALE_LEADER"), err
+    # the coordinator itself may read with its term
+    code, answer = await call(servers.agent_address, coordinator, "agent", method, request_)
+    assert code not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED), answer
 
 
 async def test_secure_domain_xml_only_for_the_coordinator(servers: Servers):
