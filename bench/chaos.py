@@ -58,7 +58,7 @@ from ferry.lab import ControlPlane, Lab, procs
 from ferry.lab.controlplane import ELECTION_TTL_S, REGISTRY_TTL_S
 from ferry.lab.domain import parse_size
 from ferry.lab.topology import IMAGE_DIR
-from ferry.rpc import create_channel
+from ferry.rpc import Tls, create_channel
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
 
@@ -350,7 +350,9 @@ class Campaign:
             injected.append(inject())
             return fired
 
-        mid, caught = asyncio.run(_submit_watch_inject(self.standby_address(), request, phase, at_phase))
+        mid, caught = asyncio.run(
+            _submit_watch_inject(self.standby_address(), self.lab.client_tls("operator.lab"), request, phase, at_phase)
+        )
         return mid, caught, injected[0]
 
     def standby_address(self) -> str:
@@ -635,10 +637,10 @@ class Caught:
 
 
 async def _submit_watch_inject(
-    address: str, request: cpb.SubmitMigrationRequest, phase: str, at_phase: Callable[[str], float]
+    address: str, tls: Tls, request: cpb.SubmitMigrationRequest, phase: str, at_phase: Callable[[str], float]
 ) -> tuple[str, Caught]:
     wanted = c.phase_index(phase)
-    async with create_channel(address) as channel:
+    async with create_channel(address, tls=tls) as channel:
         stub = cgrpc.CoordinatorStub(channel)
         record = await stub.SubmitMigration(request, timeout=30)
         seen = c.phase_from_json(cpb.Phase.Name(record.phase))
@@ -725,7 +727,8 @@ def control_run(lab: Lab, settings: Settings, rounds: int, results: list[c.Contr
 def _raw_migrate(lab: Lab, vm: str, shared: bool, settings: Settings) -> tuple[bool, str]:
     """What an operator types: the target disk made by hand for a copy, then virsh migrate
     from inside the source host."""
-    flags = ["--live", "--p2p", "--persistent", "--undefinesource", "--bandwidth", str(settings.bandwidth)]
+    # --tls: the lab's libvirtd refuses plaintext migrations (migrate_tls_force), as ferry's are TLS
+    flags = ["--live", "--p2p", "--tls", "--persistent", "--undefinesource", "--bandwidth", str(settings.bandwidth)]
     if shared:
         flags.append("--unsafe")
     else:

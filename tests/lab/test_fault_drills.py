@@ -46,7 +46,7 @@ from fleetcli import (
 from ferry.cli.config import coordinator_addresses
 from ferry.lab import Lab
 from ferry.lab.controlplane import lab_cli_config
-from ferry.rpc import create_channel
+from ferry.rpc import Tls, create_channel
 from ferry.v1 import agent_pb2 as apb
 from ferry.v1 import agent_pb2_grpc as agrpc
 from ferry.v1 import coordinator_pb2 as cpb
@@ -165,8 +165,8 @@ def test_target_agent_restarted_within_its_lease_while_finishing_does_not_stall(
 # ---------------------------------------------------------------- 3. GetDomain during an incoming copy
 
 
-async def _get_domain(address: str, name: str) -> tuple[apb.GetDomainResponse, float]:
-    async with create_channel(address) as channel:
+async def _get_domain(address: str, tls: Tls, name: str) -> tuple[apb.GetDomainResponse, float]:
+    async with create_channel(address, tls=tls) as channel:
         started = time.monotonic()
         resp = await agrpc.AgentStub(channel).GetDomain(apb.GetDomainRequest(name=name), timeout=60)
         return resp, time.monotonic() - started
@@ -176,7 +176,9 @@ def test_get_domain_on_the_target_answers_during_an_incoming_copy(lab, guests):
     name = "fd-getdomain"
     mid = start_copy(lab, guests, name, "--bandwidth", "8")
     wait_until(lambda: placement(lab, name).get("host2") == "paused", 30, "the incoming domain on host2")
-    resp, seconds = asyncio.run(_get_domain(lab.agent_address("host2"), name))  # as a recovering leader asks
+    resp, seconds = asyncio.run(
+        _get_domain(lab.agent_address("host2"), lab.client_tls(), name)
+    )  # as a recovering leader asks
     still_copying = outgoing_jobs(lab, "host1", [name]) == [name]
     ferry(lab, "migrations", "cancel", mid)
     final = wait_final(lab, mid, timeout=60)
@@ -193,7 +195,7 @@ def test_get_domain_on_the_target_answers_during_an_incoming_copy(lab, guests):
 async def _plain_submit(lab: Lab, name: str) -> cpb.Migration:
     """What a scheduler's reflection client sends: the VM, the target, a key; nothing else."""
     [address, *_] = coordinator_addresses(None, {"FERRY_CONFIG": str(lab_cli_config(lab.paths))})
-    async with create_channel(address) as channel:
+    async with create_channel(address, tls=lab.client_tls("scheduler.lab")) as channel:  # a scheduler's identity
         stub = cgrpc.CoordinatorStub(channel)
         last = await stub.SubmitMigration(
             cpb.SubmitMigrationRequest(vm=name, target_host="host2", idempotency_key=f"sched-{name}"), timeout=30

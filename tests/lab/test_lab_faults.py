@@ -113,7 +113,9 @@ def test_image_fs_for_a_host_the_lab_has_not_or_too_small(image_fs, problem):
 
 
 def test_the_host_record_keeps_its_image_filesystem_and_old_state_files_still_load():
-    record = HostRecord("host2", 2, "10.77.0.12", "u", "br-vm", "qemu:///", "qemu+tcp://", "unix:a", "b", {}, 64 << 20)
+    record = HostRecord(
+        "host2", 2, "10.77.0.12", "u", "br-vm", "qemu:///", "qemu+tls://10.77.0.12/system", "unix:a", "b", {}, 64 << 20
+    )
     assert HostRecord.from_json(record.to_json()) == record
     old = {k: v for k, v in record.to_json().items() if k != "image_fs_bytes"}
     assert HostRecord.from_json(old).image_fs_bytes == 0
@@ -140,7 +142,7 @@ def test_status_shows_a_host_s_image_filesystem_and_a_link_taken_down():
         "host_uuid": "u2",
         "guest_bridge": "br-vm",
         "libvirt_uri": "qemu:///x",
-        "tcp_uri": "qemu+tcp://10.77.0.12/system",
+        "tcp_uri": "qemu+tls://10.77.0.12/system?pkipath=/etc/libvirt/pki",
         "agent_address": "unix:/a",
         "agent_listen": "10.77.0.12:7070",
         "holder": None,
