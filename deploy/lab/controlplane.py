@@ -10,7 +10,8 @@ Worked example, lab dir /tmp/ferry-lab, 2 hosts, ``ControlPlane(etcd_members=1, 
               config /tmp/ferry-lab/coordinators/c1/coordinator.toml
               metrics 10.77.0.1:9471  unix:/tmp/ferry-lab/coordinators/c1.metrics.sock
     c2        10.77.0.1:7101  unix:/tmp/ferry-lab/coordinators/c2.sock
-    agents    [registry] etcd_endpoints = ["10.77.0.1:2379"], address = "10.77.0.11:7070", ttl 10 s
+    agents    [registry] etcd_endpoints = ["10.77.0.1:2379"], server_name = "etcd", address = "10.77.0.11:7070"
+              ttl_s = 10
     cli.toml  coordinator = "unix:/tmp/ferry-lab/coordinators/c1.sock"
               coordinators = ["unix:.../c1.sock", "unix:.../c2.sock"]
               ca, cert, key = /tmp/ferry-lab/pki/{ca,operator.lab,operator.lab-key}.pem
@@ -34,6 +35,10 @@ from pathlib import Path
 
 from ferry.lab.etcd import MemberSpec, MemberTLS
 from ferry.lab.topology import CORE_ADDRESS, IMAGE_DIR, HostPlan, LabPaths
+
+# The DNS name in the etcd members' certificate (pki.py) that coordinators and agents verify:
+# a gRPC client given several endpoints cannot check each one's IP address, so it needs a name.
+ETCD_SERVER_NAME = "etcd"
 
 ETCD_FIRST_CLIENT_PORT = 2379  # member sN: client 2379 + 2(N-1), peer one above
 COORDINATOR_FIRST_PORT = 7100  # cN: 7100 + N - 1
@@ -198,7 +203,8 @@ def render_coordinator_toml(
         "[etcd]",
         f"endpoints = {_toml_list(plan.etcd_endpoints)}",
         f"prefix = {_toml_str(ETCD_PREFIX)}",
-        *([] if pki is not None else ["insecure = true"]),  # else TLS with the [tls] certificate
+        # else TLS with the [tls] certificate, the members' certificate checked for its DNS name
+        *([f"server_name = {_toml_str(ETCD_SERVER_NAME)}"] if pki is not None else ["insecure = true"]),
         "",
         "[limits]",
         f"per_host_outbound = {shape.per_host_outbound}",
@@ -233,6 +239,7 @@ class Registry:
     etcd_endpoints: tuple[str, ...]
     prefix: str = ETCD_PREFIX
     ttl_s: int = REGISTRY_TTL_S
+    server_name: str = ""  # the members' certificate's DNS name (TLS labs: ETCD_SERVER_NAME)
 
 
 def render_registry_section(registry: Registry, plan: HostPlan) -> str:
@@ -245,6 +252,7 @@ def render_registry_section(registry: Registry, plan: HostPlan) -> str:
             f"address = {_toml_str(plan.agent_listen)}",
             f"prefix = {_toml_str(registry.prefix)}",
             f"ttl_s = {registry.ttl_s}",
+            *([f"server_name = {_toml_str(registry.server_name)}"] if registry.server_name else []),
             "",
         ]
     )

@@ -35,6 +35,7 @@ from ferry.lab import cliconfig, control, drills, faults, guests, hosts, package
 from ferry.lab import state as state_mod
 from ferry.lab import status as status_mod
 from ferry.lab.controlplane import (
+    ETCD_SERVER_NAME,
     ControlPlane,
     ControlPlanePlan,
     Registry,
@@ -300,7 +301,11 @@ class Lab:
             for future in concurrent.futures.as_completed([image, *started]):
                 future.result()  # the first failure is raised (the others finish first)
         hosts.save_qemu_capabilities(self.paths, plans[0].name, caps_cache)
-        registry = Registry(cp_plan.etcd_endpoints) if cp_plan is not None else None
+        registry = (
+            Registry(cp_plan.etcd_endpoints, server_name=ETCD_SERVER_NAME if etcd_tls is not None else "")
+            if cp_plan is not None
+            else None
+        )
         if agents:
             self._start_agents(plans, agent_command, registry)
         if cp_plan is not None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ferry.certs import Pem, issue, issue_identity, new_ca, read_pem, write_pem
 from ferry.identity import Identity, Role
+from ferry.lab.controlplane import ETCD_SERVER_NAME
 from ferry.lab.etcd import MemberTLS
 from ferry.lab.topology import CORE_ADDRESS, HostPlan, LabPaths
 from ferry.rpc import Tls
@@ -83,7 +84,9 @@ def create(paths: LabPaths, hosts: Sequence[HostPlan]) -> None:
     d = pki_dir(paths)
     ca = new_ca(f"Ferry lab CA {secrets.token_hex(4)}", days=30)  # a CN holds at most 64 characters
     write_pem(d, "ca", ca)
-    write_pem(d, "etcd", issue(ca, "etcd", dns=["localhost", "etcd"], ips=[CORE_ADDRESS, "127.0.0.1"], days=30))
+    write_pem(
+        d, "etcd", issue(ca, "etcd", dns=["localhost", ETCD_SERVER_NAME], ips=[CORE_ADDRESS, "127.0.0.1"], days=30)
+    )
     write_pem(d, ETCD_ADMIN, issue(ca, ETCD_ADMIN, days=30))
     for i in range(1, MAX_COORDINATORS + 1):
         who = Identity(Role.COORDINATOR, f"c{i}")

@@ -82,6 +82,8 @@ def test_coordinator_config_is_what_ferry_coordinator_reads():
     assert config.listen == ("10.77.0.1:7101", "unix:/tmp/l/coordinators/c2.sock")
     assert config.metrics_listen == ("10.77.0.1:9472", "unix:/tmp/l/coordinators/c2.metrics.sock")
     assert config.etcd.endpoints == ("10.77.0.1:2379",) and config.etcd.prefix == "/ferry/"
+    # the members' certificate is checked for its DNS name: a client of several endpoints needs one
+    assert config.etcd.server_name == "etcd"
     limits = config.limits
     assert (limits.per_host_outbound, limits.per_host_inbound, limits.cluster) == (1, 2, 4)
     # br-guest on host1, br-vm on host2: the mapping is derived, no --map-bridge needed
@@ -93,10 +95,10 @@ def test_coordinator_config_is_what_ferry_coordinator_reads():
 def test_agents_register_with_their_lab_network_address():
     paths = LabPaths(LAB)
     host2 = plan_hosts(paths, 2)[1]
-    text = render_agent_config(paths, host2, Registry(("10.77.0.1:2379", "10.77.0.1:2381")))
+    text = render_agent_config(paths, host2, Registry(("10.77.0.1:2379", "10.77.0.1:2381"), server_name="etcd"))
     registry = parse_agent_config(text).registry
     assert registry is not None
-    assert registry.etcd_endpoints == ("10.77.0.1:2379", "10.77.0.1:2381")
+    assert registry.etcd_endpoints == ("10.77.0.1:2379", "10.77.0.1:2381") and registry.server_name == "etcd"
     assert (registry.address, registry.prefix, registry.ttl_s) == ("10.77.0.12:7070", "/ferry/", 10)
     assert parse_agent_config(render_agent_config(paths, host2, None)).registry is None
 
