@@ -25,6 +25,7 @@ import grpc
 from ferry.agent.config import AgentConfig
 from ferry.agent.main import build_agent, register
 from ferry.agent.service import AgentServicer
+from ferry.agent.targets import MigrationTargets
 from ferry.coordinator.agent_client import GrpcAgentClient
 from ferry.model import DomainState, HostMapping
 from ferry.registry import HostChange, HostRegistration
@@ -208,7 +209,8 @@ async def start_agent(name: str, index: int, fakes: FakeFleet, state_dir: Path, 
         state_dir=str(state_dir),
         prepare_ttl_s=600,
     )
-    servicer = build_agent(config, hv, host)
+    # where Migrate may go: every host of this fake fleet (as if registered)
+    servicer = build_agent(config, hv, host, targets=MigrationTargets(name, peers=lambda: list(fakes.hosts)))
     agent = FakeAgent(name, index, hv, host, servicer, config)
     await agent.start()
     return agent
