@@ -260,7 +260,7 @@ def render_agent_toml(paths: LabPaths, plan: HostPlan, peers: Sequence[HostPlan]
             f"migration_address = {_toml_str(plan.address)}",
             f"image_dirs = [{_toml_str(IMAGE_DIR)}]",
             f"shared_dirs = [{_toml_str(str(paths.shared))}]",
-            f"migration_targets = [{targets}]",
+            *([f"migration_targets = [{targets}]"] if targets else []),
             f"state_dir = {_toml_str(AGENT_STATE_DIR)}                   # host-local (overlay /var)",
             "prepare_ttl_s = 600",
             "libvirt_timeout_s = 30",
