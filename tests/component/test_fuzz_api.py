@@ -142,9 +142,10 @@ def apis(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
         f"largest trailer {f['max_trailer']} bytes"
     )
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
-    print(line)
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():  # shown in every run, not only with -s
+            reporter.write_line("\n" + line)
 
 
 # ---------------------------------------------------------------- strategies: edge values
