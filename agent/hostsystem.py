@@ -12,6 +12,7 @@ offered to guests.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -227,7 +228,7 @@ class LocalHostSystem:
                     raise FileNotFoundError(path)
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
             except OSError as exc:
-                if exc.errno == 40:  # ELOOP: the file itself is a link
+                if exc.errno == errno.ELOOP:  # the file itself is a link
                     raise symlink_problem(path, path, what).to_error() from exc
                 raise FailedPrecondition(
                     f"cannot open {what} {clip(path)}: {exc.strerror or 'missing'}",
