@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from ferry import convert, model, validate
+from ferry import convert, logcontext, model, validate
 from ferry.agent.domxml import parse_xml
 from ferry.agent.inventory import Inventory
 from ferry.agent.migration import MigrationDriver, MigrationRequest
@@ -82,6 +82,15 @@ def _plans(values: Sequence[tpb.DiskPlan], field: str = "disks") -> list[DiskPla
 
 def _always(context: Context) -> bool:
     return True
+
+
+def _about(migration_id: str, *, vm: str = "", source: str = "", target: str = "") -> None:
+    """Bind the migration a call is about for its log lines: what the caller's metadata named
+    (``ferry.rpc``), completed with what this agent knows."""
+    if not migration_id:
+        return
+    known = logcontext.MigrationContext(migration_id, vm=vm, source=source, target=target)
+    logcontext.bind((logcontext.current() or known).merged(known))
 
 
 def disks_to_copy(domain: DomainInfo, options: MigrationOptions, plans: Sequence[DiskPlan] = ()) -> list[str]:
@@ -156,6 +165,7 @@ class AgentServicer(agrpc.AgentServicer):
         )
         if not request.domain_xml:
             _required(request.domain_xml, "domain_xml")
+        _about(validate.ident(request.migration_id, "migration_id"), target=self.prepare.host_name)
         out = await self.prepare.prepare(
             _xml(request.domain_xml, "domain_xml"),
             _plans(request.disks),
@@ -221,6 +231,7 @@ class AgentServicer(agrpc.AgentServicer):
         _xml(request.destination_xml, "destination_xml")
         await self.targets.check(target_uri, migrate_uri)
         domain = await self.inventory.domain(name)
+        _about(migration_id, vm=domain.name, source=self.prepare.host_name)
         disks = disks_to_copy(domain, options, plans)
         copied = [d for d in domain.disks if d.target in disks]
         req = MigrationRequest(
@@ -233,6 +244,7 @@ class AgentServicer(agrpc.AgentServicer):
             disk_bytes=sum(d.allocation or d.virtual_size for d in copied),
             progress_interval_s=interval / 1000,
             migration_id=migration_id,
+            domain_name=domain.name,
         )
         await self._claim(domain, migration_id)
         try:

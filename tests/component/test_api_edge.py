@@ -13,7 +13,6 @@ import asyncio
 import grpc
 import pytest
 from test_agent_api import add_guest, migrate_request, prepare_target, rpc_error
-from test_coordinator_api import fx  # noqa: F401 - the coordinator fixture
 
 from ferry import validate
 from ferry.agent.main import register
@@ -225,7 +224,7 @@ async def test_a_server_caps_concurrent_calls(agents):
     ],
     ids=lambda v: v if isinstance(v, str) else type(v).__name__,
 )
-async def test_coordinator_refuses_malformed_requests_with_a_reason(fx, request_, reason):  # noqa: F811
+async def test_coordinator_refuses_malformed_requests_with_a_reason(fx, request_, reason):
     fx.agents.add_guest("host1", "g1")
     method = getattr(fx.stub, type(request_).__name__.removesuffix("Request"))
     before = fx.store.revision
@@ -235,7 +234,7 @@ async def test_coordinator_refuses_malformed_requests_with_a_reason(fx, request_
     assert fx.store.revision == before  # nothing written
 
 
-async def test_watch_streams_share_one_store_watch(fx):  # noqa: F811
+async def test_watch_streams_share_one_store_watch(fx):
     for vm in ("a", "b"):
         fx.agents.add_guest("host1", vm)
     ms = [await fx.submit("a", "host2"), await fx.submit("b", "host3")]

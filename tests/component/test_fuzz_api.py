@@ -32,10 +32,10 @@ from typing import Any
 
 import grpc
 import pytest
+from coordinator_setup import Setup, close, start
 from google.rpc import error_details_pb2, status_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_coordinator_api import Setup, start
 
 from ferry import convert
 from ferry.diskplan import plan_disks
@@ -125,12 +125,7 @@ def apis(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     async def stop() -> None:
         for c in channels:
             await c.close()
-        await setup._channel.close()  # type: ignore[attr-defined]
-        await setup.coordinator.stop(grace_s=0.5)
-        for reg in setup.registrations.values():
-            await reg.stop()
-        await setup.agents.close()
-        await setup.store.close()
+        await close(setup)
 
     loop.run(stop())
     loop.close()
