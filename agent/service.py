@@ -83,6 +83,11 @@ def _plans(values: Sequence[tpb.DiskPlan], field: str = "disks") -> list[DiskPla
     return [convert.disk_plan_from_pb(d) for d in values]
 
 
+def _term(value: int) -> int:
+    """A request's ``leader_term``: 0 (not a leader's call) or an etcd revision."""
+    return validate.number(value, "leader_term", hi=validate.MAX_LEADER_TERM, zero="a call from outside the leader")
+
+
 def _always(context: Context) -> bool:
     return True
 
@@ -153,7 +158,7 @@ class AgentServicer(agrpc.AgentServicer):
     @rpc_method
     async def GetDomain(self, request: apb.GetDomainRequest, context: Context) -> apb.GetDomainResponse:
         name = _domain_ref(request.name, "name")
-        self.fence.observe(request.leader_term)
+        self.fence.observe(_term(request.leader_term))
         domain = await self.inventory.domain(name)
         xml = ""
         if request.include_xml:
@@ -177,9 +182,9 @@ class AgentServicer(agrpc.AgentServicer):
         plans = _plans(request.disks)
         mapping = convert.mapping_from_pb(request.mapping)
         if request.dry_run:
-            self.fence.observe(request.leader_term)
+            self.fence.observe(_term(request.leader_term))
         else:
-            self.fence.admit(request.leader_term, "PrepareIncoming")
+            self.fence.admit(_term(request.leader_term), "PrepareIncoming")
         _about(migration_id, target=self.prepare.host_name)
         out = await self.prepare.prepare(xml, plans, mapping, storage, ttl, migration_id, request.dry_run)
         return convert.prepared_to_pb(out)
@@ -189,21 +194,21 @@ class AgentServicer(agrpc.AgentServicer):
         self, request: apb.CleanupIncomingRequest, context: Context
     ) -> apb.CleanupIncomingResponse:
         prepare_id = validate.ident(request.prepare_id, "prepare_id", required=True)
-        self.fence.admit(request.leader_term, "CleanupIncoming")
+        self.fence.admit(_term(request.leader_term), "CleanupIncoming")
         removed, already_gone = await self.prepare.cleanup(prepare_id)
         return apb.CleanupIncomingResponse(removed=removed, already_gone=already_gone)
 
     @rpc_method
     async def CommitIncoming(self, request: apb.CommitIncomingRequest, context: Context) -> apb.CommitIncomingResponse:
         prepare_id = validate.ident(request.prepare_id, "prepare_id", required=True)
-        self.fence.admit(request.leader_term, "CommitIncoming")
+        self.fence.admit(_term(request.leader_term), "CommitIncoming")
         if not await self.prepare.commit(prepare_id):
             log.info("commit of prepare %s: no such record (already committed or cleaned up)", prepare_id)
         return apb.CommitIncomingResponse()
 
     @rpc_method
     async def ListPrepares(self, request: apb.ListPreparesRequest, context: Context) -> apb.ListPreparesResponse:
-        self.fence.observe(request.leader_term)
+        self.fence.observe(_term(request.leader_term))
         return apb.ListPreparesResponse(prepares=[convert.prepare_record_to_pb(r) for r in self.prepare.list()])
 
     # ------------------------------------------------------------------ source side
@@ -238,7 +243,7 @@ class AgentServicer(agrpc.AgentServicer):
         )
         plans = _plans(request.disks)
         _xml(request.destination_xml, "destination_xml")
-        self.fence.admit(request.leader_term, "Migrate")
+        self.fence.admit(_term(request.leader_term), "Migrate")
         await self.targets.check(target_uri, migrate_uri)
         domain = await self.inventory.domain(name)
         _about(migration_id, vm=domain.name, source=self.prepare.host_name)
@@ -279,7 +284,7 @@ class AgentServicer(agrpc.AgentServicer):
     @rpc_method
     async def AbortMigration(self, request: apb.AbortMigrationRequest, context: Context) -> apb.AbortMigrationResponse:
         name = _domain_ref(request.domain)
-        self.fence.admit(request.leader_term, "AbortMigration")
+        self.fence.admit(_term(request.leader_term), "AbortMigration")
         aborted = await self.hypervisor.abort_job(name)
         log.info("abort of the job of %s requested: %s", name, "aborting" if aborted else "no job running")
         return apb.AbortMigrationResponse(aborted=aborted)
@@ -293,7 +298,7 @@ class AgentServicer(agrpc.AgentServicer):
             validate.number(
                 request.bandwidth_mibps, "bandwidth_mibps", hi=validate.MAX_BANDWIDTH_MIBPS, zero="QEMU's default"
             )
-        self.fence.admit(request.leader_term, "TuneMigration")
+        self.fence.admit(_term(request.leader_term), "TuneMigration")
         if request.HasField("max_downtime_ms"):
             await self.hypervisor.set_max_downtime(name, request.max_downtime_ms)
         if request.HasField("bandwidth_mibps"):
@@ -305,7 +310,7 @@ class AgentServicer(agrpc.AgentServicer):
     @rpc_method
     async def GetJob(self, request: apb.GetJobRequest, context: Context) -> apb.GetJobResponse:
         domain = _domain_ref(request.domain)
-        self.fence.observe(request.leader_term)
+        self.fence.observe(_term(request.leader_term))
         if request.completed:
             return convert.completed_job_response_to_pb(await self.hypervisor.job_stats(domain, completed=True))
         stats = await self.hypervisor.job_stats(domain)
@@ -332,6 +337,6 @@ class AgentServicer(agrpc.AgentServicer):
             validate.text(p, f"paths[{i}]", max_len=PATH_MAX)
             for i, p in enumerate(validate.items(request.paths, "paths"))
         ]
-        self.fence.admit(request.leader_term, "RemoveSourceDisks")
+        self.fence.admit(_term(request.leader_term), "RemoveSourceDisks")
         done = await self.source_disks.remove(domain_uuid, paths, migration_id=request.migration_id)
         return apb.RemoveSourceDisksResponse(removed=done.removed, already_gone=done.already_gone)

@@ -40,6 +40,9 @@ MAX_PROGRESS_INTERVAL_MS = 60_000
 MIN_PROGRESS_INTERVAL_MS = 10
 MAX_PRIORITY = 1_000_000
 MAX_IMAGE_BYTES = 1 << 56  # 64 PiB
+# a coordinator leader's term is an etcd revision (int64): a larger one is no leader's, and would
+# fence every real leader out of an agent for good (agent/fencing.py)
+MAX_LEADER_TERM = (1 << 63) - 1
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

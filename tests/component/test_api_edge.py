@@ -111,6 +111,25 @@ async def test_an_echoed_10_kb_input_stays_small_in_the_status(agents):
     assert "é" * 100 in exc.details() and "é" * 300 not in exc.details()  # a short piece, not the input
 
 
+@pytest.mark.parametrize(
+    "request_",
+    [
+        apb.GetJobRequest(domain="g1", leader_term=1 << 63),  # a read: observed, never refused but for this
+        apb.AbortMigrationRequest(domain="g1", leader_term=(1 << 64) - 1),  # -1 sent as unsigned
+    ],
+    ids=lambda r: type(r).__name__,
+)
+async def test_a_leader_term_no_leader_can_have_is_refused_and_fences_nobody(agents, request_):
+    host1, _ = agents
+    add_guest(host1, "g1")
+    method = getattr(host1.stub, type(request_).__name__.removesuffix("Request"))
+    code, reason, message = await refused(method(request_))
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "OUT_OF_RANGE") and "leader_term" in message
+    # the agent did not take it as a new leader's term: the real leader (an etcd revision) still acts
+    aborted = await host1.stub.AbortMigration(apb.AbortMigrationRequest(domain="g1", leader_term=7))
+    assert aborted.aborted is False and host1.servicer.fence.highest == 7
+
+
 # ---------------------------------------------------------------- Migrate: only to registered hosts
 
 

@@ -5,8 +5,8 @@ of their own, in a thread; hypothesis (pinned, derandomized, a fixed number of e
 sends them requests built from edge values: unknown enum numbers, numbers at and past their
 bounds (an unsigned 4294967295 is a negative number sent by another client), 10 kB names, NUL
 and control characters, paths with ``..``, relative paths and ``/etc/shadow``, oversized lists and
-maps, XML 100,000 elements deep, DOCTYPE and entity bombs -- mixed with real names, so the
-requests also reach past the edge checks.
+maps, XML 100,000 elements deep, DOCTYPE and entity bombs, leader terms past any etcd revision
+-- mixed with real names, so the requests also reach past the edge checks.
 
 The properties, for every call:
 
@@ -190,6 +190,13 @@ def uint(bits: int) -> st.SearchStrategy[int]:
     return st.one_of(edges, st.integers(0, 1000), st.integers(0, top))
 
 
+def term() -> st.SearchStrategy[int]:
+    """A coordinator leader's term (the fence, agent/fencing.py): mostly none (0, as from an operator's
+    tool, so most requests get past the fence), else an edge value or any uint64 (past the largest
+    etcd revision, 2**63 - 1: refused)."""
+    return st.one_of(st.just(0), st.just(0), uint(64), st.sampled_from([(1 << 63) - 1, 1 << 63]))
+
+
 INT32 = st.one_of(st.sampled_from([0, -1, 5, -(1 << 31), (1 << 31) - 1]), st.integers(-(1 << 31), (1 << 31) - 1))
 ENUM = st.one_of(st.integers(0, 3), st.integers(-3, 12), st.sampled_from([-(1 << 31), (1 << 31) - 1, 99]))
 
@@ -282,15 +289,17 @@ def optional(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 
 def tune(domain: st.SearchStrategy[str]) -> st.SearchStrategy[apb.TuneMigrationRequest]:
-    def build(d: str, downtime: int | None, bandwidth: int | None, postcopy: bool) -> apb.TuneMigrationRequest:
-        r = apb.TuneMigrationRequest(domain=d, start_postcopy=postcopy)
+    def build(
+        d: str, downtime: int | None, bandwidth: int | None, postcopy: bool, leader_term: int
+    ) -> apb.TuneMigrationRequest:
+        r = apb.TuneMigrationRequest(domain=d, start_postcopy=postcopy, leader_term=leader_term)
         if downtime is not None:
             r.max_downtime_ms = downtime
         if bandwidth is not None:
             r.bandwidth_mibps = bandwidth
         return r
 
-    return st.builds(build, domain, optional(uint(32)), optional(uint(32)), st.booleans())
+    return st.builds(build, domain, optional(uint(32)), optional(uint(32)), st.booleans(), term())
 
 
 @dataclass(frozen=True)
@@ -339,7 +348,7 @@ RPCS = [
     Rpc(
         "agent",
         "GetDomain",
-        lambda r: st.builds(apb.GetDomainRequest, name=text(r["names"]), include_xml=st.booleans()),
+        lambda r: st.builds(apb.GetDomainRequest, name=text(r["names"]), include_xml=st.booleans(), leader_term=term()),
     ),
     Rpc(
         "agent",
@@ -355,12 +364,21 @@ RPCS = [
                 "ttl_seconds": uint(32),
                 "migration_id": text(r["ids"]),
                 "dry_run": st.booleans(),
+                "leader_term": term(),
             },
         ),
     ),
-    Rpc("agent", "CleanupIncoming", lambda r: st.builds(apb.CleanupIncomingRequest, prepare_id=text(r["ids"]))),
-    Rpc("agent", "CommitIncoming", lambda r: st.builds(apb.CommitIncomingRequest, prepare_id=text(r["ids"]))),
-    Rpc("agent", "ListPrepares", lambda r: st.just(apb.ListPreparesRequest())),
+    Rpc(
+        "agent",
+        "CleanupIncoming",
+        lambda r: st.builds(apb.CleanupIncomingRequest, prepare_id=text(r["ids"]), leader_term=term()),
+    ),
+    Rpc(
+        "agent",
+        "CommitIncoming",
+        lambda r: st.builds(apb.CommitIncomingRequest, prepare_id=text(r["ids"]), leader_term=term()),
+    ),
+    Rpc("agent", "ListPrepares", lambda r: st.builds(apb.ListPreparesRequest, leader_term=term())),
     Rpc(
         "agent",
         "Migrate",
@@ -376,13 +394,22 @@ RPCS = [
                 "migration_id": text(r["ids"]),
                 "progress_interval_ms": uint(32),
                 "disks": bounded_list(disk_plan(r["names"]), PLAN_MANY),
+                "leader_term": term(),
             },
         ),
         streaming=True,
     ),
-    Rpc("agent", "AbortMigration", lambda r: st.builds(apb.AbortMigrationRequest, domain=text(r["names"]))),
+    Rpc(
+        "agent",
+        "AbortMigration",
+        lambda r: st.builds(apb.AbortMigrationRequest, domain=text(r["names"]), leader_term=term()),
+    ),
     Rpc("agent", "TuneMigration", lambda r: tune(text(r["names"]))),
-    Rpc("agent", "GetJob", lambda r: st.builds(apb.GetJobRequest, domain=text(r["names"]), completed=st.booleans())),
+    Rpc(
+        "agent",
+        "GetJob",
+        lambda r: st.builds(apb.GetJobRequest, domain=text(r["names"]), completed=st.booleans(), leader_term=term()),
+    ),
     Rpc(
         "agent",
         "ProbeTarget",
@@ -396,6 +423,7 @@ RPCS = [
             domain_uuid=text(r["uuids"]),
             paths=bounded_list(paths(), "/var/lib/libvirt/images/g1.qcow2"),
             migration_id=text(r["ids"]),
+            leader_term=term(),
         ),
     ),
     Rpc(
