@@ -37,7 +37,7 @@ from xml.parsers import expat
 from ferry.diskplan import map_path
 from ferry.errors import InvalidArgument, clip
 from ferry.model import Disk, DiskPlan, HostMapping, Nic
-from ferry.validate import MAX_XML_BYTES
+from ferry.validate import MAX_NAME, MAX_XML_BYTES
 
 # a domain definition nests about 6 deep; a <backingStore> chain adds one level per image
 MAX_XML_DEPTH = 256
@@ -207,9 +207,17 @@ def parse_domain(xml: str) -> ParsedDomain:
         model = cpu.find("model")
         cpu_model = (model.text or "").strip() if model is not None else ""
         cpu_mode = cpu.get("mode") or "custom"
+    name, uuid = (root.findtext("name") or "").strip(), (root.findtext("uuid") or "").strip()
+    for what, value, limit in (("name", name, MAX_NAME), ("uuid", uuid, 64)):
+        if len(value) > limit or any(ord(c) < 0x20 for c in value):
+            raise InvalidArgument(
+                f"domain {what} {clip(repr(value))} is not a libvirt domain {what}",
+                reason="INVALID_XML",
+                hint=f"a domain {what} has at most {limit} printable characters",
+            )
     return ParsedDomain(
-        name=(root.findtext("name") or "").strip(),
-        uuid=(root.findtext("uuid") or "").strip(),
+        name=name,
+        uuid=uuid,
         domain_type=root.get("type", ""),
         memory_bytes=_memory_bytes(root.find("memory")),
         vcpus=vcpus,

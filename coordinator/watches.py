@@ -39,15 +39,22 @@ class Subscription:
         self._overflowed = False
 
     def put(self, item: WatchEvent | Resync | FerryError) -> None:
+        if isinstance(item, FerryError):  # the watch ended: nothing queued matters any more
+            self._drain()
+            self._queue.put_nowait(item)
+            return
         if self._overflowed:
             return
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
             self._overflowed = True
-            while not self._queue.empty():  # what it missed is superseded by a fresh read
-                self._queue.get_nowait()
-            self._queue.put_nowait(OVERFLOW if not isinstance(item, FerryError) else item)
+            self._drain()  # what it missed is superseded by a fresh read
+            self._queue.put_nowait(OVERFLOW)
+
+    def _drain(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
 
     async def next(self) -> WatchEvent | Resync | str:
         """The next change, or OVERFLOW (read the record again); raises the watch's error."""

@@ -53,6 +53,7 @@ XXE = "<!DOCTYPE d [<!ENTITY x SYSTEM 'file:///etc/shadow'>]><domain><name>&x;</
         (apb.PrepareIncomingRequest(domain_xml=DEEP), "INVALID_XML", "nested deeper than"),
         (apb.PrepareIncomingRequest(domain_xml=LAUGHS), "INVALID_XML", "DOCTYPE"),
         (apb.PrepareIncomingRequest(domain_xml=XXE), "INVALID_XML", "DOCTYPE"),
+        (apb.PrepareIncomingRequest(domain_xml=f"<domain><name>{'x' * 5000}</name></domain>"), "INVALID_XML", "name"),
         (apb.PrepareIncomingRequest(domain_xml="<domain>" + "x" * (2 << 20) + "</domain>"), "INVALID_XML", "bytes"),
         (apb.PrepareIncomingRequest(domain_xml="<domain/>", migration_id="../m-1"), "BAD_ID", "migration_id"),
         (

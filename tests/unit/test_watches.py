@@ -133,3 +133,16 @@ async def test_a_failed_store_watch_reaches_every_subscriber(store):
         for sub in (a, b):
             with pytest.raises(Unavailable):
                 await asyncio.wait_for(sub.next(), 2)
+
+
+async def test_a_failed_watch_reaches_a_subscriber_that_fell_behind(store):
+    hub = MigrationWatches(store, queue_size=1)
+    key = keys.migration_key("m-1")
+    await store.create(key, b"0")
+    async with hub.subscribe(key) as sub:
+        for n in range(1, 4):
+            await store.update(key, str(n).encode(), (await store.get(key)).mod_revision)
+        await asyncio.sleep(0.05)  # it fell behind: OVERFLOW is queued
+        await store.close()
+        with pytest.raises(Unavailable):  # the end is not lost behind the OVERFLOW marker
+            await asyncio.wait_for(sub.next(), 2)
