@@ -303,8 +303,8 @@ class LibvirtHypervisor:
 
         return await self._call("lookupByUUIDString" if uuid else "lookupByName", work, retry=True)
 
-    async def domain_xml(self, name_or_uuid: str, *, migratable: bool = True) -> str:
-        flags = lt.domain_xml_flags(migratable=migratable)
+    async def domain_xml(self, name_or_uuid: str, *, migratable: bool = True, secure: bool = True) -> str:
+        flags = lt.domain_xml_flags(migratable=migratable, secure=secure)
         return await self._call("XMLDesc", lambda c: self._lookup(c, name_or_uuid).XMLDesc(flags), retry=True)
 
     async def job_stats(self, name_or_uuid: str, *, completed: bool = False) -> JobStats:

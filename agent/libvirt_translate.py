@@ -179,9 +179,10 @@ def loggable_params(params: Mapping[str, Any]) -> list[str]:
     return sorted(k for k in params if k not in (VIR_MIGRATE_PARAM_DEST_XML, VIR_MIGRATE_PARAM_PERSIST_XML))
 
 
-def domain_xml_flags(*, migratable: bool) -> int:
-    """virDomainGetXMLDesc flags: always with secrets; MIGRATABLE for a definition to send."""
-    return VIR_DOMAIN_XML_SECURE | (VIR_DOMAIN_XML_MIGRATABLE if migratable else 0)
+def domain_xml_flags(*, migratable: bool, secure: bool = True) -> int:
+    """virDomainGetXMLDesc flags: SECURE (secrets such as graphics passwords) when asked, as a
+    definition sent to the target needs them; MIGRATABLE for a definition to send."""
+    return (VIR_DOMAIN_XML_SECURE if secure else 0) | (VIR_DOMAIN_XML_MIGRATABLE if migratable else 0)
 
 
 def job_stats_flags(*, completed: bool) -> int:

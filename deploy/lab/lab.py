@@ -326,7 +326,7 @@ class Lab:
         for plan in plans:
             holder = current.holder(plan.name)
             assert holder is not None
-            agent = agents_mod.start_agent(self.paths, plan, holder, command, registry=registry)
+            agent = agents_mod.start_agent(self.paths, plan, holder, command, registry=registry, peers=plans)
             self._record(agent)
             started.append(agent)
         for agent in agents_mod.wait_for_agents(started, clock=self.clock):

@@ -15,6 +15,7 @@ and ``fail_migration(name, at_step, code)``.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
@@ -395,9 +396,13 @@ class FakeHypervisor:
                 return self._info(dom)
         return None
 
-    async def domain_xml(self, name_or_uuid: str, *, migratable: bool = True) -> str:
+    async def domain_xml(self, name_or_uuid: str, *, migratable: bool = True, secure: bool = True) -> str:
         await self._enter("domain_xml", "XMLDesc")
-        return self._lookup(name_or_uuid, "XMLDesc").xml
+        xml = self._lookup(name_or_uuid, "XMLDesc").xml
+        if secure:
+            return xml
+        # as libvirt without VIR_DOMAIN_XML_SECURE: no graphics passwords
+        return re.sub(r"""(<graphics\b[^>]*?)\s+passwd=(?:'[^']*'|"[^"]*")""", r"\1", xml)
 
     async def job_stats(self, name_or_uuid: str, *, completed: bool = False) -> JobStats:
         await self._enter("job_stats", "jobStats")
