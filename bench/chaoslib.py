@@ -227,12 +227,15 @@ def plan_trials(
 
 
 def phase_from_json(name: str) -> str:
-    """A record's phase as ``ferry --output json`` prints it -> as the history names it.
+    """A record's phase as ``ferry --output json`` prints it (``rolled_back`` since the CLI's
+    JSON schema; ``PHASE_ROLLED_BACK`` before) -> as the history names it.
 
-    >>> phase_from_json("PHASE_ROLLED_BACK"), phase_from_json("PHASE_MIGRATING"), phase_from_json("Finishing")
-    ('RolledBack', 'Migrating', 'Finishing')
+    >>> phase_from_json("rolled_back"), phase_from_json("migrating"), phase_from_json("PHASE_ROLLED_BACK")
+    ('RolledBack', 'Migrating', 'RolledBack')
+    >>> phase_from_json("Finishing"), phase_from_json("")
+    ('Finishing', '')
     """
-    if not name.startswith("PHASE_"):
+    if not (name.startswith("PHASE_") or name.islower()):
         return name
     return "".join(part.capitalize() for part in name.removeprefix("PHASE_").split("_"))
 

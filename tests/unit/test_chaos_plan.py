@@ -227,6 +227,9 @@ def test_where_the_record_says_the_guest_runs(phase, home):
 def test_phases_as_the_json_prints_them():
     assert c.phase_from_json("PHASE_ROLLING_BACK") == "RollingBack"
     assert c.phase_from_json("PHASE_PREFLIGHT") == "Preflight"
+    # what ferry --output json prints since the CLI's JSON schema
+    assert c.phase_from_json("rolling_back") == "RollingBack"
+    assert c.phase_from_json("preflight") == "Preflight"
 
 
 # ---------------------------------------------------------------- the tables
