@@ -33,6 +33,12 @@
     cert = "/etc/ferry/pki/coordinator.pem"
     key = "/etc/ferry/pki/coordinator-key.pem"
 
+    [metrics]                                        # Prometheus: GET /metrics (on unless enabled = false)
+    listen = ["10.77.0.1:9471"]                      # default: the first listen address's host, port 9471
+
+    [log]
+    format = "json"                                  # "text" (default) or "json" (one object per line)
+
     [hosts.host1]                                    # facts about a host, by logical name
     bridges = { guest = "br-guest" }                 # logical network -> this host's bridge
     networks = { mgmt = "default" }                  # logical network -> this host's libvirt network
@@ -53,10 +59,25 @@ from typing import Any
 from ferry.errors import FailedPrecondition
 from ferry.model import HostMapping
 from ferry.rpc import Tls
-from ferry.tomlconfig import Table, bad, parse_toml, read_config, tls_of
+from ferry.tomlconfig import (
+    LOG_KEYS,
+    METRICS_KEYS,
+    LogConfig,
+    MetricsConfig,
+    Table,
+    bad,
+    log_of,
+    metrics_listen_default,
+    metrics_of,
+    parse_toml,
+    read_config,
+    tls_of,
+)
 
 from .phases import Timeouts
 from .slots import Limits
+
+METRICS_PORT = 9471
 
 
 @dataclass(frozen=True)
@@ -103,6 +124,13 @@ class CoordinatorConfig:
     agents: AgentsConfig = AgentsConfig()
     hosts: Mapping[str, HostDecl] = field(default_factory=dict)
     tls: Tls | None = None
+    metrics: MetricsConfig = MetricsConfig()
+    log: LogConfig = LogConfig()
+
+    @property
+    def metrics_listen(self) -> tuple[str, ...]:
+        """Where the metrics endpoint listens (``[metrics] listen``, else beside the gRPC API)."""
+        return self.metrics.listen or metrics_listen_default(self.listen, METRICS_PORT)
 
     @property
     def advertised(self) -> str:
@@ -265,7 +293,12 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
     """Parse the coordinator's TOML text. Raises InvalidArgument (CONFIG_INVALID) naming the problem."""
     doc = parse_toml(text, source)
     base = base_dir or Path.cwd()
-    Table(doc, "top level", source, ("coordinator", "etcd", "limits", "timeouts", "agents", "hosts", "tls"))
+    Table(
+        doc,
+        "top level",
+        source,
+        ("coordinator", "etcd", "limits", "timeouts", "agents", "hosts", "tls", "metrics", "log"),
+    )
     if "coordinator" not in doc:
         raise bad(source, "no [coordinator] table", "start the file with [coordinator] (id, listen)")
     c = Table(
@@ -287,6 +320,10 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
     values["hosts"] = _hosts(doc, source)
     if "tls" in doc:
         values["tls"] = tls_of(Table(doc["tls"], "tls", source, ("ca", "cert", "key")), base, required=True)
+    if "metrics" in doc:
+        values["metrics"] = metrics_of(Table(doc["metrics"], "metrics", source, METRICS_KEYS))
+    if "log" in doc:
+        values["log"] = log_of(Table(doc["log"], "log", source, LOG_KEYS))
     return CoordinatorConfig(**values)
 
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ferry.errors import Internal
+from ferry.logcontext import MigrationContext
 from ferry.model import (
     CompletedJob,
     DiskPlan,
@@ -75,6 +76,11 @@ class MigrationRecord:
     lost_host: str = ""
     lost_since: datetime | None = None
     revision: int = 0  # the store's mod revision; not part of the JSON
+
+    @property
+    def log_context(self) -> MigrationContext:
+        """What the log lines about this record name (``ferry.logcontext``)."""
+        return MigrationContext(self.id, vm=self.vm, source=self.source_host, target=self.target_host)
 
     @property
     def copied_disks(self) -> tuple[str, ...]:

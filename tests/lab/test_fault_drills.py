@@ -25,6 +25,7 @@ from collections.abc import Iterator
 
 import pytest
 from fleetcli import (
+    CANCELLED,
     MIGRATING,
     ROLLED_BACK,
     SUCCEEDED,
@@ -55,7 +56,7 @@ from ferry.v1 import types_pb2 as tpb
 
 pytestmark = pytest.mark.lab
 
-FINISHING = "PHASE_FINISHING"
+FINISHING = "finishing"
 ENDS_WITHIN_S = 60.0  # after the repair (issue 11: "final within 60 s of the repair")
 
 
@@ -182,7 +183,7 @@ def test_get_domain_on_the_target_answers_during_an_incoming_copy(lab, guests):
     final = wait_final(lab, mid, timeout=60)
     assert resp.domain.name == name and resp.domain.state == tpb.DOMAIN_STATE_PAUSED
     assert still_copying, f"GetDomain answered only after the job ended ({seconds:.1f} s)"
-    assert final["phase"] in ("PHASE_CANCELLED", ROLLED_BACK), steps(final)
+    assert final["phase"] in (CANCELLED, ROLLED_BACK), steps(final)
     assert placement(lab, name) == {"host1": "running"} and images(lab, "host2", name) == []
     print(f"\n[drill] GetDomain on host2 during the incoming copy: {seconds * 1000:.0f} ms, the job still running")
 
