@@ -571,11 +571,16 @@ class Campaign:
             self.lab.virsh(host, "undefine", vm, check=False, timeout=VIRSH_S)
             return
         except FerryError as exc:
-            self.repairs.append(f"{host}: `virsh destroy {vm}` hung ({exc.reason}): QEMU killed, libvirtd restarted")
-        self.lab.kill_guest(host, vm)
-        self.lab.restart(["libvirtd", host])
+            done = self.lab.purge_guest(host, vm)
+            self.repairs.append(f"{host}: `virsh destroy {vm}` hung ({exc.reason}): " + ", ".join(done))
         self.lab.virsh(host, "destroy", vm, check=False, timeout=VIRSH_S)
         self.lab.virsh(host, "undefine", vm, check=False, timeout=VIRSH_S)
+
+    def trial_guests_on(self, host: str) -> list[str]:
+        """Guests of earlier trials still known to the host's libvirtd (by their runtime
+        records: listing them may hang when libvirtd is wedged)."""
+        runtime = self.lab.paths.host(host) / "run" / "qemu"
+        return sorted(p.stem for p in runtime.glob("*.xml") if p.stem.startswith(("cx", "ctl")))
 
     def restart_dead(self) -> None:
         state = self.lab.require_state()
@@ -603,6 +608,10 @@ class Campaign:
         if not wait_for(lambda: not down(), HEALTHY_S):
             for host in down():
                 self.repairs.append(f"{host} still unavailable to Ferry: libvirtd and agent restarted")
+                for name in self.trial_guests_on(host):
+                    self.repairs.append(
+                        f"{host}: guest {name} left behind: " + ", ".join(self.lab.purge_guest(host, name))
+                    )
                 self.lab.restart(["libvirtd", host])
                 self.lab.restart(["agent", host])
             if not wait_for(lambda: not down(), HEALTHY_S):
