@@ -572,6 +572,17 @@ class Lab:
         """SIGKILL guest ``name``'s QEMU on ``host`` (when libvirtd cannot destroy it)."""
         return faults.kill_guest(self.require_state(), host, name)
 
+    def purge_guest(self, host: str, name: str) -> list[str]:
+        """The last resort for a guest libvirtd cannot let go of: its QEMU killed, libvirtd
+        stopped, libvirtd's runtime record of the guest removed, libvirtd started again (the
+        definition stays, shut off). Returns what was done."""
+        done = [f"QEMU of {name} killed"] if faults.kill_guest(self.require_state(), host, name) else []
+        libvirtd = self.require_state().component(f"{host}/libvirtd")
+        procs.stop(libvirtd.process if libvirtd else None, grace=teardown.GRACE_S["libvirtd"], clock=self.clock)
+        done += [f"removed {p}" for p in faults.forget_guest_runtime(self.require_state(), host, name)]
+        self.restart(["libvirtd", host])
+        return [*done, f"libvirtd {host} restarted"]
+
     def fill_images(self, host: str, leave: int = 0) -> int:
         """Fill ``host``'s own image filesystem up to ``leave`` free bytes; the filler's size."""
         return faults.fill_images(self.require_state(), host, leave)
