@@ -36,9 +36,6 @@ pytestmark = pytest.mark.lab
 # Classes that break on today's code, with what breaks them (issue 11's findings and the
 # campaign's own). Remove a line when its fix has landed: that class's test must then pass.
 EXPECTED_TO_BREAK: dict[str, str] = {
-    "target-agent-kill": "bug 2: 'agent on host2 lost' in Finishing waits for a lease change that never comes",
-    "source-libvirtd-kill": "bug 1: the record stays Migrating after libvirtd comes back; prepare and image left",
-    "target-libvirtd-kill": "bug 1: the record stays Migrating after libvirtd comes back; prepare left",
     "partition-source": "dead host: ferry vms does not mark the VMs of a host that is gone as unreachable",
     "host-death-source": "dead host: VMs not marked unreachable; the target's prepare is left after Failed",
 }
