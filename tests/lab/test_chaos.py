@@ -5,8 +5,8 @@ issue 11 is checked (bench/README.md, "chaos.py"). One test per class asserts th
 
 A class known to break is listed in ``EXPECTED_TO_BREAK`` with the bug that breaks it and
 marked ``xfail`` (not strict), so the suite stays green until its fix lands; once it has, the
-class is deleted from there and its test must pass. Today every class must hold. Run with ``-s`` for the campaign's tables and its
-wall time.
+class is deleted from there and its test must pass. Today every class must hold. Run with ``-s``
+for the campaign's tables and its wall time.
 
 First, on the campaign's own lab (3 etcd members, 2 coordinators, host2 with a 512 MiB image
 filesystem), the lab's fault primitives are checked to do what they say.
