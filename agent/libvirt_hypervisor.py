@@ -187,15 +187,15 @@ class LibvirtHypervisor:
 
     @staticmethod
     def _domain_info(dom: libvirt.virDomain) -> DomainInfo:
-        """Never waits for a domain job: XMLDesc, state and isPersistent take none; the disks'
-        sizes come from virDomainGetBlockInfo, which does, except while a migration's job would
-        make it wait (``lt.block_info_waits``: an incoming migration on the target), when NOWAIT
-        bulk statistics give what they can without one."""
+        """Never waits for a domain job (placement is read with this while migrations run):
+        XMLDesc, state, isActive and isPersistent take none; a running domain's disk sizes come
+        from NOWAIT bulk statistics (``lt.block_sizes_from_stats``), a shut-off one's from
+        virDomainGetBlockInfo (no job can hold it)."""
         xml = dom.XMLDesc(0)
-        state, reason = dom.state()
-        sizes: dict[str, tuple[int, int]] = {}
+        state, _reason = dom.state()
+        sizes: dict[str, tuple[int, int]] | None = None
         targets = lt.block_info_targets(xml)
-        if targets and lt.block_info_waits(state, reason):
+        if targets and dom.isActive():
             try:
                 found = dom.connect().domainListGetStats(
                     [dom], lt.VIR_DOMAIN_STATS_BLOCK, lt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
@@ -203,7 +203,10 @@ class LibvirtHypervisor:
                 sizes = lt.block_sizes_from_stats(found[0][1] if found else {})
             except libvirt.libvirtError as exc:
                 log.debug("no block statistics for %s: %s", dom.name(), exc)
+                sizes = {}
+        if sizes is not None:
             targets = []
+        sizes = sizes or {}
         for target in targets:
             try:
                 capacity, allocation, _physical = dom.blockInfo(target)

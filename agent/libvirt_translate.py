@@ -49,7 +49,6 @@ VIR_DOMAIN_RUNNING = 1
 VIR_DOMAIN_PAUSED = 3
 VIR_DOMAIN_RUNNING_POSTCOPY = 10  # virDomainRunningReason
 VIR_DOMAIN_PAUSED_POSTCOPY = 12  # virDomainPausedReason
-VIR_DOMAIN_PAUSED_MIGRATION = 2  # virDomainPausedReason: paused for a migration (an incoming one, a switch-over)
 
 # virConnectGetAllDomainStats / virDomainListGetStats
 VIR_DOMAIN_STATS_BLOCK = 32
@@ -183,7 +182,8 @@ def loggable_params(params: Mapping[str, Any]) -> list[str]:
 
 
 def domain_xml_flags(*, migratable: bool, secure: bool = True) -> int:
-    """virDomainGetXMLDesc flags: SECURE (secrets) when asked for; MIGRATABLE for a definition to send."""
+    """virDomainGetXMLDesc flags: SECURE (secrets such as graphics passwords) when asked, as a
+    definition sent to the target needs them; MIGRATABLE for a definition to send."""
     return (VIR_DOMAIN_XML_SECURE if secure else 0) | (VIR_DOMAIN_XML_MIGRATABLE if migratable else 0)
 
 
@@ -285,28 +285,23 @@ def in_postcopy(state: int, reason: int) -> bool:
     )
 
 
-def block_info_waits(state: int, reason: int) -> bool:
-    """Whether virDomainGetBlockInfo may wait for a migration job: it needs a domain job, and
-    an incoming migration's job (on the target, until the guest fully arrived: paused for the
-    migration, then in post-copy) allows none, so the call waits for the whole job (seen: 30 s,
-    then "cannot acquire state change lock"). Such a domain's sizes are read with NOWAIT bulk
-    statistics instead (``block_sizes_from_stats``).
-
-    >>> block_info_waits(VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_MIGRATION), block_info_waits(VIR_DOMAIN_RUNNING, 1)
-    (True, False)
-    """
-    return (state, reason) == (VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_MIGRATION) or in_postcopy(state, reason)
-
-
-def block_sizes_from_stats(stats: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
-    """``(capacity, allocation)`` per disk target from the "block" group of virDomainListGetStats
-    (top layers only); a disk whose sizes libvirt left out (NOWAIT while a job holds the domain)
-    is left out too.
+def block_sizes_from_stats(stats: Mapping[str, Any]) -> dict[str, tuple[int, int]] | None:
+    """``(capacity, allocation)`` per disk target from the "block" group of a running domain's
+    virDomainListGetStats with NOWAIT (top layers only). Asked that way libvirt never waits for a
+    domain job -- virDomainGetBlockInfo does, and an incoming migration's job allows none, so on a
+    target it waits for the whole job (seen: 30 s, then "cannot acquire state change lock") --
+    and leaves out the sizes it cannot read without one: such a disk is left out here too.
+    None when the statistics have no block group at all (a driver without them, e.g. libvirt's
+    test driver): ask virDomainGetBlockInfo then.
 
     >>> block_sizes_from_stats({"block.count": 2, "block.0.name": "vda", "block.0.capacity": 1024,
     ...     "block.0.allocation": 512, "block.1.name": "vdb"})
     {'vda': (1024, 512)}
+    >>> block_sizes_from_stats({}) is None
+    True
     """
+    if "block.count" not in stats:
+        return None
     out: dict[str, tuple[int, int]] = {}
     for i in range(int(stats.get("block.count", 0))):
         name, capacity = stats.get(f"block.{i}.name"), stats.get(f"block.{i}.capacity")

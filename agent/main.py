@@ -34,6 +34,9 @@ from ferry.agent.migration import JobObserver, MigrationDriver
 from ferry.agent.prepare import PrepareService
 from ferry.agent.registration import start_registration
 from ferry.agent.service import SERVICE_NAME, AgentServicer
+from ferry.agent.source_disks import SourceDisks
+from ferry.agent.source_records import SourceRecords
+from ferry.agent.targets import MigrationTargets
 from ferry.agent.tls_material import migration_tls_problem
 from ferry.daemon import run_daemon
 from ferry.errors import FerryError
@@ -63,11 +66,14 @@ def build_agent(
     monotonic: Callable[[], float] = time.monotonic,
     jobs: JobObserver | None = None,
     tls_problem: Callable[[], str] = lambda: "",
+    targets: MigrationTargets | None = None,
 ) -> AgentServicer:
     """The servicer wired to the given ports (tests pass fakes; ``main`` the real adapters).
     ``jobs`` hears about every migration job the driver runs (the metrics). ``tls_problem`` says
     why the host cannot migrate over TLS ("" = it can; ``serve`` checks QEMU's certificate files,
-    ``tls_material.migration_tls_problem``)."""
+    ``tls_material.migration_tls_problem``). ``targets``: where Migrate may go, by default the
+    config's ``migration_targets`` and the registered hosts once ``serve`` attaches the
+    registration's store."""
     inventory = Inventory(
         hypervisor,
         host,
@@ -79,8 +85,23 @@ def build_agent(
         hypervisor, host, Path(config.state_dir), default_ttl_s=config.prepare_ttl_s, clock=clock, host_name=config.name
     )
     driver = MigrationDriver(hypervisor, clock=monotonic, observer=jobs)
-    fence = LeaderFence(Path(config.state_dir) / "leader-term")
-    return AgentServicer(hypervisor=hypervisor, inventory=inventory, prepare=prepare, driver=driver, fence=fence)
+    source_disks = SourceDisks(
+        hypervisor,
+        host,
+        host_name=config.name,
+        records=SourceRecords(Path(config.state_dir)),
+        prepared=prepare.list,
+        clock=clock,
+    )
+    return AgentServicer(
+        hypervisor=hypervisor,
+        inventory=inventory,
+        prepare=prepare,
+        driver=driver,
+        source_disks=source_disks,
+        targets=targets or MigrationTargets(config.name, config.migration_targets),
+        fence=LeaderFence(Path(config.state_dir) / "leader-term"),
+    )
 
 
 def register(servicer: AgentServicer) -> Callable[[grpc.aio.Server], list[str]]:
@@ -97,6 +118,11 @@ async def _sweep(servicer: AgentServicer) -> None:
             log.info("prepare sweep: %s", line)
     except FerryError as exc:
         log.warning("prepare sweep failed: %s: %s", exc.reason, exc)
+    try:
+        for migration_id in await asyncio.to_thread(servicer.source_disks.sweep):
+            log.info("forgot the outgoing migration record %s (older than a week)", migration_id)
+    except OSError as exc:
+        log.warning("outgoing migration record sweep failed: %s", exc)
 
 
 async def _sweep_forever(servicer: AgentServicer) -> None:
@@ -124,7 +150,7 @@ async def serve(config: AgentConfig) -> None:
         log.warning("migration streams of %s are NOT encrypted (migration_tls = false)", config.name)
     elif problem := migration_tls_problem(True, config.migration_tls_dir):
         log.warning("%s: preflight will block migrations from and to this host", problem)
-    host = LocalHostSystem(config.image_dirs, config.shared_dirs)
+    host = LocalHostSystem(config.image_dirs, config.shared_dirs, bridges=config.bridges)
     servicer = build_agent(
         config,
         hypervisor,
@@ -160,6 +186,8 @@ async def serve(config: AgentConfig) -> None:
         name=config.name,
     )
     watcher = asyncio.create_task(watch.run(), name="libvirt watch")
+    if registration is not None:
+        servicer.targets.use_store(registration.store)  # Migrate goes only to registered hosts
     try:
         await stop.wait()
         log.info("stopping (grace %.0f s)", GRACE_S)

@@ -297,8 +297,16 @@ class Campaign:
                 recovery = None if at is None else at - repaired_at
             text = console(self.lab, vm)  # before the new migration (which may need a boot)
             boots, panic = c.console_boots(text), c.panic_excerpt(text)
-            observed = self.observe(vm, mid, shared, phase if recovery is not None else "", recovery, guest_killed)
-            observed = replace(observed, dead_host=dead_host, boots=boots, panic=panic)
+            observed = self.observe(
+                vm,
+                mid,
+                shared,
+                final=phase if recovery is not None else "",
+                recovery=recovery,
+                guest_killed=guest_killed,
+                console_seen=(boots, panic),
+                dead_host=dead_host,
+            )
             broken = c.check(observed, final_within_s=self.settings.final_within_s)
             record = show(self.lab, mid) or record
         except Exception as exc:  # the trial could not be run as planned: reported, never hidden
@@ -481,8 +489,19 @@ class Campaign:
             time.sleep(0.5)
 
     def observe(
-        self, vm: str, mid: str, shared: bool, final: str, recovery: float | None, guest_killed: bool
+        self,
+        vm: str,
+        mid: str,
+        shared: bool,
+        *,
+        final: str,
+        recovery: float | None,
+        guest_killed: bool,
+        console_seen: tuple[int, str],
+        dead_host: str | None,
     ) -> c.Observed:
+        """Everything the invariants are checked on, seen after the record got final (or the
+        time for it ran out); ``console_seen``: boots and panic read before anything here."""
         where = placement(self.lab, vm)
         running = c.running_hosts(where)
         beating: bool | None = None if guest_killed and not running else heartbeat_goes_on(self.lab, vm)
@@ -503,12 +522,14 @@ class Campaign:
             final_phase=final,
             recovery_s=recovery,
             placement=where,
-            boots=1,
+            boots=console_seen[0],
             beating=beating,
             leftovers=tuple(left),
             vms_mismatch=mismatch,
             new_migration=new,
+            dead_host=dead_host,
             guest_killed=guest_killed,
+            panic=console_seen[1],
         )
 
     def new_migration(self, vm: str, shared: bool, where: dict[str, str], guest_killed: bool) -> str:
@@ -573,11 +594,16 @@ class Campaign:
             self.lab.virsh(host, "undefine", vm, check=False, timeout=VIRSH_S)
             return
         except FerryError as exc:
-            self.repairs.append(f"{host}: `virsh destroy {vm}` hung ({exc.reason}): QEMU killed, libvirtd restarted")
-        self.lab.kill_guest(host, vm)
-        self.lab.restart(["libvirtd", host])
+            done = self.lab.purge_guest(host, vm)
+            self.repairs.append(f"{host}: `virsh destroy {vm}` hung ({exc.reason}): " + ", ".join(done))
         self.lab.virsh(host, "destroy", vm, check=False, timeout=VIRSH_S)
         self.lab.virsh(host, "undefine", vm, check=False, timeout=VIRSH_S)
+
+    def trial_guests_on(self, host: str) -> list[str]:
+        """Guests of earlier trials still known to the host's libvirtd (by their runtime
+        records: listing them may hang when libvirtd is wedged)."""
+        runtime = self.lab.paths.host(host) / "run" / "qemu"
+        return sorted(p.stem for p in runtime.glob("*.xml") if p.stem.startswith(("cx", "ctl")))
 
     def restart_dead(self) -> None:
         state = self.lab.require_state()
@@ -605,6 +631,10 @@ class Campaign:
         if not wait_for(lambda: not down(), HEALTHY_S):
             for host in down():
                 self.repairs.append(f"{host} still unavailable to Ferry: libvirtd and agent restarted")
+                for name in self.trial_guests_on(host):
+                    self.repairs.append(
+                        f"{host}: guest {name} left behind: " + ", ".join(self.lab.purge_guest(host, name))
+                    )
                 self.lab.restart(["libvirtd", host])
                 self.lab.restart(["agent", host])
             if not wait_for(lambda: not down(), HEALTHY_S):
@@ -725,10 +755,16 @@ def control_run(lab: Lab, settings: Settings, rounds: int, results: list[c.Contr
 
 
 def _raw_migrate(lab: Lab, vm: str, shared: bool, settings: Settings) -> tuple[bool, str]:
-    """What an operator types: the target disk made by hand for a copy, then virsh migrate
-    from inside the source host."""
+    """What an operator types: the target disk made by hand for a copy, the domain XML with the
+    target's bridge name (the hosts' guest bridges differ), then virsh migrate from inside the
+    source host."""
+    xml = lab.virsh(SOURCE, "dumpxml", "--migratable", vm).stdout
+    bridges = (lab.host(SOURCE).guest_bridge, lab.host(TARGET).guest_bridge)
+    dest_xml = lab.paths.shared / f"{vm}.dest.xml"
+    dest_xml.write_text(xml.replace(f"bridge='{bridges[0]}'", f"bridge='{bridges[1]}'"))
     # --tls: the lab's libvirtd refuses plaintext migrations (migrate_tls_force), as ferry's are TLS
     flags = ["--live", "--p2p", "--tls", "--persistent", "--undefinesource", "--bandwidth", str(settings.bandwidth)]
+    flags += ["--xml", str(dest_xml)]
     if shared:
         flags.append("--unsafe")
     else:

@@ -42,7 +42,7 @@ def phase_name(phase: int) -> str:
 
 def vm_state(v: cpb.VM) -> str:
     """A VM's state for ``ferry vms``; on a host that does not answer, its last known one."""
-    state = tpb.DomainState.Name(v.domain.state).removeprefix("DOMAIN_STATE_").lower()
+    state = enum_word(tpb.DomainState.DESCRIPTOR, v.domain.state)
     return f"unreachable (last: {state})" if v.unreachable else state
 
 

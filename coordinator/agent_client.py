@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -272,12 +273,22 @@ class GrpcAgentClient:
                     if event is grpc.aio.EOF:
                         return
                     if event.HasField("result"):
+                        # read the stream's end before letting go of it: the agent's call then
+                        # ends OK, not CANCELLED by the finally below (its metrics tell them apart)
+                        await self._drain(call)
                         yield convert.migrate_result_from_pb(event.result)
                         return
                     if event.HasField("progress"):
                         yield convert.progress_from_pb(event.progress)
             finally:
                 call.cancel()
+
+    @staticmethod
+    async def _drain(call: Any) -> None:
+        """Wait (briefly) for the end of a stream whose last message has come."""
+        with contextlib.suppress(grpc.RpcError, asyncio.TimeoutError):
+            while await asyncio.wait_for(call.read(), timeout=5.0) is not grpc.aio.EOF:
+                pass
 
     async def abort_migration(self, vm: str, *, leader_term: int = 0) -> bool:
         m = await self._call("AbortMigration", apb.AbortMigrationRequest(domain=vm, leader_term=leader_term))

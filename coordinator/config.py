@@ -78,6 +78,7 @@ from ferry.tomlconfig import (
     tls_of,
     tls_section,
 )
+from ferry.validate import MAX_PREPARE_TTL_S
 
 from .phases import Timeouts
 from .slots import Limits
@@ -312,6 +313,8 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
     for key in ("election_ttl_s", "prepare_ttl_s"):
         if key in c:
             values[key] = int(c.number(key, integer=True))
+    if values.get("prepare_ttl_s", 0) > MAX_PREPARE_TTL_S:
+        raise bad(source, f"[coordinator] prepare_ttl_s is over {MAX_PREPARE_TTL_S} s", "e.g. prepare_ttl_s = 900")
     values["tls"] = tls_section(doc, source, base)
     values["etcd"] = _etcd(doc, base, source, values["tls"])
     values["limits"] = _limits(doc, source)

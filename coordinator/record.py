@@ -317,9 +317,9 @@ def encode(r: MigrationRecord) -> bytes:
         "retries": r.retries,
         "rollback_to": None if r.rollback_to is None else r.rollback_to.name,
         "target_cleaned": r.target_cleaned,
-        "lost_host": r.lost_host,
-        "lost_since": _ts(r.lost_since),
     }
+    if r.lost_since is not None:  # only while waiting: a record without them reads on older coordinators
+        doc.update(lost_host=r.lost_host, lost_since=_ts(r.lost_since))
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 

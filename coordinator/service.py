@@ -4,20 +4,23 @@ Thin: request -> model (``coordinator/convert.py``, ``ferry/convert.py``) -> the
 or a store / fleet view read -> protobuf. Every replica serves it: reads come straight from the
 store; submitting and cancelling are ``submission.Submissions`` (compare-and-set writes to the
 store, the protocol is described there); only the leader's engine acts on the records.
+
+Every field is checked at the edge (``ferry.validate`` and the converters) before anything acts
+on it: INVALID_ARGUMENT with a reason code. WatchMigration streams share one store watch
+(``watches.MigrationWatches``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import grpc
 
 from ferry import convert as fconvert
-from ferry import keys
-from ferry.errors import FerryError, InvalidArgument, NotFound
+from ferry import keys, validate
+from ferry.errors import FerryError, InvalidArgument, NotFound, clip
 from ferry.model import Problem, StorageMode
 from ferry.rpc import Context, rpc_method
 from ferry.store import EventKind, Resync, Store
@@ -29,7 +32,8 @@ from .config import HostDecl, derive_mapping
 from .fleet import Fleet
 from .preflight import preflight
 from .record import MigrationRecord, decode
-from .submission import Submissions, SubmitRequest, must_read_migration
+from .submission import Submissions, SubmitRequest, check_overrides, must_read_migration
+from .watches import OVERFLOW, MigrationWatches
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +43,15 @@ READ_MAX_AGE_S = 1.0
 
 
 def _required(value: str, field: str, example: str) -> str:
-    if not value:
-        raise InvalidArgument(f"{field} is required", reason="MISSING_FIELD", hint=f"set {field}, e.g. {example}")
-    return value
+    return validate.text(value, field, required=True, example=example)
 
 
 def _required_id(migration_id: str) -> str:
-    return _required(migration_id, "id", '"m-3f2a9c41d07b" (see `ferry migrations`)')
+    return validate.ident(migration_id, "id", required=True, example='"m-3f2a9c41d07b" (see `ferry migrations`)')
+
+
+def _priority(value: int) -> int:
+    return validate.number(value, "priority", lo=-validate.MAX_PRIORITY, hi=validate.MAX_PRIORITY)
 
 
 class CoordinatorServicer(cgrpc.CoordinatorServicer):
@@ -61,11 +67,13 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         submissions: Submissions,
         *,
         hosts: Mapping[str, HostDecl] | None = None,
+        watches: MigrationWatches | None = None,
     ) -> None:
         self.store = store
         self.fleet = fleet
         self.submissions = submissions
         self.hosts = dict(hosts or {})
+        self.watches = watches or MigrationWatches(store)
 
     # ------------------------------------------------------------------ submit
 
@@ -81,8 +89,8 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
                 options=options,
                 storage_explicit=explicit,
                 mapping=fconvert.mapping_from_pb(request.mapping),
-                priority=request.priority,
-                idempotency_key=request.idempotency_key,
+                priority=_priority(request.priority),
+                idempotency_key=validate.text(request.idempotency_key, "idempotency_key"),
             )
         )
         return convert.migration_to_pb(submitted)
@@ -108,6 +116,9 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
 
     @rpc_method
     async def ListMigrations(self, request: cpb.ListMigrationsRequest, context: Context) -> cpb.ListMigrationsResponse:
+        validate.items(request.phases, "phases", limit=32)
+        validate.text(request.host, "host")
+        validate.text(request.vm, "vm")
         phases = set()
         for value in request.phases:
             phase = convert.phase_from_pb(value)
@@ -134,38 +145,31 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
     async def WatchMigration(
         self, request: cpb.WatchMigrationRequest, context: Context
     ) -> AsyncIterator[cpb.Migration]:
-        record = await self._must_get(request.id)
-        yield convert.migration_to_pb(record)
-        if record.phase.is_final:
-            return
-        key = keys.migration_key(record.id)
-        watch = self.store.watch(key, record.revision + 1)
-        async with contextlib.aclosing(watch):
-            async for item in watch:
-                if isinstance(item, Resync):
+        migration_id = _required_id(request.id)
+        key = keys.migration_key(migration_id)
+        # subscribe first, then read: no change between the read and the first event is lost
+        async with self.watches.subscribe(key) as changes:
+            record = await self._must_get(migration_id)
+            yield convert.migration_to_pb(record)
+            while not record.phase.is_final:
+                item = await changes.next()
+                if item == OVERFLOW:  # fell behind: what counts is the record now
+                    newer = await self._must_get(migration_id)
+                elif isinstance(item, Resync):
                     entry = next((e for e in item.entries if e.key == key), None)
-                    if entry is None or entry.mod_revision == record.revision:
-                        if entry is None:
-                            raise NotFound(
-                                f"migration {record.id} was deleted",
-                                reason="MIGRATION_DELETED",
-                                hint="list migrations with `ferry migrations`",
-                            )
-                        continue
-                    record = decode(entry.value, entry.mod_revision)
-                elif item.entry.key != key:
-                    continue  # a key that only starts with ours
+                    if entry is None:
+                        raise _deleted(record.id)
+                    newer = decode(entry.value, entry.mod_revision)
+                elif isinstance(item, str) or item.entry.mod_revision <= record.revision:
+                    continue  # seen in the first read already
                 elif item.kind is EventKind.DELETE:
-                    raise NotFound(
-                        f"migration {record.id} was deleted",
-                        reason="MIGRATION_DELETED",
-                        hint="list migrations with `ferry migrations`",
-                    )
+                    raise _deleted(record.id)
                 else:
-                    record = decode(item.entry.value, item.entry.mod_revision)
+                    newer = decode(item.entry.value, item.entry.mod_revision)
+                if newer.revision == record.revision:
+                    continue
+                record = newer
                 yield convert.migration_to_pb(record)
-                if record.phase.is_final:
-                    return
 
     @rpc_method
     async def CancelMigration(self, request: cpb.CancelMigrationRequest, context: Context) -> cpb.Migration:
@@ -199,9 +203,10 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
 
     @rpc_method
     async def ListVMs(self, request: cpb.ListVMsRequest, context: Context) -> cpb.ListVMsResponse:
+        validate.text(request.host, "host")
         if request.host and self.fleet.host(request.host) is None:
             raise NotFound(
-                f"no host named {request.host!r} is registered",
+                f"no host named {clip(request.host)!r} is registered",
                 reason="HOST_UNKNOWN",
                 hint="check the name with `ferry hosts`",
             )
@@ -244,6 +249,8 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         located = await self.fleet.locate_vm(vm, fresh=True)
         source = located[0] if located is not None else None
         try:
+            target_state = self.fleet.host(target)
+            check_overrides(overrides, target, target_state.facts if target_state is not None else None)
             mapping = derive_mapping(self.hosts.get(source or ""), self.hosts.get(target), overrides)
         except FerryError as exc:
             return cpb.PreflightResponse(
@@ -277,6 +284,14 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
             f"the agent on {target} is not available (not registered or not answering)",
             f"start ferry-agent on {target} or pick another target",
         )
+
+
+def _deleted(migration_id: str) -> NotFound:
+    return NotFound(
+        f"migration {migration_id} was deleted",
+        reason="MIGRATION_DELETED",
+        hint="list migrations with `ferry migrations`",
+    )
 
 
 def register(servicer: CoordinatorServicer) -> Callable[[grpc.aio.Server], list[str]]:

@@ -29,6 +29,7 @@ from ferry.model import (
     StorageDir,
     StorageMode,
 )
+from ferry.paths import PathUse
 
 
 class Hypervisor(Protocol):
@@ -55,7 +56,8 @@ class Hypervisor(Protocol):
         ...
 
     async def domain_xml(self, name_or_uuid: str, *, migratable: bool = True, secure: bool = True) -> str:
-        """The domain's XML; ``secure`` includes secrets (graphics passwords)."""
+        """The domain's definition; ``secure``: with its secrets (graphics passwords), as a
+        definition sent to a migration target needs them."""
         ...
 
     async def migrate(
@@ -150,6 +152,13 @@ class HostSystem(Protocol):
         """Free bytes on the file system that holds ``path`` (or its nearest existing parent)."""
         ...
 
+    def confine(self, path: str, use: PathUse) -> Problem | None:
+        """Why the agent may not ``use`` ``path`` (None: it may): outside the configured image
+        directories, not absolute or normalised, ``..``, a control character
+        (``ferry.paths.path_problem``), or a symbolic link below the image directory
+        (PATH_SYMLINK). ``create_image`` and ``remove`` refuse such paths with that problem."""
+        ...
+
     def exists(self, path: str) -> bool: ...
 
     def writable_dir(self, path: str) -> bool:
@@ -164,11 +173,13 @@ class HostSystem(Protocol):
         self, path: str, *, fmt: str, virtual_size: int, backing_file: str = "", backing_format: str = ""
     ) -> None:
         """Create a disk image (qemu-img create), parent directories included. Raises
-        AlreadyExists when ``path`` exists."""
+        AlreadyExists when ``path`` exists, and ``confine``'s problem (for ``path`` or the
+        backing file) as its error."""
         ...
 
     def remove(self, path: str) -> bool:
-        """Remove a file Ferry created; False when it was already gone."""
+        """Remove a file Ferry created; False when it was already gone. Refuses what ``confine``
+        refuses (nothing outside the image directories, never through a link)."""
         ...
 
 

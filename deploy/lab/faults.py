@@ -31,6 +31,7 @@ from ferry.lab.topology import IMAGE_DIR, veth_name
 
 FILLER = f"{IMAGE_DIR}/.ferry-lab-filler"  # the file that fills a host's image filesystem
 KILL_WAIT_S = 10.0
+QUIET_S = 1.0  # a host death sweeps its namespaces until nothing was found for this long
 _FLAGS_RE = re.compile(r"<([^>]*)>")
 
 
@@ -172,13 +173,24 @@ def kill_host(state: LabState, host: str, *, clock: Clock = SYSTEM_CLOCK) -> Hos
     holder = _holder_pid(state, host)
     set_link(state, host, up=False)
     namespaces = {v for k, v in record.namespaces.items() if k in ("net", "mnt")}
-    victims = host_death_victims(procs.pids_in_namespaces(namespaces), holder)
-    for pid in victims:
-        procs.kill_pid(pid)
-    procs.wait_until(
-        lambda: not host_death_victims(procs.pids_in_namespaces(namespaces), holder), KILL_WAIT_S, clock=clock
-    )
-    return HostDeath(host, tuple(f"{pid} {cmd}" for pid, cmd in sorted(victims.items())))
+    killed: dict[int, str] = {}
+    quiet_since: list[float] = []
+
+    def all_gone() -> bool:
+        # A process being forked when its parent is killed (libvirtd starting a QEMU) shows up
+        # after the first sweep: sweep until nothing is left for QUIET_S.
+        victims = host_death_victims(procs.pids_in_namespaces(namespaces), holder)
+        for pid, cmd in victims.items():
+            procs.kill_pid(pid)
+            killed.setdefault(pid, cmd)
+        if victims:
+            quiet_since.clear()
+            return False
+        quiet_since.append(clock.now())
+        return clock.now() - quiet_since[0] >= QUIET_S
+
+    procs.wait_until(all_gone, KILL_WAIT_S, clock=clock, interval=0.05)
+    return HostDeath(host, tuple(f"{pid} {cmd}" for pid, cmd in sorted(killed.items())))
 
 
 def kill_guest(state: LabState, host: str, name: str) -> bool:
@@ -198,6 +210,22 @@ def kill_guest(state: LabState, host: str, name: str) -> bool:
         return False
     procs.kill_pid(pid)
     return True
+
+
+def forget_guest_runtime(state: LabState, host: str, name: str) -> list[str]:
+    """Remove the runtime record libvirtd keeps of guest ``name`` on ``host`` (run/qemu/NAME.xml
+    and .pid; its definition stays). Only while that host's libvirtd is stopped and the guest's
+    QEMU gone: a libvirtd restarted after a crash mid incoming migration may reload such a
+    record and keep the guest "paused" under a migration job nobody owns, refusing every call on
+    it. Returns the files removed."""
+    _require_host(state, host)
+    runtime = Path(state.lab_dir) / "hosts" / host / "run" / "qemu"
+    removed = []
+    for path in (runtime / f"{name}.xml", runtime / f"{name}.pid"):
+        if path.exists():
+            path.unlink()
+            removed.append(str(path))
+    return removed
 
 
 def image_dir_free(state: LabState, host: str) -> int:

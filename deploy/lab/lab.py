@@ -337,7 +337,7 @@ class Lab:
         for plan in plans:
             holder = current.holder(plan.name)
             assert holder is not None
-            agent = agents_mod.start_agent(self.paths, plan, holder, command, registry=registry)
+            agent = agents_mod.start_agent(self.paths, plan, holder, command, registry=registry, peers=plans)
             self._record(agent)
             started.append(agent)
         for agent in agents_mod.wait_for_agents(started, clock=self.clock):
@@ -591,6 +591,17 @@ class Lab:
     def kill_guest(self, host: str, name: str) -> bool:
         """SIGKILL guest ``name``'s QEMU on ``host`` (when libvirtd cannot destroy it)."""
         return faults.kill_guest(self.require_state(), host, name)
+
+    def purge_guest(self, host: str, name: str) -> list[str]:
+        """The last resort for a guest libvirtd cannot let go of: its QEMU killed, libvirtd
+        stopped, libvirtd's runtime record of the guest removed, libvirtd started again (the
+        definition stays, shut off). Returns what was done."""
+        done = [f"QEMU of {name} killed"] if faults.kill_guest(self.require_state(), host, name) else []
+        libvirtd = self.require_state().component(f"{host}/libvirtd")
+        procs.stop(libvirtd.process if libvirtd else None, grace=teardown.GRACE_S["libvirtd"], clock=self.clock)
+        done += [f"removed {p}" for p in faults.forget_guest_runtime(self.require_state(), host, name)]
+        self.restart(["libvirtd", host])
+        return [*done, f"libvirtd {host} restarted"]
 
     def fill_images(self, host: str, leave: int = 0) -> int:
         """Fill ``host``'s own image filesystem up to ``leave`` free bytes; the filler's size."""

@@ -16,7 +16,7 @@ must present a lab host's certificate), and QEMU's migration stream uses TLS wit
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -326,9 +326,12 @@ def _toml_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render_agent_toml(paths: LabPaths, plan: HostPlan) -> str:
-    """The agent's config in the agreed format (read with tomllib by ferry.agent)."""
+def render_agent_toml(paths: LabPaths, plan: HostPlan, peers: Sequence[HostPlan] = ()) -> str:
+    """The agent's config in the agreed format (read with tomllib by ferry.agent). ``peers``:
+    the lab's other hosts, listed as ``migration_targets`` (a lab without a control plane has no
+    registry to say where a Migrate may go)."""
     listen = ", ".join(_toml_str(a) for a in (plan.agent_listen, plan.agent_address))
+    targets = ", ".join(_toml_str(p.tcp_uri) for p in peers if p.name != plan.name)
     return "\n".join(
         [
             "# written by ferry-lab for the agent of this lab host (runs inside its namespaces)",
@@ -340,6 +343,7 @@ def render_agent_toml(paths: LabPaths, plan: HostPlan) -> str:
             f"migration_address = {_toml_str(plan.address)}",
             f"image_dirs = [{_toml_str(IMAGE_DIR)}]",
             f"shared_dirs = [{_toml_str(str(paths.shared))}]",
+            *([f"migration_targets = [{targets}]"] if targets else []),
             f"state_dir = {_toml_str(AGENT_STATE_DIR)}                   # host-local (overlay /var)",
             "prepare_ttl_s = 600",
             "libvirt_timeout_s = 30",

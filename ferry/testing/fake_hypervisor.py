@@ -399,8 +399,10 @@ class FakeHypervisor:
     async def domain_xml(self, name_or_uuid: str, *, migratable: bool = True, secure: bool = True) -> str:
         await self._enter("domain_xml", "XMLDesc")
         xml = self._lookup(name_or_uuid, "XMLDesc").xml
-        # like libvirt without VIR_DOMAIN_XML_SECURE: no graphics passwords
-        return xml if secure else re.sub(r"""\s+passwd=(?:'[^']*'|"[^"]*")""", "", xml)
+        if secure:
+            return xml
+        # as libvirt without VIR_DOMAIN_XML_SECURE: no graphics passwords
+        return re.sub(r"""(<graphics\b[^>]*?)\s+passwd=(?:'[^']*'|"[^"]*")""", r"\1", xml)
 
     async def job_stats(self, name_or_uuid: str, *, completed: bool = False) -> JobStats:
         await self._enter("job_stats", "jobStats")

@@ -27,6 +27,7 @@ from ferry.coordinator.record import decode
 from ferry.errors import FerryError
 from ferry.model import DomainState
 from ferry.rpc import create_channel, from_rpc_error
+from ferry.testing.fake_hostsystem import FakeDir
 from ferry.testing.fake_hypervisor import GiB, MiB, make_domain_xml
 from ferry.testing.memory_store import MemoryStore
 from ferry.v1 import coordinator_pb2 as cpb
@@ -91,6 +92,11 @@ async def test_submit_records_a_pending_migration(fx, capsys):
 
 async def test_request_mapping_overrides_the_derived_one(fx):
     fx.agents.add_guest("host1", "g1")
+    # overrides must land on what the target has (a bridge, an image directory): host2 has both
+    host2 = fx.agents["host2"].host
+    host2.bridge_names.append("br-other")
+    host2.dirs["/data"] = FakeDir(10 << 30, 10 << 30)
+    host2.storage.append("/data")
     m = await fx.submit(
         "g1", "host2", mapping=tpb.HostMapping(bridges={"br-guest": "br-other"}, path_prefixes={"/srv": "/data"})
     )
@@ -105,9 +111,10 @@ async def test_same_idempotency_key_returns_the_same_migration(fx, capsys):
     code2, again = await fx.ferry(capsys, *args)
     assert code1 == code2 == 0
     assert again["id"] == first["id"] and again == first
-    # even with other arguments: the key names the submission
-    other = await fx.submit("g1", "host3", key="deploy-42")
-    assert other.id == first["id"] and other.target_host == "host2"
+    # the same key with other arguments is another request: refused, nothing written
+    err = await refused(fx.submit("g1", "host3", key="deploy-42"))
+    assert (err.code_seen, err.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_REUSED")
+    assert first["id"] in err.message and "target_host" in err.message
     entries, _ = await fx.store.list(keys.MIGRATIONS)
     assert len(entries) == 1
 

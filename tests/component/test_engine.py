@@ -395,27 +395,28 @@ async def test_target_agent_lost_while_finishing(store, fleet, hosts):
 SLOW = replace(FAST, migrating_min_s=600, preflight_s=600, preparing_s=600, finishing_s=600, rolling_back_s=600)
 
 
-async def test_libvirtd_killed_on_the_source_mid_migration_rolls_back_when_it_is_back(store, fleet, hosts):
-    """Bug 1: the job failed with LIBVIRT_UNREACHABLE, placement could not be read, and the record
-    stayed Migrating until its deadline (the agent kept its lease: no host change came)."""
+@pytest.mark.parametrize(("host", "reason"), [("host1", "LIBVIRT_UNREACHABLE"), ("host2", "TARGET_UNREACHABLE")])
+async def test_libvirtd_killed_mid_migration_rolls_back_when_it_is_back(store, fleet, hosts, host, reason):
+    """Bug 1 (source and target): the job failed with libvirtd, placement could not be read, and
+    the record stayed Migrating until its deadline (the agent kept its lease: no host change came)."""
     uuid = fleet.add_guest("host1", "g1")
     fleet["host1"].hv.hold()
     m = await submit(store, fleet, "g1", "host1", "host2")
     async with engine(store, hosts, timeouts=SLOW):
         await wait_for(store, m.id, lambda r: r.phase is Phase.MIGRATING)
         await until(lambda: uuid in fleet["host1"].hv.jobs)
-        fleet["host1"].hv.reachable = False  # libvirtd dies: the job with it
+        fleet[host].hv.reachable = False  # libvirtd dies: the job with it
         fleet["host1"].hv.release()
-        await wait_for(store, m.id, lambda r: r.lost_host == "host1")
+        await wait_for(store, m.id, lambda r: r.lost_host == host)
         await asyncio.sleep(0.3)  # probes fail meanwhile
         assert (await read(store, m.id)).phase is Phase.MIGRATING
-        fleet["host1"].hv.reachable = True  # libvirtd is back
+        fleet[host].hv.reachable = True  # libvirtd is back
         r = await final(store, m.id, timeout=3)  # the next probe (at most 5 s apart) finds it
     assert r.phase is Phase.ROLLED_BACK, [(h.phase.name, h.reason) for h in r.history]
-    assert r.error is not None and r.error.reason == "LIBVIRT_UNREACHABLE"
+    assert r.error is not None and r.error.reason == reason
     assert fleet.where("g1") == {"host1": DomainState.RUNNING}
     assert fleet.prepares("host2") == [] and not fleet["host2"].host.exists(f"{IMAGES}/g1.qcow2")
-    assert any(h.reason.startswith("agent on host1 answers again after") for h in r.history)
+    assert any(h.reason.startswith(f"agent on {host} answers again after") for h in r.history)
 
 
 async def test_target_agent_restarted_within_its_lease_while_finishing(store, fleet, hosts):

@@ -155,3 +155,18 @@ def test_migration_streams_are_encrypted_by_default(tmp_path):
     assert migration_tls_problem(True, str(tmp_path)).endswith("client-key.pem")  # names what is missing
     (tmp_path / QEMU_TLS_FILES[-1]).write_text("pem")
     assert migration_tls_problem(True, str(tmp_path)) == ""
+
+
+def test_confinement_keys():
+    cfg = parse_config(
+        LAB + 'bridges = ["br-guest"]\nmigration_targets = ["qemu+tls://10.77.0.12/system"]\n' + INSECURE
+    )
+    assert cfg.bridges == ("br-guest",) and cfg.migration_targets == ("qemu+tls://10.77.0.12/system",)
+    assert parse_config(LAB + INSECURE).migration_targets == ()  # without a registry: Migrate goes nowhere
+
+
+@pytest.mark.parametrize("bad", ['"images"', '"/var/lib/../../etc"'])
+def test_image_dirs_must_be_absolute_without_dotdot(bad):
+    with pytest.raises(InvalidArgument) as exc:
+        parse_config(LAB.replace('image_dirs = ["/var/lib/libvirt/images"]', f"image_dirs = [{bad}]") + INSECURE)
+    assert exc.value.reason == "CONFIG_INVALID" and "image_dirs" in exc.value.message
