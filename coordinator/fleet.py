@@ -211,21 +211,36 @@ class Fleet:
         if tasks:
             await asyncio.gather(*(asyncio.shield(t) for t in tasks), return_exceptions=True)
 
-    async def locate_vm(self, name_or_uuid: str, *, fresh: bool = False) -> tuple[str, DomainInfo] | None:
+    async def locate_vm(
+        self, name_or_uuid: str, *, fresh: bool = False, near: str = ""
+    ) -> tuple[str, DomainInfo] | None:
         """The host a VM is on and its domain, by name or UUID.
 
         A running copy wins over a shut-off definition left on another host; None when no host
-        reports it. ``fresh`` (a submission): the answer is checked now — the hosts whose cached
-        inventory shows the VM are asked again, and only when none of them still has it is every
-        host asked, so a submission costs one agent call, not one per host of the fleet.
+        reports it. ``fresh`` (a submission): the answer is checked now -- the hosts whose cached
+        inventory shows the VM (and ``near``, where the caller believes it is) are asked again,
+        and only when none of them has it running is every host asked, so a submission costs
+        one agent call, not one per host of the fleet.
         """
-        await self.refresh()
-        if fresh:
-            await self.refresh(self._reporting(name_or_uuid), force=True)
-            if not self._reporting(name_or_uuid):
+        if not fresh:
+            await self.refresh()
+        else:
+            reporting = self._reporting(name_or_uuid) | ({near} if near else set())
+            if reporting:
+                await self.refresh(reporting, force=True)
+            if not self._running_copy(name_or_uuid):
                 await self.refresh(force=True)
         found = [(h.name, d) for h in self.hosts() for d in h.domains if name_or_uuid in (d.name, d.uuid)]
         return pick_domain(found, self.available_hosts())
+
+    def _running_copy(self, name_or_uuid: str) -> bool:
+        return any(
+            d.state.is_active
+            for h in self._hosts.values()
+            if h.reachable
+            for d in (h.inventory.domains if h.inventory else ())
+            if name_or_uuid in (d.name, d.uuid)
+        )
 
     def _reporting(self, name_or_uuid: str) -> set[str]:
         return {h.name for h in self.hosts() for d in h.domains if name_or_uuid in (d.name, d.uuid)}

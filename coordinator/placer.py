@@ -1,0 +1,144 @@
+"""Placement against the live fleet: the fleet view, the cordons and the migrations on their way,
+fed to the pure ranking of ``placement.py``.
+
+``LoadBook`` keeps the migrations that still count against their target (not final, or succeeded
+after the target's last inventory), fed by every change of ``migrations/`` the replica sees and
+by its own submissions at once (``note``), so two placements a millisecond apart never promise
+the same room twice. ``Placer.rank`` builds one :class:`placement.HostOption` per known host from
+the cached inventories -- no agent is asked -- and ranks them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from ferry.model import DomainInfo, HostMapping, MigrationOptions, StorageMode
+
+from .checks import effective_storage
+from .config import HostDecl, derive_mapping
+from .fleet import Fleet
+from .hoststate import HostCordon
+from .phases import Phase
+from .placement import HostLoad, HostOption, PlacementPolicy, Ranking, Reservations, loads, rank
+from .record import MigrationRecord
+
+log = logging.getLogger(__name__)
+
+# a succeeded migration counts against its target until the target's inventory shows it, or this long
+SETTLE_MAX = timedelta(minutes=2)
+
+
+class LoadBook:
+    """The migrations that count against their target (see the module doc)."""
+
+    def __init__(self) -> None:
+        self._unsettled: dict[str, MigrationRecord] = {}
+
+    def note(self, record: MigrationRecord) -> None:
+        """A version of a record (from the store's watch, or just written by this replica)."""
+        old = self._unsettled.get(record.id)
+        if old is not None and old.revision and record.revision and old.revision > record.revision:
+            return
+        if record.phase.is_final and record.phase is not Phase.SUCCEEDED:
+            self._unsettled.pop(record.id, None)
+        else:
+            self._unsettled[record.id] = record
+
+    def on_change(self, name: str, record: MigrationRecord | None) -> None:
+        """For ``PrefixView.subscribe``."""
+        if record is None:
+            self._unsettled.pop(name, None)
+        else:
+            self.note(record)
+
+    def loads(self, inventory_at: Mapping[str, datetime | None], now: datetime) -> dict[str, HostLoad]:
+        for mid, r in list(self._unsettled.items()):
+            if r.phase is Phase.SUCCEEDED:
+                seen = inventory_at.get(r.target_host)
+                landed = r.updated_at or r.created_at
+                if (seen is not None and seen > landed) or now - landed > SETTLE_MAX:
+                    del self._unsettled[mid]
+        return loads(self._unsettled.values(), inventory_at)
+
+    def __len__(self) -> int:
+        return len(self._unsettled)
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A VM located and ranked: where it is, the storage mode it would move with, the ranking."""
+
+    source: str
+    domain: DomainInfo
+    storage: StorageMode
+    ranking: Ranking
+
+
+class Placer:
+    def __init__(
+        self,
+        fleet: Fleet,
+        cordons: Mapping[str, HostCordon],
+        book: LoadBook,
+        hosts: Mapping[str, HostDecl],
+        policy: PlacementPolicy = PlacementPolicy(),
+    ) -> None:
+        self.fleet = fleet
+        self.cordons = cordons  # a live mapping (the host-state view's items)
+        self.book = book
+        self.hosts = dict(hosts)
+        self.policy = policy
+
+    def options(self, now: datetime, reservations: Reservations | None = None) -> list[HostOption]:
+        """Every host the fleet view knows, as placement sees it now."""
+        states = self.fleet.hosts()
+        booked = self.book.loads({h.name: h.last_seen for h in states}, now)
+        out = [
+            HostOption(
+                h.name,
+                h.available,
+                h.facts,
+                h.domains,
+                self.cordons.get(h.name),
+                booked.get(h.name, HostLoad()),
+            )
+            for h in states
+        ]
+        return reservations.apply(out) if reservations is not None else out
+
+    def mapping(self, source: str, target: str, overrides: HostMapping | None = None) -> HostMapping:
+        """The source -> target mapping from the ``[hosts.*]`` tables and the overrides (may raise)."""
+        return derive_mapping(self.hosts.get(source), self.hosts.get(target), overrides)
+
+    def rank(
+        self,
+        domain: DomainInfo,
+        source: str,
+        options: MigrationOptions,
+        *,
+        storage_explicit: bool,
+        now: datetime,
+        overrides: HostMapping | None = None,
+        only: Collection[str] = (),
+        reservations: Reservations | None = None,
+        hosts: list[HostOption] | None = None,
+    ) -> Placed:
+        """Rank every host (or those in ``only``) for ``domain`` on ``source``; ``hosts``: options
+        built already (a drain placing many VMs builds them once per step)."""
+        storage = effective_storage(domain, options, storage_explicit)
+        every = hosts if hosts is not None else self.options(now, reservations)
+        src = next((o for o in every if o.name == source), HostOption(source, False, None))
+        candidates = [o for o in every if not only or o.name in only or o.name == source]
+        ranking = rank(
+            domain,
+            src,
+            candidates,
+            options=replace(options, storage=storage),
+            storage=storage,
+            mapping_for=lambda target: self.mapping(source, target, overrides),
+            policy=self.policy,
+        )
+        return Placed(source, domain, storage, ranking)
