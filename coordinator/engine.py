@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -65,8 +65,10 @@ class Engine:
         progress_write_s: float = 1.0,
         job_poll_s: float = 1.0,
         store_retry_s: float = 0.5,
+        cordoned: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         self.store = store
+        self.cordoned = cordoned  # hosts that receive no migration (``hoststate.py``): admission skips them
         self.hosts = hosts
         self.limits = limits
         self.timeouts = timeouts
@@ -87,6 +89,9 @@ class Engine:
         self.records: dict[str, MigrationRecord] = {}  # the newest version of every record seen
         self.runners: dict[str, RecordRunner] = {}
         self._admitting: set[str] = set()
+        self.loaded = asyncio.Event()  # set once the records are listed (the leader's drains wait for it)
+        # called with every new version of a record the engine sees (the leader's drains follow them)
+        self.observers: list[Callable[[MigrationRecord], None]] = []
         self._admit_needed = asyncio.Event()
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -102,6 +107,7 @@ class Engine:
         self._running = True
         self._stopped = asyncio.Event()
         self._admit_needed = asyncio.Event()
+        self.loaded = asyncio.Event()
         self.records, self.runners, self._admitting = {}, {}, set()
         try:
             starting = asyncio.get_running_loop().create_task(self._start(), name="engine start")
@@ -113,6 +119,7 @@ class Engine:
                 await asyncio.gather(starting, return_exceptions=True)
                 return
             revision = starting.result()
+            self.loaded.set()
             self._spawn(self._watch(revision + 1), "watch migrations")
             self._spawn(self._follow_hosts(), "follow hosts")
             self._spawn(self._tick(), "tick")
@@ -204,6 +211,8 @@ class Engine:
         self.records[record.id] = record
         if old is None or old.phase is not record.phase:
             self.admit_soon()
+        for observe in self.observers:
+            observe(record)
         runner = self.runners.get(record.id)
         if record.phase.is_final:
             if (old is None and not recovering) or (old is not None and not old.phase.is_final):
@@ -299,7 +308,8 @@ class Engine:
         queued = [r for r in self.records.values() if r.phase is Phase.PENDING and r.id not in self._admitting]
         active = [r for r in self.records.values() if r.phase.holds_slot and r.id not in self._admitting]
         active += [replace(self.records[i], phase=Phase.PREFLIGHT) for i in self._admitting if i in self.records]
-        for migration_id in admit(queued, active, self.limits, self.hosts.available_hosts(), self.clock()):
+        chosen = admit(queued, active, self.limits, self.hosts.available_hosts(), self.clock(), self.cordoned())
+        for migration_id in chosen:
             runner = self.runners.get(migration_id)
             if runner is None or runner.done:
                 continue
