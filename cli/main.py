@@ -91,7 +91,7 @@ def build_mapping(a: argparse.Namespace) -> tpb.HostMapping:
 
 def _add_migration_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("vm", help="VM name or UUID")
-    p.add_argument("--to", required=True, metavar="HOST", help="target host")
+    p.add_argument("--to", metavar="HOST", help="target host (default: the best feasible host)")
     p.add_argument("--offline", action="store_true", help="migrate the definition only (VM not running)")
     p.add_argument("--copy-storage-all", action="store_true", help="copy local disks to the target")
     p.add_argument(
@@ -130,7 +130,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", choices=("table", "json"), default="table")
     p.add_argument("--rpc-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("hosts", help="list hosts and their agents")
+    hs = sub.add_parser("hosts", help="list hosts and their agents; cordon or uncordon one")
+    hs_sub = hs.add_subparsers(dest="action")
+    cordon = hs_sub.add_parser("cordon", help="the host receives no migration (until uncordoned)")
+    cordon.add_argument("host")
+    cordon.add_argument("--reason", default="", help="shown in `ferry hosts`")
+    hs_sub.add_parser("uncordon", help="put the host back in service").add_argument("host")
     vms = sub.add_parser("vms", help="list VMs across the fleet")
     vms.add_argument("--host")
     pre = sub.add_parser("preflight", help="check a migration without touching anything")
@@ -149,6 +154,28 @@ def parser() -> argparse.ArgumentParser:
     for name in ("show", "watch", "cancel"):
         s = ms_sub.add_parser(name)
         s.add_argument("id")
+    dr = sub.add_parser("drain", help="empty a host: cordon it, move every VM off it, and wait with a progress bar")
+    dr.add_argument("host")
+    dr.add_argument("--to", metavar="H1,H2", help="only these targets (default: the best feasible host for each VM)")
+    dr.add_argument(
+        "--max-parallel",
+        type=int,
+        default=0,
+        metavar="N",
+        help="migrations at once (default: the host's outbound limit)",
+    )
+    dr.add_argument("--policy", default="", help="convergence policy of its migrations")
+    dr.add_argument("--reason", default="", help="why (shown with the cordon)")
+    dr.add_argument(
+        "--dry-run", action="store_true", help="print the plan (VM -> target, estimated time); touch nothing"
+    )
+    dr.add_argument("--no-wait", action="store_true", help="print the drain ID and return")
+    ds = sub.add_parser("drains", help="list, show, watch, pause, resume or cancel drains")
+    ds_sub = ds.add_subparsers(dest="action")
+    ds.add_argument("--host")
+    ds.add_argument("--state", action="append", help="filter by state (repeatable), e.g. Running")
+    for name in ("show", "watch", "pause", "resume", "cancel"):
+        ds_sub.add_parser(name).add_argument("id")
     return p
 
 
@@ -176,21 +203,40 @@ class Cli:
             print(text)
 
     async def hosts(self) -> int:
-        resp = await self.stub.ListHosts(cpb.ListHostsRequest(), timeout=self.timeout)
+        if self.a.action == "cordon":
+            h = await self.stub.CordonHost(
+                cpb.CordonHostRequest(host=self.a.host, reason=self.a.reason), timeout=self.timeout
+            )
+            self.emit(h, f"{h.name} cordoned: {h.cordon_reason or 'no reason given'}")
+            return 0
+        if self.a.action == "uncordon":
+            h = await self.stub.UncordonHost(cpb.UncordonHostRequest(host=self.a.host), timeout=self.timeout)
+            self.emit(h, f"{h.name} is back in service")
+            return 0
+        resp = cpb.ListHostsResponse()
+        token = ""
+        while True:
+            page = await self.stub.ListHosts(cpb.ListHostsRequest(page_token=token), timeout=self.timeout)
+            resp.hosts.extend(page.hosts)
+            token = page.next_page_token
+            if not token:
+                break
         rows = [
             [
                 h.name,
-                "up" if h.available else "DOWN",
+                ("up" if h.available else "DOWN") + (",cordoned" if h.cordoned else ""),
                 h.address,
                 h.facts.cpu_model,
                 f"{render.size(h.facts.memory_free_bytes)}/{render.size(h.facts.memory_total_bytes)}",
                 h.domains,
                 f"{h.migrations_out}/{h.migrations_in}",
                 ",".join(h.facts.bridges),
+                (f"{h.drain_id}: " if h.drain_id else "") + h.cordon_reason if h.cordoned else "",
             ]
             for h in resp.hosts
         ]
-        self.emit(resp, render.table(("HOST", "STATE", "AGENT", "CPU", "MEM FREE", "VMS", "OUT/IN", "BRIDGES"), rows))
+        headers = ("HOST", "STATE", "AGENT", "CPU", "MEM FREE", "VMS", "OUT/IN", "BRIDGES", "CORDON")
+        self.emit(resp, render.table(headers, rows))
         return 0
 
     async def vms(self) -> int:
@@ -213,13 +259,15 @@ class Cli:
 
     async def preflight(self) -> int:
         req = cpb.PreflightRequest(
-            vm=self.a.vm, target_host=self.a.to, options=build_options(self.a), mapping=build_mapping(self.a)
+            vm=self.a.vm, target_host=self.a.to or "", options=build_options(self.a), mapping=build_mapping(self.a)
         )
         resp = await self.stub.Preflight(req, timeout=self.timeout)
+        to = resp.target_host or self.a.to or "any host"
+        lines = render.candidates(resp, self.a.vm) if not self.a.to else []
         if resp.ok:
-            lines = [f"OK: {self.a.vm} can migrate {resp.source_host} -> {self.a.to}"]
+            lines += [f"OK: {self.a.vm} can migrate {resp.source_host} -> {to}" + ("" if self.a.to else " (best)")]
         else:
-            lines = [f"BLOCKED: {self.a.vm} cannot migrate {resp.source_host or '?'} -> {self.a.to}:"]
+            lines += [f"BLOCKED: {self.a.vm} cannot migrate {resp.source_host or '?'} -> {to}:"]
             for b in resp.blockers:
                 lines.append(f"  {b.reason}: {b.message}")
                 if b.hint:
@@ -236,7 +284,7 @@ class Cli:
     async def migrate(self) -> int:
         req = cpb.SubmitMigrationRequest(
             vm=self.a.vm,
-            target_host=self.a.to,
+            target_host=self.a.to or "",
             options=build_options(self.a),
             mapping=build_mapping(self.a),
             priority=self.a.priority,
@@ -297,8 +345,101 @@ class Cli:
             vm=self.a.vm or "",
             limit=self.a.limit,
         )
-        resp = await self.stub.ListMigrations(req, timeout=self.timeout)
+        resp = cpb.ListMigrationsResponse()
+        while True:  # every page (the server pages at 500)
+            page = await self.stub.ListMigrations(req, timeout=self.timeout)
+            resp.migrations.extend(page.migrations)
+            req.page_token = page.next_page_token
+            if not req.page_token:
+                break
         self.emit(resp, render.table(render.MIGRATION_HEADERS, [render.migration_line(m) for m in resp.migrations]))
+        return 0
+
+    # ------------------------------------------------------------------ drains
+
+    async def drain(self) -> int:
+        req = cpb.SubmitDrainRequest(
+            host=self.a.host,
+            targets=[t for t in (self.a.to or "").split(",") if t],
+            max_parallel=self.a.max_parallel,
+            policy=self.a.policy,
+            reason=self.a.reason,
+            dry_run=self.a.dry_run,
+            options=tpb.MigrationOptions(persist_dest=True, undefine_source=True),
+        )
+        d = await self.stub.SubmitDrain(req, timeout=self.timeout)
+        if self.a.dry_run:
+            self.emit(d, render.drain_detail(d))
+            return 0
+        if self.a.no_wait:
+            self.emit(d, d.id)
+            return 0
+        if not self.json:
+            print(f"drain {d.id}: {d.host} cordoned, {d.vms_total} VM(s), {d.slots} at a time", flush=True)
+        return await self._follow_drain(d.id)
+
+    async def _follow_drain(self, drain_id: str) -> int:
+        """Watch until final: a progress bar on a terminal, a line per VM that moved otherwise."""
+        tty = sys.stdout.isatty() and not self.json
+        last: cpb.Drain | None = None
+        told: set[tuple[str, int]] = set()
+        async for d in self.stub.WatchDrain(cpb.WatchDrainRequest(id=drain_id)):
+            last = d
+            if self.json:
+                continue
+            for i in d.items:
+                if i.state in (cpb.DRAIN_ITEM_STATE_WAITING,) or (i.vm, i.state) in told:
+                    continue
+                told.add((i.vm, i.state))
+                why = f" ({i.problems[-1].reason})" if i.problems and i.state != cpb.DRAIN_ITEM_STATE_MOVED else ""
+                line = f"  {i.vm}: {render.item_state_name(i.state)} -> {i.target_host or '?'}{why}"
+                print(("\r" + line.ljust(100)) if tty else line, flush=True)
+            bar = "  " + render.drain_bar(d)
+            print(("\r" + bar) if tty else bar, end="" if tty else "\n", flush=True)
+        if last is None:
+            raise FerryError(f"the watch of {drain_id} ended without news", reason="WATCH_ENDED")
+        if tty:
+            print()
+        self.emit(last, render.drain_detail(last))
+        return 0 if last.state == cpb.DRAIN_STATE_SUCCEEDED else 1
+
+    async def drains(self) -> int:
+        action, t = self.a.action, self.timeout
+        if action == "watch":
+            return await self._follow_drain(self.a.id)
+        calls = {
+            "show": (self.stub.GetDrain, cpb.GetDrainRequest),
+            "pause": (self.stub.PauseDrain, cpb.PauseDrainRequest),
+            "resume": (self.stub.ResumeDrain, cpb.ResumeDrainRequest),
+            "cancel": (self.stub.CancelDrain, cpb.CancelDrainRequest),
+        }
+        if action in calls:
+            call, message = calls[action]
+            d = await call(message(id=self.a.id), timeout=t)
+            done = {"pause": "paused", "resume": "resumed", "cancel": "cancel requested for"}
+            text = (
+                render.drain_detail(d)
+                if action == "show"
+                else f"{done[action]} {d.id} ({render.drain_state_name(d.state)})"
+            )
+            self.emit(d, text)
+            return 0
+        states: list[str] = []
+        for name in self.a.state or ():
+            wanted = f"DRAIN_STATE_{name.upper()}"
+            if wanted not in cpb.DrainState.keys():
+                choices = ", ".join(render.drain_state_name(v) for v in cpb.DrainState.values() if v)
+                raise Usage(f"unknown drain state {name!r}", hint=f"one of {choices}")
+            states.append(wanted)
+        req = cpb.ListDrainsRequest(host=self.a.host or "", states=states)
+        resp = cpb.ListDrainsResponse()
+        while True:
+            page = await self.stub.ListDrains(req, timeout=t)
+            resp.drains.extend(page.drains)
+            req.page_token = page.next_page_token
+            if not req.page_token:
+                break
+        self.emit(resp, render.table(render.DRAIN_HEADERS, [render.drain_line(d) for d in resp.drains]))
         return 0
 
 

@@ -28,7 +28,7 @@ from ferry.errors import FerryError
 from ferry.model import Problem
 from ferry.store import Conflict, Store
 
-from .drain import DrainItem, DrainRecord, ItemState, decode, encode, with_item
+from .drain import DrainItem, DrainRecord, DrainState, ItemState, decode, encode, with_item
 from .drainplan import Busy, Choice, Nowhere, Step, Target, step
 from .drains import keys_release
 from .hoststate import HostCordon, cordon
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 # a submission refused with one of these: the VM is not there to move any more
 _GONE = frozenset({"VM_UNKNOWN", "SAME_HOST"})
+# a host rejected only for these may take the VM later: the item waits instead of failing
+_TRANSIENT = frozenset({"TARGET_DOWN", "INVENTORY_UNKNOWN"})
 
 
 class DrainController:
@@ -125,11 +127,20 @@ class DrainController:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(self.tick_s)
-            for d in list(self.drains.items.values()):
-                if not d.state.is_final:
+        """Step every drain now and then (busy targets free up without a change of its own), and
+        keep the inventories placement reads fresh while drains run (only stale ones are asked)."""
+        refreshing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                await asyncio.sleep(self.tick_s)
+                running = [d for d in self.drains.items.values() if not d.state.is_final]
+                for d in running:
                     self._mark(d.id)
+                if running and (refreshing is None or refreshing.done()):
+                    refreshing = asyncio.get_running_loop().create_task(self.placer.fleet.refresh())
+        finally:
+            if refreshing is not None:
+                refreshing.cancel()
 
     def _current(self, drain_id: str) -> DrainRecord | None:
         seen = self.drains.items.get(drain_id)
@@ -156,6 +167,9 @@ class DrainController:
         if d is None or d.state.is_final:
             return
         await self._ensure_cordoned(d)
+        if d.state is DrainState.RUNNING and d.count(ItemState.WAITING):
+            # what runs on the host, at most a TTL old: a VM missing there has really left it
+            await self.placer.fleet.refresh([d.host])
         while True:
             self.steps += 1
             now = self.clock()
@@ -243,6 +257,8 @@ class DrainController:
                 return Target(free.host)
             if placed.ranking.candidates:
                 return Busy()
+            if any({b.reason for b in c.blockers} <= _TRANSIENT for c in placed.ranking.rejected):
+                return Busy()  # a host that is down (or not yet seen) may take it once it is back
             return Nowhere(placed.ranking.nowhere())
 
         return place

@@ -237,8 +237,12 @@ def _start(d: DrainRecord, place: Place, now: datetime, outbound_limit: int) -> 
         if isinstance(choice, Busy):
             continue
         if isinstance(choice, Nowhere):
+            gone = choice.problem.reason == "VM_GONE"  # it left the host on its own: nothing to move
             items[index] = replace(
-                item, state=ItemState.FAILED, problems=item.problems + (choice.problem,), ended_at=now
+                item,
+                state=ItemState.SKIPPED if gone else ItemState.FAILED,
+                problems=item.problems + (choice.problem,),
+                ended_at=now,
             )
             continue
         attempt = item.attempts + 1

@@ -186,7 +186,7 @@ class Drains:
             raise InvalidArgument(
                 "max_parallel is negative", reason="BAD_MAX_PARALLEL", hint="use 0 (the default) or more"
             )
-        await self.fleet.refresh([host], force=True)
+        await asyncio.gather(self.fleet.refresh([host], force=True), self.fleet.refresh())
         state = self.fleet.host(host)
         domains = state.domains if state is not None else ()
         if state is None or state.inventory is None:

@@ -314,6 +314,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
                 f"no host reports a VM named {vm!r}", reason="VM_UNKNOWN", hint="check the name with `ferry vms`"
             )
         source, domain = located
+        await self.fleet.refresh()  # every inventory at most a TTL old (only the stale ones are asked)
         placed = self.placer.rank(
             domain,
             source,

@@ -214,6 +214,7 @@ class Submissions:
         source, domain = located
         placed = ""
         if not target:
+            await self.fleet.refresh()  # every inventory at most a TTL old (only the stale ones are asked)
             target, placed = self._place(request, source, domain)
         if source == target:
             raise FailedPrecondition(
