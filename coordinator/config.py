@@ -308,6 +308,14 @@ def _hosts(doc: dict[str, Any], source: str) -> dict[str, HostDecl]:
     return out
 
 
+def _non_negative(t: Table, key: str) -> float:
+    """A number >= 0 (``Table.number`` wants a positive one; 0 means "none" / "forever" here)."""
+    v = t.data[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        raise bad(t.source, f"[{t.section}] {key} must be a number >= 0, not {v!r}", f"e.g. {key} = 1")
+    return float(v)
+
+
 def _placement(doc: dict[str, Any], source: str, limits: Limits) -> PlacementPolicy:
     if "placement" not in doc:
         return PlacementPolicy(inbound_limit=limits.per_host_inbound)
@@ -315,7 +323,7 @@ def _placement(doc: dict[str, Any], source: str, limits: Limits) -> PlacementPol
     weights = Weights()
     if "weights" in t:
         w = Table(t.data["weights"], "placement.weights", source, ("memory", "balance", "inbound"))
-        weights = Weights(**{k: float(w.number(k)) for k in ("memory", "balance", "inbound") if k in w})
+        weights = Weights(**{k: _non_negative(w, k) for k in ("memory", "balance", "inbound") if k in w})
     groups = []
     if "anti_affinity" in t:
         table = t.data["anti_affinity"]
@@ -348,7 +356,7 @@ def _retention(doc: dict[str, Any], source: str) -> Retention:
         return Retention()
     keys = ("migrations_s", "idempotency_s", "drains_s", "sweep_s")
     t = Table(doc["retention"], "retention", source, keys)
-    values = {k: float(t.number(k)) for k in keys if k in t}
+    values = {k: _non_negative(t, k) for k in keys if k in t}
     r = Retention(**values)
     if min(r.migrations_s, r.idempotency_s, r.drains_s) < 0 or r.sweep_s <= 0:
         raise bad(source, "[retention] times must be positive (0 = keep forever)", "e.g. migrations_s = 604800")
