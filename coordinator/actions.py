@@ -33,6 +33,7 @@ from ferry.errors import FerryError, InvalidArgument, NotFound
 from ferry.model import (
     CompletedJob,
     DomainState,
+    HostFacts,
     JobStats,
     MigrationProgress,
     MigrationResult,
@@ -94,9 +95,15 @@ class ActionTiming:
 class Actions:
     """The side effects of the engine, one method per action (see the module docstring)."""
 
-    def __init__(self, hosts: HostDirectory, timing: ActionTiming) -> None:
+    def __init__(
+        self,
+        hosts: HostDirectory,
+        timing: ActionTiming,
+        known_facts: Callable[[str], HostFacts | None] | None = None,
+    ) -> None:
         self.hosts = hosts
         self.timing = timing
+        self.known_facts = known_facts  # fresh cached host facts (the fleet view): fewer inventory calls
 
     def _client(self, host: str) -> AgentClient:
         return self.hosts.client(host)
@@ -142,6 +149,7 @@ class Actions:
             storage=r.options.storage,
             source_host=r.source_host,
             migration_id=r.id,
+            known_facts=self.known_facts,
         )
         involved = [h for h in report.unavailable if h in (r.source_host, r.target_host)]
         if involved:

@@ -38,6 +38,7 @@ from typing import Any
 
 from ferry.errors import FerryError, Internal
 from ferry.keys import MIGRATIONS, VM_ACTIVE, decode_id, name_below, release_vm_active
+from ferry.model import HostFacts
 from ferry.registry import HostDirectory
 from ferry.store import Entry, EventKind, Resync, Store
 
@@ -66,6 +67,7 @@ class Engine:
         job_poll_s: float = 1.0,
         store_retry_s: float = 0.5,
         cordoned: Callable[[], Collection[str]] = frozenset,
+        known_facts: Callable[[str], HostFacts | None] | None = None,
     ) -> None:
         self.store = store
         self.cordoned = cordoned  # hosts that receive no migration (``hoststate.py``): admission skips them
@@ -75,7 +77,8 @@ class Engine:
         self.clock = clock
         self.tick_s = tick_s
         self.store_retry_s = store_retry_s
-        actions = Actions(hosts, ActionTiming(job_poll_s=job_poll_s, prepare_ttl_s=prepare_ttl_s))
+        timing = ActionTiming(job_poll_s=job_poll_s, prepare_ttl_s=prepare_ttl_s)
+        actions = Actions(hosts, timing, known_facts)
         self._ctx = RunnerContext(
             store,
             actions,

@@ -24,7 +24,7 @@ import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from ferry.errors import FerryError, NotFound, Unavailable
@@ -178,6 +178,16 @@ class Fleet:
         h = self._hosts.get(name)
         return h.state() if h is not None else None
 
+    def fresh_facts(self, name: str) -> HostFacts | None:
+        """The host's facts from an inventory younger than the TTL that its agent answered; None
+        otherwise (the caller asks the agent)."""
+        h = self._hosts.get(name)
+        if h is None or h.inventory is None or h.fetched_at is None or not h.reachable or h.registration is None:
+            return None
+        if self._clock() - h.fetched_at >= timedelta(seconds=self.inventory_ttl_s):
+            return None
+        return h.inventory.host
+
     def host_view(self, name: str) -> HostView | None:
         """What the preflight checks need of ``name``; None when no such host is known."""
         h = self._hosts.get(name)
@@ -226,12 +236,37 @@ class Fleet:
             await self.refresh()
         else:
             reporting = self._reporting(name_or_uuid) | ({near} if near else set())
-            if reporting:
-                await self.refresh(reporting, force=True)
-            if not self._running_copy(name_or_uuid):
-                await self.refresh(force=True)
+            if not await self._confirm(name_or_uuid, reporting):
+                if reporting:
+                    await self.refresh(reporting, force=True)
+                if not self._running_copy(name_or_uuid):
+                    await self.refresh(force=True)
         found = [(h.name, d) for h in self.hosts() for d in h.domains if name_or_uuid in (d.name, d.uuid)]
         return pick_domain(found, self.available_hosts())
+
+    async def _confirm(self, name_or_uuid: str, hosts: set[str]) -> bool:
+        """Ask each of ``hosts`` for just this domain (GetDomain: one domain, not a whole
+        inventory); True when one runs it. Each answer updates that host's cached inventory."""
+
+        async def ask(h: _Host) -> bool:
+            client = h.client
+            if client is None or h.inventory is None:
+                return False
+            try:
+                async with asyncio.timeout(self.inventory_timeout_s):
+                    domain, _ = await client.get_domain(name_or_uuid)
+            except NotFound:
+                others = tuple(d for d in h.inventory.domains if name_or_uuid not in (d.name, d.uuid))
+                h.inventory = replace(h.inventory, domains=others)
+                return False
+            except (FerryError, TimeoutError):
+                return False
+            others = tuple(d for d in h.inventory.domains if d.uuid != domain.uuid)
+            h.inventory = replace(h.inventory, domains=(*others, domain))
+            return domain.state.is_active
+
+        known = [self._hosts[n] for n in hosts if n in self._hosts and self._hosts[n].registration is not None]
+        return any(await asyncio.gather(*(ask(h) for h in known)))
 
     def _running_copy(self, name_or_uuid: str) -> bool:
         return any(

@@ -105,6 +105,7 @@ class Coordinator:
             prepare_ttl_s=self.config.prepare_ttl_s,
             progress_write_s=self.config.engine.progress_write_s,
             cordoned=self.views.cordoned,
+            known_facts=self.fleet.fresh_facts,
         )
 
     async def _lead(self) -> None:

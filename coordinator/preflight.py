@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ferry.diskplan import plan_disks
@@ -166,11 +166,14 @@ async def preflight(
     storage: StorageMode | None = None,
     source_host: str | None = None,
     migration_id: str = "",
+    known_facts: Callable[[str], HostFacts | None] | None = None,
 ) -> PreflightReport:
     """Every blocker for migrating ``vm`` to ``target`` (see the module docstring).
 
     ``storage`` None means auto (``effective_storage``); ``source_host`` None means look the VM
-    up on every available host. Never raises for what it finds: agent errors become blockers.
+    up on every available host. ``known_facts(host)``: a host's facts when the caller has them
+    fresh (the fleet view's cached inventory), so only hosts without are asked. Never raises for
+    what it finds: agent errors become blockers.
     """
     available = hosts.available_hosts()
     unavailable: list[str] = []
@@ -194,6 +197,9 @@ async def preflight(
     async def facts(name: str) -> HostFacts | FerryError | None:
         if name not in available or name in failed:
             return None
+        cached = known_facts(name) if known_facts is not None else None
+        if cached is not None:
+            return cached
         try:
             return (await hosts.client(name).inventory()).host
         except FerryError as err:

@@ -55,13 +55,19 @@ def guest(name: str = "g1", uuid: str = UUID) -> DomainInfo:
 
 @dataclass
 class InventoryAgent:
-    """All the fleet view asks of an agent: its inventory."""
+    """All the fleet view asks of an agent: its inventory, and one domain of it."""
 
     host: str
     domains: list[DomainInfo] = field(default_factory=list)
 
     async def inventory(self) -> Inventory:
         return Inventory(HostFacts(hostname=self.host, host_uuid=f"uuid-{self.host}"), tuple(self.domains))
+
+    async def get_domain(self, vm: str, *, include_xml: bool = False) -> tuple[DomainInfo, str]:
+        for d in self.domains:
+            if vm in (d.name, d.uuid):
+                return d, ""
+        raise NotFound(f"no domain {vm} on {self.host}", reason="DOMAIN_NOT_FOUND")
 
 
 @dataclass
