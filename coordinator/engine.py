@@ -90,6 +90,7 @@ class Engine:
             store_retry_s=store_retry_s,
         )
         self.records: dict[str, MigrationRecord] = {}  # the newest version of every record seen
+        self._open: dict[str, MigrationRecord] = {}  # those not final (what admission looks at)
         self.runners: dict[str, RecordRunner] = {}
         self._admitting: set[str] = set()
         self.loaded = asyncio.Event()  # set once the records are listed (the leader's drains wait for it)
@@ -111,7 +112,7 @@ class Engine:
         self._stopped = asyncio.Event()
         self._admit_needed = asyncio.Event()
         self.loaded = asyncio.Event()
-        self.records, self.runners, self._admitting = {}, {}, set()
+        self.records, self._open, self.runners, self._admitting = {}, {}, {}, set()
         try:
             starting = asyncio.get_running_loop().create_task(self._start(), name="engine start")
             stopping = asyncio.get_running_loop().create_task(self._stopped.wait())
@@ -212,6 +213,10 @@ class Engine:
         if old is not None and old.revision >= record.revision:
             return
         self.records[record.id] = record
+        if record.phase.is_final:
+            self._open.pop(record.id, None)
+        else:
+            self._open[record.id] = record
         if old is None or old.phase is not record.phase:
             self.admit_soon()
         for observe in self.observers:
@@ -231,6 +236,7 @@ class Engine:
 
     def _deleted(self, migration_id: str) -> None:
         self.records.pop(migration_id, None)
+        self._open.pop(migration_id, None)
         self._admitting.discard(migration_id)
         self.admit_soon()
 
@@ -308,8 +314,10 @@ class Engine:
             self._admit_once()
 
     def _admit_once(self) -> None:
-        queued = [r for r in self.records.values() if r.phase is Phase.PENDING and r.id not in self._admitting]
-        active = [r for r in self.records.values() if r.phase.holds_slot and r.id not in self._admitting]
+        queued = [r for r in self._open.values() if r.phase is Phase.PENDING and r.id not in self._admitting]
+        if not queued:
+            return
+        active = [r for r in self._open.values() if r.phase.holds_slot and r.id not in self._admitting]
         active += [replace(self.records[i], phase=Phase.PREFLIGHT) for i in self._admitting if i in self.records]
         chosen = admit(queued, active, self.limits, self.hosts.available_hosts(), self.clock(), self.cordoned())
         for migration_id in chosen:
