@@ -341,7 +341,7 @@ def _drains(doc: dict[str, Any], source: str) -> DrainsConfig:
     e = Estimates()
     estimates = Estimates(
         float(t.number("bandwidth_mibps")) if "bandwidth_mibps" in t else e.bandwidth_mibps,
-        float(t.number("overhead_s")) if "overhead_s" in t else e.overhead_s,
+        _non_negative(t, "overhead_s") if "overhead_s" in t else e.overhead_s,
     )
     if estimates.bandwidth_mibps <= 0:
         raise bad(source, "[drains] bandwidth_mibps must be positive", "e.g. bandwidth_mibps = 100")

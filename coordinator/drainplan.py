@@ -18,8 +18,11 @@ writes the new drain record by compare-and-set, then submits and cancels what th
    if no host is feasible the item is FAILED with every host's blockers.
 4. Nothing waiting or migrating: SUCCEEDED (all moved) or INCOMPLETE.
 
-Slots: ``min(max_parallel, the host's outbound limit)`` -- a drain never asks for more than the
-admission would give it, so its migrations never sit in the queue behind each other.
+Slots: ``min(max_parallel, the host's outbound limit)``. When the drain runs at the host's limit,
+it keeps ``QUEUE_AHEAD`` more migration queued: the admission, which enforces that limit, starts
+it the moment a slot frees, instead of a step of the drain later (the gap would add up over a
+drain's rounds). With a ``max_parallel`` below the limit nothing is queued ahead (the admission
+would start it at once).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from .phases import Phase
 from .record import MigrationRecord
 
 MiB = 1 << 20
+QUEUE_AHEAD = 1
 
 # a failed migration with one of these errors left the guest where only an operator can judge it
 NEEDS_OPERATOR = frozenset(
@@ -226,7 +230,9 @@ def step(
 
 
 def _start(d: DrainRecord, place: Place, now: datetime, outbound_limit: int) -> tuple[DrainRecord, list[Submit]]:
-    free = slots(d, outbound_limit) - d.count(ItemState.MIGRATING)
+    n = slots(d, outbound_limit)
+    ahead = QUEUE_AHEAD if n >= max(outbound_limit, 1) else 0
+    free = n + ahead - d.count(ItemState.MIGRATING)
     submits: list[Submit] = []
     items = list(d.items)
     waiting = [(n, i) for n, i in enumerate(items) if i.state is ItemState.WAITING]

@@ -403,7 +403,7 @@ async def test_a_drain_goes_on_after_the_leader_changes(fx, capsys):
     code, d = await fx.ferry(capsys, "drain", "host1", "--max-parallel", "2", "--no-wait")
     drain_id = d["id"]
     stub = fx.stub
-    await until(stub, drain_id, lambda x: x.vms_migrating == 2)
+    await until(stub, drain_id, lambda x: x.vms_migrating >= 2)  # 2 running, 1 queued ahead
     first = fx.leader()
     await first.stop(grace_s=1.0)  # resigns: the other replica takes over
     fx.coordinators.remove(first)
