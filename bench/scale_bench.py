@@ -69,9 +69,10 @@ from benchlib import (
 
 from ferry.coordinator.drain import DrainRecord
 from ferry.coordinator.drain import decode as decode_drain
+from ferry.coordinator.drain import encode as encode_drain
 from ferry.coordinator.drainplan import slots as drain_slots
 from ferry.coordinator.phases import Phase
-from ferry.coordinator.record import MigrationRecord, decode
+from ferry.coordinator.record import MigrationRecord, decode, encode
 from ferry.etcd_store import EtcdStore
 from ferry.keys import DRAINS, MIGRATIONS
 from ferry.lab.etcd import EtcdCluster, etcd_version, require_etcd_binary, supports_no_fsync
@@ -232,10 +233,12 @@ def start_coordinator(sim: Sim, args: argparse.Namespace) -> None:
     [port] = free_loopback_ports(1)
     cfg = sim.workdir / "coordinator.toml"
     cfg.write_text(coordinator_toml(port, sim.etcd.endpoints, args))
-    binary = Path(sys.executable).parent / "ferry-coordinator"
+    binary = [str(Path(sys.executable).parent / "ferry-coordinator")]
+    if args.profile is not None:  # the same daemon under cProfile (written when it stops)
+        binary = [sys.executable, "-m", "cProfile", "-o", str(args.profile), "-m", "ferry.coordinator.main"]
     out = open(sim.workdir / "coordinator.log", "wb")  # noqa: SIM115
     sim.coordinator = subprocess.Popen(
-        [str(binary), "--config", str(cfg), "--log-level", "WARNING"], stdout=out, stderr=subprocess.STDOUT
+        [*binary, "--config", str(cfg), "--log-level", "WARNING"], stdout=out, stderr=subprocess.STDOUT
     )
     sim.address = f"127.0.0.1:{port}"
 
@@ -590,6 +593,12 @@ async def amain(args: argparse.Namespace) -> int:
             run = Run(f"main run: {args.migrations} migrations incl. drains of {len(drained)} hosts", args.in_flight)
             await load(sim, stub, follower, run, movable, args.migrations, drained)
             agent_stats = stop_agents(sim)
+            if args.dump is not None:
+                with args.dump.open("w") as f:
+                    for r in follower.migrations.values():
+                        f.write(json.dumps({"migration": encode(r).decode()}) + "\n")
+                    for d in follower.drains.values():
+                        f.write(json.dumps({"drain": encode_drain(d).decode()}) + "\n")
             text, ok = report(run, follower, args, agent_stats)
             print(text + "\n", flush=True)
             cpu = sum(s.get("cpu_s", 0.0) for s in agent_stats)
@@ -640,6 +649,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--levels", default="", help="in-flight levels to measure first, e.g. 100,200,400")
     p.add_argument("--level-migrations", type=int, default=2000, help="migrations per level")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--dump", type=Path, help="write every record (JSON lines) here, for a closer look")
+    p.add_argument("--profile", type=Path, help="run the coordinator under cProfile, writing its stats here")
     args = p.parse_args(argv)
     args.limits = tuple(int(x) for x in args.limits.split(","))
     args.levels = [int(x) for x in args.levels.split(",") if x]
