@@ -250,6 +250,7 @@ class DrainController:
                 now=now,
                 only=allowed,
                 hosts=booked.apply(hosts),
+                detail=False,
             )
             free = next((c for c in placed.ranking.candidates if not c.busy), None)
             if free is not None:

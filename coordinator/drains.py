@@ -245,6 +245,7 @@ class Drains:
                 now=now,
                 only=drain.targets,
                 hosts=booked.apply(hosts),
+                detail=False,
             )
             best = placed.ranking.best
             if best is None:

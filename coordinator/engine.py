@@ -68,9 +68,12 @@ class Engine:
         store_retry_s: float = 0.5,
         cordoned: Callable[[], Collection[str]] = frozenset,
         known_facts: Callable[[str], HostFacts | None] | None = None,
+        decode_entry: Callable[[Entry], MigrationRecord] | None = None,
     ) -> None:
         self.store = store
         self.cordoned = cordoned  # hosts that receive no migration (``hoststate.py``): admission skips them
+        # a version of a record, decoded (the replica's shared decoder: each version decoded once)
+        self._decode_entry = decode_entry or (lambda e: decode(e.value, e.mod_revision))
         self.hosts = hosts
         self.limits = limits
         self.timeouts = timeouts
@@ -202,7 +205,7 @@ class Engine:
 
     def _decode(self, entry: Entry) -> MigrationRecord | None:
         try:
-            return decode(entry.value, entry.mod_revision)
+            return self._decode_entry(entry)
         except FerryError as err:
             log.error("skipping %s: %s: %s (hint: %s)", entry.key, err.reason, err.message, err.hint)
             return None

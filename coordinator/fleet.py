@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 
 from ferry.errors import FerryError, NotFound, Unavailable
 from ferry.keys import HOSTS as HOSTS_PREFIX
-from ferry.model import DomainInfo, HostFacts, Inventory
+from ferry.model import DomainInfo, DomainState, HostFacts, Inventory
 from ferry.ports import AgentClient
 from ferry.registry import HostChange, HostRegistration
 from ferry.store import Entry, EventKind, Resync, Store
@@ -141,6 +141,8 @@ class Fleet:
         self.inventory_timeout_s = inventory_timeout_s
         self.reprobe_s = reprobe_s
         self._hosts: dict[str, _Host] = {name: _Host(name) for name in declared}
+        self._where: dict[str, set[str]] = {}  # a domain's name and UUID -> the hosts whose inventory has it
+        self.version = 0  # moves on with every change of a host's inventory or state (placement's caches)
         self._subscribers: list[asyncio.Queue[HostChange]] = []
         self._watcher: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
@@ -241,8 +243,34 @@ class Fleet:
                     await self.refresh(reporting, force=True)
                 if not self._running_copy(name_or_uuid):
                     await self.refresh(force=True)
-        found = [(h.name, d) for h in self.hosts() for d in h.domains if name_or_uuid in (d.name, d.uuid)]
+        found = [
+            (name, d)
+            for name in sorted(self._where.get(name_or_uuid, ()))
+            for d in self._domains(name)
+            if name_or_uuid in (d.name, d.uuid)
+        ]
         return pick_domain(found, self.available_hosts())
+
+    def _domains(self, name: str) -> tuple[DomainInfo, ...]:
+        inv = self._hosts[name].inventory
+        return inv.domains if inv is not None else ()
+
+    def _put_inventory(self, h: _Host, inventory: Inventory | None) -> None:
+        """Set ``h``'s inventory, keeping the index of where each domain is."""
+        if h.inventory is not None:
+            for d in h.inventory.domains:
+                for key in (d.name, d.uuid):
+                    where = self._where.get(key)
+                    if where is not None:
+                        where.discard(h.name)
+                        if not where:
+                            del self._where[key]
+        h.inventory = inventory
+        if inventory is not None:
+            for d in inventory.domains:
+                for key in (d.name, d.uuid):
+                    self._where.setdefault(key, set()).add(h.name)
+        self.version += 1
 
     async def _confirm(self, name_or_uuid: str, hosts: set[str]) -> bool:
         """Ask each of ``hosts`` for just this domain (GetDomain: one domain, not a whole
@@ -257,12 +285,12 @@ class Fleet:
                     domain, _ = await client.get_domain(name_or_uuid)
             except NotFound:
                 others = tuple(d for d in h.inventory.domains if name_or_uuid not in (d.name, d.uuid))
-                h.inventory = replace(h.inventory, domains=others)
+                self._put_inventory(h, replace(h.inventory, domains=others))
                 return False
             except (FerryError, TimeoutError):
                 return False
             others = tuple(d for d in h.inventory.domains if d.uuid != domain.uuid)
-            h.inventory = replace(h.inventory, domains=(*others, domain))
+            self._put_inventory(h, replace(h.inventory, domains=(*others, domain)))
             return domain.state.is_active
 
         known = [self._hosts[n] for n in hosts if n in self._hosts and self._hosts[n].registration is not None]
@@ -271,14 +299,14 @@ class Fleet:
     def _running_copy(self, name_or_uuid: str) -> bool:
         return any(
             d.state.is_active
-            for h in self._hosts.values()
-            if h.reachable
-            for d in (h.inventory.domains if h.inventory else ())
+            for name in self._where.get(name_or_uuid, ())
+            if self._hosts[name].reachable
+            for d in self._domains(name)
             if name_or_uuid in (d.name, d.uuid)
         )
 
     def _reporting(self, name_or_uuid: str) -> set[str]:
-        return {h.name for h in self.hosts() for d in h.domains if name_or_uuid in (d.name, d.uuid)}
+        return set(self._where.get(name_or_uuid, ()))
 
     # -- the engine's HostDirectory -------------------------------------------------------------
 
@@ -305,7 +333,7 @@ class Fleet:
         return h.registration if h is not None else None
 
     def available_hosts(self) -> set[str]:
-        return {n for n, h in self._hosts.items() if h.state().available}
+        return {n for n, h in self._hosts.items() if h.registration is not None and h.reachable is not False}
 
     async def changes(self) -> AsyncIterator[HostChange]:
         """Every change of availability from now on (one queue per consumer)."""
@@ -316,6 +344,25 @@ class Fleet:
                 yield await queue.get()
         finally:
             self._subscribers.remove(queue)
+
+    def note_landed(self, vm_uuid: str, source: str, target: str, at: datetime) -> None:
+        """A migration of ``vm_uuid`` from ``source`` to ``target`` succeeded at ``at``: move the
+        domain between the two cached inventories (unless an inventory taken later already shows
+        it), so the view knows where the VM runs without asking every host."""
+        src, tgt = self._hosts.get(source), self._hosts.get(target)
+        if src is None or tgt is None or src.inventory is None:
+            return
+        moved = next((d for d in src.inventory.domains if d.uuid == vm_uuid), None)
+        if moved is None:
+            return
+        if src.fetched_at is None or src.fetched_at < at:
+            left = tuple(d for d in src.inventory.domains if d.uuid != vm_uuid)
+            self._put_inventory(src, replace(src.inventory, domains=left))
+        if tgt.inventory is not None and (tgt.fetched_at is None or tgt.fetched_at < at):
+            others = tuple(d for d in tgt.inventory.domains if d.uuid != vm_uuid)
+            self._put_inventory(
+                tgt, replace(tgt.inventory, domains=(*others, replace(moved, state=DomainState.RUNNING)))
+            )
 
     def report_unreachable(self, host: str, error: FerryError) -> None:
         """A caller (the engine) found the agent unreachable: show it so until an inventory answers."""
@@ -352,6 +399,9 @@ class Fleet:
     def _set(self, h: _Host, **changes: object) -> None:
         """Change ``h``'s fields; tell subscribers when its availability flipped."""
         before = h.state().available
+        if "inventory" in changes:
+            self._put_inventory(h, changes.pop("inventory"))  # type: ignore[arg-type]
+        self.version += 1
         for name, value in changes.items():
             setattr(h, name, value)
         after = h.state().available

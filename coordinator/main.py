@@ -40,7 +40,9 @@ from .drain_controller import DrainController
 from .drains import Drains
 from .election import Candidate, Election
 from .fleet import AgentFactory, Fleet
+from .phases import Phase
 from .placer import Placer
+from .record import MigrationRecord
 from .replica import ReplicaViews, replica_views
 from .retention import Sweeper
 from .service import CoordinatorServicer, register
@@ -106,6 +108,7 @@ class Coordinator:
             progress_write_s=self.config.engine.progress_write_s,
             cordoned=self.views.cordoned,
             known_facts=self.fleet.fresh_facts,
+            decode_entry=self.views.decoder,
         )
 
     async def _lead(self) -> None:
@@ -206,6 +209,12 @@ def build_coordinator(
         declared=config.hosts,
     )
     views = replica_views(store)
+
+    def landed(_name: str, r: MigrationRecord | None) -> None:
+        if r is not None and r.phase is Phase.SUCCEEDED and not r.options.offline:
+            fleet.note_landed(r.vm_uuid, r.source_host, r.target_host, r.updated_at or r.created_at)
+
+    views.migrations.subscribe(landed)
     placer = Placer(
         fleet,
         views.cordons.items,

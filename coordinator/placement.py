@@ -45,13 +45,13 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from ferry.diskplan import plan_disks
 from ferry.errors import FerryError
-from ferry.model import DomainInfo, HostFacts, HostMapping, MigrationOptions, Problem, StorageMode
+from ferry.model import DiskPlan, DomainInfo, HostFacts, HostMapping, MigrationOptions, Problem, StorageMode
 
 from .checks import HostView, coordinator_blockers, host_cpu_blockers
 from .hoststate import HostCordon, cordon_problem
@@ -92,6 +92,9 @@ class HostOption:
     domains: tuple[DomainInfo, ...] = ()
     state: HostCordon | None = None  # None = in service
     load: HostLoad = HostLoad()
+    # hosts of one shape (same facts but memory and space, same [hosts.*] declaration) pass or
+    # fail the same static checks: a ranking without detail judges each shape once (None: judge it)
+    shape: Hashable | None = None
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,8 @@ class Ranking:
         if not counts:
             return Problem("NO_TARGET", f"no other host is known to take {self.vm}", "add a host (ferry hosts)")
         parts = [f"{reason} on {_hosts(hosts)}" for reason, hosts in sorted(counts.items(), key=lambda kv: -len(kv[1]))]
-        first = next(b for c in self.rejected for b in c.blockers)
+        blockers = [b for c in self.rejected for b in c.blockers]
+        first = next((b for b in blockers if b.hint), blockers[0])
         return Problem(
             "NO_TARGET",
             f"no host can take {self.vm}: " + "; ".join(parts),
@@ -270,20 +274,22 @@ def _memory(domain: DomainInfo, option: HostOption, facts: HostFacts, offline: b
     ], 0
 
 
+def _copies(
+    domain: DomainInfo, storage: StorageMode, mapping: HostMapping, options: MigrationOptions
+) -> list[DiskPlan] | Problem:
+    """The disks the migration copies (with their destinations on the target), or why not."""
+    try:
+        return [p for p in plan_disks(domain.disks, storage, options.migrate_disks, mapping) if p.copy]
+    except FerryError as err:
+        return Problem.of(err)
+
+
 def _space(
-    domain: DomainInfo,
-    option: HostOption,
-    facts: HostFacts,
-    storage: StorageMode,
-    mapping: HostMapping,
-    options: MigrationOptions,
+    domain: DomainInfo, option: HostOption, facts: HostFacts, copied: list[DiskPlan] | Problem
 ) -> tuple[list[Problem], int]:
     """Blockers for the copied disks' space, and the bytes they copy."""
-    try:
-        plans = plan_disks(domain.disks, storage, options.migrate_disks, mapping)
-    except FerryError as err:
-        return [Problem.of(err)], 0
-    copied = [p for p in plans if p.copy]
+    if isinstance(copied, Problem):
+        return [copied], 0
     need_by_dir: dict[str, int] = {}
     total = 0
     for p in copied:
@@ -329,6 +335,73 @@ def _affinity(domain: DomainInfo, option: HostOption, groups: Sequence[AntiAffin
     return out
 
 
+def _availability(option: HostOption) -> list[Problem]:
+    out = []
+    if not option.available:
+        out.append(
+            Problem(
+                "TARGET_DOWN",
+                f"the agent on {option.name} is not available",
+                f"start ferry-agent on {option.name} or pick another target",
+            )
+        )
+    if option.state is not None and option.state.cordoned:
+        out.append(cordon_problem(option.state))
+    if option.facts is None:
+        out.append(
+            Problem(
+                "INVENTORY_UNKNOWN",
+                f"{option.name} has not reported its inventory yet",
+                f"check ferry-agent on {option.name} (ferry hosts)",
+            )
+        )
+    return out
+
+
+def _static(
+    domain: DomainInfo,
+    source: HostOption,
+    option: HostOption,
+    facts: HostFacts,
+    options: MigrationOptions,
+    storage: StorageMode,
+    mapping: HostMapping | FerryError,
+) -> list[Problem]:
+    """What only the host's facts and the mapping decide (the same on hosts of the same shape)."""
+    # the coordinator's own checks, memory left to ours (it counts what is on its way)
+    view = HostView(option.name, True, replace(facts, memory_free_bytes=0))
+    src = HostView(source.name, True, source.facts)
+    out = [
+        b
+        for b in coordinator_blockers(domain.name, domain, src, option.name, view, options, storage)
+        if b.reason not in ("TARGET_DOWN", "SOURCE_DOWN")
+    ]
+    out += host_cpu_blockers(domain.name, domain, source.facts, facts)
+    if isinstance(mapping, FerryError):  # the NICs cannot be judged without a mapping
+        out.append(Problem.of(mapping))
+    else:
+        out += _nic_blockers(domain, mapping, option.name, facts)
+    return out
+
+
+def _dynamic(
+    domain: DomainInfo,
+    option: HostOption,
+    facts: HostFacts,
+    options: MigrationOptions,
+    copied: list[DiskPlan] | Problem,
+    policy: PlacementPolicy,
+) -> tuple[list[Problem], int, int]:
+    """What the host's domains, free memory and space, and what is on its way to it decide."""
+    out = _clash(domain, option)
+    memory, left = _memory(domain, option, facts, options.offline)
+    out += memory
+    space, disk_bytes = _space(domain, option, facts, copied)
+    out += space
+    out += _affinity(domain, option, policy.anti_affinity)
+    return out, left, disk_bytes
+
+
 def blockers(
     domain: DomainInfo,
     source: HostOption,
@@ -340,48 +413,14 @@ def blockers(
 ) -> tuple[list[Problem], int, int]:
     """Everything that keeps ``option`` from taking the VM, the memory it has left after placement
     (-1 unknown) and the disk bytes the migration copies."""
-    out: list[Problem] = []
-    if not option.available:
-        out.append(
-            Problem(
-                "TARGET_DOWN",
-                f"the agent on {option.name} is not available",
-                f"start ferry-agent on {option.name} or pick another target",
-            )
-        )
-    if option.state is not None and option.state.cordoned:
-        out.append(cordon_problem(option.state))
+    out = _availability(option)
     facts = option.facts
     if facts is None:
-        out.append(
-            Problem(
-                "INVENTORY_UNKNOWN",
-                f"{option.name} has not reported its inventory yet",
-                f"check ferry-agent on {option.name} (ferry hosts)",
-            )
-        )
         return out, -1, 0
-    # the coordinator's own checks, memory left to ours (it counts what is on its way)
-    view = HostView(option.name, True, replace(facts, memory_free_bytes=0))
-    src = HostView(source.name, True, source.facts)
-    out += [
-        b
-        for b in coordinator_blockers(domain.name, domain, src, option.name, view, options, storage)
-        if b.reason not in ("TARGET_DOWN", "SOURCE_DOWN")
-    ]
-    out += host_cpu_blockers(domain.name, domain, source.facts, facts)
-    if isinstance(mapping, FerryError):  # the NICs cannot be judged without a mapping
-        out.append(Problem.of(mapping))
-        mapping = HostMapping()
-    else:
-        out += _nic_blockers(domain, mapping, option.name, facts)
-    out += _clash(domain, option)
-    memory, left = _memory(domain, option, facts, options.offline)
-    out += memory
-    space, disk_bytes = _space(domain, option, facts, storage, mapping, options)
-    out += space
-    out += _affinity(domain, option, policy.anti_affinity)
-    return out, left, disk_bytes
+    out += _static(domain, source, option, facts, options, storage, mapping)
+    copied = _copies(domain, storage, mapping if isinstance(mapping, HostMapping) else HostMapping(), options)
+    dynamic, left, disk_bytes = _dynamic(domain, option, facts, options, copied, policy)
+    return out + dynamic, left, disk_bytes
 
 
 # ---------------------------------------------------------------- the ranking
@@ -400,22 +439,43 @@ def rank(
     storage: StorageMode,
     mapping_for: Callable[[str], HostMapping],
     policy: PlacementPolicy = PlacementPolicy(),
+    detail: bool = True,
 ) -> Ranking:
     """Every host but the source, judged for ``domain`` (see the module doc).
 
     ``mapping_for(target)`` is the source -> target mapping (it may raise, e.g. MAPPING_AMBIGUOUS:
-    a blocker of that host).
+    a blocker of that host). ``detail=False`` (a scheduler only wants the best): the static checks
+    run once per host shape (``HostOption.shape``); a rejected host's blockers then carry their
+    reason codes, and the full text only on the first host of each shape.
     """
     judged: list[tuple[HostOption, list[Problem], int]] = []
+    shapes: dict[Hashable, tuple[list[Problem], list[DiskPlan] | Problem]] = {}
     for option in hosts:
         if option.name == source.name:
             continue
-        try:
-            mapping: HostMapping | FerryError = mapping_for(option.name)
-        except FerryError as err:
-            mapping = err
-        found, left, _ = blockers(domain, source, option, options, storage, mapping, policy)
-        judged.append((option, found, left))
+        facts = option.facts
+        if detail or option.shape is None or facts is None:
+            try:
+                mapping: HostMapping | FerryError = mapping_for(option.name)
+            except FerryError as err:
+                mapping = err
+            found, left, _ = blockers(domain, source, option, options, storage, mapping, policy)
+            judged.append((option, found, left))
+            continue
+        known = shapes.get(option.shape)
+        if known is None:
+            try:
+                mapping = mapping_for(option.name)
+            except FerryError as err:
+                mapping = err
+            static = _static(domain, source, option, facts, options, storage, mapping)
+            copied = _copies(domain, storage, mapping if isinstance(mapping, HostMapping) else HostMapping(), options)
+            shapes[option.shape] = (static, copied)
+        else:
+            static = [Problem(b.reason, f"{b.reason} on {option.name}", "") for b in known[0]]
+            copied = known[1]
+        dynamic, left, _ = _dynamic(domain, option, facts, options, copied, policy)
+        judged.append((option, _availability(option) + static + dynamic, left))
     rejected = tuple(
         Candidate(o.name, blockers=tuple(b)) for o, b, _ in sorted(judged, key=lambda j: natural(j[0].name)) if b
     )

@@ -11,11 +11,11 @@ the cached inventories -- no agent is asked -- and ranks them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from ferry.model import DomainInfo, HostMapping, MigrationOptions, StorageMode
+from ferry.model import DomainInfo, HostFacts, HostMapping, MigrationOptions, StorageMode
 
 from .checks import effective_storage
 from .config import HostDecl, derive_mapping
@@ -91,22 +91,57 @@ class Placer:
         self.book = book
         self.hosts = dict(hosts)
         self.policy = policy
+        # the options without loads and when each inventory was taken, while the fleet view and
+        # the cordons stay as they were (rebuilding them for 1,000 hosts per placement costs)
+        self._base: tuple[object, list[HostOption], dict[str, datetime | None]] | None = None
+
+    def _shape(self, name: str, facts: HostFacts | None) -> Hashable | None:
+        if facts is None:
+            return None
+        decl = self.hosts.get(name)
+        declared = (
+            (
+                tuple(sorted(decl.bridges.items())),
+                tuple(sorted(decl.networks.items())),
+                tuple(sorted(decl.paths.items())),
+            )
+            if decl is not None
+            else None
+        )
+        return (
+            facts.arch,
+            facts.qemu_version,
+            facts.libvirt_version,
+            facts.cpu_model,
+            frozenset(facts.cpu_features),
+            frozenset(facts.bridges),
+            frozenset(facts.networks),
+            declared,
+        )
+
+    def _base_options(self) -> tuple[list[HostOption], dict[str, datetime | None]]:
+        key = (self.fleet.version, tuple(sorted((n, c) for n, c in self.cordons.items() if c.cordoned)))
+        if self._base is None or self._base[0] != key:
+            states = self.fleet.hosts()
+            base = [
+                HostOption(
+                    h.name,
+                    h.available,
+                    h.facts,
+                    h.domains,
+                    self.cordons.get(h.name),
+                    shape=self._shape(h.name, h.facts),
+                )
+                for h in states
+            ]
+            self._base = (key, base, {h.name: h.last_seen for h in states})
+        return self._base[1], self._base[2]
 
     def options(self, now: datetime, reservations: Reservations | None = None) -> list[HostOption]:
         """Every host the fleet view knows, as placement sees it now."""
-        states = self.fleet.hosts()
-        booked = self.book.loads({h.name: h.last_seen for h in states}, now)
-        out = [
-            HostOption(
-                h.name,
-                h.available,
-                h.facts,
-                h.domains,
-                self.cordons.get(h.name),
-                booked.get(h.name, HostLoad()),
-            )
-            for h in states
-        ]
+        base, inventory_at = self._base_options()
+        booked = self.book.loads(inventory_at, now)
+        out = [replace(o, load=booked[o.name]) if o.name in booked else o for o in base]
         return reservations.apply(out) if reservations is not None else out
 
     def mapping(self, source: str, target: str, overrides: HostMapping | None = None) -> HostMapping:
@@ -125,13 +160,16 @@ class Placer:
         only: Collection[str] = (),
         reservations: Reservations | None = None,
         hosts: list[HostOption] | None = None,
+        detail: bool = True,
     ) -> Placed:
         """Rank every host (or those in ``only``) for ``domain`` on ``source``; ``hosts``: options
-        built already (a drain placing many VMs builds them once per step)."""
+        built already (a drain placing many VMs builds them once per step); ``detail=False``: only
+        the choice matters (see ``placement.rank``)."""
         storage = effective_storage(domain, options, storage_explicit)
         every = hosts if hosts is not None else self.options(now, reservations)
         src = next((o for o in every if o.name == source), HostOption(source, False, None))
-        candidates = [o for o in every if not only or o.name in only or o.name == source]
+        allowed = set(only)
+        candidates = [o for o in every if not allowed or o.name in allowed or o.name == source]
         ranking = rank(
             domain,
             src,
@@ -140,5 +178,6 @@ class Placer:
             storage=storage,
             mapping_for=lambda target: self.mapping(source, target, overrides),
             policy=self.policy,
+            detail=detail,
         )
         return Placed(source, domain, storage, ranking)

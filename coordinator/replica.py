@@ -24,12 +24,33 @@ from .view import PrefixView
 log = logging.getLogger(__name__)
 
 
-def _migration(entry: Entry) -> MigrationRecord | None:
-    try:
-        return decode(entry.value, entry.mod_revision)
-    except FerryError as err:
-        log.error("skipping %s: %s: %s", entry.key, err.reason, err)
-        return None
+class RecordDecoder:
+    """Each version of a migration record decoded once for the whole replica: the leader's engine
+    and the replica's view watch the same keys. Keeps the newest version of each key it decoded."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, MigrationRecord] = {}
+
+    def __call__(self, entry: Entry) -> MigrationRecord:
+        """The record of ``entry`` (raises as ``record.decode`` does)."""
+        known = self._by_key.get(entry.key)
+        if known is not None and known.revision == entry.mod_revision:
+            return known
+        record = decode(entry.value, entry.mod_revision)
+        if known is None or known.revision < entry.mod_revision:
+            self._by_key[entry.key] = record
+        return record
+
+    def forget(self, key: str) -> None:
+        self._by_key.pop(key, None)
+
+    def view_entry(self, entry: Entry) -> MigrationRecord | None:
+        """For the view: None (logged) for an unreadable record."""
+        try:
+            return self(entry)
+        except FerryError as err:
+            log.error("skipping %s: %s: %s", entry.key, err.reason, err)
+            return None
 
 
 def _drain(entry: Entry) -> DrainRecord | None:
@@ -46,6 +67,7 @@ class ReplicaViews:
     drains: PrefixView[DrainRecord]
     cordons: PrefixView[HostCordon]
     book: LoadBook
+    decoder: RecordDecoder
 
     async def start(self) -> None:
         await self.cordons.start()
@@ -62,11 +84,14 @@ class ReplicaViews:
 
 def replica_views(store: Store) -> ReplicaViews:
     book = LoadBook()
-    migrations = PrefixView(store, keys.MIGRATIONS, _migration)
+    decoder = RecordDecoder()
+    migrations = PrefixView(store, keys.MIGRATIONS, decoder.view_entry)
     migrations.subscribe(book.on_change)
+    migrations.subscribe(lambda name, r: decoder.forget(keys.MIGRATIONS + name) if r is None else None)
     return ReplicaViews(
         migrations,
         PrefixView(store, keys.DRAINS, _drain),
         PrefixView(store, keys.HOST_STATE, hoststate.decode_entry),
         book,
+        decoder,
     )

@@ -241,6 +241,7 @@ class Submissions:
             now=self._clock(),
             overrides=request.mapping,
             only=request.candidates,
+            detail=False,
         )
         best = placed.ranking.best
         if best is None:

@@ -9,6 +9,7 @@ free ones; nothing is ever placed beyond a host's free memory.
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -258,3 +259,40 @@ def test_loads_count_what_is_on_its_way_and_what_the_inventory_does_not_show_yet
 
 def test_natural_order():
     assert sorted(["host10", "host9", "host100", "a"], key=natural) == ["a", "host9", "host10", "host100"]
+
+
+def test_the_quick_ranking_chooses_as_the_detailed_one():
+    """Without detail the static checks run once per host shape: the same hosts are feasible, in
+    the same order with the same scores, and each rejected host keeps its reason codes."""
+    rng = random.Random(7)
+    for _ in range(40):
+        hosts = []
+        for i in range(2, 30):
+            h = host(
+                f"h{i}",
+                free=rng.choice([GiB, 4 * GiB, 8 * GiB, 12 * GiB]),
+                bridges=rng.choice([("br-guest",), ("br-vm",), ("br-guest", "br-vm")]),
+                vms=rng.randrange(4),
+                disk_free=rng.choice([GiB, 100 * GiB]),
+                available=rng.random() > 0.1,
+                state=HostCordon(f"h{i}", cordoned=True) if rng.random() < 0.1 else None,
+                load=HostLoad(rng.randrange(3), rng.choice([0, 2 * GiB]), 0, rng.randrange(3)),
+                arch=rng.choice(["x86_64", "x86_64", "aarch64"]),
+            )
+            static = replace(h.facts, hostname="", host_uuid="", memory_free_bytes=0, memory_total_bytes=0, storage=())
+            hosts.append(replace(h, shape=static))
+        guest = vm(memory=rng.choice([GiB, 2 * GiB]), bridge=rng.choice(["br-guest", "br-vm"]))
+        full = ranked(guest, *hosts)
+        quick = rank(
+            guest,
+            SOURCE,
+            [SOURCE, *hosts],
+            options=LIVE,
+            storage=StorageMode.COPY_ALL,
+            mapping_for=lambda target: HostMapping(),
+            detail=False,
+        )
+        assert quick.candidates == full.candidates
+        assert [(c.host, [b.reason for b in c.blockers]) for c in quick.rejected] == [
+            (c.host, [b.reason for b in c.blockers]) for c in full.rejected
+        ]
