@@ -318,6 +318,7 @@ class Run:
     drain_ids: list[str] = field(default_factory=list)
     etcd_before: Counter[str] = field(default_factory=Counter)
     etcd_after: Counter[str] = field(default_factory=Counter)
+    idle_rates: dict[str, float] = field(default_factory=dict)  # requests/s with nothing to do (agents' leases)
     cpu_before: float = 0.0
     cpu_after: float = 0.0
 
@@ -421,9 +422,9 @@ def report(run: Run, follower: Follower, args: argparse.Namespace, agent_stats: 
     ends = Counter(r.phase.name for r in records)
     to_done = [r.history[-1].at.timestamp() - r.created_at.timestamp() for r in done]
     n = max(len(records), 1)
-    d_etcd = run.etcd_after - run.etcd_before
-    writes = d_etcd["Txn"] + d_etcd["Put"] + d_etcd["DeleteRange"]
-    trips = writes + d_etcd["Range"]
+    d_etcd = {m: (run.etcd_after[m] - run.etcd_before[m]) - run.idle_rates.get(m, 0.0) * wall for m in run.etcd_after}
+    writes = sum(d_etcd.get(m, 0.0) for m in ("Txn", "Put", "DeleteRange"))
+    trips = writes + d_etcd.get("Range", 0.0)
     cpu = run.cpu_after - run.cpu_before
     spans = [(r, s) for r in records for s in slot_spans(r)]
     out_peak = max(peak_overlap_by((r.source_host, *s) for r, s in spans).values(), default=0)
@@ -447,7 +448,7 @@ def report(run: Run, follower: Follower, args: argparse.Namespace, agent_stats: 
         ["phase transitions/s", f"{len(moves) / wall:.0f} ({len(moves)} transitions)"],
         ["migrations done/s", rate(len(done), wall)],
         ["etcd writes per migration (Txn+Put+DeleteRange)", f"{writes / n:.1f}"],
-        ["etcd round trips per migration (+Range)", f"{trips / n:.1f} (Range {d_etcd['Range'] / n:.1f})"],
+        ["etcd round trips per migration (+Range)", f"{trips / n:.1f} (Range {d_etcd.get('Range', 0.0) / n:.1f})"],
         [
             "submit -> done p50 / p95",
             f"{secs(percentile(to_done, 50))} / {secs(percentile(to_done, 95))}" if to_done else "-",
@@ -516,6 +517,15 @@ def drain_table(run: Run, follower: Follower, args: argparse.Namespace) -> tuple
 # ---------------------------------------------------------------- the whole bench
 
 
+async def idle_rates(sim: Sim, seconds: float = 5.0) -> dict[str, float]:
+    """etcd requests per second by method while nothing migrates: the agents' registrations and
+    the coordinator's election (subtracted from a run's counts, which are the coordinator's)."""
+    before = etcd_requests(sim.metrics_url)
+    await asyncio.sleep(seconds)
+    after = etcd_requests(sim.metrics_url)
+    return {m: (after[m] - before[m]) / seconds for m in after}
+
+
 async def wait_leading(
     sim: Sim, stub: cgrpc.CoordinatorStub, store: EtcdStore, hosts: int, timeout_s: float = 300
 ) -> None:
@@ -578,6 +588,8 @@ async def amain(args: argparse.Namespace) -> int:
             await wait_leading(sim, stub, store, len(sim.hosts))
             print(f"coordinator leads and sees every host after {time.monotonic() - started:.0f} s\n", flush=True)
             await follower.start()
+            idle = await idle_rates(sim)
+            print(f"idle etcd requests/s (subtracted below): {dict((k, round(v, 1)) for k, v in idle.items() if v)}\n")
             drained = spread_hosts(sim.hosts, max(1, int(len(sim.hosts) * args.drain_fraction)))
             movable = [
                 f"v{h.removeprefix('host')}-{n}"
@@ -586,11 +598,15 @@ async def amain(args: argparse.Namespace) -> int:
                 for n in range(args.vms_per_host)
             ]
             for level in args.levels:
-                run = Run(f"{level} in flight, no drains", level)
+                run = Run(f"{level} in flight, no drains", level, idle_rates=idle)
                 await load(sim, stub, follower, run, movable, args.level_migrations)
                 text, _ = report(run, follower, args, [])
                 print(text + "\n", flush=True)
-            run = Run(f"main run: {args.migrations} migrations incl. drains of {len(drained)} hosts", args.in_flight)
+            run = Run(
+                f"main run: {args.migrations} migrations incl. drains of {len(drained)} hosts",
+                args.in_flight,
+                idle_rates=idle,
+            )
             await load(sim, stub, follower, run, movable, args.migrations, drained)
             agent_stats = stop_agents(sim)
             if args.dump is not None:

@@ -67,7 +67,7 @@ from .events import (
     StepFailed,
     WatchJob,
 )
-from .preflight import preflight
+from .preflight import ProbeCache, preflight
 from .record import MigrationRecord
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ class Actions:
         self.hosts = hosts
         self.timing = timing
         self.known_facts = known_facts  # fresh cached host facts (the fleet view): fewer inventory calls
+        self.probes = ProbeCache()  # probes that passed lately: not repeated for every migration
 
     def _client(self, host: str) -> AgentClient:
         return self.hosts.client(host)
@@ -150,6 +151,7 @@ class Actions:
             source_host=r.source_host,
             migration_id=r.id,
             known_facts=self.known_facts,
+            probes=self.probes,
         )
         involved = [h for h in report.unavailable if h in (r.source_host, r.target_host)]
         if involved:

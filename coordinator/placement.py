@@ -44,6 +44,7 @@ Ties go to the host with the lower natural name (host2 before host10).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -95,6 +96,16 @@ class HostOption:
     # hosts of one shape (same facts but memory and space, same [hosts.*] declaration) pass or
     # fail the same static checks: a ranking without detail judges each shape once (None: judge it)
     shape: Hashable | None = None
+
+    @functools.cached_property
+    def names(self) -> frozenset[str]:
+        """The names and UUIDs of its domains."""
+        return frozenset(k for d in self.domains for k in (d.name, d.uuid))
+
+    @functools.cached_property
+    def active(self) -> tuple[DomainInfo, ...]:
+        """Its domains that run."""
+        return tuple(d for d in self.domains if d.state.is_active)
 
 
 @dataclass(frozen=True)
@@ -173,6 +184,7 @@ def _hosts(names: Sequence[str]) -> str:
     return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
+@functools.lru_cache(maxsize=65536)
 def natural(name: str) -> tuple[object, ...]:
     """Sort key: host2 before host10.
 
@@ -234,6 +246,8 @@ def _nic_blockers(domain: DomainInfo, mapping: HostMapping, host: str, facts: Ho
 
 
 def _clash(domain: DomainInfo, option: HostOption) -> list[Problem]:
+    if domain.name not in option.names and domain.uuid not in option.names:
+        return _clash_on_way(domain, option)
     for d in option.domains:
         if d.uuid == domain.uuid and d.name == domain.name and not d.state.is_active:
             continue  # libvirt lets an incoming migration replace its own inactive definition
@@ -245,7 +259,11 @@ def _clash(domain: DomainInfo, option: HostOption) -> list[Problem]:
                     f"undefine a stale copy there (virsh undefine {d.name}) or pick another host",
                 )
             ]
-    if {domain.name, domain.uuid} & option.load.names:
+    return _clash_on_way(domain, option)
+
+
+def _clash_on_way(domain: DomainInfo, option: HostOption) -> list[Problem]:
+    if option.load.names and (domain.name in option.load.names or domain.uuid in option.load.names):
         return [
             Problem(
                 "DOMAIN_EXISTS",
@@ -318,11 +336,12 @@ def _space(
 
 
 def _affinity(domain: DomainInfo, option: HostOption, groups: Sequence[AntiAffinity]) -> list[Problem]:
+    mine = [g for g in groups if g.matches(domain.name)]
+    if not mine:
+        return []
     out = []
-    here = {d.name for d in option.domains if d.state.is_active and d.uuid != domain.uuid} | set(option.load.names)
-    for g in groups:
-        if not g.matches(domain.name):
-            continue
+    here = {d.name for d in option.active if d.uuid != domain.uuid} | set(option.load.names)
+    for g in mine:
         others = sorted(n for n in here if n != domain.name and g.matches(n))
         if others:
             out.append(
@@ -445,8 +464,9 @@ def rank(
 
     ``mapping_for(target)`` is the source -> target mapping (it may raise, e.g. MAPPING_AMBIGUOUS:
     a blocker of that host). ``detail=False`` (a scheduler only wants the best): the static checks
-    run once per host shape (``HostOption.shape``); a rejected host's blockers then carry their
-    reason codes, and the full text only on the first host of each shape.
+    run once per host shape (``HostOption.shape``) and a host they reject is not judged further;
+    a rejected host's blockers then carry their reason codes (the full text only on the first host
+    of each shape). The feasible hosts, their order and scores are the same either way.
     """
     judged: list[tuple[HostOption, list[Problem], int]] = []
     shapes: dict[Hashable, tuple[list[Problem], list[DiskPlan] | Problem]] = {}
@@ -474,8 +494,11 @@ def rank(
         else:
             static = [Problem(b.reason, f"{b.reason} on {option.name}", "") for b in known[0]]
             copied = known[1]
+        if static:  # rejected anyway: the rest is only needed for the detailed ranking
+            judged.append((option, _availability(option) + static, -1))
+            continue
         dynamic, left, _ = _dynamic(domain, option, facts, options, copied, policy)
-        judged.append((option, _availability(option) + static + dynamic, left))
+        judged.append((option, _availability(option) + dynamic, left))
     rejected = tuple(
         Candidate(o.name, blockers=tuple(b)) for o, b, _ in sorted(judged, key=lambda j: natural(j[0].name)) if b
     )
@@ -489,27 +512,41 @@ def rank(
         facts = option.facts
         assert facts is not None
         n = _vms_after(option)
-        if left >= 0:
-            memory = left / facts.memory_total_bytes
-            memory_why = f"{_size(left)} of {_size(facts.memory_total_bytes)} memory free after placement"
-        else:
-            memory, memory_why = 0.5, "memory unknown"
+        memory = left / facts.memory_total_bytes if left >= 0 else 0.5
         balance = 1.0 if high == low else (high - n) / (high - low)
         inbound = 1 - min(option.load.inbound, limit) / limit
         score = round(w.memory * memory + w.balance * balance + w.inbound * inbound, 3)
         busy = option.load.inbound >= limit
-        reasons = (
-            f"{memory_why} ({memory:.0%})",
-            f"{n} VMs after placement (feasible hosts: {low}-{high})",
-            f"{option.load.inbound}/{limit} inbound slots taken" + ("; busy: it would queue" if busy else ""),
-        )
+        reasons = _reasons(option, facts, left, memory, n, low, high, limit, busy) if detail else ()
         scored.append(Candidate(option.name, score, reasons, (), busy))
     scored.sort(key=lambda c: (c.busy, -c.score, natural(c.host)))
+    if not detail and scored:  # the reasons only of the one chosen
+        best = scored[0]
+        option, left = next((o, left) for o, left in feasible if o.name == best.host)
+        assert option.facts is not None
+        memory = left / option.facts.memory_total_bytes if left >= 0 else 0.5
+        why = _reasons(option, option.facts, left, memory, _vms_after(option), low, high, limit, best.busy)
+        scored[0] = replace(best, reasons=why)
     return Ranking(domain.name, source.name, tuple(scored), rejected)
 
 
+def _reasons(
+    option: HostOption, facts: HostFacts, left: int, memory: float, n: int, low: int, high: int, limit: int, busy: bool
+) -> tuple[str, ...]:
+    """What a candidate's score is made of, in words."""
+    if left >= 0:
+        memory_why = f"{_size(left)} of {_size(facts.memory_total_bytes)} memory free after placement"
+    else:
+        memory_why = "memory unknown"
+    return (
+        f"{memory_why} ({memory:.0%})",
+        f"{n} VMs after placement (feasible hosts: {low}-{high})",
+        f"{option.load.inbound}/{limit} inbound slots taken" + ("; busy: it would queue" if busy else ""),
+    )
+
+
 def _vms_after(option: HostOption) -> int:
-    return sum(1 for d in option.domains if d.state.is_active) + option.load.vms + 1
+    return len(option.active) + option.load.vms + 1
 
 
 @dataclass

@@ -94,10 +94,14 @@ class Placer:
         # the options without loads and when each inventory was taken, while the fleet view and
         # the cordons stay as they were (rebuilding them for 1,000 hosts per placement costs)
         self._base: tuple[object, list[HostOption], dict[str, datetime | None]] | None = None
+        self._shapes: dict[str, tuple[HostFacts, Hashable]] = {}  # by host, while its facts are the same
 
     def _shape(self, name: str, facts: HostFacts | None) -> Hashable | None:
         if facts is None:
             return None
+        known = self._shapes.get(name)
+        if known is not None and known[0] is facts:
+            return known[1]
         decl = self.hosts.get(name)
         declared = (
             (
@@ -108,7 +112,7 @@ class Placer:
             if decl is not None
             else None
         )
-        return (
+        shape = (
             facts.arch,
             facts.qemu_version,
             facts.libvirt_version,
@@ -118,6 +122,8 @@ class Placer:
             frozenset(facts.networks),
             declared,
         )
+        self._shapes[name] = (facts, shape)
+        return shape
 
     def _base_options(self) -> tuple[list[HostOption], dict[str, datetime | None]]:
         key = (self.fleet.version, tuple(sorted((n, c) for n, c in self.cordons.items() if c.cordoned)))

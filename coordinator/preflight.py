@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -80,11 +81,31 @@ def target_address(hosts: HostDirectory, target: str, facts: HostFacts | None) -
     return (facts.libvirt_uri, facts.migration_address) if facts is not None else ("", "")
 
 
+class ProbeCache:
+    """Probes that found nothing wrong, remembered for ``ttl_s`` by (source, target URI): the
+    engine's preflights of many VMs between the same two hosts probe once a minute, not each time.
+    (An operator's Preflight always probes.)"""
+
+    def __init__(self, ttl_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._passed: dict[tuple[str, str], float] = {}
+
+    def fresh(self, source: str, uri: str) -> bool:
+        at = self._passed.get((source, uri))
+        return at is not None and self._clock() - at < self.ttl_s
+
+    def passed(self, source: str, uri: str) -> None:
+        self._passed[(source, uri)] = self._clock()
+
+
 async def _probe(
-    hosts: HostDirectory, source: str, target: str, facts: HostFacts | None
+    hosts: HostDirectory, source: str, target: str, facts: HostFacts | None, probes: ProbeCache | None = None
 ) -> tuple[list[Problem], FerryError | None]:
     """The source's ProbeTarget of the target: its problems, or the error asking it."""
     uri, address = target_address(hosts, target, facts)
+    if uri and probes is not None and probes.fresh(source, uri):
+        return [], None
     if not uri:
         return [
             Problem(
@@ -101,6 +122,8 @@ async def _probe(
             return [], None
         return [], err
     log.debug("probe %s -> %s (%s): %d ms, %d problem(s)", source, target, uri, latency_ms, len(problems))
+    if not problems and probes is not None:
+        probes.passed(source, uri)
     return problems, None
 
 
@@ -167,13 +190,15 @@ async def preflight(
     source_host: str | None = None,
     migration_id: str = "",
     known_facts: Callable[[str], HostFacts | None] | None = None,
+    probes: ProbeCache | None = None,
 ) -> PreflightReport:
     """Every blocker for migrating ``vm`` to ``target`` (see the module docstring).
 
     ``storage`` None means auto (``effective_storage``); ``source_host`` None means look the VM
     up on every available host. ``known_facts(host)``: a host's facts when the caller has them
-    fresh (the fleet view's cached inventory), so only hosts without are asked. Never raises for
-    what it finds: agent errors become blockers.
+    fresh (the fleet view's cached inventory), so only hosts without are asked; ``probes``: the
+    probes that passed lately (not asked again). Never raises for what it finds: agent errors
+    become blockers.
     """
     available = hosts.available_hosts()
     unavailable: list[str] = []
@@ -251,7 +276,7 @@ async def preflight(
         and target_view is not None
         and target_view.available
     ):
-        probing = asyncio.create_task(_probe(hosts, source_host, target, target_view.facts))
+        probing = asyncio.create_task(_probe(hosts, source_host, target, target_view.facts, probes))
 
     plans: list[DiskPlan] = []
     try:
