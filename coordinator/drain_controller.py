@@ -267,8 +267,13 @@ class DrainController:
     # ------------------------------------------------------------------ acting
 
     def _perform(self, d: DrainRecord, s: Step) -> None:
+        source = self.placer.fleet.host(d.host)
+        by_uuid = {x.uuid: x for x in (source.domains if source is not None else ())}
         for sub in s.submit:
             self._submitting.add(sub.migration_id)
+            item, domain = d.item(sub.vm_uuid), by_uuid.get(sub.vm_uuid)
+            if item is not None and domain is not None:  # counts against its target at once (another
+                self.placer.book.reserve(sub.migration_id, sub.target, domain, item.disk_bytes)  # drain's next step)
             self._spawn(self._submit(d, sub.vm_uuid, sub.vm, sub.migration_id, sub.target))
         for mid in s.cancel:
             self._spawn(self._cancel(mid))

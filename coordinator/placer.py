@@ -36,9 +36,21 @@ class LoadBook:
 
     def __init__(self) -> None:
         self._unsettled: dict[str, MigrationRecord] = {}
+        # placed but not written yet (a submission between its choice and its writes): by id
+        self._reserved: dict[str, tuple[str, HostLoad]] = {}
+
+    def reserve(self, migration_id: str, target: str, domain: DomainInfo, disk_bytes: int) -> None:
+        """A placement chose ``target`` for ``domain``: count it there from now on, before its
+        record exists (two placements a moment apart must not both take the last room)."""
+        self._reserved[migration_id] = (target, HostLoad().plus(domain, disk_bytes))
+
+    def release(self, migration_id: str) -> None:
+        """The placed migration will not be created (refused): forget its reservation."""
+        self._reserved.pop(migration_id, None)
 
     def note(self, record: MigrationRecord) -> None:
         """A version of a record (from the store's watch, or just written by this replica)."""
+        self._reserved.pop(record.id, None)
         old = self._unsettled.get(record.id)
         if old is not None and old.revision and record.revision and old.revision > record.revision:
             return
@@ -61,7 +73,17 @@ class LoadBook:
                 landed = r.updated_at or r.created_at
                 if (seen is not None and seen > landed) or now - landed > SETTLE_MAX:
                     del self._unsettled[mid]
-        return loads(self._unsettled.values(), inventory_at)
+        out = loads(self._unsettled.values(), inventory_at)
+        for target, extra in self._reserved.values():
+            h = out.get(target, HostLoad())
+            out[target] = HostLoad(
+                h.inbound + extra.inbound,
+                h.memory_bytes + extra.memory_bytes,
+                h.disk_bytes + extra.disk_bytes,
+                h.vms + extra.vms,
+                h.names | extra.names,
+            )
+        return out
 
     def __len__(self) -> int:
         return len(self._unsettled)

@@ -172,11 +172,19 @@ class Submissions:
             existing = await read_migration(self.store, request.migration_id)
             if existing is not None:
                 return existing
-        plan = await self._plan(request)
+        migration_id = request.migration_id or self._new_id()
+        try:
+            return await self._submit(request, migration_id)
+        finally:
+            if self.placer is not None:  # a placement's reservation: the record (if any) counts from now on
+                self.placer.book.release(migration_id)
+
+    async def _submit(self, request: SubmitRequest, migration_id: str) -> MigrationRecord:
+        plan = await self._plan(request, migration_id)
         copied = plan_disks(plan.domain.disks, plan.options.storage, plan.options.migrate_disks, plan.mapping)
         now = self._clock()
         record = new_migration(
-            id=request.migration_id or self._new_id(),
+            id=migration_id,
             vm=plan.domain.name,
             vm_uuid=plan.domain.uuid,
             source_host=plan.source,
@@ -186,7 +194,7 @@ class Submissions:
             options=plan.options,
             mapping=plan.mapping,
             priority=request.priority,
-            idempotency_key=key,
+            idempotency_key=request.idempotency_key,
             memory_bytes=plan.domain.memory_bytes,
             disk_bytes=sum(p.allocation or p.virtual_size for p in copied if p.copy),
         )
@@ -197,7 +205,7 @@ class Submissions:
             self.on_submitted(created)
         return created
 
-    async def _plan(self, request: SubmitRequest) -> _Plan:
+    async def _plan(self, request: SubmitRequest, migration_id: str) -> _Plan:
         """Resolve a submission against the fleet (inventories asked now); raises the first problem."""
         vm, target = request.vm, request.target_host
         located = await self.fleet.locate_vm(vm, fresh=True, near=request.source_host)
@@ -215,7 +223,7 @@ class Submissions:
         placed = ""
         if not target:
             await self.fleet.refresh()  # every inventory at most a TTL old (only the stale ones are asked)
-            target, placed = self._place(request, source, domain)
+            target, placed = self._place(request, source, domain, migration_id)
         if source == target:
             raise FailedPrecondition(
                 f"{domain.name} already runs on {target}", reason="SAME_HOST", hint="pick another target host"
@@ -227,7 +235,7 @@ class Submissions:
         mapping = derive_mapping(self.hosts.get(source), self.hosts.get(target), request.mapping)
         return _Plan(source, target, domain, replace(request.options, storage=storage), mapping, placed)
 
-    def _place(self, request: SubmitRequest, source: str, domain: DomainInfo) -> tuple[str, str]:
+    def _place(self, request: SubmitRequest, source: str, domain: DomainInfo, migration_id: str) -> tuple[str, str]:
         """The best feasible host for a request without a target, and why (for the history)."""
         if self.placer is None:
             raise InvalidArgument(
@@ -247,6 +255,10 @@ class Submissions:
         if best is None:
             p = placed.ranking.nowhere()
             raise FailedPrecondition(p.message, reason=p.reason, hint=p.hint)
+        storage = effective_storage(domain, request.options, request.storage_explicit)
+        copied = plan_disks(domain.disks, storage, request.options.migrate_disks, HostMapping())
+        disk_bytes = sum(p.allocation or p.virtual_size for p in copied if p.copy)
+        self.placer.book.reserve(migration_id, best.host, domain, disk_bytes)
         why = f"placed on {best.host} (score {best.score:.2f}: {'; '.join(best.reasons)})"
         log.info("%s: %s", domain.name, why)
         return best.host, why
