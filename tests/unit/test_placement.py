@@ -303,3 +303,31 @@ def test_the_quick_ranking_chooses_as_the_detailed_one():
             assert q.blockers and [b.reason for b in q.blockers] == [
                 r for r in reasons if r in {b.reason for b in q.blockers}
             ]
+
+
+def test_the_load_book_counts_a_placement_from_its_choice_until_its_record_arrives():
+    from ferry.coordinator.placer import LoadBook
+
+    book = LoadBook()
+    guest = vm("g1", memory=GiB)
+    book.reserve("m-1", "h2", guest, 2 * GiB)
+    got = book.loads({"h2": NOW}, NOW)["h2"]
+    assert (got.inbound, got.memory_bytes, got.disk_bytes, "g1" in got.names) == (1, GiB, 2 * GiB, True)
+    # the record arrives: it counts instead (once), the reservation is gone
+    r = new_migration(
+        id="m-1",
+        vm="g1",
+        vm_uuid="uuid-g1",
+        source_host="h1",
+        target_host="h2",
+        now=NOW,
+        timeouts=Timeouts(),
+        memory_bytes=GiB,
+        disk_bytes=2 * GiB,
+    )
+    book.note(r)
+    assert book.loads({"h2": NOW}, NOW)["h2"].inbound == 1
+    # a placement whose submission was refused stops counting
+    book.reserve("m-2", "h3", vm("g2"), 0)
+    book.release("m-2")
+    assert "h3" not in book.loads({}, NOW)
