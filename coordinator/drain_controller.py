@@ -180,6 +180,7 @@ class DrainController:
                 now,
                 outbound_limit=self.outbound_limit,
                 max_attempts=self.max_attempts,
+                cordoned=frozenset(n for n, c in self.cordons.items() if c.cordoned),
             )
             s = replace(s, submit=tuple(x for x in s.submit if x.migration_id not in self._submitting))
             if s.drain is not d:

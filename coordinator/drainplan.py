@@ -7,7 +7,8 @@ writes the new drain record by compare-and-set, then submits and cancels what th
 1. Items follow their migrations: Succeeded -> MOVED; Failed/RolledBack -> back to WAITING for
    another host (the target joins ``tried``), FAILED once ``max_attempts`` are used or when the
    migration's error needs an operator (the guest on two hosts, or on none); Cancelled by a user
-   -> SKIPPED. A MIGRATING item whose migration record does not exist yet (the leader stopped
+   -> SKIPPED. A migration still queued for a target that was cordoned meanwhile is cancelled by
+   the drain and its VM placed again. A MIGRATING item whose migration record does not exist yet (the leader stopped
    between writing the drain and creating it) is submitted again under the same id.
 2. CANCELLING: every migration under way is cancelled, waiting items are SKIPPED; once nothing
    runs, CANCELLED. PAUSED: nothing new starts.
@@ -28,7 +29,7 @@ would start it at once).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -154,13 +155,30 @@ def lpt_makespan(estimates: Iterable[float], slots_n: int) -> float:
 # ---------------------------------------------------------------- following the migrations
 
 
-def _follow(d: DrainRecord, migrations: Mapping[str, MigrationRecord], now: datetime, max_attempts: int) -> DrainRecord:
+def _follow(
+    d: DrainRecord,
+    migrations: Mapping[str, MigrationRecord],
+    now: datetime,
+    max_attempts: int,
+    cordoned: Collection[str] = (),
+) -> tuple[DrainRecord, tuple[str, ...]]:
+    """The items after their migrations' news, and the queued migrations to take back: a target
+    cordoned after it was chosen keeps its migration waiting in the queue, so the drain cancels
+    it and places the VM again (the item goes back to WAITING once the cancel landed)."""
     items = []
+    take_back = []
     for item in d.items:
         if item.state is not ItemState.MIGRATING:
             items.append(item)
             continue
         r = migrations.get(item.migration_id)
+        if r is not None and r.phase is Phase.PENDING and r.target_host in cordoned and d.state is DrainState.RUNNING:
+            if not r.cancel_requested:
+                take_back.append(r.id)
+            if not item.problems or item.problems[-1].reason != "TARGET_CORDONED":
+                item = replace(item, problems=(*item.problems, _cordoned_meanwhile(item, r.target_host)))
+            items.append(item)
+            continue
         if r is None or not r.phase.is_final:
             items.append(item)
             continue
@@ -172,6 +190,10 @@ def _follow(d: DrainRecord, migrations: Mapping[str, MigrationRecord], now: date
             f"migration {r.id} ended {r.phase.name.lower()}",
             f"ferry migrations show {r.id}",
         )
+        if r.phase is Phase.CANCELLED and item.problems and item.problems[-1].reason == "TARGET_CORDONED":
+            tried = item.tried + ((r.target_host,) if r.target_host not in item.tried else ())
+            items.append(replace(item, state=ItemState.WAITING, tried=tried))  # place it again
+            continue
         if r.phase is Phase.CANCELLED:
             why = "the drain was cancelled" if d.state is DrainState.CANCELLING else "its migration was cancelled"
             cancelled = Problem("CANCELLED", f"{item.vm}: {why} ({r.id})", "drain the host again to move it")
@@ -188,7 +210,16 @@ def _follow(d: DrainRecord, migrations: Mapping[str, MigrationRecord], now: date
                 ended_at=now if final else None,
             )
         )
-    return replace(d, items=tuple(items)) if tuple(items) != d.items else d
+    new = replace(d, items=tuple(items)) if tuple(items) != d.items else d
+    return new, tuple(take_back)
+
+
+def _cordoned_meanwhile(item: DrainItem, host: str) -> Problem:
+    return Problem(
+        "TARGET_CORDONED",
+        f"{host} was cordoned while the migration of {item.vm} waited for a slot",
+        "the drain places it on another host",
+    )
 
 
 # ---------------------------------------------------------------- the step
@@ -202,11 +233,12 @@ def step(
     *,
     outbound_limit: int,
     max_attempts: int = 3,
+    cordoned: Collection[str] = (),
 ) -> Step:
-    """What to do about drain ``d`` now (see the module doc)."""
+    """What to do about drain ``d`` now (see the module doc). ``cordoned``: the hosts cordoned now."""
     if d.state.is_final:
         return Step(d, outcome="final")
-    new = _follow(d, migrations, now, max_attempts)
+    new, take_back = _follow(d, migrations, now, max_attempts, cordoned)
     resubmit = tuple(
         Submit(i.vm, i.vm_uuid, i.migration_id, i.target)
         for i in new.items
@@ -226,7 +258,7 @@ def step(
         if submits or changed
         else "nothing to do"
     )
-    return Step(new if changed else d, resubmit + tuple(submits), (), outcome)
+    return Step(new if changed else d, resubmit + tuple(submits), take_back, outcome)
 
 
 def _start(d: DrainRecord, place: Place, now: datetime, outbound_limit: int) -> tuple[DrainRecord, list[Submit]]:

@@ -200,7 +200,15 @@ class Submissions:
         )
         if plan.placed:
             record = note(record, now, plan.placed)
-        created = await self._create(record)
+        try:
+            created = await self._create(record)
+        except AlreadyExists:
+            if not request.migration_id:
+                raise
+            existing = await read_migration(self.store, request.migration_id)  # the same id, created meanwhile
+            if existing is None:
+                raise
+            return existing
         if self.on_submitted is not None and created.id == record.id:
             self.on_submitted(created)
         return created
@@ -313,6 +321,8 @@ class Submissions:
             if entry is None:
                 continue
             other_id = keys.decode_id(entry.value)
+            if other_id == record.id:  # our own claim (the same fixed id, submitted again)
+                return entry.mod_revision
             other = await self._wait_for_record(other_id)
             if other is not None and not other.phase.is_final:
                 raise FailedPrecondition(

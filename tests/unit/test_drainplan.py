@@ -239,3 +239,21 @@ def test_the_record_survives_its_json():
         reason="kernel",
     )
     assert decode(encode(d), 42) == replace(d, revision=42)
+
+
+def test_a_queued_migration_to_a_host_cordoned_meanwhile_is_taken_back_and_placed_again():
+    d = drain(item("v", migration_id="d-1-0-1", target="h2", attempts=1, state=ItemState.MIGRATING))
+    queued = new_migration(
+        id="d-1-0-1", vm="v", vm_uuid="uuid-v", source_host="h1", target_host="h2", now=NOW, timeouts=Timeouts()
+    )
+    s = step(d, {"d-1-0-1": queued}, everywhere("h3"), NOW, outbound_limit=1, cordoned={"h2"})
+    assert s.cancel == ("d-1-0-1",) and s.submit == ()
+    assert s.drain.item("uuid-v").problems[-1].reason == "TARGET_CORDONED"
+    # once cancelled, the VM goes to another host (not to the cordoned one)
+    cancelled = replace(with_phase(queued, Phase.CANCELLED, NOW, "t", Timeouts()))
+    again = step(s.drain, {"d-1-0-1": cancelled}, everywhere("h3"), NOW, outbound_limit=1, cordoned={"h2"})
+    assert [(x.migration_id, x.target) for x in again.submit] == [("d-1-0-2", "h3")]
+    assert again.drain.item("uuid-v").tried == ("h2",)
+    # an admitted one is left to finish: cordoning stops what is queued, not what runs
+    running = migration("d-1-0-1", "v", "h2", Phase.MIGRATING)
+    assert step(d, {"d-1-0-1": running}, everywhere("h3"), NOW, outbound_limit=1, cordoned={"h2"}).cancel == ()
