@@ -14,8 +14,9 @@ What runs, each in its own process(es), all on this machine:
   ``AgentServicer`` gRPC servers over FakeHypervisor, each registered in etcd under its own lease
   as ferry-agent does. The hosts of one process form a cell whose guest bridge no other cell has,
   so placement keeps each VM in its cell (the fakes move domains in memory, within a process);
-* one ``ferry-coordinator`` (the real daemon, its own config in the work dir): it wins the
-  election and runs the engine, the drains and the API;
+* one coordinator (``bench/sim_coordinator.py``: ferry-coordinator as ``serve()`` builds it, with
+  its store calls counted; its own config in the work dir): it wins the election and runs the
+  engine, the drains and the API;
 * this process: it submits through the coordinator's gRPC API, as a scheduler would, and follows
   the records with a watch on etcd (so following costs the coordinator nothing).
 
@@ -25,7 +26,8 @@ host's outbound limit), and at the same time ``SubmitMigration`` without a targe
 (drains included) have been submitted; then it waits until everything is final.
 
 Printed: phase transitions per second (the records' histories), etcd writes and round trips per
-migration (etcd's own request counters over the run: Txn, Put, DeleteRange; plus Range), p50/p95
+migration (the coordinator's store calls, counted in its process: create, update, delete; plus
+get and list), p50/p95
 from submit to done, the coordinator's CPU (of one core), each drain's makespan against its lower
 bound (the sum of its VMs' estimated migration times / its slots) and whether the limits held (the
 records' slot intervals, and the fakes' job counts sampled every 10 ms). ``--levels`` first runs
@@ -42,12 +44,10 @@ import json
 import logging
 import os
 import random
-import re
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -101,18 +101,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def etcd_requests(url: str) -> Counter[str]:
-    """etcd's handled gRPC requests by method (``grpc_server_handled_total``), all codes."""
-    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
-    out: Counter[str] = Counter()
-    for line in text.splitlines():
-        if line.startswith("grpc_server_handled_total{"):
-            method = re.search(r'grpc_method="([^"]+)"', line)
-            if method:
-                out[method.group(1)] += int(float(line.rsplit(" ", 1)[1]))
-    return out
-
-
 def coordinator_toml(port: int, endpoints: Sequence[str], args: argparse.Namespace) -> str:
     out, inbound, cluster = args.limits
     job_s = job_seconds(args)
@@ -163,8 +151,8 @@ class Sim:
     hosts: list[str] = field(default_factory=list)
 
     @property
-    def metrics_url(self) -> str:
-        return self.etcd.members[0].spec.client_url
+    def stats(self) -> Path:
+        return self.workdir / "coordinator-stats.json"
 
 
 def start_agents(sim: Sim, args: argparse.Namespace) -> None:
@@ -228,19 +216,30 @@ def stop_agents(sim: Sim) -> list[dict[str, float]]:
 
 
 def start_coordinator(sim: Sim, args: argparse.Namespace) -> None:
+    """``bench/sim_coordinator.py``: ferry-coordinator as ``serve()`` builds it, its store calls
+    counted (the agents share the etcd, so its own metrics cannot tell the coordinator's part)."""
     from ferry.lab.etcd import free_loopback_ports
 
     [port] = free_loopback_ports(1)
     cfg = sim.workdir / "coordinator.toml"
     cfg.write_text(coordinator_toml(port, sim.etcd.endpoints, args))
-    binary = [str(Path(sys.executable).parent / "ferry-coordinator")]
-    if args.profile is not None:  # the same daemon under cProfile (written when it stops)
-        binary = [sys.executable, "-m", "cProfile", "-o", str(args.profile), "-m", "ferry.coordinator.main"]
+    argv = [sys.executable, str(REPO / "sim_coordinator.py"), "--config", str(cfg), "--stats", str(sim.stats)]
+    if args.profile is not None:
+        argv += ["--profile", str(args.profile)]
     out = open(sim.workdir / "coordinator.log", "wb")  # noqa: SIM115
-    sim.coordinator = subprocess.Popen(
-        [*binary, "--config", str(cfg), "--log-level", "WARNING"], stdout=out, stderr=subprocess.STDOUT
-    )
+    sim.coordinator = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     sim.address = f"127.0.0.1:{port}"
+
+
+async def coordinator_calls(sim: Sim) -> Counter[str]:
+    """The coordinator's store calls so far (it writes them when asked)."""
+    want = sim.stats.with_suffix(".want")
+    want.write_text("")
+    for _ in range(200):
+        if not want.exists():
+            return Counter(json.loads(sim.stats.read_text())["calls"])
+        await asyncio.sleep(0.05)
+    raise RuntimeError("the coordinator did not write its store counts")
 
 
 def stop_coordinator(sim: Sim) -> None:
@@ -316,9 +315,8 @@ class Run:
     refused: Counter[str] = field(default_factory=Counter)
     ids: set[str] = field(default_factory=set)
     drain_ids: list[str] = field(default_factory=list)
-    etcd_before: Counter[str] = field(default_factory=Counter)
-    etcd_after: Counter[str] = field(default_factory=Counter)
-    idle_rates: dict[str, float] = field(default_factory=dict)  # requests/s with nothing to do (agents' leases)
+    calls_before: Counter[str] = field(default_factory=Counter)  # the coordinator's store calls
+    calls_after: Counter[str] = field(default_factory=Counter)
     cpu_before: float = 0.0
     cpu_after: float = 0.0
 
@@ -347,7 +345,7 @@ async def load(
             slot.release()
 
     follower.on_final.append(ended)
-    run.etcd_before = etcd_requests(sim.metrics_url)
+    run.calls_before = await coordinator_calls(sim)
     run.cpu_before = cpu_seconds(sim.coordinator.pid)
     run.started = time.time()
     for host in drains:
@@ -388,7 +386,7 @@ async def load(
             await asyncio.wait_for(follower.changed.wait(), 1.0)
     run.ended = time.time()
     run.cpu_after = cpu_seconds(sim.coordinator.pid)
-    run.etcd_after = etcd_requests(sim.metrics_url)
+    run.calls_after = await coordinator_calls(sim)
     follower.on_final.remove(ended)
     for d in run.drain_ids:
         run.ids |= {i.migration_id for i in follower.drains[d].items if i.migration_id}
@@ -422,9 +420,13 @@ def report(run: Run, follower: Follower, args: argparse.Namespace, agent_stats: 
     ends = Counter(r.phase.name for r in records)
     to_done = [r.history[-1].at.timestamp() - r.created_at.timestamp() for r in done]
     n = max(len(records), 1)
-    d_etcd = {m: (run.etcd_after[m] - run.etcd_before[m]) - run.idle_rates.get(m, 0.0) * wall for m in run.etcd_after}
-    writes = sum(d_etcd.get(m, 0.0) for m in ("Txn", "Put", "DeleteRange"))
-    trips = writes + d_etcd.get("Range", 0.0)
+    calls = run.calls_after - run.calls_before
+    writes = sum(c for k, c in calls.items() if k.split()[0] in ("create", "update", "delete"))
+    reads = sum(c for k, c in calls.items() if k.split()[0] in ("get", "list"))
+    by_key = Counter()
+    for k, c in calls.items():
+        if k.split()[0] in ("create", "update", "delete"):
+            by_key[k.split()[1]] += c
     cpu = run.cpu_after - run.cpu_before
     spans = [(r, s) for r in records for s in slot_spans(r)]
     out_peak = max(peak_overlap_by((r.source_host, *s) for r, s in spans).values(), default=0)
@@ -447,8 +449,11 @@ def report(run: Run, follower: Follower, args: argparse.Namespace, agent_stats: 
         ["wall (first submit -> all final)", secs(wall)],
         ["phase transitions/s", f"{len(moves) / wall:.0f} ({len(moves)} transitions)"],
         ["migrations done/s", rate(len(done), wall)],
-        ["etcd writes per migration (Txn+Put+DeleteRange)", f"{writes / n:.1f}"],
-        ["etcd round trips per migration (+Range)", f"{trips / n:.1f} (Range {d_etcd.get('Range', 0.0) / n:.1f})"],
+        [
+            "etcd writes per migration (the coordinator's)",
+            f"{writes / n:.1f} (" + ", ".join(f"{key} {c / n:.1f}" for key, c in by_key.most_common()) + ")",
+        ],
+        ["etcd round trips per migration (writes + reads)", f"{(writes + reads) / n:.1f} (reads {reads / n:.1f})"],
         [
             "submit -> done p50 / p95",
             f"{secs(percentile(to_done, 50))} / {secs(percentile(to_done, 95))}" if to_done else "-",
@@ -517,15 +522,6 @@ def drain_table(run: Run, follower: Follower, args: argparse.Namespace) -> tuple
 # ---------------------------------------------------------------- the whole bench
 
 
-async def idle_rates(sim: Sim, seconds: float = 5.0) -> dict[str, float]:
-    """etcd requests per second by method while nothing migrates: the agents' registrations and
-    the coordinator's election (subtracted from a run's counts, which are the coordinator's)."""
-    before = etcd_requests(sim.metrics_url)
-    await asyncio.sleep(seconds)
-    after = etcd_requests(sim.metrics_url)
-    return {m: (after[m] - before[m]) / seconds for m in after}
-
-
 async def wait_leading(
     sim: Sim, stub: cgrpc.CoordinatorStub, store: EtcdStore, hosts: int, timeout_s: float = 300
 ) -> None:
@@ -588,8 +584,6 @@ async def amain(args: argparse.Namespace) -> int:
             await wait_leading(sim, stub, store, len(sim.hosts))
             print(f"coordinator leads and sees every host after {time.monotonic() - started:.0f} s\n", flush=True)
             await follower.start()
-            idle = await idle_rates(sim)
-            print(f"idle etcd requests/s (subtracted below): {dict((k, round(v, 1)) for k, v in idle.items() if v)}\n")
             drained = spread_hosts(sim.hosts, max(1, int(len(sim.hosts) * args.drain_fraction)))
             movable = [
                 f"v{h.removeprefix('host')}-{n}"
@@ -598,15 +592,11 @@ async def amain(args: argparse.Namespace) -> int:
                 for n in range(args.vms_per_host)
             ]
             for level in args.levels:
-                run = Run(f"{level} in flight, no drains", level, idle_rates=idle)
+                run = Run(f"{level} in flight, no drains", level)
                 await load(sim, stub, follower, run, movable, args.level_migrations)
                 text, _ = report(run, follower, args, [])
                 print(text + "\n", flush=True)
-            run = Run(
-                f"main run: {args.migrations} migrations incl. drains of {len(drained)} hosts",
-                args.in_flight,
-                idle_rates=idle,
-            )
+            run = Run(f"main run: {args.migrations} migrations incl. drains of {len(drained)} hosts", args.in_flight)
             await load(sim, stub, follower, run, movable, args.migrations, drained)
             agent_stats = stop_agents(sim)
             if args.dump is not None:
@@ -661,7 +651,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--in-flight", type=int, default=600, help="placed migrations under way at once")
     p.add_argument("--limits", default="2,2,2000", help="per-host outbound, per-host inbound, cluster")
     p.add_argument("--progress-write-s", type=float, default=5.0, help="[engine] progress_write_s")
-    p.add_argument("--inventory-ttl", type=float, default=15.0, help="[agents] inventory_ttl_s")
+    p.add_argument("--inventory-ttl", type=float, default=60.0, help="[agents] inventory_ttl_s")
     p.add_argument("--levels", default="", help="in-flight levels to measure first, e.g. 100,200,400")
     p.add_argument("--level-migrations", type=int, default=2000, help="migrations per level")
     p.add_argument("--seed", type=int, default=1)

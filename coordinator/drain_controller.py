@@ -231,8 +231,7 @@ class DrainController:
                 )
             if not hosts:
                 hosts.extend(self.placer.options(now))
-            allowed = [h.name for h in hosts if h.name not in exclude and (not d.targets or h.name in d.targets)]
-            if not allowed:
+            if d.targets and not set(d.targets) - exclude:
                 tried = ", ".join(sorted(exclude - {d.host})) or "none"
                 last = item.problems[-1] if item.problems else None
                 return Nowhere(
@@ -249,7 +248,8 @@ class DrainController:
                 d.options,
                 storage_explicit=d.storage_explicit,
                 now=now,
-                only=allowed,
+                only=d.targets,
+                exclude=exclude,
                 hosts=booked.apply(hosts),
                 detail=False,
             )

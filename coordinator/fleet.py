@@ -180,6 +180,14 @@ class Fleet:
         h = self._hosts.get(name)
         return h.state() if h is not None else None
 
+    def entries(self) -> list[tuple[str, bool, Inventory | None, datetime | None]]:
+        """(name, available, inventory, when it arrived) of every host: what placement reads, without
+        building a HostState per host (a 1,000-host fleet is ranked many times a second)."""
+        return [
+            (n, h.registration is not None and h.reachable is not False, h.inventory, h.fetched_at)
+            for n, h in sorted(self._hosts.items())
+        ]
+
     def fresh_facts(self, name: str) -> HostFacts | None:
         """The host's facts from an inventory younger than the TTL that its agent answered; None
         otherwise (the caller asks the agent)."""

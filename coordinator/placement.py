@@ -93,8 +93,9 @@ class HostOption:
     domains: tuple[DomainInfo, ...] = ()
     state: HostCordon | None = None  # None = in service
     load: HostLoad = HostLoad()
-    # hosts of one shape (same facts but memory and space, same [hosts.*] declaration) pass or
-    # fail the same static checks: a ranking without detail judges each shape once (None: judge it)
+    # hosts of one shape (same facts but free memory and free space, same [hosts.*] declaration)
+    # pass or fail the same static checks: a ranking without detail judges each shape once (None:
+    # judge it)
     shape: Hashable | None = None
 
     @functools.cached_property
@@ -302,24 +303,33 @@ def _copies(
         return Problem.of(err)
 
 
-def _space(
-    domain: DomainInfo, option: HostOption, facts: HostFacts, copied: list[DiskPlan] | Problem
-) -> tuple[list[Problem], int]:
-    """Blockers for the copied disks' space, and the bytes they copy."""
-    if isinstance(copied, Problem):
-        return [copied], 0
+def _need(copied: list[DiskPlan], facts: HostFacts) -> dict[str, int]:
+    """The bytes the copied disks need under each of the host's storage directories (by path)."""
     need_by_dir: dict[str, int] = {}
-    total = 0
     for p in copied:
-        size = p.allocation or p.virtual_size
-        total += size
         best = max(
             (d for d in facts.storage if p.destination.startswith(d.path.rstrip("/") + "/")),
             key=lambda d: len(d.path),
             default=None,
         )
         if best is not None:
-            need_by_dir[best.path] = need_by_dir.get(best.path, 0) + size
+            need_by_dir[best.path] = need_by_dir.get(best.path, 0) + (p.allocation or p.virtual_size)
+    return need_by_dir
+
+
+def _space(
+    domain: DomainInfo,
+    option: HostOption,
+    facts: HostFacts,
+    copied: list[DiskPlan] | Problem,
+    need_by_dir: dict[str, int] | None = None,
+) -> tuple[list[Problem], int]:
+    """Blockers for the copied disks' space, and the bytes they copy (``need_by_dir``: ``_need``
+    of them, when a host of the same shape worked it out already)."""
+    if isinstance(copied, Problem):
+        return [copied], 0
+    if need_by_dir is None:
+        need_by_dir = _need(copied, facts)
     out = []
     for d in facts.storage:
         need = need_by_dir.get(d.path, 0)
@@ -332,7 +342,7 @@ def _space(
                     "free space there or pick another host",
                 )
             )
-    return out, total
+    return out, sum(p.allocation or p.virtual_size for p in copied)
 
 
 def _affinity(domain: DomainInfo, option: HostOption, groups: Sequence[AntiAffinity]) -> list[Problem]:
@@ -410,12 +420,13 @@ def _dynamic(
     options: MigrationOptions,
     copied: list[DiskPlan] | Problem,
     policy: PlacementPolicy,
+    need_by_dir: dict[str, int] | None = None,
 ) -> tuple[list[Problem], int, int]:
     """What the host's domains, free memory and space, and what is on its way to it decide."""
     out = _clash(domain, option)
     memory, left = _memory(domain, option, facts, options.offline)
     out += memory
-    space, disk_bytes = _space(domain, option, facts, copied)
+    space, disk_bytes = _space(domain, option, facts, copied, need_by_dir)
     out += space
     out += _affinity(domain, option, policy.anti_affinity)
     return out, left, disk_bytes
@@ -466,10 +477,15 @@ def rank(
     a blocker of that host). ``detail=False`` (a scheduler only wants the best): the static checks
     run once per host shape (``HostOption.shape``) and a host they reject is not judged further;
     a rejected host's blockers then carry their reason codes (the full text only on the first host
-    of each shape). The feasible hosts, their order and scores are the same either way.
+    of each shape), in the order the hosts came. The feasible hosts, their order and scores are
+    the same either way.
     """
-    judged: list[tuple[HostOption, list[Problem], int]] = []
-    shapes: dict[Hashable, tuple[list[Problem], list[DiskPlan] | Problem]] = {}
+    judged: list[tuple[HostOption, list[Problem] | tuple[Problem, ...], int]] = []
+    # per shape: its static blockers (as the first host of it got them, and as reasons only for
+    # the others) and the copied disks
+    shapes: dict[
+        Hashable, tuple[list[Problem], tuple[Problem, ...], list[DiskPlan] | Problem, dict[str, int] | None]
+    ] = {}
     for option in hosts:
         if option.name == source.name:
             continue
@@ -490,18 +506,20 @@ def rank(
                 mapping = err
             static = _static(domain, source, option, facts, options, storage, mapping)
             copied = _copies(domain, storage, mapping if isinstance(mapping, HostMapping) else HostMapping(), options)
-            shapes[option.shape] = (static, copied)
+            need = None if isinstance(copied, Problem) else _need(copied, facts)
+            shapes[option.shape] = (static, tuple(Problem(b.reason, b.reason, "") for b in static), copied, need)
+            first = True
         else:
-            static = [Problem(b.reason, f"{b.reason} on {option.name}", "") for b in known[0]]
-            copied = known[1]
+            static, copied, need, first = known[0], known[2], known[3], False
         if static:  # rejected anyway: the rest is only needed for the detailed ranking
-            judged.append((option, _availability(option) + static, -1))
+            down = _availability(option) if not option.available or option.state is not None else []
+            shared = static if first else shapes[option.shape][1]
+            judged.append((option, down + list(shared) if down else shared, -1))
             continue
-        dynamic, left, _ = _dynamic(domain, option, facts, options, copied, policy)
+        dynamic, left, _ = _dynamic(domain, option, facts, options, copied, policy, need)
         judged.append((option, _availability(option) + dynamic, left))
-    rejected = tuple(
-        Candidate(o.name, blockers=tuple(b)) for o, b, _ in sorted(judged, key=lambda j: natural(j[0].name)) if b
-    )
+    ordered = sorted(judged, key=lambda j: natural(j[0].name)) if detail else judged
+    rejected = tuple(Candidate(o.name, blockers=tuple(b)) for o, b, _ in ordered if b)
     feasible = [(o, left) for o, b, left in judged if not b]
     counts = [_vms_after(o) for o, _ in feasible]
     low, high = (min(counts), max(counts)) if counts else (0, 0)

@@ -117,6 +117,8 @@ class Placer:
         # the cordons stay as they were (rebuilding them for 1,000 hosts per placement costs)
         self._base: tuple[object, list[HostOption], dict[str, datetime | None]] | None = None
         self._shapes: dict[str, tuple[HostFacts, Hashable]] = {}  # by host, while its facts are the same
+        # by host: its option while its inventory, availability and cordon are the same objects
+        self._options: dict[str, tuple[tuple[int, bool, HostCordon | None], HostOption]] = {}
 
     def _shape(self, name: str, facts: HostFacts | None) -> Hashable | None:
         if facts is None:
@@ -135,6 +137,7 @@ class Placer:
             else None
         )
         shape = (
+            tuple(d.path for d in facts.storage),
             facts.arch,
             facts.qemu_version,
             facts.libvirt_version,
@@ -150,19 +153,20 @@ class Placer:
     def _base_options(self) -> tuple[list[HostOption], dict[str, datetime | None]]:
         key = (self.fleet.version, tuple(sorted((n, c) for n, c in self.cordons.items() if c.cordoned)))
         if self._base is None or self._base[0] != key:
-            states = self.fleet.hosts()
-            base = [
-                HostOption(
-                    h.name,
-                    h.available,
-                    h.facts,
-                    h.domains,
-                    self.cordons.get(h.name),
-                    shape=self._shape(h.name, h.facts),
-                )
-                for h in states
-            ]
-            self._base = (key, base, {h.name: h.last_seen for h in states})
+            base, inventory_at = [], {}
+            for name, available, inventory, fetched_at in self.fleet.entries():
+                cordon = self.cordons.get(name)
+                known = self._options.get(name)
+                if known is not None and known[0] == (id(inventory), available, cordon):
+                    option = known[1]  # unchanged: keep it (and what it worked out of its domains)
+                else:
+                    facts = inventory.host if inventory is not None else None
+                    domains = inventory.domains if inventory is not None else ()
+                    option = HostOption(name, available, facts, domains, cordon, shape=self._shape(name, facts))
+                    self._options[name] = ((id(inventory), available, cordon), option)
+                base.append(option)
+                inventory_at[name] = fetched_at
+            self._base = (key, base, inventory_at)
         return self._base[1], self._base[2]
 
     def options(self, now: datetime, reservations: Reservations | None = None) -> list[HostOption]:
@@ -186,18 +190,22 @@ class Placer:
         now: datetime,
         overrides: HostMapping | None = None,
         only: Collection[str] = (),
+        exclude: Collection[str] = (),
         reservations: Reservations | None = None,
         hosts: list[HostOption] | None = None,
         detail: bool = True,
     ) -> Placed:
-        """Rank every host (or those in ``only``) for ``domain`` on ``source``; ``hosts``: options
+        """Rank every host (or those in ``only``, never those in ``exclude``) for ``domain`` on
+        ``source``; ``hosts``: options
         built already (a drain placing many VMs builds them once per step); ``detail=False``: only
         the choice matters (see ``placement.rank``)."""
         storage = effective_storage(domain, options, storage_explicit)
         every = hosts if hosts is not None else self.options(now, reservations)
         src = next((o for o in every if o.name == source), HostOption(source, False, None))
-        allowed = set(only)
-        candidates = [o for o in every if not allowed or o.name in allowed or o.name == source]
+        allowed, excluded = set(only), set(exclude) - {source}
+        candidates = [
+            o for o in every if (not allowed or o.name in allowed or o.name == source) and o.name not in excluded
+        ]
         ranking = rank(
             domain,
             src,
