@@ -232,20 +232,21 @@ class Fleet:
             await asyncio.gather(*(asyncio.shield(t) for t in tasks), return_exceptions=True)
 
     async def locate_vm(
-        self, name_or_uuid: str, *, fresh: bool = False, near: str = ""
+        self, name_or_uuid: str, *, fresh: bool = False, near: Collection[str] = ()
     ) -> tuple[str, DomainInfo] | None:
         """The host a VM is on and its domain, by name or UUID.
 
         A running copy wins over a shut-off definition left on another host; None when no host
         reports it. ``fresh`` (a submission): the answer is checked now -- the hosts whose cached
-        inventory shows the VM (and ``near``, where the caller believes it is) are asked again,
+        inventory shows the VM (and those in ``near``, where the caller believes it may be: the
+        target of its last migration, say) are asked again,
         and only when none of them has it running is every host asked, so a submission costs
         one agent call, not one per host of the fleet.
         """
         if not fresh:
             await self.refresh()
         else:
-            reporting = self._reporting(name_or_uuid) | ({near} if near else set())
+            reporting = self._reporting(name_or_uuid) | {n for n in near if n}
             if not await self._confirm(name_or_uuid, reporting):
                 if reporting:
                     await self.refresh(reporting, force=True)

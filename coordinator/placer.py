@@ -85,6 +85,10 @@ class LoadBook:
             )
         return out
 
+    def targets_of(self, vm: str) -> set[str]:
+        """Where the VM (name or UUID) is going or just went: its migrations that still count."""
+        return {r.target_host for r in self._unsettled.values() if vm in (r.vm, r.vm_uuid)}
+
     def __len__(self) -> int:
         return len(self._unsettled)
 

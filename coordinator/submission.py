@@ -216,7 +216,9 @@ class Submissions:
     async def _plan(self, request: SubmitRequest, migration_id: str) -> _Plan:
         """Resolve a submission against the fleet (inventories asked now); raises the first problem."""
         vm, target = request.vm, request.target_host
-        located = await self.fleet.locate_vm(vm, fresh=True, near=request.source_host)
+        # where it may be besides where the view saw it: the caller's word, its last migration's target
+        near = {request.source_host, *(self.placer.book.targets_of(vm) if self.placer is not None else ())}
+        located = await self.fleet.locate_vm(vm, fresh=True, near=near)
         if target and self.fleet.host(target) is None:
             raise NotFound(
                 f"no host named {target!r} is registered",
