@@ -52,7 +52,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -184,9 +184,13 @@ class RecordWatch:
         self._channel.close()
 
     def job_started(self, migration_id: str) -> float | None:
+        """When the source's job started: a stored progress's time minus the job's elapsed time
+        it reports (None when no progress was stored: a job shorter than progress_write_s)."""
         for m in self.versions:
             if m.id == migration_id and m.HasField("progress") and m.phase == cpb.PHASE_MIGRATING:
-                return m.updated_at.ToDatetime().timestamp() if m.updated_at.seconds else None
+                if not m.updated_at.seconds:
+                    return None
+                return m.updated_at.ToDatetime().replace(tzinfo=UTC).timestamp() - m.progress.elapsed_ms / 1000
         return None
 
 
@@ -200,6 +204,10 @@ def record_marks(data: dict, started: float, returned: float, job_started: float
         mark = first.get(h.get("phase", ""))
         if mark and mark not in marks:
             marks[mark] = datetime.fromisoformat(h["at"]).timestamp()
+    result = data.get("result", {})
+    if job_started is None and "job done" in marks and result.get("time_elapsed_ms"):
+        # no progress stored (a short job): the completed job's own duration, counted back from its end
+        job_started = marks["job done"] - int(result["time_elapsed_ms"]) / 1000
     if job_started is not None:
         marks["job started"] = job_started
     return marks
@@ -729,8 +737,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps = breakdown_table(samples)
     if steps:
         print(
-            "\nWhere `ferry migrate` spends its time "
-            "(the record's own times; job started = the source's first report):\n"
+            "\nWhere `ferry migrate` spends its time (the record's own times; job started = a stored "
+            "progress's time minus the elapsed time it reports, else the job's end minus its duration):\n"
         )
         print(steps)
     print(

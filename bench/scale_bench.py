@@ -30,7 +30,7 @@ migration (the coordinator's store calls, counted in its process: create, update
 get and list), p50/p95
 from submit to done, the coordinator's CPU (of one core), each drain's makespan against its lower
 bound (the sum of its VMs' estimated migration times / its slots) and whether the limits held (the
-records' slot intervals, and the fakes' job counts sampled every 10 ms). ``--levels`` first runs
+records' slot intervals, and the fakes' job counts sampled every 50 ms). ``--levels`` first runs
 the same load without drains at each in-flight level and prints the rate and the coordinator's CPU
 at each: where the rate stops growing and what is busy then.
 """

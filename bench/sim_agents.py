@@ -14,7 +14,7 @@ Each host runs ``--vms`` guests (``v<host>-<n>``: ``--memory-mib`` of memory, a 
 
 Protocol with the orchestrator: one JSON line on stdout once every agent is registered
 (``{"ready": ...}``); then the process runs until stdin is closed, sampling the fake jobs every
-10 ms; at the end one JSON line with its figures (the most jobs at once per source host and in
+50 ms; at the end one JSON line with its figures (the most jobs at once per source host and in
 total, re-registrations, CPU seconds).
 """
 
@@ -118,7 +118,7 @@ async def amain(args: argparse.Namespace) -> None:
             total += n
             peak_per_source = max(peak_per_source, n)
         peak_total = max(peak_total, total)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(
         json.dumps(

@@ -9,7 +9,8 @@ a time (so decisions about a record are serialised). For each event:
    after observing the record's hosts);
 3. if ``d.record is not record``: write ``encode(d.record)`` with compare-and-set on the record's
    revision; on Conflict read again and decide again. Progress-only decisions are written at most
-   once per ``progress_write_s`` (the newest one wins);
+   once per ``progress_write_s``, the first one that long after the job's first report (the
+   newest one wins);
 4. only after the write landed, perform ``d.actions`` in order (``actions.Actions``), each result
    coming back as another event -- late results too: ``decide`` ignores or cleans them up.
 
@@ -258,6 +259,8 @@ class RecordRunner:
         if not isinstance(event, Progress) or d.actions or d.record.phase is not rec.phase:
             return False
         loop = asyncio.get_running_loop()
+        if self._last_progress_write == -math.inf:  # the job's first report waits an interval too: a
+            self._last_progress_write = loop.time()  # job shorter than that stores no progress at all
         wait = self._last_progress_write + self.ctx.progress_write_s - loop.time()
         if wait <= 0:
             return False
