@@ -21,10 +21,12 @@ that never converges is still aborted in the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from ferry.agent.progress import changed, disk_bytes_copied, next_progress, phase_of
 from ferry.convergence import (
@@ -79,12 +81,49 @@ class MigrationRequest:
     # job's disk figure when no poll saw the copy
     progress_interval_s: float = 0.0  # 0 = the driver's
     migration_id: str = ""
+    domain_name: str = ""  # for the observer (metrics labels): the name, when ``domain`` is a UUID
     # how to bring the job to an end; None: from the options (policy_from_options over the
     # driver's defaults), as every Migrate call asks today
     convergence: ConvergencePolicy | None = None
 
 
 Event = MigrationProgress | MigrationResult
+
+
+@dataclass(frozen=True)
+class JobKey:
+    """One job the driver runs: the caller's migration id and the domain's name."""
+
+    migration_id: str
+    domain: str
+
+
+class JobObserver(Protocol):
+    """What the driver tells about the jobs it runs (the agent's metrics: ``agent/metrics.py``).
+
+    ``job_started`` once the libvirt job was started, ``job_progress`` with every snapshot,
+    ``job_ended`` once with how it ended: ``completed``, ``failed``, ``timed_out``, ``aborted``,
+    or ``left_running`` (the caller stopped watching; the job goes on unwatched).
+    """
+
+    def job_started(self, job: JobKey) -> None: ...
+
+    def job_progress(self, job: JobKey, progress: MigrationProgress) -> None: ...
+
+    def job_ended(self, job: JobKey, outcome: str) -> None: ...
+
+
+class NoJobObserver:
+    """The default: nobody listens."""
+
+    def job_started(self, job: JobKey) -> None:
+        pass
+
+    def job_progress(self, job: JobKey, progress: MigrationProgress) -> None:
+        pass
+
+    def job_ended(self, job: JobKey, outcome: str) -> None:
+        pass
 
 
 class MigrationDriver:
@@ -96,17 +135,48 @@ class MigrationDriver:
         *,
         clock: Callable[[], float] = time.monotonic,
         policy: DriverPolicy = DriverPolicy(),
+        observer: JobObserver | None = None,
     ) -> None:
         self._hv = hypervisor
         self._clock = clock
         self._policy = policy
+        self._observer = observer or NoJobObserver()
 
     async def run(self, req: MigrationRequest) -> AsyncIterator[Event]:
         """Yield progress snapshots while the job runs, then one MigrationResult.
 
         Raises the job's error (Aborted when aborted, DeadlineExceeded MIGRATION_TIMEOUT when
-        the completion timeout hit, others per the libvirt error table).
+        the completion timeout hit, others per the libvirt error table). The observer hears of
+        the job from its first snapshot (the job has started) to its end.
         """
+        key = JobKey(req.migration_id, req.domain_name or req.domain)
+        started, outcome = False, "failed"
+        try:
+            async with contextlib.aclosing(self._run(req)) as events:
+                async for event in events:
+                    if not started:
+                        started = True
+                        self._observer.job_started(key)
+                    if isinstance(event, MigrationResult):
+                        outcome = "completed"
+                    else:
+                        self._observer.job_progress(key, event)
+                    yield event
+        except DeadlineExceeded:
+            outcome = "timed_out"
+            raise
+        except Aborted:
+            outcome = "aborted"
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            if outcome != "completed":
+                outcome = "left_running"  # _run logged that the job keeps running
+            raise
+        finally:
+            if started:
+                self._observer.job_ended(key, outcome)
+
+    async def _run(self, req: MigrationRequest) -> AsyncGenerator[Event, None]:
         domain = await self._hv.get_domain(req.domain)
         if not req.options.offline and not domain.state.is_active:
             raise FailedPrecondition(

@@ -89,7 +89,7 @@ class Bench:
         started = time.monotonic()
         d = self.ferry("drain", "host1", "--max-parallel", str(slots), "--reason", f"bench {slots} slot(s)")
         wall = time.monotonic() - started
-        if d.get("state") != "DRAIN_STATE_SUCCEEDED":
+        if d.get("state") != "succeeded":
             raise RuntimeError(f"the drain with {slots} slot(s) ended {d.get('state')}: {json.dumps(d)[-1500:]}")
         targets = []
         for name in self.guests:
@@ -107,7 +107,7 @@ class Bench:
         for name in self.guests:
             if self.running_on(name) != ["host1"]:
                 m = self.ferry("migrate", name, "--to", "host1")
-                if m.get("phase") != "PHASE_SUCCEEDED":
+                if m.get("phase") != "succeeded":
                     raise RuntimeError(f"{name} did not come back to host1: {json.dumps(m)[-800:]}")
 
 

@@ -1,8 +1,8 @@
 """`ferry`: the operator's command line. Thin: it talks only to the coordinator.
 
-Exit status: 0 success; 1 the migration ended without success (Failed, Cancelled, RolledBack) or the
-preflight found blockers; 2 the request was refused (bad input, unknown VM/host, busy VM);
-3 the coordinator could not be reached or failed.
+Commands, options, exit status and environment: ``cli/args.py`` (and ``ferry --help``); the
+JSON it prints with ``-o json``: ``cli/jsonout.py`` and docs/cli-json.md; drawing: ``render.py``
+(plain text) and ``live.py`` (rich, on a terminal); ``ferry top``: ``top.py``.
 """
 
 from __future__ import annotations
@@ -14,25 +14,40 @@ import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf.message import Message
 
-from ferry.cli import render
+from ferry.cli import jsonout, live, render
+from ferry.cli.args import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PIPE,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    EXIT_UNSUCCESSFUL,
+    EXIT_USAGE,
+    UsageError,
+    parse,
+)
+from ferry.cli.args import parser as parser
 from ferry.cli.config import coordinator_addresses
-from ferry.errors import FerryError, Unavailable
+from ferry.cli.top import run as run_top
+from ferry.errors import FerryError, InvalidArgument, NotFound, Unavailable
 from ferry.rpc import create_channel, from_rpc_error, serving
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
 from ferry.v1 import types_pb2 as tpb
 
 RETRIES_ACROSS_REPLICAS = 20
-FINAL = {cpb.PHASE_SUCCEEDED, cpb.PHASE_FAILED, cpb.PHASE_CANCELLED, cpb.PHASE_ROLLED_BACK}
+FINAL = render.FINAL
+UNREACHABLE_HINT = "is the coordinator running? see `ferry-lab status` or pass --coordinator"
 
 
-class Usage(FerryError):
-    caller_fault = True
+class Usage(InvalidArgument):
+    """A command line that parses but does not make sense (contradictory flags, a bad pair):
+    exit 64 like any usage error; nothing was sent."""
+
     default_reason = "USAGE"
 
 
@@ -89,118 +104,36 @@ def build_mapping(a: argparse.Namespace) -> tpb.HostMapping:
     )
 
 
-def _add_migration_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("vm", help="VM name or UUID")
-    p.add_argument("--to", metavar="HOST", help="target host (default: the best feasible host)")
-    p.add_argument("--offline", action="store_true", help="migrate the definition only (VM not running)")
-    p.add_argument("--copy-storage-all", action="store_true", help="copy local disks to the target")
-    p.add_argument(
-        "--copy-storage-inc",
-        action="store_true",
-        help="copy only the top image layer; backing files exist on the target",
+def matches(m: cpb.Migration, a: argparse.Namespace) -> bool:
+    """Whether a migration passes the ``--phase/--host/--vm`` filters given."""
+    return (
+        (not a.phase or render.phase_name(m.phase) in a.phase)
+        and (not a.host or a.host in (m.source_host, m.target_host))
+        and (not a.vm or a.vm in (m.vm, m.vm_uuid))
     )
-    p.add_argument(
-        "--shared-storage",
-        action="store_true",
-        help="disks are on shared storage (default: decided from the inventory)",
-    )
-    p.add_argument("--migrate-disks", metavar="vda,vdb", help="only these disks are copied")
-    p.add_argument("--persistent", action="store_true", help="define the VM on the target")
-    p.add_argument("--undefinesource", action="store_true", help="undefine the VM on the source")
-    p.add_argument("--bandwidth", type=int, metavar="MiB/s")
-    p.add_argument("--max-downtime", type=int, metavar="ms")
-    p.add_argument("--auto-converge", action="store_true")
-    p.add_argument("--postcopy", action="store_true", help="allow switching to post-copy")
-    p.add_argument("--postcopy-on-stall", action="store_true", help="switch to post-copy when pre-copy stalls")
-    p.add_argument("--unsafe", action="store_true", help="skip libvirt's cache-mode/storage safety check")
-    p.add_argument("--timeout", type=int, metavar="s", help="abort the migration after this long")
-    p.add_argument("--map-bridge", action="append", metavar="SRC=DST")
-    p.add_argument("--map-network", action="append", metavar="SRC=DST")
-    p.add_argument("--map-path", action="append", metavar="OLD=NEW")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ferry", description="Live-migrate VMs across a KVM/libvirt fleet.")
-    p.add_argument(
-        "--coordinator",
-        metavar="ADDR",
-        help="coordinator address (HOST:PORT or unix:PATH); default from $FERRY_COORDINATOR "
-        "or ~/.config/ferry/cli.toml (written by ferry-lab up)",
-    )
-    p.add_argument("--output", "-o", choices=("table", "json"), default="table")
-    p.add_argument("--rpc-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
-    sub = p.add_subparsers(dest="command", required=True)
-    hs = sub.add_parser("hosts", help="list hosts and their agents; cordon or uncordon one")
-    hs_sub = hs.add_subparsers(dest="action")
-    cordon = hs_sub.add_parser("cordon", help="the host receives no migration (until uncordoned)")
-    cordon.add_argument("host")
-    cordon.add_argument("--reason", default="", help="shown in `ferry hosts`")
-    hs_sub.add_parser("uncordon", help="put the host back in service").add_argument("host")
-    vms = sub.add_parser("vms", help="list VMs across the fleet")
-    vms.add_argument("--host")
-    pre = sub.add_parser("preflight", help="check a migration without touching anything")
-    _add_migration_flags(pre)
-    mig = sub.add_parser("migrate", help="migrate a VM (live by default) and wait with a progress bar")
-    _add_migration_flags(mig)
-    mig.add_argument("--priority", type=int, default=0)
-    mig.add_argument("--idempotency-key", help="default: a new random key")
-    mig.add_argument("--no-wait", action="store_true", help="print the migration ID and return")
-    ms = sub.add_parser("migrations", help="list, show, watch or cancel migrations")
-    ms_sub = ms.add_subparsers(dest="action")
-    ms.add_argument("--phase", action="append", help="filter by phase (repeatable), e.g. Migrating")
-    ms.add_argument("--host")
-    ms.add_argument("--vm")
-    ms.add_argument("--limit", type=int, default=0)
-    for name in ("show", "watch", "cancel"):
-        s = ms_sub.add_parser(name)
-        s.add_argument("id")
-    dr = sub.add_parser("drain", help="empty a host: cordon it, move every VM off it, and wait with a progress bar")
-    dr.add_argument("host")
-    dr.add_argument("--to", metavar="H1,H2", help="only these targets (default: the best feasible host for each VM)")
-    dr.add_argument(
-        "--max-parallel",
-        type=int,
-        default=0,
-        metavar="N",
-        help="migrations at once (default: the host's outbound limit)",
-    )
-    dr.add_argument("--policy", default="", help="convergence policy of its migrations")
-    dr.add_argument("--reason", default="", help="why (shown with the cordon)")
-    dr.add_argument(
-        "--dry-run", action="store_true", help="print the plan (VM -> target, estimated time); touch nothing"
-    )
-    dr.add_argument("--no-wait", action="store_true", help="print the drain ID and return")
-    ds = sub.add_parser("drains", help="list, show, watch, pause, resume or cancel drains")
-    ds_sub = ds.add_subparsers(dest="action")
-    ds.add_argument("--host")
-    ds.add_argument("--state", action="append", help="filter by state (repeatable), e.g. Running")
-    for name in ("show", "watch", "pause", "resume", "cancel"):
-        ds_sub.add_parser(name).add_argument("id")
-    return p
-
-
-def _phase_from_name(name: str) -> str:
-    """A phase as the CLI spells it (``RolledBack``, ``rolled-back``) -> its protobuf name (``PHASE_ROLLED_BACK``)."""
-    wanted = name.replace("-", "").replace("_", "").lower()
-    for pb_name, value in cpb.Phase.items():
-        if value and render.phase_name(value).lower() == wanted:
-            return pb_name
-    choices = ", ".join(render.phase_name(v) for v in cpb.Phase.values() if v)
-    raise Usage(f"unknown phase {name!r}", hint=f"one of {choices}")
+def interrupted_note(migration_id: str) -> str:
+    return f"migration {migration_id} continues; `ferry migrations cancel {migration_id}` stops it"
 
 
 class Cli:
-    def __init__(self, stub: cgrpc.CoordinatorStub, args: argparse.Namespace) -> None:
+    def __init__(self, stub: cgrpc.CoordinatorStub, args: argparse.Namespace, address: str = "") -> None:
         self.stub = stub
         self.a = args
         self.json = args.output == "json"
         self.timeout = args.rpc_timeout
+        self.address = address
+        self.screen = live.Screen()
 
-    def emit(self, message: Any, text: str) -> None:
+    def emit(self, message: Message, text: Callable[[], None] | str) -> None:
+        """The message as JSON (-o json), else the text (or a function that prints it)."""
         if self.json:
-            print(json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), indent=2))
+            self.screen.text(json.dumps(jsonout.to_json(message), indent=2))
+        elif isinstance(text, str):
+            self.screen.text(text)
         else:
-            print(text)
+            text()
 
     async def hosts(self) -> int:
         if self.a.action == "cordon":
@@ -208,18 +141,18 @@ class Cli:
                 cpb.CordonHostRequest(host=self.a.host, reason=self.a.reason), timeout=self.timeout
             )
             self.emit(h, f"{h.name} cordoned: {h.cordon_reason or 'no reason given'}")
-            return 0
+            return EXIT_OK
         if self.a.action == "uncordon":
             h = await self.stub.UncordonHost(cpb.UncordonHostRequest(host=self.a.host), timeout=self.timeout)
             self.emit(h, f"{h.name} is back in service")
-            return 0
+            return EXIT_OK
         resp = cpb.ListHostsResponse()
-        token = ""
-        while True:
-            page = await self.stub.ListHosts(cpb.ListHostsRequest(page_token=token), timeout=self.timeout)
+        req = cpb.ListHostsRequest()
+        while True:  # every page
+            page = await self.stub.ListHosts(req, timeout=self.timeout)
             resp.hosts.extend(page.hosts)
-            token = page.next_page_token
-            if not token:
+            req.page_token = page.next_page_token
+            if not req.page_token:
                 break
         rows = [
             [
@@ -231,13 +164,13 @@ class Cli:
                 h.domains,
                 f"{h.migrations_out}/{h.migrations_in}",
                 ",".join(h.facts.bridges),
-                (f"{h.drain_id}: " if h.drain_id else "") + h.cordon_reason if h.cordoned else "",
+                ((f"{h.drain_id}: " if h.drain_id else "") + h.cordon_reason) if h.cordoned else "",
             ]
             for h in resp.hosts
         ]
         headers = ("HOST", "STATE", "AGENT", "CPU", "MEM FREE", "VMS", "OUT/IN", "BRIDGES", "CORDON")
-        self.emit(resp, render.table(headers, rows))
-        return 0
+        self.emit(resp, lambda: self.screen.table(headers, rows))
+        return EXIT_OK
 
     async def vms(self) -> int:
         resp = await self.stub.ListVMs(cpb.ListVMsRequest(host=self.a.host or ""), timeout=self.timeout)
@@ -245,7 +178,7 @@ class Cli:
             [
                 v.domain.name,
                 v.host,
-                tpb.DomainState.Name(v.domain.state).removeprefix("DOMAIN_STATE_").lower(),
+                jsonout.enum_word(tpb.DomainState.DESCRIPTOR, v.domain.state),
                 render.size(v.domain.memory_bytes),
                 v.domain.vcpus,
                 ",".join(f"{d.target}{'(shared)' if d.shared else ''}" for d in v.domain.disks),
@@ -254,8 +187,9 @@ class Cli:
             ]
             for v in resp.vms
         ]
-        self.emit(resp, render.table(("VM", "HOST", "STATE", "MEMORY", "VCPUS", "DISKS", "NETS", "MIGRATION"), rows))
-        return 0
+        headers = ("VM", "HOST", "STATE", "MEMORY", "VCPUS", "DISKS", "NETS", "MIGRATION")
+        self.emit(resp, lambda: self.screen.table(headers, rows))
+        return EXIT_OK
 
     async def preflight(self) -> int:
         req = cpb.PreflightRequest(
@@ -279,7 +213,7 @@ class Cli:
                 f" ({'copy' if d.copy else 'shared'}, {render.size(d.virtual_size)})"
             )
         self.emit(resp, "\n".join(lines))
-        return 0 if resp.ok else 1
+        return EXIT_OK if resp.ok else EXIT_UNSUCCESSFUL
 
     async def migrate(self) -> int:
         req = cpb.SubmitMigrationRequest(
@@ -293,57 +227,94 @@ class Cli:
         m = await self.stub.SubmitMigration(req, timeout=self.timeout)
         if self.a.no_wait:
             self.emit(m, m.id)
-            return 0
+            return EXIT_OK
         if not self.json:
-            print(f"migration {m.id}: {m.vm} {m.source_host} -> {m.target_host}", flush=True)
+            self.screen.text(f"migration {m.id}: {m.vm} {m.source_host} -> {m.target_host}")
         return await self._follow(m.id)
 
     async def _follow(self, migration_id: str) -> int:
-        """Watch until final; a progress bar on a terminal, phase lines otherwise."""
-        tty = sys.stdout.isatty() and not self.json
+        """Watch until final: a bar redrawn in place on a terminal, phase and progress lines
+        otherwise, the final record at the end. Ctrl-C says the migration goes on."""
+        try:
+            last = await self._watch(migration_id)
+        except asyncio.CancelledError:  # Ctrl-C (asyncio.run cancels us, then raises KeyboardInterrupt)
+            print(f"\nferry: {interrupted_note(migration_id)}", file=sys.stderr, flush=True)
+            raise
+        self.emit(last, render.migration_detail(last))
+        return EXIT_OK if last.phase == cpb.PHASE_SUCCEEDED else EXIT_UNSUCCESSFUL
+
+    async def _watch(self, migration_id: str) -> cpb.Migration:
         last: cpb.Migration | None = None
         last_phase = None
         shown = 0.0
-        async for m in self.stub.WatchMigration(cpb.WatchMigrationRequest(id=migration_id)):
-            last = m
-            if self.json:
-                continue
-            if m.phase != last_phase:
-                if tty and last_phase is not None:
-                    print()
-                reason = m.history[-1].reason if m.history else ""
-                print(f"{render.phase_name(m.phase)}" + (f": {reason}" if reason else ""), flush=True)
-                last_phase = m.phase
-            elif m.HasField("progress") and m.phase == cpb.PHASE_MIGRATING:
-                shown = max(shown, render.fraction(m.progress))
-                line = "  " + render.progress_bar(m.progress, at_least=shown)
-                print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
-            if m.phase in FINAL:
-                break
+        before: tpb.MigrationProgress | None = None  # the job's previous figures, to measure its rate
+        with self.screen.live(enabled=not self.json) as area:
+            async for m in self.stub.WatchMigration(cpb.WatchMigrationRequest(id=migration_id)):
+                last = m
+                if self.json:
+                    pass
+                elif m.phase != last_phase:
+                    reason = m.history[-1].reason if m.history else ""
+                    area.line(render.phase_name(m.phase) + (f": {reason}" if reason else ""))
+                    last_phase = m.phase
+                elif m.HasField("progress") and m.phase == cpb.PHASE_MIGRATING:
+                    shown = max(shown, render.fraction(m.progress))
+                    if area.enabled:
+                        area.show(live.progress_line(m.progress, at_least=shown, previous=before))
+                    else:
+                        area.line("  " + render.progress_bar(m.progress, at_least=shown, previous=before))
+                    before = m.progress
+                if m.phase in FINAL:
+                    break
         if last is None:
             raise FerryError(f"the watch of {migration_id} ended without news", reason="WATCH_ENDED")
-        if tty:
-            print()
-        self.emit(last, render.migration_detail(last))
-        return 0 if last.phase == cpb.PHASE_SUCCEEDED else 1
+        return last
+
+    async def _select(self) -> cpb.Migration:
+        """The migration ``show|watch|cancel`` is about: by ID (which must pass the filters given
+        with it), else the newest one passing the filters (for cancel: one not final)."""
+        a = self.a
+        if a.id:
+            m: cpb.Migration = await self.stub.GetMigration(cpb.GetMigrationRequest(id=a.id), timeout=self.timeout)
+            if not matches(m, a):
+                raise InvalidArgument(
+                    f"migration {m.id} is of {m.vm} ({render.phase_name(m.phase)}, "
+                    f"{m.source_host} -> {m.target_host}): not what --vm/--host/--phase say",
+                    reason="FILTER_MISMATCH",
+                    hint="drop the filters, or drop the ID to pick the newest migration that matches them",
+                )
+            return m
+        phases = [jsonout.phase_from_word(p) for p in a.phase or ()]
+        if not phases and a.action == "cancel":
+            phases = list(render.IN_FLIGHT)
+        req = cpb.ListMigrationsRequest(phases=phases, host=a.host or "", vm=a.vm or "", limit=1)
+        listed: cpb.ListMigrationsResponse = await self.stub.ListMigrations(req, timeout=self.timeout)
+        found = listed.migrations
+        if not found:
+            raise NotFound(
+                "no migration matches " + " ".join(_filter_words(a)),
+                reason="MIGRATION_UNKNOWN",
+                hint="`ferry migrations` lists them",
+            )
+        return found[0]
 
     async def migrations(self) -> int:
         action = self.a.action
-        if action == "show":
-            m = await self.stub.GetMigration(cpb.GetMigrationRequest(id=self.a.id), timeout=self.timeout)
-            self.emit(m, render.migration_detail(m))
-            return 0
-        if action == "watch":
-            return await self._follow(self.a.id)
-        if action == "cancel":
-            m = await self.stub.CancelMigration(cpb.CancelMigrationRequest(id=self.a.id), timeout=self.timeout)
+        if action is not None:
+            m = await self._select()
+            if action == "show":
+                self.emit(m, render.migration_detail(m))
+                return EXIT_OK
+            if action == "watch":
+                return await self._follow(m.id)
+            m = await self.stub.CancelMigration(cpb.CancelMigrationRequest(id=m.id), timeout=self.timeout)
             self.emit(m, f"cancel requested for {m.id} (phase {render.phase_name(m.phase)})")
-            return 0
+            return EXIT_OK
         req = cpb.ListMigrationsRequest(
-            phases=[_phase_from_name(p) for p in self.a.phase or ()],
+            phases=[jsonout.phase_from_word(p) for p in self.a.phase or ()],
             host=self.a.host or "",
             vm=self.a.vm or "",
-            limit=self.a.limit,
+            limit=max(0, self.a.limit),
         )
         resp = cpb.ListMigrationsResponse()
         while True:  # every page (the server pages at 500)
@@ -352,8 +323,9 @@ class Cli:
             req.page_token = page.next_page_token
             if not req.page_token:
                 break
-        self.emit(resp, render.table(render.MIGRATION_HEADERS, [render.migration_line(m) for m in resp.migrations]))
-        return 0
+        rows = [render.migration_line(m) for m in resp.migrations]
+        self.emit(resp, lambda: self.screen.table(render.MIGRATION_HEADERS, rows))
+        return EXIT_OK
 
     # ------------------------------------------------------------------ drains
 
@@ -370,67 +342,66 @@ class Cli:
         d = await self.stub.SubmitDrain(req, timeout=self.timeout)
         if self.a.dry_run:
             self.emit(d, render.drain_detail(d))
-            return 0
+            return EXIT_OK
         if self.a.no_wait:
             self.emit(d, d.id)
-            return 0
+            return EXIT_OK
         if not self.json:
-            print(f"drain {d.id}: {d.host} cordoned, {d.vms_total} VM(s), {d.slots} at a time", flush=True)
+            self.screen.text(f"drain {d.id}: {d.host} cordoned, {d.vms_total} VM(s), {d.slots} at a time")
         return await self._follow_drain(d.id)
 
     async def _follow_drain(self, drain_id: str) -> int:
-        """Watch until final: a progress bar on a terminal, a line per VM that moved otherwise."""
-        tty = sys.stdout.isatty() and not self.json
+        """Watch until final: a bar redrawn in place on a terminal, a line per VM that moved (or
+        could not) and progress lines otherwise; the final drain at the end."""
         last: cpb.Drain | None = None
         told: set[tuple[str, int]] = set()
-        async for d in self.stub.WatchDrain(cpb.WatchDrainRequest(id=drain_id)):
-            last = d
-            if self.json:
-                continue
-            for i in d.items:
-                if i.state in (cpb.DRAIN_ITEM_STATE_WAITING,) or (i.vm, i.state) in told:
-                    continue
-                told.add((i.vm, i.state))
-                why = f" ({i.problems[-1].reason})" if i.problems and i.state != cpb.DRAIN_ITEM_STATE_MOVED else ""
-                line = f"  {i.vm}: {render.item_state_name(i.state)} -> {i.target_host or '?'}{why}"
-                print(("\r" + line.ljust(100)) if tty else line, flush=True)
-            bar = "  " + render.drain_bar(d)
-            print(("\r" + bar) if tty else bar, end="" if tty else "\n", flush=True)
+        try:
+            with self.screen.live(enabled=not self.json) as area:
+                async for d in self.stub.WatchDrain(cpb.WatchDrainRequest(id=drain_id)):
+                    last = d
+                    if self.json:
+                        continue
+                    for i in d.items:
+                        if i.state == cpb.DRAIN_ITEM_STATE_WAITING or (i.vm, i.state) in told:
+                            continue
+                        told.add((i.vm, i.state))
+                        why = (
+                            f" ({i.problems[-1].reason})"
+                            if i.problems and i.state != cpb.DRAIN_ITEM_STATE_MOVED
+                            else ""
+                        )
+                        area.line(f"  {i.vm}: {render.item_state_name(i.state)} -> {i.target_host or '?'}{why}")
+                    bar = "  " + render.drain_bar(d)
+                    if area.enabled:
+                        area.show(bar)
+                    else:
+                        area.line(bar)
+        except asyncio.CancelledError:  # Ctrl-C: the drain goes on
+            print(f"\nferry: drain {drain_id} continues; `ferry drains cancel {drain_id}` stops it", file=sys.stderr)
+            raise
         if last is None:
             raise FerryError(f"the watch of {drain_id} ended without news", reason="WATCH_ENDED")
-        if tty:
-            print()
         self.emit(last, render.drain_detail(last))
-        return 0 if last.state == cpb.DRAIN_STATE_SUCCEEDED else 1
+        return EXIT_OK if last.state == cpb.DRAIN_STATE_SUCCEEDED else EXIT_UNSUCCESSFUL
 
     async def drains(self) -> int:
         action, t = self.a.action, self.timeout
         if action == "watch":
             return await self._follow_drain(self.a.id)
-        calls = {
-            "show": (self.stub.GetDrain, cpb.GetDrainRequest),
-            "pause": (self.stub.PauseDrain, cpb.PauseDrainRequest),
-            "resume": (self.stub.ResumeDrain, cpb.ResumeDrainRequest),
-            "cancel": (self.stub.CancelDrain, cpb.CancelDrainRequest),
-        }
-        if action in calls:
+        if action is not None:
+            calls = {
+                "show": (self.stub.GetDrain, cpb.GetDrainRequest),
+                "pause": (self.stub.PauseDrain, cpb.PauseDrainRequest),
+                "resume": (self.stub.ResumeDrain, cpb.ResumeDrainRequest),
+                "cancel": (self.stub.CancelDrain, cpb.CancelDrainRequest),
+            }
             call, message = calls[action]
             d = await call(message(id=self.a.id), timeout=t)
             done = {"pause": "paused", "resume": "resumed", "cancel": "cancel requested for"}
-            text = (
-                render.drain_detail(d)
-                if action == "show"
-                else f"{done[action]} {d.id} ({render.drain_state_name(d.state)})"
-            )
-            self.emit(d, text)
-            return 0
-        states: list[str] = []
-        for name in self.a.state or ():
-            wanted = f"DRAIN_STATE_{name.upper()}"
-            if wanted not in cpb.DrainState.keys():
-                choices = ", ".join(render.drain_state_name(v) for v in cpb.DrainState.values() if v)
-                raise Usage(f"unknown drain state {name!r}", hint=f"one of {choices}")
-            states.append(wanted)
+            name = render.drain_state_name(d.state)
+            self.emit(d, render.drain_detail(d) if action == "show" else f"{done[action]} {d.id} ({name})")
+            return EXIT_OK
+        states = [f"DRAIN_STATE_{word.upper()}" for word in self.a.state or ()]
         req = cpb.ListDrainsRequest(host=self.a.host or "", states=states)
         resp = cpb.ListDrainsResponse()
         while True:
@@ -439,23 +410,52 @@ class Cli:
             req.page_token = page.next_page_token
             if not req.page_token:
                 break
-        self.emit(resp, render.table(render.DRAIN_HEADERS, [render.drain_line(d) for d in resp.drains]))
-        return 0
+        rows = [render.drain_line(d) for d in resp.drains]
+        self.emit(resp, lambda: self.screen.table(render.DRAIN_HEADERS, rows))
+        return EXIT_OK
+
+    async def top(self) -> int:
+        if self.a.iterations < 0 or self.a.finished < 0:
+            raise Usage("--iterations and --finished take 0 or more", hint="e.g. --iterations 1")
+        return await run_top(self.stub, self.a, self.screen, self.address, self.timeout)
+
+
+def _filter_words(a: argparse.Namespace) -> list[str]:
+    words = [f"--phase {p}" for p in a.phase or ()]
+    words += [f"--host {a.host}"] if a.host else []
+    return words + ([f"--vm {a.vm}"] if a.vm else [])
+
+
+def exit_code(err: FerryError) -> int:
+    """Usage errors 64, other refusals (the caller's fault) 2, the rest (unreachable, ours) 3."""
+    if isinstance(err, Usage):
+        return EXIT_USAGE
+    return EXIT_REFUSED if err.caller_fault else EXIT_UNREACHABLE
 
 
 def _report(err: FerryError, as_json: bool) -> int:
     if as_json:
-        print(
-            json.dumps(
-                {"error": {"reason": err.reason, "message": err.message, "hint": err.hint, "code": err.code.name}},
-                indent=2,
-            )
-        )
+        print(json.dumps(jsonout.error_json(err.reason, err.message, err.hint, err.code.name), indent=2))
     else:
         print(f"ferry: {err.reason}: {err.message}", file=sys.stderr)
         if err.hint:
             print(f"  fix: {err.hint}", file=sys.stderr)
-    return 2 if err.caller_fault else 3
+    return exit_code(err)
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    """Whether a command line that did not parse asked for JSON (its error is then JSON too)."""
+    words = list(argv)
+    pairs = zip(words, [*words[1:], ""], strict=True)
+    return any(w in ("-ojson", "--output=json") or (w in ("-o", "--output") and nxt == "json") for w, nxt in pairs)
+
+
+def _usage_error(exc: UsageError, argv: Sequence[str]) -> int:
+    if _wants_json(argv):
+        print(json.dumps(jsonout.error_json("USAGE", exc.message, "see `ferry --help`", "INVALID_ARGUMENT"), indent=2))
+    sys.stderr.write(exc.usage)
+    print(f"ferry: error: {exc.message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 async def pick_coordinator(addresses: Sequence[str], timeout_s: float = 2.0) -> str:
@@ -466,16 +466,26 @@ async def pick_coordinator(addresses: Sequence[str], timeout_s: float = 2.0) -> 
         async with create_channel(address) as channel:
             if await serving(channel, timeout_s=timeout_s):
                 return address
-    raise Unavailable(
-        f"no coordinator answers at {', '.join(addresses)}",
-        reason="UNREACHABLE",
-        hint="is the coordinator running? see `ferry-lab status` or pass --coordinator",
-    )
+    raise Unavailable(f"no coordinator answers at {', '.join(addresses)}", reason="UNREACHABLE", hint=UNREACHABLE_HINT)
+
+
+def completion(shell: str) -> str:
+    """The completion script for ``shell`` (``ferry completion bash|zsh``)."""
+    import shtab
+
+    return str(shtab.complete(parser(), shell=shell))
 
 
 async def run(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse(argv)
+    except UsageError as exc:
+        return _usage_error(exc, argv)
     as_json = args.output == "json"
+    if args.command == "completion":
+        sys.stdout.write(completion(args.shell))
+        return EXIT_OK
     if args.command == "migrate" and not args.idempotency_key:
         # fixed before the first call, so a retry on another replica returns the same migration
         args.idempotency_key = uuid.uuid4().hex
@@ -486,7 +496,7 @@ async def run(argv: Sequence[str] | None = None) -> int:
             address = await pick_coordinator(addresses)
             try:
                 async with create_channel(address) as channel:
-                    cli = Cli(cgrpc.CoordinatorStub(channel), args)
+                    cli = Cli(cgrpc.CoordinatorStub(channel), args, address)
                     command: Callable[[], Awaitable[int]] = getattr(cli, args.command)
                     return await command()
             except grpc.RpcError as exc:
@@ -502,18 +512,23 @@ async def run(argv: Sequence[str] | None = None) -> int:
     except grpc.RpcError as exc:
         err = from_rpc_error(exc)
         if err.reason == "UNREACHABLE":
-            err.hint = err.hint or "is the coordinator running? see `ferry-lab status` or pass --coordinator"
+            err.hint = err.hint or UNREACHABLE_HINT
         return _report(err, as_json)
     except FerryError as err:
         return _report(err, as_json)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main_code(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status (see ``ferry --help``)."""
     try:
-        sys.exit(asyncio.run(run(argv)))
+        return asyncio.run(run(argv))
     except KeyboardInterrupt:
-        sys.exit(130)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # the reader went away (`ferry ... | head`): not an error of ours; the migration goes on
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(141)
+        return EXIT_PIPE
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(main_code(argv))

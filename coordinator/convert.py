@@ -242,7 +242,7 @@ def drain_to_pb(
         items=[drain_item_to_pb(i, migrations.get(i.migration_id)) for i in d.items],
         created_at=convert.timestamp_to_pb(d.created_at),
         history=[
-            tpb.TimedPhase(phase=c.state.name.capitalize(), at=convert.timestamp_to_pb(c.at), reason=c.reason)
+            cpb.DrainChange(state=drain_state_to_pb(c.state), at=convert.timestamp_to_pb(c.at), reason=c.reason)
             for c in d.history
         ],
         vms_total=progress.total,

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ferry.errors import Internal
+from ferry.logcontext import MigrationContext
 from ferry.model import (
     CompletedJob,
     DiskPlan,
@@ -71,6 +72,11 @@ class MigrationRecord:
     rollback_to: Phase | None = None  # RollingBack ends in this: ROLLED_BACK, CANCELLED or PENDING
     target_cleaned: bool = False  # RollingBack: the target's prepare is removed
     revision: int = 0  # the store's mod revision; not part of the JSON
+
+    @property
+    def log_context(self) -> MigrationContext:
+        """What the log lines about this record name (``ferry.logcontext``)."""
+        return MigrationContext(self.id, vm=self.vm, source=self.source_host, target=self.target_host)
 
     @property
     def copied_disks(self) -> tuple[str, ...]:

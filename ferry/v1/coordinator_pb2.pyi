@@ -397,7 +397,7 @@ class Drain(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     ended_at: _timestamp_pb2.Timestamp
-    history: _containers.RepeatedCompositeFieldContainer[_types_pb2.TimedPhase]
+    history: _containers.RepeatedCompositeFieldContainer[DrainChange]
     vms_total: int
     vms_moved: int
     vms_failed: int
@@ -407,7 +407,17 @@ class Drain(_message.Message):
     eta_s: float
     estimated_s: float
     dry_run: bool
-    def __init__(self, id: _Optional[str] = ..., host: _Optional[str] = ..., state: _Optional[_Union[DrainState, str]] = ..., reason: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ..., max_parallel: _Optional[int] = ..., policy: _Optional[str] = ..., slots: _Optional[int] = ..., items: _Optional[_Iterable[_Union[DrainItem, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., history: _Optional[_Iterable[_Union[_types_pb2.TimedPhase, _Mapping]]] = ..., vms_total: _Optional[int] = ..., vms_moved: _Optional[int] = ..., vms_failed: _Optional[int] = ..., vms_migrating: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_moved: _Optional[int] = ..., eta_s: _Optional[float] = ..., estimated_s: _Optional[float] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., host: _Optional[str] = ..., state: _Optional[_Union[DrainState, str]] = ..., reason: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ..., max_parallel: _Optional[int] = ..., policy: _Optional[str] = ..., slots: _Optional[int] = ..., items: _Optional[_Iterable[_Union[DrainItem, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., history: _Optional[_Iterable[_Union[DrainChange, _Mapping]]] = ..., vms_total: _Optional[int] = ..., vms_moved: _Optional[int] = ..., vms_failed: _Optional[int] = ..., vms_migrating: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_moved: _Optional[int] = ..., eta_s: _Optional[float] = ..., estimated_s: _Optional[float] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class DrainChange(_message.Message):
+    __slots__ = ("state", "at", "reason")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    state: DrainState
+    at: _timestamp_pb2.Timestamp
+    reason: str
+    def __init__(self, state: _Optional[_Union[DrainState, str]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SubmitDrainRequest(_message.Message):
     __slots__ = ("host", "targets", "max_parallel", "policy", "dry_run", "reason", "options")

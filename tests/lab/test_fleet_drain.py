@@ -64,7 +64,7 @@ def guests(lab3: Lab) -> Iterator[list[str]]:
     names: list[str] = []
     yield names
     for d in (ferry(lab3, "drains").data or {}).get("drains", []):
-        if d["state"] in ("DRAIN_STATE_RUNNING", "DRAIN_STATE_PAUSED"):
+        if d["state"] in ("running", "paused"):
             ferry(lab3, "drains", "cancel", d["id"])
     for name in names:
         for m in (ferry(lab3, "migrations", "--vm", name).data or {}).get("migrations", []):
@@ -110,7 +110,7 @@ def peak_out(lab: Lab, drain: dict, host: str) -> int:
             continue
         m = show(lab, i["migration_id"])
         held = [
-            (h["phase"] not in ("Pending", "Succeeded", "Failed", "Cancelled", "RolledBack"), h["at"])
+            (h["phase"] not in ("pending", "succeeded", "failed", "cancelled", "rolled_back"), h["at"])
             for h in m["history"]
         ]
         start = next((at for holds, at in held if holds), None)
@@ -165,9 +165,9 @@ def test_drain_empties_the_host_within_its_slots(lab3, guests):
     run = ferry(lab3, "drain", "host1", "--max-parallel", "2", "--reason", "kernel update", timeout=DRAIN_WITHIN_S)
     assert run.code == 0, run
     d = run.data
-    assert d["state"] == "DRAIN_STATE_SUCCEEDED" and d["vms_moved"] == 4, d
+    assert d["state"] == "succeeded" and d["vms_moved"] == 4, d
     for name, item in items(d).items():
-        assert item["state"] == "DRAIN_ITEM_STATE_MOVED", item
+        assert item["state"] == "moved", item
         target = item["target_host"]
         assert placement(lab3, name) == {target: "running"}, name
         assert images(lab3, "host1", name) == [] and prepares_of(lab3, "host1", name) == []
@@ -199,13 +199,13 @@ def test_a_drain_completes_with_the_leader_killed_halfway(lab3, guests):
         deadline = time.monotonic() + DRAIN_WITHIN_S
         while True:
             d = ferry(lab3, "drains", "show", drain_id).data or {}
-            if d.get("state") in ("DRAIN_STATE_SUCCEEDED", "DRAIN_STATE_INCOMPLETE", "DRAIN_STATE_CANCELLED"):
+            if d.get("state") in ("succeeded", "incomplete", "cancelled"):
                 break
             assert time.monotonic() < deadline, f"the drain did not end: {d}"
             time.sleep(1)
     finally:
         lab3.restart(f"coordinator {leader}")
-    assert d["state"] == "DRAIN_STATE_SUCCEEDED", d
+    assert d["state"] == "succeeded", d
     assert lab3.wait_for_leader(timeout=ELECTION_TTL_S * 3) is not None
     for name, item in items(d).items():
         assert runs_on(lab3, name) == [item["target_host"]] and item["target_host"] != "host1", name
@@ -226,9 +226,9 @@ def test_a_guest_that_fits_nowhere_is_reported_and_the_others_move(lab3, guests)
         run = ferry(lab3, "drain", "host1", timeout=DRAIN_WITHIN_S)
         assert run.code == 1, run  # ended without moving everything
         d = run.data
-        assert d["state"] == "DRAIN_STATE_INCOMPLETE" and d["vms_moved"] == 2, d
+        assert d["state"] == "incomplete" and d["vms_moved"] == 2, d
         lonely = items(d)["fd-lonely"]
-        assert lonely["state"] == "DRAIN_ITEM_STATE_FAILED", lonely
+        assert lonely["state"] == "failed", lonely
         reason = lonely["problems"][-1]
         assert reason["reason"] == "NO_TARGET" and "BRIDGE_MISSING" in reason["message"], reason
         assert reason["hint"]
@@ -236,7 +236,7 @@ def test_a_guest_that_fits_nowhere_is_reported_and_the_others_move(lab3, guests)
         one_boot_and_beating(lab3, "fd-lonely")
         for name in ("fd-n0", "fd-n1"):
             item = items(d)[name]
-            assert item["state"] == "DRAIN_ITEM_STATE_MOVED" and runs_on(lab3, name) == [item["target_host"]]
+            assert item["state"] == "moved" and runs_on(lab3, name) == [item["target_host"]]
         assert "fd-lonely (NO_TARGET)" in d["history"][-1]["reason"]
     finally:
         for name in list(guests):
