@@ -85,8 +85,9 @@ from ferry.v1 import types_pb2 as tpb
 REPO = Path(__file__).resolve().parent
 PREFIX = "/ferry-sim/"
 MiB = 1 << 20
-# what `ferry migrate VM` sends: live, storage from the inventory (local disks copied), the definition moves
-OPTIONS = tpb.MigrationOptions(persist_dest=True, undefine_source=True)
+# what `ferry migrate VM` sends: live, storage from the inventory (local disks copied), the definition
+# moves with the VM (persistent on the target, undefined on the source): the API's zero values
+OPTIONS = tpb.MigrationOptions()
 STEP_BYTES = 1024 * MiB // 10  # a fake job moves 1 GiB per simulated second, in steps of 100 ms
 
 log = logging.getLogger("scale_bench")

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from ferry import keys
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+
+from ferry import keys, validate
 from ferry.errors import FerryError, InvalidArgument, NotFound, ResourceExhausted
 from ferry.rpc import Context, rpc_method
 from ferry.v1 import coordinator_pb2 as cpb
@@ -41,10 +43,24 @@ PROGRESS_EVERY_S = 0.5
 WATCH_QUEUE_MAX = 10_000  # a fleet watch this far behind is ended (RESOURCE_EXHAUSTED)
 
 
+MAX_REASON = 1000  # a drain's or a cordon's reason (the operator's words)
+
+
 def _id(value: str) -> str:
-    if not value:
-        raise InvalidArgument("id is required", reason="MISSING_FIELD", hint='set id, e.g. "d-3f2a9c41" (ferry drains)')
-    return value
+    return validate.ident(value, "id", required=True, example='"d-3f2a9c41" (see `ferry drains`)')
+
+
+def _known(values: Collection[int], field: str, enum: EnumTypeWrapper) -> set[int]:
+    """Enum numbers of a filter: at most ``validate.MAX_ITEMS``, each one the enum knows (0 too)."""
+    validate.items(values, field)
+    unknown = sorted(set(values) - set(enum.values()))
+    if unknown:
+        raise InvalidArgument(
+            f"{field}: unknown value {unknown[0]}",
+            reason="BAD_ENUM_VALUE",
+            hint=f"use the ferry.v1.{enum.DESCRIPTOR.name} values",
+        )
+    return set(values)
 
 
 class DrainMethods:
@@ -73,8 +89,10 @@ class DrainMethods:
 
     @rpc_method
     async def SubmitDrain(self, request: cpb.SubmitDrainRequest, context: Context) -> cpb.Drain:
-        if not request.host:
-            raise InvalidArgument("host is required", reason="MISSING_FIELD", hint='set host, e.g. "host1"')
+        validate.text(request.host, "host", required=True, example='"host1" (see `ferry hosts`)')
+        validate.names(request.targets, "targets")
+        validate.text(request.policy, "policy")
+        validate.text(request.reason, "reason", max_len=MAX_REASON)
         options, explicit = convert.options_from_request(request.options)
         d = await self.drains.submit(
             DrainRequest(
@@ -96,6 +114,8 @@ class DrainMethods:
 
     @rpc_method
     async def ListDrains(self, request: cpb.ListDrainsRequest, context: Context) -> cpb.ListDrainsResponse:
+        validate.text(request.host, "host")
+        validate.items(request.states, "states")
         states = {convert.drain_state_from_pb(s) for s in request.states}
         if None in states:
             raise InvalidArgument("unknown drain state", reason="BAD_STATE", hint="use the ferry.v1.DrainState values")
@@ -171,10 +191,13 @@ class DrainMethods:
 
     @rpc_method
     async def WatchFleet(self, request: cpb.WatchFleetRequest, context: Context) -> AsyncIterator[cpb.FleetEvent]:
-        objects = set(request.objects) or {cpb.FLEET_OBJECT_MIGRATION, cpb.FLEET_OBJECT_DRAIN}
-        hosts, vms = set(request.hosts), set(request.vms)
-        phases = set(request.phases)
-        drain_states = set(request.drain_states)
+        objects = _known(request.objects, "objects", cpb.FleetObject) or {
+            cpb.FLEET_OBJECT_MIGRATION,
+            cpb.FLEET_OBJECT_DRAIN,
+        }
+        hosts, vms = set(validate.names(request.hosts, "hosts")), set(validate.names(request.vms, "vms"))
+        phases = _known(request.phases, "phases", cpb.Phase)
+        drain_states = _known(request.drain_states, "drain_states", cpb.DrainState)
 
         def migration_matches(r: MigrationRecord) -> bool:
             return (

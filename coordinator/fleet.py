@@ -7,14 +7,15 @@ the address changes) and caches each host's Inventory. An inventory older than `
 is fetched again when someone asks (``refresh``), from every host concurrently, each call bounded
 by ``inventory_timeout_s``; an agent that does not answer is shown unavailable with its last facts.
 
-A host is **available** while its registration exists and its last inventory call did not fail
-(an unreachable agent is asked again every ``reprobe_s``, so it comes back on its own).
+A host is **available** while its registration exists, says its libvirtd answers (the agent
+watches it: ``agent/health.py``) and its last inventory call did not fail (an unreachable agent
+is asked again every ``reprobe_s``, so it comes back on its own).
 Hosts declared in the config but never registered, and hosts whose registration went away, stay
 in the view as unavailable (so ``ferry hosts`` shows them DOWN instead of forgetting them).
 
 The Fleet is also the leader engine's HostDirectory: ``client(host)``, ``available_hosts()``,
 ``registration(host)`` and ``changes()`` (a stream of :class:`HostChange` when a host becomes
-available or unavailable).
+available or unavailable, or its agent registered anew while available: a restart).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class HostState:
 
     @property
     def available(self) -> bool:
-        return self.registered and self.reachable is not False
+        libvirt_up = self.registration is None or self.registration.libvirt_up
+        return self.registered and self.reachable is not False and libvirt_up
 
     @property
     def facts(self) -> HostFacts | None:
@@ -83,6 +85,12 @@ class _Host:
     reachable: bool | None = None
     error: FerryError | None = None
     refreshing: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def available(self) -> bool:
+        """As ``HostState.available``, without building one (the placer reads this per host)."""
+        reg = self.registration
+        return reg is not None and reg.libvirt_up and self.reachable is not False
 
     def state(self) -> HostState:
         reg = self.registration
@@ -183,16 +191,13 @@ class Fleet:
     def entries(self) -> list[tuple[str, bool, Inventory | None, datetime | None]]:
         """(name, available, inventory, when it arrived) of every host: what placement reads, without
         building a HostState per host (a 1,000-host fleet is ranked many times a second)."""
-        return [
-            (n, h.registration is not None and h.reachable is not False, h.inventory, h.fetched_at)
-            for n, h in sorted(self._hosts.items())
-        ]
+        return [(n, h.available, h.inventory, h.fetched_at) for n, h in sorted(self._hosts.items())]
 
     def fresh_facts(self, name: str) -> HostFacts | None:
         """The host's facts from an inventory younger than the TTL that its agent answered; None
         otherwise (the caller asks the agent)."""
         h = self._hosts.get(name)
-        if h is None or h.inventory is None or h.fetched_at is None or not h.reachable or h.registration is None:
+        if h is None or h.inventory is None or h.fetched_at is None or not h.reachable or not h.available:
             return None
         if self._clock() - h.fetched_at >= timedelta(seconds=self.inventory_ttl_s):
             return None
@@ -342,7 +347,7 @@ class Fleet:
         return h.registration if h is not None else None
 
     def available_hosts(self) -> set[str]:
-        return {n for n, h in self._hosts.items() if h.registration is not None and h.reachable is not False}
+        return {n for n, h in self._hosts.items() if h.available}
 
     async def changes(self) -> AsyncIterator[HostChange]:
         """Every change of availability from now on (one queue per consumer)."""
@@ -405,8 +410,9 @@ class Fleet:
         if h.client is client:
             self._set(h, inventory=inventory, fetched_at=self._clock(), reachable=True, error=None)
 
-    def _set(self, h: _Host, **changes: object) -> None:
-        """Change ``h``'s fields; tell subscribers when its availability flipped."""
+    def _set(self, h: _Host, *, restarted: bool = False, **changes: object) -> None:
+        """Change ``h``'s fields; tell subscribers when its availability flipped, or when it
+        stayed available across a restart of its agent."""
         before = h.state().available
         if "inventory" in changes:
             self._put_inventory(h, changes.pop("inventory"))  # type: ignore[arg-type]
@@ -414,10 +420,12 @@ class Fleet:
         for name, value in changes.items():
             setattr(h, name, value)
         after = h.state().available
-        if before != after:
-            log.info("host %s is %s", h.name, "available" if after else "unavailable")
+        if before != after or (after and restarted):
+            log.info(
+                "host %s is %s", h.name, "available" if after else "unavailable" if before != after else "restarted"
+            )
             for q in self._subscribers:
-                q.put_nowait(HostChange(h.name, after))
+                q.put_nowait(HostChange(h.name, after, restarted=before == after))
 
     def _apply_put(self, entry: Entry) -> None:
         name = entry.key[len(HOSTS_PREFIX) :]
@@ -429,6 +437,7 @@ class Fleet:
         h = self._hosts.setdefault(name, _Host(name))
         if h.registration == reg:
             return
+        restarted = h.registration is not None and h.registration.registered_at != reg.registered_at
         # a new, restarted or moved agent: nothing is known yet about reaching it
         changes: dict[str, object] = {"registration": reg, "reachable": None, "error": None}
         old = h.client
@@ -436,7 +445,7 @@ class Fleet:
             changes.update(client=self._factory(name, reg.address), client_address=reg.address)
             if old is not None:
                 asyncio.ensure_future(_close_client(old))
-        self._set(h, **changes)
+        self._set(h, restarted=restarted, **changes)
 
     def _apply_delete(self, key: str) -> None:
         h = self._hosts.get(key[len(HOSTS_PREFIX) :])

@@ -126,6 +126,7 @@ class Coordinator:
             known_facts=self.fleet.fresh_facts,
             decode_entry=self.views.decoder,
             observer=self.record_observer,
+            leader_term=self.election.term,
         )
 
     async def _lead(self) -> None:

@@ -25,6 +25,7 @@ T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 500
 MAX_PAGE_SIZE = 5000
+MAX_TOKEN = 4096  # characters: a key of a few names and ids, base64-encoded
 
 
 def page_size(requested: int) -> int:
@@ -38,6 +39,8 @@ def encode_token(key: tuple[str, ...]) -> str:
 
 def decode_token(token: str) -> tuple[str, ...]:
     try:
+        if len(token) > MAX_TOKEN:
+            raise ValueError("too long")
         key = json.loads(base64.urlsafe_b64decode(token.encode()))
         if not isinstance(key, list) or not all(isinstance(k, str) for k in key):
             raise ValueError("not a list of strings")

@@ -6,20 +6,23 @@ from the store; submitting and cancelling are ``submission.Submissions`` (compar
 to the store, the protocol is described there); only the leader's engine acts on the records.
 Cordons are ``hoststate.py``, placement ``placer.py``; the drains' RPCs and the fleet-wide watch
 are in ``drain_api.py`` (a mixin of this class).
+
+Every field is checked at the edge (``ferry.validate`` and the converters) before anything acts
+on it: INVALID_ARGUMENT with a reason code. WatchMigration streams share one store watch
+(``watches.MigrationWatches``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import grpc
 
 from ferry import convert as fconvert
-from ferry import keys
-from ferry.errors import FerryError, InvalidArgument, NotFound
+from ferry import keys, validate
+from ferry.errors import FerryError, InvalidArgument, NotFound, clip
 from ferry.model import Problem, StorageMode
 from ferry.rpc import Context, rpc_method
 from ferry.store import EventKind, Resync, Store
@@ -28,7 +31,7 @@ from ferry.v1 import coordinator_pb2_grpc as cgrpc
 
 from . import convert, hoststate
 from .config import HostDecl, derive_mapping
-from .drain_api import DrainMethods
+from .drain_api import MAX_REASON, DrainMethods
 from .drains import Drains, active_drain_of
 from .fleet import Fleet
 from .paging import paginate
@@ -37,7 +40,8 @@ from .placer import Placer
 from .preflight import preflight
 from .record import MigrationRecord, decode
 from .replica import ReplicaViews
-from .submission import Submissions, SubmitRequest, must_read_migration
+from .submission import Submissions, SubmitRequest, check_overrides, must_read_migration
+from .watches import OVERFLOW, MigrationWatches
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +51,15 @@ READ_MAX_AGE_S = 1.0
 
 
 def _required(value: str, field: str, example: str) -> str:
-    if not value:
-        raise InvalidArgument(f"{field} is required", reason="MISSING_FIELD", hint=f"set {field}, e.g. {example}")
-    return value
+    return validate.text(value, field, required=True, example=example)
 
 
 def _required_id(migration_id: str) -> str:
-    return _required(migration_id, "id", '"m-3f2a9c41d07b" (see `ferry migrations`)')
+    return validate.ident(migration_id, "id", required=True, example='"m-3f2a9c41d07b" (see `ferry migrations`)')
+
+
+def _priority(value: int) -> int:
+    return validate.number(value, "priority", lo=-validate.MAX_PRIORITY, hi=validate.MAX_PRIORITY)
 
 
 class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
@@ -74,6 +80,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         placer: Placer,
         drains: Drains,
         outbound_limit: int = 1,
+        watches: MigrationWatches | None = None,
     ) -> None:
         self.store = store
         self.fleet = fleet
@@ -84,6 +91,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         self.drains = drains
         self.outbound_limit = outbound_limit
         self._decoded: dict[str, MigrationRecord] = {}  # key -> record at its mod revision (list calls)
+        self.watches = watches or MigrationWatches(store)
 
     # ------------------------------------------------------------------ submit
 
@@ -98,8 +106,8 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
                 options=options,
                 storage_explicit=explicit,
                 mapping=fconvert.mapping_from_pb(request.mapping),
-                priority=request.priority,
-                idempotency_key=request.idempotency_key,
+                priority=_priority(request.priority),
+                idempotency_key=validate.text(request.idempotency_key, "idempotency_key"),
             )
         )
         return convert.migration_to_pb(submitted)
@@ -136,6 +144,9 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
 
     @rpc_method
     async def ListMigrations(self, request: cpb.ListMigrationsRequest, context: Context) -> cpb.ListMigrationsResponse:
+        validate.items(request.phases, "phases", limit=32)
+        validate.text(request.host, "host")
+        validate.text(request.vm, "vm")
         phases = set()
         for value in request.phases:
             phase = convert.phase_from_pb(value)
@@ -163,38 +174,31 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
     async def WatchMigration(
         self, request: cpb.WatchMigrationRequest, context: Context
     ) -> AsyncIterator[cpb.Migration]:
-        record = await self._must_get(request.id)
-        yield convert.migration_to_pb(record)
-        if record.phase.is_final:
-            return
-        key = keys.migration_key(record.id)
-        watch = self.store.watch(key, record.revision + 1)
-        async with contextlib.aclosing(watch):
-            async for item in watch:
-                if isinstance(item, Resync):
+        migration_id = _required_id(request.id)
+        key = keys.migration_key(migration_id)
+        # subscribe first, then read: no change between the read and the first event is lost
+        async with self.watches.subscribe(key) as changes:
+            record = await self._must_get(migration_id)
+            yield convert.migration_to_pb(record)
+            while not record.phase.is_final:
+                item = await changes.next()
+                if item == OVERFLOW:  # fell behind: what counts is the record now
+                    newer = await self._must_get(migration_id)
+                elif isinstance(item, Resync):
                     entry = next((e for e in item.entries if e.key == key), None)
-                    if entry is None or entry.mod_revision == record.revision:
-                        if entry is None:
-                            raise NotFound(
-                                f"migration {record.id} was deleted",
-                                reason="MIGRATION_DELETED",
-                                hint="list migrations with `ferry migrations`",
-                            )
-                        continue
-                    record = decode(entry.value, entry.mod_revision)
-                elif item.entry.key != key:
-                    continue  # a key that only starts with ours
+                    if entry is None:
+                        raise _deleted(record.id)
+                    newer = decode(entry.value, entry.mod_revision)
+                elif isinstance(item, str) or item.entry.mod_revision <= record.revision:
+                    continue  # seen in the first read already
                 elif item.kind is EventKind.DELETE:
-                    raise NotFound(
-                        f"migration {record.id} was deleted",
-                        reason="MIGRATION_DELETED",
-                        hint="list migrations with `ferry migrations`",
-                    )
+                    raise _deleted(record.id)
                 else:
-                    record = decode(item.entry.value, item.entry.mod_revision)
+                    newer = decode(item.entry.value, item.entry.mod_revision)
+                if newer.revision == record.revision:
+                    continue
+                record = newer
                 yield convert.migration_to_pb(record)
-                if record.phase.is_final:
-                    return
 
     @rpc_method
     async def CancelMigration(self, request: cpb.CancelMigrationRequest, context: Context) -> cpb.Migration:
@@ -241,6 +245,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
     @rpc_method
     async def CordonHost(self, request: cpb.CordonHostRequest, context: Context) -> cpb.HostStatus:
         host = self._must_know(request.host)
+        validate.text(request.reason, "reason", max_len=MAX_REASON)
         state, _ = await hoststate.cordon(self.store, host, request.reason, self.submissions.clock())
         status = self._host_status(host)
         status.cordoned, status.cordon_reason, status.drain_id = True, state.reason, state.drain_id
@@ -265,9 +270,10 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
 
     @rpc_method
     async def ListVMs(self, request: cpb.ListVMsRequest, context: Context) -> cpb.ListVMsResponse:
+        validate.text(request.host, "host")
         if request.host and self.fleet.host(request.host) is None:
             raise NotFound(
-                f"no host named {request.host!r} is registered",
+                f"no host named {clip(request.host)!r} is registered",
                 reason="HOST_UNKNOWN",
                 hint="check the name with `ferry hosts`",
             )
@@ -288,15 +294,23 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
             self.fleet.refresh([n for n in wanted if n in moved], force=True),
         )
         by_vm = {r.vm_uuid: r.id for r in sorted(records, key=lambda r: r.created_at) if not r.phase.is_final}
+        # a host that does not answer keeps its VMs in the list, as it last reported them, marked
+        # unreachable: a dead host must not look like lost VMs (Ferry never restarts them elsewhere)
         vms = [
-            (h.name, d)
+            (h, d)
             for h in self.fleet.hosts()
             if not request.host or h.name == request.host
             for d in sorted(h.domains, key=lambda d: d.name)
         ]
-        page, token = paginate(vms, lambda hd: (hd[0], hd[1].name, hd[1].uuid), request.page_size, request.page_token)
+        page, token = paginate(
+            vms, lambda hd: (hd[0].name, hd[1].name, hd[1].uuid), request.page_size, request.page_token
+        )
         return cpb.ListVMsResponse(
-            vms=[convert.vm_to_pb(d, host, by_vm.get(d.uuid, "")) for host, d in page], next_page_token=token
+            vms=[
+                convert.vm_to_pb(d, h.name, by_vm.get(d.uuid, ""), unreachable=not h.available, last_seen=h.last_seen)
+                for h, d in page
+            ],
+            next_page_token=token,
         )
 
     # ------------------------------------------------------------------ preflight
@@ -329,7 +343,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
     @rpc_method
     async def RankTargets(self, request: cpb.RankTargetsRequest, context: Context) -> cpb.RankTargetsResponse:
         vm = _required(request.vm, "vm", '"web-1" (a name or UUID, see `ferry vms`)')
-        source, ranking = await self._rank(vm, request, tuple(request.hosts))
+        source, ranking = await self._rank(vm, request, tuple(validate.names(request.hosts, "hosts")))
         return cpb.RankTargetsResponse(
             source_host=source,
             candidates=[convert.candidate_to_pb(c) for c in ranking.candidates],
@@ -374,6 +388,8 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         located = await self.fleet.locate_vm(vm, fresh=True)
         source = located[0] if located is not None else None
         try:
+            target_state = self.fleet.host(target)
+            check_overrides(overrides, target, target_state.facts if target_state is not None else None)
             mapping = derive_mapping(self.hosts.get(source or ""), self.hosts.get(target), overrides)
         except FerryError as exc:
             return cpb.PreflightResponse(
@@ -415,6 +431,14 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
 
 def _newest_first(r: MigrationRecord) -> tuple[str, ...]:
     return (r.created_at.isoformat(), r.id)
+
+
+def _deleted(migration_id: str) -> NotFound:
+    return NotFound(
+        f"migration {migration_id} was deleted",
+        reason="MIGRATION_DELETED",
+        hint="list migrations with `ferry migrations`",
+    )
 
 
 def register(servicer: CoordinatorServicer) -> Callable[[grpc.aio.Server], list[str]]:
