@@ -19,6 +19,9 @@ key                          value
                              mod revision
 ``drain-active/<host>``      a drain id (UTF-8): the one drain of that host not yet final (created with the
                              drain, deleted when it ends; a key naming a final or missing drain is stale)
+``last-seen/<host>``         the VMs a host last reported (``LastSeen`` JSON: when, and its Inventory
+                             protobuf), written by a coordinator when they change, so that every
+                             replica still lists a dead host's VMs (``coordinator/fleet.py``)
 ``leader``                   the elected coordinator (``LEADER_KEY``; ``election.py``)
 ===========================  =====================================================================
 
@@ -39,6 +42,7 @@ HOSTS = "hosts/"
 HOST_STATE = "host-state/"
 DRAINS = "drains/"
 DRAIN_ACTIVE = "drain-active/"
+LAST_SEEN = "last-seen/"
 LEADER_KEY = "leader"  # the elected coordinator (``election.py``)
 
 
@@ -101,6 +105,15 @@ def drain_key(drain_id: str) -> str:
 def drain_active_key(host: str) -> str:
     """``drain-active/<host>``: one drain per host at a time."""
     return _child(DRAIN_ACTIVE, host)
+
+
+def last_seen_key(host: str) -> str:
+    """``last-seen/<host>``.
+
+    >>> last_seen_key("host1")
+    'last-seen/host1'
+    """
+    return _child(LAST_SEEN, host)
 
 
 def name_below(prefix: str, key: str) -> str:
