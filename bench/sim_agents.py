@@ -34,6 +34,7 @@ from pathlib import Path
 from ferry.agent.config import AgentConfig
 from ferry.agent.main import build_agent, register
 from ferry.agent.registration import Registration
+from ferry.agent.targets import MigrationTargets
 from ferry.etcd_store import EtcdStore
 from ferry.rpc import create_server
 from ferry.testing.fake_hostsystem import FakeHostSystem
@@ -76,7 +77,10 @@ async def start(args: argparse.Namespace) -> tuple[list[FakeHypervisor], list[ob
             state_dir=str(Path(args.state_dir) / name),
             prepare_ttl_s=600,
         )
-        servicer = build_agent(config, hv, host)
+        # where Migrate may go: the cell's hosts (a migration never leaves its cell), as the
+        # in-process test fleet does; a real agent reads every registration from etcd instead
+        targets = MigrationTargets(name, peers=lambda: list(fleet.hosts))
+        servicer = build_agent(config, hv, host, targets=targets)
         server, [port] = create_server(config.listen, register(servicer))
         await server.start()
         for n in range(args.vms):
