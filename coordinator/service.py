@@ -102,7 +102,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         submitted = await self.submissions.submit(
             SubmitRequest(
                 vm=vm,
-                target_host=request.target_host,
+                target_host=validate.text(request.target_host, "target_host"),  # none: placement picks one
                 options=options,
                 storage_explicit=explicit,
                 mapping=fconvert.mapping_from_pb(request.mapping),
@@ -353,9 +353,10 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
     @rpc_method
     async def Preflight(self, request: cpb.PreflightRequest, context: Context) -> cpb.PreflightResponse:
         vm = _required(request.vm, "vm", '"web-1" (a name or UUID, see `ferry vms`)')
-        if not request.target_host:
+        target = validate.text(request.target_host, "target_host")
+        if not target:  # every host ranked
             return await self._preflight_ranked(vm, request)
-        return await self._preflight(vm, request.target_host, request)
+        return await self._preflight(vm, target, request)
 
     async def _preflight_ranked(self, vm: str, request: cpb.PreflightRequest) -> cpb.PreflightResponse:
         """No target: every host ranked; the feasible ones checked in full, best first, until one
