@@ -692,8 +692,8 @@ class FakeHypervisor:
             while True:
                 await asyncio.sleep(self.step_s)
                 self._check_libvirtd(job)
-                if not job.abort:  # an abort is acted on even while jobs are held (its end then waits)
-                    await self._gate.wait()
+                await self._held(job)  # an abort is acted on even while jobs are held (its end then waits)
+                if not job.abort:
                     job.step += 1
                 if job.abort:
                     await self._ending(job, "cancelled")
@@ -742,6 +742,13 @@ class FakeHypervisor:
                 peer=job.target.uri,
                 peer_unreachable=True,
             )
+
+    async def _held(self, job: _Job) -> None:
+        """Wait while jobs are held (``hold``), but not past an abort: one that comes while the
+        job already waits is acted on too (a plain wait on the gate missed it, and the test
+        holding the jobs until it saw the abort's end waited forever)."""
+        while not self._gate.is_set() and not job.abort:
+            await asyncio.sleep(min(self.step_s, 0.01) or 0.001)
 
     async def _ending(self, job: _Job, job_type: str) -> None:
         """As libvirt between QEMU's end of a failed or cancelled job and the migrate call's
