@@ -326,3 +326,33 @@ def phase_durations(history: Sequence[tuple[str, float]]) -> dict[str, float]:
     for (phase, at), (_, following) in itertools.pairwise(history):
         spent[phase] = spent.get(phase, 0.0) + (following - at)
     return spent
+
+
+# ---------------------------------------------------------------- where `ferry migrate` spends its time
+
+BREAKDOWN_STEPS = (
+    ("CLI start + submit", "cli started", "submitted"),
+    ("queue", "submitted", "admitted"),
+    ("preflight + prepare", "admitted", "prepared"),
+    ("job start", "prepared", "job started"),
+    ("libvirt job + its end", "job started", "job done"),
+    ("finish (placement, commit)", "job done", "committed"),
+    ("CLI learns and exits", "committed", "cli returned"),
+)
+
+
+def breakdown(marks: Mapping[str, float]) -> dict[str, float]:
+    """Seconds per step of one ``ferry migrate`` from its time marks (POSIX seconds): the CLI's
+    start and return (measured by the bench) and the record's own times (submitted = created,
+    admitted = Preflight entered, prepared = Migrating entered, job started = the first progress
+    the source reported, job done = Finishing entered, committed = Succeeded). A step whose
+    marks are missing is left out.
+
+    >>> marks = {"cli started": 0.0, "submitted": 0.2, "admitted": 0.21, "prepared": 0.3,
+    ...          "job started": 0.32, "job done": 2.3, "committed": 2.34, "cli returned": 2.4}
+    >>> {k: round(v, 2) for k, v in breakdown(marks).items()}["libvirt job + its end"]
+    1.98
+    """
+    return {
+        label: marks[end] - marks[start] for label, start, end in BREAKDOWN_STEPS if start in marks and end in marks
+    }

@@ -48,17 +48,22 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+
+import grpc
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "lab"))  # agentflow.py: a migration through the agents' API
 
 from benchlib import (
+    BREAKDOWN_STEPS,
+    breakdown,
     jobinfo_ms,
     jobinfo_number,
     load_line,
@@ -74,10 +79,12 @@ from benchlib import (
 )
 
 from ferry.lab import ControlPlane, Lab
-from ferry.lab.controlplane import lab_cli_config
+from ferry.lab.controlplane import coordinators_dir, lab_cli_config
 from ferry.lab.domain import parse_size
 from ferry.lab.topology import IMAGE_DIR
 from ferry.model import StorageMode
+from ferry.v1 import coordinator_pb2 as cpb
+from ferry.v1 import coordinator_pb2_grpc as cgrpc
 
 FERRY = Path(sys.executable).parent / "ferry"
 HOSTS = ("host1", "host2")
@@ -98,6 +105,7 @@ class Sample:
     note: str = ""
     migrate_call_s: float | None = None  # agent case: the Migrate stream alone
     limit_s: float | None = None  # the time it was given (busy cases)
+    marks: dict[str, float] = field(default_factory=dict)  # cli case: when each step ended (POSIX s)
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,69 @@ def disk_of(vm: str) -> str:
 
 def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- the record's own times
+
+
+class RecordWatch:
+    """Every version of a VM's migration records as the coordinator streams them (WatchFleet,
+    filtered on the VM), read in a thread while ``ferry migrate`` runs: the record's history
+    gives the phase times; the first version carrying progress tells when the source's job
+    started (its ``updated_at``)."""
+
+    def __init__(self, address: str, vm: str) -> None:
+        self.versions: list[cpb.Migration] = []
+        self._channel = grpc.insecure_channel(address)
+        stub = cgrpc.CoordinatorStub(self._channel)
+        request = cpb.WatchFleetRequest(vms=[vm], objects=[cpb.FLEET_OBJECT_MIGRATION], current=True)
+        self._call = stub.WatchFleet(request)
+        self._live = threading.Event()
+        self._thread = threading.Thread(target=self._read, name=f"watch {vm}", daemon=True)
+        self._thread.start()
+        self._live.wait(1.0)  # the older records of the VM (current=True) prove the watch is on
+
+    def _read(self) -> None:
+        try:
+            for event in self._call:
+                self.versions.append(event.migration)
+                self._live.set()
+        except grpc.RpcError:
+            pass  # cancelled by stop()
+
+    def stop(self) -> None:
+        self._call.cancel()
+        self._thread.join(5)
+        self._channel.close()
+
+    def job_started(self, migration_id: str) -> float | None:
+        """When the source's job started: a stored progress's time minus the job's elapsed time
+        it reports (None when no progress was stored: a job shorter than progress_write_s)."""
+        for m in self.versions:
+            if m.id == migration_id and m.HasField("progress") and m.phase == cpb.PHASE_MIGRATING:
+                if not m.updated_at.seconds:
+                    return None
+                return m.updated_at.ToDatetime().replace(tzinfo=UTC).timestamp() - m.progress.elapsed_ms / 1000
+        return None
+
+
+def record_marks(data: dict, started: float, returned: float, job_started: float | None) -> dict[str, float]:
+    """The time marks of one ``ferry migrate`` (see ``benchlib.breakdown``) from its JSON record."""
+    marks = {"cli started": started, "cli returned": returned}
+    if data.get("created_at"):
+        marks["submitted"] = datetime.fromisoformat(data["created_at"]).timestamp()
+    first = {"preflight": "admitted", "migrating": "prepared", "finishing": "job done", "succeeded": "committed"}
+    for h in data.get("history", []):
+        mark = first.get(h.get("phase", ""))
+        if mark and mark not in marks:
+            marks[mark] = datetime.fromisoformat(h["at"]).timestamp()
+    result = data.get("result", {})
+    if job_started is None and "job done" in marks and result.get("time_elapsed_ms"):
+        # no progress stored (a short job): the completed job's own duration, counted back from its end
+        job_started = marks["job done"] - int(result["time_elapsed_ms"]) / 1000
+    if job_started is not None:
+        marks["job started"] = job_started
+    return marks
 
 
 # ---------------------------------------------------------------- the three ways to migrate
@@ -278,17 +349,23 @@ class Migrator:
         argv = [str(FERRY), "--output", "json", "migrate", vm, "--to", target, "--copy-storage-all", *flags]
         if limit_s is not None:
             argv += ["--timeout", str(int(limit_s))]
-        started = time.monotonic()
-        done = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            timeout=MIGRATE_TIMEOUT_S + 60,
-            check=False,
-        )
-        wall = time.monotonic() - started
+        watch = RecordWatch(f"unix:{coordinators_dir(self.lab.paths) / 'c1.sock'}", vm)
+        try:
+            started_at = time.time()
+            started = time.monotonic()
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                timeout=MIGRATE_TIMEOUT_S + 60,
+                check=False,
+            )
+            wall = time.monotonic() - started
+            returned_at = time.time()
+        finally:
+            watch.stop()
         try:
             data = json.loads(done.stdout)
         except ValueError:
@@ -321,6 +398,7 @@ class Migrator:
             float(result.get("time_elapsed_ms", 0)) or None,
             float(result.get("downtime_ms", 0)) or None,
             note=", ".join(notes),
+            marks=record_marks(data, started_at, returned_at, watch.job_started(str(data.get("id", "")))),
         )
 
     # -- housekeeping (untimed)
@@ -371,6 +449,7 @@ class Settings:
     busy_limit_s: float
     busy_rounds: int
     converge_limit_s: float
+    busy: bool = True
 
 
 def boot(lab: Lab, names: Sequence[str], settings: Settings, **kw: object) -> None:
@@ -416,6 +495,8 @@ def run_cases(lab: Lab, settings: Settings) -> tuple[list[Sample], float]:
                 f"wall {secs(sample.wall_s)}, job {msecs(sample.job_ms)}, downtime {msecs(sample.downtime_ms)}"
             )
     remove(lab, list(guests.values()))
+    if not settings.busy:
+        return samples, cli_call
 
     busy = "bench-busy"
     say(f"booting {busy} (dirty rate {settings.dirty_rate} MiB/s)")
@@ -454,7 +535,7 @@ def run_cases(lab: Lab, settings: Settings) -> tuple[list[Sample], float]:
 
 
 def table(samples: Sequence[Sample], settings: Settings) -> str:
-    cases = CASES + busy_cases(settings.bandwidth, settings.quick)
+    cases = CASES + (busy_cases(settings.bandwidth, settings.quick) if settings.busy else ())
     by_case = {c.key: [s for s in samples if s.case == c.key] for c in cases}
 
     def walls(key: str) -> list[float]:
@@ -530,6 +611,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="ferry migrate --timeout of the auto-converge case (default 120)",
     )
     p.add_argument("--busy-rounds", type=int, default=1, help="migrations per busy case (default 1)")
+    p.add_argument("--no-busy", action="store_true", help="only the normal cases (raw, agent, cli)")
     p.add_argument(
         "--keep-logs",
         metavar="DIR",
@@ -547,10 +629,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def settings_of(a: argparse.Namespace) -> Settings:
     if a.quick:
         return Settings(
-            1, a.memory, a.disk, True, a.dirty_rate, a.bandwidth, min(a.busy_limit, 20.0), 1, a.converge_limit
+            1,
+            a.memory,
+            a.disk,
+            True,
+            a.dirty_rate,
+            a.bandwidth,
+            min(a.busy_limit, 20.0),
+            1,
+            a.converge_limit,
+            not a.no_busy,
         )
     return Settings(
-        a.rounds, a.memory, a.disk, False, a.dirty_rate, a.bandwidth, a.busy_limit, a.busy_rounds, a.converge_limit
+        a.rounds,
+        a.memory,
+        a.disk,
+        False,
+        a.dirty_rate,
+        a.bandwidth,
+        a.busy_limit,
+        a.busy_rounds,
+        a.converge_limit,
+        not a.no_busy,
     )
 
 
@@ -572,6 +672,26 @@ def versions(lab: Lab) -> str:
     libvirt = lab.host_exec(HOSTS[0], "libvirtd", "--version", check=False).stdout.split()
     qemu = lab.host_exec(HOSTS[0], "qemu-system-x86_64", "--version", check=False).stdout.split()
     return f"libvirt {libvirt[-1] if libvirt else '?'}, QEMU {qemu[3] if len(qemu) > 3 else '?'} (TCG)"
+
+
+def breakdown_table(samples: Sequence[Sample]) -> str:
+    """Where the cli case's wall time goes, step by step (medians over its rounds), beside raw
+    virsh's whole wall time and the libvirt job of each."""
+    cli = [s for s in samples if s.case == "cli" and s.marks]
+    raw = [s.wall_s for s in samples if s.case == RAW and s.wall_s is not None]
+    if not cli:
+        return ""
+    steps = [breakdown(s.marks) for s in cli]
+    rows = []
+    for label, start, end in BREAKDOWN_STEPS:
+        values = [b[label] for b in steps if label in b]
+        rows.append([f"{start} -> {end}", label, median_ms([v * 1000 for v in values]) if values else "-"])
+    walls = [s.wall_s for s in cli if s.wall_s is not None]
+    rows.append(["cli started -> cli returned", "`ferry migrate` wall", median_ms([w * 1000 for w in walls])])
+    if raw:
+        rows.append(["", "raw virsh wall (same run)", median_ms([w * 1000 for w in raw])])
+        rows.append(["", "ferry / raw", f"{median(walls) / median(raw):.2f}x" if walls else "-"])
+    return markdown_table(["from -> to", "step", f"median of {len(cli)}"], rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -613,6 +733,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"whole run {time.monotonic() - started:.0f} s\n"
     )
     print(table(samples, settings))
+    steps = breakdown_table(samples)
+    if steps:
+        print(
+            "\nWhere `ferry migrate` spends its time (the record's own times; job started = a stored "
+            "progress's time minus the elapsed time it reports, else the job's end minus its duration):\n"
+        )
+        print(steps)
     print(
         f"\n`ferry --output json hosts` (the CLI's start-up, connection and one small RPC) takes "
         f"{cli_call:.2f} s (median of 3) of the cli case's wall time."

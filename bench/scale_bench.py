@@ -1,30 +1,38 @@
 #!/usr/bin/env python3
-"""The coordinator's scheduling at fleet scale, over simulated hypervisors (no root needed).
+"""The control plane at fleet scale: 1,000 simulated hosts, a real etcd, the real coordinator
+process, thousands of migrations and drains of a tenth of the fleet (no root needed).
 
-    .venv/bin/python bench/scale_bench.py                      # 50 hosts, 500 VMs, drain 10; memory and etcd
-    .venv/bin/python bench/scale_bench.py --store memory --hosts 20 --vms 100 --drain 4
+    .venv/bin/python bench/scale_bench.py                                  # 1000 hosts, 10,000 migrations
+    .venv/bin/python bench/scale_bench.py --hosts 100 --processes 2 --migrations 1000   # a small run
+    .venv/bin/python bench/scale_bench.py --levels 100,200,400,800         # the rate against the load first
 
-What runs, all in this one Python process (one event loop, so one core at most):
+What runs, each in its own process(es), all on this machine:
 
-* H agents (``tests/component/fleet.py``): real ``AgentServicer`` gRPC servers on 127.0.0.1:0
-  over FakeHypervisor/FakeHostSystem, whose migrations are jobs of a few steps of ``--step-ms``
-  each (fast: the bench measures the control plane, not data transfer). Each agent registers
-  in the store under a lease, as ``ferry-agent`` does.
-* V running VMs spread evenly over the hosts (each with a local qcow2 disk and a shared one).
-* One coordinator replica (``build_coordinator``, production timeouts and engine timing) on
-  (a) the in-memory store and (b) a real single-member etcd on loopback ports
-  (``ferry.lab.etcd``, started and stopped here by its PID). It wins the election and runs the
-  engine.
+* etcd (``ferry.lab.etcd``: one member on loopback ports, ``--unsafe-no-fsync`` on 3.5, stopped by
+  its PID);
+* ``--processes`` agent processes (``bench/sim_agents.py``), ``--hosts`` agents in all: real
+  ``AgentServicer`` gRPC servers over FakeHypervisor, each registered in etcd under its own lease
+  as ferry-agent does. The hosts of one process form a cell whose guest bridge no other cell has,
+  so placement keeps each VM in its cell (the fakes move domains in memory, within a process);
+* one coordinator (``bench/sim_coordinator.py``: ferry-coordinator as ``serve()`` builds it, with
+  its store calls counted; its own config in the work dir): it wins the election and runs the
+  engine, the drains and the API;
+* this process: it submits through the coordinator's gRPC API, as a scheduler would, and follows
+  the records with a watch on etcd (so following costs the coordinator nothing).
 
-Then a drain of K hosts: every VM of K evenly spaced hosts is submitted through the gRPC API
-(``SubmitMigration``, ``--concurrency`` requests in flight) to the host that has the fewest VMs,
-and the bench waits until every record is final. The coordinator's writes are counted by a
-wrapper around its store (the agents' registrations write to the store directly, uncounted).
+The run: ``--drain-fraction`` of the hosts (evenly spread) are drained (SubmitDrain, each at its
+host's outbound limit), and at the same time ``SubmitMigration`` without a target keeps
+``--in-flight`` migrations of the other VMs under way until ``--migrations`` migrations in all
+(drains included) have been submitted; then it waits until everything is final.
 
-Reported per store: submissions/s; time until all Succeeded; the most migrations holding a
-slot at once (from the records' histories) and the most libvirt jobs at once (sampled on the
-fakes) against the limits -- exceeding a limit fails the run (exit status 1); store writes per
-migration; time in queue (submitted -> admitted) p50/p95; submitted -> Succeeded p50/p95.
+Printed: phase transitions per second (the records' histories), etcd writes and round trips per
+migration (the coordinator's store calls, counted in its process: create, update, delete; plus
+get and list), p50/p95
+from submit to done, the coordinator's CPU (of one core), each drain's makespan against its lower
+bound (the sum of its VMs' estimated migration times / its slots) and whether the limits held (the
+records' slot intervals, and the fakes' job counts sampled every 50 ms). ``--levels`` first runs
+the same load without drains at each in-flight level and prints the rate and the coordinator's CPU
+at each: where the rate stops growing and what is busy then.
 """
 
 from __future__ import annotations
@@ -32,469 +40,633 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
-import re
+import random
+import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import grpc
 from benchlib import (
     holding_spans,
     load_line,
     markdown_table,
-    msecs,
     peak_overlap,
     peak_overlap_by,
     percentile,
-    plan_drain,
     rate,
     secs,
     spread_hosts,
 )
 
-from ferry.agent.registration import Registration
-from ferry.coordinator.agent_client import GrpcAgentClient
-from ferry.coordinator.config import (
-    AgentsConfig,
-    CoordinatorConfig,
-    EtcdConfig,
-    HostDecl,
-)
-from ferry.coordinator.main import Coordinator, build_coordinator
+from ferry.coordinator.drain import DrainRecord
+from ferry.coordinator.drain import decode as decode_drain
+from ferry.coordinator.drain import encode as encode_drain
+from ferry.coordinator.drainplan import slots as drain_slots
 from ferry.coordinator.phases import Phase
-from ferry.coordinator.record import MigrationRecord, decode
-from ferry.coordinator.slots import Limits
-from ferry.keys import MIGRATIONS
-from ferry.model import Inventory
+from ferry.coordinator.record import MigrationRecord, decode, encode
+from ferry.etcd_store import EtcdStore
+from ferry.keys import DRAINS, MIGRATIONS
+from ferry.lab.etcd import EtcdCluster, etcd_version, require_etcd_binary, supports_no_fsync
 from ferry.rpc import create_channel
-from ferry.store import Entry, Resync, Store, WatchEvent
-from ferry.testing.fleet import Fleet, MaxConcurrency, bridge_of, start_fleet
-from ferry.testing.memory_store import MemoryStore
+from ferry.store import EventKind, Resync
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
 from ferry.v1 import types_pb2 as tpb
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent
+PREFIX = "/ferry-sim/"
+MiB = 1 << 20
+# what `ferry migrate VM` sends: live, storage from the inventory (local disks copied), the definition
+# moves with the VM (persistent on the target, undefined on the source): the API's zero values
+OPTIONS = tpb.MigrationOptions()
+STEP_BYTES = 1024 * MiB // 10  # a fake job moves 1 GiB per simulated second, in steps of 100 ms
 
 log = logging.getLogger("scale_bench")
 
-LEAD_TIMEOUT_S = 30.0
-# what `ferry migrate VM --to HOST` sends: live, storage decided from the inventory (local disks
-# copied), the definition moves with the VM (persistent on the target, undefined on the source):
-# the API's zero values
-DRAIN_OPTIONS = tpb.MigrationOptions()
-DRAIN_TIMEOUT_S = 600.0
+
+# ---------------------------------------------------------------- processes
 
 
-# ---------------------------------------------------------------- the store, counted
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class CountingStore:
-    """The Store port passed through, counting each write call by key prefix (``migrations/``,
-    ``vm-active/``, ``idempotency/``, ``leader``). Reads, watches and lease calls are not writes."""
+def coordinator_toml(port: int, endpoints: Sequence[str], args: argparse.Namespace) -> str:
+    out, inbound, cluster = args.limits
+    job_s = job_seconds(args)
+    return f"""# written by bench/scale_bench.py
+[coordinator]
+id = "sim"
+listen = ["127.0.0.1:{port}"]
+election_ttl_s = 10
 
-    def __init__(self, inner: Store) -> None:
-        self.inner = inner
-        self.writes: Counter[str] = Counter()
+[etcd]
+endpoints = [{", ".join(f'"{e}"' for e in endpoints)}]
+prefix = "{PREFIX}"
+timeout_s = 10
 
-    def _count(self, key: str) -> None:
-        head, sep, _ = key.partition("/")
-        self.writes[head + sep] += 1
+[limits]
+per_host_outbound = {out}
+per_host_inbound = {inbound}
+cluster = {cluster}
 
-    async def get(self, key: str) -> Entry | None:
-        return await self.inner.get(key)
+[agents]
+call_timeout_s = 30
+inventory_ttl_s = {args.inventory_ttl}
+inventory_timeout_s = 10
 
-    async def list(self, prefix: str) -> tuple[list[Entry], int]:
-        return await self.inner.list(prefix)
+[drains]
+# the fakes' real speed: a {args.memory_mib + args.disk_mib} MiB guest takes {job_s:g} s
+bandwidth_mibps = {(args.memory_mib + args.disk_mib) / job_s:.3f}
+overhead_s = 0
 
-    async def create(self, key: str, value: bytes, lease: int | None = None) -> int:
-        self._count(key)
-        return await self.inner.create(key, value, lease)
-
-    async def update(self, key: str, value: bytes, expected_mod_revision: int, lease: int | None = None) -> int:
-        self._count(key)
-        return await self.inner.update(key, value, expected_mod_revision, lease)
-
-    async def delete(self, key: str, expected_mod_revision: int | None = None) -> int | None:
-        self._count(key)
-        return await self.inner.delete(key, expected_mod_revision)
-
-    async def grant_lease(self, ttl_s: float) -> int:
-        return await self.inner.grant_lease(ttl_s)
-
-    async def keepalive(self, lease: int) -> int:
-        return await self.inner.keepalive(lease)
-
-    async def revoke(self, lease: int) -> None:
-        await self.inner.revoke(lease)
-
-    def watch(self, prefix: str, start_revision: int) -> AsyncGenerator[WatchEvent | Resync, None]:
-        return self.inner.watch(prefix, start_revision)
-
-    async def close(self) -> None:
-        await self.inner.close()
+[engine]
+progress_write_s = {args.progress_write_s:g}
+"""
 
 
-class CountingAgentClient(GrpcAgentClient):
-    """The coordinator's agent client, counting GetInventory calls (one shared counter)."""
-
-    def __init__(self, host: str, address: str, counter: Counter[str]) -> None:
-        super().__init__(host, address, timeout_s=30.0)
-        self._counter = counter
-
-    async def inventory(self) -> Inventory:
-        self._counter["GetInventory"] += 1
-        return await super().inventory()
-
-
-@contextlib.asynccontextmanager
-async def open_store(kind: str, workdir: Path) -> AsyncIterator[tuple[Store, str]]:
-    """The store to bench and a line describing it; an etcd member is stopped (by PID) on exit."""
-    if kind == "memory":
-        store = MemoryStore()
-        try:
-            yield store, "in-memory store (MemoryStore)"
-        finally:
-            await store.close()
-        return
-    from ferry.etcd_store import EtcdStore
-    from ferry.lab.etcd import (
-        EtcdCluster,
-        etcd_version,
-        require_etcd_binary,
-        supports_no_fsync,
-    )
-
-    binary = require_etcd_binary()
-    cluster = EtcdCluster.plan(workdir / "etcd", 1, binary=binary)
-    started = await asyncio.to_thread(cluster.start)
-    member = cluster.members[0]
-    version = etcd_version(binary)
-    fsync = "--unsafe-no-fsync" if supports_no_fsync(version) else "fsync on"
-    store = EtcdStore(cluster.endpoints, "/ferry-bench/")
-    try:
-        yield (
-            store,
-            (
-                f"etcd {'.'.join(map(str, version))}, 1 member on {member.endpoint} "
-                f"(pid {member.pid}, {fsync}), healthy after {started:.1f} s"
-            ),
-        )
-    finally:
-        await store.close()
-        await asyncio.to_thread(cluster.stop)
-
-
-# ---------------------------------------------------------------- one run
+def job_seconds(args: argparse.Namespace) -> float:
+    """A fake migration's real duration: memory and disk move in steps of 102.4 MiB."""
+    steps = -(-args.memory_mib * MiB // STEP_BYTES) + -(-args.disk_mib * MiB // STEP_BYTES)
+    return steps * args.step_s
 
 
 @dataclass
-class ScaleResult:
-    store: str
-    hosts: int
-    vms: int
-    drained: list[str]
-    limits: Limits
-    submitted: int = 0
-    refused: list[str] = field(default_factory=list)
-    submit_s: float = 0.0
-    all_final_s: float = 0.0
-    records: list[MigrationRecord] = field(default_factory=list)
-    writes: Counter[str] = field(default_factory=Counter)
-    agent_calls: Counter[str] = field(default_factory=Counter)
-    jobs_cluster: int = 0
-    jobs_per_source: int = 0
-    timed_out: bool = False
-    left_on_drained: int = 0  # domains (running or defined) still on the drained hosts
-    misplaced: list[str] = field(default_factory=list)  # VMs not running on their target only
+class Sim:
+    workdir: Path
+    etcd: EtcdCluster
+    agents: list[subprocess.Popen[str]] = field(default_factory=list)
+    coordinator: subprocess.Popen[bytes] | None = None
+    address: str = ""
+    hosts: list[str] = field(default_factory=list)
+
+    @property
+    def stats(self) -> Path:
+        return self.workdir / "coordinator-stats.json"
 
 
-def natural(name: str) -> tuple[object, ...]:
-    """host2 before host10."""
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+def start_agents(sim: Sim, args: argparse.Namespace) -> None:
+    per = -(-args.hosts // args.processes)
+    first = 1
+    for cell in range(args.processes):
+        count = min(per, args.hosts - first + 1)
+        if count <= 0:
+            break
+        argv = [
+            sys.executable,
+            str(REPO / "sim_agents.py"),
+            "--etcd",
+            ",".join(sim.etcd.endpoints),
+            "--prefix",
+            PREFIX,
+            "--first",
+            str(first),
+            "--count",
+            str(count),
+            "--cell",
+            str(cell),
+            "--vms",
+            str(args.vms_per_host),
+            "--memory-mib",
+            str(args.memory_mib),
+            "--disk-mib",
+            str(args.disk_mib),
+            "--step-s",
+            str(args.step_s),
+            "--state-dir",
+            str(sim.workdir / f"cell{cell}"),
+        ]
+        err = open(sim.workdir / f"cell{cell}.log", "w")  # noqa: SIM115 -- kept open for the process's life
+        sim.agents.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True))
+        sim.hosts += [f"host{i}" for i in range(first, first + count)]
+        first += count
+    for p in sim.agents:
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        if not line or not json.loads(line).get("ready"):
+            raise RuntimeError(f"an agent process did not start (see {sim.workdir}/cell*.log)")
 
 
-def coordinator_config(fleet: Fleet, limits: Limits) -> CoordinatorConfig:
-    """Production defaults but for the limits; the logical bridge 'guest' is named per host as in
-    the lab (br-guest on odd hosts, br-vm on even ones), so the mapping is derived per pair."""
-    decls = {n: HostDecl(n, bridges={"guest": bridge_of(a.index)}) for n, a in fleet.agents.items()}
-    return CoordinatorConfig(
-        id="bench",
-        listen=("127.0.0.1:0",),
-        etcd=EtcdConfig(("unused:1",)),
-        limits=limits,
-        agents=AgentsConfig(),
-        hosts=decls,
-    )
+def stop_agents(sim: Sim) -> list[dict[str, float]]:
+    stats = []
+    for p in sim.agents:
+        assert p.stdin is not None and p.stdout is not None
+        with contextlib.suppress(OSError):
+            p.stdin.close()
+    for p in sim.agents:
+        assert p.stdout is not None
+        try:
+            line = p.stdout.readline()
+            stats.append(json.loads(line) if line else {})
+            p.wait(timeout=60)
+        except (subprocess.TimeoutExpired, ValueError):
+            p.terminate()  # our own child, by its PID
+            p.wait(timeout=10)
+    return stats
 
 
-async def wait_until_leading(coordinator: Coordinator, hosts: int) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + LEAD_TIMEOUT_S
-    while not (
-        coordinator.is_leader() and coordinator.engine is not None and len(coordinator.fleet.available_hosts()) == hosts
-    ):
-        if loop.time() > deadline:
-            raise TimeoutError(f"the coordinator did not lead with {hosts} hosts within {LEAD_TIMEOUT_S:.0f} s")
+def start_coordinator(sim: Sim, args: argparse.Namespace) -> None:
+    """``bench/sim_coordinator.py``: ferry-coordinator as ``serve()`` builds it, its store calls
+    counted (the agents share the etcd, so its own metrics cannot tell the coordinator's part)."""
+    from ferry.lab.etcd import free_loopback_ports
+
+    [port] = free_loopback_ports(1)
+    cfg = sim.workdir / "coordinator.toml"
+    cfg.write_text(coordinator_toml(port, sim.etcd.endpoints, args))
+    argv = [sys.executable, str(REPO / "sim_coordinator.py"), "--config", str(cfg), "--stats", str(sim.stats)]
+    if args.profile is not None:
+        argv += ["--profile", str(args.profile)]
+    out = open(sim.workdir / "coordinator.log", "wb")  # noqa: SIM115
+    sim.coordinator = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    sim.address = f"127.0.0.1:{port}"
+
+
+async def coordinator_calls(sim: Sim) -> Counter[str]:
+    """The coordinator's store calls so far (it writes them when asked)."""
+    want = sim.stats.with_suffix(".want")
+    want.write_text("")
+    for _ in range(200):
+        if not want.exists():
+            return Counter(json.loads(sim.stats.read_text())["calls"])
         await asyncio.sleep(0.05)
+    raise RuntimeError("the coordinator did not write its store counts")
 
 
-async def submit_all(
-    stub: cgrpc.CoordinatorStub, plan: list[tuple[str, str, str]], concurrency: int, result: ScaleResult
+def stop_coordinator(sim: Sim) -> None:
+    if sim.coordinator is not None and sim.coordinator.poll() is None:
+        sim.coordinator.terminate()  # SIGTERM by its PID: it resigns and stops
+        try:
+            sim.coordinator.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            sim.coordinator.kill()
+            sim.coordinator.wait()
+
+
+# ---------------------------------------------------------------- following the records
+
+
+class Follower:
+    """Every migration and drain record as etcd streams them (this process's own watch)."""
+
+    def __init__(self, store: EtcdStore) -> None:
+        self.store = store
+        self.migrations: dict[str, MigrationRecord] = {}
+        self.drains: dict[str, DrainRecord] = {}
+        self.changed = asyncio.Event()
+        self.on_final: list = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        for prefix in (MIGRATIONS, DRAINS):
+            entries, revision = await self.store.list(prefix)
+            for e in entries:
+                self._put(prefix, e.value, e.mod_revision)
+            self._tasks.append(asyncio.get_running_loop().create_task(self._watch(prefix, revision + 1)))
+
+    def _put(self, prefix: str, value: bytes, revision: int) -> None:
+        if prefix == MIGRATIONS:
+            r = decode(value, revision)
+            old = self.migrations.get(r.id)
+            self.migrations[r.id] = r
+            if r.phase.is_final and (old is None or not old.phase.is_final):
+                for f in self.on_final:
+                    f(r)
+        else:
+            d = decode_drain(value, revision)
+            self.drains[d.id] = d
+        self.changed.set()
+
+    async def _watch(self, prefix: str, start: int) -> None:
+        async for event in self.store.watch(prefix, start):
+            if isinstance(event, Resync):
+                for e in event.entries:
+                    self._put(prefix, e.value, e.mod_revision)
+            elif event.kind is EventKind.PUT:
+                self._put(prefix, event.entry.value, event.entry.mod_revision)
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+# ---------------------------------------------------------------- the load
+
+
+@dataclass
+class Run:
+    """One measured stretch of load."""
+
+    label: str
+    in_flight: int
+    started: float = 0.0  # POSIX seconds
+    ended: float = 0.0
+    submitted: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+    ids: set[str] = field(default_factory=set)
+    drain_ids: list[str] = field(default_factory=list)
+    calls_before: Counter[str] = field(default_factory=Counter)  # the coordinator's store calls
+    calls_after: Counter[str] = field(default_factory=Counter)
+    cpu_before: float = 0.0
+    cpu_after: float = 0.0
+
+
+async def load(
+    sim: Sim,
+    stub: cgrpc.CoordinatorStub,
+    follower: Follower,
+    run: Run,
+    vms: list[str],
+    count: int,
+    drains: Sequence[str] = (),
 ) -> None:
-    gate = asyncio.Semaphore(concurrency)
+    """Drains of ``drains`` and, beside them, ``count`` placed migrations of ``vms`` with
+    ``run.in_flight`` under way at a time; returns when every record of the run is final."""
+    assert sim.coordinator is not None
+    free = list(vms)
+    random.shuffle(free)
+    busy: dict[str, str] = {}  # migration id -> vm
+    slot = asyncio.Semaphore(run.in_flight)
 
-    async def one(vm: str, target: str) -> None:
-        async with gate:
-            try:
-                await stub.SubmitMigration(
-                    cpb.SubmitMigrationRequest(
-                        vm=vm, target_host=target, idempotency_key=f"drain-{vm}", options=DRAIN_OPTIONS
-                    ),
-                    timeout=60,
-                )
-                result.submitted += 1
-            except Exception as exc:  # noqa: BLE001 -- a refused submission is reported, not fatal
-                result.refused.append(f"{vm}: {exc}")
+    def ended(r: MigrationRecord) -> None:
+        vm = busy.pop(r.id, None)
+        if vm is not None:
+            free.append(vm)
+            slot.release()
 
-    await asyncio.gather(*(one(vm, target) for vm, _, target in plan))
+    follower.on_final.append(ended)
+    run.calls_before = await coordinator_calls(sim)
+    run.cpu_before = cpu_seconds(sim.coordinator.pid)
+    run.started = time.time()
+    for host in drains:
+        d = await stub.SubmitDrain(
+            cpb.SubmitDrainRequest(host=host, reason="scale bench", options=OPTIONS), timeout=120
+        )
+        run.drain_ids.append(d.id)
+        run.submitted += d.vms_total
+
+    async def one(vm: str) -> None:
+        try:
+            m = await stub.SubmitMigration(cpb.SubmitMigrationRequest(vm=vm, options=OPTIONS), timeout=120)
+        except grpc.RpcError as exc:  # a refusal is counted, not fatal
+            run.refused[str(exc.details())[:80]] += 1
+            free.append(vm)
+            slot.release()
+            return
+        run.ids.add(m.id)
+        if m.id in follower.migrations and follower.migrations[m.id].phase.is_final:
+            free.append(vm)
+            slot.release()
+        else:
+            busy[m.id] = vm
+
+    tasks = []
+    left = count - run.submitted
+    while left > 0:
+        await slot.acquire()
+        while not free:
+            await asyncio.sleep(0.01)
+        tasks.append(asyncio.get_running_loop().create_task(one(free.pop())))
+        run.submitted += 1
+        left -= 1
+    await asyncio.gather(*tasks)
+    while busy or any(not follower.drains.get(d, _NOT_YET).state.is_final for d in run.drain_ids):
+        follower.changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(follower.changed.wait(), 1.0)
+    run.ended = time.time()
+    run.cpu_after = cpu_seconds(sim.coordinator.pid)
+    run.calls_after = await coordinator_calls(sim)
+    follower.on_final.remove(ended)
+    for d in run.drain_ids:
+        run.ids |= {i.migration_id for i in follower.drains[d].items if i.migration_id}
 
 
-async def wait_all_final(store: Store, count: int, timeout_s: float) -> list[MigrationRecord] | None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        entries, _ = await store.list(MIGRATIONS)
-        records = [decode(e.value, e.mod_revision) for e in entries]
-        if len(records) >= count and all(r.phase.is_final for r in records):
-            return records
-        if loop.time() > deadline:
-            return None
-        await asyncio.sleep(0.02)
+class _NotYet:
+    class state:  # noqa: N801 -- quacks like a DrainRecord's state
+        is_final = False
 
 
-async def run_once(kind: str, args: argparse.Namespace, limits: Limits) -> ScaleResult:
-    with tempfile.TemporaryDirectory(prefix="ferry-scale-") as tmp:
-        workdir = Path(tmp)
-        async with open_store(kind, workdir) as (raw, described):
-            result = ScaleResult(described, args.hosts, args.vms, [], limits)
-            fleet: Fleet = await start_fleet(workdir / "agents", args.hosts, step_s=args.step_ms / 1000)
-            registrations: list[Registration] = []
-            coordinator: Coordinator | None = None
-            channel = None
-            try:
-                names = sorted(fleet.agents, key=natural)
-                vms_by_host: dict[str, list[str]] = {h: [] for h in names}
-                for i in range(args.vms):
-                    host, vm = names[i % len(names)], f"vm{i + 1:04d}"
-                    fleet.add_guest(host, vm)
-                    vms_by_host[host].append(vm)
-                for name in names:
-                    reg = fleet[name].registration()
-                    r = Registration(raw, name, reg.address, reg.libvirt_uri, reg.migration_address, ttl_s=10)
-                    registrations.append(r)
-                    asyncio.get_running_loop().create_task(r.run(), name=f"registration {name}")
-                await asyncio.wait_for(asyncio.gather(*(r.registered.wait() for r in registrations)), 30)
-
-                counted = CountingStore(raw)
-                calls: Counter[str] = Counter()
-                coordinator = build_coordinator(
-                    coordinator_config(fleet, limits),
-                    counted,
-                    lambda host, address: CountingAgentClient(host, address, calls),
-                )
-                [port] = await coordinator.start()
-                await wait_until_leading(coordinator, len(names))
-                channel = create_channel(f"127.0.0.1:{port}")
-                stub = cgrpc.CoordinatorStub(channel)
-
-                result.drained = spread_hosts(names, args.drain)
-                plan = plan_drain(vms_by_host, set(result.drained), sort_key=natural)
-                counted.writes.clear()
-                calls.clear()
-                with MaxConcurrency(list(fleet.agents.values()), interval_s=0.005) as jobs:
-                    started = time.monotonic()
-                    await submit_all(stub, plan, args.concurrency, result)
-                    result.submit_s = time.monotonic() - started
-                    records = await wait_all_final(raw, result.submitted, DRAIN_TIMEOUT_S)
-                    result.all_final_s = time.monotonic() - started
-                result.timed_out = records is None
-                result.records = records or []
-                result.writes = Counter(counted.writes)
-                result.agent_calls = Counter(calls)
-                result.jobs_cluster = jobs.cluster
-                result.jobs_per_source = max(jobs.per_source.values(), default=0)
-                result.left_on_drained = sum(len(fleet[h].hv.domains) for h in result.drained)
-                result.misplaced = [vm for vm, _, target in plan if fleet.running_on(vm) != [target]]
-            finally:
-                if channel is not None:
-                    await channel.close()
-                if coordinator is not None:
-                    await coordinator.stop(grace_s=1.0)
-                for r in registrations:
-                    await r.stop()
-                await fleet.close()
-            return result
+_NOT_YET = _NotYet()
 
 
 # ---------------------------------------------------------------- the report
 
 
-def slot_intervals(r: MigrationRecord) -> list[tuple[float, float]]:
-    """When the record held a slot (from its history), as POSIX seconds."""
+def _transitions(r: MigrationRecord) -> list[float]:
+    """When the record moved from one phase to another (POSIX seconds)."""
+    out = []
+    for prev, cur in zip(r.history, r.history[1:], strict=False):
+        if cur.phase is not prev.phase:
+            out.append(cur.at.timestamp())
+    return out
+
+
+def report(run: Run, follower: Follower, args: argparse.Namespace, agent_stats: Sequence[dict]) -> tuple[str, bool]:
+    records = [follower.migrations[i] for i in run.ids if i in follower.migrations]
+    wall = max(run.ended - run.started, 1e-9)
+    moves = [t for r in records for t in _transitions(r) if run.started <= t <= run.ended]
+    done = [r for r in records if r.phase is Phase.SUCCEEDED]
+    ends = Counter(r.phase.name for r in records)
+    to_done = [r.history[-1].at.timestamp() - r.created_at.timestamp() for r in done]
+    n = max(len(records), 1)
+    calls = run.calls_after - run.calls_before
+    writes = sum(c for k, c in calls.items() if k.split()[0] in ("create", "update", "delete"))
+    reads = sum(c for k, c in calls.items() if k.split()[0] in ("get", "list"))
+    by_key = Counter()
+    for k, c in calls.items():
+        if k.split()[0] in ("create", "update", "delete"):
+            by_key[k.split()[1]] += c
+    cpu = run.cpu_after - run.cpu_before
+    spans = [(r, s) for r in records for s in slot_spans(r)]
+    out_peak = max(peak_overlap_by((r.source_host, *s) for r, s in spans).values(), default=0)
+    in_peak = max(peak_overlap_by((r.target_host, *s) for r, s in spans).values(), default=0)
+    cluster_peak = peak_overlap(s for _, s in spans)
+    lim_out, lim_in, lim_cluster = args.limits
+    fakes_peak = max((s.get("peak_jobs_per_source", 0) for s in agent_stats), default=0)
+    held = out_peak <= lim_out and in_peak <= lim_in and cluster_peak <= lim_cluster and fakes_peak <= lim_out
+    rows = [
+        [
+            "load",
+            f"{run.in_flight} placed migrations in flight"
+            + (f", {len(run.drain_ids)} drains" if run.drain_ids else ""),
+        ],
+        [
+            "migrations",
+            f"{len(records)} ({', '.join(f'{c} {p}' for p, c in sorted(ends.items()))}); "
+            f"refused {sum(run.refused.values())}",
+        ],
+        ["wall (first submit -> all final)", secs(wall)],
+        ["phase transitions/s", f"{len(moves) / wall:.0f} ({len(moves)} transitions)"],
+        ["migrations done/s", rate(len(done), wall)],
+        [
+            "etcd writes per migration (the coordinator's)",
+            f"{writes / n:.1f} (" + ", ".join(f"{key} {c / n:.1f}" for key, c in by_key.most_common()) + ")",
+        ],
+        ["etcd round trips per migration (writes + reads)", f"{(writes + reads) / n:.1f} (reads {reads / n:.1f})"],
+        [
+            "submit -> done p50 / p95",
+            f"{secs(percentile(to_done, 50))} / {secs(percentile(to_done, 95))}" if to_done else "-",
+        ],
+        ["fake migration job", f"{job_seconds(args):g} s"],
+        ["coordinator CPU", f"{cpu:.0f} s over {wall:.0f} s = {cpu / wall:.0%} of one core"],
+        [
+            "peak holding a slot: cluster / per source / per target",
+            f"{cluster_peak} / {out_peak} / {in_peak} (limits {lim_cluster} / {lim_out} / {lim_in}); "
+            f"fakes' jobs per source {fakes_peak}: {'within' if held else 'EXCEEDED'}",
+        ],
+    ]
+    text = f"**{run.label}**\n\n" + markdown_table(["measure", "value"], rows)
+    if run.refused:
+        text += "\n\nrefused: " + "; ".join(f"{c}x {why}" for why, c in run.refused.most_common(3))
+    ok = held and not run.refused
+    if run.drain_ids:
+        table, drains_ok = drain_table(run, follower, args)
+        text += "\n\n" + table
+        ok = ok and drains_ok
+    return text, ok
+
+
+def slot_spans(r: MigrationRecord) -> list[tuple[float, float]]:
     return holding_spans([(c.at.timestamp(), c.phase.holds_slot) for c in r.history])
 
 
-def first_at(r: MigrationRecord, phase: Phase) -> datetime | None:
-    return next((c.at for c in r.history if c.phase is phase), None)
-
-
-def report(result: ScaleResult) -> tuple[str, bool]:
-    """The table of one run, and whether every limit held."""
-    records = result.records
-    done = [r for r in records if r.phase is Phase.SUCCEEDED]
-    others = Counter(r.phase.name for r in records if r.phase is not Phase.SUCCEEDED)
-    spans = [(r, s) for r in records for s in slot_intervals(r)]
-    cluster = peak_overlap(s for _, s in spans)
-    out = max(peak_overlap_by((r.source_host, *s) for r, s in spans).values(), default=0)
-    inbound = max(peak_overlap_by((r.target_host, *s) for r, s in spans).values(), default=0)
-    lim = result.limits
-    held = (
-        cluster <= lim.cluster
-        and out <= lim.per_host_outbound
-        and inbound <= lim.per_host_inbound
-        and result.jobs_cluster <= lim.cluster
-        and result.jobs_per_source <= lim.per_host_outbound
-    )
-    queue = [(a - r.created_at).total_seconds() * 1000 for r in records if (a := first_at(r, Phase.PREFLIGHT))]
-    total = [(a - r.created_at).total_seconds() for r in done if (a := first_at(r, Phase.SUCCEEDED))]
-    n = max(len(records), 1)
-    writes = result.writes
-    per = {p: writes[p] / n for p in ("migrations/", "vm-active/", "idempotency/")}
-    all_writes = sum(writes.values())
-    ended = "timed out" if result.timed_out else secs(result.all_final_s)
+def drain_table(run: Run, follower: Follower, args: argparse.Namespace) -> tuple[str, bool]:
+    ratios, states = [], Counter()
+    worst: tuple[float, DrainRecord] | None = None
+    for did in run.drain_ids:
+        d = follower.drains[did]
+        states[d.state.name] += 1
+        n_slots = drain_slots(d, args.limits[0])
+        bound = sum(i.estimate_s for i in d.items if i.estimate_s) / n_slots
+        if d.ended_at is None or bound <= 0:
+            continue
+        ratio = (d.ended_at - d.created_at).total_seconds() / bound
+        ratios.append(ratio)
+        if worst is None or ratio > worst[0]:
+            worst = (ratio, d)
+    within = sum(1 for x in ratios if x <= 1.05)
     rows = [
+        ["drains", f"{len(run.drain_ids)} ({', '.join(f'{c} {s}' for s, c in sorted(states.items()))})"],
         [
-            "fleet",
-            (
-                f"{result.hosts} hosts, {result.vms} VMs; drained {len(result.drained)} hosts "
-                f"({', '.join(result.drained[:4])}{', ...' if len(result.drained) > 4 else ''})"
-            ),
+            "makespan / bound (sum of estimates / slots): min / p50 / p95 / max",
+            " / ".join(f"{percentile(ratios, p):.3f}" for p in (0, 50, 95, 100)) if ratios else "-",
         ],
-        ["migrations submitted", f"{result.submitted} (refused {len(result.refused)})"],
-        ["submissions/s", f"{rate(result.submitted, result.submit_s)} ({secs(result.submit_s)} for all)"],
-        [
-            "all final after",
-            (f"{ended}: {len(done)} Succeeded" + "".join(f", {c} {p}" for p, c in sorted(others.items()))),
-        ],
-        ["drain throughput", rate(len(done), result.all_final_s)],
-        [
-            "afterwards",
-            (
-                f"{result.left_on_drained} domains left on the drained hosts; "
-                f"{len(result.misplaced)} VMs not running on their target alone"
-            ),
-        ],
-        [
-            "peak holding a slot: cluster / per source / per target",
-            (
-                f"{cluster} / {out} / {inbound} (limits {lim.cluster} / {lim.per_host_outbound} / "
-                f"{lim.per_host_inbound}): {'within' if held else 'EXCEEDED'}"
-            ),
-        ],
-        [
-            "peak libvirt jobs (sampled on the fakes): cluster / per source",
-            f"{result.jobs_cluster} / {result.jobs_per_source}",
-        ],
-        [
-            "store writes per migration",
-            (
-                f"{all_writes / n:.1f} (record {per['migrations/']:.1f}, vm-active "
-                f"{per['vm-active/']:.1f}, idempotency {per['idempotency/']:.1f}, "
-                f"other {(all_writes - sum(writes[p] for p in per)) / n:.1f})"
-            ),
-        ],
-        ["agent inventory calls per migration (GetInventory)", f"{result.agent_calls['GetInventory'] / n:.1f}"],
-        ["time in queue p50 / p95", f"{_p(queue, 50, msecs)} / {_p(queue, 95, msecs)}"],
-        ["submitted -> Succeeded p50 / p95", f"{_p(total, 50, secs)} / {_p(total, 95, secs)}"],
+        ["drains within 1.05x their bound", f"{within} of {len(ratios)}"],
     ]
-    text = f"**{result.store}**\n\n" + markdown_table(["measure", "value"], rows)
-    if result.refused:
-        text += "\n\nrefused: " + "; ".join(result.refused[:5])
-    failed = [r for r in records if r.phase is not Phase.SUCCEEDED][:3]
-    for r in failed:
-        text += (
-            f"\n\n{r.id} {r.vm} ended {r.phase.name}: {r.error.reason if r.error else ''} "
-            f"{r.error.message if r.error else ''}"
+    if worst is not None:
+        w = worst[1]
+        rows.append(
+            [
+                "the slowest",
+                f"{w.id} of {w.host}: {(w.ended_at - w.created_at).total_seconds():.1f} s "  # type: ignore[operator]
+                f"for {len(w.items)} VMs ({sum(i.estimate_s for i in w.items):.0f} s of estimates, "
+                f"{drain_slots(w, args.limits[0])} slots)",
+            ]
         )
-    return text, held and not result.timed_out and not result.misplaced
+    return markdown_table(["drains", "value"], rows), within == len(ratios) and states.get("SUCCEEDED", 0) == len(
+        run.drain_ids
+    )
 
 
-def _p(values: Sequence[float], pct: float, fmt: object) -> str:
-    return fmt(percentile(values, pct)) if values else "-"  # type: ignore[operator]
+# ---------------------------------------------------------------- the whole bench
 
 
-# ---------------------------------------------------------------- command line
+async def wait_leading(
+    sim: Sim, stub: cgrpc.CoordinatorStub, store: EtcdStore, hosts: int, timeout_s: float = 300
+) -> None:
+    """Until the coordinator leads and sees every host available (its ListHosts pages also warm
+    its inventory cache)."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while True:
+        if sim.coordinator is not None and sim.coordinator.poll() is not None:
+            raise RuntimeError(f"the coordinator exited ({sim.coordinator.returncode})")
+        try:
+            leader = await store.get("leader")
+            up, token = 0, ""
+            while True:
+                page = await stub.ListHosts(cpb.ListHostsRequest(page_token=token, page_size=500), timeout=60)
+                up += sum(1 for h in page.hosts if h.available and h.HasField("facts"))
+                token = page.next_page_token
+                if not token:
+                    break
+            if leader is not None and up >= hosts:
+                return
+            last = f"leader {'elected' if leader else 'not elected'}, {up} of {hosts} hosts up"
+        except Exception as exc:  # noqa: BLE001 -- still starting
+            last = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the coordinator did not lead with {hosts} hosts within {timeout_s:.0f} s: {last}")
+        await asyncio.sleep(0.5)
+
+
+async def amain(args: argparse.Namespace) -> int:
+    print(
+        f"# scale_bench {datetime.now().astimezone().isoformat(timespec='seconds')}: {load_line(os.getloadavg())} "
+        f"at start; Python {sys.version.split()[0]}; {args.hosts} hosts in {args.processes} agent processes, "
+        f"{args.vms_per_host} VMs each ({args.memory_mib} MiB memory + {args.disk_mib} MiB local disk); "
+        f"fake job {job_seconds(args):g} s; limits out/in/cluster {'/'.join(map(str, args.limits))}; "
+        f"progress stored every {args.progress_write_s:g} s\n",
+        flush=True,
+    )
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="ferry-scale-") as tmp:
+        workdir = Path(tmp)
+        binary = require_etcd_binary()
+        etcd = EtcdCluster.plan(workdir / "etcd", 1, binary=binary)
+        version = etcd_version(binary)
+        started = time.monotonic()
+        etcd.start()
+        sim = Sim(workdir, etcd)
+        store = EtcdStore(etcd.endpoints, PREFIX, timeout_s=30)
+        follower = Follower(store)
+        agent_stats: list[dict] = []
+        channel = None
+        try:
+            fsync = "--unsafe-no-fsync" if supports_no_fsync(version) else "fsync"
+            print(f"etcd {'.'.join(map(str, version))} ({fsync}) on {etcd.endpoints[0]}", flush=True)
+            start_agents(sim, args)
+            print(f"{len(sim.hosts)} agents registered after {time.monotonic() - started:.0f} s", flush=True)
+            start_coordinator(sim, args)
+            channel = create_channel(sim.address)
+            stub = cgrpc.CoordinatorStub(channel)
+            await wait_leading(sim, stub, store, len(sim.hosts))
+            print(f"coordinator leads and sees every host after {time.monotonic() - started:.0f} s\n", flush=True)
+            await follower.start()
+            drained = spread_hosts(sim.hosts, max(1, int(len(sim.hosts) * args.drain_fraction)))
+            movable = [
+                f"v{h.removeprefix('host')}-{n}"
+                for h in sim.hosts
+                if h not in set(drained)
+                for n in range(args.vms_per_host)
+            ]
+            for level in args.levels:
+                run = Run(f"{level} in flight, no drains", level)
+                await load(sim, stub, follower, run, movable, args.level_migrations)
+                text, _ = report(run, follower, args, [])
+                print(text + "\n", flush=True)
+            run = Run(f"main run: {args.migrations} migrations incl. drains of {len(drained)} hosts", args.in_flight)
+            await load(sim, stub, follower, run, movable, args.migrations, drained)
+            agent_stats = stop_agents(sim)
+            if args.dump is not None:
+                with args.dump.open("w") as f:
+                    for r in follower.migrations.values():
+                        f.write(json.dumps({"migration": encode(r).decode()}) + "\n")
+                    for d in follower.drains.values():
+                        f.write(json.dumps({"drain": encode_drain(d).decode()}) + "\n")
+            text, ok = report(run, follower, args, agent_stats)
+            print(text + "\n", flush=True)
+            cpu = sum(s.get("cpu_s", 0.0) for s in agent_stats)
+            rereg = sum(int(s.get("reregistrations", 0)) for s in agent_stats)
+            print(
+                f"agent processes: {cpu:.0f} CPU s in all; registrations lost and renewed: {rereg}; "
+                f"etcd CPU {cpu_seconds(etcd.members[0].pid or 0):.0f} s; "
+                f"whole bench {time.monotonic() - started:.0f} s; "
+                f"{load_line(os.getloadavg())} at the end",
+                flush=True,
+            )
+        except BaseException:
+            for name in ("coordinator.log", "cell0.log"):
+                path = workdir / name
+                if path.exists():
+                    print(
+                        f"--- the end of {name}:\n" + "".join(path.read_text().splitlines(True)[-25:]), file=sys.stderr
+                    )
+            raise
+        finally:
+            await follower.close()
+            if channel is not None:
+                await channel.close()
+            stop_coordinator(sim)
+            if not agent_stats:
+                stop_agents(sim)
+            await store.close()
+            etcd.stop()
+    return 0 if ok else 1
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--hosts", type=int, default=50, help="simulated hypervisors (default 50)")
-    p.add_argument("--vms", type=int, default=500, help="running VMs, spread evenly (default 500)")
-    p.add_argument("--drain", type=int, default=10, help="hosts to drain (default 10)")
-    p.add_argument("--store", choices=("memory", "etcd", "both"), default="both")
-    p.add_argument(
-        "--limits",
-        default="2,2,8",
-        metavar="OUT,IN,CLUSTER",
-        help="per-host outbound, per-host inbound, cluster (default 2,2,8)",
-    )
-    p.add_argument("--concurrency", type=int, default=16, help="submissions in flight (default 16)")
-    p.add_argument(
-        "--step-ms", type=float, default=5.0, help="real milliseconds per step of a fake migration job (default 5)"
-    )
+    p.add_argument("--hosts", type=int, default=1000)
+    p.add_argument("--processes", type=int, default=4, help="agent processes (cells)")
+    p.add_argument("--vms-per-host", type=int, default=10)
+    p.add_argument("--memory-mib", type=int, default=512)
+    p.add_argument("--disk-mib", type=int, default=512)
+    p.add_argument("--step-s", type=float, default=0.5, help="real seconds per 100 ms step of a fake job")
+    p.add_argument("--migrations", type=int, default=10_000, help="in the main run, drains included")
+    p.add_argument("--drain-fraction", type=float, default=0.1)
+    p.add_argument("--in-flight", type=int, default=600, help="placed migrations under way at once")
+    p.add_argument("--limits", default="2,2,2000", help="per-host outbound, per-host inbound, cluster")
+    p.add_argument("--progress-write-s", type=float, default=5.0, help="[engine] progress_write_s")
+    p.add_argument("--inventory-ttl", type=float, default=60.0, help="[agents] inventory_ttl_s")
+    p.add_argument("--levels", default="", help="in-flight levels to measure first, e.g. 100,200,400")
+    p.add_argument("--level-migrations", type=int, default=2000, help="migrations per level")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--dump", type=Path, help="write every record (JSON lines) here, for a closer look")
+    p.add_argument("--profile", type=Path, help="run the coordinator under cProfile, writing its stats here")
     args = p.parse_args(argv)
-    if not 0 < args.drain < args.hosts:
-        p.error("--drain must be at least 1 and leave a host to drain to")
+    args.limits = tuple(int(x) for x in args.limits.split(","))
+    args.levels = [int(x) for x in args.levels.split(",") if x]
+    random.seed(args.seed)
     return args
-
-
-def parse_limits(text: str) -> Limits:
-    out, inbound, cluster = (int(x) for x in text.split(","))
-    return Limits(per_host_outbound=out, per_host_inbound=inbound, cluster=cluster)
-
-
-async def amain(args: argparse.Namespace) -> int:
-    limits = parse_limits(args.limits)
-    stores = ["memory", "etcd"] if args.store == "both" else [args.store]
-    print(
-        f"# scale_bench {datetime.now().astimezone().isoformat(timespec='seconds')}: "
-        f"{load_line(os.getloadavg())} at start; Python {sys.version.split()[0]}, "
-        f"everything in one process; fake job step {args.step_ms:g} ms; "
-        f"{args.concurrency} submissions in flight\n",
-        flush=True,
-    )
-    ok = True
-    for kind in stores:
-        result = await run_once(kind, args, limits)
-        text, held = report(result)
-        ok = ok and held
-        print(text + "\n", flush=True)
-    print(f"({load_line(os.getloadavg())} at the end)")
-    return 0 if ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("ferry.coordinator.election").setLevel(logging.ERROR)  # "stepped down" at the end
     return asyncio.run(amain(parse_args(argv)))
 
 

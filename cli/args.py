@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from ferry.cli import jsonout
 from ferry.cli.config import DEFAULT_COORDINATOR, ENV_ADDRESS, ENV_CONFIG
+from ferry.v1 import coordinator_pb2 as cpb
 
 # Exit status (documented in --help and the README)
 EXIT_OK = 0
@@ -189,7 +190,9 @@ def _filters(*, for_list: bool) -> argparse.ArgumentParser:
 
 def _add_migration_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("vm", help="VM name or UUID")
-    p.add_argument("--to", required=True, metavar="HOST", help="target host (required)")
+    p.add_argument(
+        "--to", metavar="HOST", help="target host. Default: the best feasible host (placement; the record says why)"
+    )
     g = p.add_argument_group("migration flags (named as in virsh migrate)")
     g.add_argument(
         "--offline", action="store_true", help="migrate the definition only (the VM is not running). Default: live"
@@ -306,7 +309,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"ferry {ferry_version()}", help="print the version")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub_parser(sub, "hosts", "list hosts: agent state, CPU, free memory, VMs, migrations out/in, bridges")
+    hs = sub_parser(sub, "hosts", "list hosts: agent state, CPU, free memory, VMs, migrations out/in, bridges, cordons")
+    hs_sub = hs.add_subparsers(dest="action", metavar="ACTION")
+    cordon = sub_parser(hs_sub, "cordon", "cordon a host: it receives no migration until uncordoned")
+    cordon.add_argument("host", metavar="HOST")
+    cordon.add_argument("--reason", default="", help="why, shown in `ferry hosts`. Default: none")
+    sub_parser(hs_sub, "uncordon", "put a cordoned host back in service").add_argument("host", metavar="HOST")
     vms = sub_parser(sub, "vms", "list VMs across the fleet and where they run")
     vms.add_argument("--host", metavar="HOST", help="only this host's VMs. Default: every host")
     pre = sub_parser(
@@ -342,6 +350,46 @@ def parser() -> argparse.ArgumentParser:
     ):
         s = sub_parser(ms_sub, name, text, parents=[_filters(for_list=False)])
         s.add_argument("id", nargs="?", metavar="ID", help="the migration's ID; or select one with --vm/--host/--phase")
+
+    dr = sub_parser(
+        sub,
+        "drain",
+        "empty a host: cordon it, move every VM off it a few at a time, and wait with a progress bar",
+    )
+    dr.add_argument("host", metavar="HOST")
+    dr.add_argument(
+        "--to", metavar="H1,H2", help="only these targets, comma-separated. Default: the best feasible host per VM"
+    )
+    dr.add_argument(
+        "--max-parallel",
+        type=int,
+        default=0,
+        metavar="N",
+        help="migrations at once (at most the host's outbound limit). Default: 0 = that limit",
+    )
+    dr.add_argument("--policy", default="", help="convergence policy of its migrations. Default: the default")
+    dr.add_argument("--reason", default="", help="why (the cordon's reason). Default: none")
+    dr.add_argument(
+        "--dry-run", action="store_true", help="print the plan (VM -> target, estimated time); touch nothing"
+    )
+    dr.add_argument("--no-wait", action="store_true", help="print the drain and return at once. Default: wait")
+    ds = sub_parser(sub, "drains", "list drains (newest first), or show, watch, pause, resume or cancel one")
+    ds.add_argument("--host", metavar="HOST", default=argparse.SUPPRESS, help="only this host's. Default: all")
+    ds.add_argument(
+        "--state",
+        action="append",
+        choices=jsonout.enum_words(cpb.DrainState.DESCRIPTOR)[1:],
+        help="only drains in this state; repeatable. Default: every state",
+    )
+    ds_sub = ds.add_subparsers(dest="action", metavar="ACTION")
+    for name, text in (
+        ("show", "show one drain: every VM, where it went or why not, the history"),
+        ("watch", "follow one drain until it ends, with a progress bar"),
+        ("pause", "start no new migration (those under way finish)"),
+        ("resume", "go on with a paused drain"),
+        ("cancel", "cancel a drain and the migrations it has under way"),
+    ):
+        sub_parser(ds_sub, name, text).add_argument("id", metavar="ID", help="the drain's ID (ferry drains)")
 
     top = sub_parser(
         sub,

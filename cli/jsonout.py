@@ -47,6 +47,11 @@ NULLABLE = frozenset(
         "ferry.v1.Migration.error",
         "ferry.v1.HostStatus.facts",
         "ferry.v1.HostStatus.last_seen",
+        "ferry.v1.HostStatus.cordoned_at",
+        "ferry.v1.Drain.updated_at",
+        "ferry.v1.Drain.ended_at",
+        "ferry.v1.DrainItem.started_at",
+        "ferry.v1.DrainItem.ended_at",
         "ferry.v1.VM.last_seen",
     }
 )

@@ -138,21 +138,39 @@ class Cli:
             text()
 
     async def hosts(self) -> int:
-        resp = await self.stub.ListHosts(cpb.ListHostsRequest(), timeout=self.timeout)
+        if self.a.action == "cordon":
+            h = await self.stub.CordonHost(
+                cpb.CordonHostRequest(host=self.a.host, reason=self.a.reason), timeout=self.timeout
+            )
+            self.emit(h, f"{h.name} cordoned: {h.cordon_reason or 'no reason given'}")
+            return EXIT_OK
+        if self.a.action == "uncordon":
+            h = await self.stub.UncordonHost(cpb.UncordonHostRequest(host=self.a.host), timeout=self.timeout)
+            self.emit(h, f"{h.name} is back in service")
+            return EXIT_OK
+        resp = cpb.ListHostsResponse()
+        req = cpb.ListHostsRequest()
+        while True:  # every page
+            page = await self.stub.ListHosts(req, timeout=self.timeout)
+            resp.hosts.extend(page.hosts)
+            req.page_token = page.next_page_token
+            if not req.page_token:
+                break
         rows = [
             [
                 h.name,
-                "up" if h.available else "DOWN",
+                ("up" if h.available else "DOWN") + (",cordoned" if h.cordoned else ""),
                 h.address,
                 h.facts.cpu_model,
                 f"{render.size(h.facts.memory_free_bytes)}/{render.size(h.facts.memory_total_bytes)}",
                 h.domains,
                 f"{h.migrations_out}/{h.migrations_in}",
                 ",".join(h.facts.bridges),
+                ((f"{h.drain_id}: " if h.drain_id else "") + h.cordon_reason) if h.cordoned else "",
             ]
             for h in resp.hosts
         ]
-        headers = ("HOST", "STATE", "AGENT", "CPU", "MEM FREE", "VMS", "OUT/IN", "BRIDGES")
+        headers = ("HOST", "STATE", "AGENT", "CPU", "MEM FREE", "VMS", "OUT/IN", "BRIDGES", "CORDON")
         self.emit(resp, lambda: self.screen.table(headers, rows))
         return EXIT_OK
 
@@ -177,13 +195,15 @@ class Cli:
 
     async def preflight(self) -> int:
         req = cpb.PreflightRequest(
-            vm=self.a.vm, target_host=self.a.to, options=build_options(self.a), mapping=build_mapping(self.a)
+            vm=self.a.vm, target_host=self.a.to or "", options=build_options(self.a), mapping=build_mapping(self.a)
         )
         resp = await self.stub.Preflight(req, timeout=self.timeout)
+        to = resp.target_host or self.a.to or "any host"
+        lines = render.candidates(resp, self.a.vm) if not self.a.to else []
         if resp.ok:
-            lines = [f"OK: {self.a.vm} can migrate {resp.source_host} -> {self.a.to}"]
+            lines += [f"OK: {self.a.vm} can migrate {resp.source_host} -> {to}" + ("" if self.a.to else " (best)")]
         else:
-            lines = [f"BLOCKED: {self.a.vm} cannot migrate {resp.source_host or '?'} -> {self.a.to}:"]
+            lines += [f"BLOCKED: {self.a.vm} cannot migrate {resp.source_host or '?'} -> {to}:"]
             for b in resp.blockers:
                 lines.append(f"  {b.reason}: {b.message}")
                 if b.hint:
@@ -200,7 +220,7 @@ class Cli:
     async def migrate(self) -> int:
         req = cpb.SubmitMigrationRequest(
             vm=self.a.vm,
-            target_host=self.a.to,
+            target_host=self.a.to or "",
             options=build_options(self.a),
             mapping=build_mapping(self.a),
             priority=self.a.priority,
@@ -298,9 +318,102 @@ class Cli:
             vm=self.a.vm or "",
             limit=max(0, self.a.limit),
         )
-        resp = await self.stub.ListMigrations(req, timeout=self.timeout)
+        resp = cpb.ListMigrationsResponse()
+        while True:  # every page (the server pages at 500)
+            page = await self.stub.ListMigrations(req, timeout=self.timeout)
+            resp.migrations.extend(page.migrations)
+            req.page_token = page.next_page_token
+            if not req.page_token:
+                break
         rows = [render.migration_line(m) for m in resp.migrations]
         self.emit(resp, lambda: self.screen.table(render.MIGRATION_HEADERS, rows))
+        return EXIT_OK
+
+    # ------------------------------------------------------------------ drains
+
+    async def drain(self) -> int:
+        req = cpb.SubmitDrainRequest(
+            host=self.a.host,
+            targets=[t for t in (self.a.to or "").split(",") if t],
+            max_parallel=self.a.max_parallel,
+            policy=self.a.policy,
+            reason=self.a.reason,
+            dry_run=self.a.dry_run,
+            options=tpb.MigrationOptions(),  # the zero values: live, the definition moves with the VM
+        )
+        d = await self.stub.SubmitDrain(req, timeout=self.timeout)
+        if self.a.dry_run:
+            self.emit(d, render.drain_detail(d))
+            return EXIT_OK
+        if self.a.no_wait:
+            self.emit(d, d.id)
+            return EXIT_OK
+        if not self.json:
+            self.screen.text(f"drain {d.id}: {d.host} cordoned, {d.vms_total} VM(s), {d.slots} at a time")
+        return await self._follow_drain(d.id)
+
+    async def _follow_drain(self, drain_id: str) -> int:
+        """Watch until final: a bar redrawn in place on a terminal, a line per VM that moved (or
+        could not) and progress lines otherwise; the final drain at the end."""
+        last: cpb.Drain | None = None
+        told: set[tuple[str, int]] = set()
+        try:
+            with self.screen.live(enabled=not self.json) as area:
+                async for d in self.stub.WatchDrain(cpb.WatchDrainRequest(id=drain_id)):
+                    last = d
+                    if self.json:
+                        continue
+                    for i in d.items:
+                        if i.state == cpb.DRAIN_ITEM_STATE_WAITING or (i.vm, i.state) in told:
+                            continue
+                        told.add((i.vm, i.state))
+                        why = (
+                            f" ({i.problems[-1].reason})"
+                            if i.problems and i.state != cpb.DRAIN_ITEM_STATE_MOVED
+                            else ""
+                        )
+                        area.line(f"  {i.vm}: {render.item_state_name(i.state)} -> {i.target_host or '?'}{why}")
+                    bar = "  " + render.drain_bar(d)
+                    if area.enabled:
+                        area.show(bar)
+                    else:
+                        area.line(bar)
+        except asyncio.CancelledError:  # Ctrl-C: the drain goes on
+            print(f"\nferry: drain {drain_id} continues; `ferry drains cancel {drain_id}` stops it", file=sys.stderr)
+            raise
+        if last is None:
+            raise FerryError(f"the watch of {drain_id} ended without news", reason="WATCH_ENDED")
+        self.emit(last, render.drain_detail(last))
+        return EXIT_OK if last.state == cpb.DRAIN_STATE_SUCCEEDED else EXIT_UNSUCCESSFUL
+
+    async def drains(self) -> int:
+        action, t = self.a.action, self.timeout
+        if action == "watch":
+            return await self._follow_drain(self.a.id)
+        if action is not None:
+            calls = {
+                "show": (self.stub.GetDrain, cpb.GetDrainRequest),
+                "pause": (self.stub.PauseDrain, cpb.PauseDrainRequest),
+                "resume": (self.stub.ResumeDrain, cpb.ResumeDrainRequest),
+                "cancel": (self.stub.CancelDrain, cpb.CancelDrainRequest),
+            }
+            call, message = calls[action]
+            d = await call(message(id=self.a.id), timeout=t)
+            done = {"pause": "paused", "resume": "resumed", "cancel": "cancel requested for"}
+            name = render.drain_state_name(d.state)
+            self.emit(d, render.drain_detail(d) if action == "show" else f"{done[action]} {d.id} ({name})")
+            return EXIT_OK
+        states = [f"DRAIN_STATE_{word.upper()}" for word in self.a.state or ()]
+        req = cpb.ListDrainsRequest(host=self.a.host or "", states=states)
+        resp = cpb.ListDrainsResponse()
+        while True:
+            page = await self.stub.ListDrains(req, timeout=t)
+            resp.drains.extend(page.drains)
+            req.page_token = page.next_page_token
+            if not req.page_token:
+                break
+        rows = [render.drain_line(d) for d in resp.drains]
+        self.emit(resp, lambda: self.screen.table(render.DRAIN_HEADERS, rows))
         return EXIT_OK
 
     async def top(self) -> int:

@@ -1,6 +1,7 @@
 """Pure rendering for the `ferry` CLI as plain text: tables, sizes, figures of a migration in
 flight (rate, dirty rate, ETA), the progress line. No I/O here; ``live.py`` draws the same
-figures with rich on a terminal. Phases and job phases are spelled as in the JSON (``jsonout``).
+figures with rich on a terminal. Phases, job phases and drain states are spelled as in the JSON
+(``jsonout``).
 """
 
 from __future__ import annotations
@@ -298,3 +299,121 @@ def migration_detail(m: cpb.Migration) -> str:
 def label(history_phase: str) -> str:
     """A history entry's phase in the JSON's spelling."""
     return label_word(history_phase)
+
+
+# ---------------------------------------------------------------- placement and drains
+
+
+def candidates(resp: cpb.PreflightResponse | cpb.RankTargetsResponse, vm: str) -> list[str]:
+    """The ranking as `ferry preflight VM` (no --to) prints it: feasible hosts best first with
+    their score and reasons, then every rejected host with each blocker and its fix."""
+    lines = []
+    if resp.candidates:
+        lines.append(f"Candidates for {vm} (from {resp.source_host}), best first:")
+        for n, c in enumerate(resp.candidates, 1):
+            lines.append(f"  {n}. {c.host}  score {c.score:.2f}{'  (busy: would queue)' if c.busy else ''}")
+            lines += [f"       {why}" for why in c.reasons]
+    if resp.rejected:
+        lines.append("Rejected:")
+        for c in resp.rejected:
+            lines.append(f"  {c.host}:")
+            for b in c.blockers:
+                lines.append(f"    {b.reason}: {b.message}")
+                if b.hint:
+                    lines.append(f"      fix: {b.hint}")
+    return lines
+
+
+def drain_state_name(state: int) -> str:
+    """DRAIN_STATE_INCOMPLETE -> incomplete (the JSON's spelling)."""
+    return enum_word(cpb.DrainState.DESCRIPTOR, state)
+
+
+def item_state_name(state: int) -> str:
+    """DRAIN_ITEM_STATE_MOVED -> moved (the JSON's spelling)."""
+    return enum_word(cpb.DrainItemState.DESCRIPTOR, state)
+
+
+def drain_bar(d: cpb.Drain, width: int = 30) -> str:
+    """``[##########....................]  3/10 VMs  1.2 GiB/4.0 GiB  1 failed  2 migrating  ETA 45 s``"""
+    frac = d.bytes_moved / d.bytes_total if d.bytes_total else (d.vms_moved / d.vms_total if d.vms_total else 0.0)
+    filled = int(round(min(frac, 1.0) * width))
+    parts = [
+        f"[{'#' * filled}{'.' * (width - filled)}]",
+        f"{d.vms_moved}/{d.vms_total} VMs",
+        f"{size(d.bytes_moved)}/{size(d.bytes_total)}",
+    ]
+    if d.vms_failed:
+        parts.append(f"{d.vms_failed} failed")
+    if d.vms_migrating:
+        parts.append(f"{d.vms_migrating} migrating")
+    if d.state in (cpb.DRAIN_STATE_RUNNING, cpb.DRAIN_STATE_PAUSED, cpb.DRAIN_STATE_CANCELLING):
+        parts.append(f"ETA {duration(d.eta_s)}" if d.state == cpb.DRAIN_STATE_RUNNING else drain_state_name(d.state))
+    return "  ".join(parts)
+
+
+DRAIN_HEADERS = ("ID", "HOST", "STATE", "MOVED", "FAILED", "MIGRATING", "ETA", "CREATED")
+
+
+def drain_line(d: cpb.Drain) -> list[object]:
+    final = d.state in (cpb.DRAIN_STATE_SUCCEEDED, cpb.DRAIN_STATE_INCOMPLETE, cpb.DRAIN_STATE_CANCELLED)
+    return [
+        d.id,
+        d.host,
+        drain_state_name(d.state),
+        f"{d.vms_moved}/{d.vms_total}",
+        d.vms_failed,
+        d.vms_migrating,
+        "" if final else duration(d.eta_s),
+        d.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if d.created_at.seconds else "",
+    ]
+
+
+def drain_detail(d: cpb.Drain) -> str:
+    """`ferry drains show ID` (and a dry run's plan): every VM, where it goes or went, and why not."""
+    head = "Plan for draining" if d.dry_run else f"Drain {d.id} of"
+    lines = [f"{head} {d.host}" + (f" ({d.reason})" if d.reason else "")]
+    if not d.dry_run:
+        lines.append(f"  State:     {drain_state_name(d.state)}")
+    lines.append(
+        f"  Slots:     {d.slots} at once"
+        + (f" (asked {d.max_parallel})" if d.max_parallel and d.max_parallel != d.slots else "")
+        + (f"; targets {', '.join(d.targets)}" if d.targets else "")
+        + (f"; policy {d.policy}" if d.policy else "")
+    )
+    lines.append(f"  Estimated: {duration(d.estimated_s)} for the whole drain")
+    if not d.dry_run:
+        lines.append(f"  Progress:  {drain_bar(d)}")
+    rows = []
+    for i in d.items:
+        why = ""
+        if i.problems and i.state != cpb.DRAIN_ITEM_STATE_MOVED:
+            p = i.problems[-1]
+            why = f"{p.reason}: {p.message}"
+        rows.append(
+            [
+                i.vm,
+                "planned" if d.dry_run and i.state == cpb.DRAIN_ITEM_STATE_WAITING else item_state_name(i.state),
+                i.target_host or "-",
+                duration(i.estimate_s) if i.estimate_s else "-",
+                i.migration_id or "-",
+                why,
+            ]
+        )
+    lines.append("")
+    lines.append(table(("VM", "STATE", "TARGET", "ESTIMATE", "MIGRATION", "WHY NOT"), rows))
+    fixes = [
+        (i.vm, i.problems[-1].hint)
+        for i in d.items
+        if i.problems and i.problems[-1].hint and i.state in (cpb.DRAIN_ITEM_STATE_FAILED, cpb.DRAIN_ITEM_STATE_SKIPPED)
+    ]
+    if fixes:
+        lines.append("")
+        lines += [f"  {vm}: fix: {hint}" for vm, hint in fixes]
+    if d.history and not d.dry_run:
+        lines.append("")
+        lines.append("History:")
+        for h in d.history:
+            at = h.at.ToDatetime().strftime("%H:%M:%S.%f")[:-3]
+            lines.append(f"  {at}  {drain_state_name(h.state):<11} {h.reason}")
+    return "\n".join(lines)

@@ -38,6 +38,7 @@ from ferry.errors import FerryError, InvalidArgument, NotFound
 from ferry.model import (
     CompletedJob,
     DomainState,
+    HostFacts,
     JobStats,
     MigrationProgress,
     MigrationResult,
@@ -71,7 +72,7 @@ from .events import (
     StepFailed,
     WatchJob,
 )
-from .preflight import preflight
+from .preflight import ProbeCache, preflight
 from .record import MigrationRecord
 
 log = logging.getLogger(__name__)
@@ -112,12 +113,15 @@ class Actions:
         self,
         hosts: HostDirectory,
         timing: ActionTiming,
+        known_facts: Callable[[str], HostFacts | None] | None = None,
         *,
         leader_term: int = 0,
         on_stale: Callable[[Problem], None] = lambda problem: None,
     ) -> None:
         self.hosts = hosts
         self.timing = timing
+        self.known_facts = known_facts  # fresh cached host facts (the fleet view): fewer inventory calls
+        self.probes = ProbeCache()  # probes that passed lately: not repeated for every migration
         self.term = leader_term
         self.on_stale = on_stale
 
@@ -179,6 +183,8 @@ class Actions:
             storage=r.options.storage,
             source_host=r.source_host,
             migration_id=r.id,
+            known_facts=self.known_facts,
+            probes=self.probes,
         )
         involved = [h for h in report.unavailable if h in (r.source_host, r.target_host)]
         if involved:

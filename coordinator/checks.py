@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ferry.model import DomainInfo, DomainState, HostFacts, MigrationOptions, Problem, StorageMode
+from ferry.model import HOST_CPU_MODES, DomainInfo, DomainState, HostFacts, MigrationOptions, Problem, StorageMode
 
 
 @dataclass(frozen=True)
@@ -222,3 +222,28 @@ def coordinator_blockers(
                     )
                 )
     return out
+
+
+def host_cpu_blockers(
+    vm: str, domain: DomainInfo | None, source: HostFacts | None, target: HostFacts | None
+) -> list[Problem]:
+    """A host-passthrough (or maximum) guest sees its host's CPU as it is: it can only move to a
+    host with the same CPU model and at least the same features (pure; unknown facts pass)."""
+    if domain is None or domain.cpu_mode not in HOST_CPU_MODES or source is None or target is None:
+        return []
+    missing = sorted(set(source.cpu_features) - set(target.cpu_features))
+    if source.cpu_model == target.cpu_model and not missing:
+        return []
+    lacks = ""
+    if missing:
+        shown = ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else "")
+        lacks = f"; {target.hostname} lacks {shown}"
+    return [
+        Problem(
+            "CPU_INCOMPATIBLE",
+            f"{vm} runs on its host's own CPU ({domain.cpu_mode}): {source.hostname} has a {source.cpu_model or '?'} "
+            f"CPU, {target.hostname} a {target.cpu_model or '?'}{lacks}",
+            "move host-passthrough guests only between hosts with the same CPU model and features, or give the "
+            "guest a CPU model every host offers (a baseline: virsh hypervisor-cpu-baseline) and restart it",
+        )
+    ]

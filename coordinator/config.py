@@ -34,6 +34,23 @@
     cert = "/etc/ferry/pki/coordinator.c1.pem"       # identity ferry://coordinator/c1 (ferry/identity.py)
     key = "/etc/ferry/pki/coordinator.c1-key.pem"
 
+    [placement]                                      # choosing a target (no --to, drains)
+    weights = { memory = 0.5, balance = 0.3, inbound = 0.2 }
+    anti_affinity = { web = ["web-*"] }              # group -> VM name patterns: never on one host
+
+    [drains]
+    bandwidth_mibps = 100                            # estimated migration time: overhead_s +
+    overhead_s = 3                                   #   (memory + copied disks) / bandwidth
+    max_attempts = 3                                 # migrations per VM (another host each time)
+
+    [retention]                                      # the leader deletes what ended long ago
+    migrations_s = 604800                            # finished migration records (7 days; 0 = keep)
+    idempotency_s = 86400                            # their idempotency keys (at most migrations_s)
+    drains_s = 2592000                               # finished drains (30 days; 0 = keep)
+
+    [engine]
+    progress_write_s = 1                             # a migration's progress is stored at most this often
+
     [metrics]                                        # Prometheus: GET /metrics (on unless enabled = false)
     listen = ["10.77.0.1:9471"]                      # default: the first listen address's host, port 9471
 
@@ -80,7 +97,9 @@ from ferry.tomlconfig import (
 )
 from ferry.validate import MAX_PREPARE_TTL_S
 
+from .drainplan import Estimates
 from .phases import Timeouts
+from .placement import AntiAffinity, PlacementPolicy, Weights
 from .slots import Limits
 
 METRICS_PORT = 9471
@@ -116,6 +135,31 @@ class HostDecl:
 
 
 @dataclass(frozen=True)
+class DrainsConfig:
+    estimates: Estimates = Estimates()
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long finished objects are kept before the leader deletes them (0 = forever).
+
+    A migration's idempotency key goes at the latest with its record: a key replayed after that
+    submits a new migration.
+    """
+
+    migrations_s: float = 7 * 86400.0
+    idempotency_s: float = 86400.0
+    drains_s: float = 30 * 86400.0
+    sweep_s: float = 60.0  # how often the leader looks
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    progress_write_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     id: str
     listen: tuple[str, ...]
@@ -128,6 +172,10 @@ class CoordinatorConfig:
     agents: AgentsConfig = AgentsConfig()
     hosts: Mapping[str, HostDecl] = field(default_factory=dict)
     tls: Tls | None = None
+    placement: PlacementPolicy = PlacementPolicy()  # its inbound_limit is limits.per_host_inbound
+    drains: DrainsConfig = DrainsConfig()
+    retention: Retention = Retention()
+    engine: EngineConfig = EngineConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
 
@@ -289,6 +337,74 @@ def _hosts(doc: dict[str, Any], source: str) -> dict[str, HostDecl]:
     return out
 
 
+def _non_negative(t: Table, key: str) -> float:
+    """A number >= 0 (``Table.number`` wants a positive one; 0 means "none" / "forever" here)."""
+    v = t.data[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        raise bad(t.source, f"[{t.section}] {key} must be a number >= 0, not {v!r}", f"e.g. {key} = 1")
+    return float(v)
+
+
+def _placement(doc: dict[str, Any], source: str, limits: Limits) -> PlacementPolicy:
+    if "placement" not in doc:
+        return PlacementPolicy(inbound_limit=limits.per_host_inbound)
+    t = Table(doc["placement"], "placement", source, ("weights", "anti_affinity"))
+    weights = Weights()
+    if "weights" in t:
+        w = Table(t.data["weights"], "placement.weights", source, ("memory", "balance", "inbound"))
+        weights = Weights(**{k: _non_negative(w, k) for k in ("memory", "balance", "inbound") if k in w})
+    groups = []
+    if "anti_affinity" in t:
+        table = t.data["anti_affinity"]
+        if not isinstance(table, dict):
+            raise bad(source, "[placement] anti_affinity must be a table", 'write anti_affinity = { web = ["web-*"] }')
+        g = Table(table, "placement.anti_affinity", source, tuple(table))
+        groups = [AntiAffinity(name, g.strings(name)) for name in table]
+    return PlacementPolicy(weights, limits.per_host_inbound, tuple(groups))
+
+
+def _drains(doc: dict[str, Any], source: str) -> DrainsConfig:
+    if "drains" not in doc:
+        return DrainsConfig()
+    t = Table(doc["drains"], "drains", source, ("bandwidth_mibps", "overhead_s", "max_attempts"))
+    e = Estimates()
+    estimates = Estimates(
+        float(t.number("bandwidth_mibps")) if "bandwidth_mibps" in t else e.bandwidth_mibps,
+        _non_negative(t, "overhead_s") if "overhead_s" in t else e.overhead_s,
+    )
+    if estimates.bandwidth_mibps <= 0:
+        raise bad(source, "[drains] bandwidth_mibps must be positive", "e.g. bandwidth_mibps = 100")
+    attempts = int(t.number("max_attempts", integer=True)) if "max_attempts" in t else DrainsConfig.max_attempts
+    if attempts < 1:
+        raise bad(source, "[drains] max_attempts must be at least 1", "e.g. max_attempts = 3")
+    return DrainsConfig(estimates, attempts)
+
+
+def _retention(doc: dict[str, Any], source: str) -> Retention:
+    if "retention" not in doc:
+        return Retention()
+    keys = ("migrations_s", "idempotency_s", "drains_s", "sweep_s")
+    t = Table(doc["retention"], "retention", source, keys)
+    values = {k: _non_negative(t, k) for k in keys if k in t}
+    r = Retention(**values)
+    if min(r.migrations_s, r.idempotency_s, r.drains_s) < 0 or r.sweep_s <= 0:
+        raise bad(source, "[retention] times must be positive (0 = keep forever)", "e.g. migrations_s = 604800")
+    if r.migrations_s and (not r.idempotency_s or r.idempotency_s > r.migrations_s):
+        raise bad(
+            source,
+            "[retention] idempotency_s must not exceed migrations_s (a key goes with its record at the latest)",
+            f"e.g. idempotency_s = {r.migrations_s:g}",
+        )
+    return r
+
+
+def _engine(doc: dict[str, Any], source: str) -> EngineConfig:
+    if "engine" not in doc:
+        return EngineConfig()
+    t = Table(doc["engine"], "engine", source, ("progress_write_s",))
+    return EngineConfig(float(t.number("progress_write_s")) if "progress_write_s" in t else 1.0)
+
+
 def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None = None) -> CoordinatorConfig:
     """Parse the coordinator's TOML text. Raises InvalidArgument (CONFIG_INVALID) naming the problem."""
     doc = parse_toml(text, source)
@@ -297,7 +413,21 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
         doc,
         "top level",
         source,
-        ("coordinator", "etcd", "limits", "timeouts", "agents", "hosts", "tls", "metrics", "log"),
+        (
+            "coordinator",
+            "etcd",
+            "limits",
+            "timeouts",
+            "agents",
+            "hosts",
+            "tls",
+            "metrics",
+            "log",
+            "placement",
+            "drains",
+            "retention",
+            "engine",
+        ),
     )
     if "coordinator" not in doc:
         raise bad(source, "no [coordinator] table", "start the file with [coordinator] (id, listen)")
@@ -321,6 +451,10 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
     values["timeouts"] = _timeouts(doc, source)
     values["agents"] = _agents(doc, base, source, values["tls"])
     values["hosts"] = _hosts(doc, source)
+    values["placement"] = _placement(doc, source, values["limits"])
+    values["drains"] = _drains(doc, source)
+    values["retention"] = _retention(doc, source)
+    values["engine"] = _engine(doc, source)
     if "metrics" in doc:
         values["metrics"] = metrics_of(Table(doc["metrics"], "metrics", source, METRICS_KEYS))
     if "log" in doc:

@@ -7,6 +7,7 @@ internals (deadline, attempts, retries, destination XML, rollback goal) are not 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import cast
 
@@ -15,7 +16,11 @@ from ferry.model import DomainInfo, HostFacts, MigrationOptions, StorageMode
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import types_pb2 as tpb
 
+from .drain import DrainItem, DrainRecord, DrainState, ItemState
+from .drainplan import Progress
+from .hoststate import HostCordon
 from .phases import Phase
+from .placement import Candidate
 from .record import MigrationRecord, PhaseChange
 
 # ---------------------------------------------------------------- phases
@@ -134,6 +139,7 @@ def host_status_to_pb(
     migrations_out: int,
     migrations_in: int,
     last_seen: datetime | None,
+    cordon: HostCordon | None = None,
 ) -> cpb.HostStatus:
     h = cpb.HostStatus(
         name=name,
@@ -143,6 +149,12 @@ def host_status_to_pb(
         migrations_out=migrations_out,
         migrations_in=migrations_in,
     )
+    if cordon is not None and cordon.cordoned:
+        h.cordoned = True
+        h.cordon_reason = cordon.reason
+        h.drain_id = cordon.drain_id
+        if cordon.since is not None:
+            h.cordoned_at.CopyFrom(convert.timestamp_to_pb(cordon.since))
     if facts is not None:
         h.facts.CopyFrom(convert.host_facts_to_pb(facts))
     if last_seen is not None:
@@ -163,3 +175,99 @@ def vm_to_pb(
     if unreachable and last_seen is not None:
         vm.last_seen.CopyFrom(convert.timestamp_to_pb(last_seen))
     return vm
+
+
+# ---------------------------------------------------------------- placement
+
+
+def candidate_to_pb(c: Candidate) -> cpb.HostCandidate:
+    return cpb.HostCandidate(
+        host=c.host,
+        score=c.score,
+        reasons=list(c.reasons),
+        blockers=[convert.problem_to_pb(b) for b in c.blockers],
+        busy=c.busy,
+    )
+
+
+# ---------------------------------------------------------------- drains
+
+
+def drain_state_to_pb(state: DrainState) -> cpb.DrainState:
+    """``drain.DrainState`` values equal the ``ferry.v1.DrainState`` numbers."""
+    return cast(cpb.DrainState, state.value)
+
+
+def drain_state_from_pb(value: int) -> DrainState | None:
+    try:
+        return DrainState(value)
+    except ValueError:
+        return None
+
+
+def drain_item_to_pb(i: DrainItem, migration: MigrationRecord | None = None) -> cpb.DrainItem:
+    m = cpb.DrainItem(
+        vm=i.vm,
+        vm_uuid=i.vm_uuid,
+        state=cast(cpb.DrainItemState, i.state.value),
+        target_host=i.target,
+        migration_id=i.migration_id,
+        attempts=i.attempts,
+        tried=list(i.tried),
+        problems=[convert.problem_to_pb(p) for p in i.problems],
+        estimate_s=i.estimate_s,
+        bytes_total=i.bytes_total,
+    )
+    if i.state is ItemState.MOVED:
+        m.bytes_moved = i.bytes_total
+    elif migration is not None and migration.progress is not None:
+        s = migration.progress.stats
+        m.bytes_moved = min(s.memory_processed + s.disk_processed, i.bytes_total)
+    if migration is not None:
+        m.migration_phase = phase_to_pb(migration.phase)
+    if i.started_at is not None:
+        m.started_at.CopyFrom(convert.timestamp_to_pb(i.started_at))
+    if i.ended_at is not None:
+        m.ended_at.CopyFrom(convert.timestamp_to_pb(i.ended_at))
+    return m
+
+
+def drain_to_pb(
+    d: DrainRecord,
+    progress: Progress,
+    slots: int,
+    migrations: Mapping[str, MigrationRecord] | None = None,
+    *,
+    dry_run: bool = False,
+) -> cpb.Drain:
+    migrations = migrations or {}
+    m = cpb.Drain(
+        id=d.id,
+        host=d.host,
+        state=drain_state_to_pb(d.state),
+        reason=d.reason,
+        targets=list(d.targets),
+        max_parallel=d.max_parallel,
+        policy=d.policy,
+        slots=slots,
+        items=[drain_item_to_pb(i, migrations.get(i.migration_id)) for i in d.items],
+        created_at=convert.timestamp_to_pb(d.created_at),
+        history=[
+            cpb.DrainChange(state=drain_state_to_pb(c.state), at=convert.timestamp_to_pb(c.at), reason=c.reason)
+            for c in d.history
+        ],
+        vms_total=progress.total,
+        vms_moved=progress.moved,
+        vms_failed=progress.failed,
+        vms_migrating=progress.migrating,
+        bytes_total=progress.bytes_total,
+        bytes_moved=progress.bytes_moved,
+        eta_s=progress.eta_s,
+        estimated_s=d.estimated_s,
+        dry_run=dry_run,
+    )
+    if d.updated_at is not None:
+        m.updated_at.CopyFrom(convert.timestamp_to_pb(d.updated_at))
+    if d.ended_at is not None:
+        m.ended_at.CopyFrom(convert.timestamp_to_pb(d.ended_at))
+    return m

@@ -37,14 +37,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
 from ferry.errors import FailedPrecondition, FerryError, Internal
 from ferry.keys import MIGRATIONS, VM_ACTIVE, decode_id, name_below, release_vm_active
-from ferry.model import Problem
+from ferry.model import HostFacts, Problem
 from ferry.registry import HostDirectory
 from ferry.store import Entry, EventKind, Resync, Store
 
@@ -79,11 +79,17 @@ class Engine:
         progress_write_s: float = 1.0,
         job_poll_s: float = 1.0,
         store_retry_s: float = 0.5,
+        cordoned: Callable[[], Collection[str]] = frozenset,
+        known_facts: Callable[[str], HostFacts | None] | None = None,
+        decode_entry: Callable[[Entry], MigrationRecord] | None = None,
         observer: RecordObserver | None = None,
         leader_term: int = 0,
     ) -> None:
         self.store = store
         self.observer = observer
+        self.cordoned = cordoned  # hosts that receive no migration (``hoststate.py``): admission skips them
+        # a version of a record, decoded (the replica's shared decoder: each version decoded once)
+        self._decode_entry = decode_entry or (lambda e: decode(e.value, e.mod_revision))
         self.hosts = hosts
         self.limits = limits
         self.timeouts = timeouts
@@ -94,6 +100,7 @@ class Engine:
         actions = Actions(
             hosts,
             ActionTiming(job_poll_s=job_poll_s, prepare_ttl_s=prepare_ttl_s),
+            known_facts,
             leader_term=leader_term,
             on_stale=self._deposed,
         )
@@ -108,8 +115,12 @@ class Engine:
             store_retry_s=store_retry_s,
         )
         self.records: dict[str, MigrationRecord] = {}  # the newest version of every record seen
+        self._open: dict[str, MigrationRecord] = {}  # those not final (what admission looks at)
         self.runners: dict[str, RecordRunner] = {}
         self._admitting: set[str] = set()
+        self.loaded = asyncio.Event()  # set once the records are listed (the leader's drains wait for it)
+        # called with every new version of a record the engine sees (the leader's drains follow them)
+        self.observers: list[Callable[[MigrationRecord], None]] = []
         self._admit_needed = asyncio.Event()
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -125,7 +136,8 @@ class Engine:
         self._running = True
         self._stopped = asyncio.Event()
         self._admit_needed = asyncio.Event()
-        self.records, self.runners, self._admitting = {}, {}, set()
+        self.loaded = asyncio.Event()
+        self.records, self._open, self.runners, self._admitting = {}, {}, {}, set()
         try:
             starting = asyncio.get_running_loop().create_task(self._start(), name="engine start")
             stopping = asyncio.get_running_loop().create_task(self._stopped.wait())
@@ -136,6 +148,7 @@ class Engine:
                 await asyncio.gather(starting, return_exceptions=True)
                 return
             revision = starting.result()
+            self.loaded.set()
             self._spawn(self._watch(revision + 1), "watch migrations")
             self._spawn(self._follow_hosts(), "follow hosts")
             self._spawn(self._tick(), "tick")
@@ -227,7 +240,7 @@ class Engine:
 
     def _decode(self, entry: Entry) -> MigrationRecord | None:
         try:
-            return decode(entry.value, entry.mod_revision)
+            return self._decode_entry(entry)
         except FerryError as err:
             log.error("skipping %s: %s: %s (hint: %s)", entry.key, err.reason, err.message, err.hint)
             return None
@@ -238,8 +251,14 @@ class Engine:
         if old is not None and old.revision >= record.revision:
             return
         self.records[record.id] = record
+        if record.phase.is_final:
+            self._open.pop(record.id, None)
+        else:
+            self._open[record.id] = record
         if old is None or old.phase is not record.phase:
             self.admit_soon()
+        for observe in self.observers:
+            observe(record)
         runner = self.runners.get(record.id)
         if record.phase.is_final:
             if (old is None and not recovering) or (old is not None and not old.phase.is_final):
@@ -255,6 +274,7 @@ class Engine:
 
     def _deleted(self, migration_id: str) -> None:
         self.records.pop(migration_id, None)
+        self._open.pop(migration_id, None)
         self._admitting.discard(migration_id)
         self.admit_soon()
 
@@ -340,10 +360,13 @@ class Engine:
             self._admit_once()
 
     def _admit_once(self) -> None:
-        queued = [r for r in self.records.values() if r.phase is Phase.PENDING and r.id not in self._admitting]
-        active = [r for r in self.records.values() if r.phase.holds_slot and r.id not in self._admitting]
+        queued = [r for r in self._open.values() if r.phase is Phase.PENDING and r.id not in self._admitting]
+        if not queued:
+            return
+        active = [r for r in self._open.values() if r.phase.holds_slot and r.id not in self._admitting]
         active += [replace(self.records[i], phase=Phase.PREFLIGHT) for i in self._admitting if i in self.records]
-        for migration_id in admit(queued, active, self.limits, self.hosts.available_hosts(), self.clock()):
+        chosen = admit(queued, active, self.limits, self.hosts.available_hosts(), self.clock(), self.cordoned())
+        for migration_id in chosen:
             runner = self.runners.get(migration_id)
             if runner is None or runner.done:
                 continue

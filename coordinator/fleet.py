@@ -31,14 +31,14 @@ import inspect
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from ferry import convert
 from ferry.errors import FerryError, NotFound, Unavailable
 from ferry.keys import HOSTS as HOSTS_PREFIX
 from ferry.keys import last_seen_key
-from ferry.model import DomainInfo, HostFacts, Inventory
+from ferry.model import DomainInfo, DomainState, HostFacts, Inventory
 from ferry.ports import AgentClient
 from ferry.registry import HostChange, HostRegistration
 from ferry.store import Conflict, Entry, EventKind, Resync, Store
@@ -95,6 +95,12 @@ class _Host:
     error: FerryError | None = None
     refreshing: asyncio.Task[None] | None = field(default=None, repr=False)
     saved: tuple[DomainInfo, ...] | None = None  # the domains last-seen/<name> holds, as far as we know
+
+    @property
+    def available(self) -> bool:
+        """As ``HostState.available``, without building one (the placer reads this per host)."""
+        reg = self.registration
+        return reg is not None and reg.libvirt_up and self.reachable is not False
 
     def state(self) -> HostState:
         reg = self.registration
@@ -174,6 +180,8 @@ class Fleet:
         self.inventory_timeout_s = inventory_timeout_s
         self.reprobe_s = reprobe_s
         self._hosts: dict[str, _Host] = {name: _Host(name) for name in declared}
+        self._where: dict[str, set[str]] = {}  # a domain's name and UUID -> the hosts whose inventory has it
+        self.version = 0  # moves on with every change of a host's inventory or state (placement's caches)
         self._subscribers: list[asyncio.Queue[HostChange]] = []
         self._watcher: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
@@ -211,6 +219,21 @@ class Fleet:
         h = self._hosts.get(name)
         return h.state() if h is not None else None
 
+    def entries(self) -> list[tuple[str, bool, Inventory | None, datetime | None]]:
+        """(name, available, inventory, when it arrived) of every host: what placement reads, without
+        building a HostState per host (a 1,000-host fleet is ranked many times a second)."""
+        return [(n, h.available, h.inventory, h.fetched_at) for n, h in sorted(self._hosts.items())]
+
+    def fresh_facts(self, name: str) -> HostFacts | None:
+        """The host's facts from an inventory younger than the TTL that its agent answered; None
+        otherwise (the caller asks the agent)."""
+        h = self._hosts.get(name)
+        if h is None or h.inventory is None or h.fetched_at is None or not h.reachable or not h.available:
+            return None
+        if self._clock() - h.fetched_at >= timedelta(seconds=self.inventory_ttl_s):
+            return None
+        return h.inventory.host
+
     def host_view(self, name: str) -> HostView | None:
         """What the preflight checks need of ``name``; None when no such host is known."""
         h = self._hosts.get(name)
@@ -244,24 +267,91 @@ class Fleet:
         if tasks:
             await asyncio.gather(*(asyncio.shield(t) for t in tasks), return_exceptions=True)
 
-    async def locate_vm(self, name_or_uuid: str, *, fresh: bool = False) -> tuple[str, DomainInfo] | None:
+    async def locate_vm(
+        self, name_or_uuid: str, *, fresh: bool = False, near: Collection[str] = ()
+    ) -> tuple[str, DomainInfo] | None:
         """The host a VM is on and its domain, by name or UUID.
 
         A running copy wins over a shut-off definition left on another host; None when no host
-        reports it. ``fresh`` (a submission): the answer is checked now — the hosts whose cached
-        inventory shows the VM are asked again, and only when none of them still has it is every
-        host asked, so a submission costs one agent call, not one per host of the fleet.
+        reports it. ``fresh`` (a submission): the answer is checked now -- the hosts whose cached
+        inventory shows the VM (and those in ``near``, where the caller believes it may be: the
+        target of its last migration, say) are asked again,
+        and only when none of them has it running is every host asked, so a submission costs
+        one agent call, not one per host of the fleet.
         """
-        await self.refresh()
-        if fresh:
-            await self.refresh(self._reporting(name_or_uuid), force=True)
-            if not self._reporting(name_or_uuid):
-                await self.refresh(force=True)
-        found = [(h.name, d) for h in self.hosts() for d in h.domains if name_or_uuid in (d.name, d.uuid)]
+        if not fresh:
+            await self.refresh()
+        else:
+            reporting = self._reporting(name_or_uuid) | {n for n in near if n}
+            if not await self._confirm(name_or_uuid, reporting):
+                if reporting:
+                    await self.refresh(reporting, force=True)
+                if not self._running_copy(name_or_uuid):
+                    await self.refresh(force=True)
+        found = [
+            (name, d)
+            for name in sorted(self._where.get(name_or_uuid, ()))
+            for d in self._domains(name)
+            if name_or_uuid in (d.name, d.uuid)
+        ]
         return pick_domain(found, self.available_hosts())
 
+    def _domains(self, name: str) -> tuple[DomainInfo, ...]:
+        inv = self._hosts[name].inventory
+        return inv.domains if inv is not None else ()
+
+    def _put_inventory(self, h: _Host, inventory: Inventory | None) -> None:
+        """Set ``h``'s inventory, keeping the index of where each domain is."""
+        if h.inventory is not None:
+            for d in h.inventory.domains:
+                for key in (d.name, d.uuid):
+                    where = self._where.get(key)
+                    if where is not None:
+                        where.discard(h.name)
+                        if not where:
+                            del self._where[key]
+        h.inventory = inventory
+        if inventory is not None:
+            for d in inventory.domains:
+                for key in (d.name, d.uuid):
+                    self._where.setdefault(key, set()).add(h.name)
+        self.version += 1
+
+    async def _confirm(self, name_or_uuid: str, hosts: set[str]) -> bool:
+        """Ask each of ``hosts`` for just this domain (GetDomain: one domain, not a whole
+        inventory); True when one runs it. Each answer updates that host's cached inventory."""
+
+        async def ask(h: _Host) -> bool:
+            client = h.client
+            if client is None or h.inventory is None:
+                return False
+            try:
+                async with asyncio.timeout(self.inventory_timeout_s):
+                    domain, _ = await client.get_domain(name_or_uuid)
+            except NotFound:
+                others = tuple(d for d in h.inventory.domains if name_or_uuid not in (d.name, d.uuid))
+                self._put_inventory(h, replace(h.inventory, domains=others))
+                return False
+            except (FerryError, TimeoutError):
+                return False
+            others = tuple(d for d in h.inventory.domains if d.uuid != domain.uuid)
+            self._put_inventory(h, replace(h.inventory, domains=(*others, domain)))
+            return domain.state.is_active
+
+        known = [self._hosts[n] for n in hosts if n in self._hosts and self._hosts[n].registration is not None]
+        return any(await asyncio.gather(*(ask(h) for h in known)))
+
+    def _running_copy(self, name_or_uuid: str) -> bool:
+        return any(
+            d.state.is_active
+            for name in self._where.get(name_or_uuid, ())
+            if self._hosts[name].reachable
+            for d in self._domains(name)
+            if name_or_uuid in (d.name, d.uuid)
+        )
+
     def _reporting(self, name_or_uuid: str) -> set[str]:
-        return {h.name for h in self.hosts() for d in h.domains if name_or_uuid in (d.name, d.uuid)}
+        return set(self._where.get(name_or_uuid, ()))
 
     # -- the engine's HostDirectory -------------------------------------------------------------
 
@@ -288,7 +378,7 @@ class Fleet:
         return h.registration if h is not None else None
 
     def available_hosts(self) -> set[str]:
-        return {n for n, h in self._hosts.items() if h.state().available}
+        return {n for n, h in self._hosts.items() if h.available}
 
     async def changes(self) -> AsyncIterator[HostChange]:
         """Every change of availability from now on (one queue per consumer)."""
@@ -299,6 +389,25 @@ class Fleet:
                 yield await queue.get()
         finally:
             self._subscribers.remove(queue)
+
+    def note_landed(self, vm_uuid: str, source: str, target: str, at: datetime) -> None:
+        """A migration of ``vm_uuid`` from ``source`` to ``target`` succeeded at ``at``: move the
+        domain between the two cached inventories (unless an inventory taken later already shows
+        it), so the view knows where the VM runs without asking every host."""
+        src, tgt = self._hosts.get(source), self._hosts.get(target)
+        if src is None or tgt is None or src.inventory is None:
+            return
+        moved = next((d for d in src.inventory.domains if d.uuid == vm_uuid), None)
+        if moved is None:
+            return
+        if src.fetched_at is None or src.fetched_at < at:
+            left = tuple(d for d in src.inventory.domains if d.uuid != vm_uuid)
+            self._put_inventory(src, replace(src.inventory, domains=left))
+        if tgt.inventory is not None and (tgt.fetched_at is None or tgt.fetched_at < at):
+            others = tuple(d for d in tgt.inventory.domains if d.uuid != vm_uuid)
+            self._put_inventory(
+                tgt, replace(tgt.inventory, domains=(*others, replace(moved, state=DomainState.RUNNING)))
+            )
 
     def report_unreachable(self, host: str, error: FerryError) -> None:
         """A caller (the engine) found the agent unreachable: show it so until an inventory answers."""
@@ -367,12 +476,16 @@ class Fleet:
             log.warning("ignoring %s: %s", entry.key, exc)
             return
         log.info("%s does not answer: showing the %d VM(s) it reported at %s", h.name, len(inventory.domains), at)
-        h.inventory, h.fetched_at, h.saved = inventory, at, inventory.domains
+        self._put_inventory(h, inventory)  # through the index of where each domain is
+        h.fetched_at, h.saved = at, inventory.domains
 
     def _set(self, h: _Host, *, restarted: bool = False, **changes: object) -> None:
         """Change ``h``'s fields; tell subscribers when its availability flipped, or when it
         stayed available across a restart of its agent."""
         before = h.state().available
+        if "inventory" in changes:
+            self._put_inventory(h, changes.pop("inventory"))  # type: ignore[arg-type]
+        self.version += 1
         for name, value in changes.items():
             setattr(h, name, value)
         after = h.state().available

@@ -27,6 +27,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -40,8 +41,15 @@ from ferry.timed_store import StoreObserver, TimedStore
 
 from .agent_client import GrpcAgentClient
 from .config import CoordinatorConfig, load_config
+from .drain_controller import DrainController
+from .drains import Drains
 from .election import Candidate, Election
 from .fleet import AgentFactory, Fleet
+from .phases import Phase
+from .placer import Placer
+from .record import MigrationRecord
+from .replica import ReplicaViews, replica_views
+from .retention import Sweeper
 from .service import CoordinatorServicer, register
 from .submission import Submissions
 
@@ -79,6 +87,7 @@ class Coordinator:
         election: Election,
         clock: Clock,
         monotonic: Callable[[], float],
+        views: ReplicaViews | None = None,
         *,
         rpc_observer: RpcObserver | None = None,
         record_observer: RecordObserver | None = None,
@@ -90,6 +99,9 @@ class Coordinator:
         self.fleet = fleet
         self.servicer = servicer
         self.election = election
+        self.views = views or servicer.views
+        self.drain_controller: DrainController | None = None
+        self.sweeper: Sweeper | None = None
         self._clock = clock
         self._monotonic = monotonic
         self.engine: Any = None
@@ -109,15 +121,49 @@ class Coordinator:
             timeouts=self.config.timeouts,
             clock=self._clock,
             prepare_ttl_s=self.config.prepare_ttl_s,
+            progress_write_s=self.config.engine.progress_write_s,
+            cordoned=self.views.cordoned,
+            known_facts=self.fleet.fresh_facts,
+            decode_entry=self.views.decoder,
             observer=self.record_observer,
             leader_term=self.election.term,
         )
 
     async def _lead(self) -> None:
-        """Runs while elected (cancelled by the election on step-down)."""
+        """Runs while elected (cancelled by the election on step-down): the engine, and once it
+        has listed the records, the drains and the retention sweeper beside it."""
         log.info("%s leads: starting the engine", self.config.id)
-        self.engine = self.new_engine()
-        await self.engine.run()
+        engine = self.engine = self.new_engine()
+        controller = self.drain_controller = DrainController(
+            self.store,
+            self.views.drains,
+            lambda: engine.records,
+            self.servicer.placer,
+            self.servicer.submissions,
+            self.views.cordons.items,
+            outbound_limit=self.config.limits.per_host_outbound,
+            clock=self._clock,
+            max_attempts=self.config.drains.max_attempts,
+        )
+        engine.observers.append(controller.on_migration)
+        self.sweeper = Sweeper(
+            self.store, lambda: engine.records, self.views.drains.items, self.config.retention, self._clock
+        )
+        unsubscribe = self.views.cordons.subscribe(lambda _name, _state: engine.admit_soon())
+
+        async def beside() -> None:
+            await engine.loaded.wait()
+            assert self.sweeper is not None
+            await asyncio.gather(controller.run(), self.sweeper.run())
+
+        helpers = asyncio.get_running_loop().create_task(beside(), name="drains and retention")
+        try:
+            await engine.run()
+        finally:
+            unsubscribe()
+            helpers.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await helpers
 
     async def _demoted(self) -> None:
         engine, self.engine = self.engine, None
@@ -143,6 +189,7 @@ class Coordinator:
 
         Returns the bound port of each listen address (0 for unix sockets).
         """
+        await self.views.start()
         await self.fleet.start()
         self.server, self.ports = create_server(
             self.config.listen, register(self.servicer), tls=self.config.tls, observer=self.rpc_observer
@@ -167,6 +214,7 @@ class Coordinator:
             await self.server.stop(grace_s)
             self.server = None
         await self.fleet.close()
+        await self.views.close()
 
 
 def build_coordinator(
@@ -189,8 +237,48 @@ def build_coordinator(
         inventory_timeout_s=config.agents.inventory_timeout_s,
         declared=config.hosts,
     )
-    submissions = Submissions(store, fleet, hosts=config.hosts, timeouts=config.timeouts, clock=clock)
-    servicer = CoordinatorServicer(store, fleet, submissions, hosts=config.hosts)
+    views = replica_views(store)
+
+    def landed(_name: str, r: MigrationRecord | None) -> None:
+        if r is not None and r.phase is Phase.SUCCEEDED and not r.options.offline:
+            fleet.note_landed(r.vm_uuid, r.source_host, r.target_host, r.updated_at or r.created_at)
+
+    views.migrations.subscribe(landed)
+    placer = Placer(
+        fleet,
+        views.cordons.items,
+        views.book,
+        config.hosts,
+        replace(config.placement, inbound_limit=config.limits.per_host_inbound),
+    )
+    submissions = Submissions(
+        store,
+        fleet,
+        hosts=config.hosts,
+        timeouts=config.timeouts,
+        clock=clock,
+        placer=placer,
+        cordons=views.cordons.items,
+        on_submitted=views.book.note,
+    )
+    drains = Drains(
+        store,
+        fleet,
+        placer,
+        outbound_limit=config.limits.per_host_outbound,
+        estimates=config.drains.estimates,
+        clock=clock,
+    )
+    servicer = CoordinatorServicer(
+        store,
+        fleet,
+        submissions,
+        hosts=config.hosts,
+        views=views,
+        placer=placer,
+        drains=drains,
+        outbound_limit=config.limits.per_host_outbound,
+    )
     election = Election(store, config.id, config.advertised, ttl_s=config.election_ttl_s, clock=monotonic)
     return Coordinator(
         config,

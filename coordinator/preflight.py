@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ferry.diskplan import plan_disks
 from ferry.errors import FerryError, NotFound
 from ferry.model import (
-    HOST_CPU_MODES,
     DiskPlan,
     DomainInfo,
     HostFacts,
@@ -42,7 +42,7 @@ from ferry.model import (
 from ferry.registry import HostDirectory
 
 from .agent_client import AGENT_TOO_OLD, agent_lost
-from .checks import HostView, coordinator_blockers, effective_storage
+from .checks import HostView, coordinator_blockers, effective_storage, host_cpu_blockers
 
 log = logging.getLogger(__name__)
 
@@ -72,31 +72,6 @@ def _unreachable(host: str, err: FerryError) -> Problem:
     )
 
 
-def host_cpu_blockers(
-    vm: str, domain: DomainInfo | None, source: HostFacts | None, target: HostFacts | None
-) -> list[Problem]:
-    """A host-passthrough (or maximum) guest sees its host's CPU as it is: it can only move to a
-    host with the same CPU model and at least the same features (pure; unknown facts pass)."""
-    if domain is None or domain.cpu_mode not in HOST_CPU_MODES or source is None or target is None:
-        return []
-    missing = sorted(set(source.cpu_features) - set(target.cpu_features))
-    if source.cpu_model == target.cpu_model and not missing:
-        return []
-    lacks = ""
-    if missing:
-        shown = ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else "")
-        lacks = f"; {target.hostname} lacks {shown}"
-    return [
-        Problem(
-            "CPU_INCOMPATIBLE",
-            f"{vm} runs on its host's own CPU ({domain.cpu_mode}): {source.hostname} has a {source.cpu_model or '?'} "
-            f"CPU, {target.hostname} a {target.cpu_model or '?'}{lacks}",
-            "move host-passthrough guests only between hosts with the same CPU model and features, or give the "
-            "guest a CPU model every host offers (a baseline: virsh hypervisor-cpu-baseline) and restart it",
-        )
-    ]
-
-
 def target_address(hosts: HostDirectory, target: str, facts: HostFacts | None) -> tuple[str, str]:
     """The target's libvirt URI and migration address as a migration would use them: its
     registration's, else its inventory's."""
@@ -106,11 +81,31 @@ def target_address(hosts: HostDirectory, target: str, facts: HostFacts | None) -
     return (facts.libvirt_uri, facts.migration_address) if facts is not None else ("", "")
 
 
+class ProbeCache:
+    """Probes that found nothing wrong, remembered for ``ttl_s`` by (source, target URI): the
+    engine's preflights of many VMs between the same two hosts probe once a minute, not each time.
+    (An operator's Preflight always probes.)"""
+
+    def __init__(self, ttl_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._passed: dict[tuple[str, str], float] = {}
+
+    def fresh(self, source: str, uri: str) -> bool:
+        at = self._passed.get((source, uri))
+        return at is not None and self._clock() - at < self.ttl_s
+
+    def passed(self, source: str, uri: str) -> None:
+        self._passed[(source, uri)] = self._clock()
+
+
 async def _probe(
-    hosts: HostDirectory, source: str, target: str, facts: HostFacts | None
+    hosts: HostDirectory, source: str, target: str, facts: HostFacts | None, probes: ProbeCache | None = None
 ) -> tuple[list[Problem], FerryError | None]:
     """The source's ProbeTarget of the target: its problems, or the error asking it."""
     uri, address = target_address(hosts, target, facts)
+    if uri and probes is not None and probes.fresh(source, uri):
+        return [], None
     if not uri:
         return [
             Problem(
@@ -127,6 +122,8 @@ async def _probe(
             return [], None
         return [], err
     log.debug("probe %s -> %s (%s): %d ms, %d problem(s)", source, target, uri, latency_ms, len(problems))
+    if not problems and probes is not None:
+        probes.passed(source, uri)
     return problems, None
 
 
@@ -192,11 +189,16 @@ async def preflight(
     storage: StorageMode | None = None,
     source_host: str | None = None,
     migration_id: str = "",
+    known_facts: Callable[[str], HostFacts | None] | None = None,
+    probes: ProbeCache | None = None,
 ) -> PreflightReport:
     """Every blocker for migrating ``vm`` to ``target`` (see the module docstring).
 
     ``storage`` None means auto (``effective_storage``); ``source_host`` None means look the VM
-    up on every available host. Never raises for what it finds: agent errors become blockers.
+    up on every available host. ``known_facts(host)``: a host's facts when the caller has them
+    fresh (the fleet view's cached inventory), so only hosts without are asked; ``probes``: the
+    probes that passed lately (not asked again). Never raises for what it finds: agent errors
+    become blockers.
     """
     available = hosts.available_hosts()
     unavailable: list[str] = []
@@ -220,6 +222,9 @@ async def preflight(
     async def facts(name: str) -> HostFacts | FerryError | None:
         if name not in available or name in failed:
             return None
+        cached = known_facts(name) if known_facts is not None else None
+        if cached is not None:
+            return cached
         try:
             return (await hosts.client(name).inventory()).host
         except FerryError as err:
@@ -271,7 +276,7 @@ async def preflight(
         and target_view is not None
         and target_view.available
     ):
-        probing = asyncio.create_task(_probe(hosts, source_host, target, target_view.facts))
+        probing = asyncio.create_task(_probe(hosts, source_host, target, target_view.facts, probes))
 
     plans: list[DiskPlan] = []
     try:

@@ -3,12 +3,14 @@
 One ``RecordRunner`` per record that is not final, one asyncio task each, handling one event at
 a time (so decisions about a record are serialised). For each event:
 
-1. read the record (``decode(entry.value, entry.mod_revision)``);
+1. take the newest version of the record the runner knows (its own writes and the watch's; the
+   store is read after a lost compare-and-set and to recover);
 2. ``d = decide(record, event, now, timeouts)`` (``recover`` for the internal ``Recover`` event,
    after observing the record's hosts);
 3. if ``d.record is not record``: write ``encode(d.record)`` with compare-and-set on the record's
    revision; on Conflict read again and decide again. Progress-only decisions are written at most
-   once per ``progress_write_s`` (the newest one wins);
+   once per ``progress_write_s``, the first one that long after the job's first report (the
+   newest one wins);
 4. only after the write landed, perform ``d.actions`` in order (``actions.Actions``), each result
    coming back as another event -- late results too: ``decide`` ignores or cleans them up.
 
@@ -211,8 +213,12 @@ class RecordRunner:
                 return
             event, self._pending_progress = self._pending_progress, None
         observed = await self._observe() if isinstance(event, Recover) else None
+        # The newest version this runner knows (its own writes, the watch) is the store's unless
+        # the API set the cancel flag a moment ago: decide on it and let the compare-and-set tell;
+        # read the store after a conflict, and always to recover.
+        cached = self.record if observed is None and self.record.revision else None
         while True:
-            rec = await self._read()
+            rec, cached = (cached, None) if cached is not None else (await self._read(), None)
             if rec is None:
                 log.info("migration %s: the record was deleted; stopping", self.id)
                 self.gone = True
@@ -258,6 +264,8 @@ class RecordRunner:
         if not isinstance(event, Progress) or d.actions or d.record.phase is not rec.phase:
             return False
         loop = asyncio.get_running_loop()
+        if self._last_progress_write == -math.inf:  # the job's first report waits an interval too: a
+            self._last_progress_write = loop.time()  # job shorter than that stores no progress at all
         wait = self._last_progress_write + self.ctx.progress_write_s - loop.time()
         if wait <= 0:
             return False

@@ -1,9 +1,11 @@
 """The coordinator's gRPC servicer: the fleet migration API (proto/ferry/v1/coordinator.proto).
 
 Thin: request -> model (``coordinator/convert.py``, ``ferry/convert.py``) -> the protocol object
-or a store / fleet view read -> protobuf. Every replica serves it: reads come straight from the
-store; submitting and cancelling are ``submission.Submissions`` (compare-and-set writes to the
-store, the protocol is described there); only the leader's engine acts on the records.
+or a store / fleet view read -> protobuf. Every replica serves it: reads of records come straight
+from the store; submitting and cancelling are ``submission.Submissions`` (compare-and-set writes
+to the store, the protocol is described there); only the leader's engine acts on the records.
+Cordons are ``hoststate.py``, placement ``placer.py``; the drains' RPCs and the fleet-wide watch
+are in ``drain_api.py`` (a mixin of this class).
 
 Every field is checked at the edge (``ferry.validate`` and the converters) before anything acts
 on it: INVALID_ARGUMENT with a reason code. WatchMigration streams share one store watch
@@ -27,11 +29,17 @@ from ferry.store import EventKind, Resync, Store
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
 
-from . import convert
+from . import convert, hoststate
 from .config import HostDecl, derive_mapping
+from .drain_api import MAX_REASON, DrainMethods
+from .drains import Drains, active_drain_of
 from .fleet import Fleet
+from .paging import paginate
+from .placement import Ranking
+from .placer import Placer
 from .preflight import preflight
 from .record import MigrationRecord, decode
+from .replica import ReplicaViews
 from .submission import Submissions, SubmitRequest, check_overrides, must_read_migration
 from .watches import OVERFLOW, MigrationWatches
 
@@ -54,10 +62,11 @@ def _priority(value: int) -> int:
     return validate.number(value, "priority", lo=-validate.MAX_PRIORITY, hi=validate.MAX_PRIORITY)
 
 
-class CoordinatorServicer(cgrpc.CoordinatorServicer):
-    """The API over ``store`` and ``fleet``; writes go through ``submissions``.
+class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
+    """The API over ``store`` and ``fleet``; writes go through ``submissions`` and ``drains``.
 
-    ``hosts``: the ``[hosts.*]`` declarations (Preflight derives the mapping from them).
+    ``hosts``: the ``[hosts.*]`` declarations (Preflight derives the mapping from them);
+    ``views``: the replica's views of migrations, drains and cordons (``replica.py``).
     """
 
     def __init__(
@@ -67,12 +76,21 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         submissions: Submissions,
         *,
         hosts: Mapping[str, HostDecl] | None = None,
+        views: ReplicaViews,
+        placer: Placer,
+        drains: Drains,
+        outbound_limit: int = 1,
         watches: MigrationWatches | None = None,
     ) -> None:
         self.store = store
         self.fleet = fleet
         self.submissions = submissions
         self.hosts = dict(hosts or {})
+        self.views = views
+        self.placer = placer
+        self.drains = drains
+        self.outbound_limit = outbound_limit
+        self._decoded: dict[str, MigrationRecord] = {}  # key -> record at its mod revision (list calls)
         self.watches = watches or MigrationWatches(store)
 
     # ------------------------------------------------------------------ submit
@@ -80,12 +98,11 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
     @rpc_method
     async def SubmitMigration(self, request: cpb.SubmitMigrationRequest, context: Context) -> cpb.Migration:
         vm = _required(request.vm, "vm", '"web-1" (a name or UUID, see `ferry vms`)')
-        target = _required(request.target_host, "target_host", '"host2" (see `ferry hosts`)')
         options, explicit = convert.options_from_request(request.options)
         submitted = await self.submissions.submit(
             SubmitRequest(
                 vm=vm,
-                target_host=target,
+                target_host=validate.text(request.target_host, "target_host"),  # none: placement picks one
                 options=options,
                 storage_explicit=explicit,
                 mapping=fconvert.mapping_from_pb(request.mapping),
@@ -101,13 +118,24 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         return await must_read_migration(self.store, _required_id(migration_id))
 
     async def _records(self) -> list[MigrationRecord]:
+        """Every record, read from the store now (each value decoded once per revision)."""
         entries, _ = await self.store.list(keys.MIGRATIONS)
         out = []
+        cache: dict[str, MigrationRecord] = {}
         for e in entries:
+            known = self._decoded.get(e.key)
+            if known is not None and known.revision == e.mod_revision:
+                out.append(known)
+                cache[e.key] = known
+                continue
             try:
-                out.append(decode(e.value, e.mod_revision))
+                record = decode(e.value, e.mod_revision)
             except FerryError as exc:
                 log.warning("skipping unreadable record %s: %s: %s", e.key, exc.reason, exc)
+                continue
+            out.append(record)
+            cache[e.key] = record
+        self._decoded = cache
         return out
 
     @rpc_method
@@ -136,10 +164,11 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
             and (not request.host or request.host in (r.source_host, r.target_host))
             and (not request.vm or request.vm in (r.vm, r.vm_uuid))
         ]
-        records.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        records.sort(key=_newest_first, reverse=True)
         if request.limit:
             records = records[: request.limit]
-        return cpb.ListMigrationsResponse(migrations=[convert.migration_to_pb(r) for r in records])
+        page, token = paginate(records, _newest_first, request.page_size, request.page_token, descending=True)
+        return cpb.ListMigrationsResponse(migrations=[convert.migration_to_pb(r) for r in page], next_page_token=token)
 
     @rpc_method
     async def WatchMigration(
@@ -181,25 +210,63 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         active = [r for r in await self._records() if not r.phase.is_final]
         return active, {r.vm_uuid: r.id for r in sorted(active, key=lambda r: r.created_at)}
 
+    def _host_status(self, name: str, active: list[MigrationRecord] | None = None) -> cpb.HostStatus:
+        h = self.fleet.host(name)
+        if active is None:
+            active = [r for r in self.views.migrations.items.values() if not r.phase.is_final]
+        return convert.host_status_to_pb(
+            name=name,
+            address=h.address if h else "",
+            available=h.available if h else False,
+            facts=h.facts if h else None,
+            domains=len(h.domains) if h else 0,
+            migrations_out=sum(r.source_host == name for r in active),
+            migrations_in=sum(r.target_host == name for r in active),
+            last_seen=h.last_seen if h else None,
+            cordon=self.views.cordons.items.get(name),
+        )
+
     @rpc_method
     async def ListHosts(self, request: cpb.ListHostsRequest, context: Context) -> cpb.ListHostsResponse:
-        await self.fleet.refresh(max_age_s=READ_MAX_AGE_S)
+        names = [h.name for h in self.fleet.hosts()]
+        page, token = paginate(names, lambda n: (n,), request.page_size, request.page_token)
+        await self.fleet.refresh(page, max_age_s=READ_MAX_AGE_S)
         active, _ = await self._active_by_vm()
-        return cpb.ListHostsResponse(
-            hosts=[
-                convert.host_status_to_pb(
-                    name=h.name,
-                    address=h.address,
-                    available=h.available,
-                    facts=h.facts,
-                    domains=len(h.domains),
-                    migrations_out=sum(r.source_host == h.name for r in active),
-                    migrations_in=sum(r.target_host == h.name for r in active),
-                    last_seen=h.last_seen,
-                )
-                for h in self.fleet.hosts()
-            ]
-        )
+        return cpb.ListHostsResponse(hosts=[self._host_status(n, active) for n in page], next_page_token=token)
+
+    def _must_know(self, host: str) -> str:
+        _required(host, "host", '"host1" (see `ferry hosts`)')
+        if self.fleet.host(host) is None:
+            raise NotFound(
+                f"no host named {host!r} is known", reason="HOST_UNKNOWN", hint="check the name with `ferry hosts`"
+            )
+        return host
+
+    @rpc_method
+    async def CordonHost(self, request: cpb.CordonHostRequest, context: Context) -> cpb.HostStatus:
+        host = self._must_know(request.host)
+        validate.text(request.reason, "reason", max_len=MAX_REASON)
+        state, _ = await hoststate.cordon(self.store, host, request.reason, self.submissions.clock())
+        status = self._host_status(host)
+        status.cordoned, status.cordon_reason, status.drain_id = True, state.reason, state.drain_id
+        if state.since is not None:
+            status.cordoned_at.CopyFrom(fconvert.timestamp_to_pb(state.since))
+        return status
+
+    @rpc_method
+    async def UncordonHost(self, request: cpb.UncordonHostRequest, context: Context) -> cpb.HostStatus:
+        host = self._must_know(request.host)
+
+        async def active(name: str) -> str:
+            return await active_drain_of(self.store, name)
+
+        await hoststate.uncordon(self.store, host, active_drain=active)
+        status = self._host_status(host)
+        status.ClearField("cordoned")
+        status.ClearField("cordon_reason")
+        status.ClearField("drain_id")
+        status.ClearField("cordoned_at")
+        return status
 
     @rpc_method
     async def ListVMs(self, request: cpb.ListVMsRequest, context: Context) -> cpb.ListVMsResponse:
@@ -229,21 +296,94 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         by_vm = {r.vm_uuid: r.id for r in sorted(records, key=lambda r: r.created_at) if not r.phase.is_final}
         # a host that does not answer keeps its VMs in the list, as it last reported them, marked
         # unreachable: a dead host must not look like lost VMs (Ferry never restarts them elsewhere)
+        vms = [
+            (h, d)
+            for h in self.fleet.hosts()
+            if not request.host or h.name == request.host
+            for d in sorted(h.domains, key=lambda d: d.name)
+        ]
+        page, token = paginate(
+            vms, lambda hd: (hd[0].name, hd[1].name, hd[1].uuid), request.page_size, request.page_token
+        )
         return cpb.ListVMsResponse(
             vms=[
                 convert.vm_to_pb(d, h.name, by_vm.get(d.uuid, ""), unreachable=not h.available, last_seen=h.last_seen)
-                for h in self.fleet.hosts()
-                if not request.host or h.name == request.host
-                for d in sorted(h.domains, key=lambda d: d.name)
-            ]
+                for h, d in page
+            ],
+            next_page_token=token,
         )
 
     # ------------------------------------------------------------------ preflight
 
+    async def _rank(
+        self,
+        vm: str,
+        m_options: cpb.SubmitMigrationRequest | cpb.PreflightRequest | cpb.RankTargetsRequest,
+        only: tuple[str, ...] = (),
+    ) -> tuple[str, Ranking]:
+        options, explicit = convert.options_from_request(m_options.options)
+        located = await self.fleet.locate_vm(vm, fresh=True)
+        if located is None:
+            raise NotFound(
+                f"no host reports a VM named {vm!r}", reason="VM_UNKNOWN", hint="check the name with `ferry vms`"
+            )
+        source, domain = located
+        await self.fleet.refresh()  # every inventory at most a TTL old (only the stale ones are asked)
+        placed = self.placer.rank(
+            domain,
+            source,
+            options,
+            storage_explicit=explicit,
+            now=self.submissions.clock(),
+            overrides=fconvert.mapping_from_pb(m_options.mapping),
+            only=only,
+        )
+        return source, placed.ranking
+
+    @rpc_method
+    async def RankTargets(self, request: cpb.RankTargetsRequest, context: Context) -> cpb.RankTargetsResponse:
+        vm = _required(request.vm, "vm", '"web-1" (a name or UUID, see `ferry vms`)')
+        source, ranking = await self._rank(vm, request, tuple(validate.names(request.hosts, "hosts")))
+        return cpb.RankTargetsResponse(
+            source_host=source,
+            candidates=[convert.candidate_to_pb(c) for c in ranking.candidates],
+            rejected=[convert.candidate_to_pb(c) for c in ranking.rejected],
+        )
+
     @rpc_method
     async def Preflight(self, request: cpb.PreflightRequest, context: Context) -> cpb.PreflightResponse:
         vm = _required(request.vm, "vm", '"web-1" (a name or UUID, see `ferry vms`)')
-        target = _required(request.target_host, "target_host", '"host2" (see `ferry hosts`)')
+        target = validate.text(request.target_host, "target_host")
+        if not target:  # every host ranked
+            return await self._preflight_ranked(vm, request)
+        return await self._preflight(vm, target, request)
+
+    async def _preflight_ranked(self, vm: str, request: cpb.PreflightRequest) -> cpb.PreflightResponse:
+        """No target: every host ranked; the feasible ones checked in full, best first, until one
+        passes (its report is the answer); a candidate the full check blocks joins the rejected."""
+        source, ranking = await self._rank(vm, request)
+        candidates = [convert.candidate_to_pb(c) for c in ranking.candidates]
+        rejected = [convert.candidate_to_pb(c) for c in ranking.rejected]
+        for c in list(candidates):
+            resp = await self._preflight(vm, c.host, request)
+            if resp.ok:
+                resp.candidates.extend(candidates)
+                resp.rejected.extend(rejected)
+                return resp
+            candidates.remove(c)
+            rejected.append(cpb.HostCandidate(host=c.host, blockers=resp.blockers))
+        nowhere = ranking.nowhere() if not ranking.candidates else None
+        blockers = [fconvert.problem_to_pb(nowhere)] if nowhere is not None else []
+        if not blockers:
+            blockers = [
+                fconvert.problem_to_pb(
+                    Problem("NO_TARGET", f"no host passed the full preflight of {vm}", "see each host's blockers")
+                )
+            ]
+        rejected.sort(key=lambda c: c.host)
+        return cpb.PreflightResponse(ok=False, source_host=source, blockers=blockers, rejected=rejected)
+
+    async def _preflight(self, vm: str, target: str, request: cpb.PreflightRequest) -> cpb.PreflightResponse:
         options, explicit = convert.options_from_request(request.options)
         overrides = fconvert.mapping_from_pb(request.mapping)
         located = await self.fleet.locate_vm(vm, fresh=True)
@@ -262,6 +402,9 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
             self.fleet, vm, target, options, mapping, storage=options.storage if explicit else None, source_host=source
         )
         blockers = [self._target_down(b, target) for b in report.blockers]
+        cordon = self.views.cordons.items.get(target)
+        if cordon is not None and cordon.cordoned:
+            blockers.insert(0, hoststate.cordon_problem(cordon))
         warnings = []
         if report.domain is not None and not explicit and report.storage is not None:
             why = "a writable disk is local" if report.storage is StorageMode.COPY_ALL else "no writable local disk"
@@ -272,6 +415,7 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
             source_host=report.source_host,
             disks=[fconvert.disk_plan_to_pb(d) for d in report.disks],
             warnings=warnings,
+            target_host=target,
         )
 
     def _target_down(self, blocker: Problem, target: str) -> Problem:
@@ -284,6 +428,10 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
             f"the agent on {target} is not available (not registered or not answering)",
             f"start ferry-agent on {target} or pick another target",
         )
+
+
+def _newest_first(r: MigrationRecord) -> tuple[str, ...]:
+    return (r.created_at.isoformat(), r.id)
 
 
 def _deleted(migration_id: str) -> NotFound:

@@ -44,6 +44,8 @@ class WaitKind(enum.Enum):
 
     HOST_UNAVAILABLE = "host unavailable"
     """The agent of its source or target host (or both) is not registered."""
+    TARGET_CORDONED = "target cordoned"
+    """Its target host is cordoned (``hoststate.py``): it waits until uncordoned or cancelled."""
     VM_BUSY = "vm busy"
     """Its VM has another migration holding a slot (or starting in this pass)."""
     CLUSTER_FULL = "cluster full"
@@ -71,6 +73,8 @@ class WaitReason:
 
     >>> str(WaitReason(WaitKind.HOST_UNAVAILABLE, hosts=("h1", "h2")))
     'host h1, h2 unavailable'
+    >>> str(WaitReason(WaitKind.TARGET_CORDONED, hosts=("h2",)))
+    'target h2 cordoned'
     >>> str(WaitReason(WaitKind.VM_BUSY, vm="g1"))
     'g1 has another migration'
     >>> str(WaitReason(WaitKind.CLUSTER_FULL, limit=5))
@@ -103,6 +107,8 @@ class WaitReason:
         match self.kind:
             case WaitKind.HOST_UNAVAILABLE:
                 return f"host {', '.join(self.hosts)} unavailable"
+            case WaitKind.TARGET_CORDONED:
+                return f"target {', '.join(self.hosts)} cordoned"
             case WaitKind.VM_BUSY:
                 return f"{self.vm} has another migration"
             case WaitKind.CLUSTER_FULL:
@@ -139,9 +145,11 @@ def plan_admission(
     limits: Limits,
     hosts_available: Collection[str],
     now: datetime | None = None,
+    cordoned: Collection[str] = (),
 ) -> Admission:
     """Which queued records start now. ``active`` may hold any records: only those whose phase
-    holds a slot count. ``now`` enables reservation by aged records (``reserve_after_s``)."""
+    holds a slot count. ``now`` enables reservation by aged records (``reserve_after_s``);
+    a record whose target is in ``cordoned`` waits (TARGET_CORDONED) and reserves nothing."""
     busy = [r for r in active if r.phase.holds_slot]
     out_n = Counter(r.source_host for r in busy)
     in_n = Counter(r.target_host for r in busy)
@@ -150,7 +158,7 @@ def plan_admission(
     start: list[str] = []
     waiting: dict[str, WaitReason] = {}
     for r in queue_order(q for q in queued if not q.phase.holds_slot and not q.phase.is_final):
-        why = _why_not(r, out_n, in_n, cluster_n, vms, limits, hosts_available)
+        why = _why_not(r, out_n, in_n, cluster_n, vms, limits, hosts_available, cordoned)
         if why is None:
             start.append(r.id)
         else:
@@ -174,10 +182,13 @@ def _why_not(
     vms: set[str],
     limits: Limits,
     hosts_available: Collection[str],
+    cordoned: Collection[str] = (),
 ) -> WaitReason | None:
     down = tuple(h for h in (r.source_host, r.target_host) if h not in hosts_available)
     if down:
         return WaitReason(WaitKind.HOST_UNAVAILABLE, hosts=down)
+    if r.target_host in cordoned:
+        return WaitReason(WaitKind.TARGET_CORDONED, hosts=(r.target_host,))
     if vm_key(r) in vms:
         return WaitReason(WaitKind.VM_BUSY, vm=r.vm)
     if cluster_n >= limits.cluster:
@@ -195,6 +206,7 @@ def admit(
     limits: Limits,
     hosts_available: Collection[str],
     now: datetime | None = None,
+    cordoned: Collection[str] = (),
 ) -> list[str]:
     """Ids of the queued records to start now, in order (feed each ``Admitted``)."""
-    return list(plan_admission(queued, active, limits, hosts_available, now).start)
+    return list(plan_admission(queued, active, limits, hosts_available, now, cordoned).start)

@@ -7,11 +7,13 @@ the store (``ferry/keys.py``) and the leader's engine picks the record up from t
 Submission (idempotent, one active migration per VM), in store writes:
 
 1. ``idempotency/<key>`` exists: return that migration unchanged (whatever it is now) -- when
-   the request is the same (VM, target, options, priority, mapping overrides); a key reused
-   with a different body is refused INVALID_ARGUMENT ``IDEMPOTENCY_KEY_REUSED``.
-2. Validate against the fleet view: target known, VM found, not already on the target; the
-   request's mapping overrides land inside the target's image directories and name bridges and
-   networks it has (``check_overrides``).
+   the request is the same (VM, target when one is named, options, priority, mapping overrides);
+   a key reused with a different body is refused INVALID_ARGUMENT ``IDEMPOTENCY_KEY_REUSED``.
+2. Validate against the fleet view: VM found; no target given: the best feasible host of the
+   cached inventories (``placer.py``), refused NO_TARGET with every host's blockers when there
+   is none; target known, not cordoned (TARGET_CORDONED), not the VM's own host; the request's
+   mapping overrides land inside the target's image directories and name bridges and networks
+   it has (``check_overrides``).
 3. create ``idempotency/<key>`` -> the new id (losing that race: return the winner's migration);
 4. create ``vm-active/<vm_uuid>`` -> the new id; when it names a migration that is not final:
    FAILED_PRECONDITION ``VM_BUSY`` naming it (and our idempotency key is released again); a key
@@ -46,7 +48,9 @@ from .checks import effective_storage
 from .config import HostDecl, derive_mapping
 from .convert import phase_label
 from .fleet import Fleet
+from .hoststate import HostCordon, cordoned_error
 from .phases import Timeouts
+from .placer import Placer
 from .record import MigrationRecord, decode, encode, new_migration, note
 
 log = logging.getLogger(__name__)
@@ -75,12 +79,17 @@ class SubmitRequest:
     """A SubmitMigration request in the model's words (``vm`` and ``target_host`` are non-empty)."""
 
     vm: str  # a name or a UUID
-    target_host: str
+    target_host: str = ""  # "" = the best feasible host (placement)
     options: MigrationOptions = MigrationOptions()
     storage_explicit: bool = False  # False: "auto", decided from the inventory (``effective_storage``)
     mapping: HostMapping = field(default_factory=HostMapping)  # overrides of the derived mapping
     priority: int = 0
     idempotency_key: str = ""
+    # placement: only these hosts may be chosen (empty: any); a drain's ``--to``
+    candidates: tuple[str, ...] = ()
+    # internal callers (a drain): the record's id, so submitting it again is idempotent
+    migration_id: str = ""
+    source_host: str = ""  # internal callers: where the VM is, as they know it ("" = look it up)
 
 
 @dataclass(frozen=True)
@@ -88,9 +97,11 @@ class _Plan:
     """A request resolved against the fleet view: where the VM is and how it would move."""
 
     source: str
+    target: str
     domain: DomainInfo
     options: MigrationOptions  # storage resolved (auto -> the effective mode)
     mapping: HostMapping  # derived from [hosts.*] + the request's overrides
+    placed: str = ""  # why placement chose the target ("" when the caller named it)
 
 
 def check_overrides(overrides: HostMapping, target: str, facts: HostFacts | None) -> None:
@@ -131,13 +142,14 @@ def check_overrides(overrides: HostMapping, target: str, facts: HostFacts | None
 def request_differences(request: SubmitRequest, record: MigrationRecord) -> list[str]:
     """The fields in which ``request`` differs from the submission ``record`` came from.
 
-    ``vm`` may name the record's VM by name or UUID; an "auto" storage mode matches the mode the
-    coordinator chose; the request's mapping overrides must be what the record maps them to.
+    ``vm`` may name the record's VM by name or UUID; no target matches the one placement chose; an
+    "auto" storage mode matches the mode the coordinator chose; the request's mapping overrides
+    must be what the record maps them to.
     """
     out = []
     if request.vm not in (record.vm, record.vm_uuid):
         out.append("vm")
-    if request.target_host != record.target_host:
+    if request.target_host and request.target_host != record.target_host:  # none named: placement chose
         out.append("target_host")
     if request.priority != record.priority:
         out.append("priority")
@@ -187,12 +199,19 @@ class Submissions:
         clock: Clock = _utc_now,
         new_id: IdFactory = new_migration_id,
         in_flight_wait_s: float = IN_FLIGHT_WAIT_S,
+        placer: Placer | None = None,
+        cordons: Mapping[str, HostCordon] | None = None,
+        on_submitted: Callable[[MigrationRecord], None] | None = None,
     ) -> None:
         self.store = store
         self.fleet = fleet
+        self.placer = placer
+        self.cordons: Mapping[str, HostCordon] = cordons if cordons is not None else {}
+        self.on_submitted = on_submitted  # every record this replica created (placement counts it at once)
         self.hosts = dict(hosts or {})
         self.timeouts = timeouts
         self._clock = clock
+        self.clock = clock
         self._new_id = new_id
         self.in_flight_wait_s = in_flight_wait_s
 
@@ -202,7 +221,8 @@ class Submissions:
         """The migration submitted with the request's idempotency key, or a new Pending record.
 
         Raises InvalidArgument (BAD_IDEMPOTENCY_KEY, DISK_NOT_IN_DOMAIN, ...), NotFound
-        (TARGET_UNKNOWN, VM_UNKNOWN), FailedPrecondition (SAME_HOST, VM_BUSY).
+        (TARGET_UNKNOWN, VM_UNKNOWN), FailedPrecondition (SAME_HOST, VM_BUSY, TARGET_CORDONED,
+        NO_TARGET).
         """
         key = request.idempotency_key
         if len(key) > MAX_IDEMPOTENCY_KEY or "/" in key:
@@ -215,24 +235,50 @@ class Submissions:
             earlier = await self._by_idempotency_key(key)
             if earlier is not None:
                 return self._replay(request, earlier)
-        plan = await self._plan(request)
+        if request.migration_id:
+            existing = await read_migration(self.store, request.migration_id)
+            if existing is not None:
+                return existing
+        migration_id = request.migration_id or self._new_id()
+        try:
+            return await self._submit(request, migration_id)
+        finally:
+            if self.placer is not None:  # a placement's reservation: the record (if any) counts from now on
+                self.placer.book.release(migration_id)
+
+    async def _submit(self, request: SubmitRequest, migration_id: str) -> MigrationRecord:
+        plan = await self._plan(request, migration_id)
         copied = plan_disks(plan.domain.disks, plan.options.storage, plan.options.migrate_disks, plan.mapping)
+        now = self._clock()
         record = new_migration(
-            id=self._new_id(),
+            id=migration_id,
             vm=plan.domain.name,
             vm_uuid=plan.domain.uuid,
             source_host=plan.source,
-            target_host=request.target_host,
-            now=self._clock(),
+            target_host=plan.target,
+            now=now,
             timeouts=self.timeouts,
             options=plan.options,
             mapping=plan.mapping,
             priority=request.priority,
-            idempotency_key=key,
+            idempotency_key=request.idempotency_key,
             memory_bytes=plan.domain.memory_bytes,
             disk_bytes=sum(p.allocation or p.virtual_size for p in copied if p.copy),
         )
-        return await self._create(record, request)
+        if plan.placed:
+            record = note(record, now, plan.placed)
+        try:
+            created = await self._create(record, request)
+        except AlreadyExists:
+            if not request.migration_id:
+                raise
+            existing = await read_migration(self.store, request.migration_id)  # the same id, created meanwhile
+            if existing is None:
+                raise
+            return existing
+        if self.on_submitted is not None and created.id == record.id:
+            self.on_submitted(created)
+        return created
 
     def _replay(self, request: SubmitRequest, earlier: MigrationRecord) -> MigrationRecord:
         """The migration the request's idempotency key names, when the request is the same one."""
@@ -246,11 +292,13 @@ class Submissions:
             )
         return earlier
 
-    async def _plan(self, request: SubmitRequest) -> _Plan:
+    async def _plan(self, request: SubmitRequest, migration_id: str) -> _Plan:
         """Resolve a submission against the fleet (inventories asked now); raises the first problem."""
         vm, target = request.vm, request.target_host
-        located = await self.fleet.locate_vm(vm, fresh=True)
-        if self.fleet.host(target) is None:
+        # where it may be besides where the view saw it: the caller's word, its last migration's target
+        near = {request.source_host, *(self.placer.book.targets_of(vm) if self.placer is not None else ())}
+        located = await self.fleet.locate_vm(vm, fresh=True, near=near)
+        if target and self.fleet.host(target) is None:
             raise NotFound(
                 f"no host named {target!r} is registered",
                 reason="TARGET_UNKNOWN",
@@ -261,15 +309,50 @@ class Submissions:
                 f"no host reports a VM named {vm!r}", reason="VM_UNKNOWN", hint="check the name with `ferry vms`"
             )
         source, domain = located
+        placed = ""
+        if not target:
+            await self.fleet.refresh()  # every inventory at most a TTL old (only the stale ones are asked)
+            target, placed = self._place(request, source, domain, migration_id)
         if source == target:
             raise FailedPrecondition(
                 f"{domain.name} already runs on {target}", reason="SAME_HOST", hint="pick another target host"
             )
+        cordon = self.cordons.get(target)
+        if cordon is not None and cordon.cordoned:
+            raise cordoned_error(cordon)
         target_state = self.fleet.host(target)
         check_overrides(request.mapping, target, target_state.facts if target_state is not None else None)
         storage = effective_storage(domain, request.options, request.storage_explicit)
         mapping = derive_mapping(self.hosts.get(source), self.hosts.get(target), request.mapping)
-        return _Plan(source, domain, replace(request.options, storage=storage), mapping)
+        return _Plan(source, target, domain, replace(request.options, storage=storage), mapping, placed)
+
+    def _place(self, request: SubmitRequest, source: str, domain: DomainInfo, migration_id: str) -> tuple[str, str]:
+        """The best feasible host for a request without a target, and why (for the history)."""
+        if self.placer is None:
+            raise InvalidArgument(
+                "target_host is required", reason="MISSING_FIELD", hint='set target_host, e.g. "host2"'
+            )
+        placed = self.placer.rank(
+            domain,
+            source,
+            request.options,
+            storage_explicit=request.storage_explicit,
+            now=self._clock(),
+            overrides=request.mapping,
+            only=request.candidates,
+            detail=False,
+        )
+        best = placed.ranking.best
+        if best is None:
+            p = placed.ranking.nowhere()
+            raise FailedPrecondition(p.message, reason=p.reason, hint=p.hint)
+        storage = effective_storage(domain, request.options, request.storage_explicit)
+        copied = plan_disks(domain.disks, storage, request.options.migrate_disks, HostMapping())
+        disk_bytes = sum(p.allocation or p.virtual_size for p in copied if p.copy)
+        self.placer.book.reserve(migration_id, best.host, domain, disk_bytes)
+        why = f"placed on {best.host} (score {best.score:.2f}: {'; '.join(best.reasons)})"
+        log.info("%s: %s", domain.name, why)
+        return best.host, why
 
     async def _create(self, record: MigrationRecord, request: SubmitRequest) -> MigrationRecord:
         """Steps 3-5 of the module doc; each write undone again when a later one fails."""
@@ -322,6 +405,8 @@ class Submissions:
             if entry is None:
                 continue
             other_id = keys.decode_id(entry.value)
+            if other_id == record.id:  # our own claim (the same fixed id, submitted again)
+                return entry.mod_revision
             other = await self._wait_for_record(other_id)
             if other is not None and not other.phase.is_final:
                 raise FailedPrecondition(

@@ -12,12 +12,15 @@ coordinator     every Agent RPC; the only identity that may call the mutating on
                 TuneMigration, ProbeTarget, RemoveSourceDisks) and that gets the secure
                 domain XML (graphics passwords) from GetDomain
 operator        every Coordinator RPC, with mapping overrides, unsafe options and
-                definition overrides (keep_source_definition, transient_target); the Agent
-                API's reads (GetInventory, GetDomain, ListPrepares, GetJob) without a leader term
+                definition overrides (keep_source_definition, transient_target); the only
+                identity that may cordon and uncordon hosts and submit, pause, resume or cancel
+                drains; the Agent API's reads (GetInventory, GetDomain, ListPrepares, GetJob)
+                without a leader term
 scheduler       SubmitMigration and CancelMigration without mapping overrides, unsafe
                 options or definition overrides; the Coordinator API's reads
 reader          the reads: ListHosts, ListVMs, GetMigration, ListMigrations, WatchMigration,
-                Preflight; the Agent API's reads without a leader term
+                Preflight, RankTargets, WatchFleet, GetDrain, ListDrains, WatchDrain; the Agent
+                API's reads without a leader term
 agent           nothing beyond health checks (agents call etcd, not each other)
 ==============  =====================================================================
 
@@ -113,6 +116,18 @@ RULES: dict[str, Rule] = {
     _c("ListHosts"): Rule(_READERS),
     _c("ListVMs"): Rule(_READERS),
     _c("Preflight"): Rule(_READERS),
+    _c("RankTargets"): Rule(_READERS),  # the ranking a scheduler asks before it submits
+    _c("WatchFleet"): Rule(_READERS),
+    # host state and drains: an operator's (issue 7: "operator: ... drain")
+    _c("CordonHost"): Rule(_OPERATOR, mutating=True),
+    _c("UncordonHost"): Rule(_OPERATOR, mutating=True),
+    _c("SubmitDrain"): Rule(_OPERATOR, mutating=True, audited=_not_dry_run),
+    _c("PauseDrain"): Rule(_OPERATOR, mutating=True),
+    _c("ResumeDrain"): Rule(_OPERATOR, mutating=True),
+    _c("CancelDrain"): Rule(_OPERATOR, mutating=True),
+    _c("GetDrain"): Rule(_READERS),
+    _c("ListDrains"): Rule(_READERS),
+    _c("WatchDrain"): Rule(_READERS),
     # the agent API
     _a("GetInventory"): Rule(_AGENT_READERS),
     _a("GetDomain"): Rule(_AGENT_READERS, elevated=_leader_term, elevated_roles=_COORDINATOR),

@@ -13,6 +13,12 @@ key                          value
                              final, and only while it still names that record (``release_vm_active``)
 ``hosts/<name>``             an agent's registration (``registry.HostRegistration`` JSON), written by the
                              agent under its own lease: absent = the agent is down
+``host-state/<name>``        the operator's state of a host (``coordinator/hoststate.py`` JSON): cordoned
+                             (receives no migration) with a reason, and the drain that cordoned it
+``drains/<id>``              a DrainRecord (``coordinator/drain.py``): one host being emptied; CAS on its
+                             mod revision
+``drain-active/<host>``      a drain id (UTF-8): the one drain of that host not yet final (created with the
+                             drain, deleted when it ends; a key naming a final or missing drain is stale)
 ``last-seen/<host>``         the VMs a host last reported (``LastSeen`` JSON: when, and its Inventory
                              protobuf), written by a coordinator when they change, so that every
                              replica still lists a dead host's VMs (``coordinator/fleet.py``)
@@ -33,6 +39,9 @@ MIGRATIONS = "migrations/"
 IDEMPOTENCY = "idempotency/"
 VM_ACTIVE = "vm-active/"
 HOSTS = "hosts/"
+HOST_STATE = "host-state/"
+DRAINS = "drains/"
+DRAIN_ACTIVE = "drain-active/"
 LAST_SEEN = "last-seen/"
 LEADER_KEY = "leader"  # the elected coordinator (``election.py``)
 
@@ -73,6 +82,29 @@ def vm_active_key(vm_uuid: str) -> str:
 def host_key(name: str) -> str:
     """``hosts/<name>``."""
     return _child(HOSTS, name)
+
+
+def host_state_key(name: str) -> str:
+    """``host-state/<name>``.
+
+    >>> host_state_key("host1")
+    'host-state/host1'
+    """
+    return _child(HOST_STATE, name)
+
+
+def drain_key(drain_id: str) -> str:
+    """``drains/<id>``.
+
+    >>> drain_key("d-42")
+    'drains/d-42'
+    """
+    return _child(DRAINS, drain_id)
+
+
+def drain_active_key(host: str) -> str:
+    """``drain-active/<host>``: one drain per host at a time."""
+    return _child(DRAIN_ACTIVE, host)
 
 
 def last_seen_key(host: str) -> str:

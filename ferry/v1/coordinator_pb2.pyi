@@ -24,6 +24,31 @@ class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHASE_FAILED: _ClassVar[Phase]
     PHASE_CANCELLED: _ClassVar[Phase]
     PHASE_ROLLED_BACK: _ClassVar[Phase]
+
+class DrainState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DRAIN_STATE_UNSPECIFIED: _ClassVar[DrainState]
+    DRAIN_STATE_RUNNING: _ClassVar[DrainState]
+    DRAIN_STATE_PAUSED: _ClassVar[DrainState]
+    DRAIN_STATE_CANCELLING: _ClassVar[DrainState]
+    DRAIN_STATE_SUCCEEDED: _ClassVar[DrainState]
+    DRAIN_STATE_INCOMPLETE: _ClassVar[DrainState]
+    DRAIN_STATE_CANCELLED: _ClassVar[DrainState]
+
+class DrainItemState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DRAIN_ITEM_STATE_UNSPECIFIED: _ClassVar[DrainItemState]
+    DRAIN_ITEM_STATE_WAITING: _ClassVar[DrainItemState]
+    DRAIN_ITEM_STATE_MIGRATING: _ClassVar[DrainItemState]
+    DRAIN_ITEM_STATE_MOVED: _ClassVar[DrainItemState]
+    DRAIN_ITEM_STATE_FAILED: _ClassVar[DrainItemState]
+    DRAIN_ITEM_STATE_SKIPPED: _ClassVar[DrainItemState]
+
+class FleetObject(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FLEET_OBJECT_UNSPECIFIED: _ClassVar[FleetObject]
+    FLEET_OBJECT_MIGRATION: _ClassVar[FleetObject]
+    FLEET_OBJECT_DRAIN: _ClassVar[FleetObject]
 PHASE_UNSPECIFIED: Phase
 PHASE_PENDING: Phase
 PHASE_PREFLIGHT: Phase
@@ -35,6 +60,22 @@ PHASE_SUCCEEDED: Phase
 PHASE_FAILED: Phase
 PHASE_CANCELLED: Phase
 PHASE_ROLLED_BACK: Phase
+DRAIN_STATE_UNSPECIFIED: DrainState
+DRAIN_STATE_RUNNING: DrainState
+DRAIN_STATE_PAUSED: DrainState
+DRAIN_STATE_CANCELLING: DrainState
+DRAIN_STATE_SUCCEEDED: DrainState
+DRAIN_STATE_INCOMPLETE: DrainState
+DRAIN_STATE_CANCELLED: DrainState
+DRAIN_ITEM_STATE_UNSPECIFIED: DrainItemState
+DRAIN_ITEM_STATE_WAITING: DrainItemState
+DRAIN_ITEM_STATE_MIGRATING: DrainItemState
+DRAIN_ITEM_STATE_MOVED: DrainItemState
+DRAIN_ITEM_STATE_FAILED: DrainItemState
+DRAIN_ITEM_STATE_SKIPPED: DrainItemState
+FLEET_OBJECT_UNSPECIFIED: FleetObject
+FLEET_OBJECT_MIGRATION: FleetObject
+FLEET_OBJECT_DRAIN: FleetObject
 
 class SubmitMigrationRequest(_message.Message):
     __slots__ = ("vm", "target_host", "options", "idempotency_key", "priority", "mapping")
@@ -99,22 +140,28 @@ class GetMigrationRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class ListMigrationsRequest(_message.Message):
-    __slots__ = ("phases", "host", "vm", "limit")
+    __slots__ = ("phases", "host", "vm", "limit", "page_size", "page_token")
     PHASES_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     VM_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     phases: _containers.RepeatedScalarFieldContainer[Phase]
     host: str
     vm: str
     limit: int
-    def __init__(self, phases: _Optional[_Iterable[_Union[Phase, str]]] = ..., host: _Optional[str] = ..., vm: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, phases: _Optional[_Iterable[_Union[Phase, str]]] = ..., host: _Optional[str] = ..., vm: _Optional[str] = ..., limit: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListMigrationsResponse(_message.Message):
-    __slots__ = ("migrations",)
+    __slots__ = ("migrations", "next_page_token")
     MIGRATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     migrations: _containers.RepeatedCompositeFieldContainer[Migration]
-    def __init__(self, migrations: _Optional[_Iterable[_Union[Migration, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, migrations: _Optional[_Iterable[_Union[Migration, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchMigrationRequest(_message.Message):
     __slots__ = ("id",)
@@ -129,7 +176,7 @@ class CancelMigrationRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class HostStatus(_message.Message):
-    __slots__ = ("name", "address", "available", "facts", "domains", "migrations_out", "migrations_in", "last_seen")
+    __slots__ = ("name", "address", "available", "facts", "domains", "migrations_out", "migrations_in", "last_seen", "cordoned", "cordon_reason", "drain_id", "cordoned_at")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +185,10 @@ class HostStatus(_message.Message):
     MIGRATIONS_OUT_FIELD_NUMBER: _ClassVar[int]
     MIGRATIONS_IN_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    CORDONED_FIELD_NUMBER: _ClassVar[int]
+    CORDON_REASON_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    CORDONED_AT_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     available: bool
@@ -146,17 +197,27 @@ class HostStatus(_message.Message):
     migrations_out: int
     migrations_in: int
     last_seen: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., available: _Optional[bool] = ..., facts: _Optional[_Union[_types_pb2.HostFacts, _Mapping]] = ..., domains: _Optional[int] = ..., migrations_out: _Optional[int] = ..., migrations_in: _Optional[int] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    cordoned: bool
+    cordon_reason: str
+    drain_id: str
+    cordoned_at: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., available: _Optional[bool] = ..., facts: _Optional[_Union[_types_pb2.HostFacts, _Mapping]] = ..., domains: _Optional[int] = ..., migrations_out: _Optional[int] = ..., migrations_in: _Optional[int] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cordoned: _Optional[bool] = ..., cordon_reason: _Optional[str] = ..., drain_id: _Optional[str] = ..., cordoned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListHostsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListHostsResponse(_message.Message):
-    __slots__ = ("hosts",)
+    __slots__ = ("hosts", "next_page_token")
     HOSTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     hosts: _containers.RepeatedCompositeFieldContainer[HostStatus]
-    def __init__(self, hosts: _Optional[_Iterable[_Union[HostStatus, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, hosts: _Optional[_Iterable[_Union[HostStatus, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class VM(_message.Message):
     __slots__ = ("domain", "host", "migration_id", "unreachable", "last_seen")
@@ -173,16 +234,22 @@ class VM(_message.Message):
     def __init__(self, domain: _Optional[_Union[_types_pb2.Domain, _Mapping]] = ..., host: _Optional[str] = ..., migration_id: _Optional[str] = ..., unreachable: _Optional[bool] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListVMsRequest(_message.Message):
-    __slots__ = ("host",)
+    __slots__ = ("host", "page_size", "page_token")
     HOST_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     host: str
-    def __init__(self, host: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, host: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListVMsResponse(_message.Message):
-    __slots__ = ("vms",)
+    __slots__ = ("vms", "next_page_token")
     VMS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     vms: _containers.RepeatedCompositeFieldContainer[VM]
-    def __init__(self, vms: _Optional[_Iterable[_Union[VM, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, vms: _Optional[_Iterable[_Union[VM, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class PreflightRequest(_message.Message):
     __slots__ = ("vm", "target_host", "options", "mapping")
@@ -197,15 +264,259 @@ class PreflightRequest(_message.Message):
     def __init__(self, vm: _Optional[str] = ..., target_host: _Optional[str] = ..., options: _Optional[_Union[_types_pb2.MigrationOptions, _Mapping]] = ..., mapping: _Optional[_Union[_types_pb2.HostMapping, _Mapping]] = ...) -> None: ...
 
 class PreflightResponse(_message.Message):
-    __slots__ = ("ok", "blockers", "source_host", "disks", "warnings")
+    __slots__ = ("ok", "blockers", "source_host", "disks", "warnings", "target_host", "candidates", "rejected")
     OK_FIELD_NUMBER: _ClassVar[int]
     BLOCKERS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_HOST_FIELD_NUMBER: _ClassVar[int]
     DISKS_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_HOST_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     blockers: _containers.RepeatedCompositeFieldContainer[_types_pb2.ErrorDetail]
     source_host: str
     disks: _containers.RepeatedCompositeFieldContainer[_types_pb2.DiskPlan]
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, ok: _Optional[bool] = ..., blockers: _Optional[_Iterable[_Union[_types_pb2.ErrorDetail, _Mapping]]] = ..., source_host: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    target_host: str
+    candidates: _containers.RepeatedCompositeFieldContainer[HostCandidate]
+    rejected: _containers.RepeatedCompositeFieldContainer[HostCandidate]
+    def __init__(self, ok: _Optional[bool] = ..., blockers: _Optional[_Iterable[_Union[_types_pb2.ErrorDetail, _Mapping]]] = ..., source_host: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., target_host: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[HostCandidate, _Mapping]]] = ..., rejected: _Optional[_Iterable[_Union[HostCandidate, _Mapping]]] = ...) -> None: ...
+
+class CordonHostRequest(_message.Message):
+    __slots__ = ("host", "reason")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    reason: str
+    def __init__(self, host: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class UncordonHostRequest(_message.Message):
+    __slots__ = ("host",)
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    def __init__(self, host: _Optional[str] = ...) -> None: ...
+
+class HostCandidate(_message.Message):
+    __slots__ = ("host", "score", "reasons", "blockers", "busy")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    BLOCKERS_FIELD_NUMBER: _ClassVar[int]
+    BUSY_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    score: float
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    blockers: _containers.RepeatedCompositeFieldContainer[_types_pb2.ErrorDetail]
+    busy: bool
+    def __init__(self, host: _Optional[str] = ..., score: _Optional[float] = ..., reasons: _Optional[_Iterable[str]] = ..., blockers: _Optional[_Iterable[_Union[_types_pb2.ErrorDetail, _Mapping]]] = ..., busy: _Optional[bool] = ...) -> None: ...
+
+class RankTargetsRequest(_message.Message):
+    __slots__ = ("vm", "options", "mapping", "hosts")
+    VM_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    MAPPING_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    vm: str
+    options: _types_pb2.MigrationOptions
+    mapping: _types_pb2.HostMapping
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, vm: _Optional[str] = ..., options: _Optional[_Union[_types_pb2.MigrationOptions, _Mapping]] = ..., mapping: _Optional[_Union[_types_pb2.HostMapping, _Mapping]] = ..., hosts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RankTargetsResponse(_message.Message):
+    __slots__ = ("source_host", "candidates", "rejected")
+    SOURCE_HOST_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    source_host: str
+    candidates: _containers.RepeatedCompositeFieldContainer[HostCandidate]
+    rejected: _containers.RepeatedCompositeFieldContainer[HostCandidate]
+    def __init__(self, source_host: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[HostCandidate, _Mapping]]] = ..., rejected: _Optional[_Iterable[_Union[HostCandidate, _Mapping]]] = ...) -> None: ...
+
+class DrainItem(_message.Message):
+    __slots__ = ("vm", "vm_uuid", "state", "target_host", "migration_id", "attempts", "tried", "problems", "estimate_s", "bytes_total", "bytes_moved", "started_at", "ended_at", "migration_phase")
+    VM_FIELD_NUMBER: _ClassVar[int]
+    VM_UUID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_HOST_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    TRIED_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_S_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BYTES_MOVED_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_PHASE_FIELD_NUMBER: _ClassVar[int]
+    vm: str
+    vm_uuid: str
+    state: DrainItemState
+    target_host: str
+    migration_id: str
+    attempts: int
+    tried: _containers.RepeatedScalarFieldContainer[str]
+    problems: _containers.RepeatedCompositeFieldContainer[_types_pb2.ErrorDetail]
+    estimate_s: float
+    bytes_total: int
+    bytes_moved: int
+    started_at: _timestamp_pb2.Timestamp
+    ended_at: _timestamp_pb2.Timestamp
+    migration_phase: Phase
+    def __init__(self, vm: _Optional[str] = ..., vm_uuid: _Optional[str] = ..., state: _Optional[_Union[DrainItemState, str]] = ..., target_host: _Optional[str] = ..., migration_id: _Optional[str] = ..., attempts: _Optional[int] = ..., tried: _Optional[_Iterable[str]] = ..., problems: _Optional[_Iterable[_Union[_types_pb2.ErrorDetail, _Mapping]]] = ..., estimate_s: _Optional[float] = ..., bytes_total: _Optional[int] = ..., bytes_moved: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., migration_phase: _Optional[_Union[Phase, str]] = ...) -> None: ...
+
+class Drain(_message.Message):
+    __slots__ = ("id", "host", "state", "reason", "targets", "max_parallel", "policy", "slots", "items", "created_at", "updated_at", "ended_at", "history", "vms_total", "vms_moved", "vms_failed", "vms_migrating", "bytes_total", "bytes_moved", "eta_s", "estimated_s", "dry_run")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    VMS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    VMS_MOVED_FIELD_NUMBER: _ClassVar[int]
+    VMS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    VMS_MIGRATING_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BYTES_MOVED_FIELD_NUMBER: _ClassVar[int]
+    ETA_S_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_S_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    host: str
+    state: DrainState
+    reason: str
+    targets: _containers.RepeatedScalarFieldContainer[str]
+    max_parallel: int
+    policy: str
+    slots: int
+    items: _containers.RepeatedCompositeFieldContainer[DrainItem]
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    ended_at: _timestamp_pb2.Timestamp
+    history: _containers.RepeatedCompositeFieldContainer[DrainChange]
+    vms_total: int
+    vms_moved: int
+    vms_failed: int
+    vms_migrating: int
+    bytes_total: int
+    bytes_moved: int
+    eta_s: float
+    estimated_s: float
+    dry_run: bool
+    def __init__(self, id: _Optional[str] = ..., host: _Optional[str] = ..., state: _Optional[_Union[DrainState, str]] = ..., reason: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ..., max_parallel: _Optional[int] = ..., policy: _Optional[str] = ..., slots: _Optional[int] = ..., items: _Optional[_Iterable[_Union[DrainItem, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., history: _Optional[_Iterable[_Union[DrainChange, _Mapping]]] = ..., vms_total: _Optional[int] = ..., vms_moved: _Optional[int] = ..., vms_failed: _Optional[int] = ..., vms_migrating: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_moved: _Optional[int] = ..., eta_s: _Optional[float] = ..., estimated_s: _Optional[float] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class DrainChange(_message.Message):
+    __slots__ = ("state", "at", "reason")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    state: DrainState
+    at: _timestamp_pb2.Timestamp
+    reason: str
+    def __init__(self, state: _Optional[_Union[DrainState, str]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SubmitDrainRequest(_message.Message):
+    __slots__ = ("host", "targets", "max_parallel", "policy", "dry_run", "reason", "options")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    targets: _containers.RepeatedScalarFieldContainer[str]
+    max_parallel: int
+    policy: str
+    dry_run: bool
+    reason: str
+    options: _types_pb2.MigrationOptions
+    def __init__(self, host: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ..., max_parallel: _Optional[int] = ..., policy: _Optional[str] = ..., dry_run: _Optional[bool] = ..., reason: _Optional[str] = ..., options: _Optional[_Union[_types_pb2.MigrationOptions, _Mapping]] = ...) -> None: ...
+
+class GetDrainRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ListDrainsRequest(_message.Message):
+    __slots__ = ("host", "states", "page_size", "page_token")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    states: _containers.RepeatedScalarFieldContainer[DrainState]
+    page_size: int
+    page_token: str
+    def __init__(self, host: _Optional[str] = ..., states: _Optional[_Iterable[_Union[DrainState, str]]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListDrainsResponse(_message.Message):
+    __slots__ = ("drains", "next_page_token")
+    DRAINS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    drains: _containers.RepeatedCompositeFieldContainer[Drain]
+    next_page_token: str
+    def __init__(self, drains: _Optional[_Iterable[_Union[Drain, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class WatchDrainRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class PauseDrainRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ResumeDrainRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class CancelDrainRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class WatchFleetRequest(_message.Message):
+    __slots__ = ("objects", "hosts", "vms", "phases", "drain_states", "current")
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    PHASES_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_STATES_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    objects: _containers.RepeatedScalarFieldContainer[FleetObject]
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    vms: _containers.RepeatedScalarFieldContainer[str]
+    phases: _containers.RepeatedScalarFieldContainer[Phase]
+    drain_states: _containers.RepeatedScalarFieldContainer[DrainState]
+    current: bool
+    def __init__(self, objects: _Optional[_Iterable[_Union[FleetObject, str]]] = ..., hosts: _Optional[_Iterable[str]] = ..., vms: _Optional[_Iterable[str]] = ..., phases: _Optional[_Iterable[_Union[Phase, str]]] = ..., drain_states: _Optional[_Iterable[_Union[DrainState, str]]] = ..., current: _Optional[bool] = ...) -> None: ...
+
+class FleetEvent(_message.Message):
+    __slots__ = ("migration", "drain", "deleted", "id", "kind")
+    MIGRATION_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    migration: Migration
+    drain: Drain
+    deleted: bool
+    id: str
+    kind: FleetObject
+    def __init__(self, migration: _Optional[_Union[Migration, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., deleted: _Optional[bool] = ..., id: _Optional[str] = ..., kind: _Optional[_Union[FleetObject, str]] = ...) -> None: ...

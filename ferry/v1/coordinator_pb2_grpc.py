@@ -74,6 +74,61 @@ class CoordinatorStub:
                 request_serializer=ferry_dot_v1_dot_coordinator__pb2.PreflightRequest.SerializeToString,
                 response_deserializer=ferry_dot_v1_dot_coordinator__pb2.PreflightResponse.FromString,
                 _registered_method=True)
+        self.CordonHost = channel.unary_unary(
+                '/ferry.v1.Coordinator/CordonHost',
+                request_serializer=ferry_dot_v1_dot_coordinator__pb2.CordonHostRequest.SerializeToString,
+                response_deserializer=ferry_dot_v1_dot_coordinator__pb2.HostStatus.FromString,
+                _registered_method=True)
+        self.UncordonHost = channel.unary_unary(
+                '/ferry.v1.Coordinator/UncordonHost',
+                request_serializer=ferry_dot_v1_dot_coordinator__pb2.UncordonHostRequest.SerializeToString,
+                response_deserializer=ferry_dot_v1_dot_coordinator__pb2.HostStatus.FromString,
+                _registered_method=True)
+        self.RankTargets = channel.unary_unary(
+                '/ferry.v1.Coordinator/RankTargets',
+                request_serializer=ferry_dot_v1_dot_coordinator__pb2.RankTargetsRequest.SerializeToString,
+                response_deserializer=ferry_dot_v1_dot_coordinator__pb2.RankTargetsResponse.FromString,
+                _registered_method=True)
+        self.SubmitDrain = channel.unary_unary(
+                '/ferry.v1.Coordinator/SubmitDrain',
+                request_serializer=ferry_dot_v1_dot_coordinator__pb2.SubmitDrainRequest.SerializeToString,
+                response_deserializer=ferry_dot_v1_dot_coordinator__pb2.Drain.FromString,
+                _registered_method=True)
+        self.GetDrain = channel.unary_unary(
+                '/ferry.v1.Coordinator/GetDrain',
+                request_serializer=ferry_dot_v1_dot_coordinator__pb2.GetDrainRequest.SerializeToString,
+                response_deserializer=ferry_dot_v1_dot_coordinator__pb2.Drain.FromString,
+                _registered_method=True)
+        self.ListDrains = channel.unary_unary(
+                '/ferry.v1.Coordinator/ListDrains',
+                request_serializer=ferry_dot_v1_dot_coordinator__pb2.ListDrainsRequest.SerializeToString,
+                response_deserializer=ferry_dot_v1_dot_coordinator__pb2.ListDrainsResponse.FromString,
+                _registered_method=True)
+        self.WatchDrain = channel.unary_stream(
+                '/ferry.v1.Coordinator/WatchDrain',
+                request_serializer=ferry_dot_v1_dot_coordinator__pb2.WatchDrainRequest.SerializeToString,
+                response_deserializer=ferry_dot_v1_dot_coordinator__pb2.Drain.FromString,
+                _registered_method=True)
+        self.PauseDrain = channel.unary_unary(
+                '/ferry.v1.Coordinator/PauseDrain',
+                request_serializer=ferry_dot_v1_dot_coordinator__pb2.PauseDrainRequest.SerializeToString,
+                response_deserializer=ferry_dot_v1_dot_coordinator__pb2.Drain.FromString,
+                _registered_method=True)
+        self.ResumeDrain = channel.unary_unary(
+                '/ferry.v1.Coordinator/ResumeDrain',
+                request_serializer=ferry_dot_v1_dot_coordinator__pb2.ResumeDrainRequest.SerializeToString,
+                response_deserializer=ferry_dot_v1_dot_coordinator__pb2.Drain.FromString,
+                _registered_method=True)
+        self.CancelDrain = channel.unary_unary(
+                '/ferry.v1.Coordinator/CancelDrain',
+                request_serializer=ferry_dot_v1_dot_coordinator__pb2.CancelDrainRequest.SerializeToString,
+                response_deserializer=ferry_dot_v1_dot_coordinator__pb2.Drain.FromString,
+                _registered_method=True)
+        self.WatchFleet = channel.unary_stream(
+                '/ferry.v1.Coordinator/WatchFleet',
+                request_serializer=ferry_dot_v1_dot_coordinator__pb2.WatchFleetRequest.SerializeToString,
+                response_deserializer=ferry_dot_v1_dot_coordinator__pb2.FleetEvent.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -126,6 +181,83 @@ class CoordinatorServicer:
 
     def Preflight(self, request, context):
         """Dry run: every blocker at once, each with a reason code and a fix hint. Touches nothing.
+        Without a target_host: the hosts ranked (as RankTargets), the best one checked in full.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CordonHost(self, request, context):
+        """A cordoned host receives no migration (submission refuses it, TARGET_CORDONED; placement
+        skips it; queued migrations to it wait). Migrations from it go on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UncordonHost(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RankTargets(self, request, context):
+        """Every host judged for a VM from the cached inventories and the migrations on their way:
+        the feasible ones best first with their score and reasons, every other one with its blockers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitDrain(self, request, context):
+        """Empty a host: cordon it, then move every VM off it, a few at a time, each to the best
+        feasible host (or one of targets). One object in the store; the leader drives it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDrain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDrains(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchDrain(self, request, context):
+        """The drain now, then every change until it is final.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseDrain(self, request, context):
+        """no new migration starts; running ones finish
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeDrain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelDrain(self, request, context):
+        """running migrations are cancelled too
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchFleet(self, request, context):
+        """One stream of every migration and drain change in the fleet, filtered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,6 +305,61 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Preflight,
                     request_deserializer=ferry_dot_v1_dot_coordinator__pb2.PreflightRequest.FromString,
                     response_serializer=ferry_dot_v1_dot_coordinator__pb2.PreflightResponse.SerializeToString,
+            ),
+            'CordonHost': grpc.unary_unary_rpc_method_handler(
+                    servicer.CordonHost,
+                    request_deserializer=ferry_dot_v1_dot_coordinator__pb2.CordonHostRequest.FromString,
+                    response_serializer=ferry_dot_v1_dot_coordinator__pb2.HostStatus.SerializeToString,
+            ),
+            'UncordonHost': grpc.unary_unary_rpc_method_handler(
+                    servicer.UncordonHost,
+                    request_deserializer=ferry_dot_v1_dot_coordinator__pb2.UncordonHostRequest.FromString,
+                    response_serializer=ferry_dot_v1_dot_coordinator__pb2.HostStatus.SerializeToString,
+            ),
+            'RankTargets': grpc.unary_unary_rpc_method_handler(
+                    servicer.RankTargets,
+                    request_deserializer=ferry_dot_v1_dot_coordinator__pb2.RankTargetsRequest.FromString,
+                    response_serializer=ferry_dot_v1_dot_coordinator__pb2.RankTargetsResponse.SerializeToString,
+            ),
+            'SubmitDrain': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitDrain,
+                    request_deserializer=ferry_dot_v1_dot_coordinator__pb2.SubmitDrainRequest.FromString,
+                    response_serializer=ferry_dot_v1_dot_coordinator__pb2.Drain.SerializeToString,
+            ),
+            'GetDrain': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDrain,
+                    request_deserializer=ferry_dot_v1_dot_coordinator__pb2.GetDrainRequest.FromString,
+                    response_serializer=ferry_dot_v1_dot_coordinator__pb2.Drain.SerializeToString,
+            ),
+            'ListDrains': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDrains,
+                    request_deserializer=ferry_dot_v1_dot_coordinator__pb2.ListDrainsRequest.FromString,
+                    response_serializer=ferry_dot_v1_dot_coordinator__pb2.ListDrainsResponse.SerializeToString,
+            ),
+            'WatchDrain': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchDrain,
+                    request_deserializer=ferry_dot_v1_dot_coordinator__pb2.WatchDrainRequest.FromString,
+                    response_serializer=ferry_dot_v1_dot_coordinator__pb2.Drain.SerializeToString,
+            ),
+            'PauseDrain': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseDrain,
+                    request_deserializer=ferry_dot_v1_dot_coordinator__pb2.PauseDrainRequest.FromString,
+                    response_serializer=ferry_dot_v1_dot_coordinator__pb2.Drain.SerializeToString,
+            ),
+            'ResumeDrain': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeDrain,
+                    request_deserializer=ferry_dot_v1_dot_coordinator__pb2.ResumeDrainRequest.FromString,
+                    response_serializer=ferry_dot_v1_dot_coordinator__pb2.Drain.SerializeToString,
+            ),
+            'CancelDrain': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelDrain,
+                    request_deserializer=ferry_dot_v1_dot_coordinator__pb2.CancelDrainRequest.FromString,
+                    response_serializer=ferry_dot_v1_dot_coordinator__pb2.Drain.SerializeToString,
+            ),
+            'WatchFleet': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchFleet,
+                    request_deserializer=ferry_dot_v1_dot_coordinator__pb2.WatchFleetRequest.FromString,
+                    response_serializer=ferry_dot_v1_dot_coordinator__pb2.FleetEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -391,6 +578,303 @@ class Coordinator:
             '/ferry.v1.Coordinator/Preflight',
             ferry_dot_v1_dot_coordinator__pb2.PreflightRequest.SerializeToString,
             ferry_dot_v1_dot_coordinator__pb2.PreflightResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CordonHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.v1.Coordinator/CordonHost',
+            ferry_dot_v1_dot_coordinator__pb2.CordonHostRequest.SerializeToString,
+            ferry_dot_v1_dot_coordinator__pb2.HostStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UncordonHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.v1.Coordinator/UncordonHost',
+            ferry_dot_v1_dot_coordinator__pb2.UncordonHostRequest.SerializeToString,
+            ferry_dot_v1_dot_coordinator__pb2.HostStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RankTargets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.v1.Coordinator/RankTargets',
+            ferry_dot_v1_dot_coordinator__pb2.RankTargetsRequest.SerializeToString,
+            ferry_dot_v1_dot_coordinator__pb2.RankTargetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitDrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.v1.Coordinator/SubmitDrain',
+            ferry_dot_v1_dot_coordinator__pb2.SubmitDrainRequest.SerializeToString,
+            ferry_dot_v1_dot_coordinator__pb2.Drain.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.v1.Coordinator/GetDrain',
+            ferry_dot_v1_dot_coordinator__pb2.GetDrainRequest.SerializeToString,
+            ferry_dot_v1_dot_coordinator__pb2.Drain.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDrains(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.v1.Coordinator/ListDrains',
+            ferry_dot_v1_dot_coordinator__pb2.ListDrainsRequest.SerializeToString,
+            ferry_dot_v1_dot_coordinator__pb2.ListDrainsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchDrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ferry.v1.Coordinator/WatchDrain',
+            ferry_dot_v1_dot_coordinator__pb2.WatchDrainRequest.SerializeToString,
+            ferry_dot_v1_dot_coordinator__pb2.Drain.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseDrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.v1.Coordinator/PauseDrain',
+            ferry_dot_v1_dot_coordinator__pb2.PauseDrainRequest.SerializeToString,
+            ferry_dot_v1_dot_coordinator__pb2.Drain.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeDrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.v1.Coordinator/ResumeDrain',
+            ferry_dot_v1_dot_coordinator__pb2.ResumeDrainRequest.SerializeToString,
+            ferry_dot_v1_dot_coordinator__pb2.Drain.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelDrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.v1.Coordinator/CancelDrain',
+            ferry_dot_v1_dot_coordinator__pb2.CancelDrainRequest.SerializeToString,
+            ferry_dot_v1_dot_coordinator__pb2.Drain.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchFleet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ferry.v1.Coordinator/WatchFleet',
+            ferry_dot_v1_dot_coordinator__pb2.WatchFleetRequest.SerializeToString,
+            ferry_dot_v1_dot_coordinator__pb2.FleetEvent.FromString,
             options,
             channel_credentials,
             insecure,

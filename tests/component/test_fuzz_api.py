@@ -23,6 +23,7 @@ The figures (requests, accepted, refused by code, crashes) are printed at the en
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections import Counter
@@ -50,6 +51,7 @@ from ferry.v1 import types_pb2 as tpb
 EXAMPLES = int(os.environ.get("FERRY_FUZZ_EXAMPLES", "40"))
 TRAILER_LIMIT = 8 * 1024  # grpc.max_metadata_size a client accepts by default
 CALL_TIMEOUT_S = 10.0
+SILENT_S = 0.5
 
 # ---------------------------------------------------------------- the servers, in a loop of their own
 
@@ -308,6 +310,9 @@ class Rpc:
     method: str
     request: Callable[[dict[str, Any]], st.SearchStrategy[Any]]
     streaming: bool = False
+    # a stream that sends nothing until something matching changes (a watch of the whole fleet):
+    # silence for SILENT_S after the call is an answer; a refusal comes before any wait
+    may_stay_silent: bool = False
 
 
 def mutate(base: Any, fields: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
@@ -452,6 +457,8 @@ RPCS = [
             host=text(r["names"]),
             vm=text(r["names"]),
             limit=uint(32),
+            page_size=uint(32),
+            page_token=text(),
         ),
     ),
     Rpc(
@@ -461,8 +468,16 @@ RPCS = [
         streaming=True,
     ),
     Rpc("coordinator", "CancelMigration", lambda r: st.builds(cpb.CancelMigrationRequest, id=text(r["ids"]))),
-    Rpc("coordinator", "ListHosts", lambda r: st.just(cpb.ListHostsRequest())),
-    Rpc("coordinator", "ListVMs", lambda r: st.builds(cpb.ListVMsRequest, host=text(r["names"]))),
+    Rpc(
+        "coordinator",
+        "ListHosts",
+        lambda r: st.builds(cpb.ListHostsRequest, page_size=uint(32), page_token=text()),
+    ),
+    Rpc(
+        "coordinator",
+        "ListVMs",
+        lambda r: st.builds(cpb.ListVMsRequest, host=text(r["names"]), page_size=uint(32), page_token=text()),
+    ),
     Rpc(
         "coordinator",
         "Preflight",
@@ -476,6 +491,74 @@ RPCS = [
                 "mapping": mapping(r["names"]),
             },
         ),
+    ),
+    # fleet operations: cordons, placement, drains, the fleet-wide watch
+    Rpc(
+        "coordinator",
+        "CordonHost",
+        lambda r: st.builds(cpb.CordonHostRequest, host=text(["host3", "host9"]), reason=text(["kernel"])),
+    ),
+    Rpc("coordinator", "UncordonHost", lambda r: st.builds(cpb.UncordonHostRequest, host=text(["host3", "host9"]))),
+    Rpc(
+        "coordinator",
+        "RankTargets",
+        lambda r: st.builds(
+            cpb.RankTargetsRequest,
+            vm=text(r["names"]),
+            options=options(),
+            mapping=mapping(r["names"]),
+            hosts=bounded_list(text(["host1", "host2", "host3"]), "host2"),
+        ),
+    ),
+    Rpc(
+        "coordinator",
+        "SubmitDrain",
+        lambda r: st.builds(
+            cpb.SubmitDrainRequest,
+            host=text(["host1", "host2", "host3"]),
+            targets=bounded_list(text(["host1", "host2", "host3"]), "host2"),
+            max_parallel=uint(32),
+            policy=text(["default"]),
+            dry_run=st.just(True),  # a plan only: the fleet stays as the other RPCs expect it
+            reason=text(["kernel"]),
+            options=options(),
+        ),
+    ),
+    Rpc("coordinator", "GetDrain", lambda r: st.builds(cpb.GetDrainRequest, id=text(r["ids"]))),
+    Rpc(
+        "coordinator",
+        "ListDrains",
+        lambda r: st.builds(
+            cpb.ListDrainsRequest,
+            host=text(r["names"]),
+            states=bounded_list(ENUM, 1),
+            page_size=uint(32),
+            page_token=text(),
+        ),
+    ),
+    Rpc(
+        "coordinator",
+        "WatchDrain",
+        lambda r: st.builds(cpb.WatchDrainRequest, id=text(r["ids"])),
+        streaming=True,
+    ),
+    Rpc("coordinator", "PauseDrain", lambda r: st.builds(cpb.PauseDrainRequest, id=text(r["ids"]))),
+    Rpc("coordinator", "ResumeDrain", lambda r: st.builds(cpb.ResumeDrainRequest, id=text(r["ids"]))),
+    Rpc("coordinator", "CancelDrain", lambda r: st.builds(cpb.CancelDrainRequest, id=text(r["ids"]))),
+    Rpc(
+        "coordinator",
+        "WatchFleet",
+        lambda r: st.builds(
+            cpb.WatchFleetRequest,
+            objects=bounded_list(ENUM, 1),
+            hosts=bounded_list(text(r["names"]), "host1"),
+            vms=bounded_list(text(r["names"]), "g1"),
+            phases=bounded_list(ENUM, 1),
+            drain_states=bounded_list(ENUM, 1),
+            current=st.booleans(),
+        ),
+        streaming=True,
+        may_stay_silent=True,
     ),
 ]
 
@@ -520,7 +603,11 @@ async def call(apis: Apis, rpc: Rpc, request: Any, host: str) -> None:
         return
     stream = method(request, timeout=CALL_TIMEOUT_S)
     try:  # the first message (or the refusal): edge checks come before it
-        await stream.read()
+        if rpc.may_stay_silent:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stream.read(), SILENT_S)
+        else:
+            await stream.read()
     finally:
         stream.cancel()
 

@@ -249,10 +249,16 @@ async def test_a_refused_call_is_counted_by_its_code(setup: Setup) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused_call:
         await setup.stub.SubmitMigration(cpb.SubmitMigrationRequest(vm="nope", target_host="host2"))
     assert refused_call.value.code() == grpc.StatusCode.NOT_FOUND
-    leader = await scrape(setup, "coordinator")
-    refused = value(
-        leader, "ferry_rpc_server_handled_total", service="Coordinator", method="SubmitMigration", code="NOT_FOUND"
-    )
+    # the server counts the call once its handler has returned, which may be just after the
+    # client saw the status: scrape again for a moment
+    for _ in range(50):
+        leader = await scrape(setup, "coordinator")
+        refused = value(
+            leader, "ferry_rpc_server_handled_total", service="Coordinator", method="SubmitMigration", code="NOT_FOUND"
+        )
+        if refused:
+            break
+        await asyncio.sleep(0.02)
     assert refused == 1
 
 

@@ -71,6 +71,17 @@ COORDINATOR_REQUESTS: dict[str, Any] = {
     "ListHosts": cpb.ListHostsRequest(),
     "ListVMs": cpb.ListVMsRequest(),
     "Preflight": cpb.PreflightRequest(vm="nope", target_host="host9"),
+    "RankTargets": cpb.RankTargetsRequest(vm="nope"),
+    "WatchFleet": cpb.WatchFleetRequest(),
+    "CordonHost": cpb.CordonHostRequest(host="host9", reason="role matrix"),
+    "UncordonHost": cpb.UncordonHostRequest(host="host9"),
+    "SubmitDrain": cpb.SubmitDrainRequest(host="host9", dry_run=True),
+    "PauseDrain": cpb.PauseDrainRequest(id="d-nope"),
+    "ResumeDrain": cpb.ResumeDrainRequest(id="d-nope"),
+    "CancelDrain": cpb.CancelDrainRequest(id="d-nope"),
+    "GetDrain": cpb.GetDrainRequest(id="d-nope"),
+    "ListDrains": cpb.ListDrainsRequest(),
+    "WatchDrain": cpb.WatchDrainRequest(id="d-nope"),
 }
 ALLOWED = {
     # agent API: reads for coordinator, operator, reader; everything else the coordinator only
@@ -93,17 +104,41 @@ ALLOWED = {
     "CancelMigration": {"operator", "scheduler"},
     **{
         m: {"operator", "scheduler", "reader"}
-        for m in ("GetMigration", "ListMigrations", "WatchMigration", "ListHosts", "ListVMs", "Preflight")
+        for m in (
+            "GetMigration",
+            "ListMigrations",
+            "WatchMigration",
+            "ListHosts",
+            "ListVMs",
+            "Preflight",
+            "RankTargets",
+            "WatchFleet",
+            "GetDrain",
+            "ListDrains",
+            "WatchDrain",
+        )
+    },
+    # host state and drains: the operator's
+    **{
+        m: {"operator"}
+        for m in ("CordonHost", "UncordonHost", "SubmitDrain", "PauseDrain", "ResumeDrain", "CancelDrain")
     },
 }
 # the role a refusal names: the least privileged one allowed
 NEEDED = {m: "ROLE_COORDINATOR_REQUIRED" for m in AGENT_REQUESTS} | {
     m: "ROLE_READER_REQUIRED" for m in ("GetInventory", "GetDomain", "ListPrepares", "GetJob")
 }
-NEEDED |= {m: "ROLE_READER_REQUIRED" for m in COORDINATOR_REQUESTS} | {
-    "SubmitMigration": "ROLE_SCHEDULER_REQUIRED",
-    "CancelMigration": "ROLE_SCHEDULER_REQUIRED",
-}
+NEEDED |= (
+    {m: "ROLE_READER_REQUIRED" for m in COORDINATOR_REQUESTS}
+    | {
+        "SubmitMigration": "ROLE_SCHEDULER_REQUIRED",
+        "CancelMigration": "ROLE_SCHEDULER_REQUIRED",
+    }
+    | {
+        m: "ROLE_OPERATOR_REQUIRED"
+        for m in ("CordonHost", "UncordonHost", "SubmitDrain", "PauseDrain", "ResumeDrain", "CancelDrain")
+    }
+)
 
 
 @dataclass
@@ -188,8 +223,9 @@ async def call(address: str, tls: Tls | None, service: str, method: str, request
         stub = (agrpc.AgentStub if service == "agent" else cgrpc.CoordinatorStub)(channel)
         rpc = getattr(stub, method)
         try:
-            if method in ("Migrate", "WatchMigration"):
-                async for first in rpc(request, timeout=5):
+            if method in ("Migrate", "WatchMigration", "WatchDrain", "WatchFleet"):
+                # WatchFleet sends nothing until something matches: allowed ends DEADLINE_EXCEEDED
+                async for first in rpc(request, timeout=1 if method == "WatchFleet" else 5):
                     return grpc.StatusCode.OK, first
                 return grpc.StatusCode.OK, None
             return grpc.StatusCode.OK, await rpc(request, timeout=5)

@@ -31,6 +31,8 @@ ENUM_DEFS = {
     "job_phase": tpb.MigrationPhase.DESCRIPTOR,
     "storage_mode": tpb.StorageMode.DESCRIPTOR,
     "domain_state": tpb.DomainState.DESCRIPTOR,
+    "drain_state": cpb.DrainState.DESCRIPTOR,
+    "drain_item_state": cpb.DrainItemState.DESCRIPTOR,
 }
 MESSAGES = {
     m.DESCRIPTOR.full_name: m
@@ -54,6 +56,11 @@ MESSAGES = {
         tpb.MigrationProgress,
         tpb.CompletedJob,
         cpb.ListMigrationsResponse,
+        cpb.HostCandidate,
+        cpb.Drain,
+        cpb.DrainItem,
+        cpb.DrainChange,
+        cpb.ListDrainsResponse,
     )
 }
 

@@ -55,7 +55,8 @@ def guest(name: str = "g1", uuid: str = UUID) -> DomainInfo:
 
 @dataclass
 class InventoryAgent:
-    """All the fleet view asks of an agent: its inventory (its bridges say where a mapping may send a NIC)."""
+    """All the fleet view asks of an agent: its inventory (its bridges say where a mapping may send a NIC),
+    and one domain of it."""
 
     host: str
     domains: list[DomainInfo] = field(default_factory=list)
@@ -64,6 +65,12 @@ class InventoryAgent:
     async def inventory(self) -> Inventory:
         facts = HostFacts(hostname=self.host, host_uuid=f"uuid-{self.host}", bridges=self.bridges)
         return Inventory(facts, tuple(self.domains))
+
+    async def get_domain(self, vm: str, *, include_xml: bool = False) -> tuple[DomainInfo, str]:
+        for d in self.domains:
+            if vm in (d.name, d.uuid):
+                return d, ""
+        raise NotFound(f"no domain {vm} on {self.host}", reason="DOMAIN_NOT_FOUND")
 
 
 @dataclass

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""The coordinator of the fleet simulation (started by ``scale_bench.py``): ``ferry-coordinator``
+as ``serve()`` builds it -- the same config file, the etcd adapter, gRPC agent clients -- with its
+store calls counted (by call and key prefix). On SIGTERM it resigns and stops like the daemon,
+then writes the counts and its CPU seconds as JSON to ``--stats``; ``--profile FILE`` runs it
+under cProfile.
+
+Counting here, not from etcd's own metrics, because the agents' registrations use the same etcd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import logging
+import resource
+import signal
+import sys
+from collections import Counter
+from collections.abc import AsyncGenerator, Sequence
+from pathlib import Path
+
+from ferry.coordinator.config import load_config
+from ferry.coordinator.main import build_coordinator, etcd_store, grpc_agent_factory
+from ferry.store import Entry, Resync, Store, WatchEvent
+
+
+class CountingStore:
+    """The Store port passed through, counting each call as ``<call> <key prefix>``."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.calls: Counter[str] = Counter()
+
+    def _count(self, call: str, key: str) -> None:
+        head, sep, _ = key.partition("/")
+        self.calls[f"{call} {head + sep}"] += 1
+
+    async def get(self, key: str) -> Entry | None:
+        self._count("get", key)
+        return await self.inner.get(key)
+
+    async def list(self, prefix: str) -> tuple[list[Entry], int]:
+        self._count("list", prefix)
+        return await self.inner.list(prefix)
+
+    async def create(self, key: str, value: bytes, lease: int | None = None) -> int:
+        self._count("create", key)
+        return await self.inner.create(key, value, lease)
+
+    async def update(self, key: str, value: bytes, expected_mod_revision: int, lease: int | None = None) -> int:
+        self._count("update", key)
+        return await self.inner.update(key, value, expected_mod_revision, lease)
+
+    async def delete(self, key: str, expected_mod_revision: int | None = None) -> int | None:
+        self._count("delete", key)
+        return await self.inner.delete(key, expected_mod_revision)
+
+    async def grant_lease(self, ttl_s: int) -> int:
+        return await self.inner.grant_lease(ttl_s)
+
+    async def keepalive(self, lease: int) -> int:
+        return await self.inner.keepalive(lease)
+
+    async def revoke(self, lease: int) -> None:
+        await self.inner.revoke(lease)
+
+    def watch(self, prefix: str, start_revision: int) -> AsyncGenerator[WatchEvent | Resync, None]:
+        self._count("watch", prefix)
+        return self.inner.watch(prefix, start_revision)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def serve(config_path: Path, stats: Path) -> None:
+    config = load_config(config_path)
+    store = CountingStore(etcd_store(config))
+    coordinator = build_coordinator(config, store, grpc_agent_factory(config))  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stats.with_suffix(".ready").write_text("")
+    try:
+        await coordinator.start()
+        dump = loop.create_task(_dump_on_request(store, stats))
+        await stop.wait()
+        dump.cancel()
+    finally:
+        await coordinator.stop(grace_s=2.0)
+        await store.close()
+    _write(store, stats)
+
+
+def _write(store: CountingStore, stats: Path) -> None:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    stats.write_text(json.dumps({"calls": dict(store.calls), "cpu_s": usage.ru_utime + usage.ru_stime}))
+
+
+async def _dump_on_request(store: CountingStore, stats: Path) -> None:
+    """Write the counts whenever ``<stats>.want`` appears (the bench reads them between runs)."""
+    want = stats.with_suffix(".want")
+    while True:
+        await asyncio.sleep(0.2)
+        if want.exists():
+            _write(store, stats)
+            want.unlink()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--stats", type=Path, required=True)
+    p.add_argument("--profile", type=Path)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.profile is None:
+        asyncio.run(serve(args.config, args.stats))
+        return 0
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        asyncio.run(serve(args.config, args.stats))
+    finally:
+        profiler.disable()
+        profiler.dump_stats(str(args.profile))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""The drains' RPCs and the fleet-wide watch: a mixin of ``service.CoordinatorServicer``.
+
+Thin like the rest of the servicer: requests -> ``drains.Drains`` (submit, pause, resume, cancel:
+compare-and-set writes) or reads -> ``convert.drain_to_pb``. A drain's progress (bytes, ETA)
+comes from its migrations as this replica's view of ``migrations/`` holds them, so WatchDrain
+sends an update when the drain changes and, at most every ``PROGRESS_EVERY_S``, when one of its
+migrations moved on. WatchFleet sends every change of every migration and drain that matches the
+request's filters, from this replica's views (``replica.py``), in the order it saw them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Collection
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+
+from ferry import keys, validate
+from ferry.errors import FerryError, InvalidArgument, NotFound, ResourceExhausted
+from ferry.rpc import Context, rpc_method
+from ferry.v1 import coordinator_pb2 as cpb
+
+from . import convert
+from .drain import DrainRecord, decode
+from .drainplan import progress, slots
+from .drains import DrainRequest, must_read_drain
+from .paging import paginate
+from .record import MigrationRecord
+
+if TYPE_CHECKING:
+    from ferry.store import Store
+
+    from .drains import Drains
+    from .fleet import Fleet
+    from .replica import ReplicaViews
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 0.5
+WATCH_QUEUE_MAX = 10_000  # a fleet watch this far behind is ended (RESOURCE_EXHAUSTED)
+
+
+MAX_REASON = 1000  # a drain's or a cordon's reason (the operator's words)
+
+
+def _id(value: str) -> str:
+    return validate.ident(value, "id", required=True, example='"d-3f2a9c41" (see `ferry drains`)')
+
+
+def _known(values: Collection[int], field: str, enum: EnumTypeWrapper) -> set[int]:
+    """Enum numbers of a filter: at most ``validate.MAX_ITEMS``, each one the enum knows (0 too)."""
+    validate.items(values, field)
+    unknown = sorted(set(values) - set(enum.values()))
+    if unknown:
+        raise InvalidArgument(
+            f"{field}: unknown value {unknown[0]}",
+            reason="BAD_ENUM_VALUE",
+            hint=f"use the ferry.v1.{enum.DESCRIPTOR.name} values",
+        )
+    return set(values)
+
+
+class DrainMethods:
+    """Mixed into CoordinatorServicer, which provides these attributes."""
+
+    store: Store
+    fleet: Fleet
+    views: ReplicaViews
+    drains: Drains
+    outbound_limit: int
+
+    def _now(self) -> datetime:
+        return self.drains._clock()
+
+    def drain_pb(self, d: DrainRecord, *, dry_run: bool = False) -> cpb.Drain:
+        migrations = self.views.migrations.items
+        return convert.drain_to_pb(
+            d,
+            progress(d, migrations, self._now(), self.outbound_limit),
+            slots(d, self.outbound_limit),
+            migrations,
+            dry_run=dry_run,
+        )
+
+    # ------------------------------------------------------------------ drains
+
+    @rpc_method
+    async def SubmitDrain(self, request: cpb.SubmitDrainRequest, context: Context) -> cpb.Drain:
+        validate.text(request.host, "host", required=True, example='"host1" (see `ferry hosts`)')
+        validate.names(request.targets, "targets")
+        validate.text(request.policy, "policy")
+        validate.text(request.reason, "reason", max_len=MAX_REASON)
+        options, explicit = convert.options_from_request(request.options)
+        d = await self.drains.submit(
+            DrainRequest(
+                host=request.host,
+                targets=tuple(dict.fromkeys(request.targets)),
+                max_parallel=request.max_parallel,
+                policy=request.policy,
+                reason=request.reason,
+                options=options,
+                storage_explicit=explicit,
+                dry_run=request.dry_run,
+            )
+        )
+        return self.drain_pb(d, dry_run=request.dry_run)
+
+    @rpc_method
+    async def GetDrain(self, request: cpb.GetDrainRequest, context: Context) -> cpb.Drain:
+        return self.drain_pb(await must_read_drain(self.store, _id(request.id)))
+
+    @rpc_method
+    async def ListDrains(self, request: cpb.ListDrainsRequest, context: Context) -> cpb.ListDrainsResponse:
+        validate.text(request.host, "host")
+        validate.items(request.states, "states")
+        states = {convert.drain_state_from_pb(s) for s in request.states}
+        if None in states:
+            raise InvalidArgument("unknown drain state", reason="BAD_STATE", hint="use the ferry.v1.DrainState values")
+        entries, _ = await self.store.list(keys.DRAINS)
+        drains = []
+        for e in entries:
+            try:
+                d = decode(e.value, e.mod_revision)
+            except FerryError as err:
+                log.warning("skipping %s: %s", e.key, err)
+                continue
+            if (not request.host or d.host == request.host) and (not states or d.state in states):
+                drains.append(d)
+
+        def key(d: DrainRecord) -> tuple[str, ...]:
+            return (d.created_at.isoformat(), d.id)
+
+        drains.sort(key=key, reverse=True)
+        page, token = paginate(drains, key, request.page_size, request.page_token, descending=True)
+        return cpb.ListDrainsResponse(drains=[self.drain_pb(d) for d in page], next_page_token=token)
+
+    @rpc_method
+    async def PauseDrain(self, request: cpb.PauseDrainRequest, context: Context) -> cpb.Drain:
+        return self.drain_pb(await self.drains.pause(_id(request.id)))
+
+    @rpc_method
+    async def ResumeDrain(self, request: cpb.ResumeDrainRequest, context: Context) -> cpb.Drain:
+        return self.drain_pb(await self.drains.resume(_id(request.id)))
+
+    @rpc_method
+    async def CancelDrain(self, request: cpb.CancelDrainRequest, context: Context) -> cpb.Drain:
+        return self.drain_pb(await self.drains.cancel(_id(request.id)))
+
+    @rpc_method
+    async def WatchDrain(self, request: cpb.WatchDrainRequest, context: Context) -> AsyncIterator[cpb.Drain]:
+        d = await must_read_drain(self.store, _id(request.id))
+        yield self.drain_pb(d)
+        if d.state.is_final:
+            return
+        prefix = d.id + "-"
+        changed = asyncio.Event()
+        latest: dict[str, DrainRecord | None] = {}
+
+        def on_drain(name: str, new: DrainRecord | None) -> None:
+            if name == d.id:
+                latest["drain"] = new
+                changed.set()
+
+        def on_migration(name: str, _r: MigrationRecord | None) -> None:
+            if name.startswith(prefix):
+                changed.set()
+
+        stops = [self.views.drains.subscribe(on_drain), self.views.migrations.subscribe(on_migration)]
+        try:
+            while True:
+                await changed.wait()
+                changed.clear()
+                if "drain" in latest:
+                    newer = latest.pop("drain")
+                    if newer is None:
+                        raise NotFound(f"drain {d.id} was deleted", reason="DRAIN_DELETED", hint="ferry drains")
+                    if newer.revision >= d.revision:
+                        d = newer
+                yield self.drain_pb(d)
+                if d.state.is_final:
+                    return
+                await asyncio.sleep(PROGRESS_EVERY_S)  # migrations' progress: at most this often
+        finally:
+            for stop in stops:
+                stop()
+
+    # ------------------------------------------------------------------ the fleet-wide watch
+
+    @rpc_method
+    async def WatchFleet(self, request: cpb.WatchFleetRequest, context: Context) -> AsyncIterator[cpb.FleetEvent]:
+        objects = _known(request.objects, "objects", cpb.FleetObject) or {
+            cpb.FLEET_OBJECT_MIGRATION,
+            cpb.FLEET_OBJECT_DRAIN,
+        }
+        hosts, vms = set(validate.names(request.hosts, "hosts")), set(validate.names(request.vms, "vms"))
+        phases = _known(request.phases, "phases", cpb.Phase)
+        drain_states = _known(request.drain_states, "drain_states", cpb.DrainState)
+
+        def migration_matches(r: MigrationRecord) -> bool:
+            return (
+                (not hosts or r.source_host in hosts or r.target_host in hosts)
+                and (not vms or r.vm in vms or r.vm_uuid in vms)
+                and (not phases or convert.phase_to_pb(r.phase) in phases)
+            )
+
+        def drain_matches(d: DrainRecord) -> bool:
+            involved = {d.host, *d.targets, *(i.target for i in d.items)}
+            return (
+                (not hosts or bool(hosts & involved))
+                and (not vms or any(i.vm in vms or i.vm_uuid in vms for i in d.items))
+                and (not drain_states or convert.drain_state_to_pb(d.state) in drain_states)
+            )
+
+        queue: asyncio.Queue[cpb.FleetEvent | None] = asyncio.Queue()
+        # ids this watch has sent (so a deletion or a change out of the filter is told once)
+        sent: set[tuple[int, str]] = set()
+
+        def put(event: cpb.FleetEvent) -> None:
+            if queue.qsize() >= WATCH_QUEUE_MAX:
+                queue.put_nowait(None)
+                return
+            queue.put_nowait(event)
+
+        def on_migration(name: str, r: MigrationRecord | None) -> None:
+            key = (cpb.FLEET_OBJECT_MIGRATION, name)
+            if r is None:
+                if key in sent:
+                    sent.discard(key)
+                    put(cpb.FleetEvent(deleted=True, id=name, kind=cpb.FLEET_OBJECT_MIGRATION))
+            elif migration_matches(r):
+                sent.add(key)
+                put(cpb.FleetEvent(migration=convert.migration_to_pb(r), id=r.id, kind=cpb.FLEET_OBJECT_MIGRATION))
+
+        def on_drain(name: str, d: DrainRecord | None) -> None:
+            key = (cpb.FLEET_OBJECT_DRAIN, name)
+            if d is None:
+                if key in sent:
+                    sent.discard(key)
+                    put(cpb.FleetEvent(deleted=True, id=name, kind=cpb.FLEET_OBJECT_DRAIN))
+            elif drain_matches(d):
+                sent.add(key)
+                put(cpb.FleetEvent(drain=self.drain_pb(d), id=d.id, kind=cpb.FLEET_OBJECT_DRAIN))
+
+        stops: list[Callable[[], None]] = []
+        if cpb.FLEET_OBJECT_MIGRATION in objects:
+            stops.append(self.views.migrations.subscribe(on_migration))
+        if cpb.FLEET_OBJECT_DRAIN in objects:
+            stops.append(self.views.drains.subscribe(on_drain))
+        try:
+            if request.current:
+                if cpb.FLEET_OBJECT_DRAIN in objects:
+                    for d in sorted(self.views.drains.items.values(), key=lambda x: (x.created_at, x.id)):
+                        on_drain(d.id, d)
+                if cpb.FLEET_OBJECT_MIGRATION in objects:
+                    for r in sorted(self.views.migrations.items.values(), key=lambda x: (x.created_at, x.id)):
+                        on_migration(r.id, r)
+            while True:
+                event = await queue.get()
+                if event is None:
+                    raise ResourceExhausted(
+                        f"this watch fell {WATCH_QUEUE_MAX} changes behind",
+                        reason="WATCH_BEHIND",
+                        hint="read the stream faster, or narrow it (hosts, vms, phases); watch again with current",
+                    )
+                yield event
+        finally:
+            for stop in stops:
+                stop()

@@ -1,0 +1,597 @@
+"""Choosing a target host for a VM (pure): which hosts could take it, and which is best.
+
+``rank(vm, source, hosts, ...)`` judges every other host from what the coordinator already knows
+-- the cached inventories and the migrations on their way (``HostLoad``) -- with the same checks
+a preflight makes, and returns a :class:`Ranking`: the feasible hosts best first, each with its
+score and the reasons for it, and every rejected host with all its blockers. Nothing is asked of
+an agent here; the chosen migration still runs its full preflight (the target's PrepareIncoming
+dry run, the source's probe) once admitted.
+
+Feasible means no blocker:
+
+=====================  ==================================================================
+reason                 the host ...
+=====================  ==================================================================
+TARGET_DOWN            has no registered, answering agent
+TARGET_CORDONED        is cordoned (``hoststate.py``)
+INVENTORY_UNKNOWN      has not reported an inventory yet
+ARCH_MISMATCH, ...     fails a check of ``checks.coordinator_blockers`` (versions, arch,
+                       VM state, storage safety) or ``checks.host_cpu_blockers``
+MAPPING_AMBIGUOUS      has no unambiguous mapping from the source's names (config)
+BRIDGE_MISSING,        lacks the bridge / libvirt network a NIC needs, after the mapping
+NETWORK_MISSING
+DOMAIN_EXISTS          already has (or is receiving) a domain of that name or UUID
+INSUFFICIENT_MEMORY    has less free memory than the guest needs, once the migrations on
+                       their way to it have landed
+INSUFFICIENT_SPACE     has less free space for the copied disks, likewise
+ANTI_AFFINITY          runs (or is receiving) another member of the VM's anti-affinity group
+=====================  ==================================================================
+
+A feasible host whose inbound slots are all taken by migrations on their way is **busy**: still
+a candidate (a migration to it waits in the queue), ranked after every free one.
+
+Score (0..1, higher is better), weighted (``Weights``):
+
+* memory: the fraction of the host's memory still free after the guest and everything on its
+  way to it landed;
+* balance: how few VMs the host has after placement compared with the other feasible hosts
+  (1 = the emptiest, 0 = the fullest);
+* inbound: the share of its inbound slots still free.
+
+Ties go to the host with the lower natural name (host2 before host10).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import re
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from ferry.diskplan import plan_disks
+from ferry.errors import FerryError
+from ferry.model import DiskPlan, DomainInfo, HostFacts, HostMapping, MigrationOptions, Problem, StorageMode
+
+from .checks import HostView, coordinator_blockers, host_cpu_blockers
+from .hoststate import HostCordon, cordon_problem
+from .phases import Phase
+from .record import MigrationRecord
+
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class HostLoad:
+    """What is on its way to a host and not yet in its inventory."""
+
+    inbound: int = 0  # migrations to it that are not final (queued ones included)
+    memory_bytes: int = 0  # their guests' memory
+    disk_bytes: int = 0  # the disk bytes they copy to it
+    vms: int = 0  # how many guests that is
+    names: frozenset[str] = frozenset()  # their names and UUIDs
+
+    def plus(self, domain: DomainInfo, disk_bytes: int) -> HostLoad:
+        """This load with one more guest on its way (a plan that places several VMs at once)."""
+        return HostLoad(
+            self.inbound + 1,
+            self.memory_bytes + domain.memory_bytes,
+            self.disk_bytes + disk_bytes,
+            self.vms + 1,
+            self.names | {domain.name, domain.uuid},
+        )
+
+
+@dataclass(frozen=True)
+class HostOption:
+    """One host as placement sees it (from the fleet view)."""
+
+    name: str
+    available: bool
+    facts: HostFacts | None
+    domains: tuple[DomainInfo, ...] = ()
+    state: HostCordon | None = None  # None = in service
+    load: HostLoad = HostLoad()
+    # hosts of one shape (same facts but free memory and free space, same [hosts.*] declaration)
+    # pass or fail the same static checks: a ranking without detail judges each shape once (None:
+    # judge it)
+    shape: Hashable | None = None
+
+    @functools.cached_property
+    def names(self) -> frozenset[str]:
+        """The names and UUIDs of its domains."""
+        return frozenset(k for d in self.domains for k in (d.name, d.uuid))
+
+    @functools.cached_property
+    def active(self) -> tuple[DomainInfo, ...]:
+        """Its domains that run."""
+        return tuple(d for d in self.domains if d.state.is_active)
+
+
+@dataclass(frozen=True)
+class Weights:
+    memory: float = 0.5
+    balance: float = 0.3
+    inbound: float = 0.2
+
+
+@dataclass(frozen=True)
+class AntiAffinity:
+    """VMs whose names match one of ``patterns`` (shell-style: ``web-*``) never share a host."""
+
+    name: str
+    patterns: tuple[str, ...]
+
+    def matches(self, vm: str) -> bool:
+        return any(fnmatch.fnmatchcase(vm, p) for p in self.patterns)
+
+
+@dataclass(frozen=True)
+class PlacementPolicy:
+    """How to choose (from the coordinator's config ``[placement]`` and ``[limits]``)."""
+
+    weights: Weights = Weights()
+    inbound_limit: int = 2  # per_host_inbound: a host with this many on their way is busy
+    anti_affinity: tuple[AntiAffinity, ...] = ()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    host: str
+    score: float = 0.0
+    reasons: tuple[str, ...] = ()
+    blockers: tuple[Problem, ...] = ()
+    busy: bool = False  # feasible, but every inbound slot is taken: a migration would queue
+
+    @property
+    def feasible(self) -> bool:
+        return not self.blockers
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The feasible hosts best first (free before busy), the rejected ones by name."""
+
+    vm: str
+    source: str
+    candidates: tuple[Candidate, ...] = ()
+    rejected: tuple[Candidate, ...] = ()
+
+    @property
+    def best(self) -> Candidate | None:
+        return self.candidates[0] if self.candidates else None
+
+    def nowhere(self) -> Problem:
+        """Why no host can take the VM: the reasons of every rejected host, counted."""
+        counts: dict[str, list[str]] = {}
+        for c in self.rejected:
+            for b in c.blockers:
+                counts.setdefault(b.reason, []).append(c.host)
+        if not counts:
+            return Problem("NO_TARGET", f"no other host is known to take {self.vm}", "add a host (ferry hosts)")
+        parts = [f"{reason} on {_hosts(hosts)}" for reason, hosts in sorted(counts.items(), key=lambda kv: -len(kv[1]))]
+        blockers = [b for c in self.rejected for b in c.blockers]
+        first = next((b for b in blockers if b.hint), blockers[0])
+        return Problem(
+            "NO_TARGET",
+            f"no host can take {self.vm}: " + "; ".join(parts),
+            first.hint or "see `ferry preflight " + self.vm + "` for every host's blockers",
+        )
+
+
+def _hosts(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+@functools.lru_cache(maxsize=65536)
+def natural(name: str) -> tuple[object, ...]:
+    """Sort key: host2 before host10.
+
+    >>> sorted(["host10", "host2", "host1"], key=natural)
+    ['host1', 'host2', 'host10']
+    """
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p)
+
+
+# ---------------------------------------------------------------- what is on its way
+
+
+def loads(records: Iterable[MigrationRecord], inventory_at: Mapping[str, datetime | None]) -> dict[str, HostLoad]:
+    """Per target host: the migrations not yet final, and the succeeded ones its last inventory
+    (taken at ``inventory_at[host]``) predates. Only the former take an inbound slot."""
+    out: dict[str, HostLoad] = {}
+    for r in records:
+        counted = not r.phase.is_final
+        if not counted and r.phase is Phase.SUCCEEDED:
+            seen = inventory_at.get(r.target_host)
+            counted = seen is None or (r.updated_at is not None and r.updated_at > seen)
+        if not counted:
+            continue
+        h = out.get(r.target_host, HostLoad())
+        out[r.target_host] = HostLoad(
+            h.inbound + (0 if r.phase.is_final else 1),
+            h.memory_bytes + r.memory_bytes,
+            h.disk_bytes + r.disk_bytes,
+            h.vms + 1,
+            h.names | {r.vm, r.vm_uuid},
+        )
+    return out
+
+
+# ---------------------------------------------------------------- the checks
+
+
+def _nic_blockers(domain: DomainInfo, mapping: HostMapping, host: str, facts: HostFacts) -> list[Problem]:
+    out: list[Problem] = []
+    seen: set[tuple[str, str]] = set()
+    for nic in domain.nics:
+        if nic.type not in ("bridge", "network") or not nic.source or (nic.type, nic.source) in seen:
+            continue
+        seen.add((nic.type, nic.source))
+        table, have = (mapping.bridges, facts.bridges) if nic.type == "bridge" else (mapping.networks, facts.networks)
+        wanted = table.get(nic.source, nic.source)
+        if wanted in have:
+            continue
+        mapped = f" (mapped from {nic.source})" if wanted != nic.source else ""
+        out.append(
+            Problem(
+                f"{nic.type.upper()}_MISSING",
+                f"{nic.type} {wanted}{mapped} does not exist on {host}",
+                f"{host} has {nic.type}s {', '.join(have) or 'none'}; map it (--map-{nic.type} "
+                f"{nic.source}=NAME) or declare it in the coordinator's [hosts.{host}]",
+            )
+        )
+    return out
+
+
+def _clash(domain: DomainInfo, option: HostOption) -> list[Problem]:
+    if domain.name not in option.names and domain.uuid not in option.names:
+        return _clash_on_way(domain, option)
+    for d in option.domains:
+        if d.uuid == domain.uuid and d.name == domain.name and not d.state.is_active:
+            continue  # libvirt lets an incoming migration replace its own inactive definition
+        if d.name == domain.name or d.uuid == domain.uuid:
+            return [
+                Problem(
+                    "DOMAIN_EXISTS",
+                    f"{option.name} already has a domain {d.name} ({d.uuid})",
+                    f"undefine a stale copy there (virsh undefine {d.name}) or pick another host",
+                )
+            ]
+    return _clash_on_way(domain, option)
+
+
+def _clash_on_way(domain: DomainInfo, option: HostOption) -> list[Problem]:
+    if option.load.names and (domain.name in option.load.names or domain.uuid in option.load.names):
+        return [
+            Problem(
+                "DOMAIN_EXISTS",
+                f"a migration of a domain named {domain.name} to {option.name} is already on its way",
+                "wait for it to end",
+            )
+        ]
+    return []
+
+
+def _memory(domain: DomainInfo, option: HostOption, facts: HostFacts, offline: bool) -> tuple[list[Problem], int]:
+    """Blockers and the free memory left after placement (-1 when the host's memory is unknown)."""
+    if not facts.memory_total_bytes:
+        return [], -1
+    left = facts.memory_free_bytes - option.load.memory_bytes - (0 if offline else domain.memory_bytes)
+    if offline or left >= 0:
+        return [], max(left, 0)
+    on_way = f" ({option.load.memory_bytes >> 20} MiB promised to migrations on their way)" if option.load.vms else ""
+    return [
+        Problem(
+            "INSUFFICIENT_MEMORY",
+            f"{domain.name} needs {domain.memory_bytes >> 20} MiB, {option.name} has "
+            f"{facts.memory_free_bytes >> 20} MiB free{on_way}",
+            "free memory on the host or pick another",
+        )
+    ], 0
+
+
+def _copies(
+    domain: DomainInfo, storage: StorageMode, mapping: HostMapping, options: MigrationOptions
+) -> list[DiskPlan] | Problem:
+    """The disks the migration copies (with their destinations on the target), or why not."""
+    try:
+        return [p for p in plan_disks(domain.disks, storage, options.migrate_disks, mapping) if p.copy]
+    except FerryError as err:
+        return Problem.of(err)
+
+
+def _need(copied: list[DiskPlan], facts: HostFacts) -> dict[str, int]:
+    """The bytes the copied disks need under each of the host's storage directories (by path)."""
+    need_by_dir: dict[str, int] = {}
+    for p in copied:
+        best = max(
+            (d for d in facts.storage if p.destination.startswith(d.path.rstrip("/") + "/")),
+            key=lambda d: len(d.path),
+            default=None,
+        )
+        if best is not None:
+            need_by_dir[best.path] = need_by_dir.get(best.path, 0) + (p.allocation or p.virtual_size)
+    return need_by_dir
+
+
+def _space(
+    domain: DomainInfo,
+    option: HostOption,
+    facts: HostFacts,
+    copied: list[DiskPlan] | Problem,
+    need_by_dir: dict[str, int] | None = None,
+) -> tuple[list[Problem], int]:
+    """Blockers for the copied disks' space, and the bytes they copy (``need_by_dir``: ``_need``
+    of them, when a host of the same shape worked it out already)."""
+    if isinstance(copied, Problem):
+        return [copied], 0
+    if need_by_dir is None:
+        need_by_dir = _need(copied, facts)
+    out = []
+    for d in facts.storage:
+        need = need_by_dir.get(d.path, 0)
+        if need and need > d.free_bytes - option.load.disk_bytes:
+            out.append(
+                Problem(
+                    "INSUFFICIENT_SPACE",
+                    f"the copied disks of {domain.name} need {need >> 20} MiB under {d.path} on {option.name}, "
+                    f"{max(d.free_bytes - option.load.disk_bytes, 0) >> 20} MiB free after the migrations on their way",
+                    "free space there or pick another host",
+                )
+            )
+    return out, sum(p.allocation or p.virtual_size for p in copied)
+
+
+def _affinity(domain: DomainInfo, option: HostOption, groups: Sequence[AntiAffinity]) -> list[Problem]:
+    mine = [g for g in groups if g.matches(domain.name)]
+    if not mine:
+        return []
+    out = []
+    here = {d.name for d in option.active if d.uuid != domain.uuid} | set(option.load.names)
+    for g in mine:
+        others = sorted(n for n in here if n != domain.name and g.matches(n))
+        if others:
+            out.append(
+                Problem(
+                    "ANTI_AFFINITY",
+                    f"{option.name} runs {', '.join(others)}, of {domain.name}'s anti-affinity group {g.name}",
+                    "members of an anti-affinity group never share a host: pick another",
+                )
+            )
+    return out
+
+
+def _availability(option: HostOption) -> list[Problem]:
+    out = []
+    if not option.available:
+        out.append(
+            Problem(
+                "TARGET_DOWN",
+                f"the agent on {option.name} is not available",
+                f"start ferry-agent on {option.name} or pick another target",
+            )
+        )
+    if option.state is not None and option.state.cordoned:
+        out.append(cordon_problem(option.state))
+    if option.facts is None:
+        out.append(
+            Problem(
+                "INVENTORY_UNKNOWN",
+                f"{option.name} has not reported its inventory yet",
+                f"check ferry-agent on {option.name} (ferry hosts)",
+            )
+        )
+    return out
+
+
+def _static(
+    domain: DomainInfo,
+    source: HostOption,
+    option: HostOption,
+    facts: HostFacts,
+    options: MigrationOptions,
+    storage: StorageMode,
+    mapping: HostMapping | FerryError,
+) -> list[Problem]:
+    """What only the host's facts and the mapping decide (the same on hosts of the same shape)."""
+    # the coordinator's own checks, memory left to ours (it counts what is on its way)
+    view = HostView(option.name, True, replace(facts, memory_free_bytes=0))
+    src = HostView(source.name, True, source.facts)
+    out = [
+        b
+        for b in coordinator_blockers(domain.name, domain, src, option.name, view, options, storage)
+        if b.reason not in ("TARGET_DOWN", "SOURCE_DOWN")
+    ]
+    out += host_cpu_blockers(domain.name, domain, source.facts, facts)
+    if isinstance(mapping, FerryError):  # the NICs cannot be judged without a mapping
+        out.append(Problem.of(mapping))
+    else:
+        out += _nic_blockers(domain, mapping, option.name, facts)
+    return out
+
+
+def _dynamic(
+    domain: DomainInfo,
+    option: HostOption,
+    facts: HostFacts,
+    options: MigrationOptions,
+    copied: list[DiskPlan] | Problem,
+    policy: PlacementPolicy,
+    need_by_dir: dict[str, int] | None = None,
+) -> tuple[list[Problem], int, int]:
+    """What the host's domains, free memory and space, and what is on its way to it decide."""
+    out = _clash(domain, option)
+    memory, left = _memory(domain, option, facts, options.offline)
+    out += memory
+    space, disk_bytes = _space(domain, option, facts, copied, need_by_dir)
+    out += space
+    out += _affinity(domain, option, policy.anti_affinity)
+    return out, left, disk_bytes
+
+
+def blockers(
+    domain: DomainInfo,
+    source: HostOption,
+    option: HostOption,
+    options: MigrationOptions,
+    storage: StorageMode,
+    mapping: HostMapping | FerryError,
+    policy: PlacementPolicy,
+) -> tuple[list[Problem], int, int]:
+    """Everything that keeps ``option`` from taking the VM, the memory it has left after placement
+    (-1 unknown) and the disk bytes the migration copies."""
+    out = _availability(option)
+    facts = option.facts
+    if facts is None:
+        return out, -1, 0
+    out += _static(domain, source, option, facts, options, storage, mapping)
+    copied = _copies(domain, storage, mapping if isinstance(mapping, HostMapping) else HostMapping(), options)
+    dynamic, left, disk_bytes = _dynamic(domain, option, facts, options, copied, policy)
+    return out + dynamic, left, disk_bytes
+
+
+# ---------------------------------------------------------------- the ranking
+
+
+def _size(n: int) -> str:
+    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n >> 20} MiB"
+
+
+def rank(
+    domain: DomainInfo,
+    source: HostOption,
+    hosts: Iterable[HostOption],
+    *,
+    options: MigrationOptions,
+    storage: StorageMode,
+    mapping_for: Callable[[str], HostMapping],
+    policy: PlacementPolicy = PlacementPolicy(),
+    detail: bool = True,
+) -> Ranking:
+    """Every host but the source, judged for ``domain`` (see the module doc).
+
+    ``mapping_for(target)`` is the source -> target mapping (it may raise, e.g. MAPPING_AMBIGUOUS:
+    a blocker of that host). ``detail=False`` (a scheduler only wants the best): the static checks
+    run once per host shape (``HostOption.shape``) and a host they reject is not judged further;
+    a rejected host's blockers then carry their reason codes (the full text only on the first host
+    of each shape), in the order the hosts came. The feasible hosts, their order and scores are
+    the same either way.
+    """
+    judged: list[tuple[HostOption, list[Problem] | tuple[Problem, ...], int]] = []
+    # per shape: its static blockers (as the first host of it got them, and as reasons only for
+    # the others) and the copied disks
+    shapes: dict[
+        Hashable, tuple[list[Problem], tuple[Problem, ...], list[DiskPlan] | Problem, dict[str, int] | None]
+    ] = {}
+    for option in hosts:
+        if option.name == source.name:
+            continue
+        facts = option.facts
+        if detail or option.shape is None or facts is None:
+            try:
+                mapping: HostMapping | FerryError = mapping_for(option.name)
+            except FerryError as err:
+                mapping = err
+            found, left, _ = blockers(domain, source, option, options, storage, mapping, policy)
+            judged.append((option, found, left))
+            continue
+        known = shapes.get(option.shape)
+        if known is None:
+            try:
+                mapping = mapping_for(option.name)
+            except FerryError as err:
+                mapping = err
+            static = _static(domain, source, option, facts, options, storage, mapping)
+            copied = _copies(domain, storage, mapping if isinstance(mapping, HostMapping) else HostMapping(), options)
+            need = None if isinstance(copied, Problem) else _need(copied, facts)
+            shapes[option.shape] = (static, tuple(Problem(b.reason, b.reason, "") for b in static), copied, need)
+            first = True
+        else:
+            static, copied, need, first = known[0], known[2], known[3], False
+        if static:  # rejected anyway: the rest is only needed for the detailed ranking
+            down = _availability(option) if not option.available or option.state is not None else []
+            shared = static if first else shapes[option.shape][1]
+            judged.append((option, down + list(shared) if down else shared, -1))
+            continue
+        dynamic, left, _ = _dynamic(domain, option, facts, options, copied, policy, need)
+        judged.append((option, _availability(option) + dynamic, left))
+    ordered = sorted(judged, key=lambda j: natural(j[0].name)) if detail else judged
+    rejected = tuple(Candidate(o.name, blockers=tuple(b)) for o, b, _ in ordered if b)
+    feasible = [(o, left) for o, b, left in judged if not b]
+    counts = [_vms_after(o) for o, _ in feasible]
+    low, high = (min(counts), max(counts)) if counts else (0, 0)
+    w = policy.weights
+    limit = max(policy.inbound_limit, 1)
+    scored = []
+    for option, left in feasible:
+        facts = option.facts
+        assert facts is not None
+        n = _vms_after(option)
+        memory = left / facts.memory_total_bytes if left >= 0 else 0.5
+        balance = 1.0 if high == low else (high - n) / (high - low)
+        inbound = 1 - min(option.load.inbound, limit) / limit
+        score = round(w.memory * memory + w.balance * balance + w.inbound * inbound, 3)
+        busy = option.load.inbound >= limit
+        reasons = _reasons(option, facts, left, memory, n, low, high, limit, busy) if detail else ()
+        scored.append(Candidate(option.name, score, reasons, (), busy))
+    scored.sort(key=lambda c: (c.busy, -c.score, natural(c.host)))
+    if not detail and scored:  # the reasons only of the one chosen
+        best = scored[0]
+        option, left = next((o, left) for o, left in feasible if o.name == best.host)
+        assert option.facts is not None
+        memory = left / option.facts.memory_total_bytes if left >= 0 else 0.5
+        why = _reasons(option, option.facts, left, memory, _vms_after(option), low, high, limit, best.busy)
+        scored[0] = replace(best, reasons=why)
+    return Ranking(domain.name, source.name, tuple(scored), rejected)
+
+
+def _reasons(
+    option: HostOption, facts: HostFacts, left: int, memory: float, n: int, low: int, high: int, limit: int, busy: bool
+) -> tuple[str, ...]:
+    """What a candidate's score is made of, in words."""
+    if left >= 0:
+        memory_why = f"{_size(left)} of {_size(facts.memory_total_bytes)} memory free after placement"
+    else:
+        memory_why = "memory unknown"
+    return (
+        f"{memory_why} ({memory:.0%})",
+        f"{n} VMs after placement (feasible hosts: {low}-{high})",
+        f"{option.load.inbound}/{limit} inbound slots taken" + ("; busy: it would queue" if busy else ""),
+    )
+
+
+def _vms_after(option: HostOption) -> int:
+    return len(option.active) + option.load.vms + 1
+
+
+@dataclass
+class Reservations:
+    """Loads that grow while a plan places several VMs one after the other (a drain's plan):
+    each placed VM is on its way to its host for the next decision."""
+
+    by_host: dict[str, HostLoad] = field(default_factory=dict)
+
+    def add(self, host: str, domain: DomainInfo, disk_bytes: int) -> None:
+        self.by_host[host] = self.by_host.get(host, HostLoad()).plus(domain, disk_bytes)
+
+    def apply(self, options: Iterable[HostOption]) -> list[HostOption]:
+        """The options with what was placed so far added to their loads."""
+        out = []
+        for o in options:
+            extra = self.by_host.get(o.name)
+            if extra is not None:
+                o = replace(
+                    o,
+                    load=HostLoad(
+                        o.load.inbound + extra.inbound,
+                        o.load.memory_bytes + extra.memory_bytes,
+                        o.load.disk_bytes + extra.disk_bytes,
+                        o.load.vms + extra.vms,
+                        o.load.names | extra.names,
+                    ),
+                )
+            out.append(o)
+        return out

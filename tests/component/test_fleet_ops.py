@@ -1,0 +1,481 @@
+"""Fleet operations end to end on fakes: cordons, placement, drains, the fleet-wide watch, paging.
+
+Real coordinator replicas (gRPC servers on 127.0.0.1:0, elected, engine and drains running with
+fast timings) over one in-memory store; real agent gRPC servers over fake hypervisors that
+registered themselves in that store; driven through the real `ferry` CLI code and the stub.
+
+What an operator would check: a cordoned host shows so and receives nothing; `ferry migrate VM`
+without a target lands on a host that can take it; `ferry drain` empties the host, every guest
+running on exactly one other host, never more migrations at once than the limits; a guest that
+fits nowhere is reported with its reason while the others move; a drain goes on across a change
+of leader; pause, resume and cancel do what they say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from ferry import keys
+from ferry.agent.registration import Registration
+from ferry.cli import main as cli
+from ferry.coordinator.agent_client import GrpcAgentClient
+from ferry.coordinator.config import AgentsConfig, CoordinatorConfig, EtcdConfig, HostDecl
+from ferry.coordinator.engine import Engine
+from ferry.coordinator.main import Coordinator, build_coordinator
+from ferry.coordinator.phases import Timeouts
+from ferry.coordinator.slots import Limits
+from ferry.rpc import create_channel
+from ferry.testing.fake_hypervisor import MiB, make_domain_xml
+from ferry.testing.fleet import Fleet, MaxConcurrency, bridge_of, start_fleet
+from ferry.testing.memory_store import MemoryStore
+from ferry.v1 import coordinator_pb2 as cpb
+from ferry.v1 import coordinator_pb2_grpc as cgrpc
+
+HOSTS = 4
+FAST = Timeouts(
+    preflight_s=3,
+    preparing_s=3,
+    migrating_min_s=3,
+    migrating_grace_s=1,
+    finishing_s=1.5,
+    rolling_back_s=1.5,
+    retry_base_s=0.2,
+    retry_max_s=0.5,
+    observe_delay_s=0.02,
+)
+LIMITS = Limits(per_host_outbound=2, per_host_inbound=2, cluster=8)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def config(cid: str, limits: Limits = LIMITS) -> CoordinatorConfig:
+    return CoordinatorConfig(
+        id=cid,
+        listen=("127.0.0.1:0",),
+        etcd=EtcdConfig(("unused:1",)),
+        agents=AgentsConfig(inventory_ttl_s=0.2, inventory_timeout_s=3.0),
+        hosts={f"host{i}": HostDecl(f"host{i}", bridges={"guest": bridge_of(i)}) for i in range(1, HOSTS + 1)},
+        limits=limits,
+        election_ttl_s=2,
+    )
+
+
+def fast_engine(c: Coordinator) -> Engine:
+    return Engine(
+        c.store,
+        c.fleet,
+        limits=c.config.limits,
+        timeouts=FAST,
+        clock=now,
+        prepare_ttl_s=60,
+        tick_s=0.05,
+        progress_write_s=0.05,
+        job_poll_s=0.02,
+        store_retry_s=0.05,
+        cordoned=c.views.cordoned,
+    )
+
+
+@dataclass
+class Setup:
+    agents: Fleet
+    store: MemoryStore
+    coordinators: list[Coordinator] = field(default_factory=list)
+    addresses: list[str] = field(default_factory=list)
+    registrations: list[Registration] = field(default_factory=list)
+    channels: list = field(default_factory=list)
+
+    @property
+    def stub(self) -> cgrpc.CoordinatorStub:
+        channel = create_channel(self.addresses[0])
+        self.channels.append(channel)
+        return cgrpc.CoordinatorStub(channel)
+
+    async def add_coordinator(self, cid: str, limits: Limits = LIMITS) -> Coordinator:
+        c = build_coordinator(config(cid, limits), self.store, lambda h, a: GrpcAgentClient(h, a, timeout_s=5.0))
+        c.fleet.reprobe_s = 0.2
+        c.servicer.submissions.timeouts = FAST
+        c.new_engine = lambda: fast_engine(c)  # type: ignore[method-assign]
+        [port] = await c.start()
+        self.coordinators.append(c)
+        self.addresses.append(f"127.0.0.1:{port}")
+        return c
+
+    def leader(self) -> Coordinator | None:
+        return next((c for c in self.coordinators if c.is_leader() and c.engine is not None), None)
+
+    async def until_leading(self) -> Coordinator:
+        for _ in range(500):
+            c = self.leader()
+            if c is not None and c.engine.loaded.is_set():
+                return c
+            await asyncio.sleep(0.01)
+        raise AssertionError("no coordinator leads")
+
+    async def ferry(self, capsys: pytest.CaptureFixture[str], *args: str, at: int = 0) -> tuple[int, dict]:
+        capsys.readouterr()
+        code = await cli.run(["--coordinator", self.addresses[at], "--output", "json", "--rpc-timeout", "10", *args])
+        out = capsys.readouterr().out
+        return code, json.loads(out) if out.strip() else {}
+
+    def guest(self, host: str, name: str, *, bridge: str = "", memory: int = 256 * MiB) -> str:
+        if not bridge:
+            return self.agents.add_guest(host, name, memory=memory)
+        a = self.agents[host]
+        xml = make_domain_xml(name, memory_bytes=memory, disks=[], bridges=[bridge])
+        return a.hv.add_domain(xml).uuid
+
+
+@pytest.fixture
+async def fx(tmp_path: Path) -> AsyncIterator[Setup]:
+    agents = await start_fleet(tmp_path / "agents", HOSTS)
+    store = MemoryStore()
+    s = Setup(agents, store)
+    for name, a in agents.agents.items():
+        r = a.registration()
+        reg = Registration(store, name, r.address, r.libvirt_uri, r.migration_address, ttl_s=10)
+        s.registrations.append(reg)
+        asyncio.get_running_loop().create_task(reg.run())
+        await asyncio.wait_for(reg.registered.wait(), 5)
+    await s.add_coordinator("c1")
+    await s.until_leading()
+    try:
+        yield s
+    finally:
+        for ch in s.channels:
+            await ch.close()
+        for c in s.coordinators:
+            await c.stop(grace_s=0.5)
+        for reg in s.registrations:
+            await reg.stop()
+        await agents.close()
+        await store.close()
+
+
+async def wait_final_drain(stub: cgrpc.CoordinatorStub, drain_id: str, timeout: float = 30) -> cpb.Drain:
+    async with asyncio.timeout(timeout):
+        while True:
+            d = await stub.GetDrain(cpb.GetDrainRequest(id=drain_id))
+            if d.state in (cpb.DRAIN_STATE_SUCCEEDED, cpb.DRAIN_STATE_INCOMPLETE, cpb.DRAIN_STATE_CANCELLED):
+                return d
+            await asyncio.sleep(0.05)
+
+
+def items(d: cpb.Drain) -> dict[str, tuple[str, str]]:
+    """vm -> (state, target)."""
+    return {i.vm: (cpb.DrainItemState.Name(i.state).removeprefix("DRAIN_ITEM_STATE_"), i.target_host) for i in d.items}
+
+
+# ---------------------------------------------------------------- cordons
+
+
+async def test_a_cordoned_host_shows_so_and_receives_no_migration(fx, capsys):
+    fx.guest("host1", "g1")
+    code, h = await fx.ferry(capsys, "hosts", "cordon", "host2", "--reason", "kernel update")
+    assert code == 0 and h["cordoned"] and h["cordon_reason"] == "kernel update"
+    code, listed = await fx.ferry(capsys, "hosts")
+    by_name = {x["name"]: x for x in listed["hosts"]}
+    assert by_name["host2"]["cordoned"] and by_name["host2"]["cordon_reason"] == "kernel update"
+    assert not by_name["host1"].get("cordoned")
+
+    code, out = await fx.ferry(capsys, "migrate", "g1", "--to", "host2", "--no-wait")
+    assert code == 2 and out["error"]["reason"] == "TARGET_CORDONED"
+    assert "uncordon" in out["error"]["hint"]
+    entries, _ = await fx.store.list(keys.MIGRATIONS)
+    assert entries == []  # nothing was submitted
+
+    code, out = await fx.ferry(capsys, "preflight", "g1", "--to", "host2")
+    assert code == 1 and out["blockers"][0]["reason"] == "TARGET_CORDONED"
+
+    code, h = await fx.ferry(capsys, "hosts", "uncordon", "host2")
+    assert code == 0 and not h.get("cordoned")
+    code, m = await fx.ferry(capsys, "migrate", "g1", "--to", "host2")
+    assert code == 0 and m["phase"] == "succeeded"
+    assert fx.agents.running_on("g1") == ["host2"]
+
+
+async def test_a_queued_migration_to_a_host_cordoned_meanwhile_waits_until_uncordoned(fx, capsys):
+    fx.guest("host1", "g1")
+    fx.agents["host2"].hv.hold()  # keep the first migration running: host1's slots stay taken
+    fx.guest("host1", "g0")
+    fx.guest("host1", "g00")
+    first = await fx.stub.SubmitMigration(cpb.SubmitMigrationRequest(vm="g0", target_host="host3"))
+    second = await fx.stub.SubmitMigration(cpb.SubmitMigrationRequest(vm="g00", target_host="host3"))
+    queued = await fx.stub.SubmitMigration(cpb.SubmitMigrationRequest(vm="g1", target_host="host2"))
+    await fx.ferry(capsys, "hosts", "cordon", "host2", "--reason", "broken fan")
+    fx.agents["host2"].hv.release()
+    for m in (first, second):
+        assert (await last_of(fx.stub, m.id)).phase == cpb.PHASE_SUCCEEDED
+    await asyncio.sleep(0.3)  # several admission passes: it stays queued
+    assert (await fx.stub.GetMigration(cpb.GetMigrationRequest(id=queued.id))).phase == cpb.PHASE_PENDING
+    await fx.ferry(capsys, "hosts", "uncordon", "host2")
+    assert (await last_of(fx.stub, queued.id)).phase == cpb.PHASE_SUCCEEDED
+    assert fx.agents.running_on("g1") == ["host2"]
+
+
+async def last_of(stub: cgrpc.CoordinatorStub, migration_id: str) -> cpb.Migration:
+    """The migration once final (WatchMigration to its end)."""
+    last = None
+    async for m in stub.WatchMigration(cpb.WatchMigrationRequest(id=migration_id)):
+        last = m
+    assert last is not None
+    return last
+
+
+# ---------------------------------------------------------------- placement
+
+
+async def test_migrate_without_a_target_lands_on_a_feasible_host(fx, capsys):
+    fx.guest("host1", "g1")
+    for h in ("host2", "host4"):
+        await fx.ferry(capsys, "hosts", "cordon", h, "--reason", "test")
+    code, m = await fx.ferry(capsys, "migrate", "g1")
+    assert code == 0, m
+    assert m["phase"] == "succeeded" and m["target_host"] == "host3"
+    assert fx.agents.running_on("g1") == ["host3"]
+    assert any(h["reason"].startswith("placed on host3 (score") for h in m["history"]), m["history"]
+
+
+async def test_preflight_without_a_target_ranks_every_host_with_its_reasons(fx, capsys):
+    fx.guest("host1", "g1")
+    fx.guest("host3", "other1")
+    fx.guest("host3", "other2")
+    await fx.ferry(capsys, "hosts", "cordon", "host4", "--reason", "repair")
+    code, out = await fx.ferry(capsys, "preflight", "g1")
+    assert code == 0, out
+    assert [c["host"] for c in out["candidates"]] == ["host2", "host3"]  # host2 is emptier
+    assert out["target_host"] == "host2" and out["ok"]
+    assert all(c["reasons"] for c in out["candidates"])
+    assert [(c["host"], [b["reason"] for b in c["blockers"]]) for c in out["rejected"]] == [
+        ("host4", ["TARGET_CORDONED"])
+    ]
+    # the same ranking, for schedulers
+    ranked = await fx.stub.RankTargets(cpb.RankTargetsRequest(vm="g1"))
+    assert ranked.source_host == "host1" and [c.host for c in ranked.candidates] == ["host2", "host3"]
+
+
+async def test_a_vm_that_fits_nowhere_is_refused_naming_every_host(fx, capsys):
+    fx.guest("host1", "lonely", bridge="br-only-on-host1")
+    code, out = await fx.ferry(capsys, "preflight", "lonely")
+    assert code == 1
+    assert {c["host"] for c in out["rejected"]} == {"host2", "host3", "host4"}
+    assert all("BRIDGE_MISSING" in [b["reason"] for b in c["blockers"]] for c in out["rejected"])
+    code, out = await fx.ferry(capsys, "migrate", "lonely", "--no-wait")
+    assert code == 2 and out["error"]["reason"] == "NO_TARGET"
+    assert "BRIDGE_MISSING on host2, host3, host4" in out["error"]["message"]
+
+
+# ---------------------------------------------------------------- drains
+
+
+async def test_drain_empties_the_host_within_the_limits(fx, capsys):
+    names = [f"d{i}" for i in range(5)]
+    for n in names:
+        fx.guest("host1", n)
+    with MaxConcurrency(list(fx.agents.agents.values()), interval_s=0.001) as jobs:
+        code, d = await fx.ferry(capsys, "drain", "host1", "--max-parallel", "2", "--reason", "kernel 6.1")
+    assert code == 0, (d["history"], [(i["vm"], i["state"], i.get("problems")) for i in d["items"]])
+    assert d["state"] == "succeeded" and d["vms_moved"] == 5 and d["vms_total"] == 5
+    for n in names:
+        [where] = fx.agents.running_on(n)
+        assert where != "host1"
+        assert items_of(d)[n] == ("MOVED", where)
+    assert fx.agents["host1"].hv.domains == {}
+    assert jobs.per_source["host1"] <= 2
+    # the host stays cordoned, by the drain, with the operator's reason
+    code, listed = await fx.ferry(capsys, "hosts")
+    h1 = next(h for h in listed["hosts"] if h["name"] == "host1")
+    assert h1["cordoned"] and h1["drain_id"] == d["id"] and h1["cordon_reason"] == "kernel 6.1"
+    # every drain migration was submitted once and succeeded: no duplicates
+    entries, _ = await fx.store.list(keys.MIGRATIONS)
+    assert len(entries) == 5
+    # uncordon is refused while... no: the drain is final, so it works
+    code, _ = await fx.ferry(capsys, "hosts", "uncordon", "host1")
+    assert code == 0
+
+
+def items_of(d: dict) -> dict[str, tuple[str, str]]:
+    return {i["vm"]: (i["state"].upper(), i.get("target_host", "")) for i in d["items"]}
+
+
+async def test_drain_dry_run_prints_the_plan_and_touches_nothing(fx, capsys):
+    for n in ("a", "b", "c"):
+        fx.guest("host1", n)
+    fx.guest("host1", "lonely", bridge="br-only-on-host1")
+    code, plan = await fx.ferry(capsys, "drain", "host1", "--dry-run", "--to", "host2,host3")
+    assert code == 0 and plan["dry_run"]
+    got = items_of(plan)
+    assert {got[n][1] for n in ("a", "b", "c")} <= {"host2", "host3"}
+    assert got["lonely"][0] == "FAILED"
+    lonely = next(i for i in plan["items"] if i["vm"] == "lonely")
+    assert lonely["problems"][0]["reason"] == "NO_TARGET"
+    assert all(i["estimate_s"] > 0 for i in plan["items"] if i["vm"] != "lonely")
+    assert plan["estimated_s"] > 0
+    for prefix in (keys.DRAINS, keys.HOST_STATE, keys.DRAIN_ACTIVE, keys.MIGRATIONS):
+        assert (await fx.store.list(prefix))[0] == [], prefix
+
+
+async def test_a_guest_that_fits_nowhere_is_reported_while_the_others_move(fx, capsys):
+    for n in ("a", "b", "c"):
+        fx.guest("host1", n)
+    fx.guest("host1", "lonely", bridge="br-only-on-host1")
+    code, d = await fx.ferry(capsys, "drain", "host1")
+    assert code == 1 and d["state"] == "incomplete"
+    got = items_of(d)
+    assert [got[n][0] for n in ("a", "b", "c")] == ["MOVED"] * 3
+    lonely = next(i for i in d["items"] if i["vm"] == "lonely")
+    assert lonely["state"] == "failed"
+    assert "BRIDGE_MISSING" in lonely["problems"][-1]["message"]
+    assert fx.agents.running_on("lonely") == ["host1"]
+    assert "lonely (NO_TARGET)" in d["history"][-1]["reason"]
+
+
+async def test_a_failed_migration_is_replanned_to_another_host(fx, capsys):
+    fx.guest("host1", "flaky")
+    fx.agents["host1"].hv.fail_migration("flaky", at_step=2)  # its first job fails, wherever it goes
+    code, d = await fx.ferry(capsys, "drain", "host1", "--to", "host2,host3")
+    assert code == 0, d
+    [item] = d["items"]
+    assert item["attempts"] == 2 and len(item["tried"]) == 1
+    assert item["target_host"] in ("host2", "host3") and item["target_host"] != item["tried"][0]
+    assert fx.agents.running_on("flaky") == [item["target_host"]]
+
+
+async def test_pause_resume_and_cancel(fx, capsys):
+    for n in ("p1", "p2", "p3", "p4"):
+        fx.guest("host1", n)
+    for h in ("host2", "host3", "host4"):
+        fx.agents[h].hv.hold()
+    fx.agents["host1"].hv.hold()
+    code, d = await fx.ferry(capsys, "drain", "host1", "--max-parallel", "1", "--no-wait")
+    assert code == 0
+    drain_id = d["id"]
+    stub = fx.stub
+    await until(stub, drain_id, lambda x: x.vms_migrating == 1)
+    code, out = await fx.ferry(capsys, "drains", "pause", drain_id)
+    assert code == 0 and out["state"] == "paused"
+    for h in fx.agents.agents.values():
+        h.hv.release()
+    await until(stub, drain_id, lambda x: x.vms_moved == 1 and x.vms_migrating == 0)
+    await asyncio.sleep(0.3)  # paused: nothing new starts
+    got = await stub.GetDrain(cpb.GetDrainRequest(id=drain_id))
+    assert (got.vms_moved, got.vms_migrating, got.state) == (1, 0, cpb.DRAIN_STATE_PAUSED)
+    code, out = await fx.ferry(capsys, "drains", "resume", drain_id)
+    assert code == 0 and out["state"] == "running"
+    fx.agents["host1"].hv.hold()  # the next one starts and stays under way
+    await until(stub, drain_id, lambda x: any(i.migration_phase == cpb.PHASE_MIGRATING for i in x.items))
+    code, out = await fx.ferry(capsys, "drains", "cancel", drain_id)
+    assert code == 0
+    await until(stub, drain_id, lambda x: any(i.migration_phase == cpb.PHASE_ROLLING_BACK for i in x.items))
+    fx.agents["host1"].hv.release()
+    final = await wait_final_drain(stub, drain_id)
+    assert final.state == cpb.DRAIN_STATE_CANCELLED
+    states = [s for s, _ in items(final).values()]
+    # the one under way was cancelled (rolled back: it stays on host1), the rest never started
+    assert states.count("MOVED") == 1 and states.count("SKIPPED") == 3, states
+    assert all(len(fx.agents.running_on(n)) == 1 for n in ("p1", "p2", "p3", "p4"))
+
+
+async def until(stub: cgrpc.CoordinatorStub, drain_id: str, check, timeout: float = 20) -> cpb.Drain:
+    async with asyncio.timeout(timeout):
+        while True:
+            d = await stub.GetDrain(cpb.GetDrainRequest(id=drain_id))
+            if check(d):
+                return d
+            await asyncio.sleep(0.02)
+
+
+async def test_a_drain_goes_on_after_the_leader_changes(fx, capsys):
+    await fx.add_coordinator("c2")
+    names = [f"l{i}" for i in range(6)]
+    for n in names:
+        fx.guest("host1", n)
+    fx.agents["host1"].hv.hold()
+    code, d = await fx.ferry(capsys, "drain", "host1", "--max-parallel", "2", "--no-wait")
+    drain_id = d["id"]
+    stub = fx.stub
+    await until(stub, drain_id, lambda x: x.vms_migrating >= 2)  # 2 running, 1 queued ahead
+    first = fx.leader()
+    await first.stop(grace_s=1.0)  # resigns: the other replica takes over
+    fx.coordinators.remove(first)
+    fx.addresses.pop(0)
+    fx.agents["host1"].hv.release()
+    second = await fx.until_leading()
+    assert second is not first
+    final = await wait_final_drain(fx.stub, drain_id, timeout=40)
+    assert final.state == cpb.DRAIN_STATE_SUCCEEDED, final
+    for n in names:
+        assert len(fx.agents.running_on(n)) == 1 and fx.agents.running_on(n) != ["host1"]
+    entries, _ = await fx.store.list(keys.MIGRATIONS)
+    assert len(entries) == 6  # each VM moved by one migration: nothing submitted twice
+
+
+async def test_a_second_drain_of_the_same_host_is_refused(fx, capsys):
+    fx.guest("host1", "g1")
+    fx.agents["host1"].hv.hold()
+    code, d = await fx.ferry(capsys, "drain", "host1", "--no-wait")
+    code, out = await fx.ferry(capsys, "drain", "host1", "--no-wait")
+    assert code == 2 and out["error"]["reason"] == "DRAIN_ACTIVE" and d["id"] in out["error"]["message"]
+    code, out = await fx.ferry(capsys, "hosts", "uncordon", "host1")
+    assert code == 2 and out["error"]["reason"] == "DRAIN_ACTIVE"
+    fx.agents["host1"].hv.release()
+    final = await wait_final_drain(fx.stub, d["id"])
+    assert final.state == cpb.DRAIN_STATE_SUCCEEDED
+    code, listed = await fx.ferry(capsys, "drains")
+    assert [x["id"] for x in listed["drains"]] == [d["id"]]
+
+
+# ---------------------------------------------------------------- the fleet-wide watch, paging
+
+
+async def test_the_fleet_watch_streams_migrations_and_drains_filtered(fx, capsys):
+    fx.guest("host1", "w1")
+    fx.guest("host3", "w3")
+    seen: list[cpb.FleetEvent] = []
+
+    async def watch() -> None:
+        async for e in fx.stub.WatchFleet(cpb.WatchFleetRequest(hosts=["host1"])):
+            seen.append(e)
+
+    task = asyncio.get_running_loop().create_task(watch())
+    await asyncio.sleep(0.1)
+    code, _ = await fx.ferry(capsys, "migrate", "w3", "--to", "host4")  # not host1: filtered out
+    code, d = await fx.ferry(capsys, "drain", "host1")
+    await asyncio.sleep(0.2)
+    task.cancel()
+    kinds = {e.WhichOneof("object") for e in seen}
+    assert kinds == {"migration", "drain"}
+    assert all(e.migration.vm == "w1" for e in seen if e.WhichOneof("object") == "migration")
+    phases = [e.migration.phase for e in seen if e.WhichOneof("object") == "migration"]
+    assert phases[-1] == cpb.PHASE_SUCCEEDED and cpb.PHASE_MIGRATING in phases
+    assert [e.drain.state for e in seen if e.WhichOneof("object") == "drain"][-1] == cpb.DRAIN_STATE_SUCCEEDED
+
+
+async def test_list_calls_page(fx, capsys):
+    for i in range(5):
+        fx.guest("host1", f"pg{i}")
+        await fx.stub.SubmitMigration(cpb.SubmitMigrationRequest(vm=f"pg{i}", target_host="host2"))
+    got, token, pages = [], "", 0
+    while True:
+        resp = await fx.stub.ListMigrations(cpb.ListMigrationsRequest(page_size=2, page_token=token))
+        got += [m.vm for m in resp.migrations]
+        pages += 1
+        token = resp.next_page_token
+        if not token:
+            break
+    assert pages == 3 and got == [f"pg{i}" for i in reversed(range(5))]
+    hosts = await fx.stub.ListHosts(cpb.ListHostsRequest(page_size=3))
+    rest = await fx.stub.ListHosts(cpb.ListHostsRequest(page_size=3, page_token=hosts.next_page_token))
+    assert [h.name for h in hosts.hosts] + [h.name for h in rest.hosts] == ["host1", "host2", "host3", "host4"]
+    assert rest.next_page_token == ""
+    code, listed = await fx.ferry(capsys, "migrations")  # the CLI follows the pages
+    assert code == 0 and len(listed["migrations"]) == 5

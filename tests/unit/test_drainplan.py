@@ -1,0 +1,259 @@
+"""The drain's policy (``coordinator/drainplan.py``) and record (``coordinator/drain.py``), pure:
+given a drain, its migrations and a placement, what starts, what is retried elsewhere, what is
+reported as impossible, and when the drain ends. Tables, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ferry.coordinator.drain import DrainItem, DrainRecord, DrainState, ItemState, decode, encode, with_state
+from ferry.coordinator.drainplan import (
+    Busy,
+    Estimates,
+    Nowhere,
+    Target,
+    lpt_makespan,
+    plan,
+    progress,
+    slots,
+    step,
+)
+from ferry.coordinator.phases import Phase, Timeouts
+from ferry.coordinator.record import new_migration, with_phase
+from ferry.model import MigrationOptions, Problem, StorageMode
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+GiB = 1 << 30
+
+
+def item(vm: str, estimate: float = 10.0, **kw: object) -> DrainItem:
+    return DrainItem(vm, f"uuid-{vm}", GiB, 0, estimate, **kw)  # type: ignore[arg-type]
+
+
+def drain(*items: DrainItem, max_parallel: int = 0, state: DrainState = DrainState.RUNNING) -> DrainRecord:
+    d = DrainRecord("d-1", "h1", NOW, items=items, max_parallel=max_parallel, updated_at=NOW)
+    return with_state(d, state, NOW, "test")
+
+
+def migration(mid: str, vm: str, target: str, phase: Phase, error: Problem | None = None):
+    r = new_migration(
+        id=mid, vm=vm, vm_uuid=f"uuid-{vm}", source_host="h1", target_host=target, now=NOW, timeouts=Timeouts()
+    )
+    path = {
+        Phase.MIGRATING: [Phase.PREFLIGHT, Phase.PREPARING, Phase.MIGRATING],
+        Phase.SUCCEEDED: [Phase.PREFLIGHT, Phase.PREPARING, Phase.MIGRATING, Phase.FINISHING, Phase.SUCCEEDED],
+        Phase.ROLLED_BACK: [Phase.PREFLIGHT, Phase.PREPARING, Phase.ROLLING_BACK, Phase.ROLLED_BACK],
+        Phase.FAILED: [Phase.FAILED],
+        Phase.CANCELLED: [Phase.CANCELLED],
+    }[phase]
+    for p in path:
+        r = with_phase(r, p, NOW, "t", Timeouts())
+    return replace(r, error=error)
+
+
+def everywhere(host: str = "h2"):
+    return lambda item, exclude: Target(host) if host not in exclude else Nowhere(Problem("NO_TARGET", "x", ""))
+
+
+def states(d: DrainRecord) -> dict[str, str]:
+    return {i.vm: i.state.name for i in d.items}
+
+
+def test_starts_the_longest_first_up_to_its_slots():
+    d = drain(item("short", 5), item("long", 50), item("mid", 20), max_parallel=2)
+    s = step(d, {}, everywhere(), NOW, outbound_limit=4)
+    assert [(x.vm, x.target) for x in s.submit] == [("long", "h2"), ("mid", "h2")]
+    assert states(s.drain) == {"short": "WAITING", "long": "MIGRATING", "mid": "MIGRATING"}
+    # each migration's id is fixed by the drain, the item and the attempt
+    assert [x.migration_id for x in s.submit] == ["d-1-1-1", "d-1-2-1"]
+    assert s.drain.item("uuid-long").attempts == 1 and s.drain.item("uuid-long").started_at == NOW
+
+
+@pytest.mark.parametrize(
+    ("max_parallel", "outbound", "expected", "submitted"),
+    [
+        # at the host's limit one more is queued: the admission (which holds the limit) starts it
+        # the moment a slot frees
+        (0, 2, 2, 3),
+        (5, 2, 2, 3),
+        # below it nothing is queued ahead: the admission would start it at once
+        (1, 2, 1, 1),
+        (3, 4, 3, 3),
+    ],
+)
+def test_slots_never_exceed_the_hosts_outbound_limit(max_parallel, outbound, expected, submitted):
+    d = drain(*(item(f"v{i}") for i in range(6)), max_parallel=max_parallel)
+    assert slots(d, outbound) == expected
+    assert len(step(d, {}, everywhere(), NOW, outbound_limit=outbound).submit) == submitted
+
+
+def test_a_busy_target_makes_the_item_wait_and_a_later_one_may_go():
+    calls = []
+
+    def place(it: DrainItem, exclude: frozenset[str]):
+        calls.append(it.vm)
+        return Busy() if it.vm == "big" else Target("h3")
+
+    s = step(drain(item("big", 99), item("small", 1)), {}, place, NOW, outbound_limit=2)
+    assert states(s.drain) == {"big": "WAITING", "small": "MIGRATING"} and calls == ["big", "small"]
+
+
+def test_an_item_that_fits_nowhere_fails_with_the_reason_and_the_rest_go_on():
+    nowhere = Problem("NO_TARGET", "no host can take lonely: BRIDGE_MISSING on h2, h3", "map the bridge")
+
+    def place(it: DrainItem, exclude: frozenset[str]):
+        return Nowhere(nowhere) if it.vm == "lonely" else Target("h2")
+
+    s = step(drain(item("lonely"), item("a")), {}, place, NOW, outbound_limit=2)
+    assert states(s.drain) == {"lonely": "FAILED", "a": "MIGRATING"}
+    assert s.drain.item("uuid-lonely").problems == (nowhere,)
+
+
+@pytest.mark.parametrize(
+    ("phase", "error", "attempts", "expected", "tried"),
+    [
+        (Phase.SUCCEEDED, None, 1, "MOVED", ()),
+        # failed elsewhere: back to waiting, the target is not tried again
+        (Phase.ROLLED_BACK, Problem("MIGRATION_FAILED", "qemu closed", ""), 1, "WAITING", ("h2",)),
+        (Phase.FAILED, Problem("BRIDGE_MISSING", "br0 missing on h2", ""), 1, "WAITING", ("h2",)),
+        # attempts used up
+        (Phase.ROLLED_BACK, Problem("MIGRATION_FAILED", "qemu closed", ""), 3, "FAILED", ("h2",)),
+        # the guest is where only an operator can judge: no retry
+        (Phase.FAILED, Problem("VM_ON_TWO_HOSTS", "on both", ""), 1, "FAILED", ("h2",)),
+        # cancelled by a user: not moved, not retried
+        (Phase.CANCELLED, None, 1, "SKIPPED", ()),
+    ],
+)
+def test_items_follow_their_migrations(phase, error, attempts, expected, tried):
+    d = drain(item("v", migration_id="d-1-0-1", target="h2", attempts=attempts, state=ItemState.MIGRATING))
+    ms = {"d-1-0-1": migration("d-1-0-1", "v", "h2", phase, error)}
+    s = step(d, ms, lambda it, ex: Busy(), NOW, outbound_limit=1, max_attempts=3)
+    got = s.drain.item("uuid-v")
+    assert (got.state.name, got.tried) == (expected, tried)
+    if error is not None:
+        assert got.problems == (error,)
+
+
+def test_a_failed_item_is_replanned_to_another_host_in_the_same_step():
+    d = drain(item("v", migration_id="d-1-0-1", target="h2", attempts=1, state=ItemState.MIGRATING))
+    ms = {"d-1-0-1": migration("d-1-0-1", "v", "h2", Phase.ROLLED_BACK, Problem("X", "y", ""))}
+    seen = []
+
+    def place(it: DrainItem, exclude: frozenset[str]):
+        seen.append(exclude)
+        return Target("h3")
+
+    s = step(d, ms, place, NOW, outbound_limit=1)
+    assert seen == [frozenset({"h1", "h2"})]  # neither its own host nor the one that failed
+    assert [(x.migration_id, x.target) for x in s.submit] == [("d-1-0-2", "h3")]
+
+
+def test_a_migrating_item_without_its_record_is_submitted_again_under_the_same_id():
+    """The old leader wrote the drain, then stopped before creating the migration."""
+    d = drain(item("v", migration_id="d-1-0-1", target="h2", attempts=1, state=ItemState.MIGRATING))
+    s = step(d, {}, everywhere(), NOW, outbound_limit=1)
+    assert [(x.migration_id, x.target) for x in s.submit] == [("d-1-0-1", "h2")]
+    assert s.drain is d  # nothing to write
+
+
+def test_the_drain_ends_succeeded_or_incomplete():
+    moved = item("a", state=ItemState.MOVED, target="h2")
+    failed = item("b", state=ItemState.FAILED, problems=(Problem("NO_TARGET", "x", ""),))
+    s = step(drain(moved), {}, everywhere(), NOW, outbound_limit=1)
+    assert s.drain.state is DrainState.SUCCEEDED and s.drain.ended_at == NOW
+    s = step(drain(moved, failed), {}, everywhere(), NOW, outbound_limit=1)
+    assert s.drain.state is DrainState.INCOMPLETE and "b (NO_TARGET)" in s.drain.history[-1].reason
+
+
+def test_paused_starts_nothing_and_cancelling_cancels_what_runs():
+    d = drain(item("a"), item("b", migration_id="d-1-1-1", target="h2", attempts=1, state=ItemState.MIGRATING))
+    ms = {"d-1-1-1": migration("d-1-1-1", "b", "h2", Phase.MIGRATING)}
+    paused = step(with_state(d, DrainState.PAUSED, NOW, "p"), ms, everywhere(), NOW, outbound_limit=2)
+    assert paused.submit == () and states(paused.drain)["a"] == "WAITING"
+    cancelling = step(with_state(d, DrainState.CANCELLING, NOW, "c"), ms, everywhere(), NOW, outbound_limit=2)
+    assert cancelling.cancel == ("d-1-1-1",) and cancelling.submit == ()
+    assert states(cancelling.drain) == {"a": "SKIPPED", "b": "MIGRATING"}
+    # once the migration ended (cancelled), the drain is
+    ms["d-1-1-1"] = migration("d-1-1-1", "b", "h2", Phase.CANCELLED)
+    done = step(cancelling.drain, ms, everywhere(), NOW, outbound_limit=2)
+    assert done.drain.state is DrainState.CANCELLED and states(done.drain) == {"a": "SKIPPED", "b": "SKIPPED"}
+
+
+def test_the_dry_run_plan_places_every_vm_and_estimates_the_makespan():
+    placed: dict[str, int] = {}
+
+    def place(it: DrainItem):
+        if it.vm == "lonely":
+            return Nowhere(Problem("NO_TARGET", "nowhere", ""))
+        host = "h2" if placed.get("h2", 0) <= placed.get("h3", 0) else "h3"
+        placed[host] = placed.get(host, 0) + 1
+        return Target(host)
+
+    d = drain(item("a", 30), item("b", 20), item("c", 10), item("lonely", 5), max_parallel=2)
+    planned, makespan = plan(d, place, outbound_limit=2)
+    got = {i.vm: (i.state.name, i.target) for i in planned.items}
+    assert got == {"a": ("WAITING", "h2"), "b": ("WAITING", "h3"), "c": ("WAITING", "h2"), "lonely": ("FAILED", "")}
+    assert makespan == 30.0  # a | b + c
+
+
+def test_lpt_makespan_approaches_the_bound_with_many_items():
+    estimates = [10.0] * 40 + [7.0] * 13
+    bound = sum(estimates) / 4
+    assert bound <= lpt_makespan(estimates, 4) <= 1.05 * bound
+
+
+def test_progress_counts_bytes_and_estimates_the_time_left():
+    moved = item(
+        "a", 10, state=ItemState.MOVED, started_at=NOW - timedelta(seconds=40), ended_at=NOW - timedelta(seconds=20)
+    )  # took 20 s for an estimate of 10: the rest is scaled by 2
+    waiting = [item("b", 10), item("c", 10)]
+    d = drain(moved, *waiting, max_parallel=1)
+    p = progress(d, {}, NOW, outbound_limit=1)
+    assert (p.total, p.moved, p.failed, p.migrating) == (3, 1, 0, 0)
+    assert (p.bytes_total, p.bytes_moved) == (3 * GiB, GiB)
+    assert p.eta_s == 40.0
+
+
+def test_estimates():
+    e = Estimates(bandwidth_mibps=256, overhead_s=2)
+    assert e.seconds(256 << 20, 256 << 20) == 4.0
+
+
+def test_the_record_survives_its_json():
+    d = drain(
+        item("a", state=ItemState.MOVED, target="h2", migration_id="d-1-0-1", attempts=1, started_at=NOW, ended_at=NOW),
+        item("b", tried=("h3",), problems=(Problem("X", "y", "z"),)),
+        max_parallel=2,
+    )
+    d = replace(
+        d,
+        targets=("h2", "h3"),
+        policy="busy",
+        options=MigrationOptions(storage=StorageMode.COPY_ALL, migrate_disks=("vda",), bandwidth_mibps=64),
+        storage_explicit=True,
+        estimated_s=12.5,
+        reason="kernel",
+    )
+    assert decode(encode(d), 42) == replace(d, revision=42)
+
+
+def test_a_queued_migration_to_a_host_cordoned_meanwhile_is_taken_back_and_placed_again():
+    d = drain(item("v", migration_id="d-1-0-1", target="h2", attempts=1, state=ItemState.MIGRATING))
+    queued = new_migration(
+        id="d-1-0-1", vm="v", vm_uuid="uuid-v", source_host="h1", target_host="h2", now=NOW, timeouts=Timeouts()
+    )
+    s = step(d, {"d-1-0-1": queued}, everywhere("h3"), NOW, outbound_limit=1, cordoned={"h2"})
+    assert s.cancel == ("d-1-0-1",) and s.submit == ()
+    assert s.drain.item("uuid-v").problems[-1].reason == "TARGET_CORDONED"
+    # once cancelled, the VM goes to another host (not to the cordoned one)
+    cancelled = replace(with_phase(queued, Phase.CANCELLED, NOW, "t", Timeouts()))
+    again = step(s.drain, {"d-1-0-1": cancelled}, everywhere("h3"), NOW, outbound_limit=1, cordoned={"h2"})
+    assert [(x.migration_id, x.target) for x in again.submit] == [("d-1-0-2", "h3")]
+    assert again.drain.item("uuid-v").tried == ("h2",)
+    # an admitted one is left to finish: cordoning stops what is queued, not what runs
+    running = migration("d-1-0-1", "v", "h2", Phase.MIGRATING)
+    assert step(d, {"d-1-0-1": running}, everywhere("h3"), NOW, outbound_limit=1, cordoned={"h2"}).cancel == ()
