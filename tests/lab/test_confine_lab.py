@@ -39,10 +39,10 @@ def guest(lab: Lab) -> Iterator[str]:
 
 
 def refusal(lab: Lab, host: str, call: str, request: object) -> tuple[grpc.StatusCode, str]:
-    """Call the real agent on ``host`` (its unix socket); the refusal's code and reason."""
+    """Call the real agent on ``host`` as the coordinator (mutual TLS); the refusal's code and reason."""
 
     async def ask() -> tuple[grpc.StatusCode, str]:
-        async with create_channel(lab.agent_address(host)) as channel:
+        async with create_channel(lab.agent_address(host), tls=lab.client_tls()) as channel:
             method = getattr(agrpc.AgentStub(channel), call)
             try:
                 if call == "Migrate":
@@ -81,7 +81,7 @@ def test_a_copy_migration_works_and_what_escapes_is_refused(lab: Lab, guest: str
     # Migrate to an address that is no registered host: refused before libvirt connects anywhere
     migrate = apb.MigrateRequest(
         domain=guest,
-        target_uri="qemu+tcp://10.77.0.99/system",
+        target_uri="qemu+tls://10.77.0.99/system",
         migration_id="m-cf-evil",
         options=tpb.MigrationOptions(storage=tpb.STORAGE_MODE_COPY_ALL),
     )
@@ -130,6 +130,6 @@ def run_vms(lab: Lab) -> list[dict]:
 
 
 async def domain_xml(lab: Lab, host: str, name: str) -> str:
-    async with create_channel(lab.agent_address(host)) as channel:
+    async with create_channel(lab.agent_address(host), tls=lab.client_tls()) as channel:
         got = await agrpc.AgentStub(channel).GetDomain(apb.GetDomainRequest(name=name, include_xml=True), timeout=30)
         return got.xml
