@@ -123,7 +123,9 @@ class Setup:
 
     async def ferry(self, capsys: pytest.CaptureFixture[str], *args: str, at: int = 0) -> tuple[int, dict]:
         capsys.readouterr()
-        code = await cli.run(["--coordinator", self.addresses[at], "--output", "json", "--rpc-timeout", "10", *args])
+        code = await cli.run(
+            ["--coordinator", self.addresses[at], "--insecure", "--output", "json", "--rpc-timeout", "10", *args]
+        )
         out = capsys.readouterr().out
         return code, json.loads(out) if out.strip() else {}
 

@@ -165,6 +165,7 @@ id = "c1"
 listen = ["127.0.0.1:7100"]
 [etcd]
 endpoints = ["127.0.0.1:2379"]
+insecure = true
 [limits]
 per_host_inbound = 3
 [placement]
@@ -180,6 +181,8 @@ idempotency_s = 600
 drains_s = 0
 [engine]
 progress_write_s = 2.5
+[tls]
+insecure = true
 """
     )
     assert cfg.placement.weights.memory == 1.0 and cfg.placement.inbound_limit == 3
