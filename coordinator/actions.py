@@ -36,6 +36,7 @@ from ferry.model import (
     JobStats,
     MigrationProgress,
     MigrationResult,
+    PolicyAction,
     PrepareRecord,
     Problem,
     StorageMode,
@@ -56,6 +57,7 @@ from .events import (
     MigrationEnded,
     ObservePlacement,
     Placement,
+    PolicyActed,
     PreflightResult,
     Prepared,
     PrepareFailed,
@@ -205,10 +207,15 @@ class Actions:
                 migration_id=r.id,
                 migrate_uri=migrate_uri,
                 disks=r.disks,
+                policy=r.policy,
+                predicted_converges=r.prediction.converges if r.prediction is not None else None,
             ):
                 if isinstance(item, MigrationResult):
                     emit(MigrationEnded(True, job=item.job))
                     return
+                if isinstance(item, PolicyAction):
+                    emit(PolicyActed(item))
+                    continue
                 emit(Progress(item))
         except FerryError as err:
             if not transport_failure(err):

@@ -21,24 +21,29 @@ from dataclasses import dataclass
 import grpc
 
 from ferry import convert
+from ferry.convergence import ConvergencePolicy
 from ferry.errors import DeadlineExceeded, FailedPrecondition, FerryError, Unavailable
 from ferry.model import (
     CompletedJob,
     DiskPlan,
     DomainInfo,
+    GuestLoad,
     HostMapping,
     Inventory,
     MigrationOptions,
     MigrationProgress,
     MigrationResult,
+    PolicyAction,
     PreparedIncoming,
     PrepareRecord,
     Problem,
     StorageMode,
 )
+from ferry.ports import TuneResult
 from ferry.rpc import Tls, create_channel, from_rpc_error, has_status_details
 from ferry.v1 import agent_pb2 as apb
 from ferry.v1 import agent_pb2_grpc as agrpc
+from ferry.v1 import types_pb2 as tpb
 
 AGENT_UNREACHABLE = "AGENT_UNREACHABLE"
 AGENT_TIMEOUT = "AGENT_TIMEOUT"
@@ -235,9 +240,12 @@ class GrpcAgentClient:
         migration_id: str,
         migrate_uri: str = "",
         disks: Sequence[DiskPlan] = (),
-    ) -> AsyncIterator[MigrationProgress | MigrationResult]:
-        """Progress snapshots, then one MigrationResult; a failed job raises its FerryError.
-        Stopping the iteration cancels the stream (the job keeps running on the source)."""
+        policy: ConvergencePolicy | None = None,
+        predicted_converges: bool | None = None,
+    ) -> AsyncIterator[MigrationProgress | PolicyAction | MigrationResult]:
+        """Progress snapshots and policy actions, then one MigrationResult; a failed job raises
+        its FerryError. Stopping the iteration cancels the stream (the job keeps running on the
+        source)."""
         request = apb.MigrateRequest(
             domain=vm,
             target_uri=target_uri,
@@ -248,6 +256,10 @@ class GrpcAgentClient:
             progress_interval_ms=self._progress_interval_ms,
             disks=[convert.disk_plan_to_pb(d) for d in disks],
         )
+        if policy is not None:
+            request.policy.CopyFrom(convert.policy_to_pb(policy))
+        if predicted_converges is not None:
+            request.predicted_converges = predicted_converges
         with self._using() as conn:
             call = conn.stub.Migrate(request)
             try:
@@ -263,6 +275,8 @@ class GrpcAgentClient:
                         return
                     if event.HasField("progress"):
                         yield convert.progress_from_pb(event.progress)
+                    if event.HasField("action"):
+                        yield convert.policy_action_from_pb(event.action)
             finally:
                 call.cancel()
 
@@ -278,13 +292,24 @@ class GrpcAgentClient:
         max_downtime_ms: int | None = None,
         bandwidth_mibps: int | None = None,
         start_postcopy: bool = False,
-    ) -> None:
-        request = apb.TuneMigrationRequest(domain=vm, start_postcopy=start_postcopy)
+        force_complete: bool = False,
+        requested_by: str = "",
+    ) -> TuneResult:
+        request = apb.TuneMigrationRequest(
+            domain=vm, start_postcopy=start_postcopy, force_complete=force_complete, requested_by=requested_by
+        )
         if max_downtime_ms is not None:
             request.max_downtime_ms = max_downtime_ms
         if bandwidth_mibps is not None:
             request.bandwidth_mibps = bandwidth_mibps
-        await self._call("TuneMigration", request)
+        m = await self._call("TuneMigration", request)
+        assert isinstance(m, apb.TuneMigrationResponse)
+        return TuneResult(m.max_downtime_ms, m.bandwidth_mibps, m.done)
+
+    async def measure_guest(self, vm: str, *, periods: Sequence[int] = (1, 3)) -> GuestLoad:
+        m = await self._call("MeasureGuest", apb.MeasureGuestRequest(domain=vm, periods_s=list(periods)), slow=True)
+        assert isinstance(m, tpb.GuestLoad)
+        return convert.guest_load_from_pb(m)
 
     async def get_job(self, vm: str) -> MigrationProgress:
         m = await self._call("GetJob", apb.GetJobRequest(domain=vm))

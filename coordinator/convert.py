@@ -16,7 +16,8 @@ from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import types_pb2 as tpb
 
 from .phases import Phase
-from .record import MigrationRecord, PhaseChange
+from .policies import PolicySelector
+from .record import ActionEntry, MigrationRecord, PhaseChange
 
 # ---------------------------------------------------------------- phases
 
@@ -88,6 +89,11 @@ def migration_to_pb(r: MigrationRecord) -> cpb.Migration:
         m.result.CopyFrom(convert.completed_job_to_pb(r.result))
     if r.error is not None:
         m.error.CopyFrom(convert.problem_to_pb(r.error))
+    if r.policy is not None:
+        m.policy.CopyFrom(convert.policy_to_pb(r.policy))
+    if r.prediction is not None:
+        m.prediction.CopyFrom(convert.prediction_to_pb(r.prediction))
+    m.actions.extend(convert.policy_action_to_pb(e.action, e.at) for e in r.actions)
     return m
 
 
@@ -112,6 +118,14 @@ def migration_from_pb(m: cpb.Migration) -> MigrationRecord:
         result=convert.completed_job_from_pb(m.result) if m.HasField("result") else None,
         error=convert.problem_from_pb(m.error) if m.HasField("error") else None,
         cancel_requested=m.cancel_requested,
+        policy=convert.policy_from_pb(m.policy) if m.HasField("policy") else None,
+        prediction=convert.prediction_from_pb(m.prediction) if m.HasField("prediction") else None,
+        actions=tuple(
+            ActionEntry(
+                convert.timestamp_from_pb(a.at) or datetime.fromtimestamp(0, UTC), convert.policy_action_from_pb(a)
+            )
+            for a in m.actions
+        ),
     )
 
 
@@ -152,3 +166,13 @@ def host_status_to_pb(
 
 def vm_to_pb(domain: DomainInfo, host: str, migration_id: str = "") -> cpb.VM:
     return cpb.VM(domain=convert.domain_to_pb(domain), host=host, migration_id=migration_id)
+
+
+def selector_to_pb(s: PolicySelector) -> cpb.PolicySelector:
+    return cpb.PolicySelector(
+        policy=s.policy, vm=s.vm, min_memory_bytes=s.min_memory_bytes, max_memory_bytes=s.max_memory_bytes
+    )
+
+
+def selector_from_pb(m: cpb.PolicySelector) -> PolicySelector:
+    return PolicySelector(m.policy, m.vm, m.min_memory_bytes, m.max_memory_bytes)

@@ -47,6 +47,7 @@ from .events import (
     MigrationEnded,
     ObservePlacement,
     Placement,
+    PolicyActed,
     PreflightResult,
     Prepared,
     PrepareFailed,
@@ -59,7 +60,7 @@ from .events import (
     WatchJob,
 )
 from .phases import Phase, Timeouts
-from .record import MigrationRecord, note, with_phase, with_retry
+from .record import MigrationRecord, note, with_action, with_phase, with_retry
 
 # --- where the guest is --------------------------------------------------------------------------
 
@@ -154,6 +155,9 @@ def decide(record: MigrationRecord, event: Event, now: datetime, timeouts: Timeo
             return roll_back(c, f"prepare failed: {event.error.reason}", error=event.error, goal=Phase.ROLLED_BACK)
         case Progress() if record.phase is Phase.MIGRATING:
             return Decision(replace(record, progress=event.progress, updated_at=now), (), "progress")
+        case PolicyActed() if record.migration_started:
+            a = event.action
+            return Decision(with_action(record, now, a), (), f"{a.by or 'the agent'}: {a.action}: {a.reason}")
         case MigrationEnded():
             return _migration_ended(c, event)
         case CancelRequested():

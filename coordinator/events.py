@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ferry.model import CompletedJob, DiskPlan, DomainState, MigrationProgress, Problem
+from ferry.model import CompletedJob, DiskPlan, DomainState, MigrationProgress, PolicyAction, Problem
 
 from .record import MigrationRecord
 
@@ -50,6 +50,14 @@ class Progress:
     """A progress event of the source's Migrate stream (or of WatchJob)."""
 
     progress: MigrationProgress
+
+
+@dataclass(frozen=True)
+class PolicyActed:
+    """The source's driver did something to the job (a policy step, a post-copy resume, an
+    operator's request it carried out), with the reason: kept in the record's actions."""
+
+    action: PolicyAction
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,7 @@ Event = (
     | Prepared
     | PrepareFailed
     | Progress
+    | PolicyActed
     | MigrationEnded
     | CancelRequested
     | CleanedUp

@@ -160,7 +160,16 @@ def build_coordinator(
         inventory_timeout_s=config.agents.inventory_timeout_s,
         declared=config.hosts,
     )
-    submissions = Submissions(store, fleet, hosts=config.hosts, timeouts=config.timeouts, clock=clock)
+    submissions = Submissions(
+        store,
+        fleet,
+        hosts=config.hosts,
+        timeouts=config.timeouts,
+        clock=clock,
+        policies=config.policies,
+        selectors=config.policy_selectors,
+        prediction=config.prediction,
+    )
     servicer = CoordinatorServicer(store, fleet, submissions, hosts=config.hosts)
     election = Election(store, config.id, config.advertised, ttl_s=config.election_ttl_s, clock=monotonic)
     return Coordinator(config, store, fleet, servicer, election, clock, monotonic)

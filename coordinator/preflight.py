@@ -25,24 +25,28 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from ferry.convergence import ConvergencePolicy
 from ferry.diskplan import plan_disks
 from ferry.errors import FerryError, NotFound
 from ferry.model import (
     HOST_CPU_MODES,
     DiskPlan,
     DomainInfo,
+    GuestLoad,
     HostFacts,
     HostMapping,
     MigrationOptions,
     Problem,
     StorageMode,
 )
+from ferry.prediction import Prediction
 from ferry.registry import HostDirectory
 
 from .agent_client import AGENT_TOO_OLD, agent_lost
 from .checks import HostView, coordinator_blockers, effective_storage
+from .policies import PredictionConfig, predict_migration
 
 log = logging.getLogger(__name__)
 
@@ -300,3 +304,27 @@ async def preflight(
     return PreflightReport(
         tuple(blockers), source_host or "", domain, xml, mode, tuple(plans), tuple(dict.fromkeys(unavailable))
     )
+
+
+async def predict_for(
+    hosts: HostDirectory,
+    source: str,
+    domain: DomainInfo,
+    policy: ConvergencePolicy,
+    *,
+    disk_bytes: int,
+    config: PredictionConfig,
+) -> Prediction:
+    """Measure the guest on its source (MeasureGuest: libvirt's dirty-rate calculation, a few
+    seconds) and predict the migration under ``policy``. Never raises: an agent that cannot
+    measure gives a prediction that says why there is none."""
+    try:
+        load = await hosts.client(source).measure_guest(domain.uuid, periods=config.periods_s)
+    except FerryError as err:
+        log.info("cannot measure %s on %s: %s: %s", domain.name, source, err.reason, err)
+        load = GuestLoad(memory_bytes=domain.memory_bytes, error=f"the source could not measure it ({err.reason})")
+    if not load.memory_bytes:
+        load = replace(load, memory_bytes=domain.memory_bytes)
+    prediction = predict_migration(policy, load, disk_bytes=disk_bytes, config=config)
+    log.info("prediction for %s under policy %s: %s", domain.name, policy.label, prediction.words)
+    return prediction

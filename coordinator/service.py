@@ -25,9 +25,12 @@ from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
 
 from . import convert
+from .checks import tcg_migration_warnings
 from .config import HostDecl, derive_mapping
 from .fleet import Fleet
-from .preflight import preflight
+from .live import LiveOps, LiveRequest
+from .policies import refusal
+from .preflight import predict_for, preflight
 from .record import MigrationRecord, decode
 from .submission import Submissions, SubmitRequest, must_read_migration
 
@@ -48,6 +51,23 @@ def _required_id(migration_id: str) -> str:
     return _required(migration_id, "id", '"m-3f2a9c41d07b" (see `ferry migrations`)')
 
 
+USER_METADATA = "x-ferry-user"  # the name the CLI says it runs as (a claim, not an identity)
+
+
+def requested_by(context: Context) -> str:
+    """Who asks, as this server sees it: the peer's certificate identity when mutual TLS names
+    it, else its address; with the user name the client claims (``x-ferry-user``) in front."""
+    peer = context.peer() or "unknown peer"
+    auth = context.auth_context()
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        names = list(auth.get(key, ())) if auth else []
+        if names:
+            peer = names[0].decode(errors="replace")
+            break
+    claimed = next((str(v) for k, v in context.invocation_metadata() or () if k == USER_METADATA), "")
+    return f"{claimed} via {peer}" if claimed else peer
+
+
 class CoordinatorServicer(cgrpc.CoordinatorServicer):
     """The API over ``store`` and ``fleet``; writes go through ``submissions``.
 
@@ -61,11 +81,13 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         submissions: Submissions,
         *,
         hosts: Mapping[str, HostDecl] | None = None,
+        live: LiveOps | None = None,
     ) -> None:
         self.store = store
         self.fleet = fleet
         self.submissions = submissions
         self.hosts = dict(hosts or {})
+        self.live = live or LiveOps(store, fleet, submissions.clock)
 
     # ------------------------------------------------------------------ submit
 
@@ -83,6 +105,7 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
                 mapping=fconvert.mapping_from_pb(request.mapping),
                 priority=request.priority,
                 idempotency_key=request.idempotency_key,
+                policy=request.policy,
             )
         )
         return convert.migration_to_pb(submitted)
@@ -257,12 +280,59 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         if report.domain is not None and not explicit and report.storage is not None:
             why = "a writable disk is local" if report.storage is StorageMode.COPY_ALL else "no writable local disk"
             warnings.append(f"storage mode {report.storage.value}, decided from the inventory ({why})")
-        return cpb.PreflightResponse(
-            ok=not blockers,
-            blockers=[fconvert.problem_to_pb(b) for b in dict.fromkeys(blockers)],
-            source_host=report.source_host,
-            disks=[fconvert.disk_plan_to_pb(d) for d in report.disks],
-            warnings=warnings,
+        response = cpb.PreflightResponse(source_host=report.source_host, warnings=warnings)
+        if report.domain is not None:
+            policy = self.submissions.choose_policy(request.policy, report.domain, options)
+            response.policy.CopyFrom(fconvert.policy_to_pb(policy))
+            if not options.offline and report.source_host:
+                disk_bytes = sum(p.allocation or p.virtual_size for p in report.disks if p.copy)
+                prediction = await predict_for(
+                    self.fleet,
+                    report.source_host,
+                    report.domain,
+                    policy,
+                    disk_bytes=disk_bytes,
+                    config=self.submissions.prediction,
+                )
+                response.prediction.CopyFrom(fconvert.prediction_to_pb(prediction))
+                refused = refusal(policy, prediction)
+                if refused is not None:
+                    blockers.append(Problem.of(refused))
+                if prediction.converges is False:
+                    warnings.append(f"prediction: {prediction.words}")
+                warnings.extend(tcg_migration_warnings(report.domain, self.fleet.host_view(report.source_host)))
+        response.ok = not blockers
+        response.blockers.extend(fconvert.problem_to_pb(b) for b in dict.fromkeys(blockers))
+        response.disks.extend(fconvert.disk_plan_to_pb(d) for d in report.disks)
+        response.warnings[:] = warnings
+        return response
+
+    # ------------------------------------------------------------------ policies and live operations
+
+    @rpc_method
+    async def ListPolicies(self, request: cpb.ListPoliciesRequest, context: Context) -> cpb.ListPoliciesResponse:
+        s = self.submissions
+        return cpb.ListPoliciesResponse(
+            policies=[fconvert.policy_to_pb(p) for _, p in sorted(s.policies.items())],
+            selectors=[convert.selector_to_pb(sel) for sel in s.selectors],
+        )
+
+    @rpc_method
+    async def ControlMigration(
+        self, request: cpb.ControlMigrationRequest, context: Context
+    ) -> cpb.ControlMigrationResponse:
+        req = LiveRequest(
+            max_downtime_ms=request.max_downtime_ms if request.HasField("max_downtime_ms") else None,
+            bandwidth_mibps=request.bandwidth_mibps if request.HasField("bandwidth_mibps") else None,
+            start_postcopy=request.start_postcopy,
+            force_complete=request.force_complete,
+        )
+        record, result = await self.live.control(_required_id(request.id), req, requested_by=requested_by(context))
+        return cpb.ControlMigrationResponse(
+            migration=convert.migration_to_pb(record),
+            max_downtime_ms=result.max_downtime_ms,
+            bandwidth_mibps=result.bandwidth_mibps,
+            done=result.done,
         )
 
     def _target_down(self, blocker: Problem, target: str) -> Problem:

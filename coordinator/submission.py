@@ -9,6 +9,10 @@ Submission (idempotent, one active migration per VM), in store writes:
 1. ``idempotency/<key>`` exists: return that migration unchanged (whatever it is now).
 2. Validate against the fleet view: target known, VM found, not already on the target.
 3. create ``idempotency/<key>`` -> the new id (losing that race: return the winner's migration);
+   Then the convergence policy is chosen (``policies.choose_policy``: the request's name, the
+   config's selector rules, or the flags) and, unless ``[prediction] on_submit`` is off, the
+   source measures the guest and the migration is predicted (``preflight.predict_for``); a
+   policy that refuses what it cannot finish refuses here (WILL_NOT_CONVERGE), writing nothing.
 4. create ``vm-active/<vm_uuid>`` -> the new id; when it names a migration that is not final:
    FAILED_PRECONDITION ``VM_BUSY`` naming it (and our idempotency key is released again); a key
    naming a final or a missing record is stale and taken over by compare-and-set;
@@ -32,9 +36,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from ferry import keys
+from ferry.convergence import ConvergencePolicy
 from ferry.diskplan import plan_disks
 from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound
 from ferry.model import DomainInfo, HostMapping, MigrationOptions
+from ferry.prediction import Prediction
 from ferry.store import Conflict, Store
 
 from .checks import effective_storage
@@ -42,6 +48,8 @@ from .config import HostDecl, derive_mapping
 from .convert import phase_label
 from .fleet import Fleet
 from .phases import Timeouts
+from .policies import PolicySelector, PredictionConfig, choose_policy, refusal
+from .preflight import predict_for
 from .record import MigrationRecord, decode, encode, new_migration, note
 
 log = logging.getLogger(__name__)
@@ -76,6 +84,7 @@ class SubmitRequest:
     mapping: HostMapping = field(default_factory=HostMapping)  # overrides of the derived mapping
     priority: int = 0
     idempotency_key: str = ""
+    policy: str = ""  # a named convergence policy; "": the selector rules, else the flags
 
 
 @dataclass(frozen=True)
@@ -121,14 +130,24 @@ class Submissions:
         clock: Clock = _utc_now,
         new_id: IdFactory = new_migration_id,
         in_flight_wait_s: float = IN_FLIGHT_WAIT_S,
+        policies: Mapping[str, ConvergencePolicy] | None = None,
+        selectors: tuple[PolicySelector, ...] = (),
+        prediction: PredictionConfig = PredictionConfig(),
     ) -> None:
         self.store = store
         self.fleet = fleet
         self.hosts = dict(hosts or {})
+        self.policies = dict(policies or {})
+        self.selectors = selectors
+        self.prediction = prediction
         self.timeouts = timeouts
         self._clock = clock
         self._new_id = new_id
         self.in_flight_wait_s = in_flight_wait_s
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     # ------------------------------------------------------------------ submit
 
@@ -151,6 +170,9 @@ class Submissions:
                 return earlier
         plan = await self._plan(request)
         copied = plan_disks(plan.domain.disks, plan.options.storage, plan.options.migrate_disks, plan.mapping)
+        disk_bytes = sum(p.allocation or p.virtual_size for p in copied if p.copy)
+        policy = self.choose_policy(request.policy, plan.domain, plan.options)
+        prediction = await self._predict(plan, policy, disk_bytes)
         record = new_migration(
             id=self._new_id(),
             vm=plan.domain.name,
@@ -164,9 +186,35 @@ class Submissions:
             priority=request.priority,
             idempotency_key=key,
             memory_bytes=plan.domain.memory_bytes,
-            disk_bytes=sum(p.allocation or p.virtual_size for p in copied if p.copy),
+            disk_bytes=disk_bytes,
+            policy=policy,
+            prediction=prediction,
         )
         return await self._create(record)
+
+    def choose_policy(self, requested: str, domain: DomainInfo, options: MigrationOptions) -> ConvergencePolicy:
+        """The policy a migration of ``domain`` runs under (``policies.choose_policy``)."""
+        return choose_policy(
+            self.policies,
+            self.selectors,
+            requested=requested,
+            vm=domain.name,
+            memory_bytes=domain.memory_bytes,
+            options=options,
+        )
+
+    async def _predict(self, plan: _Plan, policy: ConvergencePolicy, disk_bytes: int) -> Prediction | None:
+        """The prediction at submission (None when ``on_submit`` is off); refuses a migration the
+        policy cannot finish when the policy says so."""
+        if not self.prediction.on_submit or plan.options.offline:
+            return None
+        prediction = await predict_for(
+            self.fleet, plan.source, plan.domain, policy, disk_bytes=disk_bytes, config=self.prediction
+        )
+        refused = refusal(policy, prediction)
+        if refused is not None:
+            raise refused
+        return prediction
 
     async def _plan(self, request: SubmitRequest) -> _Plan:
         """Resolve a submission against the fleet (inventories asked now); raises the first problem."""

@@ -24,6 +24,7 @@ from ferry.agent import libvirt_errors as le
 from ferry.agent import probe
 from ferry.agent.domxml import parse_disks, parse_domain, parse_nics
 from ferry.agent.target_checks import cpu_check_failed
+from ferry.convergence import ConvergencePolicy
 from ferry.errors import FerryError
 from ferry.model import HOST_CPU_MODES, DomainInfo, DomainState, HostFacts, JobStats, MigrationOptions, StorageMode
 from ferry.testing.fake_hostsystem import FakeHostSystem, FakeImage
@@ -253,6 +254,8 @@ class FakeHypervisor:
         self.disk_sizes: dict[str, tuple[int, int]] = {}  # path -> (virtual size, allocation)
         self.jobs: dict[str, _Job] = {}  # by domain UUID
         self.calls: list[str] = []
+        # (options, policy, resume) of every migrate call, for tests
+        self.migrate_calls: list[tuple[MigrationOptions, ConvergencePolicy | None, bool]] = []
         self.reachable = True
         self._faults: dict[str, list[FerryError]] = {}
         self._hangs: set[str] = set()
@@ -356,6 +359,7 @@ class FakeHypervisor:
             cpu_mode=parsed.cpu_mode,
             cpu_model=parsed.cpu_model,
             os_type=parsed.domain_type,
+            emulator=parsed.emulator,
         )
 
     # ------------------------------------------------------------------ port: reading
@@ -504,6 +508,56 @@ class FakeHypervisor:
         if dom.uuid in self.jobs:
             self.jobs[dom.uuid].bandwidth_bps = (mibps * MiB) if mibps else GiB
 
+    async def migration_limits(self, name_or_uuid: str) -> tuple[int, int]:
+        await self._enter("migration_limits", "migrateGetMaxDowntime")
+        dom = self._lookup(name_or_uuid, "migrateGetMaxDowntime")
+        job = self.jobs.get(dom.uuid)
+        if job is not None:
+            return job.max_downtime_ms, job.bandwidth_bps // MiB if job.bandwidth_bps != GiB else 0
+        return dom.max_downtime_ms, dom.bandwidth_mibps
+
+    async def suspend(self, name_or_uuid: str) -> None:
+        await self._enter("suspend", "suspend")
+        dom = self._lookup(name_or_uuid, "suspend")
+        if not dom.state.is_active:
+            raise self._error(
+                le.VIR_ERR_OPERATION_INVALID, "Requested operation is not valid: domain is not running", "suspend"
+            )
+        dom.state = DomainState.PAUSED
+
+    async def resume(self, name_or_uuid: str) -> None:
+        await self._enter("resume", "resume")
+        dom = self._lookup(name_or_uuid, "resume")
+        if dom.state is DomainState.PAUSED:
+            dom.state = DomainState.RUNNING
+
+    async def remote_resume(self, target_uri: str, name_or_uuid: str) -> bool:
+        await self._enter("remote_resume", "resume")
+        target = self.fleet.hosts.get(target_uri)
+        if target is None or not target.reachable:
+            raise le.translate(
+                le.VIR_ERR_SYSTEM_ERROR, le.VIR_FROM_RPC, "unable to connect to server", call="open", host=target_uri
+            )
+        dom = target._lookup(name_or_uuid, "resume")
+        if dom.state is not DomainState.PAUSED:
+            return False
+        dom.state = DomainState.RUNNING
+        return True
+
+    async def dirty_rate(self, name_or_uuid: str, seconds: int) -> float:
+        """The guest's configured rate, as a page-sampling measurement of ``seconds`` would see it
+        (at most its memory over the period); takes one step, not ``seconds``."""
+        await self._enter("dirty_rate", "startDirtyRateCalc")
+        dom = self._lookup(name_or_uuid, "startDirtyRateCalc")
+        await asyncio.sleep(self.step_s)
+        memory = parse_domain(dom.xml).memory_bytes
+        return float(min(memory, dom.dirty_bytes_per_s * seconds) / max(1, seconds))
+
+    async def memory_rss(self, name_or_uuid: str) -> int:
+        await self._enter("memory_rss", "memoryStats")
+        dom = self._lookup(name_or_uuid, "memoryStats")
+        return parse_domain(dom.xml).memory_bytes if dom.state.is_active else 0
+
     async def start_postcopy(self, name_or_uuid: str) -> None:
         await self._enter("start_postcopy", "migrateStartPostCopy")
         job = self._job(name_or_uuid, "migrateStartPostCopy")
@@ -527,9 +581,12 @@ class FakeHypervisor:
         migrate_disks: list[str],
         migrate_uri: str = "",
         timeout_s: float,
+        policy: ConvergencePolicy | None = None,
+        resume_postcopy: bool = False,
     ) -> None:
         call = "migrateToURI3"
         await self._enter("migrate", call)
+        self.migrate_calls.append((options, policy, resume_postcopy))
         dom = self._lookup(name_or_uuid, call)
         target = self.fleet.hosts.get(target_uri)
         if target is None or not target.reachable:
@@ -751,6 +808,8 @@ class FakeHypervisor:
             return job.stats.memory_remaining == 0
         iteration = max(1, s.iteration)
         rate = job.domain.dirty_bytes_per_s * (100 - job.throttle) // 100
+        if job.domain.state is DomainState.PAUSED:
+            rate = 0  # a paused guest dirties nothing (force-complete without post-copy)
         job.dirtied = min(s.memory_total, job.dirtied + rate * self.step_ms // 1000)
         moved = min(send, s.memory_remaining)
         remaining = s.memory_remaining - moved
@@ -786,9 +845,10 @@ class FakeHypervisor:
         done = replace(job.stats, active=False, job_type="completed", operation="migration in", postcopy=job.postcopy)
         # as libvirt: the target's completed "migration in" job does not count disk bytes
         incoming = replace(done, disk_total=0, disk_processed=0, disk_remaining=0)
+        arriving = DomainState.PAUSED if dom.state is DomainState.PAUSED and not job.postcopy else DomainState.RUNNING
         arrived = FakeDomain(
             job.destination_xml,
-            DomainState.SHUTOFF if opts.offline else DomainState.RUNNING,
+            DomainState.SHUTOFF if opts.offline else arriving,
             persistent=opts.persist_dest or opts.offline,
             dirty_bytes_per_s=dom.dirty_bytes_per_s,
             completed=incoming,

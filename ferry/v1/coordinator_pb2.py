@@ -26,45 +26,55 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from ferry.v1 import types_pb2 as ferry_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65rry/v1/coordinator.proto\x12\x08\x66\x65rry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14\x66\x65rry/v1/types.proto\"\xb9\x01\n\x16SubmitMigrationRequest\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x13\n\x0btarget_host\x18\x02 \x01(\t\x12+\n\x07options\x18\x03 \x01(\x0b\x32\x1a.ferry.v1.MigrationOptions\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12&\n\x07mapping\x18\x06 \x01(\x0b\x32\x15.ferry.v1.HostMapping\"\xb0\x04\n\tMigration\x12\n\n\x02id\x18\x01 \x01(\t\x12\n\n\x02vm\x18\x02 \x01(\t\x12\x0f\n\x07vm_uuid\x18\x03 \x01(\t\x12\x13\n\x0bsource_host\x18\x04 \x01(\t\x12\x13\n\x0btarget_host\x18\x05 \x01(\t\x12+\n\x07options\x18\x06 \x01(\x0b\x32\x1a.ferry.v1.MigrationOptions\x12&\n\x07mapping\x18\x07 \x01(\x0b\x32\x15.ferry.v1.HostMapping\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x12\x1e\n\x05phase\x18\n \x01(\x0e\x32\x0f.ferry.v1.Phase\x12%\n\x07history\x18\x0b \x03(\x0b\x32\x14.ferry.v1.TimedPhase\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x08progress\x18\x0e \x01(\x0b\x32\x1b.ferry.v1.MigrationProgress\x12&\n\x06result\x18\x0f \x01(\x0b\x32\x16.ferry.v1.CompletedJob\x12$\n\x05\x65rror\x18\x10 \x01(\x0b\x32\x15.ferry.v1.ErrorDetail\x12\x18\n\x10\x63\x61ncel_requested\x18\x11 \x01(\x08\x12\x12\n\nprepare_id\x18\x12 \x01(\t\"!\n\x13GetMigrationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"a\n\x15ListMigrationsRequest\x12\x1f\n\x06phases\x18\x01 \x03(\x0e\x32\x0f.ferry.v1.Phase\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\n\n\x02vm\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\"A\n\x16ListMigrationsResponse\x12\'\n\nmigrations\x18\x01 \x03(\x0b\x32\x13.ferry.v1.Migration\"#\n\x15WatchMigrationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"$\n\x16\x43\x61ncelMigrationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xd1\x01\n\nHostStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tavailable\x18\x03 \x01(\x08\x12\"\n\x05\x66\x61\x63ts\x18\x04 \x01(\x0b\x32\x13.ferry.v1.HostFacts\x12\x0f\n\x07\x64omains\x18\x05 \x01(\r\x12\x16\n\x0emigrations_out\x18\x06 \x01(\r\x12\x15\n\rmigrations_in\x18\x07 \x01(\r\x12-\n\tlast_seen\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x12\n\x10ListHostsRequest\"8\n\x11ListHostsResponse\x12#\n\x05hosts\x18\x01 \x03(\x0b\x32\x14.ferry.v1.HostStatus\"J\n\x02VM\x12 \n\x06\x64omain\x18\x01 \x01(\x0b\x32\x10.ferry.v1.Domain\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x14\n\x0cmigration_id\x18\x03 \x01(\t\"\x1e\n\x0eListVMsRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\",\n\x0fListVMsResponse\x12\x19\n\x03vms\x18\x01 \x03(\x0b\x32\x0c.ferry.v1.VM\"\x88\x01\n\x10PreflightRequest\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x13\n\x0btarget_host\x18\x02 \x01(\t\x12+\n\x07options\x18\x03 \x01(\x0b\x32\x1a.ferry.v1.MigrationOptions\x12&\n\x07mapping\x18\x04 \x01(\x0b\x32\x15.ferry.v1.HostMapping\"\x92\x01\n\x11PreflightResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\'\n\x08\x62lockers\x18\x02 \x03(\x0b\x32\x15.ferry.v1.ErrorDetail\x12\x13\n\x0bsource_host\x18\x03 \x01(\t\x12!\n\x05\x64isks\x18\x04 \x03(\x0b\x32\x12.ferry.v1.DiskPlan\x12\x10\n\x08warnings\x18\x05 \x03(\t*\xf0\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x11\n\rPHASE_PENDING\x10\x01\x12\x13\n\x0fPHASE_PREFLIGHT\x10\x02\x12\x13\n\x0fPHASE_PREPARING\x10\x03\x12\x13\n\x0fPHASE_MIGRATING\x10\x04\x12\x13\n\x0fPHASE_FINISHING\x10\x05\x12\x16\n\x12PHASE_ROLLING_BACK\x10\x06\x12\x13\n\x0fPHASE_SUCCEEDED\x10\x07\x12\x10\n\x0cPHASE_FAILED\x10\x08\x12\x13\n\x0fPHASE_CANCELLED\x10\t\x12\x15\n\x11PHASE_ROLLED_BACK\x10\n2\xd0\x04\n\x0b\x43oordinator\x12H\n\x0fSubmitMigration\x12 .ferry.v1.SubmitMigrationRequest\x1a\x13.ferry.v1.Migration\x12\x42\n\x0cGetMigration\x12\x1d.ferry.v1.GetMigrationRequest\x1a\x13.ferry.v1.Migration\x12S\n\x0eListMigrations\x12\x1f.ferry.v1.ListMigrationsRequest\x1a .ferry.v1.ListMigrationsResponse\x12H\n\x0eWatchMigration\x12\x1f.ferry.v1.WatchMigrationRequest\x1a\x13.ferry.v1.Migration0\x01\x12H\n\x0f\x43\x61ncelMigration\x12 .ferry.v1.CancelMigrationRequest\x1a\x13.ferry.v1.Migration\x12\x44\n\tListHosts\x12\x1a.ferry.v1.ListHostsRequest\x1a\x1b.ferry.v1.ListHostsResponse\x12>\n\x07ListVMs\x12\x18.ferry.v1.ListVMsRequest\x1a\x19.ferry.v1.ListVMsResponse\x12\x44\n\tPreflight\x12\x1a.ferry.v1.PreflightRequest\x1a\x1b.ferry.v1.PreflightResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65rry/v1/coordinator.proto\x12\x08\x66\x65rry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14\x66\x65rry/v1/types.proto\"\xc9\x01\n\x16SubmitMigrationRequest\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x13\n\x0btarget_host\x18\x02 \x01(\t\x12+\n\x07options\x18\x03 \x01(\x0b\x32\x1a.ferry.v1.MigrationOptions\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12&\n\x07mapping\x18\x06 \x01(\x0b\x32\x15.ferry.v1.HostMapping\x12\x0e\n\x06policy\x18\x07 \x01(\t\"\xb0\x05\n\tMigration\x12\n\n\x02id\x18\x01 \x01(\t\x12\n\n\x02vm\x18\x02 \x01(\t\x12\x0f\n\x07vm_uuid\x18\x03 \x01(\t\x12\x13\n\x0bsource_host\x18\x04 \x01(\t\x12\x13\n\x0btarget_host\x18\x05 \x01(\t\x12+\n\x07options\x18\x06 \x01(\x0b\x32\x1a.ferry.v1.MigrationOptions\x12&\n\x07mapping\x18\x07 \x01(\x0b\x32\x15.ferry.v1.HostMapping\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x12\x1e\n\x05phase\x18\n \x01(\x0e\x32\x0f.ferry.v1.Phase\x12%\n\x07history\x18\x0b \x03(\x0b\x32\x14.ferry.v1.TimedPhase\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x08progress\x18\x0e \x01(\x0b\x32\x1b.ferry.v1.MigrationProgress\x12&\n\x06result\x18\x0f \x01(\x0b\x32\x16.ferry.v1.CompletedJob\x12$\n\x05\x65rror\x18\x10 \x01(\x0b\x32\x15.ferry.v1.ErrorDetail\x12\x18\n\x10\x63\x61ncel_requested\x18\x11 \x01(\x08\x12\x12\n\nprepare_id\x18\x12 \x01(\t\x12+\n\x06policy\x18\x13 \x01(\x0b\x32\x1b.ferry.v1.ConvergencePolicy\x12(\n\nprediction\x18\x14 \x01(\x0b\x32\x14.ferry.v1.Prediction\x12\'\n\x07\x61\x63tions\x18\x15 \x03(\x0b\x32\x16.ferry.v1.PolicyAction\"!\n\x13GetMigrationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"a\n\x15ListMigrationsRequest\x12\x1f\n\x06phases\x18\x01 \x03(\x0e\x32\x0f.ferry.v1.Phase\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\n\n\x02vm\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\"A\n\x16ListMigrationsResponse\x12\'\n\nmigrations\x18\x01 \x03(\x0b\x32\x13.ferry.v1.Migration\"#\n\x15WatchMigrationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"$\n\x16\x43\x61ncelMigrationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xd1\x01\n\nHostStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tavailable\x18\x03 \x01(\x08\x12\"\n\x05\x66\x61\x63ts\x18\x04 \x01(\x0b\x32\x13.ferry.v1.HostFacts\x12\x0f\n\x07\x64omains\x18\x05 \x01(\r\x12\x16\n\x0emigrations_out\x18\x06 \x01(\r\x12\x15\n\rmigrations_in\x18\x07 \x01(\r\x12-\n\tlast_seen\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x12\n\x10ListHostsRequest\"8\n\x11ListHostsResponse\x12#\n\x05hosts\x18\x01 \x03(\x0b\x32\x14.ferry.v1.HostStatus\"J\n\x02VM\x12 \n\x06\x64omain\x18\x01 \x01(\x0b\x32\x10.ferry.v1.Domain\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x14\n\x0cmigration_id\x18\x03 \x01(\t\"\x1e\n\x0eListVMsRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\",\n\x0fListVMsResponse\x12\x19\n\x03vms\x18\x01 \x03(\x0b\x32\x0c.ferry.v1.VM\"\x98\x01\n\x10PreflightRequest\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x13\n\x0btarget_host\x18\x02 \x01(\t\x12+\n\x07options\x18\x03 \x01(\x0b\x32\x1a.ferry.v1.MigrationOptions\x12&\n\x07mapping\x18\x04 \x01(\x0b\x32\x15.ferry.v1.HostMapping\x12\x0e\n\x06policy\x18\x05 \x01(\t\"\xe9\x01\n\x11PreflightResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\'\n\x08\x62lockers\x18\x02 \x03(\x0b\x32\x15.ferry.v1.ErrorDetail\x12\x13\n\x0bsource_host\x18\x03 \x01(\t\x12!\n\x05\x64isks\x18\x04 \x03(\x0b\x32\x12.ferry.v1.DiskPlan\x12\x10\n\x08warnings\x18\x05 \x03(\t\x12+\n\x06policy\x18\x06 \x01(\x0b\x32\x1b.ferry.v1.ConvergencePolicy\x12(\n\nprediction\x18\x07 \x01(\x0b\x32\x14.ferry.v1.Prediction\"\x15\n\x13ListPoliciesRequest\"`\n\x0ePolicySelector\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\n\n\x02vm\x18\x02 \x01(\t\x12\x18\n\x10min_memory_bytes\x18\x03 \x01(\x04\x12\x18\n\x10max_memory_bytes\x18\x04 \x01(\x04\"r\n\x14ListPoliciesResponse\x12-\n\x08policies\x18\x01 \x03(\x0b\x32\x1b.ferry.v1.ConvergencePolicy\x12+\n\tselectors\x18\x02 \x03(\x0b\x32\x18.ferry.v1.PolicySelector\"\xb9\x01\n\x17\x43ontrolMigrationRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1c\n\x0fmax_downtime_ms\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x1c\n\x0f\x62\x61ndwidth_mibps\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x16\n\x0estart_postcopy\x18\x04 \x01(\x08\x12\x16\n\x0e\x66orce_complete\x18\x05 \x01(\x08\x42\x12\n\x10_max_downtime_msB\x12\n\x10_bandwidth_mibps\"\x82\x01\n\x18\x43ontrolMigrationResponse\x12&\n\tmigration\x18\x01 \x01(\x0b\x32\x13.ferry.v1.Migration\x12\x17\n\x0fmax_downtime_ms\x18\x02 \x01(\r\x12\x17\n\x0f\x62\x61ndwidth_mibps\x18\x03 \x01(\r\x12\x0c\n\x04\x64one\x18\x04 \x01(\t*\xf0\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x11\n\rPHASE_PENDING\x10\x01\x12\x13\n\x0fPHASE_PREFLIGHT\x10\x02\x12\x13\n\x0fPHASE_PREPARING\x10\x03\x12\x13\n\x0fPHASE_MIGRATING\x10\x04\x12\x13\n\x0fPHASE_FINISHING\x10\x05\x12\x16\n\x12PHASE_ROLLING_BACK\x10\x06\x12\x13\n\x0fPHASE_SUCCEEDED\x10\x07\x12\x10\n\x0cPHASE_FAILED\x10\x08\x12\x13\n\x0fPHASE_CANCELLED\x10\t\x12\x15\n\x11PHASE_ROLLED_BACK\x10\n2\xfa\x05\n\x0b\x43oordinator\x12H\n\x0fSubmitMigration\x12 .ferry.v1.SubmitMigrationRequest\x1a\x13.ferry.v1.Migration\x12\x42\n\x0cGetMigration\x12\x1d.ferry.v1.GetMigrationRequest\x1a\x13.ferry.v1.Migration\x12S\n\x0eListMigrations\x12\x1f.ferry.v1.ListMigrationsRequest\x1a .ferry.v1.ListMigrationsResponse\x12H\n\x0eWatchMigration\x12\x1f.ferry.v1.WatchMigrationRequest\x1a\x13.ferry.v1.Migration0\x01\x12H\n\x0f\x43\x61ncelMigration\x12 .ferry.v1.CancelMigrationRequest\x1a\x13.ferry.v1.Migration\x12\x44\n\tListHosts\x12\x1a.ferry.v1.ListHostsRequest\x1a\x1b.ferry.v1.ListHostsResponse\x12>\n\x07ListVMs\x12\x18.ferry.v1.ListVMsRequest\x1a\x19.ferry.v1.ListVMsResponse\x12\x44\n\tPreflight\x12\x1a.ferry.v1.PreflightRequest\x1a\x1b.ferry.v1.PreflightResponse\x12M\n\x0cListPolicies\x12\x1d.ferry.v1.ListPoliciesRequest\x1a\x1e.ferry.v1.ListPoliciesResponse\x12Y\n\x10\x43ontrolMigration\x12!.ferry.v1.ControlMigrationRequest\x1a\".ferry.v1.ControlMigrationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ferry.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PHASE']._serialized_start=1855
-  _globals['_PHASE']._serialized_end=2095
+  _globals['_PHASE']._serialized_start=2660
+  _globals['_PHASE']._serialized_end=2900
   _globals['_SUBMITMIGRATIONREQUEST']._serialized_start=96
-  _globals['_SUBMITMIGRATIONREQUEST']._serialized_end=281
-  _globals['_MIGRATION']._serialized_start=284
-  _globals['_MIGRATION']._serialized_end=844
-  _globals['_GETMIGRATIONREQUEST']._serialized_start=846
-  _globals['_GETMIGRATIONREQUEST']._serialized_end=879
-  _globals['_LISTMIGRATIONSREQUEST']._serialized_start=881
-  _globals['_LISTMIGRATIONSREQUEST']._serialized_end=978
-  _globals['_LISTMIGRATIONSRESPONSE']._serialized_start=980
-  _globals['_LISTMIGRATIONSRESPONSE']._serialized_end=1045
-  _globals['_WATCHMIGRATIONREQUEST']._serialized_start=1047
-  _globals['_WATCHMIGRATIONREQUEST']._serialized_end=1082
-  _globals['_CANCELMIGRATIONREQUEST']._serialized_start=1084
-  _globals['_CANCELMIGRATIONREQUEST']._serialized_end=1120
-  _globals['_HOSTSTATUS']._serialized_start=1123
-  _globals['_HOSTSTATUS']._serialized_end=1332
-  _globals['_LISTHOSTSREQUEST']._serialized_start=1334
-  _globals['_LISTHOSTSREQUEST']._serialized_end=1352
-  _globals['_LISTHOSTSRESPONSE']._serialized_start=1354
-  _globals['_LISTHOSTSRESPONSE']._serialized_end=1410
-  _globals['_VM']._serialized_start=1412
-  _globals['_VM']._serialized_end=1486
-  _globals['_LISTVMSREQUEST']._serialized_start=1488
-  _globals['_LISTVMSREQUEST']._serialized_end=1518
-  _globals['_LISTVMSRESPONSE']._serialized_start=1520
-  _globals['_LISTVMSRESPONSE']._serialized_end=1564
-  _globals['_PREFLIGHTREQUEST']._serialized_start=1567
-  _globals['_PREFLIGHTREQUEST']._serialized_end=1703
-  _globals['_PREFLIGHTRESPONSE']._serialized_start=1706
-  _globals['_PREFLIGHTRESPONSE']._serialized_end=1852
-  _globals['_COORDINATOR']._serialized_start=2098
-  _globals['_COORDINATOR']._serialized_end=2690
+  _globals['_SUBMITMIGRATIONREQUEST']._serialized_end=297
+  _globals['_MIGRATION']._serialized_start=300
+  _globals['_MIGRATION']._serialized_end=988
+  _globals['_GETMIGRATIONREQUEST']._serialized_start=990
+  _globals['_GETMIGRATIONREQUEST']._serialized_end=1023
+  _globals['_LISTMIGRATIONSREQUEST']._serialized_start=1025
+  _globals['_LISTMIGRATIONSREQUEST']._serialized_end=1122
+  _globals['_LISTMIGRATIONSRESPONSE']._serialized_start=1124
+  _globals['_LISTMIGRATIONSRESPONSE']._serialized_end=1189
+  _globals['_WATCHMIGRATIONREQUEST']._serialized_start=1191
+  _globals['_WATCHMIGRATIONREQUEST']._serialized_end=1226
+  _globals['_CANCELMIGRATIONREQUEST']._serialized_start=1228
+  _globals['_CANCELMIGRATIONREQUEST']._serialized_end=1264
+  _globals['_HOSTSTATUS']._serialized_start=1267
+  _globals['_HOSTSTATUS']._serialized_end=1476
+  _globals['_LISTHOSTSREQUEST']._serialized_start=1478
+  _globals['_LISTHOSTSREQUEST']._serialized_end=1496
+  _globals['_LISTHOSTSRESPONSE']._serialized_start=1498
+  _globals['_LISTHOSTSRESPONSE']._serialized_end=1554
+  _globals['_VM']._serialized_start=1556
+  _globals['_VM']._serialized_end=1630
+  _globals['_LISTVMSREQUEST']._serialized_start=1632
+  _globals['_LISTVMSREQUEST']._serialized_end=1662
+  _globals['_LISTVMSRESPONSE']._serialized_start=1664
+  _globals['_LISTVMSRESPONSE']._serialized_end=1708
+  _globals['_PREFLIGHTREQUEST']._serialized_start=1711
+  _globals['_PREFLIGHTREQUEST']._serialized_end=1863
+  _globals['_PREFLIGHTRESPONSE']._serialized_start=1866
+  _globals['_PREFLIGHTRESPONSE']._serialized_end=2099
+  _globals['_LISTPOLICIESREQUEST']._serialized_start=2101
+  _globals['_LISTPOLICIESREQUEST']._serialized_end=2122
+  _globals['_POLICYSELECTOR']._serialized_start=2124
+  _globals['_POLICYSELECTOR']._serialized_end=2220
+  _globals['_LISTPOLICIESRESPONSE']._serialized_start=2222
+  _globals['_LISTPOLICIESRESPONSE']._serialized_end=2336
+  _globals['_CONTROLMIGRATIONREQUEST']._serialized_start=2339
+  _globals['_CONTROLMIGRATIONREQUEST']._serialized_end=2524
+  _globals['_CONTROLMIGRATIONRESPONSE']._serialized_start=2527
+  _globals['_CONTROLMIGRATIONRESPONSE']._serialized_end=2657
+  _globals['_COORDINATOR']._serialized_start=2903
+  _globals['_COORDINATOR']._serialized_end=3665
 # @@protoc_insertion_point(module_scope)

@@ -52,7 +52,7 @@ def precopy(processed, remaining, iteration, **kw):
     [
         (MigrationOptions(), (), PostcopyMode.NEVER),
         (MigrationOptions(max_downtime_ms=500), (DowntimeStep(500),), PostcopyMode.NEVER),  # a one-step ladder
-        (MigrationOptions(allow_postcopy=True), (), PostcopyMode.NEVER),  # allowed, switched by hand only
+        (MigrationOptions(allow_postcopy=True), (), PostcopyMode.MANUAL),  # allowed, switched by hand only
         (MigrationOptions(postcopy_on_stall=True), (), PostcopyMode.NEVER),  # not allowed: never
         (MigrationOptions(allow_postcopy=True, postcopy_on_stall=True), (), PostcopyMode.ON_STALL),
     ],
@@ -171,12 +171,12 @@ RUNNING = precopy(100, 100, 2)
 )
 def test_decide(w, phase, now, action):
     policy, w = w
-    assert next_action(policy, w, RUNNING, phase, now) is action
+    assert next_action(policy, w, RUNNING, phase, now).action is action
 
 
 def test_downtime_waits_for_an_active_job():
     policy, w = watch(max_downtime_ms=500)
-    assert next_action(policy, w, JobStats(), P.STARTING, 1) is Action.CONTINUE
+    assert next_action(policy, w, JobStats(), P.STARTING, 1).action is Action.CONTINUE
 
 
 # ---------------------------------------------------------------- the max-downtime ladder
@@ -231,19 +231,19 @@ def test_ladder_is_climbed_once_per_step_and_never_down(polls, set_ms):
     for elapsed, iteration, active in polls:
         stats = precopy(1, 100, iteration) if active else JobStats()
         w = observe(w, stats)
-        if next_action(LADDER, w, stats, P.PRECOPY, elapsed) is Action.SET_MAX_DOWNTIME:
-            step = due_downtime_step(LADDER, w, elapsed)
-            seen.append(LADDER.downtime_steps[step].max_downtime_ms)
-            w = replace(w, downtime_steps_applied=step + 1)
+        got = next_action(LADDER, w, stats, P.PRECOPY, elapsed)
+        if got.action is Action.SET_MAX_DOWNTIME:
+            assert got.ladder_index == due_downtime_step(LADDER, w, elapsed)
+            seen.append(got.max_downtime_ms)
+            w = replace(w, downtime_steps_applied=got.ladder_index + 1)
             assert max_downtime_ms(LADDER, w) == seen[-1]
     assert seen == set_ms
     assert seen == sorted(set(seen))  # monotone, each step at most once
 
 
 def test_timeout_comes_before_a_due_step():
-    assert next_action(LADDER, Watch(0.0, 60.0, downtime_steps_applied=1), RUNNING, P.PRECOPY, 60.0) is (
-        Action.ABORT_TIMEOUT
-    )
+    step = next_action(LADDER, Watch(0.0, 60.0, downtime_steps_applied=1), RUNNING, P.PRECOPY, 60.0)
+    assert step.action is Action.ABORT_TIMEOUT
 
 
 @pytest.mark.parametrize(

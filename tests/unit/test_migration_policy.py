@@ -10,7 +10,15 @@ from ferry.agent import progress as m
 from ferry.agent.migration import MigrationDriver, MigrationRequest
 from ferry.agent.progress import changed, next_progress, phase_of
 from ferry.convergence import ConvergencePolicy, DowntimeStep
-from ferry.model import DomainState, JobStats, MigrationOptions, MigrationPhase, MigrationResult
+from ferry.model import (
+    DomainState,
+    JobStats,
+    MigrationOptions,
+    MigrationPhase,
+    MigrationProgress,
+    MigrationResult,
+    PolicyAction,
+)
 from ferry.testing.fake_hypervisor import FakeFleet, FakeHypervisor, make_domain_xml
 
 MiB = 1 << 20
@@ -193,5 +201,10 @@ async def test_the_driver_climbs_the_downtime_ladder_until_the_guest_converges()
     # the first step at once, the top one last (a slow poll may pass the middle one over)
     assert source.downtimes[0] == 50 and source.downtimes[-1] == 2000
     assert source.downtimes == sorted(set(source.downtimes))  # once per step, never down
-    reported = [e.max_downtime_ms for e in events[:-1]]
+    reported = [e.max_downtime_ms for e in events[:-1] if isinstance(e, MigrationProgress)]
     assert reported[0] == 50 and reported == sorted(reported)
+    # each step taken is reported with its reason, by the policy
+    steps = [e for e in events if isinstance(e, PolicyAction)]
+    assert [a.action for a in steps] == ["set-max-downtime"] * len(source.downtimes)
+    assert steps[0].reason == "max-downtime step 1 of 3: 50 ms" and steps[0].by == "policy (from the flags)"
+    assert steps[-1].reason == "max-downtime step 3 of 3: 2000 ms"

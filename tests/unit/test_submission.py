@@ -12,7 +12,7 @@ refused naming the migration in the way; a refused request (unknown host or VM) 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -25,7 +25,17 @@ from ferry.coordinator.phases import Phase, Timeouts
 from ferry.coordinator.record import decode, encode, with_phase
 from ferry.coordinator.submission import Submissions, SubmitRequest
 from ferry.errors import FailedPrecondition, InvalidArgument, NotFound
-from ferry.model import Disk, DomainInfo, DomainState, HostFacts, HostMapping, Inventory, MigrationOptions, StorageMode
+from ferry.model import (
+    Disk,
+    DomainInfo,
+    DomainState,
+    GuestLoad,
+    HostFacts,
+    HostMapping,
+    Inventory,
+    MigrationOptions,
+    StorageMode,
+)
 from ferry.registry import HostRegistration
 from ferry.testing.memory_store import MemoryStore
 
@@ -55,13 +65,17 @@ def guest(name: str = "g1", uuid: str = UUID) -> DomainInfo:
 
 @dataclass
 class InventoryAgent:
-    """All the fleet view asks of an agent: its inventory."""
+    """All the fleet view and a submission ask of an agent: its inventory, a guest measured."""
 
     host: str
     domains: list[DomainInfo] = field(default_factory=list)
+    loads: dict[str, GuestLoad] = field(default_factory=dict)  # by domain UUID; else not measured
 
     async def inventory(self) -> Inventory:
         return Inventory(HostFacts(hostname=self.host, host_uuid=f"uuid-{self.host}"), tuple(self.domains))
+
+    async def measure_guest(self, vm: str, *, periods: Sequence[int] = (1, 3)) -> GuestLoad:
+        return self.loads.get(vm, GuestLoad(error="not measured in this test"))
 
 
 @dataclass
