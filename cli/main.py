@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
 import sys
@@ -117,6 +118,9 @@ def _add_migration_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--map-bridge", action="append", metavar="SRC=DST")
     p.add_argument("--map-network", action="append", metavar="SRC=DST")
     p.add_argument("--map-path", action="append", metavar="OLD=NEW")
+    p.add_argument(
+        "--policy", default="", metavar="NAME", help="convergence policy (see `ferry policies`); flags go on top"
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -149,6 +153,15 @@ def parser() -> argparse.ArgumentParser:
     for name in ("show", "watch", "cancel"):
         s = ms_sub.add_parser(name)
         s.add_argument("id")
+    tune = ms_sub.add_parser("tune", help="change a running migration (read back from libvirt)")
+    tune.add_argument("id")
+    tune.add_argument("--bandwidth", type=int, metavar="MiB/s")
+    tune.add_argument("--max-downtime", type=int, metavar="ms")
+    ms_sub.add_parser("force-complete", help="finish now: post-copy if allowed, else pause and finish").add_argument(
+        "id"
+    )
+    ms_sub.add_parser("postcopy", help="switch a running migration to post-copy").add_argument("id")
+    sub.add_parser("policies", help="list the convergence policies and the rules choosing them")
     return p
 
 
@@ -213,7 +226,11 @@ class Cli:
 
     async def preflight(self) -> int:
         req = cpb.PreflightRequest(
-            vm=self.a.vm, target_host=self.a.to, options=build_options(self.a), mapping=build_mapping(self.a)
+            vm=self.a.vm,
+            target_host=self.a.to,
+            options=build_options(self.a),
+            mapping=build_mapping(self.a),
+            policy=self.a.policy,
         )
         resp = await self.stub.Preflight(req, timeout=self.timeout)
         if resp.ok:
@@ -230,6 +247,7 @@ class Cli:
                 f"  disk {d.target}: {d.source} -> {d.destination or d.source}"
                 f" ({'copy' if d.copy else 'shared'}, {render.size(d.virtual_size)})"
             )
+        lines += render.prediction_lines(resp.policy, resp.prediction)
         self.emit(resp, "\n".join(lines))
         return 0 if resp.ok else 1
 
@@ -241,6 +259,7 @@ class Cli:
             mapping=build_mapping(self.a),
             priority=self.a.priority,
             idempotency_key=self.a.idempotency_key,
+            policy=self.a.policy,
         )
         m = await self.stub.SubmitMigration(req, timeout=self.timeout)
         if self.a.no_wait:
@@ -248,6 +267,7 @@ class Cli:
             return 0
         if not self.json:
             print(f"migration {m.id}: {m.vm} {m.source_host} -> {m.target_host}", flush=True)
+            print("\n".join(render.prediction_lines(m.policy, m.prediction)), flush=True)
         return await self._follow(m.id)
 
     async def _follow(self, migration_id: str) -> int:
@@ -291,6 +311,8 @@ class Cli:
             m = await self.stub.CancelMigration(cpb.CancelMigrationRequest(id=self.a.id), timeout=self.timeout)
             self.emit(m, f"cancel requested for {m.id} (phase {render.phase_name(m.phase)})")
             return 0
+        if action in ("tune", "force-complete", "postcopy"):
+            return await self.control(action)
         req = cpb.ListMigrationsRequest(
             phases=[_phase_from_name(p) for p in self.a.phase or ()],
             host=self.a.host or "",
@@ -300,6 +322,49 @@ class Cli:
         resp = await self.stub.ListMigrations(req, timeout=self.timeout)
         self.emit(resp, render.table(render.MIGRATION_HEADERS, [render.migration_line(m) for m in resp.migrations]))
         return 0
+
+    async def control(self, action: str) -> int:
+        return await _control(self, action)
+
+    async def policies(self) -> int:
+        return await _policies(self)
+
+
+async def _control(cli: Cli, action: str) -> int:
+    """`ferry migrations tune|force-complete|postcopy ID`: ControlMigration, who asks sent along."""
+    req = cpb.ControlMigrationRequest(
+        id=cli.a.id, force_complete=action == "force-complete", start_postcopy=action == "postcopy"
+    )
+    if action == "tune":
+        if cli.a.max_downtime is None and cli.a.bandwidth is None:
+            raise Usage("tune needs --max-downtime and/or --bandwidth", hint="e.g. --max-downtime 500")
+        if cli.a.max_downtime is not None:
+            req.max_downtime_ms = cli.a.max_downtime
+        if cli.a.bandwidth is not None:
+            req.bandwidth_mibps = cli.a.bandwidth
+    resp = await cli.stub.ControlMigration(req, timeout=cli.timeout, metadata=((USER_METADATA, _user()),))
+    cli.emit(
+        resp,
+        f"{resp.migration.id}: {resp.done}; libvirt now reads max downtime {resp.max_downtime_ms} ms, "
+        f"bandwidth {resp.bandwidth_mibps} MiB/s",
+    )
+    return 0
+
+
+USER_METADATA = "x-ferry-user"
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+async def _policies(cli: Cli) -> int:
+    resp = await cli.stub.ListPolicies(cpb.ListPoliciesRequest(), timeout=cli.timeout)
+    cli.emit(resp, render.policies(resp))
+    return 0
 
 
 def _report(err: FerryError, as_json: bool) -> int:

@@ -27,7 +27,7 @@ from ferry.convergence import (
     with_options,
 )
 from ferry.errors import FailedPrecondition, NotFound
-from ferry.model import GuestLoad, MigrationOptions
+from ferry.model import DiskPlan, GuestLoad, MigrationOptions
 from ferry.prediction import Prediction, predict, workload_of
 
 MiB = 1 << 20
@@ -101,6 +101,17 @@ def choose_policy(
     if chosen is None:
         return policy_from_options(options)
     return with_options(chosen, options) if flags_given(options) else chosen
+
+
+def copy_bytes(plans: Sequence[DiskPlan]) -> int:
+    """The bytes a storage copy sends, for the prediction: the copied disks' whole virtual size
+    (libvirt's mirror walks all of it at the bandwidth cap, allocated or not: seen in the lab).
+
+    >>> plans = [DiskPlan("vda", "/a", virtual_size=64 * MiB, allocation=2 * MiB), DiskPlan("vdb", "/b", copy=False)]
+    >>> copy_bytes(plans)
+    67108864
+    """
+    return sum(p.virtual_size or p.allocation for p in plans if p.copy)
 
 
 def predict_migration(

@@ -263,22 +263,23 @@ _PROGRESS_KEYS = (
     ("bandwidth_bps", "bandwidth_bps"),  # bytes per second
     ("elapsed_ms", "time_elapsed_ms"),
     ("auto_converge_throttle", "auto_converge_throttle"),
+    ("postcopy_failed", "postcopy_failed"),
 )
 
 
 def _progress_doc(p: MigrationProgress) -> dict[str, Any]:
-    doc: dict[str, Any] = {"phase": p.phase.name, "max_downtime_ms": p.max_downtime_ms}
+    doc: dict[str, Any] = {"phase": p.phase.name, "max_downtime_ms": p.max_downtime_ms, "eta_ms": p.eta_ms}
     doc.update((key, getattr(p.stats, name)) for key, name in _PROGRESS_KEYS)
     return doc
 
 
 def _progress(d: dict[str, Any]) -> MigrationProgress:
-    known = {key for key, _ in _PROGRESS_KEYS} | {"phase", "max_downtime_ms"}
+    known = {key for key, _ in _PROGRESS_KEYS} | {"phase", "max_downtime_ms", "eta_ms"}
     if set(d) - known:
         raise ValueError(f"unknown progress fields {sorted(set(d) - known)}")
     stats = JobStats(**{name: d[key] for key, name in _PROGRESS_KEYS if key in d})
     phase = MigrationPhase[d["phase"]] if "phase" in d else MigrationPhase.STARTING
-    return MigrationProgress(phase, stats, d.get("max_downtime_ms", 0))
+    return MigrationProgress(phase, stats, d.get("max_downtime_ms", 0), d.get("eta_ms", 0))
 
 
 def _problem_doc(p: Problem) -> dict[str, str]:

@@ -29,7 +29,7 @@ from .checks import tcg_migration_warnings
 from .config import HostDecl, derive_mapping
 from .fleet import Fleet
 from .live import LiveOps, LiveRequest
-from .policies import refusal
+from .policies import copy_bytes, refusal
 from .preflight import predict_for, preflight
 from .record import MigrationRecord, decode
 from .submission import Submissions, SubmitRequest, must_read_migration
@@ -285,7 +285,7 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
             policy = self.submissions.choose_policy(request.policy, report.domain, options)
             response.policy.CopyFrom(fconvert.policy_to_pb(policy))
             if not options.offline and report.source_host:
-                disk_bytes = sum(p.allocation or p.virtual_size for p in report.disks if p.copy)
+                disk_bytes = copy_bytes(report.disks)
                 prediction = await predict_for(
                     self.fleet,
                     report.source_host,
@@ -298,8 +298,6 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
                 refused = refusal(policy, prediction)
                 if refused is not None:
                     blockers.append(Problem.of(refused))
-                if prediction.converges is False:
-                    warnings.append(f"prediction: {prediction.words}")
                 warnings.extend(tcg_migration_warnings(report.domain, self.fleet.host_view(report.source_host)))
         response.ok = not blockers
         response.blockers.extend(fconvert.problem_to_pb(b) for b in dict.fromkeys(blockers))

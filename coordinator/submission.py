@@ -48,7 +48,7 @@ from .config import HostDecl, derive_mapping
 from .convert import phase_label
 from .fleet import Fleet
 from .phases import Timeouts
-from .policies import PolicySelector, PredictionConfig, choose_policy, refusal
+from .policies import PolicySelector, PredictionConfig, choose_policy, copy_bytes, refusal
 from .preflight import predict_for
 from .record import MigrationRecord, decode, encode, new_migration, note
 
@@ -172,7 +172,7 @@ class Submissions:
         copied = plan_disks(plan.domain.disks, plan.options.storage, plan.options.migrate_disks, plan.mapping)
         disk_bytes = sum(p.allocation or p.virtual_size for p in copied if p.copy)
         policy = self.choose_policy(request.policy, plan.domain, plan.options)
-        prediction = await self._predict(plan, policy, disk_bytes)
+        prediction = await self._predict(plan, policy, copy_bytes(copied))
         record = new_migration(
             id=self._new_id(),
             vm=plan.domain.name,

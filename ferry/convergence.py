@@ -42,8 +42,9 @@ class PostcopyMode(enum.Enum):
     NEVER = "never"
     #: Allowed, switched only by an operator (``ferry migrations postcopy``) or the timeout action.
     MANUAL = "manual"
-    #: After iteration 1, when the prediction (made before the start, or from the running job's
-    #: dirty rate and bandwidth) says pre-copy will not converge in time; or when it stalls.
+    #: After iteration 1 when the prediction made before the start says pre-copy will not converge
+    #: in time; later when the running job's dirty rate and bandwidth say so (from iteration 3:
+    #: QEMU's dirty rate of iteration 2 still reads low), or when it stalls.
     ON_PREDICTION = "on-prediction"
     #: When pre-copy stalls (``stalled`` over the policy's ``stall_iterations``).
     ON_STALL = "on-stall"
@@ -581,19 +582,20 @@ def next_action(policy: ConvergencePolicy, w: Watch, stats: JobStats, phase: Mig
         case PostcopyMode.AFTER if elapsed >= policy.postcopy_after_s:
             return Step(Action.START_POSTCOPY, f"{policy.postcopy_after_s:.0f} s of pre-copy: switching to post-copy")
         case PostcopyMode.ON_PREDICTION if w.iteration >= 2:
-            live = live_converges(policy, w, stats, now)
-            dirty = stats.dirty_rate_pages * (stats.page_size or 4096)
+            if w.predicted_converges is False:
+                return Step(
+                    Action.START_POSTCOPY,
+                    f"iteration 1 done ({w.peaks[0] >> 20} MiB sent): predicted not to converge: "
+                    "switching to post-copy",
+                )
+            live = live_converges(policy, w, stats, now) if w.iteration >= 3 else None
             if live is False:
+                dirty = stats.dirty_rate_pages * (stats.page_size or 4096)
                 bw = stats.bandwidth_bps or policy.bandwidth_mibps * MiB
                 return Step(
                     Action.START_POSTCOPY,
                     f"iteration {w.iteration}: pre-copy will not converge (guest dirties {dirty >> 20} MiB/s, "
                     f"link {bw >> 20} MiB/s): switching to post-copy",
-                )
-            if live is None and w.predicted_converges is False:
-                return Step(
-                    Action.START_POSTCOPY,
-                    f"iteration {w.iteration}: predicted not to converge: switching to post-copy",
                 )
             if stall:
                 return Step(
