@@ -81,7 +81,7 @@ class DriverPolicy:
     abort_wait_s: float = 60.0  # after our abort, how long the job may take to end
     call_margin_s: float = 60.0  # hard limit of the migrate call beyond the completion timeout
     postcopy_recovery_s: float = 900.0  # how long a broken post-copy is resumed before giving up
-    resume_backoff_s: tuple[float, ...] = (1.0, 2.0, 5.0)  # between resume attempts (the last repeats)
+    resume_backoff_s: tuple[float, ...] = (1.0, 2.0, 3.0)  # between resume attempts (the last repeats)
 
 
 @dataclass(frozen=True)
@@ -185,6 +185,7 @@ class MigrationDriver:
         first = migrate(False)
         calls: set[asyncio.Task[None]] = {first}  # migrate calls in flight (the first, a resume)
         recovery: Recovery | None = None  # a broken post-copy being resumed
+        resume: asyncio.Task[None] | None = None  # the resume call in flight
         progress = next_progress(
             None, MigrationPhase.STARTING, JobStats(), max_downtime_ms=max_downtime_ms(policy, watch)
         )
@@ -219,11 +220,15 @@ class MigrationDriver:
                     continue  # a call ended first: judge it before the statistics
                 stats, poll = poll.result(), None
                 now = self._clock()
-                if recovery is not None and not calls and now >= recovery.next_at:
+                if recovery is not None:
+                    self._give_up_when_late(recovery, domain.uuid, req.target_uri, now)
+                if recovery is not None and (resume is None or resume.done()) and now >= recovery.next_at:
+                    # (the first call may still wait on the target: a resume does not wait for it)
                     note = await self._try_resume(recovery, req.target_uri, domain.uuid, now)
                     if note is not None:
                         yield note
-                        calls.add(migrate(True))
+                        resume = migrate(True)
+                        calls.add(resume)
                 if stats is None:  # no statistics this time: only the clock can decide
                     step = next_action(policy, watch, JobStats(), progress.phase, now)
                     watch, done = await self._act(step, policy, watch, now, domain.uuid, calls, by)
@@ -342,15 +347,19 @@ class MigrationDriver:
             log.info("resuming the post-copy of %s failed (%s); trying again", uuid, exc)
         if exc is not None:
             recovery.error = exc
-        if now - recovery.since > self._policy.postcopy_recovery_s:
-            raise Internal(
-                f"the post-copy migration of {uuid} to {target_uri} broke and could not be resumed in "
-                f"{self._policy.postcopy_recovery_s:.0f} s" + (f": {recovery.error}" if recovery.error else ""),
-                reason="POSTCOPY_FAILED",
-                hint="the guest is paused on the target; once the link works: `virsh migrate --postcopy "
-                "--postcopy-resume` on the source (never destroy either side: each holds part of its memory)",
-            ) from recovery.error
+        self._give_up_when_late(recovery, uuid, target_uri, now)
         return recovery, note
+
+    def _give_up_when_late(self, recovery: Recovery, uuid: str, target_uri: str, now: float) -> None:
+        if now - recovery.since <= self._policy.postcopy_recovery_s:
+            return
+        raise Internal(
+            f"the post-copy migration of {uuid} to {target_uri} broke and could not be resumed in "
+            f"{self._policy.postcopy_recovery_s:.0f} s" + (f": {recovery.error}" if recovery.error else ""),
+            reason="POSTCOPY_FAILED",
+            hint="the guest is paused on the target; once the link works: `virsh migrate --postcopy "
+            "--postcopy-resume` on the source (never destroy either side: each holds part of its memory)",
+        ) from recovery.error
 
     async def _try_resume(self, r: Recovery, target_uri: str, uuid: str, now: float) -> PolicyAction | None:
         """Probe the target: when it answers, a resume attempt may start (the action saying so);

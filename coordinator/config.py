@@ -39,7 +39,7 @@
 
     [policies.busy]                                  # a named convergence policy (ferry/convergence.py keys)
     bandwidth_mibps = 32
-    downtime = [{ ms = 100 }, { ms = 300, after_s = 10 }, { ms = 500, after_iterations = 5 }]
+    downtime = [{ ms = 100 }, { ms = 300, after_s = 10 }, { ms = 500, after_s = 10, after_iterations = 5 }]
     postcopy = "on-prediction"                       # never | manual | on-prediction | on-stall | after
     postcopy_bandwidth_mibps = 64
     timeout_per_gib_s = 150

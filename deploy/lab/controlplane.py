@@ -207,6 +207,12 @@ timeout_per_gib_s = 300
 progress_timeout_s = 60
 timeout_action = "force-complete"
 
+# post-copy 4 s in, slowly (8 MiB/s): a long post-copy, for the drills on its link
+[policies.postcopy-early]
+postcopy = "after"
+postcopy_after_s = 4
+postcopy_bandwidth_mibps = 8
+
 # never post-copy: a max-downtime ladder, then pause the guest to finish at the timeout
 [policies.precopy]
 downtime = [{ ms = 100 }, { ms = 300, after_s = 5 }, { ms = 1000, after_s = 20, after_iterations = 4 }]

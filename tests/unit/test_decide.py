@@ -788,3 +788,19 @@ def test_interrupted_prepare_is_retried_then_gives_up():
 def test_commit_fills_in_the_completed_job_only_when_missing(had, read, kept):
     d = decide(replace(FINISHING, result=had), Committed(job=read), NOW)
     assert d.record.phase is Phase.SUCCEEDED and d.record.result == kept
+
+
+# ---------------------------------------------------------------- what the policy did
+
+
+def test_a_policy_action_is_kept_in_the_record_with_its_reason():
+    from ferry.coordinator.events import PolicyActed
+    from ferry.model import PolicyAction
+
+    a = PolicyAction("start-postcopy", "iteration 2: predicted not to converge", 5100, "policy busy")
+    d = decide(MIGRATING, PolicyActed(a), NOW, T)
+    assert [(e.at, e.action) for e in d.record.actions] == [(NOW, a)]
+    assert d.record.phase is Phase.MIGRATING and not d.actions
+    assert d.outcome == "policy busy: start-postcopy: iteration 2: predicted not to converge"
+    # before a job could run there is nothing to act on: ignored
+    assert decide(PREPARING, PolicyActed(a), NOW, T).record is PREPARING

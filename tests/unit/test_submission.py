@@ -19,9 +19,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ferry import keys
+from ferry.convergence import ConvergencePolicy, PostcopyMode
 from ferry.coordinator.config import HostDecl
 from ferry.coordinator.fleet import Fleet
 from ferry.coordinator.phases import Phase, Timeouts
+from ferry.coordinator.policies import PolicySelector, PredictionConfig
 from ferry.coordinator.record import decode, encode, with_phase
 from ferry.coordinator.submission import Submissions, SubmitRequest
 from ferry.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -236,3 +238,78 @@ async def test_cancel_marks_the_record_once_and_refuses_a_final_one(fx):
     with pytest.raises(NotFound) as unknown:
         await fx.submissions.cancel("m-nope")
     assert unknown.value.reason == "MIGRATION_UNKNOWN"
+
+
+# ---------------------------------------------------------------- the policy and the prediction
+
+BUSY = ConvergencePolicy(name="busy", bandwidth_mibps=32, postcopy=PostcopyMode.ON_PREDICTION)
+STRICT = ConvergencePolicy(name="strict", bandwidth_mibps=32, refuse_unfinishable=True)
+MiB = 1 << 20
+
+
+def busy_load(dirty_mibps: float) -> GuestLoad:
+    """1 GiB guest, 512 MiB non-zero, rewriting 64 MiB (saturates the 3 s measurement)."""
+    return GuestLoad(GiB, samples=((1.0, dirty_mibps * MiB), (3.0, 64 * MiB / 3)), resident_bytes=512 * MiB)
+
+
+@pytest.fixture
+def policies(fx: Setup) -> Setup:
+    fx.submissions.policies = {"busy": BUSY, "strict": STRICT}
+    fx.submissions.selectors = (PolicySelector("busy", vm="db-*"),)
+    fx.agents["host1"].domains.append(guest())
+    return fx
+
+
+async def test_the_requested_policy_and_its_prediction_are_recorded(policies):
+    policies.agents["host1"].loads[UUID] = busy_load(40)
+    m = await policies.submissions.submit(SubmitRequest("g1", "host2", policy="busy"))
+    assert m.policy == BUSY
+    assert m.history[0].reason == "submitted (policy busy)"
+    p = m.prediction
+    assert (p.converges, p.finishes, p.need, p.policy) == (False, True, "post-copy", "busy")
+    # copied: vda's whole 10 GiB at 32 MiB/s (320 s), iteration 1: 512 MiB (16 s), then 64 MiB (2 s)
+    assert p.disk_bytes == 10 * GiB and p.seconds == pytest.approx(320 + 16 + 2, abs=0.1)
+    assert "policy busy switches to post-copy after iteration 1" in p.words
+    entry = await policies.store.get(keys.migration_key(m.id))
+    assert decode(entry.value, entry.mod_revision) == m  # kept in the record
+
+
+async def test_a_selector_picks_the_policy_and_flags_go_on_top(policies):
+    policies.agents["host1"].domains[:] = [guest("db-1")]
+    m = await policies.submissions.submit(SubmitRequest("db-1", "host2", MigrationOptions(bandwidth_mibps=64)))
+    assert (m.policy.name, m.policy.bandwidth_mibps, m.policy.postcopy) == ("busy", 64, PostcopyMode.ON_PREDICTION)
+
+
+async def test_without_a_name_or_a_matching_selector_the_flags_are_the_policy(policies):
+    m = await policies.submissions.submit(SubmitRequest("g1", "host2", MigrationOptions(max_downtime_ms=400)))
+    assert m.policy.name == "" and m.policy.downtime_steps[0].max_downtime_ms == 400
+    assert m.prediction.converges is None and "not measured in this test" in m.prediction.words
+
+
+async def test_an_unknown_policy_is_refused_naming_the_known_ones(policies):
+    with pytest.raises(NotFound) as e:
+        await policies.submissions.submit(SubmitRequest("g1", "host2", policy="fast"))
+    assert e.value.reason == "POLICY_UNKNOWN" and "busy, strict" in e.value.hint
+    assert await policies.keys_below(keys.VM_ACTIVE) == {}
+
+
+async def test_a_policy_refuses_what_the_prediction_says_it_cannot_finish(policies):
+    policies.agents["host1"].loads[UUID] = busy_load(40)
+    with pytest.raises(FailedPrecondition) as e:
+        await policies.submissions.submit(SubmitRequest("g1", "host2", policy="strict", idempotency_key="k"))
+    assert e.value.reason == "WILL_NOT_CONVERGE"
+    assert "will not converge at 32 MiB/s (guest dirties ~40 MiB/s" in e.value.message
+    # nothing written: no record, no keys
+    assert await policies.keys_below(keys.VM_ACTIVE) == {} and await policies.keys_below(keys.IDEMPOTENCY) == {}
+    entries, _ = await policies.store.list(keys.MIGRATIONS)
+    assert entries == []
+    # a quiet guest goes ahead under the same policy
+    policies.agents["host1"].loads[UUID] = busy_load(4)
+    m = await policies.submissions.submit(SubmitRequest("g1", "host2", policy="strict"))
+    assert m.prediction.converges is True
+
+
+async def test_no_prediction_when_switched_off(policies):
+    policies.submissions.prediction = PredictionConfig(on_submit=False)
+    m = await policies.submissions.submit(SubmitRequest("g1", "host2", policy="busy"))
+    assert m.policy == BUSY and m.prediction is None
