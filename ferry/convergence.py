@@ -585,8 +585,7 @@ def next_action(policy: ConvergencePolicy, w: Watch, stats: JobStats, phase: Mig
             if w.predicted_converges is False:
                 return Step(
                     Action.START_POSTCOPY,
-                    f"iteration 1 done ({w.peaks[0] >> 20} MiB sent): predicted not to converge: "
-                    "switching to post-copy",
+                    "iteration 1 done: predicted not to converge: switching to post-copy",
                 )
             live = live_converges(policy, w, stats, now) if w.iteration >= 3 else None
             if live is False:
