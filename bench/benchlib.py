@@ -326,3 +326,14 @@ def phase_durations(history: Sequence[tuple[str, float]]) -> dict[str, float]:
     for (phase, at), (_, following) in itertools.pairwise(history):
         spent[phase] = spent.get(phase, 0.0) + (following - at)
     return spent
+
+
+def prediction_error(predicted: float | None, actual: float | None) -> float | None:
+    """The relative error of a predicted time: (predicted - actual) / actual; None without both.
+
+    >>> prediction_error(12.0, 10.0), prediction_error(None, 10.0), prediction_error(5.0, 0.0)
+    (0.2, None, None)
+    """
+    if predicted is None or actual is None or actual <= 0:
+        return None
+    return (predicted - actual) / actual

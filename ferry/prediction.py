@@ -96,11 +96,25 @@ def downtime_in_force(ladder: Sequence[LadderStep], elapsed_s: float, iteration:
     return found
 
 
-def _next_step_time(ladder: Sequence[LadderStep], fits: float, bandwidth: float, elapsed_s: float) -> float | None:
-    """When a ladder step that lets ``fits`` bytes through the switch-over comes by time (None: never)."""
+def _next_step_time(
+    ladder: Sequence[LadderStep],
+    fits: float,
+    bandwidth: float,
+    elapsed_s: float,
+    iteration: int,
+    per_iteration_s: float,
+) -> float | None:
+    """When a ladder step that lets ``fits`` bytes through the switch-over comes (None: never),
+    pre-copy repeating iterations of ``per_iteration_s`` from ``iteration`` at ``elapsed_s``.
+
+    >>> steps = (LadderStep(300), LadderStep(3000, after_s=20, after_iterations=12))
+    >>> _next_step_time(steps, 64 * MiB, 32 * MiB, 5.0, 3, 2.0)     # iteration 12 at 5 + 9 x 2 s = 23 s
+    23.0
+    """
     for step in ladder:
-        if step.max_downtime_ms / 1000 * bandwidth >= fits and step.after_iterations == 0:
-            return max(step.after_s, elapsed_s)
+        if step.max_downtime_ms / 1000 * bandwidth >= fits:
+            by_iteration = elapsed_s + max(0, step.after_iterations - iteration) * per_iteration_s
+            return max(step.after_s, elapsed_s, by_iteration)
     return None
 
 
@@ -183,7 +197,7 @@ def precopy(
             return Precopy(False, it, min(t, max(limit_s, elapsed_s)), int(dirtied), first_s)
         if dirtied >= send * STABLE and (throttle is None or it >= 3 + 10):
             # no headway: the same dirty set each iteration until a ladder step lets it through
-            at = _next_step_time(ladder, dirtied, bandwidth, t)
+            at = _next_step_time(ladder, dirtied, bandwidth, t, it + 1, spent)
             if at is None or at >= limit_s:
                 return Precopy(False, it, max(t, limit_s), int(dirtied), first_s)
             iterations = it + math.ceil((at - t) / max(spent, 1e-3))

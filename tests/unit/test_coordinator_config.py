@@ -290,4 +290,4 @@ def test_the_example_config_policies_parse():
     from ferry.lab.controlplane import LAB_POLICIES
 
     c = parse_config(MINIMAL + LAB_POLICIES)
-    assert sorted(c.policies) == ["busy", "postcopy-early", "precopy", "strict"]
+    assert sorted(c.policies) == ["busy", "multifd", "postcopy-early", "precopy", "strict"]

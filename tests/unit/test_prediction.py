@@ -74,6 +74,15 @@ def test_a_higher_max_downtime_later_lets_it_through():
     ).converges
 
 
+def test_a_step_that_waits_for_an_iteration_counts_the_iterations():
+    """The lab's precopy policy: 3 s from 20 s and iteration 4. D=40 > B=32, W=64: 5 s, then 2 s
+    per iteration; iteration 4 comes at 11 s, 20 s later: through at 20 s + 2 s."""
+    ladder = (LadderStep(100), LadderStep(300, after_s=5), LadderStep(1000, after_s=10), LadderStep(3000, 20, 4))
+    got = precopy(guest(40), 32 * MiB, ladder=ladder, limit_s=120)
+    assert (got.converges, got.step) == (True, 3)
+    assert got.seconds == pytest.approx(22.0)
+
+
 def test_copied_disks_go_first():
     """64 MiB of disk at 32 MiB/s: 2 s more, before memory."""
     base = precopy(guest(8), 32 * MiB)
