@@ -389,6 +389,28 @@ class LibvirtHypervisor:
 
         return await self._remote("resume", uri, work)
 
+    async def guest_ram_resident(self, name_or_uuid: str) -> int:
+        """From the QEMU process's smaps (libvirt's pid file under /run/libvirt/qemu): local
+        qemu:///system only; 0 when it cannot be read."""
+
+        def name(conn: libvirt.virConnect) -> tuple[str, int]:
+            dom = self._lookup(conn, name_or_uuid)
+            return dom.name(), int(dom.maxMemory()) * 1024
+
+        if not self.uri.startswith("qemu:///system"):
+            return 0
+        domain, memory = await self._call("lookupByName", name, retry=True)
+
+        def read() -> int:
+            try:
+                pid = int(open(f"/run/libvirt/qemu/{domain}.pid").read().strip())  # noqa: SIM115
+                with open(f"/proc/{pid}/smaps") as f:
+                    return lt.guest_ram_resident(f.read(), memory)
+            except (OSError, ValueError):
+                return 0
+
+        return await asyncio.to_thread(read)
+
     async def memory_rss(self, name_or_uuid: str) -> int:
         def work(conn: libvirt.virConnect) -> int:
             dom = self._lookup(conn, name_or_uuid)

@@ -354,6 +354,31 @@ def postcopy_failed(state: int, reason: int) -> bool:
     )
 
 
+_SMAPS_HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$")
+
+
+def guest_ram_resident(smaps: str, memory_bytes: int) -> int:
+    r"""The guest's RAM that is resident in its QEMU process (pages the guest touched), from
+    ``/proc/PID/smaps``: the private read-write anonymous mapping of the guest's memory size
+    (QEMU's RAM block); 0 when there is none.
+
+    >>> smaps = "7f00-7f00 r-xp 0 0 0 /usr/bin/qemu\nRss: 100 kB\n"
+    >>> smaps += f"{0x10000000:x}-{0x20000000:x} rw-p 0 0 0 \nRss: 122880 kB\n"
+    >>> guest_ram_resident(smaps, 256 << 20) >> 20
+    120
+    """
+    best = 0
+    size, perms, path = 0, "", ""
+    for line in smaps.splitlines():
+        m = _SMAPS_HEADER.match(line)
+        if m:
+            size, perms, path = int(m.group(2), 16) - int(m.group(1), 16), m.group(3), m.group(4)
+        elif line.startswith("Rss:") and perms == "rw-p" and not path:
+            if memory_bytes <= size <= memory_bytes + memory_bytes // 50 + (4 << 20):
+                best = max(best, int(line.split()[1]) * 1024)
+    return best
+
+
 def dirty_rate_of(stats: Mapping[str, Any]) -> float | None:
     """The dirty rate in bytes per second from virConnectGetAllDomainStats' ``dirtyrate.*``
     (None while the calculation has not finished).

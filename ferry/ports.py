@@ -138,6 +138,10 @@ class Hypervisor(Protocol):
         """The QEMU process's resident memory in bytes (0: unknown)."""
         ...
 
+    async def guest_ram_resident(self, name_or_uuid: str) -> int:
+        """The guest's RAM resident in its QEMU process (the pages it touched), in bytes (0: unknown)."""
+        ...
+
     async def compare_cpu(self, cpu_xml: str, *, arch: str, machine: str, virttype: str, emulator: str) -> str:
         """Can this host run a guest with this ``<cpu>`` definition (virConnectCompareHypervisorCPU)?
 

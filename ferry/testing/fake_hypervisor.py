@@ -553,6 +553,9 @@ class FakeHypervisor:
         memory = parse_domain(dom.xml).memory_bytes
         return float(min(memory, dom.dirty_bytes_per_s * seconds) / max(1, seconds))
 
+    async def guest_ram_resident(self, name_or_uuid: str) -> int:
+        return 0  # unknown: the agent estimates from memory_rss
+
     async def memory_rss(self, name_or_uuid: str) -> int:
         await self._enter("memory_rss", "memoryStats")
         dom = self._lookup(name_or_uuid, "memoryStats")
