@@ -23,6 +23,13 @@
     prefix = "/ferry/"                               # the coordinators' etcd prefix
     ttl_s = 10                                       # the registration disappears this long after a crash
 
+    [metrics]                                        # Prometheus: GET /metrics (on unless enabled = false)
+    listen = ["10.77.0.11:9470"]                     # default: the first gRPC address's host, port 9470
+
+    [log]
+    format = "json"                                  # "text" (default) or "json" (one object per line)
+    level = "info"                                   # --log-level wins
+
 Unknown keys are an error naming the key: a typo must not silently fall back to a default.
 Relative TLS paths are taken relative to the config file's directory.
 """
@@ -34,7 +41,23 @@ from pathlib import Path
 from typing import Any
 
 from ferry.rpc import Tls
-from ferry.tomlconfig import TLS_KEYS, Table, bad, parse_toml, read_config, tls_of
+from ferry.tomlconfig import (
+    LOG_KEYS,
+    METRICS_KEYS,
+    TLS_KEYS,
+    LogConfig,
+    MetricsConfig,
+    Table,
+    bad,
+    log_of,
+    metrics_listen_default,
+    metrics_of,
+    parse_toml,
+    read_config,
+    tls_of,
+)
+
+METRICS_PORT = 9470
 
 
 @dataclass(frozen=True)
@@ -61,11 +84,18 @@ class AgentConfig:
     libvirt_timeout_s: float = 30.0
     tls: Tls | None = None
     registry: RegistryConfig | None = None
+    metrics: MetricsConfig = MetricsConfig()
+    log: LogConfig = LogConfig()
+
+    @property
+    def metrics_listen(self) -> tuple[str, ...]:
+        """Where the metrics endpoint listens (``[metrics] listen``, else beside the gRPC API)."""
+        return self.metrics.listen or metrics_listen_default(self.listen, METRICS_PORT)
 
 
 _REQUIRED = ("name", "listen", "advertise_libvirt_uri")
 _STRINGS = ("name", "libvirt_uri", "advertise_libvirt_uri", "migration_address", "state_dir")
-_AGENT_KEYS = frozenset(AgentConfig.__dataclass_fields__) - {"tls", "registry"}
+_AGENT_KEYS = frozenset(AgentConfig.__dataclass_fields__) - {"tls", "registry", "metrics", "log"}
 _REGISTRY_KEYS = frozenset(RegistryConfig.__dataclass_fields__)
 
 
@@ -86,7 +116,7 @@ def _registry(t: Table) -> RegistryConfig:
 def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None = None) -> AgentConfig:
     """Parse the agent's TOML text. Raises InvalidArgument (CONFIG_INVALID) naming the problem."""
     doc = parse_toml(text, source)
-    Table(doc, "top level", source, ("agent", "tls", "registry"))
+    Table(doc, "top level", source, ("agent", "tls", "registry", "metrics", "log"))
     if "agent" not in doc:
         raise bad(source, "no [agent] table", "start the file with [agent] and its keys")
     a = Table(doc["agent"], "agent", source, _AGENT_KEYS)
@@ -104,6 +134,10 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
         values["tls"] = tls_of(Table(doc["tls"], "tls", source, TLS_KEYS), base_dir or Path.cwd(), required=True)
     if "registry" in doc:
         values["registry"] = _registry(Table(doc["registry"], "registry", source, _REGISTRY_KEYS))
+    if "metrics" in doc:
+        values["metrics"] = metrics_of(Table(doc["metrics"], "metrics", source, METRICS_KEYS))
+    if "log" in doc:
+        values["log"] = log_of(Table(doc["log"], "log", source, LOG_KEYS))
     return AgentConfig(**values)
 
 

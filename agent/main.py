@@ -1,8 +1,12 @@
 """``ferry-agent --config agent.toml``: the agent process, one per hypervisor host.
 
 Builds the libvirt adapter, the host system adapter, the prepare registry and the servicer,
-serves them on every configured address (health checking and reflection included), sweeps
-expired prepares at start and every 30 s, and stops gracefully on SIGTERM/SIGINT.
+serves them on every configured address (health checking and reflection included), serves its
+Prometheus metrics (``[metrics]``, ``agent/metrics.py``), sweeps expired prepares at start and
+every 30 s, and stops gracefully on SIGTERM/SIGINT.
+
+Its Python dependencies come with ``pip install 'ferry[agent]'``; the modules needing them are
+imported only in ``serve``, so without them ``ferry-agent`` says what to install.
 
 Exit status: 0 after a clean stop, 2 for a bad config, 1 when it cannot start.
 """
@@ -24,21 +28,22 @@ import grpc
 from ferry.agent.config import AgentConfig, load_config
 from ferry.agent.hostsystem import LocalHostSystem
 from ferry.agent.inventory import Inventory
-from ferry.agent.libvirt_hypervisor import LibvirtHypervisor
-from ferry.agent.migration import MigrationDriver
+from ferry.agent.migration import JobObserver, MigrationDriver
 from ferry.agent.prepare import PrepareService
 from ferry.agent.registration import start_registration
 from ferry.agent.service import SERVICE_NAME, AgentServicer
 from ferry.daemon import run_daemon
 from ferry.errors import FerryError
 from ferry.ports import HostSystem, Hypervisor
-from ferry.rpc import create_server
+from ferry.rpc import RpcObserver, create_server
 from ferry.v1 import agent_pb2_grpc as agrpc
 
 log = logging.getLogger("ferry.agent")
 
 SWEEP_INTERVAL_S = 30.0
 GRACE_S = 5.0
+# the agent extra's modules (pyproject.toml), checked before anything imports them
+REQUIRES = ("libvirt", "prometheus_client", "pythonjsonlogger", "etcd3aio")
 
 
 def _utc_now() -> datetime:
@@ -52,15 +57,17 @@ def build_agent(
     clock: Callable[[], datetime] = _utc_now,
     *,
     monotonic: Callable[[], float] = time.monotonic,
+    jobs: JobObserver | None = None,
 ) -> AgentServicer:
-    """The servicer wired to the given ports (tests pass fakes; ``main`` the real adapters)."""
+    """The servicer wired to the given ports (tests pass fakes; ``main`` the real adapters).
+    ``jobs`` hears about every migration job the driver runs (the metrics)."""
     inventory = Inventory(
         hypervisor, host, libvirt_uri=config.advertise_libvirt_uri, migration_address=config.migration_address
     )
     prepare = PrepareService(
         hypervisor, host, Path(config.state_dir), default_ttl_s=config.prepare_ttl_s, clock=clock, host_name=config.name
     )
-    driver = MigrationDriver(hypervisor, clock=monotonic)
+    driver = MigrationDriver(hypervisor, clock=monotonic, observer=jobs)
     return AgentServicer(hypervisor=hypervisor, inventory=inventory, prepare=prepare, driver=driver)
 
 
@@ -86,20 +93,35 @@ async def _sweep_forever(servicer: AgentServicer) -> None:
         await asyncio.sleep(SWEEP_INTERVAL_S)
 
 
+def _addresses(listen: Sequence[str], ports: Sequence[int]) -> str:
+    return ", ".join(
+        a if a.startswith("unix:") else f"{a.rsplit(':', 1)[0]}:{p}" for a, p in zip(listen, ports, strict=True)
+    )
+
+
 async def serve(config: AgentConfig) -> None:
+    from ferry.agent.libvirt_hypervisor import LibvirtHypervisor  # libvirt-python: the agent extra
+    from ferry.agent.metrics import AgentMetrics
+    from ferry.metrics import MetricsServer, RpcMetrics, StoreMetrics, new_registry
+
+    registry = new_registry("agent")
+    metrics = AgentMetrics(registry)
+    rpc: RpcObserver = RpcMetrics(registry)
     hypervisor = LibvirtHypervisor(config.libvirt_uri, config.libvirt_timeout_s)
     host = LocalHostSystem(config.image_dirs, config.shared_dirs)
-    servicer = build_agent(config, hypervisor, host)
-    server, ports = create_server(config.listen, register(servicer), tls=config.tls)
+    servicer = build_agent(config, hypervisor, host, jobs=metrics)
+    metrics.watch_prepares(servicer.prepare.list)
+    server, ports = create_server(config.listen, register(servicer), tls=config.tls, observer=rpc)
+    exporter = MetricsServer(registry)
+    if config.metrics.enabled:
+        metrics_ports = await exporter.start(config.metrics_listen)
+        log.info("metrics on %s (GET /metrics)", _addresses(config.metrics_listen, metrics_ports))
     await server.start()
     log.info(
         "agent %s (pid %d) serving on %s; libvirt %s, advertised as %s",
         config.name,
         os.getpid(),
-        ", ".join(
-            a if a.startswith("unix:") else f"{a.rsplit(':', 1)[0]}:{p}"
-            for a, p in zip(config.listen, ports, strict=True)
-        ),
+        _addresses(config.listen, ports),
         config.libvirt_uri,
         config.advertise_libvirt_uri,
     )
@@ -108,7 +130,7 @@ async def serve(config: AgentConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     sweeper = asyncio.create_task(_sweep_forever(servicer), name="prepare sweep")
-    registration = start_registration(config)  # only with a [registry] section
+    registration = start_registration(config, StoreMetrics(registry))  # only with a [registry] section
     try:
         await stop.wait()
         log.info("stopping (grace %.0f s)", GRACE_S)
@@ -117,12 +139,21 @@ async def serve(config: AgentConfig) -> None:
         if registration is not None:
             await registration.close()  # deregister first: coordinators stop calling us
         await server.stop(GRACE_S)
+        await exporter.close()
         hypervisor.close()
     log.info("stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_daemon("ferry-agent", "Ferry agent: gRPC over the local libvirt", load_config, serve, argv)
+    return run_daemon(
+        "ferry-agent",
+        "Ferry agent: gRPC over the local libvirt",
+        load_config,
+        serve,
+        argv,
+        extra="agent",
+        requires=REQUIRES,
+    )
 
 
 if __name__ == "__main__":

@@ -33,10 +33,12 @@ that never converges is still aborted in the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from ferry.agent.progress import changed, disk_bytes_copied, next_progress, phase_of
 from ferry.convergence import (
@@ -96,6 +98,7 @@ class MigrationRequest:
     # job's disk figure when no poll saw the copy
     progress_interval_s: float = 0.0  # 0 = the driver's
     migration_id: str = ""
+    domain_name: str = ""  # for the observer (metrics labels): the name, when ``domain`` is a UUID
     # how to bring the job to an end; None: from the options (policy_from_options over the
     # driver's defaults), as an older coordinator's Migrate call asks
     convergence: ConvergencePolicy | None = None
@@ -115,6 +118,42 @@ class Control:
 Event = MigrationProgress | PolicyAction | MigrationResult
 
 
+@dataclass(frozen=True)
+class JobKey:
+    """One job the driver runs: the caller's migration id and the domain's name."""
+
+    migration_id: str
+    domain: str
+
+
+class JobObserver(Protocol):
+    """What the driver tells about the jobs it runs (the agent's metrics: ``agent/metrics.py``).
+
+    ``job_started`` once the libvirt job was started, ``job_progress`` with every snapshot,
+    ``job_ended`` once with how it ended: ``completed``, ``failed``, ``timed_out``, ``aborted``,
+    or ``left_running`` (the caller stopped watching; the job goes on unwatched).
+    """
+
+    def job_started(self, job: JobKey) -> None: ...
+
+    def job_progress(self, job: JobKey, progress: MigrationProgress) -> None: ...
+
+    def job_ended(self, job: JobKey, outcome: str) -> None: ...
+
+
+class NoJobObserver:
+    """The default: nobody listens."""
+
+    def job_started(self, job: JobKey) -> None:
+        pass
+
+    def job_progress(self, job: JobKey, progress: MigrationProgress) -> None:
+        pass
+
+    def job_ended(self, job: JobKey, outcome: str) -> None:
+        pass
+
+
 class MigrationDriver:
     """Runs migrations on one host's hypervisor. Stateless between migrations."""
 
@@ -124,10 +163,12 @@ class MigrationDriver:
         *,
         clock: Callable[[], float] = time.monotonic,
         policy: DriverPolicy = DriverPolicy(),
+        observer: JobObserver | None = None,
     ) -> None:
         self._hv = hypervisor
         self._clock = clock
         self._policy = policy
+        self._observer = observer or NoJobObserver()
 
     async def run(self, req: MigrationRequest, control: Control | None = None) -> AsyncIterator[Event]:
         """Yield progress snapshots and the policy's actions while the job runs, then one
@@ -135,8 +176,37 @@ class MigrationDriver:
 
         Raises the job's error (Aborted when aborted, DeadlineExceeded MIGRATION_TIMEOUT when
         the completion timeout hit, Internal POSTCOPY_FAILED when a broken post-copy could not
-        be resumed, others per the libvirt error table).
+        be resumed, others per the libvirt error table). The observer hears of the job from its
+        first snapshot (the job has started) to its end.
         """
+        key = JobKey(req.migration_id, req.domain_name or req.domain)
+        started, outcome = False, "failed"
+        try:
+            async with contextlib.aclosing(self._run(req, control)) as events:
+                async for event in events:
+                    if not started:
+                        started = True
+                        self._observer.job_started(key)
+                    if isinstance(event, MigrationResult):
+                        outcome = "completed"
+                    elif isinstance(event, MigrationProgress):
+                        self._observer.job_progress(key, event)
+                    yield event
+        except DeadlineExceeded:
+            outcome = "timed_out"
+            raise
+        except Aborted:
+            outcome = "aborted"
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            if outcome != "completed":
+                outcome = "left_running"  # _run logged that the job keeps running
+            raise
+        finally:
+            if started:
+                self._observer.job_ended(key, outcome)
+
+    async def _run(self, req: MigrationRequest, control: Control | None) -> AsyncGenerator[Event, None]:
         domain = await self._hv.get_domain(req.domain)
         if not req.options.offline and not domain.state.is_active:
             raise FailedPrecondition(

@@ -31,6 +31,7 @@ from ferry.errors import AlreadyExists, FerryError, InvalidArgument
 from ferry.keys import host_key
 from ferry.registry import HostRegistration
 from ferry.store import Conflict, LeaseLost, Store
+from ferry.timed_store import StoreObserver, TimedStore
 
 log = logging.getLogger(__name__)
 
@@ -231,14 +232,17 @@ class RunningRegistration:
         await self.store.close()
 
 
-def start_registration(config: AgentConfig) -> RunningRegistration | None:
-    """Register the agent per its ``[registry]`` section; None when the section is absent."""
+def start_registration(config: AgentConfig, observer: StoreObserver | None = None) -> RunningRegistration | None:
+    """Register the agent per its ``[registry]`` section; None when the section is absent.
+    ``observer`` (the metrics) hears how long each etcd call took."""
     r = config.registry
     if r is None:
         return None
     from ferry.etcd_store import EtcdStore  # the etcd client only when registering
 
-    store = EtcdStore(r.etcd_endpoints, r.prefix, timeout_s=max(1.0, r.ttl_s / 3))
+    store: Store = EtcdStore(r.etcd_endpoints, r.prefix, timeout_s=max(1.0, r.ttl_s / 3))
+    if observer is not None:
+        store = TimedStore(store, observer)
     registration = Registration(
         store, config.name, r.address, config.advertise_libvirt_uri, config.migration_address, r.ttl_s
     )

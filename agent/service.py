@@ -9,7 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
-from ferry import convert, model
+from ferry import convert, logcontext, model
 from ferry.agent.inventory import Inventory
 from ferry.agent.migration import Control, MigrationDriver, MigrationRequest
 from ferry.agent.prepare import PrepareService
@@ -53,6 +53,15 @@ def _required(value: str, field: str) -> str:
     if not value:
         raise InvalidArgument(f"{field} is required", reason="MISSING_FIELD", hint=f"set {field} in the request")
     return value
+
+
+def _about(migration_id: str, *, vm: str = "", source: str = "", target: str = "") -> None:
+    """Bind the migration a call is about for its log lines: what the caller's metadata named
+    (``ferry.rpc``), completed with what this agent knows."""
+    if not migration_id:
+        return
+    known = logcontext.MigrationContext(migration_id, vm=vm, source=source, target=target)
+    logcontext.bind((logcontext.current() or known).merged(known))
 
 
 def disks_to_copy(domain: DomainInfo, options: MigrationOptions, plans: Sequence[DiskPlan] = ()) -> list[str]:
@@ -110,6 +119,7 @@ class AgentServicer(agrpc.AgentServicer):
         self, request: apb.PrepareIncomingRequest, context: Context
     ) -> apb.PrepareIncomingResponse:
         storage = convert.storage_mode_from_pb(request.storage) or StorageMode.SHARED
+        _about(request.migration_id, target=self.prepare.host_name)
         out = await self.prepare.prepare(
             _required(request.domain_xml, "domain_xml"),
             [convert.disk_plan_from_pb(d) for d in request.disks],
@@ -160,6 +170,7 @@ class AgentServicer(agrpc.AgentServicer):
         options = convert.options_from_pb(request.options)
         target_uri = _required(request.target_uri, "target_uri")
         domain = await self.inventory.domain(_required(request.domain, "domain"))
+        _about(request.migration_id, vm=domain.name, source=self.prepare.host_name)
         disks = disks_to_copy(domain, options, [convert.disk_plan_from_pb(d) for d in request.disks])
         copied = [d for d in domain.disks if d.target in disks]
         req = MigrationRequest(
@@ -174,6 +185,7 @@ class AgentServicer(agrpc.AgentServicer):
             migration_id=request.migration_id,
             convergence=convert.policy_from_pb(request.policy) if request.HasField("policy") else None,
             predicted_converges=request.predicted_converges if request.HasField("predicted_converges") else None,
+            domain_name=domain.name,
         )
         await self._claim(domain, request.migration_id)
         control = self._controls[domain.uuid] = Control()

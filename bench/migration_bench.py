@@ -293,21 +293,21 @@ class Migrator:
         except ValueError:
             data = {}
         phase = str(data.get("phase", ""))
-        if limit_s is not None and done.returncode == 1 and phase != "PHASE_SUCCEEDED":
-            reason = data.get("error", {}).get("reason", "?")
+        if limit_s is not None and done.returncode == 1 and phase != "succeeded":
+            reason = (data.get("error") or {}).get("reason", "?")
             return Sample(
                 case,
                 source,
                 target,
                 None,
                 limit_s=limit_s,
-                note=f"ended {phase.removeprefix('PHASE_')} after {wall:.0f} s ({reason})",
+                note=f"ended {phase} after {wall:.0f} s ({reason})",
             )
-        if done.returncode != 0 or phase != "PHASE_SUCCEEDED":
+        if done.returncode != 0 or phase != "succeeded":
             raise RuntimeError(
                 f"ferry migrate {vm} -> {target} exited {done.returncode}: {done.stdout[-1500:]} {done.stderr[-1500:]}"
             )
-        result = data.get("result", {})
+        result = data.get("result") or {}
         notes = ["switched to post-copy"] if result.get("postcopy") else []
         if result.get("iterations"):
             notes.append(f"{result['iterations']} iterations")
@@ -337,12 +337,10 @@ class Migrator:
 
 def slow_steps(history: Sequence[dict[str, str]], wall_s: float, over_s: float = 5.0) -> list[str]:
     """What took long outside the migration job, from a record's history as ``ferry --output
-    json`` prints it: a phase other than Migrating longer than ``over_s``, and the CLI seeing the
+    json`` prints it (docs/cli-json.md): a phase other than migrating longer than ``over_s``, and the CLI seeing the
     final phase much later than the record reached it."""
     try:
-        steps = [
-            (h["phase"].removeprefix("PHASE_").title(), datetime.fromisoformat(h["at"]).timestamp()) for h in history
-        ]
+        steps = [(h["phase"], datetime.fromisoformat(h["at"]).timestamp()) for h in history]
     except (KeyError, ValueError):
         return []
     if len(steps) < 2:
@@ -350,7 +348,7 @@ def slow_steps(history: Sequence[dict[str, str]], wall_s: float, over_s: float =
     out = [
         f"{phase} took {spent:.0f} s"
         for phase, spent in phase_durations(steps).items()
-        if phase != "Migrating" and spent > over_s
+        if phase != "migrating" and spent > over_s
     ]
     late = wall_s - (steps[-1][1] - steps[0][1])
     if late > over_s:

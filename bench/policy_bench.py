@@ -152,13 +152,13 @@ class Bench:
         run = ferry(self.lab, "migrate", vm, "--to", target, *storage, *flags, timeout=timeout)
         data = run.data if isinstance(run.data, dict) else {}
         if run.code == 2:
-            err = data.get("error", {})
+            err = data.get("error") or {}
             return Run(case, None, note=f"{err.get('reason', '?')}: {err.get('message', '')}")
         phase = str(data.get("phase", ""))
-        if phase != "PHASE_SUCCEEDED":
-            reason = data.get("error", {}).get("reason", "?")
-            return Run(case, None, note=f"ended {phase.removeprefix('PHASE_')} ({reason})", record=data)
-        result = data.get("result", {})
+        if phase != "succeeded":
+            reason = (data.get("error") or {}).get("reason", "?")
+            return Run(case, None, note=f"ended {phase} ({reason})", record=data)
+        result = data.get("result") or {}
         downtime = None if result.get("downtime_not_measured") else float(result.get("downtime_ms", 0))
         steps = [f"{a['action']} ({a.get('elapsed_ms', '0')} ms)" for a in data.get("actions", [])
                  if a.get("by", "").startswith("policy")]  # fmt: skip
@@ -199,7 +199,7 @@ def part_a(b: Bench, a: argparse.Namespace) -> str:
             job_s = r.job_ms / 1000 if r.job_ms else None
             versus = f"{job_s / bound:.2f}x" if job_s else "-"
             predicted = ""
-            if r.record and r.record.get("prediction", {}).get("words"):
+            if r.record and (r.record.get("prediction") or {}).get("words"):
                 predicted = r.record["prediction"]["words"]
             elif r.note.startswith("WILL_NOT_CONVERGE"):
                 predicted = r.note
@@ -233,7 +233,7 @@ def part_b(b: Bench, a: argparse.Namespace) -> str:
         for cap in caps:
             r = b.cli(f"{rate}@{cap}", vm, "--bandwidth", str(cap), "--timeout", str(int(a.table_timeout)), shared=True)
             rec = r.record or {}
-            p = rec.get("prediction", {})
+            p = rec.get("prediction") or {}
             predicted_yes = bool(p.get("converges"))
             actual_yes = r.wall_s is not None
             pred_s = float(p.get("seconds", 0)) if predicted_yes else None

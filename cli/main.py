@@ -1,8 +1,8 @@
 """`ferry`: the operator's command line. Thin: it talks only to the coordinator.
 
-Exit status: 0 success; 1 the migration ended without success (Failed, Cancelled, RolledBack) or the
-preflight found blockers; 2 the request was refused (bad input, unknown VM/host, busy VM);
-3 the coordinator could not be reached or failed.
+Commands, options, exit status and environment: ``cli/args.py`` (and ``ferry --help``); the
+JSON it prints with ``-o json``: ``cli/jsonout.py`` and docs/cli-json.md; drawing: ``render.py``
+(plain text) and ``live.py`` (rich, on a terminal); ``ferry top``: ``top.py``.
 """
 
 from __future__ import annotations
@@ -15,25 +15,40 @@ import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf.message import Message
 
-from ferry.cli import render
+from ferry.cli import jsonout, live, render
+from ferry.cli.args import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PIPE,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    EXIT_UNSUCCESSFUL,
+    EXIT_USAGE,
+    UsageError,
+    parse,
+)
+from ferry.cli.args import parser as parser
 from ferry.cli.config import coordinator_addresses
-from ferry.errors import FerryError, Unavailable
+from ferry.cli.top import run as run_top
+from ferry.errors import FerryError, InvalidArgument, NotFound, Unavailable
 from ferry.rpc import create_channel, from_rpc_error, serving
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
 from ferry.v1 import types_pb2 as tpb
 
 RETRIES_ACROSS_REPLICAS = 20
-FINAL = {cpb.PHASE_SUCCEEDED, cpb.PHASE_FAILED, cpb.PHASE_CANCELLED, cpb.PHASE_ROLLED_BACK}
+FINAL = render.FINAL
+UNREACHABLE_HINT = "is the coordinator running? see `ferry-lab status` or pass --coordinator"
 
 
-class Usage(FerryError):
-    caller_fault = True
+class Usage(InvalidArgument):
+    """A command line that parses but does not make sense (contradictory flags, a bad pair):
+    exit 64 like any usage error; nothing was sent."""
+
     default_reason = "USAGE"
 
 
@@ -90,103 +105,36 @@ def build_mapping(a: argparse.Namespace) -> tpb.HostMapping:
     )
 
 
-def _add_migration_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("vm", help="VM name or UUID")
-    p.add_argument("--to", required=True, metavar="HOST", help="target host")
-    p.add_argument("--offline", action="store_true", help="migrate the definition only (VM not running)")
-    p.add_argument("--copy-storage-all", action="store_true", help="copy local disks to the target")
-    p.add_argument(
-        "--copy-storage-inc",
-        action="store_true",
-        help="copy only the top image layer; backing files exist on the target",
-    )
-    p.add_argument(
-        "--shared-storage",
-        action="store_true",
-        help="disks are on shared storage (default: decided from the inventory)",
-    )
-    p.add_argument("--migrate-disks", metavar="vda,vdb", help="only these disks are copied")
-    p.add_argument("--persistent", action="store_true", help="define the VM on the target")
-    p.add_argument("--undefinesource", action="store_true", help="undefine the VM on the source")
-    p.add_argument("--bandwidth", type=int, metavar="MiB/s")
-    p.add_argument("--max-downtime", type=int, metavar="ms")
-    p.add_argument("--auto-converge", action="store_true")
-    p.add_argument("--postcopy", action="store_true", help="allow switching to post-copy")
-    p.add_argument("--postcopy-on-stall", action="store_true", help="switch to post-copy when pre-copy stalls")
-    p.add_argument("--unsafe", action="store_true", help="skip libvirt's cache-mode/storage safety check")
-    p.add_argument("--timeout", type=int, metavar="s", help="abort the migration after this long")
-    p.add_argument("--map-bridge", action="append", metavar="SRC=DST")
-    p.add_argument("--map-network", action="append", metavar="SRC=DST")
-    p.add_argument("--map-path", action="append", metavar="OLD=NEW")
-    p.add_argument(
-        "--policy", default="", metavar="NAME", help="convergence policy (see `ferry policies`); flags go on top"
+def matches(m: cpb.Migration, a: argparse.Namespace) -> bool:
+    """Whether a migration passes the ``--phase/--host/--vm`` filters given."""
+    return (
+        (not a.phase or render.phase_name(m.phase) in a.phase)
+        and (not a.host or a.host in (m.source_host, m.target_host))
+        and (not a.vm or a.vm in (m.vm, m.vm_uuid))
     )
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ferry", description="Live-migrate VMs across a KVM/libvirt fleet.")
-    p.add_argument(
-        "--coordinator",
-        metavar="ADDR",
-        help="coordinator address (HOST:PORT or unix:PATH); default from $FERRY_COORDINATOR "
-        "or ~/.config/ferry/cli.toml (written by ferry-lab up)",
-    )
-    p.add_argument("--output", "-o", choices=("table", "json"), default="table")
-    p.add_argument("--rpc-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("hosts", help="list hosts and their agents")
-    vms = sub.add_parser("vms", help="list VMs across the fleet")
-    vms.add_argument("--host")
-    pre = sub.add_parser("preflight", help="check a migration without touching anything")
-    _add_migration_flags(pre)
-    mig = sub.add_parser("migrate", help="migrate a VM (live by default) and wait with a progress bar")
-    _add_migration_flags(mig)
-    mig.add_argument("--priority", type=int, default=0)
-    mig.add_argument("--idempotency-key", help="default: a new random key")
-    mig.add_argument("--no-wait", action="store_true", help="print the migration ID and return")
-    ms = sub.add_parser("migrations", help="list, show, watch or cancel migrations")
-    ms_sub = ms.add_subparsers(dest="action")
-    ms.add_argument("--phase", action="append", help="filter by phase (repeatable), e.g. Migrating")
-    ms.add_argument("--host")
-    ms.add_argument("--vm")
-    ms.add_argument("--limit", type=int, default=0)
-    for name in ("show", "watch", "cancel"):
-        s = ms_sub.add_parser(name)
-        s.add_argument("id")
-    tune = ms_sub.add_parser("tune", help="change a running migration (read back from libvirt)")
-    tune.add_argument("id")
-    tune.add_argument("--bandwidth", type=int, metavar="MiB/s")
-    tune.add_argument("--max-downtime", type=int, metavar="ms")
-    ms_sub.add_parser("force-complete", help="finish now: post-copy if allowed, else pause and finish").add_argument(
-        "id"
-    )
-    ms_sub.add_parser("postcopy", help="switch a running migration to post-copy").add_argument("id")
-    sub.add_parser("policies", help="list the convergence policies and the rules choosing them")
-    return p
-
-
-def _phase_from_name(name: str) -> str:
-    """A phase as the CLI spells it (``RolledBack``, ``rolled-back``) -> its protobuf name (``PHASE_ROLLED_BACK``)."""
-    wanted = name.replace("-", "").replace("_", "").lower()
-    for pb_name, value in cpb.Phase.items():
-        if value and render.phase_name(value).lower() == wanted:
-            return pb_name
-    choices = ", ".join(render.phase_name(v) for v in cpb.Phase.values() if v)
-    raise Usage(f"unknown phase {name!r}", hint=f"one of {choices}")
+def interrupted_note(migration_id: str) -> str:
+    return f"migration {migration_id} continues; `ferry migrations cancel {migration_id}` stops it"
 
 
 class Cli:
-    def __init__(self, stub: cgrpc.CoordinatorStub, args: argparse.Namespace) -> None:
+    def __init__(self, stub: cgrpc.CoordinatorStub, args: argparse.Namespace, address: str = "") -> None:
         self.stub = stub
         self.a = args
         self.json = args.output == "json"
         self.timeout = args.rpc_timeout
+        self.address = address
+        self.screen = live.Screen()
 
-    def emit(self, message: Any, text: str) -> None:
+    def emit(self, message: Message, text: Callable[[], None] | str) -> None:
+        """The message as JSON (-o json), else the text (or a function that prints it)."""
         if self.json:
-            print(json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), indent=2))
+            self.screen.text(json.dumps(jsonout.to_json(message), indent=2))
+        elif isinstance(text, str):
+            self.screen.text(text)
         else:
-            print(text)
+            text()
 
     async def hosts(self) -> int:
         resp = await self.stub.ListHosts(cpb.ListHostsRequest(), timeout=self.timeout)
@@ -203,8 +151,9 @@ class Cli:
             ]
             for h in resp.hosts
         ]
-        self.emit(resp, render.table(("HOST", "STATE", "AGENT", "CPU", "MEM FREE", "VMS", "OUT/IN", "BRIDGES"), rows))
-        return 0
+        headers = ("HOST", "STATE", "AGENT", "CPU", "MEM FREE", "VMS", "OUT/IN", "BRIDGES")
+        self.emit(resp, lambda: self.screen.table(headers, rows))
+        return EXIT_OK
 
     async def vms(self) -> int:
         resp = await self.stub.ListVMs(cpb.ListVMsRequest(host=self.a.host or ""), timeout=self.timeout)
@@ -212,7 +161,7 @@ class Cli:
             [
                 v.domain.name,
                 v.host,
-                tpb.DomainState.Name(v.domain.state).removeprefix("DOMAIN_STATE_").lower(),
+                jsonout.enum_word(tpb.DomainState.DESCRIPTOR, v.domain.state),
                 render.size(v.domain.memory_bytes),
                 v.domain.vcpus,
                 ",".join(f"{d.target}{'(shared)' if d.shared else ''}" for d in v.domain.disks),
@@ -221,8 +170,9 @@ class Cli:
             ]
             for v in resp.vms
         ]
-        self.emit(resp, render.table(("VM", "HOST", "STATE", "MEMORY", "VCPUS", "DISKS", "NETS", "MIGRATION"), rows))
-        return 0
+        headers = ("VM", "HOST", "STATE", "MEMORY", "VCPUS", "DISKS", "NETS", "MIGRATION")
+        self.emit(resp, lambda: self.screen.table(headers, rows))
+        return EXIT_OK
 
     async def preflight(self) -> int:
         req = cpb.PreflightRequest(
@@ -249,7 +199,7 @@ class Cli:
             )
         lines += render.prediction_lines(resp.policy, resp.prediction)
         self.emit(resp, "\n".join(lines))
-        return 0 if resp.ok else 1
+        return EXIT_OK if resp.ok else EXIT_UNSUCCESSFUL
 
     async def migrate(self) -> int:
         req = cpb.SubmitMigrationRequest(
@@ -264,94 +214,134 @@ class Cli:
         m = await self.stub.SubmitMigration(req, timeout=self.timeout)
         if self.a.no_wait:
             self.emit(m, m.id)
-            return 0
+            return EXIT_OK
         if not self.json:
-            print(f"migration {m.id}: {m.vm} {m.source_host} -> {m.target_host}", flush=True)
-            print("\n".join(render.prediction_lines(m.policy, m.prediction)), flush=True)
+            self.screen.text(f"migration {m.id}: {m.vm} {m.source_host} -> {m.target_host}{render.submitted_note(m)}")
         return await self._follow(m.id)
 
     async def _follow(self, migration_id: str) -> int:
-        """Watch until final; a progress bar on a terminal, phase lines otherwise."""
-        tty = sys.stdout.isatty() and not self.json
+        """Watch until final: a bar redrawn in place on a terminal, phase and progress lines
+        otherwise, the final record at the end. Ctrl-C says the migration goes on."""
+        try:
+            last = await self._watch(migration_id)
+        except asyncio.CancelledError:  # Ctrl-C (asyncio.run cancels us, then raises KeyboardInterrupt)
+            print(f"\nferry: {interrupted_note(migration_id)}", file=sys.stderr, flush=True)
+            raise
+        self.emit(last, render.migration_detail(last))
+        return EXIT_OK if last.phase == cpb.PHASE_SUCCEEDED else EXIT_UNSUCCESSFUL
+
+    async def _watch(self, migration_id: str) -> cpb.Migration:
         last: cpb.Migration | None = None
         last_phase = None
         shown = 0.0
-        async for m in self.stub.WatchMigration(cpb.WatchMigrationRequest(id=migration_id)):
-            last = m
-            if self.json:
-                continue
-            if m.phase != last_phase:
-                if tty and last_phase is not None:
-                    print()
-                reason = m.history[-1].reason if m.history else ""
-                print(f"{render.phase_name(m.phase)}" + (f": {reason}" if reason else ""), flush=True)
-                last_phase = m.phase
-            elif m.HasField("progress") and m.phase == cpb.PHASE_MIGRATING:
-                shown = max(shown, render.fraction(m.progress))
-                line = "  " + render.progress_bar(m.progress, at_least=shown)
-                print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
-            if m.phase in FINAL:
-                break
+        before: tpb.MigrationProgress | None = None  # the job's previous figures, to measure its rate
+        with self.screen.live(enabled=not self.json) as area:
+            async for m in self.stub.WatchMigration(cpb.WatchMigrationRequest(id=migration_id)):
+                last = m
+                if self.json:
+                    pass
+                elif m.phase != last_phase:
+                    reason = m.history[-1].reason if m.history else ""
+                    area.line(render.phase_name(m.phase) + (f": {reason}" if reason else ""))
+                    last_phase = m.phase
+                elif m.HasField("progress") and m.phase == cpb.PHASE_MIGRATING:
+                    shown = max(shown, render.fraction(m.progress))
+                    if area.enabled:
+                        area.show(live.progress_line(m.progress, at_least=shown, previous=before))
+                    else:
+                        area.line("  " + render.progress_bar(m.progress, at_least=shown, previous=before))
+                    before = m.progress
+                if m.phase in FINAL:
+                    break
         if last is None:
             raise FerryError(f"the watch of {migration_id} ended without news", reason="WATCH_ENDED")
-        if tty:
-            print()
-        self.emit(last, render.migration_detail(last))
-        return 0 if last.phase == cpb.PHASE_SUCCEEDED else 1
+        return last
+
+    async def _select(self) -> cpb.Migration:
+        """The migration ``show|watch|cancel`` is about: by ID (which must pass the filters given
+        with it), else the newest one passing the filters (for cancel: one not final)."""
+        a = self.a
+        if a.id:
+            m: cpb.Migration = await self.stub.GetMigration(cpb.GetMigrationRequest(id=a.id), timeout=self.timeout)
+            if not matches(m, a):
+                raise InvalidArgument(
+                    f"migration {m.id} is of {m.vm} ({render.phase_name(m.phase)}, "
+                    f"{m.source_host} -> {m.target_host}): not what --vm/--host/--phase say",
+                    reason="FILTER_MISMATCH",
+                    hint="drop the filters, or drop the ID to pick the newest migration that matches them",
+                )
+            return m
+        phases = [jsonout.phase_from_word(p) for p in a.phase or ()]
+        if not phases and a.action == "cancel":
+            phases = list(render.IN_FLIGHT)
+        req = cpb.ListMigrationsRequest(phases=phases, host=a.host or "", vm=a.vm or "", limit=1)
+        listed: cpb.ListMigrationsResponse = await self.stub.ListMigrations(req, timeout=self.timeout)
+        found = listed.migrations
+        if not found:
+            raise NotFound(
+                "no migration matches " + " ".join(_filter_words(a)),
+                reason="MIGRATION_UNKNOWN",
+                hint="`ferry migrations` lists them",
+            )
+        return found[0]
 
     async def migrations(self) -> int:
         action = self.a.action
-        if action == "show":
-            m = await self.stub.GetMigration(cpb.GetMigrationRequest(id=self.a.id), timeout=self.timeout)
-            self.emit(m, render.migration_detail(m))
-            return 0
-        if action == "watch":
-            return await self._follow(self.a.id)
-        if action == "cancel":
-            m = await self.stub.CancelMigration(cpb.CancelMigrationRequest(id=self.a.id), timeout=self.timeout)
+        if action is not None:
+            m = await self._select()
+            if action == "show":
+                self.emit(m, render.migration_detail(m))
+                return EXIT_OK
+            if action == "watch":
+                return await self._follow(m.id)
+            if action in ("tune", "force-complete", "postcopy"):
+                return await self._control(action, m.id)
+            m = await self.stub.CancelMigration(cpb.CancelMigrationRequest(id=m.id), timeout=self.timeout)
             self.emit(m, f"cancel requested for {m.id} (phase {render.phase_name(m.phase)})")
-            return 0
-        if action in ("tune", "force-complete", "postcopy"):
-            return await self.control(action)
+            return EXIT_OK
         req = cpb.ListMigrationsRequest(
-            phases=[_phase_from_name(p) for p in self.a.phase or ()],
+            phases=[jsonout.phase_from_word(p) for p in self.a.phase or ()],
             host=self.a.host or "",
             vm=self.a.vm or "",
-            limit=self.a.limit,
+            limit=max(0, self.a.limit),
         )
         resp = await self.stub.ListMigrations(req, timeout=self.timeout)
-        self.emit(resp, render.table(render.MIGRATION_HEADERS, [render.migration_line(m) for m in resp.migrations]))
-        return 0
+        rows = [render.migration_line(m) for m in resp.migrations]
+        self.emit(resp, lambda: self.screen.table(render.MIGRATION_HEADERS, rows))
+        return EXIT_OK
 
-    async def control(self, action: str) -> int:
-        return await _control(self, action)
+    async def _control(self, action: str, migration_id: str) -> int:
+        """`ferry migrations tune|force-complete|postcopy`: ControlMigration, who asks sent along."""
+        req = cpb.ControlMigrationRequest(
+            id=migration_id, force_complete=action == "force-complete", start_postcopy=action == "postcopy"
+        )
+        if action == "tune":
+            if self.a.max_downtime is None and self.a.bandwidth is None:
+                raise Usage("tune needs --max-downtime and/or --bandwidth", hint="e.g. --max-downtime 500")
+            if self.a.max_downtime is not None:
+                req.max_downtime_ms = self.a.max_downtime
+            if self.a.bandwidth is not None:
+                req.bandwidth_mibps = self.a.bandwidth
+        resp = await self.stub.ControlMigration(req, timeout=self.timeout, metadata=((USER_METADATA, _user()),))
+        self.emit(
+            resp,
+            f"{resp.migration.id}: {resp.done}; libvirt now reads max downtime {resp.max_downtime_ms} ms, "
+            f"bandwidth {resp.bandwidth_mibps} MiB/s",
+        )
+        return EXIT_OK
 
     async def policies(self) -> int:
-        return await _policies(self)
+        resp = await self.stub.ListPolicies(cpb.ListPoliciesRequest(), timeout=self.timeout)
+        self.emit(resp, render.policies(resp))
+        return EXIT_OK
+
+    async def top(self) -> int:
+        if self.a.iterations < 0 or self.a.finished < 0:
+            raise Usage("--iterations and --finished take 0 or more", hint="e.g. --iterations 1")
+        return await run_top(self.stub, self.a, self.screen, self.address, self.timeout)
 
 
-async def _control(cli: Cli, action: str) -> int:
-    """`ferry migrations tune|force-complete|postcopy ID`: ControlMigration, who asks sent along."""
-    req = cpb.ControlMigrationRequest(
-        id=cli.a.id, force_complete=action == "force-complete", start_postcopy=action == "postcopy"
-    )
-    if action == "tune":
-        if cli.a.max_downtime is None and cli.a.bandwidth is None:
-            raise Usage("tune needs --max-downtime and/or --bandwidth", hint="e.g. --max-downtime 500")
-        if cli.a.max_downtime is not None:
-            req.max_downtime_ms = cli.a.max_downtime
-        if cli.a.bandwidth is not None:
-            req.bandwidth_mibps = cli.a.bandwidth
-    resp = await cli.stub.ControlMigration(req, timeout=cli.timeout, metadata=((USER_METADATA, _user()),))
-    cli.emit(
-        resp,
-        f"{resp.migration.id}: {resp.done}; libvirt now reads max downtime {resp.max_downtime_ms} ms, "
-        f"bandwidth {resp.bandwidth_mibps} MiB/s",
-    )
-    return 0
-
-
-USER_METADATA = "x-ferry-user"
+USER_METADATA = "x-ferry-user"  # who asks, as the CLI says (the coordinator records it with the peer)
 
 
 def _user() -> str:
@@ -361,25 +351,42 @@ def _user() -> str:
         return "unknown"
 
 
-async def _policies(cli: Cli) -> int:
-    resp = await cli.stub.ListPolicies(cpb.ListPoliciesRequest(), timeout=cli.timeout)
-    cli.emit(resp, render.policies(resp))
-    return 0
+def _filter_words(a: argparse.Namespace) -> list[str]:
+    words = [f"--phase {p}" for p in a.phase or ()]
+    words += [f"--host {a.host}"] if a.host else []
+    return words + ([f"--vm {a.vm}"] if a.vm else [])
+
+
+def exit_code(err: FerryError) -> int:
+    """Usage errors 64, other refusals (the caller's fault) 2, the rest (unreachable, ours) 3."""
+    if isinstance(err, Usage):
+        return EXIT_USAGE
+    return EXIT_REFUSED if err.caller_fault else EXIT_UNREACHABLE
 
 
 def _report(err: FerryError, as_json: bool) -> int:
     if as_json:
-        print(
-            json.dumps(
-                {"error": {"reason": err.reason, "message": err.message, "hint": err.hint, "code": err.code.name}},
-                indent=2,
-            )
-        )
+        print(json.dumps(jsonout.error_json(err.reason, err.message, err.hint, err.code.name), indent=2))
     else:
         print(f"ferry: {err.reason}: {err.message}", file=sys.stderr)
         if err.hint:
             print(f"  fix: {err.hint}", file=sys.stderr)
-    return 2 if err.caller_fault else 3
+    return exit_code(err)
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    """Whether a command line that did not parse asked for JSON (its error is then JSON too)."""
+    words = list(argv)
+    pairs = zip(words, [*words[1:], ""], strict=True)
+    return any(w in ("-ojson", "--output=json") or (w in ("-o", "--output") and nxt == "json") for w, nxt in pairs)
+
+
+def _usage_error(exc: UsageError, argv: Sequence[str]) -> int:
+    if _wants_json(argv):
+        print(json.dumps(jsonout.error_json("USAGE", exc.message, "see `ferry --help`", "INVALID_ARGUMENT"), indent=2))
+    sys.stderr.write(exc.usage)
+    print(f"ferry: error: {exc.message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 async def pick_coordinator(addresses: Sequence[str], timeout_s: float = 2.0) -> str:
@@ -390,16 +397,26 @@ async def pick_coordinator(addresses: Sequence[str], timeout_s: float = 2.0) -> 
         async with create_channel(address) as channel:
             if await serving(channel, timeout_s=timeout_s):
                 return address
-    raise Unavailable(
-        f"no coordinator answers at {', '.join(addresses)}",
-        reason="UNREACHABLE",
-        hint="is the coordinator running? see `ferry-lab status` or pass --coordinator",
-    )
+    raise Unavailable(f"no coordinator answers at {', '.join(addresses)}", reason="UNREACHABLE", hint=UNREACHABLE_HINT)
+
+
+def completion(shell: str) -> str:
+    """The completion script for ``shell`` (``ferry completion bash|zsh``)."""
+    import shtab
+
+    return str(shtab.complete(parser(), shell=shell))
 
 
 async def run(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse(argv)
+    except UsageError as exc:
+        return _usage_error(exc, argv)
     as_json = args.output == "json"
+    if args.command == "completion":
+        sys.stdout.write(completion(args.shell))
+        return EXIT_OK
     if args.command == "migrate" and not args.idempotency_key:
         # fixed before the first call, so a retry on another replica returns the same migration
         args.idempotency_key = uuid.uuid4().hex
@@ -410,7 +427,7 @@ async def run(argv: Sequence[str] | None = None) -> int:
             address = await pick_coordinator(addresses)
             try:
                 async with create_channel(address) as channel:
-                    cli = Cli(cgrpc.CoordinatorStub(channel), args)
+                    cli = Cli(cgrpc.CoordinatorStub(channel), args, address)
                     command: Callable[[], Awaitable[int]] = getattr(cli, args.command)
                     return await command()
             except grpc.RpcError as exc:
@@ -426,18 +443,23 @@ async def run(argv: Sequence[str] | None = None) -> int:
     except grpc.RpcError as exc:
         err = from_rpc_error(exc)
         if err.reason == "UNREACHABLE":
-            err.hint = err.hint or "is the coordinator running? see `ferry-lab status` or pass --coordinator"
+            err.hint = err.hint or UNREACHABLE_HINT
         return _report(err, as_json)
     except FerryError as err:
         return _report(err, as_json)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main_code(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status (see ``ferry --help``)."""
     try:
-        sys.exit(asyncio.run(run(argv)))
+        return asyncio.run(run(argv))
     except KeyboardInterrupt:
-        sys.exit(130)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # the reader went away (`ferry ... | head`): not an error of ours; the migration goes on
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(141)
+        return EXIT_PIPE
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(main_code(argv))

@@ -1,12 +1,25 @@
-"""Pure rendering for the `ferry` CLI: tables, sizes, the progress bar. No I/O here."""
+"""Pure rendering for the `ferry` CLI as plain text: tables, sizes, figures of a migration in
+flight (rate, dirty rate, ETA), the progress line. No I/O here; ``live.py`` draws the same
+figures with rich on a terminal. Phases and job phases are spelled as in the JSON (``jsonout``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import cast
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ferry.cli.jsonout import enum_word, label_word, phase_word
 from ferry.units import human_bytes
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import types_pb2 as tpb
+
+FINAL: frozenset[cpb.Phase] = frozenset(
+    {cpb.PHASE_SUCCEEDED, cpb.PHASE_FAILED, cpb.PHASE_CANCELLED, cpb.PHASE_ROLLED_BACK}
+)
+IN_FLIGHT: tuple[cpb.Phase, ...] = tuple(cast(cpb.Phase, p) for p in cpb.Phase.values() if p and p not in FINAL)
 
 
 def size(n: int) -> str:
@@ -23,14 +36,30 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def phase_name(phase: int) -> str:
-    """PHASE_ROLLED_BACK -> RolledBack."""
-    raw = cpb.Phase.Name(phase).removeprefix("PHASE_")
-    return "".join(part.capitalize() for part in raw.split("_"))
+    """PHASE_ROLLED_BACK -> rolled_back (the JSON's spelling)."""
+    return phase_word(phase)
 
 
 def job_phase_name(phase: int) -> str:
-    raw = tpb.MigrationPhase.Name(phase).removeprefix("MIGRATION_PHASE_")
-    return raw.lower().replace("_", "-")
+    """MIGRATION_PHASE_DISK_MIRROR -> disk_mirror (the JSON's spelling)."""
+    return enum_word(tpb.MigrationPhase.DESCRIPTOR, phase)
+
+
+def duration(seconds: float) -> str:
+    """A short duration: 0.4 s, 12 s, 3m05s, 1h02m.
+
+    >>> duration(0.42), duration(12.3), duration(185), duration(3725)
+    ('0.4 s', '12 s', '3m05s', '1h02m')
+    """
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 def fraction(progress: tpb.MigrationProgress) -> float:
@@ -42,16 +71,74 @@ def fraction(progress: tpb.MigrationProgress) -> float:
     return min(1.0, done / (done + left))
 
 
-def progress_bar(progress: tpb.MigrationProgress, width: int = 30, at_least: float = 0.0) -> str:
+def known(progress: tpb.MigrationProgress) -> bool:
+    """Whether the job reported any byte counts yet (before that there is no percentage)."""
+    return bool(
+        progress.memory_processed + progress.memory_remaining + progress.disk_processed + progress.disk_remaining
+    )
+
+
+def remaining(progress: tpb.MigrationProgress) -> int:
+    return progress.memory_remaining + progress.disk_remaining
+
+
+def dirty_rate(progress: tpb.MigrationProgress) -> int:
+    """Bytes the guest dirties per second (libvirt reports pages per second)."""
+    return progress.dirty_rate_pages * (progress.page_size or 4096)
+
+
+def transfer_rate(progress: tpb.MigrationProgress, previous: tpb.MigrationProgress | None = None) -> int:
+    """Bytes per second being sent: libvirt's figure when it reports one (the memory stream),
+    else measured between two polls of the same job (disk mirroring reports no rate).
+
+    >>> before = tpb.MigrationProgress(disk_processed=10 << 20, elapsed_ms=1000)
+    >>> transfer_rate(tpb.MigrationProgress(disk_processed=30 << 20, elapsed_ms=3000), before) == 10 << 20
+    True
+    """
+    if progress.bandwidth_bps:
+        return progress.bandwidth_bps
+    if previous is None or progress.elapsed_ms <= previous.elapsed_ms:
+        return 0
+    sent = progress.memory_processed + progress.disk_processed - previous.memory_processed - previous.disk_processed
+    return max(0, sent * 1000 // (progress.elapsed_ms - previous.elapsed_ms))
+
+
+def eta_s(progress: tpb.MigrationProgress, rate: int | None = None) -> float | None:
+    """Seconds left at ``rate`` (default: libvirt's reported one), None when it cannot be told
+    (no rate yet) or pre-copy does not converge (the guest dirties memory as fast as it is sent).
+    During pre-copy the stream gains only ``rate - dirty rate`` on what is left.
+
+    >>> MiB = 1 << 20
+    >>> eta_s(tpb.MigrationProgress(phase=tpb.MIGRATION_PHASE_PRECOPY, memory_remaining=100 * MiB,
+    ...       bandwidth_bps=30 * MiB, dirty_rate_pages=2560, page_size=4096))
+    5.0
+    >>> eta_s(tpb.MigrationProgress(phase=tpb.MIGRATION_PHASE_PRECOPY, memory_remaining=100 * MiB,
+    ...       bandwidth_bps=10 * MiB, dirty_rate_pages=2560, page_size=4096)) is None
+    True
+    """
+    gain = progress.bandwidth_bps if rate is None else rate
+    if progress.phase == tpb.MIGRATION_PHASE_PRECOPY:
+        gain -= dirty_rate(progress)
+    if gain <= 0 or not known(progress):
+        return None
+    return remaining(progress) / gain
+
+
+def progress_bar(
+    progress: tpb.MigrationProgress,
+    width: int = 30,
+    at_least: float = 0.0,
+    previous: tpb.MigrationProgress | None = None,
+) -> str:
     """One status line; the bar never shows less than ``at_least`` (a bar that runs backwards,
     as pre-copy's remaining bytes grow again, misleads more than one that pauses). E.g.
-    ``[###############...............]  50% precopy mem 128 MiB/256 MiB disk 0 B left iter 2 dirty 12 MiB/s 3.2 s``
+    ``[###############...............]  50% precopy mem 128 MiB/256 MiB disk 0 B left iter 2 dirty 12 MiB/s 3.2 s``;
+    ``previous`` (the job's last figures) lets it measure the rate when libvirt reports none.
     """
-    known = progress.memory_processed + progress.memory_remaining + progress.disk_processed + progress.disk_remaining
     frac = max(fraction(progress), at_least)
     filled = int(round(frac * width))
     bar = "#" * filled + "." * (width - filled)
-    parts = [f"[{bar}] {frac * 100:3.0f}%" if known else f"[{bar}]  --%", job_phase_name(progress.phase)]
+    parts = [f"[{bar}] {frac * 100:3.0f}%" if known(progress) else f"[{bar}]  --%", job_phase_name(progress.phase)]
     if progress.memory_total:
         parts.append(f"mem {size(progress.memory_processed)}/{size(progress.memory_total)}")
     if progress.disk_total:
@@ -59,15 +146,17 @@ def progress_bar(progress: tpb.MigrationProgress, width: int = 30, at_least: flo
     if progress.iteration:
         parts.append(f"iter {progress.iteration}")
     if progress.dirty_rate_pages:
-        page = progress.page_size or 4096
-        parts.append(f"dirty {size(progress.dirty_rate_pages * page)}/s")
-    if progress.bandwidth_bps:
-        parts.append(f"bw {size(progress.bandwidth_bps)}/s")
+        parts.append(f"dirty {size(dirty_rate(progress))}/s")
+    rate = transfer_rate(progress, previous)
+    if rate:
+        parts.append(f"bw {size(rate)}/s")
+    # the agent's ETA knows the policy (a switch to post-copy to come); else the rates alone
+    eta = progress.eta_ms / 1000 if progress.eta_ms else eta_s(progress, rate)
+    if eta is not None:
+        parts.append(f"eta {duration(eta)}")
     parts.append(f"{progress.elapsed_ms / 1000:.1f} s")
     if progress.postcopy_failed:
-        parts.append("LINK BROKEN, resuming")
-    elif progress.eta_ms:
-        parts.append(f"ETA {progress.eta_ms / 1000:.0f} s")
+        parts.append("post-copy link broken: resuming")
     return " ".join(parts)
 
 
@@ -121,6 +210,18 @@ def prediction_lines(policy: tpb.ConvergencePolicy, prediction: tpb.Prediction) 
     return lines
 
 
+def submitted_note(m: cpb.Migration) -> str:
+    """What `ferry migrate` adds to its first line: the policy chosen and the prediction.
+
+    >>> submitted_note(cpb.Migration(policy=tpb.ConvergencePolicy(name="busy"), prediction=tpb.Prediction(words="w")))
+    ' (policy busy); predicted: w'
+    >>> submitted_note(cpb.Migration())
+    ''
+    """
+    note = f" (policy {m.policy.name})" if m.policy.name else ""
+    return note + (f"; predicted: {m.prediction.words}" if m.prediction.words else "")
+
+
 def policies(resp: cpb.ListPoliciesResponse) -> str:
     """`ferry policies`: each policy in a line, then the selector rules in order."""
     if not resp.policies:
@@ -139,6 +240,11 @@ def policies(resp: cpb.ListPoliciesResponse) -> str:
     return out
 
 
+def _time(ts: Timestamp) -> str:
+    """A timestamp in local time for tables; "" when unset."""
+    return ts.ToDatetime(tzinfo=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S") if ts.seconds else ""
+
+
 def migration_line(m: cpb.Migration) -> list[object]:
     return [
         m.id,
@@ -147,11 +253,92 @@ def migration_line(m: cpb.Migration) -> list[object]:
         m.target_host,
         phase_name(m.phase),
         m.error.reason if m.error.reason else "",
-        m.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if m.created_at.seconds else "",
+        _time(m.created_at),
     ]
 
 
 MIGRATION_HEADERS = ("ID", "VM", "FROM", "TO", "PHASE", "REASON", "CREATED")
+
+
+def note(m: cpb.Migration) -> str:
+    """Why a migration is where it is: its error, else the last history entry's reason."""
+    if m.error.reason:
+        return f"{m.error.reason}: {m.error.message}"
+    return m.history[-1].reason if m.history else ""
+
+
+def age_s(m: cpb.Migration, now: datetime) -> float:
+    """Seconds since the migration was submitted."""
+    if not m.created_at.seconds:
+        return 0.0
+    return max(0.0, (now - m.created_at.ToDatetime(tzinfo=UTC)).total_seconds())
+
+
+def shows_progress(m: cpb.Migration) -> bool:
+    """A migration whose job figures mean something now (libvirt's job runs or just ended)."""
+    return m.HasField("progress") and m.phase in (cpb.PHASE_MIGRATING, cpb.PHASE_FINISHING)
+
+
+#: ``ferry top`` as plain lines (not a terminal): one row per migration in flight
+TOP_HEADERS = ("ID", "VM", "FROM", "TO", "PHASE", "DONE", "RATE", "DIRTY", "LEFT", "ETA", "AGE", "NOTE")
+
+
+def top_row(m: cpb.Migration, now: datetime, previous: tpb.MigrationProgress | None = None) -> list[str]:
+    """``ferry top``'s figures of one migration, as text (``live.py`` draws the same on a terminal);
+    ``previous``: its progress one refresh ago, to measure the rate libvirt does not report."""
+    figures = ["", "", "", "", ""]
+    if shows_progress(m):
+        p = m.progress
+        rate = transfer_rate(p, previous)
+        eta = eta_s(p, rate)
+        figures = [
+            f"{fraction(p) * 100:.0f}% {job_phase_name(p.phase)}" if known(p) else f"-- {job_phase_name(p.phase)}",
+            f"{size(rate)}/s" if rate else "",
+            f"{size(dirty_rate(p))}/s" if p.dirty_rate_pages else "",
+            size(remaining(p)) if known(p) else "",
+            duration(eta) if eta is not None else ("stalled" if rate else ""),
+        ]
+    return [m.id, m.vm, m.source_host, m.target_host, phase_name(m.phase), *figures, duration(age_s(m, now)), note(m)]
+
+
+def finished_line(m: cpb.Migration) -> str:
+    """One finished migration, for ``ferry top``'s footer."""
+    line = f"{_time(m.updated_at) or _time(m.created_at)}  {m.id}  {m.vm} {m.source_host} -> {m.target_host}  "
+    line += phase_name(m.phase)
+    if m.HasField("result") and m.result.time_elapsed_ms:
+        line += f" in {duration(m.result.time_elapsed_ms / 1000)}, downtime {m.result.downtime_ms} ms"
+    if m.error.reason:
+        line += f"  {m.error.reason}"
+    return line
+
+
+Previous = Mapping[str, tpb.MigrationProgress]  # migration ID -> its progress one refresh ago
+
+
+def top_text(
+    in_flight: Sequence[cpb.Migration],
+    finished: Sequence[cpb.Migration],
+    now: datetime,
+    previous: Previous | None = None,
+) -> str:
+    """One refresh of ``ferry top`` as plain lines (when the output is not a terminal)."""
+    previous = previous or {}
+    lines = [f"--- {now.astimezone().strftime('%Y-%m-%d %H:%M:%S')}  {summary(in_flight)}"]
+    if in_flight:
+        lines.append(table(TOP_HEADERS, [top_row(m, now, previous.get(m.id)) for m in in_flight]))
+    if finished:
+        lines += ["finished:"] + [f"  {finished_line(m)}" for m in finished]
+    return "\n".join(lines)
+
+
+def summary(in_flight: Sequence[cpb.Migration]) -> str:
+    """``2 migrating, 1 pending`` (or ``nothing in flight``)."""
+    counts: dict[str, int] = {}
+    for m in in_flight:
+        counts[phase_name(m.phase)] = counts.get(phase_name(m.phase), 0) + 1
+    if not counts:
+        return "nothing in flight"
+    return ", ".join(f"{n} {phase}" for phase, n in counts.items())
 
 
 def migration_detail(m: cpb.Migration) -> str:
@@ -169,7 +356,7 @@ def migration_detail(m: cpb.Migration) -> str:
         lines.append(f"  Reason:    {m.error.reason}: {m.error.message}")
         if m.error.hint:
             lines.append(f"  Hint:      {m.error.hint}")
-    if m.HasField("progress") and m.progress.elapsed_ms and m.phase in (cpb.PHASE_MIGRATING, cpb.PHASE_FINISHING):
+    if shows_progress(m) and m.progress.elapsed_ms:
         lines.append(f"  Progress:  {progress_bar(m.progress)}")
     if m.HasField("policy"):
         lines.append(f"  Policy:    {m.policy.name or '(from the flags)'}: {policy_summary(m.policy)}")
@@ -190,6 +377,11 @@ def migration_detail(m: cpb.Migration) -> str:
             lines.append(f"    {at}  {a.action:<16} {a.reason}" + (f"  [{a.by}]" if a.by else ""))
     lines.append("  History:")
     for h in m.history:
-        at = h.at.ToDatetime().strftime("%H:%M:%S.%f")[:-3]
-        lines.append(f"    {at}  {h.phase:<12} {h.reason}")
+        at = h.at.ToDatetime(tzinfo=UTC).astimezone().strftime("%H:%M:%S.%f")[:-3]
+        lines.append(f"    {at}  {label(h.phase):<12} {h.reason}")
     return "\n".join(lines)
+
+
+def label(history_phase: str) -> str:
+    """A history entry's phase in the JSON's spelling."""
+    return label_word(history_phase)

@@ -4,6 +4,9 @@ Thin: model -> protobuf (ferry.convert) -> the agent's RPC -> model. Every unary
 deadline; the Migrate stream has none of its own (the coordinator's phase deadline bounds it)
 and ends when the caller stops iterating (the agent then leaves the libvirt job running).
 
+Calls made while a migration is bound for logging (``ferry.logcontext``: the runner's tasks) carry
+its id, VM and hosts as metadata, so the agent's log lines about it name them too.
+
 Errors: a status the agent sent carries its Ferry error (reason and hint survive, through
 ``ferry.rpc.from_rpc_error``). A call that never reached the agent or got no answer in time (no
 Ferry error in the status) becomes Unavailable ``AGENT_UNREACHABLE`` / DeadlineExceeded
@@ -40,7 +43,7 @@ from ferry.model import (
     StorageMode,
 )
 from ferry.ports import TuneResult
-from ferry.rpc import Tls, create_channel, from_rpc_error, has_status_details
+from ferry.rpc import Tls, call_metadata, create_channel, from_rpc_error, has_status_details
 from ferry.v1 import agent_pb2 as apb
 from ferry.v1 import agent_pb2_grpc as agrpc
 from ferry.v1 import types_pb2 as tpb
@@ -176,7 +179,7 @@ class GrpcAgentClient:
         with self._using() as conn:
             try:
                 return await getattr(conn.stub, method)(
-                    request, timeout=self._slow_timeout_s if slow else self._timeout_s
+                    request, timeout=self._slow_timeout_s if slow else self._timeout_s, metadata=call_metadata()
                 )
             except grpc.RpcError as exc:
                 raise self._error(exc, conn, method) from None
@@ -261,7 +264,7 @@ class GrpcAgentClient:
         if predicted_converges is not None:
             request.predicted_converges = predicted_converges
         with self._using() as conn:
-            call = conn.stub.Migrate(request)
+            call = conn.stub.Migrate(request, metadata=call_metadata())
             try:
                 while True:
                     try:

@@ -32,6 +32,12 @@
     cert = "/etc/ferry/pki/coordinator.pem"
     key = "/etc/ferry/pki/coordinator-key.pem"
 
+    [metrics]                                        # Prometheus: GET /metrics (on unless enabled = false)
+    listen = ["10.77.0.1:9471"]                      # default: the first listen address's host, port 9471
+
+    [log]
+    format = "json"                                  # "text" (default) or "json" (one object per line)
+
     [hosts.host1]                                    # facts about a host, by logical name
     bridges = { guest = "br-guest" }                 # logical network -> this host's bridge
     networks = { mgmt = "default" }                  # logical network -> this host's libvirt network
@@ -72,11 +78,26 @@ from ferry.convergence import ConvergencePolicy, policy_from_doc
 from ferry.errors import FailedPrecondition, FerryError
 from ferry.model import HostMapping
 from ferry.rpc import Tls
-from ferry.tomlconfig import Table, bad, parse_toml, read_config, tls_of
+from ferry.tomlconfig import (
+    LOG_KEYS,
+    METRICS_KEYS,
+    LogConfig,
+    MetricsConfig,
+    Table,
+    bad,
+    log_of,
+    metrics_listen_default,
+    metrics_of,
+    parse_toml,
+    read_config,
+    tls_of,
+)
 
 from .phases import Timeouts
 from .policies import PolicySelector, PredictionConfig
 from .slots import Limits
+
+METRICS_PORT = 9471
 
 
 @dataclass(frozen=True)
@@ -126,6 +147,13 @@ class CoordinatorConfig:
     policies: Mapping[str, ConvergencePolicy] = field(default_factory=dict)
     policy_selectors: tuple[PolicySelector, ...] = ()
     prediction: PredictionConfig = PredictionConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    log: LogConfig = LogConfig()
+
+    @property
+    def metrics_listen(self) -> tuple[str, ...]:
+        """Where the metrics endpoint listens (``[metrics] listen``, else beside the gRPC API)."""
+        return self.metrics.listen or metrics_listen_default(self.listen, METRICS_PORT)
 
     @property
     def advertised(self) -> str:
@@ -365,6 +393,8 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
             "agents",
             "hosts",
             "tls",
+            "metrics",
+            "log",
             "policies",
             "policy_selectors",
             "prediction",
@@ -394,6 +424,10 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
     values["prediction"] = _prediction(doc, source)
     if "tls" in doc:
         values["tls"] = tls_of(Table(doc["tls"], "tls", source, ("ca", "cert", "key")), base, required=True)
+    if "metrics" in doc:
+        values["metrics"] = metrics_of(Table(doc["metrics"], "metrics", source, METRICS_KEYS))
+    if "log" in doc:
+        values["log"] = log_of(Table(doc["log"], "log", source, LOG_KEYS))
     return CoordinatorConfig(**values)
 
 

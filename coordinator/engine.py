@@ -34,7 +34,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from ferry.errors import FerryError, Internal
 from ferry.keys import MIGRATIONS, VM_ACTIVE, decode_id, name_below, release_vm_active
@@ -51,6 +51,13 @@ from .slots import Limits, admit
 log = logging.getLogger(__name__)
 
 
+class RecordObserver(Protocol):
+    """Told of every record version a runner wrote (the coordinator's metrics count transitions
+    from it: ``coordinator/metrics.py``). Cheap, never raises."""
+
+    def record_written(self, old: MigrationRecord, new: MigrationRecord) -> None: ...
+
+
 class Engine:
     def __init__(
         self,
@@ -65,8 +72,10 @@ class Engine:
         progress_write_s: float = 1.0,
         job_poll_s: float = 1.0,
         store_retry_s: float = 0.5,
+        observer: RecordObserver | None = None,
     ) -> None:
         self.store = store
+        self.observer = observer
         self.hosts = hosts
         self.limits = limits
         self.timeouts = timeouts
@@ -223,6 +232,8 @@ class Engine:
         self.admit_soon()
 
     def _written(self, old: MigrationRecord, new: MigrationRecord) -> None:
+        if self.observer is not None:
+            self.observer.record_written(old, new)
         self._seen(new)
 
     async def _release(self, record: MigrationRecord) -> None:
@@ -232,7 +243,13 @@ class Engine:
         while True:
             try:
                 if await release_vm_active(self.store, record.vm_uuid, record.id):
-                    log.info("migration %s is %s: released vm-active/%s", record.id, record.phase.name, record.vm_uuid)
+                    log.info(
+                        "migration %s is %s: released vm-active/%s",
+                        record.id,
+                        record.phase.name,
+                        record.vm_uuid,
+                        extra=record.log_context.extra(),
+                    )
                 return
             except FerryError as err:
                 log.warning("cannot release vm-active/%s yet: %s", record.vm_uuid, err.reason)
@@ -315,7 +332,11 @@ class Engine:
                     del self.runners[migration_id]
                     record = self.records.get(migration_id)
                     if record is not None and not record.phase.is_final and not runner.gone:
-                        log.error("migration %s: its runner ended early; resuming it", migration_id)
+                        log.error(
+                            "migration %s: its runner ended early; resuming it",
+                            migration_id,
+                            extra=record.log_context.extra(),
+                        )
                         self.runners[migration_id] = RecordRunner(self._ctx, record)
                         self.runners[migration_id].feed(Recover())
                     continue

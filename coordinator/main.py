@@ -6,6 +6,10 @@ lease) also runs the engine, which moves the migration records along. Losing the
 engine at once; SIGTERM/SIGINT resigns (the next replica takes over without waiting for the lease
 to expire), then stops serving.
 
+Metrics (``[metrics]``, ``coordinator/metrics.py``) are served beside the API; the etcd store is
+wrapped in ``ferry.timed_store.TimedStore`` for its latency. Its Python dependencies come with
+``pip install 'ferry[coordinator]'``; the modules needing them are imported only in ``serve``.
+
 Who leads: the ``leader`` key (below the etcd prefix) holds ``{"id": ..., "address": ...}`` of the
 leader, readable by anyone: ``etcdctl get /ferry/leader --print-value-only``, or in Python
 ``await current_leader(store)`` (None when nobody leads right now).
@@ -24,14 +28,15 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from ferry.daemon import run_daemon
 from ferry.keys import LEADER_KEY
-from ferry.rpc import create_server
+from ferry.rpc import RpcObserver, create_server
 from ferry.store import Store
+from ferry.timed_store import StoreObserver, TimedStore
 
 from .agent_client import GrpcAgentClient
 from .config import CoordinatorConfig, load_config
@@ -40,10 +45,16 @@ from .fleet import AgentFactory, Fleet
 from .service import CoordinatorServicer, register
 from .submission import Submissions
 
+if TYPE_CHECKING:
+    from .engine import RecordObserver
+    from .record import MigrationRecord
+
 log = logging.getLogger("ferry.coordinator")
 
 GRACE_S = 5.0
 Clock = Callable[[], datetime]
+# the coordinator extra's modules (pyproject.toml), checked before anything imports them
+REQUIRES = ("etcd3aio", "prometheus_client", "pythonjsonlogger")
 
 
 def _utc_now() -> datetime:
@@ -68,8 +79,13 @@ class Coordinator:
         election: Election,
         clock: Clock,
         monotonic: Callable[[], float],
+        *,
+        rpc_observer: RpcObserver | None = None,
+        record_observer: RecordObserver | None = None,
     ) -> None:
         self.config = config
+        self.rpc_observer = rpc_observer
+        self.record_observer = record_observer
         self.store = store
         self.fleet = fleet
         self.servicer = servicer
@@ -93,6 +109,7 @@ class Coordinator:
             timeouts=self.config.timeouts,
             clock=self._clock,
             prepare_ttl_s=self.config.prepare_ttl_s,
+            observer=self.record_observer,
         )
 
     async def _lead(self) -> None:
@@ -112,6 +129,12 @@ class Coordinator:
     def is_leader(self) -> bool:
         return self.election.is_leader()
 
+    def leader_records(self) -> list[MigrationRecord] | None:
+        """The leader's engine's view of the records (None when this replica does not lead)."""
+        engine = self.engine
+        records = getattr(engine, "records", None) if engine is not None else None
+        return list(records.values()) if isinstance(records, dict) else None
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self, *, campaign: bool = True) -> list[int]:
@@ -120,7 +143,9 @@ class Coordinator:
         Returns the bound port of each listen address (0 for unix sockets).
         """
         await self.fleet.start()
-        self.server, self.ports = create_server(self.config.listen, register(self.servicer), tls=self.config.tls)
+        self.server, self.ports = create_server(
+            self.config.listen, register(self.servicer), tls=self.config.tls, observer=self.rpc_observer
+        )
         await self.server.start()
         if campaign:
             self._election_task = asyncio.create_task(self.election.run(self._lead, self._demoted), name="election")
@@ -150,8 +175,11 @@ def build_coordinator(
     clock: Clock = _utc_now,
     *,
     monotonic: Callable[[], float] = time.monotonic,
+    rpc_observer: RpcObserver | None = None,
+    record_observer: RecordObserver | None = None,
 ) -> Coordinator:
-    """A replica wired to ``store`` and ``agent_factory`` (tests: MemoryStore and in-process agents)."""
+    """A replica wired to ``store`` and ``agent_factory`` (tests: MemoryStore and in-process agents).
+    The observers (the metrics) hear about every API call and every record the engine writes."""
     fleet = Fleet(
         store,
         agent_factory,
@@ -172,7 +200,17 @@ def build_coordinator(
     )
     servicer = CoordinatorServicer(store, fleet, submissions, hosts=config.hosts)
     election = Election(store, config.id, config.advertised, ttl_s=config.election_ttl_s, clock=monotonic)
-    return Coordinator(config, store, fleet, servicer, election, clock, monotonic)
+    return Coordinator(
+        config,
+        store,
+        fleet,
+        servicer,
+        election,
+        clock,
+        monotonic,
+        rpc_observer=rpc_observer,
+        record_observer=record_observer,
+    )
 
 
 def grpc_agent_factory(config: CoordinatorConfig) -> AgentFactory:
@@ -182,31 +220,53 @@ def grpc_agent_factory(config: CoordinatorConfig) -> AgentFactory:
     return make
 
 
-def etcd_store(config: CoordinatorConfig) -> Store:
+def etcd_store(config: CoordinatorConfig, observer: StoreObserver | None = None) -> Store:
+    """The etcd adapter (timed for ``observer``, the metrics, when given)."""
     from ferry.etcd_store import EtcdStore, EtcdTLS  # the only etcd import, only in the real process
 
     e = config.etcd
     tls = EtcdTLS(ca_file=e.ca, cert_file=e.cert, key_file=e.key, server_name=e.server_name) if e.ca else None
-    return EtcdStore(e.endpoints, e.prefix, tls=tls, timeout_s=e.timeout_s)
+    store = EtcdStore(e.endpoints, e.prefix, tls=tls, timeout_s=e.timeout_s)
+    return store if observer is None else TimedStore(store, observer)
+
+
+def _addresses(listen: Sequence[str], ports: Sequence[int]) -> str:
+    return ", ".join(
+        a if a.startswith("unix:") else f"{a.rsplit(':', 1)[0]}:{p}" for a, p in zip(listen, ports, strict=True)
+    )
 
 
 async def serve(config: CoordinatorConfig) -> None:
-    store = etcd_store(config)
-    coordinator = build_coordinator(config, store, grpc_agent_factory(config))
+    from ferry.metrics import MetricsServer, RpcMetrics, StoreMetrics, new_registry
+
+    from .metrics import CoordinatorMetrics
+
+    registry = new_registry("coordinator")
+    metrics = CoordinatorMetrics(registry, config.limits)
+    store = etcd_store(config, StoreMetrics(registry))
+    coordinator = build_coordinator(
+        config, store, grpc_agent_factory(config), rpc_observer=RpcMetrics(registry), record_observer=metrics
+    )
+    metrics.watch(
+        records=coordinator.leader_records,
+        hosts=lambda: coordinator.fleet.available_hosts() | set(config.hosts),
+        leader=coordinator.is_leader,
+    )
+    exporter = MetricsServer(registry)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        if config.metrics.enabled:
+            metrics_ports = await exporter.start(config.metrics_listen)
+            log.info("metrics on %s (GET /metrics)", _addresses(config.metrics_listen, metrics_ports))
         ports = await coordinator.start()
         log.info(
             "coordinator %s (pid %d) serving on %s; etcd %s prefix %s",
             config.id,
             os.getpid(),
-            ", ".join(
-                a if a.startswith("unix:") else f"{a.rsplit(':', 1)[0]}:{p}"
-                for a, p in zip(config.listen, ports, strict=True)
-            ),
+            _addresses(config.listen, ports),
             ",".join(config.etcd.endpoints),
             config.etcd.prefix,
         )
@@ -214,12 +274,21 @@ async def serve(config: CoordinatorConfig) -> None:
         log.info("stopping: resigning, then stopping the server (grace %.0f s)", GRACE_S)
     finally:
         await coordinator.stop()
+        await exporter.close()
         await store.close()
     log.info("stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_daemon("ferry-coordinator", "Ferry coordinator: the fleet migration API", load_config, serve, argv)
+    return run_daemon(
+        "ferry-coordinator",
+        "Ferry coordinator: the fleet migration API",
+        load_config,
+        serve,
+        argv,
+        extra="coordinator",
+        requires=REQUIRES,
+    )
 
 
 if __name__ == "__main__":

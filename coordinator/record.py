@@ -16,6 +16,7 @@ from typing import Any
 
 from ferry.convergence import ConvergencePolicy, completion_timeout_s, policy_doc, policy_from_doc
 from ferry.errors import FerryError, Internal
+from ferry.logcontext import MigrationContext
 from ferry.model import (
     CompletedJob,
     DiskPlan,
@@ -88,6 +89,11 @@ class MigrationRecord:
     prediction: Prediction | None = None  # made at submission
     actions: tuple[ActionEntry, ...] = ()  # what the policy and operators did to the job, and why
     revision: int = 0  # the store's mod revision; not part of the JSON
+
+    @property
+    def log_context(self) -> MigrationContext:
+        """What the log lines about this record name (``ferry.logcontext``)."""
+        return MigrationContext(self.id, vm=self.vm, source=self.source_host, target=self.target_host)
 
     @property
     def copied_disks(self) -> tuple[str, ...]:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from ferry import logcontext
 from ferry.errors import FerryError, Unavailable
 from ferry.keys import migration_key
 from ferry.store import Conflict, Store
@@ -152,6 +153,9 @@ class RecordRunner:
         return self.gone or (self.record.phase.is_final and idle)
 
     async def _loop(self) -> None:
+        # every line this task and the actions it starts log is about this record; the agent
+        # calls carry it along (ferry.rpc.call_metadata)
+        logcontext.bind(self.record.log_context)
         while True:
             event = await self._queue.get()
             if not isinstance(event, _Wake):

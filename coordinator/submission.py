@@ -274,6 +274,7 @@ class Submissions:
             record.source_host,
             record.target_host,
             record.options.storage.value,
+            extra=record.log_context.extra(),
         )
         return replace(record, revision=revision)
 
@@ -351,5 +352,5 @@ class Submissions:
                 revision = await self.store.update(keys.migration_key(record.id), encode(asked), record.revision)
             except Conflict:
                 continue  # the engine moved it meanwhile: decide again on the new record
-            log.info("cancel requested for %s (%s)", record.id, record.phase.name)
+            log.info("cancel requested for %s (%s)", record.id, record.phase.name, extra=record.log_context.extra())
             return replace(asked, revision=revision)

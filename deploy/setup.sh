@@ -31,7 +31,7 @@ fi
 stamp=.venv/.ferry-installed
 if [ ! -f $stamp ] || [ pyproject.toml -nt $stamp ]; then
   echo "setup: installing Python packages"
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[agent,coordinator,lab,dev]'
   touch $stamp
 fi
 

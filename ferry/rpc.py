@@ -6,15 +6,17 @@ Addresses are gRPC targets: ``HOST:PORT`` or ``unix:/path/to.sock``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import inspect
 import logging
 import stat
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias, cast
+from typing import Any, Protocol, TypeAlias, cast
 
 import grpc
 from google.protobuf import any_pb2
@@ -23,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from ferry import logcontext
 from ferry.errors import ERROR_DOMAIN, FerryError, Internal, StatusCode, error_for_code
 
 log = logging.getLogger(__name__)
@@ -77,20 +80,116 @@ def _prepare_unix_socket(address: str) -> None:
             path.unlink()
 
 
+# ---------------------------------------------------------------- every call of a server
+
+
+class RpcObserver(Protocol):
+    """Told about every call of a Ferry service when it ends (the daemons' RPC metrics)."""
+
+    def rpc_handled(self, service: str, method: str, code: str, seconds: float) -> None:
+        """``code``: the gRPC status code's name (``OK``, ``NOT_FOUND``, ``CANCELLED``, ...)."""
+        ...
+
+
+def _status_name(context: Context, exc: BaseException | None) -> str:
+    if isinstance(exc, asyncio.CancelledError):
+        return "CANCELLED"  # the client went away (or the server is stopping)
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return "OK" if exc is None else "UNKNOWN"
+
+
+class _CallInterceptor(grpc.aio.ServerInterceptor):
+    """The one interceptor of every Ferry server, for the calls of its own services (not health
+    checking or reflection): binds the migration a call's metadata names for the handler's log
+    lines (``ferry.logcontext``) and tells the observer how long the call took and its status."""
+
+    def __init__(self, observer: RpcObserver | None) -> None:
+        self.observer = observer
+        self.services: set[str] = set()  # filled once the servicers are registered
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(details)
+        service, _, method = str(details.method).lstrip("/").partition("/")
+        if handler is None or service not in self.services:
+            return handler
+        migration = logcontext.from_metadata(cast(Any, details.invocation_metadata))
+        wrapped = {
+            kind: self._wrap(behavior, service, method, migration)
+            for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+            if (behavior := getattr(handler, kind, None)) is not None
+        }
+        # grpc's handlers are namedtuples (grpc._utilities.RpcMethodHandler)
+        return cast("grpc.RpcMethodHandler[Any, Any]", cast(Any, handler)._replace(**wrapped))
+
+    def _done(self, service: str, method: str, started: float, context: Context, exc: BaseException | None) -> None:
+        if self.observer is not None:
+            self.observer.rpc_handled(service, method, _status_name(context, exc), time.monotonic() - started)
+
+    def _wrap(
+        self, behavior: Callable[..., Any], service: str, method: str, migration: logcontext.MigrationContext | None
+    ) -> Callable[..., Any]:
+        if inspect.isasyncgenfunction(behavior):
+
+            async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+                started, failure = time.monotonic(), None
+                logcontext.bind(migration)
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                except BaseException as exc:
+                    failure = exc
+                    raise
+                finally:
+                    self._done(service, method, started, context, failure)
+
+            return stream
+
+        async def unary(request: Any, context: Context) -> Any:
+            started, failure = time.monotonic(), None
+            logcontext.bind(migration)
+            try:
+                result = behavior(request, context)
+                return await result if inspect.isawaitable(result) else result
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                self._done(service, method, started, context, failure)
+
+        return unary
+
+
+def call_metadata() -> tuple[tuple[str, str], ...]:
+    """Metadata for an outgoing call: the migration this task works on (``ferry.logcontext``), so
+    the server's log lines about it carry its fields too."""
+    return logcontext.to_metadata(logcontext.current())
+
+
 def create_server(
     addresses: Sequence[str],
     register: Callable[[grpc.aio.Server], Iterable[str]],
     *,
     tls: Tls | None = None,
+    observer: RpcObserver | None = None,
 ) -> tuple[grpc.aio.Server, list[int]]:
     """Build (not start) an asyncio gRPC server listening on ``addresses``.
 
     ``register(server)`` adds the servicers and returns their full service names; health
-    checking (each service SERVING) and reflection are added for them. Returns the server and
-    the bound port of each address (0 for unix sockets), so tests can listen on port 0.
+    checking (each service SERVING) and reflection are added for them. Every call of those
+    services goes through one interceptor: the migration named in its metadata is bound for its
+    log lines, and ``observer`` (the metrics) hears how it ended. Returns the server and the
+    bound port of each address (0 for unix sockets), so tests can listen on port 0.
     """
-    server = grpc.aio.server(options=_SERVER_OPTIONS)
+    interceptor = _CallInterceptor(observer)
+    server = grpc.aio.server(options=_SERVER_OPTIONS, interceptors=[interceptor])
     names = list(register(server))
+    interceptor.services.update(names)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ["", *names]:
@@ -250,7 +349,9 @@ def rpc_method(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 __all__ = [
     "Context",
+    "RpcObserver",
     "Tls",
+    "call_metadata",
     "create_channel",
     "create_server",
     "from_rpc_error",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,6 +17,30 @@ from ferry.rpc import Tls
 
 T = TypeVar("T")
 TLS_KEYS = ("ca", "cert", "key")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_KEYS = ("format", "level")
+METRICS_KEYS = ("listen", "enabled")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """``[log]``: the shape of the daemon's log lines (``ferry.logsetup``)."""
+
+    format: str = "text"  # "text" | "json"
+    level: str = "info"  # the --log-level option wins
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: where the Prometheus endpoint (``GET /metrics``) listens.
+
+    On unless ``enabled = false``; ``listen`` holds ``HOST:PORT`` and/or ``unix:/path``. Without a
+    ``listen``, each daemon picks its default (``metrics_listen_default``).
+    """
+
+    listen: tuple[str, ...] = ()
+    enabled: bool = True
 
 
 def bad(source: str, what: str, hint: str) -> InvalidArgument:
@@ -117,3 +142,54 @@ def tls_of(t: Table, base: Path, *, required: bool) -> Tls | None:
             "give all of ca, cert and key (PEM files) for mutual TLS",
         )
     return Tls(ca=t.path("ca", base), cert=t.path("cert", base), key=t.path("key", base))
+
+
+def log_of(t: Table) -> LogConfig:
+    """``[log]``: format = "text" | "json", level = "debug" | "info" | "warning" | "error"."""
+    values: dict[str, str] = {}
+    for key, allowed in (("format", LOG_FORMATS), ("level", LOG_LEVELS)):
+        if key in t:
+            value = t.string(key).lower()
+            if value not in allowed:
+                raise bad(
+                    t.source,
+                    f"[log] {key} must be one of {', '.join(allowed)}, not {t.data[key]!r}",
+                    f'e.g. {key} = "{allowed[0]}"',
+                )
+            values[key] = value
+    return LogConfig(**values)
+
+
+def metrics_of(t: Table) -> MetricsConfig:
+    """``[metrics]``: listen = ["HOST:PORT", "unix:/path"], enabled = true | false."""
+    enabled = True
+    if "enabled" in t:
+        if not isinstance(t.data["enabled"], bool):
+            raise bad(
+                t.source, f"[metrics] enabled must be true or false, not {t.data['enabled']!r}", "enabled = false"
+            )
+        enabled = t.data["enabled"]
+    listen: tuple[str, ...] = ()
+    if "listen" in t:
+        if t.data["listen"] == []:
+            raise bad(t.source, "[metrics] listen is empty", "give an address, or switch metrics off: enabled = false")
+        listen = t.strings("listen")
+    return MetricsConfig(listen=listen, enabled=enabled)
+
+
+def metrics_listen_default(grpc_listen: Collection[str], port: int) -> tuple[str, ...]:
+    """The metrics address when ``[metrics]`` names none: the host of the first TCP gRPC address
+    (the management network the daemon already serves on), on ``port``; loopback when the daemon
+    listens on unix sockets only.
+
+    >>> metrics_listen_default(["10.20.0.7:7070", "unix:/run/ferry/agent.sock"], 9470)
+    ('10.20.0.7:9470',)
+    >>> metrics_listen_default(["unix:/run/ferry/agent.sock"], 9470)
+    ('127.0.0.1:9470',)
+    >>> metrics_listen_default(["[::1]:7070"], 9470)
+    ('[::1]:9470',)
+    """
+    for address in grpc_listen:
+        if not address.startswith("unix:"):
+            return (f"{address.rsplit(':', 1)[0]}:{port}",)
+    return (f"127.0.0.1:{port}",)

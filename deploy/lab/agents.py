@@ -63,6 +63,7 @@ def start_agent(
     config = agent_config_path(paths, plan.name)
     config.write_text(render_agent_config(paths, plan, registry))
     paths.agent_socket(plan.name).unlink(missing_ok=True)
+    paths.metrics_socket(plan.name).unlink(missing_ok=True)
     argv = nsenter(holder.pid, [*(command or default_agent_command()), "--config", str(config)])
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = procs.spawn(argv, log=agent_log_path(paths, plan.name), env=env)
@@ -71,7 +72,13 @@ def start_agent(
         kind="agent",
         place=plan.name,
         process=process,
-        endpoints={"grpc": plan.agent_listen, "unix": plan.agent_address, "config": str(config)},
+        endpoints={
+            "grpc": plan.agent_listen,
+            "unix": plan.agent_address,
+            "metrics": plan.metrics_address,
+            "metrics_tcp": plan.metrics_listen,
+            "config": str(config),
+        },
     )
 
 

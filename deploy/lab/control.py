@@ -187,7 +187,13 @@ def start_coordinator(
         kind="coordinator",
         place=CORE,
         process=process,
-        endpoints={"grpc": coordinator.listen, "unix": coordinator.address, "config": str(coordinator.config)},
+        endpoints={
+            "grpc": coordinator.listen,
+            "unix": coordinator.address,
+            "metrics": coordinator.metrics_address,
+            "metrics_tcp": coordinator.metrics_listen,
+            "config": str(coordinator.config),
+        },
     )
     record(component)
     return component

@@ -8,6 +8,7 @@ Worked example, lab dir /tmp/ferry-lab, 2 hosts, ``ControlPlane(etcd_members=1, 
     etcd s1   client http://10.77.0.1:2379  peer http://10.77.0.1:2380  data /tmp/ferry-lab/etcd/s1.data
     c1        10.77.0.1:7100  unix:/tmp/ferry-lab/coordinators/c1.sock
               config /tmp/ferry-lab/coordinators/c1/coordinator.toml
+              metrics 10.77.0.1:9471  unix:/tmp/ferry-lab/coordinators/c1.metrics.sock
     c2        10.77.0.1:7101  unix:/tmp/ferry-lab/coordinators/c2.sock
     agents    [registry] etcd_endpoints = ["10.77.0.1:2379"], address = "10.77.0.11:7070", ttl 10 s
     cli.toml  coordinator = "unix:/tmp/ferry-lab/coordinators/c1.sock"
@@ -31,6 +32,7 @@ from ferry.lab.topology import CORE_ADDRESS, IMAGE_DIR, HostPlan, LabPaths
 
 ETCD_FIRST_CLIENT_PORT = 2379  # member sN: client 2379 + 2(N-1), peer one above
 COORDINATOR_FIRST_PORT = 7100  # cN: 7100 + N - 1
+COORDINATOR_FIRST_METRICS_PORT = 9471  # cN: 9471 + N - 1 (9471: ferry.coordinator.config's default)
 ETCD_PREFIX = "/ferry/"
 ETCD_CLUSTER_TOKEN = "ferry-lab"
 REGISTRY_TTL_S = 10
@@ -68,11 +70,18 @@ class CoordinatorPlan:
     socket: Path  # <lab>/coordinators/c1.sock, reachable from the root namespace
     config: Path  # <lab>/coordinators/c1/coordinator.toml
     log: Path
+    metrics_listen: str = ""  # 10.77.0.1:9471, inside the core namespace
+    metrics_socket: Path | None = None  # <lab>/coordinators/c1.metrics.sock, from the root namespace
 
     @property
     def address(self) -> str:
         """What the CLI in the root namespace dials: ``unix:<lab>/coordinators/c1.sock``."""
         return f"unix:{self.socket}"
+
+    @property
+    def metrics_address(self) -> str:
+        """Its metrics endpoint from the root namespace: ``unix:<lab>/coordinators/c1.metrics.sock``."""
+        return f"unix:{self.metrics_socket}" if self.metrics_socket else ""
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,8 @@ def coordinator_plan(paths: LabPaths, index: int) -> CoordinatorPlan:
         socket=coordinators_dir(paths) / f"{cid}.sock",
         config=home / "coordinator.toml",
         log=home / "coordinator.log",
+        metrics_listen=f"{CORE_ADDRESS}:{COORDINATOR_FIRST_METRICS_PORT + index - 1}",
+        metrics_socket=coordinators_dir(paths) / f"{cid}.metrics.sock",
     )
 
 
@@ -145,7 +156,8 @@ def plan_control_plane(paths: LabPaths, shape: ControlPlane) -> ControlPlanePlan
 
 def control_plane_sockets(paths: LabPaths, shape: ControlPlane) -> tuple[Path, ...]:
     """The unix sockets a control plane of this shape creates (for the sun_path length check)."""
-    return tuple(coordinator_plan(paths, i).socket for i in range(1, shape.coordinators + 1))
+    plans = [coordinator_plan(paths, i) for i in range(1, shape.coordinators + 1)]
+    return tuple(sock for p in plans for sock in (p.socket, p.metrics_socket) if sock is not None)
 
 
 # ---------------------------------------------------------------- config files
@@ -171,6 +183,9 @@ def render_coordinator_toml(plan: ControlPlanePlan, coordinator: CoordinatorPlan
         f"listen = {_toml_list([coordinator.listen, coordinator.address])}",
         f"advertise = {_toml_str(coordinator.listen)}",
         f"election_ttl_s = {ELECTION_TTL_S}",
+        "",
+        "[metrics]",
+        f"listen = {_toml_list([coordinator.metrics_listen, coordinator.metrics_address])}",
         "",
         "[etcd]",
         f"endpoints = {_toml_list(plan.etcd_endpoints)}",

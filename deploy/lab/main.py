@@ -3,7 +3,7 @@
     ferry-lab up [--hosts 2] [--no-agents]      start the lab (reuses one already up), with
         [--etcd-members 1|3] [--coordinators N]   etcd and coordinators in the core namespace
         [--no-control-plane]                      (the ferry CLI works right after)
-    ferry-lab status [--output json]            every component, PID, address, alive or not,
+    ferry-lab status [-o json]                  every component, PID, address, alive or not,
                                                 which coordinator leads
     ferry-lab kill COMPONENT [--signal KILL]    signal one (coordinator c1, etcd s1, agent host1)
     ferry-lab restart COMPONENT                 start it again, wait until it serves
@@ -21,11 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from ferry.errors import FerryError
 from ferry.lab.controlplane import ETCD_MEMBER_COUNTS, MAX_COORDINATORS, ControlPlane
@@ -36,103 +38,181 @@ from ferry.lab.status import render_text
 from ferry.lab.topology import MAX_HOSTS
 
 EXIT_ERROR = 1
-EXIT_USAGE = 2
+EXIT_USAGE = 64  # EX_USAGE, as `ferry`'s
+OUTPUTS = ("table", "json")  # the same words as `ferry -o`
+
+EPILOG = f"""\
+global options go before or after the command: `ferry-lab status -o json` = `ferry-lab -o json status`.
+
+exit status:
+  0    success
+  {EXIT_ERROR}    the command failed (the message says why and what to do)
+  {EXIT_USAGE}   usage error: a wrong command line
+  130  interrupted (Ctrl-C)
+  (virsh and exec pass on their command's exit status)
+
+environment:
+  FERRY_LAB_DIR        lab directory (default {default_lab_dir()}; --lab-dir wins)
+  FERRY_LAB_CACHE_DIR  where libvirtd's QEMU capability cache is kept between labs
+  FERRY_ETCD_BIN       the etcd server binary (default: the one deploy/fetch-etcd.sh fetched)
+  XDG_CONFIG_HOME      `up` also writes the `ferry` CLI config to $XDG_CONFIG_HOME/ferry/cli.toml
+                       (when that file is free or already points into a lab)"""
+
+
+class UsageError(Exception):
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, raising UsageError (exit 64) instead of exiting 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self.format_usage())
+
+
+def _output(value: str) -> str:
+    word = value.strip().lower()
+    return "table" if word == "text" else word  # "text": the old word, accepted quietly
+
+
+def _common() -> _Parser:
+    """Options every command takes, before or after it (defaults suppressed, filled in by main)."""
+    common = _Parser(add_help=False)
+    g = common.add_argument_group("global options")
+    g.add_argument(
+        "--lab-dir",
+        type=Path,
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help=f"lab directory. Default: $FERRY_LAB_DIR, else {default_lab_dir()}",
+    )
+    g.add_argument(
+        "-o",
+        "--output",
+        type=_output,
+        choices=OUTPUTS,
+        default=argparse.SUPPRESS,
+        help="output of up and status: table (for people) or json (the status object). Default: table",
+    )
+    g.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only errors on stderr. Default: off"
+    )
+    return common
+
+
+GLOBAL_DEFAULTS = {"lab_dir": None, "output": "table", "quiet": False}
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ferry-lab", description="Real libvirt hosts in namespaces on this machine.")
-    parser.add_argument(
-        "--lab-dir", type=Path, default=None, help=f"lab directory (default: $FERRY_LAB_DIR or {default_lab_dir()})"
+    common = _common()
+    parser = _Parser(
+        prog="ferry-lab",
+        description="Real libvirt hosts in namespaces on this machine.",
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", help="start the lab (core namespace, hosts, libvirtd, agents, etcd, coordinators)")
-    up.add_argument("--hosts", type=int, default=2, help=f"number of hosts, 1-{MAX_HOSTS}")
-    up.add_argument("--no-agents", action="store_true", help="do not start Ferry agents")
-    up.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages (fail instead)")
+    def command(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], **kw)
+
+    up = command("up", help="start the lab (core namespace, hosts, libvirtd, agents, etcd, coordinators)")
+    up.add_argument("--hosts", type=int, default=2, help=f"number of hosts, 1-{MAX_HOSTS}. Default: 2")
+    up.add_argument("--no-agents", action="store_true", help="do not start Ferry agents. Default: start them")
+    up.add_argument(
+        "--no-install",
+        action="store_true",
+        help="do not apt-get install missing packages (fail instead). Default: install",
+    )
     up.add_argument(
         "--etcd-members",
         type=int,
         default=1,
         choices=ETCD_MEMBER_COUNTS,
-        help="etcd members in the core namespace (default 1)",
+        help="etcd members in the core namespace. Default: 1",
     )
     up.add_argument(
         "--coordinators",
         type=int,
         default=1,
         choices=range(1, MAX_COORDINATORS + 1),
-        help="coordinator replicas (default 1; one leads, all serve the API)",
+        help="coordinator replicas (one leads, all serve the API). Default: 1",
     )
     up.add_argument(
         "--per-host-outbound",
         type=int,
         default=1,
         metavar="N",
-        help="concurrent migrations out of one host (default 1)",
+        help="concurrent migrations out of one host. Default: 1",
     )
     up.add_argument(
-        "--no-control-plane", action="store_true", help="no etcd, no coordinators (a lab already up is reused as it is)"
+        "--no-control-plane",
+        action="store_true",
+        help="no etcd, no coordinators (a lab already up is reused as it is). Default: start them",
     )
 
-    sub.add_parser("down", help="destroy guests, stop everything the lab started")
+    command("down", help="destroy guests, stop everything the lab started")
 
-    status = sub.add_parser("status", help="every component, its PID, addresses, liveness")
-    status.add_argument("--output", choices=("text", "json"), default="text")
+    command("status", help="every component, its PID, addresses, liveness (-o json: as JSON)")
 
-    guest = sub.add_parser("guest", help="create and boot a test guest on a host")
-    guest.add_argument("name")
-    guest.add_argument("--host", required=True, help="lab host, e.g. host1")
-    guest.add_argument("--memory", type=int, default=256, metavar="MiB")
+    guest = command("guest", help="create and boot a test guest on a host")
+    guest.add_argument("name", help="guest name")
+    guest.add_argument("--host", required=True, help="lab host, e.g. host1 (required)")
+    guest.add_argument("--memory", type=int, default=256, metavar="MiB", help="guest memory in MiB. Default: 256")
     guest.add_argument(
         "--disk",
         action="append",
         metavar="SIZE",
-        help="a qcow2 disk (vda, vdb, ... in order), e.g. 256M; repeatable (default: one 256M disk)",
+        help="a qcow2 disk (vda, vdb, ... in order), e.g. 256M; repeatable. Default: one 256M disk",
     )
-    guest.add_argument("--shared", action="store_true", help="disks on the lab's shared storage instead of host-local")
+    guest.add_argument("--shared", action="store_true", help="disks on the lab's shared storage. Default: host-local")
     guest.add_argument(
-        "--dirty-rate", metavar="MiB/s|max", help="start the memory dirtier at this rate (default: no dirtier)"
+        "--dirty-rate",
+        metavar="MiB/s|max",
+        help="start the memory dirtier at this rate, in MiB/s or max. Default: no dirtier",
     )
     guest.add_argument(
-        "--dirty-mb", type=int, default=64, metavar="MiB", help="memory the dirtier keeps dirty (default 64)"
+        "--dirty-mb", type=int, default=64, metavar="MiB", help="memory the dirtier keeps dirty, in MiB. Default: 64"
     )
-    guest.add_argument("--no-nic", action="store_true", help="no network interface")
+    guest.add_argument("--no-nic", action="store_true", help="no network interface. Default: one NIC")
     guest.add_argument(
-        "--bridge", metavar="NAME", help="put the NIC on this bridge of the host (default: its guest bridge)"
+        "--bridge", metavar="NAME", help="put the NIC on this bridge of the host. Default: its guest bridge"
     )
     guest.add_argument(
         "--timeout",
         type=float,
         default=BOOT_TIMEOUT_S,
         metavar="SECONDS",
-        help="how long to wait for the first heartbeat",
+        help=f"how long to wait for the first heartbeat, in seconds. Default: {BOOT_TIMEOUT_S:g}",
     )
 
-    console = sub.add_parser("console", help="print a guest's serial console log")
-    console.add_argument("name")
-    console.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    console = command("console", help="print a guest's serial console log")
+    console.add_argument("name", help="guest name")
+    console.add_argument("-f", "--follow", action="store_true", help="keep printing new lines. Default: print and exit")
 
-    virsh = sub.add_parser("virsh", help="virsh against a host's libvirtd")
-    virsh.add_argument("host")
-    virsh.add_argument("args", nargs=argparse.REMAINDER)
+    virsh = command("virsh", help="virsh against a host's libvirtd")
+    virsh.add_argument("host", help="lab host, e.g. host1")
+    virsh.add_argument("args", nargs=argparse.REMAINDER, help="virsh's arguments")
 
-    exec_ = sub.add_parser("exec", help="run a command inside a host's (or core's) namespaces")
+    exec_ = command("exec", help="run a command inside a host's (or core's) namespaces")
     exec_.add_argument("host", help="host name or 'core'")
-    exec_.add_argument("cmd", nargs=argparse.REMAINDER)
+    exec_.add_argument("cmd", nargs=argparse.REMAINDER, help="the command and its arguments")
 
-    kill = sub.add_parser("kill", help="signal one component by its recorded PID (a drill)")
+    kill = command("kill", help="signal one component by its recorded PID (a drill)")
     kill.add_argument("component", nargs="+", help="e.g. coordinator c1, etcd s1, agent host1, libvirtd host2")
     kill.add_argument(
         "--signal",
         default="KILL",
         type=str.upper,
         choices=tuple(SIGNALS),
-        help="KILL (default: a crash), TERM, STOP (hang) or CONT (resume)",
+        help="KILL (a crash), TERM, STOP (hang) or CONT (resume). Default: KILL",
     )
 
-    restart = sub.add_parser("restart", help="start a component again and wait until it serves")
+    restart = command("restart", help="start a component again and wait until it serves")
     restart.add_argument("component", nargs="+", help="e.g. coordinator c1, etcd s1, agent host1")
     return parser
 
@@ -146,8 +226,7 @@ def _cmd_up(lab: Lab, args: argparse.Namespace) -> int:
         )
     )
     lab.up(hosts=args.hosts, agents=not args.no_agents, install=not args.no_install, control_plane=control_plane)
-    print(render_text(lab.status()), end="")
-    return 0
+    return _cmd_status(lab, args)
 
 
 def _cmd_kill(lab: Lab, args: argparse.Namespace) -> int:
@@ -257,8 +336,22 @@ COMMANDS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse; raises UsageError for a wrong command line (--help exits 0)."""
     args = _parser().parse_args(argv)
+    for name, default in GLOBAL_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parse(argv)
+    except UsageError as exc:
+        sys.stderr.write(exc.usage)
+        print(f"ferry-lab: error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="ferry-lab: %(message)s", stream=sys.stderr
     )
@@ -273,6 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ferry-lab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ferry-lab status -o json | head`: the reader went away
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -184,6 +184,18 @@ def _proc_line(label: str, entry: dict[str, Any] | None, extra: str = "", *, wid
     return line
 
 
+def _metrics_lines(entry: dict[str, Any] | None, *, width: int = 9) -> list[str]:
+    """Where an agent's or coordinator's metrics are (from the root namespace, and inside its own)."""
+    if entry is None or not entry["endpoints"].get("metrics"):
+        return []
+    socket = entry["endpoints"]["metrics"].removeprefix("unix:")
+    inside = entry["endpoints"].get("metrics_tcp", "")
+    return [
+        f"  {'metrics':<{width}} curl --unix-socket {socket} http://localhost/metrics"
+        + (f"  (inside: {inside})" if inside else "")
+    ]
+
+
 def _control_lines(control: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]:
     leader = control["leader"] or (f"unknown ({control['leader_error']})" if control["leader_error"] else "NONE")
     lines = [f"control   leader {leader}"]
@@ -193,6 +205,7 @@ def _control_lines(control: dict[str, Any], entries: list[dict[str, Any]]) -> li
         else:
             extra = "  ".join(v for k, v in entry["endpoints"].items() if k in ("grpc", "unix"))
         lines.append(_proc_line(entry["label"], entry, extra, width=14))
+        lines += _metrics_lines(entry, width=14)
     cli = (
         f"configured in {control['user_cli_config']}"
         if control["user_cli_config"]
@@ -217,6 +230,7 @@ def render_text(status: dict[str, Any]) -> str:
         lines.append(_proc_line("holder", host["holder"]))
         lines.append(_proc_line("libvirtd", host["libvirtd"], f"{host['libvirt_uri']}  {host['tcp_uri']}"))
         lines.append(_proc_line("agent", host["agent"], f"{host['agent_address']}  {host['agent_listen']}"))
+        lines += _metrics_lines(host["agent"])
         if host["guests"] is not None:
             guests = ", ".join(f"{g['name']} ({g['state']})" for g in host["guests"]) or "none"
             lines.append(f"  {'guests':<9} {guests}")

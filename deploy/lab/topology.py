@@ -22,6 +22,7 @@ CORE_ADDRESS = SUBNET_PREFIX + "1"
 CORE_BRIDGE = "br0"
 CORE_HOSTNAME = "core"
 AGENT_PORT = 7070
+AGENT_METRICS_PORT = 9470  # ferry.agent.config's default
 MAX_HOSTS = 20
 QEMU_USER_LINE = "libvirt-qemu:x:64055:64055:Libvirt Qemu:/var/lib/libvirt:/usr/sbin/nologin"
 QEMU_GROUP_LINE = "libvirt-qemu:x:64055:"
@@ -110,6 +111,10 @@ class LabPaths:
     def agent_socket(self, name: str) -> Path:
         return self.host(name) / "agent.sock"
 
+    def metrics_socket(self, name: str) -> Path:
+        """The agent's metrics endpoint, reachable from the root namespace (``curl --unix-socket``)."""
+        return self.host(name) / "metrics.sock"
+
     def console_log(self, guest: str) -> Path:
         return self.shared / f"{guest}.console.log"
 
@@ -128,6 +133,8 @@ class HostPlan:
     tcp_uri: str  # from other hosts (migration peers)
     agent_listen: str  # inside the host's network namespace
     agent_address: str  # from the root namespace
+    metrics_listen: str = ""  # the agent's metrics, inside the host's network namespace
+    metrics_address: str = ""  # the same, from the root namespace (unix:...)
 
 
 def plan_hosts(paths: LabPaths, count: int) -> tuple[HostPlan, ...]:
@@ -150,6 +157,8 @@ def plan_hosts(paths: LabPaths, count: int) -> tuple[HostPlan, ...]:
                 tcp_uri=f"qemu+tcp://{address}/system",
                 agent_listen=f"{address}:{AGENT_PORT}",
                 agent_address=f"unix:{paths.agent_socket(name)}",
+                metrics_listen=f"{address}:{AGENT_METRICS_PORT}",
+                metrics_address=f"unix:{paths.metrics_socket(name)}",
             )
         )
     return tuple(plans)
@@ -165,7 +174,7 @@ def lab_dir_problem(lab_dir: Path, host_names: tuple[str, ...] = ("host1",)) -> 
             return f"lab dir {lab_dir} is below {hidden}, which every lab host mounts over"
     paths = LabPaths(lab_dir)
     for name in host_names:
-        for sock in (paths.libvirt_socket(name), paths.agent_socket(name)):
+        for sock in (paths.libvirt_socket(name), paths.agent_socket(name), paths.metrics_socket(name)):
             if len(str(sock)) > MAX_SOCKET_PATH:
                 return f"socket path {sock} is longer than {MAX_SOCKET_PATH} bytes"
     return ""
@@ -259,6 +268,9 @@ def render_agent_toml(paths: LabPaths, plan: HostPlan) -> str:
             f"state_dir = {_toml_str(AGENT_STATE_DIR)}                   # host-local (overlay /var)",
             "prepare_ttl_s = 600",
             "libvirt_timeout_s = 30",
+            "",
+            "[metrics]                                            # GET /metrics; the socket for the root namespace",
+            f"listen = [{_toml_str(plan.metrics_listen)}, {_toml_str(plan.metrics_address)}]",
             "",
         ]
     )

@@ -8,7 +8,9 @@ migration between them needs a bridge mapping (``mapping(src, dst)``).
 
 An agent can be stopped and started again on the same port (``FakeAgent.stop`` / ``start``):
 its prepares (on disk) and its fake libvirt (in memory) survive, like a restarted ferry-agent.
-``MaxConcurrency`` records how many migration jobs ran at once on the fakes.
+``MaxConcurrency`` records how many migration jobs ran at once on the fakes. With
+``metrics=True`` each agent has its Prometheus registry (``FakeAgent.registry``), fed as
+ferry-agent feeds it (the driver's jobs, the prepares, every gRPC call).
 
 Import it from a test in tests/component as ``from fleet import ...``.
 """
@@ -19,6 +21,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -28,7 +31,7 @@ from ferry.agent.service import AgentServicer
 from ferry.coordinator.agent_client import GrpcAgentClient
 from ferry.model import DomainState, HostMapping
 from ferry.registry import HostChange, HostRegistration
-from ferry.rpc import create_server
+from ferry.rpc import RpcObserver, create_server
 from ferry.testing.fake_hostsystem import FakeHostSystem
 from ferry.testing.fake_hypervisor import FakeFleet, FakeHypervisor, MiB, make_domain_xml
 
@@ -54,6 +57,8 @@ class FakeAgent:
     config: AgentConfig
     port: int = 0
     server: grpc.aio.Server | None = None
+    registry: Any = None  # prometheus_client.CollectorRegistry with metrics=True
+    rpc_observer: RpcObserver | None = None
 
     @property
     def address(self) -> str:
@@ -73,7 +78,7 @@ class FakeAgent:
         if self.server is not None:
             return
         listen = f"127.0.0.1:{self.port}"
-        server, [port] = create_server([listen], register(self.servicer))
+        server, [port] = create_server([listen], register(self.servicer), observer=self.rpc_observer)
         await server.start()
         self.server, self.port = server, port
 
@@ -182,7 +187,9 @@ class Fleet:
             await a.stop()
 
 
-async def start_agent(name: str, index: int, fakes: FakeFleet, state_dir: Path, *, step_s: float = 0.005) -> FakeAgent:
+async def start_agent(
+    name: str, index: int, fakes: FakeFleet, state_dir: Path, *, step_s: float = 0.005, metrics: bool = False
+) -> FakeAgent:
     host = FakeHostSystem(
         bridges=[bridge_of(index)],
         dirs={IMAGES: 50 * GiB, SHARED: 100 * GiB},
@@ -208,18 +215,27 @@ async def start_agent(name: str, index: int, fakes: FakeFleet, state_dir: Path, 
         state_dir=str(state_dir),
         prepare_ttl_s=600,
     )
-    servicer = build_agent(config, hv, host)
-    agent = FakeAgent(name, index, hv, host, servicer, config)
+    if not metrics:
+        agent = FakeAgent(name, index, hv, host, build_agent(config, hv, host), config)
+    else:
+        from ferry.agent.metrics import AgentMetrics
+        from ferry.metrics import RpcMetrics, new_registry
+
+        registry = new_registry("agent")
+        jobs = AgentMetrics(registry)
+        servicer = build_agent(config, hv, host, jobs=jobs)
+        jobs.watch_prepares(servicer.prepare.list)
+        agent = FakeAgent(name, index, hv, host, servicer, config, registry=registry, rpc_observer=RpcMetrics(registry))
     await agent.start()
     return agent
 
 
-async def start_fleet(state_dir: Path, n: int = 2, *, step_s: float = 0.005) -> Fleet:
+async def start_fleet(state_dir: Path, n: int = 2, *, step_s: float = 0.005, metrics: bool = False) -> Fleet:
     """Agents host1..host``n`` serving on 127.0.0.1:0; ``await fleet.close()`` when done."""
     fleet = Fleet(FakeFleet())
     for i in range(1, n + 1):
         name = f"host{i}"
-        fleet.agents[name] = await start_agent(name, i, fleet.fakes, state_dir / name, step_s=step_s)
+        fleet.agents[name] = await start_agent(name, i, fleet.fakes, state_dir / name, step_s=step_s, metrics=metrics)
     return fleet
 
 

@@ -3,6 +3,9 @@
 Two fake hosts share one FakeFleet, so a migration from host1 moves the domain into host2's
 FakeHypervisor. host1 has bridge br-guest, host2 br-vm (as in the lab), so a migration between
 them needs a bridge mapping.
+
+``fx`` / ``leading``: a coordinator over an in-memory store and three fake agents, without and
+with its engine (``coordinator_setup.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from coordinator_setup import Setup, close, lead, start  # beside this file
 
 from ferry.agent.config import AgentConfig
 from ferry.agent.main import build_agent, register
@@ -84,3 +88,24 @@ async def agents(tmp_path: Path) -> AsyncIterator[tuple[AgentUnderTest, AgentUnd
         a.hv.release()
         await a.channel.close()
         await a.server.stop(None)
+
+
+@pytest.fixture
+async def fx(tmp_path: Path) -> AsyncIterator[Setup]:
+    """A coordinator (not leading) over in-memory etcd and three fake agents (coordinator_setup.py)."""
+    s = await start(tmp_path)
+    try:
+        yield s
+    finally:
+        await close(s)
+
+
+@pytest.fixture
+async def leading(tmp_path: Path) -> AsyncIterator[Setup]:
+    """The same, with this coordinator elected and its engine running (fast timings)."""
+    s = await start(tmp_path)
+    await lead(s)
+    try:
+        yield s
+    finally:
+        await close(s)

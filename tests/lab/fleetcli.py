@@ -35,11 +35,11 @@ from ferry.v1 import agent_pb2_grpc as agrpc
 FERRY = Path(sys.executable).parent / "ferry"  # the venv's console script, beside its python
 HOSTS = ("host1", "host2")
 
-# Phase names as `ferry --output json` prints them (the ferry.v1.Phase enum)
-SUCCEEDED, FAILED, CANCELLED, ROLLED_BACK = ("PHASE_SUCCEEDED", "PHASE_FAILED", "PHASE_CANCELLED", "PHASE_ROLLED_BACK")
+# Phases as `ferry --output json` spells them, in a record and in its history (docs/cli-json.md)
+SUCCEEDED, FAILED, CANCELLED, ROLLED_BACK = ("succeeded", "failed", "cancelled", "rolled_back")
 FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, ROLLED_BACK})
-MIGRATING, PREPARING = "PHASE_MIGRATING", "PHASE_PREPARING"
-HOLDS_SLOT = frozenset({"PHASE_PREFLIGHT", PREPARING, MIGRATING, "PHASE_FINISHING", "PHASE_ROLLING_BACK"})
+MIGRATING, PREPARING = "migrating", "preparing"
+HOLDS_SLOT = frozenset({"preflight", PREPARING, MIGRATING, "finishing", "rolling_back"})
 
 
 # ---------------------------------------------------------------- the CLI
@@ -122,12 +122,13 @@ def wait_final(lab: Lab, migration_id: str, timeout: float) -> dict[str, Any]:
 
 def history(record: dict[str, Any]) -> list[tuple[str, str]]:
     """(phase, reason) of each history entry, for assertion messages and checks."""
-    return [(h.get("phase", ""), h.get("reason", "")) for h in record.get("history", [])]
+    return [(h["phase"], h["reason"]) for h in record["history"]]
 
 
 def ms(record: dict[str, Any], field: str) -> int:
-    """A figure of the completed job (int64 fields are strings in JSON; absent = 0)."""
-    return int(record.get("result", {}).get(field, 0))
+    """A figure of the completed job (numbers in the JSON; 0 when the job did not complete)."""
+    result = record["result"]
+    return int(result[field]) if result is not None else 0
 
 
 # ---------------------------------------------------------------- what the hosts say

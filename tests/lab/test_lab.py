@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from ferry.agent.config import parse_config as parse_agent_config
 from ferry.errors import AlreadyExists
 from ferry.lab import Lab, procs
 from ferry.lab.domain import DiskSpec, GuestSpec, domain_xml, last_heartbeat, parse_size
@@ -57,6 +58,9 @@ def test_agent_config_is_the_agreed_format():
         "prepare_ttl_s": 600,
         "libvirt_timeout_s": 30,
     }
+    # metrics inside the host's namespace and on a socket the root namespace reaches
+    config = parse_agent_config(render_agent_toml(paths, plan))
+    assert config.metrics_listen == ("10.77.0.11:9470", "unix:/tmp/l/hosts/host1/metrics.sock")
 
 
 @pytest.mark.parametrize(
@@ -193,6 +197,27 @@ def test_status_text_names_a_failed_agent_and_its_reason():
     }
     text = render_text(status)
     assert "FAILED" in text and "/l/a.log" in text
+
+
+def test_status_says_where_each_metrics_endpoint_is():
+    from ferry.lab.status import _control_lines, _metrics_lines
+
+    agent = {"endpoints": {"metrics": "unix:/l/hosts/host1/metrics.sock", "metrics_tcp": "10.77.0.11:9470"}}
+    [line] = _metrics_lines(agent)
+    assert "curl --unix-socket /l/hosts/host1/metrics.sock http://localhost/metrics" in line
+    assert "10.77.0.11:9470" in line
+    assert _metrics_lines({"endpoints": {"unix": "unix:/x"}}) == []  # started before metrics existed
+    coordinator = {
+        "kind": "coordinator",
+        "label": "coordinator c1",
+        "pid": 7,
+        "state": "running",
+        "error": "",
+        "endpoints": {"grpc": "10.77.0.1:7100", "unix": "unix:/l/c1.sock", "metrics": "unix:/l/c1.metrics.sock"},
+    }
+    control = {"leader": "c1", "leader_error": "", "user_cli_config": "/c.toml"}
+    lines = _control_lines(control, [coordinator])
+    assert any("curl --unix-socket /l/c1.metrics.sock" in line for line in lines)
 
 
 # ---------------------------------------------------------------- the real lab

@@ -77,6 +77,7 @@ def test_coordinator_config_is_what_ferry_coordinator_reads():
     config = parse_coordinator_config(render_coordinator_toml(plan, plan.coordinators[1], hosts))
     assert config.id == "c2"
     assert config.listen == ("10.77.0.1:7101", "unix:/tmp/l/coordinators/c2.sock")
+    assert config.metrics_listen == ("10.77.0.1:9472", "unix:/tmp/l/coordinators/c2.metrics.sock")
     assert config.etcd.endpoints == ("10.77.0.1:2379",) and config.etcd.prefix == "/ferry/"
     limits = config.limits
     assert (limits.per_host_outbound, limits.per_host_inbound, limits.cluster) == (1, 2, 4)
@@ -284,7 +285,7 @@ def test_control_plane_is_up_with_one_leader(fleet_lab: Lab, cli_config_home: Pa
 async def test_the_cli_lists_the_hosts_and_a_guest(fleet_lab: Lab, monkeypatch, capsys):
     monkeypatch.setenv("FERRY_CONFIG", str(fleet_lab.dir / "cli.toml"))
     hosts = (await _ferry_json(capsys, "hosts"))["hosts"]
-    assert {h["name"]: h.get("available", False) for h in hosts} == {"host1": True, "host2": True}
+    assert {h["name"]: h["available"] for h in hosts} == {"host1": True, "host2": True}
     by_name = {h["name"]: h for h in hosts}
     assert by_name["host2"]["address"] == "10.77.0.12:7070"  # over the lab network
     fleet_lab.guest("fleetvm", host="host2")

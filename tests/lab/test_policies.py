@@ -69,7 +69,7 @@ def job_in_precopy(lab: Lab, migration_id: str) -> dict:
     """Wait until the record shows memory pre-copy (past the disk mirror)."""
 
     def precopy() -> bool:
-        return show(lab, migration_id).get("progress", {}).get("phase") == "MIGRATION_PHASE_PRECOPY"
+        return (show(lab, migration_id)["progress"] or {}).get("phase") == "precopy"
 
     wait_until(precopy, 60, f"{migration_id} in pre-copy", interval=0.3)
     return show(lab, migration_id)
@@ -184,7 +184,7 @@ def test_a_postcopy_whose_link_breaks_for_ten_seconds_resumes_and_the_guest_keep
     mid = submit(lab, name, "--policy", "postcopy-early", "--bandwidth", CAP)
 
     def in_postcopy() -> bool:
-        return show(lab, mid).get("progress", {}).get("phase") == "MIGRATION_PHASE_POSTCOPY"
+        return (show(lab, mid)["progress"] or {}).get("phase") == "postcopy"
 
     wait_until(in_postcopy, 90, f"{mid} in post-copy", interval=0.2)
     time.sleep(1)

@@ -115,8 +115,9 @@ def test_progress_bar_counts_memory_and_disk():
 
 
 def test_phase_names():
-    assert render.phase_name(cpb.PHASE_ROLLED_BACK) == "RolledBack"
-    assert render.phase_name(cpb.PHASE_PENDING) == "Pending"
+    # the JSON's spelling, in the tables too
+    assert render.phase_name(cpb.PHASE_ROLLED_BACK) == "rolled_back"
+    assert render.phase_name(cpb.PHASE_PENDING) == "pending"
 
 
 def test_several_replicas(tmp_path):

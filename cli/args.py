@@ -1,0 +1,414 @@
+"""The `ferry` command line: every command, option and help text, in one parser.
+
+Global options (``--coordinator``, ``-o/--output``, ``--rpc-timeout``) are accepted before or after
+the command (``ferry -o json vms`` = ``ferry vms -o json``): each (sub)parser carries them with
+suppressed defaults, so a value given anywhere lands in the namespace once, and
+:func:`parse` fills in the defaults afterwards. Usage errors raise :class:`UsageError` (exit 64,
+EX_USAGE) instead of argparse's exit 2, which `ferry` means as "the coordinator refused".
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, NoReturn
+
+from ferry.cli import jsonout
+from ferry.cli.config import DEFAULT_COORDINATOR, ENV_ADDRESS, ENV_CONFIG
+
+# Exit status (documented in --help and the README)
+EXIT_OK = 0
+EXIT_UNSUCCESSFUL = 1  # the migration ended without success, or preflight found blockers
+EXIT_REFUSED = 2  # the coordinator refused the request (it says what to fix)
+EXIT_UNREACHABLE = 3  # no coordinator answered, or it failed
+EXIT_USAGE = 64  # the command line is wrong (EX_USAGE); nothing was sent
+EXIT_INTERRUPTED = 130  # Ctrl-C (a migration being waited for goes on)
+EXIT_PIPE = 141  # the reader of our output went away (`ferry ... | head`)
+
+OUTPUTS = ("table", "json")
+DEFAULT_RPC_TIMEOUT_S = 30.0
+DEFAULT_TOP_INTERVAL_S = 1.0
+DEFAULT_TOP_FINISHED = 5
+SHELLS = ("bash", "zsh")
+
+EPILOG = f"""\
+exit status:
+  {EXIT_OK}    success
+  {EXIT_UNSUCCESSFUL}    the migration ended without success (failed, cancelled, rolled_back),
+       or preflight found blockers
+  {EXIT_REFUSED}    the coordinator refused the request (the message says what to fix)
+  {EXIT_UNREACHABLE}    no coordinator could be reached, or it failed
+  {EXIT_USAGE}   usage error: a wrong command line; nothing was sent
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C); a migration being waited for goes on
+  {EXIT_PIPE}  the reader of the output went away (e.g. `ferry ... | head`)
+
+environment:
+  {ENV_ADDRESS}   coordinator address(es), comma-separated (overridden by --coordinator)
+  {ENV_CONFIG}        CLI config file (default $XDG_CONFIG_HOME/ferry/cli.toml, else
+                      ~/.config/ferry/cli.toml; `ferry-lab up` writes one)
+  XDG_CONFIG_HOME     where the default config file is looked for
+  NO_COLOR            set to anything: no colours (output that is not a terminal never has any)
+
+JSON output (-o json) follows a documented schema: docs/cli-json.md.
+Shell completion: `source <(ferry completion bash)`; see `ferry completion --help`."""
+
+
+class UsageError(Exception):
+    """A wrong command line; ``message`` says what, ``prog`` whose usage to show."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.usage = usage
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, raising :class:`UsageError` instead of exiting 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self.format_usage())
+
+
+def ferry_version() -> str:
+    """The installed distribution's version (single-sourced in pyproject.toml)."""
+    try:
+        return version("ferry")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _output(value: str) -> str:
+    word = value.strip().lower()
+    return "table" if word == "text" else word  # "text": ferry-lab's old word, accepted quietly
+
+
+def _phase(value: str) -> str:
+    try:
+        return jsonout.phase_word(jsonout.phase_from_word(value))
+    except ValueError:
+        return value  # argparse's choices check names the valid ones
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {value}")
+    return number
+
+
+def _common() -> argparse.ArgumentParser:
+    """The global options, accepted by every (sub)command; defaults suppressed (see :func:`parse`)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("global options")
+    g.add_argument(
+        "--coordinator",
+        metavar="ADDR",
+        default=argparse.SUPPRESS,
+        help=f"coordinator address, HOST:PORT or unix:PATH; several comma-separated (the first that answers "
+        f"is used). Default: ${ENV_ADDRESS}, else the config file, else {DEFAULT_COORDINATOR}",
+    )
+    g.add_argument(
+        "-o",
+        "--output",
+        type=_output,
+        choices=OUTPUTS,
+        default=argparse.SUPPRESS,
+        help="output format: table (for people) or json (the schema in docs/cli-json.md). Default: table",
+    )
+    g.add_argument(
+        "--rpc-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        default=argparse.SUPPRESS,
+        help=f"deadline of each call to the coordinator, in seconds (waiting for a migration has none). "
+        f"Default: {DEFAULT_RPC_TIMEOUT_S:g}",
+    )
+    return p
+
+
+GLOBAL_DEFAULTS: dict[str, Any] = {"coordinator": None, "output": "table", "rpc_timeout": DEFAULT_RPC_TIMEOUT_S}
+FILTER_DEFAULTS: dict[str, Any] = {"phase": None, "host": None, "vm": None, "limit": 0}
+
+
+def _filters(*, for_list: bool) -> argparse.ArgumentParser:
+    """``ferry migrations`` filters, also accepted after show/watch/cancel (where they select)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group(
+        "filters" if for_list else "select by filter instead of an ID: the newest match (with an ID, it must match)"
+    )
+    g.add_argument(
+        "--phase",
+        action="append",
+        type=_phase,
+        choices=jsonout.PHASE_WORDS,
+        default=argparse.SUPPRESS,
+        help="only migrations in this phase; repeatable. Default: every phase"
+        + ("" if for_list else " (cancel without an ID: those not final)"),
+    )
+    g.add_argument(
+        "--host", metavar="HOST", default=argparse.SUPPRESS, help="only migrations from or to this host. Default: all"
+    )
+    g.add_argument("--vm", metavar="VM", default=argparse.SUPPRESS, help="only this VM's (name or UUID). Default: all")
+    if for_list:
+        g.add_argument(
+            "--limit",
+            type=int,
+            metavar="N",
+            default=argparse.SUPPRESS,
+            help="at most N, newest first. Default: 0 = all",
+        )
+    return p
+
+
+def _add_migration_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("vm", help="VM name or UUID")
+    p.add_argument("--to", required=True, metavar="HOST", help="target host (required)")
+    g = p.add_argument_group("migration flags (named as in virsh migrate)")
+    g.add_argument(
+        "--offline", action="store_true", help="migrate the definition only (the VM is not running). Default: live"
+    )
+    g.add_argument("--copy-storage-all", action="store_true", help="copy every local disk to the target")
+    g.add_argument(
+        "--copy-storage-inc",
+        action="store_true",
+        help="copy only the top image layer; the backing files already exist on the target",
+    )
+    g.add_argument(
+        "--shared-storage",
+        action="store_true",
+        help="the disks are on shared storage; copy none. Default: decided from the inventory (local disks are copied)",
+    )
+    g.add_argument(
+        "--migrate-disks",
+        metavar="vda,vdb",
+        help="copy only these disks (guest device names, comma-separated). Default: every writable local disk",
+    )
+    g.add_argument(
+        "--persistent",
+        action="store_true",
+        help="define the VM on the target. Default: without --persistent and --undefinesource both happen",
+    )
+    g.add_argument(
+        "--undefinesource",
+        action="store_true",
+        help="undefine the VM on the source. Default: see --persistent",
+    )
+    g.add_argument(
+        "--bandwidth",
+        type=int,
+        metavar="MiB/s",
+        help="cap the migration stream, in MiB/s. Default: 0 = QEMU's default (unlimited)",
+    )
+    g.add_argument(
+        "--max-downtime",
+        type=int,
+        metavar="ms",
+        help="longest pause of the guest at the switch-over, in milliseconds. Default: 0 = QEMU's default (300 ms)",
+    )
+    g.add_argument(
+        "--auto-converge",
+        action="store_true",
+        help="let QEMU throttle the guest's vCPUs when pre-copy does not converge. Default: off",
+    )
+    g.add_argument("--postcopy", action="store_true", help="allow switching to post-copy. Default: off")
+    g.add_argument(
+        "--postcopy-on-stall",
+        action="store_true",
+        help="switch to post-copy when pre-copy stalls (needs --postcopy). Default: off",
+    )
+    g.add_argument(
+        "--unsafe", action="store_true", help="skip libvirt's cache-mode/storage safety check. Default: checked"
+    )
+    g.add_argument(
+        "--timeout",
+        type=int,
+        metavar="s",
+        help="abort the migration when it takes longer, in seconds. "
+        "Default: 0 = 800 s per GiB of memory and copied disk, at least 120 s",
+    )
+    g.add_argument(
+        "--map-bridge",
+        action="append",
+        metavar="SRC=DST",
+        help="put NICs on source bridge SRC on target bridge DST; repeatable. "
+        "Default: the mapping the coordinator derives from its [hosts.*] config",
+    )
+    g.add_argument(
+        "--map-network",
+        action="append",
+        metavar="SRC=DST",
+        help="same for libvirt networks; repeatable. Default: as for --map-bridge",
+    )
+    g.add_argument(
+        "--map-path",
+        action="append",
+        metavar="OLD=NEW",
+        help="disk paths under prefix OLD land under NEW on the target; repeatable. Default: as for --map-bridge",
+    )
+    g.add_argument(
+        "--policy",
+        default="",
+        metavar="NAME",
+        help="the convergence policy (see `ferry policies`); the flags above go on top of it. "
+        "Default: the coordinator's selector rules, else the flags alone",
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    common = _common()
+
+    def sub_parser(
+        sub: argparse._SubParsersAction[Any],
+        name: str,
+        text: str,
+        *,
+        parents: Sequence[argparse.ArgumentParser] = (),
+        description: str | None = None,
+    ) -> argparse.ArgumentParser:
+        made: argparse.ArgumentParser = sub.add_parser(
+            name,
+            help=text,
+            description=description or text[0].upper() + text[1:] + ".",
+            parents=[common, *parents],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog="Exit status and environment: see `ferry --help`.",
+        )
+        return made
+
+    p = Parser(
+        prog="ferry",
+        description="Live-migrate VMs across a KVM/libvirt fleet. Talks only to the coordinator.",
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    p.add_argument("--version", action="version", version=f"ferry {ferry_version()}", help="print the version")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub_parser(sub, "hosts", "list hosts: agent state, CPU, free memory, VMs, migrations out/in, bridges")
+    vms = sub_parser(sub, "vms", "list VMs across the fleet and where they run")
+    vms.add_argument("--host", metavar="HOST", help="only this host's VMs. Default: every host")
+    pre = sub_parser(
+        sub,
+        "preflight",
+        "check a migration without touching anything: every blocker at once, with a fix for each",
+    )
+    _add_migration_flags(pre)
+    mig = sub_parser(sub, "migrate", "migrate a VM (live by default) and wait for the end with a progress bar")
+    _add_migration_flags(mig)
+    g = mig.add_argument_group("queueing and waiting")
+    g.add_argument(
+        "--priority", type=int, default=0, metavar="N", help="higher runs first when slots are short. Default: 0"
+    )
+    g.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="submitting again with the same key returns the same migration. Default: a new random key",
+    )
+    g.add_argument("--no-wait", action="store_true", help="print the migration and return at once. Default: wait")
+
+    ms = sub_parser(
+        sub,
+        "migrations",
+        "list migrations (newest first), or show, watch or cancel one",
+        parents=[_filters(for_list=True)],
+    )
+    ms_sub = ms.add_subparsers(dest="action", metavar="ACTION")
+    for name, text in (
+        ("show", "show one migration: its record, history and why it ended as it did"),
+        ("watch", "follow one migration until it ends, with a progress bar"),
+        ("cancel", "ask the coordinator to cancel one migration (it rolls back; the VM stays on its source)"),
+    ):
+        s = sub_parser(ms_sub, name, text, parents=[_filters(for_list=False)])
+        s.add_argument("id", nargs="?", metavar="ID", help="the migration's ID; or select one with --vm/--host/--phase")
+
+    for name, text in (
+        ("tune", "change a running migration's max downtime or bandwidth (libvirt's values are read back)"),
+        ("force-complete", "finish a running migration now: post-copy if its policy allows it, else pause and finish"),
+        ("postcopy", "switch a running migration to post-copy (its policy must allow post-copy)"),
+    ):
+        s = sub_parser(ms_sub, name, text, parents=[_filters(for_list=False)])
+        s.add_argument("id", nargs="?", metavar="ID", help="the migration's ID; or select one with --vm/--host/--phase")
+        if name == "tune":
+            s.add_argument(
+                "--max-downtime",
+                type=int,
+                metavar="ms",
+                help="the longest pause at the switch-over, in milliseconds. Default: unchanged",
+            )
+            s.add_argument(
+                "--bandwidth",
+                type=int,
+                metavar="MiB/s",
+                help="the migration stream's cap, in MiB/s. Default: unchanged",
+            )
+    sub_parser(sub, "policies", "list the convergence policies and the rules that choose them")
+
+    top = sub_parser(
+        sub,
+        "top",
+        "live view of every migration in flight: progress, rate, dirty rate, ETA, phase",
+        description=(
+            "Live view of every migration in flight (queued ones too) with its progress bar, transfer rate,\n"
+            "dirty rate, remaining bytes, ETA and phase, and the last finished ones; updated in place on a\n"
+            "terminal, one block of plain lines per refresh when the output is not a terminal, one JSON\n"
+            "object per line with -o json. Ctrl-C leaves it (the migrations go on)."
+        ),
+    )
+    top.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=DEFAULT_TOP_INTERVAL_S,
+        metavar="SECONDS",
+        help=f"seconds between refreshes. Default: {DEFAULT_TOP_INTERVAL_S:g}",
+    )
+    top.add_argument(
+        "--iterations",
+        type=int,
+        default=0,
+        metavar="N",
+        help="stop after N refreshes. Default: 0 = until Ctrl-C",
+    )
+    top.add_argument("--host", metavar="HOST", help="only migrations from or to this host. Default: all")
+    top.add_argument("--vm", metavar="VM", help="only this VM's migrations (name or UUID). Default: all")
+    top.add_argument(
+        "--finished",
+        type=int,
+        default=DEFAULT_TOP_FINISHED,
+        metavar="N",
+        help=f"also show the last N finished migrations. Default: {DEFAULT_TOP_FINISHED}",
+    )
+
+    comp = sub_parser(
+        sub,
+        "completion",
+        "print a shell completion script",
+        description=(
+            "Print a completion script for bash or zsh.\n\n"
+            "  bash:  source <(ferry completion bash)        (or save it in /etc/bash_completion.d/ferry)\n"
+            "  zsh:   ferry completion zsh > ~/.zfunc/_ferry  (a directory on $fpath; then compinit)"
+        ),
+    )
+    comp.add_argument("shell", choices=SHELLS, help="the shell to complete for")
+    return p
+
+
+def parse(argv: Sequence[str] | None, make: Callable[[], argparse.ArgumentParser] = parser) -> argparse.Namespace:
+    """Parse; raises :class:`UsageError` for a wrong command line (``--help``/``--version`` exit 0)."""
+    args = make().parse_args(argv)
+    for name, default in {**GLOBAL_DEFAULTS, **FILTER_DEFAULTS}.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    if args.command == "migrations":
+        _check_migration_selection(args)
+    return args
+
+
+def _check_migration_selection(args: argparse.Namespace) -> None:
+    if args.action is None:
+        return
+    if args.id is None and not (args.vm or args.host or args.phase):
+        raise UsageError(
+            f"ferry migrations {args.action} needs an ID, or --vm/--host/--phase to select one",
+            f"usage: ferry migrations {args.action} ID  (or: --vm VM)\n",
+        )

@@ -1,0 +1,220 @@
+"""Prometheus metrics shared by the agent and the coordinator, and the HTTP endpoint serving them.
+
+Each daemon builds one registry (``new_registry``: the process's CPU, memory and file
+descriptors, Python's GC, and ``ferry_build_info``), adds its own metrics to it
+(``agent/metrics.py``, ``coordinator/metrics.py``) and serves it with ``MetricsServer`` on the
+addresses of its ``[metrics]`` section: ``GET /metrics`` answers in the text format, or in
+OpenMetrics when the scraper asks for it. The server runs in the daemon's event loop, so the
+collectors that read the engine's or the driver's state at scrape time read it between two steps
+of that loop, never in the middle of one.
+
+Metrics of every gRPC server (``RpcMetrics``, an ``ferry.rpc.RpcObserver``):
+
+- ``ferry_rpc_server_handled_total{service, method, code}``: calls ended, by status code;
+- ``ferry_rpc_server_handling_seconds{service, method}``: how long they took (a Migrate stream
+  lasts as long as its migration).
+
+Metrics of the store (``StoreMetrics``, for ``ferry.timed_store.TimedStore``):
+
+- ``ferry_etcd_request_duration_seconds{operation}``: every get, list, create, update, delete,
+  grant_lease, keepalive, revoke;
+- ``ferry_etcd_request_failures_total{operation, reason}``: those that failed, by Ferry reason
+  (``CAS_CONFLICT`` is a lost compare-and-set, ``UNAVAILABLE`` an unreachable etcd).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+from pathlib import Path
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
+from prometheus_client.exposition import choose_encoder
+
+log = logging.getLogger(__name__)
+
+RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_READ_TIMEOUT_S = 5.0
+_MAX_HEADER_LINES = 100
+
+
+def ferry_version() -> str:
+    """The installed distribution's version (pyproject.toml's, the one source of it)."""
+    try:
+        return metadata.version("ferry")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def new_registry(component: str) -> CollectorRegistry:
+    """A registry for one daemon: process and Python metrics plus ``ferry_build_info``."""
+    registry = CollectorRegistry()
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        with contextlib.suppress(ValueError):  # already in it
+            registry.register(collector)
+    info = Gauge(
+        "ferry_build_info", "Always 1: the Ferry version and component", ["version", "component"], registry=registry
+    )
+    info.labels(ferry_version(), component).set(1)
+    return registry
+
+
+class RpcMetrics:
+    """Calls of a gRPC server (an ``ferry.rpc.RpcObserver``)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.handled = Counter(
+            "ferry_rpc_server_handled",
+            "gRPC calls handled by this server, by status code",
+            ["service", "method", "code"],
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "ferry_rpc_server_handling_seconds",
+            "How long gRPC calls took, from arrival to their last message",
+            ["service", "method"],
+            buckets=RPC_BUCKETS,
+            registry=registry,
+        )
+
+    def rpc_handled(self, service: str, method: str, code: str, seconds: float) -> None:
+        short = service.rsplit(".", 1)[-1]  # ferry.v1.Agent -> Agent
+        self.handled.labels(short, method, code).inc()
+        self.seconds.labels(short, method).observe(seconds)
+
+
+class StoreMetrics:
+    """Store (etcd) calls (a ``ferry.timed_store.StoreObserver``)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.seconds = Histogram(
+            "ferry_etcd_request_duration_seconds",
+            "How long calls to etcd took (successful or not)",
+            ["operation"],
+            buckets=STORE_BUCKETS,
+            registry=registry,
+        )
+        self.failures = Counter(
+            "ferry_etcd_request_failures",
+            "Calls to etcd that failed, by Ferry reason (CAS_CONFLICT: a compare-and-set lost)",
+            ["operation", "reason"],
+            registry=registry,
+        )
+
+    def store_call(self, operation: str, seconds: float, reason: str) -> None:
+        self.seconds.labels(operation).observe(seconds)
+        if reason:
+            self.failures.labels(operation, reason).inc()
+
+
+# ---------------------------------------------------------------- the endpoint
+
+
+class MetricsServer:
+    """``GET /metrics`` over HTTP/1.x on TCP and unix-socket addresses (``HOST:PORT``, ``unix:/path``).
+
+    One request per connection (``Connection: close``), as Prometheus scrapes; anything but GET or
+    HEAD of ``/metrics`` (or ``/``) gets 405 or 404.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._servers: list[asyncio.Server] = []
+
+    async def start(self, addresses: Sequence[str]) -> list[int]:
+        """Listen on every address; the bound port of each (0 for unix sockets)."""
+        ports = []
+        try:
+            for address in addresses:
+                ports.append(await self._listen(address))
+        except BaseException:
+            await self.close()
+            raise
+        return ports
+
+    async def _listen(self, address: str) -> int:
+        if address.startswith("unix:"):
+            path = Path(address.removeprefix("unix:").removeprefix("//"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                if path.is_socket():
+                    path.unlink()  # left by a previous run
+            server = await asyncio.start_unix_server(self._serve, path=str(path))
+            self._servers.append(server)
+            return 0
+        host, _, port = address.rpartition(":")
+        server = await asyncio.start_server(self._serve, host=host.strip("[]") or None, port=int(port))
+        self._servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
+        for server in servers:
+            await server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(_READ_TIMEOUT_S):
+                request = await reader.readline()
+                headers = await _read_headers(reader)
+            status, content_type, body = self._answer(request, headers)
+            head_only = request.split(b" ", 1)[0] == b"HEAD"
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            if not head_only:
+                writer.write(body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError, ValueError):
+            pass  # a scraper that went away or sent nonsense: nothing to answer
+        except Exception:  # a collector failed: say so in the log, keep serving
+            log.exception("metrics scrape failed")
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    def _answer(self, request: bytes, headers: dict[str, str]) -> tuple[str, str, bytes]:
+        parts = request.decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return "400 Bad Request", "text/plain", b"bad request\n"
+        method, target, _ = parts
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", "text/plain", b"only GET /metrics\n"
+        if target.split("?", 1)[0] not in ("/metrics", "/"):
+            return "404 Not Found", "text/plain", b"metrics are at /metrics\n"
+        encoder, content_type = choose_encoder(headers.get("accept", ""))
+        return "200 OK", content_type, encoder(self.registry)
+
+
+async def _read_headers(reader: asyncio.StreamReader) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for _ in range(_MAX_HEADER_LINES):
+        line = await reader.readline()
+        if line in (b"\r\n", b"\n", b""):
+            return headers
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    raise ValueError("too many header lines")
+
+
+async def serve_metrics(registry: CollectorRegistry, addresses: Iterable[str]) -> tuple[MetricsServer, list[int]]:
+    """A started ``MetricsServer`` for ``registry`` and the bound port of each address."""
+    server = MetricsServer(registry)
+    ports = await server.start(list(addresses))
+    return server, ports
