@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ferry.convergence import policy_from_options
 from ferry.diskplan import plan_disks
 from ferry.errors import FerryError, InvalidArgument, NotFound
 from ferry.model import (
@@ -68,7 +69,8 @@ from .events import (
     StepFailed,
     WatchJob,
 )
-from .preflight import preflight
+from .policies import PredictionConfig, copy_bytes, predict_migration, refusal
+from .preflight import measure, preflight
 from .record import MigrationRecord
 
 log = logging.getLogger(__name__)
@@ -96,9 +98,12 @@ class ActionTiming:
 class Actions:
     """The side effects of the engine, one method per action (see the module docstring)."""
 
-    def __init__(self, hosts: HostDirectory, timing: ActionTiming) -> None:
+    def __init__(
+        self, hosts: HostDirectory, timing: ActionTiming, prediction: PredictionConfig = PredictionConfig()
+    ) -> None:
         self.hosts = hosts
         self.timing = timing
+        self.prediction = prediction
 
     def _client(self, host: str) -> AgentClient:
         return self.hosts.client(host)
@@ -135,20 +140,40 @@ class Actions:
     # ------------------------------------------------------------------ before the target is touched
 
     async def run_preflight(self, r: MigrationRecord) -> Event:
-        report = await preflight(
-            self.hosts,
-            vm_ref(r),
-            r.target_host,
-            r.options,
-            r.mapping,
-            storage=r.options.storage,
-            source_host=r.source_host,
-            migration_id=r.id,
-        )
+        """The preflight, and (for a record without one) the prediction: the guest measured on
+        the source while the checks run."""
+        measuring = None
+        if r.prediction is None and not r.options.offline and r.vm_uuid:
+            measuring = asyncio.create_task(
+                measure(self.hosts, r.source_host, r.vm_uuid, r.memory_bytes, self.prediction)
+            )
+        try:
+            report = await preflight(
+                self.hosts,
+                vm_ref(r),
+                r.target_host,
+                r.options,
+                r.mapping,
+                storage=r.options.storage,
+                source_host=r.source_host,
+                migration_id=r.id,
+            )
+        except BaseException:
+            if measuring is not None:
+                measuring.cancel()
+            raise
+        load = await measuring if measuring is not None else None
         involved = [h for h in report.unavailable if h in (r.source_host, r.target_host)]
         if involved:
             return AgentLost(involved[0])
-        return PreflightResult(report.blockers)
+        if load is None:
+            return PreflightResult(report.blockers)
+        policy = r.policy or policy_from_options(r.options)
+        prediction = predict_migration(policy, load, disk_bytes=copy_bytes(report.disks), config=self.prediction)
+        log.info("migration %s: prediction under policy %s: %s", r.id, policy.label, prediction.words)
+        refused = refusal(policy, prediction)
+        blockers = report.blockers + ((Problem.of(refused),) if refused is not None else ())
+        return PreflightResult(blockers, prediction)
 
     async def prepare_target(self, r: MigrationRecord) -> Event:
         try:

@@ -357,7 +357,7 @@ def _selectors(
 def _prediction(doc: dict[str, Any], source: str) -> PredictionConfig:
     if "prediction" not in doc:
         return PredictionConfig()
-    t = Table(doc["prediction"], "prediction", source, ("link_mibps", "periods_s", "on_submit"))
+    t = Table(doc["prediction"], "prediction", source, ("link_mibps", "periods_s", "on_submit", "reuse_s"))
     values: dict[str, Any] = {}
     if "link_mibps" in t:
         values["link_mibps"] = int(t.number("link_mibps", integer=True))
@@ -370,6 +370,8 @@ def _prediction(doc: dict[str, Any], source: str) -> PredictionConfig:
         ):
             raise bad(source, "[prediction] periods_s must be 1 to 60 s each", "write periods_s = [1, 3]")
         values["periods_s"] = tuple(periods)
+    if "reuse_s" in t:
+        values["reuse_s"] = float(t.number("reuse_s"))
     if "on_submit" in t:
         if not isinstance(t.data["on_submit"], bool):
             raise bad(source, "[prediction] on_submit must be true or false", "write on_submit = true")

@@ -212,6 +212,8 @@ def _admitted(c: Ctx, event: Admitted) -> Decision:
 def _preflight_result(c: Ctx, event: PreflightResult) -> Decision:
     if c.r.phase is not Phase.PREFLIGHT:
         return c.ignore(event)
+    if event.prediction is not None:
+        c = replace(c, r=replace(c.r, prediction=event.prediction))
     if not event.problems:
         return Decision(
             c.to(Phase.PREPARING, "preflight passed"), (PrepareTarget(),), "preflight passed; preparing target"

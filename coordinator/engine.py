@@ -44,6 +44,7 @@ from ferry.store import Entry, EventKind, Resync, Store
 from .actions import Actions, ActionTiming
 from .events import Admitted, AgentLost, Tick
 from .phases import Phase, Timeouts
+from .policies import PredictionConfig
 from .record import MigrationRecord, decode
 from .runner import RecordRunner, Recover, RunnerContext
 from .slots import Limits, admit
@@ -73,6 +74,7 @@ class Engine:
         job_poll_s: float = 1.0,
         store_retry_s: float = 0.5,
         observer: RecordObserver | None = None,
+        prediction: PredictionConfig = PredictionConfig(),
     ) -> None:
         self.store = store
         self.observer = observer
@@ -82,7 +84,7 @@ class Engine:
         self.clock = clock
         self.tick_s = tick_s
         self.store_retry_s = store_retry_s
-        actions = Actions(hosts, ActionTiming(job_poll_s=job_poll_s, prepare_ttl_s=prepare_ttl_s))
+        actions = Actions(hosts, ActionTiming(job_poll_s=job_poll_s, prepare_ttl_s=prepare_ttl_s), prediction)
         self._ctx = RunnerContext(
             store,
             actions,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ferry.model import CompletedJob, DiskPlan, DomainState, MigrationProgress, PolicyAction, Problem
+from ferry.prediction import Prediction
 
 from .record import MigrationRecord
 
@@ -24,9 +25,12 @@ class Admitted:
 
 @dataclass(frozen=True)
 class PreflightResult:
-    """Coordinator checks + the target's PrepareIncoming dry run; empty = ready."""
+    """Coordinator checks + the target's PrepareIncoming dry run; empty = ready. ``prediction``:
+    made now, for a record that had none (a policy that refuses what it cannot finish adds its
+    WILL_NOT_CONVERGE to the problems)."""
 
     problems: tuple[Problem, ...] = ()
+    prediction: Prediction | None = None
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,7 @@ class Coordinator:
             clock=self._clock,
             prepare_ttl_s=self.config.prepare_ttl_s,
             observer=self.record_observer,
+            prediction=self.config.prediction,
         )
 
     async def _lead(self) -> None:

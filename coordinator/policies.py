@@ -63,7 +63,11 @@ class PredictionConfig:
 
     link_mibps: int = 1000  # the migration link's rate, for a policy without a bandwidth cap
     periods_s: tuple[int, ...] = (1, 3)  # dirty-rate calculations on the source (seconds each)
-    on_submit: bool = True  # measure and predict in SubmitMigration (else: Preflight only)
+    # measure in SubmitMigration itself (the reply then always has the prediction, a submission
+    # takes the periods longer); else the engine measures in the Preflight phase and the reply
+    # predicts only from a measurement of the last ``reuse_s`` (a Preflight's)
+    on_submit: bool = False
+    reuse_s: float = 120.0
 
 
 def choose_policy(

@@ -306,6 +306,19 @@ async def preflight(
     )
 
 
+async def measure(
+    hosts: HostDirectory, source: str, vm_uuid: str, memory_bytes: int, config: PredictionConfig
+) -> GuestLoad:
+    """The guest measured on its source (MeasureGuest: libvirt's dirty-rate calculation, the
+    periods of ``config`` one after the other). Never raises: what cannot be measured says why."""
+    try:
+        load = await hosts.client(source).measure_guest(vm_uuid, periods=config.periods_s)
+    except FerryError as err:
+        log.info("cannot measure %s on %s: %s: %s", vm_uuid, source, err.reason, err)
+        load = GuestLoad(memory_bytes=memory_bytes, error=f"the source could not measure it ({err.reason})")
+    return load if load.memory_bytes else replace(load, memory_bytes=memory_bytes)
+
+
 async def predict_for(
     hosts: HostDirectory,
     source: str,
@@ -314,17 +327,11 @@ async def predict_for(
     *,
     disk_bytes: int,
     config: PredictionConfig,
+    load: GuestLoad | None = None,
 ) -> Prediction:
-    """Measure the guest on its source (MeasureGuest: libvirt's dirty-rate calculation, a few
-    seconds) and predict the migration under ``policy``. Never raises: an agent that cannot
-    measure gives a prediction that says why there is none."""
-    try:
-        load = await hosts.client(source).measure_guest(domain.uuid, periods=config.periods_s)
-    except FerryError as err:
-        log.info("cannot measure %s on %s: %s: %s", domain.name, source, err.reason, err)
-        load = GuestLoad(memory_bytes=domain.memory_bytes, error=f"the source could not measure it ({err.reason})")
-    if not load.memory_bytes:
-        load = replace(load, memory_bytes=domain.memory_bytes)
+    """Predict the migration under ``policy`` from ``load``, measured now when not given."""
+    if load is None:
+        load = await measure(hosts, source, domain.uuid, domain.memory_bytes, config)
     prediction = predict_migration(policy, load, disk_bytes=disk_bytes, config=config)
     log.info("prediction for %s under policy %s: %s", domain.name, policy.label, prediction.words)
     return prediction

@@ -293,6 +293,7 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
                     policy,
                     disk_bytes=disk_bytes,
                     config=self.submissions.prediction,
+                    load=await self.submissions.measure(report.source_host, report.domain),
                 )
                 response.prediction.CopyFrom(fconvert.prediction_to_pb(prediction))
                 refused = refusal(policy, prediction)

@@ -10,9 +10,10 @@ Submission (idempotent, one active migration per VM), in store writes:
 2. Validate against the fleet view: target known, VM found, not already on the target.
 3. create ``idempotency/<key>`` -> the new id (losing that race: return the winner's migration);
    Then the convergence policy is chosen (``policies.choose_policy``: the request's name, the
-   config's selector rules, or the flags) and, unless ``[prediction] on_submit`` is off, the
-   source measures the guest and the migration is predicted (``preflight.predict_for``); a
-   policy that refuses what it cannot finish refuses here (WILL_NOT_CONVERGE), writing nothing.
+   config's selector rules, or the flags) and the migration is predicted from the guest's
+   measurement: taken now with ``[prediction] on_submit``, else one a Preflight made in the last
+   ``reuse_s`` (none: the engine's Preflight phase measures and predicts); a policy that refuses
+   what it cannot finish refuses here (WILL_NOT_CONVERGE), writing nothing.
 4. create ``vm-active/<vm_uuid>`` -> the new id; when it names a migration that is not final:
    FAILED_PRECONDITION ``VM_BUSY`` naming it (and our idempotency key is released again); a key
    naming a final or a missing record is stale and taken over by compare-and-set;
@@ -39,7 +40,7 @@ from ferry import keys
 from ferry.convergence import ConvergencePolicy
 from ferry.diskplan import plan_disks
 from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound
-from ferry.model import DomainInfo, HostMapping, MigrationOptions
+from ferry.model import DomainInfo, GuestLoad, HostMapping, MigrationOptions
 from ferry.prediction import Prediction
 from ferry.store import Conflict, Store
 
@@ -49,7 +50,7 @@ from .convert import phase_label
 from .fleet import Fleet
 from .phases import Timeouts
 from .policies import PolicySelector, PredictionConfig, choose_policy, copy_bytes, refusal
-from .preflight import predict_for
+from .preflight import measure, predict_for
 from .record import MigrationRecord, decode, encode, new_migration, note
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ class Submissions:
         self.policies = dict(policies or {})
         self.selectors = selectors
         self.prediction = prediction
+        self._measured: dict[str, tuple[datetime, GuestLoad]] = {}  # VM UUID -> its last measurement
         self.timeouts = timeouts
         self._clock = clock
         self._new_id = new_id
@@ -203,13 +205,36 @@ class Submissions:
             options=options,
         )
 
+    def remember(self, vm_uuid: str, load: GuestLoad) -> None:
+        """A measurement of the guest (a Preflight's), for a submission soon after it."""
+        if load.samples:
+            self._measured[vm_uuid] = (self._clock(), load)
+
+    def _recent(self, vm_uuid: str) -> GuestLoad | None:
+        got = self._measured.get(vm_uuid)
+        if got is None or (self._clock() - got[0]).total_seconds() > self.prediction.reuse_s:
+            return None
+        return got[1]
+
+    async def measure(self, source: str, domain: DomainInfo) -> GuestLoad:
+        """Measure the guest now and remember it."""
+        load = await measure(self.fleet, source, domain.uuid, domain.memory_bytes, self.prediction)
+        self.remember(domain.uuid, load)
+        return load
+
     async def _predict(self, plan: _Plan, policy: ConvergencePolicy, disk_bytes: int) -> Prediction | None:
-        """The prediction at submission (None when ``on_submit`` is off); refuses a migration the
-        policy cannot finish when the policy says so."""
-        if not self.prediction.on_submit or plan.options.offline:
+        """The prediction at submission (None without a measurement: the engine predicts in the
+        Preflight phase); refuses a migration the policy cannot finish when the policy says so."""
+        if plan.options.offline:
+            return None
+        if self.prediction.on_submit:
+            load: GuestLoad | None = await self.measure(plan.source, plan.domain)
+        else:
+            load = self._recent(plan.domain.uuid)
+        if load is None:
             return None
         prediction = await predict_for(
-            self.fleet, plan.source, plan.domain, policy, disk_bytes=disk_bytes, config=self.prediction
+            self.fleet, plan.source, plan.domain, policy, disk_bytes=disk_bytes, config=self.prediction, load=load
         )
         refused = refusal(policy, prediction)
         if refused is not None:

@@ -804,3 +804,15 @@ def test_a_policy_action_is_kept_in_the_record_with_its_reason():
     assert d.outcome == "policy busy: start-postcopy: iteration 2: predicted not to converge"
     # before a job could run there is nothing to act on: ignored
     assert decide(PREPARING, PolicyActed(a), NOW, T).record is PREPARING
+
+
+def test_the_preflight_phases_prediction_is_kept_and_a_refusal_fails_touching_nothing():
+    from ferry.coordinator.events import PreflightResult
+    from ferry.prediction import Prediction
+
+    p = Prediction(False, False, "abort", words="will not converge at 32 MiB/s")
+    d = decide(PREFLIGHT, PreflightResult((), p), NOW, T)
+    assert d.record.phase is Phase.PREPARING and d.record.prediction == p
+    refused = Problem("WILL_NOT_CONVERGE", "refused up front: will not converge at 32 MiB/s", "choose a policy")
+    d = decide(PREFLIGHT, PreflightResult((refused,), p), NOW, T)
+    assert (d.record.phase, d.record.error, d.record.prediction, d.actions) == (Phase.FAILED, refused, p, ())

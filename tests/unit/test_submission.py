@@ -256,6 +256,7 @@ def busy_load(dirty_mibps: float) -> GuestLoad:
 def policies(fx: Setup) -> Setup:
     fx.submissions.policies = {"busy": BUSY, "strict": STRICT}
     fx.submissions.selectors = (PolicySelector("busy", vm="db-*"),)
+    fx.submissions.prediction = PredictionConfig(on_submit=True)
     fx.agents["host1"].domains.append(guest())
     return fx
 
@@ -309,7 +310,20 @@ async def test_a_policy_refuses_what_the_prediction_says_it_cannot_finish(polici
     assert m.prediction.converges is True
 
 
-async def test_no_prediction_when_switched_off(policies):
-    policies.submissions.prediction = PredictionConfig(on_submit=False)
-    m = await policies.submissions.submit(SubmitRequest("g1", "host2", policy="busy"))
-    assert m.policy == BUSY and m.prediction is None
+async def test_without_on_submit_a_recent_preflights_measurement_is_used_else_none(policies):
+    """By default a submission does not wait for a measurement: it predicts from one a Preflight
+    made in the last ``reuse_s``; without one the engine's Preflight phase measures."""
+    policies.submissions.prediction = PredictionConfig(on_submit=False, reuse_s=60)
+    policies.agents["host1"].loads[UUID] = busy_load(40)
+    m = await policies.submissions.submit(SubmitRequest("g1", "host2", policy="busy", idempotency_key="a"))
+    assert m.policy == BUSY and m.prediction is None  # nobody measured it: the engine will
+    await policies.submissions.measure("host1", guest())  # what the Preflight RPC does
+    await policies.submissions.cancel(m.id)
+    entry = await policies.store.get(keys.migration_key(m.id))
+    await policies.store.update(
+        entry.key,
+        encode(with_phase(decode(entry.value, entry.mod_revision), Phase.CANCELLED, NOW, "test", Timeouts())),
+        entry.mod_revision,
+    )
+    again = await policies.submissions.submit(SubmitRequest("g1", "host2", policy="busy", idempotency_key="b"))
+    assert again.prediction is not None and again.prediction.need == "post-copy"
