@@ -16,8 +16,9 @@ always takes it down again.
     precopy`` (never post-copy: a max-downtime ladder to 3 s) and ``--policy strict`` (never
     post-copy, 300 ms: refused up front). The bound is RAM / bandwidth.
 (b) The prediction table: dirty rates ``--rates`` x caps ``--caps``, shared storage, the
-    policy from the flags (no post-copy, QEMU's 300 ms, ``--table-timeout``): what
-    SubmitMigration predicted (converges?, job time) against what happened.
+    policy from the flags (no post-copy, QEMU's 300 ms, ``--table-timeout``): what ``ferry
+    preflight`` predicted (the submission reuses its measurement; the record keeps the
+    prediction) against what happened.
 (c) Multifd: an idle 1 GiB guest (768 MiB of it written once), no cap, one connection against
     four (``--policy multifd``), raw virsh with and without ``--parallel`` beside.
 
@@ -231,7 +232,12 @@ def part_b(b: Bench, a: argparse.Namespace) -> str:
         say(f"(b) booting {vm} (dirty {rate or 'none'} MiB/s)")
         b.boot(vm, shared=True, rate=str(rate) if rate else None)
         for cap in caps:
-            r = b.cli(f"{rate}@{cap}", vm, "--bandwidth", str(cap), "--timeout", str(int(a.table_timeout)), shared=True)
+            flags = ("--bandwidth", str(cap), "--timeout", str(int(a.table_timeout)))
+            # the operator's way: preflight (measures and predicts), then migrate (the submission
+            # reuses that measurement: its record keeps the prediction)
+            target = HOSTS[1] if b.where(vm) == HOSTS[0] else HOSTS[0]
+            ferry(b.lab, "preflight", vm, "--to", target, "--shared-storage", "--unsafe", *flags, timeout=120)
+            r = b.cli(f"{rate}@{cap}", vm, *flags, shared=True)
             rec = r.record or {}
             p = rec.get("prediction") or {}
             predicted_yes = bool(p.get("converges"))
@@ -259,7 +265,7 @@ def part_b(b: Bench, a: argparse.Namespace) -> str:
     )
     header = (
         f"(b) prediction table: shared storage, the flags' policy (no post-copy, 300 ms), completion timeout "
-        f"{a.table_timeout:.0f} s; prediction made by SubmitMigration (libvirt's dirty-rate calculation, 1 s + 3 s)\n\n"
+        f"{a.table_timeout:.0f} s; predicted by `ferry preflight` (libvirt's dirty-rate calculation, 1 s + 3 s), kept in the record\n\n"
     )
     return header + markdown_table(
         ["guest MiB/s", "cap MiB/s", "measured MiB/s", "predicted converge", "converged", "verdict",

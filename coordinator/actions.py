@@ -69,7 +69,7 @@ from .events import (
     StepFailed,
     WatchJob,
 )
-from .policies import PredictionConfig, copy_bytes, predict_migration, refusal
+from .policies import PredictionConfig, copy_bytes, needs_prediction, predict_migration, refusal
 from .preflight import measure, preflight
 from .record import MigrationRecord
 
@@ -143,7 +143,9 @@ class Actions:
         """The preflight, and (for a record without one) the prediction: the guest measured on
         the source while the checks run."""
         measuring = None
-        if r.prediction is None and not r.options.offline and r.vm_uuid:
+        policy = r.policy or policy_from_options(r.options)
+        wanted = self.prediction.always or needs_prediction(policy)
+        if wanted and r.prediction is None and not r.options.offline and r.vm_uuid:
             measuring = asyncio.create_task(
                 measure(self.hosts, r.source_host, r.vm_uuid, r.memory_bytes, self.prediction)
             )
@@ -168,7 +170,6 @@ class Actions:
             return AgentLost(involved[0])
         if load is None:
             return PreflightResult(report.blockers)
-        policy = r.policy or policy_from_options(r.options)
         prediction = predict_migration(policy, load, disk_bytes=copy_bytes(report.disks), config=self.prediction)
         log.info("migration %s: prediction under policy %s: %s", r.id, policy.label, prediction.words)
         refused = refusal(policy, prediction)

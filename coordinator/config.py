@@ -59,8 +59,11 @@
 
     [prediction]
     link_mibps = 1000                                # the migration link, for a policy without a bandwidth cap
-    periods_s = [1, 3]                               # dirty-rate calculations on the source before a migration
-    on_submit = true                                 # measure and predict in SubmitMigration (else Preflight only)
+    periods_s = [1, 3]                               # dirty-rate calculations on the source (seconds each)
+    on_submit = false                                # measure in SubmitMigration itself (else: a Preflight's
+    reuse_s = 120                                    #   measurement of the last reuse_s, or the Preflight phase)
+    always = false                                   # Preflight phase: measure every guest, not only those whose
+                                                     #   policy acts on the prediction (on-prediction, refuse)
 
 The mapping between two hosts is derived from their ``[hosts.*]`` tables (:func:`derive_mapping`),
 so no pair of hosts needs its own table. Unknown keys are an error naming the key. Relative file
@@ -357,7 +360,7 @@ def _selectors(
 def _prediction(doc: dict[str, Any], source: str) -> PredictionConfig:
     if "prediction" not in doc:
         return PredictionConfig()
-    t = Table(doc["prediction"], "prediction", source, ("link_mibps", "periods_s", "on_submit", "reuse_s"))
+    t = Table(doc["prediction"], "prediction", source, ("link_mibps", "periods_s", "on_submit", "reuse_s", "always"))
     values: dict[str, Any] = {}
     if "link_mibps" in t:
         values["link_mibps"] = int(t.number("link_mibps", integer=True))
@@ -372,10 +375,11 @@ def _prediction(doc: dict[str, Any], source: str) -> PredictionConfig:
         values["periods_s"] = tuple(periods)
     if "reuse_s" in t:
         values["reuse_s"] = float(t.number("reuse_s"))
-    if "on_submit" in t:
-        if not isinstance(t.data["on_submit"], bool):
-            raise bad(source, "[prediction] on_submit must be true or false", "write on_submit = true")
-        values["on_submit"] = t.data["on_submit"]
+    for key in ("on_submit", "always"):
+        if key in t:
+            if not isinstance(t.data[key], bool):
+                raise bad(source, f"[prediction] {key} must be true or false", f"write {key} = true")
+            values[key] = t.data[key]
     return PredictionConfig(**values)
 
 

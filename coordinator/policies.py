@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 from ferry.convergence import (
     ConvergencePolicy,
+    PostcopyMode,
     completion_timeout_s,
     flags_given,
     policy_from_options,
@@ -68,6 +69,20 @@ class PredictionConfig:
     # predicts only from a measurement of the last ``reuse_s`` (a Preflight's)
     on_submit: bool = False
     reuse_s: float = 120.0
+    # the engine's Preflight phase measures a guest not measured yet: always, or only when the
+    # policy acts on the prediction (post-copy on prediction, refusing what it cannot finish);
+    # a measurement costs the migration its periods (4 s by default)
+    always: bool = False
+
+
+def needs_prediction(policy: ConvergencePolicy) -> bool:
+    """Whether ``policy`` acts on the prediction (so a migration under it must be measured).
+
+    >>> from ferry.convergence import PostcopyMode
+    >>> needs_prediction(ConvergencePolicy(postcopy=PostcopyMode.ON_PREDICTION)), needs_prediction(ConvergencePolicy())
+    (True, False)
+    """
+    return policy.postcopy is PostcopyMode.ON_PREDICTION or policy.refuse_unfinishable
 
 
 def choose_policy(

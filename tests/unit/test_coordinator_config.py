@@ -232,7 +232,9 @@ policy = "strict"
 [prediction]
 link_mibps = 150
 periods_s = [1, 4]
-on_submit = false
+on_submit = true
+reuse_s = 30
+always = true
 """
 )
 
@@ -257,7 +259,7 @@ def test_named_policies_selectors_and_the_prediction_settings():
     assert (busy.postcopy_bandwidth_mibps, busy.timeout_per_gib_s, busy.progress_timeout_s) == (64, 150.0, 150.0)
     assert c.policies["strict"].refuse_unfinishable
     assert c.policy_selectors == (PolicySelector("busy", "db-*", 4 << 30, 0), PolicySelector("strict"))
-    assert c.prediction == PredictionConfig(link_mibps=150, periods_s=(1, 4), on_submit=False)
+    assert c.prediction == PredictionConfig(link_mibps=150, periods_s=(1, 4), on_submit=True, reuse_s=30.0, always=True)
 
 
 def test_without_policies_the_flags_make_the_policy():
