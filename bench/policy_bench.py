@@ -265,7 +265,8 @@ def part_b(b: Bench, a: argparse.Namespace) -> str:
     )
     header = (
         f"(b) prediction table: shared storage, the flags' policy (no post-copy, 300 ms), completion timeout "
-        f"{a.table_timeout:.0f} s; predicted by `ferry preflight` (libvirt's dirty-rate calculation, 1 s + 3 s), kept in the record\n\n"
+        f"{a.table_timeout:.0f} s; predicted by `ferry preflight` (libvirt's dirty-rate calculation, 1 s + 3 s), "
+        "kept in the record\n\n"
     )
     return header + markdown_table(
         ["guest MiB/s", "cap MiB/s", "measured MiB/s", "predicted converge", "converged", "verdict",
