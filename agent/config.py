@@ -6,8 +6,10 @@
     libvirt_uri = "qemu:///system"                   # the local libvirtd
     advertise_libvirt_uri = "qemu+tcp://10.77.0.11/system"   # how peers' libvirtd reach this one
     migration_address = "10.77.0.11"                 # QEMU's incoming migration stream
-    image_dirs = ["/var/lib/libvirt/images"]
+    image_dirs = ["/var/lib/libvirt/images"]           # the only places images are created or removed
     shared_dirs = ["/mnt/nfs-images"]
+    bridges = ["br-guest"]                           # bridges guests may use (default: every bridge)
+    migration_targets = ["qemu+tls://host2/system"]  # without [registry]: where Migrate may go
     state_dir = "/var/lib/ferry-agent"
     prepare_ttl_s = 600
     libvirt_timeout_s = 30
@@ -79,6 +81,9 @@ class AgentConfig:
     migration_address: str = ""
     image_dirs: tuple[str, ...] = ("/var/lib/libvirt/images",)
     shared_dirs: tuple[str, ...] = ()
+    bridges: tuple[str, ...] = ()  # the bridges guests may use; empty: every Linux bridge
+    # libvirt URIs Migrate may go to besides the registered hosts' (fleets without [registry])
+    migration_targets: tuple[str, ...] = ()
     state_dir: str = "/var/lib/ferry-agent"
     prepare_ttl_s: int = 600
     libvirt_timeout_s: float = 30.0
@@ -123,9 +128,17 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
     a.require(*_REQUIRED)
     values: dict[str, Any] = {key: a.string(key, nonempty=key in _REQUIRED) for key in _STRINGS if key in a}
     values["listen"] = a.strings("listen")
-    for key in ("image_dirs", "shared_dirs"):
+    for key in ("image_dirs", "shared_dirs", "bridges", "migration_targets"):
         if key in a:
             values[key] = a.strings(key, nonempty=False)
+    for key in ("image_dirs", "shared_dirs"):
+        for d in values.get(key, ()):
+            if not d.startswith("/") or ".." in d.split("/"):
+                raise bad(
+                    source,
+                    f"[agent] {key}: {d!r} is not an absolute path without '..'",
+                    f'e.g. {key} = ["/srv/images"]',
+                )
     if "prepare_ttl_s" in a:
         values["prepare_ttl_s"] = int(a.number("prepare_ttl_s", integer=True))
     if "libvirt_timeout_s" in a:

@@ -18,6 +18,11 @@ What the rewrite touches, and nothing else:
   network through the bridge and network mappings.
 
 A mapping that matches nothing changes nothing.
+
+Parsing is bounded (``parse_xml``): a definition larger than ``MAX_XML_BYTES``, nested deeper
+than ``MAX_XML_DEPTH``, or with a DOCTYPE or entity declaration (libvirt never writes one; they
+are how entity-expansion and external-entity attacks start) is refused as INVALID_XML before
+ElementTree sees it.
 """
 
 from __future__ import annotations
@@ -27,10 +32,15 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from xml.parsers import expat
 
 from ferry.diskplan import map_path
-from ferry.errors import InvalidArgument
+from ferry.errors import InvalidArgument, clip
 from ferry.model import Disk, DiskPlan, HostMapping, Nic
+from ferry.validate import MAX_NAME, MAX_XML_BYTES
+
+# a domain definition nests about 6 deep; a <backingStore> chain adds one level per image
+MAX_XML_DEPTH = 256
 
 # libvirt's memory units (docs: formatdomain "Memory Allocation"); bare number = KiB.
 _UNITS = {
@@ -68,18 +78,88 @@ class ParsedDomain:
     emulator: str = ""  # <devices><emulator>, "" = libvirt's default
 
 
-def _root(xml: str) -> ET.Element:
+class _Refused(Exception):
+    """Raised from inside the bounds check's expat handlers."""
+
+
+def _refuse(what: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"domain XML refused: {what}",
+        reason="INVALID_XML",
+        hint="pass the XML exactly as `virsh dumpxml --migratable` prints it (no DOCTYPE, no entities)",
+    )
+
+
+def _check_bounds(xml: str) -> None:
+    """Size, depth, no DOCTYPE, no entity declarations: one streaming pass, nothing built."""
     try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as exc:
+        data = xml.encode("utf-8")
+    except UnicodeError as exc:
+        raise _refuse("it is not valid Unicode") from exc
+    if len(data) > MAX_XML_BYTES:
+        raise _refuse(f"{len(data)} bytes, at most {MAX_XML_BYTES}")
+    parser = expat.ParserCreate()
+    depth = 0
+
+    def start(name: str, attrs: object) -> None:
+        nonlocal depth
+        depth += 1
+        if depth > MAX_XML_DEPTH:
+            raise _Refused(f"elements nested deeper than {MAX_XML_DEPTH}")
+
+    def end(name: str) -> None:
+        nonlocal depth
+        depth -= 1
+
+    def doctype(*_: object) -> None:
+        raise _Refused("it has a DOCTYPE declaration")
+
+    def entity(*_: object) -> None:
+        raise _Refused("it declares an entity")
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.StartDoctypeDeclHandler = doctype
+    parser.EntityDeclHandler = entity
+    try:
+        parser.Parse(data, True)
+    except _Refused as exc:
+        raise _refuse(str(exc)) from None
+    except expat.ExpatError as exc:
         raise InvalidArgument(
-            f"domain XML does not parse: {exc}",
+            f"domain XML does not parse: {clip(exc)}",
+            reason="INVALID_XML",
+            hint="pass the XML exactly as `virsh dumpxml --migratable` prints it",
+        ) from None
+
+
+def parse_xml(xml: str) -> ET.Element:
+    """The document's root element, parsed within bounds (see the module docstring).
+
+    >>> try:
+    ...     parse_xml("<!DOCTYPE d [<!ENTITY a 'x'>]><domain>&a;</domain>")
+    ... except InvalidArgument as err:
+    ...     print(err.reason, err.message)
+    INVALID_XML domain XML refused: it has a DOCTYPE declaration
+    >>> parse_xml("<domain><name>g1</name></domain>").findtext("name")
+    'g1'
+    """
+    _check_bounds(xml)
+    try:
+        return ET.fromstring(xml)
+    except ET.ParseError as exc:  # the bounds check parsed it already: not expected
+        raise InvalidArgument(
+            f"domain XML does not parse: {clip(exc)}",
             reason="INVALID_XML",
             hint="pass the XML exactly as `virsh dumpxml --migratable` prints it",
         ) from exc
+
+
+def _root(xml: str) -> ET.Element:
+    root = parse_xml(xml)
     if root.tag != "domain":
         raise InvalidArgument(
-            f"domain XML has root element <{root.tag}>, not <domain>",
+            f"domain XML has root element <{clip(root.tag, 64)}>, not <domain>",
             reason="INVALID_XML",
             hint="pass a libvirt domain definition (`virsh dumpxml --migratable NAME`)",
         )
@@ -92,7 +172,7 @@ def _memory_bytes(el: ET.Element | None) -> int:
     unit = el.get("unit", "KiB").lower()
     if unit not in _UNITS:
         raise InvalidArgument(
-            f"unknown memory unit {el.get('unit')!r}",
+            f"unknown memory unit {clip(repr(el.get('unit')))}",
             reason="INVALID_XML",
             hint="use a libvirt memory unit such as KiB, MiB or GiB",
         )
@@ -100,7 +180,7 @@ def _memory_bytes(el: ET.Element | None) -> int:
         return int(el.text.strip()) * _UNITS[unit]  # type: ignore[union-attr]
     except ValueError as exc:
         raise InvalidArgument(
-            f"memory {el.text!r} is not a number", reason="INVALID_XML", hint="fix the <memory> element"
+            f"memory {clip(repr(el.text))} is not a number", reason="INVALID_XML", hint="fix the <memory> element"
         ) from exc
 
 
@@ -120,7 +200,7 @@ def parse_domain(xml: str) -> ParsedDomain:
             vcpus = int(text)
         except ValueError as exc:
             raise InvalidArgument(
-                f"vcpu {text!r} is not a number", reason="INVALID_XML", hint="fix the <vcpu> element"
+                f"vcpu {clip(repr(text))} is not a number", reason="INVALID_XML", hint="fix the <vcpu> element"
             ) from exc
     cpu = root.find("cpu")
     cpu_mode = cpu_model = ""
@@ -128,9 +208,17 @@ def parse_domain(xml: str) -> ParsedDomain:
         model = cpu.find("model")
         cpu_model = (model.text or "").strip() if model is not None else ""
         cpu_mode = cpu.get("mode") or "custom"
+    name, uuid = (root.findtext("name") or "").strip(), (root.findtext("uuid") or "").strip()
+    for what, value, limit in (("name", name, MAX_NAME), ("uuid", uuid, 64)):
+        if len(value) > limit or any(ord(c) < 0x20 for c in value):
+            raise InvalidArgument(
+                f"domain {what} {clip(repr(value))} is not a libvirt domain {what}",
+                reason="INVALID_XML",
+                hint=f"a domain {what} has at most {limit} printable characters",
+            )
     return ParsedDomain(
-        name=(root.findtext("name") or "").strip(),
-        uuid=(root.findtext("uuid") or "").strip(),
+        name=name,
+        uuid=uuid,
         domain_type=root.get("type", ""),
         memory_bytes=_memory_bytes(root.find("memory")),
         vcpus=vcpus,

@@ -2,19 +2,29 @@
 
 Shared storage is what the operator declares (``shared_dirs``) or a cluster file system
 (NFS, CIFS, Ceph, GFS2, OCFS2, GlusterFS) found in the mount table.
+
+Confined: images are created, read as backing files and removed only inside the configured
+image directories (``image_dirs`` and ``shared_dirs``), walked without following symbolic links
+(``agent/confine.py``). qemu-img works on the descriptor the walk opened (``/proc/self/fd/N``),
+never on a path it would resolve again. ``bridges`` (when configured) are the only bridges
+offered to guests.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import stat
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from ferry.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal
-from ferry.model import StorageDir
+from ferry.agent.confine import ImageDirs
+from ferry.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, FerryError, Internal, clip
+from ferry.model import Problem, StorageDir
+from ferry.paths import PathUse, symlink_problem
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +75,14 @@ class LocalHostSystem:
         mounts_file: str = "/proc/self/mounts",
         qemu_img: str = "qemu-img",
         qemu_img_timeout_s: float = 60.0,
+        bridges: Sequence[str] = (),
     ) -> None:
+        """``bridges``: the bridges guests may use (empty: every Linux bridge on the host)."""
         self._image_dirs = tuple(image_dirs)
         self._shared_dirs = tuple(os.path.realpath(d) for d in shared_dirs)
         self._shared_dirs_given = tuple(shared_dirs)
+        self._confined = ImageDirs((*image_dirs, *shared_dirs))
+        self._allowed_bridges = frozenset(bridges)
         self._sysfs = Path(sysfs_root)
         self._mounts_file = mounts_file
         self._qemu_img = qemu_img
@@ -79,9 +93,10 @@ class LocalHostSystem:
     def bridges(self) -> list[str]:
         net = self._sysfs / "class" / "net"
         try:
-            return sorted(i.name for i in net.iterdir() if (i / "bridge").is_dir())
+            found = sorted(i.name for i in net.iterdir() if (i / "bridge").is_dir())
         except FileNotFoundError:
             return []
+        return [b for b in found if not self._allowed_bridges or b in self._allowed_bridges]
 
     # ------------------------------------------------------------------ storage
 
@@ -141,6 +156,9 @@ class LocalHostSystem:
 
     # ------------------------------------------------------------------ files
 
+    def confine(self, path: str, use: PathUse) -> Problem | None:
+        return self._confined.problem(path, use)
+
     def exists(self, path: str) -> bool:
         return os.path.lexists(path)  # a dangling symlink is in the way too
 
@@ -151,50 +169,91 @@ class LocalHostSystem:
     def create_image(
         self, path: str, *, fmt: str, virtual_size: int, backing_file: str = "", backing_format: str = ""
     ) -> None:
+        self._confined.check(path, PathUse.CREATE)
+        if backing_file:
+            self._confined.check(backing_file, PathUse.READ)
         try:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            # Claim the path atomically: qemu-img would silently overwrite an existing file.
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            with self._confined.parent(path, create=True, what="image") as (dir_fd, name):
+                assert dir_fd is not None  # create=True makes the directories
+                # claim the name atomically, not following a link: qemu-img would overwrite a file
+                fd = os.open(
+                    name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd
+                )
         except FileExistsError as exc:
             raise AlreadyExists(
-                f"{path} already exists",
+                f"{clip(path)} already exists",
                 reason="FILE_IN_THE_WAY",
-                hint=f"remove or move {path}, or map the disk to another directory (--map-path)",
+                hint=f"remove or move {clip(path)}, or map the disk to another directory (--map-path)",
             ) from exc
         except OSError as exc:
             raise FailedPrecondition(
-                f"cannot create {path}: {exc.strerror}",
+                f"cannot create {clip(path)}: {exc.strerror}",
                 reason="PATH_NOT_WRITABLE",
-                hint=f"make {os.path.dirname(path)} writable for the agent, or map "
+                hint=f"make {clip(os.path.dirname(path))} writable for the agent, or map "
                 "the disk to another directory (--map-path)",
             ) from exc
-        os.close(fd)
         try:
             if backing_file and not backing_format:
                 backing_format = self._image_format(backing_file)
             cmd = [self._qemu_img, "create", "-q", "-f", fmt]
             if backing_file:
                 cmd += ["-b", backing_file, "-F", backing_format]
-            self._run([*cmd, path, str(virtual_size)], what=f"create {path}")
+            # qemu-img writes through the descriptor claimed above (a path it cannot re-resolve)
+            self._run([*cmd, f"/proc/self/fd/{fd}", str(virtual_size)], what=f"create {path}", fds=(fd,))
         except BaseException:
             self._discard(path)
             raise
+        finally:
+            os.close(fd)
 
     def _image_format(self, path: str) -> str:
-        out = self._run([self._qemu_img, "info", "-U", "--output=json", path], what=f"read {path}")
+        with self._open(path, PathUse.READ, "backing file") as fd:
+            out = self._run(
+                [self._qemu_img, "info", "-U", "--output=json", f"/proc/self/fd/{fd}"], what=f"read {path}", fds=(fd,)
+            )
         try:
             return str(json.loads(out)["format"])
         except (ValueError, KeyError) as exc:
             raise Internal(
-                f"qemu-img info {path} printed no format",
+                f"qemu-img info {clip(path)} printed no format",
                 reason="QEMU_IMG_FAILED",
                 hint="check the image with `qemu-img info`",
             ) from exc
 
-    def _run(self, cmd: list[str], *, what: str) -> str:
+    def _open(self, path: str, use: PathUse, what: str) -> _OpenFile:
+        """A regular file in the image directories, opened read-only without following a link."""
+        with self._confined.parent(path, create=False, what=what) as (dir_fd, name):
+            try:
+                if dir_fd is None:
+                    raise FileNotFoundError(path)
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:  # the file itself is a link
+                    raise symlink_problem(path, path, what).to_error() from exc
+                raise FailedPrecondition(
+                    f"cannot open {what} {clip(path)}: {exc.strerror or 'missing'}",
+                    reason="BACKING_MISSING" if isinstance(exc, FileNotFoundError) else "PATH_UNREADABLE",
+                    hint=f"check that {clip(path)} exists and the agent may read it",
+                ) from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FailedPrecondition(
+                f"{what} {clip(path)} is not a regular file",
+                reason="PATH_NOT_A_FILE",
+                hint="name an image file",
+            )
+        return _OpenFile(fd)
+
+    def _run(self, cmd: list[str], *, what: str, fds: Sequence[int] = ()) -> str:
         try:
             done = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=self._timeout_s, check=False, stdin=subprocess.DEVNULL
+                cmd,
+                capture_output=True,
+                text=True,
+                timeout=self._timeout_s,
+                check=False,
+                stdin=subprocess.DEVNULL,
+                pass_fds=tuple(fds),
             )
         except FileNotFoundError as exc:
             raise FailedPrecondition(
@@ -202,13 +261,13 @@ class LocalHostSystem:
             ) from exc
         except subprocess.TimeoutExpired as exc:
             raise DeadlineExceeded(
-                f"qemu-img did not {what} within {self._timeout_s:.0f} s",
+                f"qemu-img did not {clip(what)} within {self._timeout_s:.0f} s",
                 reason="QEMU_IMG_TIMEOUT",
                 hint="check the storage under that path (hung NFS mount?)",
             ) from exc
         if done.returncode != 0:
             raise Internal(
-                f"qemu-img could not {what}: {done.stderr.strip()}",
+                f"qemu-img could not {clip(what)}: {clip(done.stderr.strip(), 500)}",
                 reason="QEMU_IMG_FAILED",
                 hint="run the same qemu-img command by hand to see why",
             )
@@ -216,22 +275,48 @@ class LocalHostSystem:
 
     def _discard(self, path: str) -> None:
         try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            log.warning("could not remove half-created image %s", path, exc_info=True)
+            self._unlink(path)
+        except (OSError, FerryError):
+            log.warning("could not remove half-created image %s", clip(path), exc_info=True)
+
+    def _unlink(self, path: str) -> bool:
+        """Remove the file at ``path`` (walked without following links); False when it is not there."""
+        with self._confined.parent(path, create=False, what="image") as (dir_fd, name):
+            if dir_fd is None:
+                return False
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            if stat.S_ISLNK(st.st_mode):
+                raise symlink_problem(path, path, "image").to_error()
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                return False
+        return True
 
     def remove(self, path: str) -> bool:
+        self._confined.check(path, PathUse.REMOVE)
         try:
-            os.unlink(path)
-        except FileNotFoundError:
-            return False
+            return self._unlink(path)
         except OSError as exc:
             raise FailedPrecondition(
-                f"cannot remove {path}: {exc.strerror}",
+                f"cannot remove {clip(path)}: {exc.strerror}",
                 reason="REMOVE_FAILED",
-                hint=f"check the permissions of {os.path.dirname(path)}; remove the "
+                hint=f"check the permissions of {clip(os.path.dirname(path))}; remove the "
                 "file by hand if it is no longer needed",
             ) from exc
-        return True
+
+
+class _OpenFile:
+    """A descriptor closed at the end of a ``with`` block."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> int:
+        return self.fd
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)

@@ -90,6 +90,7 @@ class LibvirtHypervisor:
         self._lock = threading.Lock()
         self._conn: libvirt.virConnect | None = None
         self._aborted: set[str] = set()  # UUIDs whose migration job we aborted
+        self._ping: asyncio.Future[None] | None = None  # the ping running in a thread, if any
         self._peer_uris = dict(peer_uris or {})
 
     def close(self) -> None:
@@ -182,10 +183,27 @@ class LibvirtHypervisor:
 
     @staticmethod
     def _domain_info(dom: libvirt.virDomain) -> DomainInfo:
+        """Never waits for a domain job (placement is read with this while migrations run):
+        XMLDesc, state, isActive and isPersistent take none; a running domain's disk sizes come
+        from NOWAIT bulk statistics (``lt.block_sizes_from_stats``), a shut-off one's from
+        virDomainGetBlockInfo (no job can hold it)."""
         xml = dom.XMLDesc(0)
         state, _reason = dom.state()
-        sizes: dict[str, tuple[int, int]] = {}
-        for target in lt.block_info_targets(xml):
+        sizes: dict[str, tuple[int, int]] | None = None
+        targets = lt.block_info_targets(xml)
+        if targets and dom.isActive():
+            try:
+                found = dom.connect().domainListGetStats(
+                    [dom], lt.VIR_DOMAIN_STATS_BLOCK, lt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+                )
+                sizes = lt.block_sizes_from_stats(found[0][1] if found else {})
+            except libvirt.libvirtError as exc:
+                log.debug("no block statistics for %s: %s", dom.name(), exc)
+                sizes = {}
+        if sizes is not None:
+            targets = []
+        sizes = sizes or {}
+        for target in targets:
             try:
                 capacity, allocation, _physical = dom.blockInfo(target)
                 sizes[target] = (capacity, allocation)
@@ -218,6 +236,31 @@ class LibvirtHypervisor:
             )
 
         return await self._call("getCapabilities", work, retry=True)
+
+    async def ping(self, timeout_s: float | None = None) -> None:
+        """virConnectGetLibVersion: a round trip to libvirtd on the (re)opened connection. At
+        most one ping runs in a thread: a caller while one is still blocked in libvirt (a hung
+        libvirtd) waits for that one instead of taking another thread."""
+        timeout = timeout_s or min(self.timeout_s, 10.0)
+        running = self._ping
+        if running is None or running.done():
+
+            def work() -> None:
+                conn = self._connection()
+                try:
+                    conn.getLibVersion()
+                except libvirt.libvirtError:
+                    self._forget(conn)
+                    raise
+
+            running = self._ping = asyncio.get_running_loop().run_in_executor(self._pool, work)
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(running)
+        except TimeoutError:
+            raise le.timeout_error("getLibVersion", self.uri, timeout) from None
+        except libvirt.libvirtError as exc:
+            raise self._error(exc, "getLibVersion") from exc
 
     @staticmethod
     def _memory(conn: libvirt.virConnect, info_mib: int) -> tuple[int, int]:
@@ -261,8 +304,8 @@ class LibvirtHypervisor:
 
         return await self._call("lookupByUUIDString" if uuid else "lookupByName", work, retry=True)
 
-    async def domain_xml(self, name_or_uuid: str, *, migratable: bool = True) -> str:
-        flags = lt.domain_xml_flags(migratable=migratable)
+    async def domain_xml(self, name_or_uuid: str, *, migratable: bool = True, secure: bool = True) -> str:
+        flags = lt.domain_xml_flags(migratable=migratable, secure=secure)
         return await self._call("XMLDesc", lambda c: self._lookup(c, name_or_uuid).XMLDesc(flags), retry=True)
 
     async def job_stats(self, name_or_uuid: str, *, completed: bool = False) -> JobStats:

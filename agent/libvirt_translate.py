@@ -67,6 +67,10 @@ VIR_DOMAIN_RUNNING_POSTCOPY_FAILED = 11
 VIR_DOMAIN_PAUSED_POSTCOPY = 12  # virDomainPausedReason
 VIR_DOMAIN_PAUSED_POSTCOPY_FAILED = 13
 
+# virConnectGetAllDomainStats / virDomainListGetStats
+VIR_DOMAIN_STATS_BLOCK = 32
+VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT = 1 << 29
+
 # virDomainXMLFlags, virDomainGetJobStatsFlags
 VIR_DOMAIN_XML_SECURE = 1
 VIR_DOMAIN_XML_MIGRATABLE = 8
@@ -236,9 +240,10 @@ def loggable_params(params: Mapping[str, Any]) -> list[str]:
     return sorted(k for k in params if k not in (VIR_MIGRATE_PARAM_DEST_XML, VIR_MIGRATE_PARAM_PERSIST_XML))
 
 
-def domain_xml_flags(*, migratable: bool) -> int:
-    """virDomainGetXMLDesc flags: always with secrets; MIGRATABLE for a definition to send."""
-    return VIR_DOMAIN_XML_SECURE | (VIR_DOMAIN_XML_MIGRATABLE if migratable else 0)
+def domain_xml_flags(*, migratable: bool, secure: bool = True) -> int:
+    """virDomainGetXMLDesc flags: SECURE (secrets such as graphics passwords) when asked, as a
+    definition sent to the target needs them; MIGRATABLE for a definition to send."""
+    return (VIR_DOMAIN_XML_SECURE if secure else 0) | (VIR_DOMAIN_XML_MIGRATABLE if migratable else 0)
 
 
 def job_stats_flags(*, completed: bool) -> int:
@@ -391,6 +396,31 @@ def dirty_rate_of(stats: Mapping[str, Any]) -> float | None:
     if int(stats.get("dirtyrate.calc_status", 0)) != VIR_DOMAIN_DIRTYRATE_MEASURED:
         return None
     return float(int(stats.get("dirtyrate.megabytes_per_second", 0)) * MiB)
+
+
+def block_sizes_from_stats(stats: Mapping[str, Any]) -> dict[str, tuple[int, int]] | None:
+    """``(capacity, allocation)`` per disk target from the "block" group of a running domain's
+    virDomainListGetStats with NOWAIT (top layers only). Asked that way libvirt never waits for a
+    domain job -- virDomainGetBlockInfo does, and an incoming migration's job allows none, so on a
+    target it waits for the whole job (seen: 30 s, then "cannot acquire state change lock") --
+    and leaves out the sizes it cannot read without one: such a disk is left out here too.
+    None when the statistics have no block group at all (a driver without them, e.g. libvirt's
+    test driver): ask virDomainGetBlockInfo then.
+
+    >>> block_sizes_from_stats({"block.count": 2, "block.0.name": "vda", "block.0.capacity": 1024,
+    ...     "block.0.allocation": 512, "block.1.name": "vdb"})
+    {'vda': (1024, 512)}
+    >>> block_sizes_from_stats({}) is None
+    True
+    """
+    if "block.count" not in stats:
+        return None
+    out: dict[str, tuple[int, int]] = {}
+    for i in range(int(stats.get("block.count", 0))):
+        name, capacity = stats.get(f"block.{i}.name"), stats.get(f"block.{i}.capacity")
+        if name and capacity is not None:
+            out[str(name)] = (int(capacity), int(stats.get(f"block.{i}.allocation", 0)))
+    return out
 
 
 def block_info_targets(xml: str) -> list[str]:

@@ -26,12 +26,17 @@ from pathlib import Path
 import grpc
 
 from ferry.agent.config import AgentConfig, load_config
+from ferry.agent.fencing import LeaderFence
+from ferry.agent.health import LibvirtWatch
 from ferry.agent.hostsystem import LocalHostSystem
 from ferry.agent.inventory import Inventory
 from ferry.agent.migration import JobObserver, MigrationDriver
 from ferry.agent.prepare import PrepareService
 from ferry.agent.registration import start_registration
 from ferry.agent.service import SERVICE_NAME, AgentServicer
+from ferry.agent.source_disks import SourceDisks
+from ferry.agent.source_records import SourceRecords
+from ferry.agent.targets import MigrationTargets
 from ferry.daemon import run_daemon
 from ferry.errors import FerryError
 from ferry.ports import HostSystem, Hypervisor
@@ -44,6 +49,7 @@ SWEEP_INTERVAL_S = 30.0
 GRACE_S = 5.0
 # the agent extra's modules (pyproject.toml), checked before anything imports them
 REQUIRES = ("libvirt", "prometheus_client", "pythonjsonlogger", "etcd3aio")
+LIBVIRT_WATCH_S = 1.0  # how often libvirtd is pinged (its state is in the registration)
 
 
 def _utc_now() -> datetime:
@@ -58,9 +64,12 @@ def build_agent(
     *,
     monotonic: Callable[[], float] = time.monotonic,
     jobs: JobObserver | None = None,
+    targets: MigrationTargets | None = None,
 ) -> AgentServicer:
     """The servicer wired to the given ports (tests pass fakes; ``main`` the real adapters).
-    ``jobs`` hears about every migration job the driver runs (the metrics)."""
+    ``jobs`` hears about every migration job the driver runs (the metrics); ``targets``: where
+    Migrate may go, by default the config's ``migration_targets`` and the registered hosts once
+    ``serve`` attaches the registration's store."""
     inventory = Inventory(
         hypervisor, host, libvirt_uri=config.advertise_libvirt_uri, migration_address=config.migration_address
     )
@@ -68,7 +77,23 @@ def build_agent(
         hypervisor, host, Path(config.state_dir), default_ttl_s=config.prepare_ttl_s, clock=clock, host_name=config.name
     )
     driver = MigrationDriver(hypervisor, clock=monotonic, observer=jobs)
-    return AgentServicer(hypervisor=hypervisor, inventory=inventory, prepare=prepare, driver=driver)
+    source_disks = SourceDisks(
+        hypervisor,
+        host,
+        host_name=config.name,
+        records=SourceRecords(Path(config.state_dir)),
+        prepared=prepare.list,
+        clock=clock,
+    )
+    return AgentServicer(
+        hypervisor=hypervisor,
+        inventory=inventory,
+        prepare=prepare,
+        driver=driver,
+        source_disks=source_disks,
+        targets=targets or MigrationTargets(config.name, config.migration_targets),
+        fence=LeaderFence(Path(config.state_dir) / "leader-term"),
+    )
 
 
 def register(servicer: AgentServicer) -> Callable[[grpc.aio.Server], list[str]]:
@@ -85,6 +110,11 @@ async def _sweep(servicer: AgentServicer) -> None:
             log.info("prepare sweep: %s", line)
     except FerryError as exc:
         log.warning("prepare sweep failed: %s: %s", exc.reason, exc)
+    try:
+        for migration_id in await asyncio.to_thread(servicer.source_disks.sweep):
+            log.info("forgot the outgoing migration record %s (older than a week)", migration_id)
+    except OSError as exc:
+        log.warning("outgoing migration record sweep failed: %s", exc)
 
 
 async def _sweep_forever(servicer: AgentServicer) -> None:
@@ -108,7 +138,7 @@ async def serve(config: AgentConfig) -> None:
     metrics = AgentMetrics(registry)
     rpc: RpcObserver = RpcMetrics(registry)
     hypervisor = LibvirtHypervisor(config.libvirt_uri, config.libvirt_timeout_s)
-    host = LocalHostSystem(config.image_dirs, config.shared_dirs)
+    host = LocalHostSystem(config.image_dirs, config.shared_dirs, bridges=config.bridges)
     servicer = build_agent(config, hypervisor, host, jobs=metrics)
     metrics.watch_prepares(servicer.prepare.list)
     server, ports = create_server(config.listen, register(servicer), tls=config.tls, observer=rpc)
@@ -131,10 +161,20 @@ async def serve(config: AgentConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     sweeper = asyncio.create_task(_sweep_forever(servicer), name="prepare sweep")
     registration = start_registration(config, StoreMetrics(registry))  # only with a [registry] section
+    watch = LibvirtWatch(
+        hypervisor,
+        registration.registration.set_libvirt_up if registration is not None else lambda up: None,
+        interval_s=LIBVIRT_WATCH_S,
+        name=config.name,
+    )
+    watcher = asyncio.create_task(watch.run(), name="libvirt watch")
+    if registration is not None:
+        servicer.targets.use_store(registration.store)  # Migrate goes only to registered hosts
     try:
         await stop.wait()
         log.info("stopping (grace %.0f s)", GRACE_S)
     finally:
+        watcher.cancel()
         sweeper.cancel()
         if registration is not None:
             await registration.close()  # deregister first: coordinators stop calling us

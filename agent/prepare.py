@@ -44,8 +44,9 @@ from ferry.agent.target_checks import (
     resolve_plans,
     storage_key,
 )
-from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound
+from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound, clip
 from ferry.model import DiskPlan, DomainInfo, HostMapping, Nic, PreparedIncoming, PrepareRecord, Problem, StorageMode
+from ferry.paths import PathUse
 from ferry.ports import HostSystem, Hypervisor
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class CleanupOutcome(NamedTuple):
 def _check_id(prepare_id: str) -> None:
     if not _PREPARE_ID.fullmatch(prepare_id):
         raise InvalidArgument(
-            f"{prepare_id!r} is not a prepare id",
+            f"{clip(repr(prepare_id))} is not a prepare id",
             reason="INVALID_PREPARE_ID",
             hint="use the prepare_id PrepareIncoming returned (ListPrepares shows them)",
         )
@@ -88,6 +89,7 @@ class PrepareService:
     ) -> None:
         self._hv = hypervisor
         self._host = host
+        self._state_dir = Path(state_dir)
         self._store = PrepareStore(state_dir)
         self._ttl_s = default_ttl_s
         self._clock = clock
@@ -106,6 +108,15 @@ class PrepareService:
     @property
     def host_system(self) -> HostSystem:
         return self._host
+
+    @property
+    def state_dir(self) -> Path:
+        """Where this agent keeps its records."""
+        return self._state_dir
+
+    @property
+    def clock(self) -> Callable[[], datetime]:
+        return self._clock
 
     # ------------------------------------------------------------------ prepare
 
@@ -129,10 +140,14 @@ class PrepareService:
         stored = self._store.all()
         if parsed is not None:
             records = tuple(r for r, _ in stored if r.domain_uuid == parsed.uuid)
-        paths = {p.destination for p in plans} | {p.backing_file for p in plans if p.backing_file}
+        # what the agent itself would touch is confined: the images it creates, the backing
+        # files qemu-img reads; a disk expected on shared storage is only looked at
+        uses: dict[str, PathUse | None] = {p.destination: None for p in plans if not p.copy}
+        uses |= {p.backing_file: PathUse.READ for p in plans if p.copy and p.backing_file}
+        uses |= {p.destination: PathUse.CREATE for p in plans if p.copy}
         emulator = cpu.emulator if cpu is not None else ""
         facts_by_path, bridges, reserved, emulator_present = await asyncio.to_thread(
-            self._host_view, sorted(paths), stored, emulator
+            self._host_view, uses, stored, emulator
         )
         verdict = await self._compare_cpu(cpu, emulator_present) if parsed is not None else None
         return TargetSnapshot(
@@ -169,19 +184,22 @@ class PrepareService:
         return CpuVerdict(incompatible=why)
 
     def _host_view(
-        self, paths: list[str], stored: list[tuple[PrepareRecord, dict[str, int]]], emulator: str
+        self, uses: Mapping[str, PathUse | None], stored: list[tuple[PrepareRecord, dict[str, int]]], emulator: str
     ) -> tuple[dict[str, PathFacts], tuple[str, ...], dict[str, int], bool]:
         dirs = self._host.storage_dirs()
-        facts = {
-            path: PathFacts(
+        facts = {}
+        for path, use in sorted(uses.items()):
+            refused = self._host.confine(path, use) if use is not None else None
+            if refused is not None:  # looked at no further
+                facts[path] = PathFacts(exists=False, refused=refused)
+                continue
+            facts[path] = PathFacts(
                 exists=self._host.exists(path),
                 writable_dir=self._host.writable_dir(path),
                 free_bytes=self._host.free_bytes(path),
                 shared=self._host.is_shared(path),
                 fs_key=storage_key(path, dirs),
             )
-            for path in paths
-        }
         reserved: dict[str, int] = {}
         for _, by_path in stored:
             for path, size in by_path.items():

@@ -15,7 +15,8 @@ clean stop deletes it at once.
 - :meth:`stop` revokes the lease, which deletes the key.
 
 The value is JSON (``ferry/registry.HostRegistration``): name, agent gRPC address, libvirt URI, migration
-address, registration time.
+address, registration time, and whether the agent's libvirtd answers (:meth:`Registration.set_libvirt_up`,
+fed by ``agent/health.py``): a change is written at once (compare-and-set on the key, same lease).
 """
 
 from __future__ import annotations
@@ -74,15 +75,25 @@ class Registration:
         self._task: asyncio.Task[None] | None = None
         self.registered = asyncio.Event()  # set while our key is in the store (as far as we know)
         self.registrations = 0  # how many times the key was (re)written
+        self.libvirt_up = True
+        self._registered_at: datetime | None = None  # this claim's time, kept by rewrites
+        self._changed = asyncio.Event()  # the value changed: rewrite the key
 
     @property
     def key(self) -> str:
         return host_key(self.name)
 
     def value(self) -> HostRegistration:
+        at = self._registered_at or self._clock().astimezone(UTC)
         return HostRegistration(
-            self.name, self.address, self.libvirt_uri, self.migration_address, self._clock().astimezone(UTC)
+            self.name, self.address, self.libvirt_uri, self.migration_address, at, libvirt_up=self.libvirt_up
         )
+
+    def set_libvirt_up(self, up: bool) -> None:
+        """Whether libvirtd answers; a change is written to the key as soon as possible."""
+        if up != self.libvirt_up:
+            self.libvirt_up = up
+            self._changed.set()
 
     async def run(self) -> None:
         """Register and stay registered until :meth:`stop`. Store errors are retried, never raised."""
@@ -124,6 +135,9 @@ class Registration:
         """Write our key under ``lease``: create it, or replace our own previous run's key."""
         first = self.registrations == 0
         previous, self._previous_lease = self._previous_lease, None
+        self._registered_at = None  # a new claim: a new registration time
+        self._registered_at = self.value().registered_at
+        self._changed.clear()  # the value written below is the newest
         while not self._stopped.is_set():
             try:
                 await self.store.create(self.key, self.value().encode(), lease=lease)
@@ -163,13 +177,21 @@ class Registration:
         return True
 
     async def _keep(self, lease: int) -> None:
-        """Renew until the lease is lost, the key is no longer ours, or stop()."""
+        """Renew until the lease is lost, the key is no longer ours, or stop(); write a changed
+        value at once."""
         loop = asyncio.get_running_loop()
         renewed_at = loop.time()
+        next_renewal = renewed_at + self.ttl_s / 3
         while not self._stopped.is_set():
-            await self._pause(self.ttl_s / 3)
+            await self._pause(next_renewal - loop.time(), wake=self._changed)
             if self._stopped.is_set():
                 return
+            if self._changed.is_set():
+                self._changed.clear()
+                await self._rewrite(lease)
+                if loop.time() < next_renewal:
+                    continue
+            next_renewal = loop.time() + self.ttl_s / 3
             try:
                 async with asyncio.timeout(self.ttl_s / 3):
                     await self.store.keepalive(lease)
@@ -198,6 +220,19 @@ class Registration:
                     await self.store.revoke(lease)
                 return
 
+    async def _rewrite(self, lease: int) -> None:
+        """Write the current value over our own key (same lease); on failure try again later."""
+        try:
+            current = await self.store.get(self.key)
+            if current is None or current.lease != lease:
+                return  # not ours any more: the renewal finds out and registers again
+            await self.store.update(self.key, self.value().encode(), current.mod_revision, lease=lease)
+            log.info("registration of %s updated: libvirtd %s", self.name, "up" if self.libvirt_up else "DOWN")
+        except (FerryError, Conflict) as exc:
+            log.info("registration of %s not updated yet (%s); retrying", self.name, getattr(exc, "reason", exc))
+            self._changed.set()
+            await self._pause(min(0.5, self.ttl_s / 10))
+
     async def _wait_gone(self) -> None:
         while not self._stopped.is_set():
             with contextlib.suppress(FerryError):
@@ -205,10 +240,17 @@ class Registration:
                     return
             await self._pause(self.ttl_s / 3)
 
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._stopped.wait()
+    async def _pause(self, seconds: float, *, wake: asyncio.Event | None = None) -> None:
+        """Sleep ``seconds``, less when stopped (or ``wake`` is set)."""
+        if seconds <= 0:
+            return
+        events = [self._stopped] + ([wake] if wake is not None else [])
+        waits = [asyncio.ensure_future(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
 
 def _address(value: bytes) -> str:

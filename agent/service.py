@@ -1,22 +1,35 @@
 """The agent's gRPC servicer: thin. Protobuf in -> model (ferry.convert) -> inventory / prepare /
 migration driver -> model -> protobuf out. Errors are Ferry errors; ``rpc_method`` turns them
-into statuses with reason and hint.
+into statuses with reason and hint. Every request with a ``leader_term`` passes the fence
+(``agent/fencing.py``) once its fields are checked, before anything acts on it: a change from a
+deposed coordinator leader is refused (STALE_LEADER).
+
+Every field is checked here, at the edge, before anything acts on it (``ferry.validate``, and the
+converters): names and URIs at most ``MAX_NAME`` characters without control characters, ids as
+ids, numbers in range, lists bounded, XML within bounds (``domxml.parse_xml``). A Migrate goes
+only to a registered host (``targets.MigrationTargets``); the disks it copies are recorded for
+RemoveSourceDisks (``source_disks``). GetDomain's XML carries secrets (graphics passwords) only
+when ``secure_xml(context)`` allows it: the hook the caller-identity check plugs into.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 
-from ferry import convert, logcontext, model
+from ferry import convert, logcontext, model, validate
+from ferry.agent.domxml import parse_xml
+from ferry.agent.fencing import LeaderFence
 from ferry.agent.inventory import Inventory
 from ferry.agent.migration import Control, MigrationDriver, MigrationRequest
 from ferry.agent.prepare import PrepareService
 from ferry.agent.progress import phase_of
 from ferry.agent.source_disks import SourceDisks
+from ferry.agent.source_records import SourceRecords
+from ferry.agent.targets import MigrationTargets
 from ferry.diskplan import plan_disks
-from ferry.errors import FailedPrecondition, FerryError, InvalidArgument
+from ferry.errors import FailedPrecondition, FerryError, InvalidArgument, clip
 from ferry.model import (
     DiskPlan,
     DomainInfo,
@@ -29,6 +42,7 @@ from ferry.model import (
     Problem,
     StorageMode,
 )
+from ferry.paths import PATH_MAX
 from ferry.ports import Hypervisor
 from ferry.prediction import resident_estimate
 from ferry.rpc import Context, rpc_method
@@ -50,9 +64,44 @@ MAX_DIRTY_RATE_PERIOD_S = 60  # libvirt's limit
 
 
 def _required(value: str, field: str) -> str:
-    if not value:
-        raise InvalidArgument(f"{field} is required", reason="MISSING_FIELD", hint=f"set {field} in the request")
+    """A required name-like field (a domain name or UUID, a URI)."""
+    return validate.text(value, field, required=True)
+
+
+def _domain_ref(value: str, field: str = "domain") -> str:
+    return _required(value, field)
+
+
+def _uuid(value: str, field: str) -> str:
+    _required(value, field)
+    if len(value) > 64 or any(c not in "0123456789abcdefABCDEF-" for c in value):
+        raise InvalidArgument(
+            f"{field}: {clip(value)!r} is not a UUID",
+            reason="BAD_UUID",
+            hint="give the domain's UUID as libvirt prints it, e.g. 6c61622d-0000-4000-8000-000000000001",
+        )
     return value
+
+
+def _xml(value: str, field: str) -> str:
+    """A domain definition within bounds (size, depth, no DOCTYPE or entities); '' passes."""
+    if value:
+        parse_xml(value)
+    return value
+
+
+def _plans(values: Sequence[tpb.DiskPlan], field: str = "disks") -> list[DiskPlan]:
+    validate.items(values, field)
+    return [convert.disk_plan_from_pb(d) for d in values]
+
+
+def _term(value: int) -> int:
+    """A request's ``leader_term``: 0 (not a leader's call) or an etcd revision."""
+    return validate.number(value, "leader_term", hi=validate.MAX_LEADER_TERM, zero="a call from outside the leader")
+
+
+def _always(context: Context) -> bool:
+    return True
 
 
 def _about(migration_id: str, *, vm: str = "", source: str = "", target: str = "") -> None:
@@ -85,16 +134,29 @@ class AgentServicer(agrpc.AgentServicer):
         prepare: PrepareService,
         driver: MigrationDriver,
         source_disks: SourceDisks | None = None,
+        targets: MigrationTargets | None = None,
+        secure_xml: Callable[[Context], bool] = _always,
+        fence: LeaderFence | None = None,
     ) -> None:
-        """``source_disks`` defaults to one over the prepare service's host system (its prepared
-        images are never removed as source disks)."""
+        """``source_disks`` defaults to one over the prepare service's host system and state
+        directory (its prepared images are never removed as source disks); ``targets`` to none
+        but the registry attached later (``targets.use_store``); ``secure_xml(context)``: may
+        this caller read a domain's secrets (GetDomain)?; ``fence`` to one kept in memory only."""
+        self.fence = fence or LeaderFence(None)
         self.hypervisor = hypervisor
         self.inventory = inventory
         self.prepare = prepare
         self.driver = driver
         self.source_disks = source_disks or SourceDisks(
-            hypervisor, prepare.host_system, host_name=prepare.host_name, prepared=prepare.list
+            hypervisor,
+            prepare.host_system,
+            host_name=prepare.host_name,
+            records=SourceRecords(prepare.state_dir),
+            prepared=prepare.list,
+            clock=prepare.clock,
         )
+        self.targets = targets or MigrationTargets(prepare.host_name)
+        self.secure_xml = secure_xml
         self._migrating: dict[str, str] = {}  # domain UUID -> migration id, while a Migrate streams
         self._controls: dict[str, Control] = {}  # domain UUID -> its running migration's Control
 
@@ -108,8 +170,12 @@ class AgentServicer(agrpc.AgentServicer):
 
     @rpc_method
     async def GetDomain(self, request: apb.GetDomainRequest, context: Context) -> apb.GetDomainResponse:
-        domain = await self.inventory.domain(_required(request.name, "name"))
-        xml = await self.hypervisor.domain_xml(domain.uuid, migratable=True) if request.include_xml else ""
+        name = _domain_ref(request.name, "name")
+        self.fence.observe(_term(request.leader_term))
+        domain = await self.inventory.domain(name)
+        xml = ""
+        if request.include_xml:
+            xml = await self.hypervisor.domain_xml(domain.uuid, migratable=True, secure=self.secure_xml(context))
         return apb.GetDomainResponse(domain=convert.domain_to_pb(domain), xml=xml)
 
     # ------------------------------------------------------------------ target side
@@ -119,34 +185,43 @@ class AgentServicer(agrpc.AgentServicer):
         self, request: apb.PrepareIncomingRequest, context: Context
     ) -> apb.PrepareIncomingResponse:
         storage = convert.storage_mode_from_pb(request.storage) or StorageMode.SHARED
-        _about(request.migration_id, target=self.prepare.host_name)
-        out = await self.prepare.prepare(
-            _required(request.domain_xml, "domain_xml"),
-            [convert.disk_plan_from_pb(d) for d in request.disks],
-            convert.mapping_from_pb(request.mapping),
-            storage,
-            request.ttl_seconds,
-            request.migration_id,
-            request.dry_run,
+        ttl = validate.number(
+            request.ttl_seconds, "ttl_seconds", lo=1, hi=validate.MAX_PREPARE_TTL_S, zero="the agent's default"
         )
+        if not request.domain_xml:
+            _required(request.domain_xml, "domain_xml")
+        migration_id = validate.ident(request.migration_id, "migration_id")
+        xml = _xml(request.domain_xml, "domain_xml")
+        plans = _plans(request.disks)
+        mapping = convert.mapping_from_pb(request.mapping)
+        if request.dry_run:
+            self.fence.observe(_term(request.leader_term))
+        else:
+            self.fence.admit(_term(request.leader_term), "PrepareIncoming")
+        _about(migration_id, target=self.prepare.host_name)
+        out = await self.prepare.prepare(xml, plans, mapping, storage, ttl, migration_id, request.dry_run)
         return convert.prepared_to_pb(out)
 
     @rpc_method
     async def CleanupIncoming(
         self, request: apb.CleanupIncomingRequest, context: Context
     ) -> apb.CleanupIncomingResponse:
-        removed, already_gone = await self.prepare.cleanup(_required(request.prepare_id, "prepare_id"))
+        prepare_id = validate.ident(request.prepare_id, "prepare_id", required=True)
+        self.fence.admit(_term(request.leader_term), "CleanupIncoming")
+        removed, already_gone = await self.prepare.cleanup(prepare_id)
         return apb.CleanupIncomingResponse(removed=removed, already_gone=already_gone)
 
     @rpc_method
     async def CommitIncoming(self, request: apb.CommitIncomingRequest, context: Context) -> apb.CommitIncomingResponse:
-        prepare_id = _required(request.prepare_id, "prepare_id")
+        prepare_id = validate.ident(request.prepare_id, "prepare_id", required=True)
+        self.fence.admit(_term(request.leader_term), "CommitIncoming")
         if not await self.prepare.commit(prepare_id):
             log.info("commit of prepare %s: no such record (already committed or cleaned up)", prepare_id)
         return apb.CommitIncomingResponse()
 
     @rpc_method
     async def ListPrepares(self, request: apb.ListPreparesRequest, context: Context) -> apb.ListPreparesResponse:
+        self.fence.observe(_term(request.leader_term))
         return apb.ListPreparesResponse(prepares=[convert.prepare_record_to_pb(r) for r in self.prepare.list()])
 
     # ------------------------------------------------------------------ source side
@@ -169,9 +244,23 @@ class AgentServicer(agrpc.AgentServicer):
     async def Migrate(self, request: apb.MigrateRequest, context: Context) -> AsyncIterator[apb.MigrateEvent]:
         options = convert.options_from_pb(request.options)
         target_uri = _required(request.target_uri, "target_uri")
-        domain = await self.inventory.domain(_required(request.domain, "domain"))
-        _about(request.migration_id, vm=domain.name, source=self.prepare.host_name)
-        disks = disks_to_copy(domain, options, [convert.disk_plan_from_pb(d) for d in request.disks])
+        migrate_uri = validate.text(request.migrate_uri, "migrate_uri")
+        name = _domain_ref(request.domain)
+        migration_id = validate.ident(request.migration_id, "migration_id")
+        interval = validate.number(
+            request.progress_interval_ms,
+            "progress_interval_ms",
+            lo=validate.MIN_PROGRESS_INTERVAL_MS,
+            hi=validate.MAX_PROGRESS_INTERVAL_MS,
+            zero="500 ms",
+        )
+        plans = _plans(request.disks)
+        _xml(request.destination_xml, "destination_xml")
+        self.fence.admit(_term(request.leader_term), "Migrate")
+        await self.targets.check(target_uri, migrate_uri)
+        domain = await self.inventory.domain(name)
+        _about(migration_id, vm=domain.name, source=self.prepare.host_name)
+        disks = disks_to_copy(domain, options, plans)
         copied = [d for d in domain.disks if d.target in disks]
         req = MigrationRequest(
             domain=domain.uuid,
@@ -179,24 +268,34 @@ class AgentServicer(agrpc.AgentServicer):
             options=options,
             destination_xml=request.destination_xml,
             migrate_disks=tuple(disks),
-            migrate_uri=request.migrate_uri,
+            migrate_uri=migrate_uri,
             disk_bytes=sum(d.allocation or d.virtual_size for d in copied),
-            progress_interval_s=request.progress_interval_ms / 1000,
-            migration_id=request.migration_id,
+            progress_interval_s=interval / 1000,
+            migration_id=migration_id,
             convergence=convert.policy_from_pb(request.policy) if request.HasField("policy") else None,
             predicted_converges=request.predicted_converges if request.HasField("predicted_converges") else None,
             domain_name=domain.name,
         )
-        await self._claim(domain, request.migration_id)
+        await self._claim(domain, migration_id)
         control = self._controls[domain.uuid] = Control()
         try:
-            async for event in self.driver.run(req, control):
-                if isinstance(event, MigrationResult):
-                    yield apb.MigrateEvent(result=convert.migrate_result_to_pb(event))
-                elif isinstance(event, PolicyAction):
-                    yield apb.MigrateEvent(action=convert.policy_action_to_pb(event))
-                else:
-                    yield apb.MigrateEvent(progress=convert.progress_to_pb(event))
+            # what this migration copies is recorded first: RemoveSourceDisks removes nothing else
+            self.source_disks.migration_started(migration_id, domain, [d.source for d in copied if d.source])
+            completed = False
+            try:
+                async for event in self.driver.run(req, control):
+                    if isinstance(event, MigrationResult):
+                        completed = True
+                        yield apb.MigrateEvent(result=convert.migrate_result_to_pb(event))
+                    elif isinstance(event, PolicyAction):
+                        yield apb.MigrateEvent(action=convert.policy_action_to_pb(event))
+                    else:
+                        yield apb.MigrateEvent(progress=convert.progress_to_pb(event))
+            except FerryError:
+                self.source_disks.migration_ended(migration_id, completed=False)
+                raise
+            if completed:
+                self.source_disks.migration_ended(migration_id, completed=True)
         finally:
             self._migrating.pop(domain.uuid, None)
             if self._controls.get(domain.uuid) is control:
@@ -204,7 +303,8 @@ class AgentServicer(agrpc.AgentServicer):
 
     @rpc_method
     async def AbortMigration(self, request: apb.AbortMigrationRequest, context: Context) -> apb.AbortMigrationResponse:
-        name = _required(request.domain, "domain")
+        name = _domain_ref(request.domain)
+        self.fence.admit(_term(request.leader_term), "AbortMigration")
         aborted = await self.hypervisor.abort_job(name)
         log.info("abort of the job of %s requested: %s", name, "aborting" if aborted else "no job running")
         return apb.AbortMigrationResponse(aborted=aborted)
@@ -214,8 +314,15 @@ class AgentServicer(agrpc.AgentServicer):
         """Change a running migration; its driver (when it runs here) learns of it, reports it in
         the Migrate stream and does a force-complete itself (post-copy if the job allows it, else
         pausing the guest). The answer holds libvirt's values read back."""
-        name = _required(request.domain, "domain")
-        by = request.requested_by or "an operator"
+        name = _domain_ref(request.domain)
+        if request.HasField("max_downtime_ms"):
+            validate.number(request.max_downtime_ms, "max_downtime_ms", lo=1, hi=validate.MAX_DOWNTIME_MS)
+        if request.HasField("bandwidth_mibps"):
+            validate.number(
+                request.bandwidth_mibps, "bandwidth_mibps", hi=validate.MAX_BANDWIDTH_MIBPS, zero="QEMU's default"
+            )
+        by = validate.text(request.requested_by, "requested_by") or "an operator"
+        self.fence.admit(_term(request.leader_term), "TuneMigration")
         uuid = (await self.hypervisor.get_domain(name)).uuid
         control = self._controls.get(uuid)
         done: list[str] = []
@@ -258,14 +365,15 @@ class AgentServicer(agrpc.AgentServicer):
     @rpc_method
     async def MeasureGuest(self, request: apb.MeasureGuestRequest, context: Context) -> tpb.GuestLoad:
         """The guest's dirty rate over each period and its non-zero memory (see GuestLoad)."""
-        domain = await self.inventory.domain(_required(request.domain, "domain"))
-        periods = [int(p) for p in request.periods_s] or list(DIRTY_RATE_PERIODS_S)
+        name = _domain_ref(request.domain)
+        periods = [int(p) for p in validate.items(request.periods_s, "periods_s")] or list(DIRTY_RATE_PERIODS_S)
         if any(not 1 <= p <= MAX_DIRTY_RATE_PERIOD_S for p in periods):
             raise InvalidArgument(
                 f"dirty-rate periods {periods} out of range",
                 reason="BAD_PERIOD",
                 hint=f"give periods of 1 to {MAX_DIRTY_RATE_PERIOD_S} s",
             )
+        domain = await self.inventory.domain(name)
         load = GuestLoad(memory_bytes=domain.memory_bytes)
         if not domain.state.is_active:
             return convert.guest_load_to_pb(replace(load, error=f"{domain.name} is not running"))
@@ -287,7 +395,8 @@ class AgentServicer(agrpc.AgentServicer):
 
     @rpc_method
     async def GetJob(self, request: apb.GetJobRequest, context: Context) -> apb.GetJobResponse:
-        domain = _required(request.domain, "domain")
+        domain = _domain_ref(request.domain)
+        self.fence.observe(_term(request.leader_term))
         if request.completed:
             return convert.completed_job_response_to_pb(await self.hypervisor.job_stats(domain, completed=True))
         stats = await self.hypervisor.job_stats(domain)
@@ -297,10 +406,11 @@ class AgentServicer(agrpc.AgentServicer):
     async def ProbeTarget(self, request: apb.ProbeTargetRequest, context: Context) -> apb.ProbeTargetResponse:
         """Problems reaching the target are the answer, not an error of the call."""
         uri = _required(request.target_uri, "target_uri")
+        address = validate.text(request.migration_address, "migration_address")
         try:
-            latency_ms = await self.hypervisor.probe_peer(uri, migration_address=request.migration_address)
+            latency_ms = await self.hypervisor.probe_peer(uri, migration_address=address)
         except FerryError as err:
-            log.info("probe of %s from %s: %s: %s", uri, self.prepare.host_name, err.reason, err)
+            log.info("probe of %s from %s: %s: %s", uri, self.prepare.host_name, err.reason, clip(err))
             return apb.ProbeTargetResponse(problems=[convert.problem_to_pb(Problem.of(err))])
         return apb.ProbeTargetResponse(latency_ms=latency_ms)
 
@@ -308,7 +418,11 @@ class AgentServicer(agrpc.AgentServicer):
     async def RemoveSourceDisks(
         self, request: apb.RemoveSourceDisksRequest, context: Context
     ) -> apb.RemoveSourceDisksResponse:
-        done = await self.source_disks.remove(
-            _required(request.domain_uuid, "domain_uuid"), list(request.paths), migration_id=request.migration_id
-        )
+        domain_uuid = _uuid(request.domain_uuid, "domain_uuid")
+        paths = [
+            validate.text(p, f"paths[{i}]", max_len=PATH_MAX)
+            for i, p in enumerate(validate.items(request.paths, "paths"))
+        ]
+        self.fence.admit(_term(request.leader_term), "RemoveSourceDisks")
+        done = await self.source_disks.remove(domain_uuid, paths, migration_id=request.migration_id)
         return apb.RemoveSourceDisksResponse(removed=done.removed, already_gone=done.already_gone)

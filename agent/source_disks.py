@@ -5,17 +5,27 @@ source are garbage: nothing uses them, they take space, and they are in the way 
 the domain back (the target-side check FILE_IN_THE_WAY). The coordinator asks the source to
 remove them; this module decides whether it may, and does.
 
+Only what this agent itself recorded is ever removed: a Migrate that copies disks records the
+domain and the source paths under its migration id (``source_records``, before the job starts);
+RemoveSourceDisks names that migration id.
+
 Refusals (nothing is removed when any applies):
 
-* INVALID_ARGUMENT (MISSING_FIELD, PATH_INVALID): no UUID; a path that is not absolute and
-  normalised (``..``, ``//``);
+* INVALID_ARGUMENT (MISSING_FIELD, PATH_INVALID, BAD_ID): no UUID or no migration id; a path
+  that is not absolute and normalised (``..``, ``//``);
 * FAILED_PRECONDITION DOMAIN_STILL_HERE: a domain with that UUID exists on this host, running
   or only defined -- the disks are (or may again be) its own;
+* FAILED_PRECONDITION MIGRATION_NOT_RECORDED: this host recorded no migration with that id
+  copying disks of that domain (a made-up UUID or id);
+* FAILED_PRECONDITION MIGRATION_NOT_COMPLETED: the agent saw that migration's job fail;
 * INVALID_ARGUMENT PATH_NOT_LOCAL: a path outside this host's local image directories, or on
   shared storage (another host's guest may use it: shared storage is never removed here);
 * FAILED_PRECONDITION DISK_IN_USE: another domain on this host names the path as a disk or in
   its backing chain;
-* FAILED_PRECONDITION PATH_PREPARED: the path is an image prepared for an incoming migration.
+* FAILED_PRECONDITION PATH_PREPARED: the path is an image prepared for an incoming migration;
+* FAILED_PRECONDITION PATH_NOT_RECORDED: the migration did not copy that path;
+* the host's own confinement (``HostSystem.remove``): a symbolic link below the image directory
+  (PATH_SYMLINK) is never followed.
 
 Removing is idempotent: a path already gone is reported as such.
 """
@@ -27,10 +37,13 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from ferry.errors import FailedPrecondition, InvalidArgument
+from ferry.agent.source_records import Outcome, SourceRecord, SourceRecords
+from ferry.errors import FailedPrecondition, InvalidArgument, clip
 from ferry.model import DomainInfo, PrepareRecord, StorageDir
 from ferry.ports import HostSystem, Hypervisor
+from ferry.validate import ident
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +108,37 @@ class SourceDisks:
         host: HostSystem,
         *,
         host_name: str,
+        records: SourceRecords,
         prepared: Callable[[], list[PrepareRecord]] = list,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._hv = hypervisor
         self._host = host
         self._host_name = host_name
+        self._records = records
         self._prepared = prepared
+        self._clock = clock
         self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ what a Migrate copies
+
+    def migration_started(self, migration_id: str, domain: DomainInfo, paths: Sequence[str]) -> None:
+        """Record, before the job starts, which of the domain's disks the migration copies."""
+        if migration_id and paths:
+            self._records.save(
+                SourceRecord(migration_id, domain.uuid, domain.name, tuple(dict.fromkeys(paths)), self._clock())
+            )
+
+    def migration_ended(self, migration_id: str, *, completed: bool) -> None:
+        """How the job ended, as this agent saw it (a job it stopped watching stays RUNNING)."""
+        if migration_id:
+            self._records.ended(migration_id, Outcome.COMPLETED if completed else Outcome.FAILED, self._clock())
+
+    def sweep(self) -> list[str]:
+        """Forget records of migrations started long ago (``source_records.KEEP``)."""
+        return self._records.sweep(self._clock())
+
+    # ------------------------------------------------------------------ RemoveSourceDisks
 
     async def remove(self, domain_uuid: str, paths: Sequence[str], *, migration_id: str = "") -> Removal:
         if not domain_uuid:
@@ -109,19 +146,36 @@ class SourceDisks:
                 "domain_uuid is required", reason="MISSING_FIELD", hint="name the migrated domain by its UUID"
             )
         paths = list(dict.fromkeys(paths))
+        if not paths:
+            return Removal((), ())
         bad = invalid_paths(paths)
         if bad:
             raise InvalidArgument(
-                f"not absolute, normalised paths: {', '.join(bad)}",
+                f"not absolute, normalised paths: {clip(', '.join(bad))}",
                 reason="PATH_INVALID",
                 hint="pass the disk paths exactly as the domain's XML named them on this host",
             )
+        if not migration_id:
+            raise InvalidArgument(
+                "migration_id is required",
+                reason="MISSING_FIELD",
+                hint="name the migration that copied the disks: only disks this host recorded for it are removed",
+            )
+        ident(migration_id, "migration_id")
         async with self._lock:
-            await self._refuse(domain_uuid, paths)
+            record = await self._refuse(domain_uuid, paths, migration_id)
+            others = [p for p in paths if p not in record.paths]
+            if others:
+                raise FailedPrecondition(
+                    f"migration {migration_id} did not copy {clip(', '.join(others))} from {self._host_name}",
+                    reason="PATH_NOT_RECORDED",
+                    hint=f"only the disks it copied are removed: {clip(', '.join(record.paths))}",
+                )
             removed: list[str] = []
             gone: list[str] = []
             for path in paths:
                 (removed if await asyncio.to_thread(self._host.remove, path) else gone).append(path)
+            self._records.ended(migration_id, Outcome.REMOVED, self._clock())
         log.info(
             "removed the source disks of %s%s on %s: %s%s",
             domain_uuid,
@@ -132,22 +186,41 @@ class SourceDisks:
         )
         return Removal(tuple(removed), tuple(gone))
 
-    async def _refuse(self, uuid: str, paths: list[str]) -> None:
+    def _recorded(self, migration_id: str, uuid: str) -> SourceRecord:
+        record = self._records.load(migration_id)
+        if record is None or record.domain_uuid != uuid:
+            raise FailedPrecondition(
+                f"{self._host_name} recorded no migration {migration_id} copying disks of {clip(uuid, 64)}",
+                reason="MIGRATION_NOT_RECORDED",
+                hint="only disks a Migrate from this host copied, recorded under its migration id, are removed; "
+                "remove other files by hand",
+            )
+        if record.outcome is Outcome.FAILED:
+            raise FailedPrecondition(
+                f"migration {migration_id} of {record.domain_name} failed on {self._host_name}; its disks stay",
+                reason="MIGRATION_NOT_COMPLETED",
+                hint="the domain did not leave this host with that migration: check where it runs",
+            )
+        return record
+
+    async def _refuse(self, uuid: str, paths: list[str], migration_id: str) -> SourceRecord:
+        """The migration's record, when nothing refuses the removal (the module doc's order)."""
         here = await self._hv.find_domain(uuid=uuid)
         if here is not None:
             state = "running" if here.state.is_active else "defined, not running"
             raise FailedPrecondition(
-                f"{here.name} ({uuid}) still exists on {self._host_name} ({state}); its disks stay",
+                f"{here.name} ({clip(uuid, 64)}) still exists on {self._host_name} ({state}); its disks stay",
                 reason="DOMAIN_STILL_HERE",
                 hint=f"the domain did not (only) leave {self._host_name}: check where it runs (virsh list --all "
                 f"on each host); if the copy here is stale, undefine it (virsh undefine {here.name}) first",
             )
+        record = self._recorded(migration_id, uuid)
         dirs = await asyncio.to_thread(self._host.storage_dirs)
         outside = await asyncio.to_thread(not_local, paths, dirs, self._host.is_shared)
         if outside:
             local = ", ".join(d.path for d in dirs if not d.shared) or "none configured"
             raise InvalidArgument(
-                f"not in a local image directory of {self._host_name}: {', '.join(outside)}",
+                f"not in a local image directory of {self._host_name}: {clip(', '.join(outside))}",
                 reason="PATH_NOT_LOCAL",
                 hint=f"only images under the local image_dirs ({local}) are removed; shared storage never is "
                 "(remove such files by hand once no host uses them)",
@@ -155,7 +228,7 @@ class SourceDisks:
         used = in_use(paths, await self._hv.list_domains())
         if used:
             raise FailedPrecondition(
-                "in use on " + self._host_name + ": " + ", ".join(f"{p} by {d}" for p, d in used.items()),
+                "in use on " + self._host_name + ": " + clip(", ".join(f"{p} by {d}" for p, d in used.items())),
                 reason="DISK_IN_USE",
                 hint="these files belong to other domains here: leave them",
             )
@@ -163,7 +236,8 @@ class SourceDisks:
         if prepared:
             raise FailedPrecondition(
                 f"prepared for an incoming migration on {self._host_name}: "
-                + ", ".join(f"{p} (prepare {i})" for p, i in prepared.items()),
+                + clip(", ".join(f"{p} (prepare {i})" for p, i in prepared.items())),
                 reason="PATH_PREPARED",
                 hint="an incoming migration will use these images: let it finish, or clean it up first",
             )
+        return record

@@ -22,14 +22,18 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from ferry.agent.domxml import ParsedDomain, backing_formats, parse_disks, parse_domain, parse_nics
+from ferry.agent.domxml import ParsedDomain, backing_formats, parse_disks, parse_domain, parse_nics, parse_xml
 from ferry.diskplan import map_path, plan_disks
-from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, ResourceExhausted
+from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, ResourceExhausted, clip
 from ferry.model import Disk, DiskPlan, DomainInfo, HostMapping, Nic, PrepareRecord, Problem, StorageDir, StorageMode
 from ferry.units import human_bytes
 
 # CPU modes whose definition names a model and features libvirt can compare with this host
 COMPARABLE_CPU_MODES = frozenset({"custom", "host-model"})
+
+
+# image formats a prepare creates (qemu-img create -f ...) and names as a backing format
+IMAGE_FORMATS = frozenset({"raw", "qcow2", "qed", "vmdk", "vdi", "vhdx", "vpc"})
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,9 @@ class PathFacts:
     free_bytes: int = 0
     shared: bool = False  # on shared storage (declared shared dir or cluster file system)
     fs_key: str = ""  # paths with the same key share one file system's free space
+    # why the agent may not create (a destination) or read (a backing file) the path: outside
+    # the image directories, ``..``, relative, a symbolic link (``HostSystem.confine``)
+    refused: Problem | None = None
 
 
 @dataclass(frozen=True)
@@ -103,8 +110,8 @@ def guest_cpu(xml: str) -> GuestCpu | None:
     ('custom', 'qemu64', 'x86_64', 'pc-q35-7.2', 'qemu', True)
     """
     try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
+        root = parse_xml(xml)
+    except InvalidArgument:
         return None
     cpu = root.find("cpu")
     if root.tag != "domain" or cpu is None:
@@ -249,6 +256,9 @@ def _disk_problems(
             continue
         destinations[dest] = p.target
         f = facts.get(dest, PathFacts(exists=False))
+        if p.copy and f.refused is not None:
+            out.append(f.refused)
+            continue
         if not p.copy:
             why = "on shared storage" if storage is StorageMode.SHARED else "not copied"
             disk = devices.get(p.target) if devices is not None else None
@@ -285,6 +295,16 @@ def _disk_problems(
                 )
             )
             continue
+        for what, fmt in (("format", p.format), ("backing format", p.backing_format if p.backing_file else "")):
+            if fmt and fmt not in IMAGE_FORMATS:
+                out.append(
+                    Problem(
+                        "DISK_FORMAT_UNSUPPORTED",
+                        f"disk {p.target}: {what} {clip(repr(fmt), 40)} is not an image format this agent creates",
+                        f"use one of {', '.join(sorted(IMAGE_FORMATS))}",
+                        kind=InvalidArgument,
+                    )
+                )
         if p.virtual_size <= 0:
             out.append(
                 Problem(
@@ -313,11 +333,10 @@ def _disk_problems(
                     kind=FailedPrecondition,
                 )
             )
-        if (
-            storage is StorageMode.COPY_INC
-            and p.backing_file
-            and not facts.get(p.backing_file, PathFacts(exists=False)).exists
-        ):
+        backing = facts.get(p.backing_file, PathFacts(exists=False))
+        if storage is StorageMode.COPY_INC and p.backing_file and backing.refused is not None:
+            out.append(backing.refused)
+        elif storage is StorageMode.COPY_INC and p.backing_file and not backing.exists:
             out.append(
                 Problem(
                     "BACKING_MISSING",
@@ -327,7 +346,12 @@ def _disk_problems(
                     kind=FailedPrecondition,
                 )
             )
-    return out + _space_problems([p for p in plans if p.copy and p.destination in destinations], snap)
+    copies = [
+        p
+        for p in plans
+        if p.copy and p.destination in destinations and facts.get(p.destination, PathFacts(False)).refused is None
+    ]
+    return out + _space_problems(copies, snap)
 
 
 def _space_problems(copies: list[DiskPlan], snap: TargetSnapshot) -> list[Problem]:

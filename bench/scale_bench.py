@@ -86,8 +86,9 @@ log = logging.getLogger("scale_bench")
 
 LEAD_TIMEOUT_S = 30.0
 # what `ferry migrate VM --to HOST` sends: live, storage decided from the inventory (local disks
-# copied), the definition moves with the VM (persistent on the target, undefined on the source)
-DRAIN_OPTIONS = tpb.MigrationOptions(persist_dest=True, undefine_source=True)
+# copied), the definition moves with the VM (persistent on the target, undefined on the source):
+# the API's zero values
+DRAIN_OPTIONS = tpb.MigrationOptions()
 DRAIN_TIMEOUT_S = 600.0
 
 

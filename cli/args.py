@@ -187,12 +187,14 @@ def _add_migration_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--persistent",
         action="store_true",
-        help="define the VM on the target. Default: without --persistent and --undefinesource both happen",
+        help="define the VM on the target; named alone (as in virsh) the source keeps its definition. "
+        "Default: without --persistent and --undefinesource both happen",
     )
     g.add_argument(
         "--undefinesource",
         action="store_true",
-        help="undefine the VM on the source. Default: see --persistent",
+        help="undefine the VM on the source; named alone (as in virsh) the target's domain is transient. "
+        "Default: see --persistent",
     )
     g.add_argument(
         "--bandwidth",

@@ -11,7 +11,7 @@ The schema is documented in ``docs/cli-json.md`` and written down as a JSON Sche
   ``RolledBack`` on the wire) is spelled the same way as the record's phase;
 - timestamps are RFC 3339 strings in UTC with microseconds (``2026-11-25T10:00:00.123456Z``);
 - a sub-object that may be missing (a migration's ``progress``, ``result`` and ``error``, its
-  ``updated_at``, a host's ``facts`` and ``last_seen``) is ``null`` when missing; every other one
+  ``updated_at``, a host's ``facts`` and ``last_seen``, a VM's ``last_seen``) is ``null`` when missing; every other one
   is always an object;
 - maps are objects, repeated fields are arrays (possibly empty).
 
@@ -52,6 +52,7 @@ NULLABLE = frozenset(
         "ferry.v1.PreflightResponse.policy",
         "ferry.v1.PreflightResponse.prediction",
         "ferry.v1.ControlMigrationResponse.migration",
+        "ferry.v1.VM.last_seen",
     }
 )
 

@@ -64,7 +64,9 @@ def _pairs(values: Sequence[str] | None, flag: str) -> dict[str, str]:
 
 def build_options(a: argparse.Namespace) -> tpb.MigrationOptions:
     """virsh-style flags -> MigrationOptions. Without --persistent/--undefinesource the definition
-    moves with the VM (both on), as in Nova; naming either one selects exactly the named ones."""
+    moves with the VM (both on, the API's default), as in Nova; naming either one selects exactly
+    the named ones, as in virsh: --persistent alone keeps the source's definition
+    (keep_source_definition), --undefinesource alone leaves the target transient (transient_target)."""
     if a.copy_storage_all and a.copy_storage_inc:
         raise Usage(
             "--copy-storage-all and --copy-storage-inc exclude each other",
@@ -85,8 +87,8 @@ def build_options(a: argparse.Namespace) -> tpb.MigrationOptions:
         offline=a.offline,
         storage=storage,
         migrate_disks=disks,
-        persist_dest=a.persistent if explicit else True,
-        undefine_source=a.undefinesource if explicit else True,
+        keep_source_definition=explicit and not a.undefinesource,
+        transient_target=explicit and not a.persistent,
         bandwidth_mibps=a.bandwidth or 0,
         max_downtime_ms=a.max_downtime or 0,
         auto_converge=a.auto_converge,
@@ -161,7 +163,7 @@ class Cli:
             [
                 v.domain.name,
                 v.host,
-                jsonout.enum_word(tpb.DomainState.DESCRIPTOR, v.domain.state),
+                render.vm_state(v),
                 render.size(v.domain.memory_bytes),
                 v.domain.vcpus,
                 ",".join(f"{d.target}{'(shared)' if d.shared else ''}" for d in v.domain.disks),

@@ -40,6 +40,12 @@ def phase_name(phase: int) -> str:
     return phase_word(phase)
 
 
+def vm_state(v: cpb.VM) -> str:
+    """A VM's state for ``ferry vms``; on a host that does not answer, its last known one."""
+    state = enum_word(tpb.DomainState.DESCRIPTOR, v.domain.state)
+    return f"unreachable (last: {state})" if v.unreachable else state
+
+
 def job_phase_name(phase: int) -> str:
     """MIGRATION_PHASE_DISK_MIRROR -> disk_mirror (the JSON's spelling)."""
     return enum_word(tpb.MigrationPhase.DESCRIPTOR, phase)

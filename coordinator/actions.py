@@ -19,6 +19,11 @@ through ``emit`` (called once or more, never raising). The rules, from ``decide`
   that copied disks, the source's copies are garbage (and in the way of a migration back): the
   source's RemoveSourceDisks removes them, best effort -- what became of them is a note in the
   record's history (SOURCE_DISKS_LEFT with the paths when they stay), never a failure.
+
+Every agent call carries the leader's term (``leader_term``, ``agent/fencing.py``). An agent that
+refuses one as STALE_LEADER has seen a newer leader: this one was deposed (paused past its lease)
+and must not act on anything any more. Nothing is emitted for such a call; ``on_stale`` tells
+the engine, which stops (and the election steps down).
 """
 
 from __future__ import annotations
@@ -89,21 +94,51 @@ def outgoing(job: JobStats) -> bool:
     return job.active and job.operation in (MIGRATION_OUT, "")
 
 
+STALE_LEADER = "STALE_LEADER"
+
+
 @dataclass(frozen=True)
 class ActionTiming:
     job_poll_s: float = 1.0  # GetJob polling while following a job without a stream
     prepare_ttl_s: int = 600  # prepares expire on the target after this (agent sweep)
 
 
+def _stale(event: Event) -> Problem | None:
+    """The STALE_LEADER refusal an event carries, if any."""
+    error = getattr(event, "error", None)
+    return error if isinstance(error, Problem) and error.reason == STALE_LEADER else None
+
+
 class Actions:
     """The side effects of the engine, one method per action (see the module docstring)."""
 
     def __init__(
-        self, hosts: HostDirectory, timing: ActionTiming, prediction: PredictionConfig = PredictionConfig()
+        self,
+        hosts: HostDirectory,
+        timing: ActionTiming,
+        prediction: PredictionConfig = PredictionConfig(),
+        *,
+        leader_term: int = 0,
+        on_stale: Callable[[Problem], None] = lambda problem: None,
     ) -> None:
         self.hosts = hosts
         self.timing = timing
         self.prediction = prediction
+        self.term = leader_term
+        self.on_stale = on_stale
+
+    def _fenced(self, r: MigrationRecord, sink: Emit) -> Emit:
+        """``sink``, except for a STALE_LEADER refusal: that goes to ``on_stale`` instead."""
+
+        def emit(event: Event) -> None:
+            stale = _stale(event)
+            if stale is None:
+                sink(event)
+            else:
+                log.error("migration %s: an agent refused this leader's call: %s", r.id, stale.message)
+                self.on_stale(stale)
+
+        return emit
 
     def _client(self, host: str) -> AgentClient:
         return self.hosts.client(host)
@@ -115,6 +150,7 @@ class Actions:
         self, r: MigrationRecord, action: Action, emit: Emit, following: Callable[[], bool] = lambda: True
     ) -> None:
         """Do ``action`` for ``r``; ``following()`` says whether a job follower should go on."""
+        emit = self._fenced(r, emit)
         match action:
             case RunPreflight():
                 emit(await self.run_preflight(r))
@@ -178,7 +214,9 @@ class Actions:
 
     async def prepare_target(self, r: MigrationRecord) -> Event:
         try:
-            domain, xml = await self._client(r.source_host).get_domain(vm_ref(r), include_xml=True)
+            domain, xml = await self._client(r.source_host).get_domain(
+                vm_ref(r), include_xml=True, leader_term=self.term
+            )
         except FerryError as err:
             return AgentLost(r.source_host) if agent_lost(err) else PrepareFailed(Problem.of(err))
         try:
@@ -191,6 +229,7 @@ class Actions:
                 ttl_s=self.timing.prepare_ttl_s,
                 migration_id=r.id,
                 dry_run=False,
+                leader_term=self.term,
             )
         except FerryError as err:
             return AgentLost(r.target_host) if agent_lost(err) else PrepareFailed(Problem.of(err))
@@ -235,6 +274,7 @@ class Actions:
                 disks=r.disks,
                 policy=r.policy,
                 predicted_converges=r.prediction.converges if r.prediction is not None else None,
+                leader_term=self.term,
             ):
                 if isinstance(item, MigrationResult):
                     emit(MigrationEnded(True, job=item.job))
@@ -297,7 +337,7 @@ class Actions:
         except FerryError as err:
             return self._failed(r.source_host, "abort the migration job", err)
         try:
-            aborted = await client.abort_migration(vm_ref(r))
+            aborted = await client.abort_migration(vm_ref(r), leader_term=self.term)
         except NotFound:
             return None  # the domain left the source: nothing to abort
         except FerryError as err:
@@ -310,7 +350,7 @@ class Actions:
     async def _state(self, host: str, r: MigrationRecord) -> DomainState | None:
         client = self._client(host)  # an unknown host is an error here, not an absent domain
         try:
-            domain, _ = await client.get_domain(vm_ref(r))
+            domain, _ = await client.get_domain(vm_ref(r), leader_term=self.term)
         except NotFound:
             return None
         return domain.state
@@ -319,7 +359,7 @@ class Actions:
         """The source's job of the domain (none when the domain is gone from the source)."""
         client = self._client(r.source_host)
         try:
-            return await client.get_job(vm_ref(r))
+            return await client.get_job(vm_ref(r), leader_term=self.term)
         except NotFound:
             return MigrationProgress()
 
@@ -349,7 +389,7 @@ class Actions:
     async def prepares(self, r: MigrationRecord) -> list[PrepareRecord] | None:
         """The target's prepares, None when it cannot be asked."""
         try:
-            return await self._client(r.target_host).list_prepares()
+            return await self._client(r.target_host).list_prepares(leader_term=self.term)
         except FerryError as err:
             log.info("migration %s: cannot list prepares on %s: %s", r.id, r.target_host, err.reason)
             return None
@@ -358,7 +398,7 @@ class Actions:
         try:
             target = self._client(r.target_host)
             for pid in ids:
-                removed = await target.cleanup_incoming(pid)
+                removed = await target.cleanup_incoming(pid, leader_term=self.term)
                 log.info(
                     "migration %s: cleaned prepare %s on %s: %s",
                     r.id,
@@ -366,9 +406,9 @@ class Actions:
                     r.target_host,
                     ", ".join(removed) or "already gone",
                 )
-            for p in await target.list_prepares():
+            for p in await target.list_prepares(leader_term=self.term):
                 if p.migration_id == r.id:
-                    removed = await target.cleanup_incoming(p.prepare_id)
+                    removed = await target.cleanup_incoming(p.prepare_id, leader_term=self.term)
                     log.info(
                         "migration %s: cleaned stray prepare %s on %s: %s",
                         r.id,
@@ -387,7 +427,7 @@ class Actions:
             except FerryError as err:
                 return self._failed(r.target_host, "commit the target", err)
             try:
-                await client.commit_incoming(prepare_id)
+                await client.commit_incoming(prepare_id, leader_term=self.term)
             except NotFound:
                 pass  # already committed (or swept): the images are the domain's
             except FerryError as err:
@@ -399,7 +439,7 @@ class Actions:
         if r.result is not None:
             return None
         try:
-            job = await self._client(r.target_host).completed_job(vm_ref(r))
+            job = await self._client(r.target_host).completed_job(vm_ref(r), leader_term=self.term)
         except FerryError as err:
             log.info("migration %s: no completed job on %s: %s", r.id, r.target_host, err.reason)
             return None
@@ -415,8 +455,12 @@ class Actions:
         try:
             if not r.vm_uuid:
                 raise InvalidArgument("the record has no VM UUID", reason="VM_UUID_UNKNOWN")
-            removed, gone = await self._client(r.source_host).remove_source_disks(r.vm_uuid, paths, migration_id=r.id)
+            removed, gone = await self._client(r.source_host).remove_source_disks(
+                r.vm_uuid, paths, migration_id=r.id, leader_term=self.term
+            )
         except FerryError as err:
+            if err.reason == STALE_LEADER:
+                self.on_stale(Problem.of(err))
             log.warning(
                 "migration %s: the source's disks on %s stay (%s: %s): %s", r.id, r.source_host, err.reason, err, listed
             )

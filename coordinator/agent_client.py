@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -191,8 +192,10 @@ class GrpcAgentClient:
         assert isinstance(m, apb.Inventory)
         return convert.inventory_from_pb(m)
 
-    async def get_domain(self, vm: str, *, include_xml: bool = False) -> tuple[DomainInfo, str]:
-        m = await self._call("GetDomain", apb.GetDomainRequest(name=vm, include_xml=include_xml))
+    async def get_domain(self, vm: str, *, include_xml: bool = False, leader_term: int = 0) -> tuple[DomainInfo, str]:
+        m = await self._call(
+            "GetDomain", apb.GetDomainRequest(name=vm, include_xml=include_xml, leader_term=leader_term)
+        )
         assert isinstance(m, apb.GetDomainResponse)
         return convert.domain_from_pb(m.domain), m.xml
 
@@ -206,6 +209,7 @@ class GrpcAgentClient:
         ttl_s: int,
         migration_id: str,
         dry_run: bool,
+        leader_term: int = 0,
     ) -> PreparedIncoming:
         request = apb.PrepareIncomingRequest(
             domain_xml=domain_xml,
@@ -215,21 +219,24 @@ class GrpcAgentClient:
             ttl_seconds=max(0, int(ttl_s)),
             migration_id=migration_id,
             dry_run=dry_run,
+            leader_term=leader_term,
         )
         m = await self._call("PrepareIncoming", request, slow=True)
         assert isinstance(m, apb.PrepareIncomingResponse)
         return convert.prepared_from_pb(m)
 
-    async def cleanup_incoming(self, prepare_id: str) -> list[str]:
-        m = await self._call("CleanupIncoming", apb.CleanupIncomingRequest(prepare_id=prepare_id), slow=True)
+    async def cleanup_incoming(self, prepare_id: str, *, leader_term: int = 0) -> list[str]:
+        m = await self._call(
+            "CleanupIncoming", apb.CleanupIncomingRequest(prepare_id=prepare_id, leader_term=leader_term), slow=True
+        )
         assert isinstance(m, apb.CleanupIncomingResponse)
         return list(m.removed)
 
-    async def commit_incoming(self, prepare_id: str) -> None:
-        await self._call("CommitIncoming", apb.CommitIncomingRequest(prepare_id=prepare_id))
+    async def commit_incoming(self, prepare_id: str, *, leader_term: int = 0) -> None:
+        await self._call("CommitIncoming", apb.CommitIncomingRequest(prepare_id=prepare_id, leader_term=leader_term))
 
-    async def list_prepares(self) -> list[PrepareRecord]:
-        m = await self._call("ListPrepares", apb.ListPreparesRequest())
+    async def list_prepares(self, *, leader_term: int = 0) -> list[PrepareRecord]:
+        m = await self._call("ListPrepares", apb.ListPreparesRequest(leader_term=leader_term))
         assert isinstance(m, apb.ListPreparesResponse)
         return [convert.prepare_record_from_pb(p) for p in m.prepares]
 
@@ -245,6 +252,7 @@ class GrpcAgentClient:
         disks: Sequence[DiskPlan] = (),
         policy: ConvergencePolicy | None = None,
         predicted_converges: bool | None = None,
+        leader_term: int = 0,
     ) -> AsyncIterator[MigrationProgress | PolicyAction | MigrationResult]:
         """Progress snapshots and policy actions, then one MigrationResult; a failed job raises
         its FerryError. Stopping the iteration cancels the stream (the job keeps running on the
@@ -258,6 +266,7 @@ class GrpcAgentClient:
             migration_id=migration_id,
             progress_interval_ms=self._progress_interval_ms,
             disks=[convert.disk_plan_to_pb(d) for d in disks],
+            leader_term=leader_term,
         )
         if policy is not None:
             request.policy.CopyFrom(convert.policy_to_pb(policy))
@@ -274,6 +283,9 @@ class GrpcAgentClient:
                     if event is grpc.aio.EOF:
                         return
                     if event.HasField("result"):
+                        # read the stream's end before letting go of it: the agent's call then
+                        # ends OK, not CANCELLED by the finally below (its metrics tell them apart)
+                        await self._drain(call)
                         yield convert.migrate_result_from_pb(event.result)
                         return
                     if event.HasField("progress"):
@@ -283,8 +295,15 @@ class GrpcAgentClient:
             finally:
                 call.cancel()
 
-    async def abort_migration(self, vm: str) -> bool:
-        m = await self._call("AbortMigration", apb.AbortMigrationRequest(domain=vm))
+    @staticmethod
+    async def _drain(call: Any) -> None:
+        """Wait (briefly) for the end of a stream whose last message has come."""
+        with contextlib.suppress(grpc.RpcError, asyncio.TimeoutError):
+            while await asyncio.wait_for(call.read(), timeout=5.0) is not grpc.aio.EOF:
+                pass
+
+    async def abort_migration(self, vm: str, *, leader_term: int = 0) -> bool:
+        m = await self._call("AbortMigration", apb.AbortMigrationRequest(domain=vm, leader_term=leader_term))
         assert isinstance(m, apb.AbortMigrationResponse)
         return m.aborted
 
@@ -297,9 +316,14 @@ class GrpcAgentClient:
         start_postcopy: bool = False,
         force_complete: bool = False,
         requested_by: str = "",
+        leader_term: int = 0,
     ) -> TuneResult:
         request = apb.TuneMigrationRequest(
-            domain=vm, start_postcopy=start_postcopy, force_complete=force_complete, requested_by=requested_by
+            domain=vm,
+            start_postcopy=start_postcopy,
+            force_complete=force_complete,
+            requested_by=requested_by,
+            leader_term=leader_term,
         )
         if max_downtime_ms is not None:
             request.max_downtime_ms = max_downtime_ms
@@ -314,13 +338,13 @@ class GrpcAgentClient:
         assert isinstance(m, tpb.GuestLoad)
         return convert.guest_load_from_pb(m)
 
-    async def get_job(self, vm: str) -> MigrationProgress:
-        m = await self._call("GetJob", apb.GetJobRequest(domain=vm))
+    async def get_job(self, vm: str, *, leader_term: int = 0) -> MigrationProgress:
+        m = await self._call("GetJob", apb.GetJobRequest(domain=vm, leader_term=leader_term))
         assert isinstance(m, apb.GetJobResponse)
         return convert.job_from_pb(m)
 
-    async def completed_job(self, vm: str) -> CompletedJob:
-        m = await self._call("GetJob", apb.GetJobRequest(domain=vm, completed=True))
+    async def completed_job(self, vm: str, *, leader_term: int = 0) -> CompletedJob:
+        m = await self._call("GetJob", apb.GetJobRequest(domain=vm, completed=True, leader_term=leader_term))
         assert isinstance(m, apb.GetJobResponse)
         return convert.completed_job_response_from_pb(m)
 
@@ -332,11 +356,13 @@ class GrpcAgentClient:
         return [convert.problem_from_pb(p) for p in m.problems], m.latency_ms
 
     async def remove_source_disks(
-        self, vm_uuid: str, paths: Sequence[str], *, migration_id: str
+        self, vm_uuid: str, paths: Sequence[str], *, migration_id: str, leader_term: int = 0
     ) -> tuple[list[str], list[str]]:
         m = await self._call(
             "RemoveSourceDisks",
-            apb.RemoveSourceDisksRequest(domain_uuid=vm_uuid, paths=list(paths), migration_id=migration_id),
+            apb.RemoveSourceDisksRequest(
+                domain_uuid=vm_uuid, paths=list(paths), migration_id=migration_id, leader_term=leader_term
+            ),
         )
         assert isinstance(m, apb.RemoveSourceDisksResponse)
         return list(m.removed), list(m.already_gone)

@@ -72,6 +72,22 @@ def effective_storage(domain: DomainInfo, options: MigrationOptions, explicit: b
     return StorageMode.COPY_ALL if local else StorageMode.SHARED
 
 
+def offline_disk_blockers(domain: DomainInfo, source_name: str) -> list[Problem]:
+    """An offline migration moves the definition only: libvirt refuses to copy storage then
+    ("offline migration cannot handle non-shared storage"), and a local disk left behind would
+    leave the target's definition without its disk. So every writable local disk blocks it."""
+    return [
+        Problem(
+            "OFFLINE_LOCAL_DISK",
+            f"disk {d.target} ({d.source}) is on local storage of {source_name}; an offline migration "
+            "moves only the definition and cannot copy disks",
+            "start the VM and migrate it live with --copy-storage-all, or move the disk to shared storage first",
+        )
+        for d in domain.disks
+        if d.device == "disk" and d.source and not d.readonly and not d.shared
+    ]
+
+
 def coordinator_blockers(
     vm: str,
     domain: DomainInfo | None,
@@ -120,6 +136,8 @@ def coordinator_blockers(
                 "define it first (virsh dumpxml | virsh define) or migrate live",
             )
         )
+    if options.offline:
+        out.extend(offline_disk_blockers(domain, source.name))
     if not source.available:
         out.append(
             Problem(

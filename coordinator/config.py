@@ -20,6 +20,7 @@
 
     [timeouts]                                       # optional overrides of phases.Timeouts
     preflight_s = 120
+    agent_lost_s = 120                               # wait this long for a lost agent or libvirtd
 
     [agents]
     call_timeout_s = 30                              # one agent call (not a migration stream)
@@ -95,6 +96,7 @@ from ferry.tomlconfig import (
     read_config,
     tls_of,
 )
+from ferry.validate import MAX_PREPARE_TTL_S
 
 from .phases import Timeouts
 from .policies import PolicySelector, PredictionConfig
@@ -420,6 +422,8 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
     for key in ("election_ttl_s", "prepare_ttl_s"):
         if key in c:
             values[key] = int(c.number(key, integer=True))
+    if values.get("prepare_ttl_s", 0) > MAX_PREPARE_TTL_S:
+        raise bad(source, f"[coordinator] prepare_ttl_s is over {MAX_PREPARE_TTL_S} s", "e.g. prepare_ttl_s = 900")
     values["etcd"] = _etcd(doc, base, source)
     values["limits"] = _limits(doc, source)
     values["timeouts"] = _timeouts(doc, source)

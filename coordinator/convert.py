@@ -164,8 +164,19 @@ def host_status_to_pb(
     return h
 
 
-def vm_to_pb(domain: DomainInfo, host: str, migration_id: str = "") -> cpb.VM:
-    return cpb.VM(domain=convert.domain_to_pb(domain), host=host, migration_id=migration_id)
+def vm_to_pb(
+    domain: DomainInfo,
+    host: str,
+    migration_id: str = "",
+    *,
+    unreachable: bool = False,
+    last_seen: datetime | None = None,
+) -> cpb.VM:
+    """``unreachable``: the host does not answer; ``domain`` is its last report (at ``last_seen``)."""
+    vm = cpb.VM(domain=convert.domain_to_pb(domain), host=host, migration_id=migration_id, unreachable=unreachable)
+    if unreachable and last_seen is not None:
+        vm.last_seen.CopyFrom(convert.timestamp_to_pb(last_seen))
+    return vm
 
 
 def selector_to_pb(s: PolicySelector) -> cpb.PolicySelector:

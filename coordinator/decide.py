@@ -21,6 +21,16 @@ Where the guest is decides what happens after a migration job ended, never an er
 
 Before a job was started (Preparing, a rollback from it) the target holds only empty images: the
 rollback removes them without looking at the guest.
+
+An agent that cannot be reached (``AgentLost``: its call failed on the way, its libvirtd does not
+answer, or its registration says so) is waited for in every phase but Pending and Preparing: the
+record notes since when (``lost_host``/``lost_since``) and ``ObservePlacement`` probes both hosts
+again after ``probe_delay_s`` (0.5 s, growing by half up to 5 s). The first answer from both
+(``Placement``) ends the wait and the phase goes on at once (Preflight runs again, a rollback
+cleans the target, the others act on the placement). ``Timeouts.agent_lost_s`` after the loss,
+not at the phase deadline, the wait ends: Migrating rolls back, the other phases fail with
+AGENT_LOST and a hint. Preparing rolls back at once (its answer is lost; the next attempt's
+preflight then waits for the agent).
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from ferry.model import DomainState, MigrationPhase, Problem
+from ferry.model import CompletedJob, DomainState, JobStats, MigrationPhase, MigrationProgress, Problem
 
 from .events import (
     AbortMigration,
@@ -59,7 +69,7 @@ from .events import (
     Tick,
     WatchJob,
 )
-from .phases import Phase, Timeouts
+from .phases import Phase, Timeouts, probe_delay_s
 from .record import MigrationRecord, note, with_action, with_phase, with_retry
 
 # --- where the guest is --------------------------------------------------------------------------
@@ -165,8 +175,9 @@ def decide(record: MigrationRecord, event: Event, now: datetime, timeouts: Timeo
         case CleanedUp() if record.phase is Phase.ROLLING_BACK:
             return _cleaned_up(c)
         case Committed() if record.phase is Phase.FINISHING:
-            if event.job is not None and record.result is None:
-                c = replace(c, r=replace(c.r, result=event.job))
+            result = record.result or event.job  # the stream's own figures win
+            final = completed_progress(record.progress, result, record.memory_bytes)
+            c = replace(c, r=replace(c.r, result=result, progress=final))
             noted = replace(c, r=note(c.r, now, event.note)) if event.note else c
             return Decision(noted.to(Phase.SUCCEEDED, "target committed"), (), "committed; succeeded")
         case StepFailed():
@@ -175,6 +186,8 @@ def decide(record: MigrationRecord, event: Event, now: datetime, timeouts: Timeo
                 f"{event.step} failed: {e.reason}: {e.message}",
                 f"{event.step} failed ({e.reason}); retrying at the deadline",
             )
+        case Placement() if record.lost_host:
+            return after_wait(answered(c), event)
         case Placement() if record.phase in (Phase.MIGRATING, Phase.FINISHING, Phase.ROLLING_BACK):
             return on_placement(c, event)
         case AgentLost():
@@ -387,27 +400,136 @@ def _cleaned_up(c: Ctx) -> Decision:
     )
 
 
+def agent_lost(c: Ctx, host: str) -> Decision:
+    """``host``'s agent (or its libvirtd) did not answer: wait for it with probes, up to
+    ``agent_lost_s`` (module docstring); Preparing rolls back at once."""
+    r, t = c.r, c.t
+    if host not in (r.source_host, r.target_host) or r.phase is Phase.PENDING:
+        return c.ignore(AgentLost(host))
+    lost = f"agent on {host} lost"
+    if r.phase is Phase.PREPARING:  # the prepare's answer is lost: undo it, the next attempt waits
+        goal = retry_goal(r, t)
+        return roll_back(c, lost, goal=goal, error=_lost_error(r, host, 0) if goal is Phase.ROLLED_BACK else None)
+    if not r.lost_host or r.lost_since is None:
+        r2 = note(replace(r, lost_host=host, lost_since=c.now), c.now, f"{lost}; probing it until it answers")
+        delay = probe_delay_s(t, 0)
+        return Decision(
+            r2,
+            (ObservePlacement(delay),),
+            f"{lost}; probing again in {delay:g} s (gives up after {t.agent_lost_s:g} s)",
+        )
+    lost_for = (c.now - r.lost_since).total_seconds()
+    if lost_for >= t.agent_lost_s:
+        return gave_up_waiting(c)
+    delay = probe_delay_s(t, lost_for)
+    return c.keep(f"{lost} for {lost_for:.1f} s; probing again in {delay:g} s", ObservePlacement(delay))
+
+
 def _agent_lost(c: Ctx, event: AgentLost) -> Decision:
+    return agent_lost(c, event.host)
+
+
+def answered(c: Ctx) -> Ctx:
+    """Both agents answered (a placement was observed): the wait for a lost one ends."""
     r = c.r
-    if event.host not in (r.source_host, r.target_host) or r.phase is Phase.PENDING:
-        return c.ignore(event)
-    lost = f"agent on {event.host} lost"
-    err = Problem(
+    if not r.lost_host:
+        return c
+    waited = (c.now - r.lost_since).total_seconds() if r.lost_since else 0.0
+    back = replace(r, lost_host="", lost_since=None)
+    return replace(c, r=note(back, c.now, f"agent on {r.lost_host} answers again after {waited:.1f} s"))
+
+
+def after_wait(c: Ctx, p: Placement) -> Decision:
+    """The phase goes on once the lost agent answers again (``c`` already ``answered``)."""
+    r = c.r
+    match r.phase:
+        case Phase.PREFLIGHT:
+            return c.keep("agents answer again; re-running preflight", RunPreflight())
+        case Phase.ROLLING_BACK if not r.migration_started:
+            return c.keep("agents answer again; cleaning target", CleanupTarget(_ids(r)))
+        case Phase.MIGRATING | Phase.FINISHING | Phase.ROLLING_BACK:
+            return on_placement(c, p)
+    return c.keep(f"agents answer again ({r.phase.name})")
+
+
+def _lost_error(r: MigrationRecord, host: str, waited_s: float) -> Problem:
+    waited = f" for {waited_s:.0f} s" if waited_s else ""
+    return Problem(
         "AGENT_LOST",
-        f"the agent on {event.host} could not be reached",
-        f"check ferry-agent and libvirtd on {event.host}",
+        f"the agent on {host} or its libvirtd could not be reached{waited}",
+        f"check ferry-agent and libvirtd on {host} (`ferry hosts`, the agent's log); then `ferry vms` shows where "
+        f"{r.vm} runs",
     )
-    if r.phase is Phase.PREFLIGHT:
-        return requeue(c, lost, err)
-    if r.phase is Phase.PREPARING:
-        goal = retry_goal(r, c.t)
-        return roll_back(c, lost, goal=goal, error=err if goal is Phase.ROLLED_BACK else None)
-    deadline = r.phase_deadline.isoformat() if r.phase_deadline else "none"
-    return c.noted(lost, f"{lost}; waiting for it (deadline {deadline})")
+
+
+def gave_up_waiting(c: Ctx) -> Decision:
+    """The lost agent did not answer within ``agent_lost_s``: undo what can be undone, else fail
+    touching nothing, with what the operator must check."""
+    r, t = c.r, c.t
+    host = r.lost_host
+    err = _lost_error(r, host, t.agent_lost_s)
+    reason = f"agent on {host} lost for {t.agent_lost_s:g} s"
+    match r.phase:
+        case Phase.PREFLIGHT:  # nothing was touched
+            return Decision(c.to(Phase.FAILED, reason, error=err), (), f"{reason}; failed")
+        case Phase.MIGRATING if r.progress is None or r.progress.phase is not MigrationPhase.POSTCOPY:
+            return roll_back(c, reason, goal=Phase.ROLLED_BACK, error=err, abort=True)
+        case Phase.MIGRATING:
+            hint = (
+                f"post-copy: {r.vm} runs on {r.target_host} with memory still on {r.source_host}; restart neither. "
+                f"Once {host} is back, `virsh domjobinfo {r.vm}` on {r.source_host} and, if the job broke, "
+                f"`virsh migrate --postcopy-resume`"
+            )
+        case Phase.FINISHING:
+            hint = (
+                f"the migration job completed: once {host} is back, check that {r.vm} runs on {r.target_host} only "
+                f"(`virsh list --all` on both); its prepared images (prepare {r.prepare_id or '?'}) were not "
+                f"committed and are kept"
+            )
+        case _:  # RollingBack
+            hint = (
+                f"once {host} is back, check where {r.vm} runs (`virsh list --all` on {r.source_host} and "
+                f"{r.target_host}); if on {r.source_host} only, remove prepare {r.prepare_id or '(id unknown)'} on "
+                f"{r.target_host}"
+            )
+    return _needs_operator(c, replace(err, hint=f"{err.hint}; {hint}"))
+
+
+def completed_progress(
+    last: MigrationProgress | None, job: CompletedJob | None, memory_bytes: int
+) -> MigrationProgress:
+    """The progress of a migration that landed: nothing left, what was moved as the completed job
+    says (else the totals), so a record never ends showing a leader's last throttled snapshot.
+
+    >>> p = completed_progress(None, CompletedJob(time_elapsed_ms=900, memory_processed=300, iterations=2), 256)
+    >>> p.phase.name, p.stats.memory_processed, p.stats.memory_total, p.stats.memory_remaining, p.stats.iteration
+    ('COMPLETED', 300, 256, 0, 2)
+    """
+    s = last.stats if last is not None else JobStats()
+    total = s.memory_total or memory_bytes
+    done = (job.memory_processed if job else 0) or max(s.memory_processed, total)
+    disk = max(s.disk_processed, job.disk_processed if job else 0, s.disk_total)
+    stats = replace(  # the figures the wire and the record carry (``MigrationProgress``)
+        s,
+        memory_total=total,
+        memory_processed=done,
+        memory_remaining=0,
+        disk_processed=disk,
+        disk_remaining=0,
+        dirty_rate_pages=0,
+        time_elapsed_ms=(job.time_elapsed_ms if job else 0) or s.time_elapsed_ms,
+        iteration=(job.iterations if job else 0) or s.iteration,
+    )
+    return MigrationProgress(MigrationPhase.COMPLETED, stats, last.max_downtime_ms if last else 0)
 
 
 def _tick(c: Ctx) -> Decision:
     r = c.r
+    lost_deadline = r.lost_deadline(c.t)
+    if lost_deadline is not None:
+        if c.now >= lost_deadline:
+            return gave_up_waiting(c)
+        return c.keep(f"no action: waiting for the agent on {r.lost_host} until {lost_deadline:%H:%M:%S}")
     if r.phase_deadline is not None and c.now < r.phase_deadline:
         return c.keep("no action: deadline not reached")
     match r.phase:

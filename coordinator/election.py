@@ -154,6 +154,13 @@ class Election:
 
     # -- queries --------------------------------------------------------------------------------
 
+    @property
+    def term(self) -> int:
+        """Our term while we lead: the create revision of our leader key, which grows with every
+        new leader (0 when not leading). Agents refuse changes from an older term."""
+        term = self._term
+        return term.key_revision if term is not None else 0
+
     def is_leader(self) -> bool:
         """True only while our lease certainly still holds (decided on the clock, not on callbacks)."""
         term = self._term

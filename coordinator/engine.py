@@ -14,11 +14,17 @@ While this coordinator leads, ``Engine.run()``:
 * ticks every ``tick_s``: ``Tick`` to every runner whose phase deadline has passed (as far as the
   engine knows; ``decide`` checks again), ``Recover`` again to those whose recovery could not
   observe their hosts;
-* follows host changes (``HostDirectory.changes``): a host going down is ``AgentLost(host)`` for
-  the records involving it, a host coming back resumes them (``Recover``).
+* follows host changes (``HostDirectory.changes``): a host going down (lease gone, agent not
+  answering, or its libvirtd down as its registration says) is ``AgentLost(host)`` for the records
+  involving it; a host coming back, or its agent registering anew after a restart within its
+  lease, resumes them at once (``Recover``: observe both hosts, act on what is there).
 
 ``stop()`` (demotion) cancels every task without aborting any libvirt job: the next leader
 recovers from what it observes. The engine can ``run()`` again after a ``stop()``.
+
+Fencing: every agent call carries ``leader_term`` (the election's term: its leader key's create
+revision). When an agent refuses one as STALE_LEADER, a newer leader exists: this engine stops at
+once and ``run()`` raises FailedPrecondition STALE_LEADER, so the election steps down.
 
 How the API talks to the engine, through the store only: it submits by creating the record
 (Pending), its ``idempotency/`` key and its ``vm-active/`` key (``keys.py``); it cancels by
@@ -36,12 +42,13 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from ferry.errors import FerryError, Internal
+from ferry.errors import FailedPrecondition, FerryError, Internal
 from ferry.keys import MIGRATIONS, VM_ACTIVE, decode_id, name_below, release_vm_active
+from ferry.model import Problem
 from ferry.registry import HostDirectory
 from ferry.store import Entry, EventKind, Resync, Store
 
-from .actions import Actions, ActionTiming
+from .actions import STALE_LEADER, Actions, ActionTiming
 from .events import Admitted, AgentLost, Tick
 from .phases import Phase, Timeouts
 from .policies import PredictionConfig
@@ -75,6 +82,7 @@ class Engine:
         store_retry_s: float = 0.5,
         observer: RecordObserver | None = None,
         prediction: PredictionConfig = PredictionConfig(),
+        leader_term: int = 0,
     ) -> None:
         self.store = store
         self.observer = observer
@@ -84,7 +92,14 @@ class Engine:
         self.clock = clock
         self.tick_s = tick_s
         self.store_retry_s = store_retry_s
-        actions = Actions(hosts, ActionTiming(job_poll_s=job_poll_s, prepare_ttl_s=prepare_ttl_s), prediction)
+        self.leader_term = leader_term
+        actions = Actions(
+            hosts,
+            ActionTiming(job_poll_s=job_poll_s, prepare_ttl_s=prepare_ttl_s),
+            prediction,
+            leader_term=leader_term,
+            on_stale=self._deposed,
+        )
         self._ctx = RunnerContext(
             store,
             actions,
@@ -135,6 +150,8 @@ class Engine:
             await self._shutdown()
         if self._failure is not None:  # the election steps down when its leader's duties fail
             failure, self._failure = self._failure, None
+            if isinstance(failure, FerryError) and failure.reason == STALE_LEADER:
+                raise failure
             raise Internal(
                 f"the engine stopped: {failure!r}",
                 reason="ENGINE_FAILED",
@@ -172,6 +189,17 @@ class Engine:
         )
         self._tasks.clear()
         self._running = False
+
+    def _deposed(self, refusal: Problem) -> None:
+        """An agent refused a call of ours as STALE_LEADER: another coordinator leads now."""
+        if self._failure is None:
+            log.error("a newer leader exists (%s): stopping the engine", refusal.message)
+            self._failure = FailedPrecondition(
+                f"an agent refused this leader's call: {refusal.message}",
+                reason=STALE_LEADER,
+                hint="another coordinator leads; this one steps down",
+            )
+        self._stopped.set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -344,7 +372,7 @@ class Engine:
                     continue
                 if runner.needs_recovery:
                     runner.feed(Recover())
-                deadline = runner.record.phase_deadline
+                deadline = runner.record.next_deadline(self.timeouts)
                 if deadline is not None and now >= deadline:  # decide acts on Tick only then
                     runner.feed(Tick())
             self.admit_soon()
@@ -355,7 +383,7 @@ class Engine:
             log.info(
                 "agent on %s is %s: %d migration(s) involved",
                 change.host,
-                "available" if change.available else "unavailable",
+                "restarted" if change.restarted else "available" if change.available else "unavailable",
                 len(involved),
             )
             for runner in involved:

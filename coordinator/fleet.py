@@ -7,14 +7,15 @@ the address changes) and caches each host's Inventory. An inventory older than `
 is fetched again when someone asks (``refresh``), from every host concurrently, each call bounded
 by ``inventory_timeout_s``; an agent that does not answer is shown unavailable with its last facts.
 
-A host is **available** while its registration exists and its last inventory call did not fail
-(an unreachable agent is asked again every ``reprobe_s``, so it comes back on its own).
+A host is **available** while its registration exists, says its libvirtd answers (the agent
+watches it: ``agent/health.py``) and its last inventory call did not fail (an unreachable agent
+is asked again every ``reprobe_s``, so it comes back on its own).
 Hosts declared in the config but never registered, and hosts whose registration went away, stay
 in the view as unavailable (so ``ferry hosts`` shows them DOWN instead of forgetting them).
 
 The Fleet is also the leader engine's HostDirectory: ``client(host)``, ``available_hosts()``,
 ``registration(host)`` and ``changes()`` (a stream of :class:`HostChange` when a host becomes
-available or unavailable).
+available or unavailable, or its agent registered anew while available: a restart).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class HostState:
 
     @property
     def available(self) -> bool:
-        return self.registered and self.reachable is not False
+        libvirt_up = self.registration is None or self.registration.libvirt_up
+        return self.registered and self.reachable is not False and libvirt_up
 
     @property
     def facts(self) -> HostFacts | None:
@@ -299,16 +301,19 @@ class Fleet:
         if h.client is client:
             self._set(h, inventory=inventory, fetched_at=self._clock(), reachable=True, error=None)
 
-    def _set(self, h: _Host, **changes: object) -> None:
-        """Change ``h``'s fields; tell subscribers when its availability flipped."""
+    def _set(self, h: _Host, *, restarted: bool = False, **changes: object) -> None:
+        """Change ``h``'s fields; tell subscribers when its availability flipped, or when it
+        stayed available across a restart of its agent."""
         before = h.state().available
         for name, value in changes.items():
             setattr(h, name, value)
         after = h.state().available
-        if before != after:
-            log.info("host %s is %s", h.name, "available" if after else "unavailable")
+        if before != after or (after and restarted):
+            log.info(
+                "host %s is %s", h.name, "available" if after else "unavailable" if before != after else "restarted"
+            )
             for q in self._subscribers:
-                q.put_nowait(HostChange(h.name, after))
+                q.put_nowait(HostChange(h.name, after, restarted=before == after))
 
     def _apply_put(self, entry: Entry) -> None:
         name = entry.key[len(HOSTS_PREFIX) :]
@@ -320,6 +325,7 @@ class Fleet:
         h = self._hosts.setdefault(name, _Host(name))
         if h.registration == reg:
             return
+        restarted = h.registration is not None and h.registration.registered_at != reg.registered_at
         # a new, restarted or moved agent: nothing is known yet about reaching it
         changes: dict[str, object] = {"registration": reg, "reachable": None, "error": None}
         old = h.client
@@ -327,7 +333,7 @@ class Fleet:
             changes.update(client=self._factory(name, reg.address), client_address=reg.address)
             if old is not None:
                 asyncio.ensure_future(_close_client(old))
-        self._set(h, **changes)
+        self._set(h, restarted=restarted, **changes)
 
     def _apply_delete(self, key: str) -> None:
         h = self._hosts.get(key[len(HOSTS_PREFIX) :])

@@ -111,6 +111,7 @@ class Coordinator:
             prepare_ttl_s=self.config.prepare_ttl_s,
             observer=self.record_observer,
             prediction=self.config.prediction,
+            leader_term=self.election.term,
         )
 
     async def _lead(self) -> None:

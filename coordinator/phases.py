@@ -125,6 +125,13 @@ class Timeouts:
     max_attempts: int = 3
     # pause before observing again a placement that is still settling
     observe_delay_s: float = 2.0
+    # an agent (or its libvirtd) that does not answer, in any phase: probed again after
+    # agent_probe_s, the pause growing by half up to agent_probe_max_s (``probe_delay_s``);
+    # acted on as soon as both hosts answer; after agent_lost_s without an answer the migration
+    # rolls back (Migrating) or fails with AGENT_LOST (``decide``), not at the phase deadline
+    agent_lost_s: float = 120.0
+    agent_probe_s: float = 0.5
+    agent_probe_max_s: float = 5.0
 
 
 def migrating_timeout_s(t: Timeouts, memory_bytes: int, disk_bytes: int, completion_timeout_s: int = 0) -> float:
@@ -165,3 +172,14 @@ def retry_delay_s(t: Timeouts, retry: int) -> float:
     [30.0, 60.0, 120.0, 900.0, 900.0]
     """
     return min(t.retry_base_s * 2.0 ** (max(retry, 1) - 1), t.retry_max_s)
+
+
+def probe_delay_s(t: Timeouts, lost_for_s: float) -> float:
+    """Pause before probing again an agent lost ``lost_for_s`` seconds ago: half the time lost so
+    far, at least ``agent_probe_s``, at most ``agent_probe_max_s`` (so probes come quickly after
+    a short outage, and a long one costs a probe every few seconds).
+
+    >>> [probe_delay_s(Timeouts(), s) for s in (0, 0.5, 1.5, 3, 6, 60)]
+    [0.5, 0.5, 0.75, 1.5, 3.0, 5.0]
+    """
+    return min(max(t.agent_probe_s, lost_for_s / 2), t.agent_probe_max_s)

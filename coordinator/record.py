@@ -88,6 +88,10 @@ class MigrationRecord:
     policy: ConvergencePolicy | None = None  # how the job is brought to an end (None: from the options)
     prediction: Prediction | None = None  # made at submission
     actions: tuple[ActionEntry, ...] = ()  # what the policy and operators did to the job, and why
+    # waiting for an agent (or its libvirtd) that does not answer: which host, since when
+    # (cleared when both hosts answer again and on every phase change; ``decide``)
+    lost_host: str = ""
+    lost_since: datetime | None = None
     revision: int = 0  # the store's mod revision; not part of the JSON
 
     @property
@@ -111,6 +115,17 @@ class MigrationRecord:
             if change.phase is Phase.PENDING:
                 return False
         return False
+
+    def lost_deadline(self, t: Timeouts) -> datetime | None:
+        """When the wait for a lost agent ends (None: not waiting)."""
+        if self.lost_since is None:
+            return None
+        return self.lost_since + timedelta(seconds=t.agent_lost_s)
+
+    def next_deadline(self, t: Timeouts) -> datetime | None:
+        """The deadline ``decide`` acts on at a Tick: while waiting for a lost agent, the wait's
+        (the phase's own deadline acts once the agent answered, if it passed meanwhile)."""
+        return self.lost_deadline(t) if self.lost_since is not None else self.phase_deadline
 
 
 def new_migration(
@@ -172,7 +187,8 @@ def _append(history: tuple[PhaseChange, ...], change: PhaseChange) -> tuple[Phas
 
 
 def with_phase(r: MigrationRecord, phase: Phase, now: datetime, reason: str, timeouts: Timeouts) -> MigrationRecord:
-    """The record moved to ``phase``: history extended, the phase's deadline set, retries reset.
+    """The record moved to ``phase``: history extended, the phase's deadline set, retries reset,
+    a wait for a lost agent ended (the new phase's actions find out whether it still is).
 
     Raises Internal (ILLEGAL_TRANSITION) for a move the transition table does not allow.
     """
@@ -183,6 +199,8 @@ def with_phase(r: MigrationRecord, phase: Phase, now: datetime, reason: str, tim
         history=_append(r.history, PhaseChange(phase, now, reason)),
         phase_deadline=_deadline(r, phase, now, timeouts),
         retries=0,
+        lost_host="",
+        lost_since=None,
         updated_at=now,
     )
 
@@ -339,6 +357,8 @@ def encode(r: MigrationRecord) -> bytes:
         "prediction": None if r.prediction is None else _plain(r.prediction),
         "actions": [{"at": _ts(e.at), **{k: v for k, v in _plain(e.action).items()}} for e in r.actions],
     }
+    if r.lost_since is not None:  # only while waiting: a record without them reads on older coordinators
+        doc.update(lost_host=r.lost_host, lost_since=_ts(r.lost_since))
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -424,6 +444,8 @@ def _decode(d: dict[str, Any], revision: int) -> MigrationRecord:
             ActionEntry(_at(a["at"]), PolicyAction(**{k: v for k, v in a.items() if k != "at"}))
             for a in d.get("actions", ())
         ),
+        lost_host=str(d.get("lost_host", "")),
+        lost_since=_dt(d.get("lost_since")),
         revision=revision,
     )
     known = {f.name for f in fields(MigrationRecord)} - {"revision"} | {"schema", "copied_disks"}

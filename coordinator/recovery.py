@@ -15,6 +15,10 @@ Phase by phase:
 - Migrating: a job still active on the source -> reattach (WatchJob); ended -> by placement,
   as after MigrationEnded(ok=False) (error MIGRATION_INTERRUPTED when it fails).
 - Finishing, RollingBack: continue from the placement (commit, or abort/clean/verify).
+
+A host that cannot be asked (``unreachable``) is waited for as ``decide`` waits for a lost agent:
+probed with back-off, acted on as soon as both answer, given up on ``agent_lost_s`` after it was
+first lost (a wait the previous leader started keeps its start: ``lost_since`` is in the record).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from datetime import datetime
 
 from ferry.model import PrepareRecord, Problem
 
-from .decide import Ctx, finish_rollback, on_placement, retry_goal, roll_back
+from .decide import Ctx, agent_lost, answered, finish_rollback, on_placement, retry_goal, roll_back
 from .events import CleanupTarget, Decision, Placement, RunPreflight
 from .phases import Phase, Timeouts
 from .record import MigrationRecord
@@ -36,12 +40,15 @@ def recover(
     prepares_on_target: Sequence[PrepareRecord] | None,
     now: datetime,
     timeouts: Timeouts = Timeouts(),
+    *,
+    unreachable: str = "",
 ) -> Decision:
     """What a new leader does with ``record``, given the observed state.
 
-    ``placement`` is None when an agent could not be asked, ``prepares_on_target`` is None when
-    the target's ListPrepares failed. Without the facts it needs, recovery waits (the record keeps
-    its deadline, so a Tick still acts); the shell calls ``recover`` again when the agents answer.
+    ``placement`` is None when an agent could not be asked (``unreachable`` names its host when
+    known), ``prepares_on_target`` is None when the target's ListPrepares failed. Without the
+    facts it needs, recovery waits: for a named host as for any lost agent (``decide.agent_lost``),
+    else until the record's deadline; the shell calls ``recover`` again when the agents answer.
     """
     c = Ctx(record, now, timeouts)
     r = record
@@ -65,8 +72,11 @@ def recover(
             return c.keep("resuming rollback; cleaning target", CleanupTarget(tuple(dict.fromkeys((*_own(r), *ours)))))
     # Migrating, Finishing, RollingBack after a job was started: by placement
     if placement is None:
+        if unreachable:
+            d = agent_lost(c, unreachable)
+            return Decision(d.record, d.actions, f"cannot observe {r.vm}: {d.outcome}")
         return c.keep(f"cannot observe {r.vm} on both hosts; waiting for the agents")
-    d = on_placement(c, placement)
+    d = on_placement(answered(c), placement)
     return Decision(d.record, d.actions, f"recovered: {d.outcome}")
 
 

@@ -40,6 +40,7 @@ from .decide import decide
 from .events import (
     Action,
     Admitted,
+    AgentLost,
     CancelRequested,
     Decision,
     Event,
@@ -218,8 +219,8 @@ class RecordRunner:
                 return
             now = self.ctx.clock()
             if observed is not None:
-                placement, prepares, complete = observed
-                d = recover(rec, placement, prepares, now, self.ctx.timeouts)
+                placement, prepares, complete, unreachable = observed
+                d = recover(rec, placement, prepares, now, self.ctx.timeouts, unreachable=unreachable)
                 self.needs_recovery = not complete and not rec.phase.is_final
             else:
                 assert not isinstance(event, (Recover, _FlushProgress, _Wake))
@@ -265,20 +266,23 @@ class RecordRunner:
             self._flush = loop.call_later(wait, self.feed, _FlushProgress())
         return True
 
-    async def _observe(self) -> tuple[Placement | None, list[Any] | None, bool]:
-        """What recovery needs of the record's hosts; ``complete`` False when some could not be asked."""
+    async def _observe(self) -> tuple[Placement | None, list[Any] | None, bool, str]:
+        """What recovery needs of the record's hosts; ``complete`` False when some could not be
+        asked; the host whose agent could not be reached, when that is why."""
         r = self.record
         placement: Placement | None = None
         prepares = None
         complete = True
+        unreachable = ""
         if r.phase in _NEEDS_PLACEMENT:
             got = await self.ctx.actions.placement(r)
             placement = got if isinstance(got, Placement) else None
+            unreachable = got.host if isinstance(got, AgentLost) else ""
             complete = placement is not None
         prepares = await self.ctx.actions.prepares(r)
         if prepares is None and r.phase in _NEEDS_PREPARES:
             complete = False
-        return placement, prepares, complete
+        return placement, prepares, complete, unreachable
 
     # ------------------------------------------------------------------ actions
 

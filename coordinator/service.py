@@ -4,20 +4,24 @@ Thin: request -> model (``coordinator/convert.py``, ``ferry/convert.py``) -> the
 or a store / fleet view read -> protobuf. Every replica serves it: reads come straight from the
 store; submitting and cancelling are ``submission.Submissions`` (compare-and-set writes to the
 store, the protocol is described there); only the leader's engine acts on the records.
+
+Every field is checked at the edge (``ferry.validate`` and the converters) before anything acts
+on it: INVALID_ARGUMENT with a reason code. WatchMigration streams share one store watch
+(``watches.MigrationWatches``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import grpc
 
 from ferry import convert as fconvert
-from ferry import keys
-from ferry.errors import FerryError, InvalidArgument, NotFound
+from ferry import keys, validate
+from ferry.errors import FerryError, InvalidArgument, NotFound, clip
 from ferry.model import Problem, StorageMode
 from ferry.rpc import Context, rpc_method
 from ferry.store import EventKind, Resync, Store
@@ -32,7 +36,8 @@ from .live import LiveOps, LiveRequest
 from .policies import copy_bytes, refusal
 from .preflight import predict_for, preflight
 from .record import MigrationRecord, decode
-from .submission import Submissions, SubmitRequest, must_read_migration
+from .submission import Submissions, SubmitRequest, check_overrides, must_read_migration
+from .watches import OVERFLOW, MigrationWatches
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +47,15 @@ READ_MAX_AGE_S = 1.0
 
 
 def _required(value: str, field: str, example: str) -> str:
-    if not value:
-        raise InvalidArgument(f"{field} is required", reason="MISSING_FIELD", hint=f"set {field}, e.g. {example}")
-    return value
+    return validate.text(value, field, required=True, example=example)
 
 
 def _required_id(migration_id: str) -> str:
-    return _required(migration_id, "id", '"m-3f2a9c41d07b" (see `ferry migrations`)')
+    return validate.ident(migration_id, "id", required=True, example='"m-3f2a9c41d07b" (see `ferry migrations`)')
+
+
+def _priority(value: int) -> int:
+    return validate.number(value, "priority", lo=-validate.MAX_PRIORITY, hi=validate.MAX_PRIORITY)
 
 
 USER_METADATA = "x-ferry-user"  # the name the CLI says it runs as (a claim, not an identity)
@@ -65,6 +72,8 @@ def requested_by(context: Context) -> str:
             peer = names[0].decode(errors="replace")
             break
     claimed = next((str(v) for k, v in context.invocation_metadata() or () if k == USER_METADATA), "")
+    # sent on to the agent (TuneMigrationRequest.requested_by): printable and within its limits
+    claimed, peer = (re.sub(r"[\x00-\x1f\x7f]", "?", clip(s, 60)) for s in (claimed, peer))
     return f"{claimed} via {peer}" if claimed else peer
 
 
@@ -82,12 +91,14 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         *,
         hosts: Mapping[str, HostDecl] | None = None,
         live: LiveOps | None = None,
+        watches: MigrationWatches | None = None,
     ) -> None:
         self.store = store
         self.fleet = fleet
         self.submissions = submissions
         self.hosts = dict(hosts or {})
         self.live = live or LiveOps(store, fleet, submissions.clock)
+        self.watches = watches or MigrationWatches(store)
 
     # ------------------------------------------------------------------ submit
 
@@ -103,9 +114,9 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
                 options=options,
                 storage_explicit=explicit,
                 mapping=fconvert.mapping_from_pb(request.mapping),
-                priority=request.priority,
-                idempotency_key=request.idempotency_key,
-                policy=request.policy,
+                priority=_priority(request.priority),
+                idempotency_key=validate.text(request.idempotency_key, "idempotency_key"),
+                policy=validate.text(request.policy, "policy"),
             )
         )
         return convert.migration_to_pb(submitted)
@@ -131,6 +142,9 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
 
     @rpc_method
     async def ListMigrations(self, request: cpb.ListMigrationsRequest, context: Context) -> cpb.ListMigrationsResponse:
+        validate.items(request.phases, "phases", limit=32)
+        validate.text(request.host, "host")
+        validate.text(request.vm, "vm")
         phases = set()
         for value in request.phases:
             phase = convert.phase_from_pb(value)
@@ -157,38 +171,31 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
     async def WatchMigration(
         self, request: cpb.WatchMigrationRequest, context: Context
     ) -> AsyncIterator[cpb.Migration]:
-        record = await self._must_get(request.id)
-        yield convert.migration_to_pb(record)
-        if record.phase.is_final:
-            return
-        key = keys.migration_key(record.id)
-        watch = self.store.watch(key, record.revision + 1)
-        async with contextlib.aclosing(watch):
-            async for item in watch:
-                if isinstance(item, Resync):
+        migration_id = _required_id(request.id)
+        key = keys.migration_key(migration_id)
+        # subscribe first, then read: no change between the read and the first event is lost
+        async with self.watches.subscribe(key) as changes:
+            record = await self._must_get(migration_id)
+            yield convert.migration_to_pb(record)
+            while not record.phase.is_final:
+                item = await changes.next()
+                if item == OVERFLOW:  # fell behind: what counts is the record now
+                    newer = await self._must_get(migration_id)
+                elif isinstance(item, Resync):
                     entry = next((e for e in item.entries if e.key == key), None)
-                    if entry is None or entry.mod_revision == record.revision:
-                        if entry is None:
-                            raise NotFound(
-                                f"migration {record.id} was deleted",
-                                reason="MIGRATION_DELETED",
-                                hint="list migrations with `ferry migrations`",
-                            )
-                        continue
-                    record = decode(entry.value, entry.mod_revision)
-                elif item.entry.key != key:
-                    continue  # a key that only starts with ours
+                    if entry is None:
+                        raise _deleted(record.id)
+                    newer = decode(entry.value, entry.mod_revision)
+                elif isinstance(item, str) or item.entry.mod_revision <= record.revision:
+                    continue  # seen in the first read already
                 elif item.kind is EventKind.DELETE:
-                    raise NotFound(
-                        f"migration {record.id} was deleted",
-                        reason="MIGRATION_DELETED",
-                        hint="list migrations with `ferry migrations`",
-                    )
+                    raise _deleted(record.id)
                 else:
-                    record = decode(item.entry.value, item.entry.mod_revision)
+                    newer = decode(item.entry.value, item.entry.mod_revision)
+                if newer.revision == record.revision:
+                    continue
+                record = newer
                 yield convert.migration_to_pb(record)
-                if record.phase.is_final:
-                    return
 
     @rpc_method
     async def CancelMigration(self, request: cpb.CancelMigrationRequest, context: Context) -> cpb.Migration:
@@ -222,9 +229,10 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
 
     @rpc_method
     async def ListVMs(self, request: cpb.ListVMsRequest, context: Context) -> cpb.ListVMsResponse:
+        validate.text(request.host, "host")
         if request.host and self.fleet.host(request.host) is None:
             raise NotFound(
-                f"no host named {request.host!r} is registered",
+                f"no host named {clip(request.host)!r} is registered",
                 reason="HOST_UNKNOWN",
                 hint="check the name with `ferry hosts`",
             )
@@ -245,9 +253,11 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
             self.fleet.refresh([n for n in wanted if n in moved], force=True),
         )
         by_vm = {r.vm_uuid: r.id for r in sorted(records, key=lambda r: r.created_at) if not r.phase.is_final}
+        # a host that does not answer keeps its VMs in the list, as it last reported them, marked
+        # unreachable: a dead host must not look like lost VMs (Ferry never restarts them elsewhere)
         return cpb.ListVMsResponse(
             vms=[
-                convert.vm_to_pb(d, h.name, by_vm.get(d.uuid, ""))
+                convert.vm_to_pb(d, h.name, by_vm.get(d.uuid, ""), unreachable=not h.available, last_seen=h.last_seen)
                 for h in self.fleet.hosts()
                 if not request.host or h.name == request.host
                 for d in sorted(h.domains, key=lambda d: d.name)
@@ -262,9 +272,12 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
         target = _required(request.target_host, "target_host", '"host2" (see `ferry hosts`)')
         options, explicit = convert.options_from_request(request.options)
         overrides = fconvert.mapping_from_pb(request.mapping)
+        policy_name = validate.text(request.policy, "policy")
         located = await self.fleet.locate_vm(vm, fresh=True)
         source = located[0] if located is not None else None
         try:
+            target_state = self.fleet.host(target)
+            check_overrides(overrides, target, target_state.facts if target_state is not None else None)
             mapping = derive_mapping(self.hosts.get(source or ""), self.hosts.get(target), overrides)
         except FerryError as exc:
             return cpb.PreflightResponse(
@@ -282,7 +295,7 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
             warnings.append(f"storage mode {report.storage.value}, decided from the inventory ({why})")
         response = cpb.PreflightResponse(source_host=report.source_host, warnings=warnings)
         if report.domain is not None:
-            policy = self.submissions.choose_policy(request.policy, report.domain, options)
+            policy = self.submissions.choose_policy(policy_name, report.domain, options)
             response.policy.CopyFrom(fconvert.policy_to_pb(policy))
             if not options.offline and report.source_host:
                 disk_bytes = copy_bytes(report.disks)
@@ -320,13 +333,20 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
     async def ControlMigration(
         self, request: cpb.ControlMigrationRequest, context: Context
     ) -> cpb.ControlMigrationResponse:
+        migration_id = _required_id(request.id)
+        if request.HasField("max_downtime_ms"):
+            validate.number(request.max_downtime_ms, "max_downtime_ms", lo=1, hi=validate.MAX_DOWNTIME_MS)
+        if request.HasField("bandwidth_mibps"):
+            validate.number(
+                request.bandwidth_mibps, "bandwidth_mibps", hi=validate.MAX_BANDWIDTH_MIBPS, zero="QEMU's default"
+            )
         req = LiveRequest(
             max_downtime_ms=request.max_downtime_ms if request.HasField("max_downtime_ms") else None,
             bandwidth_mibps=request.bandwidth_mibps if request.HasField("bandwidth_mibps") else None,
             start_postcopy=request.start_postcopy,
             force_complete=request.force_complete,
         )
-        record, result = await self.live.control(_required_id(request.id), req, requested_by=requested_by(context))
+        record, result = await self.live.control(migration_id, req, requested_by=requested_by(context))
         return cpb.ControlMigrationResponse(
             migration=convert.migration_to_pb(record),
             max_downtime_ms=result.max_downtime_ms,
@@ -344,6 +364,14 @@ class CoordinatorServicer(cgrpc.CoordinatorServicer):
             f"the agent on {target} is not available (not registered or not answering)",
             f"start ferry-agent on {target} or pick another target",
         )
+
+
+def _deleted(migration_id: str) -> NotFound:
+    return NotFound(
+        f"migration {migration_id} was deleted",
+        reason="MIGRATION_DELETED",
+        hint="list migrations with `ferry migrations`",
+    )
 
 
 def register(servicer: CoordinatorServicer) -> Callable[[grpc.aio.Server], list[str]]:

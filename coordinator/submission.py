@@ -6,8 +6,12 @@ the store (``ferry/keys.py``) and the leader's engine picks the record up from t
 
 Submission (idempotent, one active migration per VM), in store writes:
 
-1. ``idempotency/<key>`` exists: return that migration unchanged (whatever it is now).
-2. Validate against the fleet view: target known, VM found, not already on the target.
+1. ``idempotency/<key>`` exists: return that migration unchanged (whatever it is now) -- when
+   the request is the same (VM, target, options, priority, mapping overrides); a key reused
+   with a different body is refused INVALID_ARGUMENT ``IDEMPOTENCY_KEY_REUSED``.
+2. Validate against the fleet view: target known, VM found, not already on the target; the
+   request's mapping overrides land inside the target's image directories and name bridges and
+   networks it has (``check_overrides``).
 3. create ``idempotency/<key>`` -> the new id (losing that race: return the winner's migration);
    Then the convergence policy is chosen (``policies.choose_policy``: the request's name, the
    config's selector rules, or the flags) and the migration is predicted from the guest's
@@ -39,8 +43,9 @@ from datetime import UTC, datetime
 from ferry import keys
 from ferry.convergence import ConvergencePolicy
 from ferry.diskplan import plan_disks
-from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound
-from ferry.model import DomainInfo, GuestLoad, HostMapping, MigrationOptions
+from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound, clip
+from ferry.model import DomainInfo, GuestLoad, HostFacts, HostMapping, MigrationOptions
+from ferry.paths import path_problem, syntax_problem
 from ferry.prediction import Prediction
 from ferry.store import Conflict, Store
 
@@ -96,6 +101,67 @@ class _Plan:
     domain: DomainInfo
     options: MigrationOptions  # storage resolved (auto -> the effective mode)
     mapping: HostMapping  # derived from [hosts.*] + the request's overrides
+
+
+def check_overrides(overrides: HostMapping, target: str, facts: HostFacts | None) -> None:
+    """A request's mapping overrides may only send disks into the target's image directories and
+    NICs to bridges and networks it has. Prefixes are always checked lexically (``ferry.paths``);
+    against the target's directories, bridges and networks when its inventory is known (else
+    the target agent refuses at prepare).
+
+    Raises InvalidArgument (PATH_NOT_ABSOLUTE, PATH_DOTDOT, PATH_OUTSIDE_IMAGE_DIRS, ...) or
+    FailedPrecondition (BRIDGE_MISSING, NETWORK_MISSING).
+    """
+    for source, dest in overrides.path_prefixes.items():
+        for what, path in (("mapping source prefix", source), ("mapping target prefix", dest)):
+            found = syntax_problem(path, what)
+            if found is not None:
+                raise found.to_error()
+        if facts is not None:
+            found = path_problem(
+                dest, [d.path for d in facts.storage], f"mapping target prefix on {target}", allow_root=True
+            )
+            if found is not None:
+                raise found.to_error()
+    if facts is None:
+        return
+    for kind, table, have in (
+        ("bridge", overrides.bridges, facts.bridges),
+        ("network", overrides.networks, facts.networks),
+    ):
+        for source, dest in table.items():
+            if dest not in have:
+                raise FailedPrecondition(
+                    f"the mapping sends {kind} {clip(source)} to {clip(dest)}, which {target} does not have",
+                    reason=f"{kind.upper()}_MISSING",
+                    hint=f"{target} has {kind}s {', '.join(have) or 'none'}: map to one of them (--map-{kind})",
+                )
+
+
+def request_differences(request: SubmitRequest, record: MigrationRecord) -> list[str]:
+    """The fields in which ``request`` differs from the submission ``record`` came from.
+
+    ``vm`` may name the record's VM by name or UUID; an "auto" storage mode matches the mode the
+    coordinator chose; the request's mapping overrides must be what the record maps them to.
+    """
+    out = []
+    if request.vm not in (record.vm, record.vm_uuid):
+        out.append("vm")
+    if request.target_host != record.target_host:
+        out.append("target_host")
+    if request.priority != record.priority:
+        out.append("priority")
+    options = request.options if request.storage_explicit else replace(request.options, storage=record.options.storage)
+    if options != record.options:
+        out.append("options")
+    m, r = request.mapping, record.mapping
+    if any(
+        r_table.get(k) != v
+        for table, r_table in ((m.bridges, r.bridges), (m.networks, r.networks), (m.path_prefixes, r.path_prefixes))
+        for k, v in table.items()
+    ):
+        out.append("mapping")
+    return out
 
 
 async def read_migration(store: Store, migration_id: str) -> MigrationRecord | None:
@@ -169,7 +235,7 @@ class Submissions:
         if key:
             earlier = await self._by_idempotency_key(key)
             if earlier is not None:
-                return earlier
+                return self._replay(request, earlier)
         plan = await self._plan(request)
         copied = plan_disks(plan.domain.disks, plan.options.storage, plan.options.migrate_disks, plan.mapping)
         disk_bytes = sum(p.allocation or p.virtual_size for p in copied if p.copy)
@@ -192,7 +258,19 @@ class Submissions:
             policy=policy,
             prediction=prediction,
         )
-        return await self._create(record)
+        return await self._create(record, request)
+
+    def _replay(self, request: SubmitRequest, earlier: MigrationRecord) -> MigrationRecord:
+        """The migration the request's idempotency key names, when the request is the same one."""
+        differ = request_differences(request, earlier)
+        if differ:
+            raise InvalidArgument(
+                f"idempotency key {clip(request.idempotency_key, 60)!r} was used for migration {earlier.id} "
+                f"({earlier.vm} {earlier.source_host} -> {earlier.target_host}) with another {', '.join(differ)}",
+                reason="IDEMPOTENCY_KEY_REUSED",
+                hint="send the same request again to get that migration, or use a new key for a new request",
+            )
+        return earlier
 
     def choose_policy(self, requested: str, domain: DomainInfo, options: MigrationOptions) -> ConvergencePolicy:
         """The policy a migration of ``domain`` runs under (``policies.choose_policy``)."""
@@ -260,11 +338,13 @@ class Submissions:
             raise FailedPrecondition(
                 f"{domain.name} already runs on {target}", reason="SAME_HOST", hint="pick another target host"
             )
+        target_state = self.fleet.host(target)
+        check_overrides(request.mapping, target, target_state.facts if target_state is not None else None)
         storage = effective_storage(domain, request.options, request.storage_explicit)
         mapping = derive_mapping(self.hosts.get(source), self.hosts.get(target), request.mapping)
         return _Plan(source, domain, replace(request.options, storage=storage), mapping)
 
-    async def _create(self, record: MigrationRecord) -> MigrationRecord:
+    async def _create(self, record: MigrationRecord, request: SubmitRequest) -> MigrationRecord:
         """Steps 3-5 of the module doc; each write undone again when a later one fails."""
         key_revision = None
         if record.idempotency_key:
@@ -275,8 +355,8 @@ class Submissions:
             except AlreadyExists:
                 earlier = await self._by_idempotency_key(record.idempotency_key)
                 if earlier is not None:
-                    return earlier
-                return await self._create(record)  # the other submission gave up: try again
+                    return self._replay(request, earlier)
+                return await self._create(record, request)  # the other submission gave up: try again
         try:
             vm_revision = await self._claim_vm(record)
             try:
@@ -338,7 +418,7 @@ class Submissions:
         if record is None:
             log.warning(
                 "idempotency key %r names migration %s, which does not exist; taking the key over",
-                key,
+                clip(key),
                 keys.decode_id(entry.value),
             )
             with contextlib.suppress(FerryError):

@@ -29,4 +29,4 @@ if [ ! -x "$bin" ]; then
   ln -sf /usr/bin/etcd "$bin"
   [ -x /usr/bin/etcdctl ] && ln -sf /usr/bin/etcdctl "$cache/etcd/usr/bin/etcdctl"
 fi
-"$bin" --version | head -1
+"$bin" --version | sed -n 1p   # sed reads it all: head could end etcd with SIGPIPE (exit 141 under pipefail)

@@ -3,6 +3,10 @@
 Servers convert at their edges (request -> model, model -> response); core logic sees only
 ``ferry.model``. Each ``*_to_pb`` has a ``*_from_pb`` partner and a round trip is lossless for
 every field the proto carries (tests/unit/test_convert.py).
+
+The ``*_from_pb`` of what requests carry (storage mode, options, mapping, disk plans) check their
+fields as they read them (``ferry.validate``): an unknown enum number, a number out of range, an
+over-long name or a control character is InvalidArgument with a reason code, never a KeyError.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from typing import cast
 
 from google.protobuf import timestamp_pb2
 
+from ferry import validate
 from ferry.convergence import ConvergencePolicy, DowntimeStep, PostcopyMode, TimeoutAction
+from ferry.errors import InvalidArgument
 from ferry.model import (
     CompletedJob,
     Disk,
@@ -37,6 +43,7 @@ from ferry.model import (
     StorageDir,
     StorageMode,
 )
+from ferry.paths import PATH_MAX
 from ferry.prediction import Prediction
 from ferry.v1 import agent_pb2 as apb
 from ferry.v1 import types_pb2 as tpb
@@ -74,10 +81,20 @@ def storage_mode_to_pb(mode: StorageMode | None) -> tpb.StorageMode:
 
 
 def storage_mode_from_pb(value: int, *, unspecified: StorageMode | None = StorageMode.SHARED) -> StorageMode | None:
-    """STORAGE_MODE_UNSPECIFIED means SHARED at the agent and "auto" (None) at the coordinator."""
+    """STORAGE_MODE_UNSPECIFIED means SHARED at the agent and "auto" (None) at the coordinator.
+
+    A number this build does not know is InvalidArgument (BAD_STORAGE_MODE).
+    """
     if value == tpb.STORAGE_MODE_UNSPECIFIED:
         return unspecified
-    return _STORAGE_FROM_PB[cast(tpb.StorageMode, value)]
+    mode = _STORAGE_FROM_PB.get(cast(tpb.StorageMode, value))
+    if mode is None:
+        raise InvalidArgument(
+            f"storage: unknown storage mode number {value}",
+            reason="BAD_STORAGE_MODE",
+            hint="use STORAGE_MODE_SHARED, STORAGE_MODE_COPY_ALL or STORAGE_MODE_COPY_INC (or leave it unset)",
+        )
+    return mode
 
 
 def domain_state_to_pb(state: DomainState | None) -> tpb.DomainState:
@@ -266,8 +283,22 @@ def mapping_to_pb(m: HostMapping) -> tpb.HostMapping:
     return tpb.HostMapping(bridges=dict(m.bridges), networks=dict(m.networks), path_prefixes=dict(m.path_prefixes))
 
 
+def _names_map(values: dict[str, str], field: str, *, max_len: int = validate.MAX_NAME) -> dict[str, str]:
+    validate.items(values, field)
+    for key, value in values.items():
+        validate.text(key, f"{field} key", max_len=max_len)
+        validate.text(value, f"{field}[{key[:40]}]", max_len=max_len)
+    return values
+
+
 def mapping_from_pb(m: tpb.HostMapping) -> HostMapping:
-    return HostMapping(bridges=dict(m.bridges), networks=dict(m.networks), path_prefixes=dict(m.path_prefixes))
+    """Names and prefixes checked for length and control characters (whether a prefix may be used
+    is the coordinator's and the target agent's decision: ``ferry.paths``)."""
+    return HostMapping(
+        bridges=_names_map(dict(m.bridges), "mapping.bridges"),
+        networks=_names_map(dict(m.networks), "mapping.networks"),
+        path_prefixes=_names_map(dict(m.path_prefixes), "mapping.path_prefixes", max_len=PATH_MAX),
+    )
 
 
 def disk_plan_to_pb(p: DiskPlan) -> tpb.DiskPlan:
@@ -285,6 +316,19 @@ def disk_plan_to_pb(p: DiskPlan) -> tpb.DiskPlan:
 
 
 def disk_plan_from_pb(m: tpb.DiskPlan) -> DiskPlan:
+    """Fields checked for length, control characters and size (paths: ``ferry.paths`` where used)."""
+    field = f"disks[{m.target[:40]}]"
+    for name, value, limit in (
+        ("target", m.target, validate.MAX_NAME),
+        ("format", m.format, 32),
+        ("backing_format", m.backing_format, 32),
+        ("source", m.source, PATH_MAX),
+        ("destination", m.destination, PATH_MAX),
+        ("backing_file", m.backing_file, PATH_MAX),
+    ):
+        validate.text(value, f"{field}.{name}", max_len=limit)
+    validate.number(m.virtual_size, f"{field}.virtual_size", hi=validate.MAX_IMAGE_BYTES)
+    validate.number(m.allocation, f"{field}.allocation", hi=validate.MAX_IMAGE_BYTES)
     return DiskPlan(
         target=m.target,
         source=m.source,
@@ -355,8 +399,8 @@ def options_to_pb(o: MigrationOptions) -> tpb.MigrationOptions:
         offline=o.offline,
         storage=storage_mode_to_pb(o.storage),
         migrate_disks=list(o.migrate_disks),
-        persist_dest=o.persist_dest,
-        undefine_source=o.undefine_source,
+        keep_source_definition=not o.undefine_source,
+        transient_target=not o.persist_dest,
         bandwidth_mibps=o.bandwidth_mibps,
         max_downtime_ms=o.max_downtime_ms,
         auto_converge=o.auto_converge,
@@ -370,15 +414,32 @@ def options_to_pb(o: MigrationOptions) -> tpb.MigrationOptions:
 def options_from_pb(
     m: tpb.MigrationOptions, *, unspecified_storage: StorageMode = StorageMode.SHARED
 ) -> MigrationOptions:
-    """Proto3 booleans have no presence: persist_dest/undefine_source are taken as sent."""
+    """The wire's zero values are the safe defaults: without ``keep_source_definition`` and
+    ``transient_target`` the definition moves with the VM (``persist_dest`` and
+    ``undefine_source`` on), so a plain request never leaves the VM defined on two hosts.
+
+    Numbers out of range (a negative bandwidth sent as unsigned reads 4294967295), an unknown
+    storage mode and bad disk names are InvalidArgument.
+    """
     storage = storage_mode_from_pb(m.storage, unspecified=unspecified_storage)
     assert storage is not None
+    validate.names(m.migrate_disks, "options.migrate_disks", max_len=64)
+    validate.number(
+        m.bandwidth_mibps, "options.bandwidth_mibps", hi=validate.MAX_BANDWIDTH_MIBPS, zero="QEMU's default"
+    )
+    validate.number(m.max_downtime_ms, "options.max_downtime_ms", hi=validate.MAX_DOWNTIME_MS, zero="QEMU's default")
+    validate.number(
+        m.completion_timeout_s,
+        "options.completion_timeout_s",
+        hi=validate.MAX_COMPLETION_TIMEOUT_S,
+        zero="a timeout derived from the size",
+    )
     return MigrationOptions(
         offline=m.offline,
         storage=storage,
         migrate_disks=tuple(m.migrate_disks),
-        persist_dest=m.persist_dest,
-        undefine_source=m.undefine_source,
+        persist_dest=not m.transient_target,
+        undefine_source=not m.keep_source_definition,
         bandwidth_mibps=m.bandwidth_mibps,
         max_downtime_ms=m.max_downtime_ms,
         auto_converge=m.auto_converge,

@@ -16,6 +16,41 @@ from typing import ClassVar
 
 ERROR_DOMAIN = "ferry.dev"
 
+ECHO_MAX = 200  # characters of a caller's input an error message or a log line may repeat
+
+
+def clip(value: object, limit: int = ECHO_MAX) -> str:
+    """``value`` as text, cut to ``limit`` characters (an ellipsis and the size cut off say so).
+
+    The one helper for repeating a caller's input in an error or a log line, so that a 10 kB
+    name cannot end up in a status trailer.
+
+    >>> clip("web-1")
+    'web-1'
+    >>> clip("x" * 500)[-16:]
+    'xxx…(+313 chars)'
+    >>> len(clip("x" * 500)) <= ECHO_MAX
+    True
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return text
+    keep = max(0, limit - len(f"…(+{len(text)} chars)"))
+    return f"{text[:keep]}…(+{len(text) - keep} chars)"
+
+
+def clip_bytes(text: str, limit: int) -> str:
+    """``text`` cut so that its UTF-8 form has at most ``limit`` bytes (at a character boundary).
+
+    >>> clip_bytes("héllo", 5), clip_bytes("hello", 10)
+    ('h…', 'hello')
+    """
+    data = text.encode("utf-8", errors="replace")
+    if len(data) <= limit:
+        return text
+    cut = data[: max(0, limit - 3)].decode("utf-8", errors="ignore")  # "…" is 3 bytes
+    return cut + "…"
+
 
 class StatusCode(enum.IntEnum):
     """gRPC's status codes by their wire numbers (``ferry.rpc`` maps them to ``grpc.StatusCode``),

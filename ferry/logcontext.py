@@ -25,6 +25,8 @@ from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, fields, replace
 
+from ferry.errors import clip
+
 FIELDS = ("migration_id", "vm", "source", "target")
 """The attributes a log record about a migration carries (the JSON keys of a line)."""
 
@@ -88,7 +90,8 @@ def to_metadata(ctx: MigrationContext | None) -> tuple[tuple[str, str], ...]:
 def from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> MigrationContext | None:
     """The migration a call's metadata names (None when it names none)."""
     wanted = {_key(name): name for name in FIELDS}
-    found = {wanted[k]: v for k, v in metadata or () if k in wanted and isinstance(v, str)}
+    # the caller's words: at most ECHO_MAX characters of each reach a log line
+    found = {wanted[k]: clip(v) for k, v in metadata or () if k in wanted and isinstance(v, str)}
     if not found.get("migration_id"):
         return None
     return MigrationContext(**found)

@@ -33,6 +33,7 @@ from ferry.model import (
     StorageDir,
     StorageMode,
 )
+from ferry.paths import PathUse
 
 
 class Hypervisor(Protocol):
@@ -40,6 +41,12 @@ class Hypervisor(Protocol):
 
     async def host_facts(self) -> HostFacts:
         """Hostname, host UUID, versions, CPU, memory, libvirt networks (not bridges/storage)."""
+        ...
+
+    async def ping(self) -> None:
+        """A round trip to libvirtd (reconnecting when the connection died), bounded by
+        ``timeout_s``. Raises Unavailable (LIBVIRT_UNREACHABLE) or DeadlineExceeded when it does
+        not answer."""
         ...
 
     async def list_domains(self) -> list[DomainInfo]: ...
@@ -52,7 +59,10 @@ class Hypervisor(Protocol):
         """The domain with this name or this UUID, if any (active or only defined)."""
         ...
 
-    async def domain_xml(self, name_or_uuid: str, *, migratable: bool = True) -> str: ...
+    async def domain_xml(self, name_or_uuid: str, *, migratable: bool = True, secure: bool = True) -> str:
+        """The domain's definition; ``secure``: with its secrets (graphics passwords), as a
+        definition sent to a migration target needs them."""
+        ...
 
     async def migrate(
         self,
@@ -183,6 +193,13 @@ class HostSystem(Protocol):
         """Free bytes on the file system that holds ``path`` (or its nearest existing parent)."""
         ...
 
+    def confine(self, path: str, use: PathUse) -> Problem | None:
+        """Why the agent may not ``use`` ``path`` (None: it may): outside the configured image
+        directories, not absolute or normalised, ``..``, a control character
+        (``ferry.paths.path_problem``), or a symbolic link below the image directory
+        (PATH_SYMLINK). ``create_image`` and ``remove`` refuse such paths with that problem."""
+        ...
+
     def exists(self, path: str) -> bool: ...
 
     def writable_dir(self, path: str) -> bool:
@@ -197,11 +214,13 @@ class HostSystem(Protocol):
         self, path: str, *, fmt: str, virtual_size: int, backing_file: str = "", backing_format: str = ""
     ) -> None:
         """Create a disk image (qemu-img create), parent directories included. Raises
-        AlreadyExists when ``path`` exists."""
+        AlreadyExists when ``path`` exists, and ``confine``'s problem (for ``path`` or the
+        backing file) as its error."""
         ...
 
     def remove(self, path: str) -> bool:
-        """Remove a file Ferry created; False when it was already gone."""
+        """Remove a file Ferry created; False when it was already gone. Refuses what ``confine``
+        refuses (nothing outside the image directories, never through a link)."""
         ...
 
 
@@ -217,14 +236,16 @@ class TuneResult:
 class AgentClient(Protocol):
     """One host's agent, as the coordinator uses it (the gRPC adapter or an in-process fake).
 
-    Raises FerryError types; an agent that cannot be reached raises Unavailable.
+    Raises FerryError types; an agent that cannot be reached raises Unavailable. ``leader_term``:
+    the calling leader's term (``agent/fencing.py``); a change from a deposed leader is refused
+    with FailedPrecondition STALE_LEADER; 0 (callers outside the leader's engine) never is.
     """
 
     host: str
 
     async def inventory(self) -> Inventory: ...
 
-    async def get_domain(self, vm: str, *, include_xml: bool = False) -> tuple[DomainInfo, str]:
+    async def get_domain(self, vm: str, *, include_xml: bool = False, leader_term: int = 0) -> tuple[DomainInfo, str]:
         """The domain and (when asked) its migratable XML; NotFound when not on this host."""
         ...
 
@@ -238,15 +259,16 @@ class AgentClient(Protocol):
         ttl_s: int,
         migration_id: str,
         dry_run: bool,
+        leader_term: int = 0,
     ) -> PreparedIncoming: ...
 
-    async def cleanup_incoming(self, prepare_id: str) -> list[str]:
+    async def cleanup_incoming(self, prepare_id: str, *, leader_term: int = 0) -> list[str]:
         """Remove what the prepare created; returns the removed paths ([] when already gone)."""
         ...
 
-    async def commit_incoming(self, prepare_id: str) -> None: ...
+    async def commit_incoming(self, prepare_id: str, *, leader_term: int = 0) -> None: ...
 
-    async def list_prepares(self) -> list[PrepareRecord]: ...
+    async def list_prepares(self, *, leader_term: int = 0) -> list[PrepareRecord]: ...
 
     def migrate(
         self,
@@ -260,6 +282,7 @@ class AgentClient(Protocol):
         disks: Sequence[DiskPlan] = (),
         policy: ConvergencePolicy | None = None,
         predicted_converges: bool | None = None,
+        leader_term: int = 0,
     ) -> AsyncIterator[MigrationProgress | PolicyAction | MigrationResult]:
         """Progress snapshots and the policy's actions, then one MigrationResult; a failed job
         raises its FerryError.
@@ -271,7 +294,7 @@ class AgentClient(Protocol):
         """
         ...
 
-    async def abort_migration(self, vm: str) -> bool: ...
+    async def abort_migration(self, vm: str, *, leader_term: int = 0) -> bool: ...
 
     async def tune_migration(
         self,
@@ -282,6 +305,7 @@ class AgentClient(Protocol):
         start_postcopy: bool = False,
         force_complete: bool = False,
         requested_by: str = "",
+        leader_term: int = 0,
     ) -> TuneResult:
         """Change a running migration; the answer holds libvirt's values read back after the
         change and what was done (``TuneResult.done``)."""
@@ -293,12 +317,12 @@ class AgentClient(Protocol):
         in ``GuestLoad.error``."""
         ...
 
-    async def get_job(self, vm: str) -> MigrationProgress:
+    async def get_job(self, vm: str, *, leader_term: int = 0) -> MigrationProgress:
         """The domain's running job (``stats.active`` False: none) with its phase, as the agent
         judges it; ``stats`` holds libvirt's job type and operation (e.g. "migration out")."""
         ...
 
-    async def completed_job(self, vm: str) -> CompletedJob:
+    async def completed_job(self, vm: str, *, leader_term: int = 0) -> CompletedJob:
         """The figures of the domain's last completed job on this host (all zero when none)."""
         ...
 
@@ -309,7 +333,7 @@ class AgentClient(Protocol):
         ...
 
     async def remove_source_disks(
-        self, vm_uuid: str, paths: Sequence[str], *, migration_id: str
+        self, vm_uuid: str, paths: Sequence[str], *, migration_id: str, leader_term: int = 0
     ) -> tuple[list[str], list[str]]:
         """After a copy migration landed elsewhere and was committed there: remove this host's
         now unused local images of the domain. Returns (removed, already gone). Refused while a

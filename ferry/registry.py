@@ -23,7 +23,10 @@ class HostRegistration:
 
     ``address`` is the agent's gRPC address as the coordinator reaches it; ``libvirt_uri`` the
     URI peers' libvirtd use to reach this host (the migration target URI); ``migration_address``
-    the address QEMU listens on for incoming migration streams ('' = libvirt's choice).
+    the address QEMU listens on for incoming migration streams ('' = libvirt's choice);
+    ``libvirt_up`` whether the agent's libvirtd answers (``agent/health.py``; absent in the
+    values of older agents: True); ``registered_at`` when this run of the agent registered (a new
+    value means the agent restarted or registered again).
     """
 
     name: str
@@ -31,6 +34,7 @@ class HostRegistration:
     libvirt_uri: str = ""
     migration_address: str = ""
     registered_at: datetime | None = None
+    libvirt_up: bool = True
 
     def encode(self) -> bytes:
         at = self.registered_at.astimezone(UTC).isoformat() if self.registered_at else None
@@ -41,6 +45,7 @@ class HostRegistration:
                 "libvirt_uri": self.libvirt_uri,
                 "migration_address": self.migration_address,
                 "registered_at": at,
+                "libvirt_up": self.libvirt_up,
             },
             sort_keys=True,
         ).encode()
@@ -57,6 +62,7 @@ class HostRegistration:
                 libvirt_uri=str(doc.get("libvirt_uri") or ""),
                 migration_address=str(doc.get("migration_address") or ""),
                 registered_at=datetime.fromisoformat(at) if at else None,
+                libvirt_up=bool(doc.get("libvirt_up", True)),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise Internal(
@@ -89,10 +95,13 @@ def migrate_uri_for(migration_address: str) -> str:
 
 @dataclass(frozen=True)
 class HostChange:
-    """A host's agent became available (registered and answering) or stopped being so."""
+    """A host's agent became available (registered, answering, its libvirtd up) or stopped
+    being so; ``available`` with ``restarted``: it stayed available but its agent registered
+    anew (a restart within its lease), so whatever it was doing may have been cut."""
 
     host: str
     available: bool
+    restarted: bool = False
 
 
 class HostDirectory(Protocol):

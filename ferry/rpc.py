@@ -26,11 +26,17 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from ferry import logcontext
-from ferry.errors import ERROR_DOMAIN, FerryError, Internal, StatusCode, error_for_code
+from ferry.errors import ERROR_DOMAIN, FerryError, Internal, StatusCode, clip, clip_bytes, error_for_code
 
 log = logging.getLogger(__name__)
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+# A status travels in the trailers, which a client refuses above 8 KiB (grpc.max_metadata_size):
+# the message is sent twice (grpc-message, percent-encoded: up to 3 characters a byte, and inside
+# the google.rpc.Status, base64), the hint once. These caps keep the worst case near 5 KiB.
+STATUS_MESSAGE_MAX_BYTES = 1024
+STATUS_HINT_MAX_BYTES = 512
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 """A servicer method's context (``rpc_method`` wraps methods of every request and response type)."""
@@ -61,6 +67,17 @@ _SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.so_reuseport", 0),
 ]
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one server accepts at once; a call beyond ``max_concurrent_rpcs`` is refused at once
+    with RESOURCE_EXHAUSTED (streams count while they are open)."""
+
+    max_concurrent_rpcs: int = 512
+    max_streams_per_connection: int = 100  # HTTP/2 streams one client connection may have open
+    max_receive_bytes: int = 4 << 20  # one request message (a domain XML is capped at 1 MiB)
+    max_send_bytes: int = 64 << 20  # one response message (an inventory of many domains)
 
 
 def _server_credentials(tls: Tls) -> grpc.ServerCredentials:
@@ -176,6 +193,7 @@ def create_server(
     register: Callable[[grpc.aio.Server], Iterable[str]],
     *,
     tls: Tls | None = None,
+    limits: ServerLimits = ServerLimits(),
     observer: RpcObserver | None = None,
 ) -> tuple[grpc.aio.Server, list[int]]:
     """Build (not start) an asyncio gRPC server listening on ``addresses``.
@@ -183,11 +201,21 @@ def create_server(
     ``register(server)`` adds the servicers and returns their full service names; health
     checking (each service SERVING) and reflection are added for them. Every call of those
     services goes through one interceptor: the migration named in its metadata is bound for its
-    log lines, and ``observer`` (the metrics) hears how it ended. Returns the server and the
-    bound port of each address (0 for unix sockets), so tests can listen on port 0.
+    log lines, and ``observer`` (the metrics) hears how it ended. ``limits`` caps concurrent calls,
+    streams per connection and message sizes. Returns the server and the bound port of each
+    address (0 for unix sockets), so tests can listen on port 0.
     """
     interceptor = _CallInterceptor(observer)
-    server = grpc.aio.server(options=_SERVER_OPTIONS, interceptors=[interceptor])
+    server = grpc.aio.server(
+        options=[
+            *_SERVER_OPTIONS,
+            ("grpc.max_concurrent_streams", limits.max_streams_per_connection),
+            ("grpc.max_receive_message_length", limits.max_receive_bytes),
+            ("grpc.max_send_message_length", limits.max_send_bytes),
+        ],
+        interceptors=[interceptor],
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+    )
     names = list(register(server))
     interceptor.services.update(names)
     health_servicer = health.aio.HealthServicer()
@@ -252,13 +280,18 @@ def error_type_for(code: grpc.StatusCode) -> type[FerryError]:
 
 
 def to_status(err: FerryError) -> grpc.Status:
-    """A gRPC status carrying ``err`` as google.rpc.ErrorInfo (reason, hint)."""
-    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=ERROR_DOMAIN)
+    """A gRPC status carrying ``err`` as google.rpc.ErrorInfo (reason, hint).
+
+    Message and hint are cut to ``STATUS_MESSAGE_MAX_BYTES`` / ``STATUS_HINT_MAX_BYTES``, so no
+    error, whatever input it repeats, makes a trailer the client refuses.
+    """
+    info = error_details_pb2.ErrorInfo(reason=clip(err.reason, 64), domain=ERROR_DOMAIN)
     if err.hint:
-        info.metadata["hint"] = err.hint
+        info.metadata["hint"] = clip_bytes(err.hint, STATUS_HINT_MAX_BYTES)
     detail = any_pb2.Any()
     detail.Pack(info)
-    status = status_pb2.Status(code=int(err.code), message=err.message, details=[detail])
+    message = clip_bytes(err.message, STATUS_MESSAGE_MAX_BYTES)
+    status = status_pb2.Status(code=int(err.code), message=message, details=[detail])
     return rpc_status.to_status(status)
 
 
@@ -298,16 +331,17 @@ def _trailing_metadata(exc: grpc.RpcError) -> Iterable[tuple[str, str | bytes]]:
 
 
 def _log(err: FerryError, method: str) -> None:
+    text = clip_bytes(str(err), STATUS_MESSAGE_MAX_BYTES + STATUS_HINT_MAX_BYTES)
     if err.caller_fault:
-        log.info("%s refused: %s: %s", method, err.reason, err)
+        log.info("%s refused: %s: %s", method, err.reason, text)
     else:
-        log.error("%s failed: %s: %s", method, err.reason, err, exc_info=err)
+        log.error("%s failed: %s: %s", method, err.reason, text, exc_info=err)
 
 
 def _as_ferry_error(exc: BaseException) -> FerryError:
     if isinstance(exc, FerryError):
         return exc
-    return Internal(f"unexpected {type(exc).__name__}: {exc}", reason="INTERNAL")
+    return Internal(f"unexpected {type(exc).__name__}: {clip(exc)}", reason="INTERNAL")
 
 
 def rpc_method(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -349,6 +383,7 @@ def rpc_method(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 __all__ = [
     "Context",
+    "ServerLimits",
     "RpcObserver",
     "Tls",
     "call_metadata",

@@ -44,9 +44,11 @@ def default_agent_command() -> list[str]:
     return [sys.executable, "-m", "ferry.agent.main"]
 
 
-def render_agent_config(paths: LabPaths, plan: HostPlan, registry: Registry | None) -> str:
+def render_agent_config(
+    paths: LabPaths, plan: HostPlan, registry: Registry | None, peers: Sequence[HostPlan] = ()
+) -> str:
     """agent.toml: the agreed [agent] table, plus [registry] when the lab runs a control plane."""
-    text = render_agent_toml(paths, plan)
+    text = render_agent_toml(paths, plan, peers)
     return text if registry is None else text + "\n" + render_registry_section(registry, plan)
 
 
@@ -57,11 +59,12 @@ def start_agent(
     command: Sequence[str] | None = None,
     *,
     registry: Registry | None = None,
+    peers: Sequence[HostPlan] = (),
 ) -> Component:
     """Write agent.toml and start the agent (``command --config agent.toml``) inside the
-    host's namespaces."""
+    host's namespaces; ``peers``: the lab's hosts it may migrate to."""
     config = agent_config_path(paths, plan.name)
-    config.write_text(render_agent_config(paths, plan, registry))
+    config.write_text(render_agent_config(paths, plan, registry, peers))
     paths.agent_socket(plan.name).unlink(missing_ok=True)
     paths.metrics_socket(plan.name).unlink(missing_ok=True)
     argv = nsenter(holder.pid, [*(command or default_agent_command()), "--config", str(config)])

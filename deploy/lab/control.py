@@ -24,6 +24,7 @@ from ferry.lab.controlplane import (
     ControlPlanePlan,
     CoordinatorPlan,
     endpoint_health,
+    endpoint_leader,
     leader_of,
     render_coordinator_toml,
 )
@@ -119,6 +120,12 @@ def etcd_health(core_pid: int, client_urls: Sequence[str]) -> dict[str, bool]:
         return {}
     found = endpoint_health(etcdctl(core_pid, client_urls, "endpoint", "health", "-w", "json").stdout)
     return {url: found.get(url, False) for url in client_urls}
+
+
+def etcd_leader_url(core_pid: int, client_urls: Sequence[str]) -> str | None:
+    """The client URL of the etcd member that leads the raft cluster (None: no leader, e.g.
+    quorum lost)."""
+    return endpoint_leader(etcdctl(core_pid, client_urls, "endpoint", "status", "-w", "json").stdout)
 
 
 def read_leader(core_pid: int, client_urls: Sequence[str]) -> str | None:

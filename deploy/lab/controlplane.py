@@ -365,3 +365,27 @@ def endpoint_health(output: str) -> dict[str, bool]:
     if not isinstance(rows, list):
         return {}
     return {str(r["endpoint"]): r.get("health") is True for r in rows if isinstance(r, dict) and "endpoint" in r}
+
+
+def endpoint_leader(output: str) -> str | None:
+    """The client URL of the member that leads the etcd cluster now, from ``etcdctl endpoint
+    status -w json`` (None when no answering member names a leader among the endpoints).
+
+    >>> endpoint_leader('[{"Endpoint":"http://a:1","Status":{"header":{"member_id":7},"leader":9}},'
+    ...                 '{"Endpoint":"http://b:2","Status":{"header":{"member_id":9},"leader":9}}]')
+    'http://b:2'
+    """
+    try:
+        rows = json.loads(output)
+    except ValueError:
+        return None
+    if not isinstance(rows, list):
+        return None
+    for row in rows:
+        status = row.get("Status") if isinstance(row, dict) else None
+        if not isinstance(status, dict):
+            continue
+        member = status.get("header", {}).get("member_id")
+        if member is not None and member == status.get("leader"):
+            return str(row.get("Endpoint", "")) or None
+    return None

@@ -23,6 +23,7 @@ from ferry.lab import agents, control, hosts, procs
 from ferry.lab.procs import SYSTEM_CLOCK, Clock
 from ferry.lab.state import CORE, Component, LabState
 from ferry.lab.teardown import DEFAULT_GRACE_S, GRACE_S
+from ferry.lab.topology import LabPaths
 
 SIGNALS: dict[str, signal.Signals] = {
     "KILL": signal.SIGKILL,
@@ -118,6 +119,9 @@ def restart(state: LabState, words: Sequence[str], record: Record, *, clock: Clo
             hint="ferry-lab down, then up",
         )
     procs.stop(old.process, grace=GRACE_S.get(old.kind, DEFAULT_GRACE_S), clock=clock)
+    holder = state.holder(old.place)
+    if old.kind == "libvirtd" and holder is not None and procs.is_alive(holder):
+        hosts.restore_etc_binds(LabPaths(Path(state.lab_dir)), old.place, holder.pid)
     for address in old.endpoints.values():
         if address.startswith("unix:"):
             _remove_stale_socket(Path(address.removeprefix("unix:")))

@@ -22,6 +22,7 @@ from ferry.lab.topology import (
     PREFIX_LEN,
     HostPlan,
     LabPaths,
+    image_fs_mount,
     render_libvirtd_conf,
     render_qemu_conf,
 )
@@ -101,15 +102,17 @@ def start_core(paths: LabPaths, record: Record, *, clock: Clock = SYSTEM_CLOCK) 
 # ---------------------------------------------------------------- one host
 
 
-def host_mount_commands(paths: LabPaths, name: str) -> list[list[str]]:
+def host_mount_commands(paths: LabPaths, name: str, image_fs_bytes: int = 0) -> list[list[str]]:
     """The mounts that make a mount namespace a lab host, in order (run inside its mount and
     network namespaces: sysfs then shows the host's own network devices).
 
     Private /etc/libvirt, passwd, group, hosts; a fresh /sys; /var as an overlay (so
-    /var/lib/libvirt/images is host-local storage); a tmpfs /run whose /run/libvirt is the
-    lab dir's hosts/NAME/run, so the libvirtd socket is reachable from the root namespace.
+    /var/lib/libvirt/images is host-local storage), with an image filesystem of its own on top
+    when ``image_fs_bytes`` is given; a tmpfs /run whose /run/libvirt is the lab dir's
+    hosts/NAME/run, so the libvirtd socket is reachable from the root namespace.
     """
     h = paths.host(name)
+    image_fs = [image_fs_mount(image_fs_bytes)] if image_fs_bytes else []
     return [
         ["mount", "--bind", str(h / "passwd"), "/etc/passwd"],
         ["mount", "--bind", str(h / "group"), "/etc/group"],
@@ -125,10 +128,43 @@ def host_mount_commands(paths: LabPaths, name: str) -> list[list[str]]:
             f"lowerdir=/var,upperdir={h / 'var.upper'},workdir={h / 'var.work'}",
             "/var",
         ],
+        *image_fs,
         ["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/run"],
         ["mkdir", "-p", "/run/libvirt", "/run/lock"],
         ["mount", "--bind", str(h / "run"), "/run/libvirt"],
     ]
+
+
+# Files of the machine's /etc that a host covers with its own copy (bind mounts, see above).
+BOUND_ETC_FILES = ("passwd", "group", "hosts")
+
+
+def lost_etc_binds(mountinfo: str) -> list[str]:
+    """Which of the host's own /etc files are no longer mounted, from its /proc/PID/mountinfo.
+
+    A bind mount on a file goes away when that file is replaced on the machine (``useradd``,
+    ``apt`` write a new /etc/passwd and rename it over the old one: the kernel detaches mounts
+    whose mount point was deleted). The host then sees the machine's /etc/passwd, without the
+    ``libvirt-qemu`` user, and a libvirtd started after that refuses to start.
+
+    >>> lost_etc_binds("89 46 254:0 /l/hosts/host1/hosts /etc/hosts rw - ext4 /dev/vda rw\\n")
+    ['passwd', 'group']
+    """
+    mounted = {fields[4] for fields in (line.split() for line in mountinfo.splitlines()) if len(fields) > 4}
+    return [name for name in BOUND_ETC_FILES if f"/etc/{name}" not in mounted]
+
+
+def restore_etc_binds(paths: LabPaths, name: str, holder_pid: int) -> list[str]:
+    """Bind the host's own /etc files again where they were lost (see lost_etc_binds); the
+    names of those restored. Run before (re)starting the host's libvirtd."""
+    try:
+        lost = lost_etc_binds(Path(f"/proc/{holder_pid}/mountinfo").read_text())
+    except OSError:
+        return []
+    for file_name in lost:
+        argv = ["mount", "--bind", str(paths.host(name) / file_name), f"/etc/{file_name}"]
+        procs.run(nsenter(holder_pid, argv, uts=False), reason="LAB_MOUNT_FAILED")
+    return lost
 
 
 def write_host_files(
@@ -229,7 +265,7 @@ def start_host(
         + "\n",
     )
 
-    for argv in host_mount_commands(paths, plan.name):
+    for argv in host_mount_commands(paths, plan.name, plan.image_fs_bytes):
         procs.run(nsenter(holder.pid, argv, uts=False))
 
     libvirtd = procs.spawn(
@@ -256,6 +292,7 @@ def start_host(
         agent_address=plan.agent_address,
         agent_listen=plan.agent_listen,
         namespaces=namespaces,
+        image_fs_bytes=plan.image_fs_bytes,
     )
 
 

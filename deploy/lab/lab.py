@@ -31,7 +31,7 @@ from typing import Any
 
 from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound
 from ferry.lab import agents as agents_mod
-from ferry.lab import cliconfig, control, drills, guests, hosts, packages, procs, teardown
+from ferry.lab import cliconfig, control, drills, faults, guests, hosts, packages, procs, teardown
 from ferry.lab import state as state_mod
 from ferry.lab import status as status_mod
 from ferry.lab.controlplane import (
@@ -141,6 +141,7 @@ class Lab:
         agent_command: Sequence[str] | None = None,
         control_plane: ControlPlane | None = None,
         coordinator_command: Sequence[str] | None = None,
+        image_fs: Mapping[str, int] | None = None,
     ) -> LabState:
         """Start the lab: core namespace, ``hosts`` lab hosts in parallel (each with its own
         libvirtd), the guest image, and a Ferry agent per host (unless ``agents`` is False;
@@ -156,12 +157,18 @@ class Lab:
         A lab that is already up in this dir with the same number of hosts (and, when one is
         asked for, the same control plane) is reused; one that differs or is half dead is
         refused. A failure while starting stops everything started so far and raises.
+
+        ``image_fs`` (host name -> bytes) gives those hosts a small image filesystem of their
+        own (/var/lib/libvirt/images), e.g. a target whose disk can fill up mid-copy.
         """
         if os.geteuid() != 0:
             raise FailedPrecondition(
                 "the lab needs root (namespaces, mounts, libvirtd)", reason="LAB_NOT_ROOT", hint="run ferry-lab as root"
             )
-        plans = plan_hosts(self.paths, hosts)
+        try:
+            plans = plan_hosts(self.paths, hosts, image_fs)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc), reason="LAB_BAD_SHAPE", hint="see ferry-lab up --help") from None
         if control_plane is not None:
             _check_control_plane(control_plane)
         problem = lab_dir_problem(self.dir, tuple(p.name for p in plans))
@@ -177,7 +184,7 @@ class Lab:
         with state_mod.locked(self.paths.lock_file):
             existing = self.state()
             if existing is not None:
-                reused = self._reuse_or_refuse(existing, hosts, control_plane)
+                reused = self._reuse_or_refuse(existing, plans, control_plane)
                 if reused is not None:
                     return reused
             packages.ensure_installed(install=install)
@@ -196,10 +203,14 @@ class Lab:
             log.info("lab up in %.1f s: %s", self.clock.now() - started, self.dir)
             return self.require_state()
 
-    def _reuse_or_refuse(self, existing: LabState, hosts: int, control_plane: ControlPlane | None) -> LabState | None:
+    def _reuse_or_refuse(
+        self, existing: LabState, plans: Sequence[HostPlan], control_plane: ControlPlane | None
+    ) -> LabState | None:
         alive = status_mod.lab_processes_alive(existing)
         has = (len(existing.of_kind("etcd")), len(existing.of_kind("coordinator")))
-        same = len(existing.hosts) == hosts and (
+        hosts = len(plans)
+        image_fs = {p.name: p.image_fs_bytes for p in plans}
+        same = [(h.name, h.image_fs_bytes) for h in existing.hosts] == list(image_fs.items()) and (
             control_plane is None or has == (control_plane.etcd_members, control_plane.coordinators)
         )
         if alive == "all" and same:
@@ -315,7 +326,7 @@ class Lab:
         for plan in plans:
             holder = current.holder(plan.name)
             assert holder is not None
-            agent = agents_mod.start_agent(self.paths, plan, holder, command, registry=registry)
+            agent = agents_mod.start_agent(self.paths, plan, holder, command, registry=registry, peers=plans)
             self._record(agent)
             started.append(agent)
         for agent in agents_mod.wait_for_agents(started, clock=self.clock):
@@ -522,6 +533,63 @@ class Lab:
         """Stop a component if it runs, start it again with its recorded command line and wait
         until it serves (etcd healthy, agent/coordinator health SERVING, libvirtd answering)."""
         return drills.restart(self.require_state(), _words(name), self.add_component, clock=self.clock)
+
+    def etcd_leader(self) -> str | None:
+        """The etcd member that leads the raft cluster now (``"s2"``), None when none does
+        (quorum lost) or no member answers."""
+        core_pid, urls = self.etcd_access()
+        url = control.etcd_leader_url(core_pid, urls)
+        member = next((c for c in self.require_state().of_kind("etcd") if c.endpoints.get("client") == url), None)
+        return member.name.partition("/")[2] if member is not None else None
+
+    # ------------------------------------------------------------ whole-host faults (see faults.py)
+
+    def partition(self, host: str) -> None:
+        """Cut ``host`` off the lab network (its link down in the core namespace)."""
+        faults.set_link(self.require_state(), host, up=False)
+
+    def heal(self, host: str) -> None:
+        """Bring ``host``'s link up again."""
+        faults.set_link(self.require_state(), host, up=True)
+
+    def link_up(self, host: str) -> bool | None:
+        return faults.link_up(self.require_state(), host)
+
+    def kill_host(self, host: str) -> faults.HostDeath:
+        """A power cut: link down, libvirtd, every QEMU and the agent of ``host`` killed at once."""
+        return faults.kill_host(self.require_state(), host, clock=self.clock)
+
+    def revive_host(self, host: str) -> list[Component]:
+        """The power back: link up, libvirtd and the agent started again (each waited for).
+        The guests the host ran stay shut off."""
+        self.heal(host)
+        started = [self.restart(["libvirtd", host])]
+        if self.require_state().component(f"{host}/agent") is not None:
+            started.append(self.restart(["agent", host]))
+        return started
+
+    def kill_guest(self, host: str, name: str) -> bool:
+        """SIGKILL guest ``name``'s QEMU on ``host`` (when libvirtd cannot destroy it)."""
+        return faults.kill_guest(self.require_state(), host, name)
+
+    def purge_guest(self, host: str, name: str) -> list[str]:
+        """The last resort for a guest libvirtd cannot let go of: its QEMU killed, libvirtd
+        stopped, libvirtd's runtime record of the guest removed, libvirtd started again (the
+        definition stays, shut off). Returns what was done."""
+        done = [f"QEMU of {name} killed"] if faults.kill_guest(self.require_state(), host, name) else []
+        libvirtd = self.require_state().component(f"{host}/libvirtd")
+        procs.stop(libvirtd.process if libvirtd else None, grace=teardown.GRACE_S["libvirtd"], clock=self.clock)
+        done += [f"removed {p}" for p in faults.forget_guest_runtime(self.require_state(), host, name)]
+        self.restart(["libvirtd", host])
+        return [*done, f"libvirtd {host} restarted"]
+
+    def fill_images(self, host: str, leave: int = 0) -> int:
+        """Fill ``host``'s own image filesystem up to ``leave`` free bytes; the filler's size."""
+        return faults.fill_images(self.require_state(), host, leave)
+
+    def unfill_images(self, host: str) -> bool:
+        """Remove the filler from ``host``'s image filesystem; True when there was one."""
+        return faults.unfill_images(self.require_state(), host)
 
     # ------------------------------------------------------------ status
 

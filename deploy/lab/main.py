@@ -11,6 +11,10 @@
     ferry-lab console NAME [--follow]           its serial console (continues across hosts)
     ferry-lab virsh HOST ARGS...                virsh against that host's libvirtd
     ferry-lab exec HOST|core CMD...             run a command inside the host's namespaces
+    ferry-lab partition HOST / heal HOST        take the host's link down / up again
+    ferry-lab crash HOST / revive HOST          host death (libvirtd, QEMUs, agent killed,
+                                                link down) / power back (restarted)
+    ferry-lab fill HOST [--leave SIZE] / unfill HOST   fill its image filesystem (up --image-fs)
     ferry-lab down                              stop everything the lab started
 
 The lab dir is --lab-dir, else $FERRY_LAB_DIR, else /tmp/ferry-lab.
@@ -30,12 +34,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ferry.errors import FerryError
+from ferry.lab import drills
 from ferry.lab.controlplane import ETCD_MEMBER_COUNTS, MAX_COORDINATORS, ControlPlane
+from ferry.lab.domain import parse_size
 from ferry.lab.drills import SIGNALS
 from ferry.lab.guests import BOOT_TIMEOUT_S
 from ferry.lab.lab import Lab, default_lab_dir
 from ferry.lab.status import render_text
-from ferry.lab.topology import MAX_HOSTS
+from ferry.lab.topology import MAX_HOSTS, parse_image_fs
 
 EXIT_ERROR = 1
 EXIT_USAGE = 64  # EX_USAGE, as `ferry`'s
@@ -154,6 +160,15 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no etcd, no coordinators (a lab already up is reused as it is). Default: start them",
     )
+    up.add_argument(
+        "--image-fs",
+        action="append",
+        type=_image_fs_arg,
+        default=[],
+        metavar="HOST=SIZE",
+        help="give HOST its own image filesystem of SIZE (e.g. host2=512M: a target that can fill up); "
+        "repeatable. Default: none (images on the host's /var)",
+    )
 
     command("down", help="destroy guests, stop everything the lab started")
 
@@ -214,7 +229,33 @@ def _parser() -> argparse.ArgumentParser:
 
     restart = command("restart", help="start a component again and wait until it serves")
     restart.add_argument("component", nargs="+", help="e.g. coordinator c1, etcd s1, agent host1")
+
+    for name, text in (
+        ("partition", "cut a host off the lab network (its link down in the core namespace)"),
+        ("heal", "bring a partitioned host's link up again"),
+        ("crash", "host death: link down, libvirtd, every QEMU and the agent killed at once"),
+        ("revive", "power back after a crash: link up, libvirtd and the agent started again"),
+        ("unfill", "remove the filler from a host's image filesystem"),
+    ):
+        command(name, help=text).add_argument("host")
+    fill = command("fill", help="fill a host's own image filesystem (ferry-lab up --image-fs)")
+    fill.add_argument("host")
+    fill.add_argument("--leave", type=_size_arg, default=0, metavar="SIZE", help="bytes to leave free. Default: 0")
     return parser
+
+
+def _image_fs_arg(text: str) -> tuple[str, int]:
+    try:
+        return parse_image_fs(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cmd_up(lab: Lab, args: argparse.Namespace) -> int:
@@ -225,7 +266,13 @@ def _cmd_up(lab: Lab, args: argparse.Namespace) -> int:
             etcd_members=args.etcd_members, coordinators=args.coordinators, per_host_outbound=args.per_host_outbound
         )
     )
-    lab.up(hosts=args.hosts, agents=not args.no_agents, install=not args.no_install, control_plane=control_plane)
+    lab.up(
+        hosts=args.hosts,
+        agents=not args.no_agents,
+        install=not args.no_install,
+        control_plane=control_plane,
+        image_fs=dict(args.image_fs),
+    )
     return _cmd_status(lab, args)
 
 
@@ -238,6 +285,29 @@ def _cmd_restart(lab: Lab, args: argparse.Namespace) -> int:
     component = lab.restart(args.component)
     pid = component.process.pid if component.process else "-"
     print(f"{' '.join(args.component)}: restarted, pid {pid}")
+    return 0
+
+
+def _cmd_host_fault(lab: Lab, args: argparse.Namespace) -> int:
+    host = args.host
+    if args.command == "partition":
+        lab.partition(host)
+        print(f"{host}: link down (cut off the lab network); ferry-lab heal {host}")
+    elif args.command == "heal":
+        lab.heal(host)
+        print(f"{host}: link up")
+    elif args.command == "crash":
+        print(lab.kill_host(host).describe())
+        print(f"power it back with: ferry-lab revive {host}")
+    elif args.command == "revive":
+        started = lab.revive_host(host)
+        pids = ", ".join(f"{drills.spoken_name(c)} pid {c.process.pid if c.process else '-'}" for c in started)
+        print(f"{host}: link up; {pids}")
+    elif args.command == "fill":
+        size = lab.fill_images(host, args.leave)
+        print(f"{host}: image filesystem filled ({size} bytes of filler); ferry-lab unfill {host}")
+    else:
+        print(f"{host}: " + ("filler removed" if lab.unfill_images(host) else "no filler"))
     return 0
 
 
@@ -333,6 +403,12 @@ COMMANDS = {
     "exec": _cmd_exec,
     "kill": _cmd_kill,
     "restart": _cmd_restart,
+    "partition": _cmd_host_fault,
+    "heal": _cmd_host_fault,
+    "crash": _cmd_host_fault,
+    "revive": _cmd_host_fault,
+    "fill": _cmd_host_fault,
+    "unfill": _cmd_host_fault,
 }
 
 

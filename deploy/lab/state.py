@@ -94,6 +94,7 @@ class HostRecord:
     agent_address: str  # root namespace: unix:<lab>/hosts/NAME/agent.sock
     agent_listen: str  # inside the host: ADDRESS:7070
     namespaces: Mapping[str, str] = field(default_factory=dict)  # net/mnt/uts ids
+    image_fs_bytes: int = 0  # its own image filesystem (tmpfs) of this size; 0: part of /var
 
     def to_json(self) -> dict[str, Any]:
         return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.__dict__.items()}

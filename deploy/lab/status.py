@@ -113,6 +113,15 @@ def _guests(host: HostRecord, libvirtd_alive: bool) -> list[dict[str, str]] | No
     return [{"name": n, "state": "active" if n in active_names else "inactive"} for n in every.stdout.split()]
 
 
+def _link_up(state: LabState, host: HostRecord) -> bool | None:
+    from ferry.lab.faults import link_up
+
+    try:
+        return link_up(state, host.name)
+    except FerryError:
+        return None
+
+
 def build_status(lab_dir: Path, state: LabState | None, *, probe: bool = True) -> dict[str, Any]:
     if state is None:
         return {"lab_dir": str(lab_dir), "up": False, "core": None, "hosts": [], "components": []}
@@ -135,6 +144,8 @@ def build_status(lab_dir: Path, state: LabState | None, *, probe: bool = True) -
                 "libvirtd": libvirtd_entry,
                 "agent": component_status(state.component(f"{host.name}/agent"), probe=probe),
                 "guests": _guests(host, bool(libvirtd_entry and libvirtd_entry["alive"])) if probe else None,
+                "image_fs_bytes": host.image_fs_bytes,
+                "link_up": _link_up(state, host) if probe else None,
             }
         )
     host_names = {h.name for h in state.hosts}
@@ -224,9 +235,13 @@ def render_text(status: dict[str, Any]) -> str:
     lines.append(f"core      {core['address']} on {core['bridge']}")
     lines.append(_proc_line("holder", core["holder"]))
     for host in status["hosts"]:
-        lines.append(
-            f"{host['name']:<9} {host['address']}  host_uuid {host['host_uuid']}  guest bridge {host['guest_bridge']}"
-        )
+        head = f"{host['name']:<9} {host['address']}  host_uuid {host['host_uuid']}"
+        head += f"  guest bridge {host['guest_bridge']}"
+        if host.get("image_fs_bytes"):
+            head += f"  image fs {host['image_fs_bytes'] >> 20} MiB"
+        if host.get("link_up") is False:
+            head += f"  LINK DOWN (ferry-lab heal {host['name']})"
+        lines.append(head)
         lines.append(_proc_line("holder", host["holder"]))
         lines.append(_proc_line("libvirtd", host["libvirtd"], f"{host['libvirt_uri']}  {host['tcp_uri']}"))
         lines.append(_proc_line("agent", host["agent"], f"{host['agent_address']}  {host['agent_listen']}"))

@@ -13,8 +13,11 @@ Worked example, lab dir /tmp/ferry-lab, 2 hosts::
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from ferry.lab.domain import parse_size
 
 SUBNET_PREFIX = "10.77.0."
 PREFIX_LEN = 24
@@ -27,6 +30,9 @@ MAX_HOSTS = 20
 QEMU_USER_LINE = "libvirt-qemu:x:64055:64055:Libvirt Qemu:/var/lib/libvirt:/usr/sbin/nologin"
 QEMU_GROUP_LINE = "libvirt-qemu:x:64055:"
 IMAGE_DIR = "/var/lib/libvirt/images"  # inside a host's mount namespace: host-local
+# A host's own image filesystem (``--image-fs host2=512M``): at least this big, so that a
+# guest's disk fits beside the qcow2 metadata
+MIN_IMAGE_FS_BYTES = 16 << 20
 AGENT_STATE_DIR = "/var/lib/ferry-agent"  # inside a host's mount namespace: host-local
 # A unix socket path must fit in sun_path (108 bytes including the NUL).
 MAX_SOCKET_PATH = 107
@@ -47,6 +53,12 @@ def host_index(name: str) -> int:
     if not name.startswith("host") or not name[4:].isdigit() or int(name[4:]) < 1:
         raise ValueError(f"not a lab host name: {name!r}")
     return int(name[4:])
+
+
+def veth_name(host: str) -> str:
+    """The core-side end of a host's ``eth0`` (on br0 in the core namespace): ``vhost1``.
+    Taking it down cuts the host off the lab network (a partition)."""
+    return f"v{host}"
 
 
 def host_address(index: int) -> str:
@@ -135,12 +147,21 @@ class HostPlan:
     agent_address: str  # from the root namespace
     metrics_listen: str = ""  # the agent's metrics, inside the host's network namespace
     metrics_address: str = ""  # the same, from the root namespace (unix:...)
+    image_fs_bytes: int = 0  # its own image filesystem of this size (tmpfs); 0: part of /var
 
 
-def plan_hosts(paths: LabPaths, count: int) -> tuple[HostPlan, ...]:
-    """The plan for hosts 1..count."""
+def plan_hosts(paths: LabPaths, count: int, image_fs: Mapping[str, int] | None = None) -> tuple[HostPlan, ...]:
+    """The plan for hosts 1..count; ``image_fs`` gives hosts a small image filesystem of their
+    own (host name -> bytes), e.g. for a target whose disk fills up mid-copy."""
     if not 1 <= count <= MAX_HOSTS:
         raise ValueError(f"a lab has 1 to {MAX_HOSTS} hosts, not {count}")
+    image_fs = dict(image_fs or {})
+    unknown = sorted(set(image_fs) - {host_name(i) for i in range(1, count + 1)})
+    if unknown:
+        raise ValueError(f"an image filesystem for {', '.join(unknown)}, which this lab of {count} hosts has not")
+    for name, size in image_fs.items():
+        if size < MIN_IMAGE_FS_BYTES:
+            raise ValueError(f"the image filesystem of {name} must be at least {MIN_IMAGE_FS_BYTES >> 20} MiB")
     plans = []
     for index in range(1, count + 1):
         name = host_name(index)
@@ -152,16 +173,41 @@ def plan_hosts(paths: LabPaths, count: int) -> tuple[HostPlan, ...]:
                 address=address,
                 host_uuid=host_uuid(paths.root, name),
                 guest_bridge=guest_bridge(index),
-                veth=f"v{name}",
+                veth=veth_name(name),
                 libvirt_uri=f"qemu:///system?socket={paths.libvirt_socket(name)}",
                 tcp_uri=f"qemu+tcp://{address}/system",
                 agent_listen=f"{address}:{AGENT_PORT}",
                 agent_address=f"unix:{paths.agent_socket(name)}",
                 metrics_listen=f"{address}:{AGENT_METRICS_PORT}",
                 metrics_address=f"unix:{paths.metrics_socket(name)}",
+                image_fs_bytes=image_fs.get(name, 0),
             )
         )
     return tuple(plans)
+
+
+def parse_image_fs(text: str) -> tuple[str, int]:
+    """``ferry-lab up --image-fs HOST=SIZE``: (host, bytes).
+
+    >>> parse_image_fs("host2=512M")
+    ('host2', 536870912)
+    """
+    name, sep, size = text.partition("=")
+    if not sep:
+        raise ValueError(f"--image-fs {text!r}: give HOST=SIZE, e.g. host2=512M")
+    host_index(name.strip())  # a lab host's name
+    return name.strip(), parse_size(size)
+
+
+def image_fs_mount(size_bytes: int) -> list[str]:
+    """The mount that gives a host its own image filesystem of ``size_bytes``: a size-limited
+    tmpfs over the image directory (it supports O_DIRECT, which the guests' cache='none' needs,
+    on Linux 6.6 and later), gone with the host's mount namespace.
+
+    >>> image_fs_mount(256 << 20)
+    ['mount', '-t', 'tmpfs', '-o', 'size=268435456,mode=0755', 'tmpfs', '/var/lib/libvirt/images']
+    """
+    return ["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0755", "tmpfs", IMAGE_DIR]
 
 
 def lab_dir_problem(lab_dir: Path, host_names: tuple[str, ...] = ("host1",)) -> str:
@@ -251,9 +297,12 @@ def _toml_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render_agent_toml(paths: LabPaths, plan: HostPlan) -> str:
-    """The agent's config in the agreed format (read with tomllib by ferry.agent)."""
+def render_agent_toml(paths: LabPaths, plan: HostPlan, peers: Sequence[HostPlan] = ()) -> str:
+    """The agent's config in the agreed format (read with tomllib by ferry.agent). ``peers``:
+    the lab's other hosts, listed as ``migration_targets`` (a lab without a control plane has no
+    registry to say where a Migrate may go)."""
     listen = ", ".join(_toml_str(a) for a in (plan.agent_listen, plan.agent_address))
+    targets = ", ".join(_toml_str(p.tcp_uri) for p in peers if p.name != plan.name)
     return "\n".join(
         [
             "# written by ferry-lab for the agent of this lab host (runs inside its namespaces)",
@@ -265,6 +314,7 @@ def render_agent_toml(paths: LabPaths, plan: HostPlan) -> str:
             f"migration_address = {_toml_str(plan.address)}",
             f"image_dirs = [{_toml_str(IMAGE_DIR)}]",
             f"shared_dirs = [{_toml_str(str(paths.shared))}]",
+            *([f"migration_targets = [{targets}]"] if targets else []),
             f"state_dir = {_toml_str(AGENT_STATE_DIR)}                   # host-local (overlay /var)",
             "prepare_ttl_s = 600",
             "libvirt_timeout_s = 30",

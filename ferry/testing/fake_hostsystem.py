@@ -3,6 +3,8 @@
 It behaves like ``LocalHostSystem`` where callers can tell (tests/contract keeps the two
 honest): images are created only inside known directories, an existing path is refused with
 FILE_IN_THE_WAY, a qcow2 image takes a small header's worth of space, a raw one is sparse.
+Confinement follows the same rules (``ferry.paths``): the configured directories are
+``storage``; ``symlinks`` are paths that are symbolic links on this fake host.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ferry.errors import AlreadyExists, FailedPrecondition
-from ferry.model import StorageDir
+from ferry.model import Problem, StorageDir
+from ferry.paths import PathUse, path_problem, root_of, symlink_problem
 
 QCOW2_HEADER_BYTES = 192 * 1024  # what `qemu-img create -f qcow2` allocates, roughly
 
@@ -75,6 +78,7 @@ class FakeHostSystem:
         self.created: list[str] = []
         self.removed: list[str] = []
         self.fail_create: dict[str, Exception] = {}
+        self.symlinks: set[str] = set()
 
     def _dir_of(self, path: str) -> tuple[str, FakeDir] | None:
         best = None
@@ -105,8 +109,22 @@ class FakeHostSystem:
         found = self._dir_of(path)
         return found[1].free_bytes if found else 0
 
+    def confine(self, path: str, use: PathUse) -> Problem | None:
+        what = "backing file" if use is PathUse.READ else "image"
+        found = path_problem(path, self.storage, what)
+        if found is not None:
+            return found
+        root = root_of(path, self.storage)
+        assert root is not None
+        parts = path[len(root) :].strip("/").split("/")
+        for i in range(1, len(parts) + 1):
+            current = "/".join([root, *parts[:i]])
+            if current in self.symlinks and (i < len(parts) or use is not PathUse.CREATE):
+                return symlink_problem(path, current, what)
+        return None
+
     def exists(self, path: str) -> bool:
-        return path in self.files or path.rstrip("/") in self.dirs
+        return path in self.files or path in self.symlinks or path.rstrip("/") in self.dirs
 
     def writable_dir(self, path: str) -> bool:
         parent = path.rstrip("/").rsplit("/", 1)[0] or "/"
@@ -120,7 +138,11 @@ class FakeHostSystem:
     def create_image(
         self, path: str, *, fmt: str, virtual_size: int, backing_file: str = "", backing_format: str = ""
     ) -> None:
-        if path in self.files:
+        for checked, use in ((path, PathUse.CREATE), (backing_file, PathUse.READ)):
+            problem = self.confine(checked, use) if checked else None
+            if problem is not None:
+                raise problem.to_error()
+        if path in self.files or path in self.symlinks:
             raise AlreadyExists(
                 f"{path} already exists",
                 reason="FILE_IN_THE_WAY",
@@ -142,6 +164,9 @@ class FakeHostSystem:
         self.created.append(path)
 
     def remove(self, path: str) -> bool:
+        problem = self.confine(path, PathUse.REMOVE)
+        if problem is not None:
+            raise problem.to_error()
         entry = self.files.pop(path, None)
         if entry is None:
             return False

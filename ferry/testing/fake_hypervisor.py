@@ -15,6 +15,7 @@ and ``fail_migration(name, at_step, code)``.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
@@ -381,6 +382,9 @@ class FakeHypervisor:
             networks=tuple(self.networks),
         )
 
+    async def ping(self, timeout_s: float | None = None) -> None:
+        await self._enter("ping", "getLibVersion")
+
     async def list_domains(self) -> list[DomainInfo]:
         await self._enter("list_domains", "listAllDomains")
         return sorted((self._info(d) for d in self.domains.values()), key=lambda d: d.name)
@@ -396,9 +400,13 @@ class FakeHypervisor:
                 return self._info(dom)
         return None
 
-    async def domain_xml(self, name_or_uuid: str, *, migratable: bool = True) -> str:
+    async def domain_xml(self, name_or_uuid: str, *, migratable: bool = True, secure: bool = True) -> str:
         await self._enter("domain_xml", "XMLDesc")
-        return self._lookup(name_or_uuid, "XMLDesc").xml
+        xml = self._lookup(name_or_uuid, "XMLDesc").xml
+        if secure:
+            return xml
+        # as libvirt without VIR_DOMAIN_XML_SECURE: no graphics passwords
+        return re.sub(r"""(<graphics\b[^>]*?)\s+passwd=(?:'[^']*'|"[^"]*")""", r"\1", xml)
 
     async def job_stats(self, name_or_uuid: str, *, completed: bool = False) -> JobStats:
         await self._enter("job_stats", "jobStats")
@@ -743,6 +751,7 @@ class FakeHypervisor:
                 return
             while True:
                 await asyncio.sleep(self.step_s)
+                self._check_libvirtd(job)
                 if not job.abort:  # an abort is acted on even while jobs are held (its end then waits)
                     await self._gate.wait()
                     job.step += 1
@@ -773,6 +782,26 @@ class FakeHypervisor:
             if not job.done.done():
                 job.done.set_result(None)
             job.done.exception()  # retrieved here: a job nobody waits for any more must not warn
+
+    def _check_libvirtd(self, job: _Job) -> None:
+        """A peer-to-peer job dies with either host's libvirtd (``reachable`` False): the source's
+        migrate call fails on its broken connection, or the source cannot reach the target's
+        libvirtd any more; the guest keeps running on the source (pre-copy)."""
+        if not self.reachable:
+            raise self._error(
+                le.VIR_ERR_SYSTEM_ERROR,
+                "End of file while reading data: Input/output error",
+                "migrateToURI3",
+                domain=le.VIR_FROM_RPC,
+            )
+        if not job.target.reachable:
+            raise self._error(
+                le.VIR_ERR_OPERATION_FAILED,
+                "operation failed: migration out job: unexpectedly failed",
+                "migrateToURI3",
+                peer=job.target.uri,
+                peer_unreachable=True,
+            )
 
     async def _ending(self, job: _Job, job_type: str) -> None:
         """As libvirt between QEMU's end of a failed or cancelled job and the migrate call's

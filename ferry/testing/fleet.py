@@ -28,6 +28,7 @@ import grpc
 from ferry.agent.config import AgentConfig
 from ferry.agent.main import build_agent, register
 from ferry.agent.service import AgentServicer
+from ferry.agent.targets import MigrationTargets
 from ferry.coordinator.agent_client import GrpcAgentClient
 from ferry.model import DomainState, HostMapping
 from ferry.registry import HostChange, HostRegistration
@@ -215,15 +216,17 @@ async def start_agent(
         state_dir=str(state_dir),
         prepare_ttl_s=600,
     )
+    # where Migrate may go: every host of this fake fleet (as if registered)
+    targets = MigrationTargets(name, peers=lambda: list(fakes.hosts))
     if not metrics:
-        agent = FakeAgent(name, index, hv, host, build_agent(config, hv, host), config)
+        agent = FakeAgent(name, index, hv, host, build_agent(config, hv, host, targets=targets), config)
     else:
         from ferry.agent.metrics import AgentMetrics
         from ferry.metrics import RpcMetrics, new_registry
 
         registry = new_registry("agent")
         jobs = AgentMetrics(registry)
-        servicer = build_agent(config, hv, host, jobs=jobs)
+        servicer = build_agent(config, hv, host, jobs=jobs, targets=targets)
         jobs.watch_prepares(servicer.prepare.list)
         agent = FakeAgent(name, index, hv, host, servicer, config, registry=registry, rpc_observer=RpcMetrics(registry))
     await agent.start()

@@ -23,12 +23,14 @@ class Inventory(_message.Message):
     def __init__(self, host: _Optional[_Union[_types_pb2.HostFacts, _Mapping]] = ..., domains: _Optional[_Iterable[_Union[_types_pb2.Domain, _Mapping]]] = ...) -> None: ...
 
 class GetDomainRequest(_message.Message):
-    __slots__ = ("name", "include_xml")
+    __slots__ = ("name", "include_xml", "leader_term")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_XML_FIELD_NUMBER: _ClassVar[int]
+    LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
     name: str
     include_xml: bool
-    def __init__(self, name: _Optional[str] = ..., include_xml: _Optional[bool] = ...) -> None: ...
+    leader_term: int
+    def __init__(self, name: _Optional[str] = ..., include_xml: _Optional[bool] = ..., leader_term: _Optional[int] = ...) -> None: ...
 
 class GetDomainResponse(_message.Message):
     __slots__ = ("domain", "xml")
@@ -39,7 +41,7 @@ class GetDomainResponse(_message.Message):
     def __init__(self, domain: _Optional[_Union[_types_pb2.Domain, _Mapping]] = ..., xml: _Optional[str] = ...) -> None: ...
 
 class PrepareIncomingRequest(_message.Message):
-    __slots__ = ("domain_xml", "disks", "mapping", "storage", "ttl_seconds", "migration_id", "dry_run")
+    __slots__ = ("domain_xml", "disks", "mapping", "storage", "ttl_seconds", "migration_id", "dry_run", "leader_term")
     DOMAIN_XML_FIELD_NUMBER: _ClassVar[int]
     DISKS_FIELD_NUMBER: _ClassVar[int]
     MAPPING_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +49,7 @@ class PrepareIncomingRequest(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
     domain_xml: str
     disks: _containers.RepeatedCompositeFieldContainer[_types_pb2.DiskPlan]
     mapping: _types_pb2.HostMapping
@@ -54,7 +57,8 @@ class PrepareIncomingRequest(_message.Message):
     ttl_seconds: int
     migration_id: str
     dry_run: bool
-    def __init__(self, domain_xml: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., mapping: _Optional[_Union[_types_pb2.HostMapping, _Mapping]] = ..., storage: _Optional[_Union[_types_pb2.StorageMode, str]] = ..., ttl_seconds: _Optional[int] = ..., migration_id: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    leader_term: int
+    def __init__(self, domain_xml: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., mapping: _Optional[_Union[_types_pb2.HostMapping, _Mapping]] = ..., storage: _Optional[_Union[_types_pb2.StorageMode, str]] = ..., ttl_seconds: _Optional[int] = ..., migration_id: _Optional[str] = ..., dry_run: _Optional[bool] = ..., leader_term: _Optional[int] = ...) -> None: ...
 
 class PrepareIncomingResponse(_message.Message):
     __slots__ = ("prepare_id", "destination_xml", "disks", "created", "expires_at", "problems")
@@ -73,10 +77,12 @@ class PrepareIncomingResponse(_message.Message):
     def __init__(self, prepare_id: _Optional[str] = ..., destination_xml: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., created: _Optional[_Iterable[str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., problems: _Optional[_Iterable[_Union[_types_pb2.ErrorDetail, _Mapping]]] = ...) -> None: ...
 
 class CleanupIncomingRequest(_message.Message):
-    __slots__ = ("prepare_id",)
+    __slots__ = ("prepare_id", "leader_term")
     PREPARE_ID_FIELD_NUMBER: _ClassVar[int]
+    LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
     prepare_id: str
-    def __init__(self, prepare_id: _Optional[str] = ...) -> None: ...
+    leader_term: int
+    def __init__(self, prepare_id: _Optional[str] = ..., leader_term: _Optional[int] = ...) -> None: ...
 
 class CleanupIncomingResponse(_message.Message):
     __slots__ = ("removed", "already_gone")
@@ -87,18 +93,22 @@ class CleanupIncomingResponse(_message.Message):
     def __init__(self, removed: _Optional[_Iterable[str]] = ..., already_gone: _Optional[bool] = ...) -> None: ...
 
 class CommitIncomingRequest(_message.Message):
-    __slots__ = ("prepare_id",)
+    __slots__ = ("prepare_id", "leader_term")
     PREPARE_ID_FIELD_NUMBER: _ClassVar[int]
+    LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
     prepare_id: str
-    def __init__(self, prepare_id: _Optional[str] = ...) -> None: ...
+    leader_term: int
+    def __init__(self, prepare_id: _Optional[str] = ..., leader_term: _Optional[int] = ...) -> None: ...
 
 class CommitIncomingResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ListPreparesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("leader_term",)
+    LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
+    leader_term: int
+    def __init__(self, leader_term: _Optional[int] = ...) -> None: ...
 
 class Prepare(_message.Message):
     __slots__ = ("prepare_id", "domain_name", "domain_uuid", "created", "created_at", "expires_at", "migration_id")
@@ -125,7 +135,7 @@ class ListPreparesResponse(_message.Message):
     def __init__(self, prepares: _Optional[_Iterable[_Union[Prepare, _Mapping]]] = ...) -> None: ...
 
 class MigrateRequest(_message.Message):
-    __slots__ = ("domain", "target_uri", "migrate_uri", "destination_xml", "options", "migration_id", "progress_interval_ms", "disks", "policy", "predicted_converges")
+    __slots__ = ("domain", "target_uri", "migrate_uri", "destination_xml", "options", "migration_id", "progress_interval_ms", "disks", "leader_term", "policy", "predicted_converges")
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
     TARGET_URI_FIELD_NUMBER: _ClassVar[int]
     MIGRATE_URI_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +144,7 @@ class MigrateRequest(_message.Message):
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     DISKS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_CONVERGES_FIELD_NUMBER: _ClassVar[int]
     domain: str
@@ -144,9 +155,10 @@ class MigrateRequest(_message.Message):
     migration_id: str
     progress_interval_ms: int
     disks: _containers.RepeatedCompositeFieldContainer[_types_pb2.DiskPlan]
+    leader_term: int
     policy: _types_pb2.ConvergencePolicy
     predicted_converges: bool
-    def __init__(self, domain: _Optional[str] = ..., target_uri: _Optional[str] = ..., migrate_uri: _Optional[str] = ..., destination_xml: _Optional[str] = ..., options: _Optional[_Union[_types_pb2.MigrationOptions, _Mapping]] = ..., migration_id: _Optional[str] = ..., progress_interval_ms: _Optional[int] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., policy: _Optional[_Union[_types_pb2.ConvergencePolicy, _Mapping]] = ..., predicted_converges: _Optional[bool] = ...) -> None: ...
+    def __init__(self, domain: _Optional[str] = ..., target_uri: _Optional[str] = ..., migrate_uri: _Optional[str] = ..., destination_xml: _Optional[str] = ..., options: _Optional[_Union[_types_pb2.MigrationOptions, _Mapping]] = ..., migration_id: _Optional[str] = ..., progress_interval_ms: _Optional[int] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., leader_term: _Optional[int] = ..., policy: _Optional[_Union[_types_pb2.ConvergencePolicy, _Mapping]] = ..., predicted_converges: _Optional[bool] = ...) -> None: ...
 
 class MigrateEvent(_message.Message):
     __slots__ = ("progress", "result", "action")
@@ -169,10 +181,12 @@ class MigrateResult(_message.Message):
     def __init__(self, job: _Optional[_Union[_types_pb2.CompletedJob, _Mapping]] = ..., source_state: _Optional[_Union[_types_pb2.DomainState, str]] = ..., source_defined: _Optional[bool] = ...) -> None: ...
 
 class AbortMigrationRequest(_message.Message):
-    __slots__ = ("domain",)
+    __slots__ = ("domain", "leader_term")
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
     domain: str
-    def __init__(self, domain: _Optional[str] = ...) -> None: ...
+    leader_term: int
+    def __init__(self, domain: _Optional[str] = ..., leader_term: _Optional[int] = ...) -> None: ...
 
 class AbortMigrationResponse(_message.Message):
     __slots__ = ("aborted",)
@@ -181,20 +195,22 @@ class AbortMigrationResponse(_message.Message):
     def __init__(self, aborted: _Optional[bool] = ...) -> None: ...
 
 class TuneMigrationRequest(_message.Message):
-    __slots__ = ("domain", "max_downtime_ms", "bandwidth_mibps", "start_postcopy", "force_complete", "requested_by")
+    __slots__ = ("domain", "max_downtime_ms", "bandwidth_mibps", "start_postcopy", "leader_term", "force_complete", "requested_by")
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
     MAX_DOWNTIME_MS_FIELD_NUMBER: _ClassVar[int]
     BANDWIDTH_MIBPS_FIELD_NUMBER: _ClassVar[int]
     START_POSTCOPY_FIELD_NUMBER: _ClassVar[int]
+    LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
     FORCE_COMPLETE_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
     domain: str
     max_downtime_ms: int
     bandwidth_mibps: int
     start_postcopy: bool
+    leader_term: int
     force_complete: bool
     requested_by: str
-    def __init__(self, domain: _Optional[str] = ..., max_downtime_ms: _Optional[int] = ..., bandwidth_mibps: _Optional[int] = ..., start_postcopy: _Optional[bool] = ..., force_complete: _Optional[bool] = ..., requested_by: _Optional[str] = ...) -> None: ...
+    def __init__(self, domain: _Optional[str] = ..., max_downtime_ms: _Optional[int] = ..., bandwidth_mibps: _Optional[int] = ..., start_postcopy: _Optional[bool] = ..., leader_term: _Optional[int] = ..., force_complete: _Optional[bool] = ..., requested_by: _Optional[str] = ...) -> None: ...
 
 class TuneMigrationResponse(_message.Message):
     __slots__ = ("max_downtime_ms", "bandwidth_mibps", "done")
@@ -215,12 +231,14 @@ class MeasureGuestRequest(_message.Message):
     def __init__(self, domain: _Optional[str] = ..., periods_s: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
-    __slots__ = ("domain", "completed")
+    __slots__ = ("domain", "completed", "leader_term")
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
     domain: str
     completed: bool
-    def __init__(self, domain: _Optional[str] = ..., completed: _Optional[bool] = ...) -> None: ...
+    leader_term: int
+    def __init__(self, domain: _Optional[str] = ..., completed: _Optional[bool] = ..., leader_term: _Optional[int] = ...) -> None: ...
 
 class GetJobResponse(_message.Message):
     __slots__ = ("active", "progress", "completed", "job_type", "operation")
@@ -253,14 +271,16 @@ class ProbeTargetResponse(_message.Message):
     def __init__(self, problems: _Optional[_Iterable[_Union[_types_pb2.ErrorDetail, _Mapping]]] = ..., latency_ms: _Optional[int] = ...) -> None: ...
 
 class RemoveSourceDisksRequest(_message.Message):
-    __slots__ = ("domain_uuid", "paths", "migration_id")
+    __slots__ = ("domain_uuid", "paths", "migration_id", "leader_term")
     DOMAIN_UUID_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
     domain_uuid: str
     paths: _containers.RepeatedScalarFieldContainer[str]
     migration_id: str
-    def __init__(self, domain_uuid: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., migration_id: _Optional[str] = ...) -> None: ...
+    leader_term: int
+    def __init__(self, domain_uuid: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., migration_id: _Optional[str] = ..., leader_term: _Optional[int] = ...) -> None: ...
 
 class RemoveSourceDisksResponse(_message.Message):
     __slots__ = ("removed", "already_gone")

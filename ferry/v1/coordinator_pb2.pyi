@@ -167,14 +167,18 @@ class ListHostsResponse(_message.Message):
     def __init__(self, hosts: _Optional[_Iterable[_Union[HostStatus, _Mapping]]] = ...) -> None: ...
 
 class VM(_message.Message):
-    __slots__ = ("domain", "host", "migration_id")
+    __slots__ = ("domain", "host", "migration_id", "unreachable", "last_seen")
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    UNREACHABLE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     domain: _types_pb2.Domain
     host: str
     migration_id: str
-    def __init__(self, domain: _Optional[_Union[_types_pb2.Domain, _Mapping]] = ..., host: _Optional[str] = ..., migration_id: _Optional[str] = ...) -> None: ...
+    unreachable: bool
+    last_seen: _timestamp_pb2.Timestamp
+    def __init__(self, domain: _Optional[_Union[_types_pb2.Domain, _Mapping]] = ..., host: _Optional[str] = ..., migration_id: _Optional[str] = ..., unreachable: _Optional[bool] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListVMsRequest(_message.Message):
     __slots__ = ("host",)

@@ -21,6 +21,7 @@ from coordinator_setup import Setup, close, lead, start  # beside this file
 from ferry.agent.config import AgentConfig
 from ferry.agent.main import build_agent, register
 from ferry.agent.service import AgentServicer
+from ferry.agent.targets import MigrationTargets
 from ferry.rpc import create_channel, create_server
 from ferry.testing.fake_hostsystem import FakeHostSystem
 from ferry.testing.fake_hypervisor import FakeFleet, FakeHypervisor
@@ -70,7 +71,8 @@ async def start_agent(
         state_dir=str(state_dir),
         prepare_ttl_s=600,
     )
-    servicer = build_agent(config, hv, host)
+    # Migrate may go to every host of this fake fleet (as if registered)
+    servicer = build_agent(config, hv, host, targets=MigrationTargets(name, peers=lambda: list(fleet.hosts)))
     server, [port] = create_server(config.listen, register(servicer))
     await server.start()
     address = f"127.0.0.1:{port}"

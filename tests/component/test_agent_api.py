@@ -73,9 +73,7 @@ def migrate_request(name: str, target, destination_xml: str, **options) -> apb.M
         destination_xml=destination_xml,
         migration_id="m-1",
         progress_interval_ms=10,
-        options=tpb.MigrationOptions(
-            storage=tpb.STORAGE_MODE_COPY_ALL, persist_dest=True, undefine_source=True, **options
-        ),
+        options=tpb.MigrationOptions(storage=tpb.STORAGE_MODE_COPY_ALL, **options),
     )
 
 

@@ -145,11 +145,15 @@ async def test_source_disks_removed_after_a_copy_migration_and_the_guest_comes_b
     uuid = add_guest(host1, "g1")
     local, shared = f"{IMAGES}/g1.qcow2", f"{SHARED}/g1-data.raw"
     host2.host.files[shared] = 64 * MiB
-    exc = await rpc_error(host1.stub.RemoveSourceDisks(apb.RemoveSourceDisksRequest(domain_uuid=uuid, paths=[local])))
+    exc = await rpc_error(
+        host1.stub.RemoveSourceDisks(apb.RemoveSourceDisksRequest(domain_uuid=uuid, paths=[local], migration_id="m-1"))
+    )
     assert (exc.code(), from_rpc_error(exc).reason) == (grpc.StatusCode.FAILED_PRECONDITION, "DOMAIN_STILL_HERE")
     await migrate(host1, host2, "g1")
     exc = await rpc_error(
-        host1.stub.RemoveSourceDisks(apb.RemoveSourceDisksRequest(domain_uuid=uuid, paths=[local, shared]))
+        host1.stub.RemoveSourceDisks(
+            apb.RemoveSourceDisksRequest(domain_uuid=uuid, paths=[local, shared], migration_id="m-1")
+        )
     )
     assert (exc.code(), from_rpc_error(exc).reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PATH_NOT_LOCAL")
     assert host1.host.exists(local) and host1.host.exists(shared)  # refused: nothing removed
@@ -158,7 +162,9 @@ async def test_source_disks_removed_after_a_copy_migration_and_the_guest_comes_b
     )
     assert (list(done.removed), list(done.already_gone)) == ([local], [])
     assert not host1.host.exists(local) and host1.host.exists(shared)
-    again = await host1.stub.RemoveSourceDisks(apb.RemoveSourceDisksRequest(domain_uuid=uuid, paths=[local]))
+    again = await host1.stub.RemoveSourceDisks(
+        apb.RemoveSourceDisksRequest(domain_uuid=uuid, paths=[local], migration_id="m-1")
+    )
     assert (list(again.removed), list(again.already_gone)) == ([], [local])
     # back to host1: its image is no longer in the way
     host1.hv.disk_sizes[local] = host2.hv.disk_sizes[local] = (GiB, 512 * MiB)

@@ -19,12 +19,15 @@ from coordinator_setup import Setup, close, config, start
 
 from ferry import keys
 from ferry.agent.registration import Registration
+from ferry.cli import main as cli
 from ferry.coordinator.agent_client import GrpcAgentClient
 from ferry.coordinator.main import build_coordinator, current_leader
 from ferry.coordinator.phases import Phase
 from ferry.coordinator.record import decode
 from ferry.errors import FerryError
+from ferry.model import DomainState
 from ferry.rpc import create_channel, from_rpc_error
+from ferry.testing.fake_hostsystem import FakeDir
 from ferry.testing.fake_hypervisor import GiB, MiB, make_domain_xml
 from ferry.testing.memory_store import MemoryStore
 from ferry.v1 import coordinator_pb2 as cpb
@@ -89,6 +92,11 @@ async def test_submit_records_a_pending_migration(fx, capsys):
 
 async def test_request_mapping_overrides_the_derived_one(fx):
     fx.agents.add_guest("host1", "g1")
+    # overrides must land on what the target has (a bridge, an image directory): host2 has both
+    host2 = fx.agents["host2"].host
+    host2.bridge_names.append("br-other")
+    host2.dirs["/data"] = FakeDir(10 << 30, 10 << 30)
+    host2.storage.append("/data")
     m = await fx.submit(
         "g1", "host2", mapping=tpb.HostMapping(bridges={"br-guest": "br-other"}, path_prefixes={"/srv": "/data"})
     )
@@ -103,9 +111,10 @@ async def test_same_idempotency_key_returns_the_same_migration(fx, capsys):
     code2, again = await fx.ferry(capsys, *args)
     assert code1 == code2 == 0
     assert again["id"] == first["id"] and again == first
-    # even with other arguments: the key names the submission
-    other = await fx.submit("g1", "host3", key="deploy-42")
-    assert other.id == first["id"] and other.target_host == "host2"
+    # the same key with other arguments is another request: refused, nothing written
+    err = await refused(fx.submit("g1", "host3", key="deploy-42"))
+    assert (err.code_seen, err.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_REUSED")
+    assert first["id"] in err.message and "target_host" in err.message
     entries, _ = await fx.store.list(keys.MIGRATIONS)
     assert len(entries) == 1
 
@@ -318,6 +327,28 @@ async def test_vms_list_every_host_with_active_migration(fx, capsys):
     assert [v["domain"]["name"] for v in out["vms"]] == ["g2"]
     code, out = await fx.ferry(capsys, "vms", "--host", "host9")
     assert code == 2 and out["error"]["reason"] == "HOST_UNKNOWN"
+
+
+async def test_a_dead_hosts_vms_stay_listed_as_unreachable(fx, capsys):
+    """A host that died (agent, libvirtd and guests at once) must not lose its VMs in the
+    records: they stay listed where they last ran, marked unreachable, with when that was."""
+    fx.agents.add_guest("host3", "g3")
+    code, out = await fx.ferry(capsys, "vms")
+    assert {v["domain"]["name"]: v for v in out["vms"]}["g3"]["unreachable"] is False  # alive: not marked
+    await fx.agents["host3"].stop()
+    await fx.registrations["host3"].stop()  # its lease is gone
+    await asyncio.sleep(0.05)
+    code, out = await fx.ferry(capsys, "vms")
+    assert code == 0
+    g3 = {v["domain"]["name"]: v for v in out["vms"]}["g3"]
+    assert (g3["host"], g3["domain"]["state"], g3["unreachable"]) == ("host3", "running", True)
+    assert g3["last_seen"]
+    code, out = await fx.ferry(capsys, "vms", "--host", "host3")
+    assert [v["domain"]["name"] for v in out["vms"]] == ["g3"]
+    capsys.readouterr()
+    assert await cli.run(["--coordinator", fx.address, "vms", "--host", "host3"]) == 0  # the table
+    assert "unreachable (last: running)" in capsys.readouterr().out
+    assert fx.agents.where("g3") == {"host3": DomainState.RUNNING}  # nothing started elsewhere
 
 
 async def test_running_copy_wins_over_a_leftover_definition(fx):
@@ -537,3 +568,19 @@ async def test_tune_a_running_migration_reads_libvirts_value_back(fx, capsys):
     assert [a["action"] for a in record["actions"]] == ["tune"]
     code, out = await fx.ferry(capsys, "migrations", "tune", m.id)
     assert code == 64 and out["error"]["reason"] == "USAGE"
+
+
+async def test_a_plain_submit_moves_the_definition_with_the_vm(leading):
+    """A scheduler's request with proto3 defaults only (what a reflection client without Ferry's
+    stubs sends): afterwards the VM is defined on the target alone, persistent there."""
+    leading.agents.add_guest("host1", "g1")
+    m = await leading.stub.SubmitMigration(
+        cpb.SubmitMigrationRequest(vm="g1", target_host="host2", idempotency_key="sched-1")
+    )
+    async for update in leading.stub.WatchMigration(cpb.WatchMigrationRequest(id=m.id)):
+        last = update
+    assert last.phase == cpb.PHASE_SUCCEEDED, [h.reason for h in last.history]
+    assert leading.agents.where("g1") == {"host2": DomainState.RUNNING}  # nothing left on host1
+    [moved] = [d for d in leading.agents["host2"].hv.domains.values() if d.name == "g1"]
+    assert moved.persistent
+    assert not last.options.keep_source_definition and not last.options.transient_target

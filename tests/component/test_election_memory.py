@@ -83,6 +83,19 @@ async def test_one_leader_and_resign_hands_over_at_once(store):
     await a.stop()
 
 
+async def test_each_new_leader_has_a_higher_term(store):
+    """The term agents fence on: the leader key's create revision, growing with every leader."""
+    a = Run(Election(store, "a", "a:1", ttl_s=TTL_S))
+    await wait_until(a.election.is_leader, 1)
+    first = a.election.term
+    b = Run(Election(store, "b", "b:1", ttl_s=TTL_S))
+    await a.election.resign()
+    await wait_until(b.election.is_leader, 1)
+    assert b.election.term > first > 0 and a.election.term == 0  # not leading: no term
+    await b.stop()
+    await a.stop()
+
+
 async def test_a_crashed_leader_is_replaced_after_its_ttl(store):
     a = Run(Election(store, "a", "a:1", ttl_s=TTL_S))
     await wait_until(a.election.is_leader, 1)

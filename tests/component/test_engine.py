@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ from ferry.coordinator.record import MigrationRecord, decode, encode, new_migrat
 from ferry.coordinator.slots import Limits
 from ferry.errors import FerryError, Unavailable
 from ferry.keys import encode_id, idempotency_key, migration_key, vm_active_key
-from ferry.model import DomainState, MigrationOptions, StorageMode
+from ferry.model import DomainState, MigrationOptions, MigrationPhase, StorageMode
 from ferry.store import Conflict, EventKind, Resync, Store
 from ferry.testing.fleet import IMAGES, Fleet, FleetDirectory, MaxConcurrency, start_fleet
 from ferry.testing.memory_store import MemoryStore
@@ -64,13 +65,19 @@ class Running:
     """An engine running in a background task (the leader), stopped at the end of the test."""
 
     def __init__(
-        self, store: Store, hosts: FleetDirectory, limits: Limits = Limits(), *, progress_write_s: float = 0.05
+        self,
+        store: Store,
+        hosts: FleetDirectory,
+        limits: Limits = Limits(),
+        *,
+        progress_write_s: float = 0.05,
+        timeouts: Timeouts = FAST,
     ) -> None:
         self.engine = Engine(
             store,
             hosts,
             limits=limits,
-            timeouts=FAST,
+            timeouts=timeouts,
             clock=now,
             prepare_ttl_s=60,
             tick_s=0.05,
@@ -91,7 +98,7 @@ async def hosts(fleet: Fleet) -> FleetDirectory:
 
 
 @contextlib.asynccontextmanager
-async def engine(store: Store, hosts: FleetDirectory, limits: Limits = Limits(), **kw: float) -> AsyncIterator[Running]:
+async def engine(store: Store, hosts: FleetDirectory, limits: Limits = Limits(), **kw: Any) -> AsyncIterator[Running]:
     running = Running(store, hosts, limits, **kw)
     try:
         yield running
@@ -218,6 +225,18 @@ async def test_missing_bridge_fails_in_preflight_and_creates_nothing(store, flee
     assert await claim_released(store, r)
 
 
+async def test_offline_migration_of_a_local_disk_fails_in_preflight_and_creates_nothing(store, fleet, hosts):
+    uuid = fleet.add_guest("host1", "g1")
+    fleet["host1"].hv.domains[uuid].state = DomainState.SHUTOFF
+    m = await submit(store, fleet, "g1", "host1", "host2", options=replace(COPY, offline=True))
+    async with engine(store, hosts):
+        r = await final(store, m.id)
+    assert r.phase is Phase.FAILED and phases(r) == ["PENDING", "PREFLIGHT", "FAILED"], r.history
+    assert r.error is not None and r.error.reason == "OFFLINE_LOCAL_DISK" and "--copy-storage-all" in r.error.hint
+    assert fleet["host2"].host.created == [] and fleet.prepares("host2") == []  # no image made for nothing
+    assert fleet.where("g1") == {"host1": DomainState.SHUTOFF}
+
+
 # ---------------------------------------------------------------- stopping and failing
 
 
@@ -331,6 +350,9 @@ async def test_new_leader_resumes_a_running_migration(store, fleet, hosts):
     assert fleet.prepares("host2") == [] and await claim_released(store, r)
     # the new leader never saw the Migrate stream end, yet the record has the job's figures (target's)
     assert r.result is not None and r.result.time_elapsed_ms > 0, r.result
+    # and its progress is the landed job's, not the old leader's last snapshot (bug 5)
+    assert r.progress is not None and r.progress.phase is MigrationPhase.COMPLETED
+    assert (r.progress.stats.memory_remaining, r.progress.stats.disk_remaining) == (0, 0)
 
 
 async def test_source_agent_lost_mid_migration(store, fleet, hosts):
@@ -366,6 +388,68 @@ async def test_target_agent_lost_while_finishing(store, fleet, hosts):
         r = await final(store, m.id)
     assert r.phase is Phase.SUCCEEDED, [(h.phase.name, h.reason) for h in r.history]
     assert fleet.where("g1") == {"host2": DomainState.RUNNING} and fleet.prepares("host2") == []
+
+
+# Phase deadlines far away: only the wait for a lost agent may end these (as in a real fleet,
+# where Migrating's deadline is minutes to hours: 44 min in the fault campaign)
+SLOW = replace(FAST, migrating_min_s=600, preflight_s=600, preparing_s=600, finishing_s=600, rolling_back_s=600)
+
+
+@pytest.mark.parametrize(("host", "reason"), [("host1", "LIBVIRT_UNREACHABLE"), ("host2", "TARGET_UNREACHABLE")])
+async def test_libvirtd_killed_mid_migration_rolls_back_when_it_is_back(store, fleet, hosts, host, reason):
+    """Bug 1 (source and target): the job failed with libvirtd, placement could not be read, and
+    the record stayed Migrating until its deadline (the agent kept its lease: no host change came)."""
+    uuid = fleet.add_guest("host1", "g1")
+    fleet["host1"].hv.hold()
+    m = await submit(store, fleet, "g1", "host1", "host2")
+    async with engine(store, hosts, timeouts=SLOW):
+        await wait_for(store, m.id, lambda r: r.phase is Phase.MIGRATING)
+        await until(lambda: uuid in fleet["host1"].hv.jobs)
+        fleet[host].hv.reachable = False  # libvirtd dies: the job with it
+        fleet["host1"].hv.release()
+        await wait_for(store, m.id, lambda r: r.lost_host == host)
+        await asyncio.sleep(0.3)  # probes fail meanwhile
+        assert (await read(store, m.id)).phase is Phase.MIGRATING
+        fleet[host].hv.reachable = True  # libvirtd is back
+        r = await final(store, m.id, timeout=3)  # the next probe (at most 5 s apart) finds it
+    assert r.phase is Phase.ROLLED_BACK, [(h.phase.name, h.reason) for h in r.history]
+    assert r.error is not None and r.error.reason == reason
+    assert fleet.where("g1") == {"host1": DomainState.RUNNING}
+    assert fleet.prepares("host2") == [] and not fleet["host2"].host.exists(f"{IMAGES}/g1.qcow2")
+    assert any(h.reason.startswith(f"agent on {host} answers again after") for h in r.history)
+
+
+async def test_target_agent_restarted_within_its_lease_while_finishing(store, fleet, hosts):
+    """Bug 2: the target's agent restarted without its registration changing; the record waited
+    for the Finishing deadline (116 s in the campaign)."""
+    uuid = fleet.add_guest("host1", "g1")
+    fleet["host1"].hv.hold()
+    m = await submit(store, fleet, "g1", "host1", "host2")
+    async with engine(store, hosts, timeouts=SLOW):
+        await wait_for(store, m.id, lambda r: r.phase is Phase.MIGRATING)
+        await until(lambda: uuid in fleet["host1"].hv.jobs)
+        await fleet["host2"].stop()  # killed; its lease (and so the directory) still says available
+        fleet["host1"].hv.release()  # the job lands while the agent is away
+        await wait_for(store, m.id, lambda r: r.phase is Phase.FINISHING and r.lost_host == "host2")
+        await fleet["host2"].start()  # back within its lease: nobody announces it
+        r = await final(store, m.id, timeout=3)
+    assert r.phase is Phase.SUCCEEDED, [(h.phase.name, h.reason) for h in r.history]
+    assert fleet.where("g1") == {"host2": DomainState.RUNNING} and fleet.prepares("host2") == []
+
+
+async def test_a_source_agent_restart_before_preparing_does_not_spend_the_attempts(store, fleet, hosts):
+    """Bug 3: preflight re-queued at once on a lost agent: three attempts in 70 ms, then Failed."""
+    fleet.add_guest("host1", "g1")
+    await fleet["host1"].stop()  # restarting; still registered
+    m = await submit(store, fleet, "g1", "host1", "host2")
+    async with engine(store, hosts, timeouts=SLOW):
+        await wait_for(store, m.id, lambda r: r.lost_host == "host1")
+        await asyncio.sleep(1.0)
+        assert (await read(store, m.id)).phase is Phase.PREFLIGHT  # waiting, not failed
+        await fleet["host1"].start()
+        r = await final(store, m.id, timeout=4)
+    assert r.phase is Phase.SUCCEEDED and r.attempt == 1, [(h.phase.name, h.reason) for h in r.history]
+    assert fleet.where("g1") == {"host2": DomainState.RUNNING}
 
 
 # ---------------------------------------------------------------- slots

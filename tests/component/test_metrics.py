@@ -182,7 +182,7 @@ async def migrate_watching(setup: Setup) -> tuple[cpb.Migration, list[Samples], 
         cpb.SubmitMigrationRequest(
             vm="g1",
             target_host="host2",
-            options=tpb.MigrationOptions(bandwidth_mibps=64, persist_dest=True, undefine_source=True),
+            options=tpb.MigrationOptions(bandwidth_mibps=64),
         )
     )
     agent_scrapes: list[Samples] = []

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from ferry.agent.hostsystem import LocalHostSystem
-from ferry.errors import AlreadyExists, Internal
+from ferry.errors import AlreadyExists, Internal, InvalidArgument
+from ferry.paths import PathUse
 from ferry.ports import HostSystem
 from ferry.testing.fake_hostsystem import FakeHostSystem
 
@@ -170,3 +171,27 @@ def test_local_fs_type_from_mount_table(tmp_path):
     w = local_world(tmp_path)
     assert w.host.fs_type(f"{w.nfs}/x/y.qcow2") == "nfs4"
     assert w.host.fs_type(w.images) == "ext4"
+
+
+def test_local_declared_bridges_are_the_only_ones_offered(tmp_path):
+    w = local_world(tmp_path)
+    (tmp_path / "sys" / "class" / "net" / "br-mgmt" / "bridge").mkdir(parents=True)
+    assert w.host.bridges() == ["br-mgmt", "br-vm"]
+    declared = LocalHostSystem(
+        [w.images], sysfs_root=str(tmp_path / "sys"), mounts_file=str(tmp_path / "mounts"), bridges=["br-vm", "br-gone"]
+    )
+    assert declared.bridges() == ["br-vm"]  # the management bridge is not a guest bridge
+
+
+def test_confinement_is_the_same_on_both(world, tmp_path):
+    outside = str(tmp_path / "elsewhere" / "g1.qcow2")
+    assert world.host.confine(outside, PathUse.CREATE).reason == "PATH_OUTSIDE_IMAGE_DIRS"
+    assert world.host.confine(f"{world.images}/../g1.qcow2", PathUse.CREATE).reason == "PATH_DOTDOT"
+    assert world.host.confine("g1.qcow2", PathUse.REMOVE).reason == "PATH_NOT_ABSOLUTE"
+    assert world.host.confine(f"{world.images}/a/g1.qcow2", PathUse.CREATE) is None
+    assert world.host.confine(f"{world.shared}/g1.qcow2", PathUse.READ) is None  # shared dirs are image dirs too
+    with pytest.raises(InvalidArgument) as exc:
+        world.host.create_image(outside, fmt="qcow2", virtual_size=GiB)
+    assert exc.value.reason == "PATH_OUTSIDE_IMAGE_DIRS" and not world.host.exists(outside)
+    with pytest.raises(InvalidArgument):
+        world.host.remove("/etc/passwd")

@@ -157,6 +157,11 @@ async def test_host_facts(world):
     assert isinstance(facts.networks, tuple)
 
 
+async def test_ping(world):
+    await world.src.ping()  # a round trip to libvirtd (the agent's LibvirtWatch)
+    await world.dst.ping()
+
+
 async def test_unknown_domain(world):
     for call in (
         world.src.get_domain("nope"),

@@ -171,14 +171,23 @@ async def test_source_disks_of_a_guest_still_here_or_on_shared_storage_stay(lab,
     uuid = (await agents["host1"].GetDomain(apb.GetDomainRequest(name=name), timeout=30)).domain.uuid
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await agents["host1"].RemoveSourceDisks(
-            apb.RemoveSourceDisksRequest(domain_uuid=uuid, paths=[info.disks[0].path]), timeout=30
+            apb.RemoveSourceDisksRequest(domain_uuid=uuid, paths=[info.disks[0].path], migration_id="m-la-stay"),
+            timeout=30,
         )
     assert from_rpc_error(exc.value).reason == "DOMAIN_STILL_HERE"
     shared = str(lab.paths.console_log(name))  # a file on the lab's shared dir
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await agents["host1"].RemoveSourceDisks(
-            apb.RemoveSourceDisksRequest(domain_uuid="00000000-0000-4000-8000-000000000000", paths=[shared]), timeout=30
+            apb.RemoveSourceDisksRequest(
+                domain_uuid="00000000-0000-4000-8000-000000000000", paths=[shared], migration_id="m-la-stay"
+            ),
+            timeout=30,
         )
-    assert (exc.value.code(), from_rpc_error(exc.value).reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PATH_NOT_LOCAL")
+    # no Migrate from host1 recorded that migration: nothing is removed, shared storage least of all
+    # (PATH_NOT_LOCAL for a recorded migration naming a shared path: tests/unit/test_source_disks.py)
+    assert (exc.value.code(), from_rpc_error(exc.value).reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "MIGRATION_NOT_RECORDED",
+    )
     assert images(lab, "host1", name) == [f"{name}-vda.qcow2"]
     assert lab.paths.console_log(name).exists()

@@ -89,9 +89,7 @@ async def test_live_migration_with_disk_copy(lab, stubs, guests):
                 destination_xml=prep.destination_xml,
                 migration_id="lab-1",
                 progress_interval_ms=200,
-                options=tpb.MigrationOptions(
-                    storage=tpb.STORAGE_MODE_COPY_ALL, persist_dest=True, undefine_source=True, max_downtime_ms=300
-                ),
+                options=tpb.MigrationOptions(storage=tpb.STORAGE_MODE_COPY_ALL, max_downtime_ms=300),
             ),
             timeout=300,
         )
@@ -128,9 +126,7 @@ async def test_abort_through_the_agent(lab, stubs, guests):
             target_uri=lab.tcp_uri("host2"),
             destination_xml=prep.destination_xml,
             progress_interval_ms=200,
-            options=tpb.MigrationOptions(
-                storage=tpb.STORAGE_MODE_COPY_ALL, persist_dest=True, undefine_source=True, bandwidth_mibps=20
-            ),
+            options=tpb.MigrationOptions(storage=tpb.STORAGE_MODE_COPY_ALL, bandwidth_mibps=20),
         ),
         timeout=300,
     )
@@ -172,8 +168,6 @@ async def test_stalled_precopy_switches_to_postcopy(lab, stubs, guests):
                 progress_interval_ms=200,
                 options=tpb.MigrationOptions(
                     storage=tpb.STORAGE_MODE_COPY_ALL,
-                    persist_dest=True,
-                    undefine_source=True,
                     bandwidth_mibps=20,
                     allow_postcopy=True,
                     postcopy_on_stall=True,

@@ -93,3 +93,16 @@ def test_missing_file(tmp_path):
     with pytest.raises(InvalidArgument) as exc:
         load_config(tmp_path / "nope.toml")
     assert exc.value.reason == "CONFIG_UNREADABLE"
+
+
+def test_confinement_keys():
+    cfg = parse_config(LAB + 'bridges = ["br-guest"]\nmigration_targets = ["qemu+tcp://10.77.0.12/system"]\n')
+    assert cfg.bridges == ("br-guest",) and cfg.migration_targets == ("qemu+tcp://10.77.0.12/system",)
+    assert parse_config(LAB).migration_targets == ()  # without a registry: Migrate goes nowhere
+
+
+@pytest.mark.parametrize("bad", ['"images"', '"/var/lib/../../etc"'])
+def test_image_dirs_must_be_absolute_without_dotdot(bad):
+    with pytest.raises(InvalidArgument) as exc:
+        parse_config(LAB.replace('image_dirs = ["/var/lib/libvirt/images"]', f"image_dirs = [{bad}]"))
+    assert exc.value.reason == "CONFIG_INVALID" and "image_dirs" in exc.value.message

@@ -51,8 +51,28 @@ def reasons(**kw):
         ({"domain": None, "source": None}, ["VM_UNKNOWN"]),
         ({"target_name": "host1", "target": host("host1")}, ["SAME_HOST"]),
         ({"domain": dom(state=DomainState.SHUTOFF)}, ["VM_NOT_RUNNING"]),
-        ({"domain": dom(state=DomainState.SHUTOFF), "options": MigrationOptions(offline=True)}, []),
-        ({"domain": dom(persistent=False), "options": MigrationOptions(offline=True)}, ["VM_TRANSIENT"]),
+        # offline moves the definition only: libvirt cannot copy a disk then, nor may one stay behind
+        ({"domain": dom(state=DomainState.SHUTOFF), "options": MigrationOptions(offline=True)}, ["OFFLINE_LOCAL_DISK"]),
+        (
+            {
+                "domain": dom(state=DomainState.SHUTOFF),
+                "options": MigrationOptions(offline=True),
+                "storage": StorageMode.SHARED,
+            },
+            ["OFFLINE_LOCAL_DISK"],
+        ),
+        (
+            {
+                "domain": dom(state=DomainState.SHUTOFF, disks=(SHARED_OK,)),
+                "options": MigrationOptions(offline=True),
+                "storage": StorageMode.SHARED,
+            },
+            [],
+        ),
+        (
+            {"domain": dom(persistent=False), "options": MigrationOptions(offline=True)},
+            ["VM_TRANSIENT", "OFFLINE_LOCAL_DISK"],
+        ),
         ({"target": host("host2", free=128 << 20)}, ["INSUFFICIENT_MEMORY"]),
         ({"target": host("host2", arch="aarch64")}, ["ARCH_MISMATCH"]),
         ({"storage": StorageMode.SHARED}, ["DISK_NOT_SHARED"]),

@@ -14,20 +14,25 @@ def _args(*argv):
 
 
 @pytest.mark.parametrize(
-    ("argv", "storage", "persist", "undefine"),
+    ("argv", "storage", "keep_source", "transient_target"),
     [
-        ((), tpb.STORAGE_MODE_UNSPECIFIED, True, True),
-        (("--copy-storage-all",), tpb.STORAGE_MODE_COPY_ALL, True, True),
-        (("--copy-storage-inc",), tpb.STORAGE_MODE_COPY_INC, True, True),
-        (("--shared-storage",), tpb.STORAGE_MODE_SHARED, True, True),
+        # neither flag: the definition moves with the VM, which is the API's zero value
+        ((), tpb.STORAGE_MODE_UNSPECIFIED, False, False),
+        (("--copy-storage-all",), tpb.STORAGE_MODE_COPY_ALL, False, False),
+        (("--copy-storage-inc",), tpb.STORAGE_MODE_COPY_INC, False, False),
+        (("--shared-storage",), tpb.STORAGE_MODE_SHARED, False, False),
+        # virsh's meaning: naming one flag leaves out the other
         (("--persistent",), tpb.STORAGE_MODE_UNSPECIFIED, True, False),
         (("--undefinesource",), tpb.STORAGE_MODE_UNSPECIFIED, False, True),
-        (("--persistent", "--undefinesource"), tpb.STORAGE_MODE_UNSPECIFIED, True, True),
+        (("--persistent", "--undefinesource"), tpb.STORAGE_MODE_UNSPECIFIED, False, False),
     ],
 )
-def test_storage_and_definition_flags(argv, storage, persist, undefine):
+def test_storage_and_definition_flags(argv, storage, keep_source, transient_target):
     o = build_options(_args(*argv))
-    assert (o.storage, o.persist_dest, o.undefine_source) == (storage, persist, undefine)
+    assert (o.storage, o.keep_source_definition, o.transient_target) == (storage, keep_source, transient_target)
+    assert o == tpb.MigrationOptions(
+        storage=storage, keep_source_definition=keep_source, transient_target=transient_target
+    )  # nothing else set
 
 
 def test_tuning_flags():

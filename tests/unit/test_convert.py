@@ -139,6 +139,28 @@ def test_options_round_trip():
     assert convert.options_from_pb(convert.options_to_pb(opts)) == opts
 
 
+@pytest.mark.parametrize(
+    ("wire", "persist_dest", "undefine_source"),
+    [
+        # a plain request (proto3 zero values): the definition moves with the VM
+        (tpb.MigrationOptions(), True, True),
+        (tpb.MigrationOptions(keep_source_definition=True), True, False),
+        (tpb.MigrationOptions(transient_target=True), False, True),
+        (tpb.MigrationOptions(keep_source_definition=True, transient_target=True), False, False),
+    ],
+)
+def test_definition_defaults_are_the_safe_ones(wire, persist_dest, undefine_source):
+    o = convert.options_from_pb(wire)
+    assert (o.persist_dest, o.undefine_source) == (persist_dest, undefine_source)
+    back = convert.options_to_pb(o)  # and back: only what is asked for is on the wire
+    assert (back.keep_source_definition, back.transient_target) == (wire.keep_source_definition, wire.transient_target)
+
+
+def test_the_old_definition_fields_are_reserved():
+    assert not {"persist_dest", "undefine_source"} & set(tpb.MigrationOptions.DESCRIPTOR.fields_by_name)
+    assert {4, 5}.isdisjoint(f.number for f in tpb.MigrationOptions.DESCRIPTOR.fields)
+
+
 def test_mapping_and_disk_plan_round_trip():
     m = HostMapping(bridges={"br-guest": "br-vm"}, networks={"default": "lab"}, path_prefixes={"/a/": "/b/"})
     assert convert.mapping_from_pb(convert.mapping_to_pb(m)) == m

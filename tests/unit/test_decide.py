@@ -656,13 +656,23 @@ def test_rollback_retries_with_backoff_then_fails_loudly():
 
 # --- agents lost ------------------------------------------------------------------------------------
 
+PROBE = ObservePlacement(0.5)  # the first probe of a lost agent (Timeouts.agent_probe_s)
+LOST = "agent on {h} lost; probing again in 0.5 s (gives up after 120 s)"
+
+
+def lost(record, host, at=NOW):
+    """``record`` waiting for ``host`` since ``at``."""
+    return replace(record, lost_host=host, lost_since=at)
+
 
 @pytest.mark.parametrize(
     ("record", "host", "phase", "actions", "outcome"),
     [
         (PENDING, "host2", Phase.PENDING, (), "ignored: AgentLost in PENDING"),
-        (PREFLIGHT, "host2", Phase.PENDING, (), "agent on host2 lost; re-queued (attempt 1 of 3 used)"),
-        (replace(PREFLIGHT, attempt=3), "host1", Phase.FAILED, (), "agent on host1 lost; failed after 3 attempts"),
+        # nothing touched yet: wait for it (was: re-queued at once, three attempts spent in 70 ms)
+        (PREFLIGHT, "host2", Phase.PREFLIGHT, (PROBE,), LOST.format(h="host2")),
+        (replace(PREFLIGHT, attempt=3), "host1", Phase.PREFLIGHT, (PROBE,), LOST.format(h="host1")),
+        # the prepare's answer is lost: undo it at once (the next attempt's preflight waits)
         (
             PREPARING,
             "host2",
@@ -670,25 +680,143 @@ def test_rollback_retries_with_backoff_then_fails_loudly():
             (CleanupTarget(()),),
             "agent on host2 lost; rolling back (cleaning target, then re-queue)",
         ),
-        (
-            MIGRATING,
-            "host1",
-            Phase.MIGRATING,
-            (),
-            "agent on host1 lost; waiting for it (deadline 2026-11-25T20:15:20+00:00)",
-        ),
-        (
-            RB_LATE,
-            "host2",
-            Phase.ROLLING_BACK,
-            (),
-            "agent on host2 lost; waiting for it (deadline 2026-11-25T20:03:00+00:00)",
-        ),
+        # was: "waiting for it" until the phase deadline (44 minutes), for a lease change that never came
+        (MIGRATING, "host1", Phase.MIGRATING, (PROBE,), LOST.format(h="host1")),
+        (MIGRATING_FAILED, "host1", Phase.MIGRATING, (PROBE,), LOST.format(h="host1")),
+        (FINISHING, "host2", Phase.FINISHING, (PROBE,), LOST.format(h="host2")),
+        (RB_LATE, "host2", Phase.ROLLING_BACK, (PROBE,), LOST.format(h="host2")),
+        (RB_EARLY, "host2", Phase.ROLLING_BACK, (PROBE,), LOST.format(h="host2")),
         (MIGRATING, "host9", Phase.MIGRATING, (), "ignored: AgentLost in MIGRATING"),
     ],
 )
 def test_agent_lost(record, host, phase, actions, outcome):
-    check(record, AgentLost(host), phase, actions, outcome)
+    r = check(record, AgentLost(host), phase, actions, outcome)
+    if actions == (PROBE,):  # the wait is in the record (a new leader goes on with it)
+        assert (r.lost_host, r.lost_since) == (host, NOW)
+        assert r.history[-1].reason == f"agent on {host} lost; probing it until it answers"
+        assert r.next_deadline(T) == NOW + timedelta(seconds=120)  # not the phase's (bug 1: 44 min)
+
+
+@pytest.mark.parametrize(
+    ("after_s", "delay"),
+    [(0.2, 0.5), (1.5, 0.75), (3, 1.5), (6, 3.0), (20, 5.0), (119, 5.0)],
+)
+def test_a_lost_agent_is_probed_with_back_off_without_writing_the_record(after_s, delay):
+    r = lost(FINISHING, "host2")
+    d = decide(r, AgentLost("host2"), NOW + timedelta(seconds=after_s), T)
+    assert d.record is r  # no store write per probe
+    assert d.actions == (ObservePlacement(delay),)
+    assert d.outcome == f"agent on host2 lost for {after_s:.1f} s; probing again in {delay:g} s"
+
+
+@pytest.mark.parametrize(
+    ("record", "phase", "actions", "reason", "hint"),
+    [
+        (PREFLIGHT, Phase.FAILED, (), "AGENT_LOST", "check ferry-agent and libvirtd on host2"),
+        (MIGRATING, Phase.ROLLING_BACK, (AbortMigration(), ObservePlacement()), "AGENT_LOST", "ferry vms"),
+        (POSTCOPY, Phase.FAILED, (), "AGENT_LOST", "restart neither"),
+        (FINISHING, Phase.FAILED, (), "AGENT_LOST", "were not committed and are kept"),
+        (RB_LATE, Phase.FAILED, (), "AGENT_LOST", "remove prepare p-1 on host2"),
+        (RB_EARLY, Phase.FAILED, (), "AGENT_LOST", "remove prepare (id unknown) on host2"),
+    ],
+)
+def test_a_lost_agent_is_given_up_on_after_agent_lost_s(record, phase, actions, reason, hint):
+    waiting = lost(record, "host2")
+    too_late = NOW + timedelta(seconds=T.agent_lost_s)
+    for event in (AgentLost("host2"), Tick()):  # the next probe's failure, or the engine's tick
+        d = decide(waiting, event, too_late, T)
+        assert (d.record.phase, d.actions) == (phase, actions), d.outcome
+        assert d.record.error.reason == reason and hint in d.record.error.hint, d.record.error
+        assert "for 120 s" in d.record.error.message
+        assert (d.record.lost_host, d.record.lost_since) == ("", None)  # a new phase, a new wait
+    early = decide(waiting, Tick(), too_late - timedelta(seconds=1), T)  # not before, whatever the phase deadline
+    assert early.record is waiting and early.actions == (), early.outcome
+
+
+def test_the_phase_deadline_no_longer_bounds_a_lost_agent():
+    # Migrating's deadline is minutes to hours away (44 min in the campaign); the wait is not
+    r = lost(MIGRATING_FAILED, "host1")
+    assert r.phase_deadline > NOW + timedelta(minutes=10)
+    assert r.next_deadline(T) == NOW + timedelta(seconds=120)
+
+
+@pytest.mark.parametrize(
+    ("record", "placement", "phase", "actions", "outcome"),
+    [
+        (
+            PREFLIGHT,
+            Placement(R, None),
+            Phase.PREFLIGHT,
+            (RunPreflight(),),
+            "agents answer again; re-running preflight",
+        ),
+        (
+            RB_EARLY,
+            Placement(R, None),
+            Phase.ROLLING_BACK,
+            (CleanupTarget(()),),
+            "agents answer again; cleaning target",
+        ),
+        # libvirtd on the source came back: the job was cancelled, the guest runs on the source
+        (
+            MIGRATING_FAILED,
+            ON_SRC,
+            Phase.ROLLING_BACK,
+            (CleanupTarget(("p-1",)),),
+            "migration failed (MIGRATION_FAILED), guest runs on source; "
+            "rolling back (cleaning target, then rolled back)",
+        ),
+        (MIGRATING, MOVING, Phase.MIGRATING, (WatchJob(),), "migration job running; following it"),
+        # the target agent restarted within its lease during Finishing: commit at once
+        (FINISHING, ON_TGT, Phase.FINISHING, (CommitTarget("p-1"),), "guest runs on target only; committing"),
+        (RB_LATE_CLEANED, ON_SRC, Phase.ROLLED_BACK, (), "target cleaned, guest runs on source; rolled back"),
+    ],
+)
+def test_the_phase_goes_on_as_soon_as_both_agents_answer(record, placement, phase, actions, outcome):
+    r = check(lost(record, "host2"), placement, phase, actions, outcome, now=NOW + timedelta(seconds=5.5))
+    assert (r.lost_host, r.lost_since) == ("", None)
+    if r.phase is record.phase:
+        assert r.history[-1].reason == "agent on host2 answers again after 5.5 s"
+
+
+def test_libvirtd_killed_on_the_source_mid_migration_rolls_back_once_it_is_back():
+    """Bug 1: the job failed (LIBVIRT_UNREACHABLE), placement could not be read, and the record
+    waited for a lease change that never came. Now: probes until libvirtd answers, then act."""
+    e = Problem("LIBVIRT_UNREACHABLE", "migrateToURI3 on qemu:///system: End of file while reading data", "")
+    events = [MigrationEnded(False, error=e), AgentLost("host1")]
+    events += [AgentLost("host1")] * 5  # probes while libvirtd is down
+    events += [ON_SRC, CleanedUp(), ON_SRC]  # back: the guest runs on the source
+    r, outcomes = run(MIGRATING, events)
+    assert [a for _, a in outcomes[1:7]] == [(PROBE,)] + [
+        (ObservePlacement(d),) for d in (0.5, 1.0, 1.5, 2.0, 2.5)
+    ]  # the run advances 1 s per event: half the time lost so far
+    assert r.phase is Phase.ROLLED_BACK and r.error.reason == "LIBVIRT_UNREACHABLE" and r.target_cleaned
+    reasons = [h.reason for h in r.history]
+    assert "agent on host1 lost; probing it until it answers" in reasons
+    assert "agent on host1 answers again after 6.0 s" in reasons
+
+
+def test_a_source_agent_restart_while_preparing_does_not_spend_every_attempt():
+    """Bug 3: all three attempts were spent in 70 ms while the agent restarted in 5.5 s."""
+    events = [AgentLost("host1"), CleanedUp(), Admitted(), AgentLost("host1"), AgentLost("host1"), AgentLost("host1")]
+    events += [Placement(R, None), PreflightResult(), Prepared("p-2", "<domain/>")]
+    r, outcomes = run(PREPARING, events)
+    assert r.phase is Phase.MIGRATING and r.attempt == 2, [h.reason for h in r.history]
+    assert [o for o, _ in outcomes[3:]] == [
+        LOST.format(h="host1"),
+        "agent on host1 lost for 1.0 s; probing again in 0.5 s",
+        "agent on host1 lost for 2.0 s; probing again in 1 s",
+        "agents answer again; re-running preflight",
+        "preflight passed; preparing target",
+        "prepared; starting migration",
+    ]
+
+
+def test_a_target_agent_restarted_while_finishing_commits_when_it_answers():
+    """Bug 2: the record stalled 116 s until the Finishing deadline."""
+    r, outcomes = run(FINISHING, [AgentLost("host2"), AgentLost("host2"), ON_TGT, Committed()])
+    assert r.phase is Phase.SUCCEEDED
+    assert [a for _, a in outcomes] == [(PROBE,), (ObservePlacement(0.5),), (CommitTarget("p-1"),), ()]
 
 
 # --- whole runs, as the shell drives them (store round trip included) -----------------------------
@@ -816,3 +944,21 @@ def test_the_preflight_phases_prediction_is_kept_and_a_refusal_fails_touching_no
     refused = Problem("WILL_NOT_CONVERGE", "refused up front: will not converge at 32 MiB/s", "choose a policy")
     d = decide(PREFLIGHT, PreflightResult((refused,), p), NOW, T)
     assert (d.record.phase, d.record.error, d.record.prediction, d.actions) == (Phase.FAILED, refused, p, ())
+
+
+@pytest.mark.parametrize(
+    ("result", "read", "processed"),
+    [
+        (None, CompletedJob(time_elapsed_ms=9000, memory_processed=330 << 20, iterations=3), 330 << 20),
+        (CompletedJob(time_elapsed_ms=8000, memory_processed=325 << 20), None, 325 << 20),
+        (None, None, 320 << 20),  # nothing read: the totals, never the stale snapshot
+    ],
+)
+def test_a_landed_migration_ends_with_its_final_progress(result, read, processed):
+    """Bug 5: a record finished by a new leader kept its last throttled snapshot (1/320 MiB)."""
+    stale = MigrationProgress(MigrationPhase.PRECOPY, JobStats(memory_total=320 << 20, memory_processed=1 << 20))
+    r = decide(replace(FINISHING, progress=stale, result=result), Committed(job=read), NOW, T).record
+    assert r.phase is Phase.SUCCEEDED and r.progress.phase is MigrationPhase.COMPLETED
+    s = r.progress.stats
+    assert (s.memory_processed, s.memory_total, s.memory_remaining, s.disk_remaining) == (processed, 320 << 20, 0, 0)
+    assert decode(encode(r), 1).progress == r.progress  # and so it is stored

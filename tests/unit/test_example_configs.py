@@ -55,3 +55,34 @@ def test_coordinator_example_policies():
     assert sorted(c.policies) == ["busy", "default", "no-postcopy"]
     assert [s.policy for s in c.policy_selectors] == ["busy", "default"]
     assert c.prediction.link_mibps == 1100
+
+
+SYSTEMD = CONFIG.parent / "systemd"
+
+
+def unit(name: str) -> dict[str, list[str]]:
+    """A unit file's ``Key=value`` lines (keys may repeat)."""
+    out: dict[str, list[str]] = {}
+    for line in (SYSTEMD / name).read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def test_the_agent_unit_is_confined_to_the_example_configs_image_dirs():
+    u, c = unit("ferry-agent.service"), load_agent(CONFIG / "agent.toml")
+    for key in ("NoNewPrivileges", "PrivateTmp", "ProtectHome", "PrivateDevices"):
+        assert u[key] == ["yes"], key
+    assert u["ProtectSystem"] == ["strict"] and u["StateDirectory"] == ["ferry-agent"]
+    writable = {p.lstrip("-") for p in u["ReadWritePaths"]}
+    assert {*c.image_dirs, *c.shared_dirs} <= writable and "/run/libvirt" in writable
+    assert u["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
+    assert "CAP_SYS_ADMIN" not in u["CapabilityBoundingSet"][0]
+
+
+def test_the_coordinator_runs_as_its_own_user():
+    u = unit("ferry-coordinator.service")
+    assert u["User"] == ["ferry-coordinator"] and "DynamicUser" not in u
+    assert u["CapabilityBoundingSet"] == [""] and u["ProtectSystem"] == ["strict"]
+    assert "u ferry-coordinator" in (SYSTEMD / "ferry.sysusers.conf").read_text()

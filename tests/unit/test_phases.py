@@ -301,6 +301,8 @@ def full_record() -> MigrationRecord:
         retries=1,
         rollback_to=Phase.CANCELLED,
         target_cleaned=True,
+        lost_host="host2",
+        lost_since=T0 + timedelta(seconds=5),
         revision=0,
     )
 
@@ -314,6 +316,16 @@ def test_round_trip_every_field():
 
 def test_round_trip_defaults():
     assert decode(encode(rec()), 3) == replace(rec(), revision=3)
+
+
+def test_the_wait_for_a_lost_agent_is_stored_only_while_waiting():
+    import json
+
+    assert "lost_host" not in json.loads(encode(rec()))  # so that older coordinators read it
+    waiting = replace(rec(), lost_host="host1", lost_since=T0)
+    doc = json.loads(encode(waiting))
+    assert (doc["lost_host"], doc["lost_since"]) == ("host1", "2026-11-25T20:00:00+00:00")
+    assert decode(encode(waiting), 1) == replace(waiting, revision=1)
 
 
 def test_json_names_enums_and_keeps_revision_out():

@@ -365,3 +365,24 @@ def test_a_recovered_record_then_finishes_through_decide():
     for event in (MigrationEnded(True), ON_TGT, Committed()):
         r = decide(r, event, NOW, T).record
     assert r.phase is Phase.SUCCEEDED
+
+
+def test_a_new_leader_that_cannot_reach_an_agent_waits_for_it_with_a_bound():
+    """Recovery without a placement because a host does not answer: the same bounded wait as
+    decide's (probes, then give up), kept across leaders through the record."""
+    from datetime import timedelta
+
+    from ferry.coordinator.events import ObservePlacement
+
+    r = RECORDS["finishing"]
+    d = recover(r, None, None, NOW, T, unreachable="host2")
+    assert d.actions == (ObservePlacement(0.5),) and (d.record.lost_host, d.record.lost_since) == ("host2", NOW)
+    # the next leader finds the wait in the record and keeps its start
+    later = recover(d.record, None, None, NOW + timedelta(seconds=30), T, unreachable="host2")
+    assert later.record is d.record and later.actions == (ObservePlacement(5.0),)
+    gave_up = recover(d.record, None, None, NOW + timedelta(seconds=T.agent_lost_s), T, unreachable="host2")
+    assert gave_up.record.phase is Phase.FAILED and gave_up.record.error.reason == "AGENT_LOST"
+    # both answer: the wait ends, the phase goes on from the placement
+    back = recover(d.record, ON_TGT, [], NOW + timedelta(seconds=3), T)
+    assert back.actions == (CommitTarget("p-1"),) and back.record.lost_host == ""
+    assert back.record.history[-1].reason == "agent on host2 answers again after 3.0 s"

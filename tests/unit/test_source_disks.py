@@ -7,6 +7,7 @@ import pytest
 
 from ferry.agent import source_disks as sd
 from ferry.agent.source_disks import SourceDisks, in_use, invalid_paths, not_local
+from ferry.agent.source_records import Outcome, SourceRecord, SourceRecords
 from ferry.errors import FailedPrecondition, InvalidArgument
 from ferry.model import Disk, DomainInfo, DomainState, PrepareRecord, StorageDir
 from ferry.testing.fake_hostsystem import FakeHostSystem
@@ -94,31 +95,44 @@ def hv(host):
     return FakeHypervisor(hostname="host1", host=host)
 
 
-def service(hv, host, prepared=()):
-    return SourceDisks(hv, host, host_name="host1", prepared=lambda: list(prepared))
+COPIED = (f"{IMG}/g1-vda.qcow2", f"{IMG}/g1-vdb.qcow2")  # what migration m-1 of g1 copied
 
 
-async def test_removes_the_local_images_and_is_idempotent(hv, host):
-    svc = service(hv, host)
+@pytest.fixture
+def records(tmp_path):
+    """This host's records of outgoing migrations: m-1 copied g1's two local disks."""
+    r = SourceRecords(tmp_path)
+    r.save(SourceRecord("m-1", UUID, "g1", COPIED, T0, Outcome.COMPLETED, T0))
+    return r
+
+
+def service(hv, host, records, prepared=()):
+    return SourceDisks(hv, host, host_name="host1", records=records, prepared=lambda: list(prepared), clock=lambda: T0)
+
+
+async def test_removes_the_local_images_and_is_idempotent(hv, host, records):
+    svc = service(hv, host, records)
     done = await svc.remove(UUID, [f"{IMG}/g1-vda.qcow2", f"{IMG}/g1-vdb.qcow2"], migration_id="m-1")
     assert (done.removed, done.already_gone) == ((f"{IMG}/g1-vda.qcow2", f"{IMG}/g1-vdb.qcow2"), ())
     assert not host.exists(f"{IMG}/g1-vda.qcow2") and host.exists(f"{IMG}/other.qcow2")
-    again = await svc.remove(UUID, [f"{IMG}/g1-vda.qcow2", f"{IMG}/g1-vdb.qcow2"])
+    again = await svc.remove(UUID, [f"{IMG}/g1-vda.qcow2", f"{IMG}/g1-vdb.qcow2"], migration_id="m-1")
     assert (again.removed, again.already_gone) == ((), (f"{IMG}/g1-vda.qcow2", f"{IMG}/g1-vdb.qcow2"))
 
 
 @pytest.mark.parametrize("state", [DomainState.RUNNING, DomainState.SHUTOFF])
-async def test_refused_while_the_domain_is_here(hv, host, state):
+async def test_refused_while_the_domain_is_here(hv, host, records, state):
     hv.add_domain(make_domain_xml("g1", uuid=UUID, disks=[("vda", f"{IMG}/g1-vda.qcow2", "qcow2")]), state=state)
     with pytest.raises(FailedPrecondition) as exc:
-        await service(hv, host).remove(UUID, [f"{IMG}/g1-vda.qcow2"])
+        await service(hv, host, records).remove(UUID, [f"{IMG}/g1-vda.qcow2"], migration_id="m-1")
     assert exc.value.reason == "DOMAIN_STILL_HERE" and "virsh undefine g1" in exc.value.hint
     assert host.exists(f"{IMG}/g1-vda.qcow2")
 
 
-async def test_shared_storage_and_foreign_paths_are_never_removed(hv, host):
+async def test_shared_storage_and_foreign_paths_are_never_removed(hv, host, records):
     with pytest.raises(InvalidArgument) as exc:
-        await service(hv, host).remove(UUID, [f"{IMG}/g1-vda.qcow2", f"{NFS}/g1-data.raw", "/etc/passwd"])
+        await service(hv, host, records).remove(
+            UUID, [f"{IMG}/g1-vda.qcow2", f"{NFS}/g1-data.raw", "/etc/passwd"], migration_id="m-1"
+        )
     err = exc.value
     assert err.reason == "PATH_NOT_LOCAL"
     assert f"{NFS}/g1-data.raw" in err.message and "/etc/passwd" in err.message
@@ -126,29 +140,80 @@ async def test_shared_storage_and_foreign_paths_are_never_removed(hv, host):
     assert host.removed == []  # nothing, not even the local one
 
 
-async def test_a_path_another_domain_uses_is_refused(hv, host):
+async def test_a_path_another_domain_uses_is_refused(hv, host, records):
     hv.add_domain(make_domain_xml("other", disks=[("vda", f"{IMG}/other.qcow2", "qcow2")]))
     with pytest.raises(FailedPrecondition) as exc:
-        await service(hv, host).remove(UUID, [f"{IMG}/other.qcow2"])
+        await service(hv, host, records).remove(UUID, [f"{IMG}/other.qcow2"], migration_id="m-1")
     assert exc.value.reason == "DISK_IN_USE" and "by other" in exc.value.message
 
 
-async def test_an_image_prepared_for_an_incoming_migration_is_refused(hv, host):
+async def test_an_image_prepared_for_an_incoming_migration_is_refused(hv, host, records):
     record = PrepareRecord("p1", "g1", UUID, (f"{IMG}/g1-vda.qcow2",), T0, T0, "m-2")
     with pytest.raises(FailedPrecondition) as exc:
-        await service(hv, host, [record]).remove(UUID, [f"{IMG}/g1-vda.qcow2"])
+        await service(hv, host, records, [record]).remove(UUID, [f"{IMG}/g1-vda.qcow2"], migration_id="m-1")
     assert exc.value.reason == "PATH_PREPARED" and "p1" in exc.value.message
 
 
 @pytest.mark.parametrize(
     ("uuid", "paths", "reason"), [("", [f"{IMG}/a"], "MISSING_FIELD"), (UUID, [f"{IMG}/../etc/passwd"], "PATH_INVALID")]
 )
-async def test_malformed_requests(hv, host, uuid, paths, reason):
+async def test_malformed_requests(hv, host, records, uuid, paths, reason):
     with pytest.raises(InvalidArgument) as exc:
-        await service(hv, host).remove(uuid, paths)
+        await service(hv, host, records).remove(uuid, paths)
     assert exc.value.reason == reason
 
 
-async def test_no_paths_is_nothing_to_do(hv, host):
-    done = await service(hv, host).remove(UUID, [])
+async def test_no_paths_is_nothing_to_do(hv, host, records):
+    done = await service(hv, host, records).remove(UUID, [])
     assert (done.removed, done.already_gone) == ((), ())
+
+
+# ---------------------------------------------------------------- only what this host recorded
+
+
+@pytest.mark.parametrize(
+    ("uuid", "migration_id", "paths", "error", "reason"),
+    [
+        # a made-up UUID, a migration this host never ran, another domain's migration id
+        ("99999999-9999-4999-8999-999999999999", "m-1", COPIED, FailedPrecondition, "MIGRATION_NOT_RECORDED"),
+        (UUID, "m-made-up", COPIED, FailedPrecondition, "MIGRATION_NOT_RECORDED"),
+        # a path the migration did not copy (an unreferenced template image, say)
+        (UUID, "m-1", [f"{IMG}/other.qcow2"], FailedPrecondition, "PATH_NOT_RECORDED"),
+        (UUID, "", COPIED, InvalidArgument, "MISSING_FIELD"),
+        (UUID, "../m-1", COPIED, InvalidArgument, "BAD_ID"),
+    ],
+)
+async def test_only_disks_this_host_recorded_for_that_migration_are_removed(
+    hv, host, records, uuid, migration_id, paths, error, reason
+):
+    with pytest.raises(error) as exc:
+        await service(hv, host, records).remove(uuid, list(paths), migration_id=migration_id)
+    assert exc.value.reason == reason and exc.value.hint
+    assert host.removed == [] and host.exists(f"{IMG}/other.qcow2") and host.exists(COPIED[0])
+
+
+async def test_a_migration_the_agent_saw_fail_removes_nothing(hv, host, records):
+    records.save(SourceRecord("m-2", UUID, "g1", COPIED, T0, Outcome.FAILED, T0))
+    with pytest.raises(FailedPrecondition) as exc:
+        await service(hv, host, records).remove(UUID, list(COPIED), migration_id="m-2")
+    assert exc.value.reason == "MIGRATION_NOT_COMPLETED" and host.removed == []
+
+
+async def test_a_migration_whose_end_was_not_seen_removes_once_the_domain_left(hv, host, records):
+    """The agent restarted during the job: the record stays RUNNING; the domain gone from this host
+    (DOMAIN_STILL_HERE guards the other case) says it left."""
+    records.save(SourceRecord("m-3", UUID, "g1", COPIED, T0))
+    done = await service(hv, host, records).remove(UUID, list(COPIED), migration_id="m-3")
+    assert done.removed == COPIED
+    assert records.load("m-3").outcome is Outcome.REMOVED
+
+
+async def test_a_migrate_records_what_it_copies_and_how_it_ended(hv, host, records):
+    svc = service(hv, host, records)
+    dom = DomainInfo("g2", "22222222-2222-4222-8222-222222222222", DomainState.RUNNING)
+    svc.migration_started("m-9", dom, [f"{IMG}/g2.qcow2"])
+    assert records.load("m-9") == SourceRecord("m-9", dom.uuid, "g2", (f"{IMG}/g2.qcow2",), T0)
+    svc.migration_ended("m-9", completed=False)
+    assert records.load("m-9").outcome is Outcome.FAILED
+    svc.migration_started("", dom, [f"{IMG}/g2.qcow2"])  # no migration id: nothing to key it by
+    assert records.migration_ids() == ["m-1", "m-9"]

@@ -67,14 +67,17 @@ def guest(name: str = "g1", uuid: str = UUID) -> DomainInfo:
 
 @dataclass
 class InventoryAgent:
-    """All the fleet view and a submission ask of an agent: its inventory, a guest measured."""
+    """All the fleet view and a submission ask of an agent: its inventory (its bridges say where a
+    mapping may send a NIC), a guest measured."""
 
     host: str
     domains: list[DomainInfo] = field(default_factory=list)
     loads: dict[str, GuestLoad] = field(default_factory=dict)  # by domain UUID; else not measured
+    bridges: tuple[str, ...] = ("br-guest", "br-vm")
 
     async def inventory(self) -> Inventory:
-        return Inventory(HostFacts(hostname=self.host, host_uuid=f"uuid-{self.host}"), tuple(self.domains))
+        facts = HostFacts(hostname=self.host, host_uuid=f"uuid-{self.host}", bridges=self.bridges)
+        return Inventory(facts, tuple(self.domains))
 
     async def measure_guest(self, vm: str, *, periods: Sequence[int] = (1, 3)) -> GuestLoad:
         return self.loads.get(vm, GuestLoad(error="not measured in this test"))
@@ -134,6 +137,7 @@ async def test_a_submission_writes_its_record_its_idempotency_key_and_the_vms_ac
 
 async def test_a_submission_without_a_key_writes_no_idempotency_key(fx):
     fx.agents["host1"].domains.append(guest())
+    fx.agents["host3"].bridges += ("br-x",)  # an override must name a bridge the target has
     options = MigrationOptions(storage=StorageMode.SHARED)
     m = await fx.submissions.submit(
         SubmitRequest("g1", "host3", options, storage_explicit=True, mapping=HostMapping(bridges={"br-guest": "br-x"}))
@@ -149,12 +153,67 @@ async def test_the_same_idempotency_key_returns_the_same_migration(fx):
     first = await fx.submissions.submit(SubmitRequest("g1", "host2", idempotency_key="k"))
     again = await fx.submissions.submit(SubmitRequest("g1", "host2", idempotency_key="k"))
     assert again == first
-    # even with other arguments, and even once the VM is gone: the key names the submission
+    # even once the VM is gone: the key names the submission (the fleet is not asked again)
     fx.agents["host1"].domains.clear()
-    other = await fx.submissions.submit(SubmitRequest("g1", "host3", idempotency_key="k"))
-    assert other.id == first.id and other.target_host == "host2"
+    assert await fx.submissions.submit(SubmitRequest("g1", "host2", idempotency_key="k")) == first
+    assert await fx.submissions.submit(SubmitRequest(UUID, "host2", idempotency_key="k")) == first  # by UUID
     entries, _ = await fx.store.list(keys.MIGRATIONS)
     assert len(entries) == 1
+
+
+@pytest.mark.parametrize(
+    ("other", "field"),
+    [
+        (SubmitRequest("g2", "host2", idempotency_key="k"), "vm"),
+        (SubmitRequest("g1", "host3", idempotency_key="k"), "target_host"),
+        (SubmitRequest("g1", "host2", priority=9, idempotency_key="k"), "priority"),
+        (SubmitRequest("g1", "host2", MigrationOptions(bandwidth_mibps=5), idempotency_key="k"), "options"),
+        (
+            SubmitRequest("g1", "host2", MigrationOptions(storage=StorageMode.SHARED), True, idempotency_key="k"),
+            "options",
+        ),
+        (
+            SubmitRequest("g1", "host2", mapping=HostMapping(bridges={"br-guest": "br-guest"}), idempotency_key="k"),
+            "mapping",
+        ),
+    ],
+)
+async def test_an_idempotency_key_reused_with_another_body_is_refused(fx, other, field):
+    fx.agents["host1"].domains.append(guest())
+    first = await fx.submissions.submit(SubmitRequest("g1", "host2", idempotency_key="k"))
+    before = fx.store.revision
+    with pytest.raises(InvalidArgument) as refused:
+        await fx.submissions.submit(other)
+    assert refused.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert first.id in refused.value.message and field in refused.value.message
+    assert fx.store.revision == before  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("mapping", "error", "reason"),
+    [
+        (
+            HostMapping(path_prefixes={"/var/lib/libvirt/images": "/var/lib/libvirt/images/../../../../etc/cron.d"}),
+            InvalidArgument,
+            "PATH_DOTDOT",
+        ),
+        (
+            HostMapping(path_prefixes={"/var/lib/libvirt/images": "/etc/cron.d"}),
+            InvalidArgument,
+            "PATH_OUTSIDE_IMAGE_DIRS",
+        ),
+        (HostMapping(path_prefixes={"/var/lib/libvirt/images": "images"}), InvalidArgument, "PATH_NOT_ABSOLUTE"),
+        (HostMapping(bridges={"br-guest": "br-mgmt"}), FailedPrecondition, "BRIDGE_MISSING"),
+        (HostMapping(networks={"default": "nowhere"}), FailedPrecondition, "NETWORK_MISSING"),
+    ],
+)
+async def test_mapping_overrides_must_land_on_what_the_target_has(fx, mapping, error, reason):
+    fx.agents["host1"].domains.append(guest())
+    before = fx.store.revision
+    with pytest.raises(error) as refused:
+        await fx.submissions.submit(SubmitRequest("g1", "host2", mapping=mapping))
+    assert refused.value.reason == reason and refused.value.hint
+    assert fx.store.revision == before
 
 
 async def test_a_second_submission_for_a_busy_vm_is_refused_vm_busy(fx):

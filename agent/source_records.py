@@ -1,0 +1,119 @@
+"""What each outgoing migration copied, recorded on the source: the only disks RemoveSourceDisks
+may remove.
+
+A Migrate that copies disks writes a record keyed by its migration id before the job starts
+(the domain's UUID and name, the source paths of the disks copied) and marks how the job ended
+as far as this agent saw it. RemoveSourceDisks then removes only paths that record lists, for
+the domain it names: a made-up UUID, a made-up path or a migration this host never ran removes
+nothing.
+
+One JSON file per migration under ``state_dir/outgoing``, written like the prepare records
+(temporary file, fsync, rename, fsync of the directory). Records older than ``KEEP`` are swept.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+KEEP = timedelta(days=7)  # a record outlives its migration by this long (late RemoveSourceDisks)
+
+
+class Outcome(enum.Enum):
+    """How the job ended, as far as this agent saw it."""
+
+    RUNNING = "running"  # started; the agent did not see the end (stream cut, agent restarted)
+    COMPLETED = "completed"  # the job completed: the domain runs on the target
+    FAILED = "failed"  # the job failed or was aborted: the domain stayed here
+    REMOVED = "removed"  # RemoveSourceDisks removed the paths
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    migration_id: str
+    domain_uuid: str
+    domain_name: str
+    paths: tuple[str, ...]  # source paths of the disks the migration copies
+    started_at: datetime
+    outcome: Outcome = Outcome.RUNNING
+    ended_at: datetime | None = None
+
+
+class SourceRecords:
+    """One JSON file per outgoing migration that copies disks, under ``state_dir/outgoing``.
+    Migration ids are checked by the caller (``ferry.validate.ident``: no ``/``, no ``..``)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self._dir = Path(state_dir) / "outgoing"
+        self._dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, migration_id: str) -> Path:
+        return self._dir / f"{migration_id}.json"
+
+    def save(self, record: SourceRecord) -> None:
+        doc = {
+            "migration_id": record.migration_id,
+            "domain_uuid": record.domain_uuid,
+            "domain_name": record.domain_name,
+            "paths": list(record.paths),
+            "started_at": record.started_at.isoformat(),
+            "outcome": record.outcome.value,
+            "ended_at": record.ended_at.isoformat() if record.ended_at else None,
+        }
+        tmp = self._dir / f".{record.migration_id}.json.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._path(record.migration_id))
+        dir_fd = os.open(self._dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def load(self, migration_id: str) -> SourceRecord | None:
+        """The record, None when there is none (or it is unreadable: logged, left for an operator)."""
+        try:
+            doc = json.loads(self._path(migration_id).read_text(encoding="utf-8"))
+            ended = doc.get("ended_at")
+            return SourceRecord(
+                migration_id=str(doc["migration_id"]),
+                domain_uuid=str(doc["domain_uuid"]),
+                domain_name=str(doc["domain_name"]),
+                paths=tuple(str(p) for p in doc["paths"]),
+                started_at=datetime.fromisoformat(doc["started_at"]),
+                outcome=Outcome(doc["outcome"]),
+                ended_at=datetime.fromisoformat(ended) if ended else None,
+            )
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("unreadable outgoing migration record %s: %r; left in place", migration_id, exc)
+            return None
+
+    def migration_ids(self) -> list[str]:
+        """The migrations recorded here, sorted."""
+        return sorted(p.stem for p in self._dir.glob("*.json"))
+
+    def ended(self, migration_id: str, outcome: Outcome, at: datetime) -> None:
+        record = self.load(migration_id)
+        if record is not None:
+            self.save(replace(record, outcome=outcome, ended_at=at))
+
+    def sweep(self, now: datetime) -> list[str]:
+        """Delete records started more than ``KEEP`` ago; their migration ids."""
+        gone = []
+        for path in sorted(self._dir.glob("*.json")):
+            record = self.load(path.stem)
+            if record is not None and now - record.started_at > KEEP:
+                path.unlink(missing_ok=True)
+                gone.append(record.migration_id)
+        return gone

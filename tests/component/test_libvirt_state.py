@@ -1,0 +1,104 @@
+"""The agent says when its libvirtd stops and comes back, and the coordinators' fleet view follows:
+LibvirtWatch over a fake hypervisor -> the agent's Registration in the (in-memory) store -> the
+coordinator's Fleet -> a HostChange for the leader's engine. Also: an agent restarted within its
+lease is a HostChange too (the leader resumes its migrations at once)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from ferry.agent.health import LibvirtWatch
+from ferry.agent.registration import Registration
+from ferry.coordinator.fleet import Fleet
+from ferry.keys import host_key
+from ferry.registry import HostChange, HostRegistration
+from ferry.testing.fake_hypervisor import FakeHypervisor
+from ferry.testing.memory_store import MemoryStore
+
+
+class _NoClient:
+    host = "host1"
+
+    async def inventory(self):  # never asked here: the tests do not refresh inventories
+        raise AssertionError("not used")
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[MemoryStore]:
+    s = MemoryStore()
+    yield s
+    await s.close()
+
+
+async def next_change(changes: AsyncIterator[HostChange], timeout: float = 2.0) -> HostChange:
+    return await asyncio.wait_for(anext(changes), timeout)
+
+
+def test_registration_value_carries_libvirts_state_and_old_values_read_as_up():
+    reg = HostRegistration("host1", "10.77.0.11:7070", libvirt_up=False)
+    assert HostRegistration.decode(reg.encode()) == reg
+    old = b'{"name": "host1", "address": "10.77.0.11:7070", "libvirt_uri": "", "registered_at": null}'
+    assert HostRegistration.decode(old).libvirt_up  # an older agent's value
+
+
+async def test_libvirt_watch_reports_each_change_once():
+    hv = FakeHypervisor(hostname="host1")
+    seen: list[bool] = []
+    watch = LibvirtWatch(hv, seen.append, interval_s=0.01)
+    assert await watch.check() and seen == [True]
+    hv.reachable = False  # libvirtd killed
+    assert not await watch.check() and not await watch.check()
+    hv.reachable = True  # restarted
+    assert await watch.check()
+    assert seen == [True, False, True]
+
+
+async def test_libvirtd_down_and_back_reaches_the_fleet_view_at_once(store):
+    hv = FakeHypervisor(hostname="host1")
+    reg = Registration(store, "host1", "10.77.0.11:7070", ttl_s=30)  # renewals far apart
+    running = asyncio.get_running_loop().create_task(reg.run())
+    await asyncio.wait_for(reg.registered.wait(), 2)
+    fleet = Fleet(store, lambda host, address: _NoClient())  # type: ignore[arg-type,return-value]
+    await fleet.start()
+    changes = fleet.changes().__aiter__()
+    watch = asyncio.get_running_loop().create_task(LibvirtWatch(hv, reg.set_libvirt_up, interval_s=0.05).run())
+    try:
+        assert fleet.available_hosts() == {"host1"}
+        first = await store.get(host_key("host1"))
+        hv.reachable = False
+        assert await next_change(changes) == HostChange("host1", available=False)
+        assert fleet.available_hosts() == set()
+        down = await store.get(host_key("host1"))
+        assert down is not None and first is not None
+        assert down.lease == first.lease  # the same registration, rewritten
+        assert HostRegistration.decode(down.value).registered_at == HostRegistration.decode(first.value).registered_at
+        hv.reachable = True
+        assert await next_change(changes) == HostChange("host1", available=True)
+        assert fleet.available_hosts() == {"host1"}
+    finally:
+        watch.cancel()
+        await fleet.close()
+        await reg.stop()
+        running.cancel()
+
+
+async def test_an_agent_restarted_within_its_lease_is_announced(store):
+    first = Registration(store, "host1", "10.77.0.11:7070", ttl_s=30)
+    task = asyncio.get_running_loop().create_task(first.run())
+    await asyncio.wait_for(first.registered.wait(), 2)
+    fleet = Fleet(store, lambda host, address: _NoClient())  # type: ignore[arg-type,return-value]
+    await fleet.start()
+    changes = fleet.changes().__aiter__()
+    task.cancel()  # killed: its key stays until the lease runs out
+    await asyncio.gather(task, return_exceptions=True)
+    again = Registration(store, "host1", "10.77.0.11:7070", ttl_s=30)  # the restarted agent
+    task = asyncio.get_running_loop().create_task(again.run())
+    try:
+        assert await next_change(changes) == HostChange("host1", available=True, restarted=True)
+    finally:
+        await fleet.close()
+        await again.stop()
+        task.cancel()
