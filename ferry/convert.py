@@ -617,7 +617,27 @@ def policy_to_pb(p: ConvergencePolicy) -> tpb.ConvergencePolicy:
 
 def policy_from_pb(m: tpb.ConvergencePolicy) -> ConvergencePolicy:
     """A 0 where the proto says "0 = default" takes ``ConvergencePolicy``'s default. Raises
-    InvalidArgument (INVALID_CONVERGENCE_POLICY) for a policy that breaks its rules."""
+    InvalidArgument (INVALID_CONVERGENCE_POLICY) for a policy that breaks its rules, and
+    (OUT_OF_RANGE, TOO_MANY_ITEMS, ...) for a field out of the API's bounds."""
+    validate.text(m.name, "policy.name")
+    for key in ("bandwidth_mibps", "postcopy_bandwidth_mibps"):
+        validate.number(getattr(m, key), f"policy.{key}", hi=validate.MAX_BANDWIDTH_MIBPS, zero="no cap")
+    validate.items(m.downtime_steps, "policy.downtime_steps")
+    for n, s in enumerate(m.downtime_steps):
+        validate.number(
+            s.max_downtime_ms, f"policy.downtime_steps[{n}].max_downtime_ms", lo=1, hi=validate.MAX_DOWNTIME_MS
+        )
+        validate.seconds(s.after_s, f"policy.downtime_steps[{n}].after_s")
+    for key in (
+        "postcopy_after_s",
+        "completion_timeout_s",
+        "timeout_per_gib_s",
+        "min_timeout_s",
+        "progress_timeout_s",
+    ):
+        validate.seconds(getattr(m, key), f"policy.{key}")
+    validate.seconds(m.stall_tolerance, "policy.stall_tolerance", hi=1.0)
+    validate.names(m.compression, "policy.compression", max_len=16)
     d = ConvergencePolicy()
     return ConvergencePolicy(
         name=m.name,

@@ -203,3 +203,35 @@ def test_a_policys_zeros_take_the_defaults_on_the_wire():
 
     assert fconvert.policy_from_pb(tpb.ConvergencePolicy(name="p")) == ConvergencePolicy(name="p")
     assert fconvert.policy_from_pb(fconvert.policy_to_pb(with_policy().policy)) == with_policy().policy
+
+
+@pytest.mark.parametrize(
+    ("policy", "reason", "field"),
+    [
+        (tpb.ConvergencePolicy(postcopy_after_s=float("nan")), "OUT_OF_RANGE", "policy.postcopy_after_s"),
+        (tpb.ConvergencePolicy(completion_timeout_s=-1.0), "OUT_OF_RANGE", "policy.completion_timeout_s"),
+        (tpb.ConvergencePolicy(progress_timeout_s=float("inf")), "OUT_OF_RANGE", "policy.progress_timeout_s"),
+        (tpb.ConvergencePolicy(stall_tolerance=2.0), "OUT_OF_RANGE", "policy.stall_tolerance"),
+        (tpb.ConvergencePolicy(bandwidth_mibps=4294967295), "OUT_OF_RANGE", "policy.bandwidth_mibps"),
+        (
+            tpb.ConvergencePolicy(downtime_steps=[tpb.DowntimeStep(max_downtime_ms=300, after_s=1e300)]),
+            "OUT_OF_RANGE",
+            "policy.downtime_steps[0].after_s",
+        ),
+        (
+            tpb.ConvergencePolicy(downtime_steps=[tpb.DowntimeStep(max_downtime_ms=300)] * 300),
+            "TOO_MANY_ITEMS",
+            "policy.downtime_steps",
+        ),
+        (tpb.ConvergencePolicy(name="x" * 500), "FIELD_TOO_LONG", "policy.name"),
+    ],
+)
+def test_a_policy_off_the_wire_is_checked_at_the_edge(policy, reason, field):
+    """The agent reads the policy from a MigrateRequest: a NaN, an infinity or a negative number
+    of seconds is refused there, with the field named, before the driver runs."""
+    from ferry import convert as fconvert
+    from ferry.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument) as err:
+        fconvert.policy_from_pb(policy)
+    assert err.value.reason == reason and err.value.message.startswith(field)
