@@ -370,10 +370,12 @@ def _prediction(doc: dict[str, Any], source: str) -> PredictionConfig:
         periods = t.data["periods_s"]
         if (
             not isinstance(periods, list)
-            or not periods
+            or not 1 <= len(periods) <= 8
             or not all(isinstance(p, int) and 1 <= p <= 60 for p in periods)
         ):
-            raise bad(source, "[prediction] periods_s must be 1 to 60 s each", "write periods_s = [1, 3]")
+            raise bad(
+                source, "[prediction] periods_s must be 1 to 60 s each, at most 8 of them", "write periods_s = [1, 3]"
+            )
         values["periods_s"] = tuple(periods)
     if "reuse_s" in t:
         values["reuse_s"] = float(t.number("reuse_s"))
