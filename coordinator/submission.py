@@ -7,7 +7,7 @@ the store (``ferry/keys.py``) and the leader's engine picks the record up from t
 Submission (idempotent, one active migration per VM), in store writes:
 
 1. ``idempotency/<key>`` exists: return that migration unchanged (whatever it is now) -- when
-   the request is the same (VM, target, options, priority, mapping overrides); a key reused
+   the request is the same (VM, target, options, priority, mapping overrides, a named policy); a key reused
    with a different body is refused INVALID_ARGUMENT ``IDEMPOTENCY_KEY_REUSED``.
 2. Validate against the fleet view: target known, VM found, not already on the target; the
    request's mapping overrides land inside the target's image directories and name bridges and
@@ -154,6 +154,8 @@ def request_differences(request: SubmitRequest, record: MigrationRecord) -> list
     options = request.options if request.storage_explicit else replace(request.options, storage=record.options.storage)
     if options != record.options:
         out.append("options")
+    if request.policy and (record.policy is None or record.policy.name != request.policy):
+        out.append("policy")
     m, r = request.mapping, record.mapping
     if any(
         r_table.get(k) != v

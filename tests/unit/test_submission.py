@@ -161,6 +161,17 @@ async def test_the_same_idempotency_key_returns_the_same_migration(fx):
     assert len(entries) == 1
 
 
+async def test_a_named_policy_is_part_of_the_idempotent_request(fx):
+    """The same key and policy: the same migration; the key without the name (the selectors
+    choose) is the same request too."""
+    fx.submissions.policies = {"busy": BUSY}
+    fx.agents["host1"].domains.append(guest())
+    first = await fx.submissions.submit(SubmitRequest("g1", "host2", idempotency_key="k", policy="busy"))
+    assert first.policy is not None and first.policy.name == "busy"
+    assert await fx.submissions.submit(SubmitRequest("g1", "host2", idempotency_key="k", policy="busy")) == first
+    assert await fx.submissions.submit(SubmitRequest("g1", "host2", idempotency_key="k")) == first
+
+
 @pytest.mark.parametrize(
     ("other", "field"),
     [
@@ -176,9 +187,11 @@ async def test_the_same_idempotency_key_returns_the_same_migration(fx):
             SubmitRequest("g1", "host2", mapping=HostMapping(bridges={"br-guest": "br-guest"}), idempotency_key="k"),
             "mapping",
         ),
+        (SubmitRequest("g1", "host2", idempotency_key="k", policy="busy"), "policy"),
     ],
 )
 async def test_an_idempotency_key_reused_with_another_body_is_refused(fx, other, field):
+    fx.submissions.policies = {"busy": BUSY}
     fx.agents["host1"].domains.append(guest())
     first = await fx.submissions.submit(SubmitRequest("g1", "host2", idempotency_key="k"))
     before = fx.store.revision
