@@ -158,3 +158,40 @@ async def test_an_unknown_migration_is_not_found(setup):
     with pytest.raises(NotFound):
         await ops.control("m-404", LiveRequest(max_downtime_ms=1), requested_by="dave")
     assert agent.calls == []
+
+
+@dataclass
+class PeerContext:
+    """What ``requested_by`` reads of a gRPC call: the peer, no TLS identity, the metadata."""
+
+    address: str
+    metadata: tuple[tuple[str, str], ...] = ()
+
+    def peer(self) -> str:
+        return self.address
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
+
+
+@pytest.mark.parametrize(
+    ("claimed", "expected"),
+    [
+        ("", "ipv4:127.0.0.1:5000"),
+        ("alice", "alice via ipv4:127.0.0.1:5000"),
+        ("al\x00ice\n", "al?ice? via ipv4:127.0.0.1:5000"),
+    ],
+)
+def test_who_asked_is_printable_and_short_enough_for_the_agent(claimed, expected):
+    """The coordinator sends ``requested_by`` on to the source agent, which refuses control
+    characters and more than 200 characters in it: a client's claimed name is cut and cleaned."""
+    from ferry import validate
+    from ferry.coordinator.service import USER_METADATA, requested_by
+
+    meta = ((USER_METADATA, claimed),) if claimed else ()
+    assert requested_by(PeerContext("ipv4:127.0.0.1:5000", meta)) == expected  # type: ignore[arg-type]
+    long = requested_by(PeerContext("ipv4:127.0.0.1:5000", ((USER_METADATA, "x" * 10_000),)))  # type: ignore[arg-type]
+    assert validate.text(long, "requested_by") == long
