@@ -305,7 +305,9 @@ def roll_back(
     else:
         actions = ((AbortMigration(),) if abort else ()) + (ObservePlacement(),)
         then = ("aborting migration; " if abort else "") + "observing placement"
-    ends = {Phase.PENDING: "then re-queue", Phase.CANCELLED: "then cancelled"}.get(goal, "then rolled back")
+    ends = {Phase.PENDING: "then re-queue", Phase.CANCELLED: "then cancelled", Phase.FAILED: "then failed"}.get(
+        goal, "then rolled back"
+    )
     return Decision(r, actions, f"{reason}; rolling back ({then}, {ends})")
 
 
@@ -666,6 +668,25 @@ def on_placement(c: Ctx, p: Placement) -> Decision:
             ),
         )
     if loc is Location.NOWHERE:
+        if r.phase is Phase.ROLLING_BACK and r.rollback_to is Phase.FAILED and r.target_cleaned:
+            return finish_rollback(c, f"target cleaned; {r.vm} runs on neither host")
+        if r.phase is Phase.MIGRATING and _stopped_in_precopy(r, p):
+            # Stopped before the switch-over (its host died, QEMU crashed): the source's disks and
+            # definition hold its newest state, the target's copies are incomplete. Remove those,
+            # so nothing is left there and the next migration can prepare again.
+            return roll_back(
+                c,
+                f"{r.vm} runs on neither host; it stopped on {r.source_host} during pre-copy",
+                goal=Phase.FAILED,
+                safe_to_clean=True,
+                error=Problem(
+                    "VM_NOT_RUNNING",
+                    f"{r.vm} stopped on {r.source_host} during pre-copy: it runs on neither "
+                    f"{r.source_host} nor {r.target_host}",
+                    f"its newest state is on {r.source_host}: find out why it stopped (libvirt/qemu logs there), "
+                    f"then start it there (virsh start {r.vm}); the target's incomplete copies are removed",
+                ),
+            )
         kept = "" if r.target_cleaned else f"; the target's copies (prepare {r.prepare_id or '?'}) are kept"
         return _needs_operator(
             c,
@@ -736,6 +757,20 @@ def _placement_migrating(c: Ctx, loc: Location) -> Decision:
         goal=Phase.ROLLED_BACK,
         error=err,
         safe_to_clean=True,
+    )
+
+
+def _stopped_in_precopy(r: MigrationRecord, p: Placement) -> bool:
+    """A guest running nowhere certainly stopped before its migration switched over: the job was
+    not seen in post-copy, the target has no definition (a landed migration defines it there, or
+    runs it transient), and the source still defines it although a completed migration would have
+    undefined it there."""
+    return (
+        not r.options.offline
+        and r.options.undefine_source
+        and not (r.progress is not None and r.progress.phase is MigrationPhase.POSTCOPY)
+        and p.target_state is None
+        and p.source_state in (DomainState.SHUTOFF, DomainState.CRASHED)
     )
 
 

@@ -10,6 +10,10 @@ by ``inventory_timeout_s``; an agent that does not answer is shown unavailable w
 A host is **available** while its registration exists, says its libvirtd answers (the agent
 watches it: ``agent/health.py``) and its last inventory call did not fail (an unreachable agent
 is asked again every ``reprobe_s``, so it comes back on its own).
+
+The domains of each host are also kept in the store (``last-seen/<host>``, written when they
+change), so a replica that never asked a host before it went away (a follower, a new leader) still
+lists that host's VMs, marked unreachable, instead of losing them from view.
 Hosts declared in the config but never registered, and hosts whose registration went away, stay
 in the view as unavailable (so ``ferry hosts`` shows them DOWN instead of forgetting them).
 
@@ -21,19 +25,24 @@ available or unavailable, or its agent registered anew while available: a restar
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import inspect
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from ferry import convert
 from ferry.errors import FerryError, NotFound, Unavailable
 from ferry.keys import HOSTS as HOSTS_PREFIX
+from ferry.keys import last_seen_key
 from ferry.model import DomainInfo, HostFacts, Inventory
 from ferry.ports import AgentClient
 from ferry.registry import HostChange, HostRegistration
-from ferry.store import Entry, EventKind, Resync, Store
+from ferry.store import Conflict, Entry, EventKind, Resync, Store
+from ferry.v1 import agent_pb2 as apb
 
 from .checks import HostView
 
@@ -85,6 +94,7 @@ class _Host:
     reachable: bool | None = None
     error: FerryError | None = None
     refreshing: asyncio.Task[None] | None = field(default=None, repr=False)
+    saved: tuple[DomainInfo, ...] | None = None  # the domains last-seen/<name> holds, as far as we know
 
     def state(self) -> HostState:
         reg = self.registration
@@ -120,6 +130,27 @@ def pick_domain(
     """
     ranked = sorted(found, key=lambda hd: (not hd[1].state.is_active, hd[0] not in available, hd[0]))
     return ranked[0] if ranked else None
+
+
+def encode_last_seen(at: datetime, inventory: Inventory) -> bytes:
+    """The value of ``last-seen/<host>``: when, and the inventory (its protobuf, base64)."""
+    pb = convert.inventory_to_pb(inventory).SerializeToString()
+    return json.dumps({"at": at.isoformat(), "inventory": base64.b64encode(pb).decode()}).encode()
+
+
+def decode_last_seen(value: bytes) -> tuple[datetime, Inventory]:
+    """The inverse of :func:`encode_last_seen`.
+
+    >>> from ferry.model import DomainState
+    >>> at = datetime(2026, 12, 2, tzinfo=UTC)
+    >>> inv = Inventory(HostFacts("h1", "hu1"), (DomainInfo("g1", "u1", DomainState.RUNNING),))
+    >>> decode_last_seen(encode_last_seen(at, inv)) == (at, inv)
+    True
+    """
+    data = json.loads(value)
+    m = apb.Inventory()
+    m.ParseFromString(base64.b64decode(data["inventory"]))
+    return datetime.fromisoformat(data["at"]), convert.inventory_from_pb(m)
 
 
 class Fleet:
@@ -297,9 +328,46 @@ class Fleet:
             if h.client is client:
                 log.info("inventory of %s failed: %s: %s", h.name, err.reason, err)
                 self._set(h, reachable=False, error=err)
+                if h.inventory is None:
+                    await self._load_last_seen(h)
             return
         if h.client is client:
             self._set(h, inventory=inventory, fetched_at=self._clock(), reachable=True, error=None)
+            if inventory.domains != h.saved:
+                await self._save_last_seen(h, inventory)
+
+    async def _save_last_seen(self, h: _Host, inventory: Inventory) -> None:
+        """Write ``last-seen/<host>`` (an upsert; a lost race with another replica is fine: it wrote
+        the same or newer). Never raises: the view works without it."""
+        value = encode_last_seen(self._clock(), inventory)
+        key = last_seen_key(h.name)
+        try:
+            entry = await self.store.get(key)
+            if entry is None:
+                await self.store.create(key, value)
+            else:
+                await self.store.update(key, value, entry.mod_revision)
+            h.saved = inventory.domains
+        except (Conflict, FerryError) as exc:
+            log.info("could not save the VMs last seen on %s: %s", h.name, exc)
+
+    async def _load_last_seen(self, h: _Host) -> None:
+        """A host that does not answer, and of which this replica knows nothing: what it last
+        reported to any replica (``last-seen/<host>``), so its VMs stay in view."""
+        try:
+            entry = await self.store.get(last_seen_key(h.name))
+        except FerryError as exc:
+            log.info("could not read the VMs last seen on %s: %s", h.name, exc)
+            return
+        if entry is None or h.inventory is not None:
+            return
+        try:
+            at, inventory = decode_last_seen(entry.value)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring %s: %s", entry.key, exc)
+            return
+        log.info("%s does not answer: showing the %d VM(s) it reported at %s", h.name, len(inventory.domains), at)
+        h.inventory, h.fetched_at, h.saved = inventory, at, inventory.domains
 
     def _set(self, h: _Host, *, restarted: bool = False, **changes: object) -> None:
         """Change ``h``'s fields; tell subscribers when its availability flipped, or when it

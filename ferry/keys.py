@@ -13,6 +13,9 @@ key                          value
                              final, and only while it still names that record (``release_vm_active``)
 ``hosts/<name>``             an agent's registration (``registry.HostRegistration`` JSON), written by the
                              agent under its own lease: absent = the agent is down
+``last-seen/<host>``         the VMs a host last reported (``LastSeen`` JSON: when, and its Inventory
+                             protobuf), written by a coordinator when they change, so that every
+                             replica still lists a dead host's VMs (``coordinator/fleet.py``)
 ``leader``                   the elected coordinator (``LEADER_KEY``; ``election.py``)
 ===========================  =====================================================================
 
@@ -30,6 +33,7 @@ MIGRATIONS = "migrations/"
 IDEMPOTENCY = "idempotency/"
 VM_ACTIVE = "vm-active/"
 HOSTS = "hosts/"
+LAST_SEEN = "last-seen/"
 LEADER_KEY = "leader"  # the elected coordinator (``election.py``)
 
 
@@ -69,6 +73,15 @@ def vm_active_key(vm_uuid: str) -> str:
 def host_key(name: str) -> str:
     """``hosts/<name>``."""
     return _child(HOSTS, name)
+
+
+def last_seen_key(host: str) -> str:
+    """``last-seen/<host>``.
+
+    >>> last_seen_key("host1")
+    'last-seen/host1'
+    """
+    return _child(LAST_SEEN, host)
 
 
 def name_below(prefix: str, key: str) -> str:

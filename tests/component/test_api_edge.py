@@ -247,6 +247,7 @@ async def test_a_server_caps_concurrent_calls(agents):
 async def test_coordinator_refuses_malformed_requests_with_a_reason(fx, request_, reason):
     fx.agents.add_guest("host1", "g1")
     method = getattr(fx.stub, type(request_).__name__.removesuffix("Request"))
+    await fx.coordinator.fleet.refresh(force=True)  # the view has written what it saw (last-seen/)
     before = fx.store.revision
     code, got, message = await refused(method(request_))
     assert (code, got) == (grpc.StatusCode.INVALID_ARGUMENT, reason)

@@ -3,10 +3,10 @@ the same): for each class a fresh guest is migrated host1 -> host2 under a cap, 
 when the record enters the class's phase, is repaired after its outage, and every invariant of
 issue 11 is checked (bench/README.md, "chaos.py"). One test per class asserts that class held.
 
-Classes that break on today's code are marked ``xfail`` (not strict) with the bug of issue 11 that
-breaks them, so the suite stays green until the fixes land; once they have, delete the class from
-``EXPECTED_TO_BREAK`` and the test must pass. Run with ``-s`` for the campaign's tables and its
-wall time.
+A class known to break is listed in ``EXPECTED_TO_BREAK`` with the bug that breaks it and
+marked ``xfail`` (not strict), so the suite stays green until its fix lands; once it has, the
+class is deleted from there and its test must pass. Today every class must hold. Run with ``-s``
+for the campaign's tables and its wall time.
 
 First, on the campaign's own lab (3 etcd members, 2 coordinators, host2 with a 512 MiB image
 filesystem), the lab's fault primitives are checked to do what they say.
@@ -33,12 +33,10 @@ from ferry.lab.faults import FILL_BLOCK, image_dir_free
 
 pytestmark = pytest.mark.lab
 
-# Classes that break on today's code, with what breaks them (issue 11's findings and the
-# campaign's own). Remove a line when its fix has landed: that class's test must then pass.
-EXPECTED_TO_BREAK: dict[str, str] = {
-    "partition-source": "dead host: ferry vms does not mark the VMs of a host that is gone as unreachable",
-    "host-death-source": "dead host: VMs not marked unreachable; the target's prepare is left after Failed",
-}
+# Classes that break on today's code, with what breaks them. Empty: issue 11's bugs 1 and 2 and
+# the dead-host findings (a replica that never asked a dead host lost its VMs from view; a guest
+# dead in pre-copy left the target's prepare) are fixed. Add a line only with a filed bug.
+EXPECTED_TO_BREAK: dict[str, str] = {}
 # Not here, though issue 11 lists it: bug 3 (a source-agent kill in Preparing spends the three attempts
 # in ~100 ms) ends the record Failed with the guest safe on the source: it breaks none of the six
 # invariants. The campaign's "outcomes" column shows it.

@@ -323,10 +323,18 @@ def test_an_ignored_event_changes_nothing():
         pytest.param(
             MIGRATING_FAILED,
             NOWHERE,
+            Phase.ROLLING_BACK,
+            (CleanupTarget(("p-1",)),),
+            "g1 runs on neither host; it stopped on host1 during pre-copy; rolling back (cleaning target, then failed)",
+            id="nowhere-precopy",
+        ),
+        pytest.param(
+            replace(POSTCOPY, error=E_JOB),
+            NOWHERE,
             Phase.FAILED,
             (),
             "g1 runs on neither host1 nor host2; failed, needs an operator",
-            id="nowhere",
+            id="nowhere-postcopy",
         ),
         pytest.param(
             MIGRATING,
@@ -473,10 +481,23 @@ def test_split_brain_fails_loudly_and_keeps_everything(record, reason):
     assert d.actions == ()
 
 
-def test_a_vm_gone_everywhere_keeps_the_target_copies_and_says_so():
-    d = decide(MIGRATING_FAILED, NOWHERE, NOW, T)
+def test_a_vm_gone_everywhere_after_post_copy_keeps_the_target_copies_and_says_so():
+    d = decide(replace(POSTCOPY, error=E_JOB), NOWHERE, NOW, T)
     assert d.record.error.reason == "VM_NOT_RUNNING"
     assert "start it" in d.record.error.hint and "prepare p-1" in d.record.error.hint
+
+
+def test_a_vm_gone_everywhere_during_pre_copy_ends_failed_with_the_target_cleaned():
+    # its host died (or QEMU crashed) in pre-copy: the source holds its newest state, the
+    # target's copies are incomplete; removed, so the next migration can prepare again
+    d = decide(MIGRATING_FAILED, NOWHERE, NOW, T)
+    assert d.record.error.reason == "VM_NOT_RUNNING"
+    assert "virsh start g1" in d.record.error.hint and "host1" in d.record.error.hint
+    d = decide(d.record, CleanedUp(), NOW, T)
+    assert (d.record.phase, d.actions) == (Phase.ROLLING_BACK, (ObservePlacement(),))
+    d = decide(d.record, NOWHERE, NOW, T)
+    assert (d.record.phase, d.actions) == (Phase.FAILED, ())
+    assert d.record.error.reason == "VM_NOT_RUNNING"
 
 
 @pytest.mark.parametrize(

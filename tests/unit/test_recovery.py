@@ -129,8 +129,16 @@ def assert_invariant(before, placement, d, *, recovering):
     t_alive = t is not None and t.is_active
 
     # the target's images are removed only when the guest cannot be using them
+    # (or, with the guest running nowhere, when the source still defines it and the migration
+    # would have undefined it there: it stopped before the switch-over, the target's copy is partial)
     if CleanupTarget in kinds and started:
-        assert clear and not t_alive and not t_present and not job and s_present, ctx
+        stopped_before_switch = (
+            t is None
+            and s in (DomainState.SHUTOFF, DomainState.CRASHED)
+            and before.options.undefine_source
+            and not before.options.offline
+        )
+        assert clear and not t_alive and not t_present and not job and (s_present or stopped_before_switch), ctx
     # commit / success only when the guest runs on the target alone
     if CommitTarget in kinds or (after.phase is Phase.SUCCEEDED and before.phase is not Phase.SUCCEEDED):
         assert clear and t_present and not s_alive and not job, ctx

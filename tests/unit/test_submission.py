@@ -90,6 +90,13 @@ class Setup:
     agents: dict[str, InventoryAgent]
     submissions: Submissions
 
+    async def revision(self) -> int:
+        """The store's revision once the fleet view has seen every host's VMs as they are now
+        (it keeps them in ``last-seen/``, written when they change), so what moves it afterwards
+        is the submission's own writes."""
+        await self.fleet.refresh(force=True)
+        return self.store.revision
+
     async def keys_below(self, prefix: str) -> dict[str, str]:
         entries, _ = await self.store.list(prefix)
         return {e.key: keys.decode_id(e.value) for e in entries}
@@ -194,7 +201,7 @@ async def test_an_idempotency_key_reused_with_another_body_is_refused(fx, other,
     fx.submissions.policies = {"busy": BUSY}
     fx.agents["host1"].domains.append(guest())
     first = await fx.submissions.submit(SubmitRequest("g1", "host2", idempotency_key="k"))
-    before = fx.store.revision
+    before = await fx.revision()
     with pytest.raises(InvalidArgument) as refused:
         await fx.submissions.submit(other)
     assert refused.value.reason == "IDEMPOTENCY_KEY_REUSED"
@@ -222,7 +229,7 @@ async def test_an_idempotency_key_reused_with_another_body_is_refused(fx, other,
 )
 async def test_mapping_overrides_must_land_on_what_the_target_has(fx, mapping, error, reason):
     fx.agents["host1"].domains.append(guest())
-    before = fx.store.revision
+    before = await fx.revision()
     with pytest.raises(error) as refused:
         await fx.submissions.submit(SubmitRequest("g1", "host2", mapping=mapping))
     assert refused.value.reason == reason and refused.value.hint
@@ -262,7 +269,7 @@ async def test_a_second_submission_for_a_busy_vm_is_refused_vm_busy(fx):
 )
 async def test_a_refused_submission_says_why_and_writes_nothing(fx, vm, to, key, error, reason, hint):
     fx.agents["host1"].domains.append(guest())
-    before = fx.store.revision
+    before = await fx.revision()
     with pytest.raises(error) as refused:
         await fx.submissions.submit(SubmitRequest(vm, to, idempotency_key=key))
     assert refused.value.reason == reason and hint in refused.value.hint
@@ -271,7 +278,7 @@ async def test_a_refused_submission_says_why_and_writes_nothing(fx, vm, to, key,
 
 async def test_an_unknown_disk_to_copy_is_refused_before_any_write(fx):
     fx.agents["host1"].domains.append(guest())
-    before = fx.store.revision
+    before = await fx.revision()
     options = MigrationOptions(storage=StorageMode.COPY_ALL, migrate_disks=("vdz",))
     with pytest.raises(InvalidArgument) as refused:
         await fx.submissions.submit(SubmitRequest("g1", "host2", options, storage_explicit=True))

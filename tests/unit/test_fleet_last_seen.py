@@ -1,0 +1,85 @@
+"""The fleet view keeps a dead host's VMs in view for every replica (``coordinator/fleet.py``).
+
+A replica that never asked a host before it went away (a follower coordinator, a new leader)
+must still list that host's VMs, as the host last reported them, marked unreachable: a dead host
+must not look like lost VMs. The domains are kept in the store under ``last-seen/<host>``,
+written only when they change. Real Fleet objects on the in-memory store; the agents are
+stand-ins answering ``inventory()`` or failing like an unreachable agent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from ferry import keys
+from ferry.coordinator.fleet import Fleet, decode_last_seen
+from ferry.errors import Unavailable
+from ferry.model import DomainInfo, DomainState, HostFacts, Inventory
+from ferry.registry import HostRegistration
+from ferry.testing.memory_store import MemoryStore
+
+T1 = datetime(2026, 12, 2, 1, 0, tzinfo=UTC)
+T2 = datetime(2026, 12, 2, 1, 5, tzinfo=UTC)
+
+
+@dataclass
+class Agent:
+    host: str
+    domains: list[DomainInfo] = field(default_factory=list)
+    down: bool = False
+    calls: int = 0
+
+    async def inventory(self) -> Inventory:
+        self.calls += 1
+        if self.down:
+            raise Unavailable(f"the agent on {self.host} cannot be reached", reason="AGENT_UNREACHABLE")
+        return Inventory(HostFacts(self.host, f"uuid-{self.host}"), tuple(self.domains))
+
+
+async def fleet_over(store: MemoryStore, agents: dict[str, Agent], now: datetime) -> Fleet:
+    fleet = Fleet(store, lambda name, address: agents[name], lambda: now, inventory_ttl_s=0.0)  # type: ignore[arg-type,return-value]
+    await fleet.start()
+    return fleet
+
+
+async def test_a_replica_that_never_asked_a_dead_host_lists_its_vms_as_last_reported() -> None:
+    store = MemoryStore()
+    g1 = DomainInfo("g1", "u-1", DomainState.RUNNING, memory_bytes=1 << 30)
+    agents = {"host1": Agent("host1", [g1]), "host2": Agent("host2")}
+    for name in agents:
+        await store.create(keys.host_key(name), HostRegistration(name, f"fake:{name}").encode())
+    leader = await fleet_over(store, agents, T1)
+    await leader.refresh()
+    entry = await store.get(keys.last_seen_key("host1"))
+    assert entry is not None and decode_last_seen(entry.value)[1].domains == (g1,)
+
+    agents["host1"].down = True  # host1 dies; a follower that never asked it lists the VMs
+    follower = await fleet_over(store, agents, T2)
+    await follower.refresh()
+    host1 = follower.host("host1")
+    assert host1 is not None and not host1.available
+    assert host1.domains == (g1,) and host1.last_seen == T1  # when host1 last reported them
+    assert await follower.locate_vm("g1") == ("host1", g1)
+    await leader.close()
+    await follower.close()
+
+
+async def test_the_store_is_written_only_when_the_domains_change() -> None:
+    store = MemoryStore()
+    agents = {"host1": Agent("host1", [DomainInfo("g1", "u-1", DomainState.RUNNING)])}
+    await store.create(keys.host_key("host1"), HostRegistration("host1", "fake:host1").encode())
+    fleet = await fleet_over(store, agents, T1)
+    await fleet.refresh(force=True)
+    first = await store.get(keys.last_seen_key("host1"))
+    await fleet.refresh(force=True)
+    await fleet.refresh(force=True)
+    assert agents["host1"].calls == 3
+    same = await store.get(keys.last_seen_key("host1"))
+    assert first is not None and same is not None and same.mod_revision == first.mod_revision
+    agents["host1"].domains.append(DomainInfo("g2", "u-2", DomainState.PAUSED))
+    await fleet.refresh(force=True)
+    changed = await store.get(keys.last_seen_key("host1"))
+    assert changed is not None and changed.mod_revision > first.mod_revision
+    assert [d.name for d in decode_last_seen(changed.value)[1].domains] == ["g1", "g2"]
+    await fleet.close()
