@@ -188,8 +188,15 @@ class _Job:
     dirtied: int = 0
     step: int = 0
     abort: bool = False
+    # set with ``abort`` (``request_abort``): wakes a job held between steps, so that an abort
+    # is acted on even while jobs are held
+    aborted: asyncio.Event = field(default_factory=asyncio.Event)
     postcopy: bool = False
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    def request_abort(self) -> None:
+        self.abort = True
+        self.aborted.set()
 
 
 class FakeFleet:
@@ -498,7 +505,7 @@ class FakeHypervisor:
             return False
         if job.postcopy:
             raise self._error(le.VIR_ERR_OPERATION_INVALID, "cannot abort migration in post-copy mode", "abortJob")
-        job.abort = True
+        job.request_abort()
         return True
 
     async def set_max_downtime(self, name_or_uuid: str, ms: int) -> None:
@@ -613,7 +620,7 @@ class FakeHypervisor:
             async with asyncio.timeout(timeout_s):
                 await asyncio.shield(job.done)
         except TimeoutError:
-            job.abort = True
+            job.request_abort()
             raise le.timeout_error(call, self.uri, timeout_s) from None
 
     def _start_job(
@@ -753,7 +760,7 @@ class FakeHypervisor:
                 await asyncio.sleep(self.step_s)
                 self._check_libvirtd(job)
                 if not job.abort:  # an abort is acted on even while jobs are held (its end then waits)
-                    await self._gate.wait()
+                    await self._held(job)
                     job.step += 1
                 if job.abort:
                     await self._ending(job, "cancelled")
@@ -782,6 +789,19 @@ class FakeHypervisor:
             if not job.done.done():
                 job.done.set_result(None)
             job.done.exception()  # retrieved here: a job nobody waits for any more must not warn
+
+    async def _held(self, job: _Job) -> None:
+        """Wait while jobs are held; an abort requested meanwhile ends the wait (a job that went
+        to wait just before an abort must not miss it)."""
+        if self._gate.is_set():
+            return
+        gate = asyncio.ensure_future(self._gate.wait())
+        aborted = asyncio.ensure_future(job.aborted.wait())
+        try:
+            await asyncio.wait((gate, aborted), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gate.cancel()
+            aborted.cancel()
 
     def _check_libvirtd(self, job: _Job) -> None:
         """A peer-to-peer job dies with either host's libvirtd (``reachable`` False): the source's
