@@ -75,6 +75,7 @@ class ParsedDomain:
     vcpus: int
     cpu_mode: str = ""  # "host-model", "host-passthrough", "custom", "" = no <cpu>
     cpu_model: str = ""
+    emulator: str = ""  # <devices><emulator>, "" = libvirt's default
 
 
 class _Refused(Exception):
@@ -223,6 +224,7 @@ def parse_domain(xml: str) -> ParsedDomain:
         vcpus=vcpus,
         cpu_mode=cpu_mode,
         cpu_model=cpu_model,
+        emulator=(root.findtext("devices/emulator") or "").strip(),
     )
 
 

@@ -31,7 +31,8 @@ from ferry.agent import libvirt_errors as le
 from ferry.agent import libvirt_translate as lt
 from ferry.agent import probe
 from ferry.agent.target_checks import cpu_check_failed
-from ferry.errors import Aborted, FerryError
+from ferry.convergence import ConvergencePolicy
+from ferry.errors import Aborted, FailedPrecondition, FerryError
 from ferry.model import DomainInfo, HostFacts, JobStats, MigrationOptions
 
 log = logging.getLogger(__name__)
@@ -327,7 +328,10 @@ class LibvirtHypervisor:
                 if not completed and not dom.isActive():  # it stopped while we asked
                     return JobStats()
                 raise
-            return lt.job_stats_from_libvirt(stats, postcopy=lt.in_postcopy(*dom.state()))
+            state = dom.state()
+            return lt.job_stats_from_libvirt(
+                stats, postcopy=lt.in_postcopy(*state), postcopy_failed=lt.postcopy_failed(*state)
+            )
 
         return await self._call("jobStats", work, retry=True)
 
@@ -403,6 +407,96 @@ class LibvirtHypervisor:
 
     async def start_postcopy(self, name_or_uuid: str) -> None:
         await self._call("migrateStartPostCopy", lambda c: self._lookup(c, name_or_uuid).migrateStartPostCopy(0))
+
+    async def migration_limits(self, name_or_uuid: str) -> tuple[int, int]:
+        def work(conn: libvirt.virConnect) -> tuple[int, int]:
+            dom = self._lookup(conn, name_or_uuid)
+            return int(dom.migrateGetMaxDowntime(0)), int(dom.migrateGetMaxSpeed(0))
+
+        return await self._call("migrateGetMaxDowntime", work, retry=True)
+
+    async def suspend(self, name_or_uuid: str) -> None:
+        await self._call("suspend", lambda c: self._lookup(c, name_or_uuid).suspend())
+
+    async def resume(self, name_or_uuid: str) -> None:
+        await self._call("resume", lambda c: self._lookup(c, name_or_uuid).resume())
+
+    async def remote_resume(self, target_uri: str, name_or_uuid: str) -> bool:
+        uri = self._peer_uris.get(target_uri, target_uri)
+
+        def work() -> bool:
+            remote = libvirt.open(uri)
+            try:
+                dom = self._lookup(remote, name_or_uuid)
+                if dom.state()[0] != lt.VIR_DOMAIN_PAUSED:
+                    return False
+                dom.resume()
+                return True
+            finally:
+                remote.close()
+
+        return await self._remote("resume", uri, work)
+
+    async def guest_ram_resident(self, name_or_uuid: str) -> int:
+        """From the QEMU process's smaps (libvirt's pid file under /run/libvirt/qemu): local
+        qemu:///system only; 0 when it cannot be read."""
+
+        def name(conn: libvirt.virConnect) -> tuple[str, int]:
+            dom = self._lookup(conn, name_or_uuid)
+            return dom.name(), int(dom.maxMemory()) * 1024
+
+        if not self.uri.startswith("qemu:///system"):
+            return 0
+        domain, memory = await self._call("lookupByName", name, retry=True)
+
+        def read() -> int:
+            try:
+                pid = int(open(f"/run/libvirt/qemu/{domain}.pid").read().strip())  # noqa: SIM115
+                with open(f"/proc/{pid}/smaps") as f:
+                    return lt.guest_ram_resident(f.read(), memory)
+            except (OSError, ValueError):
+                return 0
+
+        return await asyncio.to_thread(read)
+
+    async def memory_rss(self, name_or_uuid: str) -> int:
+        def work(conn: libvirt.virConnect) -> int:
+            dom = self._lookup(conn, name_or_uuid)
+            if not dom.isActive():
+                return 0
+            return int(dom.memoryStats().get("rss", 0)) * 1024
+
+        return await self._call("memoryStats", work, retry=True)
+
+    async def dirty_rate(self, name_or_uuid: str, seconds: int) -> float:
+        """Page sampling only: QEMU 7.2's dirty-bitmap mode kills a TCG guest (seen in the lab)."""
+
+        def start(conn: libvirt.virConnect) -> None:
+            self._lookup(conn, name_or_uuid).startDirtyRateCalc(seconds, lt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING)
+
+        def read(conn: libvirt.virConnect) -> float | None:
+            dom = self._lookup(conn, name_or_uuid)
+            for _dom, stats in conn.domainListGetStats([dom], lt.VIR_DOMAIN_STATS_DIRTYRATE):
+                return lt.dirty_rate_of(stats)
+            return None
+
+        try:
+            await self._call("startDirtyRateCalc", start)
+        except FerryError as exc:
+            if exc.reason not in ("NOT_SUPPORTED", "ARGUMENT_UNSUPPORTED", "CONFIG_UNSUPPORTED"):
+                raise
+            raise FailedPrecondition(
+                f"libvirt on {self.uri} cannot calculate the dirty rate of {name_or_uuid}: {exc.message}",
+                reason="DIRTY_RATE_UNSUPPORTED",
+                hint="needs libvirt >= 7.2 and QEMU >= 5.2; the prediction is made without it",
+            ) from exc
+        await asyncio.sleep(seconds)
+        for _ in range(50):
+            rate = await self._call("domainListGetStats", read, retry=True)
+            if rate is not None:
+                return rate
+            await asyncio.sleep(0.1)
+        raise le.timeout_error("startDirtyRateCalc", self.uri, seconds + 5.0)
 
     # ------------------------------------------------------------------ port: CPU and peers
 
@@ -494,19 +588,33 @@ class LibvirtHypervisor:
         migrate_disks: list[str],
         migrate_uri: str = "",
         timeout_s: float,
+        policy: ConvergencePolicy | None = None,
+        resume_postcopy: bool = False,
     ) -> None:
         """Peer-to-peer migration with migrateToURI3 (flags and params: ``lt.migration_flags`` and
         ``lt.migration_params``) on a connection of its own, so statistics, tuning and abort on the
         shared connection stay responsive. Past ``timeout_s`` the job is aborted and
-        DeadlineExceeded raised.
+        DeadlineExceeded raised. ``resume_postcopy``: the same call with libvirt's post-copy
+        recovery flag, after the link of a post-copy migration broke (no abort then: a
+        post-copy job cannot be aborted).
 
         A failure after our own abort is Aborted whatever libvirt said (the target's error may
         come back instead of "aborted"). A failure that may be the target's connection is
         checked by opening the target: unreachable -> Unavailable TARGET_UNREACHABLE.
         """
-        flags = lt.migration_flags(options, copy_disks=lt.copies_disks(options, migrate_disks), tls=self.migration_tls)
+        flags = lt.migration_flags(
+            options,
+            copy_disks=lt.copies_disks(options, migrate_disks),
+            policy=policy,
+            resume_postcopy=resume_postcopy,
+            tls=self.migration_tls,
+        )
         params = lt.migration_params(
-            options, destination_xml=destination_xml, migrate_disks=migrate_disks, migrate_uri=migrate_uri
+            options,
+            destination_xml=destination_xml,
+            migrate_disks=migrate_disks,
+            migrate_uri=migrate_uri,
+            policy=policy,
         )
         uuid = (await self.get_domain(name_or_uuid)).uuid
         self._aborted.discard(uuid)
@@ -532,6 +640,8 @@ class LibvirtHypervisor:
         try:
             await self._in_thread(work, timeout_s)
         except TimeoutError:
+            if resume_postcopy:
+                raise le.timeout_error("migrateToURI3 (post-copy resume)", self.uri, timeout_s) from None
             log.error("migration of %s exceeded %.0f s: aborting it", uuid, timeout_s)
             try:
                 await self.abort_job(uuid)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ferry.agent.domxml import parse_disks, parse_domain, parse_nics
+from ferry.convergence import ConvergencePolicy
 from ferry.model import DomainInfo, DomainState, HostFacts, JobStats, MigrationOptions, StorageMode
 
 MiB = 1 << 20
@@ -33,9 +34,12 @@ VIR_MIGRATE_NON_SHARED_DISK = 64
 VIR_MIGRATE_NON_SHARED_INC = 128
 VIR_MIGRATE_UNSAFE = 512
 VIR_MIGRATE_OFFLINE = 1024
+VIR_MIGRATE_COMPRESSED = 2048
 VIR_MIGRATE_AUTO_CONVERGE = 8192
 VIR_MIGRATE_POSTCOPY = 32768
 VIR_MIGRATE_TLS = 65536
+VIR_MIGRATE_PARALLEL = 131072
+VIR_MIGRATE_POSTCOPY_RESUME = 524288
 
 # migrateToURI3 typed parameter names
 VIR_MIGRATE_PARAM_URI = "migrate_uri"
@@ -43,12 +47,26 @@ VIR_MIGRATE_PARAM_DEST_XML = "destination_xml"
 VIR_MIGRATE_PARAM_PERSIST_XML = "persistent_xml"
 VIR_MIGRATE_PARAM_BANDWIDTH = "bandwidth"
 VIR_MIGRATE_PARAM_MIGRATE_DISKS = "migrate_disks"
+VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL = "auto_converge.initial"
+VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT = "auto_converge.increment"
+VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY = "bandwidth.postcopy"
+VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS = "parallel.connections"
+VIR_MIGRATE_PARAM_COMPRESSION = "compression"
+
+# virDomainMigrateMaxSpeedFlags; virDomainDirtyRateCalcFlags and virDomainDirtyRateStatus;
+# virDomainStatsTypes
+VIR_DOMAIN_MIGRATE_MAX_SPEED_POSTCOPY = 1
+VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING = 0  # the only mode QEMU 7.2 survives under TCG (dirty-bitmap crashes it)
+VIR_DOMAIN_DIRTYRATE_MEASURED = 2
+VIR_DOMAIN_STATS_DIRTYRATE = 512
 
 # virDomainState and the reasons that mean post-copy
 VIR_DOMAIN_RUNNING = 1
 VIR_DOMAIN_PAUSED = 3
 VIR_DOMAIN_RUNNING_POSTCOPY = 10  # virDomainRunningReason
+VIR_DOMAIN_RUNNING_POSTCOPY_FAILED = 11
 VIR_DOMAIN_PAUSED_POSTCOPY = 12  # virDomainPausedReason
+VIR_DOMAIN_PAUSED_POSTCOPY_FAILED = 13
 
 # virConnectGetAllDomainStats / virDomainListGetStats
 VIR_DOMAIN_STATS_BLOCK = 32
@@ -127,10 +145,22 @@ def copies_disks(options: MigrationOptions, migrate_disks: Sequence[str]) -> boo
     return bool(migrate_disks) and options.storage is not StorageMode.SHARED
 
 
-def migration_flags(options: MigrationOptions, *, copy_disks: bool, tls: bool = True) -> int:
+def migration_flags(
+    options: MigrationOptions,
+    *,
+    copy_disks: bool,
+    policy: ConvergencePolicy | None = None,
+    resume_postcopy: bool = False,
+    tls: bool = True,
+) -> int:
     """migrateToURI3 flags: always peer-to-peer; TLS (the memory stream and the NBD disk copy
     encrypted) unless switched off; live unless offline (offline = definition only, hence
-    PERSIST_DEST); storage copy per the storage mode when there are disks to copy."""
+    PERSIST_DEST); storage copy per the storage mode when there are disks to copy; the policy's
+    parallel connections and compression; post-copy recovery when resuming.
+
+    >>> hex(migration_flags(MigrationOptions(allow_postcopy=True), copy_disks=False, resume_postcopy=True))
+    '0x9801b'
+    """
     flags = VIR_MIGRATE_PEER2PEER | (VIR_MIGRATE_TLS if tls else 0)
     if options.offline:
         flags |= VIR_MIGRATE_OFFLINE | VIR_MIGRATE_PERSIST_DEST
@@ -150,14 +180,35 @@ def migration_flags(options: MigrationOptions, *, copy_disks: bool, tls: bool = 
         flags |= VIR_MIGRATE_POSTCOPY
     if options.unsafe:
         flags |= VIR_MIGRATE_UNSAFE
+    if policy is not None and policy.parallel_connections:
+        flags |= VIR_MIGRATE_PARALLEL
+    if policy is not None and policy.compression:
+        flags |= VIR_MIGRATE_COMPRESSED
+    if resume_postcopy:
+        flags |= VIR_MIGRATE_POSTCOPY | VIR_MIGRATE_POSTCOPY_RESUME
     return flags
 
 
 def migration_params(
-    options: MigrationOptions, *, destination_xml: str, migrate_disks: list[str], migrate_uri: str
+    options: MigrationOptions,
+    *,
+    destination_xml: str,
+    migrate_disks: list[str],
+    migrate_uri: str,
+    policy: ConvergencePolicy | None = None,
 ) -> dict[str, Any]:
     """migrateToURI3 typed parameters. The destination XML is also the persistent definition
-    on the target: without it libvirt would keep the source's host-specific names there."""
+    on the target: without it libvirt would keep the source's host-specific names there. The
+    policy adds auto-converge's steps, the post-copy bandwidth, the parallel connections and
+    the compression methods.
+
+    >>> from ferry.convergence import PostcopyMode
+    >>> p = ConvergencePolicy(auto_converge=True, auto_converge_initial=60, postcopy=PostcopyMode.MANUAL,
+    ...                       postcopy_bandwidth_mibps=8)
+    >>> o = MigrationOptions(auto_converge=True, allow_postcopy=True)
+    >>> sorted(migration_params(o, destination_xml="", migrate_disks=[], migrate_uri="", policy=p).items())
+    [('auto_converge.initial', 60), ('bandwidth.postcopy', 8)]
+    """
     params: dict[str, Any] = {}
     if destination_xml:
         params[VIR_MIGRATE_PARAM_DEST_XML] = destination_xml
@@ -169,6 +220,17 @@ def migration_params(
         params[VIR_MIGRATE_PARAM_BANDWIDTH] = options.bandwidth_mibps
     if migrate_uri:
         params[VIR_MIGRATE_PARAM_URI] = migrate_uri
+    if policy is not None:
+        if options.auto_converge and policy.auto_converge_initial:
+            params[VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL] = policy.auto_converge_initial
+        if options.auto_converge and policy.auto_converge_increment:
+            params[VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT] = policy.auto_converge_increment
+        if options.allow_postcopy and policy.postcopy_bandwidth_mibps:
+            params[VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY] = policy.postcopy_bandwidth_mibps
+        if policy.parallel_connections:
+            params[VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS] = policy.parallel_connections
+        if policy.compression:
+            params[VIR_MIGRATE_PARAM_COMPRESSION] = list(policy.compression)
     return params
 
 
@@ -278,11 +340,65 @@ def domain_state(state: int) -> DomainState:
 
 
 def in_postcopy(state: int, reason: int) -> bool:
-    """Whether virDomainGetState's (state, reason) says the migration switched to post-copy."""
+    """Whether virDomainGetState's (state, reason) says the migration switched to post-copy
+    (running, or failed there: its link broke)."""
     return (state, reason) in (
         (VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_POSTCOPY),
         (VIR_DOMAIN_RUNNING, VIR_DOMAIN_RUNNING_POSTCOPY),
+    ) or postcopy_failed(state, reason)
+
+
+def postcopy_failed(state: int, reason: int) -> bool:
+    """Whether (state, reason) says a post-copy migration lost its link: the source paused
+    (post-copy failed), the target running but waiting for pages. libvirt's post-copy recovery
+    (VIR_MIGRATE_POSTCOPY_RESUME) picks it up again.
+
+    >>> postcopy_failed(VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_POSTCOPY_FAILED), postcopy_failed(VIR_DOMAIN_PAUSED, 1)
+    (True, False)
+    """
+    return (state, reason) in (
+        (VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_POSTCOPY_FAILED),
+        (VIR_DOMAIN_RUNNING, VIR_DOMAIN_RUNNING_POSTCOPY_FAILED),
     )
+
+
+_SMAPS_HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$")
+
+
+def guest_ram_resident(smaps: str, memory_bytes: int) -> int:
+    r"""The guest's RAM that is resident in its QEMU process (pages the guest touched), from
+    ``/proc/PID/smaps``: the private read-write anonymous mapping of the guest's memory size
+    (QEMU's RAM block); 0 when there is none.
+
+    >>> smaps = "7f00-7f00 r-xp 0 0 0 /usr/bin/qemu\nRss: 100 kB\n"
+    >>> smaps += f"{0x10000000:x}-{0x20000000:x} rw-p 0 0 0 \nRss: 122880 kB\n"
+    >>> guest_ram_resident(smaps, 256 << 20) >> 20
+    120
+    """
+    best = 0
+    size, perms, path = 0, "", ""
+    for line in smaps.splitlines():
+        m = _SMAPS_HEADER.match(line)
+        if m:
+            size, perms, path = int(m.group(2), 16) - int(m.group(1), 16), m.group(3), m.group(4)
+        elif line.startswith("Rss:") and perms == "rw-p" and not path:
+            if memory_bytes <= size <= memory_bytes + memory_bytes // 50 + (4 << 20):
+                best = max(best, int(line.split()[1]) * 1024)
+    return best
+
+
+def dirty_rate_of(stats: Mapping[str, Any]) -> float | None:
+    """The dirty rate in bytes per second from virConnectGetAllDomainStats' ``dirtyrate.*``
+    (None while the calculation has not finished).
+
+    >>> dirty_rate_of({"dirtyrate.calc_status": 2, "dirtyrate.megabytes_per_second": 24}) / MiB
+    24.0
+    >>> dirty_rate_of({"dirtyrate.calc_status": 1}) is None
+    True
+    """
+    if int(stats.get("dirtyrate.calc_status", 0)) != VIR_DOMAIN_DIRTYRATE_MEASURED:
+        return None
+    return float(int(stats.get("dirtyrate.megabytes_per_second", 0)) * MiB)
 
 
 def block_sizes_from_stats(stats: Mapping[str, Any]) -> dict[str, tuple[int, int]] | None:
@@ -339,10 +455,11 @@ def domain_info(xml: str, *, state: int, persistent: bool, block_sizes: Mapping[
         cpu_mode=parsed.cpu_mode,
         cpu_model=parsed.cpu_model,
         os_type=parsed.domain_type,
+        emulator=parsed.emulator,
     )
 
 
-def job_stats_from_libvirt(d: Mapping[str, Any], *, postcopy: bool = False) -> JobStats:
+def job_stats_from_libvirt(d: Mapping[str, Any], *, postcopy: bool = False, postcopy_failed: bool = False) -> JobStats:
     """virDomainGetJobStats' typed parameters as JobStats."""
     job_type = JOB_TYPES.get(int(d.get("type", 0)), "none")
     return JobStats(
@@ -363,4 +480,5 @@ def job_stats_from_libvirt(d: Mapping[str, Any], *, postcopy: bool = False) -> J
         auto_converge_throttle=int(d.get("auto_converge_throttle", 0)),
         downtime_ms=int(d.get("downtime", 0)),
         postcopy=postcopy,
+        postcopy_failed=postcopy_failed,
     )

@@ -4,10 +4,22 @@ reports its progress.
 The policy is data and pure functions (``ferry.convergence``); the progress snapshots come from
 ``ferry.agent.progress``. This module is the loop that applies them through the Hypervisor port:
 ``MigrationDriver.run`` starts ``Hypervisor.migrate`` as a task, polls ``job_stats`` every
-progress interval, folds each snapshot into the policy's ``Watch``, does the one action
-``next_action`` asks for (abort on timeout, set a max-downtime step, switch to post-copy), yields
-a ``MigrationProgress`` whenever something changed, and ends with a ``MigrationResult``
-(completed-job figures read on the target, and what is left of the domain on the source).
+progress interval, folds each snapshot into the policy's ``Watch``, does the one step
+``next_action`` asks for (abort on timeout, set a max-downtime step, switch to post-copy, pause
+the guest to force completion), yields a ``MigrationProgress`` (with an ETA) whenever something
+changed and a ``PolicyAction`` for every step taken (with its reason), and ends with a
+``MigrationResult`` (completed-job figures read on the target, and what is left of the domain on
+the source).
+
+Operators reach a running migration through its ``Control`` (the servicer's TuneMigration): a
+force-complete request (the loop carries it out as a policy step and reports it), a max downtime
+they set (the ladder goes on above it only), a switch to post-copy they made.
+
+Post-copy recovery: when the link breaks during post-copy, libvirt marks the source "paused
+(post-copy failed)" (the guest waits, paused, on the target). The loop then probes the target
+and, once it answers, repeats the migrate call with libvirt's post-copy recovery flag, until it
+completes or ``DriverPolicy.postcopy_recovery_s`` passes. The first call may still be waiting
+for the target when the link comes back (seen: for minutes); the resumed call does not wait for it.
 
 Cancellation (the client closed the Migrate stream, or the agent's RPC was cancelled): the
 libvirt job is *not* aborted. A migration half done is usually best left to finish -- aborting
@@ -32,9 +44,11 @@ from ferry.agent.progress import changed, disk_bytes_copied, next_progress, phas
 from ferry.convergence import (
     Action,
     ConvergencePolicy,
+    Step,
     Watch,
+    after_operator_downtime,
     completion_timeout_s,
-    due_downtime_step,
+    eta_s,
     max_downtime_ms,
     migrate_options,
     next_action,
@@ -42,7 +56,7 @@ from ferry.convergence import (
     policy_from_options,
 )
 from ferry.convert import completed_job_from_stats
-from ferry.errors import Aborted, DeadlineExceeded, FailedPrecondition, FerryError, NotFound
+from ferry.errors import Aborted, DeadlineExceeded, FailedPrecondition, FerryError, Internal, NotFound
 from ferry.model import (
     CompletedJob,
     DomainState,
@@ -51,6 +65,7 @@ from ferry.model import (
     MigrationPhase,
     MigrationProgress,
     MigrationResult,
+    PolicyAction,
 )
 from ferry.ports import Hypervisor
 
@@ -67,6 +82,8 @@ class DriverPolicy:
     defaults: ConvergencePolicy = ConvergencePolicy()
     abort_wait_s: float = 60.0  # after our abort, how long the job may take to end
     call_margin_s: float = 60.0  # hard limit of the migrate call beyond the completion timeout
+    postcopy_recovery_s: float = 900.0  # how long a broken post-copy is resumed before giving up
+    resume_backoff_s: tuple[float, ...] = (1.0, 2.0, 3.0)  # between resume attempts (the last repeats)
 
 
 @dataclass(frozen=True)
@@ -83,11 +100,22 @@ class MigrationRequest:
     migration_id: str = ""
     domain_name: str = ""  # for the observer (metrics labels): the name, when ``domain`` is a UUID
     # how to bring the job to an end; None: from the options (policy_from_options over the
-    # driver's defaults), as every Migrate call asks today
+    # driver's defaults), as an older coordinator's Migrate call asks
     convergence: ConvergencePolicy | None = None
+    predicted_converges: bool | None = None  # the prediction made before the start (None: none)
 
 
-Event = MigrationProgress | MigrationResult
+@dataclass
+class Control:
+    """What an operator asked of one running migration (the servicer's TuneMigration), read by
+    the loop at every poll."""
+
+    force_requested: str = ""  # who asked to force-complete
+    operator_downtime_ms: int = 0  # a max downtime set by an operator (0: none)
+    postcopy_started: bool = False  # an operator switched to post-copy
+
+
+Event = MigrationProgress | PolicyAction | MigrationResult
 
 
 @dataclass(frozen=True)
@@ -142,24 +170,26 @@ class MigrationDriver:
         self._policy = policy
         self._observer = observer or NoJobObserver()
 
-    async def run(self, req: MigrationRequest) -> AsyncIterator[Event]:
-        """Yield progress snapshots while the job runs, then one MigrationResult.
+    async def run(self, req: MigrationRequest, control: Control | None = None) -> AsyncIterator[Event]:
+        """Yield progress snapshots and the policy's actions while the job runs, then one
+        MigrationResult.
 
         Raises the job's error (Aborted when aborted, DeadlineExceeded MIGRATION_TIMEOUT when
-        the completion timeout hit, others per the libvirt error table). The observer hears of
-        the job from its first snapshot (the job has started) to its end.
+        the completion timeout hit, Internal POSTCOPY_FAILED when a broken post-copy could not
+        be resumed, others per the libvirt error table). The observer hears of the job from its
+        first snapshot (the job has started) to its end.
         """
         key = JobKey(req.migration_id, req.domain_name or req.domain)
         started, outcome = False, "failed"
         try:
-            async with contextlib.aclosing(self._run(req)) as events:
+            async with contextlib.aclosing(self._run(req, control)) as events:
                 async for event in events:
                     if not started:
                         started = True
                         self._observer.job_started(key)
                     if isinstance(event, MigrationResult):
                         outcome = "completed"
-                    else:
+                    elif isinstance(event, MigrationProgress):
                         self._observer.job_progress(key, event)
                     yield event
         except DeadlineExceeded:
@@ -176,7 +206,7 @@ class MigrationDriver:
             if started:
                 self._observer.job_ended(key, outcome)
 
-    async def _run(self, req: MigrationRequest) -> AsyncGenerator[Event, None]:
+    async def _run(self, req: MigrationRequest, control: Control | None) -> AsyncGenerator[Event, None]:
         domain = await self._hv.get_domain(req.domain)
         if not req.options.offline and not domain.state.is_active:
             raise FailedPrecondition(
@@ -184,6 +214,7 @@ class MigrationDriver:
                 reason="DOMAIN_NOT_RUNNING",
                 hint="start the domain first, or migrate it offline (definition only)",
             )
+        control = control if control is not None else Control()
         policy = req.convergence
         if policy is None:
             policy = policy_from_options(req.options, base=self._policy.defaults)
@@ -191,29 +222,40 @@ class MigrationDriver:
         timeout = completion_timeout_s(policy, domain.memory_bytes, req.disk_bytes)
         interval = req.progress_interval_s or self._policy.progress_interval_s
         started = self._clock()
-        watch = Watch(started_at=started, timeout_s=timeout)
+        by = f"policy {policy.label}"
+        watch = Watch(started_at=started, timeout_s=timeout, predicted_converges=req.predicted_converges)
         log.info(
-            "migrating %s (%s) to %s: storage %s, disks %s, timeout %.0f s%s",
+            "migrating %s (%s) to %s: storage %s, disks %s, policy %s, timeout %.0f s%s",
             domain.name,
             domain.uuid,
             req.target_uri,
             opts.storage.value,
             ",".join(req.migrate_disks) or "-",
+            policy.label,
             timeout,
             f", migration {req.migration_id}" if req.migration_id else "",
         )
-        task = asyncio.create_task(
-            self._hv.migrate(
-                domain.uuid,
-                target_uri=req.target_uri,
-                destination_xml=req.destination_xml,
-                options=opts,
-                migrate_disks=list(req.migrate_disks),
-                migrate_uri=req.migrate_uri,
-                timeout_s=timeout + self._policy.call_margin_s,
-            ),
-            name=f"migrate {domain.name}",
-        )
+
+        def migrate(resume: bool) -> asyncio.Task[None]:
+            return asyncio.create_task(
+                self._hv.migrate(
+                    domain.uuid,
+                    target_uri=req.target_uri,
+                    destination_xml=req.destination_xml,
+                    options=opts,
+                    migrate_disks=list(req.migrate_disks),
+                    migrate_uri=req.migrate_uri,
+                    timeout_s=timeout + self._policy.call_margin_s,
+                    policy=policy,
+                    resume_postcopy=resume,
+                ),
+                name=f"{'resume ' if resume else ''}migrate {domain.name}",
+            )
+
+        first = migrate(False)
+        calls: set[asyncio.Task[None]] = {first}  # migrate calls in flight (the first, a resume)
+        recovery: Recovery | None = None  # a broken post-copy being resumed
+        resume: asyncio.Task[None] | None = None  # the resume call in flight
         progress = next_progress(
             None, MigrationPhase.STARTING, JobStats(), max_downtime_ms=max_downtime_ms(policy, watch)
         )
@@ -222,42 +264,79 @@ class MigrationDriver:
         try:
             yield progress
             while True:
-                await asyncio.wait({task}, timeout=interval)
-                if task.done():
-                    break
+                if calls:
+                    await asyncio.wait(calls, timeout=interval)
+                else:
+                    await asyncio.sleep(interval)
+                ended = {t for t in calls if t.done()}
+                calls -= ended
+                if any(t.exception() is None for t in ended):
+                    break  # the job completed (a resumed call may have completed a broken post-copy)
+                for failed in ended:
+                    exc = failed.exception()
+                    assert exc is not None
+                    if not watch.postcopy_started:
+                        raise exc
+                    # a failed call in post-copy: did the link break (the guest waits on the target)?
+                    recovery, note = await self._broken_postcopy(recovery, exc, domain.uuid, req.target_uri)
+                    if note is not None:
+                        yield note
+                watch = _apply_control(policy, watch, control)
                 # a statistics call may block (libvirt holds the domain's job lock for a
                 # while during a disk mirror): never let it hide the end of the job
                 poll = asyncio.create_task(self._poll(domain.uuid))
-                await asyncio.wait({task, poll}, return_when=asyncio.FIRST_COMPLETED)
-                if task.done():
-                    break
+                await asyncio.wait({*calls, poll}, return_when=asyncio.FIRST_COMPLETED)
+                if not poll.done() or any(t.done() for t in calls):
+                    continue  # a call ended first: judge it before the statistics
                 stats, poll = poll.result(), None
                 now = self._clock()
+                if recovery is not None:
+                    self._give_up_when_late(recovery, domain.uuid, req.target_uri, now)
+                if recovery is not None and (resume is None or resume.done()) and now >= recovery.next_at:
+                    # (the first call may still wait on the target: a resume does not wait for it)
+                    note = await self._try_resume(recovery, req.target_uri, domain.uuid, now)
+                    if note is not None:
+                        yield note
+                        resume = migrate(True)
+                        calls.add(resume)
                 if stats is None:  # no statistics this time: only the clock can decide
-                    action = next_action(policy, watch, JobStats(), progress.phase, now)
-                    watch = await self._act(action, policy, watch, now, domain.uuid, task)
+                    step = next_action(policy, watch, JobStats(), progress.phase, now)
+                    watch, done = await self._act(step, policy, watch, now, domain.uuid, calls, by)
+                    if done is not None:
+                        yield done
                     continue
+                if stats.postcopy_failed and watch.postcopy_started and recovery is None:
+                    # seen before the call failed (it may wait on the target for minutes)
+                    recovery, note = await self._broken_postcopy(None, None, domain.uuid, req.target_uri)
+                    if note is not None:
+                        yield note
                 if stats.active:
                     last_stats = replace(
                         stats,
                         disk_total=max(stats.disk_total, last_stats.disk_total),
                         disk_processed=max(stats.disk_processed, last_stats.disk_processed),
                     )
-                watch = observe(watch, stats)
+                watch = observe(watch, stats, now)
                 phase = phase_of(stats, postcopy_started=watch.postcopy_started)
-                snapshot = next_progress(
-                    progress,
-                    phase,
-                    stats,
-                    max_downtime_ms=max_downtime_ms(policy, watch),
-                    elapsed_ms=int((now - started) * 1000),
+                eta = eta_s(policy, watch, stats, phase, now)
+                snapshot = replace(
+                    next_progress(
+                        progress,
+                        phase,
+                        stats,
+                        max_downtime_ms=max_downtime_ms(policy, watch),
+                        elapsed_ms=int((now - started) * 1000),
+                    ),
+                    eta_ms=int(eta * 1000) if eta is not None else 0,
                 )
                 if changed(progress, snapshot):
                     progress = snapshot
                     yield snapshot
                 switched = watch.postcopy_started
-                action = next_action(policy, watch, stats, phase, now)
-                watch = await self._act(action, policy, watch, now, domain.uuid, task)
+                step = next_action(policy, watch, stats, phase, now)
+                watch, done = await self._act(step, policy, watch, now, domain.uuid, calls, by)
+                if done is not None:
+                    yield done
                 if watch.postcopy_started and not switched:
                     # report the switch now: statistics may not answer again before the end
                     progress = next_progress(
@@ -268,31 +347,129 @@ class MigrationDriver:
                         elapsed_ms=int((now - started) * 1000),
                     )
                     yield progress
-            task.result()  # raises the job's error
+        except BaseException:
+            if watch.paused:
+                await self._unpause_source(domain.uuid)
+            raise
         finally:
             if poll is not None:
                 poll.cancel()
-            if not task.done():
-                log.warning(
-                    "no longer watching the migration of %s (%s) to %s (call ended or cancelled); "
-                    "the libvirt job keeps running: stop it with AbortMigration",
-                    domain.name,
-                    domain.uuid,
-                    req.target_uri,
-                )
-                task.add_done_callback(_log_orphan_end(domain.name))
+            for t in calls:
+                if t is first and recovery is not None:
+                    log.info(
+                        "the first migrate call of %s still waits on the target; left to end by itself", domain.name
+                    )
+                else:
+                    log.warning(
+                        "no longer watching the migration of %s (%s) to %s (call ended or cancelled); "
+                        "the libvirt job keeps running: stop it with AbortMigration",
+                        domain.name,
+                        domain.uuid,
+                        req.target_uri,
+                    )
+                t.add_done_callback(_log_orphan_end(domain.name))
         job = await self._completed_job(req.target_uri, domain.uuid, last_stats, watch, started)
         job = replace(job, disk_processed=disk_bytes_copied(job.disk_processed, last_stats, req.disk_bytes))
+        if watch.paused:
+            await self._unpause_target(req.target_uri, domain.uuid)
         state, defined = await self._leftover(domain.uuid)
         log.info(
-            "migrated %s to %s in %d ms (downtime %d ms); on the source: %s",
+            "migrated %s to %s in %d ms (downtime %s); on the source: %s",
             domain.name,
             req.target_uri,
             job.time_elapsed_ms,
-            job.downtime_ms,
+            f"{job.downtime_ms} ms" if job.downtime_measured else "not measured",
             "nothing" if state is None else f"{state.name.lower()}{', defined' if defined else ''}",
         )
         yield MigrationResult(job=job, source_state=state, source_defined=defined)
+
+    # ------------------------------------------------------------------ post-copy recovery
+
+    async def _broken_postcopy(
+        self, recovery: Recovery | None, exc: BaseException | None, uuid: str, target_uri: str
+    ) -> tuple[Recovery, PolicyAction | None]:
+        """A migrate call failed in post-copy (``exc``), or the statistics say the link broke
+        (``exc`` None). A broken link leaves the source "paused (post-copy failed)": resume it
+        (the Recovery, with the next attempt after a backoff). Anything else is the job's error:
+        raised (then the coordinator looks where the guest is). Past the recovery time: raised."""
+        stats = await self._poll(uuid)
+        if stats is None or not stats.postcopy_failed:
+            if exc is None:
+                raise Internal(f"post-copy of {uuid} failed", reason="POSTCOPY_FAILED")
+            raise exc
+        now = self._clock()
+        note = None
+        if recovery is None:
+            recovery = Recovery(since=now)
+            why = f" ({exc.reason if isinstance(exc, FerryError) else type(exc).__name__})" if exc else ""
+            note = PolicyAction(
+                "postcopy-paused",
+                f"the post-copy link to {target_uri} broke{why}: the guest waits, paused, on the target; "
+                "resuming once the target answers",
+                int((now - recovery.since) * 1000),
+                "agent",
+            )
+            log.warning("post-copy of %s to %s broke%s; resuming once the target answers", uuid, target_uri, why)
+        elif exc is not None:  # a resume attempt failed: try again after a backoff
+            recovery.failures += 1
+            backoff = self._policy.resume_backoff_s
+            recovery.next_at = now + backoff[min(recovery.failures - 1, len(backoff) - 1)]
+            log.info("resuming the post-copy of %s failed (%s); trying again", uuid, exc)
+        if exc is not None:
+            recovery.error = exc
+        self._give_up_when_late(recovery, uuid, target_uri, now)
+        return recovery, note
+
+    def _give_up_when_late(self, recovery: Recovery, uuid: str, target_uri: str, now: float) -> None:
+        if now - recovery.since <= self._policy.postcopy_recovery_s:
+            return
+        raise Internal(
+            f"the post-copy migration of {uuid} to {target_uri} broke and could not be resumed in "
+            f"{self._policy.postcopy_recovery_s:.0f} s" + (f": {recovery.error}" if recovery.error else ""),
+            reason="POSTCOPY_FAILED",
+            hint="the guest is paused on the target; once the link works: `virsh migrate --postcopy "
+            "--postcopy-resume` on the source (never destroy either side: each holds part of its memory)",
+        ) from recovery.error
+
+    async def _try_resume(self, r: Recovery, target_uri: str, uuid: str, now: float) -> PolicyAction | None:
+        """Probe the target: when it answers, a resume attempt may start (the action saying so);
+        else the next probe after a backoff (None)."""
+        try:
+            await self._hv.probe_peer(target_uri)
+        except FerryError as exc:
+            r.failures += 1
+            backoff = self._policy.resume_backoff_s
+            r.next_at = now + backoff[min(r.failures - 1, len(backoff) - 1)]
+            log.info("post-copy of %s: %s does not answer yet (%s)", uuid, target_uri, exc.reason)
+            return None
+        r.resumes += 1
+        return PolicyAction(
+            "postcopy-resume",
+            f"{target_uri} answers again {now - r.since:.0f} s after the link broke: resuming post-copy "
+            f"(attempt {r.resumes})",
+            0,
+            "agent",
+        )
+
+    async def _unpause_source(self, uuid: str) -> None:
+        """Force-complete paused the guest and the job failed: let it run on the source again."""
+        try:
+            left = await self._hv.find_domain(uuid=uuid)
+            if left is not None and left.state is DomainState.PAUSED:
+                await self._hv.resume(uuid)
+                log.info("the migration of %s failed after force-complete paused it: resumed on the source", uuid)
+        except FerryError as exc:
+            log.warning("cannot resume %s on the source after a failed migration: %s: %s", uuid, exc.reason, exc)
+
+    async def _unpause_target(self, target_uri: str, uuid: str) -> None:
+        """A guest paused on the source to force completion arrives paused: let it run there."""
+        try:
+            if await self._hv.remote_resume(target_uri, uuid):
+                log.info("%s arrived paused on %s (force-complete paused it): resumed", uuid, target_uri)
+        except FerryError as exc:
+            log.warning("cannot resume %s on %s after force-complete: %s: %s", uuid, target_uri, exc.reason, exc)
+
+    # ------------------------------------------------------------------ one poll
 
     async def _poll(self, uuid: str) -> JobStats | None:
         try:
@@ -304,50 +481,67 @@ class MigrationDriver:
             return None
 
     async def _act(
-        self, action: Action, policy: ConvergencePolicy, w: Watch, now: float, uuid: str, task: asyncio.Task[None]
-    ) -> Watch:
-        """Do ``action`` through the hypervisor; the watch after it."""
-        if action is Action.SET_MAX_DOWNTIME:
-            step = due_downtime_step(policy, w, now)
-            if step is None:  # next_action asks for one only when a step is due
-                return w
-            ms = policy.downtime_steps[step].max_downtime_ms
+        self,
+        step: Step,
+        policy: ConvergencePolicy,
+        w: Watch,
+        now: float,
+        uuid: str,
+        calls: set[asyncio.Task[None]],
+        by: str,
+    ) -> tuple[Watch, PolicyAction | None]:
+        """Do ``step`` through the hypervisor; the watch after it and what was done (None: nothing)."""
+        elapsed = int((now - w.started_at) * 1000)
+
+        def done(reason: str = "") -> PolicyAction:
+            return PolicyAction(step.action.value, reason or step.reason, elapsed, by)
+
+        if step.action is Action.SET_MAX_DOWNTIME:
             try:
-                await self._hv.set_max_downtime(uuid, ms)
-                log.info("max downtime of %s set to %d ms", uuid, ms)
+                await self._hv.set_max_downtime(uuid, step.max_downtime_ms)
+                log.info("max downtime of %s set to %d ms: %s", uuid, step.max_downtime_ms, step.reason)
             except FerryError as exc:
                 log.warning("cannot set max downtime of %s: %s: %s", uuid, exc.reason, exc)
-            return replace(w, downtime_steps_applied=step + 1)
-        if action is Action.START_POSTCOPY:
-            log.info(
-                "pre-copy of %s stalls (left per iteration: %s): switching to post-copy",
-                uuid,
-                ", ".join(str(p >> 20) + " MiB" for p in w.peaks),
-            )
+                return replace(w, downtime_steps_applied=step.ladder_index + 1), done(
+                    f"{step.reason} (refused: {exc.reason})"
+                )
+            return replace(w, downtime_steps_applied=step.ladder_index + 1), done()
+        if step.action is Action.START_POSTCOPY:
+            log.info("%s: %s", uuid, step.reason)
             try:
                 await self._hv.start_postcopy(uuid)
-                return replace(w, postcopy_started=True)
+                return replace(w, postcopy_started=True), done()
             except FerryError as exc:
                 log.warning("cannot switch %s to post-copy: %s: %s", uuid, exc.reason, exc)
-                return replace(w, postcopy_refused=True)
-        if action is Action.ABORT_TIMEOUT:
-            await self._abort_on_timeout(w, uuid, task)
-        return w
+                return replace(w, postcopy_refused=True), done(f"{step.reason} (refused: {exc.reason}: {exc.message})")
+        if step.action is Action.PAUSE_GUEST:
+            log.info("%s: %s", uuid, step.reason)
+            try:
+                await self._hv.suspend(uuid)
+            except FerryError as exc:
+                log.warning("cannot pause %s: %s: %s", uuid, exc.reason, exc)
+                return replace(w, paused=True), done(f"{step.reason} (refused: {exc.reason})")
+            return replace(w, paused=True), done()
+        if step.action is Action.ABORT_TIMEOUT:
+            await self._abort_on_timeout(uuid, calls, step.reason)
+            return w, done()
+        return w, None
 
-    async def _abort_on_timeout(self, w: Watch, uuid: str, task: asyncio.Task[None]) -> None:
+    async def _abort_on_timeout(self, uuid: str, calls: set[asyncio.Task[None]], reason: str) -> None:
         """Abort the job and raise DeadlineExceeded -- unless it finished in the meantime."""
-        log.warning("migration of %s did not complete in %.0f s: aborting it", uuid, w.timeout_s)
+        log.warning("migration of %s: %s", uuid, reason)
         hint = (
-            "the guest dirties memory faster than it can be sent: allow post-copy or auto-converge, "
-            "raise the bandwidth or max downtime, or give it a longer completion timeout"
+            "the guest dirties memory faster than it can be sent: use a policy that allows post-copy or "
+            "force-complete, raise the bandwidth or max downtime, or give it a longer completion timeout"
         )
-        err = DeadlineExceeded(
-            f"migration of {uuid} did not complete within {w.timeout_s:.0f} s", reason="MIGRATION_TIMEOUT", hint=hint
-        )
+        err = DeadlineExceeded(f"migration of {uuid}: {reason}", reason="MIGRATION_TIMEOUT", hint=hint)
         try:
             await self._hv.abort_job(uuid)
         except FerryError as exc:
             log.warning("abort of %s after its timeout failed: %s: %s", uuid, exc.reason, exc)
+        if not calls:
+            raise err
+        task = next(iter(calls))
         done, _ = await asyncio.wait({task}, timeout=self._policy.abort_wait_s)
         if not done:
             raise DeadlineExceeded(
@@ -374,17 +568,20 @@ class MigrationDriver:
             # (the disk bytes: the caller's ``disk_bytes_copied``; the target does not count them)
             return completed_job_from_stats(stats, postcopy=w.postcopy_started)
         except FerryError as exc:
-            log.warning(
-                "cannot read the completed job of %s on %s (%s: %s); reporting the last statistics seen",
+            log.info(
+                "cannot read the completed job of %s on %s (%s: %s); reporting the last statistics seen%s",
                 uuid,
                 target_uri,
                 exc.reason,
                 exc,
+                " (after post-copy libvirt keeps none)" if w.postcopy_started else "",
             )
             elapsed = int((self._clock() - started) * 1000)
             return replace(
                 completed_job_from_stats(last, postcopy=w.postcopy_started),
                 time_elapsed_ms=max(elapsed, last.time_elapsed_ms),
+                downtime_ms=0,
+                downtime_measured=False,
             )
 
     async def _leftover(self, uuid: str) -> tuple[DomainState | None, bool]:
@@ -396,6 +593,27 @@ class MigrationDriver:
         if left is None:
             return None, False
         return left.state, left.persistent
+
+
+@dataclass
+class Recovery:
+    """A post-copy whose link broke, being resumed."""
+
+    since: float
+    error: BaseException | None = None  # the last call's error
+    next_at: float = 0.0  # no attempt before this
+    failures: int = 0
+    resumes: int = 0
+
+
+def _apply_control(policy: ConvergencePolicy, w: Watch, control: Control) -> Watch:
+    if control.force_requested and not w.force_requested:
+        w = replace(w, force_requested=control.force_requested)
+    if control.operator_downtime_ms and control.operator_downtime_ms != w.operator_downtime_ms:
+        w = after_operator_downtime(policy, w, control.operator_downtime_ms)
+    if control.postcopy_started and not w.postcopy_started:
+        w = replace(w, postcopy_started=True)
+    return w
 
 
 def _log_orphan_end(name: str) -> Callable[[asyncio.Task[None]], None]:

@@ -356,3 +356,14 @@ def breakdown(marks: Mapping[str, float]) -> dict[str, float]:
     return {
         label: marks[end] - marks[start] for label, start, end in BREAKDOWN_STEPS if start in marks and end in marks
     }
+
+
+def prediction_error(predicted: float | None, actual: float | None) -> float | None:
+    """The relative error of a predicted time: (predicted - actual) / actual; None without both.
+
+    >>> prediction_error(12.0, 10.0), prediction_error(None, 10.0), prediction_error(5.0, 0.0)
+    (0.2, None, None)
+    """
+    if predicted is None or actual is None or actual <= 0:
+        return None
+    return (predicted - actual) / actual

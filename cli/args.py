@@ -277,6 +277,13 @@ def _add_migration_flags(p: argparse.ArgumentParser) -> None:
         metavar="OLD=NEW",
         help="disk paths under prefix OLD land under NEW on the target; repeatable. Default: as for --map-bridge",
     )
+    g.add_argument(
+        "--policy",
+        default="",
+        metavar="NAME",
+        help="the convergence policy (see `ferry policies`); the flags above go on top of it. "
+        "Default: the coordinator's selector rules, else the flags alone",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -390,6 +397,27 @@ def parser() -> argparse.ArgumentParser:
         ("cancel", "cancel a drain and the migrations it has under way"),
     ):
         sub_parser(ds_sub, name, text).add_argument("id", metavar="ID", help="the drain's ID (ferry drains)")
+    for name, text in (
+        ("tune", "change a running migration's max downtime or bandwidth (libvirt's values are read back)"),
+        ("force-complete", "finish a running migration now: post-copy if its policy allows it, else pause and finish"),
+        ("postcopy", "switch a running migration to post-copy (its policy must allow post-copy)"),
+    ):
+        s = sub_parser(ms_sub, name, text, parents=[_filters(for_list=False)])
+        s.add_argument("id", nargs="?", metavar="ID", help="the migration's ID; or select one with --vm/--host/--phase")
+        if name == "tune":
+            s.add_argument(
+                "--max-downtime",
+                type=int,
+                metavar="ms",
+                help="the longest pause at the switch-over, in milliseconds. Default: unchanged",
+            )
+            s.add_argument(
+                "--bandwidth",
+                type=int,
+                metavar="MiB/s",
+                help="the migration stream's cap, in MiB/s. Default: unchanged",
+            )
+    sub_parser(sub, "policies", "list the convergence policies and the rules that choose them")
 
     top = sub_parser(
         sub,

@@ -52,6 +52,11 @@ NULLABLE = frozenset(
         "ferry.v1.Drain.ended_at",
         "ferry.v1.DrainItem.started_at",
         "ferry.v1.DrainItem.ended_at",
+        "ferry.v1.Migration.policy",
+        "ferry.v1.Migration.prediction",
+        "ferry.v1.PreflightResponse.policy",
+        "ferry.v1.PreflightResponse.prediction",
+        "ferry.v1.ControlMigrationResponse.migration",
         "ferry.v1.VM.last_seen",
     }
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
 import sys
@@ -195,7 +196,11 @@ class Cli:
 
     async def preflight(self) -> int:
         req = cpb.PreflightRequest(
-            vm=self.a.vm, target_host=self.a.to or "", options=build_options(self.a), mapping=build_mapping(self.a)
+            vm=self.a.vm,
+            target_host=self.a.to or "",
+            options=build_options(self.a),
+            mapping=build_mapping(self.a),
+            policy=self.a.policy,
         )
         resp = await self.stub.Preflight(req, timeout=self.timeout)
         to = resp.target_host or self.a.to or "any host"
@@ -214,6 +219,7 @@ class Cli:
                 f"  disk {d.target}: {d.source} -> {d.destination or d.source}"
                 f" ({'copy' if d.copy else 'shared'}, {render.size(d.virtual_size)})"
             )
+        lines += render.prediction_lines(resp.policy, resp.prediction)
         self.emit(resp, "\n".join(lines))
         return EXIT_OK if resp.ok else EXIT_UNSUCCESSFUL
 
@@ -225,13 +231,14 @@ class Cli:
             mapping=build_mapping(self.a),
             priority=self.a.priority,
             idempotency_key=self.a.idempotency_key,
+            policy=self.a.policy,
         )
         m = await self.stub.SubmitMigration(req, timeout=self.timeout)
         if self.a.no_wait:
             self.emit(m, m.id)
             return EXIT_OK
         if not self.json:
-            self.screen.text(f"migration {m.id}: {m.vm} {m.source_host} -> {m.target_host}")
+            self.screen.text(f"migration {m.id}: {m.vm} {m.source_host} -> {m.target_host}{render.submitted_note(m)}")
         return await self._follow(m.id)
 
     async def _follow(self, migration_id: str) -> int:
@@ -309,6 +316,8 @@ class Cli:
                 return EXIT_OK
             if action == "watch":
                 return await self._follow(m.id)
+            if action in ("tune", "force-complete", "postcopy"):
+                return await self._control(action, m.id)
             m = await self.stub.CancelMigration(cpb.CancelMigrationRequest(id=m.id), timeout=self.timeout)
             self.emit(m, f"cancel requested for {m.id} (phase {render.phase_name(m.phase)})")
             return EXIT_OK
@@ -416,10 +425,45 @@ class Cli:
         self.emit(resp, lambda: self.screen.table(render.DRAIN_HEADERS, rows))
         return EXIT_OK
 
+    async def _control(self, action: str, migration_id: str) -> int:
+        """`ferry migrations tune|force-complete|postcopy`: ControlMigration, who asks sent along."""
+        req = cpb.ControlMigrationRequest(
+            id=migration_id, force_complete=action == "force-complete", start_postcopy=action == "postcopy"
+        )
+        if action == "tune":
+            if self.a.max_downtime is None and self.a.bandwidth is None:
+                raise Usage("tune needs --max-downtime and/or --bandwidth", hint="e.g. --max-downtime 500")
+            if self.a.max_downtime is not None:
+                req.max_downtime_ms = self.a.max_downtime
+            if self.a.bandwidth is not None:
+                req.bandwidth_mibps = self.a.bandwidth
+        resp = await self.stub.ControlMigration(req, timeout=self.timeout, metadata=((USER_METADATA, _user()),))
+        self.emit(
+            resp,
+            f"{resp.migration.id}: {resp.done}; libvirt now reads max downtime {resp.max_downtime_ms} ms, "
+            f"bandwidth {resp.bandwidth_mibps} MiB/s",
+        )
+        return EXIT_OK
+
+    async def policies(self) -> int:
+        resp = await self.stub.ListPolicies(cpb.ListPoliciesRequest(), timeout=self.timeout)
+        self.emit(resp, render.policies(resp))
+        return EXIT_OK
+
     async def top(self) -> int:
         if self.a.iterations < 0 or self.a.finished < 0:
             raise Usage("--iterations and --finished take 0 or more", hint="e.g. --iterations 1")
         return await run_top(self.stub, self.a, self.screen, self.address, self.timeout)
+
+
+USER_METADATA = "x-ferry-user"  # who asks, as the CLI says (the coordinator records it with the peer)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def _filter_words(a: argparse.Namespace) -> list[str]:

@@ -157,11 +157,94 @@ def progress_bar(
     rate = transfer_rate(progress, previous)
     if rate:
         parts.append(f"bw {size(rate)}/s")
-    eta = eta_s(progress, rate)
+    # the agent's ETA knows the policy (a switch to post-copy to come); else the rates alone
+    eta = progress.eta_ms / 1000 if progress.eta_ms else eta_s(progress, rate)
     if eta is not None:
         parts.append(f"eta {duration(eta)}")
     parts.append(f"{progress.elapsed_ms / 1000:.1f} s")
+    if progress.postcopy_failed:
+        parts.append("post-copy link broken: resuming")
     return " ".join(parts)
+
+
+_POSTCOPY = {
+    tpb.POSTCOPY_MODE_UNSPECIFIED: "never",
+    tpb.POSTCOPY_MODE_NEVER: "never",
+    tpb.POSTCOPY_MODE_MANUAL: "by hand",
+    tpb.POSTCOPY_MODE_ON_PREDICTION: "on prediction",
+    tpb.POSTCOPY_MODE_ON_STALL: "on stall",
+    tpb.POSTCOPY_MODE_AFTER: "after",
+}
+
+
+def policy_summary(p: tpb.ConvergencePolicy) -> str:
+    """A policy in one line: ``bw 32 MiB/s, downtime 100->500 ms (3 steps), post-copy on prediction ...``"""
+    parts = [f"bw {p.bandwidth_mibps} MiB/s" if p.bandwidth_mibps else "bw default"]
+    if p.downtime_steps:
+        steps = p.downtime_steps
+        ladder = f"{steps[0].max_downtime_ms}->{steps[-1].max_downtime_ms} ms ({len(steps)} steps)"
+        parts.append(f"downtime {steps[0].max_downtime_ms} ms" if len(steps) == 1 else f"downtime {ladder}")
+    if p.auto_converge:
+        parts.append(
+            "auto-converge"
+            + (f" {p.auto_converge_initial}+{p.auto_converge_increment}%" if p.auto_converge_initial else "")
+        )
+    pc = _POSTCOPY.get(p.postcopy, "?")
+    if p.postcopy == tpb.POSTCOPY_MODE_AFTER:
+        pc = f"after {p.postcopy_after_s:.0f} s"
+    parts.append(f"post-copy {pc}" + (f" at {p.postcopy_bandwidth_mibps} MiB/s" if p.postcopy_bandwidth_mibps else ""))
+    timeout = f"{p.completion_timeout_s:.0f} s" if p.completion_timeout_s else f"{p.timeout_per_gib_s:.0f} s/GiB"
+    parts.append(f"timeout {timeout}")
+    if p.progress_timeout_s:
+        parts.append(f"no progress {p.progress_timeout_s:.0f} s")
+    parts.append("then force-complete" if p.timeout_action == tpb.TIMEOUT_ACTION_FORCE_COMPLETE else "then abort")
+    if p.parallel_connections:
+        parts.append(f"{p.parallel_connections} connections")
+    if p.compression:
+        parts.append("compression " + "+".join(p.compression))
+    if p.refuse_unfinishable:
+        parts.append("refuses what it cannot finish")
+    return ", ".join(parts)
+
+
+def prediction_lines(policy: tpb.ConvergencePolicy, prediction: tpb.Prediction) -> list[str]:
+    """What preflight and submit show of the policy and the prediction."""
+    lines = []
+    if policy.ByteSize():
+        lines.append(f"  policy: {policy.name or '(from the flags)'}: {policy_summary(policy)}")
+    if prediction.words:
+        lines.append(f"  prediction: {prediction.words}")
+    return lines
+
+
+def submitted_note(m: cpb.Migration) -> str:
+    """What `ferry migrate` adds to its first line: the policy chosen and the prediction.
+
+    >>> submitted_note(cpb.Migration(policy=tpb.ConvergencePolicy(name="busy"), prediction=tpb.Prediction(words="w")))
+    ' (policy busy); predicted: w'
+    >>> submitted_note(cpb.Migration())
+    ''
+    """
+    note = f" (policy {m.policy.name})" if m.policy.name else ""
+    return note + (f"; predicted: {m.prediction.words}" if m.prediction.words else "")
+
+
+def policies(resp: cpb.ListPoliciesResponse) -> str:
+    """`ferry policies`: each policy in a line, then the selector rules in order."""
+    if not resp.policies:
+        return "no convergence policies configured ([policies.NAME] in the coordinator config); flags only"
+    rows = [[p.name, policy_summary(p)] for p in resp.policies]
+    out = table(("POLICY", "WHAT IT DOES"), rows)
+    if resp.selectors:
+        out += "\n\nChosen for a migration without --policy (first match):"
+        for sel in resp.selectors:
+            when = [
+                f"VM {sel.vm}" if sel.vm else "",
+                f"memory >= {size(sel.min_memory_bytes)}" if sel.min_memory_bytes else "",
+            ]
+            when.append(f"memory <= {size(sel.max_memory_bytes)}" if sel.max_memory_bytes else "")
+            out += f"\n  {sel.policy}: " + (" and ".join(w for w in when if w) or "every VM")
+    return out
 
 
 def _time(ts: Timestamp) -> str:
@@ -282,13 +365,23 @@ def migration_detail(m: cpb.Migration) -> str:
             lines.append(f"  Hint:      {m.error.hint}")
     if shows_progress(m) and m.progress.elapsed_ms:
         lines.append(f"  Progress:  {progress_bar(m.progress)}")
+    if m.HasField("policy"):
+        lines.append(f"  Policy:    {m.policy.name or '(from the flags)'}: {policy_summary(m.policy)}")
+    if m.HasField("prediction") and m.prediction.words:
+        lines.append(f"  Predicted: {m.prediction.words}")
     if m.HasField("result") and m.result.time_elapsed_ms:
         r = m.result
+        downtime = "not measured (post-copy)" if r.downtime_not_measured else f"{r.downtime_ms} ms"
         lines.append(
-            f"  Result:    total {r.time_elapsed_ms} ms, downtime {r.downtime_ms} ms, "
+            f"  Result:    total {r.time_elapsed_ms} ms, downtime {downtime}, "
             f"memory {size(r.memory_processed)}, disk {size(r.disk_processed)}, "
             f"{r.iterations} iterations" + (", post-copy" if r.postcopy else "")
         )
+    if m.actions:
+        lines.append("  Actions:")
+        for a in m.actions:
+            at = a.at.ToDatetime().strftime("%H:%M:%S") if a.at.seconds else "--:--:--"
+            lines.append(f"    {at}  {a.action:<16} {a.reason}" + (f"  [{a.by}]" if a.by else ""))
     lines.append("  History:")
     for h in m.history:
         at = h.at.ToDatetime(tzinfo=UTC).astimezone().strftime("%H:%M:%S.%f")[:-3]

@@ -33,6 +33,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ferry.convergence import policy_from_options
 from ferry.diskplan import plan_disks
 from ferry.errors import FerryError, InvalidArgument, NotFound
 from ferry.model import (
@@ -42,6 +43,7 @@ from ferry.model import (
     JobStats,
     MigrationProgress,
     MigrationResult,
+    PolicyAction,
     PrepareRecord,
     Problem,
     StorageMode,
@@ -62,6 +64,7 @@ from .events import (
     MigrationEnded,
     ObservePlacement,
     Placement,
+    PolicyActed,
     PreflightResult,
     Prepared,
     PrepareFailed,
@@ -72,7 +75,8 @@ from .events import (
     StepFailed,
     WatchJob,
 )
-from .preflight import ProbeCache, preflight
+from .policies import PredictionConfig, copy_bytes, needs_prediction, predict_migration, refusal
+from .preflight import ProbeCache, measure, preflight
 from .record import MigrationRecord
 
 log = logging.getLogger(__name__)
@@ -114,6 +118,7 @@ class Actions:
         hosts: HostDirectory,
         timing: ActionTiming,
         known_facts: Callable[[str], HostFacts | None] | None = None,
+        prediction: PredictionConfig = PredictionConfig(),
         *,
         leader_term: int = 0,
         on_stale: Callable[[Problem], None] = lambda problem: None,
@@ -122,6 +127,7 @@ class Actions:
         self.timing = timing
         self.known_facts = known_facts  # fresh cached host facts (the fleet view): fewer inventory calls
         self.probes = ProbeCache()  # probes that passed lately: not repeated for every migration
+        self.prediction = prediction
         self.term = leader_term
         self.on_stale = on_stale
 
@@ -174,22 +180,43 @@ class Actions:
     # ------------------------------------------------------------------ before the target is touched
 
     async def run_preflight(self, r: MigrationRecord) -> Event:
-        report = await preflight(
-            self.hosts,
-            vm_ref(r),
-            r.target_host,
-            r.options,
-            r.mapping,
-            storage=r.options.storage,
-            source_host=r.source_host,
-            migration_id=r.id,
-            known_facts=self.known_facts,
-            probes=self.probes,
-        )
+        """The preflight, and (for a record without one) the prediction: the guest measured on
+        the source while the checks run."""
+        measuring = None
+        policy = r.policy or policy_from_options(r.options)
+        wanted = self.prediction.always or needs_prediction(policy)
+        if wanted and r.prediction is None and not r.options.offline and r.vm_uuid:
+            measuring = asyncio.create_task(
+                measure(self.hosts, r.source_host, r.vm_uuid, r.memory_bytes, self.prediction)
+            )
+        try:
+            report = await preflight(
+                self.hosts,
+                vm_ref(r),
+                r.target_host,
+                r.options,
+                r.mapping,
+                storage=r.options.storage,
+                source_host=r.source_host,
+                migration_id=r.id,
+                known_facts=self.known_facts,
+                probes=self.probes,
+            )
+        except BaseException:
+            if measuring is not None:
+                measuring.cancel()
+            raise
+        load = await measuring if measuring is not None else None
         involved = [h for h in report.unavailable if h in (r.source_host, r.target_host)]
         if involved:
             return AgentLost(involved[0])
-        return PreflightResult(report.blockers)
+        if load is None:
+            return PreflightResult(report.blockers)
+        prediction = predict_migration(policy, load, disk_bytes=copy_bytes(report.disks), config=self.prediction)
+        log.info("migration %s: prediction under policy %s: %s", r.id, policy.label, prediction.words)
+        refused = refusal(policy, prediction)
+        blockers = report.blockers + ((Problem.of(refused),) if refused is not None else ())
+        return PreflightResult(blockers, prediction)
 
     async def prepare_target(self, r: MigrationRecord) -> Event:
         try:
@@ -251,11 +278,16 @@ class Actions:
                 migration_id=r.id,
                 migrate_uri=migrate_uri,
                 disks=r.disks,
+                policy=r.policy,
+                predicted_converges=r.prediction.converges if r.prediction is not None else None,
                 leader_term=self.term,
             ):
                 if isinstance(item, MigrationResult):
                     emit(MigrationEnded(True, job=item.job))
                     return
+                if isinstance(item, PolicyAction):
+                    emit(PolicyActed(item))
+                    continue
                 emit(Progress(item))
         except FerryError as err:
             if not transport_failure(err):

@@ -25,24 +25,29 @@ from typing import Any
 import grpc
 
 from ferry import convert
+from ferry.convergence import ConvergencePolicy
 from ferry.errors import DeadlineExceeded, FailedPrecondition, FerryError, Unavailable
 from ferry.model import (
     CompletedJob,
     DiskPlan,
     DomainInfo,
+    GuestLoad,
     HostMapping,
     Inventory,
     MigrationOptions,
     MigrationProgress,
     MigrationResult,
+    PolicyAction,
     PreparedIncoming,
     PrepareRecord,
     Problem,
     StorageMode,
 )
+from ferry.ports import TuneResult
 from ferry.rpc import Tls, call_metadata, create_channel, from_rpc_error, has_status_details
 from ferry.v1 import agent_pb2 as apb
 from ferry.v1 import agent_pb2_grpc as agrpc
+from ferry.v1 import types_pb2 as tpb
 
 AGENT_UNREACHABLE = "AGENT_UNREACHABLE"
 AGENT_TIMEOUT = "AGENT_TIMEOUT"
@@ -247,10 +252,13 @@ class GrpcAgentClient:
         migration_id: str,
         migrate_uri: str = "",
         disks: Sequence[DiskPlan] = (),
+        policy: ConvergencePolicy | None = None,
+        predicted_converges: bool | None = None,
         leader_term: int = 0,
-    ) -> AsyncIterator[MigrationProgress | MigrationResult]:
-        """Progress snapshots, then one MigrationResult; a failed job raises its FerryError.
-        Stopping the iteration cancels the stream (the job keeps running on the source)."""
+    ) -> AsyncIterator[MigrationProgress | PolicyAction | MigrationResult]:
+        """Progress snapshots and policy actions, then one MigrationResult; a failed job raises
+        its FerryError. Stopping the iteration cancels the stream (the job keeps running on the
+        source)."""
         request = apb.MigrateRequest(
             domain=vm,
             target_uri=target_uri,
@@ -262,6 +270,10 @@ class GrpcAgentClient:
             disks=[convert.disk_plan_to_pb(d) for d in disks],
             leader_term=leader_term,
         )
+        if policy is not None:
+            request.policy.CopyFrom(convert.policy_to_pb(policy))
+        if predicted_converges is not None:
+            request.predicted_converges = predicted_converges
         with self._using() as conn:
             call = conn.stub.Migrate(request, metadata=call_metadata())
             try:
@@ -280,6 +292,8 @@ class GrpcAgentClient:
                         return
                     if event.HasField("progress"):
                         yield convert.progress_from_pb(event.progress)
+                    if event.HasField("action"):
+                        yield convert.policy_action_from_pb(event.action)
             finally:
                 call.cancel()
 
@@ -302,14 +316,29 @@ class GrpcAgentClient:
         max_downtime_ms: int | None = None,
         bandwidth_mibps: int | None = None,
         start_postcopy: bool = False,
+        force_complete: bool = False,
+        requested_by: str = "",
         leader_term: int = 0,
-    ) -> None:
-        request = apb.TuneMigrationRequest(domain=vm, start_postcopy=start_postcopy, leader_term=leader_term)
+    ) -> TuneResult:
+        request = apb.TuneMigrationRequest(
+            domain=vm,
+            start_postcopy=start_postcopy,
+            force_complete=force_complete,
+            requested_by=requested_by,
+            leader_term=leader_term,
+        )
         if max_downtime_ms is not None:
             request.max_downtime_ms = max_downtime_ms
         if bandwidth_mibps is not None:
             request.bandwidth_mibps = bandwidth_mibps
-        await self._call("TuneMigration", request)
+        m = await self._call("TuneMigration", request)
+        assert isinstance(m, apb.TuneMigrationResponse)
+        return TuneResult(m.max_downtime_ms, m.bandwidth_mibps, m.done)
+
+    async def measure_guest(self, vm: str, *, periods: Sequence[int] = (1, 3)) -> GuestLoad:
+        m = await self._call("MeasureGuest", apb.MeasureGuestRequest(domain=vm, periods_s=list(periods)), slow=True)
+        assert isinstance(m, tpb.GuestLoad)
+        return convert.guest_load_from_pb(m)
 
     async def get_job(self, vm: str, *, leader_term: int = 0) -> MigrationProgress:
         m = await self._call("GetJob", apb.GetJobRequest(domain=vm, leader_term=leader_term))

@@ -247,3 +247,38 @@ def host_cpu_blockers(
             "guest a CPU model every host offers (a baseline: virsh hypervisor-cpu-baseline) and restart it",
         )
     ]
+
+
+# QEMU under TCG before 9.0 loses guest memory writes during a live migration: the fast path of
+# its dirty-bitmap sync cleared the migration bits without making TCG's TLB trap the next write to
+# those pages (fixed by QEMU commit 03bfc2188f, "physmem: Fix migration dirty bitmap coherency with
+# TCG memory access", in 9.0). In the lab (QEMU 7.2, Debian 12) a guest that writes memory crashed
+# on the target after most capped migrations; QEMU 10.0 (Debian 13) never did.
+TCG_MIGRATION_FIXED_QEMU = 9_000_000
+
+
+def tcg_migration_warnings(domain: DomainInfo, source: HostView | None) -> list[str]:
+    """A warning for a TCG guest (domain type qemu) run by the host's own QEMU older than 9.0
+    (pure). A domain naming another emulator than the host's qemu-system binary is not judged:
+    its version is not in the host facts.
+
+    >>> from dataclasses import replace
+    >>> d = DomainInfo("g1", "u", DomainState.RUNNING, os_type="qemu", emulator="/usr/bin/qemu-system-x86_64")
+    >>> old = HostView("h1", True, HostFacts("h1", "x", qemu_version=7_002_022, arch="x86_64"))
+    >>> tcg_migration_warnings(d, old)[0][:60]
+    'g1 runs under TCG on QEMU 7.2.22, which loses guest memory w'
+    >>> tcg_migration_warnings(replace(d, os_type="kvm"), old)
+    []
+    >>> tcg_migration_warnings(replace(d, emulator="/opt/qemu-10/bin/qemu-system-x86_64"), old)
+    []
+    """
+    if domain.os_type != "qemu" or source is None or source.facts is None:
+        return []
+    version = source.facts.qemu_version
+    standard = {"", f"/usr/bin/qemu-system-{source.facts.arch}", "/usr/bin/qemu-system-x86_64"}
+    if not version or version >= TCG_MIGRATION_FIXED_QEMU or domain.emulator not in standard:
+        return []
+    return [
+        f"{domain.name} runs under TCG on QEMU {_fmt(version)}, which loses guest memory writes during live "
+        "migration (fixed in QEMU 9.0): the guest may crash on the target; use KVM or QEMU 9.0 or later"
+    ]

@@ -62,6 +62,28 @@
     networks = { mgmt = "default" }                  # logical network -> this host's libvirt network
     paths = { images = "/var/lib/libvirt/images" }   # logical storage -> this host's directory
 
+    [policies.busy]                                  # a named convergence policy (ferry/convergence.py keys)
+    bandwidth_mibps = 32
+    downtime = [{ ms = 100 }, { ms = 300, after_s = 10 }, { ms = 500, after_s = 10, after_iterations = 5 }]
+    postcopy = "on-prediction"                       # never | manual | on-prediction | on-stall | after
+    postcopy_bandwidth_mibps = 64
+    timeout_per_gib_s = 150
+    progress_timeout_s = 150
+    timeout_action = "force-complete"                # abort | force-complete
+
+    [[policy_selectors]]                             # first match wins; a request's --policy wins over all
+    policy = "busy"
+    vm = "db-*"                                      # shell pattern on the VM name
+    min_memory_mib = 4096                            # and/or max_memory_mib
+
+    [prediction]
+    link_mibps = 1000                                # the migration link, for a policy without a bandwidth cap
+    periods_s = [1, 3]                               # dirty-rate calculations on the source (seconds each)
+    on_submit = false                                # measure in SubmitMigration itself (else: a Preflight's
+    reuse_s = 120                                    #   measurement of the last reuse_s, or the Preflight phase)
+    always = false                                   # Preflight phase: measure every guest, not only those whose
+                                                     #   policy acts on the prediction (on-prediction, refuse)
+
 The mapping between two hosts is derived from their ``[hosts.*]`` tables (:func:`derive_mapping`),
 so no pair of hosts needs its own table. Unknown keys are an error naming the key. Relative file
 paths are taken relative to the config file's directory.
@@ -74,7 +96,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ferry.errors import FailedPrecondition
+from ferry.convergence import ConvergencePolicy, policy_from_doc
+from ferry.errors import FailedPrecondition, FerryError
 from ferry.model import HostMapping
 from ferry.rpc import Tls
 from ferry.tomlconfig import (
@@ -100,6 +123,7 @@ from ferry.validate import MAX_PREPARE_TTL_S
 from .drainplan import Estimates
 from .phases import Timeouts
 from .placement import AntiAffinity, PlacementPolicy, Weights
+from .policies import PolicySelector, PredictionConfig
 from .slots import Limits
 
 METRICS_PORT = 9471
@@ -176,6 +200,9 @@ class CoordinatorConfig:
     drains: DrainsConfig = DrainsConfig()
     retention: Retention = Retention()
     engine: EngineConfig = EngineConfig()
+    policies: Mapping[str, ConvergencePolicy] = field(default_factory=dict)
+    policy_selectors: tuple[PolicySelector, ...] = ()
+    prediction: PredictionConfig = PredictionConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
 
@@ -405,6 +432,76 @@ def _engine(doc: dict[str, Any], source: str) -> EngineConfig:
     return EngineConfig(float(t.number("progress_write_s")) if "progress_write_s" in t else 1.0)
 
 
+def _policies(doc: dict[str, Any], source: str) -> dict[str, ConvergencePolicy]:
+    table = doc.get("policies", {})
+    if not isinstance(table, dict):
+        raise bad(source, "[policies] must hold one table per policy", "write [policies.NAME] tables")
+    out = {}
+    for name, data in table.items():
+        if not isinstance(data, dict):
+            raise bad(source, f"policies.{name} is not a table", f"write [policies.{name}] with its keys")
+        try:
+            out[name] = policy_from_doc(data, name=name, where=f"[policies.{name}]")
+        except FerryError as e:
+            raise bad(source, e.message, e.hint) from e
+    return out
+
+
+def _selectors(
+    doc: dict[str, Any], source: str, policies: Mapping[str, ConvergencePolicy]
+) -> tuple[PolicySelector, ...]:
+    rules = doc.get("policy_selectors", [])
+    if not isinstance(rules, list):
+        raise bad(source, "policy_selectors must be [[policy_selectors]] tables", "write [[policy_selectors]]")
+    out = []
+    for n, data in enumerate(rules, start=1):
+        t = Table(data, f"policy_selectors #{n}", source, ("policy", "vm", "min_memory_mib", "max_memory_mib"))
+        if "policy" not in t:
+            raise bad(source, f"policy_selectors #{n} names no policy", 'add policy = "NAME"')
+        name = t.string("policy")
+        if name not in policies:
+            raise bad(
+                source, f"policy_selectors #{n} names policy {name!r}, which is not defined", f"add [policies.{name}]"
+            )
+        out.append(
+            PolicySelector(
+                name,
+                vm=t.string("vm") if "vm" in t else "",
+                min_memory_bytes=int(t.number("min_memory_mib", integer=True)) << 20 if "min_memory_mib" in t else 0,
+                max_memory_bytes=int(t.number("max_memory_mib", integer=True)) << 20 if "max_memory_mib" in t else 0,
+            )
+        )
+    return tuple(out)
+
+
+def _prediction(doc: dict[str, Any], source: str) -> PredictionConfig:
+    if "prediction" not in doc:
+        return PredictionConfig()
+    t = Table(doc["prediction"], "prediction", source, ("link_mibps", "periods_s", "on_submit", "reuse_s", "always"))
+    values: dict[str, Any] = {}
+    if "link_mibps" in t:
+        values["link_mibps"] = int(t.number("link_mibps", integer=True))
+    if "periods_s" in t:
+        periods = t.data["periods_s"]
+        if (
+            not isinstance(periods, list)
+            or not 1 <= len(periods) <= 8
+            or not all(isinstance(p, int) and 1 <= p <= 60 for p in periods)
+        ):
+            raise bad(
+                source, "[prediction] periods_s must be 1 to 60 s each, at most 8 of them", "write periods_s = [1, 3]"
+            )
+        values["periods_s"] = tuple(periods)
+    if "reuse_s" in t:
+        values["reuse_s"] = float(t.number("reuse_s"))
+    for key in ("on_submit", "always"):
+        if key in t:
+            if not isinstance(t.data[key], bool):
+                raise bad(source, f"[prediction] {key} must be true or false", f"write {key} = true")
+            values[key] = t.data[key]
+    return PredictionConfig(**values)
+
+
 def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None = None) -> CoordinatorConfig:
     """Parse the coordinator's TOML text. Raises InvalidArgument (CONFIG_INVALID) naming the problem."""
     doc = parse_toml(text, source)
@@ -427,6 +524,9 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
             "drains",
             "retention",
             "engine",
+            "policies",
+            "policy_selectors",
+            "prediction",
         ),
     )
     if "coordinator" not in doc:
@@ -455,6 +555,9 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
     values["drains"] = _drains(doc, source)
     values["retention"] = _retention(doc, source)
     values["engine"] = _engine(doc, source)
+    values["policies"] = _policies(doc, source)
+    values["policy_selectors"] = _selectors(doc, source, values["policies"])
+    values["prediction"] = _prediction(doc, source)
     if "metrics" in doc:
         values["metrics"] = metrics_of(Table(doc["metrics"], "metrics", source, METRICS_KEYS))
     if "log" in doc:

@@ -21,7 +21,8 @@ from .drainplan import Progress
 from .hoststate import HostCordon
 from .phases import Phase
 from .placement import Candidate
-from .record import MigrationRecord, PhaseChange
+from .policies import PolicySelector
+from .record import ActionEntry, MigrationRecord, PhaseChange
 
 # ---------------------------------------------------------------- phases
 
@@ -93,6 +94,11 @@ def migration_to_pb(r: MigrationRecord) -> cpb.Migration:
         m.result.CopyFrom(convert.completed_job_to_pb(r.result))
     if r.error is not None:
         m.error.CopyFrom(convert.problem_to_pb(r.error))
+    if r.policy is not None:
+        m.policy.CopyFrom(convert.policy_to_pb(r.policy))
+    if r.prediction is not None:
+        m.prediction.CopyFrom(convert.prediction_to_pb(r.prediction))
+    m.actions.extend(convert.policy_action_to_pb(e.action, e.at) for e in r.actions)
     return m
 
 
@@ -117,6 +123,14 @@ def migration_from_pb(m: cpb.Migration) -> MigrationRecord:
         result=convert.completed_job_from_pb(m.result) if m.HasField("result") else None,
         error=convert.problem_from_pb(m.error) if m.HasField("error") else None,
         cancel_requested=m.cancel_requested,
+        policy=convert.policy_from_pb(m.policy) if m.HasField("policy") else None,
+        prediction=convert.prediction_from_pb(m.prediction) if m.HasField("prediction") else None,
+        actions=tuple(
+            ActionEntry(
+                convert.timestamp_from_pb(a.at) or datetime.fromtimestamp(0, UTC), convert.policy_action_from_pb(a)
+            )
+            for a in m.actions
+        ),
     )
 
 
@@ -271,3 +285,13 @@ def drain_to_pb(
     if d.ended_at is not None:
         m.ended_at.CopyFrom(convert.timestamp_to_pb(d.ended_at))
     return m
+
+
+def selector_to_pb(s: PolicySelector) -> cpb.PolicySelector:
+    return cpb.PolicySelector(
+        policy=s.policy, vm=s.vm, min_memory_bytes=s.min_memory_bytes, max_memory_bytes=s.max_memory_bytes
+    )
+
+
+def selector_from_pb(m: cpb.PolicySelector) -> PolicySelector:
+    return PolicySelector(m.policy, m.vm, m.min_memory_bytes, m.max_memory_bytes)

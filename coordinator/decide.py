@@ -57,6 +57,7 @@ from .events import (
     MigrationEnded,
     ObservePlacement,
     Placement,
+    PolicyActed,
     PreflightResult,
     Prepared,
     PrepareFailed,
@@ -69,7 +70,7 @@ from .events import (
     WatchJob,
 )
 from .phases import Phase, Timeouts, probe_delay_s
-from .record import MigrationRecord, note, with_phase, with_retry
+from .record import MigrationRecord, note, with_action, with_phase, with_retry
 
 # --- where the guest is --------------------------------------------------------------------------
 
@@ -164,6 +165,9 @@ def decide(record: MigrationRecord, event: Event, now: datetime, timeouts: Timeo
             return roll_back(c, f"prepare failed: {event.error.reason}", error=event.error, goal=Phase.ROLLED_BACK)
         case Progress() if record.phase is Phase.MIGRATING:
             return Decision(replace(record, progress=event.progress, updated_at=now), (), "progress")
+        case PolicyActed() if record.migration_started:
+            a = event.action
+            return Decision(with_action(record, now, a), (), f"{a.by or 'the agent'}: {a.action}: {a.reason}")
         case MigrationEnded():
             return _migration_ended(c, event)
         case CancelRequested():
@@ -221,6 +225,8 @@ def _admitted(c: Ctx, event: Admitted) -> Decision:
 def _preflight_result(c: Ctx, event: PreflightResult) -> Decision:
     if c.r.phase is not Phase.PREFLIGHT:
         return c.ignore(event)
+    if event.prediction is not None:
+        c = replace(c, r=replace(c.r, prediction=event.prediction))
     if not event.problems:
         return Decision(
             c.to(Phase.PREPARING, "preflight passed"), (PrepareTarget(),), "preflight passed; preparing target"

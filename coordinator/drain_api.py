@@ -28,6 +28,7 @@ from .drain import DrainRecord, decode
 from .drainplan import progress, slots
 from .drains import DrainRequest, must_read_drain
 from .paging import paginate
+from .policies import choose_policy
 from .record import MigrationRecord
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from .drains import Drains
     from .fleet import Fleet
     from .replica import ReplicaViews
+    from .submission import Submissions
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class DrainMethods:
     fleet: Fleet
     views: ReplicaViews
     drains: Drains
+    submissions: Submissions
     outbound_limit: int
 
     def _now(self) -> datetime:
@@ -94,6 +97,10 @@ class DrainMethods:
         validate.text(request.policy, "policy")
         validate.text(request.reason, "reason", max_len=MAX_REASON)
         options, explicit = convert.options_from_request(request.options)
+        if request.policy:  # an unknown name is refused now, not once per VM as the drain runs
+            choose_policy(
+                self.submissions.policies, (), requested=request.policy, vm="", memory_bytes=0, options=options
+            )
         d = await self.drains.submit(
             DrainRequest(
                 host=request.host,

@@ -294,6 +294,7 @@ class DrainController:
                     storage_explicit=d.storage_explicit,
                     migration_id=migration_id,
                     source_host=d.host,
+                    policy=d.policy,
                 )
             )
         except FerryError as err:

@@ -51,6 +51,7 @@ from ferry.store import Entry, EventKind, Resync, Store
 from .actions import STALE_LEADER, Actions, ActionTiming
 from .events import Admitted, AgentLost, Tick
 from .phases import Phase, Timeouts
+from .policies import PredictionConfig
 from .record import MigrationRecord, decode
 from .runner import RecordRunner, Recover, RunnerContext
 from .slots import Limits, admit
@@ -83,6 +84,7 @@ class Engine:
         known_facts: Callable[[str], HostFacts | None] | None = None,
         decode_entry: Callable[[Entry], MigrationRecord] | None = None,
         observer: RecordObserver | None = None,
+        prediction: PredictionConfig = PredictionConfig(),
         leader_term: int = 0,
     ) -> None:
         self.store = store
@@ -101,6 +103,7 @@ class Engine:
             hosts,
             ActionTiming(job_poll_s=job_poll_s, prepare_ttl_s=prepare_ttl_s),
             known_facts,
+            prediction,
             leader_term=leader_term,
             on_stale=self._deposed,
         )

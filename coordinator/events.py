@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ferry.model import CompletedJob, DiskPlan, DomainState, MigrationProgress, Problem
+from ferry.model import CompletedJob, DiskPlan, DomainState, MigrationProgress, PolicyAction, Problem
+from ferry.prediction import Prediction
 
 from .record import MigrationRecord
 
@@ -24,9 +25,12 @@ class Admitted:
 
 @dataclass(frozen=True)
 class PreflightResult:
-    """Coordinator checks + the target's PrepareIncoming dry run; empty = ready."""
+    """Coordinator checks + the target's PrepareIncoming dry run; empty = ready. ``prediction``:
+    made now, for a record that had none (a policy that refuses what it cannot finish adds its
+    WILL_NOT_CONVERGE to the problems)."""
 
     problems: tuple[Problem, ...] = ()
+    prediction: Prediction | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,14 @@ class Progress:
     """A progress event of the source's Migrate stream (or of WatchJob)."""
 
     progress: MigrationProgress
+
+
+@dataclass(frozen=True)
+class PolicyActed:
+    """The source's driver did something to the job (a policy step, a post-copy resume, an
+    operator's request it carried out), with the reason: kept in the record's actions."""
+
+    action: PolicyAction
 
 
 @dataclass(frozen=True)
@@ -121,6 +133,7 @@ Event = (
     | Prepared
     | PrepareFailed
     | Progress
+    | PolicyActed
     | MigrationEnded
     | CancelRequested
     | CleanedUp

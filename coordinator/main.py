@@ -126,6 +126,7 @@ class Coordinator:
             known_facts=self.fleet.fresh_facts,
             decode_entry=self.views.decoder,
             observer=self.record_observer,
+            prediction=self.config.prediction,
             leader_term=self.election.term,
         )
 
@@ -260,6 +261,9 @@ def build_coordinator(
         placer=placer,
         cordons=views.cordons.items,
         on_submitted=views.book.note,
+        policies=config.policies,
+        selectors=config.policy_selectors,
+        prediction=config.prediction,
     )
     drains = Drains(
         store,

@@ -26,23 +26,27 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from ferry.convergence import ConvergencePolicy
 from ferry.diskplan import plan_disks
 from ferry.errors import FerryError, NotFound
 from ferry.model import (
     DiskPlan,
     DomainInfo,
+    GuestLoad,
     HostFacts,
     HostMapping,
     MigrationOptions,
     Problem,
     StorageMode,
 )
+from ferry.prediction import Prediction
 from ferry.registry import HostDirectory
 
 from .agent_client import AGENT_TOO_OLD, agent_lost
 from .checks import HostView, coordinator_blockers, effective_storage, host_cpu_blockers
+from .policies import PredictionConfig, predict_migration
 
 log = logging.getLogger(__name__)
 
@@ -305,3 +309,34 @@ async def preflight(
     return PreflightReport(
         tuple(blockers), source_host or "", domain, xml, mode, tuple(plans), tuple(dict.fromkeys(unavailable))
     )
+
+
+async def measure(
+    hosts: HostDirectory, source: str, vm_uuid: str, memory_bytes: int, config: PredictionConfig
+) -> GuestLoad:
+    """The guest measured on its source (MeasureGuest: libvirt's dirty-rate calculation, the
+    periods of ``config`` one after the other). Never raises: what cannot be measured says why."""
+    try:
+        load = await hosts.client(source).measure_guest(vm_uuid, periods=config.periods_s)
+    except FerryError as err:
+        log.info("cannot measure %s on %s: %s: %s", vm_uuid, source, err.reason, err)
+        load = GuestLoad(memory_bytes=memory_bytes, error=f"the source could not measure it ({err.reason})")
+    return load if load.memory_bytes else replace(load, memory_bytes=memory_bytes)
+
+
+async def predict_for(
+    hosts: HostDirectory,
+    source: str,
+    domain: DomainInfo,
+    policy: ConvergencePolicy,
+    *,
+    disk_bytes: int,
+    config: PredictionConfig,
+    load: GuestLoad | None = None,
+) -> Prediction:
+    """Predict the migration under ``policy`` from ``load``, measured now when not given."""
+    if load is None:
+        load = await measure(hosts, source, domain.uuid, domain.memory_bytes, config)
+    prediction = predict_migration(policy, load, disk_bytes=disk_bytes, config=config)
+    log.info("prediction for %s under policy %s: %s", domain.name, policy.label, prediction.words)
+    return prediction

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ferry.errors import Internal
+from ferry.convergence import ConvergencePolicy, completion_timeout_s, policy_doc, policy_from_doc
+from ferry.errors import FerryError, Internal
 from ferry.logcontext import MigrationContext
 from ferry.model import (
     CompletedJob,
@@ -23,14 +25,17 @@ from ferry.model import (
     MigrationOptions,
     MigrationPhase,
     MigrationProgress,
+    PolicyAction,
     Problem,
     StorageMode,
 )
+from ferry.prediction import Prediction
 
 from .phases import Phase, Timeouts, check_transition, phase_timeout_s, retry_delay_s
 
 SCHEMA = 1
 HISTORY_MAX = 200  # the first entry (submission) is always kept
+ACTIONS_MAX = 200  # the first ones and the newest are kept
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,15 @@ class PhaseChange:
     phase: Phase
     at: datetime
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class ActionEntry:
+    """One thing done to the running job (a policy step, an operator's request) and when the
+    coordinator learned of it."""
+
+    at: datetime
+    action: PolicyAction
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,9 @@ class MigrationRecord:
     retries: int = 0  # deadline retries in the current phase
     rollback_to: Phase | None = None  # RollingBack ends in this: ROLLED_BACK, CANCELLED or PENDING
     target_cleaned: bool = False  # RollingBack: the target's prepare is removed
+    policy: ConvergencePolicy | None = None  # how the job is brought to an end (None: from the options)
+    prediction: Prediction | None = None  # made at submission
+    actions: tuple[ActionEntry, ...] = ()  # what the policy and operators did to the job, and why
     # waiting for an agent (or its libvirtd) that does not answer: which host, since when
     # (cleared when both hosts answer again and on every phase change; ``decide``)
     lost_host: str = ""
@@ -126,6 +143,8 @@ def new_migration(
     idempotency_key: str = "",
     memory_bytes: int = 0,
     disk_bytes: int = 0,
+    policy: ConvergencePolicy | None = None,
+    prediction: Prediction | None = None,
 ) -> MigrationRecord:
     """A freshly submitted record: Pending, with its queue deadline."""
     r = MigrationRecord(
@@ -141,17 +160,24 @@ def new_migration(
         idempotency_key=idempotency_key,
         memory_bytes=memory_bytes,
         disk_bytes=disk_bytes,
+        policy=policy,
+        prediction=prediction,
     )
+    submitted = "submitted" + (f" (policy {policy.name})" if policy is not None and policy.name else "")
     return replace(
         r,
         updated_at=now,
-        history=(PhaseChange(Phase.PENDING, now, "submitted"),),
+        history=(PhaseChange(Phase.PENDING, now, submitted),),
         phase_deadline=_deadline(r, Phase.PENDING, now, timeouts),
     )
 
 
 def _deadline(r: MigrationRecord, phase: Phase, now: datetime, t: Timeouts) -> datetime | None:
-    s = phase_timeout_s(phase, t, r.memory_bytes, r.disk_bytes, r.options.completion_timeout_s)
+    """With a policy, Migrating lasts its completion timeout (as the agent applies it) plus the grace."""
+    given = r.options.completion_timeout_s
+    if r.policy is not None:
+        given = math.ceil(completion_timeout_s(r.policy, r.memory_bytes, r.disk_bytes))
+    s = phase_timeout_s(phase, t, r.memory_bytes, r.disk_bytes, given)
     return None if s is None else now + timedelta(seconds=s)
 
 
@@ -195,6 +221,15 @@ def with_retry(r: MigrationRecord, now: datetime, reason: str, timeouts: Timeout
 def note(r: MigrationRecord, now: datetime, reason: str) -> MigrationRecord:
     """A history note in the current phase (a step failed, an agent was lost)."""
     return replace(r, history=_append(r.history, PhaseChange(r.phase, now, reason)), updated_at=now)
+
+
+def with_action(r: MigrationRecord, now: datetime, action: PolicyAction) -> MigrationRecord:
+    """One more thing done to the job; past ACTIONS_MAX the oldest after the first half go."""
+    entries = r.actions + (ActionEntry(now, action),)
+    if len(entries) > ACTIONS_MAX:
+        keep = ACTIONS_MAX // 2
+        entries = entries[:keep] + entries[len(entries) - (ACTIONS_MAX - keep) :]
+    return replace(r, actions=entries, updated_at=now)
 
 
 # --- JSON ----------------------------------------------------------------------------------------
@@ -252,22 +287,23 @@ _PROGRESS_KEYS = (
     ("bandwidth_bps", "bandwidth_bps"),  # bytes per second
     ("elapsed_ms", "time_elapsed_ms"),
     ("auto_converge_throttle", "auto_converge_throttle"),
+    ("postcopy_failed", "postcopy_failed"),
 )
 
 
 def _progress_doc(p: MigrationProgress) -> dict[str, Any]:
-    doc: dict[str, Any] = {"phase": p.phase.name, "max_downtime_ms": p.max_downtime_ms}
+    doc: dict[str, Any] = {"phase": p.phase.name, "max_downtime_ms": p.max_downtime_ms, "eta_ms": p.eta_ms}
     doc.update((key, getattr(p.stats, name)) for key, name in _PROGRESS_KEYS)
     return doc
 
 
 def _progress(d: dict[str, Any]) -> MigrationProgress:
-    known = {key for key, _ in _PROGRESS_KEYS} | {"phase", "max_downtime_ms"}
+    known = {key for key, _ in _PROGRESS_KEYS} | {"phase", "max_downtime_ms", "eta_ms"}
     if set(d) - known:
         raise ValueError(f"unknown progress fields {sorted(set(d) - known)}")
     stats = JobStats(**{name: d[key] for key, name in _PROGRESS_KEYS if key in d})
     phase = MigrationPhase[d["phase"]] if "phase" in d else MigrationPhase.STARTING
-    return MigrationProgress(phase, stats, d.get("max_downtime_ms", 0))
+    return MigrationProgress(phase, stats, d.get("max_downtime_ms", 0), d.get("eta_ms", 0))
 
 
 def _problem_doc(p: Problem) -> dict[str, str]:
@@ -317,6 +353,9 @@ def encode(r: MigrationRecord) -> bytes:
         "retries": r.retries,
         "rollback_to": None if r.rollback_to is None else r.rollback_to.name,
         "target_cleaned": r.target_cleaned,
+        "policy": None if r.policy is None else policy_doc(r.policy),
+        "prediction": None if r.prediction is None else _plain(r.prediction),
+        "actions": [{"at": _ts(e.at), **{k: v for k, v in _plain(e.action).items()}} for e in r.actions],
     }
     if r.lost_since is not None:  # only while waiting: a record without them reads on older coordinators
         doc.update(lost_host=r.lost_host, lost_since=_ts(r.lost_since))
@@ -354,6 +393,15 @@ def decode(data: bytes, revision: int) -> MigrationRecord:
         ) from e
 
 
+def _policy(doc: dict[str, Any] | None) -> ConvergencePolicy | None:
+    if doc is None:
+        return None
+    try:
+        return policy_from_doc(doc, where="the record's policy")
+    except FerryError as e:
+        raise ValueError(e.message) from e
+
+
 def _decode(d: dict[str, Any], revision: int) -> MigrationRecord:
     o = dict(d["options"])
     o["storage"] = StorageMode[o["storage"]]
@@ -389,7 +437,14 @@ def _decode(d: dict[str, Any], revision: int) -> MigrationRecord:
         retries=int(d["retries"]),
         rollback_to=None if d["rollback_to"] is None else Phase[d["rollback_to"]],
         target_cleaned=bool(d["target_cleaned"]),
-        lost_host=str(d.get("lost_host", "")),  # absent in records of older coordinators
+        # absent in records of older coordinators
+        policy=_policy(d.get("policy")),
+        prediction=None if d.get("prediction") is None else Prediction(**d["prediction"]),
+        actions=tuple(
+            ActionEntry(_at(a["at"]), PolicyAction(**{k: v for k, v in a.items() if k != "at"}))
+            for a in d.get("actions", ())
+        ),
+        lost_host=str(d.get("lost_host", "")),
         lost_since=_dt(d.get("lost_since")),
         revision=revision,
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import grpc
@@ -30,14 +31,17 @@ from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
 
 from . import convert, hoststate
+from .checks import tcg_migration_warnings
 from .config import HostDecl, derive_mapping
 from .drain_api import MAX_REASON, DrainMethods
 from .drains import Drains, active_drain_of
 from .fleet import Fleet
+from .live import LiveOps, LiveRequest
 from .paging import paginate
 from .placement import Ranking
 from .placer import Placer
-from .preflight import preflight
+from .policies import copy_bytes, refusal
+from .preflight import predict_for, preflight
 from .record import MigrationRecord, decode
 from .replica import ReplicaViews
 from .submission import Submissions, SubmitRequest, check_overrides, must_read_migration
@@ -62,6 +66,25 @@ def _priority(value: int) -> int:
     return validate.number(value, "priority", lo=-validate.MAX_PRIORITY, hi=validate.MAX_PRIORITY)
 
 
+USER_METADATA = "x-ferry-user"  # the name the CLI says it runs as (a claim, not an identity)
+
+
+def requested_by(context: Context) -> str:
+    """Who asks, as this server sees it: the peer's certificate identity when mutual TLS names
+    it, else its address; with the user name the client claims (``x-ferry-user``) in front."""
+    peer = context.peer() or "unknown peer"
+    auth = context.auth_context()
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        names = list(auth.get(key, ())) if auth else []
+        if names:
+            peer = names[0].decode(errors="replace")
+            break
+    claimed = next((str(v) for k, v in context.invocation_metadata() or () if k == USER_METADATA), "")
+    # sent on to the agent (TuneMigrationRequest.requested_by): printable and within its limits
+    claimed, peer = (re.sub(r"[\x00-\x1f\x7f]", "?", clip(s, 60)) for s in (claimed, peer))
+    return f"{claimed} via {peer}" if claimed else peer
+
+
 class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
     """The API over ``store`` and ``fleet``; writes go through ``submissions`` and ``drains``.
 
@@ -80,6 +103,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         placer: Placer,
         drains: Drains,
         outbound_limit: int = 1,
+        live: LiveOps | None = None,
         watches: MigrationWatches | None = None,
     ) -> None:
         self.store = store
@@ -91,6 +115,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         self.drains = drains
         self.outbound_limit = outbound_limit
         self._decoded: dict[str, MigrationRecord] = {}  # key -> record at its mod revision (list calls)
+        self.live = live or LiveOps(store, fleet, submissions.clock)
         self.watches = watches or MigrationWatches(store)
 
     # ------------------------------------------------------------------ submit
@@ -108,6 +133,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
                 mapping=fconvert.mapping_from_pb(request.mapping),
                 priority=_priority(request.priority),
                 idempotency_key=validate.text(request.idempotency_key, "idempotency_key"),
+                policy=validate.text(request.policy, "policy"),
             )
         )
         return convert.migration_to_pb(submitted)
@@ -386,6 +412,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
     async def _preflight(self, vm: str, target: str, request: cpb.PreflightRequest) -> cpb.PreflightResponse:
         options, explicit = convert.options_from_request(request.options)
         overrides = fconvert.mapping_from_pb(request.mapping)
+        policy_name = validate.text(request.policy, "policy")
         located = await self.fleet.locate_vm(vm, fresh=True)
         source = located[0] if located is not None else None
         try:
@@ -409,13 +436,65 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         if report.domain is not None and not explicit and report.storage is not None:
             why = "a writable disk is local" if report.storage is StorageMode.COPY_ALL else "no writable local disk"
             warnings.append(f"storage mode {report.storage.value}, decided from the inventory ({why})")
-        return cpb.PreflightResponse(
-            ok=not blockers,
-            blockers=[fconvert.problem_to_pb(b) for b in dict.fromkeys(blockers)],
-            source_host=report.source_host,
-            disks=[fconvert.disk_plan_to_pb(d) for d in report.disks],
-            warnings=warnings,
-            target_host=target,
+        response = cpb.PreflightResponse(source_host=report.source_host, warnings=warnings, target_host=target)
+        if report.domain is not None:
+            policy = self.submissions.choose_policy(policy_name, report.domain, options)
+            response.policy.CopyFrom(fconvert.policy_to_pb(policy))
+            if not options.offline and report.source_host:
+                disk_bytes = copy_bytes(report.disks)
+                prediction = await predict_for(
+                    self.fleet,
+                    report.source_host,
+                    report.domain,
+                    policy,
+                    disk_bytes=disk_bytes,
+                    config=self.submissions.prediction,
+                    load=await self.submissions.measure(report.source_host, report.domain),
+                )
+                response.prediction.CopyFrom(fconvert.prediction_to_pb(prediction))
+                refused = refusal(policy, prediction)
+                if refused is not None:
+                    blockers.append(Problem.of(refused))
+                warnings.extend(tcg_migration_warnings(report.domain, self.fleet.host_view(report.source_host)))
+        response.ok = not blockers
+        response.blockers.extend(fconvert.problem_to_pb(b) for b in dict.fromkeys(blockers))
+        response.disks.extend(fconvert.disk_plan_to_pb(d) for d in report.disks)
+        response.warnings[:] = warnings
+        return response
+
+    # ------------------------------------------------------------------ policies and live operations
+
+    @rpc_method
+    async def ListPolicies(self, request: cpb.ListPoliciesRequest, context: Context) -> cpb.ListPoliciesResponse:
+        s = self.submissions
+        return cpb.ListPoliciesResponse(
+            policies=[fconvert.policy_to_pb(p) for _, p in sorted(s.policies.items())],
+            selectors=[convert.selector_to_pb(sel) for sel in s.selectors],
+        )
+
+    @rpc_method
+    async def ControlMigration(
+        self, request: cpb.ControlMigrationRequest, context: Context
+    ) -> cpb.ControlMigrationResponse:
+        migration_id = _required_id(request.id)
+        if request.HasField("max_downtime_ms"):
+            validate.number(request.max_downtime_ms, "max_downtime_ms", lo=1, hi=validate.MAX_DOWNTIME_MS)
+        if request.HasField("bandwidth_mibps"):
+            validate.number(
+                request.bandwidth_mibps, "bandwidth_mibps", hi=validate.MAX_BANDWIDTH_MIBPS, zero="QEMU's default"
+            )
+        req = LiveRequest(
+            max_downtime_ms=request.max_downtime_ms if request.HasField("max_downtime_ms") else None,
+            bandwidth_mibps=request.bandwidth_mibps if request.HasField("bandwidth_mibps") else None,
+            start_postcopy=request.start_postcopy,
+            force_complete=request.force_complete,
+        )
+        record, result = await self.live.control(migration_id, req, requested_by=requested_by(context))
+        return cpb.ControlMigrationResponse(
+            migration=convert.migration_to_pb(record),
+            max_downtime_ms=result.max_downtime_ms,
+            bandwidth_mibps=result.bandwidth_mibps,
+            done=result.done,
         )
 
     def _target_down(self, blocker: Problem, target: str) -> Problem:

@@ -7,14 +7,20 @@ the store (``ferry/keys.py``) and the leader's engine picks the record up from t
 Submission (idempotent, one active migration per VM), in store writes:
 
 1. ``idempotency/<key>`` exists: return that migration unchanged (whatever it is now) -- when
-   the request is the same (VM, target when one is named, options, priority, mapping overrides);
-   a key reused with a different body is refused INVALID_ARGUMENT ``IDEMPOTENCY_KEY_REUSED``.
+   the request is the same (VM, target when one is named, options, priority, mapping overrides, a
+   named policy); a key reused with a different body is refused INVALID_ARGUMENT
+   ``IDEMPOTENCY_KEY_REUSED``.
 2. Validate against the fleet view: VM found; no target given: the best feasible host of the
    cached inventories (``placer.py``), refused NO_TARGET with every host's blockers when there
    is none; target known, not cordoned (TARGET_CORDONED), not the VM's own host; the request's
    mapping overrides land inside the target's image directories and name bridges and networks
    it has (``check_overrides``).
 3. create ``idempotency/<key>`` -> the new id (losing that race: return the winner's migration);
+   Then the convergence policy is chosen (``policies.choose_policy``: the request's name, the
+   config's selector rules, or the flags) and the migration is predicted from the guest's
+   measurement: taken now with ``[prediction] on_submit``, else one a Preflight made in the last
+   ``reuse_s`` (none: the engine's Preflight phase measures and predicts); a policy that refuses
+   what it cannot finish refuses here (WILL_NOT_CONVERGE), writing nothing.
 4. create ``vm-active/<vm_uuid>`` -> the new id; when it names a migration that is not final:
    FAILED_PRECONDITION ``VM_BUSY`` naming it (and our idempotency key is released again); a key
    naming a final or a missing record is stale and taken over by compare-and-set;
@@ -38,10 +44,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from ferry import keys
+from ferry.convergence import ConvergencePolicy
 from ferry.diskplan import plan_disks
 from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound, clip
-from ferry.model import DomainInfo, HostFacts, HostMapping, MigrationOptions
+from ferry.model import DomainInfo, GuestLoad, HostFacts, HostMapping, MigrationOptions
 from ferry.paths import path_problem, syntax_problem
+from ferry.prediction import Prediction
 from ferry.store import Conflict, Store
 
 from .checks import effective_storage
@@ -51,6 +59,8 @@ from .fleet import Fleet
 from .hoststate import HostCordon, cordoned_error
 from .phases import Timeouts
 from .placer import Placer
+from .policies import PolicySelector, PredictionConfig, choose_policy, copy_bytes, refusal
+from .preflight import measure, predict_for
 from .record import MigrationRecord, decode, encode, new_migration, note
 
 log = logging.getLogger(__name__)
@@ -90,6 +100,7 @@ class SubmitRequest:
     # internal callers (a drain): the record's id, so submitting it again is idempotent
     migration_id: str = ""
     source_host: str = ""  # internal callers: where the VM is, as they know it ("" = look it up)
+    policy: str = ""  # a named convergence policy; "": the selector rules, else the flags
 
 
 @dataclass(frozen=True)
@@ -156,6 +167,8 @@ def request_differences(request: SubmitRequest, record: MigrationRecord) -> list
     options = request.options if request.storage_explicit else replace(request.options, storage=record.options.storage)
     if options != record.options:
         out.append("options")
+    if request.policy and (record.policy is None or record.policy.name != request.policy):
+        out.append("policy")
     m, r = request.mapping, record.mapping
     if any(
         r_table.get(k) != v
@@ -202,6 +215,9 @@ class Submissions:
         placer: Placer | None = None,
         cordons: Mapping[str, HostCordon] | None = None,
         on_submitted: Callable[[MigrationRecord], None] | None = None,
+        policies: Mapping[str, ConvergencePolicy] | None = None,
+        selectors: tuple[PolicySelector, ...] = (),
+        prediction: PredictionConfig = PredictionConfig(),
     ) -> None:
         self.store = store
         self.fleet = fleet
@@ -209,11 +225,18 @@ class Submissions:
         self.cordons: Mapping[str, HostCordon] = cordons if cordons is not None else {}
         self.on_submitted = on_submitted  # every record this replica created (placement counts it at once)
         self.hosts = dict(hosts or {})
+        self.policies = dict(policies or {})
+        self.selectors = selectors
+        self.prediction = prediction
+        self._measured: dict[str, tuple[datetime, GuestLoad]] = {}  # VM UUID -> its last measurement
         self.timeouts = timeouts
         self._clock = clock
-        self.clock = clock
         self._new_id = new_id
         self.in_flight_wait_s = in_flight_wait_s
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     # ------------------------------------------------------------------ submit
 
@@ -250,6 +273,9 @@ class Submissions:
         plan = await self._plan(request, migration_id)
         copied = plan_disks(plan.domain.disks, plan.options.storage, plan.options.migrate_disks, plan.mapping)
         now = self._clock()
+        disk_bytes = sum(p.allocation or p.virtual_size for p in copied if p.copy)
+        policy = self.choose_policy(request.policy, plan.domain, plan.options)
+        prediction = await self._predict(plan, policy, copy_bytes(copied))
         record = new_migration(
             id=migration_id,
             vm=plan.domain.name,
@@ -263,7 +289,9 @@ class Submissions:
             priority=request.priority,
             idempotency_key=request.idempotency_key,
             memory_bytes=plan.domain.memory_bytes,
-            disk_bytes=sum(p.allocation or p.virtual_size for p in copied if p.copy),
+            disk_bytes=disk_bytes,
+            policy=policy,
+            prediction=prediction,
         )
         if plan.placed:
             record = note(record, now, plan.placed)
@@ -291,6 +319,53 @@ class Submissions:
                 hint="send the same request again to get that migration, or use a new key for a new request",
             )
         return earlier
+
+    def choose_policy(self, requested: str, domain: DomainInfo, options: MigrationOptions) -> ConvergencePolicy:
+        """The policy a migration of ``domain`` runs under (``policies.choose_policy``)."""
+        return choose_policy(
+            self.policies,
+            self.selectors,
+            requested=requested,
+            vm=domain.name,
+            memory_bytes=domain.memory_bytes,
+            options=options,
+        )
+
+    def remember(self, vm_uuid: str, load: GuestLoad) -> None:
+        """A measurement of the guest (a Preflight's), for a submission soon after it."""
+        if load.samples:
+            self._measured[vm_uuid] = (self._clock(), load)
+
+    def _recent(self, vm_uuid: str) -> GuestLoad | None:
+        got = self._measured.get(vm_uuid)
+        if got is None or (self._clock() - got[0]).total_seconds() > self.prediction.reuse_s:
+            return None
+        return got[1]
+
+    async def measure(self, source: str, domain: DomainInfo) -> GuestLoad:
+        """Measure the guest now and remember it."""
+        load = await measure(self.fleet, source, domain.uuid, domain.memory_bytes, self.prediction)
+        self.remember(domain.uuid, load)
+        return load
+
+    async def _predict(self, plan: _Plan, policy: ConvergencePolicy, disk_bytes: int) -> Prediction | None:
+        """The prediction at submission (None without a measurement: the engine predicts in the
+        Preflight phase); refuses a migration the policy cannot finish when the policy says so."""
+        if plan.options.offline:
+            return None
+        if self.prediction.on_submit:
+            load: GuestLoad | None = await self.measure(plan.source, plan.domain)
+        else:
+            load = self._recent(plan.domain.uuid)
+        if load is None:
+            return None
+        prediction = await predict_for(
+            self.fleet, plan.source, plan.domain, policy, disk_bytes=disk_bytes, config=self.prediction, load=load
+        )
+        refused = refusal(policy, prediction)
+        if refused is not None:
+            raise refused
+        return prediction
 
     async def _plan(self, request: SubmitRequest, migration_id: str) -> _Plan:
         """Resolve a submission against the fleet (inventories asked now); raises the first problem."""

@@ -31,8 +31,8 @@ step "ferry vms"
 ferry vms
 step "ferry preflight demo1 --to host2 --copy-storage-all"
 ferry preflight demo1 --to host2 --copy-storage-all
-# No --bandwidth cap here: under TCG, QEMU 7.2 intermittently corrupts a guest's memory when a capped
-# copy-storage migration runs long (kernel panic, reboot on the target; raw virsh does it too).
+# Uncapped, to be quick. (Capped works too now that lab guests run on Debian 13's QEMU: Debian 12's
+# QEMU 7.2 loses guest memory writes while migrating a TCG guest -- see deploy/fetch-qemu.sh.)
 step "ferry migrate demo1 --to host2 --copy-storage-all   (memory and disk copy over TLS)"
 ferry migrate demo1 --to host2 --copy-storage-all
 step "ferry vms   (demo1 now runs on host2)"

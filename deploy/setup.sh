@@ -3,6 +3,8 @@
 #   - Debian packages: QEMU, libvirt (daemon, no system units), build tools for libvirt-python
 #   - .venv/ with Ferry installed (editable) and its test tools
 #   - etcd 3.5 from Debian 13's package, unpacked into .cache/etcd (no system change)
+#   - QEMU 10 from Debian 13's packages, unpacked into .cache/qemu-trixie, for the lab's TCG guests
+#     (Debian 12's QEMU 7.2 corrupts a TCG guest's memory while migrating it; see fetch-qemu.sh)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -34,4 +36,5 @@ if [ ! -f $stamp ] || [ pyproject.toml -nt $stamp ]; then
 fi
 
 bash deploy/fetch-etcd.sh
+bash deploy/fetch-qemu.sh || echo "setup: no Debian 13 QEMU: lab guests run on Debian 12's QEMU 7.2 (see deploy/fetch-qemu.sh)"
 echo "setup: done"

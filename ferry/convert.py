@@ -18,6 +18,7 @@ from typing import cast
 from google.protobuf import timestamp_pb2
 
 from ferry import validate
+from ferry.convergence import ConvergencePolicy, DowntimeStep, PostcopyMode, TimeoutAction
 from ferry.errors import InvalidArgument
 from ferry.model import (
     CompletedJob,
@@ -25,6 +26,7 @@ from ferry.model import (
     DiskPlan,
     DomainInfo,
     DomainState,
+    GuestLoad,
     HostFacts,
     HostMapping,
     Inventory,
@@ -34,6 +36,7 @@ from ferry.model import (
     MigrationProgress,
     MigrationResult,
     Nic,
+    PolicyAction,
     PreparedIncoming,
     PrepareRecord,
     Problem,
@@ -41,6 +44,7 @@ from ferry.model import (
     StorageMode,
 )
 from ferry.paths import PATH_MAX
+from ferry.prediction import Prediction
 from ferry.v1 import agent_pb2 as apb
 from ferry.v1 import types_pb2 as tpb
 
@@ -233,6 +237,7 @@ def domain_to_pb(d: DomainInfo) -> tpb.Domain:
         cpu_mode=d.cpu_mode,
         cpu_model=d.cpu_model,
         os_type=d.os_type,
+        emulator=d.emulator,
     )
 
 
@@ -249,6 +254,7 @@ def domain_from_pb(m: tpb.Domain) -> DomainInfo:
         cpu_mode=m.cpu_mode,
         cpu_model=m.cpu_model,
         os_type=m.os_type,
+        emulator=m.emulator,
     )
 
 
@@ -463,6 +469,8 @@ def progress_to_pb(p: MigrationProgress) -> tpb.MigrationProgress:
         elapsed_ms=s.time_elapsed_ms,
         auto_converge_throttle=s.auto_converge_throttle,
         max_downtime_ms=p.max_downtime_ms,
+        eta_ms=p.eta_ms,
+        postcopy_failed=s.postcopy_failed,
     )
 
 
@@ -481,9 +489,13 @@ def progress_from_pb(m: tpb.MigrationProgress) -> MigrationProgress:
         iteration=m.iteration,
         bandwidth_bps=m.bandwidth_bps,
         auto_converge_throttle=m.auto_converge_throttle,
+        postcopy_failed=m.postcopy_failed,
     )
     return MigrationProgress(
-        phase=phase_from_pb(m.phase) or MigrationPhase.STARTING, stats=stats, max_downtime_ms=m.max_downtime_ms
+        phase=phase_from_pb(m.phase) or MigrationPhase.STARTING,
+        stats=stats,
+        max_downtime_ms=m.max_downtime_ms,
+        eta_ms=m.eta_ms,
     )
 
 
@@ -495,6 +507,7 @@ def completed_job_to_pb(j: CompletedJob) -> tpb.CompletedJob:
         disk_processed=j.disk_processed,
         iterations=j.iterations,
         postcopy=j.postcopy,
+        downtime_not_measured=not j.downtime_measured,
     )
 
 
@@ -506,6 +519,7 @@ def completed_job_from_pb(m: tpb.CompletedJob) -> CompletedJob:
         disk_processed=m.disk_processed,
         iterations=m.iterations,
         postcopy=m.postcopy,
+        downtime_measured=not m.downtime_not_measured,
     )
 
 
@@ -542,9 +556,7 @@ def job_to_pb(p: MigrationProgress) -> apb.GetJobResponse:
 
 def job_from_pb(m: apb.GetJobResponse) -> MigrationProgress:
     p = progress_from_pb(m.progress)
-    return MigrationProgress(
-        p.phase, replace(p.stats, active=m.active, job_type=m.job_type, operation=m.operation), p.max_downtime_ms
-    )
+    return replace(p, stats=replace(p.stats, active=m.active, job_type=m.job_type, operation=m.operation))
 
 
 def completed_job_response_to_pb(s: JobStats) -> apb.GetJobResponse:
@@ -559,3 +571,164 @@ def completed_job_response_to_pb(s: JobStats) -> apb.GetJobResponse:
 
 def completed_job_response_from_pb(m: apb.GetJobResponse) -> CompletedJob:
     return completed_job_from_pb(m.completed)
+
+
+# ---------------------------------------------------------------- convergence policy, prediction
+
+_POSTCOPY_TO_PB = {
+    PostcopyMode.NEVER: tpb.POSTCOPY_MODE_NEVER,
+    PostcopyMode.MANUAL: tpb.POSTCOPY_MODE_MANUAL,
+    PostcopyMode.ON_PREDICTION: tpb.POSTCOPY_MODE_ON_PREDICTION,
+    PostcopyMode.ON_STALL: tpb.POSTCOPY_MODE_ON_STALL,
+    PostcopyMode.AFTER: tpb.POSTCOPY_MODE_AFTER,
+}
+_POSTCOPY_FROM_PB = {v: k for k, v in _POSTCOPY_TO_PB.items()}
+_TIMEOUT_TO_PB = {
+    TimeoutAction.ABORT: tpb.TIMEOUT_ACTION_ABORT,
+    TimeoutAction.FORCE_COMPLETE: tpb.TIMEOUT_ACTION_FORCE_COMPLETE,
+}
+_TIMEOUT_FROM_PB = {v: k for k, v in _TIMEOUT_TO_PB.items()}
+
+
+def policy_to_pb(p: ConvergencePolicy) -> tpb.ConvergencePolicy:
+    return tpb.ConvergencePolicy(
+        name=p.name,
+        bandwidth_mibps=p.bandwidth_mibps,
+        downtime_steps=[
+            tpb.DowntimeStep(max_downtime_ms=s.max_downtime_ms, after_s=s.after_s, after_iterations=s.after_iterations)
+            for s in p.downtime_steps
+        ],
+        auto_converge=p.auto_converge,
+        auto_converge_initial=p.auto_converge_initial,
+        auto_converge_increment=p.auto_converge_increment,
+        postcopy=_POSTCOPY_TO_PB[p.postcopy],
+        postcopy_after_s=p.postcopy_after_s,
+        postcopy_bandwidth_mibps=p.postcopy_bandwidth_mibps,
+        stall_iterations=p.stall_iterations,
+        stall_tolerance=p.stall_tolerance,
+        completion_timeout_s=p.completion_timeout_s,
+        timeout_per_gib_s=p.timeout_per_gib_s,
+        min_timeout_s=p.min_timeout_s,
+        progress_timeout_s=p.progress_timeout_s,
+        timeout_action=_TIMEOUT_TO_PB[p.timeout_action],
+        parallel_connections=p.parallel_connections,
+        compression=list(p.compression),
+        refuse_unfinishable=p.refuse_unfinishable,
+    )
+
+
+def policy_from_pb(m: tpb.ConvergencePolicy) -> ConvergencePolicy:
+    """A 0 where the proto says "0 = default" takes ``ConvergencePolicy``'s default. Raises
+    InvalidArgument (INVALID_CONVERGENCE_POLICY) for a policy that breaks its rules, and
+    (OUT_OF_RANGE, TOO_MANY_ITEMS, ...) for a field out of the API's bounds."""
+    validate.text(m.name, "policy.name")
+    for key in ("bandwidth_mibps", "postcopy_bandwidth_mibps"):
+        validate.number(getattr(m, key), f"policy.{key}", hi=validate.MAX_BANDWIDTH_MIBPS, zero="no cap")
+    validate.items(m.downtime_steps, "policy.downtime_steps")
+    for n, s in enumerate(m.downtime_steps):
+        validate.number(
+            s.max_downtime_ms, f"policy.downtime_steps[{n}].max_downtime_ms", lo=1, hi=validate.MAX_DOWNTIME_MS
+        )
+        validate.seconds(s.after_s, f"policy.downtime_steps[{n}].after_s")
+    for key in (
+        "postcopy_after_s",
+        "completion_timeout_s",
+        "timeout_per_gib_s",
+        "min_timeout_s",
+        "progress_timeout_s",
+    ):
+        validate.seconds(getattr(m, key), f"policy.{key}")
+    validate.seconds(m.stall_tolerance, "policy.stall_tolerance", hi=1.0)
+    validate.names(m.compression, "policy.compression", max_len=16)
+    d = ConvergencePolicy()
+    return ConvergencePolicy(
+        name=m.name,
+        bandwidth_mibps=m.bandwidth_mibps,
+        downtime_steps=tuple(DowntimeStep(s.max_downtime_ms, s.after_s, s.after_iterations) for s in m.downtime_steps),
+        auto_converge=m.auto_converge,
+        auto_converge_initial=m.auto_converge_initial,
+        auto_converge_increment=m.auto_converge_increment,
+        postcopy=_POSTCOPY_FROM_PB.get(m.postcopy, PostcopyMode.NEVER),
+        postcopy_after_s=m.postcopy_after_s,
+        postcopy_bandwidth_mibps=m.postcopy_bandwidth_mibps,
+        stall_iterations=m.stall_iterations or d.stall_iterations,
+        stall_tolerance=m.stall_tolerance or d.stall_tolerance,
+        completion_timeout_s=m.completion_timeout_s,
+        timeout_per_gib_s=m.timeout_per_gib_s or d.timeout_per_gib_s,
+        min_timeout_s=m.min_timeout_s or d.min_timeout_s,
+        progress_timeout_s=m.progress_timeout_s,
+        timeout_action=_TIMEOUT_FROM_PB.get(m.timeout_action, TimeoutAction.ABORT),
+        parallel_connections=m.parallel_connections,
+        compression=tuple(m.compression),
+        refuse_unfinishable=m.refuse_unfinishable,
+    )
+
+
+def policy_action_to_pb(a: PolicyAction, at: datetime | None = None) -> tpb.PolicyAction:
+    m = tpb.PolicyAction(action=a.action, reason=a.reason, elapsed_ms=a.elapsed_ms, by=a.by)
+    if at is not None:
+        m.at.CopyFrom(timestamp_to_pb(at))
+    return m
+
+
+def policy_action_from_pb(m: tpb.PolicyAction) -> PolicyAction:
+    return PolicyAction(action=m.action, reason=m.reason, elapsed_ms=m.elapsed_ms, by=m.by)
+
+
+def guest_load_to_pb(g: GuestLoad) -> tpb.GuestLoad:
+    return tpb.GuestLoad(
+        memory_bytes=g.memory_bytes,
+        samples=[tpb.DirtyRateSample(period_s=s, bytes_per_s=r) for s, r in g.samples],
+        resident_bytes=g.resident_bytes,
+        error=g.error,
+    )
+
+
+def guest_load_from_pb(m: tpb.GuestLoad) -> GuestLoad:
+    return GuestLoad(
+        memory_bytes=m.memory_bytes,
+        samples=tuple((s.period_s, s.bytes_per_s) for s in m.samples),
+        resident_bytes=m.resident_bytes,
+        error=m.error,
+    )
+
+
+def prediction_to_pb(p: Prediction) -> tpb.Prediction:
+    return tpb.Prediction(
+        known=p.converges is not None,
+        converges=bool(p.converges),
+        finishes=bool(p.finishes),
+        need=p.need,
+        iterations=p.iterations,
+        seconds=p.seconds,
+        downtime_ms=p.downtime_ms,
+        switch_after_s=p.switch_after_s,
+        dirty_bps=p.dirty_bps,
+        working_set_bytes=p.working_set_bytes,
+        resident_bytes=p.resident_bytes,
+        memory_bytes=p.memory_bytes,
+        disk_bytes=p.disk_bytes,
+        bandwidth_bps=p.bandwidth_bps,
+        policy=p.policy,
+        words=p.words,
+    )
+
+
+def prediction_from_pb(m: tpb.Prediction) -> Prediction:
+    return Prediction(
+        converges=m.converges if m.known else None,
+        finishes=m.finishes if m.known else None,
+        need=m.need,
+        iterations=m.iterations,
+        seconds=m.seconds,
+        downtime_ms=m.downtime_ms,
+        switch_after_s=m.switch_after_s,
+        dirty_bps=m.dirty_bps,
+        working_set_bytes=m.working_set_bytes,
+        resident_bytes=m.resident_bytes,
+        memory_bytes=m.memory_bytes,
+        disk_bytes=m.disk_bytes,
+        bandwidth_bps=m.bandwidth_bps,
+        policy=m.policy,
+        words=m.words,
+    )

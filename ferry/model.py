@@ -114,6 +114,7 @@ class DomainInfo:
     cpu_mode: str = ""
     cpu_model: str = ""
     os_type: str = ""
+    emulator: str = ""  # the QEMU binary of the domain ("" = libvirt's default)
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,7 @@ class JobStats:
     auto_converge_throttle: int = 0
     downtime_ms: int = 0
     postcopy: bool = False
+    postcopy_failed: bool = False  # the post-copy link broke: the guest is paused until it is resumed
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,7 @@ class MigrationProgress:
     phase: MigrationPhase = MigrationPhase.STARTING
     stats: JobStats = JobStats()
     max_downtime_ms: int = 0
+    eta_ms: int = 0  # expected time to the end of the job from the live rates (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,35 @@ class CompletedJob:
     disk_processed: int = 0
     iterations: int = 0
     postcopy: bool = False
+    # False: ``downtime_ms`` is no measured switch-over pause (after post-copy libvirt keeps no
+    # completed job to read it from; the guest's pauses are its page faults over the network)
+    downtime_measured: bool = True
+
+
+@dataclass(frozen=True)
+class PolicyAction:
+    """One thing done to a running migration and why: a convergence policy's step (a max-downtime
+    step, the switch to post-copy, pausing the guest, the abort on timeout, a post-copy resume)
+    or an operator's request (tune, force-complete, post-copy). ``by``: "policy NAME" or who
+    asked; ``elapsed_ms``: how far into the job."""
+
+    action: str
+    reason: str
+    elapsed_ms: int = 0
+    by: str = ""
+
+
+@dataclass(frozen=True)
+class GuestLoad:
+    """What a guest asks of a migration, measured on its host before it starts: its dirty rate
+    over one or more periods (libvirt's page-sampling dirty-rate calculation), its memory and how
+    much of it is not zero (from the QEMU process's resident memory). ``error``: why a figure is
+    missing (e.g. the calculation is not supported)."""
+
+    memory_bytes: int = 0
+    samples: tuple[tuple[float, float], ...] = ()  # (period s, bytes dirtied per second)
+    resident_bytes: int = 0  # 0: unknown
+    error: str = ""
 
 
 @dataclass(frozen=True)

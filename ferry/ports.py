@@ -10,12 +10,15 @@ Every method raises only ``ferry.errors.FerryError`` subclasses.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
+from ferry.convergence import ConvergencePolicy
 from ferry.model import (
     CompletedJob,
     DiskPlan,
     DomainInfo,
+    GuestLoad,
     HostFacts,
     HostMapping,
     Inventory,
@@ -23,6 +26,7 @@ from ferry.model import (
     MigrationOptions,
     MigrationProgress,
     MigrationResult,
+    PolicyAction,
     PreparedIncoming,
     PrepareRecord,
     Problem,
@@ -70,8 +74,15 @@ class Hypervisor(Protocol):
         migrate_disks: list[str],
         migrate_uri: str = "",
         timeout_s: float,
+        policy: ConvergencePolicy | None = None,
+        resume_postcopy: bool = False,
     ) -> None:
         """Run a peer-to-peer migration to ``target_uri``; returns when the job ended well.
+
+        ``policy``: its start parameters beyond the options (auto-converge's steps, post-copy
+        bandwidth, parallel connections, compression). ``resume_postcopy``: resume a post-copy
+        migration whose link broke (libvirt's post-copy recovery), same arguments as the first
+        call.
 
         Raises Aborted when the job was aborted, Unavailable when the target cannot be reached,
         DeadlineExceeded after ``timeout_s``; others per the error table.
@@ -110,6 +121,36 @@ class Hypervisor(Protocol):
         ...
 
     async def start_postcopy(self, name_or_uuid: str) -> None: ...
+
+    async def migration_limits(self, name_or_uuid: str) -> tuple[int, int]:
+        """(max downtime ms, bandwidth MiB/s) libvirt holds for the domain's migration, read back."""
+        ...
+
+    async def suspend(self, name_or_uuid: str) -> None:
+        """Pause the guest (force-complete without post-copy: pre-copy then sends the rest)."""
+        ...
+
+    async def resume(self, name_or_uuid: str) -> None:
+        """Let a paused guest run again."""
+        ...
+
+    async def remote_resume(self, target_uri: str, name_or_uuid: str) -> bool:
+        """Let the guest run on the target when it arrived paused there (True: it was paused)."""
+        ...
+
+    async def dirty_rate(self, name_or_uuid: str, seconds: int) -> float:
+        """The guest's dirty rate in bytes per second over ``seconds`` (libvirt's page-sampling
+        calculation; waits for it). Raises FailedPrecondition (DIRTY_RATE_UNSUPPORTED) when
+        this libvirt or QEMU cannot calculate it."""
+        ...
+
+    async def memory_rss(self, name_or_uuid: str) -> int:
+        """The QEMU process's resident memory in bytes (0: unknown)."""
+        ...
+
+    async def guest_ram_resident(self, name_or_uuid: str) -> int:
+        """The guest's RAM resident in its QEMU process (the pages it touched), in bytes (0: unknown)."""
+        ...
 
     async def compare_cpu(self, cpu_xml: str, *, arch: str, machine: str, virttype: str, emulator: str) -> str:
         """Can this host run a guest with this ``<cpu>`` definition (virConnectCompareHypervisorCPU)?
@@ -183,6 +224,15 @@ class HostSystem(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class TuneResult:
+    """A TuneMigration's answer: libvirt's max downtime and bandwidth read back, and what was done."""
+
+    max_downtime_ms: int = 0
+    bandwidth_mibps: int = 0
+    done: str = ""
+
+
 class AgentClient(Protocol):
     """One host's agent, as the coordinator uses it (the gRPC adapter or an in-process fake).
 
@@ -230,12 +280,17 @@ class AgentClient(Protocol):
         migration_id: str,
         migrate_uri: str = "",
         disks: Sequence[DiskPlan] = (),
+        policy: ConvergencePolicy | None = None,
+        predicted_converges: bool | None = None,
         leader_term: int = 0,
-    ) -> AsyncIterator[MigrationProgress | MigrationResult]:
-        """Progress snapshots, then one MigrationResult; a failed job raises its FerryError.
+    ) -> AsyncIterator[MigrationProgress | PolicyAction | MigrationResult]:
+        """Progress snapshots and the policy's actions, then one MigrationResult; a failed job
+        raises its FerryError.
 
         ``disks``: the plan the target prepared (PrepareIncoming's answer); the source copies
         exactly its ``copy`` disks. Empty: the source plans from the options itself.
+        ``policy``: how to bring the job to an end (None: from the options, an older
+        coordinator's way); ``predicted_converges``: the prediction made before the start.
         """
         ...
 
@@ -248,8 +303,19 @@ class AgentClient(Protocol):
         max_downtime_ms: int | None = None,
         bandwidth_mibps: int | None = None,
         start_postcopy: bool = False,
+        force_complete: bool = False,
+        requested_by: str = "",
         leader_term: int = 0,
-    ) -> None: ...
+    ) -> TuneResult:
+        """Change a running migration; the answer holds libvirt's values read back after the
+        change and what was done (``TuneResult.done``)."""
+        ...
+
+    async def measure_guest(self, vm: str, *, periods: Sequence[int] = (1, 3)) -> GuestLoad:
+        """The guest's dirty rate over each period (seconds, one after the other) and its
+        non-zero memory, for the prediction. A rate libvirt cannot measure is left out and said
+        in ``GuestLoad.error``."""
+        ...
 
     async def get_job(self, vm: str, *, leader_term: int = 0) -> MigrationProgress:
         """The domain's running job (``stats.active`` False: none) with its phase, as the agent

@@ -20,6 +20,7 @@ reason                      the field
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Collection
 from typing import TypeVar
@@ -126,6 +127,20 @@ def number(value: int, field: str, *, lo: int = 0, hi: int, zero: str = "") -> i
             f"{value} is out of range",
             f"use {low} to {hi}" + (f", or 0 for {zero}" if zero else ""),
         )
+    return value
+
+
+def seconds(value: float, field: str, *, hi: float = MAX_COMPLETION_TIMEOUT_S) -> float:
+    """A duration in seconds: finite, ``0 <= value <= hi`` (a double field: NaN and infinities too).
+
+    >>> try:
+    ...     seconds(float("nan"), "policy.postcopy_after_s")
+    ... except InvalidArgument as err:
+    ...     print(err.reason, err.message)
+    OUT_OF_RANGE policy.postcopy_after_s: nan s is out of range
+    """
+    if not (math.isfinite(value) and 0 <= value <= hi):
+        raise invalid(field, "OUT_OF_RANGE", f"{value} s is out of range", f"use 0 to {hi:g} s")
     return value
 
 

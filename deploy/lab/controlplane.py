@@ -229,7 +229,51 @@ def render_coordinator_toml(
             f"bridges = {{ {GUEST_NETWORK} = {_toml_str(host.guest_bridge)} }}",
             f"paths = {{ images = {_toml_str(IMAGE_DIR)} }}",
         ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + LAB_POLICIES
+
+
+# The lab's convergence policies (coordinator/config.py's [policies.NAME]); `ferry policies`
+# lists them. The lab's link under TCG carries ~150 MiB/s uncapped.
+LAB_POLICIES = """
+[prediction]
+link_mibps = 150
+periods_s = [1, 3]
+
+# post-copy as soon as the prediction (or, from iteration 2, the running job) says pre-copy
+# will not converge; force-complete should it still run at the timeout
+[policies.busy]
+postcopy = "on-prediction"
+downtime = [{ ms = 300 }, { ms = 500, after_s = 20 }]
+timeout_per_gib_s = 300
+progress_timeout_s = 60
+timeout_action = "force-complete"
+
+# post-copy 4 s in, slowly (8 MiB/s): a long post-copy, for the drills on its link
+[policies.postcopy-early]
+postcopy = "after"
+postcopy_after_s = 4
+postcopy_bandwidth_mibps = 8
+
+# never post-copy: a max-downtime ladder up to 3 s (the lab's busy guest rewrites 64 MiB: 2 s at
+# 32 MiB/s), then pause the guest to finish at the timeout
+[policies.precopy]
+downtime = [
+  { ms = 100 }, { ms = 300, after_s = 5 }, { ms = 1000, after_s = 10 },
+  { ms = 3000, after_s = 20, after_iterations = 4 },
+]
+timeout_per_gib_s = 240
+timeout_action = "force-complete"
+
+# four parallel connections (multifd); no post-copy (QEMU cannot run it over multifd)
+[policies.multifd]
+parallel_connections = 4
+
+# never post-copy, never more than 300 ms of downtime: refuses what it cannot finish
+[policies.strict]
+downtime = [{ ms = 300 }]
+timeout_per_gib_s = 480
+refuse_unfinishable = true
+"""
 
 
 @dataclass(frozen=True)

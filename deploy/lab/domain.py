@@ -1,20 +1,29 @@
 """The lab guest as libvirt sees it, and what its console says (pure functions).
 
 Worked example: ``domain_xml(GuestSpec(name="demo", memory_mib=256, ...))`` is a TCG
-(``type='qemu'``) q35 domain with a qemu64 CPU, direct kernel boot of the lab image, one
+(``type='qemu'``) q35 domain with ACPI and a qemu64 CPU, direct kernel boot of the lab image, one
 virtio qcow2 disk per DiskSpec (cache='none'), the serial console appended to
-<lab>/shared/demo.console.log and, unless ``bridge`` is None, a virtio NIC on that bridge.
+<lab>/shared/demo.console.log and, unless ``bridge`` is None, a virtio NIC on that bridge. Its
+emulator is ``GuestSpec.emulator``: the lab uses Debian 13's QEMU when deploy/fetch-qemu.sh put
+it in place (``lab_emulator``): Debian 12's QEMU 7.2 loses guest memory writes while migrating
+a TCG guest (see that script). ACPI is on because QEMU 10 no longer takes libvirt 9's
+``-no-acpi``.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import string
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-MACHINE = "pc-q35-7.2"  # QEMU 7.2 (Debian 12); every lab host runs the same QEMU
+MACHINE = "pc-q35-7.2"  # QEMU 7.2's (Debian 12); QEMU 10 runs it too; every lab host runs the same QEMU
 EMULATOR = "/usr/bin/qemu-system-x86_64"
+# Debian 13's QEMU, put there by deploy/fetch-qemu.sh (the lab's default when present)
+TRIXIE_EMULATOR = Path(__file__).resolve().parents[2] / ".cache" / "qemu-trixie" / "qemu-system-x86_64"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _HEARTBEAT_RE = re.compile(r"^HEARTBEAT (\d+) uptime=", re.MULTILINE)
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT])(?:i?B)?$", re.IGNORECASE)
@@ -41,6 +50,7 @@ class GuestSpec:
     dirty_mb: int = 64
     vcpus: int = 1
     machine: str = MACHINE
+    emulator: str = EMULATOR
 
 
 def disk_targets(count: int) -> list[str]:
@@ -81,6 +91,21 @@ def parse_dirty_rate(text: str) -> str:
     return f"{rate:g}"
 
 
+def lab_emulator(environ: Mapping[str, str] = os.environ, trixie: Path = TRIXIE_EMULATOR) -> str:
+    """The QEMU binary lab guests run on: ``$FERRY_LAB_QEMU`` (a path, or "system" for Debian
+    12's), else Debian 13's from deploy/fetch-qemu.sh when it is there, else the system's.
+
+    >>> lab_emulator({"FERRY_LAB_QEMU": "system"}), lab_emulator({}, Path("/nonexistent"))
+    ('/usr/bin/qemu-system-x86_64', '/usr/bin/qemu-system-x86_64')
+    """
+    chosen = environ.get("FERRY_LAB_QEMU", "")
+    if chosen == "system":
+        return EMULATOR
+    if chosen:
+        return chosen
+    return str(trixie) if os.access(trixie, os.X_OK) else EMULATOR
+
+
 def kernel_cmdline(spec: GuestSpec) -> str:
     args = ["console=ttyS0", "quiet", "panic=-1"]
     if spec.dirty_rate is not None:
@@ -98,13 +123,14 @@ def domain_xml(spec: GuestSpec) -> str:
     ET.SubElement(os_el, "kernel").text = spec.kernel
     ET.SubElement(os_el, "initrd").text = spec.initrd
     ET.SubElement(os_el, "cmdline").text = kernel_cmdline(spec)
+    ET.SubElement(ET.SubElement(domain, "features"), "acpi")
     cpu = ET.SubElement(domain, "cpu", mode="custom", match="exact", check="none")
     ET.SubElement(cpu, "model", fallback="forbid").text = "qemu64"
     ET.SubElement(domain, "on_poweroff").text = "destroy"
     ET.SubElement(domain, "on_reboot").text = "restart"
     ET.SubElement(domain, "on_crash").text = "destroy"
     devices = ET.SubElement(domain, "devices")
-    ET.SubElement(devices, "emulator").text = EMULATOR
+    ET.SubElement(devices, "emulator").text = spec.emulator
     for disk in spec.disks:
         disk_el = ET.SubElement(devices, "disk", type="file", device="disk")
         ET.SubElement(disk_el, "driver", name="qemu", type="qcow2", cache="none")

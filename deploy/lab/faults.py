@@ -197,7 +197,11 @@ def kill_guest(state: LabState, host: str, name: str) -> bool:
     """SIGKILL the QEMU of guest ``name`` on ``host`` (the pid libvirtd recorded in
     run/qemu/NAME.pid, if that process still runs inside the host's mount namespace): the
     hard way out when libvirtd cannot destroy it (e.g. a restarted libvirtd that keeps an
-    incoming migration's job forever). True when there was such a process."""
+    incoming migration's job forever). True when there was such a process.
+
+    "Inside the host" is its network namespace: the Debian 13 QEMU the lab runs its guests on
+    (``deploy/fetch-qemu.sh``'s wrapper) starts in a mount namespace of its own (``unshare
+    --mount``, to swap in its modules), a child of the host's."""
     _require_host(state, host)
     record = state.host(host)
     assert record is not None
@@ -206,7 +210,7 @@ def kill_guest(state: LabState, host: str, name: str) -> bool:
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):
         return False
-    if not record.namespaces.get("mnt") or procs.namespace_ids(pid).get("mnt") != record.namespaces["mnt"]:
+    if not record.namespaces.get("net") or procs.namespace_ids(pid).get("net") != record.namespaces["net"]:
         return False
     procs.kill_pid(pid)
     return True

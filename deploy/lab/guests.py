@@ -16,6 +16,7 @@ from ferry.lab.domain import (
     GuestSpec,
     disk_targets,
     domain_xml,
+    lab_emulator,
     last_heartbeat,
     parse_dirty_rate,
     parse_size,
@@ -115,6 +116,7 @@ def create_guest(
         bridge=(bridge or target_host.guest_bridge) if nic else None,
         dirty_rate=rate,
         dirty_mb=dirty_mb,
+        emulator=lab_emulator(),
     )
     xml_file = lab.paths.shared / f"{name}.xml"
     xml_file.write_text(domain_xml(spec))

@@ -349,16 +349,17 @@ def destroy_guests(host: HostRecord) -> list[str]:
 
 def qemu_pids(paths: LabPaths, host: HostRecord) -> list[int]:
     """PIDs of QEMU processes the host's libvirtd recorded (run/qemu/NAME.pid) and that still
-    run inside that host's mount namespace."""
+    run inside that host's network namespace (not its mount namespace: the Debian 13 QEMU's
+    wrapper, deploy/fetch-qemu.sh, gives QEMU a mount namespace of its own)."""
     found: list[int] = []
-    host_mnt = host.namespaces.get("mnt")
-    if not host_mnt:
+    host_net = host.namespaces.get("net")
+    if not host_net:
         return found
     for pidfile in sorted((paths.host(host.name) / "run" / "qemu").glob("*.pid")):
         try:
             pid = int(pidfile.read_text().strip())
         except (OSError, ValueError):
             continue
-        if procs.namespace_ids(pid).get("mnt") == host_mnt:
+        if procs.namespace_ids(pid).get("net") == host_net:
             found.append(pid)
     return found

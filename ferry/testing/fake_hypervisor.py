@@ -25,6 +25,7 @@ from ferry.agent import libvirt_errors as le
 from ferry.agent import probe
 from ferry.agent.domxml import parse_disks, parse_domain, parse_nics
 from ferry.agent.target_checks import cpu_check_failed
+from ferry.convergence import ConvergencePolicy
 from ferry.errors import FerryError
 from ferry.model import HOST_CPU_MODES, DomainInfo, DomainState, HostFacts, JobStats, MigrationOptions, StorageMode
 from ferry.testing.fake_hostsystem import FakeHostSystem, FakeImage
@@ -187,8 +188,15 @@ class _Job:
     dirtied: int = 0
     step: int = 0
     abort: bool = False
+    # set with ``abort`` (``request_abort``): wakes a job held between steps, so that an abort
+    # is acted on even while jobs are held
+    aborted: asyncio.Event = field(default_factory=asyncio.Event)
     postcopy: bool = False
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    def request_abort(self) -> None:
+        self.abort = True
+        self.aborted.set()
 
 
 class FakeFleet:
@@ -254,6 +262,8 @@ class FakeHypervisor:
         self.disk_sizes: dict[str, tuple[int, int]] = {}  # path -> (virtual size, allocation)
         self.jobs: dict[str, _Job] = {}  # by domain UUID
         self.calls: list[str] = []
+        # (options, policy, resume) of every migrate call, for tests
+        self.migrate_calls: list[tuple[MigrationOptions, ConvergencePolicy | None, bool]] = []
         self.reachable = True
         self._faults: dict[str, list[FerryError]] = {}
         self._hangs: set[str] = set()
@@ -357,6 +367,7 @@ class FakeHypervisor:
             cpu_mode=parsed.cpu_mode,
             cpu_model=parsed.cpu_model,
             os_type=parsed.domain_type,
+            emulator=parsed.emulator,
         )
 
     # ------------------------------------------------------------------ port: reading
@@ -494,7 +505,7 @@ class FakeHypervisor:
             return False
         if job.postcopy:
             raise self._error(le.VIR_ERR_OPERATION_INVALID, "cannot abort migration in post-copy mode", "abortJob")
-        job.abort = True
+        job.request_abort()
         return True
 
     async def set_max_downtime(self, name_or_uuid: str, ms: int) -> None:
@@ -511,6 +522,59 @@ class FakeHypervisor:
         dom.bandwidth_mibps = mibps
         if dom.uuid in self.jobs:
             self.jobs[dom.uuid].bandwidth_bps = (mibps * MiB) if mibps else GiB
+
+    async def migration_limits(self, name_or_uuid: str) -> tuple[int, int]:
+        await self._enter("migration_limits", "migrateGetMaxDowntime")
+        dom = self._lookup(name_or_uuid, "migrateGetMaxDowntime")
+        job = self.jobs.get(dom.uuid)
+        if job is not None:
+            return job.max_downtime_ms, job.bandwidth_bps // MiB if job.bandwidth_bps != GiB else 0
+        return dom.max_downtime_ms, dom.bandwidth_mibps
+
+    async def suspend(self, name_or_uuid: str) -> None:
+        await self._enter("suspend", "suspend")
+        dom = self._lookup(name_or_uuid, "suspend")
+        if not dom.state.is_active:
+            raise self._error(
+                le.VIR_ERR_OPERATION_INVALID, "Requested operation is not valid: domain is not running", "suspend"
+            )
+        dom.state = DomainState.PAUSED
+
+    async def resume(self, name_or_uuid: str) -> None:
+        await self._enter("resume", "resume")
+        dom = self._lookup(name_or_uuid, "resume")
+        if dom.state is DomainState.PAUSED:
+            dom.state = DomainState.RUNNING
+
+    async def remote_resume(self, target_uri: str, name_or_uuid: str) -> bool:
+        await self._enter("remote_resume", "resume")
+        target = self.fleet.hosts.get(target_uri)
+        if target is None or not target.reachable:
+            raise le.translate(
+                le.VIR_ERR_SYSTEM_ERROR, le.VIR_FROM_RPC, "unable to connect to server", call="open", host=target_uri
+            )
+        dom = target._lookup(name_or_uuid, "resume")
+        if dom.state is not DomainState.PAUSED:
+            return False
+        dom.state = DomainState.RUNNING
+        return True
+
+    async def dirty_rate(self, name_or_uuid: str, seconds: int) -> float:
+        """The guest's configured rate, as a page-sampling measurement of ``seconds`` would see it
+        (at most its memory over the period); takes one step, not ``seconds``."""
+        await self._enter("dirty_rate", "startDirtyRateCalc")
+        dom = self._lookup(name_or_uuid, "startDirtyRateCalc")
+        await asyncio.sleep(self.step_s)
+        memory = parse_domain(dom.xml).memory_bytes
+        return float(min(memory, dom.dirty_bytes_per_s * seconds) / max(1, seconds))
+
+    async def guest_ram_resident(self, name_or_uuid: str) -> int:
+        return 0  # unknown: the agent estimates from memory_rss
+
+    async def memory_rss(self, name_or_uuid: str) -> int:
+        await self._enter("memory_rss", "memoryStats")
+        dom = self._lookup(name_or_uuid, "memoryStats")
+        return parse_domain(dom.xml).memory_bytes if dom.state.is_active else 0
 
     async def start_postcopy(self, name_or_uuid: str) -> None:
         await self._enter("start_postcopy", "migrateStartPostCopy")
@@ -535,9 +599,12 @@ class FakeHypervisor:
         migrate_disks: list[str],
         migrate_uri: str = "",
         timeout_s: float,
+        policy: ConvergencePolicy | None = None,
+        resume_postcopy: bool = False,
     ) -> None:
         call = "migrateToURI3"
         await self._enter("migrate", call)
+        self.migrate_calls.append((options, policy, resume_postcopy))
         dom = self._lookup(name_or_uuid, call)
         target = self.fleet.hosts.get(target_uri)
         if target is None or not target.reachable:
@@ -553,7 +620,7 @@ class FakeHypervisor:
             async with asyncio.timeout(timeout_s):
                 await asyncio.shield(job.done)
         except TimeoutError:
-            job.abort = True
+            job.request_abort()
             raise le.timeout_error(call, self.uri, timeout_s) from None
 
     def _start_job(
@@ -723,6 +790,19 @@ class FakeHypervisor:
                 job.done.set_result(None)
             job.done.exception()  # retrieved here: a job nobody waits for any more must not warn
 
+    async def _held(self, job: _Job) -> None:
+        """Wait while jobs are held; an abort requested meanwhile ends the wait (a job that went
+        to wait just before an abort must not miss it)."""
+        if self._gate.is_set():
+            return
+        gate = asyncio.ensure_future(self._gate.wait())
+        aborted = asyncio.ensure_future(job.aborted.wait())
+        try:
+            await asyncio.wait((gate, aborted), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gate.cancel()
+            aborted.cancel()
+
     def _check_libvirtd(self, job: _Job) -> None:
         """A peer-to-peer job dies with either host's libvirtd (``reachable`` False): the source's
         migrate call fails on its broken connection, or the source cannot reach the target's
@@ -742,13 +822,6 @@ class FakeHypervisor:
                 peer=job.target.uri,
                 peer_unreachable=True,
             )
-
-    async def _held(self, job: _Job) -> None:
-        """Wait while jobs are held (``hold``), but not past an abort: one that comes while the
-        job already waits is acted on too (a plain wait on the gate missed it, and the test
-        holding the jobs until it saw the abort's end waited forever)."""
-        while not self._gate.is_set() and not job.abort:
-            await asyncio.sleep(min(self.step_s, 0.01) or 0.001)
 
     async def _ending(self, job: _Job, job_type: str) -> None:
         """As libvirt between QEMU's end of a failed or cancelled job and the migrate call's
@@ -787,6 +860,8 @@ class FakeHypervisor:
             return job.stats.memory_remaining == 0
         iteration = max(1, s.iteration)
         rate = job.domain.dirty_bytes_per_s * (100 - job.throttle) // 100
+        if job.domain.state is DomainState.PAUSED:
+            rate = 0  # a paused guest dirties nothing (force-complete without post-copy)
         job.dirtied = min(s.memory_total, job.dirtied + rate * self.step_ms // 1000)
         moved = min(send, s.memory_remaining)
         remaining = s.memory_remaining - moved
@@ -822,12 +897,14 @@ class FakeHypervisor:
         done = replace(job.stats, active=False, job_type="completed", operation="migration in", postcopy=job.postcopy)
         # as libvirt: the target's completed "migration in" job does not count disk bytes
         incoming = replace(done, disk_total=0, disk_processed=0, disk_remaining=0)
+        arriving = DomainState.PAUSED if dom.state is DomainState.PAUSED and not job.postcopy else DomainState.RUNNING
         arrived = FakeDomain(
             job.destination_xml,
-            DomainState.SHUTOFF if opts.offline else DomainState.RUNNING,
+            DomainState.SHUTOFF if opts.offline else arriving,
             persistent=opts.persist_dest or opts.offline,
             dirty_bytes_per_s=dom.dirty_bytes_per_s,
-            completed=incoming,
+            # as libvirt 9: no completed job on the target after post-copy (seen in the lab)
+            completed=None if job.postcopy else incoming,
         )
         target.domains = {u: d for u, d in target.domains.items() if d.uuid != dom.uuid and d.name != dom.name}
         target.domains[arrived.uuid] = arrived

@@ -135,7 +135,7 @@ class ListPreparesResponse(_message.Message):
     def __init__(self, prepares: _Optional[_Iterable[_Union[Prepare, _Mapping]]] = ...) -> None: ...
 
 class MigrateRequest(_message.Message):
-    __slots__ = ("domain", "target_uri", "migrate_uri", "destination_xml", "options", "migration_id", "progress_interval_ms", "disks", "leader_term")
+    __slots__ = ("domain", "target_uri", "migrate_uri", "destination_xml", "options", "migration_id", "progress_interval_ms", "disks", "leader_term", "policy", "predicted_converges")
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
     TARGET_URI_FIELD_NUMBER: _ClassVar[int]
     MIGRATE_URI_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,8 @@ class MigrateRequest(_message.Message):
     PROGRESS_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     DISKS_FIELD_NUMBER: _ClassVar[int]
     LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_CONVERGES_FIELD_NUMBER: _ClassVar[int]
     domain: str
     target_uri: str
     migrate_uri: str
@@ -154,15 +156,19 @@ class MigrateRequest(_message.Message):
     progress_interval_ms: int
     disks: _containers.RepeatedCompositeFieldContainer[_types_pb2.DiskPlan]
     leader_term: int
-    def __init__(self, domain: _Optional[str] = ..., target_uri: _Optional[str] = ..., migrate_uri: _Optional[str] = ..., destination_xml: _Optional[str] = ..., options: _Optional[_Union[_types_pb2.MigrationOptions, _Mapping]] = ..., migration_id: _Optional[str] = ..., progress_interval_ms: _Optional[int] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., leader_term: _Optional[int] = ...) -> None: ...
+    policy: _types_pb2.ConvergencePolicy
+    predicted_converges: bool
+    def __init__(self, domain: _Optional[str] = ..., target_uri: _Optional[str] = ..., migrate_uri: _Optional[str] = ..., destination_xml: _Optional[str] = ..., options: _Optional[_Union[_types_pb2.MigrationOptions, _Mapping]] = ..., migration_id: _Optional[str] = ..., progress_interval_ms: _Optional[int] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., leader_term: _Optional[int] = ..., policy: _Optional[_Union[_types_pb2.ConvergencePolicy, _Mapping]] = ..., predicted_converges: _Optional[bool] = ...) -> None: ...
 
 class MigrateEvent(_message.Message):
-    __slots__ = ("progress", "result")
+    __slots__ = ("progress", "result", "action")
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
     progress: _types_pb2.MigrationProgress
     result: MigrateResult
-    def __init__(self, progress: _Optional[_Union[_types_pb2.MigrationProgress, _Mapping]] = ..., result: _Optional[_Union[MigrateResult, _Mapping]] = ...) -> None: ...
+    action: _types_pb2.PolicyAction
+    def __init__(self, progress: _Optional[_Union[_types_pb2.MigrationProgress, _Mapping]] = ..., result: _Optional[_Union[MigrateResult, _Mapping]] = ..., action: _Optional[_Union[_types_pb2.PolicyAction, _Mapping]] = ...) -> None: ...
 
 class MigrateResult(_message.Message):
     __slots__ = ("job", "source_state", "source_defined")
@@ -189,22 +195,40 @@ class AbortMigrationResponse(_message.Message):
     def __init__(self, aborted: _Optional[bool] = ...) -> None: ...
 
 class TuneMigrationRequest(_message.Message):
-    __slots__ = ("domain", "max_downtime_ms", "bandwidth_mibps", "start_postcopy", "leader_term")
+    __slots__ = ("domain", "max_downtime_ms", "bandwidth_mibps", "start_postcopy", "leader_term", "force_complete", "requested_by")
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
     MAX_DOWNTIME_MS_FIELD_NUMBER: _ClassVar[int]
     BANDWIDTH_MIBPS_FIELD_NUMBER: _ClassVar[int]
     START_POSTCOPY_FIELD_NUMBER: _ClassVar[int]
     LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
+    FORCE_COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
     domain: str
     max_downtime_ms: int
     bandwidth_mibps: int
     start_postcopy: bool
     leader_term: int
-    def __init__(self, domain: _Optional[str] = ..., max_downtime_ms: _Optional[int] = ..., bandwidth_mibps: _Optional[int] = ..., start_postcopy: _Optional[bool] = ..., leader_term: _Optional[int] = ...) -> None: ...
+    force_complete: bool
+    requested_by: str
+    def __init__(self, domain: _Optional[str] = ..., max_downtime_ms: _Optional[int] = ..., bandwidth_mibps: _Optional[int] = ..., start_postcopy: _Optional[bool] = ..., leader_term: _Optional[int] = ..., force_complete: _Optional[bool] = ..., requested_by: _Optional[str] = ...) -> None: ...
 
 class TuneMigrationResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("max_downtime_ms", "bandwidth_mibps", "done")
+    MAX_DOWNTIME_MS_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_MIBPS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    max_downtime_ms: int
+    bandwidth_mibps: int
+    done: str
+    def __init__(self, max_downtime_ms: _Optional[int] = ..., bandwidth_mibps: _Optional[int] = ..., done: _Optional[str] = ...) -> None: ...
+
+class MeasureGuestRequest(_message.Message):
+    __slots__ = ("domain", "periods_s")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    PERIODS_S_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    periods_s: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, domain: _Optional[str] = ..., periods_s: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("domain", "completed", "leader_term")

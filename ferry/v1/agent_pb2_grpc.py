@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from ferry.v1 import agent_pb2 as ferry_dot_v1_dot_agent__pb2
+from ferry.v1 import types_pb2 as ferry_dot_v1_dot_types__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -89,6 +90,11 @@ class AgentStub:
                 request_serializer=ferry_dot_v1_dot_agent__pb2.ProbeTargetRequest.SerializeToString,
                 response_deserializer=ferry_dot_v1_dot_agent__pb2.ProbeTargetResponse.FromString,
                 _registered_method=True)
+        self.MeasureGuest = channel.unary_unary(
+                '/ferry.v1.Agent/MeasureGuest',
+                request_serializer=ferry_dot_v1_dot_agent__pb2.MeasureGuestRequest.SerializeToString,
+                response_deserializer=ferry_dot_v1_dot_types__pb2.GuestLoad.FromString,
+                _registered_method=True)
         self.RemoveSourceDisks = channel.unary_unary(
                 '/ferry.v1.Agent/RemoveSourceDisks',
                 request_serializer=ferry_dot_v1_dot_agent__pb2.RemoveSourceDisksRequest.SerializeToString,
@@ -173,6 +179,13 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MeasureGuest(self, request, context):
+        """Source side, before a migration: the guest's dirty rate and non-zero memory, for the prediction.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RemoveSourceDisks(self, request, context):
         """Source side, after a copy migration landed and was committed on the target: remove the
         source's now unused local images. Refused while a domain with that UUID exists here.
@@ -238,6 +251,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.ProbeTarget,
                     request_deserializer=ferry_dot_v1_dot_agent__pb2.ProbeTargetRequest.FromString,
                     response_serializer=ferry_dot_v1_dot_agent__pb2.ProbeTargetResponse.SerializeToString,
+            ),
+            'MeasureGuest': grpc.unary_unary_rpc_method_handler(
+                    servicer.MeasureGuest,
+                    request_deserializer=ferry_dot_v1_dot_agent__pb2.MeasureGuestRequest.FromString,
+                    response_serializer=ferry_dot_v1_dot_types__pb2.GuestLoad.SerializeToString,
             ),
             'RemoveSourceDisks': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveSourceDisks,
@@ -542,6 +560,33 @@ class Agent:
             '/ferry.v1.Agent/ProbeTarget',
             ferry_dot_v1_dot_agent__pb2.ProbeTargetRequest.SerializeToString,
             ferry_dot_v1_dot_agent__pb2.ProbeTargetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MeasureGuest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.v1.Agent/MeasureGuest',
+            ferry_dot_v1_dot_agent__pb2.MeasureGuestRequest.SerializeToString,
+            ferry_dot_v1_dot_types__pb2.GuestLoad.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,23 +78,25 @@ FLEET_OBJECT_MIGRATION: FleetObject
 FLEET_OBJECT_DRAIN: FleetObject
 
 class SubmitMigrationRequest(_message.Message):
-    __slots__ = ("vm", "target_host", "options", "idempotency_key", "priority", "mapping")
+    __slots__ = ("vm", "target_host", "options", "idempotency_key", "priority", "mapping", "policy")
     VM_FIELD_NUMBER: _ClassVar[int]
     TARGET_HOST_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     MAPPING_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
     vm: str
     target_host: str
     options: _types_pb2.MigrationOptions
     idempotency_key: str
     priority: int
     mapping: _types_pb2.HostMapping
-    def __init__(self, vm: _Optional[str] = ..., target_host: _Optional[str] = ..., options: _Optional[_Union[_types_pb2.MigrationOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., priority: _Optional[int] = ..., mapping: _Optional[_Union[_types_pb2.HostMapping, _Mapping]] = ...) -> None: ...
+    policy: str
+    def __init__(self, vm: _Optional[str] = ..., target_host: _Optional[str] = ..., options: _Optional[_Union[_types_pb2.MigrationOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., priority: _Optional[int] = ..., mapping: _Optional[_Union[_types_pb2.HostMapping, _Mapping]] = ..., policy: _Optional[str] = ...) -> None: ...
 
 class Migration(_message.Message):
-    __slots__ = ("id", "vm", "vm_uuid", "source_host", "target_host", "options", "mapping", "priority", "idempotency_key", "phase", "history", "created_at", "updated_at", "progress", "result", "error", "cancel_requested", "prepare_id")
+    __slots__ = ("id", "vm", "vm_uuid", "source_host", "target_host", "options", "mapping", "priority", "idempotency_key", "phase", "history", "created_at", "updated_at", "progress", "result", "error", "cancel_requested", "prepare_id", "policy", "prediction", "actions")
     ID_FIELD_NUMBER: _ClassVar[int]
     VM_FIELD_NUMBER: _ClassVar[int]
     VM_UUID_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +115,9 @@ class Migration(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     PREPARE_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
     id: str
     vm: str
     vm_uuid: str
@@ -131,7 +136,10 @@ class Migration(_message.Message):
     error: _types_pb2.ErrorDetail
     cancel_requested: bool
     prepare_id: str
-    def __init__(self, id: _Optional[str] = ..., vm: _Optional[str] = ..., vm_uuid: _Optional[str] = ..., source_host: _Optional[str] = ..., target_host: _Optional[str] = ..., options: _Optional[_Union[_types_pb2.MigrationOptions, _Mapping]] = ..., mapping: _Optional[_Union[_types_pb2.HostMapping, _Mapping]] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ..., history: _Optional[_Iterable[_Union[_types_pb2.TimedPhase, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[_types_pb2.MigrationProgress, _Mapping]] = ..., result: _Optional[_Union[_types_pb2.CompletedJob, _Mapping]] = ..., error: _Optional[_Union[_types_pb2.ErrorDetail, _Mapping]] = ..., cancel_requested: _Optional[bool] = ..., prepare_id: _Optional[str] = ...) -> None: ...
+    policy: _types_pb2.ConvergencePolicy
+    prediction: _types_pb2.Prediction
+    actions: _containers.RepeatedCompositeFieldContainer[_types_pb2.PolicyAction]
+    def __init__(self, id: _Optional[str] = ..., vm: _Optional[str] = ..., vm_uuid: _Optional[str] = ..., source_host: _Optional[str] = ..., target_host: _Optional[str] = ..., options: _Optional[_Union[_types_pb2.MigrationOptions, _Mapping]] = ..., mapping: _Optional[_Union[_types_pb2.HostMapping, _Mapping]] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ..., history: _Optional[_Iterable[_Union[_types_pb2.TimedPhase, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[_types_pb2.MigrationProgress, _Mapping]] = ..., result: _Optional[_Union[_types_pb2.CompletedJob, _Mapping]] = ..., error: _Optional[_Union[_types_pb2.ErrorDetail, _Mapping]] = ..., cancel_requested: _Optional[bool] = ..., prepare_id: _Optional[str] = ..., policy: _Optional[_Union[_types_pb2.ConvergencePolicy, _Mapping]] = ..., prediction: _Optional[_Union[_types_pb2.Prediction, _Mapping]] = ..., actions: _Optional[_Iterable[_Union[_types_pb2.PolicyAction, _Mapping]]] = ...) -> None: ...
 
 class GetMigrationRequest(_message.Message):
     __slots__ = ("id",)
@@ -252,19 +260,21 @@ class ListVMsResponse(_message.Message):
     def __init__(self, vms: _Optional[_Iterable[_Union[VM, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class PreflightRequest(_message.Message):
-    __slots__ = ("vm", "target_host", "options", "mapping")
+    __slots__ = ("vm", "target_host", "options", "mapping", "policy")
     VM_FIELD_NUMBER: _ClassVar[int]
     TARGET_HOST_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     MAPPING_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
     vm: str
     target_host: str
     options: _types_pb2.MigrationOptions
     mapping: _types_pb2.HostMapping
-    def __init__(self, vm: _Optional[str] = ..., target_host: _Optional[str] = ..., options: _Optional[_Union[_types_pb2.MigrationOptions, _Mapping]] = ..., mapping: _Optional[_Union[_types_pb2.HostMapping, _Mapping]] = ...) -> None: ...
+    policy: str
+    def __init__(self, vm: _Optional[str] = ..., target_host: _Optional[str] = ..., options: _Optional[_Union[_types_pb2.MigrationOptions, _Mapping]] = ..., mapping: _Optional[_Union[_types_pb2.HostMapping, _Mapping]] = ..., policy: _Optional[str] = ...) -> None: ...
 
 class PreflightResponse(_message.Message):
-    __slots__ = ("ok", "blockers", "source_host", "disks", "warnings", "target_host", "candidates", "rejected")
+    __slots__ = ("ok", "blockers", "source_host", "disks", "warnings", "target_host", "candidates", "rejected", "policy", "prediction")
     OK_FIELD_NUMBER: _ClassVar[int]
     BLOCKERS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_HOST_FIELD_NUMBER: _ClassVar[int]
@@ -273,6 +283,8 @@ class PreflightResponse(_message.Message):
     TARGET_HOST_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     blockers: _containers.RepeatedCompositeFieldContainer[_types_pb2.ErrorDetail]
     source_host: str
@@ -281,7 +293,59 @@ class PreflightResponse(_message.Message):
     target_host: str
     candidates: _containers.RepeatedCompositeFieldContainer[HostCandidate]
     rejected: _containers.RepeatedCompositeFieldContainer[HostCandidate]
-    def __init__(self, ok: _Optional[bool] = ..., blockers: _Optional[_Iterable[_Union[_types_pb2.ErrorDetail, _Mapping]]] = ..., source_host: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., target_host: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[HostCandidate, _Mapping]]] = ..., rejected: _Optional[_Iterable[_Union[HostCandidate, _Mapping]]] = ...) -> None: ...
+    policy: _types_pb2.ConvergencePolicy
+    prediction: _types_pb2.Prediction
+    def __init__(self, ok: _Optional[bool] = ..., blockers: _Optional[_Iterable[_Union[_types_pb2.ErrorDetail, _Mapping]]] = ..., source_host: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., target_host: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[HostCandidate, _Mapping]]] = ..., rejected: _Optional[_Iterable[_Union[HostCandidate, _Mapping]]] = ..., policy: _Optional[_Union[_types_pb2.ConvergencePolicy, _Mapping]] = ..., prediction: _Optional[_Union[_types_pb2.Prediction, _Mapping]] = ...) -> None: ...
+
+class ListPoliciesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PolicySelector(_message.Message):
+    __slots__ = ("policy", "vm", "min_memory_bytes", "max_memory_bytes")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    MIN_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    policy: str
+    vm: str
+    min_memory_bytes: int
+    max_memory_bytes: int
+    def __init__(self, policy: _Optional[str] = ..., vm: _Optional[str] = ..., min_memory_bytes: _Optional[int] = ..., max_memory_bytes: _Optional[int] = ...) -> None: ...
+
+class ListPoliciesResponse(_message.Message):
+    __slots__ = ("policies", "selectors")
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    SELECTORS_FIELD_NUMBER: _ClassVar[int]
+    policies: _containers.RepeatedCompositeFieldContainer[_types_pb2.ConvergencePolicy]
+    selectors: _containers.RepeatedCompositeFieldContainer[PolicySelector]
+    def __init__(self, policies: _Optional[_Iterable[_Union[_types_pb2.ConvergencePolicy, _Mapping]]] = ..., selectors: _Optional[_Iterable[_Union[PolicySelector, _Mapping]]] = ...) -> None: ...
+
+class ControlMigrationRequest(_message.Message):
+    __slots__ = ("id", "max_downtime_ms", "bandwidth_mibps", "start_postcopy", "force_complete")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_DOWNTIME_MS_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_MIBPS_FIELD_NUMBER: _ClassVar[int]
+    START_POSTCOPY_FIELD_NUMBER: _ClassVar[int]
+    FORCE_COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    max_downtime_ms: int
+    bandwidth_mibps: int
+    start_postcopy: bool
+    force_complete: bool
+    def __init__(self, id: _Optional[str] = ..., max_downtime_ms: _Optional[int] = ..., bandwidth_mibps: _Optional[int] = ..., start_postcopy: _Optional[bool] = ..., force_complete: _Optional[bool] = ...) -> None: ...
+
+class ControlMigrationResponse(_message.Message):
+    __slots__ = ("migration", "max_downtime_ms", "bandwidth_mibps", "done")
+    MIGRATION_FIELD_NUMBER: _ClassVar[int]
+    MAX_DOWNTIME_MS_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_MIBPS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    migration: Migration
+    max_downtime_ms: int
+    bandwidth_mibps: int
+    done: str
+    def __init__(self, migration: _Optional[_Union[Migration, _Mapping]] = ..., max_downtime_ms: _Optional[int] = ..., bandwidth_mibps: _Optional[int] = ..., done: _Optional[str] = ...) -> None: ...
 
 class CordonHostRequest(_message.Message):
     __slots__ = ("host", "reason")

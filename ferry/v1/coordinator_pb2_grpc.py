@@ -129,6 +129,16 @@ class CoordinatorStub:
                 request_serializer=ferry_dot_v1_dot_coordinator__pb2.WatchFleetRequest.SerializeToString,
                 response_deserializer=ferry_dot_v1_dot_coordinator__pb2.FleetEvent.FromString,
                 _registered_method=True)
+        self.ListPolicies = channel.unary_unary(
+                '/ferry.v1.Coordinator/ListPolicies',
+                request_serializer=ferry_dot_v1_dot_coordinator__pb2.ListPoliciesRequest.SerializeToString,
+                response_deserializer=ferry_dot_v1_dot_coordinator__pb2.ListPoliciesResponse.FromString,
+                _registered_method=True)
+        self.ControlMigration = channel.unary_unary(
+                '/ferry.v1.Coordinator/ControlMigration',
+                request_serializer=ferry_dot_v1_dot_coordinator__pb2.ControlMigrationRequest.SerializeToString,
+                response_deserializer=ferry_dot_v1_dot_coordinator__pb2.ControlMigrationResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -263,6 +273,21 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPolicies(self, request, context):
+        """The named convergence policies of the config and the rules that choose them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ControlMigration(self, request, context):
+        """Change a running migration: max downtime, bandwidth (read back from libvirt), switch to
+        post-copy, force-complete. Recorded in its history with who asked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -360,6 +385,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.WatchFleet,
                     request_deserializer=ferry_dot_v1_dot_coordinator__pb2.WatchFleetRequest.FromString,
                     response_serializer=ferry_dot_v1_dot_coordinator__pb2.FleetEvent.SerializeToString,
+            ),
+            'ListPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPolicies,
+                    request_deserializer=ferry_dot_v1_dot_coordinator__pb2.ListPoliciesRequest.FromString,
+                    response_serializer=ferry_dot_v1_dot_coordinator__pb2.ListPoliciesResponse.SerializeToString,
+            ),
+            'ControlMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.ControlMigration,
+                    request_deserializer=ferry_dot_v1_dot_coordinator__pb2.ControlMigrationRequest.FromString,
+                    response_serializer=ferry_dot_v1_dot_coordinator__pb2.ControlMigrationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -875,6 +910,60 @@ class Coordinator:
             '/ferry.v1.Coordinator/WatchFleet',
             ferry_dot_v1_dot_coordinator__pb2.WatchFleetRequest.SerializeToString,
             ferry_dot_v1_dot_coordinator__pb2.FleetEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.v1.Coordinator/ListPolicies',
+            ferry_dot_v1_dot_coordinator__pb2.ListPoliciesRequest.SerializeToString,
+            ferry_dot_v1_dot_coordinator__pb2.ListPoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ControlMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.v1.Coordinator/ControlMigration',
+            ferry_dot_v1_dot_coordinator__pb2.ControlMigrationRequest.SerializeToString,
+            ferry_dot_v1_dot_coordinator__pb2.ControlMigrationResponse.FromString,
             options,
             channel_credentials,
             insecure,

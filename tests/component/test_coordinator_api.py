@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import grpc
 import pytest
-from coordinator_setup import close, config, start
+from coordinator_setup import Setup, close, config, start
 
 from ferry import keys
 from ferry.agent.registration import Registration
@@ -516,6 +516,64 @@ async def test_cancel_of_a_queued_migration_ends_it_cancelled(leading, capsys):
     code, out = await leading.ferry(capsys, "migrations", "watch", m.id)
     assert code == 1 and out["phase"] == "cancelled"
     assert leading.agents.running_on("g1") == ["host1"]
+
+
+# ---------------------------------------------------------------- policies, prediction, live control
+
+
+def with_policies(s: Setup) -> None:
+    from ferry.convergence import ConvergencePolicy, PostcopyMode
+    from ferry.coordinator.policies import PolicySelector
+
+    s.coordinator.servicer.submissions.policies = {
+        "busy": ConvergencePolicy(name="busy", bandwidth_mibps=32, postcopy=PostcopyMode.ON_PREDICTION),
+        "strict": ConvergencePolicy(name="strict", bandwidth_mibps=32, refuse_unfinishable=True),
+    }
+    s.coordinator.servicer.submissions.selectors = (PolicySelector("busy", vm="db-*"),)
+
+
+async def test_ferry_policies_lists_the_policies_and_the_rules(fx, capsys):
+    with_policies(fx)
+    code, out = await fx.ferry(capsys, "policies")
+    assert code == 0
+    assert [(p["name"], p["postcopy"]) for p in out["policies"]] == [("busy", "on_prediction"), ("strict", "never")]
+    assert out["selectors"] == [{"policy": "busy", "vm": "db-*", "min_memory_bytes": 0, "max_memory_bytes": 0}]
+
+
+async def test_preflight_and_submit_predict_and_a_strict_policy_refuses(fx, capsys):
+    """A guest dirtying 40 MiB/s (the fake measures it) at a 32 MiB/s cap: preflight says it will
+    not converge and what the policy does then; the strict policy refuses up front."""
+    with_policies(fx)
+    fx.agents.add_guest("host1", "db-1", dirty=40 * MiB)
+    code, out = await fx.ferry(capsys, "preflight", "db-1", "--to", "host2")
+    assert code == 0 and out["policy"]["name"] == "busy"  # the selector's
+    p = out["prediction"]
+    assert p["known"] and not p.get("converges") and p["need"] == "post-copy"
+    assert "will not converge at 32 MiB/s (guest dirties ~40 MiB/s" in p["words"]
+    code, out = await fx.ferry(capsys, "preflight", "db-1", "--to", "host2", "--policy", "strict")
+    assert code == 1 and [b["reason"] for b in out["blockers"]] == ["WILL_NOT_CONVERGE"]
+    code, out = await fx.ferry(capsys, "migrate", "db-1", "--to", "host2", "--policy", "strict", "--no-wait")
+    assert code == 2 and out["error"]["reason"] == "WILL_NOT_CONVERGE"
+    m = await fx.submit("db-1", "host2", policy="busy")
+    assert m.policy.name == "busy" and m.prediction.need == "post-copy"
+
+
+async def test_tune_a_running_migration_reads_libvirts_value_back(fx, capsys):
+    fx.agents.add_guest("host1", "g1")
+    m = await fx.submit("g1", "host2")
+    code, out = await fx.ferry(capsys, "migrations", "tune", m.id, "--max-downtime", "700")
+    assert code == 2 and out["error"]["reason"] == "MIGRATION_NOT_RUNNING"  # still Pending
+    await fx.advance(m.id, Phase.PREFLIGHT, Phase.PREPARING, Phase.MIGRATING)
+    code, out = await fx.ferry(capsys, "migrations", "tune", m.id, "--max-downtime", "700", "--bandwidth", "48")
+    assert code == 0, out
+    assert (out["max_downtime_ms"], out["bandwidth_mibps"]) == (700, 48)  # read back from (fake) libvirt
+    assert fx.agents["host1"].hv.calls.count("migration_limits") == 1
+    record = out["migration"]
+    assert record["history"][-1]["reason"].startswith("tune by ")
+    assert "libvirt reads max downtime 700 ms, bandwidth 48 MiB/s" in record["history"][-1]["reason"]
+    assert [a["action"] for a in record["actions"]] == ["tune"]
+    code, out = await fx.ferry(capsys, "migrations", "tune", m.id)
+    assert code == 64 and out["error"]["reason"] == "USAGE"
 
 
 async def test_a_plain_submit_moves_the_definition_with_the_vm(leading):

@@ -559,3 +559,43 @@ async def test_stop_before_the_store_answers(fleet, hosts):
     await asyncio.wait_for(engine_.stop(), 2)
     await asyncio.wait_for(task, 2)
     await down.close()
+
+
+# ---------------------------------------------------------------- the policy, predicted in Preflight
+
+
+async def test_the_preflight_phase_predicts_and_the_policy_runs_with_its_actions_recorded(store, fleet, hosts):
+    """A guest dirtying 1 GiB/s at a 128 MiB/s cap under a post-copy-on-prediction policy: the
+    Preflight phase measures it (the fake source) and predicts no convergence; the driver switches
+    after iteration 1; the record keeps the prediction, the policy and the step with its reason."""
+    from ferry.convergence import ConvergencePolicy, PostcopyMode
+
+    fleet.add_guest("host1", "g1", dirty=1 << 30)
+    m = await submit(store, fleet, "g1", "host1", "host2", options=replace(COPY, bandwidth_mibps=128))
+    busy = ConvergencePolicy(name="busy", bandwidth_mibps=128, postcopy=PostcopyMode.ON_PREDICTION)
+    entry = await store.get(migration_key(m.id))
+    await store.update(entry.key, encode(replace(m, policy=busy)), entry.mod_revision)
+    async with engine(store, hosts):
+        r = await final(store, m.id)
+    assert r.phase is Phase.SUCCEEDED, r.history
+    assert r.prediction is not None and r.prediction.converges is False and r.prediction.need == "post-copy"
+    assert r.result is not None and r.result.postcopy and not r.result.downtime_measured
+    assert [(e.action.action, e.action.by) for e in r.actions] == [("start-postcopy", "policy busy")]
+    assert "predicted not to converge" in r.actions[0].action.reason
+    assert fleet.where("g1") == {"host2": DomainState.RUNNING}
+
+
+async def test_a_policy_that_refuses_what_it_cannot_finish_fails_in_preflight_touching_nothing(store, fleet, hosts):
+    from ferry.convergence import ConvergencePolicy
+
+    fleet.add_guest("host1", "g1", dirty=1 << 30)
+    m = await submit(store, fleet, "g1", "host1", "host2", options=replace(COPY, bandwidth_mibps=128))
+    strict = ConvergencePolicy(name="strict", bandwidth_mibps=128, refuse_unfinishable=True)
+    entry = await store.get(migration_key(m.id))
+    await store.update(entry.key, encode(replace(m, policy=strict)), entry.mod_revision)
+    async with engine(store, hosts):
+        r = await final(store, m.id)
+    assert r.phase is Phase.FAILED and r.error is not None and r.error.reason == "WILL_NOT_CONVERGE"
+    assert "will not converge at 128 MiB/s" in r.error.message
+    assert "PREPARING" not in phases(r) and fleet.prepares("host2") == []
+    assert fleet.where("g1") == {"host1": DomainState.RUNNING}

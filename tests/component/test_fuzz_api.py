@@ -292,16 +292,79 @@ def optional(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 def tune(domain: st.SearchStrategy[str]) -> st.SearchStrategy[apb.TuneMigrationRequest]:
     def build(
-        d: str, downtime: int | None, bandwidth: int | None, postcopy: bool, leader_term: int
+        d: str,
+        downtime: int | None,
+        bandwidth: int | None,
+        postcopy: bool,
+        force: bool,
+        by: str,
+        leader_term: int,
     ) -> apb.TuneMigrationRequest:
-        r = apb.TuneMigrationRequest(domain=d, start_postcopy=postcopy, leader_term=leader_term)
+        r = apb.TuneMigrationRequest(
+            domain=d, start_postcopy=postcopy, force_complete=force, requested_by=by, leader_term=leader_term
+        )
         if downtime is not None:
             r.max_downtime_ms = downtime
         if bandwidth is not None:
             r.bandwidth_mibps = bandwidth
         return r
 
-    return st.builds(build, domain, optional(uint(32)), optional(uint(32)), st.booleans(), term())
+    return st.builds(
+        build,
+        domain,
+        optional(uint(32)),
+        optional(uint(32)),
+        st.booleans(),
+        st.booleans(),
+        text(["ops via ipv4:127.0.0.1:5000"]),
+        term(),
+    )
+
+
+def control(ids: list[str]) -> st.SearchStrategy[cpb.ControlMigrationRequest]:
+    def build(
+        i: str, downtime: int | None, bandwidth: int | None, postcopy: bool, force: bool
+    ) -> cpb.ControlMigrationRequest:
+        r = cpb.ControlMigrationRequest(id=i, start_postcopy=postcopy, force_complete=force)
+        if downtime is not None:
+            r.max_downtime_ms = downtime
+        if bandwidth is not None:
+            r.bandwidth_mibps = bandwidth
+        return r
+
+    return st.builds(build, text(ids), optional(uint(32)), optional(uint(32)), st.booleans(), st.booleans())
+
+
+SECONDS = st.one_of(
+    st.sampled_from([0.0, -1.0, 0.5, 30.0, 1e300, float("nan"), float("inf"), -float("inf")]),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+
+
+def policy() -> st.SearchStrategy[tpb.ConvergencePolicy]:
+    step = st.builds(tpb.DowntimeStep, max_downtime_ms=uint(32), after_s=SECONDS, after_iterations=uint(32))
+    return st.builds(
+        tpb.ConvergencePolicy,
+        name=text(["busy", "default"]),
+        bandwidth_mibps=uint(32),
+        downtime_steps=bounded_list(step, tpb.DowntimeStep(max_downtime_ms=300)),
+        auto_converge=st.booleans(),
+        auto_converge_initial=uint(32),
+        auto_converge_increment=uint(32),
+        postcopy=ENUM,
+        postcopy_after_s=SECONDS,
+        postcopy_bandwidth_mibps=uint(32),
+        stall_iterations=uint(32),
+        stall_tolerance=SECONDS,
+        completion_timeout_s=SECONDS,
+        timeout_per_gib_s=SECONDS,
+        min_timeout_s=SECONDS,
+        progress_timeout_s=SECONDS,
+        timeout_action=ENUM,
+        parallel_connections=uint(32),
+        compression=bounded_list(text(["mt", "xbzrle", "zlib", "zstd"]), "mt"),
+        refuse_unfinishable=st.booleans(),
+    )
 
 
 @dataclass(frozen=True)
@@ -400,6 +463,8 @@ RPCS = [
                 "progress_interval_ms": uint(32),
                 "disks": bounded_list(disk_plan(r["names"]), PLAN_MANY),
                 "leader_term": term(),
+                "policy": policy(),
+                "predicted_converges": st.booleans(),
             },
         ),
         streaming=True,
@@ -419,6 +484,17 @@ RPCS = [
         "agent",
         "ProbeTarget",
         lambda r: st.builds(apb.ProbeTargetRequest, target_uri=text(r["uris"]), migration_address=text(["10.77.0.12"])),
+    ),
+    Rpc(
+        "agent",
+        "MeasureGuest",
+        lambda r: st.builds(
+            apb.MeasureGuestRequest,
+            domain=text(r["names"]),
+            periods_s=st.one_of(
+                st.lists(st.sampled_from([0, 1, 2, 61, (1 << 32) - 1]), max_size=3), bounded_list(uint(32), 1)
+            ),
+        ),
     ),
     Rpc(
         "agent",
@@ -444,6 +520,7 @@ RPCS = [
                 "idempotency_key": text(["k1", "k2"]),
                 "priority": INT32,
                 "mapping": mapping(r["names"]),
+                "policy": text(["busy", ""]),
             },
         ),
     ),
@@ -489,6 +566,7 @@ RPCS = [
                 "target_host": text(["host1", "host2", "host3"]),
                 "options": options(),
                 "mapping": mapping(r["names"]),
+                "policy": text(["busy", ""]),
             },
         ),
     ),
@@ -560,6 +638,8 @@ RPCS = [
         streaming=True,
         may_stay_silent=True,
     ),
+    Rpc("coordinator", "ListPolicies", lambda r: st.just(cpb.ListPoliciesRequest())),
+    Rpc("coordinator", "ControlMigration", lambda r: control(r["ids"])),
 ]
 
 

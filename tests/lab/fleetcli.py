@@ -149,9 +149,20 @@ def running_on(lab: Lab, name: str) -> list[str]:
 
 
 def beats(lab: Lab, name: str, *, timeout: float = 20.0) -> tuple[int, int]:
-    """The heartbeat now and a later, higher one: the guest is alive (wherever it runs)."""
+    """The heartbeat now and a later, higher one: the guest is alive (wherever it runs), and
+    still in the boot it had before: a guest that crashed and rebooted also beats."""
     first = lab.heartbeats(name)
-    return first, lab.wait_for_heartbeat(name, above=first, timeout=timeout)
+    later = lab.wait_for_heartbeat(name, above=first, timeout=timeout)
+    assert_same_boot(lab, name)
+    return first, later
+
+
+def assert_same_boot(lab: Lab, name: str) -> None:
+    """Exactly one boot marker on the guest's console: it never rebooted (a kernel panic reboots it)."""
+    console = lab.console(name)
+    boots = console.count("GUEST-BOOTED")
+    panic = next((line for line in console.splitlines() if "Kernel panic" in line), "")
+    assert boots == 1, f"{name} booted {boots} times" + (f"; {panic.strip()}" if panic else "")
 
 
 def images(lab: Lab, host: str, name: str) -> list[str]:

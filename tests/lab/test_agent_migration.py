@@ -53,9 +53,11 @@ def domstate(lab: Lab, host: str, name: str) -> str:
 
 
 def assert_beating(lab: Lab, name: str, beats: int = 2) -> None:
-    """The heartbeat count keeps increasing (read now and again a few seconds later)."""
+    """The heartbeat count keeps increasing (read now and again a few seconds later), in the
+    same boot (a guest that crashed and rebooted also beats)."""
     first = lab.heartbeats(name)
     assert lab.wait_for_heartbeat(name, above=first + beats - 1, timeout=30) >= first + beats
+    assert lab.console(name).count("GUEST-BOOTED") == 1, f"{name} rebooted"
 
 
 def assert_moved(lab: Lab, run: MigrationRun, name: str) -> None:

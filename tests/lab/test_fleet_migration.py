@@ -40,6 +40,7 @@ from fleetcli import (
     placement,
     prepares_of,
     remove_guests,
+    running_on,
     show,
     submit,
     wait_final,
@@ -205,6 +206,8 @@ def test_same_idempotency_key_same_migration_and_a_busy_vm_is_refused(lab, guest
 
     ok(ferry(lab, "migrations", "cancel", first))
     assert wait_final(lab, first, timeout=90)["phase"] in (CANCELLED, SUCCEEDED)
+    assert len(running_on(lab, name)) == 1
+    beats(lab, name)  # and the same boot
 
 
 # ---------------------------------------------------------------- f) one outbound slot

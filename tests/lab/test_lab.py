@@ -105,6 +105,21 @@ def test_guest_xml_is_tcg_with_cache_none_disks_and_appending_console():
     assert dom.find("devices/serial/source").attrib == {"path": "/l/shared/g1.console.log", "append": "on"}
     assert dom.find("devices/memballoon").get("model") == "none"
     assert "dirty_rate=max" in dom.find("os/cmdline").text
+    # ACPI on: QEMU 10 (the lab's, see deploy/fetch-qemu.sh) no longer takes libvirt 9's -no-acpi
+    assert dom.find("features/acpi") is not None
+    assert dom.find("devices/emulator").text == "/usr/bin/qemu-system-x86_64"  # the spec's default
+
+
+def test_guests_run_on_debian_13s_qemu_when_it_is_there(tmp_path):
+    from ferry.lab.domain import EMULATOR, lab_emulator
+
+    wrapper = tmp_path / "qemu-system-x86_64"
+    assert lab_emulator({}, wrapper) == EMULATOR  # not fetched: the system's
+    wrapper.write_text("#!/bin/sh\n")
+    wrapper.chmod(0o755)
+    assert lab_emulator({}, wrapper) == str(wrapper)
+    assert lab_emulator({"FERRY_LAB_QEMU": "system"}, wrapper) == EMULATOR
+    assert lab_emulator({"FERRY_LAB_QEMU": "/opt/q"}, wrapper) == "/opt/q"
 
 
 def test_guest_without_nic_or_dirtier():

@@ -33,6 +33,8 @@ ENUM_DEFS = {
     "domain_state": tpb.DomainState.DESCRIPTOR,
     "drain_state": cpb.DrainState.DESCRIPTOR,
     "drain_item_state": cpb.DrainItemState.DESCRIPTOR,
+    "postcopy_mode": tpb.PostcopyMode.DESCRIPTOR,
+    "timeout_action": tpb.TimeoutAction.DESCRIPTOR,
 }
 MESSAGES = {
     m.DESCRIPTOR.full_name: m
@@ -61,6 +63,13 @@ MESSAGES = {
         cpb.DrainItem,
         cpb.DrainChange,
         cpb.ListDrainsResponse,
+        tpb.ConvergencePolicy,
+        tpb.DowntimeStep,
+        tpb.Prediction,
+        tpb.PolicyAction,
+        cpb.ListPoliciesResponse,
+        cpb.PolicySelector,
+        cpb.ControlMigrationResponse,
     )
 }
 

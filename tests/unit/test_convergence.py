@@ -2,6 +2,7 @@
 the action per poll."""
 
 import doctest
+import random
 from dataclasses import replace
 
 import pytest
@@ -12,15 +13,22 @@ from ferry.convergence import (
     ConvergencePolicy,
     DowntimeStep,
     PostcopyMode,
+    TimeoutAction,
     Watch,
+    after_operator_downtime,
     completion_timeout_s,
+    downtime_ladder,
     due_downtime_step,
+    eta_s,
     max_downtime_ms,
     migrate_options,
     next_action,
     observe,
+    policy_doc,
+    policy_from_doc,
     policy_from_options,
     stalled,
+    with_options,
 )
 from ferry.errors import InvalidArgument
 from ferry.model import JobStats, MigrationOptions, MigrationPhase
@@ -52,7 +60,7 @@ def precopy(processed, remaining, iteration, **kw):
     [
         (MigrationOptions(), (), PostcopyMode.NEVER),
         (MigrationOptions(max_downtime_ms=500), (DowntimeStep(500),), PostcopyMode.NEVER),  # a one-step ladder
-        (MigrationOptions(allow_postcopy=True), (), PostcopyMode.NEVER),  # allowed, switched by hand only
+        (MigrationOptions(allow_postcopy=True), (), PostcopyMode.MANUAL),  # allowed, switched by hand only
         (MigrationOptions(postcopy_on_stall=True), (), PostcopyMode.NEVER),  # not allowed: never
         (MigrationOptions(allow_postcopy=True, postcopy_on_stall=True), (), PostcopyMode.ON_STALL),
     ],
@@ -171,12 +179,12 @@ RUNNING = precopy(100, 100, 2)
 )
 def test_decide(w, phase, now, action):
     policy, w = w
-    assert next_action(policy, w, RUNNING, phase, now) is action
+    assert next_action(policy, w, RUNNING, phase, now).action is action
 
 
 def test_downtime_waits_for_an_active_job():
     policy, w = watch(max_downtime_ms=500)
-    assert next_action(policy, w, JobStats(), P.STARTING, 1) is Action.CONTINUE
+    assert next_action(policy, w, JobStats(), P.STARTING, 1).action is Action.CONTINUE
 
 
 # ---------------------------------------------------------------- the max-downtime ladder
@@ -231,19 +239,19 @@ def test_ladder_is_climbed_once_per_step_and_never_down(polls, set_ms):
     for elapsed, iteration, active in polls:
         stats = precopy(1, 100, iteration) if active else JobStats()
         w = observe(w, stats)
-        if next_action(LADDER, w, stats, P.PRECOPY, elapsed) is Action.SET_MAX_DOWNTIME:
-            step = due_downtime_step(LADDER, w, elapsed)
-            seen.append(LADDER.downtime_steps[step].max_downtime_ms)
-            w = replace(w, downtime_steps_applied=step + 1)
+        got = next_action(LADDER, w, stats, P.PRECOPY, elapsed)
+        if got.action is Action.SET_MAX_DOWNTIME:
+            assert got.ladder_index == due_downtime_step(LADDER, w, elapsed)
+            seen.append(got.max_downtime_ms)
+            w = replace(w, downtime_steps_applied=got.ladder_index + 1)
             assert max_downtime_ms(LADDER, w) == seen[-1]
     assert seen == set_ms
     assert seen == sorted(set(seen))  # monotone, each step at most once
 
 
 def test_timeout_comes_before_a_due_step():
-    assert next_action(LADDER, Watch(0.0, 60.0, downtime_steps_applied=1), RUNNING, P.PRECOPY, 60.0) is (
-        Action.ABORT_TIMEOUT
-    )
+    step = next_action(LADDER, Watch(0.0, 60.0, downtime_steps_applied=1), RUNNING, P.PRECOPY, 60.0)
+    assert step.action is Action.ABORT_TIMEOUT
 
 
 @pytest.mark.parametrize(
@@ -259,3 +267,391 @@ def test_a_ladder_that_is_not_monotone_is_refused(steps):
     with pytest.raises(InvalidArgument) as exc:
         ConvergencePolicy(downtime_steps=steps)
     assert exc.value.reason == "INVALID_CONVERGENCE_POLICY"
+
+
+# ---------------------------------------------------------------- post-copy rules, per mode
+
+PC = PostcopyMode
+STALLED_PEAKS = (256 * MiB, 64 * MiB, 64 * MiB, 64 * MiB, 64 * MiB)  # no headway after iteration 2
+
+
+def running(iteration: int, *, dirty_mibps: int = 0, bw_mibps: int = 32, left_mib: int = 64) -> JobStats:
+    return precopy(
+        100, left_mib, iteration, dirty_rate_pages=dirty_mibps * 256, bandwidth_bps=bw_mibps * MiB, page_size=4096
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "watch_kw", "stats", "phase", "now", "expected"),
+    [
+        # never and manual: no switch by the policy itself, however hopeless
+        (PC.NEVER, dict(peaks=STALLED_PEAKS, iteration=5), running(5, dirty_mibps=40), P.PRECOPY, 50, Action.CONTINUE),
+        (PC.MANUAL, dict(peaks=STALLED_PEAKS, iteration=5), running(5, dirty_mibps=40), P.PRECOPY, 50, Action.CONTINUE),
+        # on stall: only once stalled
+        (PC.ON_STALL, dict(peaks=STALLED_PEAKS, iteration=5), running(5), P.PRECOPY, 50, Action.START_POSTCOPY),
+        (
+            PC.ON_STALL,
+            dict(peaks=(256 * MiB, 64 * MiB, 32 * MiB), iteration=3),
+            running(3),
+            P.PRECOPY,
+            50,
+            Action.CONTINUE,
+        ),
+        # after N s (the policy's 20 s): not before, then in pre-copy only
+        (PC.AFTER, dict(iteration=1, peaks=(256 * MiB,)), running(1), P.PRECOPY, 19, Action.CONTINUE),
+        (PC.AFTER, dict(iteration=1, peaks=(256 * MiB,)), running(1), P.PRECOPY, 20, Action.START_POSTCOPY),
+        (
+            PC.AFTER,
+            dict(iteration=0),
+            JobStats(active=True, disk_total=1, disk_remaining=1),
+            P.DISK_MIRROR,
+            30,
+            Action.CONTINUE,
+        ),
+        # on prediction: the up-front verdict after iteration 1 ...
+        (
+            PC.ON_PREDICTION,
+            dict(predicted_converges=False, iteration=1, peaks=(256 * MiB,)),
+            running(1),
+            P.PRECOPY,
+            5,
+            Action.CONTINUE,
+        ),
+        (
+            PC.ON_PREDICTION,
+            dict(predicted_converges=False, iteration=2, peaks=(256 * MiB, 64 * MiB)),
+            running(2),
+            P.PRECOPY,
+            9,
+            Action.START_POSTCOPY,
+        ),
+        # ... the running job's rates from iteration 3 (guest 40 MiB/s over a 32 MiB/s link) ...
+        (
+            PC.ON_PREDICTION,
+            dict(predicted_converges=True, iteration=2, peaks=(256 * MiB, 64 * MiB)),
+            running(2, dirty_mibps=40),
+            P.PRECOPY,
+            9,
+            Action.CONTINUE,
+        ),
+        (
+            PC.ON_PREDICTION,
+            dict(predicted_converges=True, iteration=3, peaks=(256 * MiB, 64 * MiB, 64 * MiB)),
+            running(3, dirty_mibps=40),
+            P.PRECOPY,
+            11,
+            Action.START_POSTCOPY,
+        ),
+        (
+            PC.ON_PREDICTION,
+            dict(predicted_converges=None, iteration=3, peaks=(256 * MiB, 64 * MiB, 40 * MiB)),
+            running(3, dirty_mibps=8),
+            P.PRECOPY,
+            11,
+            Action.CONTINUE,
+        ),
+        # ... or a stall
+        (
+            PC.ON_PREDICTION,
+            dict(predicted_converges=True, iteration=5, peaks=STALLED_PEAKS),
+            running(5, dirty_mibps=8),
+            P.PRECOPY,
+            20,
+            Action.START_POSTCOPY,
+        ),
+        # never twice, never after a refusal, never while paused
+        (
+            PC.ON_STALL,
+            dict(peaks=STALLED_PEAKS, iteration=5, postcopy_refused=True),
+            running(5),
+            P.PRECOPY,
+            50,
+            Action.CONTINUE,
+        ),
+        (PC.ON_STALL, dict(peaks=STALLED_PEAKS, iteration=5, paused=True), running(5), P.PRECOPY, 50, Action.CONTINUE),
+        (
+            PC.ON_STALL,
+            dict(peaks=STALLED_PEAKS, iteration=5, postcopy_started=True),
+            running(5),
+            P.POSTCOPY,
+            50,
+            Action.CONTINUE,
+        ),
+    ],
+)
+def test_postcopy_rules(mode, watch_kw, stats, phase, now, expected):
+    policy = ConvergencePolicy(postcopy=mode, postcopy_after_s=20 if mode is PC.AFTER else 0, stall_iterations=3)
+    step = next_action(policy, Watch(0.0, 200.0, **watch_kw), stats, phase, float(now))
+    assert step.action is expected
+    assert (step.reason != "") is (expected is not Action.CONTINUE)  # every step says why
+
+
+# ---------------------------------------------------------------- the timeout action
+
+FORCE = TimeoutAction.FORCE_COMPLETE
+
+
+@pytest.mark.parametrize(
+    ("policy", "watch_kw", "phase", "now", "expected", "why"),
+    [
+        (ConvergencePolicy(), {}, P.PRECOPY, 99, Action.CONTINUE, ""),
+        (ConvergencePolicy(), {}, P.PRECOPY, 100, Action.ABORT_TIMEOUT, "completion timeout of 100 s"),
+        # force-complete: post-copy when allowed and memory pre-copy runs ...
+        (
+            ConvergencePolicy(timeout_action=FORCE, postcopy=PC.MANUAL),
+            {},
+            P.PRECOPY,
+            100,
+            Action.START_POSTCOPY,
+            "switching to post-copy",
+        ),
+        # ... else pause the guest and let pre-copy send the rest
+        (ConvergencePolicy(timeout_action=FORCE), {}, P.PRECOPY, 100, Action.PAUSE_GUEST, "post-copy not allowed"),
+        (
+            ConvergencePolicy(timeout_action=FORCE, postcopy=PC.MANUAL),
+            {},
+            P.DISK_MIRROR,
+            100,
+            Action.PAUSE_GUEST,
+            "memory pre-copy not started",
+        ),
+        (
+            ConvergencePolicy(timeout_action=FORCE, postcopy=PC.MANUAL),
+            dict(postcopy_refused=True),
+            P.PRECOPY,
+            100,
+            Action.PAUSE_GUEST,
+            "post-copy refused",
+        ),
+        # paused already: wait for the end (no abort of a paused guest's job)
+        (ConvergencePolicy(timeout_action=FORCE), dict(paused=True), P.PRECOPY, 500, Action.CONTINUE, ""),
+        # post-copy is never aborted
+        (ConvergencePolicy(), dict(postcopy_started=True), P.POSTCOPY, 500, Action.CONTINUE, ""),
+        # the progress timeout: no new low of the data remaining for 30 s
+        (
+            ConvergencePolicy(progress_timeout_s=30),
+            dict(best_remaining=64 * MiB, progress_at=10.0),
+            P.PRECOPY,
+            39,
+            Action.CONTINUE,
+            "",
+        ),
+        (
+            ConvergencePolicy(progress_timeout_s=30),
+            dict(best_remaining=64 * MiB, progress_at=10.0),
+            P.PRECOPY,
+            40,
+            Action.ABORT_TIMEOUT,
+            "no progress for 30 s",
+        ),
+        (
+            ConvergencePolicy(progress_timeout_s=30, timeout_action=FORCE),
+            dict(best_remaining=64 * MiB, progress_at=10.0),
+            P.PRECOPY,
+            40,
+            Action.PAUSE_GUEST,
+            "no progress for 30 s",
+        ),
+        # an operator's force-complete comes first, at any time
+        (
+            ConvergencePolicy(postcopy=PC.MANUAL),
+            dict(force_requested="alice"),
+            P.PRECOPY,
+            1,
+            Action.START_POSTCOPY,
+            "requested by alice",
+        ),
+        (ConvergencePolicy(), dict(force_requested="alice"), P.PRECOPY, 1, Action.PAUSE_GUEST, "requested by alice"),
+    ],
+)
+def test_timeout_action(policy, watch_kw, phase, now, expected, why):
+    step = next_action(policy, Watch(0.0, 100.0, **watch_kw), RUNNING, phase, float(now))
+    assert step.action is expected
+    assert why in step.reason
+
+
+def test_progress_is_a_new_low_of_the_data_remaining():
+    w = Watch(0.0, 100.0)
+    for t, left in [(1, 200), (2, 150), (3, 170), (4, 150), (5, 120), (6, 130)]:
+        w = observe(w, precopy(10, left, 1), float(t))
+    assert (w.best_remaining, w.progress_at) == (120 * MiB, 5.0)
+
+
+# ---------------------------------------------------------------- the ladder is monotone
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_any_valid_ladder_only_ever_raises_the_downtime(seed):
+    """Random ladders, polls and operator settings: the max downtimes the policy sets go up, each
+    ladder step at most once, and never to or below what an operator set before."""
+    rng = random.Random(seed)
+    steps, ms, t, it = [], 0, 0.0, 0
+    for _ in range(rng.randint(1, 6)):
+        ms, t, it = ms + rng.randint(1, 400), t + rng.choice([0, 5, 30]), it + rng.choice([0, 0, 2])
+        steps.append(DowntimeStep(ms, after_s=t, after_iterations=it))
+    policy = ConvergencePolicy(downtime_steps=tuple(steps))
+    w, set_by_policy, indexes, operator = Watch(0.0, 10_000.0), [], [], 0
+    for now in sorted(rng.uniform(0, 200) for _ in range(60)):
+        if rng.random() < 0.05:
+            operator = max(operator, rng.randint(1, 2000))
+            w = after_operator_downtime(policy, w, operator)
+        stats = precopy(1, 100, 1 + int(now // 10))
+        w = observe(w, stats, now)
+        step = next_action(policy, w, stats, P.PRECOPY, now)
+        if step.action is Action.SET_MAX_DOWNTIME:
+            assert step.max_downtime_ms > operator
+            assert step.max_downtime_ms == steps[step.ladder_index].max_downtime_ms
+            set_by_policy.append(step.max_downtime_ms)
+            indexes.append(step.ladder_index)
+            w = replace(w, downtime_steps_applied=step.ladder_index + 1)
+    assert set_by_policy == sorted(set_by_policy)  # up only
+    assert indexes == sorted(set(indexes))  # each step once
+    assert max_downtime_ms(policy, w) >= max([operator, *set_by_policy])
+
+
+def test_the_policy_never_lowers_an_operators_max_downtime():
+    policy = ConvergencePolicy(
+        downtime_steps=(DowntimeStep(100), DowntimeStep(300, after_s=10), DowntimeStep(900, after_s=20))
+    )
+    w = after_operator_downtime(policy, Watch(0.0, 100.0), 500)
+    assert next_action(policy, w, RUNNING, P.PRECOPY, 15.0).action is Action.CONTINUE  # 100 and 300 skipped
+    step = next_action(policy, w, RUNNING, P.PRECOPY, 20.0)
+    assert (step.action, step.max_downtime_ms) == (Action.SET_MAX_DOWNTIME, 900)
+    assert max_downtime_ms(policy, w) == 500
+
+
+def test_nova_style_ladder():
+    assert [(s.max_downtime_ms, s.after_s) for s in downtime_ladder(500, 3, 30, first_ms=100)] == [
+        (100, 0.0),
+        (300, 30.0),
+        (500, 60.0),
+    ]
+
+
+# ---------------------------------------------------------------- what a policy may be
+
+
+@pytest.mark.parametrize(
+    ("kw", "names"),
+    [
+        (dict(postcopy=PC.AFTER), "postcopy_after_s"),
+        (dict(parallel_connections=4, postcopy=PC.ON_STALL), "multifd"),
+        (dict(compression=("lz4",)), "lz4"),
+        (dict(compression=("zstd",)), "parallel connections"),
+        (dict(auto_converge_initial=120), "auto_converge_initial"),
+    ],
+)
+def test_a_policy_that_cannot_work_is_refused(kw, names):
+    with pytest.raises(InvalidArgument) as e:
+        ConvergencePolicy(**kw)
+    assert e.value.reason == "INVALID_CONVERGENCE_POLICY"
+    assert names in e.value.message + e.value.hint
+
+
+def test_multifd_with_compression_and_no_postcopy_is_fine():
+    p = ConvergencePolicy(parallel_connections=4, compression=("zstd",))
+    assert not p.allows_postcopy
+
+
+def test_a_policy_survives_its_document_form():
+    p = ConvergencePolicy(
+        name="busy",
+        bandwidth_mibps=32,
+        downtime_steps=(DowntimeStep(100), DowntimeStep(500, after_s=30, after_iterations=4)),
+        auto_converge=True,
+        auto_converge_initial=60,
+        auto_converge_increment=20,
+        postcopy=PC.ON_PREDICTION,
+        postcopy_bandwidth_mibps=64,
+        completion_timeout_s=600,
+        progress_timeout_s=150,
+        timeout_action=FORCE,
+        refuse_unfinishable=True,
+    )
+    assert policy_from_doc(policy_doc(p)) == p
+
+
+@pytest.mark.parametrize(
+    ("doc", "says"),
+    [
+        ({"bandwith_mibps": 32}, "unknown key(s) bandwith_mibps"),
+        ({"postcopy": "sometimes"}, "postcopy = 'sometimes' is unknown"),
+        ({"timeout_action": "pray"}, "timeout_action = 'pray' is unknown"),
+        ({"bandwidth_mibps": -1}, "bandwidth_mibps must be a number >= 0"),
+        ({"downtime": [{"after_s": 3}]}, "downtime step 1 has no ms"),
+        ({"downtime": [{"ms": 300}, {"ms": 100, "after_s": 3}]}, "does not follow step 1"),
+        ({"auto_converge": "yes"}, "auto_converge must be true or false"),
+    ],
+)
+def test_policy_documents_that_are_refused(doc, says):
+    with pytest.raises(InvalidArgument) as e:
+        policy_from_doc(doc, where="[policies.x]")
+    assert says in e.value.message
+
+
+def test_flags_go_on_top_of_a_named_policy():
+    busy = ConvergencePolicy(
+        name="busy", bandwidth_mibps=32, downtime_steps=(DowntimeStep(300),), postcopy=PC.ON_PREDICTION
+    )
+    assert with_options(busy, MigrationOptions()) == busy
+    p = with_options(busy, MigrationOptions(max_downtime_ms=800, auto_converge=True))
+    assert (p.name, p.bandwidth_mibps, p.downtime_steps, p.auto_converge, p.postcopy) == (
+        "busy",
+        32,
+        (DowntimeStep(800),),
+        True,
+        PC.ON_PREDICTION,
+    )
+    strict = ConvergencePolicy(name="strict")
+    assert with_options(strict, MigrationOptions(allow_postcopy=True)).postcopy is PC.MANUAL
+
+
+# ---------------------------------------------------------------- the ETA
+
+
+@pytest.mark.parametrize(
+    ("policy", "watch_kw", "stats", "phase", "now", "eta"),
+    [
+        # post-copy: what is left at the post-copy bandwidth
+        (
+            ConvergencePolicy(postcopy_bandwidth_mibps=8),
+            dict(postcopy_started=True),
+            running(3, left_mib=80),
+            P.POSTCOPY,
+            10,
+            10.0,
+        ),
+        # pre-copy converging: 32 MiB left at 32 MiB/s, then 8 MiB/s x 1 s = 8 MiB > 9.6? no: fits 300 ms -> done
+        (
+            ConvergencePolicy(),
+            dict(iteration=3, peaks=(256 * MiB, 64 * MiB, 32 * MiB)),
+            running(3, dirty_mibps=8, left_mib=32),
+            P.PRECOPY,
+            10,
+            1.25,
+        ),
+        # not converging, post-copy on prediction: this iteration, then the working set at the link
+        (
+            ConvergencePolicy(postcopy=PC.ON_PREDICTION),
+            dict(iteration=3, peaks=(256 * MiB, 64 * MiB, 64 * MiB)),
+            running(3, dirty_mibps=40, left_mib=64),
+            P.PRECOPY,
+            10,
+            4.0,
+        ),
+        # not converging, abort at the timeout (100 s): the time left
+        (
+            ConvergencePolicy(),
+            dict(iteration=3, peaks=(256 * MiB, 64 * MiB, 64 * MiB)),
+            running(3, dirty_mibps=40, left_mib=64),
+            P.PRECOPY,
+            40,
+            60.0,
+        ),
+        # no bandwidth figure yet: unknown
+        (ConvergencePolicy(), {}, precopy(1, 200, 1), P.PRECOPY, 1, None),
+    ],
+)
+def test_eta(policy, watch_kw, stats, phase, now, eta):
+    got = eta_s(policy, Watch(0.0, 100.0, **watch_kw), stats, phase, float(now))
+    assert got == (None if eta is None else pytest.approx(eta, abs=0.01))

@@ -234,3 +234,95 @@ def test_etcd_over_tls_with_a_plaintext_api_is_possible():
     )
     c = parse_config(text, base_dir=Path("/cfg"))
     assert c.tls is None and c.etcd.tls is not None and c.etcd.tls.cert == Path("/cfg/e/c.pem")
+
+
+# ---------------------------------------------------------------- convergence policies
+
+POLICIES = (
+    MINIMAL
+    + """
+[policies.busy]
+bandwidth_mibps = 32
+downtime = [{ ms = 100 }, { ms = 300, after_s = 10 }, { ms = 500, after_s = 10, after_iterations = 5 }]
+postcopy = "on-prediction"
+postcopy_bandwidth_mibps = 64
+timeout_per_gib_s = 150
+progress_timeout_s = 150
+timeout_action = "force-complete"
+
+[policies.strict]
+downtime = [{ ms = 300 }]
+refuse_unfinishable = true
+
+[[policy_selectors]]
+policy = "busy"
+vm = "db-*"
+min_memory_mib = 4096
+
+[[policy_selectors]]
+policy = "strict"
+
+[prediction]
+link_mibps = 150
+periods_s = [1, 4]
+on_submit = true
+reuse_s = 30
+always = true
+"""
+)
+
+
+def test_named_policies_selectors_and_the_prediction_settings():
+    from ferry.convergence import DowntimeStep, PostcopyMode, TimeoutAction
+    from ferry.coordinator.policies import PolicySelector, PredictionConfig
+
+    c = parse_config(POLICIES)
+    busy = c.policies["busy"]
+    assert (busy.name, busy.bandwidth_mibps, busy.postcopy, busy.timeout_action) == (
+        "busy",
+        32,
+        PostcopyMode.ON_PREDICTION,
+        TimeoutAction.FORCE_COMPLETE,
+    )
+    assert busy.downtime_steps == (
+        DowntimeStep(100),
+        DowntimeStep(300, after_s=10),
+        DowntimeStep(500, after_s=10, after_iterations=5),
+    )
+    assert (busy.postcopy_bandwidth_mibps, busy.timeout_per_gib_s, busy.progress_timeout_s) == (64, 150.0, 150.0)
+    assert c.policies["strict"].refuse_unfinishable
+    assert c.policy_selectors == (PolicySelector("busy", "db-*", 4 << 30, 0), PolicySelector("strict"))
+    assert c.prediction == PredictionConfig(link_mibps=150, periods_s=(1, 4), on_submit=True, reuse_s=30.0, always=True)
+
+
+def test_without_policies_the_flags_make_the_policy():
+    from ferry.coordinator.policies import PredictionConfig
+
+    c = parse_config(MINIMAL)
+    assert (dict(c.policies), c.policy_selectors, c.prediction) == ({}, (), PredictionConfig())
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ('[policies.p]\npostcopy = "often"\n', "postcopy = 'often' is unknown"),
+        ("[policies.p]\nbandwith_mibps = 3\n", "unknown key(s) bandwith_mibps"),
+        ("[policies.p]\ndowntime = [{ ms = 500 }, { ms = 100, after_s = 5 }]\n", "does not follow step 1"),
+        ('[policies.p]\npostcopy = "on-stall"\nparallel_connections = 4\n', "multifd"),
+        ('[[policy_selectors]]\npolicy = "nope"\n', "names policy 'nope', which is not defined"),
+        ('[[policy_selectors]]\nvm = "db-*"\n', "names no policy"),
+        ("[prediction]\nperiods_s = [0]\n", "periods_s must be 1 to 60 s"),
+    ],
+)
+def test_bad_policy_configs_are_refused_naming_the_problem(extra, says):
+    with pytest.raises(InvalidArgument) as e:
+        parse_config(MINIMAL + extra, source="c.toml")
+    assert e.value.reason == "CONFIG_INVALID"
+    assert says in e.value.message and "c.toml" in e.value.message
+
+
+def test_the_example_config_policies_parse():
+    from ferry.lab.controlplane import LAB_POLICIES
+
+    c = parse_config(MINIMAL + LAB_POLICIES)
+    assert sorted(c.policies) == ["busy", "multifd", "postcopy-early", "precopy", "strict"]

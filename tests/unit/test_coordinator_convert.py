@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ferry.convergence import ConvergencePolicy, DowntimeStep, PostcopyMode, TimeoutAction
 from ferry.coordinator import convert
 from ferry.coordinator.phases import Phase, Timeouts
-from ferry.coordinator.record import new_migration, with_phase
+from ferry.coordinator.record import decode, encode, new_migration, with_action, with_phase
 from ferry.model import (
     CompletedJob,
     HostMapping,
@@ -17,9 +18,11 @@ from ferry.model import (
     MigrationOptions,
     MigrationPhase,
     MigrationProgress,
+    PolicyAction,
     Problem,
     StorageMode,
 )
+from ferry.prediction import Prediction
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import types_pb2 as tpb
 
@@ -79,7 +82,44 @@ def finished():
     return with_phase(r, Phase.ROLLED_BACK, T0 + timedelta(seconds=6), "target cleaned", t)
 
 
-@pytest.mark.parametrize("record", [submitted(), finished()], ids=["pending", "rolled-back"])
+def with_policy():
+    """A migration under a named policy, with its prediction and two actions taken."""
+    policy = ConvergencePolicy(
+        name="busy",
+        bandwidth_mibps=32,
+        downtime_steps=(DowntimeStep(300), DowntimeStep(500, after_s=20)),
+        postcopy=PostcopyMode.ON_PREDICTION,
+        postcopy_bandwidth_mibps=64,
+        progress_timeout_s=60,
+        timeout_action=TimeoutAction.FORCE_COMPLETE,
+    )
+    prediction = Prediction(
+        False,
+        True,
+        "post-copy",
+        2,
+        7.25,
+        0.0,
+        5.0,
+        40.0 * (1 << 20),
+        64 << 20,
+        160 << 20,
+        256 << 20,
+        0,
+        32.0 * (1 << 20),
+        "busy",
+        "will not converge at 32 MiB/s",
+    )
+    r = replace(finished(), policy=policy, prediction=prediction)
+    r = with_action(
+        r, T0 + timedelta(seconds=3), PolicyAction("set-max-downtime", "step 1 of 2: 300 ms", 400, "policy busy")
+    )
+    return with_action(
+        r, T0 + timedelta(seconds=4), PolicyAction("start-postcopy", "predicted not to converge", 5100, "policy busy")
+    )
+
+
+@pytest.mark.parametrize("record", [submitted(), finished(), with_policy()], ids=["pending", "rolled-back", "policy"])
 def test_round_trip_keeps_every_field_the_api_carries(record):
     back = convert.migration_from_pb(convert.migration_to_pb(record))
     shown = (
@@ -101,6 +141,9 @@ def test_round_trip_keeps_every_field_the_api_carries(record):
         "result",
         "error",
         "cancel_requested",
+        "policy",
+        "prediction",
+        "actions",
     )
     for name in shown:
         assert getattr(back, name) == getattr(record, name), name
@@ -148,3 +191,47 @@ def test_request_options_say_whether_storage_was_given():
     assert not explicit
     opts, explicit = convert.options_from_request(tpb.MigrationOptions(storage=tpb.STORAGE_MODE_COPY_INC))
     assert explicit and opts.storage is StorageMode.COPY_INC
+
+
+def test_policy_prediction_and_actions_survive_the_records_json():
+    r = with_policy()
+    assert decode(encode(r), 7) == replace(r, revision=7)
+
+
+def test_a_policys_zeros_take_the_defaults_on_the_wire():
+    from ferry import convert as fconvert
+
+    assert fconvert.policy_from_pb(tpb.ConvergencePolicy(name="p")) == ConvergencePolicy(name="p")
+    assert fconvert.policy_from_pb(fconvert.policy_to_pb(with_policy().policy)) == with_policy().policy
+
+
+@pytest.mark.parametrize(
+    ("policy", "reason", "field"),
+    [
+        (tpb.ConvergencePolicy(postcopy_after_s=float("nan")), "OUT_OF_RANGE", "policy.postcopy_after_s"),
+        (tpb.ConvergencePolicy(completion_timeout_s=-1.0), "OUT_OF_RANGE", "policy.completion_timeout_s"),
+        (tpb.ConvergencePolicy(progress_timeout_s=float("inf")), "OUT_OF_RANGE", "policy.progress_timeout_s"),
+        (tpb.ConvergencePolicy(stall_tolerance=2.0), "OUT_OF_RANGE", "policy.stall_tolerance"),
+        (tpb.ConvergencePolicy(bandwidth_mibps=4294967295), "OUT_OF_RANGE", "policy.bandwidth_mibps"),
+        (
+            tpb.ConvergencePolicy(downtime_steps=[tpb.DowntimeStep(max_downtime_ms=300, after_s=1e300)]),
+            "OUT_OF_RANGE",
+            "policy.downtime_steps[0].after_s",
+        ),
+        (
+            tpb.ConvergencePolicy(downtime_steps=[tpb.DowntimeStep(max_downtime_ms=300)] * 300),
+            "TOO_MANY_ITEMS",
+            "policy.downtime_steps",
+        ),
+        (tpb.ConvergencePolicy(name="x" * 500), "FIELD_TOO_LONG", "policy.name"),
+    ],
+)
+def test_a_policy_off_the_wire_is_checked_at_the_edge(policy, reason, field):
+    """The agent reads the policy from a MigrateRequest: a NaN, an infinity or a negative number
+    of seconds is refused there, with the field named, before the driver runs."""
+    from ferry import convert as fconvert
+    from ferry.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument) as err:
+        fconvert.policy_from_pb(policy)
+    assert err.value.reason == reason and err.value.message.startswith(field)

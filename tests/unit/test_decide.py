@@ -939,6 +939,34 @@ def test_commit_fills_in_the_completed_job_only_when_missing(had, read, kept):
     assert d.record.phase is Phase.SUCCEEDED and d.record.result == kept
 
 
+# ---------------------------------------------------------------- what the policy did
+
+
+def test_a_policy_action_is_kept_in_the_record_with_its_reason():
+    from ferry.coordinator.events import PolicyActed
+    from ferry.model import PolicyAction
+
+    a = PolicyAction("start-postcopy", "iteration 2: predicted not to converge", 5100, "policy busy")
+    d = decide(MIGRATING, PolicyActed(a), NOW, T)
+    assert [(e.at, e.action) for e in d.record.actions] == [(NOW, a)]
+    assert d.record.phase is Phase.MIGRATING and not d.actions
+    assert d.outcome == "policy busy: start-postcopy: iteration 2: predicted not to converge"
+    # before a job could run there is nothing to act on: ignored
+    assert decide(PREPARING, PolicyActed(a), NOW, T).record is PREPARING
+
+
+def test_the_preflight_phases_prediction_is_kept_and_a_refusal_fails_touching_nothing():
+    from ferry.coordinator.events import PreflightResult
+    from ferry.prediction import Prediction
+
+    p = Prediction(False, False, "abort", words="will not converge at 32 MiB/s")
+    d = decide(PREFLIGHT, PreflightResult((), p), NOW, T)
+    assert d.record.phase is Phase.PREPARING and d.record.prediction == p
+    refused = Problem("WILL_NOT_CONVERGE", "refused up front: will not converge at 32 MiB/s", "choose a policy")
+    d = decide(PREFLIGHT, PreflightResult((refused,), p), NOW, T)
+    assert (d.record.phase, d.record.error, d.record.prediction, d.actions) == (Phase.FAILED, refused, p, ())
+
+
 @pytest.mark.parametrize(
     ("result", "read", "processed"),
     [

@@ -23,7 +23,19 @@ def test_examples_show_every_section():
     agent = tomllib.loads((CONFIG / "agent.toml").read_text())
     coordinator = tomllib.loads((CONFIG / "coordinator.toml").read_text())
     assert set(agent) == {"agent", "tls", "registry", "metrics", "log"}
-    assert set(coordinator) == {"coordinator", "etcd", "limits", "agents", "metrics", "log", "tls", "hosts"}
+    assert set(coordinator) == {
+        "coordinator",
+        "etcd",
+        "limits",
+        "agents",
+        "metrics",
+        "log",
+        "tls",
+        "hosts",
+        "policies",
+        "policy_selectors",
+        "prediction",
+    }
     # the agent registers where the coordinators look: the same etcd and prefix
     assert agent["registry"]["etcd_endpoints"] == coordinator["etcd"]["endpoints"]
     assert agent["registry"]["prefix"] == coordinator["etcd"]["prefix"]
@@ -36,6 +48,13 @@ def test_coordinator_example_derives_the_mapping():
     m = derive_mapping(c.hosts["hv-r12-07"], c.hosts["hv-r14-02"])
     assert m.bridges == {"br-guest": "virbr-guests"}
     assert m.path_prefixes == {"/var/lib/libvirt/images": "/srv/vm-images"}
+
+
+def test_coordinator_example_policies():
+    c = load_coordinator(CONFIG / "coordinator.toml")
+    assert sorted(c.policies) == ["busy", "default", "no-postcopy"]
+    assert [s.policy for s in c.policy_selectors] == ["busy", "default"]
+    assert c.prediction.link_mibps == 1100
 
 
 SYSTEMD = CONFIG.parent / "systemd"

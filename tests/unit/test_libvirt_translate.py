@@ -277,11 +277,15 @@ def test_domain_state(state, expected):
         (3, 2, False),  # PAUSED, MIGRATION
         (1, 12, False),  # a paused reason number under RUNNING means something else
         (3, 10, False),
-        (3, 13, False),  # PAUSED_POSTCOPY_FAILED: no longer in post-copy
+        # post-copy whose link broke: still post-copy (the guest is split between the hosts: never
+        # abort, never cancel), and failed, for the agent to resume it
+        (3, 13, True),  # PAUSED, PAUSED_POSTCOPY_FAILED (the source)
+        (1, 11, True),  # RUNNING, RUNNING_POSTCOPY_FAILED (the target)
     ],
 )
 def test_in_postcopy(state, reason, postcopy):
     assert lt.in_postcopy(state, reason) is postcopy
+    assert lt.postcopy_failed(state, reason) is (reason in (11, 13) and postcopy)
 
 
 @pytest.mark.parametrize(

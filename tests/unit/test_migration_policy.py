@@ -1,16 +1,26 @@
 """Migration progress (phases, progress that never runs backwards, the disk bytes of a completed
 copy) and the driver's loop applying a convergence policy. The policy itself: test_convergence.py."""
 
+import asyncio
 import doctest
 from dataclasses import replace
 
 import pytest
 
 from ferry.agent import progress as m
-from ferry.agent.migration import MigrationDriver, MigrationRequest
+from ferry.agent.migration import Control, DriverPolicy, MigrationDriver, MigrationRequest
 from ferry.agent.progress import changed, next_progress, phase_of
-from ferry.convergence import ConvergencePolicy, DowntimeStep
-from ferry.model import DomainState, JobStats, MigrationOptions, MigrationPhase, MigrationResult
+from ferry.convergence import ConvergencePolicy, DowntimeStep, PostcopyMode
+from ferry.errors import Internal, Unavailable
+from ferry.model import (
+    DomainState,
+    JobStats,
+    MigrationOptions,
+    MigrationPhase,
+    MigrationProgress,
+    MigrationResult,
+    PolicyAction,
+)
 from ferry.testing.fake_hypervisor import FakeFleet, FakeHypervisor, make_domain_xml
 
 MiB = 1 << 20
@@ -193,5 +203,172 @@ async def test_the_driver_climbs_the_downtime_ladder_until_the_guest_converges()
     # the first step at once, the top one last (a slow poll may pass the middle one over)
     assert source.downtimes[0] == 50 and source.downtimes[-1] == 2000
     assert source.downtimes == sorted(set(source.downtimes))  # once per step, never down
-    reported = [e.max_downtime_ms for e in events[:-1]]
+    reported = [e.max_downtime_ms for e in events[:-1] if isinstance(e, MigrationProgress)]
     assert reported[0] == 50 and reported == sorted(reported)
+    # each step taken is reported with its reason, by the policy
+    steps = [e for e in events if isinstance(e, PolicyAction)]
+    assert [a.action for a in steps] == ["set-max-downtime"] * len(source.downtimes)
+    assert steps[0].reason == "max-downtime step 1 of 3: 50 ms" and steps[0].by == "policy (from the flags)"
+    assert steps[-1].reason == "max-downtime step 3 of 3: 2000 ms"
+
+
+# ---------------------------------------------------------------- force-complete, operators
+
+
+def two_hosts(step_s: float = 0.002) -> tuple[FakeHypervisor, FakeHypervisor]:
+    fleet = FakeFleet()
+    return (
+        FakeHypervisor(hostname="source", fleet=fleet, step_s=step_s),
+        FakeHypervisor(hostname="target", fleet=fleet, step_s=step_s),
+    )
+
+
+async def test_force_complete_without_postcopy_pauses_the_guest_and_it_runs_on_the_target():
+    """A guest dirtying faster than the link under a policy without post-copy: the operator's
+    force-complete pauses it, pre-copy then ends, and the guest runs (not paused) on the target."""
+    source, target = two_hosts()
+    uuid = source.add_domain(make_domain_xml("g1", memory_bytes=GiB), dirty_bytes_per_s=4 * GiB).uuid
+    control = Control()
+    request = MigrationRequest(
+        domain=uuid,
+        target_uri=target.uri,
+        options=MigrationOptions(),
+        progress_interval_s=0.005,
+        convergence=ConvergencePolicy(name="precopy"),
+    )
+    events = []
+    async for e in MigrationDriver(source).run(request, control):
+        events.append(e)
+        if isinstance(e, MigrationProgress) and e.stats.iteration >= 3 and not control.force_requested:
+            control.force_requested = "alice"
+    assert isinstance(events[-1], MigrationResult)
+    actions = [e for e in events if isinstance(e, PolicyAction)]
+    assert [(a.action, a.by) for a in actions] == [("pause-guest", "policy precopy")]
+    assert actions[0].reason == "force-complete requested by alice: pausing the guest to finish (post-copy not allowed)"
+    assert (await target.get_domain(uuid)).state is DomainState.RUNNING  # resumed there
+    assert "suspend" in source.calls and "remote_resume" in source.calls
+
+
+async def test_force_complete_with_postcopy_allowed_switches_to_postcopy():
+    source, target = two_hosts()
+    uuid = source.add_domain(make_domain_xml("g1", memory_bytes=GiB), dirty_bytes_per_s=4 * GiB).uuid
+    control = Control(force_requested="bob")
+    request = MigrationRequest(
+        domain=uuid,
+        target_uri=target.uri,
+        options=MigrationOptions(),
+        progress_interval_s=0.005,
+        convergence=ConvergencePolicy(name="busy", postcopy=PostcopyMode.MANUAL),
+    )
+    events = [e async for e in MigrationDriver(source).run(request, control)]
+    result = events[-1]
+    assert isinstance(result, MigrationResult) and result.job.postcopy
+    assert [a.action for a in events if isinstance(a, PolicyAction)] == ["start-postcopy"]
+    # after post-copy libvirt keeps no completed job on the target: the downtime is not a figure
+    assert "suspend" not in source.calls
+
+
+async def test_an_operators_max_downtime_is_kept_under_the_ladder():
+    source, target = two_hosts()
+    recorded: list[int] = []
+    original = source.set_max_downtime
+
+    async def recording(name: str, ms: int) -> None:
+        recorded.append(ms)
+        await original(name, ms)
+
+    source.set_max_downtime = recording  # type: ignore[method-assign]
+    uuid = source.add_domain(make_domain_xml("g1", memory_bytes=GiB), dirty_bytes_per_s=4 * GiB).uuid
+    ladder = ConvergencePolicy(
+        downtime_steps=(DowntimeStep(50), DowntimeStep(100, after_iterations=3), DowntimeStep(2000, after_iterations=6))
+    )
+    control = Control(operator_downtime_ms=500)  # an operator raised it at the start
+    request = MigrationRequest(
+        domain=uuid, target_uri=target.uri, options=MigrationOptions(), progress_interval_s=0.005, convergence=ladder
+    )
+    events = [e async for e in MigrationDriver(source).run(request, control)]
+    assert isinstance(events[-1], MigrationResult)
+    assert recorded == [2000]  # 50 and 100 would have lowered the operator's 500 ms
+
+
+# ---------------------------------------------------------------- post-copy recovery
+
+
+class BrokenLink(FakeHypervisor):
+    """A source whose post-copy link breaks once: the first migrate call fails after the switch
+    and the domain reads "paused (post-copy failed)"; the target does not answer for
+    ``down_probes`` probes; a resume call then completes the job."""
+
+    def __init__(self, down_probes: int, **kw):
+        super().__init__(**kw)
+        self.down_probes = down_probes
+        self.broken = False
+        self.resumes: list[bool] = []
+
+    async def migrate(self, name_or_uuid, **kw):
+        self.resumes.append(kw.get("resume_postcopy", False))
+        if kw.get("resume_postcopy"):
+            self.broken = False
+            job = self.jobs.get((await self.get_domain(name_or_uuid)).uuid)
+            if job is not None:
+                self.release()
+                await asyncio.shield(job.done)
+            return
+        await super().migrate(name_or_uuid, **kw)
+
+    async def start_postcopy(self, name_or_uuid):
+        await super().start_postcopy(name_or_uuid)
+        self.broken = True
+        self.hold()  # the job stops moving: the link is gone
+
+    async def job_stats(self, name_or_uuid, *, completed=False):
+        stats = await super().job_stats(name_or_uuid, completed=completed)
+        return replace(stats, postcopy_failed=True) if self.broken and stats.active else stats
+
+    async def probe_peer(self, uri, *, migration_address=""):
+        if self.down_probes > 0:
+            self.down_probes -= 1
+            raise Unavailable("no route to host", reason="TARGET_UNREACHABLE")
+        return 1
+
+
+async def test_a_broken_postcopy_is_resumed_once_the_target_answers():
+    fleet = FakeFleet()
+    source = BrokenLink(3, hostname="source", fleet=fleet, step_s=0.002)
+    target = FakeHypervisor(hostname="target", fleet=fleet, step_s=0.002)
+    uuid = source.add_domain(make_domain_xml("g1", memory_bytes=GiB), dirty_bytes_per_s=4 * GiB).uuid
+    request = MigrationRequest(
+        domain=uuid,
+        target_uri=target.uri,
+        options=MigrationOptions(),
+        progress_interval_s=0.005,
+        convergence=ConvergencePolicy(name="busy", postcopy=PostcopyMode.AFTER, postcopy_after_s=0.01),
+    )
+    policy = DriverPolicy(resume_backoff_s=(0.01,))
+    events = [e async for e in MigrationDriver(source, policy=policy).run(request)]
+    assert isinstance(events[-1], MigrationResult)
+    actions = [e.action for e in events if isinstance(e, PolicyAction)]
+    assert actions == ["start-postcopy", "postcopy-paused", "postcopy-resume"]
+    assert source.resumes == [False, True]  # one resume, after three failed probes
+    assert (await target.get_domain(uuid)).state is DomainState.RUNNING
+    assert any(isinstance(e, MigrationProgress) and e.stats.postcopy_failed for e in events)
+
+
+async def test_a_postcopy_that_cannot_be_resumed_in_time_fails_saying_what_to_do():
+    fleet = FakeFleet()
+    source = BrokenLink(10_000, hostname="source", fleet=fleet, step_s=0.002)
+    target = FakeHypervisor(hostname="target", fleet=fleet, step_s=0.002)
+    uuid = source.add_domain(make_domain_xml("g1", memory_bytes=GiB), dirty_bytes_per_s=4 * GiB).uuid
+    request = MigrationRequest(
+        domain=uuid,
+        target_uri=target.uri,
+        options=MigrationOptions(),
+        progress_interval_s=0.005,
+        convergence=ConvergencePolicy(name="busy", postcopy=PostcopyMode.AFTER, postcopy_after_s=0.01),
+    )
+    policy = DriverPolicy(resume_backoff_s=(0.01,), postcopy_recovery_s=0.2)
+    with pytest.raises(Internal) as e:
+        async for _ in MigrationDriver(source, policy=policy).run(request):
+            pass
+    assert e.value.reason == "POSTCOPY_FAILED" and "--postcopy-resume" in e.value.hint
+    source.release()

@@ -387,10 +387,12 @@ def test_the_record_stores_the_figures_of_the_agents_progress():
             auto_converge_throttle=20,
         ),
         max_downtime_ms=300,
+        eta_ms=4200,
     )
     import json
 
-    # the JSON keys of the records older coordinators wrote (their ProgressSnapshot's fields)
+    # the JSON keys of the records older coordinators wrote (their ProgressSnapshot's fields),
+    # and the ETA and the post-copy link's state since
     assert json.loads(encode(replace(rec(), progress=p)))["progress"] == dict(
         phase="DISK_MIRROR",
         memory_total=100,
@@ -406,6 +408,8 @@ def test_the_record_stores_the_figures_of_the_agents_progress():
         elapsed_ms=1500,
         auto_converge_throttle=20,
         max_downtime_ms=300,
+        eta_ms=4200,
+        postcopy_failed=False,
     )
 
 

@@ -12,20 +12,32 @@ refused naming the migration in the way; a refused request (unknown host or VM) 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from ferry import keys
+from ferry.convergence import ConvergencePolicy, PostcopyMode
 from ferry.coordinator.config import HostDecl
 from ferry.coordinator.fleet import Fleet
 from ferry.coordinator.phases import Phase, Timeouts
+from ferry.coordinator.policies import PolicySelector, PredictionConfig
 from ferry.coordinator.record import decode, encode, with_phase
 from ferry.coordinator.submission import Submissions, SubmitRequest
 from ferry.errors import FailedPrecondition, InvalidArgument, NotFound
-from ferry.model import Disk, DomainInfo, DomainState, HostFacts, HostMapping, Inventory, MigrationOptions, StorageMode
+from ferry.model import (
+    Disk,
+    DomainInfo,
+    DomainState,
+    GuestLoad,
+    HostFacts,
+    HostMapping,
+    Inventory,
+    MigrationOptions,
+    StorageMode,
+)
 from ferry.registry import HostRegistration
 from ferry.testing.memory_store import MemoryStore
 
@@ -55,11 +67,12 @@ def guest(name: str = "g1", uuid: str = UUID) -> DomainInfo:
 
 @dataclass
 class InventoryAgent:
-    """All the fleet view asks of an agent: its inventory (its bridges say where a mapping may send a NIC),
-    and one domain of it."""
+    """All the fleet view and a submission ask of an agent: its inventory (its bridges say where a
+    mapping may send a NIC), one domain of it, a guest measured."""
 
     host: str
     domains: list[DomainInfo] = field(default_factory=list)
+    loads: dict[str, GuestLoad] = field(default_factory=dict)  # by domain UUID; else not measured
     bridges: tuple[str, ...] = ("br-guest", "br-vm")
 
     async def inventory(self) -> Inventory:
@@ -71,6 +84,9 @@ class InventoryAgent:
             if vm in (d.name, d.uuid):
                 return d, ""
         raise NotFound(f"no domain {vm} on {self.host}", reason="DOMAIN_NOT_FOUND")
+
+    async def measure_guest(self, vm: str, *, periods: Sequence[int] = (1, 3)) -> GuestLoad:
+        return self.loads.get(vm, GuestLoad(error="not measured in this test"))
 
 
 @dataclass
@@ -158,6 +174,17 @@ async def test_the_same_idempotency_key_returns_the_same_migration(fx):
     assert len(entries) == 1
 
 
+async def test_a_named_policy_is_part_of_the_idempotent_request(fx):
+    """The same key and policy: the same migration; the key without the name (the selectors
+    choose) is the same request too."""
+    fx.submissions.policies = {"busy": BUSY}
+    fx.agents["host1"].domains.append(guest())
+    first = await fx.submissions.submit(SubmitRequest("g1", "host2", idempotency_key="k", policy="busy"))
+    assert first.policy is not None and first.policy.name == "busy"
+    assert await fx.submissions.submit(SubmitRequest("g1", "host2", idempotency_key="k", policy="busy")) == first
+    assert await fx.submissions.submit(SubmitRequest("g1", "host2", idempotency_key="k")) == first
+
+
 @pytest.mark.parametrize(
     ("other", "field"),
     [
@@ -173,9 +200,11 @@ async def test_the_same_idempotency_key_returns_the_same_migration(fx):
             SubmitRequest("g1", "host2", mapping=HostMapping(bridges={"br-guest": "br-guest"}), idempotency_key="k"),
             "mapping",
         ),
+        (SubmitRequest("g1", "host2", idempotency_key="k", policy="busy"), "policy"),
     ],
 )
 async def test_an_idempotency_key_reused_with_another_body_is_refused(fx, other, field):
+    fx.submissions.policies = {"busy": BUSY}
     fx.agents["host1"].domains.append(guest())
     first = await fx.submissions.submit(SubmitRequest("g1", "host2", idempotency_key="k"))
     before = await fx.revision()
@@ -294,3 +323,92 @@ async def test_cancel_marks_the_record_once_and_refuses_a_final_one(fx):
     with pytest.raises(NotFound) as unknown:
         await fx.submissions.cancel("m-nope")
     assert unknown.value.reason == "MIGRATION_UNKNOWN"
+
+
+# ---------------------------------------------------------------- the policy and the prediction
+
+BUSY = ConvergencePolicy(name="busy", bandwidth_mibps=32, postcopy=PostcopyMode.ON_PREDICTION)
+STRICT = ConvergencePolicy(name="strict", bandwidth_mibps=32, refuse_unfinishable=True)
+MiB = 1 << 20
+
+
+def busy_load(dirty_mibps: float) -> GuestLoad:
+    """1 GiB guest, 512 MiB non-zero, rewriting 64 MiB (saturates the 3 s measurement)."""
+    return GuestLoad(GiB, samples=((1.0, dirty_mibps * MiB), (3.0, 64 * MiB / 3)), resident_bytes=512 * MiB)
+
+
+@pytest.fixture
+def policies(fx: Setup) -> Setup:
+    fx.submissions.policies = {"busy": BUSY, "strict": STRICT}
+    fx.submissions.selectors = (PolicySelector("busy", vm="db-*"),)
+    fx.submissions.prediction = PredictionConfig(on_submit=True)
+    fx.agents["host1"].domains.append(guest())
+    return fx
+
+
+async def test_the_requested_policy_and_its_prediction_are_recorded(policies):
+    policies.agents["host1"].loads[UUID] = busy_load(40)
+    m = await policies.submissions.submit(SubmitRequest("g1", "host2", policy="busy"))
+    assert m.policy == BUSY
+    assert m.history[0].reason == "submitted (policy busy)"
+    p = m.prediction
+    assert (p.converges, p.finishes, p.need, p.policy) == (False, True, "post-copy", "busy")
+    # copied: vda's whole 10 GiB at 32 MiB/s (320 s), iteration 1: 512 MiB (16 s), then 64 MiB (2 s)
+    assert p.disk_bytes == 10 * GiB and p.seconds == pytest.approx(320 + 16 + 2, abs=0.1)
+    assert "policy busy switches to post-copy after iteration 1" in p.words
+    entry = await policies.store.get(keys.migration_key(m.id))
+    assert decode(entry.value, entry.mod_revision) == m  # kept in the record
+
+
+async def test_a_selector_picks_the_policy_and_flags_go_on_top(policies):
+    policies.agents["host1"].domains[:] = [guest("db-1")]
+    m = await policies.submissions.submit(SubmitRequest("db-1", "host2", MigrationOptions(bandwidth_mibps=64)))
+    assert (m.policy.name, m.policy.bandwidth_mibps, m.policy.postcopy) == ("busy", 64, PostcopyMode.ON_PREDICTION)
+
+
+async def test_without_a_name_or_a_matching_selector_the_flags_are_the_policy(policies):
+    m = await policies.submissions.submit(SubmitRequest("g1", "host2", MigrationOptions(max_downtime_ms=400)))
+    assert m.policy.name == "" and m.policy.downtime_steps[0].max_downtime_ms == 400
+    assert m.prediction.converges is None and "not measured in this test" in m.prediction.words
+
+
+async def test_an_unknown_policy_is_refused_naming_the_known_ones(policies):
+    with pytest.raises(NotFound) as e:
+        await policies.submissions.submit(SubmitRequest("g1", "host2", policy="fast"))
+    assert e.value.reason == "POLICY_UNKNOWN" and "busy, strict" in e.value.hint
+    assert await policies.keys_below(keys.VM_ACTIVE) == {}
+
+
+async def test_a_policy_refuses_what_the_prediction_says_it_cannot_finish(policies):
+    policies.agents["host1"].loads[UUID] = busy_load(40)
+    with pytest.raises(FailedPrecondition) as e:
+        await policies.submissions.submit(SubmitRequest("g1", "host2", policy="strict", idempotency_key="k"))
+    assert e.value.reason == "WILL_NOT_CONVERGE"
+    assert "will not converge at 32 MiB/s (guest dirties ~40 MiB/s" in e.value.message
+    # nothing written: no record, no keys
+    assert await policies.keys_below(keys.VM_ACTIVE) == {} and await policies.keys_below(keys.IDEMPOTENCY) == {}
+    entries, _ = await policies.store.list(keys.MIGRATIONS)
+    assert entries == []
+    # a quiet guest goes ahead under the same policy
+    policies.agents["host1"].loads[UUID] = busy_load(4)
+    m = await policies.submissions.submit(SubmitRequest("g1", "host2", policy="strict"))
+    assert m.prediction.converges is True
+
+
+async def test_without_on_submit_a_recent_preflights_measurement_is_used_else_none(policies):
+    """By default a submission does not wait for a measurement: it predicts from one a Preflight
+    made in the last ``reuse_s``; without one the engine's Preflight phase measures."""
+    policies.submissions.prediction = PredictionConfig(on_submit=False, reuse_s=60)
+    policies.agents["host1"].loads[UUID] = busy_load(40)
+    m = await policies.submissions.submit(SubmitRequest("g1", "host2", policy="busy", idempotency_key="a"))
+    assert m.policy == BUSY and m.prediction is None  # nobody measured it: the engine will
+    await policies.submissions.measure("host1", guest())  # what the Preflight RPC does
+    await policies.submissions.cancel(m.id)
+    entry = await policies.store.get(keys.migration_key(m.id))
+    await policies.store.update(
+        entry.key,
+        encode(with_phase(decode(entry.value, entry.mod_revision), Phase.CANCELLED, NOW, "test", Timeouts())),
+        entry.mod_revision,
+    )
+    again = await policies.submissions.submit(SubmitRequest("g1", "host2", policy="busy", idempotency_key="b"))
+    assert again.prediction is not None and again.prediction.need == "post-copy"
