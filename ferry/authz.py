@@ -9,17 +9,18 @@ The roles (``ferry.identity.Role``):
 ==============  =====================================================================
 coordinator     every Agent RPC; the only identity that may call the mutating ones
                 (PrepareIncoming, CleanupIncoming, CommitIncoming, Migrate, AbortMigration,
-                TuneMigration, ProbeTarget, RemoveSourceDisks) and that gets the secure
+                TuneMigration, ProbeTarget, MeasureGuest, RemoveSourceDisks) and that gets the secure
                 domain XML (graphics passwords) from GetDomain
 operator        every Coordinator RPC, with mapping overrides, unsafe options and
                 definition overrides (keep_source_definition, transient_target); the only
-                identity that may cordon and uncordon hosts and submit, pause, resume or cancel
-                drains; the Agent API's reads (GetInventory, GetDomain, ListPrepares, GetJob)
+                identity that may cordon and uncordon hosts, submit, pause, resume or cancel
+                drains, and tune, switch to post-copy or force-complete a running migration
+                (ControlMigration); the Agent API's reads (GetInventory, GetDomain, ListPrepares, GetJob)
                 without a leader term
 scheduler       SubmitMigration and CancelMigration without mapping overrides, unsafe
                 options or definition overrides; the Coordinator API's reads
 reader          the reads: ListHosts, ListVMs, GetMigration, ListMigrations, WatchMigration,
-                Preflight, RankTargets, WatchFleet, GetDrain, ListDrains, WatchDrain; the Agent
+                Preflight, RankTargets, ListPolicies, WatchFleet, GetDrain, ListDrains, WatchDrain; the Agent
                 API's reads without a leader term
 agent           nothing beyond health checks (agents call etcd, not each other)
 ==============  =====================================================================
@@ -117,6 +118,9 @@ RULES: dict[str, Rule] = {
     _c("ListVMs"): Rule(_READERS),
     _c("Preflight"): Rule(_READERS),
     _c("RankTargets"): Rule(_READERS),  # the ranking a scheduler asks before it submits
+    _c("ListPolicies"): Rule(_READERS),
+    # changing a running migration (tune, post-copy, force-complete): an operator's (issue 7: "tune")
+    _c("ControlMigration"): Rule(_OPERATOR, mutating=True),
     _c("WatchFleet"): Rule(_READERS),
     # host state and drains: an operator's (issue 7: "operator: ... drain")
     _c("CordonHost"): Rule(_OPERATOR, mutating=True),
@@ -140,6 +144,7 @@ RULES: dict[str, Rule] = {
     _a("AbortMigration"): Rule(_COORDINATOR, mutating=True),
     _a("TuneMigration"): Rule(_COORDINATOR, mutating=True),
     _a("ProbeTarget"): Rule(_COORDINATOR),
+    _a("MeasureGuest"): Rule(_COORDINATOR),  # seconds of libvirt's dirty-rate measurement on a guest
     _a("RemoveSourceDisks"): Rule(_COORDINATOR, mutating=True),
 }
 

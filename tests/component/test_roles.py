@@ -61,6 +61,7 @@ AGENT_REQUESTS: dict[str, Any] = {
     "TuneMigration": apb.TuneMigrationRequest(),
     "ProbeTarget": apb.ProbeTargetRequest(),
     "RemoveSourceDisks": apb.RemoveSourceDisksRequest(),
+    "MeasureGuest": apb.MeasureGuestRequest(),
 }
 COORDINATOR_REQUESTS: dict[str, Any] = {
     "SubmitMigration": cpb.SubmitMigrationRequest(vm="nope", target_host="host9"),
@@ -72,6 +73,8 @@ COORDINATOR_REQUESTS: dict[str, Any] = {
     "ListVMs": cpb.ListVMsRequest(),
     "Preflight": cpb.PreflightRequest(vm="nope", target_host="host9"),
     "RankTargets": cpb.RankTargetsRequest(vm="nope"),
+    "ListPolicies": cpb.ListPoliciesRequest(),
+    "ControlMigration": cpb.ControlMigrationRequest(id="m-nope", force_complete=True),
     "WatchFleet": cpb.WatchFleetRequest(),
     "CordonHost": cpb.CordonHostRequest(host="host9", reason="role matrix"),
     "UncordonHost": cpb.UncordonHostRequest(host="host9"),
@@ -96,6 +99,7 @@ ALLOWED = {
             "AbortMigration",
             "TuneMigration",
             "ProbeTarget",
+            "MeasureGuest",
             "RemoveSourceDisks",
         )
     },
@@ -112,16 +116,25 @@ ALLOWED = {
             "ListVMs",
             "Preflight",
             "RankTargets",
+            "ListPolicies",
             "WatchFleet",
             "GetDrain",
             "ListDrains",
             "WatchDrain",
         )
     },
-    # host state and drains: the operator's
+    # host state, drains and changing a running migration: the operator's
     **{
         m: {"operator"}
-        for m in ("CordonHost", "UncordonHost", "SubmitDrain", "PauseDrain", "ResumeDrain", "CancelDrain")
+        for m in (
+            "CordonHost",
+            "UncordonHost",
+            "SubmitDrain",
+            "PauseDrain",
+            "ResumeDrain",
+            "CancelDrain",
+            "ControlMigration",
+        )
     },
 }
 # the role a refusal names: the least privileged one allowed
@@ -136,7 +149,15 @@ NEEDED |= (
     }
     | {
         m: "ROLE_OPERATOR_REQUIRED"
-        for m in ("CordonHost", "UncordonHost", "SubmitDrain", "PauseDrain", "ResumeDrain", "CancelDrain")
+        for m in (
+            "CordonHost",
+            "UncordonHost",
+            "SubmitDrain",
+            "PauseDrain",
+            "ResumeDrain",
+            "CancelDrain",
+            "ControlMigration",
+        )
     }
 )
 
