@@ -41,6 +41,9 @@ from ferry.lab import Lab
 pytestmark = pytest.mark.lab
 
 CAP = "32"  # MiB/s: the busy guest dirties 40
+# The prediction's test keeps a wide margin: a TCG guest on a loaded machine dirties less than it is
+# set to (CI once measured 28 MiB/s of the 40, which converges at 32: a right prediction, a failed test)
+PREFLIGHT_CAP = "16"
 
 
 @pytest.fixture
@@ -81,20 +84,20 @@ def job_in_precopy(lab: Lab, migration_id: str) -> dict:
 def test_preflight_on_a_busy_guest_says_it_will_not_converge_and_what_the_policy_does(lab, guests):
     name = "pol-pre"
     busy_guest(lab, guests, name)
-    run = ferry(lab, "preflight", name, "--to", "host2", "--policy", "busy", "--bandwidth", CAP)
+    run = ferry(lab, "preflight", name, "--to", "host2", "--policy", "busy", "--bandwidth", PREFLIGHT_CAP)
     out = ok(run)
     p = out["prediction"]
     print(f"\n[policies] preflight {name}: {p['words']} (dirty {float(p['dirty_bps']) / (1 << 20):.0f} MiB/s)")
     assert out["ok"] and out["policy"]["name"] == "busy"
     assert p["known"] and not p.get("converges") and p["finishes"] and p["need"] == "post-copy"
-    assert "will not converge at 32 MiB/s" in p["words"]
+    assert f"will not converge at {PREFLIGHT_CAP} MiB/s" in p["words"]
     assert "policy busy switches to post-copy after iteration 1" in p["words"]
     # the same guest under the policy that refuses what it cannot finish: blocked, saying why
-    strict = ferry(lab, "preflight", name, "--to", "host2", "--policy", "strict", "--bandwidth", CAP)
+    strict = ferry(lab, "preflight", name, "--to", "host2", "--policy", "strict", "--bandwidth", PREFLIGHT_CAP)
     assert strict.code == 1, strict
     [blocker] = strict.data["blockers"]
     assert blocker["reason"] == "WILL_NOT_CONVERGE" and "will not converge" in blocker["message"]
-    refused = ferry(lab, "migrate", name, "--to", "host2", "--policy", "strict", "--bandwidth", CAP)
+    refused = ferry(lab, "migrate", name, "--to", "host2", "--policy", "strict", "--bandwidth", PREFLIGHT_CAP)
     assert refused.code == 2 and refused.error["reason"] == "WILL_NOT_CONVERGE"
     assert placement(lab, name) == {"host1": "running"}  # nothing was touched
 
