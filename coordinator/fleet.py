@@ -37,7 +37,8 @@ from datetime import UTC, datetime, timedelta
 from ferry import convert
 from ferry.errors import FerryError, NotFound, Unavailable
 from ferry.keys import HOSTS as HOSTS_PREFIX
-from ferry.keys import last_seen_key
+from ferry.keys import LAST_SEEN as LAST_SEEN_PREFIX
+from ferry.keys import last_seen_key, name_below
 from ferry.model import DomainInfo, DomainState, HostFacts, Inventory
 from ferry.ports import AgentClient
 from ferry.registry import HostChange, HostRegistration
@@ -95,6 +96,7 @@ class _Host:
     error: FerryError | None = None
     refreshing: asyncio.Task[None] | None = field(default=None, repr=False)
     saved: tuple[DomainInfo, ...] | None = None  # the domains last-seen/<name> holds, as far as we know
+    looked_up: bool = False  # last-seen/<name> was read (a host that never answered this replica)
 
     @property
     def available(self) -> bool:
@@ -195,6 +197,14 @@ class Fleet:
             self._watcher = asyncio.create_task(self._follow(), name="fleet: hosts watch")
             self._prober = asyncio.create_task(self._reprobe(), name="fleet: re-probe unreachable agents")
         await self._ready.wait()
+        try:  # hosts that reported VMs once and are gone now: in view (DOWN), their VMs listed
+            entries, _ = await self.store.list(LAST_SEEN_PREFIX)
+        except FerryError as exc:
+            log.warning("could not list the hosts' last-seen VMs: %s", exc)
+            return
+        for e in entries:
+            if name := name_below(LAST_SEEN_PREFIX, e.key):
+                self._hosts.setdefault(name, _Host(name))
 
     async def close(self) -> None:
         for task in (self._watcher, self._prober):
@@ -256,6 +266,9 @@ class Fleet:
         for name in list(wanted):
             h = self._hosts[name]
             if h.registration is None or h.client is None:
+                if h.inventory is None and not h.looked_up:
+                    # gone before this replica asked it: what it last told any replica
+                    tasks.append(asyncio.create_task(self._load_last_seen(h), name=f"last seen {name}"))
                 continue
             max_age = self.inventory_ttl_s if max_age_s is None else min(max_age_s, self.inventory_ttl_s)
             fresh = h.fetched_at is not None and now - h.fetched_at < timedelta(seconds=max_age)
@@ -336,6 +349,8 @@ class Fleet:
                 return False
             others = tuple(d for d in h.inventory.domains if d.uuid != domain.uuid)
             self._put_inventory(h, replace(h.inventory, domains=(*others, domain)))
+            if h.inventory is not None and h.inventory.domains != h.saved:
+                await self._save_last_seen(h, h.inventory)  # any replica lists it should the host die
             return domain.state.is_active
 
         known = [self._hosts[n] for n in hosts if n in self._hosts and self._hosts[n].registration is not None]
@@ -437,11 +452,12 @@ class Fleet:
             if h.client is client:
                 log.info("inventory of %s failed: %s: %s", h.name, err.reason, err)
                 self._set(h, reachable=False, error=err)
-                if h.inventory is None:
+                if not h.looked_up:  # once per outage: another replica may have seen it later than we did
                     await self._load_last_seen(h)
             return
         if h.client is client:
             self._set(h, inventory=inventory, fetched_at=self._clock(), reachable=True, error=None)
+            h.looked_up = False
             if inventory.domains != h.saved:
                 await self._save_last_seen(h, inventory)
 
@@ -461,20 +477,24 @@ class Fleet:
             log.info("could not save the VMs last seen on %s: %s", h.name, exc)
 
     async def _load_last_seen(self, h: _Host) -> None:
-        """A host that does not answer, and of which this replica knows nothing: what it last
-        reported to any replica (``last-seen/<host>``), so its VMs stay in view."""
+        """A host that does not answer: what it last reported to any replica (``last-seen/<host>``)
+        when that is newer than what this replica saw (or it saw nothing), so its VMs stay in view
+        as they were last."""
         try:
             entry = await self.store.get(last_seen_key(h.name))
         except FerryError as exc:
             log.info("could not read the VMs last seen on %s: %s", h.name, exc)
             return
-        if entry is None or h.inventory is not None:
+        h.looked_up = True
+        if entry is None:
             return
         try:
             at, inventory = decode_last_seen(entry.value)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring %s: %s", entry.key, exc)
             return
+        if h.inventory is not None and h.fetched_at is not None and h.fetched_at >= at:
+            return  # what this replica saw is as new
         log.info("%s does not answer: showing the %d VM(s) it reported at %s", h.name, len(inventory.domains), at)
         self._put_inventory(h, inventory)  # through the index of where each domain is
         h.fetched_at, h.saved = at, inventory.domains

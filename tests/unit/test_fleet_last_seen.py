@@ -9,6 +9,7 @@ stand-ins answering ``inventory()`` or failing like an unreachable agent.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -83,3 +84,51 @@ async def test_the_store_is_written_only_when_the_domains_change() -> None:
     assert changed is not None and changed.mod_revision > first.mod_revision
     assert [d.name for d in decode_last_seen(changed.value)[1].domains] == ["g1", "g2"]
     await fleet.close()
+
+
+async def test_a_host_gone_before_a_replica_asked_it_or_before_the_replica_started_stays_in_view() -> None:
+    store = MemoryStore()
+    g1 = DomainInfo("g1", "u-1", DomainState.RUNNING)
+    agents = {"host1": Agent("host1", [g1]), "host2": Agent("host2")}
+    for name in agents:
+        await store.create(keys.host_key(name), HostRegistration(name, f"fake:{name}").encode())
+    leader = await fleet_over(store, agents, T1)
+    await leader.refresh()
+    follower = await fleet_over(store, agents, T2)  # registered hosts known, nothing asked yet
+    entry = await store.get(keys.host_key("host1"))
+    assert entry is not None
+    await store.delete(entry.key)  # host1 dies: its lease, and so its registration, goes
+    for _ in range(100):
+        if (h := follower.host("host1")) is not None and not h.available:
+            break
+        await asyncio.sleep(0.01)
+    await follower.refresh()
+    host1 = follower.host("host1")
+    assert host1 is not None and not host1.available and host1.domains == (g1,) and host1.last_seen == T1
+    late = await fleet_over(store, agents, T2)  # a replica started after host1 died
+    await late.refresh()
+    host1 = late.host("host1")
+    assert host1 is not None and not host1.available and host1.domains == (g1,)
+    for f in (leader, follower, late):
+        await f.close()
+
+
+async def test_a_replica_with_an_older_view_of_a_dead_host_takes_the_newer_one_from_the_store() -> None:
+    # the chaos campaign's case: the replica answering `ferry vms` had asked host1 before the guest
+    # was created there; another replica saw it since; then host1 went away
+    store = MemoryStore()
+    g1, g2 = DomainInfo("g1", "u-1", DomainState.RUNNING), DomainInfo("g2", "u-2", DomainState.RUNNING)
+    agents = {"host1": Agent("host1", [g1])}
+    await store.create(keys.host_key("host1"), HostRegistration("host1", "fake:host1").encode())
+    early = await fleet_over(store, agents, T1)
+    await early.refresh()  # sees g1 only
+    agents["host1"].domains.append(g2)
+    later = await fleet_over(store, agents, T2)
+    await later.refresh()  # sees g1 and g2, and keeps them in last-seen/host1
+    agents["host1"].down = True
+    await early.refresh(force=True)
+    host1 = early.host("host1")
+    assert host1 is not None and not host1.available
+    assert host1.domains == (g1, g2) and host1.last_seen == T2
+    for f in (early, later):
+        await f.close()
