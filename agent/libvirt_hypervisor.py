@@ -33,7 +33,7 @@ from ferry.agent import probe
 from ferry.agent.target_checks import cpu_check_failed
 from ferry.convergence import ConvergencePolicy
 from ferry.errors import Aborted, FailedPrecondition, FerryError
-from ferry.model import DomainInfo, HostFacts, JobStats, MigrationOptions
+from ferry.model import DomainInfo, DomainState, HostFacts, JobStats, MigrationOptions
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +188,13 @@ class LibvirtHypervisor:
 
     @staticmethod
     def _domain_info(dom: libvirt.virDomain) -> DomainInfo:
-        """Never waits for a domain job (placement is read with this while migrations run):
-        XMLDesc, state, isActive and isPersistent take none; a running domain's disk sizes come
+        """Never waits for a migration's job (placement is read with this while migrations run):
+        XMLDesc, state, isActive and isPersistent take none; an active domain's disk sizes come
         from NOWAIT bulk statistics (``lt.block_sizes_from_stats``), a shut-off one's from
-        virDomainGetBlockInfo (no job can hold it)."""
+        virDomainGetBlockInfo (no job can hold it). A disk the statistics left out (libvirt skips
+        what needs a job it cannot get at once: seen right after a migration landed, the agent
+        just restarted) is read with virDomainGetBlockInfo when the domain is running -- not when
+        it is paused, as an incoming migration's domain is, whose job allows none."""
         xml = dom.XMLDesc(0)
         state, _reason = dom.state()
         sizes: dict[str, tuple[int, int]] | None = None
@@ -206,7 +209,8 @@ class LibvirtHypervisor:
                 log.debug("no block statistics for %s: %s", dom.name(), exc)
                 sizes = {}
         if sizes is not None:
-            targets = []
+            running = state == DomainState.RUNNING.value
+            targets = [t for t in targets if sizes.get(t, (0, 0))[0] <= 0] if running else []
         sizes = sizes or {}
         for target in targets:
             try:
