@@ -326,6 +326,29 @@ async def test_drain_dry_run_prints_the_plan_and_touches_nothing(fx, capsys):
         assert (await fx.store.list(prefix))[0] == [], prefix
 
 
+async def test_a_drains_migrations_run_under_its_policy(fx, capsys):
+    from ferry.convergence import ConvergencePolicy
+    from ferry.coordinator.record import decode
+
+    fx.coordinators[0].servicer.submissions.policies = {"calm": ConvergencePolicy(name="calm", bandwidth_mibps=64)}
+    for n in ("p1", "p2"):
+        fx.guest("host1", n)
+    code, d = await fx.ferry(capsys, "drain", "host1", "--policy", "calm")
+    assert code == 0 and d["state"] == "succeeded" and d["policy"] == "calm", d
+    entries, _ = await fx.store.list(keys.MIGRATIONS)
+    records = [decode(e.value, e.mod_revision) for e in entries]
+    assert len(records) == 2 and {r.policy.name for r in records if r.policy is not None} == {"calm"}
+    assert all(r.policy is not None for r in records)
+
+
+async def test_a_drain_naming_an_unknown_policy_is_refused_before_anything_moves(fx, capsys):
+    fx.guest("host1", "a")
+    code, out = await fx.ferry(capsys, "drain", "host1", "--policy", "nope")
+    assert code == 2 and out["error"]["reason"] == "POLICY_UNKNOWN", out
+    for prefix in (keys.DRAINS, keys.HOST_STATE, keys.DRAIN_ACTIVE, keys.MIGRATIONS):
+        assert (await fx.store.list(prefix))[0] == [], prefix
+
+
 async def test_a_guest_that_fits_nowhere_is_reported_while_the_others_move(fx, capsys):
     for n in ("a", "b", "c"):
         fx.guest("host1", n)
