@@ -1,6 +1,6 @@
 """Secure by default, on the real lab: every link is mutual TLS with the lab CA's certificates,
-roles are enforced, etcd's RBAC confines each agent to its own key, libvirtd speaks only TLS, and
-a migration's stream (memory and the NBD disk copy) crosses the lab network encrypted.
+roles are enforced, etcd's RBAC confines each agent to its own key (and reading the registrations),
+libvirtd speaks only TLS, and a migration's stream (memory and the NBD disk copy) crosses the lab network encrypted.
 
 The encryption proof: the guest keeps 4 MiB of ``FERRY-MEMORY-MARKER <boot id>`` in its RAM
 (deploy/lab/guest/init); tcpdump in the core namespace captures every packet between the two hosts
@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ferry.certs import issue_identity, new_ca, write_pem
 from ferry.identity import Identity, Role
-from ferry.keys import host_key
+from ferry.keys import HOSTS, host_key
 from ferry.lab import Lab
 from ferry.lab.control import etcdctl
 from ferry.lab.controlplane import ETCD_PREFIX
@@ -139,7 +139,10 @@ def test_etcd_confines_each_agent_to_its_own_key(lab: Lab):
         return etcdctl(core, urls, *args, timeout_s=5.0, tls=tls)  # type: ignore[return-value]
 
     assert run(agent, "get", own, "--print-value-only").returncode == 0  # its own registration
-    for args in (("put", other, "{}"), ("get", other), ("get", ETCD_PREFIX + "migrations/", "--prefix")):
+    # every registration, read only: the registered hosts are the migration targets it accepts
+    listed = run(agent, "get", ETCD_PREFIX + HOSTS, "--prefix", "--keys-only")
+    assert listed.returncode == 0 and own in listed.stdout and other in listed.stdout, listed.stderr
+    for args in (("put", other, "{}"), ("delete", other), ("get", ETCD_PREFIX + "migrations/", "--prefix")):
         denied = run(agent, *args)
         assert denied.returncode != 0 and "permission denied" in denied.stderr.lower(), (args, denied.stderr)
     assert run(coordinator, "get", ETCD_PREFIX, "--prefix", "--keys-only").returncode == 0
