@@ -196,7 +196,7 @@ class LibvirtHypervisor:
         just restarted) is read with virDomainGetBlockInfo when the domain is running -- not when
         it is paused, as an incoming migration's domain is, whose job allows none."""
         xml = dom.XMLDesc(0)
-        state, _reason = dom.state()
+        state, reason = dom.state()
         sizes: dict[str, tuple[int, int]] | None = None
         targets = lt.block_info_targets(xml)
         if targets and dom.isActive():
@@ -218,7 +218,7 @@ class LibvirtHypervisor:
                 sizes[target] = (capacity, allocation)
             except libvirt.libvirtError as exc:
                 log.debug("no block info for %s %s: %s", dom.name(), target, exc)
-        return lt.domain_info(xml, state=state, persistent=bool(dom.isPersistent()), block_sizes=sizes)
+        return lt.domain_info(xml, state=state, reason=reason, persistent=bool(dom.isPersistent()), block_sizes=sizes)
 
     # ------------------------------------------------------------------ port: reading
 

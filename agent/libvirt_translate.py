@@ -65,7 +65,8 @@ VIR_DOMAIN_RUNNING = 1
 VIR_DOMAIN_PAUSED = 3
 VIR_DOMAIN_RUNNING_POSTCOPY = 10  # virDomainRunningReason
 VIR_DOMAIN_RUNNING_POSTCOPY_FAILED = 11
-VIR_DOMAIN_PAUSED_POSTCOPY = 12  # virDomainPausedReason
+VIR_DOMAIN_PAUSED_MIGRATION = 2  # virDomainPausedReason
+VIR_DOMAIN_PAUSED_POSTCOPY = 12
 VIR_DOMAIN_PAUSED_POSTCOPY_FAILED = 13
 
 # virConnectGetAllDomainStats / virDomainListGetStats
@@ -432,10 +433,12 @@ def block_info_targets(xml: str) -> list[str]:
     return [disk.target for disk in parse_disks(xml) if disk.source]
 
 
-def domain_info(xml: str, *, state: int, persistent: bool, block_sizes: Mapping[str, tuple[int, int]]) -> DomainInfo:
-    """DomainInfo from the domain's XML, its virDomainState, whether it is persistent and
-    ``(capacity, allocation)`` per disk target from virDomainGetBlockInfo (a disk without an
-    entry keeps the sizes the XML gives)."""
+def domain_info(
+    xml: str, *, state: int, persistent: bool, block_sizes: Mapping[str, tuple[int, int]], reason: int = 0
+) -> DomainInfo:
+    """DomainInfo from the domain's XML, its virDomainState (and the state's reason), whether it is
+    persistent and ``(capacity, allocation)`` per disk target from virDomainGetBlockInfo (a disk
+    without an entry keeps the sizes the XML gives)."""
     parsed = parse_domain(xml)
     disks = []
     for disk in parse_disks(xml):
@@ -456,7 +459,19 @@ def domain_info(xml: str, *, state: int, persistent: bool, block_sizes: Mapping[
         cpu_model=parsed.cpu_model,
         os_type=parsed.domain_type,
         emulator=parsed.emulator,
+        migration_paused=migration_paused(state, reason),
     )
+
+
+def migration_paused(state: int, reason: int) -> bool:
+    """Whether (state, reason) says libvirt paused the domain for a migration: on the host it
+    migrates to, an incoming domain that has not finished (libvirt starts it paused, reason
+    MIGRATION, and resumes it only at the end; a migrated paused guest lands paused by the user).
+
+    >>> migration_paused(VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_MIGRATION), migration_paused(VIR_DOMAIN_PAUSED, 1)
+    (True, False)
+    """
+    return (state, reason) == (VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_MIGRATION)
 
 
 def job_stats_from_libvirt(d: Mapping[str, Any], *, postcopy: bool = False, postcopy_failed: bool = False) -> JobStats:

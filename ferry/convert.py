@@ -238,6 +238,7 @@ def domain_to_pb(d: DomainInfo) -> tpb.Domain:
         cpu_model=d.cpu_model,
         os_type=d.os_type,
         emulator=d.emulator,
+        migration_paused=d.migration_paused,
     )
 
 
@@ -255,6 +256,7 @@ def domain_from_pb(m: tpb.Domain) -> DomainInfo:
         cpu_model=m.cpu_model,
         os_type=m.os_type,
         emulator=m.emulator,
+        migration_paused=m.migration_paused,
     )
 
 

@@ -164,6 +164,9 @@ class FakeDomain:
     completed: JobStats | None = None
     max_downtime_ms: int = 300  # migration parameters for the next job (libvirt keeps them too)
     bandwidth_mibps: int = 0
+    #: PAUSED by libvirt for a migration: a test puts an unfinished incoming domain on a host with it
+    #: (the fake's own migrations land in one step and never show one)
+    migration_paused: bool = False
 
     @property
     def name(self) -> str:
@@ -368,6 +371,7 @@ class FakeHypervisor:
             cpu_model=parsed.cpu_model,
             os_type=parsed.domain_type,
             emulator=parsed.emulator,
+            migration_paused=dom.migration_paused and dom.state is DomainState.PAUSED,
         )
 
     # ------------------------------------------------------------------ port: reading
