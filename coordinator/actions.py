@@ -32,13 +32,14 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from ferry.convergence import policy_from_options
 from ferry.diskplan import plan_disks
 from ferry.errors import FerryError, InvalidArgument, NotFound
 from ferry.model import (
     CompletedJob,
-    DomainState,
+    DomainInfo,
     HostFacts,
     JobStats,
     MigrationProgress,
@@ -353,13 +354,13 @@ class Actions:
 
     # ------------------------------------------------------------------ placement and the target
 
-    async def _state(self, host: str, r: MigrationRecord) -> DomainState | None:
+    async def _domain(self, host: str, r: MigrationRecord) -> DomainInfo | None:
         client = self._client(host)  # an unknown host is an error here, not an absent domain
         try:
             domain, _ = await client.get_domain(vm_ref(r), leader_term=self.term)
         except NotFound:
             return None
-        return domain.state
+        return domain
 
     async def _source_job(self, r: MigrationRecord) -> MigrationProgress:
         """The source's job of the domain (none when the domain is gone from the source)."""
@@ -382,15 +383,21 @@ class Actions:
                 return (host, err)
 
         src, tgt, job = await asyncio.gather(
-            ask(r.source_host, self._state(r.source_host, r)),
-            ask(r.target_host, self._state(r.target_host, r)),
+            ask(r.source_host, self._domain(r.source_host, r)),
+            ask(r.target_host, self._domain(r.target_host, r)),
             ask(r.source_host, self._source_job_active(r)),
         )
         for got in (src, tgt, job):
             if isinstance(got, tuple):
                 host, err = got
                 return self._failed(host, "observe the placement", err)
-        return Placement(src, tgt, bool(job))  # type: ignore[arg-type]
+        s, t = cast(DomainInfo | None, src), cast(DomainInfo | None, tgt)
+        return Placement(
+            s.state if s else None,
+            t.state if t else None,
+            bool(job),
+            target_arriving=bool(t and t.migration_paused),
+        )
 
     async def prepares(self, r: MigrationRecord) -> list[PrepareRecord] | None:
         """The target's prepares, None when it cannot be asked."""

@@ -82,6 +82,11 @@ class Location(enum.Enum):
     ON_SOURCE = "on source"
     #: Alive on the target only: the migration landed.
     ON_TARGET = "on target"
+    #: On the target only, but not a landed guest: an incoming migration's domain that libvirt
+    #: still keeps paused for it, or one being shut down (state SHUTDOWN); the source runs neither
+    #: the guest nor a job. libvirt finishes or removes it (an incoming domain whose source went
+    #: away is destroyed): observe again.
+    ARRIVING = "arriving on target"
     #: Alive on both, at most one executing (the other paused): the end of a migration or of
     #: an abort, libvirt is about to stop one copy. Observe again.
     SETTLING = "settling"
@@ -118,7 +123,11 @@ def locate(p: Placement, offline: bool = False) -> Location:
         return Location.ON_TARGET if t is not None else Location.ON_SOURCE if s is not None else Location.NOWHERE
     if _alive(s) and _alive(t):
         return Location.SETTLING
-    return Location.ON_SOURCE if _alive(s) else Location.ON_TARGET if _alive(t) else Location.NOWHERE
+    if _alive(s):
+        return Location.ON_SOURCE
+    if _alive(t):
+        return Location.ARRIVING if p.target_arriving or t is DomainState.SHUTDOWN else Location.ON_TARGET
+    return Location.NOWHERE
 
 
 # --- the decision function -----------------------------------------------------------------------
@@ -687,6 +696,21 @@ def on_placement(c: Ctx, p: Placement) -> Decision:
                     f"then start it there (virsh start {r.vm}); the target's incomplete copies are removed",
                 ),
             )
+        if r.phase in (Phase.MIGRATING, Phase.FINISHING) and _stopped_after_landing(r, p):
+            # The job completed (seen, or not yet: the target's persistent definition and the
+            # source's none say so), so the guest landed; it stopped there afterwards (its host
+            # died or QEMU crashed). The target's definition and disks are its newest state: the
+            # migration is done, its prepare is the VM's own now.
+            stopped = (
+                f"{r.vm} landed on {r.target_host} and stopped there afterwards "
+                f"({p.target_state.name.lower() if p.target_state else '?'}; its host went down or QEMU crashed): "
+                f"it is defined on {r.target_host} alone; start it there (virsh start {r.vm}); Ferry never starts it"
+            )
+            if r.phase is Phase.MIGRATING:
+                return Decision(
+                    c.to(Phase.FINISHING, stopped, error=None), (CommitTarget(r.prepare_id),), f"{stopped}; committing"
+                )
+            return Decision(note(r, c.now, stopped), (CommitTarget(r.prepare_id),), f"{stopped}; committing")
         kept = "" if r.target_cleaned else f"; the target's copies (prepare {r.prepare_id or '?'}) are kept"
         return _needs_operator(
             c,
@@ -697,7 +721,7 @@ def on_placement(c: Ctx, p: Placement) -> Decision:
                 f"{r.source_host} unless the migration reached post-copy or completed{kept}",
             ),
         )
-    if loc in (Location.SETTLING, Location.UNCLEAR):
+    if loc in (Location.SETTLING, Location.UNCLEAR, Location.ARRIVING):
         return c.keep(f"placement {loc.value}; observing again", c.observe_later)
     match r.phase:
         case Phase.MIGRATING:
@@ -771,6 +795,19 @@ def _stopped_in_precopy(r: MigrationRecord, p: Placement) -> bool:
         and not (r.progress is not None and r.progress.phase is MigrationPhase.POSTCOPY)
         and p.target_state is None
         and p.source_state in (DomainState.SHUTOFF, DomainState.CRASHED)
+    )
+
+
+def _stopped_after_landing(r: MigrationRecord, p: Placement) -> bool:
+    """A guest running nowhere certainly landed when the target defines it persistently (shut off
+    or crashed: its host died, QEMU crashed) and the source no longer does: only a completed
+    migration defines it there and undefines it here."""
+    return (
+        not r.options.offline
+        and r.options.persist_dest
+        and r.options.undefine_source
+        and p.source_state is None
+        and p.target_state in (DomainState.SHUTOFF, DomainState.CRASHED)
     )
 
 

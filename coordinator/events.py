@@ -107,12 +107,14 @@ class Placement:
     """The domain as observed on both hosts (GetDomain on each, GetJob on the source).
 
     A state of None means no such domain on that host; ``source_job_active`` means an outgoing
-    migration job of this domain runs on the source.
+    migration job of this domain runs on the source; ``target_arriving`` means the target's domain
+    is an incoming migration's that has not finished (libvirt keeps it paused for the migration).
     """
 
     source_state: DomainState | None
     target_state: DomainState | None
     source_job_active: bool = False
+    target_arriving: bool = False
 
 
 @dataclass(frozen=True)

@@ -507,7 +507,14 @@ def test_a_vm_gone_everywhere_during_pre_copy_ends_failed_with_the_target_cleane
         (ON_TGT, False, Location.ON_TARGET),
         (ON_TGT_SRC_DEFINED, False, Location.ON_TARGET),
         (Placement(P, None), False, Location.ON_SOURCE),  # a paused guest lives on the source
-        (Placement(None, P), False, Location.ON_TARGET),
+        (Placement(None, P), False, Location.ON_TARGET),  # a paused guest landed paused
+        # an incoming migration's domain, still paused for it, or one going away: not landed
+        (Placement(None, P, target_arriving=True), False, Location.ARRIVING),
+        (Placement(OFF, P, target_arriving=True), False, Location.ARRIVING),
+        (Placement(DomainState.CRASHED, P, target_arriving=True), False, Location.ARRIVING),
+        (Placement(None, DomainState.SHUTDOWN), False, Location.ARRIVING),
+        (Placement(R, P, target_arriving=True), False, Location.SETTLING),
+        (Placement(R, P, source_job_active=True, target_arriving=True), False, Location.MOVING),
         (SRC_AND_INCOMING, False, Location.SETTLING),
         (TGT_AND_PAUSED_SRC, False, Location.SETTLING),
         (Placement(P, P), False, Location.SETTLING),
@@ -983,3 +990,63 @@ def test_a_landed_migration_ends_with_its_final_progress(result, read, processed
     s = r.progress.stats
     assert (s.memory_processed, s.memory_total, s.memory_remaining, s.disk_remaining) == (processed, 320 << 20, 0, 0)
     assert decode(encode(r), 1).progress == r.progress  # and so it is stored
+
+
+# --- a whole host died at the switch-over (the chaos campaign of 2026-12-02) ----------------------
+
+
+def test_an_incoming_domain_left_on_the_target_by_a_dead_source_is_not_a_landed_guest():
+    # Campaign trial #13: host1 died 35 ms into Migrating. When it came back, its kernel still sent
+    # the migration's first message: host2's libvirtd started the incoming QEMU (paused for the
+    # migration), found the source gone and destroyed it 0.6 s later. Ferry's recovery saw "on
+    # target only" in between and committed: Succeeded, with the guest running nowhere.
+    waiting = lost(MIGRATING, "host1")
+    arriving = Placement(DomainState.CRASHED, P, target_arriving=True)
+    d = decide(waiting, arriving, NOW, T)
+    assert (d.record.phase, d.actions) == (Phase.MIGRATING, (OBSERVE_LATER,))
+    assert d.outcome == "placement arriving on target; observing again"
+    # libvirt destroys it: "in shutdown" first, still not a landed guest
+    d = decide(d.record, Placement(DomainState.CRASHED, DomainState.SHUTDOWN), NOW, T)
+    assert (d.record.phase, d.actions) == (Phase.MIGRATING, (OBSERVE_LATER,))
+    # then gone: the guest stopped in pre-copy with its host; the target's copies are removed
+    d = decide(d.record, Placement(DomainState.CRASHED, None), NOW, T)
+    assert d.record.phase is Phase.ROLLING_BACK and d.record.error.reason == "VM_NOT_RUNNING"
+    assert any(isinstance(a, CleanupTarget) for a in d.actions)
+
+
+def test_a_finished_job_whose_target_died_commits_the_vm_defined_there_alone():
+    # Campaign trial #42: the job completed (the guest landed on host2), then host2 died. Back, it
+    # defines the guest shut off; host1 no longer does. Was: Failed VM_NOT_RUNNING with the prepare
+    # kept. The migration did move the VM: commit (the prepare is the VM's own now), say why.
+    for stopped in (OFF, DomainState.CRASHED):
+        d = decide(lost(FINISHING, "host2"), Placement(None, stopped), NOW, T)
+        assert (d.record.phase, d.actions) == (Phase.FINISHING, (CommitTarget("p-1"),))
+        why = d.record.history[-1].reason
+        assert "landed on host2 and stopped there afterwards" in why and "virsh start g1" in why, why
+        assert "Ferry never starts it" in why
+        d = decide(d.record, Committed(), NOW, T)
+        assert d.record.phase is Phase.SUCCEEDED and d.record.error is None
+    # the same when the job's end was not seen (the target died right after it): the definitions say
+    d = decide(lost(MIGRATING, "host2"), Placement(None, OFF), NOW, T)
+    assert (d.record.phase, d.actions) == (Phase.FINISHING, (CommitTarget("p-1"),))
+    assert "landed on host2 and stopped there afterwards" in d.record.history[-1].reason
+
+
+@pytest.mark.parametrize(
+    "placement",
+    [
+        Placement(OFF, OFF),  # the source keeps a definition: which one is newest is not certain
+        Placement(None, None),  # gone everywhere (a transient target)
+        Placement(OFF, None),
+    ],
+)
+def test_a_finished_job_with_the_guest_nowhere_otherwise_needs_an_operator(placement):
+    d = decide(FINISHING, placement, NOW, T)
+    assert (d.record.phase, d.actions) == (Phase.FAILED, ())
+    assert d.record.error.reason == "VM_NOT_RUNNING"
+
+
+def test_a_transient_target_is_not_committed_after_its_host_died():
+    transient = replace(FINISHING, options=replace(FINISHING.options, persist_dest=False))
+    d = decide(transient, Placement(None, OFF), NOW, T)
+    assert d.record.phase is Phase.FAILED

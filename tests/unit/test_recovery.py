@@ -94,7 +94,12 @@ RECORDS = {
     ),
 }
 STATES = (None, R, P, OFF, UNK)
-PLACEMENTS = [Placement(s, t, j) for s, t, j in itertools.product(STATES, STATES, (False, True))] + [None]
+PLACEMENTS = [Placement(s, t, j) for s, t, j in itertools.product(STATES, STATES, (False, True))] + [
+    # the target's domain an incoming migration's, still paused by libvirt for it
+    Placement(s, DomainState.PAUSED, j, target_arriving=True)
+    for s, j in itertools.product(STATES, (False, True))
+]
+PLACEMENTS.append(None)
 
 
 def prepare(pid, migration_id="m-1"):
@@ -139,9 +144,21 @@ def assert_invariant(before, placement, d, *, recovering):
             and not before.options.offline
         )
         assert clear and not t_alive and not t_present and not job and (s_present or stopped_before_switch), ctx
-    # commit / success only when the guest runs on the target alone
+    # commit / success only when the guest runs on the target alone -- landed: not an incoming
+    # domain still paused for the migration, nor one going away -- or, once the job completed
+    # (seen or not), when the target alone defines it persistently: it landed, then stopped there
     if CommitTarget in kinds or (after.phase is Phase.SUCCEEDED and before.phase is not Phase.SUCCEEDED):
-        assert clear and t_present and not s_alive and not job, ctx
+        o = before.options
+        arriving = p is not None and (p.target_arriving or t is DomainState.SHUTDOWN) and not o.offline
+        landed_then_stopped = (
+            before.phase in (Phase.MIGRATING, Phase.FINISHING)
+            and not o.offline
+            and o.persist_dest
+            and o.undefine_source
+            and s is None
+            and t in (DomainState.SHUTOFF, DomainState.CRASHED)
+        )
+        assert clear and ((t_present and not arriving) or landed_then_stopped) and not s_alive and not job, ctx
     # a rollback ends only with the guest on the source alone
     if after.phase in (Phase.ROLLED_BACK, Phase.CANCELLED) and after.phase is not before.phase and started:
         assert clear and s_present and not t_alive and not job, ctx
