@@ -97,6 +97,10 @@ class _Host:
     refreshing: asyncio.Task[None] | None = field(default=None, repr=False)
     saved: tuple[DomainInfo, ...] | None = None  # the domains last-seen/<name> holds, as far as we know
     looked_up: bool = False  # last-seen/<name> was read (a host that never answered this replica)
+    # migrations that landed (the record reached Finishing), by VM UUID, until an inventory taken
+    # after them shows the move itself: when it came, and the domain that arrived here
+    arrived: dict[str, tuple[datetime, DomainInfo]] = field(default_factory=dict)
+    departed: dict[str, datetime] = field(default_factory=dict)
 
     @property
     def available(self) -> bool:
@@ -183,6 +187,7 @@ class Fleet:
         self.reprobe_s = reprobe_s
         self._hosts: dict[str, _Host] = {name: _Host(name) for name in declared}
         self._where: dict[str, set[str]] = {}  # a domain's name and UUID -> the hosts whose inventory has it
+        self._landed_at: dict[str, datetime] = {}  # a VM UUID -> when its newest noted migration landed
         self.version = 0  # moves on with every change of a host's inventory or state (placement's caches)
         self._subscribers: list[asyncio.Queue[HostChange]] = []
         self._watcher: asyncio.Task[None] | None = None
@@ -405,24 +410,51 @@ class Fleet:
         finally:
             self._subscribers.remove(queue)
 
-    def note_landed(self, vm_uuid: str, source: str, target: str, at: datetime) -> None:
-        """A migration of ``vm_uuid`` from ``source`` to ``target`` succeeded at ``at``: move the
-        domain between the two cached inventories (unless an inventory taken later already shows
-        it), so the view knows where the VM runs without asking every host."""
+    def note_landed(
+        self, vm_uuid: str, source: str, target: str, at: datetime, *, name: str = "", memory_bytes: int = 0
+    ) -> None:
+        """A migration of ``vm_uuid`` from ``source`` to ``target`` landed at ``at`` (its job
+        completed): move the domain between the two cached inventories, so the view knows where
+        the VM runs without asking every host -- also when ``target`` stops answering before this
+        replica asked it again (its last-seen VMs, loaded then, may predate the landing: the move is
+        applied to them too). An inventory taken after ``at`` shows the move itself and ends the note.
+        ``name`` and ``memory_bytes`` describe the domain when neither cached inventory has it."""
         src, tgt = self._hosts.get(source), self._hosts.get(target)
-        if src is None or tgt is None or src.inventory is None:
-            return
-        moved = next((d for d in src.inventory.domains if d.uuid == vm_uuid), None)
+        newest = self._landed_at.get(vm_uuid)
+        if src is None or tgt is None or (newest is not None and newest >= at):
+            return  # a later move of the VM was noted already (records come in key order at a start)
+        self._landed_at[vm_uuid] = at
+        known = (*(src.inventory.domains if src.inventory else ()), *(tgt.inventory.domains if tgt.inventory else ()))
+        moved = next((d for d in known if d.uuid == vm_uuid), None)
+        if moved is None and name:
+            moved = DomainInfo(name=name, uuid=vm_uuid, state=DomainState.RUNNING, memory_bytes=memory_bytes)
         if moved is None:
             return
-        if src.fetched_at is None or src.fetched_at < at:
-            left = tuple(d for d in src.inventory.domains if d.uuid != vm_uuid)
-            self._put_inventory(src, replace(src.inventory, domains=left))
-        if tgt.inventory is not None and (tgt.fetched_at is None or tgt.fetched_at < at):
-            others = tuple(d for d in tgt.inventory.domains if d.uuid != vm_uuid)
-            self._put_inventory(
-                tgt, replace(tgt.inventory, domains=(*others, replace(moved, state=DomainState.RUNNING)))
-            )
+        src.departed[vm_uuid] = at
+        src.arrived.pop(vm_uuid, None)
+        tgt.arrived[vm_uuid] = (at, replace(moved, state=DomainState.RUNNING))
+        tgt.departed.pop(vm_uuid, None)
+        self._apply_moves(src)
+        self._apply_moves(tgt)
+
+    def _apply_moves(self, h: _Host) -> None:
+        """Apply the landings noted after ``h``'s inventory was taken to it; forget the older ones."""
+        if h.inventory is None:
+            return
+        taken = h.fetched_at
+        domains = list(h.inventory.domains)
+        for uuid, at in list(h.departed.items()):
+            if taken is not None and taken >= at:
+                del h.departed[uuid]
+            else:
+                domains = [d for d in domains if d.uuid != uuid]
+        for uuid, (at, dom) in list(h.arrived.items()):
+            if taken is not None and taken >= at:
+                del h.arrived[uuid]
+            else:
+                domains = [*(d for d in domains if d.uuid != uuid), dom]
+        if tuple(domains) != h.inventory.domains:
+            self._put_inventory(h, replace(h.inventory, domains=tuple(domains)))
 
     def report_unreachable(self, host: str, error: FerryError) -> None:
         """A caller (the engine) found the agent unreachable: show it so until an inventory answers."""
@@ -457,6 +489,7 @@ class Fleet:
             return
         if h.client is client:
             self._set(h, inventory=inventory, fetched_at=self._clock(), reachable=True, error=None)
+            self._apply_moves(h)
             h.looked_up = False
             if inventory.domains != h.saved:
                 await self._save_last_seen(h, inventory)
@@ -498,6 +531,7 @@ class Fleet:
         log.info("%s does not answer: showing the %d VM(s) it reported at %s", h.name, len(inventory.domains), at)
         self._put_inventory(h, inventory)  # through the index of where each domain is
         h.fetched_at, h.saved = at, inventory.domains
+        self._apply_moves(h)  # what landed or left after it reported these
 
     def _set(self, h: _Host, *, restarted: bool = False, **changes: object) -> None:
         """Change ``h``'s fields; tell subscribers when its availability flipped, or when it

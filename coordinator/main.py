@@ -241,8 +241,17 @@ def build_coordinator(
     views = replica_views(store)
 
     def landed(_name: str, r: MigrationRecord | None) -> None:
-        if r is not None and r.phase is Phase.SUCCEEDED and not r.options.offline:
-            fleet.note_landed(r.vm_uuid, r.source_host, r.target_host, r.updated_at or r.created_at)
+        # Finishing: the job completed (or recovery found the guest on the target), it landed
+        if r is not None and r.phase in (Phase.FINISHING, Phase.SUCCEEDED) and not r.options.offline:
+            at = next((h.at for h in reversed(r.history) if h.phase is Phase.FINISHING), None)
+            fleet.note_landed(
+                r.vm_uuid,
+                r.source_host,
+                r.target_host,
+                at or r.updated_at or r.created_at,
+                name=r.vm,
+                memory_bytes=r.memory_bytes,
+            )
 
     views.migrations.subscribe(landed)
     placer = Placer(

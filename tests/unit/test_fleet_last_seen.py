@@ -132,3 +132,47 @@ async def test_a_replica_with_an_older_view_of_a_dead_host_takes_the_newer_one_f
     assert host1.domains == (g1, g2) and host1.last_seen == T2
     for f in (early, later):
         await f.close()
+
+
+T3 = datetime(2026, 12, 2, 1, 10, tzinfo=UTC)
+
+
+async def test_a_vm_that_landed_on_a_host_that_died_before_anyone_asked_it_again_is_listed_there() -> None:
+    # Campaign trial #42: the job completed (the guest landed on host2), then host2 died before any
+    # replica took its inventory again; `ferry vms` listed the VM nowhere. The record reaching
+    # Finishing moves it in the view, and the move survives loading host2's older last-seen VMs.
+    store = MemoryStore()
+    g1 = DomainInfo("g1", "u-1", DomainState.RUNNING, memory_bytes=1 << 30)
+    agents = {"host1": Agent("host1", [g1]), "host2": Agent("host2")}
+    for name in agents:
+        await store.create(keys.host_key(name), HostRegistration(name, f"fake:{name}").encode())
+    leader = await fleet_over(store, agents, T1)
+    await leader.refresh()  # host2 reported no VM at T1 (kept in last-seen/host2)
+    follower = await fleet_over(store, agents, T1)  # has asked nobody, knows g1 only by the record
+    agents["host1"].domains.clear()
+    agents["host2"].domains.append(g1)
+    for f in (leader, follower):
+        f.note_landed("u-1", "host1", "host2", T2, name="g1", memory_bytes=1 << 30)
+    agents["host2"].down = True  # host2 dies
+    for f in (leader, follower):
+        await f.refresh(force=True)
+        host2 = f.host("host2")
+        assert host2 is not None and not host2.available
+        assert [d.name for d in host2.domains] == ["g1"]
+        assert await f.locate_vm("g1") == ("host2", host2.domains[0])
+        host1 = f.host("host1")
+        assert host1 is not None and host1.domains == ()
+    # an older landing noted later (records come in key order at a start) changes nothing
+    leader.note_landed("u-1", "host2", "host1", T1)
+    host2 = leader.host("host2")
+    assert host2 is not None and [d.name for d in host2.domains] == ["g1"]
+    # host2 back: its own inventory (taken after the landing) replaces the note
+    agents["host2"].down = False
+    agents["host2"].domains[:] = [DomainInfo("g1", "u-1", DomainState.SHUTOFF)]
+    late = await fleet_over(store, agents, T3)
+    late.note_landed("u-1", "host1", "host2", T2, name="g1")
+    await late.refresh(force=True)
+    host2 = late.host("host2")
+    assert host2 is not None and host2.domains == (DomainInfo("g1", "u-1", DomainState.SHUTOFF),)
+    for f in (leader, follower, late):
+        await f.close()
