@@ -33,18 +33,10 @@ from ferry.lab.faults import FILL_BLOCK, image_dir_free
 
 pytestmark = pytest.mark.lab
 
-# Classes that break on today's code, with what breaks them (bench/README.md, the 42-trial campaign
-# of 2026-12-02: 40 held). Issue 11's bugs 1 and 2 and the earlier dead-host findings are fixed; these
-# two break sometimes, depending on the moment the host dies:
-EXPECTED_TO_BREAK: dict[str, str] = {
-    "host-death-source": "a source dead early in Migrating: libvirt's recovery runs the guest on the target for "
-    "0.6 s and Ferry commits on that one observation (Succeeded, the guest then nowhere)",
-    "host-death-target": "a target dead in Finishing: ferry vms lists the landed guest nowhere during the outage "
-    "(the target's cached VMs predate the landing)",
-}
-# Not here, though issue 11 lists it: bug 3 (a source-agent kill in Preparing spends the three attempts
-# in ~100 ms) ends the record Failed with the guest safe on the source: it breaks none of the six
-# invariants. The campaign's "outcomes" column shows it.
+# Classes that break on today's code, with what breaks them. Empty: the two host-death breaks of the
+# 42-trial campaign of 2026-12-02 are fixed (bench/README.md: an incoming domain left paused on the
+# target is no landed guest; a VM that landed on a target that then died is listed there and committed).
+EXPECTED_TO_BREAK: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
