@@ -183,7 +183,7 @@ def items(d: cpb.Drain) -> dict[str, tuple[str, str]]:
 async def test_a_cordoned_host_shows_so_and_receives_no_migration(fx, capsys):
     fx.guest("host1", "g1")
     code, h = await fx.ferry(capsys, "hosts", "cordon", "host2", "--reason", "kernel update")
-    assert code == 0 and h["cordoned"] and h["cordon_reason"] == "kernel update"
+    assert code == 0 and h["cordoned"] and h["cordon_reason"] == "kernel update" and h["cordoned_at"]
     code, listed = await fx.ferry(capsys, "hosts")
     by_name = {x["name"]: x for x in listed["hosts"]}
     assert by_name["host2"]["cordoned"] and by_name["host2"]["cordon_reason"] == "kernel update"
@@ -199,7 +199,7 @@ async def test_a_cordoned_host_shows_so_and_receives_no_migration(fx, capsys):
     assert code == 1 and out["blockers"][0]["reason"] == "TARGET_CORDONED"
 
     code, h = await fx.ferry(capsys, "hosts", "uncordon", "host2")
-    assert code == 0 and not h.get("cordoned")
+    assert code == 0 and not h.get("cordoned") and not h.get("cordoned_at") and not h.get("cordon_reason")
     code, m = await fx.ferry(capsys, "migrate", "g1", "--to", "host2")
     assert code == 0 and m["phase"] == "succeeded"
     assert fx.agents.running_on("g1") == ["host2"]
