@@ -471,15 +471,13 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         self, request: cpb.ControlMigrationRequest, context: Context
     ) -> cpb.ControlMigrationResponse:
         migration_id = _required_id(request.id)
-        if request.HasField("max_downtime_ms"):
-            validate.number(request.max_downtime_ms, "max_downtime_ms", lo=1, hi=validate.MAX_DOWNTIME_MS)
-        if request.HasField("bandwidth_mibps"):
-            validate.number(
-                request.bandwidth_mibps, "bandwidth_mibps", hi=validate.MAX_BANDWIDTH_MIBPS, zero="QEMU's default"
-            )
+        max_downtime_ms, bandwidth_mibps = validate.live_tuning(
+            request.max_downtime_ms if request.HasField("max_downtime_ms") else None,
+            request.bandwidth_mibps if request.HasField("bandwidth_mibps") else None,
+        )
         req = LiveRequest(
-            max_downtime_ms=request.max_downtime_ms if request.HasField("max_downtime_ms") else None,
-            bandwidth_mibps=request.bandwidth_mibps if request.HasField("bandwidth_mibps") else None,
+            max_downtime_ms=max_downtime_ms,
+            bandwidth_mibps=bandwidth_mibps,
             start_postcopy=request.start_postcopy,
             force_complete=request.force_complete,
         )
