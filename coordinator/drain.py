@@ -32,6 +32,8 @@ from ferry.errors import FerryError, Internal
 from ferry.model import MigrationOptions, Problem, StorageMode
 from ferry.store import Entry
 
+from .record import problem_doc, time_doc
+
 SCHEMA = 1
 HISTORY_MAX = 100
 
@@ -137,23 +139,11 @@ def with_item(d: DrainRecord, item: DrainItem) -> DrainRecord:
 
 
 def _ts(dt: datetime | None) -> str | None:
-    if dt is None:
-        return None
-    if dt.tzinfo is None:
-        raise Internal(
-            f"naive datetime {dt.isoformat()} in a drain record",
-            reason="RECORD_INVALID",
-            hint="a coordinator bug: the clock must give timezone-aware UTC times",
-        )
-    return dt.astimezone(UTC).isoformat()
+    return time_doc(dt, "drain record")
 
 
 def _dt(s: str | None) -> datetime | None:
     return None if s is None else datetime.fromisoformat(s).astimezone(UTC)
-
-
-def _problem(p: Problem) -> dict[str, str]:
-    return {"reason": p.reason, "message": p.message, "hint": p.hint}
 
 
 def _item_doc(i: DrainItem) -> dict[str, Any]:
@@ -168,7 +158,7 @@ def _item_doc(i: DrainItem) -> dict[str, Any]:
         "migration_id": i.migration_id,
         "attempts": i.attempts,
         "tried": list(i.tried),
-        "problems": [_problem(p) for p in i.problems],
+        "problems": [problem_doc(p) for p in i.problems],
         "started_at": _ts(i.started_at),
         "ended_at": _ts(i.ended_at),
     }

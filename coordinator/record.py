@@ -235,16 +235,27 @@ def with_action(r: MigrationRecord, now: datetime, action: PolicyAction) -> Migr
 # --- JSON ----------------------------------------------------------------------------------------
 
 
-def _ts(dt: datetime | None) -> str | None:
+def time_doc(dt: datetime | None, record: str) -> str | None:
+    """A stored time as ISO text in UTC (None stays None); ``record`` names the kind of record
+    for the error a naive datetime raises (Internal ``RECORD_INVALID``: a clock bug). The drain
+    records (``drain.py``) store their times the same way.
+
+    >>> time_doc(datetime(2026, 1, 1, 12, tzinfo=UTC), "migration record")
+    '2026-01-01T12:00:00+00:00'
+    """
     if dt is None:
         return None
     if dt.tzinfo is None:
         raise Internal(
-            f"naive datetime {dt.isoformat()} in a migration record",
+            f"naive datetime {dt.isoformat()} in a {record}",
             reason="RECORD_INVALID",
             hint="a coordinator bug: the clock must give timezone-aware UTC times",
         )
     return dt.astimezone(UTC).isoformat()
+
+
+def _ts(dt: datetime | None) -> str | None:
+    return time_doc(dt, "migration record")
 
 
 def _dt(s: str | None) -> datetime | None:
@@ -306,7 +317,7 @@ def _progress(d: dict[str, Any]) -> MigrationProgress:
     return MigrationProgress(phase, stats, d.get("max_downtime_ms", 0), d.get("eta_ms", 0))
 
 
-def _problem_doc(p: Problem) -> dict[str, str]:
+def problem_doc(p: Problem) -> dict[str, str]:
     return {"reason": p.reason, "message": p.message, "hint": p.hint}
 
 
@@ -347,7 +358,7 @@ def encode(r: MigrationRecord) -> bytes:
         "disks": [_plain(p) for p in r.disks],
         "progress": None if r.progress is None else _progress_doc(r.progress),
         "result": None if r.result is None else _plain(r.result),
-        "error": None if r.error is None else _problem_doc(r.error),
+        "error": None if r.error is None else problem_doc(r.error),
         "cancel_requested": r.cancel_requested,
         "attempt": r.attempt,
         "retries": r.retries,
