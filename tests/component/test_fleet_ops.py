@@ -452,6 +452,27 @@ async def test_the_fleet_watch_streams_migrations_and_drains_filtered(fx, capsys
     assert [e.drain.state for e in seen if e.WhichOneof("object") == "drain"][-1] == cpb.DRAIN_STATE_SUCCEEDED
 
 
+async def test_a_fleet_watch_by_phase_is_told_when_a_migration_leaves_the_phase(fx, capsys):
+    # a dashboard showing what migrates must learn that a migration ended, though its end is
+    # out of the filter: the change that takes it out comes once, then nothing more of it
+    fx.guest("host1", "w5")
+    seen: list[cpb.FleetEvent] = []
+
+    async def watch() -> None:
+        async for e in fx.stub.WatchFleet(cpb.WatchFleetRequest(phases=[cpb.PHASE_MIGRATING])):
+            seen.append(e)
+
+    task = asyncio.get_running_loop().create_task(watch())
+    await asyncio.sleep(0.1)
+    code, _ = await fx.ferry(capsys, "migrate", "w5", "--to", "host2")
+    await asyncio.sleep(0.2)
+    task.cancel()
+    assert code == 0
+    phases = [e.migration.phase for e in seen]
+    assert phases[0] == cpb.PHASE_MIGRATING and phases[-1] == cpb.PHASE_FINISHING, phases
+    assert phases.count(cpb.PHASE_FINISHING) == 1 and cpb.PHASE_SUCCEEDED not in phases
+
+
 async def test_list_calls_page(fx, capsys):
     for i in range(5):
         fx.guest("host1", f"pg{i}")
