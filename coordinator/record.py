@@ -258,7 +258,8 @@ def _ts(dt: datetime | None) -> str | None:
     return time_doc(dt, "migration record")
 
 
-def _dt(s: str | None) -> datetime | None:
+def time_from_doc(s: str | None) -> datetime | None:
+    """The reverse of :func:`time_doc`; a time without a timezone is refused (ValueError)."""
     if s is None:
         return None
     dt = datetime.fromisoformat(s)
@@ -268,7 +269,7 @@ def _dt(s: str | None) -> datetime | None:
 
 
 def _at(s: str) -> datetime:
-    dt = _dt(s)
+    dt = time_from_doc(s)
     if dt is None:
         raise ValueError("a required time is missing")
     return dt
@@ -425,7 +426,7 @@ def _decode(d: dict[str, Any], revision: int) -> MigrationRecord:
         source_host=d["source_host"],
         target_host=d["target_host"],
         created_at=_at(d["created_at"]),
-        updated_at=_dt(d["updated_at"]),
+        updated_at=time_from_doc(d["updated_at"]),
         options=MigrationOptions(**o),
         mapping=HostMapping(
             bridges=dict(m["bridges"]), networks=dict(m["networks"]), path_prefixes=dict(m["path_prefixes"])
@@ -434,7 +435,7 @@ def _decode(d: dict[str, Any], revision: int) -> MigrationRecord:
         idempotency_key=d["idempotency_key"],
         phase=Phase[d["phase"]],
         history=tuple(PhaseChange(Phase[c["phase"]], _at(c["at"]), c["reason"]) for c in d["history"]),
-        phase_deadline=_dt(d["phase_deadline"]),
+        phase_deadline=time_from_doc(d["phase_deadline"]),
         memory_bytes=int(d["memory_bytes"]),
         disk_bytes=int(d["disk_bytes"]),
         prepare_id=d["prepare_id"],
@@ -456,7 +457,7 @@ def _decode(d: dict[str, Any], revision: int) -> MigrationRecord:
             for a in d.get("actions", ())
         ),
         lost_host=str(d.get("lost_host", "")),
-        lost_since=_dt(d.get("lost_since")),
+        lost_since=time_from_doc(d.get("lost_since")),
         revision=revision,
     )
     known = {f.name for f in fields(MigrationRecord)} - {"revision"} | {"schema", "copied_disks"}
