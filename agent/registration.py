@@ -284,11 +284,7 @@ def start_registration(config: AgentConfig, observer: StoreObserver | None = Non
 
     if r.tls is None:
         log.warning("registering in etcd %s WITHOUT TLS ([registry] insecure = true)", ",".join(r.etcd_endpoints))
-    tls = (
-        EtcdTLS(ca_file=r.tls.ca, cert_file=r.tls.cert, key_file=r.tls.key, server_name=r.server_name)
-        if r.tls is not None
-        else None
-    )
+    tls = EtcdTLS.of(r.tls, r.server_name)
     store: Store = EtcdStore(r.etcd_endpoints, r.prefix, tls=tls, timeout_s=max(1.0, r.ttl_s / 3))
     if observer is not None:
         store = TimedStore(store, observer)

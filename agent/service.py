@@ -320,25 +320,23 @@ class AgentServicer(agrpc.AgentServicer):
         the Migrate stream and does a force-complete itself (post-copy if the job allows it, else
         pausing the guest). The answer holds libvirt's values read back."""
         name = _domain_ref(request.domain)
-        if request.HasField("max_downtime_ms"):
-            validate.number(request.max_downtime_ms, "max_downtime_ms", lo=1, hi=validate.MAX_DOWNTIME_MS)
-        if request.HasField("bandwidth_mibps"):
-            validate.number(
-                request.bandwidth_mibps, "bandwidth_mibps", hi=validate.MAX_BANDWIDTH_MIBPS, zero="QEMU's default"
-            )
+        max_downtime_ms, bandwidth_mibps = validate.live_tuning(
+            request.max_downtime_ms if request.HasField("max_downtime_ms") else None,
+            request.bandwidth_mibps if request.HasField("bandwidth_mibps") else None,
+        )
         by = validate.text(request.requested_by, "requested_by") or "an operator"
         self.fence.admit(_term(request.leader_term), "TuneMigration")
         uuid = (await self.hypervisor.get_domain(name)).uuid
         control = self._controls.get(uuid)
         done: list[str] = []
-        if request.HasField("max_downtime_ms"):
-            await self.hypervisor.set_max_downtime(uuid, request.max_downtime_ms)
+        if max_downtime_ms is not None:
+            await self.hypervisor.set_max_downtime(uuid, max_downtime_ms)
             if control is not None:
-                control.operator_downtime_ms = request.max_downtime_ms
-            done.append(f"max downtime {request.max_downtime_ms} ms")
-        if request.HasField("bandwidth_mibps"):
-            await self.hypervisor.set_bandwidth(uuid, request.bandwidth_mibps)
-            done.append(f"bandwidth {request.bandwidth_mibps} MiB/s")
+                control.operator_downtime_ms = max_downtime_ms
+            done.append(f"max downtime {max_downtime_ms} ms")
+        if bandwidth_mibps is not None:
+            await self.hypervisor.set_bandwidth(uuid, bandwidth_mibps)
+            done.append(f"bandwidth {bandwidth_mibps} MiB/s")
         if request.start_postcopy:
             await self.hypervisor.start_postcopy(uuid)
             if control is not None:

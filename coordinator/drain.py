@@ -25,12 +25,14 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from ferry.errors import FerryError, Internal
 from ferry.model import MigrationOptions, Problem, StorageMode
 from ferry.store import Entry
+
+from .record import problem_doc, time_doc, time_from_doc
 
 SCHEMA = 1
 HISTORY_MAX = 100
@@ -137,23 +139,7 @@ def with_item(d: DrainRecord, item: DrainItem) -> DrainRecord:
 
 
 def _ts(dt: datetime | None) -> str | None:
-    if dt is None:
-        return None
-    if dt.tzinfo is None:
-        raise Internal(
-            f"naive datetime {dt.isoformat()} in a drain record",
-            reason="RECORD_INVALID",
-            hint="a coordinator bug: the clock must give timezone-aware UTC times",
-        )
-    return dt.astimezone(UTC).isoformat()
-
-
-def _dt(s: str | None) -> datetime | None:
-    return None if s is None else datetime.fromisoformat(s).astimezone(UTC)
-
-
-def _problem(p: Problem) -> dict[str, str]:
-    return {"reason": p.reason, "message": p.message, "hint": p.hint}
+    return time_doc(dt, "drain record")
 
 
 def _item_doc(i: DrainItem) -> dict[str, Any]:
@@ -168,7 +154,7 @@ def _item_doc(i: DrainItem) -> dict[str, Any]:
         "migration_id": i.migration_id,
         "attempts": i.attempts,
         "tried": list(i.tried),
-        "problems": [_problem(p) for p in i.problems],
+        "problems": [problem_doc(p) for p in i.problems],
         "started_at": _ts(i.started_at),
         "ended_at": _ts(i.ended_at),
     }
@@ -187,8 +173,8 @@ def _item(d: dict[str, Any]) -> DrainItem:
         attempts=int(d["attempts"]),
         tried=tuple(d["tried"]),
         problems=tuple(Problem(p["reason"], p["message"], p["hint"]) for p in d["problems"]),
-        started_at=_dt(d["started_at"]),
-        ended_at=_dt(d["ended_at"]),
+        started_at=time_from_doc(d["started_at"]),
+        ended_at=time_from_doc(d["ended_at"]),
     )
 
 
@@ -236,7 +222,7 @@ def decode(data: bytes, revision: int) -> DrainRecord:
             hint="run the same Ferry version on every coordinator",
         )
     try:
-        created = _dt(doc["created_at"])
+        created = time_from_doc(doc["created_at"])
         assert created is not None
         return DrainRecord(
             id=doc["id"],
@@ -251,11 +237,12 @@ def decode(data: bytes, revision: int) -> DrainRecord:
             state=DrainState[doc["state"]],
             items=tuple(_item(i) for i in doc["items"]),
             history=tuple(
-                DrainChange(DrainState[c["state"]], _dt(c["at"]) or created, c["reason"]) for c in doc["history"]
+                DrainChange(DrainState[c["state"]], time_from_doc(c["at"]) or created, c["reason"])
+                for c in doc["history"]
             ),
             estimated_s=float(doc["estimated_s"]),
-            updated_at=_dt(doc["updated_at"]),
-            ended_at=_dt(doc["ended_at"]),
+            updated_at=time_from_doc(doc["updated_at"]),
+            ended_at=time_from_doc(doc["ended_at"]),
             revision=revision,
         )
     except (KeyError, TypeError, ValueError, AssertionError) as e:

@@ -222,7 +222,8 @@ class DrainMethods:
             )
 
         queue: asyncio.Queue[cpb.FleetEvent | None] = asyncio.Queue()
-        # ids this watch has sent (so a deletion or a change out of the filter is told once)
+        # ids this watch has sent and that still match: a deletion is told, and so is the change
+        # that takes an object out of the filter (once, with the version that no longer matches)
         sent: set[tuple[int, str]] = set()
 
         def put(event: cpb.FleetEvent) -> None:
@@ -237,8 +238,11 @@ class DrainMethods:
                 if key in sent:
                     sent.discard(key)
                     put(cpb.FleetEvent(deleted=True, id=name, kind=cpb.FLEET_OBJECT_MIGRATION))
-            elif migration_matches(r):
-                sent.add(key)
+            elif migration_matches(r) or key in sent:
+                if migration_matches(r):
+                    sent.add(key)
+                else:
+                    sent.discard(key)
                 put(cpb.FleetEvent(migration=convert.migration_to_pb(r), id=r.id, kind=cpb.FLEET_OBJECT_MIGRATION))
 
         def on_drain(name: str, d: DrainRecord | None) -> None:
@@ -247,8 +251,11 @@ class DrainMethods:
                 if key in sent:
                     sent.discard(key)
                     put(cpb.FleetEvent(deleted=True, id=name, kind=cpb.FLEET_OBJECT_DRAIN))
-            elif drain_matches(d):
-                sent.add(key)
+            elif drain_matches(d) or key in sent:
+                if drain_matches(d):
+                    sent.add(key)
+                else:
+                    sent.discard(key)
                 put(cpb.FleetEvent(drain=self.drain_pb(d), id=d.id, kind=cpb.FLEET_OBJECT_DRAIN))
 
         stops: list[Callable[[], None]] = []

@@ -30,7 +30,7 @@ from ferry.store import Conflict, Store
 
 from .drain import DrainItem, DrainRecord, DrainState, ItemState, decode, encode, with_item
 from .drainplan import Busy, Choice, Nowhere, Step, Target, step
-from .drains import keys_release
+from .drains import domains_by_uuid, keys_release
 from .hoststate import HostCordon, cordon
 from .placement import HostOption, Reservations
 from .placer import Placer
@@ -220,8 +220,7 @@ class DrainController:
     def _placer_for(self, d: DrainRecord, now: datetime) -> Callable[[DrainItem, frozenset[str]], Choice]:
         booked = Reservations()
         hosts: list[HostOption] = []  # built on first use: a step that places nothing costs nothing
-        source = self.placer.fleet.host(d.host)
-        by_uuid = {x.uuid: x for x in (source.domains if source is not None else ())}
+        by_uuid = domains_by_uuid(self.placer.fleet, d.host)
 
         def place(item: DrainItem, exclude: frozenset[str]) -> Choice:
             domain = by_uuid.get(item.vm_uuid)
@@ -268,8 +267,7 @@ class DrainController:
     # ------------------------------------------------------------------ acting
 
     def _perform(self, d: DrainRecord, s: Step) -> None:
-        source = self.placer.fleet.host(d.host)
-        by_uuid = {x.uuid: x for x in (source.domains if source is not None else ())}
+        by_uuid = domains_by_uuid(self.placer.fleet, d.host)
         for sub in s.submit:
             self._submitting.add(sub.migration_id)
             item, domain = d.item(sub.vm_uuid), by_uuid.get(sub.vm_uuid)

@@ -90,6 +90,12 @@ async def active_drain_of(store: Store, host: str) -> str:
     return d.id if d is not None and not d.state.is_final else ""
 
 
+def domains_by_uuid(fleet: Fleet, host: str) -> dict[str, DomainInfo]:
+    """The domains ``host`` last reported (the fleet's cached inventory), by UUID."""
+    state = fleet.host(host)
+    return {d.uuid: d for d in (state.domains if state is not None else ())}
+
+
 def copied_bytes(domain: DomainInfo, options: MigrationOptions, explicit: bool) -> int:
     """The disk bytes a migration of ``domain`` copies (0 with shared storage)."""
     storage = effective_storage(domain, options, explicit)
@@ -230,8 +236,7 @@ class Drains:
         """Every waiting item placed in turn from the cached inventories (see ``drainplan.plan``)."""
         booked = Reservations()
         hosts = self.placer.options(now)
-        source = self.fleet.host(drain.host)
-        by_uuid = {d.uuid: d for d in (source.domains if source is not None else ())}
+        by_uuid = domains_by_uuid(self.fleet, drain.host)
 
         def place(item: DrainItem) -> Target | Nowhere:
             domain = by_uuid.get(item.vm_uuid)

@@ -320,12 +320,7 @@ def etcd_store(config: CoordinatorConfig, observer: StoreObserver | None = None)
     e = config.etcd
     if e.tls is None:
         log.warning("etcd %s WITHOUT TLS ([etcd] insecure = true)", ",".join(e.endpoints))
-    tls = (
-        EtcdTLS(ca_file=e.tls.ca, cert_file=e.tls.cert, key_file=e.tls.key, server_name=e.server_name)
-        if e.tls is not None
-        else None
-    )
-    store = EtcdStore(e.endpoints, e.prefix, tls=tls, timeout_s=e.timeout_s)
+    store = EtcdStore(e.endpoints, e.prefix, tls=EtcdTLS.of(e.tls, e.server_name), timeout_s=e.timeout_s)
     return store if observer is None else TimedStore(store, observer)
 
 

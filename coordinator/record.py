@@ -235,19 +235,31 @@ def with_action(r: MigrationRecord, now: datetime, action: PolicyAction) -> Migr
 # --- JSON ----------------------------------------------------------------------------------------
 
 
-def _ts(dt: datetime | None) -> str | None:
+def time_doc(dt: datetime | None, record: str) -> str | None:
+    """A stored time as ISO text in UTC (None stays None); ``record`` names the kind of record
+    for the error a naive datetime raises (Internal ``RECORD_INVALID``: a clock bug). The drain
+    records (``drain.py``) store their times the same way.
+
+    >>> time_doc(datetime(2026, 1, 1, 12, tzinfo=UTC), "migration record")
+    '2026-01-01T12:00:00+00:00'
+    """
     if dt is None:
         return None
     if dt.tzinfo is None:
         raise Internal(
-            f"naive datetime {dt.isoformat()} in a migration record",
+            f"naive datetime {dt.isoformat()} in a {record}",
             reason="RECORD_INVALID",
             hint="a coordinator bug: the clock must give timezone-aware UTC times",
         )
     return dt.astimezone(UTC).isoformat()
 
 
-def _dt(s: str | None) -> datetime | None:
+def _ts(dt: datetime | None) -> str | None:
+    return time_doc(dt, "migration record")
+
+
+def time_from_doc(s: str | None) -> datetime | None:
+    """The reverse of :func:`time_doc`; a time without a timezone is refused (ValueError)."""
     if s is None:
         return None
     dt = datetime.fromisoformat(s)
@@ -257,7 +269,7 @@ def _dt(s: str | None) -> datetime | None:
 
 
 def _at(s: str) -> datetime:
-    dt = _dt(s)
+    dt = time_from_doc(s)
     if dt is None:
         raise ValueError("a required time is missing")
     return dt
@@ -306,7 +318,7 @@ def _progress(d: dict[str, Any]) -> MigrationProgress:
     return MigrationProgress(phase, stats, d.get("max_downtime_ms", 0), d.get("eta_ms", 0))
 
 
-def _problem_doc(p: Problem) -> dict[str, str]:
+def problem_doc(p: Problem) -> dict[str, str]:
     return {"reason": p.reason, "message": p.message, "hint": p.hint}
 
 
@@ -347,7 +359,7 @@ def encode(r: MigrationRecord) -> bytes:
         "disks": [_plain(p) for p in r.disks],
         "progress": None if r.progress is None else _progress_doc(r.progress),
         "result": None if r.result is None else _plain(r.result),
-        "error": None if r.error is None else _problem_doc(r.error),
+        "error": None if r.error is None else problem_doc(r.error),
         "cancel_requested": r.cancel_requested,
         "attempt": r.attempt,
         "retries": r.retries,
@@ -414,7 +426,7 @@ def _decode(d: dict[str, Any], revision: int) -> MigrationRecord:
         source_host=d["source_host"],
         target_host=d["target_host"],
         created_at=_at(d["created_at"]),
-        updated_at=_dt(d["updated_at"]),
+        updated_at=time_from_doc(d["updated_at"]),
         options=MigrationOptions(**o),
         mapping=HostMapping(
             bridges=dict(m["bridges"]), networks=dict(m["networks"]), path_prefixes=dict(m["path_prefixes"])
@@ -423,7 +435,7 @@ def _decode(d: dict[str, Any], revision: int) -> MigrationRecord:
         idempotency_key=d["idempotency_key"],
         phase=Phase[d["phase"]],
         history=tuple(PhaseChange(Phase[c["phase"]], _at(c["at"]), c["reason"]) for c in d["history"]),
-        phase_deadline=_dt(d["phase_deadline"]),
+        phase_deadline=time_from_doc(d["phase_deadline"]),
         memory_bytes=int(d["memory_bytes"]),
         disk_bytes=int(d["disk_bytes"]),
         prepare_id=d["prepare_id"],
@@ -445,7 +457,7 @@ def _decode(d: dict[str, Any], revision: int) -> MigrationRecord:
             for a in d.get("actions", ())
         ),
         lost_host=str(d.get("lost_host", "")),
-        lost_since=_dt(d.get("lost_since")),
+        lost_since=time_from_doc(d.get("lost_since")),
         revision=revision,
     )
     known = {f.name for f in fields(MigrationRecord)} - {"revision"} | {"schema", "copied_disks"}

@@ -236,7 +236,10 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         active = [r for r in await self._records() if not r.phase.is_final]
         return active, {r.vm_uuid: r.id for r in sorted(active, key=lambda r: r.created_at)}
 
-    def _host_status(self, name: str, active: list[MigrationRecord] | None = None) -> cpb.HostStatus:
+    def _host_status(
+        self, name: str, active: list[MigrationRecord] | None = None, cordon: hoststate.HostCordon | None = None
+    ) -> cpb.HostStatus:
+        """The host as ListHosts shows it; ``cordon``: its state just written (else the view's)."""
         h = self.fleet.host(name)
         if active is None:
             active = [r for r in self.views.migrations.items.values() if not r.phase.is_final]
@@ -249,7 +252,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
             migrations_out=sum(r.source_host == name for r in active),
             migrations_in=sum(r.target_host == name for r in active),
             last_seen=h.last_seen if h else None,
-            cordon=self.views.cordons.items.get(name),
+            cordon=cordon if cordon is not None else self.views.cordons.items.get(name),
         )
 
     @rpc_method
@@ -273,11 +276,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         host = self._must_know(request.host)
         validate.text(request.reason, "reason", max_len=MAX_REASON)
         state, _ = await hoststate.cordon(self.store, host, request.reason, self.submissions.clock())
-        status = self._host_status(host)
-        status.cordoned, status.cordon_reason, status.drain_id = True, state.reason, state.drain_id
-        if state.since is not None:
-            status.cordoned_at.CopyFrom(fconvert.timestamp_to_pb(state.since))
-        return status
+        return self._host_status(host, cordon=state)
 
     @rpc_method
     async def UncordonHost(self, request: cpb.UncordonHostRequest, context: Context) -> cpb.HostStatus:
@@ -286,13 +285,8 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         async def active(name: str) -> str:
             return await active_drain_of(self.store, name)
 
-        await hoststate.uncordon(self.store, host, active_drain=active)
-        status = self._host_status(host)
-        status.ClearField("cordoned")
-        status.ClearField("cordon_reason")
-        status.ClearField("drain_id")
-        status.ClearField("cordoned_at")
-        return status
+        state = await hoststate.uncordon(self.store, host, active_drain=active)
+        return self._host_status(host, cordon=state)
 
     @rpc_method
     async def ListVMs(self, request: cpb.ListVMsRequest, context: Context) -> cpb.ListVMsResponse:
@@ -477,15 +471,13 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         self, request: cpb.ControlMigrationRequest, context: Context
     ) -> cpb.ControlMigrationResponse:
         migration_id = _required_id(request.id)
-        if request.HasField("max_downtime_ms"):
-            validate.number(request.max_downtime_ms, "max_downtime_ms", lo=1, hi=validate.MAX_DOWNTIME_MS)
-        if request.HasField("bandwidth_mibps"):
-            validate.number(
-                request.bandwidth_mibps, "bandwidth_mibps", hi=validate.MAX_BANDWIDTH_MIBPS, zero="QEMU's default"
-            )
+        max_downtime_ms, bandwidth_mibps = validate.live_tuning(
+            request.max_downtime_ms if request.HasField("max_downtime_ms") else None,
+            request.bandwidth_mibps if request.HasField("bandwidth_mibps") else None,
+        )
         req = LiveRequest(
-            max_downtime_ms=request.max_downtime_ms if request.HasField("max_downtime_ms") else None,
-            bandwidth_mibps=request.bandwidth_mibps if request.HasField("bandwidth_mibps") else None,
+            max_downtime_ms=max_downtime_ms,
+            bandwidth_mibps=bandwidth_mibps,
             start_postcopy=request.start_postcopy,
             force_complete=request.force_complete,
         )

@@ -28,7 +28,7 @@ from typing import Any
 
 from ferry.errors import InvalidArgument
 from ferry.model import JobStats, MigrationOptions, MigrationPhase
-from ferry.prediction import LadderStep, PolicyView, Workload, precopy
+from ferry.prediction import LadderStep, PolicyView, Precopy, Workload, precopy
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -445,24 +445,27 @@ def live_workload(w: Watch, stats: JobStats) -> Workload:
     return Workload(stats.memory_total, dirty_bps=float(dirty), working_set_bytes=ws)
 
 
+def _live_precopy(policy: ConvergencePolicy, w: Watch, stats: JobStats, bandwidth: float, elapsed: float) -> Precopy:
+    """The pre-copy model run on from where the job is (its iteration, what it has left to send
+    in it) at ``bandwidth``, under the policy's downtime ladder and the watch's timeout."""
+    return precopy(
+        live_workload(w, stats),
+        bandwidth,
+        ladder=policy_view(policy, w.timeout_s).ladder,
+        limit_s=w.timeout_s,
+        elapsed_s=elapsed,
+        iteration=max(1, stats.iteration),
+        to_send=stats.memory_remaining,
+    )
+
+
 def live_converges(policy: ConvergencePolicy, w: Watch, stats: JobStats, now: float) -> bool | None:
     """Will the running pre-copy converge before the timeout, at the rates it shows now? None
     before iteration 2 (QEMU reports the dirty rate from then) or without a bandwidth figure."""
     bandwidth = stats.bandwidth_bps or policy.bandwidth_mibps * MiB
     if w.iteration < 2 or stats.iteration < 2 or bandwidth <= 0 or stats.memory_total <= 0:
         return None
-    elapsed = now - w.started_at
-    view = policy_view(policy, w.timeout_s)
-    got = precopy(
-        live_workload(w, stats),
-        bandwidth,
-        ladder=view.ladder,
-        limit_s=w.timeout_s,
-        elapsed_s=elapsed,
-        iteration=stats.iteration,
-        to_send=stats.memory_remaining,
-    )
-    return got.converges
+    return _live_precopy(policy, w, stats, bandwidth, now - w.started_at).converges
 
 
 def eta_s(policy: ConvergencePolicy, w: Watch, stats: JobStats, phase: MigrationPhase, now: float) -> float | None:
@@ -489,16 +492,7 @@ def eta_s(policy: ConvergencePolicy, w: Watch, stats: JobStats, phase: Migration
     elapsed = now - w.started_at
     if w.paused:
         return stats.memory_remaining / bandwidth
-    view = policy_view(policy, w.timeout_s)
-    got = precopy(
-        live_workload(w, stats),
-        bandwidth,
-        ladder=view.ladder,
-        limit_s=w.timeout_s,
-        elapsed_s=elapsed,
-        iteration=max(1, stats.iteration),
-        to_send=stats.memory_remaining,
-    )
+    got = _live_precopy(policy, w, stats, bandwidth, elapsed)
     if got.converges:
         return max(0.0, got.seconds - elapsed)
     residual = float(got.residual_bytes)

@@ -45,7 +45,7 @@ from etcd3aio.lease import LeaseService
 from etcd3aio.watch import WatchService
 
 from ferry.errors import FailedPrecondition, FerryError, InvalidArgument, Unavailable
-from ferry.rpc import error_type_for
+from ferry.rpc import Tls, error_type_for
 from ferry.store import (
     Entry,
     EventKind,
@@ -77,6 +77,14 @@ class EtcdTLS:
     cert_file: Path | None = None
     key_file: Path | None = None
     server_name: str | None = None  # needed with several endpoints: a DNS SAN of the server certs
+
+    @classmethod
+    def of(cls, tls: Tls | None, server_name: str | None = None) -> EtcdTLS | None:
+        """From a config's TLS files (the agent's ``[registry]``, the coordinator's ``[etcd]``);
+        None (plaintext) for None."""
+        if tls is None:
+            return None
+        return cls(ca_file=tls.ca, cert_file=tls.cert, key_file=tls.key, server_name=server_name)
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,26 @@ def number(value: int, field: str, *, lo: int = 0, hi: int, zero: str = "") -> i
     return value
 
 
+def live_tuning(max_downtime_ms: int | None, bandwidth_mibps: int | None) -> tuple[int | None, int | None]:
+    """What an operator asks of a running job (ControlMigration, and the TuneMigration the
+    coordinator forwards it as): a max downtime of 1 ms or more, a bandwidth (0: QEMU's default);
+    None for what is not asked. Returns both as given.
+
+    >>> live_tuning(500, None)
+    (500, None)
+    >>> try:
+    ...     live_tuning(0, None)
+    ... except InvalidArgument as err:
+    ...     print(err.reason, err.message)
+    OUT_OF_RANGE max_downtime_ms: 0 is out of range
+    """
+    if max_downtime_ms is not None:
+        number(max_downtime_ms, "max_downtime_ms", lo=1, hi=MAX_DOWNTIME_MS)
+    if bandwidth_mibps is not None:
+        number(bandwidth_mibps, "bandwidth_mibps", hi=MAX_BANDWIDTH_MIBPS, zero="QEMU's default")
+    return max_downtime_ms, bandwidth_mibps
+
+
 def seconds(value: float, field: str, *, hi: float = MAX_COMPLETION_TIMEOUT_S) -> float:
     """A duration in seconds: finite, ``0 <= value <= hi`` (a double field: NaN and infinities too).
 

@@ -429,13 +429,19 @@ class FakeHypervisor:
         job = self.jobs.get(dom.uuid)
         return job.stats if job is not None else JobStats()
 
-    async def remote_completed_job(self, target_uri: str, name_or_uuid: str) -> JobStats:
-        await self._enter("remote_completed_job", "jobStats")
+    def _remote(self, target_uri: str) -> FakeHypervisor:
+        """The fake at ``target_uri``, as a connection to it opens: libvirt's RPC error when
+        there is none or it is unreachable."""
         target = self.fleet.hosts.get(target_uri)
         if target is None or not target.reachable:
             raise le.translate(
                 le.VIR_ERR_SYSTEM_ERROR, le.VIR_FROM_RPC, "unable to connect to server", call="open", host=target_uri
             )
+        return target
+
+    async def remote_completed_job(self, target_uri: str, name_or_uuid: str) -> JobStats:
+        await self._enter("remote_completed_job", "jobStats")
+        target = self._remote(target_uri)
         return await target.job_stats(name_or_uuid, completed=True)
 
     # ------------------------------------------------------------------ port: CPU and peers
@@ -552,11 +558,7 @@ class FakeHypervisor:
 
     async def remote_resume(self, target_uri: str, name_or_uuid: str) -> bool:
         await self._enter("remote_resume", "resume")
-        target = self.fleet.hosts.get(target_uri)
-        if target is None or not target.reachable:
-            raise le.translate(
-                le.VIR_ERR_SYSTEM_ERROR, le.VIR_FROM_RPC, "unable to connect to server", call="open", host=target_uri
-            )
+        target = self._remote(target_uri)
         dom = target._lookup(name_or_uuid, "resume")
         if dom.state is not DomainState.PAUSED:
             return False

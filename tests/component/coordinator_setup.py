@@ -25,6 +25,7 @@ from ferry.agent.registration import Registration
 from ferry.cli import main as cli
 from ferry.coordinator.agent_client import GrpcAgentClient
 from ferry.coordinator.config import AgentsConfig, CoordinatorConfig, EtcdConfig, HostDecl
+from ferry.coordinator.engine import Engine
 from ferry.coordinator.main import Coordinator, build_coordinator
 from ferry.coordinator.phases import Phase, Timeouts
 from ferry.coordinator.record import decode, encode, with_phase
@@ -121,23 +122,28 @@ async def start(tmp_path: Path, hosts: dict[str, HostDecl] = HOSTS) -> Setup:
     return Setup(agents, store, coordinator, address, cgrpc.CoordinatorStub(channel), registrations, channel)
 
 
-async def lead(s: Setup) -> None:
-    """Elect this coordinator and run its engine with fast timings."""
-    from ferry.coordinator.engine import Engine
-
-    c = s.coordinator
-    c.new_engine = lambda: Engine(  # type: ignore[method-assign]
+def fast_engine(c: Coordinator, timeouts: Timeouts = FAST, **kw: Any) -> Engine:
+    """The engine ``c`` runs once it leads, with fast timings (ticks, progress writes, job polls
+    and store retries); ``kw``: more of the Engine's arguments (cordoned, observer, ...)."""
+    return Engine(
         c.store,
         c.fleet,
         limits=c.config.limits,
-        timeouts=FAST,
+        timeouts=timeouts,
         clock=lambda: datetime.now(UTC),
         prepare_ttl_s=60,
         tick_s=0.05,
         progress_write_s=0.05,
         job_poll_s=0.02,
         store_retry_s=0.05,
+        **kw,
     )
+
+
+async def lead(s: Setup) -> None:
+    """Elect this coordinator and run its engine with fast timings."""
+    c = s.coordinator
+    c.new_engine = lambda: fast_engine(c)  # type: ignore[method-assign]
     c.servicer.submissions.timeouts = FAST
     c._election_task = asyncio.get_running_loop().create_task(c.election.run(c._lead, c._demoted))
     for _ in range(200):

@@ -564,19 +564,25 @@ async def test_stop_before_the_store_answers(fleet, hosts):
 # ---------------------------------------------------------------- the policy, predicted in Preflight
 
 
+async def busy_guest_under(policy, store, fleet, hosts) -> MigrationRecord:
+    """g1 dirtying 1 GiB/s on host1, submitted to host2 at a 128 MiB/s cap, its record then put
+    under ``policy``; the engine runs it to its end (the final record)."""
+    fleet.add_guest("host1", "g1", dirty=1 << 30)
+    m = await submit(store, fleet, "g1", "host1", "host2", options=replace(COPY, bandwidth_mibps=128))
+    entry = await store.get(migration_key(m.id))
+    await store.update(entry.key, encode(replace(m, policy=policy)), entry.mod_revision)
+    async with engine(store, hosts):
+        return await final(store, m.id)
+
+
 async def test_the_preflight_phase_predicts_and_the_policy_runs_with_its_actions_recorded(store, fleet, hosts):
     """A guest dirtying 1 GiB/s at a 128 MiB/s cap under a post-copy-on-prediction policy: the
     Preflight phase measures it (the fake source) and predicts no convergence; the driver switches
     after iteration 1; the record keeps the prediction, the policy and the step with its reason."""
     from ferry.convergence import ConvergencePolicy, PostcopyMode
 
-    fleet.add_guest("host1", "g1", dirty=1 << 30)
-    m = await submit(store, fleet, "g1", "host1", "host2", options=replace(COPY, bandwidth_mibps=128))
     busy = ConvergencePolicy(name="busy", bandwidth_mibps=128, postcopy=PostcopyMode.ON_PREDICTION)
-    entry = await store.get(migration_key(m.id))
-    await store.update(entry.key, encode(replace(m, policy=busy)), entry.mod_revision)
-    async with engine(store, hosts):
-        r = await final(store, m.id)
+    r = await busy_guest_under(busy, store, fleet, hosts)
     assert r.phase is Phase.SUCCEEDED, r.history
     assert r.prediction is not None and r.prediction.converges is False and r.prediction.need == "post-copy"
     assert r.result is not None and r.result.postcopy and not r.result.downtime_measured
@@ -588,13 +594,8 @@ async def test_the_preflight_phase_predicts_and_the_policy_runs_with_its_actions
 async def test_a_policy_that_refuses_what_it_cannot_finish_fails_in_preflight_touching_nothing(store, fleet, hosts):
     from ferry.convergence import ConvergencePolicy
 
-    fleet.add_guest("host1", "g1", dirty=1 << 30)
-    m = await submit(store, fleet, "g1", "host1", "host2", options=replace(COPY, bandwidth_mibps=128))
     strict = ConvergencePolicy(name="strict", bandwidth_mibps=128, refuse_unfinishable=True)
-    entry = await store.get(migration_key(m.id))
-    await store.update(entry.key, encode(replace(m, policy=strict)), entry.mod_revision)
-    async with engine(store, hosts):
-        r = await final(store, m.id)
+    r = await busy_guest_under(strict, store, fleet, hosts)
     assert r.phase is Phase.FAILED and r.error is not None and r.error.reason == "WILL_NOT_CONVERGE"
     assert "will not converge at 128 MiB/s" in r.error.message
     assert "PREPARING" not in phases(r) and fleet.prepares("host2") == []

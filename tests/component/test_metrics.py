@@ -17,18 +17,17 @@ import re
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
+from coordinator_setup import fast_engine  # beside this file
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from ferry.agent.registration import Registration
 from ferry.coordinator.agent_client import GrpcAgentClient
 from ferry.coordinator.config import AgentsConfig, CoordinatorConfig, EtcdConfig, HostDecl
-from ferry.coordinator.engine import Engine
 from ferry.coordinator.main import Coordinator, build_coordinator
 from ferry.coordinator.metrics import CoordinatorMetrics
 from ferry.coordinator.phases import Timeouts
@@ -129,19 +128,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
         record_observer=observer,
     )
     observer.watch(records=c.leader_records, hosts=lambda: c.fleet.available_hosts(), leader=c.is_leader)
-    c.new_engine = lambda: Engine(  # type: ignore[method-assign]
-        c.store,
-        c.fleet,
-        limits=c.config.limits,
-        timeouts=FAST,
-        clock=lambda: datetime.now(UTC),
-        prepare_ttl_s=60,
-        tick_s=0.05,
-        progress_write_s=0.05,
-        job_poll_s=0.02,
-        store_retry_s=0.05,
-        observer=c.record_observer,
-    )
+    c.new_engine = lambda: fast_engine(c, FAST, observer=c.record_observer)  # type: ignore[method-assign]
     c.servicer.submissions.timeouts = FAST
     [port] = await c.start()
     channel = create_channel(f"127.0.0.1:{port}")

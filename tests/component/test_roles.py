@@ -86,9 +86,21 @@ COORDINATOR_REQUESTS: dict[str, Any] = {
     "ListDrains": cpb.ListDrainsRequest(),
     "WatchDrain": cpb.WatchDrainRequest(id="d-nope"),
 }
+# the agent API's reads (coordinator, operator and reader may call them)
+AGENT_READS = ("GetInventory", "GetDomain", "ListPrepares", "GetJob")
+# host state, drains and changing a running migration: the operator's
+OPERATOR_ONLY = (
+    "CordonHost",
+    "UncordonHost",
+    "SubmitDrain",
+    "PauseDrain",
+    "ResumeDrain",
+    "CancelDrain",
+    "ControlMigration",
+)
 ALLOWED = {
     # agent API: reads for coordinator, operator, reader; everything else the coordinator only
-    **{m: {"coordinator", "operator", "reader"} for m in ("GetInventory", "GetDomain", "ListPrepares", "GetJob")},
+    **{m: {"coordinator", "operator", "reader"} for m in AGENT_READS},
     **{
         m: {"coordinator"}
         for m in (
@@ -123,42 +135,17 @@ ALLOWED = {
             "WatchDrain",
         )
     },
-    # host state, drains and changing a running migration: the operator's
-    **{
-        m: {"operator"}
-        for m in (
-            "CordonHost",
-            "UncordonHost",
-            "SubmitDrain",
-            "PauseDrain",
-            "ResumeDrain",
-            "CancelDrain",
-            "ControlMigration",
-        )
-    },
+    **{m: {"operator"} for m in OPERATOR_ONLY},
 }
 # the role a refusal names: the least privileged one allowed
-NEEDED = {m: "ROLE_COORDINATOR_REQUIRED" for m in AGENT_REQUESTS} | {
-    m: "ROLE_READER_REQUIRED" for m in ("GetInventory", "GetDomain", "ListPrepares", "GetJob")
-}
+NEEDED = {m: "ROLE_COORDINATOR_REQUIRED" for m in AGENT_REQUESTS} | {m: "ROLE_READER_REQUIRED" for m in AGENT_READS}
 NEEDED |= (
     {m: "ROLE_READER_REQUIRED" for m in COORDINATOR_REQUESTS}
     | {
         "SubmitMigration": "ROLE_SCHEDULER_REQUIRED",
         "CancelMigration": "ROLE_SCHEDULER_REQUIRED",
     }
-    | {
-        m: "ROLE_OPERATOR_REQUIRED"
-        for m in (
-            "CordonHost",
-            "UncordonHost",
-            "SubmitDrain",
-            "PauseDrain",
-            "ResumeDrain",
-            "CancelDrain",
-            "ControlMigration",
-        )
-    }
+    | {m: "ROLE_OPERATOR_REQUIRED" for m in OPERATOR_ONLY}
 )
 
 

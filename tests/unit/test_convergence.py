@@ -273,6 +273,8 @@ def test_a_ladder_that_is_not_monotone_is_refused(steps):
 
 PC = PostcopyMode
 STALLED_PEAKS = (256 * MiB, 64 * MiB, 64 * MiB, 64 * MiB, 64 * MiB)  # no headway after iteration 2
+STALLED = dict(peaks=STALLED_PEAKS, iteration=5)
+NOT_CONVERGING = dict(iteration=3, peaks=(256 * MiB, 64 * MiB, 64 * MiB))  # iteration 3 sends what 2 sent
 
 
 def running(iteration: int, *, dirty_mibps: int = 0, bw_mibps: int = 32, left_mib: int = 64) -> JobStats:
@@ -285,10 +287,10 @@ def running(iteration: int, *, dirty_mibps: int = 0, bw_mibps: int = 32, left_mi
     ("mode", "watch_kw", "stats", "phase", "now", "expected"),
     [
         # never and manual: no switch by the policy itself, however hopeless
-        (PC.NEVER, dict(peaks=STALLED_PEAKS, iteration=5), running(5, dirty_mibps=40), P.PRECOPY, 50, Action.CONTINUE),
-        (PC.MANUAL, dict(peaks=STALLED_PEAKS, iteration=5), running(5, dirty_mibps=40), P.PRECOPY, 50, Action.CONTINUE),
+        (PC.NEVER, STALLED, running(5, dirty_mibps=40), P.PRECOPY, 50, Action.CONTINUE),
+        (PC.MANUAL, STALLED, running(5, dirty_mibps=40), P.PRECOPY, 50, Action.CONTINUE),
         # on stall: only once stalled
-        (PC.ON_STALL, dict(peaks=STALLED_PEAKS, iteration=5), running(5), P.PRECOPY, 50, Action.START_POSTCOPY),
+        (PC.ON_STALL, STALLED, running(5), P.PRECOPY, 50, Action.START_POSTCOPY),
         (
             PC.ON_STALL,
             dict(peaks=(256 * MiB, 64 * MiB, 32 * MiB), iteration=3),
@@ -336,7 +338,7 @@ def running(iteration: int, *, dirty_mibps: int = 0, bw_mibps: int = 32, left_mi
         ),
         (
             PC.ON_PREDICTION,
-            dict(predicted_converges=True, iteration=3, peaks=(256 * MiB, 64 * MiB, 64 * MiB)),
+            dict(NOT_CONVERGING, predicted_converges=True),
             running(3, dirty_mibps=40),
             P.PRECOPY,
             11,
@@ -353,30 +355,16 @@ def running(iteration: int, *, dirty_mibps: int = 0, bw_mibps: int = 32, left_mi
         # ... or a stall
         (
             PC.ON_PREDICTION,
-            dict(predicted_converges=True, iteration=5, peaks=STALLED_PEAKS),
+            dict(STALLED, predicted_converges=True),
             running(5, dirty_mibps=8),
             P.PRECOPY,
             20,
             Action.START_POSTCOPY,
         ),
         # never twice, never after a refusal, never while paused
-        (
-            PC.ON_STALL,
-            dict(peaks=STALLED_PEAKS, iteration=5, postcopy_refused=True),
-            running(5),
-            P.PRECOPY,
-            50,
-            Action.CONTINUE,
-        ),
-        (PC.ON_STALL, dict(peaks=STALLED_PEAKS, iteration=5, paused=True), running(5), P.PRECOPY, 50, Action.CONTINUE),
-        (
-            PC.ON_STALL,
-            dict(peaks=STALLED_PEAKS, iteration=5, postcopy_started=True),
-            running(5),
-            P.POSTCOPY,
-            50,
-            Action.CONTINUE,
-        ),
+        (PC.ON_STALL, dict(STALLED, postcopy_refused=True), running(5), P.PRECOPY, 50, Action.CONTINUE),
+        (PC.ON_STALL, dict(STALLED, paused=True), running(5), P.PRECOPY, 50, Action.CONTINUE),
+        (PC.ON_STALL, dict(STALLED, postcopy_started=True), running(5), P.POSTCOPY, 50, Action.CONTINUE),
     ],
 )
 def test_postcopy_rules(mode, watch_kw, stats, phase, now, expected):
@@ -389,6 +377,8 @@ def test_postcopy_rules(mode, watch_kw, stats, phase, now, expected):
 # ---------------------------------------------------------------- the timeout action
 
 FORCE = TimeoutAction.FORCE_COMPLETE
+FORCE_POSTCOPY = ConvergencePolicy(timeout_action=FORCE, postcopy=PC.MANUAL)  # force-complete may switch
+NO_NEW_LOW = dict(best_remaining=64 * MiB, progress_at=10.0)  # the data remaining last fell at 10 s
 
 
 @pytest.mark.parametrize(
@@ -397,48 +387,20 @@ FORCE = TimeoutAction.FORCE_COMPLETE
         (ConvergencePolicy(), {}, P.PRECOPY, 99, Action.CONTINUE, ""),
         (ConvergencePolicy(), {}, P.PRECOPY, 100, Action.ABORT_TIMEOUT, "completion timeout of 100 s"),
         # force-complete: post-copy when allowed and memory pre-copy runs ...
-        (
-            ConvergencePolicy(timeout_action=FORCE, postcopy=PC.MANUAL),
-            {},
-            P.PRECOPY,
-            100,
-            Action.START_POSTCOPY,
-            "switching to post-copy",
-        ),
+        (FORCE_POSTCOPY, {}, P.PRECOPY, 100, Action.START_POSTCOPY, "switching to post-copy"),
         # ... else pause the guest and let pre-copy send the rest
         (ConvergencePolicy(timeout_action=FORCE), {}, P.PRECOPY, 100, Action.PAUSE_GUEST, "post-copy not allowed"),
-        (
-            ConvergencePolicy(timeout_action=FORCE, postcopy=PC.MANUAL),
-            {},
-            P.DISK_MIRROR,
-            100,
-            Action.PAUSE_GUEST,
-            "memory pre-copy not started",
-        ),
-        (
-            ConvergencePolicy(timeout_action=FORCE, postcopy=PC.MANUAL),
-            dict(postcopy_refused=True),
-            P.PRECOPY,
-            100,
-            Action.PAUSE_GUEST,
-            "post-copy refused",
-        ),
+        (FORCE_POSTCOPY, {}, P.DISK_MIRROR, 100, Action.PAUSE_GUEST, "memory pre-copy not started"),
+        (FORCE_POSTCOPY, dict(postcopy_refused=True), P.PRECOPY, 100, Action.PAUSE_GUEST, "post-copy refused"),
         # paused already: wait for the end (no abort of a paused guest's job)
         (ConvergencePolicy(timeout_action=FORCE), dict(paused=True), P.PRECOPY, 500, Action.CONTINUE, ""),
         # post-copy is never aborted
         (ConvergencePolicy(), dict(postcopy_started=True), P.POSTCOPY, 500, Action.CONTINUE, ""),
         # the progress timeout: no new low of the data remaining for 30 s
+        (ConvergencePolicy(progress_timeout_s=30), NO_NEW_LOW, P.PRECOPY, 39, Action.CONTINUE, ""),
         (
             ConvergencePolicy(progress_timeout_s=30),
-            dict(best_remaining=64 * MiB, progress_at=10.0),
-            P.PRECOPY,
-            39,
-            Action.CONTINUE,
-            "",
-        ),
-        (
-            ConvergencePolicy(progress_timeout_s=30),
-            dict(best_remaining=64 * MiB, progress_at=10.0),
+            NO_NEW_LOW,
             P.PRECOPY,
             40,
             Action.ABORT_TIMEOUT,
@@ -446,7 +408,7 @@ FORCE = TimeoutAction.FORCE_COMPLETE
         ),
         (
             ConvergencePolicy(progress_timeout_s=30, timeout_action=FORCE),
-            dict(best_remaining=64 * MiB, progress_at=10.0),
+            NO_NEW_LOW,
             P.PRECOPY,
             40,
             Action.PAUSE_GUEST,
@@ -633,21 +595,14 @@ def test_flags_go_on_top_of_a_named_policy():
         # not converging, post-copy on prediction: this iteration, then the working set at the link
         (
             ConvergencePolicy(postcopy=PC.ON_PREDICTION),
-            dict(iteration=3, peaks=(256 * MiB, 64 * MiB, 64 * MiB)),
+            NOT_CONVERGING,
             running(3, dirty_mibps=40, left_mib=64),
             P.PRECOPY,
             10,
             4.0,
         ),
         # not converging, abort at the timeout (100 s): the time left
-        (
-            ConvergencePolicy(),
-            dict(iteration=3, peaks=(256 * MiB, 64 * MiB, 64 * MiB)),
-            running(3, dirty_mibps=40, left_mib=64),
-            P.PRECOPY,
-            40,
-            60.0,
-        ),
+        (ConvergencePolicy(), NOT_CONVERGING, running(3, dirty_mibps=40, left_mib=64), P.PRECOPY, 40, 60.0),
         # no bandwidth figure yet: unknown
         (ConvergencePolicy(), {}, precopy(1, 200, 1), P.PRECOPY, 1, None),
     ],

@@ -171,6 +171,28 @@ def test_changed_ignores_elapsed_only():
 # ---------------------------------------------------------------- the loop applies the policy
 
 
+def two_hosts(source_type: type[FakeHypervisor] = FakeHypervisor, **source_kw) -> tuple[FakeHypervisor, FakeHypervisor]:
+    """A source (of ``source_type``) and a target on one fake fleet, jobs stepping every 2 ms."""
+    fleet = FakeFleet()
+    return (
+        source_type(hostname="source", fleet=fleet, step_s=0.002, **source_kw),
+        FakeHypervisor(hostname="target", fleet=fleet, step_s=0.002),
+    )
+
+
+def busy_guest(
+    source: FakeHypervisor, target: FakeHypervisor, policy: ConvergencePolicy
+) -> tuple[str, MigrationRequest]:
+    """A 1 GiB guest on ``source`` dirtying 4 GiB/s (faster than the fake link: it converges only
+    by what the policy or an operator does), and the request moving it to ``target`` under
+    ``policy``: its uuid and the request."""
+    uuid = source.add_domain(make_domain_xml("g1", memory_bytes=GiB), dirty_bytes_per_s=4 * GiB).uuid
+    request = MigrationRequest(
+        domain=uuid, target_uri=target.uri, options=MigrationOptions(), progress_interval_s=0.005, convergence=policy
+    )
+    return uuid, request
+
+
 class Recording(FakeHypervisor):
     """A fake source that remembers each max downtime set."""
 
@@ -187,16 +209,11 @@ async def test_the_driver_climbs_the_downtime_ladder_until_the_guest_converges()
     """A 1 GiB guest dirtying 4 GiB/s at 1 GiB/s needs a switch-over of about 1 s: it does not
     converge under libvirt's default 300 ms, nor the ladder's first steps; the loop applies the
     steps once each, in order, and the migration completes on the top one."""
-    fleet = FakeFleet()
-    source = Recording(hostname="source", fleet=fleet, step_s=0.002)
-    target = FakeHypervisor(hostname="target", fleet=fleet, step_s=0.002)
-    uuid = source.add_domain(make_domain_xml("g1", memory_bytes=GiB), dirty_bytes_per_s=4 * GiB).uuid
+    source, target = two_hosts(Recording)
     ladder = ConvergencePolicy(
         downtime_steps=(DowntimeStep(50), DowntimeStep(100, after_iterations=3), DowntimeStep(2000, after_iterations=5))
     )
-    request = MigrationRequest(
-        domain=uuid, target_uri=target.uri, options=MigrationOptions(), progress_interval_s=0.005, convergence=ladder
-    )
+    uuid, request = busy_guest(source, target, ladder)
     events = [e async for e in MigrationDriver(source).run(request)]
     assert isinstance(events[-1], MigrationResult)
     assert (await target.get_domain(uuid)).state is DomainState.RUNNING
@@ -215,27 +232,12 @@ async def test_the_driver_climbs_the_downtime_ladder_until_the_guest_converges()
 # ---------------------------------------------------------------- force-complete, operators
 
 
-def two_hosts(step_s: float = 0.002) -> tuple[FakeHypervisor, FakeHypervisor]:
-    fleet = FakeFleet()
-    return (
-        FakeHypervisor(hostname="source", fleet=fleet, step_s=step_s),
-        FakeHypervisor(hostname="target", fleet=fleet, step_s=step_s),
-    )
-
-
 async def test_force_complete_without_postcopy_pauses_the_guest_and_it_runs_on_the_target():
     """A guest dirtying faster than the link under a policy without post-copy: the operator's
     force-complete pauses it, pre-copy then ends, and the guest runs (not paused) on the target."""
     source, target = two_hosts()
-    uuid = source.add_domain(make_domain_xml("g1", memory_bytes=GiB), dirty_bytes_per_s=4 * GiB).uuid
+    uuid, request = busy_guest(source, target, ConvergencePolicy(name="precopy"))
     control = Control()
-    request = MigrationRequest(
-        domain=uuid,
-        target_uri=target.uri,
-        options=MigrationOptions(),
-        progress_interval_s=0.005,
-        convergence=ConvergencePolicy(name="precopy"),
-    )
     events = []
     async for e in MigrationDriver(source).run(request, control):
         events.append(e)
@@ -251,15 +253,8 @@ async def test_force_complete_without_postcopy_pauses_the_guest_and_it_runs_on_t
 
 async def test_force_complete_with_postcopy_allowed_switches_to_postcopy():
     source, target = two_hosts()
-    uuid = source.add_domain(make_domain_xml("g1", memory_bytes=GiB), dirty_bytes_per_s=4 * GiB).uuid
+    _, request = busy_guest(source, target, ConvergencePolicy(name="busy", postcopy=PostcopyMode.MANUAL))
     control = Control(force_requested="bob")
-    request = MigrationRequest(
-        domain=uuid,
-        target_uri=target.uri,
-        options=MigrationOptions(),
-        progress_interval_s=0.005,
-        convergence=ConvergencePolicy(name="busy", postcopy=PostcopyMode.MANUAL),
-    )
     events = [e async for e in MigrationDriver(source).run(request, control)]
     result = events[-1]
     assert isinstance(result, MigrationResult) and result.job.postcopy
@@ -269,26 +264,15 @@ async def test_force_complete_with_postcopy_allowed_switches_to_postcopy():
 
 
 async def test_an_operators_max_downtime_is_kept_under_the_ladder():
-    source, target = two_hosts()
-    recorded: list[int] = []
-    original = source.set_max_downtime
-
-    async def recording(name: str, ms: int) -> None:
-        recorded.append(ms)
-        await original(name, ms)
-
-    source.set_max_downtime = recording  # type: ignore[method-assign]
-    uuid = source.add_domain(make_domain_xml("g1", memory_bytes=GiB), dirty_bytes_per_s=4 * GiB).uuid
+    source, target = two_hosts(Recording)
     ladder = ConvergencePolicy(
         downtime_steps=(DowntimeStep(50), DowntimeStep(100, after_iterations=3), DowntimeStep(2000, after_iterations=6))
     )
+    _, request = busy_guest(source, target, ladder)
     control = Control(operator_downtime_ms=500)  # an operator raised it at the start
-    request = MigrationRequest(
-        domain=uuid, target_uri=target.uri, options=MigrationOptions(), progress_interval_s=0.005, convergence=ladder
-    )
     events = [e async for e in MigrationDriver(source).run(request, control)]
     assert isinstance(events[-1], MigrationResult)
-    assert recorded == [2000]  # 50 and 100 would have lowered the operator's 500 ms
+    assert source.downtimes == [2000]  # 50 and 100 would have lowered the operator's 500 ms
 
 
 # ---------------------------------------------------------------- post-copy recovery
@@ -299,7 +283,7 @@ class BrokenLink(FakeHypervisor):
     and the domain reads "paused (post-copy failed)"; the target does not answer for
     ``down_probes`` probes; a resume call then completes the job."""
 
-    def __init__(self, down_probes: int, **kw):
+    def __init__(self, *, down_probes: int, **kw):
         super().__init__(**kw)
         self.down_probes = down_probes
         self.broken = False
@@ -332,18 +316,12 @@ class BrokenLink(FakeHypervisor):
         return 1
 
 
+POSTCOPY_AFTER_10MS = ConvergencePolicy(name="busy", postcopy=PostcopyMode.AFTER, postcopy_after_s=0.01)
+
+
 async def test_a_broken_postcopy_is_resumed_once_the_target_answers():
-    fleet = FakeFleet()
-    source = BrokenLink(3, hostname="source", fleet=fleet, step_s=0.002)
-    target = FakeHypervisor(hostname="target", fleet=fleet, step_s=0.002)
-    uuid = source.add_domain(make_domain_xml("g1", memory_bytes=GiB), dirty_bytes_per_s=4 * GiB).uuid
-    request = MigrationRequest(
-        domain=uuid,
-        target_uri=target.uri,
-        options=MigrationOptions(),
-        progress_interval_s=0.005,
-        convergence=ConvergencePolicy(name="busy", postcopy=PostcopyMode.AFTER, postcopy_after_s=0.01),
-    )
+    source, target = two_hosts(BrokenLink, down_probes=3)
+    uuid, request = busy_guest(source, target, POSTCOPY_AFTER_10MS)
     policy = DriverPolicy(resume_backoff_s=(0.01,))
     events = [e async for e in MigrationDriver(source, policy=policy).run(request)]
     assert isinstance(events[-1], MigrationResult)
@@ -355,17 +333,8 @@ async def test_a_broken_postcopy_is_resumed_once_the_target_answers():
 
 
 async def test_a_postcopy_that_cannot_be_resumed_in_time_fails_saying_what_to_do():
-    fleet = FakeFleet()
-    source = BrokenLink(10_000, hostname="source", fleet=fleet, step_s=0.002)
-    target = FakeHypervisor(hostname="target", fleet=fleet, step_s=0.002)
-    uuid = source.add_domain(make_domain_xml("g1", memory_bytes=GiB), dirty_bytes_per_s=4 * GiB).uuid
-    request = MigrationRequest(
-        domain=uuid,
-        target_uri=target.uri,
-        options=MigrationOptions(),
-        progress_interval_s=0.005,
-        convergence=ConvergencePolicy(name="busy", postcopy=PostcopyMode.AFTER, postcopy_after_s=0.01),
-    )
+    source, target = two_hosts(BrokenLink, down_probes=10_000)
+    _, request = busy_guest(source, target, POSTCOPY_AFTER_10MS)
     policy = DriverPolicy(resume_backoff_s=(0.01,), postcopy_recovery_s=0.2)
     with pytest.raises(Internal) as e:
         async for _ in MigrationDriver(source, policy=policy).run(request):

@@ -87,7 +87,13 @@ def host(
 SOURCE = host("host1", vms=1)
 
 
-def ranked(guest: DomainInfo, *hosts: HostOption, policy: PlacementPolicy = PlacementPolicy(), mapping=None):
+def ranked(
+    guest: DomainInfo,
+    *hosts: HostOption,
+    policy: PlacementPolicy = PlacementPolicy(),
+    mapping=None,
+    detail: bool = True,
+):
     return rank(
         guest,
         SOURCE,
@@ -96,6 +102,7 @@ def ranked(guest: DomainInfo, *hosts: HostOption, policy: PlacementPolicy = Plac
         storage=StorageMode.COPY_ALL,
         mapping_for=mapping or (lambda target: HostMapping()),
         policy=policy,
+        detail=detail,
     )
 
 
@@ -286,15 +293,7 @@ def test_the_quick_ranking_chooses_as_the_detailed_one():
             hosts.append(replace(h, shape=static))
         guest = vm(memory=rng.choice([GiB, 2 * GiB]), bridge=rng.choice(["br-guest", "br-vm"]))
         full = ranked(guest, *hosts)
-        quick = rank(
-            guest,
-            SOURCE,
-            [SOURCE, *hosts],
-            options=LIVE,
-            storage=StorageMode.COPY_ALL,
-            mapping_for=lambda target: HostMapping(),
-            detail=False,
-        )
+        quick = ranked(guest, *hosts, detail=False)
         assert [(c.host, c.score, c.busy) for c in quick.candidates] == [
             (c.host, c.score, c.busy) for c in full.candidates
         ]
