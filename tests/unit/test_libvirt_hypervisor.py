@@ -37,3 +37,73 @@ async def test_errors_come_from_the_table(test_driver):
     with pytest.raises(FailedPrecondition) as exc:
         await test_driver.job_stats("test")  # the test driver has no jobs
     assert exc.value.reason == "NOT_SUPPORTED"
+
+
+# --- reading a domain never waits for a migration's job (stand-in domains) --------------------
+
+XML = """<domain type='qemu'><name>g1</name><uuid>5b1f0e4c-0000-4000-8000-000000000001</uuid>
+<memory unit='KiB'>262144</memory><vcpu>1</vcpu><devices>
+<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+<source file='/var/lib/libvirt/images/g1.qcow2'/><target dev='vda' bus='virtio'/></disk>
+</devices></domain>"""
+
+
+class StubDomain:
+    """What ``LibvirtHypervisor._domain_info`` calls on a virDomain, with the NOWAIT statistics
+    given and every virDomainGetBlockInfo recorded (that call waits for a job)."""
+
+    def __init__(self, state: int, reason: int, stats: dict[str, object]) -> None:
+        self._state, self._reason, self._stats = state, reason, stats
+        self.block_info_asked: list[str] = []
+
+    def XMLDesc(self, flags: int) -> str:
+        return XML
+
+    def state(self) -> list[int]:
+        return [self._state, self._reason]
+
+    def isActive(self) -> int:
+        return 1
+
+    def isPersistent(self) -> int:
+        return 1
+
+    def name(self) -> str:
+        return "g1"
+
+    def connect(self) -> "StubDomain":
+        return self
+
+    def domainListGetStats(self, doms: object, stats: int, flags: int) -> list[tuple[object, dict[str, object]]]:
+        return [(self, self._stats)]
+
+    def blockInfo(self, target: str) -> list[int]:
+        self.block_info_asked.append(target)
+        return [3 << 30, 1 << 20, 3 << 30]
+
+
+FULL = {"block.count": 1, "block.0.name": "vda", "block.0.capacity": 2 << 30, "block.0.allocation": 1 << 20}
+LEFT_OUT = {"block.count": 1, "block.0.name": "vda"}  # libvirt skipped what needs a job
+
+
+@pytest.mark.parametrize(
+    ("state", "reason", "stats", "asked", "size", "migration_paused"),
+    [
+        (1, 1, FULL, [], 2 << 30, False),  # running, the statistics have it: no blockInfo
+        # running, left out (seen right after a migration landed, the agent just restarted):
+        # blockInfo, which waits for no job here
+        (1, 1, LEFT_OUT, ["vda"], 3 << 30, False),
+        # paused for an incoming migration: its job allows no blockInfo (it would wait for the whole
+        # copy); the size stays unknown, and the domain says it is an arrival
+        (3, 2, LEFT_OUT, [], 0, True),
+        (3, 1, FULL, [], 2 << 30, False),  # paused by the user
+    ],
+)
+def test_domain_info_reads_sizes_without_waiting_for_a_migration_job(
+    state, reason, stats, asked, size, migration_paused
+):
+    dom = StubDomain(state, reason, stats)
+    info = LibvirtHypervisor._domain_info(dom)  # type: ignore[arg-type]
+    assert dom.block_info_asked == asked
+    assert info.disks[0].virtual_size == size
+    assert info.migration_paused is migration_paused
