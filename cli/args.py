@@ -322,6 +322,11 @@ def parser() -> argparse.ArgumentParser:
     cordon.add_argument("host", metavar="HOST")
     cordon.add_argument("--reason", default="", help="why, shown in `ferry hosts`. Default: none")
     sub_parser(hs_sub, "uncordon", "put a cordoned host back in service").add_argument("host", metavar="HOST")
+    sub_parser(
+        hs_sub,
+        "forget",
+        "take a decommissioned host (its agent stopped) out of the view: the VMs it last reported are no longer listed",
+    ).add_argument("host", metavar="HOST")
     vms = sub_parser(sub, "vms", "list VMs across the fleet and where they run")
     vms.add_argument("--host", metavar="HOST", help="only this host's VMs. Default: every host")
     pre = sub_parser(

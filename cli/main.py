@@ -149,6 +149,10 @@ class Cli:
             h = await self.stub.UncordonHost(cpb.UncordonHostRequest(host=self.a.host), timeout=self.timeout)
             self.emit(h, f"{h.name} is back in service")
             return EXIT_OK
+        if self.a.action == "forget":
+            f = await self.stub.ForgetHost(cpb.ForgetHostRequest(host=self.a.host), timeout=self.timeout)
+            self.emit(f, f"{f.host} forgotten; no longer listed: {', '.join(f.vms) or 'no VM'}")
+            return EXIT_OK
         resp = cpb.ListHostsResponse()
         req = cpb.ListHostsRequest()
         while True:  # every page

@@ -185,6 +185,8 @@ class Fleet:
         self.inventory_ttl_s = inventory_ttl_s
         self.inventory_timeout_s = inventory_timeout_s
         self.reprobe_s = reprobe_s
+        declared = tuple(declared)
+        self._declared = frozenset(declared)
         self._hosts: dict[str, _Host] = {name: _Host(name) for name in declared}
         self._where: dict[str, set[str]] = {}  # a domain's name and UUID -> the hosts whose inventory has it
         self._landed_at: dict[str, datetime] = {}  # a VM UUID -> when its newest noted migration landed
@@ -192,6 +194,7 @@ class Fleet:
         self._subscribers: list[asyncio.Queue[HostChange]] = []
         self._watcher: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
+        self._forgetter: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -203,21 +206,23 @@ class Fleet:
             self._prober = asyncio.create_task(self._reprobe(), name="fleet: re-probe unreachable agents")
         await self._ready.wait()
         try:  # hosts that reported VMs once and are gone now: in view (DOWN), their VMs listed
-            entries, _ = await self.store.list(LAST_SEEN_PREFIX)
+            entries, revision = await self.store.list(LAST_SEEN_PREFIX)
         except FerryError as exc:
             log.warning("could not list the hosts' last-seen VMs: %s", exc)
             return
         for e in entries:
             if name := name_below(LAST_SEEN_PREFIX, e.key):
                 self._hosts.setdefault(name, _Host(name))
+        if self._forgetter is None:
+            self._forgetter = asyncio.create_task(self._follow_forgotten(revision), name="fleet: forgotten hosts")
 
     async def close(self) -> None:
-        for task in (self._watcher, self._prober):
+        for task in (self._watcher, self._prober, self._forgetter):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._watcher = self._prober = None
+        self._watcher = self._prober = self._forgetter = None
         for h in self._hosts.values():
             if h.refreshing is not None:
                 h.refreshing.cancel()
@@ -455,6 +460,49 @@ class Fleet:
                 domains = [*(d for d in domains if d.uuid != uuid), dom]
         if tuple(domains) != h.inventory.domains:
             self._put_inventory(h, replace(h.inventory, domains=tuple(domains)))
+
+    async def forget(self, name: str) -> tuple[str, ...]:
+        """Take ``name`` -- a host no agent is registered for (the caller checked) -- out of the view
+        and delete ``last-seen/<name>``; the names of the VMs it last reported. Other replicas take
+        it out when they see that deletion (``_follow_forgotten``)."""
+        h = self._hosts.get(name)
+        vms = tuple(sorted(d.name for d in h.inventory.domains)) if h is not None and h.inventory is not None else ()
+        await self.store.delete(last_seen_key(name))
+        self._drop(name)
+        return vms
+
+    def _drop(self, name: str) -> None:
+        h = self._hosts.get(name)
+        if h is None or h.registration is not None or name in self._declared:
+            return  # registered again meanwhile, or declared in the config: it stays
+        self._put_inventory(h, None)
+        del self._hosts[name]
+        if h.refreshing is not None:
+            h.refreshing.cancel()
+        asyncio.ensure_future(_close_client(h.client))
+        log.info("host %s forgotten: no longer in view", name)
+
+    async def _follow_forgotten(self, revision: int) -> None:
+        """Drop a host from the view when its ``last-seen/<name>`` is deleted (ForgetHost on any
+        replica). A resync (compacted history) drops nothing: a forget missed then shows until the
+        replica restarts."""
+        backoff = 0.1
+        while True:
+            try:
+                watch = self.store.watch(LAST_SEEN_PREFIX, revision + 1)
+                async with contextlib.aclosing(watch):
+                    async for item in watch:
+                        if isinstance(item, Resync):
+                            revision = item.revision
+                        else:
+                            revision = max(revision, item.revision)
+                            if item.kind is EventKind.DELETE and (name := name_below(LAST_SEEN_PREFIX, item.entry.key)):
+                                self._drop(name)
+                return  # the store was closed
+            except FerryError as exc:
+                log.warning("last-seen watch: %s: %s; watching again", exc.reason, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     def report_unreachable(self, host: str, error: FerryError) -> None:
         """A caller (the engine) found the agent unreachable: show it so until an inventory answers."""

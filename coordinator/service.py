@@ -23,7 +23,7 @@ import grpc
 
 from ferry import convert as fconvert
 from ferry import keys, validate
-from ferry.errors import FerryError, InvalidArgument, NotFound, clip
+from ferry.errors import FailedPrecondition, FerryError, InvalidArgument, NotFound, clip
 from ferry.model import Problem, StorageMode
 from ferry.rpc import Context, rpc_method
 from ferry.store import EventKind, Resync, Store
@@ -287,6 +287,41 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
 
         state = await hoststate.uncordon(self.store, host, active_drain=active)
         return self._host_status(host, cordon=state)
+
+    @rpc_method
+    async def ForgetHost(self, request: cpb.ForgetHostRequest, context: Context) -> cpb.ForgetHostResponse:
+        host = self._must_know(request.host)
+        if host in self.hosts:
+            raise FailedPrecondition(
+                f"{host} is declared in the coordinators' config ([hosts.{host}])",
+                reason="HOST_DECLARED",
+                hint=f"remove [hosts.{host}] from every coordinator's config and restart them, then forget it",
+            )
+        if self.fleet.registration(host) is not None:
+            raise FailedPrecondition(
+                f"the agent on {host} is registered: the host is in service",
+                reason="HOST_REGISTERED",
+                hint=f"stop ferry-agent on {host} (its registration ends with its lease), then forget it; "
+                f"to keep migrations away from a host in service, cordon it (ferry hosts cordon {host})",
+            )
+        busy = sorted(
+            r.id for r in await self._records() if not r.phase.is_final and host in (r.source_host, r.target_host)
+        )
+        busy += sorted(
+            d.id
+            for d in self.views.drains.items.values()
+            if not d.state.is_final and host in (d.host, *d.targets, *(i.target for i in d.items))
+        )
+        if busy:
+            raise FailedPrecondition(
+                f"{host} is part of what is under way: {', '.join(busy[:5])}{' ...' if len(busy) > 5 else ''}",
+                reason="HOST_BUSY",
+                hint="let them end or cancel them (ferry migrations cancel ID, ferry drains cancel ID), then forget it",
+            )
+        vms = await self.fleet.forget(host)
+        await hoststate.uncordon(self.store, host)  # its cordon goes with it
+        log.info("forgot host %s (it last reported %d VM(s): %s)", host, len(vms), ", ".join(vms) or "none")
+        return cpb.ForgetHostResponse(host=host, vms=vms)
 
     @rpc_method
     async def ListVMs(self, request: cpb.ListVMsRequest, context: Context) -> cpb.ListVMsResponse:

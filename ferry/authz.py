@@ -125,6 +125,7 @@ RULES: dict[str, Rule] = {
     # host state and drains: an operator's (issue 7: "operator: ... drain")
     _c("CordonHost"): Rule(_OPERATOR, mutating=True),
     _c("UncordonHost"): Rule(_OPERATOR, mutating=True),
+    _c("ForgetHost"): Rule(_OPERATOR, mutating=True),
     _c("SubmitDrain"): Rule(_OPERATOR, mutating=True, audited=_not_dry_run),
     _c("PauseDrain"): Rule(_OPERATOR, mutating=True),
     _c("ResumeDrain"): Rule(_OPERATOR, mutating=True),

@@ -361,6 +361,20 @@ class UncordonHostRequest(_message.Message):
     host: str
     def __init__(self, host: _Optional[str] = ...) -> None: ...
 
+class ForgetHostRequest(_message.Message):
+    __slots__ = ("host",)
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    def __init__(self, host: _Optional[str] = ...) -> None: ...
+
+class ForgetHostResponse(_message.Message):
+    __slots__ = ("host", "vms")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    vms: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, host: _Optional[str] = ..., vms: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class HostCandidate(_message.Message):
     __slots__ = ("host", "score", "reasons", "blockers", "busy")
     HOST_FIELD_NUMBER: _ClassVar[int]

@@ -84,6 +84,11 @@ class CoordinatorStub:
                 request_serializer=ferry_dot_v1_dot_coordinator__pb2.UncordonHostRequest.SerializeToString,
                 response_deserializer=ferry_dot_v1_dot_coordinator__pb2.HostStatus.FromString,
                 _registered_method=True)
+        self.ForgetHost = channel.unary_unary(
+                '/ferry.v1.Coordinator/ForgetHost',
+                request_serializer=ferry_dot_v1_dot_coordinator__pb2.ForgetHostRequest.SerializeToString,
+                response_deserializer=ferry_dot_v1_dot_coordinator__pb2.ForgetHostResponse.FromString,
+                _registered_method=True)
         self.RankTargets = channel.unary_unary(
                 '/ferry.v1.Coordinator/RankTargets',
                 request_serializer=ferry_dot_v1_dot_coordinator__pb2.RankTargetsRequest.SerializeToString,
@@ -207,6 +212,15 @@ class CoordinatorServicer:
 
     def UncordonHost(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForgetHost(self, request, context):
+        """A decommissioned host out of the view: the VMs it last reported are no longer listed (as
+        unreachable) and its cordon goes. Refused while its agent is registered, for a host the
+        coordinators' config declares, and while a migration or a drain that is not final involves it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -340,6 +354,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.UncordonHost,
                     request_deserializer=ferry_dot_v1_dot_coordinator__pb2.UncordonHostRequest.FromString,
                     response_serializer=ferry_dot_v1_dot_coordinator__pb2.HostStatus.SerializeToString,
+            ),
+            'ForgetHost': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetHost,
+                    request_deserializer=ferry_dot_v1_dot_coordinator__pb2.ForgetHostRequest.FromString,
+                    response_serializer=ferry_dot_v1_dot_coordinator__pb2.ForgetHostResponse.SerializeToString,
             ),
             'RankTargets': grpc.unary_unary_rpc_method_handler(
                     servicer.RankTargets,
@@ -667,6 +686,33 @@ class Coordinator:
             '/ferry.v1.Coordinator/UncordonHost',
             ferry_dot_v1_dot_coordinator__pb2.UncordonHostRequest.SerializeToString,
             ferry_dot_v1_dot_coordinator__pb2.HostStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.v1.Coordinator/ForgetHost',
+            ferry_dot_v1_dot_coordinator__pb2.ForgetHostRequest.SerializeToString,
+            ferry_dot_v1_dot_coordinator__pb2.ForgetHostResponse.FromString,
             options,
             channel_credentials,
             insecure,

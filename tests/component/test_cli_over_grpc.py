@@ -43,6 +43,8 @@ def schema_of(argv: tuple[str, ...], code: int) -> str:
         return "Migration" if len(argv) > 1 and argv[1] in ("show", "watch", "cancel") else "ListMigrationsResponse"
     if command == "hosts" and len(argv) > 1 and argv[1] in ("cordon", "uncordon"):
         return "HostStatus"
+    if command == "hosts" and len(argv) > 1 and argv[1] == "forget":
+        return "ForgetHostResponse"
     if command == "drains":
         return (
             "Drain"

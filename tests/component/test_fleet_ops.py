@@ -40,13 +40,15 @@ HOSTS = 4
 LIMITS = Limits(per_host_outbound=2, per_host_inbound=2, cluster=8)
 
 
-def config(cid: str, limits: Limits = LIMITS) -> CoordinatorConfig:
+def config(cid: str, limits: Limits = LIMITS, *, declared: bool = True) -> CoordinatorConfig:
     return CoordinatorConfig(
         id=cid,
         listen=("127.0.0.1:0",),
         etcd=EtcdConfig(("unused:1",)),
         agents=AgentsConfig(inventory_ttl_s=0.2, inventory_timeout_s=3.0),
-        hosts={f"host{i}": HostDecl(f"host{i}", bridges={"guest": bridge_of(i)}) for i in range(1, HOSTS + 1)},
+        hosts={f"host{i}": HostDecl(f"host{i}", bridges={"guest": bridge_of(i)}) for i in range(1, HOSTS + 1)}
+        if declared
+        else {},
         limits=limits,
         election_ttl_s=2,
     )
@@ -60,6 +62,7 @@ class Setup:
     addresses: list[str] = field(default_factory=list)
     registrations: list[Registration] = field(default_factory=list)
     channels: list = field(default_factory=list)
+    declared: bool = True  # the coordinators' config declares the hosts ([hosts.NAME])
 
     @property
     def stub(self) -> cgrpc.CoordinatorStub:
@@ -68,7 +71,9 @@ class Setup:
         return cgrpc.CoordinatorStub(channel)
 
     async def add_coordinator(self, cid: str, limits: Limits = LIMITS) -> Coordinator:
-        c = build_coordinator(config(cid, limits), self.store, lambda h, a: GrpcAgentClient(h, a, timeout_s=5.0))
+        c = build_coordinator(
+            config(cid, limits, declared=self.declared), self.store, lambda h, a: GrpcAgentClient(h, a, timeout_s=5.0)
+        )
         c.fleet.reprobe_s = 0.2
         c.servicer.submissions.timeouts = FAST
         c.new_engine = lambda: fast_engine(c, cordoned=c.views.cordoned)  # type: ignore[method-assign]
@@ -105,10 +110,10 @@ class Setup:
 
 
 @pytest.fixture
-async def fx(tmp_path: Path) -> AsyncIterator[Setup]:
+async def fx(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
     agents = await start_fleet(tmp_path / "agents", HOSTS)
     store = MemoryStore()
-    s = Setup(agents, store)
+    s = Setup(agents, store, declared=getattr(request, "param", True))
     for name, a in agents.agents.items():
         r = a.registration()
         reg = Registration(store, name, r.address, r.libvirt_uri, r.migration_address, ttl_s=10)
@@ -424,6 +429,52 @@ async def test_a_second_drain_of_the_same_host_is_refused(fx, capsys):
     assert final.state == cpb.DRAIN_STATE_SUCCEEDED
     code, listed = await fx.ferry(capsys, "drains")
     assert [x["id"] for x in listed["drains"]] == [d["id"]]
+
+
+# ---------------------------------------------------------------- a decommissioned host
+
+
+async def test_a_declared_host_cannot_be_forgotten(fx, capsys):
+    code, err = await fx.ferry(capsys, "hosts", "forget", "host4")
+    assert code == 2 and err["error"]["reason"] == "HOST_DECLARED", err
+    assert "[hosts.host4]" in err["error"]["hint"]
+
+
+@pytest.mark.parametrize("fx", [False], indirect=True)  # hosts known by their registrations alone
+async def test_a_decommissioned_host_is_forgotten_on_every_replica(fx, capsys):
+    # A host that is gone for good stays in view (DOWN), its VMs listed as unreachable: a dead host
+    # must not look like lost VMs. Its operator takes it out once, explicitly.
+    fx.guest("host4", "old1")
+    await fx.add_coordinator("c2")
+    for at in (0, 1):
+        code, vms = await fx.ferry(capsys, "vms", at=at)
+        assert code == 0 and [v["host"] for v in vms["vms"] if v["domain"]["name"] == "old1"] == ["host4"]
+    code, err = await fx.ferry(capsys, "hosts", "forget", "host4")
+    assert code == 2 and err["error"]["reason"] == "HOST_REGISTERED", err  # in service: cordon it instead
+    await fx.registrations[3].stop()  # host4 decommissioned: its agent stopped, its registration gone
+    for at in (0, 1):
+        for _ in range(200):
+            code, hosts = await fx.ferry(capsys, "hosts", at=at)
+            if not next(h for h in hosts["hosts"] if h["name"] == "host4")["available"]:
+                break
+            await asyncio.sleep(0.02)
+        code, vms = await fx.ferry(capsys, "vms", at=at)
+        [entry] = [v for v in vms["vms"] if v["domain"]["name"] == "old1"]
+        assert entry["host"] == "host4" and entry["unreachable"]
+    code, out = await fx.ferry(capsys, "hosts", "forget", "host4")
+    assert code == 0 and out == {"host": "host4", "vms": ["old1"]}, out
+    assert await fx.store.get(keys.last_seen_key("host4")) is None
+    for at in (0, 1):  # the other replica drops it when it sees last-seen/host4 go
+        for _ in range(200):
+            code, hosts = await fx.ferry(capsys, "hosts", at=at)
+            if "host4" not in [h["name"] for h in hosts["hosts"]]:
+                break
+            await asyncio.sleep(0.02)
+        assert [h["name"] for h in hosts["hosts"]] == ["host1", "host2", "host3"], at
+        code, vms = await fx.ferry(capsys, "vms", at=at)
+        assert "old1" not in [v["domain"]["name"] for v in vms["vms"]]
+    code, err = await fx.ferry(capsys, "hosts", "forget", "host4")
+    assert code == 2 and err["error"]["reason"] == "HOST_UNKNOWN"
 
 
 # ---------------------------------------------------------------- the fleet-wide watch, paging

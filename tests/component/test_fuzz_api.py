@@ -577,6 +577,7 @@ RPCS = [
         lambda r: st.builds(cpb.CordonHostRequest, host=text(["host3", "host9"]), reason=text(["kernel"])),
     ),
     Rpc("coordinator", "UncordonHost", lambda r: st.builds(cpb.UncordonHostRequest, host=text(["host3", "host9"]))),
+    Rpc("coordinator", "ForgetHost", lambda r: st.builds(cpb.ForgetHostRequest, host=text(["host3", "host9"]))),
     Rpc(
         "coordinator",
         "RankTargets",

@@ -78,6 +78,7 @@ COORDINATOR_REQUESTS: dict[str, Any] = {
     "WatchFleet": cpb.WatchFleetRequest(),
     "CordonHost": cpb.CordonHostRequest(host="host9", reason="role matrix"),
     "UncordonHost": cpb.UncordonHostRequest(host="host9"),
+    "ForgetHost": cpb.ForgetHostRequest(host="host9"),
     "SubmitDrain": cpb.SubmitDrainRequest(host="host9", dry_run=True),
     "PauseDrain": cpb.PauseDrainRequest(id="d-nope"),
     "ResumeDrain": cpb.ResumeDrainRequest(id="d-nope"),
@@ -92,6 +93,7 @@ AGENT_READS = ("GetInventory", "GetDomain", "ListPrepares", "GetJob")
 OPERATOR_ONLY = (
     "CordonHost",
     "UncordonHost",
+    "ForgetHost",
     "SubmitDrain",
     "PauseDrain",
     "ResumeDrain",
