@@ -6,7 +6,8 @@ table (``libvirt_errors.translate``) for the same situations, and a migration is
 advances step by step -- disk mirror, pre-copy iterations against a dirty rate, post-copy,
 switch-over -- and moves the domain to the target ``FakeHypervisor`` of the same ``FakeFleet``.
 
-Time: each step is ``step_ms`` of simulated time and takes ``step_s`` of real time (quick);
+Time: each step is ``step_ms`` of simulated time and takes ``step_s`` of real time (quick;
+kept on schedule when the event loop wakes a step late: ``next_step_at``);
 ``hold()`` / ``release()`` stop and restart every job between steps, so a test can act
 mid-migration deterministically. Failure injection: ``fail(method, error)``, ``hang(method)``
 and ``fail_migration(name, at_step, code)``.
@@ -163,6 +164,21 @@ def make_domain_xml(
         f"<os><type arch='x86_64'>hvm</type></os>{cpu}"
         f"<devices>{disk_xml}{nic_xml}</devices></domain>"
     )
+
+
+def next_step_at(previous: float, step_s: float, now: float) -> float:
+    """When a job's next step is due: ``step_s`` after the previous one, so that a busy event
+    loop waking a step late does not make the whole job late (a job of n steps takes n * step_s,
+    as a fleet simulation's estimates assume); a job behind by a step or more (held, or the loop
+    stalled) takes its next step a full ``step_s`` from now, not a burst of steps at once.
+
+    >>> next_step_at(10.0, 0.5, 10.02)   # the previous step woke 20 ms late: 480 ms to the next
+    10.5
+    >>> next_step_at(10.0, 0.5, 10.9)    # behind (held for a while): a whole step from now
+    11.4
+    """
+    due = previous + step_s
+    return due if due > now else now + step_s
 
 
 @dataclass
@@ -785,12 +801,15 @@ class FakeHypervisor:
     async def _run_job(self, job: _Job) -> None:
         name = job.domain.name
         failure = self._failures.pop(name, None)
+        loop = asyncio.get_running_loop()
+        step_at = loop.time()
         try:
             if job.options.offline:
                 self._land(job)
                 return
             while True:
-                await asyncio.sleep(self.step_s)
+                step_at = next_step_at(step_at, self.step_s, loop.time())
+                await asyncio.sleep(step_at - loop.time())
                 self._check_libvirtd(job)
                 await self._held(job)  # an abort is acted on even while jobs are held (its end then waits)
                 if not job.abort:
