@@ -190,6 +190,15 @@ class FakeDomain:
     completed: JobStats | None = None
     max_downtime_ms: int = 300  # migration parameters for the next job (libvirt keeps them too)
     bandwidth_mibps: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.parsed.name
+
+    @property
+    def uuid(self) -> str:
+        return self.parsed.uuid
+
     # the parse of ``xml`` (the XML it was made from, what it found): every lookup by name or UUID
     # reads these, a fleet simulation thousands of times a second; parsed again when xml changes
     _parsed: tuple[str, ParsedDomain, tuple[Disk, ...], tuple[Nic, ...]] | None = field(
@@ -213,14 +222,6 @@ class FakeDomain:
     @property
     def nics(self) -> tuple[Nic, ...]:
         return self._parse()[3]
-
-    @property
-    def name(self) -> str:
-        return self.parsed.name
-
-    @property
-    def uuid(self) -> str:
-        return self.parsed.uuid
 
 
 @dataclass
