@@ -43,7 +43,6 @@ from ferry.diskplan import plan_disks
 from ferry.errors import FerryError, InvalidArgument, NotFound
 from ferry.model import (
     CompletedJob,
-    DomainInfo,
     DomainState,
     HostFacts,
     JobStats,
@@ -82,7 +81,7 @@ from .events import (
     WatchJob,
 )
 from .policies import PredictionConfig, copy_bytes, needs_prediction, predict_migration, refusal
-from .preflight import ProbeCache, measure, preflight
+from .preflight import PreflightReport, ProbeCache, measure, preflight
 from .record import MigrationRecord
 
 log = logging.getLogger(__name__)
@@ -141,9 +140,9 @@ class Actions:
         self.prediction = prediction
         self.term = leader_term
         self.on_stale = on_stale
-        # the source's domain and XML as the last passed preflight of each record read them (and
-        # when): its prepare, which follows at once, uses them instead of asking the source again
-        self._preflighted: OrderedDict[str, tuple[DomainInfo, str, float]] = OrderedDict()
+        # the last passed preflight of each record (and when): its prepare, which follows at once,
+        # takes the source's domain and XML from it instead of asking the source again
+        self._preflighted: OrderedDict[str, tuple[PreflightReport, float]] = OrderedDict()
         self._monotonic = monotonic
 
     def _fenced(self, r: MigrationRecord, sink: Emit) -> Emit:
@@ -235,28 +234,28 @@ class Actions:
                 report.blockers + ((Problem.of(refused),) if refused is not None else ()), prediction
             )
         if not result.problems and report.domain is not None and report.domain_xml:
-            self._remember_domain(r.id, report.domain, report.domain_xml)
+            self._remember_preflight(r.id, report)
         return result
 
-    def _remember_domain(self, migration_id: str, domain: DomainInfo, xml: str) -> None:
-        self._preflighted[migration_id] = (domain, xml, self._monotonic())
+    def _remember_preflight(self, migration_id: str, report: PreflightReport) -> None:
+        self._preflighted[migration_id] = (report, self._monotonic())
         self._preflighted.move_to_end(migration_id)
         while len(self._preflighted) > PREFLIGHTED_KEPT:  # records that never reached their prepare
             self._preflighted.popitem(last=False)
 
-    def _preflight_domain(self, migration_id: str) -> tuple[DomainInfo, str] | None:
-        """The domain and XML the record's passed preflight read, if that was a moment ago."""
+    def _passed_preflight(self, migration_id: str) -> PreflightReport | None:
+        """The record's passed preflight (with the source's domain and XML), if a moment ago."""
         known = self._preflighted.pop(migration_id, None)
-        if known is None or self._monotonic() - known[2] > PREFLIGHT_XML_FRESH_S:
+        if known is None or self._monotonic() - known[1] > PREFLIGHT_XML_FRESH_S:
             return None
-        return known[0], known[1]
+        return known[0]
 
     async def prepare_target(self, r: MigrationRecord) -> Event:
         """The target's PrepareIncoming from the source's XML: the one its passed preflight read
         a moment ago, else asked again (a prepare resumed by recovery or by another leader)."""
-        known = self._preflight_domain(r.id)
-        if known is not None:
-            domain, xml = known
+        known = self._passed_preflight(r.id)
+        if known is not None and known.domain is not None:
+            domain, xml = known.domain, known.domain_xml
         else:
             try:
                 domain, xml = await self._client(r.source_host).get_domain(
