@@ -80,7 +80,7 @@ from benchlib import (
 
 from ferry.lab import ControlPlane, Lab
 from ferry.lab.controlplane import coordinators_dir, lab_cli_config
-from ferry.lab.domain import parse_size
+from ferry.lab.domain import lab_emulator, parse_size
 from ferry.lab.topology import IMAGE_DIR
 from ferry.model import StorageMode
 from ferry.v1 import coordinator_pb2 as cpb
@@ -669,8 +669,10 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def versions(lab: Lab) -> str:
+    """libvirt's version and that of the QEMU the guests run on (the lab's emulator: Debian 13's
+    when deploy/fetch-qemu.sh put it there, not necessarily the system's)."""
     libvirt = lab.host_exec(HOSTS[0], "libvirtd", "--version", check=False).stdout.split()
-    qemu = lab.host_exec(HOSTS[0], "qemu-system-x86_64", "--version", check=False).stdout.split()
+    qemu = lab.host_exec(HOSTS[0], lab_emulator(), "--version", check=False).stdout.split()
     return f"libvirt {libvirt[-1] if libvirt else '?'}, QEMU {qemu[3] if len(qemu) > 3 else '?'} (TCG)"
 
 
