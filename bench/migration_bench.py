@@ -78,11 +78,13 @@ from benchlib import (
     spread,
 )
 
+from ferry.cli.config import client_tls
 from ferry.lab import ControlPlane, Lab
 from ferry.lab.controlplane import coordinators_dir, lab_cli_config
-from ferry.lab.domain import parse_size
+from ferry.lab.domain import lab_emulator, parse_size
 from ferry.lab.topology import IMAGE_DIR
 from ferry.model import StorageMode
+from ferry.rpc import Tls
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
 
@@ -159,9 +161,15 @@ class RecordWatch:
     gives the phase times; the first version carrying progress tells when the source's job
     started (its ``updated_at``)."""
 
-    def __init__(self, address: str, vm: str) -> None:
+    def __init__(self, address: str, vm: str, tls: Tls | None) -> None:
         self.versions: list[cpb.Migration] = []
-        self._channel = grpc.insecure_channel(address)
+        if tls is None:
+            self._channel = grpc.insecure_channel(address)
+        else:  # the lab's coordinators are TLS only: the operator CLI's certificate, as ``ferry`` uses it
+            creds = grpc.ssl_channel_credentials(tls.ca.read_bytes(), tls.key.read_bytes(), tls.cert.read_bytes())
+            self._channel = grpc.secure_channel(
+                address, creds, options=[("grpc.ssl_target_name_override", "localhost")]
+            )
         stub = cgrpc.CoordinatorStub(self._channel)
         request = cpb.WatchFleetRequest(vms=[vm], objects=[cpb.FLEET_OBJECT_MIGRATION], current=True)
         self._call = stub.WatchFleet(request)
@@ -349,7 +357,7 @@ class Migrator:
         argv = [str(FERRY), "--output", "json", "migrate", vm, "--to", target, "--copy-storage-all", *flags]
         if limit_s is not None:
             argv += ["--timeout", str(int(limit_s))]
-        watch = RecordWatch(f"unix:{coordinators_dir(self.lab.paths) / 'c1.sock'}", vm)
+        watch = RecordWatch(f"unix:{coordinators_dir(self.lab.paths) / 'c1.sock'}", vm, client_tls(env=env))
         try:
             started_at = time.time()
             started = time.monotonic()
@@ -669,8 +677,10 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def versions(lab: Lab) -> str:
+    """libvirt's version and that of the QEMU the guests run on (the lab's emulator: Debian 13's
+    when deploy/fetch-qemu.sh put it there, not necessarily the system's)."""
     libvirt = lab.host_exec(HOSTS[0], "libvirtd", "--version", check=False).stdout.split()
-    qemu = lab.host_exec(HOSTS[0], "qemu-system-x86_64", "--version", check=False).stdout.split()
+    qemu = lab.host_exec(HOSTS[0], lab_emulator(), "--version", check=False).stdout.split()
     return f"libvirt {libvirt[-1] if libvirt else '?'}, QEMU {qemu[3] if len(qemu) > 3 else '?'} (TCG)"
 
 

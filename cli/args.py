@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
 from ferry.cli import jsonout
@@ -74,10 +73,25 @@ class Parser(argparse.ArgumentParser):
 
 def ferry_version() -> str:
     """The installed distribution's version (single-sourced in pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError, version  # ~15 ms: only for --version
+
     try:
         return version("ferry")
     except PackageNotFoundError:
         return "unknown (not installed)"
+
+
+class VersionAction(argparse.Action):
+    """``--version``: the version is looked up when asked for, not each time the parser is built."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None
+    ) -> None:
+        print(f"ferry {ferry_version()}", flush=True)
+        parser.exit()
 
 
 def _output(value: str) -> str:
@@ -314,7 +328,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
-    p.add_argument("--version", action="version", version=f"ferry {ferry_version()}", help="print the version")
+    p.add_argument("--version", action=VersionAction, help="print the version")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     hs = sub_parser(sub, "hosts", "list hosts: agent state, CPU, free memory, VMs, migrations out/in, bridges, cordons")
     hs_sub = hs.add_subparsers(dest="action", metavar="ACTION")

@@ -12,18 +12,21 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from functools import cached_property
 from types import TracebackType
-from typing import TextIO
-
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, TextIO
 
 from ferry.cli import render
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import types_pb2 as tpb
+
+# rich is imported where it draws, not here: a command whose output is not a terminal (a script,
+# ``-o json``) never needs it, and importing it is ~30 ms of every such command's start-up
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.live import Live
+    from rich.table import Table
+    from rich.text import Text
 
 #: colours of words that appear in cells (phases, host state)
 STYLES = {
@@ -41,12 +44,18 @@ BAR_WIDTH = 20
 
 
 def styled(cell: object) -> Text:
+    from rich.text import Text
+
     text = str(cell)
     return Text(text, style=STYLES.get(text, ""))
 
 
 def rich_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Table:
     """The plain table's content with a bold header and coloured phases, no box."""
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
     t = Table(box=None, header_style="bold", pad_edge=False, show_edge=False)
     for h in headers:
         t.add_column(h, overflow="fold")
@@ -59,6 +68,10 @@ def progress_line(
     progress: tpb.MigrationProgress, at_least: float = 0.0, previous: tpb.MigrationProgress | None = None
 ) -> RenderableType:
     """``ferry migrate``'s bar on a terminal: a rich bar, then the plain line's figures."""
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
     frac = max(render.fraction(progress), at_least)
     figures = render.progress_bar(progress, at_least=at_least, previous=previous).split("] ", 1)[1]
     line = Table.grid(padding=(0, 1))
@@ -74,6 +87,11 @@ def top_view(
     previous: render.Previous | None = None,
 ) -> RenderableType:
     """One refresh of ``ferry top`` on a terminal."""
+    from rich.console import Group
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
     previous = previous or {}
     header = Text.assemble(
         ("ferry top", "bold"),
@@ -120,7 +138,13 @@ class Screen:
     def __init__(self, file: TextIO | None = None, *, tty: bool | None = None, width: int | None = None) -> None:
         self.file = file if file is not None else sys.stdout
         self.tty = self.file.isatty() if tty is None else tty
-        self.console = Console(file=self.file, force_terminal=self.tty, highlight=False, width=width)
+        self._width = width
+
+    @cached_property
+    def console(self) -> Console:
+        from rich.console import Console
+
+        return Console(file=self.file, force_terminal=self.tty, highlight=False, width=self._width)
 
     def text(self, text: str) -> None:
         print(text, file=self.file, flush=True)
@@ -146,6 +170,9 @@ class LiveArea:
 
     def __enter__(self) -> LiveArea:
         if self.enabled:
+            from rich.live import Live
+            from rich.text import Text
+
             self._live = Live(Text(""), console=self.screen.console, auto_refresh=False, transient=False)
             self._live.start()
         return self
@@ -160,6 +187,8 @@ class LiveArea:
 
     def line(self, text: str, style: str = "") -> None:
         if self._live is not None:
+            from rich.text import Text
+
             self._live.console.print(Text(text, style=style))
         else:
             self.screen.text(text)

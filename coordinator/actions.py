@@ -13,6 +13,9 @@ through ``emit`` (called once or more, never raising). The rules, from ``decide`
   (GetJob cannot say how a job it no longer runs ended; ``decide`` acts on placement anyway);
 * ObservePlacement: GetDomain on both hosts (NotFound = None), GetJob on the source
   ("migration out" active = ``source_job_active``);
+* PrepareTarget: the source's XML (and disks) as the record's passed preflight read them a moment
+  before (``PREFLIGHT_XML_FRESH_S``), else from a fresh GetDomain on the source -- one agent call
+  less on the way to the job;
 * CleanupTarget: the listed prepares, then every prepare ListPrepares shows with this
   migration's id; an already removed one counts as cleaned;
 * CommitTarget on an unknown prepare counts as committed. Once the target committed a migration
@@ -30,6 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -77,7 +82,7 @@ from .events import (
     WatchJob,
 )
 from .policies import PredictionConfig, copy_bytes, needs_prediction, predict_migration, refusal
-from .preflight import ProbeCache, measure, preflight
+from .preflight import PreflightReport, ProbeCache, measure, preflight
 from .record import MigrationRecord
 
 log = logging.getLogger(__name__)
@@ -97,6 +102,10 @@ def outgoing(job: JobStats) -> bool:
 
 
 STALE_LEADER = "STALE_LEADER"
+# the source's XML a passed preflight read, used by the prepare that follows within this long
+# (a prepare resumed later, or by another leader, asks the source again); at most this many kept
+PREFLIGHT_XML_FRESH_S = 10.0
+PREFLIGHTED_KEPT = 4096
 
 
 @dataclass(frozen=True)
@@ -123,6 +132,7 @@ class Actions:
         *,
         leader_term: int = 0,
         on_stale: Callable[[Problem], None] = lambda problem: None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.hosts = hosts
         self.timing = timing
@@ -131,6 +141,10 @@ class Actions:
         self.prediction = prediction
         self.term = leader_term
         self.on_stale = on_stale
+        # the last passed preflight of each record (and when): its prepare, which follows at once,
+        # takes the source's domain and XML from it instead of asking the source again
+        self._preflighted: OrderedDict[str, tuple[PreflightReport, float]] = OrderedDict()
+        self._monotonic = monotonic
 
     def _fenced(self, r: MigrationRecord, sink: Emit) -> Emit:
         """``sink``, except for a STALE_LEADER refusal: that goes to ``on_stale`` instead."""
@@ -212,20 +226,44 @@ class Actions:
         if involved:
             return AgentLost(involved[0])
         if load is None:
-            return PreflightResult(report.blockers)
-        prediction = predict_migration(policy, load, disk_bytes=copy_bytes(report.disks), config=self.prediction)
-        log.info("migration %s: prediction under policy %s: %s", r.id, policy.label, prediction.words)
-        refused = refusal(policy, prediction)
-        blockers = report.blockers + ((Problem.of(refused),) if refused is not None else ())
-        return PreflightResult(blockers, prediction)
+            result = PreflightResult(report.blockers)
+        else:
+            prediction = predict_migration(policy, load, disk_bytes=copy_bytes(report.disks), config=self.prediction)
+            log.info("migration %s: prediction under policy %s: %s", r.id, policy.label, prediction.words)
+            refused = refusal(policy, prediction)
+            result = PreflightResult(
+                report.blockers + ((Problem.of(refused),) if refused is not None else ()), prediction
+            )
+        if not result.problems and report.domain is not None and report.domain_xml:
+            self._remember_preflight(r.id, report)
+        return result
+
+    def _remember_preflight(self, migration_id: str, report: PreflightReport) -> None:
+        self._preflighted[migration_id] = (report, self._monotonic())
+        self._preflighted.move_to_end(migration_id)
+        while len(self._preflighted) > PREFLIGHTED_KEPT:  # records that never reached their prepare
+            self._preflighted.popitem(last=False)
+
+    def _passed_preflight(self, migration_id: str) -> PreflightReport | None:
+        """The record's passed preflight (with the source's domain and XML), if a moment ago."""
+        known = self._preflighted.pop(migration_id, None)
+        if known is None or self._monotonic() - known[1] > PREFLIGHT_XML_FRESH_S:
+            return None
+        return known[0]
 
     async def prepare_target(self, r: MigrationRecord) -> Event:
-        try:
-            domain, xml = await self._client(r.source_host).get_domain(
-                vm_ref(r), include_xml=True, leader_term=self.term
-            )
-        except FerryError as err:
-            return AgentLost(r.source_host) if agent_lost(err) else PrepareFailed(Problem.of(err))
+        """The target's PrepareIncoming from the source's XML: the one its passed preflight read
+        a moment ago, else asked again (a prepare resumed by recovery or by another leader)."""
+        known = self._passed_preflight(r.id)
+        if known is not None and known.domain is not None:
+            domain, xml = known.domain, known.domain_xml
+        else:
+            try:
+                domain, xml = await self._client(r.source_host).get_domain(
+                    vm_ref(r), include_xml=True, leader_term=self.term
+                )
+            except FerryError as err:
+                return AgentLost(r.source_host) if agent_lost(err) else PrepareFailed(Problem.of(err))
         try:
             plans = plan_disks(domain.disks, r.options.storage, r.options.migrate_disks, r.mapping)
             out = await self._client(r.target_host).prepare_incoming(

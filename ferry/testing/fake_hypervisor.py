@@ -6,7 +6,8 @@ table (``libvirt_errors.translate``) for the same situations, and a migration is
 advances step by step -- disk mirror, pre-copy iterations against a dirty rate, post-copy,
 switch-over -- and moves the domain to the target ``FakeHypervisor`` of the same ``FakeFleet``.
 
-Time: each step is ``step_ms`` of simulated time and takes ``step_s`` of real time (quick);
+Time: each step is ``step_ms`` of simulated time and takes ``step_s`` of real time (quick;
+kept on schedule when the event loop wakes a step late: ``next_step_at``);
 ``hold()`` / ``release()`` stop and restart every job between steps, so a test can act
 mid-migration deterministically. Failure injection: ``fail(method, error)``, ``hang(method)``
 and ``fail_migration(name, at_step, code)``.
@@ -23,11 +24,21 @@ from dataclasses import dataclass, field, replace
 
 from ferry.agent import libvirt_errors as le
 from ferry.agent import probe
-from ferry.agent.domxml import parse_disks, parse_domain, parse_nics
+from ferry.agent.domxml import ParsedDomain, parse_disks, parse_domain, parse_nics
 from ferry.agent.target_checks import cpu_check_failed
 from ferry.convergence import ConvergencePolicy
 from ferry.errors import FerryError
-from ferry.model import HOST_CPU_MODES, DomainInfo, DomainState, HostFacts, JobStats, MigrationOptions, StorageMode
+from ferry.model import (
+    HOST_CPU_MODES,
+    Disk,
+    DomainInfo,
+    DomainState,
+    HostFacts,
+    JobStats,
+    MigrationOptions,
+    Nic,
+    StorageMode,
+)
 from ferry.testing.fake_hostsystem import FakeHostSystem, FakeImage
 
 MiB = 1 << 20
@@ -155,6 +166,21 @@ def make_domain_xml(
     )
 
 
+def next_step_at(previous: float, step_s: float, now: float) -> float:
+    """When a job's next step is due: ``step_s`` after the previous one, so that a busy event
+    loop waking a step late does not make the whole job late (a job of n steps takes n * step_s,
+    as a fleet simulation's estimates assume); a job behind by a step or more (held, or the loop
+    stalled) takes its next step a full ``step_s`` from now, not a burst of steps at once.
+
+    >>> next_step_at(10.0, 0.5, 10.02)   # the previous step woke 20 ms late: 480 ms to the next
+    10.5
+    >>> next_step_at(10.0, 0.5, 10.9)    # behind (held for a while): a whole step from now
+    11.4
+    """
+    due = previous + step_s
+    return due if due > now else now + step_s
+
+
 @dataclass
 class FakeDomain:
     xml: str
@@ -170,11 +196,35 @@ class FakeDomain:
 
     @property
     def name(self) -> str:
-        return parse_domain(self.xml).name
+        return self.parsed.name
 
     @property
     def uuid(self) -> str:
-        return parse_domain(self.xml).uuid
+        return self.parsed.uuid
+
+    # the parse of ``xml`` (the XML it was made from, what it found): every lookup by name or UUID
+    # reads these, a fleet simulation thousands of times a second; parsed again when xml changes
+    _parsed: tuple[str, ParsedDomain, tuple[Disk, ...], tuple[Nic, ...]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def _parse(self) -> tuple[str, ParsedDomain, tuple[Disk, ...], tuple[Nic, ...]]:
+        xml = self.xml
+        if self._parsed is None or self._parsed[0] is not xml:
+            self._parsed = (xml, parse_domain(xml), tuple(parse_disks(xml)), tuple(parse_nics(xml)))
+        return self._parsed
+
+    @property
+    def parsed(self) -> ParsedDomain:
+        return self._parse()[1]
+
+    @property
+    def disks(self) -> tuple[Disk, ...]:
+        return self._parse()[2]
+
+    @property
+    def nics(self) -> tuple[Nic, ...]:
+        return self._parse()[3]
 
 
 @dataclass
@@ -353,10 +403,10 @@ class FakeHypervisor:
         return 0, 0
 
     def _info(self, dom: FakeDomain) -> DomainInfo:
-        parsed = parse_domain(dom.xml)
+        parsed = dom.parsed
         disks = tuple(
             replace(d, virtual_size=self._size(d.source)[0], allocation=self._size(d.source)[1]) if d.source else d
-            for d in parse_disks(dom.xml)
+            for d in dom.disks
         )
         return DomainInfo(
             name=parsed.name,
@@ -366,7 +416,7 @@ class FakeHypervisor:
             vcpus=parsed.vcpus,
             persistent=dom.persistent,
             disks=disks,
-            nics=tuple(parse_nics(dom.xml)),
+            nics=dom.nics,
             cpu_mode=parsed.cpu_mode,
             cpu_model=parsed.cpu_model,
             os_type=parsed.domain_type,
@@ -378,7 +428,7 @@ class FakeHypervisor:
 
     async def host_facts(self) -> HostFacts:
         await self._enter("host_facts", "getCapabilities")
-        used = sum(parse_domain(d.xml).memory_bytes for d in self.domains.values() if d.state.is_active)
+        used = sum(d.parsed.memory_bytes for d in self.domains.values() if d.state.is_active)
         return HostFacts(
             hostname=self.hostname,
             host_uuid=self.host_uuid,
@@ -571,7 +621,7 @@ class FakeHypervisor:
         await self._enter("dirty_rate", "startDirtyRateCalc")
         dom = self._lookup(name_or_uuid, "startDirtyRateCalc")
         await asyncio.sleep(self.step_s)
-        memory = parse_domain(dom.xml).memory_bytes
+        memory = dom.parsed.memory_bytes
         return float(min(memory, dom.dirty_bytes_per_s * seconds) / max(1, seconds))
 
     async def guest_ram_resident(self, name_or_uuid: str) -> int:
@@ -580,7 +630,7 @@ class FakeHypervisor:
     async def memory_rss(self, name_or_uuid: str) -> int:
         await self._enter("memory_rss", "memoryStats")
         dom = self._lookup(name_or_uuid, "memoryStats")
-        return parse_domain(dom.xml).memory_bytes if dom.state.is_active else 0
+        return dom.parsed.memory_bytes if dom.state.is_active else 0
 
     async def start_postcopy(self, name_or_uuid: str) -> None:
         await self._enter("start_postcopy", "migrateStartPostCopy")
@@ -685,7 +735,7 @@ class FakeHypervisor:
                         domain=18,
                         peer=target_uri,
                     )
-                src = next((d for d in parse_disks(dom.xml) if d.target == name), None)
+                src = next((d for d in dom.disks if d.target == name), None)
                 size = self._size(src.source) if src else (0, 0)
                 disk_total += size[1] or size[0]
         # the target precreates storage first, then starts QEMU (which needs the bridges)
@@ -700,7 +750,7 @@ class FakeHypervisor:
                         domain=0,
                         peer=target_uri,
                     )
-        memory = parse_domain(dom.xml).memory_bytes
+        memory = dom.parsed.memory_bytes
         stats = JobStats(
             active=True,
             job_type="unbounded",
@@ -739,7 +789,7 @@ class FakeHypervisor:
         system, and (unless it is a cluster file system) use cache none or directsync."""
         if self.host is None:
             return
-        for disk in parse_disks(dom.xml):
+        for disk in dom.disks:
             if not disk.source or disk.readonly or disk.target in copied:
                 continue
             fs = self._fs_type(disk.source)
@@ -758,12 +808,15 @@ class FakeHypervisor:
     async def _run_job(self, job: _Job) -> None:
         name = job.domain.name
         failure = self._failures.pop(name, None)
+        loop = asyncio.get_running_loop()
+        step_at = loop.time()
         try:
             if job.options.offline:
                 self._land(job)
                 return
             while True:
-                await asyncio.sleep(self.step_s)
+                step_at = next_step_at(step_at, self.step_s, loop.time())
+                await asyncio.sleep(step_at - loop.time())
                 self._check_libvirtd(job)
                 await self._held(job)  # an abort is acted on even while jobs are held (its end then waits)
                 if not job.abort:
