@@ -142,7 +142,7 @@ def test_etcd_confines_each_agent_to_its_own_key(lab: Lab):
     # every registration, read only: the registered hosts are the migration targets it accepts
     listed = run(agent, "get", ETCD_PREFIX + HOSTS, "--prefix", "--keys-only")
     assert listed.returncode == 0 and own in listed.stdout and other in listed.stdout, listed.stderr
-    for args in (("put", other, "{}"), ("delete", other), ("get", ETCD_PREFIX + "migrations/", "--prefix")):
+    for args in (("put", other, "{}"), ("del", other), ("get", ETCD_PREFIX + "migrations/", "--prefix")):
         denied = run(agent, *args)
         assert denied.returncode != 0 and "permission denied" in denied.stderr.lower(), (args, denied.stderr)
     assert run(coordinator, "get", ETCD_PREFIX, "--prefix", "--keys-only").returncode == 0
