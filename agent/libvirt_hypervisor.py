@@ -425,6 +425,21 @@ class LibvirtHypervisor:
     async def resume(self, name_or_uuid: str) -> None:
         await self._call("resume", lambda c: self._lookup(c, name_or_uuid).resume())
 
+    async def undefine_inactive(self, name_or_uuid: str) -> bool:
+        def work(conn: libvirt.virConnect) -> bool:
+            try:
+                dom = self._lookup(conn, name_or_uuid)
+            except libvirt.libvirtError as exc:
+                if _code(exc) == le.VIR_ERR_NO_DOMAIN:
+                    return False
+                raise
+            if dom.isActive():
+                return False
+            dom.undefineFlags(0)
+            return True
+
+        return await self._call("undefine", work)
+
     async def remote_resume(self, target_uri: str, name_or_uuid: str) -> bool:
         uri = self._peer_uris.get(target_uri, target_uri)
 

@@ -59,6 +59,7 @@ from ferry.convert import completed_job_from_stats
 from ferry.errors import Aborted, DeadlineExceeded, FailedPrecondition, FerryError, Internal, NotFound
 from ferry.model import (
     CompletedJob,
+    DomainInfo,
     DomainState,
     JobStats,
     MigrationOptions,
@@ -373,6 +374,8 @@ class MigrationDriver:
         if watch.paused:
             await self._unpause_target(req.target_uri, domain.uuid)
         state, defined = await self._leftover(domain.uuid)
+        if req.options.undefine_source and not req.options.offline and defined and state is not None:
+            state, defined = await self._undefine_leftover(domain, state)
         log.info(
             "migrated %s to %s in %d ms (downtime %s); on the source: %s",
             domain.name,
@@ -583,6 +586,19 @@ class MigrationDriver:
                 downtime_ms=0,
                 downtime_measured=False,
             )
+
+    async def _undefine_leftover(self, domain: DomainInfo, state: DomainState) -> tuple[DomainState | None, bool]:
+        """The migration completed with the source's definition to be removed, and libvirt left it
+        (seen in the lab after a post-copy resumed several times): the guest runs on the target, so
+        starting this copy would run it twice. Remove it when it is not running (its disks stay)."""
+        try:
+            removed = not state.is_active and await self._hv.undefine_inactive(domain.uuid)
+        except FerryError as exc:
+            log.warning("cannot remove the definition %s left on the source: %s: %s", domain.name, exc.reason, exc)
+            return state, True
+        if removed:
+            log.warning("libvirt left the definition of %s on the source after migrating it; removed it", domain.name)
+        return await self._leftover(domain.uuid)
 
     async def _leftover(self, uuid: str) -> tuple[DomainState | None, bool]:
         try:

@@ -138,6 +138,11 @@ class Hypervisor(Protocol):
         """Let the guest run on the target when it arrived paused there (True: it was paused)."""
         ...
 
+    async def undefine_inactive(self, name_or_uuid: str) -> bool:
+        """Remove the definition of a domain that is not running (its disks stay); False when it is
+        active or gone. A completed migration's leftover on the source, nothing else."""
+        ...
+
     async def dirty_rate(self, name_or_uuid: str, seconds: int) -> float:
         """The guest's dirty rate in bytes per second over ``seconds`` (libvirt's page-sampling
         calculation; waits for it). Raises FailedPrecondition (DIRTY_RATE_UNSUPPORTED) when

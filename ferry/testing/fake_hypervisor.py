@@ -192,7 +192,7 @@ class FakeDomain:
     bandwidth_mibps: int = 0
     #: PAUSED by libvirt for a migration: a test puts an unfinished incoming domain on a host with it
     #: (the fake's own migrations land in one step and never show one)
-    migration_paused: bool = False
+    paused_by_libvirt: bool = False
 
     @property
     def name(self) -> str:
@@ -305,6 +305,7 @@ class FakeHypervisor:
         self.host = host
         self.timeout_s = timeout_s
         self.step_s = step_s
+        self.leaves_source_definition = False  # libvirt keeps the source definition despite UNDEFINE_SOURCE
         self.step_ms = step_ms
         self.host_uuid = host_uuid or str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, hostname))
         self.networks = list(networks)
@@ -421,7 +422,7 @@ class FakeHypervisor:
             cpu_model=parsed.cpu_model,
             os_type=parsed.domain_type,
             emulator=parsed.emulator,
-            migration_paused=dom.migration_paused and dom.state is DomainState.PAUSED,
+            paused_by_libvirt=dom.paused_by_libvirt and dom.state is DomainState.PAUSED,
         )
 
     # ------------------------------------------------------------------ port: reading
@@ -605,6 +606,14 @@ class FakeHypervisor:
         dom = self._lookup(name_or_uuid, "resume")
         if dom.state is DomainState.PAUSED:
             dom.state = DomainState.RUNNING
+
+    async def undefine_inactive(self, name_or_uuid: str) -> bool:
+        await self._enter("undefine_inactive", "undefine")
+        dom = next((d for d in self.domains.values() if name_or_uuid in (d.name, d.uuid)), None)
+        if dom is None or dom.state.is_active:
+            return False
+        del self.domains[dom.uuid]
+        return True
 
     async def remote_resume(self, target_uri: str, name_or_uuid: str) -> bool:
         await self._enter("remote_resume", "resume")
@@ -973,8 +982,9 @@ class FakeHypervisor:
             elif opts.undefine_source:
                 del self.domains[dom.uuid]
             return
-        # what the source keeps: its definition unless undefined (a transient domain has none)
-        keep = not opts.undefine_source and dom.persistent
+        # what the source keeps: its definition unless undefined (a transient domain has none), or
+        # when a test has libvirt leave it anyway (seen after a post-copy resumed several times)
+        keep = (not opts.undefine_source or self.leaves_source_definition) and dom.persistent
         if not keep:
             del self.domains[dom.uuid]
             return

@@ -177,6 +177,35 @@ async def test_prepare_then_cleanup(agents):
 # ---------------------------------------------------------------- source side
 
 
+async def test_a_definition_libvirt_left_on_the_source_after_a_completed_migration_is_removed(agents):
+    # seen in the lab: a post-copy resumed five times completed, and host1 still defined the guest,
+    # shut off, beside it running on host2 -- starting that copy would run the VM twice
+    host1, host2 = agents
+    add_guest(host1, "g1")
+    host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
+    prep = await prepare_target(host1, host2, "g1")
+    host1.hv.leaves_source_definition = True
+    events = [e async for e in host1.stub.Migrate(migrate_request("g1", host2, prep.destination_xml))]
+    result = events[-1].result
+    assert result.source_state == tpb.DOMAIN_STATE_UNSPECIFIED and not result.source_defined
+    assert await host1.hv.find_domain(name="g1") is None and "undefine_inactive" in host1.hv.calls
+    assert (await host2.hv.find_domain(name="g1")).state is DomainState.RUNNING
+
+
+async def test_a_kept_source_definition_stays_when_asked_for(agents):
+    host1, host2 = agents
+    add_guest(host1, "g1")
+    host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
+    prep = await prepare_target(host1, host2, "g1")
+    events = [
+        e
+        async for e in host1.stub.Migrate(
+            migrate_request("g1", host2, prep.destination_xml, keep_source_definition=True)
+        )
+    ]
+    assert events[-1].result.source_defined and "undefine_inactive" not in host1.hv.calls
+
+
 async def test_migrate_streams_progress_then_result_and_the_domain_moves(agents):
     host1, host2 = agents
     uuid = add_guest(host1, "g1", dirty=50 * MiB)  # converges in a few iterations

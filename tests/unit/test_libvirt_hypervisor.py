@@ -87,7 +87,7 @@ LEFT_OUT = {"block.count": 1, "block.0.name": "vda"}  # libvirt skipped what nee
 
 
 @pytest.mark.parametrize(
-    ("state", "reason", "stats", "asked", "size", "migration_paused"),
+    ("state", "reason", "stats", "asked", "size", "paused_by_libvirt"),
     [
         (1, 1, FULL, [], 2 << 30, False),  # running, the statistics have it: no blockInfo
         # running, left out (seen right after a migration landed, the agent just restarted):
@@ -100,10 +100,29 @@ LEFT_OUT = {"block.count": 1, "block.0.name": "vda"}  # libvirt skipped what nee
     ],
 )
 def test_domain_info_reads_sizes_without_waiting_for_a_migration_job(
-    state, reason, stats, asked, size, migration_paused
+    state, reason, stats, asked, size, paused_by_libvirt
 ):
     dom = StubDomain(state, reason, stats)
     info = LibvirtHypervisor._domain_info(dom)  # type: ignore[arg-type]
     assert dom.block_info_asked == asked
     assert info.disks[0].virtual_size == size
-    assert info.migration_paused is migration_paused
+    assert info.paused_by_libvirt is paused_by_libvirt
+
+
+NODE = """<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads>
+<active>2</active><mhz>2000</mhz><model>i686</model></cpu><memory>2097152</memory>
+<domain type="test"><name>g9</name><memory>262144</memory><os><type>hvm</type></os></domain></node>"""
+
+
+async def test_undefine_inactive_removes_only_a_domain_that_is_not_running(tmp_path):
+    node = tmp_path / "node.xml"  # a private test driver (test:///default is shared in the process)
+    node.write_text(NODE)
+    h = LibvirtHypervisor(f"test://{node}", 5)
+    try:
+        assert not await h.undefine_inactive("g9")  # running: kept
+        assert not await h.undefine_inactive("nope")  # gone: nothing to do
+        await h._call("destroy", lambda c: c.lookupByName("g9").destroy())
+        assert await h.undefine_inactive("g9")
+        assert await h.find_domain(name="g9") is None
+    finally:
+        h.close()
