@@ -66,6 +66,7 @@ VIR_DOMAIN_PAUSED = 3
 VIR_DOMAIN_RUNNING_POSTCOPY = 10  # virDomainRunningReason
 VIR_DOMAIN_RUNNING_POSTCOPY_FAILED = 11
 VIR_DOMAIN_PAUSED_MIGRATION = 2  # virDomainPausedReason
+VIR_DOMAIN_PAUSED_STARTING_UP = 11
 VIR_DOMAIN_PAUSED_POSTCOPY = 12
 VIR_DOMAIN_PAUSED_POSTCOPY_FAILED = 13
 
@@ -459,19 +460,23 @@ def domain_info(
         cpu_model=parsed.cpu_model,
         os_type=parsed.domain_type,
         emulator=parsed.emulator,
-        migration_paused=migration_paused(state, reason),
+        paused_by_libvirt=paused_by_libvirt(state, reason),
     )
 
 
-def migration_paused(state: int, reason: int) -> bool:
-    """Whether (state, reason) says libvirt paused the domain for a migration: on the host it
-    migrates to, an incoming domain that has not finished (libvirt starts it paused, reason
-    MIGRATION, and resumes it only at the end; a migrated paused guest lands paused by the user).
+def paused_by_libvirt(state: int, reason: int) -> bool:
+    """Whether (state, reason) says libvirt itself keeps the domain paused: while it starts the
+    QEMU process (STARTING_UP) or for a migration (MIGRATION). On the host a migration goes to,
+    that is an incoming domain that has not finished: libvirt starts it paused ("starting up",
+    then "migrating", seen in the lab: 0.7 s, then the whole copy) and resumes it only at the end.
+    A landed guest is never paused so; a migrated paused guest lands paused by the user.
 
-    >>> migration_paused(VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_MIGRATION), migration_paused(VIR_DOMAIN_PAUSED, 1)
+    >>> paused_by_libvirt(VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_MIGRATION), paused_by_libvirt(VIR_DOMAIN_PAUSED, 1)
     (True, False)
+    >>> paused_by_libvirt(VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_STARTING_UP)
+    True
     """
-    return (state, reason) == (VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_MIGRATION)
+    return state == VIR_DOMAIN_PAUSED and reason in (VIR_DOMAIN_PAUSED_MIGRATION, VIR_DOMAIN_PAUSED_STARTING_UP)
 
 
 def job_stats_from_libvirt(d: Mapping[str, Any], *, postcopy: bool = False, postcopy_failed: bool = False) -> JobStats:

@@ -434,7 +434,7 @@ class Actions:
             s.state if s else None,
             t.state if t else None,
             bool(job),
-            target_arriving=bool(t and t.migration_paused),
+            target_arriving=bool(t and t.paused_by_libvirt),
         )
 
     async def prepares(self, r: MigrationRecord) -> list[PrepareRecord] | None:

@@ -238,7 +238,7 @@ def domain_to_pb(d: DomainInfo) -> tpb.Domain:
         cpu_model=d.cpu_model,
         os_type=d.os_type,
         emulator=d.emulator,
-        migration_paused=d.migration_paused,
+        paused_by_libvirt=d.paused_by_libvirt,
     )
 
 
@@ -256,7 +256,7 @@ def domain_from_pb(m: tpb.Domain) -> DomainInfo:
         cpu_model=m.cpu_model,
         os_type=m.os_type,
         emulator=m.emulator,
-        migration_paused=m.migration_paused,
+        paused_by_libvirt=m.paused_by_libvirt,
     )
 
 

@@ -115,9 +115,9 @@ class DomainInfo:
     cpu_model: str = ""
     os_type: str = ""
     emulator: str = ""  # the QEMU binary of the domain ("" = libvirt's default)
-    #: Paused by libvirt for a migration (virDomainGetState: PAUSED, reason MIGRATION). On the host a
-    #: migration goes to: an incoming domain whose migration has not finished -- not a landed guest.
-    migration_paused: bool = False
+    #: Paused by libvirt itself (virDomainGetState: PAUSED, reason STARTING_UP or MIGRATION). On the
+    #: host a migration goes to: an incoming domain whose migration has not finished -- not a landed guest.
+    paused_by_libvirt: bool = False
 
 
 @dataclass(frozen=True)

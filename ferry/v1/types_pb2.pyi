@@ -176,7 +176,7 @@ class Nic(_message.Message):
     def __init__(self, type: _Optional[str] = ..., source: _Optional[str] = ..., mac: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Domain(_message.Message):
-    __slots__ = ("name", "uuid", "state", "memory_bytes", "vcpus", "persistent", "disks", "nics", "cpu_mode", "cpu_model", "os_type", "emulator", "migration_paused")
+    __slots__ = ("name", "uuid", "state", "memory_bytes", "vcpus", "persistent", "disks", "nics", "cpu_mode", "cpu_model", "os_type", "emulator", "paused_by_libvirt")
     NAME_FIELD_NUMBER: _ClassVar[int]
     UUID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -189,7 +189,7 @@ class Domain(_message.Message):
     CPU_MODEL_FIELD_NUMBER: _ClassVar[int]
     OS_TYPE_FIELD_NUMBER: _ClassVar[int]
     EMULATOR_FIELD_NUMBER: _ClassVar[int]
-    MIGRATION_PAUSED_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_BY_LIBVIRT_FIELD_NUMBER: _ClassVar[int]
     name: str
     uuid: str
     state: DomainState
@@ -202,8 +202,8 @@ class Domain(_message.Message):
     cpu_model: str
     os_type: str
     emulator: str
-    migration_paused: bool
-    def __init__(self, name: _Optional[str] = ..., uuid: _Optional[str] = ..., state: _Optional[_Union[DomainState, str]] = ..., memory_bytes: _Optional[int] = ..., vcpus: _Optional[int] = ..., persistent: _Optional[bool] = ..., disks: _Optional[_Iterable[_Union[Disk, _Mapping]]] = ..., nics: _Optional[_Iterable[_Union[Nic, _Mapping]]] = ..., cpu_mode: _Optional[str] = ..., cpu_model: _Optional[str] = ..., os_type: _Optional[str] = ..., emulator: _Optional[str] = ..., migration_paused: _Optional[bool] = ...) -> None: ...
+    paused_by_libvirt: bool
+    def __init__(self, name: _Optional[str] = ..., uuid: _Optional[str] = ..., state: _Optional[_Union[DomainState, str]] = ..., memory_bytes: _Optional[int] = ..., vcpus: _Optional[int] = ..., persistent: _Optional[bool] = ..., disks: _Optional[_Iterable[_Union[Disk, _Mapping]]] = ..., nics: _Optional[_Iterable[_Union[Nic, _Mapping]]] = ..., cpu_mode: _Optional[str] = ..., cpu_model: _Optional[str] = ..., os_type: _Optional[str] = ..., emulator: _Optional[str] = ..., paused_by_libvirt: _Optional[bool] = ...) -> None: ...
 
 class HostMapping(_message.Message):
     __slots__ = ("bridges", "networks", "path_prefixes")

@@ -185,7 +185,7 @@ def test_get_domain_on_the_target_answers_during_an_incoming_copy(lab, guests):
     final = wait_final(lab, mid, timeout=60)
     assert resp.domain.name == name and resp.domain.state == tpb.DOMAIN_STATE_PAUSED
     # paused by libvirt for the migration: not a landed guest (a recovering leader must not commit it)
-    assert resp.domain.migration_paused
+    assert resp.domain.paused_by_libvirt
     assert still_copying, f"GetDomain answered only after the job ended ({seconds:.1f} s)"
     assert final["phase"] in (CANCELLED, ROLLED_BACK), steps(final)
     assert placement(lab, name) == {"host1": "running"} and images(lab, "host2", name) == []
