@@ -16,7 +16,7 @@ from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from ferry.model import DomainInfo, HostFacts, HostMapping, MigrationOptions, StorageMode
+from ferry.model import DomainInfo, HostFacts, HostMapping, Inventory, MigrationOptions, StorageMode
 
 from .checks import effective_storage
 from .config import HostDecl, derive_mapping
@@ -155,6 +155,17 @@ class Placed:
     ranking: Ranking
 
 
+@dataclass(frozen=True)
+class _Base:
+    """The hosts' options without loads as of fleet ``version`` and ``cordoned``."""
+
+    version: int
+    cordoned: tuple[tuple[str, HostCordon], ...]
+    options: list[HostOption]
+    inventory_at: dict[str, datetime | None]
+    index: dict[str, int]  # a host's place in ``options`` (the fleet's order: by name)
+
+
 class Placer:
     def __init__(
         self,
@@ -169,12 +180,13 @@ class Placer:
         self.book = book
         self.hosts = dict(hosts)
         self.policy = policy
-        # the options without loads and when each inventory was taken, while the fleet view and
-        # the cordons stay as they were (rebuilding them for 1,000 hosts per placement costs)
-        self._base: tuple[object, list[HostOption], dict[str, datetime | None]] | None = None
+        # the options without loads and when each inventory was taken, as of a version of the fleet
+        # view and the cordons (rebuilding them for 1,000 hosts per placement costs)
+        self._base: _Base | None = None
         self._shapes: dict[str, tuple[HostFacts, Hashable]] = {}  # by host, while its facts are the same
-        # by host: its option while its inventory, availability and cordon are the same objects
-        self._options: dict[str, tuple[tuple[int, bool, HostCordon | None], HostOption]] = {}
+        # by host: its option while its inventory, availability and cordon are the same (the
+        # inventory and cordon held here, so a new one can never pass for it by a reused id)
+        self._options: dict[str, tuple[Inventory | None, bool, HostCordon | None, HostOption]] = {}
         # by host: its option with a load, while the option and the load (``LoadBook.loads`` keeps
         # a target's while nothing changes there) are the same objects
         self._loaded: dict[str, tuple[HostOption, HostLoad, HostOption]] = {}
@@ -210,23 +222,44 @@ class Placer:
         return shape
 
     def _base_options(self) -> tuple[list[HostOption], dict[str, datetime | None]]:
-        key = (self.fleet.version, tuple(sorted((n, c) for n, c in self.cordons.items() if c.cordoned)))
-        if self._base is None or self._base[0] != key:
-            base, inventory_at = [], {}
-            for name, available, inventory, fetched_at in self.fleet.entries():
-                cordon = self.cordons.get(name)
-                known = self._options.get(name)
-                if known is not None and known[0] == (id(inventory), available, cordon):
-                    option = known[1]  # unchanged: keep it (and what it worked out of its domains)
-                else:
-                    facts = inventory.host if inventory is not None else None
-                    domains = inventory.domains if inventory is not None else ()
-                    option = HostOption(name, available, facts, domains, cordon, shape=self._shape(name, facts))
-                    self._options[name] = ((id(inventory), available, cordon), option)
-                base.append(option)
-                inventory_at[name] = fetched_at
-            self._base = (key, base, inventory_at)
-        return self._base[1], self._base[2]
+        """Every host's option without its load, and when its inventory was taken: updated for the
+        hosts the fleet view changed since the last call, built anew when a host came or a cordon
+        changed."""
+        version = self.fleet.version
+        cordoned = tuple(sorted((n, c) for n, c in self.cordons.items() if c.cordoned))
+        base = self._base
+        if base is not None and base.cordoned == cordoned:
+            if base.version == version:
+                return base.options, base.inventory_at
+            changed = self.fleet.changed_since(base.version)
+            if all(name in base.index for name in changed):
+                options, inventory_at = list(base.options), dict(base.inventory_at)
+                for name in changed:
+                    name, available, inventory, fetched_at = self.fleet.entry(name)
+                    options[base.index[name]] = self._option(name, available, inventory)
+                    inventory_at[name] = fetched_at
+                self._base = replace(base, version=version, options=options, inventory_at=inventory_at)
+                return options, inventory_at
+        options, inventory_at, index = [], {}, {}
+        for name, available, inventory, fetched_at in self.fleet.entries():
+            index[name] = len(options)
+            options.append(self._option(name, available, inventory))
+            inventory_at[name] = fetched_at
+        self._base = _Base(version, cordoned, options, inventory_at, index)
+        return options, inventory_at
+
+    def _option(self, name: str, available: bool, inventory: Inventory | None) -> HostOption:
+        """The host's option without a load: the one built before while its inventory, availability
+        and cordon are the same objects (it keeps what it worked out of its domains)."""
+        cordon = self.cordons.get(name)
+        known = self._options.get(name)
+        if known is not None and known[0] is inventory and known[1] == available and known[2] == cordon:
+            return known[3]
+        facts = inventory.host if inventory is not None else None
+        domains = inventory.domains if inventory is not None else ()
+        option = HostOption(name, available, facts, domains, cordon, shape=self._shape(name, facts))
+        self._options[name] = (inventory, available, cordon, option)
+        return option
 
     def options(self, now: datetime, reservations: Reservations | None = None) -> list[HostOption]:
         """Every host the fleet view knows, as placement sees it now."""

@@ -11,26 +11,33 @@ loads.
 
 from __future__ import annotations
 
+import asyncio
 import random
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from ferry import keys
+from ferry.coordinator.fleet import Fleet
 from ferry.coordinator.hoststate import HostCordon
 from ferry.coordinator.phases import Phase, Timeouts
 from ferry.coordinator.placement import AntiAffinity, HostLoad, HostOption, PlacementPolicy, Reservations, loads, rank
-from ferry.coordinator.placer import SETTLE_MAX, LoadBook
+from ferry.coordinator.placer import SETTLE_MAX, LoadBook, Placer
 from ferry.coordinator.record import MigrationRecord, new_migration
+from ferry.errors import Unavailable
 from ferry.model import (
     Disk,
     DomainInfo,
     DomainState,
     HostFacts,
     HostMapping,
+    Inventory,
     MigrationOptions,
     Nic,
     StorageDir,
     StorageMode,
 )
+from ferry.registry import HostRegistration
+from ferry.testing.memory_store import MemoryStore
 
 GiB = 1 << 30
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -242,3 +249,70 @@ def test_the_load_book_counts_as_counting_every_record_anew():
                 assert len(book) == len(ref.unsettled)
                 assert all(book.targets_of(f"v{n}") == ref.targets_of(f"v{n}") for n in range(12))
                 assert book.targets_of("u3") == ref.targets_of("u3")
+
+
+@dataclass
+class Agent:
+    """A stand-in agent: answers ``inventory()`` with its host's facts and domains, or fails."""
+
+    host: str
+    free: int = 8 * GiB
+    domains: list[DomainInfo] = field(default_factory=list)
+    down: bool = False
+
+    async def inventory(self) -> Inventory:
+        if self.down:
+            raise Unavailable(f"the agent on {self.host} cannot be reached", reason="AGENT_UNREACHABLE")
+        facts = HostFacts(self.host, f"uuid-{self.host}", memory_total_bytes=16 * GiB, memory_free_bytes=self.free)
+        return Inventory(facts, tuple(self.domains))
+
+
+async def test_the_placer_updates_the_changed_hosts_as_it_would_build_them_all_anew():
+    """``Placer.options`` follows the fleet view's changes host by host (``Fleet.changed_since``):
+    after any sequence of inventories, outages, registrations, landings and cordons it gives the
+    options a placer built from nothing gives."""
+    rng = random.Random(9)
+    store = MemoryStore()
+    agents = {f"h{i}": Agent(f"h{i}") for i in range(12)}
+    for name in list(agents)[:8]:
+        await store.create(keys.host_key(name), HostRegistration(name, f"fake:{name}").encode())
+    fleet = Fleet(store, lambda name, address: agents[name], lambda: NOW, inventory_ttl_s=0.0)  # type: ignore[arg-type,return-value]
+    await fleet.start()
+    await fleet.refresh()
+    cordons: dict[str, HostCordon] = {}
+    book = LoadBook()
+    placer = Placer(fleet, cordons, book, {})
+    for step in range(250):
+        what, name = rng.random(), f"h{rng.randrange(12)}"
+        if what < 0.3:
+            agents[name].free = rng.choice([GiB, 4 * GiB, 8 * GiB])
+            agents[name].domains = [
+                DomainInfo(f"{name}-{k}", f"u-{name}-{k}", DomainState.RUNNING) for k in range(rng.randrange(3))
+            ]
+            await fleet.refresh([name], force=True)
+        elif what < 0.4:
+            agents[name].down = not agents[name].down
+            await fleet.refresh([name], force=True)
+        elif what < 0.5 and (await store.get(keys.host_key(name))) is None:  # a new agent registers
+            await store.create(keys.host_key(name), HostRegistration(name, f"fake:{name}").encode())
+            for _ in range(100):
+                if fleet.registration(name) is not None:
+                    break
+                await asyncio.sleep(0.001)
+        elif what < 0.6:
+            other = f"h{rng.randrange(12)}"
+            domains = fleet.host(name).domains if fleet.host(name) is not None else ()
+            if domains and other != name:
+                fleet.note_landed(domains[0].uuid, name, other, NOW)
+        elif what < 0.7:
+            fleet.report_unreachable(name, Unavailable("gone", reason="AGENT_UNREACHABLE"))
+        elif what < 0.8:
+            if name in cordons:
+                del cordons[name]
+            else:
+                cordons[name] = HostCordon(name, cordoned=True, reason=f"step {step}")
+        if rng.random() < 0.5:
+            fresh = Placer(fleet, cordons, book, {})
+            assert placer.options(NOW) == fresh.options(NOW), step
+    await fleet.close()
+    await store.close()
