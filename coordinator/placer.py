@@ -184,6 +184,7 @@ class Placer:
         # view and the cordons (rebuilding them for 1,000 hosts per placement costs)
         self._base: _Base | None = None
         self._shapes: dict[str, tuple[HostFacts, Hashable]] = {}  # by host, while its facts are the same
+        self._shape_numbers: dict[Hashable, int] = {}
         # by host: its option while its inventory, availability and cordon are the same (the
         # inventory and cordon held here, so a new one can never pass for it by a reused id)
         self._options: dict[str, tuple[Inventory | None, bool, HostCordon | None, HostOption]] = {}
@@ -216,10 +217,13 @@ class Placer:
             frozenset(facts.cpu_features),
             frozenset(facts.bridges),
             frozenset(facts.networks),
+            facts.migration_tls_problem,  # tls_blockers: a host that cannot encrypt is refused
             declared,
         )
-        self._shapes[name] = (facts, shape)
-        return shape
+        # one small number per distinct shape: a ranking looks a shape up for every host
+        number = self._shape_numbers.setdefault(shape, len(self._shape_numbers))
+        self._shapes[name] = (facts, number)
+        return number
 
     def _base_options(self) -> tuple[list[HostOption], dict[str, datetime | None]]:
         """Every host's option without its load, and when its inventory was taken: updated for the

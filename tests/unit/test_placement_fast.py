@@ -259,12 +259,47 @@ class Agent:
     free: int = 8 * GiB
     domains: list[DomainInfo] = field(default_factory=list)
     down: bool = False
+    tls_problem: str = ""
 
     async def inventory(self) -> Inventory:
         if self.down:
             raise Unavailable(f"the agent on {self.host} cannot be reached", reason="AGENT_UNREACHABLE")
-        facts = HostFacts(self.host, f"uuid-{self.host}", memory_total_bytes=16 * GiB, memory_free_bytes=self.free)
+        facts = HostFacts(
+            self.host,
+            f"uuid-{self.host}",
+            memory_total_bytes=16 * GiB,
+            memory_free_bytes=self.free,
+            migration_tls_problem=self.tls_problem,
+        )
         return Inventory(facts, tuple(self.domains))
+
+
+async def registered(agents: dict[str, Agent], first: int | None = None) -> tuple[MemoryStore, Fleet]:
+    """A fleet view of ``agents`` (the ``first`` of them registered; all by default)."""
+    store = MemoryStore()
+    for name in list(agents)[:first]:
+        await store.create(keys.host_key(name), HostRegistration(name, f"fake:{name}").encode())
+    fleet = Fleet(store, lambda name, address: agents[name], lambda: NOW, inventory_ttl_s=0.0)  # type: ignore[arg-type,return-value]
+    await fleet.start()
+    await fleet.refresh()
+    return store, fleet
+
+
+async def test_a_host_that_cannot_encrypt_is_not_of_the_shape_of_one_that_can():
+    """The quick ranking judges the static checks once per shape: the migration TLS problem an
+    agent reports is one of them (tls_blockers), so it is part of the placer's shape."""
+    g1 = DomainInfo("g1", "uuid-g1", DomainState.RUNNING, memory_bytes=GiB)
+    agents = {"h1": Agent("h1", domains=[g1]), "h2": Agent("h2", tls_problem="no certificates"), "h3": Agent("h3")}
+    store, fleet = await registered(agents)
+    placer = Placer(fleet, {}, LoadBook(), {})
+    for detail in (True, False):
+        ranking = placer.rank(g1, "h1", MigrationOptions(), storage_explicit=False, now=NOW, detail=detail).ranking
+        assert [c.host for c in ranking.candidates] == ["h3"]
+        assert [(c.host, [b.reason for b in c.blockers]) for c in ranking.rejected] == [
+            ("h2", ["MIGRATION_TLS_MISSING"])
+        ]
+    await fleet.close()
+    await store.close()
 
 
 async def test_the_placer_updates_the_changed_hosts_as_it_would_build_them_all_anew():
@@ -272,13 +307,8 @@ async def test_the_placer_updates_the_changed_hosts_as_it_would_build_them_all_a
     after any sequence of inventories, outages, registrations, landings and cordons it gives the
     options a placer built from nothing gives."""
     rng = random.Random(9)
-    store = MemoryStore()
     agents = {f"h{i}": Agent(f"h{i}") for i in range(12)}
-    for name in list(agents)[:8]:
-        await store.create(keys.host_key(name), HostRegistration(name, f"fake:{name}").encode())
-    fleet = Fleet(store, lambda name, address: agents[name], lambda: NOW, inventory_ttl_s=0.0)  # type: ignore[arg-type,return-value]
-    await fleet.start()
-    await fleet.refresh()
+    store, fleet = await registered(agents, first=8)  # the others register on the way
     cordons: dict[str, HostCordon] = {}
     book = LoadBook()
     placer = Placer(fleet, cordons, book, {})
