@@ -309,9 +309,11 @@ class Placer:
         every = hosts if hosts is not None else self.options(now, reservations)
         src = next((o for o in every if o.name == source), HostOption(source, False, None))
         allowed, excluded = set(only), set(exclude) - {source}
-        candidates = [
-            o for o in every if (not allowed or o.name in allowed or o.name == source) and o.name not in excluded
-        ]
+        candidates = (
+            [o for o in every if (not allowed or o.name in allowed or o.name == source) and o.name not in excluded]
+            if allowed or excluded
+            else every
+        )
         ranking = rank(
             domain,
             src,
