@@ -111,10 +111,14 @@ id = "sim"
 listen = ["127.0.0.1:{port}"]
 election_ttl_s = 10
 
+[tls]
+insecure = true  # loopback only; the sim agents serve without TLS too
+
 [etcd]
 endpoints = [{", ".join(f'"{e}"' for e in endpoints)}]
 prefix = "{PREFIX}"
 timeout_s = 10
+insecure = true
 
 [limits]
 per_host_outbound = {out}
