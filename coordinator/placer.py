@@ -253,8 +253,8 @@ class Placer:
         return options, inventory_at
 
     def _option(self, name: str, available: bool, inventory: Inventory | None) -> HostOption:
-        """The host's option without a load: the one built before while its inventory, availability
-        and cordon are the same objects (it keeps what it worked out of its domains)."""
+        """The host's option without a load: the one built before while its inventory (the same
+        object), availability and cordon are the same (it keeps what it worked out of its domains)."""
         cordon = self.cordons.get(name)
         known = self._options.get(name)
         if known is not None and known[0] is inventory and known[1] == available and known[2] == cordon:
