@@ -108,6 +108,12 @@ class HostOption:
         """Its domains that run."""
         return tuple(d for d in self.domains if d.state.is_active)
 
+    @functools.cached_property
+    def unavailable(self) -> tuple[Problem, ...]:
+        """What keeps it from taking any migration (down, cordoned, no inventory): worked out once
+        per option, not per ranking."""
+        return tuple(_unavailable(self))
+
     def with_load(self, load: HostLoad) -> HostOption:
         """This option with another load, keeping what it worked out of its domains (``names``,
         ``active``): ``dataclasses.replace`` would build it anew and forget them, and placement
@@ -381,6 +387,10 @@ def _affinity(domain: DomainInfo, option: HostOption, groups: Sequence[AntiAffin
 
 
 def _availability(option: HostOption) -> list[Problem]:
+    return list(option.unavailable)
+
+
+def _unavailable(option: HostOption) -> list[Problem]:
     out = []
     if not option.available:
         out.append(
@@ -574,9 +584,8 @@ def _rank_quick(
             need = None if isinstance(copied, Problem) else _need(copied, facts)
             known = shapes[option.shape] = (static, tuple(b.reason for b in static), copied, need)
         static, codes, copied, need = known
-        available = option.available and (option.state is None or not option.state.cordoned)
+        down = option.unavailable  # (facts known here: down or cordoned)
         if static:  # rejected anyway: the rest is only needed for the detailed ranking
-            down = [] if available else _availability(option)
             if down:
                 rejected.append(Candidate(option.name, blockers=(*down, *(static if first else _quiet(codes)))))
             elif first:
@@ -585,14 +594,13 @@ def _rank_quick(
                 rejected.append(_quiet_rejection(option.name, codes))
             continue
         load = option.load
-        clear = _left_when_clear(names, option, facts, load, memory_needed, need) if available else None
+        clear = None if down else _left_when_clear(names, option, facts, load, memory_needed, need)
         if clear is not None and grouped and _affinity(domain, option, policy.anti_affinity):
             clear = None
         if clear is None:  # a blocker, or one may be: judge it in full
             dynamic, left, _ = _dynamic(domain, option, facts, options, copied, policy, need)
-            found = _availability(option) + dynamic
-            if found:
-                rejected.append(Candidate(option.name, blockers=tuple(found)))
+            if down or dynamic:
+                rejected.append(Candidate(option.name, blockers=(*down, *dynamic)))
                 continue
             clear = left
         feasible.append((option, clear, len(option.active) + load.vms + 1))
@@ -644,6 +652,7 @@ def _scored(
     ``detail`` only the best one gets its reasons."""
     low, high = (min(n for _, _, n in feasible), max(n for _, _, n in feasible)) if feasible else (0, 0)
     w = policy.weights
+    w_memory, w_balance, w_inbound = w.memory, w.balance, w.inbound
     limit = max(policy.inbound_limit, 1)
     scored = []
     for option, left, n in feasible:
@@ -651,12 +660,13 @@ def _scored(
         assert facts is not None
         memory = left / facts.memory_total_bytes if left >= 0 else 0.5
         balance = 1.0 if high == low else (high - n) / (high - low)
-        inbound = 1 - min(option.load.inbound, limit) / limit
-        score = round(w.memory * memory + w.balance * balance + w.inbound * inbound, 3)
-        busy = option.load.inbound >= limit
+        taken = option.load.inbound
+        inbound = 1 - (taken if taken < limit else limit) / limit
+        score = round(w_memory * memory + w_balance * balance + w_inbound * inbound, 3)
+        busy = taken >= limit
         reasons = _reasons(option, facts, left, memory, n, low, high, limit, busy) if detail else ()
         scored.append(Candidate(option.name, score, reasons, (), busy))
-    scored.sort(key=lambda c: (c.busy, -c.score, natural(c.host)))
+    scored.sort(key=_best_first)
     if not detail and scored:  # the reasons only of the one chosen
         best = scored[0]
         option, left, n = next(f for f in feasible if f[0].name == best.host)
@@ -665,6 +675,10 @@ def _scored(
         why = _reasons(option, option.facts, left, memory, n, low, high, limit, best.busy)
         scored[0] = replace(best, reasons=why)
     return tuple(scored)
+
+
+def _best_first(c: Candidate) -> tuple[bool, float, tuple[object, ...]]:
+    return c.busy, -c.score, natural(c.host)
 
 
 def _reasons(
@@ -698,18 +712,19 @@ class Reservations:
 
     def apply(self, options: Iterable[HostOption]) -> list[HostOption]:
         """The options with what was placed so far added to their loads."""
-        out = []
-        for o in options:
-            extra = self.by_host.get(o.name)
-            if extra is not None:
-                o = o.with_load(
-                    HostLoad(
-                        o.load.inbound + extra.inbound,
-                        o.load.memory_bytes + extra.memory_bytes,
-                        o.load.disk_bytes + extra.disk_bytes,
-                        o.load.vms + extra.vms,
-                        o.load.names | extra.names,
-                    )
-                )
-            out.append(o)
-        return out
+        if not self.by_host:
+            return list(options)
+        get = self.by_host.get
+        return [o if (extra := get(o.name)) is None else _with_more(o, extra) for o in options]
+
+
+def _with_more(o: HostOption, extra: HostLoad) -> HostOption:
+    return o.with_load(
+        HostLoad(
+            o.load.inbound + extra.inbound,
+            o.load.memory_bytes + extra.memory_bytes,
+            o.load.disk_bytes + extra.disk_bytes,
+            o.load.vms + extra.vms,
+            o.load.names | extra.names,
+        )
+    )
