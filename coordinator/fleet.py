@@ -190,6 +190,7 @@ class Fleet:
         self._ready = asyncio.Event()
         # each host's version of its last change (``version`` then), the least recent first
         self._change_order: dict[str, int] = {}
+        self._available: tuple[int, frozenset[str]] = (-1, frozenset())  # as of a version
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -415,7 +416,9 @@ class Fleet:
         return h.registration if h is not None else None
 
     def available_hosts(self) -> set[str]:
-        return {n for n, h in self._hosts.items() if h.available}
+        if self._available[0] != self.version:  # asked at every admission: worked out once per change
+            self._available = (self.version, frozenset(n for n, h in self._hosts.items() if h.available))
+        return set(self._available[1])
 
     async def changes(self) -> AsyncIterator[HostChange]:
         """Every change of availability from now on (one queue per consumer)."""

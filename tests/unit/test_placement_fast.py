@@ -344,5 +344,7 @@ async def test_the_placer_updates_the_changed_hosts_as_it_would_build_them_all_a
         if rng.random() < 0.5:
             fresh = Placer(fleet, cordons, book, {})
             assert placer.options(NOW) == fresh.options(NOW), step
+            # the fleet keeps its set of available hosts between changes
+            assert fleet.available_hosts() == {h.name for h in fleet.hosts() if h.available}, step
     await fleet.close()
     await store.close()
