@@ -189,6 +189,8 @@ def start_agents(sim: Sim, args: argparse.Namespace) -> None:
             str(args.disk_mib),
             "--step-s",
             str(args.step_s),
+            "--ttl",
+            str(args.agent_ttl),
             "--state-dir",
             str(sim.workdir / f"cell{cell}"),
         ]
@@ -589,7 +591,8 @@ async def amain(args: argparse.Namespace) -> int:
         f"at start; Python {sys.version.split()[0]}; {args.hosts} hosts in {args.processes} agent processes, "
         f"{args.vms_per_host} VMs each ({args.memory_mib} MiB memory + {args.disk_mib} MiB local disk); "
         f"fake job {job_seconds(args):g} s; limits out/in/cluster {'/'.join(map(str, args.limits))}; "
-        f"progress stored every {args.progress_write_s:g} s\n",
+        f"progress stored every {args.progress_write_s:g} s; "
+        f"agents' registrations renewed every {args.agent_ttl / 3:.3g} s\n",
         flush=True,
     )
     ok = True
@@ -684,6 +687,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limits", default="2,2,2000", help="per-host outbound, per-host inbound, cluster")
     p.add_argument("--progress-write-s", type=float, default=5.0, help="[engine] progress_write_s")
     p.add_argument("--inventory-ttl", type=float, default=60.0, help="[agents] inventory_ttl_s")
+    p.add_argument(
+        "--agent-ttl",
+        type=int,
+        default=10,
+        help="the agents' registration lease TTL (s); each renews every ttl/3, in the simulation's processes",
+    )
     p.add_argument("--levels", default="", help="in-flight levels to measure first, e.g. 100,200,400")
     p.add_argument("--level-migrations", type=int, default=2000, help="migrations per level")
     p.add_argument("--seed", type=int, default=1)

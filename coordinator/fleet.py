@@ -196,6 +196,9 @@ class Fleet:
         self._prober: asyncio.Task[None] | None = None
         self._forgetter: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        # each host's version of its last change (``version`` then), the least recent first
+        self._change_order: dict[str, int] = {}
+        self._available: tuple[int, frozenset[str]] = (-1, frozenset())  # as of a version
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -243,6 +246,26 @@ class Fleet:
         """(name, available, inventory, when it arrived) of every host: what placement reads, without
         building a HostState per host (a 1,000-host fleet is ranked many times a second)."""
         return [(n, h.available, h.inventory, h.fetched_at) for n, h in sorted(self._hosts.items())]
+
+    def entry(self, name: str) -> tuple[str, bool, Inventory | None, datetime | None]:
+        """One host's tuple of ``entries()``."""
+        h = self._hosts[name]
+        return name, h.available, h.inventory, h.fetched_at
+
+    def changed_since(self, version: int) -> list[str]:
+        """The hosts whose inventory or state changed after ``version`` (of ``self.version``), the
+        most recent first: placement updates its view of those alone."""
+        out = []
+        for name in reversed(self._change_order):
+            if self._change_order[name] <= version:
+                break
+            out.append(name)
+        return out
+
+    def _changed(self, h: _Host) -> None:
+        self.version += 1
+        self._change_order.pop(h.name, None)
+        self._change_order[h.name] = self.version
 
     def fresh_facts(self, name: str) -> HostFacts | None:
         """The host's facts from an inventory younger than the TTL that its agent answered; None
@@ -338,7 +361,7 @@ class Fleet:
             for d in inventory.domains:
                 for key in (d.name, d.uuid):
                     self._where.setdefault(key, set()).add(h.name)
-        self.version += 1
+        self._changed(h)
 
     async def _confirm(self, name_or_uuid: str, hosts: set[str]) -> bool:
         """Ask each of ``hosts`` for just this domain (GetDomain: one domain, not a whole
@@ -403,7 +426,9 @@ class Fleet:
         return h.registration if h is not None else None
 
     def available_hosts(self) -> set[str]:
-        return {n for n, h in self._hosts.items() if h.available}
+        if self._available[0] != self.version:  # asked at every admission: worked out once per change
+            self._available = (self.version, frozenset(n for n, h in self._hosts.items() if h.available))
+        return set(self._available[1])
 
     async def changes(self) -> AsyncIterator[HostChange]:
         """Every change of availability from now on (one queue per consumer)."""
@@ -587,7 +612,7 @@ class Fleet:
         before = h.state().available
         if "inventory" in changes:
             self._put_inventory(h, changes.pop("inventory"))  # type: ignore[arg-type]
-        self.version += 1
+        self._changed(h)
         for name, value in changes.items():
             setattr(h, name, value)
         after = h.state().available

@@ -108,6 +108,28 @@ class HostOption:
         """Its domains that run."""
         return tuple(d for d in self.domains if d.state.is_active)
 
+    @functools.cached_property
+    def unavailable(self) -> tuple[Problem, ...]:
+        """What keeps it from taking any migration (down, cordoned, no inventory): worked out once
+        per option, not per ranking."""
+        return tuple(_unavailable(self))
+
+    def with_load(self, load: HostLoad) -> HostOption:
+        """This option with another load, keeping what it worked out of its domains (``names``,
+        ``active``): ``dataclasses.replace`` would build it anew and forget them, and placement
+        gives a load to hundreds of options per decision.
+
+        >>> from ferry.model import DomainState
+        >>> o = HostOption("h2", True, None, (DomainInfo("g", "u", DomainState.RUNNING),))
+        >>> loaded = o.with_load(HostLoad(1, 0, 0, 1))
+        >>> (loaded.load.inbound, loaded.names == o.names, loaded == replace(o, load=HostLoad(1, 0, 0, 1)))
+        (1, True, True)
+        """
+        new = object.__new__(HostOption)
+        new.__dict__.update(self.__dict__)
+        new.__dict__["load"] = load  # frozen: set as dataclasses' own __init__ does, past __setattr__
+        return new
+
 
 @dataclass(frozen=True)
 class Weights:
@@ -365,6 +387,10 @@ def _affinity(domain: DomainInfo, option: HostOption, groups: Sequence[AntiAffin
 
 
 def _availability(option: HostOption) -> list[Problem]:
+    return list(option.unavailable)
+
+
+def _unavailable(option: HostOption) -> list[Problem]:
     out = []
     if not option.available:
         out.append(
@@ -480,25 +506,74 @@ def rank(
     of each shape), in the order the hosts came. The feasible hosts, their order and scores are
     the same either way.
     """
-    judged: list[tuple[HostOption, list[Problem] | tuple[Problem, ...], int]] = []
-    # per shape: its static blockers (as the first host of it got them, and as reasons only for
-    # the others) and the copied disks
-    shapes: dict[
-        Hashable, tuple[list[Problem], tuple[Problem, ...], list[DiskPlan] | Problem, dict[str, int] | None]
-    ] = {}
+    if detail:
+        return _rank_detailed(domain, source, hosts, options, storage, mapping_for, policy)
+    return _rank_quick(domain, source, hosts, options, storage, mapping_for, policy)
+
+
+def _rank_detailed(
+    domain: DomainInfo,
+    source: HostOption,
+    hosts: Iterable[HostOption],
+    options: MigrationOptions,
+    storage: StorageMode,
+    mapping_for: Callable[[str], HostMapping],
+    policy: PlacementPolicy,
+) -> Ranking:
+    """Every host judged in full, every candidate with its reasons."""
+    judged: list[tuple[HostOption, list[Problem], int]] = []
+    for option in hosts:
+        if option.name == source.name:
+            continue
+        try:
+            mapping: HostMapping | FerryError = mapping_for(option.name)
+        except FerryError as err:
+            mapping = err
+        found, left, _ = blockers(domain, source, option, options, storage, mapping, policy)
+        judged.append((option, found, left))
+    judged.sort(key=lambda j: natural(j[0].name))
+    rejected = tuple(Candidate(o.name, blockers=tuple(b)) for o, b, _ in judged if b)
+    feasible = [(o, left, _vms_after(o)) for o, b, left in judged if not b]
+    return Ranking(domain.name, source.name, _scored(feasible, policy, detail=True), rejected)
+
+
+def _rank_quick(
+    domain: DomainInfo,
+    source: HostOption,
+    hosts: Iterable[HostOption],
+    options: MigrationOptions,
+    storage: StorageMode,
+    mapping_for: Callable[[str], HostMapping],
+    policy: PlacementPolicy,
+) -> Ranking:
+    """``rank(detail=False)``: the static checks once per shape, and for a host they pass, the
+    common case (no blocker) decided by a few comparisons; a host that may have a blocker is judged
+    by the same functions as the detailed ranking, so its blockers are theirs."""
+    rejected: list[Candidate] = []
+    feasible: list[tuple[HostOption, int, int]] = []  # (option, memory left after placement, VMs after)
+    # per shape: its static blockers (as the first host of it got them), their reason codes, the
+    # copied disks and the bytes they need under each storage directory
+    shapes: dict[Hashable, tuple[list[Problem], tuple[str, ...], list[DiskPlan] | Problem, dict[str, int] | None]] = {}
+    names = (domain.name, domain.uuid)
+    memory_needed = 0 if options.offline else domain.memory_bytes
+    grouped = any(g.matches(domain.name) for g in policy.anti_affinity)
     for option in hosts:
         if option.name == source.name:
             continue
         facts = option.facts
-        if detail or option.shape is None or facts is None:
+        if option.shape is None or facts is None:
             try:
                 mapping: HostMapping | FerryError = mapping_for(option.name)
             except FerryError as err:
                 mapping = err
             found, left, _ = blockers(domain, source, option, options, storage, mapping, policy)
-            judged.append((option, found, left))
+            if found:
+                rejected.append(Candidate(option.name, blockers=tuple(found)))
+            else:
+                feasible.append((option, left, _vms_after(option)))
             continue
         known = shapes.get(option.shape)
+        first = known is None
         if known is None:
             try:
                 mapping = mapping_for(option.name)
@@ -507,45 +582,103 @@ def rank(
             static = _static(domain, source, option, facts, options, storage, mapping)
             copied = _copies(domain, storage, mapping if isinstance(mapping, HostMapping) else HostMapping(), options)
             need = None if isinstance(copied, Problem) else _need(copied, facts)
-            shapes[option.shape] = (static, tuple(Problem(b.reason, b.reason, "") for b in static), copied, need)
-            first = True
-        else:
-            static, copied, need, first = known[0], known[2], known[3], False
+            known = shapes[option.shape] = (static, tuple(b.reason for b in static), copied, need)
+        static, codes, copied, need = known
+        down = option.unavailable  # (facts known here: down or cordoned)
         if static:  # rejected anyway: the rest is only needed for the detailed ranking
-            down = _availability(option) if not option.available or option.state is not None else []
-            shared = static if first else shapes[option.shape][1]
-            judged.append((option, down + list(shared) if down else shared, -1))
+            if down:
+                rejected.append(Candidate(option.name, blockers=(*down, *(static if first else _quiet(codes)))))
+            elif first:
+                rejected.append(Candidate(option.name, blockers=tuple(static)))
+            else:
+                rejected.append(_quiet_rejection(option.name, codes))
             continue
-        dynamic, left, _ = _dynamic(domain, option, facts, options, copied, policy, need)
-        judged.append((option, _availability(option) + dynamic, left))
-    ordered = sorted(judged, key=lambda j: natural(j[0].name)) if detail else judged
-    rejected = tuple(Candidate(o.name, blockers=tuple(b)) for o, b, _ in ordered if b)
-    feasible = [(o, left) for o, b, left in judged if not b]
-    counts = [_vms_after(o) for o, _ in feasible]
-    low, high = (min(counts), max(counts)) if counts else (0, 0)
+        load = option.load
+        clear = None if down else _left_when_clear(names, option, facts, load, memory_needed, need)
+        if clear is not None and grouped and _affinity(domain, option, policy.anti_affinity):
+            clear = None
+        if clear is None:  # a blocker, or one may be: judge it in full
+            dynamic, left, _ = _dynamic(domain, option, facts, options, copied, policy, need)
+            if down or dynamic:
+                rejected.append(Candidate(option.name, blockers=(*down, *dynamic)))
+                continue
+            clear = left
+        feasible.append((option, clear, len(option.active) + load.vms + 1))
+    return Ranking(domain.name, source.name, _scored(feasible, policy, detail=False), tuple(rejected))
+
+
+def _left_when_clear(
+    names: tuple[str, str],
+    option: HostOption,
+    facts: HostFacts,
+    load: HostLoad,
+    memory_needed: int,
+    need: dict[str, int] | None,
+) -> int | None:
+    """The memory ``option`` has left after placement when it clearly has no blocker of
+    ``_dynamic`` but anti-affinity (the same number ``_memory`` gives), None when it may have one."""
+    have = option.names
+    if names[0] in have or names[1] in have:
+        return None  # a clash, or its own inactive definition (``_clash`` tells)
+    if load.names and (names[0] in load.names or names[1] in load.names):
+        return None
+    if need is None:
+        return None  # the disks cannot be copied: ``_space`` says why
+    for d in facts.storage:
+        n = need.get(d.path, 0)
+        if n and n > d.free_bytes - load.disk_bytes:
+            return None
+    if not facts.memory_total_bytes:
+        return -1
+    left = facts.memory_free_bytes - load.memory_bytes - memory_needed
+    return left if left >= 0 else None  # short of memory (or offline, where ``_memory`` says 0)
+
+
+@functools.lru_cache(maxsize=1024)
+def _quiet(codes: tuple[str, ...]) -> tuple[Problem, ...]:
+    """Blockers carrying only their reason codes (the shape's other hosts in a quick ranking)."""
+    return tuple(Problem(c, c, "") for c in codes)
+
+
+@functools.lru_cache(maxsize=65536)
+def _quiet_rejection(host: str, codes: tuple[str, ...]) -> Candidate:
+    return Candidate(host, blockers=_quiet(codes))
+
+
+def _scored(
+    feasible: list[tuple[HostOption, int, int]], policy: PlacementPolicy, *, detail: bool
+) -> tuple[Candidate, ...]:
+    """The feasible hosts (option, memory left, VMs after placement) scored, best first; without
+    ``detail`` only the best one gets its reasons."""
+    low, high = (min(n for _, _, n in feasible), max(n for _, _, n in feasible)) if feasible else (0, 0)
     w = policy.weights
+    w_memory, w_balance, w_inbound = w.memory, w.balance, w.inbound
     limit = max(policy.inbound_limit, 1)
     scored = []
-    for option, left in feasible:
+    for option, left, n in feasible:
         facts = option.facts
         assert facts is not None
-        n = _vms_after(option)
         memory = left / facts.memory_total_bytes if left >= 0 else 0.5
         balance = 1.0 if high == low else (high - n) / (high - low)
-        inbound = 1 - min(option.load.inbound, limit) / limit
-        score = round(w.memory * memory + w.balance * balance + w.inbound * inbound, 3)
-        busy = option.load.inbound >= limit
+        taken = option.load.inbound
+        inbound = 1 - (taken if taken < limit else limit) / limit
+        score = round(w_memory * memory + w_balance * balance + w_inbound * inbound, 3)
+        busy = taken >= limit
         reasons = _reasons(option, facts, left, memory, n, low, high, limit, busy) if detail else ()
         scored.append(Candidate(option.name, score, reasons, (), busy))
-    scored.sort(key=lambda c: (c.busy, -c.score, natural(c.host)))
+    scored.sort(key=_best_first)
     if not detail and scored:  # the reasons only of the one chosen
         best = scored[0]
-        option, left = next((o, left) for o, left in feasible if o.name == best.host)
+        option, left, n = next(f for f in feasible if f[0].name == best.host)
         assert option.facts is not None
         memory = left / option.facts.memory_total_bytes if left >= 0 else 0.5
-        why = _reasons(option, option.facts, left, memory, _vms_after(option), low, high, limit, best.busy)
+        why = _reasons(option, option.facts, left, memory, n, low, high, limit, best.busy)
         scored[0] = replace(best, reasons=why)
-    return Ranking(domain.name, source.name, tuple(scored), rejected)
+    return tuple(scored)
+
+
+def _best_first(c: Candidate) -> tuple[bool, float, tuple[object, ...]]:
+    return c.busy, -c.score, natural(c.host)
 
 
 def _reasons(
@@ -579,19 +712,19 @@ class Reservations:
 
     def apply(self, options: Iterable[HostOption]) -> list[HostOption]:
         """The options with what was placed so far added to their loads."""
-        out = []
-        for o in options:
-            extra = self.by_host.get(o.name)
-            if extra is not None:
-                o = replace(
-                    o,
-                    load=HostLoad(
-                        o.load.inbound + extra.inbound,
-                        o.load.memory_bytes + extra.memory_bytes,
-                        o.load.disk_bytes + extra.disk_bytes,
-                        o.load.vms + extra.vms,
-                        o.load.names | extra.names,
-                    ),
-                )
-            out.append(o)
-        return out
+        if not self.by_host:
+            return list(options)
+        get = self.by_host.get
+        return [o if (extra := get(o.name)) is None else _with_more(o, extra) for o in options]
+
+
+def _with_more(o: HostOption, extra: HostLoad) -> HostOption:
+    return o.with_load(
+        HostLoad(
+            o.load.inbound + extra.inbound,
+            o.load.memory_bytes + extra.memory_bytes,
+            o.load.disk_bytes + extra.disk_bytes,
+            o.load.vms + extra.vms,
+            o.load.names | extra.names,
+        )
+    )

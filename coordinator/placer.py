@@ -10,12 +10,13 @@ the cached inventories -- no agent is asked -- and ranks them.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from ferry.model import DomainInfo, HostFacts, HostMapping, MigrationOptions, StorageMode
+from ferry.model import DomainInfo, HostFacts, HostMapping, Inventory, MigrationOptions, StorageMode
 
 from .checks import effective_storage
 from .config import HostDecl, derive_mapping
@@ -32,12 +33,23 @@ SETTLE_MAX = timedelta(minutes=2)
 
 
 class LoadBook:
-    """The migrations that count against their target (see the module doc)."""
+    """The migrations that count against their target (see the module doc).
+
+    Kept by target, so a placement's ``loads`` works out again only the targets whose records or
+    inventory time changed since the last call (a 1,000-host fleet holds every migration of the last
+    ``SETTLE_MAX`` here, and is placed on many times a second); the result is ``placement.loads``
+    of the records that remain, as if worked out anew.
+    """
 
     def __init__(self) -> None:
         self._unsettled: dict[str, MigrationRecord] = {}
         # placed but not written yet (a submission between its choice and its writes): by id
         self._reserved: dict[str, tuple[str, HostLoad]] = {}
+        self._by_target: dict[str, dict[str, MigrationRecord]] = {}  # the same records, by target and id
+        self._by_vm: dict[str, set[str]] = {}  # a VM's name and UUID -> the ids of its records here
+        self._landings: list[tuple[datetime, str]] = []  # (landed, id) of succeeded records: a heap
+        # per target: the inventory time its load was worked out for, and that load (None: no load)
+        self._worked_out: dict[str, tuple[datetime | None, HostLoad | None]] = {}
 
     def reserve(self, migration_id: str, target: str, domain: DomainInfo, disk_bytes: int) -> None:
         """A placement chose ``target`` for ``domain``: count it there from now on, before its
@@ -54,26 +66,40 @@ class LoadBook:
         old = self._unsettled.get(record.id)
         if old is not None and old.revision and record.revision and old.revision > record.revision:
             return
-        if record.phase.is_final and record.phase is not Phase.SUCCEEDED:
-            self._unsettled.pop(record.id, None)
-        else:
-            self._unsettled[record.id] = record
+        self._drop(record.id)
+        if not record.phase.is_final or record.phase is Phase.SUCCEEDED:
+            self._add(record)
 
     def on_change(self, name: str, record: MigrationRecord | None) -> None:
         """For ``PrefixView.subscribe``."""
         if record is None:
-            self._unsettled.pop(name, None)
+            self._drop(name)
         else:
             self.note(record)
 
     def loads(self, inventory_at: Mapping[str, datetime | None], now: datetime) -> dict[str, HostLoad]:
-        for mid, r in list(self._unsettled.items()):
-            if r.phase is Phase.SUCCEEDED:
-                seen = inventory_at.get(r.target_host)
-                landed = r.updated_at or r.created_at
-                if (seen is not None and seen > landed) or now - landed > SETTLE_MAX:
-                    del self._unsettled[mid]
-        out = loads(self._unsettled.values(), inventory_at)
+        while self._landings and now - self._landings[0][0] > SETTLE_MAX:
+            landed, mid = heapq.heappop(self._landings)
+            r = self._unsettled.get(mid)
+            if r is not None and r.phase is Phase.SUCCEEDED and (r.updated_at or r.created_at) == landed:
+                self._drop(mid)
+        out: dict[str, HostLoad] = {}
+        for target, records in list(self._by_target.items()):
+            seen = inventory_at.get(target)
+            known = self._worked_out.get(target)
+            if known is None or known[0] != seen:
+                if seen is not None:  # settled: its target's inventory was taken after it landed
+                    for mid in [
+                        mid
+                        for mid, r in records.items()
+                        if r.phase is Phase.SUCCEEDED and seen > (r.updated_at or r.created_at)
+                    ]:
+                        self._drop(mid)
+                    if not records:
+                        continue
+                known = self._worked_out[target] = (seen, loads(records.values(), {target: seen}).get(target))
+            if known[1] is not None:
+                out[target] = known[1]
         for target, extra in self._reserved.values():
             h = out.get(target, HostLoad())
             out[target] = HostLoad(
@@ -87,10 +113,36 @@ class LoadBook:
 
     def targets_of(self, vm: str) -> set[str]:
         """Where the VM (name or UUID) is going or just went: its migrations that still count."""
-        return {r.target_host for r in self._unsettled.values() if vm in (r.vm, r.vm_uuid)}
+        return {self._unsettled[mid].target_host for mid in self._by_vm.get(vm, ())}
 
     def __len__(self) -> int:
         return len(self._unsettled)
+
+    def _add(self, r: MigrationRecord) -> None:
+        self._unsettled[r.id] = r
+        self._by_target.setdefault(r.target_host, {})[r.id] = r
+        self._worked_out.pop(r.target_host, None)
+        for key in {r.vm, r.vm_uuid}:
+            self._by_vm.setdefault(key, set()).add(r.id)
+        if r.phase is Phase.SUCCEEDED:
+            heapq.heappush(self._landings, (r.updated_at or r.created_at, r.id))
+
+    def _drop(self, migration_id: str) -> None:
+        r = self._unsettled.pop(migration_id, None)
+        if r is None:
+            return
+        records = self._by_target.get(r.target_host)
+        if records is not None:
+            records.pop(migration_id, None)
+            if not records:
+                del self._by_target[r.target_host]
+        self._worked_out.pop(r.target_host, None)
+        for key in (r.vm, r.vm_uuid):
+            ids = self._by_vm.get(key)
+            if ids is not None:
+                ids.discard(migration_id)
+                if not ids:
+                    del self._by_vm[key]
 
 
 @dataclass(frozen=True)
@@ -101,6 +153,17 @@ class Placed:
     domain: DomainInfo
     storage: StorageMode
     ranking: Ranking
+
+
+@dataclass(frozen=True)
+class _Base:
+    """The hosts' options without loads as of fleet ``version`` and ``cordoned``."""
+
+    version: int
+    cordoned: tuple[tuple[str, HostCordon], ...]
+    options: list[HostOption]
+    inventory_at: dict[str, datetime | None]
+    index: dict[str, int]  # a host's place in ``options`` (the fleet's order: by name)
 
 
 class Placer:
@@ -117,12 +180,17 @@ class Placer:
         self.book = book
         self.hosts = dict(hosts)
         self.policy = policy
-        # the options without loads and when each inventory was taken, while the fleet view and
-        # the cordons stay as they were (rebuilding them for 1,000 hosts per placement costs)
-        self._base: tuple[object, list[HostOption], dict[str, datetime | None]] | None = None
+        # the options without loads and when each inventory was taken, as of a version of the fleet
+        # view and the cordons (rebuilding them for 1,000 hosts per placement costs)
+        self._base: _Base | None = None
         self._shapes: dict[str, tuple[HostFacts, Hashable]] = {}  # by host, while its facts are the same
-        # by host: its option while its inventory, availability and cordon are the same objects
-        self._options: dict[str, tuple[tuple[int, bool, HostCordon | None], HostOption]] = {}
+        self._shape_numbers: dict[Hashable, int] = {}
+        # by host: its option while its inventory, availability and cordon are the same (the
+        # inventory and cordon held here, so a new one can never pass for it by a reused id)
+        self._options: dict[str, tuple[Inventory | None, bool, HostCordon | None, HostOption]] = {}
+        # by host: its option with a load, while the option and the load (``LoadBook.loads`` keeps
+        # a target's while nothing changes there) are the same objects
+        self._loaded: dict[str, tuple[HostOption, HostLoad, HostOption]] = {}
 
     def _shape(self, name: str, facts: HostFacts | None) -> Hashable | None:
         if facts is None:
@@ -149,35 +217,69 @@ class Placer:
             frozenset(facts.cpu_features),
             frozenset(facts.bridges),
             frozenset(facts.networks),
+            facts.migration_tls_problem,  # tls_blockers: a host that cannot encrypt is refused
             declared,
         )
-        self._shapes[name] = (facts, shape)
-        return shape
+        # one small number per distinct shape: a ranking looks a shape up for every host
+        number = self._shape_numbers.setdefault(shape, len(self._shape_numbers))
+        self._shapes[name] = (facts, number)
+        return number
 
     def _base_options(self) -> tuple[list[HostOption], dict[str, datetime | None]]:
-        key = (self.fleet.version, tuple(sorted((n, c) for n, c in self.cordons.items() if c.cordoned)))
-        if self._base is None or self._base[0] != key:
-            base, inventory_at = [], {}
-            for name, available, inventory, fetched_at in self.fleet.entries():
-                cordon = self.cordons.get(name)
-                known = self._options.get(name)
-                if known is not None and known[0] == (id(inventory), available, cordon):
-                    option = known[1]  # unchanged: keep it (and what it worked out of its domains)
-                else:
-                    facts = inventory.host if inventory is not None else None
-                    domains = inventory.domains if inventory is not None else ()
-                    option = HostOption(name, available, facts, domains, cordon, shape=self._shape(name, facts))
-                    self._options[name] = ((id(inventory), available, cordon), option)
-                base.append(option)
-                inventory_at[name] = fetched_at
-            self._base = (key, base, inventory_at)
-        return self._base[1], self._base[2]
+        """Every host's option without its load, and when its inventory was taken: updated for the
+        hosts the fleet view changed since the last call, built anew when a host came or a cordon
+        changed."""
+        version = self.fleet.version
+        cordoned = tuple(sorted((n, c) for n, c in self.cordons.items() if c.cordoned))
+        base = self._base
+        if base is not None and base.cordoned == cordoned:
+            if base.version == version:
+                return base.options, base.inventory_at
+            changed = self.fleet.changed_since(base.version)
+            if all(name in base.index for name in changed):
+                options, inventory_at = list(base.options), dict(base.inventory_at)
+                for name in changed:
+                    name, available, inventory, fetched_at = self.fleet.entry(name)
+                    options[base.index[name]] = self._option(name, available, inventory)
+                    inventory_at[name] = fetched_at
+                self._base = replace(base, version=version, options=options, inventory_at=inventory_at)
+                return options, inventory_at
+        options, inventory_at, index = [], {}, {}
+        for name, available, inventory, fetched_at in self.fleet.entries():
+            index[name] = len(options)
+            options.append(self._option(name, available, inventory))
+            inventory_at[name] = fetched_at
+        self._base = _Base(version, cordoned, options, inventory_at, index)
+        return options, inventory_at
+
+    def _option(self, name: str, available: bool, inventory: Inventory | None) -> HostOption:
+        """The host's option without a load: the one built before while its inventory (the same
+        object), availability and cordon are the same (it keeps what it worked out of its domains)."""
+        cordon = self.cordons.get(name)
+        known = self._options.get(name)
+        if known is not None and known[0] is inventory and known[1] == available and known[2] == cordon:
+            return known[3]
+        facts = inventory.host if inventory is not None else None
+        domains = inventory.domains if inventory is not None else ()
+        option = HostOption(name, available, facts, domains, cordon, shape=self._shape(name, facts))
+        self._options[name] = (inventory, available, cordon, option)
+        return option
 
     def options(self, now: datetime, reservations: Reservations | None = None) -> list[HostOption]:
         """Every host the fleet view knows, as placement sees it now."""
         base, inventory_at = self._base_options()
         booked = self.book.loads(inventory_at, now)
-        out = [replace(o, load=booked[o.name]) if o.name in booked else o for o in base]
+        out = []
+        loaded = self._loaded
+        for o in base:
+            load = booked.get(o.name)
+            if load is None:
+                out.append(o)
+                continue
+            known = loaded.get(o.name)
+            if known is None or known[0] is not o or known[1] is not load:
+                known = loaded[o.name] = (o, load, o.with_load(load))
+            out.append(known[2])
         return reservations.apply(out) if reservations is not None else out
 
     def mapping(self, source: str, target: str, overrides: HostMapping | None = None) -> HostMapping:
@@ -207,9 +309,11 @@ class Placer:
         every = hosts if hosts is not None else self.options(now, reservations)
         src = next((o for o in every if o.name == source), HostOption(source, False, None))
         allowed, excluded = set(only), set(exclude) - {source}
-        candidates = [
-            o for o in every if (not allowed or o.name in allowed or o.name == source) and o.name not in excluded
-        ]
+        candidates = (
+            [o for o in every if (not allowed or o.name in allowed or o.name == source) and o.name not in excluded]
+            if allowed or excluded
+            else every
+        )
         ranking = rank(
             domain,
             src,
