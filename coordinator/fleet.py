@@ -247,6 +247,10 @@ class Fleet:
         building a HostState per host (a 1,000-host fleet is ranked many times a second)."""
         return [(n, h.available, h.inventory, h.fetched_at) for n, h in sorted(self._hosts.items())]
 
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` is in the view (a forgotten host is not, though ``changed_since`` names it)."""
+        return name in self._hosts
+
     def entry(self, name: str) -> tuple[str, bool, Inventory | None, datetime | None]:
         """One host's tuple of ``entries()``."""
         h = self._hosts[name]

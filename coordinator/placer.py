@@ -236,7 +236,7 @@ class Placer:
             if base.version == version:
                 return base.options, base.inventory_at
             changed = self.fleet.changed_since(base.version)
-            if all(name in base.index for name in changed):
+            if all(name in base.index and self.fleet.knows(name) for name in changed):
                 options, inventory_at = list(base.options), dict(base.inventory_at)
                 for name in changed:
                     name, available, inventory, fetched_at = self.fleet.entry(name)

@@ -445,7 +445,10 @@ async def test_a_decommissioned_host_is_forgotten_on_every_replica(fx, capsys):
     # A host that is gone for good stays in view (DOWN), its VMs listed as unreachable: a dead host
     # must not look like lost VMs. Its operator takes it out once, explicitly.
     fx.guest("host4", "old1")
+    fx.guest("host1", "w9")
     await fx.add_coordinator("c2")
+    ranked = await fx.stub.RankTargets(cpb.RankTargetsRequest(vm="w9"))
+    assert "host4" in [c.host for c in (*ranked.candidates, *ranked.rejected)]
     for at in (0, 1):
         code, vms = await fx.ferry(capsys, "vms", at=at)
         assert code == 0 and [v["host"] for v in vms["vms"] if v["domain"]["name"] == "old1"] == ["host4"]
@@ -473,6 +476,8 @@ async def test_a_decommissioned_host_is_forgotten_on_every_replica(fx, capsys):
         assert [h["name"] for h in hosts["hosts"]] == ["host1", "host2", "host3"], at
         code, vms = await fx.ferry(capsys, "vms", at=at)
         assert "old1" not in [v["domain"]["name"] for v in vms["vms"]]
+    ranked = await fx.stub.RankTargets(cpb.RankTargetsRequest(vm="w9"))  # placement forgot it too
+    assert "host4" not in [c.host for c in (*ranked.candidates, *ranked.rejected)]
     code, err = await fx.ferry(capsys, "hosts", "forget", "host4")
     assert code == 2 and err["error"]["reason"] == "HOST_UNKNOWN"
 
