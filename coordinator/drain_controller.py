@@ -77,6 +77,9 @@ class DrainController:
         self._wake = asyncio.Event()
         self._latest: dict[str, DrainRecord] = {}  # our own writes, newer than the view for a moment
         self._submitting: set[str] = set()  # migration ids being created right now
+        # ids created (or found created) by this controller that the engine's view has not shown yet:
+        # not submitted again meanwhile (a step between the write and the watch event would resubmit)
+        self._created: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._unsubscribe: Callable[[], None] | None = None
         self.steps = 0  # for the scale bench: how often a drain was stepped
@@ -182,7 +185,11 @@ class DrainController:
                 max_attempts=self.max_attempts,
                 cordoned=frozenset(n for n, c in self.cordons.items() if c.cordoned),
             )
-            s = replace(s, submit=tuple(x for x in s.submit if x.migration_id not in self._submitting))
+            if self._created:
+                seen = self.records()
+                self._created = {m for m in self._created if m not in seen}
+            pending = self._submitting | self._created
+            s = replace(s, submit=tuple(x for x in s.submit if x.migration_id not in pending))
             if s.drain is not d:
                 try:
                     d = await self._write(d, s.drain)
@@ -283,6 +290,7 @@ class DrainController:
         task.add_done_callback(self._tasks.discard)
 
     async def _submit(self, d: DrainRecord, vm_uuid: str, vm: str, migration_id: str, target: str) -> None:
+        created = False
         try:
             await self.submissions.submit(
                 SubmitRequest(
@@ -295,12 +303,16 @@ class DrainController:
                     policy=d.policy,
                 )
             )
+            created = True
         except FerryError as err:
             log.info("drain %s: %s to %s refused: %s: %s", d.id, vm, target, err.reason, err.message)
             await self._refused(d.id, vm_uuid, migration_id, target, Problem.of(err))
         finally:
+            if created and migration_id not in self.records():
+                self._created.add(migration_id)
             self._submitting.discard(migration_id)
-            self._mark(d.id)
+            if not created:
+                self._mark(d.id)
 
     async def _refused(self, drain_id: str, vm_uuid: str, migration_id: str, target: str, problem: Problem) -> None:
         """The migration could not even be created: the item goes back to WAITING (another host),

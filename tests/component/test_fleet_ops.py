@@ -277,6 +277,38 @@ async def test_drain_empties_the_host_within_the_limits(fx, capsys):
     assert code == 0
 
 
+async def test_a_drain_submits_each_migration_once_while_the_engine_view_lags(fx, capsys):
+    """The engine learns of a new record from the store's watch, a moment after the drain created
+    it. A step in that moment must not submit it again (under load, that loop spun thousands of
+    idempotent submissions, each a store read)."""
+    for n in ("a", "b", "c", "d"):
+        fx.guest("host1", n)
+    leader = await fx.until_leading()
+    controller, engine = leader.drain_controller, leader.engine
+    assert controller is not None and engine is not None
+    first_seen: dict[str, float] = {}
+    loop = asyncio.get_running_loop()
+
+    def lagging() -> dict:
+        now = loop.time()
+        for k in engine.records:
+            first_seen.setdefault(k, now)
+        return {k: r for k, r in engine.records.items() if now - first_seen[k] > 0.3}
+
+    controller.records = lagging
+    submitted: dict[str, int] = {}
+    submit = leader.servicer.submissions.submit
+
+    async def counting(request):
+        submitted[request.migration_id] = submitted.get(request.migration_id, 0) + 1
+        return await submit(request)
+
+    leader.servicer.submissions.submit = counting  # type: ignore[method-assign]
+    code, d = await fx.ferry(capsys, "drain", "host1", "--max-parallel", "2")
+    assert code == 0 and d["vms_moved"] == 4
+    assert len(submitted) == 4 and set(submitted.values()) == {1}, submitted
+
+
 def items_of(d: dict) -> dict[str, tuple[str, str]]:
     return {i["vm"]: (i["state"].upper(), i.get("target_host", "")) for i in d["items"]}
 
