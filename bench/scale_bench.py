@@ -429,11 +429,11 @@ def report(run: Run, follower: Follower, args: argparse.Namespace, agent_stats: 
     to_done = [r.history[-1].at.timestamp() - r.created_at.timestamp() for r in done]
     n = max(len(records), 1)
     calls = run.calls_after - run.calls_before
-    writes = sum(c for k, c in calls.items() if k.split()[0] in ("create", "update", "delete"))
+    writes = sum(c for k, c in calls.items() if k.split()[0] in ("create", "update", "delete", "commit"))
     reads = sum(c for k, c in calls.items() if k.split()[0] in ("get", "list"))
     by_key = Counter()
     for k, c in calls.items():
-        if k.split()[0] in ("create", "update", "delete"):
+        if k.split()[0] in ("create", "update", "delete", "commit"):
             by_key[k.split()[1]] += c
     cpu = run.cpu_after - run.cpu_before
     spans = [(r, s) for r in records for s in slot_spans(r)]

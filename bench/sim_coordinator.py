@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ferry.coordinator.config import load_config
 from ferry.coordinator.main import build_coordinator, etcd_store, grpc_agent_factory
-from ferry.store import Entry, Resync, Store, WatchEvent
+from ferry.store import Entry, Resync, Store, WatchEvent, Write
 
 
 class CountingStore:
@@ -57,6 +57,10 @@ class CountingStore:
     async def delete(self, key: str, expected_mod_revision: int | None = None) -> int | None:
         self._count("delete", key)
         return await self.inner.delete(key, expected_mod_revision)
+
+    async def commit(self, writes: Sequence[Write]) -> int:
+        self._count("commit", writes[0].key)  # one write of the store, named by its first key
+        return await self.inner.commit(writes)
 
     async def grant_lease(self, ttl_s: int) -> int:
         return await self.inner.grant_lease(ttl_s)

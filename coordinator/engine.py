@@ -264,7 +264,9 @@ class Engine:
             observe(record)
         runner = self.runners.get(record.id)
         if record.phase.is_final:
-            if (old is None and not recovering) or (old is not None and not old.phase.is_final):
+            if record.id in self._ctx.released:  # its final write released the claim
+                self._ctx.released.discard(record.id)
+            elif (old is None and not recovering) or (old is not None and not old.phase.is_final):
                 self._spawn(self._release(record), f"release vm-active of {record.id}")
             if runner is not None:
                 runner.seen(record)

@@ -28,14 +28,14 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from ferry import logcontext
-from ferry.errors import FerryError, Unavailable
-from ferry.keys import migration_key
-from ferry.store import Conflict, Store
+from ferry.errors import AlreadyExists, FerryError, Unavailable
+from ferry.keys import decode_id, migration_key, vm_active_key
+from ferry.store import Conflict, Put, Remove, Store
 
 from .actions import Actions
 from .decide import decide
@@ -94,6 +94,8 @@ class RunnerContext:
     on_admission_handled: Callable[[str], None]
     progress_write_s: float = 1.0
     store_retry_s: float = 0.5
+    # records whose final write also released their vm-active claim (the engine need not)
+    released: set[str] = field(default_factory=set)
 
 
 def _same_action(a: Action) -> Action:
@@ -236,7 +238,7 @@ class RecordRunner:
                 if self._hold_progress(event, rec, d):
                     return
                 try:
-                    revision = await self.ctx.store.update(migration_key(self.id), encode(d.record), rec.revision)
+                    revision = await self._write(rec, d.record)
                 except Conflict:
                     continue
                 new = replace(d.record, revision=revision)
@@ -248,6 +250,30 @@ class RecordRunner:
             self._log(event, rec, new, d)
             self._perform(new, d.actions)
             return
+
+    async def _write(self, rec: MigrationRecord, new: MigrationRecord) -> int:
+        """Store ``new`` over ``rec`` (compare-and-set; Conflict when it changed). The write that
+        makes the record final also deletes ``vm-active/<uuid>`` while that names this record: one
+        store write for both."""
+        key = migration_key(self.id)
+        if new.phase.is_final and not rec.phase.is_final and rec.vm_uuid:
+            claim_key = vm_active_key(rec.vm_uuid)
+            claim = await self.ctx.store.get(claim_key)
+            if claim is not None and decode_id(claim.value) == self.id:
+                self.ctx.released.add(self.id)  # before the write: the watch may show it first
+                try:
+                    revision = await self.ctx.store.commit(
+                        [Put(key, encode(new), rec.revision), Remove(claim_key, claim.mod_revision)]
+                    )
+                except BaseException as exc:
+                    self.ctx.released.discard(self.id)
+                    if not isinstance(exc, (Conflict, AlreadyExists)):
+                        raise
+                    # the record or the claim changed: the plain write below tells which
+                else:
+                    log.info("migration %s is %s: released %s", self.id, new.phase.name, claim_key)
+                    return revision
+        return await self.ctx.store.update(key, encode(new), rec.revision)
 
     def _log(self, event: Input, old: MigrationRecord, new: MigrationRecord, d: Decision) -> None:
         if isinstance(event, Progress) and old.phase is new.phase:

@@ -24,7 +24,8 @@ Submission (idempotent, one active migration per VM), in store writes:
 4. create ``vm-active/<vm_uuid>`` -> the new id; when it names a migration that is not final:
    FAILED_PRECONDITION ``VM_BUSY`` naming it (and our idempotency key is released again); a key
    naming a final or a missing record is stale and taken over by compare-and-set;
-5. create ``migrations/<id>``: a Pending record (``record.new_migration``).
+5. create ``migrations/<id>``: a Pending record (``record.new_migration``). Steps 4 and 5 are one
+   store write (``Store.commit``) when the VM has no ``vm-active`` key; else they run one by one.
 
 A crash between the steps leaves keys naming a record that does not exist; readers wait a moment
 for it (another submission may be between steps 3 and 5) and then treat such a key as stale.
@@ -50,7 +51,7 @@ from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidA
 from ferry.model import DomainInfo, GuestLoad, HostFacts, HostMapping, MigrationOptions
 from ferry.paths import path_problem, syntax_problem
 from ferry.prediction import Prediction
-from ferry.store import Conflict, Store
+from ferry.store import Conflict, Put, Store
 
 from .checks import effective_storage
 from .config import HostDecl, derive_mapping
@@ -443,13 +444,15 @@ class Submissions:
                     return self._replay(request, earlier)
                 return await self._create(record, request)  # the other submission gave up: try again
         try:
-            vm_revision = await self._claim_vm(record)
-            try:
-                revision = await self.store.create(keys.migration_key(record.id), encode(record))
-            except BaseException:
-                with contextlib.suppress(FerryError):
-                    await self.store.delete(keys.vm_active_key(record.vm_uuid), expected_mod_revision=vm_revision)
-                raise
+            try:  # steps 4 and 5 in one store write when the VM has no claim at all (the usual case)
+                revision = await self.store.commit(
+                    [
+                        Put(keys.vm_active_key(record.vm_uuid), keys.encode_id(record.id)),
+                        Put(keys.migration_key(record.id), encode(record)),
+                    ]
+                )
+            except (AlreadyExists, Conflict):  # a claim (busy, stale, or our own id again): step by step
+                revision = await self._claim_and_create(record)
         except BaseException:
             if key_revision is not None:
                 with contextlib.suppress(FerryError):
@@ -467,6 +470,16 @@ class Submissions:
             extra=record.log_context.extra(),
         )
         return replace(record, revision=revision)
+
+    async def _claim_and_create(self, record: MigrationRecord) -> int:
+        """Steps 4 and 5 one after the other; the claim is undone when the record cannot be created."""
+        vm_revision = await self._claim_vm(record)
+        try:
+            return await self.store.create(keys.migration_key(record.id), encode(record))
+        except BaseException:
+            with contextlib.suppress(FerryError):
+                await self.store.delete(keys.vm_active_key(record.vm_uuid), expected_mod_revision=vm_revision)
+            raise
 
     async def _claim_vm(self, record: MigrationRecord) -> int:
         """Make ``vm-active/<uuid>`` name our record; VM_BUSY when another migration is not final."""

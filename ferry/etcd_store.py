@@ -47,12 +47,18 @@ from etcd3aio.watch import WatchService
 from ferry.errors import FailedPrecondition, FerryError, InvalidArgument, Unavailable
 from ferry.rpc import Tls, error_type_for
 from ferry.store import (
+    Conflict,
     Entry,
     EventKind,
     LeaseLost,
+    Put,
     Resync,
     WatchEvent,
+    Write,
     cas_conflict,
+    check_writes,
+    commit_landed,
+    commit_refused,
     key_exists,
     lease_lost,
     write_landed,
@@ -222,6 +228,42 @@ class EtcdStore:
             return None
         raise cas_conflict(key, expected_mod_revision, current.mod_revision)
 
+    async def commit(self, writes: Sequence[Write]) -> int:
+        check_writes(writes)
+        full = [self._full(w.key) for w in writes]
+
+        def txn(c: _Services, t: float) -> Awaitable[Any]:
+            kv = c.kv
+            compares = [
+                kv.txn_compare_create_revision(k, 0)
+                if isinstance(w, Put) and w.expected_mod_revision == 0
+                else _compare_mod(kv, k, w.expected_mod_revision)
+                for w, k in zip(writes, full, strict=True)
+            ]
+            ops = [
+                kv.txn_op_put(k, w.value, lease=0) if isinstance(w, Put) else kv.txn_op_delete(k)
+                for w, k in zip(writes, full, strict=True)
+            ]
+            return kv.txn(compares, ops, [kv.txn_op_get(k) for k in full], timeout=t)
+
+        resp, retried = await self._write("commit", txn, None)
+        if resp.succeeded:
+            return int(resp.header.revision)
+        current = {w.key: self._read_back(resp, i) for i, w in enumerate(writes)}
+        if retried:
+            landed = commit_landed(current, writes)
+            if landed is not None:
+                return landed
+        for w in writes:
+            now = current[w.key]
+            actual = now.mod_revision if now is not None else 0
+            if actual != w.expected_mod_revision:
+                raise commit_refused(w, actual)
+        raise Conflict(  # every compare holds now: the keys changed back between the txn and its reply
+            f"store keys {', '.join(w.key for w in writes)} changed during the commit",
+            hint="re-read the keys and retry the decision",
+        )
+
     # -- leases ---------------------------------------------------------------------------------
 
     async def grant_lease(self, ttl_s: int) -> int:
@@ -321,9 +363,9 @@ class EtcdStore:
     def _full(self, key: str) -> str:
         return self.prefix + key
 
-    def _read_back(self, resp: Any) -> Entry | None:
-        """The key as the failure branch's get saw it, in the same revision as the failed compare."""
-        kvs = resp.responses[0].response_range.kvs
+    def _read_back(self, resp: Any, index: int = 0) -> Entry | None:
+        """The key as the failure branch's get (the ``index``-th) saw it, in the same revision as the failed compare."""
+        kvs = resp.responses[index].response_range.kvs
         return _entry(kvs[0], len(self._prefix_bytes)) if kvs else None
 
     async def _connected(self) -> _Services:

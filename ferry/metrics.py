@@ -16,7 +16,7 @@ Metrics of every gRPC server (``RpcMetrics``, an ``ferry.rpc.RpcObserver``):
 
 Metrics of the store (``StoreMetrics``, for ``ferry.timed_store.TimedStore``):
 
-- ``ferry_etcd_request_duration_seconds{operation}``: every get, list, create, update, delete,
+- ``ferry_etcd_request_duration_seconds{operation}``: every get, list, create, update, delete, commit,
   grant_lease, keepalive, revoke;
 - ``ferry_etcd_request_failures_total{operation, reason}``: those that failed, by Ferry reason
   (``CAS_CONFLICT`` is a lost compare-and-set, ``UNAVAILABLE`` an unreachable etcd).

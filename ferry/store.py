@@ -19,7 +19,12 @@ call                                           atomic condition
 ``update(key, value, expected_mod_revision)``  key's ``mod_revision == expected_mod_revision``
 ``delete(key, expected_mod_revision=N)``       key's ``mod_revision == N`` (absent is fine)
 ``delete(key)``                                none: unconditional
+``commit([Put(...), Remove(...), ...])``       every write's own condition, all in one
+                                               revision or none
 =============================================  ==============================================
+
+``commit`` joins writes that belong together into one store write (one revision, one raft round):
+a migration record with the claim on its VM, the final record with the claim's release.
 
 Retried writes are idempotent. A write whose reply was lost (timeout after the store applied it)
 is retried by the adapter; the retry's compare then fails against our own write. When that
@@ -47,11 +52,11 @@ the hint names the endpoints), ``FailedPrecondition`` (credentials/TLS refused).
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ferry.errors import Aborted, AlreadyExists
+from ferry.errors import Aborted, AlreadyExists, FerryError
 
 
 class Conflict(Aborted):
@@ -155,6 +160,69 @@ def write_landed(current: Entry | None, value: bytes, lease: int | None, after_r
     )
 
 
+@dataclass(frozen=True)
+class Put:
+    """In a :meth:`Store.commit`: write ``value`` at ``key`` if the key's ``mod_revision`` is
+    ``expected_mod_revision``; 0 means the key must not exist (a create). Never leased."""
+
+    key: str
+    value: bytes
+    expected_mod_revision: int = 0
+
+
+@dataclass(frozen=True)
+class Remove:
+    """In a :meth:`Store.commit`: delete ``key`` if its ``mod_revision`` is ``expected_mod_revision``."""
+
+    key: str
+    expected_mod_revision: int
+
+
+Write = Put | Remove
+
+
+def commit_landed(current: dict[str, Entry | None], writes: Sequence[Write]) -> int | None:
+    """After a retried commit's compare failed: did the first attempt apply it? The revision it
+    applied at when every Put's key holds our bytes (no lease) at one revision newer than what
+    we compared against, and every Remove's key is gone; else None. ``current``: each key now.
+
+    >>> w = [Put("m/1", b"r", 0), Remove("v/1", 5)]
+    >>> commit_landed({"m/1": Entry("m/1", b"r", 9, 9), "v/1": None}, w)
+    9
+    >>> commit_landed({"m/1": Entry("m/1", b"r", 9, 9), "v/1": Entry("v/1", b"x", 5, 5)}, w) is None
+    True
+    >>> commit_landed({"m/1": Entry("m/1", b"theirs", 9, 9), "v/1": None}, w) is None
+    True
+    """
+    revisions = set()
+    for w in writes:
+        now = current.get(w.key)
+        if isinstance(w, Remove):
+            if now is not None:
+                return None
+            continue
+        if not write_landed(now, w.value, None, w.expected_mod_revision):
+            return None
+        assert now is not None
+        revisions.add(now.mod_revision)
+    return revisions.pop() if len(revisions) == 1 else None
+
+
+def check_writes(writes: Sequence[Write]) -> None:
+    """A commit needs at least one Put and distinct keys (etcd refuses a key twice in a txn)."""
+    if not any(isinstance(w, Put) for w in writes):
+        raise ValueError("a commit needs at least one Put")
+    if len({w.key for w in writes}) != len(writes):
+        raise ValueError("a commit names a key twice")
+
+
+def commit_refused(w: Write, actual: int) -> FerryError:
+    """The error for the first write whose condition failed (``actual``: its key's mod_revision, 0 absent)."""
+    if isinstance(w, Put) and w.expected_mod_revision == 0:
+        return key_exists(w.key)
+    return cas_conflict(w.key, w.expected_mod_revision, actual)
+
+
 class Store(Protocol):
     """The store as the coordinator uses it. All calls are coroutines; all errors are FerryErrors."""
 
@@ -183,6 +251,12 @@ class Store(Protocol):
         Returns the revision of the deletion, or None when the key was already absent (this
         includes a retried delete whose first attempt had applied).
         """
+        ...
+
+    async def commit(self, writes: Sequence[Write]) -> int:
+        """Every write in one revision, each under its own condition, or none of them: then
+        AlreadyExists or Conflict for the first write (in the given order) whose condition failed.
+        Returns the new revision. At least one Put; each key once."""
         ...
 
     async def grant_lease(self, ttl_s: int) -> int:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 from ferry.errors import FerryError
-from ferry.store import Entry, Resync, Store, WatchEvent
+from ferry.store import Entry, Resync, Store, WatchEvent, Write
 
 T = TypeVar("T")
 
@@ -63,6 +63,9 @@ class TimedStore:
 
     async def delete(self, key: str, expected_mod_revision: int | None = None) -> int | None:
         return await self._timed("delete", self.store.delete(key, expected_mod_revision))
+
+    async def commit(self, writes: Sequence[Write]) -> int:
+        return await self._timed("commit", self.store.commit(writes))
 
     async def grant_lease(self, ttl_s: int) -> int:
         return await self._timed("grant_lease", self.store.grant_lease(ttl_s))

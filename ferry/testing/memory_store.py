@@ -22,16 +22,21 @@ import builtins
 import itertools
 import math
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from ferry.errors import Unavailable
 from ferry.store import (
     Entry,
     EventKind,
+    Put,
     Resync,
     WatchEvent,
+    Write,
     cas_conflict,
+    check_writes,
+    commit_landed,
+    commit_refused,
     key_exists,
     lease_lost,
     write_landed,
@@ -123,6 +128,25 @@ class MemoryStore:
                 raise cas_conflict(key, expected_mod_revision, current.mod_revision)
             revision = self._delete_keys([key])
             if self._reply_lost():
+                continue
+            return revision
+
+    async def commit(self, writes: Sequence[Write]) -> int:
+        self._enter()
+        check_writes(writes)
+        retried = False
+        while True:
+            for w in writes:
+                current = self._keys.get(w.key)
+                actual = current.mod_revision if current is not None else 0
+                if actual != w.expected_mod_revision:
+                    landed = commit_landed({x.key: self._keys.get(x.key) for x in writes}, writes) if retried else None
+                    if landed is not None:
+                        return landed
+                    raise commit_refused(w, actual)
+            revision = self._apply(writes)
+            if self._reply_lost():
+                retried = True
                 continue
             return revision
 
@@ -241,6 +265,26 @@ class MemoryStore:
         if lease is not None:
             self._leases[lease].keys.add(key)
         self._record([WatchEvent(EventKind.PUT, entry)])
+        return self._revision
+
+    def _apply(self, writes: Sequence[Write]) -> int:
+        """Every write (conditions checked) in one revision, as one batch of watch events."""
+        self._revision += 1
+        events = []
+        for w in writes:
+            previous = self._keys.get(w.key)
+            if previous is not None and previous.lease is not None and previous.lease in self._leases:
+                self._leases[previous.lease].keys.discard(w.key)
+            if isinstance(w, Put):
+                created = previous.create_revision if previous is not None else self._revision
+                entry = Entry(w.key, w.value, self._revision, created, None)
+                self._keys[w.key] = entry
+                events.append(WatchEvent(EventKind.PUT, entry))
+            elif previous is not None:
+                del self._keys[w.key]
+                tombstone = replace(previous, value=b"", mod_revision=self._revision, create_revision=0, lease=None)
+                events.append(WatchEvent(EventKind.DELETE, tombstone))
+        self._record(events)
         return self._revision
 
     def _delete_keys(self, keys: builtins.list[str]) -> int:

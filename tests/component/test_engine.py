@@ -213,6 +213,24 @@ async def test_submitted_migration_succeeds(store, fleet, hosts):
     assert await store.get(idempotency_key(m.idempotency_key)) is not None
 
 
+async def test_the_final_write_releases_the_claim_in_the_same_store_write(store, fleet, hosts):
+    """One store write (a commit) makes the record final and deletes vm-active/<uuid>."""
+    fleet.add_guest("host1", "g1")
+    m = await submit(store, fleet, "g1", "host1", "host2")
+    events = store.watch("", m.revision)
+    async with engine(store, hosts):
+        r = await final(store, m.id)
+    assert r.phase is Phase.SUCCEEDED
+    deleted = []
+    async with asyncio.timeout(2):
+        async for e in events:
+            if e.kind is EventKind.DELETE and e.entry.key == vm_active_key(r.vm_uuid):
+                deleted.append(e.revision)
+                break
+    await events.aclose()
+    assert deleted == [r.revision]
+
+
 async def test_missing_bridge_fails_in_preflight_and_creates_nothing(store, fleet, hosts):
     fleet.add_guest("host1", "g1")
     m = await submit(store, fleet, "g1", "host1", "host2", mapping=False)

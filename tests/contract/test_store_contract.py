@@ -12,7 +12,7 @@ import pytest
 from ferry.errors import AlreadyExists, Unavailable
 from ferry.etcd_store import EtcdStore
 from ferry.lab.etcd import free_loopback_ports
-from ferry.store import Conflict, EventKind, LeaseLost, Resync, WatchEvent
+from ferry.store import Conflict, EventKind, LeaseLost, Put, Remove, Resync, WatchEvent
 
 if TYPE_CHECKING:
     from conftest import StoreSubject  # tests/contract/conftest.py
@@ -219,6 +219,50 @@ async def test_retried_writes_whose_first_attempt_applied_succeed_once(store_sub
     store.lose_next_replies(1)
     with pytest.raises(Conflict):
         await store.update("i/other", b"ours", expected_mod_revision=other - 1)
+
+
+async def test_commit_applies_every_write_in_one_revision_or_none(store_subject: StoreSubject) -> None:
+    store = store_subject.store
+    claim = await store.create("c/claim", b"m1")
+    record = await store.create("c/record", b"v1")
+    _, start = await store.list("c/")
+    events = store.watch("c/", start + 1)
+
+    # a create, a compare-and-set and a delete, all in one revision
+    rev = await store.commit([Put("c/new", b"n"), Put("c/record", b"v2", record), Remove("c/claim", claim)])
+    assert rev == start + 1
+    new, rec = await store.get("c/new"), await store.get("c/record")
+    assert new is not None and (new.value, new.mod_revision, new.create_revision) == (b"n", rev, rev)
+    assert rec is not None and (rec.value, rec.mod_revision) == (b"v2", rev)
+    assert await store.get("c/claim") is None
+    got = summary(await take(events, 3))
+    assert sorted(got) == sorted(
+        [("put", "c/new", b"n", rev), ("put", "c/record", b"v2", rev), ("delete", "c/claim", b"", rev)]
+    )
+    await events.aclose()
+
+    # one failed condition: nothing is written, and the error names the first key that failed
+    with pytest.raises(AlreadyExists):
+        await store.commit([Put("c/other", b"o"), Put("c/new", b"again")])
+    with pytest.raises(Conflict, match="c/record"):
+        await store.commit([Put("c/other", b"o"), Put("c/record", b"v3", record)])
+    with pytest.raises(Conflict, match="c/claim"):
+        await store.commit([Put("c/other", b"o"), Remove("c/claim", claim)])
+    assert await store.get("c/other") is None
+    _, after = await store.list("c/")
+    assert after == rev
+
+    # retried after a lost reply: applied once, and the retry recognises it
+    store.lose_next_replies(1)
+    rev2 = await store.commit([Put("c/other", b"o"), Remove("c/new", rev)])
+    assert rev2 == rev + 1
+    other = await store.get("c/other")
+    assert other is not None and other.mod_revision == rev2 and await store.get("c/new") is None
+
+    with pytest.raises(ValueError):
+        await store.commit([Remove("c/other", rev2)])  # no Put
+    with pytest.raises(ValueError):
+        await store.commit([Put("c/x", b"1"), Put("c/x", b"2")])  # a key twice
 
 
 async def test_unreachable_etcd_is_unavailable_naming_the_endpoints() -> None:
