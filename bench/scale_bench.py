@@ -585,6 +585,22 @@ async def wait_leading(
         await asyncio.sleep(0.5)
 
 
+def agent_calls_line(agent_stats: list[dict], migrations: int, hosts: int) -> str:
+    """The agents' calls per migration, by method, over the whole bench (the coordinator's first
+    inventory of every host, one per host, taken out).
+
+    >>> agent_calls_line([{"calls": {"GetInventory": 1300, "Migrate": 100}}, {"calls": {"Migrate": 100}}], 200, 1000)
+    'agent calls per migration (whole bench, all migrations): 2.5 (GetInventory 1.5, Migrate 1.0)'
+    """
+    calls: Counter[str] = Counter()
+    for s in agent_stats:
+        calls.update(s.get("calls", {}))
+    calls["GetInventory"] = max(calls["GetInventory"] - hosts, 0)
+    n = max(migrations, 1)
+    parts = ", ".join(f"{m} {c / n:.1f}" for m, c in calls.most_common() if c)
+    return f"agent calls per migration (whole bench, all migrations): {calls.total() / n:.1f} ({parts})"
+
+
 async def amain(args: argparse.Namespace) -> int:
     print(
         f"# scale_bench {datetime.now().astimezone().isoformat(timespec='seconds')}: {load_line(os.getloadavg())} "
@@ -644,6 +660,7 @@ async def amain(args: argparse.Namespace) -> int:
             print(text + "\n", flush=True)
             cpu = sum(s.get("cpu_s", 0.0) for s in agent_stats)
             rereg = sum(int(s.get("reregistrations", 0)) for s in agent_stats)
+            print(agent_calls_line(agent_stats, len(follower.migrations), len(sim.hosts)), flush=True)
             print(
                 f"agent processes: {cpu:.0f} CPU s in all; registrations lost and renewed: {rereg}; "
                 f"etcd CPU {cpu_seconds(etcd.members[0].pid or 0):.0f} s; "

@@ -28,6 +28,7 @@ import os
 import resource
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,6 +48,19 @@ IMAGES = "/var/lib/libvirt/images"
 
 def vm_uuid(host: int, n: int) -> str:
     return f"6c61622d-{host:04d}-4000-8000-{n:012d}"
+
+
+class CallCounter:
+    """Counts the agents' calls by method (an RpcObserver of their gRPC servers)."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    def rpc_handled(self, service: str, method: str, code: str, seconds: float) -> None:
+        self.calls[method] += 1
+
+
+CALLS = CallCounter()
 
 
 async def start(args: argparse.Namespace) -> tuple[list[FakeHypervisor], list[object], list[Registration], EtcdStore]:
@@ -81,7 +95,7 @@ async def start(args: argparse.Namespace) -> tuple[list[FakeHypervisor], list[ob
         # in-process test fleet does; a real agent reads every registration from etcd instead
         targets = MigrationTargets(name, peers=lambda: list(fleet.hosts))
         servicer = build_agent(config, hv, host, targets=targets)
-        server, [port] = create_server(config.listen, register(servicer))
+        server, [port] = create_server(config.listen, register(servicer), observer=CALLS)
         await server.start()
         for n in range(args.vms):
             vm = f"v{i}-{n}"
@@ -131,6 +145,7 @@ async def amain(args: argparse.Namespace) -> None:
                 "peak_jobs": peak_total,
                 "reregistrations": sum(max(r.registrations - 1, 0) for r in regs),
                 "cpu_s": usage.ru_utime + usage.ru_stime,
+                "calls": dict(CALLS.calls),
             }
         ),
         flush=True,
