@@ -190,8 +190,10 @@ class Coordinator:
 
         Returns the bound port of each listen address (0 for unix sockets).
         """
-        await self.views.start()
+        # the fleet first: the records' landings (``note_landed``, as the views list them) are noted
+        # only for hosts it knows -- a host's last-seen VMs, loaded later, need those after their time
         await self.fleet.start()
+        await self.views.start()
         self.server, self.ports = create_server(
             self.config.listen, register(self.servicer), tls=self.config.tls, observer=self.rpc_observer
         )
