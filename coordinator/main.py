@@ -44,7 +44,7 @@ from .config import CoordinatorConfig, load_config
 from .drain_controller import DrainController
 from .drains import Drains
 from .election import Candidate, Election
-from .fleet import AgentFactory, Fleet
+from .fleet import AgentFactory, Fleet, last_seen_max_age
 from .phases import Phase
 from .placer import Placer
 from .record import MigrationRecord
@@ -239,6 +239,7 @@ def build_coordinator(
         config.agents.inventory_ttl_s,
         inventory_timeout_s=config.agents.inventory_timeout_s,
         declared=config.hosts,
+        last_seen_max_age_s=last_seen_max_age(config.retention.migrations_s),
     )
     views = replica_views(store)
 
