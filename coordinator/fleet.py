@@ -21,7 +21,7 @@ undefined by someone, a state change; compared as ``ferry vms`` lists it), when 
 than ``last_seen_max_age_s`` (the records of the landings it relies on must outlive it: see
 :func:`last_seen_max_age`), and once when a host stops answering while landings are pending (so
 the snapshot no longer needs their records however long the host stays away). A migration alone
-writes none: that was 1.6 of the coordinator's 12 etcd writes per migration at 1,000 hosts.
+writes none (it was 1.6 to 1.9 of the coordinator's 12 etcd writes per migration at 1,000 hosts).
 Hosts declared in the config but never registered, and hosts whose registration went away, stay
 in the view as unavailable (so ``ferry hosts`` shows them DOWN instead of forgetting them).
 
