@@ -44,7 +44,7 @@ from .config import CoordinatorConfig, load_config
 from .drain_controller import DrainController
 from .drains import Drains
 from .election import Candidate, Election
-from .fleet import AgentFactory, Fleet
+from .fleet import AgentFactory, Fleet, last_seen_max_age
 from .phases import Phase
 from .placer import Placer
 from .record import MigrationRecord
@@ -190,8 +190,10 @@ class Coordinator:
 
         Returns the bound port of each listen address (0 for unix sockets).
         """
-        await self.views.start()
+        # the fleet first: the records' landings (``note_landed``, as the views list them) are noted
+        # only for hosts it knows -- a host's last-seen VMs, loaded later, need those after their time
         await self.fleet.start()
+        await self.views.start()
         self.server, self.ports = create_server(
             self.config.listen, register(self.servicer), tls=self.config.tls, observer=self.rpc_observer
         )
@@ -237,6 +239,7 @@ def build_coordinator(
         config.agents.inventory_ttl_s,
         inventory_timeout_s=config.agents.inventory_timeout_s,
         declared=config.hosts,
+        last_seen_max_age_s=last_seen_max_age(config.retention.migrations_s),
     )
     views = replica_views(store)
 

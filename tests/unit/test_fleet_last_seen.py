@@ -10,13 +10,13 @@ stand-ins answering ``inventory()`` or failing like an unreachable agent.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 
 from ferry import keys
-from ferry.coordinator.fleet import Fleet, decode_last_seen
+from ferry.coordinator.fleet import LAST_SEEN_MAX_AGE_S, Fleet, decode_last_seen
 from ferry.errors import Unavailable
-from ferry.model import DomainInfo, DomainState, HostFacts, Inventory
+from ferry.model import Disk, DomainInfo, DomainState, HostFacts, Inventory, Nic
 from ferry.registry import HostRegistration
 from ferry.testing.memory_store import MemoryStore
 
@@ -176,3 +176,187 @@ async def test_a_vm_that_landed_on_a_host_that_died_before_anyone_asked_it_again
     assert host2 is not None and host2.domains == (DomainInfo("g1", "u-1", DomainState.SHUTOFF),)
     for f in (leader, follower, late):
         await f.close()
+
+
+# -- a migration alone does not rewrite last-seen: the records' landings already say it --------
+
+
+@dataclass
+class Clock:
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def at(self, minutes: float) -> datetime:
+        self.now = T1 + timedelta(minutes=minutes)
+        return self.now
+
+
+async def fleet_with_clock(store: MemoryStore, agents: dict[str, Agent], clock: Clock) -> Fleet:
+    fleet = Fleet(store, lambda name, address: agents[name], clock, inventory_ttl_s=0.0)  # type: ignore[arg-type,return-value]
+    await fleet.start()
+    return fleet
+
+
+async def two_hosts(g1: DomainInfo, *others: DomainInfo) -> tuple[MemoryStore, dict[str, Agent]]:
+    store = MemoryStore()
+    agents = {"host1": Agent("host1", [g1, *others]), "host2": Agent("host2")}
+    for name in agents:
+        await store.create(keys.host_key(name), HostRegistration(name, f"fake:{name}").encode())
+    return store, agents
+
+
+async def revisions(store: MemoryStore) -> dict[str, int]:
+    entries, _ = await store.list(keys.LAST_SEEN)
+    return {e.key: e.mod_revision for e in entries}
+
+
+async def stored(store: MemoryStore, host: str) -> tuple[datetime, Inventory]:
+    entry = await store.get(keys.last_seen_key(host))
+    assert entry is not None
+    return decode_last_seen(entry.value)
+
+
+def land(agents: dict[str, Agent], vm: DomainInfo, source: str, target: str, **details: object) -> None:
+    """The guest moves as libvirt moves it: gone from the source, on the target as the target
+    describes it (its own disk paths and bridge details)."""
+    agents[source].domains.remove(vm)
+    agents[target].domains.append(replace(vm, **details))  # type: ignore[arg-type]
+
+
+G1 = DomainInfo(
+    "g1",
+    "u-1",
+    DomainState.RUNNING,
+    memory_bytes=1 << 30,
+    vcpus=2,
+    disks=(Disk("vda", "/srv/host1/g1.qcow2", allocation=1 << 20),),
+    nics=(Nic("bridge", "br-guest", "52:54:00:00:00:01"),),
+)
+
+
+async def test_a_landing_between_two_fetches_writes_no_last_seen_on_either_host() -> None:
+    store, agents = await two_hosts(G1)
+    clock = Clock(T1)
+    fleet = await fleet_with_clock(store, agents, clock)
+    await fleet.refresh()
+    before = await revisions(store)
+    assert len(before) == 2
+    land(agents, G1, "host1", "host2", disks=(Disk("vda", "/srv/host2/g1.qcow2", allocation=2 << 20),))
+    fleet.note_landed("u-1", "host1", "host2", clock.at(1), name="g1", memory_bytes=1 << 30)
+    clock.at(2)
+    await fleet.refresh(force=True)
+    assert await revisions(store) == before  # neither host's last-seen written
+    host1, host2 = fleet.host("host1"), fleet.host("host2")
+    assert host1 is not None and host1.domains == ()
+    assert host2 is not None and [d.name for d in host2.domains] == ["g1"]
+    assert (await stored(store, "host2"))[0] == T1  # the snapshot keeps its time
+    await fleet.close()
+
+
+async def test_a_vm_stopped_on_a_host_writes_its_last_seen_with_the_new_time() -> None:
+    g2 = DomainInfo("g2", "u-2", DomainState.RUNNING)
+    store, agents = await two_hosts(G1, g2)
+    clock = Clock(T1)
+    fleet = await fleet_with_clock(store, agents, clock)
+    await fleet.refresh()
+    before = await revisions(store)
+    land(agents, G1, "host1", "host2")
+    fleet.note_landed("u-1", "host1", "host2", clock.at(1), name="g1")
+    agents["host1"].domains[:] = [replace(g2, state=DomainState.SHUTOFF)]  # someone stopped g2
+    await fleet.refresh(force=True)
+    after = await revisions(store)
+    assert after[keys.last_seen_key("host1")] > before[keys.last_seen_key("host1")]
+    assert after[keys.last_seen_key("host2")] == before[keys.last_seen_key("host2")]  # the landing alone
+    at, inventory = await stored(store, "host1")
+    assert at == clock.now and inventory.domains == (replace(g2, state=DomainState.SHUTOFF),)
+    await fleet.close()
+
+
+async def test_a_replica_started_later_lists_a_moved_vm_on_its_new_host_from_the_older_last_seen() -> None:
+    store, agents = await two_hosts(G1)
+    clock = Clock(T1)
+    leader = await fleet_with_clock(store, agents, clock)
+    await leader.refresh()
+    land(agents, G1, "host1", "host2")
+    leader.note_landed("u-1", "host1", "host2", clock.at(1), name="g1", memory_bytes=1 << 30)
+    clock.at(2)
+    await leader.refresh(force=True)
+    assert (await stored(store, "host2"))[1].domains == ()  # not rewritten: the landing says it
+    agents["host2"].down = True  # host2 stops answering
+    clock.at(3)
+    late = await fleet_with_clock(store, agents, clock)
+    late.note_landed("u-1", "host1", "host2", T1 + timedelta(minutes=1), name="g1", memory_bytes=1 << 30)
+    await late.refresh()
+    host1, host2 = late.host("host1"), late.host("host2")
+    assert host1 is not None and host1.available and host1.domains == ()
+    assert host2 is not None and not host2.available and [d.name for d in host2.domains] == ["g1"]
+    located = await late.locate_vm("g1")
+    assert located is not None and located[0] == "host2"
+    for f in (leader, late):
+        await f.close()
+
+
+async def test_a_host_that_stops_answering_after_a_landing_gets_it_written_for_replicas_without_the_record() -> None:
+    # the records of migrations are deleted after [retention] migrations_s: the replica that saw
+    # host2 go writes the landing into its last-seen, so a replica starting a week later lists g1
+    store, agents = await two_hosts(G1)
+    clock = Clock(T1)
+    leader = await fleet_with_clock(store, agents, clock)
+    await leader.refresh()
+    land(agents, G1, "host1", "host2")
+    leader.note_landed("u-1", "host1", "host2", clock.at(1), name="g1", memory_bytes=1 << 30)
+    agents["host2"].down = True  # before anyone asked it again
+    clock.at(2)
+    await leader.refresh(force=True)
+    at, inventory = await stored(store, "host2")
+    assert at == T1 and [d.name for d in inventory.domains] == ["g1"]  # under the time of its inventory
+    assert inventory.domains[0].vcpus == 2  # the leader's copy of the domain, not a bare name
+    clock.at(60 * 24 * 8)
+    late = await fleet_with_clock(store, agents, clock)  # no record of the landing left
+    await late.refresh()
+    host2 = late.host("host2")
+    assert host2 is not None and not host2.available and [d.name for d in host2.domains] == ["g1"]
+    for f in (leader, late):
+        await f.close()
+
+
+async def test_a_landing_only_change_rewrites_last_seen_once_the_snapshot_is_older_than_the_max_age() -> None:
+    g2 = DomainInfo("g2", "u-2", DomainState.RUNNING)
+    store, agents = await two_hosts(G1, g2)
+    clock = Clock(T1)
+    fleet = await fleet_with_clock(store, agents, clock)
+    assert fleet.last_seen_max_age_s == LAST_SEEN_MAX_AGE_S == 600.0
+    await fleet.refresh()
+    first = await revisions(store)
+    land(agents, G1, "host1", "host2")
+    fleet.note_landed("u-1", "host1", "host2", clock.at(1), name="g1")
+    clock.at(9)
+    await fleet.refresh(force=True)
+    assert await revisions(store) == first  # 9 minutes old: the landing's record is there
+    land(agents, g2, "host1", "host2")
+    fleet.note_landed("u-2", "host1", "host2", clock.at(10.5), name="g2")
+    clock.at(11)
+    await fleet.refresh(force=True)
+    for host, names in (("host1", []), ("host2", ["g1", "g2"])):  # 11 minutes old: written anew
+        at, inventory = await stored(store, host)
+        assert at == clock.now and [d.name for d in inventory.domains] == names
+    await fleet.close()
+
+
+async def test_a_landing_before_the_snapshot_does_not_explain_a_change_after_it() -> None:
+    # the record of a landing can reach a replica after it saved an inventory taken before the
+    # landing showed: the snapshot's time is past the landing, so a loader would not apply it
+    store, agents = await two_hosts(G1)
+    clock = Clock(T1)
+    fleet = await fleet_with_clock(store, agents, clock)
+    await fleet.refresh()  # g1 on host1, saved at T1
+    land(agents, G1, "host1", "host2")
+    fleet.note_landed("u-1", "host1", "host2", T1 - timedelta(seconds=1), name="g1")
+    clock.at(1)
+    await fleet.refresh(force=True)
+    for host, names in (("host1", []), ("host2", ["g1"])):
+        at, inventory = await stored(store, host)
+        assert at == clock.now and [d.name for d in inventory.domains] == names
+    await fleet.close()
