@@ -331,7 +331,7 @@ class Run:
 
 async def load(
     sim: Sim,
-    stub: cgrpc.CoordinatorStub,
+    stubs: Sequence[cgrpc.CoordinatorStub],
     follower: Follower,
     run: Run,
     vms: list[str],
@@ -339,7 +339,9 @@ async def load(
     drains: Sequence[str] = (),
 ) -> None:
     """Drains of ``drains`` and, beside them, ``count`` placed migrations of ``vms`` with
-    ``run.in_flight`` under way at a time; returns when every record of the run is final."""
+    ``run.in_flight`` under way at a time; returns when every record of the run is final.
+    ``stubs``: one per simulated scheduler (a connection each), taken in turn."""
+    stub = stubs[0]
     assert sim.coordinator is not None
     free = list(vms)
     random.shuffle(free)
@@ -363,7 +365,7 @@ async def load(
         run.drain_ids.append(d.id)
         run.submitted += d.vms_total
 
-    async def one(vm: str) -> None:
+    async def one(vm: str, stub: cgrpc.CoordinatorStub) -> None:
         try:
             m = await stub.SubmitMigration(cpb.SubmitMigrationRequest(vm=vm, options=OPTIONS), timeout=120)
         except grpc.RpcError as exc:  # a refusal is counted, not fatal
@@ -384,7 +386,7 @@ async def load(
         await slot.acquire()
         while not free:
             await asyncio.sleep(0.01)
-        tasks.append(asyncio.get_running_loop().create_task(one(free.pop())))
+        tasks.append(asyncio.get_running_loop().create_task(one(free.pop(), stubs[left % len(stubs)])))
         run.submitted += 1
         left -= 1
     await asyncio.gather(*tasks)
@@ -624,6 +626,7 @@ async def amain(args: argparse.Namespace) -> int:
         follower = Follower(store)
         agent_stats: list[dict] = []
         channel = None
+        schedulers: list[grpc.aio.Channel] = []
         try:
             fsync = "--unsafe-no-fsync" if supports_no_fsync(version) else "fsync"
             print(f"etcd {'.'.join(map(str, version))} ({fsync}) on {etcd.endpoints[0]}", flush=True)
@@ -632,6 +635,10 @@ async def amain(args: argparse.Namespace) -> int:
             start_coordinator(sim, args)
             channel = create_channel(sim.address)
             stub = cgrpc.CoordinatorStub(channel)
+            # several schedulers, a connection each: one connection carries at most 100 calls at once
+            most = max(args.in_flight, *args.levels)
+            schedulers = [create_channel(sim.address) for _ in range(max(1, -(-most // 50)))]
+            stubs = [cgrpc.CoordinatorStub(c) for c in schedulers]
             await wait_leading(sim, stub, store, len(sim.hosts))
             print(f"coordinator leads and sees every host after {time.monotonic() - started:.0f} s\n", flush=True)
             await follower.start()
@@ -644,11 +651,11 @@ async def amain(args: argparse.Namespace) -> int:
             ]
             for level in args.levels:
                 run = Run(f"{level} in flight, no drains", level)
-                await load(sim, stub, follower, run, movable, args.level_migrations)
+                await load(sim, stubs, follower, run, movable, args.level_migrations)
                 text, _ = report(run, follower, args, [])
                 print(text + "\n", flush=True)
             run = Run(f"main run: {args.migrations} migrations incl. drains of {len(drained)} hosts", args.in_flight)
-            await load(sim, stub, follower, run, movable, args.migrations, drained)
+            await load(sim, stubs, follower, run, movable, args.migrations, drained)
             agent_stats = stop_agents(sim)
             if args.dump is not None:
                 with args.dump.open("w") as f:
@@ -678,8 +685,9 @@ async def amain(args: argparse.Namespace) -> int:
             raise
         finally:
             await follower.close()
-            if channel is not None:
-                await channel.close()
+            for c in [channel, *schedulers]:
+                if c is not None:
+                    await c.close()
             stop_coordinator(sim)
             if not agent_stats:
                 stop_agents(sim)
