@@ -18,13 +18,15 @@ What this adapter adds over the client (see /work/shared/notes/etcd.md for the c
   on a timer as well (the election re-reads the leader key every ttl).
 - ``list`` reads a prefix in one response (no pagination): fine for thousands of keys.
 - Leases: grant/keepalive/revoke only; no client-side Lock/Election (they never refresh their
-  lease). Leader election lives in ``election.py`` on top of this port.
+  lease). Leader election lives in ``election.py`` on top of this port. All keepalives of a store
+  share one ``LeaseKeepAlive`` stream (the client opens one per renewal); see ``_KeepaliveStream``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ from etcd3aio import (
     EtcdUnauthenticatedError,
     prefix_range_end,
 )
+from etcd3aio._protobuf import LeaseKeepAliveRequest  # the client exports no request type
 from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
 from etcd3aio.watch import WatchService
@@ -67,6 +70,7 @@ from ferry.store import (
 T = TypeVar("T")
 
 _TRANSIENT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+_REFUSED_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 _FIRST_BACKOFF_S = 0.05
 _MAX_BACKOFF_S = 0.5
 
@@ -119,6 +123,98 @@ def _outcome_unknown(exc: BaseException) -> bool:
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _TRANSIENT_CODES
 
 
+class _KeepaliveStream:
+    """One ``LeaseKeepAlive`` stream that carries every keepalive of a store, for all its leases.
+
+    Opening a stream per renewal costs an HTTP/2 stream on both sides each time; an agent renews
+    every ttl/3, so a thousand agents opened some 300 streams a second. Here requests go out on a
+    queue feeding the stream, and one reader task hands each response to its waiter.
+
+    etcd answers a stream's requests one by one, in order (a response carries only the lease ID
+    and TTL). So the waiters of one lease form a FIFO: the n-th answer for lease L resolves the
+    n-th request for L sent on this stream. That is what keeps the election's argument: a
+    keepalive returns etcd's answer to the request *it* sent, never an earlier caller's answer
+    to a request sent before this one began.
+
+    Any doubt ends the stream: it broke (etcd restarted, member killed, connection reset), an
+    answer came for no waiter, or a waiter left without its answer (its attempt timed out, as on
+    a hung member, or it was cancelled). Every pending waiter then fails as outcome-unknown, which
+    the store's retry loop retries on a new stream (which round-robin may place on another member).
+    """
+
+    def __init__(self, services: _Services) -> None:
+        self.services = services  # the connection this stream was opened on
+        self.broken = False
+        self._requests: asyncio.Queue[LeaseKeepAliveRequest | None] = asyncio.Queue()
+        self._waiters: dict[int, deque[asyncio.Future[int]]] = {}
+        lease = services.lease
+        # The client's keep_alive() sends a single request; its stub (with the auth metadata it
+        # uses for every call) opens a stream we can keep writing to.
+        self._call = lease._stub.LeaseKeepAlive(self._outgoing(), metadata=lease._metadata or None)
+        self.reader = asyncio.get_running_loop().create_task(self._read(), name="etcd lease keepalive stream")
+
+    async def renew(self, lease: int, timeout_s: float) -> int:
+        """Send one keepalive for ``lease``; its TTL from etcd's answer to it (<= 0: the lease is gone)."""
+        if self.broken:
+            raise _ReplyLost()
+        answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        answer.add_done_callback(_retrieve)
+        self._waiters.setdefault(lease, deque()).append(answer)  # in the order the requests are sent
+        self._requests.put_nowait(LeaseKeepAliveRequest(ID=lease))
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await answer
+        finally:
+            if not answer.done() or answer.cancelled():  # left without its answer: the stream is in doubt
+                self.end(_ReplyLost)
+
+    def end(self, error: Callable[[], BaseException]) -> None:
+        """Stop using this stream: pending waiters fail with ``error()``, the call is cancelled."""
+        if self.broken:
+            return
+        self.broken = True
+        self._requests.put_nowait(None)
+        self._call.cancel()
+        waiters, self._waiters = self._waiters, {}
+        for queue in waiters.values():
+            for answer in queue:
+                if not answer.done():
+                    answer.set_exception(error())
+
+    async def _outgoing(self) -> AsyncGenerator[LeaseKeepAliveRequest, None]:
+        while (request := await self._requests.get()) is not None:
+            yield request
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                resp = await self._call.read()
+                if resp is grpc.aio.EOF:
+                    self.end(_ReplyLost)  # etcd ended the stream
+                    return
+                queue = self._waiters.get(resp.ID)
+                if not queue:
+                    self.end(_ReplyLost)  # an answer to no request of ours: the FIFO cannot be trusted
+                    return
+                answer = queue.popleft()
+                if not queue:
+                    del self._waiters[resp.ID]
+                if not answer.done():
+                    answer.set_result(int(resp.TTL))
+        except grpc.aio.AioRpcError as exc:
+            # the stream ended under every waiter, whatever the code: retried, unless etcd refused us
+            refused = exc if exc.code() in _REFUSED_CODES else None
+            self.end(lambda: refused or _ReplyLost())
+        except asyncio.CancelledError:
+            self.end(_ReplyLost)  # the call was cancelled (end(), close()) or this task was
+
+
+def _retrieve(answer: asyncio.Future[int]) -> None:
+    """Mark a failed answer's exception as seen: its waiter may have gone (no 'never retrieved' log)."""
+    if not answer.cancelled():
+        answer.exception()
+
+
 class EtcdStore:
     """The Store port on etcd ``endpoints`` (``host:port``), keys under ``prefix`` (e.g. "/ferry/")."""
 
@@ -149,6 +245,8 @@ class EtcdStore:
         self._services: _Services | None = None
         self._lost_replies = 0
         self._closed = False
+        self._keepalives: _KeepaliveStream | None = None
+        self._keepalive_readers: set[asyncio.Task[None]] = set()  # of streams opened, until they end
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -272,21 +370,11 @@ class EtcdStore:
         return int(resp.ID)
 
     async def keepalive(self, lease: int) -> int:
-        async def once(c: _Services, t: float) -> Any:
-            stream = c.lease.keep_alive(lease)
-            try:
-                async with asyncio.timeout(t):
-                    resp = await stream.read()
-            finally:
-                stream.cancel()
-            if resp is grpc.aio.EOF:
-                raise _ReplyLost()
-            return resp
-
-        resp = await self._call("keepalive", once)
-        if resp.TTL <= 0:
+        # Every keepalive of this store goes over one LeaseKeepAlive stream (see _KeepaliveStream).
+        ttl = await self._call("keepalive", lambda c, t: self._keepalive_stream(c).renew(lease, t))
+        if ttl <= 0:
             raise lease_lost(lease)
-        return int(resp.TTL)
+        return ttl
 
     async def revoke(self, lease: int) -> None:
         try:
@@ -345,6 +433,11 @@ class EtcdStore:
 
     async def close(self) -> None:
         self._closed = True
+        if self._keepalives is not None:
+            self._keepalives.end(_ReplyLost)  # its waiters retry, and find the store closed
+            self._keepalives = None
+        if self._keepalive_readers:
+            await asyncio.gather(*self._keepalive_readers)
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -390,6 +483,19 @@ class EtcdStore:
             self._client = client
             self._services = _Services(client.kv, client.lease, client.watch)
         return self._services
+
+    def _keepalive_stream(self, services: _Services) -> _KeepaliveStream:
+        """The shared keepalive stream on ``services``; a new one if there is none, it broke, or
+        it was opened on an earlier connection."""
+        stream = self._keepalives
+        if stream is not None and not stream.broken and stream.services is services:
+            return stream
+        if stream is not None:
+            stream.end(_ReplyLost)
+        stream = self._keepalives = _KeepaliveStream(services)
+        self._keepalive_readers.add(stream.reader)
+        stream.reader.add_done_callback(self._keepalive_readers.discard)
+        return stream
 
     async def _call(self, op: str, attempt: Callable[[_Services, float], Awaitable[T]]) -> T:
         """Run ``attempt`` until it succeeds, retrying outcome-unknown failures until ``timeout_s``."""

@@ -126,6 +126,33 @@ async def test_keepalive_keeps_keys_past_the_ttl(store_subject: StoreSubject) ->
     assert (await store.get("kept")) is not None
 
 
+async def test_concurrent_keepalives_of_several_leases_all_renew(store_subject: StoreSubject) -> None:
+    store = store_subject.store
+    leases = [await store.grant_lease(TTL_S) for _ in range(5)]
+    for n, lease in enumerate(leases):
+        await store.create(f"many/{n}", b"x", lease=lease)
+    for _ in range(3):  # 3 s in all, more than the TTL: only the renewals keep the keys
+        await store_subject.sleep(TTL_S / 2)
+        # several at once per lease too: each call gets an answer of its own
+        ttls = await asyncio.gather(*(store.keepalive(lease) for lease in leases for _ in range(4)))
+        assert ttls == [TTL_S] * 20
+    entries, _ = await store.list("many/")
+    assert [e.key for e in entries] == [f"many/{n}" for n in range(5)]
+
+
+async def test_keepalive_of_a_revoked_lease_is_lost_while_another_renews(store_subject: StoreSubject) -> None:
+    store = store_subject.store
+    gone, kept = await store.grant_lease(TTL_S), await store.grant_lease(TTL_S)
+    assert await store.keepalive(gone) == TTL_S
+    await store.revoke(gone)
+    results = await asyncio.gather(store.keepalive(gone), store.keepalive(kept), return_exceptions=True)
+    assert isinstance(results[0], LeaseLost)
+    assert results[1] == TTL_S
+    assert await store.keepalive(kept) == TTL_S  # and the other lease still renews afterwards
+    with pytest.raises(LeaseLost):
+        await store.keepalive(gone)
+
+
 async def test_revoke_deletes_keys_at_once_and_update_can_detach(store_subject: StoreSubject) -> None:
     store = store_subject.store
     lease = await store.grant_lease(TTL_S)
