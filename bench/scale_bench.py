@@ -636,7 +636,7 @@ async def amain(args: argparse.Namespace) -> int:
             channel = create_channel(sim.address)
             stub = cgrpc.CoordinatorStub(channel)
             # several schedulers, a connection each: one connection carries at most 100 calls at once
-            most = max(args.in_flight, *args.levels)
+            most = max([args.in_flight, *args.levels])
             schedulers = [create_channel(sim.address) for _ in range(max(1, -(-most // 50)))]
             stubs = [cgrpc.CoordinatorStub(c) for c in schedulers]
             await wait_leading(sim, stub, store, len(sim.hosts))

@@ -514,6 +514,27 @@ async def test_a_decommissioned_host_is_forgotten_on_every_replica(fx, capsys):
     assert code == 2 and err["error"]["reason"] == "HOST_UNKNOWN"
 
 
+@pytest.mark.parametrize("fx", [False], indirect=True)
+async def test_a_host_that_a_migration_under_way_names_cannot_be_forgotten(fx, capsys):
+    fx.guest("host1", "w1")
+    await fx.registrations[3].stop()  # host4's agent gone
+    for _ in range(200):
+        code, hosts = await fx.ferry(capsys, "hosts")
+        if not next(h for h in hosts["hosts"] if h["name"] == "host4")["available"]:
+            break
+        await asyncio.sleep(0.02)
+    m = await fx.stub.SubmitMigration(cpb.SubmitMigrationRequest(vm="w1", target_host="host4"))
+    code, err = await fx.ferry(capsys, "hosts", "forget", "host4")
+    assert code == 2 and err["error"]["reason"] == "HOST_BUSY" and m.id in err["error"]["message"], err
+    assert "ferry migrations cancel" in err["error"]["hint"]
+    code, _ = await fx.ferry(capsys, "migrations", "cancel", m.id)
+    assert code == 0
+    final = await last_of(fx.stub, m.id)
+    assert final.phase == cpb.PHASE_CANCELLED, final
+    code, out = await fx.ferry(capsys, "hosts", "forget", "host4")
+    assert code == 0 and out["host"] == "host4", out
+
+
 # ---------------------------------------------------------------- the fleet-wide watch, paging
 
 

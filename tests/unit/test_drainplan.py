@@ -76,10 +76,10 @@ def test_starts_the_longest_first_up_to_its_slots():
 @pytest.mark.parametrize(
     ("max_parallel", "outbound", "expected", "submitted"),
     [
-        # at the host's limit one more is queued: the admission (which holds the limit) starts it
-        # the moment a slot frees
-        (0, 2, 2, 3),
-        (5, 2, 2, 3),
+        # at the host's limit one more per slot is queued: the admission (which holds the limit)
+        # starts it the moment a slot frees, also when both slots free at once
+        (0, 2, 2, 4),
+        (5, 2, 2, 4),
         # below it nothing is queued ahead: the admission would start it at once
         (1, 2, 1, 1),
         (3, 4, 3, 3),
