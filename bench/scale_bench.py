@@ -479,7 +479,14 @@ def report(run: Run, follower: Follower, args: argparse.Namespace, agent_stats: 
     text = f"**{run.label}**\n\n" + markdown_table(["measure", "value"], rows)
     if run.refused:
         text += "\n\nrefused: " + "; ".join(f"{c}x {why}" for why, c in run.refused.most_common(3))
-    ok = held and not run.refused
+    failed = Counter(
+        f"{r.phase.name} {r.error.reason}: {r.error.message[:100]}" if r.error else r.phase.name
+        for r in records
+        if r.phase is not Phase.SUCCEEDED
+    )
+    if failed:
+        text += "\n\nnot succeeded: " + "; ".join(f"{c}x {why}" for why, c in failed.most_common(5))
+    ok = held and not run.refused and not failed
     if run.drain_ids:
         table, drains_ok = drain_table(run, follower, args)
         text += "\n\n" + table
