@@ -416,13 +416,17 @@ class Fleet:
         inventory shows the VM (and those in ``near``, where the caller believes it may be: the
         target of its last migration, say) are asked again,
         and only when none of them has it running is every host asked, so a submission costs
-        one agent call, not one per host of the fleet.
+        one agent call, not one per host of the fleet. A host that just answered that it runs the
+        VM wins over a cached copy that says the same of another host (that copy may be stale: a
+        host that did not answer in time keeps what it reported).
         """
+        running: set[str] = set()
         if not fresh:
             await self.refresh()
         else:
             reporting = self._reporting(name_or_uuid) | {n for n in near if n}
-            if not await self._confirm(name_or_uuid, reporting):
+            running = await self._confirm(name_or_uuid, reporting)
+            if not running:
                 if reporting:
                     await self.refresh(reporting, force=True)
                 if not self._running_copy(name_or_uuid):
@@ -433,6 +437,8 @@ class Fleet:
             for d in self._domains(name)
             if name_or_uuid in (d.name, d.uuid)
         ]
+        if running:
+            found = [(name, d) for name, d in found if name in running] or found
         return pick_domain(found, self.available_hosts())
 
     def _domains(self, name: str) -> tuple[DomainInfo, ...]:
@@ -456,9 +462,9 @@ class Fleet:
                     self._where.setdefault(key, set()).add(h.name)
         self._changed(h)
 
-    async def _confirm(self, name_or_uuid: str, hosts: set[str]) -> bool:
+    async def _confirm(self, name_or_uuid: str, hosts: set[str]) -> set[str]:
         """Ask each of ``hosts`` for just this domain (GetDomain: one domain, not a whole
-        inventory); True when one runs it. Each answer updates that host's cached inventory."""
+        inventory); the hosts that run it. Each answer updates that host's cached inventory."""
 
         async def ask(h: _Host) -> bool:
             client = h.client
@@ -480,7 +486,8 @@ class Fleet:
             return domain.state.is_active
 
         known = [self._hosts[n] for n in hosts if n in self._hosts and self._hosts[n].registration is not None]
-        return any(await asyncio.gather(*(ask(h) for h in known)))
+        answers = await asyncio.gather(*(ask(h) for h in known))
+        return {h.name for h, active in zip(known, answers, strict=True) if active}
 
     def _running_copy(self, name_or_uuid: str) -> bool:
         return any(
@@ -638,6 +645,7 @@ class Fleet:
         client = h.client
         if client is None:
             return
+        asked = self._clock()  # what the inventory shows is as of this moment at the earliest
         try:
             async with asyncio.timeout(self.inventory_timeout_s):
                 inventory = await client.inventory()
@@ -659,11 +667,13 @@ class Fleet:
                     await self._save_landings(h)
             return
         if h.client is client:
-            self._set(h, inventory=inventory, fetched_at=self._clock(), reachable=True, error=None)
+            # taken as of when it was asked: a landing noted while the call ran may be missing from
+            # it, so it stays noted (``_apply_moves``), else the VM would show on its old host again
+            self._set(h, inventory=inventory, fetched_at=asked, reachable=True, error=None)
             self._apply_moves(h)
             h.looked_up = False
             if self._needs_save(h, inventory.domains):
-                await self._save_last_seen(h, inventory)
+                await self._save_last_seen(h, inventory, asked)
 
     def _needs_save(self, h: _Host, domains: tuple[DomainInfo, ...]) -> bool:
         """Whether ``last-seen/<host>`` must be written for a host reporting ``domains``: they differ

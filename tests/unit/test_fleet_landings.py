@@ -1,0 +1,102 @@
+"""Where the fleet view puts a VM that just moved (``coordinator/fleet.py``).
+
+The scale bench's 200-in-flight level once failed a migration VM_UNKNOWN: the record named a
+source that no longer had the VM. Two ways the view could say so, each tested here: an inventory
+asked before a landing and answered after it (it still lists the VM on its old host), and a
+submission's check that asks the hosts again while one of them does not answer in time (its stale
+copy then competed with the host that did answer). Real Fleet objects on the in-memory store; the
+agents are stand-ins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from ferry import keys
+from ferry.coordinator.fleet import Fleet
+from ferry.errors import NotFound
+from ferry.model import DomainInfo, DomainState, HostFacts, Inventory
+from ferry.registry import HostRegistration
+from ferry.testing.memory_store import MemoryStore
+
+T0 = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
+G1 = DomainInfo("g1", "u-1", DomainState.RUNNING, memory_bytes=1 << 30)
+
+
+@dataclass
+class Agent:
+    host: str
+    domains: list[DomainInfo] = field(default_factory=list)
+    gate: asyncio.Event | None = None  # set: inventory() answers only once it is set
+    hang_get_domain: bool = False
+
+    async def inventory(self) -> Inventory:
+        taken = tuple(self.domains)  # what the host runs when asked
+        if self.gate is not None:
+            await self.gate.wait()
+        return Inventory(HostFacts(self.host, f"uuid-{self.host}"), taken)
+
+    async def get_domain(self, name_or_uuid: str, include_xml: bool = False) -> tuple[DomainInfo, str]:
+        if self.hang_get_domain:
+            await asyncio.sleep(3600)
+        for d in self.domains:
+            if name_or_uuid in (d.name, d.uuid):
+                return d, ""
+        raise NotFound(f"no domain {name_or_uuid} on {self.host}", reason="VM_UNKNOWN")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def tick(self) -> datetime:
+        self.now += timedelta(seconds=1)
+        return self.now
+
+
+async def fleet_over(agents: dict[str, Agent], clock: Clock, **kw: float) -> tuple[Fleet, MemoryStore]:
+    store = MemoryStore()
+    for name in agents:
+        await store.create(keys.host_key(name), HostRegistration(name, f"fake:{name}").encode())
+    fleet = Fleet(store, lambda name, address: agents[name], clock, **kw)  # type: ignore[arg-type,return-value]
+    await fleet.start()
+    return fleet, store
+
+
+async def test_an_inventory_asked_before_a_landing_and_answered_after_it_keeps_the_move() -> None:
+    clock = Clock()
+    agents = {"host1": Agent("host1", [G1]), "host2": Agent("host2")}
+    fleet, store = await fleet_over(agents, clock, inventory_ttl_s=60.0)
+    await fleet.refresh()
+    agents["host1"].gate = asyncio.Event()
+    clock.tick()
+    asking = asyncio.create_task(fleet.refresh(["host1"], force=True))  # asked while g1 still runs there
+    await asyncio.sleep(0.01)
+    agents["host1"].domains, agents["host2"].domains = [], [G1]  # the migration lands meanwhile
+    fleet.note_landed(G1.uuid, "host1", "host2", clock.tick(), name=G1.name, memory_bytes=G1.memory_bytes)
+    clock.tick()
+    agents["host1"].gate.set()  # the answer, taken before the landing, arrives after it
+    await asyncio.wait_for(asking, 5)
+    host1, host2 = fleet.host("host1"), fleet.host("host2")
+    assert host1 is not None and host2 is not None
+    assert [d.uuid for d in host1.domains] == [] and [d.uuid for d in host2.domains] == [G1.uuid]
+    await fleet.close()
+    await store.close()
+
+
+async def test_a_fresh_locate_prefers_the_host_that_answered_over_a_stale_copy() -> None:
+    clock = Clock()
+    agents = {"host1": Agent("host1", [G1]), "host2": Agent("host2", [G1])}
+    fleet, store = await fleet_over(agents, clock, inventory_ttl_s=60.0, inventory_timeout_s=0.2)
+    await fleet.refresh()  # both report g1 running (host1's copy is the stale one)
+    agents["host1"].domains = []
+    agents["host1"].hang_get_domain = True  # host1 does not answer in time
+    found = await fleet.locate_vm(G1.name, fresh=True)
+    assert found is not None and found[0] == "host2"
+    await fleet.close()
+    await store.close()
