@@ -54,6 +54,30 @@ def _code(exc: libvirt.libvirtError) -> int:
 # ---------------------------------------------------------------- the adapter
 
 
+def _job_stats(dom: libvirt.virDomain, flags: int, completed: bool) -> JobStats:
+    """virDomainGetJobStats of ``dom``, for what the agent asks of a job.
+
+    A domain that does not run has no job; libvirt refuses to say so ("domain is not running"),
+    e.g. on the source between a completed migration and the undefine. On the target of an
+    incoming migration libvirt refuses the statistics ("available only on the source host",
+    OPERATION_UNSUPPORTED) while the domain it paused for the migration waits: that job is
+    running (a cleanup then waits for it instead of failing NOT_SUPPORTED and leaving its
+    prepare behind, as a host death in pre-copy did in CI).
+    """
+    if not completed and not dom.isActive():
+        return JobStats()
+    try:
+        stats = dom.jobStats(flags)
+    except libvirt.libvirtError as exc:
+        if not completed and not dom.isActive():  # it stopped while we asked
+            return JobStats()
+        if not completed and exc.get_error_code() in _NO_DRIVER and lt.paused_by_libvirt(*dom.state()):
+            return JobStats(active=True, operation="migration in")
+        raise
+    state = dom.state()
+    return lt.job_stats_from_libvirt(stats, postcopy=lt.in_postcopy(*state), postcopy_failed=lt.postcopy_failed(*state))
+
+
 class LibvirtHypervisor:
     """The local libvirtd at ``uri``; every call bounded by ``timeout_s`` (see module docstring)."""
 
@@ -321,21 +345,7 @@ class LibvirtHypervisor:
         flags = lt.job_stats_flags(completed=completed)
 
         def work(conn: libvirt.virConnect) -> JobStats:
-            dom = self._lookup(conn, name_or_uuid)
-            # a domain that does not run has no job; libvirt refuses to say so ("domain is not
-            # running"), e.g. on the source between a completed migration and the undefine
-            if not completed and not dom.isActive():
-                return JobStats()
-            try:
-                stats = dom.jobStats(flags)
-            except libvirt.libvirtError:
-                if not completed and not dom.isActive():  # it stopped while we asked
-                    return JobStats()
-                raise
-            state = dom.state()
-            return lt.job_stats_from_libvirt(
-                stats, postcopy=lt.in_postcopy(*state), postcopy_failed=lt.postcopy_failed(*state)
-            )
+            return _job_stats(self._lookup(conn, name_or_uuid), flags, completed)
 
         return await self._call("jobStats", work, retry=True)
 

@@ -109,6 +109,27 @@ def test_domain_info_reads_sizes_without_waiting_for_a_migration_job(
     assert info.paused_by_libvirt is paused_by_libvirt
 
 
+class RefusingDomain(StubDomain):
+    """A domain whose job statistics libvirt refuses (as on an incoming migration's target)."""
+
+    def jobStats(self, flags: int) -> dict[str, object]:
+        err = libvirt.libvirtError("migration statistics are available only on the source host")
+        err.err = (libvirt.VIR_ERR_OPERATION_UNSUPPORTED, 0, "", 0, "", None, None, 0, 0)
+        raise err
+
+
+def test_an_incoming_migrations_domain_has_a_running_job_though_libvirt_gives_no_statistics():
+    """Seen in CI: a host died in pre-copy, and cleaning up the target failed NOT_SUPPORTED because
+    its agent asked libvirt for the job of the domain still paused for the incoming migration."""
+    from ferry.agent.libvirt_hypervisor import _job_stats
+
+    incoming = _job_stats(RefusingDomain(3, 2, FULL), 0, False)  # type: ignore[arg-type]
+    assert incoming.active and incoming.operation == "migration in"
+    assert _job_stats(RefusingDomain(3, 11, FULL), 0, False).active  # type: ignore[arg-type]  # starting up
+    with pytest.raises(libvirt.libvirtError):  # a domain libvirt did not pause: not an arrival
+        _job_stats(RefusingDomain(1, 1, FULL), 0, False)  # type: ignore[arg-type]
+
+
 NODE = """<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads>
 <active>2</active><mhz>2000</mhz><model>i686</model></cpu><memory>2097152</memory>
 <domain type="test"><name>g9</name><memory>262144</memory><os><type>hvm</type></os></domain></node>"""
