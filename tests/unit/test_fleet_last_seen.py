@@ -274,13 +274,19 @@ async def test_a_vm_stopped_on_a_host_writes_its_last_seen_with_the_new_time() -
     await fleet.close()
 
 
-async def test_a_replica_started_later_lists_a_moved_vm_on_its_new_host_from_the_older_last_seen() -> None:
+async def g1_landed_on_host2() -> tuple[MemoryStore, dict[str, Agent], Clock, Fleet]:
+    """g1 on host1 as a replica (the leader) saw it at T1, then moved to host2, landing at T1 + 1 min."""
     store, agents = await two_hosts(G1)
     clock = Clock(T1)
     leader = await fleet_with_clock(store, agents, clock)
     await leader.refresh()
     land(agents, G1, "host1", "host2")
     leader.note_landed("u-1", "host1", "host2", clock.at(1), name="g1", memory_bytes=1 << 30)
+    return store, agents, clock, leader
+
+
+async def test_a_replica_started_later_lists_a_moved_vm_on_its_new_host_from_the_older_last_seen() -> None:
+    store, agents, clock, leader = await g1_landed_on_host2()
     clock.at(2)
     await leader.refresh(force=True)
     assert (await stored(store, "host2"))[1].domains == ()  # not rewritten: the landing says it
@@ -301,12 +307,7 @@ async def test_a_replica_started_later_lists_a_moved_vm_on_its_new_host_from_the
 async def test_a_host_that_stops_answering_after_a_landing_gets_it_written_for_replicas_without_the_record() -> None:
     # the records of migrations are deleted after [retention] migrations_s: the replica that saw
     # host2 go writes the landing into its last-seen, so a replica starting a week later lists g1
-    store, agents = await two_hosts(G1)
-    clock = Clock(T1)
-    leader = await fleet_with_clock(store, agents, clock)
-    await leader.refresh()
-    land(agents, G1, "host1", "host2")
-    leader.note_landed("u-1", "host1", "host2", clock.at(1), name="g1", memory_bytes=1 << 30)
+    store, agents, clock, leader = await g1_landed_on_host2()
     agents["host2"].down = True  # before anyone asked it again
     clock.at(2)
     await leader.refresh(force=True)
