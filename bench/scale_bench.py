@@ -48,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -77,7 +78,7 @@ from ferry.coordinator.record import MigrationRecord, decode, encode
 from ferry.etcd_store import EtcdStore
 from ferry.keys import DRAINS, MIGRATIONS
 from ferry.lab.etcd import EtcdCluster, etcd_version, require_etcd_binary, supports_no_fsync
-from ferry.rpc import create_channel
+from ferry.rpc import SERVER_BUSY, create_channel, from_rpc_error
 from ferry.store import EventKind, Resync
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
@@ -317,10 +318,12 @@ class Run:
 
     label: str
     in_flight: int
+    max_open: int = 100  # submission calls open at once (a well-behaved scheduler's cap)
     started: float = 0.0  # POSIX seconds
     ended: float = 0.0
     submitted: int = 0
     refused: Counter[str] = field(default_factory=Counter)
+    busy: int = 0  # submissions asked again after SERVER_BUSY (same idempotency key)
     ids: set[str] = field(default_factory=set)
     drain_ids: list[str] = field(default_factory=list)
     calls_before: Counter[str] = field(default_factory=Counter)  # the coordinator's store calls
@@ -365,11 +368,29 @@ async def load(
         run.drain_ids.append(d.id)
         run.submitted += d.vms_total
 
+    opened = asyncio.Semaphore(run.max_open)
+
+    async def submit(vm: str, stub: cgrpc.CoordinatorStub) -> cpb.Migration:
+        """What the README asks of a scheduler: a cap on open calls, and SERVER_BUSY asked again
+        after a pause with the same idempotency key."""
+        request = cpb.SubmitMigrationRequest(vm=vm, options=OPTIONS, idempotency_key=f"bench-{uuid.uuid4().hex}")
+        for pause in (0.5, 1.0, 2.0, 4.0, 8.0, None):
+            try:
+                async with opened:
+                    return await stub.SubmitMigration(request, timeout=120)
+            except grpc.RpcError as exc:
+                if pause is None or from_rpc_error(exc).reason != SERVER_BUSY:
+                    raise
+                run.busy += 1
+                await asyncio.sleep(pause * random.uniform(0.5, 1.5))
+        raise AssertionError("unreachable")
+
     async def one(vm: str, stub: cgrpc.CoordinatorStub) -> None:
         try:
-            m = await stub.SubmitMigration(cpb.SubmitMigrationRequest(vm=vm, options=OPTIONS), timeout=120)
+            m = await submit(vm, stub)
         except grpc.RpcError as exc:  # a refusal is counted, not fatal
-            run.refused[str(exc.details())[:80]] += 1
+            err = from_rpc_error(exc)
+            run.refused[f"{err.reason}: {err.message}"[:100]] += 1
             free.append(vm)
             slot.release()
             return
@@ -382,6 +403,19 @@ async def load(
 
     tasks = []
     left = count - run.submitted
+
+    async def tell() -> None:  # a line on stderr now and then: a long run shows it moves
+        while True:
+            await asyncio.sleep(30)
+            print(
+                f"  ... {run.label}: {time.time() - run.started:.0f} s, submitted {run.submitted} "
+                f"({len(busy)} under way, {run.max_open - opened._value} calls open, "
+                f"{run.busy} asked again, {sum(run.refused.values())} refused)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    teller = asyncio.get_running_loop().create_task(tell())
     while left > 0:
         await slot.acquire()
         while not free:
@@ -394,6 +428,7 @@ async def load(
         follower.changed.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(follower.changed.wait(), 1.0)
+    teller.cancel()
     run.ended = time.time()
     run.cpu_after = cpu_seconds(sim.coordinator.pid)
     run.calls_after = await coordinator_calls(sim)
@@ -454,7 +489,7 @@ def report(run: Run, follower: Follower, args: argparse.Namespace, agent_stats: 
         [
             "migrations",
             f"{len(records)} ({', '.join(f'{c} {p}' for p, c in sorted(ends.items()))}); "
-            f"refused {sum(run.refused.values())}",
+            f"refused {sum(run.refused.values())}; asked again after SERVER_BUSY {run.busy}",
         ],
         ["wall (first submit -> all final)", secs(wall)],
         ["phase transitions/s", f"{len(moves) / wall:.0f} ({len(moves)} transitions)"],
@@ -657,11 +692,15 @@ async def amain(args: argparse.Namespace) -> int:
                 for n in range(args.vms_per_host)
             ]
             for level in args.levels:
-                run = Run(f"{level} in flight, no drains", level)
+                run = Run(f"{level} in flight, no drains", level, args.max_open)
                 await load(sim, stubs, follower, run, movable, args.level_migrations)
                 text, _ = report(run, follower, args, [])
                 print(text + "\n", flush=True)
-            run = Run(f"main run: {args.migrations} migrations incl. drains of {len(drained)} hosts", args.in_flight)
+            run = Run(
+                f"main run: {args.migrations} migrations incl. drains of {len(drained)} hosts",
+                args.in_flight,
+                args.max_open,
+            )
             await load(sim, stubs, follower, run, movable, args.migrations, drained)
             agent_stats = stop_agents(sim)
             if args.dump is not None:
@@ -716,6 +755,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--migrations", type=int, default=10_000, help="in the main run, drains included")
     p.add_argument("--drain-fraction", type=float, default=0.1)
     p.add_argument("--in-flight", type=int, default=600, help="placed migrations under way at once")
+    p.add_argument(
+        "--max-open", type=int, default=100, help="submission calls open at once (more are sent as these answer)"
+    )
     p.add_argument("--limits", default="2,2,2000", help="per-host outbound, per-host inbound, cluster")
     p.add_argument("--progress-write-s", type=float, default=5.0, help="[engine] progress_write_s")
     p.add_argument("--inventory-ttl", type=float, default=60.0, help="[agents] inventory_ttl_s")

@@ -39,7 +39,8 @@ exit status:
   {EXIT_UNSUCCESSFUL}    the migration ended without success (failed, cancelled, rolled_back),
        or preflight found blockers
   {EXIT_REFUSED}    the coordinator refused the request (the message says what to fix)
-  {EXIT_UNREACHABLE}    no coordinator could be reached, or it failed
+  {EXIT_UNREACHABLE}    no coordinator could be reached, it failed, or it stayed too busy
+       to take the call (SERVER_BUSY, after four tries over ~8 s)
   {EXIT_USAGE}   usage error: a wrong command line; nothing was sent
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C); a migration being waited for goes on
   {EXIT_PIPE}  the reader of the output went away (e.g. `ferry ... | head`)

@@ -13,6 +13,7 @@ import gc
 import getpass
 import json
 import os
+import random
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,12 +36,13 @@ from ferry.cli.args import (
 from ferry.cli.args import parser as parser
 from ferry.cli.config import client_tls, coordinator_addresses
 from ferry.errors import FerryError, InvalidArgument, NotFound, Unavailable
-from ferry.rpc import Tls, create_channel, from_rpc_error, serving
+from ferry.rpc import SERVER_BUSY, Tls, create_channel, from_rpc_error, serving
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
 from ferry.v1 import types_pb2 as tpb
 
 RETRIES_ACROSS_REPLICAS = 20
+BUSY_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)  # pauses before each try again when the coordinator is busy
 FINAL = render.FINAL
 UNREACHABLE_HINT = "is the coordinator running? see `ferry-lab status` or pass --coordinator"
 
@@ -479,9 +481,11 @@ def _filter_words(a: argparse.Namespace) -> list[str]:
 
 
 def exit_code(err: FerryError) -> int:
-    """Usage errors 64, other refusals (the caller's fault) 2, the rest (unreachable, ours) 3."""
+    """Usage errors 64, other refusals (the caller's fault) 2, the rest (unreachable, busy, ours) 3."""
     if isinstance(err, Usage):
         return EXIT_USAGE
+    if err.reason == SERVER_BUSY:  # RESOURCE_EXHAUSTED, yet nothing the caller asked was wrong
+        return EXIT_UNREACHABLE
     return EXIT_REFUSED if err.caller_fault else EXIT_UNREACHABLE
 
 
@@ -548,6 +552,7 @@ async def run(argv: Sequence[str] | None = None) -> int:
         addresses = coordinator_addresses(args.coordinator)
         tls = client_tls(args.ca, args.cert, args.key, insecure=args.insecure)
         retries = RETRIES_ACROSS_REPLICAS if len(addresses) > 1 else 0
+        busy = 0
         while True:
             address = await pick_coordinator(addresses, tls=tls)
             try:
@@ -558,11 +563,20 @@ async def run(argv: Sequence[str] | None = None) -> int:
             except grpc.RpcError as exc:
                 # a replica died under us (no Ferry error attached): run the command again on
                 # another one; every command is safe to repeat (submit by idempotency key)
-                if retries > 0 and from_rpc_error(exc).reason == "UNREACHABLE":
+                reason = from_rpc_error(exc).reason
+                if retries > 0 and reason == "UNREACHABLE":
                     retries -= 1
                     if not as_json:
                         print(f"\nferry: lost the coordinator at {address}; trying the others", file=sys.stderr)
                     await asyncio.sleep(1.0)
+                    continue
+                # gRPC turned the call away before the coordinator took it up (too many calls at
+                # once): again after a pause, as the error's hint tells a script to do
+                if busy < len(BUSY_BACKOFF_S) and reason == SERVER_BUSY:
+                    if not as_json:
+                        print(f"ferry: the coordinator at {address} is busy; trying again", file=sys.stderr)
+                    await asyncio.sleep(BUSY_BACKOFF_S[busy] * random.uniform(0.5, 1.5))
+                    busy += 1
                     continue
                 raise
     except grpc.RpcError as exc:

@@ -333,7 +333,36 @@ def from_rpc_error(exc: grpc.RpcError) -> FerryError:
                 reason, hint = info.reason, info.metadata.get("hint", "")
     if reason is None and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         reason = "UNREACHABLE" if code == grpc.StatusCode.UNAVAILABLE else "TIMEOUT"
+    if reason is None and (busy := _busy_message(code, message or "")):
+        reason, hint, message = SERVER_BUSY, SERVER_BUSY_HINT, f"{busy} ({message})"
     return err_type(message or code.name, reason=reason, hint=hint)
+
+
+SERVER_BUSY = "SERVER_BUSY"
+SERVER_BUSY_HINT = (
+    "retry in a few seconds, with fewer calls open at once; every Ferry call is safe to repeat "
+    "(a submission by its idempotency key)"
+)
+
+
+def _busy_message(code: grpc.StatusCode, message: str) -> str:
+    """What a status without a Ferry error says when gRPC itself turned the call away from a server
+    with more calls than it takes (the call never reached Ferry's code); "" for anything else.
+
+    - ``RESOURCE_EXHAUSTED`` "Concurrent RPC limit exceeded!": the server already ran its
+      ``max_concurrent_rpcs`` calls.
+    - ``CANCELLED`` "CANCELLED": gRPC's core dropped a call that the server's event loop had not
+      taken up yet -- more than 1,000 waiting, or one waiting 30 s -- or the server was stopping.
+      (A call cancelled by its own client says "Locally cancelled by application!".)
+    """
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and message.startswith("Concurrent RPC limit exceeded"):
+        return "the server refused the call: it already runs as many calls as it takes at once"
+    if code == grpc.StatusCode.CANCELLED and message == "CANCELLED":
+        return (
+            "the server dropped the call before taking it up: more calls were waiting than it takes "
+            "(over 1,000, or one for 30 s), or it was stopping"
+        )
+    return ""
 
 
 def has_status_details(exc: grpc.RpcError) -> bool:
@@ -407,6 +436,8 @@ __all__ = [
     "Context",
     "ServerLimits",
     "RpcObserver",
+    "SERVER_BUSY",
+    "SERVER_BUSY_HINT",
     "Tls",
     "call_metadata",
     "create_channel",

@@ -9,15 +9,25 @@ is small whatever was sent; nothing moved when a request was refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_agent_api import add_guest, migrate_request, prepare_target, rpc_error
 
 from ferry import validate
 from ferry.agent.main import register
 from ferry.coordinator.phases import Phase
-from ferry.rpc import STATUS_MESSAGE_MAX_BYTES, ServerLimits, create_channel, create_server, from_rpc_error
+from ferry.rpc import (
+    SERVER_BUSY_HINT,
+    STATUS_MESSAGE_MAX_BYTES,
+    ServerLimits,
+    create_channel,
+    create_server,
+    from_rpc_error,
+)
 from ferry.testing.fake_hypervisor import make_domain_xml
 from ferry.v1 import agent_pb2 as apb
 from ferry.v1 import agent_pb2_grpc as agrpc
@@ -202,11 +212,74 @@ async def test_a_server_caps_concurrent_calls(agents):
         await asyncio.sleep(0.3)
         exc = await rpc_error(stub.GetInventory(apb.GetInventoryRequest(), timeout=10))
         assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # refused at once, not queued
+        err = from_rpc_error(exc)  # what a client shows: gRPC refused it, not Ferry; try again
+        assert (err.reason, err.hint) == ("SERVER_BUSY", SERVER_BUSY_HINT)
+        assert "as many calls as it takes at once" in err.message
         for call in busy:
             call.cancel()
     finally:
         await channel.close()
         await server.stop(None)
+
+
+_BLOCKED_SERVER = """
+import asyncio, sys, time
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+
+async def main():
+    # the core drops a call that no RequestCall took up within this many seconds (30 unless set)
+    server = grpc.aio.server(options=[("grpc.server_max_unrequested_time_in_server", 1)])
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    time.sleep(2.5)  # the event loop busy: calls arrive, none is taken up
+    await asyncio.sleep(0.5)
+    await server.stop(None)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_call_grpc_drops_before_the_server_takes_it_up_reads_server_busy(tmp_path):
+    """A server whose event loop is too busy to take up calls: gRPC's core cancels those that wait
+    too long (status CANCELLED, message "CANCELLED", no Ferry error): the client is told to retry."""
+    script = tmp_path / "server.py"
+    script.write_text(_BLOCKED_SERVER)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+
+    async def check(stub: health_pb2_grpc.HealthStub) -> grpc.RpcError | None:
+        try:
+            await stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        except grpc.RpcError as exc:
+            return exc
+        return None
+
+    try:
+        port = int(await asyncio.wait_for(proc.stdout.readline(), 30))
+        async with create_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            assert await check(stub) is None
+            proc.stdin.write(b"block\n")
+            await proc.stdin.drain()
+            await asyncio.sleep(0.2)
+            # the first may match a request the server posted before its loop stopped
+            errors = [e for e in await asyncio.gather(*(check(stub) for _ in range(3))) if e is not None]
+        assert errors, "no call was dropped"
+        for exc in errors:
+            assert (exc.code(), exc.details()) == (grpc.StatusCode.CANCELLED, "CANCELLED")
+            err = from_rpc_error(exc)
+            assert (err.reason, err.hint) == ("SERVER_BUSY", SERVER_BUSY_HINT)
+            assert "dropped the call before taking it up" in err.message
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()  # our own child
+        await proc.wait()
 
 
 # ---------------------------------------------------------------- the coordinator

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import grpc
 import jsonschema
 import pytest
 from coordinator_setup import Setup
@@ -21,6 +22,7 @@ from coordinator_setup import Setup
 from ferry.cli import main as cli
 from ferry.coordinator.phases import Phase
 from ferry.v1 import coordinator_pb2 as cpb
+from ferry.v1 import coordinator_pb2_grpc as cgrpc
 from ferry.v1 import types_pb2 as tpb
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "cli-json.schema.json").read_text())
@@ -230,3 +232,38 @@ async def test_the_newest_matching_migration_is_picked_without_an_id(fx, capsys)
     await fx.advance(first.id, Phase.FAILED)
     code, err = await fx.ferry(capsys, "migrations", "cancel", "--vm", "g1")  # only unfinished ones are cancelled
     assert code == 2 and err["error"]["reason"] == "MIGRATION_UNKNOWN"
+
+
+class _BusyCoordinator(cgrpc.CoordinatorServicer):
+    """A coordinator stand-in whose gRPC server turns the first ``busy`` calls away, as gRPC does
+    with a call beyond ``max_concurrent_rpcs`` (no Ferry error in the status)."""
+
+    def __init__(self, busy: int) -> None:
+        self.busy, self.calls = busy, 0
+
+    async def ListHosts(self, request, context):
+        self.calls += 1
+        if self.calls <= self.busy:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!")
+        return cpb.ListHostsResponse()
+
+
+@pytest.mark.parametrize(("busy", "code"), [(2, 0), (99, 3)])
+async def test_a_busy_coordinator_is_asked_again_after_a_pause(busy, code, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "BUSY_BACKOFF_S", (0.01, 0.02, 0.04, 0.08))
+    standin = _BusyCoordinator(busy)
+    server = grpc.aio.server()
+    cgrpc.add_CoordinatorServicer_to_server(standin, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        got = await cli.run(["hosts", "--insecure", "--coordinator", f"127.0.0.1:{port}", "-o", "json"])
+    finally:
+        await server.stop(None)
+    out = json.loads(capsys.readouterr().out)
+    assert got == code
+    if code == 0:
+        assert standin.calls == 3 and out == {"hosts": [], "next_page_token": ""}
+    else:  # given up after four pauses; the error says what to do
+        assert standin.calls == 5
+        assert out["error"]["reason"] == "SERVER_BUSY" and "retry in a few seconds" in out["error"]["hint"]
