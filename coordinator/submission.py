@@ -24,8 +24,9 @@ Submission (idempotent, one active migration per VM), in store writes:
 4. create ``vm-active/<vm_uuid>`` -> the new id; when it names a migration that is not final:
    FAILED_PRECONDITION ``VM_BUSY`` naming it (and our idempotency key is released again); a key
    naming a final or a missing record is stale and taken over by compare-and-set;
-5. create ``migrations/<id>``: a Pending record (``record.new_migration``). Steps 4 and 5 are one
-   store write (``Store.commit``) when the VM has no ``vm-active`` key; else they run one by one.
+5. create ``migrations/<id>``: a Pending record (``record.new_migration``). Steps 3 to 5 are one
+   store write (``Store.commit``) when neither the idempotency key nor the VM's ``vm-active`` key
+   exists (the usual case); else they run one by one.
 
 A crash between the steps leaves keys naming a record that does not exist; readers wait a moment
 for it (another submission may be between steps 3 and 5) and then treat such a key as stale.
@@ -431,7 +432,25 @@ class Submissions:
         return best.host, why
 
     async def _create(self, record: MigrationRecord, request: SubmitRequest) -> MigrationRecord:
-        """Steps 3-5 of the module doc; each write undone again when a later one fails."""
+        """Steps 3-5 of the module doc: in one store write when neither the idempotency key nor the
+        VM's claim exists (the usual case), else step by step, each write undone again when a
+        later one fails."""
+        if record.idempotency_key:
+            try:
+                revision = await self.store.commit(
+                    [
+                        Put(keys.idempotency_key(record.idempotency_key), keys.encode_id(record.id)),
+                        Put(keys.vm_active_key(record.vm_uuid), keys.encode_id(record.id)),
+                        Put(keys.migration_key(record.id), encode(record)),
+                    ]
+                )
+            except (AlreadyExists, Conflict):  # the key or a claim exists: step by step
+                return await self._create_stepwise(record, request)
+            self._log_created(record)
+            return replace(record, revision=revision)
+        return await self._create_stepwise(record, request)
+
+    async def _create_stepwise(self, record: MigrationRecord, request: SubmitRequest) -> MigrationRecord:
         key_revision = None
         if record.idempotency_key:
             try:
@@ -442,7 +461,7 @@ class Submissions:
                 earlier = await self._by_idempotency_key(record.idempotency_key)
                 if earlier is not None:
                     return self._replay(request, earlier)
-                return await self._create(record, request)  # the other submission gave up: try again
+                return await self._create_stepwise(record, request)  # the other submission gave up: again
         try:
             try:  # steps 4 and 5 in one store write when the VM has no claim at all (the usual case)
                 revision = await self.store.commit(
@@ -460,6 +479,11 @@ class Submissions:
                         keys.idempotency_key(record.idempotency_key), expected_mod_revision=key_revision
                     )
             raise
+        self._log_created(record)
+        return replace(record, revision=revision)
+
+    @staticmethod
+    def _log_created(record: MigrationRecord) -> None:
         log.info(
             "submitted %s: %s %s -> %s (storage %s)",
             record.id,
@@ -469,7 +493,6 @@ class Submissions:
             record.options.storage.value,
             extra=record.log_context.extra(),
         )
-        return replace(record, revision=revision)
 
     async def _claim_and_create(self, record: MigrationRecord) -> int:
         """Steps 4 and 5 one after the other; the claim is undone when the record cannot be created."""

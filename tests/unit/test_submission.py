@@ -146,9 +146,11 @@ async def test_a_submission_writes_its_record_its_idempotency_key_and_the_vms_ac
     assert decode(entry.value, entry.mod_revision) == m
     assert await fx.keys_below(keys.IDEMPOTENCY) == {keys.idempotency_key("deploy-42"): "m-1"}
     assert await fx.keys_below(keys.VM_ACTIVE) == {keys.vm_active_key(UUID): "m-1"}
-    # the VM's claim and the record are one store write (one revision)
+    # the key, the VM's claim and the record are one store write (one revision)
     claim = await fx.store.get(keys.vm_active_key(UUID))
-    assert claim is not None and claim.mod_revision == entry.mod_revision == m.revision
+    key = await fx.store.get(keys.idempotency_key("deploy-42"))
+    assert claim is not None and key is not None
+    assert key.mod_revision == claim.mod_revision == entry.mod_revision == m.revision
 
 
 async def test_a_submission_without_a_key_writes_no_idempotency_key(fx):
