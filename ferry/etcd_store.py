@@ -116,6 +116,18 @@ def _entry(kv: Any, prefix_len: int) -> Entry:
     )
 
 
+#: keys per page of ``EtcdStore.list`` (a migration record is ~3 KiB; its domain XML at most 1 MiB)
+LIST_PAGE_KEYS = 500
+
+
+class _PageTooLarge(FerryError):
+    """A list page's answer was over the client's message size: ask again in smaller pages."""
+
+
+class _Compacted(FerryError):
+    """The revision a list reads its pages at was compacted meanwhile: list again."""
+
+
 def _outcome_unknown(exc: BaseException) -> bool:
     """The attempt may or may not have reached etcd: retry (reads) or check (writes)."""
     if isinstance(exc, (EtcdConnectionError, EtcdTransientError, TimeoutError, _ReplyLost)):
@@ -255,9 +267,45 @@ class EtcdStore:
         return _entry(resp.kvs[0], len(self._prefix_bytes)) if resp.kvs else None
 
     async def list(self, prefix: str) -> tuple[list[Entry], int]:
+        """In pages of at most ``LIST_PAGE_KEYS`` keys, all read at the first page's revision: etcd
+        answers a range in one message, and the client takes at most 4 MiB (~1,200 migration records,
+        fewer with large domain XML). A page still too large is asked again in smaller ones; when the
+        first page's revision is compacted before the last page is read, the list starts over."""
         full = self._full(prefix)
-        resp = await self._call("list", lambda c, t: c.kv.get(full, range_end=prefix_range_end(full), timeout=t))
-        return [_entry(kv, len(self._prefix_bytes)) for kv in resp.kvs], resp.header.revision
+        while True:
+            try:
+                return await self._list_pages(full, prefix_range_end(full))
+            except _Compacted:
+                continue
+
+    async def _list_pages(self, full: str, end: bytes) -> tuple[builtins.list[Entry], int]:
+        entries: builtins.list[Entry] = []
+        start: str | bytes = full
+        revision, limit = 0, LIST_PAGE_KEYS
+        while True:
+
+            async def page(
+                c: _Services, t: float, start: str | bytes = start, at: int = revision, n: int = limit
+            ) -> Any:
+                try:
+                    return await c.kv.get(start, range_end=end, revision=at, limit=n, timeout=t)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and n > 1:
+                        raise _PageTooLarge(f"a page of {n} keys is over the client's message size") from exc
+                    if exc.code() == grpc.StatusCode.OUT_OF_RANGE and at:
+                        raise _Compacted(f"revision {at} was compacted while listing") from exc
+                    raise
+
+            try:
+                resp = await self._call("list", page)
+            except _PageTooLarge:
+                limit = max(1, limit // 8)
+                continue
+            revision = revision or int(resp.header.revision)
+            entries.extend(_entry(kv, len(self._prefix_bytes)) for kv in resp.kvs)
+            if not resp.more or not resp.kvs:
+                return entries, revision
+            start = bytes(resp.kvs[-1].key) + b"\0"  # the next key after the last one
 
     # -- atomic writes --------------------------------------------------------------------------
 

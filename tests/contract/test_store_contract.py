@@ -81,6 +81,19 @@ async def test_list_returns_only_the_prefix_sorted_with_revision(store_subject: 
     assert [e.key for e in everything] == ["a/1", "a/2", "ab", "b/1"]
 
 
+async def test_a_list_larger_than_a_grpc_message_comes_whole(store_subject: StoreSubject) -> None:
+    """~1,300 records of 4 KiB: over the 4 MiB a gRPC client takes in one message (a coordinator
+    that leads again lists every migration record)."""
+    store = store_subject.store
+    value = b"r" * 4096
+    for chunk in range(0, 1300, 100):
+        await asyncio.gather(*(store.create(f"m/{n:05d}", value) for n in range(chunk, chunk + 100)))
+    last = await store.create("n/after", b"x")
+    entries, revision = await store.list("m/")
+    assert [e.key for e in entries] == [f"m/{n:05d}" for n in range(1300)]
+    assert all(e.value == value for e in entries) and revision == last
+
+
 async def test_delete_plain_and_compare_and_set(store_subject: StoreSubject) -> None:
     store = store_subject.store
     rev = await store.create("d/1", b"x")
