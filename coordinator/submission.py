@@ -408,7 +408,7 @@ class Submissions:
             raise InvalidArgument(
                 "target_host is required", reason="MISSING_FIELD", hint='set target_host, e.g. "host2"'
             )
-        placed = self.placer.rank(
+        placed = self.placer.choose(
             domain,
             source,
             request.options,
@@ -416,7 +416,6 @@ class Submissions:
             now=self._clock(),
             overrides=request.mapping,
             only=request.candidates,
-            detail=False,
         )
         best = placed.ranking.best
         if best is None:
