@@ -386,7 +386,8 @@ class Fleet:
 
         Never raises for an agent: a failed fetch marks that host unreachable and keeps its last facts.
         """
-        now = self._clock()
+        max_age = self.inventory_ttl_s if max_age_s is None else min(max_age_s, self.inventory_ttl_s)
+        taken_after = self._clock() - timedelta(seconds=max_age)  # a fresh inventory was taken after this
         wanted = self._hosts.keys() if names is None else [n for n in names if n in self._hosts]
         tasks = []
         for name in list(wanted):
@@ -396,10 +397,8 @@ class Fleet:
                     # gone before this replica asked it: what it last told any replica
                     tasks.append(asyncio.create_task(self._load_last_seen(h), name=f"last seen {name}"))
                 continue
-            max_age = self.inventory_ttl_s if max_age_s is None else min(max_age_s, self.inventory_ttl_s)
-            fresh = h.fetched_at is not None and now - h.fetched_at < timedelta(seconds=max_age)
-            if fresh and h.reachable and not force:
-                continue
+            if not force and h.reachable and h.fetched_at is not None and h.fetched_at > taken_after:
+                continue  # fresh
             if h.refreshing is None or h.refreshing.done():
                 h.refreshing = asyncio.create_task(self._fetch(h), name=f"inventory {name}")
             tasks.append(h.refreshing)
