@@ -525,9 +525,16 @@ class Fleet:
         return h.registration if h is not None else None
 
     def available_hosts(self) -> set[str]:
-        if self._available[0] != self.version:  # asked at every admission: worked out once per change
-            self._available = (self.version, frozenset(n for n, h in self._hosts.items() if h.available))
-        return set(self._available[1])
+        version, available = self._available
+        if version != self.version:  # asked at every admission: worked out again for the hosts changed since
+            if version < 0:
+                available = frozenset(n for n, h in self._hosts.items() if h.available)
+            else:
+                changed = self.changed_since(version)
+                up = {n for n in changed if (h := self._hosts.get(n)) is not None and h.available}
+                available = (available - set(changed)) | up
+            self._available = (self.version, available)
+        return set(available)
 
     async def changes(self) -> AsyncIterator[HostChange]:
         """Every change of availability from now on (one queue per consumer)."""
