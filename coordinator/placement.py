@@ -597,8 +597,9 @@ def _judged_quickly(
     names = (domain.name, domain.uuid)
     memory_needed = 0 if options.offline else domain.memory_bytes
     grouped = any(g.matches(domain.name) for g in policy.anti_affinity)
+    refused: set[Hashable] = set()  # without ``rejected``: the shapes the static checks reject, skipped
     for option in hosts:
-        if option.name == source.name:
+        if option.shape in refused or option.name == source.name:
             continue
         facts = option.facts
         if option.shape is None or facts is None:
@@ -626,6 +627,7 @@ def _judged_quickly(
         static, codes, copied, need = known
         if static:  # rejected anyway: the rest is only needed for the detailed ranking
             if rejected is None:
+                refused.add(option.shape)
                 continue
             down = option.unavailable  # (facts known here: down or cordoned)
             if down:
