@@ -270,17 +270,18 @@ class Placer:
         """Every host the fleet view knows, as placement sees it now."""
         base, inventory_at = self._base_options()
         booked = self.book.loads(inventory_at, now)
-        out = []
+        index = self._base.index if self._base is not None else {}
+        out = list(base)  # the hosts without a load as they are; only those with one replaced
         loaded = self._loaded
-        for o in base:
-            load = booked.get(o.name)
-            if load is None:
-                out.append(o)
-                continue
-            known = loaded.get(o.name)
+        for name, load in booked.items():
+            i = index.get(name)
+            if i is None:
+                continue  # a target the fleet view does not know (forgotten)
+            o = base[i]
+            known = loaded.get(name)
             if known is None or known[0] is not o or known[1] is not load:
-                known = loaded[o.name] = (o, load, o.with_load(load))
-            out.append(known[2])
+                known = loaded[name] = (o, load, o.with_load(load))
+            out[i] = known[2]
         return reservations.apply(out) if reservations is not None else out
 
     def mapping(self, source: str, target: str, overrides: HostMapping | None = None) -> HostMapping:

@@ -390,9 +390,29 @@ async def test_the_placer_updates_the_changed_hosts_as_it_would_build_them_all_a
                 del cordons[name]
             else:
                 cordons[name] = HostCordon(name, cordoned=True, reason=f"step {step}")
+        elif what < 0.95:  # a migration on its way (to a host of the view or not), or one that ended
+            target = rng.choice([f"h{rng.randrange(12)}", "h99"])
+            mid = f"m{rng.randrange(20)}"
+            r = new_migration(
+                id=mid,
+                vm=f"v{mid}",
+                vm_uuid=f"u{mid}",
+                source_host="h0",
+                target_host=target,
+                now=NOW,
+                timeouts=Timeouts(),
+                memory_bytes=GiB,
+            )
+            book.note(replace(r, phase=rng.choice([Phase.PENDING, Phase.MIGRATING, Phase.FAILED]), revision=step + 1))
         if rng.random() < 0.5:
             fresh = Placer(fleet, cordons, book, {})
             assert placer.options(NOW) == fresh.options(NOW), step
+            # each host with its load, as when every option was given its load one by one
+            booked = book.loads({h.name: h.last_seen for h in fleet.hosts()}, NOW)
+            expected = [
+                o if o.name not in booked else replace(o, load=booked[o.name]) for o in fresh._base_options()[0]
+            ]
+            assert placer.options(NOW) == expected, step
             # the fleet keeps its set of available hosts between changes
             assert fleet.available_hosts() == {h.name for h in fleet.hosts() if h.available}, step
     await fleet.close()
