@@ -504,7 +504,11 @@ def report(run: Run, follower: Follower, args: argparse.Namespace, agent_stats: 
             f"{secs(percentile(to_done, 50))} / {secs(percentile(to_done, 95))}" if to_done else "-",
         ],
         ["fake migration job", f"{job_seconds(args):g} s"],
-        ["coordinator CPU", f"{cpu:.0f} s over {wall:.0f} s = {cpu / wall:.0%} of one core"],
+        [
+            "coordinator CPU",
+            f"{cpu:.1f} s over {wall:.0f} s = {cpu / wall:.0%} of one core; "
+            f"{cpu / max(len(moves), 1) * 1000:.2f} ms per transition",
+        ],
         [
             "peak holding a slot: cluster / per source / per target",
             f"{cluster_peak} / {out_peak} / {in_peak} (limits {lim_cluster} / {lim_out} / {lim_in}); "

@@ -248,7 +248,7 @@ class DrainController:
                         last.hint if last else "add a host, or name more targets (--to)",
                     )
                 )
-            placed = self.placer.rank(
+            placed = self.placer.choose(
                 domain,
                 d.host,
                 d.options,
@@ -257,9 +257,8 @@ class DrainController:
                 only=d.targets,
                 exclude=exclude,
                 hosts=booked.apply(hosts),
-                detail=False,
             )
-            free = next((c for c in placed.ranking.candidates if not c.busy), None)
+            free = next((c for c in placed.ranking.candidates if not c.busy), None)  # the best is free if one is
             if free is not None:
                 booked.add(free.host, domain, item.disk_bytes)
                 return Target(free.host)

@@ -242,7 +242,7 @@ class Drains:
             domain = by_uuid.get(item.vm_uuid)
             if domain is None:
                 return Nowhere(Problem("VM_GONE", f"{item.vm} is no longer on {drain.host}", ""))
-            placed = self.placer.rank(
+            placed = self.placer.choose(
                 domain,
                 drain.host,
                 drain.options,
@@ -250,7 +250,6 @@ class Drains:
                 now=now,
                 only=drain.targets,
                 hosts=booked.apply(hosts),
-                detail=False,
             )
             best = placed.ranking.best
             if best is None:

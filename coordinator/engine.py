@@ -83,6 +83,7 @@ class Engine:
         cordoned: Callable[[], Collection[str]] = frozenset,
         known_facts: Callable[[str], HostFacts | None] | None = None,
         decode_entry: Callable[[Entry], MigrationRecord] | None = None,
+        written: Callable[[MigrationRecord], None] = lambda record: None,
         observer: RecordObserver | None = None,
         prediction: PredictionConfig = PredictionConfig(),
         leader_term: int = 0,
@@ -92,6 +93,7 @@ class Engine:
         self.cordoned = cordoned  # hosts that receive no migration (``hoststate.py``): admission skips them
         # a version of a record, decoded (the replica's shared decoder: each version decoded once)
         self._decode_entry = decode_entry or (lambda e: decode(e.value, e.mod_revision))
+        self._tell_written = written  # each version the engine wrote (that decoder keeps it: no decoding its echo)
         self.hosts = hosts
         self.limits = limits
         self.timeouts = timeouts
@@ -284,6 +286,7 @@ class Engine:
         self.admit_soon()
 
     def _written(self, old: MigrationRecord, new: MigrationRecord) -> None:
+        self._tell_written(new)
         if self.observer is not None:
             self.observer.record_written(old, new)
         self._seen(new)

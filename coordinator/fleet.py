@@ -386,7 +386,8 @@ class Fleet:
 
         Never raises for an agent: a failed fetch marks that host unreachable and keeps its last facts.
         """
-        now = self._clock()
+        max_age = self.inventory_ttl_s if max_age_s is None else min(max_age_s, self.inventory_ttl_s)
+        taken_after = self._clock() - timedelta(seconds=max_age)  # a fresh inventory was taken after this
         wanted = self._hosts.keys() if names is None else [n for n in names if n in self._hosts]
         tasks = []
         for name in list(wanted):
@@ -396,10 +397,8 @@ class Fleet:
                     # gone before this replica asked it: what it last told any replica
                     tasks.append(asyncio.create_task(self._load_last_seen(h), name=f"last seen {name}"))
                 continue
-            max_age = self.inventory_ttl_s if max_age_s is None else min(max_age_s, self.inventory_ttl_s)
-            fresh = h.fetched_at is not None and now - h.fetched_at < timedelta(seconds=max_age)
-            if fresh and h.reachable and not force:
-                continue
+            if not force and h.reachable and h.fetched_at is not None and h.fetched_at > taken_after:
+                continue  # fresh
             if h.refreshing is None or h.refreshing.done():
                 h.refreshing = asyncio.create_task(self._fetch(h), name=f"inventory {name}")
             tasks.append(h.refreshing)
@@ -526,9 +525,16 @@ class Fleet:
         return h.registration if h is not None else None
 
     def available_hosts(self) -> set[str]:
-        if self._available[0] != self.version:  # asked at every admission: worked out once per change
-            self._available = (self.version, frozenset(n for n, h in self._hosts.items() if h.available))
-        return set(self._available[1])
+        version, available = self._available
+        if version != self.version:  # asked at every admission: worked out again for the hosts changed since
+            if version < 0:
+                available = frozenset(n for n, h in self._hosts.items() if h.available)
+            else:
+                changed = self.changed_since(version)
+                up = {n for n in changed if (h := self._hosts.get(n)) is not None and h.available}
+                available = (available - set(changed)) | up
+            self._available = (self.version, available)
+        return set(available)
 
     async def changes(self) -> AsyncIterator[HostChange]:
         """Every change of availability from now on (one queue per consumer)."""

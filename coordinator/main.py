@@ -125,6 +125,7 @@ class Coordinator:
             cordoned=self.views.cordoned,
             known_facts=self.fleet.fresh_facts,
             decode_entry=self.views.decoder,
+            written=self.views.decoder.written,
             observer=self.record_observer,
             prediction=self.config.prediction,
             leader_term=self.election.term,

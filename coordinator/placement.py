@@ -5,7 +5,9 @@
 a preflight makes, and returns a :class:`Ranking`: the feasible hosts best first, each with its
 score and the reasons for it, and every rejected host with all its blockers. Nothing is asked of
 an agent here; the chosen migration still runs its full preflight (the target's PrepareIncoming
-dry run, the source's probe) once admitted.
+dry run, the source's probe) once admitted. ``choose(...)`` is the same judgement for a caller
+that takes the best host alone (a submission without a target, a drain): the candidate ``rank``
+puts first, without the others.
 
 Feasible means no blocker:
 
@@ -511,6 +513,28 @@ def rank(
     return _rank_quick(domain, source, hosts, options, storage, mapping_for, policy)
 
 
+def choose(
+    domain: DomainInfo,
+    source: HostOption,
+    hosts: Sequence[HostOption],
+    *,
+    options: MigrationOptions,
+    storage: StorageMode,
+    mapping_for: Callable[[str], HostMapping],
+    policy: PlacementPolicy = PlacementPolicy(),
+) -> Ranking:
+    """The best host for ``domain`` alone (a scheduler's choice; a preflight shows ``rank``): a
+    Ranking whose only candidate is the one ``rank`` puts first, with the same score and reasons,
+    and no rejected hosts -- or, when no host is feasible, ``rank(detail=False)``'s, whose
+    rejected hosts say why (``Ranking.nowhere``). The hosts are judged as that quick ranking does,
+    but a rejected one is not worked out further and the feasible ones are not sorted.
+    """
+    feasible = _judged_quickly(domain, source, hosts, options, storage, mapping_for, policy, None)
+    if not feasible:
+        return _rank_quick(domain, source, hosts, options, storage, mapping_for, policy)
+    return Ranking(domain.name, source.name, (_best(feasible, policy),))
+
+
 def _rank_detailed(
     domain: DomainInfo,
     source: HostOption,
@@ -550,15 +574,32 @@ def _rank_quick(
     common case (no blocker) decided by a few comparisons; a host that may have a blocker is judged
     by the same functions as the detailed ranking, so its blockers are theirs."""
     rejected: list[Candidate] = []
-    feasible: list[tuple[HostOption, int, int]] = []  # (option, memory left after placement, VMs after)
+    feasible = _judged_quickly(domain, source, hosts, options, storage, mapping_for, policy, rejected)
+    return Ranking(domain.name, source.name, _scored(feasible, policy, detail=False), tuple(rejected))
+
+
+def _judged_quickly(
+    domain: DomainInfo,
+    source: HostOption,
+    hosts: Iterable[HostOption],
+    options: MigrationOptions,
+    storage: StorageMode,
+    mapping_for: Callable[[str], HostMapping],
+    policy: PlacementPolicy,
+    rejected: list[Candidate] | None,
+) -> list[tuple[HostOption, int, int]]:
+    """The quick ranking's judging: the feasible hosts as (option, memory left after placement, VMs
+    after), and each rejected one appended to ``rejected`` (None: not kept, nor worked out)."""
+    feasible: list[tuple[HostOption, int, int]] = []
     # per shape: its static blockers (as the first host of it got them), their reason codes, the
     # copied disks and the bytes they need under each storage directory
     shapes: dict[Hashable, tuple[list[Problem], tuple[str, ...], list[DiskPlan] | Problem, dict[str, int] | None]] = {}
     names = (domain.name, domain.uuid)
     memory_needed = 0 if options.offline else domain.memory_bytes
     grouped = any(g.matches(domain.name) for g in policy.anti_affinity)
+    refused: set[Hashable] = set()  # without ``rejected``: the shapes the static checks reject, skipped
     for option in hosts:
-        if option.name == source.name:
+        if option.shape in refused or option.name == source.name:
             continue
         facts = option.facts
         if option.shape is None or facts is None:
@@ -567,10 +608,10 @@ def _rank_quick(
             except FerryError as err:
                 mapping = err
             found, left, _ = blockers(domain, source, option, options, storage, mapping, policy)
-            if found:
-                rejected.append(Candidate(option.name, blockers=tuple(found)))
-            else:
+            if not found:
                 feasible.append((option, left, _vms_after(option)))
+            elif rejected is not None:
+                rejected.append(Candidate(option.name, blockers=tuple(found)))
             continue
         known = shapes.get(option.shape)
         first = known is None
@@ -584,14 +625,20 @@ def _rank_quick(
             need = None if isinstance(copied, Problem) else _need(copied, facts)
             known = shapes[option.shape] = (static, tuple(b.reason for b in static), copied, need)
         static, codes, copied, need = known
-        down = option.unavailable  # (facts known here: down or cordoned)
         if static:  # rejected anyway: the rest is only needed for the detailed ranking
+            if rejected is None:
+                refused.add(option.shape)
+                continue
+            down = option.unavailable  # (facts known here: down or cordoned)
             if down:
                 rejected.append(Candidate(option.name, blockers=(*down, *(static if first else _quiet(codes)))))
             elif first:
                 rejected.append(Candidate(option.name, blockers=tuple(static)))
             else:
                 rejected.append(_quiet_rejection(option.name, codes))
+            continue
+        down = option.unavailable
+        if down and rejected is None:
             continue
         load = option.load
         clear = None if down else _left_when_clear(names, option, facts, load, memory_needed, need)
@@ -600,11 +647,12 @@ def _rank_quick(
         if clear is None:  # a blocker, or one may be: judge it in full
             dynamic, left, _ = _dynamic(domain, option, facts, options, copied, policy, need)
             if down or dynamic:
-                rejected.append(Candidate(option.name, blockers=(*down, *dynamic)))
+                if rejected is not None:
+                    rejected.append(Candidate(option.name, blockers=(*down, *dynamic)))
                 continue
             clear = left
         feasible.append((option, clear, len(option.active) + load.vms + 1))
-    return Ranking(domain.name, source.name, _scored(feasible, policy, detail=False), tuple(rejected))
+    return feasible
 
 
 def _left_when_clear(
@@ -651,30 +699,63 @@ def _scored(
     """The feasible hosts (option, memory left, VMs after placement) scored, best first; without
     ``detail`` only the best one gets its reasons."""
     low, high = (min(n for _, _, n in feasible), max(n for _, _, n in feasible)) if feasible else (0, 0)
-    w = policy.weights
-    w_memory, w_balance, w_inbound = w.memory, w.balance, w.inbound
-    limit = max(policy.inbound_limit, 1)
+    weights, limit = policy.weights, max(policy.inbound_limit, 1)
     scored = []
     for option, left, n in feasible:
         facts = option.facts
         assert facts is not None
-        memory = left / facts.memory_total_bytes if left >= 0 else 0.5
-        balance = 1.0 if high == low else (high - n) / (high - low)
-        taken = option.load.inbound
-        inbound = 1 - (taken if taken < limit else limit) / limit
-        score = round(w_memory * memory + w_balance * balance + w_inbound * inbound, 3)
-        busy = taken >= limit
+        memory, score, busy = _score(option, left, n, low, high, weights, limit)
         reasons = _reasons(option, facts, left, memory, n, low, high, limit, busy) if detail else ()
         scored.append(Candidate(option.name, score, reasons, (), busy))
     scored.sort(key=_best_first)
     if not detail and scored:  # the reasons only of the one chosen
         best = scored[0]
-        option, left, n = next(f for f in feasible if f[0].name == best.host)
-        assert option.facts is not None
-        memory = left / option.facts.memory_total_bytes if left >= 0 else 0.5
-        why = _reasons(option, option.facts, left, memory, n, low, high, limit, best.busy)
-        scored[0] = replace(best, reasons=why)
+        chosen = next(f for f in feasible if f[0].name == best.host)
+        scored[0] = _candidate(chosen, low, high, weights, limit)
     return tuple(scored)
+
+
+def _best(feasible: list[tuple[HostOption, int, int]], policy: PlacementPolicy) -> Candidate:
+    """The candidate ``_scored`` puts first (not empty), with its reasons: each host scored, none
+    made a Candidate nor sorted. Ties of (busy, score) go to the lower natural name, as there."""
+    low, high = min(n for _, _, n in feasible), max(n for _, _, n in feasible)
+    weights, limit = policy.weights, max(policy.inbound_limit, 1)
+    best = feasible[0]
+    _, score, busy = _score(*best, low, high, weights, limit)
+    best_busy, best_score = busy, score
+    for f in feasible:
+        _, score, busy = _score(*f, low, high, weights, limit)
+        if busy is not best_busy:
+            if busy:
+                continue
+        elif score < best_score or (score == best_score and natural(f[0].name) >= natural(best[0].name)):
+            continue
+        best, best_busy, best_score = f, busy, score
+    return _candidate(best, low, high, weights, limit)
+
+
+def _score(
+    option: HostOption, left: int, n: int, low: int, high: int, w: Weights, limit: int
+) -> tuple[float, float, bool]:
+    """A feasible host's memory fraction after placement, score and whether it is busy (see the
+    module doc), given the fewest and most VMs after placement of the feasible hosts."""
+    facts = option.facts
+    assert facts is not None
+    memory = left / facts.memory_total_bytes if left >= 0 else 0.5
+    balance = 1.0 if high == low else (high - n) / (high - low)
+    taken = option.load.inbound
+    inbound = 1 - (taken if taken < limit else limit) / limit
+    return memory, round(w.memory * memory + w.balance * balance + w.inbound * inbound, 3), taken >= limit
+
+
+def _candidate(chosen: tuple[HostOption, int, int], low: int, high: int, w: Weights, limit: int) -> Candidate:
+    """A feasible host as a candidate with its score and the reasons for it."""
+    option, left, n = chosen
+    assert option.facts is not None
+    memory, score, busy = _score(option, left, n, low, high, w, limit)
+    return Candidate(
+        option.name, score, _reasons(option, option.facts, left, memory, n, low, high, limit, busy), (), busy
+    )
 
 
 def _best_first(c: Candidate) -> tuple[bool, float, tuple[object, ...]]:

@@ -5,7 +5,8 @@ fed to the pure ranking of ``placement.py``.
 after the target's last inventory), fed by every change of ``migrations/`` the replica sees and
 by its own submissions at once (``note``), so two placements a millisecond apart never promise
 the same room twice. ``Placer.rank`` builds one :class:`placement.HostOption` per known host from
-the cached inventories -- no agent is asked -- and ranks them.
+the cached inventories -- no agent is asked -- and ranks them (``Placer.choose``: picks the
+best of them).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .config import HostDecl, derive_mapping
 from .fleet import Fleet
 from .hoststate import HostCordon
 from .phases import Phase
-from .placement import HostLoad, HostOption, PlacementPolicy, Ranking, Reservations, loads, rank
+from .placement import HostLoad, HostOption, PlacementPolicy, Ranking, Reservations, choose, loads, rank
 from .record import MigrationRecord
 
 log = logging.getLogger(__name__)
@@ -269,17 +270,18 @@ class Placer:
         """Every host the fleet view knows, as placement sees it now."""
         base, inventory_at = self._base_options()
         booked = self.book.loads(inventory_at, now)
-        out = []
+        index = self._base.index if self._base is not None else {}
+        out = list(base)  # the hosts without a load as they are; only those with one replaced
         loaded = self._loaded
-        for o in base:
-            load = booked.get(o.name)
-            if load is None:
-                out.append(o)
-                continue
-            known = loaded.get(o.name)
+        for name, load in booked.items():
+            i = index.get(name)
+            if i is None:
+                continue  # a target the fleet view does not know (forgotten)
+            o = base[i]
+            known = loaded.get(name)
             if known is None or known[0] is not o or known[1] is not load:
-                known = loaded[o.name] = (o, load, o.with_load(load))
-            out.append(known[2])
+                known = loaded[name] = (o, load, o.with_load(load))
+            out[i] = known[2]
         return reservations.apply(out) if reservations is not None else out
 
     def mapping(self, source: str, target: str, overrides: HostMapping | None = None) -> HostMapping:
@@ -305,6 +307,42 @@ class Placer:
         ``source``; ``hosts``: options
         built already (a drain placing many VMs builds them once per step); ``detail=False``: only
         the choice matters (see ``placement.rank``)."""
+        return self._judge(
+            domain, source, options, storage_explicit, now, overrides, only, exclude, reservations, hosts, detail
+        )
+
+    def choose(
+        self,
+        domain: DomainInfo,
+        source: str,
+        options: MigrationOptions,
+        *,
+        storage_explicit: bool,
+        now: datetime,
+        overrides: HostMapping | None = None,
+        only: Collection[str] = (),
+        exclude: Collection[str] = (),
+        hosts: list[HostOption] | None = None,
+    ) -> Placed:
+        """As ``rank``, for a caller that takes the best host alone (a submission without a target,
+        a drain): ``placement.choose``, the same first candidate at a fraction of the cost."""
+        return self._judge(domain, source, options, storage_explicit, now, overrides, only, exclude, None, hosts, None)
+
+    def _judge(
+        self,
+        domain: DomainInfo,
+        source: str,
+        options: MigrationOptions,
+        storage_explicit: bool,
+        now: datetime,
+        overrides: HostMapping | None,
+        only: Collection[str],
+        exclude: Collection[str],
+        reservations: Reservations | None,
+        hosts: list[HostOption] | None,
+        detail: bool | None,
+    ) -> Placed:
+        """``rank`` (``detail`` True or False) or ``choose`` (None)."""
         storage = effective_storage(domain, options, storage_explicit)
         every = hosts if hosts is not None else self.options(now, reservations)
         src = next((o for o in every if o.name == source), HostOption(source, False, None))
@@ -314,14 +352,24 @@ class Placer:
             if allowed or excluded
             else every
         )
-        ranking = rank(
-            domain,
-            src,
-            candidates,
-            options=replace(options, storage=storage),
-            storage=storage,
-            mapping_for=lambda target: self.mapping(source, target, overrides),
-            policy=self.policy,
-            detail=detail,
-        )
+        judged = replace(options, storage=storage)
+
+        def mapping_for(target: str) -> HostMapping:
+            return self.mapping(source, target, overrides)
+
+        if detail is None:
+            ranking = choose(
+                domain, src, candidates, options=judged, storage=storage, mapping_for=mapping_for, policy=self.policy
+            )
+        else:
+            ranking = rank(
+                domain,
+                src,
+                candidates,
+                options=judged,
+                storage=storage,
+                mapping_for=mapping_for,
+                policy=self.policy,
+                detail=detail,
+            )
         return Placed(source, domain, storage, ranking)

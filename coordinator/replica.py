@@ -24,22 +24,44 @@ from .view import PrefixView
 log = logging.getLogger(__name__)
 
 
+#: versions kept of a record that is not final: the engine writes the next version before the
+#: watches (the engine's and the view's) brought back the last, and one watch may lag the other
+KEPT_VERSIONS = 4
+
+
 class RecordDecoder:
     """Each version of a migration record decoded once for the whole replica: the leader's engine
-    and the replica's view watch the same keys. Keeps the newest version of each key it decoded."""
+    and the replica's view watch the same keys. Keeps the newest few versions of each key it
+    decoded or the engine wrote (``written``: most versions are the engine's, ~6 per migration);
+    of a final record, once its final version was asked for, that one alone."""
 
     def __init__(self) -> None:
-        self._by_key: dict[str, MigrationRecord] = {}
+        self._by_key: dict[str, dict[int, MigrationRecord]] = {}
 
     def __call__(self, entry: Entry) -> MigrationRecord:
         """The record of ``entry`` (raises as ``record.decode`` does)."""
-        known = self._by_key.get(entry.key)
-        if known is not None and known.revision == entry.mod_revision:
-            return known
-        record = decode(entry.value, entry.mod_revision)
-        if known is None or known.revision < entry.mod_revision:
-            self._by_key[entry.key] = record
+        versions = self._by_key.get(entry.key)
+        record = versions.get(entry.mod_revision) if versions is not None else None
+        if record is None:
+            record = decode(entry.value, entry.mod_revision)
+            versions = self._keep(entry.key, record)
+        if record.phase.is_final and versions is not None and len(versions) > 1:
+            # the watches bring versions in order: the older ones were asked for (once more at most)
+            self._by_key[entry.key] = {r.revision: r for r in versions.values() if r.revision >= record.revision}
         return record
+
+    def written(self, record: MigrationRecord) -> None:
+        """A version this replica just wrote (``record.revision``: its write's revision): when a
+        watch brings that version back, it is ``record`` again, not decoded anew (``decode`` of
+        ``encode`` gives the record back, and the engine goes on from ``record`` itself)."""
+        self._keep(keys.migration_key(record.id), record)
+
+    def _keep(self, key: str, record: MigrationRecord) -> dict[int, MigrationRecord]:
+        versions = self._by_key.setdefault(key, {})
+        versions[record.revision] = record
+        if len(versions) > KEPT_VERSIONS:
+            del versions[min(versions)]
+        return versions
 
     def forget(self, key: str) -> None:
         self._by_key.pop(key, None)

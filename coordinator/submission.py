@@ -409,7 +409,7 @@ class Submissions:
             raise InvalidArgument(
                 "target_host is required", reason="MISSING_FIELD", hint='set target_host, e.g. "host2"'
             )
-        placed = self.placer.rank(
+        placed = self.placer.choose(
             domain,
             source,
             request.options,
@@ -417,7 +417,6 @@ class Submissions:
             now=self._clock(),
             overrides=request.mapping,
             only=request.candidates,
-            detail=False,
         )
         best = placed.ranking.best
         if best is None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from ferry.coordinator import replica
 from ferry.coordinator.engine import Engine
 from ferry.coordinator.phases import Phase, Timeouts
 from ferry.coordinator.preflight import preflight
@@ -72,6 +73,7 @@ class Running:
         *,
         progress_write_s: float = 0.05,
         timeouts: Timeouts = FAST,
+        **kw: Any,
     ) -> None:
         self.engine = Engine(
             store,
@@ -84,6 +86,7 @@ class Running:
             progress_write_s=progress_write_s,
             job_poll_s=0.02,
             store_retry_s=0.05,
+            **kw,
         )
         self.task = asyncio.get_running_loop().create_task(self.engine.run())
 
@@ -229,6 +232,28 @@ async def test_the_final_write_releases_the_claim_in_the_same_store_write(store,
                 break
     await events.aclose()
     assert deleted == [r.revision]
+
+
+async def test_the_versions_the_engine_wrote_are_not_decoded_again(store, fleet, hosts, monkeypatch):
+    """The replica's decoder keeps each version the engine writes: the watch's echo of it is that
+    record, so of a migration's versions only the submitted one is decoded (as the main wiring)."""
+    decoded: list[int] = []
+
+    def counting(data: bytes, revision: int) -> MigrationRecord:
+        decoded.append(revision)
+        return decode(data, revision)
+
+    monkeypatch.setattr(replica, "decode", counting)
+    decoder = replica.RecordDecoder()
+    fleet.add_guest("host1", "g1")
+    m = await submit(store, fleet, "g1", "host1", "host2")
+    async with engine(store, hosts, decode_entry=decoder, written=decoder.written) as running:
+        r = await final(store, m.id)
+        await until(lambda: running.engine.records[m.id].revision == r.revision)
+        entry = await store.get(migration_key(m.id))
+        assert entry is not None and decoder(entry) is running.engine.records[m.id]  # the one it wrote
+    assert r.phase is Phase.SUCCEEDED
+    assert decoded == [m.revision]  # the engine wrote the other five versions or more
 
 
 async def test_missing_bridge_fails_in_preflight_and_creates_nothing(store, fleet, hosts):

@@ -100,3 +100,42 @@ async def test_a_fresh_locate_prefers_the_host_that_answered_over_a_stale_copy()
     assert found is not None and found[0] == "host2"
     await fleet.close()
     await store.close()
+
+
+async def test_refresh_asks_the_hosts_whose_inventory_is_as_old_as_the_ttl_and_no_other() -> None:
+    """The inventory TTL's edges: one taken 60 s ago with a TTL of 60 s is asked again, one taken
+    59.999 s ago is not; ``max_age_s`` shortens the TTL for that call; ``force`` asks a fresh one;
+    an unreachable host is asked whatever its age."""
+    clock = Clock()
+    asked: list[str] = []
+
+    class Counting(Agent):
+        async def inventory(self) -> Inventory:
+            asked.append(self.host)
+            return await super().inventory()
+
+    agents: dict[str, Agent] = {name: Counting(name) for name in ("h1", "h2", "h3")}
+    fleet, store = await fleet_over(agents, clock, inventory_ttl_s=60.0)
+    await fleet.refresh()
+    clock.now = T0 + timedelta(seconds=30)
+    await fleet.refresh(["h2"], force=True)  # taken at +30 s
+    asked.clear()
+
+    async def ask(at: timedelta, **kw: object) -> list[str]:
+        clock.now = T0 + at
+        await fleet.refresh(**kw)  # type: ignore[arg-type]
+        out = sorted(asked)
+        asked.clear()
+        return out
+
+    assert await ask(timedelta(seconds=59.999)) == []
+    assert await ask(timedelta(seconds=59.999), max_age_s=30) == ["h1", "h3"]  # h2 is 29.999 s old
+    assert await ask(timedelta(seconds=59.999), max_age_s=29.999) == ["h2"]  # h1, h3 were just taken
+    fleet.report_unreachable("h1", NotFound("gone", reason="AGENT_UNREACHABLE"))
+    assert await ask(timedelta(seconds=60)) == ["h1"]
+    assert await ask(timedelta(seconds=60), names=["h3"], force=True) == ["h3"]
+    assert await ask(timedelta(seconds=119.998)) == []
+    assert await ask(timedelta(seconds=119.999)) == ["h2"]  # taken at +59.999 s
+    assert await ask(timedelta(seconds=120)) == ["h1", "h3"]  # taken at +60 s
+    await fleet.close()
+    await store.close()

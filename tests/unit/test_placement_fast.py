@@ -20,7 +20,16 @@ from ferry import keys
 from ferry.coordinator.fleet import Fleet
 from ferry.coordinator.hoststate import HostCordon
 from ferry.coordinator.phases import Phase, Timeouts
-from ferry.coordinator.placement import AntiAffinity, HostLoad, HostOption, PlacementPolicy, Reservations, loads, rank
+from ferry.coordinator.placement import (
+    AntiAffinity,
+    HostLoad,
+    HostOption,
+    PlacementPolicy,
+    Reservations,
+    choose,
+    loads,
+    rank,
+)
 from ferry.coordinator.placer import SETTLE_MAX, LoadBook, Placer
 from ferry.coordinator.record import MigrationRecord, new_migration
 from ferry.errors import Unavailable
@@ -141,6 +150,46 @@ def test_the_quick_ranking_ranks_as_the_detailed_one_on_random_fleets():
         for f in full.rejected:
             if {b.reason for b in f.blockers} <= DYNAMIC:
                 assert by_host[f.host] == f, (trial, f.host)
+
+
+def test_the_choice_is_the_detailed_rankings_first_on_random_fleets():
+    """``choose`` (a submission without a target, a drain) picks the host the full ranking puts
+    first, with its score and reasons; with none feasible it says why as the quick ranking does.
+    Every other fleet is made of copies of one feasible host (same facts, domains and load, names
+    shuffled): the scores tie, and the lower natural name wins."""
+    rng = random.Random(17)
+    groups = (AntiAffinity("web", ("web-*", "g1")),)
+
+    def mapping(target: str) -> HostMapping:
+        return HostMapping(bridges={"br-b": "br-a"}) if target.endswith("7") else HostMapping()
+
+    chosen = nowhere = ties = 0
+    for trial in range(400):
+        hosts = fleet(rng, rng.randrange(1, 60))
+        domain = guest(rng, rng.choice(["g1", "web-1", "solo"]))
+        options = MigrationOptions(offline=rng.random() < 0.2)
+        storage = rng.choice([StorageMode.COPY_ALL, StorageMode.SHARED])
+        policy = PlacementPolicy(inbound_limit=rng.choice([1, 2, 3]), anti_affinity=groups if trial % 3 else ())
+        args = dict(options=options, storage=storage, mapping_for=mapping, policy=policy)
+        full = rank(domain, hosts[0], hosts, detail=True, **args)
+        if trial % 2 and full.candidates:
+            picked = rng.choice(full.candidates).host
+            twin = next(h for h in hosts if h.name == picked)
+            names = [f"h{i}" for i in rng.sample(range(2, 120), rng.randrange(1, 40))]
+            assert isinstance(twin.shape, tuple)  # its declaration goes by its name (``mapping``)
+            hosts = [hosts[0], *(replace(twin, name=n, shape=(*twin.shape[:2], n.endswith("7"))) for n in names)]
+            full = rank(domain, hosts[0], hosts, detail=True, **args)
+        choice = choose(domain, hosts[0], hosts, **args)
+        if full.best is not None:
+            chosen += 1
+            assert choice.candidates == (full.best,), trial
+            assert choice.rejected == ()
+            ties += [(c.busy, c.score) for c in full.candidates].count((full.best.busy, full.best.score)) > 1
+        else:
+            nowhere += 1
+            assert choice == rank(domain, hosts[0], hosts, detail=False, **args), trial
+            assert choice.nowhere().reason == "NO_TARGET"
+    assert chosen > 40 and nowhere > 40 and ties > 20, (chosen, nowhere, ties)  # every case exercised
 
 
 def test_an_option_with_a_load_is_the_option_replaced():
@@ -341,9 +390,29 @@ async def test_the_placer_updates_the_changed_hosts_as_it_would_build_them_all_a
                 del cordons[name]
             else:
                 cordons[name] = HostCordon(name, cordoned=True, reason=f"step {step}")
+        elif what < 0.95:  # a migration on its way (to a host of the view or not), or one that ended
+            target = rng.choice([f"h{rng.randrange(12)}", "h99"])
+            mid = f"m{rng.randrange(20)}"
+            r = new_migration(
+                id=mid,
+                vm=f"v{mid}",
+                vm_uuid=f"u{mid}",
+                source_host="h0",
+                target_host=target,
+                now=NOW,
+                timeouts=Timeouts(),
+                memory_bytes=GiB,
+            )
+            book.note(replace(r, phase=rng.choice([Phase.PENDING, Phase.MIGRATING, Phase.FAILED]), revision=step + 1))
         if rng.random() < 0.5:
             fresh = Placer(fleet, cordons, book, {})
             assert placer.options(NOW) == fresh.options(NOW), step
+            # each host with its load, as when every option was given its load one by one
+            booked = book.loads({h.name: h.last_seen for h in fleet.hosts()}, NOW)
+            expected = [
+                o if o.name not in booked else replace(o, load=booked[o.name]) for o in fresh._base_options()[0]
+            ]
+            assert placer.options(NOW) == expected, step
             # the fleet keeps its set of available hosts between changes
             assert fleet.available_hosts() == {h.name for h in fleet.hosts() if h.available}, step
     await fleet.close()
