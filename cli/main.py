@@ -572,7 +572,7 @@ async def run(argv: Sequence[str] | None = None) -> int:
                     continue
                 # gRPC turned the call away before the coordinator took it up (too many calls at
                 # once): again after a pause, as the error's hint tells a script to do
-                if busy < len(BUSY_BACKOFF_S) and reason == SERVER_BUSY:
+                if busy < len(BUSY_BACKOFF_S) and reason == SERVER_BUSY and not _being_cancelled():
                     if not as_json:
                         print(f"ferry: the coordinator at {address} is busy; trying again", file=sys.stderr)
                     await asyncio.sleep(BUSY_BACKOFF_S[busy] * random.uniform(0.5, 1.5))
@@ -586,6 +586,12 @@ async def run(argv: Sequence[str] | None = None) -> int:
         return _report(err, as_json)
     except FerryError as err:
         return _report(err, as_json)
+
+
+def _being_cancelled() -> bool:
+    """Ctrl-C reached us (asyncio.run cancels the command's task): no more tries."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def main_code(argv: Sequence[str] | None = None) -> int:

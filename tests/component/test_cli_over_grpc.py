@@ -199,7 +199,8 @@ async def test_ctrl_c_while_waiting_says_the_migration_goes_on(fx):
         "host2",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "FERRY_COORDINATOR": fx.address, "FERRY_CONFIG": "/nonexistent"},
+        # faulthandler: should it not end, SIGABRT makes it print where each thread is
+        env={**os.environ, "FERRY_COORDINATOR": fx.address, "FERRY_CONFIG": "/nonexistent", "PYTHONFAULTHANDLER": "1"},
     )
     assert proc.stdout is not None and proc.stderr is not None
     first = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
@@ -207,7 +208,13 @@ async def test_ctrl_c_while_waiting_says_the_migration_goes_on(fx):
     migration_id = first.split()[1].rstrip(":")
     assert (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip().startswith("pending")
     proc.send_signal(signal.SIGINT)
-    await asyncio.wait_for(proc.wait(), 30)
+    try:
+        await asyncio.wait_for(proc.wait(), 30)
+    except TimeoutError:
+        proc.send_signal(signal.SIGABRT)  # our own child
+        await asyncio.wait_for(proc.wait(), 30)
+        stuck = (await proc.stderr.read()).decode()
+        raise AssertionError(f"ferry did not end within 30 s of Ctrl-C; its stderr:\n{stuck[-6000:]}") from None
     err = (await proc.stderr.read()).decode()
     assert proc.returncode == 130, err
     assert f"migration {migration_id} continues; `ferry migrations cancel {migration_id}` stops it" in err
