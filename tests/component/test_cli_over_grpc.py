@@ -187,6 +187,10 @@ async def test_the_output_option_before_or_after_the_command_in_the_installed_co
     assert code == 64 and "unrecognized arguments: --no-such-flag" in err
 
 
+def _sigint_as_in_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_ctrl_c_while_waiting_says_the_migration_goes_on(fx):
     """No engine runs here: the migration stays pending, `ferry migrate` waits until Ctrl-C."""
     fx.agents.add_guest("host1", "g1")
@@ -199,6 +203,9 @@ async def test_ctrl_c_while_waiting_says_the_migration_goes_on(fx):
         "host2",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        # a terminal's Ctrl-C: SIGINT as it is in a foreground shell, whatever this run inherited (a
+        # command started with `&` by a script ignores SIGINT, and so would ferry started from it)
+        preexec_fn=_sigint_as_in_a_terminal,
         # faulthandler: should it not end, SIGABRT makes it print where each thread is
         env={**os.environ, "FERRY_COORDINATOR": fx.address, "FERRY_CONFIG": "/nonexistent", "PYTHONFAULTHANDLER": "1"},
     )
