@@ -272,6 +272,14 @@ def _prepared(c: Ctx, event: Prepared) -> Decision:
             (StartMigration(),),
             "prepared; starting migration",
         )
+    if r.phase in (Phase.PENDING, Phase.PREFLIGHT) and event.prepare_id and event.prepare_id != r.prepare_id:
+        # an earlier attempt's answer, come after the record was re-queued: nobody will use it,
+        # and left there it would stop the next attempt (PREPARE_EXISTS)
+        return c.noted(
+            f"late prepare {event.prepare_id} of an earlier attempt; removing it",
+            f"late prepare {event.prepare_id}; removing it",
+            CleanupTarget((event.prepare_id,)),
+        )
     if r.phase is Phase.ROLLING_BACK and event.prepare_id != r.prepare_id:
         r2 = note(
             replace(r, prepare_id=r.prepare_id or event.prepare_id, target_cleaned=False),
@@ -770,16 +778,28 @@ def _placement_migrating(c: Ctx, loc: Location) -> Decision:
             (CommitTarget(r.prepare_id),),
             f"guest runs on target{ended}; committing",
         )
-    err = r.error or Problem(
-        "MIGRATION_INTERRUPTED",
-        f"the migration job of {r.vm} ended unobserved (coordinator or agent restart)",
-        f"see the agent log on {r.source_host}; retry the migration",
-    )
+    if r.error is None:
+        # no job, and none reported its end: the job ended while nobody followed it, or never
+        # began (a leader that died just after asking for it: the agent's call was cut first).
+        # The guest runs on the source only; clean the target and try again while attempts last.
+        err = Problem(
+            "MIGRATION_INTERRUPTED",
+            f"the migration job of {r.vm} ended unobserved or never began (coordinator or agent restart)",
+            f"see the agent log on {r.source_host}; retry the migration",
+        )
+        goal = retry_goal(r, c.t)
+        return roll_back(
+            c,
+            f"migration interrupted ({err.reason}), guest runs on source",
+            goal=goal,
+            error=err if goal is Phase.ROLLED_BACK else None,
+            safe_to_clean=True,
+        )
     return roll_back(
         c,
-        f"migration failed ({err.reason}), guest runs on source",
+        f"migration failed ({r.error.reason}), guest runs on source",
         goal=Phase.ROLLED_BACK,
-        error=err,
+        error=r.error,
         safe_to_clean=True,
     )
 

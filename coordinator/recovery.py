@@ -13,7 +13,9 @@ Phase by phase:
 - Preparing: the answer is lost and a prepare cannot be adopted (its XML is not listed): remove
   whatever the target holds for this migration, then re-queue (or fail after max_attempts).
 - Migrating: a job still active on the source -> reattach (WatchJob); ended -> by placement,
-  as after MigrationEnded(ok=False) (error MIGRATION_INTERRUPTED when it fails).
+  as after MigrationEnded(ok=False); a guest on the source only with no job reported failed
+  (the job ended unobserved, or never began: the old leader died just after asking for it) is
+  re-queued after the target is cleaned, MIGRATION_INTERRUPTED once the attempts are used up.
 - Finishing, RollingBack: continue from the placement (commit, or abort/clean/verify).
 
 A host that cannot be asked (``unreachable``) is waited for as ``decide`` waits for a lost agent:

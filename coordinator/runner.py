@@ -14,6 +14,10 @@ a time (so decisions about a record are serialised). For each event:
 4. only after the write landed, perform ``d.actions`` in order (``actions.Actions``), each result
    coming back as another event -- late results too: ``decide`` ignores or cleans them up.
 
+A ``Recover`` (leader change, an agent back or restarted) observes only when the runner has
+nothing under way: a job being followed reports its own end, and calls still out are waited for
+first (observing beside them races with them).
+
 At most one job follower per record (the Migrate stream, or GetJob polling): a WatchJob while
 one runs does nothing. The same action is never run twice at once (two observations, two
 cleanups, two prepares). Store outages are retried with backoff; the runner stops when its
@@ -62,6 +66,8 @@ log = logging.getLogger(__name__)
 CANCELLABLE = frozenset({Phase.PENDING, Phase.PREFLIGHT, Phase.PREPARING, Phase.MIGRATING})
 _NEEDS_PLACEMENT = frozenset({Phase.MIGRATING, Phase.FINISHING, Phase.ROLLING_BACK})
 _NEEDS_PREPARES = frozenset({Phase.PENDING, Phase.PREPARING, Phase.ROLLING_BACK})
+# at most this long a Recover waits for the runner's agent calls under way (each has its deadline)
+RECOVER_SETTLE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -214,6 +220,8 @@ class RecordRunner:
             if self._pending_progress is None:
                 return
             event, self._pending_progress = self._pending_progress, None
+        if isinstance(event, Recover) and await self._recovery_not_needed():
+            return
         observed = await self._observe() if isinstance(event, Recover) else None
         # The newest version this runner knows (its own writes, the watch) is the store's unless
         # the API set the cancel flag a moment ago: decide on it and let the compare-and-set tell;
@@ -298,6 +306,28 @@ class RecordRunner:
         self._pending_progress = event
         if self._flush is None:
             self._flush = loop.call_later(wait, self.feed, _FlushProgress())
+        return True
+
+    async def _recovery_not_needed(self) -> bool:
+        """Whether a Recover is better left to what this runner has under way. Observing while
+        one of its calls is still out races with it (the prepare not yet on the target's list,
+        the job just asked for and not yet active, the guest between the hosts): the record was
+        re-queued while its prepare landed, and a job that was starting was taken for ended and
+        aborted. So: a job being followed reports its own end (its stream, or GetJob polling
+        after the stream broke); calls under way are waited for (each ends within its RPC
+        deadline), and the Recover goes after the events they bring."""
+        if self._follower is not None and not self._follower.done():
+            log.info("migration %s: not recovering: its job is being followed, which reports its end", self.id)
+            self.needs_recovery = False
+            return True
+        busy = [t for t in self._tasks if t is not self._follower and not t.done()]
+        if not busy:
+            return False
+        _, still = await asyncio.wait(busy, timeout=RECOVER_SETTLE_S)
+        if still:
+            return False  # a call past its deadline: observe anyway
+        log.info("migration %s: recovering after %d call(s) under way ended", self.id, len(busy))
+        self.feed(Recover())
         return True
 
     async def _observe(self) -> tuple[Placement | None, list[Any] | None, bool, str]:

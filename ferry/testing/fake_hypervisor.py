@@ -321,6 +321,7 @@ class FakeHypervisor:
         self.reachable = True
         self._faults: dict[str, list[FerryError]] = {}
         self._hangs: set[str] = set()
+        self._call_gates: dict[str, asyncio.Event] = {}
         self._failures: dict[str, tuple[int, int]] = {}  # domain name -> (step, libvirt code)
         self._gate = asyncio.Event()
         self._gate.set()
@@ -341,6 +342,11 @@ class FakeHypervisor:
     def hang(self, method: str) -> None:
         """Calls of ``method`` block until their timeout, like a hung libvirtd."""
         self._hangs.add(method)
+
+    def hold_calls(self, method: str) -> asyncio.Event:
+        """Calls of ``method`` wait, once entered, until the returned event is set."""
+        gate = self._call_gates[method] = asyncio.Event()
+        return gate
 
     def fail_migration(self, name: str, *, at_step: int = 1, code: int = le.VIR_ERR_OPERATION_FAILED) -> None:
         """The next migration of ``name`` fails at ``at_step`` with libvirt error ``code``."""
@@ -378,6 +384,9 @@ class FakeHypervisor:
             raise self._error(
                 le.VIR_ERR_SYSTEM_ERROR, "unable to connect to server: Connection refused", call, domain=le.VIR_FROM_RPC
             )
+        gate = self._call_gates.get(method)
+        if gate is not None:
+            await gate.wait()
         if method in self._hangs:
             await asyncio.sleep(self.timeout_s)
             raise le.timeout_error(call, self.uri, self.timeout_s)

@@ -26,6 +26,7 @@ from ferry.coordinator.slots import Limits
 from ferry.errors import FerryError, Unavailable
 from ferry.keys import encode_id, idempotency_key, migration_key, vm_active_key
 from ferry.model import DomainState, MigrationOptions, MigrationPhase, StorageMode
+from ferry.registry import HostChange
 from ferry.store import Conflict, EventKind, Resync, Store
 from ferry.testing.fleet import IMAGES, Fleet, FleetDirectory, MaxConcurrency, start_fleet
 from ferry.testing.memory_store import MemoryStore
@@ -492,6 +493,52 @@ async def test_a_source_agent_restart_before_preparing_does_not_spend_the_attemp
         await fleet["host1"].start()
         r = await final(store, m.id, timeout=4)
     assert r.phase is Phase.SUCCEEDED and r.attempt == 1, [(h.phase.name, h.reason) for h in r.history]
+    assert fleet.where("g1") == {"host2": DomainState.RUNNING}
+
+
+async def test_an_agent_back_while_a_prepare_is_under_way_does_not_requeue_beside_it(store, fleet, hosts):
+    """Seen in the fleet simulation: a target's agent registered anew while its PrepareIncoming
+    was under way; recovery listed its prepares before the prepare landed and re-queued the
+    record, the prepare landed anyway, and the next attempt failed on it (PREPARE_EXISTS)."""
+    fleet.add_guest("host1", "g1")
+    m = await submit(store, fleet, "g1", "host1", "host2")
+    entered, gate = asyncio.Event(), asyncio.Event()
+    async with engine(store, hosts) as running:
+        actions = running.engine._ctx.actions
+        prepare = actions.prepare_target
+
+        async def held(r: MigrationRecord) -> Any:
+            entered.set()
+            await gate.wait()
+            return await prepare(r)
+
+        actions.prepare_target = held  # type: ignore[method-assign]
+        await asyncio.wait_for(entered.wait(), 4)
+        hosts._announce(HostChange("host2", available=True, restarted=True))
+        await asyncio.sleep(0.3)
+        gate.set()
+        r = await final(store, m.id)
+    assert r.phase is Phase.SUCCEEDED and r.attempt == 1, [(h.phase.name, h.reason) for h in r.history]
+    assert fleet.where("g1") == {"host2": DomainState.RUNNING} and fleet.prepares("host2") == []
+
+
+async def test_an_agent_back_while_the_job_starts_does_not_abort_it(store, fleet, hosts):
+    """Seen in the fleet simulation: an agent registered anew just as a job was asked for;
+    recovery found the guest on the source and no job yet, took the job for ended, rolled the
+    record back and aborted the job that then started (MIGRATION_INTERRUPTED)."""
+    fleet.add_guest("host1", "g1")
+    gate = fleet["host1"].hv.hold_calls("migrate")  # libvirt's migrate call not yet begun
+    m = await submit(store, fleet, "g1", "host1", "host2")
+    async with engine(store, hosts):
+        await wait_for(store, m.id, lambda r: r.phase is Phase.MIGRATING)
+        await until(lambda: "migrate" in fleet["host1"].hv.calls)
+        hosts._announce(HostChange("host1", available=True, restarted=True))
+        hosts._announce(HostChange("host2", available=True, restarted=True))
+        await asyncio.sleep(0.3)
+        gate.set()
+        r = await final(store, m.id)
+    assert r.phase is Phase.SUCCEEDED and r.attempt == 1, [(h.phase.name, h.reason) for h in r.history]
+    assert "abort_job" not in fleet["host1"].hv.calls
     assert fleet.where("g1") == {"host2": DomainState.RUNNING}
 
 

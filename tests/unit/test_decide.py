@@ -189,6 +189,22 @@ def check(record, event, phase, actions, outcome, now=NOW):
             id="late-prepare-while-rolling-back",
         ),
         pytest.param(
+            PENDING,
+            Prepared("p-9", "<domain/>"),
+            Phase.PENDING,
+            (CleanupTarget(("p-9",)),),
+            "late prepare p-9; removing it",
+            id="late-prepare-after-requeue",
+        ),
+        pytest.param(
+            PREFLIGHT,
+            Prepared("p-9", "<domain/>"),
+            Phase.PREFLIGHT,
+            (CleanupTarget(("p-9",)),),
+            "late prepare p-9; removing it",
+            id="late-prepare-in-the-next-preflight",
+        ),
+        pytest.param(
             CANCELLED,
             Prepared("p-9", "<domain/>"),
             Phase.CANCELLED,
@@ -341,9 +357,27 @@ def test_an_ignored_event_changes_nothing():
             ON_SRC,
             Phase.ROLLING_BACK,
             (CleanupTarget(("p-1",)),),
-            "migration failed (MIGRATION_INTERRUPTED), guest runs on source; rolling back "
-            "(cleaning target, then rolled back)",
+            "migration interrupted (MIGRATION_INTERRUPTED), guest runs on source; rolling back "
+            "(cleaning target, then re-queue)",
             id="job-gone-unobserved",
+        ),
+        pytest.param(
+            replace(MIGRATING, attempt=T.max_attempts),
+            ON_SRC,
+            Phase.ROLLING_BACK,
+            (CleanupTarget(("p-1",)),),
+            "migration interrupted (MIGRATION_INTERRUPTED), guest runs on source; rolling back "
+            "(cleaning target, then rolled back)",
+            id="job-gone-unobserved-last-attempt",
+        ),
+        pytest.param(
+            MIGRATING_FAILED,
+            ON_SRC,
+            Phase.ROLLING_BACK,
+            (CleanupTarget(("p-1",)),),
+            "migration failed (MIGRATION_FAILED), guest runs on source; rolling back "
+            "(cleaning target, then rolled back)",
+            id="job-failed-on-source",
         ),
         pytest.param(
             FINISHING,

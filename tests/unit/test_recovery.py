@@ -261,8 +261,8 @@ MOVING = Placement(R, P, True)
             "ours",
             Phase.ROLLING_BACK,
             (CleanupTarget(("p-1",)),),
-            "recovered: migration failed (MIGRATION_INTERRUPTED), guest runs on source; rolling back "
-            "(cleaning target, then rolled back)",
+            "recovered: migration interrupted (MIGRATION_INTERRUPTED), guest runs on source; rolling back "
+            "(cleaning target, then re-queue)",
         ),
         (
             "migrating",
@@ -363,7 +363,11 @@ def test_recover(name, placement, listing, phase, actions, outcome):
 
 def test_recovered_interruption_is_recorded():
     d = recover(RECORDS["migrating"], ON_SRC, [], NOW, T)
-    assert d.record.error.reason == "MIGRATION_INTERRUPTED" and "host1" in d.record.error.hint
+    assert d.record.rollback_to is Phase.PENDING  # tried again: the guest runs on the source only
+    assert "MIGRATION_INTERRUPTED" in d.record.history[-1].reason
+    last = recover(replace(RECORDS["migrating"], attempt=T.max_attempts), ON_SRC, [], NOW, T)
+    assert last.record.rollback_to is Phase.ROLLED_BACK
+    assert last.record.error.reason == "MIGRATION_INTERRUPTED" and "host1" in last.record.error.hint
 
 
 @pytest.mark.parametrize("phase", [Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED, Phase.ROLLED_BACK])
