@@ -211,8 +211,9 @@ def test_a_drain_completes_with_the_leader_killed_halfway(lab3, guests):
         assert runs_on(lab3, name) == [item["target_host"]] and item["target_host"] != "host1", name
         one_boot_and_beating(lab3, name)
     migrations = ok(ferry(lab3, "migrations", "--host", "host1"))["migrations"]
-    moved = [m for m in migrations if m["vm"] in names]
-    assert len(moved) == 3 and all(m["phase"] == SUCCEEDED for m in moved)  # one migration each
+    moved = [show(lab3, m["id"]) for m in migrations if m["vm"] in names]
+    said = [(m["id"], m["vm"], m["phase"], m.get("error"), history(m)) for m in moved]
+    assert len(moved) == 3 and all(m["phase"] == SUCCEEDED for m in moved), (said, d["items"])  # one migration each
     print(f"\n[drain] drain {drain_id} went on after {leader} was killed; {d['vms_moved']} moved")
 
 

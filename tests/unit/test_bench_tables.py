@@ -164,3 +164,30 @@ def test_phase_durations_show_where_a_slow_migration_waited():
     assert spent["Finishing"] == pytest.approx(120.0)
     assert "Succeeded" not in spent  # final: no duration
     assert b.phase_durations([("Pending", 0.0)]) == {}
+
+
+def test_a_drains_busy_slot_time_sums_every_attempt_of_every_item():
+    """The second drain ratio's denominator: the slot-holding time of each item's migrations,
+    a failed attempt's included, found by the ids the drain gives them."""
+    from datetime import UTC, datetime, timedelta
+
+    import scale_bench as sb
+
+    from ferry.coordinator.drain import DrainItem, DrainRecord
+    from ferry.coordinator.phases import Phase, Timeouts
+    from ferry.coordinator.record import new_migration, with_phase
+
+    t0, t = datetime(2026, 12, 1, tzinfo=UTC), Timeouts()
+
+    def migration(mid: str, *steps: tuple[Phase, float]):
+        r = new_migration(id=mid, vm="v", vm_uuid="u", source_host="h1", target_host="h2", now=t0, timeouts=t)
+        for phase, at in steps:
+            r = with_phase(r, phase, t0 + timedelta(seconds=at), "", t)
+        return r
+
+    ok = ((Phase.PREFLIGHT, 1), (Phase.PREPARING, 2), (Phase.MIGRATING, 3), (Phase.FINISHING, 9), (Phase.SUCCEEDED, 10))
+    failed = ((Phase.PREFLIGHT, 0), (Phase.FAILED, 4))
+    d = DrainRecord("d-1", "h1", t0, items=(DrainItem("a", "ua", attempts=1), DrainItem("b", "ub", attempts=2)))
+    records = {"d-1-0-1": migration("d-1-0-1", *ok), "d-1-1-1": migration("d-1-1-1", *failed)}
+    records["d-1-1-2"] = migration("d-1-1-2", *ok)
+    assert sb.slots_busy_s(d, records) == 9 + 4 + 9
