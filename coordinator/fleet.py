@@ -473,11 +473,18 @@ class Fleet:
                 async with asyncio.timeout(self.inventory_timeout_s):
                     domain, _ = await client.get_domain(name_or_uuid)
             except NotFound:
-                others = tuple(d for d in h.inventory.domains if name_or_uuid not in (d.name, d.uuid))
+                gone = {d.uuid for d in h.inventory.domains if name_or_uuid in (d.name, d.uuid)}
+                for uuid in gone:  # the host's word is newer than any landing noted for it
+                    h.arrived.pop(uuid, None)
+                others = tuple(d for d in h.inventory.domains if d.uuid not in gone)
                 self._put_inventory(h, replace(h.inventory, domains=others))
                 return False
             except (FerryError, TimeoutError):
                 return False
+            # the host's own answer (disks, NICs) is newer than a landing noted for the domain, which
+            # may know only its name and memory: applying that note again must not bring it back
+            h.arrived.pop(domain.uuid, None)
+            h.departed.pop(domain.uuid, None)
             others = tuple(d for d in h.inventory.domains if d.uuid != domain.uuid)
             self._put_inventory(h, replace(h.inventory, domains=(*others, domain)))
             if h.inventory is not None and self._needs_save(h, h.inventory.domains):

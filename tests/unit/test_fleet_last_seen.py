@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from ferry import keys
 from ferry.coordinator.fleet import LAST_SEEN_MAX_AGE_S, Fleet, decode_last_seen
-from ferry.errors import Unavailable
+from ferry.errors import NotFound, Unavailable
 from ferry.model import Disk, DomainInfo, DomainState, HostFacts, Inventory, Nic
 from ferry.registry import HostRegistration
 from ferry.testing.memory_store import MemoryStore
@@ -30,6 +30,15 @@ class Agent:
     domains: list[DomainInfo] = field(default_factory=list)
     down: bool = False
     calls: int = 0
+
+    async def get_domain(self, name_or_uuid: str) -> tuple[DomainInfo, str]:
+        self.calls += 1
+        if self.down:
+            raise Unavailable(f"the agent on {self.host} cannot be reached", reason="AGENT_UNREACHABLE")
+        found = next((d for d in self.domains if name_or_uuid in (d.name, d.uuid)), None)
+        if found is None:
+            raise NotFound(f"no domain {name_or_uuid}", reason="DOMAIN_NOT_FOUND")
+        return found, ""
 
     async def inventory(self) -> Inventory:
         self.calls += 1
@@ -360,4 +369,27 @@ async def test_a_landing_before_the_snapshot_does_not_explain_a_change_after_it(
     for host, names in (("host1", []), ("host2", ["g1"])):
         at, inventory = await stored(store, host)
         assert at == clock.now and [d.name for d in inventory.domains] == names
+    await fleet.close()
+
+
+async def test_a_domain_its_host_confirmed_is_not_replaced_by_an_older_landing_note() -> None:
+    """Seen in the fleet simulation: a landing noted for a VM neither cached inventory had gives it
+    only a name and memory; the submission's GetDomain then put the real domain (disks, NICs) in
+    view, but the next landing on that host applied the old note again, and placement sent the
+    VM to a host without its bridge, as if its disk were shared (it failed in preflight)."""
+    g9 = replace(G1, name="g9", uuid="u-9", disks=(Disk("vda", "/srv/host2/g9.qcow2", allocation=1 << 20),))
+    store, agents = await two_hosts(G1)
+    clock = Clock(T1)
+    fleet = await fleet_with_clock(store, agents, clock)
+    await fleet.refresh()
+    agents["host2"].domains.append(g9)  # landed from a host this view never asked
+    fleet.note_landed("u-9", "host1", "host2", clock.at(1), name="g9", memory_bytes=1 << 30)
+    host2 = fleet.host("host2")
+    assert host2 is not None and [d.disks for d in host2.domains if d.uuid == "u-9"] == [()]  # the note's
+    assert await fleet.locate_vm("g9", fresh=True) == ("host2", g9)
+    land(agents, G1, "host1", "host2")
+    fleet.note_landed("u-1", "host1", "host2", clock.at(2), name="g1")  # another landing on host2
+    host2 = fleet.host("host2")
+    assert host2 is not None and [d for d in host2.domains if d.uuid == "u-9"] == [g9]
+    assert await fleet.locate_vm("g9") == ("host2", g9)
     await fleet.close()
