@@ -109,6 +109,13 @@ class Coordinator:
         self.ports: list[int] = []
         self._election_task: asyncio.Task[None] | None = None
 
+    def submitted(self, record: MigrationRecord) -> None:
+        """A migration this replica's API created: placement counts it at once, and so does the
+        engine when this replica leads (it need not wait for the watch to bring it)."""
+        self.views.book.note(record)
+        if self.engine is not None:
+            self.engine.created(record)
+
     # -- leadership -----------------------------------------------------------------------------
 
     def new_engine(self) -> Any:
@@ -297,7 +304,7 @@ def build_coordinator(
         outbound_limit=config.limits.per_host_outbound,
     )
     election = Election(store, config.id, config.advertised, ttl_s=config.election_ttl_s, clock=monotonic)
-    return Coordinator(
+    coordinator = Coordinator(
         config,
         store,
         fleet,
@@ -308,6 +315,8 @@ def build_coordinator(
         rpc_observer=rpc_observer,
         record_observer=record_observer,
     )
+    submissions.on_submitted = coordinator.submitted
+    return coordinator
 
 
 def grpc_agent_factory(config: CoordinatorConfig) -> AgentFactory:

@@ -72,6 +72,8 @@ class MemoryStore:
         self._expiry_task: asyncio.Task[None] | None = None
         self._lost_replies = 0
         self._closed = False
+        self._watches_released = asyncio.Event()
+        self._watches_released.set()
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -188,6 +190,8 @@ class MemoryStore:
             first = bisect.bisect_left(self._history, next_revision, key=lambda e: e.revision)
             pending = [e for e in self._history[first:] if e.entry.key.startswith(prefix)]
             next_revision = max(next_revision, self._revision + 1)
+            if pending:
+                await self._watches_released.wait()
             for event in pending:
                 yield event
             if not pending:
@@ -202,6 +206,13 @@ class MemoryStore:
         if self._expiry_task is not None:
             self._expiry_task.cancel()
             self._expiry_task = None
+
+    def hold_watches(self) -> None:
+        """Test control: watches deliver nothing until ``release_watches`` (a lagging etcd watch)."""
+        self._watches_released.clear()
+
+    def release_watches(self) -> None:
+        self._watches_released.set()
 
     @property
     def revision(self) -> int:
