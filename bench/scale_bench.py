@@ -44,6 +44,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -767,6 +768,10 @@ async def amain(args: argparse.Namespace) -> int:
                 stop_agents(sim)
             await store.close()
             etcd.stop()
+            if args.keep_logs is not None:
+                args.keep_logs.mkdir(parents=True, exist_ok=True)
+                for path in workdir.glob("*.log"):
+                    shutil.copy2(path, args.keep_logs / path.name)
     return 0 if ok else 1
 
 
@@ -799,6 +804,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--level-migrations", type=int, default=2000, help="migrations per level")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--dump", type=Path, help="write every record (JSON lines) here, for a closer look")
+    p.add_argument("--keep-logs", type=Path, help="copy the coordinator's and the agent processes' logs here")
     p.add_argument("--profile", type=Path, help="run the coordinator under cProfile, writing its stats here")
     args = p.parse_args(argv)
     args.limits = tuple(int(x) for x in args.limits.split(","))

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import json
 import logging
+import os
 import resource
 import signal
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Sequence
+from datetime import datetime
 from pathlib import Path
 
 from ferry.coordinator.config import load_config
@@ -73,10 +77,59 @@ class CountingStore:
 
     def watch(self, prefix: str, start_revision: int) -> AsyncGenerator[WatchEvent | Resync, None]:
         self._count("watch", prefix)
+        if prefix.startswith("migrations"):
+            return self._timed_watch(prefix, start_revision)
         return self.inner.watch(prefix, start_revision)
+
+    async def _timed_watch(self, prefix: str, start_revision: int) -> AsyncGenerator[WatchEvent | Resync, None]:
+        """The migrations' watch, noting how long after a record's last change its event came
+        (the change's time is the record's ``updated_at``)."""
+        async for event in self.inner.watch(prefix, start_revision):
+            if isinstance(event, WatchEvent) and event.entry is not None:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    at = json.loads(event.entry.value).get("updated_at")
+                    if at:
+                        WATCH_LAG.append(time.time() - datetime.fromisoformat(at).timestamp())
+            yield event
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+WATCH_LAG: list[float] = []  # seconds from a migration record's change to its watch event here
+LOOP_LAG: list[float] = []  # how late a 0.1 s sleep of this process's event loop woke
+
+
+async def _sample_lag() -> None:
+    """Every 30 s a line in the log: the event loop's lag and the migrations' watch lag."""
+    loop = asyncio.get_running_loop()
+    last = loop.time()
+    while True:
+        for _ in range(300):
+            t = loop.time()
+            await asyncio.sleep(0.1)
+            LOOP_LAG.append(loop.time() - t - 0.1)
+        now = loop.time()
+        loop_lag, watch_lag = sorted(LOOP_LAG), sorted(WATCH_LAG)
+        LOOP_LAG.clear()
+        WATCH_LAG.clear()
+
+        def pct(xs: list[float], p: float) -> float:
+            return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else 0.0
+
+        logging.getLogger("sim").warning(
+            "over %.0f s: event loop lag p50 %.3f p99 %.3f max %.3f s; migrations' watch lag (%d events) "
+            "p50 %.3f p99 %.3f max %.3f s",
+            now - last,
+            pct(loop_lag, 0.5),
+            pct(loop_lag, 0.99),
+            pct(loop_lag, 1.0),
+            len(watch_lag),
+            pct(watch_lag, 0.5),
+            pct(watch_lag, 0.99),
+            pct(watch_lag, 1.0),
+        )
+        last = now
 
 
 async def serve(config_path: Path, stats: Path) -> None:
@@ -91,8 +144,10 @@ async def serve(config_path: Path, stats: Path) -> None:
     try:
         await coordinator.start()
         dump = loop.create_task(_dump_on_request(store, stats))
+        lag = loop.create_task(_sample_lag())
         await stop.wait()
         dump.cancel()
+        lag.cancel()
     finally:
         await coordinator.stop(grace_s=2.0)
         await store.close()
@@ -121,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--profile", type=Path)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in filter(None, os.environ.get("FERRY_SIM_INFO_LOGGERS", "").split(",")):
+        logging.getLogger(name).setLevel(logging.INFO)  # e.g. ferry.coordinator.fleet, for a closer look
     if args.profile is None:
         asyncio.run(serve(args.config, args.stats))
         return 0
