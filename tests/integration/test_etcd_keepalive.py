@@ -90,20 +90,33 @@ async def test_keepalive_leaves_a_hung_member_within_the_attempt_timeout(etcd_th
 async def test_close_with_a_renewal_pending_ends_stream_and_reader(
     etcd_one: EtcdCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # The scenario needs a renewal still pending when close() is called. It failed twice in full
+    # runs (about 1 in 25 runs of this test alone) with the renewal answered: whether etcd answered
+    # it before SIGSTOP took hold is not known, so the renewal's state at close is checked and
+    # said, and a try where it was already answered is made again (at most 3).
     [member] = etcd_one.members
-    store = EtcdStore(etcd_one.endpoints, prefix=PREFIX, timeout_s=5.0)
-    lease = await store.grant_lease(TTL_S)
-    assert await store.keepalive(lease) == TTL_S
-    member.pause()  # the next renewal waits for an answer that does not come
-    try:
-        with caplog.at_level(logging.DEBUG, logger="asyncio"):
-            renewal = asyncio.create_task(store.keepalive(lease))
-            await asyncio.sleep(0.2)
-            await store.close()
-            with pytest.raises(Unavailable) as err:
-                await renewal
-            assert err.value.reason == "STORE_CLOSED"
-            assert [t for t in asyncio.all_tasks() if "keepalive" in t.get_name()] == []
-    finally:
-        member.resume()
+    for _ in range(3):
+        store = EtcdStore(etcd_one.endpoints, prefix=PREFIX, timeout_s=5.0)
+        lease = await store.grant_lease(TTL_S)
+        assert await store.keepalive(lease) == TTL_S
+        member.pause()  # the next renewal waits for an answer that does not come
+        try:
+            with caplog.at_level(logging.DEBUG, logger="asyncio"):
+                renewal = asyncio.create_task(store.keepalive(lease))
+                await asyncio.sleep(0.2)
+                pending = not renewal.done()
+                await store.close()
+                try:
+                    got = await renewal
+                except Unavailable as err:
+                    assert err.reason == "STORE_CLOSED"
+                else:
+                    assert not pending, f"a renewal pending at close() returned {got} after it"
+                    continue  # answered before close(): not the scenario; again
+                assert [t for t in asyncio.all_tasks() if "keepalive" in t.get_name()] == []
+                break
+        finally:
+            member.resume()
+    else:
+        pytest.fail("etcd answered a renewal while paused in all 3 tries")
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
