@@ -280,7 +280,6 @@ def build_coordinator(
         clock=clock,
         placer=placer,
         cordons=views.cordons.items,
-        on_submitted=views.book.note,
         policies=config.policies,
         selectors=config.policy_selectors,
         prediction=config.prediction,
@@ -315,7 +314,7 @@ def build_coordinator(
         rpc_observer=rpc_observer,
         record_observer=record_observer,
     )
-    submissions.on_submitted = coordinator.submitted
+    submissions.on_submitted = coordinator.submitted  # placement's book, and the engine while leading
     return coordinator
 
 

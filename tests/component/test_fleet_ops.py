@@ -237,6 +237,12 @@ async def test_a_migration_submitted_to_the_leader_starts_without_waiting_for_th
                 await asyncio.sleep(0.02)
     finally:
         fx.store.release_watches()
+    stub = fx.stub
+    async with asyncio.timeout(10):
+        while (r := await stub.GetMigration(cpb.GetMigrationRequest(id=m["id"]))).phase != cpb.PHASE_SUCCEEDED:
+            assert r.phase not in (cpb.PHASE_FAILED, cpb.PHASE_ROLLED_BACK, cpb.PHASE_CANCELLED), r
+            await asyncio.sleep(0.05)
+    assert fx.agents.running_on("g1") == ["host2"]  # moved once, nothing left running on host1
 
 
 async def test_preflight_without_a_target_ranks_every_host_with_its_reasons(fx, capsys):
