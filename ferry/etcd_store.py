@@ -13,6 +13,9 @@ What this adapter adds over the client (see /work/shared/notes/etcd.md for the c
   can be ahead of the last *event* delivered (its first response carries the current revision),
   and on compaction it silently stops. Here a watch resumes from the last delivered event + 1,
   and when etcd reports compaction it yields a ``Resync`` snapshot and continues after it.
+- Watches keep up with a busy event loop. Each watch stream is read by a thread of its own on a
+  synchronous channel (``ferry.etcd_watch``: an asyncio stream reads one response per turn of
+  the loop, and fell over a minute behind a loaded coordinator).
 - A watch on a member that hangs (SIGSTOP, frozen VM) is only noticed by gRPC keepalive
   (10 s ping + 5 s timeout, the client's fixed values); consumers that must react sooner re-read
   on a timer as well (the election re-reads the leader key every ttl).
@@ -26,11 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -45,9 +49,9 @@ from etcd3aio import (
 from etcd3aio._protobuf import LeaseKeepAliveRequest  # the client exports no request type
 from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
-from etcd3aio.watch import WatchService
 
 from ferry.errors import FailedPrecondition, FerryError, InvalidArgument, Unavailable
+from ferry.etcd_watch import WatchStream, watch_channel
 from ferry.rpc import Tls, error_type_for
 from ferry.store import (
     Conflict,
@@ -73,6 +77,10 @@ _TRANSIENT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEED
 _REFUSED_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 _FIRST_BACKOFF_S = 0.05
 _MAX_BACKOFF_S = 0.5
+_WATCH_FIRST_BACKOFF_S = 0.1  # a broken watch is opened again after this, doubling to the max
+_MAX_WATCH_BACKOFF_S = 1.0
+
+log = logging.getLogger(__name__)
 
 
 class _ReplyLost(Exception):
@@ -103,7 +111,6 @@ class _Services:
 
     kv: KVService
     lease: LeaseService
-    watch: WatchService
 
 
 def _entry(kv: Any, prefix_len: int) -> Entry:
@@ -259,6 +266,7 @@ class EtcdStore:
         self._closed = False
         self._keepalives: _KeepaliveStream | None = None
         self._keepalive_readers: set[asyncio.Task[None]] = set()  # of streams opened, until they end
+        self._watch_chan: grpc.Channel | None = None  # the watches' own (synchronous) channel
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -435,22 +443,12 @@ class EtcdStore:
     async def watch(self, prefix: str, start_revision: int) -> AsyncGenerator[WatchEvent | Resync, None]:
         full = self._full(prefix)
         delivered = start_revision - 1  # every event at or below this revision was yielded
+        backoff = _WATCH_FIRST_BACKOFF_S
         while not self._closed:
-            services = await self._connected()
-            lib_resume = delivered + 1  # where the client would resume after a broken stream
-            created_seen = False
+            stream = WatchStream(self._watch_channel(), full.encode(), prefix_range_end(full), delivered + 1)
             compacted = False
-            # declared an AsyncIterator, it is an async generator: closed below so its stream ends now
-            inner = cast(
-                AsyncGenerator[Any, None],
-                services.watch.watch(full, prefix_range_end(full), start_revision=delivered + 1),
-            )
             try:
-                async for resp in inner:
-                    if resp.created:
-                        if created_seen and lib_resume != delivered + 1:
-                            break  # the client resumed past undelivered events: reopen ourselves
-                        created_seen = True
+                async for resp in stream:
                     if resp.compact_revision > 0:
                         compacted = True
                         break
@@ -460,18 +458,21 @@ class EtcdStore:
                             reason="WATCH_CANCELLED",
                             hint="check the etcd members' logs and permissions on the prefix",
                         )
+                    backoff = _WATCH_FIRST_BACKOFF_S
                     for ev in resp.events:
                         kind = EventKind.DELETE if ev.type == ev.DELETE else EventKind.PUT
                         delivered = ev.kv.mod_revision
                         yield WatchEvent(kind, _entry(ev.kv, len(self._prefix_bytes)))
-                    if resp.header.revision > 0:
-                        lib_resume = resp.header.revision + 1
-            except grpc.aio.AioRpcError as exc:
+            except grpc.RpcError as exc:
                 if self._closed:
                     return
-                raise self._map(exc, "watch", None) from exc
+                if _rpc_code(exc) not in _TRANSIENT_CODES:
+                    raise self._map(exc, "watch", None) from exc
+                log.warning("watch on %r broke (%s); resuming in %.2f s", full, _rpc_code(exc), backoff)
+                await asyncio.sleep(backoff)  # then resume after the last event delivered
+                backoff = min(backoff * 2, _MAX_WATCH_BACKOFF_S)
             finally:
-                await inner.aclose()
+                await stream.close()
             if compacted:
                 entries, revision = await self._list_until_ok(prefix)
                 yield Resync(tuple(entries), revision)
@@ -490,6 +491,9 @@ class EtcdStore:
             await self._client.close()
             self._client = None
             self._services = None
+        if self._watch_chan is not None:
+            self._watch_chan.close()  # cancels the watches' streams: their threads end
+            self._watch_chan = None
 
     def lose_next_replies(self, count: int = 1) -> None:
         """Test fault: the next ``count`` txns reach etcd and apply, then their reply is 'lost'."""
@@ -519,18 +523,32 @@ class EtcdStore:
             client = Etcd3Client(
                 self.endpoints,
                 rpc_max_attempts=1,
-                watch_reconnect_backoff_seconds=0.1,
-                watch_max_reconnect_backoff_seconds=1.0,
                 tls_server_name=tls.server_name if tls else None,
                 ca_cert=tls.ca_file.read_bytes() if tls else None,  # None: plaintext
                 cert_chain=tls.cert_file.read_bytes() if tls and tls.cert_file else None,
                 cert_key=tls.key_file.read_bytes() if tls and tls.key_file else None,
             )
             await client.connect()
-            assert client.kv is not None and client.lease is not None and client.watch is not None  # set by connect()
+            assert client.kv is not None and client.lease is not None  # set by connect()
             self._client = client
-            self._services = _Services(client.kv, client.lease, client.watch)
+            self._services = _Services(client.kv, client.lease)
         return self._services
+
+    def _watch_channel(self) -> grpc.Channel:
+        if self._closed:
+            raise Unavailable(
+                "the etcd store is closed", reason="STORE_CLOSED", hint="do not use a store after close()"
+            )
+        if self._watch_chan is None:
+            tls = self._tls
+            self._watch_chan = watch_channel(
+                self.endpoints,
+                ca_cert=tls.ca_file.read_bytes() if tls else None,
+                cert_key=tls.key_file.read_bytes() if tls and tls.key_file else None,
+                cert_chain=tls.cert_file.read_bytes() if tls and tls.cert_file else None,
+                server_name=tls.server_name if tls else None,
+            )
+        return self._watch_chan
 
     def _keepalive_stream(self, services: _Services) -> _KeepaliveStream:
         """The shared keepalive stream on ``services``; a new one if there is none, it broke, or
@@ -609,15 +627,16 @@ class EtcdStore:
                 reason="STORE_AUTH",
                 hint="check the etcd TLS client certificate / credentials for this prefix",
             )
-        if isinstance(exc, grpc.aio.AioRpcError):
-            if exc.code() == grpc.StatusCode.NOT_FOUND and lease is not None:
+        code = _rpc_code(exc)
+        if code is not None:
+            if code == grpc.StatusCode.NOT_FOUND and lease is not None:
                 return lease_lost(lease)
-            if exc.code() == grpc.StatusCode.NOT_FOUND and op in ("revoke lease", "keepalive"):
+            if code == grpc.StatusCode.NOT_FOUND and op in ("revoke lease", "keepalive"):
                 return LeaseLost(f"etcd: {op} on an unknown lease", hint="grant a new lease")
-            if exc.code() == grpc.StatusCode.CANCELLED and self._closed:
+            if code == grpc.StatusCode.CANCELLED and self._closed:
                 return self._unavailable(op)
-            return error_type_for(exc.code())(
-                f"etcd {op} failed: {exc.code().name}",
+            return error_type_for(code)(
+                f"etcd {op} failed: {code.name}",
                 reason="STORE_ERROR",
                 hint=f"see the etcd members' logs ({', '.join(self.endpoints)})",
             )
@@ -628,6 +647,13 @@ class EtcdStore:
             reason="STORE_ERROR",
             hint="this is a bug in Ferry's etcd adapter",
         )
+
+
+def _rpc_code(exc: BaseException) -> grpc.StatusCode | None:
+    """The gRPC status of a failed call, asyncio (the client's) or synchronous (the watches'); None if not one."""
+    if isinstance(exc, (grpc.aio.AioRpcError, grpc.Call)):
+        return exc.code()
+    return None
 
 
 def _compare_mod(kv: Any, key: str, revision: int) -> Any:
