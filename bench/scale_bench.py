@@ -44,6 +44,7 @@ import json
 import logging
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -674,6 +675,21 @@ def agent_calls_line(agent_stats: list[dict], migrations: int, hosts: int) -> st
     return f"agent calls per migration (whole bench, all migrations): {calls.total() / n:.1f} ({parts})"
 
 
+def machine_line(cpu_s: dict[str, float], wall_s: float, cores: int) -> str:
+    """The CPU every process of the bench used, against what the machine had: when the sum nears
+    all its cores, the machine bounds the rate, not the coordinator.
+
+    >>> machine_line({"coordinator": 84.0, "agents": 148.0, "etcd": 45.0, "this bench": 10.0}, 160.0, 2)
+    'CPU of the whole bench: 287 s in 160 s = 90% of 2 cores (coordinator 84, agents 148, etcd 45, this bench 10)'
+    """
+    total = sum(cpu_s.values())
+    parts = ", ".join(f"{name} {s:.0f}" for name, s in cpu_s.items())
+    return (
+        f"CPU of the whole bench: {total:.0f} s in {wall_s:.0f} s = {total / (wall_s * cores):.0%} of {cores} cores "
+        f"({parts})"
+    )
+
+
 async def amain(args: argparse.Namespace) -> int:
     print(
         f"# scale_bench {datetime.now().astimezone().isoformat(timespec='seconds')}: {load_line(os.getloadavg())} "
@@ -750,6 +766,14 @@ async def amain(args: argparse.Namespace) -> int:
                 f"{load_line(os.getloadavg())} at the end",
                 flush=True,
             )
+            own = resource.getrusage(resource.RUSAGE_SELF)
+            used = {
+                "coordinator": cpu_seconds(sim.coordinator.pid),
+                "agents": cpu,
+                "etcd": cpu_seconds(etcd.members[0].pid or 0),
+                "this bench": own.ru_utime + own.ru_stime,
+            }
+            print(machine_line(used, time.monotonic() - started, os.cpu_count() or 1), flush=True)
         except BaseException:
             for name in ("coordinator.log", "cell0.log"):
                 path = workdir / name

@@ -191,3 +191,12 @@ def test_a_drains_busy_slot_time_sums_every_attempt_of_every_item():
     records = {"d-1-0-1": migration("d-1-0-1", *ok), "d-1-1-1": migration("d-1-1-1", *failed)}
     records["d-1-1-2"] = migration("d-1-1-2", *ok)
     assert sb.slots_busy_s(d, records) == 9 + 4 + 9
+
+
+def test_the_scale_bench_examples_run() -> None:
+    """Its line builders' docstring examples (the agents' calls, the machine's CPU)."""
+    import doctest
+
+    import scale_bench as sb
+
+    assert doctest.testmod(sb).failed == 0
