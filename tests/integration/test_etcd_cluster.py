@@ -180,6 +180,11 @@ async def test_tls_with_client_certificates(etcd_tls: EtcdCluster) -> None:
     try:
         revision = await store.create("secure", b"1")
         assert (await store.get("secure")).mod_revision == revision  # type: ignore[union-attr]
+        # watches run on a channel of their own (ferry.etcd_watch), with the same certificates
+        watch = store.watch("secure", revision)
+        first = await asyncio.wait_for(anext(watch), 10)
+        await watch.aclose()
+        assert isinstance(first, WatchEvent) and first.entry.value == b"1"
         # gRPC reports a refused handshake as UNAVAILABLE, so these cannot be told from a down server.
         for refused in (plain, no_client_cert):
             with pytest.raises(Unavailable):
