@@ -45,7 +45,17 @@ from ferry.agent.target_checks import (
     storage_key,
 )
 from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound, clip
-from ferry.model import DiskPlan, DomainInfo, HostMapping, Nic, PreparedIncoming, PrepareRecord, Problem, StorageMode
+from ferry.model import (
+    DiskPlan,
+    DomainInfo,
+    DomainState,
+    HostMapping,
+    Nic,
+    PreparedIncoming,
+    PrepareRecord,
+    Problem,
+    StorageMode,
+)
 from ferry.paths import PathUse
 from ferry.ports import HostSystem, Hypervisor
 
@@ -354,11 +364,44 @@ class PrepareService:
         )
         return CleanupOutcome(removed, False)
 
-    async def commit(self, prepare_id: str) -> bool:
-        """The domain landed: its images are its own now; forget the record. False: no such record."""
+    async def commit(self, prepare_id: str, *, require_landed: bool = False) -> bool:
+        """The domain landed: its images are its own now; forget the record. False: no such record.
+
+        ``require_landed``: first check that the guest landed here (``_check_landed``); if not,
+        FailedPrecondition NOT_LANDED and the record stays."""
         _check_id(prepare_id)
+        if require_landed:
+            loaded = self._store.load(prepare_id)
+            if loaded is None:
+                return False
+            await self._check_landed(loaded[0])
         async with self._lock:
             return self._store.delete(prepare_id)
+
+    async def _check_landed(self, record: PrepareRecord) -> None:
+        """The prepared domain runs here as a landed guest: active, not held paused by libvirt for
+        an incoming migration, not shutting down, and with no job running."""
+        dom = await self._hv.find_domain(uuid=record.domain_uuid)
+        why = ""
+        if dom is None:
+            why = "is not defined here"
+        elif not dom.state.is_active or dom.state is DomainState.SHUTDOWN:
+            why = f"is {dom.state.name.lower()} here"
+        elif dom.paused_by_libvirt:
+            why = "is still held paused by libvirt for its incoming migration"
+        else:
+            try:
+                if (await self._hv.job_stats(record.domain_uuid)).active:
+                    why = "still runs a job here"
+            except NotFound:
+                why = "is not defined here"
+        if why:
+            raise FailedPrecondition(
+                f"{record.domain_name} ({record.domain_uuid}) {why}: it has not landed on {self._host_name}; "
+                f"prepare {record.prepare_id} is kept",
+                reason="NOT_LANDED",
+                hint="find where the guest runs (GetDomain on both hosts) before committing or cleaning up",
+            )
 
     def list(self) -> builtins.list[PrepareRecord]:
         return [r for r, _ in self._store.all()]

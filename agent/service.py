@@ -220,7 +220,7 @@ class AgentServicer(agrpc.AgentServicer):
     async def CommitIncoming(self, request: apb.CommitIncomingRequest, context: Context) -> apb.CommitIncomingResponse:
         prepare_id = validate.ident(request.prepare_id, "prepare_id", required=True)
         self.fence.admit(_term(request.leader_term), "CommitIncoming")
-        if not await self.prepare.commit(prepare_id):
+        if not await self.prepare.commit(prepare_id, require_landed=request.require_landed):
             log.info("commit of prepare %s: no such record (already committed or cleaned up)", prepare_id)
         return apb.CommitIncomingResponse()
 

@@ -18,6 +18,8 @@ through ``emit`` (called once or more, never raising). The rules, from ``decide`
   less on the way to the job;
 * CleanupTarget: the listed prepares, then every prepare ListPrepares shows with this
   migration's id; an already removed one counts as cleaned;
+* CommitTarget with ``require_landed`` that the target refuses (NOT_LANDED: the guest did not land
+  there) reports the Placement observed instead;
 * CommitTarget on an unknown prepare counts as committed. Once the target committed a migration
   that copied disks, the source's copies are garbage (and in the way of a migration back): the
   source's RemoveSourceDisks removes them, best effort -- what became of them is a note in the
@@ -102,6 +104,7 @@ def outgoing(job: JobStats) -> bool:
 
 
 STALE_LEADER = "STALE_LEADER"
+NOT_LANDED = "NOT_LANDED"  # CommitIncoming(require_landed): the guest did not land on the target
 # the source's XML a passed preflight read, used by the prepare that follows within this long
 # (a prepare resumed later, or by another leader, asks the source again); at most this many kept
 PREFLIGHT_XML_FRESH_S = 10.0
@@ -189,8 +192,8 @@ class Actions:
                 emit(await self.placement(r))
             case CleanupTarget(prepare_ids=ids):
                 emit(await self.cleanup(r, ids))
-            case CommitTarget(prepare_id=pid):
-                emit(await self.commit(r, pid))
+            case CommitTarget(prepare_id=pid, require_landed=landed):
+                emit(await self.commit(r, pid, require_landed=landed))
 
     # ------------------------------------------------------------------ before the target is touched
 
@@ -471,17 +474,24 @@ class Actions:
             return self._failed(r.target_host, "clean up the target", err)
         return CleanedUp()
 
-    async def commit(self, r: MigrationRecord, prepare_id: str) -> Event:
+    async def commit(self, r: MigrationRecord, prepare_id: str, *, require_landed: bool = False) -> Event:
+        """Committed; with ``require_landed``, the Placement observed when the target says the
+        guest did not land there (NOT_LANDED) or there is no prepare to commit."""
+        if require_landed and not prepare_id:
+            return await self.placement(r)
         if prepare_id:
             try:
                 client = self._client(r.target_host)
             except FerryError as err:
                 return self._failed(r.target_host, "commit the target", err)
             try:
-                await client.commit_incoming(prepare_id, leader_term=self.term)
+                await client.commit_incoming(prepare_id, require_landed=require_landed, leader_term=self.term)
             except NotFound:
                 pass  # already committed (or swept): the images are the domain's
             except FerryError as err:
+                if require_landed and err.reason == NOT_LANDED:
+                    log.info("migration %s: %s; observing the placement", r.id, err.message)
+                    return await self.placement(r)
                 return self._failed(r.target_host, "commit the target", err)
         return Committed(await self.remove_source_disks(r), await self.completed_job(r))
 

@@ -234,8 +234,11 @@ class GrpcAgentClient:
         assert isinstance(m, apb.CleanupIncomingResponse)
         return list(m.removed)
 
-    async def commit_incoming(self, prepare_id: str, *, leader_term: int = 0) -> None:
-        await self._call("CommitIncoming", apb.CommitIncomingRequest(prepare_id=prepare_id, leader_term=leader_term))
+    async def commit_incoming(self, prepare_id: str, *, require_landed: bool = False, leader_term: int = 0) -> None:
+        await self._call(
+            "CommitIncoming",
+            apb.CommitIncomingRequest(prepare_id=prepare_id, require_landed=require_landed, leader_term=leader_term),
+        )
 
     async def list_prepares(self, *, leader_term: int = 0) -> list[PrepareRecord]:
         m = await self._call("ListPrepares", apb.ListPreparesRequest(leader_term=leader_term))

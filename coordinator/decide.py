@@ -19,6 +19,10 @@ Where the guest is decides what happens after a migration job ended, never an er
                target's incoming copy); no job: Failed VM_ON_TWO_HOSTS, nothing removed
     nowhere    Failed VM_NOT_RUNNING, nothing removed (the target may hold the newest disks)
 
+A job the source reports completed (Migrating, online) skips the first observation: the target
+commits only if the guest landed there (``CommitTarget(require_landed=True)``), and if it did not,
+its answer is the placement observed on both hosts, acted on as above.
+
 Before a job was started (Preparing, a rollback from it) the target holds only empty images: the
 rollback removes them without looking at the guest.
 
@@ -362,6 +366,15 @@ def finish_rollback(c: Ctx, reason: str) -> Decision:
 def _migration_ended(c: Ctx, event: MigrationEnded) -> Decision:
     r = c.r
     if r.phase is Phase.MIGRATING:
+        if event.ok and r.prepare_id and not r.options.offline:
+            # libvirt reports success on the source only after the target resumed the guest and
+            # the source's copy stopped: commit, the target checking the guest landed there (if
+            # it did not, the target's answer is a placement observed on both hosts instead)
+            return Decision(
+                c.to(Phase.FINISHING, "migration job completed", result=event.job),
+                (CommitTarget(r.prepare_id, require_landed=True),),
+                "migration completed; committing if the guest landed on target",
+            )
         if event.ok:
             return Decision(
                 c.to(Phase.FINISHING, "migration job completed", result=event.job),

@@ -192,9 +192,13 @@ class CleanupTarget:
 
 @dataclass(frozen=True)
 class CommitTarget:
-    """The target's CommitIncoming. Feed Committed."""
+    """The target's CommitIncoming. Feed Committed.
+
+    ``require_landed``: the target first checks the guest landed there (the source reported the
+    job completed and nobody looked since); if it did not, feed the Placement observed instead."""
 
     prepare_id: str
+    require_landed: bool = False
 
 
 Action = (

@@ -93,12 +93,14 @@ class CleanupIncomingResponse(_message.Message):
     def __init__(self, removed: _Optional[_Iterable[str]] = ..., already_gone: _Optional[bool] = ...) -> None: ...
 
 class CommitIncomingRequest(_message.Message):
-    __slots__ = ("prepare_id", "leader_term")
+    __slots__ = ("prepare_id", "leader_term", "require_landed")
     PREPARE_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_LANDED_FIELD_NUMBER: _ClassVar[int]
     prepare_id: str
     leader_term: int
-    def __init__(self, prepare_id: _Optional[str] = ..., leader_term: _Optional[int] = ...) -> None: ...
+    require_landed: bool
+    def __init__(self, prepare_id: _Optional[str] = ..., leader_term: _Optional[int] = ..., require_landed: _Optional[bool] = ...) -> None: ...
 
 class CommitIncomingResponse(_message.Message):
     __slots__ = ()

@@ -14,7 +14,7 @@ from test_engine import engine, final, store, submit, until  # noqa: F401  (fixt
 from test_engine import fleet as fleet  # noqa: F401
 
 from ferry.coordinator.actions import PREFLIGHT_XML_FRESH_S, Actions, ActionTiming
-from ferry.coordinator.events import PreflightResult, Prepared
+from ferry.coordinator.events import Placement, PreflightResult, Prepared
 from ferry.coordinator.phases import Phase
 from ferry.model import DomainState
 from ferry.ports import AgentClient
@@ -54,13 +54,11 @@ class CountingDirectory(FleetDirectory):
 ONE_MIGRATION = {
     ("host1", "inventory"): 1,  # host facts: this engine has no fleet view (the coordinator's has
     ("host2", "inventory"): 1,  # them cached: no inventory call per migration there)
-    ("host1", "get_domain"): 2,  # preflight (with the XML, reused by the prepare); placement
+    ("host1", "get_domain"): 1,  # preflight (with the XML, reused by the prepare)
     ("host2", "prepare_incoming"): 2,  # the dry run, the prepare
     ("host1", "probe_target"): 1,  # the first preflight of the pair (remembered for a minute)
     ("host1", "migrate"): 1,
-    ("host2", "get_domain"): 1,  # placement
-    ("host1", "get_job"): 1,  # placement: no job left on the source
-    ("host2", "commit_incoming"): 1,
+    ("host2", "commit_incoming"): 1,  # checks the guest landed: no placement observed after the job
     ("host1", "remove_source_disks"): 1,
 }
 
@@ -93,3 +91,16 @@ async def test_a_prepare_uses_its_preflights_xml_only_a_moment_later(store, flee
     assert isinstance(prepared, Prepared) and prepared.prepare_id
     assert hosts.calls[("host1", "get_domain")] == source_asked
     assert fleet.prepares("host2") != []
+
+
+async def test_a_checked_commit_of_a_guest_that_did_not_land_reports_the_placement(store, fleet):  # noqa: F811
+    """CommitTarget(require_landed) over the wire: the target refuses (NOT_LANDED, the guest still
+    runs on the source), the prepare stays, and the event is the placement both hosts show."""
+    fleet.add_guest("host1", "g1")
+    actions = Actions(CountingDirectory(fleet), ActionTiming(prepare_ttl_s=60))
+    m = await submit(store, fleet, "g1", "host1", "host2")
+    prepared = await actions.prepare_target(m)
+    assert isinstance(prepared, Prepared)
+    event = await actions.commit(m, prepared.prepare_id, require_landed=True)
+    assert event == Placement(DomainState.RUNNING, None, False)
+    assert fleet.prepares("host2") == [prepared.prepare_id]

@@ -142,9 +142,25 @@ def check(record, event, phase, actions, outcome, now=NOW):
             MIGRATING,
             MigrationEnded(True, CompletedJob(downtime_ms=40)),
             Phase.FINISHING,
+            (CommitTarget("p-1", require_landed=True),),
+            "migration completed; committing if the guest landed on target",
+            id="job-completed",
+        ),
+        pytest.param(
+            replace(MIGRATING, options=replace(MIGRATING.options, offline=True)),
+            MigrationEnded(True, CompletedJob(downtime_ms=40)),
+            Phase.FINISHING,
             (ObservePlacement(),),
             "migration completed; verifying placement",
-            id="job-completed",
+            id="offline-job-completed",
+        ),
+        pytest.param(
+            replace(MIGRATING, prepare_id=""),
+            MigrationEnded(True, CompletedJob(downtime_ms=40)),
+            Phase.FINISHING,
+            (ObservePlacement(),),
+            "migration completed; verifying placement",
+            id="job-completed-no-prepare",
         ),
         pytest.param(
             MIGRATING,
@@ -905,8 +921,6 @@ def test_happy_path():
                 MigrationProgress(MigrationPhase.PRECOPY, JobStats(memory_total=256 << 20, memory_processed=1 << 20))
             ),
             MigrationEnded(True, job),
-            TGT_AND_PAUSED_SRC,
-            ON_TGT,
             Committed(),
         ],
     )
@@ -915,9 +929,7 @@ def test_happy_path():
         ("preflight passed; preparing target", (PrepareTarget(),)),
         ("prepared; starting migration", (StartMigration(),)),
         ("progress", ()),
-        ("migration completed; verifying placement", (ObservePlacement(),)),
-        ("placement settling; observing again", (OBSERVE_LATER,)),
-        ("guest runs on target only; committing", (CommitTarget("p-1"),)),
+        ("migration completed; committing if the guest landed on target", (CommitTarget("p-1", require_landed=True),)),
         ("committed; succeeded", ()),
     ]
     assert [h.phase for h in r.history] == [
@@ -930,6 +942,22 @@ def test_happy_path():
     ]
     assert r.result == job and r.error is None and r.phase_deadline is None
     assert r.progress.stats.memory_total == 256 << 20
+
+
+def test_a_completed_job_whose_guest_did_not_land_is_judged_by_placement():
+    """The target refused the checked commit (NOT_LANDED): its answer is the placement, and
+    Finishing acts on it as after any observation."""
+    r, outcomes = run(MIGRATING, [MigrationEnded(True), TGT_AND_PAUSED_SRC, ON_TGT, Committed()])
+    assert outcomes == [
+        ("migration completed; committing if the guest landed on target", (CommitTarget("p-1", require_landed=True),)),
+        ("placement settling; observing again", (OBSERVE_LATER,)),
+        ("guest runs on target only; committing", (CommitTarget("p-1"),)),
+        ("committed; succeeded", ()),
+    ]
+    assert r.phase is Phase.SUCCEEDED
+    r, outcomes = run(MIGRATING, [MigrationEnded(True), ON_SRC])
+    assert r.phase is Phase.ROLLING_BACK and r.error.reason == "MIGRATION_NOT_LANDED"
+    assert outcomes[-1][1] == (CleanupTarget(("p-1",)),)
 
 
 def test_failed_migration_rolls_back_and_verifies():

@@ -443,6 +443,39 @@ async def test_commit_forgets_the_record_and_keeps_the_images(svc, host):
     assert await svc.cleanup(out.prepare_id) == ([], True)
 
 
+async def test_a_checked_commit_commits_a_guest_that_landed(svc, hv, host):
+    out = await prep(svc)
+    hv.add("web1", UUID, DomainState.RUNNING)
+    assert await svc.commit(out.prepare_id, require_landed=True) is True
+    assert svc.list() == [] and all(path in host.files for path in out.created)
+    assert await svc.commit(out.prepare_id, require_landed=True) is False  # gone: nothing checked, idempotent
+
+
+@pytest.mark.parametrize(
+    ("state", "paused_by_libvirt", "job_active", "why"),
+    [
+        (None, False, False, "is not defined here"),
+        (DomainState.SHUTOFF, False, False, "is shutoff here"),
+        (DomainState.SHUTDOWN, False, False, "is shutdown here"),
+        (DomainState.PAUSED, True, False, "held paused by libvirt"),
+        (DomainState.RUNNING, False, True, "still runs a job here"),
+    ],
+)
+async def test_a_checked_commit_keeps_the_prepare_of_a_guest_that_did_not_land(
+    svc, hv, host, state, paused_by_libvirt, job_active, why
+):
+    out = await prep(svc)
+    if state is not None:
+        hv.domains[UUID] = DomainInfo(name="web1", uuid=UUID, state=state, paused_by_libvirt=paused_by_libvirt)
+    hv.job = lambda uuid: JobStats(active=job_active, operation="migration in" if job_active else "")
+    with pytest.raises(FailedPrecondition) as err:
+        await svc.commit(out.prepare_id, require_landed=True)
+    assert err.value.reason == "NOT_LANDED" and why in err.value.message, err.value.message
+    assert out.prepare_id in err.value.message
+    assert [r.prepare_id for r in svc.list()] == [out.prepare_id]
+    assert all(path in host.files for path in out.created)
+
+
 # ------------------------------------------------------------------ expiry and restarts
 
 
