@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import replace
@@ -81,6 +82,10 @@ class DrainController:
         # not submitted again meanwhile (a step between the write and the watch event would resubmit)
         self._created: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # the drains being stepped now, each by a task of its own: a drain's steps follow one
+        # another, different drains' steps run side by side (one after the other, 100 drains
+        # waited for each other's store writes: a finished drain was seen seconds late)
+        self._stepping: dict[str, asyncio.Task[None]] = {}
         self._unsubscribe: Callable[[], None] | None = None
         self.steps = 0  # for the scale bench: how often a drain was stepped
 
@@ -115,9 +120,12 @@ class DrainController:
                 while True:
                     await self._wake.wait()
                     self._wake.clear()
-                    dirty, self._dirty = self._dirty, set()
-                    for drain_id in sorted(dirty):
-                        await self._step_retrying(drain_id)
+                    ready = sorted(i for i in self._dirty if i not in self._stepping)
+                    self._dirty.difference_update(ready)  # one marked while stepped waits for that step
+                    for drain_id in ready:
+                        task = asyncio.get_running_loop().create_task(self._step_retrying(drain_id))
+                        self._stepping[drain_id] = task
+                        task.add_done_callback(functools.partial(self._stepped, drain_id))
             finally:
                 ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -125,9 +133,16 @@ class DrainController:
         finally:
             if self._unsubscribe is not None:
                 self._unsubscribe()
-            for t in list(self._tasks):
+            pending = [*self._tasks, *self._stepping.values()]
+            for t in pending:
                 t.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
+            self._stepping.clear()
+
+    def _stepped(self, drain_id: str, _: asyncio.Task[None]) -> None:
+        self._stepping.pop(drain_id, None)
+        if drain_id in self._dirty:  # changed meanwhile: step it again
+            self._wake.set()
 
     async def _tick(self) -> None:
         """Step every drain now and then (busy targets free up without a change of its own), and
@@ -176,36 +191,52 @@ class DrainController:
         while True:
             self.steps += 1
             now = self.clock()
-            s = step(
-                d,
-                self.records(),
-                self._placer_for(d, now),
-                now,
-                outbound_limit=self.outbound_limit,
-                max_attempts=self.max_attempts,
-                cordoned=frozenset(n for n, c in self.cordons.items() if c.cordoned),
-            )
-            if self._created:
-                seen = self.records()
-                self._created = {m for m in self._created if m not in seen}
-            pending = self._submitting | self._created
-            s = replace(s, submit=tuple(x for x in s.submit if x.migration_id not in pending))
-            if s.drain is not d:
-                try:
-                    d = await self._write(d, s.drain)
-                except Conflict:
-                    d = await self._read(drain_id)
-                    if d is None or d.state.is_final:
-                        return
-                    continue
-            if s.outcome not in ("nothing to do", "final"):
-                log.info("drain %s (%s): %s", d.id, d.state.name, s.outcome)
-            self._perform(d, s)
+            place, chosen = self._placer_for(d, now)
+            try:
+                stepped = await self._step_once(d, place, now)
+            finally:  # each chosen target counted until the write: now by its migration, or not at all
+                for key in chosen:
+                    self.placer.book.release(key)
+            if stepped is None:  # the record changed meanwhile: read it and step again
+                d = await self._read(drain_id)
+                if d is None or d.state.is_final:
+                    return
+                continue
+            d = stepped
             if d.state.is_final:
                 with contextlib.suppress(FerryError):
                     await keys_release(self.store, d.host, d.id)
                 log.info("drain %s of %s ended %s", d.id, d.host, d.state.name)
             return
+
+    async def _step_once(
+        self, d: DrainRecord, place: Callable[[DrainItem, frozenset[str]], Choice], now: datetime
+    ) -> DrainRecord | None:
+        """One step of ``d``: its new record written and what it asks for done; None on a
+        conflicting write (nothing done)."""
+        s = step(
+            d,
+            self.records(),
+            place,
+            now,
+            outbound_limit=self.outbound_limit,
+            max_attempts=self.max_attempts,
+            cordoned=frozenset(n for n, c in self.cordons.items() if c.cordoned),
+        )
+        if self._created:
+            seen = self.records()
+            self._created = {m for m in self._created if m not in seen}
+        pending = self._submitting | self._created
+        s = replace(s, submit=tuple(x for x in s.submit if x.migration_id not in pending))
+        if s.drain is not d:
+            try:
+                d = await self._write(d, s.drain)
+            except Conflict:
+                return None
+        if s.outcome not in ("nothing to do", "final"):
+            log.info("drain %s (%s): %s", d.id, d.state.name, s.outcome)
+        self._perform(d, s)
+        return d
 
     async def _read(self, drain_id: str) -> DrainRecord | None:
         entry = await self.store.get(keys.drain_key(drain_id))
@@ -224,8 +255,15 @@ class DrainController:
 
     # ------------------------------------------------------------------ placing
 
-    def _placer_for(self, d: DrainRecord, now: datetime) -> Callable[[DrainItem, frozenset[str]], Choice]:
+    def _placer_for(
+        self, d: DrainRecord, now: datetime
+    ) -> tuple[Callable[[DrainItem, frozenset[str]], Choice], list[str]]:
+        """The step's placement, and the keys of the reservations it makes: a target chosen
+        counts against its host at once (``LoadBook.reserve``), so another drain's step running
+        meanwhile does not take the same room; the caller releases them once the step's
+        migrations are reserved under their own ids (or were not started)."""
         booked = Reservations()
+        chosen: list[str] = []
         hosts: list[HostOption] = []  # built on first use: a step that places nothing costs nothing
         by_uuid = domains_by_uuid(self.placer.fleet, d.host)
 
@@ -261,6 +299,9 @@ class DrainController:
             free = next((c for c in placed.ranking.candidates if not c.busy), None)  # the best is free if one is
             if free is not None:
                 booked.add(free.host, domain, item.disk_bytes)
+                key = f"{d.id}/{item.vm_uuid}/choice"
+                self.placer.book.reserve(key, free.host, domain, item.disk_bytes)
+                chosen.append(key)
                 return Target(free.host)
             if placed.ranking.candidates:
                 return Busy()
@@ -268,7 +309,7 @@ class DrainController:
                 return Busy()  # a host that is down (or not yet seen) may take it once it is back
             return Nowhere(placed.ranking.nowhere())
 
-        return place
+        return place, chosen
 
     # ------------------------------------------------------------------ acting
 

@@ -339,6 +339,45 @@ def items_of(d: dict) -> dict[str, tuple[str, str]]:
     return {i["vm"]: (i["state"].upper(), i.get("target_host", "")) for i in d["items"]}
 
 
+async def test_two_drains_step_side_by_side_and_never_take_the_same_room(fx, capsys):
+    """Drains are stepped concurrently: one whose store write hangs does not hold another up.
+    And a target chosen by one step counts at once: host3 and host4 each have room for one of
+    these guests, so the second drain, placing while the first one's write is still out, must
+    take the other host (it used to take the same one, the best by score)."""
+    big = 10 * 1024 * MiB  # of the fakes' 16 GiB: one such guest per host
+    fx.guest("host1", "big1", memory=big)
+    fx.guest("host2", "big2", memory=big)
+    leader = await fx.until_leading()
+    controller = leader.drain_controller
+    assert controller is not None
+    written, release = asyncio.Event(), asyncio.Event()
+    chosen: dict[str, str] = {}
+    write = controller._write
+
+    async def held(old, new):
+        if old.host == "host1" and not written.is_set() and any(i.target for i in new.items):
+            chosen["host1"] = next(i.target for i in new.items if i.target)
+            written.set()
+            await release.wait()  # the first drain's write stays out
+        return await write(old, new)
+
+    controller._write = held  # type: ignore[method-assign]
+    stub = fx.stub
+    first = await stub.SubmitDrain(cpb.SubmitDrainRequest(host="host1", reason="a"))
+    await asyncio.wait_for(written.wait(), 10)
+    second = await stub.SubmitDrain(cpb.SubmitDrainRequest(host="host2", reason="b"))
+    try:
+        got = await until(stub, second.id, lambda x: any(i.target_host for i in x.items), timeout=10)
+    finally:
+        release.set()
+    other = next(i.target_host for i in got.items if i.target_host)
+    assert {chosen["host1"], other} == {"host3", "host4"}, (chosen, other)
+    for d in (first, second):
+        final = await wait_final_drain(stub, d.id)
+        assert final.state == cpb.DRAIN_STATE_SUCCEEDED, final
+    assert sorted(fx.agents.running_on("big1") + fx.agents.running_on("big2")) == ["host3", "host4"]
+
+
 async def test_drain_dry_run_prints_the_plan_and_touches_nothing(fx, capsys):
     for n in ("a", "b", "c"):
         fx.guest("host1", n)
