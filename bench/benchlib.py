@@ -336,7 +336,7 @@ BREAKDOWN_STEPS = (
     ("preflight + prepare", "admitted", "prepared"),
     ("job start", "prepared", "job started"),
     ("libvirt job + its end", "job started", "job done"),
-    ("finish (placement, commit)", "job done", "committed"),
+    ("finish (checked commit)", "job done", "committed"),
     ("CLI learns and exits", "committed", "cli returned"),
 )
 
