@@ -476,9 +476,7 @@ class Actions:
 
     async def commit(self, r: MigrationRecord, prepare_id: str, *, require_landed: bool = False) -> Event:
         """Committed; with ``require_landed``, the Placement observed when the target says the
-        guest did not land there (NOT_LANDED) or there is no prepare to commit."""
-        if require_landed and not prepare_id:
-            return await self.placement(r)
+        guest did not land there (NOT_LANDED)."""
         if prepare_id:
             try:
                 client = self._client(r.target_host)

@@ -366,21 +366,18 @@ def finish_rollback(c: Ctx, reason: str) -> Decision:
 def _migration_ended(c: Ctx, event: MigrationEnded) -> Decision:
     r = c.r
     if r.phase is Phase.MIGRATING:
-        if event.ok and r.prepare_id and not r.options.offline:
-            # libvirt reports success on the source only after the target resumed the guest and
-            # the source's copy stopped: commit, the target checking the guest landed there (if
-            # it did not, the target's answer is a placement observed on both hosts instead)
-            return Decision(
-                c.to(Phase.FINISHING, "migration job completed", result=event.job),
-                (CommitTarget(r.prepare_id, require_landed=True),),
-                "migration completed; committing if the guest landed on target",
-            )
         if event.ok:
-            return Decision(
-                c.to(Phase.FINISHING, "migration job completed", result=event.job),
-                (ObservePlacement(),),
-                "migration completed; verifying placement",
-            )
+            finishing = c.to(Phase.FINISHING, "migration job completed", result=event.job)
+            if r.prepare_id and not r.options.offline:
+                # libvirt reports success on the source only after the target resumed the guest and
+                # the source's copy stopped: commit, the target checking the guest landed there (if
+                # it did not, the target's answer is a placement observed on both hosts instead)
+                return Decision(
+                    finishing,
+                    (CommitTarget(r.prepare_id, require_landed=True),),
+                    "migration completed; committing if the guest landed on target",
+                )
+            return Decision(finishing, (ObservePlacement(),), "migration completed; verifying placement")
         err = event.error or Problem(
             "MIGRATION_FAILED", "the migration job failed without an error", "see the source agent's log"
         )
