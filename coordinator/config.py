@@ -18,6 +18,7 @@
     per_host_outbound = 1
     per_host_inbound = 2
     cluster = 4
+    prepare_ahead = 1                                # per host: preflight + prepare while its slot is busy
 
     [timeouts]                                       # optional overrides of phases.Timeouts
     preflight_s = 120
@@ -191,7 +192,7 @@ class CoordinatorConfig:
     advertise: str = ""
     election_ttl_s: int = 10
     prepare_ttl_s: int = 900
-    limits: Limits = Limits(per_host_outbound=1, per_host_inbound=2, cluster=4)
+    limits: Limits = Limits(per_host_outbound=1, per_host_inbound=2, cluster=4, prepare_ahead=1)
     timeouts: Timeouts = Timeouts()
     agents: AgentsConfig = AgentsConfig()
     hosts: Mapping[str, HostDecl] = field(default_factory=dict)
@@ -315,7 +316,7 @@ def _limits(doc: dict[str, Any], source: str) -> Limits:
     allowed = tuple(f.name for f in fields(Limits))
     t = Table(doc["limits"], "limits", source, allowed)
     values = {f.name: getattr(default, f.name) for f in fields(Limits)}
-    for key in ("per_host_outbound", "per_host_inbound", "cluster"):
+    for key in ("per_host_outbound", "per_host_inbound", "cluster", "prepare_ahead"):
         if key in t:
             values[key] = int(t.number(key, integer=True))
     if "reserve_after_s" in t:

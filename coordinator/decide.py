@@ -26,6 +26,12 @@ its answer is the placement observed on both hosts, acted on as above.
 Before a job was started (Preparing, a rollback from it) the target holds only empty images: the
 rollback removes them without looking at the guest.
 
+A record admitted ahead of its slot (``Admitted(ahead=True)``, ``slots.py``) runs its preflight
+and prepare as any other, then waits in Preparing with the prepare's id, the phase deadline reset
+to ``slot_wait_s``; ``SlotGranted`` starts its job (or, before it is prepared, only clears
+``ahead``: the job then starts when the prepare answers). Waiting past the deadline rolls back to
+Pending: the prepare is removed and the record queues again.
+
 An agent that cannot be reached (``AgentLost``: its call failed on the way, its libvirtd does not
 answer, or its registration says so) is waited for in every phase but Pending and Preparing: the
 record notes since when (``lost_host``/``lost_since``) and ``ObservePlacement`` probes both hosts
@@ -41,7 +47,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from ferry.model import CompletedJob, DomainState, JobStats, MigrationPhase, MigrationProgress, Problem
@@ -68,6 +74,7 @@ from .events import (
     PrepareTarget,
     Progress,
     RunPreflight,
+    SlotGranted,
     StartMigration,
     StepFailed,
     Tick,
@@ -170,6 +177,8 @@ def decide(record: MigrationRecord, event: Event, now: datetime, timeouts: Timeo
     match event:
         case Admitted():
             return _admitted(c, event)
+        case SlotGranted():
+            return _granted(c, event)
         case PreflightResult():
             return _preflight_result(c, event)
         case Prepared():
@@ -230,8 +239,29 @@ def _admitted(c: Ctx, event: Admitted) -> Decision:
     if c.r.phase is not Phase.PENDING:
         return c.ignore(event)
     n = c.r.attempt + 1
+    if event.ahead:
+        return Decision(
+            c.to(Phase.PREFLIGHT, f"admitted ahead of its slot (attempt {n})", attempt=n, ahead=True),
+            (RunPreflight(),),
+            "admitted ahead of its slot; running preflight (the job waits for a slot)",
+        )
     return Decision(
         c.to(Phase.PREFLIGHT, f"admitted (attempt {n})", attempt=n), (RunPreflight(),), "admitted; running preflight"
+    )
+
+
+def _granted(c: Ctx, event: SlotGranted) -> Decision:
+    r = c.r
+    if not r.ahead or r.phase not in (Phase.PREFLIGHT, Phase.PREPARING):
+        return c.ignore(event)
+    if r.phase is Phase.PREPARING and r.prepare_id:  # prepared, waiting: the job starts now
+        return Decision(
+            c.to(Phase.MIGRATING, f"slot granted; target prepared ({r.prepare_id})", ahead=False),
+            (StartMigration(),),
+            "slot granted; starting migration",
+        )
+    return Decision(  # not yet prepared: the job starts as soon as it is
+        note(replace(r, ahead=False), c.now, "slot granted"), (), "slot granted; the job starts once prepared"
     )
 
 
@@ -264,6 +294,23 @@ def _preflight_result(c: Ctx, event: PreflightResult) -> Decision:
 
 def _prepared(c: Ctx, event: Prepared) -> Decision:
     r = c.r
+    if r.phase is Phase.PREPARING and r.prepare_id:  # prepared ahead of its slot already
+        if event.prepare_id == r.prepare_id:
+            return c.ignore(event)
+        return c.keep(f"a second prepare {event.prepare_id}; removing it", CleanupTarget((event.prepare_id,)))
+    if r.phase is Phase.PREPARING and r.ahead:
+        waiting = replace(
+            r,
+            prepare_id=event.prepare_id,
+            destination_xml=event.destination_xml,
+            disks=event.disks,
+            phase_deadline=c.now + timedelta(seconds=c.t.slot_wait_s),
+        )
+        return Decision(
+            note(waiting, c.now, f"target prepared ({event.prepare_id}); waiting for a slot"),
+            (),
+            "prepared; waiting for a slot",
+        )
     if r.phase is Phase.PREPARING:
         return Decision(
             c.to(
@@ -585,6 +632,12 @@ def _tick(c: Ctx) -> Decision:
                     f"the preflight of {r.vm} did not finish in time",
                     f"check ferry-agent on {r.target_host} answers (ferry hosts)",
                 ),
+            )
+        case Phase.PREPARING if r.ahead and r.prepare_id:
+            return roll_back(
+                c,
+                f"no slot for {c.t.slot_wait_s:g} s with the target prepared; releasing the prepare, queueing again",
+                goal=Phase.PENDING,
             )
         case Phase.PREPARING:
             goal = retry_goal(r, c.t)

@@ -8,9 +8,11 @@ While this coordinator leads, ``Engine.run()``:
   a new record gets a runner (``runner.RecordRunner``, one task per record), a record turning
   final has its ``vm-active/<vm_uuid>`` key released, a ``cancel_requested`` flag the API set is
   fed as ``CancelRequested``;
-* admits queued records (``slots.admit``) after every change that queues a record or frees a
-  slot, when a host comes or goes, and on every tick, feeding ``Admitted`` to each record chosen;
-  a record fed ``Admitted`` counts as holding a slot until its runner has handled it;
+* admits queued records (``slots.plan_admission``) after every change that queues a record or
+  frees a slot, when a host comes or goes, and on every tick, feeding ``Admitted`` to each record
+  chosen (``Admitted(ahead=True)`` to those admitted ahead of their slot) and ``SlotGranted`` to
+  each record ahead whose slot is free now; a record fed either counts as holding what it was
+  given until its runner has handled it;
 * ticks every ``tick_s``: ``Tick`` to every runner whose phase deadline has passed (as far as the
   engine knows; ``decide`` checks again), ``Recover`` again to those whose recovery could not
   observe their hosts;
@@ -49,12 +51,12 @@ from ferry.registry import HostDirectory
 from ferry.store import Entry, EventKind, Resync, Store
 
 from .actions import STALE_LEADER, Actions, ActionTiming
-from .events import Admitted, AgentLost, Tick
+from .events import Admitted, AgentLost, SlotGranted, Tick
 from .phases import Phase, Timeouts
 from .policies import PredictionConfig
 from .record import MigrationRecord, decode
 from .runner import RecordRunner, Recover, RunnerContext
-from .slots import Limits, admit
+from .slots import Limits, plan_admission
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +124,8 @@ class Engine:
         self.records: dict[str, MigrationRecord] = {}  # the newest version of every record seen
         self._open: dict[str, MigrationRecord] = {}  # those not final (what admission looks at)
         self.runners: dict[str, RecordRunner] = {}
-        self._admitting: set[str] = set()
+        self._admitting: dict[str, bool] = {}  # fed Admitted, not yet handled -> ahead of its slot
+        self._granting: set[str] = set()  # fed SlotGranted, not yet handled
         self.loaded = asyncio.Event()  # set once the records are listed (the leader's drains wait for it)
         # called with every new version of a record the engine sees (the leader's drains follow them)
         self.observers: list[Callable[[MigrationRecord], None]] = []
@@ -142,7 +145,7 @@ class Engine:
         self._stopped = asyncio.Event()
         self._admit_needed = asyncio.Event()
         self.loaded = asyncio.Event()
-        self.records, self._open, self.runners, self._admitting = {}, {}, {}, set()
+        self.records, self._open, self.runners, self._admitting, self._granting = {}, {}, {}, {}, set()
         try:
             starting = asyncio.get_running_loop().create_task(self._start(), name="engine start")
             stopping = asyncio.get_running_loop().create_task(self._stopped.wait())
@@ -282,7 +285,8 @@ class Engine:
     def _deleted(self, migration_id: str) -> None:
         self.records.pop(migration_id, None)
         self._open.pop(migration_id, None)
-        self._admitting.discard(migration_id)
+        self._admitting.pop(migration_id, None)
+        self._granting.discard(migration_id)
         self.admit_soon()
 
     def created(self, record: MigrationRecord) -> None:
@@ -368,7 +372,8 @@ class Engine:
         self._admit_needed.set()
 
     def _admission_handled(self, migration_id: str) -> None:
-        self._admitting.discard(migration_id)
+        self._admitting.pop(migration_id, None)
+        self._granting.discard(migration_id)
         self.admit_soon()
 
     async def _admit_loop(self) -> None:
@@ -379,17 +384,29 @@ class Engine:
 
     def _admit_once(self) -> None:
         queued = [r for r in self._open.values() if r.phase is Phase.PENDING and r.id not in self._admitting]
-        if not queued:
+        if not queued and not any(r.ahead for r in self._open.values()):
             return
-        active = [r for r in self._open.values() if r.phase.holds_slot and r.id not in self._admitting]
-        active += [replace(self.records[i], phase=Phase.PREFLIGHT) for i in self._admitting if i in self.records]
-        chosen = admit(queued, active, self.limits, self.hosts.available_hosts(), self.clock(), self.cordoned())
-        for migration_id in chosen:
+        handing = self._admitting.keys() | self._granting
+        active = [r for r in self._open.values() if r.phase.holds_slot and r.id not in handing]
+        active += [
+            replace(self.records[i], phase=Phase.PREFLIGHT, ahead=ahead)
+            for i, ahead in self._admitting.items()
+            if i in self.records
+        ]
+        active += [replace(self.records[i], ahead=False) for i in self._granting if i in self.records]
+        plan = plan_admission(queued, active, self.limits, self.hosts.available_hosts(), self.clock(), self.cordoned())
+        for migration_id in plan.grant:
+            runner = self.runners.get(migration_id)
+            if runner is not None and not runner.done:
+                self._granting.add(migration_id)
+                runner.feed(SlotGranted())
+        ahead = set(plan.ahead)
+        for migration_id in (*plan.start, *plan.ahead):
             runner = self.runners.get(migration_id)
             if runner is None or runner.done:
                 continue
-            self._admitting.add(migration_id)
-            runner.feed(Admitted())
+            self._admitting[migration_id] = migration_id in ahead
+            runner.feed(Admitted(ahead=migration_id in ahead))
 
     async def _tick(self) -> None:
         while True:

@@ -20,7 +20,15 @@ from .record import MigrationRecord
 
 @dataclass(frozen=True)
 class Admitted:
-    """``slots.admit`` picked this Pending record."""
+    """``slots.admit`` picked this Pending record; ``ahead``: ahead of its slot (preflight and
+    prepare now, the job waits for ``SlotGranted``)."""
+
+    ahead: bool = False
+
+
+@dataclass(frozen=True)
+class SlotGranted:
+    """A record admitted ahead of its slot gets it (``slots.plan_admission``'s ``grant``)."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,7 @@ class Tick:
 
 Event = (
     Admitted
+    | SlotGranted
     | PreflightResult
     | Prepared
     | PrepareFailed

@@ -74,33 +74,42 @@ class Occupancy:
     host_queued: Tally[tuple[str, str]] = field(default_factory=Tally)  # (host, direction)
     host_slots: Tally[tuple[str, str]] = field(default_factory=Tally)
     cluster_slots: int = 0
+    host_ahead: Tally[tuple[str, str]] = field(default_factory=Tally)  # admitted ahead of a slot
 
 
 def occupancy(records: Iterable[MigrationRecord]) -> Occupancy:
-    """Count the records that are not final: by phase, queued per host, holding slots per host.
+    """Count the records that are not final: by phase, queued per host, holding slots per host,
+    admitted ahead of their slot per host.
 
     >>> from datetime import UTC, datetime
     >>> r = MigrationRecord("m-1", "g1", "u1", "h1", "h2", datetime(2026, 1, 1, tzinfo=UTC))
     >>> o = occupancy([r, MigrationRecord("m-2", "g2", "u2", "h1", "h3", r.created_at, phase=Phase.MIGRATING)])
     >>> o.queued, o.host_queued[("h2", "inbound")], o.host_slots[("h1", "outbound")], o.cluster_slots
     (1, 1, 1, 1)
+    >>> o = occupancy([MigrationRecord("m-3", "g3", "u3", "h1", "h2", r.created_at, phase=Phase.PREPARING, ahead=True)])
+    >>> o.host_ahead[("h1", "outbound")], o.host_slots[("h1", "outbound")], o.cluster_slots
+    (1, 0, 0)
     """
     in_flight = {p: 0 for p in Phase if not p.is_final}
     host_queued: Tally[tuple[str, str]] = Tally()
     host_slots: Tally[tuple[str, str]] = Tally()
+    host_ahead: Tally[tuple[str, str]] = Tally()
+    cluster_slots = 0
     for r in records:
         if r.phase.is_final:
             continue
         in_flight[r.phase] += 1
-        tally = host_slots if r.phase.holds_slot else host_queued
+        tally = (host_ahead if r.ahead else host_slots) if r.phase.holds_slot else host_queued
         tally[(r.source_host, "outbound")] += 1
         tally[(r.target_host, "inbound")] += 1
+        cluster_slots += r.phase.holds_slot and not r.ahead
     return Occupancy(
         in_flight=in_flight,
         queued=in_flight[Phase.PENDING],
         host_queued=host_queued,
         host_slots=host_slots,
-        cluster_slots=sum(n for p, n in in_flight.items() if p.holds_slot),
+        cluster_slots=cluster_slots,
+        host_ahead=host_ahead,
     )
 
 
@@ -182,7 +191,12 @@ class CoordinatorMetrics(Collector):
         if records is None:
             return
         o = occupancy(records)
-        hosts = sorted(set(self._hosts()) | {h for h, _ in o.host_slots} | {h for h, _ in o.host_queued})
+        hosts = sorted(
+            set(self._hosts())
+            | {h for h, _ in o.host_slots}
+            | {h for h, _ in o.host_queued}
+            | {h for h, _ in o.host_ahead}
+        )
         in_flight = GaugeMetricFamily("ferry_migrations_in_flight", "Migrations not final, by phase", labels=["phase"])
         for phase, n in o.in_flight.items():
             in_flight.add_metric([phase_label(phase)], n)
@@ -198,10 +212,16 @@ class CoordinatorMetrics(Collector):
             "Migrations holding a slot, by source (outbound) and target (inbound) host",
             labels=["host", "direction"],
         )
+        ahead = GaugeMetricFamily(
+            "ferry_host_migrations_ahead",
+            "Migrations preparing (or prepared) ahead of their slot, by source (outbound) and target (inbound) host",
+            labels=["host", "direction"],
+        )
         for host in hosts:
             for direction in DIRECTIONS:
                 host_queued.add_metric([host, direction], o.host_queued[(host, direction)])
                 slots.add_metric([host, direction], o.host_slots[(host, direction)])
+                ahead.add_metric([host, direction], o.host_ahead[(host, direction)])
         limit = GaugeMetricFamily(
             "ferry_host_slots_limit", "Concurrent migrations allowed per host", labels=["direction"]
         )
@@ -211,4 +231,4 @@ class CoordinatorMetrics(Collector):
         cluster.add_metric([], o.cluster_slots)
         cluster_limit = GaugeMetricFamily("ferry_cluster_slots_limit", "Concurrent migrations allowed in the cluster")
         cluster_limit.add_metric([], self.limits.cluster)
-        yield from (in_flight, queued, host_queued, slots, limit, cluster, cluster_limit)
+        yield from (in_flight, queued, host_queued, slots, ahead, limit, cluster, cluster_limit)

@@ -132,6 +132,9 @@ class Timeouts:
     agent_lost_s: float = 120.0
     agent_probe_s: float = 0.5
     agent_probe_max_s: float = 5.0
+    # a record prepared ahead of its slot (``slots.py``) waits this long for it, then releases
+    # the prepare and queues again (keep it below the prepare's TTL on the target)
+    slot_wait_s: float = 300.0
 
 
 def migrating_timeout_s(t: Timeouts, memory_bytes: int, disk_bytes: int, completion_timeout_s: int = 0) -> float:

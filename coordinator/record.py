@@ -92,6 +92,9 @@ class MigrationRecord:
     # (cleared when both hosts answer again and on every phase change; ``decide``)
     lost_host: str = ""
     lost_since: datetime | None = None
+    # admitted ahead of its slot (``slots.py``): preflight and prepare run, the job waits for a
+    # grant (``SlotGranted``); counts against ``Limits.prepare_ahead``, not the limits
+    ahead: bool = False
     revision: int = 0  # the store's mod revision; not part of the JSON
 
     @property
@@ -201,6 +204,7 @@ def with_phase(r: MigrationRecord, phase: Phase, now: datetime, reason: str, tim
         retries=0,
         lost_host="",
         lost_since=None,
+        ahead=r.ahead and phase.holds_slot,  # queued again or final: no longer ahead of a slot
         updated_at=now,
     )
 
@@ -371,6 +375,8 @@ def encode(r: MigrationRecord) -> bytes:
     }
     if r.lost_since is not None:  # only while waiting: a record without them reads on older coordinators
         doc.update(lost_host=r.lost_host, lost_since=_ts(r.lost_since))
+    if r.ahead:  # likewise only while ahead of its slot
+        doc["ahead"] = True
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -458,6 +464,7 @@ def _decode(d: dict[str, Any], revision: int) -> MigrationRecord:
         ),
         lost_host=str(d.get("lost_host", "")),
         lost_since=time_from_doc(d.get("lost_since")),
+        ahead=bool(d.get("ahead", False)),
         revision=revision,
     )
     known = {f.name for f in fields(MigrationRecord)} - {"revision"} | {"schema", "copied_disks"}

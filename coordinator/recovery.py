@@ -94,6 +94,12 @@ def _preparing(c: Ctx, ours: tuple[str, ...], listed: bool) -> Decision:
         f"preparing {r.target_host} for {r.vm} was interrupted {r.attempt} times",
         f"check ferry-agent's log on {r.target_host}, then resubmit",
     )
+    if r.ahead and r.prepare_id and (not listed or r.prepare_id in ours):  # prepared ahead of its slot
+        extra = tuple(i for i in ours if i != r.prepare_id)
+        return c.keep(
+            f"prepared ahead of its slot ({r.prepare_id}); waiting for it",
+            *((CleanupTarget(extra),) if extra else ()),
+        )
     if listed and not ours and not r.prepare_id:
         if goal is Phase.PENDING:
             return Decision(

@@ -53,6 +53,7 @@ from .events import (
     ObservePlacement,
     Placement,
     Progress,
+    SlotGranted,
     StartMigration,
     WatchJob,
 )
@@ -205,7 +206,7 @@ class RecordRunner:
                     log.exception("migration %s: unexpected failure handling %s", self.id, type(event).__name__)
                     return
         finally:
-            if isinstance(event, Admitted):
+            if isinstance(event, (Admitted, SlotGranted)):
                 self.ctx.on_admission_handled(self.id)
 
     async def _read(self) -> MigrationRecord | None:

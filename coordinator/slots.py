@@ -3,6 +3,16 @@
 A record holds a slot from admission (Preflight) until it is final (``Phase.holds_slot``); there is
 no explicit release: leaving a slot-holding phase frees it, and the shell runs ``admit`` again.
 
+Preparing ahead (``Limits.prepare_ahead``): a queued record held back only by a full limit may be
+admitted *ahead* of its slot, up to ``prepare_ahead`` such records per source host, per target
+host and ``cluster`` in all. It runs its preflight and the target's prepare at once, then waits
+(Preparing, prepared) until a slot is *granted* (``Admission.grant``), and only its migration job
+holds the slot. So the limits bound the jobs, and a host's next migration starts its job the
+moment a slot frees instead of preparing first. A record ahead (``MigrationRecord.ahead``) counts
+against the ahead allowance, not the limits, until granted; grants go in queue order before any
+new admission. An aged record (see Starvation) does not go ahead but reserves, and one ahead that
+ages reserves its slots as well.
+
 Order: priority (higher first), then age (older ``created_at`` first), then id. A record that
 cannot start now (a host's agent is down, a host's limit or the cluster limit is full, its VM has
 another migration) is skipped, not waited for: later records whose hosts are free still go, so a
@@ -26,6 +36,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from .phases import Phase
 from .record import MigrationRecord
 
 
@@ -37,6 +48,9 @@ class Limits:
     per_host_inbound: int = 2
     cluster: int = 5
     reserve_after_s: float = 900.0
+    # records per source host, per target host (and ``cluster`` in all) that may preflight and
+    # prepare ahead of their slot; 0: none (each waits Pending for its slot)
+    prepare_ahead: int = 0
 
 
 class WaitKind(enum.Enum):
@@ -124,10 +138,16 @@ class WaitReason:
 
 @dataclass(frozen=True)
 class Admission:
-    """The records to start now, in order, and why each other queued record waits."""
+    """The records to start now, in order, and why each other queued record waits.
+
+    ``start``: admit holding a slot; ``ahead``: admit ahead of a slot (preflight and prepare,
+    then wait for a grant); ``grant``: records ahead that get their slot now. A record in
+    ``ahead`` is also in ``waiting``, with the reason its slot is not free."""
 
     start: tuple[str, ...]
     waiting: dict[str, WaitReason] = field(default_factory=dict)
+    ahead: tuple[str, ...] = ()
+    grant: tuple[str, ...] = ()
 
 
 def queue_order(queued: Iterable[MigrationRecord]) -> list[MigrationRecord]:
@@ -147,15 +167,34 @@ def plan_admission(
     now: datetime | None = None,
     cordoned: Collection[str] = (),
 ) -> Admission:
-    """Which queued records start now. ``active`` may hold any records: only those whose phase
-    holds a slot count. ``now`` enables reservation by aged records (``reserve_after_s``);
+    """Which queued records start now, and which records ahead get their slot. ``active`` may
+    hold any records: those whose phase holds a slot count, against the limits or (``ahead``)
+    against ``prepare_ahead``. ``now`` enables reservation by aged records (``reserve_after_s``);
     a record whose target is in ``cordoned`` waits (TARGET_CORDONED) and reserves nothing."""
-    busy = [r for r in active if r.phase.holds_slot]
+    holding = [r for r in active if r.phase.holds_slot]
+    busy = [r for r in holding if not r.ahead]
     out_n = Counter(r.source_host for r in busy)
     in_n = Counter(r.target_host for r in busy)
     cluster_n = len(busy)
-    vms = {vm_key(r) for r in busy}
+    vms = {vm_key(r) for r in holding}
+    staged = [r for r in holding if r.ahead]
+    ahead_out = Counter(r.source_host for r in staged)
+    ahead_in = Counter(r.target_host for r in staged)
+    grant: list[str] = []
+    for r in queue_order(r for r in staged if r.phase in (Phase.PREFLIGHT, Phase.PREPARING)):
+        fits = _fits(r, out_n, in_n, cluster_n, limits)
+        if fits:
+            grant.append(r.id)
+            ahead_out[r.source_host] -= 1
+            ahead_in[r.target_host] -= 1
+        elif not _aged(r, now, limits):
+            continue
+        # granted, or aged and reserving its slots as a queued record does
+        out_n[r.source_host] += 1
+        in_n[r.target_host] += 1
+        cluster_n += 1
     start: list[str] = []
+    ahead: list[str] = []
     waiting: dict[str, WaitReason] = {}
     for r in queue_order(q for q in queued if not q.phase.holds_slot and not q.phase.is_final):
         why = _why_not(r, out_n, in_n, cluster_n, vms, limits, hosts_available, cordoned)
@@ -163,7 +202,14 @@ def plan_admission(
             start.append(r.id)
         else:
             waiting[r.id] = why
-            aged = now is not None and (now - r.created_at).total_seconds() >= limits.reserve_after_s
+            aged = _aged(r, now, limits)
+            if why.kind.is_full and not aged and _may_go_ahead(r, ahead_out, ahead_in, len(staged), limits):
+                ahead.append(r.id)
+                staged.append(r)
+                ahead_out[r.source_host] += 1
+                ahead_in[r.target_host] += 1
+                vms.add(vm_key(r))
+                continue
             if not (aged and why.kind.is_full):
                 continue
             waiting[r.id] = replace(why, reserving_since=r.created_at)
@@ -171,7 +217,27 @@ def plan_admission(
         in_n[r.target_host] += 1
         cluster_n += 1
         vms.add(vm_key(r))
-    return Admission(tuple(start), waiting)
+    return Admission(tuple(start), waiting, tuple(ahead), tuple(grant))
+
+
+def _aged(r: MigrationRecord, now: datetime | None, limits: Limits) -> bool:
+    return now is not None and (now - r.created_at).total_seconds() >= limits.reserve_after_s
+
+
+def _may_go_ahead(
+    r: MigrationRecord, ahead_out: Counter[str], ahead_in: Counter[str], staged_n: int, limits: Limits
+) -> bool:
+    n = limits.prepare_ahead
+    return ahead_out[r.source_host] < n and ahead_in[r.target_host] < n and staged_n < limits.cluster
+
+
+def _fits(r: MigrationRecord, out_n: Counter[str], in_n: Counter[str], cluster_n: int, limits: Limits) -> bool:
+    """Whether one more migration of ``r``'s hosts fits the limits (its hosts' and the cluster's)."""
+    return (
+        cluster_n < limits.cluster
+        and out_n[r.source_host] < limits.per_host_outbound
+        and in_n[r.target_host] < limits.per_host_inbound
+    )
 
 
 def _why_not(

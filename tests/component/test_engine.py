@@ -577,6 +577,37 @@ async def test_one_outbound_migration_at_a_time(store, fleet, hosts):
     assert fleet.running_on("g3") == ["host2"]
 
 
+async def test_the_next_migration_prepares_while_the_slot_is_busy_and_its_job_starts_at_once(store, fleet, hosts):
+    """prepare_ahead = 1: g2 runs its preflight and prepare while g1's job holds host1's only
+    slot, and starts its job when the slot frees; jobs never exceed the limit, nor records
+    ahead the allowance."""
+    for vm in ("g1", "g2", "g3"):
+        fleet.add_guest("host1", vm)
+    records = [await submit(store, fleet, vm, "host1", "host2") for vm in ("g1", "g2", "g3")]
+    seen: list[MigrationRecord] = []
+    gate = fleet["host1"].hv.hold_calls("migrate")
+    limits = Limits(per_host_outbound=1, per_host_inbound=2, cluster=5, prepare_ahead=1)
+    with MaxConcurrency(list(fleet.agents.values())) as jobs:
+        async with engine(store, hosts, limits) as e:
+            e.engine.observers.append(seen.append)
+            await wait_for(store, records[1].id, lambda r: r.phase is Phase.PREPARING and bool(r.prepare_id))
+            g3 = await store.get(migration_key(records[2].id))
+            assert g3 is not None and decode(g3.value, g3.mod_revision).phase is Phase.PENDING  # one ahead at most
+            gate.set()
+            done = [await final(store, m.id) for m in records]
+    assert [r.phase for r in done] == [Phase.SUCCEEDED] * 3, [[h.reason for h in r.history] for r in done]
+    assert jobs.per_source["host1"] == 1  # never two jobs at once
+    reasons = [h.reason for h in done[1].history]
+    assert reasons.index("target prepared (" + done[1].prepare_id + "); waiting for a slot") < next(
+        i for i, why in enumerate(reasons) if why.startswith("slot granted")
+    )
+    latest: dict[str, MigrationRecord] = {}
+    for r in seen:  # every version the engine saw: one job slot, one record ahead at most
+        latest[r.id] = r
+        holding = [x for x in latest.values() if x.phase.holds_slot]
+        assert sum(1 for x in holding if not x.ahead) <= 1 and sum(1 for x in holding if x.ahead) <= 1
+
+
 # ---------------------------------------------------------------- preflight (shared with the API)
 
 

@@ -102,6 +102,21 @@ def items(drain: dict) -> dict[str, dict]:
     return {i["vm"]: i for i in drain["items"]}
 
 
+def job_slot_held(history: list[dict]) -> list[tuple[bool, str]]:
+    """(holds a slot, at) for each history entry. A migration admitted ahead of its slot
+    (``prepare_ahead``) prepares without one and holds it from "slot granted" on."""
+    held, ahead = [], False
+    for h in history:
+        if h["reason"].startswith("admitted ahead"):
+            ahead = True
+        elif h["reason"].startswith("slot granted"):
+            ahead = False
+        holds = h["phase"] not in ("pending", "succeeded", "failed", "cancelled", "rolled_back")
+        ahead = ahead and holds
+        held.append((holds and not ahead, h["at"]))
+    return held
+
+
 def peak_out(lab: Lab, drain: dict, host: str) -> int:
     """The most of the drain's migrations holding a slot at once (from their histories)."""
     spans = []
@@ -109,10 +124,7 @@ def peak_out(lab: Lab, drain: dict, host: str) -> int:
         if not i.get("migration_id"):
             continue
         m = show(lab, i["migration_id"])
-        held = [
-            (h["phase"] not in ("pending", "succeeded", "failed", "cancelled", "rolled_back"), h["at"])
-            for h in m["history"]
-        ]
+        held = job_slot_held(m["history"])
         start = next((at for holds, at in held if holds), None)
         end = next((at for holds, at in reversed(held) if not holds), None)
         if start and end and m["source_host"] == host:

@@ -24,6 +24,7 @@ from ferry.coordinator.events import (
     PrepareTarget,
     Progress,
     RunPreflight,
+    SlotGranted,
     StartMigration,
     StepFailed,
     Tick,
@@ -1112,3 +1113,100 @@ def test_a_transient_target_is_not_committed_after_its_host_died():
     transient = replace(FINISHING, options=replace(FINISHING.options, persist_dest=False))
     d = decide(transient, Placement(None, OFF), NOW, T)
     assert d.record.phase is Phase.FAILED
+
+
+# --- admitted ahead of its slot -------------------------------------------------------------------
+
+
+def test_a_record_ahead_prepares_then_waits_and_its_job_starts_at_the_grant():
+    r, outcomes = run(
+        PENDING,
+        [Admitted(ahead=True), PreflightResult(), Prepared("p-1", "<domain/>"), SlotGranted(), MigrationEnded(True)],
+    )
+    assert outcomes == [
+        ("admitted ahead of its slot; running preflight (the job waits for a slot)", (RunPreflight(),)),
+        ("preflight passed; preparing target", (PrepareTarget(),)),
+        ("prepared; waiting for a slot", ()),
+        ("slot granted; starting migration", (StartMigration(),)),
+        ("migration completed; committing if the guest landed on target", (CommitTarget("p-1", require_landed=True),)),
+    ]
+    assert not r.ahead and r.prepare_id == "p-1"
+    assert [h.reason for h in r.history][1:5] == [
+        "admitted ahead of its slot (attempt 1)",
+        "preflight passed",
+        "target prepared (p-1); waiting for a slot",
+        "slot granted; target prepared (p-1)",
+    ]
+
+
+def test_a_record_ahead_granted_before_it_is_prepared_starts_its_job_when_it_is():
+    r, outcomes = run(PENDING, [Admitted(ahead=True), PreflightResult(), SlotGranted(), Prepared("p-1", "<domain/>")])
+    assert [o for o, _ in outcomes][2:] == [
+        "slot granted; the job starts once prepared",
+        "prepared; starting migration",
+    ]
+    assert r.phase is Phase.MIGRATING and not r.ahead
+
+
+WAITING = replace(PREPARING, ahead=True, prepare_id="p-1", destination_xml="<domain/>")
+
+
+def test_waiting_for_a_slot_has_its_own_deadline_then_releases_the_prepare_and_queues_again():
+    d = decide(replace(PREPARING, ahead=True), Prepared("p-1", "<domain/>"), NOW, T)
+    assert d.record.phase_deadline == NOW + timedelta(seconds=T.slot_wait_s)
+    assert decide(d.record, Tick(), NOW + timedelta(seconds=T.slot_wait_s - 1), T).actions == ()
+    late = decide(d.record, Tick(), NOW + timedelta(seconds=T.slot_wait_s), T)
+    assert (late.record.phase, late.record.rollback_to, late.actions) == (
+        Phase.ROLLING_BACK,
+        Phase.PENDING,
+        (CleanupTarget(("p-1",)),),
+    )
+    back = decide(late.record, CleanedUp(), NOW + timedelta(seconds=T.slot_wait_s + 1), T)
+    assert back.record.phase is Phase.PENDING and not back.record.ahead
+
+
+@pytest.mark.parametrize(
+    ("record", "event", "phase", "actions", "outcome"),
+    [
+        pytest.param(WAITING, CancelRequested(), Phase.ROLLING_BACK, (CleanupTarget(("p-1",)),), None, id="cancel"),
+        pytest.param(
+            WAITING,
+            Prepared("p-1", "<domain/>"),
+            Phase.PREPARING,
+            (),
+            "ignored: Prepared in PREPARING",
+            id="same-prepare-again",
+        ),
+        pytest.param(
+            WAITING,
+            Prepared("p-9", "<domain/>"),
+            Phase.PREPARING,
+            (CleanupTarget(("p-9",)),),
+            "a second prepare p-9; removing it",
+            id="another-prepare",
+        ),
+        pytest.param(
+            PREPARING, SlotGranted(), Phase.PREPARING, (), "ignored: SlotGranted in PREPARING", id="not-ahead"
+        ),
+        pytest.param(
+            replace(MIGRATING, ahead=True),
+            SlotGranted(),
+            Phase.MIGRATING,
+            (),
+            "ignored: SlotGranted in MIGRATING",
+            id="migrating",
+        ),
+    ],
+)
+def test_a_record_waiting_for_its_slot(record, event, phase, actions, outcome):
+    d = decide(record, event, NOW, T)
+    assert (d.record.phase, d.actions) == (phase, actions)
+    if outcome is not None:
+        assert d.outcome == outcome
+
+
+def test_ahead_is_kept_in_the_record_only_while_it_holds_a_slot():
+    assert decode(encode(WAITING), 7).ahead
+    assert b'"ahead"' not in encode(PREPARING)
+    assert with_phase(WAITING, Phase.ROLLING_BACK, NOW, "x", T).ahead  # a rollback holds no job slot either
+    assert not with_phase(with_phase(WAITING, Phase.ROLLING_BACK, NOW, "x", T), Phase.PENDING, NOW, "x", T).ahead

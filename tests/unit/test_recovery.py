@@ -60,6 +60,8 @@ RECORDS = {
     "preflight": walk(Phase.PREFLIGHT, attempt=1),
     "preparing": walk(Phase.PREFLIGHT, Phase.PREPARING, attempt=1),
     "preparing-last-attempt": walk(Phase.PREFLIGHT, Phase.PREPARING, attempt=3),
+    # prepared ahead of its slot, waiting for it
+    "waiting-for-slot": walk(Phase.PREFLIGHT, Phase.PREPARING, attempt=1, ahead=True, prepare_id="p-1"),
     "migrating": walk(*TO_MIGRATING, attempt=1, prepare_id="p-1"),
     "migrating-failed": walk(*TO_MIGRATING, attempt=1, prepare_id="p-1", error=E_JOB),
     "migrating-postcopy": walk(
@@ -415,3 +417,28 @@ def test_a_new_leader_that_cannot_reach_an_agent_waits_for_it_with_a_bound():
     back = recover(d.record, ON_TGT, [], NOW + timedelta(seconds=3), T)
     assert back.actions == (CommitTarget("p-1"),) and back.record.lost_host == ""
     assert back.record.history[-1].reason == "agent on host2 answers again after 3.0 s"
+
+
+@pytest.mark.parametrize(
+    ("listing", "phase", "actions", "outcome"),
+    [
+        ([prepare("p-1")], Phase.PREPARING, (), "prepared ahead of its slot (p-1); waiting for it"),
+        (
+            [prepare("p-1"), prepare("p-2")],
+            Phase.PREPARING,
+            (CleanupTarget(("p-2",)),),
+            "prepared ahead of its slot (p-1); waiting for it",
+        ),
+        (None, Phase.PREPARING, (), "prepared ahead of its slot (p-1); waiting for it"),
+        ([], Phase.ROLLING_BACK, (CleanupTarget(("p-1",)),), None),  # the target lost it: queue again
+    ],
+)
+def test_a_new_leader_keeps_a_record_prepared_ahead_waiting_while_its_prepare_is_there(
+    listing, phase, actions, outcome
+):
+    d = recover(RECORDS["waiting-for-slot"], None, listing, NOW, T)
+    assert (d.record.phase, d.actions) == (phase, actions)
+    if outcome is not None:
+        assert d.outcome == outcome
+    else:
+        assert d.record.rollback_to is Phase.PENDING

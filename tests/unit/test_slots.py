@@ -304,3 +304,118 @@ def test_random_queues_with_aging(seed):
             assert Counter(r.source_host for r in load)[b.source_host] <= limits.per_host_outbound, plan
             assert Counter(r.target_host for r in load)[b.target_host] <= limits.per_host_inbound, plan
             assert len(load) <= limits.cluster, plan
+
+
+# --- preparing ahead of a slot ------------------------------------------------------------------
+
+
+def ah(id, src, tgt, phase=Phase.PREPARING, vm=None, age_s=0.0) -> MigrationRecord:
+    """A record admitted ahead of its slot."""
+    return replace(q(id, src, tgt, vm=vm, age_s=age_s), phase=phase, ahead=True)
+
+
+A1 = Limits(per_host_outbound=1, per_host_inbound=2, cluster=5, reserve_after_s=900, prepare_ahead=1)
+
+
+def test_a_record_held_back_by_a_full_limit_goes_ahead_up_to_the_allowance():
+    plan = plan_admission(
+        [q("q1", "h1", "h3", age_s=20), q("q2", "h1", "h4", age_s=10), q("q3", "h5", "h6")],
+        [a("a1", "h1", "h2")],
+        A1,
+        HOSTS,
+        now=NOW,
+    )
+    assert plan.start == ("q3",)
+    assert plan.ahead == ("q1",)  # one per host: q2 waits Pending
+    assert str(plan.waiting["q1"]) == "full: h1 outbound limit 1"
+    assert str(plan.waiting["q2"]) == "full: h1 outbound limit 1"
+    assert plan.grant == ()
+
+
+def test_nothing_goes_ahead_without_an_allowance_or_for_what_a_slot_cannot_fix():
+    queued = [q("q1", "h1", "h3"), q("q2", "h9", "h4"), q("q3", "h5", "h6", vm="g1"), q("q4", "h1", "h7")]
+    active = [a("a1", "h1", "h2"), a("a2", "h8", "h4", vm="g1")]
+    assert plan_admission(queued, active, replace(A1, prepare_ahead=0), HOSTS, now=NOW).ahead == ()
+    plan = plan_admission(queued, active, A1, HOSTS, now=NOW, cordoned={"h3"})
+    # q1: its target is cordoned; q2: a host is down; q3: its VM migrates; q4: h1 full, goes ahead
+    assert (plan.start, plan.ahead) == ((), ("q4",))
+    assert plan.waiting["q1"].kind.value == "target cordoned"
+
+
+def test_a_record_ahead_counts_against_the_allowance_not_the_limits():
+    plan = plan_admission([q("q1", "h1", "h3")], [ah("s1", "h1", "h2")], A1, HOSTS, now=NOW)
+    assert plan.grant == ("s1",)  # its slot is free: granted, and it now holds h1's one slot
+    assert plan.start == ()
+    assert plan.ahead == ("q1",)  # the allowance it left is taken by the next one
+
+
+def test_grants_go_in_queue_order_and_before_new_admissions():
+    staged = [ah("s-new", "h1", "h2", age_s=5), ah("s-old", "h1", "h3", age_s=50)]
+    plan = plan_admission([q("q1", "h1", "h4", prio=9)], staged, replace(A1, prepare_ahead=2), HOSTS, now=NOW)
+    assert plan.grant == ("s-old",)
+    assert plan.start == ()
+    assert plan.ahead == ("q1",)  # priority 9 waits for the slot s-old took, ahead beside s-new
+    assert str(plan.waiting["q1"]) == "full: h1 outbound limit 1"
+
+
+def test_only_records_not_yet_migrating_are_granted():
+    rolling = ah("r1", "h1", "h2", phase=Phase.ROLLING_BACK)
+    plan = plan_admission([], [rolling], A1, HOSTS, now=NOW)
+    assert plan.grant == ()
+
+
+def test_a_record_ahead_that_aged_reserves_its_slots():
+    staged = ah("s-old", "h1", "h3", age_s=1000)
+    plan = plan_admission(
+        [q("q1", "h2", "h3")], [a("a1", "h4", "h3"), staged], replace(A1, per_host_inbound=1), HOSTS, now=NOW
+    )
+    assert plan.grant == ()
+    assert "q1" not in plan.start  # h3's inbound slot frees for s-old first
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_queues_with_records_ahead(seed):
+    """Jobs never exceed the limits, records ahead never exceed the allowance, a record ahead
+    left waiting really has no slot, and no VM is admitted twice."""
+    rng = random.Random(2000 + seed)
+    for _ in range(50):
+        queued, active, limits, available = random_case(rng)
+        limits = replace(limits, prepare_ahead=rng.randint(0, 2))
+        active = [
+            replace(r, ahead=True)
+            if r.phase in (Phase.PREFLIGHT, Phase.PREPARING, Phase.ROLLING_BACK) and rng.random() < 0.5
+            else r
+            for r in active
+        ]
+        plan = plan_admission(queued, active, limits, available, now=NOW)
+        by_id = {r.id: r for r in [*queued, *active]}
+        holding = [r for r in active if r.phase.holds_slot]
+        assert all(by_id[i].ahead and by_id[i].phase in (Phase.PREFLIGHT, Phase.PREPARING) for i in plan.grant)
+        assert not set(plan.start) & set(plan.ahead)
+        jobs = [r for r in holding if not r.ahead or r.id in plan.grant] + [by_id[i] for i in plan.start]
+        staged = [r for r in holding if r.ahead and r.id not in plan.grant] + [by_id[i] for i in plan.ahead]
+        new_jobs = set(plan.grant) | set(plan.start)
+        for r in jobs:
+            if r.id in new_jobs:
+                assert Counter(j.source_host for j in jobs)[r.source_host] <= limits.per_host_outbound
+                assert Counter(j.target_host for j in jobs)[r.target_host] <= limits.per_host_inbound
+        if new_jobs:
+            assert len(jobs) <= limits.cluster
+        for i in plan.ahead:
+            r = by_id[i]
+            assert plan.waiting[i].kind.is_full
+            assert Counter(s.source_host for s in staged)[r.source_host] <= limits.prepare_ahead
+            assert Counter(s.target_host for s in staged)[r.target_host] <= limits.prepare_ahead
+            assert len(staged) <= limits.cluster
+        admitted = [by_id[i] for i in (*plan.start, *plan.ahead)]
+        keys = [vm_key(r) for r in holding] + [vm_key(r) for r in admitted]
+        assert all(keys.count(vm_key(r)) == 1 for r in admitted), "two migrations of one VM"
+        out = Counter(j.source_host for j in jobs)
+        inn = Counter(j.target_host for j in jobs)
+        for r in holding:
+            if r.ahead and r.phase in (Phase.PREFLIGHT, Phase.PREPARING) and r.id not in plan.grant:
+                assert (
+                    out[r.source_host] >= limits.per_host_outbound
+                    or inn[r.target_host] >= limits.per_host_inbound
+                    or len(jobs) >= limits.cluster
+                ), (r, plan)
