@@ -836,7 +836,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--prepare-ahead",
         type=int,
         default=1,
-        help="[limits] prepare_ahead: per host, migrations that preflight and prepare while its slots are busy",
+        help="[limits] prepare_ahead: per slot, migrations that preflight and prepare while it is busy",
     )
     p.add_argument("--progress-write-s", type=float, default=5.0, help="[engine] progress_write_s")
     p.add_argument("--inventory-ttl", type=float, default=60.0, help="[agents] inventory_ttl_s")

@@ -18,7 +18,7 @@
     per_host_outbound = 1
     per_host_inbound = 2
     cluster = 4
-    prepare_ahead = 1                                # per host: preflight + prepare while its slot is busy
+    prepare_ahead = 1                                # per slot: preflight + prepare while it is busy
 
     [timeouts]                                       # optional overrides of phases.Timeouts
     preflight_s = 120
@@ -316,9 +316,14 @@ def _limits(doc: dict[str, Any], source: str) -> Limits:
     allowed = tuple(f.name for f in fields(Limits))
     t = Table(doc["limits"], "limits", source, allowed)
     values = {f.name: getattr(default, f.name) for f in fields(Limits)}
-    for key in ("per_host_outbound", "per_host_inbound", "cluster", "prepare_ahead"):
+    for key in ("per_host_outbound", "per_host_inbound", "cluster"):
         if key in t:
             values[key] = int(t.number(key, integer=True))
+    if "prepare_ahead" in t:  # 0: none ahead
+        ahead = _non_negative(t, "prepare_ahead")
+        if ahead != int(ahead):
+            raise bad(source, f"[limits] prepare_ahead must be a whole number, not {ahead:g}", "e.g. prepare_ahead = 1")
+        values["prepare_ahead"] = int(ahead)
     if "reserve_after_s" in t:
         values["reserve_after_s"] = float(t.number("reserve_after_s"))
     return Limits(**values)

@@ -4,8 +4,10 @@ A record holds a slot from admission (Preflight) until it is final (``Phase.hold
 no explicit release: leaving a slot-holding phase frees it, and the shell runs ``admit`` again.
 
 Preparing ahead (``Limits.prepare_ahead``): a queued record held back only by a full limit may be
-admitted *ahead* of its slot, up to ``prepare_ahead`` such records per source host, per target
-host and ``cluster`` in all. It runs its preflight and the target's prepare at once, then waits
+admitted *ahead* of its slot, up to ``prepare_ahead`` such records per slot: per source host
+``prepare_ahead * per_host_outbound``, per target host ``prepare_ahead * per_host_inbound``, in all
+``prepare_ahead * cluster`` (so when two slots of a host free together, both next jobs are ready).
+It runs its preflight and the target's prepare at once, then waits
 (Preparing, prepared) until a slot is *granted* (``Admission.grant``), and only its migration job
 holds the slot. So the limits bound the jobs, and a host's next migration starts its job the
 moment a slot frees instead of preparing first. A record ahead (``MigrationRecord.ahead``) counts
@@ -48,8 +50,8 @@ class Limits:
     per_host_inbound: int = 2
     cluster: int = 5
     reserve_after_s: float = 900.0
-    # records per source host, per target host (and ``cluster`` in all) that may preflight and
-    # prepare ahead of their slot; 0: none (each waits Pending for its slot)
+    # records per slot (of a source host, a target host, the cluster) that may preflight and
+    # prepare ahead of it; 0: none (each waits Pending for its slot)
     prepare_ahead: int = 0
 
 
@@ -228,7 +230,11 @@ def _may_go_ahead(
     r: MigrationRecord, ahead_out: Counter[str], ahead_in: Counter[str], staged_n: int, limits: Limits
 ) -> bool:
     n = limits.prepare_ahead
-    return ahead_out[r.source_host] < n and ahead_in[r.target_host] < n and staged_n < limits.cluster
+    return (
+        ahead_out[r.source_host] < n * limits.per_host_outbound
+        and ahead_in[r.target_host] < n * limits.per_host_inbound
+        and staged_n < n * limits.cluster
+    )
 
 
 def _fits(r: MigrationRecord, out_n: Counter[str], in_n: Counter[str], cluster_n: int, limits: Limits) -> bool:

@@ -49,6 +49,7 @@ key = "pki/etcd-client-key.pem"
 per_host_outbound = 2
 per_host_inbound = 3
 cluster = 8
+prepare_ahead = 0
 
 [timeouts]
 preflight_s = 30
@@ -81,6 +82,7 @@ def test_minimal_config_takes_the_defaults():
     assert (c.id, c.listen, c.advertised) == ("c1", ("127.0.0.1:7100",), "127.0.0.1:7100")
     assert c.etcd.endpoints == ("127.0.0.1:2379",) and c.etcd.prefix == "/ferry/"
     assert (c.limits.per_host_outbound, c.limits.per_host_inbound, c.limits.cluster) == (1, 2, 4)
+    assert c.limits.prepare_ahead == 1
     assert c.timeouts == Timeouts()
     assert c.tls is not None and c.tls.cert == Path("/pki/coordinator.c1.pem") and c.hosts == {}
     assert c.agents.tls == c.tls and c.etcd.tls == c.tls  # one identity for the API, the agents and etcd
@@ -94,6 +96,7 @@ def test_full_config(tmp_path: Path):
     assert c.etcd.prefix == "/lab/" and c.etcd.timeout_s == 2.5 and c.etcd.tls is not None
     assert c.etcd.tls.ca == tmp_path / "pki/etcd-ca.pem" and c.etcd.tls.key == tmp_path / "pki/etcd-client-key.pem"
     assert (c.limits.per_host_outbound, c.limits.per_host_inbound, c.limits.cluster) == (2, 3, 8)
+    assert c.limits.prepare_ahead == 0
     assert c.timeouts.preflight_s == 30.0 and c.timeouts.max_attempts == 5
     assert c.timeouts.preparing_s == Timeouts().preparing_s  # not overridden
     assert c.agents.call_timeout_s == 10 and c.agents.tls is not None
@@ -131,6 +134,8 @@ def test_unknown_keys_are_named(text, named):
         (MINIMAL.replace('["127.0.0.1:2379"]', "[]"), "endpoints must be a non-empty list"),
         (MINIMAL + "\n[limits]\ncluster = 0\n", "cluster must be a positive integer"),
         (MINIMAL + "\n[limits]\ncluster = 2.5\n", "cluster must be a positive integer"),
+        (MINIMAL + "\n[limits]\nprepare_ahead = -1\n", "prepare_ahead must be a number >= 0"),
+        (MINIMAL + "\n[limits]\nprepare_ahead = 1.5\n", "prepare_ahead must be a whole number"),
         (MINIMAL.replace("[etcd]", "[etcd]\nprefix = '/ferry'"), "must end with '/'"),
         (NO_TLS + "\n[tls]\nca = 'ca.pem'\n", "lacks cert, key"),
         (NO_TLS + "\n[tls]\ncert = 'c.pem'\nkey = 'k.pem'\n", "lacks ca"),

@@ -326,7 +326,7 @@ def test_a_record_held_back_by_a_full_limit_goes_ahead_up_to_the_allowance():
         now=NOW,
     )
     assert plan.start == ("q3",)
-    assert plan.ahead == ("q1",)  # one per host: q2 waits Pending
+    assert plan.ahead == ("q1",)  # one per slot, and h1 has one: q2 waits Pending
     assert str(plan.waiting["q1"]) == "full: h1 outbound limit 1"
     assert str(plan.waiting["q2"]) == "full: h1 outbound limit 1"
     assert plan.grant == ()
@@ -404,9 +404,10 @@ def test_random_queues_with_records_ahead(seed):
         for i in plan.ahead:
             r = by_id[i]
             assert plan.waiting[i].kind.is_full
-            assert Counter(s.source_host for s in staged)[r.source_host] <= limits.prepare_ahead
-            assert Counter(s.target_host for s in staged)[r.target_host] <= limits.prepare_ahead
-            assert len(staged) <= limits.cluster
+            n = limits.prepare_ahead  # per slot
+            assert Counter(s.source_host for s in staged)[r.source_host] <= n * limits.per_host_outbound
+            assert Counter(s.target_host for s in staged)[r.target_host] <= n * limits.per_host_inbound
+            assert len(staged) <= n * limits.cluster
         admitted = [by_id[i] for i in (*plan.start, *plan.ahead)]
         keys = [vm_key(r) for r in holding] + [vm_key(r) for r in admitted]
         assert all(keys.count(vm_key(r)) == 1 for r in admitted), "two migrations of one VM"
@@ -419,3 +420,15 @@ def test_random_queues_with_records_ahead(seed):
                     or inn[r.target_host] >= limits.per_host_inbound
                     or len(jobs) >= limits.cluster
                 ), (r, plan)
+
+
+def test_the_allowance_is_per_slot():
+    two = replace(A1, per_host_outbound=2)
+    plan = plan_admission(
+        [q("q1", "h1", "h3", age_s=3), q("q2", "h1", "h4", age_s=2), q("q3", "h1", "h5", age_s=1)],
+        [a("a1", "h1", "h2"), a("a2", "h1", "h6")],
+        two,
+        HOSTS,
+        now=NOW,
+    )
+    assert plan.ahead == ("q1", "q2")  # both slots of h1 have their next job ready
