@@ -94,7 +94,7 @@ class Engine:
         self.observer = observer
         self.cordoned = cordoned  # hosts that receive no migration (``hoststate.py``): admission skips them
         # a version of a record, decoded (the replica's shared decoder: each version decoded once)
-        self._decode_entry = decode_entry or (lambda e: decode(e.value, e.mod_revision))
+        self._decode_entry = decode_entry or (lambda e: decode(e.value, e.mod_revision, e.create_revision))
         self._tell_written = written  # each version the engine wrote (that decoder keeps it: no decoding its echo)
         self.hosts = hosts
         self.limits = limits

@@ -96,6 +96,10 @@ class MigrationRecord:
     # grant (``SlotGranted``); counts against ``Limits.prepare_ahead``, not the limits
     ahead: bool = False
     revision: int = 0  # the store's mod revision; not part of the JSON
+    # the store revision that created the record (0: unknown); not part of the JSON. Submission
+    # creates the VM's ``vm-active/`` claim in the same write, so it is the claim's revision too;
+    # store metadata, left out of comparisons
+    create_revision: int = field(default=0, compare=False)
 
     @property
     def log_context(self) -> MigrationContext:
@@ -380,8 +384,8 @@ def encode(r: MigrationRecord) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def decode(data: bytes, revision: int) -> MigrationRecord:
-    """The record stored as ``data`` at store revision ``revision``.
+def decode(data: bytes, revision: int, create_revision: int = 0) -> MigrationRecord:
+    """The record stored as ``data`` at store revision ``revision`` (created at ``create_revision``).
 
     Raises Internal: reason RECORD_SCHEMA for a schema this coordinator does not know (a newer
     coordinator wrote it), RECORD_INVALID for anything unreadable.
@@ -402,7 +406,7 @@ def decode(data: bytes, revision: int) -> MigrationRecord:
             hint="run the same Ferry version on every coordinator",
         )
     try:
-        return _decode(doc, revision)
+        return _decode(doc, revision, create_revision)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise Internal(
             f"migration record {doc.get('id', '?')!r} is unreadable: {e!r}",
@@ -420,7 +424,7 @@ def _policy(doc: dict[str, Any] | None) -> ConvergencePolicy | None:
         raise ValueError(e.message) from e
 
 
-def _decode(d: dict[str, Any], revision: int) -> MigrationRecord:
+def _decode(d: dict[str, Any], revision: int, create_revision: int = 0) -> MigrationRecord:
     o = dict(d["options"])
     o["storage"] = StorageMode[o["storage"]]
     o["migrate_disks"] = tuple(o["migrate_disks"])
@@ -466,8 +470,9 @@ def _decode(d: dict[str, Any], revision: int) -> MigrationRecord:
         lost_since=time_from_doc(d.get("lost_since")),
         ahead=bool(d.get("ahead", False)),
         revision=revision,
+        create_revision=create_revision,
     )
-    known = {f.name for f in fields(MigrationRecord)} - {"revision"} | {"schema", "copied_disks"}
+    known = {f.name for f in fields(MigrationRecord)} - {"revision", "create_revision"} | {"schema", "copied_disks"}
     unknown = set(d) - known
     if unknown:
         raise ValueError(f"unknown fields {sorted(unknown)}")

@@ -43,7 +43,7 @@ class RecordDecoder:
         versions = self._by_key.get(entry.key)
         record = versions.get(entry.mod_revision) if versions is not None else None
         if record is None:
-            record = decode(entry.value, entry.mod_revision)
+            record = decode(entry.value, entry.mod_revision, entry.create_revision)
             versions = self._keep(entry.key, record)
         if record.phase.is_final and versions is not None and len(versions) > 1:
             # the watches bring versions in order: the older ones were asked for (once more at most)

@@ -213,7 +213,7 @@ class RecordRunner:
         entry = await self.ctx.store.get(migration_key(self.id))
         if entry is None:
             return None
-        return decode(entry.value, entry.mod_revision)
+        return decode(entry.value, entry.mod_revision, entry.create_revision)
 
     async def _handle(self, event: Input) -> None:
         if isinstance(event, _FlushProgress):
@@ -263,26 +263,40 @@ class RecordRunner:
     async def _write(self, rec: MigrationRecord, new: MigrationRecord) -> int:
         """Store ``new`` over ``rec`` (compare-and-set; Conflict when it changed). The write that
         makes the record final also deletes ``vm-active/<uuid>`` while that names this record: one
-        store write for both."""
+        store write for both, without reading the claim first when it was created with the record
+        (its revision is the record's ``create_revision``)."""
         key = migration_key(self.id)
         if new.phase.is_final and not rec.phase.is_final and rec.vm_uuid:
             claim_key = vm_active_key(rec.vm_uuid)
+            # created in one write with the record (the usual case): the claim's revision is known
+            if rec.create_revision:
+                revision = await self._write_releasing(key, rec, new, claim_key, rec.create_revision)
+                if revision:
+                    return revision
             claim = await self.ctx.store.get(claim_key)
-            if claim is not None and decode_id(claim.value) == self.id:
-                self.ctx.released.add(self.id)  # before the write: the watch may show it first
-                try:
-                    revision = await self.ctx.store.commit(
-                        [Put(key, encode(new), rec.revision), Remove(claim_key, claim.mod_revision)]
-                    )
-                except BaseException as exc:
-                    self.ctx.released.discard(self.id)
-                    if not isinstance(exc, (Conflict, AlreadyExists)):
-                        raise
-                    # the record or the claim changed: the plain write below tells which
-                else:
-                    log.info("migration %s is %s: released %s", self.id, new.phase.name, claim_key)
+            if claim is not None and decode_id(claim.value) == self.id and claim.mod_revision != rec.create_revision:
+                revision = await self._write_releasing(key, rec, new, claim_key, claim.mod_revision)
+                if revision:
                     return revision
         return await self.ctx.store.update(key, encode(new), rec.revision)
+
+    async def _write_releasing(
+        self, key: str, rec: MigrationRecord, new: MigrationRecord, claim_key: str, claim_revision: int
+    ) -> int:
+        """Store ``new`` and delete the claim at ``claim_revision`` in one write; 0 when the record
+        or the claim changed (the plain write tells which)."""
+        self.ctx.released.add(self.id)  # before the write: the watch may show it first
+        try:
+            revision = await self.ctx.store.commit(
+                [Put(key, encode(new), rec.revision), Remove(claim_key, claim_revision)]
+            )
+        except BaseException as exc:
+            self.ctx.released.discard(self.id)
+            if not isinstance(exc, (Conflict, AlreadyExists)):
+                raise
+            return 0
+        log.info("migration %s is %s: released %s", self.id, new.phase.name, claim_key)
+        return revision
 
     def _log(self, event: Input, old: MigrationRecord, new: MigrationRecord, d: Decision) -> None:
         if isinstance(event, Progress) and old.phase is new.phase:

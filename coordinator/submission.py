@@ -446,7 +446,7 @@ class Submissions:
             except (AlreadyExists, Conflict):  # the key or a claim exists: step by step
                 return await self._create_stepwise(record, request)
             self._log_created(record)
-            return replace(record, revision=revision)
+            return replace(record, revision=revision, create_revision=revision)
         return await self._create_stepwise(record, request)
 
     async def _create_stepwise(self, record: MigrationRecord, request: SubmitRequest) -> MigrationRecord:
@@ -479,7 +479,7 @@ class Submissions:
                     )
             raise
         self._log_created(record)
-        return replace(record, revision=revision)
+        return replace(record, revision=revision, create_revision=revision)
 
     @staticmethod
     def _log_created(record: MigrationRecord) -> None:

@@ -27,7 +27,7 @@ from ferry.errors import FerryError, Unavailable
 from ferry.keys import encode_id, idempotency_key, migration_key, vm_active_key
 from ferry.model import DomainState, MigrationOptions, MigrationPhase, StorageMode
 from ferry.registry import HostChange
-from ferry.store import Conflict, EventKind, Resync, Store
+from ferry.store import Conflict, EventKind, Put, Resync, Store
 from ferry.testing.fleet import IMAGES, Fleet, FleetDirectory, MaxConcurrency, start_fleet
 from ferry.testing.memory_store import MemoryStore
 
@@ -235,14 +235,47 @@ async def test_the_final_write_releases_the_claim_in_the_same_store_write(store,
     assert deleted == [r.revision]
 
 
+async def test_a_claim_created_with_its_record_is_released_without_reading_it(store, fleet, hosts, monkeypatch):
+    """As the API submits: the claim and the record in one write, so the claim's revision is the
+    record's create revision and the final write deletes it without a read first."""
+    fleet.add_guest("host1", "g1")
+    uuid = next(d.uuid for d in fleet["host1"].hv.domains.values() if d.name == "g1")
+    record = new_migration(
+        id="m-1",
+        vm="g1",
+        vm_uuid=uuid,
+        source_host="host1",
+        target_host="host2",
+        now=now(),
+        timeouts=FAST,
+        options=COPY,
+        mapping=fleet.mapping("host1", "host2"),
+        memory_bytes=256 << 20,
+    )
+    await store.commit([Put(vm_active_key(uuid), encode_id("m-1")), Put(migration_key("m-1"), encode(record))])
+    reads: list[str] = []
+    get = store.get
+
+    async def counting_get(key: str):
+        reads.append(key)
+        return await get(key)
+
+    monkeypatch.setattr(store, "get", counting_get)
+    async with engine(store, hosts):
+        r = await final(store, "m-1")
+    assert r.phase is Phase.SUCCEEDED, r.history
+    assert vm_active_key(uuid) not in reads
+    assert await store.get(vm_active_key(uuid)) is None
+
+
 async def test_the_versions_the_engine_wrote_are_not_decoded_again(store, fleet, hosts, monkeypatch):
     """The replica's decoder keeps each version the engine writes: the watch's echo of it is that
     record, so of a migration's versions only the submitted one is decoded (as the main wiring)."""
     decoded: list[int] = []
 
-    def counting(data: bytes, revision: int) -> MigrationRecord:
+    def counting(data: bytes, revision: int, create_revision: int = 0) -> MigrationRecord:
         decoded.append(revision)
-        return decode(data, revision)
+        return decode(data, revision, create_revision)
 
     monkeypatch.setattr(replica, "decode", counting)
     decoder = replica.RecordDecoder()

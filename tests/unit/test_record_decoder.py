@@ -22,6 +22,7 @@ def versions() -> list[MigrationRecord]:
     r = replace(
         new_migration(id="m-1", vm="g1", vm_uuid="u1", source_host="h1", target_host="h2", now=T0, timeouts=Timeouts()),
         revision=10,
+        create_revision=10,
     )
     out = [r]
     for n, phase in enumerate((Phase.PREFLIGHT, Phase.PREPARING, Phase.MIGRATING, Phase.FINISHING, Phase.SUCCEEDED)):
@@ -38,9 +39,9 @@ def entry(r: MigrationRecord) -> Entry:
 def decoded(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     seen: list[int] = []
 
-    def counting(data: bytes, revision: int) -> MigrationRecord:
+    def counting(data: bytes, revision: int, create_revision: int = 0) -> MigrationRecord:
         seen.append(revision)
-        return decode(data, revision)
+        return decode(data, revision, create_revision)
 
     monkeypatch.setattr(replica, "decode", counting)
     return seen
