@@ -354,7 +354,9 @@ def migration_detail(m: cpb.Migration) -> str:
         f"Migration {m.id}",
         f"  VM:        {m.vm} ({m.vm_uuid})",
         f"  From/to:   {m.source_host} -> {m.target_host}",
-        f"  Phase:     {phase_name(m.phase)}" + ("  (cancel requested)" if m.cancel_requested else ""),
+        f"  Phase:     {phase_name(m.phase)}"
+        + ("  (ahead of its slot: the job starts when one frees)" if m.ahead_of_slot else "")
+        + ("  (cancel requested)" if m.cancel_requested else ""),
         f"  Priority:  {m.priority}",
     ]
     if m.idempotency_key:

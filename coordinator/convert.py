@@ -85,6 +85,7 @@ def migration_to_pb(r: MigrationRecord) -> cpb.Migration:
         created_at=convert.timestamp_to_pb(r.created_at),
         cancel_requested=r.cancel_requested,
         prepare_id=r.prepare_id,
+        ahead_of_slot=r.ahead,
     )
     if r.updated_at is not None:
         m.updated_at.CopyFrom(convert.timestamp_to_pb(r.updated_at))
@@ -123,6 +124,7 @@ def migration_from_pb(m: cpb.Migration) -> MigrationRecord:
         result=convert.completed_job_from_pb(m.result) if m.HasField("result") else None,
         error=convert.problem_from_pb(m.error) if m.HasField("error") else None,
         cancel_requested=m.cancel_requested,
+        ahead=m.ahead_of_slot,
         policy=convert.policy_from_pb(m.policy) if m.HasField("policy") else None,
         prediction=convert.prediction_from_pb(m.prediction) if m.HasField("prediction") else None,
         actions=tuple(

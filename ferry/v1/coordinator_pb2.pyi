@@ -96,7 +96,7 @@ class SubmitMigrationRequest(_message.Message):
     def __init__(self, vm: _Optional[str] = ..., target_host: _Optional[str] = ..., options: _Optional[_Union[_types_pb2.MigrationOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., priority: _Optional[int] = ..., mapping: _Optional[_Union[_types_pb2.HostMapping, _Mapping]] = ..., policy: _Optional[str] = ...) -> None: ...
 
 class Migration(_message.Message):
-    __slots__ = ("id", "vm", "vm_uuid", "source_host", "target_host", "options", "mapping", "priority", "idempotency_key", "phase", "history", "created_at", "updated_at", "progress", "result", "error", "cancel_requested", "prepare_id", "policy", "prediction", "actions")
+    __slots__ = ("id", "vm", "vm_uuid", "source_host", "target_host", "options", "mapping", "priority", "idempotency_key", "phase", "history", "created_at", "updated_at", "progress", "result", "error", "cancel_requested", "prepare_id", "policy", "prediction", "actions", "ahead_of_slot")
     ID_FIELD_NUMBER: _ClassVar[int]
     VM_FIELD_NUMBER: _ClassVar[int]
     VM_UUID_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,7 @@ class Migration(_message.Message):
     POLICY_FIELD_NUMBER: _ClassVar[int]
     PREDICTION_FIELD_NUMBER: _ClassVar[int]
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    AHEAD_OF_SLOT_FIELD_NUMBER: _ClassVar[int]
     id: str
     vm: str
     vm_uuid: str
@@ -139,7 +140,8 @@ class Migration(_message.Message):
     policy: _types_pb2.ConvergencePolicy
     prediction: _types_pb2.Prediction
     actions: _containers.RepeatedCompositeFieldContainer[_types_pb2.PolicyAction]
-    def __init__(self, id: _Optional[str] = ..., vm: _Optional[str] = ..., vm_uuid: _Optional[str] = ..., source_host: _Optional[str] = ..., target_host: _Optional[str] = ..., options: _Optional[_Union[_types_pb2.MigrationOptions, _Mapping]] = ..., mapping: _Optional[_Union[_types_pb2.HostMapping, _Mapping]] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ..., history: _Optional[_Iterable[_Union[_types_pb2.TimedPhase, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[_types_pb2.MigrationProgress, _Mapping]] = ..., result: _Optional[_Union[_types_pb2.CompletedJob, _Mapping]] = ..., error: _Optional[_Union[_types_pb2.ErrorDetail, _Mapping]] = ..., cancel_requested: _Optional[bool] = ..., prepare_id: _Optional[str] = ..., policy: _Optional[_Union[_types_pb2.ConvergencePolicy, _Mapping]] = ..., prediction: _Optional[_Union[_types_pb2.Prediction, _Mapping]] = ..., actions: _Optional[_Iterable[_Union[_types_pb2.PolicyAction, _Mapping]]] = ...) -> None: ...
+    ahead_of_slot: bool
+    def __init__(self, id: _Optional[str] = ..., vm: _Optional[str] = ..., vm_uuid: _Optional[str] = ..., source_host: _Optional[str] = ..., target_host: _Optional[str] = ..., options: _Optional[_Union[_types_pb2.MigrationOptions, _Mapping]] = ..., mapping: _Optional[_Union[_types_pb2.HostMapping, _Mapping]] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ..., history: _Optional[_Iterable[_Union[_types_pb2.TimedPhase, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[_types_pb2.MigrationProgress, _Mapping]] = ..., result: _Optional[_Union[_types_pb2.CompletedJob, _Mapping]] = ..., error: _Optional[_Union[_types_pb2.ErrorDetail, _Mapping]] = ..., cancel_requested: _Optional[bool] = ..., prepare_id: _Optional[str] = ..., policy: _Optional[_Union[_types_pb2.ConvergencePolicy, _Mapping]] = ..., prediction: _Optional[_Union[_types_pb2.Prediction, _Mapping]] = ..., actions: _Optional[_Iterable[_Union[_types_pb2.PolicyAction, _Mapping]]] = ..., ahead_of_slot: _Optional[bool] = ...) -> None: ...
 
 class GetMigrationRequest(_message.Message):
     __slots__ = ("id",)

@@ -155,6 +155,7 @@ def test_numbers_are_numbers_false_and_zero_are_there_and_missing_is_null():
     assert out["progress"]["phase"] == "precopy" and out["phase"] == "migrating"
     assert out["history"][0]["phase"] == "rolled_back" and out["history"][0]["at"] == "1970-01-01T00:00:00.000000Z"
     assert out["cancel_requested"] is False and out["priority"] == 0 and out["prepare_id"] == ""
+    assert out["ahead_of_slot"] is False
     assert out["result"] is None and out["error"] is None and out["updated_at"] is None
     assert out["options"]["storage"] == "unspecified" and out["mapping"] == {
         "bridges": {},

@@ -10,7 +10,7 @@ import pytest
 from ferry.convergence import ConvergencePolicy, DowntimeStep, PostcopyMode, TimeoutAction
 from ferry.coordinator import convert
 from ferry.coordinator.phases import Phase, Timeouts
-from ferry.coordinator.record import decode, encode, new_migration, with_action, with_phase
+from ferry.coordinator.record import MigrationRecord, decode, encode, new_migration, with_action, with_phase
 from ferry.model import (
     CompletedJob,
     HostMapping,
@@ -119,7 +119,16 @@ def with_policy():
     )
 
 
-@pytest.mark.parametrize("record", [submitted(), finished(), with_policy()], ids=["pending", "rolled-back", "policy"])
+def ahead_of_its_slot() -> MigrationRecord:
+    r = submitted()
+    return replace(with_phase(r, Phase.PREFLIGHT, T0, "admitted ahead of its slot (attempt 1)", Timeouts()), ahead=True)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [submitted(), finished(), with_policy(), ahead_of_its_slot()],
+    ids=["pending", "rolled-back", "policy", "ahead"],
+)
 def test_round_trip_keeps_every_field_the_api_carries(record):
     back = convert.migration_from_pb(convert.migration_to_pb(record))
     shown = (
@@ -141,6 +150,7 @@ def test_round_trip_keeps_every_field_the_api_carries(record):
         "result",
         "error",
         "cancel_requested",
+        "ahead",
         "policy",
         "prediction",
         "actions",
