@@ -555,6 +555,14 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
     values["etcd"] = _etcd(doc, base, source, values["tls"])
     values["limits"] = _limits(doc, source)
     values["timeouts"] = _timeouts(doc, source)
+    ttl = values.get("prepare_ttl_s", CoordinatorConfig.prepare_ttl_s)
+    if values["limits"].prepare_ahead and values["timeouts"].slot_wait_s >= ttl:
+        raise bad(
+            source,
+            f"[timeouts] slot_wait_s ({values['timeouts'].slot_wait_s:g} s) is not below [coordinator] prepare_ttl_s "
+            f"({ttl} s): a migration prepared ahead of its slot would lose its prepare on the target while it waits",
+            f"e.g. slot_wait_s = {ttl // 3}, or prepare_ahead = 0 in [limits]",
+        )
     values["agents"] = _agents(doc, base, source, values["tls"])
     values["hosts"] = _hosts(doc, source)
     values["placement"] = _placement(doc, source, values["limits"])

@@ -136,6 +136,7 @@ def test_unknown_keys_are_named(text, named):
         (MINIMAL + "\n[limits]\ncluster = 2.5\n", "cluster must be a positive integer"),
         (MINIMAL + "\n[limits]\nprepare_ahead = -1\n", "prepare_ahead must be a number >= 0"),
         (MINIMAL + "\n[limits]\nprepare_ahead = 1.5\n", "prepare_ahead must be a whole number"),
+        (MINIMAL + "\n[timeouts]\nslot_wait_s = 900\n", "slot_wait_s (900 s) is not below [coordinator] prepare_ttl_s"),
         (MINIMAL.replace("[etcd]", "[etcd]\nprefix = '/ferry'"), "must end with '/'"),
         (NO_TLS + "\n[tls]\nca = 'ca.pem'\n", "lacks cert, key"),
         (NO_TLS + "\n[tls]\ncert = 'c.pem'\nkey = 'k.pem'\n", "lacks ca"),
