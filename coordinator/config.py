@@ -23,6 +23,7 @@
     [timeouts]                                       # optional overrides of phases.Timeouts
     preflight_s = 120
     agent_lost_s = 120                               # wait this long for a lost agent or libvirtd
+    slot_wait_s = 300                                # prepared ahead of its slot: wait this long for it
 
     [agents]
     call_timeout_s = 30                              # one agent call (not a migration stream)
