@@ -294,7 +294,7 @@ def _preflight_result(c: Ctx, event: PreflightResult) -> Decision:
 
 def _prepared(c: Ctx, event: Prepared) -> Decision:
     r = c.r
-    if r.phase is Phase.PREPARING and r.prepare_id:  # prepared ahead of its slot already
+    if r.phase is Phase.PREPARING and r.ahead and r.prepare_id:  # prepared ahead of its slot already
         if event.prepare_id == r.prepare_id:
             return c.ignore(event)
         return c.keep(f"a second prepare {event.prepare_id}; removing it", CleanupTarget((event.prepare_id,)))
