@@ -165,7 +165,10 @@ class Engine:
             log.info("engine running: %d record(s), %d not final", len(self.records), len(self.runners))
             await self._stopped.wait()
         finally:
-            await self._shutdown()
+            try:
+                await self._shutdown()
+            finally:  # also when cancelled while shutting down: stop() waits for this
+                self._running = False
         if self._failure is not None:  # the election steps down when its leader's duties fail
             failure, self._failure = self._failure, None
             if isinstance(failure, FerryError) and failure.reason == STALE_LEADER:
@@ -206,7 +209,6 @@ class Engine:
             sum(1 for r in self.records.values() if not r.phase.is_final),
         )
         self._tasks.clear()
-        self._running = False
 
     def _deposed(self, refusal: Problem) -> None:
         """An agent refused a call of ours as STALE_LEADER: another coordinator leads now."""

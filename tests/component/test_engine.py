@@ -235,6 +235,25 @@ async def test_the_final_write_releases_the_claim_in_the_same_store_write(store,
     assert deleted == [r.revision]
 
 
+async def test_an_engine_cancelled_while_it_shuts_down_still_counts_as_stopped(store, hosts, monkeypatch):
+    """Seen in CI: a leader's duties were cancelled while its engine was shutting down, the
+    engine stayed "running", and the next ``stop()`` waited for ever."""
+    running = Running(store, hosts)
+    await until(lambda: running.engine.loaded.is_set())
+    slow = asyncio.Event()
+
+    async def slow_shutdown() -> None:
+        slow.set()
+        await asyncio.sleep(30)
+
+    monkeypatch.setattr(running.engine, "_shutdown", slow_shutdown)
+    stopping = asyncio.get_running_loop().create_task(running.engine.stop())
+    await asyncio.wait_for(slow.wait(), 2)
+    running.task.cancel()  # the election cancels the duties meanwhile
+    await asyncio.gather(running.task, return_exceptions=True)
+    await asyncio.wait_for(stopping, 2)
+
+
 async def test_a_claim_created_with_its_record_is_released_without_reading_it(store, fleet, hosts, monkeypatch):
     """As the API submits: the claim and the record in one write, so the claim's revision is the
     record's create revision and the final write deletes it without a read first."""
