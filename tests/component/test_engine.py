@@ -120,8 +120,10 @@ async def submit(
     mapping: bool = True,
     options: MigrationOptions = COPY,
     key: str = "",
+    together: bool = False,
 ) -> MigrationRecord:
-    """What the API does at submit: the Pending record, its idempotency key, the VM's claim."""
+    """What the API does at submit: the Pending record, its idempotency key, the VM's claim (one
+    after the other; ``together``: in one store write, as the API does when neither exists)."""
     uuid = fleet[source].hv.domains and next(d.uuid for d in fleet[source].hv.domains.values() if d.name == vm)
     n = len((await store.list("migrations/"))[0]) + 1
     record = new_migration(
@@ -137,6 +139,15 @@ async def submit(
         idempotency_key=key or f"key-{n}",
         memory_bytes=256 << 20,
     )
+    if together:
+        revision = await store.commit(
+            [
+                Put(idempotency_key(record.idempotency_key), encode_id(record.id)),
+                Put(vm_active_key(uuid), encode_id(record.id)),
+                Put(migration_key(record.id), encode(record)),
+            ]
+        )
+        return replace(record, revision=revision, create_revision=revision)
     await store.create(vm_active_key(uuid), encode_id(record.id))
     await store.create(idempotency_key(record.idempotency_key), encode_id(record.id))
     revision = await store.create(migration_key(record.id), encode(record))
@@ -258,20 +269,7 @@ async def test_a_claim_created_with_its_record_is_released_without_reading_it(st
     """As the API submits: the claim and the record in one write, so the claim's revision is the
     record's create revision and the final write deletes it without a read first."""
     fleet.add_guest("host1", "g1")
-    uuid = next(d.uuid for d in fleet["host1"].hv.domains.values() if d.name == "g1")
-    record = new_migration(
-        id="m-1",
-        vm="g1",
-        vm_uuid=uuid,
-        source_host="host1",
-        target_host="host2",
-        now=now(),
-        timeouts=FAST,
-        options=COPY,
-        mapping=fleet.mapping("host1", "host2"),
-        memory_bytes=256 << 20,
-    )
-    await store.commit([Put(vm_active_key(uuid), encode_id("m-1")), Put(migration_key("m-1"), encode(record))])
+    m = await submit(store, fleet, "g1", "host1", "host2", together=True)
     reads: list[str] = []
     get = store.get
 
@@ -281,10 +279,10 @@ async def test_a_claim_created_with_its_record_is_released_without_reading_it(st
 
     monkeypatch.setattr(store, "get", counting_get)
     async with engine(store, hosts):
-        r = await final(store, "m-1")
+        r = await final(store, m.id)
     assert r.phase is Phase.SUCCEEDED, r.history
-    assert vm_active_key(uuid) not in reads
-    assert await store.get(vm_active_key(uuid)) is None
+    assert vm_active_key(m.vm_uuid) not in reads
+    assert await claim_released(store, r)
 
 
 async def test_the_versions_the_engine_wrote_are_not_decoded_again(store, fleet, hosts, monkeypatch):
