@@ -647,6 +647,9 @@ async def test_the_next_migration_prepares_while_the_slot_is_busy_and_its_job_st
             done = [await final(store, m.id) for m in records]
     assert [r.phase for r in done] == [Phase.SUCCEEDED] * 3, [[h.reason for h in r.history] for r in done]
     assert jobs.per_source["host1"] == 1  # never two jobs at once
+    for vm in ("g1", "g2", "g3"):  # each runs on the target alone, nothing prepared left behind
+        assert fleet.where(vm) == {"host2": DomainState.RUNNING}
+    assert fleet.prepares("host2") == []
     reasons = [h.reason for h in done[1].history]
     assert reasons.index("target prepared (" + done[1].prepare_id + "); waiting for a slot") < next(
         i for i, why in enumerate(reasons) if why.startswith("slot granted")
