@@ -67,7 +67,7 @@ async def start(args: argparse.Namespace) -> tuple[list[FakeHypervisor], list[ob
     fleet = FakeFleet()
     bridge = f"br-c{args.cell}"
     hvs, servers, regs = [], [], []
-    store = EtcdStore(args.etcd.split(","), args.prefix, timeout_s=10.0)
+    store = EtcdStore(args.etcd.split(","), args.prefix, timeout_s=10.0, watch_threads=False)  # as an agent's
     for i in range(args.first, args.first + args.count):
         name = f"host{i}"
         host = FakeHostSystem(bridges=[bridge], dirs={IMAGES: 500 * GiB}, totals={IMAGES: 1000 * GiB})

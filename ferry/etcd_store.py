@@ -49,9 +49,10 @@ from etcd3aio import (
 from etcd3aio._protobuf import LeaseKeepAliveRequest  # the client exports no request type
 from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
+from etcd3aio.watch import WatchService
 
 from ferry.errors import FailedPrecondition, FerryError, InvalidArgument, Unavailable
-from ferry.etcd_watch import WatchStream, watch_channel
+from ferry.etcd_watch import AioWatchStream, WatchStream, watch_channel
 from ferry.rpc import Tls, error_type_for
 from ferry.store import (
     Conflict,
@@ -111,6 +112,7 @@ class _Services:
 
     kv: KVService
     lease: LeaseService
+    watch: WatchService
 
 
 def _entry(kv: Any, prefix_len: int) -> Entry:
@@ -245,7 +247,11 @@ class EtcdStore:
         tls: EtcdTLS | None = None,
         timeout_s: float = 5.0,
         attempt_timeout_s: float = 1.0,
+        watch_threads: bool = True,
     ) -> None:
+        """``watch_threads``: read each watch in a thread of its own (``ferry.etcd_watch``: keeps up
+        with a busy watch on a busy event loop; the coordinator); False: on the event loop (for
+        many quiet watches in one process; the agents' registrations)."""
         if not endpoints:
             raise InvalidArgument(
                 "no etcd endpoints given", reason="NO_ENDPOINTS", hint="list host:port of each member"
@@ -267,6 +273,7 @@ class EtcdStore:
         self._keepalives: _KeepaliveStream | None = None
         self._keepalive_readers: set[asyncio.Task[None]] = set()  # of streams opened, until they end
         self._watch_chan: grpc.Channel | None = None  # the watches' own (synchronous) channel
+        self._watch_threads = watch_threads
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -445,7 +452,14 @@ class EtcdStore:
         delivered = start_revision - 1  # every event at or below this revision was yielded
         backoff = _WATCH_FIRST_BACKOFF_S
         while not self._closed:
-            stream = WatchStream(self._watch_channel(), full.encode(), prefix_range_end(full), delivered + 1)
+            stream: WatchStream | AioWatchStream
+            if self._watch_threads:
+                stream = WatchStream(self._watch_channel(), full.encode(), prefix_range_end(full), delivered + 1)
+            else:
+                watch = (await self._connected()).watch
+                stream = AioWatchStream(
+                    watch._stub, watch._metadata, full.encode(), prefix_range_end(full), delivered + 1
+                )
             compacted = False
             try:
                 async for resp in stream:
@@ -529,9 +543,9 @@ class EtcdStore:
                 cert_key=tls.key_file.read_bytes() if tls and tls.key_file else None,
             )
             await client.connect()
-            assert client.kv is not None and client.lease is not None  # set by connect()
+            assert client.kv is not None and client.lease is not None and client.watch is not None  # by connect()
             self._client = client
-            self._services = _Services(client.kv, client.lease)
+            self._services = _Services(client.kv, client.lease, client.watch)
         return self._services
 
     def _watch_channel(self) -> grpc.Channel:

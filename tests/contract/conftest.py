@@ -56,7 +56,14 @@ def etcd_single(etcd_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         cluster.stop()
 
 
-@pytest.fixture(params=["memory", pytest.param("etcd", marks=pytest.mark.etcd)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("etcd", marks=pytest.mark.etcd),
+        # the agents' store: watches read on the event loop, not in threads
+        pytest.param("etcd-loop-watch", marks=pytest.mark.etcd),
+    ]
+)
 async def store_subject(request: pytest.FixtureRequest) -> AsyncIterator[StoreSubject]:
     if request.param == "memory":
         clock = FakeClock()
@@ -64,7 +71,12 @@ async def store_subject(request: pytest.FixtureRequest) -> AsyncIterator[StoreSu
     else:
         cluster: EtcdCluster = request.getfixturevalue("etcd_single")
         # A fresh namespace per test: tests share the server but never see each other's keys.
-        store = EtcdStore(cluster.endpoints, prefix=f"/contract-{uuid.uuid4().hex[:8]}/", timeout_s=5.0)
+        store = EtcdStore(
+            cluster.endpoints,
+            prefix=f"/contract-{uuid.uuid4().hex[:8]}/",
+            timeout_s=5.0,
+            watch_threads=request.param == "etcd",
+        )
         # etcd checks lease expiry every 500 ms and applies the deletion through raft.
         subj = StoreSubject("etcd", store, None, expiry_slack_s=1.0)
     try:

@@ -28,6 +28,7 @@ from ferry.etcd_store import EtcdStore, EtcdTLS
 from ferry.identity import Identity, Role
 from ferry.lab.etcd import EtcdCluster, MemberTLS, free_loopback_ports
 from ferry.registry import HostRegistration
+from ferry.timed_store import TimedStore
 
 TTL = 2
 # etcd checks lease expiry every 500 ms and applies the deletion through raft
@@ -91,7 +92,7 @@ def test_bad_registry_section_is_named(registry, what):
 
 @pytest.fixture
 async def store(etcd_one: EtcdCluster) -> AsyncIterator[EtcdStore]:
-    s = EtcdStore(etcd_one.endpoints, prefix=f"/reg-{uuid.uuid4().hex[:8]}/", timeout_s=2.0)
+    s = EtcdStore(etcd_one.endpoints, prefix=f"/reg-{uuid.uuid4().hex[:8]}/", timeout_s=2.0, watch_threads=False)
     try:
         yield s
     finally:
@@ -213,6 +214,68 @@ async def test_a_second_agent_with_the_same_name_does_not_fight(store):
     await asyncio.sleep(TTL * 1.5)  # the first sees that and stands back
     assert (await registered(store, "host1")).address == "10.77.0.99:7070"
     assert first.registrations == 1 and not first.registered.is_set()
+    await second.stop()
+    await first.stop()
+
+
+class _Calls:
+    """A StoreObserver counting the store calls by operation."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+
+    def store_call(self, operation: str, seconds: float, reason: str) -> None:
+        self.calls[operation] = self.calls.get(operation, 0) + 1
+
+
+@pytest.mark.etcd
+async def test_renewals_do_not_read_the_key(store):
+    """The key is watched, not read after each renewal (a thousand agents made 300 reads/s)."""
+    calls = _Calls()
+    reg = Registration(TimedStore(store, calls), "host1", "10.77.0.11:7070", ttl_s=TTL)
+    start(reg)
+    await asyncio.wait_for(reg.registered.wait(), 5)
+    before = dict(calls.calls)
+    await asyncio.sleep(TTL * 1.5)  # four renewals or so
+    renewals = calls.calls.get("keepalive", 0) - before.get("keepalive", 0)
+    reads = calls.calls.get("get", 0) - before.get("get", 0)
+    assert renewals >= 3 and reads == 0, calls.calls
+    assert await registered(store, "host1") is not None
+    await reg.stop()
+
+
+@pytest.mark.etcd
+async def test_a_deleted_key_is_written_again_at_once(store):
+    """An operator (or a mistake) deletes the key under a live lease: the watch sees it, and the
+    agent registers again well before its next renewal would have looked."""
+    reg = Registration(store, "host1", "10.77.0.11:7070", ttl_s=30)  # renewals every 10 s
+    start(reg)
+    await asyncio.wait_for(reg.registered.wait(), 5)
+    old = await store.get(keys.host_key("host1"))
+    await asyncio.sleep(0.2)
+    await store.delete(keys.host_key("host1"))
+    took = await wait_for(lambda: _present(store, "host1"), 5, "registration written again")
+    assert took < 3
+    again = await store.get(keys.host_key("host1"))
+    assert again.lease != old.lease and reg.registrations == 2
+    await reg.stop()
+    assert await registered(store, "host1") is None
+
+
+@pytest.mark.etcd
+async def test_the_first_agent_stands_back_at_once_when_a_second_takes_its_name(store):
+    first = Registration(store, "host1", "10.77.0.11:7070", ttl_s=30)
+    start(first)
+    await asyncio.wait_for(first.registered.wait(), 5)
+    second = Registration(store, "host1", "10.77.0.99:7070", ttl_s=30)
+    start(second)
+    await asyncio.wait_for(second.registered.wait(), 5)
+
+    async def stood_back() -> bool:
+        return not first.registered.is_set()
+
+    assert await wait_for(stood_back, 5, "the first agent stood back") < 3
+    assert (await registered(store, "host1")).address == "10.77.0.99:7070"
     await second.stop()
     await first.stop()
 
