@@ -200,6 +200,8 @@ def start_agents(sim: Sim, args: argparse.Namespace) -> None:
             "--state-dir",
             str(sim.workdir / f"cell{cell}"),
         ]
+        if args.agent_profile is not None and cell == 0:
+            argv += ["--profile", str(args.agent_profile)]
         err = open(sim.workdir / f"cell{cell}.log", "w")  # noqa: SIM115 -- kept open for the process's life
         sim.agents.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True))
         sim.hosts += [f"host{i}" for i in range(first, first + count)]
@@ -852,6 +854,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dump", type=Path, help="write every record (JSON lines) here, for a closer look")
     p.add_argument("--keep-logs", type=Path, help="copy the coordinator's and the agent processes' logs here")
     p.add_argument("--profile", type=Path, help="run the coordinator under cProfile, writing its stats here")
+    p.add_argument("--agent-profile", type=Path, help="run the first agent process under cProfile, stats here")
     args = p.parse_args(argv)
     args.limits = tuple(int(x) for x in args.limits.split(","))
     args.levels = [int(x) for x in args.levels.split(",") if x]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import logging
 import os
@@ -172,15 +173,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--step-s", type=float, default=0.5)
     p.add_argument("--ttl", type=int, default=10)
     p.add_argument("--state-dir", required=True)
+    p.add_argument("--profile", type=Path, help="run under cProfile, writing its stats here at the end")
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING, format=f"%(asctime)s cell{args.cell} %(levelname)s %(name)s: %(message)s"
     )
     started = time.monotonic()
+    profiler = cProfile.Profile() if args.profile is not None else None
+    if profiler is not None:
+        profiler.enable()
     try:
         asyncio.run(amain(args))
     except KeyboardInterrupt:
         return 130
+    finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(str(args.profile))
     logging.getLogger("sim").info("ran %.0f s (pid %d)", time.monotonic() - started, os.getpid())
     return 0
 
