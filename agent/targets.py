@@ -8,6 +8,12 @@ registry). Anything else is refused (FAILED_PRECONDITION ``TARGET_NOT_REGISTERED
 libvirt is asked to connect anywhere. A QEMU migration URI must be ``tcp://HOST[:PORT]`` with
 the target's own host or its registered migration address (``MIGRATE_URI_NOT_REGISTERED``).
 
+A Migrate that names the target's host (``target_host``, as the coordinator does) is checked
+against that one registration: one read of ``hosts/<name>``, not the whole ``hosts/`` listing
+(at 1,000 hosts, ~300 KiB per Migrate). Anything short of a match (no such key, another URI, an
+unreadable value, the store down) falls back to the full check, so the answer and its error
+are the same either way.
+
 When the store cannot be read, the last registrations read are used (and the failure logged):
 registrations change rarely, and a migration the coordinator started should not fail because
 this agent briefly lost etcd.
@@ -86,6 +92,19 @@ class MigrationTargets:
             out += await self._registered()
         return out
 
+    async def _named(self, host: str, target_uri: str) -> Target | None:
+        """``host``'s registration as a target when its URI is ``target_uri``; None otherwise."""
+        if self._store is None or host == self._own or "/" in host:
+            return None
+        try:
+            entry = await self._store.get(keys.host_key(host))
+            reg = HostRegistration.decode(entry.value) if entry is not None else None
+        except FerryError:
+            return None  # the full check says what is wrong (or uses the last registrations read)
+        if reg is None or reg.name != host or reg.libvirt_uri != target_uri:
+            return None
+        return Target(reg.libvirt_uri, reg.name, reg.migration_address)
+
     async def _registered(self) -> list[Target]:
         assert self._store is not None
         try:
@@ -104,12 +123,15 @@ class MigrationTargets:
         self._last = found
         return found
 
-    async def check(self, target_uri: str, migrate_uri: str = "") -> Target:
-        """The registered target ``target_uri`` names; raises when it names none (see the module doc)."""
-        known = await self.known()
-        target = next((t for t in known if t.uri == target_uri), None)
+    async def check(self, target_uri: str, migrate_uri: str = "", *, host: str = "") -> Target:
+        """The registered target ``target_uri`` names; raises when it names none (see the module
+        doc). ``host``: the target's registered name, when the caller knows it."""
+        target = await self._named(host, target_uri) if host else None
         if target is None:
-            raise _not_registered(target_uri, known)
+            known = await self.known()
+            target = next((t for t in known if t.uri == target_uri), None)
+            if target is None:
+                raise _not_registered(target_uri, known)
         if migrate_uri:
             parts = urlsplit(migrate_uri) if "://" in migrate_uri else None
             try:

@@ -92,9 +92,9 @@ async def start(args: argparse.Namespace) -> tuple[list[FakeHypervisor], list[ob
             state_dir=str(Path(args.state_dir) / name),
             prepare_ttl_s=600,
         )
-        # where Migrate may go: the cell's hosts (a migration never leaves its cell), as the
-        # in-process test fleet does; a real agent reads every registration from etcd instead
-        targets = MigrationTargets(name, peers=lambda: list(fleet.hosts))
+        # where Migrate may go: the registered hosts, read from etcd as a real agent does (the
+        # coordinator names the target host: one read of its registration per Migrate)
+        targets = MigrationTargets(name, store=store)
         servicer = build_agent(config, hv, host, targets=targets)
         server, [port] = create_server(config.listen, register(servicer), observer=CALLS)
         await server.start()

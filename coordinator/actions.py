@@ -323,6 +323,7 @@ class Actions:
                 policy=r.policy,
                 predicted_converges=r.prediction.converges if r.prediction is not None else None,
                 leader_term=self.term,
+                target_host=r.target_host,
             ):
                 if isinstance(item, MigrationResult):
                     emit(MigrationEnded(True, job=item.job))

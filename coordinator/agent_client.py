@@ -258,6 +258,7 @@ class GrpcAgentClient:
         policy: ConvergencePolicy | None = None,
         predicted_converges: bool | None = None,
         leader_term: int = 0,
+        target_host: str = "",
     ) -> AsyncIterator[MigrationProgress | PolicyAction | MigrationResult]:
         """Progress snapshots and policy actions, then one MigrationResult; a failed job raises
         its FerryError. Stopping the iteration cancels the stream (the job keeps running on the
@@ -272,6 +273,7 @@ class GrpcAgentClient:
             progress_interval_ms=self._progress_interval_ms,
             disks=[convert.disk_plan_to_pb(d) for d in disks],
             leader_term=leader_term,
+            target_host=target_host,
         )
         if policy is not None:
             request.policy.CopyFrom(convert.policy_to_pb(policy))

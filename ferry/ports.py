@@ -291,9 +291,13 @@ class AgentClient(Protocol):
         policy: ConvergencePolicy | None = None,
         predicted_converges: bool | None = None,
         leader_term: int = 0,
+        target_host: str = "",
     ) -> AsyncIterator[MigrationProgress | PolicyAction | MigrationResult]:
         """Progress snapshots and the policy's actions, then one MigrationResult; a failed job
         raises its FerryError.
+
+        ``target_host``: the target's registered name (the source agent then checks ``target_uri``
+        against that registration alone; empty: against every registration).
 
         ``disks``: the plan the target prepared (PrepareIncoming's answer); the source copies
         exactly its ``copy`` disks. Empty: the source plans from the options itself.

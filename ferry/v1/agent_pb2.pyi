@@ -137,7 +137,7 @@ class ListPreparesResponse(_message.Message):
     def __init__(self, prepares: _Optional[_Iterable[_Union[Prepare, _Mapping]]] = ...) -> None: ...
 
 class MigrateRequest(_message.Message):
-    __slots__ = ("domain", "target_uri", "migrate_uri", "destination_xml", "options", "migration_id", "progress_interval_ms", "disks", "leader_term", "policy", "predicted_converges")
+    __slots__ = ("domain", "target_uri", "migrate_uri", "destination_xml", "options", "migration_id", "progress_interval_ms", "disks", "leader_term", "policy", "predicted_converges", "target_host")
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
     TARGET_URI_FIELD_NUMBER: _ClassVar[int]
     MIGRATE_URI_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +149,7 @@ class MigrateRequest(_message.Message):
     LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_CONVERGES_FIELD_NUMBER: _ClassVar[int]
+    TARGET_HOST_FIELD_NUMBER: _ClassVar[int]
     domain: str
     target_uri: str
     migrate_uri: str
@@ -160,7 +161,8 @@ class MigrateRequest(_message.Message):
     leader_term: int
     policy: _types_pb2.ConvergencePolicy
     predicted_converges: bool
-    def __init__(self, domain: _Optional[str] = ..., target_uri: _Optional[str] = ..., migrate_uri: _Optional[str] = ..., destination_xml: _Optional[str] = ..., options: _Optional[_Union[_types_pb2.MigrationOptions, _Mapping]] = ..., migration_id: _Optional[str] = ..., progress_interval_ms: _Optional[int] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., leader_term: _Optional[int] = ..., policy: _Optional[_Union[_types_pb2.ConvergencePolicy, _Mapping]] = ..., predicted_converges: _Optional[bool] = ...) -> None: ...
+    target_host: str
+    def __init__(self, domain: _Optional[str] = ..., target_uri: _Optional[str] = ..., migrate_uri: _Optional[str] = ..., destination_xml: _Optional[str] = ..., options: _Optional[_Union[_types_pb2.MigrationOptions, _Mapping]] = ..., migration_id: _Optional[str] = ..., progress_interval_ms: _Optional[int] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., leader_term: _Optional[int] = ..., policy: _Optional[_Union[_types_pb2.ConvergencePolicy, _Mapping]] = ..., predicted_converges: _Optional[bool] = ..., target_host: _Optional[str] = ...) -> None: ...
 
 class MigrateEvent(_message.Message):
     __slots__ = ("progress", "result", "action")

@@ -17,9 +17,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_agent_api import add_guest, migrate_request, prepare_target, rpc_error
 
-from ferry import validate
+from ferry import keys, validate
 from ferry.agent.main import register
+from ferry.agent.targets import MigrationTargets
 from ferry.coordinator.phases import Phase
+from ferry.registry import HostRegistration
 from ferry.rpc import (
     SERVER_BUSY_HINT,
     STATUS_MESSAGE_MAX_BYTES,
@@ -29,6 +31,7 @@ from ferry.rpc import (
     from_rpc_error,
 )
 from ferry.testing.fake_hypervisor import make_domain_xml
+from ferry.testing.memory_store import MemoryStore
 from ferry.v1 import agent_pb2 as apb
 from ferry.v1 import agent_pb2_grpc as agrpc
 from ferry.v1 import coordinator_pb2 as cpb
@@ -178,6 +181,42 @@ async def test_a_registered_target_with_its_migration_address_is_fine(agents):
     events = await drain(host1.stub.Migrate(request))
     assert events[-1].HasField("result")
     assert "g1" in [d.name for d in host2.hv.domains.values()]
+
+
+class _CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    async def get(self, key):
+        self.reads.append(f"get {key}")
+        return await super().get(key)
+
+    async def list(self, prefix):
+        self.reads.append(f"list {prefix}")
+        return await super().list(prefix)
+
+
+async def test_a_migrate_naming_its_target_host_reads_that_registration_alone(agents):
+    """The coordinator names the target's host: the source agent reads hosts/<it>, not the whole
+    registry (a thousand registrations per Migrate at fleet scale)."""
+    host1, host2 = agents
+    store = _CountingStore()
+    await store.create(
+        keys.host_key("host2"), HostRegistration("host2", "127.0.0.1:1", host2.hv.uri, "10.77.0.12").encode()
+    )
+    host1.servicer.targets = MigrationTargets("host1", store=store)
+    add_guest(host1, "g1")
+    host2.host.files["/srv/shared/g1-data.raw"] = 64 << 20
+    prep = await prepare_target(host1, host2, "g1")
+    request = migrate_request("g1", host2, prep.destination_xml)
+    request.target_host = "host2"
+    events = await drain(host1.stub.Migrate(request))
+    assert events[-1].HasField("result")
+    assert store.reads == ["get hosts/host2"]
+    request.target_host = "host2\x00"
+    code, reason, message = await refused(drain(host1.stub.Migrate(request)))
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CHARACTERS") and "target_host" in message
 
 
 # ---------------------------------------------------------------- secrets in the XML

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import Any
 
 import grpc
 import pytest
@@ -19,6 +20,7 @@ from coordinator_setup import Setup, close, config, start
 
 from ferry import keys
 from ferry.agent.registration import Registration
+from ferry.agent.targets import MigrationTargets
 from ferry.cli import main as cli
 from ferry.coordinator.agent_client import GrpcAgentClient
 from ferry.coordinator.main import build_coordinator, current_leader
@@ -590,3 +592,32 @@ async def test_a_plain_submit_moves_the_definition_with_the_vm(leading):
     [moved] = [d for d in leading.agents["host2"].hv.domains.values() if d.name == "g1"]
     assert moved.persistent
     assert not last.options.keep_source_definition and not last.options.transient_target
+
+
+class _ReadsOf:
+    """The agents' view of the registry: ``store``'s gets and lists, each recorded."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.reads: list[str] = []
+
+    async def get(self, key: str) -> Any:
+        self.reads.append(f"get {key}")
+        return await self.store.get(key)
+
+    async def list(self, prefix: str) -> Any:
+        self.reads.append(f"list {prefix}")
+        return await self.store.list(prefix)
+
+
+async def test_the_source_agent_checks_the_target_against_its_registration_alone(leading):
+    """The coordinator names the target host in Migrate: the source agent, reading the registry as
+    a real agent does, reads hosts/host2 and nothing else of it."""
+    registry = _ReadsOf(leading.store)
+    leading.agents["host1"].servicer.targets = MigrationTargets("host1", store=registry)  # type: ignore[arg-type]
+    leading.agents.add_guest("host1", "g1")
+    m = await leading.submit("g1", "host2")
+    async for update in leading.stub.WatchMigration(cpb.WatchMigrationRequest(id=m.id)):
+        last = update
+    assert last.phase == cpb.PHASE_SUCCEEDED, [h.reason for h in last.history]
+    assert registry.reads == ["get hosts/host2"]

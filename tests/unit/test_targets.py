@@ -93,3 +93,55 @@ async def test_a_host_that_left_the_registry_is_no_target(store):
     await store.delete(keys.host_key("host2"))
     with pytest.raises(FailedPrecondition):
         await targets.check(HOST2.libvirt_uri)
+
+
+class _Counting(MemoryStore):
+    """A MemoryStore counting gets and lists."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = self.lists = 0
+
+    async def get(self, key):
+        self.gets += 1
+        return await super().get(key)
+
+    async def list(self, prefix):
+        self.lists += 1
+        return await super().list(prefix)
+
+
+async def test_a_named_target_is_checked_against_its_registration_alone():
+    store = _Counting()
+    await store.create(keys.host_key("host2"), HOST2.encode())
+    targets = MigrationTargets("host1", store=store)
+    t = await targets.check(HOST2.libvirt_uri, "tcp://10.1.0.12", host="host2")
+    assert (t.name, t.migration_address) == ("host2", "10.1.0.12")
+    assert (store.gets, store.lists) == (1, 0)  # not the whole hosts/ listing
+
+
+@pytest.mark.parametrize(
+    ("uri", "host"),
+    [
+        ("qemu+tls://host2.dc1/system?socket=/tmp/evil", "host2"),  # not the URI host2 registered
+        ("qemu+tls://host1.dc1/system", "host1"),  # this host itself
+        ("qemu+tls://host3.dc1/system", "host3"),  # not registered
+        ("qemu+tls://host2.dc1/system", "junk"),  # an unreadable registration
+        ("qemu+tls://host2.dc1/system", "a/b"),  # not a host name
+    ],
+)
+async def test_a_named_target_that_does_not_match_gets_the_full_check(store, uri, host):
+    targets = MigrationTargets("host1", store=store)
+    if uri == HOST2.libvirt_uri:  # a wrong name for a registered URI: the full check finds it
+        assert (await targets.check(uri, host=host)).name == "host2"
+        return
+    with pytest.raises(FailedPrecondition) as exc:
+        await targets.check(uri, host=host)
+    assert exc.value.reason == "TARGET_NOT_REGISTERED" and "host2=qemu+tls://host2.dc1/system" in exc.value.hint
+
+
+async def test_a_named_target_while_the_store_is_down_uses_the_last_registrations_read(store):
+    targets = MigrationTargets("host1", store=store)
+    await targets.check(HOST2.libvirt_uri)
+    await store.close()
+    assert (await targets.check(HOST2.libvirt_uri, host="host2")).name == "host2"
