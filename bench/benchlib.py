@@ -7,12 +7,15 @@ tables are Markdown (pipes), readable in a terminal and pasted as they are into 
 
 from __future__ import annotations
 
+import contextlib
+import cProfile
 import itertools
 import math
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -367,3 +370,19 @@ def prediction_error(predicted: float | None, actual: float | None) -> float | N
     if predicted is None or actual is None or actual <= 0:
         return None
     return (predicted - actual) / actual
+
+
+@contextlib.contextmanager
+def profiled(path: Path | None) -> Iterator[None]:
+    """Run the body under cProfile and write its stats to ``path`` at the end (even when it
+    raises); None: run it plain. The simulation's processes take ``--profile``."""
+    if path is None:
+        yield
+        return
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+        profiler.dump_stats(str(path))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
 import json
 import logging
 import os
@@ -32,6 +31,8 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+
+from benchlib import profiled
 
 from ferry.agent.config import AgentConfig
 from ferry.agent.main import build_agent, register
@@ -179,17 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING, format=f"%(asctime)s cell{args.cell} %(levelname)s %(name)s: %(message)s"
     )
     started = time.monotonic()
-    profiler = cProfile.Profile() if args.profile is not None else None
-    if profiler is not None:
-        profiler.enable()
     try:
-        asyncio.run(amain(args))
+        with profiled(args.profile):
+            asyncio.run(amain(args))
     except KeyboardInterrupt:
         return 130
-    finally:
-        if profiler is not None:
-            profiler.disable()
-            profiler.dump_stats(str(args.profile))
     logging.getLogger("sim").info("ran %.0f s (pid %d)", time.monotonic() - started, os.getpid())
     return 0
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import cProfile
 import json
 import logging
 import os
@@ -25,6 +24,8 @@ from collections import Counter
 from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 from pathlib import Path
+
+from benchlib import profiled
 
 from ferry.coordinator.config import load_config
 from ferry.coordinator.main import build_coordinator, etcd_store, grpc_agent_factory
@@ -178,16 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in filter(None, os.environ.get("FERRY_SIM_INFO_LOGGERS", "").split(",")):
         logging.getLogger(name).setLevel(logging.INFO)  # e.g. ferry.coordinator.fleet, for a closer look
-    if args.profile is None:
+    with profiled(args.profile):
         asyncio.run(serve(args.config, args.stats))
-        return 0
-    profiler = cProfile.Profile()
-    profiler.enable()
-    try:
-        asyncio.run(serve(args.config, args.stats))
-    finally:
-        profiler.disable()
-        profiler.dump_stats(str(args.profile))
     return 0
 
 

@@ -31,7 +31,6 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import grpc
-import grpc.aio
 from etcd3aio._protobuf import WatchCreateRequest, WatchRequest, WatchStub  # the client has no sync stream
 from etcd3aio.connections import ConnectionManager
 
@@ -152,21 +151,20 @@ class AioWatchStream:
     per turn of the event loop (for watches that see few events)."""
 
     def __init__(self, stub: WatchStub, metadata: Any, key: bytes, range_end: bytes, start_revision: int) -> None:
-        request = WatchRequest(
+        self._request = WatchRequest(
             create_request=WatchCreateRequest(key=key, range_end=range_end, start_revision=start_revision)
         )
-        self._requests: asyncio.Queue[Any] = asyncio.Queue()
-        self._requests.put_nowait(request)
+        self._closing = asyncio.Event()
         self._call = stub.Watch(self._outgoing(), metadata=metadata or None)
 
     async def _outgoing(self) -> AsyncIterator[Any]:
-        yield await self._requests.get()
-        await self._requests.get()  # the stream stays open until close()
+        yield self._request
+        await self._closing.wait()  # the stream stays open until close()
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         async for response in self._call:
             yield response
 
     async def close(self) -> None:
-        self._requests.put_nowait(None)
+        self._closing.set()
         self._call.cancel()

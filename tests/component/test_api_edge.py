@@ -32,6 +32,7 @@ from ferry.rpc import (
 )
 from ferry.testing.fake_hypervisor import make_domain_xml
 from ferry.testing.memory_store import MemoryStore
+from ferry.testing.store_reads import ReadLog
 from ferry.v1 import agent_pb2 as apb
 from ferry.v1 import agent_pb2_grpc as agrpc
 from ferry.v1 import coordinator_pb2 as cpb
@@ -183,29 +184,15 @@ async def test_a_registered_target_with_its_migration_address_is_fine(agents):
     assert "g1" in [d.name for d in host2.hv.domains.values()]
 
 
-class _CountingStore(MemoryStore):
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads: list[str] = []
-
-    async def get(self, key):
-        self.reads.append(f"get {key}")
-        return await super().get(key)
-
-    async def list(self, prefix):
-        self.reads.append(f"list {prefix}")
-        return await super().list(prefix)
-
-
 async def test_a_migrate_naming_its_target_host_reads_that_registration_alone(agents):
     """The coordinator names the target's host: the source agent reads hosts/<it>, not the whole
     registry (a thousand registrations per Migrate at fleet scale)."""
     host1, host2 = agents
-    store = _CountingStore()
+    store = ReadLog(MemoryStore())
     await store.create(
         keys.host_key("host2"), HostRegistration("host2", "127.0.0.1:1", host2.hv.uri, "10.77.0.12").encode()
     )
-    host1.servicer.targets = MigrationTargets("host1", store=store)
+    host1.servicer.targets = MigrationTargets("host1", store=store)  # type: ignore[arg-type]
     add_guest(host1, "g1")
     host2.host.files["/srv/shared/g1-data.raw"] = 64 << 20
     prep = await prepare_target(host1, host2, "g1")

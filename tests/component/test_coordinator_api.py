@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from typing import Any
 
 import grpc
 import pytest
@@ -32,6 +31,7 @@ from ferry.rpc import create_channel, from_rpc_error
 from ferry.testing.fake_hostsystem import FakeDir
 from ferry.testing.fake_hypervisor import GiB, MiB, make_domain_xml
 from ferry.testing.memory_store import MemoryStore
+from ferry.testing.store_reads import ReadLog
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import types_pb2 as tpb
 
@@ -594,26 +594,10 @@ async def test_a_plain_submit_moves_the_definition_with_the_vm(leading):
     assert not last.options.keep_source_definition and not last.options.transient_target
 
 
-class _ReadsOf:
-    """The agents' view of the registry: ``store``'s gets and lists, each recorded."""
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-        self.reads: list[str] = []
-
-    async def get(self, key: str) -> Any:
-        self.reads.append(f"get {key}")
-        return await self.store.get(key)
-
-    async def list(self, prefix: str) -> Any:
-        self.reads.append(f"list {prefix}")
-        return await self.store.list(prefix)
-
-
 async def test_the_source_agent_checks_the_target_against_its_registration_alone(leading):
     """The coordinator names the target host in Migrate: the source agent, reading the registry as
     a real agent does, reads hosts/host2 and nothing else of it."""
-    registry = _ReadsOf(leading.store)
+    registry = ReadLog(leading.store)
     leading.agents["host1"].servicer.targets = MigrationTargets("host1", store=registry)  # type: ignore[arg-type]
     leading.agents.add_guest("host1", "g1")
     m = await leading.submit("g1", "host2")
