@@ -21,6 +21,7 @@ from ferry import keys, validate
 from ferry.agent.main import register
 from ferry.agent.targets import MigrationTargets
 from ferry.coordinator.phases import Phase
+from ferry.model import DomainState
 from ferry.registry import HostRegistration
 from ferry.rpc import (
     SERVER_BUSY_HINT,
@@ -201,6 +202,9 @@ async def test_a_migrate_naming_its_target_host_reads_that_registration_alone(ag
     events = await drain(host1.stub.Migrate(request))
     assert events[-1].HasField("result")
     assert store.reads == ["get hosts/host2"]
+    # the guest runs on host2, and on host1 no longer
+    assert [d.name for d in host2.hv.domains.values() if d.state is DomainState.RUNNING] == ["g1"]
+    assert not [d for d in host1.hv.domains.values() if d.name == "g1" and d.state.is_active]
     request.target_host = "host2\x00"
     code, reason, message = await refused(drain(host1.stub.Migrate(request)))
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CHARACTERS") and "target_host" in message

@@ -605,3 +605,6 @@ async def test_the_source_agent_checks_the_target_against_its_registration_alone
         last = update
     assert last.phase == cpb.PHASE_SUCCEEDED, [h.reason for h in last.history]
     assert registry.reads == ["get hosts/host2"]
+    # the guest runs on the target alone, nothing of the migration is left on either host
+    assert leading.agents.where("g1") == {"host2": DomainState.RUNNING}
+    assert leading.agents.prepares("host1") == [] and leading.agents.prepares("host2") == []
