@@ -177,6 +177,24 @@ def agent_state_root() -> Path | None:
     return Path(tempfile.mkdtemp(prefix="ferry-scale-state-", dir=shm)) if shm.is_dir() else None
 
 
+async def idle_cost(sim: Sim, seconds: float) -> None:
+    """Print what the registered agents and etcd use with no coordinator and no migration: the
+    registrations' upkeep alone (after 15 s to settle, over ``seconds``)."""
+    await asyncio.sleep(15)
+
+    def used() -> tuple[float, float]:
+        return sum(cpu_seconds(p.pid) for p in sim.agents), cpu_seconds(sim.etcd.members[0].pid or 0)
+
+    (agents0, etcd0), t0 = used(), time.monotonic()
+    await asyncio.sleep(seconds)
+    (agents1, etcd1), wall = used(), time.monotonic() - t0
+    print(
+        f"idle fleet over {wall:.0f} s: agent processes {100 * (agents1 - agents0) / wall:.1f} % of a core, "
+        f"etcd {100 * (etcd1 - etcd0) / wall:.1f} %",
+        flush=True,
+    )
+
+
 def start_agents(sim: Sim, args: argparse.Namespace) -> None:
     per = -(-args.hosts // args.processes)
     first = 1
@@ -747,6 +765,9 @@ async def amain(args: argparse.Namespace) -> int:
             print(f"etcd {'.'.join(map(str, version))} ({fsync}) on {etcd.endpoints[0]}", flush=True)
             start_agents(sim, args)
             print(f"{len(sim.hosts)} agents registered after {time.monotonic() - started:.0f} s", flush=True)
+            if args.idle_s:
+                await idle_cost(sim, args.idle_s)
+                return 0
             start_coordinator(sim, args)
             channel = create_channel(sim.address)
             stub = cgrpc.CoordinatorStub(channel)
@@ -859,6 +880,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         default=10,
         help="the agents' registration lease TTL (s); each renews every ttl/3, in the simulation's processes",
+    )
+    p.add_argument(
+        "--idle-s", type=float, default=0, help="only measure the agents' and etcd's CPU this long, no migrations"
     )
     p.add_argument("--levels", default="", help="in-flight levels to measure first, e.g. 100,200,400")
     p.add_argument("--level-migrations", type=int, default=2000, help="migrations per level")
