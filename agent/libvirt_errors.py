@@ -290,3 +290,13 @@ def timeout_error(call: str, host: str, timeout_s: float) -> DeadlineExceeded:
         hint=f"libvirtd on {host} is hung or overloaded: check `virsh list` there and the "
         "libvirtd log; raise libvirt_timeout_s only if the host is merely slow",
     )
+
+
+def not_incoming(name: str, uuid: str, host: str, *, persistent: bool, state: str) -> FailedPrecondition:
+    """``destroy_incoming`` refused: the domain is not a migration's unfinished incoming copy."""
+    what = "has a persistent definition" if persistent else f"is {state}, not held paused by libvirt for a migration"
+    return FailedPrecondition(
+        f"{name} ({uuid}) on {host} {what}: it is not an unfinished incoming migration's domain; left alone",
+        reason="NOT_INCOMING",
+        hint=f"find where the guest runs (virsh list on both hosts) before removing anything of {name} on {host}",
+    )

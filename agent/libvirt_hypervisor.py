@@ -450,6 +450,30 @@ class LibvirtHypervisor:
 
         return await self._call("undefine", work)
 
+    async def destroy_incoming(self, uuid: str) -> bool:
+        def work(conn: libvirt.virConnect) -> bool:
+            try:
+                dom = conn.lookupByUUIDString(uuid)
+            except libvirt.libvirtError as exc:
+                if _code(exc) == le.VIR_ERR_NO_DOMAIN:
+                    return False
+                raise
+            state, reason = dom.state()
+            persistent = bool(dom.isPersistent())
+            if persistent or not lt.paused_by_libvirt(state, reason):
+                raise le.not_incoming(
+                    dom.name(), uuid, self.uri, persistent=persistent, state=lt.domain_state(state).name.lower()
+                )
+            try:
+                dom.destroy()
+            except libvirt.libvirtError as exc:
+                # gone or not running: libvirt removed it meanwhile (a transient domain ends so)
+                if _code(exc) not in (le.VIR_ERR_NO_DOMAIN, le.VIR_ERR_OPERATION_INVALID):
+                    raise
+            return True
+
+        return await self._call("destroy", work)
+
     async def remote_resume(self, target_uri: str, name_or_uuid: str) -> bool:
         uri = self._peer_uris.get(target_uri, target_uri)
 

@@ -315,13 +315,29 @@ class PrepareService:
 
     # ------------------------------------------------------------------ cleanup / commit
 
-    async def _refuse_if_running_here(self, record: PrepareRecord) -> None:
-        """Wait (bounded) for an incoming migration job to end; refuse while the domain is active."""
+    async def _refuse_if_running_here(self, record: PrepareRecord, discard_incoming: bool = False) -> None:
+        """Wait (bounded) for an incoming migration job to end; refuse while the domain is active.
+
+        ``discard_incoming``: the caller saw the guest execute on the source with no job; a domain
+        libvirt still holds paused here for the incoming migration (transient, it never ran here)
+        is a leftover: destroy it (``Hypervisor.destroy_incoming`` checks it is one)."""
         deadline = self._clock() + self._incoming_wait
+        discarded = False
         while True:
             dom = await self._hv.find_domain(uuid=record.domain_uuid)
             if dom is None or not dom.state.is_active:
                 return
+            if discard_incoming and not discarded and dom.paused_by_libvirt and not dom.persistent:
+                await self._hv.destroy_incoming(record.domain_uuid)
+                log.warning(
+                    "destroyed %s (%s): the unfinished incoming copy of migration %s, left paused here while "
+                    "the guest runs on its source",
+                    record.domain_name,
+                    record.domain_uuid,
+                    record.migration_id or "?",
+                )
+                discarded = True
+                continue
             try:
                 job_running = (await self._hv.job_stats(record.domain_uuid)).active
             except NotFound:
@@ -344,13 +360,15 @@ class PrepareService:
             hint=hint,
         )
 
-    async def cleanup(self, prepare_id: str) -> CleanupOutcome:
-        """Remove exactly what the prepare created, then its record. Idempotent."""
+    async def cleanup(self, prepare_id: str, *, discard_incoming: bool = False) -> CleanupOutcome:
+        """Remove exactly what the prepare created, then its record. Idempotent.
+
+        ``discard_incoming``: see ``_refuse_if_running_here``."""
         _check_id(prepare_id)
         loaded = self._store.load(prepare_id)
         if loaded is None:
             return CleanupOutcome([], True)
-        await self._refuse_if_running_here(loaded[0])
+        await self._refuse_if_running_here(loaded[0], discard_incoming)
         async with self._lock:
             loaded = self._store.load(prepare_id)
             if loaded is None:

@@ -213,7 +213,7 @@ class AgentServicer(agrpc.AgentServicer):
     ) -> apb.CleanupIncomingResponse:
         prepare_id = validate.ident(request.prepare_id, "prepare_id", required=True)
         self.fence.admit(_term(request.leader_term), "CleanupIncoming")
-        removed, already_gone = await self.prepare.cleanup(prepare_id)
+        removed, already_gone = await self.prepare.cleanup(prepare_id, discard_incoming=request.discard_incoming)
         return apb.CleanupIncomingResponse(removed=removed, already_gone=already_gone)
 
     @rpc_method

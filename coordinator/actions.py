@@ -190,8 +190,8 @@ class Actions:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 emit(await self.placement(r))
-            case CleanupTarget(prepare_ids=ids):
-                emit(await self.cleanup(r, ids))
+            case CleanupTarget(prepare_ids=ids, discard_incoming=discard):
+                emit(await self.cleanup(r, ids, discard_incoming=discard))
             case CommitTarget(prepare_id=pid, require_landed=landed):
                 emit(await self.commit(r, pid, require_landed=landed))
 
@@ -449,11 +449,11 @@ class Actions:
             log.info("migration %s: cannot list prepares on %s: %s", r.id, r.target_host, err.reason)
             return None
 
-    async def cleanup(self, r: MigrationRecord, ids: tuple[str, ...]) -> Event:
+    async def cleanup(self, r: MigrationRecord, ids: tuple[str, ...], *, discard_incoming: bool = False) -> Event:
         try:
             target = self._client(r.target_host)
             for pid in ids:
-                removed = await target.cleanup_incoming(pid, leader_term=self.term)
+                removed = await target.cleanup_incoming(pid, discard_incoming=discard_incoming, leader_term=self.term)
                 log.info(
                     "migration %s: cleaned prepare %s on %s: %s",
                     r.id,
@@ -463,7 +463,9 @@ class Actions:
                 )
             for p in await target.list_prepares(leader_term=self.term):
                 if p.migration_id == r.id:
-                    removed = await target.cleanup_incoming(p.prepare_id, leader_term=self.term)
+                    removed = await target.cleanup_incoming(
+                        p.prepare_id, discard_incoming=discard_incoming, leader_term=self.term
+                    )
                     log.info(
                         "migration %s: cleaned stray prepare %s on %s: %s",
                         r.id,

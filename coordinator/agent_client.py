@@ -227,10 +227,13 @@ class GrpcAgentClient:
         assert isinstance(m, apb.PrepareIncomingResponse)
         return convert.prepared_from_pb(m)
 
-    async def cleanup_incoming(self, prepare_id: str, *, leader_term: int = 0) -> list[str]:
-        m = await self._call(
-            "CleanupIncoming", apb.CleanupIncomingRequest(prepare_id=prepare_id, leader_term=leader_term), slow=True
+    async def cleanup_incoming(
+        self, prepare_id: str, *, discard_incoming: bool = False, leader_term: int = 0
+    ) -> list[str]:
+        request = apb.CleanupIncomingRequest(
+            prepare_id=prepare_id, discard_incoming=discard_incoming, leader_term=leader_term
         )
+        m = await self._call("CleanupIncoming", request, slow=True)
         assert isinstance(m, apb.CleanupIncomingResponse)
         return list(m.removed)
 

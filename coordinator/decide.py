@@ -13,7 +13,11 @@ Where the guest is decides what happens after a migration job ended, never an er
     moving     follow the job          observe again        abort the job, observe again
     on source  roll back, clean target roll back, clean     clean target; cleaned -> RolledBack/Cancelled
     on target  Finishing, commit       commit -> Succeeded  too late: Finishing, commit
-    settling   observe again (the phase deadline bounds the wait)
+    settling   observe again (the phase deadline bounds the wait); but the guest executing on
+               the source with no job while the target keeps libvirt's paused incoming copy
+               (``stale_incoming``) is waited for only ``stale_incoming_s``: then the target is
+               cleaned, that copy destroyed (``CleanupTarget(discard_incoming=True)``), and the
+               migration rolls back
     on both    job active: abort it (executing on both while a job runs can only be pre-copy,
                where the source holds the authoritative state and libvirt then stops the
                target's incoming copy); no job: Failed VM_ON_TWO_HOSTS, nothing removed
@@ -792,6 +796,11 @@ def on_placement(c: Ctx, p: Placement) -> Decision:
                 f"{r.source_host} unless the migration reached post-copy or completed{kept}",
             ),
         )
+    if stale_incoming(p, r.options.offline):
+        return _stale_incoming(c)
+    if r.stale_incoming_since is not None:  # the target's paused copy went away: the wait ends
+        c = replace(c, r=replace(r, stale_incoming_since=None, updated_at=c.now))
+        r = c.r
     if loc in (Location.SETTLING, Location.UNCLEAR, Location.ARRIVING):
         return c.keep(f"placement {loc.value}; observing again", c.observe_later)
     match r.phase:
@@ -826,6 +835,47 @@ def on_placement(c: Ctx, p: Placement) -> Decision:
     if not r.target_cleaned:
         return c.keep("job stopped, guest runs on source only; cleaning target", CleanupTarget(_ids(r)))
     return finish_rollback(c, "target cleaned, guest runs on source")
+
+
+def stale_incoming(p: Placement, offline: bool = False) -> bool:
+    """The guest executes on the source with no job while the target holds libvirt's paused
+    incoming copy: the end of a failed or aborted migration. libvirt removes that copy at once,
+    unless the target's libvirtd lost track of it (restarted mid-migration). Never after a
+    switch-over: a source that handed the guest over is paused, then gone."""
+    return (
+        not offline
+        and p.source_state in EXECUTING
+        and not p.source_job_active
+        and p.target_state is DomainState.PAUSED
+        and p.target_arriving
+    )
+
+
+def _stale_incoming(c: Ctx) -> Decision:
+    """A ``stale_incoming`` placement: observe again; once it lasted ``stale_incoming_s``, clean
+    the target, destroying that copy (``CleanupTarget.discard_incoming``), and roll back."""
+    r, t = c.r, c.t
+    what = f"{r.vm} runs on {r.source_host} with no job; {r.target_host} holds its incoming copy paused"
+    if r.stale_incoming_since is None:
+        # usually gone by the next look: noted only if it has to be discarded
+        r2 = replace(r, stale_incoming_since=c.now, updated_at=c.now)
+        return Decision(r2, (c.observe_later,), f"{what}; observing again")
+    waited = (c.now - r.stale_incoming_since).total_seconds()
+    if waited < t.stale_incoming_s:
+        return c.keep(f"{what} ({waited:.0f} s); observing again", c.observe_later)
+    reason = f"{what} for {waited:.0f} s: libvirt left it behind; discarding it"
+    clean = CleanupTarget(_ids(r), discard_incoming=True)
+    if r.phase is Phase.ROLLING_BACK:
+        return Decision(note(r, c.now, reason), (clean,), f"{reason}; cleaning target")
+    err = r.error or Problem(
+        "MIGRATION_NOT_LANDED" if r.phase is Phase.FINISHING else "MIGRATION_INTERRUPTED",
+        f"the migration of {r.vm} ended with the guest on {r.source_host} and an unfinished incoming copy "
+        f"left paused on {r.target_host}",
+        f"see the libvirtd log on {r.target_host} (a restart during the migration leaves such a copy); "
+        "retry the migration",
+    )
+    d = roll_back(c, reason, goal=Phase.ROLLED_BACK, error=err, safe_to_clean=True)
+    return Decision(d.record, (clean,), d.outcome)
 
 
 def _placement_migrating(c: Ctx, loc: Location) -> Decision:

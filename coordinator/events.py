@@ -197,6 +197,10 @@ class CleanupTarget:
     with this migration's id (a prepare whose answer was lost). Feed CleanedUp when none is left."""
 
     prepare_ids: tuple[str, ...] = ()
+    #: the placement showed the guest executing on the source with no job and the target holding
+    #: libvirt's unfinished incoming copy for longer than ``Timeouts.stale_incoming_s``: the
+    #: target destroys that copy first (``CleanupIncomingRequest.discard_incoming``)
+    discard_incoming: bool = False
 
 
 @dataclass(frozen=True)

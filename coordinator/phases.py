@@ -125,6 +125,10 @@ class Timeouts:
     max_attempts: int = 3
     # pause before observing again a placement that is still settling
     observe_delay_s: float = 2.0
+    # the guest executes on the source with no job while the target still holds libvirt's paused
+    # incoming copy (its libvirtd restarted mid-migration and kept it): libvirt removes such a copy
+    # at once when it can, so after this long the target's cleanup destroys it (``decide``)
+    stale_incoming_s: float = 30.0
     # an agent (or its libvirtd) that does not answer, in any phase: probed again after
     # agent_probe_s, the pause growing by half up to agent_probe_max_s (``probe_delay_s``);
     # acted on as soon as both hosts answer; after agent_lost_s without an answer the migration

@@ -92,6 +92,9 @@ class MigrationRecord:
     # (cleared when both hosts answer again and on every phase change; ``decide``)
     lost_host: str = ""
     lost_since: datetime | None = None
+    # since when the target holds libvirt's unfinished incoming copy paused while the guest
+    # executes on the source with no job (``decide``: discarded after ``stale_incoming_s``)
+    stale_incoming_since: datetime | None = None
     # admitted ahead of its slot (``slots.py``): preflight and prepare run, the job waits for a
     # grant (``SlotGranted``); counts against ``Limits.prepare_ahead``, not the limits
     ahead: bool = False
@@ -209,6 +212,10 @@ def with_phase(r: MigrationRecord, phase: Phase, now: datetime, reason: str, tim
         lost_host="",
         lost_since=None,
         ahead=r.ahead and phase.holds_slot,  # queued again or final: no longer ahead of a slot
+        # kept while the migration's own phases act on it, gone once queued again or final
+        stale_incoming_since=(
+            r.stale_incoming_since if phase in (Phase.MIGRATING, Phase.FINISHING, Phase.ROLLING_BACK) else None
+        ),
         updated_at=now,
     )
 
@@ -379,6 +386,8 @@ def encode(r: MigrationRecord) -> bytes:
     }
     if r.lost_since is not None:  # only while waiting: a record without them reads on older coordinators
         doc.update(lost_host=r.lost_host, lost_since=_ts(r.lost_since))
+    if r.stale_incoming_since is not None:  # likewise only while it lasts
+        doc["stale_incoming_since"] = _ts(r.stale_incoming_since)
     if r.ahead:  # likewise only while ahead of its slot
         doc["ahead"] = True
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
@@ -468,6 +477,7 @@ def _decode(d: dict[str, Any], revision: int, create_revision: int = 0) -> Migra
         ),
         lost_host=str(d.get("lost_host", "")),
         lost_since=time_from_doc(d.get("lost_since")),
+        stale_incoming_since=time_from_doc(d.get("stale_incoming_since")),
         ahead=bool(d.get("ahead", False)),
         revision=revision,
         create_revision=create_revision,

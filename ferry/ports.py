@@ -143,6 +143,14 @@ class Hypervisor(Protocol):
         active or gone. A completed migration's leftover on the source, nothing else."""
         ...
 
+    async def destroy_incoming(self, uuid: str) -> bool:
+        """Stop the domain ``uuid`` only while it is what a migration that never finished left
+        here: transient, and held paused by libvirt for its incoming migration (it never ran
+        here). True: destroyed; False: no such domain (nothing to do). Anything else (a persistent
+        or a running domain, one the user paused) raises FailedPrecondition NOT_INCOMING and is
+        left alone."""
+        ...
+
     async def dirty_rate(self, name_or_uuid: str, seconds: int) -> float:
         """The guest's dirty rate in bytes per second over ``seconds`` (libvirt's page-sampling
         calculation; waits for it). Raises FailedPrecondition (DIRTY_RATE_UNSUPPORTED) when
@@ -267,8 +275,12 @@ class AgentClient(Protocol):
         leader_term: int = 0,
     ) -> PreparedIncoming: ...
 
-    async def cleanup_incoming(self, prepare_id: str, *, leader_term: int = 0) -> list[str]:
-        """Remove what the prepare created; returns the removed paths ([] when already gone)."""
+    async def cleanup_incoming(
+        self, prepare_id: str, *, discard_incoming: bool = False, leader_term: int = 0
+    ) -> list[str]:
+        """Remove what the prepare created; returns the removed paths ([] when already gone).
+        ``discard_incoming``: the guest executes on the source with no job; destroy the prepare's
+        domain first if libvirt left it here as an unfinished incoming copy."""
         ...
 
     async def commit_incoming(self, prepare_id: str, *, require_landed: bool = False, leader_term: int = 0) -> None:

@@ -624,6 +624,18 @@ class FakeHypervisor:
         del self.domains[dom.uuid]
         return True
 
+    async def destroy_incoming(self, uuid: str) -> bool:
+        await self._enter("destroy_incoming", "destroy")
+        dom = self.domains.get(uuid)
+        if dom is None:
+            return False
+        incoming = dom.state is DomainState.PAUSED and dom.paused_by_libvirt
+        if not incoming or dom.persistent:
+            raise le.not_incoming(dom.name, uuid, self.uri, persistent=dom.persistent, state=dom.state.name.lower())
+        self.jobs.pop(uuid, None)
+        del self.domains[uuid]
+        return True
+
     async def remote_resume(self, target_uri: str, name_or_uuid: str) -> bool:
         await self._enter("remote_resume", "resume")
         target = self._remote(target_uri)

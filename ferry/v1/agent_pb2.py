@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from ferry.v1 import types_pb2 as ferry_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66\x65rry/v1/agent.proto\x12\x08\x66\x65rry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14\x66\x65rry/v1/types.proto\"\x15\n\x13GetInventoryRequest\"Q\n\tInventory\x12!\n\x04host\x18\x01 \x01(\x0b\x32\x13.ferry.v1.HostFacts\x12!\n\x07\x64omains\x18\x02 \x03(\x0b\x32\x10.ferry.v1.Domain\"J\n\x10GetDomainRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0binclude_xml\x18\x02 \x01(\x08\x12\x13\n\x0bleader_term\x18\x03 \x01(\x04\"B\n\x11GetDomainResponse\x12 \n\x06\x64omain\x18\x01 \x01(\x0b\x32\x10.ferry.v1.Domain\x12\x0b\n\x03xml\x18\x02 \x01(\t\"\xf0\x01\n\x16PrepareIncomingRequest\x12\x12\n\ndomain_xml\x18\x01 \x01(\t\x12!\n\x05\x64isks\x18\x02 \x03(\x0b\x32\x12.ferry.v1.DiskPlan\x12&\n\x07mapping\x18\x03 \x01(\x0b\x32\x15.ferry.v1.HostMapping\x12&\n\x07storage\x18\x04 \x01(\x0e\x32\x15.ferry.v1.StorageMode\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\r\x12\x14\n\x0cmigration_id\x18\x06 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x07 \x01(\x08\x12\x13\n\x0bleader_term\x18\x08 \x01(\x04\"\xd3\x01\n\x17PrepareIncomingResponse\x12\x12\n\nprepare_id\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65stination_xml\x18\x02 \x01(\t\x12!\n\x05\x64isks\x18\x03 \x03(\x0b\x32\x12.ferry.v1.DiskPlan\x12\x0f\n\x07\x63reated\x18\x04 \x03(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x08problems\x18\x06 \x03(\x0b\x32\x15.ferry.v1.ErrorDetail\"A\n\x16\x43leanupIncomingRequest\x12\x12\n\nprepare_id\x18\x01 \x01(\t\x12\x13\n\x0bleader_term\x18\x02 \x01(\x04\"@\n\x17\x43leanupIncomingResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t\x12\x14\n\x0c\x61lready_gone\x18\x02 \x01(\x08\"X\n\x15\x43ommitIncomingRequest\x12\x12\n\nprepare_id\x18\x01 \x01(\t\x12\x13\n\x0bleader_term\x18\x02 \x01(\x04\x12\x16\n\x0erequire_landed\x18\x03 \x01(\x08\"\x18\n\x16\x43ommitIncomingResponse\"*\n\x13ListPreparesRequest\x12\x13\n\x0bleader_term\x18\x01 \x01(\x04\"\xce\x01\n\x07Prepare\x12\x12\n\nprepare_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64omain_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64omain_uuid\x18\x03 \x01(\t\x12\x0f\n\x07\x63reated\x18\x04 \x03(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmigration_id\x18\x07 \x01(\t\";\n\x14ListPreparesResponse\x12#\n\x08prepares\x18\x01 \x03(\x0b\x32\x11.ferry.v1.Prepare\"\xf7\x02\n\x0eMigrateRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x12\n\ntarget_uri\x18\x02 \x01(\t\x12\x13\n\x0bmigrate_uri\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65stination_xml\x18\x04 \x01(\t\x12+\n\x07options\x18\x05 \x01(\x0b\x32\x1a.ferry.v1.MigrationOptions\x12\x14\n\x0cmigration_id\x18\x06 \x01(\t\x12\x1c\n\x14progress_interval_ms\x18\x07 \x01(\r\x12!\n\x05\x64isks\x18\x08 \x03(\x0b\x32\x12.ferry.v1.DiskPlan\x12\x13\n\x0bleader_term\x18\t \x01(\x04\x12+\n\x06policy\x18\n \x01(\x0b\x32\x1b.ferry.v1.ConvergencePolicy\x12 \n\x13predicted_converges\x18\x0b \x01(\x08H\x00\x88\x01\x01\x12\x13\n\x0btarget_host\x18\x0c \x01(\tB\x16\n\x14_predicted_converges\"\x9d\x01\n\x0cMigrateEvent\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.ferry.v1.MigrationProgressH\x00\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x17.ferry.v1.MigrateResultH\x00\x12(\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x16.ferry.v1.PolicyActionH\x00\x42\x07\n\x05\x65vent\"y\n\rMigrateResult\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.ferry.v1.CompletedJob\x12+\n\x0csource_state\x18\x02 \x01(\x0e\x32\x15.ferry.v1.DomainState\x12\x16\n\x0esource_defined\x18\x03 \x01(\x08\"<\n\x15\x41\x62ortMigrationRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x13\n\x0bleader_term\x18\x02 \x01(\x04\")\n\x16\x41\x62ortMigrationResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x01(\x08\"\xe5\x01\n\x14TuneMigrationRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x1c\n\x0fmax_downtime_ms\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x1c\n\x0f\x62\x61ndwidth_mibps\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x16\n\x0estart_postcopy\x18\x04 \x01(\x08\x12\x13\n\x0bleader_term\x18\x05 \x01(\x04\x12\x16\n\x0e\x66orce_complete\x18\x06 \x01(\x08\x12\x14\n\x0crequested_by\x18\x07 \x01(\tB\x12\n\x10_max_downtime_msB\x12\n\x10_bandwidth_mibps\"W\n\x15TuneMigrationResponse\x12\x17\n\x0fmax_downtime_ms\x18\x01 \x01(\r\x12\x17\n\x0f\x62\x61ndwidth_mibps\x18\x02 \x01(\r\x12\x0c\n\x04\x64one\x18\x03 \x01(\t\"8\n\x13MeasureGuestRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x11\n\tperiods_s\x18\x02 \x03(\r\"G\n\rGetJobRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x11\n\tcompleted\x18\x02 \x01(\x08\x12\x13\n\x0bleader_term\x18\x03 \x01(\x04\"\x9f\x01\n\x0eGetJobResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12-\n\x08progress\x18\x02 \x01(\x0b\x32\x1b.ferry.v1.MigrationProgress\x12)\n\tcompleted\x18\x03 \x01(\x0b\x32\x16.ferry.v1.CompletedJob\x12\x10\n\x08job_type\x18\x04 \x01(\t\x12\x11\n\toperation\x18\x05 \x01(\t\"C\n\x12ProbeTargetRequest\x12\x12\n\ntarget_uri\x18\x01 \x01(\t\x12\x19\n\x11migration_address\x18\x02 \x01(\t\"R\n\x13ProbeTargetResponse\x12\'\n\x08problems\x18\x01 \x03(\x0b\x32\x15.ferry.v1.ErrorDetail\x12\x12\n\nlatency_ms\x18\x02 \x01(\r\"i\n\x18RemoveSourceDisksRequest\x12\x13\n\x0b\x64omain_uuid\x18\x01 \x01(\t\x12\r\n\x05paths\x18\x02 \x03(\t\x12\x14\n\x0cmigration_id\x18\x03 \x01(\t\x12\x13\n\x0bleader_term\x18\x04 \x01(\x04\"B\n\x19RemoveSourceDisksResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t\x12\x14\n\x0c\x61lready_gone\x18\x02 \x03(\t2\xf6\x07\n\x05\x41gent\x12\x42\n\x0cGetInventory\x12\x1d.ferry.v1.GetInventoryRequest\x1a\x13.ferry.v1.Inventory\x12\x44\n\tGetDomain\x12\x1a.ferry.v1.GetDomainRequest\x1a\x1b.ferry.v1.GetDomainResponse\x12V\n\x0fPrepareIncoming\x12 .ferry.v1.PrepareIncomingRequest\x1a!.ferry.v1.PrepareIncomingResponse\x12V\n\x0f\x43leanupIncoming\x12 .ferry.v1.CleanupIncomingRequest\x1a!.ferry.v1.CleanupIncomingResponse\x12S\n\x0e\x43ommitIncoming\x12\x1f.ferry.v1.CommitIncomingRequest\x1a .ferry.v1.CommitIncomingResponse\x12M\n\x0cListPrepares\x12\x1d.ferry.v1.ListPreparesRequest\x1a\x1e.ferry.v1.ListPreparesResponse\x12=\n\x07Migrate\x12\x18.ferry.v1.MigrateRequest\x1a\x16.ferry.v1.MigrateEvent0\x01\x12S\n\x0e\x41\x62ortMigration\x12\x1f.ferry.v1.AbortMigrationRequest\x1a .ferry.v1.AbortMigrationResponse\x12P\n\rTuneMigration\x12\x1e.ferry.v1.TuneMigrationRequest\x1a\x1f.ferry.v1.TuneMigrationResponse\x12;\n\x06GetJob\x12\x17.ferry.v1.GetJobRequest\x1a\x18.ferry.v1.GetJobResponse\x12J\n\x0bProbeTarget\x12\x1c.ferry.v1.ProbeTargetRequest\x1a\x1d.ferry.v1.ProbeTargetResponse\x12\x42\n\x0cMeasureGuest\x12\x1d.ferry.v1.MeasureGuestRequest\x1a\x13.ferry.v1.GuestLoad\x12\\\n\x11RemoveSourceDisks\x12\".ferry.v1.RemoveSourceDisksRequest\x1a#.ferry.v1.RemoveSourceDisksResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66\x65rry/v1/agent.proto\x12\x08\x66\x65rry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14\x66\x65rry/v1/types.proto\"\x15\n\x13GetInventoryRequest\"Q\n\tInventory\x12!\n\x04host\x18\x01 \x01(\x0b\x32\x13.ferry.v1.HostFacts\x12!\n\x07\x64omains\x18\x02 \x03(\x0b\x32\x10.ferry.v1.Domain\"J\n\x10GetDomainRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0binclude_xml\x18\x02 \x01(\x08\x12\x13\n\x0bleader_term\x18\x03 \x01(\x04\"B\n\x11GetDomainResponse\x12 \n\x06\x64omain\x18\x01 \x01(\x0b\x32\x10.ferry.v1.Domain\x12\x0b\n\x03xml\x18\x02 \x01(\t\"\xf0\x01\n\x16PrepareIncomingRequest\x12\x12\n\ndomain_xml\x18\x01 \x01(\t\x12!\n\x05\x64isks\x18\x02 \x03(\x0b\x32\x12.ferry.v1.DiskPlan\x12&\n\x07mapping\x18\x03 \x01(\x0b\x32\x15.ferry.v1.HostMapping\x12&\n\x07storage\x18\x04 \x01(\x0e\x32\x15.ferry.v1.StorageMode\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\r\x12\x14\n\x0cmigration_id\x18\x06 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x07 \x01(\x08\x12\x13\n\x0bleader_term\x18\x08 \x01(\x04\"\xd3\x01\n\x17PrepareIncomingResponse\x12\x12\n\nprepare_id\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65stination_xml\x18\x02 \x01(\t\x12!\n\x05\x64isks\x18\x03 \x03(\x0b\x32\x12.ferry.v1.DiskPlan\x12\x0f\n\x07\x63reated\x18\x04 \x03(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x08problems\x18\x06 \x03(\x0b\x32\x15.ferry.v1.ErrorDetail\"[\n\x16\x43leanupIncomingRequest\x12\x12\n\nprepare_id\x18\x01 \x01(\t\x12\x13\n\x0bleader_term\x18\x02 \x01(\x04\x12\x18\n\x10\x64iscard_incoming\x18\x03 \x01(\x08\"@\n\x17\x43leanupIncomingResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t\x12\x14\n\x0c\x61lready_gone\x18\x02 \x01(\x08\"X\n\x15\x43ommitIncomingRequest\x12\x12\n\nprepare_id\x18\x01 \x01(\t\x12\x13\n\x0bleader_term\x18\x02 \x01(\x04\x12\x16\n\x0erequire_landed\x18\x03 \x01(\x08\"\x18\n\x16\x43ommitIncomingResponse\"*\n\x13ListPreparesRequest\x12\x13\n\x0bleader_term\x18\x01 \x01(\x04\"\xce\x01\n\x07Prepare\x12\x12\n\nprepare_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64omain_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64omain_uuid\x18\x03 \x01(\t\x12\x0f\n\x07\x63reated\x18\x04 \x03(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmigration_id\x18\x07 \x01(\t\";\n\x14ListPreparesResponse\x12#\n\x08prepares\x18\x01 \x03(\x0b\x32\x11.ferry.v1.Prepare\"\xf7\x02\n\x0eMigrateRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x12\n\ntarget_uri\x18\x02 \x01(\t\x12\x13\n\x0bmigrate_uri\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65stination_xml\x18\x04 \x01(\t\x12+\n\x07options\x18\x05 \x01(\x0b\x32\x1a.ferry.v1.MigrationOptions\x12\x14\n\x0cmigration_id\x18\x06 \x01(\t\x12\x1c\n\x14progress_interval_ms\x18\x07 \x01(\r\x12!\n\x05\x64isks\x18\x08 \x03(\x0b\x32\x12.ferry.v1.DiskPlan\x12\x13\n\x0bleader_term\x18\t \x01(\x04\x12+\n\x06policy\x18\n \x01(\x0b\x32\x1b.ferry.v1.ConvergencePolicy\x12 \n\x13predicted_converges\x18\x0b \x01(\x08H\x00\x88\x01\x01\x12\x13\n\x0btarget_host\x18\x0c \x01(\tB\x16\n\x14_predicted_converges\"\x9d\x01\n\x0cMigrateEvent\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.ferry.v1.MigrationProgressH\x00\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x17.ferry.v1.MigrateResultH\x00\x12(\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x16.ferry.v1.PolicyActionH\x00\x42\x07\n\x05\x65vent\"y\n\rMigrateResult\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.ferry.v1.CompletedJob\x12+\n\x0csource_state\x18\x02 \x01(\x0e\x32\x15.ferry.v1.DomainState\x12\x16\n\x0esource_defined\x18\x03 \x01(\x08\"<\n\x15\x41\x62ortMigrationRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x13\n\x0bleader_term\x18\x02 \x01(\x04\")\n\x16\x41\x62ortMigrationResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x01(\x08\"\xe5\x01\n\x14TuneMigrationRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x1c\n\x0fmax_downtime_ms\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x1c\n\x0f\x62\x61ndwidth_mibps\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x16\n\x0estart_postcopy\x18\x04 \x01(\x08\x12\x13\n\x0bleader_term\x18\x05 \x01(\x04\x12\x16\n\x0e\x66orce_complete\x18\x06 \x01(\x08\x12\x14\n\x0crequested_by\x18\x07 \x01(\tB\x12\n\x10_max_downtime_msB\x12\n\x10_bandwidth_mibps\"W\n\x15TuneMigrationResponse\x12\x17\n\x0fmax_downtime_ms\x18\x01 \x01(\r\x12\x17\n\x0f\x62\x61ndwidth_mibps\x18\x02 \x01(\r\x12\x0c\n\x04\x64one\x18\x03 \x01(\t\"8\n\x13MeasureGuestRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x11\n\tperiods_s\x18\x02 \x03(\r\"G\n\rGetJobRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x11\n\tcompleted\x18\x02 \x01(\x08\x12\x13\n\x0bleader_term\x18\x03 \x01(\x04\"\x9f\x01\n\x0eGetJobResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12-\n\x08progress\x18\x02 \x01(\x0b\x32\x1b.ferry.v1.MigrationProgress\x12)\n\tcompleted\x18\x03 \x01(\x0b\x32\x16.ferry.v1.CompletedJob\x12\x10\n\x08job_type\x18\x04 \x01(\t\x12\x11\n\toperation\x18\x05 \x01(\t\"C\n\x12ProbeTargetRequest\x12\x12\n\ntarget_uri\x18\x01 \x01(\t\x12\x19\n\x11migration_address\x18\x02 \x01(\t\"R\n\x13ProbeTargetResponse\x12\'\n\x08problems\x18\x01 \x03(\x0b\x32\x15.ferry.v1.ErrorDetail\x12\x12\n\nlatency_ms\x18\x02 \x01(\r\"i\n\x18RemoveSourceDisksRequest\x12\x13\n\x0b\x64omain_uuid\x18\x01 \x01(\t\x12\r\n\x05paths\x18\x02 \x03(\t\x12\x14\n\x0cmigration_id\x18\x03 \x01(\t\x12\x13\n\x0bleader_term\x18\x04 \x01(\x04\"B\n\x19RemoveSourceDisksResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t\x12\x14\n\x0c\x61lready_gone\x18\x02 \x03(\t2\xf6\x07\n\x05\x41gent\x12\x42\n\x0cGetInventory\x12\x1d.ferry.v1.GetInventoryRequest\x1a\x13.ferry.v1.Inventory\x12\x44\n\tGetDomain\x12\x1a.ferry.v1.GetDomainRequest\x1a\x1b.ferry.v1.GetDomainResponse\x12V\n\x0fPrepareIncoming\x12 .ferry.v1.PrepareIncomingRequest\x1a!.ferry.v1.PrepareIncomingResponse\x12V\n\x0f\x43leanupIncoming\x12 .ferry.v1.CleanupIncomingRequest\x1a!.ferry.v1.CleanupIncomingResponse\x12S\n\x0e\x43ommitIncoming\x12\x1f.ferry.v1.CommitIncomingRequest\x1a .ferry.v1.CommitIncomingResponse\x12M\n\x0cListPrepares\x12\x1d.ferry.v1.ListPreparesRequest\x1a\x1e.ferry.v1.ListPreparesResponse\x12=\n\x07Migrate\x12\x18.ferry.v1.MigrateRequest\x1a\x16.ferry.v1.MigrateEvent0\x01\x12S\n\x0e\x41\x62ortMigration\x12\x1f.ferry.v1.AbortMigrationRequest\x1a .ferry.v1.AbortMigrationResponse\x12P\n\rTuneMigration\x12\x1e.ferry.v1.TuneMigrationRequest\x1a\x1f.ferry.v1.TuneMigrationResponse\x12;\n\x06GetJob\x12\x17.ferry.v1.GetJobRequest\x1a\x18.ferry.v1.GetJobResponse\x12J\n\x0bProbeTarget\x12\x1c.ferry.v1.ProbeTargetRequest\x1a\x1d.ferry.v1.ProbeTargetResponse\x12\x42\n\x0cMeasureGuest\x12\x1d.ferry.v1.MeasureGuestRequest\x1a\x13.ferry.v1.GuestLoad\x12\\\n\x11RemoveSourceDisks\x12\".ferry.v1.RemoveSourceDisksRequest\x1a#.ferry.v1.RemoveSourceDisksResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,47 +46,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREPAREINCOMINGRESPONSE']._serialized_start=583
   _globals['_PREPAREINCOMINGRESPONSE']._serialized_end=794
   _globals['_CLEANUPINCOMINGREQUEST']._serialized_start=796
-  _globals['_CLEANUPINCOMINGREQUEST']._serialized_end=861
-  _globals['_CLEANUPINCOMINGRESPONSE']._serialized_start=863
-  _globals['_CLEANUPINCOMINGRESPONSE']._serialized_end=927
-  _globals['_COMMITINCOMINGREQUEST']._serialized_start=929
-  _globals['_COMMITINCOMINGREQUEST']._serialized_end=1017
-  _globals['_COMMITINCOMINGRESPONSE']._serialized_start=1019
-  _globals['_COMMITINCOMINGRESPONSE']._serialized_end=1043
-  _globals['_LISTPREPARESREQUEST']._serialized_start=1045
-  _globals['_LISTPREPARESREQUEST']._serialized_end=1087
-  _globals['_PREPARE']._serialized_start=1090
-  _globals['_PREPARE']._serialized_end=1296
-  _globals['_LISTPREPARESRESPONSE']._serialized_start=1298
-  _globals['_LISTPREPARESRESPONSE']._serialized_end=1357
-  _globals['_MIGRATEREQUEST']._serialized_start=1360
-  _globals['_MIGRATEREQUEST']._serialized_end=1735
-  _globals['_MIGRATEEVENT']._serialized_start=1738
-  _globals['_MIGRATEEVENT']._serialized_end=1895
-  _globals['_MIGRATERESULT']._serialized_start=1897
-  _globals['_MIGRATERESULT']._serialized_end=2018
-  _globals['_ABORTMIGRATIONREQUEST']._serialized_start=2020
-  _globals['_ABORTMIGRATIONREQUEST']._serialized_end=2080
-  _globals['_ABORTMIGRATIONRESPONSE']._serialized_start=2082
-  _globals['_ABORTMIGRATIONRESPONSE']._serialized_end=2123
-  _globals['_TUNEMIGRATIONREQUEST']._serialized_start=2126
-  _globals['_TUNEMIGRATIONREQUEST']._serialized_end=2355
-  _globals['_TUNEMIGRATIONRESPONSE']._serialized_start=2357
-  _globals['_TUNEMIGRATIONRESPONSE']._serialized_end=2444
-  _globals['_MEASUREGUESTREQUEST']._serialized_start=2446
-  _globals['_MEASUREGUESTREQUEST']._serialized_end=2502
-  _globals['_GETJOBREQUEST']._serialized_start=2504
-  _globals['_GETJOBREQUEST']._serialized_end=2575
-  _globals['_GETJOBRESPONSE']._serialized_start=2578
-  _globals['_GETJOBRESPONSE']._serialized_end=2737
-  _globals['_PROBETARGETREQUEST']._serialized_start=2739
-  _globals['_PROBETARGETREQUEST']._serialized_end=2806
-  _globals['_PROBETARGETRESPONSE']._serialized_start=2808
-  _globals['_PROBETARGETRESPONSE']._serialized_end=2890
-  _globals['_REMOVESOURCEDISKSREQUEST']._serialized_start=2892
-  _globals['_REMOVESOURCEDISKSREQUEST']._serialized_end=2997
-  _globals['_REMOVESOURCEDISKSRESPONSE']._serialized_start=2999
-  _globals['_REMOVESOURCEDISKSRESPONSE']._serialized_end=3065
-  _globals['_AGENT']._serialized_start=3068
-  _globals['_AGENT']._serialized_end=4082
+  _globals['_CLEANUPINCOMINGREQUEST']._serialized_end=887
+  _globals['_CLEANUPINCOMINGRESPONSE']._serialized_start=889
+  _globals['_CLEANUPINCOMINGRESPONSE']._serialized_end=953
+  _globals['_COMMITINCOMINGREQUEST']._serialized_start=955
+  _globals['_COMMITINCOMINGREQUEST']._serialized_end=1043
+  _globals['_COMMITINCOMINGRESPONSE']._serialized_start=1045
+  _globals['_COMMITINCOMINGRESPONSE']._serialized_end=1069
+  _globals['_LISTPREPARESREQUEST']._serialized_start=1071
+  _globals['_LISTPREPARESREQUEST']._serialized_end=1113
+  _globals['_PREPARE']._serialized_start=1116
+  _globals['_PREPARE']._serialized_end=1322
+  _globals['_LISTPREPARESRESPONSE']._serialized_start=1324
+  _globals['_LISTPREPARESRESPONSE']._serialized_end=1383
+  _globals['_MIGRATEREQUEST']._serialized_start=1386
+  _globals['_MIGRATEREQUEST']._serialized_end=1761
+  _globals['_MIGRATEEVENT']._serialized_start=1764
+  _globals['_MIGRATEEVENT']._serialized_end=1921
+  _globals['_MIGRATERESULT']._serialized_start=1923
+  _globals['_MIGRATERESULT']._serialized_end=2044
+  _globals['_ABORTMIGRATIONREQUEST']._serialized_start=2046
+  _globals['_ABORTMIGRATIONREQUEST']._serialized_end=2106
+  _globals['_ABORTMIGRATIONRESPONSE']._serialized_start=2108
+  _globals['_ABORTMIGRATIONRESPONSE']._serialized_end=2149
+  _globals['_TUNEMIGRATIONREQUEST']._serialized_start=2152
+  _globals['_TUNEMIGRATIONREQUEST']._serialized_end=2381
+  _globals['_TUNEMIGRATIONRESPONSE']._serialized_start=2383
+  _globals['_TUNEMIGRATIONRESPONSE']._serialized_end=2470
+  _globals['_MEASUREGUESTREQUEST']._serialized_start=2472
+  _globals['_MEASUREGUESTREQUEST']._serialized_end=2528
+  _globals['_GETJOBREQUEST']._serialized_start=2530
+  _globals['_GETJOBREQUEST']._serialized_end=2601
+  _globals['_GETJOBRESPONSE']._serialized_start=2604
+  _globals['_GETJOBRESPONSE']._serialized_end=2763
+  _globals['_PROBETARGETREQUEST']._serialized_start=2765
+  _globals['_PROBETARGETREQUEST']._serialized_end=2832
+  _globals['_PROBETARGETRESPONSE']._serialized_start=2834
+  _globals['_PROBETARGETRESPONSE']._serialized_end=2916
+  _globals['_REMOVESOURCEDISKSREQUEST']._serialized_start=2918
+  _globals['_REMOVESOURCEDISKSREQUEST']._serialized_end=3023
+  _globals['_REMOVESOURCEDISKSRESPONSE']._serialized_start=3025
+  _globals['_REMOVESOURCEDISKSRESPONSE']._serialized_end=3091
+  _globals['_AGENT']._serialized_start=3094
+  _globals['_AGENT']._serialized_end=4108
 # @@protoc_insertion_point(module_scope)

@@ -77,12 +77,14 @@ class PrepareIncomingResponse(_message.Message):
     def __init__(self, prepare_id: _Optional[str] = ..., destination_xml: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., created: _Optional[_Iterable[str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., problems: _Optional[_Iterable[_Union[_types_pb2.ErrorDetail, _Mapping]]] = ...) -> None: ...
 
 class CleanupIncomingRequest(_message.Message):
-    __slots__ = ("prepare_id", "leader_term")
+    __slots__ = ("prepare_id", "leader_term", "discard_incoming")
     PREPARE_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
+    DISCARD_INCOMING_FIELD_NUMBER: _ClassVar[int]
     prepare_id: str
     leader_term: int
-    def __init__(self, prepare_id: _Optional[str] = ..., leader_term: _Optional[int] = ...) -> None: ...
+    discard_incoming: bool
+    def __init__(self, prepare_id: _Optional[str] = ..., leader_term: _Optional[int] = ..., discard_incoming: _Optional[bool] = ...) -> None: ...
 
 class CleanupIncomingResponse(_message.Message):
     __slots__ = ("removed", "already_gone")

@@ -174,6 +174,38 @@ async def test_prepare_then_cleanup(agents):
     assert again.already_gone
 
 
+@pytest.mark.parametrize(
+    ("paused_by_libvirt", "persistent", "discarded"),
+    [
+        (True, False, True),  # libvirt's unfinished incoming copy: destroyed, then the files removed
+        (False, False, False),  # paused by a user: not a migration's leftover
+        (True, True, False),  # a persistent definition: not a bare incoming copy
+    ],
+)
+async def test_a_cleanup_discards_only_an_unfinished_incoming_copy(agents, paused_by_libvirt, persistent, discarded):
+    host1, host2 = agents
+    uuid = add_guest(host1, "g1")
+    host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
+    prep = await prepare_target(host1, host2, "g1")
+    host2.hv.add_domain(prep.destination_xml, state=DomainState.PAUSED, persistent=persistent)
+    host2.hv.domains[uuid].paused_by_libvirt = paused_by_libvirt
+    # without the caller's word that the guest executes on the source, never
+    refused = await rpc_error(host2.stub.CleanupIncoming(apb.CleanupIncomingRequest(prepare_id=prep.prepare_id)))
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert from_rpc_error(refused).reason == "DOMAIN_RUNNING_HERE"
+    request = apb.CleanupIncomingRequest(prepare_id=prep.prepare_id, discard_incoming=True)
+    if discarded:
+        done = await host2.stub.CleanupIncoming(request)
+        assert list(done.removed) == [f"{IMAGES}/g1.qcow2"] and uuid not in host2.hv.domains
+        assert host2.hv.calls.count("destroy_incoming") == 1
+        return
+    refused = await rpc_error(host2.stub.CleanupIncoming(request))
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert from_rpc_error(refused).reason == "DOMAIN_RUNNING_HERE", refused.details()
+    assert "destroy_incoming" not in host2.hv.calls and uuid in host2.hv.domains
+    assert host2.host.exists(f"{IMAGES}/g1.qcow2")  # its disks stay
+
+
 # ---------------------------------------------------------------- source side
 
 

@@ -439,7 +439,9 @@ RPCS = [
     Rpc(
         "agent",
         "CleanupIncoming",
-        lambda r: st.builds(apb.CleanupIncomingRequest, prepare_id=text(r["ids"]), leader_term=term()),
+        lambda r: st.builds(
+            apb.CleanupIncomingRequest, prepare_id=text(r["ids"]), discard_incoming=st.booleans(), leader_term=term()
+        ),
     ),
     Rpc(
         "agent",

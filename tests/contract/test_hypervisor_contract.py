@@ -194,6 +194,11 @@ async def test_a_running_guest_without_a_job(world):
     with pytest.raises(FailedPrecondition) as exc:
         await world.src.start_postcopy(name)
     assert exc.value.reason == "DOMAIN_STATE_INVALID"
+    with pytest.raises(FailedPrecondition) as exc:  # a running guest is never an unfinished incoming copy
+        await world.src.destroy_incoming(dom.uuid)
+    assert exc.value.reason == "NOT_INCOMING"
+    assert (await world.src.get_domain(dom.uuid)).state is DomainState.RUNNING
+    assert await world.src.destroy_incoming(str(uuidlib.uuid4())) is False  # nothing there: nothing to do
 
 
 # ---------------------------------------------------------------- CPU and peers

@@ -1210,3 +1210,98 @@ def test_ahead_is_kept_in_the_record_only_while_it_holds_a_slot():
     assert b'"ahead"' not in encode(PREPARING)
     assert with_phase(WAITING, Phase.ROLLING_BACK, NOW, "x", T).ahead  # a rollback holds no job slot either
     assert not with_phase(with_phase(WAITING, Phase.ROLLING_BACK, NOW, "x", T), Phase.PENDING, NOW, "x", T).ahead
+
+
+# ---------------------------------------------------------------- an incoming copy libvirt left behind
+
+STALE = Placement(R, P, target_arriving=True)  # the guest runs on the source, no job; target paused for it
+DISCARD = CleanupTarget(("p-1",), discard_incoming=True)
+
+
+def run_at(record, timed_events):
+    """``run`` with each event's own time (seconds after NOW)."""
+    outcomes = []
+    for at, e in timed_events:
+        d = decide(record, e, NOW + timedelta(seconds=at), T)
+        outcomes.append((d.outcome, d.actions))
+        record = decode(encode(d.record), record.revision + 1)
+    return record, outcomes
+
+
+def test_an_incoming_copy_left_paused_on_the_target_is_discarded_after_the_bound():
+    """Seen in a chaos trial: the target's libvirtd killed early in Migrating kept the incoming
+    domain paused after its restart while the guest ran on the source. The record waited in
+    "settling" until Migrating's deadline, holding its slots; now it waits ``stale_incoming_s``."""
+    bound = T.stale_incoming_s
+    r, outcomes = run_at(
+        MIGRATING,
+        [
+            (0, MigrationEnded(False, error=E_JOB)),
+            (1, STALE),
+            (3, STALE),
+            (1 + bound - 1, STALE),
+            (1 + bound, STALE),
+        ],
+    )
+    assert [a for _, a in outcomes[1:4]] == [(OBSERVE_LATER,)] * 3
+    assert outcomes[1][0] == "g1 runs on host1 with no job; host2 holds its incoming copy paused; observing again"
+    outcome, actions = outcomes[4]
+    assert actions == (DISCARD,) and "libvirt left it behind; discarding it" in outcome
+    assert r.phase is Phase.ROLLING_BACK and r.rollback_to is Phase.ROLLED_BACK and r.error == E_JOB
+    assert any("for 30 s: libvirt left it behind" in h.reason for h in r.history)
+    # the cleanup destroyed it: the placement shows the guest on the source alone
+    r, outcomes = run_at(r, [(bound + 2, CleanedUp()), (bound + 3, ON_SRC)])
+    assert r.phase is Phase.ROLLED_BACK and r.target_cleaned and r.stale_incoming_since is None
+    assert [o for o, _ in outcomes] == [
+        "target cleaned; verifying the guest runs on source",
+        "target cleaned, guest runs on source; rolled back",
+    ]
+
+
+def test_an_incoming_copy_that_goes_away_by_itself_ends_the_wait():
+    r, outcomes = run_at(MIGRATING_FAILED, [(0, STALE)])
+    assert r.stale_incoming_since == NOW and r.history == MIGRATING_FAILED.history  # not noted yet
+    r, outcomes = run_at(r, [(5, ON_SRC)])
+    assert r.phase is Phase.ROLLING_BACK and r.stale_incoming_since is None
+    assert outcomes[-1][1] == (CleanupTarget(("p-1",)),)  # no discard: nothing is there to discard
+    # a stale copy seen again later waits the whole bound again
+    r, outcomes = run_at(replace(MIGRATING_FAILED, stale_incoming_since=None), [(0, STALE), (20, ON_SRC)])
+    assert r.stale_incoming_since is None
+
+
+@pytest.mark.parametrize(
+    ("record", "goal", "reason"),
+    [
+        (MIGRATING, Phase.ROLLED_BACK, "MIGRATION_INTERRUPTED"),  # the job's end was never seen
+        (FINISHING, Phase.ROLLED_BACK, "MIGRATION_NOT_LANDED"),  # the job reported success, wrongly
+        (RB_LATE, Phase.ROLLED_BACK, "MIGRATION_FAILED"),
+        (RB_CANCEL, Phase.CANCELLED, None),
+    ],
+)
+def test_every_phase_after_the_job_started_discards_a_left_copy(record, goal, reason):
+    r, outcomes = run_at(record, [(0, STALE), (T.stale_incoming_s, STALE)])
+    assert outcomes[-1][1] == (DISCARD,)
+    assert r.phase is Phase.ROLLING_BACK and r.rollback_to is goal
+    assert (r.error.reason if r.error else None) == reason
+
+
+@pytest.mark.parametrize(
+    "placement",
+    [
+        Placement(R, P),  # paused, but not by libvirt for a migration (a user paused it): not ours to destroy
+        Placement(P, P, target_arriving=True),  # the source paused: it may have handed the guest over
+        Placement(R, P, source_job_active=True, target_arriving=True),  # the job still runs
+        Placement(DomainState.BLOCKED, R),  # the target runs it: on both
+    ],
+)
+def test_only_a_source_executing_alone_with_no_job_makes_a_target_copy_a_leftover(placement):
+    r, outcomes = run_at(MIGRATING_FAILED, [(0, placement), (T.stale_incoming_s * 2, placement)])
+    assert r.stale_incoming_since is None
+    assert all(not (isinstance(a, CleanupTarget) and a.discard_incoming) for _, acts in outcomes for a in acts)
+
+
+def test_an_offline_migration_never_discards():
+    offline = replace(MIGRATING_FAILED, options=replace(MIGRATING_FAILED.options, offline=True))
+    r, outcomes = run_at(offline, [(0, STALE), (T.stale_incoming_s * 2, STALE)])
+    assert r.stale_incoming_since is None
+    assert all(not (isinstance(a, CleanupTarget) and a.discard_incoming) for _, acts in outcomes for a in acts)

@@ -147,3 +147,66 @@ async def test_undefine_inactive_removes_only_a_domain_that_is_not_running(tmp_p
         assert await h.find_domain(name="g9") is None
     finally:
         h.close()
+
+
+# --- destroying an unfinished incoming copy -----------------------------------------------------
+
+
+class IncomingDomain(StubDomain):
+    """A domain with the given state and persistence whose destroy is recorded."""
+
+    def __init__(self, state: int, reason: int, persistent: bool) -> None:
+        super().__init__(state, reason, FULL)
+        self.persistent, self.destroyed = persistent, 0
+
+    def isPersistent(self) -> int:
+        return int(self.persistent)
+
+    def destroy(self) -> int:
+        self.destroyed += 1
+        return 0
+
+
+class OneDomainConnection:
+    def __init__(self, dom: IncomingDomain) -> None:
+        self.dom = dom
+
+    def lookupByUUIDString(self, uuid: str) -> IncomingDomain:
+        return self.dom
+
+
+@pytest.mark.parametrize(
+    ("state", "reason", "persistent", "destroyed"),
+    [
+        (3, 2, False, True),  # paused for the migration, transient: libvirt's incoming copy
+        (3, 11, False, True),  # still starting up for it
+        (3, 1, False, False),  # paused by a user
+        (1, 1, False, False),  # running
+        (3, 2, True, False),  # persistent: more than an incoming copy
+    ],
+)
+async def test_destroy_incoming_destroys_only_libvirts_unfinished_incoming_copy(
+    monkeypatch, state, reason, persistent, destroyed
+):
+    dom = IncomingDomain(state, reason, persistent)
+    h = LibvirtHypervisor("test:///default", 5)
+    monkeypatch.setattr(h, "_connection", lambda: OneDomainConnection(dom))
+    try:
+        if destroyed:
+            assert await h.destroy_incoming("5b1f0e4c-0000-4000-8000-000000000001") is True
+        else:
+            with pytest.raises(FailedPrecondition) as exc:
+                await h.destroy_incoming("5b1f0e4c-0000-4000-8000-000000000001")
+            assert exc.value.reason == "NOT_INCOMING" and "left alone" in exc.value.message
+    finally:
+        h.close()
+    assert dom.destroyed == int(destroyed)
+
+
+async def test_destroy_incoming_of_a_domain_that_is_not_there_does_nothing(test_driver):
+    assert await test_driver.destroy_incoming("5b1f0e4c-0000-4000-8000-0000000000ff") is False
+    [dom] = await test_driver.list_domains()
+    with pytest.raises(FailedPrecondition) as exc:  # running and persistent: left alone
+        await test_driver.destroy_incoming(dom.uuid)
+    assert exc.value.reason == "NOT_INCOMING"
+    assert (await test_driver.get_domain(dom.uuid)).state is DomainState.RUNNING

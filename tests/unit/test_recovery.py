@@ -95,6 +95,14 @@ RECORDS = {
         cancel_requested=True,
     ),
 }
+# ... and each, once it has seen the target hold a paused incoming copy for the whole bound
+RECORDS.update(
+    {
+        f"{name}-stale-copy": replace(r, stale_incoming_since=NOW - timedelta(seconds=T.stale_incoming_s))
+        for name, r in list(RECORDS.items())
+        if name.startswith(("migrating", "finishing", "rb-after-job", "rb-cancel"))
+    }
+)
 STATES = (None, R, P, OFF, UNK)
 PLACEMENTS = [Placement(s, t, j) for s, t, j in itertools.product(STATES, STATES, (False, True))] + [
     # the target's domain an incoming migration's, still paused by libvirt for it
@@ -138,7 +146,13 @@ def assert_invariant(before, placement, d, *, recovering):
     # the target's images are removed only when the guest cannot be using them
     # (or, with the guest running nowhere, when the source still defines it and the migration
     # would have undefined it there: it stopped before the switch-over, the target's copy is partial)
-    if CleanupTarget in kinds and started:
+    # ... except a discard: libvirt's incoming copy, paused for the migration, while the source
+    # executes the guest with no job (the source never handed it over: it would be paused)
+    discards = any(isinstance(a, CleanupTarget) and a.discard_incoming for a in acts)
+    if discards:
+        arriving = p is not None and p.target_arriving and t is DomainState.PAUSED
+        assert clear and _executing(s) and not job and arriving and not before.options.offline, ctx
+    elif CleanupTarget in kinds and started:
         stopped_before_switch = (
             t is None
             and s in (DomainState.SHUTOFF, DomainState.CRASHED)
@@ -442,3 +456,15 @@ def test_a_new_leader_keeps_a_record_prepared_ahead_waiting_while_its_prepare_is
         assert d.outcome == outcome
     else:
         assert d.record.rollback_to is Phase.PENDING
+
+
+def test_a_new_leader_discards_an_incoming_copy_left_paused_past_the_bound():
+    record = RECORDS["migrating-failed-stale-copy"]
+    stale = Placement(R, P, target_arriving=True)
+    d = recover(record, stale, [prepare("p-1")], NOW, T)
+    assert d.record.phase is Phase.ROLLING_BACK and d.actions == (CleanupTarget(("p-1",), discard_incoming=True),)
+    # a record that had not seen it before waits the bound from now
+    fresh = RECORDS["migrating-failed"]
+    d = recover(fresh, stale, [prepare("p-1")], NOW, T)
+    assert d.record.phase is Phase.MIGRATING and d.record.stale_incoming_since == NOW
+    assert d.actions == (ObservePlacement(T.observe_delay_s),)
