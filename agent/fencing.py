@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import enum
 import logging
-import os
 from pathlib import Path
 
+from ferry.agent.statefile import write_atomically
 from ferry.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
@@ -99,11 +99,7 @@ def _load(path: Path | None) -> int:
 
 
 def _store(path: Path, term: int) -> None:
-    """Atomically, durably: a crash leaves the old term or the new one."""
+    """Atomically, durably: a crash leaves the old term or the new one. On the event loop: a new
+    leader's term is written once per leader change, before its call goes on."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(f"{term}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, f"{term}\n")

@@ -119,7 +119,7 @@ async def _sweep(servicer: AgentServicer) -> None:
     except FerryError as exc:
         log.warning("prepare sweep failed: %s: %s", exc.reason, exc)
     try:
-        for migration_id in await asyncio.to_thread(servicer.source_disks.sweep):
+        for migration_id in await servicer.source_disks.sweep():
             log.info("forgot the outgoing migration record %s (older than a week)", migration_id)
     except OSError as exc:
         log.warning("outgoing migration record sweep failed: %s", exc)

@@ -267,12 +267,12 @@ class PrepareService:
         reserved = {p.destination: required_bytes(p) for p in plans if p.copy}
         created: list[str] = []
         try:
-            self._store.save(record, reserved)
+            await asyncio.to_thread(self._store.save, record, reserved)
             for p in plans:
                 if not p.copy:
                     continue
                 created.append(p.destination)  # intent first: a crash from here on still cleans up
-                self._store.save(replace(record, created=tuple(created)), reserved)
+                await asyncio.to_thread(self._store.save, replace(record, created=tuple(created)), reserved)
                 try:
                     await asyncio.to_thread(
                         self._host.create_image,
@@ -304,13 +304,14 @@ class PrepareService:
                 )
                 left.append(path)
         if left:
-            self._store.save(replace(record, created=tuple(left)), {p: reserved.get(p, 0) for p in left})
+            kept = replace(record, created=tuple(left))
+            await asyncio.to_thread(self._store.save, kept, {p: reserved.get(p, 0) for p in left})
             raise FailedPrecondition(
                 f"could not remove {', '.join(left)} on {self._host_name}",
                 reason="REMOVE_FAILED",
                 hint=f"check the agent's log and the files' directory; CleanupIncoming {record.prepare_id} retries",
             )
-        self._store.delete(record.prepare_id)
+        await asyncio.to_thread(self._store.delete, record.prepare_id)
         return removed
 
     # ------------------------------------------------------------------ cleanup / commit
@@ -394,7 +395,7 @@ class PrepareService:
                 return False
             await self._check_landed(loaded[0])
         async with self._lock:
-            return self._store.delete(prepare_id)
+            return await asyncio.to_thread(self._store.delete, prepare_id)
 
     async def _check_landed(self, record: PrepareRecord) -> None:
         """The prepared domain runs here as a landed guest: active, not held paused by libvirt for

@@ -1,28 +1,28 @@
 """The prepare records on disk: what each PrepareIncoming created, so it can be undone exactly.
 
-One JSON file per prepare under ``state_dir/prepares``, written atomically (temporary file,
-fsync, rename, fsync of the directory). Besides the record, each file keeps the bytes the
-prepare will fill per image (``reserved``), so concurrent prepares do not promise the same free
-space twice.
+One JSON file per prepare under ``state_dir/prepares``, written atomically and durably
+(``statefile``; ``save`` and ``delete`` block on the disk: the prepare service runs them in a
+thread). Besides the record, each file keeps the bytes the prepare will fill per image
+(``reserved``), so prepares do not promise the same free space twice (the prepare service
+checks the records and writes a new one under one lock).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 
+from ferry.agent.statefile import write_json
 from ferry.model import PrepareRecord
 
 log = logging.getLogger(__name__)
 
 
 class PrepareStore:
-    """One JSON file per prepare under ``state_dir/prepares``, written atomically
-    (temporary file, fsync, rename, fsync of the directory)."""
+    """One JSON file per prepare under ``state_dir/prepares`` (see the module docstring)."""
 
     def __init__(self, state_dir: Path) -> None:
         self._dir = Path(state_dir) / "prepares"
@@ -42,17 +42,7 @@ class PrepareStore:
             "migration_id": record.migration_id,
             "reserved": dict(reserved),
         }
-        tmp = self._dir / f".{record.prepare_id}.json.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path(record.prepare_id))
-        dir_fd = os.open(self._dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_json(self._path(record.prepare_id), doc)
 
     def load(self, prepare_id: str) -> tuple[PrepareRecord, dict[str, int]] | None:
         try:

@@ -286,7 +286,7 @@ class AgentServicer(agrpc.AgentServicer):
         control = self._controls[domain.uuid] = Control()
         try:
             # what this migration copies is recorded first: RemoveSourceDisks removes nothing else
-            self.source_disks.migration_started(migration_id, domain, [d.source for d in copied if d.source])
+            await self.source_disks.migration_started(migration_id, domain, [d.source for d in copied if d.source])
             completed = False
             try:
                 async for event in self.driver.run(req, control):
@@ -298,10 +298,10 @@ class AgentServicer(agrpc.AgentServicer):
                     else:
                         yield apb.MigrateEvent(progress=convert.progress_to_pb(event))
             except FerryError:
-                self.source_disks.migration_ended(migration_id, completed=False)
+                await self.source_disks.migration_ended(migration_id, completed=False)
                 raise
             if completed:
-                self.source_disks.migration_ended(migration_id, completed=True)
+                await self.source_disks.migration_ended(migration_id, completed=True)
         finally:
             self._migrating.pop(domain.uuid, None)
             if self._controls.get(domain.uuid) is control:

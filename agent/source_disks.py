@@ -122,21 +122,21 @@ class SourceDisks:
 
     # ------------------------------------------------------------------ what a Migrate copies
 
-    def migration_started(self, migration_id: str, domain: DomainInfo, paths: Sequence[str]) -> None:
+    async def migration_started(self, migration_id: str, domain: DomainInfo, paths: Sequence[str]) -> None:
         """Record, before the job starts, which of the domain's disks the migration copies."""
         if migration_id and paths:
-            self._records.save(
-                SourceRecord(migration_id, domain.uuid, domain.name, tuple(dict.fromkeys(paths)), self._clock())
-            )
+            record = SourceRecord(migration_id, domain.uuid, domain.name, tuple(dict.fromkeys(paths)), self._clock())
+            await asyncio.to_thread(self._records.save, record)
 
-    def migration_ended(self, migration_id: str, *, completed: bool) -> None:
+    async def migration_ended(self, migration_id: str, *, completed: bool) -> None:
         """How the job ended, as this agent saw it (a job it stopped watching stays RUNNING)."""
         if migration_id:
-            self._records.ended(migration_id, Outcome.COMPLETED if completed else Outcome.FAILED, self._clock())
+            outcome = Outcome.COMPLETED if completed else Outcome.FAILED
+            await asyncio.to_thread(self._records.ended, migration_id, outcome, self._clock())
 
-    def sweep(self) -> list[str]:
+    async def sweep(self) -> list[str]:
         """Forget records of migrations started long ago (``source_records.KEEP``)."""
-        return self._records.sweep(self._clock())
+        return await asyncio.to_thread(self._records.sweep, self._clock())
 
     # ------------------------------------------------------------------ RemoveSourceDisks
 
@@ -175,7 +175,7 @@ class SourceDisks:
             gone: list[str] = []
             for path in paths:
                 (removed if await asyncio.to_thread(self._host.remove, path) else gone).append(path)
-            self._records.ended(migration_id, Outcome.REMOVED, self._clock())
+            await asyncio.to_thread(self._records.ended, migration_id, Outcome.REMOVED, self._clock())
         log.info(
             "removed the source disks of %s%s on %s: %s%s",
             domain_uuid,

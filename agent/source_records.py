@@ -7,8 +7,9 @@ as far as this agent saw it. RemoveSourceDisks then removes only paths that reco
 the domain it names: a made-up UUID, a made-up path or a migration this host never ran removes
 nothing.
 
-One JSON file per migration under ``state_dir/outgoing``, written like the prepare records
-(temporary file, fsync, rename, fsync of the directory). Records older than ``KEEP`` are swept.
+One JSON file per migration under ``state_dir/outgoing``, written atomically and durably
+(``statefile``; ``save``, ``ended`` and ``sweep`` block on the disk: ``SourceDisks`` runs them in
+a thread). Records older than ``KEEP`` are swept.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from __future__ import annotations
 import enum
 import json
 import logging
-import os
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+
+from ferry.agent.statefile import write_json
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +69,7 @@ class SourceRecords:
             "outcome": record.outcome.value,
             "ended_at": record.ended_at.isoformat() if record.ended_at else None,
         }
-        tmp = self._dir / f".{record.migration_id}.json.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path(record.migration_id))
-        dir_fd = os.open(self._dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_json(self._path(record.migration_id), doc)
 
     def load(self, migration_id: str) -> SourceRecord | None:
         """The record, None when there is none (or it is unreadable: logged, left for an operator)."""

@@ -3,6 +3,7 @@
 import json
 import shutil
 import subprocess
+import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -347,6 +348,29 @@ async def test_the_record_names_each_image_before_it_is_created(hv, tmp_path, cl
     host = Watching(bridges=["br-vm"], dirs={IMG: 40 * GiB})
     await prep(service(hv, host, tmp_path, clock))
     assert seen == [(f"{IMG}/web1.qcow2", True), (f"{IMG}/web1-data.raw", True)]
+
+
+async def test_the_records_are_written_off_the_event_loop(svc, hv, monkeypatch):
+    """Each write fsyncs: on a disk busy with a copy migration that takes long, and the agent's
+    loop must keep streaming progress and renewing its registration meanwhile."""
+    loop_thread = threading.get_ident()
+    threads: list[tuple[str, bool]] = []
+    store = svc._store
+    for name in ("save", "delete"):
+        real = getattr(store, name)
+
+        def spy(*args, _real=real, _name=name):
+            threads.append((_name, threading.get_ident() == loop_thread))
+            return _real(*args)
+
+        monkeypatch.setattr(store, name, spy)
+    out = await prep(svc)
+    await svc.cleanup(out.prepare_id)
+    again = await prep(svc)
+    hv.add("web1", UUID, DomainState.RUNNING)
+    await svc.commit(again.prepare_id, require_landed=True)
+    assert {n for n, _ in threads} == {"save", "delete"}
+    assert [n for n, on_loop in threads if on_loop] == []
 
 
 async def test_a_failure_midway_removes_what_was_created(svc, host, tmp_path):

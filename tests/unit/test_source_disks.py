@@ -1,6 +1,7 @@
 """RemoveSourceDisks on a fake host: what may be removed, what is refused, idempotency."""
 
 import doctest
+import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -211,9 +212,30 @@ async def test_a_migration_whose_end_was_not_seen_removes_once_the_domain_left(h
 async def test_a_migrate_records_what_it_copies_and_how_it_ended(hv, host, records):
     svc = service(hv, host, records)
     dom = DomainInfo("g2", "22222222-2222-4222-8222-222222222222", DomainState.RUNNING)
-    svc.migration_started("m-9", dom, [f"{IMG}/g2.qcow2"])
+    await svc.migration_started("m-9", dom, [f"{IMG}/g2.qcow2"])
     assert records.load("m-9") == SourceRecord("m-9", dom.uuid, "g2", (f"{IMG}/g2.qcow2",), T0)
-    svc.migration_ended("m-9", completed=False)
+    await svc.migration_ended("m-9", completed=False)
     assert records.load("m-9").outcome is Outcome.FAILED
-    svc.migration_started("", dom, [f"{IMG}/g2.qcow2"])  # no migration id: nothing to key it by
+    await svc.migration_started("", dom, [f"{IMG}/g2.qcow2"])  # no migration id: nothing to key it by
     assert records.migration_ids() == ["m-1", "m-9"]
+
+
+async def test_the_records_are_written_off_the_event_loop(hv, host, records, monkeypatch):
+    loop_thread = threading.get_ident()
+    on_loop: list[str] = []
+    for name in ("save", "ended", "sweep"):
+        real = getattr(records, name)
+
+        def spy(*args, _real=real, _name=name):
+            if threading.get_ident() == loop_thread:
+                on_loop.append(_name)
+            return _real(*args)
+
+        monkeypatch.setattr(records, name, spy)
+    svc = service(hv, host, records)
+    dom = DomainInfo("g2", "22222222-2222-4222-8222-222222222222", DomainState.RUNNING)
+    await svc.migration_started("m-9", dom, [f"{IMG}/g2.qcow2"])
+    await svc.migration_ended("m-9", completed=True)
+    await svc.remove(dom.uuid, [f"{IMG}/g2.qcow2"], migration_id="m-9")
+    await svc.sweep()
+    assert records.load("m-9").outcome is Outcome.REMOVED and on_loop == []
