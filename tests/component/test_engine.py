@@ -379,21 +379,32 @@ async def test_migration_failure_rolls_back(store, fleet, hosts):
     assert await claim_released(store, r)
 
 
-async def test_an_incoming_copy_libvirt_left_paused_on_the_target_is_discarded(store, fleet, hosts):
-    """A target libvirtd restarted mid-migration can keep the incoming domain paused after the
-    source's job failed (seen in a chaos trial). The record waits ``stale_incoming_s`` for libvirt
-    to remove it, then the target's cleanup destroys it, and the migration rolls back cleanly."""
+@contextlib.asynccontextmanager
+async def copy_left_on_host2(
+    store: MemoryStore, fleet: Fleet, hosts: FleetDirectory, stale_incoming_s: float
+) -> AsyncIterator[tuple[str, str]]:
+    """g1's migration to host2 fails at its third step, while host2 holds the incoming domain as
+    libvirt leaves it after a restart mid-migration: paused for the migration, transient. Yields
+    (migration id, g1's UUID) with the engine running and the job held before its failure."""
     uuid = fleet.add_guest("host1", "g1")
     xml = fleet["host1"].hv.domains[uuid].xml
     fleet["host1"].hv.fail_migration("g1", at_step=3)
     fleet["host1"].hv.hold()
     m = await submit(store, fleet, "g1", "host1", "host2")
-    async with engine(store, hosts, timeouts=replace(FAST, stale_incoming_s=0.3)):
+    async with engine(store, hosts, timeouts=replace(FAST, stale_incoming_s=stale_incoming_s)):
         await wait_for(store, m.id, lambda r: r.phase is Phase.MIGRATING)
         fleet["host2"].hv.add_domain(xml, state=DomainState.PAUSED, persistent=False)
         fleet["host2"].hv.domains[uuid].paused_by_libvirt = True  # libvirt's incoming copy, never run
+        yield m.id, uuid
+
+
+async def test_an_incoming_copy_libvirt_left_paused_on_the_target_is_discarded(store, fleet, hosts):
+    """A target libvirtd restarted mid-migration can keep the incoming domain paused after the
+    source's job failed (seen in a chaos trial). The record waits ``stale_incoming_s`` for libvirt
+    to remove it, then the target's cleanup destroys it, and the migration rolls back cleanly."""
+    async with copy_left_on_host2(store, fleet, hosts, 0.3) as (mid, _):
         fleet["host1"].hv.release()
-        r = await final(store, m.id)
+        r = await final(store, mid)
     history = [(h.phase.name, h.reason) for h in r.history]
     assert r.phase is Phase.ROLLED_BACK and r.error is not None and r.error.reason, history
     assert any("libvirt left it behind; discarding it" in why for _, why in history), history
@@ -406,19 +417,11 @@ async def test_an_incoming_copy_libvirt_left_paused_on_the_target_is_discarded(s
 async def test_a_paused_target_copy_is_never_discarded_while_the_source_does_not_execute(store, fleet, hosts):
     """The source paused (it may have handed the guest over): the target's copy is not a leftover;
     the record waits, as for any placement that has not settled, and nothing is destroyed."""
-    uuid = fleet.add_guest("host1", "g1")
-    xml = fleet["host1"].hv.domains[uuid].xml
-    fleet["host1"].hv.fail_migration("g1", at_step=3)
-    fleet["host1"].hv.hold()
-    m = await submit(store, fleet, "g1", "host1", "host2")
-    async with engine(store, hosts, timeouts=replace(FAST, stale_incoming_s=0.1)):
-        await wait_for(store, m.id, lambda r: r.phase is Phase.MIGRATING)
-        fleet["host2"].hv.add_domain(xml, state=DomainState.PAUSED, persistent=False)
-        fleet["host2"].hv.domains[uuid].paused_by_libvirt = True
+    async with copy_left_on_host2(store, fleet, hosts, 0.1) as (mid, uuid):
         fleet["host1"].hv.domains[uuid].state = DomainState.PAUSED
         fleet["host1"].hv.release()
         await asyncio.sleep(1.0)
-        r = await read(store, m.id)
+        r = await read(store, mid)
     assert r.phase is Phase.MIGRATING and r.stale_incoming_since is None, phases(r)
     assert "destroy_incoming" not in fleet["host2"].hv.calls
     assert fleet.where("g1") == {"host1": DomainState.PAUSED, "host2": DomainState.PAUSED}
