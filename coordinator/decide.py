@@ -874,7 +874,9 @@ def _stale_incoming(c: Ctx) -> Decision:
         f"see the libvirtd log on {r.target_host} (a restart during the migration leaves such a copy); "
         "retry the migration",
     )
-    d = roll_back(c, reason, goal=Phase.ROLLED_BACK, error=err, safe_to_clean=True)
+    # as for any job that ended unobserved (``_placement_migrating``): tried again while attempts last
+    goal = retry_goal(r, c.t) if r.phase is Phase.MIGRATING and r.error is None else Phase.ROLLED_BACK
+    d = roll_back(c, reason, goal=goal, error=err if goal is Phase.ROLLED_BACK else None, safe_to_clean=True)
     return Decision(d.record, (clean,), d.outcome)
 
 

@@ -1272,7 +1272,8 @@ def test_an_incoming_copy_that_goes_away_by_itself_ends_the_wait():
 @pytest.mark.parametrize(
     ("record", "goal", "reason"),
     [
-        (MIGRATING, Phase.ROLLED_BACK, "MIGRATION_INTERRUPTED"),  # the job's end was never seen
+        (MIGRATING, Phase.PENDING, None),  # the job's end was never seen: tried again, as when interrupted
+        (replace(MIGRATING, attempt=3), Phase.ROLLED_BACK, "MIGRATION_INTERRUPTED"),  # the last attempt
         (FINISHING, Phase.ROLLED_BACK, "MIGRATION_NOT_LANDED"),  # the job reported success, wrongly
         (RB_LATE, Phase.ROLLED_BACK, "MIGRATION_FAILED"),
         (RB_CANCEL, Phase.CANCELLED, None),
