@@ -27,6 +27,7 @@ ElementTree sees it.
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import xml.etree.ElementTree as ET
@@ -90,7 +91,25 @@ def _refuse(what: str) -> InvalidArgument:
     )
 
 
+# a domain's XML is checked again and again (inventory, GetDomain, both prepares of a migration):
+# passing ones up to this many characters are remembered, at most 64 of them (a domain's is ~5 KB)
+_REMEMBERED_MAX = 64 << 10
+
+
 def _check_bounds(xml: str) -> None:
+    """Size, depth, no DOCTYPE, no entity declarations (a refusal is never remembered)."""
+    if len(xml) <= _REMEMBERED_MAX:
+        _check_bounds_remembered(xml)
+    else:
+        _check_bounds_now(xml)
+
+
+@functools.lru_cache(maxsize=64)
+def _check_bounds_remembered(xml: str) -> None:
+    _check_bounds_now(xml)
+
+
+def _check_bounds_now(xml: str) -> None:
     """Size, depth, no DOCTYPE, no entity declarations: one streaming pass, nothing built."""
     try:
         data = xml.encode("utf-8")

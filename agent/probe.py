@@ -20,6 +20,7 @@ situations. Only the addresses the URI names are contacted.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -51,8 +52,10 @@ class PeerAddress:
         return self.port > 0
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_peer_uri(uri: str) -> PeerAddress:
-    """The transport, host and libvirtd port of a libvirt URI.
+    """The transport, host and libvirtd port of a libvirt URI (remembered: a fleet's few URIs are
+    parsed again and again; a refused one is not remembered).
 
     A remote URI without a transport (``qemu://host/system``) is TLS, as libvirt reads it.
 

@@ -284,6 +284,14 @@ class Placer:
             out[i] = known[2]
         return reservations.apply(out) if reservations is not None else out
 
+    def _find(self, options: list[HostOption], name: str) -> HostOption | None:
+        """``name``'s option in ``options`` (built by ``options``: the fleet's order, looked up by
+        its index; any other list: searched)."""
+        i = self._base.index.get(name) if self._base is not None else None
+        if i is not None and i < len(options) and options[i].name == name:
+            return options[i]
+        return next((o for o in options if o.name == name), None)
+
     def mapping(self, source: str, target: str, overrides: HostMapping | None = None) -> HostMapping:
         """The source -> target mapping from the ``[hosts.*]`` tables and the overrides (may raise)."""
         return derive_mapping(self.hosts.get(source), self.hosts.get(target), overrides)
@@ -345,7 +353,7 @@ class Placer:
         """``rank`` (``detail`` True or False) or ``choose`` (None)."""
         storage = effective_storage(domain, options, storage_explicit)
         every = hosts if hosts is not None else self.options(now, reservations)
-        src = next((o for o in every if o.name == source), HostOption(source, False, None))
+        src = self._find(every, source) or HostOption(source, False, None)
         allowed, excluded = set(only), set(exclude) - {source}
         candidates = (
             [o for o in every if (not allowed or o.name in allowed or o.name == source) and o.name not in excluded]

@@ -262,3 +262,21 @@ def test_rewrite_refuses_a_plan_for_a_disk_the_domain_lacks():
         rewrite_for_target(GUEST, HostMapping(), [DiskPlan(target="vdz", source="/x")])
     assert err.value.reason == "DISK_NOT_IN_DOMAIN"
     assert "vda" in err.value.hint
+
+
+def test_a_passing_bounds_check_is_remembered_and_a_refusal_never_is():
+    from ferry.agent import domxml
+
+    xml = "<domain><name>remembered</name><uuid>5b1f0e4c-0000-4000-8000-0000000000aa</uuid></domain>"
+    before = domxml._check_bounds_remembered.cache_info().hits
+    assert parse_domain(xml).name == "remembered" and parse_domain(xml).name == "remembered"
+    assert domxml._check_bounds_remembered.cache_info().hits >= before + 1
+    bad = "<!DOCTYPE d [<!ENTITY a 'x'>]><domain>&a;</domain>"
+    for _ in range(2):  # refused each time, from its own check
+        with pytest.raises(InvalidArgument) as err:
+            parse_domain(bad)
+        assert "DOCTYPE" in err.value.message
+    deep = "<domain>" + "<a>" * 300 + "</a>" * 300 + "</domain>"
+    for _ in range(2):
+        with pytest.raises(InvalidArgument):
+            parse_domain(deep)
