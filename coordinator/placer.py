@@ -113,8 +113,13 @@ class LoadBook:
         return out
 
     def targets_of(self, vm: str) -> set[str]:
-        """Where the VM (name or UUID) is going or just went: its migrations that still count."""
-        return {self._unsettled[mid].target_host for mid in self._by_vm.get(vm, ())}
+        """Where the VM (name or UUID) just went or may be, by its newest migration that still
+        counts: the target of one that succeeded, both hosts of one under way. Not the targets of
+        the ones before it: a VM moved ten times in a few minutes is not looked for on ten hosts."""
+        newest = max((self._unsettled[mid] for mid in self._by_vm.get(vm, ())), key=_newest_first, default=None)
+        if newest is None:
+            return set()
+        return {newest.target_host} if newest.phase.is_final else {newest.source_host, newest.target_host}
 
     def __len__(self) -> int:
         return len(self._unsettled)
@@ -144,6 +149,10 @@ class LoadBook:
                 ids.discard(migration_id)
                 if not ids:
                     del self._by_vm[key]
+
+
+def _newest_first(r: MigrationRecord) -> tuple[datetime, str]:
+    return r.created_at, r.id
 
 
 @dataclass(frozen=True)

@@ -243,7 +243,11 @@ class ReferenceBook:
         return out
 
     def targets_of(self, vm: str) -> set[str]:
-        return {r.target_host for r in self.unsettled.values() if vm in (r.vm, r.vm_uuid)}
+        mine = [r for r in self.unsettled.values() if vm in (r.vm, r.vm_uuid)]
+        if not mine:
+            return set()
+        newest = sorted(mine, key=lambda r: (r.created_at, r.id))[-1]
+        return {newest.target_host} if newest.phase.is_final else {newest.source_host, newest.target_host}
 
 
 def test_the_load_book_counts_as_counting_every_record_anew():
@@ -417,3 +421,36 @@ async def test_the_placer_updates_the_changed_hosts_as_it_would_build_them_all_a
             assert fleet.available_hosts() == {h.name for h in fleet.hosts() if h.available}, step
     await fleet.close()
     await store.close()
+
+
+def test_a_vm_moved_many_times_is_looked_for_where_its_newest_migration_took_it():
+    """Seen in the scale bench: a scheduler moving the same VMs again and again made each submission
+    ask every host the VM had visited in the last two minutes (GetDomain 7.6 per migration)."""
+    book = LoadBook()
+    hops = ["h1", "h2", "h3", "h4"]
+    for i, (src, dst) in enumerate(zip(hops, hops[1:], strict=False)):
+        r = new_migration(
+            id=f"m{i}",
+            vm="v1",
+            vm_uuid="u1",
+            source_host=src,
+            target_host=dst,
+            now=NOW + timedelta(seconds=10 * i),
+            timeouts=Timeouts(),
+            memory_bytes=GiB,
+        )
+        book.note(replace(r, phase=Phase.SUCCEEDED, updated_at=NOW + timedelta(seconds=10 * i + 5)))
+    assert book.targets_of("v1") == {"h4"} and book.targets_of("u1") == {"h4"}
+    under_way = new_migration(
+        id="m9",
+        vm="v1",
+        vm_uuid="u1",
+        source_host="h4",
+        target_host="h5",
+        now=NOW + timedelta(seconds=60),
+        timeouts=Timeouts(),
+        memory_bytes=GiB,
+    )
+    book.note(replace(under_way, phase=Phase.MIGRATING))
+    assert book.targets_of("v1") == {"h4", "h5"}  # on one of them
+    assert book.targets_of("v2") == set()
