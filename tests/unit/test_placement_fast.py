@@ -426,31 +426,19 @@ async def test_the_placer_updates_the_changed_hosts_as_it_would_build_them_all_a
 def test_a_vm_moved_many_times_is_looked_for_where_its_newest_migration_took_it():
     """Seen in the scale bench: a scheduler moving the same VMs again and again made each submission
     ask every host the VM had visited in the last two minutes (GetDomain 7.6 per migration)."""
+
+    def move(i: int, src: str, dst: str, phase: Phase) -> MigrationRecord:
+        at = NOW + timedelta(seconds=10 * i)
+        r = new_migration(
+            id=f"m{i}", vm="v1", vm_uuid="u1", source_host=src, target_host=dst, now=at, timeouts=Timeouts()
+        )
+        return replace(r, phase=phase, updated_at=at + timedelta(seconds=5))
+
     book = LoadBook()
     hops = ["h1", "h2", "h3", "h4"]
     for i, (src, dst) in enumerate(zip(hops, hops[1:], strict=False)):
-        r = new_migration(
-            id=f"m{i}",
-            vm="v1",
-            vm_uuid="u1",
-            source_host=src,
-            target_host=dst,
-            now=NOW + timedelta(seconds=10 * i),
-            timeouts=Timeouts(),
-            memory_bytes=GiB,
-        )
-        book.note(replace(r, phase=Phase.SUCCEEDED, updated_at=NOW + timedelta(seconds=10 * i + 5)))
+        book.note(move(i, src, dst, Phase.SUCCEEDED))
     assert book.targets_of("v1") == {"h4"} and book.targets_of("u1") == {"h4"}
-    under_way = new_migration(
-        id="m9",
-        vm="v1",
-        vm_uuid="u1",
-        source_host="h4",
-        target_host="h5",
-        now=NOW + timedelta(seconds=60),
-        timeouts=Timeouts(),
-        memory_bytes=GiB,
-    )
-    book.note(replace(under_way, phase=Phase.MIGRATING))
+    book.note(move(9, "h4", "h5", Phase.MIGRATING))
     assert book.targets_of("v1") == {"h4", "h5"}  # on one of them
     assert book.targets_of("v2") == set()
