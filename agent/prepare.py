@@ -329,14 +329,14 @@ class PrepareService:
             if dom is None or not dom.state.is_active:
                 return
             if discard_incoming and not discarded and dom.paused_by_libvirt and not dom.persistent:
-                await self._hv.destroy_incoming(record.domain_uuid)
-                log.warning(
-                    "destroyed %s (%s): the unfinished incoming copy of migration %s, left paused here while "
-                    "the guest runs on its source",
-                    record.domain_name,
-                    record.domain_uuid,
-                    record.migration_id or "?",
-                )
+                if await self._hv.destroy_incoming(record.domain_uuid):  # False: it went away by itself
+                    log.warning(
+                        "destroyed %s (%s): the unfinished incoming copy of migration %s, left paused here while "
+                        "the guest runs on its source",
+                        record.domain_name,
+                        record.domain_uuid,
+                        record.migration_id or "?",
+                    )
                 discarded = True
                 continue
             try:
