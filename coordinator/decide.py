@@ -85,7 +85,7 @@ from .events import (
     WatchJob,
 )
 from .phases import Phase, Timeouts, probe_delay_s
-from .record import MigrationRecord, note, with_action, with_phase, with_retry
+from .record import MigrationRecord, evolve, note, with_action, with_phase, with_retry
 
 # --- where the guest is --------------------------------------------------------------------------
 
@@ -157,7 +157,7 @@ class Ctx:
     t: Timeouts
 
     def to(self, phase: Phase, reason: str, **changes: Any) -> MigrationRecord:
-        return with_phase(replace(self.r, **changes), phase, self.now, reason, self.t)
+        return with_phase(evolve(self.r, **changes) if changes else self.r, phase, self.now, reason, self.t)
 
     def keep(self, outcome: str, *actions: Action) -> Decision:
         return Decision(self.r, actions, outcome)
@@ -190,7 +190,7 @@ def decide(record: MigrationRecord, event: Event, now: datetime, timeouts: Timeo
         case PrepareFailed() if record.phase is Phase.PREPARING:
             return roll_back(c, f"prepare failed: {event.error.reason}", error=event.error, goal=Phase.ROLLED_BACK)
         case Progress() if record.phase is Phase.MIGRATING:
-            return Decision(replace(record, progress=event.progress, updated_at=now), (), "progress")
+            return Decision(evolve(record, progress=event.progress, updated_at=now), (), "progress")
         case PolicyActed() if record.migration_started:
             a = event.action
             return Decision(with_action(record, now, a), (), f"{a.by or 'the agent'}: {a.action}: {a.reason}")

@@ -40,7 +40,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Collection, Coroutine
-from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -54,7 +53,7 @@ from .actions import STALE_LEADER, Actions, ActionTiming
 from .events import Admitted, AgentLost, SlotGranted, Tick
 from .phases import Phase, Timeouts
 from .policies import PredictionConfig
-from .record import MigrationRecord, decode
+from .record import MigrationRecord, decode, evolve
 from .runner import RecordRunner, Recover, RunnerContext
 from .slots import Limits, plan_admission
 
@@ -391,11 +390,11 @@ class Engine:
         handing = self._admitting.keys() | self._granting
         active = [r for r in self._open.values() if r.phase.holds_slot and r.id not in handing]
         active += [
-            replace(self.records[i], phase=Phase.PREFLIGHT, ahead=ahead)
+            evolve(self.records[i], phase=Phase.PREFLIGHT, ahead=ahead)
             for i, ahead in self._admitting.items()
             if i in self.records
         ]
-        active += [replace(self.records[i], ahead=False) for i in self._granting if i in self.records]
+        active += [evolve(self.records[i], ahead=False) for i in self._granting if i in self.records]
         plan = plan_admission(queued, active, self.limits, self.hosts.available_hosts(), self.clock(), self.cordoned())
         for migration_id in plan.grant:
             runner = self.runners.get(migration_id)

@@ -594,7 +594,7 @@ def _judged_quickly(
     # per shape: its static blockers (as the first host of it got them), their reason codes, the
     # copied disks and the bytes they need under each storage directory
     shapes: dict[Hashable, tuple[list[Problem], tuple[str, ...], list[DiskPlan] | Problem, dict[str, int] | None]] = {}
-    names = (domain.name, domain.uuid)
+    name, uuid = domain.name, domain.uuid
     memory_needed = 0 if options.offline else domain.memory_bytes
     grouped = any(g.matches(domain.name) for g in policy.anti_affinity)
     refused: set[Hashable] = set()  # without ``rejected``: the shapes the static checks reject, skipped
@@ -641,7 +641,24 @@ def _judged_quickly(
         if down and rejected is None:
             continue
         load = option.load
-        clear = None if down else _left_when_clear(names, option, facts, load, memory_needed, need)
+        # the memory left after placement when the host clearly has no blocker of ``_dynamic`` but
+        # anti-affinity (the number ``_memory`` gives), None when it may have one; written out
+        # here, not called: a choice runs this for every host of the fleet
+        clear = None
+        if not down and need is not None:  # (None: the disks cannot be copied, ``_space`` says why)
+            have, coming = option.names, load.names
+            # a name of the VM there or on its way: a clash, or its own inactive definition
+            if not (name in have or uuid in have or (coming and (name in coming or uuid in coming))):
+                for d in facts.storage:
+                    n = need.get(d.path, 0)
+                    if n and n > d.free_bytes - load.disk_bytes:
+                        break  # short of space
+                else:
+                    if not facts.memory_total_bytes:
+                        clear = -1
+                    else:  # short of memory (or offline, where ``_memory`` says 0): None
+                        left = facts.memory_free_bytes - load.memory_bytes - memory_needed
+                        clear = left if left >= 0 else None
         if clear is not None and grouped and _affinity(domain, option, policy.anti_affinity):
             clear = None
         if clear is None:  # a blocker, or one may be: judge it in full
@@ -653,33 +670,6 @@ def _judged_quickly(
             clear = left
         feasible.append((option, clear, len(option.active) + load.vms + 1))
     return feasible
-
-
-def _left_when_clear(
-    names: tuple[str, str],
-    option: HostOption,
-    facts: HostFacts,
-    load: HostLoad,
-    memory_needed: int,
-    need: dict[str, int] | None,
-) -> int | None:
-    """The memory ``option`` has left after placement when it clearly has no blocker of
-    ``_dynamic`` but anti-affinity (the same number ``_memory`` gives), None when it may have one."""
-    have = option.names
-    if names[0] in have or names[1] in have:
-        return None  # a clash, or its own inactive definition (``_clash`` tells)
-    if load.names and (names[0] in load.names or names[1] in load.names):
-        return None
-    if need is None:
-        return None  # the disks cannot be copied: ``_space`` says why
-    for d in facts.storage:
-        n = need.get(d.path, 0)
-        if n and n > d.free_bytes - load.disk_bytes:
-            return None
-    if not facts.memory_total_bytes:
-        return -1
-    left = facts.memory_free_bytes - load.memory_bytes - memory_needed
-    return left if left >= 0 else None  # short of memory (or offline, where ``_memory`` says 0)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -716,19 +706,37 @@ def _scored(
 
 
 def _best(feasible: list[tuple[HostOption, int, int]], policy: PlacementPolicy) -> Candidate:
-    """The candidate ``_scored`` puts first (not empty), with its reasons: each host scored, none
+    """The candidate ``_scored`` puts first (not empty), with its reasons: each host scored (by
+    ``_score``'s arithmetic, written out: a choice scores every feasible host of the fleet), none
     made a Candidate nor sorted. Ties of (busy, score) go to the lower natural name, as there."""
-    low, high = min(n for _, _, n in feasible), max(n for _, _, n in feasible)
-    weights, limit = policy.weights, max(policy.inbound_limit, 1)
-    best = feasible[0]
-    _, score, busy = _score(*best, low, high, weights, limit)
-    best_busy, best_score = busy, score
+    low = high = feasible[0][2]
     for f in feasible:
-        _, score, busy = _score(*f, low, high, weights, limit)
-        if busy is not best_busy:
-            if busy:
-                continue
-        elif score < best_score or (score == best_score and natural(f[0].name) >= natural(best[0].name)):
+        n = f[2]
+        if n < low:
+            low = n
+        elif n > high:
+            high = n
+    weights, limit = policy.weights, max(policy.inbound_limit, 1)
+    wm, wb, wi, span = weights.memory, weights.balance, weights.inbound, high - low
+    best, best_busy, best_score = feasible[0], True, float("-inf")
+    for f in feasible:
+        option, left, n = f
+        taken = option.load.inbound
+        busy = taken >= limit
+        if busy and not best_busy:
+            continue
+        if left >= 0:
+            facts = option.facts
+            assert facts is not None
+            memory = left / facts.memory_total_bytes
+        else:
+            memory = 0.5
+        balance = 1.0 if span == 0 else (high - n) / span
+        inbound = 1 - (taken if taken < limit else limit) / limit
+        score = round(wm * memory + wb * balance + wi * inbound, 3)
+        if busy is best_busy and (
+            score < best_score or (score == best_score and natural(option.name) >= natural(best[0].name))
+        ):
             continue
         best, best_busy, best_score = f, busy, score
     return _candidate(best, low, high, weights, limit)

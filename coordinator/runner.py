@@ -32,7 +32,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -58,7 +58,7 @@ from .events import (
     WatchJob,
 )
 from .phases import Phase, Timeouts
-from .record import MigrationRecord, decode, encode
+from .record import MigrationRecord, decode, encode, evolve
 from .recovery import recover
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ class RecordRunner:
                     revision = await self._write(rec, d.record)
                 except Conflict:
                     continue
-                new = replace(d.record, revision=revision)
+                new = evolve(d.record, revision=revision)
                 if new.revision > self.record.revision:
                     self.record = new
                 if isinstance(event, Progress):
