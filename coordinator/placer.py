@@ -39,31 +39,42 @@ class LoadBook:
     Kept by target, so a placement's ``loads`` works out again only the targets whose records or
     inventory time changed since the last call (a 1,000-host fleet holds every migration of the last
     ``SETTLE_MAX`` here, and is placed on many times a second); the result is ``placement.loads``
-    of the records that remain, as if worked out anew.
+    of the records that remain, as if worked out anew. ``version`` moves on with every change of
+    a target's records or reservations and ``changed_since`` names those targets, so a placer that
+    keeps the options of its last placement updates only them and the hosts whose inventory time
+    changed (``settle``, then ``load`` for each).
     """
 
     def __init__(self) -> None:
         self._unsettled: dict[str, MigrationRecord] = {}
-        # placed but not written yet (a submission between its choice and its writes): by id
+        # placed but not written yet (a submission between its choice and its writes): by id, and
+        # by target and id
         self._reserved: dict[str, tuple[str, HostLoad]] = {}
+        self._reserved_at: dict[str, dict[str, HostLoad]] = {}
         self._by_target: dict[str, dict[str, MigrationRecord]] = {}  # the same records, by target and id
         self._by_vm: dict[str, set[str]] = {}  # a VM's name and UUID -> the ids of its records here
         self._landings: list[tuple[datetime, str]] = []  # (landed, id) of succeeded records: a heap
         # per target: the inventory time its load was worked out for, and that load (None: no load)
         self._worked_out: dict[str, tuple[datetime | None, HostLoad | None]] = {}
+        self.version = 0
+        self._change_order: dict[str, int] = {}  # target -> the version its load last changed at, oldest first
 
     def reserve(self, migration_id: str, target: str, domain: DomainInfo, disk_bytes: int) -> None:
         """A placement chose ``target`` for ``domain``: count it there from now on, before its
         record exists (two placements a moment apart must not both take the last room)."""
-        self._reserved[migration_id] = (target, HostLoad().plus(domain, disk_bytes))
+        self._unreserve(migration_id)
+        load = HostLoad().plus(domain, disk_bytes)
+        self._reserved[migration_id] = (target, load)
+        self._reserved_at.setdefault(target, {})[migration_id] = load
+        self._touch(target)
 
     def release(self, migration_id: str) -> None:
         """The placed migration will not be created (refused): forget its reservation."""
-        self._reserved.pop(migration_id, None)
+        self._unreserve(migration_id)
 
     def note(self, record: MigrationRecord) -> None:
         """A version of a record (from the store's watch, or just written by this replica)."""
-        self._reserved.pop(record.id, None)
+        self._unreserve(record.id)
         old = self._unsettled.get(record.id)
         if old is not None and old.revision and record.revision and old.revision > record.revision:
             return
@@ -79,38 +90,83 @@ class LoadBook:
             self.note(record)
 
     def loads(self, inventory_at: Mapping[str, datetime | None], now: datetime) -> dict[str, HostLoad]:
+        """Every target's load, given when each host's inventory was taken."""
+        self._expire(now)
+        out: dict[str, HostLoad] = {}
+        for target in list(self._by_target):
+            load = self._worked(target, inventory_at.get(target))
+            if load is not None:
+                out[target] = load
+        for target, extra in self._reserved.values():
+            out[target] = _sum(out.get(target), extra)
+        return out
+
+    def settle(self, inventory_at: Mapping[str, datetime | None], now: datetime, hosts: Collection[str]) -> None:
+        """What ``loads`` would find changed, for a caller that follows ``changed_since``: the
+        landings past ``SETTLE_MAX`` and the targets among ``hosts`` (those whose inventory time
+        changed since its last call) worked out again."""
+        self._expire(now)
+        for target in hosts:
+            if target in self._by_target:
+                self._worked(target, inventory_at.get(target))
+
+    def load(self, target: str, seen: datetime | None) -> HostLoad | None:
+        """``target``'s entry of ``loads`` (its inventory taken at ``seen``); None: no load."""
+        load = self._worked(target, seen) if target in self._by_target else None
+        for extra in self._reserved_at.get(target, {}).values():
+            load = _sum(load, extra)
+        return load
+
+    def changed_since(self, version: int) -> list[str]:
+        """The targets whose records or reservations changed after ``version`` (of
+        ``self.version``); a target whose inventory time changed may count its records otherwise:
+        the caller knows those (``settle``)."""
+        out = []
+        for target in reversed(self._change_order):
+            if self._change_order[target] <= version:
+                break
+            out.append(target)
+        return out
+
+    def _expire(self, now: datetime) -> None:
         while self._landings and now - self._landings[0][0] > SETTLE_MAX:
             landed, mid = heapq.heappop(self._landings)
             r = self._unsettled.get(mid)
             if r is not None and r.phase is Phase.SUCCEEDED and (r.updated_at or r.created_at) == landed:
                 self._drop(mid)
-        out: dict[str, HostLoad] = {}
-        for target, records in list(self._by_target.items()):
-            seen = inventory_at.get(target)
-            known = self._worked_out.get(target)
-            if known is None or known[0] != seen:
-                if seen is not None:  # settled: its target's inventory was taken after it landed
-                    for mid in [
-                        mid
-                        for mid, r in records.items()
-                        if r.phase is Phase.SUCCEEDED and seen > (r.updated_at or r.created_at)
-                    ]:
-                        self._drop(mid)
-                    if not records:
-                        continue
-                known = self._worked_out[target] = (seen, loads(records.values(), {target: seen}).get(target))
-            if known[1] is not None:
-                out[target] = known[1]
-        for target, extra in self._reserved.values():
-            h = out.get(target, HostLoad())
-            out[target] = HostLoad(
-                h.inbound + extra.inbound,
-                h.memory_bytes + extra.memory_bytes,
-                h.disk_bytes + extra.disk_bytes,
-                h.vms + extra.vms,
-                h.names | extra.names,
-            )
-        return out
+
+    def _worked(self, target: str, seen: datetime | None) -> HostLoad | None:
+        """The load of ``target``'s records (it has some), worked out again if they or ``seen``
+        changed since the last time; the succeeded ones its inventory shows are dropped."""
+        records = self._by_target[target]
+        known = self._worked_out.get(target)
+        if known is None or known[0] != seen:
+            if seen is not None:  # settled: its target's inventory was taken after it landed
+                for mid in [
+                    mid
+                    for mid, r in records.items()
+                    if r.phase is Phase.SUCCEEDED and seen > (r.updated_at or r.created_at)
+                ]:
+                    self._drop(mid)
+                if not records:
+                    return None
+            known = self._worked_out[target] = (seen, loads(records.values(), {target: seen}).get(target))
+        return known[1]
+
+    def _unreserve(self, migration_id: str) -> None:
+        got = self._reserved.pop(migration_id, None)
+        if got is not None:
+            target = got[0]
+            mine = self._reserved_at[target]
+            del mine[migration_id]
+            if not mine:
+                del self._reserved_at[target]
+            self._touch(target)
+
+    def _touch(self, target: str) -> None:
+        self.version += 1
+        self._change_order.pop(target, None)
+        self._change_order[target] = self.version
 
     def targets_of(self, vm: str) -> set[str]:
         """Where the VM (name or UUID) just went or may be, by its newest migration that still
@@ -128,6 +184,7 @@ class LoadBook:
         self._unsettled[r.id] = r
         self._by_target.setdefault(r.target_host, {})[r.id] = r
         self._worked_out.pop(r.target_host, None)
+        self._touch(r.target_host)
         for key in {r.vm, r.vm_uuid}:
             self._by_vm.setdefault(key, set()).add(r.id)
         if r.phase is Phase.SUCCEEDED:
@@ -143,12 +200,25 @@ class LoadBook:
             if not records:
                 del self._by_target[r.target_host]
         self._worked_out.pop(r.target_host, None)
+        self._touch(r.target_host)
         for key in (r.vm, r.vm_uuid):
             ids = self._by_vm.get(key)
             if ids is not None:
                 ids.discard(migration_id)
                 if not ids:
                     del self._by_vm[key]
+
+
+def _sum(h: HostLoad | None, extra: HostLoad) -> HostLoad:
+    if h is None:
+        return extra
+    return HostLoad(
+        h.inbound + extra.inbound,
+        h.memory_bytes + extra.memory_bytes,
+        h.disk_bytes + extra.disk_bytes,
+        h.vms + extra.vms,
+        h.names | extra.names,
+    )
 
 
 def _newest_first(r: MigrationRecord) -> tuple[datetime, str]:
@@ -176,6 +246,17 @@ class _Base:
     index: dict[str, int]  # a host's place in ``options`` (the fleet's order: by name)
 
 
+@dataclass(frozen=True)
+class _Kept:
+    """``Placer.options``' last options (the base's ``index``: built anew with the base), as of
+    fleet version ``fleet_version`` and load book version ``book_version``."""
+
+    index: dict[str, int]
+    fleet_version: int
+    book_version: int
+    options: list[HostOption]
+
+
 class Placer:
     def __init__(
         self,
@@ -201,6 +282,7 @@ class Placer:
         # by host: its option with a load, while the option and the load (``LoadBook.loads`` keeps
         # a target's while nothing changes there) are the same objects
         self._loaded: dict[str, tuple[HostOption, HostLoad, HostOption]] = {}
+        self._kept: _Kept | None = None  # the last call's options, for the next
 
     def _shape(self, name: str, facts: HostFacts | None) -> Hashable | None:
         if facts is None:
@@ -276,22 +358,38 @@ class Placer:
         return option
 
     def options(self, now: datetime, reservations: Reservations | None = None) -> list[HostOption]:
-        """Every host the fleet view knows, as placement sees it now."""
+        """Every host the fleet view knows, as placement sees it now: the options of the last
+        call with those of the hosts whose option or load changed since replaced (every option
+        and every load looked at again only when the hosts or cordons changed)."""
         base, inventory_at = self._base_options()
-        booked = self.book.loads(inventory_at, now)
-        index = self._base.index if self._base is not None else {}
-        out = list(base)  # the hosts without a load as they are; only those with one replaced
-        loaded = self._loaded
-        for name, load in booked.items():
-            i = index.get(name)
-            if i is None:
-                continue  # a target the fleet view does not know (forgotten)
-            o = base[i]
-            known = loaded.get(name)
-            if known is None or known[0] is not o or known[1] is not load:
-                known = loaded[name] = (o, load, o.with_load(load))
-            out[i] = known[2]
-        return reservations.apply(out) if reservations is not None else out
+        assert self._base is not None
+        index = self._base.index
+        kept = self._kept
+        if kept is None or kept.index is not index:
+            booked = self.book.loads(inventory_at, now)
+            out = list(base)  # the hosts without a load as they are; only those with one replaced
+            for name, load in booked.items():
+                i = index.get(name)
+                if i is not None:  # (None: a target the fleet view does not know, forgotten)
+                    out[i] = self._with_load(base[i], load)
+        else:
+            hosts = self.fleet.changed_since(kept.fleet_version)
+            self.book.settle(inventory_at, now, hosts)
+            out = kept.options
+            for name in {*hosts, *self.book.changed_since(kept.book_version)}:
+                i = index.get(name)
+                if i is not None:
+                    now_on = self.book.load(name, inventory_at.get(name))
+                    out[i] = base[i] if now_on is None else self._with_load(base[i], now_on)
+        self._kept = _Kept(index, self._base.version, self.book.version, out)
+        return reservations.apply(out) if reservations is not None else list(out)
+
+    def _with_load(self, o: HostOption, load: HostLoad) -> HostOption:
+        """``o`` with ``load``: the one made before while both are the same objects."""
+        known = self._loaded.get(o.name)
+        if known is None or known[0] is not o or known[1] is not load:
+            known = self._loaded[o.name] = (o, load, o.with_load(load))
+        return known[2]
 
     def _find(self, options: list[HostOption], name: str) -> HostOption | None:
         """``name``'s option in ``options`` (built by ``options``: the fleet's order, looked up by

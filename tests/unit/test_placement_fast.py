@@ -258,6 +258,9 @@ def test_the_load_book_counts_as_counting_every_record_anew():
         now = NOW
         inventory_at: dict[str, datetime | None] = {}
         revisions: dict[str, int] = {}
+        # a follower's loads, the book version and the inventory times it followed them to
+        follower: dict[str, HostLoad] = {}
+        followed, synced = 0, dict[str, datetime | None]()
         for step in range(300):
             now += timedelta(seconds=rng.choice([0, 1, 5, 30]))
             what = rng.random()
@@ -298,7 +301,19 @@ def test_the_load_book_counts_as_counting_every_record_anew():
                 inventory_at[host] = rng.choice([now, now - timedelta(seconds=20), None])
             else:
                 view = dict(inventory_at)
-                assert book.loads(view, now) == ref.loads(view, now), (trial, step)
+                expected = ref.loads(view, now)
+                if rng.random() < 0.5:  # a placer following the changes (``Placer.options``)
+                    hosts = [h for h in {*view, *synced} if view.get(h) != synced.get(h)]
+                    book.settle(view, now, hosts)
+                    for target in {*hosts, *book.changed_since(followed)}:
+                        load = book.load(target, view.get(target))
+                        if load is None:
+                            follower.pop(target, None)
+                        else:
+                            follower[target] = load
+                    followed, synced = book.version, view
+                    assert follower == expected, (trial, step)
+                assert book.loads(view, now) == expected, (trial, step)
                 assert len(book) == len(ref.unsettled)
                 assert all(book.targets_of(f"v{n}") == ref.targets_of(f"v{n}") for n in range(12))
                 assert book.targets_of("u3") == ref.targets_of("u3")
@@ -394,7 +409,7 @@ async def test_the_placer_updates_the_changed_hosts_as_it_would_build_them_all_a
                 del cordons[name]
             else:
                 cordons[name] = HostCordon(name, cordoned=True, reason=f"step {step}")
-        elif what < 0.95:  # a migration on its way (to a host of the view or not), or one that ended
+        elif what < 0.9:  # a migration on its way (to a host of the view or not), or one that ended
             target = rng.choice([f"h{rng.randrange(12)}", "h99"])
             mid = f"m{rng.randrange(20)}"
             r = new_migration(
@@ -407,16 +422,25 @@ async def test_the_placer_updates_the_changed_hosts_as_it_would_build_them_all_a
                 timeouts=Timeouts(),
                 memory_bytes=GiB,
             )
-            book.note(replace(r, phase=rng.choice([Phase.PENDING, Phase.MIGRATING, Phase.FAILED]), revision=step + 1))
+            phase = rng.choice([Phase.PENDING, Phase.MIGRATING, Phase.FAILED, Phase.SUCCEEDED])
+            landed = NOW + timedelta(seconds=rng.choice([-5, 0, 1, step]))  # before or after an inventory
+            book.note(replace(r, phase=phase, updated_at=landed, revision=step + 1))
+        elif what < 0.98:  # a placement's reservation, or its release
+            mid = f"p{rng.randrange(4)}"
+            if rng.random() < 0.5:
+                book.reserve(mid, f"h{rng.randrange(12)}", DomainInfo(f"v{mid}", f"u{mid}", DomainState.RUNNING), GiB)
+            else:
+                book.release(mid)
         if rng.random() < 0.5:
+            now = NOW + timedelta(seconds=step)  # landings past SETTLE_MAX stop counting
             fresh = Placer(fleet, cordons, book, {})
-            assert placer.options(NOW) == fresh.options(NOW), step
+            assert placer.options(now) == fresh.options(now), step
             # each host with its load, as when every option was given its load one by one
-            booked = book.loads({h.name: h.last_seen for h in fleet.hosts()}, NOW)
+            booked = book.loads({h.name: h.last_seen for h in fleet.hosts()}, now)
             expected = [
                 o if o.name not in booked else replace(o, load=booked[o.name]) for o in fresh._base_options()[0]
             ]
-            assert placer.options(NOW) == expected, step
+            assert placer.options(now) == expected, step
             # the fleet keeps its set of available hosts between changes
             assert fleet.available_hosts() == {h.name for h in fleet.hosts() if h.available}, step
     await fleet.close()
