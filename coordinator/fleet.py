@@ -5,7 +5,8 @@ its lease (``agent/registration.py``). :class:`Fleet` lists that prefix, then fo
 watch (a ``Resync`` replaces the view), keeps one AgentClient per registered host (a new one when
 the address changes) and caches each host's Inventory. An inventory older than ``inventory_ttl_s``
 is fetched again when someone asks (``refresh``), from every host concurrently, each call bounded
-by ``inventory_timeout_s``; an agent that does not answer is shown unavailable with its last facts.
+by ``inventory_timeout_s``; an agent that does not answer is shown unavailable with its last facts
+(and asked again by the prober, not by the next placement: it would wait for it).
 
 A host is **available** while its registration exists, says its libvirtd answers (the agent
 watches it: ``agent/health.py``) and its last inventory call did not fail (an unreachable agent
@@ -384,6 +385,9 @@ class Fleet:
         """Fetch the inventory of each (registered) host whose copy is older than ``max_age_s``
         (default: the inventory TTL), all at once; ``force``: whatever its age.
 
+        Without ``names`` nor ``force`` (a placement, a ranking: every host), a host whose agent
+        did not answer last time is not asked: the prober asks it again every ``reprobe_s``, and a
+        placement does not wait up to ``inventory_timeout_s`` for a host it counts as down anyway.
         Never raises for an agent: a failed fetch marks that host unreachable and keeps its last facts.
         """
         max_age = self.inventory_ttl_s if max_age_s is None else min(max_age_s, self.inventory_ttl_s)
@@ -399,6 +403,8 @@ class Fleet:
                 continue
             if not force and h.reachable and h.fetched_at is not None and h.fetched_at > taken_after:
                 continue  # fresh
+            if h.reachable is False and names is None and not force:
+                continue  # the prober's (``_reprobe``)
             if h.refreshing is None or h.refreshing.done():
                 h.refreshing = asyncio.create_task(self._fetch(h), name=f"inventory {name}")
             tasks.append(h.refreshing)

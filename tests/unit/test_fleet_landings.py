@@ -105,7 +105,8 @@ async def test_a_fresh_locate_prefers_the_host_that_answered_over_a_stale_copy()
 async def test_refresh_asks_the_hosts_whose_inventory_is_as_old_as_the_ttl_and_no_other() -> None:
     """The inventory TTL's edges: one taken 60 s ago with a TTL of 60 s is asked again, one taken
     59.999 s ago is not; ``max_age_s`` shortens the TTL for that call; ``force`` asks a fresh one;
-    an unreachable host is asked whatever its age."""
+    an unreachable host is asked by name (the prober) whatever its age, and not by a refresh of
+    every host (``test_fleet_refresh.py``)."""
     clock = Clock()
     asked: list[str] = []
 
@@ -132,7 +133,8 @@ async def test_refresh_asks_the_hosts_whose_inventory_is_as_old_as_the_ttl_and_n
     assert await ask(timedelta(seconds=59.999), max_age_s=30) == ["h1", "h3"]  # h2 is 29.999 s old
     assert await ask(timedelta(seconds=59.999), max_age_s=29.999) == ["h2"]  # h1, h3 were just taken
     fleet.report_unreachable("h1", NotFound("gone", reason="AGENT_UNREACHABLE"))
-    assert await ask(timedelta(seconds=60)) == ["h1"]
+    assert await ask(timedelta(seconds=60)) == []
+    assert await ask(timedelta(seconds=60), names=["h1"]) == ["h1"]
     assert await ask(timedelta(seconds=60), names=["h3"], force=True) == ["h3"]
     assert await ask(timedelta(seconds=119.998)) == []
     assert await ask(timedelta(seconds=119.999)) == ["h2"]  # taken at +59.999 s
