@@ -55,7 +55,7 @@ from .phases import Phase, Timeouts
 from .policies import PredictionConfig
 from .record import MigrationRecord, decode, evolve
 from .runner import RecordRunner, Recover, RunnerContext
-from .slots import Limits, plan_admission
+from .slots import Limits, admission_changed, plan_admission
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ class Engine:
             self._open.pop(record.id, None)
         else:
             self._open[record.id] = record
-        if old is None or old.phase is not record.phase:
+        if old is None or (old.phase is not record.phase and admission_changed(old, record)):
             self.admit_soon()
         for observe in self.observers:
             observe(record)

@@ -222,6 +222,15 @@ def plan_admission(
     return Admission(tuple(start), waiting, tuple(ahead), tuple(grant))
 
 
+def admission_changed(old: MigrationRecord, new: MigrationRecord) -> bool:
+    """Whether ``plan_admission`` may decide otherwise with ``new`` in place of ``old`` (a
+    record's next version): it was or is queued, took or left a slot, or is ahead of its slot.
+    A record not ahead moving between phases that hold a slot (preflight, preparing, migrating,
+    finishing, rolling back) changes none of the plan's counts: the engine does not plan again
+    for it (every migration makes three such moves, and a plan counts every open record)."""
+    return not (old.phase.holds_slot and new.phase.holds_slot and not old.ahead and not new.ahead)
+
+
 def _aged(r: MigrationRecord, now: datetime | None, limits: Limits) -> bool:
     return now is not None and (now - r.created_at).total_seconds() >= limits.reserve_after_s
 

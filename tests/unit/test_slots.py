@@ -9,7 +9,7 @@ import pytest
 
 from ferry.coordinator.phases import Phase, Timeouts
 from ferry.coordinator.record import MigrationRecord, new_migration
-from ferry.coordinator.slots import Limits, admit, plan_admission, queue_order, vm_key
+from ferry.coordinator.slots import Limits, admission_changed, admit, plan_admission, queue_order, vm_key
 
 NOW = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
 HOSTS = {"h1", "h2", "h3", "h4", "h5", "h6", "h7", "h8"}
@@ -432,3 +432,41 @@ def test_the_allowance_is_per_slot():
         now=NOW,
     )
     assert plan.ahead == ("q1", "q2")  # both slots of h1 have their next job ready
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_move_that_admission_changed_calls_unchanged_plans_the_same(seed):
+    """The engine plans again after a record's move only when ``admission_changed`` says so: for
+    every other move (phase and ahead flag, old and new at random) the plan with the new version
+    is the plan with the old one, against random queues and records ahead."""
+    rng = random.Random(3000 + seed)
+    unchanged = 0
+    for _ in range(300):
+        queued, active, limits, available = random_case(rng)
+        limits = replace(limits, prepare_ahead=rng.randint(0, 2))
+        active = [replace(r, ahead=r.phase.holds_slot and rng.random() < 0.3) for r in active]
+        s, t = rng.sample(sorted({r.source_host for r in queued + active} | {"h1", "h2"}), 2)
+        moved = q("m", s, t, age_s=rng.choice([0, 700]), vm=f"g{rng.randint(1, 9)}")
+        phases = PHASES + [p for p in PHASES if p.holds_slot]  # the moves it leaves alone, more often
+        old, new = (
+            replace(moved, phase=rng.choice(phases), ahead=rng.random() < 0.3),
+            replace(moved, phase=rng.choice(phases), ahead=rng.random() < 0.3),
+        )
+        if admission_changed(old, new):
+            continue
+        unchanged += 1
+        assert planned_with(old, queued, active, limits, available) == planned_with(
+            new, queued, active, limits, available
+        ), (old.phase, old.ahead, new.phase, new.ahead)
+    assert unchanged > 50
+
+
+def planned_with(r, queued, active, limits, available):
+    """The plan with ``r`` among the engine's open records: queued when pending, else holding."""
+    return plan_admission(
+        [*queued, r] if r.phase is Phase.PENDING else queued,
+        [*active, r] if r.phase.holds_slot else active,
+        limits,
+        available,
+        now=NOW,
+    )
