@@ -54,6 +54,7 @@ from ferry.registry import HostChange, HostRegistration
 from ferry.store import Conflict, Entry, EventKind, Resync, Store
 from ferry.v1 import agent_pb2 as apb
 
+from .changelog import ChangeLog
 from .checks import HostView
 
 log = logging.getLogger(__name__)
@@ -280,14 +281,13 @@ class Fleet:
         self._hosts: dict[str, _Host] = {name: _Host(name) for name in declared}
         self._where: dict[str, set[str]] = {}  # a domain's name and UUID -> the hosts whose inventory has it
         self._landed_at: dict[str, datetime] = {}  # a VM UUID -> when its newest noted migration landed
-        self.version = 0  # moves on with every change of a host's inventory or state (placement's caches)
+        # every change of a host's inventory or state, by version (placement's caches)
+        self._changes = ChangeLog()
         self._subscribers: list[asyncio.Queue[HostChange]] = []
         self._watcher: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
         self._forgetter: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
-        # each host's version of its last change (``version`` then), the least recent first
-        self._change_order: dict[str, int] = {}
         self._available: tuple[int, frozenset[str]] = (-1, frozenset())  # as of a version
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -346,20 +346,18 @@ class Fleet:
         h = self._hosts[name]
         return name, h.available, h.inventory, h.fetched_at
 
+    @property
+    def version(self) -> int:
+        """Moves on with every change of a host's inventory or state."""
+        return self._changes.version
+
     def changed_since(self, version: int) -> list[str]:
         """The hosts whose inventory or state changed after ``version`` (of ``self.version``), the
         most recent first: placement updates its view of those alone."""
-        out = []
-        for name in reversed(self._change_order):
-            if self._change_order[name] <= version:
-                break
-            out.append(name)
-        return out
+        return self._changes.changed_since(version)
 
     def _changed(self, h: _Host) -> None:
-        self.version += 1
-        self._change_order.pop(h.name, None)
-        self._change_order[h.name] = self.version
+        self._changes.touch(h.name)
 
     def fresh_facts(self, name: str) -> HostFacts | None:
         """The host's facts from an inventory younger than the TTL that its agent answered; None

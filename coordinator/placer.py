@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 from ferry.model import DomainInfo, HostFacts, HostMapping, Inventory, MigrationOptions, StorageMode
 
+from .changelog import ChangeLog
 from .checks import effective_storage
 from .config import HostDecl, derive_mapping
 from .fleet import Fleet
@@ -56,8 +57,7 @@ class LoadBook:
         self._landings: list[tuple[datetime, str]] = []  # (landed, id) of succeeded records: a heap
         # per target: the inventory time its load was worked out for, and that load (None: no load)
         self._worked_out: dict[str, tuple[datetime | None, HostLoad | None]] = {}
-        self.version = 0
-        self._change_order: dict[str, int] = {}  # target -> the version its load last changed at, oldest first
+        self._changes = ChangeLog()  # the targets whose records or reservations changed, by version
 
     def reserve(self, migration_id: str, target: str, domain: DomainInfo, disk_bytes: int) -> None:
         """A placement chose ``target`` for ``domain``: count it there from now on, before its
@@ -66,7 +66,7 @@ class LoadBook:
         load = HostLoad().plus(domain, disk_bytes)
         self._reserved[migration_id] = (target, load)
         self._reserved_at.setdefault(target, {})[migration_id] = load
-        self._touch(target)
+        self._changes.touch(target)
 
     def release(self, migration_id: str) -> None:
         """The placed migration will not be created (refused): forget its reservation."""
@@ -117,16 +117,15 @@ class LoadBook:
             load = _sum(load, extra)
         return load
 
+    @property
+    def version(self) -> int:
+        return self._changes.version
+
     def changed_since(self, version: int) -> list[str]:
         """The targets whose records or reservations changed after ``version`` (of
         ``self.version``); a target whose inventory time changed may count its records otherwise:
         the caller knows those (``settle``)."""
-        out = []
-        for target in reversed(self._change_order):
-            if self._change_order[target] <= version:
-                break
-            out.append(target)
-        return out
+        return self._changes.changed_since(version)
 
     def _expire(self, now: datetime) -> None:
         while self._landings and now - self._landings[0][0] > SETTLE_MAX:
@@ -161,12 +160,7 @@ class LoadBook:
             del mine[migration_id]
             if not mine:
                 del self._reserved_at[target]
-            self._touch(target)
-
-    def _touch(self, target: str) -> None:
-        self.version += 1
-        self._change_order.pop(target, None)
-        self._change_order[target] = self.version
+            self._changes.touch(target)
 
     def targets_of(self, vm: str) -> set[str]:
         """Where the VM (name or UUID) just went or may be, by its newest migration that still
@@ -184,7 +178,7 @@ class LoadBook:
         self._unsettled[r.id] = r
         self._by_target.setdefault(r.target_host, {})[r.id] = r
         self._worked_out.pop(r.target_host, None)
-        self._touch(r.target_host)
+        self._changes.touch(r.target_host)
         for key in {r.vm, r.vm_uuid}:
             self._by_vm.setdefault(key, set()).add(r.id)
         if r.phase is Phase.SUCCEEDED:
@@ -200,7 +194,7 @@ class LoadBook:
             if not records:
                 del self._by_target[r.target_host]
         self._worked_out.pop(r.target_host, None)
-        self._touch(r.target_host)
+        self._changes.touch(r.target_host)
         for key in (r.vm, r.vm_uuid):
             ids = self._by_vm.get(key)
             if ids is not None:
