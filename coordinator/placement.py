@@ -84,6 +84,21 @@ class HostLoad:
             self.names | {domain.name, domain.uuid},
         )
 
+    def add(self, other: HostLoad) -> HostLoad:
+        """This load and ``other`` together (what is placed on top of what is on its way).
+
+        >>> both = HostLoad(1, 2, 3, 1, frozenset({"a"})).add(HostLoad(1, 1, 0, 1, frozenset({"b"})))
+        >>> both == HostLoad(2, 3, 3, 2, frozenset({"a", "b"}))
+        True
+        """
+        return HostLoad(
+            self.inbound + other.inbound,
+            self.memory_bytes + other.memory_bytes,
+            self.disk_bytes + other.disk_bytes,
+            self.vms + other.vms,
+            self.names | other.names,
+        )
+
 
 @dataclass(frozen=True)
 class HostOption:
@@ -808,12 +823,4 @@ class Reservations:
 
 
 def _with_more(o: HostOption, extra: HostLoad) -> HostOption:
-    return o.with_load(
-        HostLoad(
-            o.load.inbound + extra.inbound,
-            o.load.memory_bytes + extra.memory_bytes,
-            o.load.disk_bytes + extra.disk_bytes,
-            o.load.vms + extra.vms,
-            o.load.names | extra.names,
-        )
-    )
+    return o.with_load(o.load.add(extra))

@@ -204,15 +204,7 @@ class LoadBook:
 
 
 def _sum(h: HostLoad | None, extra: HostLoad) -> HostLoad:
-    if h is None:
-        return extra
-    return HostLoad(
-        h.inbound + extra.inbound,
-        h.memory_bytes + extra.memory_bytes,
-        h.disk_bytes + extra.disk_bytes,
-        h.vms + extra.vms,
-        h.names | extra.names,
-    )
+    return extra if h is None else h.add(extra)
 
 
 def _newest_first(r: MigrationRecord) -> tuple[datetime, str]:
