@@ -438,7 +438,8 @@ class Campaign:
 
             def die() -> Injection:
                 death = lab.kill_host(host)
-                return Injection(f"{host} died ({len(death.killed)} processes killed, link down)", revive)
+                lost = f", its /run/libvirt lost ({c.lost_guests(death.lost)})" if death.lost else ""
+                return Injection(f"{host} died ({len(death.killed)} processes killed, link down{lost})", revive)
 
             return die
         raise ValueError(f"no injector for {name}")

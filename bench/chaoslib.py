@@ -16,6 +16,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 from benchlib import DASH, markdown_table, median
@@ -224,6 +225,23 @@ def plan_trials(
         phase, kind = order[(i // len(classes)) % len(order)]
         plan.append(TrialSpec(i + 1, fault.name, phase, kind))
     return plan
+
+
+def lost_guests(lost: Sequence[str]) -> str:
+    """The guests whose runtime record a host death took (``HostDeath.lost``); "no pid" marks
+    one libvirtd was starting (its QEMU's pid not written yet: the record libvirt 9.0 would
+    reload as a domain that no call can take).
+
+    >>> lost_guests(["qemu", "qemu/a.pid", "qemu/a.xml", "qemu/b.xml", "libvirt-sock"])
+    'runtime records of a, b (no pid)'
+    >>> lost_guests(["qemu", "qemu/driver.pid"])
+    'no guest runtime record'
+    """
+    names = sorted(PurePosixPath(e).stem for e in lost if e.startswith("qemu/") and e.endswith(".xml"))
+    if not names:
+        return "no guest runtime record"
+    shown = [n if f"qemu/{n}.pid" in lost else f"{n} (no pid)" for n in names]
+    return "runtime records of " + ", ".join(shown)
 
 
 def phase_from_json(name: str) -> str:

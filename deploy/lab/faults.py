@@ -19,6 +19,7 @@ them inside the lab's namespaces, through the recorded holder PIDs.
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,9 +126,11 @@ def fill_steps(free: int, leave: int = 0) -> tuple[int, int]:
 class HostDeath:
     host: str
     killed: tuple[str, ...]  # "PID command line" of each process killed
+    lost: tuple[str, ...] = ()  # what the host's /run/libvirt held (gone with the power, as on a reboot)
 
     def describe(self) -> str:
-        return f"{self.host}: link down, {len(self.killed)} processes killed: " + "; ".join(self.killed)
+        lost = f"; libvirt's runtime state lost ({len(self.lost)} entries)" if self.lost else ""
+        return f"{self.host}: link down, {len(self.killed)} processes killed: " + "; ".join(self.killed) + lost
 
 
 def _holder_pid(state: LabState, place: str) -> int:
@@ -166,7 +169,10 @@ def link_up(state: LabState, host: str) -> bool | None:
 
 def kill_host(state: LabState, host: str, *, clock: Clock = SYSTEM_CLOCK) -> HostDeath:
     """A power cut: link down, then SIGKILL to every process inside the host's namespaces
-    but its holder, at once; returns once they are gone."""
+    but its holder, at once; returns once they are gone. Then what lived in memory goes too:
+    the host's /run/libvirt (a tmpfs on a real machine) is emptied, so the libvirtd started
+    at power-back begins, like after a reboot, with no runtime record of any guest
+    (``forget_runtime``). Disks (images, definitions, the agent's prepare records) stay."""
     _require_host(state, host)
     record = state.host(host)
     assert record is not None
@@ -190,7 +196,34 @@ def kill_host(state: LabState, host: str, *, clock: Clock = SYSTEM_CLOCK) -> Hos
         return clock.now() - quiet_since[0] >= QUIET_S
 
     procs.wait_until(all_gone, KILL_WAIT_S, clock=clock, interval=0.05)
-    return HostDeath(host, tuple(f"{pid} {cmd}" for pid, cmd in sorted(killed.items())))
+    lost = forget_runtime(Path(state.lab_dir) / "hosts" / host / "run")
+    return HostDeath(host, tuple(f"{pid} {cmd}" for pid, cmd in sorted(killed.items())), tuple(lost))
+
+
+def forget_runtime(run_dir: Path) -> list[str]:
+    """Empty a dead host's /run/libvirt (the lab dir's hosts/NAME/run): what a power cut takes
+    with the RAM. Without it, the restarted libvirtd reloads the runtime record of every guest
+    it ran; one it was starting when it was killed (its QEMU pid not yet written) comes back
+    as an active, paused domain that no QEMU backs and no API call can take (libvirt 9.0
+    refuses each with "cannot acquire state change lock"), which no real host shows after a
+    reboot. Returns the entries removed (names relative to ``run_dir``).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> (d / "qemu").mkdir(); (d / "qemu" / "g.xml").write_text("<domstatus/>") and None
+    >>> forget_runtime(d), list(d.iterdir())
+    (['qemu', 'qemu/g.xml'], [])
+    >>> d.rmdir()
+    """
+    if not run_dir.is_dir():
+        return []
+    lost = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
+    for entry in run_dir.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return lost
 
 
 def kill_guest(state: LabState, host: str, name: str) -> bool:

@@ -233,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (
         ("partition", "cut a host off the lab network (its link down in the core namespace)"),
         ("heal", "bring a partitioned host's link up again"),
-        ("crash", "host death: link down, libvirtd, every QEMU and the agent killed at once"),
+        ("crash", "host death: link down, libvirtd, every QEMU and the agent killed at once, /run/libvirt lost"),
         ("revive", "power back after a crash: link up, libvirtd and the agent started again"),
         ("unfill", "remove the filler from a host's image filesystem"),
     ):

@@ -96,6 +96,7 @@ def test_a_host_death_kills_its_guest_and_revive_brings_back_libvirtd_and_agent(
         death = chaos_lab.kill_host("host2")
         killed = " ".join(death.killed)
         assert "libvirtd" in killed and "ferry.agent" in killed and "guest=dying" in killed
+        assert "qemu/dying.xml" in death.lost  # libvirt's runtime record went with the power, as on a reboot
         assert chaos_lab.link_up("host2") is False
         status = chaos_lab.status()["hosts"][1]
         assert (status["libvirtd"]["state"], status["agent"]["state"]) == ("dead", "dead")
