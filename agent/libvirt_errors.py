@@ -292,6 +292,21 @@ def timeout_error(call: str, host: str, timeout_s: float) -> DeadlineExceeded:
     )
 
 
+def incoming_stuck(name: str, uuid: str, host: str, detail: str) -> FailedPrecondition:
+    """``destroy_incoming`` could not take the domain: libvirtd holds its job lock and never
+    lets go. Seen with libvirt 9.0 after a libvirtd killed while it started the copy's QEMU: the
+    restarted libvirtd reloads the copy as active and paused, with the job it had, no QEMU and
+    no thread that ends that job, and every call that needs the lock waits 30 s and fails."""
+    return FailedPrecondition(
+        f"libvirtd on {host} keeps {name} ({uuid}), an unfinished incoming migration's copy, under a job "
+        f"that does not end, and cannot destroy it: {detail}",
+        reason="INCOMING_COPY_STUCK",
+        hint=f"the guest runs on its source. On {host}, restart libvirtd; if {name} is still listed there, "
+        f"check that no QEMU process of {name} runs, then stop libvirtd, remove /run/libvirt/qemu/{name}.xml "
+        "(libvirt's runtime record of the copy) and start libvirtd again; Ferry then removes the rest",
+    )
+
+
 def not_incoming(name: str, uuid: str, host: str, *, persistent: bool, state: str) -> FailedPrecondition:
     """``destroy_incoming`` refused: the domain is not a migration's unfinished incoming copy."""
     what = "has a persistent definition" if persistent else f"is {state}, not held paused by libvirt for a migration"

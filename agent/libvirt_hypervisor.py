@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: how long libvirtd waits for a domain's job lock before it fails a call (QEMU_JOB_WAIT_TIME, 30 s)
+LIBVIRT_JOB_WAIT_S = 30.0
+
 # libvirt reports "no network driver" for a libvirtd built or started without one.
 _NO_DRIVER = frozenset({le.VIR_ERR_NO_SUPPORT, le.VIR_ERR_OPERATION_UNSUPPORTED})
 
@@ -467,12 +470,15 @@ class LibvirtHypervisor:
             try:
                 dom.destroy()
             except libvirt.libvirtError as exc:
+                if _code(exc) == le.VIR_ERR_OPERATION_TIMEOUT:  # its job lock, held for good
+                    raise le.incoming_stuck(dom.name(), uuid, self.uri, exc.get_error_message() or str(exc)) from exc
                 # gone or not running: libvirt removed it meanwhile (a transient domain ends so)
                 if _code(exc) not in (le.VIR_ERR_NO_DOMAIN, le.VIR_ERR_OPERATION_INVALID):
                     raise
             return True
 
-        return await self._call("destroy", work)
+        # outlasts libvirt's own wait for the domain's job lock, so that its answer is the one heard
+        return await self._call("destroy", work, timeout_s=max(self.timeout_s, LIBVIRT_JOB_WAIT_S + 10.0))
 
     async def remote_resume(self, target_uri: str, name_or_uuid: str) -> bool:
         uri = self._peer_uris.get(target_uri, target_uri)

@@ -209,7 +209,7 @@ def decide(record: MigrationRecord, event: Event, now: datetime, timeouts: Timeo
         case StepFailed():
             e = event.error
             return c.noted(
-                f"{event.step} failed: {e.reason}: {e.message}",
+                f"{event.step} failed: {e.reason}: {e.message}" + (f"; {e.hint}" if e.hint else ""),
                 f"{event.step} failed ({e.reason}); retrying at the deadline",
             )
         case Placement() if record.lost_host:

@@ -148,7 +148,8 @@ class Hypervisor(Protocol):
         here: transient, and held paused by libvirt for its incoming migration (it never ran
         here). True: destroyed; False: no such domain (nothing to do). Anything else (a persistent
         or a running domain, one the user paused) raises FailedPrecondition NOT_INCOMING and is
-        left alone."""
+        left alone; a copy libvirtd cannot destroy because it holds its job lock for good raises
+        FailedPrecondition INCOMING_COPY_STUCK."""
         ...
 
     async def dirty_rate(self, name_or_uuid: str, seconds: int) -> float:

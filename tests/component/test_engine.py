@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from ferry.agent import libvirt_errors as le
 from ferry.coordinator import replica
 from ferry.coordinator.engine import Engine
 from ferry.coordinator.phases import Phase, Timeouts
@@ -409,6 +410,27 @@ async def test_an_incoming_copy_libvirt_left_paused_on_the_target_is_discarded(s
     assert r.phase is Phase.ROLLED_BACK and r.error is not None and r.error.reason, history
     assert any("libvirt left it behind; discarding it" in why for _, why in history), history
     assert "destroy_incoming" in fleet["host2"].hv.calls
+    assert fleet.where("g1") == {"host1": DomainState.RUNNING}
+    assert fleet.prepares("host2") == [] and not fleet["host2"].host.exists(f"{IMAGES}/g1.qcow2")
+    assert await claim_released(store, r)
+
+
+async def test_an_incoming_copy_libvirt_cannot_destroy_is_reported_and_retried_not_an_agent_lost(store, fleet, hosts):
+    """libvirt 9.0, restarted after it was killed while it started the copy's QEMU, keeps the copy
+    under a job that never ends and fails its destroy (seen in a chaos trial): the agent and
+    libvirtd answer, so the record says what is stuck and what to do, never "agent lost", and
+    the rollback is retried until the copy can go (here: the third try)."""
+    async with copy_left_on_host2(store, fleet, hosts, 0.3) as (mid, uuid):
+        stuck = le.incoming_stuck("g1", uuid, "qemu:///system", "cannot acquire state change lock")
+        fleet["host2"].hv.fail("destroy_incoming", stuck, times=2)
+        fleet["host1"].hv.release()
+        r = await final(store, mid)
+    history = [(h.phase.name, h.reason) for h in r.history]
+    assert r.phase is Phase.ROLLED_BACK, history
+    failed = [why for _, why in history if "INCOMING_COPY_STUCK" in why]
+    assert len(failed) == 2 and "restart libvirtd" in failed[0], history
+    assert not any("lost" in why for _, why in history), history
+    assert fleet["host2"].hv.calls.count("destroy_incoming") == 3
     assert fleet.where("g1") == {"host1": DomainState.RUNNING}
     assert fleet.prepares("host2") == [] and not fleet["host2"].host.exists(f"{IMAGES}/g1.qcow2")
     assert await claim_released(store, r)

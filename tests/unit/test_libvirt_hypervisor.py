@@ -6,7 +6,8 @@ import pytest
 
 libvirt = pytest.importorskip("libvirt")
 
-from ferry.agent.libvirt_hypervisor import LibvirtHypervisor  # noqa: E402
+from ferry.agent import libvirt_errors as le  # noqa: E402
+from ferry.agent.libvirt_hypervisor import LIBVIRT_JOB_WAIT_S, LibvirtHypervisor  # noqa: E402
 from ferry.errors import FailedPrecondition, NotFound  # noqa: E402
 from ferry.model import DomainState  # noqa: E402
 
@@ -201,6 +202,41 @@ async def test_destroy_incoming_destroys_only_libvirts_unfinished_incoming_copy(
     finally:
         h.close()
     assert dom.destroyed == int(destroyed)
+
+
+class StuckDomain(IncomingDomain):
+    """libvirt's incoming copy whose job lock libvirtd holds for good: destroy waits, then fails."""
+
+    def destroy(self) -> int:
+        self.destroyed += 1
+        err = libvirt.libvirtError("Timed out during operation: cannot acquire state change lock")
+        err.err = (le.VIR_ERR_OPERATION_TIMEOUT, 10, err.args[0], 2, "", None, None, 0, 0)
+        raise err
+
+
+async def test_an_incoming_copy_libvirtd_cannot_destroy_is_named_with_what_to_do(monkeypatch):
+    """Seen in a chaos trial (libvirt 9.0, a libvirtd killed while it started the copy's QEMU):
+    the agent waits longer than libvirt's 30 s for the job lock, so libvirt's own answer comes
+    back, as INCOMING_COPY_STUCK with the way out, not as a hung libvirtd."""
+    dom = StuckDomain(3, 2, False)
+    h = LibvirtHypervisor("test:///default", 5)
+    monkeypatch.setattr(h, "_connection", lambda: OneDomainConnection(dom))
+    waited: list[float] = []
+    in_thread = h._in_thread
+
+    async def timed(fn, timeout):  # type: ignore[no-untyped-def]
+        waited.append(timeout)
+        return await in_thread(fn, timeout)
+
+    monkeypatch.setattr(h, "_in_thread", timed)
+    try:
+        with pytest.raises(FailedPrecondition) as exc:
+            await h.destroy_incoming("5b1f0e4c-0000-4000-8000-000000000001")
+    finally:
+        h.close()
+    assert exc.value.reason == "INCOMING_COPY_STUCK" and "cannot acquire state change lock" in exc.value.message
+    assert "restart libvirtd" in exc.value.hint and dom.destroyed == 1
+    assert waited == [LIBVIRT_JOB_WAIT_S + 10.0]
 
 
 async def test_destroy_incoming_of_a_domain_that_is_not_there_does_nothing(test_driver):
