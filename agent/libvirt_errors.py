@@ -301,8 +301,8 @@ def incoming_stuck(name: str, uuid: str, host: str, detail: str) -> FailedPrecon
         f"libvirtd on {host} keeps {name} ({uuid}), an unfinished incoming migration's copy, under a job "
         f"that does not end, and cannot destroy it: {detail}",
         reason="INCOMING_COPY_STUCK",
-        hint=f"the guest runs on its source. On {host}, restart libvirtd; if {name} is still listed there, "
-        f"check that no QEMU process of {name} runs, then stop libvirtd, remove /run/libvirt/qemu/{name}.xml "
+        hint=f"the guest runs on its source. A restart of libvirtd alone reloads the copy as it is: check that "
+        f"no QEMU process of {name} runs on this host, stop libvirtd, remove /run/libvirt/qemu/{name}.xml "
         "(libvirt's runtime record of the copy) and start libvirtd again; Ferry then removes the rest",
     )
 

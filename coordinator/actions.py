@@ -166,7 +166,7 @@ class Actions:
         return self.hosts.client(host)
 
     def _failed(self, host: str, step: str, err: FerryError) -> Event:
-        return AgentLost(host) if agent_lost(err) else StepFailed(step, Problem.of(err))
+        return AgentLost(host) if agent_lost(err) else StepFailed(f"{step} on {host}", Problem.of(err))
 
     async def perform(
         self, r: MigrationRecord, action: Action, emit: Emit, following: Callable[[], bool] = lambda: True

@@ -84,7 +84,7 @@ from .events import (
     Tick,
     WatchJob,
 )
-from .phases import Phase, Timeouts, probe_delay_s
+from .phases import Phase, Timeouts, probe_delay_s, retry_delay_s
 from .record import MigrationRecord, evolve, note, with_action, with_phase, with_retry
 
 # --- where the guest is --------------------------------------------------------------------------
@@ -207,11 +207,7 @@ def decide(record: MigrationRecord, event: Event, now: datetime, timeouts: Timeo
             noted = replace(c, r=note(c.r, now, event.note)) if event.note else c
             return Decision(noted.to(Phase.SUCCEEDED, "target committed"), (), "committed; succeeded")
         case StepFailed():
-            e = event.error
-            return c.noted(
-                f"{event.step} failed: {e.reason}: {e.message}" + (f"; {e.hint}" if e.hint else ""),
-                f"{event.step} failed ({e.reason}); retrying at the deadline",
-            )
+            return _step_failed(c, event)
         case Placement() if record.lost_host:
             return after_wait(answered(c), event)
         case Placement() if record.phase in (Phase.MIGRATING, Phase.FINISHING, Phase.ROLLING_BACK):
@@ -221,6 +217,25 @@ def decide(record: MigrationRecord, event: Event, now: datetime, timeouts: Timeo
         case Tick():
             return _tick(c)
     return c.ignore(event)
+
+
+def _step_failed(c: Ctx, event: StepFailed) -> Decision:
+    """A step failed while its agent answered: noted with the error's hint, retried at the
+    deadline. In Finishing and RollingBack (idempotent steps, the guest's place known) that
+    deadline is brought in to the next retry's delay (``retry_delay_s``, 30 s the first time)
+    rather than the phase's whole limit: a failure an operator fixes on the host (a copy libvirtd
+    keeps, a full disk) is picked up soon after the fix, and after ``max_retries`` the record
+    fails loudly as for any deadline."""
+    r, e = c.r, event.error
+    d = c.noted(
+        f"{event.step} failed: {e.reason}: {e.message}" + (f"; {e.hint}" if e.hint else ""),
+        f"{event.step} failed ({e.reason}); retrying at the deadline",
+    )
+    if r.phase in (Phase.FINISHING, Phase.ROLLING_BACK):
+        sooner = c.now + timedelta(seconds=retry_delay_s(c.t, r.retries + 1))
+        if r.phase_deadline is None or sooner < r.phase_deadline:
+            return replace(d, record=evolve(d.record, phase_deadline=sooner))
+    return d
 
 
 def _final(c: Ctx, event: Event) -> Decision:

@@ -428,7 +428,7 @@ async def test_an_incoming_copy_libvirt_cannot_destroy_is_reported_and_retried_n
     history = [(h.phase.name, h.reason) for h in r.history]
     assert r.phase is Phase.ROLLED_BACK, history
     failed = [why for _, why in history if "INCOMING_COPY_STUCK" in why]
-    assert len(failed) == 2 and "restart libvirtd" in failed[0], history
+    assert len(failed) == 2 and "stop libvirtd" in failed[0] and "on host2" in failed[0], history
     assert not any("lost" in why for _, why in history), history
     assert fleet["host2"].hv.calls.count("destroy_incoming") == 3
     assert fleet.where("g1") == {"host1": DomainState.RUNNING}

@@ -263,6 +263,22 @@ def test_events(record, event, phase, actions, outcome):
     check(record, event, phase, actions, outcome)
 
 
+def test_a_failed_step_in_rollback_is_retried_after_the_retry_delay_not_the_phase_limit():
+    """An operator's fix on the host (here: a copy libvirtd kept) is picked up 30 s after the
+    failure, then 60, 120 s ... (``retry_delay_s``), not at the end of RollingBack's 180 s; the
+    note carries the error's hint. A deadline that is already sooner stays."""
+    stuck = Problem("INCOMING_COPY_STUCK", "libvirtd on host2 keeps g1", "restart libvirtd on host2")
+    r = decide(RB_LATE, StepFailed("clean up the target on host2", stuck), NOW, T).record
+    assert r.phase_deadline == NOW + timedelta(seconds=T.retry_base_s) < RB_LATE.phase_deadline
+    assert r.history[-1].reason.endswith("INCOMING_COPY_STUCK: libvirtd on host2 keeps g1; restart libvirtd on host2")
+    again = replace(RB_LATE, retries=2)
+    assert decide(again, StepFailed("x", stuck), NOW, T).record.phase_deadline == NOW + timedelta(seconds=120)
+    soon = replace(RB_LATE, phase_deadline=NOW + timedelta(seconds=5))
+    assert decide(soon, StepFailed("x", stuck), NOW, T).record.phase_deadline == soon.phase_deadline
+    migrating = decide(MIGRATING, StepFailed("x", stuck), NOW, T).record
+    assert migrating.phase_deadline == MIGRATING.phase_deadline  # Migrating keeps its own limit
+
+
 def test_preflight_problems_all_reach_the_record():
     r = decide(PREFLIGHT, PreflightResult((E_BRIDGE, E_SPACE)), NOW, T).record
     assert r.error.reason == "BRIDGE_MISSING"

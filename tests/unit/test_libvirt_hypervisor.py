@@ -235,7 +235,7 @@ async def test_an_incoming_copy_libvirtd_cannot_destroy_is_named_with_what_to_do
     finally:
         h.close()
     assert exc.value.reason == "INCOMING_COPY_STUCK" and "cannot acquire state change lock" in exc.value.message
-    assert "restart libvirtd" in exc.value.hint and dom.destroyed == 1
+    assert "stop libvirtd" in exc.value.hint and dom.destroyed == 1
     assert waited == [LIBVIRT_JOB_WAIT_S + 10.0]
 
 
