@@ -244,6 +244,19 @@ def lost_guests(lost: Sequence[str]) -> str:
     return "runtime records of " + ", ".join(shown)
 
 
+def copy_stuck(record: Mapping[str, Any] | None) -> bool:
+    """The record (``ferry migrations show --output json``) says the target's libvirtd keeps the
+    incoming copy under a job that never ends (INCOMING_COPY_STUCK): libvirt's own wedge, which
+    only the operator's step in its hint clears.
+
+    >>> copy_stuck({"history": [{"reason": "clean up the target on host2 failed: INCOMING_COPY_STUCK: ..."}]})
+    True
+    >>> copy_stuck({"history": [{"reason": "submitted"}]}), copy_stuck(None)
+    (False, False)
+    """
+    return any("INCOMING_COPY_STUCK" in str(h.get("reason", "")) for h in (record or {}).get("history", []))
+
+
 def phase_from_json(name: str) -> str:
     """A record's phase as ``ferry --output json`` prints it (``rolled_back`` since the CLI's
     JSON schema; ``PHASE_ROLLED_BACK`` before) -> as the history names it.
