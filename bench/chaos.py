@@ -72,6 +72,7 @@ NEW_MIGRATION_S = 240.0
 HEALTHY_S = 45.0  # a host unavailable this long before a trial gets its libvirtd and agent restarted
 CANCEL_S = 30.0  # a cancelled migration left by a trial ends within this (else the lab is repaired)
 VIRSH_S = 20.0
+STUCK_NOTE_S = 60.0  # how long past the final bound a record may still come to say INCOMING_COPY_STUCK
 
 log = logging.getLogger("chaos")
 
@@ -290,7 +291,11 @@ class Campaign:
             time.sleep(max(0.0, injected_at + outage - time.monotonic()))
             notes.append(f"repair: {injection.repair()}")
             repaired_at = time.time()
-            record = self.wait_final(mid, repaired_at + self.settings.final_within_s, until=c.copy_stuck)
+            # INCOMING_COPY_STUCK comes ~70 s after the repair (the stale copy waited for 30 s, then
+            # libvirt's 30 s for the lock): looked for past the bound; a record final that late still
+            # breaks final-60s
+            wait = self.settings.final_within_s + STUCK_NOTE_S
+            record = self.wait_final(mid, repaired_at + wait, until=c.copy_stuck)
             if record_phase(record) not in c.FINAL_PHASES and c.copy_stuck(record):
                 # libvirt's own wedge, which no API call clears: an operator does what the record says,
                 # and the record must then end within the same bound, counted from that second repair
