@@ -295,8 +295,8 @@ def timeout_error(call: str, host: str, timeout_s: float) -> DeadlineExceeded:
 def incoming_stuck(name: str, uuid: str, host: str, detail: str) -> FailedPrecondition:
     """``destroy_incoming`` could not take the domain: libvirtd holds its job lock and never
     lets go. Seen with libvirt 9.0 after a libvirtd killed while it started the copy's QEMU: the
-    restarted libvirtd reloads the copy as active and paused, with the job it had, no QEMU and
-    no thread that ends that job, and every call that needs the lock waits 30 s and fails."""
+    restarted libvirtd reloads the copy as active and paused (pid 0) with the job it had, no QEMU
+    and no thread that ends that job, and every call that needs the lock waits 30 s and fails."""
     return FailedPrecondition(
         f"libvirtd on {host} keeps {name} ({uuid}), an unfinished incoming migration's copy, under a job "
         f"that does not end, and cannot destroy it: {detail}",

@@ -229,8 +229,7 @@ def plan_trials(
 
 def lost_guests(lost: Sequence[str]) -> str:
     """The guests whose runtime record a host death took (``HostDeath.lost``); "no pid" marks
-    one libvirtd was starting (its QEMU's pid not written yet: the record libvirt 9.0 would
-    reload as a domain that no call can take).
+    one libvirtd was still starting (no pidfile of its QEMU yet).
 
     >>> lost_guests(["qemu", "qemu/a.pid", "qemu/a.xml", "qemu/b.xml", "libvirt-sock"])
     'runtime records of a, b (no pid)'

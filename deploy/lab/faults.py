@@ -203,10 +203,10 @@ def kill_host(state: LabState, host: str, *, clock: Clock = SYSTEM_CLOCK) -> Hos
 def forget_runtime(run_dir: Path) -> list[str]:
     """Empty a dead host's /run/libvirt (the lab dir's hosts/NAME/run): what a power cut takes
     with the RAM. Without it, the restarted libvirtd reloads the runtime record of every guest
-    it ran; one it was starting when it was killed (its QEMU pid not yet written) comes back
-    as an active, paused domain that no QEMU backs and no API call can take (libvirt 9.0
-    refuses each with "cannot acquire state change lock"), which no real host shows after a
-    reboot. Returns the entries removed (names relative to ``run_dir``).
+    it ran; one it was starting when it was killed (before its QEMU ran) can come back as an
+    active, paused domain that no QEMU backs and no API call can take (libvirt 9.0 refuses each
+    with "cannot acquire state change lock"), which no real host shows after a reboot.
+    Returns the entries removed (names relative to ``run_dir``).
 
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
