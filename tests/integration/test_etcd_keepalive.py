@@ -119,4 +119,6 @@ async def test_close_with_a_renewal_pending_ends_stream_and_reader(
             member.resume()
     else:
         pytest.fail("etcd answered a renewal while paused in all 3 tries")
-    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    # grpc's own poller may log "Event loop is closed" when the test's loop ends (seen once in CI): not ours
+    ours = [r for r in caplog.records if "PollerCompletionQueue" not in r.getMessage()]
+    assert [r for r in ours if r.levelno >= logging.WARNING] == []
