@@ -23,7 +23,9 @@ through ``emit`` (called once or more, never raising). The rules, from ``decide`
 * CommitTarget on an unknown prepare counts as committed. Once the target committed a migration
   that copied disks, the source's copies are garbage (and in the way of a migration back): the
   source's RemoveSourceDisks removes them, best effort -- what became of them is a note in the
-  record's history (SOURCE_DISKS_LEFT with the paths when they stay), never a failure.
+  record's history (SOURCE_DISKS_LEFT with the paths when they stay), never a failure. A source
+  that cannot be reached for it (Unavailable/DeadlineExceeded) is ``Committed(source_lost=True)``:
+  ``decide`` waits for it and commits (a no-op now) and removes again once it answers.
 
 Every agent call carries the leader's term (``leader_term``, ``agent/fencing.py``). An agent that
 refuses one as STALE_LEADER has seen a newer leader: this one was deposed (paused past its lease)
@@ -494,7 +496,8 @@ class Actions:
                     log.info("migration %s: %s; observing the placement", r.id, err.message)
                     return await self.placement(r)
                 return self._failed(r.target_host, "commit the target", err)
-        return Committed(await self.remove_source_disks(r), await self.completed_job(r))
+        note, source_lost = await self.remove_source_disks(r)
+        return Committed(note, await self.completed_job(r), source_lost=source_lost)
 
     async def completed_job(self, r: MigrationRecord) -> CompletedJob | None:
         """The target's completed job for a record without a result (best effort; None if unknown)."""
@@ -507,12 +510,13 @@ class Actions:
             return None
         return job if job.time_elapsed_ms else None
 
-    async def remove_source_disks(self, r: MigrationRecord) -> str:
+    async def remove_source_disks(self, r: MigrationRecord) -> tuple[str, bool]:
         """The source's copies of the disks the migration copied, removed; a note saying so
-        ("" when nothing was copied). Never raises: the migration has landed either way."""
+        ("" when nothing was copied), and whether the source could not be reached (its agent or
+        libvirtd: ``decide`` then waits for it). Never raises: the migration has landed either way."""
         paths = r.copied_disks if r.options.storage is not StorageMode.SHARED else ()
         if not paths:
-            return ""
+            return "", False
         listed = ", ".join(paths)
         try:
             if not r.vm_uuid:
@@ -524,14 +528,19 @@ class Actions:
             if err.reason == STALE_LEADER:
                 self.on_stale(Problem.of(err))
             log.warning(
-                "migration %s: the source's disks on %s stay (%s: %s): %s", r.id, r.source_host, err.reason, err, listed
+                "migration %s: the source's disks on %s not removed (%s: %s): %s",
+                r.id,
+                r.source_host,
+                err.reason,
+                err,
+                listed,
             )
             return (
                 f"SOURCE_DISKS_LEFT: {listed} on {r.source_host} not removed ({err.reason}: {err.message}); "
                 f"remove them by hand once the guest is known to run on {r.target_host} only"
-            )
+            ), agent_lost(err)
         log.info("migration %s: removed the source's disks on %s: %s", r.id, r.source_host, listed)
         done = ", ".join(removed) or "none"
         return f"source disks removed on {r.source_host}: {done}" + (
             f" (already gone: {', '.join(gone)})" if gone else ""
-        )
+        ), False

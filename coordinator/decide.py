@@ -45,6 +45,13 @@ cleans the target, the others act on the placement). ``Timeouts.agent_lost_s`` a
 not at the phase deadline, the wait ends: Migrating rolls back, the other phases fail with
 AGENT_LOST and a hint. Preparing rolls back at once (its answer is lost; the next attempt's
 preflight then waits for the agent).
+
+Once the target committed, a copy migration's source must remove its copies of the disks (they
+are in the way of a migration back). A source that cannot be reached for it
+(``Committed(source_lost=True)``) is waited for the same way, the record kept in Finishing with
+``committed_at``; its answer leads to the commit (a no-op now) and the removal again. After
+``agent_lost_s`` the record succeeds all the same, noting SOURCE_DISKS_LEFT with the paths: the
+guest runs on the target.
 """
 
 from __future__ import annotations
@@ -201,11 +208,7 @@ def decide(record: MigrationRecord, event: Event, now: datetime, timeouts: Timeo
         case CleanedUp() if record.phase is Phase.ROLLING_BACK:
             return _cleaned_up(c)
         case Committed() if record.phase is Phase.FINISHING:
-            result = record.result or event.job  # the stream's own figures win
-            final = completed_progress(record.progress, result, record.memory_bytes)
-            c = replace(c, r=replace(c.r, result=result, progress=final))
-            noted = replace(c, r=note(c.r, now, event.note)) if event.note else c
-            return Decision(noted.to(Phase.SUCCEEDED, "target committed"), (), "committed; succeeded")
+            return _committed(c, event)
         case StepFailed():
             return _step_failed(c, event)
         case Placement() if record.lost_host:
@@ -236,6 +239,35 @@ def _step_failed(c: Ctx, event: StepFailed) -> Decision:
         if r.phase_deadline is None or sooner < r.phase_deadline:
             return replace(d, record=evolve(d.record, phase_deadline=sooner))
     return d
+
+
+def _committed(c: Ctx, event: Committed) -> Decision:
+    """The target committed. A source that could not be reached to remove its copied disks is
+    waited for as any lost agent (its copies are in the way of a migration back): once it answers,
+    the placement is observed again and the commit (a no-op now) and the removal redone. Past
+    ``agent_lost_s`` since the commit the record succeeds with the SOURCE_DISKS_LEFT note."""
+    r = c.r
+    if event.source_lost:
+        since = r.committed_at or c.now
+        if (c.now - since).total_seconds() < c.t.agent_lost_s:
+            waiting = evolve(r, committed_at=since, updated_at=c.now)
+            if r.committed_at is None:
+                waiting = note(
+                    waiting,
+                    c.now,
+                    f"target committed; the copied disks on {r.source_host} are removed once it answers",
+                )
+            return agent_lost(replace(c, r=waiting), r.source_host)
+    return _succeeded(c, event.note, event.job)
+
+
+def _succeeded(c: Ctx, why: str, job: CompletedJob | None = None) -> Decision:
+    r = c.r
+    result = r.result or job  # the stream's own figures win
+    final = completed_progress(r.progress, result, r.memory_bytes)
+    c = replace(c, r=evolve(r, result=result, progress=final))
+    noted = replace(c, r=note(c.r, c.now, why)) if why else c
+    return Decision(noted.to(Phase.SUCCEEDED, "target committed"), (), "committed; succeeded")
 
 
 def _final(c: Ctx, event: Event) -> Decision:
@@ -559,7 +591,8 @@ def _lost_error(r: MigrationRecord, host: str, waited_s: float) -> Problem:
 
 def gave_up_waiting(c: Ctx) -> Decision:
     """The lost agent did not answer within ``agent_lost_s``: undo what can be undone, else fail
-    touching nothing, with what the operator must check."""
+    touching nothing, with what the operator must check; a target that committed already
+    succeeds, noting the source's disks left."""
     r, t = c.r, c.t
     host = r.lost_host
     err = _lost_error(r, host, t.agent_lost_s)
@@ -574,6 +607,13 @@ def gave_up_waiting(c: Ctx) -> Decision:
                 f"post-copy: {r.vm} runs on {r.target_host} with memory still on {r.source_host}; restart neither. "
                 f"Once {host} is back, `virsh domjobinfo {r.vm}` on {r.source_host} and, if the job broke, "
                 f"`virsh migrate --postcopy-resume`"
+            )
+        case Phase.FINISHING if r.committed_at is not None:
+            paths = ", ".join(r.copied_disks) or "(none recorded)"
+            return _succeeded(
+                c,
+                f"SOURCE_DISKS_LEFT: {paths} on {r.source_host} not removed ({reason}); remove them by hand "
+                f"once {r.vm} is known to run on {r.target_host} only",
             )
         case Phase.FINISHING:
             hint = (

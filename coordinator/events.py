@@ -96,10 +96,13 @@ class Committed:
     """The target's CommitIncoming answered (an unknown, already committed prepare counts).
     ``note``: what became of the source's copied disks, for the history ("" = nothing to say).
     ``job``: the completed job's figures read on the target, for a record that has none yet (a job
-    followed by polling after a leader or agent change, whose Migrate stream never ended here)."""
+    followed by polling after a leader or agent change, whose Migrate stream never ended here).
+    ``source_lost``: the source could not be reached to remove its copied disks (``note`` says
+    which stay): ``decide`` waits for it before the record ends."""
 
     note: str = ""
     job: CompletedJob | None = None
+    source_lost: bool = False
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,9 @@ class MigrationRecord:
     # admitted ahead of its slot (``slots.py``): preflight and prepare run, the job waits for a
     # grant (``SlotGranted``); counts against ``Limits.prepare_ahead``, not the limits
     ahead: bool = False
+    # Finishing: the target committed while the source did not answer the removal of its copied
+    # disks; since when (``decide``: the source is waited for, then Succeeded either way)
+    committed_at: datetime | None = None
     revision: int = 0  # the store's mod revision; not part of the JSON
     # the store revision that created the record (0: unknown); not part of the JSON. Submission
     # creates the VM's ``vm-active/`` claim in the same write, so it is the claim's revision too;
@@ -237,6 +240,7 @@ def with_phase(r: MigrationRecord, phase: Phase, now: datetime, reason: str, tim
         lost_host="",
         lost_since=None,
         ahead=r.ahead and phase.holds_slot,  # queued again or final: no longer ahead of a slot
+        committed_at=r.committed_at if phase is Phase.FINISHING else None,
         # kept while the migration's own phases act on it, gone once queued again or final
         stale_incoming_since=(
             r.stale_incoming_since if phase in (Phase.MIGRATING, Phase.FINISHING, Phase.ROLLING_BACK) else None
@@ -415,6 +419,8 @@ def encode(r: MigrationRecord) -> bytes:
         doc["stale_incoming_since"] = _ts(r.stale_incoming_since)
     if r.ahead:  # likewise only while ahead of its slot
         doc["ahead"] = True
+    if r.committed_at is not None:  # likewise only while the source's disks wait for it
+        doc["committed_at"] = _ts(r.committed_at)
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -504,6 +510,7 @@ def _decode(d: dict[str, Any], revision: int, create_revision: int = 0) -> Migra
         lost_since=time_from_doc(d.get("lost_since")),
         stale_incoming_since=time_from_doc(d.get("stale_incoming_since")),
         ahead=bool(d.get("ahead", False)),
+        committed_at=time_from_doc(d.get("committed_at")),
         revision=revision,
         create_revision=create_revision,
     )

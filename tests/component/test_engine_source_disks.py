@@ -9,12 +9,13 @@ reach the target, and when a host-passthrough guest would meet another CPU.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_engine import COPY, engine, final, submit
+from test_engine import COPY, SLOW, engine, final, read, submit, until, wait_for
 
 from ferry.coordinator.phases import Phase
 from ferry.coordinator.preflight import preflight
@@ -72,6 +73,45 @@ async def test_source_disks_that_stay_are_noted_and_the_migration_still_succeeds
     [left] = [n for n in notes(r) if n.startswith("SOURCE_DISKS_LEFT")]
     assert f"{IMAGES}/g1.qcow2 on host1" in left and "DOMAIN_STILL_HERE" in left
     assert fleet["host1"].host.exists(f"{IMAGES}/g1.qcow2")  # its definition still names it
+
+
+@pytest.mark.parametrize("down", ["libvirtd", "agent"])
+async def test_a_source_down_when_its_disks_are_removed_is_waited_for_and_they_go(store, fleet, hosts, down):
+    """Found by the fault campaign: the source's libvirtd (or agent) down for seconds right after
+    the target committed left the copied image on the source (the record ended Succeeded with
+    SOURCE_DISKS_LEFT) and a migration back was refused FILE_IN_THE_WAY."""
+    uuid = fleet.add_guest("host1", "g1")
+    image = f"{IMAGES}/g1.qcow2"
+    fleet["host1"].hv.hold()
+    m = await submit(store, fleet, "g1", "host1", "host2")
+    async with engine(store, hosts, timeouts=SLOW):
+        await wait_for(store, m.id, lambda r: r.phase is Phase.MIGRATING)
+        await until(lambda: uuid in fleet["host1"].hv.jobs)
+        committing = fleet["host2"].hv.hold_calls("find_domain")  # the commit checks the guest landed
+        before = fleet["host2"].hv.calls.count("find_domain")  # the prepare's
+        fleet["host1"].hv.release()
+        await until(lambda: fleet["host2"].hv.calls.count("find_domain") > before)
+        if down == "libvirtd":
+            fleet["host1"].hv.reachable = False
+        else:
+            await fleet["host1"].stop()  # killed; its lease still says available
+        committing.set()
+        waiting = await wait_for(store, m.id, lambda r: r.committed_at is not None and r.lost_host == "host1")
+        await asyncio.sleep(0.3)  # probes fail meanwhile
+        assert (await read(store, m.id)).phase is Phase.FINISHING and fleet["host1"].host.exists(image)
+        if down == "libvirtd":
+            fleet["host1"].hv.reachable = True
+        else:
+            await fleet["host1"].start()
+        there = await final(store, m.id, timeout=3)
+        assert there.phase is Phase.SUCCEEDED and there.error is None, notes(there)
+        assert not any(n.startswith("SOURCE_DISKS_LEFT") for n in notes(there)), notes(there)
+        assert f"source disks removed on host1: {image}" in notes(there)
+        assert "target committed; the copied disks on host1 are removed once it answers" in notes(waiting)
+        assert not fleet["host1"].host.exists(image) and fleet.where("g1") == {"host2": DomainState.RUNNING}
+        back = await final(store, (await submit(store, fleet, "g1", "host2", "host1")).id)
+    assert back.phase is Phase.SUCCEEDED, notes(back)  # no FILE_IN_THE_WAY on host1
+    assert fleet.where("g1") == {"host1": DomainState.RUNNING}
 
 
 async def test_a_shared_storage_migration_removes_nothing(store, fleet, hosts):

@@ -8,7 +8,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ferry.coordinator.decide import decide
-from ferry.coordinator.events import CleanedUp, Committed, Prepared, StartMigration
+from ferry.coordinator.events import (
+    AgentLost,
+    CleanedUp,
+    CommitTarget,
+    Committed,
+    ObservePlacement,
+    Placement,
+    Prepared,
+    StartMigration,
+    Tick,
+)
 from ferry.coordinator.phases import GiB, Phase, Timeouts
 from ferry.coordinator.preflight import host_cpu_blockers
 from ferry.coordinator.record import decode, encode, new_migration, with_phase
@@ -88,6 +98,70 @@ def test_committed_notes_what_became_of_the_source_disks_and_succeeds(note, hist
     d = decide(FINISHING, Committed(note), NOW, T)
     assert d.record.phase is Phase.SUCCEEDED and d.record.error is None
     assert [(h.phase.name, h.reason) for h in d.record.history[-len(history) :]] == history
+
+
+# ---------------------------------------------------------------- a source that does not answer the removal
+
+LOST = "SOURCE_DISKS_LEFT: ... on host1 not removed (AGENT_UNREACHABLE: connection refused); remove them by hand ..."
+REMOVED = "source disks removed on host1: " + ", ".join(DISKS)
+ON_TARGET = Placement(None, DomainState.RUNNING)
+
+
+def step(r, event, at_s: float):
+    """decide at T0 + ``at_s``, the record through its JSON as the engine stores it."""
+    d = decide(r, event, T0 + timedelta(seconds=at_s), T)
+    return decode(encode(d.record), r.revision + 1), d
+
+
+def test_a_source_down_at_the_removal_is_waited_for_then_its_disks_are_removed():
+    r, d = step(FINISHING, Committed(LOST, source_lost=True), 10)
+    assert r.phase is Phase.FINISHING and r.committed_at == T0 + timedelta(seconds=10)
+    assert r.lost_host == "host1" and d.actions == (ObservePlacement(T.agent_probe_s),)
+    assert "target committed; the copied disks on host1 are removed once it answers" in [h.reason for h in r.history]
+    assert not any("SOURCE_DISKS_LEFT" in h.reason for h in r.history)  # not left yet
+    r, d = step(r, AgentLost("host1"), 11)  # the probe: still down
+    assert r.phase is Phase.FINISHING and isinstance(d.actions[0], ObservePlacement)
+    r, d = step(r, ON_TARGET, 18)  # back: the placement is known again
+    assert d.actions == (CommitTarget("p-1"),) and r.lost_host == "" and r.committed_at is not None
+    r, d = step(r, Committed(REMOVED), 19)  # the commit is a no-op now; the removal works
+    assert r.phase is Phase.SUCCEEDED and r.error is None and r.committed_at is None
+    assert [h.reason for h in r.history[-2:]] == [REMOVED, "target committed"]
+
+
+def test_a_source_lost_again_at_the_second_try_is_waited_for_from_the_first_commit_on():
+    r, _ = step(FINISHING, Committed(LOST, source_lost=True), 10)
+    r, _ = step(r, ON_TARGET, 20)
+    r, d = step(r, Committed(LOST, source_lost=True), 21)  # down again
+    assert r.phase is Phase.FINISHING and r.committed_at == T0 + timedelta(seconds=10)
+    assert [h.reason for h in r.history].count(
+        "target committed; the copied disks on host1 are removed once it answers"
+    ) == 1
+    r, _ = step(r, ON_TARGET, 20 + T.agent_lost_s)
+    r, _ = step(r, Committed(LOST, source_lost=True), 20 + T.agent_lost_s)  # agent_lost_s after the commit
+    assert r.phase is Phase.SUCCEEDED and r.error is None
+    assert r.history[-2].reason == LOST
+
+
+def test_a_source_that_never_answers_ends_succeeded_with_its_disks_noted_not_failed():
+    r, _ = step(FINISHING, Committed(LOST, source_lost=True), 10)
+    r, d = step(r, Tick(), 10 + T.agent_lost_s)
+    assert r.phase is Phase.SUCCEEDED and r.error is None and r.lost_host == "" and r.committed_at is None
+    left = r.history[-2].reason
+    assert left.startswith("SOURCE_DISKS_LEFT: " + ", ".join(DISKS) + " on host1 not removed")
+    assert f"agent on host1 lost for {T.agent_lost_s:g} s" in left and "run on host2 only" in left
+
+
+def test_a_lost_agent_in_finishing_before_the_commit_still_fails_touching_nothing():
+    r, _ = step(FINISHING, AgentLost("host1"), 10)
+    r, _ = step(r, Tick(), 10 + T.agent_lost_s)
+    assert r.phase is Phase.FAILED and r.error is not None and r.error.reason == "AGENT_LOST"
+    assert "were not committed and are kept" in r.error.hint
+
+
+def test_the_commit_time_is_in_the_json_only_while_it_waits():
+    waiting = replace(FINISHING, committed_at=NOW)
+    assert decode(encode(waiting), 7).committed_at == NOW
+    assert b"committed_at" not in encode(FINISHING)  # a record older coordinators read
 
 
 def test_the_record_keeps_the_copied_disks_in_its_json():
