@@ -816,6 +816,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--trials", type=int, help="number of trials (default 3 per class), round-robin over the classes")
     p.add_argument("--seed", type=int, help="shuffles each class's (phase, kind) cells (default: from the clock)")
     p.add_argument("--one-per-class", action="store_true", help="one trial per class at its CI cell (what CI runs)")
+    p.add_argument("--at", metavar="PHASE/KIND", help="only this cell, e.g. Finishing/copy (repeating one finding)")
     p.add_argument("--output", choices=("text", "json"), default="text")
     p.add_argument("--bandwidth", type=int, default=Settings.bandwidth, metavar="MiB/s", help="migration cap (16)")
     p.add_argument("--memory", type=int, default=Settings.memory_mib, metavar="MiB", help="guest memory (256)")
@@ -858,11 +859,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         classes = c.select_classes(args.classes)
+        at = c.parse_cell(args.at) if args.at else None
     except ValueError as exc:
         print(f"chaos.py: {exc}", file=sys.stderr)
         return 2
     seed = args.seed if args.seed is not None else int(time.time()) % 100000
-    specs = c.plan_trials(classes, trials=args.trials, seed=seed, one_per_class=args.one_per_class)
+    specs = c.plan_trials(classes, trials=args.trials, seed=seed, one_per_class=args.one_per_class, at=at)
     settings = Settings(
         bandwidth=args.bandwidth,
         memory_mib=args.memory,

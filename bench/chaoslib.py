@@ -193,8 +193,28 @@ def cells(fault: FaultClass) -> list[tuple[str, str]]:
     return [(p, k) for p in fault.phases for k in fault.kinds]
 
 
+def parse_cell(text: str) -> tuple[str, str]:
+    """``--at``'s "PHASE/KIND".
+
+    >>> parse_cell("Finishing/copy")
+    ('Finishing', 'copy')
+    >>> parse_cell("finishing")
+    Traceback (most recent call last):
+    ValueError: --at wants PHASE/KIND (Finishing/copy); phases: Preflight, Preparing, Migrating, Finishing; kinds: ...
+    """
+    phase, _, kind = text.partition("/")
+    if phase not in PHASES or kind not in ("copy", "shared"):
+        raise ValueError(f"--at wants PHASE/KIND (Finishing/copy); phases: {', '.join(PHASES)}; kinds: copy, shared")
+    return phase, kind
+
+
 def plan_trials(
-    classes: Sequence[FaultClass], *, trials: int | None = None, seed: int = 0, one_per_class: bool = False
+    classes: Sequence[FaultClass],
+    *,
+    trials: int | None = None,
+    seed: int = 0,
+    one_per_class: bool = False,
+    at: tuple[str, str] | None = None,
 ) -> list[TrialSpec]:
     """The trials to run. ``one_per_class``: each class once, at its ``ci`` cell (what CI runs).
     Otherwise ``trials`` (default 3 per class) taken round-robin over the classes, so every
@@ -206,7 +226,18 @@ def plan_trials(
     ['none @ Migrating (shared)', 'disk-full @ Migrating (copy)']
     >>> [t.label for t in plan_trials([BY_NAME["disk-full"]], trials=3, seed=1)]
     ['disk-full @ Migrating (copy)', 'disk-full @ Preparing (copy)', 'disk-full @ Migrating (copy)']
+
+    ``at`` (phase, kind): only that cell, for a class that has it (repeating one finding):
+
+    >>> [t.label for t in plan_trials([BY_NAME["disk-full"], BY_NAME["none"]], trials=3, at=("Finishing", "copy"))]
+    ['none @ Finishing (copy)', 'none @ Finishing (copy)', 'none @ Finishing (copy)']
     """
+    if at is not None:
+        classes = [c for c in classes if at in cells(c)]
+        if not classes:
+            return []
+        count = 3 * len(classes) if trials is None else trials
+        return [TrialSpec(i + 1, classes[i % len(classes)].name, *at) for i in range(count)]
     if one_per_class:
         return [TrialSpec(i, c.name, *c.ci) for i, c in enumerate(classes, 1)]
     if not classes:
