@@ -70,6 +70,16 @@ RECORDS = {
     "migrating-offline": walk(*TO_MIGRATING, offline=True, attempt=1, prepare_id="p-1"),
     "finishing": walk(*TO_MIGRATING, Phase.FINISHING, attempt=1, prepare_id="p-1"),
     "finishing-offline": walk(*TO_MIGRATING, Phase.FINISHING, offline=True, attempt=1, prepare_id="p-1"),
+    # the target committed; the source did not answer the removal of its copied disks
+    "finishing-committed": walk(
+        *TO_MIGRATING,
+        Phase.FINISHING,
+        attempt=1,
+        prepare_id="p-1",
+        committed_at=NOW - timedelta(seconds=5),
+        lost_host="host1",
+        lost_since=NOW - timedelta(seconds=5),
+    ),
     "rb-before-job": walk(
         Phase.PREFLIGHT, Phase.PREPARING, Phase.ROLLING_BACK, attempt=1, rollback_to=Phase.ROLLED_BACK, error=E_JOB
     ),
@@ -431,6 +441,23 @@ def test_a_new_leader_that_cannot_reach_an_agent_waits_for_it_with_a_bound():
     back = recover(d.record, ON_TGT, [], NOW + timedelta(seconds=3), T)
     assert back.actions == (CommitTarget("p-1"),) and back.record.lost_host == ""
     assert back.record.history[-1].reason == "agent on host2 answers again after 3.0 s"
+
+
+def test_a_new_leader_goes_on_waiting_for_a_source_whose_copied_disks_are_not_removed_yet():
+    """The target committed, the source did not answer the removal; the leader changed."""
+    from ferry.coordinator.events import Committed
+
+    r = RECORDS["finishing-committed"]
+    d = recover(r, None, None, NOW, T, unreachable="host1")  # still down: the wait keeps its start
+    assert d.record.lost_since == r.lost_since and d.record.phase is Phase.FINISHING
+    back = recover(r, ON_TGT, [], NOW, T)  # back: commit again (a no-op) and remove
+    assert back.actions == (CommitTarget("p-1"),) and back.record.committed_at == r.committed_at
+    done = decide(back.record, Committed("source disks removed on host1: a"), NOW, T).record
+    assert done.phase is Phase.SUCCEEDED and done.committed_at is None and done.error is None
+    end = r.lost_since + timedelta(seconds=T.agent_lost_s)
+    gave_up = recover(r, None, None, end, T, unreachable="host1")  # never back: succeeded, disks noted
+    assert gave_up.record.phase is Phase.SUCCEEDED and gave_up.record.error is None
+    assert gave_up.record.history[-2].reason.startswith("SOURCE_DISKS_LEFT: ")
 
 
 @pytest.mark.parametrize(
