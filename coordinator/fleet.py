@@ -48,7 +48,7 @@ from ferry.errors import FerryError, NotFound, Unavailable
 from ferry.keys import HOSTS as HOSTS_PREFIX
 from ferry.keys import LAST_SEEN as LAST_SEEN_PREFIX
 from ferry.keys import last_seen_key, name_below
-from ferry.model import DomainInfo, DomainState, HostFacts, Inventory
+from ferry.model import Disk, DomainInfo, DomainState, HostFacts, Inventory
 from ferry.ports import AgentClient
 from ferry.registry import HostChange, HostRegistration
 from ferry.store import Conflict, Entry, EventKind, Resync, Store
@@ -558,14 +558,24 @@ class Fleet:
             self._subscribers.remove(queue)
 
     def note_landed(
-        self, vm_uuid: str, source: str, target: str, at: datetime, *, name: str = "", memory_bytes: int = 0
+        self,
+        vm_uuid: str,
+        source: str,
+        target: str,
+        at: datetime,
+        *,
+        name: str = "",
+        memory_bytes: int = 0,
+        disks: tuple[Disk, ...] = (),
     ) -> None:
         """A migration of ``vm_uuid`` from ``source`` to ``target`` landed at ``at`` (its job
         completed): move the domain between the two cached inventories, so the view knows where
         the VM runs without asking every host -- also when ``target`` stops answering before this
         replica asked it again (its last-seen VMs, loaded then, may predate the landing: the move is
         applied to them too). An inventory taken after ``at`` shows the move itself and ends the note.
-        ``name`` and ``memory_bytes`` describe the domain when neither cached inventory has it."""
+        ``name``, ``memory_bytes`` and ``disks`` (as the migration placed them on the target) describe
+        the domain when neither cached inventory has it (a replica that never asked about the VM):
+        without its disks a submission moving it again would take it for a VM on shared storage."""
         src, tgt = self._hosts.get(source), self._hosts.get(target)
         newest = self._landed_at.get(vm_uuid)
         if src is None or tgt is None or (newest is not None and newest >= at):
@@ -574,7 +584,9 @@ class Fleet:
         known = (*(src.inventory.domains if src.inventory else ()), *(tgt.inventory.domains if tgt.inventory else ()))
         moved = next((d for d in known if d.uuid == vm_uuid), None)
         if moved is None and name:
-            moved = DomainInfo(name=name, uuid=vm_uuid, state=DomainState.RUNNING, memory_bytes=memory_bytes)
+            moved = DomainInfo(
+                name=name, uuid=vm_uuid, state=DomainState.RUNNING, memory_bytes=memory_bytes, disks=disks
+            )
         if moved is None:
             return
         arrived = replace(moved, state=DomainState.RUNNING)

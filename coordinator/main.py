@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from ferry.daemon import run_daemon
+from ferry.diskplan import landed_disks
 from ferry.keys import LEADER_KEY
 from ferry.rpc import RpcObserver, create_server
 from ferry.store import Store
@@ -262,6 +263,7 @@ def build_coordinator(
                 at or r.updated_at or r.created_at,
                 name=r.vm,
                 memory_bytes=r.memory_bytes,
+                disks=landed_disks(r.disks),
             )
 
     views.migrations.subscribe(landed)

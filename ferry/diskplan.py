@@ -101,6 +101,30 @@ def _check_requested(disks: list[Disk], storage: StorageMode, migrate_disks: Ite
     return set(requested)
 
 
+def landed_disks(plans: Iterable[DiskPlan]) -> tuple[Disk, ...]:
+    """The disks of a domain that landed, as its migration's plan puts them on the target: a copied
+    disk is a new image there, on the target's local storage; one not copied is the file the
+    target shares (or was given). What a replica knows of a VM it never asked about, until the
+    target's own answer (the next migration's storage mode depends on it).
+
+    >>> plans = [DiskPlan("vda", "/img/g1.qcow2", "/img/g1.qcow2", virtual_size=64),
+    ...          DiskPlan("vdb", "/nfs/g1-data.raw", "/mnt/g1-data.raw", format="raw", copy=False)]
+    >>> [(d.target, d.source, d.format, d.virtual_size, d.shared) for d in landed_disks(plans)]
+    [('vda', '/img/g1.qcow2', 'qcow2', 64, False), ('vdb', '/mnt/g1-data.raw', 'raw', 0, True)]
+    """
+    return tuple(
+        Disk(
+            target=p.target,
+            source=p.destination or p.source,
+            format=p.format,
+            virtual_size=p.virtual_size,
+            allocation=p.allocation,
+            shared=not p.copy,
+        )
+        for p in plans
+    )
+
+
 def plan_disks(
     disks: Iterable[Disk], storage: StorageMode, migrate_disks: Iterable[str], mapping: HostMapping
 ) -> list[DiskPlan]:

@@ -141,3 +141,34 @@ async def test_refresh_asks_the_hosts_whose_inventory_is_as_old_as_the_ttl_and_n
     assert await ask(timedelta(seconds=120)) == ["h1", "h3"]  # taken at +60 s
     await fleet.close()
     await store.close()
+
+
+async def test_a_landing_noted_by_a_replica_that_never_saw_the_vm_keeps_its_local_disks() -> None:
+    """Found by the fault campaign (partition-target @ Finishing, copy): the leader noted the landing
+    of a VM another replica had submitted (its inventories predated the VM), knowing only its name
+    and memory; host2 came back from a partition but was not registered again yet, so moving the VM
+    back was planned from that note: no local disk, storage "shared", refused DISK_NOT_SHARED."""
+    from ferry.coordinator.checks import effective_storage
+    from ferry.diskplan import landed_disks
+    from ferry.model import DiskPlan, MigrationOptions, StorageMode
+
+    clock = Clock()
+    agents = {"host1": Agent("host1"), "host2": Agent("host2")}
+    fleet, store = await fleet_over(agents, clock, inventory_ttl_s=60.0)
+    await fleet.refresh()  # before g1 existed
+    plan = (DiskPlan("vda", "/var/lib/libvirt/images/g1.qcow2", "/var/lib/libvirt/images/g1.qcow2", copy=True),)
+    fleet.note_landed(
+        G1.uuid, "host1", "host2", clock.tick(), name="g1", memory_bytes=1 << 30, disks=landed_disks(plan)
+    )
+    await store.delete(keys.host_key("host2"))  # host2's lease expired in the partition
+    for _ in range(100):
+        if "host2" not in fleet.available_hosts():
+            break
+        await asyncio.sleep(0.01)
+    found = await fleet.locate_vm("g1", fresh=True)
+    assert found is not None and found[0] == "host2"
+    _, domain = found
+    assert [(d.target, d.shared) for d in domain.disks] == [("vda", False)]
+    assert effective_storage(domain, MigrationOptions(), explicit=False) is StorageMode.COPY_ALL
+    await fleet.close()
+    await store.close()
