@@ -45,6 +45,11 @@ REGRESSIONS = (
     # the source's libvirtd down as its copied disks are removed after the commit: the image stayed
     # (SOURCE_DISKS_LEFT) and a migration back was refused FILE_IN_THE_WAY (bench/README.md, 2026-12-03)
     ("source-libvirtd-kill", "Finishing", "copy"),
+    # the target cut off past its lease as the copy lands: the leader, which had never asked about the
+    # guest, knew its disks only by name, and the migration back (host2 not registered again yet) was
+    # planned as shared storage, refused DISK_NOT_SHARED (bench/README.md, 2026-12-04). Its timing
+    # does not always meet that window; its fix is tested without the lab as well.
+    ("partition-target", "Finishing", "copy"),
 )
 
 
