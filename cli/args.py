@@ -394,7 +394,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="migrations at once (at most the host's outbound limit). Default: 0 = that limit",
     )
-    dr.add_argument("--policy", default="", help="convergence policy of its migrations. Default: the default")
+    dr.add_argument(
+        "--policy",
+        default="",
+        metavar="NAME",
+        help="the convergence policy of its migrations (see `ferry policies`). "
+        "Default: the coordinator's selector rules, per VM",
+    )
     dr.add_argument("--reason", default="", help="why (the cordon's reason). Default: none")
     dr.add_argument(
         "--dry-run", action="store_true", help="print the plan (VM -> target, estimated time); touch nothing"

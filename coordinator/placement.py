@@ -795,9 +795,22 @@ def _reasons(
         memory_why = "memory unknown"
     return (
         f"{memory_why} ({memory:.0%})",
-        f"{n} VMs after placement (feasible hosts: {low}-{high})",
+        f"{n} VM{'' if n == 1 else 's'} after placement ({_spread(low, high)})",
         f"{option.load.inbound}/{limit} inbound slots taken" + ("; busy: it would queue" if busy else ""),
     )
+
+
+def _spread(low: int, high: int) -> str:
+    """The balance reason's context: how many VMs the feasible hosts would run.
+
+    >>> _spread(2, 2)
+    'every feasible host would run 2'
+    >>> _spread(1, 4)
+    'the feasible hosts would run 1 to 4'
+    """
+    if low == high:
+        return f"every feasible host would run {low}"
+    return f"the feasible hosts would run {low} to {high}"
 
 
 def _vms_after(option: HostOption) -> int:
