@@ -440,11 +440,45 @@ def drain_bar(d: cpb.Drain, width: int = 30) -> str:
     ]
     if d.vms_failed:
         parts.append(f"{d.vms_failed} failed")
-    if d.vms_migrating:
-        parts.append(f"{d.vms_migrating} migrating")
+    parts += in_flight_words(d)
     if d.state in (cpb.DRAIN_STATE_RUNNING, cpb.DRAIN_STATE_PAUSED, cpb.DRAIN_STATE_CANCELLING):
         parts.append(f"ETA {duration(d.eta_s)}" if d.state == cpb.DRAIN_STATE_RUNNING else drain_state_name(d.state))
     return "  ".join(parts)
+
+
+_BEFORE_JOB = frozenset((cpb.PHASE_PENDING, cpb.PHASE_PREFLIGHT, cpb.PHASE_PREPARING))
+
+
+def in_flight_words(d: cpb.Drain) -> list[str]:
+    """A drain's VMs under way, those whose job has not started apart: a drain queues one
+    migration ahead per slot (preflight and prepare while the slot is busy), so "1 migrating,
+    1 preparing" with one slot, not "2 migrating".
+
+    >>> d = cpb.Drain(vms_migrating=2, items=[
+    ...     cpb.DrainItem(state=cpb.DRAIN_ITEM_STATE_MIGRATING, migration_phase=cpb.PHASE_MIGRATING),
+    ...     cpb.DrainItem(state=cpb.DRAIN_ITEM_STATE_MIGRATING, migration_phase=cpb.PHASE_PREPARING)])
+    >>> in_flight_words(d)
+    ['1 migrating', '1 preparing']
+    >>> in_flight_words(cpb.Drain(vms_migrating=1))
+    ['1 migrating']
+    """
+    early = sum(1 for i in d.items if i.state == cpb.DRAIN_ITEM_STATE_MIGRATING and i.migration_phase in _BEFORE_JOB)
+    early = min(early, d.vms_migrating)
+    words = []
+    if d.vms_migrating - early:
+        words.append(f"{d.vms_migrating - early} migrating")
+    if early:
+        words.append(f"{early} preparing")
+    return words
+
+
+def item_state_words(i: cpb.DrainItem) -> str:
+    """An item's state, with its migration's phase while that has not reached its job:
+    ``migrating (preparing)``."""
+    word = item_state_name(i.state)
+    if i.state == cpb.DRAIN_ITEM_STATE_MIGRATING and i.migration_phase in _BEFORE_JOB:
+        return f"{word} ({phase_name(i.migration_phase)})"
+    return word
 
 
 DRAIN_HEADERS = ("ID", "HOST", "STATE", "MOVED", "FAILED", "MIGRATING", "ETA", "CREATED")
@@ -488,7 +522,7 @@ def drain_detail(d: cpb.Drain) -> str:
         rows.append(
             [
                 i.vm,
-                "planned" if d.dry_run and i.state == cpb.DRAIN_ITEM_STATE_WAITING else item_state_name(i.state),
+                "planned" if d.dry_run and i.state == cpb.DRAIN_ITEM_STATE_WAITING else item_state_words(i),
                 i.target_host or "-",
                 duration(i.estimate_s) if i.estimate_s else "-",
                 i.migration_id or "-",
