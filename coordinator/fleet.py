@@ -48,7 +48,7 @@ from ferry.errors import FerryError, NotFound, Unavailable
 from ferry.keys import HOSTS as HOSTS_PREFIX
 from ferry.keys import LAST_SEEN as LAST_SEEN_PREFIX
 from ferry.keys import last_seen_key, name_below
-from ferry.model import Disk, DomainInfo, DomainState, HostFacts, Inventory
+from ferry.model import Disk, DomainInfo, DomainState, HostFacts, HostMapping, Inventory, Nic
 from ferry.ports import AgentClient
 from ferry.registry import HostChange, HostRegistration
 from ferry.store import Conflict, Entry, EventKind, Resync, Store
@@ -567,6 +567,7 @@ class Fleet:
         name: str = "",
         memory_bytes: int = 0,
         disks: tuple[Disk, ...] = (),
+        mapping: HostMapping | None = None,
     ) -> None:
         """A migration of ``vm_uuid`` from ``source`` to ``target`` landed at ``at`` (its job
         completed): move the domain between the two cached inventories, so the view knows where
@@ -575,14 +576,20 @@ class Fleet:
         applied to them too). An inventory taken after ``at`` shows the move itself and ends the note.
         ``name``, ``memory_bytes`` and ``disks`` (as the migration placed them on the target) describe
         the domain when neither cached inventory has it (a replica that never asked about the VM):
-        without its disks a submission moving it again would take it for a VM on shared storage."""
+        without its disks a submission moving it again would take it for a VM on shared storage.
+        A domain known from the source's inventory lands with ``disks`` in place of its own (the
+        same devices, at the paths the migration gave them) and its NICs on the bridges and
+        networks ``mapping`` names (as the agent rewrote its XML for the target)."""
         src, tgt = self._hosts.get(source), self._hosts.get(target)
         newest = self._landed_at.get(vm_uuid)
         if src is None or tgt is None or (newest is not None and newest >= at):
             return  # a later move of the VM was noted already (records come in key order at a start)
         self._landed_at[vm_uuid] = at
-        known = (*(src.inventory.domains if src.inventory else ()), *(tgt.inventory.domains if tgt.inventory else ()))
-        moved = next((d for d in known if d.uuid == vm_uuid), None)
+        moved = next((d for d in src.inventory.domains if d.uuid == vm_uuid), None) if src.inventory else None
+        if moved is not None:
+            moved = as_landed(moved, disks, mapping)
+        elif tgt.inventory is not None:
+            moved = next((d for d in tgt.inventory.domains if d.uuid == vm_uuid), None)
         if moved is None and name:
             moved = DomainInfo(
                 name=name, uuid=vm_uuid, state=DomainState.RUNNING, memory_bytes=memory_bytes, disks=disks
@@ -871,3 +878,34 @@ async def _close_client(client: AgentClient | None) -> None:
         result = close()
         if inspect.isawaitable(result):
             await result
+
+
+def as_landed(domain: DomainInfo, disks: Iterable[Disk], mapping: HostMapping | None) -> DomainInfo:
+    """A domain of the source's inventory as it runs on the target once its migration landed: each
+    of ``disks`` (the migration's plan, ``diskplan.landed_disks``) replaces the device of the same
+    name, its other devices are kept; NICs are on the bridges and networks ``mapping`` names.
+
+    >>> from ferry.model import Nic
+    >>> d = DomainInfo("g1", "u-1", DomainState.PAUSED, nics=(Nic("bridge", "br-guest"), Nic("network", "lan")),
+    ...                disks=(Disk("vda", "/a/g1.qcow2", "qcow2", shared=True), Disk("hdc", "/iso/x.iso")))
+    >>> got = as_landed(d, [Disk("vda", "/b/g1.qcow2", "qcow2")], HostMapping(bridges={"br-guest": "br-vm"}))
+    >>> got.state.name, [(n.type, n.source) for n in got.nics]
+    ('RUNNING', [('bridge', 'br-vm'), ('network', 'lan')])
+    >>> [(x.target, x.source, x.shared) for x in got.disks]
+    [('vda', '/b/g1.qcow2', False), ('hdc', '/iso/x.iso', False)]
+    """
+    placed = {d.target: d for d in disks}
+    return replace(
+        domain,
+        state=DomainState.RUNNING,
+        disks=tuple(
+            d if (p := placed.get(d.target)) is None else replace(d, source=p.source, shared=p.shared)
+            for d in domain.disks
+        ),
+        nics=domain.nics if mapping is None else tuple(_mapped_nic(n, mapping) for n in domain.nics),
+    )
+
+
+def _mapped_nic(nic: Nic, mapping: HostMapping) -> Nic:
+    table = mapping.bridges if nic.type == "bridge" else mapping.networks if nic.type == "network" else {}
+    return nic if nic.source not in table else replace(nic, source=table[nic.source])

@@ -264,6 +264,7 @@ def build_coordinator(
                 name=r.vm,
                 memory_bytes=r.memory_bytes,
                 disks=landed_disks(r.disks),
+                mapping=r.mapping,
             )
 
     views.migrations.subscribe(landed)

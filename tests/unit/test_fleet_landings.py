@@ -172,3 +172,53 @@ async def test_a_landing_noted_by_a_replica_that_never_saw_the_vm_keeps_its_loca
     assert effective_storage(domain, MigrationOptions(), explicit=False) is StorageMode.COPY_ALL
     await fleet.close()
     await store.close()
+
+
+async def test_a_landing_seen_from_the_source_inventory_is_on_the_targets_bridge_and_disk_paths() -> None:
+    """Seen on the lab: the target's agent stopped right after a drain; `ferry vms` listed the VM
+    that landed last on the target with the source's bridge (br-guest), which the target lacks: the
+    note moved the source's view unchanged. It now carries the migration's mapping and disk plan."""
+    from ferry.diskplan import landed_disks
+    from ferry.model import Disk, DiskPlan, HostMapping, Nic
+
+    clock = Clock()
+    g1 = DomainInfo(
+        "g1",
+        "u-1",
+        DomainState.RUNNING,
+        memory_bytes=1 << 30,
+        disks=(Disk("vda", "/img1/g1.qcow2", "qcow2"), Disk("hdc", "/iso/tools.iso", "raw", readonly=True)),
+        nics=(Nic("bridge", "br-guest", "52:54:00:00:00:01"), Nic("network", "default")),
+    )
+    agents = {"host1": Agent("host1", [g1]), "host2": Agent("host2")}
+    fleet, store = await fleet_over(agents, clock, inventory_ttl_s=60.0)
+    await fleet.refresh()  # host1 runs g1; host2 nothing yet
+    plan = (DiskPlan("vda", "/img1/g1.qcow2", "/img2/g1.qcow2", copy=True),)
+    fleet.note_landed(
+        g1.uuid,
+        "host1",
+        "host2",
+        clock.tick(),
+        name="g1",
+        memory_bytes=1 << 30,
+        disks=landed_disks(plan),
+        mapping=HostMapping(bridges={"br-guest": "br-vm"}, path_prefixes={"/img1/": "/img2/"}),
+    )
+    await store.delete(keys.host_key("host2"))  # the target's agent stops before it is asked again
+    for _ in range(100):
+        if "host2" not in fleet.available_hosts():
+            break
+        await asyncio.sleep(0.01)
+    found = await fleet.locate_vm("g1", fresh=True)
+    assert found is not None and found[0] == "host2"
+    _, domain = found
+    assert [(n.type, n.source, n.mac) for n in domain.nics] == [
+        ("bridge", "br-vm", "52:54:00:00:00:01"),
+        ("network", "default", ""),
+    ]
+    assert [(d.target, d.source, d.shared, d.readonly) for d in domain.disks] == [
+        ("vda", "/img2/g1.qcow2", False, False),
+        ("hdc", "/iso/tools.iso", False, True),
+    ]
+    await fleet.close()
+    await store.close()
