@@ -112,6 +112,41 @@ def offline_disk_blockers(domain: DomainInfo, source_name: str) -> list[Problem]
     ]
 
 
+def state_words(state: DomainState) -> str:
+    """A domain state as virsh says it: ``shut off``, ``paused``, ``crashed``."""
+    return "shut off" if state is DomainState.SHUTOFF else state.name.lower()
+
+
+def vm_blockers(domain: DomainInfo, source_name: str, options: MigrationOptions) -> list[Problem]:
+    """What the VM itself blocks, whatever the target: a live migration of a guest not running, an
+    offline one of a transient guest or of local disks. A submission is refused with the first one
+    (no host could take it); preflight lists them with the target's.
+
+    >>> [p.message for p in vm_blockers(DomainInfo("g1", "u-1", DomainState.SHUTOFF), "host1", MigrationOptions())]
+    ['g1 is shut off on host1; a live migration needs a running VM']
+    """
+    out = []
+    if not options.offline and domain.state not in (DomainState.RUNNING, DomainState.PAUSED, DomainState.BLOCKED):
+        out.append(
+            Problem(
+                "VM_NOT_RUNNING",
+                f"{domain.name} is {state_words(domain.state)} on {source_name}; a live migration needs a running VM",
+                "start it, or migrate with --offline",
+            )
+        )
+    if options.offline and not domain.persistent:
+        out.append(
+            Problem(
+                "VM_TRANSIENT",
+                f"{domain.name} has no persistent definition to migrate offline",
+                "define it first (virsh dumpxml | virsh define) or migrate live",
+            )
+        )
+    if options.offline:
+        out.extend(offline_disk_blockers(domain, source_name))
+    return out
+
+
 def coordinator_blockers(
     vm: str,
     domain: DomainInfo | None,
@@ -144,24 +179,7 @@ def coordinator_blockers(
         return out
     if source.name == target_name:
         out.append(Problem("SAME_HOST", f"{vm} already runs on {target_name}", "pick another target host"))
-    if not options.offline and domain.state not in (DomainState.RUNNING, DomainState.PAUSED, DomainState.BLOCKED):
-        out.append(
-            Problem(
-                "VM_NOT_RUNNING",
-                f"{vm} is {domain.state.name.lower()} on {source.name}; a live migration needs a running VM",
-                "start it, or migrate with --offline",
-            )
-        )
-    if options.offline and not domain.persistent:
-        out.append(
-            Problem(
-                "VM_TRANSIENT",
-                f"{vm} has no persistent definition to migrate offline",
-                "define it first (virsh dumpxml | virsh define) or migrate live",
-            )
-        )
-    if options.offline:
-        out.extend(offline_disk_blockers(domain, source.name))
+    out.extend(vm_blockers(domain, source.name, options))
     if not source.available:
         out.append(
             Problem(

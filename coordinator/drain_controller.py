@@ -29,6 +29,7 @@ from ferry.errors import FerryError
 from ferry.model import Problem
 from ferry.store import Conflict, Store
 
+from .checks import vm_blockers
 from .drain import DrainItem, DrainRecord, DrainState, ItemState, decode, encode, with_item
 from .drainplan import Busy, Choice, Nowhere, Step, Target, step
 from .drains import domains_by_uuid, keys_release
@@ -42,7 +43,9 @@ from .view import PrefixView
 log = logging.getLogger(__name__)
 
 # a submission refused with one of these: the VM is not there to move any more
-_GONE = frozenset({"VM_UNKNOWN", "SAME_HOST"})
+_GONE = frozenset({"VM_UNKNOWN", "SAME_HOST", "VM_NOT_RUNNING"})
+# refused for what the VM itself is (checks.vm_blockers): no other host would take it either
+_OWN = frozenset({"VM_TRANSIENT", "OFFLINE_LOCAL_DISK"})
 # a host rejected only for these may take the VM later: the item waits instead of failing
 _TRANSIENT = frozenset({"TARGET_DOWN", "INVENTORY_UNKNOWN"})
 
@@ -273,6 +276,9 @@ class DrainController:
                 return Nowhere(
                     Problem("VM_GONE", f"{item.vm} is no longer on {d.host}", "nothing to move: it left the host")
                 )
+            own = vm_blockers(domain, d.host, d.options)
+            if own:  # the VM itself (stopped since the plan): no host would take it
+                return Nowhere(own[0])
             if not hosts:
                 hosts.extend(self.placer.options(now))
             if d.targets and not set(d.targets) - exclude:
@@ -356,7 +362,8 @@ class DrainController:
 
     async def _refused(self, drain_id: str, vm_uuid: str, migration_id: str, target: str, problem: Problem) -> None:
         """The migration could not even be created: the item goes back to WAITING (another host),
-        is FAILED after its attempts, or SKIPPED when its VM is not on the host any more."""
+        is FAILED after its attempts or for what the VM itself is, or SKIPPED when its VM is not on
+        the host any more or no longer runs (as the plan skips a guest not running)."""
         while True:
             d = self._current(drain_id) or await self._read(drain_id)
             if d is None or d.state.is_final:
@@ -367,7 +374,7 @@ class DrainController:
             now = self.clock()
             if problem.reason in _GONE:
                 new_item = replace(item, state=ItemState.SKIPPED, problems=(problem,), ended_at=now)
-            elif item.attempts >= self.max_attempts:
+            elif item.attempts >= self.max_attempts or problem.reason in _OWN:
                 new_item = replace(item, state=ItemState.FAILED, problems=(problem,), ended_at=now)
             else:
                 new_item = replace(item, state=ItemState.WAITING, tried=(*item.tried, target), problems=(problem,))

@@ -277,7 +277,8 @@ def _start(d: DrainRecord, place: Place, now: datetime, outbound_limit: int) -> 
         if isinstance(choice, Busy):
             continue
         if isinstance(choice, Nowhere):
-            gone = choice.problem.reason == "VM_GONE"  # it left the host on its own: nothing to move
+            # it left the host on its own, or stopped (as the plan skips a guest not running)
+            gone = choice.problem.reason in ("VM_GONE", "VM_NOT_RUNNING")
             items[index] = replace(
                 item,
                 state=ItemState.SKIPPED if gone else ItemState.FAILED,

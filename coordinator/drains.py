@@ -35,7 +35,7 @@ from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidA
 from ferry.model import DomainInfo, HostMapping, MigrationOptions, Problem
 from ferry.store import Conflict, Store
 
-from .checks import effective_storage
+from .checks import effective_storage, state_words
 from .drain import DrainItem, DrainRecord, DrainState, ItemState, decode, encode, with_state
 from .drainplan import Estimates, Nowhere, Target, plan
 from .fleet import Fleet
@@ -125,7 +125,7 @@ def domain_items(
                     problems=(
                         Problem(
                             "VM_NOT_RUNNING",
-                            f"{dom.name} is {dom.state.name.lower()} on {host}: only running guests are moved",
+                            f"{dom.name} is {state_words(dom.state)} on {host}: only running guests are moved",
                             f"start it and drain again, or move its definition: ferry migrate {dom.name} --offline",
                         ),
                     ),

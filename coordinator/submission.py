@@ -54,7 +54,7 @@ from ferry.paths import path_problem, syntax_problem
 from ferry.prediction import Prediction
 from ferry.store import Conflict, Put, Store
 
-from .checks import effective_storage
+from .checks import effective_storage, vm_blockers
 from .config import HostDecl, derive_mapping
 from .convert import phase_label
 from .fleet import Fleet
@@ -386,6 +386,9 @@ class Submissions:
                 f"no host reports a VM named {vm!r}", reason="VM_UNKNOWN", hint="check the name with `ferry vms`"
             )
         source, domain = located
+        own = vm_blockers(domain, source, request.options)
+        if own:  # no host could take it: said as it is, not as every host's NO_TARGET or a failed record
+            raise FailedPrecondition(own[0].message, reason=own[0].reason, hint=own[0].hint)
         placed = ""
         if not target:
             await self.fleet.refresh()  # every inventory at most a TTL old (only the stale ones are asked)

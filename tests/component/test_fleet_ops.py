@@ -29,6 +29,7 @@ from ferry.coordinator.agent_client import GrpcAgentClient
 from ferry.coordinator.config import AgentsConfig, CoordinatorConfig, EtcdConfig, HostDecl
 from ferry.coordinator.main import Coordinator, build_coordinator
 from ferry.coordinator.slots import Limits
+from ferry.model import DomainState
 from ferry.rpc import create_channel
 from ferry.testing.fake_hypervisor import MiB, make_domain_xml
 from ferry.testing.fleet import Fleet, MaxConcurrency, bridge_of, start_fleet
@@ -431,6 +432,31 @@ async def test_a_guest_that_fits_nowhere_is_reported_while_the_others_move(fx, c
     assert "BRIDGE_MISSING" in lonely["problems"][-1]["message"]
     assert fx.agents.running_on("lonely") == ["host1"]
     assert "lonely (NO_TARGET)" in d["history"][-1]["reason"]
+
+
+async def test_a_guest_shut_off_before_its_turn_is_skipped_not_tried_on_every_host(fx, capsys):
+    """A guest that stops after the plan and before its migration is submitted is refused
+    VM_NOT_RUNNING at submission (the VM's own state, whatever the target): its item is SKIPPED,
+    as the plan skips a guest not running, with no host tried; the others move."""
+    for n in ("s1", "s2", "s3"):
+        fx.guest("host1", n)
+    fx.agents["host1"].hv.hold()  # the first migrations stay under way; the third waits its turn
+    code, d = await fx.ferry(capsys, "drain", "host1", "--max-parallel", "1", "--no-wait")
+    assert code == 0
+    await until(fx.stub, d["id"], lambda x: x.vms_migrating >= 1)
+    await asyncio.sleep(0.3)  # whatever the drain submits ahead of its slot is submitted by now
+    waiting = await fx.stub.GetDrain(cpb.GetDrainRequest(id=d["id"]))
+    late = next(i for i in waiting.items if i.state == cpb.DRAIN_ITEM_STATE_WAITING)
+    fx.agents["host1"].hv.domains[late.vm_uuid].state = DomainState.SHUTOFF
+    fx.agents["host1"].hv.release()
+    final = await wait_final_drain(fx.stub, d["id"])
+    assert final.state == cpb.DRAIN_STATE_INCOMPLETE
+    got = {i.vm: i for i in final.items}
+    assert sorted(items(final)[n][0] for n in got if n != late.vm) == ["MOVED", "MOVED"]
+    stopped = got[late.vm]
+    assert stopped.state == cpb.DRAIN_ITEM_STATE_SKIPPED and not stopped.tried
+    assert stopped.problems[-1].reason == "VM_NOT_RUNNING" and "shut off" in stopped.problems[-1].message
+    assert fx.agents.running_on(late.vm) == []
 
 
 async def test_a_failed_migration_is_replanned_to_another_host(fx, capsys):

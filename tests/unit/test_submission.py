@@ -23,10 +23,11 @@ from ferry.convergence import ConvergencePolicy, PostcopyMode
 from ferry.coordinator.config import HostDecl
 from ferry.coordinator.fleet import Fleet
 from ferry.coordinator.phases import Phase, Timeouts
+from ferry.coordinator.placer import LoadBook, Placer
 from ferry.coordinator.policies import PolicySelector, PredictionConfig
 from ferry.coordinator.record import decode, encode, with_phase
 from ferry.coordinator.submission import Submissions, SubmitRequest
-from ferry.errors import FailedPrecondition, InvalidArgument, NotFound
+from ferry.errors import FailedPrecondition, InvalidArgument, NotFound, StatusCode
 from ferry.model import (
     Disk,
     DomainInfo,
@@ -294,6 +295,35 @@ async def test_an_unknown_disk_to_copy_is_refused_before_any_write(fx):
     with pytest.raises(InvalidArgument) as refused:
         await fx.submissions.submit(SubmitRequest("g1", "host2", options, storage_explicit=True))
     assert refused.value.reason == "DISK_NOT_IN_DOMAIN" and "vda" in refused.value.hint
+    assert fx.store.revision == before
+
+
+@pytest.mark.parametrize("to", ["host2", ""])
+@pytest.mark.parametrize(
+    ("state", "offline", "reason", "words", "hint"),
+    [
+        (DomainState.SHUTOFF, False, "VM_NOT_RUNNING", "g1 is shut off on host1", "--offline"),
+        (DomainState.CRASHED, False, "VM_NOT_RUNNING", "g1 is crashed on host1", "--offline"),
+        (DomainState.RUNNING, True, "VM_TRANSIENT", "no persistent definition", "virsh define"),
+    ],
+)
+async def test_what_the_vm_itself_blocks_is_refused_at_submission_with_or_without_a_target(
+    fx, to, state, offline, reason, words, hint
+):
+    """Seen on the lab: `ferry migrate g3 --to host2` of a shut-off guest was accepted and its record
+    failed in preflight a moment later (naming the VM by its UUID), while `ferry migrate g3` was
+    refused NO_TARGET "VM_NOT_RUNNING on host2", as if host2 were the problem. Both are refused now,
+    FAILED_PRECONDITION with the VM's own reason; nothing is written."""
+    from dataclasses import replace
+
+    fx.agents["host1"].domains.append(replace(guest(), state=state, persistent=False))
+    fx.submissions.placer = Placer(fx.fleet, {}, LoadBook(), HOSTS)
+    before = await fx.revision()
+    with pytest.raises(FailedPrecondition) as refused:
+        await fx.submissions.submit(SubmitRequest("g1", to, MigrationOptions(offline=offline)))
+    err = refused.value
+    assert (err.reason, err.code) == (reason, StatusCode.FAILED_PRECONDITION)
+    assert words in err.message and hint in err.hint
     assert fx.store.revision == before
 
 
