@@ -35,7 +35,7 @@ from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidA
 from ferry.model import DomainInfo, HostMapping, MigrationOptions, Problem
 from ferry.store import Conflict, Store
 
-from .checks import effective_storage, state_words
+from .checks import effective_storage, offline_disk_blockers, state_words
 from .drain import DrainItem, DrainRecord, DrainState, ItemState, decode, encode, with_state
 from .drainplan import Estimates, Nowhere, Target, plan
 from .fleet import Fleet
@@ -126,7 +126,7 @@ def domain_items(
                         Problem(
                             "VM_NOT_RUNNING",
                             f"{dom.name} is {state_words(dom.state)} on {host}: only running guests are moved",
-                            f"start it and drain again, or move its definition: ferry migrate {dom.name} --offline",
+                            _start_hint(dom, host),
                         ),
                     ),
                 )
@@ -349,3 +349,10 @@ async def keys_release(store: Store, host: str, drain_id: str) -> bool:
             return await store.delete(key, expected_mod_revision=entry.mod_revision) is not None
         except Conflict:
             continue
+
+
+def _start_hint(dom: DomainInfo, host: str) -> str:
+    """How to move a guest a drain skips because it is not running."""
+    if offline_disk_blockers(dom, host):
+        return "start it and drain again (its local disks move only live)"
+    return f"start it and drain again, or move its definition: ferry migrate {dom.name} --offline"

@@ -257,3 +257,19 @@ def test_a_queued_migration_to_a_host_cordoned_meanwhile_is_taken_back_and_place
     # an admitted one is left to finish: cordoning stops what is queued, not what runs
     running = migration("d-1-0-1", "v", "h2", Phase.MIGRATING)
     assert step(d, {"d-1-0-1": running}, everywhere("h3"), NOW, outbound_limit=1, cordoned={"h2"}).cancel == ()
+
+
+def test_a_guest_not_running_is_skipped_with_a_hint_its_disks_allow() -> None:
+    """A shut-off guest on a local disk cannot move offline (OFFLINE_LOCAL_DISK): the hint says to
+    start it; one on shared storage may have its definition moved."""
+    from ferry.coordinator.drainplan import Estimates
+    from ferry.coordinator.drains import domain_items
+    from ferry.model import Disk, DomainInfo, DomainState
+
+    local = DomainInfo("local", "u-1", DomainState.SHUTOFF, disks=(Disk("vda", "/img/local.qcow2"),))
+    shared = DomainInfo("shared", "u-2", DomainState.SHUTOFF, disks=(Disk("vda", "/nfs/s.qcow2", shared=True),))
+    got = {i.vm: i for i in domain_items((local, shared), MigrationOptions(), False, Estimates(), "host1")}
+    assert {i.state for i in got.values()} == {ItemState.SKIPPED}
+    assert got["local"].problems[0].message == "local is shut off on host1: only running guests are moved"
+    assert "--offline" not in got["local"].problems[0].hint
+    assert got["shared"].problems[0].hint.endswith("ferry migrate shared --offline")
