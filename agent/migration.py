@@ -302,7 +302,7 @@ class MigrationDriver:
                         calls.add(resume)
                 if stats is None:  # no statistics this time: only the clock can decide
                     step = next_action(policy, watch, JobStats(), progress.phase, now)
-                    watch, done = await self._act(step, policy, watch, now, domain.uuid, calls, by)
+                    watch, done = await self._act(step, policy, watch, now, domain, calls, by)
                     if done is not None:
                         yield done
                     continue
@@ -335,7 +335,7 @@ class MigrationDriver:
                     yield snapshot
                 switched = watch.postcopy_started
                 step = next_action(policy, watch, stats, phase, now)
-                watch, done = await self._act(step, policy, watch, now, domain.uuid, calls, by)
+                watch, done = await self._act(step, policy, watch, now, domain, calls, by)
                 if done is not None:
                     yield done
                 if watch.postcopy_started and not switched:
@@ -489,11 +489,12 @@ class MigrationDriver:
         policy: ConvergencePolicy,
         w: Watch,
         now: float,
-        uuid: str,
+        domain: DomainInfo,
         calls: set[asyncio.Task[None]],
         by: str,
     ) -> tuple[Watch, PolicyAction | None]:
         """Do ``step`` through the hypervisor; the watch after it and what was done (None: nothing)."""
+        uuid = domain.uuid
         elapsed = int((now - w.started_at) * 1000)
 
         def done(reason: str = "") -> PolicyAction:
@@ -526,18 +527,19 @@ class MigrationDriver:
                 return replace(w, paused=True), done(f"{step.reason} (refused: {exc.reason})")
             return replace(w, paused=True), done()
         if step.action is Action.ABORT_TIMEOUT:
-            await self._abort_on_timeout(uuid, calls, step.reason)
+            await self._abort_on_timeout(domain, calls, step.reason)
             return w, done()
         return w, None
 
-    async def _abort_on_timeout(self, uuid: str, calls: set[asyncio.Task[None]], reason: str) -> None:
+    async def _abort_on_timeout(self, domain: DomainInfo, calls: set[asyncio.Task[None]], reason: str) -> None:
         """Abort the job and raise DeadlineExceeded -- unless it finished in the meantime."""
-        log.warning("migration of %s: %s", uuid, reason)
+        uuid = domain.uuid
+        log.warning("migration of %s (%s): %s", domain.name, uuid, reason)
         hint = (
             "the guest dirties memory faster than it can be sent: use a policy that allows post-copy or "
             "force-complete, raise the bandwidth or max downtime, or give it a longer completion timeout"
         )
-        err = DeadlineExceeded(f"migration of {uuid}: {reason}", reason="MIGRATION_TIMEOUT", hint=hint)
+        err = DeadlineExceeded(f"migration of {domain.name}: {reason}", reason="MIGRATION_TIMEOUT", hint=hint)
         try:
             await self._hv.abort_job(uuid)
         except FerryError as exc:

@@ -69,6 +69,8 @@ def syntax_problem(path: str, what: str = "path") -> Problem | None:
     ['PATH_NOT_ABSOLUTE', 'PATH_DOTDOT', 'PATH_NOT_NORMALIZED', 'PATH_NOT_NORMALIZED', 'PATH_INVALID_CHARACTERS']
     >>> syntax_problem("/var/lib/libvirt/images/g1.qcow2") is None
     True
+    >>> syntax_problem("/var/lib/libvirt/images/", "mapping source prefix").hint
+    'give it in its plain form: /var/lib/libvirt/images'
     """
     shown = clip(repr(path))
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
@@ -92,7 +94,7 @@ def syntax_problem(path: str, what: str = "path") -> Problem | None:
         return _bad(
             "PATH_NOT_NORMALIZED",
             f"{what} {shown} is not normalised ('//', '/./' or a trailing '/')",
-            "give the path in its plain form, e.g. /var/lib/libvirt/images/g1.qcow2",
+            f"give it in its plain form: {'/' + '/'.join(p for p in parts if p not in ('', '.'))}",
         )
     return None
 
