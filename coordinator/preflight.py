@@ -254,7 +254,8 @@ async def preflight(
     )
     source_view = views.get(source_host) if source_host else None
     target_view = views[target] if target in available else None
-    blockers = coordinator_blockers(vm, domain, source_view, target, target_view, options, mode)
+    shown = domain.name if domain is not None else vm  # the engine asks by UUID; messages name the VM
+    blockers = coordinator_blockers(shown, domain, source_view, target, target_view, options, mode)
     if source_host is not None and domain is None and (source_host in failed or source_host not in available):
         # the VM is not unknown: its host could not be asked
         blockers = [b for b in blockers if b.reason != "VM_UNKNOWN"]

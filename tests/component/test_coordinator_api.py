@@ -400,12 +400,17 @@ async def test_preflight_ok_with_the_derived_mapping(fx, capsys):
 async def test_preflight_lists_every_blocker_at_once(tmp_path, capsys):
     s = await start(tmp_path, hosts={})  # no [hosts.*]: no bridge mapping is derived
     try:
-        s.agents.add_guest("host1", "big", memory=12 * GiB)
+        big = s.agents.add_guest("host1", "big", memory=12 * GiB)
         s.agents.add_guest("host2", "filler", memory=8 * GiB)  # host2 has 8 GiB free
         code, out = await s.ferry(capsys, "preflight", "big", "--to", "host2")
         assert code == 1 and out["ok"] is False
         blockers = {b["reason"]: b for b in out["blockers"]}
         assert {"INSUFFICIENT_MEMORY", "BRIDGE_MISSING"} <= set(blockers)
+        # asked by UUID (as the engine asks), the messages still name the VM
+        code, out = await s.ferry(capsys, "preflight", big, "--to", "host2")
+        by_uuid = {b["reason"]: b for b in out["blockers"]}
+        assert by_uuid["INSUFFICIENT_MEMORY"]["message"] == blockers["INSUFFICIENT_MEMORY"]["message"]
+        assert by_uuid["INSUFFICIENT_MEMORY"]["message"].startswith("big needs")
         assert "br-guest=br-vm" in blockers["BRIDGE_MISSING"]["hint"]
         assert all(b["hint"] for b in out["blockers"])
         # an unknown target and an unknown VM: both said at once
