@@ -45,6 +45,11 @@ def phase_label(phase: Phase) -> str:
     return "".join(part.capitalize() for part in phase.name.split("_"))
 
 
+def phase_word(phase: Phase) -> str:
+    """A phase as messages, tables and JSON spell it: ROLLED_BACK -> "rolled_back"."""
+    return phase.name.lower()
+
+
 def phase_from_label(label: str) -> Phase:
     """Inverse of :func:`phase_label`; raises KeyError for an unknown label."""
     wanted = label.replace("_", "").lower()

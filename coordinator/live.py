@@ -25,7 +25,7 @@ from ferry.ports import TuneResult
 from ferry.registry import HostDirectory
 from ferry.store import Conflict, Store
 
-from .convert import phase_label
+from .convert import phase_word
 from .phases import Phase
 from .record import MigrationRecord, encode, note, with_action
 from .submission import must_read_migration
@@ -81,7 +81,7 @@ def check_request(r: MigrationRecord, req: LiveRequest) -> None:
         )
     if r.phase is not Phase.MIGRATING or not r.migration_started:
         raise FailedPrecondition(
-            f"migration {r.id} is {phase_label(r.phase)}, not migrating: there is no job to change",
+            f"migration {r.id} is {phase_word(r.phase)}, not migrating: there is no job to change",
             reason="MIGRATION_NOT_RUNNING",
             hint=f"see `ferry migrations show {r.id}`",
         )

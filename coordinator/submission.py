@@ -56,7 +56,7 @@ from ferry.store import Conflict, Put, Store
 
 from .checks import effective_storage, vm_blockers
 from .config import HostDecl, derive_mapping
-from .convert import phase_label
+from .convert import phase_word
 from .fleet import Fleet
 from .hoststate import HostCordon, cordoned_error
 from .phases import Timeouts
@@ -523,7 +523,7 @@ class Submissions:
             other = await self._wait_for_record(other_id)
             if other is not None and not other.phase.is_final:
                 raise FailedPrecondition(
-                    f"{record.vm} already has migration {other_id} ({phase_label(other.phase)}, "
+                    f"{record.vm} already has migration {other_id} ({phase_word(other.phase)}, "
                     f"{other.source_host} -> {other.target_host})",
                     reason="VM_BUSY",
                     hint=f"wait for it (ferry migrations watch {other_id}) or cancel it "
@@ -571,7 +571,7 @@ class Submissions:
             record = await must_read_migration(self.store, migration_id)
             if record.phase.is_final:
                 raise FailedPrecondition(
-                    f"migration {record.id} already ended ({phase_label(record.phase)})",
+                    f"migration {record.id} already ended ({phase_word(record.phase)})",
                     reason="ALREADY_FINAL",
                     hint="nothing to cancel; see `ferry migrations show " + record.id + "`",
                 )

@@ -254,7 +254,7 @@ async def test_a_second_submission_for_a_busy_vm_is_refused_vm_busy(fx):
     with pytest.raises(FailedPrecondition) as refused:
         await fx.submissions.submit(SubmitRequest("g1", "host3", idempotency_key="k2"))
     err = refused.value
-    assert err.reason == "VM_BUSY" and first.id in err.message and "Pending" in err.message
+    assert err.reason == "VM_BUSY" and first.id in err.message and "(pending, " in err.message
     assert f"ferry migrations cancel {first.id}" in err.hint
     assert await fx.keys_below(keys.IDEMPOTENCY) == {keys.idempotency_key("k1"): first.id}  # k2 released
     entries, _ = await fx.store.list(keys.MIGRATIONS)
@@ -354,7 +354,7 @@ async def test_cancel_marks_the_record_once_and_refuses_a_final_one(fx):
     await fx.store.update(entry.key, encode(cancelled), entry.mod_revision)
     with pytest.raises(FailedPrecondition) as refused:
         await fx.submissions.cancel(m.id)
-    assert refused.value.reason == "ALREADY_FINAL" and "Cancelled" in refused.value.message
+    assert refused.value.reason == "ALREADY_FINAL" and "(cancelled)" in refused.value.message
     with pytest.raises(NotFound) as unknown:
         await fx.submissions.cancel("m-nope")
     assert unknown.value.reason == "MIGRATION_UNKNOWN"
