@@ -68,6 +68,19 @@ async def fleet_over(agents: dict[str, Agent], clock: Clock, **kw: float) -> tup
     return fleet, store
 
 
+async def located_on_unregistered(fleet: Fleet, store: MemoryStore, vm: str, host: str) -> DomainInfo:
+    """Where ``vm`` is found, asked afresh, once ``host`` (where it landed) is no longer registered:
+    on ``host``, as the fleet view last knew it; that domain."""
+    await store.delete(keys.host_key(host))
+    for _ in range(100):
+        if host not in fleet.available_hosts():
+            break
+        await asyncio.sleep(0.01)
+    found = await fleet.locate_vm(vm, fresh=True)
+    assert found is not None and found[0] == host
+    return found[1]
+
+
 async def test_an_inventory_asked_before_a_landing_and_answered_after_it_keeps_the_move() -> None:
     clock = Clock()
     agents = {"host1": Agent("host1", [G1]), "host2": Agent("host2")}
@@ -160,14 +173,7 @@ async def test_a_landing_noted_by_a_replica_that_never_saw_the_vm_keeps_its_loca
     fleet.note_landed(
         G1.uuid, "host1", "host2", clock.tick(), name="g1", memory_bytes=1 << 30, disks=landed_disks(plan)
     )
-    await store.delete(keys.host_key("host2"))  # host2's lease expired in the partition
-    for _ in range(100):
-        if "host2" not in fleet.available_hosts():
-            break
-        await asyncio.sleep(0.01)
-    found = await fleet.locate_vm("g1", fresh=True)
-    assert found is not None and found[0] == "host2"
-    _, domain = found
+    domain = await located_on_unregistered(fleet, store, "g1", "host2")  # its lease expired in the partition
     assert [(d.target, d.shared) for d in domain.disks] == [("vda", False)]
     assert effective_storage(domain, MigrationOptions(), explicit=False) is StorageMode.COPY_ALL
     await fleet.close()
@@ -204,14 +210,7 @@ async def test_a_landing_seen_from_the_source_inventory_is_on_the_targets_bridge
         disks=landed_disks(plan),
         mapping=HostMapping(bridges={"br-guest": "br-vm"}, path_prefixes={"/img1/": "/img2/"}),
     )
-    await store.delete(keys.host_key("host2"))  # the target's agent stops before it is asked again
-    for _ in range(100):
-        if "host2" not in fleet.available_hosts():
-            break
-        await asyncio.sleep(0.01)
-    found = await fleet.locate_vm("g1", fresh=True)
-    assert found is not None and found[0] == "host2"
-    _, domain = found
+    domain = await located_on_unregistered(fleet, store, "g1", "host2")  # its agent stopped before it was asked
     assert [(n.type, n.source, n.mac) for n in domain.nics] == [
         ("bridge", "br-vm", "52:54:00:00:00:01"),
         ("network", "default", ""),
