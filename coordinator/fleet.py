@@ -885,7 +885,6 @@ def as_landed(domain: DomainInfo, disks: Iterable[Disk], mapping: HostMapping | 
     of ``disks`` (the migration's plan, ``diskplan.landed_disks``) replaces the device of the same
     name, its other devices are kept; NICs are on the bridges and networks ``mapping`` names.
 
-    >>> from ferry.model import Nic
     >>> d = DomainInfo("g1", "u-1", DomainState.PAUSED, nics=(Nic("bridge", "br-guest"), Nic("network", "lan")),
     ...                disks=(Disk("vda", "/a/g1.qcow2", "qcow2", shared=True), Disk("hdc", "/iso/x.iso")))
     >>> got = as_landed(d, [Disk("vda", "/b/g1.qcow2", "qcow2")], HostMapping(bridges={"br-guest": "br-vm"}))
