@@ -347,6 +347,9 @@ class Cli:
     # ------------------------------------------------------------------ drains
 
     async def drain(self) -> int:
+        following = getattr(self.a, "drain_id", "")
+        if following:  # submitted on a replica that died since: follow that drain, not a second one
+            return await self._follow_drain(following)
         req = cpb.SubmitDrainRequest(
             host=self.a.host,
             targets=[t for t in (self.a.to or "").split(",") if t],
@@ -363,6 +366,7 @@ class Cli:
         if self.a.no_wait:
             self.emit(d, d.id)
             return EXIT_OK
+        self.a.drain_id = d.id  # kept across a retry on another replica (run() keeps ``args``)
         if not self.json:
             self.screen.text(f"drain {d.id}: {d.host} cordoned, {d.vms_total} VM(s), {d.slots} at a time")
         return await self._follow_drain(d.id)
@@ -562,7 +566,8 @@ async def run(argv: Sequence[str] | None = None) -> int:
                     return await command()
             except grpc.RpcError as exc:
                 # a replica died under us (no Ferry error attached): run the command again on
-                # another one; every command is safe to repeat (submit by idempotency key)
+                # another one; every command is safe to repeat (a migration is submitted by its
+                # idempotency key; a drain already submitted is followed by its id)
                 reason = from_rpc_error(exc).reason
                 if retries > 0 and reason == "UNREACHABLE":
                     retries -= 1

@@ -446,7 +446,8 @@ def drain_bar(d: cpb.Drain, width: int = 30) -> str:
     return "  ".join(parts)
 
 
-_BEFORE_JOB = frozenset((cpb.PHASE_PENDING, cpb.PHASE_PREFLIGHT, cpb.PHASE_PREPARING))
+# (unspecified: just submitted, its record not seen yet)
+_BEFORE_JOB = frozenset((cpb.PHASE_UNSPECIFIED, cpb.PHASE_PENDING, cpb.PHASE_PREFLIGHT, cpb.PHASE_PREPARING))
 
 
 def in_flight_words(d: cpb.Drain) -> list[str]:
@@ -459,7 +460,7 @@ def in_flight_words(d: cpb.Drain) -> list[str]:
     ...     cpb.DrainItem(state=cpb.DRAIN_ITEM_STATE_MIGRATING, migration_phase=cpb.PHASE_PREPARING)])
     >>> in_flight_words(d)
     ['1 migrating', '1 preparing']
-    >>> in_flight_words(cpb.Drain(vms_migrating=1))
+    >>> in_flight_words(cpb.Drain(vms_migrating=1))  # no items (a summary): their phases unknown
     ['1 migrating']
     """
     early = sum(1 for i in d.items if i.state == cpb.DRAIN_ITEM_STATE_MIGRATING and i.migration_phase in _BEFORE_JOB)
@@ -477,7 +478,7 @@ def item_state_words(i: cpb.DrainItem) -> str:
     ``migrating (preparing)``."""
     word = item_state_name(i.state)
     if i.state == cpb.DRAIN_ITEM_STATE_MIGRATING and i.migration_phase in _BEFORE_JOB:
-        return f"{word} ({phase_name(i.migration_phase)})"
+        return f"{word} ({phase_name(i.migration_phase or cpb.PHASE_PENDING)})"
     return word
 
 

@@ -539,6 +539,44 @@ async def test_a_drain_goes_on_after_the_leader_changes(fx, capsys):
     assert len(entries) == 6  # each VM moved by one migration: nothing submitted twice
 
 
+async def test_ferry_drain_waiting_when_its_coordinator_dies_follows_the_same_drain_on_another(fx, capsys):
+    """Seen on the lab: `ferry drain host1` waiting on the leader, the leader killed: the CLI said
+    "trying the others" and submitted the drain again, refused DRAIN_ACTIVE (exit 2) while the
+    drain went on. It follows the drain it submitted now, to its end."""
+    await fx.add_coordinator("c2")
+    for n in ("f1", "f2", "f3"):
+        fx.guest("host1", n)
+    fx.agents["host1"].hv.hold()
+    both = ",".join(fx.addresses)  # the CLI uses the first, c1 (the leader)
+    capsys.readouterr()
+    waiting = asyncio.create_task(
+        cli.run(["--coordinator", both, "--insecure", "-o", "json", "--rpc-timeout", "10", "drain", "host1"])
+    )
+    stub = fx.stub
+    listed = await until_listed(stub)
+    await until(stub, listed, lambda x: x.vms_migrating >= 1)
+    first = fx.coordinators[0]
+    await first.stop(grace_s=0.2)  # the CLI's watch breaks: UNAVAILABLE
+    fx.coordinators.remove(first)
+    fx.addresses.pop(0)
+    fx.agents["host1"].hv.release()
+    code = await asyncio.wait_for(waiting, 60)
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["id"] == listed and out["state"] == "succeeded", out
+    drains = await fx.stub.ListDrains(cpb.ListDrainsRequest())
+    assert [d.id for d in drains.drains] == [listed]  # one drain, not a second attempt
+
+
+async def until_listed(stub: cgrpc.CoordinatorStub, timeout: float = 20) -> str:
+    """The id of the one drain, once there is one."""
+    async with asyncio.timeout(timeout):
+        while True:
+            got = await stub.ListDrains(cpb.ListDrainsRequest())
+            if got.drains:
+                return str(got.drains[0].id)
+            await asyncio.sleep(0.02)
+
+
 async def test_a_second_drain_of_the_same_host_is_refused(fx, capsys):
     fx.guest("host1", "g1")
     fx.agents["host1"].hv.hold()
