@@ -569,7 +569,10 @@ async def run(argv: Sequence[str] | None = None) -> int:
                 # another one; every command is safe to repeat (a migration is submitted by its
                 # idempotency key; a drain already submitted is followed by its id)
                 reason = from_rpc_error(exc).reason
-                if retries > 0 and reason == "UNREACHABLE":
+                # a replica shutting down may cancel its calls (RST_STREAM) rather than go away
+                # (GOAWAY: UNAVAILABLE); no Ferry error has the code CANCELLED
+                lost = reason == "UNREACHABLE" or (_code(exc) == grpc.StatusCode.CANCELLED and not _being_cancelled())
+                if retries > 0 and lost:
                     retries -= 1
                     if not as_json:
                         print(f"\nferry: lost the coordinator at {address}; trying the others", file=sys.stderr)
@@ -591,6 +594,11 @@ async def run(argv: Sequence[str] | None = None) -> int:
         return _report(err, as_json)
     except FerryError as err:
         return _report(err, as_json)
+
+
+def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
+    code = getattr(exc, "code", None)
+    return code() if callable(code) else None
 
 
 def _being_cancelled() -> bool:

@@ -561,8 +561,9 @@ async def test_ferry_drain_waiting_when_its_coordinator_dies_follows_the_same_dr
     fx.addresses.pop(0)
     fx.agents["host1"].hv.release()
     code = await asyncio.wait_for(waiting, 60)
-    out = json.loads(capsys.readouterr().out)
-    assert code == 0 and out["id"] == listed and out["state"] == "succeeded", out
+    printed = capsys.readouterr()
+    out = json.loads(printed.out)
+    assert code == 0 and out["id"] == listed and out["state"] == "succeeded", (out, printed.err)
     drains = await fx.stub.ListDrains(cpb.ListDrainsRequest())
     assert [d.id for d in drains.drains] == [listed]  # one drain, not a second attempt
 
