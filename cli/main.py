@@ -140,6 +140,25 @@ class Cli:
         else:
             text()
 
+    async def _forget(self) -> int:
+        # run() keeps ``args`` across a retry on another replica: a replica lost after it forgot
+        # the host leaves a retry that finds the host unknown -- the first call's work, not a typo
+        sent_before = getattr(self.a, "forget_sent", False)
+        self.a.forget_sent = True
+        try:
+            f = await self.stub.ForgetHost(cpb.ForgetHostRequest(host=self.a.host), timeout=self.timeout)
+        except grpc.RpcError as exc:
+            reason = from_rpc_error(exc).reason
+            if reason == SERVER_BUSY:
+                self.a.forget_sent = sent_before  # turned away before the coordinator took it up
+            if not (sent_before and reason == "HOST_UNKNOWN"):
+                raise
+            f = cpb.ForgetHostResponse(host=self.a.host)
+            self.emit(f, f"{f.host} forgotten (by the coordinator that went away before it answered)")
+            return EXIT_OK
+        self.emit(f, f"{f.host} forgotten; no longer listed: {', '.join(f.vms) or 'no VM'}")
+        return EXIT_OK
+
     async def hosts(self) -> int:
         if self.a.action == "cordon":
             h = await self.stub.CordonHost(
@@ -152,9 +171,7 @@ class Cli:
             self.emit(h, f"{h.name} is back in service")
             return EXIT_OK
         if self.a.action == "forget":
-            f = await self.stub.ForgetHost(cpb.ForgetHostRequest(host=self.a.host), timeout=self.timeout)
-            self.emit(f, f"{f.host} forgotten; no longer listed: {', '.join(f.vms) or 'no VM'}")
-            return EXIT_OK
+            return await self._forget()
         resp = cpb.ListHostsResponse()
         req = cpb.ListHostsRequest()
         while True:  # every page
@@ -567,7 +584,8 @@ async def run(argv: Sequence[str] | None = None) -> int:
             except grpc.RpcError as exc:
                 # a replica died under us (no Ferry error attached): run the command again on
                 # another one; every command is safe to repeat (a migration is submitted by its
-                # idempotency key; a drain already submitted is followed by its id)
+                # idempotency key; a drain already submitted is followed by its id; a host forgotten by the
+                # lost replica is not reported unknown)
                 reason = from_rpc_error(exc).reason
                 # a replica shutting down may cancel its calls (RST_STREAM) rather than go away
                 # (GOAWAY: UNAVAILABLE); no Ferry error has the code CANCELLED

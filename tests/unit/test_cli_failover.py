@@ -11,7 +11,8 @@ import grpc
 import pytest
 
 from ferry.cli import main as cli_main
-from ferry.rpc import Tls
+from ferry.errors import FerryError, NotFound
+from ferry.rpc import Tls, to_status
 
 
 class Lost(grpc.RpcError):
@@ -59,3 +60,63 @@ async def test_an_error_of_the_coordinator_is_not_tried_again(monkeypatch, capsy
     monkeypatch.setattr(cli_main.Cli, "vms", vms)
     got = await cli_main.run(["--coordinator", "127.0.0.1:1,127.0.0.1:2", "--insecure", "vms"])
     assert got == 3 and asked == ["127.0.0.1:1"]
+
+
+class Refused(grpc.RpcError):
+    """A call the coordinator answered with a Ferry error."""
+
+    def __init__(self, err: FerryError) -> None:
+        self._status = to_status(err)
+
+    def code(self) -> grpc.StatusCode:
+        return self._status.code
+
+    def details(self) -> str:
+        return self._status.details
+
+    def trailing_metadata(self):  # noqa: ANN201 - what grpc's own errors carry
+        return self._status.trailing_metadata
+
+
+class Busy(Lost):
+    def details(self) -> str:
+        return "Concurrent RPC limit exceeded!"
+
+
+UNKNOWN = NotFound("no host host3 is known", reason="HOST_UNKNOWN", hint="see `ferry hosts`")
+
+
+@pytest.mark.parametrize(
+    ("first", "exit_code", "out"),
+    [
+        # the replica forgot the host, then died before it answered: the retry finds it unknown
+        (Lost(grpc.StatusCode.UNAVAILABLE), 0, "host3 forgotten (by the coordinator that went away"),
+        # turned away before any coordinator took it up: unknown on the retry is the operator's typo
+        (Busy(grpc.StatusCode.RESOURCE_EXHAUSTED), 2, ""),
+    ],
+)
+async def test_a_forget_retried_after_its_coordinator_went_away_is_not_reported_unknown(
+    monkeypatch, capsys, first, exit_code, out
+) -> None:
+    asked: list[str] = []
+
+    class Stub:
+        def __init__(self, channel: object) -> None:
+            pass
+
+        async def ForgetHost(self, request: object, timeout: float | None = None) -> object:  # noqa: N802
+            asked.append("forget")
+            raise first if len(asked) == 1 else Refused(UNKNOWN)
+
+    async def pick(addresses: Sequence[str], timeout_s: float = 2.0, tls: Tls | None = None) -> str:
+        return addresses[len(asked) % len(addresses)]
+
+    monkeypatch.setattr(cli_main, "pick_coordinator", pick)
+    monkeypatch.setattr(cli_main, "BUSY_BACKOFF_S", (0.01,))
+    monkeypatch.setattr(cli_main.cgrpc, "CoordinatorStub", Stub)
+    got = await cli_main.run(["--coordinator", "127.0.0.1:1,127.0.0.1:2", "--insecure", "hosts", "forget", "host3"])
+    captured = capsys.readouterr()
+    assert (got, len(asked)) == (exit_code, 2), captured
+    assert out in captured.out
+    if exit_code:
+        assert "HOST_UNKNOWN" in captured.err
