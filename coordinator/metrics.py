@@ -40,7 +40,7 @@ from prometheus_client.registry import Collector
 
 from .phases import Phase
 from .record import MigrationRecord
-from .slots import Limits
+from .slots import Limits, holds_slot
 
 DEFAULT_POLICY = "default"
 OUTCOMES = {
@@ -99,6 +99,8 @@ def occupancy(records: Iterable[MigrationRecord]) -> Occupancy:
         if r.phase.is_final:
             continue
         in_flight[r.phase] += 1
+        if r.phase.holds_slot and not holds_slot(r):
+            continue  # committed; waits only for its source to remove the copied disks
         tally = (host_ahead if r.ahead else host_slots) if r.phase.holds_slot else host_queued
         tally[(r.source_host, "outbound")] += 1
         tally[(r.target_host, "inbound")] += 1

@@ -1,7 +1,10 @@
 """Migration slots and the queue: which Pending records may start now (pure).
 
-A record holds a slot from admission (Preflight) until it is final (``Phase.holds_slot``); there is
-no explicit release: leaving a slot-holding phase frees it, and the shell runs ``admit`` again.
+A record holds a slot from admission (Preflight) until it is final (``Phase.holds_slot``), or until
+its target committed while its source could not be reached to remove the copied disks
+(``holds_slot``: it then only waits for the source, with no job, and the guest is the target's); there is
+no explicit release: leaving a slot-holding phase frees it, and the shell runs ``admit`` again. The
+VM stays taken until the record is final (a migration back would find the copies in the way).
 
 Preparing ahead (``Limits.prepare_ahead``): a queued record held back only by a full limit may be
 admitted *ahead* of its slot, up to ``prepare_ahead`` such records per slot: per source host
@@ -157,6 +160,18 @@ def queue_order(queued: Iterable[MigrationRecord]) -> list[MigrationRecord]:
     return sorted(queued, key=lambda r: (-r.priority, r.created_at, r.id))
 
 
+def holds_slot(r: MigrationRecord) -> bool:
+    """Counts against the limits (or, ahead, the allowance): admitted, not final, and not a record
+    whose target committed and that waits only for its source to answer (``committed_at``).
+
+    >>> from datetime import UTC
+    >>> r = MigrationRecord("m-1", "g1", "u1", "h1", "h2", datetime(2026, 1, 1, tzinfo=UTC), phase=Phase.FINISHING)
+    >>> holds_slot(r), holds_slot(replace(r, committed_at=r.created_at))
+    (True, False)
+    """
+    return r.phase.holds_slot and r.committed_at is None
+
+
 def vm_key(r: MigrationRecord) -> str:
     return r.vm_uuid or r.vm
 
@@ -173,8 +188,8 @@ def plan_admission(
     hold any records: those whose phase holds a slot count, against the limits or (``ahead``)
     against ``prepare_ahead``. ``now`` enables reservation by aged records (``reserve_after_s``);
     a record whose target is in ``cordoned`` waits (TARGET_CORDONED) and reserves nothing."""
-    holding = [r for r in active if r.phase.holds_slot]
-    busy = [r for r in holding if not r.ahead]
+    holding = [r for r in active if r.phase.holds_slot]  # each holds its VM
+    busy = [r for r in holding if not r.ahead and holds_slot(r)]
     out_n = Counter(r.source_host for r in busy)
     in_n = Counter(r.target_host for r in busy)
     cluster_n = len(busy)
@@ -228,7 +243,7 @@ def admission_changed(old: MigrationRecord, new: MigrationRecord) -> bool:
     A record not ahead moving between phases that hold a slot (preflight, preparing, migrating,
     finishing, rolling back) changes none of the plan's counts: the engine does not plan again
     for it (every migration makes three such moves, and a plan counts every open record)."""
-    return not (old.phase.holds_slot and new.phase.holds_slot and not old.ahead and not new.ahead)
+    return not (holds_slot(old) and holds_slot(new) and not old.ahead and not new.ahead)
 
 
 def _aged(r: MigrationRecord, now: datetime | None, limits: Limits) -> bool:

@@ -19,6 +19,7 @@ from test_engine import COPY, SLOW, engine, final, read, submit, until, wait_for
 
 from ferry.coordinator.phases import Phase
 from ferry.coordinator.preflight import preflight
+from ferry.coordinator.slots import Limits
 from ferry.model import DomainState, MigrationOptions
 from ferry.registry import HostRegistration
 from ferry.testing.fake_hypervisor import MiB, make_domain_xml
@@ -112,6 +113,38 @@ async def test_a_source_down_when_its_disks_are_removed_is_waited_for_and_they_g
         back = await final(store, (await submit(store, fleet, "g1", "host2", "host1")).id)
     assert back.phase is Phase.SUCCEEDED, notes(back)  # no FILE_IN_THE_WAY on host1
     assert fleet.where("g1") == {"host1": DomainState.RUNNING}
+
+
+async def test_a_record_waiting_for_its_source_after_the_commit_frees_its_slots(store, tmp_path):
+    """The guest runs on the target and no job runs for the record any more: while it waits for
+    its source's copied disks (up to ``agent_lost_s``), the target takes its next migration; it
+    held the target's only inbound slot until then."""
+    fleet = await start_fleet(tmp_path, 3)
+    try:
+        hosts = FleetDirectory(fleet)
+        fleet.add_guest("host1", "g1")
+        fleet.add_guest("host3", "g3")
+        image = f"{IMAGES}/g1.qcow2"
+        one_in = Limits(per_host_inbound=1)
+        async with engine(store, hosts, limits=one_in, timeouts=SLOW):
+            fleet["host1"].hv.hold()
+            m = await submit(store, fleet, "g1", "host1", "host2")
+            await wait_for(store, m.id, lambda r: r.phase is Phase.MIGRATING)
+            committing = fleet["host2"].hv.hold_calls("find_domain")
+            before = fleet["host2"].hv.calls.count("find_domain")
+            fleet["host1"].hv.release()
+            await until(lambda: fleet["host2"].hv.calls.count("find_domain") > before)
+            fleet["host1"].hv.reachable = False  # its libvirtd down as the copies are to go
+            committing.set()
+            await wait_for(store, m.id, lambda r: r.committed_at is not None)
+            other = await final(store, (await submit(store, fleet, "g3", "host3", "host2")).id)
+            assert other.phase is Phase.SUCCEEDED, notes(other)
+            assert (await read(store, m.id)).phase is Phase.FINISHING and fleet["host1"].host.exists(image)
+            fleet["host1"].hv.reachable = True
+            there = await final(store, m.id, timeout=3)
+        assert there.phase is Phase.SUCCEEDED and not fleet["host1"].host.exists(image), notes(there)
+    finally:
+        await fleet.close()
 
 
 async def test_a_shared_storage_migration_removes_nothing(store, fleet, hosts):

@@ -57,6 +57,22 @@ L = Limits(per_host_outbound=1, per_host_inbound=2, cluster=5, reserve_after_s=9
             [q("q1", "h4", "h3")], [a("a1", "h1", "h3"), a("a2", "h2", "h3")], L, set(), [], id="inbound-full"
         ),
         pytest.param(
+            [q("q1", "h4", "h3")],
+            [a("a1", "h1", "h3"), replace(a("a2", "h2", "h3", phase=Phase.FINISHING), committed_at=NOW)],
+            L,
+            set(),
+            ["q1"],
+            id="committed-and-waiting-for-its-source-holds-no-slot",
+        ),
+        pytest.param(
+            [q("q1", "h3", "h4", vm="g")],
+            [replace(a("a1", "h1", "h3", phase=Phase.FINISHING, vm="g"), committed_at=NOW)],
+            L,
+            set(),
+            [],
+            id="committed-and-waiting-still-holds-its-vm",
+        ),
+        pytest.param(
             [q("q1", "h5", "h6")],
             [a("a1", "h1", "h2"), a("a2", "h3", "h4")],
             Limits(1, 2, cluster=2),
@@ -451,6 +467,9 @@ def test_a_move_that_admission_changed_calls_unchanged_plans_the_same(seed):
         old, new = (
             replace(moved, phase=rng.choice(phases), ahead=rng.random() < 0.3),
             replace(moved, phase=rng.choice(phases), ahead=rng.random() < 0.3),
+        )
+        old, new = (  # finishing, its target committed: waiting for its source only
+            replace(r, committed_at=NOW) if r.phase is Phase.FINISHING and rng.random() < 0.3 else r for r in (old, new)
         )
         if admission_changed(old, new):
             continue
