@@ -40,7 +40,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 from ferry.convergence import policy_from_options
@@ -150,6 +150,8 @@ class Actions:
         # takes the source's domain and XML from it instead of asking the source again
         self._preflighted: OrderedDict[str, tuple[PreflightReport, float]] = OrderedDict()
         self._monotonic = monotonic
+        # the bandwidth a job starts at when hosts' budgets are shared (None: its policy's cap)
+        self.start_bandwidth: Callable[[str], int | None] = lambda migration_id: None
 
     def _fenced(self, r: MigrationRecord, sink: Emit) -> Emit:
         """``sink``, except for a STALE_LEADER refusal: that goes to ``on_stale`` instead."""
@@ -313,16 +315,21 @@ class Actions:
                 )
             )
             return
+        options, policy = r.options, r.policy
+        share = self.start_bandwidth(r.id)  # the hosts' budgets shared (``sharing.py``)
+        if share is not None:
+            options = replace(options, bandwidth_mibps=share)
+            policy = replace(policy, bandwidth_mibps=share) if policy is not None else None
         try:
             async for item in self._client(r.source_host).migrate(
                 vm_ref(r),
                 target_uri=target_uri,
                 destination_xml=r.destination_xml,
-                options=r.options,
+                options=options,
                 migration_id=r.id,
                 migrate_uri=migrate_uri,
                 disks=r.disks,
-                policy=r.policy,
+                policy=policy,
                 predicted_converges=r.prediction.converges if r.prediction is not None else None,
                 leader_term=self.term,
                 target_host=r.target_host,

@@ -19,6 +19,8 @@
     per_host_inbound = 2
     cluster = 4
     prepare_ahead = 1                                # per slot: preflight + prepare while it is busy
+    host_bandwidth_mibps = 0                         # a host's migration traffic, each way, shared by its
+                                                     #   running jobs (0: none; [hosts.X] bandwidth_mibps)
 
     [timeouts]                                       # optional overrides of phases.Timeouts
     preflight_s = 120
@@ -63,6 +65,7 @@
     bridges = { guest = "br-guest" }                 # logical network -> this host's bridge
     networks = { mgmt = "default" }                  # logical network -> this host's libvirt network
     paths = { images = "/var/lib/libvirt/images" }   # logical storage -> this host's directory
+    bandwidth_mibps = 1000                           # this host's migration budget ([limits] host_bandwidth_mibps)
 
     [policies.busy]                                  # a named convergence policy (ferry/convergence.py keys)
     bandwidth_mibps = 32
@@ -93,7 +96,7 @@ paths are taken relative to the config file's directory.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -158,6 +161,7 @@ class HostDecl:
     bridges: Mapping[str, str] = field(default_factory=dict)
     networks: Mapping[str, str] = field(default_factory=dict)
     paths: Mapping[str, str] = field(default_factory=dict)
+    bandwidth_mibps: int = 0  # its migration budget (0: [limits] host_bandwidth_mibps)
 
 
 @dataclass(frozen=True)
@@ -325,6 +329,8 @@ def _limits(doc: dict[str, Any], source: str) -> Limits:
         if ahead != int(ahead):
             raise bad(source, f"[limits] prepare_ahead must be a whole number, not {ahead:g}", "e.g. prepare_ahead = 1")
         values["prepare_ahead"] = int(ahead)
+    if "host_bandwidth_mibps" in t:  # 0: none
+        values["host_bandwidth_mibps"] = _whole(t, "host_bandwidth_mibps")
     if "reserve_after_s" in t:
         values["reserve_after_s"] = float(t.number("reserve_after_s"))
     return Limits(**values)
@@ -366,9 +372,39 @@ def _hosts(doc: dict[str, Any], source: str) -> dict[str, HostDecl]:
         raise bad(source, "[hosts] must hold one table per host", "write [hosts.NAME] tables")
     out = {}
     for name, data in table.items():
-        t = Table(data, f"hosts.{name}", source, ("bridges", "networks", "paths"))
-        out[name] = HostDecl(name, **{k: t.names(k) for k in ("bridges", "networks", "paths") if k in t})
+        t = Table(data, f"hosts.{name}", source, ("bridges", "networks", "paths", "bandwidth_mibps"))
+        out[name] = HostDecl(
+            name,
+            **{k: t.names(k) for k in ("bridges", "networks", "paths") if k in t},
+            bandwidth_mibps=_whole(t, "bandwidth_mibps") if "bandwidth_mibps" in t else 0,
+        )
     return out
+
+
+def _whole(t: Table, key: str) -> int:
+    """A whole number >= 0."""
+    v = _non_negative(t, key)
+    if v != int(v):
+        raise bad(t.source, f"[{t.section}] {key} must be a whole number, not {v:g}", f"e.g. {key} = 1000")
+    return int(v)
+
+
+def bandwidth_budget(config: CoordinatorConfig) -> Callable[[str], int] | None:
+    """Each host's migration budget in MiB/s (0: none); None when no host has one.
+
+    >>> etcd = EtcdConfig(("127.0.0.1:2379",))
+    >>> c = CoordinatorConfig("c1", (), etcd, hosts={"h2": HostDecl("h2", bandwidth_mibps=50)})
+    >>> b = bandwidth_budget(c)
+    >>> b is not None and (b("h1"), b("h2"))
+    (0, 50)
+    >>> bandwidth_budget(CoordinatorConfig("c1", (), etcd)) is None
+    True
+    """
+    default = config.limits.host_bandwidth_mibps
+    own = {name: h.bandwidth_mibps for name, h in config.hosts.items() if h.bandwidth_mibps}
+    if not default and not own:
+        return None
+    return lambda host: own.get(host, default)
 
 
 def _non_negative(t: Table, key: str) -> float:

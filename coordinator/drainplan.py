@@ -71,6 +71,16 @@ class Estimates:
         """
         return round(self.overhead_s + (memory_bytes + disk_bytes) / (self.bandwidth_mibps * MiB), 2)
 
+    def within(self, budget_mibps: int, slots_n: int) -> Estimates:
+        """The estimates when ``slots_n`` migrations at once share a host's budget (0: none).
+
+        >>> Estimates(bandwidth_mibps=100).within(120, 2).bandwidth_mibps, Estimates(100).within(0, 2).bandwidth_mibps
+        (60.0, 100)
+        """
+        if budget_mibps <= 0:
+            return self
+        return replace(self, bandwidth_mibps=min(self.bandwidth_mibps, budget_mibps / max(slots_n, 1)))
+
 
 @dataclass(frozen=True)
 class Target:

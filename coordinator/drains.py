@@ -37,7 +37,7 @@ from ferry.store import Conflict, Store
 
 from .checks import effective_storage, offline_disk_blockers, state_words
 from .drain import DrainItem, DrainRecord, DrainState, ItemState, decode, encode, with_state
-from .drainplan import Estimates, Nowhere, Target, plan
+from .drainplan import Estimates, Nowhere, Target, plan, slots
 from .fleet import Fleet
 from .hoststate import cordon
 from .placement import Reservations
@@ -150,8 +150,10 @@ class Drains:
         clock: Clock = lambda: datetime.now(UTC),
         new_id: Callable[[], str] = new_drain_id,
         stale_wait_s: float = STALE_WAIT_S,
+        budget: Callable[[str], int] = lambda host: 0,
     ) -> None:
         self.store = store
+        self.budget = budget  # hosts' migration bandwidth budgets (``bandwidth.py``; 0: none)
         self.fleet = fleet
         self.placer = placer
         self.outbound_limit = outbound_limit
@@ -212,8 +214,12 @@ class Drains:
             policy=request.policy,
             options=request.options,
             storage_explicit=request.storage_explicit,
-            items=tuple(domain_items(domains, request.options, request.storage_explicit, self.estimates, host)),
             updated_at=now,
+        )
+        # its slots share the host's budget, if it has one: each migration is that much slower
+        estimates = self.estimates.within(self.budget(host), slots(drain, self.outbound_limit))
+        drain = replace(
+            drain, items=tuple(domain_items(domains, request.options, request.storage_explicit, estimates, host))
         )
         planned, makespan = self.plan(drain, now)
         drain = replace(drain, estimated_s=makespan)

@@ -45,16 +45,18 @@ from typing import Any, Protocol
 
 from ferry.errors import FailedPrecondition, FerryError, Internal
 from ferry.keys import MIGRATIONS, VM_ACTIVE, decode_id, name_below, release_vm_active
-from ferry.model import HostFacts, Problem
+from ferry.model import HostFacts, PolicyAction, Problem
 from ferry.registry import HostDirectory
 from ferry.store import Entry, EventKind, Resync, Store
 
 from .actions import STALE_LEADER, Actions, ActionTiming
-from .events import Admitted, AgentLost, SlotGranted, Tick
+from .events import Admitted, AgentLost, PolicyActed, SlotGranted, Tick
 from .phases import Phase, Timeouts
 from .policies import PredictionConfig
 from .record import MigrationRecord, decode, evolve
 from .runner import RecordRunner, Recover, RunnerContext
+from .sharing import BY as SHARING_BY
+from .sharing import BandwidthSharing
 from .slots import Limits, admission_changed, plan_admission
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,7 @@ class Engine:
         observer: RecordObserver | None = None,
         prediction: PredictionConfig = PredictionConfig(),
         leader_term: int = 0,
+        bandwidth_budget: Callable[[str], int] | None = None,
     ) -> None:
         self.store = store
         self.observer = observer
@@ -110,6 +113,11 @@ class Engine:
             leader_term=leader_term,
             on_stale=self._deposed,
         )
+        # hosts' migration bandwidth budgets shared by their running jobs (none configured: off)
+        self.sharing: BandwidthSharing | None = None
+        if bandwidth_budget is not None:
+            self.sharing = BandwidthSharing(bandwidth_budget, self._tune_bandwidth, self._tell, self._spawn)
+            actions.start_bandwidth = self.sharing.start_share
         self._ctx = RunnerContext(
             store,
             actions,
@@ -266,6 +274,8 @@ class Engine:
             self._open[record.id] = record
         if old is None or (old.phase is not record.phase and admission_changed(old, record)):
             self.admit_soon()
+        if self.sharing is not None:
+            self.sharing.seen(old, record)
         for observe in self.observers:
             observe(record)
         runner = self.runners.get(record.id)
@@ -282,6 +292,17 @@ class Engine:
             if recovering or record.phase is not Phase.PENDING:  # not a fresh submission: resume it
                 runner.feed(Recover())
         runner.seen(record)
+
+    async def _tune_bandwidth(self, r: MigrationRecord, mibps: int) -> object:
+        client = self.hosts.client(r.source_host)
+        return await client.tune_migration(
+            r.vm_uuid or r.vm, bandwidth_mibps=mibps, requested_by=SHARING_BY, leader_term=self.leader_term
+        )
+
+    def _tell(self, migration_id: str, action: PolicyAction) -> None:
+        runner = self.runners.get(migration_id)
+        if runner is not None and not runner.done:
+            runner.feed(PolicyActed(action))
 
     def _deleted(self, migration_id: str) -> None:
         self.records.pop(migration_id, None)

@@ -41,7 +41,7 @@ from ferry.store import Store
 from ferry.timed_store import StoreObserver, TimedStore
 
 from .agent_client import GrpcAgentClient
-from .config import CoordinatorConfig, load_config
+from .config import CoordinatorConfig, bandwidth_budget, load_config
 from .drain_controller import DrainController
 from .drains import Drains
 from .election import Candidate, Election
@@ -137,6 +137,7 @@ class Coordinator:
             observer=self.record_observer,
             prediction=self.config.prediction,
             leader_term=self.election.term,
+            bandwidth_budget=bandwidth_budget(self.config),
         )
 
     async def _lead(self) -> None:
@@ -294,6 +295,7 @@ def build_coordinator(
         outbound_limit=config.limits.per_host_outbound,
         estimates=config.drains.estimates,
         clock=clock,
+        budget=bandwidth_budget(config) or (lambda host: 0),
     )
     servicer = CoordinatorServicer(
         store,

@@ -56,6 +56,9 @@ class Limits:
     # records per slot (of a source host, a target host, the cluster) that may preflight and
     # prepare ahead of it; 0: none (each waits Pending for its slot)
     prepare_ahead: int = 0
+    # MiB/s a host's migrations may use, outbound and inbound each, shared by its running jobs
+    # (``bandwidth.py``; ``[hosts.NAME] bandwidth_mibps`` for one host); 0: none
+    host_bandwidth_mibps: int = 0
 
 
 class WaitKind(enum.Enum):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -394,6 +394,16 @@ async def test_drain_dry_run_prints_the_plan_and_touches_nothing(fx, capsys):
     assert plan["estimated_s"] > 0
     for prefix in (keys.DRAINS, keys.HOST_STATE, keys.DRAIN_ACTIVE, keys.MIGRATIONS):
         assert (await fx.store.list(prefix))[0] == [], prefix
+
+
+async def test_a_drains_estimates_count_the_hosts_bandwidth_budget_its_slots_share(fx, capsys):
+    fx.guest("host1", "a")
+    await fx.add_coordinator("c2", replace(LIMITS, host_bandwidth_mibps=50))  # 2 slots: 25 MiB/s each
+    _, plain = await fx.ferry(capsys, "drain", "host1", "--dry-run")
+    _, shared = await fx.ferry(capsys, "drain", "host1", "--dry-run", at=1)
+    [a], [b] = plain["items"], shared["items"]
+    overhead = 3.0  # [drains] overhead_s; its bandwidth_mibps is 100
+    assert b["estimate_s"] - overhead == pytest.approx(4 * (a["estimate_s"] - overhead), abs=0.05)
 
 
 async def test_a_drains_migrations_run_under_its_policy(fx, capsys):

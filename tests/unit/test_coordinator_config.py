@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ferry.coordinator.config import HostDecl, derive_mapping, load_config, parse_config
+from ferry.coordinator.config import HostDecl, bandwidth_budget, derive_mapping, load_config, parse_config
 from ferry.coordinator.phases import Timeouts
 from ferry.errors import FailedPrecondition, InvalidArgument
 from ferry.model import HostMapping
@@ -136,6 +136,8 @@ def test_unknown_keys_are_named(text, named):
         (MINIMAL + "\n[limits]\ncluster = 2.5\n", "cluster must be a positive integer"),
         (MINIMAL + "\n[limits]\nprepare_ahead = -1\n", "prepare_ahead must be a number >= 0"),
         (MINIMAL + "\n[limits]\nprepare_ahead = 1.5\n", "prepare_ahead must be a whole number"),
+        (MINIMAL + "\n[limits]\nhost_bandwidth_mibps = -5\n", "host_bandwidth_mibps must be a number >= 0"),
+        (MINIMAL + "\n[hosts.h1]\nbandwidth_mibps = 12.5\n", "[hosts.h1] bandwidth_mibps must be a whole number"),
         (MINIMAL + "\n[timeouts]\nslot_wait_s = 900\n", "slot_wait_s (900 s) is not below [coordinator] prepare_ttl_s"),
         (MINIMAL.replace("[etcd]", "[etcd]\nprefix = '/ferry'"), "must end with '/'"),
         (NO_TLS + "\n[tls]\nca = 'ca.pem'\n", "lacks cert, key"),
@@ -332,3 +334,10 @@ def test_the_example_config_policies_parse():
 
     c = parse_config(MINIMAL + LAB_POLICIES)
     assert sorted(c.policies) == ["busy", "multifd", "postcopy-early", "precopy", "strict"]
+
+
+def test_host_bandwidth_budgets_default_to_limits_and_a_host_may_have_its_own():
+    c = parse_config(MINIMAL + "\n[limits]\nhost_bandwidth_mibps = 500\n[hosts.h1]\nbandwidth_mibps = 2000\n")
+    budget = bandwidth_budget(c)
+    assert budget is not None and (budget("h1"), budget("h2")) == (2000, 500)
+    assert bandwidth_budget(parse_config(MINIMAL)) is None  # none configured: nothing is shared

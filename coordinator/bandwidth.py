@@ -1,0 +1,105 @@
+"""A host's migration bandwidth budget, shared by the migrations running on it (pure).
+
+An operator may give a host a budget for migration traffic (``[limits] host_bandwidth_mibps``,
+``[hosts.NAME] bandwidth_mibps``): what its migration link may carry, outbound and inbound each
+(a full-duplex link), so that migrations leave room for the guests' own traffic, and so that two
+migrations at once each know what they really get. Without a budget each migration runs at its
+policy's cap (0: QEMU's default), as before.
+
+Each running job (a record in Migrating) is a flow from its source to its target with its own cap
+(its policy's bandwidth, or what an operator tuned; 0 = none). On each host with a budget the
+flows through it share it max-min fairly: a flow capped below an equal share keeps its cap, the
+rest split what is left equally, and what a flow held lower by its other end leaves unused goes to
+the others (progressive filling: all rise together until a cap or a budget stops them). So no
+host's budget is exceeded in either direction.
+
+The engine recomputes the shares when a job starts or ends on a host with a budget, starts each
+job at its share and tunes the running ones whose share changed (``sharing.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Flow:
+    """A running (or starting) migration job: from ``source`` to ``target``, at most ``cap_mibps``
+    (0: no cap of its own)."""
+
+    id: str
+    source: str
+    target: str
+    cap_mibps: int = 0
+
+
+def shares(flows: Iterable[Flow], budget: Callable[[str], int]) -> dict[str, int]:
+    """Each flow's bandwidth in whole MiB/s (at least 1), max-min fair: every flow rises at the same
+    pace until it meets its own cap or one of its hosts' budgets runs out (progressive filling). 0:
+    no cap at all (no budget on either end and no cap of its own). ``budget(host)``: 0 for none.
+
+    >>> fs = [Flow("a", "h1", "h2"), Flow("b", "h1", "h3", cap_mibps=30), Flow("c", "h4", "h3")]
+    >>> shares(fs, lambda h: 100 if h == "h1" else 0)
+    {'a': 70, 'b': 30, 'c': 0}
+    >>> shares(fs, lambda h: {"h1": 100, "h3": 40}.get(h, 0))
+    {'a': 80, 'b': 20, 'c': 20}
+    >>> shares([Flow("a", "h1", "h2"), Flow("b", "h1", "h2")], lambda h: 100)
+    {'a': 50, 'b': 50}
+    >>> shares([Flow("a", "h1", "h2", cap_mibps=32)], lambda h: 0)
+    {'a': 32}
+    """
+    flows = list(flows)
+    links: dict[tuple[str, bool], list[Flow]] = {}  # (host, outbound) with a budget -> its flows
+    for f in flows:
+        for host, outbound in ((f.source, True), (f.target, False)):
+            if budget(host) > 0:
+                links.setdefault((host, outbound), []).append(f)
+    rate = {f.id: 0.0 for f in flows}
+    rising = {f.id: f for f in flows if f.cap_mibps or (f.source, True) in links or (f.target, False) in links}
+    while rising:
+        step = min(
+            [f.cap_mibps - rate[i] for i, f in rising.items() if f.cap_mibps]
+            + [
+                (budget(host) - sum(rate[f.id] for f in on)) / n
+                for (host, _), on in links.items()
+                if (n := sum(f.id in rising for f in on))
+            ]
+        )
+        for i in rising:
+            rate[i] += step
+        full = {
+            f.id for (host, _), on in links.items() if sum(rate[f.id] for f in on) >= budget(host) - 1e-9 for f in on
+        }
+        for i, f in list(rising.items()):
+            if i in full or (f.cap_mibps and rate[i] >= f.cap_mibps - 1e-9):
+                del rising[i]
+    return {f.id: max(int(rate[f.id] + 1e-9), 1) if rate[f.id] > 0 else 0 for f in flows}
+
+
+def why(flow: Flow, share: int, flows: Iterable[Flow], budget: Callable[[str], int]) -> str:
+    """The note that says where a flow's share comes from.
+
+    >>> fs = [Flow("a", "h1", "h2"), Flow("b", "h1", "h3", cap_mibps=30)]
+    >>> why(fs[0], 70, fs, lambda h: 100 if h == "h1" else 0)
+    'bandwidth 70 MiB/s: the migration budget of h1 (100 MiB/s out) shared by 2 migrations'
+    >>> why(fs[1], 30, fs, lambda h: 100 if h == "h1" else 0)
+    'bandwidth 30 MiB/s: its own cap, within the migration budget of h1 (100 MiB/s out) shared by 2 migrations'
+    >>> why(fs[0], 50, fs, lambda h: 50 if h == "h2" else 0)
+    'bandwidth 50 MiB/s: the migration budget of h2 (50 MiB/s in) shared by 1 migration'
+    """
+    flows = list(flows)
+    parts = []
+    for host, direction, n in (
+        (flow.source, "out", sum(f.source == flow.source for f in flows)),
+        (flow.target, "in", sum(f.target == flow.target for f in flows)),
+    ):
+        if budget(host) > 0:
+            many = "s" if n != 1 else ""
+            parts.append(
+                f"the migration budget of {host} ({budget(host)} MiB/s {direction}) shared by {n} migration{many}"
+            )
+    text = "; ".join(parts) or "no budget"
+    if flow.cap_mibps and share >= flow.cap_mibps:
+        text = f"its own cap, within {text}"
+    return f"bandwidth {share} MiB/s: {text}"

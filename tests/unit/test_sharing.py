@@ -1,0 +1,111 @@
+"""The leader's bandwidth sharing (``coordinator/sharing.py``) against stand-ins for the agents and
+the runners: a job entering Migrating starts at its share (no tune), a job a new leader finds
+running is tuned, a job tuned before it reported progress is tuned again at its first progress,
+a tune that failed is tried again at the next change."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from ferry.coordinator.phases import Phase
+from ferry.coordinator.record import MigrationRecord
+from ferry.coordinator.sharing import BandwidthSharing
+from ferry.errors import Unavailable
+from ferry.model import MigrationPhase, MigrationProgress, PolicyAction
+
+T0 = datetime(2026, 12, 4, tzinfo=UTC)
+
+
+def rec(mid: str, phase: Phase = Phase.MIGRATING, source: str = "h1", target: str = "h2") -> MigrationRecord:
+    return MigrationRecord(mid, f"vm-{mid}", f"u-{mid}", source, target, T0, phase=phase)
+
+
+class Harness:
+    def __init__(self, budget: dict[str, int]) -> None:
+        self.tuned: list[tuple[str, int]] = []
+        self.told: list[tuple[str, str]] = []
+        self.failing = False
+        self.tasks: list[asyncio.Task[None]] = []
+        self.s = BandwidthSharing(lambda h: budget.get(h, 0), self.tune, self.tell, self.spawn)
+
+    async def tune(self, r: MigrationRecord, mibps: int) -> object:
+        if self.failing:
+            raise Unavailable("agent down", reason="UNREACHABLE")
+        self.tuned.append((r.id, mibps))
+        return None
+
+    def tell(self, mid: str, action: PolicyAction) -> None:
+        self.told.append((mid, action.reason))
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self.tasks.append(asyncio.get_running_loop().create_task(coro))
+
+    async def settle(self) -> None:
+        await asyncio.gather(*self.tasks)
+        self.tasks.clear()
+
+
+def progressed(r: MigrationRecord) -> MigrationRecord:
+    return replace(r, progress=MigrationProgress(phase=MigrationPhase.PRECOPY))
+
+
+async def test_a_job_entering_migrating_starts_at_its_share_and_the_running_one_is_tuned() -> None:
+    h = Harness({"h1": 100})
+    a = progressed(rec("a"))
+    h.s.seen(None, a)  # found running: tuned to the whole budget
+    await h.settle()
+    assert h.tuned == [("a", 100)]
+    b0 = rec("b", Phase.PREPARING, target="h3")
+    h.s.seen(None, b0)
+    h.s.seen(b0, replace(b0, phase=Phase.MIGRATING))  # entering: its Migrate carries 50
+    await h.settle()
+    assert h.s.start_share("b") == 50 and h.tuned == [("a", 100), ("a", 50)]
+    assert [m for m, _ in h.told] == ["a", "b", "a"]
+
+
+async def test_a_job_tuned_before_its_first_progress_is_tuned_again_then() -> None:
+    h = Harness({"h1": 100})
+    a0 = rec("a", Phase.PREPARING)
+    h.s.seen(None, a0)
+    a1 = replace(a0, phase=Phase.MIGRATING)
+    h.s.seen(a0, a1)  # starts at 100
+    b0 = rec("b", Phase.PREPARING)
+    h.s.seen(None, b0)
+    h.s.seen(b0, replace(b0, phase=Phase.MIGRATING))  # a tuned to 50 before its job ran
+    await h.settle()
+    assert h.tuned == [("a", 50)]
+    h.s.seen(a1, progressed(a1))  # its job runs now: 50 again (its Migrate may have set 100 after)
+    await h.settle()
+    assert h.tuned == [("a", 50), ("a", 50)]
+    h.s.seen(progressed(a1), replace(progressed(a1), updated_at=T0))  # later progress: nothing more
+    await h.settle()
+    assert h.tuned == [("a", 50), ("a", 50)]
+
+
+async def test_a_failed_tune_is_tried_again_at_the_next_change() -> None:
+    h = Harness({"h1": 100})
+    a = progressed(rec("a"))
+    h.failing = True
+    h.s.seen(None, a)
+    await h.settle()
+    assert h.tuned == [] and h.told == []
+    h.failing = False
+    b = progressed(rec("b", target="h3"))
+    h.s.seen(None, b)
+    await h.settle()
+    assert sorted(h.tuned) == [("a", 50), ("b", 50)]
+    h.s.seen(b, replace(b, phase=Phase.FINISHING))  # b's job ended: a gets it all back
+    await h.settle()
+    assert h.tuned[-1] == ("a", 100)
+
+
+async def test_hosts_without_a_budget_are_left_alone() -> None:
+    h = Harness({"h9": 100})
+    a = progressed(rec("a"))
+    h.s.seen(None, a)
+    await h.settle()
+    assert h.tuned == [] and h.told == [] and h.s.start_share("a") is None
