@@ -61,6 +61,7 @@ class ControlPlane:
     per_host_outbound: int = 1
     per_host_inbound: int = 2
     cluster: int = 4
+    host_bandwidth_mibps: int = 0  # each host's migration budget, shared by its jobs (0: none)
 
     def problem(self) -> str:
         """Why this shape cannot be started ("" when it can)."""
@@ -70,6 +71,8 @@ class ControlPlane:
             return f"a lab runs 1 to {MAX_COORDINATORS} coordinators, not {self.coordinators}"
         if min(self.per_host_outbound, self.per_host_inbound, self.cluster) < 1:
             return "migration limits must be at least 1"
+        if self.host_bandwidth_mibps < 0:
+            return "a host's bandwidth budget is 0 (none) or more MiB/s"
         return ""
 
 
@@ -210,6 +213,7 @@ def render_coordinator_toml(
         f"per_host_outbound = {shape.per_host_outbound}",
         f"per_host_inbound = {shape.per_host_inbound}",
         f"cluster = {shape.cluster}",
+        f"host_bandwidth_mibps = {shape.host_bandwidth_mibps}",
         "",
     ]
     if pki is None:

@@ -156,6 +156,14 @@ def _parser() -> argparse.ArgumentParser:
         help="concurrent migrations out of one host. Default: 1",
     )
     up.add_argument(
+        "--host-bandwidth",
+        type=int,
+        default=0,
+        metavar="MIBPS",
+        help="each host's migration bandwidth budget, shared by the migrations running through it "
+        "([limits] host_bandwidth_mibps). Default: 0 (none)",
+    )
+    up.add_argument(
         "--no-control-plane",
         action="store_true",
         help="no etcd, no coordinators (a lab already up is reused as it is). Default: start them",
@@ -263,7 +271,10 @@ def _cmd_up(lab: Lab, args: argparse.Namespace) -> int:
         None
         if args.no_control_plane
         else ControlPlane(
-            etcd_members=args.etcd_members, coordinators=args.coordinators, per_host_outbound=args.per_host_outbound
+            etcd_members=args.etcd_members,
+            coordinators=args.coordinators,
+            per_host_outbound=args.per_host_outbound,
+            host_bandwidth_mibps=args.host_bandwidth,
         )
     )
     lab.up(
