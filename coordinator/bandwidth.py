@@ -77,29 +77,34 @@ def shares(flows: Iterable[Flow], budget: Callable[[str], int]) -> dict[str, int
     return {f.id: max(int(rate[f.id] + 1e-9), 1) if rate[f.id] > 0 else 0 for f in flows}
 
 
-def why(flow: Flow, share: int, flows: Iterable[Flow], budget: Callable[[str], int]) -> str:
-    """The note that says where a flow's share comes from.
+def why(flow: Flow, got: dict[str, int], flows: Iterable[Flow], budget: Callable[[str], int]) -> str:
+    """The note that says what holds a flow at its share (``got``: every flow's share): its own cap,
+    or each budget it goes through that its flows fill.
 
     >>> fs = [Flow("a", "h1", "h2"), Flow("b", "h1", "h3", cap_mibps=30)]
-    >>> why(fs[0], 70, fs, lambda h: 100 if h == "h1" else 0)
-    'bandwidth 70 MiB/s: the migration budget of h1 (100 MiB/s out) shared by 2 migrations'
-    >>> why(fs[1], 30, fs, lambda h: 100 if h == "h1" else 0)
-    'bandwidth 30 MiB/s: its own cap, within the migration budget of h1 (100 MiB/s out) shared by 2 migrations'
-    >>> why(fs[0], 50, fs, lambda h: 50 if h == "h2" else 0)
-    'bandwidth 50 MiB/s: the migration budget of h2 (50 MiB/s in) shared by 1 migration'
+    >>> got = shares(fs, lambda h: 100 if h == "h1" else 0)
+    >>> why(fs[0], got, fs, lambda h: 100 if h == "h1" else 0)
+    'bandwidth 70 MiB/s: the migration budget of h1, 100 MiB/s out, shared by 2 migrations'
+    >>> why(fs[1], got, fs, lambda h: 100 if h == "h1" else 0)
+    'bandwidth 30 MiB/s: its own cap (the migration budget of h1, 100 MiB/s out, is shared by 2 migrations)'
+    >>> why(fs[0], {"a": 50}, fs[:1], lambda h: 50)
+    'bandwidth 50 MiB/s: the migration budgets of h1, 50 MiB/s out, and h2, 50 MiB/s in'
     """
     flows = list(flows)
-    parts = []
-    for host, direction, n in (
-        (flow.source, "out", sum(f.source == flow.source for f in flows)),
-        (flow.target, "in", sum(f.target == flow.target for f in flows)),
-    ):
-        if budget(host) > 0:
-            many = "s" if n != 1 else ""
-            parts.append(
-                f"the migration budget of {host} ({budget(host)} MiB/s {direction}) shared by {n} migration{many}"
-            )
-    text = "; ".join(parts) or "no budget"
+    share = got[flow.id]
+    ends = []
+    for host, outbound in ((flow.source, True), (flow.target, False)):
+        b = budget(host)
+        on = [f for f in flows if (f.source if outbound else f.target) == host]
+        if b > 0 and sum(got.get(f.id, 0) for f in on) >= b - len(on):  # full (whole MiB/s rounding)
+            ends.append((host, f"{b} MiB/s {'out' if outbound else 'in'}", len(on)))
+    if len(ends) == 2 and ends[0][2] == ends[1][2] == 1:
+        (h1, b1, _), (h2, b2, _) = ends
+        text = f"the migration budgets of {h1}, {b1}, and {h2}, {b2}"
+    else:
+        text = "; ".join(
+            f"the migration budget of {h}, {b}" + (f", shared by {n} migrations" if n > 1 else "") for h, b, n in ends
+        )
     if flow.cap_mibps and share >= flow.cap_mibps:
-        text = f"its own cap, within {text}"
-    return f"bandwidth {share} MiB/s: {text}"
+        text = f"its own cap ({text.replace(', shared by', ', is shared by')})" if text else "its own cap"
+    return f"bandwidth {share} MiB/s: {text or 'within every budget'}"

@@ -5,8 +5,8 @@ The engine shows it every version of every record (``seen``). A record entering 
 flow, one leaving it (finishing, rolling back, final) is gone; either recomputes the shares. The
 starting job's Migrate call carries its share (``start_share``); each running job whose share
 changed is tuned on its source's agent (TuneMigration: libvirt's migrate-setspeed) and the record
-gets the note as an action by the coordinator ("bandwidth 50 MiB/s: the migration budget of host1
-(100 MiB/s out) shared by 2 migrations"). A tune that fails is logged and tried again at the next
+gets the note as an action by the coordinator ("bandwidth 50 MiB/s: the migration budget of host1,
+100 MiB/s out, shared by 2 migrations"). A tune that fails is logged and tried again at the next
 change; one sent before the job reported progress is sent again then (the Migrate call may have
 started it at its earlier share). An operator's ``ferry migrations tune --bandwidth`` becomes the
 job's own cap. A new leader applies the shares of the jobs it finds running.
@@ -112,7 +112,7 @@ class BandwidthSharing:
         if not self._touched(f) or (share == self.applied.get(fid) and not again):
             return
         self.applied[fid] = share
-        text = why(f, share, self.flows.values(), self.budget)
+        text = why(f, self.shares, self.flows.values(), self.budget)
         if fid == starting:  # its Migrate call carries the share
             self._tell(fid, PolicyAction(ACTION, text, 0, BY))
             return

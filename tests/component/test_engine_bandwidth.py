@@ -66,11 +66,11 @@ async def test_two_jobs_out_of_a_host_share_its_budget_and_the_survivor_gets_it_
         one, two = await final(store, m1.id), await final(store, m2.id)
     assert one.phase is Phase.SUCCEEDED and two.phase is Phase.CANCELLED
     assert notes(one) == [
-        "bandwidth 100 MiB/s: the migration budget of host1 (100 MiB/s out) shared by 1 migration",
-        "bandwidth 50 MiB/s: the migration budget of host1 (100 MiB/s out) shared by 2 migrations",
-        "bandwidth 100 MiB/s: the migration budget of host1 (100 MiB/s out) shared by 1 migration",
+        "bandwidth 100 MiB/s: the migration budget of host1, 100 MiB/s out",
+        "bandwidth 50 MiB/s: the migration budget of host1, 100 MiB/s out, shared by 2 migrations",
+        "bandwidth 100 MiB/s: the migration budget of host1, 100 MiB/s out",
     ]
-    assert notes(two) == ["bandwidth 50 MiB/s: the migration budget of host1 (100 MiB/s out) shared by 2 migrations"]
+    assert notes(two) == ["bandwidth 50 MiB/s: the migration budget of host1, 100 MiB/s out, shared by 2 migrations"]
     assert all(e.action.by == "ferry-coordinator" for e in one.actions if e.action.action == "bandwidth")
 
 

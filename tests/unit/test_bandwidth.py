@@ -58,7 +58,14 @@ def test_a_note_says_which_budget_and_how_many_share_it() -> None:
     budget = {"h1": 100, "h2": 60}.get
     got = shares(flows, lambda h: budget(h) or 0)
     assert got == {"a": 30, "b": 70, "c": 30}
-    assert why(flows[0], got["a"], flows, lambda h: budget(h) or 0) == (
-        "bandwidth 30 MiB/s: the migration budget of h1 (100 MiB/s out) shared by 2 migrations; "
-        "the migration budget of h2 (60 MiB/s in) shared by 2 migrations"
+    assert why(flows[0], got, flows, lambda h: budget(h) or 0) == (
+        "bandwidth 30 MiB/s: the migration budget of h1, 100 MiB/s out, shared by 2 migrations; "
+        "the migration budget of h2, 60 MiB/s in, shared by 2 migrations"
+    )
+    # b is held by h1 alone (h3 has no budget), c by h2
+    assert why(flows[1], got, flows, lambda h: budget(h) or 0) == (
+        "bandwidth 70 MiB/s: the migration budget of h1, 100 MiB/s out, shared by 2 migrations"
+    )
+    assert why(flows[2], got, flows, lambda h: budget(h) or 0) == (
+        "bandwidth 30 MiB/s: the migration budget of h2, 60 MiB/s in, shared by 2 migrations"
     )

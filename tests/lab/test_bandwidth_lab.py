@@ -1,0 +1,97 @@
+"""Hosts' migration bandwidth budgets on real hosts (``[limits] host_bandwidth_mibps``): two
+migrations out of host1 share its budget, and libvirt on host1 says so.
+
+The module's own lab: two hosts with a budget of 40 MiB/s each (out and in), two outbound slots,
+one coordinator. Two guests whose memory holds data (a dirtier at a low rate keeps 96 MiB written,
+so a migration takes seconds at 20 MiB/s) go from host1 to host2 one after the other. What an
+operator checks is what the test checks: `virsh migrate-getspeed` on host1 while both run (20 each;
+the first one started at 40 and was tuned down), the first one alone again at 40 once the other
+ended, the records' actions saying why, and both guests on host2 on their first boot. Run with
+``-s`` to see the speeds sampled.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fleetcli import SUCCEEDED, assert_same_boot, beats, remove_guests, running_on, show, submit, wait_final, wait_until
+
+from ferry.lab import ControlPlane, Lab
+
+pytestmark = pytest.mark.lab
+
+BUDGET = 40
+
+
+@pytest.fixture(scope="module")
+def budget_lab(tmp_path_factory: pytest.TempPathFactory, lab_cache: Path) -> Iterator[Lab]:
+    home = tmp_path_factory.mktemp("bandwidth-lab")
+    the_lab = Lab(home / "lab", cache_dir=lab_cache, cli_config=home / "cli.toml")
+    try:
+        the_lab.up(
+            hosts=2,
+            install=False,
+            control_plane=ControlPlane(
+                etcd_members=1, coordinators=1, per_host_outbound=2, per_host_inbound=2, host_bandwidth_mibps=BUDGET
+            ),
+        )
+        yield the_lab
+    finally:
+        the_lab.down()
+
+
+def speed(lab: Lab, name: str) -> int | None:
+    """libvirt's migration speed of the guest's job on host1 (MiB/s); None when no job runs."""
+    info = lab.virsh("host1", "domjobinfo", name, check=False).stdout
+    if "Unbounded" not in info:
+        return None
+    out = lab.virsh("host1", "migrate-getspeed", name, check=False).stdout.strip()
+    return int(out) if out.isdigit() else None
+
+
+def test_two_migrations_out_of_a_host_share_its_budget(budget_lab: Lab) -> None:
+    lab = budget_lab
+    names = ["bw1", "bw2"]
+    try:
+        for name in names:
+            lab.guest(name, "host1", disks=("32M",), memory_mib=192, dirty_rate="2", dirty_mb=96)
+        samples: list[tuple[float, int | None, int | None]] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            t0 = time.monotonic()
+            while not done.is_set():
+                samples.append((round(time.monotonic() - t0, 1), speed(lab, "bw1"), speed(lab, "bw2")))
+                time.sleep(0.3)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        first = submit(lab, "bw1", "--copy-storage-all")
+        wait_until(lambda: speed(lab, "bw1") == BUDGET, 60, "bw1's job at the whole budget")
+        second = submit(lab, "bw2", "--copy-storage-all")
+        wait_until(
+            lambda: (speed(lab, "bw1"), speed(lab, "bw2")) == (BUDGET // 2, BUDGET // 2), 30, "both at half the budget"
+        )
+        r1, r2 = wait_final(lab, first, timeout=180), wait_final(lab, second, timeout=180)
+        done.set()
+        sampler.join()
+        print("\n  t (s)  bw1 MiB/s  bw2 MiB/s\n" + "\n".join(f"  {t:5.1f}  {a}  {b}" for t, a, b in samples))
+        assert r1["phase"] == r2["phase"] == SUCCEEDED
+        # both at half, then the one still running alone at the whole budget again
+        shared = next(i for i, (_, a, b) in enumerate(samples) if a == b == BUDGET // 2)
+        assert any((a is None and b == BUDGET) or (b is None and a == BUDGET) for _, a, b in samples[shared:]), samples
+        for r in (r1, r2):
+            notes = [a["reason"] for a in show(lab, r["id"]).get("actions", []) if a["action"] == "bandwidth"]
+            assert f"bandwidth {BUDGET // 2} MiB/s: the migration budget of host1, {BUDGET} MiB/s out, shared by 2" in (
+                " ".join(notes)
+            ), notes
+        for name in names:
+            assert running_on(lab, name) == ["host2"]
+            beats(lab, name)
+            assert_same_boot(lab, name)
+    finally:
+        remove_guests(lab, names)
