@@ -62,6 +62,7 @@ from ferry.ports import AgentClient
 from ferry.registry import HostDirectory, migrate_uri_for
 
 from .agent_client import agent_lost, transport_failure
+from .bandwidth import alone
 from .events import (
     AbortMigration,
     Action,
@@ -152,6 +153,7 @@ class Actions:
         self._monotonic = monotonic
         # the bandwidth a job starts at when hosts' budgets are shared (None: its policy's cap)
         self.start_bandwidth: Callable[[str], int | None] = lambda migration_id: None
+        self.budget: Callable[[str], int] = lambda host: 0  # hosts' budgets, for the prediction
 
     def _fenced(self, r: MigrationRecord, sink: Emit) -> Emit:
         """``sink``, except for a STALE_LEADER refusal: that goes to ``on_stale`` instead."""
@@ -235,7 +237,13 @@ class Actions:
         if load is None:
             result = PreflightResult(report.blockers)
         else:
-            prediction = predict_migration(policy, load, disk_bytes=copy_bytes(report.disks), config=self.prediction)
+            prediction = predict_migration(
+                policy,
+                load,
+                disk_bytes=copy_bytes(report.disks),
+                config=self.prediction,
+                budget_mibps=alone(self.budget, r.source_host, r.target_host),
+            )
             log.info("migration %s: prediction under policy %s: %s", r.id, policy.label, prediction.words)
             refused = refusal(policy, prediction)
             result = PreflightResult(

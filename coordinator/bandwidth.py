@@ -77,6 +77,16 @@ def shares(flows: Iterable[Flow], budget: Callable[[str], int]) -> dict[str, int
     return {f.id: max(int(rate[f.id] + 1e-9), 1) if rate[f.id] > 0 else 0 for f in flows}
 
 
+def alone(budget: Callable[[str], int], source: str, target: str) -> int:
+    """The most one job from ``source`` to ``target`` may get under their budgets (0: none).
+
+    >>> alone(lambda h: {"h1": 100, "h2": 40}.get(h, 0), "h1", "h2"), alone(lambda h: 0, "h1", "h2")
+    (40, 0)
+    """
+    limits = [b for b in (budget(source), budget(target)) if b > 0]
+    return min(limits) if limits else 0
+
+
 def why(flow: Flow, got: dict[str, int], flows: Iterable[Flow], budget: Callable[[str], int]) -> str:
     """The note that says what holds a flow at its share (``got``: every flow's share): its own cap,
     or each budget it goes through that its flows fill.

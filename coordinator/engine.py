@@ -118,6 +118,7 @@ class Engine:
         if bandwidth_budget is not None:
             self.sharing = BandwidthSharing(bandwidth_budget, self._tune_bandwidth, self._tell, self._spawn)
             actions.start_bandwidth = self.sharing.start_share
+            actions.budget = bandwidth_budget
         self._ctx = RunnerContext(
             store,
             actions,

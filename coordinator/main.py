@@ -287,6 +287,7 @@ def build_coordinator(
         policies=config.policies,
         selectors=config.policy_selectors,
         prediction=config.prediction,
+        budget=bandwidth_budget(config) or (lambda host: 0),
     )
     drains = Drains(
         store,

@@ -134,9 +134,10 @@ def copy_bytes(plans: Sequence[DiskPlan]) -> int:
 
 
 def predict_migration(
-    policy: ConvergencePolicy, load: GuestLoad, *, disk_bytes: int, config: PredictionConfig
+    policy: ConvergencePolicy, load: GuestLoad, *, disk_bytes: int, config: PredictionConfig, budget_mibps: int = 0
 ) -> Prediction:
-    """The prediction for a guest as the source measured it, under ``policy``.
+    """The prediction for a guest as the source measured it, under ``policy``, at its cap (or the
+    link), at most ``budget_mibps`` (its hosts' bandwidth budgets, ``bandwidth.alone``; 0: none).
 
     >>> load = GuestLoad(256 * MiB, samples=((1.0, 40.0 * MiB), (3.0, 21.0 * MiB)), resident_bytes=160 * MiB)
     >>> from ferry.convergence import PostcopyMode
@@ -146,7 +147,8 @@ def predict_migration(
     (False, 'post-copy', 7)
     """
     memory = load.memory_bytes
-    bandwidth = (policy.bandwidth_mibps or config.link_mibps) * MiB
+    mibps = policy.bandwidth_mibps or config.link_mibps
+    bandwidth = (min(mibps, budget_mibps) if budget_mibps > 0 else mibps) * MiB
     timeout = completion_timeout_s(policy, memory, disk_bytes)
     prediction = predict(workload_of(load, disk_bytes), bandwidth, policy_view(policy, timeout))
     if load.error and prediction.converges is None:

@@ -334,10 +334,12 @@ async def predict_for(
     disk_bytes: int,
     config: PredictionConfig,
     load: GuestLoad | None = None,
+    budget_mibps: int = 0,
 ) -> Prediction:
-    """Predict the migration under ``policy`` from ``load``, measured now when not given."""
+    """Predict the migration under ``policy`` from ``load``, measured now when not given, at most
+    at ``budget_mibps`` (its hosts' bandwidth budgets; 0: none)."""
     if load is None:
         load = await measure(hosts, source, domain.uuid, domain.memory_bytes, config)
-    prediction = predict_migration(policy, load, disk_bytes=disk_bytes, config=config)
+    prediction = predict_migration(policy, load, disk_bytes=disk_bytes, config=config, budget_mibps=budget_mibps)
     log.info("prediction for %s under policy %s: %s", domain.name, policy.label, prediction.words)
     return prediction

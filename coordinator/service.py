@@ -31,6 +31,7 @@ from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
 
 from . import convert, hoststate
+from .bandwidth import alone
 from .checks import tcg_migration_warnings
 from .config import HostDecl, derive_mapping
 from .drain_api import MAX_REASON, DrainMethods
@@ -479,6 +480,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
                     disk_bytes=disk_bytes,
                     config=self.submissions.prediction,
                     load=await self.submissions.measure(report.source_host, report.domain),
+                    budget_mibps=alone(self.submissions.budget, report.source_host, target),
                 )
                 response.prediction.CopyFrom(fconvert.prediction_to_pb(prediction))
                 refused = refusal(policy, prediction)

@@ -54,6 +54,7 @@ from ferry.paths import path_problem, syntax_problem
 from ferry.prediction import Prediction
 from ferry.store import Conflict, Put, Store
 
+from .bandwidth import alone
 from .checks import effective_storage, vm_blockers
 from .config import HostDecl, derive_mapping
 from .convert import phase_word
@@ -220,8 +221,10 @@ class Submissions:
         policies: Mapping[str, ConvergencePolicy] | None = None,
         selectors: tuple[PolicySelector, ...] = (),
         prediction: PredictionConfig = PredictionConfig(),
+        budget: Callable[[str], int] = lambda host: 0,
     ) -> None:
         self.store = store
+        self.budget = budget  # hosts' migration bandwidth budgets (``bandwidth.py``; 0: none)
         self.fleet = fleet
         self.placer = placer
         self.cordons: Mapping[str, HostCordon] = cordons if cordons is not None else {}
@@ -362,7 +365,14 @@ class Submissions:
         if load is None:
             return None
         prediction = await predict_for(
-            self.fleet, plan.source, plan.domain, policy, disk_bytes=disk_bytes, config=self.prediction, load=load
+            self.fleet,
+            plan.source,
+            plan.domain,
+            policy,
+            disk_bytes=disk_bytes,
+            config=self.prediction,
+            load=load,
+            budget_mibps=alone(self.budget, plan.source, plan.target),
         )
         refused = refusal(policy, prediction)
         if refused is not None:

@@ -239,3 +239,17 @@ def test_predict(workload, view, converges, finishes, need, seconds, words):
 def test_the_force_complete_pause_is_the_downtime():
     p = predict(BUSY, 32 * MiB, PolicyView("f", timeout_s=120, timeout_action="force-complete"))
     assert p.downtime_ms == pytest.approx(2000)  # 64 MiB at 32 MiB/s with the guest paused
+
+
+def test_a_hosts_bandwidth_budget_bounds_the_prediction():
+    """A guest dirtying 40 MiB/s converges on the 1,000 MiB/s link a policy without a cap assumes,
+    not under a host's budget of 32 MiB/s (``[limits] host_bandwidth_mibps``)."""
+    from ferry.convergence import ConvergencePolicy
+    from ferry.coordinator.policies import PredictionConfig, predict_migration
+
+    load = GuestLoad(256 * MiB, samples=((1.0, 40.0 * MiB), (3.0, 40.0 * MiB)), resident_bytes=160 * MiB)
+    policy, config = ConvergencePolicy(name="plain"), PredictionConfig(link_mibps=1000)
+    free = predict_migration(policy, load, disk_bytes=0, config=config)
+    budgeted = predict_migration(policy, load, disk_bytes=0, config=config, budget_mibps=32)
+    assert free.converges is True and budgeted.converges is False
+    assert "32 MiB/s" in budgeted.words
