@@ -67,6 +67,7 @@ from ferry.model import (
     MigrationProgress,
     MigrationResult,
     PolicyAction,
+    StorageMode,
 )
 from ferry.ports import Hypervisor
 
@@ -114,6 +115,9 @@ class Control:
     force_requested: str = ""  # who asked to force-complete
     operator_downtime_ms: int = 0  # a max downtime set by an operator (0: none)
     postcopy_started: bool = False  # an operator switched to post-copy
+    # the job copies disks: their copy keeps the speed it started at (libvirt refuses to change
+    # it while the migration runs); a bandwidth tune changes the memory's only
+    copies_disks: bool = False
 
 
 Event = MigrationProgress | PolicyAction | MigrationResult
@@ -220,6 +224,7 @@ class MigrationDriver:
         if policy is None:
             policy = policy_from_options(req.options, base=self._policy.defaults)
         opts = migrate_options(policy, req.options)
+        control.copies_disks = opts.storage is not StorageMode.SHARED and not opts.offline
         timeout = completion_timeout_s(policy, domain.memory_bytes, req.disk_bytes)
         interval = req.progress_interval_s or self._policy.progress_interval_s
         started = self._clock()

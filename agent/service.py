@@ -337,7 +337,14 @@ class AgentServicer(agrpc.AgentServicer):
             done.append(f"max downtime {max_downtime_ms} ms")
         if bandwidth_mibps is not None:
             await self.hypervisor.set_bandwidth(uuid, bandwidth_mibps)
-            done.append(f"bandwidth {bandwidth_mibps} MiB/s")
+            done.append(
+                f"bandwidth {bandwidth_mibps} MiB/s"
+                + (
+                    " (the memory's: a disk copy keeps the speed it started at, libvirt cannot change it)"
+                    if control is not None and control.copies_disks
+                    else ""
+                )
+            )
         if request.start_postcopy:
             await self.hypervisor.start_postcopy(uuid)
             if control is not None:

@@ -294,6 +294,19 @@ def jobinfo_number(info: Mapping[str, str], field: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
+_SIZE_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+
+def jobinfo_bytes(info: Mapping[str, str], field: str) -> int:
+    """A size field of :func:`parse_domjobinfo`'s result in bytes (0 when absent).
+
+    >>> jobinfo_bytes({"Data processed": "320.500 MiB"}, "Data processed"), jobinfo_bytes({}, "Data processed")
+    (336068608, 0)
+    """
+    found = re.match(r"(\d+(?:\.\d+)?)\s*([KMGT]?i?B)\b", info.get(field, ""))
+    return int(float(found.group(1)) * _SIZE_UNITS.get(found.group(2), 1)) if found else 0
+
+
 def holding_spans(changes: Sequence[tuple[float, bool]]) -> list[tuple[float, float]]:
     """The spans during which something was held, from time-ordered ``(at, holds)`` changes (a
     record's history: each phase holds a migration slot or not). A span still open at the end

@@ -116,7 +116,13 @@ class Engine:
         # hosts' migration bandwidth budgets shared by their running jobs (none configured: off)
         self.sharing: BandwidthSharing | None = None
         if bandwidth_budget is not None:
-            self.sharing = BandwidthSharing(bandwidth_budget, self._tune_bandwidth, self._tell, self._spawn)
+            self.sharing = BandwidthSharing(
+                bandwidth_budget,
+                (limits.per_host_outbound, limits.per_host_inbound),
+                self._tune_bandwidth,
+                self._tell,
+                self._spawn,
+            )
             actions.start_bandwidth = self.sharing.start_share
             actions.budget = bandwidth_budget
         self._ctx = RunnerContext(

@@ -24,7 +24,7 @@ from typing import Any
 from ferry.errors import FerryError
 from ferry.model import PolicyAction
 
-from .bandwidth import Flow, shares, why
+from .bandwidth import Flow, fixed_share, shares, why
 from .phases import Phase
 from .record import MigrationRecord
 
@@ -56,11 +56,13 @@ class BandwidthSharing:
     def __init__(
         self,
         budget: Callable[[str], int],
+        slots: tuple[int, int],
         tune: Callable[[MigrationRecord, int], Coroutine[Any, Any, object]],
         tell: Callable[[str, PolicyAction], None],
         spawn: Callable[[Coroutine[Any, Any, None], str], None],
     ) -> None:
         self.budget = budget  # a host's budget in MiB/s, 0: none
+        self.slots = slots  # (per_host_outbound, per_host_inbound): a disk copy's fixed share
         self._tune = tune  # TuneMigration(bandwidth) on the record's source
         self._tell = tell  # the note to the record's runner
         self._spawn = spawn
@@ -82,7 +84,7 @@ class BandwidthSharing:
             self._share(starting=None)
             return
         self.records[new.id] = new
-        flow = Flow(new.id, new.source_host, new.target_host, own_cap(new))
+        flow = self._flow(new)
         if was and flow == self.flows[new.id]:
             if new.id in self._early and new.progress is not None:
                 # tuned before its job ran: the Migrate call may have set its start share after
@@ -94,6 +96,13 @@ class BandwidthSharing:
         # found running (a new leader's list, the watch) is tuned like the others
         entering = not was and old is not None and old.phase is not Phase.MIGRATING
         self._share(starting=new.id if entering else None)
+
+    def _flow(self, r: MigrationRecord) -> Flow:
+        cap = own_cap(r)
+        if r.copied_disks and (self.budget(r.source_host) > 0 or self.budget(r.target_host) > 0):
+            fixed = fixed_share(self.budget, r.source_host, r.target_host, cap, self.slots)
+            return Flow(r.id, r.source_host, r.target_host, fixed, fixed=True)
+        return Flow(r.id, r.source_host, r.target_host, cap)
 
     def start_share(self, migration_id: str) -> int | None:
         """The bandwidth to start this job at; None: no budget touches it (its policy's cap)."""
@@ -112,8 +121,8 @@ class BandwidthSharing:
         if not self._touched(f) or (share == self.applied.get(fid) and not again):
             return
         self.applied[fid] = share
-        text = why(f, self.shares, self.flows.values(), self.budget)
-        if fid == starting:  # its Migrate call carries the share
+        text = why(f, self.shares, self.flows.values(), self.budget, self.slots)
+        if fid == starting or f.fixed:  # its Migrate call carries the share (a fixed one keeps it)
             self._tell(fid, PolicyAction(ACTION, text, 0, BY))
             return
         r = self.records[fid]

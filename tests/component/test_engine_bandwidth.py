@@ -2,7 +2,8 @@
 over real agent gRPC servers on fakes: a second job out of a host with a budget halves the first
 one's bandwidth (TuneMigration on its source) and starts at its half; when one ends the other gets
 the whole budget back; each record says why its bandwidth changed; an operator's tune is the job's
-own cap from then on."""
+own cap from then on. Jobs that copy disks start at the budget over the slots and keep it (libvirt
+cannot re-tune a disk copy)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ from ferry.coordinator.live import LiveOps, LiveRequest
 from ferry.coordinator.phases import Phase
 from ferry.coordinator.record import MigrationRecord
 from ferry.coordinator.slots import Limits
+from ferry.model import MigrationOptions
 from ferry.testing.fake_hypervisor import MiB
 from ferry.testing.fleet import Fleet, FleetDirectory, start_fleet
 from ferry.testing.memory_store import MemoryStore
 
 TWO_OUT = Limits(per_host_outbound=2, per_host_inbound=2, cluster=5)
+SHARED = MigrationOptions()  # the disks on shared storage: nothing copied
 
 
 @pytest.fixture
@@ -43,7 +46,7 @@ def notes(r: MigrationRecord) -> list[str]:
 
 async def test_two_jobs_out_of_a_host_share_its_budget_and_the_survivor_gets_it_back(store, fleet):
     hv = fleet["host1"].hv
-    g1, g2 = fleet.add_guest("host1", "g1"), fleet.add_guest("host1", "g2")
+    g1, g2 = fleet.add_guest("host1", "g1", local_disk=False), fleet.add_guest("host1", "g2", local_disk=False)
 
     def speed(uuid: str) -> int:
         job = hv.jobs.get(uuid)
@@ -54,9 +57,9 @@ async def test_two_jobs_out_of_a_host_share_its_budget_and_the_survivor_gets_it_
     async with engine(
         store, FleetDirectory(fleet), TWO_OUT, timeouts=SLOW, bandwidth_budget=lambda h: budget.get(h, 0)
     ):
-        m1 = await submit(store, fleet, "g1", "host1", "host2")
+        m1 = await submit(store, fleet, "g1", "host1", "host2", options=SHARED)
         await until(lambda: speed(g1) == 100)  # alone: the whole budget
-        m2 = await submit(store, fleet, "g2", "host1", "host3")
+        m2 = await submit(store, fleet, "g2", "host1", "host3", options=SHARED)
         await until(lambda: speed(g2) == 50)  # started at its half
         await until(lambda: speed(g1) == 50)  # the first one tuned down
         assert hv.calls.count("set_bandwidth") == 1
@@ -74,9 +77,37 @@ async def test_two_jobs_out_of_a_host_share_its_budget_and_the_survivor_gets_it_
     assert all(e.action.by == "ferry-coordinator" for e in one.actions if e.action.action == "bandwidth")
 
 
+async def test_jobs_that_copy_disks_start_at_the_budget_over_the_slots_and_keep_it(store, fleet):
+    hv = fleet["host1"].hv
+    g1, g2 = fleet.add_guest("host1", "g1"), fleet.add_guest("host1", "g2")  # local disks: copied
+
+    def speed(uuid: str) -> int:
+        job = hv.jobs.get(uuid)
+        return job.bandwidth_bps // MiB if job is not None else -1
+
+    hv.hold()
+    async with engine(
+        store, FleetDirectory(fleet), TWO_OUT, timeouts=SLOW, bandwidth_budget=lambda h: 100 if h == "host1" else 0
+    ):
+        m1 = await submit(store, fleet, "g1", "host1", "host2")
+        await until(lambda: speed(g1) == 50)  # alone, yet its disk copy could not be slowed later
+        m2 = await submit(store, fleet, "g2", "host1", "host3")
+        await until(lambda: speed(g2) == 50)
+        await request_cancel(store, m2.id)
+        await wait_for(store, m2.id, lambda r: r.phase is not Phase.MIGRATING)
+        assert speed(g1) == 50 and "set_bandwidth" not in hv.calls  # never re-tuned
+        hv.release()
+        one = await final(store, m1.id)
+    assert one.phase is Phase.SUCCEEDED
+    assert notes(one) == [
+        "bandwidth 50 MiB/s for the whole job: it copies disks (libvirt sets their speed once); "
+        "host1 has 100 MiB/s out for 2 slots"
+    ]
+
+
 async def test_an_operators_tune_is_the_jobs_own_cap_within_the_budget(store, fleet):
     hv = fleet["host1"].hv
-    g1, g2 = fleet.add_guest("host1", "g1"), fleet.add_guest("host1", "g2")
+    g1, g2 = fleet.add_guest("host1", "g1", local_disk=False), fleet.add_guest("host1", "g2", local_disk=False)
 
     def speed(uuid: str) -> int:
         job = hv.jobs.get(uuid)
@@ -85,12 +116,12 @@ async def test_an_operators_tune_is_the_jobs_own_cap_within_the_budget(store, fl
     hv.hold()
     hosts = FleetDirectory(fleet)
     async with engine(store, hosts, TWO_OUT, timeouts=SLOW, bandwidth_budget=lambda h: 100 if h == "host1" else 0):
-        m1 = await submit(store, fleet, "g1", "host1", "host2")
+        m1 = await submit(store, fleet, "g1", "host1", "host2", options=SHARED)
         await until(lambda: speed(g1) == 100)
         await wait_for(store, m1.id, lambda r: bool(notes(r)))
         await LiveOps(store, hosts, now).control(m1.id, LiveRequest(bandwidth_mibps=20), requested_by="alice")
         assert speed(g1) == 20
-        await submit(store, fleet, "g2", "host1", "host3")
+        await submit(store, fleet, "g2", "host1", "host3", options=SHARED)
         await until(lambda: speed(g2) == 80)  # g1 keeps its 20: the rest is g2's
         assert speed(g1) == 20
         hv.release()

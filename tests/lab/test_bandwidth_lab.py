@@ -2,12 +2,13 @@
 migrations out of host1 share its budget, and libvirt on host1 says so.
 
 The module's own lab: two hosts with a budget of 40 MiB/s each (out and in), two outbound slots,
-one coordinator. Two guests whose memory holds data (a dirtier at a low rate keeps 96 MiB written,
-so a migration takes seconds at 20 MiB/s) go from host1 to host2 one after the other. What an
-operator checks is what the test checks: `virsh migrate-getspeed` on host1 while both run (20 each;
-the first one started at 40 and was tuned down), the first one alone again at 40 once the other
-ended, the records' actions saying why, and both guests on host2 on their first boot. Run with
-``-s`` to see the speeds sampled.
+one coordinator. Two guests on the lab's shared storage whose memory holds data (a dirtier at a low
+rate keeps 96 MiB written, so a migration takes seconds at 20 MiB/s) go from host1 to host2 one
+after the other. What an operator checks is what the test checks: `virsh migrate-getspeed` on host1
+while both run (20 each; the first one started at 40 and was tuned down), the first one alone again
+at 40 once the other ended, the records' actions saying why, and both guests on host2 on their
+first boot. A guest whose disk is copied starts at 40 / 2 slots even alone and keeps it (libvirt
+cannot re-tune a disk copy). Run with ``-s`` to see the speeds sampled.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def test_two_migrations_out_of_a_host_share_its_budget(budget_lab: Lab) -> None:
     names = ["bw1", "bw2"]
     try:
         for name in names:
-            lab.guest(name, "host1", disks=("32M",), memory_mib=192, dirty_rate="2", dirty_mb=96)
+            lab.guest(name, "host1", disks=("32M",), shared=True, memory_mib=192, dirty_rate="2", dirty_mb=96)
         samples: list[tuple[float, int | None, int | None]] = []
         done = threading.Event()
 
@@ -70,15 +71,20 @@ def test_two_migrations_out_of_a_host_share_its_budget(budget_lab: Lab) -> None:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        first = submit(lab, "bw1", "--copy-storage-all")
-        wait_until(lambda: speed(lab, "bw1") == BUDGET, 60, "bw1's job at the whole budget")
-        second = submit(lab, "bw2", "--copy-storage-all")
-        wait_until(
-            lambda: (speed(lab, "bw1"), speed(lab, "bw2")) == (BUDGET // 2, BUDGET // 2), 30, "both at half the budget"
-        )
-        r1, r2 = wait_final(lab, first, timeout=180), wait_final(lab, second, timeout=180)
-        done.set()
-        sampler.join()
+        try:
+            first = submit(lab, "bw1", "--unsafe")
+            wait_until(lambda: speed(lab, "bw1") == BUDGET, 60, "bw1's job at the whole budget")
+            time.sleep(1.5)  # a head start (~60 MiB): bw1 ends first, and bw2 then runs alone a while
+            second = submit(lab, "bw2", "--unsafe")
+            wait_until(
+                lambda: (speed(lab, "bw1"), speed(lab, "bw2")) == (BUDGET // 2, BUDGET // 2),
+                30,
+                "both at half the budget",
+            )
+            r1, r2 = wait_final(lab, first, timeout=180), wait_final(lab, second, timeout=180)
+        finally:
+            done.set()
+            sampler.join()
         print("\n  t (s)  bw1 MiB/s  bw2 MiB/s\n" + "\n".join(f"  {t:5.1f}  {a}  {b}" for t, a, b in samples))
         assert r1["phase"] == r2["phase"] == SUCCEEDED
         # both at half, then the one still running alone at the whole budget again
@@ -95,3 +101,31 @@ def test_two_migrations_out_of_a_host_share_its_budget(budget_lab: Lab) -> None:
             assert_same_boot(lab, name)
     finally:
         remove_guests(lab, names)
+
+
+def test_a_migration_that_copies_disks_starts_at_the_budget_over_the_slots_and_keeps_it(budget_lab: Lab) -> None:
+    lab = budget_lab
+    try:
+        lab.guest("bw3", "host1", disks=("64M",), memory_mib=128)  # host-local: copied
+        mid = submit(lab, "bw3", "--copy-storage-all")
+        seen: set[int] = set()
+
+        def running() -> bool:
+            s = speed(lab, "bw3")
+            if s is not None:
+                seen.add(s)
+            return show(lab, mid)["phase"] in ("finishing", SUCCEEDED, "failed", "rolled_back")
+
+        wait_until(running, 120, "bw3's migration to end")
+        r = wait_final(lab, mid, timeout=60)
+        assert r["phase"] == SUCCEEDED
+        assert BUDGET // 2 in seen and BUDGET not in seen, seen  # alone, yet never the whole budget
+        notes = [a["reason"] for a in show(lab, mid).get("actions", []) if a["action"] == "bandwidth"]
+        assert notes == [
+            f"bandwidth {BUDGET // 2} MiB/s for the whole job: it copies disks (libvirt sets their speed once); "
+            f"host1 has {BUDGET} MiB/s out for 2 slots and host2 has {BUDGET} MiB/s in for 2 slots"
+        ], notes
+        assert running_on(lab, "bw3") == ["host2"]
+        assert_same_boot(lab, "bw3")
+    finally:
+        remove_guests(lab, ["bw3"])

@@ -200,3 +200,10 @@ def test_the_scale_bench_examples_run() -> None:
     import scale_bench as sb
 
     assert doctest.testmod(sb).failed == 0
+
+
+def test_the_bytes_a_completed_job_moved():
+    info = b.parse_domjobinfo(COMPLETED)
+    assert b.jobinfo_bytes(info, "Data processed") == int(140.213 * (1 << 20))
+    assert b.jobinfo_bytes(info, "Memory remaining") == 0
+    assert b.jobinfo_bytes(info, "File processed") == 0  # absent: no disk was copied

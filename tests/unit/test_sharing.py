@@ -30,7 +30,7 @@ class Harness:
         self.told: list[tuple[str, str]] = []
         self.failing = False
         self.tasks: list[asyncio.Task[None]] = []
-        self.s = BandwidthSharing(lambda h: budget.get(h, 0), self.tune, self.tell, self.spawn)
+        self.s = BandwidthSharing(lambda h: budget.get(h, 0), (2, 2), self.tune, self.tell, self.spawn)
 
     async def tune(self, r: MigrationRecord, mibps: int) -> object:
         if self.failing:
