@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from ferry.coordinator.bandwidth import Flow, shares, why
+from ferry.coordinator.bandwidth import Flow, fixed_share, shares, why
 
 
 def random_case(rng: random.Random) -> tuple[list[Flow], dict[str, int]]:
@@ -17,7 +17,10 @@ def random_case(rng: random.Random) -> tuple[list[Flow], dict[str, int]]:
     flows = []
     for i in range(rng.randint(0, 12)):
         s, t = rng.sample(hosts, 2)
-        flows.append(Flow(f"m{i}", s, t, cap_mibps=rng.choice([0, 0, 0, 16, 32, 64, 500])))
+        if rng.random() < 0.25 and (budgets[s] or budgets[t]):  # copies disks: the budget over 2 slots, kept
+            flows.append(Flow(f"m{i}", s, t, fixed_share(budgets.__getitem__, s, t, 0, (2, 2)), fixed=True))
+        else:
+            flows.append(Flow(f"m{i}", s, t, cap_mibps=rng.choice([0, 0, 0, 16, 32, 64, 500])))
     return flows, budgets
 
 
@@ -33,8 +36,15 @@ def test_shares_keep_every_budget_and_cap_and_are_max_min_fair(seed: int) -> Non
                 if budgets[host]:
                     links.setdefault((host, out), []).append(f)
         for (host, _), on in links.items():
-            assert sum(got[f.id] for f in on) <= budgets[host], (host, on, got)
+            fixed = sum(f.cap_mibps for f in on if f.fixed)
+            others = [f for f in on if not f.fixed]
+            # what the fixed flows leave is shared; a flow starved elsewhere still gets 1 MiB/s (0 is
+            # "no cap" to libvirt): at most 1 MiB/s over per flow
+            assert sum(got[f.id] for f in others) <= max(budgets[host] - fixed, 0) + len(others), (host, on, got)
         for f in flows:
+            if f.fixed:
+                assert got[f.id] == f.cap_mibps  # never re-tuned
+                continue
             limited = f.cap_mibps or (f.source, True) in links or (f.target, False) in links
             if not limited:
                 assert got[f.id] == 0  # nothing caps it: QEMU's default
@@ -47,7 +57,7 @@ def test_shares_keep_every_budget_and_cap_and_are_max_min_fair(seed: int) -> Non
             held = any(
                 f in on
                 and sum(got[g.id] for g in on) >= budgets[host] - len(on)
-                and got[f.id] >= max(got[g.id] for g in on) - 1
+                and got[f.id] >= max(got[g.id] for g in on if not g.fixed) - 1
                 for (host, _), on in links.items()
             )
             assert at_cap or held, (f, got, budgets)
