@@ -203,15 +203,8 @@ def _filters(*, for_list: bool) -> argparse.ArgumentParser:
     return p
 
 
-def _add_migration_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("vm", help="VM name or UUID")
-    p.add_argument(
-        "--to", metavar="HOST", help="target host. Default: the best feasible host (placement; the record says why)"
-    )
-    g = p.add_argument_group("migration flags (named as in virsh migrate)")
-    g.add_argument(
-        "--offline", action="store_true", help="migrate the definition only (the VM is not running). Default: live"
-    )
+def _add_job_flags(g: argparse._ArgumentGroup) -> None:
+    """The flags of each migration job, for `ferry migrate` and `ferry drain` alike."""
     g.add_argument("--copy-storage-all", action="store_true", help="copy every local disk to the target")
     g.add_argument(
         "--copy-storage-inc",
@@ -222,23 +215,6 @@ def _add_migration_flags(p: argparse.ArgumentParser) -> None:
         "--shared-storage",
         action="store_true",
         help="the disks are on shared storage; copy none. Default: decided from the inventory (local disks are copied)",
-    )
-    g.add_argument(
-        "--migrate-disks",
-        metavar="vda,vdb",
-        help="copy only these disks (guest device names, comma-separated). Default: every writable local disk",
-    )
-    g.add_argument(
-        "--persistent",
-        action="store_true",
-        help="define the VM on the target; named alone (as in virsh) the source keeps its definition. "
-        "Default: without --persistent and --undefinesource both happen",
-    )
-    g.add_argument(
-        "--undefinesource",
-        action="store_true",
-        help="undefine the VM on the source; named alone (as in virsh) the target's domain is transient. "
-        "Default: see --persistent",
     )
     g.add_argument(
         "--bandwidth",
@@ -273,6 +249,36 @@ def _add_migration_flags(p: argparse.ArgumentParser) -> None:
         help="abort the migration when it takes longer, in seconds. "
         "Default: 0 = 800 s per GiB of memory and copied disk, at least 120 s",
     )
+
+
+def _add_migration_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("vm", help="VM name or UUID")
+    p.add_argument(
+        "--to", metavar="HOST", help="target host. Default: the best feasible host (placement; the record says why)"
+    )
+    g = p.add_argument_group("migration flags (named as in virsh migrate)")
+    g.add_argument(
+        "--offline", action="store_true", help="migrate the definition only (the VM is not running). Default: live"
+    )
+    _add_job_flags(g)
+    g.add_argument(
+        "--migrate-disks",
+        metavar="vda,vdb",
+        help="copy only these disks (guest device names, comma-separated). Default: every writable local disk",
+    )
+    g.add_argument(
+        "--persistent",
+        action="store_true",
+        help="define the VM on the target; named alone (as in virsh) the source keeps its definition. "
+        "Default: without --persistent and --undefinesource both happen",
+    )
+    g.add_argument(
+        "--undefinesource",
+        action="store_true",
+        help="undefine the VM on the source; named alone (as in virsh) the target's domain is transient. "
+        "Default: see --persistent",
+    )
+
     g.add_argument(
         "--map-bridge",
         action="append",
@@ -402,6 +408,7 @@ def parser() -> argparse.ArgumentParser:
         "Default: the coordinator's selector rules, per VM",
     )
     dr.add_argument("--reason", default="", help="why (the cordon's reason). Default: none")
+    _add_job_flags(dr.add_argument_group("flags of every migration (named as in virsh migrate)"))
     dr.add_argument(
         "--dry-run", action="store_true", help="print the plan (VM -> target, estimated time); touch nothing"
     )

@@ -101,6 +101,13 @@ def build_options(a: argparse.Namespace) -> tpb.MigrationOptions:
     )
 
 
+def drain_options(a: argparse.Namespace) -> tpb.MigrationOptions:
+    """`ferry drain`'s flags of every migration: live, the definition moving with each VM, every
+    writable local disk copied unless a storage flag says otherwise (those are per VM: not here)."""
+    per_vm = {"offline": False, "migrate_disks": None, "persistent": False, "undefinesource": False}
+    return build_options(argparse.Namespace(**{**vars(a), **per_vm}))
+
+
 def build_mapping(a: argparse.Namespace) -> tpb.HostMapping:
     return tpb.HostMapping(
         bridges=_pairs(a.map_bridge, "--map-bridge"),
@@ -374,7 +381,7 @@ class Cli:
             policy=self.a.policy,
             reason=self.a.reason,
             dry_run=self.a.dry_run,
-            options=tpb.MigrationOptions(),  # the zero values: live, the definition moves with the VM
+            options=drain_options(self.a),
         )
         d = await self.stub.SubmitDrain(req, timeout=self.timeout)
         if self.a.dry_run:
@@ -570,6 +577,8 @@ async def run(argv: Sequence[str] | None = None) -> int:
         if args.command in ("migrate", "preflight"):
             build_options(args)  # a contradictory command line is a usage error before anything else
             build_mapping(args)
+        if args.command == "drain":
+            drain_options(args)
         addresses = coordinator_addresses(args.coordinator)
         tls = client_tls(args.ca, args.cert, args.key, insecure=args.insecure)
         retries = RETRIES_ACROSS_REPLICAS if len(addresses) > 1 else 0

@@ -421,6 +421,24 @@ async def test_a_drains_migrations_run_under_its_policy(fx, capsys):
     assert all(r.policy is not None for r in records)
 
 
+async def test_a_drains_flags_go_to_every_migration(fx, capsys):
+    from ferry.coordinator.record import decode
+    from ferry.model import StorageMode
+
+    for n in ("f1", "f2"):
+        fx.guest("host1", n)
+    code, d = await fx.ferry(capsys, "drain", "host1", "--bandwidth", "48", "--unsafe", "--copy-storage-all")
+    assert code == 0 and d["state"] == "succeeded", d
+    entries, _ = await fx.store.list(keys.MIGRATIONS)
+    records = [decode(e.value, e.mod_revision) for e in entries]
+    assert len(records) == 2
+    for r in records:
+        assert (r.options.bandwidth_mibps, r.options.unsafe, r.options.storage) == (48, True, StorageMode.COPY_ALL)
+        assert r.policy is not None and r.policy.bandwidth_mibps == 48  # the flags on top of the default
+    code, out = await fx.ferry(capsys, "drain", "host1", "--postcopy-on-stall")
+    assert code == 64 and out["error"]["reason"] == "USAGE"  # needs --postcopy, as for ferry migrate
+
+
 async def test_a_drain_naming_an_unknown_policy_is_refused_before_anything_moves(fx, capsys):
     fx.guest("host1", "a")
     code, out = await fx.ferry(capsys, "drain", "host1", "--policy", "nope")
