@@ -84,7 +84,8 @@ class BandwidthSharing:
             self._share(starting=None)
             return
         self.records[new.id] = new
-        flow = self._flow(new)
+        # a job that copies disks keeps the speed it started at, whatever is tuned later (its copy's)
+        flow = self.flows[new.id] if was and self.flows[new.id].fixed else self._flow(new)
         if was and flow == self.flows[new.id]:
             if new.id in self._early and new.progress is not None:
                 # tuned before its job ran: the Migrate call may have set its start share after

@@ -109,3 +109,19 @@ async def test_hosts_without_a_budget_are_left_alone() -> None:
     h.s.seen(None, a)
     await h.settle()
     assert h.tuned == [] and h.told == [] and h.s.start_share("a") is None
+
+
+async def test_a_job_that_copies_disks_keeps_its_start_speed_whatever_is_tuned_later() -> None:
+    from ferry.coordinator.record import ActionEntry
+    from ferry.model import DiskPlan
+
+    h = Harness({"h1": 100})
+    c0 = replace(rec("c", Phase.PREPARING), disks=(DiskPlan("vda", "/i/c.qcow2", copy=True),))
+    h.s.seen(None, c0)
+    c1 = replace(c0, phase=Phase.MIGRATING)
+    h.s.seen(c0, c1)
+    assert h.s.start_share("c") == 50  # 100 over 2 slots, though alone
+    tuned = PolicyAction("tune", "tune by alice: bandwidth 20 MiB/s (libvirt reads ...)", 0, "alice")
+    h.s.seen(c1, replace(progressed(c1), actions=(ActionEntry(T0, tuned),)))
+    await h.settle()
+    assert h.tuned == [] and h.s.flows["c"].cap_mibps == 50 and [m for m, _ in h.told] == ["c"]
