@@ -187,6 +187,11 @@ class Coordinator:
     def is_leader(self) -> bool:
         return self.election.is_leader()
 
+    def leader_bandwidth(self) -> dict[tuple[str, str], int] | None:
+        """What the leader's engine set for the jobs running through hosts with a bandwidth budget."""
+        sharing = getattr(self.engine, "sharing", None) if self.engine is not None else None
+        return sharing.use() if sharing is not None else None
+
     def leader_records(self) -> list[MigrationRecord] | None:
         """The leader's engine's view of the records (None when this replica does not lead)."""
         engine = self.engine
@@ -363,6 +368,8 @@ async def serve(config: CoordinatorConfig) -> None:
         records=coordinator.leader_records,
         hosts=lambda: coordinator.fleet.available_hosts() | set(config.hosts),
         leader=coordinator.is_leader,
+        budget=bandwidth_budget(config) or (lambda host: 0),
+        bandwidth_used=coordinator.leader_bandwidth,
     )
     exporter = MetricsServer(registry)
     stop = asyncio.Event()

@@ -23,7 +23,10 @@ Read from the leader's view of the records at scrape time (absent on the other r
   target (inbound) host: a queued record counts once on each;
 - ``ferry_host_slots_used{host, direction}`` and ``ferry_host_slots_limit{direction}``: records
   holding a migration slot, per host, and the per-host limits;
-- ``ferry_cluster_slots_used`` and ``ferry_cluster_slots_limit``.
+- ``ferry_cluster_slots_used`` and ``ferry_cluster_slots_limit``;
+- ``ferry_host_bandwidth_budget_mibps{host}`` (hosts with a migration bandwidth budget) and
+  ``ferry_host_bandwidth_used_mibps{host, direction}``: what the leader set for the jobs running
+  through them (``sharing.py``).
 
 Every replica: ``ferry_coordinator_leader``: 1 on the replica that leads.
 """
@@ -31,7 +34,7 @@ Every replica: ``ferry_coordinator_leader``: 1 on the replica that leads.
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -123,6 +126,8 @@ class CoordinatorMetrics(Collector):
         self._records: Callable[[], Collection[MigrationRecord] | None] = lambda: None
         self._hosts: Callable[[], Collection[str]] = lambda: ()
         self._leader: Callable[[], bool] = lambda: False
+        self._budget: Callable[[str], int] = lambda host: 0
+        self._bandwidth_used: Callable[[], Mapping[tuple[str, str], int] | None] = lambda: None
         self.started = Counter(
             "ferry_migrations_started", "Migrations admitted for the first time", ["policy"], registry=registry
         )
@@ -160,10 +165,14 @@ class CoordinatorMetrics(Collector):
         records: Callable[[], Collection[MigrationRecord] | None],
         hosts: Callable[[], Collection[str]],
         leader: Callable[[], bool],
+        budget: Callable[[str], int] = lambda host: 0,
+        bandwidth_used: Callable[[], Mapping[tuple[str, str], int] | None] = lambda: None,
     ) -> None:
         """Where to read the leader's records (None while not leading), the known hosts, and
-        whether this replica leads, at scrape time."""
+        whether this replica leads, at scrape time; the hosts' bandwidth budgets and what the
+        leader's jobs use of them."""
         self._records, self._hosts, self._leader = records, hosts, leader
+        self._budget, self._bandwidth_used = budget, bandwidth_used
 
     # -- RecordObserver -----------------------------------------------------------------------------
 
@@ -234,3 +243,19 @@ class CoordinatorMetrics(Collector):
         cluster_limit = GaugeMetricFamily("ferry_cluster_slots_limit", "Concurrent migrations allowed in the cluster")
         cluster_limit.add_metric([], self.limits.cluster)
         yield from (in_flight, queued, host_queued, slots, ahead, limit, cluster, cluster_limit)
+        budgeted = [h for h in hosts if self._budget(h) > 0]
+        if budgeted:
+            budget = GaugeMetricFamily(
+                "ferry_host_bandwidth_budget_mibps", "A host's migration bandwidth budget, each way", labels=["host"]
+            )
+            used_now = self._bandwidth_used() or {}
+            used = GaugeMetricFamily(
+                "ferry_host_bandwidth_used_mibps",
+                "Bandwidth set for the migrations running through a host with a budget",
+                labels=["host", "direction"],
+            )
+            for host in budgeted:
+                budget.add_metric([host], self._budget(host))
+                for direction in DIRECTIONS:
+                    used.add_metric([host, direction], used_now.get((host, direction), 0))
+            yield from (budget, used)

@@ -105,6 +105,16 @@ class BandwidthSharing:
             return Flow(r.id, r.source_host, r.target_host, fixed, fixed=True)
         return Flow(r.id, r.source_host, r.target_host, cap)
 
+    def use(self) -> dict[tuple[str, str], int]:
+        """MiB/s set for the running jobs through each host with a budget, by (host, direction)."""
+        used: dict[tuple[str, str], int] = {}
+        for fid, f in self.flows.items():
+            share = self.applied.get(fid, 0)
+            for host, direction in ((f.source, "outbound"), (f.target, "inbound")):
+                if self.budget(host) > 0:
+                    used[(host, direction)] = used.get((host, direction), 0) + share
+        return used
+
     def start_share(self, migration_id: str) -> int | None:
         """The bandwidth to start this job at; None: no budget touches it (its policy's cap)."""
         return self.applied.get(migration_id)

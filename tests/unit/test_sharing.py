@@ -125,3 +125,29 @@ async def test_a_job_that_copies_disks_keeps_its_start_speed_whatever_is_tuned_l
     h.s.seen(c1, replace(progressed(c1), actions=(ActionEntry(T0, tuned),)))
     await h.settle()
     assert h.tuned == [] and h.s.flows["c"].cap_mibps == 50 and [m for m, _ in h.told] == ["c"]
+
+
+async def test_the_use_of_each_budget_is_what_was_set_and_the_metrics_show_it() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from ferry.coordinator.metrics import CoordinatorMetrics
+    from ferry.coordinator.slots import Limits
+
+    h = Harness({"h1": 100})
+    for mid, target in (("a", "h2"), ("b", "h3")):
+        h.s.seen(None, progressed(rec(mid, target=target)))
+    await h.settle()
+    assert h.s.use() == {("h1", "outbound"): 100}  # 50 + 50; h2 and h3 have no budget
+    registry = CollectorRegistry()
+    metrics = CoordinatorMetrics(registry, Limits())
+    metrics.watch(
+        records=lambda: [],
+        hosts=lambda: ["h1", "h2"],
+        leader=lambda: True,
+        budget=lambda host: 100 if host == "h1" else 0,
+        bandwidth_used=h.s.use,
+    )
+    assert registry.get_sample_value("ferry_host_bandwidth_budget_mibps", {"host": "h1"}) == 100
+    assert registry.get_sample_value("ferry_host_bandwidth_used_mibps", {"host": "h1", "direction": "outbound"}) == 100
+    assert registry.get_sample_value("ferry_host_bandwidth_used_mibps", {"host": "h1", "direction": "inbound"}) == 0
+    assert registry.get_sample_value("ferry_host_bandwidth_budget_mibps", {"host": "h2"}) is None
