@@ -50,11 +50,10 @@ from queue import Empty, Queue
 from types import FrameType
 
 from benchlib import jobinfo_bytes, load_line, markdown_table, median, parse_domjobinfo, spread
+from drain_bench import Bench as DrainBench
 
 from ferry.lab import ControlPlane, Lab
-from ferry.lab.controlplane import lab_cli_config
 
-FERRY = Path(sys.executable).parent / "ferry"
 FINAL = ("succeeded", "failed", "cancelled", "rolled_back")
 MiB = 1 << 20
 
@@ -76,28 +75,13 @@ class Sample:
         return self.moved_bytes / (self.budget_mibps * MiB)
 
 
-class Bench:
-    def __init__(self, lab: Lab, guests: dict[str, int], budget: int) -> None:
-        self.lab = lab
-        self.guests = guests  # name -> its size's rank (larger first)
-        self.budget = budget
+class Bench(DrainBench):
+    """``ferry`` as drain_bench runs it (the lab's CLI config, JSON out), on this bench's guests."""
 
-    def ferry(self, *args: str, timeout: float = 900) -> dict:
-        env = {k: v for k, v in os.environ.items() if k != "FERRY_COORDINATOR"}
-        env["FERRY_CONFIG"] = str(lab_cli_config(self.lab.paths))
-        done = subprocess.run(
-            [str(FERRY), "--output", "json", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            timeout=timeout,
-            check=False,
-        )
-        try:
-            return dict(json.loads(done.stdout)) if done.stdout.strip() else {}
-        except ValueError:
-            raise RuntimeError(f"ferry {' '.join(args)}: {done.stdout[-500:]} {done.stderr[-500:]}") from None
+    def __init__(self, lab: Lab, guests: dict[str, int], budget: int) -> None:
+        super().__init__(lab, list(guests))
+        self.sizes = guests  # name -> its size's rank (larger first)
+        self.budget = budget
 
     def on(self, host: str) -> list[str]:
         return self.lab.virsh(host, "list", "--name", check=False).stdout.split()
@@ -135,7 +119,7 @@ class Bench:
     def ferry_case(self) -> Sample:
         started = time.monotonic()
         ids = []
-        for name in sorted(self.guests, key=lambda n: -self.guests[n]):  # queued in this order
+        for name in sorted(self.guests, key=lambda n: -self.sizes[n]):  # queued in this order
             m = self.ferry("migrate", name, "--to", "host2", "--unsafe", "--no-wait")
             if not m.get("id"):
                 raise RuntimeError(f"ferry migrate {name}: {json.dumps(m)[-800:]}")
@@ -150,7 +134,7 @@ class Bench:
     def raw_case(self) -> Sample:
         started = time.monotonic()
         queue: Queue[str] = Queue()
-        for name in sorted(self.guests, key=lambda n: -self.guests[n]):
+        for name in sorted(self.guests, key=lambda n: -self.sizes[n]):
             queue.put(name)
 
         def worker() -> None:

@@ -18,7 +18,7 @@ from ferry.coordinator.phases import Phase
 from ferry.coordinator.record import MigrationRecord
 from ferry.coordinator.slots import Limits
 from ferry.model import MigrationOptions
-from ferry.testing.fake_hypervisor import MiB
+from ferry.testing.fake_hypervisor import FakeHypervisor, MiB
 from ferry.testing.fleet import Fleet, FleetDirectory, start_fleet
 from ferry.testing.memory_store import MemoryStore
 
@@ -40,6 +40,12 @@ async def store() -> AsyncIterator[MemoryStore]:
     await s.close()
 
 
+def job_speed(hv: FakeHypervisor, uuid: str) -> int:
+    """The MiB/s of the guest's migration job on this fake libvirt (-1: no job)."""
+    job = hv.jobs.get(uuid)
+    return job.bandwidth_bps // MiB if job is not None else -1
+
+
 def notes(r: MigrationRecord) -> list[str]:
     return [e.action.reason for e in r.actions if e.action.action == "bandwidth"]
 
@@ -48,23 +54,19 @@ async def test_two_jobs_out_of_a_host_share_its_budget_and_the_survivor_gets_it_
     hv = fleet["host1"].hv
     g1, g2 = fleet.add_guest("host1", "g1", local_disk=False), fleet.add_guest("host1", "g2", local_disk=False)
 
-    def speed(uuid: str) -> int:
-        job = hv.jobs.get(uuid)
-        return job.bandwidth_bps // MiB if job is not None else -1
-
     hv.hold()
     budget = {"host1": 100}
     async with engine(
         store, FleetDirectory(fleet), TWO_OUT, timeouts=SLOW, bandwidth_budget=lambda h: budget.get(h, 0)
     ):
         m1 = await submit(store, fleet, "g1", "host1", "host2", options=SHARED)
-        await until(lambda: speed(g1) == 100)  # alone: the whole budget
+        await until(lambda: job_speed(hv, g1) == 100)  # alone: the whole budget
         m2 = await submit(store, fleet, "g2", "host1", "host3", options=SHARED)
-        await until(lambda: speed(g2) == 50)  # started at its half
-        await until(lambda: speed(g1) == 50)  # the first one tuned down
+        await until(lambda: job_speed(hv, g2) == 50)  # started at its half
+        await until(lambda: job_speed(hv, g1) == 50)  # the first one tuned down
         assert hv.calls.count("set_bandwidth") == 1
         await request_cancel(store, m2.id)  # g2's job ends: g1 gets the budget back
-        await until(lambda: speed(g1) == 100)
+        await until(lambda: job_speed(hv, g1) == 100)
         hv.release()
         one, two = await final(store, m1.id), await final(store, m2.id)
     assert one.phase is Phase.SUCCEEDED and two.phase is Phase.CANCELLED
@@ -81,21 +83,17 @@ async def test_jobs_that_copy_disks_start_at_the_budget_over_the_slots_and_keep_
     hv = fleet["host1"].hv
     g1, g2 = fleet.add_guest("host1", "g1"), fleet.add_guest("host1", "g2")  # local disks: copied
 
-    def speed(uuid: str) -> int:
-        job = hv.jobs.get(uuid)
-        return job.bandwidth_bps // MiB if job is not None else -1
-
     hv.hold()
     async with engine(
         store, FleetDirectory(fleet), TWO_OUT, timeouts=SLOW, bandwidth_budget=lambda h: 100 if h == "host1" else 0
     ):
         m1 = await submit(store, fleet, "g1", "host1", "host2")
-        await until(lambda: speed(g1) == 50)  # alone, yet its disk copy could not be slowed later
+        await until(lambda: job_speed(hv, g1) == 50)  # alone, yet its disk copy could not be slowed later
         m2 = await submit(store, fleet, "g2", "host1", "host3")
-        await until(lambda: speed(g2) == 50)
+        await until(lambda: job_speed(hv, g2) == 50)
         await request_cancel(store, m2.id)
         await wait_for(store, m2.id, lambda r: r.phase is not Phase.MIGRATING)
-        assert speed(g1) == 50 and "set_bandwidth" not in hv.calls  # never re-tuned
+        assert job_speed(hv, g1) == 50 and "set_bandwidth" not in hv.calls  # never re-tuned
         hv.release()
         one = await final(store, m1.id)
     assert one.phase is Phase.SUCCEEDED
@@ -109,21 +107,17 @@ async def test_an_operators_tune_is_the_jobs_own_cap_within_the_budget(store, fl
     hv = fleet["host1"].hv
     g1, g2 = fleet.add_guest("host1", "g1", local_disk=False), fleet.add_guest("host1", "g2", local_disk=False)
 
-    def speed(uuid: str) -> int:
-        job = hv.jobs.get(uuid)
-        return job.bandwidth_bps // MiB if job is not None else -1
-
     hv.hold()
     hosts = FleetDirectory(fleet)
     async with engine(store, hosts, TWO_OUT, timeouts=SLOW, bandwidth_budget=lambda h: 100 if h == "host1" else 0):
         m1 = await submit(store, fleet, "g1", "host1", "host2", options=SHARED)
-        await until(lambda: speed(g1) == 100)
+        await until(lambda: job_speed(hv, g1) == 100)
         await wait_for(store, m1.id, lambda r: bool(notes(r)))
         await LiveOps(store, hosts, now).control(m1.id, LiveRequest(bandwidth_mibps=20), requested_by="alice")
-        assert speed(g1) == 20
+        assert job_speed(hv, g1) == 20
         await submit(store, fleet, "g2", "host1", "host3", options=SHARED)
-        await until(lambda: speed(g2) == 80)  # g1 keeps its 20: the rest is g2's
-        assert speed(g1) == 20
+        await until(lambda: job_speed(hv, g2) == 80)  # g1 keeps its 20: the rest is g2's
+        assert job_speed(hv, g1) == 20
         hv.release()
     r = await read(store, m1.id)
     assert "bandwidth 20 MiB/s: its own cap" in notes(r)[-1], notes(r)
