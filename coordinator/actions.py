@@ -62,7 +62,7 @@ from ferry.ports import AgentClient
 from ferry.registry import HostDirectory, migrate_uri_for
 
 from .agent_client import agent_lost, transport_failure
-from .bandwidth import alone
+from .bandwidth import alone, no_budget
 from .events import (
     AbortMigration,
     Action,
@@ -153,7 +153,7 @@ class Actions:
         self._monotonic = monotonic
         # the bandwidth a job starts at when hosts' budgets are shared (None: its policy's cap)
         self.start_bandwidth: Callable[[str], int | None] = lambda migration_id: None
-        self.budget: Callable[[str], int] = lambda host: 0  # hosts' budgets, for the prediction
+        self.budget: Callable[[str], int] = no_budget  # hosts' budgets, for the prediction
 
     def _fenced(self, r: MigrationRecord, sink: Emit) -> Emit:
         """``sink``, except for a STALE_LEADER refusal: that goes to ``on_stale`` instead."""

@@ -107,6 +107,11 @@ def shares(flows: Iterable[Flow], budget: Callable[[str], int]) -> dict[str, int
     return {f.id: max(int(rate[f.id] + 1e-9), 1) if f.id in limited else 0 for f in flows}
 
 
+def no_budget(host: str) -> int:
+    """No host has a budget (the default everywhere a budget is asked for)."""
+    return 0
+
+
 def alone(budget: Callable[[str], int], source: str, target: str) -> int:
     """The most one job from ``source`` to ``target`` may get under their budgets (0: none).
 

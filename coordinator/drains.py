@@ -35,6 +35,7 @@ from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidA
 from ferry.model import DomainInfo, HostMapping, MigrationOptions, Problem
 from ferry.store import Conflict, Store
 
+from .bandwidth import no_budget
 from .checks import effective_storage, offline_disk_blockers, state_words
 from .drain import DrainItem, DrainRecord, DrainState, ItemState, decode, encode, with_state
 from .drainplan import Estimates, Nowhere, Target, plan, slots
@@ -150,7 +151,7 @@ class Drains:
         clock: Clock = lambda: datetime.now(UTC),
         new_id: Callable[[], str] = new_drain_id,
         stale_wait_s: float = STALE_WAIT_S,
-        budget: Callable[[str], int] = lambda host: 0,
+        budget: Callable[[str], int] = no_budget,
     ) -> None:
         self.store = store
         self.budget = budget  # hosts' migration bandwidth budgets (``bandwidth.py``; 0: none)

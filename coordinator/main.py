@@ -41,6 +41,7 @@ from ferry.store import Store
 from ferry.timed_store import StoreObserver, TimedStore
 
 from .agent_client import GrpcAgentClient
+from .bandwidth import no_budget
 from .config import CoordinatorConfig, bandwidth_budget, load_config
 from .drain_controller import DrainController
 from .drains import Drains
@@ -281,6 +282,7 @@ def build_coordinator(
         config.hosts,
         replace(config.placement, inbound_limit=config.limits.per_host_inbound),
     )
+    budget = bandwidth_budget(config) or no_budget
     submissions = Submissions(
         store,
         fleet,
@@ -292,7 +294,7 @@ def build_coordinator(
         policies=config.policies,
         selectors=config.policy_selectors,
         prediction=config.prediction,
-        budget=bandwidth_budget(config) or (lambda host: 0),
+        budget=budget,
     )
     drains = Drains(
         store,
@@ -301,7 +303,7 @@ def build_coordinator(
         outbound_limit=config.limits.per_host_outbound,
         estimates=config.drains.estimates,
         clock=clock,
-        budget=bandwidth_budget(config) or (lambda host: 0),
+        budget=budget,
     )
     servicer = CoordinatorServicer(
         store,
@@ -368,7 +370,7 @@ async def serve(config: CoordinatorConfig) -> None:
         records=coordinator.leader_records,
         hosts=lambda: coordinator.fleet.available_hosts() | set(config.hosts),
         leader=coordinator.is_leader,
-        budget=bandwidth_budget(config) or (lambda host: 0),
+        budget=bandwidth_budget(config) or no_budget,
         bandwidth_used=coordinator.leader_bandwidth,
     )
     exporter = MetricsServer(registry)

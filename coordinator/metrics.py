@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .bandwidth import no_budget
 from .phases import Phase
 from .record import MigrationRecord
 from .slots import Limits, holds_slot
@@ -126,7 +127,7 @@ class CoordinatorMetrics(Collector):
         self._records: Callable[[], Collection[MigrationRecord] | None] = lambda: None
         self._hosts: Callable[[], Collection[str]] = lambda: ()
         self._leader: Callable[[], bool] = lambda: False
-        self._budget: Callable[[str], int] = lambda host: 0
+        self._budget: Callable[[str], int] = no_budget
         self._bandwidth_used: Callable[[], Mapping[tuple[str, str], int] | None] = lambda: None
         self.started = Counter(
             "ferry_migrations_started", "Migrations admitted for the first time", ["policy"], registry=registry
@@ -165,7 +166,7 @@ class CoordinatorMetrics(Collector):
         records: Callable[[], Collection[MigrationRecord] | None],
         hosts: Callable[[], Collection[str]],
         leader: Callable[[], bool],
-        budget: Callable[[str], int] = lambda host: 0,
+        budget: Callable[[str], int] = no_budget,
         bandwidth_used: Callable[[], Mapping[tuple[str, str], int] | None] = lambda: None,
     ) -> None:
         """Where to read the leader's records (None while not leading), the known hosts, and

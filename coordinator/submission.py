@@ -54,7 +54,7 @@ from ferry.paths import path_problem, syntax_problem
 from ferry.prediction import Prediction
 from ferry.store import Conflict, Put, Store
 
-from .bandwidth import alone
+from .bandwidth import alone, no_budget
 from .checks import effective_storage, vm_blockers
 from .config import HostDecl, derive_mapping
 from .convert import phase_word
@@ -221,7 +221,7 @@ class Submissions:
         policies: Mapping[str, ConvergencePolicy] | None = None,
         selectors: tuple[PolicySelector, ...] = (),
         prediction: PredictionConfig = PredictionConfig(),
-        budget: Callable[[str], int] = lambda host: 0,
+        budget: Callable[[str], int] = no_budget,
     ) -> None:
         self.store = store
         self.budget = budget  # hosts' migration bandwidth budgets (``bandwidth.py``; 0: none)
