@@ -19,7 +19,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fleetcli import SUCCEEDED, assert_same_boot, beats, remove_guests, running_on, show, submit, wait_final, wait_until
+from fleetcli import (
+    SUCCEEDED,
+    assert_same_boot,
+    beats,
+    images,
+    placement,
+    remove_guests,
+    show,
+    submit,
+    wait_final,
+    wait_until,
+)
 
 from ferry.lab import ControlPlane, Lab
 
@@ -96,7 +107,7 @@ def test_two_migrations_out_of_a_host_share_its_budget(budget_lab: Lab) -> None:
                 " ".join(notes)
             ), notes
         for name in names:
-            assert running_on(lab, name) == ["host2"]
+            assert placement(lab, name) == {"host2": "running"}  # not even defined on host1 any more
             beats(lab, name)
             assert_same_boot(lab, name)
     finally:
@@ -125,7 +136,9 @@ def test_a_migration_that_copies_disks_starts_at_the_budget_over_the_slots_and_k
             f"bandwidth {BUDGET // 2} MiB/s for the whole job: it copies disks (libvirt sets their speed once); "
             f"host1 has {BUDGET} MiB/s out for 2 slots and host2 has {BUDGET} MiB/s in for 2 slots"
         ], notes
-        assert running_on(lab, "bw3") == ["host2"]
+        assert placement(lab, "bw3") == {"host2": "running"}
+        assert images(lab, "host1", "bw3") == [] and images(lab, "host2", "bw3") == ["bw3-vda.qcow2"]
+        beats(lab, "bw3")
         assert_same_boot(lab, "bw3")
     finally:
         remove_guests(lab, ["bw3"])
