@@ -201,7 +201,11 @@ class Cli:
             ]
             for h in resp.hosts
         ]
-        headers = ("HOST", "STATE", "AGENT", "CPU", "MEM FREE", "VMS", "OUT/IN", "BRIDGES", "CORDON")
+        headers: tuple[str, ...] = ("HOST", "STATE", "AGENT", "CPU", "MEM FREE", "VMS", "OUT/IN", "BRIDGES", "CORDON")
+        if any(h.bandwidth_budget_mibps for h in resp.hosts):  # MiB/s out/in of the host's budget
+            headers = (*headers[:7], "MIB/S OUT/IN", *headers[7:])
+            for row, h in zip(rows, resp.hosts, strict=True):
+                row.insert(7, render.bandwidth_use(h))
         self.emit(resp, lambda: self.screen.table(headers, rows))
         return EXIT_OK
 

@@ -28,6 +28,19 @@ def size(n: int) -> str:
     return human_bytes(n, short=True)
 
 
+def bandwidth_use(h: cpb.HostStatus) -> str:
+    """A host's migration bandwidth out/in of its budget (MiB/s), "-" without a budget.
+
+    >>> bandwidth_use(cpb.HostStatus(bandwidth_budget_mibps=40, bandwidth_out_mibps=40, bandwidth_in_mibps=8))
+    '40/8 of 40'
+    >>> bandwidth_use(cpb.HostStatus())
+    '-'
+    """
+    if not h.bandwidth_budget_mibps:
+        return "-"
+    return f"{h.bandwidth_out_mibps}/{h.bandwidth_in_mibps} of {h.bandwidth_budget_mibps}"
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain left-aligned text table."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]

@@ -161,7 +161,9 @@ def host_status_to_pb(
     migrations_in: int,
     last_seen: datetime | None,
     cordon: HostCordon | None = None,
+    bandwidth: tuple[int, int, int] = (0, 0, 0),
 ) -> cpb.HostStatus:
+    """``bandwidth``: the host's migration budget, and what its running jobs get out and in (MiB/s)."""
     h = cpb.HostStatus(
         name=name,
         address=address,
@@ -169,6 +171,9 @@ def host_status_to_pb(
         domains=domains,
         migrations_out=migrations_out,
         migrations_in=migrations_in,
+        bandwidth_budget_mibps=bandwidth[0],
+        bandwidth_out_mibps=bandwidth[1],
+        bandwidth_in_mibps=bandwidth[2],
     )
     if cordon is not None and cordon.cordoned:
         h.cordoned = True

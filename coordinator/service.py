@@ -45,6 +45,7 @@ from .policies import copy_bytes, refusal
 from .preflight import predict_for, preflight
 from .record import MigrationRecord, decode
 from .replica import ReplicaViews
+from .sharing import planned_use
 from .submission import Submissions, SubmitRequest, check_overrides, must_read_migration
 from .watches import OVERFLOW, MigrationWatches
 
@@ -106,6 +107,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         outbound_limit: int = 1,
         live: LiveOps | None = None,
         watches: MigrationWatches | None = None,
+        slots: tuple[int, int] = (1, 1),
     ) -> None:
         self.store = store
         self.fleet = fleet
@@ -115,6 +117,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         self.placer = placer
         self.drains = drains
         self.outbound_limit = outbound_limit
+        self.slots = slots  # (per_host_outbound, per_host_inbound): a disk copy's fixed share (ListHosts)
         self._decoded: dict[str, MigrationRecord] = {}  # key -> record at its mod revision (list calls)
         self.live = live or LiveOps(store, fleet, submissions.clock)
         self.watches = watches or MigrationWatches(store)
@@ -238,12 +241,19 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         return active, {r.vm_uuid: r.id for r in sorted(active, key=lambda r: r.created_at)}
 
     def _host_status(
-        self, name: str, active: list[MigrationRecord] | None = None, cordon: hoststate.HostCordon | None = None
+        self,
+        name: str,
+        active: list[MigrationRecord] | None = None,
+        cordon: hoststate.HostCordon | None = None,
+        used: dict[tuple[str, str], int] | None = None,
     ) -> cpb.HostStatus:
-        """The host as ListHosts shows it; ``cordon``: its state just written (else the view's)."""
+        """The host as ListHosts shows it; ``cordon``: its state just written (else the view's);
+        ``used``: the bandwidth of the jobs through each host (else computed from ``active``)."""
         h = self.fleet.host(name)
         if active is None:
             active = [r for r in self.views.migrations.items.values() if not r.phase.is_final]
+        if used is None:
+            used = planned_use(active, self.submissions.budget, self.slots)
         return convert.host_status_to_pb(
             name=name,
             address=h.address if h else "",
@@ -254,6 +264,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
             migrations_in=sum(r.target_host == name for r in active),
             last_seen=h.last_seen if h else None,
             cordon=cordon if cordon is not None else self.views.cordons.items.get(name),
+            bandwidth=(self.submissions.budget(name), used.get((name, "outbound"), 0), used.get((name, "inbound"), 0)),
         )
 
     @rpc_method
@@ -262,7 +273,10 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         page, token = paginate(names, lambda n: (n,), request.page_size, request.page_token)
         await self.fleet.refresh(page, max_age_s=READ_MAX_AGE_S)
         active, _ = await self._active_by_vm()
-        return cpb.ListHostsResponse(hosts=[self._host_status(n, active) for n in page], next_page_token=token)
+        used = planned_use(active, self.submissions.budget, self.slots)
+        return cpb.ListHostsResponse(
+            hosts=[self._host_status(n, active, used=used) for n in page], next_page_token=token
+        )
 
     def _must_know(self, host: str) -> str:
         _required(host, "host", '"host1" (see `ferry hosts`)')

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from ferry.errors import FerryError
@@ -47,9 +47,41 @@ def own_cap(r: MigrationRecord) -> int:
         a = entry.action
         if a.action == "tune" and (m := _TUNED.search(a.reason.split(" (libvirt reads")[0])):
             return int(m.group(1))
-    if r.policy is not None:
-        return r.policy.bandwidth_mibps
-    return r.options.bandwidth_mibps
+    return _policy_cap(r)
+
+
+def _policy_cap(r: MigrationRecord) -> int:
+    return r.policy.bandwidth_mibps if r.policy is not None else r.options.bandwidth_mibps
+
+
+def flow_of(r: MigrationRecord, budget: Callable[[str], int], slots: tuple[int, int]) -> Flow:
+    """The record's job as a flow: a job that copies disks through a host with a budget is a fixed
+    one, at its hosts' budgets over their ``slots`` and its policy's cap, whatever an operator tuned
+    later (that changes its memory's speed only): so a new leader finds the speed it started at."""
+    if r.copied_disks and (budget(r.source_host) > 0 or budget(r.target_host) > 0):
+        fixed = fixed_share(budget, r.source_host, r.target_host, _policy_cap(r), slots)
+        return Flow(r.id, r.source_host, r.target_host, fixed, fixed=True)
+    return Flow(r.id, r.source_host, r.target_host, own_cap(r))
+
+
+def planned_use(
+    records: Iterable[MigrationRecord], budget: Callable[[str], int], slots: tuple[int, int]
+) -> dict[tuple[str, str], int]:
+    """MiB/s the rule gives the running jobs through each host with a budget, by (host, direction):
+    what any replica can tell from the records (``ListHosts``); the leader's metrics show what it
+    set (``BandwidthSharing.use``), the same once its tunes are through."""
+    flows = [flow_of(r, budget, slots) for r in records if flowing(r)]
+    got = shares(flows, budget)
+    return _through(flows, got, budget)
+
+
+def _through(flows: Iterable[Flow], got: Mapping[str, int], budget: Callable[[str], int]) -> dict[tuple[str, str], int]:
+    used: dict[tuple[str, str], int] = {}
+    for f in flows:
+        for host, direction in ((f.source, "outbound"), (f.target, "inbound")):
+            if budget(host) > 0:
+                used[(host, direction)] = used.get((host, direction), 0) + got.get(f.id, 0)
+    return used
 
 
 class BandwidthSharing:
@@ -99,21 +131,11 @@ class BandwidthSharing:
         self._share(starting=new.id if entering else None)
 
     def _flow(self, r: MigrationRecord) -> Flow:
-        cap = own_cap(r)
-        if r.copied_disks and (self.budget(r.source_host) > 0 or self.budget(r.target_host) > 0):
-            fixed = fixed_share(self.budget, r.source_host, r.target_host, cap, self.slots)
-            return Flow(r.id, r.source_host, r.target_host, fixed, fixed=True)
-        return Flow(r.id, r.source_host, r.target_host, cap)
+        return flow_of(r, self.budget, self.slots)
 
     def use(self) -> dict[tuple[str, str], int]:
         """MiB/s set for the running jobs through each host with a budget, by (host, direction)."""
-        used: dict[tuple[str, str], int] = {}
-        for fid, f in self.flows.items():
-            share = self.applied.get(fid, 0)
-            for host, direction in ((f.source, "outbound"), (f.target, "inbound")):
-                if self.budget(host) > 0:
-                    used[(host, direction)] = used.get((host, direction), 0) + share
-        return used
+        return _through(self.flows.values(), self.applied, self.budget)
 
     def start_share(self, migration_id: str) -> int | None:
         """The bandwidth to start this job at; None: no budget touches it (its policy's cap)."""

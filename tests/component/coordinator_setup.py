@@ -24,7 +24,7 @@ from ferry import keys
 from ferry.agent.registration import Registration
 from ferry.cli import main as cli
 from ferry.coordinator.agent_client import GrpcAgentClient
-from ferry.coordinator.config import AgentsConfig, CoordinatorConfig, EtcdConfig, HostDecl
+from ferry.coordinator.config import AgentsConfig, CoordinatorConfig, EtcdConfig, HostDecl, bandwidth_budget
 from ferry.coordinator.engine import Engine
 from ferry.coordinator.main import Coordinator, build_coordinator
 from ferry.coordinator.phases import Phase, Timeouts
@@ -124,7 +124,9 @@ async def start(tmp_path: Path, hosts: dict[str, HostDecl] = HOSTS) -> Setup:
 
 def fast_engine(c: Coordinator, timeouts: Timeouts = FAST, **kw: Any) -> Engine:
     """The engine ``c`` runs once it leads, with fast timings (ticks, progress writes, job polls
-    and store retries); ``kw``: more of the Engine's arguments (cordoned, observer, ...)."""
+    and store retries); ``kw``: more of the Engine's arguments (cordoned, observer, ...). The
+    hosts' bandwidth budgets are its config's."""
+    kw.setdefault("bandwidth_budget", bandwidth_budget(c.config))
     return Engine(
         c.store,
         c.fleet,

@@ -406,6 +406,44 @@ async def test_a_drains_estimates_count_the_hosts_bandwidth_budget_its_slots_sha
     assert b["estimate_s"] - overhead == pytest.approx(4 * (a["estimate_s"] - overhead), abs=0.05)
 
 
+async def test_hosts_show_each_hosts_bandwidth_budget_and_what_its_running_jobs_get(fx, capsys):
+    """`ferry hosts` shows a host's migration bandwidth budget and what the jobs running through it
+    get of it: a disk copy at the budget over the slots (20 of 40), a shared-storage job at the
+    rest; the column appears only when a host has a budget."""
+    await fx.add_coordinator("c2", replace(LIMITS, host_bandwidth_mibps=40))
+    await fx.coordinators[0].stop(grace_s=0.5)
+    await fx.until_leading()
+    copied, shared = fx.guest("host1", "b1"), fx.agents.add_guest("host1", "b2", local_disk=False)
+    hv = fx.agents["host1"].hv
+    hv.hold()
+    for vm, to in (("b1", "host2"), ("b2", "host3")):
+        code, _ = await fx.ferry(capsys, "migrate", vm, "--to", to, "--no-wait", at=1)
+        assert code == 0
+    speeds = {copied: 20, shared: 20}
+    for _ in range(500):
+        if {u: j.bandwidth_bps // MiB for u, j in hv.jobs.items()} == speeds:
+            break
+        await asyncio.sleep(0.01)
+    assert {u: j.bandwidth_bps // MiB for u, j in hv.jobs.items()} == speeds  # what the leader set
+    code, out = await fx.ferry(capsys, "hosts", at=1)
+    got = {
+        h["name"]: (h["bandwidth_budget_mibps"], h["bandwidth_out_mibps"], h["bandwidth_in_mibps"])
+        for h in out["hosts"]
+    }
+    assert code == 0 and got == {"host1": (40, 40, 0), "host2": (40, 0, 20), "host3": (40, 0, 20), "host4": (40, 0, 0)}
+    capsys.readouterr()
+    assert await cli.run(["--coordinator", fx.addresses[1], "--insecure", "hosts"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert "MIB/S OUT/IN" in table[0] and "40/0 of 40" in table[1] and "0/20 of 40" in table[2]
+    hv.release()
+    for _ in range(500):
+        code, out = await fx.ferry(capsys, "hosts", at=1)
+        if all(h.get("bandwidth_out_mibps", 0) == 0 for h in out["hosts"]):
+            break
+        await asyncio.sleep(0.02)
+    assert all(not h.get("bandwidth_out_mibps") and not h.get("bandwidth_in_mibps") for h in out["hosts"])
+
+
 async def test_a_drains_migrations_run_under_its_policy(fx, capsys):
     from ferry.convergence import ConvergencePolicy
     from ferry.coordinator.record import decode

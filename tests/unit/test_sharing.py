@@ -151,3 +151,31 @@ async def test_the_use_of_each_budget_is_what_was_set_and_the_metrics_show_it() 
     assert registry.get_sample_value("ferry_host_bandwidth_used_mibps", {"host": "h1", "direction": "outbound"}) == 100
     assert registry.get_sample_value("ferry_host_bandwidth_used_mibps", {"host": "h1", "direction": "inbound"}) == 0
     assert registry.get_sample_value("ferry_host_bandwidth_budget_mibps", {"host": "h2"}) is None
+
+
+async def test_any_replica_tells_the_use_from_the_records_as_the_leader_set_it() -> None:
+    """``planned_use`` (ListHosts, on any replica) gives what the leader set, also for a job that
+    copies disks and was tuned by an operator later (its copy keeps the speed it started at), and a
+    new leader finding that job keeps it at that speed."""
+    from ferry.coordinator.record import ActionEntry
+    from ferry.coordinator.sharing import planned_use
+    from ferry.model import DiskPlan
+
+    budget = {"h1": 100, "h3": 30}
+    h = Harness(budget)
+    c = replace(progressed(rec("c")), disks=(DiskPlan("vda", "/i/c.qcow2", copy=True),))
+    tuned = PolicyAction("tune", "tune by alice: bandwidth 20 MiB/s (libvirt reads ...)", 0, "alice")
+    c = replace(c, actions=(ActionEntry(T0, tuned),))
+    records = [
+        c,
+        progressed(rec("a", target="h3")),
+        progressed(rec("b", source="h2", target="h3")),
+        rec("q", Phase.PENDING),
+    ]
+    for r in records:
+        h.s.seen(None, r)
+    await h.settle()
+    assert h.s.use() == {("h1", "outbound"): 65, ("h3", "inbound"): 30}  # c fixed at 50; a and b 15 each into h3
+    assert planned_use(records, lambda n: budget.get(n, 0), (2, 2)) == h.s.use()
+    assert h.s.start_share("c") == 50
+    assert planned_use(records, lambda n: 0, (2, 2)) == {}
