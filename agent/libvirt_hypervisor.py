@@ -41,6 +41,9 @@ T = TypeVar("T")
 
 #: how long libvirtd waits for a domain's job lock before it fails a call (QEMU_JOB_WAIT_TIME, 30 s)
 LIBVIRT_JOB_WAIT_S = 30.0
+#: how long the host's capabilities and QEMU version are reused on one connection (a new
+#: connection, after libvirtd restarted, reads them again)
+STATIC_MAX_AGE_S = 300.0
 
 # libvirt reports "no network driver" for a libvirtd built or started without one.
 _NO_DRIVER = frozenset({le.VIR_ERR_NO_SUPPORT, le.VIR_ERR_OPERATION_UNSUPPORTED})
@@ -121,6 +124,8 @@ class LibvirtHypervisor:
         self._pool = ThreadPoolExecutor(max_threads, thread_name_prefix="libvirt")
         self._lock = threading.Lock()
         self._conn: libvirt.virConnect | None = None
+        # (connection, when, capabilities XML, QEMU version): see _static
+        self._static_facts: tuple[libvirt.virConnect, float, str, int] | None = None
         self._aborted: set[str] = set()  # UUIDs whose migration job we aborted
         self._ping: asyncio.Future[None] | None = None  # the ping running in a thread, if any
         self._peer_uris = dict(peer_uris or {})
@@ -249,9 +254,23 @@ class LibvirtHypervisor:
 
     # ------------------------------------------------------------------ port: reading
 
+    def _static(self, conn: libvirt.virConnect) -> tuple[str, int]:
+        """The host's capabilities XML and QEMU version, kept per connection for ``STATIC_MAX_AGE_S``
+        (runs in a pool thread). Both wait in libvirtd while it probes an emulator it has not
+        looked at yet (the first guest with that QEMU binary, or the first after it was upgraded:
+        4 s for TCG on the lab), and an inventory waiting that long makes the host look down."""
+        with self._lock:
+            kept = self._static_facts
+        if kept is not None and kept[0] is conn and time.monotonic() - kept[1] < STATIC_MAX_AGE_S:
+            return kept[2], kept[3]
+        caps, version = conn.getCapabilities(), conn.getVersion()
+        with self._lock:
+            self._static_facts = (conn, time.monotonic(), caps, version)
+        return caps, version
+
     async def host_facts(self) -> HostFacts:
         def work(conn: libvirt.virConnect) -> HostFacts:
-            caps = conn.getCapabilities()
+            caps, qemu_version = self._static(conn)
             info = conn.getInfo()  # [model, memory MiB, cpus, MHz, nodes, sockets, cores, threads]
             total, available = self._memory(conn, int(info[1]))
             try:
@@ -265,7 +284,7 @@ class LibvirtHypervisor:
                 node_info=info,
                 hostname=conn.getHostname(),
                 libvirt_version=conn.getLibVersion(),
-                qemu_version=conn.getVersion(),
+                qemu_version=qemu_version,
                 memory_total=total,
                 memory_available=available,
                 networks=networks,

@@ -246,3 +246,29 @@ async def test_destroy_incoming_of_a_domain_that_is_not_there_does_nothing(test_
         await test_driver.destroy_incoming(dom.uuid)
     assert exc.value.reason == "NOT_INCOMING"
     assert (await test_driver.get_domain(dom.uuid)).state is DomainState.RUNNING
+
+
+async def test_the_hosts_capabilities_are_read_once_per_connection_and_age(test_driver, monkeypatch):
+    """An inventory does not wait for libvirtd's capabilities each time: while libvirtd probes an
+    emulator it has not seen (4 s on the lab), virConnectGetCapabilities and GetVersion wait too,
+    and the host looked down. They are kept per connection, for STATIC_MAX_AGE_S."""
+    import libvirt
+
+    from ferry.agent import libvirt_hypervisor
+
+    calls: list[str] = []
+    real = libvirt.virConnect.getCapabilities
+
+    def counted(conn: libvirt.virConnect) -> str:
+        calls.append("caps")
+        return real(conn)
+
+    monkeypatch.setattr(libvirt.virConnect, "getCapabilities", counted)
+    first = await test_driver.host_facts()
+    assert await test_driver.host_facts() == first and calls == ["caps"]
+    test_driver._forget(test_driver._conn)  # a new connection (libvirtd restarted) reads them again
+    await test_driver.host_facts()
+    assert calls == ["caps"] * 2
+    monkeypatch.setattr(libvirt_hypervisor, "STATIC_MAX_AGE_S", 0.0)
+    await test_driver.host_facts()
+    assert calls == ["caps"] * 3
