@@ -107,6 +107,39 @@ def _phase(value: str) -> str:
         return value  # argparse's choices check names the valid ones
 
 
+def _count(value: str) -> int:
+    """A whole number from 0 up (MiB/s, ms, s, N): the API's unsigned 32-bit fields.
+
+    >>> _count("32")
+    32
+    >>> _count("-5")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must be a whole number from 0 to 4294967295, got -5
+    """
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {0xFFFFFFFF}, got {value}")
+    return number
+
+
+def _int32(value: str) -> int:
+    """A signed whole number of 32 bits (a priority).
+
+    >>> _int32("-3")
+    -3
+    """
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {value}") from None
+    if not -(2**31) <= number < 2**31:
+        raise argparse.ArgumentTypeError(f"must be from {-(2**31)} to {2**31 - 1}, got {value}")
+    return number
+
+
 def _positive_float(value: str) -> float:
     number = float(value)
     if number <= 0:
@@ -195,7 +228,7 @@ def _filters(*, for_list: bool) -> argparse.ArgumentParser:
     if for_list:
         g.add_argument(
             "--limit",
-            type=int,
+            type=_count,
             metavar="N",
             default=argparse.SUPPRESS,
             help="at most N, newest first. Default: 0 = all",
@@ -218,13 +251,13 @@ def _add_job_flags(g: argparse._ArgumentGroup) -> None:
     )
     g.add_argument(
         "--bandwidth",
-        type=int,
+        type=_count,
         metavar="MiB/s",
         help="cap the migration stream, in MiB/s. Default: 0 = QEMU's default (unlimited)",
     )
     g.add_argument(
         "--max-downtime",
-        type=int,
+        type=_count,
         metavar="ms",
         help="longest pause of the guest at the switch-over, in milliseconds. Default: 0 = QEMU's default (300 ms)",
     )
@@ -244,7 +277,7 @@ def _add_job_flags(g: argparse._ArgumentGroup) -> None:
     )
     g.add_argument(
         "--timeout",
-        type=int,
+        type=_count,
         metavar="s",
         help="abort the migration when it takes longer, in seconds. "
         "Default: 0 = 800 s per GiB of memory and copied disk, at least 120 s",
@@ -360,7 +393,7 @@ def parser() -> argparse.ArgumentParser:
     _add_migration_flags(mig)
     g = mig.add_argument_group("queueing and waiting")
     g.add_argument(
-        "--priority", type=int, default=0, metavar="N", help="higher runs first when slots are short. Default: 0"
+        "--priority", type=_int32, default=0, metavar="N", help="higher runs first when slots are short. Default: 0"
     )
     g.add_argument(
         "--idempotency-key",
@@ -395,7 +428,7 @@ def parser() -> argparse.ArgumentParser:
     )
     dr.add_argument(
         "--max-parallel",
-        type=int,
+        type=_count,
         default=0,
         metavar="N",
         help="migrations at once (at most the host's outbound limit). Default: 0 = that limit",
@@ -440,13 +473,13 @@ def parser() -> argparse.ArgumentParser:
         if name == "tune":
             s.add_argument(
                 "--max-downtime",
-                type=int,
+                type=_count,
                 metavar="ms",
                 help="the longest pause at the switch-over, in milliseconds. Default: unchanged",
             )
             s.add_argument(
                 "--bandwidth",
-                type=int,
+                type=_count,
                 metavar="MiB/s",
                 help="the migration stream's cap, in MiB/s. Default: unchanged",
             )
@@ -472,7 +505,7 @@ def parser() -> argparse.ArgumentParser:
     )
     top.add_argument(
         "--iterations",
-        type=int,
+        type=_count,
         default=0,
         metavar="N",
         help="stop after N refreshes. Default: 0 = until Ctrl-C",
@@ -481,7 +514,7 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--vm", metavar="VM", help="only this VM's migrations (name or UUID). Default: all")
     top.add_argument(
         "--finished",
-        type=int,
+        type=_count,
         default=DEFAULT_TOP_FINISHED,
         metavar="N",
         help=f"also show the last N finished migrations. Default: {DEFAULT_TOP_FINISHED}",

@@ -171,7 +171,7 @@ class Cli:
             h = await self.stub.CordonHost(
                 cpb.CordonHostRequest(host=self.a.host, reason=self.a.reason), timeout=self.timeout
             )
-            self.emit(h, f"{h.name} cordoned: {h.cordon_reason or 'no reason given'}")
+            self.emit(h, render.cordoned(h, self.a.reason or ""))
             return EXIT_OK
         if self.a.action == "uncordon":
             h = await self.stub.UncordonHost(cpb.UncordonHostRequest(host=self.a.host), timeout=self.timeout)

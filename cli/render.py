@@ -260,6 +260,26 @@ def policies(resp: cpb.ListPoliciesResponse) -> str:
     return out
 
 
+def cordoned(h: cpb.HostStatus, asked: str) -> str:
+    """What ``ferry hosts cordon`` did; ``asked``: the reason given. A repeat keeps the first
+    reason and time (a retried call changes nothing), and says so when the words differ.
+
+    >>> h = cpb.HostStatus(name="h1", cordoned=True, cordon_reason="fan")
+    >>> h.cordoned_at.FromSeconds(1_700_000_000)
+    >>> cordoned(h, "fan").startswith("h1 cordoned since "), cordoned(h, "psu").endswith("to change it)")
+    (True, True)
+    >>> cordoned(cpb.HostStatus(name="h1", cordoned=True), "")
+    'h1 cordoned: no reason given'
+    """
+    since = f" since {_time(h.cordoned_at)}" if h.cordoned_at.seconds else ""
+    text = f"{h.name} cordoned{since}: {h.cordon_reason or 'no reason given'}"
+    if h.drain_id:
+        text += f" (by drain {h.drain_id})"
+    if asked and asked != h.cordon_reason:
+        text += " (it was cordoned already: the first reason is kept; uncordon and cordon again to change it)"
+    return text
+
+
 def _time(ts: Timestamp) -> str:
     """A timestamp in local time for tables; "" when unset."""
     return ts.ToDatetime(tzinfo=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S") if ts.seconds else ""

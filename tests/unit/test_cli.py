@@ -68,6 +68,28 @@ def test_contradictory_flags_are_refused(argv):
         build_options(_args(*argv))
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("migrate", "g1", "--bandwidth", "-5"),
+        ("migrate", "g1", "--max-downtime", "1e3"),
+        ("migrate", "g1", "--timeout", "4294967296"),
+        ("migrate", "g1", "--priority", "99999999999"),
+        ("drain", "host1", "--bandwidth", "-1"),
+        ("drain", "host1", "--max-parallel", "-2"),
+        ("migrations", "tune", "m-1", "--bandwidth", "abc"),
+        ("migrations", "--limit", "-1"),
+        ("top", "--iterations", "-1"),
+    ],
+)
+def test_a_number_out_of_the_apis_range_is_a_usage_error_not_a_traceback(argv):
+    """`ferry migrate g1 --bandwidth -5` raised ValueError from protobuf (an unsigned field)."""
+    from ferry.cli.args import UsageError
+
+    with pytest.raises(UsageError, match="must be"):  # the CLI's main: exit 64 (USAGE)
+        parser().parse_args(list(argv))
+
+
 def test_mappings():
     m = build_mapping(
         _args("--map-bridge", "br-guest=br-vm", "--map-path", "/var/lib/a=/srv/b", "--map-network", "default=prod")
