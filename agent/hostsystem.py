@@ -24,7 +24,7 @@ from pathlib import Path
 from ferry.agent.confine import ImageDirs
 from ferry.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, FerryError, Internal, clip
 from ferry.model import Problem, StorageDir
-from ferry.paths import PathUse, symlink_problem
+from ferry.paths import LIBVIRT_SHARED_FS_TYPES, PathUse, symlink_problem
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,9 @@ class LocalHostSystem:
         if any(_under(real, d) or _under(absolute, d) for d in self._shared_dirs):
             return True
         return self.fs_type(path) in CLUSTER_FS_TYPES
+
+    def libvirt_shared(self, path: str) -> bool:
+        return self.fs_type(path) in LIBVIRT_SHARED_FS_TYPES
 
     def storage_dirs(self) -> list[StorageDir]:
         out, seen = [], set()

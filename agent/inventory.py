@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from importlib import metadata
 
-from ferry.model import DomainInfo, HostFacts
+from ferry.model import Disk, DomainInfo, HostFacts
 from ferry.ports import HostSystem, Hypervisor
 
 
@@ -67,5 +67,16 @@ class Inventory:
     async def _with_shared(self, dom: DomainInfo) -> DomainInfo:
         if not any(d.source for d in dom.disks):
             return dom
-        shared = await asyncio.to_thread(lambda: [bool(d.source) and self._host.is_shared(d.source) for d in dom.disks])
-        return replace(dom, disks=tuple(replace(d, shared=s) for d, s in zip(dom.disks, shared, strict=True)))
+
+        def verdict(d: Disk) -> tuple[bool, bool]:  # (shared, but on a file system libvirt does not know so)
+            shared = bool(d.source) and self._host.is_shared(d.source)
+            return shared, shared and not self._host.libvirt_shared(d.source)
+
+        found = await asyncio.to_thread(lambda: [verdict(d) for d in dom.disks])
+        return replace(
+            dom,
+            disks=tuple(
+                replace(d, shared=s, shared_unknown_to_libvirt=unknown)
+                for d, (s, unknown) in zip(dom.disks, found, strict=True)
+            ),
+        )

@@ -219,6 +219,16 @@ def coordinator_blockers(
                         "copy it: --copy-storage-all (or --copy-storage-inc)",
                     )
                 )
+            elif d.shared_unknown_to_libvirt:
+                out.append(
+                    Problem(
+                        "MIGRATION_UNSAFE",
+                        f"disk {d.target} ({d.source}) is on storage Ferry takes for shared ({source.name}'s "
+                        "shared_dirs) on a file system libvirt does not: libvirt would refuse the migration as unsafe",
+                        "pass --unsafe if both hosts see the same coherent storage there; else copy it "
+                        "(--copy-storage-all)",
+                    )
+                )
             elif (d.cache or "default") not in SAFE_SHARED_CACHE:
                 out.append(
                     Problem(

@@ -197,6 +197,7 @@ def disk_to_pb(d: Disk) -> tpb.Disk:
         readonly=d.readonly,
         device=d.device,
         bus=d.bus,
+        shared_unknown_to_libvirt=d.shared_unknown_to_libvirt,
     )
 
 
@@ -213,6 +214,7 @@ def disk_from_pb(m: tpb.Disk) -> Disk:
         readonly=m.readonly,
         device=m.device or "disk",
         bus=m.bus,
+        shared_unknown_to_libvirt=m.shared_unknown_to_libvirt,
     )
 
 

@@ -91,6 +91,9 @@ class Disk:
     readonly: bool = False
     device: str = "disk"
     bus: str = ""
+    # shared for Ferry (the agent's shared_dirs, or ceph-fuse) on a file system libvirt does not
+    # know as shared: libvirt refuses to migrate it in place unless the migration is marked unsafe
+    shared_unknown_to_libvirt: bool = False
 
 
 @dataclass(frozen=True)

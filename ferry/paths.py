@@ -32,6 +32,13 @@ from collections.abc import Iterable
 from ferry.errors import FailedPrecondition, InvalidArgument, clip
 from ferry.model import Problem
 
+#: the file systems libvirt takes for shared storage (virFileIsSharedFS: it refuses to migrate a
+#: disk in place anywhere else unless the migration is marked unsafe); by their mount table names
+LIBVIRT_SHARED_FS_TYPES = frozenset(
+    {"nfs", "nfs4", "gfs2", "ocfs2", "afs", "smb3", "smbfs", "cifs", "ceph", "gpfs", "acfs", "beegfs"}
+    | {"fuse.glusterfs", "fuse.quobyte"}
+)
+
 PATH_MAX = 1024
 
 

@@ -224,6 +224,12 @@ class HostSystem(Protocol):
         """True when ``path`` lies on storage declared shared (or a cluster file system)."""
         ...
 
+    def libvirt_shared(self, path: str) -> bool:
+        """True when libvirt itself takes ``path`` for shared storage: its file system is one
+        libvirt knows (NFS, CIFS, Ceph, GFS2, OCFS2, GlusterFS, ...). A disk declared shared on
+        another migrates in place only when the migration is marked unsafe."""
+        ...
+
     def create_image(
         self, path: str, *, fmt: str, virtual_size: int, backing_file: str = "", backing_format: str = ""
     ) -> None:

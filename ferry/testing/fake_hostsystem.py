@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ferry.errors import AlreadyExists, FailedPrecondition
 from ferry.model import Problem, StorageDir
-from ferry.paths import PathUse, path_problem, root_of, symlink_problem
+from ferry.paths import LIBVIRT_SHARED_FS_TYPES, PathUse, path_problem, root_of, symlink_problem
 
 QCOW2_HEADER_BYTES = 192 * 1024  # what `qemu-img create -f qcow2` allocates, roughly
 
@@ -47,7 +47,8 @@ class FakeHostSystem:
 
     ``dirs`` maps a directory to its free bytes (total = free unless given in ``totals``);
     ``files`` are files already present (path -> size in bytes); ``shared_dirs`` are on shared
-    storage; ``read_only_dirs`` refuse new files.
+    storage (on NFS unless ``fs_types`` names another file system); ``read_only_dirs`` refuse new
+    files.
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class FakeHostSystem:
         read_only_dirs: Iterable[str] = (),
         files: Mapping[str, int] | None = None,
         storage: Iterable[str] | None = None,
+        fs_types: Mapping[str, str] | None = None,
     ) -> None:
         self.bridge_names = list(bridges)
         shared, read_only = set(shared_dirs), set(read_only_dirs)
@@ -69,7 +71,7 @@ class FakeHostSystem:
                 (totals or {}).get(d, free),
                 shared=d in shared,
                 writable=d not in read_only,
-                fs_type="nfs4" if d in shared else "ext4",
+                fs_type=(fs_types or {}).get(d, "nfs4" if d in shared else "ext4"),
             )
             for d, free in (dirs or {}).items()
         }
@@ -134,6 +136,10 @@ class FakeHostSystem:
     def is_shared(self, path: str) -> bool:
         found = self._dir_of(path)
         return bool(found and found[1].shared)
+
+    def libvirt_shared(self, path: str) -> bool:
+        found = self._dir_of(path)
+        return bool(found and found[1].fs_type in LIBVIRT_SHARED_FS_TYPES)
 
     def create_image(
         self, path: str, *, fmt: str, virtual_size: int, backing_file: str = "", backing_format: str = ""

@@ -39,15 +39,14 @@ from ferry.model import (
     Nic,
     StorageMode,
 )
+from ferry.paths import LIBVIRT_SHARED_FS_TYPES
 from ferry.testing.fake_hostsystem import FakeHostSystem, FakeImage
 
 MiB = 1 << 20
 GiB = 1 << 30
 
 # file systems libvirt trusts for migration without copying (virFileIsSharedFS / IsClusterFS)
-_SHARED_FS = frozenset(
-    {"nfs", "nfs4", "cifs", "smb3", "ceph", "gfs2", "ocfs2", "glusterfs", "fuse.glusterfs", "fuse.cephfs"}
-)
+_SHARED_FS = LIBVIRT_SHARED_FS_TYPES
 _CLUSTER_FS = frozenset({"gfs2", "ocfs2"})
 
 # CPU models the fake knows, with the features each requires (a small excerpt of QEMU's)

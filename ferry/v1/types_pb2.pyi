@@ -138,7 +138,7 @@ class StorageDir(_message.Message):
     def __init__(self, path: _Optional[str] = ..., free_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., shared: _Optional[bool] = ..., fs_type: _Optional[str] = ...) -> None: ...
 
 class Disk(_message.Message):
-    __slots__ = ("target", "source", "format", "virtual_size", "allocation", "backing_chain", "cache", "shared", "readonly", "device", "bus")
+    __slots__ = ("target", "source", "format", "virtual_size", "allocation", "backing_chain", "cache", "shared", "readonly", "device", "bus", "shared_unknown_to_libvirt")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +150,7 @@ class Disk(_message.Message):
     READONLY_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     BUS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_UNKNOWN_TO_LIBVIRT_FIELD_NUMBER: _ClassVar[int]
     target: str
     source: str
     format: str
@@ -161,7 +162,8 @@ class Disk(_message.Message):
     readonly: bool
     device: str
     bus: str
-    def __init__(self, target: _Optional[str] = ..., source: _Optional[str] = ..., format: _Optional[str] = ..., virtual_size: _Optional[int] = ..., allocation: _Optional[int] = ..., backing_chain: _Optional[_Iterable[str]] = ..., cache: _Optional[str] = ..., shared: _Optional[bool] = ..., readonly: _Optional[bool] = ..., device: _Optional[str] = ..., bus: _Optional[str] = ...) -> None: ...
+    shared_unknown_to_libvirt: bool
+    def __init__(self, target: _Optional[str] = ..., source: _Optional[str] = ..., format: _Optional[str] = ..., virtual_size: _Optional[int] = ..., allocation: _Optional[int] = ..., backing_chain: _Optional[_Iterable[str]] = ..., cache: _Optional[str] = ..., shared: _Optional[bool] = ..., readonly: _Optional[bool] = ..., device: _Optional[str] = ..., bus: _Optional[str] = ..., shared_unknown_to_libvirt: _Optional[bool] = ...) -> None: ...
 
 class Nic(_message.Message):
     __slots__ = ("type", "source", "mac", "model")

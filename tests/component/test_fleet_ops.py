@@ -444,6 +444,28 @@ async def test_hosts_show_each_hosts_bandwidth_budget_and_what_its_running_jobs_
     assert all(not h.get("bandwidth_out_mibps") and not h.get("bandwidth_in_mibps") for h in out["hosts"])
 
 
+async def test_storage_shared_only_by_the_agents_word_needs_unsafe_and_preflight_says_so_first(fx, capsys):
+    """A disk in the agents' shared_dirs on a file system libvirt does not take for shared (the
+    lab's: ext4): preflight said OK and libvirt then refused the migration as unsafe. Preflight, and
+    the migration's preflight phase, now refuse it MIGRATION_UNSAFE with what to do; --unsafe
+    moves it."""
+    from ferry.testing.fleet import SHARED
+
+    for a in fx.agents.agents.values():
+        a.host.dirs[SHARED].fs_type = "ext4"
+    fx.agents.add_guest("host1", "s1", local_disk=False)
+    code, out = await fx.ferry(capsys, "preflight", "s1", "--to", "host2")
+    assert code == 1 and [b["reason"] for b in out["blockers"]] == ["MIGRATION_UNSAFE"], out
+    assert "--unsafe" in out["blockers"][0]["hint"]
+    code, out = await fx.ferry(capsys, "migrate", "s1", "--to", "host2")
+    assert code == 1 and out["phase"] == "failed", out  # in its preflight phase: nothing touched
+    assert out["history"][-1]["reason"] == "preflight: MIGRATION_UNSAFE"
+    assert fx.agents.running_on("s1") == ["host1"]
+    code, m = await fx.ferry(capsys, "migrate", "s1", "--to", "host2", "--unsafe")
+    assert code == 0 and m["phase"] == "succeeded", m
+    assert fx.agents.running_on("s1") == ["host2"]
+
+
 async def test_a_drains_migrations_run_under_its_policy(fx, capsys):
     from ferry.convergence import ConvergencePolicy
     from ferry.coordinator.record import decode

@@ -48,6 +48,7 @@ def fake_world(tmp: Path) -> World:
         totals={images: 100 * GiB, shared: 100 * GiB, nfs: 100 * GiB},
         shared_dirs=[shared, nfs],
         storage=[images, shared],
+        fs_types={shared: "ext4"},  # declared shared on a local file system, as local_world's
     )
     return World(host, images, shared, nfs)
 
@@ -119,13 +120,16 @@ def test_storage_dirs_and_shared_flag(world):
 
 
 @pytest.mark.parametrize(
-    ("where", "shared"),
-    [("images", False), ("shared", True), ("nfs", True)],
+    ("where", "shared", "libvirt_shared"),
+    # the declared directory is shared for Ferry, but on a file system (ext4) libvirt does not
+    # take for shared: libvirt migrates its disks in place only when told the migration is unsafe
+    [("images", False, False), ("shared", True, False), ("nfs", True, True)],
 )
-def test_is_shared(world, where, shared):
+def test_is_shared(world, where, shared, libvirt_shared):
     directory = getattr(world, where)
     assert world.host.is_shared(f"{directory}/g1.qcow2") is shared
     assert world.host.is_shared(directory) is shared
+    assert world.host.libvirt_shared(f"{directory}/g1.qcow2") is libvirt_shared
 
 
 # ------------------------------------------------------------------ real adapter only

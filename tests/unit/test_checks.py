@@ -1,5 +1,7 @@
 """Coordinator-side preflight checks: each situation yields exactly its reason codes."""
 
+from dataclasses import replace
+
 import pytest
 
 from ferry.coordinator.checks import HostView, coordinator_blockers, effective_storage, version_blockers
@@ -22,6 +24,8 @@ def host(name, available=True, **kw):
 LOCAL = Disk(target="vda", source="/var/lib/libvirt/images/g1.qcow2", format="qcow2", cache="none")
 SHARED_OK = Disk(target="vda", source="/shared/g1.qcow2", format="qcow2", cache="none", shared=True)
 SHARED_WB = Disk(target="vda", source="/shared/g1.qcow2", format="qcow2", cache="writeback", shared=True)
+# in the agent's shared_dirs, on a file system libvirt does not take for shared (ext4, lustre, ...)
+SHARED_BY_WORD = replace(SHARED_OK, shared_unknown_to_libvirt=True)
 
 
 def dom(state=DomainState.RUNNING, disks=(LOCAL,), memory=256 << 20, persistent=True):
@@ -78,6 +82,15 @@ def reasons(**kw):
         ({"storage": StorageMode.SHARED}, ["DISK_NOT_SHARED"]),
         ({"storage": StorageMode.SHARED, "domain": dom(disks=(SHARED_OK,))}, []),
         ({"storage": StorageMode.SHARED, "domain": dom(disks=(SHARED_WB,))}, ["UNSAFE_CACHE"]),
+        ({"storage": StorageMode.SHARED, "domain": dom(disks=(SHARED_BY_WORD,))}, ["MIGRATION_UNSAFE"]),
+        (
+            {
+                "storage": StorageMode.SHARED,
+                "domain": dom(disks=(SHARED_BY_WORD,)),
+                "options": MigrationOptions(unsafe=True),
+            },
+            [],
+        ),
         (
             {
                 "storage": StorageMode.SHARED,
