@@ -45,6 +45,24 @@ def spoken_name(component: Component) -> str:
     return f"{head} {tail}" if head == component.kind else f"{tail} {head}"
 
 
+KINDS = frozenset({"coordinator", "etcd", "agent", "libvirtd"})
+
+
+def groups(words: Sequence[str]) -> list[tuple[str, ...]]:
+    """The components a command line names, one after the other: several "KIND NAME" pairs, or
+    one component however it is spoken. Pure.
+
+    >>> groups(["agent", "host1", "agent", "host2"])
+    [('agent', 'host1'), ('agent', 'host2')]
+    >>> groups(["coordinator c1"]), groups(["c1"])
+    ([('coordinator', 'c1')], [('c1',)])
+    """
+    parts = tuple(p for word in words for p in word.split())
+    if len(parts) > 2 and len(parts) % 2 == 0 and all(k in KINDS for k in parts[::2]):
+        return [parts[i : i + 2] for i in range(0, len(parts), 2)]
+    return [parts]
+
+
 def resolve(state: LabState, words: Sequence[str]) -> Component:
     """The component an operator means (see the module doc). Pure."""
     parts = tuple(p for word in words for p in word.split())

@@ -225,8 +225,10 @@ def _parser() -> argparse.ArgumentParser:
     exec_.add_argument("host", help="host name or 'core'")
     exec_.add_argument("cmd", nargs=argparse.REMAINDER, help="the command and its arguments")
 
-    kill = command("kill", help="signal one component by its recorded PID (a drill)")
-    kill.add_argument("component", nargs="+", help="e.g. coordinator c1, etcd s1, agent host1, libvirtd host2")
+    kill = command("kill", help="signal components by their recorded PIDs (a drill)")
+    kill.add_argument(
+        "component", nargs="+", help="e.g. coordinator c1, etcd s1, agent host1, libvirtd host2; or several pairs"
+    )
     kill.add_argument(
         "--signal",
         default="KILL",
@@ -235,8 +237,8 @@ def _parser() -> argparse.ArgumentParser:
         help="KILL (a crash), TERM, STOP (hang) or CONT (resume). Default: KILL",
     )
 
-    restart = command("restart", help="start a component again and wait until it serves")
-    restart.add_argument("component", nargs="+", help="e.g. coordinator c1, etcd s1, agent host1")
+    restart = command("restart", help="start components again, one after the other, each until it serves")
+    restart.add_argument("component", nargs="+", help="e.g. coordinator c1, etcd s1, agent host1; or several pairs")
 
     for name, text in (
         ("partition", "cut a host off the lab network (its link down in the core namespace)"),
@@ -288,14 +290,16 @@ def _cmd_up(lab: Lab, args: argparse.Namespace) -> int:
 
 
 def _cmd_kill(lab: Lab, args: argparse.Namespace) -> int:
-    print(lab.kill(args.component, args.signal))
+    for words in drills.groups(args.component):
+        print(lab.kill(words, args.signal))
     return 0
 
 
 def _cmd_restart(lab: Lab, args: argparse.Namespace) -> int:
-    component = lab.restart(args.component)
-    pid = component.process.pid if component.process else "-"
-    print(f"{' '.join(args.component)}: restarted, pid {pid}")
+    for words in drills.groups(args.component):
+        component = lab.restart(words)
+        pid = component.process.pid if component.process else "-"
+        print(f"{' '.join(words)}: restarted, pid {pid}")
     return 0
 
 
