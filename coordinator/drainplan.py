@@ -39,7 +39,7 @@ from ferry.model import Problem
 
 from .drain import DrainItem, DrainRecord, DrainState, ItemState, with_state
 from .phases import Phase
-from .record import MigrationRecord
+from .record import MigrationRecord, PhaseChange
 
 MiB = 1 << 20
 QUEUE_AHEAD = 1  # per slot
@@ -162,6 +162,38 @@ def lpt_makespan(estimates: Iterable[float], slots_n: int) -> float:
     for e in sorted(estimates, reverse=True):
         heapq.heappush(loads, heapq.heappop(loads) + e)
     return max(loads)
+
+
+def _in_slot_since(r: MigrationRecord) -> datetime:
+    """When the record's current attempt got its slot: it entered Migrating (a record prepared
+    ahead waited before that), else it was admitted (the first entry after its last Pending)."""
+    attempt: list[PhaseChange] = []
+    for change in reversed(r.history):
+        if change.phase is Phase.PENDING:
+            break
+        attempt.insert(0, change)
+    if not attempt:
+        return r.created_at
+    return next((c.at for c in attempt if c.phase is Phase.MIGRATING), attempt[0].at)
+
+
+def _left(running: Iterable[float], waiting: Iterable[float], slots_n: int) -> float:
+    """When the last job ends: the running ones hold slots for what they have left, then each
+    waiting one (longest first) takes the slot that frees first. Running jobs beyond the slots
+    (a drain whose slots were lowered) count as holding slots too.
+
+    >>> _left([4.0], [], 2)               # one job left: two slots do not halve it
+    4.0
+    >>> _left([4.0, 1.0], [3.0, 3.0], 2)  # 1 + 3 | 4 + 3
+    7.0
+    """
+    loads = sorted(running)
+    if len(loads) < max(slots_n, 1):
+        loads += [0.0] * (max(slots_n, 1) - len(loads))
+    heapq.heapify(loads)
+    for e in sorted(waiting, reverse=True):
+        heapq.heappush(loads, heapq.heappop(loads) + e)
+    return max(loads) if loads else 0.0
 
 
 # ---------------------------------------------------------------- following the migrations
@@ -382,10 +414,12 @@ class Progress:
 
 
 def progress(d: DrainRecord, migrations: Mapping[str, MigrationRecord], now: datetime, outbound_limit: int) -> Progress:
-    """Counts, bytes and the estimated time left: the estimates of what is left, scaled by how
-    the moved VMs' real times compared with their estimates, over the drain's slots."""
+    """Counts, bytes and the estimated time left: the running jobs' own ETAs (the agent's, from the
+    live rates; else what is left of their estimates), then the waiting VMs scheduled longest first
+    on the slots as those free (``lpt_makespan``); estimates scaled by how the moved VMs' real times
+    compared with theirs. A job past its estimate with no ETA of its own still counts a second:
+    the drain is not done while it runs."""
     moved_bytes = 0
-    remaining = 0.0
     actual = estimated = 0.0
     for i in d.items:
         if i.state is ItemState.MOVED:
@@ -393,17 +427,24 @@ def progress(d: DrainRecord, migrations: Mapping[str, MigrationRecord], now: dat
             if i.started_at and i.ended_at:
                 actual += (i.ended_at - i.started_at).total_seconds()
                 estimated += i.estimate_s * max(i.attempts, 1)
-        elif i.state is ItemState.MIGRATING:
+    ratio = actual / estimated if estimated > 0 else 1.0
+    running: list[float] = []
+    waiting: list[float] = []
+    for i in d.items:
+        if i.state is ItemState.MIGRATING:
             r = migrations.get(i.migration_id)
+            own = 0.0
             if r is not None and r.progress is not None:
                 s = r.progress.stats
                 moved_bytes += min(s.memory_processed + s.disk_processed, i.bytes_total)
-            started = r.created_at if r is not None else now
-            remaining += max(i.estimate_s - (now - started).total_seconds(), 0.0)
+                own = r.progress.eta_ms / 1000
+            if r is None or r.phase is Phase.PENDING or r.ahead:  # no slot yet: it waits its turn
+                waiting.append(i.estimate_s * ratio)
+                continue
+            running.append(own or max(i.estimate_s * ratio - (now - _in_slot_since(r)).total_seconds(), 1.0))
         elif i.state is ItemState.WAITING:
-            remaining += i.estimate_s
-    ratio = actual / estimated if estimated > 0 else 1.0
-    eta = 0.0 if d.state.is_final else round(remaining * ratio / slots(d, outbound_limit), 1)
+            waiting.append(i.estimate_s * ratio)
+    eta = 0.0 if d.state.is_final else round(_left(running, waiting, slots(d, outbound_limit)), 1)
     return Progress(
         total=len(d.items),
         moved=d.count(ItemState.MOVED),

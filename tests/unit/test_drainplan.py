@@ -218,6 +218,42 @@ def test_progress_counts_bytes_and_estimates_the_time_left():
     assert p.eta_s == 40.0
 
 
+def test_the_time_left_follows_the_running_jobs_and_never_reads_zero_while_one_runs():
+    """The ETA read 0.0 s for the last 4 s of a lab drain: the job had outrun its estimate, and one
+    job left was divided over two slots. Now it is the agent's ETA for a running job (else what is
+    left of its estimate, at least 1 s), and a lone job takes its own time whatever the slots."""
+    from ferry.model import MigrationProgress
+
+    late = migration("m-late", "a", "h2", Phase.MIGRATING)  # submitted at NOW, estimate 10 s
+    d = drain(item("a", 10, state=ItemState.MIGRATING, migration_id="m-late"), max_parallel=2)
+    assert progress(d, {"m-late": late}, NOW + timedelta(seconds=30), outbound_limit=2).eta_s == 1.0
+    told = replace(late, progress=MigrationProgress(eta_ms=4_000))
+    assert progress(d, {"m-late": told}, NOW + timedelta(seconds=30), outbound_limit=2).eta_s == 4.0
+    assert progress(d, {"m-late": late}, NOW + timedelta(seconds=2), outbound_limit=2).eta_s == 8.0  # not 4
+    two = drain(
+        item("a", 10, state=ItemState.MIGRATING, migration_id="m-late"),
+        item("b", 10, state=ItemState.MIGRATING, migration_id="m-b"),
+        item("c", 10),
+        max_parallel=2,
+    )
+    b = replace(migration("m-b", "b", "h3", Phase.MIGRATING), progress=MigrationProgress(eta_ms=1_000))
+    at = NOW + timedelta(seconds=2)
+    assert progress(two, {"m-late": late, "m-b": b}, at, outbound_limit=2).eta_s == 11.0  # c after b: 1 + 10
+    # c prepared ahead of its slot: it still waits for b's
+    ahead = replace(migration("m-c", "c", "h3", Phase.MIGRATING), phase=Phase.PREPARING, ahead=True)
+    items = (*two.items[:2], replace(two.items[2], state=ItemState.MIGRATING, migration_id="m-c"))
+    three = replace(two, items=items)
+    assert progress(three, {"m-late": late, "m-b": b, "m-c": ahead}, at, outbound_limit=2).eta_s == 11.0
+    # prepared ahead at NOW, its job started 20 s later: what is left is counted from then
+    r = new_migration(
+        id="m-d", vm="d", vm_uuid="uuid-d", source_host="h1", target_host="h2", now=NOW, timeouts=Timeouts()
+    )
+    for phase, after in ((Phase.PREFLIGHT, 0), (Phase.PREPARING, 0), (Phase.MIGRATING, 20)):
+        r = with_phase(r, phase, NOW + timedelta(seconds=after), "t", Timeouts())
+    one = drain(item("d", 10, state=ItemState.MIGRATING, migration_id="m-d"), max_parallel=2)
+    assert progress(one, {"m-d": r}, NOW + timedelta(seconds=23), outbound_limit=2).eta_s == 7.0
+
+
 def test_estimates():
     e = Estimates(bandwidth_mibps=256, overhead_s=2)
     assert e.seconds(256 << 20, 256 << 20) == 4.0
