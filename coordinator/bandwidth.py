@@ -17,7 +17,9 @@ A job that copies disks (``--copy-storage-all``) is the exception: libvirt sets 
 disk copy once, at the start, and refuses to change it while the migration runs (virsh blockjob
 --bandwidth: "cannot acquire state change lock"; migrate-setspeed changes only the memory's). Such a
 job starts at its hosts' budgets over their slots (``fixed_share``: 50 MiB/s of 100 with 2 outbound
-slots) and keeps it; it is a fixed flow, and the others share what the fixed ones leave.
+slots) and keeps it while its disks are copied: a fixed flow, and the others share what the fixed
+ones leave. Once its memory moves it shares like the others (the mirror then only keeps the
+guest's new disk writes in step, at its first speed, beside the memory's share).
 
 The engine recomputes the shares when a job starts or ends on a host with a budget, starts each
 job at its share and tunes the running ones whose share changed (``sharing.py``).
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 class Flow:
     """A running (or starting) migration job: from ``source`` to ``target``, at most ``cap_mibps``
     (0: no cap of its own). ``fixed``: it runs at exactly ``cap_mibps`` whatever the others do (a
-    job that copies disks: libvirt sets the disk copy's speed once, at the start, and refuses to
+    job copying disks: libvirt sets the disk copy's speed once, at the start, and refuses to
     change it while the migration runs)."""
 
     id: str
@@ -142,7 +144,7 @@ def why(
     'bandwidth 50 MiB/s: the migration budgets of h1, 50 MiB/s out, and h2, 50 MiB/s in'
     >>> c = Flow("c", "h1", "h2", 50, fixed=True)
     >>> print(why(c, {"c": 50}, [], lambda h: 100 if h == "h1" else 0, (2, 2)))  # doctest: +NORMALIZE_WHITESPACE
-    bandwidth 50 MiB/s for the whole job: it copies disks (libvirt sets their speed once);
+    bandwidth 50 MiB/s while its disks are copied (libvirt sets a disk copy's speed once);
     h1 has 100 MiB/s out for 2 slots
     """
     flows = list(flows)
@@ -154,7 +156,7 @@ def why(
             if budget(h) > 0
         )
         return (
-            f"bandwidth {share} MiB/s for the whole job: it copies disks (libvirt sets their speed once); {ends_text}"
+            f"bandwidth {share} MiB/s while its disks are copied (libvirt sets a disk copy's speed once); {ends_text}"
         )
     ends = []
     for host, outbound in ((flow.source, True), (flow.target, False)):

@@ -22,7 +22,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from ferry.errors import FerryError
-from ferry.model import PolicyAction
+from ferry.model import MigrationPhase, PolicyAction
 
 from .bandwidth import Flow, fixed_share, shares, why
 from .phases import Phase
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 BY = "ferry-coordinator"
 ACTION = "bandwidth"
 _TUNED = re.compile(r"\bbandwidth (\d+) MiB/s")
+_MEMORY_PHASES = frozenset({MigrationPhase.PRECOPY, MigrationPhase.POSTCOPY})
 
 
 def flowing(r: MigrationRecord | None) -> bool:
@@ -55,10 +56,11 @@ def _policy_cap(r: MigrationRecord) -> int:
 
 
 def flow_of(r: MigrationRecord, budget: Callable[[str], int], slots: tuple[int, int]) -> Flow:
-    """The record's job as a flow: a job that copies disks through a host with a budget is a fixed
+    """The record's job as a flow: a job copying disks through a host with a budget is a fixed
     one, at its hosts' budgets over their ``slots`` and its policy's cap, whatever an operator tuned
-    later (that changes its memory's speed only): so a new leader finds the speed it started at."""
-    if r.copied_disks and (budget(r.source_host) > 0 or budget(r.target_host) > 0):
+    later (that changes its memory's speed only): so a new leader finds the speed it started at.
+    Once its memory moves (the disks copied), it shares like any other job."""
+    if r.copied_disks and not memory_moves(r) and (budget(r.source_host) > 0 or budget(r.target_host) > 0):
         fixed = fixed_share(budget, r.source_host, r.target_host, _policy_cap(r), slots)
         return Flow(r.id, r.source_host, r.target_host, fixed, fixed=True)
     return Flow(r.id, r.source_host, r.target_host, own_cap(r))
@@ -82,6 +84,13 @@ def _through(flows: Iterable[Flow], got: Mapping[str, int], budget: Callable[[st
             if budget(host) > 0:
                 used[(host, direction)] = used.get((host, direction), 0) + got.get(f.id, 0)
     return used
+
+
+def memory_moves(r: MigrationRecord) -> bool:
+    """The job reported its memory phase (pre- or post-copy): any disk copy is done, and libvirt
+    changes the memory's speed when asked (the mirror only keeps the guest's new writes in step,
+    at the speed it started at)."""
+    return r.progress is not None and r.progress.phase in _MEMORY_PHASES
 
 
 class BandwidthSharing:
@@ -116,8 +125,11 @@ class BandwidthSharing:
             self._share(starting=None)
             return
         self.records[new.id] = new
-        # a job that copies disks keeps the speed it started at, whatever is tuned later (its copy's)
-        flow = self.flows[new.id] if was and self.flows[new.id].fixed else self._flow(new)
+        # a job copying disks keeps the speed it started at, whatever is tuned later (its copy's),
+        # until its memory moves
+        flow = self._flow(new)
+        if was and flow.fixed and self.flows[new.id].fixed:
+            flow = self.flows[new.id]
         if was and flow == self.flows[new.id]:
             if new.id in self._early and new.progress is not None:
                 # tuned before its job ran: the Migrate call may have set its start share after

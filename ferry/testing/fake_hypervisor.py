@@ -236,6 +236,9 @@ class _Job:
     stats: JobStats
     max_downtime_ms: int = 300
     bandwidth_bps: int = GiB
+    # the disk copy's speed, set once at the start: libvirt cannot change it while the migration
+    # runs (migrate-setspeed changes the memory's only); 0: the start's bandwidth_bps
+    mirror_bps: int = 0
     throttle: int = 0
     dirtied: int = 0
     step: int = 0
@@ -799,6 +802,7 @@ class FakeHypervisor:
             stats,
             max_downtime_ms=dom.max_downtime_ms,
             bandwidth_bps=(mibps * MiB) if mibps else GiB,
+            mirror_bps=(mibps * MiB) if mibps else GiB,
         )
         self.jobs[dom.uuid] = job
         asyncio.get_running_loop().create_task(self._run_job(job), name=f"fake migration {dom.name}")
@@ -924,7 +928,7 @@ class FakeHypervisor:
         send = job.bandwidth_bps * self.step_ms // 1000
         elapsed = s.time_elapsed_ms + self.step_ms
         if s.disk_remaining > 0:
-            moved = min(send, s.disk_remaining)
+            moved = min((job.mirror_bps or job.bandwidth_bps) * self.step_ms // 1000, s.disk_remaining)
             job.stats = replace(
                 s,
                 time_elapsed_ms=elapsed,

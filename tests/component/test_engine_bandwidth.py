@@ -2,8 +2,8 @@
 over real agent gRPC servers on fakes: a second job out of a host with a budget halves the first
 one's bandwidth (TuneMigration on its source) and starts at its half; when one ends the other gets
 the whole budget back; each record says why its bandwidth changed; an operator's tune is the job's
-own cap from then on. Jobs that copy disks start at the budget over the slots and keep it (libvirt
-cannot re-tune a disk copy)."""
+own cap from then on. Jobs that copy disks start at the budget over the slots and keep it while
+they copy (libvirt cannot re-tune a disk copy), then share like the others."""
 
 from __future__ import annotations
 
@@ -79,9 +79,12 @@ async def test_two_jobs_out_of_a_host_share_its_budget_and_the_survivor_gets_it_
     assert all(e.action.by == "ferry-coordinator" for e in one.actions if e.action.action == "bandwidth")
 
 
-async def test_jobs_that_copy_disks_start_at_the_budget_over_the_slots_and_keep_it(store, fleet):
+async def test_jobs_that_copy_disks_keep_the_budget_over_the_slots_until_their_memory_moves(store, fleet):
     hv = fleet["host1"].hv
     g1, g2 = fleet.add_guest("host1", "g1"), fleet.add_guest("host1", "g2")  # local disks: copied
+    # g1 dirties memory faster than its disk copy's fixed 50 MiB/s: only the whole budget, once its
+    # memory moves, lets its pre-copy converge
+    hv.set_dirty_rate("g1", 70 * MiB)
 
     hv.hold()
     async with engine(
@@ -93,13 +96,15 @@ async def test_jobs_that_copy_disks_start_at_the_budget_over_the_slots_and_keep_
         await until(lambda: job_speed(hv, g2) == 50)
         await request_cancel(store, m2.id)
         await wait_for(store, m2.id, lambda r: r.phase is not Phase.MIGRATING)
-        assert job_speed(hv, g1) == 50 and "set_bandwidth" not in hv.calls  # never re-tuned
+        assert job_speed(hv, g1) == 50 and "set_bandwidth" not in hv.calls  # not re-tuned while it copies
         hv.release()
+        await until(lambda: job_speed(hv, g1) == 100)  # its memory moves: the whole budget, alone
         one = await final(store, m1.id)
     assert one.phase is Phase.SUCCEEDED
     assert notes(one) == [
-        "bandwidth 50 MiB/s for the whole job: it copies disks (libvirt sets their speed once); "
-        "host1 has 100 MiB/s out for 2 slots"
+        "bandwidth 50 MiB/s while its disks are copied (libvirt sets a disk copy's speed once); "
+        "host1 has 100 MiB/s out for 2 slots",
+        "bandwidth 100 MiB/s: the migration budget of host1, 100 MiB/s out",
     ]
 
 

@@ -53,6 +53,11 @@ def progressed(r: MigrationRecord) -> MigrationRecord:
     return replace(r, progress=MigrationProgress(phase=MigrationPhase.PRECOPY))
 
 
+def mirroring(r: MigrationRecord) -> MigrationRecord:
+    """A job copying its disks (its memory not moving yet)."""
+    return replace(r, progress=MigrationProgress(phase=MigrationPhase.DISK_MIRROR))
+
+
 async def test_a_job_entering_migrating_starts_at_its_share_and_the_running_one_is_tuned() -> None:
     h = Harness({"h1": 100})
     a = progressed(rec("a"))
@@ -122,9 +127,35 @@ async def test_a_job_that_copies_disks_keeps_its_start_speed_whatever_is_tuned_l
     h.s.seen(c0, c1)
     assert h.s.start_share("c") == 50  # 100 over 2 slots, though alone
     tuned = PolicyAction("tune", "tune by alice: bandwidth 20 MiB/s (libvirt reads ...)", 0, "alice")
-    h.s.seen(c1, replace(progressed(c1), actions=(ActionEntry(T0, tuned),)))
+    c2 = replace(mirroring(c1), actions=(ActionEntry(T0, tuned),))
+    h.s.seen(c1, c2)
     await h.settle()
     assert h.tuned == [] and h.s.flows["c"].cap_mibps == 50 and [m for m, _ in h.told] == ["c"]
+    # its memory moves: the disks are copied, and the memory's speed is the operator's again
+    h.s.seen(c2, replace(progressed(c2)))
+    await h.settle()
+    assert h.tuned == [("c", 20)] and not h.s.flows["c"].fixed
+
+
+async def test_a_job_whose_disks_are_copied_shares_the_budget_like_any_other() -> None:
+    """libvirt cannot change a disk copy's speed, but it does change the memory's: once the job
+    reports its memory phase it is no longer a fixed flow, and gets its share."""
+    from ferry.model import DiskPlan
+
+    h = Harness({"h1": 100})
+    c0 = replace(rec("c", Phase.PREPARING), disks=(DiskPlan("vda", "/i/c.qcow2", copy=True),))
+    h.s.seen(None, c0)
+    c1 = replace(c0, phase=Phase.MIGRATING)
+    h.s.seen(c0, c1)
+    assert h.s.start_share("c") == 50  # 100 over 2 slots while it copies its disk
+    c2 = mirroring(c1)
+    h.s.seen(c1, c2)
+    await h.settle()
+    assert h.tuned == []
+    h.s.seen(c2, progressed(c2))  # the memory moves: alone, the whole budget
+    await h.settle()
+    assert h.tuned == [("c", 100)] and h.s.use() == {("h1", "outbound"): 100}
+    assert h.told[-1] == ("c", "bandwidth 100 MiB/s: the migration budget of h1, 100 MiB/s out")
 
 
 async def test_the_use_of_each_budget_is_what_was_set_and_the_metrics_show_it() -> None:
@@ -163,7 +194,7 @@ async def test_any_replica_tells_the_use_from_the_records_as_the_leader_set_it()
 
     budget = {"h1": 100, "h3": 30}
     h = Harness(budget)
-    c = replace(progressed(rec("c")), disks=(DiskPlan("vda", "/i/c.qcow2", copy=True),))
+    c = replace(mirroring(rec("c")), disks=(DiskPlan("vda", "/i/c.qcow2", copy=True),))
     tuned = PolicyAction("tune", "tune by alice: bandwidth 20 MiB/s (libvirt reads ...)", 0, "alice")
     c = replace(c, actions=(ActionEntry(T0, tuned),))
     records = [
