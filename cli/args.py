@@ -36,8 +36,9 @@ SHELLS = ("bash", "zsh")
 EPILOG = f"""\
 exit status:
   {EXIT_OK}    success
-  {EXIT_UNSUCCESSFUL}    the migration ended without success (failed, cancelled, rolled_back),
-       or preflight found blockers
+  {EXIT_UNSUCCESSFUL}    the migration (or drain) ended without success (failed, cancelled,
+       rolled_back; a drain incomplete), or preflight found blockers (a drain's dry
+       run: a VM that fits nowhere)
   {EXIT_REFUSED}    the coordinator refused the request (the message says what to fix)
   {EXIT_UNREACHABLE}    no coordinator could be reached, it failed, or it stayed too busy
        to take the call (SERVER_BUSY, after four tries over ~8 s)

@@ -384,7 +384,7 @@ async def test_drain_dry_run_prints_the_plan_and_touches_nothing(fx, capsys):
         fx.guest("host1", n)
     fx.guest("host1", "lonely", bridge="br-only-on-host1")
     code, plan = await fx.ferry(capsys, "drain", "host1", "--dry-run", "--to", "host2,host3")
-    assert code == 0 and plan["dry_run"]
+    assert code == 1 and plan["dry_run"]  # as preflight's blockers: "lonely" fits nowhere
     got = items_of(plan)
     assert {got[n][1] for n in ("a", "b", "c")} <= {"host2", "host3"}
     assert got["lonely"][0] == "FAILED"
@@ -399,7 +399,8 @@ async def test_drain_dry_run_prints_the_plan_and_touches_nothing(fx, capsys):
 async def test_a_drains_estimates_count_the_hosts_bandwidth_budget_its_slots_share(fx, capsys):
     fx.guest("host1", "a")
     await fx.add_coordinator("c2", replace(LIMITS, host_bandwidth_mibps=50))  # 2 slots: 25 MiB/s each
-    _, plain = await fx.ferry(capsys, "drain", "host1", "--dry-run")
+    code, plain = await fx.ferry(capsys, "drain", "host1", "--dry-run")
+    assert code == 0  # every VM fits somewhere
     _, shared = await fx.ferry(capsys, "drain", "host1", "--dry-run", at=1)
     [a], [b] = plain["items"], shared["items"]
     overhead = 3.0  # [drains] overhead_s; its bandwidth_mibps is 100
