@@ -58,12 +58,16 @@ def budget_lab(tmp_path_factory: pytest.TempPathFactory, lab_cache: Path) -> Ite
 
 
 def speed(lab: Lab, name: str) -> int | None:
-    """libvirt's migration speed of the guest's job on host1 (MiB/s); None when no job runs."""
-    info = lab.virsh("host1", "domjobinfo", name, check=False).stdout
-    if "Unbounded" not in info:
+    """libvirt's migration speed of the guest's job on host1 (MiB/s); None when no job runs (before
+    and after the reading: a job that ended in between reads libvirt's "unlimited" default)."""
+
+    def running() -> bool:
+        return "Unbounded" in lab.virsh("host1", "domjobinfo", name, check=False).stdout
+
+    if not running():
         return None
     out = lab.virsh("host1", "migrate-getspeed", name, check=False).stdout.strip()
-    return int(out) if out.isdigit() else None
+    return int(out) if out.isdigit() and running() else None
 
 
 def test_two_migrations_out_of_a_host_share_its_budget(budget_lab: Lab) -> None:
