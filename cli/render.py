@@ -83,12 +83,23 @@ def duration(seconds: float) -> str:
 
 
 def fraction(progress: tpb.MigrationProgress) -> float:
-    """Share of the job done, memory and disk together, in [0, 1]."""
-    done = progress.memory_processed + progress.disk_processed
-    left = progress.memory_remaining + progress.disk_remaining
-    if done + left == 0:
+    """Share of the job done, memory and disk together, in [0, 1]. Memory counts as far as libvirt
+    has been through it (total - remaining): a zero page is skipped with a few bytes sent, so the
+    bytes sent held a mostly empty guest's bar far behind (38 % on the lab when the job was nine
+    tenths through), then it jumped to the end.
+
+    >>> MiB = 1 << 20
+    >>> round(fraction(tpb.MigrationProgress(memory_total=256 * MiB, memory_processed=83 * MiB,
+    ...                                      memory_remaining=135 * MiB)), 2)
+    0.47
+    """
+    memory = progress.memory_total or progress.memory_processed + progress.memory_remaining
+    memory_done = max(memory - progress.memory_remaining, 0)
+    done = memory_done + progress.disk_processed
+    whole = memory + progress.disk_processed + progress.disk_remaining
+    if whole == 0:
         return 0.0
-    return min(1.0, done / (done + left))
+    return min(1.0, done / whole)
 
 
 def known(progress: tpb.MigrationProgress) -> bool:

@@ -435,8 +435,9 @@ def progress(d: DrainRecord, migrations: Mapping[str, MigrationRecord], now: dat
             r = migrations.get(i.migration_id)
             own = 0.0
             if r is not None and r.progress is not None:
-                s = r.progress.stats
-                moved_bytes += min(s.memory_processed + s.disk_processed, i.bytes_total)
+                s = r.progress.stats  # memory as far as libvirt went through it (zero pages are skipped)
+                memory_done = max(s.memory_total - s.memory_remaining, 0) if s.memory_total else s.memory_processed
+                moved_bytes += min(memory_done + s.disk_processed, i.bytes_total)
                 own = r.progress.eta_ms / 1000
             if r is None or r.phase is Phase.PENDING or r.ahead:  # no slot yet: it waits its turn
                 waiting.append(i.estimate_s * ratio)
