@@ -171,7 +171,8 @@ def progress_bar(
     bar = "#" * filled + "." * (width - filled)
     parts = [f"[{bar}] {frac * 100:3.0f}%" if known(progress) else f"[{bar}]  --%", job_phase_name(progress.phase)]
     if progress.memory_total:
-        parts.append(f"mem {size(progress.memory_processed)}/{size(progress.memory_total)}")
+        through = max(progress.memory_total - progress.memory_remaining, 0)  # as the bar counts it
+        parts.append(f"mem {size(through)}/{size(progress.memory_total)}")
     if progress.disk_total:
         parts.append(f"disk {size(progress.disk_remaining)} left")
     if progress.iteration:
