@@ -94,12 +94,17 @@ def fraction(progress: tpb.MigrationProgress) -> float:
     0.47
     """
     memory = progress.memory_total or progress.memory_processed + progress.memory_remaining
-    memory_done = max(memory - progress.memory_remaining, 0)
-    done = memory_done + progress.disk_processed
+    done = memory_through(progress) + progress.disk_processed
     whole = memory + progress.disk_processed + progress.disk_remaining
     if whole == 0:
         return 0.0
     return min(1.0, done / whole)
+
+
+def memory_through(progress: tpb.MigrationProgress) -> int:
+    """The memory libvirt has been through (total - remaining; the bytes sent without a total)."""
+    memory = progress.memory_total or progress.memory_processed + progress.memory_remaining
+    return max(memory - progress.memory_remaining, 0)
 
 
 def known(progress: tpb.MigrationProgress) -> bool:
@@ -171,8 +176,7 @@ def progress_bar(
     bar = "#" * filled + "." * (width - filled)
     parts = [f"[{bar}] {frac * 100:3.0f}%" if known(progress) else f"[{bar}]  --%", job_phase_name(progress.phase)]
     if progress.memory_total:
-        through = max(progress.memory_total - progress.memory_remaining, 0)  # as the bar counts it
-        parts.append(f"mem {size(through)}/{size(progress.memory_total)}")
+        parts.append(f"mem {size(memory_through(progress))}/{size(progress.memory_total)}")  # as the bar counts it
     if progress.disk_total:
         parts.append(f"disk {size(progress.disk_remaining)} left")
     if progress.iteration:

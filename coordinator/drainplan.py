@@ -148,16 +148,23 @@ def lpt_order(items: Iterable[tuple[int, DrainItem]]) -> list[tuple[int, DrainIt
     return sorted(items, key=lambda ii: (-ii[1].estimate_s, ii[1].vm))
 
 
-def lpt_makespan(estimates: Iterable[float], slots_n: int) -> float:
+def lpt_makespan(estimates: Iterable[float], slots_n: int, busy: Iterable[float] = ()) -> float:
     """The makespan of longest-first list scheduling on ``slots_n`` slots (at most 4/3 of the
-    best possible; with many items per slot it approaches the bound ``sum / slots``).
+    best possible; with many items per slot it approaches the bound ``sum / slots``). ``busy``:
+    what the jobs already running have left, each holding a slot (more of them than slots, after
+    a drain's slots were lowered, hold one each too).
 
     >>> lpt_makespan([5, 4, 3, 3, 3], 2)     # the best is 9 (5+4 | 3+3+3)
     10.0
     >>> lpt_makespan([3] * 8, 2)
     12.0
+    >>> lpt_makespan([], 2, busy=[4.0])      # one job left: two slots do not halve it
+    4.0
+    >>> lpt_makespan([3.0, 3.0], 2, busy=[4.0, 1.0])  # 1 + 3 | 4 + 3
+    7.0
     """
-    loads = [0.0] * max(slots_n, 1)
+    loads = sorted(float(b) for b in busy)
+    loads += [0.0] * (max(slots_n, 1) - len(loads))
     heapq.heapify(loads)
     for e in sorted(estimates, reverse=True):
         heapq.heappush(loads, heapq.heappop(loads) + e)
@@ -175,25 +182,6 @@ def _in_slot_since(r: MigrationRecord) -> datetime:
     if not attempt:
         return r.created_at
     return next((c.at for c in attempt if c.phase is Phase.MIGRATING), attempt[0].at)
-
-
-def _left(running: Iterable[float], waiting: Iterable[float], slots_n: int) -> float:
-    """When the last job ends: the running ones hold slots for what they have left, then each
-    waiting one (longest first) takes the slot that frees first. Running jobs beyond the slots
-    (a drain whose slots were lowered) count as holding slots too.
-
-    >>> _left([4.0], [], 2)               # one job left: two slots do not halve it
-    4.0
-    >>> _left([4.0, 1.0], [3.0, 3.0], 2)  # 1 + 3 | 4 + 3
-    7.0
-    """
-    loads = sorted(running)
-    if len(loads) < max(slots_n, 1):
-        loads += [0.0] * (max(slots_n, 1) - len(loads))
-    heapq.heapify(loads)
-    for e in sorted(waiting, reverse=True):
-        heapq.heappush(loads, heapq.heappop(loads) + e)
-    return max(loads) if loads else 0.0
 
 
 # ---------------------------------------------------------------- following the migrations
@@ -445,7 +433,7 @@ def progress(d: DrainRecord, migrations: Mapping[str, MigrationRecord], now: dat
             running.append(own or max(i.estimate_s * ratio - (now - _in_slot_since(r)).total_seconds(), 1.0))
         elif i.state is ItemState.WAITING:
             waiting.append(i.estimate_s * ratio)
-    eta = 0.0 if d.state.is_final else round(_left(running, waiting, slots(d, outbound_limit)), 1)
+    eta = 0.0 if d.state.is_final else round(lpt_makespan(waiting, slots(d, outbound_limit), busy=running), 1)
     return Progress(
         total=len(d.items),
         moved=d.count(ItemState.MOVED),
