@@ -174,11 +174,11 @@ class Registration:
                 continue
         else:
             return False
+        self.registrations += 1
+        self.registered.set()
         if previous is not None:
             with contextlib.suppress(FerryError):
                 await self.store.revoke(previous)
-        self.registrations += 1
-        self.registered.set()
         log.info("registered %s at %s (lease %x, ttl %d s)", self.name, self.address, lease, self.ttl_s)
         return True
 
