@@ -176,14 +176,18 @@ class Drains:
             )
         if self.fleet.host(host) is None:
             raise NotFound(
-                f"no host named {host!r} is known", reason="HOST_UNKNOWN", hint="check the name with `ferry hosts`"
+                f"no host named {host!r} is known",
+                reason="HOST_UNKNOWN",
+                hint=self.fleet.host_hint(host, "check the name with `ferry hosts`"),
             )
         unknown = [t for t in request.targets if self.fleet.host(t) is None]
         if unknown:
             raise NotFound(
                 f"no host named {', '.join(map(repr, unknown))} is known",
                 reason="TARGET_UNKNOWN",
-                hint="check the names with `ferry hosts`",
+                hint=self.fleet.host_hint(unknown[0], "check the names with `ferry hosts`")
+                if len(unknown) == 1
+                else "check the names with `ferry hosts`",
             )
         if host in request.targets:
             raise InvalidArgument(

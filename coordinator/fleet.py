@@ -54,6 +54,7 @@ from ferry.registry import HostChange, HostRegistration
 from ferry.store import Conflict, Entry, EventKind, Resync, Store
 from ferry.v1 import agent_pb2 as apb
 
+from . import names
 from .changelog import ChangeLog
 from .checks import HostView
 
@@ -511,6 +512,14 @@ class Fleet:
     def _reporting(self, name_or_uuid: str) -> set[str]:
         return set(self._where.get(name_or_uuid, ()))
 
+    def host_hint(self, given: str, fallback: str) -> str:
+        """The hint for an unknown host name: ``fallback``, led by the known host it most likely means."""
+        return names.host_hint(given, {n: h.registration for n, h in self._hosts.items()}, fallback)
+
+    def vm_hint(self, given: str, fallback: str) -> str:
+        """The hint for an unknown VM name: ``fallback``, led by the VM it most likely means."""
+        return names.vm_hint(given, self._where, fallback)
+
     # -- the engine's HostDirectory -------------------------------------------------------------
 
     def client(self, host: str) -> AgentClient:
@@ -526,7 +535,7 @@ class Fleet:
             raise NotFound(
                 f"no host named {host!r} is known",
                 reason="HOST_UNKNOWN",
-                hint="check the name with `ferry hosts`; its agent must be running",
+                hint=self.host_hint(host, "check the name with `ferry hosts`; its agent must be running"),
             )
         return h.client
 

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import replace
 
 import grpc
 
@@ -282,7 +283,9 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         _required(host, "host", '"host1" (see `ferry hosts`)')
         if self.fleet.host(host) is None:
             raise NotFound(
-                f"no host named {host!r} is known", reason="HOST_UNKNOWN", hint="check the name with `ferry hosts`"
+                f"no host named {host!r} is known",
+                reason="HOST_UNKNOWN",
+                hint=self.fleet.host_hint(host, "check the name with `ferry hosts`"),
             )
         return host
 
@@ -345,7 +348,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
             raise NotFound(
                 f"no host named {clip(request.host)!r} is registered",
                 reason="HOST_UNKNOWN",
-                hint="check the name with `ferry hosts`",
+                hint=self.fleet.host_hint(request.host, "check the name with `ferry hosts`"),
             )
         records = await self._records()
         # an operator's read: inventories at most a second old (not the scheduler-facing TTL), and
@@ -395,7 +398,9 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         located = await self.fleet.locate_vm(vm, fresh=True)
         if located is None:
             raise NotFound(
-                f"no host reports a VM named {vm!r}", reason="VM_UNKNOWN", hint="check the name with `ferry vms`"
+                f"no host reports a VM named {vm!r}",
+                reason="VM_UNKNOWN",
+                hint=self.fleet.vm_hint(vm, "check the name with `ferry vms`"),
             )
         source, domain = located
         await self.fleet.refresh()  # every inventory at most a TTL old (only the stale ones are asked)
@@ -472,7 +477,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         report = await preflight(
             self.fleet, vm, target, options, mapping, storage=options.storage if explicit else None, source_host=source
         )
-        blockers = [self._target_down(b, target) for b in report.blockers]
+        blockers = [self._named(b, vm, target) for b in report.blockers]
         cordon = self.views.cordons.items.get(target)
         if cordon is not None and cordon.cordoned:
             blockers.insert(0, hoststate.cordon_problem(cordon))
@@ -540,11 +545,16 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
             done=result.done,
         )
 
-    def _target_down(self, blocker: Problem, target: str) -> Problem:
-        """The shared preflight sees only available hosts: a target the fleet knows is down, not unknown."""
-        view = self.fleet.host_view(target)
-        if blocker.reason != "TARGET_UNKNOWN" or view is None:
+    def _named(self, blocker: Problem, vm: str, target: str) -> Problem:
+        """The shared preflight sees only available hosts: a target the fleet knows is down, not
+        unknown; one it does not know may be a name the fleet knows otherwise (did you mean)."""
+        if blocker.reason == "VM_UNKNOWN":
+            return replace(blocker, hint=self.fleet.vm_hint(vm, blocker.hint))
+        if blocker.reason != "TARGET_UNKNOWN":
             return blocker
+        view = self.fleet.host_view(target)
+        if view is None:
+            return replace(blocker, hint=self.fleet.host_hint(target, blocker.hint))
         return Problem(
             "TARGET_DOWN",
             f"the agent on {target} is not available (not registered or not answering)",

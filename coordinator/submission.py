@@ -389,11 +389,13 @@ class Submissions:
             raise NotFound(
                 f"no host named {target!r} is registered",
                 reason="TARGET_UNKNOWN",
-                hint="check the name with `ferry hosts`; its agent must be running",
+                hint=self.fleet.host_hint(target, "check the name with `ferry hosts`; its agent must be running"),
             )
         if located is None:
             raise NotFound(
-                f"no host reports a VM named {vm!r}", reason="VM_UNKNOWN", hint="check the name with `ferry vms`"
+                f"no host reports a VM named {vm!r}",
+                reason="VM_UNKNOWN",
+                hint=self.fleet.vm_hint(vm, "check the name with `ferry vms`"),
             )
         source, domain = located
         own = vm_blockers(domain, source, request.options)

@@ -66,6 +66,28 @@ async def test_submit_is_refused_with_code_reason_and_hint(fx, vm, to, code, rea
     assert entries == []  # nothing was recorded
 
 
+@pytest.mark.parametrize(
+    ("args", "reason", "meant"),
+    [
+        (("migrate", "g1", "--to", "HOST2", "--no-wait"), "TARGET_UNKNOWN", "host2"),
+        (("migrate", "g1", "--to", "qemu+tls://host2.dc1.example/system", "--no-wait"), "TARGET_UNKNOWN", "host2"),
+        (("migrate", "G1", "--no-wait"), "VM_UNKNOWN", "g1"),
+        (("migrate", "gg1", "--to", "host2", "--no-wait"), "VM_UNKNOWN", "g1"),
+        (("drain", "hots1", "--dry-run"), "HOST_UNKNOWN", "host1"),
+        (("drain", "host1", "--to", "host2.dc1", "--dry-run"), "TARGET_UNKNOWN", "host2"),
+        (("hosts", "cordon", "HOST1", "--reason", "fan"), "HOST_UNKNOWN", "host1"),
+        (("vms", "--host", "host1.dc1.example"), "HOST_UNKNOWN", "host1"),
+    ],
+)
+async def test_a_name_the_fleet_knows_otherwise_is_refused_saying_which_it_knows(fx, capsys, args, reason, meant):
+    fx.agents.add_guest("host1", "g1")
+    code, out = await fx.ferry(capsys, *args)
+    assert code == 2 and out["error"]["reason"] == reason
+    assert out["error"]["hint"].startswith(f"did you mean {meant!r}?")
+    entries, _ = await fx.store.list(keys.MIGRATIONS)
+    assert entries == []
+
+
 async def test_cli_reports_a_refusal_with_exit_2(fx, capsys):
     code, out = await fx.ferry(capsys, "migrate", "nope", "--to", "host2", "--no-wait")
     assert code == 2
@@ -417,6 +439,11 @@ async def test_preflight_lists_every_blocker_at_once(tmp_path, capsys):
         blockers = {b["reason"]: b for b in out["blockers"]}
         assert set(blockers) == {"TARGET_UNKNOWN", "VM_UNKNOWN"}
         assert "ferry hosts" in blockers["TARGET_UNKNOWN"]["hint"] and "ferry vms" in blockers["VM_UNKNOWN"]["hint"]
+        # names the fleet knows otherwise (case, an FQDN): the hints say which
+        code, out = await s.ferry(capsys, "preflight", "BIG", "--to", "Host2.dc1.example")
+        blockers = {b["reason"]: b for b in out["blockers"]}
+        assert blockers["TARGET_UNKNOWN"]["hint"].startswith("did you mean 'host2'?")
+        assert blockers["VM_UNKNOWN"]["hint"].startswith("did you mean 'big'?")
         # the mapping given on the command line fixes the bridge
         s.agents["host2"].hv.domains.clear()
         code, out = await s.ferry(capsys, "preflight", "big", "--to", "host2", "--map-bridge", "br-guest=br-vm")
