@@ -480,8 +480,12 @@ class MigrationDriver:
     # ------------------------------------------------------------------ one poll
 
     async def _poll(self, uuid: str) -> JobStats | None:
+        """This poll's statistics; None when they tell nothing: no job (yet, or any more: the
+        source's job ends before the migrate call returns, and libvirt then reports an empty
+        job, whose zeros would read as a progress that ran back to nothing)."""
         try:
-            return await self._hv.job_stats(uuid)
+            stats = await self._hv.job_stats(uuid)
+            return None if _no_job(stats) else stats
         except NotFound:
             return None  # the job ended and took the source definition with it
         except FerryError as exc:
@@ -651,3 +655,16 @@ def _log_orphan_end(name: str) -> Callable[[asyncio.Task[None]], None]:
             log.info("left-running migration of %s completed", name)
 
     return done
+
+
+def _no_job(stats: JobStats) -> bool:
+    """libvirt's answer when the domain has no job: not active, type none, no figures.
+
+    >>> _no_job(JobStats()), _no_job(JobStats(active=True)), _no_job(JobStats(memory_processed=1))
+    (True, False, False)
+    """
+    return (
+        not stats.active
+        and stats.job_type == "none"
+        and not (stats.memory_total or stats.memory_processed or stats.disk_total or stats.disk_processed)
+    )

@@ -229,6 +229,40 @@ async def test_the_driver_climbs_the_downtime_ladder_until_the_guest_converges()
     assert steps[-1].reason == "max-downtime step 3 of 3: 2000 ms"
 
 
+class EndsBeforeTheCall(FakeHypervisor):
+    """A source whose job, once its memory moves, reads as no job at every other poll: libvirt's
+    empty answer between the job's end on the source and the migrate call's return."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.polls = self.empty = 0
+
+    async def job_stats(self, name_or_uuid, *, completed=False):
+        stats = await super().job_stats(name_or_uuid, completed=completed)
+        self.polls += 1
+        if stats.memory_processed and self.polls % 2:
+            self.empty += 1
+            return JobStats()
+        return stats
+
+
+async def test_an_empty_job_read_between_two_polls_does_not_turn_the_progress_back():
+    """Seen on the lab: a drain's bytes went 315 then 151 MiB of 576 as the job ended, because
+    the source's empty job (all zeros) became a snapshot with no totals."""
+    source, target = two_hosts(EndsBeforeTheCall)
+    uuid = source.add_domain(make_domain_xml("g1", memory_bytes=GiB)).uuid
+    request = MigrationRequest(
+        domain=uuid, target_uri=target.uri, options=MigrationOptions(), progress_interval_s=0.001
+    )
+    events = [e async for e in MigrationDriver(source).run(request)]
+    assert isinstance(events[-1], MigrationResult)
+    moving = [e.stats for e in events if isinstance(e, MigrationProgress) and e.stats.memory_processed]
+    assert len(moving) > 2 and source.empty > 2
+    assert all(s.memory_total == GiB for s in moving)
+    through = [s.memory_total - s.memory_remaining for s in moving]
+    assert through == sorted(through)
+
+
 # ---------------------------------------------------------------- force-complete, operators
 
 
