@@ -405,6 +405,7 @@ class Cli:
         could not) and progress lines otherwise; the final drain at the end."""
         last: cpb.Drain | None = None
         told: set[tuple[str, int]] = set()
+        printed = ""  # the last progress line printed (not on a terminal, a line only when it changes)
         try:
             with self.screen.live(enabled=not self.json) as area:
                 async for d in self.stub.WatchDrain(cpb.WatchDrainRequest(id=drain_id)):
@@ -424,8 +425,9 @@ class Cli:
                     bar = "  " + render.drain_bar(d)
                     if area.enabled:
                         area.show(bar)
-                    else:
+                    elif bar != printed:
                         area.line(bar)
+                        printed = bar
         except asyncio.CancelledError:  # Ctrl-C: the drain goes on
             print(f"\nferry: drain {drain_id} continues; `ferry drains cancel {drain_id}` stops it", file=sys.stderr)
             raise

@@ -278,6 +278,18 @@ async def test_a_vm_that_fits_nowhere_is_refused_naming_every_host(fx, capsys):
 # ---------------------------------------------------------------- drains
 
 
+async def test_a_drain_followed_off_a_terminal_prints_a_progress_line_only_when_it_changes(fx, capsys):
+    for n in ("p0", "p1", "p2"):
+        fx.guest("host1", n)
+    capsys.readouterr()
+    code = await cli.run(["--coordinator", fx.addresses[0], "--insecure", "--rpc-timeout", "10", "drain", "host1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    bars = [line for line in lines if "VMs" in line and line.startswith("  [")]
+    assert bars and "3/3 VMs" in bars[-1]
+    assert all(a != b for a, b in zip(lines, lines[1:], strict=False) if a.startswith("  ["))
+
+
 async def test_drain_empties_the_host_within_the_limits(fx, capsys):
     names = [f"d{i}" for i in range(5)]
     for n in names:
