@@ -1,6 +1,6 @@
 """Where the `ferry` CLI finds the coordinator (flag, environment, config file, default) and
-which certificate it presents (flags ``--ca/--cert/--key``, else the config file's ``ca``,
-``cert``, ``key``; plaintext only with ``--insecure`` or ``insecure = true``).
+which certificate it presents (flags ``--ca/--cert/--key``, the config file's ``ca``, ``cert``,
+``key`` for what no flag gives; plaintext only with ``--insecure`` or ``insecure = true``).
 
     # ~/.config/ferry/cli.toml (ferry-lab up writes one with an operator certificate)
     coordinators = ["coord1.dc1:7100", "coord2.dc1:7100"]
@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ferry.errors import InvalidArgument
-from ferry.rpc import Tls
+from ferry.rpc import Tls, check_pair
 
 DEFAULT_COORDINATOR = "127.0.0.1:7100"
 ENV_ADDRESS = "FERRY_COORDINATOR"
@@ -57,9 +57,11 @@ def client_tls(
     insecure: bool = False,
     env: Mapping[str, str] | None = None,
 ) -> Tls | None:
-    """The CLI's mutual TLS: all three of ``--ca/--cert/--key``, else the config file's
-    ``ca``/``cert``/``key``; None (plaintext) only when asked for with ``--insecure`` or
-    ``insecure = true``. Anything else is refused naming what is missing."""
+    """The CLI's mutual TLS: each of ``--ca/--cert/--key`` given, the config file's ``ca``/
+    ``cert``/``key`` for the rest -- so ``--cert``/``--key`` alone present another identity
+    under the file's CA; a certificate and its key always come together (both flags, or both
+    from the file). None (plaintext) only when asked for with ``--insecure`` or ``insecure =
+    true`` (and no flag). Anything else is refused naming what is missing."""
     env = os.environ if env is None else env
     flags = {"ca": ca, "cert": cert, "key": key}
     given = [k for k, v in flags.items() if v]
@@ -71,25 +73,35 @@ def client_tls(
                 hint="either mutual TLS (--ca, --cert, --key) or --insecure",
             )
         return None
-    if given:
-        missing = [k for k in _TLS_KEYS if not flags[k]]
-        if missing:
-            raise InvalidArgument(
-                f"--{', --'.join(given)} without --{', --'.join(missing)}",
-                reason="TLS_INCOMPLETE",
-                hint="give all of --ca, --cert and --key (PEM files)",
-            )
-        return _readable(Tls(Path(ca or ""), Path(cert or ""), Path(key or "")))
+    if bool(cert) != bool(key):
+        have, lacks = ("cert", "key") if cert else ("key", "cert")
+        raise InvalidArgument(
+            f"--{have} without --{lacks}",
+            reason="TLS_INCOMPLETE",
+            hint="a certificate and its key go together: give both --cert and --key (PEM files)",
+        )
     path = config_path(env)
     data = _read_file(path) if path.exists() else {}
-    if data.get("insecure") is True:
+    if data.get("insecure") is True and not given:
         return None
-    present = [k for k in _TLS_KEYS if isinstance(data.get(k), str) and data[k]]
-    if len(present) == len(_TLS_KEYS):
-        base = path.parent
-        return _readable(Tls(*(base / Path(str(data[k])).expanduser() for k in _TLS_KEYS)))
-    if present:
-        missing = [k for k in _TLS_KEYS if k not in present]
+    base = path.parent
+    from_file = {
+        k: base / Path(v).expanduser() for k in _TLS_KEYS if isinstance(v := data.get(k), str) and v and not flags[k]
+    }
+    paths = {**from_file, **{k: Path(v) for k, v in flags.items() if v}}
+    if len(paths) == len(_TLS_KEYS):
+        return _readable(Tls(paths["ca"], paths["cert"], paths["key"]))
+    if given:
+        missing = [k for k in _TLS_KEYS if k not in paths]
+        raise InvalidArgument(
+            f"--{', --'.join(given)} without --{', --'.join(missing)}"
+            + (f" (and {path} has no {', '.join(missing)})" if path.exists() else ""),
+            reason="TLS_INCOMPLETE",
+            hint=f"give --{', --'.join(missing)} too, or set {', '.join(missing)} in {path}",
+        )
+    if from_file:
+        present = [k for k in _TLS_KEYS if k in from_file]
+        missing = [k for k in _TLS_KEYS if k not in from_file]
         raise InvalidArgument(
             f"{path} has {', '.join(present)} but lacks {', '.join(missing)}",
             reason="TLS_INCOMPLETE",
@@ -108,6 +120,7 @@ def _readable(tls: Tls) -> Tls:
             raise InvalidArgument(
                 f"cannot read the {what} {path}", reason="TLS_FILE_UNREADABLE", hint="check the path and permissions"
             )
+    check_pair(tls)
     return tls
 
 

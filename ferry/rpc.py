@@ -28,7 +28,16 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from ferry import logcontext
-from ferry.errors import ERROR_DOMAIN, FerryError, Internal, StatusCode, clip, clip_bytes, error_for_code
+from ferry.errors import (
+    ERROR_DOMAIN,
+    FerryError,
+    Internal,
+    InvalidArgument,
+    StatusCode,
+    clip,
+    clip_bytes,
+    error_for_code,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +93,45 @@ class ServerLimits:
     max_send_bytes: int = 64 << 20  # one response message (an inventory of many domains)
 
 
+def check_pair(tls: Tls) -> None:
+    """Refuse a certificate and a key that do not belong together, or a file that is no PEM of
+    its kind, naming the files: gRPC itself only logs "Invalid private key" and every call then
+    fails as if no server answered. InvalidArgument (TLS_FILE_INVALID, TLS_KEY_MISMATCH)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    def load(what: str, path: Path, loader: Callable[[bytes], Any]) -> Any:
+        try:
+            return loader(path.read_bytes())
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgument(
+                f"{path} is not a PEM {what}: {exc}",
+                reason="TLS_FILE_INVALID",
+                hint=f"give the {what} file (PEM) made by ferry-certs",
+            ) from None
+        except OSError as exc:
+            raise InvalidArgument(
+                f"cannot read the {what} {path}: {exc.strerror}",
+                reason="TLS_FILE_UNREADABLE",
+                hint="check the path and permissions",
+            ) from None
+
+    cert = load("certificate", tls.cert, x509.load_pem_x509_certificate)
+    key = load("private key", tls.key, lambda b: serialization.load_pem_private_key(b, password=None))
+    load("CA certificate", tls.ca, x509.load_pem_x509_certificate)
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if cert.public_key().public_bytes(serialization.Encoding.DER, spki) != key.public_key().public_bytes(
+        serialization.Encoding.DER, spki
+    ):
+        raise InvalidArgument(
+            f"the key {tls.key} does not belong to the certificate {tls.cert}",
+            reason="TLS_KEY_MISMATCH",
+            hint="give the key issued with that certificate (ferry-certs writes NAME.pem and NAME-key.pem)",
+        )
+
+
 def _server_credentials(tls: Tls) -> grpc.ServerCredentials:
+    check_pair(tls)
     return grpc.ssl_server_credentials(
         [(tls.key.read_bytes(), tls.cert.read_bytes())],
         root_certificates=tls.ca.read_bytes(),

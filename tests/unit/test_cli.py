@@ -1,10 +1,14 @@
 """The CLI's pure parts: virsh-style flags -> options, address resolution, rendering."""
 
+from pathlib import Path
+
 import pytest
 
 from ferry.cli import render
 from ferry.cli.config import DEFAULT_COORDINATOR, coordinator_address
 from ferry.cli.main import Usage, build_mapping, build_options, parser
+from ferry.errors import InvalidArgument
+from ferry.rpc import Tls
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import types_pb2 as tpb
 
@@ -114,6 +118,60 @@ def test_address_order(tmp_path):
     assert coordinator_address(None, {**env, "FERRY_COORDINATOR": "e:2"}) == "e:2"
     assert coordinator_address(None, env) == "unix:/tmp/lab/coordinator.sock"
     assert coordinator_address(None, {"FERRY_CONFIG": str(tmp_path / "none.toml")}) == DEFAULT_COORDINATOR
+
+
+def _pki(d):
+    """A CA and two identities (ferry-certs' code): the files' paths."""
+    from ferry.certs import issue_identity, new_ca, write_pem
+    from ferry.identity import Identity, Role
+
+    ca = new_ca("test CA")
+    write_pem(d, "ca", ca)
+    write_pem(d, "op", issue_identity(ca, Identity(Role.OPERATOR, "alice")))
+    write_pem(d, "rd", issue_identity(ca, Identity(Role.READER, "bob")))
+    return [str(d / n) for n in ("ca.pem", "op.pem", "op-key.pem", "rd.pem", "rd-key.pem")]
+
+
+def test_tls_flags_override_the_config_files_values_one_by_one(tmp_path):
+    from ferry.cli.config import client_tls
+
+    ca, cert, key, other, other_key = _pki(tmp_path)
+    cfg = tmp_path / "cli.toml"
+    cfg.write_text(f'ca = "{ca}"\ncert = "{cert}"\nkey = "{key}"\n')
+    env = {"FERRY_CONFIG": str(cfg)}
+    assert client_tls(env=env) == Tls(Path(ca), Path(cert), Path(key))
+    # another identity under the file's CA: --cert and --key alone
+    assert client_tls(cert=other, key=other_key, env=env) == Tls(Path(ca), Path(other), Path(other_key))
+    assert client_tls(ca=other, env=env) == Tls(Path(other), Path(cert), Path(key))
+    # a certificate never goes with the file's key (nor a key with its certificate)
+    for kw in ({"cert": other}, {"key": other_key}):
+        with pytest.raises(InvalidArgument) as e:
+            client_tls(**kw, env=env)
+        assert e.value.reason == "TLS_INCOMPLETE" and "both --cert and --key" in e.value.hint
+    # no file: every flag is needed, and the refusal names what is missing
+    none = {"FERRY_CONFIG": str(tmp_path / "none.toml")}
+    with pytest.raises(InvalidArgument) as e:
+        client_tls(cert=other, key=other_key, env=none)
+    assert e.value.reason == "TLS_INCOMPLETE" and e.value.message == "--cert, --key without --ca"
+    assert client_tls(ca=ca, cert=other, key=other_key, env=none) == Tls(Path(ca), Path(other), Path(other_key))
+    # a file asking for plaintext gives way to flags naming a certificate
+    cfg.write_text(f'insecure = true\nca = "{ca}"\n')
+    assert client_tls(env=env) is None
+    assert client_tls(cert=other, key=other_key, env=env) == Tls(Path(ca), Path(other), Path(other_key))
+
+
+def test_a_key_that_is_not_the_certificates_is_refused_before_any_call(tmp_path):
+    """gRPC only logs "Invalid private key" and every call then looks like no coordinator answers."""
+    from ferry.cli.config import client_tls
+
+    ca, cert, _, _, other_key = _pki(tmp_path)
+    env = {"FERRY_CONFIG": str(tmp_path / "none.toml")}
+    with pytest.raises(InvalidArgument) as e:
+        client_tls(ca=ca, cert=cert, key=other_key, env=env)
+    assert e.value.reason == "TLS_KEY_MISMATCH" and other_key in e.value.message and cert in e.value.message
+    with pytest.raises(InvalidArgument) as e:
+        client_tls(ca=ca, cert=other_key, key=other_key, env=env)  # a key where the certificate goes
+    assert e.value.reason == "TLS_FILE_INVALID" and "not a PEM certificate" in e.value.message
 
 
 @pytest.mark.parametrize(
