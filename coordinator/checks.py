@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ferry.model import HOST_CPU_MODES, DomainInfo, DomainState, HostFacts, MigrationOptions, Problem, StorageMode
+from ferry.model import (
+    HOST_CPU_MODES,
+    Disk,
+    DomainInfo,
+    DomainState,
+    HostFacts,
+    MigrationOptions,
+    Problem,
+    StorageMode,
+)
 
 
 @dataclass(frozen=True)
@@ -107,9 +116,12 @@ def offline_disk_blockers(domain: DomainInfo, source_name: str) -> list[Problem]
             "moves only the definition and cannot copy disks",
             "start the VM and migrate it live with --copy-storage-all, or move the disk to shared storage first",
         )
-        for d in domain.disks
-        if d.device == "disk" and d.source and not d.readonly and not d.shared
+        for d in _local_writable(domain)
     ]
+
+
+def _local_writable(domain: DomainInfo) -> list[Disk]:
+    return [d for d in domain.disks if d.device == "disk" and d.source and not d.readonly and not d.shared]
 
 
 def state_words(state: DomainState) -> str:
@@ -127,11 +139,15 @@ def vm_blockers(domain: DomainInfo, source_name: str, options: MigrationOptions)
     """
     out = []
     if not options.offline and domain.state not in (DomainState.RUNNING, DomainState.PAUSED, DomainState.BLOCKED):
+        local = [d.target for d in _local_writable(domain)]
         out.append(
             Problem(
                 "VM_NOT_RUNNING",
                 f"{domain.name} is {state_words(domain.state)} on {source_name}; a live migration needs a running VM",
-                "start it, or migrate with --offline",
+                f"start it (virsh start {domain.name} on {source_name}) and migrate it live; --offline moves only "
+                f"the definition and cannot copy its local disk{'s' if len(local) > 1 else ''} {', '.join(local)}"
+                if local
+                else "start it, or migrate with --offline",
             )
         )
     if options.offline and not domain.persistent:

@@ -150,3 +150,17 @@ def test_every_blocker_has_a_hint():
 )
 def test_auto_storage(disks, storage):
     assert effective_storage(dom(disks=disks), MigrationOptions(), explicit=False) == storage
+
+
+def test_a_stopped_vm_with_a_local_disk_is_not_sent_to_offline():
+    """--offline cannot copy a local disk: the hint of a stopped VM says so instead of offering it."""
+    from ferry.coordinator.checks import vm_blockers
+
+    [local] = vm_blockers(dom(state=DomainState.SHUTOFF), "host1", MigrationOptions())
+    assert local.reason == "VM_NOT_RUNNING"
+    assert local.hint == (
+        "start it (virsh start g1 on host1) and migrate it live; --offline moves only the definition "
+        "and cannot copy its local disk vda"
+    )
+    [shared] = vm_blockers(dom(state=DomainState.SHUTOFF, disks=(SHARED_OK,)), "host1", MigrationOptions())
+    assert shared.hint == "start it, or migrate with --offline"
