@@ -40,7 +40,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from ferry.agent.progress import changed, disk_bytes_copied, next_progress, phase_of
+from ferry.agent.progress import changed, next_progress, phase_of
 from ferry.convergence import (
     Action,
     ConvergencePolicy,
@@ -68,6 +68,7 @@ from ferry.model import (
     MigrationResult,
     PolicyAction,
     StorageMode,
+    disk_bytes_copied,
 )
 from ferry.ports import Hypervisor
 

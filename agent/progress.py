@@ -5,7 +5,6 @@ tests/unit/test_migration_policy.py):
 * ``later_phase``: the later of two phases (a reported phase never moves back).
 * ``next_progress``: the snapshot to report; progress never runs backwards within a phase.
 * ``changed``: a snapshot worth reporting (more than the elapsed time differs).
-* ``disk_bytes_copied``: the disk bytes of a completed migration.
 """
 
 from __future__ import annotations
@@ -130,19 +129,3 @@ def changed(prev: MigrationProgress | None, new: MigrationProgress) -> bool:
         new.max_downtime_ms,
         replace(new.stats, time_elapsed_ms=0),
     )
-
-
-def disk_bytes_copied(reported: int, seen: JobStats, planned: int) -> int:
-    """The disk bytes of a migration that completed: the target does not count them, and a job
-    shorter than a statistics poll never shows them. So: the most of the completed job's own
-    figure, the disk bytes the source last reported processed, and the last disk total seen (a
-    completed copy processed all of it); when nothing was seen, the bytes planned for the copy.
-
-    >>> disk_bytes_copied(0, JobStats(disk_total=1000, disk_processed=900), 800)
-    1000
-    >>> disk_bytes_copied(0, JobStats(), 800)
-    800
-    >>> disk_bytes_copied(0, JobStats(), 0)     # nothing copied (shared storage)
-    0
-    """
-    return max(reported, seen.disk_processed, seen.disk_total) or planned

@@ -61,7 +61,15 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from ferry.model import CompletedJob, DomainState, JobStats, MigrationPhase, MigrationProgress, Problem
+from ferry.model import (
+    CompletedJob,
+    DomainState,
+    JobStats,
+    MigrationPhase,
+    MigrationProgress,
+    Problem,
+    disk_bytes_copied,
+)
 
 from .events import (
     AbortMigration,
@@ -263,6 +271,9 @@ def _committed(c: Ctx, event: Committed) -> Decision:
 
 def _succeeded(c: Ctx, why: str, job: CompletedJob | None = None) -> Decision:
     r = c.r
+    if r.result is None and job is not None:  # the target's completed job: it does not count disks
+        seen = r.progress.stats if r.progress is not None else JobStats()
+        job = replace(job, disk_processed=disk_bytes_copied(job.disk_processed, seen, r.disk_bytes))
     result = r.result or job  # the stream's own figures win
     final = completed_progress(r.progress, result, r.memory_bytes)
     c = replace(c, r=evolve(r, result=result, progress=final))

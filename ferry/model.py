@@ -229,6 +229,22 @@ class CompletedJob:
     downtime_measured: bool = True
 
 
+def disk_bytes_copied(reported: int, seen: JobStats, planned: int) -> int:
+    """The disk bytes of a migration that completed: the target does not count them, and a job
+    shorter than a statistics poll never shows them. So: the most of the completed job's own
+    figure, the disk bytes the source last reported processed, and the last disk total seen (a
+    completed copy processed all of it); when nothing was seen, the bytes planned for the copy.
+
+    >>> disk_bytes_copied(0, JobStats(disk_total=1000, disk_processed=900), 800)
+    1000
+    >>> disk_bytes_copied(0, JobStats(), 800)
+    800
+    >>> disk_bytes_copied(0, JobStats(), 0)     # nothing copied (shared storage)
+    0
+    """
+    return max(reported, seen.disk_processed, seen.disk_total) or planned
+
+
 @dataclass(frozen=True)
 class PolicyAction:
     """One thing done to a running migration and why: a convergence policy's step (a max-downtime

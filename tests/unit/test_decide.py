@@ -1025,6 +1025,22 @@ def test_commit_fills_in_the_completed_job_only_when_missing(had, read, kept):
     assert d.record.phase is Phase.SUCCEEDED and d.record.result == kept
 
 
+@pytest.mark.parametrize(
+    ("seen", "planned", "disk"),
+    [
+        (JobStats(disk_total=64 << 20, disk_processed=40 << 20), 60 << 20, 64 << 20),  # the copy seen: it completed
+        (JobStats(), 60 << 20, 60 << 20),  # no snapshot showed the copy: as planned
+        (JobStats(), 0, 0),  # shared storage: nothing copied
+    ],
+)
+def test_a_completed_job_read_from_the_target_gets_the_disk_bytes_it_does_not_count(seen, planned, disk):
+    """Seen on the lab (etcd down during a copy): the record ended "disk 0 B" for a 64 MiB copy."""
+    last = MigrationProgress(MigrationPhase.DISK_MIRROR, seen)
+    read = CompletedJob(time_elapsed_ms=8600, memory_processed=99 << 20)
+    r = decide(replace(FINISHING, progress=last, disk_bytes=planned), Committed(job=read), NOW, T).record
+    assert r.result == replace(read, disk_processed=disk) and r.progress.stats.disk_processed == disk
+
+
 # ---------------------------------------------------------------- what the policy did
 
 

@@ -20,6 +20,7 @@ from ferry.model import (
     MigrationProgress,
     MigrationResult,
     PolicyAction,
+    disk_bytes_copied,
 )
 from ferry.testing.fake_hypervisor import FakeFleet, FakeHypervisor, make_domain_xml
 
@@ -112,7 +113,7 @@ def test_an_aborted_job_is_never_reported_finishing():
     ],
 )
 def test_disk_bytes_of_a_completed_copy(reported, seen, planned, expected):
-    assert m.disk_bytes_copied(reported, seen, planned) == expected
+    assert disk_bytes_copied(reported, seen, planned) == expected
 
 
 def precopy(processed, remaining, iteration, **kw):
