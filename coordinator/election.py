@@ -14,7 +14,9 @@ lengthens leases on its own leader changes, never shortens them.
 Crash vs hand-over: cancelling :meth:`Election.run` is a crash (this process stops acting at
 once, the lease is left to expire, another candidate takes over after ttl). :meth:`resign` is
 the clean hand-over: duties are stopped, ``on_demoted`` runs, then the lease is revoked so the
-next candidate takes over immediately.
+next candidate takes over immediately. A leader that stepped down because the store stopped
+answering revokes its lease once the store answers again: a restarted etcd member restores every
+lease with a full ttl, so the old key would otherwise keep every candidate waiting that long.
 
 The timing rules are pure (:class:`LeaseTiming`) and unit-tested with tables.
 """
@@ -149,6 +151,7 @@ class Election:
         self._term: _Term | None = None
         self._resigned = False
         self._campaign_task: asyncio.Task[_Term] | None = None
+        self._abandoned: int | None = None  # the lease of our ended term, not revoked (store down)
         self.last_outcome = "not started"
         self.observed: Candidate | None = None  # the leader last seen in the store
 
@@ -232,7 +235,11 @@ class Election:
             log.warning("%s %s", self.me.id, self.last_outcome)
             await on_demoted()
         finally:
-            await self._revoke_quietly(term.lease)  # only now may a successor start
+            # only now may a successor start; a lease the store could not revoke (it is down) is
+            # revoked on the first campaign read once it answers: etcd restores a lease with a
+            # full ttl when it restarts, and every candidate would wait that long for our old key
+            if not await self._revoke_quietly(term.lease):
+                self._abandoned = term.lease
             term.demoted.set()
             self._term = None
 
@@ -295,6 +302,11 @@ class Election:
         while True:
             try:
                 current = await self.store.get(self.key)
+                if current is not None and self._abandoned is not None and current.lease == self._abandoned:
+                    log.info("%s: revoking the lease of its own ended term (%x)", self.me.id, current.lease)
+                    if await self._revoke_quietly(current.lease):
+                        self._abandoned = None
+                    continue
                 if current is not None:
                     self.observed = Candidate.decode(current.value)
                     await self._wait_for_vacancy(current)
@@ -347,8 +359,10 @@ class Election:
         if delay > 0:
             await asyncio.sleep(delay)
 
-    async def _revoke_quietly(self, lease: int) -> None:
-        """Best effort, bounded: revoking only speeds up the next election."""
+    async def _revoke_quietly(self, lease: int) -> bool:
+        """Best effort, bounded: revoking only speeds up the next election. Whether it was revoked."""
         with contextlib.suppress(FerryError, TimeoutError):
             async with asyncio.timeout(min(2.0, self.ttl_s / 2)):
                 await self.store.revoke(lease)
+                return True
+        return False
