@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -451,6 +452,8 @@ class EtcdStore:
         full = self._full(prefix)
         delivered = start_revision - 1  # every event at or below this revision was yielded
         backoff = _WATCH_FIRST_BACKOFF_S
+        broken_at: float | None = None  # since when the watch is broken (one warning, then debug)
+        attempts = 0
         while not self._closed:
             stream: WatchStream | AioWatchStream
             if self._watch_threads:
@@ -473,6 +476,14 @@ class EtcdStore:
                             hint="check the etcd members' logs and permissions on the prefix",
                         )
                     backoff = _WATCH_FIRST_BACKOFF_S
+                    if broken_at is not None:
+                        log.info(
+                            "watch on %r resumed after %.1f s (%d attempt(s))",
+                            full,
+                            time.monotonic() - broken_at,
+                            attempts,
+                        )
+                        broken_at, attempts = None, 0
                     for ev in resp.events:
                         kind = EventKind.DELETE if ev.type == ev.DELETE else EventKind.PUT
                         delivered = ev.kv.mod_revision
@@ -482,7 +493,17 @@ class EtcdStore:
                     return
                 if _rpc_code(exc) not in _TRANSIENT_CODES:
                     raise self._map(exc, "watch", None) from exc
-                log.warning("watch on %r broke (%s); resuming in %.2f s", full, _rpc_code(exc), backoff)
+                attempts += 1
+                if broken_at is None:
+                    broken_at = time.monotonic()
+                    log.warning(
+                        "watch on %r broke (%s); resuming, retried every %.1f s at most",
+                        full,
+                        _rpc_code(exc),
+                        _MAX_WATCH_BACKOFF_S,
+                    )
+                else:
+                    log.debug("watch on %r: attempt %d failed (%s)", full, attempts, _rpc_code(exc))
                 await asyncio.sleep(backoff)  # then resume after the last event delivered
                 backoff = min(backoff * 2, _MAX_WATCH_BACKOFF_S)
             finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
@@ -83,7 +84,10 @@ async def test_compare_and_set_keeps_working_when_the_raft_leader_is_killed(etcd
         await store.close()
 
 
-async def test_watch_resumes_without_gaps_after_its_member_restarts(etcd_three: EtcdCluster) -> None:
+async def test_watch_resumes_without_gaps_after_its_member_restarts(
+    etcd_three: EtcdCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ferry.etcd_store")
     watched, *others = etcd_three.members
     watcher_store = EtcdStore([watched.endpoint], prefix=PREFIX)
     writer = EtcdStore([m.endpoint for m in others], prefix=PREFIX)
@@ -105,6 +109,10 @@ async def test_watch_resumes_without_gaps_after_its_member_restarts(etcd_three: 
         await wait_until(lambda: len(collector.items) == 5, 10)
         assert collector.puts() == [(f"jobs/{k}", b"1") for k in "abcde"]
         assert not any(isinstance(i, Resync) for i in collector.items)
+        # the outage in the log: one warning however many attempts, one line when it resumed
+        said = [(r.levelno, r.getMessage()) for r in caplog.records if "jobs/" in r.getMessage()]
+        assert [level for level, _ in said] == [logging.WARNING, logging.INFO], said
+        assert "broke" in said[0][1] and "resumed after" in said[1][1]
         await collector.stop()
     finally:
         await watcher_store.close()
