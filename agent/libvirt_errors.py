@@ -253,6 +253,15 @@ _PEER_UNREACHABLE = Rule(
 )
 
 
+_PEER_LINK_LOST = Rule(
+    Unavailable,
+    "TARGET_CONNECTION_LOST",
+    "the network between the hosts or the target's libvirtd ({peer}) stopped answering for a while "
+    "during the job (libvirt's keepalive then closes the link); the guest keeps running on the source "
+    "and both hosts answer now: retry the migration, and check the network between them if it recurs",
+)
+
+
 def is_unreachable(code: int, domain: int = 0) -> bool:
     """True when the error means the libvirt connection is broken or cannot be made."""
     return code in _UNREACHABLE_CODES or (
@@ -268,16 +277,35 @@ def rule_for(code: int, domain: int = 0) -> Rule:
 
 
 def translate(
-    code: int, domain: int, message: str, *, call: str, host: str, peer: str = "", peer_unreachable: bool = False
+    code: int,
+    domain: int,
+    message: str,
+    *,
+    call: str,
+    host: str,
+    peer: str = "",
+    peer_unreachable: bool = False,
+    peer_link_lost: bool = False,
 ) -> FerryError:
     """The Ferry error for a libvirt error.
 
     ``call`` names the libvirt call (e.g. ``migrateToURI3``), ``host`` the libvirt we talked to,
     ``peer`` the other host's URI in a migration. ``peer_unreachable`` is the caller's finding
-    (from state, e.g. a failed probe of the target) that the failure was the peer's connection.
+    (from state, e.g. a failed probe of the target) that the failure was the peer's connection;
+    ``peer_link_lost`` that the connection to the peer closed during the job while both libvirtds
+    answer (ours on the connection it had before; the peer to a new one).
     """
-    rule = _PEER_UNREACHABLE if peer_unreachable else rule_for(code, domain)
+    if peer_unreachable:
+        rule = _PEER_UNREACHABLE
+    elif peer_link_lost:
+        rule = _PEER_LINK_LOST
+    else:
+        rule = rule_for(code, domain)
     hint = rule.hint.format(call=call, host=host, peer=peer or "the target")
+    if peer_link_lost:
+        message = (
+            f"the connection to the target's libvirtd ({peer or 'the target'}) closed during the migration: {message}"
+        )
     text = f"{call} on {host}: {message}" if message else f"{call} on {host} failed (libvirt error {code})"
     return rule.error(text, reason=rule.reason, hint=hint)
 

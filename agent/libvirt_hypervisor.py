@@ -196,7 +196,14 @@ class LibvirtHypervisor:
         raise AssertionError("unreachable")
 
     def _error(
-        self, exc: libvirt.libvirtError, call: str, *, host: str = "", peer: str = "", peer_unreachable: bool = False
+        self,
+        exc: libvirt.libvirtError,
+        call: str,
+        *,
+        host: str = "",
+        peer: str = "",
+        peer_unreachable: bool = False,
+        peer_link_lost: bool = False,
     ) -> FerryError:
         return le.translate(
             _code(exc),
@@ -206,6 +213,7 @@ class LibvirtHypervisor:
             host=host or self.uri,
             peer=peer,
             peer_unreachable=peer_unreachable,
+            peer_link_lost=peer_link_lost,
         )
 
     @staticmethod
@@ -697,6 +705,8 @@ class LibvirtHypervisor:
         uuid = (await self.get_domain(name_or_uuid)).uuid
         self._aborted.discard(uuid)
 
+        own_link = [False]  # whether our connection to libvirtd outlived a failed call
+
         def work() -> None:
             # its own connection: calls on the connection that carries a running
             # migrateToURI3 can block for the whole job (seen: jobStats and abortJob stuck
@@ -704,6 +714,10 @@ class LibvirtHypervisor:
             conn = libvirt.open(self.uri)
             try:
                 conn.lookupByUUIDString(uuid).migrateToURI3(target_uri, params, flags)
+            except libvirt.libvirtError:
+                with contextlib.suppress(libvirt.libvirtError):
+                    own_link[0] = conn.isAlive() == 1 and conn.getLibVersion() > 0
+                raise
             finally:
                 with contextlib.suppress(libvirt.libvirtError):
                     conn.close()
@@ -727,11 +741,13 @@ class LibvirtHypervisor:
                 log.error("abort of %s failed: %s: %s", uuid, exc.reason, exc)
             raise le.timeout_error("migrateToURI3", self.uri, timeout_s) from None
         except libvirt.libvirtError as exc:
-            raise await self._migrate_error(exc, uuid, target_uri) from exc
+            raise await self._migrate_error(exc, uuid, target_uri, own_link_alive=own_link[0]) from exc
         finally:
             self._aborted.discard(uuid)
 
-    async def _migrate_error(self, exc: libvirt.libvirtError, uuid: str, target_uri: str) -> FerryError:
+    async def _migrate_error(
+        self, exc: libvirt.libvirtError, uuid: str, target_uri: str, *, own_link_alive: bool = False
+    ) -> FerryError:
         call = "migrateToURI3"
         if uuid in self._aborted:
             return Aborted(
@@ -740,9 +756,14 @@ class LibvirtHypervisor:
                 hint="the migration was aborted on request; the guest keeps running on the source",
             )
         code = _code(exc)
-        if code == le.VIR_ERR_OPERATION_FAILED or le.is_unreachable(code, exc.get_error_domain() or 0):
+        unreachable = le.is_unreachable(code, exc.get_error_domain() or 0)
+        if code == le.VIR_ERR_OPERATION_FAILED or unreachable:
             if not await self._reachable(target_uri):
                 return self._error(exc, call, peer=target_uri, peer_unreachable=True)
+            if unreachable and own_link_alive:
+                # the call's own connection to our libvirtd still works, and the target's answers
+                # a new one: what closed was the link between them (a partition, seen on the lab)
+                return self._error(exc, call, peer=target_uri, peer_link_lost=True)
         return self._error(exc, call, peer=target_uri)
 
     async def _reachable(self, uri: str) -> bool:

@@ -84,6 +84,26 @@ def test_peer_unreachable_is_the_callers_finding():
     assert "qemu+tcp://10.77.0.12/system" in err.hint
 
 
+def test_a_link_to_the_peer_lost_during_the_job_names_the_peer_not_our_libvirtd():
+    """Seen on the lab: host3 cut off for 15 s during a migration to it; the error said "the
+    connection to libvirtd on qemu:///system failed" (ours, which was fine)."""
+    err = le.translate(
+        1,
+        RPC,
+        "internal error: client socket is closed",
+        call="migrateToURI3",
+        host="qemu:///system",
+        peer="qemu+tls://10.77.0.13/system",
+        peer_link_lost=True,
+    )
+    assert isinstance(err, errors.Unavailable) and err.reason == "TARGET_CONNECTION_LOST"
+    assert err.message == (
+        "migrateToURI3 on qemu:///system: the connection to the target's libvirtd (qemu+tls://10.77.0.13/system) "
+        "closed during the migration: internal error: client socket is closed"
+    )
+    assert "network between the hosts" in err.hint and "retry" in err.hint
+
+
 @pytest.mark.parametrize(
     ("code", "domain", "expected"),
     [
