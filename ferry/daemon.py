@@ -2,19 +2,24 @@
 
 Exit status: 0 after a clean stop (SIGTERM/SIGINT), 2 for a bad config, 1 when it cannot run
 (also when the Python packages of its extra are missing: ``pip install 'ferry[agent]'``).
+``--check`` reads the config and its TLS files, says what it found and exits (0 valid, 2 not):
+for ``ExecStartPre=`` and before a restart.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib.util
 import logging
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from ferry import logsetup
-from ferry.errors import FerryError
+from ferry.errors import FerryError, InvalidArgument
+from ferry.rpc import Tls, check_pair
 from ferry.tomlconfig import LogConfig
 
 
@@ -24,6 +29,65 @@ class DaemonConfig(Protocol):
 
 
 C = TypeVar("C", bound=DaemonConfig)
+RENEW_DAYS = 14  # --check says to renew a certificate with less left
+
+
+def tls_in(config: object, where: str = "") -> list[tuple[str, Tls]]:
+    """Every Tls of a config (dataclasses all the way down), each once, with every place it is in.
+
+    >>> from dataclasses import dataclass
+    >>> from pathlib import Path
+    >>> @dataclass
+    ... class Etcd:
+    ...     tls: Tls | None = None
+    >>> @dataclass
+    ... class Config:
+    ...     etcd: Etcd
+    ...     tls: Tls
+    >>> t = Tls(Path("ca.pem"), Path("a.pem"), Path("a-key.pem"))
+    >>> [w for w, _ in tls_in(Config(Etcd(t), t))], [w for w, _ in tls_in(Config(Etcd(), t))]
+    (['etcd.tls, tls'], ['tls'])
+    """
+    places: dict[Tls, list[str]] = {}
+
+    def walk(node: object, at: str) -> None:
+        if isinstance(node, Tls):
+            places.setdefault(node, []).append(at or "tls")
+        elif dataclasses.is_dataclass(node) and not isinstance(node, type):
+            for f in dataclasses.fields(node):
+                walk(getattr(node, f.name), f"{at}.{f.name}" if at else f.name)
+
+    walk(config, where)
+    return [(", ".join(at), tls) for tls, at in places.items()]
+
+
+def check_tls(config: object, *, now: datetime | None = None) -> list[str]:
+    """What ``--check`` says of each TLS identity of ``config``; raises the first problem
+    (InvalidArgument: unreadable, not PEM, a key not the certificate's, no Ferry identity,
+    expired)."""
+    from cryptography import x509
+
+    from ferry.certs import identity_in
+
+    now = now or datetime.now(UTC)
+    lines = []
+    for where, tls in tls_in(config):
+        check_pair(tls)
+        pem = tls.cert.read_bytes()
+        identity = identity_in(pem)
+        cert = x509.load_pem_x509_certificate(pem)
+        ends = cert.not_valid_after_utc
+        if ends <= now:
+            raise InvalidArgument(
+                f"the certificate {tls.cert} ({where}) expired on {ends:%Y-%m-%d %H:%M} UTC",
+                reason="TLS_CERT_EXPIRED",
+                hint="issue a new one (ferry-certs issue) and restart",
+            )
+        days = (ends - now).days
+        soon = f"; RENEW IT: {days} day(s) left" if days < RENEW_DAYS else ""
+        who = identity.uri if identity is not None else "no Ferry identity (ferry://ROLE/NAME)"
+        lines.append(f"{where}: {who}, {tls.cert} (key {tls.key} matches), valid until {ends:%Y-%m-%d}{soon}")
+    return lines
 
 
 def missing_modules(modules: Sequence[str]) -> list[str]:
@@ -46,6 +110,12 @@ def run_daemon(
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", required=True, help="TOML config file")
     parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the config and its TLS files (each key belongs to its certificate, which names an "
+        "identity and has not expired), print what was found and exit: 0 valid, 2 not",
+    )
+    parser.add_argument(
         "--log-level",
         type=str.lower,
         default=None,
@@ -66,6 +136,12 @@ def run_daemon(
         return 1
     try:
         config = load_config(args.config)
+        if args.check:
+            lines = check_tls(config)
+            print(f"{prog}: {args.config} is valid")
+            for line in lines:
+                print(f"  {line}")
+            return 0
     except FerryError as exc:
         log.error("%s", exc)
         return 2

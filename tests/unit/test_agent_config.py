@@ -170,3 +170,31 @@ def test_image_dirs_must_be_absolute_without_dotdot(bad):
     with pytest.raises(InvalidArgument) as exc:
         parse_config(LAB.replace('image_dirs = ["/var/lib/libvirt/images"]', f"image_dirs = [{bad}]") + INSECURE)
     assert exc.value.reason == "CONFIG_INVALID" and "image_dirs" in exc.value.message
+
+
+def test_check_says_what_the_config_and_its_certificates_hold_and_exits(tmp_path, capsys):
+    """`ferry-agent --config F --check`: valid -> 0 and each identity; a key of another -> 2."""
+    import datetime as dt
+
+    from ferry.agent.main import main
+    from ferry.certs import issue_identity, new_ca, write_pem
+    from ferry.identity import Identity, Role
+
+    ca = new_ca("test CA")
+    write_pem(tmp_path, "ca", ca)
+    write_pem(tmp_path, "agent.host1", issue_identity(ca, Identity(Role.AGENT, "host1"), dns=["host1"]))
+    soon = dt.datetime.now(dt.UTC) - dt.timedelta(days=355)  # 365 days from then: 10 left
+    write_pem(tmp_path, "old", issue_identity(ca, Identity(Role.AGENT, "host1"), not_before=soon))
+    config = tmp_path / "agent.toml"
+    tls = '[tls]\nca = "ca.pem"\ncert = "{0}.pem"\nkey = "{1}-key.pem"\n'
+    config.write_text(LAB + tls.format("agent.host1", "agent.host1"))
+    assert main(["--config", str(config), "--check"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"ferry-agent: {config} is valid"
+    assert out[1].startswith("  tls: ferry://agent/host1, ") and "matches" in out[1] and "RENEW" not in out[1]
+    config.write_text(LAB + tls.format("old", "old"))
+    assert main(["--config", str(config), "--check"]) == 0
+    assert "RENEW IT: 9 day(s) left" in capsys.readouterr().out
+    config.write_text(LAB + tls.format("agent.host1", "old"))
+    assert main(["--config", str(config), "--check"]) == 2
+    assert capsys.readouterr().out == ""
