@@ -150,6 +150,12 @@ def run_daemon(
     except ImportError as exc:
         log.error("cannot write the log as [log] says: %s; install it with: pip install 'ferry[%s]'", exc, extra)
         return 1
+    try:  # the certificates, once: a key of another or an expired one would fail every handshake obscurely
+        for line in check_tls(config):
+            (log.warning if "RENEW IT" in line else log.info)("TLS identity %s", line)
+    except FerryError as exc:
+        log.error("%s", exc)
+        return 2
     try:
         asyncio.run(serve(config))
     except (OSError, FerryError) as exc:
