@@ -453,7 +453,12 @@ def candidates(resp: cpb.PreflightResponse | cpb.RankTargetsResponse, vm: str) -
     their score and reasons, then every rejected host with each blocker and its fix."""
     lines = []
     if resp.candidates:
-        lines.append(f"Candidates for {vm} (from {resp.source_host}), best first:")
+        checked = (
+            f"; the agents' checks ran on {resp.target_host} alone, the others are ranked from the inventory"
+            if isinstance(resp, cpb.PreflightResponse) and resp.ok and len(resp.candidates) > 1
+            else ""
+        )
+        lines.append(f"Candidates for {vm} (from {resp.source_host}), best first{checked}:")
         for n, c in enumerate(resp.candidates, 1):
             lines.append(f"  {n}. {c.host}  score {c.score:.2f}{'  (busy: would queue)' if c.busy else ''}")
             lines += [f"       {why}" for why in c.reasons]

@@ -313,7 +313,6 @@ def build_coordinator(
         views=views,
         placer=placer,
         drains=drains,
-        outbound_limit=config.limits.per_host_outbound,
         slots=(config.limits.per_host_outbound, config.limits.per_host_inbound),
     )
     election = Election(store, config.id, config.advertised, ttl_s=config.election_ttl_s, clock=monotonic)

@@ -105,7 +105,6 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         views: ReplicaViews,
         placer: Placer,
         drains: Drains,
-        outbound_limit: int = 1,
         live: LiveOps | None = None,
         watches: MigrationWatches | None = None,
         slots: tuple[int, int] = (1, 1),
@@ -117,8 +116,9 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         self.views = views
         self.placer = placer
         self.drains = drains
-        self.outbound_limit = outbound_limit
-        self.slots = slots  # (per_host_outbound, per_host_inbound): a disk copy's fixed share (ListHosts)
+        # (per_host_outbound, per_host_inbound): a drain's slots, a disk copy's fixed share (ListHosts)
+        self.slots = slots
+        self.outbound_limit = slots[0]
         self._decoded: dict[str, MigrationRecord] = {}  # key -> record at its mod revision (list calls)
         self.live = live or LiveOps(store, fleet, submissions.clock)
         self.watches = watches or MigrationWatches(store)

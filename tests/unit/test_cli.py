@@ -242,3 +242,16 @@ def test_progress_bar_never_runs_backwards():
 def test_progress_bar_without_figures_has_no_percentage():
     p = tpb.MigrationProgress(phase=tpb.MIGRATION_PHASE_STARTING)
     assert "--%" in render.progress_bar(p)
+
+
+def test_a_ranked_preflight_says_which_candidate_its_agent_checked():
+    """Seen on the lab: a host with a file in the way listed as the second candidate; only the
+    best is checked by its agent (a dry run), and the header now says so."""
+    c = [cpb.HostCandidate(host="host2", score=0.97), cpb.HostCandidate(host="host3", score=0.97)]
+    ok = cpb.PreflightResponse(ok=True, source_host="host1", target_host="host2", candidates=c)
+    assert render.candidates(ok, "db1")[0] == (
+        "Candidates for db1 (from host1), best first; the agents' checks ran on host2 alone, "
+        "the others are ranked from the inventory:"
+    )
+    ranked = cpb.RankTargetsResponse(source_host="host1", candidates=c)  # the scheduler's call: no agent check
+    assert render.candidates(ranked, "db1")[0] == "Candidates for db1 (from host1), best first:"
