@@ -388,9 +388,12 @@ class Cli:
             options=drain_options(self.a),
         )
         d = await self.stub.SubmitDrain(req, timeout=self.timeout)
-        if self.a.dry_run:  # a VM that fits nowhere: as preflight's blockers, the drain would not empty the host
+        if self.a.dry_run:  # a VM that fits nowhere or would not finish: the drain would not empty the host
             self.emit(d, render.drain_detail(d))
-            failed = any(i.state == cpb.DRAIN_ITEM_STATE_FAILED for i in d.items)
+            failed = any(
+                i.state == cpb.DRAIN_ITEM_STATE_FAILED or (i.state == cpb.DRAIN_ITEM_STATE_WAITING and i.problems)
+                for i in d.items
+            )
             return EXIT_UNSUCCESSFUL if failed else EXIT_OK
         if self.a.no_wait:
             self.emit(d, d.id)

@@ -589,7 +589,12 @@ def drain_detail(d: cpb.Drain) -> str:
     fixes = [
         (i.vm, i.problems[-1].hint)
         for i in d.items
-        if i.problems and i.problems[-1].hint and i.state in (cpb.DRAIN_ITEM_STATE_FAILED, cpb.DRAIN_ITEM_STATE_SKIPPED)
+        if i.problems
+        and i.problems[-1].hint
+        and (
+            i.state in (cpb.DRAIN_ITEM_STATE_FAILED, cpb.DRAIN_ITEM_STATE_SKIPPED)
+            or (d.dry_run and i.state == cpb.DRAIN_ITEM_STATE_WAITING)  # predicted not to finish
+        )
     ]
     if fixes:
         lines.append("")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Collection
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -20,15 +21,18 @@ from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from ferry import keys, validate
 from ferry.errors import FerryError, InvalidArgument, NotFound, ResourceExhausted
+from ferry.model import Problem
 from ferry.rpc import Context, rpc_method
 from ferry.v1 import coordinator_pb2 as cpb
 
 from . import convert
-from .drain import DrainRecord, decode
+from .bandwidth import alone
+from .drain import DrainItem, DrainRecord, ItemState, decode
 from .drainplan import progress, slots
-from .drains import DrainRequest, must_read_drain
+from .drains import DrainRequest, domains_by_uuid, must_read_drain
 from .paging import paginate
 from .policies import choose_policy
+from .preflight import predict_for
 from .record import MigrationRecord
 
 if TYPE_CHECKING:
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 0.5
+PREDICT_AT_ONCE = 8  # a dry run's guests measured at once (each takes [prediction] periods_s)
 WATCH_QUEUE_MAX = 10_000  # a fleet watch this far behind is ended (RESOURCE_EXHAUSTED)
 
 
@@ -113,7 +118,51 @@ class DrainMethods:
                 dry_run=request.dry_run,
             )
         )
+        if request.dry_run:
+            d = await self._predicted(d, request.policy)
         return self.drain_pb(d, dry_run=request.dry_run)
+
+    async def _predicted(self, d: DrainRecord, policy_name: str) -> DrainRecord:
+        """A dry run's planned VMs measured on their host (concurrently, ``PREDICT_AT_ONCE`` at a
+        time) and predicted under the policy each would run under, at the share of the host's
+        budget its slot gets: one that would not finish gets a WILL_NOT_CONVERGE problem (it
+        stays planned; the drain would try it, and the policy decide)."""
+        by_uuid = domains_by_uuid(self.fleet, d.host)
+        budget = self.drains.budget
+        share = budget(d.host) // slots(d, self.outbound_limit) if budget(d.host) > 0 else 0
+        gate = asyncio.Semaphore(PREDICT_AT_ONCE)
+
+        async def one(item: DrainItem) -> DrainItem:
+            domain = by_uuid.get(item.vm_uuid)
+            if item.state is not ItemState.WAITING or not item.target or domain is None or d.options.offline:
+                return item
+            policy = self.submissions.choose_policy(policy_name, domain, d.options)
+            async with gate:
+                load = await self.submissions.measure(d.host, domain)
+            limits = [b for b in (share, alone(budget, d.host, item.target)) if b > 0]
+            prediction = await predict_for(
+                self.fleet,
+                d.host,
+                domain,
+                policy,
+                disk_bytes=item.disk_bytes,
+                config=self.submissions.prediction,
+                load=load,
+                budget_mibps=min(limits) if limits else 0,
+            )
+            if prediction.finishes is not False:
+                return item
+            problem = Problem(
+                "WILL_NOT_CONVERGE",
+                f"predicted: {prediction.words}",
+                f"policy {policy.label} would not move {item.vm}: give the drain a policy that allows post-copy "
+                "or force-complete (--policy NAME, or --postcopy --postcopy-on-stall), more bandwidth, "
+                "or drain when the guest is quieter",
+            )
+            return replace(item, problems=(*item.problems, problem))
+
+        items = await asyncio.gather(*(one(i) for i in d.items))
+        return replace(d, items=tuple(items))
 
     @rpc_method
     async def GetDrain(self, request: cpb.GetDrainRequest, context: Context) -> cpb.Drain:

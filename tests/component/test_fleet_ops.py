@@ -408,6 +408,28 @@ async def test_drain_dry_run_prints_the_plan_and_touches_nothing(fx, capsys):
         assert (await fx.store.list(prefix))[0] == [], prefix
 
 
+async def test_a_dry_run_predicts_each_guest_and_flags_one_its_policy_would_not_move(fx, capsys):
+    """A guest dirtying 64 MiB/s cannot converge at 20 MiB/s under a policy without post-copy:
+    the dry run measures it on its host and says so before the start (exit 1, as a VM that fits
+    nowhere); with post-copy on stall it would finish, and the plan is clean (exit 0)."""
+    fx.guest("host1", "calm")
+    busy = make_domain_xml("busy", memory_bytes=512 * MiB, disks=[], bridges=["br-guest"])
+    fx.agents["host1"].hv.add_domain(busy, dirty_bytes_per_s=64 * MiB)
+    code, plan = await fx.ferry(capsys, "drain", "host1", "--dry-run", "--bandwidth", "20")
+    assert code == 1
+    by_vm = {i["vm"]: i for i in plan["items"]}
+    assert by_vm["busy"]["state"] == "waiting" and by_vm["busy"]["target_host"]  # still planned
+    [p] = by_vm["busy"]["problems"]
+    assert p["reason"] == "WILL_NOT_CONVERGE" and "will not converge at 20 MiB/s" in p["message"]
+    assert "--postcopy" in p["hint"]
+    assert "problems" not in by_vm["calm"] or not by_vm["calm"]["problems"]
+    code, plan = await fx.ferry(
+        capsys, "drain", "host1", "--dry-run", "--bandwidth", "20", "--postcopy", "--postcopy-on-stall"
+    )
+    assert code == 0 and not any(i.get("problems") for i in plan["items"])
+    assert (await fx.store.list(keys.DRAINS))[0] == []
+
+
 async def test_a_drains_estimates_count_the_hosts_bandwidth_budget_its_slots_share(fx, capsys):
     fx.guest("host1", "a")
     await fx.add_coordinator("c2", replace(LIMITS, host_bandwidth_mibps=50))  # 2 slots: 25 MiB/s each
