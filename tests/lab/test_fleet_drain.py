@@ -255,3 +255,22 @@ def test_a_guest_that_fits_nowhere_is_reported_and_the_others_move(lab3, guests)
         for name in list(guests):
             lab3.virsh("host1", "destroy", name, check=False)
         lab3.host_exec("host1", "ip", "link", "del", bridge, check=False)
+
+
+def test_a_dry_run_says_which_guest_its_policy_would_not_move(lab3, guests):
+    """A guest dirtying 60 MiB/s over 256 MiB, drained at 8 MiB/s under a policy without post-copy:
+    the dry run measures it on host1 (libvirt's dirty-rate calculation) and flags it before
+    anything starts; with post-copy on stall it would finish. Nothing is written either way."""
+    guests.append("fd-busy")
+    lab3.guest("fd-busy", "host1", disks=("32M",), memory_mib=512, dirty_rate="60", dirty_mb=256)
+    lab3.wait_for_heartbeat("fd-busy", above=5, timeout=90)
+    plan = ferry(lab3, "drain", "host1", "--dry-run", "--bandwidth", "8")
+    assert plan.code == 1 and plan.data["dry_run"], plan
+    [busy] = [i for i in plan.data["items"] if i["vm"] == "fd-busy"]
+    assert busy["state"] == "waiting" and busy["target_host"] in ("host2", "host3"), busy
+    [p] = busy["problems"]
+    assert p["reason"] == "WILL_NOT_CONVERGE" and "will not converge at 8 MiB/s" in p["message"], p
+    finishing = ferry(lab3, "drain", "host1", "--dry-run", "--bandwidth", "8", "--postcopy", "--postcopy-on-stall")
+    assert finishing.code == 0 and not any(i.get("problems") for i in finishing.data["items"]), finishing
+    assert ferry(lab3, "drains").data.get("drains", []) == []
+    print(f"\n[drain] dry run of a busy guest at 8 MiB/s: {p['message']} ({plan.seconds:.1f} s)")
