@@ -686,7 +686,11 @@ async def test_ferry_drain_waiting_when_its_coordinator_dies_follows_the_same_dr
     code = await asyncio.wait_for(waiting, 60)
     printed = capsys.readouterr()
     out = json.loads(printed.out)
-    assert code == 0 and out["id"] == listed and out["state"] == "succeeded", (out, printed.err)
+    assert code == 0 and out["id"] == listed and out["state"] == "succeeded", (
+        [(i["vm"], i["state"], i.get("problems"), i.get("tried")) for i in out["items"]],
+        out.get("history"),
+        printed.err,
+    )
     drains = await fx.stub.ListDrains(cpb.ListDrainsRequest())
     assert [d.id for d in drains.drains] == [listed]  # one drain, not a second attempt
 

@@ -264,6 +264,7 @@ def test_a_dry_run_says_which_guest_its_policy_would_not_move(lab3, guests):
     guests.append("fd-busy")
     lab3.guest("fd-busy", "host1", disks=("32M",), memory_mib=512, dirty_rate="60", dirty_mb=256)
     lab3.wait_for_heartbeat("fd-busy", above=5, timeout=90)
+    before = ferry(lab3, "drains").data.get("drains", [])  # the module's earlier tests' drains
     plan = ferry(lab3, "drain", "host1", "--dry-run", "--bandwidth", "8")
     assert plan.code == 1 and plan.data["dry_run"], plan
     [busy] = [i for i in plan.data["items"] if i["vm"] == "fd-busy"]
@@ -272,5 +273,5 @@ def test_a_dry_run_says_which_guest_its_policy_would_not_move(lab3, guests):
     assert p["reason"] == "WILL_NOT_CONVERGE" and "will not converge at 8 MiB/s" in p["message"], p
     finishing = ferry(lab3, "drain", "host1", "--dry-run", "--bandwidth", "8", "--postcopy", "--postcopy-on-stall")
     assert finishing.code == 0 and not any(i.get("problems") for i in finishing.data["items"]), finishing
-    assert ferry(lab3, "drains").data.get("drains", []) == []
+    assert ferry(lab3, "drains").data.get("drains", []) == before  # the dry runs wrote nothing
     print(f"\n[drain] dry run of a busy guest at 8 MiB/s: {p['message']} ({plan.seconds:.1f} s)")
