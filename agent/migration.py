@@ -40,7 +40,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from ferry.agent.progress import changed, next_progress, phase_of
+from ferry.agent.progress import changed, memory_pending, next_progress, phase_of
 from ferry.convergence import (
     Action,
     ConvergencePolicy,
@@ -296,6 +296,8 @@ class MigrationDriver:
                 if not poll.done() or any(t.done() for t in calls):
                     continue  # a call ended first: judge it before the statistics
                 stats, poll = poll.result(), None
+                if stats is not None:
+                    stats = memory_pending(stats, domain.memory_bytes)
                 now = self._clock()
                 if recovery is not None:
                     self._give_up_when_late(recovery, domain.uuid, req.target_uri, now)

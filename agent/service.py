@@ -24,7 +24,7 @@ from ferry.agent.fencing import LeaderFence
 from ferry.agent.inventory import Inventory
 from ferry.agent.migration import Control, MigrationDriver, MigrationRequest
 from ferry.agent.prepare import PrepareService
-from ferry.agent.progress import phase_of
+from ferry.agent.progress import memory_pending, phase_of
 from ferry.agent.source_disks import SourceDisks
 from ferry.agent.source_records import SourceRecords
 from ferry.agent.targets import MigrationTargets
@@ -413,6 +413,8 @@ class AgentServicer(agrpc.AgentServicer):
         if request.completed:
             return convert.completed_job_response_to_pb(await self.hypervisor.job_stats(domain, completed=True))
         stats = await self.hypervisor.job_stats(domain)
+        if stats.active and stats.disk_total and not stats.memory_total:  # mirroring: memory is all to send
+            stats = memory_pending(stats, (await self.hypervisor.get_domain(domain)).memory_bytes)
         return convert.job_to_pb(MigrationProgress(phase_of(stats), stats))
 
     @rpc_method

@@ -489,7 +489,13 @@ class FakeHypervisor:
         if not dom.state.is_active:
             return JobStats()  # a domain that does not run has no job (the real adapter says so too)
         job = self.jobs.get(dom.uuid)
-        return job.stats if job is not None else JobStats()
+        if job is None:
+            return JobStats()
+        s = job.stats
+        if s.disk_total and s.memory_processed == 0 and not s.postcopy:
+            # as libvirt's: while the disks are mirrored, memory has not started and its figures are 0
+            return replace(s, memory_total=0, memory_remaining=0)
+        return s
 
     def _remote(self, target_uri: str) -> FakeHypervisor:
         """The fake at ``target_uri``, as a connection to it opens: libvirt's RPC error when

@@ -9,8 +9,8 @@ import pytest
 
 from ferry.agent import progress as m
 from ferry.agent.migration import Control, DriverPolicy, MigrationDriver, MigrationRequest
-from ferry.agent.progress import changed, next_progress, phase_of
-from ferry.convergence import ConvergencePolicy, DowntimeStep, PostcopyMode
+from ferry.agent.progress import changed, memory_pending, next_progress, phase_of
+from ferry.convergence import Action, ConvergencePolicy, DowntimeStep, PostcopyMode, Watch, next_action, observe
 from ferry.errors import Internal, Unavailable
 from ferry.model import (
     DomainState,
@@ -20,6 +20,7 @@ from ferry.model import (
     MigrationProgress,
     MigrationResult,
     PolicyAction,
+    StorageMode,
     disk_bytes_copied,
 )
 from ferry.testing.fake_hypervisor import FakeFleet, FakeHypervisor, make_domain_xml
@@ -167,6 +168,68 @@ def test_changed_ignores_elapsed_only():
     assert not changed(p, replace(p, stats=replace(p.stats, time_elapsed_ms=900)))
     assert changed(p, replace(p, stats=replace(p.stats, memory_processed=2)))
     assert changed(None, p)
+
+
+def libvirt_copy_job(t: int) -> JobStats:
+    """A copy as libvirt reports it, ``t`` s in: 64 MiB of disk mirrored at 4 MiB/s with no memory
+    figures at all (memory starts after the disks), then 513 MiB of memory at 5 MiB/s."""
+    if t < 16:
+        return JobStats(active=True, disk_total=64 * MiB, disk_processed=t * 4 * MiB, disk_remaining=(64 - t * 4) * MiB)
+    sent = (t - 16) * 5 * MiB
+    return JobStats(
+        active=True,
+        disk_total=64 * MiB,
+        disk_processed=64 * MiB,
+        memory_total=513 * MiB,
+        memory_processed=max(sent, 1),
+        memory_remaining=513 * MiB - sent,
+        iteration=1,
+    )
+
+
+@pytest.mark.parametrize("pending", [True, False])
+def test_a_copy_of_disks_then_memory_is_never_taken_for_no_progress(pending):
+    """Seen on the lab (policy busy, no progress 60 s): 60 s into a healthy pre-copy after a
+    disk copy, "no progress for 60 s (data remaining not below 0 MiB)" switched it to post-copy.
+    The disks' last remaining bytes were the low that memory had to beat; with the memory still
+    to send counted during the mirror (``memory_pending``), every poll of pre-copy is a new low."""
+    policy = ConvergencePolicy(progress_timeout_s=60)
+    w = Watch(0.0, 3600.0)
+    fired = []
+    for t in range(0, 110):
+        stats = libvirt_copy_job(t)
+        if pending:
+            stats = memory_pending(stats, 512 * MiB)
+        w = observe(w, stats, float(t))
+        step = next_action(policy, w, stats, phase_of(stats), float(t))
+        if step.action is Action.ABORT_TIMEOUT:
+            fired.append((t, step.reason))
+    if pending:
+        assert fired == []
+    else:  # what the loop did before: the test reproduces it
+        assert fired[0] == (75, "no progress for 60 s (data remaining not below 4 MiB): aborting")
+
+
+async def test_a_disk_copy_reports_the_memory_still_to_send_from_its_start():
+    """The bar, the ETA and a drain's bytes count the memory from the start of a copy, not once
+    libvirt starts it after the disks (the fake reports a mirror as libvirt does: no memory)."""
+    source, target = two_hosts()
+    source.disk_sizes["/img/g1.qcow2"] = (256 * MiB, 256 * MiB)
+    xml = make_domain_xml("g1", memory_bytes=GiB, disks=[("vda", "/img/g1.qcow2", "qcow2")])
+    uuid = source.add_domain(xml).uuid
+    assert (await source.job_stats(uuid)) == JobStats()
+    request = MigrationRequest(
+        domain=uuid,
+        target_uri=target.uri,
+        options=MigrationOptions(storage=StorageMode.COPY_ALL, bandwidth_mibps=1024),
+        migrate_disks=("vda",),
+        progress_interval_s=0.002,
+    )
+    events = [e async for e in MigrationDriver(source).run(request)]
+    assert isinstance(events[-1], MigrationResult)
+    mirror = [e for e in events if isinstance(e, MigrationProgress) and e.phase is P.DISK_MIRROR]
+    assert mirror and all(e.stats.memory_total == GiB == e.stats.memory_remaining for e in mirror)
+    assert all(e.eta_ms >= 1000 for e in mirror if e.eta_ms)  # the disk (0.25 s) and the memory (1 s)
 
 
 # ---------------------------------------------------------------- the loop applies the policy
