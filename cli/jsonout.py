@@ -11,8 +11,8 @@ The schema is documented in ``docs/cli-json.md`` and written down as a JSON Sche
   ``RolledBack`` on the wire) is spelled the same way as the record's phase;
 - timestamps are RFC 3339 strings in UTC with microseconds (``2026-11-25T10:00:00.123456Z``);
 - a sub-object that may be missing (a migration's ``progress``, ``result`` and ``error``, its
-  ``updated_at``, a host's ``facts`` and ``last_seen``, a VM's ``last_seen``) is ``null`` when missing; every other one
-  is always an object;
+  ``updated_at``, a host's ``facts``, ``last_seen`` and ``why_down``, a VM's ``last_seen``) is
+  ``null`` when missing; every other one is always an object;
 - maps are objects, repeated fields are arrays (possibly empty).
 
 >>> from ferry.v1 import types_pb2 as tpb
@@ -47,6 +47,7 @@ NULLABLE = frozenset(
         "ferry.v1.Migration.error",
         "ferry.v1.HostStatus.facts",
         "ferry.v1.HostStatus.last_seen",
+        "ferry.v1.HostStatus.why_down",
         "ferry.v1.HostStatus.cordoned_at",
         "ferry.v1.Drain.updated_at",
         "ferry.v1.Drain.ended_at",

@@ -206,8 +206,17 @@ class Cli:
             headers = (*headers[:7], "MIB/S OUT/IN", *headers[7:])
             for row, h in zip(rows, resp.hosts, strict=True):
                 row.insert(7, render.bandwidth_use(h))
-        self.emit(resp, lambda: self.screen.table(headers, rows))
+        self.emit(resp, lambda: self._hosts_table(headers, rows, resp.hosts))
         return EXIT_OK
+
+    def _hosts_table(self, headers: tuple[str, ...], rows: list[list[object]], hosts: Sequence[cpb.HostStatus]) -> None:
+        """The table, then why each host that is DOWN is, with what to check."""
+        self.screen.table(headers, rows)
+        for h in hosts:
+            if not h.available and h.HasField("why_down"):
+                self.screen.text(f"{h.name} DOWN: {h.why_down.reason}: {h.why_down.message}")
+                if h.why_down.hint:
+                    self.screen.text(f"  fix: {h.why_down.hint}")
 
     async def vms(self) -> int:
         resp = await self.stub.ListVMs(cpb.ListVMsRequest(host=self.a.host or ""), timeout=self.timeout)

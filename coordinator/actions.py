@@ -172,7 +172,7 @@ class Actions:
         return self.hosts.client(host)
 
     def _failed(self, host: str, step: str, err: FerryError) -> Event:
-        return AgentLost(host) if agent_lost(err) else StepFailed(f"{step} on {host}", Problem.of(err))
+        return AgentLost(host, Problem.of(err)) if agent_lost(err) else StepFailed(f"{step} on {host}", Problem.of(err))
 
     async def perform(
         self, r: MigrationRecord, action: Action, emit: Emit, following: Callable[[], bool] = lambda: True
@@ -278,7 +278,7 @@ class Actions:
                     vm_ref(r), include_xml=True, leader_term=self.term
                 )
             except FerryError as err:
-                return AgentLost(r.source_host) if agent_lost(err) else PrepareFailed(Problem.of(err))
+                return AgentLost(r.source_host, Problem.of(err)) if agent_lost(err) else PrepareFailed(Problem.of(err))
         try:
             plans = plan_disks(domain.disks, r.options.storage, r.options.migrate_disks, r.mapping)
             out = await self._client(r.target_host).prepare_incoming(
@@ -292,7 +292,7 @@ class Actions:
                 leader_term=self.term,
             )
         except FerryError as err:
-            return AgentLost(r.target_host) if agent_lost(err) else PrepareFailed(Problem.of(err))
+            return AgentLost(r.target_host, Problem.of(err)) if agent_lost(err) else PrepareFailed(Problem.of(err))
         return Prepared(out.prepare_id, out.destination_xml, tuple(out.disks or plans))
 
     # ------------------------------------------------------------------ the job

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import cast
 
 from ferry import convert
-from ferry.model import DomainInfo, HostFacts, MigrationOptions, StorageMode
+from ferry.model import DomainInfo, HostFacts, MigrationOptions, Problem, StorageMode
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import types_pb2 as tpb
 
@@ -162,8 +162,10 @@ def host_status_to_pb(
     last_seen: datetime | None,
     cordon: HostCordon | None = None,
     bandwidth: tuple[int, int, int] = (0, 0, 0),
+    why_down: Problem | None = None,
 ) -> cpb.HostStatus:
-    """``bandwidth``: the host's migration budget, and what its running jobs get out and in (MiB/s)."""
+    """``bandwidth``: the host's migration budget, and what its running jobs get out and in (MiB/s);
+    ``why_down``: which part of an unavailable host is down."""
     h = cpb.HostStatus(
         name=name,
         address=address,
@@ -185,6 +187,8 @@ def host_status_to_pb(
         h.facts.CopyFrom(convert.host_facts_to_pb(facts))
     if last_seen is not None:
         h.last_seen.CopyFrom(convert.timestamp_to_pb(last_seen))
+    if why_down is not None and not available:
+        h.why_down.CopyFrom(convert.problem_to_pb(why_down))
     return h
 
 

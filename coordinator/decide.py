@@ -538,13 +538,13 @@ def _cleaned_up(c: Ctx) -> Decision:
     )
 
 
-def agent_lost(c: Ctx, host: str) -> Decision:
-    """``host``'s agent (or its libvirtd) did not answer: wait for it with probes, up to
-    ``agent_lost_s`` (module docstring); Preparing rolls back at once."""
+def agent_lost(c: Ctx, host: str, why: Problem | None = None) -> Decision:
+    """``host``'s agent (or its libvirtd: ``why``, when known) did not answer: wait for it with
+    probes, up to ``agent_lost_s`` (module docstring); Preparing rolls back at once."""
     r, t = c.r, c.t
     if host not in (r.source_host, r.target_host) or r.phase is Phase.PENDING:
-        return c.ignore(AgentLost(host))
-    lost = f"agent on {host} lost"
+        return c.ignore(AgentLost(host, why))
+    lost = f"agent on {host} lost" if why is None else f"{host} unavailable: {why.reason}: {why.message}"
     if r.phase is Phase.PREPARING:  # the prepare's answer is lost: undo it, the next attempt waits
         goal = retry_goal(r, t)
         return roll_back(c, lost, goal=goal, error=_lost_error(r, host, 0) if goal is Phase.ROLLED_BACK else None)
@@ -564,7 +564,7 @@ def agent_lost(c: Ctx, host: str) -> Decision:
 
 
 def _agent_lost(c: Ctx, event: AgentLost) -> Decision:
-    return agent_lost(c, event.host)
+    return agent_lost(c, event.host, event.why)
 
 
 def answered(c: Ctx) -> Ctx:
@@ -574,7 +574,7 @@ def answered(c: Ctx) -> Ctx:
         return c
     waited = (c.now - r.lost_since).total_seconds() if r.lost_since else 0.0
     back = replace(r, lost_host="", lost_since=None)
-    return replace(c, r=note(back, c.now, f"agent on {r.lost_host} answers again after {waited:.1f} s"))
+    return replace(c, r=note(back, c.now, f"{r.lost_host} available again after {waited:.1f} s"))
 
 
 def after_wait(c: Ctx, p: Placement) -> Decision:

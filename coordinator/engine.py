@@ -471,5 +471,5 @@ class Engine:
                 len(involved),
             )
             for runner in involved:
-                runner.feed(Recover() if change.available else AgentLost(change.host))
+                runner.feed(Recover() if change.available else AgentLost(change.host, change.why))
             self.admit_soon()

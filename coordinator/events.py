@@ -130,9 +130,11 @@ class Placement:
 
 @dataclass(frozen=True)
 class AgentLost:
-    """An agent cannot be reached: its lease expired, or a call failed Unavailable/DeadlineExceeded."""
+    """An agent cannot be reached: its lease expired, its libvirtd is down, or a call failed
+    Unavailable/DeadlineExceeded; ``why`` says which, when known (the record's history shows it)."""
 
     host: str
+    why: Problem | None = None
 
 
 @dataclass(frozen=True)

@@ -48,9 +48,9 @@ from ferry.errors import FerryError, NotFound, Unavailable
 from ferry.keys import HOSTS as HOSTS_PREFIX
 from ferry.keys import LAST_SEEN as LAST_SEEN_PREFIX
 from ferry.keys import last_seen_key, name_below
-from ferry.model import Disk, DomainInfo, DomainState, HostFacts, HostMapping, Inventory, Nic
+from ferry.model import Disk, DomainInfo, DomainState, HostFacts, HostMapping, Inventory, Nic, Problem
 from ferry.ports import AgentClient
-from ferry.registry import HostChange, HostRegistration
+from ferry.registry import HostChange, HostRegistration, down_problem
 from ferry.store import Conflict, Entry, EventKind, Resync, Store
 from ferry.v1 import agent_pb2 as apb
 
@@ -85,6 +85,11 @@ class HostState:
     def available(self) -> bool:
         libvirt_up = self.registration is None or self.registration.libvirt_up
         return self.registered and self.reachable is not False and libvirt_up
+
+    @property
+    def why_down(self) -> Problem | None:
+        """Why it is not available, with what to check (None: it is)."""
+        return down_problem(self.name, self.address, self.registration, self.reachable, self.error)
 
     @property
     def facts(self) -> HostFacts | None:
@@ -337,6 +342,13 @@ class Fleet:
         """(name, available, inventory, when it arrived) of every host: what placement reads, without
         building a HostState per host (a 1,000-host fleet is ranked many times a second)."""
         return [(n, h.available, h.inventory, h.fetched_at) for n, h in sorted(self._hosts.items())]
+
+    def why_down(self, name: str) -> Problem | None:
+        """Why ``name`` is not available (None: it is, or the fleet does not know it)."""
+        h = self._hosts.get(name)
+        if h is None or h.available:
+            return None
+        return down_problem(h.name, h.client_address, h.registration, h.reachable, h.error)
 
     def knows(self, name: str) -> bool:
         """Whether ``name`` is in the view (a forgotten host is not, though ``changed_since`` names it)."""
@@ -804,13 +816,18 @@ class Fleet:
         self._changed(h)
         for name, value in changes.items():
             setattr(h, name, value)
-        after = h.state().available
+        state = h.state()
+        after = state.available
         if before != after or (after and restarted):
+            why = state.why_down
             log.info(
-                "host %s is %s", h.name, "available" if after else "unavailable" if before != after else "restarted"
+                "host %s is %s%s",
+                h.name,
+                "available" if after else "unavailable" if before != after else "restarted",
+                f": {why.reason}: {why.message}" if why else "",
             )
             for q in self._subscribers:
-                q.put_nowait(HostChange(h.name, after, restarted=before == after))
+                q.put_nowait(HostChange(h.name, after, restarted=before == after, why=why))
 
     def _apply_put(self, entry: Entry) -> None:
         name = entry.key[len(HOSTS_PREFIX) :]

@@ -114,6 +114,7 @@ class HostOption:
     # pass or fail the same static checks: a ranking without detail judges each shape once (None:
     # judge it)
     shape: Hashable | None = None
+    why_down: Problem | None = None  # not available: which part is down (None: not known)
 
     @functools.cached_property
     def names(self) -> frozenset[str]:
@@ -407,16 +408,25 @@ def _availability(option: HostOption) -> list[Problem]:
     return list(option.unavailable)
 
 
+def target_down(name: str, down: Problem | None) -> Problem:
+    """TARGET_DOWN for host ``name``, saying which part is down (``down``) and what to check.
+
+    >>> target_down("h2", Problem("LIBVIRTD_DOWN", "libvirtd on h2 does not answer", "start libvirtd on h2")).hint
+    'start libvirtd on h2, or pick another target'
+    """
+    if down is None:
+        return Problem(
+            "TARGET_DOWN",
+            f"the agent on {name} is not available (not registered or not answering)",
+            f"start ferry-agent on {name} or pick another target",
+        )
+    return Problem("TARGET_DOWN", f"{name} is not available: {down.message}", f"{down.hint}, or pick another target")
+
+
 def _unavailable(option: HostOption) -> list[Problem]:
     out = []
     if not option.available:
-        out.append(
-            Problem(
-                "TARGET_DOWN",
-                f"the agent on {option.name} is not available",
-                f"start ferry-agent on {option.name} or pick another target",
-            )
-        )
+        out.append(target_down(option.name, option.why_down))
     if option.state is not None and option.state.cordoned:
         out.append(cordon_problem(option.state))
     if option.facts is None:

@@ -17,7 +17,7 @@ from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from ferry.model import DomainInfo, HostFacts, HostMapping, Inventory, MigrationOptions, StorageMode
+from ferry.model import DomainInfo, HostFacts, HostMapping, Inventory, MigrationOptions, Problem, StorageMode
 
 from .changelog import ChangeLog
 from .checks import effective_storage
@@ -264,7 +264,9 @@ class Placer:
         self._shape_numbers: dict[Hashable, int] = {}
         # by host: its option while its inventory, availability and cordon are the same (the
         # inventory and cordon held here, so a new one can never pass for it by a reused id)
-        self._options: dict[str, tuple[Inventory | None, bool, HostCordon | None, HostOption]] = {}
+        self._options: dict[
+            str, tuple[Inventory | None, tuple[bool, Problem | None], HostCordon | None, HostOption]
+        ] = {}
         # by host: its option with a load, while the option and the load (``LoadBook.loads`` keeps
         # a target's while nothing changes there) are the same objects
         self._loaded: dict[str, tuple[HostOption, HostLoad, HostOption]] = {}
@@ -334,13 +336,14 @@ class Placer:
         """The host's option without a load: the one built before while its inventory (the same
         object), availability and cordon are the same (it keeps what it worked out of its domains)."""
         cordon = self.cordons.get(name)
+        down = None if available else self.fleet.why_down(name)  # a host down says which part is
         known = self._options.get(name)
-        if known is not None and known[0] is inventory and known[1] == available and known[2] == cordon:
+        if known is not None and known[0] is inventory and known[1] == (available, down) and known[2] == cordon:
             return known[3]
         facts = inventory.host if inventory is not None else None
         domains = inventory.domains if inventory is not None else ()
-        option = HostOption(name, available, facts, domains, cordon, shape=self._shape(name, facts))
-        self._options[name] = (inventory, available, cordon, option)
+        option = HostOption(name, available, facts, domains, cordon, shape=self._shape(name, facts), why_down=down)
+        self._options[name] = (inventory, (available, down), cordon, option)
         return option
 
     def options(self, now: datetime, reservations: Reservations | None = None) -> list[HostOption]:

@@ -260,8 +260,11 @@ async def preflight(
         # the VM is not unknown: its host could not be asked
         blockers = [b for b in blockers if b.reason != "VM_UNKNOWN"]
         if source_host not in failed:
+            why = hosts.why_down(source_host)
             blockers.append(
-                Problem(
+                Problem("SOURCE_DOWN", f"{source_host} is not available: {why.message}", why.hint)
+                if why is not None
+                else Problem(
                     "SOURCE_DOWN", f"the agent on {source_host} is not available", f"start ferry-agent on {source_host}"
                 )
             )

@@ -40,7 +40,7 @@ from .drains import Drains, active_drain_of
 from .fleet import Fleet
 from .live import LiveOps, LiveRequest
 from .paging import paginate
-from .placement import Ranking
+from .placement import Ranking, target_down
 from .placer import Placer
 from .policies import copy_bytes, refusal
 from .preflight import predict_for, preflight
@@ -259,6 +259,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
             name=name,
             address=h.address if h else "",
             available=h.available if h else False,
+            why_down=h.why_down if h else None,
             facts=h.facts if h else None,
             domains=len(h.domains) if h else 0,
             migrations_out=sum(r.source_host == name for r in active),
@@ -555,11 +556,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         view = self.fleet.host_view(target)
         if view is None:
             return replace(blocker, hint=self.fleet.host_hint(target, blocker.hint))
-        return Problem(
-            "TARGET_DOWN",
-            f"the agent on {target} is not available (not registered or not answering)",
-            f"start ferry-agent on {target} or pick another target",
-        )
+        return target_down(target, self.fleet.why_down(target))
 
 
 def _newest_first(r: MigrationRecord) -> tuple[str, ...]:

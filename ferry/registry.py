@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from ferry.errors import Internal
+from ferry.errors import FerryError, Internal
+from ferry.model import Problem
 from ferry.ports import AgentClient
 
 
@@ -102,6 +103,53 @@ class HostChange:
     host: str
     available: bool
     restarted: bool = False
+    why: Problem | None = None  # unavailable: which part is down, and what to check
+
+
+def down_problem(
+    name: str,
+    address: str,
+    registration: HostRegistration | None,
+    reachable: bool | None,
+    error: FerryError | None,
+) -> Problem | None:
+    """Why a host is not available (None: it is), naming the part that is down: its agent is not
+    registered, its libvirtd does not answer the agent, or the agent does not answer this replica.
+
+    >>> from dataclasses import replace
+    >>> reg = HostRegistration("h2", "10.0.0.2:7070")
+    >>> down_problem("h2", "", None, None, None).reason
+    'AGENT_NOT_REGISTERED'
+    >>> p = down_problem("h2", "10.0.0.2:7070", replace(reg, libvirt_up=False), True, None)
+    >>> p.reason, p.message
+    ('LIBVIRTD_DOWN', 'libvirtd on h2 does not answer its agent (the agent runs)')
+    >>> down_problem("h2", "10.0.0.2:7070", reg, None, None) is None
+    True
+    """
+    if registration is None:
+        return Problem(
+            "AGENT_NOT_REGISTERED",
+            f"no agent is registered for {name}: ferry-agent does not run there, or it cannot reach etcd "
+            "(its registration ends with its lease)",
+            f"start ferry-agent on {name} (`systemctl status ferry-agent`; `ferry-agent --config FILE --check` "
+            "checks its config and certificates)",
+        )
+    if not registration.libvirt_up:
+        return Problem(
+            "LIBVIRTD_DOWN",
+            f"libvirtd on {name} does not answer its agent (the agent runs)",
+            f"start libvirtd on {name} (`systemctl status libvirtd`); the host is used again within seconds "
+            "of its return",
+        )
+    if reachable is False:
+        why = f": {error.reason}: {error.message}" if error is not None else ""
+        return Problem(
+            "AGENT_UNREACHABLE",
+            f"the agent on {name} is registered ({address}) but does not answer the coordinator{why}",
+            (error.hint if error is not None and error.hint else "")
+            or f"check ferry-agent on {name} and the network from the coordinator to {address}",
+        )
+    return None
 
 
 class HostDirectory(Protocol):
@@ -113,6 +161,10 @@ class HostDirectory(Protocol):
 
     def available_hosts(self) -> set[str]:
         """Hosts whose agent is registered (lease alive) and answering."""
+        ...
+
+    def why_down(self, host: str) -> Problem | None:
+        """Why ``host`` is not available (:func:`down_problem`); None when it is, or is not known."""
         ...
 
     def registration(self, host: str) -> HostRegistration | None:

@@ -30,8 +30,8 @@ from ferry.agent.main import build_agent, register
 from ferry.agent.service import AgentServicer
 from ferry.agent.targets import MigrationTargets
 from ferry.coordinator.agent_client import GrpcAgentClient
-from ferry.model import DomainState, HostMapping
-from ferry.registry import HostChange, HostRegistration
+from ferry.model import DomainState, HostMapping, Problem
+from ferry.registry import HostChange, HostRegistration, down_problem
 from ferry.rpc import RpcObserver, create_server
 from ferry.testing.fake_hostsystem import FakeHostSystem
 from ferry.testing.fake_hypervisor import FakeFleet, FakeHypervisor, MiB, make_domain_xml
@@ -266,6 +266,9 @@ class FleetDirectory:
         """Registered hosts: an agent stopped without ``down`` is still registered (its lease has
         not expired yet) but does not answer."""
         return {n for n in self.fleet.agents if n not in self.marked_down}
+
+    def why_down(self, host: str) -> Problem | None:
+        return down_problem(host, "", None, None, None) if host in self.marked_down else None
 
     def registration(self, host: str) -> HostRegistration | None:
         return self.fleet.agents[host].registration() if host in self.available_hosts() else None

@@ -460,6 +460,43 @@ async def test_preflight_with_a_down_target(fx, capsys):
     assert [b["reason"] for b in out["blockers"]] == ["TARGET_DOWN"]
 
 
+async def test_a_host_that_is_down_says_which_part_and_what_to_check(fx, capsys):
+    """Seen on the lab: libvirtd killed on a host showed it DOWN in `ferry hosts` with no reason,
+    preflight to it said "start ferry-agent" (the agent ran), and the record of a migration from
+    it said "agent on host1 lost"."""
+    fx.agents.add_guest("host1", "g1")
+    fx.registrations["host2"].set_libvirt_up(False)  # the agent runs; its libvirtd does not answer
+    for _ in range(200):
+        if "host2" not in fx.coordinator.fleet.available_hosts():
+            break
+        await asyncio.sleep(0.01)
+    code, out = await fx.ferry(capsys, "hosts")
+    hosts = {h["name"]: h for h in out["hosts"]}
+    assert code == 0 and not hosts["host2"]["available"] and hosts["host1"]["why_down"] is None
+    assert hosts["host2"]["why_down"]["reason"] == "LIBVIRTD_DOWN"
+    code, out = await fx.ferry(capsys, "preflight", "g1", "--to", "host2")
+    [blocker] = out["blockers"]
+    assert blocker["reason"] == "TARGET_DOWN"
+    assert blocker["message"] == "host2 is not available: libvirtd on host2 does not answer its agent (the agent runs)"
+    assert blocker["hint"].startswith("start libvirtd on host2 (`systemctl status libvirtd`)")
+    assert blocker["hint"].endswith(", or pick another target")
+    # the table says it under the hosts, with the fix
+    capsys.readouterr()
+    assert await cli.run(["--coordinator", fx.address, "--insecure", "hosts"]) == 0
+    text = capsys.readouterr().out
+    assert "host2 DOWN: LIBVIRTD_DOWN: libvirtd on host2 does not answer its agent (the agent runs)" in text
+    assert "  fix: start libvirtd on host2" in text and "host1 DOWN" not in text
+    # an agent gone from the registry
+    await fx.registrations["host3"].stop()
+    for _ in range(200):
+        if "host3" not in fx.coordinator.fleet.available_hosts():
+            break
+        await asyncio.sleep(0.01)
+    code, out = await fx.ferry(capsys, "hosts")
+    [h3] = [h for h in out["hosts"] if h["name"] == "host3"]
+    assert h3["why_down"]["reason"] == "AGENT_NOT_REGISTERED" and "start ferry-agent on host3" in h3["why_down"]["hint"]
+
+
 # ---------------------------------------------------------------- the server itself
 
 

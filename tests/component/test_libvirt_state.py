@@ -69,8 +69,11 @@ async def test_libvirtd_down_and_back_reaches_the_fleet_view_at_once(store):
         assert fleet.available_hosts() == {"host1"}
         first = await store.get(host_key("host1"))
         hv.reachable = False
-        assert await next_change(changes) == HostChange("host1", available=False)
+        change = await next_change(changes)
+        assert change.host == "host1" and not change.available and change.why is not None
+        assert change.why.reason == "LIBVIRTD_DOWN" and "start libvirtd on host1" in change.why.hint
         assert fleet.available_hosts() == set()
+        assert fleet.why_down("host1") == change.why and fleet.host("host1").why_down == change.why
         down = await store.get(host_key("host1"))
         assert down is not None and first is not None
         assert down.lease == first.lease  # the same registration, rewritten

@@ -792,6 +792,21 @@ def test_agent_lost(record, host, phase, actions, outcome):
         assert r.next_deadline(T) == NOW + timedelta(seconds=120)  # not the phase's (bug 1: 44 min)
 
 
+def test_a_host_lost_with_its_reason_says_which_part_is_down():
+    """The fleet knows why a host went away (here its libvirtd, the agent running): the record says
+    that, not "agent on host1 lost"."""
+    why = Problem("LIBVIRTD_DOWN", "libvirtd on host1 does not answer its agent (the agent runs)", "start libvirtd")
+    outcome = "host1 unavailable: LIBVIRTD_DOWN: libvirtd on host1 does not answer its agent (the agent runs)"
+    r = check(
+        MIGRATING,
+        AgentLost("host1", why),
+        Phase.MIGRATING,
+        (PROBE,),
+        f"{outcome}; probing again in 0.5 s (gives up after 120 s)",
+    )
+    assert r.history[-1].reason == f"{outcome}; probing it until it answers"
+
+
 @pytest.mark.parametrize(
     ("after_s", "delay"),
     [(0.2, 0.5), (1.5, 0.75), (3, 1.5), (6, 3.0), (20, 5.0), (119, 5.0)],
@@ -871,7 +886,7 @@ def test_the_phase_goes_on_as_soon_as_both_agents_answer(record, placement, phas
     r = check(lost(record, "host2"), placement, phase, actions, outcome, now=NOW + timedelta(seconds=5.5))
     assert (r.lost_host, r.lost_since) == ("", None)
     if r.phase is record.phase:
-        assert r.history[-1].reason == "agent on host2 answers again after 5.5 s"
+        assert r.history[-1].reason == "host2 available again after 5.5 s"
 
 
 def test_libvirtd_killed_on_the_source_mid_migration_rolls_back_once_it_is_back():
@@ -888,7 +903,7 @@ def test_libvirtd_killed_on_the_source_mid_migration_rolls_back_once_it_is_back(
     assert r.phase is Phase.ROLLED_BACK and r.error.reason == "LIBVIRT_UNREACHABLE" and r.target_cleaned
     reasons = [h.reason for h in r.history]
     assert "agent on host1 lost; probing it until it answers" in reasons
-    assert "agent on host1 answers again after 6.0 s" in reasons
+    assert "host1 available again after 6.0 s" in reasons
 
 
 def test_a_source_agent_restart_while_preparing_does_not_spend_every_attempt():

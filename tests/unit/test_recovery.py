@@ -440,7 +440,7 @@ def test_a_new_leader_that_cannot_reach_an_agent_waits_for_it_with_a_bound():
     # both answer: the wait ends, the phase goes on from the placement
     back = recover(d.record, ON_TGT, [], NOW + timedelta(seconds=3), T)
     assert back.actions == (CommitTarget("p-1"),) and back.record.lost_host == ""
-    assert back.record.history[-1].reason == "agent on host2 answers again after 3.0 s"
+    assert back.record.history[-1].reason == "host2 available again after 3.0 s"
 
 
 def test_a_new_leader_goes_on_waiting_for_a_source_whose_copied_disks_are_not_removed_yet():
