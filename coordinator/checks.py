@@ -23,11 +23,32 @@ from ferry.model import (
 
 @dataclass(frozen=True)
 class HostView:
-    """What the coordinator knows of one host: registered, agent lease alive, last inventory."""
+    """What the coordinator knows of one host: registered, agent lease alive, last inventory;
+    ``why_down``: not available, which part is down (None: not known)."""
 
     name: str
     available: bool
     facts: HostFacts | None = None
+    why_down: Problem | None = None
+
+
+def host_down(name: str, why: Problem | None, *, target: bool = True) -> Problem:
+    """TARGET_DOWN (or SOURCE_DOWN) for host ``name``, saying which part is down (``why``, from
+    ``ferry.registry.down_problem``) and what to check.
+
+    >>> host_down("h2", Problem("LIBVIRTD_DOWN", "libvirtd on h2 does not answer", "start libvirtd on h2")).hint
+    'start libvirtd on h2, or pick another target'
+    >>> host_down("h1", None, target=False).message
+    'the agent on h1 is not available (not registered or not answering)'
+    """
+    code, other = ("TARGET_DOWN", "or pick another target") if target else ("SOURCE_DOWN", "")
+    if why is None:
+        return Problem(
+            code,
+            f"the agent on {name} is not available (not registered or not answering)",
+            f"start ferry-agent on {name}" + (f" {other}" if other else ""),
+        )
+    return Problem(code, f"{name} is not available: {why.message}", why.hint + (f", {other}" if other else ""))
 
 
 # Migrating to an older QEMU/libvirt can fail on machine types and device state; far newer is
@@ -183,13 +204,7 @@ def coordinator_blockers(
             )
         )
     elif not target.available:
-        out.append(
-            Problem(
-                "TARGET_DOWN",
-                f"the agent on {target_name} is not available (lease expired)",
-                f"start ferry-agent on {target_name} or pick another target",
-            )
-        )
+        out.append(host_down(target_name, target.why_down))
     if domain is None or source is None:
         out.append(Problem("VM_UNKNOWN", f"no host reports a VM named {vm!r}", "check the name with `ferry vms`"))
         return out
@@ -197,11 +212,7 @@ def coordinator_blockers(
         out.append(Problem("SAME_HOST", f"{vm} already runs on {target_name}", "pick another target host"))
     out.extend(vm_blockers(domain, source.name, options))
     if not source.available:
-        out.append(
-            Problem(
-                "SOURCE_DOWN", f"the agent on {source.name} is not available", f"start ferry-agent on {source.name}"
-            )
-        )
+        out.append(host_down(source.name, source.why_down, target=False))
     tf = target.facts if target is not None else None
     if target is not None and not options.offline:
         out.extend(tls_blockers(source, target))

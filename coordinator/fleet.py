@@ -388,7 +388,7 @@ class Fleet:
         if h is None:
             return None
         s = h.state()
-        return HostView(name=name, available=s.available, facts=s.facts)
+        return HostView(name=name, available=s.available, facts=s.facts, why_down=s.why_down)
 
     async def refresh(
         self, names: Iterable[str] | None = None, *, force: bool = False, max_age_s: float | None = None

@@ -56,7 +56,7 @@ from ferry.diskplan import plan_disks
 from ferry.errors import FerryError
 from ferry.model import DiskPlan, DomainInfo, HostFacts, HostMapping, MigrationOptions, Problem, StorageMode
 
-from .checks import HostView, coordinator_blockers, host_cpu_blockers
+from .checks import HostView, coordinator_blockers, host_cpu_blockers, host_down
 from .hoststate import HostCordon, cordon_problem
 from .phases import Phase
 from .record import MigrationRecord
@@ -408,25 +408,10 @@ def _availability(option: HostOption) -> list[Problem]:
     return list(option.unavailable)
 
 
-def target_down(name: str, down: Problem | None) -> Problem:
-    """TARGET_DOWN for host ``name``, saying which part is down (``down``) and what to check.
-
-    >>> target_down("h2", Problem("LIBVIRTD_DOWN", "libvirtd on h2 does not answer", "start libvirtd on h2")).hint
-    'start libvirtd on h2, or pick another target'
-    """
-    if down is None:
-        return Problem(
-            "TARGET_DOWN",
-            f"the agent on {name} is not available (not registered or not answering)",
-            f"start ferry-agent on {name} or pick another target",
-        )
-    return Problem("TARGET_DOWN", f"{name} is not available: {down.message}", f"{down.hint}, or pick another target")
-
-
 def _unavailable(option: HostOption) -> list[Problem]:
     out = []
     if not option.available:
-        out.append(target_down(option.name, option.why_down))
+        out.append(host_down(option.name, option.why_down))
     if option.state is not None and option.state.cordoned:
         out.append(cordon_problem(option.state))
     if option.facts is None:

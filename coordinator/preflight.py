@@ -45,7 +45,7 @@ from ferry.prediction import Prediction
 from ferry.registry import HostDirectory
 
 from .agent_client import AGENT_TOO_OLD, agent_lost
-from .checks import HostView, coordinator_blockers, effective_storage, host_cpu_blockers
+from .checks import HostView, coordinator_blockers, effective_storage, host_cpu_blockers, host_down
 from .policies import PredictionConfig, predict_migration
 
 log = logging.getLogger(__name__)
@@ -240,7 +240,8 @@ async def preflight(
         if isinstance(got, FerryError):
             failed[name] = got
             got = None
-        views[name] = HostView(name, name in available and name not in failed, got)
+        up = name in available and name not in failed
+        views[name] = HostView(name, up, got, None if up or name in failed else hosts.why_down(name))
     for name, error in failed.items():
         extra.append(_unreachable(name, error))
         unavailable.append(name)
@@ -260,14 +261,7 @@ async def preflight(
         # the VM is not unknown: its host could not be asked
         blockers = [b for b in blockers if b.reason != "VM_UNKNOWN"]
         if source_host not in failed:
-            why = hosts.why_down(source_host)
-            blockers.append(
-                Problem("SOURCE_DOWN", f"{source_host} is not available: {why.message}", why.hint)
-                if why is not None
-                else Problem(
-                    "SOURCE_DOWN", f"the agent on {source_host} is not available", f"start ferry-agent on {source_host}"
-                )
-            )
+            blockers.append(host_down(source_host, hosts.why_down(source_host), target=False))
 
     blockers.extend(
         host_cpu_blockers(

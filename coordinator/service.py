@@ -33,14 +33,14 @@ from ferry.v1 import coordinator_pb2_grpc as cgrpc
 
 from . import convert, hoststate
 from .bandwidth import alone
-from .checks import tcg_migration_warnings
+from .checks import host_down, tcg_migration_warnings
 from .config import HostDecl, derive_mapping
 from .drain_api import MAX_REASON, DrainMethods
 from .drains import Drains, active_drain_of
 from .fleet import Fleet
 from .live import LiveOps, LiveRequest
 from .paging import paginate
-from .placement import Ranking, target_down
+from .placement import Ranking
 from .placer import Placer
 from .policies import copy_bytes, refusal
 from .preflight import predict_for, preflight
@@ -556,7 +556,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         view = self.fleet.host_view(target)
         if view is None:
             return replace(blocker, hint=self.fleet.host_hint(target, blocker.hint))
-        return target_down(target, self.fleet.why_down(target))
+        return host_down(target, self.fleet.why_down(target))
 
 
 def _newest_first(r: MigrationRecord) -> tuple[str, ...]:

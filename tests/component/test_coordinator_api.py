@@ -486,6 +486,17 @@ async def test_a_host_that_is_down_says_which_part_and_what_to_check(fx, capsys)
     text = capsys.readouterr().out
     assert "host2 DOWN: LIBVIRTD_DOWN: libvirtd on host2 does not answer its agent (the agent runs)" in text
     assert "  fix: start libvirtd on host2" in text and "host1 DOWN" not in text
+    # the source's libvirtd: SOURCE_DOWN says so
+    fx.registrations["host2"].set_libvirt_up(True)
+    fx.registrations["host1"].set_libvirt_up(False)
+    for _ in range(200):
+        if fx.coordinator.fleet.available_hosts() == {"host2", "host3"}:
+            break
+        await asyncio.sleep(0.01)
+    code, out = await fx.ferry(capsys, "preflight", "g1", "--to", "host3")
+    assert [(b["reason"], b["message"]) for b in out["blockers"]] == [
+        ("SOURCE_DOWN", "host1 is not available: libvirtd on host1 does not answer its agent (the agent runs)")
+    ]
     # an agent gone from the registry
     await fx.registrations["host3"].stop()
     for _ in range(200):
