@@ -234,7 +234,10 @@ class LibvirtHypervisor:
         virDomainGetBlockInfo (no job can hold it). A disk the statistics left out (libvirt skips
         what needs a job it cannot get at once: seen right after a migration landed, the agent
         just restarted) is read with virDomainGetBlockInfo when the domain is running -- not when
-        it is paused, as an incoming migration's domain is, whose job allows none."""
+        it is paused, as an incoming migration's domain is, whose job allows none, nor when it runs
+        in post-copy: the target's domain then runs under the incoming job (on the lab every
+        inventory of the target waited 30 s for "cannot acquire state change lock (held by
+        remoteDispatchDomainMigrateFinish3Params)", and the host looked down for the whole post-copy)."""
         xml = dom.XMLDesc(0)
         state, reason = dom.state()
         sizes: dict[str, tuple[int, int]] | None = None
@@ -249,7 +252,7 @@ class LibvirtHypervisor:
                 log.debug("no block statistics for %s: %s", dom.name(), exc)
                 sizes = {}
         if sizes is not None:
-            running = state == DomainState.RUNNING.value
+            running = state == DomainState.RUNNING.value and not lt.in_postcopy(state, reason)
             targets = [t for t in targets if sizes.get(t, (0, 0))[0] <= 0] if running else []
         sizes = sizes or {}
         for target in targets:

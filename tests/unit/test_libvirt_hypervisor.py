@@ -97,6 +97,10 @@ LEFT_OUT = {"block.count": 1, "block.0.name": "vda"}  # libvirt skipped what nee
         # paused for an incoming migration: its job allows no blockInfo (it would wait for the whole
         # copy); the size stays unknown, and the domain says it is an arrival
         (3, 2, LEFT_OUT, [], 0, True),
+        # running on the target in post-copy (and after its link broke): still under the incoming
+        # job, which allows no blockInfo (the lab: 30 s, "cannot acquire state change lock")
+        (1, 10, LEFT_OUT, [], 0, False),
+        (1, 11, LEFT_OUT, [], 0, False),
         (3, 1, FULL, [], 2 << 30, False),  # paused by the user
     ],
 )
