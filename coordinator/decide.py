@@ -97,6 +97,7 @@ from .events import (
     StartMigration,
     StepFailed,
     Tick,
+    Waiting,
     WatchJob,
 )
 from .phases import Phase, Timeouts, probe_delay_s, retry_delay_s
@@ -196,6 +197,8 @@ def decide(record: MigrationRecord, event: Event, now: datetime, timeouts: Timeo
     match event:
         case Admitted():
             return _admitted(c, event)
+        case Waiting():
+            return _waiting(c, event)
         case SlotGranted():
             return _granted(c, event)
         case PreflightResult():
@@ -295,6 +298,16 @@ def _final(c: Ctx, event: Event) -> Decision:
             CleanupTarget((event.prepare_id,)),
         )
     return Decision(r, (), f"ignored: {type(event).__name__}, the migration is final ({r.phase.name})")
+
+
+def _waiting(c: Ctx, event: Waiting) -> Decision:
+    """Noted once: the same wait again (a new leader's first plan) writes nothing."""
+    if c.r.phase is not Phase.PENDING:
+        return c.ignore(event)
+    text = f"waiting: {event.why}"
+    if c.r.history and c.r.history[-1].reason == text:
+        return c.keep(f"still {text}")
+    return Decision(note(c.r, c.now, text), (), text)
 
 
 def _admitted(c: Ctx, event: Admitted) -> Decision:

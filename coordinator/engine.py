@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -50,14 +50,14 @@ from ferry.registry import HostDirectory
 from ferry.store import Entry, EventKind, Resync, Store
 
 from .actions import STALE_LEADER, Actions, ActionTiming
-from .events import Admitted, AgentLost, PolicyActed, SlotGranted, Tick
+from .events import Admitted, AgentLost, PolicyActed, SlotGranted, Tick, Waiting
 from .phases import Phase, Timeouts
 from .policies import PredictionConfig
 from .record import MigrationRecord, decode, evolve
 from .runner import RecordRunner, Recover, RunnerContext
 from .sharing import BY as SHARING_BY
 from .sharing import BandwidthSharing
-from .slots import Limits, admission_changed, plan_admission
+from .slots import Limits, WaitKind, WaitReason, admission_changed, plan_admission
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,7 @@ class Engine:
         self.runners: dict[str, RecordRunner] = {}
         self._admitting: dict[str, bool] = {}  # fed Admitted, not yet handled -> ahead of its slot
         self._granting: set[str] = set()  # fed SlotGranted, not yet handled
+        self._waits: dict[str, str] = {}  # queued records fed Waiting: the wait, in words
         self.loaded = asyncio.Event()  # set once the records are listed (the leader's drains wait for it)
         # called with every new version of a record the engine sees (the leader's drains follow them)
         self.observers: list[Callable[[MigrationRecord], None]] = []
@@ -160,6 +161,7 @@ class Engine:
         self._admit_needed = asyncio.Event()
         self.loaded = asyncio.Event()
         self.records, self._open, self.runners, self._admitting, self._granting = {}, {}, {}, {}, set()
+        self._waits = {}
         try:
             starting = asyncio.get_running_loop().create_task(self._start(), name="engine start")
             stopping = asyncio.get_running_loop().create_task(self._stopped.wait())
@@ -424,6 +426,7 @@ class Engine:
         ]
         active += [evolve(self.records[i], ahead=False) for i in self._granting if i in self.records]
         plan = plan_admission(queued, active, self.limits, self.hosts.available_hosts(), self.clock(), self.cordoned())
+        self._note_waits(plan.waiting)
         for migration_id in plan.grant:
             runner = self.runners.get(migration_id)
             if runner is not None and not runner.done:
@@ -436,6 +439,30 @@ class Engine:
                 continue
             self._admitting[migration_id] = migration_id in ahead
             runner.feed(Admitted(ahead=migration_id in ahead))
+
+    def _note_waits(self, waiting: Mapping[str, WaitReason]) -> None:
+        """Tell each queued record that waits for a host that is down or cordoned (not for a full
+        limit, the routine wait), once per change of its wait: its history then says why it does
+        not start, and ``ferry migrate`` shows it."""
+        waits: dict[str, str] = {}
+        for migration_id, why in waiting.items():
+            if why.kind is WaitKind.HOST_UNAVAILABLE:
+                down = [(h, self.hosts.why_down(h)) for h in why.hosts]
+                text = "; ".join(
+                    f"{h} is not available" + (f" ({p.reason}: {p.message})" if p else "") for h, p in down
+                )
+                back = f"{', '.join(why.hosts)} {'are' if len(down) > 1 else 'is'} back"
+                waits[migration_id] = f"{text}; it starts when {back} (or cancel it)"
+            elif why.kind is WaitKind.TARGET_CORDONED:
+                target = ", ".join(why.hosts)
+                waits[migration_id] = (
+                    f"target {target} is cordoned; it starts when {target} is uncordoned (or cancel it)"
+                )
+        for migration_id, text in waits.items():
+            runner = self.runners.get(migration_id)
+            if self._waits.get(migration_id) != text and runner is not None and not runner.done:
+                runner.feed(Waiting(text))
+        self._waits = waits
 
     async def _tick(self) -> None:
         while True:

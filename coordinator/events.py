@@ -27,6 +27,14 @@ class Admitted:
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """A Pending record waits for something an operator should see (a host down, a cordon; not
+    a full limit, the routine wait): ``why``, in words, noted in its history once per change."""
+
+    why: str
+
+
+@dataclass(frozen=True)
 class SlotGranted:
     """A record admitted ahead of its slot gets it (``slots.plan_admission``'s ``grant``)."""
 
@@ -144,6 +152,7 @@ class Tick:
 
 Event = (
     Admitted
+    | Waiting
     | SlotGranted
     | PreflightResult
     | Prepared

@@ -538,6 +538,27 @@ async def test_source_agent_lost_mid_migration(store, fleet, hosts):
     assert fleet.prepares("host2") == [] and await claim_released(store, r)
 
 
+async def test_a_migration_queued_for_a_host_that_is_down_says_so_and_starts_when_it_is_back(store, fleet, hosts):
+    """Seen on the lab: `ferry migrate app2 --to host2` with host2's libvirtd down printed
+    "pending: submitted" and nothing more; the record said nothing of why it did not start."""
+    fleet.add_guest("host1", "g1")
+    await hosts.down("host2")
+    m = await submit(store, fleet, "g1", "host1", "host2")
+    async with engine(store, hosts):
+        r = await wait_for(store, m.id, lambda r: r.history[-1].reason.startswith("waiting: "))
+        assert r.phase is Phase.PENDING
+        assert r.history[-1].reason == (
+            "waiting: host2 is not available (AGENT_NOT_REGISTERED: no agent is registered for host2: ferry-agent "
+            "does not run there, or it cannot reach etcd (its registration ends with its lease)); it starts when "
+            "host2 is back (or cancel it)"
+        )
+        await asyncio.sleep(0.2)  # later plans change nothing: noted once
+        assert [h.reason.startswith("waiting: ") for h in (await read(store, m.id)).history].count(True) == 1
+        await hosts.up("host2")
+        r = await final(store, m.id)
+    assert r.phase is Phase.SUCCEEDED, [(h.phase.name, h.reason) for h in r.history]
+
+
 async def test_target_agent_lost_while_finishing(store, fleet, hosts):
     uuid = fleet.add_guest("host1", "g1")
     fleet["host1"].hv.hold()

@@ -28,6 +28,7 @@ from ferry.coordinator.events import (
     StartMigration,
     StepFailed,
     Tick,
+    Waiting,
     WatchJob,
 )
 from ferry.coordinator.phases import GiB, Phase, Timeouts
@@ -99,6 +100,15 @@ def check(record, event, phase, actions, outcome, now=NOW):
     assert (d.record.phase, d.actions, d.outcome) == (phase, actions, outcome)
     assert d.record.revision == record.revision
     return d.record
+
+
+def test_a_wait_is_noted_once_and_only_while_pending():
+    r = check(PENDING, Waiting("host2 is down"), Phase.PENDING, (), "waiting: host2 is down")
+    assert r.history[-1].reason == "waiting: host2 is down"
+    d = decide(r, Waiting("host2 is down"), NOW, T)
+    assert d.record is r and d.outcome == "still waiting: host2 is down"  # nothing to write
+    check(r, Waiting("target host2 is cordoned"), Phase.PENDING, (), "waiting: target host2 is cordoned")
+    assert decide(MIGRATING, Waiting("x"), NOW, T).outcome == "ignored: Waiting in MIGRATING"
 
 
 @pytest.mark.parametrize(
