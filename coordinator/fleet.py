@@ -867,7 +867,12 @@ class Fleet:
         answers again becomes available without anyone calling the API."""
         while True:
             await asyncio.sleep(self.reprobe_s)
-            lost = [n for n, h in self._hosts.items() if h.registration is not None and h.reachable is False]
+            # (not a host whose agent says its libvirtd is down: the agent's registration says when it is back)
+            lost = [
+                n
+                for n, h in self._hosts.items()
+                if h.registration is not None and h.registration.libvirt_up and h.reachable is False
+            ]
             if lost:
                 await self.refresh(lost, force=True)
 

@@ -30,10 +30,12 @@ from grpc_status import rpc_status
 from ferry import logcontext
 from ferry.errors import (
     ERROR_DOMAIN,
+    DeadlineExceeded,
     FerryError,
     Internal,
     InvalidArgument,
     StatusCode,
+    Unavailable,
     clip,
     clip_bytes,
     error_for_code,
@@ -432,6 +434,10 @@ def _log(err: FerryError, method: str) -> None:
     text = clip_bytes(str(err), STATUS_MESSAGE_MAX_BYTES + STATUS_HINT_MAX_BYTES)
     if err.caller_fault:
         log.info("%s refused: %s: %s", method, err.reason, text)
+    elif isinstance(err, Unavailable | DeadlineExceeded):
+        # something it needs is down or slow (libvirtd, etcd, a peer): the reason says which; no
+        # traceback (a coordinator asks a host whose libvirtd is down every few seconds)
+        log.warning("%s failed: %s: %s", method, err.reason, text)
     else:
         log.error("%s failed: %s: %s", method, err.reason, text, exc_info=err)
 

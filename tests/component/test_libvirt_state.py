@@ -105,3 +105,49 @@ async def test_an_agent_restarted_within_its_lease_is_announced(store):
         await fleet.close()
         await again.stop()
         task.cancel()
+
+
+class _CountingClient:
+    """An agent whose libvirtd is down: every inventory fails, counted."""
+
+    host = "host1"
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def inventory(self):
+        from ferry.errors import Unavailable
+
+        self.asked += 1
+        raise Unavailable("libvirtd on host1 does not answer", reason="LIBVIRT_UNREACHABLE")
+
+
+async def test_a_host_whose_libvirtd_is_down_is_not_asked_again_until_its_agent_says_it_is_back(store):
+    """The lab: with host2's libvirtd down, the coordinator asked its inventory every 2 s and the
+    agent logged each failure; the agent's registration says when libvirtd is back."""
+    client = _CountingClient()
+    reg = Registration(store, "host1", "10.77.0.11:7070", ttl_s=30)
+    running = asyncio.get_running_loop().create_task(reg.run())
+    await asyncio.wait_for(reg.registered.wait(), 2)
+    fleet = Fleet(store, lambda host, address: client)  # type: ignore[arg-type,return-value]
+    fleet.reprobe_s = 0.02
+    await fleet.start()
+    try:
+        await fleet.refresh(["host1"], force=True)  # the agent answers: its libvirtd is down
+        assert client.asked == 1 and fleet.available_hosts() == set()
+        await asyncio.sleep(0.2)
+        assert client.asked > 3  # registered as up: asked again and again (an agent that may come back)
+        reg.set_libvirt_up(False)
+        for _ in range(100):
+            why = fleet.why_down("host1")
+            if why is not None and why.reason == "LIBVIRTD_DOWN":
+                break
+            await asyncio.sleep(0.01)
+        await fleet.refresh(["host1"], force=True)  # someone lists the hosts: it fails again
+        asked = client.asked
+        await asyncio.sleep(0.2)
+        assert client.asked == asked  # its registration says when libvirtd is back
+    finally:
+        await fleet.close()
+        await reg.stop()
+        running.cancel()
