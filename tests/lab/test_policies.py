@@ -192,6 +192,14 @@ def test_a_postcopy_whose_link_breaks_for_ten_seconds_resumes_and_the_guest_keep
 
     wait_until(in_postcopy, 90, f"{mid} in post-copy", interval=0.2)
     time.sleep(1)
+    # the target's inventory answers during post-copy (it waited 30 s for the incoming job's lock,
+    # and the host looked down): the VM shows on both hosts, host2 up
+    listed = ferry(lab, "vms", timeout=20)
+    assert listed.code == 0 and listed.seconds < 5, listed
+    on = {vm["host"] for vm in listed.data["vms"] if vm["domain"]["name"] == name}
+    assert on == {"host1", "host2"}, listed.data
+    hosts = {h["name"]: h for h in ferry(lab, "hosts").data["hosts"]}
+    assert hosts["host2"]["available"], hosts["host2"]["why_down"]
     broke = time.monotonic()
     break_migration_link(lab, 10)
     assert lab.virsh("host1", "domstate", "--reason", name).stdout.strip() == "paused (post-copy failed)"
