@@ -416,7 +416,8 @@ class Cli:
         """Watch until final: a bar redrawn in place on a terminal, a line per VM that moved (or
         could not) and progress lines otherwise; the final drain at the end."""
         last: cpb.Drain | None = None
-        told: set[tuple[str, int]] = set()
+        # printed: (VM, item state, attempt), and (VM, -1, how many hosts it failed on)
+        told: set[tuple[str, int, int]] = set()
         printed = ""  # the last progress line printed (not on a terminal, a line only when it changes)
         try:
             with self.screen.live(enabled=not self.json) as area:
@@ -425,9 +426,18 @@ class Cli:
                     if self.json:
                         continue
                     for i in d.items:
-                        if i.state == cpb.DRAIN_ITEM_STATE_WAITING or (i.vm, i.state) in told:
+                        if i.tried and (i.vm, -1, len(i.tried)) not in told:  # an attempt failed there
+                            told.add((i.vm, -1, len(i.tried)))
+                            p = i.problems[-1] if i.problems else None
+                            again = i.state in (cpb.DRAIN_ITEM_STATE_WAITING, cpb.DRAIN_ITEM_STATE_MIGRATING)
+                            area.line(
+                                f"  {i.vm}: not to {i.tried[-1]}"
+                                + (f": {p.reason}: {p.message}" if p else "")
+                                + ("; placing it again" if again or i.state == cpb.DRAIN_ITEM_STATE_MOVED else "")
+                            )
+                        if i.state == cpb.DRAIN_ITEM_STATE_WAITING or (i.vm, i.state, i.attempts) in told:
                             continue
-                        told.add((i.vm, i.state))
+                        told.add((i.vm, i.state, i.attempts))
                         why = (
                             f" ({i.problems[-1].reason})"
                             if i.problems and i.state != cpb.DRAIN_ITEM_STATE_MOVED

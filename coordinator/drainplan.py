@@ -215,7 +215,8 @@ def _follow(
             items.append(item)
             continue
         if r.phase is Phase.SUCCEEDED:
-            items.append(replace(item, state=ItemState.MOVED, target=r.target_host, problems=(), ended_at=now))
+            # (an earlier attempt's problem stays: why it went to another host than first chosen)
+            items.append(replace(item, state=ItemState.MOVED, target=r.target_host, ended_at=now))
             continue
         error = r.error or Problem(
             "MIGRATION_" + r.phase.name,

@@ -593,6 +593,24 @@ async def test_a_failed_migration_is_replanned_to_another_host(fx, capsys):
     assert fx.agents.running_on("flaky") == [item["target_host"]]
 
 
+async def test_the_drains_progress_says_why_a_vm_is_placed_again(fx, capsys):
+    """Seen on the lab: "d2: migrating -> host3", then "d2: moved -> host2", nothing between: the
+    failure on host3 and the second attempt were not shown."""
+    fx.guest("host1", "flaky")
+    fx.agents["host1"].hv.fail_migration("flaky", at_step=2)
+    capsys.readouterr()
+    code = await cli.run(["--coordinator", fx.addresses[0], "--insecure", "drain", "host1", "--to", "host2,host3"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    lines = out.splitlines()
+    first = next(line.split("-> ")[1] for line in lines if line.startswith("  flaky: migrating -> "))
+    again = [line for line in lines if line.startswith(f"  flaky: not to {first}: LIBVIRT_OPERATION_FAILED: ")]
+    assert len(again) == 1 and again[0].endswith("; placing it again"), out
+    second = "host3" if first == "host2" else "host2"
+    assert f"  flaky: moved -> {second}" in lines, out
+    assert lines.index(again[0]) < lines.index(f"  flaky: moved -> {second}")
+
+
 async def test_pause_resume_and_cancel(fx, capsys):
     for n in ("p1", "p2", "p3", "p4"):
         fx.guest("host1", n)
