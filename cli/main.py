@@ -440,7 +440,7 @@ class Cli:
                         told.add((i.vm, i.state, i.attempts))
                         why = (
                             f" ({i.problems[-1].reason})"
-                            if i.problems and i.state != cpb.DRAIN_ITEM_STATE_MOVED
+                            if i.problems and i.state in (cpb.DRAIN_ITEM_STATE_FAILED, cpb.DRAIN_ITEM_STATE_SKIPPED)
                             else ""
                         )
                         area.line(f"  {i.vm}: {render.item_state_name(i.state)} -> {i.target_host or '?'}{why}")
