@@ -49,7 +49,7 @@ from ferry import keys
 from ferry.convergence import ConvergencePolicy
 from ferry.diskplan import plan_disks
 from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound, clip
-from ferry.model import DomainInfo, GuestLoad, HostFacts, HostMapping, MigrationOptions
+from ferry.model import DomainInfo, GuestLoad, HostFacts, HostMapping, MigrationOptions, MigrationPhase
 from ferry.paths import path_problem, syntax_problem
 from ferry.prediction import Prediction
 from ferry.store import Conflict, Put, Store
@@ -60,7 +60,7 @@ from .config import HostDecl, derive_mapping
 from .convert import phase_word
 from .fleet import Fleet
 from .hoststate import HostCordon, cordoned_error
-from .phases import Timeouts
+from .phases import Phase, Timeouts
 from .placer import Placer
 from .policies import PolicySelector, PredictionConfig, choose_policy, copy_bytes, refusal
 from .preflight import measure, predict_for
@@ -85,6 +85,23 @@ def _utc_now() -> datetime:
 def new_migration_id() -> str:
     """A short random id, e.g. ``m-3f2a9c41d07b``."""
     return f"m-{uuid.uuid4().hex[:12]}"
+
+
+def too_late_to_cancel(r: MigrationRecord) -> str:
+    """Why ``r`` can no longer be undone ("" when it can): its guest runs on the target already
+    (post-copy started: the source keeps part of its memory), or it landed and is finishing. The
+    engine ignores a cancel then (``decide``); the API says so instead of accepting it."""
+    if r.phase is Phase.FINISHING:
+        return f"{r.vm} landed on {r.target_host}; the migration is finishing"
+    postcopy = (r.progress is not None and r.progress.phase is MigrationPhase.POSTCOPY) or any(
+        a.action.action == "start-postcopy" for a in r.actions
+    )
+    if r.phase is Phase.MIGRATING and postcopy:
+        return (
+            f"post-copy started: {r.vm} runs on {r.target_host} with part of its memory still on {r.source_host}, "
+            "and stopping it would lose the guest"
+        )
+    return ""
 
 
 @dataclass(frozen=True)
@@ -577,7 +594,8 @@ class Submissions:
     async def cancel(self, migration_id: str) -> MigrationRecord:
         """Mark the migration ``cancel_requested`` (repeating is fine); the engine winds it down.
 
-        Raises NotFound (MIGRATION_UNKNOWN), FailedPrecondition (ALREADY_FINAL).
+        Raises NotFound (MIGRATION_UNKNOWN), FailedPrecondition (ALREADY_FINAL, TOO_LATE_TO_CANCEL:
+        post-copy started, or the guest landed).
         """
         while True:
             record = await must_read_migration(self.store, migration_id)
@@ -586,6 +604,14 @@ class Submissions:
                     f"migration {record.id} already ended ({phase_word(record.phase)})",
                     reason="ALREADY_FINAL",
                     hint="nothing to cancel; see `ferry migrations show " + record.id + "`",
+                )
+            too_late = too_late_to_cancel(record)
+            if too_late:
+                raise FailedPrecondition(
+                    f"migration {record.id} can no longer be cancelled: {too_late}",
+                    reason="TOO_LATE_TO_CANCEL",
+                    hint=f"let it finish (`ferry migrations watch {record.id}`); then, if it must, "
+                    f"`ferry migrate {record.vm} --to {record.source_host}` moves it back",
                 )
             if record.cancel_requested:
                 return record

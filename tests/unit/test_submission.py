@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -25,7 +25,7 @@ from ferry.coordinator.fleet import Fleet
 from ferry.coordinator.phases import Phase, Timeouts
 from ferry.coordinator.placer import LoadBook, Placer
 from ferry.coordinator.policies import PolicySelector, PredictionConfig
-from ferry.coordinator.record import decode, encode, with_phase
+from ferry.coordinator.record import ActionEntry, decode, encode, with_phase
 from ferry.coordinator.submission import Submissions, SubmitRequest
 from ferry.errors import FailedPrecondition, InvalidArgument, NotFound, StatusCode
 from ferry.model import (
@@ -36,7 +36,11 @@ from ferry.model import (
     HostFacts,
     HostMapping,
     Inventory,
+    JobStats,
     MigrationOptions,
+    MigrationPhase,
+    MigrationProgress,
+    PolicyAction,
     StorageMode,
 )
 from ferry.registry import HostRegistration
@@ -358,6 +362,32 @@ async def test_cancel_marks_the_record_once_and_refuses_a_final_one(fx):
     with pytest.raises(NotFound) as unknown:
         await fx.submissions.cancel("m-nope")
     assert unknown.value.reason == "MIGRATION_UNKNOWN"
+
+
+@pytest.mark.parametrize("how", ["progress", "action", "finishing"])
+async def test_cancel_is_refused_once_the_guest_runs_on_the_target(fx, how):
+    """Seen on the lab: a cancel during post-copy answered "cancel requested", and the migration
+    then succeeded "(cancel requested)": the engine ignores it (stopping would lose the guest)."""
+    fx.agents["host1"].domains.append(guest())
+    m = await fx.submissions.submit(SubmitRequest("g1", "host2"))
+    entry = await fx.store.get(keys.migration_key(m.id))
+    r = decode(entry.value, entry.mod_revision)
+    for phase in (Phase.PREFLIGHT, Phase.PREPARING, Phase.MIGRATING):
+        r = with_phase(r, phase, NOW, "test", Timeouts())
+    if how == "progress":
+        r = replace(r, progress=MigrationProgress(MigrationPhase.POSTCOPY, JobStats(active=True)))
+    elif how == "action":
+        r = replace(r, actions=(ActionEntry(NOW, PolicyAction("start-postcopy", "4 s of pre-copy", 0, "policy p")),))
+    else:
+        r = with_phase(r, Phase.FINISHING, NOW, "test", Timeouts())
+    await fx.store.update(entry.key, encode(r), entry.mod_revision)
+    with pytest.raises(FailedPrecondition) as refused:
+        await fx.submissions.cancel(m.id)
+    assert refused.value.reason == "TOO_LATE_TO_CANCEL"
+    assert ("landed on host2" if how == "finishing" else "post-copy started: g1 runs on host2") in refused.value.message
+    assert "ferry migrate g1 --to host1" in refused.value.hint
+    stored = await fx.store.get(keys.migration_key(m.id))
+    assert not decode(stored.value, stored.mod_revision).cancel_requested  # nothing written
 
 
 # ---------------------------------------------------------------- the policy and the prediction
