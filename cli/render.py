@@ -358,11 +358,19 @@ def top_row(m: cpb.Migration, now: datetime, previous: tpb.MigrationProgress | N
 
 
 def finished_line(m: cpb.Migration) -> str:
-    """One finished migration, for ``ferry top``'s footer."""
+    """One finished migration, for ``ferry top``'s footer.
+
+    >>> r = tpb.CompletedJob(time_elapsed_ms=21000, downtime_not_measured=True)
+    >>> m = cpb.Migration(id="m-1", vm="g1", source_host="h1", target_host="h3", phase=cpb.PHASE_SUCCEEDED, result=r)
+    >>> finished_line(m)
+    '  m-1  g1 h1 -> h3  succeeded in 21 s, downtime not measured (post-copy)'
+    """
     line = f"{_time(m.updated_at) or _time(m.created_at)}  {m.id}  {m.vm} {m.source_host} -> {m.target_host}  "
     line += phase_name(m.phase)
     if m.HasField("result") and m.result.time_elapsed_ms:
-        line += f" in {duration(m.result.time_elapsed_ms / 1000)}, downtime {m.result.downtime_ms} ms"
+        r = m.result
+        downtime = "not measured (post-copy)" if r.downtime_not_measured else f"{r.downtime_ms} ms"
+        line += f" in {duration(r.time_elapsed_ms / 1000)}, downtime {downtime}"
     if m.error.reason:
         line += f"  {m.error.reason}"
     return line
