@@ -15,6 +15,7 @@ import json
 import os
 import random
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -45,6 +46,47 @@ RETRIES_ACROSS_REPLICAS = 20
 BUSY_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)  # pauses before each try again when the coordinator is busy
 FINAL = render.FINAL
 UNREACHABLE_HINT = "is the coordinator running? see `ferry-lab status` or pass --coordinator"
+
+
+class StoreWatch:
+    """While a migration's watch is silent for ``quiet_s``, asks ``probe`` (its GetMigration) every
+    ``every_s``: a coordinator that cannot read etcd (STORE_UNAVAILABLE) is said once through
+    ``say``, and its end once (``heard``). Before, ``ferry migrate`` went silent through an etcd
+    outage, the job going on on its hosts, and said nothing of why."""
+
+    def __init__(
+        self,
+        probe: Callable[[], Awaitable[None]],
+        say: Callable[[str], None],
+        *,
+        quiet_s: float = 10.0,
+        every_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.probe, self.say, self.quiet_s, self.every_s, self.clock = probe, say, quiet_s, every_s, clock
+        self.last = clock()
+        self.outage = False
+
+    def heard(self) -> None:
+        self.last = self.clock()
+        if self.outage:
+            self.outage = False
+            self.say("  the coordinator reads etcd again")
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            if self.clock() - self.last < self.quiet_s:
+                continue
+            try:
+                await self.probe()
+            except FerryError as err:
+                if err.reason == "STORE_UNAVAILABLE" and not self.outage:
+                    self.outage = True
+                    self.say(
+                        f"  the coordinator cannot read etcd ({err.reason}: {err.message}); the job goes on "
+                        "on its hosts and this waits for etcd (Ctrl-C leaves the migration running)"
+                    )
 
 
 class Usage(InvalidArgument):
@@ -300,24 +342,37 @@ class Cli:
         last_phase = None
         shown = 0.0
         before: tpb.MigrationProgress | None = None  # the job's previous figures, to measure its rate
+
+        async def probe() -> None:
+            try:
+                await self.stub.GetMigration(cpb.GetMigrationRequest(id=migration_id), timeout=self.timeout)
+            except grpc.RpcError as exc:
+                raise from_rpc_error(exc) from None
+
         with self.screen.live(enabled=not self.json) as area:
-            async for m in self.stub.WatchMigration(cpb.WatchMigrationRequest(id=migration_id)):
-                last = m
-                if self.json:
-                    pass
-                elif m.phase != last_phase:
-                    reason = m.history[-1].reason if m.history else ""
-                    area.line(render.phase_name(m.phase) + (f": {reason}" if reason else ""))
-                    last_phase = m.phase
-                elif m.HasField("progress") and m.phase == cpb.PHASE_MIGRATING:
-                    shown = max(shown, render.fraction(m.progress))
-                    if area.enabled:
-                        area.show(live.progress_line(m.progress, at_least=shown, previous=before))
-                    else:
-                        area.line("  " + render.progress_bar(m.progress, at_least=shown, previous=before))
-                    before = m.progress
-                if m.phase in FINAL:
-                    break
+            store = StoreWatch(probe, (lambda _: None) if self.json else area.line)
+            watchdog = asyncio.get_running_loop().create_task(store.run(), name="store watchdog")
+            try:
+                async for m in self.stub.WatchMigration(cpb.WatchMigrationRequest(id=migration_id)):
+                    store.heard()
+                    last = m
+                    if self.json:
+                        pass
+                    elif m.phase != last_phase:
+                        reason = m.history[-1].reason if m.history else ""
+                        area.line(render.phase_name(m.phase) + (f": {reason}" if reason else ""))
+                        last_phase = m.phase
+                    elif m.HasField("progress") and m.phase == cpb.PHASE_MIGRATING:
+                        shown = max(shown, render.fraction(m.progress))
+                        if area.enabled:
+                            area.show(live.progress_line(m.progress, at_least=shown, previous=before))
+                        else:
+                            area.line("  " + render.progress_bar(m.progress, at_least=shown, previous=before))
+                        before = m.progress
+                    if m.phase in FINAL:
+                        break
+            finally:
+                watchdog.cancel()
         if last is None:
             raise FerryError(f"the watch of {migration_id} ended without news", reason="WATCH_ENDED")
         return last

@@ -1,5 +1,6 @@
 """The CLI's pure parts: virsh-style flags -> options, address resolution, rendering."""
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,38 @@ def test_a_ranked_preflight_says_which_candidate_its_agent_checked():
     )
     ranked = cpb.RankTargetsResponse(source_host="host1", candidates=c)  # the scheduler's call: no agent check
     assert render.candidates(ranked, "db1")[0] == "Candidates for db1 (from host1), best first:"
+
+
+async def test_a_silent_watch_says_once_that_the_coordinator_cannot_read_etcd_and_once_that_it_can():
+    """Seen on the lab: through an etcd outage `ferry migrate` printed nothing (the job went on)."""
+    from ferry.cli.main import StoreWatch
+    from ferry.errors import Unavailable
+
+    said: list[str] = []
+    answers = iter([None, "down", "down", "down"])
+
+    async def probe() -> None:
+        if next(answers, "down") == "down":
+            raise Unavailable("etcd at https://10.77.0.1:2379 does not answer", reason="STORE_UNAVAILABLE")
+
+    now = [0.0]
+    watch = StoreWatch(probe, said.append, quiet_s=10, every_s=0.001, clock=lambda: now[0])
+    task = asyncio.get_running_loop().create_task(watch.run())
+    try:
+        await asyncio.sleep(0.02)
+        assert said == []  # not quiet long enough: not even asked
+        now[0] = 11.0
+        for _ in range(200):
+            if said:
+                break
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.02)  # asked again and again: said once
+        assert said == [
+            "  the coordinator cannot read etcd (STORE_UNAVAILABLE: etcd at https://10.77.0.1:2379 does not answer); "
+            "the job goes on on its hosts and this waits for etcd (Ctrl-C leaves the migration running)"
+        ]
+        watch.heard()
+        watch.heard()
+        assert said[1:] == ["  the coordinator reads etcd again"]
+    finally:
+        task.cancel()
