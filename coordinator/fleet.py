@@ -346,9 +346,7 @@ class Fleet:
     def why_down(self, name: str) -> Problem | None:
         """Why ``name`` is not available (None: it is, or the fleet does not know it)."""
         h = self._hosts.get(name)
-        if h is None or h.available:
-            return None
-        return down_problem(h.name, h.client_address, h.registration, h.reachable, h.error)
+        return None if h is None or h.available else h.state().why_down
 
     def knows(self, name: str) -> bool:
         """Whether ``name`` is in the view (a forgotten host is not, though ``changed_since`` names it)."""
