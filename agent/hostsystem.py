@@ -311,6 +311,25 @@ class LocalHostSystem:
                 "file by hand if it is no longer needed",
             ) from exc
 
+    def write_probe(self, path: str) -> None:
+        self._confined.check(path, PathUse.CREATE, "probe")
+        try:
+            with self._confined.parent(path, create=False, what="probe") as (dir_fd, name):
+                if dir_fd is None:
+                    raise FileNotFoundError(errno.ENOENT, "no such directory")
+                fd = os.open(
+                    name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd
+                )
+                os.close(fd)
+        except FileExistsError as exc:
+            raise AlreadyExists(f"{clip(path)} already exists", reason="FILE_IN_THE_WAY") from exc
+        except OSError as exc:
+            raise FailedPrecondition(
+                f"cannot create {clip(path)}: {exc.strerror}",
+                reason="PATH_NOT_WRITABLE",
+                hint=f"make {clip(os.path.dirname(path))} writable for the agent",
+            ) from exc
+
 
 class _OpenFile:
     """A descriptor closed at the end of a ``with`` block."""

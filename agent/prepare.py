@@ -22,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import os
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -44,6 +45,7 @@ from ferry.agent.target_checks import (
     resolve_plans,
     storage_key,
 )
+from ferry.diskplan import map_path
 from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound, clip
 from ferry.model import (
     DiskPlan,
@@ -131,7 +133,12 @@ class PrepareService:
     # ------------------------------------------------------------------ prepare
 
     async def _snapshot(
-        self, parsed: ParsedDomain | None, cpu: GuestCpu | None, nics: list[Nic], plans: list[DiskPlan]
+        self,
+        parsed: ParsedDomain | None,
+        cpu: GuestCpu | None,
+        nics: list[Nic],
+        plans: list[DiskPlan],
+        probes: Mapping[str, str],
     ) -> TargetSnapshot:
         domains: dict[str, DomainInfo] = {}
         networks: tuple[str, ...] = ()
@@ -153,6 +160,7 @@ class PrepareService:
         # what the agent itself would touch is confined: the images it creates, the backing
         # files qemu-img reads; a disk expected on shared storage is only looked at
         uses: dict[str, PathUse | None] = {p.destination: None for p in plans if not p.copy}
+        uses |= {probe: None for probe in probes.values()}
         uses |= {p.backing_file: PathUse.READ for p in plans if p.copy and p.backing_file}
         uses |= {p.destination: PathUse.CREATE for p in plans if p.copy}
         emulator = cpu.emulator if cpu is not None else ""
@@ -171,6 +179,7 @@ class PrepareService:
             memory_available_bytes=memory,
             emulator_present=emulator_present,
             cpu=verdict,
+            probes=probes,
         )
 
     async def _compare_cpu(self, cpu: GuestCpu | None, emulator_present: bool) -> CpuVerdict | None:
@@ -227,8 +236,12 @@ class PrepareService:
         ttl_s: int,
         migration_id: str,
         dry_run: bool,
+        *,
+        shared_probes: Sequence[str] = (),
     ) -> PreparedIncoming:
         """Check this host, then (unless ``dry_run``) create the images and record them.
+        ``shared_probes``: the source's probe files next to disks left in place
+        (``agent/shared_probes.py``), each to be found here at its mapped path.
 
         Refused (nothing created) with the first problem's error type, the message listing all.
         """
@@ -238,7 +251,8 @@ class PrepareService:
             except InvalidArgument:
                 parsed, nics = None, []
             plans = resolve_plans(domain_xml if parsed else "", disks, storage, mapping)
-            snapshot = await self._snapshot(parsed, guest_cpu(domain_xml) if parsed else None, nics, plans)
+            probes = {os.path.dirname(p): map_path(p, mapping.path_prefixes) for p in shared_probes}
+            snapshot = await self._snapshot(parsed, guest_cpu(domain_xml) if parsed else None, nics, plans, probes)
             problems = check_target(domain_xml, plans, mapping, storage, snapshot)
             try:
                 destination_xml = rewrite_for_target(domain_xml, mapping, plans)

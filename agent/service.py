@@ -14,6 +14,7 @@ when ``secure_xml(context)`` allows it: by default, to the coordinator's identit
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
@@ -25,6 +26,7 @@ from ferry.agent.inventory import Inventory
 from ferry.agent.migration import Control, MigrationDriver, MigrationRequest
 from ferry.agent.prepare import PrepareService
 from ferry.agent.progress import memory_pending, phase_of
+from ferry.agent.shared_probes import SharedProbes, check_token
 from ferry.agent.source_disks import SourceDisks
 from ferry.agent.source_records import SourceRecords
 from ferry.agent.targets import MigrationTargets
@@ -73,6 +75,10 @@ def _required(value: str, field: str) -> str:
 
 def _domain_ref(value: str, field: str = "domain") -> str:
     return _required(value, field)
+
+
+def _paths(values: Sequence[str], field: str) -> list[str]:
+    return [validate.text(p, f"{field}[{i}]", max_len=PATH_MAX) for i, p in enumerate(validate.items(values, field))]
 
 
 def _uuid(value: str, field: str) -> str:
@@ -161,6 +167,7 @@ class AgentServicer(agrpc.AgentServicer):
             clock=prepare.clock,
         )
         self.targets = targets or MigrationTargets(prepare.host_name)
+        self.shared_probes = SharedProbes(prepare.host_system)
         self.secure_xml = secure_xml
         self._migrating: dict[str, str] = {}  # domain UUID -> migration id, while a Migrate streams
         self._controls: dict[str, Control] = {}  # domain UUID -> its running migration's Control
@@ -204,7 +211,10 @@ class AgentServicer(agrpc.AgentServicer):
         else:
             self.fence.admit(_term(request.leader_term), "PrepareIncoming")
         _about(migration_id, target=self.prepare.host_name)
-        out = await self.prepare.prepare(xml, plans, mapping, storage, ttl, migration_id, request.dry_run)
+        probes = _paths(request.shared_probes, "shared_probes")
+        out = await self.prepare.prepare(
+            xml, plans, mapping, storage, ttl, migration_id, request.dry_run, shared_probes=probes
+        )
         return convert.prepared_to_pb(out)
 
     @rpc_method
@@ -434,10 +444,25 @@ class AgentServicer(agrpc.AgentServicer):
         self, request: apb.RemoveSourceDisksRequest, context: Context
     ) -> apb.RemoveSourceDisksResponse:
         domain_uuid = _uuid(request.domain_uuid, "domain_uuid")
-        paths = [
-            validate.text(p, f"paths[{i}]", max_len=PATH_MAX)
-            for i, p in enumerate(validate.items(request.paths, "paths"))
-        ]
+        paths = _paths(request.paths, "paths")
         self.fence.admit(_term(request.leader_term), "RemoveSourceDisks")
         done = await self.source_disks.remove(domain_uuid, paths, migration_id=request.migration_id)
         return apb.RemoveSourceDisksResponse(removed=done.removed, already_gone=done.already_gone)
+
+    @rpc_method
+    async def MarkSharedStorage(
+        self, request: apb.MarkSharedStorageRequest, context: Context
+    ) -> apb.MarkSharedStorageResponse:
+        """Directories that get no probe are the answer (problems), not an error of the call."""
+        paths = _paths(request.disk_paths, "disk_paths")
+        token = check_token(request.token)
+        written, problems = await asyncio.to_thread(self.shared_probes.place, paths, token)
+        return apb.MarkSharedStorageResponse(probes=written, problems=[convert.problem_to_pb(p) for p in problems])
+
+    @rpc_method
+    async def UnmarkSharedStorage(
+        self, request: apb.UnmarkSharedStorageRequest, context: Context
+    ) -> apb.UnmarkSharedStorageResponse:
+        probes = _paths(request.probes, "probes")
+        removed = await asyncio.to_thread(self.shared_probes.remove, probes)
+        return apb.UnmarkSharedStorageResponse(removed=removed)

@@ -62,6 +62,9 @@ class TargetSnapshot:
     memory_available_bytes: int = 0  # free + reclaimable; 0 = unknown (not checked)
     emulator_present: bool = True  # the domain's <emulator> exists here (or none named)
     cpu: CpuVerdict | None = None  # None: not compared (no comparable <cpu>)
+    # the source's shared-storage probes (agent/shared_probes.py): the source directory of each ->
+    # its path on this host (mapped); their facts are in ``paths``
+    probes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -284,6 +287,8 @@ def _disk_problems(
                         kind=FailedPrecondition,
                     )
                 )
+            elif writable and (mismatch := _probe_unseen(p, snap)) is not None:
+                out.append(mismatch)
             continue
         if storage is StorageMode.SHARED:
             out.append(
@@ -352,6 +357,26 @@ def _disk_problems(
         if p.copy and p.destination in destinations and facts.get(p.destination, PathFacts(False)).refused is None
     ]
     return out + _space_problems(copies, snap)
+
+
+def _probe_unseen(p: DiskPlan, snap: TargetSnapshot) -> Problem | None:
+    """A disk left in place whose source probe is not where this host expects the disk's
+    directory: this host's file at that path is another file than the guest's."""
+    probe = snap.probes.get(os.path.dirname(p.source))
+    if probe is None or snap.paths.get(probe, PathFacts(exists=False)).exists:
+        return None
+    src_dir, dest_dir = os.path.dirname(p.source), os.path.dirname(p.destination)
+    where = dest_dir if dest_dir == src_dir else f"{dest_dir} (mapped from {src_dir})"
+    return Problem(
+        "SHARED_STORAGE_MISMATCH",
+        f"disk {p.target}: {p.destination} on {snap.host_name} is not the file the guest uses: a probe file the "
+        f"source wrote next to the disk does not appear in {where} here, so {snap.host_name} sees other storage "
+        "there (the shared storage not mounted, or a local copy in its place)",
+        f"mount the shared storage at {dest_dir} on {snap.host_name} (findmnt {dest_dir}) or map the path to where it "
+        f"is mounted (--map-path {src_dir}=DIR); if {p.destination} there is a stand-in or a stale copy, remove it; "
+        "or copy the disk (--copy-storage-all)",
+        kind=FailedPrecondition,
+    )
 
 
 def _space_problems(copies: list[DiskPlan], snap: TargetSnapshot) -> list[Problem]:

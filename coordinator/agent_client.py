@@ -212,6 +212,7 @@ class GrpcAgentClient:
         migration_id: str,
         dry_run: bool,
         leader_term: int = 0,
+        shared_probes: Sequence[str] = (),
     ) -> PreparedIncoming:
         request = apb.PrepareIncomingRequest(
             domain_xml=domain_xml,
@@ -222,6 +223,7 @@ class GrpcAgentClient:
             migration_id=migration_id,
             dry_run=dry_run,
             leader_term=leader_term,
+            shared_probes=list(shared_probes),
         )
         m = await self._call("PrepareIncoming", request, slow=True)
         assert isinstance(m, apb.PrepareIncomingResponse)
@@ -352,6 +354,18 @@ class GrpcAgentClient:
         m = await self._call("GetJob", apb.GetJobRequest(domain=vm, leader_term=leader_term))
         assert isinstance(m, apb.GetJobResponse)
         return convert.job_from_pb(m)
+
+    async def mark_shared_storage(self, disk_paths: Sequence[str], token: str) -> tuple[list[str], list[Problem]]:
+        m = await self._call(
+            "MarkSharedStorage", apb.MarkSharedStorageRequest(disk_paths=list(disk_paths), token=token)
+        )
+        assert isinstance(m, apb.MarkSharedStorageResponse)
+        return list(m.probes), [convert.problem_from_pb(p) for p in m.problems]
+
+    async def unmark_shared_storage(self, probes: Sequence[str]) -> list[str]:
+        m = await self._call("UnmarkSharedStorage", apb.UnmarkSharedStorageRequest(probes=list(probes)))
+        assert isinstance(m, apb.UnmarkSharedStorageResponse)
+        return list(m.removed)
 
     async def completed_job(self, vm: str, *, leader_term: int = 0) -> CompletedJob:
         m = await self._call("GetJob", apb.GetJobRequest(domain=vm, completed=True, leader_term=leader_term))

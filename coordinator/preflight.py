@@ -14,6 +14,12 @@ engine's Preflight phase. It asks the agents, then applies the pure checks:
 4. at the same time, the source agent's ``ProbeTarget`` of the target's libvirt URI (the one the
    migration would use): a name that does not resolve or a libvirtd that cannot be reached from
    the source are blockers (TARGET_UNRESOLVABLE, TARGET_UNREACHABLE).
+5. before that dry run, when writable disks stay in place (shared storage), the source agent's
+   ``MarkSharedStorage``: an empty probe file next to each such disk, which the target must see
+   at the mapped path (else SHARED_STORAGE_MISMATCH: the target's file there is another file, e.g.
+   its shared storage is not mounted and a local copy stands in); removed again right after the
+   dry run. A directory the source cannot write a probe in is a blocker
+   (SHARED_STORAGE_UNVERIFIED) unless the migration is marked unsafe (the operator vouches).
 
 A host whose agent is not available (no registration) or does not answer is listed in
 ``PreflightReport.unavailable``: the engine re-queues the migration then (an agent may come back),
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -131,8 +138,57 @@ async def _probe(
     return problems, None
 
 
+def left_in_place(domain: DomainInfo, plans: Sequence[DiskPlan]) -> list[str]:
+    """Source paths of the writable disks the plan does not copy (they must be shared)."""
+    writable = {d.target for d in domain.disks if not d.readonly and d.device == "disk"}
+    return [p.source for p in plans if not p.copy and p.target in writable and p.source]
+
+
+async def _mark(
+    hosts: HostDirectory,
+    source: str,
+    target: str,
+    paths: list[str],
+    options: MigrationOptions,
+    extra: list[Problem],
+    unavailable: list[str],
+) -> tuple[list[str], list[Problem]]:
+    """The source's probes next to the disks left in place: (probes, blockers)."""
+    try:
+        probes, problems = await hosts.client(source).mark_shared_storage(paths, secrets.token_hex(16))
+    except FerryError as err:
+        if err.reason == AGENT_TOO_OLD:
+            log.warning("cannot check the shared storage of %s -> %s: %s", source, target, err)
+            return [], []
+        if agent_lost(err):
+            extra.append(_unreachable(source, err))
+            unavailable.append(source)
+            return [], []
+        probes, problems = [], [Problem.of(err)]
+    if options.unsafe:  # the operator vouches for what could not be checked
+        return probes, []
+    return probes, [
+        Problem(
+            "SHARED_STORAGE_UNVERIFIED",
+            f"{source} cannot check that {target} sees the same storage as it does: {p.message}",
+            f"list that directory in shared_dirs of {source}'s agent config (the agent writes an empty "
+            ".ferry-probe-* file there and removes it), copy the disks (--copy-storage-all), or pass --unsafe "
+            "if you know both hosts use the same storage there",
+        )
+        for p in problems
+    ]
+
+
+async def _unmark(hosts: HostDirectory, source: str, probes: list[str]) -> None:
+    try:
+        await hosts.client(source).unmark_shared_storage(probes)
+    except FerryError as err:  # the agent removes them itself later
+        log.warning("could not remove the shared-storage probes on %s: %s", source, err)
+
+
 async def _dry_run(
     hosts: HostDirectory,
+    source: str | None,
     target: str,
     domain: DomainInfo,
     xml: str,
@@ -143,23 +199,41 @@ async def _dry_run(
     extra: list[Problem],
     unavailable: list[str],
 ) -> tuple[list[DiskPlan], list[Problem]]:
-    """The disk plan and the target's PrepareIncoming(dry_run): (plans, blockers). An agent that
-    cannot be asked goes to ``extra``/``unavailable``."""
+    """The disk plan and the target's PrepareIncoming(dry_run), with the source's shared-storage
+    probes (``source`` None: none): (plans, blockers). An agent that cannot be asked goes to
+    ``extra``/``unavailable``."""
     try:
         plans = plan_disks(domain.disks, mode, options.migrate_disks, mapping)
     except FerryError as err:
         return [], [Problem.of(err)]
+    in_place = left_in_place(domain, plans) if source is not None else []
+    probes, blockers = (
+        await _mark(hosts, source, target, in_place, options, extra, unavailable)
+        if source is not None and in_place
+        else ([], [])
+    )
     try:
         out = await hosts.client(target).prepare_incoming(
-            domain_xml=xml, disks=plans, mapping=mapping, storage=mode, ttl_s=0, migration_id=migration_id, dry_run=True
+            domain_xml=xml,
+            disks=plans,
+            mapping=mapping,
+            storage=mode,
+            ttl_s=0,
+            migration_id=migration_id,
+            dry_run=True,
+            shared_probes=probes,
         )
     except FerryError as err:
         if agent_lost(err):
             extra.append(_unreachable(target, err))
             unavailable.append(target)
-            return plans, []
-        return plans, [Problem.of(err)]
-    return list(out.disks) or plans, list(out.problems)
+            return plans, blockers
+        return plans, [*blockers, Problem.of(err)]
+    finally:
+        if probes:
+            assert source is not None
+            await _unmark(hosts, source, probes)
+    return list(out.disks) or plans, [*blockers, *out.problems]
 
 
 async def _find(hosts: HostDirectory, vm: str, names: Sequence[str]) -> tuple[str | None, dict[str, FerryError]]:
@@ -283,8 +357,19 @@ async def preflight(
     plans: list[DiskPlan] = []
     try:
         if domain is not None and target_view is not None and target_view.available and source_host != target:
+            source_up = source_view is not None and source_view.available
             plans, problems = await _dry_run(
-                hosts, target, domain, xml, mode, options, mapping, migration_id, extra, unavailable
+                hosts,
+                source_host if source_up else None,
+                target,
+                domain,
+                xml,
+                mode,
+                options,
+                mapping,
+                migration_id,
+                extra,
+                unavailable,
             )
             if any(p.reason == "INSUFFICIENT_MEMORY" for p in problems):
                 # the target's own figure, fresher than its last inventory

@@ -9,7 +9,8 @@ The roles (``ferry.identity.Role``):
 ==============  =====================================================================
 coordinator     every Agent RPC; the only identity that may call the mutating ones
                 (PrepareIncoming, CleanupIncoming, CommitIncoming, Migrate, AbortMigration,
-                TuneMigration, ProbeTarget, MeasureGuest, RemoveSourceDisks) and that gets the secure
+                TuneMigration, ProbeTarget, MeasureGuest, RemoveSourceDisks, MarkSharedStorage,
+                UnmarkSharedStorage) and that gets the secure
                 domain XML (graphics passwords) from GetDomain
 operator        every Coordinator RPC, with mapping overrides, unsafe options and
                 definition overrides (keep_source_definition, transient_target); the only
@@ -147,6 +148,8 @@ RULES: dict[str, Rule] = {
     _a("ProbeTarget"): Rule(_COORDINATOR),
     _a("MeasureGuest"): Rule(_COORDINATOR),  # seconds of libvirt's dirty-rate measurement on a guest
     _a("RemoveSourceDisks"): Rule(_COORDINATOR, mutating=True),
+    _a("MarkSharedStorage"): Rule(_COORDINATOR, mutating=True),  # empty probe files on shared storage
+    _a("UnmarkSharedStorage"): Rule(_COORDINATOR, mutating=True),
 }
 
 

@@ -243,6 +243,13 @@ class HostSystem(Protocol):
         refuses (nothing outside the image directories, never through a link)."""
         ...
 
+    def write_probe(self, path: str) -> None:
+        """Create the empty file ``path`` in an existing directory (a shared-storage probe,
+        ``agent/shared_probes.py``). Raises AlreadyExists when ``path`` exists, FailedPrecondition
+        (PATH_NOT_WRITABLE) when the directory is missing or not writable, and ``confine``'s
+        problem as its error."""
+        ...
+
 
 @dataclass(frozen=True)
 class TuneResult:
@@ -280,6 +287,7 @@ class AgentClient(Protocol):
         migration_id: str,
         dry_run: bool,
         leader_term: int = 0,
+        shared_probes: Sequence[str] = (),
     ) -> PreparedIncoming: ...
 
     async def cleanup_incoming(
@@ -370,4 +378,15 @@ class AgentClient(Protocol):
         now unused local images of the domain. Returns (removed, already gone). Refused while a
         domain with that UUID exists here (DOMAIN_STILL_HERE) and for paths outside the local
         image directories (PATH_NOT_LOCAL)."""
+        ...
+
+    async def mark_shared_storage(self, disk_paths: Sequence[str], token: str) -> tuple[list[str], list[Problem]]:
+        """Write an empty probe file (``DIR/.ferry-probe-TOKEN``) in the directory of each of
+        these disks on this (source) host, for a target to show that it sees the same storage
+        (``prepare_incoming(shared_probes=...)``). Returns (probes written, one problem per
+        directory where none could be: outside the image directories, not writable)."""
+        ...
+
+    async def unmark_shared_storage(self, probes: Sequence[str]) -> list[str]:
+        """Remove probes ``mark_shared_storage`` wrote (any other path is ignored); the removed ones."""
         ...

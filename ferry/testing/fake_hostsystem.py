@@ -48,7 +48,10 @@ class FakeHostSystem:
     ``dirs`` maps a directory to its free bytes (total = free unless given in ``totals``);
     ``files`` are files already present (path -> size in bytes); ``shared_dirs`` are on shared
     storage (on NFS unless ``fs_types`` names another file system); ``read_only_dirs`` refuse new
-    files.
+    files. ``shared_files``: one dict given to every fake host of a fleet that mounts the same
+    shared storage -- the files a host writes under its shared directories live there, so the
+    other hosts see them (without it, each host's shared directories are its own, as when the
+    shared storage is not mounted and a local directory stands in for it).
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class FakeHostSystem:
         files: Mapping[str, int] | None = None,
         storage: Iterable[str] | None = None,
         fs_types: Mapping[str, str] | None = None,
+        shared_files: dict[str, FakeImage | int] | None = None,
     ) -> None:
         self.bridge_names = list(bridges)
         shared, read_only = set(shared_dirs), set(read_only_dirs)
@@ -76,6 +80,7 @@ class FakeHostSystem:
             for d, free in (dirs or {}).items()
         }
         self.files: dict[str, FakeImage | int] = dict(files or {})
+        self.shared_files = shared_files
         self.storage = list(storage) if storage is not None else list(self.dirs)
         self.created: list[str] = []
         self.removed: list[str] = []
@@ -88,6 +93,13 @@ class FakeHostSystem:
             if _under(path, d) and (best is None or len(d) > len(best[0])):
                 best = (d, info)
         return best
+
+    def _files_of(self, path: str) -> dict[str, FakeImage | int]:
+        """Where ``path``'s file lives: the fleet's shared files for a shared directory, if given."""
+        found = self._dir_of(path)
+        if self.shared_files is not None and found is not None and found[1].shared:
+            return self.shared_files
+        return self.files
 
     # ------------------------------------------------------------------ port
 
@@ -126,7 +138,9 @@ class FakeHostSystem:
         return None
 
     def exists(self, path: str) -> bool:
-        return path in self.files or path in self.symlinks or path.rstrip("/") in self.dirs
+        return (
+            path in self.files or path in self._files_of(path) or path in self.symlinks or path.rstrip("/") in self.dirs
+        )
 
     def writable_dir(self, path: str) -> bool:
         parent = path.rstrip("/").rsplit("/", 1)[0] or "/"
@@ -148,7 +162,7 @@ class FakeHostSystem:
             problem = self.confine(checked, use) if checked else None
             if problem is not None:
                 raise problem.to_error()
-        if path in self.files or path in self.symlinks:
+        if self.exists(path) and path.rstrip("/") not in self.dirs:
             raise AlreadyExists(
                 f"{path} already exists",
                 reason="FILE_IN_THE_WAY",
@@ -166,7 +180,22 @@ class FakeHostSystem:
         assert found is not None  # writable_dir found it
         allocated = QCOW2_HEADER_BYTES if fmt == "qcow2" else 0
         found[1].free_bytes = max(0, found[1].free_bytes - allocated)
-        self.files[path] = FakeImage(fmt, virtual_size, backing_file, backing_format, allocated)
+        self._files_of(path)[path] = FakeImage(fmt, virtual_size, backing_file, backing_format, allocated)
+        self.created.append(path)
+
+    def write_probe(self, path: str) -> None:
+        problem = self.confine(path, PathUse.CREATE)
+        if problem is not None:
+            raise problem.to_error()
+        if self.exists(path):
+            raise AlreadyExists(f"{path} already exists", reason="FILE_IN_THE_WAY")
+        if not self.writable_dir(path):
+            raise FailedPrecondition(
+                f"cannot create {path}: not writable",
+                reason="PATH_NOT_WRITABLE",
+                hint="make the directory writable for the agent",
+            )
+        self._files_of(path)[path] = 0
         self.created.append(path)
 
     def remove(self, path: str) -> bool:
@@ -174,6 +203,8 @@ class FakeHostSystem:
         if problem is not None:
             raise problem.to_error()
         entry = self.files.pop(path, None)
+        if entry is None:
+            entry = self._files_of(path).pop(path, None)
         if entry is None:
             return False
         allocated = entry.allocated if isinstance(entry, FakeImage) else entry

@@ -264,6 +264,8 @@ class FakeFleet:
     def __init__(self) -> None:
         self.hosts: dict[str, FakeHypervisor] = {}
         self.names: dict[str, list[str]] = {}
+        # the files on the shared storage every member mounts (FakeHostSystem's ``shared_files``)
+        self.shared_files: dict[str, FakeImage | int] = {}
 
     def resolve(self, host: str) -> list[str]:
         if probe.is_ip_address(host) or any(probe.parse_peer_uri(uri).host == host for uri in self.hosts):

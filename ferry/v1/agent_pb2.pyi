@@ -41,7 +41,7 @@ class GetDomainResponse(_message.Message):
     def __init__(self, domain: _Optional[_Union[_types_pb2.Domain, _Mapping]] = ..., xml: _Optional[str] = ...) -> None: ...
 
 class PrepareIncomingRequest(_message.Message):
-    __slots__ = ("domain_xml", "disks", "mapping", "storage", "ttl_seconds", "migration_id", "dry_run", "leader_term")
+    __slots__ = ("domain_xml", "disks", "mapping", "storage", "ttl_seconds", "migration_id", "dry_run", "leader_term", "shared_probes")
     DOMAIN_XML_FIELD_NUMBER: _ClassVar[int]
     DISKS_FIELD_NUMBER: _ClassVar[int]
     MAPPING_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class PrepareIncomingRequest(_message.Message):
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
+    SHARED_PROBES_FIELD_NUMBER: _ClassVar[int]
     domain_xml: str
     disks: _containers.RepeatedCompositeFieldContainer[_types_pb2.DiskPlan]
     mapping: _types_pb2.HostMapping
@@ -58,7 +59,8 @@ class PrepareIncomingRequest(_message.Message):
     migration_id: str
     dry_run: bool
     leader_term: int
-    def __init__(self, domain_xml: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., mapping: _Optional[_Union[_types_pb2.HostMapping, _Mapping]] = ..., storage: _Optional[_Union[_types_pb2.StorageMode, str]] = ..., ttl_seconds: _Optional[int] = ..., migration_id: _Optional[str] = ..., dry_run: _Optional[bool] = ..., leader_term: _Optional[int] = ...) -> None: ...
+    shared_probes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, domain_xml: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., mapping: _Optional[_Union[_types_pb2.HostMapping, _Mapping]] = ..., storage: _Optional[_Union[_types_pb2.StorageMode, str]] = ..., ttl_seconds: _Optional[int] = ..., migration_id: _Optional[str] = ..., dry_run: _Optional[bool] = ..., leader_term: _Optional[int] = ..., shared_probes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PrepareIncomingResponse(_message.Message):
     __slots__ = ("prepare_id", "destination_xml", "disks", "created", "expires_at", "problems")
@@ -295,3 +297,31 @@ class RemoveSourceDisksResponse(_message.Message):
     removed: _containers.RepeatedScalarFieldContainer[str]
     already_gone: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, removed: _Optional[_Iterable[str]] = ..., already_gone: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MarkSharedStorageRequest(_message.Message):
+    __slots__ = ("disk_paths", "token")
+    DISK_PATHS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    disk_paths: _containers.RepeatedScalarFieldContainer[str]
+    token: str
+    def __init__(self, disk_paths: _Optional[_Iterable[str]] = ..., token: _Optional[str] = ...) -> None: ...
+
+class MarkSharedStorageResponse(_message.Message):
+    __slots__ = ("probes", "problems")
+    PROBES_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    probes: _containers.RepeatedScalarFieldContainer[str]
+    problems: _containers.RepeatedCompositeFieldContainer[_types_pb2.ErrorDetail]
+    def __init__(self, probes: _Optional[_Iterable[str]] = ..., problems: _Optional[_Iterable[_Union[_types_pb2.ErrorDetail, _Mapping]]] = ...) -> None: ...
+
+class UnmarkSharedStorageRequest(_message.Message):
+    __slots__ = ("probes",)
+    PROBES_FIELD_NUMBER: _ClassVar[int]
+    probes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, probes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UnmarkSharedStorageResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, removed: _Optional[_Iterable[str]] = ...) -> None: ...

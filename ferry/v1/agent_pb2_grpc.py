@@ -100,6 +100,16 @@ class AgentStub:
                 request_serializer=ferry_dot_v1_dot_agent__pb2.RemoveSourceDisksRequest.SerializeToString,
                 response_deserializer=ferry_dot_v1_dot_agent__pb2.RemoveSourceDisksResponse.FromString,
                 _registered_method=True)
+        self.MarkSharedStorage = channel.unary_unary(
+                '/ferry.v1.Agent/MarkSharedStorage',
+                request_serializer=ferry_dot_v1_dot_agent__pb2.MarkSharedStorageRequest.SerializeToString,
+                response_deserializer=ferry_dot_v1_dot_agent__pb2.MarkSharedStorageResponse.FromString,
+                _registered_method=True)
+        self.UnmarkSharedStorage = channel.unary_unary(
+                '/ferry.v1.Agent/UnmarkSharedStorage',
+                request_serializer=ferry_dot_v1_dot_agent__pb2.UnmarkSharedStorageRequest.SerializeToString,
+                response_deserializer=ferry_dot_v1_dot_agent__pb2.UnmarkSharedStorageResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -194,6 +204,23 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MarkSharedStorage(self, request, context):
+        """Source side, preflight of disks that stay in place (shared storage): write a probe file
+        next to each, which the target must see where it expects the disk
+        (PrepareIncomingRequest.shared_probes): proof that both hosts use the same file, not a
+        local stand-in where the shared storage is not mounted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnmarkSharedStorage(self, request, context):
+        """Removes probe files this agent's MarkSharedStorage wrote, and nothing else.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -261,6 +288,16 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.RemoveSourceDisks,
                     request_deserializer=ferry_dot_v1_dot_agent__pb2.RemoveSourceDisksRequest.FromString,
                     response_serializer=ferry_dot_v1_dot_agent__pb2.RemoveSourceDisksResponse.SerializeToString,
+            ),
+            'MarkSharedStorage': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkSharedStorage,
+                    request_deserializer=ferry_dot_v1_dot_agent__pb2.MarkSharedStorageRequest.FromString,
+                    response_serializer=ferry_dot_v1_dot_agent__pb2.MarkSharedStorageResponse.SerializeToString,
+            ),
+            'UnmarkSharedStorage': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnmarkSharedStorage,
+                    request_deserializer=ferry_dot_v1_dot_agent__pb2.UnmarkSharedStorageRequest.FromString,
+                    response_serializer=ferry_dot_v1_dot_agent__pb2.UnmarkSharedStorageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -614,6 +651,60 @@ class Agent:
             '/ferry.v1.Agent/RemoveSourceDisks',
             ferry_dot_v1_dot_agent__pb2.RemoveSourceDisksRequest.SerializeToString,
             ferry_dot_v1_dot_agent__pb2.RemoveSourceDisksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkSharedStorage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.v1.Agent/MarkSharedStorage',
+            ferry_dot_v1_dot_agent__pb2.MarkSharedStorageRequest.SerializeToString,
+            ferry_dot_v1_dot_agent__pb2.MarkSharedStorageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnmarkSharedStorage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.v1.Agent/UnmarkSharedStorage',
+            ferry_dot_v1_dot_agent__pb2.UnmarkSharedStorageRequest.SerializeToString,
+            ferry_dot_v1_dot_agent__pb2.UnmarkSharedStorageResponse.FromString,
             options,
             channel_credentials,
             insecure,

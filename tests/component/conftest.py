@@ -52,6 +52,7 @@ async def start_agent(
         dirs={IMAGES: 50 * GiB, SHARED: 100 * GiB},
         totals={IMAGES: 100 * GiB, SHARED: 200 * GiB},
         shared_dirs=[SHARED],
+        shared_files=fleet.shared_files,
     )
     ip = f"10.77.0.{10 + index}"
     hv = FakeHypervisor(

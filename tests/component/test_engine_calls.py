@@ -50,13 +50,16 @@ class CountingDirectory(FleetDirectory):
         return CountingClient(super().client(host), host, self.calls)  # type: ignore[return-value]
 
 
-# a copy-storage migration host1 -> host2 that succeeds: every agent call of the engine
+# a copy-storage migration host1 -> host2 that succeeds (vda copied, vdb on shared storage):
+# every agent call of the engine
 ONE_MIGRATION = {
     ("host1", "inventory"): 1,  # host facts: this engine has no fleet view (the coordinator's has
     ("host2", "inventory"): 1,  # them cached: no inventory call per migration there)
     ("host1", "get_domain"): 1,  # preflight (with the XML, reused by the prepare)
     ("host2", "prepare_incoming"): 2,  # the dry run, the prepare
     ("host1", "probe_target"): 1,  # the first preflight of the pair (remembered for a minute)
+    ("host1", "mark_shared_storage"): 1,  # a probe next to vdb, for the dry run to find on host2
+    ("host1", "unmark_shared_storage"): 1,  # and removed after it
     ("host1", "migrate"): 1,
     ("host2", "commit_incoming"): 1,  # checks the guest landed: no placement observed after the job
     ("host1", "remove_source_disks"): 1,

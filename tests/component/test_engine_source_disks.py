@@ -153,7 +153,9 @@ async def test_a_shared_storage_migration_removes_nothing(store, fleet, hosts):
         r = await final(store, (await submit(store, fleet, "g1", "host1", "host2", options=MigrationOptions())).id)
     assert r.phase is Phase.SUCCEEDED and r.copied_disks == ()
     assert not [n for n in notes(r) if "source disks" in n.lower()]
-    assert fleet["host1"].host.removed == []
+    # nothing but the preflight's shared-storage probe, which is gone from the shared storage too
+    assert [p.rsplit("/", 1)[1][:13] for p in fleet["host1"].host.removed] == [".ferry-probe-"]
+    assert [f for f in fleet.fakes.shared_files if ".ferry-probe-" in f] == []
 
 
 # ---------------------------------------------------------------- preflight: the source probes the target
@@ -233,3 +235,46 @@ async def test_an_agent_without_the_call_is_too_old_not_broken():
     finally:
         await client.close()
         await server.stop(None)
+
+
+# ---------------------------------------------------------------- preflight: shared storage is the same file
+
+
+def probes_left(fleet: Fleet) -> list[str]:
+    places = [fleet.fakes.shared_files, *(a.host.files for a in fleet.agents.values())]
+    return [p for files in places for p in files if ".ferry-probe-" in p]
+
+
+async def test_a_shared_disk_the_target_sees_elsewhere_is_refused_and_nothing_moves(store, fleet, hosts):
+    """host2's shared storage is not mounted: a local file stands at the shared disk's path (as an
+    operator pre-creates one). By path alone it passes; the source's probe shows it is another file."""
+    fleet.add_guest("host1", "g1")  # vda local (copied), vdb on the shared storage
+    fleet["host2"].host.shared_files = None  # host2's /srv/shared: a local directory of its own
+    assert fleet["host2"].host.exists("/srv/shared/g1-data.raw")  # the stand-in
+    report = await preflight(hosts, "g1", "host2", MigrationOptions(), fleet.mapping("host1", "host2"))
+    [b] = report.blockers
+    assert b.reason == "SHARED_STORAGE_MISMATCH" and "disk vdb: /srv/shared/g1-data.raw on host2" in b.message
+    assert "mount the shared storage at /srv/shared on host2" in b.hint
+    assert probes_left(fleet) == []
+    async with engine(store, hosts):
+        r = await final(store, (await submit(store, fleet, "g1", "host1", "host2")).id)
+    assert r.phase is Phase.FAILED and r.error is not None and r.error.reason == "SHARED_STORAGE_MISMATCH"
+    assert fleet.where("g1") == {"host1": DomainState.RUNNING}
+    assert fleet["host2"].host.created == [] and fleet.prepares("host2") == [] and probes_left(fleet) == []
+    fleet["host2"].host.shared_files = fleet.fakes.shared_files  # mounted again
+    assert (await preflight(hosts, "g1", "host2", MigrationOptions(), fleet.mapping("host1", "host2"))).ok
+
+
+async def test_a_shared_disk_the_source_cannot_probe_needs_the_operators_word(fleet, hosts):
+    """The disk's directory is outside what the source agent may write: the check cannot be made.
+    That blocks, with the fixes, unless the migration is marked unsafe."""
+    fleet.add_guest("host1", "g1")
+    fleet["host1"].host.storage = [IMAGES]  # /srv/shared not among host1's agent's directories
+    mapping = fleet.mapping("host1", "host2")
+    report = await preflight(hosts, "g1", "host2", MigrationOptions(), mapping)
+    [b] = report.blockers
+    assert b.reason == "SHARED_STORAGE_UNVERIFIED" and b.message.startswith(
+        "host1 cannot check that host2 sees the same storage as it does: no probe written in /srv/shared"
+    )
+    assert "shared_dirs of host1's agent config" in b.hint and "--unsafe" in b.hint
+    assert (await preflight(hosts, "g1", "host2", MigrationOptions(unsafe=True), mapping)).ok

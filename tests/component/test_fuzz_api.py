@@ -510,6 +510,23 @@ RPCS = [
         ),
     ),
     Rpc(
+        "agent",
+        "MarkSharedStorage",
+        lambda r: st.builds(
+            apb.MarkSharedStorageRequest,
+            disk_paths=bounded_list(paths(), "/srv/shared/g1-data.raw"),
+            token=text(["00112233445566778899aabbccddeeff", "XYZ"]),
+        ),
+    ),
+    Rpc(
+        "agent",
+        "UnmarkSharedStorage",
+        lambda r: st.builds(
+            apb.UnmarkSharedStorageRequest,
+            probes=bounded_list(paths(), "/srv/shared/.ferry-probe-00112233445566778899aabbccddeeff"),
+        ),
+    ),
+    Rpc(
         "coordinator",
         "SubmitMigration",
         fuzzed(

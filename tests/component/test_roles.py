@@ -62,6 +62,8 @@ AGENT_REQUESTS: dict[str, Any] = {
     "ProbeTarget": apb.ProbeTargetRequest(),
     "RemoveSourceDisks": apb.RemoveSourceDisksRequest(),
     "MeasureGuest": apb.MeasureGuestRequest(),
+    "MarkSharedStorage": apb.MarkSharedStorageRequest(),
+    "UnmarkSharedStorage": apb.UnmarkSharedStorageRequest(),
 }
 COORDINATOR_REQUESTS: dict[str, Any] = {
     "SubmitMigration": cpb.SubmitMigrationRequest(vm="nope", target_host="host9"),
@@ -115,6 +117,8 @@ ALLOWED = {
             "ProbeTarget",
             "MeasureGuest",
             "RemoveSourceDisks",
+            "MarkSharedStorage",
+            "UnmarkSharedStorage",
         )
     },
     # coordinator API

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ferry.agent.hostsystem import LocalHostSystem
-from ferry.errors import AlreadyExists, Internal, InvalidArgument
+from ferry.errors import AlreadyExists, FerryError, Internal, InvalidArgument
 from ferry.paths import PathUse
 from ferry.ports import HostSystem
 from ferry.testing.fake_hostsystem import FakeHostSystem
@@ -199,3 +199,32 @@ def test_confinement_is_the_same_on_both(world, tmp_path):
     assert exc.value.reason == "PATH_OUTSIDE_IMAGE_DIRS" and not world.host.exists(outside)
     with pytest.raises(InvalidArgument):
         world.host.remove("/etc/passwd")
+
+
+def test_a_probe_is_an_empty_file_written_once_and_removed_like_an_image(world, tmp_path):
+    probe = f"{world.shared}/.ferry-probe-00112233445566778899aabbccddeeff"
+    world.host.write_probe(probe)
+    assert world.host.exists(probe)
+    with pytest.raises(AlreadyExists) as exc:
+        world.host.write_probe(probe)
+    assert exc.value.reason == "FILE_IN_THE_WAY"
+    assert world.host.remove(probe) is True and not world.host.exists(probe)
+    outside = str(tmp_path / "elsewhere" / ".ferry-probe-00112233445566778899aabbccddeeff")
+    with pytest.raises(InvalidArgument) as bad:
+        world.host.write_probe(outside)
+    assert bad.value.reason == "PATH_OUTSIDE_IMAGE_DIRS" and not world.host.exists(outside)
+
+
+def test_local_probe_is_empty_private_and_never_written_through_a_link(tmp_path):
+    w = local_world(tmp_path)
+    probe = Path(w.shared) / ".ferry-probe-00112233445566778899aabbccddeeff"
+    w.host.write_probe(str(probe))
+    assert probe.stat().st_size == 0 and probe.stat().st_mode & 0o777 == 0o600
+    probe.unlink()
+    (Path(w.shared) / "vms").symlink_to(tmp_path / "nfs")
+    with pytest.raises(FerryError) as exc:
+        w.host.write_probe(f"{w.shared}/vms/.ferry-probe-00112233445566778899aabbccddeeff")
+    assert exc.value.reason == "PATH_SYMLINK" and list((tmp_path / "nfs").iterdir()) == []
+    with pytest.raises(FerryError) as missing:
+        w.host.write_probe(f"{w.shared}/gone/.ferry-probe-00112233445566778899aabbccddeeff")
+    assert missing.value.reason == "PATH_NOT_WRITABLE"

@@ -184,6 +184,42 @@ def test_preflight_names_a_missing_bridge_and_an_unknown_host(lab, guests):
         lab.host_exec("host1", "ip", "link", "del", bridge, check=False)
 
 
+def test_a_shared_disk_the_target_sees_elsewhere_is_refused_until_its_storage_is_mounted(lab, guests):
+    """host2's shared storage is not mounted (a tmpfs in its place, in host2's mount namespace) and
+    a stand-in image sits at the guest's disk path there, as an operator pre-creates one. By path
+    alone the disk is present on shared storage; the source's probe file proves it is another file.
+    Nothing moves and no probe is left; once the storage is back, the same migration succeeds."""
+    name = "fm-shared"
+    boot(lab, guests, name, disks=("32M",), shared=True, nic=False)
+    shared = str(lab.paths.shared)
+    disk = f"{shared}/{name}-vda.qcow2"
+    lab.host_exec("host2", "mount", "-t", "tmpfs", "-o", "size=64m", "ferry-standin", shared)
+    try:
+        lab.host_exec("host2", "qemu-img", "create", "-q", "-f", "qcow2", disk, "32M")
+        # the lab's shared directory is a plain one: libvirt needs the migration marked unsafe
+        run = ferry(lab, "preflight", name, "--to", "host2", "--unsafe")
+        assert run.code == 1, run
+        [blocker] = run.data["blockers"]
+        assert blocker["reason"] == "SHARED_STORAGE_MISMATCH", run
+        assert f"{disk} on host2 is not the file the guest uses" in blocker["message"]
+        assert f"mount the shared storage at {shared} on host2" in blocker["hint"]
+
+        blocked = ferry(lab, "migrate", name, "--to", "host2", "--unsafe")
+        assert blocked.code == 1 and blocked.data["error"]["reason"] == "SHARED_STORAGE_MISMATCH", blocked
+        assert "preparing" not in phases(blocked.data)
+        assert placement(lab, name) == {"host1": "running"}
+        for host in ("host1", "host2"):  # no probe on the shared storage, nor in the stand-in
+            assert ".ferry-probe-" not in lab.host_exec(host, "ls", "-a", shared).stdout
+    finally:
+        lab.host_exec("host2", "umount", shared, check=False)
+
+    moved = ferry(lab, "migrate", name, "--to", "host2", "--unsafe")
+    assert moved.code == 0 and moved.data["phase"] == SUCCEEDED, moved
+    assert running_on(lab, name) == ["host2"]
+    beats(lab, name)  # alive, and still its first boot
+    assert ".ferry-probe-" not in lab.host_exec("host1", "ls", "-a", shared).stdout
+
+
 # ---------------------------------------------------------------- e) one migration per VM
 
 

@@ -572,3 +572,54 @@ async def test_real_images_on_a_real_host_system(hv, tmp_path, clock):
     removed, _ = await svc.cleanup(out.prepare_id)
     assert sorted(removed) == sorted(out.created)
     assert list(images.rglob("*.*")) == []
+
+
+# ------------------------------------------------------------------ shared-storage probes
+
+PROBE = ".ferry-probe-00112233445566778899aabbccddeeff"
+IN_PLACE = DiskPlan(target="vdb", source=f"{IMG}/web1-data.raw", destination="/shared/web1-data.raw", copy=False)
+
+
+@pytest.mark.parametrize(
+    ("probe_here", "probes", "reasons"),
+    [
+        (False, [f"{IMG}/{PROBE}"], ["SHARED_STORAGE_MISMATCH"]),  # the disk's file here is another one
+        (True, [f"{IMG}/{PROBE}"], []),  # the source's probe shows up next to it: the same storage
+        (False, [], []),  # no probe sent (an older coordinator): not checked
+        (False, [f"/elsewhere/{PROBE}"], []),  # a probe of another directory says nothing of this disk
+    ],
+)
+async def test_a_disk_left_in_place_must_show_the_sources_probe(svc, host, probe_here, probes, reasons):
+    host.files["/shared/web1-data.raw"] = 8 * GiB  # a file at the disk's (mapped) path, on shared storage
+    if probe_here:
+        host.files[f"/shared/{PROBE}"] = 0
+    mapping = HostMapping(bridges={"br-guest": "br-vm"}, path_prefixes={IMG: "/shared"})
+    out = await svc.prepare(XML, [VDA, IN_PLACE], mapping, StorageMode.COPY_ALL, 0, "m-1", True, shared_probes=probes)
+    assert [p.reason for p in out.problems] == reasons
+    if reasons:
+        message, hint = out.problems[0].message, out.problems[0].hint
+        assert "/shared (mapped from /var/lib/libvirt/images)" in message and "on host2" in message
+        assert "--map-path /var/lib/libvirt/images=DIR" in hint and "--copy-storage-all" in hint
+        with pytest.raises(FailedPrecondition) as err:
+            await svc.prepare(
+                XML, [VDA, IN_PLACE], mapping, StorageMode.COPY_ALL, 0, "m-1", False, shared_probes=probes
+            )
+        assert err.value.reason == "SHARED_STORAGE_MISMATCH"
+
+
+async def test_a_read_only_disk_left_in_place_may_be_a_copy_of_its_own(svc, host):
+    """An installation ISO on each host is a copy per host, rightly: only writable disks must be the
+    source's very file."""
+    xml = XML.replace("<target dev='vdb' bus='virtio'/>", "<target dev='vdb' bus='virtio'/><readonly/>")
+    host.files["/shared/web1-data.raw"] = 8 * GiB
+    out = await svc.prepare(
+        xml,
+        [VDA, IN_PLACE],
+        HostMapping(bridges={"br-guest": "br-vm"}, path_prefixes={IMG: "/shared"}),
+        StorageMode.COPY_ALL,
+        0,
+        "m-1",
+        True,
+        shared_probes=[f"{IMG}/{PROBE}"],
+    )
+    assert out.problems == ()
