@@ -229,7 +229,11 @@ def _nic_problems(nics: Iterable[Nic], mapping: HostMapping, snap: TargetSnapsho
 
 
 def _disk_problems(
-    plans: list[DiskPlan], storage: StorageMode, devices: Mapping[str, Disk] | None, snap: TargetSnapshot
+    plans: list[DiskPlan],
+    storage: StorageMode,
+    devices: Mapping[str, Disk] | None,
+    snap: TargetSnapshot,
+    domain_name: str = "",
 ) -> list[Problem]:
     out: list[Problem] = []
     host = snap.host_name
@@ -266,7 +270,24 @@ def _disk_problems(
             why = "on shared storage" if storage is StorageMode.SHARED else "not copied"
             disk = devices.get(p.target) if devices is not None else None
             writable = disk is not None and not disk.readonly and disk.device == "disk"
-            if not f.exists:
+            if not f.exists and disk is not None and not writable:
+                kind = "a read-only cdrom" if disk.device == "cdrom" else f"a read-only {disk.device}"
+                out.append(
+                    Problem(
+                        "SHARED_DISK_MISSING",
+                        f"disk {p.target} ({kind}: libvirt never copies it) needs {dest} on {host}, but nothing "
+                        "is there",
+                        f"copy {os.path.basename(p.source)} to {dest} on {host} (each host needs its own copy of a "
+                        f"read-only image), map its directory (--map-path {os.path.dirname(p.source)}=DIR), or "
+                        + (
+                            f"eject it first (virsh change-media {domain_name} {p.target} --eject)"
+                            if disk.device == "cdrom" and domain_name
+                            else "put it on shared storage"
+                        ),
+                        kind=FailedPrecondition,
+                    )
+                )
+            elif not f.exists:
                 out.append(
                     Problem(
                         "SHARED_DISK_MISSING",
@@ -471,7 +492,7 @@ def check_target(
         *_cpu_problems(parsed, guest_cpu(xml), snapshot),
         *_memory_problems(parsed, snapshot),
         *_nic_problems(nics, mapping, snapshot),
-        *_disk_problems(plans, storage, devices, snapshot),
+        *_disk_problems(plans, storage, devices, snapshot, parsed.name),
     ]
 
 

@@ -623,3 +623,21 @@ async def test_a_read_only_disk_left_in_place_may_be_a_copy_of_its_own(svc, host
         shared_probes=[f"{IMG}/{PROBE}"],
     )
     assert out.problems == ()
+
+
+async def test_a_missing_cdrom_image_asks_for_a_copy_or_an_eject_not_for_copy_storage(svc):
+    """libvirt never copies a read-only disk, --copy-storage-all or not: the fix is the ISO itself."""
+    xml = XML.replace(
+        "</devices>",
+        f"<disk type='file' device='cdrom'><source file='{IMG}/install.iso'/><target dev='sda' bus='sata'/>"
+        "<readonly/></disk></devices>",
+    )
+    cdrom = DiskPlan(target="sda", source=f"{IMG}/install.iso", copy=False)
+    out = await prep(svc, xml=xml, disks=(VDA, VDB, cdrom), dry_run=True)
+    [p] = out.problems
+    assert p.reason == "SHARED_DISK_MISSING"
+    assert p.message == (
+        f"disk sda (a read-only cdrom: libvirt never copies it) needs {IMG}/install.iso on host2, but nothing is there"
+    )
+    assert "each host needs its own copy" in p.hint and "virsh change-media web1 sda --eject" in p.hint
+    assert "--copy-storage-all" not in p.hint
