@@ -41,16 +41,12 @@ from datetime import UTC, datetime
 
 from ferry.agent.source_records import Outcome, SourceRecord, SourceRecords
 from ferry.errors import FailedPrecondition, InvalidArgument, clip
-from ferry.model import DomainInfo, PrepareRecord, StorageDir
+from ferry.model import DomainInfo, PrepareRecord
+from ferry.paths import not_local
 from ferry.ports import HostSystem, Hypervisor
 from ferry.validate import ident
 
 log = logging.getLogger(__name__)
-
-
-def _under(path: str, directory: str) -> bool:
-    d = directory.rstrip("/")
-    return bool(d) and (path == d or path.startswith(d + "/"))
 
 
 def invalid_paths(paths: Iterable[str]) -> list[str]:
@@ -60,25 +56,6 @@ def invalid_paths(paths: Iterable[str]) -> list[str]:
     ['images/b', '/var/lib/../../etc/passwd', '/x//y']
     """
     return [p for p in paths if not p.startswith("/") or os.path.normpath(p) != p or p.startswith("//")]
-
-
-def not_local(paths: Iterable[str], dirs: Iterable[StorageDir], shared: Callable[[str], bool]) -> list[str]:
-    """Paths not inside a local (not shared) storage directory, or on shared storage themselves.
-
-    >>> dirs = [StorageDir("/var/lib/libvirt/images", 0, 0), StorageDir("/mnt/nfs", 0, 0, shared=True)]
-    >>> not_local(["/var/lib/libvirt/images/a.qcow2", "/mnt/nfs/b.qcow2", "/etc/passwd",
-    ...            "/var/lib/libvirt/images"], dirs, lambda p: False)
-    ['/mnt/nfs/b.qcow2', '/etc/passwd', '/var/lib/libvirt/images']
-    """
-    dirs = list(dirs)
-    local = [d.path for d in dirs if not d.shared]
-    return [
-        p
-        for p in paths
-        if not any(_under(p, d) and p.rstrip("/") != d.rstrip("/") for d in local)
-        or any(_under(p, d.path) for d in dirs if d.shared)
-        or shared(p)
-    ]
 
 
 def in_use(paths: Iterable[str], domains: Iterable[DomainInfo]) -> dict[str, str]:

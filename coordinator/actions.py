@@ -39,7 +39,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import cast
 
@@ -58,6 +58,7 @@ from ferry.model import (
     Problem,
     StorageMode,
 )
+from ferry.paths import not_local
 from ferry.ports import AgentClient
 from ferry.registry import HostDirectory, migrate_uri_for
 
@@ -91,6 +92,8 @@ from .preflight import PreflightReport, ProbeCache, measure, preflight
 from .record import MigrationRecord
 
 log = logging.getLogger(__name__)
+
+PATH_NOT_LOCAL = "PATH_NOT_LOCAL"  # RemoveSourceDisks: a path outside the local image directories
 
 Emit = Callable[[Event], None]
 MIGRATION_OUT = "migration out"
@@ -532,13 +535,27 @@ class Actions:
         paths = r.copied_disks if r.options.storage is not StorageMode.SHARED else ()
         if not paths:
             return "", False
-        listed = ", ".join(paths)
+        listed, left = ", ".join(paths), ""
         try:
             if not r.vm_uuid:
                 raise InvalidArgument("the record has no VM UUID", reason="VM_UUID_UNKNOWN")
-            removed, gone = await self._client(r.source_host).remove_source_disks(
-                r.vm_uuid, paths, migration_id=r.id, leader_term=self.term
-            )
+            try:
+                removed, gone = await self._client(r.source_host).remove_source_disks(
+                    r.vm_uuid, paths, migration_id=r.id, leader_term=self.term
+                )
+            except FerryError as err:
+                # some disks were copied from outside the source's local image directories (with
+                # --map-path): the agent refuses them all; the others are removed, those named
+                kept = await self._not_local(r.source_host, paths) if err.reason == PATH_NOT_LOCAL else []
+                if not kept or len(kept) == len(paths):
+                    raise
+                left = (
+                    f"; left: {', '.join(kept)} (not in a local image directory of {r.source_host}: remove "
+                    f"by hand once the guest is known to run on {r.target_host} only)"
+                )
+                removed, gone = await self._client(r.source_host).remove_source_disks(
+                    r.vm_uuid, [p for p in paths if p not in kept], migration_id=r.id, leader_term=self.term
+                )
         except FerryError as err:
             if err.reason == STALE_LEADER:
                 self.on_stale(Problem.of(err))
@@ -554,8 +571,15 @@ class Actions:
                 f"SOURCE_DISKS_LEFT: {listed} on {r.source_host} not removed ({err.reason}: {err.message}); "
                 f"remove them by hand once the guest is known to run on {r.target_host} only"
             ), agent_lost(err)
-        log.info("migration %s: removed the source's disks on %s: %s", r.id, r.source_host, listed)
+        log.info("migration %s: removed the source's disks on %s: %s", r.id, r.source_host, ", ".join(removed))
         done = ", ".join(removed) or "none"
         return f"source disks removed on {r.source_host}: {done}" + (
             f" (already gone: {', '.join(gone)})" if gone else ""
-        ), False
+        ) + left, False
+
+    async def _not_local(self, host: str, paths: Sequence[str]) -> list[str]:
+        """The paths outside ``host``'s local image directories, from its storage directories."""
+        facts = self.known_facts(host) if self.known_facts is not None else None
+        if facts is None:
+            facts = (await self._client(host).inventory()).host
+        return not_local(paths, facts.storage)

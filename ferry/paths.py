@@ -27,10 +27,10 @@ the symlink check, to every path it is asked to touch.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ferry.errors import FailedPrecondition, InvalidArgument, clip
-from ferry.model import Problem
+from ferry.model import Problem, StorageDir
 
 #: the file systems libvirt takes for shared storage (virFileIsSharedFS: it refuses to migrate a
 #: disk in place anywhere else unless the migration is marked unsafe); by their mount table names
@@ -140,3 +140,30 @@ def symlink_problem(path: str, link: str, what: str = "path") -> Problem:
         "directory or file, or use the path it points to when that is inside an image directory",
         kind=FailedPrecondition,
     )
+
+
+def _inside(path: str, directory: str) -> bool:
+    d = directory.rstrip("/")
+    return bool(d) and (path == d or path.startswith(d + "/"))
+
+
+def not_local(
+    paths: Iterable[str], dirs: Iterable[StorageDir], shared: Callable[[str], bool] = lambda p: False
+) -> list[str]:
+    """Paths not inside a local (not shared) storage directory, or on shared storage themselves
+    (``shared(path)``: the host says so, e.g. a cluster file system): what RemoveSourceDisks refuses.
+
+    >>> dirs = [StorageDir("/var/lib/libvirt/images", 0, 0), StorageDir("/mnt/nfs", 0, 0, shared=True)]
+    >>> not_local(["/var/lib/libvirt/images/a.qcow2", "/mnt/nfs/b.qcow2", "/etc/passwd",
+    ...            "/var/lib/libvirt/images"], dirs, lambda p: False)
+    ['/mnt/nfs/b.qcow2', '/etc/passwd', '/var/lib/libvirt/images']
+    """
+    dirs = list(dirs)
+    local = [d.path for d in dirs if not d.shared]
+    return [
+        p
+        for p in paths
+        if not any(_inside(p, d) and p.rstrip("/") != d.rstrip("/") for d in local)
+        or any(_inside(p, d.path) for d in dirs if d.shared)
+        or shared(p)
+    ]

@@ -19,9 +19,13 @@ from test_engine import COPY, SLOW, engine, final, read, submit, until, wait_for
 
 from ferry.coordinator.phases import Phase
 from ferry.coordinator.preflight import preflight
+from ferry.coordinator.record import encode
 from ferry.coordinator.slots import Limits
+from ferry.keys import migration_key
 from ferry.model import DomainState, MigrationOptions
 from ferry.registry import HostRegistration
+from ferry.store import Put
+from ferry.testing.fake_hostsystem import FakeDir
 from ferry.testing.fake_hypervisor import MiB, make_domain_xml
 from ferry.testing.fleet import IMAGES, Fleet, FleetDirectory, start_fleet
 from ferry.testing.memory_store import MemoryStore
@@ -278,3 +282,31 @@ async def test_a_shared_disk_the_source_cannot_probe_needs_the_operators_word(fl
     )
     assert "shared_dirs of host1's agent config" in b.hint and "--unsafe" in b.hint
     assert (await preflight(hosts, "g1", "host2", MigrationOptions(unsafe=True), mapping)).ok
+
+
+async def test_a_disk_copied_from_outside_the_image_directories_stays_and_the_others_go(store, fleet, hosts):
+    """vdb was copied from /srv/vm (not one of host1's agent's directories) into the target's image
+    directory with a path mapping: host1's agent never removes it, but g2's vda still goes."""
+    fleet["host1"].host.dirs["/srv/vm"] = FakeDir(1 << 30, 1 << 30)  # a directory, not in storage
+    fleet["host1"].host.files["/srv/vm/g2-vdb.qcow2"] = 64 * MiB
+    fleet["host1"].host.create_image(f"{IMAGES}/g2.qcow2", fmt="qcow2", virtual_size=64 * MiB)
+    fleet["host1"].hv.add_domain(
+        make_domain_xml(
+            "g2",
+            disks=[("vda", f"{IMAGES}/g2.qcow2", "qcow2"), ("vdb", "/srv/vm/g2-vdb.qcow2", "qcow2")],
+            bridges=["br-guest"],
+        )
+    )
+    record = await submit(store, fleet, "g2", "host1", "host2")
+    mapping = replace(record.mapping, path_prefixes={"/srv/vm": IMAGES})
+    await store.commit([Put(migration_key(record.id), encode(replace(record, mapping=mapping)), record.revision)])
+    async with engine(store, hosts):
+        r = await final(store, record.id)
+    assert r.phase is Phase.SUCCEEDED, notes(r)
+    assert set(r.copied_disks) == {f"{IMAGES}/g2.qcow2", "/srv/vm/g2-vdb.qcow2"}
+    [note] = [n for n in notes(r) if "source disks" in n]
+    assert note == (
+        f"source disks removed on host1: {IMAGES}/g2.qcow2; left: /srv/vm/g2-vdb.qcow2 (not in a local image "
+        "directory of host1: remove by hand once the guest is known to run on host2 only)"
+    )
+    assert not fleet["host1"].host.exists(f"{IMAGES}/g2.qcow2") and fleet["host1"].host.exists("/srv/vm/g2-vdb.qcow2")

@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 import pytest
 
 from ferry.agent import source_disks as sd
-from ferry.agent.source_disks import SourceDisks, in_use, invalid_paths, not_local
+from ferry.agent.source_disks import SourceDisks, in_use, invalid_paths
 from ferry.agent.source_records import Outcome, SourceRecord, SourceRecords
 from ferry.errors import FailedPrecondition, InvalidArgument
 from ferry.model import Disk, DomainInfo, DomainState, PrepareRecord, StorageDir
+from ferry.paths import not_local
 from ferry.testing.fake_hostsystem import FakeHostSystem
 from ferry.testing.fake_hypervisor import FakeHypervisor, make_domain_xml
 
