@@ -276,6 +276,8 @@ class AgentServicer(agrpc.AgentServicer):
         await self.targets.check(target_uri, migrate_uri, host=target_host)
         domain = await self.inventory.domain(name)
         _about(migration_id, vm=domain.name, source=self.prepare.host_name)
+        if not domain.persistent and options.persist_dest and not options.persist_transient and not options.offline:
+            options = replace(options, persist_dest=False)  # it has no definition to move: it stays transient
         disks = disks_to_copy(domain, options, plans)
         copied = [d for d in domain.disks if d.target in disks]
         req = MigrationRequest(

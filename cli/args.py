@@ -303,8 +303,9 @@ def _add_migration_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--persistent",
         action="store_true",
-        help="define the VM on the target; named alone (as in virsh) the source keeps its definition. "
-        "Default: without --persistent and --undefinesource both happen",
+        help="define the VM on the target (a transient VM too); named alone (as in virsh) the source keeps its "
+        "definition. Default: without --persistent and --undefinesource both happen (a transient VM stays "
+        "transient)",
     )
     g.add_argument(
         "--undefinesource",

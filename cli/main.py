@@ -110,7 +110,8 @@ def build_options(a: argparse.Namespace) -> tpb.MigrationOptions:
     """virsh-style flags -> MigrationOptions. Without --persistent/--undefinesource the definition
     moves with the VM (both on, the API's default), as in Nova; naming either one selects exactly
     the named ones, as in virsh: --persistent alone keeps the source's definition
-    (keep_source_definition), --undefinesource alone leaves the target transient (transient_target)."""
+    (keep_source_definition), --undefinesource alone leaves the target transient (transient_target).
+    A transient VM stays transient unless --persistent is named (persist_transient), as in virsh."""
     if a.copy_storage_all and a.copy_storage_inc:
         raise Usage(
             "--copy-storage-all and --copy-storage-inc exclude each other",
@@ -133,6 +134,7 @@ def build_options(a: argparse.Namespace) -> tpb.MigrationOptions:
         migrate_disks=disks,
         keep_source_definition=explicit and not a.undefinesource,
         transient_target=explicit and not a.persistent,
+        persist_transient=a.persistent,
         bandwidth_mibps=a.bandwidth or 0,
         max_downtime_ms=a.max_downtime or 0,
         auto_converge=a.auto_converge,

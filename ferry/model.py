@@ -154,6 +154,7 @@ class MigrationOptions:
     migrate_disks: tuple[str, ...] = ()
     persist_dest: bool = True
     undefine_source: bool = True
+    persist_transient: bool = False  # a transient VM becomes persistent on the target too
     bandwidth_mibps: int = 0
     max_downtime_ms: int = 0
     auto_converge: bool = False

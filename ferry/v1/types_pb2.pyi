@@ -261,7 +261,7 @@ class DiskPlan(_message.Message):
     def __init__(self, target: _Optional[str] = ..., source: _Optional[str] = ..., destination: _Optional[str] = ..., format: _Optional[str] = ..., virtual_size: _Optional[int] = ..., allocation: _Optional[int] = ..., backing_file: _Optional[str] = ..., backing_format: _Optional[str] = ..., copy: _Optional[bool] = ...) -> None: ...
 
 class MigrationOptions(_message.Message):
-    __slots__ = ("offline", "storage", "migrate_disks", "bandwidth_mibps", "max_downtime_ms", "auto_converge", "allow_postcopy", "unsafe", "completion_timeout_s", "postcopy_on_stall", "keep_source_definition", "transient_target")
+    __slots__ = ("offline", "storage", "migrate_disks", "bandwidth_mibps", "max_downtime_ms", "auto_converge", "allow_postcopy", "unsafe", "completion_timeout_s", "postcopy_on_stall", "keep_source_definition", "transient_target", "persist_transient")
     OFFLINE_FIELD_NUMBER: _ClassVar[int]
     STORAGE_FIELD_NUMBER: _ClassVar[int]
     MIGRATE_DISKS_FIELD_NUMBER: _ClassVar[int]
@@ -274,6 +274,7 @@ class MigrationOptions(_message.Message):
     POSTCOPY_ON_STALL_FIELD_NUMBER: _ClassVar[int]
     KEEP_SOURCE_DEFINITION_FIELD_NUMBER: _ClassVar[int]
     TRANSIENT_TARGET_FIELD_NUMBER: _ClassVar[int]
+    PERSIST_TRANSIENT_FIELD_NUMBER: _ClassVar[int]
     offline: bool
     storage: StorageMode
     migrate_disks: _containers.RepeatedScalarFieldContainer[str]
@@ -286,7 +287,8 @@ class MigrationOptions(_message.Message):
     postcopy_on_stall: bool
     keep_source_definition: bool
     transient_target: bool
-    def __init__(self, offline: _Optional[bool] = ..., storage: _Optional[_Union[StorageMode, str]] = ..., migrate_disks: _Optional[_Iterable[str]] = ..., bandwidth_mibps: _Optional[int] = ..., max_downtime_ms: _Optional[int] = ..., auto_converge: _Optional[bool] = ..., allow_postcopy: _Optional[bool] = ..., unsafe: _Optional[bool] = ..., completion_timeout_s: _Optional[int] = ..., postcopy_on_stall: _Optional[bool] = ..., keep_source_definition: _Optional[bool] = ..., transient_target: _Optional[bool] = ...) -> None: ...
+    persist_transient: bool
+    def __init__(self, offline: _Optional[bool] = ..., storage: _Optional[_Union[StorageMode, str]] = ..., migrate_disks: _Optional[_Iterable[str]] = ..., bandwidth_mibps: _Optional[int] = ..., max_downtime_ms: _Optional[int] = ..., auto_converge: _Optional[bool] = ..., allow_postcopy: _Optional[bool] = ..., unsafe: _Optional[bool] = ..., completion_timeout_s: _Optional[int] = ..., postcopy_on_stall: _Optional[bool] = ..., keep_source_definition: _Optional[bool] = ..., transient_target: _Optional[bool] = ..., persist_transient: _Optional[bool] = ...) -> None: ...
 
 class MigrationProgress(_message.Message):
     __slots__ = ("phase", "memory_total", "memory_processed", "memory_remaining", "disk_total", "disk_processed", "disk_remaining", "dirty_rate_pages", "page_size", "iteration", "bandwidth_bps", "elapsed_ms", "auto_converge_throttle", "max_downtime_ms", "eta_ms", "postcopy_failed")

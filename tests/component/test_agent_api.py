@@ -238,6 +238,28 @@ async def test_a_kept_source_definition_stays_when_asked_for(agents):
     assert events[-1].result.source_defined and "undefine_inactive" not in host1.hv.calls
 
 
+@pytest.mark.parametrize(
+    ("persistent", "persist_transient", "after"),
+    [
+        (False, False, False),  # a transient VM has no definition to move: it stays transient
+        (False, True, True),  # unless --persistent is named, as virsh does
+        (True, False, True),  # a persistent one moves its definition
+    ],
+)
+async def test_a_transient_vm_stays_transient_unless_asked(agents, persistent, persist_transient, after):
+    host1, host2 = agents
+    add_guest(host1, "g1")
+    if not persistent:
+        host1.hv.domains[next(iter(host1.hv.domains))].persistent = False
+    host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
+    prep = await prepare_target(host1, host2, "g1")
+    request = migrate_request("g1", host2, prep.destination_xml, persist_transient=persist_transient)
+    assert [e async for e in host1.stub.Migrate(request)][-1].HasField("result")
+    arrived = await host2.hv.find_domain(name="g1")
+    assert arrived.state is DomainState.RUNNING and arrived.persistent is after
+    assert await host1.hv.find_domain(name="g1") is None
+
+
 async def test_migrate_streams_progress_then_result_and_the_domain_moves(agents):
     host1, host2 = agents
     uuid = add_guest(host1, "g1", dirty=50 * MiB)  # converges in a few iterations

@@ -36,7 +36,10 @@ def test_storage_and_definition_flags(argv, storage, keep_source, transient_targ
     o = build_options(_args(*argv))
     assert (o.storage, o.keep_source_definition, o.transient_target) == (storage, keep_source, transient_target)
     assert o == tpb.MigrationOptions(
-        storage=storage, keep_source_definition=keep_source, transient_target=transient_target
+        storage=storage,
+        keep_source_definition=keep_source,
+        transient_target=transient_target,
+        persist_transient="--persistent" in argv,  # a transient VM too, as virsh makes it persistent
     )  # nothing else set
 
 
