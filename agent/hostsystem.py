@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ferry.agent.confine import ImageDirs
+from ferry.agent.fingerprint import fingerprint
 from ferry.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, FerryError, Internal, clip
 from ferry.model import Problem, StorageDir
 from ferry.paths import LIBVIRT_SHARED_FS_TYPES, PathUse, symlink_problem
@@ -310,6 +311,18 @@ class LocalHostSystem:
                 hint=f"check the permissions of {clip(os.path.dirname(path))}; remove the "
                 "file by hand if it is no longer needed",
             ) from exc
+
+    def fingerprint(self, path: str) -> str:
+        self._confined.check(path, PathUse.READ)
+        with self._open(path, PathUse.READ, "backing file") as fd:
+            try:
+                return fingerprint(fd)
+            except OSError as exc:
+                raise FailedPrecondition(
+                    f"cannot read {clip(path)}: {exc.strerror}",
+                    reason="PATH_UNREADABLE",
+                    hint=f"check that the agent may read {clip(path)}",
+                ) from exc
 
     def write_probe(self, path: str) -> None:
         self._confined.check(path, PathUse.CREATE, "probe")

@@ -164,8 +164,9 @@ class PrepareService:
         uses |= {p.backing_file: PathUse.READ for p in plans if p.copy and p.backing_file}
         uses |= {p.destination: PathUse.CREATE for p in plans if p.copy}
         emulator = cpu.emulator if cpu is not None else ""
+        compare = frozenset(p.backing_file for p in plans if p.copy and p.backing_file and p.backing_fingerprint)
         facts_by_path, bridges, reserved, emulator_present = await asyncio.to_thread(
-            self._host_view, uses, stored, emulator
+            self._host_view, uses, stored, emulator, compare
         )
         verdict = await self._compare_cpu(cpu, emulator_present) if parsed is not None else None
         return TargetSnapshot(
@@ -202,9 +203,21 @@ class PrepareService:
             return CpuVerdict(failed=Problem.of(err))
         return CpuVerdict(incompatible=why)
 
+    def _fingerprint(self, path: str) -> str:
+        try:
+            return self._host.fingerprint(path)
+        except FerryError as err:  # missing or unreadable: the checks say so from the other facts
+            log.info("no fingerprint of %s: %s", path, err)
+            return ""
+
     def _host_view(
-        self, uses: Mapping[str, PathUse | None], stored: list[tuple[PrepareRecord, dict[str, int]]], emulator: str
+        self,
+        uses: Mapping[str, PathUse | None],
+        stored: list[tuple[PrepareRecord, dict[str, int]]],
+        emulator: str,
+        compare: frozenset[str] = frozenset(),
     ) -> tuple[dict[str, PathFacts], tuple[str, ...], dict[str, int], bool]:
+        """``compare``: backing files whose fingerprint a plan carries."""
         dirs = self._host.storage_dirs()
         facts = {}
         for path, use in sorted(uses.items()):
@@ -218,6 +231,7 @@ class PrepareService:
                 free_bytes=self._host.free_bytes(path),
                 shared=self._host.is_shared(path),
                 fs_key=storage_key(path, dirs),
+                fingerprint=self._fingerprint(path) if path in compare else "",
             )
         reserved: dict[str, int] = {}
         for _, by_path in stored:

@@ -188,7 +188,22 @@ class AgentServicer(agrpc.AgentServicer):
         xml = ""
         if request.include_xml:
             xml = await self.hypervisor.domain_xml(domain.uuid, migratable=True, secure=self.secure_xml(context))
+        if request.backing_fingerprints:
+            domain = await asyncio.to_thread(self._with_backing_fingerprints, domain)
         return apb.GetDomainResponse(domain=convert.domain_to_pb(domain), xml=xml)
+
+    def _with_backing_fingerprints(self, domain: DomainInfo) -> DomainInfo:
+        """Each disk's nearest backing file's fingerprint ("" when it cannot be read here)."""
+        disks = []
+        for d in domain.disks:
+            fp = ""
+            if d.backing_chain:
+                try:
+                    fp = self.prepare.host_system.fingerprint(d.backing_chain[0])
+                except FerryError as err:
+                    log.info("no fingerprint of %s: %s", d.backing_chain[0], err)
+            disks.append(replace(d, backing_fingerprint=fp))
+        return replace(domain, disks=tuple(disks))
 
     # ------------------------------------------------------------------ target side
 

@@ -43,6 +43,7 @@ class PathFacts:
     free_bytes: int = 0
     shared: bool = False  # on shared storage (declared shared dir or cluster file system)
     fs_key: str = ""  # paths with the same key share one file system's free space
+    fingerprint: str = ""  # a backing file's (agent/fingerprint.py), when the plan has one to compare
     # why the agent may not create (a destination) or read (a backing file) the path: outside
     # the image directories, ``..``, relative, a symbolic link (``HostSystem.confine``)
     refused: Problem | None = None
@@ -369,6 +370,23 @@ def _disk_problems(
                     f"disk {p.target} needs its backing file {p.backing_file} on {host}, and it is not there",
                     f"copy the backing file to {p.backing_file} on {host}, map its directory (--map-path), "
                     "or copy the whole disk (--copy-storage-all)",
+                    kind=FailedPrecondition,
+                )
+            )
+        elif (
+            storage is StorageMode.COPY_INC
+            and p.backing_fingerprint
+            and backing.fingerprint
+            and backing.fingerprint != p.backing_fingerprint
+        ):
+            out.append(
+                Problem(
+                    "BACKING_MISMATCH",
+                    f"disk {p.target}: the backing file {p.backing_file} on {host} is another image than the source's "
+                    "(their sampled bytes differ): only the top layer is copied, so the guest would read its other "
+                    "blocks from the wrong base",
+                    f"copy the source's backing file byte for byte (cp, rsync) to {p.backing_file} on {host}, or "
+                    "copy the whole disk (--copy-storage-all)",
                     kind=FailedPrecondition,
                 )
             )

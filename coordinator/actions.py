@@ -278,7 +278,10 @@ class Actions:
         else:
             try:
                 domain, xml = await self._client(r.source_host).get_domain(
-                    vm_ref(r), include_xml=True, leader_term=self.term
+                    vm_ref(r),
+                    include_xml=True,
+                    leader_term=self.term,
+                    backing_fingerprints=r.options.storage is StorageMode.COPY_INC,
                 )
             except FerryError as err:
                 return AgentLost(r.source_host, Problem.of(err)) if agent_lost(err) else PrepareFailed(Problem.of(err))

@@ -194,9 +194,14 @@ class GrpcAgentClient:
         assert isinstance(m, apb.Inventory)
         return convert.inventory_from_pb(m)
 
-    async def get_domain(self, vm: str, *, include_xml: bool = False, leader_term: int = 0) -> tuple[DomainInfo, str]:
+    async def get_domain(
+        self, vm: str, *, include_xml: bool = False, leader_term: int = 0, backing_fingerprints: bool = False
+    ) -> tuple[DomainInfo, str]:
         m = await self._call(
-            "GetDomain", apb.GetDomainRequest(name=vm, include_xml=include_xml, leader_term=leader_term)
+            "GetDomain",
+            apb.GetDomainRequest(
+                name=vm, include_xml=include_xml, leader_term=leader_term, backing_fingerprints=backing_fingerprints
+            ),
         )
         assert isinstance(m, apb.GetDomainResponse)
         return convert.domain_from_pb(m.domain), m.xml

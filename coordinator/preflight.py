@@ -289,7 +289,9 @@ async def preflight(
     domain, xml = None, ""
     if source_host is not None and source_host in available:
         try:
-            domain, xml = await hosts.client(source_host).get_domain(vm, include_xml=True)
+            domain, xml = await hosts.client(source_host).get_domain(
+                vm, include_xml=True, backing_fingerprints=StorageMode.COPY_INC in (storage, options.storage)
+            )
         except NotFound:
             domain = None
         except FerryError as err:

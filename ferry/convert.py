@@ -198,6 +198,7 @@ def disk_to_pb(d: Disk) -> tpb.Disk:
         device=d.device,
         bus=d.bus,
         shared_unknown_to_libvirt=d.shared_unknown_to_libvirt,
+        backing_fingerprint=d.backing_fingerprint,
     )
 
 
@@ -215,6 +216,7 @@ def disk_from_pb(m: tpb.Disk) -> Disk:
         device=m.device or "disk",
         bus=m.bus,
         shared_unknown_to_libvirt=m.shared_unknown_to_libvirt,
+        backing_fingerprint=m.backing_fingerprint,
     )
 
 
@@ -318,6 +320,7 @@ def disk_plan_to_pb(p: DiskPlan) -> tpb.DiskPlan:
         backing_file=p.backing_file,
         backing_format=p.backing_format,
         copy=p.copy,
+        backing_fingerprint=p.backing_fingerprint,
     )
 
 
@@ -331,6 +334,7 @@ def disk_plan_from_pb(m: tpb.DiskPlan) -> DiskPlan:
         ("source", m.source, PATH_MAX),
         ("destination", m.destination, PATH_MAX),
         ("backing_file", m.backing_file, PATH_MAX),
+        ("backing_fingerprint", m.backing_fingerprint, 128),
     ):
         validate.text(value, f"{field}.{name}", max_len=limit)
     validate.number(m.virtual_size, f"{field}.virtual_size", hi=validate.MAX_IMAGE_BYTES)
@@ -345,6 +349,7 @@ def disk_plan_from_pb(m: tpb.DiskPlan) -> DiskPlan:
         backing_file=m.backing_file,
         backing_format=m.backing_format,
         copy=m.copy,
+        backing_fingerprint=m.backing_fingerprint,
     )
 
 

@@ -140,9 +140,10 @@ def plan_disks(
         if not disk.source:
             continue
         copy = storage is not StorageMode.SHARED and (disk.target in requested if requested else _copyable(disk))
-        backing = ""
+        backing, fingerprint = "", ""
         if copy and storage is StorageMode.COPY_INC and disk.backing_chain:
             backing = map_path(disk.backing_chain[0], mapping.path_prefixes)
+            fingerprint = disk.backing_fingerprint
         plans.append(
             DiskPlan(
                 target=disk.target,
@@ -153,6 +154,7 @@ def plan_disks(
                 allocation=disk.allocation,
                 backing_file=backing,
                 copy=copy,
+                backing_fingerprint=fingerprint,
             )
         )
     return plans

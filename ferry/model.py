@@ -94,6 +94,7 @@ class Disk:
     # shared for Ferry (the agent's shared_dirs, or ceph-fuse) on a file system libvirt does not
     # know as shared: libvirt refuses to migrate it in place unless the migration is marked unsafe
     shared_unknown_to_libvirt: bool = False
+    backing_fingerprint: str = ""  # the nearest backing file's (agent/fingerprint.py), when asked for
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class DiskPlan:
     backing_file: str = ""
     backing_format: str = ""
     copy: bool = True
+    backing_fingerprint: str = ""  # COPY_INC: the source's backing file's; the target's must match
 
 
 @dataclass(frozen=True)

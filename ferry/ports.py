@@ -243,6 +243,12 @@ class HostSystem(Protocol):
         refuses (nothing outside the image directories, never through a link)."""
         ...
 
+    def fingerprint(self, path: str) -> str:
+        """The fingerprint of an image file (``agent/fingerprint.py``), read without following a
+        link; raises ``confine``'s problem (PathUse.READ) or FailedPrecondition (BACKING_MISSING,
+        PATH_UNREADABLE, PATH_NOT_A_FILE)."""
+        ...
+
     def write_probe(self, path: str) -> None:
         """Create the empty file ``path`` in an existing directory (a shared-storage probe,
         ``agent/shared_probes.py``). Raises AlreadyExists when ``path`` exists, FailedPrecondition
@@ -272,8 +278,11 @@ class AgentClient(Protocol):
 
     async def inventory(self) -> Inventory: ...
 
-    async def get_domain(self, vm: str, *, include_xml: bool = False, leader_term: int = 0) -> tuple[DomainInfo, str]:
-        """The domain and (when asked) its migratable XML; NotFound when not on this host."""
+    async def get_domain(
+        self, vm: str, *, include_xml: bool = False, leader_term: int = 0, backing_fingerprints: bool = False
+    ) -> tuple[DomainInfo, str]:
+        """The domain and (when asked) its migratable XML; NotFound when not on this host.
+        ``backing_fingerprints``: each disk's ``backing_fingerprint`` filled in (a copy-inc check)."""
         ...
 
     async def prepare_incoming(

@@ -69,11 +69,13 @@ def create_guest(
     nic: bool = True,
     bridge: str | None = None,
     timeout: float = BOOT_TIMEOUT_S,
+    backing: str | None = None,
 ) -> GuestInfo:
     """Create qcow2 disks (vda, vdb, ...) host-local in /var/lib/libvirt/images of ``host``
     or, with ``shared``, in <lab>/shared; define (persistent) and start the guest; wait for
     its first heartbeat. No memory dirtier unless ``dirty_rate`` (MiB/s or "max"). The NIC is
-    on the host's guest bridge, or on ``bridge`` (which must exist on ``host``)."""
+    on the host's guest bridge, or on ``bridge`` (which must exist on ``host``). ``backing``: vda is
+    a qcow2 overlay on that image (which must exist on ``host``), as a guest made from a template."""
     try:
         if not GUEST_NAME_RE.match(name):
             raise ValueError(f"guest name {name!r} must be letters, digits, '.', '_', '-'")
@@ -101,8 +103,8 @@ def create_guest(
         else:
             path = f"{IMAGE_DIR}/{name}-{target}.qcow2"
         disk_specs.append(DiskSpec(target=target, path=path, size_bytes=size))
-    for disk in disk_specs:
-        _create_disk(lab, host, disk, shared)
+    for i, disk in enumerate(disk_specs):
+        _create_disk(lab, host, disk, shared, backing if i == 0 else None)
 
     console = lab.paths.console_log(name)
     console.unlink(missing_ok=True)  # a new guest of this name starts a new log
@@ -138,8 +140,9 @@ def create_guest(
     )
 
 
-def _create_disk(lab: Lab, host: str, disk: DiskSpec, shared: bool) -> None:
-    argv = ["qemu-img", "create", "-q", "-f", "qcow2", disk.path, str(disk.size_bytes)]
+def _create_disk(lab: Lab, host: str, disk: DiskSpec, shared: bool, backing: str | None = None) -> None:
+    over = ["-b", backing, "-F", "qcow2"] if backing else []
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2", *over, disk.path, str(disk.size_bytes)]
     if shared:
         if (lab.paths.shared / disk.path.rsplit("/", 1)[1]).exists():
             raise AlreadyExists(

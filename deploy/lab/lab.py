@@ -479,6 +479,7 @@ class Lab:
         nic: bool = True,
         bridge: str | None = None,
         timeout: float = guests.BOOT_TIMEOUT_S,
+        backing: str | None = None,
     ) -> guests.GuestInfo:
         """Create disks, define and start a test guest on ``host``; wait for its first
         heartbeat. See guests.create_guest."""
@@ -494,6 +495,7 @@ class Lab:
             nic=nic,
             bridge=bridge,
             timeout=timeout,
+            backing=backing,
         )
 
     def console(self, name: str) -> str:

@@ -194,6 +194,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     guest.add_argument("--shared", action="store_true", help="disks on the lab's shared storage. Default: host-local")
     guest.add_argument(
+        "--backing",
+        metavar="FILE",
+        help="create vda as a qcow2 overlay on this image, which must exist on the host (a template, for "
+        "--copy-storage-inc). Default: none",
+    )
+    guest.add_argument(
         "--dirty-rate",
         metavar="MiB/s|max",
         help="start the memory dirtier at this rate, in MiB/s or max. Default: no dirtier",
@@ -362,6 +368,7 @@ def _cmd_guest(lab: Lab, args: argparse.Namespace) -> int:
         nic=not args.no_nic,
         bridge=args.bridge,
         timeout=args.timeout,
+        backing=args.backing,
     )
     print(info.describe())
     return 0

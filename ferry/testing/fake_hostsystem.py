@@ -9,6 +9,7 @@ Confinement follows the same rules (``ferry.paths``): the configured directories
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -86,6 +87,7 @@ class FakeHostSystem:
         self.removed: list[str] = []
         self.fail_create: dict[str, Exception] = {}
         self.symlinks: set[str] = set()
+        self.fingerprints: dict[str, str] = {}  # path -> fingerprint of an image with other bytes
 
     def _dir_of(self, path: str) -> tuple[str, FakeDir] | None:
         best = None
@@ -182,6 +184,23 @@ class FakeHostSystem:
         found[1].free_bytes = max(0, found[1].free_bytes - allocated)
         self._files_of(path)[path] = FakeImage(fmt, virtual_size, backing_file, backing_format, allocated)
         self.created.append(path)
+
+    def fingerprint(self, path: str) -> str:
+        """Set ``fingerprints[path]`` for an image whose bytes differ; else one from what the fake
+        knows of the file (the same image on two fake hosts has the same fingerprint)."""
+        problem = self.confine(path, PathUse.READ)
+        if problem is not None:
+            raise problem.to_error()
+        if path in self.fingerprints:
+            return self.fingerprints[path]
+        entry = self.files.get(path, self._files_of(path).get(path))
+        if entry is None:
+            raise FailedPrecondition(
+                f"cannot open backing file {path}: missing",
+                reason="BACKING_MISSING",
+                hint=f"check that {path} exists and the agent may read it",
+            )
+        return "fake:" + hashlib.sha256(repr(entry).encode()).hexdigest()[:32]
 
     def write_probe(self, path: str) -> None:
         problem = self.confine(path, PathUse.CREATE)

@@ -23,14 +23,16 @@ class Inventory(_message.Message):
     def __init__(self, host: _Optional[_Union[_types_pb2.HostFacts, _Mapping]] = ..., domains: _Optional[_Iterable[_Union[_types_pb2.Domain, _Mapping]]] = ...) -> None: ...
 
 class GetDomainRequest(_message.Message):
-    __slots__ = ("name", "include_xml", "leader_term")
+    __slots__ = ("name", "include_xml", "leader_term", "backing_fingerprints")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_XML_FIELD_NUMBER: _ClassVar[int]
     LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
+    BACKING_FINGERPRINTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     include_xml: bool
     leader_term: int
-    def __init__(self, name: _Optional[str] = ..., include_xml: _Optional[bool] = ..., leader_term: _Optional[int] = ...) -> None: ...
+    backing_fingerprints: bool
+    def __init__(self, name: _Optional[str] = ..., include_xml: _Optional[bool] = ..., leader_term: _Optional[int] = ..., backing_fingerprints: _Optional[bool] = ...) -> None: ...
 
 class GetDomainResponse(_message.Message):
     __slots__ = ("domain", "xml")

@@ -138,7 +138,7 @@ class StorageDir(_message.Message):
     def __init__(self, path: _Optional[str] = ..., free_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., shared: _Optional[bool] = ..., fs_type: _Optional[str] = ...) -> None: ...
 
 class Disk(_message.Message):
-    __slots__ = ("target", "source", "format", "virtual_size", "allocation", "backing_chain", "cache", "shared", "readonly", "device", "bus", "shared_unknown_to_libvirt")
+    __slots__ = ("target", "source", "format", "virtual_size", "allocation", "backing_chain", "cache", "shared", "readonly", "device", "bus", "shared_unknown_to_libvirt", "backing_fingerprint")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +151,7 @@ class Disk(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     BUS_FIELD_NUMBER: _ClassVar[int]
     SHARED_UNKNOWN_TO_LIBVIRT_FIELD_NUMBER: _ClassVar[int]
+    BACKING_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     target: str
     source: str
     format: str
@@ -163,7 +164,8 @@ class Disk(_message.Message):
     device: str
     bus: str
     shared_unknown_to_libvirt: bool
-    def __init__(self, target: _Optional[str] = ..., source: _Optional[str] = ..., format: _Optional[str] = ..., virtual_size: _Optional[int] = ..., allocation: _Optional[int] = ..., backing_chain: _Optional[_Iterable[str]] = ..., cache: _Optional[str] = ..., shared: _Optional[bool] = ..., readonly: _Optional[bool] = ..., device: _Optional[str] = ..., bus: _Optional[str] = ..., shared_unknown_to_libvirt: _Optional[bool] = ...) -> None: ...
+    backing_fingerprint: str
+    def __init__(self, target: _Optional[str] = ..., source: _Optional[str] = ..., format: _Optional[str] = ..., virtual_size: _Optional[int] = ..., allocation: _Optional[int] = ..., backing_chain: _Optional[_Iterable[str]] = ..., cache: _Optional[str] = ..., shared: _Optional[bool] = ..., readonly: _Optional[bool] = ..., device: _Optional[str] = ..., bus: _Optional[str] = ..., shared_unknown_to_libvirt: _Optional[bool] = ..., backing_fingerprint: _Optional[str] = ...) -> None: ...
 
 class Nic(_message.Message):
     __slots__ = ("type", "source", "mac", "model")
@@ -239,7 +241,7 @@ class HostMapping(_message.Message):
     def __init__(self, bridges: _Optional[_Mapping[str, str]] = ..., networks: _Optional[_Mapping[str, str]] = ..., path_prefixes: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class DiskPlan(_message.Message):
-    __slots__ = ("target", "source", "destination", "format", "virtual_size", "allocation", "backing_file", "backing_format", "copy")
+    __slots__ = ("target", "source", "destination", "format", "virtual_size", "allocation", "backing_file", "backing_format", "copy", "backing_fingerprint")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +251,7 @@ class DiskPlan(_message.Message):
     BACKING_FILE_FIELD_NUMBER: _ClassVar[int]
     BACKING_FORMAT_FIELD_NUMBER: _ClassVar[int]
     COPY_FIELD_NUMBER: _ClassVar[int]
+    BACKING_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     target: str
     source: str
     destination: str
@@ -258,7 +261,8 @@ class DiskPlan(_message.Message):
     backing_file: str
     backing_format: str
     copy: bool
-    def __init__(self, target: _Optional[str] = ..., source: _Optional[str] = ..., destination: _Optional[str] = ..., format: _Optional[str] = ..., virtual_size: _Optional[int] = ..., allocation: _Optional[int] = ..., backing_file: _Optional[str] = ..., backing_format: _Optional[str] = ..., copy: _Optional[bool] = ...) -> None: ...
+    backing_fingerprint: str
+    def __init__(self, target: _Optional[str] = ..., source: _Optional[str] = ..., destination: _Optional[str] = ..., format: _Optional[str] = ..., virtual_size: _Optional[int] = ..., allocation: _Optional[int] = ..., backing_file: _Optional[str] = ..., backing_format: _Optional[str] = ..., copy: _Optional[bool] = ..., backing_fingerprint: _Optional[str] = ...) -> None: ...
 
 class MigrationOptions(_message.Message):
     __slots__ = ("offline", "storage", "migrate_disks", "bandwidth_mibps", "max_downtime_ms", "auto_converge", "allow_postcopy", "unsafe", "completion_timeout_s", "postcopy_on_stall", "keep_source_definition", "transient_target", "persist_transient")

@@ -22,10 +22,10 @@ from ferry.coordinator.preflight import preflight
 from ferry.coordinator.record import encode
 from ferry.coordinator.slots import Limits
 from ferry.keys import migration_key
-from ferry.model import DomainState, MigrationOptions
+from ferry.model import DomainState, MigrationOptions, StorageMode
 from ferry.registry import HostRegistration
 from ferry.store import Put
-from ferry.testing.fake_hostsystem import FakeDir
+from ferry.testing.fake_hostsystem import FakeDir, FakeImage
 from ferry.testing.fake_hypervisor import MiB, make_domain_xml
 from ferry.testing.fleet import IMAGES, Fleet, FleetDirectory, start_fleet
 from ferry.testing.memory_store import MemoryStore
@@ -310,3 +310,32 @@ async def test_a_disk_copied_from_outside_the_image_directories_stays_and_the_ot
         "directory of host1: remove by hand once the guest is known to run on host2 only)"
     )
     assert not fleet["host1"].host.exists(f"{IMAGES}/g2.qcow2") and fleet["host1"].host.exists("/srv/vm/g2-vdb.qcow2")
+
+
+# ---------------------------------------------------------------- preflight: a copy-inc base is the same image
+
+
+async def test_a_copy_inc_base_image_that_is_another_image_on_the_target_is_refused(store, fleet, hosts):
+    """--copy-storage-inc copies the top layer only: the target's base under the same name must be
+    the same bytes. Another image there (a newer template) would be read under the copied layer."""
+    base, top = f"{IMAGES}/base.qcow2", f"{IMAGES}/ci.qcow2"
+    for a in fleet.agents.values():
+        a.host.files[base] = FakeImage("qcow2", 1 << 30)
+    fleet["host1"].host.create_image(top, fmt="qcow2", virtual_size=1 << 30, backing_file=base, backing_format="qcow2")
+    chain = f"<backingStore type='file'><format type='qcow2'/><source file='{base}'/><backingStore/></backingStore>"
+    xml = make_domain_xml("ci", disks=[("vda", top, "qcow2")], bridges=["br-guest"])
+    fleet["host1"].hv.add_domain(xml.replace(f"<source file='{top}'/>", f"<source file='{top}'/>{chain}"))
+    inc, mapping = MigrationOptions(storage=StorageMode.COPY_INC), fleet.mapping("host1", "host2")
+    report = await preflight(hosts, "ci", "host2", inc, mapping, storage=StorageMode.COPY_INC)
+    assert report.ok, report.blockers
+    [plan] = report.disks
+    assert plan.backing_file == base and plan.backing_fingerprint.startswith("fake:")
+    fleet["host2"].host.fingerprints[base] = "fake:a-newer-template"
+    report = await preflight(hosts, "ci", "host2", inc, mapping, storage=StorageMode.COPY_INC)
+    [b] = report.blockers
+    assert b.reason == "BACKING_MISMATCH" and f"{base} on host2 is another image than the source's" in b.message
+    async with engine(store, hosts):
+        r = await final(store, (await submit(store, fleet, "ci", "host1", "host2", options=inc)).id)
+    assert r.phase is Phase.FAILED and r.error is not None and r.error.reason == "BACKING_MISMATCH"
+    assert fleet.where("ci") == {"host1": DomainState.RUNNING}
+    assert fleet["host2"].host.created == [] and fleet.prepares("host2") == []

@@ -220,6 +220,39 @@ def test_a_shared_disk_the_target_sees_elsewhere_is_refused_until_its_storage_is
     assert ".ferry-probe-" not in lab.host_exec("host1", "ls", "-a", shared).stdout
 
 
+def test_copy_inc_moves_the_top_layer_onto_the_same_base_and_refuses_another(lab, guests):
+    """A guest made from a template (vda a qcow2 overlay on it). --copy-storage-inc copies the
+    overlay alone, onto the target's template of the same name: first another image there (the
+    template rebuilt), which preflight refuses, then a byte-for-byte copy, onto which it moves."""
+    name, base = "fm-inc", f"{IMAGE_DIR}/fm-template.qcow2"
+    shared = f"{lab.paths.shared}/fm-template.qcow2"
+    lab.host_exec("host1", "qemu-img", "create", "-q", "-f", "qcow2", base, "64M")
+    lab.host_exec("host1", "qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 8M", base)
+    lab.host_exec("host1", "cp", base, shared)
+    lab.host_exec("host2", "qemu-img", "create", "-q", "-f", "qcow2", base, "64M")  # rebuilt: other bytes
+    lab.host_exec("host2", "qemu-io", "-f", "qcow2", "-c", "write -P 0x77 0 8M", base)
+    try:
+        boot(lab, guests, name, disks=("64M",), backing=base, nic=False)
+        blocked = ferry(lab, "preflight", name, "--to", "host2", "--copy-storage-inc")
+        assert blocked.code == 1, blocked
+        [blocker] = blocked.data["blockers"]
+        assert blocker["reason"] == "BACKING_MISMATCH", blocked
+        assert f"{base} on host2 is another image than the source's" in blocker["message"]
+
+        lab.host_exec("host2", "cp", shared, base)  # the template, byte for byte
+        moved = ferry(lab, "migrate", name, "--to", "host2", "--copy-storage-inc")
+        assert moved.code == 0 and moved.data["phase"] == SUCCEEDED, moved
+        assert running_on(lab, name) == ["host2"]
+        beats(lab, name)  # alive, and still its first boot
+        info = lab.host_exec("host2", "qemu-img", "info", "-U", f"{IMAGE_DIR}/{name}-vda.qcow2").stdout
+        assert f"backing file: {base}" in info  # the overlay alone moved
+    finally:
+        remove_guests(lab, [name])
+        for host in ("host1", "host2"):
+            lab.host_exec(host, "rm", "-f", base, check=False)
+        lab.host_exec("host1", "rm", "-f", shared, check=False)
+
+
 # ---------------------------------------------------------------- e) one migration per VM
 
 

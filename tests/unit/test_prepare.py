@@ -641,3 +641,30 @@ async def test_a_missing_cdrom_image_asks_for_a_copy_or_an_eject_not_for_copy_st
     )
     assert "each host needs its own copy" in p.hint and "virsh change-media web1 sda --eject" in p.hint
     assert "--copy-storage-all" not in p.hint
+
+
+@pytest.mark.parametrize(
+    ("sent", "here", "reasons"),
+    [
+        ("fp-of-debian-12.1", "fp-of-debian-12.1", []),  # the same base image: only the top layer moves
+        ("fp-of-debian-12.1", "fp-of-debian-12.4", ["BACKING_MISMATCH"]),  # another image under that name
+        ("", "fp-of-debian-12.4", []),  # no fingerprint sent (an older coordinator): not compared
+    ],
+)
+async def test_copy_inc_compares_the_backing_file_with_the_sources(svc, host, sent, here, reasons):
+    host.files["/srv/fast/base/debian.raw"] = 2 * GiB
+    host.fingerprints["/srv/fast/base/debian.raw"] = here
+    kwargs = {
+        "disks": [replace(VDA, backing_fingerprint=sent)],
+        "storage": StorageMode.COPY_INC,
+        "mapping": HostMapping(bridges={"br-guest": "br-vm"}, path_prefixes={IMG: "/srv/fast"}),
+    }
+    out = await prep(svc, dry_run=True, **kwargs)
+    assert [p.reason for p in out.problems] == reasons
+    if reasons:
+        [p] = out.problems
+        assert "/srv/fast/base/debian.raw on host2 is another image than the source's" in p.message
+        assert "byte for byte" in p.hint and "--copy-storage-all" in p.hint
+        with pytest.raises(FailedPrecondition):
+            await prep(svc, **kwargs)
+        assert "/srv/fast/web1.qcow2" not in host.files  # nothing created
