@@ -573,6 +573,11 @@ def drain_detail(d: cpb.Drain) -> str:
         + (f"; targets {', '.join(d.targets)}" if d.targets else "")
         + (f"; policy {d.policy}" if d.policy else "")
     )
+    if not d.items:  # nothing to estimate, no table to show
+        lines.append(
+            f"  Nothing to move: {d.host} runs no VM" + (" (the drain would only cordon it)" if d.dry_run else "")
+        )
+        return "\n".join(lines + _drain_history(d))
     lines.append(f"  Estimated: {duration(d.estimated_s)} for the whole drain")
     if not d.dry_run:
         lines.append(f"  Progress:  {drain_bar(d)}")
@@ -607,10 +612,14 @@ def drain_detail(d: cpb.Drain) -> str:
     if fixes:
         lines.append("")
         lines += [f"  {vm}: fix: {hint}" for vm, hint in fixes]
-    if d.history and not d.dry_run:
-        lines.append("")
-        lines.append("History:")
-        for h in d.history:
-            at = h.at.ToDatetime().strftime("%H:%M:%S.%f")[:-3]
-            lines.append(f"  {at}  {drain_state_name(h.state):<11} {h.reason}")
-    return "\n".join(lines)
+    return "\n".join(lines + _drain_history(d))
+
+
+def _drain_history(d: cpb.Drain) -> list[str]:
+    if not d.history or d.dry_run:
+        return []
+    lines = ["", "History:"]
+    for h in d.history:
+        at = h.at.ToDatetime().strftime("%H:%M:%S.%f")[:-3]
+        lines.append(f"  {at}  {drain_state_name(h.state):<11} {h.reason}")
+    return lines

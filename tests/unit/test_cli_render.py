@@ -221,3 +221,12 @@ def test_the_rate_of_a_disk_mirror_is_measured_between_refreshes():
     assert render.top_row(now, NOW)[5:10] == ["28% disk_mirror", "", "", "144 MiB", ""]  # nothing to measure yet
     assert render.top_row(now, NOW, before.progress)[5:10] == ["28% disk_mirror", "8.0 MiB/s", "", "144 MiB", "18 s"]
     assert "bw 8.0 MiB/s eta 18 s" in render.progress_bar(now.progress, previous=before.progress)
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_drain_of_an_empty_host_says_there_is_nothing_to_move(dry_run):
+    d = cpb.Drain(id="d-1", host="host3", dry_run=dry_run, slots=1, state=cpb.DRAIN_STATE_SUCCEEDED)
+    text = render.drain_detail(d)
+    assert "Nothing to move: host3 runs no VM" in text
+    assert ("the drain would only cordon it" in text) is dry_run
+    assert "Estimated" not in text and "VM  STATE" not in text
