@@ -272,6 +272,7 @@ def parse_disks(xml: str) -> list[Disk]:
             Disk(
                 target=target.get("dev", "") if target is not None else "",
                 source=source.get("file", "") if source is not None and el.get("type", "file") == "file" else "",
+                block_device=source.get("dev", "") if source is not None and el.get("type") == "block" else "",
                 format=driver.get("type", "") if driver is not None else "",
                 cache=driver.get("cache", "") if driver is not None else "",
                 readonly=el.find("readonly") is not None,

@@ -54,6 +54,14 @@ def _unescape_mount_field(field: str) -> str:
     return "".join(out)
 
 
+def _read(path: Path) -> str:
+    """A sysfs attribute's value, stripped; "" when it is not there."""
+    try:
+        return path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+
+
 def _nearest_existing(path: str) -> str:
     p = os.path.abspath(path)
     while not os.path.exists(p):
@@ -311,6 +319,24 @@ class LocalHostSystem:
                 hint=f"check the permissions of {clip(os.path.dirname(path))}; remove the "
                 "file by hand if it is no longer needed",
             ) from exc
+
+    def block_identity(self, path: str) -> str:
+        try:
+            st = os.stat(path)  # /dev/VG/LV is a link to ../dm-N: followed, only to look
+        except OSError:
+            return ""
+        if not stat.S_ISBLK(st.st_mode):
+            return ""
+        node = self._sysfs / "dev" / "block" / f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+        suffix = ""
+        part = _read(node / "partition")
+        if part:  # a partition: its disk's identity and its number
+            node, suffix = node.resolve().parent, f":part{part}"
+        dm = _read(node / "dm" / "uuid")
+        if dm:
+            return f"dm:{dm}{suffix}"
+        wwid = _read(node / "device" / "wwid") or _read(node / "wwid")
+        return f"wwid:{wwid}{suffix}" if wwid else ""
 
     def fingerprint(self, path: str) -> str:
         self._confined.check(path, PathUse.READ)

@@ -139,6 +139,7 @@ class PrepareService:
         nics: list[Nic],
         plans: list[DiskPlan],
         probes: Mapping[str, str],
+        block_devices: Mapping[str, str],
     ) -> TargetSnapshot:
         domains: dict[str, DomainInfo] = {}
         networks: tuple[str, ...] = ()
@@ -161,12 +162,13 @@ class PrepareService:
         # files qemu-img reads; a disk expected on shared storage is only looked at
         uses: dict[str, PathUse | None] = {p.destination: None for p in plans if not p.copy}
         uses |= {probe: None for probe in probes.values()}
+        uses |= {device: None for device in block_devices}
         uses |= {p.backing_file: PathUse.READ for p in plans if p.copy and p.backing_file}
         uses |= {p.destination: PathUse.CREATE for p in plans if p.copy}
         emulator = cpu.emulator if cpu is not None else ""
         compare = frozenset(p.backing_file for p in plans if p.copy and p.backing_file and p.backing_fingerprint)
         facts_by_path, bridges, reserved, emulator_present = await asyncio.to_thread(
-            self._host_view, uses, stored, emulator, compare
+            self._host_view, uses, stored, emulator, compare, frozenset(block_devices)
         )
         verdict = await self._compare_cpu(cpu, emulator_present) if parsed is not None else None
         return TargetSnapshot(
@@ -181,6 +183,7 @@ class PrepareService:
             emulator_present=emulator_present,
             cpu=verdict,
             probes=probes,
+            block_devices=block_devices,
         )
 
     async def _compare_cpu(self, cpu: GuestCpu | None, emulator_present: bool) -> CpuVerdict | None:
@@ -216,8 +219,9 @@ class PrepareService:
         stored: list[tuple[PrepareRecord, dict[str, int]]],
         emulator: str,
         compare: frozenset[str] = frozenset(),
+        blocks: frozenset[str] = frozenset(),
     ) -> tuple[dict[str, PathFacts], tuple[str, ...], dict[str, int], bool]:
-        """``compare``: backing files whose fingerprint a plan carries."""
+        """``compare``: backing files whose fingerprint a plan carries; ``blocks``: block devices."""
         dirs = self._host.storage_dirs()
         facts = {}
         for path, use in sorted(uses.items()):
@@ -232,6 +236,7 @@ class PrepareService:
                 shared=self._host.is_shared(path),
                 fs_key=storage_key(path, dirs),
                 fingerprint=self._fingerprint(path) if path in compare else "",
+                identity=self._host.block_identity(path) if path in blocks else "",
             )
         reserved: dict[str, int] = {}
         for _, by_path in stored:
@@ -252,10 +257,12 @@ class PrepareService:
         dry_run: bool,
         *,
         shared_probes: Sequence[str] = (),
+        block_devices: Mapping[str, str] | None = None,
     ) -> PreparedIncoming:
         """Check this host, then (unless ``dry_run``) create the images and record them.
         ``shared_probes``: the source's probe files next to disks left in place
-        (``agent/shared_probes.py``), each to be found here at its mapped path.
+        (``agent/shared_probes.py``), each to be found here at its mapped path. ``block_devices``:
+        the block devices the guest uses in place, path -> the source's identity of each.
 
         Refused (nothing created) with the first problem's error type, the message listing all.
         """
@@ -266,7 +273,9 @@ class PrepareService:
                 parsed, nics = None, []
             plans = resolve_plans(domain_xml if parsed else "", disks, storage, mapping)
             probes = {os.path.dirname(p): map_path(p, mapping.path_prefixes) for p in shared_probes}
-            snapshot = await self._snapshot(parsed, guest_cpu(domain_xml) if parsed else None, nics, plans, probes)
+            snapshot = await self._snapshot(
+                parsed, guest_cpu(domain_xml) if parsed else None, nics, plans, probes, dict(block_devices or {})
+            )
             problems = check_target(domain_xml, plans, mapping, storage, snapshot)
             try:
                 destination_xml = rewrite_for_target(domain_xml, mapping, plans)

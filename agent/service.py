@@ -188,21 +188,24 @@ class AgentServicer(agrpc.AgentServicer):
         xml = ""
         if request.include_xml:
             xml = await self.hypervisor.domain_xml(domain.uuid, migratable=True, secure=self.secure_xml(context))
-        if request.backing_fingerprints:
-            domain = await asyncio.to_thread(self._with_backing_fingerprints, domain)
+        if request.backing_fingerprints or any(d.block_device for d in domain.disks):
+            domain = await asyncio.to_thread(self._disk_facts, domain, request.backing_fingerprints)
         return apb.GetDomainResponse(domain=convert.domain_to_pb(domain), xml=xml)
 
-    def _with_backing_fingerprints(self, domain: DomainInfo) -> DomainInfo:
-        """Each disk's nearest backing file's fingerprint ("" when it cannot be read here)."""
+    def _disk_facts(self, domain: DomainInfo, fingerprints: bool) -> DomainInfo:
+        """Each block device's identity, and (``fingerprints``) each disk's nearest backing file's
+        fingerprint ("" when it cannot be read here)."""
+        host = self.prepare.host_system
         disks = []
         for d in domain.disks:
             fp = ""
-            if d.backing_chain:
+            if fingerprints and d.backing_chain:
                 try:
-                    fp = self.prepare.host_system.fingerprint(d.backing_chain[0])
+                    fp = host.fingerprint(d.backing_chain[0])
                 except FerryError as err:
                     log.info("no fingerprint of %s: %s", d.backing_chain[0], err)
-            disks.append(replace(d, backing_fingerprint=fp))
+            identity = host.block_identity(d.block_device) if d.block_device else ""
+            disks.append(replace(d, backing_fingerprint=fp, block_identity=identity))
         return replace(domain, disks=tuple(disks))
 
     # ------------------------------------------------------------------ target side
@@ -227,8 +230,13 @@ class AgentServicer(agrpc.AgentServicer):
             self.fence.admit(_term(request.leader_term), "PrepareIncoming")
         _about(migration_id, target=self.prepare.host_name)
         probes = _paths(request.shared_probes, "shared_probes")
+        blocks = dict(
+            zip(_paths(list(request.block_devices), "block_devices"), request.block_devices.values(), strict=True)
+        )
+        for path, identity in blocks.items():
+            validate.text(identity, f"block_devices[{clip(path, 40)}]")
         out = await self.prepare.prepare(
-            xml, plans, mapping, storage, ttl, migration_id, request.dry_run, shared_probes=probes
+            xml, plans, mapping, storage, ttl, migration_id, request.dry_run, shared_probes=probes, block_devices=blocks
         )
         return convert.prepared_to_pb(out)
 

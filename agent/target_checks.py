@@ -44,6 +44,7 @@ class PathFacts:
     shared: bool = False  # on shared storage (declared shared dir or cluster file system)
     fs_key: str = ""  # paths with the same key share one file system's free space
     fingerprint: str = ""  # a backing file's (agent/fingerprint.py), when the plan has one to compare
+    identity: str = ""  # a block device's (HostSystem.block_identity)
     # why the agent may not create (a destination) or read (a backing file) the path: outside
     # the image directories, ``..``, relative, a symbolic link (``HostSystem.confine``)
     refused: Problem | None = None
@@ -66,6 +67,8 @@ class TargetSnapshot:
     # the source's shared-storage probes (agent/shared_probes.py): the source directory of each ->
     # its path on this host (mapped); their facts are in ``paths``
     probes: Mapping[str, str] = field(default_factory=dict)
+    # block devices the guest uses in place: path -> the source's identity of it ("" = unknown)
+    block_devices: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -398,6 +401,42 @@ def _disk_problems(
     return out + _space_problems(copies, snap)
 
 
+def _block_problems(devices: Mapping[str, Disk], snap: TargetSnapshot) -> list[Problem]:
+    """A block device is never copied: the guest goes on with the device at the same path here,
+    which must be the same device (the source's identity, when it knows one)."""
+    out = []
+    for d in devices.values():
+        if not d.block_device or d.block_device not in snap.block_devices:
+            continue
+        path, host = d.block_device, snap.host_name
+        want, f = snap.block_devices[path], snap.paths.get(d.block_device, PathFacts(exists=False))
+        fix = (
+            "Ferry never copies a block device: put it on storage both hosts see (a multipath LUN, a shared "
+            "volume group), or move the disk into a file image (it is copied then)"
+        )
+        if not f.exists:
+            out.append(
+                Problem(
+                    "BLOCK_DEVICE_MISSING",
+                    f"disk {d.target} is the block device {path}, which does not exist on {host}",
+                    fix,
+                    kind=FailedPrecondition,
+                )
+            )
+        elif want and f.identity != want:
+            seen = f"is {f.identity}" if f.identity else "has no identity this host can read"
+            out.append(
+                Problem(
+                    "BLOCK_DEVICE_MISMATCH",
+                    f"disk {d.target}: {path} on {host} is another device than the guest's ({want}; here it {seen}): "
+                    "the guest would go on with a different disk",
+                    f"{fix}; if {path} on {host} was made for this guest by hand, it is not the same storage",
+                    kind=FailedPrecondition,
+                )
+            )
+    return out
+
+
 def _probe_unseen(p: DiskPlan, snap: TargetSnapshot) -> Problem | None:
     """A disk left in place whose source probe is not where this host expects the disk's
     directory: this host's file at that path is another file than the guest's."""
@@ -511,6 +550,7 @@ def check_target(
         *_memory_problems(parsed, snapshot),
         *_nic_problems(nics, mapping, snapshot),
         *_disk_problems(plans, storage, devices, snapshot, parsed.name),
+        *_block_problems(devices or {}, snapshot),
     ]
 
 

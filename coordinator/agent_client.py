@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,6 +218,7 @@ class GrpcAgentClient:
         dry_run: bool,
         leader_term: int = 0,
         shared_probes: Sequence[str] = (),
+        block_devices: Mapping[str, str] | None = None,
     ) -> PreparedIncoming:
         request = apb.PrepareIncomingRequest(
             domain_xml=domain_xml,
@@ -229,6 +230,7 @@ class GrpcAgentClient:
             dry_run=dry_run,
             leader_term=leader_term,
             shared_probes=list(shared_probes),
+            block_devices=dict(block_devices or {}),
         )
         m = await self._call("PrepareIncoming", request, slow=True)
         assert isinstance(m, apb.PrepareIncomingResponse)

@@ -500,7 +500,9 @@ class Fleet:
             # may know only its name and memory: applying that note again must not bring it back
             h.arrived.pop(domain.uuid, None)
             h.departed.pop(domain.uuid, None)
-            others = tuple(d for d in h.inventory.domains if d.uuid != domain.uuid)
+            # one domain per name on a host: a cached one of this name under another UUID is an
+            # older VM of that name (undefined and created anew since) and goes too
+            others = tuple(d for d in h.inventory.domains if d.uuid != domain.uuid and d.name != domain.name)
             self._put_inventory(h, replace(h.inventory, domains=(*others, domain)))
             if h.inventory is not None and self._needs_save(h, h.inventory.domains):
                 await self._save_last_seen(h, h.inventory)  # any replica lists it should the host die

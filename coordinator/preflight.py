@@ -138,6 +138,25 @@ async def _probe(
     return problems, None
 
 
+def block_devices(domain: DomainInfo, options: MigrationOptions) -> tuple[dict[str, str], list[Problem]]:
+    """The writable block devices the guest keeps using in place (path -> the source's identity of
+    each), and a blocker for each whose identity the source cannot tell (unless unsafe)."""
+    used = {d.block_device: d for d in domain.disks if d.block_device and not d.readonly and d.device == "disk"}
+    unknown = [
+        Problem(
+            "BLOCK_DEVICE_UNVERIFIED",
+            f"disk {d.target} is the block device {path}, which the source cannot identify (no device-mapper "
+            "UUID or WWID): the target's device at that path cannot be shown to be the same one",
+            "Ferry never copies a block device: use storage both hosts see under one identity (a multipath LUN, "
+            "a shared volume group), move the disk into a file image, or pass --unsafe if you know the target's "
+            f"{path} is the same device",
+        )
+        for path, d in used.items()
+        if not d.block_identity and not options.unsafe
+    ]
+    return {path: d.block_identity for path, d in used.items()}, unknown
+
+
 def left_in_place(domain: DomainInfo, plans: Sequence[DiskPlan]) -> list[str]:
     """Source paths of the writable disks the plan does not copy (they must be shared)."""
     writable = {d.target for d in domain.disks if not d.readonly and d.device == "disk"}
@@ -212,6 +231,8 @@ async def _dry_run(
         if source is not None and in_place
         else ([], [])
     )
+    devices, unknown = block_devices(domain, options)
+    blockers += unknown
     try:
         out = await hosts.client(target).prepare_incoming(
             domain_xml=xml,
@@ -222,6 +243,7 @@ async def _dry_run(
             migration_id=migration_id,
             dry_run=True,
             shared_probes=probes,
+            block_devices=devices,
         )
     except FerryError as err:
         if agent_lost(err):

@@ -199,6 +199,8 @@ def disk_to_pb(d: Disk) -> tpb.Disk:
         bus=d.bus,
         shared_unknown_to_libvirt=d.shared_unknown_to_libvirt,
         backing_fingerprint=d.backing_fingerprint,
+        block_device=d.block_device,
+        block_identity=d.block_identity,
     )
 
 
@@ -217,6 +219,8 @@ def disk_from_pb(m: tpb.Disk) -> Disk:
         bus=m.bus,
         shared_unknown_to_libvirt=m.shared_unknown_to_libvirt,
         backing_fingerprint=m.backing_fingerprint,
+        block_device=m.block_device,
+        block_identity=m.block_identity,
     )
 
 

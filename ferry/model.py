@@ -95,6 +95,8 @@ class Disk:
     # know as shared: libvirt refuses to migrate it in place unless the migration is marked unsafe
     shared_unknown_to_libvirt: bool = False
     backing_fingerprint: str = ""  # the nearest backing file's (agent/fingerprint.py), when asked for
+    block_device: str = ""  # <disk type='block'>: the device's path (never copied)
+    block_identity: str = ""  # what the device is on this host: "dm:UUID", "wwid:WWID", "" unknown
 
 
 @dataclass(frozen=True)

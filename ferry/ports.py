@@ -9,7 +9,7 @@ Every method raises only ``ferry.errors.FerryError`` subclasses.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -243,6 +243,13 @@ class HostSystem(Protocol):
         refuses (nothing outside the image directories, never through a link)."""
         ...
 
+    def block_identity(self, path: str) -> str:
+        """What the block device at ``path`` is, the same on every host that sees the same device:
+        ``dm:UUID`` (a device-mapper device: LVM, multipath), ``wwid:WWID`` (a SCSI/NVMe LUN; a
+        partition adds ``:partN``), "" when it is not a block device or this host cannot tell.
+        Only looks (stat, sysfs): opens nothing at ``path``."""
+        ...
+
     def fingerprint(self, path: str) -> str:
         """The fingerprint of an image file (``agent/fingerprint.py``), read without following a
         link; raises ``confine``'s problem (PathUse.READ) or FailedPrecondition (BACKING_MISSING,
@@ -297,6 +304,7 @@ class AgentClient(Protocol):
         dry_run: bool,
         leader_term: int = 0,
         shared_probes: Sequence[str] = (),
+        block_devices: Mapping[str, str] | None = None,
     ) -> PreparedIncoming: ...
 
     async def cleanup_incoming(

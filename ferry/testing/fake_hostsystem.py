@@ -88,6 +88,7 @@ class FakeHostSystem:
         self.fail_create: dict[str, Exception] = {}
         self.symlinks: set[str] = set()
         self.fingerprints: dict[str, str] = {}  # path -> fingerprint of an image with other bytes
+        self.block_devices: dict[str, str] = {}  # path -> its identity ("" = a device of unknown identity)
 
     def _dir_of(self, path: str) -> tuple[str, FakeDir] | None:
         best = None
@@ -141,7 +142,11 @@ class FakeHostSystem:
 
     def exists(self, path: str) -> bool:
         return (
-            path in self.files or path in self._files_of(path) or path in self.symlinks or path.rstrip("/") in self.dirs
+            path in self.files
+            or path in self.block_devices
+            or path in self._files_of(path)
+            or path in self.symlinks
+            or path.rstrip("/") in self.dirs
         )
 
     def writable_dir(self, path: str) -> bool:
@@ -184,6 +189,9 @@ class FakeHostSystem:
         found[1].free_bytes = max(0, found[1].free_bytes - allocated)
         self._files_of(path)[path] = FakeImage(fmt, virtual_size, backing_file, backing_format, allocated)
         self.created.append(path)
+
+    def block_identity(self, path: str) -> str:
+        return self.block_devices.get(path, "")
 
     def fingerprint(self, path: str) -> str:
         """Set ``fingerprints[path]`` for an image whose bytes differ; else one from what the fake

@@ -138,7 +138,7 @@ class StorageDir(_message.Message):
     def __init__(self, path: _Optional[str] = ..., free_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., shared: _Optional[bool] = ..., fs_type: _Optional[str] = ...) -> None: ...
 
 class Disk(_message.Message):
-    __slots__ = ("target", "source", "format", "virtual_size", "allocation", "backing_chain", "cache", "shared", "readonly", "device", "bus", "shared_unknown_to_libvirt", "backing_fingerprint")
+    __slots__ = ("target", "source", "format", "virtual_size", "allocation", "backing_chain", "cache", "shared", "readonly", "device", "bus", "shared_unknown_to_libvirt", "backing_fingerprint", "block_device", "block_identity")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +152,8 @@ class Disk(_message.Message):
     BUS_FIELD_NUMBER: _ClassVar[int]
     SHARED_UNKNOWN_TO_LIBVIRT_FIELD_NUMBER: _ClassVar[int]
     BACKING_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_IDENTITY_FIELD_NUMBER: _ClassVar[int]
     target: str
     source: str
     format: str
@@ -165,7 +167,9 @@ class Disk(_message.Message):
     bus: str
     shared_unknown_to_libvirt: bool
     backing_fingerprint: str
-    def __init__(self, target: _Optional[str] = ..., source: _Optional[str] = ..., format: _Optional[str] = ..., virtual_size: _Optional[int] = ..., allocation: _Optional[int] = ..., backing_chain: _Optional[_Iterable[str]] = ..., cache: _Optional[str] = ..., shared: _Optional[bool] = ..., readonly: _Optional[bool] = ..., device: _Optional[str] = ..., bus: _Optional[str] = ..., shared_unknown_to_libvirt: _Optional[bool] = ..., backing_fingerprint: _Optional[str] = ...) -> None: ...
+    block_device: str
+    block_identity: str
+    def __init__(self, target: _Optional[str] = ..., source: _Optional[str] = ..., format: _Optional[str] = ..., virtual_size: _Optional[int] = ..., allocation: _Optional[int] = ..., backing_chain: _Optional[_Iterable[str]] = ..., cache: _Optional[str] = ..., shared: _Optional[bool] = ..., readonly: _Optional[bool] = ..., device: _Optional[str] = ..., bus: _Optional[str] = ..., shared_unknown_to_libvirt: _Optional[bool] = ..., backing_fingerprint: _Optional[str] = ..., block_device: _Optional[str] = ..., block_identity: _Optional[str] = ...) -> None: ...
 
 class Nic(_message.Message):
     __slots__ = ("type", "source", "mac", "model")

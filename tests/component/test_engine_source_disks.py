@@ -339,3 +339,36 @@ async def test_a_copy_inc_base_image_that_is_another_image_on_the_target_is_refu
     assert r.phase is Phase.FAILED and r.error is not None and r.error.reason == "BACKING_MISMATCH"
     assert fleet.where("ci") == {"host1": DomainState.RUNNING}
     assert fleet["host2"].host.created == [] and fleet.prepares("host2") == []
+
+
+# ---------------------------------------------------------------- preflight: a block device is the same device
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "unsafe", "reasons"),
+    [
+        ("dm:mpath-3600a0980", "dm:mpath-3600a0980", False, []),  # one multipath LUN seen by both hosts
+        ("dm:LVM-vg0host1lv", None, False, ["BLOCK_DEVICE_MISSING"]),  # a local LV, nothing on host2
+        ("dm:LVM-vg0host1lv", "dm:LVM-vg0host2lv", False, ["BLOCK_DEVICE_MISMATCH"]),  # same name, other LV
+        ("", "", False, ["BLOCK_DEVICE_UNVERIFIED"]),  # host1 cannot tell what the device is
+        ("", "", True, []),  # ... and the operator vouches for it
+    ],
+)
+async def test_a_block_device_the_guest_keeps_must_be_the_same_device_on_the_target(
+    fleet, hosts, source, target, unsafe, reasons
+):
+    lun = "/dev/mapper/data-lun"
+    fleet["host1"].host.block_devices[lun] = source
+    if target is not None:
+        fleet["host2"].host.block_devices[lun] = target
+    disk = (
+        f"<disk type='block' device='disk'><driver name='qemu' type='raw' cache='none'/><source dev='{lun}'/>"
+        "<target dev='vdc' bus='virtio'/></disk></devices>"
+    )
+    fleet.add_guest("host1", "g1")
+    dom = next(iter(fleet["host1"].hv.domains.values()))
+    dom.xml = dom.xml.replace("</devices>", disk)
+    options = MigrationOptions(unsafe=unsafe)
+    report = await preflight(hosts, "g1", "host2", options, fleet.mapping("host1", "host2"))
+    assert [b.reason for b in report.blockers] == reasons, report.blockers
+    assert all(lun in b.message and b.hint for b in report.blockers)

@@ -105,7 +105,7 @@ def test_parse_disks():
         ),
         Disk(target="vdb", source="/shared/web1-data.raw", format="raw", bus="virtio"),
         Disk(target="sda", source="", format="raw", readonly=True, device="cdrom", bus="sata"),
-        Disk(target="vdc", source="", format="raw", bus="virtio"),  # block device: not a file
+        Disk(target="vdc", source="", format="raw", bus="virtio", block_device="/dev/vg0/web1-swap"),  # not a file
     ]
 
 

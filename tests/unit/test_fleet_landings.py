@@ -115,6 +115,25 @@ async def test_a_fresh_locate_prefers_the_host_that_answered_over_a_stale_copy()
     await store.close()
 
 
+async def test_a_vm_created_anew_under_its_old_name_is_found_by_its_new_uuid() -> None:
+    """Seen in the lab: a VM undefined and defined again (a new UUID) within the inventory's TTL.
+    A submission by name asked host1, which answered with the new domain; the cached one of the same
+    name stayed beside it, and the migration went for the old UUID (VM_UNKNOWN in its preflight)."""
+    clock = Clock()
+    agents = {"host1": Agent("host1", [G1])}
+    fleet, store = await fleet_over(agents, clock, inventory_ttl_s=60.0)
+    await fleet.refresh()
+    rebuilt = DomainInfo("g1", "u-2", DomainState.RUNNING, memory_bytes=1 << 30)
+    agents["host1"].domains = [rebuilt]
+    found = await fleet.locate_vm("g1", fresh=True)
+    assert found is not None and found[1].uuid == "u-2"
+    host1 = fleet.host("host1")
+    assert host1 is not None and [d.uuid for d in host1.domains] == ["u-2"]
+    assert await fleet.locate_vm("u-1") is None  # the old UUID is nowhere now
+    await fleet.close()
+    await store.close()
+
+
 async def test_refresh_asks_the_hosts_whose_inventory_is_as_old_as_the_ttl_and_no_other() -> None:
     """The inventory TTL's edges: one taken 60 s ago with a TTL of 60 s is asked again, one taken
     59.999 s ago is not; ``max_age_s`` shortens the TTL for that call; ``force`` asks a fresh one;

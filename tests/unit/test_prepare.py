@@ -668,3 +668,35 @@ async def test_copy_inc_compares_the_backing_file_with_the_sources(svc, host, se
         with pytest.raises(FailedPrecondition):
             await prep(svc, **kwargs)
         assert "/srv/fast/web1.qcow2" not in host.files  # nothing created
+
+
+SWAP = "/dev/vg0/web1-swap"
+XML_BLOCK = XML.replace(
+    "</devices>",
+    f"<disk type='block' device='disk'><driver name='qemu' type='raw' cache='none'/><source dev='{SWAP}'/>"
+    "<target dev='vdc' bus='virtio'/></disk></devices>",
+)
+
+
+@pytest.mark.parametrize(
+    ("here", "sent", "reasons"),
+    [
+        (None, "dm:LVM-aaa", ["BLOCK_DEVICE_MISSING"]),  # no such device here
+        ("dm:LVM-bbb", "dm:LVM-aaa", ["BLOCK_DEVICE_MISMATCH"]),  # a local LV of the same name
+        ("", "dm:LVM-aaa", ["BLOCK_DEVICE_MISMATCH"]),  # a device here, of no known identity
+        ("dm:LVM-aaa", "dm:LVM-aaa", []),  # the same (shared) device
+        ("", "", []),  # the source knows no identity (the coordinator decides): present is all that is checked
+    ],
+)
+async def test_a_block_device_must_be_the_same_device_here(svc, host, here, sent, reasons):
+    if here is not None:
+        host.block_devices[SWAP] = here
+    out = await svc.prepare(
+        XML_BLOCK, [VDA, VDB], MAP, StorageMode.COPY_ALL, 0, "m-1", True, block_devices={SWAP: sent}
+    )
+    assert [p.reason for p in out.problems] == reasons
+    if reasons:
+        [p] = out.problems
+        assert f"{SWAP}" in p.message and "never copies a block device" in p.hint
+    if reasons == ["BLOCK_DEVICE_MISMATCH"]:
+        assert "dm:LVM-aaa" in out.problems[0].message
