@@ -4,7 +4,8 @@
 image at ``destination`` and libvirt copies the disk into it; ``copy=False`` means the file must
 already be visible on the target at ``destination`` (shared storage, or an ISO/read-only image
 the operator placed there). Disks without a file (empty CD-ROMs, block devices, network disks)
-are not planned: the migration keeps their definition as it is.
+are not planned: the migration keeps their definition as it is (a writable block device must be
+the same device on the target: ``agent/target_checks.py`` compares their identities).
 
 Which disks are copied:
 
