@@ -101,7 +101,7 @@ from .events import (
     WatchJob,
 )
 from .phases import Phase, Timeouts, probe_delay_s, retry_delay_s
-from .record import MigrationRecord, evolve, note, with_action, with_phase, with_retry
+from .record import MigrationRecord, evolve, note, too_late_to_cancel, with_action, with_phase, with_retry
 
 # --- where the guest is --------------------------------------------------------------------------
 
@@ -523,13 +523,11 @@ def _cancel(c: Ctx) -> Decision:
         case Phase.PREPARING:
             # no job yet: nothing to abort
             return roll_back(c, "cancel requested", goal=Phase.CANCELLED, cancel_requested=True)
+        case Phase.MIGRATING | Phase.FINISHING if why := too_late_to_cancel(r):
+            return c.keep(f"too late to cancel: {why}")
         case Phase.MIGRATING:
-            if r.progress is not None and r.progress.phase is MigrationPhase.POSTCOPY:
-                return c.keep("too late to cancel: post-copy started, the guest already runs on target")
             goal = Phase.ROLLED_BACK if r.error else Phase.CANCELLED
             return roll_back(c, "cancel requested", goal=goal, abort=True, cancel_requested=True)
-        case Phase.FINISHING:
-            return c.keep("too late to cancel: the migration landed; finishing")
     # ROLLING_BACK
     if r.cancel_requested:
         return c.keep("already cancelling")

@@ -519,3 +519,20 @@ def _decode(d: dict[str, Any], revision: int, create_revision: int = 0) -> Migra
     if unknown:
         raise ValueError(f"unknown fields {sorted(unknown)}")
     return rec
+
+
+def too_late_to_cancel(r: MigrationRecord) -> str:
+    """Why ``r`` can no longer be undone ("" when it can): its guest runs on the target already
+    (post-copy started: the source keeps part of its memory), or it landed and is finishing. The
+    engine keeps going then (``decide._cancel``); the API says so instead of accepting the cancel."""
+    if r.phase is Phase.FINISHING:
+        return f"{r.vm} landed on {r.target_host}; the migration is finishing"
+    postcopy = (r.progress is not None and r.progress.phase is MigrationPhase.POSTCOPY) or any(
+        a.action.action == "start-postcopy" for a in r.actions
+    )
+    if r.phase is Phase.MIGRATING and postcopy:
+        return (
+            f"post-copy started: {r.vm} runs on {r.target_host} with part of its memory still on {r.source_host}, "
+            "and stopping it would lose the guest"
+        )
+    return ""

@@ -49,7 +49,7 @@ from ferry import keys
 from ferry.convergence import ConvergencePolicy
 from ferry.diskplan import plan_disks
 from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound, clip
-from ferry.model import DomainInfo, GuestLoad, HostFacts, HostMapping, MigrationOptions, MigrationPhase
+from ferry.model import DomainInfo, GuestLoad, HostFacts, HostMapping, MigrationOptions
 from ferry.paths import path_problem, syntax_problem
 from ferry.prediction import Prediction
 from ferry.store import Conflict, Put, Store
@@ -60,11 +60,11 @@ from .config import HostDecl, derive_mapping
 from .convert import phase_word
 from .fleet import Fleet
 from .hoststate import HostCordon, cordoned_error
-from .phases import Phase, Timeouts
+from .phases import Timeouts
 from .placer import Placer
 from .policies import PolicySelector, PredictionConfig, choose_policy, copy_bytes, refusal
 from .preflight import measure, predict_for
-from .record import MigrationRecord, decode, encode, new_migration, note
+from .record import MigrationRecord, decode, encode, new_migration, note, too_late_to_cancel
 
 log = logging.getLogger(__name__)
 
@@ -85,23 +85,6 @@ def _utc_now() -> datetime:
 def new_migration_id() -> str:
     """A short random id, e.g. ``m-3f2a9c41d07b``."""
     return f"m-{uuid.uuid4().hex[:12]}"
-
-
-def too_late_to_cancel(r: MigrationRecord) -> str:
-    """Why ``r`` can no longer be undone ("" when it can): its guest runs on the target already
-    (post-copy started: the source keeps part of its memory), or it landed and is finishing. The
-    engine ignores a cancel then (``decide``); the API says so instead of accepting it."""
-    if r.phase is Phase.FINISHING:
-        return f"{r.vm} landed on {r.target_host}; the migration is finishing"
-    postcopy = (r.progress is not None and r.progress.phase is MigrationPhase.POSTCOPY) or any(
-        a.action.action == "start-postcopy" for a in r.actions
-    )
-    if r.phase is Phase.MIGRATING and postcopy:
-        return (
-            f"post-copy started: {r.vm} runs on {r.target_host} with part of its memory still on {r.source_host}, "
-            "and stopping it would lose the guest"
-        )
-    return ""
 
 
 @dataclass(frozen=True)

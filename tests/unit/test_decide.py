@@ -32,8 +32,8 @@ from ferry.coordinator.events import (
     WatchJob,
 )
 from ferry.coordinator.phases import GiB, Phase, Timeouts
-from ferry.coordinator.record import decode, encode, new_migration, with_phase
-from ferry.model import CompletedJob, DomainState, JobStats, MigrationPhase, MigrationProgress, Problem
+from ferry.coordinator.record import ActionEntry, decode, encode, new_migration, too_late_to_cancel, with_phase
+from ferry.model import CompletedJob, DomainState, JobStats, MigrationPhase, MigrationProgress, PolicyAction, Problem
 
 T0 = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
 NOW = T0 + timedelta(seconds=10)
@@ -81,6 +81,11 @@ PREPARING = walk(Phase.PREFLIGHT, Phase.PREPARING, attempt=1)
 MIGRATING = walk(*_TO_MIGRATING, attempt=1, prepare_id="p-1", destination_xml="<domain/>")
 MIGRATING_FAILED = replace(MIGRATING, error=E_JOB)
 POSTCOPY = replace(MIGRATING, progress=MigrationProgress(MigrationPhase.POSTCOPY))
+SWITCHING = replace(
+    MIGRATING,
+    progress=MigrationProgress(MigrationPhase.PRECOPY),
+    actions=(ActionEntry(T0, PolicyAction("start-postcopy", "no progress for 60 s")),),
+)
 FINISHING = walk(*_TO_MIGRATING, Phase.FINISHING, attempt=1, prepare_id="p-1")
 RB_EARLY = walk(
     Phase.PREFLIGHT, Phase.PREPARING, Phase.ROLLING_BACK, attempt=1, rollback_to=Phase.ROLLED_BACK, error=E_SPACE
@@ -648,14 +653,18 @@ def test_locate(placement, offline, location):
             "cancel requested; rolling back (aborting migration; observing placement, then rolled back)",
             Phase.ROLLED_BACK,
         ),
+        (POSTCOPY, Phase.MIGRATING, (), "too late to cancel: " + too_late_to_cancel(POSTCOPY), None),
+        # the switch to post-copy asked and done, before a progress report says so: the API refuses the
+        # cancel (submission) and the engine keeps going alike (one rule, record.too_late_to_cancel)
         (
-            POSTCOPY,
+            SWITCHING,
             Phase.MIGRATING,
             (),
-            "too late to cancel: post-copy started, the guest already runs on target",
+            "too late to cancel: post-copy started: g1 runs on host2 with part of its memory still on host1, "
+            "and stopping it would lose the guest",
             None,
         ),
-        (FINISHING, Phase.FINISHING, (), "too late to cancel: the migration landed; finishing", None),
+        (FINISHING, Phase.FINISHING, (), "too late to cancel: g1 landed on host2; the migration is finishing", None),
         (
             RB_RETRY,
             Phase.ROLLING_BACK,
