@@ -206,17 +206,20 @@ def test_a_shared_disk_the_target_sees_elsewhere_is_refused_until_its_storage_is
 
         blocked = ferry(lab, "migrate", name, "--to", "host2", "--unsafe")
         assert blocked.code == 1 and blocked.data["error"]["reason"] == "SHARED_STORAGE_MISMATCH", blocked
-        assert "preparing" not in phases(blocked.data)
+        assert "preparing" not in phases(blocked.data) and prepares_of(lab, "host2", name) == []
         assert placement(lab, name) == {"host1": "running"}
         for host in ("host1", "host2"):  # no probe on the shared storage, nor in the stand-in
             assert ".ferry-probe-" not in lab.host_exec(host, "ls", "-a", shared).stdout
     finally:
         lab.host_exec("host2", "umount", shared, check=False)
 
+    marker = wait_until(lambda: disk_marker(lab, "host1", disk), 30, "the guest's disk marker")
     moved = ferry(lab, "migrate", name, "--to", "host2", "--unsafe")
     assert moved.code == 0 and moved.data["phase"] == SUCCEEDED, moved
     assert running_on(lab, name) == ["host2"]
     beats(lab, name)  # alive, and still its first boot
+    assert disk_marker(lab, "host2", disk) >= marker  # the same disk, still written by the guest
+    assert placement(lab, name) == {"host2": "running"} and prepares_of(lab, "host1", name) == []
     assert ".ferry-probe-" not in lab.host_exec("host1", "ls", "-a", shared).stdout
 
 
@@ -233,6 +236,8 @@ def test_copy_inc_moves_the_top_layer_onto_the_same_base_and_refuses_another(lab
     lab.host_exec("host2", "qemu-io", "-f", "qcow2", "-c", "write -P 0x77 0 8M", base)
     try:
         boot(lab, guests, name, disks=("64M",), backing=base, nic=False)
+        image = f"{IMAGE_DIR}/{name}-vda.qcow2"
+        assert disk_bytes(lab, "host1", image, 4 * MiB, 4096) == b"\x5a" * 4096  # read through to the template
         blocked = ferry(lab, "preflight", name, "--to", "host2", "--copy-storage-inc")
         assert blocked.code == 1, blocked
         [blocker] = blocked.data["blockers"]
@@ -240,12 +245,16 @@ def test_copy_inc_moves_the_top_layer_onto_the_same_base_and_refuses_another(lab
         assert f"{base} on host2 is another image than the source's" in blocker["message"]
 
         lab.host_exec("host2", "cp", shared, base)  # the template, byte for byte
+        marker = wait_until(lambda: disk_marker(lab, "host1", image), 30, "the guest's disk marker")
         moved = ferry(lab, "migrate", name, "--to", "host2", "--copy-storage-inc")
         assert moved.code == 0 and moved.data["phase"] == SUCCEEDED, moved
         assert running_on(lab, name) == ["host2"]
         beats(lab, name)  # alive, and still its first boot
-        info = lab.host_exec("host2", "qemu-img", "info", "-U", f"{IMAGE_DIR}/{name}-vda.qcow2").stdout
+        info = lab.host_exec("host2", "qemu-img", "info", "-U", image).stdout
         assert f"backing file: {base}" in info  # the overlay alone moved
+        assert disk_marker(lab, "host2", image) >= marker  # what the guest wrote, in the copied overlay
+        assert disk_bytes(lab, "host2", image, 4 * MiB, 4096) == b"\x5a" * 4096  # the template's, under it
+        assert images(lab, "host1", name) == [] and prepares_of(lab, "host1", name) == []  # nothing left
     finally:
         remove_guests(lab, [name])
         for host in ("host1", "host2"):
