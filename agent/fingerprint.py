@@ -15,7 +15,13 @@ byte, or copy the whole disk.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+
+from ferry.errors import FerryError
+from ferry.ports import HostSystem
+
+log = logging.getLogger(__name__)
 
 SAMPLES = 64
 BLOCK = 64 * 1024
@@ -42,3 +48,13 @@ def fingerprint(fd: int) -> str:
     for at in offsets(size):
         h.update(os.pread(fd, BLOCK, at))
     return "sha256-sampled:" + h.hexdigest()[:32]
+
+
+def fingerprint_or_empty(host: HostSystem, path: str) -> str:
+    """``host``'s fingerprint of ``path``; "" when it cannot be read there (missing, unreadable,
+    outside the image directories: the checks say so from the other facts)."""
+    try:
+        return host.fingerprint(path)
+    except FerryError as err:
+        log.info("no fingerprint of %s: %s", path, err)
+        return ""

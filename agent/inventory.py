@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from importlib import metadata
 
+from ferry.agent.fingerprint import fingerprint_or_empty
 from ferry.model import Disk, DomainInfo, HostFacts
 from ferry.ports import HostSystem, Hypervisor
 
@@ -60,9 +61,28 @@ class Inventory:
     async def domains(self) -> list[DomainInfo]:
         return [await self._with_shared(d) for d in await self._hv.list_domains()]
 
-    async def domain(self, name_or_uuid: str) -> DomainInfo:
-        """Raises NotFound (DOMAIN_NOT_FOUND)."""
-        return await self._with_shared(await self._hv.get_domain(name_or_uuid))
+    async def domain(self, name_or_uuid: str, *, backing_fingerprints: bool = False) -> DomainInfo:
+        """Raises NotFound (DOMAIN_NOT_FOUND). With each block device's identity, and
+        (``backing_fingerprints``) each disk's nearest backing file's fingerprint."""
+        dom = await self._with_shared(await self._hv.get_domain(name_or_uuid))
+        if backing_fingerprints or any(d.block_device for d in dom.disks):
+            dom = await asyncio.to_thread(self._disk_facts, dom, backing_fingerprints)
+        return dom
+
+    def _disk_facts(self, dom: DomainInfo, fingerprints: bool) -> DomainInfo:
+        return replace(
+            dom,
+            disks=tuple(
+                replace(
+                    d,
+                    backing_fingerprint=(
+                        fingerprint_or_empty(self._host, d.backing_chain[0]) if fingerprints and d.backing_chain else ""
+                    ),
+                    block_identity=self._host.block_identity(d.block_device) if d.block_device else "",
+                )
+                for d in dom.disks
+            ),
+        )
 
     async def _with_shared(self, dom: DomainInfo) -> DomainInfo:
         if not any(d.source for d in dom.disks):

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ferry.agent.domxml import ParsedDomain, parse_domain, parse_nics, rewrite_for_target
+from ferry.agent.fingerprint import fingerprint_or_empty
 from ferry.agent.prepare_records import PrepareStore
 from ferry.agent.target_checks import (
     CpuVerdict,
@@ -206,13 +207,6 @@ class PrepareService:
             return CpuVerdict(failed=Problem.of(err))
         return CpuVerdict(incompatible=why)
 
-    def _fingerprint(self, path: str) -> str:
-        try:
-            return self._host.fingerprint(path)
-        except FerryError as err:  # missing or unreadable: the checks say so from the other facts
-            log.info("no fingerprint of %s: %s", path, err)
-            return ""
-
     def _host_view(
         self,
         uses: Mapping[str, PathUse | None],
@@ -235,7 +229,7 @@ class PrepareService:
                 free_bytes=self._host.free_bytes(path),
                 shared=self._host.is_shared(path),
                 fs_key=storage_key(path, dirs),
-                fingerprint=self._fingerprint(path) if path in compare else "",
+                fingerprint=fingerprint_or_empty(self._host, path) if path in compare else "",
                 identity=self._host.block_identity(path) if path in blocks else "",
             )
         reserved: dict[str, int] = {}

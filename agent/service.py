@@ -184,29 +184,11 @@ class AgentServicer(agrpc.AgentServicer):
     async def GetDomain(self, request: apb.GetDomainRequest, context: Context) -> apb.GetDomainResponse:
         name = _domain_ref(request.name, "name")
         self.fence.observe(_term(request.leader_term))
-        domain = await self.inventory.domain(name)
+        domain = await self.inventory.domain(name, backing_fingerprints=request.backing_fingerprints)
         xml = ""
         if request.include_xml:
             xml = await self.hypervisor.domain_xml(domain.uuid, migratable=True, secure=self.secure_xml(context))
-        if request.backing_fingerprints or any(d.block_device for d in domain.disks):
-            domain = await asyncio.to_thread(self._disk_facts, domain, request.backing_fingerprints)
         return apb.GetDomainResponse(domain=convert.domain_to_pb(domain), xml=xml)
-
-    def _disk_facts(self, domain: DomainInfo, fingerprints: bool) -> DomainInfo:
-        """Each block device's identity, and (``fingerprints``) each disk's nearest backing file's
-        fingerprint ("" when it cannot be read here)."""
-        host = self.prepare.host_system
-        disks = []
-        for d in domain.disks:
-            fp = ""
-            if fingerprints and d.backing_chain:
-                try:
-                    fp = host.fingerprint(d.backing_chain[0])
-                except FerryError as err:
-                    log.info("no fingerprint of %s: %s", d.backing_chain[0], err)
-            identity = host.block_identity(d.block_device) if d.block_device else ""
-            disks.append(replace(d, backing_fingerprint=fp, block_identity=identity))
-        return replace(domain, disks=tuple(disks))
 
     # ------------------------------------------------------------------ target side
 
