@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -32,7 +32,7 @@ from ferry.errors import FerryError, Internal
 from ferry.model import MigrationOptions, Problem, StorageMode
 from ferry.store import Entry
 
-from .record import problem_doc, time_doc, time_from_doc
+from .record import plain, problem_doc, time_doc, time_from_doc
 
 SCHEMA = 1
 HISTORY_MAX = 100
@@ -196,7 +196,7 @@ def encode(d: DrainRecord) -> bytes:
         "targets": list(d.targets),
         "max_parallel": d.max_parallel,
         "policy": d.policy,
-        "options": {k: (v.name if isinstance(v, enum.Enum) else v) for k, v in asdict(d.options).items()},
+        "options": plain(d.options),
         "storage_explicit": d.storage_explicit,
         "state": d.state.name,
         "items": [_item_doc(i) for i in d.items],

@@ -319,11 +319,32 @@ def _at(s: str) -> datetime:
     return dt
 
 
-def _plain(obj: Any) -> dict[str, Any]:
-    """A flat dataclass of ints/strs/bools/enums/tuples as a JSON object (enums by name)."""
+# Fields the stored dataclasses gained after schema 1 was first released. A coordinator of an earlier
+# release refuses a key it does not know (RECORD_INVALID: it would skip the record, and lose track of
+# its VM), so these are written only when not at their default: in a rolling upgrade, or after a
+# downgrade, the older coordinator still reads every record that does not use them. A new field of
+# a stored dataclass goes here (tests/unit/test_record_compat.py holds the first release's keys).
+LATER_FIELDS: dict[type, frozenset[str]] = {
+    MigrationOptions: frozenset({"persist_transient"}),
+    DiskPlan: frozenset({"backing_fingerprint"}),
+}
+
+
+def plain(obj: Any) -> dict[str, Any]:
+    """A flat dataclass of ints/strs/bools/enums/tuples as a JSON object (enums by name), without
+    its ``LATER_FIELDS`` that are at their default.
+
+    >>> plain(DiskPlan("vda", "/a.qcow2"))["backing_file"], "backing_fingerprint" in plain(DiskPlan("vda", "/a.qcow2"))
+    ('', False)
+    >>> plain(MigrationOptions(persist_transient=True))["persist_transient"]
+    True
+    """
+    later = LATER_FIELDS.get(type(obj), frozenset())
     out: dict[str, Any] = {}
     for f in fields(obj):
         v = getattr(obj, f.name)
+        if f.name in later and v == f.default:
+            continue
         out[f.name] = v.name if isinstance(v, enum.Enum) else list(v) if isinstance(v, tuple) else v
     return out
 
@@ -385,7 +406,7 @@ def encode(r: MigrationRecord) -> bytes:
         "target_host": r.target_host,
         "created_at": _ts(r.created_at),
         "updated_at": _ts(r.updated_at),
-        "options": _plain(r.options),
+        "options": plain(r.options),
         "mapping": {
             "bridges": dict(r.mapping.bridges),
             "networks": dict(r.mapping.networks),
@@ -400,9 +421,9 @@ def encode(r: MigrationRecord) -> bytes:
         "disk_bytes": r.disk_bytes,
         "prepare_id": r.prepare_id,
         "destination_xml": r.destination_xml,
-        "disks": [_plain(p) for p in r.disks],
+        "disks": [plain(p) for p in r.disks],
         "progress": None if r.progress is None else _progress_doc(r.progress),
-        "result": None if r.result is None else _plain(r.result),
+        "result": None if r.result is None else plain(r.result),
         "error": None if r.error is None else problem_doc(r.error),
         "cancel_requested": r.cancel_requested,
         "attempt": r.attempt,
@@ -410,8 +431,8 @@ def encode(r: MigrationRecord) -> bytes:
         "rollback_to": None if r.rollback_to is None else r.rollback_to.name,
         "target_cleaned": r.target_cleaned,
         "policy": None if r.policy is None else policy_doc(r.policy),
-        "prediction": None if r.prediction is None else _plain(r.prediction),
-        "actions": [{"at": _ts(e.at), **{k: v for k, v in _plain(e.action).items()}} for e in r.actions],
+        "prediction": None if r.prediction is None else plain(r.prediction),
+        "actions": [{"at": _ts(e.at), **{k: v for k, v in plain(e.action).items()}} for e in r.actions],
     }
     if r.lost_since is not None:  # only while waiting: a record without them reads on older coordinators
         doc.update(lost_host=r.lost_host, lost_since=_ts(r.lost_since))
