@@ -13,6 +13,7 @@ from dataclasses import replace
 from importlib import metadata
 
 from ferry.agent.fingerprint import fingerprint_or_empty
+from ferry.compat import AGENT_API_LEVEL
 from ferry.model import Disk, DomainInfo, HostFacts
 from ferry.ports import HostSystem, Hypervisor
 
@@ -34,9 +35,12 @@ class Inventory:
         migration_address: str,
         version: str = "",
         migration_tls_problem: Callable[[], str] = lambda: "",
+        api_level: int = AGENT_API_LEVEL,
     ) -> None:
         """``migration_tls_problem``: why this host cannot migrate over TLS now ("" = it can;
-        asked at every facts() call, so certificates put in place later count)."""
+        asked at every facts() call, so certificates put in place later count). ``api_level``: the
+        level reported (ferry/compat.py; tests act as an older agent with a lower one)."""
+        self.api_level = api_level
         self._hv = hypervisor
         self._tls_problem = migration_tls_problem
         self._host = host
@@ -56,6 +60,7 @@ class Inventory:
             migration_address=self._migration_address,
             agent_version=self._version,
             migration_tls_problem=await asyncio.to_thread(self._tls_problem),
+            api_level=self.api_level,
         )
 
     async def domains(self) -> list[DomainInfo]:

@@ -41,6 +41,46 @@ def bandwidth_use(h: cpb.HostStatus) -> str:
     return f"{h.bandwidth_out_mibps}/{h.bandwidth_in_mibps} of {h.bandwidth_budget_mibps}"
 
 
+def api_levels(hosts: Sequence[cpb.HostStatus]) -> list[str]:
+    """Lines under ``ferry hosts`` when the agents speak different API levels (ferry/compat.py), as
+    in a rolling upgrade: which hosts are behind, and what is refused until they are upgraded.
+
+    >>> def h(name, level):
+    ...     return cpb.HostStatus(name=name, facts=tpb.HostFacts(hostname=name, agent_version="0.1.0", api_level=level))
+    >>> api_levels([h("host1", 1), h("host3", 1)])
+    []
+    >>> first, then = api_levels([h("host1", 1), h("host2", 0), h("host3", 1)])
+    >>> first
+    'agents of different API levels (an upgrade under way?): level 0: host2 (ferry-agent 0.1.0); level 1: host1, host3'
+    >>> then.split(",")[0]
+    '  until host2 is upgraded'
+    """
+    known = [x for x in hosts if x.facts.hostname]
+    levels = sorted({x.facts.api_level for x in known})
+    if len(levels) < 2:
+        return []
+
+    def at(level: int) -> list[cpb.HostStatus]:
+        return [x for x in known if x.facts.api_level == level]
+
+    behind = [x for x in known if x.facts.api_level < levels[-1]]
+    parts = [
+        f"level {lvl}: "
+        + ", ".join(
+            x.name + (f" (ferry-agent {x.facts.agent_version})" if x.facts.agent_version and lvl < levels[-1] else "")
+            for x in at(lvl)
+        )
+        for lvl in levels
+    ]
+    names = ", ".join(x.name for x in behind)
+    verb, their = ("is", "its") if len(behind) == 1 else ("are", "their")
+    return [
+        "agents of different API levels (an upgrade under way?): " + "; ".join(parts),
+        f"  until {names} {verb} upgraded, {their} migrations that leave disks in place or copy with "
+        "--copy-storage-inc are refused as unverified (or need --unsafe)",
+    ]
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain left-aligned text table."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from ferry.compat import BACKING_FINGERPRINTS, SHARED_STORAGE_PROBES
 from ferry.convergence import ConvergencePolicy
 from ferry.diskplan import plan_disks
 from ferry.errors import FerryError, NotFound
@@ -176,9 +177,8 @@ async def _mark(
     try:
         probes, problems = await hosts.client(source).mark_shared_storage(paths, secrets.token_hex(16))
     except FerryError as err:
-        if err.reason == AGENT_TOO_OLD:
-            log.warning("cannot check the shared storage of %s -> %s: %s", source, target, err)
-            return [], []
+        if err.reason == AGENT_TOO_OLD:  # its inventory said otherwise (downgraded since?)
+            return [], [] if options.unsafe else [_unverified_storage(source, target, paths, err.message)]
         if agent_lost(err):
             extra.append(_unreachable(source, err))
             unavailable.append(source)
@@ -196,6 +196,76 @@ async def _mark(
         )
         for p in problems
     ]
+
+
+def _agent_words(host: str, facts: HostFacts) -> str:
+    version = f"ferry-agent {facts.agent_version}, " if facts.agent_version else ""
+    return f"{host}'s agent ({version}API level {facts.api_level})"
+
+
+def _unverified_storage(source: str, target: str, paths: Sequence[str], why: str) -> Problem:
+    return Problem(
+        "SHARED_STORAGE_UNVERIFIED",
+        f"{source} cannot check that {target} sees the same storage as it does for {', '.join(paths)}: {why}",
+        f"upgrade ferry-agent on the host named (the check needs API level {SHARED_STORAGE_PROBES} on both), "
+        "copy the disks (--copy-storage-all), or pass --unsafe if you know both hosts use the same storage there",
+    )
+
+
+def below_level(
+    source: str, source_facts: HostFacts, target: str, target_facts: HostFacts, level: int
+) -> list[tuple[str, HostFacts]]:
+    """The hosts of the two whose agents speak an API level below ``level`` (ferry/compat.py)."""
+    return [(h, f) for h, f in ((source, source_facts), (target, target_facts)) if f.api_level < level]
+
+
+def old_agent_blockers(
+    source: str,
+    source_facts: HostFacts,
+    target: str,
+    target_facts: HostFacts,
+    plans: Sequence[DiskPlan],
+    in_place: Sequence[str],
+    mode: StorageMode,
+    options: MigrationOptions,
+) -> list[Problem]:
+    """A blocker for each check an agent below its API level would skip without a word (an old
+    target ignores the probes it is sent, an old source sends no fingerprints): the disks left in
+    place, and the backing files of a --copy-storage-inc. None when the migration is unsafe (the
+    operator vouches), as for checks that cannot be made.
+
+    >>> old, new = HostFacts("h1", "u1", agent_version="0.1.0"), HostFacts("h2", "u2", api_level=1)
+    >>> [b] = old_agent_blockers("h1", new, "h2", old, (), ["/srv/a.raw"], StorageMode.SHARED, MigrationOptions())
+    >>> b.reason
+    'SHARED_STORAGE_UNVERIFIED'
+    >>> b.message.split(": ", 1)[1]
+    "h2's agent (ferry-agent 0.1.0, API level 0) does not look for the probe files that show it"
+    >>> old_agent_blockers("h1", new, "h2", old, (), ["/srv/a.raw"], StorageMode.SHARED, MigrationOptions(unsafe=True))
+    []
+    """
+    if options.unsafe:
+        return []
+    out: list[Problem] = []
+    old = below_level(source, source_facts, target, target_facts, SHARED_STORAGE_PROBES)
+    if in_place and old:
+        doing = {source: "does not write", target: "does not look for"}
+        why = "; ".join(f"{_agent_words(h, f)} {doing[h]} the probe files that show it" for h, f in old)
+        out.append(_unverified_storage(source, target, in_place, why))
+    bases = sorted({p.backing_file for p in plans if p.copy and p.backing_file})
+    old = below_level(source, source_facts, target, target_facts, BACKING_FINGERPRINTS)
+    if mode is StorageMode.COPY_INC and bases and old:
+        doing = {source: "does not fingerprint", target: "does not compare"}
+        why = "; ".join(f"{_agent_words(h, f)} {doing[h]} backing files" for h, f in old)
+        out.append(
+            Problem(
+                "BACKING_UNVERIFIED",
+                f"{target}'s backing files {', '.join(bases)} cannot be shown to be the source's: {why}",
+                f"upgrade ferry-agent on the host named (the check needs API level {BACKING_FINGERPRINTS} on "
+                "both), copy the whole disks (--copy-storage-all), or pass --unsafe if the backing files are "
+                "byte-for-byte copies",
+            )
+        )
+    return out
 
 
 async def _unmark(hosts: HostDirectory, source: str, probes: list[str]) -> None:
@@ -217,20 +287,28 @@ async def _dry_run(
     migration_id: str,
     extra: list[Problem],
     unavailable: list[str],
+    both: tuple[HostFacts, HostFacts] | None = None,
 ) -> tuple[list[DiskPlan], list[Problem]]:
     """The disk plan and the target's PrepareIncoming(dry_run), with the source's shared-storage
     probes (``source`` None: none): (plans, blockers). An agent that cannot be asked goes to
-    ``extra``/``unavailable``."""
+    ``extra``/``unavailable``. ``both``: the source's and the target's facts, for the checks their
+    agents' API levels cannot make (``old_agent_blockers``)."""
     try:
         plans = plan_disks(domain.disks, mode, options.migrate_disks, mapping)
     except FerryError as err:
         return [], [Problem.of(err)]
     in_place = left_in_place(domain, plans) if source is not None else []
+    old = (
+        old_agent_blockers(source, both[0], target, both[1], plans, in_place, mode, options)
+        if source is not None and both is not None
+        else []
+    )
     probes, blockers = (
         await _mark(hosts, source, target, in_place, options, extra, unavailable)
-        if source is not None and in_place
+        if source is not None and in_place and not any(b.reason == "SHARED_STORAGE_UNVERIFIED" for b in old)
         else ([], [])
     )
+    blockers += old
     devices, unknown = block_devices(domain, options)
     blockers += unknown
     try:
@@ -394,6 +472,9 @@ async def preflight(
                 migration_id,
                 extra,
                 unavailable,
+                (source_view.facts, target_view.facts)
+                if source_up and source_view is not None and source_view.facts is not None and target_view.facts
+                else None,
             )
             if any(p.reason == "INSUFFICIENT_MEMORY" for p in problems):
                 # the target's own figure, fresher than its last inventory

@@ -71,6 +71,7 @@ class HostFacts:
     migration_address: str = ""
     agent_version: str = ""
     migration_tls_problem: str = ""  # why this host cannot migrate over TLS ("" = it can)
+    api_level: int = 0  # the requests its agent honours (ferry/compat.py); 0: an agent from before levels
 
 
 # CPU modes in which the guest runs on a copy of its host's CPU: the target cannot judge such a

@@ -86,7 +86,7 @@ TIMEOUT_ACTION_ABORT: TimeoutAction
 TIMEOUT_ACTION_FORCE_COMPLETE: TimeoutAction
 
 class HostFacts(_message.Message):
-    __slots__ = ("hostname", "host_uuid", "libvirt_version", "qemu_version", "cpu_model", "arch", "cpu_features", "memory_total_bytes", "memory_free_bytes", "bridges", "networks", "storage", "libvirt_uri", "migration_address", "agent_version", "cpus", "migration_tls_problem")
+    __slots__ = ("hostname", "host_uuid", "libvirt_version", "qemu_version", "cpu_model", "arch", "cpu_features", "memory_total_bytes", "memory_free_bytes", "bridges", "networks", "storage", "libvirt_uri", "migration_address", "agent_version", "cpus", "migration_tls_problem", "api_level")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     HOST_UUID_FIELD_NUMBER: _ClassVar[int]
     LIBVIRT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,7 @@ class HostFacts(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CPUS_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_TLS_PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    API_LEVEL_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     host_uuid: str
     libvirt_version: int
@@ -121,7 +122,8 @@ class HostFacts(_message.Message):
     agent_version: str
     cpus: int
     migration_tls_problem: str
-    def __init__(self, hostname: _Optional[str] = ..., host_uuid: _Optional[str] = ..., libvirt_version: _Optional[int] = ..., qemu_version: _Optional[int] = ..., cpu_model: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_features: _Optional[_Iterable[str]] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., bridges: _Optional[_Iterable[str]] = ..., networks: _Optional[_Iterable[str]] = ..., storage: _Optional[_Iterable[_Union[StorageDir, _Mapping]]] = ..., libvirt_uri: _Optional[str] = ..., migration_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., cpus: _Optional[int] = ..., migration_tls_problem: _Optional[str] = ...) -> None: ...
+    api_level: int
+    def __init__(self, hostname: _Optional[str] = ..., host_uuid: _Optional[str] = ..., libvirt_version: _Optional[int] = ..., qemu_version: _Optional[int] = ..., cpu_model: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_features: _Optional[_Iterable[str]] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., bridges: _Optional[_Iterable[str]] = ..., networks: _Optional[_Iterable[str]] = ..., storage: _Optional[_Iterable[_Union[StorageDir, _Mapping]]] = ..., libvirt_uri: _Optional[str] = ..., migration_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., cpus: _Optional[int] = ..., migration_tls_problem: _Optional[str] = ..., api_level: _Optional[int] = ...) -> None: ...
 
 class StorageDir(_message.Message):
     __slots__ = ("path", "free_bytes", "total_bytes", "shared", "fs_type")

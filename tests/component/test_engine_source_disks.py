@@ -372,3 +372,68 @@ async def test_a_block_device_the_guest_keeps_must_be_the_same_device_on_the_tar
     report = await preflight(hosts, "g1", "host2", options, fleet.mapping("host1", "host2"))
     assert [b.reason for b in report.blockers] == reasons, report.blockers
     assert all(lun in b.message and b.hint for b in report.blockers)
+
+
+# ---------------------------------------------------------- preflight: agents of an older Ferry (a rolling upgrade)
+
+
+def copy_inc_guest(fleet: Fleet) -> tuple[str, str]:
+    """A guest "ci" on host1 whose qcow2 top layer lies on a base image every host has: (base, top)."""
+    base, top = f"{IMAGES}/base.qcow2", f"{IMAGES}/ci.qcow2"
+    for a in fleet.agents.values():
+        a.host.files[base] = FakeImage("qcow2", 1 << 30)
+    fleet["host1"].host.create_image(top, fmt="qcow2", virtual_size=1 << 30, backing_file=base, backing_format="qcow2")
+    chain = f"<backingStore type='file'><format type='qcow2'/><source file='{base}'/><backingStore/></backingStore>"
+    xml = make_domain_xml("ci", disks=[("vda", top, "qcow2")], bridges=["br-guest"])
+    fleet["host1"].hv.add_domain(xml.replace(f"<source file='{top}'/>", f"<source file='{top}'/>{chain}"))
+    return base, top
+
+
+async def test_an_old_target_agent_is_not_trusted_with_the_shared_storage_check(store, fleet, hosts):
+    """Mid-upgrade, host2 still runs an agent of API level 0: it ignores the probes it is sent, so
+    its dry run would pass a stand-in for the shared disk. The check is refused as unverified,
+    naming the agent to upgrade; nothing is written on either host."""
+    fleet.add_guest("host1", "g1")
+    fleet["host2"].host.shared_files = None  # host2's shared storage not mounted: a stand-in there
+    fleet["host2"].servicer.inventory.api_level = 0
+    mapping = fleet.mapping("host1", "host2")
+    report = await preflight(hosts, "g1", "host2", MigrationOptions(), mapping)
+    [b] = report.blockers
+    assert b.reason == "SHARED_STORAGE_UNVERIFIED"
+    assert b.message.startswith("host1 cannot check that host2 sees the same storage as it does for /srv/shared/g1-")
+    assert "host2's agent (ferry-agent " in b.message and "API level 0) does not look for the probe files" in b.message
+    assert b.hint.startswith("upgrade ferry-agent on the host named (the check needs API level 1 on both)")
+    assert probes_left(fleet) == []
+    async with engine(store, hosts):
+        r = await final(store, (await submit(store, fleet, "g1", "host1", "host2")).id)
+    assert r.phase is Phase.FAILED and r.error is not None and r.error.reason == "SHARED_STORAGE_UNVERIFIED"
+    assert fleet.where("g1") == {"host1": DomainState.RUNNING}
+    assert fleet["host2"].host.created == [] and fleet.prepares("host2") == [] and probes_left(fleet) == []
+    fleet["host2"].servicer.inventory.api_level = 1  # upgraded: the probe shows the stand-in
+    [b] = (await preflight(hosts, "g1", "host2", MigrationOptions(), mapping)).blockers
+    assert b.reason == "SHARED_STORAGE_MISMATCH"
+
+
+async def test_an_old_source_agent_writes_no_probe_and_the_operator_may_vouch(fleet, hosts):
+    fleet.add_guest("host1", "g1")
+    fleet["host1"].servicer.inventory.api_level = 0
+    mapping = fleet.mapping("host1", "host2")
+    [b] = (await preflight(hosts, "g1", "host2", MigrationOptions(), mapping)).blockers
+    assert b.reason == "SHARED_STORAGE_UNVERIFIED" and "host1's agent (" in b.message
+    assert "API level 0) does not write the probe files that show it" in b.message
+    assert (await preflight(hosts, "g1", "host2", MigrationOptions(unsafe=True), mapping)).ok
+
+
+@pytest.mark.parametrize("old", ["host1", "host2"])
+async def test_a_copy_inc_with_an_old_agent_cannot_show_the_base_is_the_same(fleet, hosts, old):
+    base, _ = copy_inc_guest(fleet)
+    fleet[old].servicer.inventory.api_level = 0
+    inc, mapping = MigrationOptions(storage=StorageMode.COPY_INC), fleet.mapping("host1", "host2")
+    [b] = (await preflight(hosts, "ci", "host2", inc, mapping, storage=StorageMode.COPY_INC)).blockers
+    doing = "does not fingerprint" if old == "host1" else "does not compare"
+    assert b.reason == "BACKING_UNVERIFIED" and b.message.startswith(
+        f"host2's backing files {base} cannot be shown to be the source's: {old}'s agent ("
+    )
+    assert f"API level 0) {doing} backing files" in b.message and "--copy-storage-all" in b.hint
+    unsafe = replace(inc, unsafe=True)
+    assert (await preflight(hosts, "ci", "host2", unsafe, mapping, storage=StorageMode.COPY_INC)).ok
