@@ -20,6 +20,10 @@ engine's Preflight phase. It asks the agents, then applies the pure checks:
    its shared storage is not mounted and a local copy stands in); removed again right after the
    dry run. A directory the source cannot write a probe in is a blocker
    (SHARED_STORAGE_UNVERIFIED) unless the migration is marked unsafe (the operator vouches).
+6. the checks an agent of an older API level (``HostFacts.api_level``, ferry/compat.py) would skip
+   without a word -- an old target ignores the probes, an old source fingerprints no backing file --
+   are blockers too (SHARED_STORAGE_UNVERIFIED, BACKING_UNVERIFIED; ``old_agent_blockers``), unless
+   the migration is marked unsafe.
 
 A host whose agent is not available (no registration) or does not answer is listed in
 ``PreflightReport.unavailable``: the engine re-queues the migration then (an agent may come back),
@@ -178,7 +182,7 @@ async def _mark(
         probes, problems = await hosts.client(source).mark_shared_storage(paths, secrets.token_hex(16))
     except FerryError as err:
         if err.reason == AGENT_TOO_OLD:  # its inventory said otherwise (downgraded since?)
-            return [], [] if options.unsafe else [_unverified_storage(source, target, paths, err.message)]
+            return [], [] if options.unsafe else [_unverified_storage(source, target, paths, err.message, [source])]
         if agent_lost(err):
             extra.append(_unreachable(source, err))
             unavailable.append(source)
@@ -203,12 +207,13 @@ def _agent_words(host: str, facts: HostFacts) -> str:
     return f"{host}'s agent ({version}API level {facts.api_level})"
 
 
-def _unverified_storage(source: str, target: str, paths: Sequence[str], why: str) -> Problem:
+def _unverified_storage(source: str, target: str, paths: Sequence[str], why: str, old: Sequence[str]) -> Problem:
     return Problem(
         "SHARED_STORAGE_UNVERIFIED",
         f"{source} cannot check that {target} sees the same storage as it does for {', '.join(paths)}: {why}",
-        f"upgrade ferry-agent on the host named (the check needs API level {SHARED_STORAGE_PROBES} on both), "
-        "copy the disks (--copy-storage-all), or pass --unsafe if you know both hosts use the same storage there",
+        f"upgrade ferry-agent on {' and '.join(old)} (the check needs API level {SHARED_STORAGE_PROBES} on both "
+        "hosts), copy the disks (--copy-storage-all), or pass --unsafe if you know both hosts use the same storage "
+        "there",
     )
 
 
@@ -250,7 +255,7 @@ def old_agent_blockers(
     if in_place and old:
         doing = {source: "does not write", target: "does not look for"}
         why = "; ".join(f"{_agent_words(h, f)} {doing[h]} the probe files that show it" for h, f in old)
-        out.append(_unverified_storage(source, target, in_place, why))
+        out.append(_unverified_storage(source, target, in_place, why, [h for h, _ in old]))
     bases = sorted({p.backing_file for p in plans if p.copy and p.backing_file})
     old = below_level(source, source_facts, target, target_facts, BACKING_FINGERPRINTS)
     if mode is StorageMode.COPY_INC and bases and old:
@@ -260,9 +265,9 @@ def old_agent_blockers(
             Problem(
                 "BACKING_UNVERIFIED",
                 f"{target}'s backing files {', '.join(bases)} cannot be shown to be the source's: {why}",
-                f"upgrade ferry-agent on the host named (the check needs API level {BACKING_FINGERPRINTS} on "
-                "both), copy the whole disks (--copy-storage-all), or pass --unsafe if the backing files are "
-                "byte-for-byte copies",
+                f"upgrade ferry-agent on {' and '.join(h for h, _ in old)} (the check needs API level "
+                f"{BACKING_FINGERPRINTS} on both hosts), copy the whole disks (--copy-storage-all), or pass --unsafe "
+                "if the backing files are byte-for-byte copies",
             )
         )
     return out

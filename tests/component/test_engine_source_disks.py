@@ -402,7 +402,7 @@ async def test_an_old_target_agent_is_not_trusted_with_the_shared_storage_check(
     assert b.reason == "SHARED_STORAGE_UNVERIFIED"
     assert b.message.startswith("host1 cannot check that host2 sees the same storage as it does for /srv/shared/g1-")
     assert "host2's agent (ferry-agent " in b.message and "API level 0) does not look for the probe files" in b.message
-    assert b.hint.startswith("upgrade ferry-agent on the host named (the check needs API level 1 on both)")
+    assert b.hint.startswith("upgrade ferry-agent on host2 (the check needs API level 1 on both hosts)")
     assert probes_left(fleet) == []
     async with engine(store, hosts):
         r = await final(store, (await submit(store, fleet, "g1", "host1", "host2")).id)
@@ -435,5 +435,6 @@ async def test_a_copy_inc_with_an_old_agent_cannot_show_the_base_is_the_same(fle
         f"host2's backing files {base} cannot be shown to be the source's: {old}'s agent ("
     )
     assert f"API level 0) {doing} backing files" in b.message and "--copy-storage-all" in b.hint
+    assert b.hint.startswith(f"upgrade ferry-agent on {old} (the check needs API level 1 on both hosts)")
     unsafe = replace(inc, unsafe=True)
     assert (await preflight(hosts, "ci", "host2", unsafe, mapping, storage=StorageMode.COPY_INC)).ok
