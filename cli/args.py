@@ -11,6 +11,7 @@ EX_USAGE) instead of argparse's exit 2, which `ferry` means as "the coordinator 
 from __future__ import annotations
 
 import argparse
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -274,7 +275,11 @@ def _add_job_flags(g: argparse._ArgumentGroup) -> None:
         help="switch to post-copy when pre-copy stalls (needs --postcopy). Default: off",
     )
     g.add_argument(
-        "--unsafe", action="store_true", help="skip libvirt's cache-mode/storage safety check. Default: checked"
+        "--unsafe",
+        action="store_true",
+        help="skip libvirt's cache-mode/storage safety check, and vouch for the storage checks Ferry cannot make "
+        "(*_UNVERIFIED: a probe that cannot be written, a device without an identity, an agent too old to check); "
+        "a check that fails (*_MISMATCH, *_MISSING) still blocks. Default: checked",
     )
     g.add_argument(
         "--timeout",
@@ -283,6 +288,75 @@ def _add_job_flags(g: argparse._ArgumentGroup) -> None:
         help="abort the migration when it takes longer, in seconds. "
         "Default: 0 = 800 s per GiB of memory and copied disk, at least 120 s",
     )
+
+
+# virsh migrate's flags that an operator types out of habit. Ferry always does what the first
+# group asks (accepted, nothing to do); the second group is decided elsewhere in Ferry, and naming
+# one is a usage error that says where.
+VIRSH_ALWAYS = {
+    "--live": "live is the default (--offline for a VM that is not running)",
+    "--p2p": "the source's libvirtd always connects to the target's itself (peer to peer)",
+    "--tls": "migration streams are always encrypted with TLS (the agents' migration_tls)",
+    "--verbose": "the progress bar is shown by default",
+}
+VIRSH_ELSEWHERE = {
+    "--direct": "Ferry migrates peer to peer through libvirtd (QEMU's direct migration is not offered)",
+    "--tunnelled": "the stream goes from QEMU to QEMU over TLS instead of through libvirtd",
+    "--tunneled": "the stream goes from QEMU to QEMU over TLS instead of through libvirtd",
+    "--dname": "the VM keeps its name on the target (the fleet knows it by name and UUID)",
+    "--xml": "the target's definition is written from the source's through the host mapping: "
+    "--map-bridge, --map-network, --map-path",
+    "--persistent-xml": "the target's definition is written from the source's through the host mapping: "
+    "--map-bridge, --map-network, --map-path",
+    "--migrateuri": "the target's migration address is the one its agent registered (advertise it in the "
+    "target's ferry-agent config)",
+    "--listen-address": "the target's migration address is the one its agent registered",
+    "--compressed": "compression is part of a convergence policy: --policy NAME (see `ferry policies`)",
+    "--comp-methods": "compression is part of a convergence policy: --policy NAME (see `ferry policies`)",
+    "--parallel": "parallel connections are part of a convergence policy: --policy NAME (see `ferry policies`)",
+    "--parallel-connections": "parallel connections are part of a convergence policy: --policy NAME "
+    "(see `ferry policies`)",
+    "--auto-converge-initial": "the throttle steps are part of a convergence policy: --policy NAME "
+    "(--auto-converge turns it on)",
+    "--auto-converge-increment": "the throttle steps are part of a convergence policy: --policy NAME "
+    "(--auto-converge turns it on)",
+    "--postcopy-bandwidth": "the post-copy bandwidth is part of a convergence policy: --policy NAME",
+    "--timeout-suspend": "a migration past --timeout is aborted, or switched to post-copy by its policy "
+    "(--postcopy-on-stall); the guest is never left paused",
+    "--timeout-postcopy": "switching to post-copy is --postcopy --postcopy-on-stall, or its policy",
+}
+_VIRSH_TAKES_VALUE = frozenset(
+    {"--dname", "--xml", "--persistent-xml", "--migrateuri", "--listen-address", "--comp-methods",
+     "--parallel-connections", "--auto-converge-initial", "--auto-converge-increment", "--postcopy-bandwidth"}
+)  # fmt: skip
+
+
+class VirshElsewhere(argparse.Action):
+    """A virsh migrate flag Ferry decides elsewhere: a usage error saying where."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: object, option: str | None = None
+    ) -> None:
+        name = option or self.option_strings[0]
+        parser.error(f"{name} (virsh migrate) is not a ferry flag: {VIRSH_ELSEWHERE[name]}")
+
+
+def _add_virsh_habits(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "virsh migrate's flags",
+        textwrap.fill(
+            "Accepted, as Ferry always does what they ask. Others of virsh migrate's flags are decided elsewhere "
+            "in Ferry (" + ", ".join(sorted(VIRSH_ELSEWHERE)) + "): naming one says where.",
+            width=76,
+            break_on_hyphens=False,
+        ),
+    )
+    for flag, why in VIRSH_ALWAYS.items():
+        g.add_argument(flag, action="store_true", dest=f"virsh_{flag[2:]}", help=f"accepted: {why}")
+    for flag in VIRSH_ELSEWHERE:  # refused with the reason; listed in the group's description only
+        p.add_argument(
+            flag, action=VirshElsewhere, nargs=1 if flag in _VIRSH_TAKES_VALUE else 0, help=argparse.SUPPRESS
+        )
 
 
 def _add_migration_flags(p: argparse.ArgumentParser) -> None:
@@ -340,6 +414,7 @@ def _add_migration_flags(p: argparse.ArgumentParser) -> None:
         help="the convergence policy (see `ferry policies`); the flags above go on top of it. "
         "Default: the coordinator's selector rules, else the flags alone",
     )
+    _add_virsh_habits(p)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -294,3 +294,28 @@ async def test_a_silent_watch_says_once_that_the_coordinator_cannot_read_etcd_an
         assert said[1:] == ["  the coordinator reads etcd again"]
     finally:
         task.cancel()
+
+
+def test_virsh_habits_live_p2p_tls_verbose_are_accepted_and_change_nothing():
+    """An operator types `ferry migrate g1 --live --p2p --tls --verbose` as for virsh migrate."""
+    plain = parser().parse_args(["migrate", "g1", "--to", "host2"])
+    habits = parser().parse_args(["migrate", "g1", "--live", "--p2p", "--tls", "--verbose", "--to", "host2"])
+    assert build_options(habits) == build_options(plain) and build_mapping(habits) == build_mapping(plain)
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (("migrate", "g1", "--dname", "g2"), "--dname (virsh migrate) is not a ferry flag: the VM keeps its name"),
+        (("migrate", "g1", "--xml", "t.xml"), "written from the source's through the host mapping: --map-bridge"),
+        (("migrate", "g1", "--compressed"), "compression is part of a convergence policy: --policy NAME"),
+        (("preflight", "g1", "--tunnelled"), "from QEMU to QEMU over TLS"),
+        (("migrate", "g1", "--parallel-connections", "4"), "parallel connections are part of a convergence policy"),
+    ],
+)
+def test_a_virsh_flag_ferry_decides_elsewhere_is_a_usage_error_saying_where(argv, says):
+    from ferry.cli.args import UsageError
+
+    with pytest.raises(UsageError) as err:
+        parser().parse_args(list(argv))
+    assert says in err.value.message
