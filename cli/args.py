@@ -205,7 +205,10 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "key": None,
     "insecure": False,
 }
-FILTER_DEFAULTS: dict[str, Any] = {"phase": None, "host": None, "vm": None, "limit": 0}
+FILTER_DEFAULTS: dict[str, Any] = {"phase": None, "host": None, "vm": None, "limit": 0, "state": None}
+# other names operators type (kubectl, openstack, virsh habits) -> the command or action they mean
+COMMAND_ALIASES = {"host": "hosts", "vm": "vms", "migration": "migrations", "policy": "policies"}
+ACTION_ALIASES: dict[str, str | None] = {"abort": "cancel", "list": None}  # list: the listing itself
 
 
 def _filters(*, for_list: bool) -> argparse.ArgumentParser:
@@ -417,7 +420,9 @@ def _add_migration_flags(p: argparse.ArgumentParser) -> None:
     _add_virsh_habits(p)
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(*, aliases: bool = True) -> argparse.ArgumentParser:
+    """The ``ferry`` command line; ``aliases`` False leaves out the other spellings (host, abort,
+    ...), for the completion scripts."""
     common = _common()
 
     def sub_parser(
@@ -427,9 +432,11 @@ def parser() -> argparse.ArgumentParser:
         *,
         parents: Sequence[argparse.ArgumentParser] = (),
         description: str | None = None,
+        also: Sequence[str] = (),
     ) -> argparse.ArgumentParser:
         made: argparse.ArgumentParser = sub.add_parser(
             name,
+            aliases=list(also) if aliases else [],
             help=text,
             description=description or text[0].upper() + text[1:] + ".",
             parents=[common, *parents],
@@ -447,8 +454,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action=VersionAction, help="print the version")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    hs = sub_parser(sub, "hosts", "list hosts: agent state, CPU, free memory, VMs, migrations out/in, bridges, cordons")
+    hs = sub_parser(
+        sub,
+        "hosts",
+        "list hosts: agent state, CPU, free memory, VMs, migrations out/in, bridges, cordons",
+        also=["host"],
+    )
     hs_sub = hs.add_subparsers(dest="action", metavar="ACTION")
+    sub_parser(hs_sub, "list", "the same as `ferry hosts` alone")
     cordon = sub_parser(hs_sub, "cordon", "cordon a host: it receives no migration until uncordoned")
     cordon.add_argument("host", metavar="HOST")
     cordon.add_argument("--reason", default="", help="why, shown in `ferry hosts`. Default: none")
@@ -458,7 +471,7 @@ def parser() -> argparse.ArgumentParser:
         "forget",
         "take a decommissioned host (its agent stopped) out of the view: the VMs it last reported are no longer listed",
     ).add_argument("host", metavar="HOST")
-    vms = sub_parser(sub, "vms", "list VMs across the fleet and where they run")
+    vms = sub_parser(sub, "vms", "list VMs across the fleet and where they run", also=["vm"])
     vms.add_argument("--host", metavar="HOST", help="only this host's VMs. Default: every host")
     pre = sub_parser(
         sub,
@@ -484,14 +497,20 @@ def parser() -> argparse.ArgumentParser:
         "migrations",
         "list migrations (newest first), or show, watch or cancel one",
         parents=[_filters(for_list=True)],
+        also=["migration"],
     )
     ms_sub = ms.add_subparsers(dest="action", metavar="ACTION")
-    for name, text in (
-        ("show", "show one migration: its record, history and why it ended as it did"),
-        ("watch", "follow one migration until it ends, with a progress bar"),
-        ("cancel", "ask the coordinator to cancel one migration (it rolls back; the VM stays on its source)"),
+    sub_parser(ms_sub, "list", "the same as `ferry migrations` alone", parents=[_filters(for_list=True)])
+    for name, text, also in (
+        ("show", "show one migration: its record, history and why it ended as it did", ()),
+        ("watch", "follow one migration until it ends, with a progress bar", ()),
+        (
+            "cancel",
+            "ask the coordinator to cancel one migration (it rolls back; the VM stays on its source)",
+            ("abort",),
+        ),
     ):
-        s = sub_parser(ms_sub, name, text, parents=[_filters(for_list=False)])
+        s = sub_parser(ms_sub, name, text, parents=[_filters(for_list=False)], also=also)
         s.add_argument("id", nargs="?", metavar="ID", help="the migration's ID; or select one with --vm/--host/--phase")
 
     dr = sub_parser(
@@ -523,23 +542,34 @@ def parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the plan (VM -> target, estimated time); touch nothing"
     )
     dr.add_argument("--no-wait", action="store_true", help="print the drain and return at once. Default: wait")
-    ds = sub_parser(sub, "drains", "list drains (newest first), or show, watch, pause, resume or cancel one")
-    ds.add_argument("--host", metavar="HOST", default=argparse.SUPPRESS, help="only this host's. Default: all")
-    ds.add_argument(
+    drain_filters = argparse.ArgumentParser(add_help=False)
+    drain_filters.add_argument(
+        "--host", metavar="HOST", default=argparse.SUPPRESS, help="only this host's. Default: all"
+    )
+    drain_filters.add_argument(
         "--state",
         action="append",
         choices=jsonout.enum_words(cpb.DrainState.DESCRIPTOR)[1:],
+        default=argparse.SUPPRESS,
         help="only drains in this state; repeatable. Default: every state",
     )
+    ds = sub_parser(
+        sub,
+        "drains",
+        "list drains (newest first), or show, watch, pause, resume or cancel one",
+        parents=[drain_filters],
+    )
     ds_sub = ds.add_subparsers(dest="action", metavar="ACTION")
-    for name, text in (
-        ("show", "show one drain: every VM, where it went or why not, the history"),
-        ("watch", "follow one drain until it ends, with a progress bar"),
-        ("pause", "start no new migration (those under way finish)"),
-        ("resume", "go on with a paused drain"),
-        ("cancel", "cancel a drain and the migrations it has under way"),
+    sub_parser(ds_sub, "list", "the same as `ferry drains` alone", parents=[drain_filters])
+    for name, text, also in (
+        ("show", "show one drain: every VM, where it went or why not, the history", ()),
+        ("watch", "follow one drain until it ends, with a progress bar", ()),
+        ("pause", "start no new migration (those under way finish)", ()),
+        ("resume", "go on with a paused drain", ()),
+        ("cancel", "cancel a drain and the migrations it has under way", ("abort",)),
     ):
-        sub_parser(ds_sub, name, text).add_argument("id", metavar="ID", help="the drain's ID (ferry drains)")
+        made = sub_parser(ds_sub, name, text, also=also)
+        made.add_argument("id", metavar="ID", help="the drain's ID (ferry drains)")
     for name, text in (
         ("tune", "change a running migration's max downtime or bandwidth (libvirt's values are read back)"),
         ("force-complete", "finish a running migration now: post-copy if its policy allows it, else pause and finish"),
@@ -560,7 +590,7 @@ def parser() -> argparse.ArgumentParser:
                 metavar="MiB/s",
                 help="the migration stream's cap, in MiB/s. Default: unchanged",
             )
-    sub_parser(sub, "policies", "list the convergence policies and the rules that choose them")
+    sub_parser(sub, "policies", "list the convergence policies and the rules that choose them", also=["policy"])
 
     top = sub_parser(
         sub,
@@ -617,6 +647,9 @@ def parse(argv: Sequence[str] | None, make: Callable[[], argparse.ArgumentParser
     for name, default in {**GLOBAL_DEFAULTS, **FILTER_DEFAULTS}.items():
         if not hasattr(args, name):
             setattr(args, name, default)
+    args.command = COMMAND_ALIASES.get(args.command, args.command)
+    if getattr(args, "action", None) in ACTION_ALIASES:
+        args.action = ACTION_ALIASES[args.action]
     if args.command == "migrations":
         _check_migration_selection(args)
     return args

@@ -645,7 +645,7 @@ def completion(shell: str) -> str:
     """The completion script for ``shell`` (``ferry completion bash|zsh``)."""
     import shtab
 
-    return str(shtab.complete(parser(), shell=shell))
+    return str(shtab.complete(parser(aliases=False), shell=shell))
 
 
 async def run(argv: Sequence[str] | None = None) -> int:

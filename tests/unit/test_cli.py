@@ -319,3 +319,28 @@ def test_a_virsh_flag_ferry_decides_elsewhere_is_a_usage_error_saying_where(argv
     with pytest.raises(UsageError) as err:
         parser().parse_args(list(argv))
     assert says in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "action"),
+    [
+        (("host", "list"), "hosts", None),
+        (("hosts", "list"), "hosts", None),
+        (("migration", "list", "--phase", "failed"), "migrations", None),
+        (("migrations", "abort", "m-1"), "migrations", "cancel"),
+        (("drains", "abort", "d-1"), "drains", "cancel"),
+        (("drains", "list", "--state", "running"), "drains", None),
+        (("vm",), "vms", None),
+        (("policy",), "policies", None),
+    ],
+)
+def test_other_spellings_operators_type_mean_the_same_command(argv, command, action):
+    """kubectl/openstack habits: `list`, singular nouns; openstack's and virsh's `abort` for cancel."""
+    from ferry.cli.args import parse
+
+    args = parse(list(argv))
+    assert (args.command, getattr(args, "action", None)) == (command, action)
+    if "--phase" in argv:
+        assert args.phase == ["failed"]
+    if "--state" in argv:
+        assert args.state == ["running"]
