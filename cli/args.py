@@ -365,6 +365,12 @@ def _add_virsh_habits(p: argparse.ArgumentParser) -> None:
 def _add_migration_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("vm", help="VM name or UUID")
     p.add_argument(
+        "target",
+        nargs="?",
+        metavar="HOST",
+        help="target host, where virsh migrate takes its DESTURI (the same as --to). Default: see --to",
+    )
+    p.add_argument(
         "--to", metavar="HOST", help="target host. Default: the best feasible host (placement; the record says why)"
     )
     g = p.add_argument_group("migration flags (named as in virsh migrate)")
@@ -648,6 +654,12 @@ def parse(argv: Sequence[str] | None, make: Callable[[], argparse.ArgumentParser
         if not hasattr(args, name):
             setattr(args, name, default)
     args.command = COMMAND_ALIASES.get(args.command, args.command)
+    if getattr(args, "target", None):  # ferry migrate VM HOST, as virsh migrate VM DESTURI
+        if args.to and args.to != args.target:
+            raise UsageError(
+                f"two targets: {args.target} and --to {args.to}; name one", f"usage: ferry {args.command} VM [HOST]\n"
+            )
+        args.to = args.target
     if getattr(args, "action", None) in ACTION_ALIASES:
         args.action = ACTION_ALIASES[args.action]
     if args.command == "migrations":

@@ -344,3 +344,13 @@ def test_other_spellings_operators_type_mean_the_same_command(argv, command, act
         assert args.phase == ["failed"]
     if "--state" in argv:
         assert args.state == ["running"]
+
+
+def test_the_target_may_follow_the_vm_as_virsh_migrates_vm_desturi():
+    from ferry.cli.args import UsageError, parse
+
+    assert parse(["migrate", "g1", "host2"]).to == "host2"
+    assert parse(["preflight", "g1", "host2", "--to", "host2"]).to == "host2"
+    assert parse(["migrate", "g1"]).to is None
+    with pytest.raises(UsageError, match="two targets: host2 and --to host3"):
+        parse(["migrate", "g1", "host2", "--to", "host3"])
