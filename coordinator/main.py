@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from ferry.daemon import run_daemon
+from ferry.daemon import RestartRequested, run_daemon
 from ferry.diskplan import landed_disks
 from ferry.keys import LEADER_KEY
 from ferry.rpc import RpcObserver, create_server
@@ -338,14 +338,20 @@ def grpc_agent_factory(config: CoordinatorConfig) -> AgentFactory:
     return make
 
 
-def etcd_store(config: CoordinatorConfig, observer: StoreObserver | None = None) -> Store:
-    """The etcd adapter (timed for ``observer``, the metrics, when given)."""
+def etcd_store(
+    config: CoordinatorConfig,
+    observer: StoreObserver | None = None,
+    on_rewound: Callable[[int, int], None] | None = None,
+) -> Store:
+    """The etcd adapter (timed for ``observer``, the metrics, when given); ``on_rewound(highest,
+    now)``: etcd's history went back (restored from a snapshot)."""
     from ferry.etcd_store import EtcdStore, EtcdTLS  # the only etcd import, only in the real process
 
     e = config.etcd
     if e.tls is None:
         log.warning("etcd %s WITHOUT TLS ([etcd] insecure = true)", ",".join(e.endpoints))
     store = EtcdStore(e.endpoints, e.prefix, tls=EtcdTLS.of(e.tls, e.server_name), timeout_s=e.timeout_s)
+    store.on_rewound = on_rewound
     return store if observer is None else TimedStore(store, observer)
 
 
@@ -362,7 +368,16 @@ async def serve(config: CoordinatorConfig) -> None:
 
     registry = new_registry("coordinator")
     metrics = CoordinatorMetrics(registry, config.limits)
-    store = etcd_store(config, StoreMetrics(registry))
+    stop = asyncio.Event()
+    rewound: list[str] = []
+
+    def start_over(highest: int, now: int) -> None:
+        # every view, claim and record this process holds is newer than etcd now: nothing of it
+        # may be written back; a fresh process reads the fleet from etcd and the agents again
+        rewound.append(f"etcd's history went back from revision {highest} to {now} (restored from a snapshot?)")
+        stop.set()
+
+    store = etcd_store(config, StoreMetrics(registry), on_rewound=start_over)
     coordinator = build_coordinator(
         config, store, grpc_agent_factory(config), rpc_observer=RpcMetrics(registry), record_observer=metrics
     )
@@ -374,7 +389,6 @@ async def serve(config: CoordinatorConfig) -> None:
         bandwidth_used=coordinator.leader_bandwidth,
     )
     exporter = MetricsServer(registry)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -398,6 +412,8 @@ async def serve(config: CoordinatorConfig) -> None:
         await exporter.close()
         await store.close()
     log.info("stopped")
+    if rewound:
+        raise RestartRequested(rewound[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

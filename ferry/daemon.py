@@ -13,6 +13,8 @@ import asyncio
 import dataclasses
 import importlib.util
 import logging
+import os
+import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -95,6 +97,11 @@ def missing_modules(modules: Sequence[str]) -> list[str]:
     return [m for m in modules if importlib.util.find_spec(m) is None]
 
 
+class RestartRequested(Exception):
+    """Raised by a daemon's ``serve`` after a clean stop, to run again in a fresh process: the same
+    command line, the same PID (``os.execv``), nothing kept in memory."""
+
+
 def run_daemon(
     prog: str,
     description: str,
@@ -158,6 +165,10 @@ def run_daemon(
         return 2
     try:
         asyncio.run(serve(config))
+    except RestartRequested as exc:
+        log.error("%s starts over: %s", prog, exc)
+        logging.shutdown()
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
     except (OSError, FerryError) as exc:
         log.error("cannot run %s: %s", prog, exc)
         return 1

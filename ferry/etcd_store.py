@@ -20,6 +20,13 @@ What this adapter adds over the client (see /work/shared/notes/etcd.md for the c
   (10 s ping + 5 s timeout, the client's fixed values); consumers that must react sooner re-read
   on a timer as well (the election re-reads the leader key every ttl).
 - ``list`` reads a prefix in one response (no pagination): fine for thousands of keys.
+- History that goes back is noticed. etcd restored from a snapshot (disaster recovery) serves an
+  older state at a lower revision: a watch resumed after the last event it delivered would wait
+  for revisions that are not coming, and every cache built on it would stay newer than etcd. Every
+  linearizable read and write is checked against the highest revision seen (they only grow in a
+  working cluster, for a call sent after another was answered); one below it calls
+  ``on_rewound(highest, now)``. A watch whose stream reports a revision below its last event lists
+  its prefix again and yields a ``Resync`` of the restored state.
 - Leases: grant/keepalive/revoke only; no client-side Lock/Election (they never refresh their
   lease). Leader election lives in ``election.py`` on top of this port. All keepalives of a store
   share one ``LeaseKeepAlive`` stream (the client opens one per renewal); see ``_KeepaliveStream``.
@@ -83,6 +90,10 @@ _WATCH_FIRST_BACKOFF_S = 0.1  # a broken watch is opened again after this, doubl
 _MAX_WATCH_BACKOFF_S = 1.0
 
 log = logging.getLogger(__name__)
+
+# the ops whose answers carry a revision at least as high as any answered before (linearizable
+# reads, and writes); lease calls and watches do not promise that
+_LINEARIZABLE = frozenset({"get", "list", "create", "update", "delete", "commit"})
 
 
 class _ReplyLost(Exception):
@@ -275,6 +286,27 @@ class EtcdStore:
         self._keepalive_readers: set[asyncio.Task[None]] = set()  # of streams opened, until they end
         self._watch_chan: grpc.Channel | None = None  # the watches' own (synchronous) channel
         self._watch_threads = watch_threads
+        self.highest_revision = 0  # of every linearizable read and write answered so far
+        # called once each time etcd answers below that: restored from a snapshot, or replaced
+        self.on_rewound: Callable[[int, int], None] | None = None
+
+    def _saw(self, revision: int, floor: int) -> None:
+        """A linearizable answer at ``revision`` to a call sent when the highest revision answered
+        was ``floor``. Calls that overlap in time may be answered in any order; one sent after
+        another was answered must see at least its revision."""
+        if revision >= floor or floor > self.highest_revision:  # in order, or sent before a rewind seen already
+            self.highest_revision = max(self.highest_revision, revision)
+            return
+        seen, self.highest_revision = self.highest_revision, revision
+        log.error(
+            "etcd %s answers at revision %d after %d: its history went back (restored from a snapshot, or "
+            "another cluster at the same endpoints)",
+            ",".join(self.endpoints),
+            revision,
+            seen,
+        )
+        if self.on_rewound is not None:
+            self.on_rewound(seen, revision)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -469,6 +501,15 @@ class EtcdStore:
                     if resp.compact_revision > 0:
                         compacted = True
                         break
+                    if 0 < resp.header.revision < delivered:  # etcd went back: list what it has now
+                        log.warning(
+                            "watch on %r: etcd is at revision %d, below the last event seen (%d); listing again",
+                            full,
+                            resp.header.revision,
+                            delivered,
+                        )
+                        compacted = True
+                        break
                     if resp.canceled:
                         raise Unavailable(
                             f"etcd cancelled the watch on {full!r}",
@@ -627,8 +668,12 @@ class EtcdStore:
         while True:
             services = await self._connected()
             per_try = max(0.05, min(self._attempt_timeout_s, deadline - loop.time()))
+            floor = self.highest_revision  # what every call answered before this one saw
             try:
-                return await attempt(services, per_try), uncertain
+                result = await attempt(services, per_try)
+                if op in _LINEARIZABLE:
+                    self._saw(int(result.header.revision), floor)  # type: ignore[attr-defined]
+                return result, uncertain
             except Exception as exc:
                 if not _outcome_unknown(exc):
                     raise self._map(exc, op, lease) from exc
