@@ -20,6 +20,8 @@ from pathlib import Path
 
 from ferry.errors import DeadlineExceeded, FailedPrecondition, FerryError, InvalidArgument, NotFound
 from ferry.lab import agents, control, hosts, pki, procs
+from ferry.lab.controlplane import ETCD_CLUSTER_TOKEN
+from ferry.lab.etcd import restore_data_dir
 from ferry.lab.procs import SYSTEM_CLOCK, Clock
 from ferry.lab.state import CORE, Component, LabState
 from ferry.lab.teardown import DEFAULT_GRACE_S, GRACE_S
@@ -187,3 +189,57 @@ def _wait_ready(state: LabState, component: Component, clock: Clock) -> None:
                 reason="LAB_RESTART_FAILED",
                 hint=f"read {component.process.log}",
             )
+
+
+def etcd_snapshot(state: LabState, path: Path) -> str:
+    """``etcdctl snapshot save``: the lab's etcd as it is now, into ``path`` (a backup)."""
+    core = state.holder(CORE)
+    members = state.of_kind("etcd")
+    if core is None or not members:
+        raise FailedPrecondition("the lab runs no etcd", reason="LAB_NO_CONTROL_PLANE", hint="ferry-lab up")
+    paths = LabPaths(Path(state.lab_dir))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    result = control.etcdctl(
+        core.pid,
+        [m.endpoints["client"] for m in members],
+        "snapshot",
+        "save",
+        str(path),
+        tls=pki.etcd_admin(paths),
+        timeout_s=10.0,
+    )
+    if result.returncode != 0 or not path.is_file():
+        raise FailedPrecondition(
+            f"etcdctl snapshot save failed: {(result.stderr or result.stdout).strip()[-300:]}",
+            reason="LAB_SNAPSHOT_FAILED",
+            hint="check that etcd is healthy: ferry-lab status",
+        )
+    return f"etcd saved to {path} ({path.stat().st_size} bytes)"
+
+
+def etcd_restore(state: LabState, snapshot: Path, record: Record, *, clock: Clock = SYSTEM_CLOCK) -> str:
+    """Disaster recovery as an operator does it: stop every member, restore each data dir from
+    ``snapshot`` (``etcdutl snapshot restore``; the old one is kept as DATA.before-restore), start
+    them again with their recorded command lines and wait until they are healthy. Coordinators
+    and agents keep running: they see etcd's history go back."""
+    if not snapshot.is_file():
+        raise NotFound(f"no snapshot at {snapshot}", reason="LAB_NO_SNAPSHOT", hint="ferry-lab etcd-snapshot FILE")
+    members = state.of_kind("etcd")
+    if not members:
+        raise FailedPrecondition("the lab runs no etcd", reason="LAB_NO_CONTROL_PLANE", hint="ferry-lab up")
+    peers = {m.name.partition("/")[2]: m.endpoints["peer"] for m in members}
+    for m in members:
+        procs.stop(m.process, grace=GRACE_S.get("etcd", DEFAULT_GRACE_S), clock=clock)
+    for m in members:
+        restore_data_dir(snapshot, m.name.partition("/")[2], Path(m.endpoints["data"]), peers, ETCD_CLUSTER_TOKEN)
+    started = []
+    for m in members:
+        assert m.process is not None
+        log = Path(m.process.log) if m.process.log else None
+        fresh = replace(m, process=procs.spawn(m.process.argv, log=log), error="")
+        record(fresh)
+        started.append(fresh)
+    for fresh in started:
+        _wait_ready(state, fresh, clock)
+    return f"etcd restored from {snapshot}: {', '.join(spoken_name(m) for m in started)} started on it"

@@ -214,6 +214,64 @@ def member_command(
     return argv
 
 
+def etcdutl_binary() -> Path | None:
+    """etcdutl (offline snapshot restore) beside the etcd server binary, else on PATH."""
+    server = find_etcd_binary()
+    if server is not None and (server.parent / "etcdutl").is_file():
+        return server.parent / "etcdutl"
+    found = shutil.which("etcdutl")
+    return Path(found) if found else None
+
+
+def restore_command(
+    etcdutl: Path, snapshot: Path, name: str, data_dir: Path, peers: dict[str, str], cluster_token: str
+) -> list[str]:
+    """The etcdutl command that makes ``data_dir`` member ``name`` of a cluster restored from
+    ``snapshot`` (``peers``: every member's name -> peer URL, the cluster's own). Pure.
+
+    >>> restore_command(Path("etcdutl"), Path("s.db"), "s1", Path("d"), {"s1": "http://10.77.0.1:2380"}, "t")[1:5]
+    ['snapshot', 'restore', 's.db', '--data-dir']
+    """
+    return [
+        str(etcdutl),
+        "snapshot",
+        "restore",
+        str(snapshot),
+        "--data-dir",
+        str(data_dir),
+        "--name",
+        name,
+        "--initial-cluster",
+        ",".join(f"{n}={url}" for n, url in peers.items()),
+        "--initial-advertise-peer-urls",
+        peers[name],
+        "--initial-cluster-token",
+        cluster_token,
+    ]
+
+
+def restore_data_dir(snapshot: Path, name: str, data_dir: Path, peers: dict[str, str], cluster_token: str) -> None:
+    """Replace ``data_dir`` (kept as DATA.before-restore) with member ``name`` restored from ``snapshot``."""
+    etcdutl = etcdutl_binary()
+    if etcdutl is None:
+        raise FailedPrecondition(
+            "no etcdutl beside the etcd binary nor on PATH",
+            reason="ETCDUTL_MISSING",
+            hint="run deploy/fetch-etcd.sh (it installs etcd, etcdctl and etcdutl)",
+        )
+    aside = data_dir.with_name(data_dir.name + ".before-restore")
+    if aside.exists():
+        shutil.rmtree(aside)
+    if data_dir.exists():
+        data_dir.rename(aside)
+    subprocess.run(
+        restore_command(etcdutl, snapshot, name, data_dir, peers, cluster_token),
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
 class EtcdMember:
     """One etcd server process. Not started until :meth:`start`."""
 
@@ -435,6 +493,25 @@ class EtcdCluster:
             raise
         self.startup_s = time.monotonic() - started
         return self.startup_s
+
+    def snapshot(self, path: Path) -> None:
+        """``etcdctl snapshot save`` from the first member into ``path`` (a backup)."""
+        m = self.members[0]
+        etcdctl = m.binary.parent / "etcdctl"
+        argv = [str(etcdctl), f"--endpoints={m.spec.client_url}", "snapshot", "save", str(path)]
+        if m.spec.tls is not None:
+            t = m.spec.tls
+            argv += [f"--cacert={t.ca_file}", f"--cert={t.client_cert_file}", f"--key={t.client_key_file}"]
+        subprocess.run(argv, check=True, capture_output=True, timeout=30, env={**os.environ, "ETCDCTL_API": "3"})
+
+    def restore(self, snapshot: Path, timeout_s: float = HEALTH_TIMEOUT_S) -> None:
+        """Disaster recovery: stop every member, restore each data dir from ``snapshot``, start
+        them again and wait until they are healthy."""
+        self.stop()
+        peers = {m.name: m.spec.peer_url for m in self.members}
+        for m in self.members:
+            restore_data_dir(snapshot, m.name, m.spec.data_dir, peers, m.cluster_token)
+        self.start(timeout_s)
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """Stop every member by its PID, one after the other.

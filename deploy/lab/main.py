@@ -15,6 +15,7 @@
     ferry-lab crash HOST / revive HOST          host death (libvirtd, QEMUs, agent killed,
                                                 link down) / power back (restarted)
     ferry-lab fill HOST [--leave SIZE] / unfill HOST   fill its image filesystem (up --image-fs)
+    ferry-lab etcd-snapshot FILE / etcd-restore FILE   back etcd up / restore it (disaster recovery)
     ferry-lab down                              stop everything the lab started
 
 The lab dir is --lab-dir, else $FERRY_LAB_DIR, else /tmp/ferry-lab.
@@ -246,6 +247,14 @@ def _parser() -> argparse.ArgumentParser:
     restart = command("restart", help="start components again, one after the other, each until it serves")
     restart.add_argument("component", nargs="+", help="e.g. coordinator c1, etcd s1, agent host1; or several pairs")
 
+    snap = command("etcd-snapshot", help="save the lab's etcd to a file (etcdctl snapshot save: a backup)")
+    snap.add_argument("file", type=Path, help="where to write the snapshot")
+    restore = command(
+        "etcd-restore",
+        help="disaster recovery: stop etcd, restore it from a snapshot, start it again (Ferry keeps running)",
+    )
+    restore.add_argument("file", type=Path, help="a snapshot from ferry-lab etcd-snapshot")
+
     for name, text in (
         ("partition", "cut a host off the lab network (its link down in the core namespace)"),
         ("heal", "bring a partitioned host's link up again"),
@@ -306,6 +315,11 @@ def _cmd_restart(lab: Lab, args: argparse.Namespace) -> int:
         component = lab.restart(words)
         pid = component.process.pid if component.process else "-"
         print(f"{' '.join(words)}: restarted, pid {pid}")
+    return 0
+
+
+def _cmd_etcd(lab: Lab, args: argparse.Namespace) -> int:
+    print(lab.etcd_snapshot(args.file) if args.command == "etcd-snapshot" else lab.etcd_restore(args.file))
     return 0
 
 
@@ -425,6 +439,8 @@ COMMANDS = {
     "exec": _cmd_exec,
     "kill": _cmd_kill,
     "restart": _cmd_restart,
+    "etcd-snapshot": _cmd_etcd,
+    "etcd-restore": _cmd_etcd,
     "partition": _cmd_host_fault,
     "heal": _cmd_host_fault,
     "crash": _cmd_host_fault,

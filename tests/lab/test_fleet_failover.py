@@ -7,6 +7,9 @@ bounded time, as Succeeded (the guest runs on the target) or RolledBack (it runs
 the guest runs on exactly one host and keeps beating; the host it does not run on holds no domain
 of it and no prepare (and, after a rollback, no image on the target).
 
+The same for etcd restored from a backup taken mid-migration (disaster recovery): the coordinators
+notice that its history went back and start over.
+
 The lab's election lease is 10 s (``ferry.lab.controlplane.ELECTION_TTL_S``). Every killed
 process is started again before the test ends, so later tests still have two coordinators and
 both agents. Run with ``-s`` to see the measured numbers.
@@ -16,13 +19,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fleetcli import (
     MIGRATING,
     ROLLED_BACK,
     SUCCEEDED,
+    assert_same_boot,
     beats,
+    ferry,
     history,
     images,
     ms,
@@ -30,6 +36,7 @@ from fleetcli import (
     placement,
     prepares_of,
     remove_guests,
+    running_on,
     submit,
     wait_final,
     wait_for,
@@ -134,3 +141,43 @@ def test_source_agent_killed_and_restarted_mid_migration(lab, guests):
         f"{final['phase']} {ended:.1f} s after the kill, guest on {home}"
         f"\n[fleet]   history: {steps(final)}"
     )
+
+
+# ---------------------------------------------------------------- e) etcd restored from a backup
+
+
+def test_etcd_restored_from_a_snapshot_taken_mid_migration(lab, guests, tmp_path):
+    """Disaster recovery: etcd is restored from a backup made while the migration ran. The restored
+    record says Migrating, though the guest has landed since. Each coordinator notices that etcd's
+    history went back, starts over (same PID), and the leader finishes the record from what the
+    hosts say; the guest never rebooted and can move again (its claim is released)."""
+    name = "ff-restore"
+    state = lab.require_state()
+    coordinators = {c: state.component(f"coordinator/{c}") for c in ("c1", "c2")}
+    pids = {c: comp.process.pid for c, comp in coordinators.items() if comp is not None and comp.process}
+    mid = start_slow_migration(lab, guests, name, bandwidth_mibps=16)
+    print(lab.etcd_snapshot(tmp_path / "backup.db"))
+    first = wait_final(lab, mid, timeout=END_WITHIN_S)
+    assert first["phase"] == SUCCEEDED, history(first)
+    restored = time.monotonic()
+    print(lab.etcd_restore(tmp_path / "backup.db"))
+
+    def settled() -> dict | None:
+        run = ferry(lab, "migrations", "show", mid)
+        return run.data if run.code == 0 and run.data and run.data["phase"] == SUCCEEDED else None
+
+    final = wait_until(settled, 60, f"{mid} finished again after the restore")
+    took = time.monotonic() - restored
+    assert ("finishing", "guest runs on target") in history(final), history(final)
+    check_outcome(lab, name, mid, final)
+    for c, comp in coordinators.items():
+        assert comp is not None and comp.process is not None
+        log = Path(comp.process.log).read_text()
+        assert "starts over: etcd's history went back" in log, f"{c} did not notice the restore"
+        now = lab.require_state().component(f"coordinator/{c}")
+        assert now is not None and now.process is not None and now.process.pid == pids[c]  # the same process
+    assert lab.leader() in ("c1", "c2")
+    again = wait_final(lab, submit(lab, name, to="host1"), timeout=END_WITHIN_S)
+    assert again["phase"] == SUCCEEDED and running_on(lab, name) == ["host1"], history(again)
+    assert_same_boot(lab, name)
+    print(f"\n[fleet] etcd restored from a mid-migration backup: {mid} Succeeded again {took:.1f} s later")
