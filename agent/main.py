@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,8 +40,10 @@ from ferry.agent.targets import MigrationTargets
 from ferry.agent.tls_material import migration_tls_problem
 from ferry.daemon import run_daemon
 from ferry.errors import FerryError
+from ferry.keys import LEADER_KEY
 from ferry.ports import HostSystem, Hypervisor
 from ferry.rpc import RpcObserver, create_server
+from ferry.store import Store
 from ferry.v1 import agent_pb2_grpc as agrpc
 
 log = logging.getLogger("ferry.agent")
@@ -102,6 +104,16 @@ def build_agent(
         targets=targets or MigrationTargets(config.name, config.migration_targets),
         fence=LeaderFence(Path(config.state_dir) / "leader-term"),
     )
+
+
+def leader_term_in(store: Store) -> Callable[[], Awaitable[int | None]]:
+    """The term of the coordinator that etcd's ``leader`` key names now (its create revision)."""
+
+    async def current() -> int | None:
+        entry = await store.get(LEADER_KEY)
+        return entry.create_revision if entry is not None else None
+
+    return current
 
 
 def register(servicer: AgentServicer) -> Callable[[grpc.aio.Server], list[str]]:
@@ -188,6 +200,7 @@ async def serve(config: AgentConfig) -> None:
     watcher = asyncio.create_task(watch.run(), name="libvirt watch")
     if registration is not None:
         servicer.targets.use_store(registration.store)  # Migrate goes only to registered hosts
+        servicer.fence.current_term = leader_term_in(registration.store)  # the fence's judge after a restore
     try:
         await stop.wait()
         log.info("stopping (grace %.0f s)", GRACE_S)

@@ -209,7 +209,7 @@ class AgentServicer(agrpc.AgentServicer):
         if request.dry_run:
             self.fence.observe(_term(request.leader_term))
         else:
-            self.fence.admit(_term(request.leader_term), "PrepareIncoming")
+            await self.fence.admit(_term(request.leader_term), "PrepareIncoming")
         _about(migration_id, target=self.prepare.host_name)
         probes = _paths(request.shared_probes, "shared_probes")
         blocks = dict(
@@ -227,14 +227,14 @@ class AgentServicer(agrpc.AgentServicer):
         self, request: apb.CleanupIncomingRequest, context: Context
     ) -> apb.CleanupIncomingResponse:
         prepare_id = validate.ident(request.prepare_id, "prepare_id", required=True)
-        self.fence.admit(_term(request.leader_term), "CleanupIncoming")
+        await self.fence.admit(_term(request.leader_term), "CleanupIncoming")
         removed, already_gone = await self.prepare.cleanup(prepare_id, discard_incoming=request.discard_incoming)
         return apb.CleanupIncomingResponse(removed=removed, already_gone=already_gone)
 
     @rpc_method
     async def CommitIncoming(self, request: apb.CommitIncomingRequest, context: Context) -> apb.CommitIncomingResponse:
         prepare_id = validate.ident(request.prepare_id, "prepare_id", required=True)
-        self.fence.admit(_term(request.leader_term), "CommitIncoming")
+        await self.fence.admit(_term(request.leader_term), "CommitIncoming")
         if not await self.prepare.commit(prepare_id, require_landed=request.require_landed):
             log.info("commit of prepare %s: no such record (already committed or cleaned up)", prepare_id)
         return apb.CommitIncomingResponse()
@@ -276,7 +276,7 @@ class AgentServicer(agrpc.AgentServicer):
         )
         plans = _plans(request.disks)
         _xml(request.destination_xml, "destination_xml")
-        self.fence.admit(_term(request.leader_term), "Migrate")
+        await self.fence.admit(_term(request.leader_term), "Migrate")
         target_host = validate.text(request.target_host, "target_host")
         await self.targets.check(target_uri, migrate_uri, host=target_host)
         domain = await self.inventory.domain(name)
@@ -327,7 +327,7 @@ class AgentServicer(agrpc.AgentServicer):
     @rpc_method
     async def AbortMigration(self, request: apb.AbortMigrationRequest, context: Context) -> apb.AbortMigrationResponse:
         name = _domain_ref(request.domain)
-        self.fence.admit(_term(request.leader_term), "AbortMigration")
+        await self.fence.admit(_term(request.leader_term), "AbortMigration")
         aborted = await self.hypervisor.abort_job(name)
         log.info("abort of the job of %s requested: %s", name, "aborting" if aborted else "no job running")
         return apb.AbortMigrationResponse(aborted=aborted)
@@ -343,7 +343,7 @@ class AgentServicer(agrpc.AgentServicer):
             request.bandwidth_mibps if request.HasField("bandwidth_mibps") else None,
         )
         by = validate.text(request.requested_by, "requested_by") or "an operator"
-        self.fence.admit(_term(request.leader_term), "TuneMigration")
+        await self.fence.admit(_term(request.leader_term), "TuneMigration")
         uuid = (await self.hypervisor.get_domain(name)).uuid
         control = self._controls.get(uuid)
         done: list[str] = []
@@ -452,7 +452,7 @@ class AgentServicer(agrpc.AgentServicer):
     ) -> apb.RemoveSourceDisksResponse:
         domain_uuid = _uuid(request.domain_uuid, "domain_uuid")
         paths = _paths(request.paths, "paths")
-        self.fence.admit(_term(request.leader_term), "RemoveSourceDisks")
+        await self.fence.admit(_term(request.leader_term), "RemoveSourceDisks")
         done = await self.source_disks.remove(domain_uuid, paths, migration_id=request.migration_id)
         return apb.RemoveSourceDisksResponse(removed=done.removed, already_gone=done.already_gone)
 

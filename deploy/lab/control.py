@@ -306,15 +306,17 @@ def rbac_commands(prefix: str, hosts: Sequence[str], coordinators: Sequence[str]
 
     etcd takes the user from the client certificate's CN (``ferry/identity.py``: ``ROLE.NAME``):
     a coordinator may read and write the whole prefix; an agent writes only its own registration key
-    (exactly ``<prefix>hosts/<name>``, not a prefix: host1 must not write host10) and reads the
+    (exactly ``<prefix>hosts/<name>``, not a prefix: host1 must not write host10), reads the
     registrations (``<prefix>hosts/``: the migration targets it accepts are the registered hosts,
-    ``agent/targets.py``); root is the lab tools' admin.
+    ``agent/targets.py``) and the leader key (``agent/fencing.py``: whose term to follow after etcd
+    was restored from a backup); root is the lab tools' admin.
 
-    >>> for argv in rbac_commands("/ferry/", ["host1"], [])[2:6]:
+    >>> for argv in rbac_commands("/ferry/", ["host1"], [])[2:7]:
     ...     print(" ".join(argv))
     role add agent.host1
     role grant-permission agent.host1 readwrite /ferry/hosts/host1
     role grant-permission agent.host1 read /ferry/hosts/ --prefix
+    role grant-permission agent.host1 read /ferry/leader
     user add agent.host1 --no-password
     """
     out = [["user", "add", "root", "--no-password"], ["user", "grant-role", "root", "root"]]
@@ -324,6 +326,7 @@ def rbac_commands(prefix: str, hosts: Sequence[str], coordinators: Sequence[str]
             ["role", "add", user],
             ["role", "grant-permission", user, "readwrite", f"{prefix}{HOSTS}{host}"],
             ["role", "grant-permission", user, "read", f"{prefix}{HOSTS}", "--prefix"],
+            ["role", "grant-permission", user, "read", f"{prefix}{LEADER_KEY}"],
             ["user", "add", user, "--no-password"],
             ["user", "grant-role", user, user],
         ]
