@@ -26,7 +26,9 @@ What this adapter adds over the client (see /work/shared/notes/etcd.md for the c
   linearizable read and write is checked against the highest revision seen (they only grow in a
   working cluster, for a call sent after another was answered); one below it calls
   ``on_rewound(highest, now)``. A watch whose stream reports a revision below its last event lists
-  its prefix again and yields a ``Resync`` of the restored state.
+  its prefix again and yields a ``Resync`` of the restored state. A restore with ``--bump-revision
+  --mark-compacted`` keeps revisions growing, but its watches see compaction, and the listing then
+  holds a key at an older revision than the watch yielded for it: ``on_rewound`` too.
 - Leases: grant/keepalive/revoke only; no client-side Lock/Election (they never refresh their
   lease). Leader election lives in ``election.py`` on top of this port. All keepalives of a store
   share one ``LeaseKeepAlive`` stream (the client opens one per renewal); see ``_KeepaliveStream``.
@@ -298,15 +300,17 @@ class EtcdStore:
             self.highest_revision = max(self.highest_revision, revision)
             return
         seen, self.highest_revision = self.highest_revision, revision
-        log.error(
-            "etcd %s answers at revision %d after %d: its history went back (restored from a snapshot, or "
-            "another cluster at the same endpoints)",
-            ",".join(self.endpoints),
-            revision,
+        self._rewound(
             seen,
+            revision,
+            f"etcd {','.join(self.endpoints)} answers at revision {revision} after {seen}: its history went back "
+            "(restored from a snapshot, or another cluster at the same endpoints)",
         )
+
+    def _rewound(self, seen: int, now: int, why: str) -> None:
+        log.error("%s", why)
         if self.on_rewound is not None:
-            self.on_rewound(seen, revision)
+            self.on_rewound(seen, now)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -483,6 +487,7 @@ class EtcdStore:
     async def watch(self, prefix: str, start_revision: int) -> AsyncGenerator[WatchEvent | Resync, None]:
         full = self._full(prefix)
         delivered = start_revision - 1  # every event at or below this revision was yielded
+        versions: dict[str, int] = {}  # key -> the revision of its value last yielded (a history check)
         backoff = _WATCH_FIRST_BACKOFF_S
         broken_at: float | None = None  # since when the watch is broken (one warning, then debug)
         attempts = 0
@@ -528,7 +533,12 @@ class EtcdStore:
                     for ev in resp.events:
                         kind = EventKind.DELETE if ev.type == ev.DELETE else EventKind.PUT
                         delivered = ev.kv.mod_revision
-                        yield WatchEvent(kind, _entry(ev.kv, len(self._prefix_bytes)))
+                        entry = _entry(ev.kv, len(self._prefix_bytes))
+                        if kind is EventKind.PUT:
+                            versions[entry.key] = entry.mod_revision
+                        else:
+                            versions.pop(entry.key, None)
+                        yield WatchEvent(kind, entry)
             except grpc.RpcError as exc:
                 if self._closed:
                     return
@@ -551,6 +561,17 @@ class EtcdStore:
                 await stream.close()
             if compacted:
                 entries, revision = await self._list_until_ok(prefix)
+                older = [e for e in entries if versions.get(e.key, 0) > e.mod_revision]
+                if older:  # a key's value is older than one already yielded: restored with --bump-revision
+                    e = older[0]
+                    self._rewound(
+                        versions[e.key],
+                        e.mod_revision,
+                        f"etcd {','.join(self.endpoints)} holds {e.key} at revision {e.mod_revision}, older than the "
+                        f"{versions[e.key]} this watch delivered: its history went back (restored from a snapshot "
+                        "with --bump-revision?)",
+                    )
+                versions = {e.key: e.mod_revision for e in entries}
                 yield Resync(tuple(entries), revision)
                 delivered = revision
 

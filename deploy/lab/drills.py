@@ -218,9 +218,12 @@ def etcd_snapshot(state: LabState, path: Path) -> str:
     return f"etcd saved to {path} ({path.stat().st_size} bytes)"
 
 
-def etcd_restore(state: LabState, snapshot: Path, record: Record, *, clock: Clock = SYSTEM_CLOCK) -> str:
+def etcd_restore(
+    state: LabState, snapshot: Path, record: Record, *, bump_revision: int = 0, clock: Clock = SYSTEM_CLOCK
+) -> str:
     """Disaster recovery as an operator does it: stop every member, restore each data dir from
-    ``snapshot`` (``etcdutl snapshot restore``; the old one is kept as DATA.before-restore), start
+    ``snapshot`` (``etcdutl snapshot restore``, revisions ``bump_revision`` above the snapshot's
+    when given; the old one is kept as DATA.before-restore), start
     them again with their recorded command lines and wait until they are healthy. Coordinators
     and agents keep running: they see etcd's history go back."""
     if not snapshot.is_file():
@@ -232,7 +235,8 @@ def etcd_restore(state: LabState, snapshot: Path, record: Record, *, clock: Cloc
     for m in members:
         procs.stop(m.process, grace=GRACE_S.get("etcd", DEFAULT_GRACE_S), clock=clock)
     for m in members:
-        restore_data_dir(snapshot, m.name.partition("/")[2], Path(m.endpoints["data"]), peers, ETCD_CLUSTER_TOKEN)
+        name = m.name.partition("/")[2]
+        restore_data_dir(snapshot, name, Path(m.endpoints["data"]), peers, ETCD_CLUSTER_TOKEN, bump_revision)
     started = []
     for m in members:
         assert m.process is not None

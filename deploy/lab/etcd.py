@@ -224,14 +224,22 @@ def etcdutl_binary() -> Path | None:
 
 
 def restore_command(
-    etcdutl: Path, snapshot: Path, name: str, data_dir: Path, peers: dict[str, str], cluster_token: str
+    etcdutl: Path,
+    snapshot: Path,
+    name: str,
+    data_dir: Path,
+    peers: dict[str, str],
+    cluster_token: str,
+    bump_revision: int = 0,
 ) -> list[str]:
     """The etcdutl command that makes ``data_dir`` member ``name`` of a cluster restored from
-    ``snapshot`` (``peers``: every member's name -> peer URL, the cluster's own). Pure.
+    ``snapshot`` (``peers``: every member's name -> peer URL, the cluster's own); ``bump_revision``:
+    revisions go on that far above the snapshot's (``--mark-compacted`` with it, as etcd requires). Pure.
 
     >>> restore_command(Path("etcdutl"), Path("s.db"), "s1", Path("d"), {"s1": "http://10.77.0.1:2380"}, "t")[1:5]
     ['snapshot', 'restore', 's.db', '--data-dir']
     """
+    bump = ["--bump-revision", str(bump_revision), "--mark-compacted"] if bump_revision else []
     return [
         str(etcdutl),
         "snapshot",
@@ -247,10 +255,13 @@ def restore_command(
         peers[name],
         "--initial-cluster-token",
         cluster_token,
+        *bump,
     ]
 
 
-def restore_data_dir(snapshot: Path, name: str, data_dir: Path, peers: dict[str, str], cluster_token: str) -> None:
+def restore_data_dir(
+    snapshot: Path, name: str, data_dir: Path, peers: dict[str, str], cluster_token: str, bump_revision: int = 0
+) -> None:
     """Replace ``data_dir`` (kept as DATA.before-restore) with member ``name`` restored from ``snapshot``."""
     etcdutl = etcdutl_binary()
     if etcdutl is None:
@@ -265,7 +276,7 @@ def restore_data_dir(snapshot: Path, name: str, data_dir: Path, peers: dict[str,
     if data_dir.exists():
         data_dir.rename(aside)
     subprocess.run(
-        restore_command(etcdutl, snapshot, name, data_dir, peers, cluster_token),
+        restore_command(etcdutl, snapshot, name, data_dir, peers, cluster_token, bump_revision),
         check=True,
         capture_output=True,
         timeout=60,
@@ -504,13 +515,13 @@ class EtcdCluster:
             argv += [f"--cacert={t.ca_file}", f"--cert={t.client_cert_file}", f"--key={t.client_key_file}"]
         subprocess.run(argv, check=True, capture_output=True, timeout=30, env={**os.environ, "ETCDCTL_API": "3"})
 
-    def restore(self, snapshot: Path, timeout_s: float = HEALTH_TIMEOUT_S) -> None:
-        """Disaster recovery: stop every member, restore each data dir from ``snapshot``, start
-        them again and wait until they are healthy."""
+    def restore(self, snapshot: Path, timeout_s: float = HEALTH_TIMEOUT_S, *, bump_revision: int = 0) -> None:
+        """Disaster recovery: stop every member, restore each data dir from ``snapshot`` (revisions
+        ``bump_revision`` above its own), start them again and wait until they are healthy."""
         self.stop()
         peers = {m.name: m.spec.peer_url for m in self.members}
         for m in self.members:
-            restore_data_dir(snapshot, m.name, m.spec.data_dir, peers, m.cluster_token)
+            restore_data_dir(snapshot, m.name, m.spec.data_dir, peers, m.cluster_token, bump_revision)
         self.start(timeout_s)
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:

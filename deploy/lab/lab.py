@@ -560,10 +560,12 @@ class Lab:
         """Save the lab's etcd to ``path`` (``etcdctl snapshot save``, as a backup is made)."""
         return drills.etcd_snapshot(self.require_state(), path)
 
-    def etcd_restore(self, snapshot: Path) -> str:
+    def etcd_restore(self, snapshot: Path, *, bump_revision: int = 0) -> str:
         """Restore every etcd member from ``snapshot`` and start it again (disaster recovery);
         the coordinators and agents keep running and see etcd's history go back."""
-        return drills.etcd_restore(self.require_state(), snapshot, self.add_component, clock=self.clock)
+        return drills.etcd_restore(
+            self.require_state(), snapshot, self.add_component, bump_revision=bump_revision, clock=self.clock
+        )
 
     def etcd_leader(self) -> str | None:
         """The etcd member that leads the raft cluster now (``"s2"``), None when none does

@@ -254,6 +254,13 @@ def _parser() -> argparse.ArgumentParser:
         help="disaster recovery: stop etcd, restore it from a snapshot, start it again (Ferry keeps running)",
     )
     restore.add_argument("file", type=Path, help="a snapshot from ferry-lab etcd-snapshot")
+    restore.add_argument(
+        "--bump-revision",
+        type=int,
+        default=0,
+        metavar="N",
+        help="revisions go on N above the snapshot's (etcdutl --bump-revision N --mark-compacted). Default: 0",
+    )
 
     for name, text in (
         ("partition", "cut a host off the lab network (its link down in the core namespace)"),
@@ -319,7 +326,10 @@ def _cmd_restart(lab: Lab, args: argparse.Namespace) -> int:
 
 
 def _cmd_etcd(lab: Lab, args: argparse.Namespace) -> int:
-    print(lab.etcd_snapshot(args.file) if args.command == "etcd-snapshot" else lab.etcd_restore(args.file))
+    if args.command == "etcd-snapshot":
+        print(lab.etcd_snapshot(args.file))
+    else:
+        print(lab.etcd_restore(args.file, bump_revision=args.bump_revision))
     return 0
 
 
