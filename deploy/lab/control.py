@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from ferry.lab.controlplane import (
     leader_of,
     render_coordinator_toml,
 )
-from ferry.lab.etcd import MemberSpec, find_etcd_binary, member_command, require_etcd_binary
+from ferry.lab.etcd import MemberSpec, etcd_tool, member_command, require_etcd_binary
 from ferry.lab.hosts import nsenter
 from ferry.lab.procs import SYSTEM_CLOCK, Clock, ProcessRecord
 from ferry.lab.state import CORE, Component, LabState
@@ -81,11 +80,7 @@ def start_etcd_member(spec: MemberSpec, initial_cluster: str, core: ProcessRecor
 
 def etcdctl_binary() -> Path | None:
     """etcdctl beside the etcd server binary (deploy/fetch-etcd.sh puts both), else on PATH."""
-    server = find_etcd_binary()
-    if server is not None and (server.parent / "etcdctl").is_file():
-        return server.parent / "etcdctl"
-    found = shutil.which("etcdctl")
-    return Path(found) if found else None
+    return etcd_tool("etcdctl")
 
 
 def etcdctl(

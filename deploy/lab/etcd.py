@@ -214,12 +214,13 @@ def member_command(
     return argv
 
 
-def etcdutl_binary() -> Path | None:
-    """etcdutl (offline snapshot restore) beside the etcd server binary, else on PATH."""
+def etcd_tool(name: str) -> Path | None:
+    """One of etcd's tools (etcdctl, etcdutl) beside the etcd server binary (deploy/fetch-etcd.sh
+    puts them there), else on PATH."""
     server = find_etcd_binary()
-    if server is not None and (server.parent / "etcdutl").is_file():
-        return server.parent / "etcdutl"
-    found = shutil.which("etcdutl")
+    if server is not None and (server.parent / name).is_file():
+        return server.parent / name
+    found = shutil.which(name)
     return Path(found) if found else None
 
 
@@ -263,7 +264,7 @@ def restore_data_dir(
     snapshot: Path, name: str, data_dir: Path, peers: dict[str, str], cluster_token: str, bump_revision: int = 0
 ) -> None:
     """Replace ``data_dir`` (kept as DATA.before-restore) with member ``name`` restored from ``snapshot``."""
-    etcdutl = etcdutl_binary()
+    etcdutl = etcd_tool("etcdutl")
     if etcdutl is None:
         raise FailedPrecondition(
             "no etcdutl beside the etcd binary nor on PATH",

@@ -315,9 +315,8 @@ async def test_a_disk_copied_from_outside_the_image_directories_stays_and_the_ot
 # ---------------------------------------------------------------- preflight: a copy-inc base is the same image
 
 
-async def test_a_copy_inc_base_image_that_is_another_image_on_the_target_is_refused(store, fleet, hosts):
-    """--copy-storage-inc copies the top layer only: the target's base under the same name must be
-    the same bytes. Another image there (a newer template) would be read under the copied layer."""
+def copy_inc_guest(fleet: Fleet) -> tuple[str, str]:
+    """A guest "ci" on host1 whose qcow2 top layer lies on a base image every host has: (base, top)."""
     base, top = f"{IMAGES}/base.qcow2", f"{IMAGES}/ci.qcow2"
     for a in fleet.agents.values():
         a.host.files[base] = FakeImage("qcow2", 1 << 30)
@@ -325,6 +324,13 @@ async def test_a_copy_inc_base_image_that_is_another_image_on_the_target_is_refu
     chain = f"<backingStore type='file'><format type='qcow2'/><source file='{base}'/><backingStore/></backingStore>"
     xml = make_domain_xml("ci", disks=[("vda", top, "qcow2")], bridges=["br-guest"])
     fleet["host1"].hv.add_domain(xml.replace(f"<source file='{top}'/>", f"<source file='{top}'/>{chain}"))
+    return base, top
+
+
+async def test_a_copy_inc_base_image_that_is_another_image_on_the_target_is_refused(store, fleet, hosts):
+    """--copy-storage-inc copies the top layer only: the target's base under the same name must be
+    the same bytes. Another image there (a newer template) would be read under the copied layer."""
+    base, _ = copy_inc_guest(fleet)
     inc, mapping = MigrationOptions(storage=StorageMode.COPY_INC), fleet.mapping("host1", "host2")
     report = await preflight(hosts, "ci", "host2", inc, mapping, storage=StorageMode.COPY_INC)
     assert report.ok, report.blockers
@@ -375,18 +381,6 @@ async def test_a_block_device_the_guest_keeps_must_be_the_same_device_on_the_tar
 
 
 # ---------------------------------------------------------- preflight: agents of an older Ferry (a rolling upgrade)
-
-
-def copy_inc_guest(fleet: Fleet) -> tuple[str, str]:
-    """A guest "ci" on host1 whose qcow2 top layer lies on a base image every host has: (base, top)."""
-    base, top = f"{IMAGES}/base.qcow2", f"{IMAGES}/ci.qcow2"
-    for a in fleet.agents.values():
-        a.host.files[base] = FakeImage("qcow2", 1 << 30)
-    fleet["host1"].host.create_image(top, fmt="qcow2", virtual_size=1 << 30, backing_file=base, backing_format="qcow2")
-    chain = f"<backingStore type='file'><format type='qcow2'/><source file='{base}'/><backingStore/></backingStore>"
-    xml = make_domain_xml("ci", disks=[("vda", top, "qcow2")], bridges=["br-guest"])
-    fleet["host1"].hv.add_domain(xml.replace(f"<source file='{top}'/>", f"<source file='{top}'/>{chain}"))
-    return base, top
 
 
 async def test_an_old_target_agent_is_not_trusted_with_the_shared_storage_check(store, fleet, hosts):

@@ -22,15 +22,25 @@ pytestmark = pytest.mark.etcd
 PREFIX = "/restore-test/"
 
 
+def watched_store(etcd: EtcdCluster) -> tuple[EtcdStore, list[tuple[int, int]]]:
+    """A store, and the (highest, now) of each time it said etcd's history went back."""
+    store = EtcdStore(etcd.endpoints, prefix=PREFIX)
+    rewound: list[tuple[int, int]] = []
+    store.on_rewound = lambda highest, now: rewound.append((highest, now))
+    return store, rewound
+
+
+async def watching(store: EtcdStore) -> Collector:
+    _, revision = await store.list("jobs/")
+    return Collector(store, "jobs/", revision + 1)
+
+
 async def test_a_restored_etcd_is_noticed_once_and_watches_resync_to_its_state(
     etcd_one: EtcdCluster, tmp_path: Path
 ) -> None:
-    store = EtcdStore(etcd_one.endpoints, prefix=PREFIX)
-    rewound: list[tuple[int, int]] = []
-    store.on_rewound = lambda highest, now: rewound.append((highest, now))
+    store, rewound = watched_store(etcd_one)
     try:
-        _, revision = await store.list("jobs/")
-        collector = Collector(store, "jobs/", revision + 1)
+        collector = await watching(store)
         await store.create("jobs/a", b"before")
         etcd_one.snapshot(tmp_path / "backup.db")
         for key in "bcd":
@@ -60,12 +70,9 @@ async def test_a_restore_with_bumped_revisions_is_noticed_by_the_keys_that_went_
     """etcdutl snapshot restore --bump-revision --mark-compacted (etcd's advice, so watchers do not
     miss events): revisions go on growing, the watches see compaction, and the listing holds a key
     at an older version than the watch already delivered."""
-    store = EtcdStore(etcd_one.endpoints, prefix=PREFIX)
-    rewound: list[tuple[int, int]] = []
-    store.on_rewound = lambda highest, now: rewound.append((highest, now))
+    store, rewound = watched_store(etcd_one)
     try:
-        _, revision = await store.list("jobs/")
-        collector = Collector(store, "jobs/", revision + 1)
+        collector = await watching(store)
         first = await store.create("jobs/a", b"before")
         etcd_one.snapshot(tmp_path / "backup.db")
         second = await store.update("jobs/a", b"after", expected_mod_revision=first)
@@ -85,9 +92,7 @@ async def test_a_restore_with_bumped_revisions_is_noticed_by_the_keys_that_went_
 async def test_calls_answered_out_of_order_are_not_taken_for_a_restore(etcd_one: EtcdCluster) -> None:
     """Calls that overlap in time may come back in any order (the coordinator's do, all the time):
     only one sent after another was answered must see at least its revision."""
-    store = EtcdStore(etcd_one.endpoints, prefix=PREFIX)
-    rewound: list[tuple[int, int]] = []
-    store.on_rewound = lambda highest, now: rewound.append((highest, now))
+    store, rewound = watched_store(etcd_one)
     try:
 
         async def churn(i: int) -> None:

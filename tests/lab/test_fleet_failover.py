@@ -44,6 +44,7 @@ from fleetcli import (
 )
 
 from ferry.lab import Lab
+from ferry.lab.agents import agent_log_path
 from ferry.lab.controlplane import ELECTION_TTL_S
 
 pytestmark = pytest.mark.lab
@@ -150,15 +151,26 @@ def test_etcd_restored_from_a_snapshot_taken_mid_migration(lab, guests, tmp_path
     """Disaster recovery: etcd is restored from a backup made while the migration ran. The restored
     record says Migrating, though the guest has landed since. Each coordinator notices that etcd's
     history went back, starts over (same PID), and the leader finishes the record from what the
-    hosts say; the guest never rebooted and can move again (its claim is released)."""
+    hosts say; the guest never rebooted and can move again (its claim is released).
+
+    Between the backup and the restore the leader changed and led another migration, so the agents
+    hold a leader term (an etcd revision) above any the restored etcd gives out at first: they follow
+    the leader etcd's ``leader`` key names instead of refusing it as deposed (STALE_LEADER)."""
     name = "ff-restore"
-    state = lab.require_state()
-    coordinators = {c: state.component(f"coordinator/{c}") for c in ("c1", "c2")}
-    pids = {c: comp.process.pid for c, comp in coordinators.items() if comp is not None and comp.process}
     mid = start_slow_migration(lab, guests, name, bandwidth_mibps=16)
     print(lab.etcd_snapshot(tmp_path / "backup.db"))
     first = wait_final(lab, mid, timeout=END_WITHIN_S)
     assert first["phase"] == SUCCEEDED, history(first)
+    leader = lab.leader()
+    lab.kill(f"coordinator {leader}", "KILL")
+    assert lab.wait_for_leader(other_than=leader, timeout=ELECTION_TTL_S + 30) not in (None, leader)
+    lab.restart(f"coordinator {leader}")
+    guests.append("ff-restore2")  # the new leader's migration: both agents see its (higher) term
+    lab.guest("ff-restore2", "host1", disks=("64M",))
+    assert wait_final(lab, submit(lab, "ff-restore2"), timeout=END_WITHIN_S)["phase"] == SUCCEEDED
+    state = lab.require_state()
+    coordinators = {c: state.component(f"coordinator/{c}") for c in ("c1", "c2")}
+    pids = {c: comp.process.pid for c, comp in coordinators.items() if comp is not None and comp.process}
     restored = time.monotonic()
     print(lab.etcd_restore(tmp_path / "backup.db"))
 
@@ -180,4 +192,10 @@ def test_etcd_restored_from_a_snapshot_taken_mid_migration(lab, guests, tmp_path
     again = wait_final(lab, submit(lab, name, to="host1"), timeout=END_WITHIN_S)
     assert again["phase"] == SUCCEEDED and running_on(lab, name) == ["host1"], history(again)
     assert_same_boot(lab, name)
-    print(f"\n[fleet] etcd restored from a mid-migration backup: {mid} Succeeded again {took:.1f} s later")
+    followed = [
+        h for h in ("host1", "host2") if "following the leader etcd names" in agent_log_path(lab.paths, h).read_text()
+    ]
+    print(
+        f"\n[fleet] etcd restored from a mid-migration backup: {mid} Succeeded again {took:.1f} s later; "
+        f"agents that followed a lower leader term: {followed or 'none'}"
+    )
