@@ -27,8 +27,9 @@ What this adapter adds over the client (see /work/shared/notes/etcd.md for the c
   working cluster, for a call sent after another was answered); one below it calls
   ``on_rewound(highest, now)``. A watch whose stream reports a revision below its last event lists
   its prefix again and yields a ``Resync`` of the restored state. A restore with ``--bump-revision
-  --mark-compacted`` keeps revisions growing, but its watches see compaction, and the listing then
-  holds a key at an older revision than the watch yielded for it: ``on_rewound`` too.
+  --mark-compacted`` keeps revisions growing; then a read (get, list) that returns a key at an older
+  revision than one already read or watched for it, at or before the read's own revision, calls
+  ``on_rewound`` too (a key's revision never goes back within one history).
 - Leases: grant/keepalive/revoke only; no client-side Lock/Election (they never refresh their
   lease). Leader election lives in ``election.py`` on top of this port. All keepalives of a store
   share one ``LeaseKeepAlive`` stream (the client opens one per renewal); see ``_KeepaliveStream``.
@@ -289,6 +290,7 @@ class EtcdStore:
         self._watch_chan: grpc.Channel | None = None  # the watches' own (synchronous) channel
         self._watch_threads = watch_threads
         self.highest_revision = 0  # of every linearizable read and write answered so far
+        self._versions: dict[str, int] = {}  # key -> the newest mod_revision read or watched (a history check)
         # called once each time etcd answers below that: restored from a snapshot, or replaced
         self.on_rewound: Callable[[int, int], None] | None = None
 
@@ -307,6 +309,24 @@ class EtcdStore:
             "(restored from a snapshot, or another cluster at the same endpoints)",
         )
 
+    def _check_versions(self, entries: Sequence[Entry], at: int) -> None:
+        """Entries read at revision ``at``: one older than a version of its key seen at or before
+        ``at`` means etcd's history went back with its revisions going on (``--bump-revision``)."""
+        versions = self._versions
+        for e in entries:
+            known = versions.get(e.key, 0)
+            if e.mod_revision < known <= at:
+                versions.clear()
+                self._rewound(
+                    known,
+                    e.mod_revision,
+                    f"etcd {','.join(self.endpoints)} holds {e.key} at revision {e.mod_revision}, older than the "
+                    f"{known} read before: its history went back (restored from a snapshot with --bump-revision?)",
+                )
+                return
+        for e in entries:
+            versions[e.key] = max(versions.get(e.key, 0), e.mod_revision)
+
     def _rewound(self, seen: int, now: int, why: str) -> None:
         log.error("%s", why)
         if self.on_rewound is not None:
@@ -316,7 +336,10 @@ class EtcdStore:
 
     async def get(self, key: str) -> Entry | None:
         resp = await self._call("get", lambda c, t: c.kv.get(self._full(key), timeout=t))
-        return _entry(resp.kvs[0], len(self._prefix_bytes)) if resp.kvs else None
+        entry = _entry(resp.kvs[0], len(self._prefix_bytes)) if resp.kvs else None
+        if entry is not None:
+            self._check_versions([entry], int(resp.header.revision))
+        return entry
 
     async def list(self, prefix: str) -> tuple[list[Entry], int]:
         """In pages of at most ``LIST_PAGE_KEYS`` keys, all read at the first page's revision: etcd
@@ -326,9 +349,11 @@ class EtcdStore:
         full = self._full(prefix)
         while True:
             try:
-                return await self._list_pages(full, prefix_range_end(full))
+                entries, revision = await self._list_pages(full, prefix_range_end(full))
             except _Compacted:
                 continue
+            self._check_versions(entries, revision)
+            return entries, revision
 
     async def _list_pages(self, full: str, end: bytes) -> tuple[builtins.list[Entry], int]:
         entries: builtins.list[Entry] = []
@@ -487,7 +512,6 @@ class EtcdStore:
     async def watch(self, prefix: str, start_revision: int) -> AsyncGenerator[WatchEvent | Resync, None]:
         full = self._full(prefix)
         delivered = start_revision - 1  # every event at or below this revision was yielded
-        versions: dict[str, int] = {}  # key -> the revision of its value last yielded (a history check)
         backoff = _WATCH_FIRST_BACKOFF_S
         broken_at: float | None = None  # since when the watch is broken (one warning, then debug)
         attempts = 0
@@ -535,9 +559,9 @@ class EtcdStore:
                         delivered = ev.kv.mod_revision
                         entry = _entry(ev.kv, len(self._prefix_bytes))
                         if kind is EventKind.PUT:
-                            versions[entry.key] = entry.mod_revision
+                            self._versions[entry.key] = max(self._versions.get(entry.key, 0), entry.mod_revision)
                         else:
-                            versions.pop(entry.key, None)
+                            self._versions.pop(entry.key, None)
                         yield WatchEvent(kind, entry)
             except grpc.RpcError as exc:
                 if self._closed:
@@ -560,18 +584,7 @@ class EtcdStore:
             finally:
                 await stream.close()
             if compacted:
-                entries, revision = await self._list_until_ok(prefix)
-                older = [e for e in entries if versions.get(e.key, 0) > e.mod_revision]
-                if older:  # a key's value is older than one already yielded: restored with --bump-revision
-                    e = older[0]
-                    self._rewound(
-                        versions[e.key],
-                        e.mod_revision,
-                        f"etcd {','.join(self.endpoints)} holds {e.key} at revision {e.mod_revision}, older than the "
-                        f"{versions[e.key]} this watch delivered: its history went back (restored from a snapshot "
-                        "with --bump-revision?)",
-                    )
-                versions = {e.key: e.mod_revision for e in entries}
+                entries, revision = await self._list_until_ok(prefix)  # checks each key's version
                 yield Resync(tuple(entries), revision)
                 delivered = revision
 
