@@ -199,3 +199,29 @@ def test_etcd_restored_from_a_snapshot_taken_mid_migration(lab, guests, tmp_path
         f"\n[fleet] etcd restored from a mid-migration backup: {mid} Succeeded again {took:.1f} s later; "
         f"agents that followed a lower leader term: {followed or 'none'}"
     )
+
+
+def test_etcd_restored_with_bumped_revisions_is_noticed_by_the_records(lab, guests, tmp_path):
+    """The same restore as etcd advises it (``--bump-revision --mark-compacted``): revisions go on
+    growing, so only the records themselves show the history went back -- the leader read the
+    migration's final version, and etcd now holds an older one."""
+    name = "ff-bumped"
+    mid = start_slow_migration(lab, guests, name, bandwidth_mibps=16)
+    print(lab.etcd_snapshot(tmp_path / "backup.db"))
+    assert wait_final(lab, mid, timeout=END_WITHIN_S)["phase"] == SUCCEEDED
+    leader = lab.leader()
+    restored = time.monotonic()
+    print(lab.etcd_restore(tmp_path / "backup.db", bump_revision=1_000_000))
+
+    def settled() -> dict | None:
+        run = ferry(lab, "migrations", "show", mid)
+        return run.data if run.code == 0 and run.data and run.data["phase"] == SUCCEEDED else None
+
+    final = wait_until(settled, 60, f"{mid} finished again after the restore")
+    assert ("finishing", "guest runs on target") in history(final), history(final)
+    check_outcome(lab, name, mid, final)
+    component = lab.require_state().component(f"coordinator/{leader}")
+    assert component is not None and component.process is not None
+    assert "restored from a snapshot with --bump-revision?" in Path(component.process.log).read_text()
+    took = time.monotonic() - restored
+    print(f"\n[fleet] etcd restored with bumped revisions: {mid} Succeeded again {took:.1f} s later")
