@@ -147,6 +147,16 @@ def test_source_agent_killed_and_restarted_mid_migration(lab, guests):
 # ---------------------------------------------------------------- e) etcd restored from a backup
 
 
+def succeeded_again(lab: Lab, mid: str) -> dict:
+    """The record once it is Succeeded again (the CLI may find a coordinator starting over: asked again)."""
+
+    def settled() -> dict | None:
+        run = ferry(lab, "migrations", "show", mid)
+        return run.data if run.code == 0 and run.data and run.data["phase"] == SUCCEEDED else None
+
+    return dict(wait_until(settled, 60, f"{mid} finished again after the restore"))
+
+
 def test_etcd_restored_from_a_snapshot_taken_mid_migration(lab, guests, tmp_path):
     """Disaster recovery: etcd is restored from a backup made while the migration ran. The restored
     record says Migrating, though the guest has landed since. Each coordinator notices that etcd's
@@ -173,12 +183,7 @@ def test_etcd_restored_from_a_snapshot_taken_mid_migration(lab, guests, tmp_path
     pids = {c: comp.process.pid for c, comp in coordinators.items() if comp is not None and comp.process}
     restored = time.monotonic()
     print(lab.etcd_restore(tmp_path / "backup.db"))
-
-    def settled() -> dict | None:
-        run = ferry(lab, "migrations", "show", mid)
-        return run.data if run.code == 0 and run.data and run.data["phase"] == SUCCEEDED else None
-
-    final = wait_until(settled, 60, f"{mid} finished again after the restore")
+    final = succeeded_again(lab, mid)
     took = time.monotonic() - restored
     assert ("finishing", "guest runs on target") in history(final), history(final)
     check_outcome(lab, name, mid, final)
@@ -212,12 +217,7 @@ def test_etcd_restored_with_bumped_revisions_is_noticed_by_the_records(lab, gues
     leader = lab.leader()
     restored = time.monotonic()
     print(lab.etcd_restore(tmp_path / "backup.db", bump_revision=1_000_000))
-
-    def settled() -> dict | None:
-        run = ferry(lab, "migrations", "show", mid)
-        return run.data if run.code == 0 and run.data and run.data["phase"] == SUCCEEDED else None
-
-    final = wait_until(settled, 60, f"{mid} finished again after the restore")
+    final = succeeded_again(lab, mid)
     assert ("finishing", "guest runs on target") in history(final), history(final)
     check_outcome(lab, name, mid, final)
     component = lab.require_state().component(f"coordinator/{leader}")
