@@ -343,6 +343,14 @@ async def _dry_run(
 
 async def _find(hosts: HostDirectory, vm: str, names: Sequence[str]) -> tuple[str | None, dict[str, FerryError]]:
     """The available host reporting ``vm`` (by name or UUID; an active copy wins)."""
+    found, _, failed = await _find_named(hosts, vm, names)
+    return found, failed
+
+
+async def _find_named(
+    hosts: HostDirectory, vm: str, names: Sequence[str]
+) -> tuple[str | None, str, dict[str, FerryError]]:
+    """As ``_find``, with the VM's name there."""
 
     async def one(name: str) -> tuple[str, object]:
         try:
@@ -350,7 +358,7 @@ async def _find(hosts: HostDirectory, vm: str, names: Sequence[str]) -> tuple[st
         except FerryError as err:
             return name, err
 
-    found: list[tuple[bool, str]] = []
+    found: list[tuple[bool, str, str]] = []
     failed: dict[str, FerryError] = {}
     for name, got in await asyncio.gather(*(one(n) for n in names)):
         if isinstance(got, FerryError):
@@ -358,8 +366,29 @@ async def _find(hosts: HostDirectory, vm: str, names: Sequence[str]) -> tuple[st
             continue
         for d in got.domains:  # type: ignore[attr-defined]
             if vm in (d.name, d.uuid):
-                found.append((not d.state.is_active, name))
-    return (min(found)[1] if found else None), failed
+                found.append((not d.state.is_active, name, d.name))
+    if not found:
+        return None, "", failed
+    _, host, named = min(found)
+    return host, named, failed
+
+
+async def _moved(
+    hosts: HostDirectory, vm: str, source: str, available: Sequence[str], blockers: list[Problem]
+) -> list[Problem]:
+    """The source has no such VM: when another host has it, say so instead of "no host reports"."""
+    host, name, _ = await _find_named(hosts, vm, [h for h in available if h != source])
+    if host is None:
+        return blockers
+    return [
+        Problem(
+            "VM_UNKNOWN",
+            f"{name} is no longer on {source}: it runs on {host} now (moved outside this migration: by hand, by "
+            "another migration, or etcd was restored from an older backup)",
+            f"nothing to do if {host} is where {name} should be; else migrate it from there (ferry migrate {name})",
+        ),
+        *(b for b in blockers if b.reason != "VM_UNKNOWN"),
+    ]
 
 
 async def preflight(
@@ -387,6 +416,7 @@ async def preflight(
     unavailable: list[str] = []
     extra: list[Problem] = []
     failed: dict[str, FerryError] = {}
+    source_given = source_host is not None
     if source_host is None:
         source_host, failed = await _find(hosts, vm, sorted(available))
         if source_host is not None:  # found: only the hosts involved matter
@@ -443,6 +473,8 @@ async def preflight(
         blockers = [b for b in blockers if b.reason != "VM_UNKNOWN"]
         if source_host not in failed:
             blockers.append(host_down(source_host, hosts.why_down(source_host), target=False))
+    elif source_given and domain is None and source_host is not None:
+        blockers = await _moved(hosts, vm, source_host, sorted(available), blockers)
 
     blockers.extend(
         host_cpu_blockers(

@@ -794,6 +794,22 @@ async def test_preflight_names_unavailable_agents(fleet, hosts):
     assert "VM_UNKNOWN" not in {b.reason for b in report.blockers} and report.unavailable == ("host1",)
 
 
+async def test_a_vm_gone_from_its_source_is_named_where_it_runs_now(fleet, hosts):
+    """A queued migration whose VM was moved meanwhile (by hand, or its record restored from an
+    older etcd backup): the source has no such domain, and preflight says where it is."""
+    uuid = fleet.add_guest("host1", "g1")
+    dom = fleet["host1"].hv.domains.pop(uuid)  # virsh migrate by hand: now on host3
+    fleet["host3"].hv.add_domain(dom.xml)
+    mapping = fleet.mapping("host1", "host2")
+    report = await preflight(hosts, uuid, "host2", MigrationOptions(), mapping, source_host="host1")
+    [b] = report.blockers
+    assert b.reason == "VM_UNKNOWN" and b.message.startswith("g1 is no longer on host1: it runs on host3 now")
+    assert "ferry migrate g1" in b.hint
+    fleet["host3"].hv.domains.clear()  # and nowhere at all: as before
+    [b] = (await preflight(hosts, uuid, "host2", MigrationOptions(), mapping, source_host="host1")).blockers
+    assert b.reason == "VM_UNKNOWN" and b.message == f"no host reports a VM named {uuid!r}"
+
+
 # ---------------------------------------------------------------- the engine itself
 
 
