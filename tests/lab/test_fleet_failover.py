@@ -23,11 +23,13 @@ from pathlib import Path
 
 import pytest
 from fleetcli import (
+    IMAGE_DIR,
     MIGRATING,
     ROLLED_BACK,
     SUCCEEDED,
     assert_same_boot,
     beats,
+    disk_marker,
     ferry,
     history,
     images,
@@ -147,6 +149,18 @@ def test_source_agent_killed_and_restarted_mid_migration(lab, guests):
 # ---------------------------------------------------------------- e) etcd restored from a backup
 
 
+def disk_kept(lab: Lab, name: str, marker: int) -> None:
+    """The guest's disk on host2 holds what the guest wrote on host1 (its marker did not go back),
+    and host1 kept no copy of it."""
+    assert disk_marker(lab, "host2", f"{IMAGE_DIR}/{name}-vda.qcow2") >= marker > 0
+    assert images(lab, "host1", name) == [], "the source kept its image"
+
+
+def source_marker(lab: Lab, name: str) -> int:
+    image = f"{IMAGE_DIR}/{name}-vda.qcow2"
+    return int(wait_until(lambda: disk_marker(lab, "host1", image), 30, f"{name}'s disk marker on host1"))
+
+
 def succeeded_again(lab: Lab, mid: str) -> dict:
     """The record once it is Succeeded again (the CLI may find a coordinator starting over: asked again)."""
 
@@ -168,6 +182,7 @@ def test_etcd_restored_from_a_snapshot_taken_mid_migration(lab, guests, tmp_path
     the leader etcd's ``leader`` key names instead of refusing it as deposed (STALE_LEADER)."""
     name = "ff-restore"
     mid = start_slow_migration(lab, guests, name, bandwidth_mibps=16)
+    marker = source_marker(lab, name)
     print(lab.etcd_snapshot(tmp_path / "backup.db"))
     first = wait_final(lab, mid, timeout=END_WITHIN_S)
     assert first["phase"] == SUCCEEDED, history(first)
@@ -187,6 +202,7 @@ def test_etcd_restored_from_a_snapshot_taken_mid_migration(lab, guests, tmp_path
     took = time.monotonic() - restored
     assert ("finishing", "guest runs on target") in history(final), history(final)
     check_outcome(lab, name, mid, final)
+    disk_kept(lab, name, marker)
     for c, comp in coordinators.items():
         assert comp is not None and comp.process is not None
         log = Path(comp.process.log).read_text()
@@ -212,6 +228,7 @@ def test_etcd_restored_with_bumped_revisions_is_noticed_by_the_records(lab, gues
     migration's final version, and etcd now holds an older one."""
     name = "ff-bumped"
     mid = start_slow_migration(lab, guests, name, bandwidth_mibps=16)
+    marker = source_marker(lab, name)
     print(lab.etcd_snapshot(tmp_path / "backup.db"))
     assert wait_final(lab, mid, timeout=END_WITHIN_S)["phase"] == SUCCEEDED
     leader = lab.leader()
@@ -220,6 +237,7 @@ def test_etcd_restored_with_bumped_revisions_is_noticed_by_the_records(lab, gues
     final = succeeded_again(lab, mid)
     assert ("finishing", "guest runs on target") in history(final), history(final)
     check_outcome(lab, name, mid, final)
+    disk_kept(lab, name, marker)
     component = lab.require_state().component(f"coordinator/{leader}")
     assert component is not None and component.process is not None
     assert "restored from a snapshot with --bump-revision?" in Path(component.process.log).read_text()
