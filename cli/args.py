@@ -302,31 +302,35 @@ VIRSH_ALWAYS = {
     "--tls": "migration streams are always encrypted with TLS (the agents' migration_tls)",
     "--verbose": "the progress bar is shown by default",
 }
+_MAPPING = "the target's definition is written from the source's through the host mapping: --map-bridge, "
+_POLICY = "part of a convergence policy: --policy NAME (see `ferry policies`)"
 VIRSH_ELSEWHERE = {
-    "--direct": "Ferry migrates peer to peer through libvirtd (QEMU's direct migration is not offered)",
-    "--tunnelled": "the stream goes from QEMU to QEMU over TLS instead of through libvirtd",
-    "--tunneled": "the stream goes from QEMU to QEMU over TLS instead of through libvirtd",
-    "--dname": "the VM keeps its name on the target (the fleet knows it by name and UUID)",
-    "--xml": "the target's definition is written from the source's through the host mapping: "
-    "--map-bridge, --map-network, --map-path",
-    "--persistent-xml": "the target's definition is written from the source's through the host mapping: "
-    "--map-bridge, --map-network, --map-path",
-    "--migrateuri": "the target's migration address is the one its agent registered (advertise it in the "
-    "target's ferry-agent config)",
-    "--listen-address": "the target's migration address is the one its agent registered",
-    "--compressed": "compression is part of a convergence policy: --policy NAME (see `ferry policies`)",
-    "--comp-methods": "compression is part of a convergence policy: --policy NAME (see `ferry policies`)",
-    "--parallel": "parallel connections are part of a convergence policy: --policy NAME (see `ferry policies`)",
-    "--parallel-connections": "parallel connections are part of a convergence policy: --policy NAME "
-    "(see `ferry policies`)",
-    "--auto-converge-initial": "the throttle steps are part of a convergence policy: --policy NAME "
-    "(--auto-converge turns it on)",
-    "--auto-converge-increment": "the throttle steps are part of a convergence policy: --policy NAME "
-    "(--auto-converge turns it on)",
-    "--postcopy-bandwidth": "the post-copy bandwidth is part of a convergence policy: --policy NAME",
-    "--timeout-suspend": "a migration past --timeout is aborted, or switched to post-copy by its policy "
-    "(--postcopy-on-stall); the guest is never left paused",
-    "--timeout-postcopy": "switching to post-copy is --postcopy --postcopy-on-stall, or its policy",
+    flag: why
+    for flags, why in (
+        (("--direct",), "Ferry migrates peer to peer through libvirtd (QEMU's direct migration is not offered)"),
+        (("--tunnelled", "--tunneled"), "the stream goes from QEMU to QEMU over TLS instead of through libvirtd"),
+        (("--dname",), "the VM keeps its name on the target (the fleet knows it by name and UUID)"),
+        (("--xml", "--persistent-xml"), _MAPPING + "--map-network, --map-path"),
+        (
+            ("--migrateuri", "--listen-address"),
+            "the target's migration address is the one its agent registered (advertise it in the target's "
+            "ferry-agent config)",
+        ),
+        (("--compressed", "--comp-methods"), f"compression is {_POLICY}"),
+        (("--parallel", "--parallel-connections"), f"parallel connections are {_POLICY}"),
+        (
+            ("--auto-converge-initial", "--auto-converge-increment"),
+            f"the throttle steps are {_POLICY}; --auto-converge turns it on",
+        ),
+        (("--postcopy-bandwidth",), f"the post-copy bandwidth is {_POLICY}"),
+        (
+            ("--timeout-suspend",),
+            "a migration past --timeout is aborted, or switched to post-copy by its policy (--postcopy-on-stall); "
+            "the guest is never left paused",
+        ),
+        (("--timeout-postcopy",), "switching to post-copy is --postcopy --postcopy-on-stall, or its policy"),
+    )
+    for flag in flags
 }
 _VIRSH_TAKES_VALUE = frozenset(
     {"--dname", "--xml", "--persistent-xml", "--migrateuri", "--listen-address", "--comp-methods",
