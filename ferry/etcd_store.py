@@ -290,7 +290,9 @@ class EtcdStore:
         self._watch_chan: grpc.Channel | None = None  # the watches' own (synchronous) channel
         self._watch_threads = watch_threads
         self.highest_revision = 0  # of every linearizable read and write answered so far
-        self._versions: dict[str, int] = {}  # key -> the newest mod_revision read or watched (a history check)
+        # key -> the newest mod_revision read or watched (a history check); a key this store deletes, or
+        # sees deleted, is forgotten, so it holds the keys in use, not every key ever read
+        self._versions: dict[str, int] = {}
         # called once each time etcd answers below that: restored from a snapshot, or replaced
         self.on_rewound: Callable[[int, int], None] | None = None
 
@@ -430,6 +432,7 @@ class EtcdStore:
 
     async def delete(self, key: str, expected_mod_revision: int | None = None) -> int | None:
         full = self._full(key)
+        self._versions.pop(key, None)  # gone, or kept at its version: either way nothing to compare with
         if expected_mod_revision is None:
             resp = await self._call("delete", lambda c, t: c.kv.delete(full, timeout=t))
             return resp.header.revision if resp.deleted else None
@@ -454,6 +457,9 @@ class EtcdStore:
     async def commit(self, writes: Sequence[Write]) -> int:
         check_writes(writes)
         full = [self._full(w.key) for w in writes]
+        for w in writes:
+            if not isinstance(w, Put):
+                self._versions.pop(w.key, None)  # as in delete()
 
         def txn(c: _Services, t: float) -> Awaitable[Any]:
             kv = c.kv
