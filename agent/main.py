@@ -152,7 +152,7 @@ def _addresses(listen: Sequence[str], ports: Sequence[int]) -> str:
 async def serve(config: AgentConfig) -> None:
     from ferry.agent.libvirt_hypervisor import LibvirtHypervisor  # libvirt-python: the agent extra
     from ferry.agent.metrics import AgentMetrics
-    from ferry.metrics import MetricsServer, RpcMetrics, StoreMetrics, new_registry
+    from ferry.metrics import RpcMetrics, StoreMetrics, exporter, new_registry
 
     registry = new_registry("agent")
     metrics = AgentMetrics(registry)
@@ -172,10 +172,10 @@ async def serve(config: AgentConfig) -> None:
     )
     metrics.watch_prepares(servicer.prepare.list)
     server, ports = create_server(config.listen, register(servicer), tls=config.tls, observer=rpc)
-    exporter = MetricsServer(registry)
+    endpoint = exporter(registry, config.metrics, config.tls)
     if config.metrics.enabled:
-        metrics_ports = await exporter.start(config.metrics_listen)
-        log.info("metrics on %s (GET /metrics)", _addresses(config.metrics_listen, metrics_ports))
+        metrics_ports = await endpoint.start(config.metrics_listen)
+        log.info("metrics on %s (%s)", _addresses(config.metrics_listen, metrics_ports), endpoint.scheme)
     await server.start()
     log.info(
         "agent %s (pid %d) serving on %s; libvirt %s, advertised as %s",
@@ -210,7 +210,7 @@ async def serve(config: AgentConfig) -> None:
         if registration is not None:
             await registration.close()  # deregister first: coordinators stop calling us
         await server.stop(GRACE_S)
-        await exporter.close()
+        await endpoint.close()
         hypervisor.close()
     log.info("stopped")
 

@@ -362,7 +362,7 @@ def _addresses(listen: Sequence[str], ports: Sequence[int]) -> str:
 
 
 async def serve(config: CoordinatorConfig) -> None:
-    from ferry.metrics import MetricsServer, RpcMetrics, StoreMetrics, new_registry
+    from ferry.metrics import RpcMetrics, StoreMetrics, exporter, new_registry
 
     from .metrics import CoordinatorMetrics
 
@@ -388,14 +388,14 @@ async def serve(config: CoordinatorConfig) -> None:
         budget=bandwidth_budget(config) or no_budget,
         bandwidth_used=coordinator.leader_bandwidth,
     )
-    exporter = MetricsServer(registry)
+    endpoint = exporter(registry, config.metrics, config.tls)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         if config.metrics.enabled:
-            metrics_ports = await exporter.start(config.metrics_listen)
-            log.info("metrics on %s (GET /metrics)", _addresses(config.metrics_listen, metrics_ports))
+            metrics_ports = await endpoint.start(config.metrics_listen)
+            log.info("metrics on %s (%s)", _addresses(config.metrics_listen, metrics_ports), endpoint.scheme)
         ports = await coordinator.start()
         log.info(
             "coordinator %s (pid %d) serving on %s; etcd %s prefix %s",
@@ -409,7 +409,7 @@ async def serve(config: CoordinatorConfig) -> None:
         log.info("stopping: resigning, then stopping the server (grace %.0f s)", GRACE_S)
     finally:
         await coordinator.stop()
-        await exporter.close()
+        await endpoint.close()
         await store.close()
     log.info("stopped")
     if rewound:

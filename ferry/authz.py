@@ -26,6 +26,10 @@ reader          the reads: ListHosts, ListVMs, GetMigration, ListMigrations, Wat
 agent           nothing beyond health checks (agents call etcd, not each other)
 ==============  =====================================================================
 
+The daemons' metrics endpoints (``GET /metrics`` over HTTPS, ``ferry.metrics``) take the same
+client certificates: :data:`METRICS` is the readers' (give Prometheus a reader certificate).
+The metrics name VMs, hosts and migrations, which an agent's certificate does not otherwise see.
+
 A leader term (``leader_term``, the agents' fence against a deposed leader) is the
 coordinator's alone, also on a read: an agent remembers the highest term any read carried, so a
 reader's GetDomain with a made-up term would otherwise fence off the real leader.
@@ -153,6 +157,11 @@ RULES: dict[str, Rule] = {
 }
 
 
+# GET /metrics: the readers (a scraper is a reader; ferry-certs issue --role reader --name prometheus)
+METRICS = _READERS
+METRICS_WHAT = "GET /metrics"
+
+
 def is_open(method: str) -> bool:
     """Health checking and reflection: any caller the TLS layer let in.
 
@@ -210,6 +219,27 @@ def check(identity: Identity | None, method: str, request: Any) -> Rule:
         if features:
             raise _refusal(f"{short(method)} with {' and '.join(features)}", identity, rule.elevated_roles)
     return rule
+
+
+def check_metrics(identity: Identity | None) -> None:
+    """Raise unless ``identity`` may scrape the metrics endpoints (:data:`METRICS`).
+
+    >>> from ferry.identity import parse_identity_uri as who
+    >>> check_metrics(who("ferry://reader/prometheus"))
+    >>> try:
+    ...     check_metrics(who("ferry://agent/host2"))
+    ... except PermissionDenied as err:
+    ...     print(err.reason, err.message)
+    ROLE_READER_REQUIRED GET /metrics needs the reader or scheduler or operator role; ferry://agent/host2 is an agent
+    """
+    if identity is None:
+        raise Unauthenticated(
+            f"{METRICS_WHAT}: the client certificate names no Ferry identity",
+            reason="NO_IDENTITY",
+            hint="scrape with a certificate whose URI SAN is ferry://reader/NAME (ferry-certs issue --role reader)",
+        )
+    if identity.role not in METRICS:
+        raise _refusal(METRICS_WHAT, identity, METRICS)
 
 
 def _refusal(what: str, identity: Identity, roles: frozenset[Role]) -> PermissionDenied:

@@ -4,9 +4,13 @@ Each daemon builds one registry (``new_registry``: the process's CPU, memory and
 descriptors, Python's GC, and ``ferry_build_info``), adds its own metrics to it
 (``agent/metrics.py``, ``coordinator/metrics.py``) and serves it with ``MetricsServer`` on the
 addresses of its ``[metrics]`` section: ``GET /metrics`` answers in the text format, or in
-OpenMetrics when the scraper asks for it. The server runs in the daemon's event loop, so the
-collectors that read the engine's or the driver's state at scrape time read it between two steps
-of that loop, never in the middle of one.
+OpenMetrics when the scraper asks for it. On TCP it speaks HTTPS with the daemon's own ``[tls]``
+certificate and asks for a client certificate from the same CA, whose identity must have a reader's
+role (``ferry.authz.METRICS``: reader, scheduler, operator); any other is answered 403, none fails
+the handshake. A unix socket (mode 0660) is plain HTTP: whoever may open it is on the host. Plain
+HTTP on TCP only with ``[metrics] insecure = true`` or a daemon without TLS. The server runs in the
+daemon's event loop, so the collectors that read the engine's or the driver's state at scrape time
+read it between two steps of that loop, never in the middle of one.
 
 Metrics of every gRPC server (``RpcMetrics``, an ``ferry.rpc.RpcObserver``):
 
@@ -27,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import ssl
 from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -41,6 +47,12 @@ from prometheus_client import (
     Histogram,
 )
 from prometheus_client.exposition import choose_encoder
+
+from ferry import authz
+from ferry.errors import FerryError
+from ferry.identity import Identity, identity_of
+from ferry.rpc import Tls
+from ferry.tomlconfig import MetricsConfig
 
 log = logging.getLogger(__name__)
 
@@ -122,16 +134,49 @@ class StoreMetrics:
 # ---------------------------------------------------------------- the endpoint
 
 
+def server_context(tls: Tls) -> ssl.SSLContext:
+    """TLS for the TCP endpoints: the daemon's certificate, and a client certificate from ``tls.ca``
+    required (mutual TLS, as on the gRPC ports)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(tls.cert), str(tls.key))
+    context.load_verify_locations(cafile=str(tls.ca))
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def peer_identity(peercert: object) -> Identity | None:
+    """The Ferry identity in a peer certificate as ``ssl`` decodes it (``getpeercert()``).
+
+    >>> peer_identity({"subjectAltName": (("DNS", "prom1"), ("URI", "ferry://reader/prom1"))})
+    Identity(role=<Role.READER: 'reader'>, name='prom1')
+    >>> peer_identity({}) is None, peer_identity(None) is None
+    (True, True)
+    """
+    if not isinstance(peercert, dict):
+        return None
+    return identity_of([value for kind, value in peercert.get("subjectAltName", ()) if kind == "URI"])
+
+
 class MetricsServer:
     """``GET /metrics`` over HTTP/1.x on TCP and unix-socket addresses (``HOST:PORT``, ``unix:/path``).
 
-    One request per connection (``Connection: close``), as Prometheus scrapes; anything but GET or
-    HEAD of ``/metrics`` (or ``/``) gets 405 or 404.
+    With ``tls``, TCP addresses speak HTTPS and admit only a client certificate of a reader's role
+    (``ferry.authz.check_metrics``; 403 with the reason otherwise); unix sockets stay plain HTTP, mode
+    0660. One request per connection (``Connection: close``), as Prometheus scrapes; anything but GET
+    or HEAD of ``/metrics`` (or ``/``) gets 405 or 404.
     """
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, tls: Tls | None = None) -> None:
         self.registry = registry
+        self._context = server_context(tls) if tls is not None else None
         self._servers: list[asyncio.Server] = []
+        self._open: set[asyncio.StreamWriter] = set()  # connections being answered or closed
+
+    @property
+    def scheme(self) -> str:
+        """How the TCP addresses serve, for the daemon's start-up line."""
+        return "GET /metrics, HTTPS for readers' certificates" if self._context is not None else "GET /metrics"
 
     async def start(self, addresses: Sequence[str]) -> list[int]:
         """Listen on every address; the bound port of each (0 for unix sockets)."""
@@ -153,9 +198,17 @@ class MetricsServer:
                     path.unlink()  # left by a previous run
             server = await asyncio.start_unix_server(self._serve, path=str(path))
             self._servers.append(server)
+            os.chmod(path, 0o660)  # the owner and its group; not every local user
             return 0
         host, _, port = address.rpartition(":")
-        server = await asyncio.start_server(self._serve, host=host.strip("[]") or None, port=int(port))
+        server = await asyncio.start_server(
+            self._serve,
+            host=host.strip("[]") or None,
+            port=int(port),
+            ssl=self._context,
+            ssl_handshake_timeout=_READ_TIMEOUT_S if self._context is not None else None,
+            ssl_shutdown_timeout=_READ_TIMEOUT_S if self._context is not None else None,
+        )
         self._servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 
@@ -163,15 +216,26 @@ class MetricsServer:
         servers, self._servers = self._servers, []
         for server in servers:
             server.close()
+        for writer in list(self._open):  # e.g. a TLS close waiting for the scraper's close_notify
+            writer.transport.abort()
         for server in servers:
             await server.wait_closed()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_READ_TIMEOUT_S):
+                while self._open:
+                    await asyncio.sleep(0.01)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open.add(writer)
         try:
             async with asyncio.timeout(_READ_TIMEOUT_S):
                 request = await reader.readline()
                 headers = await _read_headers(reader)
-            status, content_type, body = self._answer(request, headers)
+            refusal = self._refusal(writer)
+            if refusal is not None:
+                status, content_type, body = "403 Forbidden", "text/plain", refusal.encode()
+            else:
+                status, content_type, body = self._answer(request, headers)
             head_only = request.split(b" ", 1)[0] == b"HEAD"
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
@@ -186,8 +250,20 @@ class MetricsServer:
             log.exception("metrics scrape failed")
         finally:
             writer.close()
-            with contextlib.suppress(ConnectionError):
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
                 await writer.wait_closed()
+            self._open.discard(writer)
+
+    def _refusal(self, writer: asyncio.StreamWriter) -> str | None:
+        """Why this connection's client may not scrape (None: it may, or it came without TLS)."""
+        if writer.get_extra_info("ssl_object") is None:
+            return None
+        try:
+            authz.check_metrics(peer_identity(writer.get_extra_info("peercert")))
+        except FerryError as err:
+            log.info("metrics scrape refused to %s: %s: %s", writer.get_extra_info("peername"), err.reason, err.message)
+            return f"{err.message} ({err.reason}): {err.hint}\n"
+        return None
 
     def _answer(self, request: bytes, headers: dict[str, str]) -> tuple[str, str, bytes]:
         parts = request.decode("latin-1").split()
@@ -213,8 +289,19 @@ async def _read_headers(reader: asyncio.StreamReader) -> dict[str, str]:
     raise ValueError("too many header lines")
 
 
-async def serve_metrics(registry: CollectorRegistry, addresses: Iterable[str]) -> tuple[MetricsServer, list[int]]:
+def exporter(registry: CollectorRegistry, config: MetricsConfig, daemon_tls: Tls | None) -> MetricsServer:
+    """The daemon's endpoint: HTTPS with the daemon's certificate unless ``[metrics] insecure = true``
+    (a warning, when the daemon's other ports use TLS) or the daemon runs without TLS."""
+    tls = config.tls(daemon_tls)
+    if config.enabled and tls is None and daemon_tls is not None:
+        log.warning("metrics are served over plain HTTP to any client ([metrics] insecure = true)")
+    return MetricsServer(registry, tls)
+
+
+async def serve_metrics(
+    registry: CollectorRegistry, addresses: Iterable[str], tls: Tls | None = None
+) -> tuple[MetricsServer, list[int]]:
     """A started ``MetricsServer`` for ``registry`` and the bound port of each address."""
-    server = MetricsServer(registry)
+    server = MetricsServer(registry, tls)
     ports = await server.start(list(addresses))
     return server, ports

@@ -21,7 +21,7 @@ TLS_SECTION_KEYS = (*TLS_KEYS, "insecure")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_KEYS = ("format", "level")
-METRICS_KEYS = ("listen", "enabled")
+METRICS_KEYS = ("listen", "enabled", "insecure")
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,18 @@ class MetricsConfig:
     """``[metrics]``: where the Prometheus endpoint (``GET /metrics``) listens.
 
     On unless ``enabled = false``; ``listen`` holds ``HOST:PORT`` and/or ``unix:/path``. Without a
-    ``listen``, each daemon picks its default (``metrics_listen_default``).
+    ``listen``, each daemon picks its default (``metrics_listen_default``). TCP addresses serve HTTPS
+    with the daemon's ``[tls]`` and require a reader's client certificate; ``insecure = true`` serves
+    plain HTTP to anyone instead (logged as a warning at start).
     """
 
     listen: tuple[str, ...] = ()
     enabled: bool = True
+    insecure: bool = False
+
+    def tls(self, daemon_tls: Tls | None) -> Tls | None:
+        """The TLS the TCP endpoints serve: the daemon's, unless ``insecure = true``."""
+        return None if self.insecure else daemon_tls
 
 
 def bad(source: str, what: str, hint: str) -> InvalidArgument:
@@ -216,20 +223,19 @@ def log_of(t: Table) -> LogConfig:
 
 
 def metrics_of(t: Table) -> MetricsConfig:
-    """``[metrics]``: listen = ["HOST:PORT", "unix:/path"], enabled = true | false."""
-    enabled = True
-    if "enabled" in t:
-        if not isinstance(t.data["enabled"], bool):
-            raise bad(
-                t.source, f"[metrics] enabled must be true or false, not {t.data['enabled']!r}", "enabled = false"
-            )
-        enabled = t.data["enabled"]
+    """``[metrics]``: listen = ["HOST:PORT", "unix:/path"], enabled = true | false, insecure = true | false."""
+    flags = {"enabled": True, "insecure": False}
+    for key in flags:
+        if key in t:
+            if not isinstance(t.data[key], bool):
+                raise bad(t.source, f"[metrics] {key} must be true or false, not {t.data[key]!r}", f"{key} = false")
+            flags[key] = t.data[key]
     listen: tuple[str, ...] = ()
     if "listen" in t:
         if t.data["listen"] == []:
             raise bad(t.source, "[metrics] listen is empty", "give an address, or switch metrics off: enabled = false")
         listen = t.strings("listen")
-    return MetricsConfig(listen=listen, enabled=enabled)
+    return MetricsConfig(listen=listen, enabled=flags["enabled"], insecure=flags["insecure"])
 
 
 def metrics_listen_default(grpc_listen: Collection[str], port: int) -> tuple[str, ...]:

@@ -212,7 +212,7 @@ def test_status_says_where_each_metrics_endpoint_is():
     agent = {"endpoints": {"metrics": "unix:/l/hosts/host1/metrics.sock", "metrics_tcp": "10.77.0.11:9470"}}
     [line] = _metrics_lines(agent)
     assert "curl --unix-socket /l/hosts/host1/metrics.sock http://localhost/metrics" in line
-    assert "10.77.0.11:9470" in line
+    assert "https://10.77.0.11:9470/metrics, with pki/reader.lab.pem" in line
     assert _metrics_lines({"endpoints": {"unix": "unix:/x"}}) == []  # started before metrics existed
     coordinator = {
         "kind": "coordinator",

@@ -3,7 +3,8 @@ migration driven through the ``ferry`` CLI.
 
 ``ferry-lab status`` names every agent's and coordinator's endpoint: a unix socket reachable from
 the root namespace (``curl --unix-socket``), and the TCP address the daemon listens on inside its
-own namespace (as a real fleet's Prometheus would scrape it). Each answers with ``ferry_`` metrics;
+own namespace (as a real fleet's Prometheus would scrape it: HTTPS, a reader's client certificate;
+another host's agent certificate is refused). Each answers with ``ferry_`` metrics;
 during the migration the source agent shows the job and its libvirt statistics, afterwards the
 counters of the leader, the source and the target moved by exactly this migration. Run with ``-s``
 to see what was scraped.
@@ -19,19 +20,28 @@ import pytest
 from fleetcli import SUCCEEDED, beats, history, placement, remove_guests, submit, wait_final
 from prometheus_client.parser import text_string_to_metric_families
 
-from ferry.lab import Lab
+from ferry.lab import Lab, pki
 
 pytestmark = pytest.mark.lab
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def curl(url: str, *, unix_socket: str = "", lab: Lab | None = None, host: str = "") -> str:
-    """``curl -fsS`` (from the root namespace, or inside ``host``'s namespaces)."""
+def curl_argv(url: str, *, unix_socket: str = "", lab: Lab | None = None, cert: str = "") -> list[str]:
+    """``curl -fsS`` (with the lab CA and the client certificate ``<lab>/pki/<cert>.pem`` when ``cert``)."""
     argv = ["curl", "-fsS", "--max-time", "5"]
     if unix_socket:
         argv += ["--unix-socket", unix_socket]
-    argv.append(url)
+    if cert:
+        assert lab is not None
+        tls = pki.tls(lab.paths, cert)
+        argv += ["--cacert", str(tls.ca), "--cert", str(tls.cert), "--key", str(tls.key)]
+    return [*argv, url]
+
+
+def curl(url: str, *, unix_socket: str = "", lab: Lab | None = None, host: str = "", cert: str = "") -> str:
+    """What ``curl_argv`` fetches (from the root namespace, or inside ``host``'s namespaces)."""
+    argv = curl_argv(url, unix_socket=unix_socket, lab=lab, cert=cert)
     if lab is not None and host:
         return lab.host_exec(host, *argv, timeout=10).stdout
     return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True).stdout
@@ -83,9 +93,20 @@ def test_every_endpoint_is_listed_and_answers(lab: Lab) -> None:
         samples = parse(curl("http://localhost/metrics", unix_socket=socket))
         component = "agent" if name.startswith("host") else "coordinator"
         assert value(samples, "ferry_build_info", component=component) == 1, name
-    # the TCP listener inside a host's namespace (where a fleet's Prometheus scrapes)
-    inside = parse(curl(f"http://{found['host1']['metrics_tcp']}/metrics", lab=lab, host="host1"))
+    # the TCP listener inside a host's namespace (where a fleet's Prometheus scrapes): HTTPS, a reader's certificate
+    url = f"https://{found['host1']['metrics_tcp']}/metrics"
+    inside = parse(curl(url, lab=lab, host="host1", cert="reader.lab"))
     assert value(inside, "ferry_build_info", component="agent") == 1
+    refused = {
+        what: lab.host_exec("host1", *curl_argv(u, lab=lab, cert=c), timeout=10, check=False)
+        for what, u, c in (
+            ("another host's agent", url, "agent.host2"),
+            ("no certificate", url, ""),
+            ("plain HTTP", url.replace("https:", "http:"), ""),
+        )
+    }
+    assert all(r.returncode != 0 and "ferry_" not in r.stdout for r in refused.values()), refused
+    assert "403" in refused["another host's agent"].stderr, refused
     # exactly one replica leads
     leaders = [name for name in ("c1", "c2") if value(scrape(lab, name), "ferry_coordinator_leader") == 1]
     assert len(leaders) == 1

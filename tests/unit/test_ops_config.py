@@ -50,6 +50,19 @@ def test_metrics_and_log_sections(parse, text):
     assert c.log == LogConfig(format="json", level="debug")
     off = parse(text + "[metrics]\nenabled = false\n")
     assert off.metrics.enabled is False
+    plain = parse(text + "[metrics]\ninsecure = true\n")
+    assert plain.metrics.insecure is True and c.metrics.insecure is False
+
+
+def test_metrics_serve_the_daemons_tls_unless_insecure():
+    from pathlib import Path
+
+    from ferry.rpc import Tls
+
+    tls = Tls(Path("ca.pem"), Path("c.pem"), Path("c-key.pem"))
+    assert MetricsConfig().tls(tls) == tls
+    assert MetricsConfig(insecure=True).tls(tls) is None
+    assert MetricsConfig().tls(None) is None  # a daemon without TLS
 
 
 @pytest.mark.parametrize(
@@ -60,6 +73,7 @@ def test_metrics_and_log_sections(parse, text):
         ('[log]\ncolour = "yes"\n', "unknown key 'colour' in [log]"),
         ("[metrics]\nlisten = []\n", "listen is empty"),
         ('[metrics]\nenabled = "no"\n', "enabled must be true or false"),
+        ('[metrics]\ninsecure = "yes"\n', "insecure must be true or false"),
         ("[metrics]\nport = 9470\n", "unknown key 'port' in [metrics]"),
     ],
 )
