@@ -11,13 +11,14 @@ States::
        |          |
        +----+-----+--> CANCELLING --> CANCELLED      (CancelDrain; migrations under way cancelled)
             |
-            +--> SUCCEEDED     every item MOVED
-            +--> INCOMPLETE    some item FAILED or SKIPPED; the rest moved
+            +--> SUCCEEDED     every item MOVED (or SKIPPED VM_GONE: it left the host on its own)
+            +--> INCOMPLETE    some item FAILED or SKIPPED while on the host; the rest moved
 
 Item states: WAITING -> MIGRATING -> MOVED; a failed migration sends the item back to WAITING
 for another host (``tried`` grows) until it moved, or no host is left (FAILED with the blockers
 of every host), or its attempts are used up (FAILED with the last error). SKIPPED: not running
-(nothing to move live), or the drain was cancelled before it started.
+(nothing to move live), no longer on the host (VM_GONE: moved or removed outside the drain), or the
+drain was cancelled before it started.
 """
 
 from __future__ import annotations

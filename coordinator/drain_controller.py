@@ -32,7 +32,7 @@ from ferry.store import Conflict, Store
 from .checks import vm_blockers
 from .drain import DrainItem, DrainRecord, DrainState, ItemState, decode, encode, with_item
 from .drainplan import Busy, Choice, Nowhere, Step, Target, step
-from .drains import domains_by_uuid, keys_release
+from .drains import domains_by_uuid, gone_problem, keys_release
 from .hoststate import HostCordon, cordon
 from .placement import HostOption, Reservations
 from .placer import Placer
@@ -188,13 +188,16 @@ class DrainController:
         if d is None or d.state.is_final:
             return
         await self._ensure_cordoned(d)
+        whereabouts: dict[str, str] = {}
         if d.state is DrainState.RUNNING and d.count(ItemState.WAITING):
-            # what runs on the host, at most a TTL old: a VM missing there has really left it
+            # what runs on the host, at most a TTL old; a waiting VM missing there is looked for on
+            # the host again now (that copy may predate the drain): only then has it left the host
             await self.placer.fleet.refresh([d.host])
+            whereabouts = await self._whereabouts(d)
         while True:
             self.steps += 1
             now = self.clock()
-            place, chosen = self._placer_for(d, now)
+            place, chosen = self._placer_for(d, now, whereabouts)
             try:
                 stepped = await self._step_once(d, place, now)
             finally:  # each chosen target counted until the write: now by its migration, or not at all
@@ -256,10 +259,32 @@ class DrainController:
         if c is None or not c.cordoned or c.drain_id != d.id:
             await cordon(self.store, d.host, d.reason or f"drain {d.id}", self.clock(), drain_id=d.id)
 
+    async def _whereabouts(self, d: DrainRecord) -> dict[str, str]:
+        """Where each waiting VM that the drained host no longer lists is now (UUID -> host, "" for
+        nowhere). The host is asked again first (its copy may predate the drain; an unreachable host
+        is not asked: its VMs are where they were); then the fleet, as a submission looks for a VM."""
+        fleet = self.placer.fleet
+        missing = [
+            i for i in d.items if i.state is ItemState.WAITING and i.vm_uuid not in domains_by_uuid(fleet, d.host)
+        ]
+        if not missing:
+            return {}
+        await fleet.refresh([d.host], force=True)
+        source = fleet.host(d.host)
+        if source is None or source.reachable is not True:
+            return {}
+        on_host = domains_by_uuid(fleet, d.host)
+        found = {}
+        for item in missing:
+            if item.vm_uuid not in on_host:
+                located = await fleet.locate_vm(item.vm_uuid, fresh=True)
+                found[item.vm_uuid] = located[0] if located is not None and located[0] != d.host else ""
+        return found
+
     # ------------------------------------------------------------------ placing
 
     def _placer_for(
-        self, d: DrainRecord, now: datetime
+        self, d: DrainRecord, now: datetime, whereabouts: Mapping[str, str] | None = None
     ) -> tuple[Callable[[DrainItem, frozenset[str]], Choice], list[str]]:
         """The step's placement, and the keys of the reservations it makes: a target chosen
         counts against its host at once (``LoadBook.reserve``), so another drain's step running
@@ -273,9 +298,9 @@ class DrainController:
         def place(item: DrainItem, exclude: frozenset[str]) -> Choice:
             domain = by_uuid.get(item.vm_uuid)
             if domain is None:
-                return Nowhere(
-                    Problem("VM_GONE", f"{item.vm} is no longer on {d.host}", "nothing to move: it left the host")
-                )
+                if whereabouts is None or item.vm_uuid not in whereabouts:
+                    return Busy()  # not confirmed gone (the host did not answer): wait for it
+                return Nowhere(gone_problem(item, d.host, whereabouts[item.vm_uuid]))
             own = vm_blockers(domain, d.host, d.options)
             if own:  # the VM itself (stopped since the plan): no host would take it
                 return Nowhere(own[0])

@@ -17,7 +17,8 @@ writes the new drain record by compare-and-set, then submits and cancels what th
    host that is not busy (its inbound slots free, counting what is on its way, including what
    this step placed) gets it; if every feasible host is busy the item waits for the next step;
    if no host is feasible the item is FAILED with every host's blockers.
-4. Nothing waiting or migrating: SUCCEEDED (all moved) or INCOMPLETE.
+4. Nothing waiting or migrating: SUCCEEDED (every item moved, or left the host on its own: skipped
+   ``VM_GONE``, the host is empty of it all the same) or INCOMPLETE.
 
 Slots: ``min(max_parallel, the host's outbound limit)``. When the drain runs at the host's limit,
 it keeps ``QUEUE_AHEAD`` more migration queued per slot: the admission, which enforces that limit,
@@ -43,6 +44,7 @@ from .record import MigrationRecord, PhaseChange
 
 MiB = 1 << 20
 QUEUE_AHEAD = 1  # per slot
+GONE = "VM_GONE"  # an item's VM is no longer on the drained host (its fresh inventory lacks it)
 
 # a failed migration with one of these errors left the guest where only an operator can judge it
 NEEDS_OPERATOR = frozenset(
@@ -309,7 +311,7 @@ def _start(d: DrainRecord, place: Place, now: datetime, outbound_limit: int) -> 
             continue
         if isinstance(choice, Nowhere):
             # it left the host on its own, or stopped (as the plan skips a guest not running)
-            gone = choice.problem.reason in ("VM_GONE", "VM_NOT_RUNNING")
+            gone = choice.problem.reason in (GONE, "VM_NOT_RUNNING")
             items[index] = replace(
                 item,
                 state=ItemState.SKIPPED if gone else ItemState.FAILED,
@@ -358,11 +360,20 @@ def _cancelling(d: DrainRecord, migrations: Mapping[str, MigrationRecord], now: 
     return Step(new if new != d else d, (), cancel, f"cancelling: {len(cancel)} migration(s) to cancel")
 
 
+def left_on_its_own(item: DrainItem) -> bool:
+    """Skipped because the VM was no longer on the host (moved or removed outside the drain)."""
+    return item.state is ItemState.SKIPPED and bool(item.problems) and item.problems[-1].reason == GONE
+
+
 def _end(d: DrainRecord, now: datetime) -> Step:
     moved = d.count(ItemState.MOVED)
-    left = [i for i in d.items if i.state is not ItemState.MOVED]
+    gone = [i.vm for i in d.items if left_on_its_own(i)]
+    left = [i for i in d.items if i.state is not ItemState.MOVED and not left_on_its_own(i)]
     if not left:
-        return Step(with_state(d, DrainState.SUCCEEDED, now, f"all {moved} VM(s) moved"), outcome="succeeded")
+        summary = f"all {moved} VM(s) moved" if not gone else f"{moved} VM(s) moved"
+        if gone:
+            summary += f"; {len(gone)} left the host on its own: {', '.join(gone)}"
+        return Step(with_state(d, DrainState.SUCCEEDED, now, summary), outcome="succeeded")
     why = ", ".join(f"{i.vm} ({i.problems[-1].reason if i.problems else i.state.name})" for i in left)
     return Step(
         with_state(d, DrainState.INCOMPLETE, now, f"{moved} VM(s) moved; {len(left)} could not: {why}"),

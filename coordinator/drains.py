@@ -38,7 +38,7 @@ from ferry.store import Conflict, Store
 from .bandwidth import no_budget
 from .checks import effective_storage, offline_disk_blockers, state_words
 from .drain import DrainItem, DrainRecord, DrainState, ItemState, decode, encode, with_state
-from .drainplan import Estimates, Nowhere, Target, plan, slots
+from .drainplan import GONE, Estimates, Nowhere, Target, plan, slots
 from .fleet import Fleet
 from .hoststate import cordon
 from .placement import Reservations
@@ -95,6 +95,26 @@ def domains_by_uuid(fleet: Fleet, host: str) -> dict[str, DomainInfo]:
     """The domains ``host`` last reported (the fleet's cached inventory), by UUID."""
     state = fleet.host(host)
     return {d.uuid: d for d in (state.domains if state is not None else ())}
+
+
+def gone_problem(item: DrainItem, host: str, elsewhere: str) -> Problem:
+    """VM_GONE: ``item``'s VM is not on ``host`` any more; ``elsewhere``: the host it is on now ("": none says)."""
+    where = f"it is on {elsewhere} now" if elsewhere else "no host reports it (undefined or destroyed?)"
+    return Problem(
+        GONE, f"{item.vm} is no longer on {host}: {where}", "nothing to move: it left the host outside this drain"
+    )
+
+
+def cached_whereabouts(fleet: Fleet, vm_uuid: str, host: str) -> str:
+    """The host other than ``host`` whose cached inventory lists the VM ("" for none; first by name)."""
+    return next(
+        (
+            name
+            for name, _, inv, _ in fleet.entries()
+            if name != host and inv is not None and any(d.uuid == vm_uuid for d in inv.domains)
+        ),
+        "",
+    )
 
 
 def copied_bytes(domain: DomainInfo, options: MigrationOptions, explicit: bool) -> int:
@@ -252,7 +272,7 @@ class Drains:
         def place(item: DrainItem) -> Target | Nowhere:
             domain = by_uuid.get(item.vm_uuid)
             if domain is None:
-                return Nowhere(Problem("VM_GONE", f"{item.vm} is no longer on {drain.host}", ""))
+                return Nowhere(gone_problem(item, drain.host, cached_whereabouts(self.fleet, item.vm_uuid, drain.host)))
             placed = self.placer.choose(
                 domain,
                 drain.host,

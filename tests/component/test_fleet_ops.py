@@ -29,6 +29,7 @@ from ferry.coordinator.agent_client import GrpcAgentClient
 from ferry.coordinator.config import AgentsConfig, CoordinatorConfig, EtcdConfig, HostDecl
 from ferry.coordinator.main import Coordinator, build_coordinator
 from ferry.coordinator.slots import Limits
+from ferry.errors import Unavailable
 from ferry.model import DomainState
 from ferry.rpc import create_channel
 from ferry.testing.fake_hypervisor import MiB, make_domain_xml
@@ -580,6 +581,62 @@ async def test_a_guest_shut_off_before_its_turn_is_skipped_not_tried_on_every_ho
     assert stopped.state == cpb.DRAIN_ITEM_STATE_SKIPPED and not stopped.tried
     assert stopped.problems[-1].reason == "VM_NOT_RUNNING" and "shut off" in stopped.problems[-1].message
     assert fx.agents.running_on(late.vm) == []
+
+
+@pytest.mark.parametrize("elsewhere", ["host3", ""])
+async def test_a_guest_that_left_the_host_outside_the_drain_does_not_leave_it_incomplete(fx, capsys, elsewhere):
+    """Seen on the lab: during `ferry drain host1` an operator moved one waiting guest away himself
+    (or removed it); the drain ended INCOMPLETE, exit 1, "g3 (VM_GONE)", with host1 empty. A guest
+    that left the host is done: SKIPPED VM_GONE saying where it is, and the drain SUCCEEDED."""
+    for n in ("w1", "w2", "w3"):
+        fx.guest("host1", n)
+    fx.agents["host1"].hv.hold()
+    code, d = await fx.ferry(capsys, "drain", "host1", "--max-parallel", "1", "--no-wait")
+    assert code == 0
+    await until(fx.stub, d["id"], lambda x: x.vms_migrating >= 1)
+    await asyncio.sleep(0.3)  # whatever the drain submits ahead of its slot is submitted by now
+    waiting = await fx.stub.GetDrain(cpb.GetDrainRequest(id=d["id"]))
+    late = next(i for i in waiting.items if i.state == cpb.DRAIN_ITEM_STATE_WAITING)
+    left = fx.agents["host1"].hv.domains.pop(late.vm_uuid)  # the coordinator's copy of host1 still lists it
+    if elsewhere:
+        fx.agents[elsewhere].hv.domains[late.vm_uuid] = left
+    fx.agents["host1"].hv.release()
+    final = await wait_final_drain(fx.stub, d["id"])
+    assert final.state == cpb.DRAIN_STATE_SUCCEEDED, final
+    got = {i.vm: i for i in final.items}
+    assert sorted(items(final)[n][0] for n in got if n != late.vm) == ["MOVED", "MOVED"]
+    gone = got[late.vm]
+    assert gone.state == cpb.DRAIN_ITEM_STATE_SKIPPED and not gone.tried and not gone.attempts
+    where = "it is on host3 now" if elsewhere else "no host reports it"
+    assert gone.problems[-1].reason == "VM_GONE" and where in gone.problems[-1].message, gone.problems
+    assert f"1 left the host on its own: {late.vm}" in final.history[-1].reason
+
+
+async def test_a_guest_missing_from_a_host_that_does_not_answer_is_not_taken_for_gone(fx, capsys):
+    """The drained host's inventory call fails: a guest its last copy lacks may have come since
+    (another replica planned the drain from a newer one), so it waits, running where it did, until
+    the host answers again; only then is it known to be gone."""
+    for n in ("u1", "u2"):
+        fx.guest("host1", n)
+    hv = fx.agents["host1"].hv
+    hv.hold()
+    code, d = await fx.ferry(capsys, "drain", "host1", "--max-parallel", "1", "--no-wait")
+    await until(fx.stub, d["id"], lambda x: x.vms_migrating >= 1)
+    await asyncio.sleep(0.3)
+    waiting = await fx.stub.GetDrain(cpb.GetDrainRequest(id=d["id"]))
+    late = next(i for i in waiting.items if i.state == cpb.DRAIN_ITEM_STATE_WAITING)
+    del hv.domains[late.vm_uuid]
+    await fx.coordinators[0].fleet.refresh(["host1"], force=True)  # the coordinator's copy of host1 lacks it now
+    hv.fail("host_facts", Unavailable("libvirtd does not answer", reason="LIBVIRT_UNAVAILABLE"), times=1_000)
+    hv.release()
+    await until(fx.stub, d["id"], lambda x: x.vms_moved >= 1)
+    await asyncio.sleep(1.0)  # a few of the drain's steps
+    now = await fx.stub.GetDrain(cpb.GetDrainRequest(id=d["id"]))
+    assert {i.vm: i.state for i in now.items}[late.vm] == cpb.DRAIN_ITEM_STATE_WAITING, now
+    hv._faults.clear()  # the host answers again: now the guest is known to be gone
+    final = await wait_final_drain(fx.stub, d["id"])
+    gone = {i.vm: i for i in final.items}[late.vm]
+    assert final.state == cpb.DRAIN_STATE_SUCCEEDED and gone.problems[-1].reason == "VM_GONE", final
 
 
 async def test_a_failed_migration_is_replanned_to_another_host(fx, capsys):

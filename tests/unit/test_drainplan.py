@@ -169,6 +169,31 @@ def test_the_drain_ends_succeeded_or_incomplete():
     assert s.drain.state is DrainState.INCOMPLETE and "b (NO_TARGET)" in s.drain.history[-1].reason
 
 
+def test_a_vm_that_left_the_host_on_its_own_does_not_make_the_drain_incomplete():
+    """Seen on the lab: a guest moved away by hand during a drain ended it INCOMPLETE (exit 1) though
+    the host was empty. A VM gone from the host is done; one stopped there is not (still on it)."""
+    moved = item("a", state=ItemState.MOVED, target="h2")
+    gone = item(
+        "g", state=ItemState.SKIPPED, problems=(Problem("VM_GONE", "g is no longer on h1: it is on h3 now", ""),)
+    )
+    stopped = item("s", state=ItemState.SKIPPED, problems=(Problem("VM_NOT_RUNNING", "s is shut off on h1", ""),))
+    s = step(drain(moved, gone), {}, everywhere(), NOW, outbound_limit=1)
+    assert s.drain.state is DrainState.SUCCEEDED and s.outcome == "succeeded"
+    assert s.drain.history[-1].reason == "1 VM(s) moved; 1 left the host on its own: g"
+    s = step(drain(moved, gone, stopped), {}, everywhere(), NOW, outbound_limit=1)
+    assert s.drain.state is DrainState.INCOMPLETE and "s (VM_NOT_RUNNING)" in s.drain.history[-1].reason
+    assert "g (" not in s.drain.history[-1].reason
+
+
+def test_a_waiting_vm_missing_from_the_host_is_skipped_as_gone():
+    waiting = item("g")
+    gone = Nowhere(Problem("VM_GONE", "g is no longer on h1: no host reports it (undefined or destroyed?)", ""))
+    s = step(drain(waiting), {}, lambda i, exclude: gone, NOW, outbound_limit=1)
+    assert s.drain.state is DrainState.SUCCEEDED and not s.submit
+    [done] = s.drain.items
+    assert done.state is ItemState.SKIPPED and done.problems[-1].reason == "VM_GONE" and not done.tried
+
+
 def test_paused_starts_nothing_and_cancelling_cancels_what_runs():
     d = drain(item("a"), item("b", migration_id="d-1-1-1", target="h2", attempts=1, state=ItemState.MIGRATING))
     ms = {"d-1-1-1": migration("d-1-1-1", "b", "h2", Phase.MIGRATING)}
