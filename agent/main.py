@@ -158,9 +158,10 @@ async def serve(config: AgentConfig) -> None:
     metrics = AgentMetrics(registry)
     rpc: RpcObserver = RpcMetrics(registry)
     hypervisor = LibvirtHypervisor(config.libvirt_uri, config.libvirt_timeout_s, migration_tls=config.migration_tls)
+    api_ca = config.tls.ca if config.tls is not None else None
     if not config.migration_tls:
         log.warning("migration streams of %s are NOT encrypted (migration_tls = false)", config.name)
-    elif problem := migration_tls_problem(True, config.migration_tls_dir):
+    elif problem := migration_tls_problem(True, config.migration_tls_dir, api_ca):
         log.warning("%s: preflight will block migrations from and to this host", problem)
     host = LocalHostSystem(config.image_dirs, config.shared_dirs, bridges=config.bridges)
     servicer = build_agent(
@@ -168,7 +169,7 @@ async def serve(config: AgentConfig) -> None:
         hypervisor,
         host,
         jobs=metrics,
-        tls_problem=lambda: migration_tls_problem(config.migration_tls, config.migration_tls_dir),
+        tls_problem=lambda: migration_tls_problem(config.migration_tls, config.migration_tls_dir, api_ca),
     )
     metrics.watch_prepares(servicer.prepare.list)
     server, ports = create_server(config.listen, register(servicer), tls=config.tls, observer=rpc)

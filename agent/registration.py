@@ -330,10 +330,13 @@ def start_registration(config: AgentConfig, observer: StoreObserver | None = Non
     r = config.registry
     if r is None:
         return None
+    from ferry.certs import etcd_ca_warning
     from ferry.etcd_store import EtcdStore, EtcdTLS  # the etcd client only when registering
 
     if r.tls is None:
         log.warning("registering in etcd %s WITHOUT TLS ([registry] insecure = true)", ",".join(r.etcd_endpoints))
+    elif warning := etcd_ca_warning(r.tls.ca, config.tls.ca if config.tls is not None else None):
+        log.warning("%s", warning)
     tls = EtcdTLS.of(r.tls, r.server_name)
     # one quiet watch (our key): read on the event loop, no thread
     store: Store = EtcdStore(r.etcd_endpoints, r.prefix, tls=tls, timeout_s=max(1.0, r.ttl_s / 3), watch_threads=False)

@@ -110,9 +110,9 @@ def tls_blockers(source: HostView, target: HostView) -> list[Problem]:
             out.append(
                 Problem(
                     "MIGRATION_TLS_MISSING",
-                    f"{view.name} cannot encrypt the migration stream: {problem}",
-                    f"install QEMU's migration certificates on {view.name} (qemu.conf migrate_tls_x509_cert_dir, "
-                    "the agent's migration_tls_dir) and restart its agent",
+                    f"{view.name} cannot encrypt the migration stream safely: {problem}",
+                    f"install QEMU's migration certificates on {view.name}, from a CA that signs the hypervisors "
+                    "only (qemu.conf migrate_tls_x509_cert_dir, the agent's migration_tls_dir), and restart its agent",
                 )
             )
     return out

@@ -345,11 +345,14 @@ def etcd_store(
 ) -> Store:
     """The etcd adapter (timed for ``observer``, the metrics, when given); ``on_rewound(highest,
     now)``: etcd's history went back (restored from a snapshot)."""
+    from ferry.certs import etcd_ca_warning
     from ferry.etcd_store import EtcdStore, EtcdTLS  # the only etcd import, only in the real process
 
     e = config.etcd
     if e.tls is None:
         log.warning("etcd %s WITHOUT TLS ([etcd] insecure = true)", ",".join(e.endpoints))
+    elif warning := etcd_ca_warning(e.tls.ca, config.tls.ca if config.tls is not None else None):
+        log.warning("%s", warning)
     store = EtcdStore(e.endpoints, e.prefix, tls=EtcdTLS.of(e.tls, e.server_name), timeout_s=e.timeout_s)
     store.on_rewound = on_rewound
     return store if observer is None else TimedStore(store, observer)

@@ -187,6 +187,41 @@ def identity_in(cert_pem: bytes) -> Identity | None:
     return identity_of(uris_of(cert_pem))
 
 
+def shared_authority(bundle_a: bytes, bundle_b: bytes) -> bool:
+    """Whether two PEM bundles of CA certificates hold the same authority (a certificate with the
+    same public key in both: the same CA, or one re-issued with its key). Unreadable PEM: False.
+    Two trust domains that share one would each admit the other's certificates."""
+    try:
+        keys_a = {_public_key_der(c) for c in x509.load_pem_x509_certificates(bundle_a)}
+        keys_b = {_public_key_der(c) for c in x509.load_pem_x509_certificates(bundle_b)}
+    except ValueError:
+        return False
+    return bool(keys_a & keys_b)
+
+
+def shared_ca_files(a: Path, b: Path) -> bool:
+    """``shared_authority`` of two CA files; False when either cannot be read."""
+    try:
+        return shared_authority(a.read_bytes(), b.read_bytes())
+    except OSError:
+        return False
+
+
+def etcd_ca_warning(etcd_ca: Path, api_ca: Path | None) -> str:
+    """A start-up warning when etcd is reached with the CA of Ferry's APIs ("" when not)."""
+    if api_ca is None or not shared_ca_files(etcd_ca, api_ca):
+        return ""
+    return (
+        f"etcd's CA ({etcd_ca}) is also the CA of Ferry's APIs: every operator's, reader's and agent's "
+        "certificate is an etcd client too, and etcd's RBAC does not guard leases, compaction or alarms; "
+        "give etcd a CA of its own (ca/cert/key in [etcd] or [registry], README 'Three trust domains')"
+    )
+
+
+def _public_key_der(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def write_pem(directory: Path, stem: str, pem: Pem) -> tuple[Path, Path]:
     """``STEM.pem`` and ``STEM-key.pem`` (0600) in ``directory``; returns both paths."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -195,7 +195,7 @@ def start_coordinator(
     only: its unix socket below the lab dir is reachable from the root namespace)."""
     coordinator.config.parent.mkdir(parents=True, exist_ok=True)
     tls = plan.etcd[0].tls if plan.etcd else None
-    pki = tls.ca_file.parent if tls is not None else None
+    pki = tls.ca_file.parent.parent if tls is not None else None  # etcd's CA is in <lab>/pki/etcd
     coordinator.config.write_text(render_coordinator_toml(plan, coordinator, hosts, pki))
     coordinator.socket.unlink(missing_ok=True)
     argv = [*(command or default_coordinator_command()), "--config", str(coordinator.config)]

@@ -177,6 +177,17 @@ def control_plane_sockets(paths: LabPaths, shape: ControlPlane) -> tuple[Path, .
 # ---------------------------------------------------------------- config files
 
 
+def _etcd_tls_lines(etcd_pki: Path, stem: str) -> list[str]:
+    """A daemon's TLS to etcd: etcd's CA and the client certificate it issued (CN ``stem``, etcd's
+    user), and the DNS name the members' certificate carries."""
+    return [
+        f"ca = {_toml_str(str(etcd_pki / 'ca.pem'))}",
+        f"cert = {_toml_str(str(etcd_pki / f'{stem}.pem'))}",
+        f"key = {_toml_str(str(etcd_pki / f'{stem}-key.pem'))}",
+        f"server_name = {_toml_str(ETCD_SERVER_NAME)}",
+    ]
+
+
 def _toml_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -206,8 +217,8 @@ def render_coordinator_toml(
         "[etcd]",
         f"endpoints = {_toml_list(plan.etcd_endpoints)}",
         f"prefix = {_toml_str(ETCD_PREFIX)}",
-        # else TLS with the [tls] certificate, the members' certificate checked for its DNS name
-        *([f"server_name = {_toml_str(ETCD_SERVER_NAME)}"] if pki is not None else ["insecure = true"]),
+        # else TLS with a certificate of etcd's own CA (not the APIs'), the members' checked for its DNS name
+        *(_etcd_tls_lines(pki / "etcd", f"coordinator.{coordinator.id}") if pki is not None else ["insecure = true"]),
         "",
         "[limits]",
         f"per_host_outbound = {shape.per_host_outbound}",
@@ -218,7 +229,7 @@ def render_coordinator_toml(
     ]
     if pki is None:
         lines += ["[tls]", "insecure = true", ""]
-    else:  # one identity for the API, the agents and etcd: ferry://coordinator/cN
+    else:  # one identity for the API and the agents: ferry://coordinator/cN (etcd: its own CA, above)
         stem = f"coordinator.{coordinator.id}"
         lines += [
             "[tls]",
@@ -288,6 +299,7 @@ class Registry:
     prefix: str = ETCD_PREFIX
     ttl_s: int = REGISTRY_TTL_S
     server_name: str = ""  # the members' certificate's DNS name (TLS labs: ETCD_SERVER_NAME)
+    etcd_pki: Path | None = None  # TLS labs: etcd's CA and the agents' etcd certificates (pki/etcd)
 
 
 def render_registry_section(registry: Registry, plan: HostPlan) -> str:
@@ -300,7 +312,13 @@ def render_registry_section(registry: Registry, plan: HostPlan) -> str:
             f"address = {_toml_str(plan.agent_listen)}",
             f"prefix = {_toml_str(registry.prefix)}",
             f"ttl_s = {registry.ttl_s}",
-            *([f"server_name = {_toml_str(registry.server_name)}"] if registry.server_name else []),
+            *(
+                _etcd_tls_lines(registry.etcd_pki, f"agent.{plan.name}")
+                if registry.etcd_pki is not None
+                else [f"server_name = {_toml_str(registry.server_name)}"]
+                if registry.server_name
+                else []
+            ),
             "",
         ]
     )

@@ -302,7 +302,11 @@ class Lab:
                 future.result()  # the first failure is raised (the others finish first)
         hosts.save_qemu_capabilities(self.paths, plans[0].name, caps_cache)
         registry = (
-            Registry(cp_plan.etcd_endpoints, server_name=ETCD_SERVER_NAME if etcd_tls is not None else "")
+            Registry(
+                cp_plan.etcd_endpoints,
+                server_name=ETCD_SERVER_NAME if etcd_tls is not None else "",
+                etcd_pki=pki.etcd_pki_dir(self.paths) if etcd_tls is not None else None,
+            )
             if cp_plan is not None
             else None
         )

@@ -1,21 +1,28 @@
-"""The lab's certificates: one CA per lab and a certificate per identity (``ferry.certs``, no openssl CLI).
+"""The lab's certificates: three CAs per lab, one per trust domain, and a certificate per identity
+(``ferry.certs``, no openssl CLI).
 
-``ferry-lab up`` writes ``<lab>/pki`` before anything starts::
+A CA is trusted for everything it signs: a certificate from the CA of Ferry's APIs that also passed
+etcd's or QEMU's TLS would let a reader's certificate grant etcd leases, compact etcd, or read a
+guest's disk from the NBD port of a migration under way (seen in a walkthrough). So each link trusts
+only the CA of its own domain. ``ferry-lab up`` writes ``<lab>/pki`` before anything starts::
 
-    ca.pem, ca-key.pem                 the lab CA
-    etcd.pem                           etcd's server certificate (10.77.0.1, localhost)
-    root.pem                           etcd's admin (CN root: etcdctl of the lab tools; RBAC set-up)
+    ca.pem, ca-key.pem                 Ferry's APIs: the lab CA
     coordinator.cN.pem                 ferry://coordinator/cN  (10.77.0.1, localhost, cN), N = 1..3
     agent.hostN.pem                    ferry://agent/hostN     (10.77.0.(10+N), localhost, hostN)
     operator.lab.pem                   ferry://operator/lab    (the CLI config's certificate)
-    scheduler.lab.pem, reader.lab.pem  for trying the roles
+    scheduler.lab.pem, reader.lab.pem  for trying the roles (reader.lab also scrapes the metrics)
+    etcd/ca.pem, etcd/ca-key.pem       etcd's CA: its clients are the coordinators and the agents only
+    etcd/server.pem                    etcd's server certificate (10.77.0.1, localhost)
+    etcd/root.pem                      etcd's admin (CN root: etcdctl of the lab tools; RBAC set-up)
+    etcd/coordinator.cN.pem            CN coordinator.cN (etcd's user name), etcd/agent.hostN.pem likewise
+    hypervisors/ca.pem, ca-key.pem     libvirtd's and QEMU's CA: the hosts' libvirt certificates only
     (each with its -key.pem, mode 0600)
 
 and per host, for libvirtd and QEMU (``<lab>/hosts/hostN/etc/pki``, which is ``/etc/libvirt/pki``
-inside the host): libvirt's names (cacert.pem, servercert.pem, serverkey.pem, clientcert.pem,
-clientkey.pem; ``?pkipath=`` in the peers' URIs) and QEMU's in ``qemu/`` (ca-cert.pem,
-server-cert.pem, ...: the migration stream's TLS). Subject ``O=Ferry,CN=libvirt.hostN``, which the
-other hosts' ``tls_allowed_dn_list`` names.
+inside the host), signed by the hypervisors' CA: libvirt's names (cacert.pem, servercert.pem,
+serverkey.pem, clientcert.pem, clientkey.pem; ``?pkipath=`` in the peers' URIs) and QEMU's in
+``qemu/`` (ca-cert.pem, server-cert.pem, ...: the migration stream's TLS). Subject
+``O=Ferry,CN=libvirt.hostN``, which the other hosts' ``tls_allowed_dn_list`` names.
 """
 
 from __future__ import annotations
@@ -38,8 +45,17 @@ LIBVIRT_PKI = "/etc/libvirt/pki"  # inside a host (its /etc/libvirt is <lab>/hos
 QEMU_PKI = LIBVIRT_PKI + "/qemu"
 
 
+ETCD_DOMAIN = "etcd"  # <lab>/pki/etcd
+HYPERVISOR_DOMAIN = "hypervisors"  # <lab>/pki/hypervisors
+
+
 def pki_dir(paths: LabPaths) -> Path:
     return paths.root / "pki"
+
+
+def etcd_pki_dir(paths: LabPaths) -> Path:
+    """etcd's trust domain: its CA, its server certificate, and its clients' certificates."""
+    return pki_dir(paths) / ETCD_DOMAIN
 
 
 def libvirt_dn(host: str) -> str:
@@ -80,17 +96,23 @@ def tls_near(address: str) -> Tls | None:
 
 
 def create(paths: LabPaths, hosts: Sequence[HostPlan]) -> None:
-    """A fresh CA and every certificate of a lab with ``hosts`` (and up to 3 coordinators)."""
+    """Fresh CAs and every certificate of a lab with ``hosts`` (and up to 3 coordinators)."""
     d = pki_dir(paths)
-    ca = new_ca(f"Ferry lab CA {secrets.token_hex(4)}", days=30)  # a CN holds at most 64 characters
+    tag = secrets.token_hex(4)
+    ca = new_ca(f"Ferry lab CA {tag}", days=30)  # a CN holds at most 64 characters
+    etcd_ca = new_ca(f"Ferry lab etcd CA {tag}", days=30)
+    hypervisor_ca = new_ca(f"Ferry lab hypervisor CA {tag}", days=30)
     write_pem(d, "ca", ca)
-    write_pem(
-        d, "etcd", issue(ca, "etcd", dns=["localhost", ETCD_SERVER_NAME], ips=[CORE_ADDRESS, "127.0.0.1"], days=30)
-    )
-    write_pem(d, ETCD_ADMIN, issue(ca, ETCD_ADMIN, days=30))
+    e = etcd_pki_dir(paths)
+    write_pem(e, "ca", etcd_ca)
+    write_pem(pki_dir(paths) / HYPERVISOR_DOMAIN, "ca", hypervisor_ca)
+    server = issue(etcd_ca, "etcd", dns=["localhost", ETCD_SERVER_NAME], ips=[CORE_ADDRESS, "127.0.0.1"], days=30)
+    write_pem(e, "server", server)
+    write_pem(e, ETCD_ADMIN, issue(etcd_ca, ETCD_ADMIN, days=30))
     for i in range(1, MAX_COORDINATORS + 1):
         who = Identity(Role.COORDINATOR, f"c{i}")
         write_pem(d, who.common_name, issue_identity(ca, who, dns=["localhost", f"c{i}"], ips=[CORE_ADDRESS], days=30))
+        write_pem(e, who.common_name, issue(etcd_ca, who.common_name, days=30))
     for role in (Role.OPERATOR, Role.SCHEDULER, Role.READER):
         who = Identity(role, LAB_USER)
         write_pem(d, who.common_name, issue_identity(ca, who, days=30))
@@ -99,7 +121,15 @@ def create(paths: LabPaths, hosts: Sequence[HostPlan]) -> None:
         write_pem(
             d, who.common_name, issue_identity(ca, who, dns=[plan.name, "localhost"], ips=[plan.address], days=30)
         )
-        write_libvirt_pki(paths, plan, ca)
+        write_pem(e, who.common_name, issue(etcd_ca, who.common_name, days=30))
+        write_libvirt_pki(paths, plan, hypervisor_ca)
+
+
+def etcd_client_tls(paths: LabPaths, role: Role, name: str) -> Tls:
+    """A coordinator's or an agent's certificate for etcd (etcd's CA; CN ``ROLE.NAME``, its user)."""
+    e = etcd_pki_dir(paths)
+    stem = identity_stem(role, name)
+    return Tls(e / "ca.pem", e / f"{stem}.pem", e / f"{stem}-key.pem")
 
 
 def write_libvirt_pki(paths: LabPaths, plan: HostPlan, ca: Pem) -> None:
@@ -122,15 +152,17 @@ def write_libvirt_pki(paths: LabPaths, plan: HostPlan, ca: Pem) -> None:
 
 def etcd_admin(paths: LabPaths) -> Tls | None:
     """etcd's root user (the lab tools' etcdctl); None for a lab without certificates."""
-    found = tls(paths, ETCD_ADMIN)
+    e = etcd_pki_dir(paths)
+    found = Tls(e / "ca.pem", e / f"{ETCD_ADMIN}.pem", e / f"{ETCD_ADMIN}-key.pem")
     return found if found.cert.is_file() else None
 
 
 def etcd_member_tls(paths: LabPaths) -> MemberTLS:
-    """etcd's server files, and the root certificate for its health probes."""
-    d = pki_dir(paths)
+    """etcd's server files (etcd's own CA, which it trusts for clients), and the root certificate
+    for its health probes."""
+    e = etcd_pki_dir(paths)
     return MemberTLS(
-        d / "ca.pem", d / "etcd.pem", d / "etcd-key.pem", d / f"{ETCD_ADMIN}.pem", d / f"{ETCD_ADMIN}-key.pem"
+        e / "ca.pem", e / "server.pem", e / "server-key.pem", e / f"{ETCD_ADMIN}.pem", e / f"{ETCD_ADMIN}-key.pem"
     )
 
 

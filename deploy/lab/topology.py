@@ -269,7 +269,9 @@ def with_qemu_user(passwd: str, group: str) -> tuple[str, str]:
 def render_libvirtd_conf(plan: HostPlan) -> str:
     """libvirtd listens with TLS only (no plain TCP listener at all): certificates from the lab's
     own CA, and only the lab hosts' libvirt certificates (``O=Ferry,CN=libvirt.hostN``) may
-    connect. The unix socket (the local agent, virsh from the root namespace) needs no authentication."""
+    connect. The unix sockets (the local agent, virsh from the root namespace) need no authentication,
+    so they are root's alone (mode 0700, as libvirt's own default for the read-write socket; the lab's
+    run directory is below /tmp, where a world-writable socket made any local user root)."""
     # No auth_tcp line at all: there is no TCP listener. (The seed's auth_tcp = "none" recipe gave
     # anyone on the network the hypervisor; it is what Ferry exists to end.)
     allowed = '"O=Ferry,CN=libvirt.*"'  # gnutls prints the subject in certificate order
@@ -288,6 +290,9 @@ def render_libvirtd_conf(plan: HostPlan) -> str:
             'auth_unix_ro = "none"',
             'auth_unix_rw = "none"',
             'unix_sock_group = "root"',
+            'unix_sock_rw_perms = "0700"',
+            'unix_sock_ro_perms = "0700"',
+            'unix_sock_admin_perms = "0700"',
             f'host_uuid = "{plan.host_uuid}"',
             'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"',
             "",

@@ -76,9 +76,11 @@ def test_coordinator_config_is_what_ferry_coordinator_reads():
     plan = plan_control_plane(paths, ControlPlane(coordinators=2))
     config = parse_coordinator_config(render_coordinator_toml(plan, plan.coordinators[1], hosts, LAB / "pki"))
     assert config.id == "c2"
-    # its own identity for the API, the agents and etcd
+    # its own identity for the API and the agents; for etcd a certificate of etcd's own CA
     assert config.tls is not None and config.tls.cert == LAB / "pki/coordinator.c2.pem"
-    assert config.etcd.tls == config.tls and config.agents.tls == config.tls
+    assert config.agents.tls == config.tls
+    assert config.etcd.tls is not None and config.etcd.tls.ca == LAB / "pki/etcd/ca.pem"
+    assert config.etcd.tls.cert == LAB / "pki/etcd/coordinator.c2.pem" and config.tls.ca == LAB / "pki/ca.pem"
     assert config.listen == ("10.77.0.1:7101", "unix:/tmp/l/coordinators/c2.sock")
     assert config.metrics_listen == ("10.77.0.1:9472", "unix:/tmp/l/coordinators/c2.metrics.sock")
     assert config.etcd.endpoints == ("10.77.0.1:2379",) and config.etcd.prefix == "/ferry/"
@@ -99,6 +101,11 @@ def test_agents_register_with_their_lab_network_address():
     registry = parse_agent_config(text).registry
     assert registry is not None
     assert registry.etcd_endpoints == ("10.77.0.1:2379", "10.77.0.1:2381") and registry.server_name == "etcd"
+    # a TLS lab: a certificate of etcd's own CA (CN agent.host2, etcd's user), not the API's
+    secured = Registry(("10.77.0.1:2379",), server_name="etcd", etcd_pki=LAB / "pki/etcd")
+    registry = parse_agent_config(render_agent_config(paths, host2, secured)).registry
+    assert registry is not None and registry.tls is not None and registry.server_name == "etcd"
+    assert (registry.tls.ca, registry.tls.cert) == (LAB / "pki/etcd/ca.pem", LAB / "pki/etcd/agent.host2.pem")
     assert (registry.address, registry.prefix, registry.ttl_s) == ("10.77.0.12:7070", "/ferry/", 10)
     assert parse_agent_config(render_agent_config(paths, host2, None)).registry is None
 

@@ -28,10 +28,10 @@ import pytest
 from fleetcli import SUCCEEDED, beats, ferry, ok, remove_guests, running_on, submit, wait_final
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ferry.certs import issue_identity, new_ca, write_pem
+from ferry.certs import issue_identity, new_ca, shared_authority, write_pem
 from ferry.identity import Identity, Role
 from ferry.keys import HOSTS, host_key
-from ferry.lab import Lab
+from ferry.lab import Lab, pki
 from ferry.lab.control import etcdctl
 from ferry.lab.controlplane import ETCD_PREFIX
 from ferry.lab.state import CORE
@@ -130,8 +130,8 @@ def test_a_reader_cannot_submit_and_a_scheduler_cannot_override(lab: Lab):
 
 def test_etcd_confines_each_agent_to_its_own_key(lab: Lab):
     core, urls = lab.etcd_access()
-    agent = lab.client_tls("agent.host1")
-    coordinator = lab.client_tls("coordinator.c1")
+    agent = pki.etcd_client_tls(lab.paths, Role.AGENT, "host1")  # etcd's own CA issued these
+    coordinator = pki.etcd_client_tls(lab.paths, Role.COORDINATOR, "c1")
     own = ETCD_PREFIX + host_key("host1")
     other = ETCD_PREFIX + host_key("host2")
 
@@ -148,6 +148,61 @@ def test_etcd_confines_each_agent_to_its_own_key(lab: Lab):
     assert run(coordinator, "get", ETCD_PREFIX, "--prefix", "--keys-only").returncode == 0
     anonymous = etcdctl(core, urls, "get", own, timeout_s=3.0)  # no client certificate: no TLS session
     assert anonymous.returncode != 0
+
+
+def test_etcd_admits_no_certificate_of_the_apis_ca(lab: Lab):
+    """Seen in a walkthrough: with one lab CA, a reader's certificate was an etcd client; RBAC kept
+    the keys, but etcd does not guard leases, compaction or alarms: it granted 20,000 leases, kept
+    another host's lease alive and compacted. etcd trusts its own CA now, whose only clients are the
+    coordinators and the agents."""
+    core, urls = lab.etcd_access()
+    etcd_ca = pki.etcd_pki_dir(lab.paths) / "ca.pem"
+    for stem in ("reader.lab", "operator.lab", "agent.host1", "coordinator.c1"):  # the APIs' certificates
+        api = lab.client_tls(stem)
+        for args in (("lease", "grant", "60"), ("compaction", "1"), ("get", ETCD_PREFIX, "--prefix", "--keys-only")):
+            refused = etcdctl(core, urls, *args, timeout_s=3.0, tls=Tls(etcd_ca, api.cert, api.key))
+            assert refused.returncode != 0, (stem, args, refused.stdout)
+    root = lab.client_tls("reader.lab").ca.read_bytes()
+    assert not shared_authority(etcd_ca.read_bytes(), root)
+
+
+def test_qemu_admits_only_the_hypervisors_certificates(lab: Lab, tmp_path: Path):
+    """Seen in a walkthrough: with one lab CA, a reader's certificate read a guest's disk from the
+    NBD port of a migration under way (QEMU checks who signed a certificate, not whom it names).
+    A TLS NBD server with host2's QEMU credentials, as a migration's target runs it, admits host3's
+    QEMU certificate and refuses the lab's reader and agent certificates (another CA). The agents
+    report no migration TLS problem (their QEMU CA is not the APIs')."""
+    host_pki = lab.dir / "hosts"
+    image = tmp_path / "nbd-probe.qcow2"
+    lab.host_exec("host2", "qemu-img", "create", "-f", "qcow2", str(image), "16M")
+    port = "10809"
+    server = [
+        "qemu-nbd", "--fork", "--persistent", "-t", "-b", "10.77.0.12", "-p", port, "-x", "probe",
+        "--object", f"tls-creds-x509,id=tls0,dir={host_pki}/host2/etc/pki/qemu,endpoint=server,verify-peer=on",
+        "--tls-creds", "tls0", "--pid-file", str(tmp_path / "nbd.pid"), "-f", "qcow2", str(image),
+    ]  # fmt: skip
+    lab.host_exec("host2", *server)
+    try:
+
+        def read_with(qemu_dir: Path) -> int:
+            opts = f"driver=nbd,server.type=inet,server.host=10.77.0.12,server.port={port},export=probe,tls-creds=c0"
+            argv = ["qemu-img", "info", "--object", f"tls-creds-x509,id=c0,dir={qemu_dir},endpoint=client"]
+            return lab.host_exec("host3", *argv, "--image-opts", opts, check=False, timeout=30).returncode
+
+        assert read_with(host_pki / "host3/etc/pki/qemu") == 0  # a hypervisor: admitted
+        for stem in ("reader.lab", "agent.host3"):  # the APIs' CA: refused
+            d = tmp_path / stem
+            d.mkdir()
+            (d / "ca-cert.pem").write_bytes((host_pki / "host3/etc/pki/qemu/ca-cert.pem").read_bytes())
+            api = lab.client_tls(stem)
+            (d / "client-cert.pem").write_bytes(api.cert.read_bytes())
+            (d / "client-key.pem").write_bytes(api.key.read_bytes())
+            assert read_with(d) != 0, stem
+    finally:
+        pid = int((tmp_path / "nbd.pid").read_text())
+        lab.host_exec("host2", "kill", str(pid), check=False)
+    hosts = ok(ferry(lab, "hosts"))["hosts"]
+    assert all(not h.get("facts", {}).get("migration_tls_problem") for h in hosts), hosts
 
 
 def test_libvirtd_speaks_only_tls(lab: Lab):

@@ -157,6 +157,25 @@ def test_migration_streams_are_encrypted_by_default(tmp_path):
     assert migration_tls_problem(True, str(tmp_path)) == ""
 
 
+def test_qemus_migration_ca_must_not_be_the_apis(tmp_path):
+    """Seen in a walkthrough: with one lab CA for everything, a reader's certificate read a guest's
+    disk from the NBD port of a migration under way (QEMU checks the CA, not whom it names)."""
+    from ferry.agent.tls_material import QEMU_TLS_FILES, migration_tls_problem
+    from ferry.certs import new_ca, shared_authority
+
+    api, hypervisors = new_ca("Ferry API CA"), new_ca("Hypervisor CA")
+    (tmp_path / "api-ca.pem").write_bytes(api.cert)
+    for name in QEMU_TLS_FILES:
+        (tmp_path / name).write_text("pem")
+    (tmp_path / "ca-cert.pem").write_bytes(hypervisors.cert)
+    assert migration_tls_problem(True, str(tmp_path), tmp_path / "api-ca.pem") == ""
+    (tmp_path / "ca-cert.pem").write_bytes(hypervisors.cert + api.cert)  # a bundle that includes the API's
+    problem = migration_tls_problem(True, str(tmp_path), tmp_path / "api-ca.pem")
+    assert "also the CA of Ferry's APIs" in problem and "a CA of their own" in problem
+    assert migration_tls_problem(True, str(tmp_path), None) == ""  # an agent without TLS has no CA to compare
+    assert not shared_authority(b"not pem", api.cert)
+
+
 def test_confinement_keys():
     cfg = parse_config(
         LAB + 'bridges = ["br-guest"]\nmigration_targets = ["qemu+tls://10.77.0.12/system"]\n' + INSECURE

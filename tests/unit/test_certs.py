@@ -68,3 +68,14 @@ def test_a_certificate_can_be_made_already_expired():
         issue_identity(new_ca(), Identity(Role.OPERATOR, "o"), days=1, not_before=past).cert
     )
     assert cert.not_valid_after_utc < dt.datetime.now(dt.UTC)
+
+
+def test_etcd_reached_with_the_apis_ca_is_warned_about(tmp_path):
+    """etcd admits every certificate of the CA it trusts to leases and compaction (RBAC guards keys):
+    a daemon whose etcd CA is its API CA says so at start."""
+    from ferry.certs import etcd_ca_warning, new_ca, write_pem
+
+    api, etcd = write_pem(tmp_path, "api", new_ca("API")), write_pem(tmp_path, "etcd", new_ca("etcd"))
+    assert etcd_ca_warning(etcd[0], api[0]) == ""
+    assert "a CA of its own" in etcd_ca_warning(api[0], api[0])
+    assert etcd_ca_warning(api[0], None) == "" and etcd_ca_warning(tmp_path / "missing.pem", api[0]) == ""
