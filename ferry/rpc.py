@@ -90,6 +90,12 @@ class ServerLimits:
     with RESOURCE_EXHAUSTED (streams count while they are open)."""
 
     max_concurrent_rpcs: int = 512
+    # with TLS, what one caller may hold of them (``ferry.rpc_auth.CallBudget``): each identity but
+    # the coordinator's at most ``max_calls_per_identity``; readers, schedulers and agents together
+    # leave ``reserved_for_privileged`` to the coordinator and operators (a reader's 600 idle watch
+    # streams locked operators out of the coordinator and the coordinator out of an agent)
+    max_calls_per_identity: int = 128
+    reserved_for_privileged: int = 64
     max_streams_per_connection: int = 100  # HTTP/2 streams one client connection may have open
     max_receive_bytes: int = 4 << 20  # one request message (a domain XML is capped at 1 MiB)
     max_send_bytes: int = 64 << 20  # one response message (an inventory of many domains)
@@ -261,7 +267,7 @@ def create_server(
     message sizes. Returns the server and the bound port of each address (0 for unix sockets), so
     tests can listen on port 0.
     """
-    from ferry.rpc_auth import Authorizer  # it imports this module (to_status)
+    from ferry.rpc_auth import Authorizer, CallBudget  # it imports this module (to_status)
 
     interceptor = _CallInterceptor(observer)
     server = grpc.aio.server(
@@ -271,7 +277,7 @@ def create_server(
             ("grpc.max_receive_message_length", limits.max_receive_bytes),
             ("grpc.max_send_message_length", limits.max_send_bytes),
         ],
-        interceptors=[interceptor, Authorizer(enforce=tls is not None)],
+        interceptors=[interceptor, Authorizer(enforce=tls is not None, budget=CallBudget.of(limits))],
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
     if tls is None:

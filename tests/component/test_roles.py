@@ -9,6 +9,7 @@ certificate from another CA, or with an expired one never reach a servicer (the 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator
@@ -396,6 +397,29 @@ async def test_every_mutating_call_is_audited_once(servers: Servers, caplog: pyt
     ]
 
 
+async def test_refused_mutating_calls_are_audited_and_a_flood_of_refusals_logs_once(
+    servers: Servers, caplog: pytest.LogCaptureFixture
+):
+    """Seen in a walkthrough: 10,000 refused CordonHost calls of a reader wrote 1.8 MB of log lines
+    in 4 s (40 GB a day), none in the audit log. A refused mutating call is audited; the refusals of
+    one caller, method and reason are logged once per interval, the next line saying how many were
+    left out."""
+    caplog.set_level(logging.INFO, logger="ferry")
+    async with create_channel(servers.coordinator_address, tls=servers.pki.tls("reader")) as channel:
+        stub = cgrpc.CoordinatorStub(channel)
+        for _ in range(30):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.CordonHost(cpb.CordonHostRequest(host="host1", reason="mine now"), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    audit = [r.getMessage() for r in caplog.records if r.name == "ferry.audit"]
+    assert audit == [
+        "audit identity=ferry://reader/grafana method=CordonHost vm=- migration=- outcome=PERMISSION_DENIED "
+        "reason=ROLE_OPERATOR_REQUIRED"
+    ]
+    logged = [r.getMessage() for r in caplog.records if r.name == "ferry.rpc_auth" and "refused" in r.getMessage()]
+    assert len(logged) == 1 and "ROLE_OPERATOR_REQUIRED" in logged[0], logged
+
+
 async def test_the_coordinator_reaches_an_agent_only_under_its_registered_name(servers: Servers):
     """The agent's certificate names its host (DNS SAN host1): a registration of host2 that
     points at host1's address fails the handshake instead of talking to the wrong agent."""
@@ -420,3 +444,74 @@ async def test_a_plaintext_server_says_so_at_start(caplog: pytest.LogCaptureFixt
         assert any("WITHOUT TLS" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     finally:
         await server.stop(None)
+
+
+# ---------------------------------------------------------------- a fair share of a server's calls
+
+
+async def test_no_reader_can_take_a_server_from_the_coordinator_and_operators(pki: Pki, tmp_path: Path):
+    """Seen in a walkthrough: a reader's certificate held 512 idle watch streams on the coordinator
+    (operators then got RESOURCE_EXHAUSTED for every call), and 600 calls on an agent turned the
+    coordinator's own calls away. Each identity now has a share, and the unprivileged roles
+    together leave room for the coordinator and operators."""
+    from ferry.rpc import ServerLimits
+
+    for name in ("r2", "r3"):
+        write_pem(pki.dir, f"reader-{name}", issue_identity(pki.ca, Identity(Role.READER, name)))
+    hv = FakeHypervisor(hostname="host1", uri="qemu+tls://127.0.0.1/system", fleet=FakeFleet())
+    hv.timeout_s = 10.0
+    hv.hang("host_facts")  # every GetInventory stays open, like a slow libvirtd
+    agent_config = AgentConfig(
+        name="host1",
+        listen=("127.0.0.1:0",),
+        advertise_libvirt_uri=hv.uri,
+        image_dirs=("/images",),
+        state_dir=str(tmp_path / "state"),
+        tls=pki.tls("agent-server"),
+    )
+    servicer = build_agent(agent_config, hv, FakeHostSystem(dirs={"/images": GiB}))
+    limits = ServerLimits(max_concurrent_rpcs=8, max_calls_per_identity=2, reserved_for_privileged=4)
+    server, [port] = create_server(agent_config.listen, register_agent(servicer), tls=agent_config.tls, limits=limits)
+    await server.start()
+    channels = {
+        who: create_channel(f"127.0.0.1:{port}", tls=pki.tls(who))
+        for who in ("reader", "reader-r2", "reader-r3", "operator", "coordinator")
+    }
+    held: list[asyncio.Future[Any]] = []
+
+    def hold(who: str) -> None:
+        stub = agrpc.AgentStub(channels[who])
+        held.append(asyncio.ensure_future(stub.GetInventory(apb.GetInventoryRequest(), timeout=20)))
+
+    async def refused(who: str) -> str:
+        try:
+            await agrpc.AgentStub(channels[who]).GetInventory(apb.GetInventoryRequest(), timeout=20)
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+            return from_rpc_error(exc).reason
+        raise AssertionError(f"{who} was let in")
+
+    try:
+        for who in ("reader", "reader", "reader-r2"):
+            hold(who)
+        await asyncio.sleep(0.3)
+        assert await refused("reader") == "CALLER_BUSY"  # its own share is used up
+        hold("reader-r2")
+        await asyncio.sleep(0.3)
+        assert await refused("reader-r3") == "SERVER_BUSY"  # the readers' share is used up: 4 of 8, 4 kept
+        for who in ("operator", "coordinator", "coordinator", "coordinator"):  # the coordinator: no own cap
+            hold(who)
+        await asyncio.sleep(0.5)
+        assert not any(f.done() for f in held), [f.exception() for f in held if f.done()]
+        held.pop(0).cancel()  # one of the first reader's calls ends: its room is back
+        await asyncio.sleep(0.3)
+        hold("reader-r3")
+        await asyncio.sleep(0.3)
+        assert not held[-1].done()
+    finally:
+        for f in held:
+            f.cancel()
+        for channel in channels.values():
+            await channel.close()
+        await server.stop(None)
+        hv.release()

@@ -169,7 +169,7 @@ def test_etcd_admits_no_certificate_of_the_apis_ca(lab: Lab):
 def test_qemu_admits_only_the_hypervisors_certificates(lab: Lab, tmp_path: Path):
     """Seen in a walkthrough: with one lab CA, a reader's certificate read a guest's disk from the
     NBD port of a migration under way (QEMU checks who signed a certificate, not whom it names).
-    A TLS NBD server with host2's QEMU credentials, as a migration's target runs it, admits host3's
+    A TLS NBD server with host2's QEMU credentials, as a migration's target runs it, admits host1's
     QEMU certificate and refuses the lab's reader and agent certificates (another CA). The agents
     report no migration TLS problem (their QEMU CA is not the APIs')."""
     host_pki = lab.dir / "hosts"
@@ -187,13 +187,13 @@ def test_qemu_admits_only_the_hypervisors_certificates(lab: Lab, tmp_path: Path)
         def read_with(qemu_dir: Path) -> int:
             opts = f"driver=nbd,server.type=inet,server.host=10.77.0.12,server.port={port},export=probe,tls-creds=c0"
             argv = ["qemu-img", "info", "--object", f"tls-creds-x509,id=c0,dir={qemu_dir},endpoint=client"]
-            return lab.host_exec("host3", *argv, "--image-opts", opts, check=False, timeout=30).returncode
+            return lab.host_exec("host1", *argv, "--image-opts", opts, check=False, timeout=30).returncode
 
-        assert read_with(host_pki / "host3/etc/pki/qemu") == 0  # a hypervisor: admitted
-        for stem in ("reader.lab", "agent.host3"):  # the APIs' CA: refused
+        assert read_with(host_pki / "host1/etc/pki/qemu") == 0  # a hypervisor: admitted
+        for stem in ("reader.lab", "agent.host1"):  # the APIs' CA: refused
             d = tmp_path / stem
             d.mkdir()
-            (d / "ca-cert.pem").write_bytes((host_pki / "host3/etc/pki/qemu/ca-cert.pem").read_bytes())
+            (d / "ca-cert.pem").write_bytes((host_pki / "host1/etc/pki/qemu/ca-cert.pem").read_bytes())
             api = lab.client_tls(stem)
             (d / "client-cert.pem").write_bytes(api.cert.read_bytes())
             (d / "client-key.pem").write_bytes(api.key.read_bytes())
