@@ -140,6 +140,7 @@ def etcd_member_spec(paths: LabPaths, index: int, tls: MemberTLS | None = None) 
         peer_port=client + 1,
         data_dir=etcd_dir(paths) / f"{name}.data",
         tls=tls,
+        peer_host="127.0.0.1",  # every member is in the core namespace: raft stays on its loopback
     )
 
 

@@ -127,7 +127,7 @@ def parse_health(body: str) -> bool:
 @dataclass(frozen=True)
 class MemberTLS:
     """TLS on the client port, with client certificates required (peers stay plain: they talk on
-    loopback or inside the lab's core namespace). ``client_*`` is what probes and clients present."""
+    loopback, in the lab the core namespace's). ``client_*`` is what probes and clients present."""
 
     ca_file: Path
     cert_file: Path
@@ -146,6 +146,9 @@ class MemberSpec:
     peer_port: int
     data_dir: Path
     tls: MemberTLS | None = None
+    # where members talk to each other (plain HTTP): the lab's members share the core namespace,
+    # so its loopback, which no host reaches (the lab bridge reached every member's raft port)
+    peer_host: str = ""
 
     @property
     def endpoint(self) -> str:
@@ -159,7 +162,7 @@ class MemberSpec:
 
     @property
     def peer_url(self) -> str:
-        return f"http://{self.host}:{self.peer_port}"
+        return f"http://{self.peer_host or self.host}:{self.peer_port}"
 
 
 def member_command(

@@ -48,9 +48,9 @@ LAB = Path("/tmp/l")
 def test_etcd_members_and_coordinators_get_distinct_ports_on_the_core_address():
     plan = plan_control_plane(LabPaths(LAB), ControlPlane(etcd_members=3, coordinators=2))
     assert [(m.name, m.client_url, m.peer_url) for m in plan.etcd] == [
-        ("s1", "http://10.77.0.1:2379", "http://10.77.0.1:2380"),
-        ("s2", "http://10.77.0.1:2381", "http://10.77.0.1:2382"),
-        ("s3", "http://10.77.0.1:2383", "http://10.77.0.1:2384"),
+        ("s1", "http://10.77.0.1:2379", "http://127.0.0.1:2380"),  # raft on the core's loopback: no host
+        ("s2", "http://10.77.0.1:2381", "http://127.0.0.1:2382"),  # reaches it (it is plain HTTP)
+        ("s3", "http://10.77.0.1:2383", "http://127.0.0.1:2384"),
     ]
     assert plan.etcd[0].data_dir == LAB / "etcd/s1.data"
     assert [(c.id, c.listen, c.address) for c in plan.coordinators] == [

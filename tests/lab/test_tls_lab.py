@@ -164,6 +164,9 @@ def test_etcd_admits_no_certificate_of_the_apis_ca(lab: Lab):
             assert refused.returncode != 0, (stem, args, refused.stdout)
     root = lab.client_tls("reader.lab").ca.read_bytes()
     assert not shared_authority(etcd_ca.read_bytes(), root)
+    # raft (plain HTTP) listens on the core namespace's loopback: a host does not reach it
+    peer = lab.host_exec("host1", "curl", "-sS", "--max-time", "3", "http://10.77.0.1:2380/version", check=False)
+    assert peer.returncode != 0, peer.stdout
 
 
 def test_qemu_admits_only_the_hypervisors_certificates(lab: Lab, tmp_path: Path):
