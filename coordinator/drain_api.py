@@ -207,16 +207,13 @@ class DrainMethods:
 
     @rpc_method
     async def WatchDrain(self, request: cpb.WatchDrainRequest, context: Context) -> AsyncIterator[cpb.Drain]:
-        d = await must_read_drain(self.store, _id(request.id))
-        yield self.drain_pb(d)
-        if d.state.is_final:
-            return
-        prefix = d.id + "-"
+        drain_id = _id(request.id)
+        prefix = drain_id + "-"
         changed = asyncio.Event()
         latest: dict[str, DrainRecord | None] = {}
 
         def on_drain(name: str, new: DrainRecord | None) -> None:
-            if name == d.id:
+            if name == drain_id:
                 latest["drain"] = new
                 changed.set()
 
@@ -224,8 +221,14 @@ class DrainMethods:
             if name.startswith(prefix):
                 changed.set()
 
+        # subscribe first, then read: a change the view applies while the first message is sent
+        # (the drain's last: SUCCEEDED) is not lost, the watch does not wait for one more forever
         stops = [self.views.drains.subscribe(on_drain), self.views.migrations.subscribe(on_migration)]
         try:
+            d = await must_read_drain(self.store, drain_id)
+            yield self.drain_pb(d)
+            if d.state.is_final:
+                return
             while True:
                 await changed.wait()
                 changed.clear()

@@ -770,6 +770,33 @@ async def test_ferry_drain_waiting_when_its_coordinator_dies_follows_the_same_dr
     assert [d.id for d in drains.drains] == [listed]  # one drain, not a second attempt
 
 
+async def test_a_drain_watch_sees_the_end_that_came_between_its_read_and_its_first_update(fx, monkeypatch):
+    """WatchDrain read the drain RUNNING; before it listened for changes (while it sent that first
+    message) the drain SUCCEEDED and this replica's view took the change up: a watch subscribed only
+    then waited forever (`ferry drain` re-attaching on another replica after a failover hung)."""
+    from ferry.coordinator import drain_api
+
+    fx.guest("host1", "e1")
+    fx.agents["host1"].hv.hold()
+    d = await fx.stub.SubmitDrain(cpb.SubmitDrainRequest(host="host1"))
+    await until(fx.stub, d.id, lambda x: x.vms_migrating >= 1)
+    read = drain_api.must_read_drain
+    views = fx.coordinators[0].views
+
+    async def read_then_end(store, drain_id):  # the drain ends right after the watch's read
+        monkeypatch.setattr(drain_api, "must_read_drain", read)
+        got = await read(store, drain_id)
+        fx.agents["host1"].hv.release()
+        async with asyncio.timeout(20):
+            while not (views.drains.get(drain_id) and views.drains.get(drain_id).state.is_final):
+                await asyncio.sleep(0.01)
+        return got
+
+    monkeypatch.setattr(drain_api, "must_read_drain", read_then_end)
+    seen = [x.state async for x in fx.stub.WatchDrain(cpb.WatchDrainRequest(id=d.id), timeout=15)]
+    assert seen[0] == cpb.DRAIN_STATE_RUNNING and seen[-1] == cpb.DRAIN_STATE_SUCCEEDED, seen
+
+
 async def until_listed(stub: cgrpc.CoordinatorStub, timeout: float = 20) -> str:
     """The id of the one drain, once there is one."""
     async with asyncio.timeout(timeout):
