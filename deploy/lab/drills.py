@@ -200,15 +200,11 @@ def etcd_snapshot(state: LabState, path: Path) -> str:
     paths = LabPaths(Path(state.lab_dir))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
-    result = control.etcdctl(
-        core.pid,
-        [m.endpoints["client"] for m in members],
-        "snapshot",
-        "save",
-        str(path),
-        tls=pki.etcd_admin(paths),
-        timeout_s=10.0,
-    )
+    admin = pki.etcd_admin(paths)
+    urls = [m.endpoints["client"] for m in members]
+    # etcdctl takes a snapshot from one member only (it refuses several endpoints): the raft leader's
+    one = control.etcd_leader_url(core.pid, urls, admin) or urls[0]
+    result = control.etcdctl(core.pid, [one], "snapshot", "save", str(path), tls=admin, timeout_s=10.0)
     if result.returncode != 0 or not path.is_file():
         raise FailedPrecondition(
             f"etcdctl snapshot save failed: {(result.stderr or result.stdout).strip()[-300:]}",
