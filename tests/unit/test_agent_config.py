@@ -55,7 +55,12 @@ def test_example_config_in_deploy_parses():
         Path("/etc/ferry/pki/agent.hv-r12-07.pem"),
         Path("/etc/ferry/pki/agent.hv-r12-07-key.pem"),
     )
-    assert cfg.registry is not None and cfg.registry.tls == cfg.tls  # etcd with the same identity
+    # etcd: the same identity, from etcd's own CA (a CA of the APIs would make every reader an etcd client)
+    assert cfg.registry is not None and cfg.registry.tls == Tls(
+        Path("/etc/ferry/pki/etcd/ca.pem"),
+        Path("/etc/ferry/pki/etcd/agent.hv-r12-07.pem"),
+        Path("/etc/ferry/pki/etcd/agent.hv-r12-07-key.pem"),
+    )
 
 
 def test_relative_tls_paths_are_relative_to_the_file(tmp_path):
