@@ -18,6 +18,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from coordinator_setup import FAST, fast_engine  # beside this file
@@ -558,19 +559,27 @@ async def test_a_guest_that_fits_nowhere_is_reported_while_the_others_move(fx, c
     assert "lonely (NO_TARGET)" in d["history"][-1]["reason"]
 
 
-async def test_a_guest_shut_off_before_its_turn_is_skipped_not_tried_on_every_host(fx, capsys):
-    """A guest that stops after the plan and before its migration is submitted is refused
-    VM_NOT_RUNNING at submission (the VM's own state, whatever the target): its item is SKIPPED,
-    as the plan skips a guest not running, with no host tried; the others move."""
-    for n in ("s1", "s2", "s3"):
+async def drain_with_one_waiting(
+    fx: Setup, capsys: pytest.CaptureFixture[str], names: tuple[str, ...]
+) -> tuple[dict, Any]:
+    """``ferry drain host1 --max-parallel 1`` of guests ``names``, host1's migrations held: the
+    drain's record and an item still waiting its turn (release host1's hypervisor to go on)."""
+    for n in names:
         fx.guest("host1", n)
-    fx.agents["host1"].hv.hold()  # the first migrations stay under way; the third waits its turn
+    fx.agents["host1"].hv.hold()  # the first migrations stay under way; the last waits its turn
     code, d = await fx.ferry(capsys, "drain", "host1", "--max-parallel", "1", "--no-wait")
     assert code == 0
     await until(fx.stub, d["id"], lambda x: x.vms_migrating >= 1)
     await asyncio.sleep(0.3)  # whatever the drain submits ahead of its slot is submitted by now
     waiting = await fx.stub.GetDrain(cpb.GetDrainRequest(id=d["id"]))
-    late = next(i for i in waiting.items if i.state == cpb.DRAIN_ITEM_STATE_WAITING)
+    return d, next(i for i in waiting.items if i.state == cpb.DRAIN_ITEM_STATE_WAITING)
+
+
+async def test_a_guest_shut_off_before_its_turn_is_skipped_not_tried_on_every_host(fx, capsys):
+    """A guest that stops after the plan and before its migration is submitted is refused
+    VM_NOT_RUNNING at submission (the VM's own state, whatever the target): its item is SKIPPED,
+    as the plan skips a guest not running, with no host tried; the others move."""
+    d, late = await drain_with_one_waiting(fx, capsys, ("s1", "s2", "s3"))
     fx.agents["host1"].hv.domains[late.vm_uuid].state = DomainState.SHUTOFF
     fx.agents["host1"].hv.release()
     final = await wait_final_drain(fx.stub, d["id"])
@@ -588,15 +597,7 @@ async def test_a_guest_that_left_the_host_outside_the_drain_does_not_leave_it_in
     """Seen on the lab: during `ferry drain host1` an operator moved one waiting guest away himself
     (or removed it); the drain ended INCOMPLETE, exit 1, "g3 (VM_GONE)", with host1 empty. A guest
     that left the host is done: SKIPPED VM_GONE saying where it is, and the drain SUCCEEDED."""
-    for n in ("w1", "w2", "w3"):
-        fx.guest("host1", n)
-    fx.agents["host1"].hv.hold()
-    code, d = await fx.ferry(capsys, "drain", "host1", "--max-parallel", "1", "--no-wait")
-    assert code == 0
-    await until(fx.stub, d["id"], lambda x: x.vms_migrating >= 1)
-    await asyncio.sleep(0.3)  # whatever the drain submits ahead of its slot is submitted by now
-    waiting = await fx.stub.GetDrain(cpb.GetDrainRequest(id=d["id"]))
-    late = next(i for i in waiting.items if i.state == cpb.DRAIN_ITEM_STATE_WAITING)
+    d, late = await drain_with_one_waiting(fx, capsys, ("w1", "w2", "w3"))
     left = fx.agents["host1"].hv.domains.pop(late.vm_uuid)  # the coordinator's copy of host1 still lists it
     if elsewhere:
         fx.agents[elsewhere].hv.domains[late.vm_uuid] = left

@@ -194,6 +194,18 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(d, ca)
 
 
+def tls_agent_config(pki: Pki, hv: FakeHypervisor, tmp_path: Path) -> AgentConfig:
+    """host1's agent on a free loopback port, serving with its lab certificate."""
+    return AgentConfig(
+        name="host1",
+        listen=("127.0.0.1:0",),
+        advertise_libvirt_uri=hv.uri,
+        image_dirs=("/images",),
+        state_dir=str(tmp_path / "state"),
+        tls=pki.tls("agent-server"),
+    )
+
+
 @pytest.fixture
 async def servers(pki: Pki, tmp_path: Path) -> AsyncIterator[Servers]:
     host = FakeHostSystem(bridges=["br-guest"], dirs={"/images": 50 * GiB}, totals={"/images": 100 * GiB})
@@ -202,14 +214,7 @@ async def servers(pki: Pki, tmp_path: Path) -> AsyncIterator[Servers]:
         "</devices>", f"<graphics type='vnc' port='-1' autoport='yes' passwd='{PASSWORD}'/></devices>"
     )
     hv.add_domain(xml)
-    agent_config = AgentConfig(
-        name="host1",
-        listen=("127.0.0.1:0",),
-        advertise_libvirt_uri=hv.uri,
-        image_dirs=("/images",),
-        state_dir=str(tmp_path / "state"),
-        tls=pki.tls("agent-server"),
-    )
+    agent_config = tls_agent_config(pki, hv, tmp_path)
     servicer = build_agent(agent_config, hv, host)
     agent_server, [agent_port] = create_server(agent_config.listen, register_agent(servicer), tls=agent_config.tls)
     await agent_server.start()
@@ -461,14 +466,7 @@ async def test_no_reader_can_take_a_server_from_the_coordinator_and_operators(pk
     hv = FakeHypervisor(hostname="host1", uri="qemu+tls://127.0.0.1/system", fleet=FakeFleet())
     hv.timeout_s = 10.0
     hv.hang("host_facts")  # every GetInventory stays open, like a slow libvirtd
-    agent_config = AgentConfig(
-        name="host1",
-        listen=("127.0.0.1:0",),
-        advertise_libvirt_uri=hv.uri,
-        image_dirs=("/images",),
-        state_dir=str(tmp_path / "state"),
-        tls=pki.tls("agent-server"),
-    )
+    agent_config = tls_agent_config(pki, hv, tmp_path)
     servicer = build_agent(agent_config, hv, FakeHostSystem(dirs={"/images": GiB}))
     limits = ServerLimits(max_concurrent_rpcs=8, max_calls_per_identity=2, reserved_for_privileged=4)
     server, [port] = create_server(agent_config.listen, register_agent(servicer), tls=agent_config.tls, limits=limits)
