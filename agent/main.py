@@ -38,7 +38,7 @@ from ferry.agent.source_disks import SourceDisks
 from ferry.agent.source_records import SourceRecords
 from ferry.agent.targets import MigrationTargets
 from ferry.agent.tls_material import migration_tls_problem
-from ferry.daemon import run_daemon
+from ferry.daemon import run_daemon, tls_in
 from ferry.errors import FerryError
 from ferry.keys import LEADER_KEY
 from ferry.ports import HostSystem, Hypervisor
@@ -152,10 +152,16 @@ def _addresses(listen: Sequence[str], ports: Sequence[int]) -> str:
 async def serve(config: AgentConfig) -> None:
     from ferry.agent.libvirt_hypervisor import LibvirtHypervisor  # libvirt-python: the agent extra
     from ferry.agent.metrics import AgentMetrics
-    from ferry.metrics import RpcMetrics, StoreMetrics, exporter, new_registry
+    from ferry.metrics import CertificateExpiry, RpcMetrics, StoreMetrics, certificate_files, exporter, new_registry
 
     registry = new_registry("agent")
     metrics = AgentMetrics(registry)
+    certificates = certificate_files(tls_in(config))
+    if config.migration_tls:  # QEMU's: an expired one fails every migration from and to this host
+        qemu = Path(config.migration_tls_dir)
+        certificates += [("migration", qemu / "server-cert.pem"), ("migration: client", qemu / "client-cert.pem")]
+        certificates += [("migration: ca", qemu / "ca-cert.pem")]
+    registry.register(CertificateExpiry(certificates))
     rpc: RpcObserver = RpcMetrics(registry)
     hypervisor = LibvirtHypervisor(config.libvirt_uri, config.libvirt_timeout_s, migration_tls=config.migration_tls)
     api_ca = config.tls.ca if config.tls is not None else None

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from ferry.daemon import RestartRequested, run_daemon
+from ferry.daemon import RestartRequested, run_daemon, tls_in
 from ferry.diskplan import landed_disks
 from ferry.keys import LEADER_KEY
 from ferry.rpc import RpcObserver, create_server
@@ -365,12 +365,13 @@ def _addresses(listen: Sequence[str], ports: Sequence[int]) -> str:
 
 
 async def serve(config: CoordinatorConfig) -> None:
-    from ferry.metrics import RpcMetrics, StoreMetrics, exporter, new_registry
+    from ferry.metrics import CertificateExpiry, RpcMetrics, StoreMetrics, certificate_files, exporter, new_registry
 
     from .metrics import CoordinatorMetrics
 
     registry = new_registry("coordinator")
     metrics = CoordinatorMetrics(registry, config.limits)
+    registry.register(CertificateExpiry(certificate_files(tls_in(config))))
     stop = asyncio.Event()
     rewound: list[str] = []
 

@@ -33,7 +33,7 @@ import contextlib
 import logging
 import os
 import ssl
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -46,6 +46,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
 from ferry import authz
@@ -129,6 +130,60 @@ class StoreMetrics:
         self.seconds.labels(operation).observe(seconds)
         if reason:
             self.failures.labels(operation, reason).inc()
+
+
+class CertificateExpiry:
+    """``ferry_tls_certificate_expiry_timestamp_seconds{use, file}``: when each certificate file the
+    daemon uses ends (a bundle: its first certificate to end), read at scrape time, so a file
+    replaced on disk shows its new date (the daemon itself takes it up at its next start). The
+    daemons check expiry only at start; a certificate that ends while they run fails every
+    handshake of its link, so alert well before: ``ferry_tls_certificate_expiry_timestamp_seconds -
+    time() < 14 * 86400``. A file that cannot be read or parsed is left out (and logged once)."""
+
+    def __init__(self, files: Sequence[tuple[str, Path]]) -> None:
+        self.files = list(dict.fromkeys(files))
+        self._seen: dict[Path, tuple[float, float]] = {}  # path -> (mtime, not after)
+        self._unreadable: set[Path] = set()
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "ferry_tls_certificate_expiry_timestamp_seconds",
+            "When each certificate the daemon uses ends (Unix time; a bundle: its first to end)",
+            labels=["use", "file"],
+        )
+        for use, path in self.files:
+            ends = self._not_after(path)
+            if ends is not None:
+                family.add_metric([use, str(path)], ends)
+        yield family
+
+    def _not_after(self, path: Path) -> float | None:
+        from cryptography import x509
+
+        try:
+            mtime = path.stat().st_mtime
+            seen = self._seen.get(path)
+            if seen is not None and seen[0] == mtime:
+                return seen[1]
+            ends = min(c.not_valid_after_utc.timestamp() for c in x509.load_pem_x509_certificates(path.read_bytes()))
+        except (OSError, ValueError) as exc:
+            if path not in self._unreadable:
+                self._unreadable.add(path)
+                log.warning("cannot read the certificate %s for its expiry metric: %s", path, exc)
+            return None
+        self._unreadable.discard(path)
+        self._seen[path] = (mtime, ends)
+        return ends
+
+
+def certificate_files(places: Sequence[tuple[str, Tls]]) -> list[tuple[str, Path]]:
+    """(use, file) of each certificate and CA of ``places`` (``ferry.daemon.tls_in``'s answer).
+
+    >>> t = Tls(Path("ca.pem"), Path("a.pem"), Path("a-key.pem"))
+    >>> certificate_files([("tls, agents.tls", t)])
+    [('tls, agents.tls', PosixPath('a.pem')), ('tls, agents.tls: ca', PosixPath('ca.pem'))]
+    """
+    return [item for where, tls in places for item in ((where, tls.cert), (f"{where}: ca", tls.ca))]
 
 
 # ---------------------------------------------------------------- the endpoint

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import ssl
 import stat
@@ -177,3 +178,39 @@ def test_the_daemon_endpoint_uses_its_tls_unless_told_insecure(
     assert ("HTTPS" in server.scheme) is expect_tls
     assert any("plain HTTP" in r.getMessage() for r in caplog.records) is insecure
     assert "HTTPS" not in exporter(new_registry("agent"), MetricsConfig(), None).scheme  # a daemon without TLS
+
+
+def test_certificate_expiry_is_read_at_scrape_time(pki: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """A certificate that ends while a daemon runs fails every handshake of its link: the metric
+    says when each ends, and a file renewed on disk shows its new date at the next scrape."""
+    import datetime as dt
+    import shutil
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from ferry.metrics import CertificateExpiry, certificate_files
+
+    cert = tmp_path / "server.pem"
+    shutil.copy(pki / "server.pem", cert)
+    registry = CollectorRegistry()
+    files = certificate_files([("tls", Tls(pki / "ca.pem", cert, pki / "server-key.pem"))])
+    registry.register(CertificateExpiry([*files, ("migration", tmp_path / "missing.pem")]))
+
+    def ends() -> dict[str, float]:
+        text = generate_latest(registry).decode()
+        return {
+            line.split('use="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("ferry_tls_certificate_expiry_timestamp_seconds{")
+        }
+
+    first = ends()
+    assert set(first) == {"tls", "tls: ca"}  # the missing file is left out, and said so once
+    assert first["tls"] > dt.datetime.now(dt.UTC).timestamp() + 300 * 86400  # ferry-certs: a year
+    later = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
+    renewed = issue_identity(new_ca("CA"), Identity(Role.AGENT, "host1"), days=3, not_before=later)
+    cert.write_bytes(renewed.cert)
+    os.utime(cert, (1, 1))  # another mtime than the first file's
+    assert ends()["tls"] < dt.datetime.now(dt.UTC).timestamp()  # the file on disk now: already ended
+    ends()
+    assert sum("missing.pem" in r.getMessage() for r in caplog.records) == 1
