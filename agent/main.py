@@ -152,16 +152,15 @@ def _addresses(listen: Sequence[str], ports: Sequence[int]) -> str:
 async def serve(config: AgentConfig) -> None:
     from ferry.agent.libvirt_hypervisor import LibvirtHypervisor  # libvirt-python: the agent extra
     from ferry.agent.metrics import AgentMetrics
-    from ferry.metrics import CertificateExpiry, RpcMetrics, StoreMetrics, certificate_files, exporter, new_registry
+    from ferry.metrics import RpcMetrics, StoreMetrics, certificate_files, exporter, new_registry
 
-    registry = new_registry("agent")
-    metrics = AgentMetrics(registry)
     certificates = certificate_files(tls_in(config))
     if config.migration_tls:  # QEMU's: an expired one fails every migration from and to this host
         qemu = Path(config.migration_tls_dir)
         certificates += [("migration", qemu / "server-cert.pem"), ("migration: client", qemu / "client-cert.pem")]
         certificates += [("migration: ca", qemu / "ca-cert.pem")]
-    registry.register(CertificateExpiry(certificates))
+    registry = new_registry("agent", certificates)
+    metrics = AgentMetrics(registry)
     rpc: RpcObserver = RpcMetrics(registry)
     hypervisor = LibvirtHypervisor(config.libvirt_uri, config.libvirt_timeout_s, migration_tls=config.migration_tls)
     api_ca = config.tls.ca if config.tls is not None else None

@@ -365,13 +365,12 @@ def _addresses(listen: Sequence[str], ports: Sequence[int]) -> str:
 
 
 async def serve(config: CoordinatorConfig) -> None:
-    from ferry.metrics import CertificateExpiry, RpcMetrics, StoreMetrics, certificate_files, exporter, new_registry
+    from ferry.metrics import RpcMetrics, StoreMetrics, certificate_files, exporter, new_registry
 
     from .metrics import CoordinatorMetrics
 
-    registry = new_registry("coordinator")
+    registry = new_registry("coordinator", certificate_files(tls_in(config)))
     metrics = CoordinatorMetrics(registry, config.limits)
-    registry.register(CertificateExpiry(certificate_files(tls_in(config))))
     stop = asyncio.Event()
     rewound: list[str] = []
 

@@ -71,9 +71,11 @@ def ferry_version() -> str:
         return "unknown"
 
 
-def new_registry(component: str) -> CollectorRegistry:
-    """A registry for one daemon: process and Python metrics plus ``ferry_build_info``."""
+def new_registry(component: str, certificates: Sequence[tuple[str, Path]] = ()) -> CollectorRegistry:
+    """A registry for one daemon: process and Python metrics, ``ferry_build_info``, and when each of
+    its ``certificates`` ((use, file); ``certificate_files``) ends."""
     registry = CollectorRegistry()
+    registry.register(CertificateExpiry(certificates))
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
         with contextlib.suppress(ValueError):  # already in it
             registry.register(collector)
