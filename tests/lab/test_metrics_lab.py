@@ -95,7 +95,9 @@ def test_every_endpoint_is_listed_and_answers(lab: Lab) -> None:
         assert value(samples, "ferry_build_info", component=component) == 1, name
         uses = {dict(ls)["use"] for n, ls in samples if n == "ferry_tls_certificate_expiry_timestamp_seconds"}
         expected = {"migration", "migration: ca"} if component == "agent" else set()  # QEMU's, on the hosts
-        assert any(u.startswith("tls") for u in uses) and expected <= uses, (name, uses)
+        # its [tls] (with the places that use it too, e.g. "agents.tls, tls"), and etcd's own CA's
+        assert any("tls" in u.split(", ") for u in uses) and expected <= uses, (name, uses)
+        assert {"etcd.tls", "registry.tls"} & uses, (name, uses)
     # the TCP listener inside a host's namespace (where a fleet's Prometheus scrapes): HTTPS, a reader's certificate
     url = f"https://{found['host1']['metrics_tcp']}/metrics"
     inside = parse(curl(url, lab=lab, host="host1", cert="reader.lab"))
