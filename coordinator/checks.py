@@ -112,7 +112,8 @@ def tls_blockers(source: HostView, target: HostView) -> list[Problem]:
                     "MIGRATION_TLS_MISSING",
                     f"{view.name} cannot encrypt the migration stream safely: {problem}",
                     f"install QEMU's migration certificates on {view.name}, from a CA that signs the hypervisors "
-                    "only (qemu.conf migrate_tls_x509_cert_dir, the agent's migration_tls_dir), and restart its agent",
+                    "only (qemu.conf migrate_tls_x509_cert_dir, the agent's migration_tls_dir); its agent looks "
+                    "again at each inventory",
                 )
             )
     return out
