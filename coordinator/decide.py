@@ -848,6 +848,25 @@ def on_placement(c: Ctx, p: Placement) -> Decision:
                     f"then start it there (virsh start {r.vm}); the target's incomplete copies are removed",
                 ),
             )
+        if r.phase is Phase.MIGRATING and _removed_before_landing(r, p):
+            # Defined on neither host, and its job failed before any post-copy: someone removed the
+            # guest from the source (virsh destroy + undefine: a VM deleted, say, during a drain).
+            # The target's incoming copy never became the guest: its copies are incomplete, remove
+            # them (seen on the lab: they were kept, VM_NOT_RUNNING for an operator to judge).
+            return roll_back(
+                c,
+                f"{r.vm} is defined on neither host: it is gone from {r.source_host}",
+                goal=Phase.FAILED,
+                safe_to_clean=True,
+                error=Problem(
+                    "VM_GONE",
+                    f"{r.vm} is gone from {r.source_host} (removed, or a transient guest that stopped) before "
+                    f"its migration switched over (the job failed: {r.error.reason if r.error else '?'}); it is "
+                    f"defined on neither {r.source_host} nor {r.target_host}",
+                    f"nothing to move; if it was not removed on purpose, its disks are still on {r.source_host} "
+                    "(define it there again); the target's incomplete copies are removed",
+                ),
+            )
         if r.phase in (Phase.MIGRATING, Phase.FINISHING) and _stopped_after_landing(r, p):
             # The job completed (seen, or not yet: the target's persistent definition and the
             # source's none say so), so the guest landed; it stopped there afterwards (its host
@@ -1007,6 +1026,19 @@ def _stopped_in_precopy(r: MigrationRecord, p: Placement) -> bool:
         and not (r.progress is not None and r.progress.phase is MigrationPhase.POSTCOPY)
         and p.target_state is None
         and p.source_state in (DomainState.SHUTOFF, DomainState.CRASHED)
+    )
+
+
+def _removed_before_landing(r: MigrationRecord, p: Placement) -> bool:
+    """A guest defined on neither host whose job failed (not completed) and was never seen in
+    post-copy: the target's incoming copy never became the guest (a completed job would have
+    defined it there), so the source lost it by someone's hand, not by the migration."""
+    return (
+        not r.options.offline
+        and r.error is not None
+        and not too_late_to_cancel(r)  # never in post-copy (seen, or asked for by a policy or operator)
+        and p.source_state is None
+        and p.target_state is None
     )
 
 

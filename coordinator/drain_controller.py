@@ -31,7 +31,7 @@ from ferry.store import Conflict, Store
 
 from .checks import vm_blockers
 from .drain import DrainItem, DrainRecord, DrainState, ItemState, decode, encode, with_item
-from .drainplan import Busy, Choice, Nowhere, Step, Target, step
+from .drainplan import GONE, Busy, Choice, Nowhere, Step, Target, step
 from .drains import domains_by_uuid, gone_problem, keys_release
 from .hoststate import HostCordon, cordon
 from .placement import HostOption, Reservations
@@ -43,7 +43,11 @@ from .view import PrefixView
 log = logging.getLogger(__name__)
 
 # a submission refused with one of these: the VM is not there to move any more
-_GONE = frozenset({"VM_UNKNOWN", "SAME_HOST", "VM_NOT_RUNNING"})
+_GONE = frozenset({GONE, "VM_NOT_RUNNING"})
+# the submission found the VM on no host, or on its target already: it left the drained host
+_LEFT = frozenset({"VM_UNKNOWN", "SAME_HOST"})
+# how old the drained host's inventory may be while a VM skipped as stopped there may be removed
+STOPPED_MAX_AGE_S = 1.0
 # refused for what the VM itself is (checks.vm_blockers): no other host would take it either
 _OWN = frozenset({"VM_TRANSIENT", "OFFLINE_LOCAL_DISK"})
 # a host rejected only for these may take the VM later: the item waits instead of failing
@@ -189,17 +193,22 @@ class DrainController:
             return
         await self._ensure_cordoned(d)
         whereabouts: dict[str, str] = {}
-        if d.state is DrainState.RUNNING and d.count(ItemState.WAITING):
-            # what runs on the host, at most a TTL old; a waiting VM missing there is looked for on
-            # the host again now (that copy may predate the drain): only then has it left the host
+        if d.state is DrainState.RUNNING and any(_may_leave(i) for i in d.items):
+            # what runs on the host, at most a TTL old; a VM missing there is looked for on the
+            # host again now (that copy may predate the drain): only then has it left the host
             await self.placer.fleet.refresh([d.host])
             whereabouts = await self._whereabouts(d)
+        gone = {
+            i.vm_uuid: gone_problem(i, d.host, whereabouts[i.vm_uuid])
+            for i in d.items
+            if i.state is ItemState.SKIPPED and i.vm_uuid in whereabouts
+        }
         while True:
             self.steps += 1
             now = self.clock()
             place, chosen = self._placer_for(d, now, whereabouts)
             try:
-                stepped = await self._step_once(d, place, now)
+                stepped = await self._step_once(d, place, now, gone)
             finally:  # each chosen target counted until the write: now by its migration, or not at all
                 for key in chosen:
                     self.placer.book.release(key)
@@ -216,7 +225,11 @@ class DrainController:
             return
 
     async def _step_once(
-        self, d: DrainRecord, place: Callable[[DrainItem, frozenset[str]], Choice], now: datetime
+        self,
+        d: DrainRecord,
+        place: Callable[[DrainItem, frozenset[str]], Choice],
+        now: datetime,
+        gone: Mapping[str, Problem] | None = None,
     ) -> DrainRecord | None:
         """One step of ``d``: its new record written and what it asks for done; None on a
         conflicting write (nothing done)."""
@@ -228,6 +241,7 @@ class DrainController:
             outbound_limit=self.outbound_limit,
             max_attempts=self.max_attempts,
             cordoned=frozenset(n for n, c in self.cordons.items() if c.cordoned),
+            gone=gone,
         )
         if self._created:
             seen = self.records()
@@ -260,13 +274,15 @@ class DrainController:
             await cordon(self.store, d.host, d.reason or f"drain {d.id}", self.clock(), drain_id=d.id)
 
     async def _whereabouts(self, d: DrainRecord) -> dict[str, str]:
-        """Where each waiting VM that the drained host no longer lists is now (UUID -> host, "" for
-        nowhere). The host is asked again first (its copy may predate the drain; an unreachable host
-        is not asked: its VMs are where they were); then the fleet, as a submission looks for a VM."""
+        """Where each VM waiting its turn (or skipped while stopped) that the drained host no longer
+        lists is now (UUID -> host, "" for nowhere). The host is asked again first (its copy may
+        predate the drain; an unreachable host is not asked: its VMs are where they were); then the
+        fleet, as a submission looks for a VM."""
         fleet = self.placer.fleet
-        missing = [
-            i for i in d.items if i.state is ItemState.WAITING and i.vm_uuid not in domains_by_uuid(fleet, d.host)
-        ]
+        if any(i.state is ItemState.SKIPPED and _may_leave(i) for i in d.items):
+            await fleet.refresh([d.host], max_age_s=STOPPED_MAX_AGE_S)  # the drain may end at this step
+        listed = domains_by_uuid(fleet, d.host)
+        missing = [i for i in d.items if _may_leave(i) and i.vm_uuid not in listed]
         if not missing:
             return {}
         await fleet.refresh([d.host], force=True)
@@ -397,6 +413,10 @@ class DrainController:
             if item is None or item.migration_id != migration_id or item.state is not ItemState.MIGRATING:
                 return
             now = self.clock()
+            if problem.reason in _LEFT:  # the submission looked for it on every host that may have it
+                problem = Problem(
+                    GONE, f"{item.vm} is no longer on {d.host}: {problem.message}", "nothing to move: it left the host"
+                )
             if problem.reason in _GONE:
                 new_item = replace(item, state=ItemState.SKIPPED, problems=(problem,), ended_at=now)
             elif item.attempts >= self.max_attempts or problem.reason in _OWN:
@@ -416,3 +436,11 @@ class DrainController:
             await self.submissions.cancel(migration_id)
         except FerryError as err:
             log.info("cannot cancel %s: %s", migration_id, err.reason)
+
+
+def _may_leave(item: DrainItem) -> bool:
+    """An item whose VM leaving the host outside the drain counts as gone: waiting its turn, or
+    skipped while stopped there (then removed: destroy, then undefine)."""
+    if item.state is ItemState.WAITING:
+        return True
+    return item.state is ItemState.SKIPPED and bool(item.problems) and item.problems[-1].reason == "VM_NOT_RUNNING"

@@ -234,6 +234,9 @@ def _follow(
             cancelled = Problem("CANCELLED", f"{item.vm}: {why} ({r.id})", "drain the host again to move it")
             items.append(replace(item, state=ItemState.SKIPPED, problems=(cancelled,), ended_at=now))
             continue
+        if error.reason == GONE:  # its migration found it gone from the host: it left on its own
+            items.append(replace(item, state=ItemState.SKIPPED, problems=(error,), ended_at=now))
+            continue
         tried = item.tried + ((r.target_host,) if r.target_host not in item.tried else ())
         final = error.reason in NEEDS_OPERATOR or item.attempts >= max_attempts or d.state is DrainState.CANCELLING
         items.append(
@@ -269,11 +272,16 @@ def step(
     outbound_limit: int,
     max_attempts: int = 3,
     cordoned: Collection[str] = (),
+    gone: Mapping[str, Problem] | None = None,
 ) -> Step:
-    """What to do about drain ``d`` now (see the module doc). ``cordoned``: the hosts cordoned now."""
+    """What to do about drain ``d`` now (see the module doc). ``cordoned``: the hosts cordoned now;
+    ``gone``: VMs (by UUID) confirmed no longer on the host, with the VM_GONE problem saying where
+    they are: a VM skipped while it was stopped there, then removed, is gone as well."""
     if d.state.is_final:
         return Step(d, outcome="final")
     new, take_back = _follow(d, migrations, now, max_attempts, cordoned)
+    if gone:
+        new = _left_after_stopping(new, gone, now)
     resubmit = tuple(
         Submit(i.vm, i.vm_uuid, i.migration_id, i.target)
         for i in new.items
@@ -358,6 +366,20 @@ def _cancelling(d: DrainRecord, migrations: Mapping[str, MigrationRecord], now: 
             with_state(new, DrainState.CANCELLED, now, f"cancelled; {moved} VM(s) had moved"), outcome="cancelled"
         )
     return Step(new if new != d else d, (), cancel, f"cancelling: {len(cancel)} migration(s) to cancel")
+
+
+def _left_after_stopping(d: DrainRecord, gone: Mapping[str, Problem], now: datetime) -> DrainRecord:
+    """Items skipped because their VM was stopped, whose VM has since left the host: gone."""
+    items = tuple(
+        replace(i, problems=i.problems + (gone[i.vm_uuid],))
+        if i.state is ItemState.SKIPPED
+        and i.vm_uuid in gone
+        and i.problems
+        and i.problems[-1].reason == "VM_NOT_RUNNING"
+        else i
+        for i in d.items
+    )
+    return d if items == d.items else replace(d, items=items, updated_at=now)
 
 
 def left_on_its_own(item: DrainItem) -> bool:

@@ -1372,3 +1372,20 @@ def test_an_offline_migration_never_discards():
     r, outcomes = run_at(offline, [(0, STALE), (T.stale_incoming_s * 2, STALE)])
     assert r.stale_incoming_since is None
     assert all(not (isinstance(a, CleanupTarget) and a.discard_incoming) for _, acts in outcomes for a in acts)
+
+
+# --- the guest removed from its source while its migration waited or started (a drain, 2026-12-05) -
+
+
+def test_a_guest_removed_before_its_job_ran_is_gone_and_the_targets_copies_are_removed():
+    # Seen on the lab: `virsh destroy g1; virsh undefine g1` on host2 while g1's migration was
+    # prepared ahead of its slot; the job then failed DOMAIN_NOT_FOUND, g1 defined on neither host.
+    # Was: Failed VM_NOT_RUNNING for an operator, the target's (empty) copies kept on host3.
+    d = decide(MIGRATING_FAILED, Placement(None, None), NOW, T)
+    assert d.record.phase is Phase.ROLLING_BACK and d.record.error.reason == "VM_GONE"
+    assert any(isinstance(a, CleanupTarget) for a in d.actions)
+    assert "defined on neither host1 nor host2" in d.record.error.message
+    # in post-copy the target's copies may be the newest: an operator judges, nothing is removed
+    postcopy = replace(MIGRATING_FAILED, progress=MigrationProgress(phase=MigrationPhase.POSTCOPY))
+    d = decide(postcopy, Placement(None, None), NOW, T)
+    assert d.record.phase is Phase.FAILED and d.record.error.reason == "VM_NOT_RUNNING" and not d.actions

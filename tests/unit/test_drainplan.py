@@ -185,6 +185,41 @@ def test_a_vm_that_left_the_host_on_its_own_does_not_make_the_drain_incomplete()
     assert "g (" not in s.drain.history[-1].reason
 
 
+def test_a_vm_skipped_while_stopped_then_removed_is_gone():
+    """Seen on the lab: `virsh destroy g4; virsh undefine g4` during a drain: a step between the two
+    skipped g4 VM_NOT_RUNNING, and the drain would end INCOMPLETE with the host empty of it."""
+    moved = item("a", state=ItemState.MOVED, target="h2")
+    stopped = item("g4", state=ItemState.SKIPPED, problems=(Problem("VM_NOT_RUNNING", "g4 is shut off on h1", ""),))
+    running = item("b", state=ItemState.MIGRATING, target="h2", migration_id="m-b")
+    d = drain(moved, stopped, running)
+    left = Problem("VM_GONE", "g4 is no longer on h1: no host reports it (undefined or destroyed?)", "")
+    s = step(
+        d,
+        {"m-b": migration("m-b", "b", "h2", Phase.SUCCEEDED)},
+        everywhere(),
+        NOW,
+        outbound_limit=1,
+        gone={"uuid-g4": left},
+    )
+    assert s.drain.state is DrainState.SUCCEEDED, s.drain.history[-1]
+    assert {i.vm: i.problems[-1].reason for i in s.drain.items if i.problems} == {"g4": "VM_GONE"}
+    assert "1 left the host on its own: g4" in s.drain.history[-1].reason
+    # still stopped on the host (not in ``gone``): skipped, the drain incomplete, as before
+    s = step(d, {"m-b": migration("m-b", "b", "h2", Phase.SUCCEEDED)}, everywhere(), NOW, outbound_limit=1, gone={})
+    assert s.drain.state is DrainState.INCOMPLETE
+
+
+def test_a_migration_that_found_its_vm_gone_skips_the_item():
+    """The VM removed from the host while its migration was prepared ahead: the migration fails
+    VM_GONE (the target's copies removed); the item is skipped, not tried on another host."""
+    gone = Problem("VM_GONE", "g1 is gone from h1 (removed ...) before its migration switched over", "")
+    d = drain(item("g1", state=ItemState.MIGRATING, target="h2", migration_id="m-1", attempts=1))
+    s = step(d, {"m-1": migration("m-1", "g1", "h2", Phase.FAILED, gone)}, everywhere("h3"), NOW, outbound_limit=1)
+    assert s.drain.state is DrainState.SUCCEEDED and not s.submit
+    [it] = s.drain.items
+    assert it.state is ItemState.SKIPPED and it.problems[-1].reason == "VM_GONE"
+
+
 def test_a_waiting_vm_missing_from_the_host_is_skipped_as_gone():
     waiting = item("g")
     gone = Nowhere(Problem("VM_GONE", "g is no longer on h1: no host reports it (undefined or destroyed?)", ""))

@@ -25,7 +25,7 @@ from ferry.coordinator.events import (
     WatchJob,
 )
 from ferry.coordinator.phases import GiB, Phase, Timeouts
-from ferry.coordinator.record import new_migration, with_phase
+from ferry.coordinator.record import new_migration, too_late_to_cancel, with_phase
 from ferry.coordinator.recovery import recover
 from ferry.model import DomainState, MigrationOptions, MigrationPhase, MigrationProgress, PrepareRecord, Problem
 
@@ -169,7 +169,18 @@ def assert_invariant(before, placement, d, *, recovering):
             and before.options.undefine_source
             and not before.options.offline
         )
-        assert clear and not t_alive and not t_present and not job and (s_present or stopped_before_switch), ctx
+        # ... or, defined on neither host after its job failed before any post-copy, the guest is gone
+        # from the source by someone's hand: the target's incoming copy never became it
+        removed_before_landing = (
+            t is None
+            and s is None
+            and before.phase is Phase.MIGRATING
+            and before.error is not None
+            and not too_late_to_cancel(before)
+            and not before.options.offline
+        )
+        assert clear and not t_alive and not t_present and not job, ctx
+        assert s_present or stopped_before_switch or removed_before_landing, ctx
     # commit / success only when the guest runs on the target alone -- landed: not an incoming
     # domain still paused for the migration, nor one going away -- or, once the job completed
     # (seen or not), when the target alone defines it persistently: it landed, then stopped there
