@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ferry.certs import shared_authority
+from ferry.certs import shared_ca_files
 
 # what QEMU's x509 credentials need in the directory: the CA, and the host's server and client pair
 QEMU_TLS_FILES = ("ca-cert.pem", "server-cert.pem", "server-key.pem", "client-cert.pem", "client-key.pem")
@@ -32,16 +32,12 @@ def migration_tls_problem(enabled: bool, directory: str, api_ca: Path | None = N
     if missing:
         return f"QEMU's migration certificates are missing in {directory}: {', '.join(missing)}"
     qemu_ca = Path(directory) / QEMU_TLS_FILES[0]
-    if api_ca is not None:
-        try:
-            shared = shared_authority(qemu_ca.read_bytes(), api_ca.read_bytes())
-        except OSError:
-            shared = False  # the agent's own CA unreadable: its server does not start anyway
-        if shared:
-            return (
-                f"QEMU's migration CA ({qemu_ca}) is also the CA of Ferry's APIs ({api_ca}): QEMU admits any "
-                "certificate it signed, so an operator's, reader's or agent's certificate could read a guest's "
-                "disk or send a guest state during a migration; give the hypervisors' libvirt and QEMU "
-                "certificates a CA of their own"
-            )
+    # (the agent's own CA unreadable: not shared; its server does not start anyway)
+    if api_ca is not None and shared_ca_files(qemu_ca, api_ca):
+        return (
+            f"QEMU's migration CA ({qemu_ca}) is also the CA of Ferry's APIs ({api_ca}): QEMU admits any "
+            "certificate it signed, so an operator's, reader's or agent's certificate could read a guest's "
+            "disk or send a guest state during a migration; give the hypervisors' libvirt and QEMU "
+            "certificates a CA of their own"
+        )
     return ""

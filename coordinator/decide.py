@@ -835,12 +835,10 @@ def on_placement(c: Ctx, p: Placement) -> Decision:
             # Stopped before the switch-over (its host died, QEMU crashed): the source's disks and
             # definition hold its newest state, the target's copies are incomplete. Remove those,
             # so nothing is left there and the next migration can prepare again.
-            return roll_back(
+            return _fail_removing_target_copies(
                 c,
                 f"{r.vm} runs on neither host; it stopped on {r.source_host} during pre-copy",
-                goal=Phase.FAILED,
-                safe_to_clean=True,
-                error=Problem(
+                Problem(
                     "VM_NOT_RUNNING",
                     f"{r.vm} stopped on {r.source_host} during pre-copy: it runs on neither "
                     f"{r.source_host} nor {r.target_host}",
@@ -853,12 +851,10 @@ def on_placement(c: Ctx, p: Placement) -> Decision:
             # guest from the source (virsh destroy + undefine: a VM deleted, say, during a drain).
             # The target's incoming copy never became the guest: its copies are incomplete, remove
             # them (seen on the lab: they were kept, VM_NOT_RUNNING for an operator to judge).
-            return roll_back(
+            return _fail_removing_target_copies(
                 c,
                 f"{r.vm} is defined on neither host: it is gone from {r.source_host}",
-                goal=Phase.FAILED,
-                safe_to_clean=True,
-                error=Problem(
+                Problem(
                     "VM_GONE",
                     f"{r.vm} is gone from {r.source_host} (removed, or a transient guest that stopped) before "
                     f"its migration switched over (the job failed: {r.error.reason if r.error else '?'}); it is "
@@ -1027,6 +1023,13 @@ def _stopped_in_precopy(r: MigrationRecord, p: Placement) -> bool:
         and p.target_state is None
         and p.source_state in (DomainState.SHUTOFF, DomainState.CRASHED)
     )
+
+
+def _fail_removing_target_copies(c: Ctx, reason: str, error: Problem) -> Decision:
+    """The guest never became the target's (it runs nowhere, and the job never switched over): the
+    target's copies are incomplete; remove them (nothing is left there, the next migration can
+    prepare again) and fail with ``error``."""
+    return roll_back(c, reason, goal=Phase.FAILED, safe_to_clean=True, error=error)
 
 
 def _removed_before_landing(r: MigrationRecord, p: Placement) -> bool:
