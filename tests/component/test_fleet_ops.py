@@ -611,6 +611,14 @@ async def test_a_guest_that_left_the_host_outside_the_drain_does_not_leave_it_in
     where = "it is on host3 now" if elsewhere else "no host reports it"
     assert gone.problems[-1].reason == "VM_GONE" and where in gone.problems[-1].message, gone.problems
     assert f"1 left the host on its own: {late.vm}" in final.history[-1].reason
+    # where an operator looks: each moved guest runs on its target alone, the one that left where it
+    # went (or nowhere), host1 runs nothing, and no prepare is left on any host
+    for n, i in got.items():
+        if n != late.vm:
+            assert fx.agents.running_on(n) == [i.target_host], n
+    assert fx.agents.running_on(late.vm) == ([elsewhere] if elsewhere else [])
+    assert fx.agents["host1"].hv.domains == {}
+    assert all(fx.agents.prepares(h) == [] for h in fx.agents.agents)
 
 
 async def test_a_guest_missing_from_a_host_that_does_not_answer_is_not_taken_for_gone(fx, capsys):
