@@ -105,6 +105,8 @@ class WatchStream:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5.0):
                 await self._done.wait()
+        if self._done.is_set():  # told as the thread's last step: it is gone within moments (a CI run
+            self._thread.join(timeout=1.0)  # once saw it still listed right after close)
 
     # -- the thread ---------------------------------------------------------------------------
 
