@@ -87,6 +87,10 @@ class DriverPolicy:
     call_margin_s: float = 60.0  # hard limit of the migrate call beyond the completion timeout
     postcopy_recovery_s: float = 900.0  # how long a broken post-copy is resumed before giving up
     resume_backoff_s: tuple[float, ...] = (1.0, 2.0, 3.0)  # between resume attempts (the last repeats)
+    # a completed migration's copy libvirt left on the source: how long it may take to stop (it
+    # is then undefined), looked at every leftover_poll_s
+    leftover_wait_s: float = 30.0
+    leftover_poll_s: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -382,8 +386,10 @@ class MigrationDriver:
         if watch.paused:
             await self._unpause_target(req.target_uri, domain.uuid)
         state, defined = await self._leftover(domain.uuid)
-        if req.options.undefine_source and not req.options.offline and defined and state is not None:
-            state, defined = await self._undefine_leftover(domain, state)
+        if req.options.undefine_source and not req.options.offline:
+            state, defined = await self._remove_leftover(domain, state, defined)
+            if _left(state, defined) and calls:
+                self._remove_leftover_when_ended(domain, calls)
         log.info(
             "migrated %s to %s in %d ms (downtime %s); on the source: %s",
             domain.name,
@@ -601,18 +607,72 @@ class MigrationDriver:
                 downtime_measured=False,
             )
 
-    async def _undefine_leftover(self, domain: DomainInfo, state: DomainState) -> tuple[DomainState | None, bool]:
-        """The migration completed with the source's definition to be removed, and libvirt left it
-        (seen in the lab after a post-copy resumed several times): the guest runs on the target, so
-        starting this copy would run it twice. Remove it when it is not running (its disks stay)."""
-        try:
-            removed = not state.is_active and await self._hv.undefine_inactive(domain.uuid)
-        except FerryError as exc:
-            log.warning("cannot remove the definition %s left on the source: %s: %s", domain.name, exc.reason, exc)
-            return state, True
-        if removed:
-            log.warning("libvirt left the definition of %s on the source after migrating it; removed it", domain.name)
-        return await self._leftover(domain.uuid)
+    async def _remove_leftover(
+        self, domain: DomainInfo, state: DomainState | None, defined: bool
+    ) -> tuple[DomainState | None, bool]:
+        """The migration completed with the source's definition to be removed, and libvirt left
+        it (seen in the lab after a post-copy resumed several times; once in CI still there, shut
+        off, after the record said succeeded): the guest runs on the target, so starting this copy
+        would run it twice. A copy still stopping (paused) is waited for, a lookup that failed is
+        tried again, up to ``leftover_wait_s``; an inactive one is undefined (its disks stay).
+        Returns what the source holds then."""
+        polls = max(1, int(self._policy.leftover_wait_s / self._policy.leftover_poll_s))
+        for attempt in range(polls + 1):
+            if not _left(state, defined):
+                break
+            if state is not None and state is not DomainState.UNKNOWN and not state.is_active:
+                try:
+                    if await self._hv.undefine_inactive(domain.uuid):
+                        log.warning(
+                            "libvirt left the definition of %s on the source after migrating it; removed it",
+                            domain.name,
+                        )
+                except FerryError as exc:
+                    log.warning(
+                        "cannot remove the definition %s left on the source: %s: %s", domain.name, exc.reason, exc
+                    )
+            elif attempt == 0:
+                log.info(
+                    "the source still holds %s (%s) after its migration completed; waiting for it to stop",
+                    domain.name,
+                    _held(state),
+                )
+            if attempt < polls:
+                await asyncio.sleep(self._policy.leftover_poll_s)
+            state, defined = await self._leftover(domain.uuid)
+        else:
+            if _left(state, defined):
+                log.warning(
+                    "the source still holds %s (%s%s) %.0f s after its migration completed",
+                    domain.name,
+                    _held(state),
+                    ", defined" if defined else "",
+                    self._policy.leftover_wait_s,
+                )
+        return state, defined
+
+    def _remove_leftover_when_ended(self, domain: DomainInfo, calls: set[asyncio.Task[None]]) -> None:
+        """A migrate call of the completed migration still runs (the first one, waiting on the
+        target, after a resumed post-copy completed) and may hold the source's copy: remove the
+        copy once the call ended (within ``postcopy_recovery_s``: later, the guest may have come
+        back to this host)."""
+        until = self._clock() + self._policy.postcopy_recovery_s
+
+        def ended(_: asyncio.Task[None]) -> None:
+            if any(not t.done() for t in calls) or self._clock() > until:
+                return
+            task = asyncio.get_running_loop().create_task(self._remove_leftover_later(domain))
+            _CLEANUPS.add(task)
+            task.add_done_callback(_CLEANUPS.discard)
+
+        for t in calls:
+            t.add_done_callback(ended)
+
+    async def _remove_leftover_later(self, domain: DomainInfo) -> None:
+        state, defined = await self._leftover(domain.uuid)
+        state, defined = await self._remove_leftover(domain, state, defined)
+        if not _left(state, defined):
+            log.info("the copy of %s left on the source is gone now that the last migrate call ended", domain.name)
 
     async def _leftover(self, uuid: str) -> tuple[DomainState | None, bool]:
         try:
@@ -644,6 +704,24 @@ def _apply_control(policy: ConvergencePolicy, w: Watch, control: Control) -> Wat
     if control.postcopy_started and not w.postcopy_started:
         w = replace(w, postcopy_started=True)
     return w
+
+
+_CLEANUPS: set[asyncio.Task[None]] = set()  # leftover removals running after their migration
+
+
+def _left(state: DomainState | None, defined: bool) -> bool:
+    """The source still holds a copy worth removing: defined, or not known (a failed lookup).
+
+    >>> _left(None, False), _left(DomainState.SHUTOFF, True), _left(DomainState.UNKNOWN, False)
+    (False, True, True)
+    >>> _left(DomainState.RUNNING, False)  # transient: it goes away when it stops
+    False
+    """
+    return state is not None and (defined or state is DomainState.UNKNOWN)
+
+
+def _held(state: DomainState | None) -> str:
+    return "gone" if state is None else "lookup failed" if state is DomainState.UNKNOWN else state.name.lower()
 
 
 def _log_orphan_end(name: str) -> Callable[[asyncio.Task[None]], None]:

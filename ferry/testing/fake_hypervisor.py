@@ -310,6 +310,9 @@ class FakeHypervisor:
         self.timeout_s = timeout_s
         self.step_s = step_s
         self.leaves_source_definition = False  # libvirt keeps the source definition despite UNDEFINE_SOURCE
+        # ... and that copy still stops: paused for this many lookups of it, then shut off
+        self.leftover_stops_after_lookups = 0
+        self._stopping: dict[str, int] = {}  # uuid -> lookups left before the copy is shut off
         self.step_ms = step_ms
         self.host_uuid = host_uuid or str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, hostname))
         self.networks = list(networks)
@@ -472,6 +475,11 @@ class FakeHypervisor:
         await self._enter("find_domain", "lookupByUUIDString" if uuid else "lookupByName")
         for dom in self.domains.values():
             if (uuid and dom.uuid == uuid) or (not uuid and name and dom.name == name):
+                if dom.uuid in self._stopping:  # a migrated copy libvirt still stops
+                    self._stopping[dom.uuid] -= 1
+                    if self._stopping[dom.uuid] < 0:
+                        del self._stopping[dom.uuid]
+                        dom.state = DomainState.SHUTOFF
                 return self._info(dom)
         return None
 
@@ -1020,5 +1028,7 @@ class FakeHypervisor:
         if not keep:
             del self.domains[dom.uuid]
             return
-        dom.state = DomainState.SHUTOFF
+        dom.state = DomainState.PAUSED if self.leftover_stops_after_lookups else DomainState.SHUTOFF
+        if self.leftover_stops_after_lookups:
+            self._stopping[dom.uuid] = self.leftover_stops_after_lookups
         dom.completed = replace(done, operation="migration out")

@@ -430,6 +430,43 @@ async def test_a_broken_postcopy_is_resumed_once_the_target_answers():
     assert any(isinstance(e, MigrationProgress) and e.stats.postcopy_failed for e in events)
 
 
+class FirstCallWaitsOnTarget(BrokenLink):
+    """A broken post-copy whose resume completes while the first migrate call still waits on the
+    target (until ``gives_up``); libvirt keeps the source's copy, paused, until that call ends,
+    and then leaves it defined, shut off (what a CI run once saw after five resumes)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.leaves_source_definition = True
+        self.leftover_stops_after_lookups = 1_000_000
+        self.gives_up = asyncio.Event()
+
+    async def migrate(self, name_or_uuid, **kw):
+        await super().migrate(name_or_uuid, **kw)
+        if not kw.get("resume_postcopy"):
+            uuid = (await self.get_domain(name_or_uuid)).uuid
+            await self.gives_up.wait()
+            self._stopping.pop(uuid, None)
+            self.domains[uuid].state = DomainState.SHUTOFF
+
+
+async def test_a_copy_the_source_keeps_until_the_first_call_ends_is_removed_when_it_ends():
+    source, target = two_hosts(FirstCallWaitsOnTarget, down_probes=1)
+    uuid, request = busy_guest(source, target, POSTCOPY_AFTER_10MS)
+    policy = DriverPolicy(resume_backoff_s=(0.01,), leftover_wait_s=0.05, leftover_poll_s=0.01)
+    events = [e async for e in MigrationDriver(source, policy=policy).run(request)]
+    result = events[-1]
+    assert isinstance(result, MigrationResult)
+    assert (result.source_state, result.source_defined) == (DomainState.PAUSED, True)  # still stopping
+    assert (await target.get_domain(uuid)).state is DomainState.RUNNING
+    source.gives_up.set()  # the first call ends: the copy stops, left defined, and is removed
+    for _ in range(200):
+        if await source.find_domain(uuid=uuid) is None:
+            break
+        await asyncio.sleep(0.01)
+    assert await source.find_domain(uuid=uuid) is None
+
+
 async def test_a_postcopy_that_cannot_be_resumed_in_time_fails_saying_what_to_do():
     source, target = two_hosts(BrokenLink, down_probes=10_000)
     _, request = busy_guest(source, target, POSTCOPY_AFTER_10MS)
