@@ -94,6 +94,28 @@ def version_blockers(source: HostFacts, target: HostFacts) -> list[Problem]:
     return out
 
 
+def shared_host_uuid(source: str, sf: HostFacts | None, target: str, tf: HostFacts | None) -> Problem | None:
+    """Two hosts whose libvirtds report one host UUID: libvirt takes them for one machine and
+    refuses to migrate between them ("Attempt to migrate guest to the same host"). Cloned
+    installs and boards whose firmware gives every machine the same UUID do this.
+
+    >>> a, b = HostFacts("h1", "5e1f"), HostFacts("h2", "5E1F")
+    >>> shared_host_uuid("h1", a, "h2", b).reason, shared_host_uuid("h1", a, "h2", HostFacts("h2", "77ab"))
+    ('HOST_UUID_SHARED', None)
+    """
+    if sf is None or tf is None or not sf.host_uuid or source == target:
+        return None
+    if sf.host_uuid.lower() != tf.host_uuid.lower():
+        return None
+    return Problem(
+        "HOST_UUID_SHARED",
+        f"{source} and {target} report the same libvirt host UUID {sf.host_uuid}: libvirt takes them for one "
+        "machine and refuses to migrate between them",
+        f'give one of them its own UUID: host_uuid = "<output of uuidgen>" in /etc/libvirt/libvirtd.conf, then '
+        f"restart libvirtd there (cloned installs and some firmware share one); or pick another target than {target}",
+    )
+
+
 def tls_blockers(source: HostView, target: HostView) -> list[Problem]:
     """A host that cannot encrypt the migration stream (its agent reports why) blocks: Ferry does
     not fall back to a plaintext stream.
@@ -218,6 +240,9 @@ def coordinator_blockers(
     if target is not None and not options.offline:
         out.extend(tls_blockers(source, target))
     if tf is not None and source.facts is not None:
+        shared = shared_host_uuid(source.name, source.facts, target_name, tf)
+        if shared is not None:
+            out.append(shared)
         out.extend(version_blockers(source.facts, tf))
         if tf.arch and source.facts.arch and tf.arch != source.facts.arch:
             out.append(

@@ -17,6 +17,7 @@ reason                 the host ...
 TARGET_DOWN            has no registered, answering agent
 TARGET_CORDONED        is cordoned (``hoststate.py``)
 INVENTORY_UNKNOWN      has not reported an inventory yet
+HOST_UUID_SHARED       reports the source's libvirt host UUID (libvirt refuses the migration)
 ARCH_MISMATCH, ...     fails a check of ``checks.coordinator_blockers`` (versions, arch,
                        VM state, storage safety) or ``checks.host_cpu_blockers``
 MAPPING_AMBIGUOUS      has no unambiguous mapping from the source's names (config)
@@ -56,7 +57,7 @@ from ferry.diskplan import plan_disks
 from ferry.errors import FerryError
 from ferry.model import DiskPlan, DomainInfo, HostFacts, HostMapping, MigrationOptions, Problem, StorageMode
 
-from .checks import HostView, coordinator_blockers, host_cpu_blockers, host_down
+from .checks import HostView, coordinator_blockers, host_cpu_blockers, host_down, shared_host_uuid
 from .hoststate import HostCordon, cordon_problem
 from .phases import Phase
 from .record import MigrationRecord
@@ -404,6 +405,12 @@ def _affinity(domain: DomainInfo, option: HostOption, groups: Sequence[AntiAffin
     return out
 
 
+def _own(source: HostOption, option: HostOption) -> list[Problem]:
+    """What is the host's own against the source, not its shape's: a host UUID they share."""
+    shared = shared_host_uuid(source.name, source.facts, option.name, option.facts)
+    return [shared] if shared is not None else []
+
+
 def _availability(option: HostOption) -> list[Problem]:
     return list(option.unavailable)
 
@@ -441,7 +448,7 @@ def _static(
     out = [
         b
         for b in coordinator_blockers(domain.name, domain, src, option.name, view, options, storage)
-        if b.reason not in ("TARGET_DOWN", "SOURCE_DOWN")
+        if b.reason not in ("TARGET_DOWN", "SOURCE_DOWN", "HOST_UUID_SHARED")  # (per host: ``_own``)
     ]
     out += host_cpu_blockers(domain.name, domain, source.facts, facts)
     if isinstance(mapping, FerryError):  # the NICs cannot be judged without a mapping
@@ -485,6 +492,7 @@ def blockers(
     facts = option.facts
     if facts is None:
         return out, -1, 0
+    out += _own(source, option)
     out += _static(domain, source, option, facts, options, storage, mapping)
     copied = _copies(domain, storage, mapping if isinstance(mapping, HostMapping) else HostMapping(), options)
     dynamic, left, disk_bytes = _dynamic(domain, option, facts, options, copied, policy)
@@ -635,6 +643,11 @@ def _judged_quickly(
             need = None if isinstance(copied, Problem) else _need(copied, facts)
             known = shapes[option.shape] = (static, tuple(b.reason for b in static), copied, need)
         static, codes, copied, need = known
+        own = _own(source, option)
+        if own:  # (rare: the source's own host UUID)
+            if rejected is not None:
+                rejected.append(Candidate(option.name, blockers=(*option.unavailable, *own, *static)))
+            continue
         if static:  # rejected anyway: the rest is only needed for the detailed ranking
             if rejected is None:
                 refused.add(option.shape)

@@ -759,6 +759,12 @@ class FakeHypervisor:
             raise self._error(
                 le.VIR_ERR_OPERATION_INVALID, "Requested operation is not valid: domain is not running", call
             )
+        if target.host_uuid.lower() == self.host_uuid.lower():  # as libvirt's cookie check
+            raise self._error(
+                le.VIR_ERR_INTERNAL_ERROR,
+                f"internal error: Attempt to migrate guest to the same host {self.host_uuid}",
+                call,
+            )
         incoming = destination_xml or dom.xml
         for other in target.domains.values():
             if (other.uuid == dom.uuid or other.name == dom.name) and other.state.is_active:

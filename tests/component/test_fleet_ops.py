@@ -222,6 +222,27 @@ async def test_migrate_without_a_target_lands_on_a_feasible_host(fx, capsys):
     assert any(h["reason"].startswith("placed on host3 (score") for h in m["history"]), m["history"]
 
 
+async def test_a_host_cloned_from_the_source_is_no_target_and_placement_says_why(fx, capsys):
+    # host2 reports host1's libvirt host UUID (a cloned install): libvirt would refuse the
+    # migration ("Attempt to migrate guest to the same host"); Ferry says so before it starts
+    fx.agents["host2"].hv.host_uuid = fx.agents["host1"].hv.host_uuid
+    fx.guest("host1", "g1")
+    for h in ("host3", "host4"):
+        await fx.ferry(capsys, "hosts", "cordon", h, "--reason", "test")
+    code, out = await fx.ferry(capsys, "preflight", "g1", "--to", "host2")
+    assert code == 1 and [b["reason"] for b in out["blockers"]] == ["HOST_UUID_SHARED"], out
+    assert "libvirtd.conf" in out["blockers"][0]["hint"]
+    await fx.ferry(capsys, "hosts", "uncordon", "host3")
+    code, out = await fx.ferry(capsys, "preflight", "g1")
+    assert [c["host"] for c in out["candidates"]] == ["host3"], out
+    assert ("host2", ["HOST_UUID_SHARED"]) in [
+        (c["host"], [b["reason"] for b in c["blockers"]]) for c in out["rejected"]
+    ]
+    code, m = await fx.ferry(capsys, "migrate", "g1")
+    assert code == 0 and m["target_host"] == "host3", m
+    assert fx.agents.running_on("g1") == ["host3"]
+
+
 async def test_a_migration_submitted_to_the_leader_starts_without_waiting_for_the_watch(fx, capsys):
     """At 1,000 simulated hosts etcd's watch brought the leader's engine each new record 2-13 s
     (p50) after it was written, and the migration waited that long with both hosts' slots free.

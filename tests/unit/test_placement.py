@@ -147,6 +147,26 @@ def test_the_source_is_never_a_candidate_and_a_name_clash_is_a_blocker():
     assert [c.host for c in r.candidates] == ["h4"]
 
 
+def twin(option: HostOption, of: HostOption = SOURCE) -> HostOption:
+    """``option`` reporting ``of``'s libvirt host UUID (a cloned install)."""
+    return replace(option, facts=replace(option.facts, host_uuid=of.facts.host_uuid.upper()))
+
+
+@pytest.mark.parametrize("detail", [True, False])
+def test_a_host_reporting_the_sources_host_uuid_is_rejected_alone_not_its_shape(detail):
+    # libvirt refuses to migrate between hosts of one host UUID ("to the same host"); h2 and h3
+    # have one shape, so the quick ranking must not judge h3 by h2
+    shape = ("one shape",)
+    h2, h3 = replace(twin(host("h2", free=12 * GiB)), shape=shape), replace(host("h3"), shape=shape)
+    r = ranked(vm(), h2, h3, detail=detail)
+    assert reasons(r, "h2") == ["HOST_UUID_SHARED"] and [c.host for c in r.candidates] == ["h3"]
+    shared = next(c for c in r.rejected if c.host == "h2").blockers[0]
+    assert "host1 and h2 report the same libvirt host UUID" in shared.message and "uuidgen" in shared.hint
+    # the other order: the shape's first host is the clean one
+    r = ranked(vm(), h3, h2, detail=detail)
+    assert reasons(r, "h2") == ["HOST_UUID_SHARED"] and [c.host for c in r.candidates] == ["h3"]
+
+
 def test_the_bridge_is_checked_after_the_mapping_and_an_ambiguous_mapping_blocks():
     def mapping(target: str) -> HostMapping:
         if target == "h3":
@@ -290,6 +310,8 @@ def test_the_quick_ranking_chooses_as_the_detailed_one():
             static = replace(
                 h.facts, hostname="", host_uuid="", memory_free_bytes=0, memory_total_bytes=0, storage=dirs
             )
+            if rng.random() < 0.05:
+                h = twin(h)
             hosts.append(replace(h, shape=static))
         guest = vm(memory=rng.choice([GiB, 2 * GiB]), bridge=rng.choice(["br-guest", "br-vm"]))
         full = ranked(guest, *hosts)
