@@ -51,6 +51,7 @@ NULLABLE = frozenset(
         "ferry.v1.HostStatus.cordoned_at",
         "ferry.v1.Drain.updated_at",
         "ferry.v1.Drain.ended_at",
+        "ferry.v1.Drain.waiting",
         "ferry.v1.DrainItem.started_at",
         "ferry.v1.DrainItem.ended_at",
         "ferry.v1.Migration.policy",

@@ -543,7 +543,9 @@ def drain_bar(d: cpb.Drain, width: int = 30) -> str:
     if d.vms_failed:
         parts.append(f"{d.vms_failed} failed")
     parts += in_flight_words(d)
-    if d.state in (cpb.DRAIN_STATE_RUNNING, cpb.DRAIN_STATE_PAUSED, cpb.DRAIN_STATE_CANCELLING):
+    if d.HasField("waiting"):  # its host does not answer: no ETA holds
+        parts.append(f"waiting: {d.host} does not answer")
+    elif d.state in (cpb.DRAIN_STATE_RUNNING, cpb.DRAIN_STATE_PAUSED, cpb.DRAIN_STATE_CANCELLING):
         parts.append(f"ETA {duration(d.eta_s)}" if d.state == cpb.DRAIN_STATE_RUNNING else drain_state_name(d.state))
     return "  ".join(parts)
 
@@ -621,6 +623,9 @@ def drain_detail(d: cpb.Drain) -> str:
     lines.append(f"  Estimated: {duration(d.estimated_s)} for the whole drain")
     if not d.dry_run:
         lines.append(f"  Progress:  {drain_bar(d)}")
+    if d.HasField("waiting"):
+        lines.append(f"  Waiting:   {d.waiting.reason}: {d.waiting.message}")
+        lines.append(f"             fix: {d.waiting.hint}")
     rows = []
     for i in d.items:
         why = ""

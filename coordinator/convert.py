@@ -269,6 +269,7 @@ def drain_to_pb(
     migrations: Mapping[str, MigrationRecord] | None = None,
     *,
     dry_run: bool = False,
+    waiting: Problem | None = None,
 ) -> cpb.Drain:
     migrations = migrations or {}
     m = cpb.Drain(
@@ -300,6 +301,8 @@ def drain_to_pb(
         m.updated_at.CopyFrom(convert.timestamp_to_pb(d.updated_at))
     if d.ended_at is not None:
         m.ended_at.CopyFrom(convert.timestamp_to_pb(d.ended_at))
+    if waiting is not None:
+        m.waiting.CopyFrom(convert.problem_to_pb(waiting))
     return m
 
 

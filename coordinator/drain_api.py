@@ -27,8 +27,9 @@ from ferry.v1 import coordinator_pb2 as cpb
 
 from . import convert
 from .bandwidth import alone
+from .checks import host_down
 from .drain import DrainItem, DrainRecord, ItemState, decode
-from .drainplan import progress, slots
+from .drainplan import progress, slots, waiting_on
 from .drains import DrainRequest, domains_by_uuid, must_read_drain
 from .paging import paginate
 from .policies import choose_policy
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 0.5
+HOST_CHECK_S = 2.0  # a drain watch with no change looks this often whether its host went down or came back
 PREDICT_AT_ONCE = 8  # a dry run's guests measured at once (each takes [prediction] periods_s)
 WATCH_QUEUE_MAX = 10_000  # a fleet watch this far behind is ended (RESOURCE_EXHAUSTED)
 
@@ -91,7 +93,15 @@ class DrainMethods:
             slots(d, self.outbound_limit),
             migrations,
             dry_run=dry_run,
+            waiting=None if dry_run else waiting_on(d, self._host_down(d.host)),
         )
+
+    def _host_down(self, host: str) -> Problem | None:
+        """What this replica's fleet view says of a host that is down; None when it answers."""
+        view = self.fleet.host_view(host)
+        if view is not None and view.available:
+            return None
+        return host_down(host, view.why_down if view is not None else None, target=False)
 
     # ------------------------------------------------------------------ drains
 
@@ -226,11 +236,21 @@ class DrainMethods:
         stops = [self.views.drains.subscribe(on_drain), self.views.migrations.subscribe(on_migration)]
         try:
             d = await must_read_drain(self.store, drain_id)
-            yield self.drain_pb(d)
+            sent = self.drain_pb(d)
+            yield sent
             if d.state.is_final:
                 return
             while True:
-                await changed.wait()
+                try:
+                    async with asyncio.timeout(HOST_CHECK_S):
+                        await changed.wait()
+                except TimeoutError:
+                    # nothing changed: its host may have gone down (or come back) meanwhile
+                    now = self.drain_pb(d)
+                    if now.waiting != sent.waiting:
+                        sent = now
+                        yield now
+                    continue
                 changed.clear()
                 if "drain" in latest:
                     newer = latest.pop("drain")
@@ -238,7 +258,8 @@ class DrainMethods:
                         raise NotFound(f"drain {d.id} was deleted", reason="DRAIN_DELETED", hint="ferry drains")
                     if newer.revision >= d.revision:
                         d = newer
-                yield self.drain_pb(d)
+                sent = self.drain_pb(d)
+                yield sent
                 if d.state.is_final:
                     return
                 await asyncio.sleep(PROGRESS_EVERY_S)  # migrations' progress: at most this often

@@ -477,3 +477,28 @@ def progress(d: DrainRecord, migrations: Mapping[str, MigrationRecord], now: dat
         bytes_moved=moved_bytes,
         eta_s=eta,
     )
+
+
+def waiting_on(d: DrainRecord, host_down: Problem | None) -> Problem | None:
+    """Why the drain's waiting VMs do not move now: its host is down (``host_down``, what the
+    fleet view says of it; None: it answers), so they stay where they are until it answers. None
+    when nothing waits on it (or the drain does not run).
+
+    >>> from datetime import UTC, datetime
+    >>> d = DrainRecord("d1", "h1", datetime(2026, 1, 1, tzinfo=UTC),
+    ...                 items=(DrainItem("g1", "u1"), DrainItem("g2", "u2", state=ItemState.MOVED)))
+    >>> down = Problem("SOURCE_DOWN", "h1 is not available: the agent does not answer", "start ferry-agent on h1")
+    >>> print(waiting_on(d, down).message)
+    1 VM waits on h1, which does not answer: h1 is not available: the agent does not answer
+    >>> waiting_on(d, None), waiting_on(with_state(d, DrainState.PAUSED, d.created_at, "x"), down)
+    (None, None)
+    """
+    n = d.count(ItemState.WAITING)
+    if host_down is None or not n or d.state is not DrainState.RUNNING:
+        return None
+    return Problem(
+        host_down.reason,
+        f"{n} VM{'s wait' if n > 1 else ' waits'} on {d.host}, which does not answer: {host_down.message}",
+        f"{host_down.hint}; the drain goes on by itself once {d.host} answers (its VMs stay where they are "
+        "meanwhile), or cancel it",
+    )

@@ -454,7 +454,7 @@ class DrainItem(_message.Message):
     def __init__(self, vm: _Optional[str] = ..., vm_uuid: _Optional[str] = ..., state: _Optional[_Union[DrainItemState, str]] = ..., target_host: _Optional[str] = ..., migration_id: _Optional[str] = ..., attempts: _Optional[int] = ..., tried: _Optional[_Iterable[str]] = ..., problems: _Optional[_Iterable[_Union[_types_pb2.ErrorDetail, _Mapping]]] = ..., estimate_s: _Optional[float] = ..., bytes_total: _Optional[int] = ..., bytes_moved: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., migration_phase: _Optional[_Union[Phase, str]] = ...) -> None: ...
 
 class Drain(_message.Message):
-    __slots__ = ("id", "host", "state", "reason", "targets", "max_parallel", "policy", "slots", "items", "created_at", "updated_at", "ended_at", "history", "vms_total", "vms_moved", "vms_failed", "vms_migrating", "bytes_total", "bytes_moved", "eta_s", "estimated_s", "dry_run")
+    __slots__ = ("id", "host", "state", "reason", "targets", "max_parallel", "policy", "slots", "items", "created_at", "updated_at", "ended_at", "history", "vms_total", "vms_moved", "vms_failed", "vms_migrating", "bytes_total", "bytes_moved", "eta_s", "estimated_s", "dry_run", "waiting")
     ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -477,6 +477,7 @@ class Drain(_message.Message):
     ETA_S_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_S_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
     id: str
     host: str
     state: DrainState
@@ -499,7 +500,8 @@ class Drain(_message.Message):
     eta_s: float
     estimated_s: float
     dry_run: bool
-    def __init__(self, id: _Optional[str] = ..., host: _Optional[str] = ..., state: _Optional[_Union[DrainState, str]] = ..., reason: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ..., max_parallel: _Optional[int] = ..., policy: _Optional[str] = ..., slots: _Optional[int] = ..., items: _Optional[_Iterable[_Union[DrainItem, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., history: _Optional[_Iterable[_Union[DrainChange, _Mapping]]] = ..., vms_total: _Optional[int] = ..., vms_moved: _Optional[int] = ..., vms_failed: _Optional[int] = ..., vms_migrating: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_moved: _Optional[int] = ..., eta_s: _Optional[float] = ..., estimated_s: _Optional[float] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    waiting: _types_pb2.ErrorDetail
+    def __init__(self, id: _Optional[str] = ..., host: _Optional[str] = ..., state: _Optional[_Union[DrainState, str]] = ..., reason: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ..., max_parallel: _Optional[int] = ..., policy: _Optional[str] = ..., slots: _Optional[int] = ..., items: _Optional[_Iterable[_Union[DrainItem, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., history: _Optional[_Iterable[_Union[DrainChange, _Mapping]]] = ..., vms_total: _Optional[int] = ..., vms_moved: _Optional[int] = ..., vms_failed: _Optional[int] = ..., vms_migrating: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_moved: _Optional[int] = ..., eta_s: _Optional[float] = ..., estimated_s: _Optional[float] = ..., dry_run: _Optional[bool] = ..., waiting: _Optional[_Union[_types_pb2.ErrorDetail, _Mapping]] = ...) -> None: ...
 
 class DrainChange(_message.Message):
     __slots__ = ("state", "at", "reason")

@@ -26,6 +26,7 @@ from coordinator_setup import FAST, fast_engine  # beside this file
 from ferry import keys
 from ferry.agent.registration import Registration
 from ferry.cli import main as cli
+from ferry.coordinator import drain_api
 from ferry.coordinator.agent_client import GrpcAgentClient
 from ferry.coordinator.config import AgentsConfig, CoordinatorConfig, EtcdConfig, HostDecl
 from ferry.coordinator.main import Coordinator, build_coordinator
@@ -663,10 +664,50 @@ async def test_a_guest_missing_from_a_host_that_does_not_answer_is_not_taken_for
     await asyncio.sleep(1.0)  # a few of the drain's steps
     now = await fx.stub.GetDrain(cpb.GetDrainRequest(id=d["id"]))
     assert {i.vm: i.state for i in now.items}[late.vm] == cpb.DRAIN_ITEM_STATE_WAITING, now
+    # and the drain says why nothing moves
+    assert now.waiting.reason == "SOURCE_DOWN" and "1 VM waits on host1, which does not answer" in now.waiting.message
+    capsys.readouterr()
+    assert await cli.run(["--coordinator", fx.addresses[0], "--insecure", "drains", "show", d["id"]]) == 0
+    shown = capsys.readouterr().out
+    assert "waiting: host1 does not answer" in shown and "Waiting:   SOURCE_DOWN: 1 VM waits on host1" in shown
+    assert "the drain goes on by itself once host1 answers" in shown
     hv._faults.clear()  # the host answers again: now the guest is known to be gone
     final = await wait_final_drain(fx.stub, d["id"])
     gone = {i.vm: i for i in final.items}[late.vm]
     assert final.state == cpb.DRAIN_STATE_SUCCEEDED and gone.problems[-1].reason == "VM_GONE", final
+    assert not final.HasField("waiting")
+
+
+async def test_a_drain_watch_says_when_its_host_stops_answering_and_when_it_answers_again(fx, capsys, monkeypatch):
+    # nothing of the drain changes while its host is down: the watch looks at the host itself
+    monkeypatch.setattr(drain_api, "HOST_CHECK_S", 0.1)
+    for n in ("w1", "w2"):
+        fx.guest("host1", n)
+    hv = fx.agents["host1"].hv
+    hv.hold()
+    code, d = await fx.ferry(capsys, "drain", "host1", "--max-parallel", "1", "--no-wait")
+    await until(fx.stub, d["id"], lambda x: x.vms_migrating >= 1)
+    fleet = fx.coordinators[0].fleet
+    stream = fx.stub.WatchDrain(cpb.WatchDrainRequest(id=d["id"]))
+
+    async def next_where(ok) -> cpb.Drain:
+        async with asyncio.timeout(10):
+            while not ok(m := await stream.read()):
+                pass
+        return m
+
+    await next_where(lambda m: not m.HasField("waiting"))
+    hv.fail("host_facts", Unavailable("libvirtd does not answer", reason="LIBVIRT_UNAVAILABLE"), times=1_000)
+    await fleet.refresh(["host1"], force=True)
+    down = await next_where(lambda m: m.HasField("waiting"))
+    assert down.waiting.reason == "SOURCE_DOWN" and "on host1, which does not answer" in down.waiting.message
+    hv._faults.clear()
+    await fleet.refresh(["host1"], force=True)
+    await next_where(lambda m: not m.HasField("waiting"))
+    stream.cancel()
+    hv.release()
+    final = await wait_final_drain(fx.stub, d["id"])
+    assert final.state == cpb.DRAIN_STATE_SUCCEEDED, final
 
 
 async def test_a_failed_migration_is_replanned_to_another_host(fx, capsys):
