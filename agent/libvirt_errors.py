@@ -253,6 +253,15 @@ _PEER_UNREACHABLE = Rule(
 )
 
 
+_SAME_HOST_UUID = Rule(
+    FailedPrecondition,
+    "HOST_UUID_SHARED",
+    "{host} and {peer} report one libvirt host UUID, so libvirt takes them for one machine: give one of "
+    'them its own (host_uuid = "<output of uuidgen>" in /etc/libvirt/libvirtd.conf, restart libvirtd '
+    "there), or choose another target",
+)
+
+
 _PEER_LINK_LOST = Rule(
     Unavailable,
     "TARGET_CONNECTION_LOST",
@@ -286,6 +295,7 @@ def translate(
     peer: str = "",
     peer_unreachable: bool = False,
     peer_link_lost: bool = False,
+    same_host_uuid: bool = False,
 ) -> FerryError:
     """The Ferry error for a libvirt error.
 
@@ -293,12 +303,16 @@ def translate(
     ``peer`` the other host's URI in a migration. ``peer_unreachable`` is the caller's finding
     (from state, e.g. a failed probe of the target) that the failure was the peer's connection;
     ``peer_link_lost`` that the connection to the peer closed during the job while both libvirtds
-    answer (ours on the connection it had before; the peer to a new one).
+    answer (ours on the connection it had before; the peer to a new one); ``same_host_uuid`` that
+    both libvirtds report one host UUID (libvirt then refuses a migration as "to the same host",
+    an internal error).
     """
     if peer_unreachable:
         rule = _PEER_UNREACHABLE
     elif peer_link_lost:
         rule = _PEER_LINK_LOST
+    elif same_host_uuid:
+        rule = _SAME_HOST_UUID
     else:
         rule = rule_for(code, domain)
     hint = rule.hint.format(call=call, host=host, peer=peer or "the target")

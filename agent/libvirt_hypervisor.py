@@ -204,6 +204,7 @@ class LibvirtHypervisor:
         peer: str = "",
         peer_unreachable: bool = False,
         peer_link_lost: bool = False,
+        same_host_uuid: bool = False,
     ) -> FerryError:
         return le.translate(
             _code(exc),
@@ -214,6 +215,7 @@ class LibvirtHypervisor:
             peer=peer,
             peer_unreachable=peer_unreachable,
             peer_link_lost=peer_link_lost,
+            same_host_uuid=same_host_uuid,
         )
 
     @staticmethod
@@ -767,7 +769,33 @@ class LibvirtHypervisor:
                 # the call's own connection to our libvirtd still works, and the target's answers
                 # a new one: what closed was the link between them (a partition, seen on the lab)
                 return self._error(exc, call, peer=target_uri, peer_link_lost=True)
+        if code == le.VIR_ERR_INTERNAL_ERROR and await self._shares_host_uuid(target_uri):
+            return self._error(exc, call, peer=target_uri, same_host_uuid=True)
         return self._error(exc, call, peer=target_uri)
+
+    async def _shares_host_uuid(self, uri: str) -> bool:
+        """Do this host's and ``uri``'s libvirtds report one host UUID? (a state probe: libvirt
+        refuses such a migration with an internal error, "to the same host"). False when
+        either cannot be asked."""
+        peer = self._peer_uris.get(uri, uri)
+
+        def host_uuid(conn: libvirt.virConnect) -> str:
+            return lt.parse_capabilities(conn.getCapabilities()).host_uuid
+
+        def remote() -> str:
+            conn = libvirt.open(peer)
+            try:
+                return host_uuid(conn)
+            finally:
+                conn.close()
+
+        try:
+            own = await self._call("getCapabilities", host_uuid)
+            theirs = await self._remote("getCapabilities", peer, remote)
+        except FerryError as exc:
+            log.info("cannot compare the host UUIDs of %s and %s: %s: %s", self.uri, uri, exc.reason, exc)
+            return False
+        return bool(own) and own.lower() == theirs.lower()
 
     async def _reachable(self, uri: str) -> bool:
         """Can a libvirt connection to ``uri`` be opened from here? (a state probe, not a guess)"""

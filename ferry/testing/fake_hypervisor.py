@@ -380,9 +380,17 @@ class FakeHypervisor:
         domain: int = le.VIR_FROM_QEMU,
         peer: str = "",
         peer_unreachable: bool = False,
+        same_host_uuid: bool = False,
     ) -> FerryError:
         return le.translate(
-            code, domain, message, call=call, host=self.uri, peer=peer, peer_unreachable=peer_unreachable
+            code,
+            domain,
+            message,
+            call=call,
+            host=self.uri,
+            peer=peer,
+            peer_unreachable=peer_unreachable,
+            same_host_uuid=same_host_uuid,
         )
 
     async def _enter(self, method: str, call: str) -> None:
@@ -764,6 +772,8 @@ class FakeHypervisor:
                 le.VIR_ERR_INTERNAL_ERROR,
                 f"internal error: Attempt to migrate guest to the same host {self.host_uuid}",
                 call,
+                peer=target_uri,
+                same_host_uuid=True,  # (the real adapter asks both libvirtds for their UUIDs)
             )
         incoming = destination_xml or dom.xml
         for other in target.domains.values():

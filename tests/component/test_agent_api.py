@@ -240,6 +240,20 @@ async def test_a_left_copy_still_stopping_on_the_source_is_waited_for_then_remov
     assert (await host2.hv.find_domain(name="g1")).state is DomainState.RUNNING
 
 
+async def test_a_target_of_the_sources_host_uuid_is_refused_as_such(agents):
+    host1, host2 = agents
+    add_guest(host1, "g1")
+    host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
+    prep = await prepare_target(host1, host2, "g1")
+    host2.hv.host_uuid = host1.hv.host_uuid  # a cloned install
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        async for _ in host1.stub.Migrate(migrate_request("g1", host2, prep.destination_xml)):
+            pass
+    err = exc.value
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and from_rpc_error(err).reason == "HOST_UUID_SHARED"
+    assert (await host1.hv.find_domain(name="g1")).state is DomainState.RUNNING
+
+
 async def test_a_kept_source_definition_stays_when_asked_for(agents):
     host1, host2 = agents
     add_guest(host1, "g1")

@@ -10,8 +10,10 @@ time, job time and downtime are printed (``pytest -s`` shows them).
 
 from __future__ import annotations
 
+import contextlib
+import re
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
 import pytest
@@ -180,3 +182,38 @@ async def test_abort_mid_migration_leaves_the_guest_on_host1(lab, guests):
     async with agent(lab, "host1") as source:
         job = await source.GetJob(apb.GetJobRequest(domain="agm-abort"), timeout=30)
     assert not job.active
+
+
+@contextlib.contextmanager
+def host_uuid_of(lab: Lab, host: str, other: str) -> Iterator[str]:
+    """``host``'s libvirtd reports ``other``'s host UUID (a cloned install) inside the block:
+    its libvirtd.conf rewritten and libvirtd restarted, both undone afterwards."""
+    conf = {h: lab.paths.host(h) / "etc" / "libvirtd.conf" for h in (host, other)}
+    pattern = re.compile(r'^host_uuid = "([^"]+)"$', re.M)
+    own_text = conf[host].read_text()
+    theirs = pattern.search(conf[other].read_text())
+    assert theirs is not None and pattern.search(own_text) is not None
+    conf[host].write_text(pattern.sub(f'host_uuid = "{theirs[1]}"', own_text))
+    try:
+        lab.restart(f"libvirtd {host}")
+        yield theirs[1]
+    finally:
+        conf[host].write_text(own_text)
+        lab.restart(f"libvirtd {host}")
+
+
+async def test_a_target_reporting_the_sources_host_uuid_is_refused_saying_so_and_the_guest_stays(lab, guests):
+    # libvirt refuses "to migrate guest to the same host" with an internal error; the source's
+    # agent asks both libvirtds for their host UUIDs and says what it is and how to fix it
+    guests("agm-clone", disks=("16M",), nic=False)
+    files_before = image_files(lab, "host2")
+    with host_uuid_of(lab, "host2", "host1") as shared, pytest.raises(MigrationFailed) as failed:
+        await migrate(lab, "agm-clone", "host1", "host2", storage=StorageMode.COPY_ALL)
+    err = failed.value.error
+    print(f"\n[agent] migration to a host of the same host UUID {shared}: {err.reason}: {err}")
+    assert grpc_code(err.code) == grpc.StatusCode.FAILED_PRECONDITION and err.reason == "HOST_UUID_SHARED"
+    assert "Attempt to migrate guest to the same host" in str(err) and "libvirtd.conf" in err.hint
+    assert failed.value.cleanup_error is None
+    assert domstate(lab, "host1", "agm-clone") == "running" and domstate(lab, "host2", "agm-clone") == ""
+    assert_beating(lab, "agm-clone")
+    assert image_files(lab, "host2") == files_before

@@ -135,3 +135,16 @@ def test_numbers_match_libvirt():
     assert names
     for name in names:
         assert getattr(le, name) == getattr(libvirt, name), name
+
+
+def test_a_target_of_the_same_host_uuid_is_the_callers_finding():
+    # libvirt: "internal error: Attempt to migrate guest to the same host UUID" (code 1); the
+    # adapter asked both libvirtds for their host UUIDs
+    words = "internal error: Attempt to migrate guest to the same host 41c94e13"
+    plain = le.translate(1, QEMU, words, call="migrateToURI3", host="qemu:///system", peer="qemu+tls://h3/system")
+    assert (type(plain), plain.reason) == (errors.Internal, "LIBVIRT_INTERNAL_ERROR")  # words alone decide nothing
+    err = le.translate(
+        1, QEMU, words, call="migrateToURI3", host="qemu:///system", peer="qemu+tls://h3/system", same_host_uuid=True
+    )
+    assert (type(err), err.reason) == (errors.FailedPrecondition, "HOST_UUID_SHARED")
+    assert words in err.message and "qemu+tls://h3/system" in err.hint and "libvirtd.conf" in err.hint
