@@ -187,6 +187,12 @@ def identity_in(cert_pem: bytes) -> Identity | None:
     return identity_of(uris_of(cert_pem))
 
 
+def ends_at(pem: bytes) -> dt.datetime:
+    """When the PEM's certificate ends (of a bundle or a chain: the first of them to end, after
+    which it no longer verifies); raises ValueError when it holds no certificate."""
+    return min(c.not_valid_after_utc for c in x509.load_pem_x509_certificates(pem))
+
+
 def shared_authority(bundle_a: bytes, bundle_b: bytes) -> bool:
     """Whether two PEM bundles of CA certificates hold the same authority (a certificate with the
     same public key in both: the same CA, or one re-issued with its key). Unreadable PEM: False.

@@ -67,9 +67,7 @@ def check_tls(config: object, *, now: datetime | None = None) -> list[str]:
     """What ``--check`` says of each TLS identity of ``config``; raises the first problem
     (InvalidArgument: unreadable, not PEM, a key not the certificate's, no Ferry identity,
     expired)."""
-    from cryptography import x509
-
-    from ferry.certs import identity_in
+    from ferry.certs import ends_at, identity_in
 
     now = now or datetime.now(UTC)
     lines = []
@@ -77,8 +75,7 @@ def check_tls(config: object, *, now: datetime | None = None) -> list[str]:
         check_pair(tls)
         pem = tls.cert.read_bytes()
         identity = identity_in(pem)
-        cert = x509.load_pem_x509_certificate(pem)
-        ends = cert.not_valid_after_utc
+        ends = ends_at(pem)
         if ends <= now:
             raise InvalidArgument(
                 f"the certificate {tls.cert} ({where}) expired on {ends:%Y-%m-%d %H:%M} UTC",

@@ -160,14 +160,14 @@ class CertificateExpiry:
         yield family
 
     def _not_after(self, path: Path) -> float | None:
-        from cryptography import x509
+        from ferry.certs import ends_at
 
         try:
             mtime = path.stat().st_mtime
             seen = self._seen.get(path)
             if seen is not None and seen[0] == mtime:
                 return seen[1]
-            ends = min(c.not_valid_after_utc.timestamp() for c in x509.load_pem_x509_certificates(path.read_bytes()))
+            ends = ends_at(path.read_bytes()).timestamp()
         except (OSError, ValueError) as exc:
             if path not in self._unreadable:
                 self._unreadable.add(path)
@@ -307,9 +307,11 @@ class MetricsServer:
             log.exception("metrics scrape failed")
         finally:
             writer.close()
-            with contextlib.suppress(ConnectionError, ssl.SSLError):
-                await writer.wait_closed()
-            self._open.discard(writer)
+            try:
+                with contextlib.suppress(ConnectionError, ssl.SSLError):
+                    await writer.wait_closed()
+            finally:  # also when cancelled there (at shutdown): close() waits for what is open
+                self._open.discard(writer)
 
     def _refusal(self, writer: asyncio.StreamWriter) -> str | None:
         """Why this connection's client may not scrape (None: it may, or it came without TLS)."""
