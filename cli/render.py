@@ -41,6 +41,32 @@ def bandwidth_use(h: cpb.HostStatus) -> str:
     return f"{h.bandwidth_out_mibps}/{h.bandwidth_in_mibps} of {h.bandwidth_budget_mibps}"
 
 
+def shared_host_uuids(hosts: Sequence[cpb.HostStatus]) -> list[str]:
+    """One line per group of listed hosts that report one libvirt host UUID, with the fix.
+
+    >>> f = lambda u: tpb.HostFacts(host_uuid=u)
+    >>> hs = [cpb.HostStatus(name="h1", facts=f("5e1f"), shares_host_uuid_with=["h3"]),
+    ...       cpb.HostStatus(name="h3", facts=f("5e1f"), shares_host_uuid_with=["h1"])]
+    >>> print(shared_host_uuids(hs)[0])
+    h1, h3 report one libvirt host UUID (5e1f): libvirt takes them for one machine, no migration runs between them
+    """
+    lines, seen = [], set()
+    for h in hosts:
+        if not h.shares_host_uuid_with or h.name in seen:
+            continue
+        group = sorted({h.name, *h.shares_host_uuid_with})
+        seen.update(group)
+        lines.append(
+            f"{', '.join(group)} report one libvirt host UUID ({h.facts.host_uuid}): libvirt takes them for one "
+            "machine, no migration runs between them"
+        )
+        lines.append(
+            '  fix: give each its own: host_uuid = "<output of uuidgen>" in /etc/libvirt/libvirtd.conf, '
+            "then restart libvirtd there"
+        )
+    return lines
+
+
 def api_levels(hosts: Sequence[cpb.HostStatus]) -> list[str]:
     """Lines under ``ferry hosts`` when the agents speak different API levels (ferry/compat.py), as
     in a rolling upgrade: which hosts are behind, and what is refused until they are upgraded.

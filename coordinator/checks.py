@@ -7,6 +7,7 @@ at once. Each blocker has a stable reason code and a hint that says what to fix.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ferry.model import (
@@ -114,6 +115,20 @@ def shared_host_uuid(source: str, sf: HostFacts | None, target: str, tf: HostFac
         f'give one of them its own UUID: host_uuid = "<output of uuidgen>" in /etc/libvirt/libvirtd.conf, then '
         f"restart libvirtd there (cloned installs and some firmware share one); or pick another target than {target}",
     )
+
+
+def shared_host_uuids(uuids: Mapping[str, str]) -> dict[str, list[str]]:
+    """Host -> the other hosts reporting its libvirt host UUID (hosts with one of their own are
+    left out; an empty UUID is nobody's).
+
+    >>> shared_host_uuids({"h1": "a", "h2": "b", "h3": "A", "h4": ""})
+    {'h1': ['h3'], 'h3': ['h1']}
+    """
+    by_uuid: dict[str, list[str]] = {}
+    for host, uuid in sorted(uuids.items()):
+        if uuid:
+            by_uuid.setdefault(uuid.lower(), []).append(host)
+    return {h: [o for o in group if o != h] for group in by_uuid.values() if len(group) > 1 for h in group}
 
 
 def tls_blockers(source: HostView, target: HostView) -> list[Problem]:

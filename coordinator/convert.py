@@ -7,7 +7,7 @@ internals (deadline, attempts, retries, destination XML, rollback goal) are not 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import cast
 
@@ -163,9 +163,11 @@ def host_status_to_pb(
     cordon: HostCordon | None = None,
     bandwidth: tuple[int, int, int] = (0, 0, 0),
     why_down: Problem | None = None,
+    shares_host_uuid_with: Sequence[str] = (),
 ) -> cpb.HostStatus:
     """``bandwidth``: the host's migration budget, and what its running jobs get out and in (MiB/s);
-    ``why_down``: which part of an unavailable host is down."""
+    ``why_down``: which part of an unavailable host is down; ``shares_host_uuid_with``: the other
+    hosts reporting its libvirt host UUID."""
     h = cpb.HostStatus(
         name=name,
         address=address,
@@ -176,6 +178,7 @@ def host_status_to_pb(
         bandwidth_budget_mibps=bandwidth[0],
         bandwidth_out_mibps=bandwidth[1],
         bandwidth_in_mibps=bandwidth[2],
+        shares_host_uuid_with=list(shares_host_uuid_with),
     )
     if cordon is not None and cordon.cordoned:
         h.cordoned = True

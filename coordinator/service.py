@@ -33,7 +33,7 @@ from ferry.v1 import coordinator_pb2_grpc as cgrpc
 
 from . import convert, hoststate
 from .bandwidth import alone
-from .checks import host_down, tcg_migration_warnings
+from .checks import host_down, shared_host_uuids, tcg_migration_warnings
 from .config import HostDecl, derive_mapping
 from .drain_api import MAX_REASON, DrainMethods
 from .drains import Drains, active_drain_of
@@ -247,14 +247,18 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         active: list[MigrationRecord] | None = None,
         cordon: hoststate.HostCordon | None = None,
         used: dict[tuple[str, str], int] | None = None,
+        twins: Mapping[str, list[str]] | None = None,
     ) -> cpb.HostStatus:
         """The host as ListHosts shows it; ``cordon``: its state just written (else the view's);
-        ``used``: the bandwidth of the jobs through each host (else computed from ``active``)."""
+        ``used``: the bandwidth of the jobs through each host (else computed from ``active``);
+        ``twins``: hosts that share a libvirt host UUID (else worked out from the fleet view)."""
         h = self.fleet.host(name)
         if active is None:
             active = [r for r in self.views.migrations.items.values() if not r.phase.is_final]
         if used is None:
             used = planned_use(active, self.submissions.budget, self.slots)
+        if twins is None:
+            twins = shared_host_uuids({x.name: x.facts.host_uuid for x in self.fleet.hosts() if x.facts is not None})
         return convert.host_status_to_pb(
             name=name,
             address=h.address if h else "",
@@ -267,6 +271,7 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
             last_seen=h.last_seen if h else None,
             cordon=cordon if cordon is not None else self.views.cordons.items.get(name),
             bandwidth=(self.submissions.budget(name), used.get((name, "outbound"), 0), used.get((name, "inbound"), 0)),
+            shares_host_uuid_with=twins.get(name, ()),
         )
 
     @rpc_method
@@ -276,8 +281,9 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
         await self.fleet.refresh(page, max_age_s=READ_MAX_AGE_S)
         active, _ = await self._active_by_vm()
         used = planned_use(active, self.submissions.budget, self.slots)
+        twins = shared_host_uuids({h.name: h.facts.host_uuid for h in self.fleet.hosts() if h.facts is not None})
         return cpb.ListHostsResponse(
-            hosts=[self._host_status(n, active, used=used) for n in page], next_page_token=token
+            hosts=[self._host_status(n, active, used=used, twins=twins) for n in page], next_page_token=token
         )
 
     def _must_know(self, host: str) -> str:

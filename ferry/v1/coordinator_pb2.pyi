@@ -186,7 +186,7 @@ class CancelMigrationRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class HostStatus(_message.Message):
-    __slots__ = ("name", "address", "available", "facts", "domains", "migrations_out", "migrations_in", "last_seen", "cordoned", "cordon_reason", "drain_id", "cordoned_at", "bandwidth_budget_mibps", "bandwidth_out_mibps", "bandwidth_in_mibps", "why_down")
+    __slots__ = ("name", "address", "available", "facts", "domains", "migrations_out", "migrations_in", "last_seen", "cordoned", "cordon_reason", "drain_id", "cordoned_at", "bandwidth_budget_mibps", "bandwidth_out_mibps", "bandwidth_in_mibps", "why_down", "shares_host_uuid_with")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
@@ -203,6 +203,7 @@ class HostStatus(_message.Message):
     BANDWIDTH_OUT_MIBPS_FIELD_NUMBER: _ClassVar[int]
     BANDWIDTH_IN_MIBPS_FIELD_NUMBER: _ClassVar[int]
     WHY_DOWN_FIELD_NUMBER: _ClassVar[int]
+    SHARES_HOST_UUID_WITH_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     available: bool
@@ -219,7 +220,8 @@ class HostStatus(_message.Message):
     bandwidth_out_mibps: int
     bandwidth_in_mibps: int
     why_down: _types_pb2.ErrorDetail
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., available: _Optional[bool] = ..., facts: _Optional[_Union[_types_pb2.HostFacts, _Mapping]] = ..., domains: _Optional[int] = ..., migrations_out: _Optional[int] = ..., migrations_in: _Optional[int] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cordoned: _Optional[bool] = ..., cordon_reason: _Optional[str] = ..., drain_id: _Optional[str] = ..., cordoned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., bandwidth_budget_mibps: _Optional[int] = ..., bandwidth_out_mibps: _Optional[int] = ..., bandwidth_in_mibps: _Optional[int] = ..., why_down: _Optional[_Union[_types_pb2.ErrorDetail, _Mapping]] = ...) -> None: ...
+    shares_host_uuid_with: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., available: _Optional[bool] = ..., facts: _Optional[_Union[_types_pb2.HostFacts, _Mapping]] = ..., domains: _Optional[int] = ..., migrations_out: _Optional[int] = ..., migrations_in: _Optional[int] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cordoned: _Optional[bool] = ..., cordon_reason: _Optional[str] = ..., drain_id: _Optional[str] = ..., cordoned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., bandwidth_budget_mibps: _Optional[int] = ..., bandwidth_out_mibps: _Optional[int] = ..., bandwidth_in_mibps: _Optional[int] = ..., why_down: _Optional[_Union[_types_pb2.ErrorDetail, _Mapping]] = ..., shares_host_uuid_with: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListHostsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")

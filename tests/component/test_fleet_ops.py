@@ -233,6 +233,16 @@ async def test_a_host_cloned_from_the_source_is_no_target_and_placement_says_why
     code, out = await fx.ferry(capsys, "preflight", "g1", "--to", "host2")
     assert code == 1 and [b["reason"] for b in out["blockers"]] == ["HOST_UUID_SHARED"], out
     assert "libvirtd.conf" in out["blockers"][0]["hint"]
+    # and the fleet's listing says so before anyone tries
+    code, out = await fx.ferry(capsys, "hosts")
+    assert {h["name"]: h["shares_host_uuid_with"] for h in out["hosts"]} == {
+        "host1": ["host2"],
+        "host2": ["host1"],
+        "host3": [],
+        "host4": [],
+    }
+    assert await cli.run(["--coordinator", fx.addresses[0], "--insecure", "hosts"]) == 0
+    assert "host1, host2 report one libvirt host UUID" in capsys.readouterr().out
     await fx.ferry(capsys, "hosts", "uncordon", "host3")
     code, out = await fx.ferry(capsys, "preflight", "g1")
     assert [c["host"] for c in out["candidates"]] == ["host3"], out
