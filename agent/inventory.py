@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from importlib import metadata
 
+from ferry.agent.advertised import AdvertisedUri
 from ferry.agent.fingerprint import fingerprint_or_empty
 from ferry.compat import AGENT_API_LEVEL
 from ferry.model import Disk, DomainInfo, HostFacts
@@ -36,13 +37,16 @@ class Inventory:
         version: str = "",
         migration_tls_problem: Callable[[], str] = lambda: "",
         api_level: int = AGENT_API_LEVEL,
+        advertised: AdvertisedUri | None = None,
     ) -> None:
         """``migration_tls_problem``: why this host cannot migrate over TLS now ("" = it can;
         asked at every facts() call, so certificates put in place later count). ``api_level``: the
-        level reported (ferry/compat.py; tests act as an older agent with a lower one)."""
+        level reported (ferry/compat.py; tests act as an older agent with a lower one);
+        ``advertised``: whether the advertised URI is this host's libvirtd (``advertised.py``)."""
         self.api_level = api_level
         self._hv = hypervisor
         self._tls_problem = migration_tls_problem
+        self._advertised = advertised
         self._host = host
         self._libvirt_uri = libvirt_uri
         self._migration_address = migration_address
@@ -61,6 +65,7 @@ class Inventory:
             agent_version=self._version,
             migration_tls_problem=await asyncio.to_thread(self._tls_problem),
             api_level=self.api_level,
+            libvirt_uri_problem=self._advertised.problem(facts.host_uuid) if self._advertised is not None else "",
         )
 
     async def domains(self) -> list[DomainInfo]:

@@ -773,25 +773,25 @@ class LibvirtHypervisor:
             return self._error(exc, call, peer=target_uri, same_host_uuid=True)
         return self._error(exc, call, peer=target_uri)
 
-    async def _shares_host_uuid(self, uri: str) -> bool:
-        """Do this host's and ``uri``'s libvirtds report one host UUID? (a state probe: libvirt
-        refuses such a migration with an internal error, "to the same host"). False when
-        either cannot be asked."""
+    async def remote_host_uuid(self, uri: str) -> str:
         peer = self._peer_uris.get(uri, uri)
-
-        def host_uuid(conn: libvirt.virConnect) -> str:
-            return lt.parse_capabilities(conn.getCapabilities()).host_uuid
 
         def remote() -> str:
             conn = libvirt.open(peer)
             try:
-                return host_uuid(conn)
+                return lt.parse_capabilities(conn.getCapabilities()).host_uuid
             finally:
                 conn.close()
 
+        return await self._remote("getCapabilities", peer, remote)
+
+    async def _shares_host_uuid(self, uri: str) -> bool:
+        """Do this host's and ``uri``'s libvirtds report one host UUID? (a state probe: libvirt
+        refuses such a migration with an internal error, "to the same host"). False when
+        either cannot be asked."""
         try:
-            own = await self._call("getCapabilities", host_uuid)
-            theirs = await self._remote("getCapabilities", peer, remote)
+            own = (await self.host_facts()).host_uuid
+            theirs = await self.remote_host_uuid(uri)
         except FerryError as exc:
             log.info("cannot compare the host UUIDs of %s and %s: %s: %s", self.uri, uri, exc.reason, exc)
             return False

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import grpc
 
+from ferry.agent.advertised import AdvertisedUri
 from ferry.agent.config import AgentConfig, load_config
 from ferry.agent.fencing import LeaderFence
 from ferry.agent.health import LibvirtWatch
@@ -82,6 +83,7 @@ def build_agent(
         libvirt_uri=config.advertise_libvirt_uri,
         migration_address=config.migration_address,
         migration_tls_problem=tls_problem,
+        advertised=AdvertisedUri(hypervisor, config.advertise_libvirt_uri),
     )
     prepare = PrepareService(
         hypervisor, host, Path(config.state_dir), default_ttl_s=config.prepare_ttl_s, clock=clock, host_name=config.name

@@ -252,6 +252,15 @@ def coordinator_blockers(
     if not source.available:
         out.append(host_down(source.name, source.why_down, target=False))
     tf = target.facts if target is not None else None
+    if tf is not None and tf.libvirt_uri_problem:
+        out.append(
+            Problem(
+                "TARGET_URI_MISMATCH",
+                f"{target_name} cannot be migrated to: {tf.libvirt_uri_problem}",
+                f"set advertise_libvirt_uri in {target_name}'s agent config to the URI of its own libvirtd (its "
+                "agent reports this from opening that URI), then restart that agent",
+            )
+        )
     if target is not None and not options.offline:
         out.extend(tls_blockers(source, target))
     if tf is not None and source.facts is not None:

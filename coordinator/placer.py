@@ -298,6 +298,7 @@ class Placer:
             frozenset(facts.bridges),
             frozenset(facts.networks),
             facts.migration_tls_problem,  # tls_blockers: a host that cannot encrypt is refused
+            facts.libvirt_uri_problem,  # a target whose URI reaches another machine is refused
             declared,
         )
         # one small number per distinct shape: a ranking looks a shape up for every host

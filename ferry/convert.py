@@ -156,6 +156,7 @@ def host_facts_to_pb(f: HostFacts) -> tpb.HostFacts:
         migration_address=f.migration_address,
         agent_version=f.agent_version,
         migration_tls_problem=f.migration_tls_problem,
+        libvirt_uri_problem=f.libvirt_uri_problem,
         api_level=f.api_level,
     )
 
@@ -179,6 +180,7 @@ def host_facts_from_pb(m: tpb.HostFacts) -> HostFacts:
         migration_address=m.migration_address,
         agent_version=m.agent_version,
         migration_tls_problem=m.migration_tls_problem,
+        libvirt_uri_problem=m.libvirt_uri_problem,
         api_level=m.api_level,
     )
 

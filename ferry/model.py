@@ -72,6 +72,7 @@ class HostFacts:
     agent_version: str = ""
     migration_tls_problem: str = ""  # why this host cannot migrate over TLS ("" = it can)
     api_level: int = 0  # the requests its agent honours (ferry/compat.py); 0: an agent from before levels
+    libvirt_uri_problem: str = ""  # why peers cannot migrate here by libvirt_uri ("" = nothing known)
 
 
 # CPU modes in which the guest runs on a copy of its host's CPU: the target cannot judge such a

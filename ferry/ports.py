@@ -105,6 +105,11 @@ class Hypervisor(Protocol):
         """
         ...
 
+    async def remote_host_uuid(self, uri: str) -> str:
+        """The host UUID that the libvirtd at ``uri`` reports (another host's, or this one's own
+        advertised URI). Raises as opening ``uri`` fails (Unavailable when it does not answer)."""
+        ...
+
     async def abort_job(self, name_or_uuid: str) -> bool:
         """Abort the domain's running job. False when there was none: no job, the job ended
         meanwhile, or the domain left this host (the migration completed and undefined it)."""

@@ -530,6 +530,10 @@ class FakeHypervisor:
         target = self._remote(target_uri)
         return await target.job_stats(name_or_uuid, completed=True)
 
+    async def remote_host_uuid(self, uri: str) -> str:
+        await self._enter("remote_host_uuid", "getCapabilities")
+        return self._remote(uri).host_uuid
+
     # ------------------------------------------------------------------ port: CPU and peers
 
     async def compare_cpu(self, cpu_xml: str, *, arch: str, machine: str, virttype: str, emulator: str) -> str:

@@ -86,7 +86,7 @@ TIMEOUT_ACTION_ABORT: TimeoutAction
 TIMEOUT_ACTION_FORCE_COMPLETE: TimeoutAction
 
 class HostFacts(_message.Message):
-    __slots__ = ("hostname", "host_uuid", "libvirt_version", "qemu_version", "cpu_model", "arch", "cpu_features", "memory_total_bytes", "memory_free_bytes", "bridges", "networks", "storage", "libvirt_uri", "migration_address", "agent_version", "cpus", "migration_tls_problem", "api_level")
+    __slots__ = ("hostname", "host_uuid", "libvirt_version", "qemu_version", "cpu_model", "arch", "cpu_features", "memory_total_bytes", "memory_free_bytes", "bridges", "networks", "storage", "libvirt_uri", "migration_address", "agent_version", "cpus", "migration_tls_problem", "api_level", "libvirt_uri_problem")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     HOST_UUID_FIELD_NUMBER: _ClassVar[int]
     LIBVIRT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,7 @@ class HostFacts(_message.Message):
     CPUS_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_TLS_PROBLEM_FIELD_NUMBER: _ClassVar[int]
     API_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    LIBVIRT_URI_PROBLEM_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     host_uuid: str
     libvirt_version: int
@@ -123,7 +124,8 @@ class HostFacts(_message.Message):
     cpus: int
     migration_tls_problem: str
     api_level: int
-    def __init__(self, hostname: _Optional[str] = ..., host_uuid: _Optional[str] = ..., libvirt_version: _Optional[int] = ..., qemu_version: _Optional[int] = ..., cpu_model: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_features: _Optional[_Iterable[str]] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., bridges: _Optional[_Iterable[str]] = ..., networks: _Optional[_Iterable[str]] = ..., storage: _Optional[_Iterable[_Union[StorageDir, _Mapping]]] = ..., libvirt_uri: _Optional[str] = ..., migration_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., cpus: _Optional[int] = ..., migration_tls_problem: _Optional[str] = ..., api_level: _Optional[int] = ...) -> None: ...
+    libvirt_uri_problem: str
+    def __init__(self, hostname: _Optional[str] = ..., host_uuid: _Optional[str] = ..., libvirt_version: _Optional[int] = ..., qemu_version: _Optional[int] = ..., cpu_model: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_features: _Optional[_Iterable[str]] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., bridges: _Optional[_Iterable[str]] = ..., networks: _Optional[_Iterable[str]] = ..., storage: _Optional[_Iterable[_Union[StorageDir, _Mapping]]] = ..., libvirt_uri: _Optional[str] = ..., migration_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., cpus: _Optional[int] = ..., migration_tls_problem: _Optional[str] = ..., api_level: _Optional[int] = ..., libvirt_uri_problem: _Optional[str] = ...) -> None: ...
 
 class StorageDir(_message.Message):
     __slots__ = ("path", "free_bytes", "total_bytes", "shared", "fs_type")

@@ -24,6 +24,7 @@ import pytest
 from coordinator_setup import FAST, fast_engine  # beside this file
 
 from ferry import keys
+from ferry.agent.advertised import AdvertisedUri
 from ferry.agent.registration import Registration
 from ferry.cli import main as cli
 from ferry.coordinator import drain_api
@@ -252,6 +253,28 @@ async def test_a_host_cloned_from_the_source_is_no_target_and_placement_says_why
     code, m = await fx.ferry(capsys, "migrate", "g1")
     assert code == 0 and m["target_host"] == "host3", m
     assert fx.agents.running_on("g1") == ["host3"]
+
+
+async def test_a_host_whose_advertised_uri_reaches_another_machine_is_no_target(fx, capsys):
+    # host2's agent config was copied from host3: its advertised URI reaches host3's libvirtd, so a
+    # migration "to host2" would land on host3. host2's agent finds it (opening that URI) and says so
+    host2, host3 = fx.agents["host2"], fx.agents["host3"]
+    host2.servicer.inventory._advertised = AdvertisedUri(host2.hv, host3.hv.uri)
+    fx.guest("host1", "g1")
+    for _ in range(100):  # the agent's check runs beside its inventory
+        code, out = await fx.ferry(capsys, "preflight", "g1", "--to", "host2")
+        if code == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert [b["reason"] for b in out["blockers"]] == ["TARGET_URI_MISMATCH"], out
+    blocker = out["blockers"][0]
+    assert f"reaches another machine's libvirtd (host UUID {host3.hv.host_uuid}" in blocker["message"]
+    assert "advertise_libvirt_uri in host2's agent config" in blocker["hint"]
+    code, out = await fx.ferry(capsys, "preflight", "g1")
+    assert "host2" not in [c["host"] for c in out["candidates"]]
+    assert ("host2", ["TARGET_URI_MISMATCH"]) in [
+        (c["host"], [b["reason"] for b in c["blockers"]]) for c in out["rejected"]
+    ]
 
 
 async def test_a_migration_submitted_to_the_leader_starts_without_waiting_for_the_watch(fx, capsys):

@@ -81,6 +81,11 @@ def reasons(**kw):
         ({"target": host("host2", arch="aarch64")}, ["ARCH_MISMATCH"]),
         # a cloned install: libvirt takes both for one machine and refuses the migration
         ({"target": HostView("host2", True, replace(facts("host2"), host_uuid="HOST1"))}, ["HOST_UUID_SHARED"]),
+        # its advertised URI reaches another machine's libvirtd (its agent found it)
+        (
+            {"target": HostView("host2", True, replace(facts("host2"), libvirt_uri_problem="reaches host3"))},
+            ["TARGET_URI_MISMATCH"],
+        ),
         ({"storage": StorageMode.SHARED}, ["DISK_NOT_SHARED"]),
         ({"storage": StorageMode.SHARED, "domain": dom(disks=(SHARED_OK,))}, []),
         ({"storage": StorageMode.SHARED, "domain": dom(disks=(SHARED_WB,))}, ["UNSAFE_CACHE"]),
