@@ -9,8 +9,8 @@ import logging
 
 from ferry.agent.advertised import AdvertisedUri
 from ferry.agent.inventory import Inventory
-from ferry.testing.fake_hypervisor import FakeFleet, FakeHypervisor
 from ferry.testing.fake_hostsystem import FakeHostSystem
+from ferry.testing.fake_hypervisor import FakeFleet, FakeHypervisor
 
 
 def two_hosts() -> tuple[FakeHypervisor, FakeHypervisor]:
