@@ -13,6 +13,7 @@ Run with ``-s`` to see the measured numbers.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -182,6 +183,35 @@ def test_preflight_names_a_missing_bridge_and_an_unknown_host(lab, guests):
     finally:
         remove_guests(lab, [name])
         lab.host_exec("host1", "ip", "link", "del", bridge, check=False)
+
+
+def test_a_host_whose_agent_advertises_another_hosts_libvirt_uri_is_no_target(lab, guests):
+    # host2's agent config copied from host1's (advertise_libvirt_uri): a migration "to host2" would
+    # go to host1's libvirtd. host2's agent opens that URI, sees host1's host UUID, and says so
+    name = "fm-uri"
+    boot(lab, guests, name, disks=("16M",), nic=False)
+    line = re.compile(r'^advertise_libvirt_uri = "([^"]+)"$', re.M)
+    conf = {h: lab.paths.host(h) / "agent.toml" for h in ("host1", "host2")}
+    own = conf["host2"].read_text()
+    copied = line.search(conf["host1"].read_text())
+    assert copied is not None and line.search(own) is not None
+    conf["host2"].write_text(line.sub(f'advertise_libvirt_uri = "{copied[1]}"', own))
+    try:
+        lab.restart("agent host2")
+
+        def refused() -> bool:
+            run = ferry(lab, "preflight", name, "--to", "host2")
+            return run.code == 1 and [b["reason"] for b in run.data["blockers"]] == ["TARGET_URI_MISMATCH"]
+
+        wait_until(refused, 60, "preflight refusing host2 for its advertised URI", interval=1)
+        [blocker] = ferry(lab, "preflight", name, "--to", "host2").data["blockers"]
+        print(f"\n[fleet] {blocker['message']}")
+        assert "reaches another machine's libvirtd" in blocker["message"] and copied[1] in blocker["message"]
+        assert "advertise_libvirt_uri in host2's agent config" in blocker["hint"]
+    finally:
+        conf["host2"].write_text(own)
+        lab.restart("agent host2")
+    wait_until(lambda: ferry(lab, "preflight", name, "--to", "host2").code == 0, 60, "host2 a target again", interval=1)
 
 
 def test_a_shared_disk_the_target_sees_elsewhere_is_refused_until_its_storage_is_mounted(lab, guests):
