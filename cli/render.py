@@ -569,8 +569,10 @@ def drain_bar(d: cpb.Drain, width: int = 30) -> str:
     if d.vms_failed:
         parts.append(f"{d.vms_failed} failed")
     parts += in_flight_words(d)
-    if d.HasField("waiting"):  # its host does not answer: no ETA holds
-        parts.append(f"waiting: {d.host} does not answer")
+    if d.HasField("waiting"):  # its host, or every host it may use, does not answer: no ETA holds
+        parts.append(
+            "waiting: no target answers" if d.waiting.reason == "TARGETS_DOWN" else f"waiting: {d.host} does not answer"
+        )
     elif d.state in (cpb.DRAIN_STATE_RUNNING, cpb.DRAIN_STATE_PAUSED, cpb.DRAIN_STATE_CANCELLING):
         parts.append(f"ETA {duration(d.eta_s)}" if d.state == cpb.DRAIN_STATE_RUNNING else drain_state_name(d.state))
     return "  ".join(parts)

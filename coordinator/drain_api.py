@@ -29,7 +29,7 @@ from . import convert
 from .bandwidth import alone
 from .checks import host_down
 from .drain import DrainItem, DrainRecord, ItemState, decode
-from .drainplan import progress, slots, waiting_on
+from .drainplan import progress, slots, waiting_for_targets, waiting_on
 from .drains import DrainRequest, domains_by_uuid, must_read_drain
 from .paging import paginate
 from .policies import choose_policy
@@ -93,8 +93,23 @@ class DrainMethods:
             slots(d, self.outbound_limit),
             migrations,
             dry_run=dry_run,
-            waiting=None if dry_run else waiting_on(d, self._host_down(d.host)),
+            waiting=None if dry_run else self._waiting(d),
         )
+
+    def _waiting(self, d: DrainRecord) -> Problem | None:
+        """Why its waiting VMs do not move now, as this replica's fleet view sees it."""
+        on_host = waiting_on(d, self._host_down(d.host))
+        if on_host is not None or not d.count(ItemState.WAITING) or d.count(ItemState.MIGRATING):
+            return on_host
+        cordons = self.views.cordons.items
+        targets = {
+            h.name: h.why_down if not h.available else None
+            for h in self.fleet.hosts()
+            if h.name != d.host
+            and (not d.targets or h.name in d.targets)
+            and not (h.name in cordons and cordons[h.name].cordoned)
+        }
+        return waiting_for_targets(d, targets)
 
     def _host_down(self, host: str) -> Problem | None:
         """What this replica's fleet view says of a host that is down; None when it answers."""

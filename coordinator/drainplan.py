@@ -502,3 +502,29 @@ def waiting_on(d: DrainRecord, host_down: Problem | None) -> Problem | None:
         f"{host_down.hint}; the drain goes on by itself once {d.host} answers (its VMs stay where they are "
         "meanwhile), or cancel it",
     )
+
+
+def waiting_for_targets(d: DrainRecord, targets: Mapping[str, Problem | None]) -> Problem | None:
+    """Why the drain's waiting VMs do not move now when nothing of it moves and no host it may use
+    answers (``targets``: each host it may use, not cordoned, and why it is down, None when it
+    is up): they wait for one to come back (a host that is down is not a reason to fail them).
+
+    >>> from datetime import UTC, datetime
+    >>> d = DrainRecord("d1", "h1", datetime(2026, 1, 1, tzinfo=UTC), items=(DrainItem("g1", "u1"),))
+    >>> down = Problem("AGENT_UNREACHABLE", "its agent is gone", "check ferry-agent")
+    >>> print(waiting_for_targets(d, {"h2": down, "h3": down}).message)
+    1 VM waits: no host that may take it answers (h2: its agent is gone; h3: its agent is gone)
+    >>> waiting_for_targets(d, {"h2": down, "h3": None}), waiting_for_targets(d, {})
+    (None, None)
+    """
+    n = d.count(ItemState.WAITING)
+    if not n or not targets or d.count(ItemState.MIGRATING) or d.state is not DrainState.RUNNING:
+        return None
+    if any(why is None for why in targets.values()):
+        return None
+    down = "; ".join(f"{h}: {why.message if why is not None else 'down'}" for h, why in sorted(targets.items()))
+    return Problem(
+        "TARGETS_DOWN",
+        f"{n} VM{'s wait' if n > 1 else ' waits'}: no host that may take {'them' if n > 1 else 'it'} answers ({down})",
+        "bring one of them back (ferry hosts says what is down on each); the drain goes on by itself, or cancel it",
+    )

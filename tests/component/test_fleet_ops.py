@@ -743,6 +743,29 @@ async def test_a_drain_watch_says_when_its_host_stops_answering_and_when_it_answ
     assert final.state == cpb.DRAIN_STATE_SUCCEEDED, final
 
 
+async def test_a_drain_whose_targets_are_all_down_says_it_waits_for_them(fx, capsys):
+    fx.guest("host1", "t1")
+    others = ("host2", "host3", "host4")
+    for h in others:
+        fx.agents[h].hv.fail(
+            "host_facts", Unavailable("libvirtd does not answer", reason="LIBVIRT_UNAVAILABLE"), times=10_000
+        )
+    await fx.coordinators[0].fleet.refresh(list(others), force=True)
+    code, d = await fx.ferry(capsys, "drain", "host1", "--no-wait")
+    assert code == 0, d
+    now = await fx.stub.GetDrain(cpb.GetDrainRequest(id=d["id"]))
+    assert now.state == cpb.DRAIN_STATE_RUNNING and now.vms_moved == 0, now
+    assert now.waiting.reason == "TARGETS_DOWN", now
+    assert now.waiting.message.startswith("1 VM waits: no host that may take it answers (host2: ")
+    assert await cli.run(["--coordinator", fx.addresses[0], "--insecure", "drains", "show", d["id"]]) == 0
+    assert "waiting: no target answers" in capsys.readouterr().out
+    for h in others:
+        fx.agents[h].hv._faults.clear()
+    await fx.coordinators[0].fleet.refresh(list(others), force=True)
+    final = await wait_final_drain(fx.stub, d["id"])
+    assert final.state == cpb.DRAIN_STATE_SUCCEEDED and not final.HasField("waiting"), final
+
+
 async def test_a_failed_migration_is_replanned_to_another_host(fx, capsys):
     fx.guest("host1", "flaky")
     fx.agents["host1"].hv.fail_migration("flaky", at_step=2)  # its first job fails, wherever it goes
