@@ -261,7 +261,7 @@ class Cli:
                 self.screen.text(f"{h.name} DOWN: {h.why_down.reason}: {h.why_down.message}")
                 if h.why_down.hint:
                     self.screen.text(f"  fix: {h.why_down.hint}")
-        for line in render.shared_host_uuids(hosts):
+        for line in [*render.migration_problems(hosts), *render.shared_host_uuids(hosts)]:
             self.screen.text(line)
         for line in render.api_levels(hosts):
             self.screen.text(line)

@@ -41,6 +41,31 @@ def bandwidth_use(h: cpb.HostStatus) -> str:
     return f"{h.bandwidth_out_mibps}/{h.bandwidth_in_mibps} of {h.bandwidth_budget_mibps}"
 
 
+def migration_problems(hosts: Sequence[cpb.HostStatus]) -> list[str]:
+    """What each listed host's agent reports against migrating to or from it (preflight blocks on
+    it), with the fix.
+
+    >>> h = cpb.HostStatus(name="h2", facts=tpb.HostFacts(libvirt_uri_problem="the URI reaches h3"))
+    >>> for line in migration_problems([h, cpb.HostStatus(name="h1")]): print(line)
+    h2: TARGET_URI_MISMATCH: the URI reaches h3
+      fix: set advertise_libvirt_uri in h2's agent config to its own libvirtd's URI, restart the agent
+    """
+    lines = []
+    for h in hosts:
+        if h.facts.libvirt_uri_problem:
+            lines.append(f"{h.name}: TARGET_URI_MISMATCH: {h.facts.libvirt_uri_problem}")
+            lines.append(
+                f"  fix: set advertise_libvirt_uri in {h.name}'s agent config to its own libvirtd's URI, "
+                "restart the agent"
+            )
+        if h.facts.migration_tls_problem:
+            lines.append(f"{h.name}: MIGRATION_TLS_MISSING: {h.facts.migration_tls_problem}")
+            lines.append(
+                f"  fix: install QEMU's migration certificates on {h.name}, from a CA that signs the hypervisors only"
+            )
+    return lines
+
+
 def shared_host_uuids(hosts: Sequence[cpb.HostStatus]) -> list[str]:
     """One line per group of listed hosts that report one libvirt host UUID, with the fix.
 
