@@ -270,6 +270,7 @@ async def test_a_host_whose_advertised_uri_reaches_another_machine_is_no_target(
     blocker = out["blockers"][0]
     assert f"reaches another machine's libvirtd (host UUID {host3.hv.host_uuid}" in blocker["message"]
     assert "advertise_libvirt_uri in host2's agent config" in blocker["hint"]
+    await fx.coordinators[0].fleet.refresh(["host2"], force=True)  # (a listing reads a copy up to 1 s old)
     assert await cli.run(["--coordinator", fx.addresses[0], "--insecure", "hosts"]) == 0
     assert "host2: TARGET_URI_MISMATCH: the advertised libvirt URI" in capsys.readouterr().out
     code, out = await fx.ferry(capsys, "preflight", "g1")
