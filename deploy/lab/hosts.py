@@ -209,8 +209,10 @@ def start_host(
     *,
     caps_cache: Path | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    firewall: str = "",
 ) -> HostRecord:
-    """Bring up one lab host: namespaces, network, mounts, its own libvirtd (ready to serve).
+    """Bring up one lab host: namespaces, network, its firewall (``firewall``: an nftables ruleset,
+    ``firewall.py``), mounts, its own libvirtd (ready to serve).
 
     Each process is passed to ``record`` as soon as it exists, so a failure half-way leaves
     nothing that ``down`` does not know about.
@@ -264,6 +266,9 @@ def start_host(
         )
         + "\n",
     )
+    if firewall:  # before anything listens
+        (h / "firewall.nft").write_text(firewall)
+        procs.run(nsenter(holder.pid, ["nft", "-f", str(h / "firewall.nft")], mount=False, uts=False))
 
     for argv in host_mount_commands(paths, plan.name, plan.image_fs_bytes):
         procs.run(nsenter(holder.pid, argv, uts=False))

@@ -31,7 +31,7 @@ from typing import Any
 
 from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, NotFound
 from ferry.lab import agents as agents_mod
-from ferry.lab import cliconfig, control, drills, faults, guests, hosts, packages, pki, procs, teardown
+from ferry.lab import cliconfig, control, drills, faults, firewall, guests, hosts, packages, pki, procs, teardown
 from ferry.lab import state as state_mod
 from ferry.lab import status as status_mod
 from ferry.lab.controlplane import (
@@ -277,9 +277,26 @@ class Lab:
         etc_hosts = render_etc_hosts(tuple(plans))
         caps_cache = self.cache_dir / "qemu-capabilities"
 
+        # only the hypervisors reach libvirtd and QEMU; only the core (coordinators, the metrics'
+        # scrapers) the agents
+        rules = firewall.render(
+            firewall.Allowed(
+                hypervisors=tuple(p.address for p in plans), controllers=(CORE_ADDRESS,), scrapers=(CORE_ADDRESS,)
+            )
+        )
+
         def one_host(plan: HostPlan) -> HostRecord:
             host = hosts.start_host(
-                self.paths, plan, core, passwd, group, etc_hosts, self._record, caps_cache=caps_cache, clock=self.clock
+                self.paths,
+                plan,
+                core,
+                passwd,
+                group,
+                etc_hosts,
+                self._record,
+                caps_cache=caps_cache,
+                clock=self.clock,
+                firewall=rules,
             )
             self._record_host(host)
             log.info(

@@ -208,6 +208,48 @@ def test_qemu_admits_only_the_hypervisors_certificates(lab: Lab, tmp_path: Path)
     assert all(not h.get("facts", {}).get("migration_tls_problem") for h in hosts), hosts
 
 
+_CONNECT = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()
+    print("open")
+except ConnectionRefusedError:
+    print("refused")
+except OSError:
+    print("dropped")
+"""
+
+
+def reach(lab: Lab, place: str, address: str, port: int) -> str:
+    """A TCP connection from ``place``'s namespace: open, refused (nothing listens, but the packet
+    got there) or dropped (no answer: the firewall)."""
+    return lab.host_exec(place, "python3", "-c", _CONNECT, address, str(port), timeout=30).stdout.strip()
+
+
+def test_only_the_hypervisors_reach_libvirtd_and_qemus_ports_and_only_the_core_the_agents(lab: Lab):
+    """Every lab host loads deploy/lab/firewall.py's ruleset (deploy/nftables/ferry-hypervisor.nft
+    with the lab's addresses). QEMU's incoming port ends a migration on any connection, with a
+    certificate or without: only the hypervisors may connect. The core namespace (coordinators,
+    etcd, the metrics' scraper) is no hypervisor; a hypervisor is no coordinator."""
+    h2 = "10.77.0.12"
+    seen = {
+        (place, port): reach(lab, place, h2, port) for place in (CORE, "host1") for port in (16514, 49152, 7070, 9470)
+    }
+    print(f"\n[tls] reaching host2 (16514 libvirtd, 49152 QEMU, 7070 agent, 9470 metrics): {seen}")
+    assert seen == {
+        (CORE, 16514): "dropped",
+        (CORE, 49152): "dropped",
+        (CORE, 7070): "open",
+        (CORE, 9470): "open",
+        ("host1", 16514): "open",
+        ("host1", 49152): "refused",  # let through: no migration listens there now
+        ("host1", 7070): "dropped",
+        ("host1", 9470): "dropped",
+    }
+    table = lab.host_exec("host2", "nft", "list", "table", "inet", "ferry_hypervisor").stdout
+    assert "10.77.0.11" in table and h2 in table
+
+
 def test_libvirtd_speaks_only_tls(lab: Lab):
     plain = lab.host_exec("host1", "virsh", "-c", "qemu+tcp://10.77.0.12/system", "hostname", check=False, timeout=60)
     assert plain.returncode != 0  # no plain TCP listener (the seed's auth_tcp = "none" is gone)
