@@ -198,15 +198,16 @@ def _proc_line(label: str, entry: dict[str, Any] | None, extra: str = "", *, wid
 
 
 def _metrics_lines(entry: dict[str, Any] | None, *, width: int = 9) -> list[str]:
-    """Where an agent's or coordinator's metrics are (from the root namespace, and inside its own:
-    HTTPS, for a reader's certificate such as the lab's ``pki/reader.lab.pem``)."""
+    """Where an agent's or coordinator's metrics are (from the root namespace, and over the lab
+    network from the core namespace, as a fleet's Prometheus scrapes them -- the hosts' firewall
+    lets only the core in: HTTPS, for a reader's certificate such as the lab's ``pki/reader.lab.pem``)."""
     if entry is None or not entry["endpoints"].get("metrics"):
         return []
     socket = entry["endpoints"]["metrics"].removeprefix("unix:")
     inside = entry["endpoints"].get("metrics_tcp", "")
     return [
         f"  {'metrics':<{width}} curl --unix-socket {socket} http://localhost/metrics"
-        + (f"  (inside: https://{inside}/metrics, with pki/reader.lab.pem)" if inside else "")
+        + (f"  (from core: https://{inside}/metrics, with pki/reader.lab.pem)" if inside else "")
     ]
 
 

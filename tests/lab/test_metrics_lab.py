@@ -21,6 +21,7 @@ from fleetcli import SUCCEEDED, beats, history, placement, remove_guests, submit
 from prometheus_client.parser import text_string_to_metric_families
 
 from ferry.lab import Lab, pki
+from ferry.lab.state import CORE
 
 pytestmark = pytest.mark.lab
 
@@ -98,12 +99,13 @@ def test_every_endpoint_is_listed_and_answers(lab: Lab) -> None:
         # its [tls] (with the places that use it too, e.g. "agents.tls, tls"), and etcd's own CA's
         assert any("tls" in u.split(", ") for u in uses) and expected <= uses, (name, uses)
         assert {"etcd.tls", "registry.tls"} & uses, (name, uses)
-    # the TCP listener inside a host's namespace (where a fleet's Prometheus scrapes): HTTPS, a reader's certificate
+    # the TCP listener on a host's address, scraped from the core namespace as a fleet's Prometheus
+    # does from its own machine (the hosts' firewall lets only the core in): HTTPS, a reader's certificate
     url = f"https://{found['host1']['metrics_tcp']}/metrics"
-    inside = parse(curl(url, lab=lab, host="host1", cert="reader.lab"))
+    inside = parse(curl(url, lab=lab, host=CORE, cert="reader.lab"))
     assert value(inside, "ferry_build_info", component="agent") == 1
     refused = {
-        what: lab.host_exec("host1", *curl_argv(u, lab=lab, cert=c), timeout=10, check=False)
+        what: lab.host_exec(CORE, *curl_argv(u, lab=lab, cert=c), timeout=10, check=False)
         for what, u, c in (
             ("another host's agent", url, "agent.host2"),
             ("no certificate", url, ""),
