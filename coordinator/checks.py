@@ -387,3 +387,33 @@ def tcg_migration_warnings(domain: DomainInfo, source: HostView | None) -> list[
         f"{domain.name} runs under TCG on QEMU {_fmt(version)}, which loses guest memory writes during live "
         "migration (fixed in QEMU 9.0): the guest may crash on the target; use KVM or QEMU 9.0 or later"
     ]
+
+
+@dataclass(frozen=True)
+class HostHealth:
+    """One host as the metrics show it (``host_refusals``)."""
+
+    name: str
+    up: bool
+    refusals: tuple[str, ...] = ()
+
+
+def host_refusals(facts_by_host: Mapping[str, HostFacts | None]) -> dict[str, tuple[str, ...]]:
+    """Host -> the reasons preflight refuses any migration to it, from its last facts.
+
+    >>> f = lambda u, **kw: HostFacts("h", u, **kw)
+    >>> host_refusals({"h1": f("a"), "h2": f("a", libvirt_uri_problem="x"), "h3": f("b"), "h4": None})
+    {'h1': ('HOST_UUID_SHARED',), 'h2': ('TARGET_URI_MISMATCH', 'HOST_UUID_SHARED'), 'h3': (), 'h4': ()}
+    """
+    twins = shared_host_uuids({h: f.host_uuid for h, f in facts_by_host.items() if f is not None})
+    out: dict[str, tuple[str, ...]] = {}
+    for host, f in facts_by_host.items():
+        reasons = []
+        if f is not None and f.migration_tls_problem:
+            reasons.append("MIGRATION_TLS_MISSING")
+        if f is not None and f.libvirt_uri_problem:
+            reasons.append("TARGET_URI_MISMATCH")
+        if twins.get(host):
+            reasons.append("HOST_UUID_SHARED")
+        out[host] = tuple(reasons)
+    return out

@@ -42,6 +42,7 @@ from ferry.timed_store import StoreObserver, TimedStore
 
 from .agent_client import GrpcAgentClient
 from .bandwidth import no_budget
+from .checks import HostHealth, host_refusals
 from .config import CoordinatorConfig, bandwidth_budget, load_config
 from .drain_controller import DrainController
 from .drains import Drains
@@ -192,6 +193,12 @@ class Coordinator:
         """What the leader's engine set for the jobs running through hosts with a bandwidth budget."""
         sharing = getattr(self.engine, "sharing", None) if self.engine is not None else None
         return sharing.use() if sharing is not None else None
+
+    def host_health(self) -> list[HostHealth]:
+        """Each known host: up or not, and why preflight would refuse any migration to it."""
+        hosts = self.fleet.hosts()
+        refusals = host_refusals({h.name: h.facts for h in hosts})
+        return [HostHealth(h.name, h.available, refusals.get(h.name, ())) for h in hosts]
 
     def leader_records(self) -> list[MigrationRecord] | None:
         """The leader's engine's view of the records (None when this replica does not lead)."""
@@ -390,6 +397,7 @@ async def serve(config: CoordinatorConfig) -> None:
         leader=coordinator.is_leader,
         budget=bandwidth_budget(config) or no_budget,
         bandwidth_used=coordinator.leader_bandwidth,
+        health=coordinator.host_health,
     )
     endpoint = exporter(registry, config.metrics, config.tls)
     loop = asyncio.get_running_loop()

@@ -28,7 +28,13 @@ Read from the leader's view of the records at scrape time (absent on the other r
   ``ferry_host_bandwidth_used_mibps{host, direction}``: what the leader set for the jobs running
   through them (``sharing.py``).
 
-Every replica: ``ferry_coordinator_leader``: 1 on the replica that leads.
+Every replica, from its fleet view:
+
+- ``ferry_coordinator_leader``: 1 on the replica that leads;
+- ``ferry_host_up{host}``: 1 when the host's agent is registered and answers and its libvirtd is up;
+- ``ferry_host_refuses_migrations{host, reason}``: 1 for each reason preflight refuses every migration
+  to the host, whatever the VM: ``MIGRATION_TLS_MISSING``, ``TARGET_URI_MISMATCH``, ``HOST_UUID_SHARED``
+  (``host_refusals``), so that an alert finds such a host before a drain needs it.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .bandwidth import no_budget
+from .checks import HostHealth
 from .phases import Phase
 from .record import MigrationRecord
 from .slots import Limits, holds_slot
@@ -168,12 +175,14 @@ class CoordinatorMetrics(Collector):
         leader: Callable[[], bool],
         budget: Callable[[str], int] = no_budget,
         bandwidth_used: Callable[[], Mapping[tuple[str, str], int] | None] = lambda: None,
+        health: Callable[[], Iterable[HostHealth]] = tuple,
     ) -> None:
         """Where to read the leader's records (None while not leading), the known hosts, and
         whether this replica leads, at scrape time; the hosts' bandwidth budgets and what the
-        leader's jobs use of them."""
+        leader's jobs use of them; each host's health as this replica's fleet view has it."""
         self._records, self._hosts, self._leader = records, hosts, leader
         self._budget, self._bandwidth_used = budget, bandwidth_used
+        self._health = health
 
     # -- RecordObserver -----------------------------------------------------------------------------
 
@@ -198,6 +207,19 @@ class CoordinatorMetrics(Collector):
     def collect(self) -> Iterator[Metric]:
         leader = GaugeMetricFamily("ferry_coordinator_leader", "1 on the coordinator replica that leads")
         leader.add_metric([], 1 if self._leader() else 0)
+        up = GaugeMetricFamily(
+            "ferry_host_up", "1 when the host's agent is registered and answers and its libvirtd is up", labels=["host"]
+        )
+        refuses = GaugeMetricFamily(
+            "ferry_host_refuses_migrations",
+            "1 for each reason preflight refuses every migration to the host",
+            labels=["host", "reason"],
+        )
+        for h in self._health():
+            up.add_metric([h.name], 1 if h.up else 0)
+            for reason in h.refusals:
+                refuses.add_metric([h.name, reason], 1)
+        yield from (up, refuses)
         yield leader
         records = self._records()
         if records is None:

@@ -127,7 +127,9 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
         rpc_observer=RpcMetrics(registry),
         record_observer=observer,
     )
-    observer.watch(records=c.leader_records, hosts=lambda: c.fleet.available_hosts(), leader=c.is_leader)
+    observer.watch(
+        records=c.leader_records, hosts=lambda: c.fleet.available_hosts(), leader=c.is_leader, health=c.host_health
+    )
     c.new_engine = lambda: fast_engine(c, FAST, observer=c.record_observer)  # type: ignore[method-assign]
     c.servicer.submissions.timeouts = FAST
     [port] = await c.start()
@@ -284,6 +286,18 @@ async def test_every_metric_the_dashboard_queries_exists(setup: Setup) -> None:
     every = set().union(*panels.values())
     for needed in ("ferry_agent_migration_dirty_rate_bytes_per_second", "ferry_etcd_request_duration_seconds_bucket"):
         assert needed in every
+
+
+async def test_each_host_shows_up_and_what_makes_it_refuse_every_migration(setup: Setup) -> None:
+    before = await scrape(setup, "coordinator")
+    assert value(before, "ferry_host_up", host="host1") == value(before, "ferry_host_up", host="host2") == 1
+    assert not [s for s in before if s[0] == "ferry_host_refuses_migrations"]
+    # host2 cloned from host1: neither can take a migration from the other
+    setup.agents["host2"].hv.host_uuid = setup.agents["host1"].hv.host_uuid
+    await setup.coordinator.fleet.refresh(["host1", "host2"], force=True)
+    after = await scrape(setup, "coordinator")
+    for host in ("host1", "host2"):
+        assert value(after, "ferry_host_refuses_migrations", host=host, reason="HOST_UUID_SHARED") == 1
 
 
 def test_dashboard_is_importable_grafana_json() -> None:
