@@ -187,14 +187,22 @@ async def test_the_output_option_before_or_after_the_command_in_the_installed_co
     assert code == 64 and "unrecognized arguments: --no-such-flag" in err
 
 
-def _sigint_as_in_a_terminal() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# a terminal's Ctrl-C: SIGINT as it is in a foreground shell, whatever this run inherited (a command
+# started with `&` by a script ignores SIGINT, and so would ferry started from it). Set in a small
+# Python that then execs ferry, not in a preexec_fn: that runs between fork and exec in a copy of
+# this process, whose gRPC threads it does not have (a CI run saw ferry end at once, printing nothing)
+_WITH_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 async def test_ctrl_c_while_waiting_says_the_migration_goes_on(fx):
     """No engine runs here: the migration stays pending, `ferry migrate` waits until Ctrl-C."""
     fx.agents.add_guest("host1", "g1")
     proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _WITH_SIGINT,
         str(FERRY),
         "--insecure",
         "migrate",
@@ -203,15 +211,17 @@ async def test_ctrl_c_while_waiting_says_the_migration_goes_on(fx):
         "host2",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        # a terminal's Ctrl-C: SIGINT as it is in a foreground shell, whatever this run inherited (a
-        # command started with `&` by a script ignores SIGINT, and so would ferry started from it)
-        preexec_fn=_sigint_as_in_a_terminal,
         # faulthandler: should it not end, SIGABRT makes it print where each thread is
         env={**os.environ, "FERRY_COORDINATOR": fx.address, "FERRY_CONFIG": "/nonexistent", "PYTHONFAULTHANDLER": "1"},
     )
     assert proc.stdout is not None and proc.stderr is not None
     first = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-    assert first.startswith("migration m-"), first
+    if not first.startswith("migration m-"):
+        await asyncio.wait_for(proc.wait(), 30)
+        said = (await proc.stderr.read()).decode()
+        raise AssertionError(
+            f"ferry printed {first!r} first, exit status {proc.returncode}; its stderr:\n{said[-6000:]}"
+        )
     migration_id = first.split()[1].rstrip(":")
     assert (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip().startswith("pending")
     proc.send_signal(signal.SIGINT)
