@@ -11,6 +11,7 @@ EX_USAGE) instead of argparse's exit 2, which `ferry` means as "the coordinator 
 from __future__ import annotations
 
 import argparse
+import math
 import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -143,9 +144,20 @@ def _int32(value: str) -> int:
 
 
 def _positive_float(value: str) -> float:
-    number = float(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {value}")
+    """A number of seconds: finite and above 0 (``nan``, ``inf`` and ``1e400`` parse as floats).
+
+    >>> _positive_float("2.5")
+    2.5
+    >>> _positive_float("inf")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must be more than 0 and finite, got inf
+    """
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {value}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and finite, got {value}")
     return number
 
 

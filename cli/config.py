@@ -41,7 +41,19 @@ def coordinator_address(flag: str | None, env: Mapping[str, str] | None = None) 
 
 def _read_file(path: Path) -> dict[str, object]:
     try:
-        return tomllib.loads(path.read_text())
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(
+            f"{path} is not UTF-8 text: {exc}", reason="BAD_CONFIG", hint=f"fix or remove {path}"
+        ) from exc
+    except OSError as exc:
+        raise InvalidArgument(
+            f"cannot read {path}: {exc.strerror or exc}",
+            reason="BAD_CONFIG",
+            hint=f"make {path} a readable TOML file, or point $FERRY_CONFIG elsewhere",
+        ) from exc
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgument(f"cannot parse {path}: {exc}", reason="BAD_CONFIG", hint=f"fix or remove {path}") from exc
 

@@ -267,7 +267,14 @@ class Cli:
             self.screen.text(line)
 
     async def vms(self) -> int:
-        resp = await self.stub.ListVMs(cpb.ListVMsRequest(host=self.a.host or ""), timeout=self.timeout)
+        resp = cpb.ListVMsResponse()
+        req = cpb.ListVMsRequest(host=self.a.host or "")
+        while True:  # every page
+            page = await self.stub.ListVMs(req, timeout=self.timeout)
+            resp.vms.extend(page.vms)
+            req.page_token = page.next_page_token
+            if not req.page_token:
+                break
         rows = [
             [
                 v.domain.name,
@@ -620,8 +627,15 @@ def _report(err: FerryError, as_json: bool) -> int:
 def _wants_json(argv: Sequence[str]) -> bool:
     """Whether a command line that did not parse asked for JSON (its error is then JSON too)."""
     words = list(argv)
-    pairs = zip(words, [*words[1:], ""], strict=True)
-    return any(w in ("-ojson", "--output=json") or (w in ("-o", "--output") and nxt == "json") for w, nxt in pairs)
+    for word, nxt in zip(words, [*words[1:], ""], strict=True):
+        option, eq, value = word.partition("=")
+        if option.startswith("-o") and not option.startswith("--") and len(option) > 2:  # -ojson
+            option, value, eq = "-o", option[2:], "="
+        # argparse takes -o, --output and any unambiguous start of it (--out), the value after = or next
+        if option == "-o" or (len(option) > 2 and "--output".startswith(option)):
+            if (value if eq else nxt).lower() == "json":
+                return True
+    return False
 
 
 def _usage_error(exc: UsageError, argv: Sequence[str]) -> int:

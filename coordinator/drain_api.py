@@ -60,8 +60,15 @@ def _id(value: str) -> str:
 
 
 def _known(values: Collection[int], field: str, enum: EnumTypeWrapper) -> set[int]:
-    """Enum numbers of a filter: at most ``validate.MAX_ITEMS``, each one the enum knows (0 too)."""
+    """Enum numbers of a filter: at most ``validate.MAX_ITEMS``, each one the enum knows but 0 (its
+    UNSPECIFIED value matches nothing: a watch asking for it alone would never send a thing)."""
     validate.items(values, field)
+    if 0 in values:
+        raise InvalidArgument(
+            f"{field}: {enum.Name(0)} (0) names no value",
+            reason="BAD_ENUM_VALUE",
+            hint=f"leave {field} empty for every value, or list ferry.v1.{enum.DESCRIPTOR.name} values",
+        )
     unknown = sorted(set(values) - set(enum.values()))
     if unknown:
         raise InvalidArgument(

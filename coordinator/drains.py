@@ -200,15 +200,7 @@ class Drains:
                 reason="HOST_UNKNOWN",
                 hint=self.fleet.host_hint(host, "check the name with `ferry hosts`"),
             )
-        unknown = [t for t in request.targets if self.fleet.host(t) is None]
-        if unknown:
-            raise NotFound(
-                f"no host named {', '.join(map(repr, unknown))} is known",
-                reason="TARGET_UNKNOWN",
-                hint=self.fleet.host_hint(unknown[0], "check the names with `ferry hosts`")
-                if len(unknown) == 1
-                else "check the names with `ferry hosts`",
-            )
+        self.fleet.require_known(request.targets, reason="TARGET_UNKNOWN")
         if host in request.targets:
             raise InvalidArgument(
                 f"{host} cannot be a target of its own drain",

@@ -528,6 +528,18 @@ class Fleet:
         """The hint for an unknown host name: ``fallback``, led by the known host it most likely means."""
         return names.host_hint(given, {n: h.registration for n, h in self._hosts.items()}, fallback)
 
+    def require_known(self, hosts: Iterable[str], *, reason: str) -> None:
+        """NotFound (``reason``) naming every host of ``hosts`` the fleet does not know."""
+        unknown = [h for h in hosts if h not in self._hosts]
+        if unknown:
+            raise NotFound(
+                f"no host named {', '.join(map(repr, unknown))} is known",
+                reason=reason,
+                hint=self.host_hint(unknown[0], "check the names with `ferry hosts`")
+                if len(unknown) == 1
+                else "check the names with `ferry hosts`",
+            )
+
     def vm_hint(self, given: str, fallback: str) -> str:
         """The hint for an unknown VM name: ``fallback``, led by the VM it most likely means."""
         return names.vm_hint(given, self._where, fallback)

@@ -27,10 +27,15 @@ def _host_part(text: str) -> str:
     ('hv2.dc1.example', '10.0.0.5')
     >>> _host_part("[fd00::5]:7070"), _host_part("hv2")
     ('fd00::5', 'hv2')
+    >>> _host_part("qemu+tls://[fd00::12/system")  # not a URI after all: no host to compare
+    ''
     """
     text = text.strip()
     if "://" in text:
-        return (urlsplit(text).hostname or "").lower()
+        try:
+            return (urlsplit(text).hostname or "").lower()
+        except ValueError:  # an unclosed '[' and the like
+            return ""
     if text.startswith("["):
         return text[1:].split("]", 1)[0].lower()
     if text.count(":") == 1:

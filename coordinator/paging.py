@@ -45,7 +45,7 @@ def decode_token(token: str) -> tuple[str, ...]:
         if not isinstance(key, list) or not all(isinstance(k, str) for k in key):
             raise ValueError("not a list of strings")
         return tuple(key)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RecursionError) as e:  # RecursionError: JSON nested past the parser's depth
         raise InvalidArgument(
             "page_token is not one this server gave out",
             reason="BAD_PAGE_TOKEN",

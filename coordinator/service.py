@@ -425,7 +425,9 @@ class CoordinatorServicer(DrainMethods, cgrpc.CoordinatorServicer):
     @rpc_method
     async def RankTargets(self, request: cpb.RankTargetsRequest, context: Context) -> cpb.RankTargetsResponse:
         vm = _required(request.vm, "vm", '"web-1" (a name or UUID, see `ferry vms`)')
-        source, ranking = await self._rank(vm, request, tuple(validate.names(request.hosts, "hosts")))
+        only = tuple(validate.names(request.hosts, "hosts"))
+        self.fleet.require_known(only, reason="TARGET_UNKNOWN")  # a typo would rank nothing, answered OK
+        source, ranking = await self._rank(vm, request, only)
         return cpb.RankTargetsResponse(
             source_host=source,
             candidates=[convert.candidate_to_pb(c) for c in ranking.candidates],

@@ -88,6 +88,30 @@ async def test_a_name_the_fleet_knows_otherwise_is_refused_saying_which_it_knows
     assert entries == []
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("migrate", "g1", "--to", "qemu+tls://[fd00::12/system", "--no-wait"),  # virsh's URI, a bracket lost
+        ("hosts", "cordon", "qemu+tls://[fd00::12/system", "--reason", "fan"),
+        ("drain", "qemu+tls://[fd00::12/system", "--dry-run"),
+        ("vms", "--host", "qemu+tls://[fd00::12/system"),
+    ],
+)
+async def test_a_host_name_no_uri_parser_reads_is_unknown_not_an_internal_error(fx, capsys, args):
+    fx.agents.add_guest("host1", "g1")
+    code, out = await fx.ferry(capsys, *args)
+    assert code == 2 and out["error"]["code"] == "NOT_FOUND", out
+    assert out["error"]["reason"] in ("TARGET_UNKNOWN", "HOST_UNKNOWN")
+
+
+async def test_ranking_among_hosts_the_fleet_does_not_know_is_refused_naming_them(fx):
+    """A typo in RankTargets' hosts would otherwise answer an empty ranking: "nothing fits"."""
+    fx.agents.add_guest("host1", "g1")
+    err = await refused(fx.stub.RankTargets(cpb.RankTargetsRequest(vm="g1", hosts=["host2", "hots3"])))
+    assert (err.code_seen, err.reason) == (grpc.StatusCode.NOT_FOUND, "TARGET_UNKNOWN")
+    assert "'hots3'" in err.message and err.hint.startswith("did you mean 'host3'?")
+
+
 async def test_cli_reports_a_refusal_with_exit_2(fx, capsys):
     code, out = await fx.ferry(capsys, "migrate", "nope", "--to", "host2", "--no-wait")
     assert code == 2
@@ -351,6 +375,15 @@ async def test_vms_list_every_host_with_active_migration(fx, capsys):
     assert [v["domain"]["name"] for v in out["vms"]] == ["g2"]
     code, out = await fx.ferry(capsys, "vms", "--host", "host9")
     assert code == 2 and out["error"]["reason"] == "HOST_UNKNOWN"
+
+
+async def test_vms_lists_every_page(fx, capsys):
+    """ListVMs answers 500 a page; `ferry vms` asks for the next ones until there are none."""
+    for i in range(510):
+        fx.agents.add_guest("host1", f"v{i:04d}", local_disk=False, memory=1 << 20)
+    code, out = await fx.ferry(capsys, "vms")
+    assert code == 0 and len({v["domain"]["name"] for v in out["vms"]}) == 510
+    assert "next_page_token" not in out or not out["next_page_token"]
 
 
 async def test_a_dead_hosts_vms_stay_listed_as_unreachable(fx, capsys):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from coordinator_setup import FAST, fast_engine  # beside this file
 
@@ -34,7 +35,7 @@ from ferry.coordinator.main import Coordinator, build_coordinator
 from ferry.coordinator.slots import Limits
 from ferry.errors import Unavailable
 from ferry.model import DomainState
-from ferry.rpc import create_channel
+from ferry.rpc import create_channel, from_rpc_error
 from ferry.testing.fake_hypervisor import MiB, make_domain_xml
 from ferry.testing.fleet import Fleet, MaxConcurrency, bridge_of, start_fleet
 from ferry.testing.memory_store import MemoryStore
@@ -1069,6 +1070,24 @@ async def test_a_fleet_watch_by_phase_is_told_when_a_migration_leaves_the_phase(
     phases = [e.migration.phase for e in seen]
     assert phases[0] == cpb.PHASE_MIGRATING and phases[-1] == cpb.PHASE_FINISHING, phases
     assert phases.count(cpb.PHASE_FINISHING) == 1 and cpb.PHASE_SUCCEEDED not in phases
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        cpb.WatchFleetRequest(objects=[cpb.FleetObject.Value("FLEET_OBJECT_UNSPECIFIED")]),
+        cpb.WatchFleetRequest(phases=[cpb.PHASE_MIGRATING, 0]),
+        cpb.WatchFleetRequest(drain_states=[0]),
+        cpb.WatchFleetRequest(phases=[99]),
+    ],
+)
+async def test_a_fleet_watch_filtering_on_no_value_is_refused(fx, request_):
+    """UNSPECIFIED (0) matches nothing: such a watch would stay silent forever."""
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        async for _ in fx.stub.WatchFleet(request_):
+            pass
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert from_rpc_error(exc.value).reason == "BAD_ENUM_VALUE"
 
 
 async def test_list_calls_page(fx, capsys):

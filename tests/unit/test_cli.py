@@ -124,6 +124,18 @@ def test_address_order(tmp_path):
     assert coordinator_address(None, {"FERRY_CONFIG": str(tmp_path / "none.toml")}) == DEFAULT_COORDINATOR
 
 
+@pytest.mark.parametrize("kind", ["a directory", "not UTF-8"])
+def test_a_config_file_that_cannot_be_read_says_which_and_what_to_do(tmp_path, kind):
+    path = tmp_path / "cli.toml"
+    if kind == "a directory":
+        path.mkdir()
+    else:
+        path.write_bytes('coordinator = "h\xe9st:7100"\n'.encode("latin-1"))
+    with pytest.raises(InvalidArgument) as exc:
+        coordinator_address(None, {"FERRY_CONFIG": str(path)})
+    assert exc.value.reason == "BAD_CONFIG" and str(path) in str(exc.value) and str(path) in exc.value.hint
+
+
 def _pki(d):
     """A CA and two identities (ferry-certs' code): the files' paths."""
     from ferry.certs import issue_identity, new_ca, write_pem

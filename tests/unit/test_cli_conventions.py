@@ -76,6 +76,10 @@ def test_list_filters_before_or_after_and_every_phase_spelling():
         (["migrations", "show"], "needs an ID, or --vm"),
         (["migrations", "show", "m-1", "--limit", "3"], "unrecognized arguments: --limit"),
         (["top", "--interval", "0"], "must be more than 0"),
+        (["top", "--interval", "nan"], "must be more than 0 and finite"),
+        (["--rpc-timeout", "inf", "hosts"], "must be more than 0 and finite"),
+        (["--rpc-timeout", "1e400", "hosts"], "must be more than 0 and finite"),
+        (["--rpc-timeout", "soon", "hosts"], "must be a number"),
         ([], "required"),
     ],
 )
@@ -89,10 +93,20 @@ def test_usage_errors_say_what_and_exit_64(argv, says, capsys):
     assert says in err and "usage: ferry" in err
 
 
-async def test_a_usage_error_asked_for_as_json_is_json_too(capsys):
-    assert await cli.run(["vms", "--bogus", "-o", "json"]) == 64
+@pytest.mark.parametrize(
+    "asks", [["-o", "json"], ["-ojson"], ["-o=json"], ["--output=json"], ["--out", "json"], ["-oJSON"]]
+)
+async def test_a_usage_error_asked_for_as_json_is_json_too(capsys, asks):
+    """Every spelling argparse takes (and JSON in capitals, itself the usage error)."""
+    assert await cli.run(["vms", "--bogus", *asks]) == 64
     out = json.loads(capsys.readouterr().out)
     assert out["error"]["reason"] == "USAGE" and "--bogus" in out["error"]["message"]
+
+
+@pytest.mark.parametrize("asks", [["-o", "table"], ["--offline", "json"]])
+async def test_a_usage_error_not_asked_for_as_json_prints_nothing_on_stdout(capsys, asks):
+    assert await cli.run(["migrate", "g1", "--bogus", *asks]) == 64
+    assert capsys.readouterr().out == ""
 
 
 @pytest.mark.parametrize(

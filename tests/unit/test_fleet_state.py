@@ -8,6 +8,7 @@ someone else's idempotency key; a page token gives the next page even when items
 
 from __future__ import annotations
 
+import base64
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -148,9 +149,16 @@ def test_a_page_token_survives_items_coming_and_going():
     assert paginate(later, lambda x: (x,), 2, token, descending=True)[0] == ["c", "b"]
 
 
-def test_a_bad_page_token_is_refused():
+@pytest.mark.parametrize(
+    "token",
+    [
+        "not-a-token!",
+        base64.urlsafe_b64encode(b"[" * 1500 + b"]" * 1500).decode(),  # nested past json's recursion limit
+    ],
+)
+def test_a_bad_page_token_is_refused(token):
     with pytest.raises(InvalidArgument) as exc:
-        paginate([1, 2], lambda x: (str(x),), 1, "not-a-token!")
+        paginate([1, 2], lambda x: (str(x),), 1, token)
     assert exc.value.reason == "BAD_PAGE_TOKEN"
 
 
