@@ -233,20 +233,21 @@ class DrainController:
     ) -> DrainRecord | None:
         """One step of ``d``: its new record written and what it asks for done; None on a
         conflicting write (nothing done)."""
+        records = self.records()
+        if self._created:
+            self._created = {m for m in self._created if m not in records}
+        pending = self._submitting | self._created
         s = step(
             d,
-            self.records(),
+            records,
             place,
             now,
             outbound_limit=self.outbound_limit,
             max_attempts=self.max_attempts,
             cordoned=frozenset(n for n, c in self.cordons.items() if c.cordoned),
             gone=gone,
+            creating=pending,
         )
-        if self._created:
-            seen = self.records()
-            self._created = {m for m in self._created if m not in seen}
-        pending = self._submitting | self._created
         s = replace(s, submit=tuple(x for x in s.submit if x.migration_id not in pending))
         if s.drain is not d:
             try:

@@ -273,10 +273,12 @@ def step(
     max_attempts: int = 3,
     cordoned: Collection[str] = (),
     gone: Mapping[str, Problem] | None = None,
+    creating: Collection[str] = (),
 ) -> Step:
     """What to do about drain ``d`` now (see the module doc). ``cordoned``: the hosts cordoned now;
     ``gone``: VMs (by UUID) confirmed no longer on the host, with the VM_GONE problem saying where
-    they are: a VM skipped while it was stopped there, then removed, is gone as well."""
+    they are: a VM skipped while it was stopped there, then removed, is gone as well; ``creating``:
+    the migration ids whose records are being created (not in ``migrations`` yet, not lost)."""
     if d.state.is_final:
         return Step(d, outcome="final")
     new, take_back = _follow(d, migrations, now, max_attempts, cordoned)
@@ -288,7 +290,7 @@ def step(
         if i.state is ItemState.MIGRATING and i.migration_id not in migrations
     )
     if new.state is DrainState.CANCELLING:
-        return _cancelling(new, migrations, now)
+        return _cancelling(new, migrations, now, creating)
     submits: list[Submit] = []
     if new.state is DrainState.RUNNING:
         new, submits = _start(new, place, now, outbound_limit)
@@ -345,10 +347,21 @@ def _start(d: DrainRecord, place: Place, now: datetime, outbound_limit: int) -> 
     return new, submits
 
 
-def _cancelling(d: DrainRecord, migrations: Mapping[str, MigrationRecord], now: datetime) -> Step:
+def _cancelling(
+    d: DrainRecord, migrations: Mapping[str, MigrationRecord], now: datetime, creating: Collection[str]
+) -> Step:
+    """Waiting items skipped, migrations under way cancelled; an item whose migration was never
+    created (a leader stopped between the drain's write and the migration's) is skipped too, not
+    created only to be cancelled: else the drain would wait for it forever."""
     skipped = Problem("CANCELLED", "the drain was cancelled before this VM moved", "drain the host again to move it")
+
+    def never_started(i: DrainItem) -> bool:
+        return i.state is ItemState.MIGRATING and i.migration_id not in migrations and i.migration_id not in creating
+
     items = tuple(
-        replace(i, state=ItemState.SKIPPED, problems=(skipped,), ended_at=now) if i.state is ItemState.WAITING else i
+        replace(i, state=ItemState.SKIPPED, problems=(skipped,), ended_at=now)
+        if i.state is ItemState.WAITING or never_started(i)
+        else i
         for i in d.items
     )
     new = replace(d, items=items)

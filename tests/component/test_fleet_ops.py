@@ -17,6 +17,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ from ferry.cli import main as cli
 from ferry.coordinator import drain_api
 from ferry.coordinator.agent_client import GrpcAgentClient
 from ferry.coordinator.config import AgentsConfig, CoordinatorConfig, EtcdConfig, HostDecl
+from ferry.coordinator.drain import DrainItem, DrainRecord, DrainState, ItemState, with_state
+from ferry.coordinator.drain import encode as encode_drain
+from ferry.coordinator.drainplan import migration_id
+from ferry.coordinator.hoststate import cordon
 from ferry.coordinator.main import Coordinator, build_coordinator
 from ferry.coordinator.slots import Limits
 from ferry.errors import Unavailable
@@ -841,6 +846,34 @@ async def until(stub: cgrpc.CoordinatorStub, drain_id: str, check, timeout: floa
             if check(d):
                 return d
             await asyncio.sleep(0.02)
+
+
+async def test_a_drain_cancelled_when_its_leader_stopped_before_creating_a_migration_ends(fx, capsys):
+    """The old leader wrote an item MIGRATING with its migration's id, then stopped before creating
+    that migration; the operator cancelled meanwhile. The leader ends the drain (the item skipped)
+    rather than holding it, and the host's cordon, in CANCELLING for ever."""
+    uuid = fx.guest("host1", "c1")
+    now = datetime.now(UTC)
+    d = DrainRecord("d-stuck", "host1", now, updated_at=now)
+    d = replace(
+        d,
+        items=(
+            DrainItem(
+                "c1", uuid, 256 * MiB, state=ItemState.MIGRATING, target="host2",
+                migration_id=migration_id(d, 0, 1), attempts=1, started_at=now,
+            ),
+        ),
+    )  # fmt: skip
+    d = with_state(with_state(d, DrainState.RUNNING, now, "started"), DrainState.CANCELLING, now, "cancel requested")
+    await cordon(fx.store, "host1", "drain d-stuck", now, drain_id=d.id)
+    await fx.store.create(keys.drain_key(d.id), encode_drain(d))
+    await fx.store.create(keys.drain_active_key("host1"), keys.encode_id(d.id))
+    final = await wait_final_drain(fx.stub, d.id)
+    assert final.state == cpb.DRAIN_STATE_CANCELLED and items(final) == {"c1": ("SKIPPED", "host2")}
+    assert fx.agents.running_on("c1") == ["host1"]
+    assert await fx.store.get(keys.drain_active_key("host1")) is None
+    code, out = await fx.ferry(capsys, "hosts", "uncordon", "host1")
+    assert code == 0, out
 
 
 async def test_a_drain_goes_on_after_the_leader_changes(fx, capsys):

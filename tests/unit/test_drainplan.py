@@ -243,6 +243,21 @@ def test_paused_starts_nothing_and_cancelling_cancels_what_runs():
     assert done.drain.state is DrainState.CANCELLED and states(done.drain) == {"a": "SKIPPED", "b": "SKIPPED"}
 
 
+def test_cancelling_skips_a_vm_whose_migration_a_stopped_leader_never_created():
+    # the old leader wrote the item MIGRATING, then stopped before creating its migration; the
+    # operator cancelled before the new leader stepped: creating it only to cancel it helps no one,
+    # and waiting for it would hold the drain (and its host's cordon) in CANCELLING forever
+    d = drain(item("a", migration_id="d-1-0-1", target="h2", attempts=1, state=ItemState.MIGRATING))
+    cancelled = step(with_state(d, DrainState.CANCELLING, NOW, "c"), {}, everywhere(), NOW, outbound_limit=1)
+    assert cancelled.submit == () and cancelled.cancel == ()
+    assert cancelled.drain.state is DrainState.CANCELLED and states(cancelled.drain) == {"a": "SKIPPED"}
+    # one this leader is creating right now is waited for, then cancelled
+    creating = step(
+        with_state(d, DrainState.CANCELLING, NOW, "c"), {}, everywhere(), NOW, outbound_limit=1, creating={"d-1-0-1"}
+    )
+    assert creating.drain.state is DrainState.CANCELLING and states(creating.drain) == {"a": "MIGRATING"}
+
+
 def test_the_dry_run_plan_places_every_vm_and_estimates_the_makespan():
     placed: dict[str, int] = {}
 
