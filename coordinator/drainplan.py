@@ -206,7 +206,7 @@ def _follow(
             items.append(item)
             continue
         r = migrations.get(item.migration_id)
-        if r is not None and r.phase is Phase.PENDING and r.target_host in cordoned and d.state is DrainState.RUNNING:
+        if r is not None and _waits_for_slot(r) and r.target_host in cordoned and d.state is DrainState.RUNNING:
             if not r.cancel_requested:
                 take_back.append(r.id)
             if not item.problems or item.problems[-1].reason != "TARGET_CORDONED":
@@ -250,6 +250,11 @@ def _follow(
         )
     new = replace(d, items=tuple(items)) if tuple(items) != d.items else d
     return new, tuple(take_back)
+
+
+def _waits_for_slot(r: MigrationRecord) -> bool:
+    """Queued, or admitted ahead of its slot and not granted it yet (``slots.py``): no job runs."""
+    return r.phase is Phase.PENDING or (r.ahead and r.phase in (Phase.PREFLIGHT, Phase.PREPARING))
 
 
 def _cordoned_meanwhile(item: DrainItem, host: str) -> Problem:

@@ -190,7 +190,8 @@ def plan_admission(
     """Which queued records start now, and which records ahead get their slot. ``active`` may
     hold any records: those whose phase holds a slot count, against the limits or (``ahead``)
     against ``prepare_ahead``. ``now`` enables reservation by aged records (``reserve_after_s``);
-    a record whose target is in ``cordoned`` waits (TARGET_CORDONED) and reserves nothing."""
+    a record whose target is in ``cordoned`` waits (TARGET_CORDONED) and reserves nothing, and so
+    does one ahead: no slot is granted into a cordoned target, nor while a host of it is down."""
     holding = [r for r in active if r.phase.holds_slot]  # each holds its VM
     busy = [r for r in holding if not r.ahead and holds_slot(r)]
     out_n = Counter(r.source_host for r in busy)
@@ -202,6 +203,8 @@ def plan_admission(
     ahead_in = Counter(r.target_host for r in staged)
     grant: list[str] = []
     for r in queue_order(r for r in staged if r.phase in (Phase.PREFLIGHT, Phase.PREPARING)):
+        if r.source_host not in hosts_available or r.target_host not in hosts_available or r.target_host in cordoned:
+            continue  # as a queued record, it waits for its host (no job into a host cordoned meanwhile)
         fits = _fits(r, out_n, in_n, cluster_n, limits)
         if fits:
             grant.append(r.id)

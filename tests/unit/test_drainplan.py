@@ -44,6 +44,7 @@ def migration(mid: str, vm: str, target: str, phase: Phase, error: Problem | Non
         id=mid, vm=vm, vm_uuid=f"uuid-{vm}", source_host="h1", target_host=target, now=NOW, timeouts=Timeouts()
     )
     path = {
+        Phase.PREPARING: [Phase.PREFLIGHT, Phase.PREPARING],
         Phase.MIGRATING: [Phase.PREFLIGHT, Phase.PREPARING, Phase.MIGRATING],
         Phase.SUCCEEDED: [Phase.PREFLIGHT, Phase.PREPARING, Phase.MIGRATING, Phase.FINISHING, Phase.SUCCEEDED],
         Phase.ROLLED_BACK: [Phase.PREFLIGHT, Phase.PREPARING, Phase.ROLLING_BACK, Phase.ROLLED_BACK],
@@ -375,9 +376,16 @@ def test_a_queued_migration_to_a_host_cordoned_meanwhile_is_taken_back_and_place
     again = step(s.drain, {"d-1-0-1": cancelled}, everywhere("h3"), NOW, outbound_limit=1, cordoned={"h2"})
     assert [(x.migration_id, x.target) for x in again.submit] == [("d-1-0-2", "h3")]
     assert again.drain.item("uuid-v").tried == ("h2",)
+    # so is one prepared ahead of its slot (no job yet: slots grant it none into a cordoned host)
+    prepared_ahead = replace(migration("d-1-0-1", "v", "h2", Phase.PREPARING), ahead=True)
+    assert step(d, {"d-1-0-1": prepared_ahead}, everywhere("h3"), NOW, outbound_limit=1, cordoned={"h2"}).cancel == (
+        "d-1-0-1",
+    )
     # an admitted one is left to finish: cordoning stops what is queued, not what runs
     running = migration("d-1-0-1", "v", "h2", Phase.MIGRATING)
     assert step(d, {"d-1-0-1": running}, everywhere("h3"), NOW, outbound_limit=1, cordoned={"h2"}).cancel == ()
+    granted = migration("d-1-0-1", "v", "h2", Phase.PREPARING)  # holding its slot: its job starts once prepared
+    assert step(d, {"d-1-0-1": granted}, everywhere("h3"), NOW, outbound_limit=1, cordoned={"h2"}).cancel == ()
 
 
 def test_a_guest_not_running_is_skipped_with_a_hint_its_disks_allow() -> None:

@@ -380,6 +380,20 @@ def test_only_records_not_yet_migrating_are_granted():
     assert plan.grant == ()
 
 
+def test_no_slot_is_granted_into_a_target_cordoned_meanwhile_nor_while_a_host_is_down():
+    # s1 prepared on h3 ahead of h1's slot, which is free now; meanwhile h3 was cordoned (a drain
+    # of h3): its job would move a VM onto the host being emptied. It waits as a queued record does.
+    staged = ah("s1", "h1", "h3")
+    plan = plan_admission([q("q1", "h2", "h3")], [staged], A1, HOSTS, now=NOW, cordoned={"h3"})
+    assert plan.grant == () and plan.waiting["q1"].kind.value == "target cordoned"
+    plan = plan_admission([], [staged], A1, HOSTS - {"h3"}, now=NOW)
+    assert plan.grant == ()
+    # and it reserves nothing meanwhile: h1's slot goes to the next record that can use it
+    aged = ah("s-old", "h1", "h3", age_s=1000)
+    plan = plan_admission([q("q2", "h1", "h4")], [aged], A1, HOSTS, now=NOW, cordoned={"h3"})
+    assert plan.grant == () and plan.start == ("q2",)
+
+
 def test_a_record_ahead_that_aged_reserves_its_slots():
     staged = ah("s-old", "h1", "h3", age_s=1000)
     plan = plan_admission(
@@ -429,10 +443,14 @@ def test_random_queues_with_records_ahead(seed):
         assert all(keys.count(vm_key(r)) == 1 for r in admitted), "two migrations of one VM"
         out = Counter(j.source_host for j in jobs)
         inn = Counter(j.target_host for j in jobs)
+        for i in plan.grant:
+            assert by_id[i].source_host in available and by_id[i].target_host in available
         for r in holding:
             if r.ahead and r.phase in (Phase.PREFLIGHT, Phase.PREPARING) and r.id not in plan.grant:
                 assert (
-                    out[r.source_host] >= limits.per_host_outbound
+                    r.source_host not in available
+                    or r.target_host not in available
+                    or out[r.source_host] >= limits.per_host_outbound
                     or inn[r.target_host] >= limits.per_host_inbound
                     or len(jobs) >= limits.cluster
                 ), (r, plan)
