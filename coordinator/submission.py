@@ -509,17 +509,21 @@ class Submissions:
         )
 
     async def _claim_and_create(self, record: MigrationRecord) -> int:
-        """Steps 4 and 5 one after the other; the claim is undone when the record cannot be created."""
+        """Steps 4 and 5 one after the other; the claim is undone when the record cannot be created,
+        unless this call found it already naming the record (the same fixed id submitted twice: the
+        claim is the other submission's, whose record may well exist)."""
         vm_revision = await self._claim_vm(record)
         try:
             return await self.store.create(keys.migration_key(record.id), encode(record))
         except BaseException:
-            with contextlib.suppress(FerryError):
-                await self.store.delete(keys.vm_active_key(record.vm_uuid), expected_mod_revision=vm_revision)
+            if vm_revision is not None:
+                with contextlib.suppress(FerryError):
+                    await self.store.delete(keys.vm_active_key(record.vm_uuid), expected_mod_revision=vm_revision)
             raise
 
-    async def _claim_vm(self, record: MigrationRecord) -> int:
-        """Make ``vm-active/<uuid>`` name our record; VM_BUSY when another migration is not final."""
+    async def _claim_vm(self, record: MigrationRecord) -> int | None:
+        """Make ``vm-active/<uuid>`` name our record: the revision written, or None when it already
+        did (nothing written). VM_BUSY when another migration is not final."""
         key = keys.vm_active_key(record.vm_uuid)
         while True:
             try:
@@ -531,7 +535,7 @@ class Submissions:
                 continue
             other_id = keys.decode_id(entry.value)
             if other_id == record.id:  # our own claim (the same fixed id, submitted again)
-                return entry.mod_revision
+                return None
             other = await self._wait_for_record(other_id)
             if other is not None and not other.phase.is_final:
                 raise FailedPrecondition(

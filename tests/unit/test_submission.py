@@ -11,6 +11,7 @@ refused naming the migration in the way; a refused request (unknown host or VM) 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -342,6 +343,20 @@ async def test_keys_left_by_a_crashed_submission_are_taken_over(fx):
     assert await fx.keys_below(keys.IDEMPOTENCY) == {keys.idempotency_key("k1"): "m-1"}
     assert await fx.keys_below(keys.VM_ACTIVE) == {keys.vm_active_key(UUID): "m-1"}
     assert (await fx.submissions.submit(SubmitRequest("g1", "host2", idempotency_key="k1"))).id == "m-1"
+
+
+async def test_the_same_fixed_id_submitted_twice_at_once_keeps_the_vms_claim(fx):
+    """A drain's item (a fixed id) submitted by a new leader while the old one's submission is
+    between its steps: the second finds the claim naming the id and the record existing; undoing
+    "its" claim would free the VM of a live migration for a second one."""
+    fx.agents["host1"].domains.append(guest())
+    req = SubmitRequest(UUID, "host2", migration_id="d-1-0-1", source_host="host1")
+    a, b = await asyncio.gather(fx.submissions.submit(req), fx.submissions.submit(req))
+    assert a.id == b.id == "d-1-0-1"
+    assert await fx.keys_below(keys.VM_ACTIVE) == {keys.vm_active_key(UUID): "d-1-0-1"}
+    with pytest.raises(FailedPrecondition) as refused:
+        await fx.submissions.submit(SubmitRequest("g1", "host3"))
+    assert refused.value.reason == "VM_BUSY"
 
 
 async def test_cancel_marks_the_record_once_and_refuses_a_final_one(fx):
