@@ -14,12 +14,13 @@ Exit status: 0 after a clean stop, 2 for a bad config, 1 when it cannot start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -126,23 +127,34 @@ def register(servicer: AgentServicer) -> Callable[[grpc.aio.Server], list[str]]:
     return add
 
 
-async def _sweep(servicer: AgentServicer) -> None:
+@contextlib.contextmanager
+def _logged(what: str) -> Iterator[None]:
+    """Log what a part of a periodic round raises instead of raising it: the loop outlives it, and
+    its next round tries again."""
     try:
+        yield
+    except FerryError as exc:
+        log.warning("%s failed: %s: %s", what, exc.reason, exc)
+    except Exception:  # our side (the state directory full or read-only for a while, a bug): with its traceback
+        log.exception("%s failed; the next round tries again", what)
+
+
+async def _sweep(servicer: AgentServicer) -> None:
+    """One round: finish the expired prepares, forget old outgoing migration records. A part that
+    fails is logged (``_logged``); the other still runs."""
+    with _logged("prepare sweep"):
         for line in await servicer.prepare.sweep():
             log.info("prepare sweep: %s", line)
-    except FerryError as exc:
-        log.warning("prepare sweep failed: %s: %s", exc.reason, exc)
-    try:
+    with _logged("outgoing migration record sweep"):
         for migration_id in await servicer.source_disks.sweep():
             log.info("forgot the outgoing migration record %s (older than a week)", migration_id)
-    except OSError as exc:
-        log.warning("outgoing migration record sweep failed: %s", exc)
 
 
-async def _sweep_forever(servicer: AgentServicer) -> None:
+async def _sweep_forever(servicer: AgentServicer, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+    """``_sweep`` every ``SWEEP_INTERVAL_S`` until cancelled; a round that fails does not end it."""
     while True:
         await _sweep(servicer)
-        await asyncio.sleep(SWEEP_INTERVAL_S)
+        await sleep(SWEEP_INTERVAL_S)
 
 
 def _addresses(listen: Sequence[str], ports: Sequence[int]) -> str:

@@ -3,8 +3,8 @@
 A prepare checks that this host can take the domain, creates the disk images a storage copy
 needs, and returns the destination XML. What it created is written down first (a JSON record
 per prepare in ``state_dir``, ``prepare_records``), so it can be undone exactly -- after a
-failure midway, after an agent restart, or when nobody comes back for it (records expire;
-``sweep`` runs periodically).
+failure or a cancellation midway, after an agent restart, or when nobody comes back for it
+(records expire; ``sweep`` runs periodically).
 
 Lifecycle of one record::
 
@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
+import contextvars
 import logging
 import os
 import re
@@ -29,7 +31,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, ParamSpec, TypeVar
 
 from ferry.agent.domxml import ParsedDomain, parse_domain, parse_nics, rewrite_for_target
 from ferry.agent.fingerprint import fingerprint_or_empty
@@ -66,6 +68,9 @@ log = logging.getLogger(__name__)
 
 _PREPARE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 __all__ = ["CleanupOutcome", "PrepareService", "PrepareStore", "check_target"]
 
 
@@ -81,6 +86,36 @@ def _check_id(prepare_id: str) -> None:
             reason="INVALID_PREPARE_ID",
             hint="use the prepare_id PrepareIncoming returned (ListPrepares shows them)",
         )
+
+
+def _in_thread(func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
+    """``func`` started in a thread as ``asyncio.to_thread`` starts it, but as a plain future, not
+    a task: no cancellation reaches it (not even ``asyncio.run``'s of every task at exit), so
+    ``_finished`` can wait for it to end."""
+    context = contextvars.copy_context()
+    return asyncio.get_running_loop().run_in_executor(None, lambda: context.run(func, *args, **kwargs))
+
+
+async def _finished(call: asyncio.Future[T]) -> T:
+    """The result of a call ``_in_thread`` started. When the caller is cancelled meanwhile (its
+    client's deadline), first wait for the call to end -- a thread cannot be stopped, and what it
+    goes on to do (create an image, write a record) must be done before anyone undoes it -- then
+    let the cancellation go on; cancelled again while waiting, it keeps waiting. How the call
+    ended stays on ``call`` (``_raised``)."""
+    try:
+        return await asyncio.shield(call)
+    except asyncio.CancelledError:
+        while not call.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([call])
+        if not call.cancelled():
+            call.exception()  # seen: the cancellation goes on, not the call's own error
+        raise
+
+
+def _raised(call: asyncio.Future[T], error: type[BaseException]) -> bool:
+    """Whether the ended ``call`` raised an ``error``."""
+    return call.done() and not call.cancelled() and isinstance(call.exception(), error)
 
 
 class PrepareService:
@@ -285,6 +320,9 @@ class PrepareService:
     async def _create(
         self, parsed: ParsedDomain, plans: list[DiskPlan], destination_xml: str, ttl_s: int, migration_id: str
     ) -> PreparedIncoming:
+        """Record, then create, each image; on any failure undo what was created. Cancelled midway
+        (the caller's deadline, on slow storage), it first waits for the record or image being
+        written (``_finished``), so the undo sees it: nothing is left that no record names."""
         now = self._clock()
         record = PrepareRecord(
             prepare_id=self._new_id(),
@@ -298,23 +336,25 @@ class PrepareService:
         reserved = {p.destination: required_bytes(p) for p in plans if p.copy}
         created: list[str] = []
         try:
-            await asyncio.to_thread(self._store.save, record, reserved)
+            await _finished(_in_thread(self._store.save, record, reserved))
             for p in plans:
                 if not p.copy:
                     continue
                 created.append(p.destination)  # intent first: a crash from here on still cleans up
-                await asyncio.to_thread(self._store.save, replace(record, created=tuple(created)), reserved)
+                await _finished(_in_thread(self._store.save, replace(record, created=tuple(created)), reserved))
+                creating = _in_thread(
+                    self._host.create_image,
+                    p.destination,
+                    fmt=p.format,
+                    virtual_size=p.virtual_size,
+                    backing_file=p.backing_file,
+                    backing_format=p.backing_format,
+                )
                 try:
-                    await asyncio.to_thread(
-                        self._host.create_image,
-                        p.destination,
-                        fmt=p.format,
-                        virtual_size=p.virtual_size,
-                        backing_file=p.backing_file,
-                        backing_format=p.backing_format,
-                    )
-                except AlreadyExists:
-                    created.pop()  # someone else's file appeared meanwhile: never remove it
+                    await _finished(creating)
+                except BaseException:
+                    if _raised(creating, AlreadyExists):  # cancelled or not
+                        created.pop()  # someone else's file appeared meanwhile: never remove it
                     raise
         except BaseException:
             await self._undo(replace(record, created=tuple(created)), reserved)

@@ -1,5 +1,6 @@
 """PrepareIncoming / CleanupIncoming / CommitIncoming on a fake host and a stub hypervisor."""
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -387,6 +388,65 @@ async def test_a_file_that_appears_midway_is_not_ours_to_remove(svc, host):
     with pytest.raises(AlreadyExists):
         await prep(svc)
     assert host.removed == [f"{IMG}/web1.qcow2"]  # only ours
+
+
+class Gate:
+    """Holds a blocking call in its thread (slow or hung storage) until ``opened``."""
+
+    def __init__(self):
+        self.entered, self.opened = threading.Event(), threading.Event()
+
+    def hold(self, func):
+        def held(*args, **kwargs):
+            self.entered.set()
+            assert self.opened.wait(5)
+            return func(*args, **kwargs)
+
+        return held
+
+
+async def cancel_when_held(task, gate):
+    """Cancel ``task`` while its call is held, twice (the caller's deadline, then the agent
+    stopping); the task must still be waiting for the call. Then let the call go on."""
+    await asyncio.to_thread(gate.entered.wait, 5)
+    for _ in range(2):
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=0.02)
+        assert not done, "the prepare ended while its call still runs in a thread"
+    gate.opened.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.parametrize("in_the_way", [False, True], ids=["created", "file-in-the-way"])
+async def test_a_prepare_cancelled_while_an_image_is_created_waits_for_it_then_undoes(
+    svc, host, tmp_path, monkeypatch, in_the_way
+):
+    """PrepareIncoming's deadline passes while qemu-img creates an image. A thread cannot be
+    stopped: the prepare waits for it, then removes the image it made (not undone now, it would be
+    left behind with no record) -- or, when another's file turned up in the way, leaves that file."""
+    image = f"{IMG}/web1.qcow2"
+    gate = Gate()
+    monkeypatch.setattr(host, "create_image", gate.hold(host.create_image))
+    task = asyncio.create_task(prep(svc, disks=[VDA]))
+    await asyncio.to_thread(gate.entered.wait, 5)
+    if in_the_way:
+        host.files[image] = GiB
+    await cancel_when_held(task, gate)
+    if in_the_way:
+        assert (host.created, host.removed, host.files[image]) == ([], [], GiB)
+    else:
+        assert host.created == host.removed == [image] and image not in host.files
+    assert svc.list() == [] and list((tmp_path / "prepares").iterdir()) == []
+    if not in_the_way:  # the prepare's lock is free again
+        assert (await prep(svc, disks=[VDA])).created == (image,)
+
+
+async def test_a_prepare_cancelled_while_its_record_is_written_leaves_no_record(svc, host, tmp_path, monkeypatch):
+    gate = Gate()
+    monkeypatch.setattr(svc._store, "save", gate.hold(svc._store.save))
+    await cancel_when_held(asyncio.create_task(prep(svc)), gate)
+    assert svc.list() == [] and list((tmp_path / "prepares").iterdir()) == [] and host.created == []
 
 
 # ------------------------------------------------------------------ cleanup and commit

@@ -1,0 +1,69 @@
+"""The agent's periodic sweep (``agent/main.py``): expired prepares, old outgoing migration records."""
+
+import asyncio
+import errno
+import logging
+from datetime import timedelta
+
+import pytest
+from test_prepare import IMG, MAP, VDA, XML, Clock  # beside this file
+
+from ferry.agent.config import AgentConfig
+from ferry.agent.main import SWEEP_INTERVAL_S, _sweep_forever, build_agent
+from ferry.model import StorageMode
+from ferry.testing.fake_hostsystem import FakeHostSystem
+from ferry.testing.fake_hypervisor import FakeHypervisor
+
+GiB = 1 << 30
+
+
+class Stop(Exception):
+    """Ends the loop under test after its last round."""
+
+
+def stop_after(rounds: int, naps: list[float]):
+    async def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        if len(naps) == rounds:
+            raise Stop
+        await asyncio.sleep(0)
+
+    return sleep
+
+
+def fails_once(func, calls: list[str], name: str):
+    def call(*args):
+        calls.append(name)
+        if calls.count(name) == 1:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return func(*args)
+
+    return call
+
+
+@pytest.mark.parametrize("failing", ["prepares", "outgoing"])
+async def test_a_sweep_round_that_fails_is_logged_and_the_next_round_runs(tmp_path, monkeypatch, caplog, failing):
+    """The state directory read-only for a moment: a part of the round fails, logged with its
+    traceback; the other part still runs, the loop goes on and its next round finishes the
+    expired prepare."""
+    clock = Clock()
+    host = FakeHostSystem(bridges=["br-vm"], dirs={IMG: 40 * GiB})
+    config = AgentConfig(name="host2", listen=("127.0.0.1:0",), advertise_libvirt_uri="", state_dir=str(tmp_path))
+    agent = build_agent(config, FakeHypervisor(hostname="host2", host=host), host, clock=clock)
+    out = await agent.prepare.prepare(XML, [VDA], MAP, StorageMode.COPY_ALL, 0, "m-1", False)
+    clock.now += timedelta(seconds=601)  # expired, and nobody came back for it
+    calls: list[str] = []
+    parts = {"prepares": (agent.prepare._store, "delete"), "outgoing": (agent.source_disks._records, "sweep")}
+    obj, name = parts[failing]
+    monkeypatch.setattr(obj, name, fails_once(getattr(obj, name), calls, failing))
+    if failing == "prepares":  # the outgoing records' part runs all the same
+        outgoing = agent.source_disks._records
+        monkeypatch.setattr(outgoing, "sweep", lambda now, _real=outgoing.sweep: calls.append("outgoing") or _real(now))
+    naps: list[float] = []
+    with caplog.at_level(logging.INFO, logger="ferry.agent"), pytest.raises(Stop):
+        await _sweep_forever(agent, sleep=stop_after(2, naps))
+    assert naps == [SWEEP_INTERVAL_S] * 2 and calls.count("outgoing") == 2 and calls.count(failing) == 2
+    [failed] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert failed.levelno == logging.ERROR and failed.exc_info is not None and failed.exc_info[0] is OSError
+    assert agent.prepare.list() == [] and not any(p in host.files for p in out.created)
+    assert any(m.startswith(f"prepare sweep: {out.prepare_id}: cleaned up") for m in caplog.messages)
