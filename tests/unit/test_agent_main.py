@@ -1,4 +1,5 @@
-"""The agent's periodic sweep (``agent/main.py``): expired prepares, old outgoing migration records."""
+"""The agent process (``agent/main.py``): its periodic sweep (expired prepares, old outgoing
+migration records) and the background tasks it watches."""
 
 import asyncio
 import errno
@@ -9,7 +10,7 @@ import pytest
 from test_prepare import IMG, MAP, VDA, XML, Clock  # beside this file
 
 from ferry.agent.config import AgentConfig
-from ferry.agent.main import SWEEP_INTERVAL_S, _sweep_forever, build_agent
+from ferry.agent.main import SWEEP_INTERVAL_S, _sweep_forever, build_agent, first_ended
 from ferry.model import StorageMode
 from ferry.testing.fake_hostsystem import FakeHostSystem
 from ferry.testing.fake_hypervisor import FakeHypervisor
@@ -67,3 +68,28 @@ async def test_a_sweep_round_that_fails_is_logged_and_the_next_round_runs(tmp_pa
     assert failed.levelno == logging.ERROR and failed.exc_info is not None and failed.exc_info[0] is OSError
     assert agent.prepare.list() == [] and not any(p in host.files for p in out.created)
     assert any(m.startswith(f"prepare sweep: {out.prepare_id}: cleaned up") for m in caplog.messages)
+
+
+async def test_an_agent_whose_background_task_died_says_which_and_stops_to_start_afresh(caplog):
+    """A registration, libvirt watch or sweeper that ended on an error it did not expect would
+    leave an agent serving while it no longer registers, reports libvirtd or cleans up: the
+    agent names it, with the error, and `serve` starts a fresh process (RestartRequested)."""
+
+    async def registration() -> None:
+        await asyncio.sleep(0)
+        raise KeyError("a bug")
+
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    stop = asyncio.Event()
+    died = asyncio.create_task(registration(), name="registration host1")
+    healthy = asyncio.create_task(forever(), name="libvirt watch")
+    with caplog.at_level(logging.ERROR, "ferry.agent"):
+        assert await first_ended(stop, [healthy, died]) is died
+    assert "the registration host1 task ended: KeyError('a bug')" in caplog.text
+    assert caplog.records[-1].exc_info is not None
+    # stopped as asked: none ended
+    stop.set()
+    assert await first_ended(stop, [healthy]) is None
+    healthy.cancel()
