@@ -40,7 +40,7 @@ from ferry.agent.source_disks import SourceDisks
 from ferry.agent.source_records import SourceRecords
 from ferry.agent.targets import MigrationTargets
 from ferry.agent.tls_material import migration_tls_problem
-from ferry.daemon import RestartRequested, run_daemon, tls_in
+from ferry.daemon import RestartRequested, first_ended, run_daemon, tls_in
 from ferry.errors import FerryError
 from ferry.keys import LEADER_KEY
 from ferry.ports import HostSystem, Hypervisor
@@ -223,7 +223,9 @@ async def serve(config: AgentConfig) -> None:
         servicer.fence.current_term = leader_term_in(registration.store)  # the fence's judge after a restore
     ended: asyncio.Task[None] | None = None
     try:
-        ended = await first_ended(stop, [sweeper, watcher, *([registration.task] if registration else [])])
+        # an agent whose registration, libvirt watch or sweeper died would go on serving while it
+        # no longer registers, reports libvirtd or cleans up
+        ended = await first_ended(stop, [sweeper, watcher, *([registration.task] if registration else [])], log)
         log.info("stopping (grace %.0f s)", GRACE_S)
     finally:
         watcher.cancel()
@@ -236,23 +238,6 @@ async def serve(config: AgentConfig) -> None:
     log.info("stopped")
     if ended is not None:  # a fresh process, rather than an agent that silently no longer registers
         raise RestartRequested(f"its {ended.get_name()} task ended")
-
-
-async def first_ended(stop: asyncio.Event, tasks: Sequence[asyncio.Task[None]]) -> asyncio.Task[None] | None:
-    """Wait for ``stop``, or for one of ``tasks`` (each meant to run until cancelled) to end; that
-    one, logged with why (None: ``stop`` was set). An agent whose registration, libvirt watch or
-    sweeper died would go on serving while it no longer registers, reports libvirtd or cleans up."""
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-    for task in tasks:
-        if task in done:
-            error = None if task.cancelled() else task.exception()
-            log.error("the %s task ended%s", task.get_name(), f": {error!r}" if error else "", exc_info=error)
-            return task
-    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from ferry.daemon import RestartRequested, run_daemon, tls_in
+from ferry.daemon import RestartRequested, first_ended, run_daemon, tls_in
 from ferry.diskplan import landed_disks
 from ferry.keys import LEADER_KEY
 from ferry.rpc import RpcObserver, create_server
@@ -225,6 +225,10 @@ class Coordinator:
             self._election_task = asyncio.create_task(self.election.run(self._lead, self._demoted), name="election")
         return self.ports
 
+    def background_tasks(self) -> list[asyncio.Task[None]]:
+        """The tasks meant to run until :meth:`stop` (the campaign, once started)."""
+        return [self._election_task] if self._election_task is not None else []
+
     async def stop(self, grace_s: float = GRACE_S) -> None:
         """Resign (engine stopped, lease revoked), stop serving, stop following the fleet.
         The store is the caller's to close."""
@@ -403,6 +407,7 @@ async def serve(config: CoordinatorConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    ended: asyncio.Task[None] | None = None
     try:
         if config.metrics.enabled:
             metrics_ports = await endpoint.start(config.metrics_listen)
@@ -416,7 +421,8 @@ async def serve(config: CoordinatorConfig) -> None:
             ",".join(config.etcd.endpoints),
             config.etcd.prefix,
         )
-        await stop.wait()
+        # a replica whose campaign died would serve on, never to lead again
+        ended = await first_ended(stop, coordinator.background_tasks(), log)
         log.info("stopping: resigning, then stopping the server (grace %.0f s)", GRACE_S)
     finally:
         await coordinator.stop()
@@ -425,6 +431,8 @@ async def serve(config: CoordinatorConfig) -> None:
     log.info("stopped")
     if rewound:
         raise RestartRequested(rewound[0])
+    if ended is not None:
+        raise RestartRequested(f"its {ended.get_name()} task ended")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -99,6 +99,25 @@ class RestartRequested(Exception):
     command line, the same PID (``os.execv``), nothing kept in memory."""
 
 
+async def first_ended(
+    stop: asyncio.Event, tasks: Sequence[asyncio.Task[None]], log: logging.Logger
+) -> asyncio.Task[None] | None:
+    """Wait for ``stop``, or for one of ``tasks`` (each meant to run until cancelled) to end: that
+    one, logged with why (None: ``stop`` was set). A daemon's ``serve`` then stops and raises
+    :class:`RestartRequested` rather than serve on without it."""
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    for task in tasks:
+        if task in done:
+            error = None if task.cancelled() else task.exception()
+            log.error("the %s task ended%s", task.get_name(), f": {error!r}" if error else "", exc_info=error)
+            return task
+    return None
+
+
 def run_daemon(
     prog: str,
     description: str,

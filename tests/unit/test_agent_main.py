@@ -10,7 +10,8 @@ import pytest
 from test_prepare import IMG, MAP, VDA, XML, Clock  # beside this file
 
 from ferry.agent.config import AgentConfig
-from ferry.agent.main import SWEEP_INTERVAL_S, _sweep_forever, build_agent, first_ended
+from ferry.agent.main import SWEEP_INTERVAL_S, _sweep_forever, build_agent
+from ferry.daemon import first_ended
 from ferry.model import StorageMode
 from ferry.testing.fake_hostsystem import FakeHostSystem
 from ferry.testing.fake_hypervisor import FakeHypervisor
@@ -86,10 +87,10 @@ async def test_an_agent_whose_background_task_died_says_which_and_stops_to_start
     died = asyncio.create_task(registration(), name="registration host1")
     healthy = asyncio.create_task(forever(), name="libvirt watch")
     with caplog.at_level(logging.ERROR, "ferry.agent"):
-        assert await first_ended(stop, [healthy, died]) is died
+        assert await first_ended(stop, [healthy, died], logging.getLogger("ferry.agent")) is died
     assert "the registration host1 task ended: KeyError('a bug')" in caplog.text
     assert caplog.records[-1].exc_info is not None
     # stopped as asked: none ended
     stop.set()
-    assert await first_ended(stop, [healthy]) is None
+    assert await first_ended(stop, [healthy], logging.getLogger("ferry.agent")) is None
     healthy.cancel()
