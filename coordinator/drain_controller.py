@@ -19,24 +19,25 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from ferry import keys
 from ferry.errors import FerryError
-from ferry.model import Problem
+from ferry.model import DomainInfo, Problem
 from ferry.store import Conflict, Store
 
 from .checks import vm_blockers
 from .drain import DrainItem, DrainRecord, DrainState, ItemState, decode, encode, with_item
-from .drainplan import GONE, Busy, Choice, Nowhere, Step, Target, step
-from .drains import domains_by_uuid, gone_problem, keys_release
+from .drainplan import GONE, Arrivals, Busy, Choice, Estimates, Nowhere, Step, Target, step
+from .drains import domain_items, domains_by_uuid, gone_problem, keys_release
 from .hoststate import HostCordon, cordon
 from .placement import HostOption, Reservations
 from .placer import Placer
 from .record import MigrationRecord
+from .slots import holds_slot
 from .submission import Submissions, SubmitRequest
 from .view import PrefixView
 
@@ -69,6 +70,7 @@ class DrainController:
         max_attempts: int = 3,
         tick_s: float = 1.0,
         retry_s: float = 0.5,
+        items_of: Callable[[DrainRecord, Sequence[DomainInfo]], list[DrainItem]] | None = None,
     ) -> None:
         self.store = store
         self.drains = drains
@@ -81,6 +83,10 @@ class DrainController:
         self.max_attempts = max_attempts
         self.tick_s = tick_s
         self.retry_s = retry_s
+        # a drain's items for domains of its host (``Drains.items_of``): for VMs that came meanwhile
+        self.items_of = items_of or (
+            lambda d, domains: domain_items(tuple(domains), d.options, d.storage_explicit, Estimates(), d.host)
+        )
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._latest: dict[str, DrainRecord] = {}  # our own writes, newer than the view for a moment
@@ -248,6 +254,21 @@ class DrainController:
             gone=gone,
             creating=pending,
         )
+        if s.drain.state.is_final and d.state is DrainState.RUNNING:  # it would end: what came meanwhile?
+            arrivals = await self._arrivals(d, records)
+            if arrivals.items or arrivals.inbound:
+                s = step(
+                    d,
+                    records,
+                    place,
+                    now,
+                    outbound_limit=self.outbound_limit,
+                    max_attempts=self.max_attempts,
+                    cordoned=frozenset(n for n, c in self.cordons.items() if c.cordoned),
+                    gone=gone,
+                    creating=pending,
+                    arrivals=arrivals,
+                )
         s = replace(s, submit=tuple(x for x in s.submit if x.migration_id not in pending))
         if s.drain is not d:
             try:
@@ -258,6 +279,20 @@ class DrainController:
             log.info("drain %s (%s): %s", d.id, d.state.name, s.outcome)
         self._perform(d, s)
         return d
+
+    async def _arrivals(self, d: DrainRecord, records: Mapping[str, MigrationRecord]) -> Arrivals:
+        """What came to ``d``'s host since it listed the VMs: migrations into it whose jobs run or
+        will (a cordon stops only what is queued), else the VMs its inventory, asked now, shows
+        that ``d`` does not list."""
+        inbound = tuple(
+            sorted(r.id for r in records.values() if r.target_host == d.host and holds_slot(r) and not r.ahead)
+        )
+        if inbound:
+            return Arrivals(inbound=inbound)
+        await self.placer.fleet.refresh([d.host], force=True)
+        listed = {i.vm_uuid for i in d.items}
+        came = [dom for uuid, dom in domains_by_uuid(self.placer.fleet, d.host).items() if uuid not in listed]
+        return Arrivals(items=tuple(self.items_of(d, came))) if came else Arrivals()
 
     async def _read(self, drain_id: str) -> DrainRecord | None:
         entry = await self.store.get(keys.drain_key(drain_id))

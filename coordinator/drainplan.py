@@ -18,7 +18,10 @@ writes the new drain record by compare-and-set, then submits and cancels what th
    this step placed) gets it; if every feasible host is busy the item waits for the next step;
    if no host is feasible the item is FAILED with every host's blockers.
 4. Nothing waiting or migrating: SUCCEEDED (every item moved, or left the host on its own: skipped
-   ``VM_GONE``, the host is empty of it all the same) or INCOMPLETE.
+   ``VM_GONE``, the host is empty of it all the same) or INCOMPLETE. Before that, what came to the
+   host after the drain listed its VMs (``Arrivals``; a cordon stops what is queued for the host,
+   not a migration already under way to it): a VM it runs now that the drain does not list joins
+   the drain as one more item, and while a migration into it may still land one, the drain waits.
 
 Slots: ``min(max_parallel, the host's outbound limit)``. When the drain runs at the host's limit,
 it keeps ``QUEUE_AHEAD`` more migration queued per slot: the admission, which enforces that limit,
@@ -112,6 +115,14 @@ class Submit:
     vm_uuid: str
     migration_id: str
     target: str
+
+
+@dataclass(frozen=True)
+class Arrivals:
+    """What came to a drained host after its drain listed the VMs: asked for before it ends."""
+
+    items: tuple[DrainItem, ...] = ()  # VMs the host runs now that the drain does not list
+    inbound: tuple[str, ...] = ()  # migrations into the host whose jobs may still land a VM
 
 
 @dataclass(frozen=True)
@@ -279,11 +290,14 @@ def step(
     cordoned: Collection[str] = (),
     gone: Mapping[str, Problem] | None = None,
     creating: Collection[str] = (),
+    arrivals: Arrivals | None = None,
 ) -> Step:
     """What to do about drain ``d`` now (see the module doc). ``cordoned``: the hosts cordoned now;
     ``gone``: VMs (by UUID) confirmed no longer on the host, with the VM_GONE problem saying where
     they are: a VM skipped while it was stopped there, then removed, is gone as well; ``creating``:
-    the migration ids whose records are being created (not in ``migrations`` yet, not lost)."""
+    the migration ids whose records are being created (not in ``migrations`` yet, not lost);
+    ``arrivals``: what came to the host meanwhile (None: not looked at; the caller looks when the
+    step without it would end the drain, and steps again with it)."""
     if d.state.is_final:
         return Step(d, outcome="final")
     new, take_back = _follow(d, migrations, now, max_attempts, cordoned)
@@ -297,9 +311,14 @@ def step(
     if new.state is DrainState.CANCELLING:
         return _cancelling(new, migrations, now, creating)
     submits: list[Submit] = []
+    if new.state is DrainState.RUNNING and arrivals is not None and arrivals.items:
+        new = _arrived(new, arrivals.items, now)
     if new.state is DrainState.RUNNING:
         new, submits = _start(new, place, now, outbound_limit)
     if not any(i.state in (ItemState.WAITING, ItemState.MIGRATING) for i in new.items):
+        if new.state is DrainState.RUNNING and arrivals is not None and arrivals.inbound:
+            waits = f"waiting: {len(arrivals.inbound)} migration(s) into {new.host} may land a VM there"
+            return Step(new if new != d else d, resubmit, take_back, waits)
         return _end(new, now)
     changed = new != d
     moved = new.count(ItemState.MOVED)
@@ -403,6 +422,16 @@ def _left_after_stopping(d: DrainRecord, gone: Mapping[str, Problem], now: datet
 def left_on_its_own(item: DrainItem) -> bool:
     """Skipped because the VM was no longer on the host (moved or removed outside the drain)."""
     return item.state is ItemState.SKIPPED and bool(item.problems) and item.problems[-1].reason == GONE
+
+
+def _arrived(d: DrainRecord, items: Iterable[DrainItem], now: datetime) -> DrainRecord:
+    """``d`` with the VMs that came to its host since it listed them, as more items (each once)."""
+    listed = {i.vm_uuid for i in d.items}
+    new = tuple(i for i in items if i.vm_uuid not in listed)
+    if not new:
+        return d
+    note = f"{', '.join(i.vm for i in new)} came to {d.host} after the drain listed its VMs: moved too"
+    return with_state(replace(d, items=d.items + new, updated_at=now), d.state, now, note)
 
 
 def _end(d: DrainRecord, now: datetime) -> Step:

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -233,11 +233,7 @@ class Drains:
             storage_explicit=request.storage_explicit,
             updated_at=now,
         )
-        # its slots share the host's budget, if it has one: each migration is that much slower
-        estimates = self.estimates.within(self.budget(host), slots(drain, self.outbound_limit))
-        drain = replace(
-            drain, items=tuple(domain_items(domains, request.options, request.storage_explicit, estimates, host))
-        )
+        drain = replace(drain, items=tuple(self.items_of(drain, domains)))
         planned, makespan = self.plan(drain, now)
         drain = replace(drain, estimated_s=makespan)
         if request.dry_run:
@@ -254,6 +250,13 @@ class Drains:
             await cordon(self.store, host, request.reason or f"drain {drain.id}", now, drain_id=drain.id)
         log.info("drain %s of %s submitted: %d VM(s), estimated %.0f s", drain.id, host, len(drain.items), makespan)
         return replace(drain, revision=revision)
+
+    def items_of(self, drain: DrainRecord, domains: Sequence[DomainInfo]) -> list[DrainItem]:
+        """The items ``drain`` makes of ``domains`` of its host (at submission, and for what comes
+        to the host before it ends)."""
+        # its slots share the host's budget, if it has one: each migration is that much slower
+        estimates = self.estimates.within(self.budget(drain.host), slots(drain, self.outbound_limit))
+        return domain_items(tuple(domains), drain.options, drain.storage_explicit, estimates, drain.host)
 
     def plan(self, drain: DrainRecord, now: datetime) -> tuple[DrainRecord, float]:
         """Every waiting item placed in turn from the cached inventories (see ``drainplan.plan``)."""

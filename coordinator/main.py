@@ -157,6 +157,7 @@ class Coordinator:
             outbound_limit=self.config.limits.per_host_outbound,
             clock=self._clock,
             max_attempts=self.config.drains.max_attempts,
+            items_of=self.servicer.drains.items_of,
         )
         engine.observers.append(controller.on_migration)
         self.sweeper = Sweeper(

@@ -876,6 +876,34 @@ async def test_a_drain_cancelled_when_its_leader_stopped_before_creating_a_migra
     assert code == 0, out
 
 
+async def test_a_drain_moves_a_guest_that_lands_on_its_host_while_it_runs(fx, capsys):
+    """A cordon stops what is queued for the host, not a migration already under way to it: the
+    guest lands after the drain listed the host's VMs. The drain moves it too before it says the
+    host is empty (an operator powers such a host off)."""
+    fx.guest("host1", "late")
+    fx.guest("host2", "resident")
+    fx.agents["host1"].hv.hold()  # late's migration to host2 stays under way
+    m = await fx.stub.SubmitMigration(cpb.SubmitMigrationRequest(vm="late", target_host="host2"))
+    async with asyncio.timeout(10):
+        while (await fx.stub.GetMigration(cpb.GetMigrationRequest(id=m.id))).phase != cpb.PHASE_MIGRATING:
+            await asyncio.sleep(0.02)
+    code, d = await fx.ferry(capsys, "drain", "host2", "--no-wait")
+    assert code == 0 and [i["vm"] for i in d["items"]] == ["resident"]
+    await until(fx.stub, d["id"], lambda x: x.vms_moved == 1)
+    await asyncio.sleep(0.3)
+    waiting = await fx.stub.GetDrain(cpb.GetDrainRequest(id=d["id"]))
+    assert waiting.state == cpb.DRAIN_STATE_RUNNING  # late's job may still land it on host2
+    fx.agents["host1"].hv.release()
+    assert (await last_of(fx.stub, m.id)).phase == cpb.PHASE_SUCCEEDED
+    final = await wait_final_drain(fx.stub, d["id"])
+    assert final.state == cpb.DRAIN_STATE_SUCCEEDED and {v: s for v, (s, _) in items(final).items()} == {
+        "resident": "MOVED",
+        "late": "MOVED",
+    }
+    assert "late came to host2 after the drain listed its VMs" in " ".join(h.reason for h in final.history)
+    assert "host2" not in fx.agents.running_on("late") + fx.agents.running_on("resident")
+
+
 async def test_a_drain_goes_on_after_the_leader_changes(fx, capsys):
     await fx.add_coordinator("c2")
     names = [f"l{i}" for i in range(6)]

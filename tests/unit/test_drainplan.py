@@ -12,6 +12,7 @@ import pytest
 
 from ferry.coordinator.drain import DrainItem, DrainRecord, DrainState, ItemState, decode, encode, with_state
 from ferry.coordinator.drainplan import (
+    Arrivals,
     Busy,
     Estimates,
     Nowhere,
@@ -257,6 +258,27 @@ def test_cancelling_skips_a_vm_whose_migration_a_stopped_leader_never_created():
         with_state(d, DrainState.CANCELLING, NOW, "c"), {}, everywhere(), NOW, outbound_limit=1, creating={"d-1-0-1"}
     )
     assert creating.drain.state is DrainState.CANCELLING and states(creating.drain) == {"a": "MIGRATING"}
+
+
+def test_before_it_ends_a_drain_takes_in_what_came_to_its_host_meanwhile():
+    # every listed VM moved; meanwhile a migration already under way into h1 (a cordon stops only
+    # queued ones) landed "late": the drain moves it too, rather than say h1 is empty
+    moved = migration("d-1-0-1", "a", "h2", Phase.SUCCEEDED)
+    d = drain(item("a", migration_id="d-1-0-1", target="h2", attempts=1, state=ItemState.MIGRATING))
+    ended = step(d, {"d-1-0-1": moved}, everywhere(), NOW, outbound_limit=1)
+    assert ended.drain.state is DrainState.SUCCEEDED  # what the controller checks arrivals for
+    waits = step(d, {"d-1-0-1": moved}, everywhere(), NOW, outbound_limit=1, arrivals=Arrivals(inbound=("m-9",)))
+    assert waits.drain.state is DrainState.RUNNING and "1 migration(s) into h1 may land a VM" in waits.outcome
+    came = step(d, {"d-1-0-1": moved}, everywhere(), NOW, outbound_limit=1, arrivals=Arrivals(items=(item("late"),)))
+    assert states(came.drain) == {"a": "MOVED", "late": "MIGRATING"}
+    assert [(x.vm, x.target) for x in came.submit] == [("late", "h2")]
+    assert "late came to h1 after the drain listed its VMs" in came.drain.history[-1].reason
+    # a cancelled drain takes nothing in
+    cancelling = with_state(d, DrainState.CANCELLING, NOW, "c")
+    gone = step(
+        cancelling, {"d-1-0-1": moved}, everywhere(), NOW, outbound_limit=1, arrivals=Arrivals(items=(item("late"),))
+    )
+    assert gone.drain.state is DrainState.CANCELLED and "late" not in states(gone.drain)
 
 
 def test_the_dry_run_plan_places_every_vm_and_estimates_the_makespan():
