@@ -72,9 +72,19 @@ class PrefixView(Generic[T]):
     # ------------------------------------------------------------------ internals
 
     def _put(self, entry: Entry) -> None:
+        """The new value of a key; one that does not decode (a newer version's schema, a value
+        written by hand) leaves the view as a fresh list would: without the key, not with its
+        superseded value."""
         name = entry.key[len(self.prefix) :]
-        value = self._decode(entry)
+        try:
+            value = self._decode(entry)
+        except Exception:  # a decoder's own bug (or a value deeper than json's recursion limit)
+            log.exception(
+                "view %s: cannot decode %s (revision %d); leaving it out", self.prefix, name, entry.mod_revision
+            )
+            value = None
         if value is None:
+            self._delete(name)
             return
         self.items[name] = value
         self._tell(name, value)

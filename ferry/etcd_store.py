@@ -410,6 +410,8 @@ class EtcdStore:
         raise key_exists(key)
 
     async def update(self, key: str, value: bytes, expected_mod_revision: int, lease: int | None = None) -> int:
+        if expected_mod_revision <= 0:  # an absent key's mod revision is 0: etcd's compare would create it
+            raise cas_conflict(key, expected_mod_revision, 0)
         full = self._full(key)
 
         def txn(c: _Services, t: float) -> Awaitable[Any]:

@@ -240,8 +240,11 @@ class Store(Protocol):
 
     async def update(self, key: str, value: bytes, expected_mod_revision: int, lease: int | None = None) -> int:
         """Atomic compare-and-set on ``mod_revision``; returns the new revision, raises Conflict.
+        Only an existing key is updated (``create`` writes an absent one): an expected revision
+        of 0 is a Conflict, though etcd's compare alone would take it for an absent key's.
 
-        The written key is attached to ``lease`` (None: no lease), as with etcd's put.
+        The written key is attached to ``lease`` (None: no lease), as with etcd's put. A dead lease
+        is LeaseLost only once the compare held (as etcd decides the compare first).
         """
         ...
 

@@ -89,11 +89,11 @@ class MemoryStore:
 
     async def create(self, key: str, value: bytes, lease: int | None = None) -> int:
         self._enter()
-        self._require_lease(lease)
         retried = False
         while True:
             current = self._keys.get(key)
             if current is None:
+                self._require_lease(lease)  # after the compare, as etcd: an existing key is KEY_EXISTS
                 revision = self._put(key, value, lease)
                 if self._reply_lost():
                     retried = True
@@ -105,11 +105,11 @@ class MemoryStore:
 
     async def update(self, key: str, value: bytes, expected_mod_revision: int, lease: int | None = None) -> int:
         self._enter()
-        self._require_lease(lease)
         retried = False
         while True:
             current = self._keys.get(key)
             if current is not None and current.mod_revision == expected_mod_revision:
+                self._require_lease(lease)  # after the compare, as etcd: a stale revision is a Conflict
                 revision = self._put(key, value, lease)
                 if self._reply_lost():
                     retried = True

@@ -65,6 +65,24 @@ async def test_update_is_compare_and_set_on_mod_revision(store_subject: StoreSub
     with pytest.raises(Conflict):
         await store.update("absent", b"x", expected_mod_revision=created)
     assert await store.get("absent") is None
+    with pytest.raises(Conflict):  # 0 is an absent key's mod revision to etcd: its compare alone would create it
+        await store.update("absent", b"x", expected_mod_revision=0)
+    assert await store.get("absent") is None
+
+
+async def test_the_compare_is_decided_before_the_lease(store_subject: StoreSubject) -> None:
+    """As etcd: a write under a dead lease that fails its compare fails as the compare says."""
+    store = store_subject.store
+    created = await store.create("k", b"v")
+    lease = await store.grant_lease(5)
+    await store.revoke(lease)
+    with pytest.raises(AlreadyExists):
+        await store.create("k", b"again", lease=lease)
+    with pytest.raises(Conflict):
+        await store.update("k", b"stale", expected_mod_revision=created + 100, lease=lease)
+    with pytest.raises(LeaseLost):
+        await store.update("k", b"v2", expected_mod_revision=created, lease=lease)
+    assert (await store.get("k")).value == b"v"  # type: ignore[union-attr]
 
 
 async def test_list_returns_only_the_prefix_sorted_with_revision(store_subject: StoreSubject) -> None:
