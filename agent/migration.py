@@ -27,7 +27,15 @@ throws away the copied state, and a client that lost its connection (coordinator
 network blip) has not decided to stop. The job keeps running, the agent logs that it was left
 running and, later, how it ended; the caller decides through AbortMigration / GetJob. The
 hypervisor call keeps its own hard limit (completion timeout plus a margin), so an orphaned job
-that never converges is still aborted in the end.
+that never converges is still aborted in the end. A job the loop stops watching before it ended
+(cancelled, or given up on after an abort that did not end it) hands its end to the servicer
+through ``Control.left_running``: what is recorded of the job's end waits for that, not for the
+loop's error.
+
+A guest force-complete paused is never left paused: when the loop leaves while the job runs, it
+is resumed on the source; once the job completed, it arrives paused and is resumed on the target
+before anything else is asked of the target. Either resume runs to its end even when the caller
+is cancelled meanwhile (``_to_the_end``).
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -115,7 +123,7 @@ class MigrationRequest:
 @dataclass
 class Control:
     """What an operator asked of one running migration (the servicer's TuneMigration), read by
-    the loop at every poll."""
+    the loop at every poll; and what the loop tells the servicer back."""
 
     force_requested: str = ""  # who asked to force-complete
     operator_downtime_ms: int = 0  # a max downtime set by an operator (0: none)
@@ -123,6 +131,10 @@ class Control:
     # the job copies disks: their copy keeps the speed it started at (libvirt refuses to change
     # it while the migration runs); a bandwidth tune changes the memory's only
     copies_disks: bool = False
+    # set by the loop when it stops watching before it saw the job end (the caller went away, an
+    # abort did not end the job in time): the job's end, True when the migration completed (the
+    # guest runs on the target), False when it failed; cancelled when nobody can tell
+    left_running: asyncio.Future[bool] | None = None
 
 
 Event = MigrationProgress | PolicyAction | MigrationResult
@@ -180,7 +192,7 @@ class MigrationDriver:
         self._policy = policy
         self._observer = observer or NoJobObserver()
 
-    async def run(self, req: MigrationRequest, control: Control | None = None) -> AsyncIterator[Event]:
+    async def run(self, req: MigrationRequest, control: Control | None = None) -> AsyncGenerator[Event, None]:
         """Yield progress snapshots and the policy's actions while the job runs, then one
         MigrationResult.
 
@@ -361,8 +373,18 @@ class MigrationDriver:
                     )
                     yield progress
         except BaseException:
-            if watch.paused:
-                await self._unpause_source(domain.uuid)
+            call_end = _calls_ended(calls)  # (True: a call completed that the loop had not seen yet)
+            if call_end is not False:
+                control.left_running = _end_of(calls)
+            if watch.paused:  # force-complete paused the guest: let it run where it is
+                if call_end:
+                    await _to_the_end(self._unpause_target(req.target_uri, domain.uuid))
+                else:
+                    await _to_the_end(self._unpause_source(domain.uuid))
+                if call_end is None and control.left_running is not None:
+                    # the switch-over may come before the source runs it again: it then lands paused
+                    landed = self._unpause_target_once_landed(req.target_uri, domain.uuid)
+                    control.left_running.add_done_callback(landed)
             raise
         finally:
             if poll is not None:
@@ -381,10 +403,10 @@ class MigrationDriver:
                         req.target_uri,
                     )
                 t.add_done_callback(_log_orphan_end(domain.name))
+        if watch.paused:  # it arrived paused: it runs again first, whether or not the caller still listens
+            await _to_the_end(self._unpause_target(req.target_uri, domain.uuid))
         job = await self._completed_job(req.target_uri, domain.uuid, last_stats, watch, started)
         job = replace(job, disk_processed=disk_bytes_copied(job.disk_processed, last_stats, req.disk_bytes))
-        if watch.paused:
-            await self._unpause_target(req.target_uri, domain.uuid)
         state, defined = await self._leftover(domain.uuid)
         if req.options.undefine_source and not req.options.offline:
             state, defined = await self._remove_leftover(domain, state, defined)
@@ -485,6 +507,16 @@ class MigrationDriver:
                 log.info("%s arrived paused on %s (force-complete paused it): resumed", uuid, target_uri)
         except FerryError as exc:
             log.warning("cannot resume %s on %s after force-complete: %s: %s", uuid, target_uri, exc.reason, exc)
+
+    def _unpause_target_once_landed(self, target_uri: str, uuid: str) -> Callable[[asyncio.Future[bool]], None]:
+        """For a job left running after force-complete paused its guest: once it completed, the
+        guest may be paused on the target (``_unpause_target`` leaves a running one alone)."""
+
+        def ended(end: asyncio.Future[bool]) -> None:
+            if not end.cancelled() and end.result():
+                _in_background(self._unpause_target(target_uri, uuid))
+
+        return ended
 
     # ------------------------------------------------------------------ one poll
 
@@ -661,9 +693,7 @@ class MigrationDriver:
         def ended(_: asyncio.Task[None]) -> None:
             if any(not t.done() for t in calls) or self._clock() > until:
                 return
-            task = asyncio.get_running_loop().create_task(self._remove_leftover_later(domain))
-            _CLEANUPS.add(task)
-            task.add_done_callback(_CLEANUPS.discard)
+            _in_background(self._remove_leftover_later(domain))
 
         for t in calls:
             t.add_done_callback(ended)
@@ -706,7 +736,53 @@ def _apply_control(policy: ConvergencePolicy, w: Watch, control: Control) -> Wat
     return w
 
 
-_CLEANUPS: set[asyncio.Task[None]] = set()  # leftover removals running after their migration
+_CLEANUPS: set[asyncio.Task[None]] = set()  # what runs on after its migration: leftover removals, resumes
+
+
+def _in_background(work: Coroutine[object, object, None]) -> asyncio.Task[None]:
+    """Run ``work`` as a task of its own, kept until it ends (``_CLEANUPS``)."""
+    task = asyncio.get_running_loop().create_task(work)
+    _CLEANUPS.add(task)
+    task.add_done_callback(_CLEANUPS.discard)
+    return task
+
+
+async def _to_the_end(work: Coroutine[object, object, None]) -> None:
+    """Await ``work``; a caller cancelled meanwhile does not stop it (it runs to its end in the
+    background, the cancellation goes on up). For what must not be left half done: a resume."""
+    await asyncio.shield(_in_background(work))
+
+
+def _calls_ended(calls: Iterable[asyncio.Task[None]]) -> bool | None:
+    """How migrate calls ended: True once one completed (the guest runs on the target), False
+    once all failed (or none was started), None while one runs or when one was cancelled (its
+    end unknown)."""
+    calls = tuple(calls)
+    if any(t.done() and not t.cancelled() and t.exception() is None for t in calls):
+        return True
+    if all(t.done() and not t.cancelled() for t in calls):
+        return False
+    return None
+
+
+def _end_of(calls: Iterable[asyncio.Task[None]]) -> asyncio.Future[bool]:
+    """The end of migrate calls nobody watches any more: ``_calls_ended`` once it is known;
+    cancelled when they all ended and it is not."""
+    calls = tuple(calls)
+    end: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def ended(_: asyncio.Task[None]) -> None:
+        if end.done():
+            return
+        outcome = _calls_ended(calls)
+        if outcome is not None:
+            end.set_result(outcome)
+        elif all(t.done() for t in calls):
+            end.cancel()
+
+    for t in calls:
+        t.add_done_callback(ended)
+    return end
 
 
 def _left(state: DomainState | None, defined: bool) -> bool:

@@ -15,6 +15,7 @@ when ``secure_xml(context)`` allows it: by default, to the coordinator's identit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
@@ -246,19 +247,33 @@ class AgentServicer(agrpc.AgentServicer):
 
     # ------------------------------------------------------------------ source side
 
-    async def _claim(self, domain: DomainInfo, migration_id: str) -> None:
-        """One Migrate per domain: refuse while another streams here or libvirt runs a job."""
-        busy = domain.uuid in self._migrating or (
-            domain.state.is_active and (await self.hypervisor.job_stats(domain.uuid)).active
+    async def _claim(self, domain: DomainInfo, migration_id: str) -> Control:
+        """One Migrate per domain: refuse while another streams here or libvirt runs a job; the
+        claimed migration's Control. The claim is taken before anything is awaited (of two calls
+        arriving together the second sees it) and given back when refused."""
+        if domain.uuid not in self._migrating:
+            control = self._controls[domain.uuid] = Control()
+            self._migrating[domain.uuid] = migration_id
+            try:
+                busy = domain.state.is_active and (await self.hypervisor.job_stats(domain.uuid)).active
+            except BaseException:
+                self._release(domain.uuid, control)
+                raise
+            if not busy:
+                return control
+            self._release(domain.uuid, control)
+        other = self._migrating.get(domain.uuid, "")
+        raise FailedPrecondition(
+            f"{domain.name} already has a running job" + (f" (migration {other})" if other else ""),
+            reason="MIGRATION_IN_PROGRESS",
+            hint="wait for it (GetJob) or stop it (AbortMigration) before migrating again",
         )
-        if busy:
-            other = self._migrating.get(domain.uuid, "")
-            raise FailedPrecondition(
-                f"{domain.name} already has a running job" + (f" (migration {other})" if other else ""),
-                reason="MIGRATION_IN_PROGRESS",
-                hint="wait for it (GetJob) or stop it (AbortMigration) before migrating again",
-            )
-        self._migrating[domain.uuid] = migration_id
+
+    def _release(self, uuid: str, control: Control) -> None:
+        """Give back a claim (``_claim``) -- only the caller's own, known by its Control."""
+        if self._controls.get(uuid) is control:
+            del self._controls[uuid]
+            self._migrating.pop(uuid, None)
 
     @rpc_method
     async def Migrate(self, request: apb.MigrateRequest, context: Context) -> AsyncIterator[apb.MigrateEvent]:
@@ -299,30 +314,34 @@ class AgentServicer(agrpc.AgentServicer):
             predicted_converges=request.predicted_converges if request.HasField("predicted_converges") else None,
             domain_name=domain.name,
         )
-        await self._claim(domain, migration_id)
-        control = self._controls[domain.uuid] = Control()
+        control = await self._claim(domain, migration_id)
+        completed = False
         try:
             # what this migration copies is recorded first: RemoveSourceDisks removes nothing else
             await self.source_disks.migration_started(migration_id, domain, [d.source for d in copied if d.source])
-            completed = False
             try:
-                async for event in self.driver.run(req, control):
-                    if isinstance(event, MigrationResult):
-                        completed = True
-                        yield apb.MigrateEvent(result=convert.migrate_result_to_pb(event))
-                    elif isinstance(event, PolicyAction):
-                        yield apb.MigrateEvent(action=convert.policy_action_to_pb(event))
-                    else:
-                        yield apb.MigrateEvent(progress=convert.progress_to_pb(event))
+                # closed here, not whenever collected: by the finally below, the driver has set
+                # control.left_running if it stopped watching a job still running
+                async with contextlib.aclosing(self.driver.run(req, control)) as events:
+                    async for event in events:
+                        if isinstance(event, MigrationResult):
+                            completed = True
+                            yield apb.MigrateEvent(result=convert.migrate_result_to_pb(event))
+                        elif isinstance(event, PolicyAction):
+                            yield apb.MigrateEvent(action=convert.policy_action_to_pb(event))
+                        else:
+                            yield apb.MigrateEvent(progress=convert.progress_to_pb(event))
             except FerryError:
-                await self.source_disks.migration_ended(migration_id, completed=False)
+                if control.left_running is None:  # the job ended, failed: the domain stayed here
+                    await self.source_disks.migration_ended(migration_id, completed=False)
                 raise
             if completed:
                 await self.source_disks.migration_ended(migration_id, completed=True)
         finally:
-            self._migrating.pop(domain.uuid, None)
-            if self._controls.get(domain.uuid) is control:
-                del self._controls[domain.uuid]
+            self._release(domain.uuid, control)
+            if not completed and control.left_running is not None:
+                # the driver stopped watching a job still running: its end is recorded when it comes
+                self.source_disks.migration_left_running(migration_id, control.left_running)
 
     @rpc_method
     async def AbortMigration(self, request: apb.AbortMigrationRequest, context: Context) -> apb.AbortMigrationResponse:

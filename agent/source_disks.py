@@ -17,7 +17,9 @@ Refusals (nothing is removed when any applies):
   or only defined -- the disks are (or may again be) its own;
 * FAILED_PRECONDITION MIGRATION_NOT_RECORDED: this host recorded no migration with that id
   copying disks of that domain (a made-up UUID or id);
-* FAILED_PRECONDITION MIGRATION_NOT_COMPLETED: the agent saw that migration's job fail;
+* FAILED_PRECONDITION MIGRATION_NOT_COMPLETED: the agent saw that migration's job fail (a job
+  the Migrate stopped watching while it ran -- its caller went away, an abort did not end it --
+  is recorded when it ends: until then, the domain's whereabouts decide);
 * INVALID_ARGUMENT PATH_NOT_LOCAL: a path outside this host's local image directories, or on
   shared storage (another host's guest may use it: shared storage is never removed here);
 * FAILED_PRECONDITION DISK_IN_USE: another domain on this host names the path as a disk or in
@@ -96,6 +98,7 @@ class SourceDisks:
         self._prepared = prepared
         self._clock = clock
         self._lock = asyncio.Lock()
+        self._settling: set[asyncio.Task[None]] = set()  # ends of left-running jobs being recorded
 
     # ------------------------------------------------------------------ what a Migrate copies
 
@@ -106,10 +109,37 @@ class SourceDisks:
             await asyncio.to_thread(self._records.save, record)
 
     async def migration_ended(self, migration_id: str, *, completed: bool) -> None:
-        """How the job ended, as this agent saw it (a job it stopped watching stays RUNNING)."""
+        """How the job ended, as this agent saw it (a job it stopped watching stays RUNNING:
+        ``migration_left_running``)."""
         if migration_id:
             outcome = Outcome.COMPLETED if completed else Outcome.FAILED
             await asyncio.to_thread(self._records.ended, migration_id, outcome, self._clock())
+
+    def migration_left_running(self, migration_id: str, end: asyncio.Future[bool]) -> None:
+        """The Migrate stopped watching a job that still runs (``Control.left_running``): the
+        record stays RUNNING until ``end``, then says how it ended -- unless RemoveSourceDisks
+        removed the paths meanwhile (the domain had left). A job whose end nobody knows (``end``
+        cancelled) stays RUNNING."""
+        if not migration_id:
+            return
+
+        def ended(end: asyncio.Future[bool]) -> None:
+            if end.cancelled():
+                return
+            task = asyncio.get_running_loop().create_task(self._settle(migration_id, completed=end.result()))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+
+        end.add_done_callback(ended)
+
+    async def _settle(self, migration_id: str, *, completed: bool) -> None:
+        outcome = Outcome.COMPLETED if completed else Outcome.FAILED
+        try:
+            async with self._lock:  # (not between a removal's checks and its record)
+                if await asyncio.to_thread(self._records.settled, migration_id, outcome, self._clock()):
+                    log.info("left-running migration %s: recorded %s", migration_id, outcome.value)
+        except OSError as exc:
+            log.warning("cannot record how left-running migration %s ended (%s): %s", migration_id, outcome.value, exc)
 
     async def sweep(self) -> list[str]:
         """Forget records of migrations started long ago (``source_records.KEEP``)."""

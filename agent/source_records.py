@@ -3,13 +3,13 @@ may remove.
 
 A Migrate that copies disks writes a record keyed by its migration id before the job starts
 (the domain's UUID and name, the source paths of the disks copied) and marks how the job ended
-as far as this agent saw it. RemoveSourceDisks then removes only paths that record lists, for
-the domain it names: a made-up UUID, a made-up path or a migration this host never ran removes
-nothing.
+as far as this agent saw it (a job the Migrate stopped watching: once it ends, ``settled``).
+RemoveSourceDisks then removes only paths that record lists, for the domain it names: a made-up
+UUID, a made-up path or a migration this host never ran removes nothing.
 
 One JSON file per migration under ``state_dir/outgoing``, written atomically and durably
-(``statefile``; ``save``, ``ended`` and ``sweep`` block on the disk: ``SourceDisks`` runs them in
-a thread). Records older than ``KEEP`` are swept.
+(``statefile``; ``save``, ``ended``, ``settled`` and ``sweep`` block on the disk: ``SourceDisks``
+runs them in a thread). Records older than ``KEEP`` are swept.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ KEEP = timedelta(days=7)  # a record outlives its migration by this long (late R
 class Outcome(enum.Enum):
     """How the job ended, as far as this agent saw it."""
 
-    RUNNING = "running"  # started; the agent did not see the end (stream cut, agent restarted)
+    # started; the agent did not see the end (yet: a job the Migrate stopped watching -- stream
+    # cut, an abort that did not end it -- is marked when it ends; never: the agent restarted)
+    RUNNING = "running"
     COMPLETED = "completed"  # the job completed: the domain runs on the target
     FAILED = "failed"  # the job failed or was aborted: the domain stayed here
     REMOVED = "removed"  # RemoveSourceDisks removed the paths
@@ -99,6 +101,15 @@ class SourceRecords:
         record = self.load(migration_id)
         if record is not None:
             self.save(replace(record, outcome=outcome, ended_at=at))
+
+    def settled(self, migration_id: str, outcome: Outcome, at: datetime) -> bool:
+        """``ended`` for a job whose end came after the Migrate stopped watching it: only a record
+        still RUNNING changes (one REMOVED meanwhile stays so). Whether it changed."""
+        record = self.load(migration_id)
+        if record is None or record.outcome is not Outcome.RUNNING:
+            return False
+        self.save(replace(record, outcome=outcome, ended_at=at))
+        return True
 
     def sweep(self, now: datetime) -> list[str]:
         """Delete records started more than ``KEEP`` ago; their migration ids."""

@@ -15,6 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from ferry import convert
+from ferry.agent.migration import DriverPolicy, MigrationDriver
+from ferry.agent.source_records import Outcome, SourceRecords
 from ferry.diskplan import plan_disks
 from ferry.errors import Aborted, FailedPrecondition, NotFound
 from ferry.model import DomainState, HostMapping, StorageMode
@@ -377,6 +379,79 @@ async def test_closed_stream_leaves_the_job_running_until_aborted(agents):
     assert (await host1.stub.AbortMigration(apb.AbortMigrationRequest(domain="g1"))).aborted
     await _until(lambda: uuid not in host1.hv.jobs)
     assert (await host1.hv.get_domain(uuid)).state is DomainState.RUNNING
+
+
+def outcome(tmp_path, host: str, migration_id: str = "m-1") -> Outcome:
+    """How ``host``'s agent recorded the end of its outgoing migration (``source_records``)."""
+    return SourceRecords(tmp_path / host).load(migration_id).outcome
+
+
+async def test_a_job_that_completes_after_the_agent_gave_up_on_it_may_have_its_source_disks_removed(agents, tmp_path):
+    """The completion timeout's abort did not end the job (libvirt busy): Migrate fails, the job
+    runs on. Recorded FAILED, its disks stayed for good (MIGRATION_NOT_COMPLETED) although the
+    guest landed on host2; the record now waits for the job's end."""
+    host1, host2 = agents
+    uuid = add_guest(host1, "g1", memory=2 * GiB, dirty=4 * GiB)  # does not converge
+    host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
+    prep = await prepare_target(host1, host2, "g1")
+    host1.servicer.driver = MigrationDriver(host1.hv, policy=DriverPolicy(abort_wait_s=0.05))
+    host1.hv.fail("abort_job", FailedPrecondition("cannot acquire state change lock", reason="LIBVIRT_BUSY"))
+    request = migrate_request("g1", host2, prep.destination_xml, completion_timeout_s=1)
+    exc = await rpc_error(_drain(host1.stub.Migrate(request)))
+    assert from_rpc_error(exc).reason == "MIGRATION_TIMEOUT" and "did not end the job" in exc.details()
+    assert uuid in host1.hv.jobs and outcome(tmp_path, "host1") is Outcome.RUNNING  # not seen ending
+    host1.hv.set_dirty_rate("g1", 0)  # the job, still running, converges
+    await _until(lambda: uuid in host2.hv.domains and outcome(tmp_path, "host1") is Outcome.COMPLETED)
+    done = await host1.stub.RemoveSourceDisks(
+        apb.RemoveSourceDisksRequest(domain_uuid=uuid, paths=[f"{IMAGES}/g1.qcow2"], migration_id="m-1")
+    )
+    assert list(done.removed) == [f"{IMAGES}/g1.qcow2"] and outcome(tmp_path, "host1") is Outcome.REMOVED
+
+
+async def test_a_job_left_running_by_a_closed_stream_is_recorded_when_it_ends(agents, tmp_path):
+    host1, host2 = agents
+    uuid = add_guest(host1, "g1", memory=2 * GiB, dirty=4 * GiB)
+    host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
+    prep = await prepare_target(host1, host2, "g1")
+    call = host1.stub.Migrate(migrate_request("g1", host2, prep.destination_xml))
+    async for event in call:
+        if event.progress.phase == tpb.MIGRATION_PHASE_PRECOPY:
+            break
+    call.cancel()
+    await _until(lambda: not host1.servicer._migrating)  # the agent saw the stream close
+    assert uuid in host1.hv.jobs and outcome(tmp_path, "host1") is Outcome.RUNNING
+    assert (await host1.stub.AbortMigration(apb.AbortMigrationRequest(domain="g1"))).aborted
+    await _until(lambda: outcome(tmp_path, "host1") is Outcome.FAILED)  # the guest stayed on host1
+    assert (await host1.hv.get_domain(uuid)).state is DomainState.RUNNING
+
+
+async def test_two_migrates_of_one_domain_arriving_together_the_second_is_refused(agents):
+    """The claim awaited libvirt's job statistics between its check and its claim: both calls
+    passed, the second failed LIBVIRT_BUSY and, ending, dropped the first one's claim and Control."""
+    host1, host2 = agents
+    add_guest(host1, "g1", memory=2 * GiB, dirty=4 * GiB)  # converges only when forced
+    host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
+    prep = await prepare_target(host1, host2, "g1")
+    slow_stats = host1.hv.hold_calls("job_stats")  # the first claim waits on libvirt
+    first = host1.stub.Migrate(migrate_request("g1", host2, prep.destination_xml))
+    first_event = asyncio.ensure_future(first.read())
+    await _until(lambda: "job_stats" in host1.hv.calls)
+    second = host1.stub.Migrate(migrate_request("g1", host2, prep.destination_xml))
+    async with asyncio.timeout(5):  # (it used to wait on libvirt too)
+        busy = await rpc_error(second.read())
+    assert (busy.code(), from_rpc_error(busy).reason) == (grpc.StatusCode.FAILED_PRECONDITION, "MIGRATION_IN_PROGRESS")
+    assert "(migration m-1)" in busy.details()
+    slow_stats.set()
+    assert (await first_event).HasField("progress")
+    # the first one still holds its claim and its Control: a force-complete reaches its driver
+    again = await rpc_error(host1.stub.Migrate(migrate_request("g1", host2, "")).read())
+    assert from_rpc_error(again).reason == "MIGRATION_IN_PROGRESS" and "(migration m-1)" in again.details()
+    tuned = await host1.stub.TuneMigration(apb.TuneMigrationRequest(domain="g1", force_complete=True))
+    assert tuned.done.startswith("force-complete requested")
+    last = await first_event
+    while (event := await first.read()) is not grpc.aio.EOF:
+        last = event
+    assert last.HasField("result") and (await host2.hv.get_domain("g1")).state is DomainState.RUNNING
 
 
 async def test_live_migration_of_a_stopped_domain_is_refused(agents):

@@ -2,6 +2,7 @@
 copy) and the driver's loop applying a convergence policy. The policy itself: test_convergence.py."""
 
 import asyncio
+import contextlib
 import doctest
 from dataclasses import replace
 
@@ -347,6 +348,59 @@ async def test_force_complete_without_postcopy_pauses_the_guest_and_it_runs_on_t
     assert actions[0].reason == "force-complete requested by alice: pausing the guest to finish (post-copy not allowed)"
     assert (await target.get_domain(uuid)).state is DomainState.RUNNING  # resumed there
     assert "suspend" in source.calls and "remote_resume" in source.calls
+
+
+async def until(predicate, timeout_s: float = 5.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.002)
+
+
+@pytest.mark.parametrize("held", ["remote_completed_job", "remote_resume"])
+async def test_a_guest_paused_to_finish_runs_on_the_target_even_when_its_caller_goes_away(held):
+    """Force-complete paused the guest: it lands paused. Its resume on the target came after
+    the completed job was read there (a remote call): a caller cancelled in between (coordinator
+    fail-over, a deadline) left it paused on the target for good. It is resumed first now, and
+    to its end even when the caller goes away during the resume itself."""
+    source, target = two_hosts()
+    uuid, request = busy_guest(source, target, ConvergencePolicy(name="precopy"))
+    slow_target = source.hold_calls(held)  # the target's libvirtd slow to answer
+
+    async def watch():
+        async for _ in MigrationDriver(source).run(request, Control(force_requested="alice")):
+            pass
+
+    watcher = asyncio.create_task(watch())
+    await until(lambda: held in source.calls)
+    assert uuid in target.domains  # it landed
+    watcher.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await watcher
+    slow_target.set()
+    await until(lambda: target.domains[uuid].state is DomainState.RUNNING)
+
+
+async def test_a_guest_paused_to_finish_that_lands_after_its_caller_went_away_runs_on_the_target():
+    """The caller goes away while the paused guest is still migrating: the driver resumes it on
+    the source; when the job completes first, the guest lands paused (nothing left on the source
+    to resume), and is resumed on the target once the unwatched call completed."""
+    source, target = two_hosts()
+    uuid, request = busy_guest(source, target, ConvergencePolicy(name="precopy"))
+    slow_source = source.hold_calls("resume")  # the source's resume comes after the switch-over
+    control = Control(force_requested="alice")
+
+    async def watch():
+        async with contextlib.aclosing(MigrationDriver(source).run(request, control)) as events:
+            async for event in events:
+                if isinstance(event, PolicyAction) and event.action == "pause-guest":
+                    break  # the caller goes away
+
+    watcher = asyncio.create_task(watch())
+    await until(lambda: uuid in target.domains)  # landed, paused, while the source's resume waits
+    slow_source.set()
+    await watcher
+    assert control.left_running is not None and await control.left_running  # the job completed
+    await until(lambda: target.domains[uuid].state is DomainState.RUNNING)
 
 
 async def test_force_complete_with_postcopy_allowed_switches_to_postcopy():

@@ -1,5 +1,6 @@
 """RemoveSourceDisks on a fake host: what may be removed, what is refused, idempotency."""
 
+import asyncio
 import doctest
 import threading
 from datetime import UTC, datetime
@@ -240,3 +241,50 @@ async def test_the_records_are_written_off_the_event_loop(hv, host, records, mon
     await svc.remove(dom.uuid, [f"{IMG}/g2.qcow2"], migration_id="m-9")
     await svc.sweep()
     assert records.load("m-9").outcome is Outcome.REMOVED and on_loop == []
+
+
+async def until(predicate, timeout_s: float = 5.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.002)
+
+
+@pytest.mark.parametrize(("completed", "outcome"), [(True, Outcome.COMPLETED), (False, Outcome.FAILED)])
+async def test_a_job_left_running_is_recorded_when_it_ends(hv, host, records, completed, outcome):
+    """The Migrate stopped watching a job that still ran (its caller went away, or an abort did
+    not end it): RUNNING -- where the domain is decides a removal -- until the job ends."""
+    svc = service(hv, host, records)
+    records.save(SourceRecord("m-3", UUID, "g1", COPIED, T0))
+    end = asyncio.get_running_loop().create_future()
+    svc.migration_left_running("m-3", end)
+    await asyncio.sleep(0.01)
+    assert records.load("m-3").outcome is Outcome.RUNNING
+    end.set_result(completed)
+    await until(lambda: records.load("m-3").outcome is outcome)
+
+
+@pytest.mark.parametrize("removed_first", [True, False])
+async def test_a_left_running_job_whose_end_is_unknown_or_came_after_a_removal_changes_nothing(
+    hv, host, records, monkeypatch, removed_first
+):
+    svc = service(hv, host, records)
+    records.save(SourceRecord("m-3", UUID, "g1", COPIED, T0))
+    settled: list[bool] = []  # what each settling of the record changed
+    real = records.settled
+
+    def spy(*args):
+        settled.append(real(*args))
+        return settled[-1]
+
+    monkeypatch.setattr(records, "settled", spy)
+    end = asyncio.get_running_loop().create_future()
+    svc.migration_left_running("m-3", end)
+    if removed_first:  # the domain had left: its disks were removed before the call returned
+        await svc.remove(UUID, list(COPIED), migration_id="m-3")
+        end.set_result(True)
+        await until(lambda: settled == [False])
+        assert records.load("m-3").outcome is Outcome.REMOVED
+    else:  # the call was cancelled: nobody knows how the job ended
+        end.cancel()
+        await asyncio.sleep(0.01)
+        assert settled == [] and records.load("m-3").outcome is Outcome.RUNNING
