@@ -88,7 +88,7 @@ class AgentConfig:
     migration_address: str = ""
     image_dirs: tuple[str, ...] = ("/var/lib/libvirt/images",)
     shared_dirs: tuple[str, ...] = ()
-    bridges: tuple[str, ...] = ()  # the bridges guests may use; empty: every Linux bridge
+    bridges: tuple[str, ...] = ()  # the bridges guests may use; empty: every Linux and Open vSwitch bridge
     # libvirt URIs Migrate may go to besides the registered hosts' (fleets without [registry])
     migration_targets: tuple[str, ...] = ()
     state_dir: str = "/var/lib/ferry-agent"

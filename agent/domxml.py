@@ -15,7 +15,9 @@ What the rewrite touches, and nothing else:
   goes through the path-prefix mapping. A path no prefix matches stays untouched, so a serial
   log on shared storage or the host's own kernel keeps its path unless the operator maps it.
 * ``<interface type='bridge'>`` source bridge and ``<interface type='network'>`` source
-  network through the bridge and network mappings.
+  network through the bridge and network mappings. A NIC's ``<virtualport>`` is kept: a NIC on
+  an Open vSwitch bridge needs one on the target too, a NIC on a Linux bridge a Linux bridge
+  (``target_checks``, BRIDGE_TYPE_MISMATCH).
 
 A mapping that matches nothing changes nothing.
 
@@ -77,6 +79,7 @@ class ParsedDomain:
     cpu_mode: str = ""  # "host-model", "host-passthrough", "custom", "" = no <cpu>
     cpu_model: str = ""
     emulator: str = ""  # <devices><emulator>, "" = libvirt's default
+    machine: str = ""  # <os><type machine>, e.g. "pc-q35-8.2" (libvirt stores the canonical name)
 
 
 class _Refused(Exception):
@@ -204,7 +207,7 @@ def _memory_bytes(el: ET.Element | None) -> int:
 
 
 def parse_domain(xml: str) -> ParsedDomain:
-    """Name, UUID, type, memory and vCPUs of a domain definition.
+    """Name, UUID, type, memory, vCPUs, CPU, emulator and machine type of a domain definition.
 
     >>> parse_domain("<domain type='qemu'><name>g1</name><uuid>u</uuid>"
     ...              "<memory unit='MiB'>256</memory><vcpu current='1'>2</vcpu></domain>").memory_bytes
@@ -235,6 +238,7 @@ def parse_domain(xml: str) -> ParsedDomain:
                 reason="INVALID_XML",
                 hint=f"a domain {what} has at most {limit} printable characters",
             )
+    os_type = root.find("os/type")
     return ParsedDomain(
         name=name,
         uuid=uuid,
@@ -244,6 +248,7 @@ def parse_domain(xml: str) -> ParsedDomain:
         cpu_mode=cpu_mode,
         cpu_model=cpu_model,
         emulator=(root.findtext("devices/emulator") or "").strip(),
+        machine=(os_type.get("machine") or "").strip() if os_type is not None else "",
     )
 
 
@@ -299,7 +304,8 @@ def backing_formats(xml: str) -> dict[str, str]:
 
 
 def parse_nics(xml: str) -> list[Nic]:
-    """Every ``<interface>``: type, bridge/network/device it attaches to, MAC, model."""
+    """Every ``<interface>``: type, bridge/network/device it attaches to, MAC, model, and the type
+    of its ``<virtualport>`` ("none" when it names none, as libvirt calls that; "" without one)."""
     nics = []
     for el in _root(xml).iterfind("devices/interface"):
         kind = el.get("type", "")
@@ -307,13 +313,14 @@ def parse_nics(xml: str) -> list[Nic]:
         attached = ""
         if source is not None:
             attached = source.get({"bridge": "bridge", "network": "network"}.get(kind, "dev"), "")
-        mac, model = el.find("mac"), el.find("model")
+        mac, model, port = el.find("mac"), el.find("model"), el.find("virtualport")
         nics.append(
             Nic(
                 type=kind,
                 source=attached,
                 mac=mac.get("address", "") if mac is not None else "",
                 model=model.get("type", "") if model is not None else "",
+                virtualport=(port.get("type", "") or "none") if port is not None else "",
             )
         )
     return nics

@@ -1,4 +1,22 @@
-"""The HostSystem port for real: Linux bridges from sysfs, image directories, qemu-img.
+"""The HostSystem port for real: bridges (Linux and Open vSwitch), image directories, qemu-img.
+
+Bridges. A Linux bridge is a network device with a ``bridge/`` directory in sysfs
+(``/sys/class/net/NAME/bridge``). An Open vSwitch bridge is a network device too -- its local
+port, an OVS "internal" device named after the bridge -- but has no such directory, and nothing
+in sysfs tells it from any other internal port: every device on an OVS bridge shows the datapath's
+device as its master (``ovs-system``, as libvirt notes in virnetdevopenvswitch.c), whichever
+bridge it is on. Only Open vSwitch's database knows its bridges, so they are what ``ovs-vsctl
+list-br`` lists (real and fake bridges, one a line) -- the tool libvirt itself runs to add a
+``<virtualport type='openvswitch'>`` NIC to its bridge (``ovs-vsctl add-port``), so a host whose
+guests use Open vSwitch has it -- and that exist as network devices (libvirt reads a bridge's MTU
+from its device before attaching a NIC). ovs-vsctl is only asked when a datapath device exists:
+``ovs-system`` (the kernel's openvswitch datapath) or ``ovs-netdev`` (the userspace one); no OVS
+bridge forwards without one. Where ovs-vsctl cannot be asked (not installed where the agent runs,
+its database not answering within ``OVS_VSCTL_TIMEOUT_S``), the declared ``bridges`` that are
+network devices but not Linux bridges count as Open vSwitch bridges when a datapath device
+exists: the operator vouches for them. The kinds matter: libvirt adds a NIC without a
+<virtualport> to a Linux bridge and one with ``type='openvswitch'`` with ovs-vsctl, and either
+fails on a bridge of the other kind (``target_checks``: BRIDGE_TYPE_MISMATCH).
 
 Shared storage is what the operator declares (``shared_dirs``) or a cluster file system
 (NFS, CIFS, Ceph, GFS2, OCFS2, GlusterFS) found in the mount table.
@@ -23,8 +41,9 @@ from pathlib import Path
 
 from ferry.agent.confine import ImageDirs
 from ferry.agent.fingerprint import fingerprint
+from ferry.agent.target_checks import parse_cpu_list
 from ferry.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, FerryError, Internal, clip
-from ferry.model import Problem, StorageDir
+from ferry.model import LINUX_BRIDGE, OVS_BRIDGE, Problem, StorageDir
 from ferry.paths import LIBVIRT_SHARED_FS_TYPES, PathUse, symlink_problem
 
 log = logging.getLogger(__name__)
@@ -32,6 +51,10 @@ log = logging.getLogger(__name__)
 CLUSTER_FS_TYPES = frozenset(
     {"nfs", "nfs4", "cifs", "smb3", "ceph", "gfs2", "ocfs2", "glusterfs", "fuse.glusterfs", "fuse.cephfs"}
 )
+
+# the network device of an Open vSwitch datapath: the kernel's, the userspace (netdev) one's
+OVS_DATAPATH_DEVICES = frozenset({"ovs-system", "ovs-netdev"})
+OVS_VSCTL_TIMEOUT_S = 2  # ovs-vsctl --timeout: it waits forever for its database otherwise
 
 
 def _under(path: str, directory: str) -> bool:
@@ -85,8 +108,10 @@ class LocalHostSystem:
         qemu_img: str = "qemu-img",
         qemu_img_timeout_s: float = 60.0,
         bridges: Sequence[str] = (),
+        ovs_vsctl: str = "ovs-vsctl",
     ) -> None:
-        """``bridges``: the bridges guests may use (empty: every Linux bridge on the host)."""
+        """``bridges``: the bridges guests may use (empty: every Linux and Open vSwitch bridge on
+        the host); ``ovs_vsctl``: the program that lists the Open vSwitch bridges."""
         self._image_dirs = tuple(image_dirs)
         self._shared_dirs = tuple(os.path.realpath(d) for d in shared_dirs)
         self._shared_dirs_given = tuple(shared_dirs)
@@ -96,16 +121,58 @@ class LocalHostSystem:
         self._mounts_file = mounts_file
         self._qemu_img = qemu_img
         self._timeout_s = qemu_img_timeout_s
+        self._ovs_vsctl = ovs_vsctl
+        self._ovs_problem = ""  # why ovs-vsctl did not answer last time (logged when it changes)
 
     # ------------------------------------------------------------------ network
 
     def bridges(self) -> list[str]:
+        return list(self.bridge_kinds())
+
+    def bridge_kinds(self) -> dict[str, str]:
+        """The bridges guests may use, each with its kind (see the module docstring)."""
         net = self._sysfs / "class" / "net"
         try:
-            found = sorted(i.name for i in net.iterdir() if (i / "bridge").is_dir())
+            devices = {i.name for i in net.iterdir() if i.is_dir()}
         except FileNotFoundError:
-            return []
-        return [b for b in found if not self._allowed_bridges or b in self._allowed_bridges]
+            return {}
+        kinds = {d: LINUX_BRIDGE for d in devices if (net / d / "bridge").is_dir()}
+        if devices & OVS_DATAPATH_DEVICES:
+            listed = self._ovs_bridges()
+            if listed is None:  # Open vSwitch cannot be asked: the declared bridges
+                listed = sorted(self._allowed_bridges)
+            for b in listed:
+                if b in devices and b not in kinds and b not in OVS_DATAPATH_DEVICES:
+                    kinds[b] = OVS_BRIDGE
+        return {b: kinds[b] for b in sorted(kinds) if not self._allowed_bridges or b in self._allowed_bridges}
+
+    def _ovs_bridges(self) -> list[str] | None:
+        """What ``ovs-vsctl list-br`` lists; None when it does not answer."""
+        cmd = [self._ovs_vsctl, f"--timeout={OVS_VSCTL_TIMEOUT_S}", "list-br"]
+        try:
+            done = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                timeout=OVS_VSCTL_TIMEOUT_S + 3,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            self._ovs_answered(f"cannot run {self._ovs_vsctl}: {exc}")
+            return None
+        if done.returncode != 0:
+            why = clip(done.stderr.strip(), 500) or f"exit status {done.returncode}"
+            self._ovs_answered(f"{self._ovs_vsctl} list-br failed: {why}")
+            return None
+        self._ovs_answered("")
+        return [line.strip() for line in done.stdout.splitlines() if line.strip()]
+
+    def _ovs_answered(self, problem: str) -> None:
+        """Log why ovs-vsctl did not answer, once until that changes."""
+        if problem and problem != self._ovs_problem:
+            log.warning("Open vSwitch bridges: %s; taking the declared bridges instead", problem)
+        self._ovs_problem = problem
 
     # ------------------------------------------------------------------ storage
 
@@ -368,6 +435,27 @@ class LocalHostSystem:
                 reason="PATH_NOT_WRITABLE",
                 hint=f"make {clip(os.path.dirname(path))} writable for the agent",
             ) from exc
+
+    # ------------------------------------------------------------------ what guests pin to
+
+    def net_devices(self) -> list[str]:
+        try:
+            return sorted(i.name for i in (self._sysfs / "class" / "net").iterdir())
+        except OSError:
+            return []
+
+    def _online(self, what: str) -> frozenset[int]:
+        """``/sys/devices/system/WHAT/online`` read; empty when it is not there or not a list."""
+        try:
+            return parse_cpu_list(_read(self._sysfs / "devices" / "system" / what / "online"))
+        except ValueError:
+            return frozenset()
+
+    def online_cpus(self) -> frozenset[int]:
+        return self._online("cpu")
+
+    def numa_nodes(self) -> frozenset[int]:
+        return self._online("node")
 
 
 class _OpenFile:

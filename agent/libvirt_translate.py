@@ -266,20 +266,57 @@ class Capabilities:
     arch: str = ""
     cpu_model: str = ""
     cpu_features: tuple[str, ...] = ()
+    emulator: str = ""  # the default QEMU binary for hvm guests of the host's arch
+    machine_types: tuple[str, ...] = ()  # the machine types it offers, aliases included
 
 
-def parse_capabilities(xml: str) -> Capabilities:
-    """Host UUID, CPU arch, model and features from ``virConnectGetCapabilities``."""
+def parse_capabilities(xml: str, *, default_arch: str = "") -> Capabilities:
+    """Host UUID, CPU arch, model and features from ``virConnectGetCapabilities``, and the QEMU
+    binary and machine types of hvm guests of the host's arch (``default_arch`` when the
+    capabilities name no host CPU arch): see ``guest_machines``."""
     root = ET.fromstring(xml)
     cpu = root.find("host/cpu")
+    arch = (cpu.findtext("arch") or "").strip() if cpu is not None else ""
+    emulator, machines = guest_machines(root, arch or default_arch)
     return Capabilities(
         host_uuid=(root.findtext("host/uuid") or "").strip(),
-        arch=(cpu.findtext("arch") or "").strip() if cpu is not None else "",
+        arch=arch,
         cpu_model=(cpu.findtext("model") or "").strip() if cpu is not None else "",
         cpu_features=tuple(f.get("name", "") for f in cpu.iterfind("feature") if f.get("name"))
         if cpu is not None
         else (),
+        emulator=emulator,
+        machine_types=machines,
     )
+
+
+def guest_machines(capabilities: ET.Element, arch: str) -> tuple[str, tuple[str, ...]]:
+    """(QEMU binary, machine types) that the capabilities list for hvm guests of ``arch``:
+    ``<guest><os_type>hvm</os_type><arch name=ARCH><emulator>`` and its ``<machine>`` entries,
+    aliases included (``<machine canonical='pc-q35-8.2'>q35</machine>``), plus those a
+    ``<domain type=...>`` of that arch lists for the same binary; in libvirt's order, each once.
+    ("", ()) when the capabilities list no such guest.
+
+    >>> caps = ET.fromstring("<capabilities><guest><os_type>hvm</os_type><arch name='x86_64'>"
+    ...     "<emulator>/usr/bin/qemu-system-x86_64</emulator><machine maxCpus='288'>pc-q35-8.2</machine>"
+    ...     "<machine canonical='pc-q35-8.2' maxCpus='288'>q35</machine><domain type='qemu'/>"
+    ...     "<domain type='kvm'><machine>pc-q35-8.2</machine></domain></arch></guest></capabilities>")
+    >>> guest_machines(caps, "x86_64")
+    ('/usr/bin/qemu-system-x86_64', ('pc-q35-8.2', 'q35'))
+    >>> guest_machines(caps, "aarch64")
+    ('', ())
+    """
+    for guest in capabilities.iterfind("guest"):
+        found = guest.find("arch")
+        if (guest.findtext("os_type") or "").strip() != "hvm" or found is None or found.get("name") != arch:
+            continue
+        emulator = (found.findtext("emulator") or "").strip()
+        names = [m.text for m in found.iterfind("machine")]
+        for domain in found.iterfind("domain"):
+            if (domain.findtext("emulator") or "").strip() in ("", emulator):
+                names += [m.text for m in domain.iterfind("machine")]
+        return emulator, tuple(dict.fromkeys(n.strip() for n in names if n and n.strip()))
+    return "", ()
 
 
 def available_memory(stats: Mapping[str, int]) -> int:
@@ -316,8 +353,10 @@ def host_facts(
 ) -> HostFacts:
     """HostFacts from virConnectGetCapabilities, virNodeGetInfo (``[model, memory MiB, cpus, MHz,
     nodes, sockets, cores, threads]``; its model is the arch when the capabilities name none)
-    and the other connection-level reads."""
-    caps = parse_capabilities(capabilities_xml)
+    and the other connection-level reads. Its machine types are those the capabilities list for
+    the host's arch: of its default QEMU binary (``emulator``), whose version ``qemu_version`` is
+    (virConnectGetVersion)."""
+    caps = parse_capabilities(capabilities_xml, default_arch=str(node_info[0]))
     return HostFacts(
         hostname=hostname,
         host_uuid=caps.host_uuid,
@@ -330,6 +369,8 @@ def host_facts(
         memory_total_bytes=memory_total,
         memory_free_bytes=memory_available,
         networks=tuple(sorted(networks)),
+        machine_types=caps.machine_types,
+        emulator=caps.emulator,
     )
 
 
@@ -460,6 +501,7 @@ def domain_info(
         cpu_model=parsed.cpu_model,
         os_type=parsed.domain_type,
         emulator=parsed.emulator,
+        machine=parsed.machine,
         paused_by_libvirt=paused_by_libvirt(state, reason),
     )
 

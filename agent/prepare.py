@@ -39,10 +39,12 @@ from ferry.agent.prepare_records import PrepareStore
 from ferry.agent.target_checks import (
     CpuVerdict,
     GuestCpu,
+    GuestDevices,
     PathFacts,
     TargetSnapshot,
     check_target,
     guest_cpu,
+    guest_devices,
     refusal,
     required_bytes,
     resolve_plans,
@@ -176,6 +178,7 @@ class PrepareService:
         plans: list[DiskPlan],
         probes: Mapping[str, str],
         block_devices: Mapping[str, str],
+        hardware: GuestDevices | None = None,
     ) -> TargetSnapshot:
         domains: dict[str, DomainInfo] = {}
         networks: tuple[str, ...] = ()
@@ -201,15 +204,22 @@ class PrepareService:
         uses |= {device: None for device in block_devices}
         uses |= {p.backing_file: PathUse.READ for p in plans if p.copy and p.backing_file}
         uses |= {p.destination: PathUse.CREATE for p in plans if p.copy}
-        emulator = cpu.emulator if cpu is not None else ""
+        emulator = parsed.emulator if parsed is not None else ""  # with a <cpu> element or without
         compare = frozenset(p.backing_file for p in plans if p.copy and p.backing_file and p.backing_fingerprint)
-        facts_by_path, bridges, reserved, emulator_present = await asyncio.to_thread(
+        facts_by_path, bridge_kinds, reserved, emulator_present = await asyncio.to_thread(
             self._host_view, uses, stored, emulator, compare, frozenset(block_devices)
         )
         verdict = await self._compare_cpu(cpu, emulator_present) if parsed is not None else None
+        direct, pinned = any(n.type == "direct" for n in nics), hardware is not None and hardware.pinned
+        net_devices, cpus, nodes = (
+            await asyncio.to_thread(self._hardware_view, direct, pinned)
+            if direct or pinned
+            else ((), frozenset(), frozenset())
+        )
         return TargetSnapshot(
             host_name=self._host_name,
-            bridges=bridges,
+            bridges=tuple(bridge_kinds),
+            bridge_kinds=bridge_kinds,
             networks=networks,
             domains=tuple(domains.values()),
             paths=facts_by_path,
@@ -220,6 +230,9 @@ class PrepareService:
             cpu=verdict,
             probes=probes,
             block_devices=block_devices,
+            net_devices=net_devices,
+            cpus=cpus,
+            numa_nodes=nodes,
         )
 
     async def _compare_cpu(self, cpu: GuestCpu | None, emulator_present: bool) -> CpuVerdict | None:
@@ -242,6 +255,16 @@ class PrepareService:
             return CpuVerdict(failed=Problem.of(err))
         return CpuVerdict(incompatible=why)
 
+    def _hardware_view(
+        self, direct: bool, pinned: bool
+    ) -> tuple[tuple[str, ...], frozenset[int] | None, frozenset[int] | None]:
+        """This host's network devices (asked for a macvtap NIC), CPUs and NUMA nodes online (for a
+        pinned guest; None: this host cannot tell)."""
+        devices = tuple(self._host.net_devices()) if direct else ()
+        if not pinned:
+            return devices, frozenset(), frozenset()
+        return devices, self._host.online_cpus() or None, self._host.numa_nodes() or None
+
     def _host_view(
         self,
         uses: Mapping[str, PathUse | None],
@@ -249,7 +272,7 @@ class PrepareService:
         emulator: str,
         compare: frozenset[str] = frozenset(),
         blocks: frozenset[str] = frozenset(),
-    ) -> tuple[dict[str, PathFacts], tuple[str, ...], dict[str, int], bool]:
+    ) -> tuple[dict[str, PathFacts], dict[str, str], dict[str, int], bool]:
         """``compare``: backing files whose fingerprint a plan carries; ``blocks``: block devices."""
         dirs = self._host.storage_dirs()
         facts = {}
@@ -273,7 +296,7 @@ class PrepareService:
                 key = storage_key(path, dirs)
                 reserved[key] = reserved.get(key, 0) + size
         emulator_present = not emulator or self._host.exists(emulator)
-        return facts, tuple(self._host.bridges()), reserved, emulator_present
+        return facts, self._host.bridge_kinds(), reserved, emulator_present
 
     async def prepare(
         self,
@@ -287,11 +310,13 @@ class PrepareService:
         *,
         shared_probes: Sequence[str] = (),
         block_devices: Mapping[str, str] | None = None,
+        offline: bool = False,
     ) -> PreparedIncoming:
         """Check this host, then (unless ``dry_run``) create the images and record them.
         ``shared_probes``: the source's probe files next to disks left in place
         (``agent/shared_probes.py``), each to be found here at its mapped path. ``block_devices``:
         the block devices the guest uses in place, path -> the source's identity of each.
+        ``offline``: the migration moves a shut-off definition (``check_target``).
 
         Refused (nothing created) with the first problem's error type, the message listing all.
         """
@@ -303,9 +328,15 @@ class PrepareService:
             plans = resolve_plans(domain_xml if parsed else "", disks, storage, mapping)
             probes = {os.path.dirname(p): map_path(p, mapping.path_prefixes) for p in shared_probes}
             snapshot = await self._snapshot(
-                parsed, guest_cpu(domain_xml) if parsed else None, nics, plans, probes, dict(block_devices or {})
+                parsed,
+                guest_cpu(domain_xml) if parsed else None,
+                nics,
+                plans,
+                probes,
+                dict(block_devices or {}),
+                guest_devices(domain_xml) if parsed else None,
             )
-            problems = check_target(domain_xml, plans, mapping, storage, snapshot)
+            problems = check_target(domain_xml, plans, mapping, storage, snapshot, offline=offline)
             try:
                 destination_xml = rewrite_for_target(domain_xml, mapping, plans)
             except InvalidArgument:

@@ -31,7 +31,7 @@ from ferry.agent.shared_probes import SharedProbes, check_token
 from ferry.agent.source_disks import SourceDisks
 from ferry.agent.source_records import SourceRecords
 from ferry.agent.targets import MigrationTargets
-from ferry.diskplan import plan_disks
+from ferry.diskplan import copy_allocation, plan_disks
 from ferry.errors import FailedPrecondition, FerryError, InvalidArgument, clip
 from ferry.identity import Role
 from ferry.model import (
@@ -219,7 +219,16 @@ class AgentServicer(agrpc.AgentServicer):
         for path, identity in blocks.items():
             validate.text(identity, f"block_devices[{clip(path, 40)}]")
         out = await self.prepare.prepare(
-            xml, plans, mapping, storage, ttl, migration_id, request.dry_run, shared_probes=probes, block_devices=blocks
+            xml,
+            plans,
+            mapping,
+            storage,
+            ttl,
+            migration_id,
+            request.dry_run,
+            shared_probes=probes,
+            block_devices=blocks,
+            offline=request.offline,
         )
         return convert.prepared_to_pb(out)
 
@@ -307,7 +316,7 @@ class AgentServicer(agrpc.AgentServicer):
             destination_xml=request.destination_xml,
             migrate_disks=tuple(disks),
             migrate_uri=migrate_uri,
-            disk_bytes=sum(d.allocation or d.virtual_size for d in copied),
+            disk_bytes=sum(copy_allocation(d, options.storage) or d.virtual_size for d in copied),
             progress_interval_s=interval / 1000,
             migration_id=migration_id,
             convergence=convert.policy_from_pb(request.policy) if request.HasField("policy") else None,

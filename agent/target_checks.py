@@ -11,8 +11,25 @@ hypervisor offers (libvirt's virConnectCompareHypervisorCPU, run by the service;
 source host's own CPU, which this host cannot judge from the XML: the coordinator requires the
 same host CPU model and features on both hosts instead (coordinator/preflight.py).
 
+Networking: each NIC's bridge or libvirt network, after the mapping, must exist here; a bridge
+must also be of the kind the NIC's ``<virtualport>`` needs (``Nic.bridge_kind``), when this host
+knows the bridge's kind (``snapshot.bridge_kinds``): libvirt adds a NIC with ``<virtualport
+type='openvswitch'>`` to an Open vSwitch bridge with ovs-vsctl and one without a
+``<virtualport>`` to a Linux bridge, and either fails on the other kind (BRIDGE_TYPE_MISMATCH).
+
 Memory: the domain's memory against what this host has available (free plus reclaimable page
-cache, as the hypervisor reports it; 0 = unknown, not checked).
+cache, as the hypervisor reports it; 0 = unknown, not checked). An offline migration moves a
+shut-off definition only: it needs no memory here, and it is not checked then.
+
+Host hardware the definition names (``guest_devices``), which libvirt would refuse or fail on
+mid-migration, after the prepare created its images: host devices passed through to the guest
+(a PCI ``<hostdev>``, an SR-IOV ``<interface type='hostdev'>``: libvirt migrates none but USB
+ones live: HOSTDEV_NOT_MIGRATABLE, not checked offline), a macvtap NIC's network device
+(``<interface type='direct'><source dev>``: NET_DEVICE_MISSING), and the host CPUs and NUMA
+nodes the guest is pinned to (``<vcpu cpuset>``, ``<cputune>`` pins, ``<numatune>`` nodesets:
+PINNED_CPUS_MISSING, NUMA_NODES_MISSING). The coordinator's inventory carries none of them (not
+the guest's devices or pinning, not the host's network devices, CPU numbers or NUMA nodes), so
+only this host checks them.
 """
 
 from __future__ import annotations
@@ -25,7 +42,19 @@ from dataclasses import dataclass, field, replace
 from ferry.agent.domxml import ParsedDomain, backing_formats, parse_disks, parse_domain, parse_nics, parse_xml
 from ferry.diskplan import map_path, plan_disks
 from ferry.errors import AlreadyExists, FailedPrecondition, FerryError, InvalidArgument, ResourceExhausted, clip
-from ferry.model import Disk, DiskPlan, DomainInfo, HostMapping, Nic, PrepareRecord, Problem, StorageDir, StorageMode
+from ferry.model import (
+    LINUX_BRIDGE,
+    OVS_BRIDGE,
+    Disk,
+    DiskPlan,
+    DomainInfo,
+    HostMapping,
+    Nic,
+    PrepareRecord,
+    Problem,
+    StorageDir,
+    StorageMode,
+)
 from ferry.units import human_bytes
 
 # CPU modes whose definition names a model and features libvirt can compare with this host
@@ -34,6 +63,9 @@ COMPARABLE_CPU_MODES = frozenset({"custom", "host-model"})
 
 # image formats a prepare creates (qemu-img create -f ...) and names as a backing format
 IMAGE_FORMATS = frozenset({"raw", "qcow2", "qed", "vmdk", "vdi", "vhdx", "vpc"})
+
+# the highest host CPU (or NUMA node) number a libvirt CPU list may name (VIR_DOMAIN_CPUMASK_LEN - 1)
+MAX_CPU_ID = 16383
 
 
 @dataclass(frozen=True)
@@ -56,6 +88,8 @@ class TargetSnapshot:
 
     host_name: str
     bridges: tuple[str, ...] = ()
+    # bridge -> LINUX_BRIDGE or OVS_BRIDGE (HostSystem.bridge_kinds); one not in it: kind not compared
+    bridge_kinds: Mapping[str, str] = field(default_factory=dict)
     networks: tuple[str, ...] = ()
     domains: tuple[DomainInfo, ...] = ()  # domains here with the incoming name or UUID
     paths: Mapping[str, PathFacts] = field(default_factory=dict)  # destinations and backing files
@@ -69,6 +103,11 @@ class TargetSnapshot:
     probes: Mapping[str, str] = field(default_factory=dict)
     # block devices the guest uses in place: path -> the source's identity of it ("" = unknown)
     block_devices: Mapping[str, str] = field(default_factory=dict)
+    # this host's network devices (gathered for a macvtap NIC), CPUs and NUMA nodes online (for
+    # a pinned guest); None: this host cannot tell (not checked)
+    net_devices: tuple[str, ...] = ()
+    cpus: frozenset[int] | None = frozenset()
+    numa_nodes: frozenset[int] | None = frozenset()
 
 
 @dataclass(frozen=True)
@@ -135,8 +174,158 @@ def guest_cpu(xml: str) -> GuestCpu | None:
     )
 
 
+def parse_cpu_list(text: str) -> frozenset[int]:
+    """The CPUs (or NUMA nodes) of a list as libvirt and the kernel write one: numbers and ranges,
+    comma-separated, libvirt's ``^N`` leaving one out. Raises ValueError for anything else.
+
+    >>> sorted(parse_cpu_list("0-3,^2, 8"))
+    [0, 1, 3, 8]
+    >>> parse_cpu_list("16-31") == frozenset(range(16, 32))
+    True
+    """
+    take: set[int] = set()
+    drop: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        first, dash, last = part.removeprefix("^").partition("-")
+        if not first.isdecimal() or (dash and not last.isdecimal()):
+            raise ValueError(f"not a CPU list: {clip(repr(text), 40)}")
+        lo, hi = int(first), int(last if dash else first)
+        if hi < lo or hi > MAX_CPU_ID:
+            raise ValueError(f"not a CPU list: {clip(repr(text), 40)}")
+        (drop if part.startswith("^") else take).update(range(lo, hi + 1))
+    return frozenset(take - drop)
+
+
+def cpu_list(ids: Iterable[int]) -> str:
+    """CPU (or node) numbers as a list ``parse_cpu_list`` reads, "none" for none.
+
+    >>> cpu_list({8, 0, 1, 2, 3, 10}), cpu_list(())
+    ('0-3,8,10', 'none')
+    """
+    runs: list[list[int]] = []
+    for i in sorted(ids):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in runs) or "none"
+
+
+@dataclass(frozen=True)
+class GuestDevices:
+    """The host hardware a guest's definition names, beyond its disks and bridges."""
+
+    # devices of the host passed through to the guest, which libvirt does not migrate live, in
+    # words ("PCI device 0000:03:00.0")
+    host_devices: tuple[str, ...] = ()
+    # the host CPUs and NUMA nodes it is pinned to, by what pins them ("<vcpu cpuset>" -> CPUs)
+    cpus: Mapping[str, frozenset[int]] = field(default_factory=dict)
+    nodes: Mapping[str, frozenset[int]] = field(default_factory=dict)
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.cpus or self.nodes)
+
+
+def _pci_words(el: ET.Element | None) -> str:
+    """A ``<source><address>`` as lspci writes a PCI address ("" when it is none)."""
+    addr = el.find("source/address") if el is not None else None
+    if addr is None:
+        return ""
+    try:
+        parts = [int(addr.get(k, "0"), 16) for k in ("domain", "bus", "slot", "function")]
+    except ValueError:
+        return ""
+    return "{:04x}:{:02x}:{:02x}.{:x}".format(*parts)
+
+
+def _host_device_words(el: ET.Element) -> str:
+    """A ``<hostdev>`` libvirt does not migrate live, in words; "" for one it does (USB)."""
+    kind = el.get("type", "")
+    if el.get("mode", "subsystem") != "subsystem":  # mode='capabilities': a host block/char/net device
+        found = next((t.strip() for t in el.itertext() if t.strip()), "")
+        return f"host {kind or 'capabilities'} device {found}".rstrip()
+    if kind == "usb":
+        return ""
+    if kind == "pci":
+        return f"PCI device {_pci_words(el)}".rstrip()
+    if kind == "mdev":
+        addr = el.find("source/address")
+        return f"mediated device {addr.get('uuid', '') if addr is not None else ''}".rstrip()
+    if kind == "scsi":
+        adapter = el.find("source/adapter")
+        return f"SCSI device {adapter.get('name', '') if adapter is not None else ''}".rstrip()
+    if kind == "scsi_host":
+        source = el.find("source")
+        return f"SCSI host {source.get('wwpn', '') if source is not None else ''}".rstrip()
+    return f"{kind or 'host'} device"
+
+
+def _pins(root: ET.Element) -> tuple[dict[str, frozenset[int]], dict[str, frozenset[int]]]:
+    """The host CPUs and NUMA nodes the definition pins to, by what pins them; a list libvirt
+    ignores (``placement='auto'``: numad chooses) or would not have taken is left out."""
+    cpus: list[tuple[str, str]] = []
+    vcpu = root.find("vcpu")
+    if vcpu is not None and vcpu.get("placement") != "auto":
+        cpus.append(("<vcpu cpuset>", vcpu.get("cpuset", "")))
+    for el in root.iterfind("cputune/*"):
+        if el.tag in ("vcpupin", "emulatorpin", "iothreadpin"):
+            which = {"vcpupin": "vcpu", "iothreadpin": "iothread"}.get(el.tag, "")
+            cpus.append((f"<{el.tag} {which}='{el.get(which, '')}'>" if which else f"<{el.tag}>", el.get("cpuset", "")))
+    nodes: list[tuple[str, str]] = []
+    memory = root.find("numatune/memory")
+    if memory is not None and memory.get("placement") != "auto":
+        nodes.append(("<numatune><memory nodeset>", memory.get("nodeset", "")))
+    for el in root.iterfind("numatune/memnode"):
+        nodes.append((f"<memnode cellid='{el.get('cellid', '')}'>", el.get("nodeset", "")))
+
+    def parsed(pins: list[tuple[str, str]]) -> dict[str, frozenset[int]]:
+        out = {}
+        for what, text in pins:
+            try:
+                out[what] = parse_cpu_list(text) if text else frozenset()
+            except ValueError:
+                continue  # libvirt took the definition: not a list it refuses on the target
+            if not out[what]:
+                del out[what]
+        return out
+
+    return parsed(cpus), parsed(nodes)
+
+
+def guest_devices(xml: str) -> GuestDevices:
+    """The host devices passed through to the guest that libvirt does not migrate live (every
+    ``<hostdev>`` but a USB one, an ``<interface type='hostdev'>`` unless libvirt unplugs it
+    for the migration: ``<teaming type='transient'>``), and the host CPUs and NUMA nodes it is
+    pinned to. Nothing for XML that does not parse (reported elsewhere).
+
+    >>> d = guest_devices("<domain><vcpu placement='static' cpuset='0-3,^1'>2</vcpu><devices>"
+    ...     "<hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0x03' "
+    ...     "slot='0x00' function='0x1'/></source></hostdev>"
+    ...     "<hostdev mode='subsystem' type='usb'><source><vendor id='0x1'/></source></hostdev>"
+    ...     "</devices></domain>")
+    >>> d.host_devices, {k: sorted(v) for k, v in d.cpus.items()}, d.nodes
+    (('PCI device 0000:03:00.1',), {'<vcpu cpuset>': [0, 2, 3]}, {})
+    """
+    try:
+        root = parse_xml(xml)
+    except InvalidArgument:
+        return GuestDevices()
+    if root.tag != "domain":
+        return GuestDevices()
+    found = [_host_device_words(el) for el in root.iterfind("devices/hostdev")]
+    for nic in root.iterfind("devices/interface[@type='hostdev']"):
+        teaming = nic.find("teaming")
+        if teaming is None or teaming.get("type") != "transient":
+            found.append(f"SR-IOV interface on PCI device {_pci_words(nic)}".rstrip())
+    cpus, nodes = _pins(root)
+    return GuestDevices(tuple(w for w in found if w), cpus, nodes)
+
+
 def required_bytes(plan: DiskPlan) -> int:
-    """What copying a disk will fill on the target: its allocation, or its virtual size."""
+    """What copying a disk will fill on the target: its allocation, or its virtual size when that
+    is not known (a flattened chain's: ``resolve_plans``, ``ferry.diskplan.copy_allocation``)."""
     return plan.allocation or plan.virtual_size
 
 
@@ -147,7 +336,9 @@ def resolve_plans(xml: str, plans: Iterable[DiskPlan], storage: StorageMode, map
     * ``destination`` empty: the source path through the path-prefix mapping;
     * COPY_INC: an empty ``backing_file`` is the disk's nearest backing file from the XML,
       mapped; an empty ``backing_format`` is that backing store's format from the XML;
-    * COPY_ALL copies the whole chain into one image, so a copied disk gets no backing file.
+    * COPY_ALL copies the whole chain into one image, so a copied disk gets no backing file, and
+      one with a backing chain in the XML no allocation: the caller's is the top layer's, and the
+      image is written with every layer's data (``required_bytes`` counts its virtual size).
 
     ``xml`` may be "" (it did not parse): then only the plans given are used.
     """
@@ -169,7 +360,7 @@ def resolve_plans(xml: str, plans: Iterable[DiskPlan], storage: StorageMode, map
                 backing_format=p.backing_format or (formats.get(p.target, "") if backing else ""),
             )
         elif p.copy:
-            p = replace(p, backing_file="", backing_format="")
+            p = replace(p, backing_file="", backing_format="", allocation=0 if chains.get(p.target) else p.allocation)
         out.append(p)
     return out
 
@@ -208,28 +399,65 @@ def _domain_problems(parsed: ParsedDomain, snap: TargetSnapshot) -> list[Problem
 
 
 def _nic_problems(nics: Iterable[Nic], mapping: HostMapping, snap: TargetSnapshot) -> list[Problem]:
-    out, seen = [], set()
+    out: list[Problem] = []
     for nic in nics:
-        if nic.type not in ("bridge", "network") or not nic.source or (nic.type, nic.source) in seen:
+        if nic.type not in ("bridge", "network") or not nic.source:
             continue
-        seen.add((nic.type, nic.source))
         kind = nic.type
         table, have = (mapping.bridges, snap.bridges) if kind == "bridge" else (mapping.networks, snap.networks)
         wanted = table.get(nic.source, nic.source)
-        if wanted in have:
-            continue
         mapped = f" (mapped from {nic.source})" if wanted != nic.source else ""
-        listed = ", ".join(have) if have else "none"
-        example = have[0] if have else f"TARGET_{kind.upper()}"
-        out.append(
-            Problem(
+        if wanted in have:
+            found = _bridge_type_problem(nic, wanted, mapped, snap) if kind == "bridge" else None
+        else:
+            listed = ", ".join(have) if have else "none"
+            example = have[0] if have else f"TARGET_{kind.upper()}"
+            found = Problem(
                 f"{kind.upper()}_MISSING",
                 f"{kind} {wanted}{mapped} does not exist on {snap.host_name}",
                 f"{snap.host_name} has {kind}s {listed}; map it: --map-{kind} {nic.source}={example}",
                 kind=FailedPrecondition,
             )
-        )
+        if found is not None and found not in out:  # once for all NICs on that bridge or network
+            out.append(found)
     return out
+
+
+_BRIDGE_KINDS = {LINUX_BRIDGE: "Linux bridge", OVS_BRIDGE: "Open vSwitch bridge"}
+
+
+def _bridge_type_problem(nic: Nic, bridge: str, mapped: str, snap: TargetSnapshot) -> Problem | None:
+    """``bridge`` (the NIC's, mapped) is here but of the other kind than the NIC's <virtualport>
+    needs; None when it fits or either kind is not known.
+
+    >>> snap = TargetSnapshot("host2", ("br0", "br-ovs"), {"br0": LINUX_BRIDGE, "br-ovs": OVS_BRIDGE})
+    >>> p = _bridge_type_problem(Nic("bridge", "br-ovs"), "br-ovs", "", snap)
+    >>> p.reason
+    'BRIDGE_TYPE_MISMATCH'
+    >>> p.message
+    'bridge br-ovs on host2 is an Open vSwitch bridge; a NIC without a <virtualport> needs a Linux bridge'
+    >>> p.hint
+    'host2 has Linux bridges br0; map it: --map-bridge br-ovs=br0'
+    >>> _bridge_type_problem(Nic("bridge", "br-ovs", virtualport="openvswitch"), "br-ovs", "", snap) is None
+    True
+    """
+    need, got = nic.bridge_kind, snap.bridge_kinds.get(bridge, "")
+    if not need or not got or need == got:
+        return None
+    port = "with <virtualport type='openvswitch'>" if need == OVS_BRIDGE else "without a <virtualport>"
+    fitting = [b for b, k in snap.bridge_kinds.items() if k == need]
+    host, name, article = snap.host_name, _BRIDGE_KINDS[need], {LINUX_BRIDGE: "a", OVS_BRIDGE: "an"}
+    if fitting:
+        hint = f"{host} has {name}s {', '.join(fitting)}; map it: --map-bridge {nic.source}={fitting[0]}"
+    else:
+        hint = f"{host} has no {name}: pick another target, or add one there (--map-bridge {nic.source}=NAME)"
+    return Problem(
+        "BRIDGE_TYPE_MISMATCH",
+        f"bridge {bridge}{mapped} on {host} is {article[got]} {_BRIDGE_KINDS[got]}; "
+        f"a NIC {port} needs {article[need]} {name}",
+        hint,
+        kind=FailedPrecondition,
+    )
 
 
 def _disk_problems(
@@ -484,12 +712,12 @@ def _space_problems(copies: list[DiskPlan], snap: TargetSnapshot) -> list[Proble
 
 def _cpu_problems(parsed: ParsedDomain, cpu: GuestCpu | None, snap: TargetSnapshot) -> list[Problem]:
     out = []
-    if cpu is not None and cpu.emulator and not snap.emulator_present:
+    if parsed.emulator and not snap.emulator_present:  # a guest without <cpu> names its emulator too
         out.append(
             Problem(
                 "EMULATOR_MISSING",
-                f"{parsed.name} runs on the emulator {cpu.emulator}, which does not exist on {snap.host_name}",
-                f"install QEMU at {cpu.emulator} on {snap.host_name} (every host needs the same emulator path), "
+                f"{parsed.name} runs on the emulator {parsed.emulator}, which does not exist on {snap.host_name}",
+                f"install QEMU at {parsed.emulator} on {snap.host_name} (every host needs the same emulator path), "
                 "or pick another target",
                 kind=FailedPrecondition,
             )
@@ -530,12 +758,100 @@ def _memory_problems(parsed: ParsedDomain, snap: TargetSnapshot) -> list[Problem
     ]
 
 
+def _host_device_problems(parsed: ParsedDomain, devices: GuestDevices) -> list[Problem]:
+    if not devices.host_devices:
+        return []
+    return [
+        Problem(
+            "HOSTDEV_NOT_MIGRATABLE",
+            f"{parsed.name} has host devices passed through, which libvirt does not migrate live: "
+            f"{', '.join(devices.host_devices)}",
+            f"detach them before the migration (virsh detach-device {parsed.name} DEVICE.xml --live) and attach the "
+            f"target's own afterwards, or shut {parsed.name} down and migrate it offline (--offline, its disks on "
+            "shared storage)",
+            kind=FailedPrecondition,
+        )
+    ]
+
+
+def _pinning_problems(parsed: ParsedDomain, devices: GuestDevices, snap: TargetSnapshot) -> list[Problem]:
+    out = []
+    host, name = snap.host_name, parsed.name
+    for pins, have, kind in ((devices.cpus, snap.cpus, "CPUs"), (devices.nodes, snap.numa_nodes, "NUMA nodes")):
+        if have is None:
+            continue  # this host cannot tell
+        missing = {what: ids - have for what, ids in pins.items() if ids - have}
+        if not missing:
+            continue
+        lacking = cpu_list(frozenset().union(*missing.values()))
+        where = ", ".join(missing)
+        if kind == "CPUs":
+            out.append(
+                Problem(
+                    "PINNED_CPUS_MISSING",
+                    f"{name} is pinned to host CPUs {lacking} ({where}), which {host} does not have "
+                    f"(its CPUs: {cpu_list(have)})",
+                    f"pin {name} to CPUs {host} has too (virsh vcpupin/emulatorpin/iothreadpin {name} ... --live "
+                    f"--config; <vcpu cpuset>: virsh edit and a restart), or pick a target with CPUs {lacking}",
+                    kind=FailedPrecondition,
+                )
+            )
+        else:
+            out.append(
+                Problem(
+                    "NUMA_NODES_MISSING",
+                    f"the memory of {name} is bound to host NUMA nodes {lacking} ({where}), which {host} does not "
+                    f"have (its nodes: {cpu_list(have)})",
+                    f"bind it to nodes {host} has too (virsh numatune {name} --nodeset N --live --config), or pick "
+                    f"a target with NUMA nodes {lacking}",
+                    kind=FailedPrecondition,
+                )
+            )
+    return out
+
+
+def _listed(names: Iterable[str], limit: int = 8) -> str:
+    names = sorted(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return (", ".join(names[:limit]) + more) or "none"
+
+
+def _direct_problems(nics: Iterable[Nic], snap: TargetSnapshot) -> list[Problem]:
+    """A macvtap NIC (``<interface type='direct'>``) names the host's network device itself."""
+    out, seen = [], set()
+    host = snap.host_name
+    for nic in nics:
+        if nic.type != "direct" or not nic.source or nic.source in snap.net_devices or nic.source in seen:
+            continue
+        seen.add(nic.source)
+        mac = f" {nic.mac}" if nic.mac else ""
+        out.append(
+            Problem(
+                "NET_DEVICE_MISSING",
+                f"macvtap NIC{mac} (<interface type='direct'>) is attached to the network device {nic.source}, which "
+                f"does not exist on {host}",
+                f"Ferry does not map a macvtap's device: give the uplink the name {nic.source} on {host} too (a "
+                "systemd .link file), or attach the NIC to a libvirt network in macvtap mode (<forward mode='bridge'>)"
+                f" on every host and map it (--map-network); {host} has network devices {_listed(snap.net_devices)}",
+                kind=FailedPrecondition,
+            )
+        )
+    return out
+
+
 def check_target(
-    xml: str, plans: list[DiskPlan], mapping: HostMapping, storage: StorageMode, snapshot: TargetSnapshot
+    xml: str,
+    plans: list[DiskPlan],
+    mapping: HostMapping,
+    storage: StorageMode,
+    snapshot: TargetSnapshot,
+    *,
+    offline: bool = False,
 ) -> list[Problem]:
     """Every reason this host cannot take the domain (empty: ready), in the order an operator
     would fix them: the definition, the domain itself, its CPU and memory, networking, disks,
-    space."""
+    space. ``offline``: the migration moves a shut-off definition (no memory needed here, and
+    libvirt moves host devices' definitions then)."""
     try:
         parsed, nics = parse_domain(xml), parse_nics(xml)
         devices: dict[str, Disk] | None = {d.target: d for d in parse_disks(xml)}
@@ -544,11 +860,15 @@ def check_target(
             Problem.of(exc),
             *_disk_problems(plans, storage, None, snapshot),
         ]
+    hardware = guest_devices(xml)
     return [
         *_domain_problems(parsed, snapshot),
+        *([] if offline else _host_device_problems(parsed, hardware)),
         *_cpu_problems(parsed, guest_cpu(xml), snapshot),
-        *_memory_problems(parsed, snapshot),
+        *_pinning_problems(parsed, hardware, snapshot),
+        *([] if offline else _memory_problems(parsed, snapshot)),
         *_nic_problems(nics, mapping, snapshot),
+        *_direct_problems(nics, snapshot),
         *_disk_problems(plans, storage, devices, snapshot, parsed.name),
         *_block_problems(devices or {}, snapshot),
     ]

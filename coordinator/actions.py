@@ -296,6 +296,7 @@ class Actions:
                 migration_id=r.id,
                 dry_run=False,
                 leader_term=self.term,
+                offline=r.options.offline,
             )
         except FerryError as err:
             return AgentLost(r.target_host, Problem.of(err)) if agent_lost(err) else PrepareFailed(Problem.of(err))

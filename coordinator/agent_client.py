@@ -219,6 +219,7 @@ class GrpcAgentClient:
         leader_term: int = 0,
         shared_probes: Sequence[str] = (),
         block_devices: Mapping[str, str] | None = None,
+        offline: bool = False,
     ) -> PreparedIncoming:
         request = apb.PrepareIncomingRequest(
             domain_xml=domain_xml,
@@ -231,6 +232,7 @@ class GrpcAgentClient:
             leader_term=leader_term,
             shared_probes=list(shared_probes),
             block_devices=dict(block_devices or {}),
+            offline=offline,
         )
         m = await self._call("PrepareIncoming", request, slow=True)
         assert isinstance(m, apb.PrepareIncomingResponse)

@@ -7,6 +7,7 @@ at once. Each blocker has a stable reason code and a hint that says what to fix.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -52,47 +53,247 @@ def host_down(name: str, why: Problem | None, *, target: bool = True) -> Problem
     return Problem(code, f"{name} is not available: {why.message}", why.hint + (f", {other}" if other else ""))
 
 
-# Migrating to an older QEMU/libvirt can fail on machine types and device state; far newer is
-# also outside what QEMU tests. Versions use libvirt's encoding: major*1e6 + minor*1e3 + micro.
+# libvirt: a target of an older major may not know what the source's domain XML holds, and hosts
+# far apart are beyond what Ferry counts on (a rule of thumb, not a guarantee of libvirt's). QEMU is
+# judged by machine types instead: see qemu_blockers. Versions use libvirt's encoding: major*1e6 +
+# minor*1e3 + micro.
 MAX_MAJOR_SKEW = 2
 
+# QEMU deprecates a versioned machine type 3 years after its release and may remove it 3 years later
+# (its docs, "Deprecated features", as of QEMU 10.0: 6 years, 18 releases). It releases one major
+# a year (4.0 in 2019 ... 10.0 in 2025), so a QEMU this many majors past a machine type's release
+# may have dropped it (Debian 13's QEMU 10.0 no longer has pc-i440fx-2.3, which Debian 12's 7.2 has).
+MACHINE_TYPE_LIFETIME_MAJORS = 6
+
 SAFE_SHARED_CACHE = {"none", "directsync"}
+
+# a versioned machine type of upstream QEMU: the release that brought it ends its name
+_MACHINE_VERSION_RE = re.compile(r"-(\d+)\.(\d+)(?:\.(\d+))?$")
 
 
 def _major(version: int) -> int:
     return version // 1_000_000
 
 
+def _release(version: int) -> int:
+    """Major and minor, without the micro (a stable update adds no machine type)."""
+    return version // 1_000
+
+
 def _fmt(version: int) -> str:
     return f"{version // 1_000_000}.{version // 1_000 % 1_000}.{version % 1_000}"
 
 
-def version_blockers(source: HostFacts, target: HostFacts) -> list[Problem]:
-    out = []
-    for what, s, t in (
-        ("QEMU", source.qemu_version, target.qemu_version),
-        ("libvirt", source.libvirt_version, target.libvirt_version),
-    ):
-        if not s or not t:
-            continue
-        if t < s and _major(t) < _major(s):
-            out.append(
-                Problem(
-                    "VERSION_TOO_OLD",
-                    f"{what} on {target.hostname} is {_fmt(t)}, older than {_fmt(s)} on {source.hostname}",
-                    f"upgrade {what} on {target.hostname} or pick a target with {what} >= {_fmt(s)}",
-                )
+def _fmt_minor(version: int) -> str:
+    return f"{version // 1_000_000}.{version // 1_000 % 1_000}"
+
+
+def _fmt_release(version: int) -> str:
+    """A QEMU release as its machine types name it: ``8.2``, ``4.0.1`` (``_fmt`` says ``8.2.0``)."""
+    return _fmt_minor(version) + (f".{version % 1_000}" if version % 1_000 else "")
+
+
+def _split_machine(machine: str) -> tuple[str, int]:
+    """(kind, release) of a versioned machine type: ("pc-q35", 8002000) for pc-q35-8.2; ("", 0)
+    for a name that is not one."""
+    found = _MACHINE_VERSION_RE.search(machine)
+    if found is None:
+        return "", 0
+    major, minor, micro = (int(x or 0) for x in found.groups())
+    return machine[: found.start()], major * 1_000_000 + minor * 1_000 + micro
+
+
+def machine_version(machine: str) -> int:
+    """The QEMU release that brought a versioned machine type (libvirt's encoding), 0 for a name
+    that is not one: an alias (``q35``, ``pc``), an unversioned machine (``microvm``) or a
+    distribution's own (``pc-q35-rhel9.4.0``, ``pc-i440fx-jammy``), whose number is not QEMU's.
+    Upstream QEMU adds one per release and architecture (pc-q35-8.2, pc-i440fx-8.2, virt-8.2,
+    pseries-8.2, s390-ccw-virtio-8.2 came with QEMU 8.2; pc-q35-4.0.1 with the stable 4.0.1).
+
+    >>> machine_version("pc-q35-8.2"), machine_version("pc-q35-4.0.1"), machine_version("virt-10.0")
+    (8002000, 4000001, 10000000)
+    >>> machine_version("q35"), machine_version("pc-q35-rhel9.4.0"), machine_version("pc-i440fx-1.5-saucy")
+    (0, 0, 0)
+    """
+    return _split_machine(machine)[1]
+
+
+def _newest_of_kind(machine: str, offered: tuple[str, ...]) -> str:
+    """The newest versioned machine type of the same kind (pc-q35-*, virt-*) in ``offered``, "" if none.
+
+    >>> _newest_of_kind("pc-q35-8.2", ("q35", "pc-q35-7.2", "pc-q35-8.0", "pc-i440fx-8.1"))
+    'pc-q35-8.0'
+    """
+    kind = _split_machine(machine)[0]
+    same = [(release, m) for m in offered for k, release in [_split_machine(m)] if kind and release and k == kind]
+    return max(same)[1] if same else ""
+
+
+def _judges_domain(domain: DomainInfo | None, source: HostFacts, target: HostFacts) -> bool:
+    """Whether the hosts' QEMU facts are about the binary the domain runs: a domain naming another
+    one than the hosts report (``HostFacts.emulator``) runs a QEMU whose machine types and version
+    the inventory does not hold (the lab's guests run Debian 13's QEMU from their own path)."""
+    if domain is None or not domain.emulator:
+        return True
+    reported = target.emulator or source.emulator
+    return not reported or domain.emulator == reported
+
+
+def qemu_blockers(source: HostFacts, target: HostFacts, domain: DomainInfo | None = None) -> list[Problem]:
+    """Whether the target's QEMU can take the guest (pure). A live migration needs the guest's
+    machine type on both sides, and with it QEMU migrates either way: to a newer release and to an
+    older one (QEMU's "Backwards compatibility" migration docs: qemu-5.2 -> qemu-5.1 with pc-5.1 is
+    supported, pc-5.2 on qemu-5.1 "not possible"). libvirt replaces an alias (``q35``) with the
+    versioned name it stands for when the domain is defined, and a migration carries that name: the
+    target's QEMU is started with it. Upstream QEMU adds one versioned machine type per release
+    (pc-q35-8.2 exists from QEMU 8.2 on) and keeps the older ones for years (Debian 13's QEMU 10.0
+    still runs pc-q35-2.4). So:
+
+    1. The target reports its machine types (``HostFacts.machine_types``, libvirt's capabilities)
+       and the guest's is known (``DomainInfo.machine``): it must be among them, else
+       MACHINE_TYPE_MISSING. The versions add nothing then: an older QEMU that has the machine
+       type takes the guest, and a newer one that lists it runs it.
+    2. Otherwise (an agent from before these fields on the target or the source, or no domain),
+       conservatively from the versions:
+
+       =========================================  ====================  =======================
+       the guest's machine type                   target QEMU           blocker
+       =========================================  ====================  =======================
+       versioned (pc-q35-X.Y)                     older than X.Y        MACHINE_TYPE_MISSING
+       versioned (pc-q35-X.Y)                     6+ majors past X      VERSION_SKEW
+       unknown or unversioned                     an older release      VERSION_TOO_OLD
+                                                  than the source's
+       unknown or unversioned                     6+ majors past the    VERSION_SKEW
+                                                  source's
+       =========================================  ====================  =======================
+
+       An older release may lack a machine type the guest got from the source's newer QEMU; 6
+       majors is QEMU's lifetime of a versioned machine type (``MACHINE_TYPE_LIFETIME_MAJORS``).
+
+    A domain that names another QEMU binary than the one the hosts report is not judged
+    (``_judges_domain``); neither are hosts whose QEMU version is not known.
+
+    >>> f = lambda name, qemu, *types: HostFacts(name, name, qemu_version=qemu, machine_types=types)
+    >>> g = DomainInfo("g1", "u", DomainState.RUNNING, machine="pc-q35-8.2")
+    >>> [p.reason for p in qemu_blockers(f("h1", 8_002_000), f("h2", 8_000_000, "pc-q35-8.0", "q35"), g)]
+    ['MACHINE_TYPE_MISSING']
+    >>> qemu_blockers(f("h1", 8_002_000), f("h2", 8_000_000, "pc-q35-8.2"), g)  # an older QEMU that has it
+    []
+    >>> [p.reason for p in qemu_blockers(f("h1", 8_002_000), f("h2", 8_000_000))]  # not reported: versions
+    ['VERSION_TOO_OLD']
+    >>> qemu_blockers(f("h1", 7_002_000), f("h2", 10_000_000))  # Debian 12 -> 13
+    []
+    """
+    s, t = source.qemu_version, target.qemu_version
+    if not _judges_domain(domain, source, target):
+        return []
+    machine = domain.machine if domain is not None else ""
+    vm = domain.name if domain is not None else "the guest"
+    if machine and target.machine_types:
+        if machine in target.machine_types:
+            return []
+        return [_machine_type_missing(vm, machine, target)]
+    if not t:
+        return []
+    since = machine_version(machine)
+    if since and t < since:
+        return [_machine_type_missing(vm, machine, target)]
+    if not target.machine_types:
+        unreported = f"{target.hostname}'s agent does not report its machine types"
+    else:
+        unreported = f"{vm}'s machine type is not known" + (" (its agent does not report it)" if domain else "")
+    upgrade = "upgrade Ferry's agents (they report the machine types, and preflight then checks the guest's)"
+    if not since and s and _release(t) < _release(s):
+        return [
+            Problem(
+                "VERSION_TOO_OLD",
+                f"QEMU on {target.hostname} is {_fmt(t)}, an older release than {_fmt(s)} on {source.hostname}, "
+                f"and {unreported}: {vm} may use a machine type newer than QEMU {_fmt_minor(t)}",
+                f"pick a target with QEMU {_fmt_minor(s)} or newer, upgrade QEMU on {target.hostname}, or {upgrade}",
             )
-        elif abs(_major(t) - _major(s)) > MAX_MAJOR_SKEW:
-            out.append(
-                Problem(
-                    "VERSION_SKEW",
-                    f"{what} {_fmt(s)} on {source.hostname} and {_fmt(t)} on {target.hostname} are more than "
-                    f"{MAX_MAJOR_SKEW} major versions apart",
-                    f"migrate through a host with an intermediate {what} version",
-                )
+        ]
+    base, what = (since, f"{vm}'s machine type {machine}") if since else (s, f"QEMU {_fmt(s)} on {source.hostname}")
+    if base and _major(t) - _major(base) >= MACHINE_TYPE_LIFETIME_MAJORS:
+        return [
+            Problem(
+                "VERSION_SKEW",
+                f"QEMU {_fmt(t)} on {target.hostname} is {_major(t) - _major(base)} major versions past {what}, "
+                f"and {unreported}: QEMU removes versioned machine types 6 years after their release",
+                f"{upgrade}, or migrate through a host with an intermediate QEMU",
             )
-    return out
+        ]
+    return []
+
+
+def _machine_type_missing(vm: str, machine: str, target: HostFacts) -> Problem:
+    """MACHINE_TYPE_MISSING: the target's QEMU lacks the guest's machine type (it says so, or its
+    version is older than the release that brought it), with the way out that fits."""
+    host, t, since = target.hostname, target.qemu_version, machine_version(machine)
+    qemu = f"QEMU {_fmt(t)} on {host}" if t else f"the QEMU on {host}"
+    newest = _newest_of_kind(machine, target.machine_types)
+    change = (
+        f"give {vm} a machine type {host} has"
+        + (f" (its newest of the kind: {newest})" if newest else "")
+        + " and restart it cold (shut down, virsh edit, start)"
+    )
+    if since and (not t or t < since):
+        return Problem(
+            "MACHINE_TYPE_MISSING",
+            f"{vm} runs machine type {machine}, which {qemu} does not have: it came with QEMU {_fmt_release(since)}",
+            f"pick a target whose QEMU is {_fmt_release(since)} or newer, upgrade QEMU on {host} to "
+            f"{_fmt_release(since)} or later, or {change}",
+        )
+    if since:
+        return Problem(
+            "MACHINE_TYPE_MISSING",
+            f"{vm} runs machine type {machine}, which {qemu} no longer has (QEMU removes versioned machine "
+            "types 6 years after their release)",
+            f"pick a target whose QEMU still has {machine} (an older release), or {change}",
+        )
+    return Problem(
+        "MACHINE_TYPE_MISSING",
+        f"{vm} runs machine type {machine}, which {qemu} does not offer",
+        f"pick a target whose QEMU offers {machine} (virsh capabilities lists them), or {change}",
+    )
+
+
+def libvirt_version_blockers(source: HostFacts, target: HostFacts) -> list[Problem]:
+    """A target libvirt of an older major (VERSION_TOO_OLD), or more than ``MAX_MAJOR_SKEW``
+    majors apart (VERSION_SKEW); unknown versions pass.
+
+    >>> f = lambda name, libvirt: HostFacts(name, name, libvirt_version=libvirt)
+    >>> [p.reason for p in libvirt_version_blockers(f("h1", 10_000_000), f("h2", 9_000_000))]
+    ['VERSION_TOO_OLD']
+    >>> libvirt_version_blockers(f("h1", 9_000_000), f("h2", 11_003_000))  # Debian 12 -> 13
+    []
+    """
+    s, t = source.libvirt_version, target.libvirt_version
+    if not s or not t:
+        return []
+    if t < s and _major(t) < _major(s):
+        return [
+            Problem(
+                "VERSION_TOO_OLD",
+                f"libvirt on {target.hostname} is {_fmt(t)}, older than {_fmt(s)} on {source.hostname}",
+                f"upgrade libvirt on {target.hostname} or pick a target with libvirt >= {_fmt(s)}",
+            )
+        ]
+    if abs(_major(t) - _major(s)) > MAX_MAJOR_SKEW:
+        return [
+            Problem(
+                "VERSION_SKEW",
+                f"libvirt {_fmt(s)} on {source.hostname} and {_fmt(t)} on {target.hostname} are more than "
+                f"{MAX_MAJOR_SKEW} major versions apart",
+                "migrate through a host with an intermediate libvirt version",
+            )
+        ]
+    return []
+
+
+def version_blockers(source: HostFacts, target: HostFacts, domain: DomainInfo | None = None) -> list[Problem]:
+    """The target's QEMU against the guest (``qemu_blockers``: its machine type, or without it the
+    QEMU versions), then its libvirt against the source's (``libvirt_version_blockers``)."""
+    return [*qemu_blockers(source, target, domain), *libvirt_version_blockers(source, target)]
 
 
 def shared_host_uuid(source: str, sf: HostFacts | None, target: str, tf: HostFacts | None) -> Problem | None:
@@ -267,7 +468,7 @@ def coordinator_blockers(
         shared = shared_host_uuid(source.name, source.facts, target_name, tf)
         if shared is not None:
             out.append(shared)
-        out.extend(version_blockers(source.facts, tf))
+        out.extend(version_blockers(source.facts, tf, domain))
         if tf.arch and source.facts.arch and tf.arch != source.facts.arch:
             out.append(
                 Problem(

@@ -18,8 +18,8 @@ TARGET_DOWN            has no registered, answering agent
 TARGET_CORDONED        is cordoned (``hoststate.py``)
 INVENTORY_UNKNOWN      has not reported an inventory yet
 HOST_UUID_SHARED       reports the source's libvirt host UUID (libvirt refuses the migration)
-ARCH_MISMATCH, ...     fails a check of ``checks.coordinator_blockers`` (versions, arch,
-                       VM state, storage safety) or ``checks.host_cpu_blockers``
+ARCH_MISMATCH, ...     fails a check of ``checks.coordinator_blockers`` (machine type and
+                       versions, arch, VM state, storage safety) or ``checks.host_cpu_blockers``
 MAPPING_AMBIGUOUS      has no unambiguous mapping from the source's names (config)
 BRIDGE_MISSING,        lacks the bridge / libvirt network a NIC needs, after the mapping
 NETWORK_MISSING
@@ -59,6 +59,7 @@ from ferry.model import DiskPlan, DomainInfo, HostFacts, HostMapping, MigrationO
 
 from .checks import HostView, coordinator_blockers, host_cpu_blockers, host_down, shared_host_uuid
 from .hoststate import HostCordon, cordon_problem
+from .old_agents import left_in_place, old_agent_blockers
 from .phases import Phase
 from .record import MigrationRecord
 
@@ -455,7 +456,29 @@ def _static(
         out.append(Problem.of(mapping))
     else:
         out += _nic_blockers(domain, mapping, option.name, facts)
+        out += _old_agent_blockers(domain, source, option.name, facts, options, storage, mapping)
     return out
+
+
+def _old_agent_blockers(
+    domain: DomainInfo,
+    source: HostOption,
+    target: str,
+    facts: HostFacts,
+    options: MigrationOptions,
+    storage: StorageMode,
+    mapping: HostMapping,
+) -> list[Problem]:
+    """What preflight refuses for the agents' API levels (``old_agents``): during a rolling upgrade,
+    a roomier host whose agent is still old is no choice for a VM whose disks stay in place."""
+    if source.facts is None:
+        return []
+    try:
+        plans = plan_disks(domain.disks, storage, options.migrate_disks, mapping)
+    except FerryError:  # the disk plan's own problem is reported where it is made
+        return []
+    in_place = left_in_place(domain, plans)
+    return old_agent_blockers(source.name, source.facts, target, facts, plans, in_place, storage, options)
 
 
 def _dynamic(

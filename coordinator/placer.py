@@ -58,6 +58,9 @@ class LoadBook:
         # per target: the inventory time its load was worked out for, and that load (None: no load)
         self._worked_out: dict[str, tuple[datetime | None, HostLoad | None]] = {}
         self._changes = ChangeLog()  # the targets whose records or reservations changed, by version
+        # the revision of each record's final version seen (until the record is deleted): an older
+        # version noted after it (a submitter's own, resumed late) is not counted again
+        self._ended: dict[str, int] = {}
 
     def reserve(self, migration_id: str, target: str, domain: DomainInfo, disk_bytes: int) -> None:
         """A placement chose ``target`` for ``domain``: count it there from now on, before its
@@ -78,6 +81,11 @@ class LoadBook:
         old = self._unsettled.get(record.id)
         if old is not None and old.revision and record.revision and old.revision > record.revision:
             return
+        ended = self._ended.get(record.id)
+        if ended is not None and record.revision and ended > record.revision:
+            return
+        if record.phase.is_final and record.revision:
+            self._ended[record.id] = record.revision
         self._drop(record.id)
         if not record.phase.is_final or record.phase is Phase.SUCCEEDED:
             self._add(record)
@@ -86,6 +94,7 @@ class LoadBook:
         """For ``PrefixView.subscribe``."""
         if record is None:
             self._drop(name)
+            self._ended.pop(name, None)
         else:
             self.note(record)
 
@@ -293,12 +302,15 @@ class Placer:
             facts.arch,
             facts.qemu_version,
             facts.libvirt_version,
+            frozenset(facts.machine_types),  # qemu_blockers: the guest's machine type must be there
+            facts.emulator,  # ... when the guest runs this QEMU binary
             facts.cpu_model,
             frozenset(facts.cpu_features),
             frozenset(facts.bridges),
             frozenset(facts.networks),
             facts.migration_tls_problem,  # tls_blockers: a host that cannot encrypt is refused
             facts.libvirt_uri_problem,  # a target whose URI reaches another machine is refused
+            facts.api_level,  # old_agents: what an old agent cannot check is refused
             declared,
         )
         # one small number per distinct shape: a ranking looks a shape up for every host

@@ -39,7 +39,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from ferry.compat import BACKING_FINGERPRINTS, SHARED_STORAGE_PROBES
 from ferry.convergence import ConvergencePolicy
 from ferry.diskplan import plan_disks
 from ferry.errors import FerryError, NotFound
@@ -58,6 +57,7 @@ from ferry.registry import HostDirectory
 
 from .agent_client import AGENT_TOO_OLD, agent_lost
 from .checks import HostView, coordinator_blockers, effective_storage, host_cpu_blockers, host_down
+from .old_agents import left_in_place, old_agent_blockers, unverified_storage
 from .policies import PredictionConfig, predict_migration
 
 log = logging.getLogger(__name__)
@@ -162,12 +162,6 @@ def block_devices(domain: DomainInfo, options: MigrationOptions) -> tuple[dict[s
     return {path: d.block_identity for path, d in used.items()}, unknown
 
 
-def left_in_place(domain: DomainInfo, plans: Sequence[DiskPlan]) -> list[str]:
-    """Source paths of the writable disks the plan does not copy (they must be shared)."""
-    writable = {d.target for d in domain.disks if not d.readonly and d.device == "disk"}
-    return [p.source for p in plans if not p.copy and p.target in writable and p.source]
-
-
 async def _mark(
     hosts: HostDirectory,
     source: str,
@@ -182,7 +176,7 @@ async def _mark(
         probes, problems = await hosts.client(source).mark_shared_storage(paths, secrets.token_hex(16))
     except FerryError as err:
         if err.reason == AGENT_TOO_OLD:  # its inventory said otherwise (downgraded since?)
-            return [], [] if options.unsafe else [_unverified_storage(source, target, paths, err.message, [source])]
+            return [], [] if options.unsafe else [unverified_storage(source, target, paths, err.message, [source])]
         if agent_lost(err):
             extra.append(_unreachable(source, err))
             unavailable.append(source)
@@ -200,77 +194,6 @@ async def _mark(
         )
         for p in problems
     ]
-
-
-def _agent_words(host: str, facts: HostFacts) -> str:
-    version = f"ferry-agent {facts.agent_version}, " if facts.agent_version else ""
-    return f"{host}'s agent ({version}API level {facts.api_level})"
-
-
-def _unverified_storage(source: str, target: str, paths: Sequence[str], why: str, old: Sequence[str]) -> Problem:
-    return Problem(
-        "SHARED_STORAGE_UNVERIFIED",
-        f"{source} cannot check that {target} sees the same storage as it does for {', '.join(paths)}: {why}",
-        f"upgrade ferry-agent on {' and '.join(old)} (the check needs API level {SHARED_STORAGE_PROBES} on both "
-        "hosts), copy the disks (--copy-storage-all), or pass --unsafe if you know both hosts use the same storage "
-        "there",
-    )
-
-
-def below_level(
-    source: str, source_facts: HostFacts, target: str, target_facts: HostFacts, level: int
-) -> list[tuple[str, HostFacts]]:
-    """The hosts of the two whose agents speak an API level below ``level`` (ferry/compat.py)."""
-    return [(h, f) for h, f in ((source, source_facts), (target, target_facts)) if f.api_level < level]
-
-
-def old_agent_blockers(
-    source: str,
-    source_facts: HostFacts,
-    target: str,
-    target_facts: HostFacts,
-    plans: Sequence[DiskPlan],
-    in_place: Sequence[str],
-    mode: StorageMode,
-    options: MigrationOptions,
-) -> list[Problem]:
-    """A blocker for each check an agent below its API level would skip without a word (an old
-    target ignores the probes it is sent, an old source sends no fingerprints): the disks left in
-    place, and the backing files of a --copy-storage-inc. None when the migration is unsafe (the
-    operator vouches), as for checks that cannot be made.
-
-    >>> old, new = HostFacts("h1", "u1", agent_version="0.1.0"), HostFacts("h2", "u2", api_level=1)
-    >>> [b] = old_agent_blockers("h1", new, "h2", old, (), ["/srv/a.raw"], StorageMode.SHARED, MigrationOptions())
-    >>> b.reason
-    'SHARED_STORAGE_UNVERIFIED'
-    >>> b.message.split(": ", 1)[1]
-    "h2's agent (ferry-agent 0.1.0, API level 0) does not look for the probe files that show it"
-    >>> old_agent_blockers("h1", new, "h2", old, (), ["/srv/a.raw"], StorageMode.SHARED, MigrationOptions(unsafe=True))
-    []
-    """
-    if options.unsafe:
-        return []
-    out: list[Problem] = []
-    old = below_level(source, source_facts, target, target_facts, SHARED_STORAGE_PROBES)
-    if in_place and old:
-        doing = {source: "does not write", target: "does not look for"}
-        why = "; ".join(f"{_agent_words(h, f)} {doing[h]} the probe files that show it" for h, f in old)
-        out.append(_unverified_storage(source, target, in_place, why, [h for h, _ in old]))
-    bases = sorted({p.backing_file for p in plans if p.copy and p.backing_file})
-    old = below_level(source, source_facts, target, target_facts, BACKING_FINGERPRINTS)
-    if mode is StorageMode.COPY_INC and bases and old:
-        doing = {source: "does not fingerprint", target: "does not compare"}
-        why = "; ".join(f"{_agent_words(h, f)} {doing[h]} backing files" for h, f in old)
-        out.append(
-            Problem(
-                "BACKING_UNVERIFIED",
-                f"{target}'s backing files {', '.join(bases)} cannot be shown to be the source's: {why}",
-                f"upgrade ferry-agent on {' and '.join(h for h, _ in old)} (the check needs API level "
-                f"{BACKING_FINGERPRINTS} on both hosts), copy the whole disks (--copy-storage-all), or pass --unsafe "
-                "if the backing files are byte-for-byte copies",
-            )
-        )
-    return out
 
 
 async def _unmark(hosts: HostDirectory, source: str, probes: list[str]) -> None:
@@ -327,6 +250,7 @@ async def _dry_run(
             dry_run=True,
             shared_probes=probes,
             block_devices=devices,
+            offline=options.offline,
         )
     except FerryError as err:
         if agent_lost(err):

@@ -158,6 +158,8 @@ def host_facts_to_pb(f: HostFacts) -> tpb.HostFacts:
         migration_tls_problem=f.migration_tls_problem,
         libvirt_uri_problem=f.libvirt_uri_problem,
         api_level=f.api_level,
+        machine_types=list(f.machine_types),
+        emulator=f.emulator,
     )
 
 
@@ -182,6 +184,8 @@ def host_facts_from_pb(m: tpb.HostFacts) -> HostFacts:
         migration_tls_problem=m.migration_tls_problem,
         libvirt_uri_problem=m.libvirt_uri_problem,
         api_level=m.api_level,
+        machine_types=tuple(m.machine_types),
+        emulator=m.emulator,
     )
 
 
@@ -250,6 +254,7 @@ def domain_to_pb(d: DomainInfo) -> tpb.Domain:
         cpu_model=d.cpu_model,
         os_type=d.os_type,
         emulator=d.emulator,
+        machine=d.machine,
         paused_by_libvirt=d.paused_by_libvirt,
     )
 
@@ -268,6 +273,7 @@ def domain_from_pb(m: tpb.Domain) -> DomainInfo:
         cpu_model=m.cpu_model,
         os_type=m.os_type,
         emulator=m.emulator,
+        machine=m.machine,
         paused_by_libvirt=m.paused_by_libvirt,
     )
 

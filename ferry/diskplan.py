@@ -17,6 +17,12 @@ COPY_INC   the same disks; each one's nearest backing file is expected on the ta
            mapped path (``backing_file``) and only the top layer is copied
 =========  ===================================================================================
 
+A plan's ``allocation`` is what its copy is expected to write on the target (0: not known, count
+the virtual size; ``copy_allocation``). The inventory's allocation is the top layer's alone
+(libvirt's block statistics), right for a disk without a backing chain and for COPY_INC, but
+COPY_ALL flattens a chain into one new image that holds every layer's data: a 2 MiB overlay on a
+40 GiB base writes up to 40 GiB there, and no layer below the top is measured.
+
 Images are created in the source disk's format (a raw disk stays raw, a qcow2 stays qcow2), so
 the destination XML's ``<driver type>`` stays right; a disk without a format is raw, as libvirt
 reads it.
@@ -126,6 +132,21 @@ def landed_disks(plans: Iterable[DiskPlan]) -> tuple[Disk, ...]:
     )
 
 
+def copy_allocation(disk: Disk, storage: StorageMode) -> int:
+    """What copying ``disk`` is expected to write on the target, as ``DiskPlan.allocation`` holds
+    it (0: not known, count the virtual size): the top layer's allocation, unless COPY_ALL
+    flattens a backing chain into the new image (see the module docstring).
+
+    >>> overlay = Disk("vda", "/img/g1.qcow2", virtual_size=40 << 30, allocation=2 << 20,
+    ...                backing_chain=("/img/golden.qcow2",))
+    >>> copy_allocation(overlay, StorageMode.COPY_INC), copy_allocation(overlay, StorageMode.COPY_ALL)
+    (2097152, 0)
+    >>> copy_allocation(Disk("vdb", "/img/g1-data.raw", allocation=1 << 30), StorageMode.COPY_ALL)
+    1073741824
+    """
+    return 0 if storage is StorageMode.COPY_ALL and disk.backing_chain else disk.allocation
+
+
 def plan_disks(
     disks: Iterable[Disk], storage: StorageMode, migrate_disks: Iterable[str], mapping: HostMapping
 ) -> list[DiskPlan]:
@@ -152,7 +173,7 @@ def plan_disks(
                 destination=map_path(disk.source, mapping.path_prefixes),
                 format=disk.format or "raw",
                 virtual_size=disk.virtual_size,
-                allocation=disk.allocation,
+                allocation=copy_allocation(disk, storage) if copy else disk.allocation,
                 backing_file=backing,
                 copy=copy,
                 backing_fingerprint=fingerprint,

@@ -73,6 +73,10 @@ class HostFacts:
     migration_tls_problem: str = ""  # why this host cannot migrate over TLS ("" = it can)
     api_level: int = 0  # the requests its agent honours (ferry/compat.py); 0: an agent from before levels
     libvirt_uri_problem: str = ""  # why peers cannot migrate here by libvirt_uri ("" = nothing known)
+    # the machine types (and aliases) libvirt's capabilities list for ``arch``: those of ``emulator``,
+    # the host's default QEMU binary for it; () / "": not reported (an agent from before them)
+    machine_types: tuple[str, ...] = ()
+    emulator: str = ""
 
 
 # CPU modes in which the guest runs on a copy of its host's CPU: the target cannot judge such a
@@ -101,12 +105,35 @@ class Disk:
     block_identity: str = ""  # what the device is on this host: "dm:UUID", "wwid:WWID", "" unknown
 
 
+# What a bridge is (HostSystem.bridge_kinds). libvirt adds a NIC with <virtualport
+# type='openvswitch'> to an Open vSwitch bridge (ovs-vsctl add-port) and one without a
+# <virtualport> to a Linux bridge (as a bridge port): the bridge must be of that kind.
+LINUX_BRIDGE = "linux"
+OVS_BRIDGE = "openvswitch"  # the <virtualport> type that goes with it
+
+
 @dataclass(frozen=True)
 class Nic:
     type: str
     source: str = ""
     mac: str = ""
     model: str = ""
+    # the <virtualport> type: "openvswitch", "midonet", ...; "none" for one without a type, ""
+    # without a <virtualport>. Not in the API's Nic: only the target agent checks it.
+    virtualport: str = ""
+
+    @property
+    def bridge_kind(self) -> str:
+        """The kind of bridge libvirt attaches this NIC to ("" = not known from the NIC).
+
+        >>> Nic("bridge", "br0").bridge_kind, Nic("bridge", "br0", virtualport="openvswitch").bridge_kind
+        ('linux', 'openvswitch')
+        >>> Nic("bridge", "br0", virtualport="midonet").bridge_kind, Nic("network", "default").bridge_kind
+        ('', '')
+        """
+        if self.type != "bridge":
+            return ""
+        return {"": LINUX_BRIDGE, OVS_BRIDGE: OVS_BRIDGE}.get(self.virtualport, "")
 
 
 @dataclass(frozen=True)
@@ -123,6 +150,7 @@ class DomainInfo:
     cpu_model: str = ""
     os_type: str = ""
     emulator: str = ""  # the QEMU binary of the domain ("" = libvirt's default)
+    machine: str = ""  # <os><type machine>, canonical ("pc-q35-8.2", never "q35"); "" = not known
     #: Paused by libvirt itself (virDomainGetState: PAUSED, reason STARTING_UP or MIGRATION). On the
     #: host a migration goes to: an incoming domain whose migration has not finished -- not a landed guest.
     paused_by_libvirt: bool = False

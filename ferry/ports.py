@@ -201,7 +201,12 @@ class HostSystem(Protocol):
     """The host's own files and network devices, as the agent uses them (no libvirt)."""
 
     def bridges(self) -> list[str]:
-        """Names of the Linux bridges on this host."""
+        """Names of the bridges guests may be attached to on this host: its Linux bridges and its
+        Open vSwitch bridges (only the agent's ``bridges`` when it names any), sorted."""
+        ...
+
+    def bridge_kinds(self) -> dict[str, str]:
+        """``bridges()``, each with its kind: ``LINUX_BRIDGE`` or ``OVS_BRIDGE`` (ferry.model)."""
         ...
 
     def storage_dirs(self) -> list[StorageDir]:
@@ -268,6 +273,21 @@ class HostSystem(Protocol):
         problem as its error."""
         ...
 
+    def net_devices(self) -> list[str]:
+        """Names of every network device on this host (``/sys/class/net``, not only bridges): what a
+        macvtap NIC (``<interface type='direct'>``) attaches to, sorted."""
+        ...
+
+    def online_cpus(self) -> frozenset[int]:
+        """The CPUs online on this host (``/sys/devices/system/cpu/online``), what a guest's
+        ``<vcpu cpuset>`` and ``<cputune>`` pins may name; empty when it cannot tell."""
+        ...
+
+    def numa_nodes(self) -> frozenset[int]:
+        """The NUMA nodes online on this host (``/sys/devices/system/node/online``), what a guest's
+        ``<numatune>`` nodesets may name; empty when it cannot tell."""
+        ...
+
 
 @dataclass(frozen=True)
 class TuneResult:
@@ -310,7 +330,10 @@ class AgentClient(Protocol):
         leader_term: int = 0,
         shared_probes: Sequence[str] = (),
         block_devices: Mapping[str, str] | None = None,
-    ) -> PreparedIncoming: ...
+        offline: bool = False,
+    ) -> PreparedIncoming:
+        """``offline``: the migration moves a shut-off definition (no memory checked on the target)."""
+        ...
 
     async def cleanup_incoming(
         self, prepare_id: str, *, discard_incoming: bool = False, leader_term: int = 0

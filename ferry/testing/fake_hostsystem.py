@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ferry.errors import AlreadyExists, FailedPrecondition
-from ferry.model import Problem, StorageDir
+from ferry.model import LINUX_BRIDGE, OVS_BRIDGE, Problem, StorageDir
 from ferry.paths import LIBVIRT_SHARED_FS_TYPES, PathUse, path_problem, root_of, symlink_problem
 
 QCOW2_HEADER_BYTES = 192 * 1024  # what `qemu-img create -f qcow2` allocates, roughly
@@ -46,6 +46,7 @@ def _under(path: str, directory: str) -> bool:
 class FakeHostSystem:
     """Bridges, directories (each its own file system) and files, all in memory.
 
+    ``bridges`` are Linux bridges, ``ovs_bridges`` Open vSwitch bridges; guests may use both.
     ``dirs`` maps a directory to its free bytes (total = free unless given in ``totals``);
     ``files`` are files already present (path -> size in bytes); ``shared_dirs`` are on shared
     storage (on NFS unless ``fs_types`` names another file system); ``read_only_dirs`` refuse new
@@ -59,6 +60,7 @@ class FakeHostSystem:
         self,
         *,
         bridges: Iterable[str] = (),
+        ovs_bridges: Iterable[str] = (),
         dirs: Mapping[str, int] | None = None,
         totals: Mapping[str, int] | None = None,
         shared_dirs: Iterable[str] = (),
@@ -69,6 +71,7 @@ class FakeHostSystem:
         shared_files: dict[str, FakeImage | int] | None = None,
     ) -> None:
         self.bridge_names = list(bridges)
+        self.ovs_bridge_names = list(ovs_bridges)
         shared, read_only = set(shared_dirs), set(read_only_dirs)
         self.dirs: dict[str, FakeDir] = {
             d: FakeDir(
@@ -89,6 +92,9 @@ class FakeHostSystem:
         self.symlinks: set[str] = set()
         self.fingerprints: dict[str, str] = {}  # path -> fingerprint of an image with other bytes
         self.block_devices: dict[str, str] = {}  # path -> its identity ("" = a device of unknown identity)
+        self.nics = ["eth0", "lo"]  # network devices besides the bridges (a macvtap NIC's uplink)
+        self.cpus = frozenset(range(4))  # CPUs online
+        self.nodes = frozenset({0})  # NUMA nodes online
 
     def _dir_of(self, path: str) -> tuple[str, FakeDir] | None:
         best = None
@@ -107,7 +113,11 @@ class FakeHostSystem:
     # ------------------------------------------------------------------ port
 
     def bridges(self) -> list[str]:
-        return sorted(self.bridge_names)
+        return list(self.bridge_kinds())
+
+    def bridge_kinds(self) -> dict[str, str]:
+        kinds = {b: LINUX_BRIDGE for b in self.bridge_names} | {b: OVS_BRIDGE for b in self.ovs_bridge_names}
+        return dict(sorted(kinds.items()))
 
     def storage_dirs(self) -> list[StorageDir]:
         return [
@@ -240,3 +250,12 @@ class FakeHostSystem:
             found[1].free_bytes += allocated
         self.removed.append(path)
         return True
+
+    def net_devices(self) -> list[str]:
+        return sorted({*self.nics, *self.bridges()})
+
+    def online_cpus(self) -> frozenset[int]:
+        return self.cpus
+
+    def numa_nodes(self) -> frozenset[int]:
+        return self.nodes

@@ -127,6 +127,30 @@ CPU_MODELS: dict[str, tuple[str, ...]] = {
 # what a fake host's CPU offers unless a test says otherwise: Haswell-class, no AVX-512
 DEFAULT_CPU_FEATURES = frozenset(CPU_MODELS["Haswell-noTSX"])
 
+# A fake host's QEMU unless a test says otherwise: Debian 12's 7.2, with the x86_64 machine types
+# its capabilities list (`qemu-system-x86_64 -machine help`): one pc-i440fx-X.Y per release from 1.4
+# and one pc-q35-X.Y from 2.4 (and 4.0.1) up to 7.2, the aliases pc and q35 of the newest, and the
+# unversioned ones. A domain defined without a machine type gets QEMU's default, as libvirt fills it in.
+DEFAULT_QEMU_VERSION = 7_002_000
+DEFAULT_EMULATOR = "/usr/bin/qemu-system-x86_64"
+_RELEASES = [
+    f"{major}.{minor}"
+    for major, last in ((1, 7), (2, 12), (3, 1), (4, 2), (5, 2), (6, 2), (7, 2))
+    for minor in range(last + 1)
+]
+DEFAULT_MACHINE_TYPES: tuple[str, ...] = (
+    "microvm",
+    "pc",
+    *(f"pc-i440fx-{r}" for r in _RELEASES[_RELEASES.index("1.4") :]),
+    "q35",
+    *(f"pc-q35-{r}" for r in _RELEASES[_RELEASES.index("2.4") :]),
+    "pc-q35-4.0.1",
+    "isapc",
+    "none",
+    "x-remote",
+)
+MACHINE_ALIASES = {"pc": "pc-i440fx-7.2", "q35": "pc-q35-7.2", "": "pc-i440fx-7.2"}  # "" = QEMU's default
+
 
 def make_domain_xml(
     name: str,
@@ -319,6 +343,9 @@ class FakeHypervisor:
         self.memory_total_bytes = memory_total_bytes
         self.cpus = cpus
         self.cpu_features: set[str] = set(cpu_features)  # what this host's CPU offers (settable)
+        # its default QEMU (settable): its version and the machine types it offers
+        self.qemu_version = DEFAULT_QEMU_VERSION
+        self.machine_types: tuple[str, ...] = DEFAULT_MACHINE_TYPES
         self.domains: dict[str, FakeDomain] = {}  # by UUID
         self.disk_sizes: dict[str, tuple[int, int]] = {}  # path -> (virtual size, allocation)
         self.jobs: dict[str, _Job] = {}  # by domain UUID
@@ -446,6 +473,7 @@ class FakeHypervisor:
             cpu_model=parsed.cpu_model,
             os_type=parsed.domain_type,
             emulator=parsed.emulator,
+            machine=MACHINE_ALIASES.get(parsed.machine, parsed.machine),  # canonical, as libvirt stores it
             paused_by_libvirt=dom.paused_by_libvirt and dom.state is DomainState.PAUSED,
         )
 
@@ -458,7 +486,7 @@ class FakeHypervisor:
             hostname=self.hostname,
             host_uuid=self.host_uuid,
             libvirt_version=9_000_000,
-            qemu_version=7_002_000,
+            qemu_version=self.qemu_version,
             cpu_model="qemu64",
             arch="x86_64",
             cpu_features=tuple(sorted(self.cpu_features)),
@@ -466,6 +494,8 @@ class FakeHypervisor:
             memory_total_bytes=self.memory_total_bytes,
             memory_free_bytes=self.memory_total_bytes - used,
             networks=tuple(self.networks),
+            machine_types=self.machine_types,
+            emulator=DEFAULT_EMULATOR,
         )
 
     async def ping(self, timeout_s: float | None = None) -> None:

@@ -43,7 +43,7 @@ class GetDomainResponse(_message.Message):
     def __init__(self, domain: _Optional[_Union[_types_pb2.Domain, _Mapping]] = ..., xml: _Optional[str] = ...) -> None: ...
 
 class PrepareIncomingRequest(_message.Message):
-    __slots__ = ("domain_xml", "disks", "mapping", "storage", "ttl_seconds", "migration_id", "dry_run", "leader_term", "shared_probes", "block_devices")
+    __slots__ = ("domain_xml", "disks", "mapping", "storage", "ttl_seconds", "migration_id", "dry_run", "leader_term", "shared_probes", "block_devices", "offline")
     class BlockDevicesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class PrepareIncomingRequest(_message.Message):
     LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
     SHARED_PROBES_FIELD_NUMBER: _ClassVar[int]
     BLOCK_DEVICES_FIELD_NUMBER: _ClassVar[int]
+    OFFLINE_FIELD_NUMBER: _ClassVar[int]
     domain_xml: str
     disks: _containers.RepeatedCompositeFieldContainer[_types_pb2.DiskPlan]
     mapping: _types_pb2.HostMapping
@@ -71,7 +72,8 @@ class PrepareIncomingRequest(_message.Message):
     leader_term: int
     shared_probes: _containers.RepeatedScalarFieldContainer[str]
     block_devices: _containers.ScalarMap[str, str]
-    def __init__(self, domain_xml: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., mapping: _Optional[_Union[_types_pb2.HostMapping, _Mapping]] = ..., storage: _Optional[_Union[_types_pb2.StorageMode, str]] = ..., ttl_seconds: _Optional[int] = ..., migration_id: _Optional[str] = ..., dry_run: _Optional[bool] = ..., leader_term: _Optional[int] = ..., shared_probes: _Optional[_Iterable[str]] = ..., block_devices: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    offline: bool
+    def __init__(self, domain_xml: _Optional[str] = ..., disks: _Optional[_Iterable[_Union[_types_pb2.DiskPlan, _Mapping]]] = ..., mapping: _Optional[_Union[_types_pb2.HostMapping, _Mapping]] = ..., storage: _Optional[_Union[_types_pb2.StorageMode, str]] = ..., ttl_seconds: _Optional[int] = ..., migration_id: _Optional[str] = ..., dry_run: _Optional[bool] = ..., leader_term: _Optional[int] = ..., shared_probes: _Optional[_Iterable[str]] = ..., block_devices: _Optional[_Mapping[str, str]] = ..., offline: _Optional[bool] = ...) -> None: ...
 
 class PrepareIncomingResponse(_message.Message):
     __slots__ = ("prepare_id", "destination_xml", "disks", "created", "expires_at", "problems")

@@ -86,7 +86,7 @@ TIMEOUT_ACTION_ABORT: TimeoutAction
 TIMEOUT_ACTION_FORCE_COMPLETE: TimeoutAction
 
 class HostFacts(_message.Message):
-    __slots__ = ("hostname", "host_uuid", "libvirt_version", "qemu_version", "cpu_model", "arch", "cpu_features", "memory_total_bytes", "memory_free_bytes", "bridges", "networks", "storage", "libvirt_uri", "migration_address", "agent_version", "cpus", "migration_tls_problem", "api_level", "libvirt_uri_problem")
+    __slots__ = ("hostname", "host_uuid", "libvirt_version", "qemu_version", "cpu_model", "arch", "cpu_features", "memory_total_bytes", "memory_free_bytes", "bridges", "networks", "storage", "libvirt_uri", "migration_address", "agent_version", "cpus", "migration_tls_problem", "api_level", "libvirt_uri_problem", "machine_types", "emulator")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     HOST_UUID_FIELD_NUMBER: _ClassVar[int]
     LIBVIRT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,8 @@ class HostFacts(_message.Message):
     MIGRATION_TLS_PROBLEM_FIELD_NUMBER: _ClassVar[int]
     API_LEVEL_FIELD_NUMBER: _ClassVar[int]
     LIBVIRT_URI_PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_TYPES_FIELD_NUMBER: _ClassVar[int]
+    EMULATOR_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     host_uuid: str
     libvirt_version: int
@@ -125,7 +127,9 @@ class HostFacts(_message.Message):
     migration_tls_problem: str
     api_level: int
     libvirt_uri_problem: str
-    def __init__(self, hostname: _Optional[str] = ..., host_uuid: _Optional[str] = ..., libvirt_version: _Optional[int] = ..., qemu_version: _Optional[int] = ..., cpu_model: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_features: _Optional[_Iterable[str]] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., bridges: _Optional[_Iterable[str]] = ..., networks: _Optional[_Iterable[str]] = ..., storage: _Optional[_Iterable[_Union[StorageDir, _Mapping]]] = ..., libvirt_uri: _Optional[str] = ..., migration_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., cpus: _Optional[int] = ..., migration_tls_problem: _Optional[str] = ..., api_level: _Optional[int] = ..., libvirt_uri_problem: _Optional[str] = ...) -> None: ...
+    machine_types: _containers.RepeatedScalarFieldContainer[str]
+    emulator: str
+    def __init__(self, hostname: _Optional[str] = ..., host_uuid: _Optional[str] = ..., libvirt_version: _Optional[int] = ..., qemu_version: _Optional[int] = ..., cpu_model: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_features: _Optional[_Iterable[str]] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., bridges: _Optional[_Iterable[str]] = ..., networks: _Optional[_Iterable[str]] = ..., storage: _Optional[_Iterable[_Union[StorageDir, _Mapping]]] = ..., libvirt_uri: _Optional[str] = ..., migration_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., cpus: _Optional[int] = ..., migration_tls_problem: _Optional[str] = ..., api_level: _Optional[int] = ..., libvirt_uri_problem: _Optional[str] = ..., machine_types: _Optional[_Iterable[str]] = ..., emulator: _Optional[str] = ...) -> None: ...
 
 class StorageDir(_message.Message):
     __slots__ = ("path", "free_bytes", "total_bytes", "shared", "fs_type")
@@ -188,7 +192,7 @@ class Nic(_message.Message):
     def __init__(self, type: _Optional[str] = ..., source: _Optional[str] = ..., mac: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Domain(_message.Message):
-    __slots__ = ("name", "uuid", "state", "memory_bytes", "vcpus", "persistent", "disks", "nics", "cpu_mode", "cpu_model", "os_type", "emulator", "paused_by_libvirt")
+    __slots__ = ("name", "uuid", "state", "memory_bytes", "vcpus", "persistent", "disks", "nics", "cpu_mode", "cpu_model", "os_type", "emulator", "paused_by_libvirt", "machine")
     NAME_FIELD_NUMBER: _ClassVar[int]
     UUID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +206,7 @@ class Domain(_message.Message):
     OS_TYPE_FIELD_NUMBER: _ClassVar[int]
     EMULATOR_FIELD_NUMBER: _ClassVar[int]
     PAUSED_BY_LIBVIRT_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_FIELD_NUMBER: _ClassVar[int]
     name: str
     uuid: str
     state: DomainState
@@ -215,7 +220,8 @@ class Domain(_message.Message):
     os_type: str
     emulator: str
     paused_by_libvirt: bool
-    def __init__(self, name: _Optional[str] = ..., uuid: _Optional[str] = ..., state: _Optional[_Union[DomainState, str]] = ..., memory_bytes: _Optional[int] = ..., vcpus: _Optional[int] = ..., persistent: _Optional[bool] = ..., disks: _Optional[_Iterable[_Union[Disk, _Mapping]]] = ..., nics: _Optional[_Iterable[_Union[Nic, _Mapping]]] = ..., cpu_mode: _Optional[str] = ..., cpu_model: _Optional[str] = ..., os_type: _Optional[str] = ..., emulator: _Optional[str] = ..., paused_by_libvirt: _Optional[bool] = ...) -> None: ...
+    machine: str
+    def __init__(self, name: _Optional[str] = ..., uuid: _Optional[str] = ..., state: _Optional[_Union[DomainState, str]] = ..., memory_bytes: _Optional[int] = ..., vcpus: _Optional[int] = ..., persistent: _Optional[bool] = ..., disks: _Optional[_Iterable[_Union[Disk, _Mapping]]] = ..., nics: _Optional[_Iterable[_Union[Nic, _Mapping]]] = ..., cpu_mode: _Optional[str] = ..., cpu_model: _Optional[str] = ..., os_type: _Optional[str] = ..., emulator: _Optional[str] = ..., paused_by_libvirt: _Optional[bool] = ..., machine: _Optional[str] = ...) -> None: ...
 
 class HostMapping(_message.Message):
     __slots__ = ("bridges", "networks", "path_prefixes")

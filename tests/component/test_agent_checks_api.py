@@ -27,16 +27,18 @@ AVX512_GUEST = (
 )
 
 
-async def dry_run(source, target, name: str) -> list[tpb.ErrorDetail]:
+async def dry_run(source, target, name: str, *, devices: str = "", offline: bool = False) -> list[tpb.ErrorDetail]:
+    """The target's dry run for the guest as the source defines it, plus ``devices``."""
     got = await source.stub.GetDomain(apb.GetDomainRequest(name=name, include_xml=True))
     plans = plan_disks(convert.domain_from_pb(got.domain).disks, StorageMode.SHARED, (), HostMapping())
     resp = await target.stub.PrepareIncoming(
         apb.PrepareIncomingRequest(
-            domain_xml=got.xml,
+            domain_xml=got.xml.replace("</devices>", f"{devices}</devices>"),
             disks=[convert.disk_plan_to_pb(p) for p in plans],
             mapping=TO_HOST2,
             storage=tpb.STORAGE_MODE_SHARED,
             dry_run=True,
+            offline=offline,
         )
     )
     return list(resp.problems)
@@ -91,6 +93,29 @@ async def test_dry_run_names_missing_memory_with_the_cpu(agents):
     problems = await dry_run(host1, host2, "big")
     assert [p.reason for p in problems] == ["CPU_INCOMPATIBLE", "INSUFFICIENT_MEMORY"]
     assert "8.0 GiB" in problems[1].message and "4.0 GiB available" in problems[1].message
+
+
+async def test_an_offline_dry_run_checks_no_memory_nor_host_devices(agents):
+    host1, host2 = agents
+    shared_guest(host1, host2, "big", memory=8 * GiB)
+    host2.hv.memory_total_bytes = 4 * GiB
+    gpu = (
+        "<hostdev mode='subsystem' type='pci' managed='yes'><source>"
+        "<address domain='0x0000' bus='0x65' slot='0x00' function='0x0'/></source></hostdev>"
+    )
+    live = await dry_run(host1, host2, "big", devices=gpu)
+    assert [p.reason for p in live] == ["HOSTDEV_NOT_MIGRATABLE", "INSUFFICIENT_MEMORY"]
+    assert "PCI device 0000:65:00.0" in live[0].message and "--offline" in live[0].hint
+    assert await dry_run(host1, host2, "big", devices=gpu, offline=True) == []  # a shut-off definition moves
+
+
+async def test_dry_run_names_a_macvtap_device_the_target_lacks(agents):
+    host1, host2 = agents
+    shared_guest(host1, host2, "g1")
+    macvtap = "<interface type='direct'><source dev='{}' mode='bridge'/></interface>"
+    assert await dry_run(host1, host2, "g1", devices=macvtap.format("eth0")) == []  # the fake host's uplink
+    [p] = await dry_run(host1, host2, "g1", devices=macvtap.format("enp65s0f0"))
+    assert p.reason == "NET_DEVICE_MISSING" and "enp65s0f0" in p.message and "host2" in p.message
 
 
 # ---------------------------------------------------------------- ProbeTarget

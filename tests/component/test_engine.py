@@ -332,6 +332,19 @@ async def test_offline_migration_of_a_local_disk_fails_in_preflight_and_creates_
     assert fleet.where("g1") == {"host1": DomainState.SHUTOFF}
 
 
+async def test_offline_migration_of_a_guest_bigger_than_the_targets_memory_lands(store, fleet, hosts):
+    # an offline migration moves a shut-off definition: the target needs none of its 32 GiB (it has 16),
+    # neither in the preflight's dry run nor in the prepare for real
+    uuid = fleet.add_guest("host1", "g1", memory=32 << 30, local_disk=False)
+    fleet["host1"].hv.domains[uuid].state = DomainState.SHUTOFF
+    options = replace(COPY, offline=True, storage=StorageMode.SHARED)
+    m = await submit(store, fleet, "g1", "host1", "host2", options=options)
+    async with engine(store, hosts):
+        r = await final(store, m.id)
+    assert r.phase is Phase.SUCCEEDED, [(h.phase.name, h.reason) for h in r.history]
+    assert fleet.where("g1") == {"host2": DomainState.SHUTOFF}
+
+
 # ---------------------------------------------------------------- stopping and failing
 
 

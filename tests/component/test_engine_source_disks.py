@@ -1,10 +1,11 @@
-"""The engine after a copy migration, and preflight's probe and CPU checks, over real agent gRPC
-servers on fakes.
+"""The engine after a copy migration, and preflight's probe, CPU and machine type checks, over real
+agent gRPC servers on fakes.
 
 What an operator would check: after a copy migration the source keeps no image of the guest and
 the guest can be migrated back; when the source's images cannot be removed the migration still
 succeeds and its history says which files stay and why; preflight says when the source cannot
-reach the target, and when a host-passthrough guest would meet another CPU.
+reach the target, when a host-passthrough guest would meet another CPU, and when the target's QEMU
+lacks the guest's machine type.
 """
 
 from __future__ import annotations
@@ -216,6 +217,28 @@ async def test_preflight_blocks_a_host_passthrough_guest_on_another_cpu(fleet, h
     report = await preflight(hosts, "pt", "host2", MigrationOptions(), mapping)
     [b] = report.blockers
     assert b.reason == "CPU_INCOMPATIBLE" and "host2 lacks avx2, fma" in b.message
+
+
+async def test_preflight_blocks_a_guest_whose_machine_type_the_targets_qemu_lacks(fleet, hosts):
+    """A pc-q35-8.2 guest cannot run on QEMU 8.0 (each release brings its own machine type), even
+    host-passthrough, whose CPU the target agent does not compare; QEMU 7.2 -> 10.0 is fine."""
+    path = "/srv/shared/mt.raw"
+    for a in fleet.agents.values():
+        a.host.files[path] = 64 * MiB
+    xml = make_domain_xml(
+        "mt", disks=[("vda", path, "raw")], bridges=["br-guest"], cpu="<cpu mode='host-passthrough' check='none'/>"
+    )
+    fleet["host1"].hv.add_domain(xml.replace("<type arch='x86_64'>", "<type arch='x86_64' machine='pc-q35-8.2'>"))
+    q35 = [f"pc-q35-{major}.{minor}" for major in (7, 8, 9) for minor in range(3)] + ["pc-q35-10.0"]
+    src, dst = fleet["host1"].hv, fleet["host2"].hv
+    src.qemu_version, src.machine_types = 8_002_000, tuple(q35[: q35.index("pc-q35-8.2") + 1])
+    dst.qemu_version, dst.machine_types = 8_000_000, tuple(q35[: q35.index("pc-q35-8.0") + 1])
+    mapping = fleet.mapping("host1", "host2")
+    report = await preflight(hosts, "mt", "host2", MigrationOptions(), mapping)
+    [b] = report.blockers
+    assert b.reason == "MACHINE_TYPE_MISSING" and "pc-q35-8.2" in b.message and "QEMU is 8.2 or newer" in b.hint
+    dst.qemu_version, dst.machine_types = 10_000_000, tuple(q35)  # a newer QEMU keeps it
+    assert (await preflight(hosts, "mt", "host2", MigrationOptions(), mapping)).ok
 
 
 async def test_an_agent_without_the_call_is_too_old_not_broken():

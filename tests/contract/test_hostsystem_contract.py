@@ -11,6 +11,7 @@ import pytest
 
 from ferry.agent.hostsystem import LocalHostSystem
 from ferry.errors import AlreadyExists, FerryError, Internal, InvalidArgument
+from ferry.model import LINUX_BRIDGE, OVS_BRIDGE
 from ferry.paths import PathUse
 from ferry.ports import HostSystem
 from ferry.testing.fake_hostsystem import FakeHostSystem
@@ -132,6 +133,29 @@ def test_is_shared(world, where, shared, libvirt_shared):
     assert world.host.libvirt_shared(f"{directory}/g1.qcow2") is libvirt_shared
 
 
+def test_network_devices_cpus_and_numa_nodes(tmp_path):
+    """What a macvtap NIC and a pinned guest need of a target (``target_checks``)."""
+    sysfs = tmp_path / "sys"
+    (sysfs / "class" / "net" / "br-vm" / "bridge").mkdir(parents=True)
+    for device in ("eth0", "lo"):
+        (sysfs / "class" / "net" / device).mkdir()
+    for what, online in (("cpu", "0-3\n"), ("node", "0\n")):
+        (sysfs / "devices" / "system" / what).mkdir(parents=True)
+        (sysfs / "devices" / "system" / what / "online").write_text(online)
+    local = LocalHostSystem([], sysfs_root=str(sysfs))
+    fake = FakeHostSystem(bridges=["br-vm"])  # eth0 and lo, CPUs 0-3, node 0 unless told otherwise
+    for host in (local, fake):
+        assert host.net_devices() == ["br-vm", "eth0", "lo"]  # every device, bridges too
+        assert (host.online_cpus(), host.numa_nodes()) == (frozenset(range(4)), frozenset({0}))
+
+
+def test_local_cpus_and_nodes_it_cannot_read_are_unknown(tmp_path):
+    (tmp_path / "sys" / "devices" / "system" / "cpu").mkdir(parents=True)
+    (tmp_path / "sys" / "devices" / "system" / "cpu" / "online").write_text("garbage\n")
+    local = LocalHostSystem([], sysfs_root=str(tmp_path / "sys"))  # no node/: a kernel without NUMA
+    assert (local.net_devices(), local.online_cpus(), local.numa_nodes()) == ([], frozenset(), frozenset())
+
+
 # ------------------------------------------------------------------ real adapter only
 
 
@@ -185,6 +209,21 @@ def test_local_declared_bridges_are_the_only_ones_offered(tmp_path):
         [w.images], sysfs_root=str(tmp_path / "sys"), mounts_file=str(tmp_path / "mounts"), bridges=["br-vm", "br-gone"]
     )
     assert declared.bridges() == ["br-vm"]  # the management bridge is not a guest bridge
+
+
+def test_open_vswitch_bridges_are_offered_too_and_told_apart(tmp_path):
+    net = tmp_path / "sys" / "class" / "net"
+    (net / "br-vm" / "bridge").mkdir(parents=True)
+    for device in ("br-ovs", "ovs-system", "eth0"):  # an OVS bridge: a network device without bridge/
+        (net / device).mkdir()
+    vsctl = tmp_path / "ovs-vsctl"
+    vsctl.write_text("#!/bin/sh\necho br-ovs\n")  # what `ovs-vsctl list-br` prints
+    vsctl.chmod(0o755)
+    local = LocalHostSystem([], sysfs_root=str(tmp_path / "sys"), ovs_vsctl=str(vsctl))
+    fake = FakeHostSystem(bridges=["br-vm"], ovs_bridges=["br-ovs"])
+    for host in (local, fake):
+        assert host.bridges() == ["br-ovs", "br-vm"]
+        assert host.bridge_kinds() == {"br-ovs": OVS_BRIDGE, "br-vm": LINUX_BRIDGE}
 
 
 def test_confinement_is_the_same_on_both(world, tmp_path):

@@ -155,6 +155,10 @@ async def test_host_facts(world):
     assert facts.memory_total_bytes >= facts.memory_free_bytes > 0 and facts.cpus > 0
     assert facts.arch == "x86_64"
     assert isinstance(facts.networks, tuple)
+    # its default QEMU for x86_64 and that binary's machine types, aliases included (Debian's QEMU on
+    # the lab, Debian 12's list in the fake): pc-q35-7.2 is the lab guests'
+    assert facts.emulator == "/usr/bin/qemu-system-x86_64"
+    assert {"pc-q35-7.2", "q35", "pc"} <= set(facts.machine_types)
 
 
 async def test_ping(world):
@@ -183,6 +187,8 @@ async def test_a_running_guest_without_a_job(world):
     assert (dom.state, dom.persistent, dom.memory_bytes) == (DomainState.RUNNING, True, 256 * MiB)
     assert [(d.target, d.source, d.virtual_size) for d in dom.disks] == [("vda", path, 256 * MiB)]
     assert [(n.type, n.source) for n in dom.nics] == [("bridge", "br-guest")]
+    # its machine type by its versioned name (never an alias), one its host's QEMU offers
+    assert dom.machine.startswith("pc-") and dom.machine in (await world.src.host_facts()).machine_types
     assert (await world.src.get_domain(dom.uuid)).name == name
     assert (await world.src.find_domain(uuid=dom.uuid)).name == name
     assert f"<name>{name}</name>" in await world.src.domain_xml(name)

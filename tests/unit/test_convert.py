@@ -49,6 +49,8 @@ FACTS = HostFacts(
     libvirt_uri="qemu+tcp://10.77.0.11/system",
     migration_address="10.77.0.11",
     agent_version="0.1.0",
+    machine_types=("pc-q35-7.2", "q35", "pc-i440fx-7.2"),
+    emulator="/usr/bin/qemu-system-x86_64",
 )
 
 DOMAIN = DomainInfo(
@@ -78,6 +80,7 @@ DOMAIN = DomainInfo(
     cpu_mode="custom",
     cpu_model="qemu64",
     os_type="qemu",
+    machine="pc-q35-7.2",
 )
 
 

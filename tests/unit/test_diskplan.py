@@ -1,5 +1,7 @@
 """Disk plans: which disks are copied, where they land on the target."""
 
+from dataclasses import replace
+
 import pytest
 
 from ferry.diskplan import map_path, plan_disks
@@ -123,7 +125,7 @@ def test_plan_disks(storage, migrate_disks, expected):
 
 
 def test_plan_carries_sizes_and_format():
-    plans = plan_disks([ROOT, NOFMT], StorageMode.COPY_ALL, [], HostMapping())
+    plans = plan_disks([ROOT, NOFMT], StorageMode.COPY_INC, [], HostMapping())
     assert plans == [
         DiskPlan(
             target="vda",
@@ -132,12 +134,30 @@ def test_plan_carries_sizes_and_format():
             format="qcow2",
             virtual_size=10 << 30,
             allocation=2 << 30,
+            backing_file=ROOT.backing_chain[0],
             copy=True,
         ),
         DiskPlan(
             target="vdd", source=NOFMT.source, destination=NOFMT.source, format="raw", virtual_size=1 << 20, copy=True
         ),
     ]
+
+
+@pytest.mark.parametrize(
+    ("disk", "storage", "allocation"),
+    [
+        # copy-inc copies the top layer onto the base the target has: the top layer's allocation
+        (ROOT, StorageMode.COPY_INC, 2 << 30),
+        # copy-all flattens the chain into one image: every layer's data, which nothing measured (0:
+        # count the virtual size), not the top layer's 2 GiB
+        (ROOT, StorageMode.COPY_ALL, 0),
+        (replace(DATA, allocation=512 << 20), StorageMode.COPY_ALL, 512 << 20),  # no chain: what it holds
+        (ROOT, StorageMode.SHARED, 2 << 30),  # not copied: the disk's own figure
+    ],
+)
+def test_the_allocation_a_copy_is_expected_to_write(disk, storage, allocation):
+    [plan] = plan_disks([disk], storage, [], HostMapping())
+    assert plan.allocation == allocation
 
 
 @pytest.mark.parametrize(

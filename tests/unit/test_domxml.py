@@ -93,6 +93,16 @@ def test_cpu_mode_absent_and_host_model():
     assert parse_domain("<domain><name>g</name><cpu mode='host-model'/></domain>").cpu_mode == "host-model"
 
 
+def test_machine_type():
+    """<os><type machine>: what the coordinator checks against the target's machine types."""
+    assert parse_domain(GUEST).machine == "pc"
+    assert parse_domain("<domain><name>g</name><os><type machine=' pc-q35-8.2 '>hvm</type></os></domain>").machine == (
+        "pc-q35-8.2"
+    )
+    assert parse_domain("<domain><name>g</name><os><type>hvm</type></os></domain>").machine == ""
+    assert parse_domain("<domain><name>g</name></domain>").machine == ""
+
+
 def test_parse_disks():
     assert parse_disks(GUEST) == [
         Disk(
@@ -123,6 +133,21 @@ def test_parse_nics():
         Nic(type="bridge", source="br-guest", mac="52:54:00:12:34:56", model="virtio"),
         Nic(type="network", source="default", mac="52:54:00:12:34:57", model="e1000"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("port", "virtualport"),
+    [
+        ("", ""),
+        ("<virtualport type='openvswitch'><parameters interfaceid='1a2b'/></virtualport>", "openvswitch"),
+        ("<virtualport type='openvswitch'/>", "openvswitch"),
+        ("<virtualport type='midonet'><parameters interfaceid='1a2b'/></virtualport>", "midonet"),
+        ("<virtualport><parameters interfaceid='1a2b'/></virtualport>", "none"),  # libvirt's name for no type
+    ],
+)
+def test_parse_nics_virtualport(port, virtualport):
+    xml = f"<domain><devices><interface type='bridge'><source bridge='br-ovs'/>{port}</interface></devices></domain>"
+    assert parse_nics(xml) == [Nic(type="bridge", source="br-ovs", virtualport=virtualport)]
 
 
 @pytest.mark.parametrize("xml", ["<domain><name>g</name>", "not xml at all", "<network><name>n</name></network>"])

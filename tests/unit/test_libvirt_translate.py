@@ -213,6 +213,45 @@ def test_node_memory(stats, info_mib, total, available):
     assert lt.available_memory(stats) == available
 
 
+# libvirt's capabilities of a Debian 12 host (shortened): the default QEMU of each arch, its machine
+# types with the aliases (canonical=...), a KVM domain type listing them again for the same binary
+CAPS_GUESTS = """<capabilities><host><uuid>u1</uuid><cpu><arch>x86_64</arch><model>Skylake</model></cpu></host>
+<guest><os_type>hvm</os_type><arch name='i686'><wordsize>32</wordsize><emulator>/usr/bin/qemu-system-i386</emulator>
+<machine maxCpus='255'>pc-i440fx-7.2</machine><domain type='qemu'/></arch></guest>
+<guest><os_type>hvm</os_type><arch name='x86_64'><wordsize>64</wordsize>
+<emulator>/usr/bin/qemu-system-x86_64</emulator>
+<machine maxCpus='255'>pc-i440fx-7.2</machine><machine canonical='pc-i440fx-7.2' maxCpus='255'>pc</machine>
+<machine maxCpus='288'>pc-q35-7.2</machine><machine canonical='pc-q35-7.2' maxCpus='288'>q35</machine>
+<machine maxCpus='288'>pc-q35-7.1</machine>
+<domain type='qemu'/><domain type='kvm'><emulator>/usr/bin/qemu-system-x86_64</emulator>
+<machine maxCpus='288'>pc-q35-7.2</machine></domain>
+<domain type='kvm'><emulator>/usr/bin/kvm-old</emulator><machine>pc-1.0</machine></domain></arch></guest>
+<guest><os_type>xen</os_type><arch name='x86_64'><emulator>/usr/bin/xenner</emulator><machine>xenner</machine>
+</arch></guest></capabilities>"""
+
+
+def test_machine_types_from_capabilities():
+    c = parse_capabilities(CAPS_GUESTS)
+    assert c.emulator == "/usr/bin/qemu-system-x86_64"
+    assert c.machine_types == ("pc-i440fx-7.2", "pc", "pc-q35-7.2", "q35", "pc-q35-7.1")  # the host's arch, hvm
+    assert parse_capabilities(CAPS).machine_types == ()  # no <guest>: none reported
+    # no host CPU arch in the capabilities: virNodeGetInfo's names the guests to read
+    bare = CAPS_GUESTS.replace("<arch>x86_64</arch>", "")
+    assert parse_capabilities(bare).machine_types == ()
+    assert parse_capabilities(bare, default_arch="i686").machine_types == ("pc-i440fx-7.2",)
+    facts = lt.host_facts(
+        capabilities_xml=CAPS_GUESTS,
+        node_info=["x86_64", 7812, 4],
+        hostname="host1",
+        libvirt_version=9_000_000,
+        qemu_version=7_002_000,
+        memory_total=8 << 30,
+        memory_available=3 << 30,
+        networks=[],
+    )
+    assert (facts.emulator, facts.machine_types) == (c.emulator, c.machine_types)
+
+
 def test_host_facts():
     facts = lt.host_facts(
         capabilities_xml=CAPS,
@@ -339,6 +378,14 @@ def test_domain_info():
     assert (vda.target, vda.virtual_size, vda.allocation) == ("vda", 10 << 30, 3 << 30)
     assert isinstance(sda, Disk) and (sda.target, sda.source, sda.virtual_size) == ("sda", "", 0)
     assert [n.mac for n in info.nics] == ["52:54:00:00:00:01"]
+    assert info.machine == ""  # GUEST names none
+    on_q35 = lt.domain_info(
+        GUEST.replace("<vcpu>", "<os><type arch='x86_64' machine='pc-q35-8.2'>hvm</type></os><vcpu>"),
+        state=1,
+        persistent=True,
+        block_sizes={},
+    )
+    assert on_q35.machine == "pc-q35-8.2"
     # no block info (libvirt could not say): the disk is listed unsized; an unknown state is UNKNOWN
     bare = lt.domain_info(GUEST, state=42, persistent=False, block_sizes={})
     assert (bare.disks[0].virtual_size, bare.state, bare.persistent) == (0, DomainState.UNKNOWN, False)

@@ -136,6 +136,15 @@ def test_a_host_that_cannot_take_the_vm_is_rejected_with_every_blocker(target, e
     assert r.best is None
 
 
+def test_a_copy_all_overlay_needs_room_for_its_whole_chain():
+    """--copy-storage-all writes a disk's whole backing chain into one new image: a 2 MiB overlay
+    on a 40 GiB base needs up to 40 GiB on the target, not the 2 MiB its top layer holds."""
+    images = "/var/lib/libvirt/images"
+    overlay = Disk("vda", f"{images}/g1.qcow2", "qcow2", 40 * GiB, 2 * MiB, backing_chain=(f"{images}/golden.qcow2",))
+    r = ranked(replace(vm(), disks=(overlay,)), host("h2", disk_free=10 * GiB), host("h3", disk_free=50 * GiB))
+    assert reasons(r, "h2") == ["INSUFFICIENT_SPACE"] and [c.host for c in r.candidates] == ["h3"]
+
+
 def test_the_source_is_never_a_candidate_and_a_name_clash_is_a_blocker():
     clash = replace(host("h2"), domains=(DomainInfo("g1", "other-uuid", DomainState.SHUTOFF),))
     on_way = host("h3", load=HostLoad(1, GiB, 0, 1, frozenset({"g1", "uuid-g1"})))
@@ -357,3 +366,54 @@ def test_the_load_book_counts_a_placement_from_its_choice_until_its_record_arriv
     book.reserve("m-2", "h3", vm("g2"), 0)
     book.release("m-2")
     assert "h3" not in book.loads({}, NOW)
+
+
+def test_the_load_book_does_not_count_again_a_version_older_than_the_final_one():
+    """A submitter's own Pending version, noted after the watch brought the final one (the leader
+    failed it meanwhile): counted again, it held the target's slot and memory until retention."""
+    from ferry.coordinator.placer import LoadBook
+
+    book = LoadBook()
+    r = new_migration(
+        id="m-1", vm="g1", vm_uuid="uuid-g1", source_host="h1", target_host="h2", now=NOW,
+        timeouts=Timeouts(), memory_bytes=8 * GiB,
+    )  # fmt: skip
+    later = NOW + timedelta(days=1)
+    for final in (Phase.FAILED, Phase.CANCELLED, Phase.SUCCEEDED):
+        book.note(replace(r, phase=final, revision=12, updated_at=NOW))
+        book.note(replace(r, revision=10))  # the late Pending one
+        assert book.loads({"h2": later}, later) == {}, final
+    # once the record is deleted (retention), its id may come again (etcd restored from a backup)
+    book.on_change("m-1", None)
+    book.note(replace(r, revision=3))
+    assert book.loads({"h2": later}, later)["h2"].inbound == 1
+
+
+def test_a_host_whose_old_agent_cannot_check_shared_storage_is_no_choice_however_roomy():
+    """During a rolling upgrade: preflight refuses a target whose agent cannot look for the
+    shared-storage probes (SHARED_STORAGE_UNVERIFIED), so placement does not pick it either."""
+
+    def on_shared(name: str, free: int, api_level: int) -> HostOption:
+        shared = StorageDir("/srv/shared", 500 * GiB, 1000 * GiB, shared=True)
+        facts = HostFacts(
+            name, f"uuid-{name}", arch="x86_64", memory_total_bytes=64 * GiB, memory_free_bytes=free,
+            storage=(shared,), api_level=api_level,
+        )  # fmt: skip
+        return HostOption(name, True, facts)
+
+    guest = DomainInfo(
+        "g1", "uuid-g1", DomainState.RUNNING, memory_bytes=2 * GiB,
+        disks=(Disk("vda", "/srv/shared/g1.raw", "raw", 10 * GiB, 10 * GiB, cache="none", shared=True),),
+    )  # fmt: skip
+    source, old, new = on_shared("h1", 8 * GiB, 1), on_shared("h2", 60 * GiB, 0), on_shared("h3", 20 * GiB, 1)
+    ranking = rank(
+        guest, source, [source, old, new], options=LIVE, storage=StorageMode.SHARED,
+        mapping_for=lambda target: HostMapping(), policy=PlacementPolicy(),
+    )  # fmt: skip
+    assert ranking.best is not None and ranking.best.host == "h3"
+    assert reasons(ranking, "h2") == ["SHARED_STORAGE_UNVERIFIED"]
+    unsafe = rank(
+        guest, source, [source, old, new], options=replace(LIVE, unsafe=True), storage=StorageMode.SHARED,
+        mapping_for=lambda target: HostMapping(), policy=PlacementPolicy(),
+    )  # fmt: skip
+    assert unsafe.best is not None and unsafe.best.host == "h2"  # the operator vouches for the storage

@@ -212,12 +212,17 @@ class ReferenceBook:
     def __init__(self) -> None:
         self.unsettled: dict[str, MigrationRecord] = {}
         self.reserved: dict[str, tuple[str, HostLoad]] = {}
+        self.ended: dict[str, int] = {}  # a record's final revision: an older version is not counted
 
     def note(self, r: MigrationRecord) -> None:
         self.reserved.pop(r.id, None)
         old = self.unsettled.get(r.id)
         if old is not None and old.revision and r.revision and old.revision > r.revision:
             return
+        if r.revision and self.ended.get(r.id, 0) > r.revision:
+            return
+        if r.phase.is_final and r.revision:
+            self.ended[r.id] = r.revision
         if r.phase.is_final and r.phase is not Phase.SUCCEEDED:
             self.unsettled.pop(r.id, None)
         else:
@@ -287,6 +292,7 @@ def test_the_load_book_counts_as_counting_every_record_anew():
                 mid = f"m{rng.randrange(60)}"
                 book.on_change(mid, None)
                 ref.unsettled.pop(mid, None)
+                ref.ended.pop(mid, None)
             elif what < 0.7:
                 mid, target = f"p{rng.randrange(5)}", f"h{rng.randrange(7)}"
                 placed = guest(rng, f"r{mid}")
@@ -328,6 +334,7 @@ class Agent:
     domains: list[DomainInfo] = field(default_factory=list)
     down: bool = False
     tls_problem: str = ""
+    machine_types: tuple[str, ...] = ()
 
     async def inventory(self) -> Inventory:
         if self.down:
@@ -338,6 +345,7 @@ class Agent:
             memory_total_bytes=16 * GiB,
             memory_free_bytes=self.free,
             migration_tls_problem=self.tls_problem,
+            machine_types=self.machine_types,
         )
         return Inventory(facts, tuple(self.domains))
 
@@ -365,6 +373,27 @@ async def test_a_host_that_cannot_encrypt_is_not_of_the_shape_of_one_that_can():
         assert [c.host for c in ranking.candidates] == ["h3"]
         assert [(c.host, [b.reason for b in c.blockers]) for c in ranking.rejected] == [
             ("h2", ["MIGRATION_TLS_MISSING"])
+        ]
+    await fleet.close()
+    await store.close()
+
+
+async def test_a_host_without_the_guests_machine_type_is_not_of_the_shape_of_one_with_it():
+    """The machine types an agent reports decide qemu_blockers, so they are part of the placer's
+    shape: a host whose QEMU lacks the guest's machine type is refused, one that has it is not."""
+    g1 = DomainInfo("g1", "uuid-g1", DomainState.RUNNING, memory_bytes=GiB, machine="pc-q35-8.2")
+    agents = {
+        "h1": Agent("h1", domains=[g1], machine_types=("pc-q35-8.2",)),
+        "h2": Agent("h2", machine_types=("pc-q35-8.0", "pc-q35-8.1")),
+        "h3": Agent("h3", machine_types=("pc-q35-8.2", "pc-q35-9.0")),
+    }
+    store, fleet = await registered(agents)
+    placer = Placer(fleet, {}, LoadBook(), {})
+    for detail in (True, False):
+        ranking = placer.rank(g1, "h1", MigrationOptions(), storage_explicit=False, now=NOW, detail=detail).ranking
+        assert [c.host for c in ranking.candidates] == ["h3"]
+        assert [(c.host, [b.reason for b in c.blockers]) for c in ranking.rejected] == [
+            ("h2", ["MACHINE_TYPE_MISSING"])
         ]
     await fleet.close()
     await store.close()

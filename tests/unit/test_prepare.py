@@ -150,7 +150,8 @@ async def test_dry_run_lists_every_problem_at_once(svc, hv, tmp_path, clock):
     assert f"{IMG}/web1.qcow2" in by_reason["FILE_IN_THE_WAY"].message
     space = by_reason["INSUFFICIENT_SPACE"]
     assert space.kind is ResourceExhausted
-    assert "need 12.0 GiB" in space.message and "5.0 GiB free" in space.message  # 4 GiB allocated + 8 GiB raw
+    # vda's chain flattened into one image (--copy-storage-all): its 10 GiB, not the top layer's 4; + 8 GiB raw
+    assert "need 18.0 GiB" in space.message and "5.0 GiB free" in space.message
     assert host.created == [] and svc.list() == []
 
 
