@@ -235,8 +235,8 @@ class LocalHostSystem:
 
     # ------------------------------------------------------------------ files
 
-    def confine(self, path: str, use: PathUse) -> Problem | None:
-        return self._confined.problem(path, use)
+    def confine(self, path: str, use: PathUse, what: str = "") -> Problem | None:
+        return self._confined.problem(path, use, what)
 
     def exists(self, path: str) -> bool:
         return os.path.lexists(path)  # a dangling symlink is in the way too
@@ -386,6 +386,12 @@ class LocalHostSystem:
                 hint=f"check the permissions of {clip(os.path.dirname(path))}; remove the "
                 "file by hand if it is no longer needed",
             ) from exc
+
+    def is_block_device(self, path: str) -> bool:
+        try:
+            return stat.S_ISBLK(os.stat(path).st_mode)  # a link followed, only to look
+        except OSError:
+            return False
 
     def block_identity(self, path: str) -> str:
         try:

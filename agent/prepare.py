@@ -198,16 +198,20 @@ class PrepareService:
         if parsed is not None:
             records = tuple(r for r, _ in stored if r.domain_uuid == parsed.uuid)
         # what the agent itself would touch is confined: the images it creates, the backing
-        # files qemu-img reads; a disk expected on shared storage is only looked at
-        uses: dict[str, PathUse | None] = {p.destination: None for p in plans if not p.copy}
+        # files qemu-img reads; and so is what the guest will open here: a disk expected on
+        # shared storage, or a read-only image each host has, must be below the image or shared
+        # directories too (a mapping, or a forged XML, must not hand the guest /etc/shadow);
+        # a block device must be one (``check_target``)
+        uses: dict[str, PathUse | None] = {p.destination: PathUse.READ for p in plans if not p.copy}
         uses |= {probe: None for probe in probes.values()}
         uses |= {device: None for device in block_devices}
         uses |= {p.backing_file: PathUse.READ for p in plans if p.copy and p.backing_file}
         uses |= {p.destination: PathUse.CREATE for p in plans if p.copy}
         emulator = parsed.emulator if parsed is not None else ""  # with a <cpu> element or without
         compare = frozenset(p.backing_file for p in plans if p.copy and p.backing_file and p.backing_fingerprint)
+        in_place = frozenset(p.destination for p in plans if not p.copy)
         facts_by_path, bridge_kinds, reserved, emulator_present = await asyncio.to_thread(
-            self._host_view, uses, stored, emulator, compare, frozenset(block_devices)
+            self._host_view, uses, stored, emulator, compare, frozenset(block_devices), in_place
         )
         verdict = await self._compare_cpu(cpu, emulator_present) if parsed is not None else None
         direct, pinned = any(n.type == "direct" for n in nics), hardware is not None and hardware.pinned
@@ -272,12 +276,15 @@ class PrepareService:
         emulator: str,
         compare: frozenset[str] = frozenset(),
         blocks: frozenset[str] = frozenset(),
+        in_place: frozenset[str] = frozenset(),
     ) -> tuple[dict[str, PathFacts], dict[str, str], dict[str, int], bool]:
-        """``compare``: backing files whose fingerprint a plan carries; ``blocks``: block devices."""
+        """``compare``: backing files whose fingerprint a plan carries; ``blocks``: block devices;
+        ``in_place``: disks the guest opens here as they are (not copied)."""
         dirs = self._host.storage_dirs()
         facts = {}
         for path, use in sorted(uses.items()):
-            refused = self._host.confine(path, use) if use is not None else None
+            what = "disk" if path in in_place else ""
+            refused = self._host.confine(path, use, what) if use is not None else None
             if refused is not None:  # looked at no further
                 facts[path] = PathFacts(exists=False, refused=refused)
                 continue
@@ -289,6 +296,7 @@ class PrepareService:
                 fs_key=storage_key(path, dirs),
                 fingerprint=fingerprint_or_empty(self._host, path) if path in compare else "",
                 identity=self._host.block_identity(path) if path in blocks else "",
+                block=path in blocks and self._host.is_block_device(path),
             )
         reserved: dict[str, int] = {}
         for _, by_path in stored:

@@ -77,6 +77,7 @@ class PathFacts:
     fs_key: str = ""  # paths with the same key share one file system's free space
     fingerprint: str = ""  # a backing file's (agent/fingerprint.py), when the plan has one to compare
     identity: str = ""  # a block device's (HostSystem.block_identity)
+    block: bool = False  # a block device is there (asked only of the guest's block devices)
     # why the agent may not create (a destination) or read (a backing file) the path: outside
     # the image directories, ``..``, relative, a symbolic link (``HostSystem.confine``)
     refused: Problem | None = None
@@ -495,7 +496,7 @@ def _disk_problems(
             continue
         destinations[dest] = p.target
         f = facts.get(dest, PathFacts(exists=False))
-        if p.copy and f.refused is not None:
+        if f.refused is not None:  # a copy's destination, or a disk the guest opens in place
             out.append(f.refused)
             continue
         if not p.copy:
@@ -647,6 +648,15 @@ def _block_problems(devices: Mapping[str, Disk], snap: TargetSnapshot) -> list[P
                 Problem(
                     "BLOCK_DEVICE_MISSING",
                     f"disk {d.target} is the block device {path}, which does not exist on {host}",
+                    fix,
+                    kind=FailedPrecondition,
+                )
+            )
+        elif not f.block:  # a file there (/etc/shadow named as a "block device") is no disk for the guest
+            out.append(
+                Problem(
+                    "BLOCK_DEVICE_MISMATCH",
+                    f"disk {d.target} is the block device {path}, but on {host} {path} is not a block device",
                     fix,
                     kind=FailedPrecondition,
                 )

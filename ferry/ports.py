@@ -217,8 +217,9 @@ class HostSystem(Protocol):
         """Free bytes on the file system that holds ``path`` (or its nearest existing parent)."""
         ...
 
-    def confine(self, path: str, use: PathUse) -> Problem | None:
-        """Why the agent may not ``use`` ``path`` (None: it may): outside the configured image
+    def confine(self, path: str, use: PathUse, what: str = "") -> Problem | None:
+        """Why the agent may not ``use`` ``path`` (None: it may; ``what`` it is, in the problem's
+        words: "image" or "backing file" by default): outside the configured image
         directories, not absolute or normalised, ``..``, a control character
         (``ferry.paths.path_problem``), or a symbolic link below the image directory
         (PATH_SYMLINK). ``create_image`` and ``remove`` refuse such paths with that problem."""
@@ -251,6 +252,10 @@ class HostSystem(Protocol):
     def remove(self, path: str) -> bool:
         """Remove a file Ferry created; False when it was already gone. Refuses what ``confine``
         refuses (nothing outside the image directories, never through a link)."""
+        ...
+
+    def is_block_device(self, path: str) -> bool:
+        """Whether ``path`` is a block device (a link to one counts: /dev/VG/LV). Only looks."""
         ...
 
     def block_identity(self, path: str) -> str:

@@ -136,8 +136,8 @@ class FakeHostSystem:
         found = self._dir_of(path)
         return found[1].free_bytes if found else 0
 
-    def confine(self, path: str, use: PathUse) -> Problem | None:
-        what = "backing file" if use is PathUse.READ else "image"
+    def confine(self, path: str, use: PathUse, what: str = "") -> Problem | None:
+        what = what or ("backing file" if use is PathUse.READ else "image")
         found = path_problem(path, self.storage, what)
         if found is not None:
             return found
@@ -199,6 +199,9 @@ class FakeHostSystem:
         found[1].free_bytes = max(0, found[1].free_bytes - allocated)
         self._files_of(path)[path] = FakeImage(fmt, virtual_size, backing_file, backing_format, allocated)
         self.created.append(path)
+
+    def is_block_device(self, path: str) -> bool:
+        return path in self.block_devices
 
     def block_identity(self, path: str) -> str:
         return self.block_devices.get(path, "")

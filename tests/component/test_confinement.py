@@ -194,6 +194,46 @@ async def test_a_mapping_override_out_of_the_image_dirs_is_refused_by_the_target
     assert not Path("/etc/cron.d/g1.qcow2").exists()
 
 
+@pytest.mark.parametrize("how", ["mapped there", "named there"])
+async def test_a_disk_the_guest_opens_in_place_is_confined_too(agent, how):
+    """Nothing is created for a disk left in place (read-only, or on shared storage), but the guest
+    opens it on this host: a mapping, or the XML itself, must not hand it the host's /etc/shadow."""
+    t = agent.tree
+    iso = f"{t.images}/iso/shadow"
+    source = iso if how == "mapped there" else "/etc/shadow"
+    xml = XML.replace(
+        "</devices>",
+        f"<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='{source}'/>"
+        "<target dev='sda' bus='sata'/><readonly/></disk></devices>",
+    )
+    cdrom = tpb.DiskPlan(target="sda", source=source, format="raw", copy=False)
+    mapping = tpb.HostMapping(path_prefixes={f"{t.images}/iso": "/etc"}) if how == "mapped there" else None
+    for dry_run in (True, False):
+        request = prepare(xml, [plan(f"{t.images}/g1.qcow2"), cdrom], mapping=mapping, dry_run=dry_run)
+        if dry_run:
+            out = await agent.stub.PrepareIncoming(request)
+            assert "PATH_OUTSIDE_IMAGE_DIRS" in [p.reason for p in out.problems]
+            assert "disk /etc/shadow is outside the image directories" in " ".join(p.message for p in out.problems)
+        else:
+            code, reason, _ = await refusal(agent.stub.PrepareIncoming(request))
+            assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PATH_OUTSIDE_IMAGE_DIRS")
+    assert await agent.stub.ListPrepares(apb.ListPreparesRequest()) == apb.ListPreparesResponse()
+
+
+async def test_a_block_device_the_guest_would_open_must_be_one(agent):
+    """A "block device" at a file's path (/etc/shadow named in a type='block' disk) is refused."""
+    xml = XML.replace(
+        "</devices>",
+        "<disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='/etc/shadow'/>"
+        "<target dev='vdb' bus='virtio'/></disk></devices>",
+    )
+    out = await agent.stub.PrepareIncoming(
+        prepare(xml, [plan(f"{agent.tree.images}/g1.qcow2")], block_devices={"/etc/shadow": ""}, dry_run=True)
+    )
+    assert [p.reason for p in out.problems] == ["BLOCK_DEVICE_MISMATCH"]
+    assert "/etc/shadow is not a block device" in out.problems[0].message
+
+
 async def test_inside_the_image_dirs_a_prepare_still_works(agent):
     """The control: the same request with a plain path creates the image (qemu-img through the fd)."""
     t = agent.tree

@@ -86,6 +86,13 @@ def test_an_existing_file_is_in_the_way(world):
     assert world.host.exists(path)  # and it was left alone
 
 
+def test_a_file_is_not_a_block_device(world):
+    path = f"{world.images}/g1.raw"
+    world.host.create_image(path, fmt="raw", virtual_size=GiB)
+    assert (world.host.is_block_device(path), world.host.is_block_device(f"{world.images}/none")) == (False, False)
+    assert world.host.block_identity(path) == ""
+
+
 def test_parent_directories_are_created(world):
     path = f"{world.images}/tenant-a/web/g1.qcow2"
     assert world.host.writable_dir(path)
