@@ -16,6 +16,7 @@ into PRIORITY) and carries no time of its own: journald stamps every entry.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -61,6 +62,17 @@ def _with_priority(text: str, levelno: int) -> str:
     return "\n".join(prefix + line for line in text.split("\n"))
 
 
+def _quoted(value: object) -> str:
+    """A field's value as is when it is one plain word, else quoted: a value holding spaces or '='
+    (a caller's words) cannot pass for more fields.
+
+    >>> _quoted("m-1a2b"), _quoted("web 1 outcome=OK")
+    ('m-1a2b', '"web 1 outcome=OK"')
+    """
+    text = str(value)
+    return text if text and all(c.isalnum() or c in "-_.:/@+" for c in text) else json.dumps(text)
+
+
 class TextFormatter(logging.Formatter):
     """``[time ]LEVEL logger: message`` plus `` key=value`` for the migration's fields."""
 
@@ -71,7 +83,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        about = "  ".join(f"{k}={v}" for k in FIELDS if (v := getattr(record, k, "")))
+        about = "  ".join(f"{k}={_quoted(v)}" for k in FIELDS if (v := getattr(record, k, "")))
         if about:
             head, nl, rest = text.partition("\n")  # after the message, before a traceback
             text = f"{head}  {about}{nl}{rest}"

@@ -40,6 +40,7 @@ from ferry.errors import (
     clip_bytes,
     error_for_code,
 )
+from ferry.identity import Role, identity_of
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +182,12 @@ class _CallInterceptor(grpc.aio.ServerInterceptor):
     checking or reflection): binds the migration a call's metadata names for the handler's log
     lines (``ferry.logcontext``) and tells the observer how long the call took and its status."""
 
-    def __init__(self, observer: RpcObserver | None) -> None:
+    def __init__(self, observer: RpcObserver | None, *, verify_callers: bool = False) -> None:
         self.observer = observer
         self.services: set[str] = set()  # filled once the servicers are registered
+        # with TLS, only a coordinator's calls name the migration they serve: anyone else's words
+        # would land in the server's log lines as its fields (audit lines included)
+        self.verify_callers = verify_callers
 
     async def intercept_service(
         self,
@@ -203,6 +207,17 @@ class _CallInterceptor(grpc.aio.ServerInterceptor):
         # grpc's handlers are namedtuples (grpc._utilities.RpcMethodHandler)
         return cast("grpc.RpcMethodHandler[Any, Any]", cast(Any, handler)._replace(**wrapped))
 
+    def _named(
+        self, migration: logcontext.MigrationContext | None, context: Context
+    ) -> logcontext.MigrationContext | None:
+        """The migration the call's metadata names, if its caller may name one."""
+        if migration is None or not self.verify_callers:
+            return migration
+        auth = context.auth_context() or {}
+        uris = [v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in auth.get("peer_uri", ())]
+        who = identity_of(uris)
+        return migration if who is not None and who.role is Role.COORDINATOR else None
+
     def _done(self, service: str, method: str, started: float, context: Context, exc: BaseException | None) -> None:
         if self.observer is not None:
             self.observer.rpc_handled(service, method, _status_name(context, exc), time.monotonic() - started)
@@ -214,7 +229,7 @@ class _CallInterceptor(grpc.aio.ServerInterceptor):
 
             async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
                 started, failure = time.monotonic(), None
-                logcontext.bind(migration)
+                logcontext.bind(self._named(migration, context))
                 try:
                     async for item in behavior(request, context):
                         yield item
@@ -228,7 +243,7 @@ class _CallInterceptor(grpc.aio.ServerInterceptor):
 
         async def unary(request: Any, context: Context) -> Any:
             started, failure = time.monotonic(), None
-            logcontext.bind(migration)
+            logcontext.bind(self._named(migration, context))
             try:
                 result = behavior(request, context)
                 return await result if inspect.isawaitable(result) else result
@@ -269,7 +284,7 @@ def create_server(
     """
     from ferry.rpc_auth import Authorizer, CallBudget  # it imports this module (to_status)
 
-    interceptor = _CallInterceptor(observer)
+    interceptor = _CallInterceptor(observer, verify_callers=tls is not None)
     server = grpc.aio.server(
         options=[
             *_SERVER_OPTIONS,

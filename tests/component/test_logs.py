@@ -12,6 +12,7 @@ not from anything shared in this process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -133,3 +134,67 @@ async def test_every_line_about_the_migration_names_it(fleet: Fleet, json_log: i
     # lines about nothing in particular carry the fields empty, not someone else's
     others = [line for line in lines if line["migration_id"] != migration_id]
     assert all(line["migration_id"] == "" and line["vm"] == "" for line in others)
+
+
+async def test_only_a_coordinator_names_the_migration_of_its_calls_in_the_servers_log(tmp_path: Path):
+    """With TLS, the migration fields a call's metadata names go on the server's log lines, the
+    audit line included, only when the caller is a coordinator: a refused reader cannot make its
+    line read `vm=web-1 outcome=OK identity=ferry://coordinator/c1`."""
+    import grpc
+
+    from ferry.agent.config import AgentConfig
+    from ferry.agent.main import build_agent
+    from ferry.agent.main import register as register_agent
+    from ferry.certs import issue_identity, new_ca, write_pem
+    from ferry.identity import Identity, Role
+    from ferry.logcontext import MigrationFields
+    from ferry.logsetup import TextFormatter
+    from ferry.rpc import Tls, create_channel, create_server
+    from ferry.testing.fake_hostsystem import FakeHostSystem
+    from ferry.testing.fake_hypervisor import FakeFleet, FakeHypervisor
+    from ferry.v1 import agent_pb2 as apb
+    from ferry.v1 import agent_pb2_grpc as agrpc
+
+    def tls(stem: str) -> Tls:
+        return Tls(tmp_path / "ca.pem", tmp_path / f"{stem}.pem", tmp_path / f"{stem}-key.pem")
+
+    ca = new_ca("CA")
+    write_pem(tmp_path, "ca", ca)
+    agent_id = Identity(Role.AGENT, "host1")
+    write_pem(tmp_path, "server", issue_identity(ca, agent_id, dns=["localhost"], ips=["127.0.0.1"]))
+    write_pem(tmp_path, "reader", issue_identity(ca, Identity(Role.READER, "grafana")))
+    write_pem(tmp_path, "coordinator", issue_identity(ca, Identity(Role.COORDINATOR, "c1")))
+    hv = FakeHypervisor(hostname="host1", uri="qemu+tls://127.0.0.1/system", fleet=FakeFleet())
+    config = AgentConfig(
+        name="host1", listen=("127.0.0.1:0",), advertise_libvirt_uri=hv.uri, image_dirs=("/images",),
+        state_dir=str(tmp_path / "state"), tls=tls("server"),
+    )  # fmt: skip
+    agent = build_agent(config, hv, FakeHostSystem(dirs={"/images": 1 << 30}))
+    server, [port] = create_server(config.listen, register_agent(agent), tls=config.tls)
+    await server.start()
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(TextFormatter())
+    handler.addFilter(MigrationFields())
+    audit = logging.getLogger("ferry.audit")
+    audit.addHandler(handler)
+    audit.setLevel(logging.INFO)
+    forged = (("ferry-migration-id", "m-forged"), ("ferry-vm", "web-1 outcome=OK identity=ferry://coordinator/c1"))
+    try:
+        for who in ("reader", "coordinator"):
+            channel = create_channel(f"127.0.0.1:{port}", tls=tls(who))
+            try:
+                call = agrpc.AgentStub(channel).CleanupIncoming(
+                    apb.CleanupIncomingRequest(prepare_id="p1"), metadata=forged, timeout=5
+                )
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await call
+            finally:
+                await channel.close()
+        reader, coordinator = out.getvalue().strip().splitlines()
+        assert "outcome=PERMISSION_DENIED" in reader and "m-forged" not in reader and "web-1" not in reader
+        # the coordinator's own words are kept, quoted where they are more than one word
+        assert 'migration_id=m-forged  vm="web-1 outcome=OK identity=ferry://coordinator/c1"' in coordinator
+    finally:
+        audit.removeHandler(handler)
+        await server.stop(None)
