@@ -49,7 +49,8 @@ from ferry.identity import Identity, Role
 
 AGENT_SERVICE = "ferry.v1.Agent"
 COORDINATOR_SERVICE = "ferry.v1.Coordinator"
-# served beside every service, to any caller with a certificate from the CA
+# served beside every service, to any caller whose certificate names a Ferry identity (counted in
+# its share of the server's calls like any other call)
 OPEN_SERVICES = (
     "grpc.health.v1.Health",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -98,6 +99,7 @@ class Rule:
 
 
 _READERS = frozenset({Role.READER, Role.SCHEDULER, Role.OPERATOR})
+OPEN_RULE = Rule(frozenset(Role))  # health checking and reflection (``is_open``)
 _SUBMITTERS = frozenset({Role.SCHEDULER, Role.OPERATOR})
 _AGENT_READERS = frozenset({Role.COORDINATOR, Role.OPERATOR, Role.READER})
 _COORDINATOR = frozenset({Role.COORDINATOR})
@@ -163,7 +165,7 @@ METRICS_WHAT = "GET /metrics"
 
 
 def is_open(method: str) -> bool:
-    """Health checking and reflection: any caller the TLS layer let in.
+    """Health checking and reflection: any Ferry identity.
 
     >>> is_open("/grpc.health.v1.Health/Check"), is_open("/ferry.v1.Agent/Migrate")
     (True, False)
@@ -205,7 +207,7 @@ def check(identity: Identity | None, method: str, request: Any) -> Rule:
             reason="NO_IDENTITY",
             hint="use a certificate with a URI SAN ferry://ROLE/NAME (ferry-certs issue)",
         )
-    rule = RULES.get(method)
+    rule = OPEN_RULE if is_open(method) else RULES.get(method)
     if rule is None:
         raise PermissionDenied(
             f"{method} has no entry in the role table",

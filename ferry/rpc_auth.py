@@ -21,6 +21,7 @@ schedulers and agents together).
 from __future__ import annotations
 
 import contextvars
+import inspect
 import json
 import logging
 import time
@@ -188,7 +189,7 @@ class Authorizer(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or authz.is_open(method):
+        if handler is None:
             return handler
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
@@ -197,8 +198,17 @@ class Authorizer(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
+            streams = handler.unary_stream
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(method, cast(Callable[..., AsyncIterator[Any]], handler.unary_stream)),
+                self._stream(method, cast(Callable[..., AsyncIterator[Any]], streams))
+                if inspect.isasyncgenfunction(streams)
+                else self._writer(method, cast(Callable[..., Awaitable[Any]], streams)),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None and authz.is_open(method):  # reflection
+            return grpc.stream_stream_rpc_method_handler(
+                self._bidi(method, handler.stream_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -302,6 +312,24 @@ class Authorizer(grpc.aio.ServerInterceptor):
             finally:
                 self._done(counted)
                 self._audit(method, rule, request, None, _outcome(context, failure))
+
+        return behavior
+
+    def _bidi(self, method: str, inner: Callable[..., Any]) -> Callable[..., Any]:
+        """A stream-stream call (reflection): admitted and counted as the others."""
+        return self._writer(method, inner) if not inspect.isasyncgenfunction(inner) else self._stream(method, inner)
+
+    def _writer(self, method: str, inner: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        """A streaming handler that writes with ``context.write`` (grpc's health Watch) rather
+        than yields: admitted and counted the same way."""
+
+        async def behavior(request: Any, context: Any) -> Any:
+            await self._admit(method, None, context)
+            counted = self._counted()
+            try:
+                return await inner(request, context)
+            finally:
+                self._done(counted)
 
         return behavior
 

@@ -513,3 +513,75 @@ async def test_no_reader_can_take_a_server_from_the_coordinator_and_operators(pk
             await channel.close()
         await server.stop(None)
         hv.release()
+
+
+async def test_health_checks_need_an_identity_and_count_in_its_share(tmp_path: Path):
+    """An identity-less certificate from the CA opened idle Health/Watch streams until gRPC's cap
+    on open calls was reached, and the coordinator's own calls to the agent were turned away."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from ferry.rpc import ServerLimits
+
+    def tls(stem: str) -> Tls:
+        return Tls(tmp_path / "ca.pem", tmp_path / f"{stem}.pem", tmp_path / f"{stem}-key.pem")
+
+    ca = new_ca("CA")
+    write_pem(tmp_path, "ca", ca)
+    write_pem(
+        tmp_path, "server", issue_identity(ca, Identity(Role.AGENT, "host1"), dns=["localhost"], ips=["127.0.0.1"])
+    )
+    write_pem(tmp_path, "coordinator", issue_identity(ca, Identity(Role.COORDINATOR, "c1")))
+    write_pem(tmp_path, "reader", issue_identity(ca, Identity(Role.READER, "grafana")))
+    write_pem(tmp_path, "anonymous", issue(ca, "someone"))  # the CA's, but no ferry:// identity
+    hv = FakeHypervisor(hostname="host1", uri="qemu+tls://127.0.0.1/system", fleet=FakeFleet())
+    config = AgentConfig(
+        name="host1", listen=("127.0.0.1:0",), advertise_libvirt_uri=hv.uri, image_dirs=("/images",),
+        state_dir=str(tmp_path / "state"), tls=tls("server"),
+    )  # fmt: skip
+    limits = ServerLimits(max_concurrent_rpcs=8, max_calls_per_identity=2, reserved_for_privileged=4)
+    agent = build_agent(config, hv, FakeHostSystem(dirs={"/images": 1 << 30}))
+    server, [port] = create_server(config.listen, register_agent(agent), tls=config.tls, limits=limits)
+    await server.start()
+    channels = {
+        who: create_channel(f"127.0.0.1:{port}", tls=tls(who)) for who in ("anonymous", "reader", "coordinator")
+    }
+    watches = []
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await health_pb2_grpc.HealthStub(channels["anonymous"]).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert from_rpc_error(refused.value).reason == "NO_IDENTITY"
+        health = health_pb2_grpc.HealthStub(channels["reader"])
+        for _ in range(2):  # the reader's share
+            call = health.Watch(health_pb2.HealthCheckRequest())
+            await call.read()
+            watches.append(call)
+        third = health.Watch(health_pb2.HealthCheckRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as busy:
+            await third.read()
+        assert from_rpc_error(busy.value).reason == "CALLER_BUSY"
+        await agrpc.AgentStub(channels["coordinator"]).GetInventory(apb.GetInventoryRequest(), timeout=5)
+        # reflection too: served to an identity (a coordinator's share is not capped), refused without
+        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+        ask = reflection_pb2.ServerReflectionRequest(list_services="")
+        listed = [
+            r
+            async for r in reflection_pb2_grpc.ServerReflectionStub(channels["coordinator"]).ServerReflectionInfo(
+                iter([ask])
+            )
+        ]
+        assert "ferry.v1.Agent" in [s.name for s in listed[0].list_services_response.service]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            _ = [
+                r
+                async for r in reflection_pb2_grpc.ServerReflectionStub(channels["anonymous"]).ServerReflectionInfo(
+                    iter([ask])
+                )
+            ]
+        assert from_rpc_error(refused.value).reason == "NO_IDENTITY"
+    finally:
+        for call in watches:
+            call.cancel()
+        for channel in channels.values():
+            await channel.close()
+        await server.stop(None)
