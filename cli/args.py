@@ -43,7 +43,10 @@ exit status:
        run: a VM that fits nowhere)
   {EXIT_REFUSED}    the coordinator refused the request (the message says what to fix)
   {EXIT_UNREACHABLE}    no coordinator could be reached, it failed, or it stayed too busy
-       to take the call (SERVER_BUSY, after four tries over ~8 s)
+       to take the call (SERVER_BUSY, after four tries over ~8 s). A migration or
+       drain being waited for goes on in the coordinator; a watch that breaks is
+       read and watched again first, for ~15 s, on each configured coordinator.
+       `ferry top`: its last refresh failed
   {EXIT_USAGE}   usage error: a wrong command line; nothing was sent
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C); a migration being waited for goes on
   {EXIT_PIPE}  the reader of the output went away (e.g. `ferry ... | head`)
@@ -622,7 +625,9 @@ def parser(*, aliases: bool = True) -> argparse.ArgumentParser:
             "Live view of every migration in flight (queued ones too) with its progress bar, transfer rate,\n"
             "dirty rate, remaining bytes, ETA and phase, and the last finished ones; updated in place on a\n"
             "terminal, one block of plain lines per refresh when the output is not a terminal, one JSON\n"
-            "object per line with -o json. Ctrl-C leaves it (the migrations go on)."
+            "object per line with -o json. A refresh that fails (the coordinator restarting, a replica\n"
+            "failing over) is shown -- with -o json, as an error object on its line -- and the next one\n"
+            "is tried. Ctrl-C leaves it (the migrations go on)."
         ),
     )
     top.add_argument(
@@ -637,7 +642,7 @@ def parser(*, aliases: bool = True) -> argparse.ArgumentParser:
         type=_count,
         default=0,
         metavar="N",
-        help="stop after N refreshes. Default: 0 = until Ctrl-C",
+        help="stop after N refreshes (failed ones too; exit 3 when the last failed). Default: 0 = until Ctrl-C",
     )
     top.add_argument("--host", metavar="HOST", help="only migrations from or to this host. Default: all")
     top.add_argument("--vm", metavar="VM", help="only this VM's migrations (name or UUID). Default: all")

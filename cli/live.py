@@ -85,18 +85,24 @@ def top_view(
     now: datetime,
     source: str,
     previous: render.Previous | None = None,
+    shown: render.Shown | None = None,
+    problem: str = "",
+    summary: str | None = None,
 ) -> RenderableType:
-    """One refresh of ``ferry top`` on a terminal."""
+    """One refresh of ``ferry top`` on a terminal; ``shown``: the most of each migration DONE showed
+    before (never less now); ``problem``: why the refreshes since this one failed, a status line
+    under it (the figures stay this refresh's); ``summary``: the header's words instead of the count
+    in flight (before any refresh succeeded)."""
     from rich.console import Group
     from rich.progress_bar import ProgressBar
     from rich.table import Table
     from rich.text import Text
 
-    previous = previous or {}
+    previous, shown = previous or {}, shown or {}
     header = Text.assemble(
         ("ferry top", "bold"),
         f"  {now.astimezone().strftime('%H:%M:%S')}  {source}  ",
-        (render.summary(in_flight), "bold"),
+        (render.summary(in_flight) if summary is None else summary, "bold"),
         ("  (Ctrl-C leaves; the migrations go on)", "dim"),
     )
     parts: list[RenderableType] = [header]
@@ -105,11 +111,12 @@ def top_view(
         for h in ("ID", "VM", "FROM -> TO", "PHASE", "PROGRESS", "", "RATE", "DIRTY", "LEFT", "ETA", "AGE", "NOTE"):
             t.add_column(h, no_wrap=h != "NOTE", overflow="ellipsis")
         for m in in_flight:
-            row = render.top_row(m, now, previous.get(m.id))
+            before, at_least = previous.get(m.id), shown.get(m.id, 0.0)
+            row = render.top_row(m, now, before, at_least)
             done, rate, dirty, left, eta, age, note = row[5:]
             bar: RenderableType = Text("")
             if render.shows_progress(m) and render.known(m.progress):
-                bar = ProgressBar(total=1.0, completed=render.fraction(m.progress), width=BAR_WIDTH)
+                bar = ProgressBar(total=1.0, completed=render.top_fraction(m, before, at_least), width=BAR_WIDTH)
             t.add_row(
                 m.id,
                 m.vm,
@@ -129,6 +136,8 @@ def top_view(
         parts.append(Text("finished:", style="bold"))
         for m in finished:
             parts.append(Text("  " + render.finished_line(m), style=STYLES.get(render.phase_name(m.phase), "")))
+    if problem:
+        parts.append(Text(problem, style="bold yellow"))
     return Group(*parts)
 
 

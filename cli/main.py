@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import getpass
 import json
@@ -17,7 +18,8 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -46,6 +48,14 @@ RETRIES_ACROSS_REPLICAS = 20
 BUSY_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)  # pauses before each try again when the coordinator is busy
 FINAL = render.FINAL
 UNREACHABLE_HINT = "is the coordinator running? see `ferry-lab status` or pass --coordinator"
+# after a watch broke (its coordinator restarting or failing over, its store watch ended): the
+# pauses before each try to read the record again and watch on, each jittered (~15 s in all)
+WATCH_AGAIN_S = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+# why a watch broke that watching again may mend (see _broken_watch); of them, those its coordinator answered
+WATCH_AGAIN_REASONS = frozenset({"UNREACHABLE", "TIMEOUT", "WATCH_FAILED", "STORE_UNAVAILABLE", SERVER_BUSY})
+ANSWERED = frozenset({"WATCH_FAILED", "WATCH_ENDED", "STORE_UNAVAILABLE"})
+
+R = TypeVar("R", cpb.Migration, cpb.Drain)
 
 
 class StoreWatch:
@@ -174,13 +184,101 @@ def interrupted_note(migration_id: str) -> str:
 
 
 class Cli:
-    def __init__(self, stub: cgrpc.CoordinatorStub, args: argparse.Namespace, address: str = "") -> None:
+    """The commands, over ``stub`` to the coordinator at ``address``. ``addresses`` (every one
+    configured), ``tls`` and ``channels`` (where a channel opened to another one is closed at the
+    end) let a command that waits -- a watch, ``ferry top`` -- go on with another coordinator
+    when this one is lost."""
+
+    def __init__(
+        self,
+        stub: cgrpc.CoordinatorStub,
+        args: argparse.Namespace,
+        address: str = "",
+        *,
+        addresses: Sequence[str] = (),
+        tls: Tls | None = None,
+        channels: contextlib.AsyncExitStack | None = None,
+    ) -> None:
         self.stub = stub
         self.a = args
         self.json = args.output == "json"
         self.timeout = args.rpc_timeout
         self.address = address
+        self.addresses = list(addresses) or [address]
+        self.tls = tls
+        self.channels = channels
         self.screen = live.Screen()
+
+    async def _reconnect(self) -> tuple[cgrpc.CoordinatorStub, str]:
+        """The first configured coordinator that answers a health check takes the calls over
+        (this one again when it answers first); raises Unavailable when none answers."""
+        address = await pick_coordinator(self.addresses, tls=self.tls)
+        if address != self.address and self.channels is not None:
+            channel = await self.channels.enter_async_context(create_channel(address, tls=self.tls))
+            self.stub, self.address = cgrpc.CoordinatorStub(channel), address
+        return self.stub, self.address
+
+    async def _records(
+        self,
+        watch: Callable[[], AsyncIterable[R]],
+        read: Callable[[], Awaitable[R]],
+        final: Callable[[R], bool],
+        say: Callable[[str], None],
+        what: str,
+        again: str,
+    ) -> AsyncGenerator[R, None]:
+        """Each record ``watch`` streams, until a final one. When the watch breaks where watching
+        again may mend it (:func:`_broken_watch`: a coordinator restarting or failing over, its
+        store watch ended) or ends before the record is final, the record is ``read`` again and
+        watched on, after a pause before each try (WATCH_AGAIN_S; from the first pause again once
+        news came), from the first configured coordinator that answers when this one is lost.
+        ``what`` (``migration m-1``) runs in the coordinator, not in this command: when no try
+        succeeds, the Unavailable raised says it goes on and that ``again`` follows it again."""
+        last: R | None = None
+        tries = 0
+        err: FerryError
+        while True:
+            try:
+                async for record in watch():
+                    if record != last:
+                        tries = 0  # news: the next break gets every try again
+                    last = record
+                    yield record
+                    if final(record):
+                        return
+                err = Unavailable(f"the watch of {what} ended before it did", reason="WATCH_ENDED")
+            except grpc.RpcError as exc:
+                if (broken := _broken_watch(exc)) is None:
+                    raise
+                err = broken
+            say(f"  the watch of {what} broke ({err.reason}: {err.message}); reading it again")
+            while True:  # read again until a coordinator answers, or no try is left
+                if tries >= len(WATCH_AGAIN_S):
+                    raise _watch_lost(err, what, again)
+                await asyncio.sleep(WATCH_AGAIN_S[tries] * random.uniform(0.5, 1.5))
+                tries += 1
+                try:
+                    if len(self.addresses) > 1 and err.reason not in ANSWERED:  # lost: maybe another answers
+                        before = self.address
+                        await self._reconnect()
+                        if self.address != before:
+                            say(f"  following {what} from the coordinator at {self.address}")
+                    record = await read()
+                except grpc.RpcError as exc:
+                    if (broken := _broken_watch(exc)) is None:
+                        raise
+                    err = broken
+                    continue
+                except Unavailable as exc:  # no configured coordinator answers
+                    err = exc
+                    continue
+                break
+            if record != last:
+                tries = 0
+            last = record
+            yield record
+            if final(record):
+                return
 
     def emit(self, message: Message, text: Callable[[], None] | str) -> None:
         """The message as JSON (-o json), else the text (or a function that prints it)."""
@@ -356,34 +454,52 @@ class Cli:
         shown = 0.0
         before: tpb.MigrationProgress | None = None  # the job's previous figures, to measure its rate
 
+        async def read() -> cpb.Migration:
+            m: cpb.Migration = await self.stub.GetMigration(
+                cpb.GetMigrationRequest(id=migration_id), timeout=self.timeout
+            )
+            return m
+
         async def probe() -> None:
             try:
-                await self.stub.GetMigration(cpb.GetMigrationRequest(id=migration_id), timeout=self.timeout)
+                await read()
             except grpc.RpcError as exc:
                 raise from_rpc_error(exc) from None
 
+        def watch() -> AsyncIterable[cpb.Migration]:
+            stream: AsyncIterable[cpb.Migration] = self.stub.WatchMigration(cpb.WatchMigrationRequest(id=migration_id))
+            return stream
+
         with self.screen.live(enabled=not self.json) as area:
-            store = StoreWatch(probe, (lambda _: None) if self.json else area.line)
+            say: Callable[[str], None] = (lambda _: None) if self.json else area.line
+            store = StoreWatch(probe, say)
             watchdog = asyncio.get_running_loop().create_task(store.run(), name="store watchdog")
+            records = self._records(
+                watch,
+                read,
+                lambda m: m.phase in FINAL,
+                say,
+                f"migration {migration_id}",
+                f"`ferry migrations watch {migration_id}`",
+            )
             try:
-                async for m in self.stub.WatchMigration(cpb.WatchMigrationRequest(id=migration_id)):
-                    store.heard()
-                    last = m
-                    if self.json:
-                        pass
-                    elif m.phase != last_phase:
-                        reason = m.history[-1].reason if m.history else ""
-                        area.line(render.phase_name(m.phase) + (f": {reason}" if reason else ""))
-                        last_phase = m.phase
-                    elif m.HasField("progress") and m.phase == cpb.PHASE_MIGRATING:
-                        shown = max(shown, render.fraction(m.progress))
-                        if area.enabled:
-                            area.show(live.progress_line(m.progress, at_least=shown, previous=before))
-                        else:
-                            area.line("  " + render.progress_bar(m.progress, at_least=shown, previous=before))
-                        before = m.progress
-                    if m.phase in FINAL:
-                        break
+                async with contextlib.aclosing(records):
+                    async for m in records:
+                        store.heard()
+                        last = m
+                        if self.json:
+                            pass
+                        elif m.phase != last_phase:
+                            reason = m.history[-1].reason if m.history else ""
+                            area.line(render.phase_name(m.phase) + (f": {reason}" if reason else ""))
+                            last_phase = m.phase
+                        elif m.HasField("progress") and m.phase == cpb.PHASE_MIGRATING:
+                            shown = max(shown, render.fraction(m.progress))
+                            if area.enabled:
+                                area.show(live.progress_line(m.progress, at_least=shown, previous=before))
+                            else:
+                                area.line("  " + render.progress_bar(m.progress, at_least=shown, previous=before))
+                            before = m.progress
             finally:
                 watchdog.cancel()
         if last is None:
@@ -482,42 +598,62 @@ class Cli:
 
     async def _follow_drain(self, drain_id: str) -> int:
         """Watch until final: a bar redrawn in place on a terminal, a line per VM that moved (or
-        could not) and progress lines otherwise; the final drain at the end."""
+        could not) and progress lines otherwise; the final drain at the end. A watch that breaks
+        is mended as a migration's (:meth:`_records`)."""
         last: cpb.Drain | None = None
         # printed: (VM, item state, attempt), and (VM, -1, how many hosts it failed on)
         told: set[tuple[str, int, int]] = set()
         printed = ""  # the last progress line printed (not on a terminal, a line only when it changes)
+
+        async def read() -> cpb.Drain:
+            d: cpb.Drain = await self.stub.GetDrain(cpb.GetDrainRequest(id=drain_id), timeout=self.timeout)
+            return d
+
+        def watch() -> AsyncIterable[cpb.Drain]:
+            stream: AsyncIterable[cpb.Drain] = self.stub.WatchDrain(cpb.WatchDrainRequest(id=drain_id))
+            return stream
+
         try:
             with self.screen.live(enabled=not self.json) as area:
-                async for d in self.stub.WatchDrain(cpb.WatchDrainRequest(id=drain_id)):
-                    last = d
-                    if self.json:
-                        continue
-                    for i in d.items:
-                        if i.tried and (i.vm, -1, len(i.tried)) not in told:  # an attempt failed there
-                            told.add((i.vm, -1, len(i.tried)))
-                            p = i.problems[-1] if i.problems else None
-                            again = i.state in (cpb.DRAIN_ITEM_STATE_WAITING, cpb.DRAIN_ITEM_STATE_MIGRATING)
-                            area.line(
-                                f"  {i.vm}: not to {i.tried[-1]}"
-                                + (f": {p.reason}: {p.message}" if p else "")
-                                + ("; placing it again" if again or i.state == cpb.DRAIN_ITEM_STATE_MOVED else "")
-                            )
-                        if i.state == cpb.DRAIN_ITEM_STATE_WAITING or (i.vm, i.state, i.attempts) in told:
+                say: Callable[[str], None] = (lambda _: None) if self.json else area.line
+                records = self._records(
+                    watch,
+                    read,
+                    lambda d: d.state in render.DRAIN_FINAL,
+                    say,
+                    f"drain {drain_id}",
+                    f"`ferry drains watch {drain_id}`",
+                )
+                async with contextlib.aclosing(records):
+                    async for d in records:
+                        last = d
+                        if self.json:
                             continue
-                        told.add((i.vm, i.state, i.attempts))
-                        why = (
-                            f" ({i.problems[-1].reason})"
-                            if i.problems and i.state in (cpb.DRAIN_ITEM_STATE_FAILED, cpb.DRAIN_ITEM_STATE_SKIPPED)
-                            else ""
-                        )
-                        area.line(f"  {i.vm}: {render.item_state_name(i.state)} -> {i.target_host or '?'}{why}")
-                    bar = "  " + render.drain_bar(d)
-                    if area.enabled:
-                        area.show(bar)
-                    elif bar != printed:
-                        area.line(bar)
-                        printed = bar
+                        for i in d.items:
+                            if i.tried and (i.vm, -1, len(i.tried)) not in told:  # an attempt failed there
+                                told.add((i.vm, -1, len(i.tried)))
+                                p = i.problems[-1] if i.problems else None
+                                again = i.state in (cpb.DRAIN_ITEM_STATE_WAITING, cpb.DRAIN_ITEM_STATE_MIGRATING)
+                                area.line(
+                                    f"  {i.vm}: not to {i.tried[-1]}"
+                                    + (f": {p.reason}: {p.message}" if p else "")
+                                    + ("; placing it again" if again or i.state == cpb.DRAIN_ITEM_STATE_MOVED else "")
+                                )
+                            if i.state == cpb.DRAIN_ITEM_STATE_WAITING or (i.vm, i.state, i.attempts) in told:
+                                continue
+                            told.add((i.vm, i.state, i.attempts))
+                            why = (
+                                f" ({i.problems[-1].reason})"
+                                if i.problems and i.state in (cpb.DRAIN_ITEM_STATE_FAILED, cpb.DRAIN_ITEM_STATE_SKIPPED)
+                                else ""
+                            )
+                            area.line(f"  {i.vm}: {render.item_state_name(i.state)} -> {i.target_host or '?'}{why}")
+                        bar = "  " + render.drain_bar(d)
+                        if area.enabled:
+                            area.show(bar)
+                        elif bar != printed:
+                            area.line(bar)
+                            printed = bar
         except asyncio.CancelledError:  # Ctrl-C: the drain goes on
             print(f"\nferry: drain {drain_id} continues; `ferry drains cancel {drain_id}` stops it", file=sys.stderr)
             raise
@@ -586,7 +722,8 @@ class Cli:
             raise Usage("--iterations and --finished take 0 or more", hint="e.g. --iterations 1")
         from ferry.cli.top import run as run_top  # only this command needs it
 
-        return await run_top(self.stub, self.a, self.screen, self.address, self.timeout)
+        reconnect = self._reconnect if len(self.addresses) > 1 else None
+        return await run_top(self.stub, self.a, self.screen, self.address, self.timeout, reconnect)
 
 
 USER_METADATA = "x-ferry-user"  # who asks, as the CLI says (the coordinator records it with the peer)
@@ -614,9 +751,14 @@ def exit_code(err: FerryError) -> int:
     return EXIT_REFUSED if err.caller_fault else EXIT_UNREACHABLE
 
 
-def _report(err: FerryError, as_json: bool) -> int:
+def _report(err: FerryError, as_json: bool, *, one_line: bool = False) -> int:
+    """The error on stderr, or as JSON on stdout (``one_line``: `ferry top`'s, whose output is JSON Lines)."""
     if as_json:
-        print(json.dumps(jsonout.error_json(err.reason, err.message, err.hint, err.code.name), indent=2))
+        print(
+            json.dumps(
+                jsonout.error_json(err.reason, err.message, err.hint, err.code.name), indent=None if one_line else 2
+            )
+        )
     else:
         print(f"ferry: {err.reason}: {err.message}", file=sys.stderr)
         if err.hint:
@@ -690,8 +832,9 @@ async def run(argv: Sequence[str] | None = None) -> int:
         while True:
             address = await pick_coordinator(addresses, tls=tls)
             try:
-                async with create_channel(address, tls=tls) as channel:
-                    cli = Cli(cgrpc.CoordinatorStub(channel), args, address)
+                async with create_channel(address, tls=tls) as channel, contextlib.AsyncExitStack() as others:
+                    stub = cgrpc.CoordinatorStub(channel)
+                    cli = Cli(stub, args, address, addresses=addresses, tls=tls, channels=others)
                     command: Callable[[], Awaitable[int]] = getattr(cli, args.command)
                     return await command()
             except grpc.RpcError as exc:
@@ -722,9 +865,34 @@ async def run(argv: Sequence[str] | None = None) -> int:
         err = from_rpc_error(exc)
         if err.reason == "UNREACHABLE":
             err.hint = err.hint or UNREACHABLE_HINT
-        return _report(err, as_json)
+        return _report(err, as_json, one_line=args.command == "top")
     except FerryError as err:
-        return _report(err, as_json)
+        return _report(err, as_json, one_line=args.command == "top")
+
+
+def _broken_watch(exc: grpc.RpcError) -> FerryError | None:
+    """Why a watch broke, when watching again may mend it: its coordinator lost (UNREACHABLE,
+    TIMEOUT; a replica shutting down cancels its calls), its store watch ended (WATCH_FAILED,
+    "watch again"), it cannot read etcd now (STORE_UNAVAILABLE), or gRPC turned the call away
+    (SERVER_BUSY). None for the rest -- a refusal: the migration or drain is unknown, deleted --
+    and for Ctrl-C."""
+    err = from_rpc_error(exc)
+    if _being_cancelled():
+        return None
+    if err.reason in WATCH_AGAIN_REASONS or _code(exc) == grpc.StatusCode.CANCELLED:
+        return err
+    return None
+
+
+def _watch_lost(err: FerryError, what: str, again: str) -> Unavailable:
+    """The watch of ``what`` broke and no try to read it again succeeded (exit 3): it goes on in
+    the coordinator all the same."""
+    answers = err.reason in ANSWERED
+    return Unavailable(
+        f"lost the watch of {what} ({err.reason}: {err.message}); it goes on in the coordinator, not in this command",
+        reason=err.reason if answers else "UNREACHABLE",
+        hint=f"{again} follows it again" + ("" if answers else f" once a coordinator answers; {UNREACHABLE_HINT}"),
+    )
 
 
 def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:

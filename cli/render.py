@@ -6,6 +6,7 @@ figures with rich on a terminal. Phases, job phases and drain states are spelled
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import cast
@@ -21,6 +22,9 @@ FINAL: frozenset[cpb.Phase] = frozenset(
     {cpb.PHASE_SUCCEEDED, cpb.PHASE_FAILED, cpb.PHASE_CANCELLED, cpb.PHASE_ROLLED_BACK}
 )
 IN_FLIGHT: tuple[cpb.Phase, ...] = tuple(cast(cpb.Phase, p) for p in cpb.Phase.values() if p and p not in FINAL)
+DRAIN_FINAL: frozenset[cpb.DrainState] = frozenset(
+    {cpb.DRAIN_STATE_SUCCEEDED, cpb.DRAIN_STATE_INCOMPLETE, cpb.DRAIN_STATE_CANCELLED}
+)
 
 
 def size(n: int) -> str:
@@ -132,11 +136,29 @@ def api_levels(hosts: Sequence[cpb.HostStatus]) -> list[str]:
     ]
 
 
+def cell_width(text: str) -> int:
+    """The columns ``text`` takes on a terminal: two per wide character (East Asian Wide or
+    Fullwidth: CJK, fullwidth forms), none per combining mark, one per other character. (rich
+    measures its own tables so; the plain ones do not import it.)
+
+    >>> cell_width("web-1"), cell_width("虚拟机一号"), cell_width("cafe\u0301"), cell_width("ＡＢ")
+    (5, 10, 4, 4)
+    """
+    return sum(_char_width(ch) for ch in text)
+
+
+def _char_width(ch: str) -> int:
+    if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me"):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain left-aligned text table."""
+    """A plain left-aligned text table, its columns padded by display width (:func:`cell_width`),
+    so a VM named in CJK does not push the rest of its row out of line."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    widths = [max(cell_width(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c + " " * (w - cell_width(c)) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     return "\n".join(lines)
 
 
@@ -392,6 +414,13 @@ def _time(ts: Timestamp) -> str:
     return ts.ToDatetime(tzinfo=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S") if ts.seconds else ""
 
 
+def _clock(ts: Timestamp, *, ms: bool = False) -> str:
+    """A timestamp's time of day in local time, as a record's history and actions list it (like
+    :func:`_time`: the wire's timestamps are UTC, a naive ``ToDatetime()`` would print UTC)."""
+    at = ts.ToDatetime(tzinfo=UTC).astimezone()
+    return at.strftime("%H:%M:%S.%f")[:-3] if ms else at.strftime("%H:%M:%S")
+
+
 def migration_line(m: cpb.Migration) -> list[object]:
     return [
         m.id,
@@ -430,16 +459,36 @@ def shows_progress(m: cpb.Migration) -> bool:
 TOP_HEADERS = ("ID", "VM", "FROM", "TO", "PHASE", "DONE", "RATE", "DIRTY", "LEFT", "ETA", "AGE", "NOTE")
 
 
-def top_row(m: cpb.Migration, now: datetime, previous: tpb.MigrationProgress | None = None) -> list[str]:
+def top_fraction(m: cpb.Migration, previous: tpb.MigrationProgress | None = None, at_least: float = 0.0) -> float:
+    """The share of ``m``'s job ``ferry top`` shows: never less than ``at_least`` (the most it showed
+    of it before) nor than ``previous`` (its progress one refresh ago) had. As ``ferry migrate``'s
+    bar (:func:`progress_bar`): pre-copy's remaining bytes grow again when a pass re-sends the pages
+    the guest dirtied, and a DONE that runs backwards misleads more than one that pauses.
+
+    >>> def m(left): return cpb.Migration(progress=tpb.MigrationProgress(memory_total=100, memory_remaining=left))
+    >>> top_fraction(m(40)), top_fraction(m(40), m(10).progress), top_fraction(m(40), at_least=0.95)
+    (0.6, 0.9, 0.95)
+    """
+    frac = max(fraction(m.progress), at_least)
+    if previous is not None and known(previous):
+        frac = max(frac, fraction(previous))
+    return frac
+
+
+def top_row(
+    m: cpb.Migration, now: datetime, previous: tpb.MigrationProgress | None = None, at_least: float = 0.0
+) -> list[str]:
     """``ferry top``'s figures of one migration, as text (``live.py`` draws the same on a terminal);
-    ``previous``: its progress one refresh ago, to measure the rate libvirt does not report."""
+    ``previous``: its progress one refresh ago, to measure the rate libvirt does not report;
+    ``at_least``: the most of it DONE showed before (:func:`top_fraction`)."""
     figures = ["", "", "", "", ""]
     if shows_progress(m):
         p = m.progress
         rate = transfer_rate(p, previous)
         eta = eta_s(p, rate)
+        done = top_fraction(m, previous, at_least)
         figures = [
-            f"{fraction(p) * 100:.0f}% {job_phase_name(p.phase)}" if known(p) else f"-- {job_phase_name(p.phase)}",
+            f"{done * 100:.0f}% {job_phase_name(p.phase)}" if known(p) else f"-- {job_phase_name(p.phase)}",
             f"{size(rate)}/s" if rate else "",
             f"{size(dirty_rate(p))}/s" if p.dirty_rate_pages else "",
             size(remaining(p)) if known(p) else "",
@@ -468,6 +517,7 @@ def finished_line(m: cpb.Migration) -> str:
 
 
 Previous = Mapping[str, tpb.MigrationProgress]  # migration ID -> its progress one refresh ago
+Shown = Mapping[str, float]  # migration ID -> the most of it ``ferry top`` showed done so far
 
 
 def top_text(
@@ -475,15 +525,32 @@ def top_text(
     finished: Sequence[cpb.Migration],
     now: datetime,
     previous: Previous | None = None,
+    shown: Shown | None = None,
 ) -> str:
     """One refresh of ``ferry top`` as plain lines (when the output is not a terminal)."""
-    previous = previous or {}
+    previous, shown = previous or {}, shown or {}
     lines = [f"--- {now.astimezone().strftime('%Y-%m-%d %H:%M:%S')}  {summary(in_flight)}"]
     if in_flight:
-        lines.append(table(TOP_HEADERS, [top_row(m, now, previous.get(m.id)) for m in in_flight]))
+        rows = [top_row(m, now, previous.get(m.id), shown.get(m.id, 0.0)) for m in in_flight]
+        lines.append(table(TOP_HEADERS, rows))
     if finished:
         lines += ["finished:"] + [f"  {finished_line(m)}" for m in finished]
     return "\n".join(lines)
+
+
+def top_failed(reason: str, message: str) -> str:
+    """A refresh of ``ferry top`` that failed (the coordinator restarting, a replica failing over):
+    top says so and goes on refreshing.
+
+    >>> top_failed("UNREACHABLE", "Socket closed")
+    'refresh failed: UNREACHABLE: Socket closed (trying again)'
+    """
+    return f"refresh failed: {reason}: {message} (trying again)"
+
+
+def top_failed_text(reason: str, message: str, now: datetime) -> str:
+    """A failed refresh as plain lines: a block of its own, as :func:`top_text` begins one."""
+    return f"--- {now.astimezone().strftime('%Y-%m-%d %H:%M:%S')}  {top_failed(reason, message)}"
 
 
 def summary(in_flight: Sequence[cpb.Migration]) -> str:
@@ -530,11 +597,11 @@ def migration_detail(m: cpb.Migration) -> str:
     if m.actions:
         lines.append("  Actions:")
         for a in m.actions:
-            at = a.at.ToDatetime().strftime("%H:%M:%S") if a.at.seconds else "--:--:--"
+            at = _clock(a.at) if a.at.seconds else "--:--:--"
             lines.append(f"    {at}  {a.action:<16} {a.reason}" + (f"  [{a.by}]" if a.by else ""))
     lines.append("  History:")
     for h in m.history:
-        at = h.at.ToDatetime(tzinfo=UTC).astimezone().strftime("%H:%M:%S.%f")[:-3]
+        at = _clock(h.at, ms=True)
         lines.append(f"    {at}  {label(h.phase):<12} {h.reason}")
     return "\n".join(lines)
 
@@ -643,7 +710,7 @@ DRAIN_HEADERS = ("ID", "HOST", "STATE", "MOVED", "FAILED", "MIGRATING", "ETA", "
 
 
 def drain_line(d: cpb.Drain) -> list[object]:
-    final = d.state in (cpb.DRAIN_STATE_SUCCEEDED, cpb.DRAIN_STATE_INCOMPLETE, cpb.DRAIN_STATE_CANCELLED)
+    final = d.state in DRAIN_FINAL
     return [
         d.id,
         d.host,
@@ -652,7 +719,7 @@ def drain_line(d: cpb.Drain) -> list[object]:
         d.vms_failed,
         d.vms_migrating,
         "" if final else duration(d.eta_s),
-        d.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if d.created_at.seconds else "",
+        _time(d.created_at),
     ]
 
 
@@ -718,6 +785,6 @@ def _drain_history(d: cpb.Drain) -> list[str]:
         return []
     lines = ["", "History:"]
     for h in d.history:
-        at = h.at.ToDatetime().strftime("%H:%M:%S.%f")[:-3]
+        at = _clock(h.at, ms=True)
         lines.append(f"  {at}  {drain_state_name(h.state):<11} {h.reason}")
     return lines

@@ -7,10 +7,12 @@ on and exits 130. (The schema against the protobuf messages and the page: tests/
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,13 @@ import grpc
 import jsonschema
 import pytest
 from coordinator_setup import Setup
+from google.protobuf.message import Message
 
 from ferry.cli import main as cli
+from ferry.cli import render
 from ferry.coordinator.phases import Phase
+from ferry.errors import FerryError, NotFound, PermissionDenied, Unavailable
+from ferry.rpc import Tls, to_status
 from ferry.v1 import coordinator_pb2 as cpb
 from ferry.v1 import coordinator_pb2_grpc as cgrpc
 from ferry.v1 import types_pb2 as tpb
@@ -291,3 +297,241 @@ async def test_a_busy_coordinator_is_asked_again_after_a_pause(busy, code, capsy
     else:  # given up after four pauses; the error says what to do
         assert standin.calls == 5
         assert out["error"]["reason"] == "SERVER_BUSY" and "retry in a few seconds" in out["error"]["hint"]
+
+
+# ---------------------------------------------------------------- a coordinator that restarts, a watch that breaks
+
+# a step of a stand-in's stream: a record to send, or how the stream breaks -- a status without a Ferry error
+# (a coordinator gone: UNAVAILABLE "Socket closed"), a Ferry error (its store watch ended: WATCH_FAILED), or
+# None: the stream ends before the record is final
+Step = cpb.Migration | cpb.Drain | grpc.StatusCode | FerryError | None
+
+WATCH_FAILED = Unavailable("the migration watch ended", reason="WATCH_FAILED", hint="watch again")
+
+
+class _StandIn(cgrpc.CoordinatorServicer):
+    """A coordinator stand-in over real gRPC, for what `ferry` does when a call or a watch of it
+    breaks. GetMigration/GetDrain answer ``migration``/``drain`` (``lost``: UNAVAILABLE, as a
+    coordinator gone); each WatchMigration/WatchDrain streams the next of ``watches`` (then the
+    record alone); ListMigrations (`ferry top`) fails its calls numbered in ``failing``."""
+
+    def __init__(self, *watches: list[Step], phase: int = cpb.PHASE_SUCCEEDED) -> None:
+        self.migration = cpb.Migration(id="m-1", vm="g1", source_host="h1", target_host="h2", phase=phase)
+        self.drain = cpb.Drain(id="d-1", host="h1", state=cpb.DRAIN_STATE_SUCCEEDED, vms_total=1, vms_moved=1)
+        self.watches = list(watches)
+        self.lost = False
+        self.failing: dict[int, grpc.StatusCode | FerryError] = {}
+        self.calls: dict[str, int] = {}
+
+    def _count(self, name: str) -> int:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        return self.calls[name]
+
+    @staticmethod
+    async def _fail(context: grpc.aio.ServicerContext, how: grpc.StatusCode | FerryError) -> None:
+        if isinstance(how, FerryError):
+            await context.abort_with_status(to_status(how))
+        await context.abort(how, "Socket closed")
+
+    async def _get(self, name: str, record: Message, context: grpc.aio.ServicerContext) -> Any:
+        self._count(name)
+        if self.lost:
+            await self._fail(context, grpc.StatusCode.UNAVAILABLE)
+        return record
+
+    async def _watch(self, name: str, record: Message, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        self._count(name)
+        for step in self.watches.pop(0) if self.watches else [record]:
+            if step is None:
+                return
+            if isinstance(step, grpc.StatusCode | FerryError):
+                await self._fail(context, step)
+            yield step
+            await asyncio.sleep(0.01)
+
+    async def GetMigration(self, request, context):  # noqa: N802 - gRPC's names
+        return await self._get("GetMigration", self.migration, context)
+
+    async def GetDrain(self, request, context):  # noqa: N802
+        return await self._get("GetDrain", self.drain, context)
+
+    async def WatchMigration(self, request, context):  # noqa: N802
+        async for m in self._watch("WatchMigration", self.migration, context):
+            yield m
+
+    async def WatchDrain(self, request, context):  # noqa: N802
+        async for d in self._watch("WatchDrain", self.drain, context):
+            yield d
+
+    async def SubmitMigration(self, request, context):  # noqa: N802
+        return cpb.Migration(id="m-1", vm=request.vm, phase=cpb.PHASE_PENDING, source_host="h1", target_host="h2")
+
+    async def SubmitDrain(self, request, context):  # noqa: N802
+        return cpb.Drain(id="d-1", host=request.host, state=cpb.DRAIN_STATE_RUNNING, vms_total=1)
+
+    async def ListMigrations(self, request, context):  # noqa: N802
+        if (how := self.failing.get(self._count("ListMigrations"))) is not None:
+            await self._fail(context, how)
+        in_flight = cpb.PHASE_MIGRATING in request.phases
+        return cpb.ListMigrationsResponse(migrations=[self.migration] if in_flight else [])
+
+
+@contextlib.asynccontextmanager
+async def serving_standin(standin: _StandIn) -> AsyncIterator[str]:
+    server = grpc.aio.server()
+    cgrpc.add_CoordinatorServicer_to_server(standin, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(None)
+
+
+MIGRATING = cpb.Migration(
+    id="m-1",
+    vm="g1",
+    phase=cpb.PHASE_MIGRATING,
+    progress=tpb.MigrationProgress(memory_total=100, memory_processed=100, memory_remaining=0),
+)
+
+
+@pytest.fixture
+def quick_watch_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "WATCH_AGAIN_S", (0.0, 0.01, 0.01))
+
+
+@pytest.mark.parametrize("command", [("migrate", "g1", "--to", "h2"), ("migrations", "watch", "m-1")])
+@pytest.mark.parametrize("broken", [grpc.StatusCode.UNAVAILABLE, WATCH_FAILED, None], ids=["lost", "failed", "ended"])
+@pytest.mark.parametrize(("phase", "code"), [(cpb.PHASE_SUCCEEDED, 0), (cpb.PHASE_ROLLED_BACK, 1)], ids=["ok", "not"])
+async def test_a_watch_broken_as_the_migration_ends_reads_the_record_again_and_exits_by_it(
+    capsys, quick_watch_again, command, broken, phase, code
+):
+    """The coordinator restarted (or its store watch ended) right as the migration ended: `ferry
+    migrate` exited 3, "UNREACHABLE: ... is the coordinator running?", the coordinator answering."""
+    standin = _StandIn([MIGRATING, broken], phase=phase)
+    async with serving_standin(standin) as address:
+        got = await cli.run(["--insecure", "--coordinator", address, *command])
+    out, err = capsys.readouterr()
+    assert got == code, (out, err)
+    why = "UNREACHABLE: Socket closed" if broken == grpc.StatusCode.UNAVAILABLE else ""
+    if broken is WATCH_FAILED:
+        why = "WATCH_FAILED: the migration watch ended"
+    elif broken is None:
+        why = "WATCH_ENDED: the watch of migration m-1 ended before it did"
+    assert f"  the watch of migration m-1 broke ({why}); reading it again\n" in out
+    assert f"Phase:     {render.phase_name(phase)}" in out and err == ""
+    assert standin.calls["WatchMigration"] == 1  # the record read again is final: no watch again
+
+
+async def test_a_watch_broken_midway_is_watched_again_until_the_record_is_final(capsys, quick_watch_again):
+    done = cpb.Migration(id="m-1", vm="g1", phase=cpb.PHASE_SUCCEEDED, result=tpb.CompletedJob(time_elapsed_ms=900))
+    standin = _StandIn([MIGRATING, grpc.StatusCode.UNAVAILABLE], [MIGRATING, WATCH_FAILED], [MIGRATING, done])
+    standin.migration = MIGRATING  # not final when read again
+    async with serving_standin(standin) as address:
+        got = await cli.run(["--insecure", "--coordinator", address, "-o", "json", "migrations", "watch", "m-1"])
+    final = json.loads(capsys.readouterr().out)
+    assert got == 0 and final["phase"] == "succeeded" and final["result"]["time_elapsed_ms"] == 900
+    validate("Migration", final)
+    assert standin.calls == {"GetMigration": 3, "WatchMigration": 3}  # the selection, then once per break
+
+
+async def test_no_coordinator_after_the_watch_broke_exits_3_saying_the_migration_goes_on(capsys, quick_watch_again):
+    standin = _StandIn([MIGRATING, grpc.StatusCode.UNAVAILABLE])
+    standin.lost = True  # the coordinator went away with the watch
+    async with serving_standin(standin) as address:
+        got = await cli.run(["--insecure", "--coordinator", address, "migrate", "g1", "--to", "h2"])
+    err = capsys.readouterr().err
+    assert got == 3 and standin.calls["GetMigration"] == 3  # once per pause, then given up
+    assert "ferry: UNREACHABLE: lost the watch of migration m-1 (UNREACHABLE: Socket closed); it goes on in the" in err
+    assert "fix: `ferry migrations watch m-1` follows it again once a coordinator answers; is the" in err
+
+
+async def test_a_watch_refused_is_not_watched_again(capsys, quick_watch_again):
+    standin = _StandIn([MIGRATING, NotFound("migration m-1 was deleted", reason="MIGRATION_DELETED")])
+    async with serving_standin(standin) as address:
+        got = await cli.run(["--insecure", "--coordinator", address, "-o", "json", "migrate", "g1", "--to", "h2"])
+    out = json.loads(capsys.readouterr().out)
+    assert got == 2 and out["error"]["reason"] == "MIGRATION_DELETED" and "GetMigration" not in standin.calls
+
+
+async def test_a_watch_lost_with_its_coordinator_goes_on_from_another(capsys, monkeypatch, quick_watch_again):
+    lost, other = _StandIn([MIGRATING, grpc.StatusCode.UNAVAILABLE]), _StandIn()
+    lost.lost = True
+    async with serving_standin(lost) as first, serving_standin(other) as second:
+        picks: list[str] = []
+
+        async def pick(addresses: Sequence[str], timeout_s: float = 2.0, tls: Tls | None = None) -> str:
+            picks.append(first if not picks else second)  # the first answers at the start only
+            return picks[-1]
+
+        monkeypatch.setattr(cli, "pick_coordinator", pick)
+        got = await cli.run(["--insecure", "--coordinator", f"{first},{second}", "migrate", "g1", "--to", "h2"])
+    out, err = capsys.readouterr()
+    assert got == 0 and "Phase:     succeeded" in out, (out, err)
+    assert f"  following migration m-1 from the coordinator at {second}\n" in out
+    assert other.calls == {"GetMigration": 1}  # read there, final: nothing to watch
+
+
+@pytest.mark.parametrize("command", [("drain", "h1"), ("drains", "watch", "d-1")])
+async def test_a_drains_watch_broken_reads_the_drain_again_too(capsys, quick_watch_again, command):
+    running = cpb.Drain(id="d-1", host="h1", state=cpb.DRAIN_STATE_RUNNING, vms_total=1)
+    standin = _StandIn([running, grpc.StatusCode.UNAVAILABLE])
+    async with serving_standin(standin) as address:
+        got = await cli.run(["--insecure", "--coordinator", address, "-o", "json", *command])
+    final = json.loads(capsys.readouterr().out)
+    assert got == 0 and final["state"] == "succeeded" and standin.calls == {"WatchDrain": 1, "GetDrain": 1}
+
+
+TOP = ("top", "--insecure", "--interval", "0.01", "--finished", "0")
+
+
+@pytest.mark.parametrize(("failing", "code"), [({2}, 0), ({3}, 3)])
+async def test_top_goes_on_after_a_failed_refresh_each_line_one_json_object(capsys, failing, code):
+    """A refresh lost to a coordinator restarting ended `ferry top` (exit 3), its error object
+    printed over several lines in what is documented as JSON Lines."""
+    standin = _StandIn(phase=cpb.PHASE_MIGRATING)
+    standin.failing = dict.fromkeys(failing, grpc.StatusCode.UNAVAILABLE)
+    async with serving_standin(standin) as address:
+        got = await cli.run([*TOP, "--coordinator", address, "-o", "json", "--iterations", "3"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert got == code and len(lines) == 3  # exit 3 only when the last refresh failed
+    for n, line in enumerate(lines, 1):
+        validate("error" if n in failing else "top", line)
+    [failed] = [lines[n - 1] for n in failing]
+    assert failed["error"]["reason"] == "UNREACHABLE" and failed["error"]["code"] == "UNAVAILABLE"
+
+
+async def test_top_in_plain_lines_says_a_refresh_failed_and_goes_on(capsys):
+    standin = _StandIn(phase=cpb.PHASE_MIGRATING)
+    standin.failing = {1: grpc.StatusCode.UNAVAILABLE}
+    async with serving_standin(standin) as address:
+        got = await cli.run([*TOP, "--coordinator", address, "--iterations", "2"])
+    blocks = [b for b in capsys.readouterr().out.split("--- ") if b.strip()]
+    assert got == 0 and len(blocks) == 2
+    assert blocks[0].splitlines()[0].endswith("  refresh failed: UNREACHABLE: Socket closed (trying again)")
+    assert blocks[1].splitlines()[0].endswith("1 migrating")
+
+
+async def test_top_refused_ends_with_one_line_of_json(capsys):
+    standin = _StandIn(phase=cpb.PHASE_MIGRATING)
+    standin.failing = {2: PermissionDenied("not for this identity", reason="NOT_ALLOWED")}
+    async with serving_standin(standin) as address:
+        got = await cli.run([*TOP, "--coordinator", address, "-o", "json"])  # until Ctrl-C, but refused
+    lines = capsys.readouterr().out.splitlines()
+    assert got == 2 and len(lines) == 2 and json.loads(lines[1])["error"]["reason"] == "NOT_ALLOWED"
+
+
+async def test_top_goes_on_from_another_coordinator_when_its_own_is_lost(capsys, monkeypatch):
+    lost, other = _StandIn(), _StandIn(phase=cpb.PHASE_MIGRATING)
+    lost.failing = dict.fromkeys(range(1, 10), grpc.StatusCode.UNAVAILABLE)
+    async with serving_standin(lost) as first, serving_standin(other) as second:
+
+        async def pick(addresses: Sequence[str], timeout_s: float = 2.0, tls: Tls | None = None) -> str:
+            return second if lost.calls else first
+
+        monkeypatch.setattr(cli, "pick_coordinator", pick)
+        got = await cli.run([*TOP, "--coordinator", f"{first},{second}", "-o", "json", "--iterations", "3"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert got == 0 and [sorted(line) for line in lines] == [["error"]] + [["at", "finished", "in_flight"]] * 2
+    assert lost.calls == {"ListMigrations": 1} and other.calls == {"ListMigrations": 2}

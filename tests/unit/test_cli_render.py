@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -230,3 +231,66 @@ def test_a_drain_of_an_empty_host_says_there_is_nothing_to_move(dry_run):
     assert "Nothing to move: host3 runs no VM" in text
     assert ("the drain would only cordon it" in text) is dry_run
     assert "Estimated" not in text and "VM  STATE" not in text
+
+
+def test_top_done_never_runs_backwards_as_a_new_precopy_pass_starts():
+    """Pre-copy's remaining bytes grow again as a pass re-sends the pages the guest dirtied: top's
+    DONE ran backwards (90% -> 61%) where `ferry migrate`'s bar holds."""
+    figures = dict(job_phase=tpb.MIGRATION_PHASE_PRECOPY, memory_total=1024 * MiB, bandwidth_bps=100 * MiB)
+    first = migration("m-1", cpb.PHASE_MIGRATING, **figures, memory_remaining=100 * MiB, elapsed_ms=9000)
+    second = migration("m-1", cpb.PHASE_MIGRATING, **figures, memory_remaining=400 * MiB, elapsed_ms=10000)
+    third = migration("m-1", cpb.PHASE_MIGRATING, **figures, memory_remaining=300 * MiB, elapsed_ms=11000)
+    assert render.top_row(first, NOW)[5] == "90% precopy" and render.top_row(second, NOW)[5] == "61% precopy"
+    assert render.top_row(second, NOW, first.progress)[5] == "90% precopy"  # the refresh before
+    # two refreshes on, the one before says 61%: the most shown so far, as `ferry top` keeps it
+    assert render.top_row(third, NOW, second.progress)[5] == "71% precopy"
+    assert render.top_row(third, NOW, second.progress, at_least=0.9)[5] == "90% precopy"
+    assert "90% precopy" in render.top_text([third], [], NOW, {"m-1": second.progress}, {"m-1": 0.9})
+    view = _draw(live.top_view([third], [], NOW, "c1", {"m-1": second.progress}, {"m-1": 0.9}), no_color=True)
+    assert "90% precopy" in view
+
+
+def test_a_failed_refresh_of_top_is_a_status_line_under_the_last_figures():
+    problem = "10:00:31  " + render.top_failed("UNREACHABLE", "Socket closed")
+    out = re.sub(r"\x1b\[[0-9;]*m", "", _draw(live.top_view([RUNNING], [], NOW, "c1", problem=problem), no_color=True))
+    assert "75% precopy" in out and out.splitlines()[-1] == problem  # under the figures of the last refresh
+    never = _draw(live.top_view([], [], NOW, "c1", problem=problem, summary="no answer yet"), no_color=True)
+    assert "no answer yet" in never and "nothing in flight" not in never
+    plain = render.top_failed_text("UNREACHABLE", "Socket closed", NOW)
+    assert plain.startswith("--- ") and plain.endswith("  refresh failed: UNREACHABLE: Socket closed (trying again)")
+
+
+def test_plain_tables_line_up_by_display_width():
+    """A VM named in CJK (two columns a character) pushed the rest of its row out of line."""
+    rows = [["虚拟机一号", "host1", "running"], ["web-1", "host2", "running"], ["cafe\u0301", "host3", "ｆｕｌｌ"]]
+    lines = render.table(("VM", "HOST", "STATE"), rows).splitlines()
+    assert [render.cell_width(line[: line.index("host")]) for line in lines[1:]] == [12, 12, 12]
+    assert lines[0] == "VM          HOST   STATE" and lines[3] == "cafe\u0301        host3  ｆｕｌｌ"
+
+
+@pytest.fixture
+def tokyo(monkeypatch):
+    """Local time 9 hours ahead of UTC, whatever this test runs in."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_every_time_in_the_tables_is_local(tokyo):
+    """`ferry drains` CREATED, a drain's history and a migration's actions printed UTC (naive
+    ToDatetime()) beside the local times of `ferry migrations` and a migration's history."""
+    at = {"seconds": 1_764_064_800}  # 2025-11-25 10:00:00 UTC, 19:00 in Tokyo
+    m = cpb.Migration(
+        id="m-1",
+        created_at=at,
+        actions=[tpb.PolicyAction(action="raise-downtime", at=at)],
+        history=[tpb.TimedPhase(phase="Migrating", at=at)],
+    )
+    d = cpb.Drain(id="d-1", created_at=at, items=[cpb.DrainItem(vm="a")], history=[cpb.DrainChange(at=at)])
+    assert render.migration_line(m)[-1] == render.drain_line(d)[-1] == "2025-11-25 19:00:00"
+    detail = render.migration_detail(m)
+    assert "    19:00:00  raise-downtime" in detail and "    19:00:00.000  migrating" in detail
+    assert "  19:00:00.000  unspecified" in render.drain_detail(d)
+    assert "10:00" not in detail + render.drain_detail(d)
