@@ -15,6 +15,14 @@ Operators reach a running migration through its ``Control`` (the servicer's Tune
 force-complete request (the loop carries it out as a policy step and reports it), a max downtime
 they set (the ladder goes on above it only), a switch to post-copy they made.
 
+An abort that came before libvirt showed the job (the servicer's AbortMigration found none to
+abort: libvirt registers the job a moment after the migrate call reaches it, and the call may wait
+on the target before that) is on the ``Control`` too: the job must not run. Before the migrate
+call the loop does not make it; after, it ends at once with Aborted (MIGRATION_ABORTED) and leaves
+a watcher that aborts the job as soon as libvirt shows it, until the call ended (libvirt honours an
+abort before QEMU's migration starts). So a caller that saw the abort answered and the stream end
+with no job running can count on the guest staying where it is.
+
 Post-copy recovery: when the link breaks during post-copy, libvirt marks the source "paused
 (post-copy failed)" (the guest waits, paused, on the target). The loop then probes the target
 and, once it answers, repeats the migrate call with libvirt's post-copy recovery flag, until it
@@ -92,6 +100,9 @@ class DriverPolicy:
     # timeout per GiB and its minimum, the stall rule
     defaults: ConvergencePolicy = ConvergencePolicy()
     abort_wait_s: float = 60.0  # after our abort, how long the job may take to end
+    # an abort that came before the job showed: how often the job is looked for, to abort it as it
+    # starts (at most the progress interval); a job takes longer than this from its start to its end
+    abort_poll_s: float = 0.02
     call_margin_s: float = 60.0  # hard limit of the migrate call beyond the completion timeout
     postcopy_recovery_s: float = 900.0  # how long a broken post-copy is resumed before giving up
     resume_backoff_s: tuple[float, ...] = (1.0, 2.0, 3.0)  # between resume attempts (the last repeats)
@@ -135,6 +146,10 @@ class Control:
     # abort did not end the job in time): the job's end, True when the migration completed (the
     # guest runs on the target), False when it failed; cancelled when nobody can tell
     left_running: asyncio.Future[bool] | None = None
+    # set by the servicer's AbortMigration (before it asks libvirt to abort): acted on by the loop
+    # only while it has seen no job of this migration (the abort found none: see the module
+    # docstring); a job the loop saw is libvirt's to abort
+    abort_requested: bool = False
 
 
 Event = MigrationProgress | PolicyAction | MigrationResult
@@ -275,6 +290,8 @@ class MigrationDriver:
                 name=f"{'resume ' if resume else ''}migrate {domain.name}",
             )
 
+        if control.abort_requested:  # aborted before it started: it never starts
+            raise _aborted_before_start(domain.name)
         first = migrate(False)
         calls: set[asyncio.Task[None]] = {first}  # migrate calls in flight (the first, a resume)
         recovery: Recovery | None = None  # a broken post-copy being resumed
@@ -284,6 +301,7 @@ class MigrationDriver:
         )
         last_stats = JobStats()
         poll: asyncio.Task[JobStats | None] | None = None
+        guarded = False  # aborted before the job showed: a watcher aborts it once it does
         try:
             yield progress
             while True:
@@ -305,6 +323,13 @@ class MigrationDriver:
                     if note is not None:
                         yield note
                 watch = _apply_control(policy, watch, control)
+                if control.abort_requested and not last_stats.active and not watch.postcopy_started:
+                    # an abort came and no poll has seen the job: it has not started, or just did
+                    # (then the abort itself found it). It must not run: end now, the call's job
+                    # aborted as soon as libvirt shows it.
+                    guarded = True
+                    self._abort_once_started(domain, calls, interval)
+                    raise _aborted_before_start(domain.name)
                 # a statistics call may block (libvirt holds the domain's job lock for a
                 # while during a disk mirror): never let it hide the end of the job
                 poll = asyncio.create_task(self._poll(domain.uuid))
@@ -394,6 +419,12 @@ class MigrationDriver:
                     log.info(
                         "the first migrate call of %s still waits on the target; left to end by itself", domain.name
                     )
+                elif guarded:
+                    log.info(
+                        "the migration of %s was aborted before its job started; its migrate call is still out: "
+                        "the job is aborted as soon as libvirt shows it",
+                        domain.name,
+                    )
                 else:
                     log.warning(
                         "no longer watching the migration of %s (%s) to %s (call ended or cancelled); "
@@ -421,6 +452,27 @@ class MigrationDriver:
             "nothing" if state is None else f"{state.name.lower()}{', defined' if defined else ''}",
         )
         yield MigrationResult(job=job, source_state=state, source_defined=defined)
+
+    def _abort_once_started(self, domain: DomainInfo, calls: set[asyncio.Task[None]], interval: float) -> None:
+        """The watcher of a migration aborted before its job showed (the module docstring): while
+        its migrate ``calls`` are out, look for the job every ``abort_poll_s`` (at most
+        ``interval``) and abort it once libvirt shows it (again after a refusal)."""
+        pending = tuple(calls)
+        poll_s = min(interval, self._policy.abort_poll_s)
+
+        async def watch() -> None:
+            aborted = False
+            while not all(t.done() for t in pending):
+                stats = None if aborted else await self._poll(domain.uuid)
+                if stats is not None and stats.active:
+                    try:
+                        aborted = await self._hv.abort_job(domain.uuid)
+                        log.info("the job of %s, aborted before it started, showed: aborting it", domain.name)
+                    except FerryError as exc:
+                        log.warning("cannot abort the job of %s as it starts: %s: %s", domain.name, exc.reason, exc)
+                await asyncio.wait(pending, timeout=poll_s)
+
+        _in_background(watch())
 
     # ------------------------------------------------------------------ post-copy recovery
 
@@ -751,6 +803,14 @@ async def _to_the_end(work: Coroutine[object, object, None]) -> None:
     """Await ``work``; a caller cancelled meanwhile does not stop it (it runs to its end in the
     background, the cancellation goes on up). For what must not be left half done: a resume."""
     await asyncio.shield(_in_background(work))
+
+
+def _aborted_before_start(name: str) -> Aborted:
+    return Aborted(
+        f"the migration of {name} was aborted before its job started",
+        reason="MIGRATION_ABORTED",
+        hint="nothing moved; migrate again when wanted",
+    )
 
 
 def _calls_ended(calls: Iterable[asyncio.Task[None]]) -> bool | None:

@@ -32,7 +32,7 @@ from ferry.agent.source_disks import SourceDisks
 from ferry.agent.source_records import SourceRecords
 from ferry.agent.targets import MigrationTargets
 from ferry.diskplan import copy_allocation, plan_disks
-from ferry.errors import FailedPrecondition, FerryError, InvalidArgument, clip
+from ferry.errors import FailedPrecondition, FerryError, InvalidArgument, NotFound, clip
 from ferry.identity import Role
 from ferry.model import (
     DiskPlan,
@@ -352,13 +352,33 @@ class AgentServicer(agrpc.AgentServicer):
                 # the driver stopped watching a job still running: its end is recorded when it comes
                 self.source_disks.migration_left_running(migration_id, control.left_running)
 
+    async def _control_of(self, name: str) -> Control | None:
+        """The Control of the Migrate that streams here for the domain ``name`` (or UUID), if any."""
+        if not self._controls:
+            return None
+        control = self._controls.get(name)
+        if control is None:
+            with contextlib.suppress(NotFound):
+                control = self._controls.get((await self.hypervisor.get_domain(name)).uuid)
+        return control
+
     @rpc_method
     async def AbortMigration(self, request: apb.AbortMigrationRequest, context: Context) -> apb.AbortMigrationResponse:
+        """Abort the domain's migration job. A Migrate of it streaming here whose job libvirt does
+        not show yet (it registers it a moment after the call) is told first (``Control``): its job
+        never runs, so an abort answered while no job shows cannot be followed by the guest moving.
+        ``aborted``: a job was aborted, or such a Migrate was."""
         name = _domain_ref(request.domain)
         await self.fence.admit(_term(request.leader_term), "AbortMigration")
+        control = await self._control_of(name)
+        if control is not None:  # before libvirt's abort: a job that shows meanwhile is aborted either way
+            control.abort_requested = True
         aborted = await self.hypervisor.abort_job(name)
-        log.info("abort of the job of %s requested: %s", name, "aborting" if aborted else "no job running")
-        return apb.AbortMigrationResponse(aborted=aborted)
+        if not aborted and control is not None:
+            log.info("abort of the migration of %s requested: its job has not started; it will not run", name)
+        else:
+            log.info("abort of the job of %s requested: %s", name, "aborting" if aborted else "no job running")
+        return apb.AbortMigrationResponse(aborted=aborted or control is not None)
 
     @rpc_method
     async def TuneMigration(self, request: apb.TuneMigrationRequest, context: Context) -> apb.TuneMigrationResponse:

@@ -20,6 +20,9 @@ through ``emit`` (called once or more, never raising). The rules, from ``decide`
   migration's id; an already removed one counts as cleaned;
 * CommitTarget with ``require_landed`` that the target refuses (NOT_LANDED: the guest did not land
   there) reports the Placement observed instead;
+* KeepTarget: the target's CommitIncoming without the landing check, nothing else (the source's
+  disks stay); its failure, an unreachable target too, is ``StepFailed`` (``KEEP_STEP``): the
+  record is final by then, ``decide`` notes it there;
 * CommitTarget on an unknown prepare counts as committed. Once the target committed a migration
   that copied disks, the source's copies are garbage (and in the way of a migration back): the
   source's RemoveSourceDisks removes them, best effort -- what became of them is a note in the
@@ -65,6 +68,8 @@ from ferry.registry import HostDirectory, migrate_uri_for
 from .agent_client import agent_lost, transport_failure
 from .bandwidth import alone, no_budget
 from .events import (
+    COMMIT_STEP,
+    KEEP_STEP,
     AbortMigration,
     Action,
     AgentLost,
@@ -73,6 +78,7 @@ from .events import (
     CommitTarget,
     Committed,
     Event,
+    KeepTarget,
     MigrationEnded,
     ObservePlacement,
     Placement,
@@ -203,6 +209,10 @@ class Actions:
                 emit(await self.cleanup(r, ids, discard_incoming=discard))
             case CommitTarget(prepare_id=pid, require_landed=landed):
                 emit(await self.commit(r, pid, require_landed=landed))
+            case KeepTarget(prepare_id=pid):
+                failed = await self.keep(r, pid)
+                if failed is not None:
+                    emit(failed)
 
     # ------------------------------------------------------------------ before the target is touched
 
@@ -508,7 +518,7 @@ class Actions:
             try:
                 client = self._client(r.target_host)
             except FerryError as err:
-                return self._failed(r.target_host, "commit the target", err)
+                return self._failed(r.target_host, COMMIT_STEP, err)
             try:
                 await client.commit_incoming(prepare_id, require_landed=require_landed, leader_term=self.term)
             except NotFound:
@@ -517,9 +527,38 @@ class Actions:
                 if require_landed and err.reason == NOT_LANDED:
                     log.info("migration %s: %s; observing the placement", r.id, err.message)
                     return await self.placement(r)
-                return self._failed(r.target_host, "commit the target", err)
+                return self._failed(r.target_host, COMMIT_STEP, err)
         note, source_lost = await self.remove_source_disks(r)
         return Committed(note, await self.completed_job(r), source_lost=source_lost)
+
+    async def keep(self, r: MigrationRecord, prepare_id: str) -> Event | None:
+        """KeepTarget: the target's CommitIncoming without the landing check, so that its agent
+        forgets the prepare and leaves its images for an operator; None once done (or when the
+        prepare is gone already: nothing can be done about it then)."""
+        step = f"{KEEP_STEP} on {r.target_host}"
+        try:
+            await self._client(r.target_host).commit_incoming(prepare_id, leader_term=self.term)
+        except NotFound:
+            log.warning("migration %s: prepare %s is no longer on %s: nothing to keep", r.id, prepare_id, r.target_host)
+            return None
+        except FerryError as err:
+            log.error(
+                "migration %s: cannot have %s keep the images of prepare %s (%s: %s): its sweep removes them once "
+                "it expires",
+                r.id,
+                r.target_host,
+                prepare_id,
+                err.reason,
+                err,
+            )
+            return StepFailed(step, Problem.of(err))
+        log.info(
+            "migration %s: prepare %s committed on %s: its images are kept for an operator",
+            r.id,
+            prepare_id,
+            r.target_host,
+        )
+        return None
 
     async def completed_job(self, r: MigrationRecord) -> CompletedJob | None:
         """The target's completed job for a record without a result (best effort; None if unknown)."""

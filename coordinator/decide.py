@@ -21,7 +21,17 @@ Where the guest is decides what happens after a migration job ended, never an er
     on both    job active: abort it (executing on both while a job runs can only be pre-copy,
                where the source holds the authoritative state and libvirt then stops the
                target's incoming copy); no job: Failed VM_ON_TWO_HOSTS, nothing removed
-    nowhere    Failed VM_NOT_RUNNING, nothing removed (the target may hold the newest disks)
+    nowhere    Failed VM_NOT_RUNNING, nothing removed (the target may hold the newest disks:
+               it keeps them, ``KeepTarget``)
+
+"On source" has two exceptions, in every phase. After the job switched to post-copy
+(``record.postcopy_reached``) it means the job broke after the switch-over with the target's copy
+gone: the source holds the guest paused, its memory split, and the target's images hold what it
+wrote since: Failed POSTCOPY_FAILED, nothing removed, the target keeps its copies (``KeepTarget``:
+a failure whose hint says they are kept makes the target's agent keep them, else its sweep removes
+an expired prepare whose domain is not there). And while this leader's Migrate call has not ended
+(``Placement.migrate_call_open``) libvirt's job may yet start: observe again (RollingBack: abort
+again), nothing removed, the rollback not ended.
 
 A job the source reports completed (Migrating, online) skips the first observation: the target
 commits only if the guest landed there (``CommitTarget(require_landed=True)``), and if it did not,
@@ -51,7 +61,9 @@ are in the way of a migration back). A source that cannot be reached for it
 (``Committed(source_lost=True)``) is waited for the same way, the record kept in Finishing with
 ``committed_at``; its answer leads to the commit (a no-op now) and the removal again. After
 ``agent_lost_s`` the record succeeds all the same, noting SOURCE_DISKS_LEFT with the paths: the
-guest runs on the target.
+guest runs on the target. A commit that keeps failing (the target answers, with an error) fails
+the record after ``max_retries`` with COMMIT_FAILED, naming the prepare and the source's copied
+disks left (removed only after a commit).
 """
 
 from __future__ import annotations
@@ -68,10 +80,13 @@ from ferry.model import (
     MigrationPhase,
     MigrationProgress,
     Problem,
+    StorageMode,
     disk_bytes_copied,
 )
 
 from .events import (
+    COMMIT_STEP,
+    KEEP_STEP,
     AbortMigration,
     Action,
     Admitted,
@@ -83,6 +98,7 @@ from .events import (
     Committed,
     Decision,
     Event,
+    KeepTarget,
     MigrationEnded,
     ObservePlacement,
     Placement,
@@ -101,7 +117,16 @@ from .events import (
     WatchJob,
 )
 from .phases import Phase, Timeouts, probe_delay_s, retry_delay_s
-from .record import MigrationRecord, evolve, note, too_late_to_cancel, with_action, with_phase, with_retry
+from .record import (
+    MigrationRecord,
+    evolve,
+    note,
+    postcopy_reached,
+    too_late_to_cancel,
+    with_action,
+    with_phase,
+    with_retry,
+)
 
 # --- where the guest is --------------------------------------------------------------------------
 
@@ -296,6 +321,15 @@ def _final(c: Ctx, event: Event) -> Decision:
         return c.keep(
             f"late prepare {event.prepare_id} of a {r.phase.name} migration; removing it",
             CleanupTarget((event.prepare_id,)),
+        )
+    if isinstance(event, StepFailed) and r.phase is Phase.FAILED and event.step.startswith(KEEP_STEP):
+        # the record said the target's copies are kept: say they may not be
+        e = event.error
+        return c.noted(
+            f"{event.step} failed: {e.reason}: {e.message}; prepare {r.prepare_id or '?'} is still a prepare there, "
+            f"which its agent's sweep removes once it expires: copy its images away first (or retry: CommitIncoming "
+            f"{r.prepare_id or '?'} on {r.target_host})",
+            f"{event.step} failed ({e.reason}); noted",
         )
     return Decision(r, (), f"ignored: {type(event).__name__}, the migration is final ({r.phase.name})")
 
@@ -764,7 +798,9 @@ def _retry_or_fail(c: Ctx) -> Decision:
             f"check the link between {where}; `virsh domjobinfo {r.vm}` on "
             f"{r.source_host}; if it broke, `virsh migrate --postcopy-resume`",
         ),
-        Phase.FINISHING: Problem(
+        Phase.FINISHING: _commit_failed(r)
+        if last.startswith(f"{COMMIT_STEP} on ")
+        else Problem(
             "FINISH_INCOMPLETE",
             f"could not confirm {r.vm} runs on {r.target_host} only",
             f"check `virsh list` on {where}; destroy a paused leftover on "
@@ -783,6 +819,29 @@ def _retry_or_fail(c: Ctx) -> Decision:
         c.to(Phase.FAILED, f"gave up after {r.retries} retries", error=err),
         (),
         f"gave up after {r.retries} retries; failed ({err.reason})",
+    )
+
+
+def _commit_failed(r: MigrationRecord) -> Problem:
+    """Finishing gave up on a commit that kept failing (the step that failed last): the guest
+    landed (Finishing is entered only when the job completed or the guest was seen on the target;
+    each retry commits only once it is seen there again), so the migration is done but for the
+    commit, and the source's copies of the copied disks, removed only after a commit, are left."""
+    pid = r.prepare_id or "?"
+    copied = r.copied_disks if r.options.storage is not StorageMode.SHARED else ()
+    left = (
+        f"; the source's copies of the copied disks were not removed: once {r.vm} runs on {r.target_host} only, "
+        f"remove {', '.join(copied)} on {r.source_host} by hand"
+        if copied
+        else ""
+    )
+    return Problem(
+        "COMMIT_FAILED",
+        f"the migration of {r.vm} to {r.target_host} completed, but {r.target_host} did not commit prepare {pid}",
+        f"see ferry-agent's log on {r.target_host} for why; check that {r.vm} runs on {r.target_host} only (`virsh "
+        f"list --all` on {r.source_host} and {r.target_host}): then the migration is done and its prepared images "
+        f"are {r.vm}'s disks (the agent's sweep commits prepare {pid} once it expires, {r.vm} being defined there; or "
+        f"CommitIncoming {pid} once the cause is fixed){left}",
     )
 
 
@@ -878,7 +937,7 @@ def on_placement(c: Ctx, p: Placement) -> Decision:
                     c.to(Phase.FINISHING, stopped, error=None), (CommitTarget(r.prepare_id),), f"{stopped}; committing"
                 )
             return Decision(note(r, c.now, stopped), (CommitTarget(r.prepare_id),), f"{stopped}; committing")
-        kept = "" if r.target_cleaned else f"; the target's copies (prepare {r.prepare_id or '?'}) are kept"
+        kept = "" if r.target_cleaned else f"; {_copies_kept(r)}"
         return _needs_operator(
             c,
             Problem(
@@ -887,6 +946,7 @@ def on_placement(c: Ctx, p: Placement) -> Decision:
                 f"find out why it stopped (libvirt/qemu logs on both hosts) and start it where its newest disks are: "
                 f"{r.source_host} unless the migration reached post-copy or completed{kept}",
             ),
+            *_keep(r),
         )
     if stale_incoming(p, r.options.offline):
         return _stale_incoming(c)
@@ -895,6 +955,21 @@ def on_placement(c: Ctx, p: Placement) -> Decision:
         r = c.r
     if loc in (Location.SETTLING, Location.UNCLEAR, Location.ARRIVING):
         return c.keep(f"placement {loc.value}; observing again", c.observe_later)
+    if loc is Location.ON_SOURCE and _split_after_switchover(r, p):
+        return _postcopy_failed(c, p)
+    if loc is Location.ON_SOURCE and p.migrate_call_open and r.phase in (Phase.MIGRATING, Phase.ROLLING_BACK):
+        # No job on the source, but this leader's Migrate call has not ended: libvirt registers the
+        # job a moment after the call reaches it, so it may yet start. Nothing is removed and the
+        # rollback does not end before the call did (a rollback ended here once, CANCELLED, and the
+        # job then started and moved the guest). Aborted again: an abort the agent takes before the
+        # job shows makes it end the call and abort the job as soon as it starts.
+        if r.phase is Phase.ROLLING_BACK:
+            return c.keep(
+                "guest on source only, but the Migrate call is still open (its job may yet start); aborting it",
+                AbortMigration(),
+                c.observe_later,
+            )
+        return c.keep("no job on source yet, but the Migrate call is still open; observing again", c.observe_later)
     match r.phase:
         case Phase.MIGRATING:
             return _placement_migrating(c, loc)
@@ -1013,13 +1088,13 @@ def _placement_migrating(c: Ctx, loc: Location) -> Decision:
 
 def _stopped_in_precopy(r: MigrationRecord, p: Placement) -> bool:
     """A guest running nowhere certainly stopped before its migration switched over: the job was
-    not seen in post-copy, the target has no definition (a landed migration defines it there, or
+    not in post-copy, the target has no definition (a landed migration defines it there, or
     runs it transient), and the source still defines it although a completed migration would have
     undefined it there."""
     return (
         not r.options.offline
         and r.options.undefine_source
-        and not (r.progress is not None and r.progress.phase is MigrationPhase.POSTCOPY)
+        and not postcopy_reached(r)  # never in post-copy (seen, or asked for by a policy or operator)
         and p.target_state is None
         and p.source_state in (DomainState.SHUTOFF, DomainState.CRASHED)
     )
@@ -1058,6 +1133,85 @@ def _stopped_after_landing(r: MigrationRecord, p: Placement) -> bool:
     )
 
 
-def _needs_operator(c: Ctx, err: Problem) -> Decision:
-    """Fail loudly and touch nothing: the guest is not where a rollback or a commit is safe."""
-    return Decision(c.to(Phase.FAILED, err.reason, error=err), (), f"{err.message}; failed, needs an operator")
+def _needs_operator(c: Ctx, err: Problem, *keep: KeepTarget) -> Decision:
+    """Fail loudly and touch nothing: the guest is not where a rollback or a commit is safe.
+    ``keep``: the target keeps its copies for the operator (``_keep``), as ``err`` says."""
+    return Decision(c.to(Phase.FAILED, err.reason, error=err), keep, f"{err.message}; failed, needs an operator")
+
+
+def _keep(r: MigrationRecord) -> tuple[KeepTarget, ...]:
+    """The target keeps the prepare's images (``KeepTarget``): a failure for an operator whose
+    hint says they are kept, while the target still holds them. Without this the target's agent
+    removes them once the prepare expires (a domain defined there would keep them, but none is)."""
+    return (KeepTarget(r.prepare_id),) if r.prepare_id and not r.target_cleaned else ()
+
+
+def _target_copies(r: MigrationRecord) -> tuple[str, ...]:
+    """The images the target's prepare made: the destinations of the disks planned copied."""
+    return tuple(p.destination or p.source for p in r.disks if p.copy)
+
+
+def _copies(r: MigrationRecord) -> str:
+    """The target's copies in a hint: their paths (when the plan is known) and the prepare."""
+    files = ", ".join(_target_copies(r))
+    pid = r.prepare_id or "?"
+    return f"{files} on {r.target_host}, prepare {pid}" if files else f"prepare {pid}"
+
+
+def _copies_kept(r: MigrationRecord) -> str:
+    """What the hint of a failure with ``_keep`` says of the target's copies."""
+    return f"the target's copies ({_copies(r)}) are kept: committed there, so its agent does not remove them"
+
+
+def _split_after_switchover(r: MigrationRecord, p: Placement) -> bool:
+    """The guest, alive on the source only, is what a post-copy that broke after its switch-over
+    leaves there: the job switched (``postcopy_reached``: seen, or asked for) and the source does
+    not execute the guest (a switch-over pauses it for good; a switch asked for but refused, or
+    failed before the switch-over, leaves it running there with all its state: a plain rollback)."""
+    seen = r.progress is not None and r.progress.phase is MigrationPhase.POSTCOPY
+    return (
+        r.migration_started
+        and not r.options.offline
+        and postcopy_reached(r)
+        and (seen or p.source_state not in EXECUTING)
+    )
+
+
+def _postcopy_failed(c: Ctx, p: Placement) -> Decision:
+    """The guest is on the source only after its job switched to post-copy (``postcopy_reached``):
+    the job broke after the switch-over with the target's copy gone (its QEMU or host died), and
+    the source holds the guest paused ("post-copy failed"), its memory split between the hosts,
+    the target's part lost. Neither rolling back (the target's images hold what the guest wrote
+    since the switch-over, its newest disks) nor finishing is possible: fail for an operator,
+    removing nothing, the target keeping its copies (``KeepTarget``)."""
+    r = c.r
+    held = p.source_state.name.lower() if p.source_state is not None else "?"
+    job = f"the job failed: {r.error.reason}" if r.error else "its job ended unobserved"
+    if r.target_cleaned:
+        disks = f"the target's copies (prepare {r.prepare_id or '?'}) were removed before this was seen"
+        restart = f"start it again from its disks on {r.source_host} (as they were at the switch-over)"
+    elif r.options.storage is StorageMode.SHARED and not _target_copies(r):
+        disks = f"its disks, on shared storage, hold what it wrote on {r.target_host}"
+        restart = f"start it again (virsh start {r.vm}): it boots from them"
+    else:
+        disks = (
+            f"its newest disks are the target's copies ({_copies(r)}), kept: committed there, so its agent does "
+            "not remove them"
+        )
+        restart = (
+            f"start it from those: copy them over its disks on {r.source_host}, or define it on {r.target_host} "
+            "with them"
+        )
+    return _needs_operator(
+        c,
+        Problem(
+            "POSTCOPY_FAILED",
+            f"the post-copy migration of {r.vm} broke after the switch-over ({job}): {r.target_host} no longer "
+            f"runs it and {r.source_host} holds it {held}; its memory was split between the hosts and the part on "
+            f"{r.target_host} is lost",
+            f"{r.vm} cannot go on from {r.source_host}: do not resume it there; {disks}; find out why QEMU stopped "
+            f"on {r.target_host} (libvirt and qemu logs there), then destroy {r.vm} on {r.source_host} (virsh "
+            f"destroy) and {restart}; Ferry removed nothing",
+        ),
+        *_keep(r),
+    )

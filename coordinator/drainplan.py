@@ -56,8 +56,10 @@ NEEDS_OPERATOR = frozenset(
         "VM_NOT_RUNNING",
         "VM_STARTED_ON_SOURCE",
         "FINISH_INCOMPLETE",
+        "COMMIT_FAILED",
         "ROLLBACK_INCOMPLETE",
         "POSTCOPY_STUCK",
+        "POSTCOPY_FAILED",
     }
 )
 

@@ -115,10 +115,16 @@ class Committed:
 
 @dataclass(frozen=True)
 class StepFailed:
-    """An action failed with an error that is not an unreachable agent (that is AgentLost)."""
+    """An action failed with an error that is not an unreachable agent (that is AgentLost).
+    ``step`` says which, in words, ending with " on HOST" (``COMMIT_STEP``, ``KEEP_STEP``)."""
 
     step: str
     error: Problem
+
+
+#: ``StepFailed.step`` of a failed CommitTarget and of a failed KeepTarget (then " on HOST")
+COMMIT_STEP = "commit the target"
+KEEP_STEP = "keep the target's copies"
 
 
 @dataclass(frozen=True)
@@ -128,12 +134,16 @@ class Placement:
     A state of None means no such domain on that host; ``source_job_active`` means an outgoing
     migration job of this domain runs on the source; ``target_arriving`` means the target's domain
     is an incoming migration's that has not finished (libvirt keeps it paused for the migration).
+    ``migrate_call_open``: the shell's own observation, not an agent's: this leader's Migrate call
+    to the source (``StartMigration``) has not ended, so libvirt's job may yet start (the source
+    registers it a moment after the call reaches it) although the source shows none.
     """
 
     source_state: DomainState | None
     target_state: DomainState | None
     source_job_active: bool = False
     target_arriving: bool = False
+    migrate_call_open: bool = False
 
 
 @dataclass(frozen=True)
@@ -228,6 +238,18 @@ class CommitTarget:
     require_landed: bool = False
 
 
+@dataclass(frozen=True)
+class KeepTarget:
+    """The target keeps the prepare's images for an operator: the record failed with the guest
+    where they may hold its newest disks (post-copy, a job that completed) and no domain on the
+    target claims them, so its agent's sweep would remove them once the prepare expires. The
+    target's CommitIncoming without the landing check: the agent forgets the prepare and leaves
+    its images; nothing else (the source's disks stay). Performed after the failed record was
+    stored: feed StepFailed (``KEEP_STEP``) if it fails, noted in the record."""
+
+    prepare_id: str
+
+
 Action = (
     RunPreflight
     | PrepareTarget
@@ -237,6 +259,7 @@ Action = (
     | ObservePlacement
     | CleanupTarget
     | CommitTarget
+    | KeepTarget
 )
 
 

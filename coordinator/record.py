@@ -542,16 +542,22 @@ def _decode(d: dict[str, Any], revision: int, create_revision: int = 0) -> Migra
     return rec
 
 
+def postcopy_reached(r: MigrationRecord) -> bool:
+    """The job switched to post-copy, or was asked to by a policy or an operator: seen in its
+    progress, or in its actions (a switch reported there may come before, or instead of, a progress
+    report saying so). From then on the target's copy holds part of the guest: never undone."""
+    return (r.progress is not None and r.progress.phase is MigrationPhase.POSTCOPY) or any(
+        a.action.action == "start-postcopy" for a in r.actions
+    )
+
+
 def too_late_to_cancel(r: MigrationRecord) -> str:
     """Why ``r`` can no longer be undone ("" when it can): its guest runs on the target already
     (post-copy started: the source keeps part of its memory), or it landed and is finishing. The
     engine keeps going then (``decide._cancel``); the API says so instead of accepting the cancel."""
     if r.phase is Phase.FINISHING:
         return f"{r.vm} landed on {r.target_host}; the migration is finishing"
-    postcopy = (r.progress is not None and r.progress.phase is MigrationPhase.POSTCOPY) or any(
-        a.action.action == "start-postcopy" for a in r.actions
-    )
-    if r.phase is Phase.MIGRATING and postcopy:
+    if r.phase is Phase.MIGRATING and postcopy_reached(r):
         return (
             f"post-copy started: {r.vm} runs on {r.target_host} with part of its memory still on {r.source_host}, "
             "and stopping it would lose the guest"

@@ -19,7 +19,9 @@ nothing under way: a job being followed reports its own end, and calls still out
 first (observing beside them races with them).
 
 At most one job follower per record (the Migrate stream, or GetJob polling): a WatchJob while
-one runs does nothing. The same action is never run twice at once (two observations, two
+one runs does nothing. While the Migrate call of a StartMigration has not ended, every Placement
+is fed to ``decide`` with ``migrate_call_open``: libvirt's job may yet start, whatever the source
+shows. The same action is never run twice at once (two observations, two
 cleanups, two prepares). Store outages are retried with backoff; the runner stops when its
 record is final and nothing it started is still running, or when the engine stops it (leader
 demotion: tasks are cancelled, libvirt jobs are left running for the next leader to recover).
@@ -32,7 +34,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -121,6 +123,7 @@ class RecordRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight: Counter[Action] = Counter()
         self._follower: asyncio.Task[None] | None = None
+        self._migrate_call: asyncio.Task[None] | None = None  # the follower of a StartMigration
         self._pending_progress: Progress | None = None
         self._flush: asyncio.TimerHandle | None = None
         self._last_progress_write = -math.inf
@@ -223,6 +226,8 @@ class RecordRunner:
             event, self._pending_progress = self._pending_progress, None
         if isinstance(event, Recover) and await self._recovery_not_needed():
             return
+        if isinstance(event, Placement) and self._migrate_call is not None and not self._migrate_call.done():
+            event = replace(event, migrate_call_open=True)
         observed = await self._observe() if isinstance(event, Recover) else None
         # The newest version this runner knows (its own writes, the watch) is the store's unless
         # the API set the cancel flag a moment ago: decide on it and let the compare-and-set tell;
@@ -376,6 +381,8 @@ class RecordRunner:
                     log.debug("migration %s: %s: already following the job", self.id, type(a).__name__)
                     continue
                 self._follower = self._spawn(self.ctx.actions.perform(record, a, self.feed, self._following))
+                if isinstance(a, StartMigration):
+                    self._migrate_call = self._follower
             else:
                 sequence.append(a)
         if sequence:

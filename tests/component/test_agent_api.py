@@ -425,6 +425,50 @@ async def test_a_job_left_running_by_a_closed_stream_is_recorded_when_it_ends(ag
     assert (await host1.hv.get_domain(uuid)).state is DomainState.RUNNING
 
 
+async def test_an_abort_before_libvirt_shows_the_job_ends_the_migrate_and_the_job_is_aborted_as_it_starts(
+    agents, tmp_path
+):
+    """The migrate call reached libvirt, which has not registered the job yet: AbortMigration finds
+    none. Was: "no job running", the Migrate went on, and the job started once libvirt got to it --
+    after the coordinator, told there was nothing to abort, had ended the migration CANCELLED."""
+    host1, host2 = agents
+    uuid = add_guest(host1, "g1")
+    host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
+    prep = await prepare_target(host1, host2, "g1")
+    gate = host1.hv.hold_calls("migrate")  # the call waits in libvirt, before its job exists
+    stream = asyncio.ensure_future(_drain(host1.stub.Migrate(migrate_request("g1", host2, prep.destination_xml))))
+    await _until(lambda: "migrate" in host1.hv.calls)
+    assert (await host1.stub.AbortMigration(apb.AbortMigrationRequest(domain="g1"))).aborted
+    exc = await rpc_error(stream)  # at once, while the call still waits in libvirt
+    assert (exc.code(), from_rpc_error(exc).reason) == (grpc.StatusCode.ABORTED, "MIGRATION_ABORTED")
+    assert "before its job started" in exc.details() and not host1.servicer._migrating
+    gate.set()  # libvirt gets to the call: its job starts, and is aborted as it shows
+    await _until(lambda: bool(host1.hv.migrate_calls) and uuid not in host1.hv.jobs)
+    await _until(lambda: outcome(tmp_path, "host1") is Outcome.FAILED)  # its end recorded: disks stay
+    assert (await host1.hv.get_domain(uuid)).state is DomainState.RUNNING
+    assert not host2.hv.domains
+
+
+async def test_an_abort_while_the_migrate_claims_the_domain_means_its_job_never_starts(agents, tmp_path):
+    host1, host2 = agents
+    uuid = add_guest(host1, "g1")
+    host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
+    prep = await prepare_target(host1, host2, "g1")
+    slow_stats = host1.hv.hold_calls("job_stats")  # the Migrate has claimed g1 and waits on libvirt
+    stream = asyncio.ensure_future(_drain(host1.stub.Migrate(migrate_request("g1", host2, prep.destination_xml))))
+    await _until(lambda: "job_stats" in host1.hv.calls)
+    assert (await host1.stub.AbortMigration(apb.AbortMigrationRequest(domain="g1"))).aborted
+    slow_stats.set()
+    exc = await rpc_error(stream)
+    assert (exc.code(), from_rpc_error(exc).reason) == (grpc.StatusCode.ABORTED, "MIGRATION_ABORTED")
+    assert "migrate" not in host1.hv.calls  # libvirt was never asked
+    assert outcome(tmp_path, "host1") is Outcome.FAILED
+    assert (await host1.hv.get_domain(uuid)).state is DomainState.RUNNING and not host2.hv.domains
+    # the next Migrate of g1 is not affected
+    events = await _drain(host1.stub.Migrate(migrate_request("g1", host2, prep.destination_xml)))
+    assert events[-1].HasField("result") and uuid in host2.hv.domains
+
+
 async def test_two_migrates_of_one_domain_arriving_together_the_second_is_refused(agents):
     """The claim awaited libvirt's job statistics between its check and its claim: both calls
     passed, the second failed LIBVIRT_BUSY and, ending, dropped the first one's claim and Control."""

@@ -24,7 +24,7 @@ from ferry.coordinator.phases import Phase, Timeouts
 from ferry.coordinator.preflight import preflight
 from ferry.coordinator.record import MigrationRecord, decode, encode, new_migration
 from ferry.coordinator.slots import Limits
-from ferry.errors import FerryError, Unavailable
+from ferry.errors import FailedPrecondition, FerryError, Unavailable
 from ferry.keys import encode_id, idempotency_key, migration_key, vm_active_key
 from ferry.model import DomainState, MigrationOptions, MigrationPhase, StorageMode
 from ferry.registry import HostChange
@@ -391,6 +391,78 @@ async def test_migration_failure_rolls_back(store, fleet, hosts):
     assert fleet.where("g1") == {"host1": DomainState.RUNNING}
     assert fleet.prepares("host2") == [] and not fleet["host2"].host.exists(f"{IMAGES}/g1.qcow2")
     assert await claim_released(store, r)
+
+
+async def test_a_post_copy_broken_after_its_switch_over_fails_and_host2_keeps_the_guests_newest_disks(
+    store, fleet, hosts
+):
+    """The job fails after the switch-over to post-copy (the target's QEMU dies): the fake leaves g1
+    paused on host1 ("post-copy failed") and nothing on host2. Was: rolled back, host2's images
+    (what g1 wrote since the switch-over) removed, ROLLED_BACK "guest runs on source"."""
+    from ferry.convergence import ConvergencePolicy, PostcopyMode
+
+    fleet.add_guest("host1", "g1", dirty=1 << 30)  # switches to post-copy after iteration 1 (step ~22)
+    m = await submit(store, fleet, "g1", "host1", "host2", options=replace(COPY, bandwidth_mibps=128))
+    busy = ConvergencePolicy(name="busy", bandwidth_mibps=128, postcopy=PostcopyMode.ON_PREDICTION)
+    entry = await store.get(migration_key(m.id))
+    await store.update(entry.key, encode(replace(m, policy=busy)), entry.mod_revision)
+    fleet["host1"].hv.fail_migration("g1", at_step=32)  # in post-copy (it would complete at ~45)
+    async with engine(store, hosts):
+        r = await final(store, m.id, timeout=10)
+        await until(lambda: fleet.prepares("host2") == [])  # KeepTarget: committed, not removed
+    assert [e.action.action for e in r.actions] == ["start-postcopy"]
+    assert r.phase is Phase.FAILED and r.error.reason == "POSTCOPY_FAILED", [
+        (h.phase.name, h.reason) for h in r.history
+    ]
+    assert "ROLLING_BACK" not in phases(r)
+    assert f"{IMAGES}/g1.qcow2 on host2, prepare {r.prepare_id}" in r.error.hint and "kept" in r.error.hint
+    assert fleet.where("g1") == {"host1": DomainState.PAUSED}  # touched nothing
+    assert fleet["host2"].host.exists(f"{IMAGES}/g1.qcow2")
+    assert await fleet["host2"].servicer.prepare.sweep() == []  # nothing left for host2's sweep to remove
+    assert fleet["host2"].host.exists(f"{IMAGES}/g1.qcow2") and fleet["host1"].host.exists(f"{IMAGES}/g1.qcow2")
+    assert await claim_released(store, r)
+
+
+async def test_a_cancel_before_libvirt_shows_the_job_keeps_the_guest_where_the_record_says(store, fleet, hosts):
+    """The source agent's Migrate call reached libvirt, whose job is not registered yet: the abort
+    finds no job. Was: the rollback ended CANCELLED ("guest runs on source") and the call then
+    started the job, moving the guest to host2 under that record."""
+    fleet.add_guest("host1", "g1", local_disk=False)
+    gate = fleet["host1"].hv.hold_calls("migrate")  # the call waits in libvirt before its job exists
+    m = await submit(store, fleet, "g1", "host1", "host2", options=replace(COPY, storage=StorageMode.SHARED))
+    async with engine(store, hosts):
+        await wait_for(store, m.id, lambda r: r.phase is Phase.MIGRATING)
+        await until(lambda: "migrate" in fleet["host1"].hv.calls)
+        await request_cancel(store, m.id)
+        r = await final(store, m.id)
+        assert not fleet["host1"].servicer._migrating  # the record ended only once the Migrate call had
+        gate.set()  # libvirt's job starts now: aborted as it shows
+        await until(lambda: bool(fleet["host1"].hv.migrate_calls) and not fleet["host1"].hv.jobs)
+        await asyncio.sleep(0.1)
+        r2 = await read(store, m.id)
+    assert r.phase is Phase.CANCELLED and r2.phase is Phase.CANCELLED, [(h.phase.name, h.reason) for h in r.history]
+    assert fleet.where("g1") == {"host1": DomainState.RUNNING}, "the record says CANCELLED: the guest must not move"
+    assert fleet.prepares("host2") == []
+
+
+async def test_a_commit_that_keeps_failing_names_the_prepare_and_the_source_disks_left(store, fleet, hosts):
+    """The guest landed on host2, whose CommitIncoming keeps failing. Was: FINISH_INCOMPLETE "could
+    not confirm g1 runs on host2 only", and host1's copied disk (removed only after a commit) named
+    nowhere."""
+    fleet.add_guest("host1", "g1")
+
+    async def refuse(prepare_id: str, *, require_landed: bool = False) -> bool:
+        raise FailedPrecondition("cannot write the prepare record", reason="STATE_WRITE_FAILED")
+
+    fleet["host2"].servicer.prepare.commit = refuse  # type: ignore[method-assign]
+    m = await submit(store, fleet, "g1", "host1", "host2")
+    async with engine(store, hosts, timeouts=replace(FAST, max_retries=1)):
+        r = await final(store, m.id)
+    assert r.phase is Phase.FAILED and r.error.reason == "COMMIT_FAILED", [(h.phase.name, h.reason) for h in r.history]
+    assert "STATE_WRITE_FAILED" in r.error.message and f"prepare {r.prepare_id}" in r.error.hint
+    assert f"remove {IMAGES}/g1.qcow2 on host1 by hand" in r.error.hint
+    assert fleet.where("g1") == {"host2": DomainState.RUNNING}
+    assert fleet["host1"].host.exists(f"{IMAGES}/g1.qcow2")  # left, as the hint says
 
 
 @contextlib.asynccontextmanager

@@ -7,6 +7,8 @@ import pytest
 
 from ferry.coordinator.decide import Location, decide, locate
 from ferry.coordinator.events import (
+    COMMIT_STEP,
+    KEEP_STEP,
     AbortMigration,
     Admitted,
     AgentLost,
@@ -15,6 +17,7 @@ from ferry.coordinator.events import (
     CleanupTarget,
     CommitTarget,
     Committed,
+    KeepTarget,
     MigrationEnded,
     ObservePlacement,
     Placement,
@@ -33,7 +36,17 @@ from ferry.coordinator.events import (
 )
 from ferry.coordinator.phases import GiB, Phase, Timeouts
 from ferry.coordinator.record import ActionEntry, decode, encode, new_migration, too_late_to_cancel, with_phase
-from ferry.model import CompletedJob, DomainState, JobStats, MigrationPhase, MigrationProgress, PolicyAction, Problem
+from ferry.model import (
+    CompletedJob,
+    DiskPlan,
+    DomainState,
+    JobStats,
+    MigrationPhase,
+    MigrationProgress,
+    PolicyAction,
+    Problem,
+    StorageMode,
+)
 
 T0 = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
 NOW = T0 + timedelta(seconds=10)
@@ -396,7 +409,7 @@ def test_an_ignored_event_changes_nothing():
             replace(POSTCOPY, error=E_JOB),
             NOWHERE,
             Phase.FAILED,
-            (),
+            (KeepTarget("p-1"),),  # the target's copies may be the newest: its agent keeps them
             "g1 runs on neither host1 nor host2; failed, needs an operator",
             id="nowhere-postcopy",
         ),
@@ -464,7 +477,7 @@ def test_an_ignored_event_changes_nothing():
             FINISHING,
             NOWHERE,
             Phase.FAILED,
-            (),
+            (KeepTarget("p-1"),),
             "g1 runs on neither host1 nor host2; failed, needs an operator",
             id="finishing-nowhere",
         ),
@@ -1171,7 +1184,7 @@ def test_a_finished_job_whose_target_died_commits_the_vm_defined_there_alone():
 )
 def test_a_finished_job_with_the_guest_nowhere_otherwise_needs_an_operator(placement):
     d = decide(FINISHING, placement, NOW, T)
-    assert (d.record.phase, d.actions) == (Phase.FAILED, ())
+    assert (d.record.phase, d.actions) == (Phase.FAILED, (KeepTarget("p-1"),))  # the target keeps its copies
     assert d.record.error.reason == "VM_NOT_RUNNING"
 
 
@@ -1386,6 +1399,187 @@ def test_a_guest_removed_before_its_job_ran_is_gone_and_the_targets_copies_are_r
     assert any(isinstance(a, CleanupTarget) for a in d.actions)
     assert "defined on neither host1 nor host2" in d.record.error.message
     # in post-copy the target's copies may be the newest: an operator judges, nothing is removed
+    # (the target keeps them: its agent would remove an expired prepare with no domain there)
     postcopy = replace(MIGRATING_FAILED, progress=MigrationProgress(phase=MigrationPhase.POSTCOPY))
     d = decide(postcopy, Placement(None, None), NOW, T)
-    assert d.record.phase is Phase.FAILED and d.record.error.reason == "VM_NOT_RUNNING" and not d.actions
+    assert d.record.phase is Phase.FAILED and d.record.error.reason == "VM_NOT_RUNNING"
+    assert d.actions == (KeepTarget("p-1"),)
+
+
+# --- a post-copy broken after its switch-over, the target's copy gone (review of 2026-12-06) -------
+
+COPIED = (DiskPlan("vda", "/var/lib/libvirt/images/g1.qcow2", "/var/lib/libvirt/images/g1.qcow2", copy=True),)
+SPLIT = Placement(P, None)  # the source holds it paused ("post-copy failed"), no job; the target's QEMU died
+SWITCHED = replace(SWITCHING, error=E_JOB, disks=COPIED)  # the switch asked for, not yet reported by progress
+RB_SWITCHED = replace(RB_LATE, actions=SWITCHING.actions, disks=COPIED)  # aborted, but post-copy came first
+
+
+@pytest.mark.parametrize(
+    ("record", "placement"),
+    [
+        pytest.param(replace(POSTCOPY, error=E_JOB, disks=COPIED), SPLIT, id="job-failed"),
+        # no job reported its end (a leader change): was "interrupted", the target cleaned, re-queued
+        pytest.param(replace(POSTCOPY, disks=COPIED), SPLIT, id="ended-unobserved"),
+        pytest.param(SWITCHED, SPLIT, id="switch-not-yet-reported"),
+        pytest.param(replace(POSTCOPY, error=E_JOB, disks=COPIED), Placement(R, None), id="source-running-after-all"),
+        pytest.param(RB_SWITCHED, SPLIT, id="rolling-back"),
+        pytest.param(replace(FINISHING, actions=SWITCHING.actions, disks=COPIED), SPLIT, id="finishing"),
+    ],
+)
+def test_a_post_copy_broken_after_the_switch_over_is_failed_for_an_operator_keeping_the_target_copies(
+    record, placement
+):
+    # Was: rolled back as "guest runs on source", CleanupIncoming removing the target's images (what
+    # the guest wrote since the switch-over), ending ROLLED_BACK "target cleaned, guest runs on source".
+    d = decide(record, placement, NOW, T)
+    assert (d.record.phase, d.actions) == (Phase.FAILED, (KeepTarget("p-1"),)), d.outcome
+    err = d.record.error
+    assert err.reason == "POSTCOPY_FAILED" and "after the switch-over" in err.message
+    assert "memory was split" in err.message and "host2 is lost" in err.message
+    assert "/var/lib/libvirt/images/g1.qcow2 on host2, prepare p-1" in err.hint and "kept" in err.hint
+    assert "do not resume it" in err.hint and "Ferry removed nothing" in err.hint
+    # whatever comes after: nothing is removed, the record stays failed
+    for event in (CleanedUp(), placement, Tick()):
+        assert decide(d.record, event, LATE, T).actions == ()
+
+
+def test_a_post_copy_asked_for_but_refused_leaves_the_guest_running_on_the_source_and_rolls_back():
+    # a switch-over pauses the source for good: a source executing with no job never switched
+    d = decide(replace(SWITCHING, error=E_JOB), ON_SRC, NOW, T)
+    assert (d.record.phase, d.actions) == (Phase.ROLLING_BACK, (CleanupTarget(("p-1",)),))
+
+
+def test_a_post_copy_broken_after_the_target_was_cleaned_says_so_and_keeps_nothing():
+    d = decide(replace(RB_SWITCHED, target_cleaned=True), SPLIT, NOW, T)
+    assert (d.record.phase, d.actions) == (Phase.FAILED, ())
+    assert "were removed" in d.record.error.hint
+
+
+def test_a_post_copy_on_shared_storage_names_no_copies():
+    shared = replace(POSTCOPY, error=E_JOB)  # no disk copied
+    d = decide(shared, SPLIT, NOW, T)
+    assert d.record.error.reason == "POSTCOPY_FAILED" and "on shared storage" in d.record.error.hint
+
+
+def test_a_vm_gone_everywhere_after_post_copy_has_the_target_keep_its_copies_and_names_them():
+    d = decide(replace(POSTCOPY, error=E_JOB, disks=COPIED), NOWHERE, NOW, T)
+    assert (d.record.phase, d.actions) == (Phase.FAILED, (KeepTarget("p-1"),))
+    assert "the target's copies (/var/lib/libvirt/images/g1.qcow2 on host2, prepare p-1) are kept" in (
+        d.record.error.hint
+    )
+    # a post-copy asked for (not yet reported) is post-copy too: the target's copies are not removed
+    d = decide(replace(SWITCHED, progress=None), NOWHERE, NOW, T)
+    assert (d.record.phase, d.actions) == (Phase.FAILED, (KeepTarget("p-1"),))
+    # nothing to keep once the target was cleaned
+    d = decide(RB_LATE_CLEANED, NOWHERE, NOW, T)
+    assert (d.record.phase, d.actions) == (Phase.FAILED, ())
+
+
+def test_a_keep_that_failed_is_noted_on_the_failed_record():
+    failed = decide(replace(POSTCOPY, error=E_JOB, disks=COPIED), SPLIT, NOW, T).record
+    err = Problem("LIBVIRT_ERROR", "disk full", "")
+    d = decide(failed, StepFailed(f"{KEEP_STEP} on host2", err), LATE, T)
+    assert d.record.phase is Phase.FAILED and d.actions == ()
+    assert "keep the target's copies on host2 failed: LIBVIRT_ERROR: disk full" in d.record.history[-1].reason
+    assert "copy its images away first" in d.record.history[-1].reason
+    # any other late failure of a final record changes nothing
+    assert decide(failed, StepFailed("clean up the target on host2", err), LATE, T).record is failed
+
+
+# --- a commit that keeps failing after the guest landed (review of 2026-12-06) ---------------------
+
+
+def _commit_failing_for_good(record):
+    r, now = record, LATE
+    err = Problem("LIBVIRT_ERROR", "cannot chown image", "see the agent log on host2")
+    for _ in range(3 * T.max_retries):
+        r = decide(r, StepFailed(f"{COMMIT_STEP} on host2", err), now, T).record
+        now = r.phase_deadline + timedelta(seconds=1)
+        d = decide(r, Tick(), now, T)
+        r = d.record
+        if r.phase.is_final:
+            return r
+        r = decide(r, ON_TGT, now, T).record  # the guest runs on host2 only: committed again
+    raise AssertionError(r.history)
+
+
+@pytest.mark.parametrize(
+    ("storage", "disks", "named"),
+    [
+        (StorageMode.COPY_ALL, COPIED, "remove /var/lib/libvirt/images/g1.qcow2 on host1 by hand"),
+        (StorageMode.SHARED, (), ""),
+    ],
+)
+def test_a_commit_failing_for_good_names_the_prepare_and_the_source_disks_left(storage, disks, named):
+    # Was: FINISH_INCOMPLETE "could not confirm g1 runs on host2 only", a hint about a paused
+    # leftover on host1, and the source's copied disks (removed only after a commit) named nowhere.
+    r = replace(FINISHING, disks=disks, options=replace(FINISHING.options, storage=storage))
+    r = _commit_failing_for_good(r)
+    assert r.phase is Phase.FAILED and r.error.reason == "COMMIT_FAILED"
+    assert r.error.message.startswith("the migration of g1 to host2 completed, but host2 did not commit prepare p-1")
+    assert "cannot chown image" in r.error.message  # the last failure
+    assert "prepare p-1" in r.error.hint and named in r.error.hint
+    assert ("host1 by hand" in r.error.hint) is bool(named)
+
+
+def test_finishing_that_cannot_see_the_guest_still_fails_finish_incomplete():
+    r = replace(FINISHING, retries=T.max_retries)
+    r = decide(r, StepFailed("observe the placement on host2", Problem("LIBVIRT_ERROR", "x", "")), LATE, T).record
+    d = decide(r, Tick(), r.phase_deadline + timedelta(seconds=1), T)
+    assert d.record.error.reason == "FINISH_INCOMPLETE"
+
+
+# --- a cancel before libvirt's job exists (review of 2026-12-06) --------------------------------------
+
+OPEN = Placement(R, None, migrate_call_open=True)  # no job yet, but the leader's Migrate call goes on
+
+
+@pytest.mark.parametrize(
+    ("record", "placement", "phase", "actions", "outcome"),
+    [
+        # the rollback neither cleans the target nor ends while the job may yet start
+        pytest.param(
+            RB_CANCEL,
+            OPEN,
+            Phase.ROLLING_BACK,
+            (AbortMigration(), OBSERVE_LATER),
+            "guest on source only, but the Migrate call is still open (its job may yet start); aborting it",
+            id="rb-call-open",
+        ),
+        pytest.param(
+            replace(RB_CANCEL, target_cleaned=True),
+            OPEN,
+            Phase.ROLLING_BACK,
+            (AbortMigration(), OBSERVE_LATER),
+            "guest on source only, but the Migrate call is still open (its job may yet start); aborting it",
+            id="rb-cleaned-call-open",
+        ),
+        pytest.param(
+            MIGRATING,
+            OPEN,
+            Phase.MIGRATING,
+            (OBSERVE_LATER,),
+            "no job on source yet, but the Migrate call is still open; observing again",
+            id="migrating-call-open",
+        ),
+        # once the call ended, as before
+        pytest.param(
+            replace(RB_CANCEL, target_cleaned=True),
+            ON_SRC,
+            Phase.CANCELLED,
+            (),
+            "target cleaned, guest runs on source; cancelled",
+            id="rb-call-ended",
+        ),
+        pytest.param(
+            RB_CANCEL,
+            replace(MOVING, migrate_call_open=True),
+            Phase.ROLLING_BACK,
+            (AbortMigration(), OBSERVE_LATER),
+            "migration job still active; aborting it",
+            id="rb-job-started",
+        ),
+    ],
+)
+def test_a_rollback_waits_for_the_migrate_call_to_end(record, placement, phase, actions, outcome):
+    check(record, placement, phase, actions, outcome)

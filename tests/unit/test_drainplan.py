@@ -126,6 +126,8 @@ def test_an_item_that_fits_nowhere_fails_with_the_reason_and_the_rest_go_on():
         (Phase.ROLLED_BACK, Problem("MIGRATION_FAILED", "qemu closed", ""), 3, "FAILED", ("h2",)),
         # the guest is where only an operator can judge: no retry
         (Phase.FAILED, Problem("VM_ON_TWO_HOSTS", "on both", ""), 1, "FAILED", ("h2",)),
+        (Phase.FAILED, Problem("POSTCOPY_FAILED", "broke after the switch-over", ""), 1, "FAILED", ("h2",)),
+        (Phase.FAILED, Problem("COMMIT_FAILED", "landed, not committed", ""), 1, "FAILED", ("h2",)),
         # cancelled by a user: not moved, not retried
         (Phase.CANCELLED, None, 1, "SKIPPED", ()),
     ],

@@ -602,6 +602,19 @@ async def test_sweep_keeps_a_prepare_whose_migration_is_still_coming_in(svc, hv,
     assert [r.prepare_id for r in svc.list()] == [out.prepare_id]
 
 
+async def test_a_prepare_committed_without_its_domain_is_kept_from_the_sweep(svc, host, clock):
+    """What the coordinator's KeepTarget relies on: a failure for an operator whose target may hold
+    the guest's newest disks (a post-copy broken after its switch-over) but no domain, commits the
+    prepare (no landing check); its images are then left for the operator, never swept. Without the
+    commit the sweep removes them once the prepare expires (``test_a_record_survives_...``)."""
+    out = await prep(svc, ttl_s=600)
+    assert await svc.commit(out.prepare_id)  # web1 is not defined here
+    assert svc.list() == [] and all(p in host.files for p in out.created)
+    clock.now += timedelta(seconds=601)
+    assert await svc.sweep() == []
+    assert all(p in host.files for p in out.created)
+
+
 async def test_a_record_survives_an_agent_restart(hv, host, tmp_path, clock):
     out = await prep(service(hv, host, tmp_path, clock))
     again = service(hv, host, tmp_path, clock)  # a new agent process, same state_dir

@@ -17,6 +17,7 @@ from ferry.coordinator.events import (
     AbortMigration,
     CleanupTarget,
     CommitTarget,
+    KeepTarget,
     ObservePlacement,
     Placement,
     PrepareTarget,
@@ -339,7 +340,7 @@ MOVING = Placement(R, P, True)
             Placement(OFF, None),
             "ours",
             Phase.FAILED,
-            (),
+            (KeepTarget("p-1"),),  # the target keeps its copies for the operator
             "recovered: g1 runs on neither host1 nor host2; failed, needs an operator",
         ),
         ("rb-before-job", None, "empty", Phase.ROLLED_BACK, (), "target holds nothing of this migration; rolled back"),
