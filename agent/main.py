@@ -54,6 +54,7 @@ SWEEP_INTERVAL_S = 30.0
 GRACE_S = 5.0
 # the agent extra's modules (pyproject.toml), checked before anything imports them
 REQUIRES = ("libvirt", "prometheus_client", "pythonjsonlogger", "etcd3aio")
+QEMU_HOOK = "/etc/libvirt/hooks/qemu.d/ferry"  # the target's check of incoming XML (agent/incoming.py)
 LIBVIRT_WATCH_S = 1.0  # how often libvirtd is pinged (its state is in the registration)
 
 
@@ -197,6 +198,12 @@ async def serve(config: AgentConfig) -> None:
         metrics_ports = await endpoint.start(config.metrics_listen)
         log.info("metrics on %s (%s)", _addresses(config.metrics_listen, metrics_ports), endpoint.scheme)
     await server.start()
+    if not Path(QEMU_HOOK).exists():
+        log.warning(
+            "%s is missing: this host's libvirtd starts incoming guests with whatever XML their source was given "
+            "(install deploy/libvirt/ferry-qemu-hook there and restart libvirtd)",
+            QEMU_HOOK,
+        )
     log.info(
         "agent %s (pid %d) serving on %s; libvirt %s, advertised as %s",
         config.name,

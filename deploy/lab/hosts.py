@@ -7,7 +7,9 @@ veth pairs are created directly inside the core and host namespaces.
 
 from __future__ import annotations
 
+import shlex
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -181,9 +183,27 @@ def write_host_files(
     (h / "etc" / "libvirtd.conf").write_text(render_libvirtd_conf(plan))
     (h / "etc" / "qemu.conf").write_text(render_qemu_conf(plan))
     (h / "etc" / "libvirt.conf").write_text("# written by ferry-lab\n")
+    write_qemu_hook(h / "etc" / "hooks", h / "agent.toml")
     if caps_cache is not None and caps_cache.is_dir():
         for cached in caps_cache.glob("*.xml"):
             shutil.copy2(cached, h / QEMU_CAPS_DIR / cached.name)
+
+
+def write_qemu_hook(hooks: Path, agent_config: Path) -> Path:
+    """The target's check of every incoming migration (``ferry-agent-hook``, agent/incoming.py),
+    as a fleet installs it (``deploy/libvirt/ferry-qemu-hook``): ``hooks/qemu.d/ferry``, run by
+    the host's libvirtd (which looks for hooks when it starts) with this lab's interpreter and the
+    host's agent config."""
+    script = hooks / "qemu.d" / "ferry"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(
+        "#!/bin/sh\n"
+        "# written by ferry-lab: libvirt's qemu hook, the target's check of an incoming migration\n"
+        '[ "$2" = migrate ] || exit 0\n'
+        f'exec {shlex.quote(sys.executable)} -m ferry.agent.incoming --config {shlex.quote(str(agent_config))} "$@"\n'
+    )
+    script.chmod(0o755)
+    return script
 
 
 def save_qemu_capabilities(paths: LabPaths, host: str, caps_cache: Path) -> None:

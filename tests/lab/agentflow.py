@@ -109,6 +109,7 @@ async def migrate(
     on_progress: OnProgress | None = None,
     migration_id: str = "",
     progress_interval_ms: int = 200,
+    forge: Callable[[str], str] | None = None,
 ) -> MigrationRun:
     """Migrate ``vm`` from lab host ``src`` to ``dst`` (see the module docstring).
 
@@ -116,6 +117,7 @@ async def migrate(
     storage is replaced by ``storage``. ``on_progress`` sees every progress event (it may be a
     coroutine function, e.g. one that calls AbortMigration). ``migration_id`` defaults to
     "agentflow-VM" (no coordinator record has it, so no coordinator touches the prepare).
+    ``forge`` rewrites the destination XML the source is given (a coordinator that lies).
     Raises FerryError when the prepare is refused (nothing to clean up) and MigrationFailed
     when Migrate fails.
     """
@@ -148,7 +150,7 @@ async def migrate(
                 apb.MigrateRequest(
                     domain=vm,
                     target_uri=run.target_uri,
-                    destination_xml=run.prepare.destination_xml,
+                    destination_xml=forge(run.prepare.destination_xml) if forge else run.prepare.destination_xml,
                     options=convert.options_to_pb(options),
                     migration_id=migration_id,
                     progress_interval_ms=progress_interval_ms,

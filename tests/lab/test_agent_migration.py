@@ -129,6 +129,30 @@ async def test_copy_storage_carries_the_disk_into_the_prepared_image(lab, guests
     print(f"agm-copy: source image {image} on host1 after the copy: {'left' if left else 'removed'}")
 
 
+async def test_a_destination_xml_naming_a_file_outside_the_targets_image_dirs_is_refused_by_the_target(lab, guests):
+    """A coordinator that lies gives the source a destination XML whose disk is a file outside the
+    target's image directories: libvirt's storage copy would write the guest's disk over it. The
+    target's libvirtd runs Ferry's qemu hook (agent/incoming.py) on the incoming XML and refuses."""
+    info = guests("agm-forged", disks=("16M",), nic=False)
+    image = info.disks[0].path
+    victim = lab.dir / "hosts" / "host2" / "victim.img"  # outside host2's image dirs, seen from inside it
+    victim.write_bytes(b"precious" * 4096)
+    try:
+        with pytest.raises(MigrationFailed) as failed:
+            await migrate(
+                lab, "agm-forged", "host1", "host2", storage=StorageMode.COPY_ALL,
+                forge=lambda xml: xml.replace(image, str(victim)),
+            )  # fmt: skip
+        print(f"refused: {failed.value.error.reason}: {failed.value.error.message}")
+        assert "PATH_OUTSIDE_IMAGE_DIRS" in failed.value.error.message
+        assert victim.read_bytes() == b"precious" * 4096
+        assert domstate(lab, "host1", "agm-forged") == "running" and domstate(lab, "host2", "agm-forged") == ""
+        assert_beating(lab, "agm-forged")
+        await assert_no_prepares(lab, "host2")
+    finally:
+        victim.unlink(missing_ok=True)
+
+
 async def test_nic_is_rewritten_to_the_targets_bridge(lab, guests):
     guests("agm-nic", disks=(), nic=True)
     assert "br-guest" in lab.virsh("host1", "domiflist", "agm-nic").stdout
