@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -56,6 +56,7 @@ WATCH_AGAIN_REASONS = frozenset({"UNREACHABLE", "TIMEOUT", "WATCH_FAILED", "STOR
 ANSWERED = frozenset({"WATCH_FAILED", "WATCH_ENDED", "STORE_UNAVAILABLE"})
 
 R = TypeVar("R", cpb.Migration, cpb.Drain)
+M = TypeVar("M", bound=Message)
 
 
 class StoreWatch:
@@ -181,6 +182,17 @@ def matches(m: cpb.Migration, a: argparse.Namespace) -> bool:
 
 def interrupted_note(migration_id: str) -> str:
     return f"migration {migration_id} continues; `ferry migrations cancel {migration_id}` stops it"
+
+
+async def every_page(call: Callable[..., Awaitable[Any]], req: Any, into: M, field: str, timeout: float) -> M:
+    """``into`` with the ``field`` items of every page a List ``call`` answers from ``req`` on
+    (the server pages at 500; ``req.page_token`` follows ``next_page_token`` until it is empty)."""
+    while True:
+        page = await call(req, timeout=timeout)
+        getattr(into, field).extend(getattr(page, field))
+        req.page_token = page.next_page_token
+        if not req.page_token:
+            return into
 
 
 class Cli:
@@ -321,14 +333,9 @@ class Cli:
             return EXIT_OK
         if self.a.action == "forget":
             return await self._forget()
-        resp = cpb.ListHostsResponse()
-        req = cpb.ListHostsRequest()
-        while True:  # every page
-            page = await self.stub.ListHosts(req, timeout=self.timeout)
-            resp.hosts.extend(page.hosts)
-            req.page_token = page.next_page_token
-            if not req.page_token:
-                break
+        resp = await every_page(
+            self.stub.ListHosts, cpb.ListHostsRequest(), cpb.ListHostsResponse(), "hosts", self.timeout
+        )
         rows = [
             [
                 h.name,
@@ -365,14 +372,8 @@ class Cli:
             self.screen.text(line)
 
     async def vms(self) -> int:
-        resp = cpb.ListVMsResponse()
         req = cpb.ListVMsRequest(host=self.a.host or "")
-        while True:  # every page
-            page = await self.stub.ListVMs(req, timeout=self.timeout)
-            resp.vms.extend(page.vms)
-            req.page_token = page.next_page_token
-            if not req.page_token:
-                break
+        resp = await every_page(self.stub.ListVMs, req, cpb.ListVMsResponse(), "vms", self.timeout)
         rows = [
             [
                 v.domain.name,
@@ -554,13 +555,7 @@ class Cli:
             vm=self.a.vm or "",
             limit=max(0, self.a.limit),
         )
-        resp = cpb.ListMigrationsResponse()
-        while True:  # every page (the server pages at 500)
-            page = await self.stub.ListMigrations(req, timeout=self.timeout)
-            resp.migrations.extend(page.migrations)
-            req.page_token = page.next_page_token
-            if not req.page_token:
-                break
+        resp = await every_page(self.stub.ListMigrations, req, cpb.ListMigrationsResponse(), "migrations", self.timeout)
         rows = [render.migration_line(m) for m in resp.migrations]
         self.emit(resp, lambda: self.screen.table(render.MIGRATION_HEADERS, rows))
         return EXIT_OK
@@ -681,13 +676,7 @@ class Cli:
             return EXIT_OK
         states = [f"DRAIN_STATE_{word.upper()}" for word in self.a.state or ()]
         req = cpb.ListDrainsRequest(host=self.a.host or "", states=states)
-        resp = cpb.ListDrainsResponse()
-        while True:
-            page = await self.stub.ListDrains(req, timeout=t)
-            resp.drains.extend(page.drains)
-            req.page_token = page.next_page_token
-            if not req.page_token:
-                break
+        resp = await every_page(self.stub.ListDrains, req, cpb.ListDrainsResponse(), "drains", t)
         rows = [render.drain_line(d) for d in resp.drains]
         self.emit(resp, lambda: self.screen.table(render.DRAIN_HEADERS, rows))
         return EXIT_OK

@@ -243,7 +243,8 @@ class DrainController:
         if self._created:
             self._created = {m for m in self._created if m not in records}
         pending = self._submitting | self._created
-        s = step(
+        stepped = functools.partial(
+            step,
             d,
             records,
             place,
@@ -254,21 +255,11 @@ class DrainController:
             gone=gone,
             creating=pending,
         )
+        s = stepped()
         if s.drain.state.is_final and d.state is DrainState.RUNNING:  # it would end: what came meanwhile?
             arrivals = await self._arrivals(d, records)
             if arrivals.items or arrivals.inbound:
-                s = step(
-                    d,
-                    records,
-                    place,
-                    now,
-                    outbound_limit=self.outbound_limit,
-                    max_attempts=self.max_attempts,
-                    cordoned=frozenset(n for n, c in self.cordons.items() if c.cordoned),
-                    gone=gone,
-                    creating=pending,
-                    arrivals=arrivals,
-                )
+                s = stepped(arrivals=arrivals)
         s = replace(s, submit=tuple(x for x in s.submit if x.migration_id not in pending))
         if s.drain is not d:
             try:

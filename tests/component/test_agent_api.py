@@ -362,8 +362,9 @@ async def test_abort_mid_way_leaves_the_guest_on_the_source(agents):
     assert not again.aborted  # nothing left to abort
 
 
-async def test_closed_stream_leaves_the_job_running_until_aborted(agents):
-    host1, host2 = agents
+async def migrate_then_close_the_stream(host1, host2) -> str:
+    """g1 (a guest that does not converge) migrating to host2, its Migrate stream closed by the
+    caller once pre-copy runs (a coordinator gone); g1's UUID."""
     uuid = add_guest(host1, "g1", memory=2 * GiB, dirty=4 * GiB)
     host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
     prep = await prepare_target(host1, host2, "g1")
@@ -372,6 +373,12 @@ async def test_closed_stream_leaves_the_job_running_until_aborted(agents):
         if event.progress.phase == tpb.MIGRATION_PHASE_PRECOPY:
             break
     call.cancel()
+    return uuid
+
+
+async def test_closed_stream_leaves_the_job_running_until_aborted(agents):
+    host1, host2 = agents
+    uuid = await migrate_then_close_the_stream(host1, host2)
     await asyncio.sleep(0.1)
     assert uuid in host1.hv.jobs  # still migrating
     await host1.stub.TuneMigration(apb.TuneMigrationRequest(domain="g1", bandwidth_mibps=100))
@@ -410,14 +417,7 @@ async def test_a_job_that_completes_after_the_agent_gave_up_on_it_may_have_its_s
 
 async def test_a_job_left_running_by_a_closed_stream_is_recorded_when_it_ends(agents, tmp_path):
     host1, host2 = agents
-    uuid = add_guest(host1, "g1", memory=2 * GiB, dirty=4 * GiB)
-    host2.host.files[f"{SHARED}/g1-data.raw"] = 64 * MiB
-    prep = await prepare_target(host1, host2, "g1")
-    call = host1.stub.Migrate(migrate_request("g1", host2, prep.destination_xml))
-    async for event in call:
-        if event.progress.phase == tpb.MIGRATION_PHASE_PRECOPY:
-            break
-    call.cancel()
+    uuid = await migrate_then_close_the_stream(host1, host2)
     await _until(lambda: not host1.servicer._migrating)  # the agent saw the stream close
     assert uuid in host1.hv.jobs and outcome(tmp_path, "host1") is Outcome.RUNNING
     assert (await host1.stub.AbortMigration(apb.AbortMigrationRequest(domain="g1"))).aborted

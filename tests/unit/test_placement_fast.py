@@ -16,6 +16,8 @@ import random
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from ferry import keys
 from ferry.coordinator.fleet import Fleet
 from ferry.coordinator.hoststate import HostCordon
@@ -361,40 +363,34 @@ async def registered(agents: dict[str, Agent], first: int | None = None) -> tupl
     return store, fleet
 
 
-async def test_a_host_that_cannot_encrypt_is_not_of_the_shape_of_one_that_can():
-    """The quick ranking judges the static checks once per shape: the migration TLS problem an
-    agent reports is one of them (tls_blockers), so it is part of the placer's shape."""
-    g1 = DomainInfo("g1", "uuid-g1", DomainState.RUNNING, memory_bytes=GiB)
-    agents = {"h1": Agent("h1", domains=[g1]), "h2": Agent("h2", tls_problem="no certificates"), "h3": Agent("h3")}
-    store, fleet = await registered(agents)
+@pytest.mark.parametrize(
+    ("machine", "agents", "reason"),
+    [
+        # the migration TLS problem an agent reports decides tls_blockers
+        ("", {"h2": Agent("h2", tls_problem="no certificates"), "h3": Agent("h3")}, "MIGRATION_TLS_MISSING"),
+        # the machine types an agent reports decide qemu_blockers
+        (
+            "pc-q35-8.2",
+            {
+                "h2": Agent("h2", machine_types=("pc-q35-8.0", "pc-q35-8.1")),
+                "h3": Agent("h3", machine_types=("pc-q35-8.2", "pc-q35-9.0")),
+            },
+            "MACHINE_TYPE_MISSING",
+        ),
+    ],
+    ids=["migration TLS", "machine types"],
+)
+async def test_a_host_a_static_check_refuses_is_not_of_the_shape_of_one_it_does_not(machine, agents, reason):
+    """The quick ranking judges the static checks once per shape: what they read of a host is
+    part of the placer's shape, so h2 is refused and h3, alike otherwise, is not."""
+    g1 = DomainInfo("g1", "uuid-g1", DomainState.RUNNING, memory_bytes=GiB, machine=machine)
+    source = Agent("h1", domains=[g1], machine_types=(machine,) if machine else ())
+    store, fleet = await registered({"h1": source, **agents})
     placer = Placer(fleet, {}, LoadBook(), {})
     for detail in (True, False):
         ranking = placer.rank(g1, "h1", MigrationOptions(), storage_explicit=False, now=NOW, detail=detail).ranking
         assert [c.host for c in ranking.candidates] == ["h3"]
-        assert [(c.host, [b.reason for b in c.blockers]) for c in ranking.rejected] == [
-            ("h2", ["MIGRATION_TLS_MISSING"])
-        ]
-    await fleet.close()
-    await store.close()
-
-
-async def test_a_host_without_the_guests_machine_type_is_not_of_the_shape_of_one_with_it():
-    """The machine types an agent reports decide qemu_blockers, so they are part of the placer's
-    shape: a host whose QEMU lacks the guest's machine type is refused, one that has it is not."""
-    g1 = DomainInfo("g1", "uuid-g1", DomainState.RUNNING, memory_bytes=GiB, machine="pc-q35-8.2")
-    agents = {
-        "h1": Agent("h1", domains=[g1], machine_types=("pc-q35-8.2",)),
-        "h2": Agent("h2", machine_types=("pc-q35-8.0", "pc-q35-8.1")),
-        "h3": Agent("h3", machine_types=("pc-q35-8.2", "pc-q35-9.0")),
-    }
-    store, fleet = await registered(agents)
-    placer = Placer(fleet, {}, LoadBook(), {})
-    for detail in (True, False):
-        ranking = placer.rank(g1, "h1", MigrationOptions(), storage_explicit=False, now=NOW, detail=detail).ranking
-        assert [c.host for c in ranking.candidates] == ["h3"]
-        assert [(c.host, [b.reason for b in c.blockers]) for c in ranking.rejected] == [
-            ("h2", ["MACHINE_TYPE_MISSING"])
-        ]
+        assert [(c.host, [b.reason for b in c.blockers]) for c in ranking.rejected] == [("h2", [reason])]
     await fleet.close()
     await store.close()
 
